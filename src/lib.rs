@@ -1,1 +1,60 @@
-//! placeholder
+//! govbridge: a gRPC interconnection gateway for government e-services.
+//!
+//! Partner institutions (banks, telcos, agencies) call public services
+//! through govbridge, and public services call partners through it. For
+//! every call the gateway authenticates both ends with mutual TLS, routes
+//! the call by its gRPC method to the provider that publishes it, and relays
+//! the bytes untouched, streaming in both directions, with statuses,
+//! trailers, deadlines and cancellation intact.
+//!
+//! # The request path
+//!
+//! ```text
+//! TCP accept
+//!  -> TLS (rustls: client cert required, CRLs, ALPN h2, handshake timeout)   net, identity
+//!  -> identity (member id from the verified cert, once per connection)       identity
+//!  -> HTTP/2 server (hyper: stream, header, reset and keepalive limits)      net
+//!  -> request id, bridge-* headers checked                                    proxy::headers
+//!  -> route: /pkg.Service/Method -> published service -> provider             routing
+//!  -> deadline: min(grpc-timeout, service maximum)                            proxy::deadline
+//!  -> upstream: mTLS to a backend that must prove it is the provider          routing::upstream
+//!  -> response relay: frames as the caller reads them, deadline, trailers     proxy::body
+//! ```
+//!
+//! Gateway-made failures become gRPC statuses in one place
+//! ([`proxy::GatewayError`]), with a `bridge-error` header naming the kind.
+//! Statuses returned by a backend pass through unchanged.
+//!
+//! # Modules
+//!
+//! - [`identity`]: member ids, TLS configurations, certificate -> member.
+//! - [`net`]: TLS listeners serving HTTP/2, shared by gateway and agencies.
+//! - [`config`]: the TOML file, validated into [`config::Config`].
+//! - [`routing`]: the route table and the upstream connection pools.
+//! - [`proxy`]: the passthrough service and where the path is assembled.
+//! - [`agencies`]: mock civil registry, tax authority, business registry and
+//!   banks, backed by deterministic synthetic data.
+//! - [`pki`]: a development CA (rcgen) for demos and tests.
+//! - [`launch`]: starting agencies and the gateway as tasks.
+//! - [`dev`]: the one-command development setup.
+//! - [`proto`]: code generated from `proto/`.
+//!
+//! # Features
+//!
+//! The crate has no optional features. TLS is rustls with the aws-lc-rs
+//! provider (post-quantum hybrid key exchange on by default); protos are
+//! compiled by protox at build time, so no `protoc` is needed.
+
+#![forbid(unsafe_code)]
+
+pub mod agencies;
+pub mod cli;
+pub mod config;
+pub mod dev;
+pub mod identity;
+pub mod launch;
+pub mod net;
+pub mod pki;
+pub mod proto;
+pub mod proxy;
+pub mod routing;

@@ -1,0 +1,261 @@
+//! The command line: `serve`, `agency`, `pki`, `check-config` and `dev`.
+//!
+//! Parses arguments, sets up logging and calls into the library. Errors are
+//! printed once, with their context chain, and give exit status 1.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::agencies::Dataset;
+use crate::config::Config;
+use crate::identity::MemberId;
+use crate::launch::{BoundAgency, termination_signal};
+use crate::pki::{self, CertificateAuthority, LeafRequest};
+use crate::proxy::Gateway;
+
+/// govbridge: a gRPC interconnection gateway for government e-services.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Run one mock agency (civil-registry, tax, business-registry,
+    /// bank-cbao, bank-ecobank).
+    Agency {
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Development PKI: a CA, certificates and a CRL.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+    /// Validate a configuration as a start would, then exit.
+    CheckConfig {
+        #[arg(value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Create a dev PKI and config under DIR if missing, then run every mock
+    /// agency and the gateway in one process.
+    Dev {
+        #[arg(long, value_name = "DIR", default_value = "./dev")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PkiCommand {
+    /// Create a CA, an empty CRL, and certificates for the gateway, the mock
+    /// agencies and the demo members.
+    Init {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Replace an existing PKI in DIR.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a member client certificate: DIR/NAME.pem and DIR/NAME.key.
+    Issue {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The member id, e.g. SN/COM/CBAO/kyc.
+        #[arg(long)]
+        member: String,
+        /// File stem of the new certificate and key.
+        #[arg(long, value_name = "NAME")]
+        out: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
+    /// Add a certificate to the CRL (DIR/crl.pem).
+    Revoke {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The certificate to revoke (PEM).
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { config } => {
+            let config = Config::load(&config)?;
+            runtime()?.block_on(async {
+                let gateway = Gateway::bind(&config).await?;
+                println!(
+                    "govbridge gateway listening on https://{}",
+                    gateway.local_addr()?
+                );
+                gateway.serve(termination_signal()).await;
+                Ok(())
+            })
+        }
+        Command::Agency { name, config } => run_agency(&name, &config),
+        Command::Pki { command } => run_pki(command),
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Dev { dir } => runtime()?.block_on(crate::dev::run(&dir)),
+    }
+}
+
+fn run_agency(name: &str, config_path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let agencies = config
+        .agencies
+        .as_ref()
+        .with_context(|| format!("{}: no [agencies] section", config_path.display()))?;
+    let agency: crate::agencies::Agency = name.parse()?;
+    let server = agencies.agencies.get(agency.name()).with_context(|| {
+        format!(
+            "{}: agencies.servers.{}: missing key",
+            config_path.display(),
+            agency.name()
+        )
+    })?;
+    let data = Arc::new(Dataset::generate(agencies.seed));
+    runtime()?.block_on(async {
+        let bound = BoundAgency::bind(
+            agency,
+            server.listen,
+            &agencies.server_tls(server),
+            config.gateway.identity.clone(),
+            data,
+        )
+        .await?;
+        println!(
+            "agency {} listening on https://{}",
+            agency.name(),
+            bound.local_addr()?
+        );
+        bound.serve(termination_signal()).await;
+        Ok(())
+    })
+}
+
+fn run_pki(command: PkiCommand) -> anyhow::Result<()> {
+    match command {
+        PkiCommand::Init { dir, force } => {
+            if dir.join(pki::CA_CERT).exists() && !force {
+                bail!(
+                    "{}: a PKI exists already; pass --force to replace it",
+                    dir.join(pki::CA_CERT).display()
+                );
+            }
+            crate::dev::init_pki(&dir)?;
+            println!("created the dev PKI in {}", dir.display());
+        }
+        PkiCommand::Issue {
+            dir,
+            member,
+            out,
+            days,
+        } => {
+            let member = MemberId::parse(&member).with_context(|| format!("--member {member}"))?;
+            if out.is_empty() || out.contains('/') || out.starts_with('.') {
+                bail!("--out {out}: a file stem, without directories");
+            }
+            let ca = CertificateAuthority::load(&dir)?;
+            let mut request = LeafRequest::member(&member);
+            request.not_after = request.not_before + time::Duration::days(days);
+            let (certificate, key) = ca.issue(&request)?.write(&dir, &out)?;
+            println!(
+                "issued {} for {member}\n  certificate {}\n  private key {}",
+                out,
+                certificate.display(),
+                key.display()
+            );
+        }
+        PkiCommand::Revoke { dir, cert } => {
+            pki::revoke(&dir, &cert)?;
+            println!(
+                "revoked {}; the CRL is {}. Reload or restart the gateway to apply it.",
+                cert.display(),
+                dir.join(pki::CRL).display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn check_config(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    Gateway::check(&config).with_context(|| path.display().to_string())?;
+    if let Some(agencies) = &config.agencies {
+        for agency in agencies.agencies.values() {
+            agencies
+                .server_tls(agency)
+                .server_config()
+                .with_context(|| {
+                    format!(
+                        "{}: agencies.servers.{}",
+                        path.display(),
+                        agency.agency.name()
+                    )
+                })?;
+        }
+    }
+    println!(
+        "{}: ok ({} members, {} providers, {} services)",
+        path.display(),
+        config.members.len(),
+        config.providers.len(),
+        config.services.len()
+    );
+    Ok(())
+}

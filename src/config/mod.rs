@@ -1,0 +1,285 @@
+//! Configuration: raw TOML in, a validated [`Config`] out.
+//!
+//! Parsing and validation are separate steps. [`raw`] mirrors the file with
+//! serde and keeps the span of every value; [`Config::load`] turns it into
+//! checked domain types (member ids, socket addresses, endpoints, durations)
+//! and reports the first problem with the file, line and key. Code outside
+//! this module only ever sees a valid `Config`. Relative paths in the file
+//! are resolved against the file's directory.
+
+mod raw;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+
+use crate::agencies::Agency;
+use crate::identity::MemberId;
+use crate::identity::tls::{ClientTls, ServerTls};
+use crate::net::ListenerSettings;
+
+/// A configuration problem: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if self.key.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": {}: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The validated configuration of a gateway (and of the mock agencies, when
+/// the file describes them).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from.
+    pub source: PathBuf,
+    pub gateway: GatewayConfig,
+    pub upstream: UpstreamConfig,
+    /// Registered members, by id: who may connect.
+    pub members: BTreeMap<MemberId, Member>,
+    /// Providers (members that publish services) and their endpoints.
+    pub providers: BTreeMap<MemberId, Provider>,
+    /// Published services, by full gRPC service name.
+    pub services: BTreeMap<String, PublishedService>,
+    /// The mock agencies, when this file describes a dev or test setup.
+    pub agencies: Option<AgenciesConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// This gateway's name in logs and the exchange log.
+    pub node_id: String,
+    pub listen: SocketAddr,
+    /// The member id in the gateway's upstream client certificate; backends
+    /// accept calls only from it.
+    pub identity: MemberId,
+    pub tls: ServerTls,
+    pub listener: ListenerSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub tls: ClientTls,
+    pub connect_timeout: Duration,
+    /// Upper bound on any call's deadline, when the client sets none or a
+    /// longer one.
+    pub max_deadline: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub id: MemberId,
+    pub name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub id: MemberId,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One backend address of a provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `host:port`, as dialled.
+    pub address: String,
+    /// The name the backend's certificate must carry.
+    pub server_name: ServerName<'static>,
+    /// `https://host:port`, the request authority upstream.
+    pub authority: http::uri::Authority,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "https://{}", self.address)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PublishedService {
+    /// Full gRPC service name, e.g. `govbridge.civilregistry.v1.CivilRegistry`.
+    pub name: String,
+    /// Providers publishing it, in configured order; the first is the
+    /// default when a call names no `bridge-target`.
+    pub providers: Vec<MemberId>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgenciesConfig {
+    /// Seed of the synthetic data set.
+    pub seed: u64,
+    pub client_ca: PathBuf,
+    pub crls: Vec<PathBuf>,
+    pub agencies: BTreeMap<&'static str, AgencyConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgencyConfig {
+    pub agency: Agency,
+    pub listen: SocketAddr,
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+}
+
+impl AgenciesConfig {
+    /// The TLS material of one agency's listener.
+    pub fn server_tls(&self, agency: &AgencyConfig) -> ServerTls {
+        ServerTls {
+            certificate: agency.certificate.clone(),
+            private_key: agency.private_key.clone(),
+            client_ca: self.client_ca.clone(),
+            crls: self.crls.clone(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+            file: path.to_owned(),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read: {error}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates configuration text as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        raw::parse(path, text)
+    }
+}
+
+/// Parses `500ms`, `10s`, `2m` or `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` has no unit; write e.g. `500ms`, `10s`, `2m`"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` does not start with a number"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number.saturating_mul(60)),
+        "h" => Duration::from_secs(number.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "`{text}` has unknown unit `{unit}`; use ms, s, m or h"
+            ));
+        }
+    };
+    Ok(duration)
+}
+
+/// Parses `https://host:port` into an [`Endpoint`].
+pub fn parse_endpoint(text: &str, tls_name: Option<&str>) -> Result<Endpoint, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|error| format!("`{text}` is not a URI: {error}"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(format!(
+            "`{text}`: endpoints are https://host:port (TLS is mandatory)"
+        ));
+    }
+    if uri.path() != "/" && !uri.path().is_empty() {
+        return Err(format!("`{text}`: an endpoint has no path"));
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("`{text}` has no host"))?
+        .clone();
+    let port = authority
+        .port_u16()
+        .ok_or_else(|| format!("`{text}` has no port"))?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = tls_name.unwrap_or(host);
+    let server_name = ServerName::try_from(name.to_owned())
+        .map_err(|_| format!("`{name}` is not a valid TLS server name"))?;
+    Ok(Endpoint {
+        address: if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        },
+        server_name,
+        authority,
+    })
+}
+
+/// Whether `name` is a full gRPC service name such as `pkg.v1.Service`.
+pub fn is_service_name(name: &str) -> bool {
+    let mut parts = 0;
+    for part in name.split('.') {
+        let mut chars = part.chars();
+        let first_ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+        if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return false;
+        }
+        parts += 1;
+    }
+    parts >= 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("3d").is_err());
+    }
+
+    #[test]
+    fn endpoints() {
+        let endpoint = parse_endpoint("https://127.0.0.1:7101", None).unwrap();
+        assert_eq!(endpoint.address, "127.0.0.1:7101");
+        assert_eq!(endpoint.to_string(), "https://127.0.0.1:7101");
+        let endpoint = parse_endpoint("https://[::1]:7101", None).unwrap();
+        assert_eq!(endpoint.address, "[::1]:7101");
+        assert!(parse_endpoint("http://127.0.0.1:7101", None).is_err());
+        assert!(parse_endpoint("https://127.0.0.1", None).is_err());
+        assert!(parse_endpoint("https://127.0.0.1:1/x", None).is_err());
+    }
+
+    #[test]
+    fn service_names() {
+        assert!(is_service_name("govbridge.civilregistry.v1.CivilRegistry"));
+        assert!(is_service_name("a.B"));
+        assert!(!is_service_name("CivilRegistry"));
+        assert!(!is_service_name("a..B"));
+        assert!(!is_service_name("a.B/Get"));
+    }
+}

@@ -1,0 +1,431 @@
+//! The configuration file as written, before validation.
+//!
+//! Every value keeps its span so that validation errors can name the line.
+//! Unknown keys are errors: a typo must not silently fall back to a default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{
+    AgenciesConfig, AgencyConfig, Config, ConfigError, GatewayConfig, Member, Provider,
+    PublishedService, UpstreamConfig, is_service_name, parse_duration, parse_endpoint,
+};
+use crate::agencies::Agency;
+use crate::identity::MemberId;
+use crate::identity::tls::{ClientTls, ServerTls};
+use crate::net::ListenerSettings;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    gateway: RawGateway,
+    upstream: RawUpstream,
+    #[serde(default)]
+    members: BTreeMap<Spanned<String>, RawMember>,
+    #[serde(default)]
+    providers: BTreeMap<Spanned<String>, RawProvider>,
+    #[serde(default)]
+    services: BTreeMap<Spanned<String>, RawService>,
+    agencies: Option<RawAgencies>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    node_id: Spanned<String>,
+    listen: Spanned<String>,
+    identity: Spanned<String>,
+    handshake_timeout: Option<Spanned<String>>,
+    max_concurrent_streams: Option<Spanned<u32>>,
+    tls: RawServerTls,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerTls {
+    certificate: Spanned<String>,
+    private_key: Spanned<String>,
+    client_ca: Spanned<String>,
+    #[serde(default)]
+    crls: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    certificate: Spanned<String>,
+    private_key: Spanned<String>,
+    server_ca: Spanned<String>,
+    connect_timeout: Option<Spanned<String>>,
+    max_deadline: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMember {
+    name: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    endpoints: Spanned<Vec<Spanned<String>>>,
+    tls_name: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    providers: Spanned<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgencies {
+    seed: Spanned<u64>,
+    client_ca: Spanned<String>,
+    #[serde(default)]
+    crls: Vec<Spanned<String>>,
+    #[serde(default)]
+    servers: BTreeMap<Spanned<String>, RawAgency>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgency {
+    listen: Spanned<String>,
+    certificate: Spanned<String>,
+    private_key: Spanned<String>,
+}
+
+/// Turns spans into line numbers and builds errors that name the key.
+struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+    dir: PathBuf,
+}
+
+impl Source<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        let offset = offset.min(self.text.len());
+        self.text.as_bytes()[..offset]
+            .iter()
+            .filter(|&&byte| byte == b'\n')
+            .count()
+            + 1
+    }
+
+    fn error<T>(
+        &self,
+        key: impl Into<String>,
+        value: &Spanned<T>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.path.to_owned(),
+            line: Some(self.line_of(value.span().start)),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn path(&self, value: &Spanned<String>) -> PathBuf {
+        self.dir.join(value.get_ref())
+    }
+
+    fn member(&self, key: &str, value: &Spanned<String>) -> Result<MemberId, ConfigError> {
+        MemberId::parse(value.get_ref()).map_err(|error| {
+            self.error(
+                key,
+                value,
+                format!("`{}` is not a member id: {error}", value.get_ref()),
+            )
+        })
+    }
+
+    fn duration(
+        &self,
+        key: &str,
+        value: Option<&Spanned<String>>,
+        default: std::time::Duration,
+    ) -> Result<std::time::Duration, ConfigError> {
+        value.map_or(Ok(default), |value| {
+            parse_duration(value.get_ref()).map_err(|message| self.error(key, value, message))
+        })
+    }
+
+    fn socket_addr(&self, key: &str, value: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
+        value.get_ref().parse().map_err(|_| {
+            self.error(
+                key,
+                value,
+                format!(
+                    "`{}` is not an address such as 127.0.0.1:8443",
+                    value.get_ref()
+                ),
+            )
+        })
+    }
+}
+
+/// `"SN/COM/CBAO/kyc"` as it appears in a dotted key path.
+fn quoted(key: &str) -> String {
+    if key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        key.to_owned()
+    } else {
+        format!("\"{key}\"")
+    }
+}
+
+pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let source = Source {
+        path,
+        text,
+        dir: path.parent().map(Path::to_owned).unwrap_or_default(),
+    };
+    let raw = deserialize(&source)?;
+    validate(&source, raw)
+}
+
+fn deserialize(source: &Source<'_>) -> Result<RawConfig, ConfigError> {
+    let syntax_error = |error: toml::de::Error| ConfigError {
+        file: source.path.to_owned(),
+        line: error.span().map(|span| source.line_of(span.start)),
+        key: String::new(),
+        message: error.message().trim().to_owned(),
+    };
+    let deserializer = toml::de::Deserializer::parse(source.text).map_err(syntax_error)?;
+    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        let message = inner.message().trim().to_owned();
+        let line = inner.span().map(|span| source.line_of(span.start));
+        // serde reports a missing key against its table; name the key itself.
+        let (key, message) = match message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.strip_suffix('`'))
+        {
+            Some(field) if path == "." => (field.to_owned(), "missing key".to_owned()),
+            Some(field) => (format!("{path}.{field}"), "missing key".to_owned()),
+            None if path == "." => (String::new(), message),
+            None => (path, message),
+        };
+        ConfigError {
+            file: source.path.to_owned(),
+            line,
+            key,
+            message,
+        }
+    })
+}
+
+fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
+    let gateway = &raw.gateway;
+    let mut listener = ListenerSettings {
+        handshake_timeout: source.duration(
+            "gateway.handshake_timeout",
+            gateway.handshake_timeout.as_ref(),
+            ListenerSettings::default().handshake_timeout,
+        )?,
+        ..ListenerSettings::default()
+    };
+    if let Some(streams) = &gateway.max_concurrent_streams {
+        if *streams.get_ref() == 0 {
+            return Err(source.error(
+                "gateway.max_concurrent_streams",
+                streams,
+                "must be at least 1",
+            ));
+        }
+        listener.max_concurrent_streams = *streams.get_ref();
+    }
+    if gateway.node_id.get_ref().is_empty() || gateway.node_id.get_ref().len() > 64 {
+        return Err(source.error("gateway.node_id", &gateway.node_id, "must be 1 to 64 bytes"));
+    }
+    let gateway_config = GatewayConfig {
+        node_id: gateway.node_id.get_ref().clone(),
+        listen: source.socket_addr("gateway.listen", &gateway.listen)?,
+        identity: source.member("gateway.identity", &gateway.identity)?,
+        tls: ServerTls {
+            certificate: source.path(&gateway.tls.certificate),
+            private_key: source.path(&gateway.tls.private_key),
+            client_ca: source.path(&gateway.tls.client_ca),
+            crls: gateway
+                .tls
+                .crls
+                .iter()
+                .map(|crl| source.path(crl))
+                .collect(),
+        },
+        listener,
+    };
+
+    let upstream = UpstreamConfig {
+        tls: ClientTls {
+            server_ca: source.path(&raw.upstream.server_ca),
+            certificate: source.path(&raw.upstream.certificate),
+            private_key: source.path(&raw.upstream.private_key),
+        },
+        connect_timeout: source.duration(
+            "upstream.connect_timeout",
+            raw.upstream.connect_timeout.as_ref(),
+            std::time::Duration::from_secs(1),
+        )?,
+        max_deadline: source.duration(
+            "upstream.max_deadline",
+            raw.upstream.max_deadline.as_ref(),
+            std::time::Duration::from_secs(60),
+        )?,
+    };
+
+    let mut members = BTreeMap::new();
+    for (key, member) in &raw.members {
+        let path = format!("members.{}", quoted(key.get_ref()));
+        let id = source.member(&path, key)?;
+        if member.name.get_ref().trim().is_empty() {
+            return Err(source.error(format!("{path}.name"), &member.name, "must not be empty"));
+        }
+        if members.contains_key(&id) {
+            return Err(source.error(&path, key, format!("member {id} is registered twice")));
+        }
+        members.insert(
+            id.clone(),
+            Member {
+                id,
+                name: member.name.get_ref().clone(),
+            },
+        );
+    }
+
+    let mut providers = BTreeMap::new();
+    for (key, provider) in &raw.providers {
+        let path = format!("providers.{}", quoted(key.get_ref()));
+        let id = source.member(&path, key)?;
+        if !members.contains_key(&id) {
+            return Err(source.error(
+                &path,
+                key,
+                format!("provider {id} is not a registered member (add it under [members])"),
+            ));
+        }
+        if provider.endpoints.get_ref().is_empty() {
+            return Err(source.error(
+                format!("{path}.endpoints"),
+                &provider.endpoints,
+                "a provider needs at least one endpoint",
+            ));
+        }
+        let tls_name = provider
+            .tls_name
+            .as_ref()
+            .map(|name| name.get_ref().as_str());
+        let endpoints = provider
+            .endpoints
+            .get_ref()
+            .iter()
+            .enumerate()
+            .map(|(index, endpoint)| {
+                parse_endpoint(endpoint.get_ref(), tls_name).map_err(|message| {
+                    source.error(format!("{path}.endpoints[{index}]"), endpoint, message)
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        providers.insert(id.clone(), Provider { id, endpoints });
+    }
+
+    let mut services = BTreeMap::new();
+    for (key, service) in &raw.services {
+        let name = key.get_ref();
+        let path = format!("services.{}", quoted(name));
+        if !is_service_name(name) {
+            return Err(source.error(
+                &path,
+                key,
+                format!("`{name}` is not a full gRPC service name such as `pkg.v1.Service`"),
+            ));
+        }
+        if service.providers.get_ref().is_empty() {
+            return Err(source.error(
+                format!("{path}.providers"),
+                &service.providers,
+                "a service needs at least one provider",
+            ));
+        }
+        let mut service_providers = Vec::new();
+        for (index, provider) in service.providers.get_ref().iter().enumerate() {
+            let key = format!("{path}.providers[{index}]");
+            let id = source.member(&key, provider)?;
+            if !providers.contains_key(&id) {
+                let known: Vec<String> = providers.keys().map(ToString::to_string).collect();
+                return Err(source.error(
+                    &key,
+                    provider,
+                    format!("unknown provider {id} (known: {})", known.join(", ")),
+                ));
+            }
+            if service_providers.contains(&id) {
+                return Err(source.error(&key, provider, format!("provider {id} is listed twice")));
+            }
+            service_providers.push(id);
+        }
+        services.insert(
+            name.clone(),
+            PublishedService {
+                name: name.clone(),
+                providers: service_providers,
+            },
+        );
+    }
+
+    let agencies = raw
+        .agencies
+        .as_ref()
+        .map(|agencies| validate_agencies(source, agencies))
+        .transpose()?;
+
+    Ok(Config {
+        source: source.path.to_owned(),
+        gateway: gateway_config,
+        upstream,
+        members,
+        providers,
+        services,
+        agencies,
+    })
+}
+
+fn validate_agencies(
+    source: &Source<'_>,
+    raw: &RawAgencies,
+) -> Result<AgenciesConfig, ConfigError> {
+    let mut agencies = BTreeMap::new();
+    for (key, server) in &raw.servers {
+        let path = format!("agencies.servers.{}", quoted(key.get_ref()));
+        let agency: Agency = key
+            .get_ref()
+            .parse()
+            .map_err(|error| source.error(&path, key, format!("{error}")))?;
+        agencies.insert(
+            agency.name(),
+            AgencyConfig {
+                agency,
+                listen: source.socket_addr(&format!("{path}.listen"), &server.listen)?,
+                certificate: source.path(&server.certificate),
+                private_key: source.path(&server.private_key),
+            },
+        );
+    }
+    Ok(AgenciesConfig {
+        seed: *raw.seed.get_ref(),
+        client_ca: source.path(&raw.client_ca),
+        crls: raw.crls.iter().map(|crl| source.path(crl)).collect(),
+        agencies,
+    })
+}

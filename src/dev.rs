@@ -1,0 +1,142 @@
+//! `govbridge dev`: the whole exchange on one machine, in one command.
+//!
+//! Creates a development PKI and configuration under a directory if they
+//! are missing, then starts every mock agency and the gateway in one
+//! process until Ctrl-C or SIGTERM. Nothing here is meant for production:
+//! the CA key sits next to the certificates it signs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::agencies::{Agency, Dataset};
+use crate::config::Config;
+use crate::identity::MemberId;
+use crate::launch::{BoundAgency, Shutdown, termination_signal};
+use crate::pki::{self, CertificateAuthority, LeafRequest, PkiError, Usage};
+use crate::proxy::Gateway;
+
+/// The development configuration, also shipped as `config/govbridge.toml`.
+pub const CONFIG_TEMPLATE: &str = include_str!("../config/govbridge.toml");
+
+/// The gateway's identity towards backends in the dev PKI.
+pub const GATEWAY_IDENTITY: &str = "SN/GOV/GOVBRIDGE/gateway";
+
+/// Partner members that get a client certificate in the dev PKI:
+/// (file stem, member id). Files are `pki/member-STEM.pem` and `.key`.
+pub const DEMO_MEMBERS: [(&str, &str); 4] = [
+    ("cbao-kyc", "SN/COM/CBAO/kyc"),
+    ("ecobank-kyc", "SN/COM/ECOBANK/kyc"),
+    ("treasury", "SN/GOV/DGCPT/treasury"),
+    ("sonatel-payroll", "SN/COM/SONATEL/payroll"),
+];
+
+fn member(id: &str) -> Result<MemberId, PkiError> {
+    MemberId::parse(id).map_err(|error| PkiError::Name(format!("{id}: {error}")))
+}
+
+/// Writes a complete dev PKI into `dir`: the CA, an empty CRL, the
+/// gateway's server and upstream certificates, one server certificate per
+/// mock agency and one client certificate per demo member.
+pub fn init_pki(dir: &Path) -> Result<(), PkiError> {
+    let ca = CertificateAuthority::generate("govbridge dev root CA")?;
+    ca.write(dir)?;
+    pki::write_empty_crl(&ca, dir)?;
+
+    let gateway = member(GATEWAY_IDENTITY)?;
+    let mut server = LeafRequest::loopback_server("govbridge gateway");
+    server.member = Some(gateway.clone());
+    ca.issue(&server)?.write(dir, "gateway")?;
+    ca.issue(&LeafRequest::member(&gateway))?
+        .write(dir, "gateway-upstream")?;
+
+    for agency in Agency::ALL {
+        let mut request = LeafRequest::loopback_server(agency.name());
+        request.member = Some(agency.member_id());
+        request.usage = Usage::ServerAndClient;
+        ca.issue(&request)?
+            .write(dir, &format!("agency-{}", agency.name()))?;
+    }
+    for (stem, id) in DEMO_MEMBERS {
+        ca.issue(&LeafRequest::member(&member(id)?))?
+            .write(dir, &format!("member-{stem}"))?;
+    }
+    Ok(())
+}
+
+/// Makes `dir/govbridge.toml` and `dir/pki/` if they are missing, and
+/// returns the configuration's path.
+pub fn prepare(dir: &Path) -> anyhow::Result<PathBuf> {
+    let config = dir.join("govbridge.toml");
+    let pki_dir = dir.join("pki");
+    if !pki_dir.join(pki::CA_CERT).exists() {
+        init_pki(&pki_dir)
+            .with_context(|| format!("creating the dev PKI in {}", pki_dir.display()))?;
+        println!("created the dev PKI in {}", pki_dir.display());
+    }
+    if !config.exists() {
+        pki::write_file(&config, CONFIG_TEMPLATE.as_bytes(), 0o644)?;
+        println!("wrote {}", config.display());
+    }
+    Ok(config)
+}
+
+/// Runs every mock agency and the gateway until Ctrl-C or SIGTERM.
+pub async fn run(dir: &Path) -> anyhow::Result<()> {
+    let config_path = prepare(dir)?;
+    let config = Config::load(&config_path)?;
+    let agencies = config
+        .agencies
+        .as_ref()
+        .with_context(|| format!("{}: no [agencies] section", config_path.display()))?;
+    let data = Arc::new(Dataset::generate(agencies.seed));
+
+    let (trigger, shutdown) = Shutdown::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut started = Vec::new();
+    for agency in agencies.agencies.values() {
+        let bound = BoundAgency::bind(
+            agency.agency,
+            agency.listen,
+            &agencies.server_tls(agency),
+            config.gateway.identity.clone(),
+            data.clone(),
+        )
+        .await?;
+        started.push((agency.agency.name(), bound.local_addr()?));
+        tasks.spawn(bound.serve(shutdown.clone().wait()));
+    }
+    let gateway = Gateway::bind(&config).await?;
+    let address = gateway.local_addr()?;
+    tasks.spawn(gateway.serve(shutdown.clone().wait()));
+
+    let pki_dir = dir.join("pki");
+    println!();
+    println!("govbridge gateway listening on https://{address} (mutual TLS, HTTP/2)");
+    println!(
+        "  CA certificate      {}",
+        pki_dir.join(pki::CA_CERT).display()
+    );
+    for (stem, id) in DEMO_MEMBERS {
+        println!(
+            "  member certificate  {}  (+ .key)  {id}",
+            pki_dir.join(format!("member-{stem}.pem")).display()
+        );
+    }
+    for (name, address) in &started {
+        println!("  agency              {name:<18} https://{address}");
+    }
+    println!(
+        "  synthetic data      seed {} ({} citizens)",
+        agencies.seed,
+        data.citizens.len()
+    );
+    println!("Stop with Ctrl-C.");
+
+    termination_signal().await;
+    println!("stopping: draining open calls");
+    trigger.trigger();
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}

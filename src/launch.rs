@@ -1,0 +1,135 @@
+//! Starting mock agencies and the gateway as tasks of one process.
+//!
+//! Used by `govbridge agency`, `govbridge dev` and the integration tests, so
+//! that all three start things the same way.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::agencies::{self, Agency, Dataset};
+use crate::identity::MemberId;
+use crate::identity::tls::{ServerTls, TlsError};
+use crate::net::{ListenerSettings, TlsListener, with_peer};
+
+/// Why an agency cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgencyStartError {
+    #[error("agency {agency}: TLS: {source}")]
+    Tls {
+        agency: &'static str,
+        source: TlsError,
+    },
+    #[error("agency {agency}: cannot listen on {address}: {source}")]
+    Bind {
+        agency: &'static str,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A mock agency, bound and ready to serve.
+#[derive(Debug)]
+pub struct BoundAgency {
+    agency: Agency,
+    listener: TlsListener,
+    service: agencies::AgencyService,
+}
+
+impl BoundAgency {
+    /// Binds `agency` on `address` with the given TLS material; it will
+    /// accept calls only from `gateway`.
+    pub async fn bind(
+        agency: Agency,
+        address: SocketAddr,
+        tls: &ServerTls,
+        gateway: MemberId,
+        data: Arc<Dataset>,
+    ) -> Result<Self, AgencyStartError> {
+        let tls = tls
+            .server_config()
+            .map_err(|source| AgencyStartError::Tls {
+                agency: agency.name(),
+                source,
+            })?;
+        let tcp = TcpListener::bind(address)
+            .await
+            .map_err(|source| AgencyStartError::Bind {
+                agency: agency.name(),
+                address,
+                source,
+            })?;
+        Ok(Self {
+            agency,
+            listener: TlsListener::new(tcp, tls, ListenerSettings::default()),
+            service: agencies::service(agency, data, gateway),
+        })
+    }
+
+    pub fn agency(&self) -> Agency {
+        self.agency
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) {
+        let service = self.service;
+        tracing::info!(agency = self.agency.name(), "agency serving");
+        self.listener
+            .serve(move |peer| with_peer(peer, service.clone()), shutdown)
+            .await;
+    }
+}
+
+/// A shutdown signal that many tasks can wait on.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    receiver: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Triggers a [`Shutdown`].
+#[derive(Debug)]
+pub struct ShutdownTrigger {
+    sender: tokio::sync::watch::Sender<bool>,
+}
+
+impl Shutdown {
+    pub fn new() -> (ShutdownTrigger, Shutdown) {
+        let (sender, receiver) = tokio::sync::watch::channel(false);
+        (ShutdownTrigger { sender }, Shutdown { receiver })
+    }
+
+    /// Resolves once shutdown is triggered (or the trigger is dropped).
+    pub async fn wait(mut self) {
+        let _ = self.receiver.wait_for(|stop| *stop).await;
+    }
+}
+
+impl ShutdownTrigger {
+    pub fn trigger(&self) {
+        let _ = self.sender.send(true);
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn termination_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

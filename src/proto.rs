@@ -1,0 +1,34 @@
+//! Code generated from `proto/` at build time (see `build.rs`).
+//!
+//! Nothing here is written by hand; the `.proto` files are the source of
+//! truth and carry the documentation.
+
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+/// The encoded `FileDescriptorSet` of every govbridge proto.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/govbridge_descriptor.bin"));
+
+pub mod civilregistry {
+    pub mod v1 {
+        tonic::include_proto!("govbridge.civilregistry.v1");
+    }
+}
+
+pub mod tax {
+    pub mod v1 {
+        tonic::include_proto!("govbridge.tax.v1");
+    }
+}
+
+pub mod business {
+    pub mod v1 {
+        tonic::include_proto!("govbridge.business.v1");
+    }
+}
+
+pub mod bank {
+    pub mod v1 {
+        tonic::include_proto!("govbridge.bank.v1");
+    }
+}

@@ -1,0 +1,182 @@
+//! Errors the gateway itself raises, and the one place they become gRPC
+//! statuses.
+//!
+//! Each error knows its gRPC code, its `bridge-error` kind, whose fault it is
+//! and whether the caller may retry. [`GatewayError::into_response`] is the
+//! only function in the data path that builds a gateway-made status.
+
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Response, StatusCode};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use tonic::Code;
+
+use super::body::ResponseBody;
+use super::headers::{BRIDGE_ERROR, BRIDGE_REQUEST_ID};
+use crate::identity::{MemberId, PeerIdentityError};
+
+/// Who caused a failure: the exchange log and metrics record it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The calling member sent something the gateway refuses.
+    Caller,
+    /// The provider's backend failed or could not be reached.
+    Upstream,
+    /// The gateway itself could not do its job.
+    Gateway,
+}
+
+/// A failure of one call, raised by the gateway rather than by a backend.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    #[error("client certificate names no member: {0}")]
+    NoMemberIdentity(PeerIdentityError),
+    #[error("member {0} is not registered at this gateway")]
+    UnknownMember(MemberId),
+    #[error("not a gRPC request: {0}")]
+    NotGrpc(&'static str),
+    #[error("malformed header {header}: {reason}")]
+    BadHeader {
+        header: &'static str,
+        reason: String,
+    },
+    #[error("`{0}` is not a gRPC method path /package.Service/Method")]
+    BadPath(String),
+    #[error("service {0} is not published on this gateway")]
+    UnknownService(String),
+    #[error("method {method} is not part of service {service}")]
+    UnknownMethod { service: String, method: String },
+    #[error("provider {target} does not publish service {service}")]
+    UnknownTarget { service: String, target: MemberId },
+    #[error("no endpoint of provider {provider} is reachable: {reason}")]
+    UpstreamUnavailable { provider: MemberId, reason: String },
+    #[error("the backend of {provider} presented the identity {presented}, not its own")]
+    UpstreamIdentity {
+        provider: MemberId,
+        presented: String,
+    },
+    #[error("the backend of {provider} failed the call: {reason}")]
+    UpstreamFailed { provider: MemberId, reason: String },
+    #[error("deadline exceeded after {0:?}")]
+    DeadlineExceeded(std::time::Duration),
+}
+
+impl GatewayError {
+    /// The gRPC status code the caller sees.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::NoMemberIdentity(_) | Self::UnknownMember(_) => Code::Unauthenticated,
+            Self::NotGrpc(_) | Self::BadHeader { .. } | Self::BadPath(_) => Code::InvalidArgument,
+            Self::UnknownService(_) | Self::UnknownMethod { .. } | Self::UnknownTarget { .. } => {
+                Code::Unimplemented
+            }
+            Self::UpstreamUnavailable { .. }
+            | Self::UpstreamIdentity { .. }
+            | Self::UpstreamFailed { .. } => Code::Unavailable,
+            Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        }
+    }
+
+    /// The value of the `bridge-error` header: a stable, machine-readable
+    /// kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NoMemberIdentity(_) => "no-member-identity",
+            Self::UnknownMember(_) => "unknown-member",
+            Self::NotGrpc(_) => "not-grpc",
+            Self::BadHeader { .. } => "bad-header",
+            Self::BadPath(_) => "bad-path",
+            Self::UnknownService(_) => "unknown-service",
+            Self::UnknownMethod { .. } => "unknown-method",
+            Self::UnknownTarget { .. } => "unknown-target",
+            Self::UpstreamUnavailable { .. } => "upstream-unavailable",
+            Self::UpstreamIdentity { .. } => "upstream-identity",
+            Self::UpstreamFailed { .. } => "upstream-failed",
+            Self::DeadlineExceeded(_) => "deadline-exceeded",
+        }
+    }
+
+    /// Whose fault the failure is.
+    pub fn fault(&self) -> Fault {
+        match self {
+            Self::NoMemberIdentity(_)
+            | Self::UnknownMember(_)
+            | Self::NotGrpc(_)
+            | Self::BadHeader { .. }
+            | Self::BadPath(_)
+            | Self::UnknownService(_)
+            | Self::UnknownMethod { .. }
+            | Self::UnknownTarget { .. }
+            | Self::DeadlineExceeded(_) => Fault::Caller,
+            Self::UpstreamUnavailable { .. }
+            | Self::UpstreamIdentity { .. }
+            | Self::UpstreamFailed { .. } => Fault::Upstream,
+        }
+    }
+
+    /// Whether the same call may succeed if sent again unchanged.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.code(), Code::Unavailable)
+    }
+
+    /// A trailers-only gRPC response carrying this error.
+    pub fn into_response(self, request_id: Option<&HeaderValue>) -> Response<ResponseBody> {
+        let mut response = Response::new(ResponseBody::empty());
+        if let Self::NotGrpc(_) = self {
+            // The gRPC spec asks for 415 when the content type is wrong, so
+            // that non-gRPC clients get an HTTP-level answer too.
+            *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+        }
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert("grpc-status", HeaderValue::from(self.code() as i32));
+        if let Ok(message) = HeaderValue::from_str(&encode_grpc_message(&self.to_string())) {
+            headers.insert("grpc-message", message);
+        }
+        headers.insert(BRIDGE_ERROR, HeaderValue::from_static(self.kind()));
+        if let Some(request_id) = request_id {
+            headers.insert(BRIDGE_REQUEST_ID, request_id.clone());
+        }
+        response
+    }
+
+    /// This error as trailers, for a response whose headers already left.
+    pub fn into_trailers(self) -> http::HeaderMap {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from(self.code() as i32));
+        if let Ok(message) = HeaderValue::from_str(&encode_grpc_message(&self.to_string())) {
+            trailers.insert("grpc-message", message);
+        }
+        trailers.insert(BRIDGE_ERROR, HeaderValue::from_static(self.kind()));
+        trailers
+    }
+}
+
+/// Characters percent-encoded in `grpc-message`, per the gRPC HTTP/2 spec:
+/// everything outside printable ASCII, and `%` itself.
+const GRPC_MESSAGE: &AsciiSet = &CONTROLS.add(b'%');
+
+fn encode_grpc_message(message: &str) -> String {
+    utf8_percent_encode(message, GRPC_MESSAGE).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_percent_encoded() {
+        assert_eq!(encode_grpc_message("100% sûr"), "100%25 s%C3%BBr");
+    }
+
+    #[test]
+    fn error_response_is_trailers_only_grpc() {
+        let response = GatewayError::UnknownService("a.B".into())
+            .into_response(Some(&HeaderValue::from_static("id-1")));
+        assert_eq!(response.status(), StatusCode::OK);
+        let headers = response.headers();
+        assert_eq!(headers["grpc-status"], "12");
+        assert_eq!(headers[BRIDGE_ERROR], "unknown-service");
+        assert_eq!(headers[BRIDGE_REQUEST_ID], "id-1");
+        assert_eq!(headers["content-type"], "application/grpc");
+    }
+}

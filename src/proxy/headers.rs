@@ -1,0 +1,368 @@
+//! The `bridge-*` headers: what a caller may send, what the gateway passes
+//! upstream, and the checks between the two.
+//!
+//! Every `bridge-*` header from a client is removed before a request goes
+//! upstream; the gateway then sets its own. A backend can therefore trust
+//! `bridge-client`: only the gateway can reach it, and only the gateway
+//! writes it.
+
+use std::time::Duration;
+
+use http::header::{CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request};
+
+use super::deadline;
+use super::error::GatewayError;
+use crate::identity::MemberId;
+
+pub const BRIDGE_PREFIX: &str = "bridge-";
+pub const BRIDGE_CLIENT: &str = "bridge-client";
+pub const BRIDGE_CONSENT: &str = "bridge-consent";
+pub const BRIDGE_ERROR: &str = "bridge-error";
+pub const BRIDGE_PURPOSE: &str = "bridge-purpose";
+pub const BRIDGE_REASON: &str = "bridge-reason";
+pub const BRIDGE_REQUEST_ID: &str = "bridge-request-id";
+pub const BRIDGE_TARGET: &str = "bridge-target";
+pub const BRIDGE_USER_ID: &str = "bridge-user-id";
+pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Longest accepted `bridge-reason`, in bytes.
+pub const MAX_REASON_LEN: usize = 256;
+/// Longest accepted `bridge-user-id`, in bytes.
+pub const MAX_USER_ID_LEN: usize = 128;
+/// Longest accepted `bridge-purpose`, in bytes.
+pub const MAX_PURPOSE_LEN: usize = 64;
+/// Longest accepted `bridge-consent`, in bytes.
+pub const MAX_CONSENT_LEN: usize = 8 * 1024;
+
+/// What the caller declared about a call, checked.
+#[derive(Debug, Clone)]
+pub struct CallHeaders {
+    pub purpose: Option<HeaderValue>,
+    pub reason: Option<String>,
+    pub user_id: Option<HeaderValue>,
+    pub consent: Option<HeaderValue>,
+    pub target: Option<MemberId>,
+    pub traceparent: HeaderValue,
+    pub timeout: Option<Duration>,
+}
+
+fn bad(header: &'static str, reason: impl Into<String>) -> GatewayError {
+    GatewayError::BadHeader {
+        header,
+        reason: reason.into(),
+    }
+}
+
+/// The one value of a header that may appear at most once.
+fn single<'a>(
+    headers: &'a HeaderMap,
+    name: &'static str,
+) -> Result<Option<&'a HeaderValue>, GatewayError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(bad(name, "given more than once"));
+    }
+    Ok(first)
+}
+
+/// The caller's `bridge-request-id`, or a fresh one. The id must be a UUID
+/// so that it cannot smuggle anything into logs.
+pub fn request_id(headers: &HeaderMap) -> Result<HeaderValue, GatewayError> {
+    match single(headers, BRIDGE_REQUEST_ID)? {
+        None => Ok(fresh_request_id()),
+        Some(value) => {
+            let id = value
+                .to_str()
+                .ok()
+                .and_then(|text| uuid::Uuid::try_parse(text).ok())
+                .ok_or_else(|| bad(BRIDGE_REQUEST_ID, "must be a UUID"))?;
+            Ok(uuid_header(&id))
+        }
+    }
+}
+
+/// A new random request id.
+pub fn fresh_request_id() -> HeaderValue {
+    uuid_header(&uuid::Uuid::new_v4())
+}
+
+fn uuid_header(id: &uuid::Uuid) -> HeaderValue {
+    let mut buffer = uuid::Uuid::encode_buffer();
+    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buffer))
+        .unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-0000-0000-000000000000"))
+}
+
+/// Refuses requests that are not gRPC over HTTP/2 POST.
+pub fn check_grpc<B>(request: &Request<B>) -> Result<(), GatewayError> {
+    if request.method() != Method::POST {
+        return Err(GatewayError::NotGrpc("gRPC calls are POST requests"));
+    }
+    let is_grpc = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/grpc"));
+    if !is_grpc {
+        return Err(GatewayError::NotGrpc(
+            "content-type must be application/grpc",
+        ));
+    }
+    Ok(())
+}
+
+impl CallHeaders {
+    /// Reads and checks the caller's headers.
+    pub fn read(headers: &HeaderMap) -> Result<Self, GatewayError> {
+        let purpose = single(headers, BRIDGE_PURPOSE)?
+            .map(|value| {
+                let bytes = value.as_bytes();
+                let valid = !bytes.is_empty()
+                    && bytes.len() <= MAX_PURPOSE_LEN
+                    && bytes.iter().all(|b| {
+                        b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_'
+                    });
+                if valid {
+                    Ok(value.clone())
+                } else {
+                    Err(bad(
+                        BRIDGE_PURPOSE,
+                        format!(
+                            "a purpose code is 1 to {MAX_PURPOSE_LEN} of A-Z, 0-9, '-' and '_'"
+                        ),
+                    ))
+                }
+            })
+            .transpose()?;
+        let reason = single(headers, BRIDGE_REASON)?
+            .map(|value| {
+                let text = std::str::from_utf8(value.as_bytes())
+                    .map_err(|_| bad(BRIDGE_REASON, "must be UTF-8"))?;
+                if text.len() > MAX_REASON_LEN {
+                    return Err(bad(
+                        BRIDGE_REASON,
+                        format!("at most {MAX_REASON_LEN} bytes"),
+                    ));
+                }
+                if text.chars().any(char::is_control) {
+                    return Err(bad(BRIDGE_REASON, "must be printable text"));
+                }
+                Ok(text.to_owned())
+            })
+            .transpose()?;
+        let user_id = single(headers, BRIDGE_USER_ID)?
+            .map(|value| {
+                let bytes = value.as_bytes();
+                if bytes.is_empty() || bytes.len() > MAX_USER_ID_LEN {
+                    return Err(bad(BRIDGE_USER_ID, format!("1 to {MAX_USER_ID_LEN} bytes")));
+                }
+                if !bytes.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+                    return Err(bad(BRIDGE_USER_ID, "must be printable ASCII"));
+                }
+                Ok(value.clone())
+            })
+            .transpose()?;
+        let consent = single(headers, BRIDGE_CONSENT)?
+            .map(|value| {
+                if value.len() > MAX_CONSENT_LEN {
+                    Err(bad(
+                        BRIDGE_CONSENT,
+                        format!("at most {MAX_CONSENT_LEN} bytes"),
+                    ))
+                } else {
+                    Ok(value.clone())
+                }
+            })
+            .transpose()?;
+        let target = single(headers, BRIDGE_TARGET)?
+            .map(|value| {
+                let text = value
+                    .to_str()
+                    .map_err(|_| bad(BRIDGE_TARGET, "must be a member id"))?;
+                MemberId::parse(text).map_err(|error| bad(BRIDGE_TARGET, error.to_string()))
+            })
+            .transpose()?;
+        let traceparent = headers
+            .get(TRACEPARENT)
+            .filter(|value| is_traceparent(value.as_bytes()))
+            .cloned()
+            .unwrap_or_else(new_traceparent);
+        let timeout = single(headers, GRPC_TIMEOUT)?
+            .map(|value| {
+                deadline::parse_grpc_timeout(value.as_bytes()).ok_or_else(|| {
+                    bad(
+                        GRPC_TIMEOUT,
+                        "must be 1 to 8 digits and a unit H, M, S, m, u or n",
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            purpose,
+            reason,
+            user_id,
+            consent,
+            target,
+            traceparent,
+            timeout,
+        })
+    }
+}
+
+/// Whether `value` is a W3C `traceparent` of version 00 with non-zero ids.
+fn is_traceparent(value: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(value) else {
+        return false;
+    };
+    let parts: Vec<&str> = text.split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    parts.len() == 4
+        && parts[0] == "00"
+        && hex(parts[1], 32)
+        && nonzero(parts[1])
+        && hex(parts[2], 16)
+        && nonzero(parts[2])
+        && hex(parts[3], 2)
+}
+
+/// Starts a new trace at the gateway: random trace and parent ids, sampled.
+fn new_traceparent() -> HeaderValue {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    HeaderValue::from_str(&format!("00-{trace}-{span}-01")).unwrap_or_else(|_| {
+        HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    })
+}
+
+/// The headers sent upstream: the client's, minus every `bridge-*` header
+/// and the hop's own, plus what the gateway vouches for.
+pub fn upstream_headers(
+    client: &HeaderMap,
+    caller: &MemberId,
+    call: &CallHeaders,
+    request_id: &HeaderValue,
+    remaining: Duration,
+) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(client.len() + 4);
+    for (name, value) in client {
+        let name_str = name.as_str();
+        if name_str.starts_with(BRIDGE_PREFIX)
+            || name == HOST
+            || name_str == GRPC_TIMEOUT
+            || name_str == TRACEPARENT
+        {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    if let Ok(value) = HeaderValue::from_str(caller.as_str()) {
+        headers.insert(HeaderName::from_static(BRIDGE_CLIENT), value);
+    }
+    headers.insert(
+        HeaderName::from_static(BRIDGE_REQUEST_ID),
+        request_id.clone(),
+    );
+    if let Some(purpose) = &call.purpose {
+        headers.insert(HeaderName::from_static(BRIDGE_PURPOSE), purpose.clone());
+    }
+    if let Some(user_id) = &call.user_id {
+        headers.insert(HeaderName::from_static(BRIDGE_USER_ID), user_id.clone());
+    }
+    headers.insert(
+        HeaderName::from_static(TRACEPARENT),
+        call.traceparent.clone(),
+    );
+    headers.insert(
+        HeaderName::from_static(GRPC_TIMEOUT),
+        deadline::encode_grpc_timeout(remaining),
+    );
+    headers
+}
+
+/// Removes every `bridge-*` header a backend set: only the gateway speaks
+/// in that namespace towards clients.
+pub fn strip_bridge_headers(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(BRIDGE_PREFIX))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn reads_valid_headers() {
+        let call = CallHeaders::read(&headers(&[
+            (BRIDGE_PURPOSE, "KYC"),
+            (BRIDGE_REASON, "account opening"),
+            (BRIDGE_USER_ID, "agent 42"),
+            (BRIDGE_TARGET, "SN/COM/CBAO/accounts"),
+            (GRPC_TIMEOUT, "5S"),
+        ]))
+        .unwrap();
+        assert_eq!(call.purpose.unwrap(), "KYC");
+        assert_eq!(call.timeout, Some(Duration::from_secs(5)));
+        assert!(is_traceparent(call.traceparent.as_bytes()));
+    }
+
+    #[test]
+    fn refuses_malformed_headers_by_name() {
+        for (name, value) in [
+            (BRIDGE_PURPOSE, "kyc"),
+            (BRIDGE_USER_ID, ""),
+            (BRIDGE_TARGET, "CBAO"),
+            (GRPC_TIMEOUT, "5 seconds"),
+            (BRIDGE_REASON, &"x".repeat(257)),
+        ] {
+            match CallHeaders::read(&headers(&[(name, value)])) {
+                Err(GatewayError::BadHeader { header, .. }) => assert_eq!(header, name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        let twice = headers(&[(BRIDGE_PURPOSE, "KYC"), (BRIDGE_PURPOSE, "AML")]);
+        assert!(CallHeaders::read(&twice).is_err());
+        assert!(request_id(&headers(&[(BRIDGE_REQUEST_ID, "not-a-uuid")])).is_err());
+    }
+
+    #[test]
+    fn upstream_headers_drop_client_bridge_headers() {
+        let client = headers(&[
+            (BRIDGE_CLIENT, "SN/GOV/DGID/tax"),
+            ("bridge-anything", "x"),
+            ("x-custom", "kept"),
+            (
+                TRACEPARENT,
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+        ]);
+        let call = CallHeaders::read(&client).unwrap();
+        let caller = MemberId::parse("SN/COM/CBAO/kyc").unwrap();
+        let id = fresh_request_id();
+        let upstream = upstream_headers(&client, &caller, &call, &id, Duration::from_secs(1));
+        assert_eq!(upstream[BRIDGE_CLIENT], "SN/COM/CBAO/kyc");
+        assert_eq!(upstream.get_all(BRIDGE_CLIENT).iter().count(), 1);
+        assert!(upstream.get("bridge-anything").is_none());
+        assert_eq!(upstream["x-custom"], "kept");
+        assert_eq!(upstream[TRACEPARENT], client[TRACEPARENT]);
+        assert_eq!(upstream[GRPC_TIMEOUT], "1000000u");
+    }
+}

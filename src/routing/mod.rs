@@ -1,0 +1,181 @@
+//! Where a call goes: from `/package.Service/Method` to the provider that
+//! publishes the service.
+//!
+//! The route table is built once per configuration and never changes; a
+//! reload builds a new one. Methods are checked against the descriptors
+//! compiled into the gateway when the service is one of ours, so that a typo
+//! in a method name gets `UNIMPLEMENTED` from the gateway rather than a trip
+//! to the backend.
+
+pub mod upstream;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use prost::Message;
+
+use crate::config::Config;
+use crate::identity::MemberId;
+use crate::proxy::GatewayError;
+pub use upstream::{ProviderPool, UpstreamConnector};
+
+/// One published service and who serves it.
+#[derive(Debug)]
+struct ServiceRoute {
+    /// Known methods, when the service's descriptor is compiled in.
+    methods: Option<HashSet<String>>,
+    /// Providers in configured order; the first is the default.
+    providers: Vec<Arc<ProviderPool>>,
+}
+
+/// The resolved destination of one call.
+#[derive(Debug, Clone)]
+pub struct Route<'a> {
+    pub service: &'a str,
+    pub method: &'a str,
+    pub provider: Arc<ProviderPool>,
+}
+
+/// Service name -> providers, for one configuration.
+#[derive(Debug)]
+pub struct RouteTable {
+    services: HashMap<String, ServiceRoute>,
+}
+
+impl RouteTable {
+    /// Builds the table, with one connection pool per provider.
+    pub fn new(config: &Config, connector: &Arc<UpstreamConnector>) -> Self {
+        let known = known_methods();
+        let pools: HashMap<MemberId, Arc<ProviderPool>> = config
+            .providers
+            .values()
+            .map(|provider| {
+                (
+                    provider.id.clone(),
+                    Arc::new(ProviderPool::new(provider, connector.clone())),
+                )
+            })
+            .collect();
+        let services = config
+            .services
+            .values()
+            .map(|service| {
+                let providers = service
+                    .providers
+                    .iter()
+                    .filter_map(|id| pools.get(id).cloned())
+                    .collect();
+                let route = ServiceRoute {
+                    methods: known.get(&service.name).cloned(),
+                    providers,
+                };
+                (service.name.clone(), route)
+            })
+            .collect();
+        Self { services }
+    }
+
+    /// Resolves `path` (`/package.Service/Method`), choosing the provider
+    /// named by `target` when there is one.
+    pub fn route<'a>(
+        &self,
+        path: &'a str,
+        target: Option<&MemberId>,
+    ) -> Result<Route<'a>, GatewayError> {
+        let (service, method) =
+            split_path(path).ok_or_else(|| GatewayError::BadPath(path.to_owned()))?;
+        let route = self
+            .services
+            .get(service)
+            .ok_or_else(|| GatewayError::UnknownService(service.to_owned()))?;
+        if let Some(methods) = &route.methods {
+            if !methods.contains(method) {
+                return Err(GatewayError::UnknownMethod {
+                    service: service.to_owned(),
+                    method: method.to_owned(),
+                });
+            }
+        }
+        let provider = match target {
+            // Validation guarantees at least one provider per service.
+            None => route.providers.first(),
+            Some(target) => route
+                .providers
+                .iter()
+                .find(|pool| pool.provider() == target),
+        };
+        let provider = provider.ok_or_else(|| match target {
+            Some(target) => GatewayError::UnknownTarget {
+                service: service.to_owned(),
+                target: target.clone(),
+            },
+            None => GatewayError::UnknownService(service.to_owned()),
+        })?;
+        Ok(Route {
+            service,
+            method,
+            provider: provider.clone(),
+        })
+    }
+}
+
+/// Splits `/package.Service/Method` into its service and method.
+fn split_path(path: &str) -> Option<(&str, &str)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+    };
+    (valid(service) && valid(method) && !method.contains('.')).then_some((service, method))
+}
+
+/// Methods of every service in the compiled-in descriptors.
+fn known_methods() -> HashMap<String, HashSet<String>> {
+    let Ok(set) = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET) else {
+        return HashMap::new();
+    };
+    let mut services = HashMap::new();
+    for file in set.file {
+        let package = file.package.unwrap_or_default();
+        for service in file.service {
+            let name = match service.name {
+                Some(name) if package.is_empty() => name,
+                Some(name) => format!("{package}.{name}"),
+                None => continue,
+            };
+            let methods = service
+                .method
+                .into_iter()
+                .filter_map(|method| method.name)
+                .collect();
+            services.insert(name, methods);
+        }
+    }
+    services
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_method_paths() {
+        assert_eq!(
+            split_path("/govbridge.tax.v1.TaxAuthority/GetTaxClearance"),
+            Some(("govbridge.tax.v1.TaxAuthority", "GetTaxClearance"))
+        );
+        assert_eq!(split_path("/a.B/"), None);
+        assert_eq!(split_path("a.B/C"), None);
+        assert_eq!(split_path("/a.B/C/D"), None);
+        assert_eq!(split_path("/a.B/C?x=1"), None);
+    }
+
+    #[test]
+    fn knows_the_compiled_services() {
+        let known = known_methods();
+        let civil = &known["govbridge.civilregistry.v1.CivilRegistry"];
+        assert!(civil.contains("GetPerson"));
+        assert!(civil.contains("WatchLifeEvents"));
+    }
+}
