@@ -1,0 +1,136 @@
+//! The `govbridge` command: PKI management and `check-config`, run as a
+//! user would.
+
+// A failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn govbridge(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_govbridge"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn pki_init_issue_revoke_and_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let pki = pki.to_str().unwrap();
+
+    let output = govbridge(&["pki", "init", "--dir", pki]);
+    assert!(output.status.success(), "{}", text(&output));
+    for file in [
+        "ca.pem",
+        "ca.key",
+        "crl.pem",
+        "gateway.pem",
+        "gateway-upstream.key",
+        "member-cbao-kyc.pem",
+        "agency-civil-registry.key",
+    ] {
+        assert!(
+            Path::new(pki).join(file).exists(),
+            "pki init did not write {file}"
+        );
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(Path::new(pki).join("ca.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "keys are private");
+
+    // A second init refuses to overwrite.
+    let output = govbridge(&["pki", "init", "--dir", pki]);
+    assert!(!output.status.success());
+    assert!(text(&output).contains("--force"), "{}", text(&output));
+
+    let output = govbridge(&[
+        "pki",
+        "issue",
+        "--dir",
+        pki,
+        "--member",
+        "SN/COM/CBAO/kyc",
+        "--out",
+        "alice",
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let certificate = Path::new(pki).join("alice.pem");
+    let der = govbridge::identity::tls::load_certificates(&certificate).unwrap();
+    assert_eq!(
+        govbridge::identity::member_of_certificate(&der[0])
+            .unwrap()
+            .as_str(),
+        "SN/COM/CBAO/kyc"
+    );
+
+    let output = govbridge(&[
+        "pki", "issue", "--dir", pki, "--member", "CBAO", "--out", "bob",
+    ]);
+    assert!(!output.status.success());
+    assert!(text(&output).contains("--member CBAO"), "{}", text(&output));
+
+    let before = std::fs::read(Path::new(pki).join("crl.pem")).unwrap();
+    let output = govbridge(&[
+        "pki",
+        "revoke",
+        "--dir",
+        pki,
+        "--cert",
+        certificate.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_ne!(
+        std::fs::read(Path::new(pki).join("crl.pem")).unwrap(),
+        before
+    );
+
+    // The dev template checks out against this PKI...
+    let config = dir.path().join("govbridge.toml");
+    std::fs::write(&config, govbridge::dev::CONFIG_TEMPLATE).unwrap();
+    let output = govbridge(&["check-config", config.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains("ok"), "{}", text(&output));
+
+    // ...and fails, naming the file, when a certificate is missing.
+    std::fs::remove_file(Path::new(pki).join("gateway-upstream.pem")).unwrap();
+    let output = govbridge(&["check-config", config.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output).contains("gateway-upstream.pem"),
+        "{}",
+        text(&output)
+    );
+}
+
+#[test]
+fn check_config_names_the_key_of_a_bad_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        govbridge::dev::CONFIG_TEMPLATE.replace("node_id = \"gw-dakar-1\"\n", ""),
+    )
+    .unwrap();
+    let output = govbridge(&["check-config", config.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let message = text(&output);
+    assert!(message.contains("bad.toml"), "{message}");
+    assert!(
+        message.contains("gateway.node_id: missing key"),
+        "{message}"
+    );
+}

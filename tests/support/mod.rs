@@ -1,0 +1,409 @@
+//! A test bed: a dev PKI made at test time, the mock agencies and probe
+//! backends on port 0, and a gateway in front of them, all in-process.
+//!
+//! Each test builds its own bed and drops it at the end; nothing is shared
+//! between tests and no fixed port is used. Readiness needs no waiting:
+//! every listener is bound before its address is handed out.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod probe;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use govbridge::agencies::{Agency, AgencyService, Dataset};
+use govbridge::config::Config;
+use govbridge::dev::{self, GATEWAY_IDENTITY};
+use govbridge::identity::MemberId;
+use govbridge::identity::tls::{ClientTls, ServerTls};
+use govbridge::launch::{BoundAgency, Shutdown, ShutdownTrigger};
+use govbridge::net::{ListenerSettings, TlsListener, with_peer};
+use govbridge::pki::{CertificateAuthority, LeafRequest, Usage};
+use govbridge::proxy::Gateway;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+pub const SEED: u64 = 221;
+pub const CBAO_KYC: &str = "SN/COM/CBAO/kyc";
+pub const TREASURY: &str = "SN/GOV/DGCPT/treasury";
+pub const PROBE: &str = "SN/GOV/PROBE/backend";
+
+/// A backend under test control, published as `service` by `provider`.
+pub struct ProbeBackend {
+    pub provider: MemberId,
+    pub service: &'static str,
+    pub server: AgencyService,
+}
+
+/// How to build a bed.
+pub struct BedBuilder {
+    agencies: bool,
+    probes: Vec<ProbeBackend>,
+    /// A provider whose only endpoint has nothing listening.
+    dead_provider: Option<(&'static str, MemberId)>,
+    extra_members: Vec<MemberId>,
+    max_deadline: &'static str,
+}
+
+impl BedBuilder {
+    pub fn without_agencies(mut self) -> Self {
+        self.agencies = false;
+        self
+    }
+
+    /// Publishes `server` as `service`, ahead of the real agency if there is
+    /// one, so that calls without `bridge-target` reach the probe.
+    pub fn probe(mut self, service: &'static str, server: AgencyService) -> Self {
+        self.probes.push(ProbeBackend {
+            provider: MemberId::parse(PROBE).unwrap(),
+            service,
+            server,
+        });
+        self
+    }
+
+    /// Publishes `service` by a provider whose endpoint refuses connections.
+    pub fn dead_provider(mut self, service: &'static str) -> Self {
+        self.dead_provider = Some((service, MemberId::parse("SN/GOV/DOWN/backend").unwrap()));
+        self
+    }
+
+    pub fn max_deadline(mut self, deadline: &'static str) -> Self {
+        self.max_deadline = deadline;
+        self
+    }
+
+    pub async fn start(self) -> Bed {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        dev::init_pki(&pki).unwrap();
+        let ca = CertificateAuthority::load(&pki).unwrap();
+        let data = Arc::new(Dataset::generate(SEED));
+        let gateway_id = MemberId::parse(GATEWAY_IDENTITY).unwrap();
+        let (trigger, shutdown) = Shutdown::new();
+        let mut tasks = JoinSet::new();
+        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+
+        // provider -> endpoints, service -> providers, in order.
+        let mut providers: Vec<(MemberId, Vec<SocketAddr>)> = Vec::new();
+        let mut services: Vec<(&'static str, Vec<MemberId>)> = Vec::new();
+        let publish = |services: &mut Vec<(&'static str, Vec<MemberId>)>,
+                       service: &'static str,
+                       provider: &MemberId| {
+            match services.iter_mut().find(|(name, _)| *name == service) {
+                Some((_, list)) => list.push(provider.clone()),
+                None => services.push((service, vec![provider.clone()])),
+            }
+        };
+
+        for (index, probe) in self.probes.into_iter().enumerate() {
+            let mut request = LeafRequest::loopback_server("probe");
+            request.member = Some(probe.provider.clone());
+            request.usage = Usage::ServerAndClient;
+            let name = format!("probe-{index}");
+            let (certificate, private_key) =
+                ca.issue(&request).unwrap().write(&pki, &name).unwrap();
+            let tls = ServerTls {
+                certificate,
+                private_key,
+                client_ca: pki.join("ca.pem"),
+                crls: vec![pki.join("crl.pem")],
+            };
+            let tcp = TcpListener::bind(loopback).await.unwrap();
+            let address = tcp.local_addr().unwrap();
+            let listener = TlsListener::new(
+                tcp,
+                tls.server_config().unwrap(),
+                ListenerSettings::default(),
+            );
+            let server = probe.server;
+            tasks.spawn(listener.serve(
+                move |peer| with_peer(peer, server.clone()),
+                shutdown.clone().wait(),
+            ));
+            if !providers.iter().any(|(id, _)| *id == probe.provider) {
+                providers.push((probe.provider.clone(), vec![address]));
+            }
+            publish(&mut services, probe.service, &probe.provider);
+        }
+
+        let mut agencies = HashMap::new();
+        if self.agencies {
+            for agency in Agency::ALL {
+                let tls = ServerTls {
+                    certificate: pki.join(format!("agency-{}.pem", agency.name())),
+                    private_key: pki.join(format!("agency-{}.key", agency.name())),
+                    client_ca: pki.join("ca.pem"),
+                    crls: vec![pki.join("crl.pem")],
+                };
+                let bound =
+                    BoundAgency::bind(agency, loopback, &tls, gateway_id.clone(), data.clone())
+                        .await
+                        .unwrap();
+                let address = bound.local_addr().unwrap();
+                agencies.insert(agency.name(), address);
+                tasks.spawn(bound.serve(shutdown.clone().wait()));
+                providers.push((agency.member_id(), vec![address]));
+                publish(&mut services, agency.service_name(), &agency.member_id());
+            }
+        }
+
+        if let Some((service, provider)) = &self.dead_provider {
+            // Bind and drop: the port is then (almost certainly) closed.
+            let address = TcpListener::bind(loopback)
+                .await
+                .unwrap()
+                .local_addr()
+                .unwrap();
+            providers.push((provider.clone(), vec![address]));
+            publish(&mut services, service, provider);
+        }
+
+        let mut members: Vec<MemberId> = dev::DEMO_MEMBERS
+            .iter()
+            .map(|(_, id)| MemberId::parse(id).unwrap())
+            .chain(providers.iter().map(|(id, _)| id.clone()))
+            .chain(self.extra_members)
+            .collect();
+        members.sort();
+        members.dedup();
+
+        let text = config_text(&members, &providers, &services, self.max_deadline);
+        let config_path = dir.path().join("govbridge.toml");
+        std::fs::write(&config_path, &text).unwrap();
+        let config = Config::load(&config_path).unwrap_or_else(|error| panic!("{error}\n{text}"));
+        let gateway = Gateway::bind(&config).await.unwrap();
+        let gateway_addr = gateway.local_addr().unwrap();
+        tasks.spawn(gateway.serve(shutdown.clone().wait()));
+
+        Bed {
+            dir,
+            pki,
+            ca,
+            gateway: gateway_addr,
+            agencies,
+            data,
+            trigger,
+            tasks,
+        }
+    }
+}
+
+fn config_text(
+    members: &[MemberId],
+    providers: &[(MemberId, Vec<SocketAddr>)],
+    services: &[(&str, Vec<MemberId>)],
+    max_deadline: &str,
+) -> String {
+    let mut text = format!(
+        r#"
+[gateway]
+node_id = "gw-test"
+listen = "127.0.0.1:0"
+identity = "{GATEWAY_IDENTITY}"
+handshake_timeout = "5s"
+
+[gateway.tls]
+certificate = "pki/gateway.pem"
+private_key = "pki/gateway.key"
+client_ca = "pki/ca.pem"
+crls = ["pki/crl.pem"]
+
+[upstream]
+certificate = "pki/gateway-upstream.pem"
+private_key = "pki/gateway-upstream.key"
+server_ca = "pki/ca.pem"
+connect_timeout = "1s"
+max_deadline = "{max_deadline}"
+"#
+    );
+    for member in members {
+        text += &format!("\n[members.\"{member}\"]\nname = \"{member}\"\n");
+    }
+    for (provider, endpoints) in providers {
+        let endpoints: Vec<String> = endpoints
+            .iter()
+            .map(|a| format!("\"https://{a}\""))
+            .collect();
+        text += &format!(
+            "\n[providers.\"{provider}\"]\nendpoints = [{}]\n",
+            endpoints.join(", ")
+        );
+    }
+    for (service, providers) in services {
+        let providers: Vec<String> = providers.iter().map(|p| format!("\"{p}\"")).collect();
+        text += &format!(
+            "\n[services.\"{service}\"]\nproviders = [{}]\n",
+            providers.join(", ")
+        );
+    }
+    text
+}
+
+/// A running gateway with its backends. Dropping it stops everything.
+pub struct Bed {
+    pub dir: tempfile::TempDir,
+    pub pki: PathBuf,
+    pub ca: CertificateAuthority,
+    pub gateway: SocketAddr,
+    pub agencies: HashMap<&'static str, SocketAddr>,
+    pub data: Arc<Dataset>,
+    trigger: ShutdownTrigger,
+    tasks: JoinSet<()>,
+}
+
+impl Bed {
+    pub fn builder() -> BedBuilder {
+        BedBuilder {
+            agencies: true,
+            probes: Vec::new(),
+            dead_provider: None,
+            extra_members: Vec::new(),
+            max_deadline: "60s",
+        }
+    }
+
+    /// A bed with every mock agency and no probe.
+    pub async fn start() -> Bed {
+        Self::builder().start().await
+    }
+
+    /// Client TLS for a demo member's certificate (`cbao-kyc`, `treasury`, ...).
+    pub fn member_tls(&self, stem: &str) -> Arc<ClientConfig> {
+        self.client_tls(
+            &self.pki.join(format!("member-{stem}.pem")),
+            &self.pki.join(format!("member-{stem}.key")),
+        )
+    }
+
+    /// Client TLS from a certificate and key file, trusting the dev CA.
+    pub fn client_tls(&self, certificate: &Path, private_key: &Path) -> Arc<ClientConfig> {
+        ClientTls {
+            server_ca: self.pki.join("ca.pem"),
+            certificate: certificate.to_owned(),
+            private_key: private_key.to_owned(),
+        }
+        .client_config()
+        .unwrap()
+    }
+
+    /// Issues a certificate from the dev CA and returns client TLS using it.
+    pub fn issue_client(&self, name: &str, request: &LeafRequest) -> Arc<ClientConfig> {
+        let (certificate, key) = self
+            .ca
+            .issue(request)
+            .unwrap()
+            .write(&self.pki, name)
+            .unwrap();
+        self.client_tls(&certificate, &key)
+    }
+
+    /// An HTTP/2 client to the gateway for a demo member.
+    pub async fn client(&self, stem: &str) -> H2Client {
+        H2Client::connect(self.gateway, self.member_tls(stem))
+            .await
+            .unwrap()
+    }
+
+    /// Stops every server and waits for them to drain.
+    pub async fn stop(mut self) {
+        self.trigger.trigger();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Why a test client could not connect.
+pub type ClientError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A minimal gRPC transport: one HTTP/2 connection over rustls, with no
+/// timeout or retry layer of its own, so that tests see exactly what the
+/// gateway does. Usable with every generated tonic client.
+#[derive(Clone)]
+pub struct H2Client {
+    sender: SendRequest<tonic::body::Body>,
+    pub key_exchange: Option<rustls::NamedGroup>,
+}
+
+impl H2Client {
+    pub async fn connect(address: SocketAddr, tls: Arc<ClientConfig>) -> Result<Self, ClientError> {
+        let tcp = TcpStream::connect(address).await?;
+        let connector = tokio_rustls::TlsConnector::from(tls);
+        let stream = connector
+            .connect(ServerName::try_from("localhost")?, tcp)
+            .await?;
+        let key_exchange = stream
+            .get_ref()
+            .1
+            .negotiated_key_exchange_group()
+            .map(|group| group.name());
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(connection);
+        Ok(Self {
+            sender,
+            key_exchange,
+        })
+    }
+}
+
+impl tower::Service<Request<tonic::body::Body>> for H2Client {
+    type Response = Response<Incoming>;
+    type Error = hyper::Error;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Response<Incoming>, hyper::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
+        self.sender.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<tonic::body::Body>) -> Self::Future {
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        *request.uri_mut() = Uri::builder()
+            .scheme("https")
+            .authority("localhost")
+            .path_and_query(path)
+            .build()
+            .unwrap();
+        let response = self.sender.send_request(request);
+        Box::pin(response)
+    }
+}
+
+/// Adds a metadata entry to a request.
+pub fn with_header<T>(
+    mut request: tonic::Request<T>,
+    name: &'static str,
+    value: &str,
+) -> tonic::Request<T> {
+    request.metadata_mut().insert(name, value.parse().unwrap());
+    request
+}
+
+/// The `bridge-error` of a failed call, if the gateway made it.
+pub fn bridge_error(status: &tonic::Status) -> Option<String> {
+    status
+        .metadata()
+        .get("bridge-error")
+        .map(|value| value.to_str().unwrap().to_owned())
+}
