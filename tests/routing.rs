@@ -301,6 +301,43 @@ async fn backend_statuses_pass_through_unchanged() {
     bed.stop().await;
 }
 
+/// Errors answered with HEADERS + END_STREAM must reach the caller that way:
+/// strict clients (gRPC C-core, so Python, C++, Ruby...) reject a status in
+/// headers followed by an empty DATA frame.
+#[tokio::test]
+async fn trailers_only_answers_stay_trailers_only() {
+    use http_body::Body as _;
+    let bed = Bed::start().await;
+    let mut client = bed.client("cbao-kyc").await;
+    let malformed = GetPersonRequest {
+        nin: "12-34".to_owned(),
+    };
+    let from_backend = support::raw_call(
+        &mut client,
+        "/govbridge.civilregistry.v1.CivilRegistry/GetPerson",
+        &malformed,
+    )
+    .await;
+    assert_eq!(from_backend.headers()["grpc-status"], "3");
+    assert!(
+        from_backend.body().is_end_stream(),
+        "the backend's trailers-only answer grew a body"
+    );
+
+    let from_gateway = support::raw_call(
+        &mut client,
+        "/govbridge.land.v1.Cadastre/GetParcel",
+        &malformed,
+    )
+    .await;
+    assert_eq!(from_gateway.headers()["grpc-status"], "12");
+    assert!(
+        from_gateway.body().is_end_stream(),
+        "the gateway's own answer grew a body"
+    );
+    bed.stop().await;
+}
+
 /// Calls `path` with an empty message: for services the client has no stub of.
 async fn call_path(client: H2Client, path: &'static str) -> tonic::Status {
     let mut grpc = tonic::client::Grpc::new(client);
@@ -344,11 +381,7 @@ async fn unknown_services_and_methods_are_unimplemented() {
 #[tokio::test]
 async fn a_spoofed_bridge_client_never_reaches_a_backend() {
     let probe = Probe::default();
-    let bed = Bed::builder()
-        .without_agencies()
-        .probe(probe::SERVICE, probe.server())
-        .start()
-        .await;
+    let bed = Bed::with_probe(&probe).await;
     let mut registry = CivilRegistryClient::new(bed.client("cbao-kyc").await);
     let mut request = tonic::Request::new(GetPersonRequest { nin: "1".into() });
     let metadata = request.metadata_mut();
@@ -387,13 +420,32 @@ async fn a_spoofed_bridge_client_never_reaches_a_backend() {
 }
 
 #[tokio::test]
+async fn upstream_connections_are_reused_across_calls_and_callers() {
+    let probe = Probe::default();
+    let bed = Bed::with_probe(&probe).await;
+    for member in ["cbao-kyc", "treasury", "cbao-kyc"] {
+        let mut registry = CivilRegistryClient::new(bed.client(member).await);
+        for _ in 0..3 {
+            registry
+                .get_person(GetPersonRequest { nin: "1".into() })
+                .await
+                .unwrap();
+        }
+    }
+    let seen = probe.seen();
+    assert_eq!(seen.len(), 9);
+    assert!(
+        seen.iter()
+            .all(|call| call.remote_addr == seen[0].remote_addr),
+        "one upstream HTTP/2 connection carries every call"
+    );
+    bed.stop().await;
+}
+
+#[tokio::test]
 async fn malformed_bridge_headers_are_invalid_arguments_naming_the_header() {
     let probe = Probe::default();
-    let bed = Bed::builder()
-        .without_agencies()
-        .probe(probe::SERVICE, probe.server())
-        .start()
-        .await;
+    let bed = Bed::with_probe(&probe).await;
     let mut registry = CivilRegistryClient::new(bed.client("cbao-kyc").await);
     for (header, value) in [
         ("bridge-purpose", "know your customer"),

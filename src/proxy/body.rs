@@ -50,6 +50,13 @@ impl ResponseBody {
         budget: std::time::Duration,
         provider: MemberId,
     ) -> Self {
+        // A trailers-only answer (HEADERS with END_STREAM, as backends send
+        // for most errors) must stay trailers-only: relayed as headers and an
+        // empty DATA frame, strict clients such as gRPC C-core report
+        // UNKNOWN instead of the backend's status.
+        if upstream.is_end_stream() {
+            return Self::empty();
+        }
         Self {
             relay: Some(Relay {
                 upstream: Some(upstream),

@@ -278,6 +278,15 @@ impl Bed {
         }
     }
 
+    /// A bed with `probe` as the civil registry and no agency.
+    pub async fn with_probe(probe: &probe::Probe) -> Bed {
+        Self::builder()
+            .without_agencies()
+            .probe(probe::SERVICE, probe.server())
+            .start()
+            .await
+    }
+
     /// A bed with every mock agency and no probe.
     pub async fn start() -> Bed {
         Self::builder().start().await
@@ -406,4 +415,27 @@ pub fn bridge_error(status: &tonic::Status) -> Option<String> {
         .metadata()
         .get("bridge-error")
         .map(|value| value.to_str().unwrap().to_owned())
+}
+
+/// Sends one gRPC message to `path` and returns the raw HTTP/2 response, so
+/// that tests can look at frames that generated clients hide.
+pub async fn raw_call(
+    client: &mut H2Client,
+    path: &str,
+    message: &impl prost::Message,
+) -> Response<Incoming> {
+    use tower::{Service, ServiceExt};
+    let payload = message.encode_to_vec();
+    let mut frame = Vec::with_capacity(5 + payload.len());
+    frame.push(0);
+    frame.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(&payload);
+    let request = Request::post(path)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from(frame),
+        )))
+        .unwrap();
+    client.ready().await.unwrap().call(request).await.unwrap()
 }
