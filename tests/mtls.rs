@@ -32,11 +32,7 @@ async fn call(bed: &Bed, tls: Arc<ClientConfig>) -> Result<(), String> {
 
 async fn probe_bed() -> (Bed, Probe) {
     let probe = Probe::default();
-    let bed = Bed::builder()
-        .without_agencies()
-        .probe(probe::SERVICE, probe.server())
-        .start()
-        .await;
+    let bed = Bed::with_probe(&probe).await;
     (bed, probe)
 }
 

@@ -14,14 +14,6 @@ use support::probe::{self, Probe};
 use support::{Bed, H2Client, bridge_error};
 use tonic::Code;
 
-async fn probe_bed(probe: &Probe) -> Bed {
-    Bed::builder()
-        .without_agencies()
-        .probe(probe::SERVICE, probe.server())
-        .start()
-        .await
-}
-
 fn client(channel: H2Client) -> CivilRegistryClient<H2Client> {
     CivilRegistryClient::new(channel)
         .max_decoding_message_size(16 << 20)
@@ -31,7 +23,7 @@ fn client(channel: H2Client) -> CivilRegistryClient<H2Client> {
 #[tokio::test]
 async fn four_mebibyte_messages_pass_both_ways() {
     let probe = Probe::default();
-    let bed = probe_bed(&probe).await;
+    let bed = Bed::with_probe(&probe).await;
     let mut registry = client(bed.client("cbao-kyc").await);
     let big = "7".repeat(4 << 20);
     let response = registry
@@ -46,7 +38,7 @@ async fn four_mebibyte_messages_pass_both_ways() {
 #[tokio::test]
 async fn a_ten_thousand_message_stream_passes_in_order() {
     let probe = Probe::new(Duration::ZERO, 16);
-    let bed = probe_bed(&probe).await;
+    let bed = Bed::with_probe(&probe).await;
     let mut registry = client(bed.client("cbao-kyc").await);
     let mut stream = registry
         .watch_life_events(WatchLifeEventsRequest {
@@ -73,7 +65,7 @@ async fn a_slow_reader_holds_back_the_backend() {
     const EVENT: usize = 64 << 10;
     const EVENTS: u32 = 2_000; // 128 MiB if the gateway buffered it all
     let probe = Probe::new(Duration::ZERO, EVENT);
-    let bed = probe_bed(&probe).await;
+    let bed = Bed::with_probe(&probe).await;
     let mut registry = client(bed.client("cbao-kyc").await);
     let mut stream = registry
         .watch_life_events(WatchLifeEventsRequest {
@@ -122,7 +114,7 @@ async fn a_slow_reader_holds_back_the_backend() {
 #[tokio::test]
 async fn a_short_client_deadline_gives_deadline_exceeded_and_cancels_upstream() {
     let probe = Probe::new(Duration::from_secs(30), 0);
-    let bed = probe_bed(&probe).await;
+    let bed = Bed::with_probe(&probe).await;
     let mut registry = client(bed.client("cbao-kyc").await);
     let mut request = tonic::Request::new(GetPersonRequest { nin: "1".into() });
     // The test transport has no timer of its own: the gateway enforces it.
@@ -173,7 +165,7 @@ async fn the_service_maximum_bounds_calls_without_a_deadline() {
 #[tokio::test]
 async fn a_client_cancellation_reaches_the_backend() {
     let probe = Probe::new(Duration::from_secs(30), 0);
-    let bed = probe_bed(&probe).await;
+    let bed = Bed::with_probe(&probe).await;
     let mut registry = client(bed.client("cbao-kyc").await);
     let call = tokio::spawn(async move {
         registry

@@ -43,7 +43,7 @@ pub enum TlsError {
         path: PathBuf,
         source: rustls::Error,
     },
-    #[error("client certificate verifier: {0}")]
+    #[error("certificate verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
     #[error("{path}: certificate and key do not make a usable identity: {source}")]
     Identity {
@@ -93,6 +93,23 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
         })
 }
 
+/// A certificate chain and its private key.
+type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+fn load_identity(certificate: &Path, private_key: &Path) -> Result<Identity, TlsError> {
+    Ok((
+        load_certificates(certificate)?,
+        load_private_key(private_key)?,
+    ))
+}
+
+fn identity_error(certificate: &Path) -> impl FnOnce(rustls::Error) -> TlsError + '_ {
+    move |source| TlsError::Identity {
+        path: certificate.to_owned(),
+        source,
+    }
+}
+
 fn root_store(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
     for certificate in load_certificates(path)? {
@@ -127,8 +144,7 @@ impl ServerTls {
         let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
             .with_crls(crls)
             .build()?;
-        let chain = load_certificates(&self.certificate)?;
-        let key = load_private_key(&self.private_key)?;
+        let (chain, key) = load_identity(&self.certificate, &self.private_key)?;
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .and_then(|builder| {
@@ -136,10 +152,7 @@ impl ServerTls {
                     .with_client_cert_verifier(verifier)
                     .with_single_cert(chain, key)
             })
-            .map_err(|source| TlsError::Identity {
-                path: self.certificate.clone(),
-                source,
-            })?;
+            .map_err(identity_error(&self.certificate))?;
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(Arc::new(config))
     }
@@ -160,14 +173,9 @@ impl ClientTls {
     pub fn client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
         let provider = crypto_provider();
         let roots = root_store(&self.server_ca)?;
-        let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-            .build()
-            .map_err(|error| TlsError::Identity {
-                path: self.server_ca.clone(),
-                source: rustls::Error::General(error.to_string()),
-            })?;
-        let chain = load_certificates(&self.certificate)?;
-        let key = load_private_key(&self.private_key)?;
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(roots, provider.clone()).build()?;
+        let (chain, key) = load_identity(&self.certificate, &self.private_key)?;
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .and_then(|builder| {
@@ -175,10 +183,7 @@ impl ClientTls {
                     .with_webpki_verifier(verifier)
                     .with_client_auth_cert(chain, key)
             })
-            .map_err(|source| TlsError::Identity {
-                path: self.certificate.clone(),
-                source,
-            })?;
+            .map_err(identity_error(&self.certificate))?;
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(Arc::new(config))
     }

@@ -27,6 +27,8 @@ pub const SERVICE: &str = "govbridge.civilregistry.v1.CivilRegistry";
 pub struct Seen {
     pub metadata: MetadataMap,
     pub peer: Option<MemberId>,
+    /// The gateway's end of the upstream connection.
+    pub remote_addr: Option<std::net::SocketAddr>,
     pub key_exchange: Option<rustls::NamedGroup>,
 }
 
@@ -81,6 +83,7 @@ impl Probe {
         self.state.seen.lock().unwrap().push(Seen {
             metadata: request.metadata().clone(),
             peer: peer.and_then(|peer| peer.member.clone().ok()),
+            remote_addr: peer.map(|peer| peer.remote_addr),
             key_exchange: peer.and_then(|peer| peer.key_exchange),
         });
         self.state.arrived.notify_one();
