@@ -13,7 +13,7 @@ use govbridge::pki::{CertificateAuthority, LeafRequest, Usage};
 use govbridge::proto::civilregistry::v1::GetPersonRequest;
 use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
 use rustls::ClientConfig;
-use support::probe::{self, Probe};
+use support::probe::Probe;
 use support::{Bed, H2Client, bridge_error};
 use time::{Duration, OffsetDateTime};
 use tonic::Code;

@@ -21,7 +21,7 @@ use govbridge::proto::civilregistry::v1::{
 };
 use govbridge::proto::tax::v1::tax_authority_client::TaxAuthorityClient;
 use govbridge::proto::tax::v1::{WithholdingLine, get_tax_clearance_request};
-use support::probe::{self, Probe};
+use support::probe::Probe;
 use support::{Bed, H2Client, bridge_error, with_header};
 use tonic::Code;
 
