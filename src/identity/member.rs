@@ -21,6 +21,17 @@ pub const MAX_MEMBER_ID_LEN: usize = 255;
 /// A validated member identifier.
 ///
 /// Cheap to clone; compares and hashes on its canonical text.
+///
+/// ```
+/// use govbridge::identity::MemberId;
+///
+/// let bank = MemberId::parse("sn/COM/CBAO/kyc")?;
+/// assert_eq!(bank.as_str(), "SN/COM/CBAO/kyc");
+/// assert_eq!(bank.to_spiffe_uri(), "spiffe://sn/COM/CBAO/kyc");
+/// assert_eq!(MemberId::from_spiffe_uri("spiffe://sn/COM/CBAO/kyc")?, bank);
+/// assert!(MemberId::parse("SN/COM/CBAO").is_err());
+/// # Ok::<(), govbridge::identity::InvalidMemberId>(())
+/// ```
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MemberId {
     text: Arc<str>,

@@ -16,6 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
+use super::deadline::Deadline;
 use super::error::GatewayError;
 use super::headers::strip_bridge_headers;
 use crate::identity::MemberId;
@@ -44,12 +45,7 @@ impl ResponseBody {
     }
 
     /// Relays `upstream` until it ends or `deadline` passes.
-    pub fn relay(
-        upstream: Incoming,
-        deadline: tokio::time::Instant,
-        budget: std::time::Duration,
-        provider: MemberId,
-    ) -> Self {
+    pub fn relay(upstream: Incoming, deadline: Deadline, provider: MemberId) -> Self {
         // A trailers-only answer (HEADERS with END_STREAM, as backends send
         // for most errors) must stay trailers-only: relayed as headers and an
         // empty DATA frame, strict clients such as gRPC C-core report
@@ -60,8 +56,8 @@ impl ResponseBody {
         Self {
             relay: Some(Relay {
                 upstream: Some(upstream),
-                deadline: Box::pin(tokio::time::sleep_until(deadline)),
-                budget,
+                deadline: Box::pin(tokio::time::sleep_until(deadline.at())),
+                budget: deadline.budget(),
                 provider,
             }),
         }

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 pub struct Deadline {
     started: Instant,
     at: Instant,
+    budget: Duration,
 }
 
 impl Deadline {
@@ -23,11 +24,17 @@ impl Deadline {
         Self {
             started,
             at: started + budget,
+            budget,
         }
     }
 
     pub fn at(&self) -> Instant {
         self.at
+    }
+
+    /// The whole time the call was given.
+    pub fn budget(&self) -> Duration {
+        self.budget
     }
 
     /// What is left of the budget now.

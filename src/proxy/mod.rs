@@ -165,19 +165,18 @@ impl GatewayService {
 
     async fn handle(self, request: Request<Incoming>) -> Response<ResponseBody> {
         let received = Instant::now();
+        // Cloning a `Uri` shares its bytes: the route and the log borrow it.
+        let uri = request.uri().clone();
         let request_id = match headers::request_id(request.headers()) {
             Ok(id) => id,
-            Err(error) => {
-                return self.refuse(error, &headers::fresh_request_id(), request.uri().path());
-            }
+            Err(error) => return self.refuse(error, &headers::fresh_request_id(), &uri),
         };
-        let path = request.uri().path().to_owned();
-        match self.forward(request, received, &request_id).await {
+        match self.forward(request, &uri, received, &request_id).await {
             Ok(mut response) => {
                 response.headers_mut().insert(BRIDGE_REQUEST_ID, request_id);
                 response
             }
-            Err(error) => self.refuse(error, &request_id, &path),
+            Err(error) => self.refuse(error, &request_id, &uri),
         }
     }
 
@@ -186,14 +185,13 @@ impl GatewayService {
     async fn forward(
         &self,
         request: Request<Incoming>,
+        uri: &http::Uri,
         received: Instant,
         request_id: &HeaderValue,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let caller = self.caller.clone()?;
         headers::check_grpc(&request)?;
         let call = CallHeaders::read(request.headers())?;
-        // Cloning a `Uri` shares its bytes; the route borrows the path.
-        let uri = request.uri().clone();
         let route = self.state.routes.route(uri.path(), call.target.as_ref())?;
         let deadline = Deadline::new(received, call.timeout, self.state.max_deadline);
 
@@ -214,22 +212,19 @@ impl GatewayService {
             .await
             .map_err(|_| GatewayError::DeadlineExceeded(deadline.elapsed()))??;
         headers::strip_bridge_headers(response.headers_mut());
-        let budget = deadline.elapsed() + deadline.remaining();
-        Ok(response.map(|body| {
-            ResponseBody::relay(body, deadline.at(), budget, provider.provider().clone())
-        }))
+        Ok(response.map(|body| ResponseBody::relay(body, deadline, provider.provider().clone())))
     }
 
     fn refuse(
         &self,
         error: GatewayError,
         request_id: &HeaderValue,
-        path: &str,
+        uri: &http::Uri,
     ) -> Response<ResponseBody> {
         tracing::info!(
             request_id = request_id.to_str().unwrap_or_default(),
             caller = self.caller.as_ref().map(ToString::to_string).unwrap_or_default(),
-            path,
+            path = uri.path(),
             bridge_error = error.kind(),
             code = ?error.code(),
             fault = ?error.fault(),
