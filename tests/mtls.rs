@@ -234,3 +234,25 @@ async fn both_hops_negotiate_post_quantum_key_exchange() {
     );
     bed.stop().await;
 }
+
+#[tokio::test]
+async fn a_silent_connection_is_dropped_at_the_handshake_timeout() {
+    use tokio::io::AsyncReadExt;
+    let probe = Probe::default();
+    let bed = Bed::builder()
+        .without_agencies()
+        .probe(support::probe::SERVICE, probe.server())
+        .handshake_timeout("200ms")
+        .start()
+        .await;
+    let mut silent = tokio::net::TcpStream::connect(bed.gateway).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buffer = [0_u8; 16];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), silent.read(&mut buffer))
+        .await
+        .expect("the gateway kept a silent connection open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(150));
+    call(&bed, bed.member_tls("cbao-kyc")).await.unwrap();
+    bed.stop().await;
+}

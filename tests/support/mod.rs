@@ -54,6 +54,7 @@ pub struct BedBuilder {
     dead_provider: Option<(&'static str, MemberId)>,
     extra_members: Vec<MemberId>,
     max_deadline: &'static str,
+    handshake_timeout: &'static str,
 }
 
 impl BedBuilder {
@@ -76,6 +77,11 @@ impl BedBuilder {
     /// Publishes `service` by a provider whose endpoint refuses connections.
     pub fn dead_provider(mut self, service: &'static str) -> Self {
         self.dead_provider = Some((service, MemberId::parse("SN/GOV/DOWN/backend").unwrap()));
+        self
+    }
+
+    pub fn handshake_timeout(mut self, timeout: &'static str) -> Self {
+        self.handshake_timeout = timeout;
         self
     }
 
@@ -183,7 +189,13 @@ impl BedBuilder {
         members.sort();
         members.dedup();
 
-        let text = config_text(&members, &providers, &services, self.max_deadline);
+        let text = config_text(
+            &members,
+            &providers,
+            &services,
+            self.max_deadline,
+            self.handshake_timeout,
+        );
         let config_path = dir.path().join("govbridge.toml");
         std::fs::write(&config_path, &text).unwrap();
         let config = Config::load(&config_path).unwrap_or_else(|error| panic!("{error}\n{text}"));
@@ -209,6 +221,7 @@ fn config_text(
     providers: &[(MemberId, Vec<SocketAddr>)],
     services: &[(&str, Vec<MemberId>)],
     max_deadline: &str,
+    handshake_timeout: &str,
 ) -> String {
     let mut text = format!(
         r#"
@@ -216,7 +229,7 @@ fn config_text(
 node_id = "gw-test"
 listen = "127.0.0.1:0"
 identity = "{GATEWAY_IDENTITY}"
-handshake_timeout = "5s"
+handshake_timeout = "{handshake_timeout}"
 
 [gateway.tls]
 certificate = "pki/gateway.pem"
@@ -275,6 +288,7 @@ impl Bed {
             dead_provider: None,
             extra_members: Vec::new(),
             max_deadline: "60s",
+            handshake_timeout: "5s",
         }
     }
 
