@@ -88,8 +88,11 @@ enum PkiCommand {
         #[arg(long, value_name = "NAME")]
         out: String,
         /// Validity in days.
-        #[arg(long, default_value_t = 365)]
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(i64).range(1..=3650))]
         days: i64,
+        /// Replace NAME.pem and NAME.key if they exist.
+        #[arg(long)]
+        force: bool,
     },
     /// Add a certificate to the CRL (DIR/crl.pem).
     Revoke {
@@ -205,10 +208,23 @@ fn run_pki(command: PkiCommand) -> anyhow::Result<()> {
             member,
             out,
             days,
+            force,
         } => {
             let member = MemberId::parse(&member).with_context(|| format!("--member {member}"))?;
             if out.is_empty() || out.contains('/') || out.starts_with('.') {
                 bail!("--out {out}: a file stem, without directories");
+            }
+            if ["ca", "crl", "gateway", "gateway-upstream"].contains(&out.as_str())
+                || out.starts_with("agency-")
+            {
+                bail!("--out {out}: that name belongs to the PKI itself; choose another");
+            }
+            let existing = dir.join(format!("{out}.pem"));
+            if existing.exists() && !force {
+                bail!(
+                    "{}: exists already; pass --force to replace it",
+                    existing.display()
+                );
             }
             let ca = CertificateAuthority::load(&dir)?;
             let mut request = LeafRequest::member(&member);

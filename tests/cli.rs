@@ -105,7 +105,23 @@ fn pki_init_issue_revoke_and_check_config() {
     assert!(output.status.success(), "{}", text(&output));
     assert!(text(&output).contains("ok"), "{}", text(&output));
 
-    // ...and fails, naming the file, when a certificate is missing.
+    // ...fails when the upstream certificate is not the gateway's identity...
+    for extension in ["pem", "key"] {
+        std::fs::copy(
+            Path::new(pki).join(format!("member-cbao-kyc.{extension}")),
+            Path::new(pki).join(format!("gateway-upstream.{extension}")),
+        )
+        .unwrap();
+    }
+    let output = govbridge(&["check-config", config.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output).contains("gateway.identity"),
+        "{}",
+        text(&output)
+    );
+
+    // ...and fails, naming the key and file, when a certificate is missing.
     std::fs::remove_file(Path::new(pki).join("gateway-upstream.pem")).unwrap();
     let output = govbridge(&["check-config", config.to_str().unwrap()]);
     assert!(!output.status.success());

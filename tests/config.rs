@@ -125,6 +125,24 @@ fn typos_in_keys_and_values_are_errors() {
     ));
     assert_eq!(error.key, "upstream.connect_timeout");
 
+    let error = error_of(&edited(
+        "max_deadline = \"60s\"",
+        "max_deadline = \"99999999999999999h\"",
+    ));
+    assert_eq!(error.key, "upstream.max_deadline");
+    assert!(error.message.contains("between"), "{error}");
+    let error = error_of(&edited(
+        "connect_timeout = \"1s\"",
+        "connect_timeout = \"0s\"",
+    ));
+    assert_eq!(error.key, "upstream.connect_timeout");
+
+    let error = error_of(&edited(
+        "[providers.\"SN/GOV/DGID/tax\"]",
+        "[providers.\"sn/GOV/DGID/tax\"]\nendpoints = [\"https://127.0.0.1:1\"]\n\n[providers.\"SN/GOV/DGID/tax\"]",
+    ));
+    assert!(error.message.contains("configured twice"), "{error}");
+
     let error = error_of(&edited("https://127.0.0.1:7102", "http://127.0.0.1:7102"));
     assert_eq!(error.key, "providers.\"SN/GOV/DGID/tax\".endpoints[0]");
     assert!(error.message.contains("TLS is mandatory"), "{error}");

@@ -499,6 +499,46 @@ async fn a_backend_that_is_down_gives_unavailable_quickly() {
     bed.stop().await;
 }
 
+/// A backend that accepts TCP and never speaks TLS: concurrent calls share
+/// one connection attempt instead of queueing for one each.
+#[tokio::test]
+async fn a_silent_backend_fails_concurrent_calls_together() {
+    let bed = Bed::builder()
+        .without_agencies()
+        .silent_provider("govbridge.tax.v1.TaxAuthority")
+        .start()
+        .await;
+    let started = Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let client = bed.client("cbao-kyc").await;
+        calls.spawn(async move {
+            TaxAuthorityClient::new(client)
+                .get_tax_clearance(govbridge::proto::tax::v1::GetTaxClearanceRequest {
+                    taxpayer: Some(get_tax_clearance_request::Taxpayer::SubjectNin("1".into())),
+                })
+                .await
+                .unwrap_err()
+        });
+    }
+    while let Some(status) = calls.join_next().await {
+        let status = status.unwrap();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            !status.message().contains("127.0.0.1"),
+            "internal addresses leak: {}",
+            status.message()
+        );
+    }
+    // One 1 s connect timeout, not eight in a row.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    bed.stop().await;
+}
+
 #[tokio::test]
 async fn agencies_refuse_callers_other_than_the_gateway() {
     let bed = Bed::start().await;

@@ -134,7 +134,7 @@ async fn a_short_client_deadline_gives_deadline_exceeded_and_cancels_upstream() 
         .to_str()
         .unwrap();
     let forwarded = govbridge::proxy::deadline::parse_grpc_timeout(forwarded.as_bytes()).unwrap();
-    assert!(forwarded <= Duration::from_millis(300), "{forwarded:?}");
+    assert!(forwarded < Duration::from_millis(300), "{forwarded:?}");
     tokio::time::timeout(Duration::from_secs(5), probe.state.cancelled.notified())
         .await
         .expect("the backend never saw the cancellation");
@@ -181,5 +181,40 @@ async fn a_client_cancellation_reaches_the_backend() {
     tokio::time::timeout(Duration::from_secs(5), probe.state.cancelled.notified())
         .await
         .expect("the backend never saw the cancellation");
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn a_deadline_passing_mid_stream_ends_both_sides() {
+    let probe = Probe::default();
+    let bed = Bed::builder()
+        .without_agencies()
+        .probe(probe::SERVICE, probe.server())
+        .max_deadline("300ms")
+        .start()
+        .await;
+    let mut registry = client(bed.client("cbao-kyc").await);
+    let mut stream = registry
+        .watch_life_events(WatchLifeEventsRequest {
+            after_sequence: 0,
+            max_events: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut received = 0;
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(_)) => received += 1,
+            Ok(None) => panic!("the endless stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert!(received > 0, "events flowed before the deadline");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(bridge_error(&status).as_deref(), Some("deadline-exceeded"));
+    tokio::time::timeout(Duration::from_secs(5), probe.state.cancelled.notified())
+        .await
+        .expect("the backend's stream was never cancelled");
     bed.stop().await;
 }

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -102,6 +103,8 @@ struct RawAgency {
     private_key: Spanned<String>,
 }
 
+const MILLISECOND: Duration = Duration::from_millis(1);
+
 /// Turns spans into line numbers and builds errors that name the key.
 struct Source<'a> {
     path: &'a Path,
@@ -147,15 +150,27 @@ impl Source<'_> {
         })
     }
 
+    /// A duration within `range`, or `default` when absent.
     fn duration(
         &self,
         key: &str,
         value: Option<&Spanned<String>>,
-        default: std::time::Duration,
-    ) -> Result<std::time::Duration, ConfigError> {
-        value.map_or(Ok(default), |value| {
-            parse_duration(value.get_ref()).map_err(|message| self.error(key, value, message))
-        })
+        default: Duration,
+        range: std::ops::RangeInclusive<Duration>,
+    ) -> Result<Duration, ConfigError> {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        let duration =
+            parse_duration(value.get_ref()).map_err(|message| self.error(key, value, message))?;
+        if !range.contains(&duration) {
+            return Err(self.error(
+                key,
+                value,
+                format!("must be between {:?} and {:?}", range.start(), range.end()),
+            ));
+        }
+        Ok(duration)
     }
 
     fn socket_addr(&self, key: &str, value: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
@@ -233,6 +248,7 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
             "gateway.handshake_timeout",
             gateway.handshake_timeout.as_ref(),
             ListenerSettings::default().handshake_timeout,
+            MILLISECOND..=Duration::from_secs(300),
         )?,
         ..ListenerSettings::default()
     };
@@ -276,12 +292,14 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
         connect_timeout: source.duration(
             "upstream.connect_timeout",
             raw.upstream.connect_timeout.as_ref(),
-            std::time::Duration::from_secs(1),
+            Duration::from_secs(1),
+            MILLISECOND..=Duration::from_secs(60),
         )?,
         max_deadline: source.duration(
             "upstream.max_deadline",
             raw.upstream.max_deadline.as_ref(),
-            std::time::Duration::from_secs(60),
+            Duration::from_secs(60),
+            MILLISECOND..=Duration::from_secs(24 * 3600),
         )?,
     };
 
@@ -337,6 +355,9 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if providers.contains_key(&id) {
+            return Err(source.error(&path, key, format!("provider {id} is configured twice")));
+        }
         providers.insert(id.clone(), Provider { id, endpoints });
     }
 

@@ -87,7 +87,9 @@ impl MemberId {
     /// Parses the SPIFFE form, `spiffe://instance/CLASS/CODE/SUBSYSTEM`.
     pub fn from_spiffe_uri(uri: &str) -> Result<Self, InvalidMemberId> {
         let rest = uri
-            .strip_prefix(SPIFFE_SCHEME)
+            .get(..SPIFFE_SCHEME.len())
+            .filter(|scheme| scheme.eq_ignore_ascii_case(SPIFFE_SCHEME))
+            .map(|_| &uri[SPIFFE_SCHEME.len()..])
             .ok_or(InvalidMemberId::NotSpiffe)?;
         Self::parse(rest)
     }

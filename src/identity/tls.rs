@@ -139,7 +139,16 @@ impl ServerTls {
         let roots = root_store(&self.client_ca)?;
         let mut crls = Vec::new();
         for path in &self.crls {
-            crls.extend(load_crls(path)?);
+            let loaded = load_crls(path)?;
+            // A configured CRL file without a CRL (truncated, or something
+            // else written over it) would silently turn revocation off.
+            if loaded.is_empty() {
+                return Err(TlsError::Empty {
+                    path: path.clone(),
+                    what: "CRL",
+                });
+            }
+            crls.extend(loaded);
         }
         let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
             .with_crls(crls)
@@ -222,7 +231,13 @@ pub fn member_of_certificate(
         .general_names
         .iter()
         .filter_map(|name| match name {
-            GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some(*uri),
+            GeneralName::URI(uri)
+                if uri
+                    .get(..9)
+                    .is_some_and(|scheme| scheme.eq_ignore_ascii_case("spiffe://")) =>
+            {
+                Some(*uri)
+            }
             _ => None,
         });
     match (spiffe.next(), spiffe.count()) {

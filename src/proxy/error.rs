@@ -47,15 +47,15 @@ pub enum GatewayError {
     UnknownMethod { service: String, method: String },
     #[error("provider {target} does not publish service {service}")]
     UnknownTarget { service: String, target: MemberId },
-    #[error("no endpoint of provider {provider} is reachable: {reason}")]
-    UpstreamUnavailable { provider: MemberId, reason: String },
-    #[error("the backend of {provider} presented the identity {presented}, not its own")]
-    UpstreamIdentity {
-        provider: MemberId,
-        presented: String,
-    },
-    #[error("the backend of {provider} failed the call: {reason}")]
-    UpstreamFailed { provider: MemberId, reason: String },
+    /// No backend could be reached; the request was never sent.
+    #[error("no backend of provider {provider} is reachable")]
+    UpstreamUnavailable { provider: MemberId, detail: String },
+    /// A backend is not the provider it should be; never sent.
+    #[error("the backend of provider {provider} did not prove its identity")]
+    UpstreamIdentity { provider: MemberId, detail: String },
+    /// The backend failed after the request may have reached it.
+    #[error("the backend of provider {provider} failed the call")]
+    UpstreamFailed { provider: MemberId, detail: String },
     #[error("deadline exceeded after {0:?}")]
     DeadlineExceeded(std::time::Duration),
 }
@@ -113,9 +113,21 @@ impl GatewayError {
         }
     }
 
-    /// Whether the same call may succeed if sent again unchanged.
+    /// Whether the call may be sent again unchanged: only when it never
+    /// reached a backend, so that nothing can be applied twice.
     pub fn is_retryable(&self) -> bool {
-        matches!(self.code(), Code::Unavailable)
+        matches!(self, Self::UpstreamUnavailable { .. })
+    }
+
+    /// What operators need and callers must not see (internal addresses,
+    /// TLS errors): for logs only.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Self::UpstreamUnavailable { detail, .. }
+            | Self::UpstreamIdentity { detail, .. }
+            | Self::UpstreamFailed { detail, .. } => Some(detail),
+            _ => None,
+        }
     }
 
     /// A trailers-only gRPC response carrying this error.

@@ -15,7 +15,6 @@ use super::deadline;
 use super::error::GatewayError;
 use crate::identity::MemberId;
 
-pub const BRIDGE_PREFIX: &str = "bridge-";
 pub const BRIDGE_CLIENT: &str = "bridge-client";
 pub const BRIDGE_CONSENT: &str = "bridge-consent";
 pub const BRIDGE_ERROR: &str = "bridge-error";
@@ -240,18 +239,18 @@ fn new_traceparent() -> HeaderValue {
 }
 
 /// The headers sent upstream: the client's, minus every `bridge-*` header
-/// and the hop's own, plus what the gateway vouches for.
+/// and the hop's own, plus what the gateway vouches for. `grpc-timeout` is
+/// added when the request leaves (see `ProviderPool::send`).
 pub fn upstream_headers(
     client: &HeaderMap,
     caller: &MemberId,
     call: &CallHeaders,
     request_id: &HeaderValue,
-    remaining: Duration,
 ) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(client.len() + 4);
     for (name, value) in client {
         let name_str = name.as_str();
-        if name_str.starts_with(BRIDGE_PREFIX)
+        if is_bridge_name(name_str)
             || name == HOST
             || name_str == GRPC_TIMEOUT
             || name_str == TRACEPARENT
@@ -277,19 +276,22 @@ pub fn upstream_headers(
         HeaderName::from_static(TRACEPARENT),
         call.traceparent.clone(),
     );
-    headers.insert(
-        HeaderName::from_static(GRPC_TIMEOUT),
-        deadline::encode_grpc_timeout(remaining),
-    );
     headers
 }
 
-/// Removes every `bridge-*` header a backend set: only the gateway speaks
-/// in that namespace towards clients.
+/// Whether a header is in the gateway's namespace: `bridge-*`, and
+/// `bridge_*`, which some frameworks (WSGI, CGI) read as the same name.
+pub fn is_bridge_name(name: &str) -> bool {
+    name.strip_prefix("bridge")
+        .is_some_and(|rest| rest.starts_with('-') || rest.starts_with('_'))
+}
+
+/// Removes every `bridge-*` header: only the gateway speaks in that
+/// namespace, to backends and to callers.
 pub fn strip_bridge_headers(headers: &mut HeaderMap) {
     let names: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str().starts_with(BRIDGE_PREFIX))
+        .filter(|name| is_bridge_name(name.as_str()))
         .cloned()
         .collect();
     for name in names {
@@ -348,6 +350,7 @@ mod tests {
         let client = headers(&[
             (BRIDGE_CLIENT, "SN/GOV/DGID/tax"),
             ("bridge-anything", "x"),
+            ("bridge_client", "SN/GOV/DGID/tax"),
             ("x-custom", "kept"),
             (
                 TRACEPARENT,
@@ -357,12 +360,13 @@ mod tests {
         let call = CallHeaders::read(&client).unwrap();
         let caller = MemberId::parse("SN/COM/CBAO/kyc").unwrap();
         let id = fresh_request_id();
-        let upstream = upstream_headers(&client, &caller, &call, &id, Duration::from_secs(1));
+        let upstream = upstream_headers(&client, &caller, &call, &id);
         assert_eq!(upstream[BRIDGE_CLIENT], "SN/COM/CBAO/kyc");
         assert_eq!(upstream.get_all(BRIDGE_CLIENT).iter().count(), 1);
         assert!(upstream.get("bridge-anything").is_none());
+        assert!(upstream.get("bridge_client").is_none());
         assert_eq!(upstream["x-custom"], "kept");
         assert_eq!(upstream[TRACEPARENT], client[TRACEPARENT]);
-        assert_eq!(upstream[GRPC_TIMEOUT], "1000000u");
+        assert!(upstream.get(GRPC_TIMEOUT).is_none());
     }
 }

@@ -29,9 +29,8 @@ use crate::config::Config;
 use crate::identity::MemberId;
 use crate::identity::tls::TlsError;
 use crate::net::{PeerInfo, TlsListener};
-use crate::routing::upstream::UpstreamBody;
 use crate::routing::{RouteTable, UpstreamConnector};
-pub use body::ResponseBody;
+pub use body::{RequestBody, ResponseBody};
 pub use deadline::Deadline;
 pub use error::{Fault, GatewayError};
 use headers::{BRIDGE_REQUEST_ID, CallHeaders};
@@ -39,10 +38,18 @@ use headers::{BRIDGE_REQUEST_ID, CallHeaders};
 /// Why the gateway cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("gateway TLS: {0}")]
+    #[error("gateway.tls: {0}")]
     ServerTls(TlsError),
-    #[error("upstream TLS: {0}")]
+    #[error("upstream: {0}")]
     UpstreamTls(TlsError),
+    #[error(
+        "gateway.identity: the upstream certificate {certificate} names {found}, not {identity}"
+    )]
+    IdentityMismatch {
+        identity: MemberId,
+        certificate: std::path::PathBuf,
+        found: String,
+    },
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: SocketAddr,
@@ -68,6 +75,22 @@ impl GatewayState {
             .tls
             .client_config()
             .map_err(StartError::UpstreamTls)?;
+        // Backends accept only `gateway.identity`: a certificate naming
+        // anyone else would have every call refused, so refuse to start.
+        let certificate = &config.upstream.tls.certificate;
+        let chain = crate::identity::tls::load_certificates(certificate)
+            .map_err(StartError::UpstreamTls)?;
+        let found = crate::identity::tls::member_of_chain(Some(&chain));
+        if found.as_ref() != Ok(&config.gateway.identity) {
+            return Err(StartError::IdentityMismatch {
+                identity: config.gateway.identity.clone(),
+                certificate: certificate.clone(),
+                found: match found {
+                    Ok(member) => member.to_string(),
+                    Err(error) => error.to_string(),
+                },
+            });
+        }
         let connector = Arc::new(UpstreamConnector::new(
             upstream_tls,
             config.upstream.connect_timeout,
@@ -196,23 +219,21 @@ impl GatewayService {
         let deadline = Deadline::new(received, call.timeout, self.state.max_deadline);
 
         let (parts, body) = request.into_parts();
-        let mut upstream = Request::new(body.map_err(box_error).boxed_unsync() as UpstreamBody);
+        let (body, call_end) = RequestBody::new(body);
+        let mut upstream = Request::new(body.boxed_unsync());
         *upstream.method_mut() = parts.method;
         *upstream.uri_mut() = parts.uri;
-        *upstream.headers_mut() = headers::upstream_headers(
-            &parts.headers,
-            &caller,
-            &call,
-            request_id,
-            deadline.remaining(),
-        );
+        *upstream.headers_mut() =
+            headers::upstream_headers(&parts.headers, &caller, &call, request_id);
 
         let provider = route.provider.clone();
-        let mut response = tokio::time::timeout_at(deadline.at(), provider.send(upstream))
-            .await
-            .map_err(|_| GatewayError::DeadlineExceeded(deadline.elapsed()))??;
+        let mut response =
+            tokio::time::timeout_at(deadline.at(), provider.send(upstream, &deadline))
+                .await
+                .map_err(|_| GatewayError::DeadlineExceeded(deadline.elapsed()))??;
         headers::strip_bridge_headers(response.headers_mut());
-        Ok(response.map(|body| ResponseBody::relay(body, deadline, provider.provider().clone())))
+        Ok(response
+            .map(|body| ResponseBody::relay(body, call_end, deadline, provider.provider().clone())))
     }
 
     fn refuse(
@@ -228,14 +249,11 @@ impl GatewayService {
             bridge_error = error.kind(),
             code = ?error.code(),
             fault = ?error.fault(),
+            detail = error.detail().unwrap_or_default(),
             "call refused: {error}"
         );
         error.into_response(Some(request_id))
     }
-}
-
-fn box_error(error: hyper::Error) -> crate::routing::upstream::BoxError {
-    Box::new(error)
 }
 
 impl hyper::service::Service<Request<Incoming>> for GatewayService {

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -24,6 +24,8 @@ use crate::config::{Endpoint, Provider};
 use crate::identity::MemberId;
 use crate::identity::tls::member_of_chain;
 use crate::proxy::GatewayError;
+use crate::proxy::deadline::{Deadline, encode_grpc_timeout};
+use crate::proxy::headers::GRPC_TIMEOUT;
 
 /// Errors of a request body, whatever produced it.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -60,9 +62,9 @@ impl UpstreamConnector {
         provider: &MemberId,
         endpoint: &Endpoint,
     ) -> Result<SendRequest<UpstreamBody>, GatewayError> {
-        let unavailable = |reason: String| GatewayError::UpstreamUnavailable {
+        let unavailable = |detail: String| GatewayError::UpstreamUnavailable {
             provider: provider.clone(),
-            reason: format!("{endpoint}: {reason}"),
+            detail: format!("{endpoint}: {detail}"),
         };
         let dial = async {
             let tcp = TcpStream::connect(&endpoint.address)
@@ -84,17 +86,20 @@ impl UpstreamConnector {
         if presented.as_ref() != Ok(provider) {
             return Err(GatewayError::UpstreamIdentity {
                 provider: provider.clone(),
-                presented: match presented {
-                    Ok(member) => member.to_string(),
-                    Err(error) => error.to_string(),
+                detail: match presented {
+                    Ok(member) => format!("{endpoint} presented a certificate for {member}"),
+                    Err(error) => format!("{endpoint}: {error}"),
                 },
             });
         }
 
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
+            // Every call shares this connection: a caller that stops reading
+            // holds at most one stream window of it, and it takes 64 such
+            // callers to exhaust the connection window for everyone else.
+            .initial_stream_window_size(512 << 10)
+            .initial_connection_window_size(32 << 20)
             .max_send_buf_size(256 << 10)
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
@@ -113,13 +118,22 @@ impl UpstreamConnector {
     }
 }
 
+/// How long a failed connection attempt is remembered: calls arriving in
+/// the meantime fail at once instead of queueing for their own attempt.
+const FAILURE_MEMORY: Duration = Duration::from_millis(500);
+
 /// One backend address and its current connection.
 #[derive(Debug)]
 struct EndpointSlot {
     endpoint: Endpoint,
-    /// The open connection, if any. The lock is held while connecting so
-    /// that concurrent calls share one handshake.
-    connection: tokio::sync::Mutex<Option<SendRequest<UpstreamBody>>>,
+    /// Held while connecting, so that concurrent calls share one attempt.
+    state: tokio::sync::Mutex<SlotState>,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    connection: Option<SendRequest<UpstreamBody>>,
+    last_failure: Option<(Instant, GatewayError)>,
 }
 
 /// The backends of one provider.
@@ -140,7 +154,7 @@ impl ProviderPool {
                 .iter()
                 .map(|endpoint| EndpointSlot {
                     endpoint: endpoint.clone(),
-                    connection: tokio::sync::Mutex::new(None),
+                    state: tokio::sync::Mutex::new(SlotState::default()),
                 })
                 .collect(),
             next: AtomicUsize::new(0),
@@ -153,82 +167,102 @@ impl ProviderPool {
         &self.provider
     }
 
-    /// The authority to put in requests sent to the endpoint at `index`.
     fn slot(&self, index: usize) -> &EndpointSlot {
         &self.endpoints[index % self.endpoints.len()]
     }
 
     /// Sends `request` to one of the provider's endpoints, round robin,
-    /// moving on to the next endpoint when one cannot be reached. A request
-    /// is sent at most once: once its first bytes may have left, a failure
-    /// is the caller's to see.
+    /// moving on when one cannot be reached. A request is sent at most once:
+    /// it is tried again (on the next endpoint, or once more on the only
+    /// one) only when it certainly never left. Its `grpc-timeout` is set
+    /// here, at the last moment, to what is left of `deadline`.
     pub async fn send(
         &self,
         mut request: Request<UpstreamBody>,
+        deadline: &Deadline,
     ) -> Result<Response<Incoming>, GatewayError> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let attempts = self.endpoints.len().max(2);
         let mut last_error = None;
-        for attempt in 0..self.endpoints.len() {
+        for attempt in 0..attempts {
             let slot = self.slot(start + attempt);
             let mut sender = match self.sender(slot).await {
                 Ok(sender) => sender,
                 Err(error) => {
-                    tracing::debug!(provider = %self.provider, %error, "endpoint unavailable");
                     last_error = Some(error);
                     continue;
                 }
             };
             set_authority(&mut request, &slot.endpoint);
+            request
+                .headers_mut()
+                .insert(GRPC_TIMEOUT, encode_grpc_timeout(deadline.remaining()));
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(response),
                 Err(mut error) => {
-                    // The connection closed before the request left: it
-                    // is safe to try it elsewhere.
-                    let reason = error.error().to_string();
-                    match error.take_message() {
-                        Some(unsent) => {
-                            *slot.connection.lock().await = None;
-                            request = unsent;
-                            last_error = Some(GatewayError::UpstreamUnavailable {
-                                provider: self.provider.clone(),
-                                reason: format!("{}: {reason}", slot.endpoint),
-                            });
-                        }
-                        None => {
-                            return Err(GatewayError::UpstreamFailed {
-                                provider: self.provider.clone(),
-                                reason,
-                            });
-                        }
+                    let detail = format!("{}: {}", slot.endpoint, error.error());
+                    let Some(unsent) = error.take_message() else {
+                        return Err(GatewayError::UpstreamFailed {
+                            provider: self.provider.clone(),
+                            detail,
+                        });
+                    };
+                    // The connection closed under us; forget it (unless a
+                    // newer one replaced it already) and try again.
+                    let mut state = slot.state.lock().await;
+                    if state
+                        .connection
+                        .as_ref()
+                        .is_some_and(SendRequest::is_closed)
+                    {
+                        state.connection = None;
                     }
+                    request = unsent;
+                    last_error = Some(GatewayError::UpstreamUnavailable {
+                        provider: self.provider.clone(),
+                        detail,
+                    });
                 }
             }
         }
         Err(
             last_error.unwrap_or_else(|| GatewayError::UpstreamUnavailable {
                 provider: self.provider.clone(),
-                reason: "no endpoints".to_owned(),
+                detail: "no endpoints".to_owned(),
             }),
         )
     }
 
     /// An open connection to `slot`, dialling one if needed.
     async fn sender(&self, slot: &EndpointSlot) -> Result<SendRequest<UpstreamBody>, GatewayError> {
-        let mut connection = slot.connection.lock().await;
-        if let Some(sender) = connection.as_ref() {
-            if !sender.is_closed() {
-                return Ok(sender.clone());
+        let mut state = slot.state.lock().await;
+        if let Some(sender) = state
+            .connection
+            .as_ref()
+            .filter(|sender| !sender.is_closed())
+        {
+            return Ok(sender.clone());
+        }
+        if let Some((when, error)) = &state.last_failure {
+            if when.elapsed() < FAILURE_MEMORY {
+                return Err(error.clone());
             }
         }
-        let sender = self
-            .connector
-            .connect(&self.provider, &slot.endpoint)
-            .await?;
-        *connection = Some(sender.clone());
-        Ok(sender)
+        match self.connector.connect(&self.provider, &slot.endpoint).await {
+            Ok(sender) => {
+                state.connection = Some(sender.clone());
+                state.last_failure = None;
+                Ok(sender)
+            }
+            Err(error) => {
+                tracing::warn!(provider = %self.provider, endpoint = %slot.endpoint, detail = error.detail().unwrap_or_default(), "upstream endpoint unavailable");
+                state.connection = None;
+                state.last_failure = Some((Instant::now(), error.clone()));
+                Err(error)
+            }
+        }
     }
 }
-
 /// Points the request at the endpoint: `https://host:port/same/path`.
 fn set_authority(request: &mut Request<UpstreamBody>, endpoint: &Endpoint) {
     let mut parts = request.uri().clone().into_parts();

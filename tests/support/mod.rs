@@ -52,6 +52,7 @@ pub struct BedBuilder {
     probes: Vec<ProbeBackend>,
     /// A provider whose only endpoint has nothing listening.
     dead_provider: Option<(&'static str, MemberId)>,
+    silent_provider: Option<(&'static str, MemberId)>,
     extra_members: Vec<MemberId>,
     max_deadline: &'static str,
     handshake_timeout: &'static str,
@@ -71,6 +72,13 @@ impl BedBuilder {
             service,
             server,
         });
+        self
+    }
+
+    /// Publishes `service` by a provider whose endpoint accepts TCP
+    /// connections and then never answers.
+    pub fn silent_provider(mut self, service: &'static str) -> Self {
+        self.silent_provider = Some((service, MemberId::parse("SN/GOV/SILENT/backend").unwrap()));
         self
     }
 
@@ -176,6 +184,26 @@ impl BedBuilder {
                 .unwrap()
                 .local_addr()
                 .unwrap();
+            providers.push((provider.clone(), vec![address]));
+            publish(&mut services, service, provider);
+        }
+
+        if let Some((service, provider)) = &self.silent_provider {
+            let listener = TcpListener::bind(loopback).await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let silence = shutdown.clone();
+            tasks.spawn(async move {
+                let mut held = Vec::new();
+                let accept = async {
+                    while let Ok((socket, _)) = listener.accept().await {
+                        held.push(socket);
+                    }
+                };
+                tokio::select! {
+                    () = accept => {}
+                    () = silence.wait() => {}
+                }
+            });
             providers.push((provider.clone(), vec![address]));
             publish(&mut services, service, provider);
         }
@@ -286,6 +314,7 @@ impl Bed {
             agencies: true,
             probes: Vec::new(),
             dead_provider: None,
+            silent_provider: None,
             extra_members: Vec::new(),
             max_deadline: "60s",
             handshake_timeout: "5s",
@@ -410,6 +439,32 @@ impl tower::Service<Request<tonic::body::Body>> for H2Client {
             .unwrap();
         let response = self.sender.send_request(request);
         Box::pin(response)
+    }
+}
+
+/// Whether the gateway refuses `tls` at the TLS layer. An accepted client
+/// that sends the HTTP/2 preface gets the server's SETTINGS back; a refused
+/// one gets an alert or a closed connection.
+pub async fn handshake_refused(address: SocketAddr, tls: Arc<ClientConfig>) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = TcpStream::connect(address).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    let Ok(mut stream) = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+    else {
+        return true;
+    };
+    // Client preface, then an empty SETTINGS frame.
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    if stream.write_all(preface).await.is_err() {
+        return true;
+    }
+    let mut buffer = [0_u8; 64];
+    match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buffer)).await {
+        Ok(Ok(0) | Err(_)) => true,
+        Ok(Ok(_)) => false,
+        Err(_) => panic!("the gateway neither refused nor served the connection"),
     }
 }
 

@@ -139,7 +139,12 @@ impl CivilRegistry for Probe {
         request: Request<WatchLifeEventsRequest>,
     ) -> Result<Response<Self::WatchLifeEventsStream>, Status> {
         self.record(&request);
-        let count = u64::from(request.into_inner().max_events);
+        // `max_events: 0` streams without end, one event every 10 ms, and
+        // reports the cancellation that ends it.
+        let count = match request.into_inner().max_events {
+            0 => u64::MAX,
+            count => u64::from(count),
+        };
         let (sender, receiver) = tokio::sync::mpsc::channel(1);
         let state = self.state.clone();
         let padding = "x".repeat(state.event_padding);
@@ -153,7 +158,11 @@ impl CivilRegistry for Probe {
                     }),
                     ..LifeEvent::default()
                 };
+                if count == u64::MAX {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 if sender.send(Ok(event)).await.is_err() {
+                    state.cancelled.notify_one();
                     return;
                 }
                 state.produced.fetch_add(1, Ordering::SeqCst);
