@@ -53,6 +53,11 @@ enum Command {
         #[command(subcommand)]
         command: PkiCommand,
     },
+    /// Authorization policies: check, explain a decision, run decision tables.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Validate a configuration as a start would, then exit.
     CheckConfig {
         #[arg(value_name = "FILE")]
@@ -63,6 +68,55 @@ enum Command {
     Dev {
         #[arg(long, value_name = "DIR", default_value = "./dev")]
         dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate the policies against the schema and the member registry,
+    /// and list what each member may call.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Decide one call as the gateway would, and say which policies decided.
+    Explain {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The calling member, e.g. SN/COM/CBAO/kyc.
+        #[arg(long)]
+        client: String,
+        /// The full method, e.g. /govbridge.civilregistry.v1.CivilRegistry/GetPerson.
+        #[arg(long)]
+        method: String,
+        /// The declared purpose (bridge-purpose).
+        #[arg(long)]
+        purpose: Option<String>,
+        /// The provider (bridge-target); default: the method's first.
+        #[arg(long)]
+        provider: Option<String>,
+        /// The call gives no bridge-reason.
+        #[arg(long)]
+        no_reason: bool,
+        /// The call gives no bridge-user-id.
+        #[arg(long)]
+        no_user_id: bool,
+        /// The citizen's consent was verified.
+        #[arg(long)]
+        consent: bool,
+        /// Hour of the day, UTC.
+        #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u8).range(0..=23))]
+        hour: u8,
+        /// Days until the caller's certificate expires.
+        #[arg(long, default_value_t = 365)]
+        certificate_days_left: i64,
+    },
+    /// Run a table of expected decisions (see config/policies/tests.toml).
+    Test {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(value_name = "CASES")]
+        cases: PathBuf,
     },
 }
 
@@ -152,6 +206,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Agency { name, config } => run_agency(&name, &config),
         Command::Pki { command } => run_pki(command),
+        Command::Policy { command } => run_policy(command),
         Command::CheckConfig { config } => check_config(&config),
         Command::Dev { dir } => runtime()?.block_on(crate::dev::run(&dir)),
     }
@@ -247,6 +302,136 @@ fn run_pki(command: PkiCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn run_policy(command: PolicyCommand) -> anyhow::Result<()> {
+    match command {
+        PolicyCommand::Check { config } => {
+            let (config, engine) = load_policies(&config)?;
+            println!(
+                "{}: {} policies valid against {}",
+                config.policy.policies.display(),
+                engine.policy_count(),
+                config.policy.schema.display()
+            );
+            for member in config.members.keys() {
+                println!("{member}");
+                let permits = engine.permits(member, 365);
+                if permits.is_empty() {
+                    println!("  no permits: its calls are refused and its connections closed");
+                }
+                for permit in permits {
+                    let purposes: Vec<&str> = permit
+                        .purposes
+                        .iter()
+                        .map(|p| {
+                            if p.is_empty() {
+                                "(no purpose)"
+                            } else {
+                                p.as_str()
+                            }
+                        })
+                        .collect();
+                    println!(
+                        "  {} at {}  [{}]",
+                        permit.method,
+                        permit.provider,
+                        purposes.join(", ")
+                    );
+                }
+            }
+        }
+        PolicyCommand::Explain {
+            config,
+            client,
+            method,
+            purpose,
+            provider,
+            no_reason,
+            no_user_id,
+            consent,
+            hour,
+            certificate_days_left,
+        } => {
+            let (_, engine) = load_policies(&config)?;
+            let client = MemberId::parse(&client).with_context(|| format!("--client {client}"))?;
+            let providers = engine
+                .methods()
+                .get(&method)
+                .with_context(|| format!("--method {method}: not a published method"))?;
+            let provider = match provider {
+                Some(provider) => {
+                    MemberId::parse(&provider).with_context(|| format!("--provider {provider}"))?
+                }
+                None => providers
+                    .first()
+                    .cloned()
+                    .with_context(|| format!("{method} has no provider"))?,
+            };
+            let decision = engine.authorize(&crate::policy::CallFacts {
+                caller: &client,
+                method: &method,
+                provider: &provider,
+                purpose: purpose.as_deref(),
+                has_reason: !no_reason,
+                has_user_id: !no_user_id,
+                consent_verified: consent,
+                hour,
+                certificate_days_left,
+            });
+            println!(
+                "{}: {client} calling {method} at {provider}{}",
+                if decision.allowed { "ALLOW" } else { "DENY" },
+                purpose.map(|p| format!(" for {p}")).unwrap_or_default()
+            );
+            if decision.policies.is_empty() {
+                println!("  no policy permits it: denied by default");
+            }
+            for id in &decision.policies {
+                match engine.source(id) {
+                    Some(source) if source.line > 0 => {
+                        println!(
+                            "  decided by {id} ({}:{})",
+                            source.file.display(),
+                            source.line
+                        );
+                    }
+                    Some(source) => println!("  decided by {id} ({})", source.file.display()),
+                    None => println!("  decided by {id}"),
+                }
+            }
+            for error in &decision.errors {
+                println!("  could not evaluate: {error}");
+            }
+        }
+        PolicyCommand::Test { config, cases } => {
+            let (_, engine) = load_policies(&config)?;
+            let text =
+                std::fs::read_to_string(&cases).with_context(|| cases.display().to_string())?;
+            let outcomes =
+                crate::policy::cases::run(&engine, &cases, &text).map_err(anyhow::Error::msg)?;
+            let failed = outcomes.iter().filter(|outcome| !outcome.passed).count();
+            for outcome in &outcomes {
+                println!(
+                    "{} {}: {}",
+                    if outcome.passed { "ok  " } else { "FAIL" },
+                    outcome.name,
+                    outcome.detail
+                );
+            }
+            println!("{} passed, {failed} failed", outcomes.len() - failed);
+            if failed > 0 {
+                bail!("{failed} of {} cases failed", outcomes.len());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn load_policies(path: &Path) -> anyhow::Result<(Config, crate::policy::PolicyEngine)> {
+    let config = Config::load(path)?;
+    let engine = crate::policy::PolicyEngine::load(&config)?;
+    Ok((config, engine))
 }
 
 fn check_config(path: &Path) -> anyhow::Result<()> {

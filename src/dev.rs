@@ -20,16 +20,53 @@ use crate::proxy::Gateway;
 /// The development configuration, also shipped as `config/govbridge.toml`.
 pub const CONFIG_TEMPLATE: &str = include_str!("../config/govbridge.toml");
 
+/// The dev policies, also shipped in `config/policies/`: (file, contents).
+pub const DEV_POLICIES: [(&str, &str); 7] = [
+    (
+        "schema.cedarschema",
+        include_str!("../config/policies/schema.cedarschema"),
+    ),
+    (
+        "00-gateway.cedar",
+        include_str!("../config/policies/00-gateway.cedar"),
+    ),
+    (
+        "civil-registry.cedar",
+        include_str!("../config/policies/civil-registry.cedar"),
+    ),
+    ("tax.cedar", include_str!("../config/policies/tax.cedar")),
+    (
+        "business-registry.cedar",
+        include_str!("../config/policies/business-registry.cedar"),
+    ),
+    (
+        "banks.cedar",
+        include_str!("../config/policies/banks.cedar"),
+    ),
+    ("tests.toml", include_str!("../config/policies/tests.toml")),
+];
+
+/// Writes the dev policies into `dir`.
+pub fn write_policies(dir: &Path) -> Result<(), PkiError> {
+    for (name, contents) in DEV_POLICIES {
+        pki::write_file(&dir.join(name), contents.as_bytes(), 0o644)?;
+    }
+    Ok(())
+}
+
 /// The gateway's identity towards backends in the dev PKI.
 pub const GATEWAY_IDENTITY: &str = "SN/GOV/GOVBRIDGE/gateway";
 
 /// Partner members that get a client certificate in the dev PKI:
 /// (file stem, member id). Files are `pki/member-STEM.pem` and `.key`.
-pub const DEMO_MEMBERS: [(&str, &str); 4] = [
+pub const DEMO_MEMBERS: [(&str, &str); 7] = [
     ("cbao-kyc", "SN/COM/CBAO/kyc"),
+    ("cbao-credit", "SN/COM/CBAO/credit"),
     ("ecobank-kyc", "SN/COM/ECOBANK/kyc"),
     ("treasury", "SN/GOV/DGCPT/treasury"),
     ("sonatel-payroll", "SN/COM/SONATEL/payroll"),
+    ("mygov", "SN/GOV/MYGOV/app"),
+    ("dgid-tax", "SN/GOV/DGID/tax"),
 ];
 
 fn member(id: &str) -> Result<MemberId, PkiError> {
@@ -65,7 +102,8 @@ pub fn init_pki(dir: &Path) -> Result<(), PkiError> {
     Ok(())
 }
 
-/// Makes `dir/govbridge.toml` and `dir/pki/` if they are missing, and
+/// Makes `dir/govbridge.toml`, `dir/pki/` and `dir/policies/` if they are
+/// missing, and
 /// returns the configuration's path.
 pub fn prepare(dir: &Path) -> anyhow::Result<PathBuf> {
     let config = dir.join("govbridge.toml");
@@ -78,6 +116,11 @@ pub fn prepare(dir: &Path) -> anyhow::Result<PathBuf> {
     if !config.exists() {
         pki::write_file(&config, CONFIG_TEMPLATE.as_bytes(), 0o644)?;
         println!("wrote {}", config.display());
+    }
+    let policies = dir.join("policies");
+    if !policies.exists() {
+        write_policies(&policies)?;
+        println!("wrote the dev policies in {}", policies.display());
     }
     Ok(config)
 }
@@ -109,6 +152,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     }
     let gateway = Gateway::bind(&config).await?;
     let address = gateway.local_addr()?;
+    gateway.reloader().reload_on_sighup();
     tasks.spawn(gateway.serve(shutdown.clone().wait()));
 
     let pki_dir = dir.join("pki");

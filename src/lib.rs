@@ -55,6 +55,7 @@ pub mod identity;
 pub mod launch;
 pub mod net;
 pub mod pki;
+pub mod policy;
 pub mod proto;
 pub mod proxy;
 pub mod routing;

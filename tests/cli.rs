@@ -101,6 +101,7 @@ fn pki_init_issue_revoke_and_check_config() {
     // The dev template checks out against this PKI...
     let config = dir.path().join("govbridge.toml");
     std::fs::write(&config, govbridge::dev::CONFIG_TEMPLATE).unwrap();
+    govbridge::dev::write_policies(&dir.path().join("policies")).unwrap();
     let output = govbridge(&["check-config", config.to_str().unwrap()]);
     assert!(output.status.success(), "{}", text(&output));
     assert!(text(&output).contains("ok"), "{}", text(&output));
@@ -149,4 +150,127 @@ fn check_config_names_the_key_of_a_bad_file() {
         message.contains("gateway.node_id: missing key"),
         "{message}"
     );
+}
+
+/// A dev setup in a temporary directory: PKI, the dev config and policies.
+fn dev_setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    govbridge::dev::init_pki(&dir.path().join("pki")).unwrap();
+    std::fs::write(
+        dir.path().join("govbridge.toml"),
+        govbridge::dev::CONFIG_TEMPLATE,
+    )
+    .unwrap();
+    govbridge::dev::write_policies(&dir.path().join("policies")).unwrap();
+    dir
+}
+
+#[test]
+fn policy_check_explain_and_test() {
+    let dir = dev_setup();
+    let config = dir.path().join("govbridge.toml");
+    let config = config.to_str().unwrap();
+
+    let output = govbridge(&["policy", "check", "--config", config]);
+    assert!(output.status.success(), "{}", text(&output));
+    let listing = text(&output);
+    assert!(listing.contains("policies valid"), "{listing}");
+    assert!(
+        listing.contains("/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity at SN/GOV/ANEC/civil-registry  [AML, KYC]"),
+        "{listing}"
+    );
+
+    let explain = |method: &str| {
+        govbridge(&[
+            "policy",
+            "explain",
+            "--config",
+            config,
+            "--client",
+            "SN/COM/CBAO/kyc",
+            "--method",
+            method,
+            "--purpose",
+            "KYC",
+        ])
+    };
+    let output = explain("/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity");
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(text(&output).starts_with("ALLOW"), "{}", text(&output));
+    assert!(
+        text(&output).contains("decided by banks-verify-identity"),
+        "{}",
+        text(&output)
+    );
+    let output = explain("/govbridge.civilregistry.v1.CivilRegistry/GetPerson");
+    assert!(text(&output).starts_with("DENY"), "{}", text(&output));
+    assert!(
+        text(&output).contains("denied by default"),
+        "{}",
+        text(&output)
+    );
+    let output = explain("/govbridge.civilregistry.v1.CivilRegistry/Nothing");
+    assert!(!output.status.success());
+    assert!(
+        text(&output).contains("not a published method"),
+        "{}",
+        text(&output)
+    );
+
+    // The decision table shipped with the dev policies passes...
+    let cases = dir.path().join("policies/tests.toml");
+    let output = govbridge(&[
+        "policy",
+        "test",
+        "--config",
+        config,
+        cases.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("17 passed, 0 failed"),
+        "{}",
+        text(&output)
+    );
+
+    // ...and a wrong expectation fails it, saying which case and why.
+    let wrong = dir.path().join("wrong.toml");
+    std::fs::write(
+        &wrong,
+        "[[case]]\nname = \"banks read civil records\"\nclient = \"SN/COM/CBAO/kyc\"\n\
+         method = \"/govbridge.civilregistry.v1.CivilRegistry/GetPerson\"\npurpose = \"KYC\"\nexpect = \"allow\"\n",
+    )
+    .unwrap();
+    let output = govbridge(&[
+        "policy",
+        "test",
+        "--config",
+        config,
+        wrong.to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output).contains("FAIL banks read civil records: deny by no policy"),
+        "{}",
+        text(&output)
+    );
+
+    // A broken policy stops everything with Cedar's message and position.
+    let policy = dir.path().join("policies/tax.cedar");
+    let source = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(
+        &policy,
+        source.replacen("context.consent.verified", "context.consent.verifed", 1),
+    )
+    .unwrap();
+    for command in [
+        &["policy", "check", "--config", config][..],
+        &["check-config", config][..],
+    ] {
+        let output = govbridge(command);
+        assert!(!output.status.success());
+        let message = text(&output);
+        assert!(message.contains("tax.cedar:"), "{message}");
+        assert!(message.contains("verifed"), "{message}");
+    }
 }

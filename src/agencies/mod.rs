@@ -447,6 +447,8 @@ mod tests {
                 remote_addr: ([127, 0, 0, 1], 4000).into(),
                 member: Ok(MemberId::parse(peer).unwrap()),
                 key_exchange: None,
+                certificate_not_after: None,
+                control: Default::default(),
             });
         }
         if let Some(client) = client {

@@ -44,6 +44,8 @@ async fn connect(
         remote_addr: ([127, 0, 0, 1], 50_000).into(),
         member: Ok(MemberId::parse(peer).unwrap()),
         key_exchange: None,
+        certificate_not_after: None,
+        control: Default::default(),
     };
     let agency_service = service(agency, data(), MemberId::parse(GATEWAY).unwrap()).map_request(
         move |mut request: http::Request<hyper::body::Incoming>| {

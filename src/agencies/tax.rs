@@ -187,11 +187,11 @@ impl TaxAgency {
             return Err((Reason::InvalidAmount, message));
         }
         let period_start = Date::from_ymd(year, month, 1);
-        if let (Some(death), Some(start)) = (subject.date_of_death, period_start) {
-            if death < start {
-                let message = "the subject had died before the period".to_owned();
-                return Err((Reason::SubjectDeceased, message));
-            }
+        if let (Some(death), Some(start)) = (subject.date_of_death, period_start)
+            && death < start
+        {
+            let message = "the subject had died before the period".to_owned();
+            return Err((Reason::SubjectDeceased, message));
         }
         Ok(())
     }

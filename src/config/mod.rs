@@ -63,6 +63,9 @@ pub struct Config {
     pub services: BTreeMap<String, PublishedService>,
     /// The mock agencies, when this file describes a dev or test setup.
     pub agencies: Option<AgenciesConfig>,
+    pub policy: PolicyConfig,
+    /// Registered purpose codes and what each means.
+    pub purposes: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +93,19 @@ pub struct UpstreamConfig {
 pub struct Member {
     pub id: MemberId,
     pub name: String,
+    /// Groups the member belongs to, e.g. `licensed-banks`; policies grant
+    /// to groups as `Group::"licensed-banks"`.
+    pub groups: Vec<String>,
+}
+
+/// Where the authorization policies are.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// The Cedar schema (entity and context types; the gateway adds one
+    /// action per published method).
+    pub schema: PathBuf,
+    /// A directory of `*.cedar` files.
+    pub policies: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -230,6 +246,24 @@ pub fn parse_endpoint(text: &str, tls_name: Option<&str>) -> Result<Endpoint, St
         server_name,
         authority,
     })
+}
+
+/// Whether `code` is a purpose code: `KYC`, `BENEFIT-PAYMENT`.
+pub fn is_purpose_code(code: &str) -> bool {
+    !code.is_empty()
+        && code.len() <= 64
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Whether `name` is a group name: `licensed-banks`.
+pub fn is_group_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Whether `name` is a full gRPC service name such as `pkg.v1.Service`.

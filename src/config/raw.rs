@@ -12,8 +12,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    AgenciesConfig, AgencyConfig, Config, ConfigError, GatewayConfig, Member, Provider,
-    PublishedService, UpstreamConfig, is_service_name, parse_duration, parse_endpoint,
+    AgenciesConfig, AgencyConfig, Config, ConfigError, GatewayConfig, Member, PolicyConfig,
+    Provider, PublishedService, UpstreamConfig, is_group_name, is_purpose_code, is_service_name,
+    parse_duration, parse_endpoint,
 };
 use crate::agencies::Agency;
 use crate::identity::MemberId;
@@ -32,6 +33,9 @@ struct RawConfig {
     #[serde(default)]
     services: BTreeMap<Spanned<String>, RawService>,
     agencies: Option<RawAgencies>,
+    policy: RawPolicy,
+    #[serde(default)]
+    purposes: BTreeMap<Spanned<String>, Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,6 +73,15 @@ struct RawUpstream {
 #[serde(deny_unknown_fields)]
 struct RawMember {
     name: Spanned<String>,
+    #[serde(default)]
+    groups: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    schema: Spanned<String>,
+    policies: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -313,11 +326,26 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
         if members.contains_key(&id) {
             return Err(source.error(&path, key, format!("member {id} is registered twice")));
         }
+        let mut groups = Vec::new();
+        for (index, group) in member.groups.iter().enumerate() {
+            if !is_group_name(group.get_ref()) {
+                return Err(source.error(
+                    format!("{path}.groups[{index}]"),
+                    group,
+                    format!(
+                        "`{}` is not a group name: 1 to 64 of a-z, 0-9 and '-'",
+                        group.get_ref()
+                    ),
+                ));
+            }
+            groups.push(group.get_ref().clone());
+        }
         members.insert(
             id.clone(),
             Member {
                 id,
                 name: member.name.get_ref().clone(),
+                groups,
             },
         );
     }
@@ -405,6 +433,26 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
         );
     }
 
+    let mut purposes = BTreeMap::new();
+    for (code, description) in &raw.purposes {
+        let path = format!("purposes.{}", quoted(code.get_ref()));
+        if !is_purpose_code(code.get_ref()) {
+            return Err(source.error(
+                &path,
+                code,
+                format!(
+                    "`{}` is not a purpose code: 1 to 64 of A-Z, 0-9, '-' and '_'",
+                    code.get_ref()
+                ),
+            ));
+        }
+        purposes.insert(code.get_ref().clone(), description.get_ref().clone());
+    }
+    let policy = PolicyConfig {
+        schema: source.path(&raw.policy.schema),
+        policies: source.path(&raw.policy.policies),
+    };
+
     let agencies = raw
         .agencies
         .as_ref()
@@ -419,6 +467,8 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
         providers,
         services,
         agencies,
+        policy,
+        purposes,
     })
 }
 

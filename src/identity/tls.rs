@@ -258,3 +258,9 @@ pub fn member_of_chain(
         .ok_or(PeerIdentityError::NoCertificate)?;
     member_of_certificate(leaf)
 }
+
+/// When a certificate expires, in seconds since the epoch.
+pub fn certificate_not_after(certificate: &CertificateDer<'_>) -> Option<i64> {
+    let (_, parsed) = X509Certificate::from_der(certificate).ok()?;
+    Some(parsed.validity().not_after.timestamp())
+}

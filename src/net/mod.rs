@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::identity::tls::member_of_chain;
+use crate::identity::tls::{certificate_not_after, member_of_chain};
 use crate::identity::{MemberId, PeerIdentityError};
 
 /// What is known about the peer of a connection, from its verified
@@ -29,7 +29,24 @@ use crate::identity::{MemberId, PeerIdentityError};
 pub struct PeerInfo {
     pub remote_addr: SocketAddr,
     pub member: Result<MemberId, PeerIdentityError>,
+    /// When the peer's certificate expires, in seconds since the epoch.
+    pub certificate_not_after: Option<i64>,
     pub key_exchange: Option<NamedGroup>,
+    pub control: ConnectionControl,
+}
+
+/// Lets the service of a connection close it: gracefully, after the
+/// responses already on their way.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionControl {
+    close: Arc<tokio::sync::Notify>,
+}
+
+impl ConnectionControl {
+    /// Asks the connection to close once its open streams are done.
+    pub fn close(&self) {
+        self.close.notify_one();
+    }
 }
 
 /// Limits of one HTTP/2 listener. The defaults suit a gateway facing
@@ -189,9 +206,15 @@ impl Connection {
             }
         };
         let (_, session) = tls.get_ref();
+        let control = ConnectionControl::default();
         let peer = PeerInfo {
             remote_addr,
             member: member_of_chain(session.peer_certificates()),
+            certificate_not_after: session
+                .peer_certificates()
+                .and_then(<[_]>::first)
+                .and_then(certificate_not_after),
+            control: control.clone(),
             key_exchange: session
                 .negotiated_key_exchange_group()
                 .map(|group| group.name()),
@@ -223,6 +246,11 @@ impl Connection {
         let result = tokio::select! {
             result = connection.as_mut() => result,
             _ = async { self.stop.wait_for(|stop| *stop).await.map(|_| ()) } => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+            () = control.close.notified() => {
+                tracing::info!(%remote_addr, "closing the connection at the service's request");
                 connection.as_mut().graceful_shutdown();
                 connection.await
             }

@@ -39,6 +39,21 @@ pub enum GatewayError {
         header: &'static str,
         reason: String,
     },
+    #[error("malformed header bridge-purpose: `{0}` is not a registered purpose code")]
+    UnknownPurpose(String),
+    #[error("member {0} has no permission at this gateway")]
+    NoPermits(MemberId),
+    #[error("{caller} may not call {method} at {provider} {}: {}",
+        purpose.as_ref().map_or_else(|| "without a purpose (bridge-purpose)".to_owned(), |p| format!("for purpose {p}")),
+        if forbidden_by.is_empty() { "no policy permits it".to_owned() } else { format!("forbidden by {}", forbidden_by.join(", ")) })]
+    Denied {
+        caller: MemberId,
+        method: String,
+        provider: MemberId,
+        purpose: Option<String>,
+        /// The forbids that decided, if any; empty for a denial by default.
+        forbidden_by: Vec<String>,
+    },
     #[error("`{0}` is not a gRPC method path /package.Service/Method")]
     BadPath(String),
     #[error("service {0} is not published on this gateway")]
@@ -65,7 +80,11 @@ impl GatewayError {
     pub fn code(&self) -> Code {
         match self {
             Self::NoMemberIdentity(_) | Self::UnknownMember(_) => Code::Unauthenticated,
-            Self::NotGrpc(_) | Self::BadHeader { .. } | Self::BadPath(_) => Code::InvalidArgument,
+            Self::NotGrpc(_)
+            | Self::BadHeader { .. }
+            | Self::BadPath(_)
+            | Self::UnknownPurpose(_) => Code::InvalidArgument,
+            Self::NoPermits(_) | Self::Denied { .. } => Code::PermissionDenied,
             Self::UnknownService(_) | Self::UnknownMethod { .. } | Self::UnknownTarget { .. } => {
                 Code::Unimplemented
             }
@@ -83,7 +102,9 @@ impl GatewayError {
             Self::NoMemberIdentity(_) => "no-member-identity",
             Self::UnknownMember(_) => "unknown-member",
             Self::NotGrpc(_) => "not-grpc",
-            Self::BadHeader { .. } => "bad-header",
+            Self::BadHeader { .. } | Self::UnknownPurpose(_) => "bad-header",
+            Self::NoPermits(_) => "no-permits",
+            Self::Denied { .. } => "policy-denied",
             Self::BadPath(_) => "bad-path",
             Self::UnknownService(_) => "unknown-service",
             Self::UnknownMethod { .. } => "unknown-method",
@@ -102,6 +123,9 @@ impl GatewayError {
             | Self::UnknownMember(_)
             | Self::NotGrpc(_)
             | Self::BadHeader { .. }
+            | Self::UnknownPurpose(_)
+            | Self::NoPermits(_)
+            | Self::Denied { .. }
             | Self::BadPath(_)
             | Self::UnknownService(_)
             | Self::UnknownMethod { .. }

@@ -113,16 +113,17 @@ pub fn check_grpc<B>(request: &Request<B>) -> Result<(), GatewayError> {
 }
 
 impl CallHeaders {
+    /// The declared purpose code, if any.
+    pub fn purpose_code(&self) -> Option<&str> {
+        self.purpose.as_ref().and_then(|value| value.to_str().ok())
+    }
+
     /// Reads and checks the caller's headers.
     pub fn read(headers: &HeaderMap) -> Result<Self, GatewayError> {
         let purpose = single(headers, BRIDGE_PURPOSE)?
             .map(|value| {
                 let bytes = value.as_bytes();
-                let valid = !bytes.is_empty()
-                    && bytes.len() <= MAX_PURPOSE_LEN
-                    && bytes.iter().all(|b| {
-                        b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_'
-                    });
+                let valid = std::str::from_utf8(bytes).is_ok_and(crate::config::is_purpose_code);
                 if valid {
                     Ok(value.clone())
                 } else {

@@ -1,10 +1,15 @@
 //! The passthrough: where the gateway's request path is assembled.
 //!
 //! [`Gateway::bind`] builds everything a configuration describes (TLS, the
-//! member registry, the route table and upstream pools) and binds the
-//! listener; [`GatewayService::forward`] is the request path, step by step,
-//! in the order of the diagram in the crate docs. Messages are never decoded
-//! here: bodies are relayed frame by frame in both directions.
+//! member registry, policies, the route table and upstream pools) and binds
+//! the listener; [`GatewayService::forward`] is the request path, step by
+//! step, in the order of the diagram in the crate docs. Messages are never
+//! decoded here: bodies are relayed frame by frame in both directions.
+//!
+//! Everything a configuration determines lives in one [`GatewayState`],
+//! swapped atomically by a [`Reloader`]: each call takes the snapshot
+//! current when it arrives and finishes under it, so a reload never breaks
+//! a call in flight and never mixes two configurations in one call.
 
 mod body;
 pub mod deadline;
@@ -25,10 +30,13 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
+use arc_swap::ArcSwap;
+
 use crate::config::Config;
 use crate::identity::MemberId;
 use crate::identity::tls::TlsError;
 use crate::net::{PeerInfo, TlsListener};
+use crate::policy::{CallFacts, Decision, PolicyEngine};
 use crate::routing::{RouteTable, UpstreamConnector};
 pub use body::{RequestBody, ResponseBody};
 pub use deadline::Deadline;
@@ -50,6 +58,8 @@ pub enum StartError {
         certificate: std::path::PathBuf,
         found: String,
     },
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: SocketAddr,
@@ -62,13 +72,15 @@ pub enum StartError {
 pub struct GatewayState {
     node_id: String,
     members: HashSet<MemberId>,
+    purposes: HashSet<String>,
+    policy: PolicyEngine,
     routes: RouteTable,
     max_deadline: Duration,
 }
 
 impl GatewayState {
     /// Builds the state of a configuration: loads upstream TLS material and
-    /// sets up the pools. Connections are opened lazily.
+    /// policies, and sets up the pools. Connections are opened lazily.
     pub fn new(config: &Config) -> Result<Self, StartError> {
         let upstream_tls = config
             .upstream
@@ -91,6 +103,7 @@ impl GatewayState {
                 },
             });
         }
+        let policy = PolicyEngine::load(config)?;
         let connector = Arc::new(UpstreamConnector::new(
             upstream_tls,
             config.upstream.connect_timeout,
@@ -98,6 +111,8 @@ impl GatewayState {
         Ok(Self {
             node_id: config.gateway.node_id.clone(),
             members: config.members.keys().cloned().collect(),
+            purposes: config.purposes.keys().cloned().collect(),
+            policy,
             routes: RouteTable::new(config, &connector),
             max_deadline: config.upstream.max_deadline,
         })
@@ -107,18 +122,27 @@ impl GatewayState {
     pub fn node_id(&self) -> &str {
         &self.node_id
     }
+
+    /// The policy engine of this configuration.
+    pub fn policy(&self) -> &PolicyEngine {
+        &self.policy
+    }
 }
+
+/// The current configuration, shared by every connection.
+type SharedState = Arc<ArcSwap<GatewayState>>;
 
 /// A gateway, bound and ready to serve.
 #[derive(Debug)]
 pub struct Gateway {
     listener: TlsListener,
-    state: Arc<GatewayState>,
+    state: SharedState,
+    source: std::path::PathBuf,
 }
 
 impl Gateway {
-    /// Validates what a start needs (TLS material on both hops, routes)
-    /// without binding anything: what `check-config` runs.
+    /// Validates what a start needs (TLS material on both hops, policies,
+    /// routes) without binding anything: what `check-config` runs.
     pub fn check(config: &Config) -> Result<(), StartError> {
         config
             .gateway
@@ -136,7 +160,7 @@ impl Gateway {
             .tls
             .server_config()
             .map_err(StartError::ServerTls)?;
-        let state = Arc::new(GatewayState::new(config)?);
+        let state = Arc::new(ArcSwap::from_pointee(GatewayState::new(config)?));
         let address = config.gateway.listen;
         let tcp = TcpListener::bind(address)
             .await
@@ -144,6 +168,7 @@ impl Gateway {
         Ok(Self {
             listener: TlsListener::new(tcp, tls, config.gateway.listener.clone()),
             state,
+            source: config.source.clone(),
         })
     }
 
@@ -152,49 +177,114 @@ impl Gateway {
         self.listener.local_addr()
     }
 
+    /// A handle that reloads the configuration this gateway was started
+    /// from.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            source: self.source.clone(),
+            state: self.state.clone(),
+        }
+    }
+
     /// Serves until `shutdown` resolves, then drains open calls.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let state = self.state;
-        tracing::info!(node = state.node_id(), "gateway serving");
+        tracing::info!(node = state.load().node_id(), "gateway serving");
         self.listener
             .serve(
-                move |peer| GatewayService::new(state.clone(), &peer),
+                move |peer| GatewayService::new(state.clone(), peer),
                 shutdown,
             )
             .await;
     }
 }
 
+/// Reloads a gateway's configuration: members, purposes, policies, routes.
+///
+/// The new configuration is built and validated in full before it replaces
+/// the old one; on any error the old one keeps serving. Listener TLS
+/// material is not reloaded here.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    source: std::path::PathBuf,
+    state: SharedState,
+}
+
+/// Why a reload was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{}: {error}", file.display())]
+    Start {
+        file: std::path::PathBuf,
+        error: Box<StartError>,
+    },
+}
+
+impl Reloader {
+    /// Re-reads the configuration file and everything it names, and swaps
+    /// it in if it is valid.
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        let config = Config::load(&self.source)?;
+        let state = GatewayState::new(&config).map_err(|error| ReloadError::Start {
+            file: self.source.clone(),
+            error: Box::new(error),
+        })?;
+        self.state.store(Arc::new(state));
+        tracing::info!(config = %self.source.display(), "configuration reloaded");
+        Ok(())
+    }
+
+    /// Reloads on every SIGHUP until the process ends, logging the outcome.
+    pub fn reload_on_sighup(self) {
+        tokio::spawn(async move {
+            let mut hangups =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                    Ok(signal) => signal,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot listen for SIGHUP; reload is unavailable");
+                        return;
+                    }
+                };
+            while hangups.recv().await.is_some() {
+                if let Err(error) = self.reload() {
+                    tracing::error!(%error, "reload rejected; the previous configuration keeps serving");
+                }
+            }
+        });
+    }
+}
+
 /// The gateway's service for one partner connection.
 #[derive(Debug, Clone)]
 pub struct GatewayService {
-    state: Arc<GatewayState>,
-    /// The caller, read once from the connection's certificate; an error
-    /// here refuses every call on the connection.
-    caller: Result<MemberId, GatewayError>,
+    state: SharedState,
+    peer: Arc<PeerInfo>,
 }
 
 impl GatewayService {
-    fn new(state: Arc<GatewayState>, peer: &PeerInfo) -> Self {
-        let caller = match &peer.member {
-            Err(reason) => Err(GatewayError::NoMemberIdentity(reason.clone())),
-            Ok(member) if !state.members.contains(member) => {
-                Err(GatewayError::UnknownMember(member.clone()))
-            }
-            Ok(member) => Ok(member.clone()),
-        };
-        Self { state, caller }
+    fn new(state: SharedState, peer: PeerInfo) -> Self {
+        Self {
+            state,
+            peer: Arc::new(peer),
+        }
     }
 
     async fn handle(self, request: Request<Incoming>) -> Response<ResponseBody> {
         let received = Instant::now();
+        // The snapshot this call runs under, from start to finish.
+        let state = self.state.load_full();
         // Cloning a `Uri` shares its bytes: the route and the log borrow it.
         let uri = request.uri().clone();
         let request_id = match headers::request_id(request.headers()) {
             Ok(id) => id,
             Err(error) => return self.refuse(error, &headers::fresh_request_id(), &uri),
         };
-        match self.forward(request, &uri, received, &request_id).await {
+        match self
+            .forward(&state, request, &uri, received, &request_id)
+            .await
+        {
             Ok(mut response) => {
                 response.headers_mut().insert(BRIDGE_REQUEST_ID, request_id);
                 response
@@ -203,20 +293,46 @@ impl GatewayService {
         }
     }
 
+    /// The caller, checked against the registry of this snapshot.
+    fn caller(&self, state: &GatewayState) -> Result<MemberId, GatewayError> {
+        let member = self
+            .peer
+            .member
+            .as_ref()
+            .map_err(|reason| GatewayError::NoMemberIdentity(reason.clone()))?;
+        if !state.members.contains(member) {
+            return Err(GatewayError::UnknownMember(member.clone()));
+        }
+        if !state.policy.may_be_permitted(member) {
+            // The first authorization point: a member no policy speaks of
+            // gets one answer, then its connection is closed.
+            self.peer.control.close();
+            return Err(GatewayError::NoPermits(member.clone()));
+        }
+        Ok(member.clone())
+    }
+
     /// The request path. Each step may refuse the call; the first refusal
     /// is the answer.
     async fn forward(
         &self,
+        state: &GatewayState,
         request: Request<Incoming>,
         uri: &http::Uri,
         received: Instant,
         request_id: &HeaderValue,
     ) -> Result<Response<ResponseBody>, GatewayError> {
-        let caller = self.caller.clone()?;
+        let caller = self.caller(state)?;
         headers::check_grpc(&request)?;
         let call = CallHeaders::read(request.headers())?;
-        let route = self.state.routes.route(uri.path(), call.target.as_ref())?;
-        let deadline = Deadline::new(received, call.timeout, self.state.max_deadline);
+        if let Some(purpose) = call.purpose_code()
+            && !state.purposes.contains(purpose)
+        {
+            return Err(GatewayError::UnknownPurpose(purpose.to_owned()));
+        }
+        let route = state.routes.route(uri.path(), call.target.as_ref())?;
+        self.authorize(state, &caller, &call, uri.path(), route.provider.provider())?;
+        let deadline = Deadline::new(received, call.timeout, state.max_deadline);
 
         let (parts, body) = request.into_parts();
         let (body, call_end) = RequestBody::new(body);
@@ -236,6 +352,52 @@ impl GatewayService {
             .map(|body| ResponseBody::relay(body, call_end, deadline, provider.provider().clone())))
     }
 
+    /// The second authorization point: this method, for this caller,
+    /// provider and purpose.
+    fn authorize(
+        &self,
+        state: &GatewayState,
+        caller: &MemberId,
+        call: &CallHeaders,
+        method: &str,
+        provider: &MemberId,
+    ) -> Result<Decision, GatewayError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| {
+                i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+            });
+        let certificate_days_left = self
+            .peer
+            .certificate_not_after
+            .map_or(0, |not_after| (not_after - now).div_euclid(86_400));
+        let decision = state.policy.authorize(&CallFacts {
+            caller,
+            method,
+            provider,
+            purpose: call.purpose_code(),
+            has_reason: call.reason.is_some(),
+            has_user_id: call.user_id.is_some(),
+            consent_verified: false,
+            hour: u8::try_from(now.rem_euclid(86_400) / 3600).unwrap_or(0),
+            certificate_days_left,
+        });
+        if !decision.errors.is_empty() {
+            tracing::warn!(errors = ?decision.errors, "policies failed to evaluate");
+        }
+        if decision.allowed {
+            Ok(decision)
+        } else {
+            Err(GatewayError::Denied {
+                caller: caller.clone(),
+                method: method.to_owned(),
+                provider: provider.clone(),
+                purpose: call.purpose_code().map(str::to_owned),
+                forbidden_by: decision.policies,
+            })
+        }
+    }
+
     fn refuse(
         &self,
         error: GatewayError,
@@ -244,7 +406,7 @@ impl GatewayService {
     ) -> Response<ResponseBody> {
         tracing::info!(
             request_id = request_id.to_str().unwrap_or_default(),
-            caller = self.caller.as_ref().map(ToString::to_string).unwrap_or_default(),
+            caller = self.peer.member.as_ref().map(ToString::to_string).unwrap_or_default(),
             path = uri.path(),
             bridge_error = error.kind(),
             code = ?error.code(),

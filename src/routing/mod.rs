@@ -45,7 +45,7 @@ pub struct RouteTable {
 impl RouteTable {
     /// Builds the table, with one connection pool per provider.
     pub fn new(config: &Config, connector: &Arc<UpstreamConnector>) -> Self {
-        let known = known_methods();
+        let known = service_methods();
         let pools: HashMap<MemberId, Arc<ProviderPool>> = config
             .providers
             .values()
@@ -88,13 +88,13 @@ impl RouteTable {
             .services
             .get(service)
             .ok_or_else(|| GatewayError::UnknownService(service.to_owned()))?;
-        if let Some(methods) = &route.methods {
-            if !methods.contains(method) {
-                return Err(GatewayError::UnknownMethod {
-                    service: service.to_owned(),
-                    method: method.to_owned(),
-                });
-            }
+        if let Some(methods) = &route.methods
+            && !methods.contains(method)
+        {
+            return Err(GatewayError::UnknownMethod {
+                service: service.to_owned(),
+                method: method.to_owned(),
+            });
         }
         let provider = match target {
             // Validation guarantees at least one provider per service.
@@ -130,8 +130,9 @@ fn split_path(path: &str) -> Option<(&str, &str)> {
     (valid(service) && valid(method) && !method.contains('.')).then_some((service, method))
 }
 
-/// Methods of every service in the compiled-in descriptors.
-fn known_methods() -> HashMap<String, HashSet<String>> {
+/// Methods of every service in the compiled-in descriptors, by full
+/// service name.
+pub fn service_methods() -> HashMap<String, HashSet<String>> {
     let Ok(set) = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET) else {
         return HashMap::new();
     };
@@ -173,7 +174,7 @@ mod tests {
 
     #[test]
     fn knows_the_compiled_services() {
-        let known = known_methods();
+        let known = service_methods();
         let civil = &known["govbridge.civilregistry.v1.CivilRegistry"];
         assert!(civil.contains("GetPerson"));
         assert!(civil.contains("WatchLifeEvents"));

@@ -243,10 +243,10 @@ impl ProviderPool {
         {
             return Ok(sender.clone());
         }
-        if let Some((when, error)) = &state.last_failure {
-            if when.elapsed() < FAILURE_MEMORY {
-                return Err(error.clone());
-            }
+        if let Some((when, error)) = &state.last_failure
+            && when.elapsed() < FAILURE_MEMORY
+        {
+            return Err(error.clone());
         }
         match self.connector.connect(&self.provider, &slot.endpoint).await {
             Ok(sender) => {

@@ -54,6 +54,7 @@ pub struct BedBuilder {
     dead_provider: Option<(&'static str, MemberId)>,
     silent_provider: Option<(&'static str, MemberId)>,
     extra_members: Vec<MemberId>,
+    dev_policies: bool,
     max_deadline: &'static str,
     handshake_timeout: &'static str,
 }
@@ -85,6 +86,13 @@ impl BedBuilder {
     /// Publishes `service` by a provider whose endpoint refuses connections.
     pub fn dead_provider(mut self, service: &'static str) -> Self {
         self.dead_provider = Some((service, MemberId::parse("SN/GOV/DOWN/backend").unwrap()));
+        self
+    }
+
+    /// Authorizes with the dev policies of `config/policies/` instead of
+    /// allowing every call.
+    pub fn dev_policies(mut self) -> Self {
+        self.dev_policies = true;
         self
     }
 
@@ -217,6 +225,15 @@ impl BedBuilder {
         members.sort();
         members.dedup();
 
+        let policies = dir.path().join("policies");
+        if self.dev_policies {
+            dev::write_policies(&policies).unwrap();
+        } else {
+            std::fs::create_dir_all(&policies).unwrap();
+            let schema = dev::DEV_POLICIES[0];
+            std::fs::write(policies.join(schema.0), schema.1).unwrap();
+            std::fs::write(policies.join("allow-all.cedar"), ALLOW_ALL).unwrap();
+        }
         let text = config_text(
             &members,
             &providers,
@@ -229,9 +246,11 @@ impl BedBuilder {
         let config = Config::load(&config_path).unwrap_or_else(|error| panic!("{error}\n{text}"));
         let gateway = Gateway::bind(&config).await.unwrap();
         let gateway_addr = gateway.local_addr().unwrap();
+        let reloader = gateway.reloader();
         tasks.spawn(gateway.serve(shutdown.clone().wait()));
 
         Bed {
+            reloader,
             dir,
             pki,
             ca,
@@ -243,6 +262,9 @@ impl BedBuilder {
         }
     }
 }
+
+/// The policy of beds that test the data path, not authorization.
+pub const ALLOW_ALL: &str = "@id(\"test-allow-all\")\npermit (principal, action, resource);\n";
 
 fn config_text(
     members: &[MemberId],
@@ -273,8 +295,22 @@ connect_timeout = "1s"
 max_deadline = "{max_deadline}"
 "#
     );
+    // Members keep the groups and purposes of the dev configuration.
+    let dev = Config::parse(Path::new("dev.toml"), dev::CONFIG_TEMPLATE).unwrap();
+    text += "\n[policy]\nschema = \"policies/schema.cedarschema\"\npolicies = \"policies\"\n\n[purposes]\n";
+    for purpose in dev.purposes.keys() {
+        text += &format!("{purpose} = \"{purpose}\"\n");
+    }
     for member in members {
-        text += &format!("\n[members.\"{member}\"]\nname = \"{member}\"\n");
+        let groups: Vec<String> = dev
+            .members
+            .get(member)
+            .map(|m| m.groups.iter().map(|g| format!("\"{g}\"")).collect())
+            .unwrap_or_default();
+        text += &format!(
+            "\n[members.\"{member}\"]\nname = \"{member}\"\ngroups = [{}]\n",
+            groups.join(", ")
+        );
     }
     for (provider, endpoints) in providers {
         let endpoints: Vec<String> = endpoints
@@ -298,6 +334,7 @@ max_deadline = "{max_deadline}"
 
 /// A running gateway with its backends. Dropping it stops everything.
 pub struct Bed {
+    pub reloader: govbridge::proxy::Reloader,
     pub dir: tempfile::TempDir,
     pub pki: PathBuf,
     pub ca: CertificateAuthority,
@@ -316,6 +353,7 @@ impl Bed {
             dead_provider: None,
             silent_provider: None,
             extra_members: Vec::new(),
+            dev_policies: false,
             max_deadline: "60s",
             handshake_timeout: "5s",
         }
@@ -389,6 +427,8 @@ pub type ClientError = Box<dyn std::error::Error + Send + Sync>;
 pub struct H2Client {
     sender: SendRequest<tonic::body::Body>,
     pub key_exchange: Option<rustls::NamedGroup>,
+    /// Becomes true when the connection is over.
+    closed: tokio::sync::watch::Receiver<bool>,
 }
 
 impl H2Client {
@@ -407,11 +447,27 @@ impl H2Client {
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))
             .await?;
-        tokio::spawn(connection);
+        let (closed_tx, closed) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            let _ = closed_tx.send(true);
+        });
         Ok(Self {
             sender,
             key_exchange,
+            closed,
         })
+    }
+
+    /// Waits (at most 5 s) for the server to close the connection.
+    pub async fn closed_by_server(&self) -> bool {
+        let mut closed = self.closed.clone();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            closed.wait_for(|closed| *closed),
+        )
+        .await
+        .is_ok()
     }
 }
 
