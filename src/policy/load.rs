@@ -15,8 +15,8 @@ use cedar_policy::{
 use miette::Diagnostic;
 
 use super::{
-    GROUP, MEMBER, ORGANIZATION, PROVIDER, PolicyEngine, PolicySource, permitted_members,
-    policy_id, uid,
+    GROUP, MEMBER, ORGANIZATION, PROVIDER, PolicyEngine, PolicySource, index_by_method,
+    permitted_members, policy_id, uid,
 };
 use crate::config::Config;
 use crate::identity::MemberId;
@@ -382,8 +382,11 @@ pub(super) fn load(config: &Config) -> Result<PolicyEngine, PolicyError> {
         ));
     }
 
-    let may_be_permitted = permitted_members(&policies, &member_ancestors(config));
+    let ancestors = member_ancestors(config);
+    let may_be_permitted = permitted_members(&policies, &ancestors);
     Ok(PolicyEngine {
+        by_method: index_by_method(&policies, &methods, &ancestors),
+        applicable: Default::default(),
         policies,
         entities,
         sources,

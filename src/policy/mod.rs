@@ -23,10 +23,12 @@ mod load;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, EntityId, EntityTypeName, EntityUid,
-    PolicyId, PolicySet, PrincipalConstraint, Request, RestrictedExpression,
+    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, EntityId,
+    EntityTypeName, EntityUid, PolicyId, PolicySet, PrincipalConstraint, Request,
+    RestrictedExpression,
 };
 
 use crate::config::Config;
@@ -72,6 +74,14 @@ pub struct PolicySource {
 #[derive(Debug)]
 pub struct PolicyEngine {
     policies: PolicySet,
+    /// Published method -> the policies whose action scope covers it, with
+    /// the members their principal scope covers (`None`: everyone).
+    by_method: HashMap<String, Vec<ScopedPolicy>>,
+    /// (caller, method) -> the policies that can apply to it. Cedar
+    /// evaluates every policy of the set it is given, so deciding with
+    /// only these keeps a decision's cost independent of how many policies
+    /// concern other members and methods. Bounded by members x methods.
+    applicable: RwLock<HashMap<(MemberId, String), Arc<PolicySet>>>,
     entities: Entities,
     sources: HashMap<String, PolicySource>,
     /// Members to whom at least one permit could apply, judging by the
@@ -156,15 +166,45 @@ impl PolicyEngine {
             Ok(request) => request,
             Err(error) => return deny(error.to_string()),
         };
+        let policies = self.applicable(facts.caller, facts.method);
         let response = self
             .authorizer
-            .is_authorized(&request, &self.policies, &self.entities);
+            .is_authorized(&request, &policies, &self.entities);
         let diagnostics = response.diagnostics();
         Decision {
             allowed: response.decision() == CedarDecision::Allow,
             policies: diagnostics.reason().map(ToString::to_string).collect(),
             errors: diagnostics.errors().map(ToString::to_string).collect(),
         }
+    }
+
+    /// The policies whose scope covers `caller` calling `method`.
+    fn applicable(&self, caller: &MemberId, method: &str) -> Arc<PolicySet> {
+        let key = (caller.clone(), method.to_owned());
+        if let Some(set) = self
+            .applicable
+            .read()
+            .ok()
+            .and_then(|cache| cache.get(&key).cloned())
+        {
+            return set;
+        }
+        let mut set = PolicySet::new();
+        for scoped in self.by_method.get(method).into_iter().flatten() {
+            let covers = scoped
+                .principals
+                .as_ref()
+                .is_none_or(|members| members.contains(caller));
+            // Ids are unique in `self.policies`, so adding cannot fail.
+            if covers && set.add(scoped.policy.clone()).is_err() {
+                tracing::error!(policy = %scoped.policy.id(), "policy index inconsistent");
+            }
+        }
+        let set = Arc::new(set);
+        if let Ok(mut cache) = self.applicable.write() {
+            cache.insert(key, set.clone());
+        }
+        set
     }
 
     /// Whether any permit could apply to `member` at all. Conservative: a
@@ -258,6 +298,55 @@ fn covered_members<'a>(
         })
         .map(|(member, _)| member)
         .collect()
+}
+
+/// A policy with the members its principal scope covers.
+#[derive(Debug)]
+struct ScopedPolicy {
+    policy: cedar_policy::Policy,
+    principals: Option<HashSet<MemberId>>,
+}
+
+/// Indexes policies by the published methods their action scope covers.
+fn index_by_method(
+    policies: &PolicySet,
+    methods: &BTreeMap<String, Vec<MemberId>>,
+    ancestors: &HashMap<MemberId, HashSet<EntityUid>>,
+) -> HashMap<String, Vec<ScopedPolicy>> {
+    let mut index: HashMap<String, Vec<ScopedPolicy>> = HashMap::new();
+    for policy in policies.policies() {
+        let principals = match policy.principal_constraint() {
+            PrincipalConstraint::Any => None,
+            constraint => Some(
+                covered_members(&constraint, ancestors)
+                    .into_iter()
+                    .cloned()
+                    .collect(),
+            ),
+        };
+        let action = policy.action_constraint();
+        for method in methods.keys() {
+            let own = uid(ACTION, method);
+            let service = method
+                .strip_prefix('/')
+                .and_then(|rest| rest.split_once('/'))
+                .map(|(service, _)| uid(ACTION, service));
+            let covered = match &action {
+                ActionConstraint::Any => true,
+                ActionConstraint::Eq(target) => *target == own,
+                ActionConstraint::In(targets) => targets
+                    .iter()
+                    .any(|target| *target == own || Some(target) == service.as_ref()),
+            };
+            if covered {
+                index.entry(method.clone()).or_default().push(ScopedPolicy {
+                    policy: policy.clone(),
+                    principals: principals.clone(),
+                });
+            }
+        }
+    }
+    index
 }
 
 /// The policies that apply to principals, for [`PolicyEngine::may_be_permitted`].
