@@ -51,6 +51,7 @@ pub mod agencies;
 pub mod cli;
 pub mod config;
 pub mod dev;
+pub mod directory;
 pub mod identity;
 pub mod launch;
 pub mod net;

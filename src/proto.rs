@@ -32,3 +32,9 @@ pub mod bank {
         tonic::include_proto!("govbridge.bank.v1");
     }
 }
+
+pub mod directory {
+    pub mod v1 {
+        tonic::include_proto!("govbridge.directory.v1");
+    }
+}

@@ -99,11 +99,12 @@ fn without_bridge_trailers(frame: Frame<Bytes>) -> Frame<Bytes> {
     }
 }
 
-/// A response body: empty (trailers-only responses) or relayed from a
-/// backend.
+/// A response body: empty (trailers-only responses), relayed from a
+/// backend, or answered by one of the gateway's own services.
 #[derive(Debug)]
 pub struct ResponseBody {
     relay: Option<Relay>,
+    local: Option<tonic::body::Body>,
 }
 
 #[derive(Debug)]
@@ -120,7 +121,18 @@ struct Relay {
 impl ResponseBody {
     /// A body with no frames.
     pub fn empty() -> Self {
-        Self { relay: None }
+        Self {
+            relay: None,
+            local: None,
+        }
+    }
+
+    /// The body of a gateway service's answer.
+    pub fn local(body: tonic::body::Body) -> Self {
+        Self {
+            relay: None,
+            local: Some(body),
+        }
     }
 
     /// Relays `upstream` until it ends or the deadline passes; the call's
@@ -145,6 +157,7 @@ impl ResponseBody {
                 budget: deadline.budget(),
                 provider,
             }),
+            local: None,
         }
     }
 }
@@ -157,6 +170,13 @@ impl Body for ResponseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(local) = self.local.as_mut() {
+            // tonic reports a failing local stream as a status error; the
+            // gateway's services never fail mid-stream, so end the body.
+            return Pin::new(local)
+                .poll_frame(cx)
+                .map(|frame| frame.and_then(Result::ok).map(Ok));
+        }
         let Some(relay) = self.relay.as_mut() else {
             return Poll::Ready(None);
         };
@@ -191,12 +211,19 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.relay
-            .as_ref()
-            .is_none_or(|relay| relay.upstream.is_none())
+        match &self.local {
+            Some(local) => local.is_end_stream(),
+            None => self
+                .relay
+                .as_ref()
+                .is_none_or(|relay| relay.upstream.is_none()),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(local) = &self.local {
+            return local.size_hint();
+        }
         match &self.relay {
             Some(Relay {
                 upstream: Some((upstream, _)),

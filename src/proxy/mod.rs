@@ -16,7 +16,7 @@ pub mod deadline;
 mod error;
 pub mod headers;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -71,7 +71,9 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct GatewayState {
     node_id: String,
-    members: HashSet<MemberId>,
+    registry: BTreeMap<MemberId, crate::config::Member>,
+    providers: HashSet<MemberId>,
+    services: BTreeMap<String, Vec<MemberId>>,
     purposes: HashSet<String>,
     policy: PolicyEngine,
     routes: RouteTable,
@@ -110,7 +112,13 @@ impl GatewayState {
         ));
         Ok(Self {
             node_id: config.gateway.node_id.clone(),
-            members: config.members.keys().cloned().collect(),
+            registry: config.members.clone(),
+            providers: config.providers.keys().cloned().collect(),
+            services: config
+                .services
+                .values()
+                .map(|service| (service.name.clone(), service.providers.clone()))
+                .collect(),
             purposes: config.purposes.keys().cloned().collect(),
             policy,
             routes: RouteTable::new(config, &connector),
@@ -121,6 +129,26 @@ impl GatewayState {
     /// This gateway's node id.
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// The member registry.
+    pub fn registry(&self) -> &BTreeMap<MemberId, crate::config::Member> {
+        &self.registry
+    }
+
+    /// Whether `member` publishes services.
+    pub fn is_provider(&self, member: &MemberId) -> bool {
+        self.providers.contains(member)
+    }
+
+    /// Published services and their providers, the default first.
+    pub fn services(&self) -> &BTreeMap<String, Vec<MemberId>> {
+        &self.services
+    }
+
+    /// The connection pools of a published service's providers.
+    pub fn service_pools(&self, service: &str) -> Option<&[Arc<crate::routing::ProviderPool>]> {
+        self.routes.pools(service)
     }
 
     /// The policy engine of this configuration.
@@ -300,7 +328,7 @@ impl GatewayService {
             .member
             .as_ref()
             .map_err(|reason| GatewayError::NoMemberIdentity(reason.clone()))?;
-        if !state.members.contains(member) {
+        if !state.registry.contains_key(member) {
             return Err(GatewayError::UnknownMember(member.clone()));
         }
         if !state.policy.may_be_permitted(member) {
@@ -316,7 +344,7 @@ impl GatewayService {
     /// is the answer.
     async fn forward(
         &self,
-        state: &GatewayState,
+        state: &Arc<GatewayState>,
         request: Request<Incoming>,
         uri: &http::Uri,
         received: Instant,
@@ -329,6 +357,15 @@ impl GatewayService {
             && !state.purposes.contains(purpose)
         {
             return Err(GatewayError::UnknownPurpose(purpose.to_owned()));
+        }
+        if crate::directory::is_local(uri.path()) {
+            let context = crate::directory::LocalContext {
+                caller,
+                state: state.clone(),
+                certificate_days_left: self.certificate_days_left(),
+            };
+            let response = crate::directory::call(request, context).await;
+            return Ok(response.map(ResponseBody::local));
         }
         let route = state.routes.route(uri.path(), call.target.as_ref())?;
         self.authorize(state, &caller, &call, uri.path(), route.provider.provider())?;
@@ -398,6 +435,13 @@ impl GatewayService {
         }
     }
 
+    /// Whole days until the caller's certificate expires.
+    fn certificate_days_left(&self) -> i64 {
+        self.peer
+            .certificate_not_after
+            .map_or(0, |not_after| (not_after - unix_now()).div_euclid(86_400))
+    }
+
     fn refuse(
         &self,
         error: GatewayError,
@@ -416,6 +460,15 @@ impl GatewayService {
         );
         error.into_response(Some(request_id))
     }
+}
+
+/// Seconds since the epoch.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+        })
 }
 
 impl hyper::service::Service<Request<Incoming>> for GatewayService {

@@ -75,6 +75,13 @@ impl RouteTable {
         Self { services }
     }
 
+    /// The pools of a published service's providers, the default first.
+    pub fn pools(&self, service: &str) -> Option<&[Arc<ProviderPool>]> {
+        self.services
+            .get(service)
+            .map(|route| route.providers.as_slice())
+    }
+
     /// Resolves `path` (`/package.Service/Method`), choosing the provider
     /// named by `target` when there is one.
     pub fn route<'a>(

@@ -233,6 +233,17 @@ impl ProviderPool {
         )
     }
 
+    /// Whether one of the provider's endpoints has, or can open, a
+    /// connection now. A recent failure counts without dialling again.
+    pub async fn reachable(&self) -> bool {
+        for slot in &self.endpoints {
+            if self.sender(slot).await.is_ok() {
+                return true;
+            }
+        }
+        false
+    }
+
     /// An open connection to `slot`, dialling one if needed.
     async fn sender(&self, slot: &EndpointSlot) -> Result<SendRequest<UpstreamBody>, GatewayError> {
         let mut state = slot.state.lock().await;

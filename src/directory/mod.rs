@@ -1,0 +1,126 @@
+//! Services the gateway answers itself: the directory metaservices,
+//! `grpc.health.v1.Health` and gRPC server reflection (v1 and v1alpha).
+//!
+//! They are reached through the gateway's own listener with a member
+//! certificate, like any published service, but never forwarded. What they
+//! show depends on the caller: reflection lists only the services the
+//! caller's policies let it call, so that grpcurl, Postman or a reflection
+//! client sees exactly its own view of the exchange. They never show
+//! internal endpoint addresses.
+
+mod descriptors;
+mod health;
+mod metaservices;
+mod reflection;
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tower::ServiceExt;
+
+use crate::identity::MemberId;
+use crate::proxy::GatewayState;
+
+/// Who is asking, under which configuration. Put in the extensions of
+/// every request handed to a local service.
+#[derive(Debug, Clone)]
+pub struct LocalContext {
+    pub caller: MemberId,
+    pub state: Arc<GatewayState>,
+    pub certificate_days_left: i64,
+}
+
+impl LocalContext {
+    fn from_request<T>(request: &tonic::Request<T>) -> Result<&Self, tonic::Status> {
+        request
+            .extensions()
+            .get::<Self>()
+            .ok_or_else(|| tonic::Status::internal("local service called without its context"))
+    }
+
+    /// Services the caller may call at least one method of, plus the
+    /// gateway's own.
+    fn visible_services(&self) -> BTreeSet<String> {
+        let mut services: BTreeSet<String> = self
+            .state
+            .policy()
+            .permits(&self.caller, self.certificate_days_left)
+            .into_iter()
+            .filter_map(|permit| {
+                permit
+                    .method
+                    .strip_prefix('/')
+                    .and_then(|rest| rest.split_once('/'))
+                    .map(|(service, _)| service.to_owned())
+            })
+            .collect();
+        services.extend(LOCAL_SERVICES.iter().map(|service| (*service).to_owned()));
+        services
+    }
+}
+
+const DIRECTORY: &str = "govbridge.directory.v1.Directory";
+const HEALTH: &str = "grpc.health.v1.Health";
+const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
+const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
+
+/// The services the gateway answers itself.
+pub const LOCAL_SERVICES: [&str; 4] = [DIRECTORY, HEALTH, REFLECTION_V1, REFLECTION_V1ALPHA];
+
+/// Whether `path` (`/package.Service/Method`) is one of the gateway's own
+/// services.
+pub fn is_local(path: &str) -> bool {
+    path.strip_prefix('/')
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(service, _)| LOCAL_SERVICES.contains(&service))
+}
+
+/// Answers a call to one of the gateway's own services.
+pub async fn call(
+    mut request: Request<Incoming>,
+    context: LocalContext,
+) -> Response<tonic::body::Body> {
+    request.extensions_mut().insert(context);
+    let service = request
+        .uri()
+        .path()
+        .strip_prefix('/')
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(service, _)| service.to_owned())
+        .unwrap_or_default();
+    let response: Result<Response<tonic::body::Body>, Infallible> = match service.as_str() {
+        DIRECTORY => {
+            crate::proto::directory::v1::directory_server::DirectoryServer::new(
+                metaservices::DirectoryService,
+            )
+            .oneshot(request)
+            .await
+        }
+        HEALTH => {
+            tonic_health::pb::health_server::HealthServer::new(health::HealthService)
+                .oneshot(request)
+                .await
+        }
+        REFLECTION_V1 => {
+            tonic_reflection::pb::v1::server_reflection_server::ServerReflectionServer::new(
+                reflection::ReflectionV1,
+            )
+            .oneshot(request)
+            .await
+        }
+        _ => {
+            tonic_reflection::pb::v1alpha::server_reflection_server::ServerReflectionServer::new(
+                reflection::ReflectionV1Alpha,
+            )
+            .oneshot(request)
+            .await
+        }
+    };
+    match response {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
