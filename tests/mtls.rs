@@ -187,18 +187,14 @@ async fn a_certificate_without_member_san_is_unauthenticated() {
 }
 
 #[tokio::test]
-async fn an_unregistered_member_is_unauthenticated() {
+async fn an_unregistered_member_is_unauthenticated_and_disconnected() {
     let (bed, probe) = probe_bed().await;
     let stranger = MemberId::parse("SN/COM/UNKNOWN/kyc").unwrap();
-    let client = H2Client::connect(
-        bed.gateway,
-        bed.issue_client("stranger", &LeafRequest::member(&stranger)),
-    )
-    .await
-    .unwrap();
-    let mut registry = CivilRegistryClient::new(client);
+    let tls = bed.issue_client("stranger", &LeafRequest::member(&stranger));
+    // Every connection's call is refused, and the connection closed after it.
     for _ in 0..2 {
-        let status = registry
+        let client = H2Client::connect(bed.gateway, tls.clone()).await.unwrap();
+        let status = CivilRegistryClient::new(client.clone())
             .get_person(GetPersonRequest { nin: "1".into() })
             .await
             .unwrap_err();
@@ -208,6 +204,10 @@ async fn an_unregistered_member_is_unauthenticated() {
             status.message().contains("SN/COM/UNKNOWN/kyc"),
             "{}",
             status.message()
+        );
+        assert!(
+            client.closed_by_server().await,
+            "the connection stayed open"
         );
     }
     assert!(probe.seen().is_empty());

@@ -321,23 +321,23 @@ impl GatewayService {
         }
     }
 
-    /// The caller, checked against the registry of this snapshot.
+    /// The caller, checked against the registry and the policies of this
+    /// snapshot. This is the first authorization point: a peer that is not
+    /// a registered member, or that no policy permits anything, gets one
+    /// answer and then its connection is closed.
     fn caller(&self, state: &GatewayState) -> Result<MemberId, GatewayError> {
-        let member = self
-            .peer
-            .member
-            .as_ref()
-            .map_err(|reason| GatewayError::NoMemberIdentity(reason.clone()))?;
-        if !state.registry.contains_key(member) {
-            return Err(GatewayError::UnknownMember(member.clone()));
-        }
-        if !state.policy.may_be_permitted(member) {
-            // The first authorization point: a member no policy speaks of
-            // gets one answer, then its connection is closed.
-            self.peer.control.close();
-            return Err(GatewayError::NoPermits(member.clone()));
-        }
-        Ok(member.clone())
+        let refused = match &self.peer.member {
+            Err(reason) => GatewayError::NoMemberIdentity(reason.clone()),
+            Ok(member) if !state.registry.contains_key(member) => {
+                GatewayError::UnknownMember(member.clone())
+            }
+            Ok(member) if !state.policy.may_be_permitted(member) => {
+                GatewayError::NoPermits(member.clone())
+            }
+            Ok(member) => return Ok(member.clone()),
+        };
+        self.peer.control.close();
+        Err(refused)
     }
 
     /// The request path. Each step may refuse the call; the first refusal
