@@ -196,6 +196,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let config = Config::load(&config)?;
             runtime()?.block_on(async {
                 let gateway = Gateway::bind(&config).await?;
+                gateway.reloader().reload_on_sighup();
                 println!(
                     "govbridge gateway listening on https://{}",
                     gateway.local_addr()?
@@ -321,17 +322,20 @@ fn run_policy(command: PolicyCommand) -> anyhow::Result<()> {
                     println!("  no permits: its calls are refused and its connections closed");
                 }
                 for permit in permits {
-                    let purposes: Vec<&str> = permit
-                        .purposes
-                        .iter()
-                        .map(|p| {
-                            if p.is_empty() {
-                                "(no purpose)"
-                            } else {
-                                p.as_str()
-                            }
-                        })
-                        .collect();
+                    let name = |p: &String| {
+                        if p.is_empty() {
+                            "(no purpose)".to_owned()
+                        } else {
+                            p.clone()
+                        }
+                    };
+                    let mut purposes: Vec<String> = permit.purposes.iter().map(name).collect();
+                    purposes.extend(
+                        permit
+                            .purposes_with_consent
+                            .iter()
+                            .map(|p| format!("{} with consent", name(p))),
+                    );
                     println!(
                         "  {} at {}  [{}]",
                         permit.method,
@@ -368,6 +372,9 @@ fn run_policy(command: PolicyCommand) -> anyhow::Result<()> {
                     .cloned()
                     .with_context(|| format!("{method} has no provider"))?,
             };
+            engine
+                .precheck(&client, &method, &provider, purpose.as_deref())
+                .map_err(anyhow::Error::msg)?;
             let decision = engine.authorize(&crate::policy::CallFacts {
                 caller: &client,
                 method: &method,

@@ -270,7 +270,94 @@ fn policy_check_explain_and_test() {
         let output = govbridge(command);
         assert!(!output.status.success());
         let message = text(&output);
-        assert!(message.contains("tax.cedar:"), "{message}");
+        let at = message.find("tax.cedar:").expect("the file is named");
+        let position: Vec<&str> = message[at + "tax.cedar:".len()..].splitn(3, ':').collect();
+        assert!(
+            position.len() == 3
+                && position[0].parse::<usize>().is_ok()
+                && position[1].parse::<usize>().is_ok(),
+            "no line:column in {message}"
+        );
         assert!(message.contains("verifed"), "{message}");
     }
+}
+
+/// `govbridge serve` reloads on SIGHUP (and keeps running), and stops
+/// cleanly on SIGTERM.
+#[test]
+fn serve_reloads_on_sighup_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let dir = dev_setup();
+    let config = dir.path().join("govbridge.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("127.0.0.1:8443", "127.0.0.1:0")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_govbridge"))
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, received) = mpsc::channel();
+    for stream in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+    }
+    let wait_for = |needle: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match received.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("govbridge serve never printed `{needle}`");
+    };
+    wait_for("listening on https://");
+
+    let pid = child.id().to_string();
+    let signal = |name: &str| {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("HUP");
+    wait_for("configuration reloaded");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP ended the gateway"
+    );
+
+    signal("TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGTERM did not stop the gateway"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
 }

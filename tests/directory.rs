@@ -110,7 +110,15 @@ async fn the_directory_lists_members_and_services_without_addresses() {
         "an endpoint address leaked"
     );
 
-    let set = directory
+    // Descriptors, like reflection, only of what the caller may call.
+    let hidden = directory
+        .get_service_descriptor(GetServiceDescriptorRequest {
+            service: "govbridge.tax.v1.TaxAuthority".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(hidden.code(), Code::NotFound);
+    let set = DirectoryClient::new(bed.client("treasury").await)
         .get_service_descriptor(GetServiceDescriptorRequest {
             service: "govbridge.tax.v1.TaxAuthority".to_owned(),
         })

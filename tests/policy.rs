@@ -163,6 +163,29 @@ async fn denied_calls_never_reach_the_backend() {
         assert_eq!(status.code(), Code::PermissionDenied, "{member}");
     }
     assert!(probe.seen().is_empty(), "a denied call reached the backend");
+
+    // The tax authority may read civil records at ANEC, and only there.
+    let mut tax = CivilRegistryClient::new(bed.client("dgid-tax").await);
+    let status = tax
+        .get_person(declared(
+            GetPersonRequest { nin: "1".into() },
+            "TAX-ASSESSMENT",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(probe.seen().is_empty(), "a denied call reached the backend");
+    let mut at_anec = declared(
+        GetPersonRequest {
+            nin: bed.data.citizens[0].nin.to_string(),
+        },
+        "TAX-ASSESSMENT",
+    );
+    at_anec.metadata_mut().insert(
+        "bridge-target",
+        "SN/GOV/ANEC/civil-registry".parse().unwrap(),
+    );
+    tax.get_person(at_anec).await.unwrap();
     bed.stop().await;
 }
 
@@ -308,7 +331,7 @@ async fn a_reload_applies_new_policies_without_breaking_open_streams() {
     )
     .unwrap();
     let error = bed.reloader.reload().unwrap_err().to_string();
-    assert!(error.contains("broken.cedar"), "{error}");
+    assert!(error.contains("broken.cedar:1:"), "{error}");
     assert_eq!(
         registry.get_person(get_person()).await.unwrap_err().code(),
         Code::PermissionDenied

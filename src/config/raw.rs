@@ -393,6 +393,13 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
     for (key, service) in &raw.services {
         let name = key.get_ref();
         let path = format!("services.{}", quoted(name));
+        if crate::directory::LOCAL_SERVICES.contains(&name.as_str()) {
+            return Err(source.error(
+                &path,
+                key,
+                format!("`{name}` is served by the gateway itself and cannot be published"),
+            ));
+        }
         if !is_service_name(name) {
             return Err(source.error(
                 &path,

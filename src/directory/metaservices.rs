@@ -73,6 +73,7 @@ impl Directory for DirectoryService {
                 method: permit.method,
                 provider: permit.provider.to_string(),
                 purposes: permit.purposes,
+                purposes_with_consent: permit.purposes_with_consent,
             })
             .collect();
         Ok(Response::new(AllowedMethodsResponse {
@@ -87,14 +88,14 @@ impl Directory for DirectoryService {
     ) -> Result<Response<GetServiceDescriptorResponse>, Status> {
         let context = LocalContext::from_request(&request)?;
         let service = &request.get_ref().service;
-        let published = context.state.services().contains_key(service)
-            || super::LOCAL_SERVICES.contains(&service.as_str());
-        let set = published
+        // Like reflection: only what the caller may call.
+        let visible = context.visible_services().contains(service);
+        let set = visible
             .then(|| descriptors::index().service_set(service))
             .flatten()
             .ok_or_else(|| {
                 Status::not_found(format!(
-                    "service {service} is not published on this gateway"
+                    "service {service} is not published on this gateway, or not to you"
                 ))
             })?;
         Ok(Response::new(GetServiceDescriptorResponse {

@@ -113,6 +113,7 @@ fn run_case(engine: &PolicyEngine, case: &Case) -> Result<CaseOutcome, String> {
             .cloned()
             .ok_or_else(|| format!("method {} has no provider", case.method))?,
     };
+    engine.precheck(&client, &case.method, &provider, case.purpose.as_deref())?;
     let decision = engine.authorize(&CallFacts {
         caller: &client,
         method: &case.method,

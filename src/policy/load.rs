@@ -52,7 +52,11 @@ fn error(file: &Path, position: Option<(usize, usize)>, message: impl Into<Strin
 
 /// 1-based line and column of a byte offset.
 fn position(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let column = before
         .rfind('\n')
@@ -155,6 +159,13 @@ fn load_policy_file(path: &Path) -> Result<PolicyFile, PolicyError> {
         let at = first_offset(&cedar).map(|offset| position(&text, offset));
         error(path, at, cedar_message(&cedar, cedar.to_string()))
     })?;
+    if parsed.templates().next().is_some() {
+        return Err(error(
+            path,
+            None,
+            "policy templates (?principal, ?resource) are not supported: write the policy for each member",
+        ));
+    }
     // Cedar names the policies of one parse policy0, policy1, ... in order.
     let mut policies: Vec<&cedar_policy::Policy> = parsed.policies().collect();
     policies.sort_by_key(|policy| {
@@ -321,10 +332,53 @@ fn check_scope_entities(
     Ok(())
 }
 
+/// The schema's `Call` type must be exactly the context the gateway
+/// provides: a field the gateway never fills would make every policy that
+/// reads it fail to evaluate.
+fn check_context_type(
+    config: &Config,
+    schema: &Schema,
+    methods: &BTreeMap<String, Vec<MemberId>>,
+) -> Result<(), PolicyError> {
+    let (Some((method, providers)), Some(member)) =
+        (methods.iter().next(), config.members.keys().next())
+    else {
+        return Ok(());
+    };
+    let Some(provider) = providers.first() else {
+        return Ok(());
+    };
+    let facts = super::CallFacts {
+        caller: member,
+        method,
+        provider,
+        purpose: None,
+        has_reason: false,
+        has_user_id: false,
+        consent_verified: false,
+        hour: 0,
+        certificate_days_left: 0,
+    };
+    super::request(&facts, Some(schema))
+        .map(drop)
+        .map_err(|message| {
+            error(
+                &config.policy.schema,
+                None,
+                format!(
+                    "the context the gateway provides does not match the schema ({message}); \
+                 `type Call` must be {{ purpose: String, has_reason: Bool, has_user_id: Bool, \
+                 consent: {{ verified: Bool }}, hour: Long, certificate_days_left: Long }}"
+                ),
+            )
+        })
+}
+
 pub(super) fn load(config: &Config) -> Result<PolicyEngine, PolicyError> {
     let methods = published_methods(config);
     let schema = load_schema(&config.policy.schema, &methods)?;
     let entities = build_entities(config, &schema)?;
+    check_context_type(config, &schema, &methods)?;
 
     let files = policy_files(&config.policy.policies)?
         .iter()
@@ -382,7 +436,19 @@ pub(super) fn load(config: &Config) -> Result<PolicyEngine, PolicyError> {
         ));
     }
 
-    let ancestors = member_ancestors(config);
+    // Coverage follows membership as Cedar does: transitively, from the
+    // entities themselves, so that the index can never disagree with it.
+    let ancestors: HashMap<MemberId, HashSet<EntityUid>> = config
+        .members
+        .keys()
+        .map(|member| {
+            let all = entities
+                .ancestors(&uid(MEMBER, member.as_str()))
+                .map(|ancestors| ancestors.cloned().collect())
+                .unwrap_or_default();
+            (member.clone(), all)
+        })
+        .collect();
     let may_be_permitted = permitted_members(&policies, &ancestors);
     Ok(PolicyEngine {
         by_method: index_by_method(&policies, &methods, &ancestors),
@@ -393,6 +459,7 @@ pub(super) fn load(config: &Config) -> Result<PolicyEngine, PolicyError> {
         may_be_permitted,
         methods,
         purposes: config.purposes.keys().cloned().collect(),
+        members: config.members.keys().cloned().collect(),
         authorizer: Authorizer::new(),
     })
 }

@@ -90,6 +90,7 @@ pub struct PolicyEngine {
     /// Published method -> its providers.
     methods: BTreeMap<String, Vec<MemberId>>,
     purposes: Vec<String>,
+    members: HashSet<MemberId>,
     authorizer: Authorizer,
 }
 
@@ -117,69 +118,67 @@ impl PolicyEngine {
 
     /// Decides one call.
     pub fn authorize(&self, facts: &CallFacts<'_>) -> Decision {
-        let context = Context::from_pairs([
-            (
-                "purpose".to_owned(),
-                RestrictedExpression::new_string(facts.purpose.unwrap_or_default().to_owned()),
-            ),
-            (
-                "has_reason".to_owned(),
-                RestrictedExpression::new_bool(facts.has_reason),
-            ),
-            (
-                "has_user_id".to_owned(),
-                RestrictedExpression::new_bool(facts.has_user_id),
-            ),
-            (
-                "consent".to_owned(),
-                RestrictedExpression::new_record([(
-                    "verified".to_owned(),
-                    RestrictedExpression::new_bool(facts.consent_verified),
-                )])
-                .unwrap_or_else(|_| RestrictedExpression::new_bool(false)),
-            ),
-            (
-                "hour".to_owned(),
-                RestrictedExpression::new_long(i64::from(facts.hour)),
-            ),
-            (
-                "certificate_days_left".to_owned(),
-                RestrictedExpression::new_long(facts.certificate_days_left),
-            ),
-        ]);
-        let deny = |error: String| Decision {
-            allowed: false,
-            policies: Vec::new(),
-            errors: vec![error],
-        };
-        let context = match context {
-            Ok(context) => context,
-            Err(error) => return deny(error.to_string()),
-        };
-        let request = match Request::new(
-            uid(MEMBER, facts.caller.as_str()),
-            uid(ACTION, facts.method),
-            uid(PROVIDER, facts.provider.as_str()),
-            context,
-            None,
-        ) {
+        let request = match request(facts, None) {
             Ok(request) => request,
-            Err(error) => return deny(error.to_string()),
+            Err(error) => {
+                return Decision {
+                    allowed: false,
+                    policies: Vec::new(),
+                    errors: vec![error],
+                };
+            }
         };
         let policies = self.applicable(facts.caller, facts.method);
+        self.decide(&request, &policies)
+    }
+
+    /// Decides a request with the given policies.
+    fn decide(&self, request: &Request, policies: &PolicySet) -> Decision {
         let response = self
             .authorizer
-            .is_authorized(&request, &policies, &self.entities);
+            .is_authorized(request, policies, &self.entities);
         let diagnostics = response.diagnostics();
+        let errors: Vec<String> = diagnostics.errors().map(ToString::to_string).collect();
+        // Cedar skips a policy that fails to evaluate. For a permit that
+        // only denies; for a forbid it would allow what the forbid exists
+        // to stop, so a failing forbid denies.
+        let failed_forbids: Vec<String> = diagnostics
+            .errors()
+            .filter_map(|error| {
+                let cedar_policy::AuthorizationError::PolicyEvaluationError(error) = error;
+                let id = error.policy_id();
+                policies
+                    .policy(id)
+                    .filter(|policy| policy.effect() == cedar_policy::Effect::Forbid)
+                    .map(|_| id.to_string())
+            })
+            .collect();
+        if !failed_forbids.is_empty() {
+            let mut failed_forbids = failed_forbids;
+            failed_forbids.sort();
+            return Decision {
+                allowed: false,
+                policies: failed_forbids,
+                errors,
+            };
+        }
+        // Sorted, so that logs and tests see one order.
+        let mut policies: Vec<String> = diagnostics.reason().map(ToString::to_string).collect();
+        policies.sort();
         Decision {
             allowed: response.decision() == CedarDecision::Allow,
-            policies: diagnostics.reason().map(ToString::to_string).collect(),
-            errors: diagnostics.errors().map(ToString::to_string).collect(),
+            policies,
+            errors,
         }
     }
 
     /// The policies whose scope covers `caller` calling `method`.
     fn applicable(&self, caller: &MemberId, method: &str) -> Arc<PolicySet> {
+        // A method that is not published has no action and no policy; it
+        // is not cached, so that made-up names cannot grow the cache.
+        if !self.by_method.contains_key(method) {
+            return Arc::new(PolicySet::new());
+        }
         let key = (caller.clone(), method.to_owned());
         if let Some(set) = self
             .applicable
@@ -230,43 +229,83 @@ impl PolicyEngine {
     }
 
     /// What `member` may call: each method and provider, with the purposes
-    /// under which a call with a reason, a user id and verified consent at
-    /// noon would be allowed. An empty purpose means "without a purpose".
+    /// under which a call with a reason and a user id at noon is allowed,
+    /// without consent and only with verified consent. An empty purpose
+    /// means "without a purpose".
     pub fn permits(&self, member: &MemberId, certificate_days_left: i64) -> Vec<Permit> {
-        let mut permits = Vec::new();
         let candidates: Vec<Option<&str>> = std::iter::once(None)
             .chain(self.purposes.iter().map(|purpose| Some(purpose.as_str())))
             .collect();
+        let mut permits = Vec::new();
         for (method, providers) in &self.methods {
             for provider in providers {
-                let purposes: Vec<String> = candidates
-                    .iter()
-                    .filter(|purpose| {
-                        self.authorize(&CallFacts {
-                            caller: member,
-                            method,
-                            provider,
-                            purpose: **purpose,
-                            has_reason: true,
-                            has_user_id: true,
-                            consent_verified: true,
-                            hour: 12,
-                            certificate_days_left,
-                        })
-                        .allowed
+                let allowed = |purpose: Option<&str>, consent_verified: bool| {
+                    self.authorize(&CallFacts {
+                        caller: member,
+                        method,
+                        provider,
+                        purpose,
+                        has_reason: true,
+                        has_user_id: true,
+                        consent_verified,
+                        hour: 12,
+                        certificate_days_left,
                     })
-                    .map(|purpose| purpose.unwrap_or_default().to_owned())
-                    .collect();
-                if !purposes.is_empty() {
-                    permits.push(Permit {
-                        method: method.clone(),
-                        provider: provider.clone(),
-                        purposes,
-                    });
+                    .allowed
+                };
+                let mut permit = Permit {
+                    method: method.clone(),
+                    provider: provider.clone(),
+                    purposes: Vec::new(),
+                    purposes_with_consent: Vec::new(),
+                };
+                for purpose in &candidates {
+                    let code = purpose.unwrap_or_default().to_owned();
+                    if allowed(*purpose, false) {
+                        permit.purposes.push(code);
+                    } else if allowed(*purpose, true) {
+                        permit.purposes_with_consent.push(code);
+                    }
+                }
+                if !permit.purposes.is_empty() || !permit.purposes_with_consent.is_empty() {
+                    permits.push(permit);
                 }
             }
         }
         permits
+    }
+
+    /// Why the gateway would refuse a call before asking the policies, if
+    /// it would: for `explain` and decision tables, which must not say
+    /// ALLOW where the gateway says otherwise.
+    pub fn precheck(
+        &self,
+        caller: &MemberId,
+        method: &str,
+        provider: &MemberId,
+        purpose: Option<&str>,
+    ) -> Result<(), String> {
+        if !self.members.contains(caller) {
+            return Err(format!(
+                "{caller} is not a registered member: the gateway answers UNAUTHENTICATED"
+            ));
+        }
+        if let Some(purpose) = purpose
+            && !self.purposes.iter().any(|known| known == purpose)
+        {
+            return Err(format!(
+                "purpose {purpose} is not registered: the gateway answers INVALID_ARGUMENT"
+            ));
+        }
+        let providers = self.methods.get(method).ok_or_else(|| {
+            format!("{method} is not published: the gateway answers UNIMPLEMENTED")
+        })?;
+        if !providers.contains(provider) {
+            return Err(format!(
+                "{provider} does not publish {method}: the gateway answers UNIMPLEMENTED"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -275,7 +314,54 @@ impl PolicyEngine {
 pub struct Permit {
     pub method: String,
     pub provider: MemberId,
+    /// Purposes allowed without consent.
     pub purposes: Vec<String>,
+    /// Purposes allowed only with the data subject's verified consent.
+    pub purposes_with_consent: Vec<String>,
+}
+
+/// The Cedar request for one call; checked against `schema` when given.
+pub(crate) fn request(
+    facts: &CallFacts<'_>,
+    schema: Option<&cedar_policy::Schema>,
+) -> Result<Request, String> {
+    let consent = RestrictedExpression::new_record([(
+        "verified".to_owned(),
+        RestrictedExpression::new_bool(facts.consent_verified),
+    )])
+    .map_err(|error| error.to_string())?;
+    let context = Context::from_pairs([
+        (
+            "purpose".to_owned(),
+            RestrictedExpression::new_string(facts.purpose.unwrap_or_default().to_owned()),
+        ),
+        (
+            "has_reason".to_owned(),
+            RestrictedExpression::new_bool(facts.has_reason),
+        ),
+        (
+            "has_user_id".to_owned(),
+            RestrictedExpression::new_bool(facts.has_user_id),
+        ),
+        ("consent".to_owned(), consent),
+        (
+            "hour".to_owned(),
+            RestrictedExpression::new_long(i64::from(facts.hour)),
+        ),
+        (
+            "certificate_days_left".to_owned(),
+            RestrictedExpression::new_long(facts.certificate_days_left),
+        ),
+    ])
+    .map_err(|error| error.to_string())?;
+    Request::new(
+        uid(MEMBER, facts.caller.as_str()),
+        uid(ACTION, facts.method),
+        uid(PROVIDER, facts.provider.as_str()),
+        context,
+        schema,
+    )
+    .map_err(|error| error.to_string())
 }
 
 /// The members a principal scope covers, given each member's ancestors.
@@ -367,5 +453,119 @@ fn policy_id(policy: &cedar_policy::Policy, file_stem: &str, index: usize) -> Po
     match policy.annotation("id") {
         Some(id) => PolicyId::new(id),
         None => PolicyId::new(format!("{file_stem}#{index}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A forbid that fails to evaluate denies: Cedar alone would skip it
+    /// and let the permit through.
+    #[test]
+    fn a_failing_forbid_denies() {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("govbridge.toml");
+        std::fs::write(&config_path, crate::dev::CONFIG_TEMPLATE).unwrap();
+        let policies = dir.path().join("policies");
+        std::fs::create_dir_all(&policies).unwrap();
+        let schema = crate::dev::DEV_POLICIES[0];
+        std::fs::write(policies.join(schema.0), schema.1).unwrap();
+        std::fs::write(
+            policies.join("overflow.cedar"),
+            r#"
+@id("everything") permit (principal, action, resource);
+@id("overflowing") forbid (principal, action, resource)
+when { context.certificate_days_left * 9223372036854775807 > 0 };
+"#,
+        )
+        .unwrap();
+        let config = Config::load(&config_path).unwrap();
+        let engine = PolicyEngine::load(&config).unwrap();
+        let caller = MemberId::parse("SN/COM/CBAO/kyc").unwrap();
+        let provider = MemberId::parse("SN/GOV/ANEC/civil-registry").unwrap();
+        let facts = |days| CallFacts {
+            caller: &caller,
+            method: "/govbridge.civilregistry.v1.CivilRegistry/GetPerson",
+            provider: &provider,
+            purpose: Some("KYC"),
+            has_reason: true,
+            has_user_id: true,
+            consent_verified: false,
+            hour: 12,
+            certificate_days_left: days,
+        };
+        // 0 days: the product is 0, the forbid evaluates to false.
+        assert!(engine.authorize(&facts(0)).allowed);
+        // 30 days: the product overflows, the forbid fails, the call is denied.
+        let decision = engine.authorize(&facts(30));
+        assert!(!decision.allowed);
+        assert_eq!(decision.policies, ["overflowing"]);
+        assert!(!decision.errors.is_empty());
+    }
+
+    /// The per-(caller, method) index must decide exactly as Cedar does
+    /// with every policy, for every member, method, provider, purpose and
+    /// flag, including scopes on organizations, `is ... in`, action groups
+    /// and unconstrained forbids.
+    #[test]
+    fn indexed_decisions_equal_full_decisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("govbridge.toml");
+        std::fs::write(&config_path, crate::dev::CONFIG_TEMPLATE).unwrap();
+        let policies = dir.path().join("policies");
+        crate::dev::write_policies(&policies).unwrap();
+        std::fs::write(
+            policies.join("scopes.cedar"),
+            r#"
+@id("org-scope")
+permit (principal in Organization::"SN/COM/CBAO", action in Action::"govbridge.tax.v1.TaxAuthority", resource)
+when { context.purpose == "AML" };
+@id("is-in-scope")
+permit (principal is Member in Group::"ministries", action, resource is Provider in Group::"account-verification")
+when { context.hour < 8 };
+@id("forbid-ecobank-evenings")
+forbid (principal in Organization::"SN/COM/ECOBANK", action, resource) when { context.hour >= 18 };
+"#,
+        )
+        .unwrap();
+        let config = Config::load(&config_path).unwrap();
+        let engine = PolicyEngine::load(&config).unwrap();
+        let purposes: Vec<Option<&str>> = std::iter::once(None)
+            .chain(config.purposes.keys().map(|p| Some(p.as_str())))
+            .collect();
+        let mut compared = 0;
+        let mut allowed = 0;
+        for member in config.members.keys() {
+            for (method, providers) in engine.methods() {
+                for provider in providers {
+                    for purpose in &purposes {
+                        for (consent, hour) in [(false, 7), (true, 12), (false, 19)] {
+                            let facts = CallFacts {
+                                caller: member,
+                                method,
+                                provider,
+                                purpose: *purpose,
+                                has_reason: true,
+                                has_user_id: true,
+                                consent_verified: consent,
+                                hour,
+                                certificate_days_left: 30,
+                            };
+                            let indexed = engine.authorize(&facts);
+                            let full =
+                                engine.decide(&request(&facts, None).unwrap(), &engine.policies);
+                            assert_eq!(indexed, full, "{facts:?}");
+                            compared += 1;
+                            allowed += usize::from(indexed.allowed);
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            compared > 1_000 && allowed > 50,
+            "{compared} compared, {allowed} allowed"
+        );
     }
 }

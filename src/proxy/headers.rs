@@ -146,8 +146,11 @@ impl CallHeaders {
                         format!("at most {MAX_REASON_LEN} bytes"),
                     ));
                 }
-                if text.chars().any(char::is_control) {
+                if text.chars().any(|c| c.is_control() || is_invisible(c)) {
                     return Err(bad(BRIDGE_REASON, "must be printable text"));
+                }
+                if text.trim().is_empty() {
+                    return Err(bad(BRIDGE_REASON, "must say why, not be blank"));
                 }
                 Ok(text.to_owned())
             })
@@ -160,6 +163,9 @@ impl CallHeaders {
                 }
                 if !bytes.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
                     return Err(bad(BRIDGE_USER_ID, "must be printable ASCII"));
+                }
+                if bytes.iter().all(|b| *b == b' ') {
+                    return Err(bad(BRIDGE_USER_ID, "must name someone, not be blank"));
                 }
                 Ok(value.clone())
             })
@@ -209,6 +215,12 @@ impl CallHeaders {
             timeout,
         })
     }
+}
+
+/// Format characters that render as nothing or reorder text: a reason
+/// containing them can read differently in a log than it does on the wire.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
 }
 
 /// Whether `value` is a W3C `traceparent` of version 00 with non-zero ids.
@@ -335,12 +347,24 @@ mod tests {
             (BRIDGE_TARGET, "CBAO"),
             (GRPC_TIMEOUT, "5 seconds"),
             (BRIDGE_REASON, &"x".repeat(257)),
+            (BRIDGE_REASON, ""),
+            (BRIDGE_REASON, "   "),
+            (BRIDGE_USER_ID, "  "),
         ] {
             match CallHeaders::read(&headers(&[(name, value)])) {
                 Err(GatewayError::BadHeader { header, .. }) => assert_eq!(header, name),
                 other => panic!("{name}: {other:?}"),
             }
         }
+        let mut hidden = HeaderMap::new();
+        hidden.insert(
+            BRIDGE_REASON,
+            HeaderValue::from_bytes("KYC\u{202e}review".as_bytes()).unwrap(),
+        );
+        assert!(
+            CallHeaders::read(&hidden).is_err(),
+            "a bidi override passed"
+        );
         let twice = headers(&[(BRIDGE_PURPOSE, "KYC"), (BRIDGE_PURPOSE, "AML")]);
         assert!(CallHeaders::read(&twice).is_err());
         assert!(request_id(&headers(&[(BRIDGE_REQUEST_ID, "not-a-uuid")])).is_err());

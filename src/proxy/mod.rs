@@ -437,9 +437,9 @@ impl GatewayService {
 
     /// Whole days until the caller's certificate expires.
     fn certificate_days_left(&self) -> i64 {
-        self.peer
-            .certificate_not_after
-            .map_or(0, |not_after| (not_after - unix_now()).div_euclid(86_400))
+        self.peer.certificate_not_after.map_or(0, |not_after| {
+            not_after.saturating_sub(unix_now()).div_euclid(86_400)
+        })
     }
 
     fn refuse(
