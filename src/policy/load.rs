@@ -131,7 +131,7 @@ fn load_schema(
     methods: &BTreeMap<String, Vec<MemberId>>,
 ) -> Result<Schema, PolicyError> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| error(path, None, format!("cannot read: {e}")))?;
+        .map_err(|e| error(path, None, format!("policy.schema: cannot read: {e}")))?;
     let full = text.clone() + &action_declarations(methods);
     Schema::from_cedarschema_str(&full)
         .map(|(schema, _warnings)| schema)
@@ -192,8 +192,13 @@ fn load_policy_file(path: &Path) -> Result<PolicyFile, PolicyError> {
 }
 
 fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyError> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| error(dir, None, format!("cannot read the policy directory: {e}")))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        error(
+            dir,
+            None,
+            format!("policy.policies: cannot read the policy directory: {e}"),
+        )
+    })?;
     let mut files = Vec::new();
     for entry in entries {
         let path = entry.map_err(|e| error(dir, None, e.to_string()))?.path();
