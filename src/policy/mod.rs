@@ -81,7 +81,9 @@ pub struct PolicyEngine {
     /// evaluates every policy of the set it is given, so deciding with
     /// only these keeps a decision's cost independent of how many policies
     /// concern other members and methods. Bounded by members x methods.
-    applicable: RwLock<HashMap<(MemberId, String), Arc<PolicySet>>>,
+    /// Keyed caller first so that a lookup borrows the method name instead
+    /// of allocating a key.
+    applicable: RwLock<HashMap<MemberId, HashMap<String, Arc<PolicySet>>>>,
     entities: Entities,
     sources: HashMap<String, PolicySource>,
     /// Members to whom at least one permit could apply, judging by the
@@ -179,13 +181,13 @@ impl PolicyEngine {
         if !self.by_method.contains_key(method) {
             return Arc::new(PolicySet::new());
         }
-        let key = (caller.clone(), method.to_owned());
-        if let Some(set) = self
-            .applicable
-            .read()
-            .ok()
-            .and_then(|cache| cache.get(&key).cloned())
-        {
+        let cached = self.applicable.read().ok().and_then(|cache| {
+            cache
+                .get(caller)
+                .and_then(|methods| methods.get(method))
+                .cloned()
+        });
+        if let Some(set) = cached {
             return set;
         }
         let mut set = PolicySet::new();
@@ -201,7 +203,10 @@ impl PolicyEngine {
         }
         let set = Arc::new(set);
         if let Ok(mut cache) = self.applicable.write() {
-            cache.insert(key, set.clone());
+            cache
+                .entry(caller.clone())
+                .or_default()
+                .insert(method.to_owned(), set.clone());
         }
         set
     }
