@@ -9,8 +9,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use cedar_policy::{
-    Authorizer, Entities, Entity, EntityUid, PolicySet, PrincipalConstraint, ResourceConstraint,
-    RestrictedExpression, Schema, ValidationMode, Validator,
+    Authorizer, Entities, Entity, EntityUid, PolicySet, RestrictedExpression, Schema,
+    ValidationMode, Validator,
 };
 use miette::Diagnostic;
 
@@ -293,46 +293,31 @@ fn build_entities(config: &Config, schema: &Schema) -> Result<Entities, PolicyEr
     Entities::from_entities(entities, Some(schema)).map_err(|e| entity_error(&e))
 }
 
-/// Checks that the entities a policy's scope names exist in the registry,
-/// so that a typo in a member id fails the load instead of silently never
-/// matching.
-fn check_scope_entities(
+/// Checks that every entity a policy names, in its scope or its
+/// conditions, exists in the member registry, so that a typo in a member
+/// id or group name fails the load instead of silently never matching.
+/// Actions are checked by the schema validation.
+fn check_entity_literals(
     file: &PolicyFile,
     policy: &cedar_policy::Policy,
     entities: &Entities,
 ) -> Result<(), PolicyError> {
-    let mut named = Vec::new();
-    match policy.principal_constraint() {
-        PrincipalConstraint::Eq(target)
-        | PrincipalConstraint::In(target)
-        | PrincipalConstraint::IsIn(_, target) => {
-            named.push(target);
+    for literal in policy.entity_literals() {
+        if literal.type_name().to_string() == super::ACTION || entities.get(&literal).is_some() {
+            continue;
         }
-        PrincipalConstraint::Any | PrincipalConstraint::Is(_) => {}
-    }
-    match policy.resource_constraint() {
-        ResourceConstraint::Eq(target)
-        | ResourceConstraint::In(target)
-        | ResourceConstraint::IsIn(_, target) => {
-            named.push(target);
-        }
-        ResourceConstraint::Any | ResourceConstraint::Is(_) => {}
-    }
-    for target in named {
-        if entities.get(&target).is_none() {
-            let at = file
-                .text
-                .find(&target.id().unescaped().to_string())
-                .map(|offset| position(&file.text, offset));
-            return Err(error(
-                &file.path,
-                at,
-                format!(
-                    "policy {}: {target} is not in the member registry (check [members] and their groups)",
-                    policy.id()
-                ),
-            ));
-        }
+        let at = file
+            .text
+            .find(&literal.id().unescaped().to_string())
+            .map(|offset| position(&file.text, offset));
+        return Err(error(
+            &file.path,
+            at,
+            format!(
+                "policy {}: {literal} is not in the member registry (check [members] and their groups)",
+                policy.id()
+            ),
+        ));
     }
     Ok(())
 }
@@ -402,7 +387,7 @@ pub(super) fn load(config: &Config) -> Result<PolicyEngine, PolicyError> {
                     format!("policy id `{id}` is also used in {}", first.file.display()),
                 ));
             }
-            check_scope_entities(file, policy, &entities)?;
+            check_entity_literals(file, policy, &entities)?;
             let line = file
                 .text
                 .find(&format!("@id(\"{id}\")"))

@@ -465,6 +465,30 @@ fn policy_id(policy: &cedar_policy::Policy, file_stem: &str, index: usize) -> Po
 mod tests {
     use super::*;
 
+    /// A typo in an entity inside a condition fails the load, naming the
+    /// file, the line and the entity, instead of never matching.
+    #[test]
+    fn unknown_entities_in_conditions_fail_the_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("govbridge.toml");
+        std::fs::write(&config_path, crate::dev::CONFIG_TEMPLATE).unwrap();
+        let policies = dir.path().join("policies");
+        crate::dev::write_policies(&policies).unwrap();
+        std::fs::write(
+            policies.join("typo.cedar"),
+            "@id(\"typo\")\nforbid (principal, action, resource)\nwhen { principal in Group::\"licenced-banks\" };\n",
+        )
+        .unwrap();
+        let config = Config::load(&config_path).unwrap();
+        let error = PolicyEngine::load(&config).unwrap_err();
+        assert!(error.file.ends_with("typo.cedar"), "{error}");
+        assert_eq!(error.position.map(|(line, _)| line), Some(3), "{error}");
+        assert!(
+            error.message.contains("Group::\"licenced-banks\""),
+            "{error}"
+        );
+    }
+
     /// A forbid that fails to evaluate denies: Cedar alone would skip it
     /// and let the permit through.
     #[test]
