@@ -218,3 +218,33 @@ async fn a_deadline_passing_mid_stream_ends_both_sides() {
         .expect("the backend's stream was never cancelled");
     bed.stop().await;
 }
+
+/// A caller that stops reading cannot keep its upstream stream past the
+/// deadline: the gateway resets it on time, even though the caller's
+/// window stays closed and the response body is never polled.
+#[tokio::test]
+async fn a_stalled_reader_loses_its_upstream_stream_at_the_deadline() {
+    let probe = Probe::new(Duration::ZERO, 64 << 10);
+    let bed = Bed::builder()
+        .without_agencies()
+        .probe(probe::SERVICE, probe.server())
+        .max_deadline("1s")
+        .start()
+        .await;
+    let mut registry = client(bed.client("cbao-kyc").await);
+    let mut stream = registry
+        .watch_life_events(WatchLifeEventsRequest {
+            after_sequence: 0,
+            max_events: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().unwrap();
+    // Stop reading; keep the stream open.
+    tokio::time::timeout(Duration::from_secs(5), probe.state.cancelled.notified())
+        .await
+        .expect("the stalled call kept its upstream stream past the deadline");
+    drop(stream);
+    bed.stop().await;
+}

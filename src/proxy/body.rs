@@ -17,13 +17,14 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker, ready};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
-use tokio::time::Sleep;
+use tokio::task::AbortHandle;
 
 use super::deadline::Deadline;
 use super::error::GatewayError;
@@ -109,13 +110,38 @@ pub struct ResponseBody {
 
 #[derive(Debug)]
 struct Relay {
-    /// `None` once the upstream stream is finished or abandoned; dropping it
-    /// resets the upstream response, and dropping `call_end` with it ends
-    /// the request side.
-    upstream: Option<(Incoming, CallEnd)>,
-    deadline: Pin<Box<Sleep>>,
+    upstream: Arc<Mutex<Upstream>>,
+    /// Ends the upstream side at the deadline, whether or not the caller
+    /// reads: hyper does not poll a body while the caller's window is
+    /// closed, so a timer inside `poll_frame` would never fire for a
+    /// stalled reader, and its upstream stream would hold the shared
+    /// connection's window for as long as the caller likes.
+    watchdog: AbortHandle,
     budget: std::time::Duration,
     provider: MemberId,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.watchdog.abort();
+    }
+}
+
+/// The upstream side of a relayed call, shared with its watchdog.
+#[derive(Debug, Default)]
+struct Upstream {
+    /// `None` once finished or abandoned; dropping it resets the upstream
+    /// response, and dropping the `CallEnd` with it ends the request side.
+    stream: Option<(Incoming, CallEnd)>,
+    /// Set by the watchdog; the caller then gets `DEADLINE_EXCEEDED`.
+    expired: bool,
+    /// The task to wake when the watchdog fires.
+    waker: Option<Waker>,
+}
+
+fn lock(upstream: &Mutex<Upstream>) -> MutexGuard<'_, Upstream> {
+    // The lock guards no invariant a panic could break half-way.
+    upstream.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl ResponseBody {
@@ -150,10 +176,30 @@ impl ResponseBody {
         if upstream.is_end_stream() {
             return Self::empty();
         }
+        let shared = Arc::new(Mutex::new(Upstream {
+            stream: Some((upstream, call_end)),
+            ..Upstream::default()
+        }));
+        let expiring = shared.clone();
+        let at = deadline.at();
+        let watchdog = tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let mut upstream = lock(&expiring);
+            if let Some(stream) = upstream.stream.take() {
+                upstream.expired = true;
+                let waker = upstream.waker.take();
+                drop(upstream);
+                drop(stream);
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            }
+        })
+        .abort_handle();
         Self {
             relay: Some(Relay {
-                upstream: Some((upstream, call_end)),
-                deadline: Box::pin(tokio::time::sleep_until(deadline.at())),
+                upstream: shared,
+                watchdog,
                 budget: deadline.budget(),
                 provider,
             }),
@@ -180,43 +226,55 @@ impl Body for ResponseBody {
         let Some(relay) = self.relay.as_mut() else {
             return Poll::Ready(None);
         };
-        let Some((upstream, _)) = relay.upstream.as_mut() else {
-            return Poll::Ready(None);
-        };
-        if relay.deadline.as_mut().poll(cx).is_ready() {
-            relay.upstream = None;
+        let mut upstream = lock(&relay.upstream);
+        if std::mem::take(&mut upstream.expired) {
             let error = GatewayError::DeadlineExceeded(relay.budget);
             return Poll::Ready(Some(Ok(Frame::trailers(error.into_trailers()))));
         }
-        let frame = ready!(Pin::new(upstream).poll_frame(cx));
-        Poll::Ready(match frame {
-            None => {
-                relay.upstream = None;
-                None
+        let Some((stream, _)) = upstream.stream.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = match Pin::new(stream).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if !upstream
+                    .waker
+                    .as_ref()
+                    .is_some_and(|waker| waker.will_wake(cx.waker()))
+                {
+                    upstream.waker = Some(cx.waker().clone());
+                }
+                return Poll::Pending;
             }
+        };
+        let (frame, finished) = match frame {
+            None => (None, true),
             Some(Ok(frame)) if frame.is_trailers() => {
-                relay.upstream = None;
-                Some(Ok(without_bridge_trailers(frame)))
+                (Some(Ok(without_bridge_trailers(frame))), true)
             }
-            Some(Ok(frame)) => Some(Ok(frame)),
+            Some(Ok(frame)) => (Some(Ok(frame)), false),
             Some(Err(error)) => {
-                relay.upstream = None;
                 let error = GatewayError::UpstreamFailed {
                     provider: relay.provider.clone(),
                     detail: error.to_string(),
                 };
-                Some(Ok(Frame::trailers(error.into_trailers())))
+                (Some(Ok(Frame::trailers(error.into_trailers()))), true)
             }
-        })
+        };
+        if finished {
+            upstream.stream = None;
+            relay.watchdog.abort();
+        }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.local {
             Some(local) => local.is_end_stream(),
-            None => self
-                .relay
-                .as_ref()
-                .is_none_or(|relay| relay.upstream.is_none()),
+            None => self.relay.as_ref().is_none_or(|relay| {
+                let upstream = lock(&relay.upstream);
+                upstream.stream.is_none() && !upstream.expired
+            }),
         }
     }
 
@@ -225,11 +283,11 @@ impl Body for ResponseBody {
             return local.size_hint();
         }
         match &self.relay {
-            Some(Relay {
-                upstream: Some((upstream, _)),
-                ..
-            }) => upstream.size_hint(),
-            _ => SizeHint::with_exact(0),
+            Some(relay) => lock(&relay.upstream)
+                .stream
+                .as_ref()
+                .map_or_else(|| SizeHint::with_exact(0), |(stream, _)| stream.size_hint()),
+            None => SizeHint::with_exact(0),
         }
     }
 }
