@@ -14,6 +14,31 @@ use support::probe::{self, Probe};
 use support::{Bed, H2Client, bridge_error};
 use tonic::Code;
 
+/// A bed whose only civil registry is `probe`, with a service maximum
+/// deadline.
+async fn bed_with_deadline(probe: &Probe, max_deadline: &'static str) -> Bed {
+    Bed::builder()
+        .without_agencies()
+        .probe(probe::SERVICE, probe.server())
+        .max_deadline(max_deadline)
+        .start()
+        .await
+}
+
+/// The probe's endless stream of life events (`max_events: 0`).
+async fn endless_stream(
+    registry: &mut CivilRegistryClient<H2Client>,
+) -> tonic::Streaming<govbridge::proto::civilregistry::v1::LifeEvent> {
+    registry
+        .watch_life_events(WatchLifeEventsRequest {
+            after_sequence: 0,
+            max_events: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 fn client(channel: H2Client) -> CivilRegistryClient<H2Client> {
     CivilRegistryClient::new(channel)
         .max_decoding_message_size(16 << 20)
@@ -144,12 +169,7 @@ async fn a_short_client_deadline_gives_deadline_exceeded_and_cancels_upstream() 
 #[tokio::test]
 async fn the_service_maximum_bounds_calls_without_a_deadline() {
     let probe = Probe::new(Duration::from_secs(30), 0);
-    let bed = Bed::builder()
-        .without_agencies()
-        .probe(probe::SERVICE, probe.server())
-        .max_deadline("300ms")
-        .start()
-        .await;
+    let bed = bed_with_deadline(&probe, "300ms").await;
     let mut registry = client(bed.client("cbao-kyc").await);
     let status = registry
         .get_person(GetPersonRequest { nin: "1".into() })
@@ -187,21 +207,9 @@ async fn a_client_cancellation_reaches_the_backend() {
 #[tokio::test]
 async fn a_deadline_passing_mid_stream_ends_both_sides() {
     let probe = Probe::default();
-    let bed = Bed::builder()
-        .without_agencies()
-        .probe(probe::SERVICE, probe.server())
-        .max_deadline("300ms")
-        .start()
-        .await;
+    let bed = bed_with_deadline(&probe, "300ms").await;
     let mut registry = client(bed.client("cbao-kyc").await);
-    let mut stream = registry
-        .watch_life_events(WatchLifeEventsRequest {
-            after_sequence: 0,
-            max_events: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = endless_stream(&mut registry).await;
     let mut received = 0;
     let status = loop {
         match stream.message().await {
@@ -225,21 +233,9 @@ async fn a_deadline_passing_mid_stream_ends_both_sides() {
 #[tokio::test]
 async fn a_stalled_reader_loses_its_upstream_stream_at_the_deadline() {
     let probe = Probe::new(Duration::ZERO, 64 << 10);
-    let bed = Bed::builder()
-        .without_agencies()
-        .probe(probe::SERVICE, probe.server())
-        .max_deadline("1s")
-        .start()
-        .await;
+    let bed = bed_with_deadline(&probe, "1s").await;
     let mut registry = client(bed.client("cbao-kyc").await);
-    let mut stream = registry
-        .watch_life_events(WatchLifeEventsRequest {
-            after_sequence: 0,
-            max_events: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = endless_stream(&mut registry).await;
     stream.message().await.unwrap().unwrap();
     // Stop reading; keep the stream open.
     tokio::time::timeout(Duration::from_secs(5), probe.state.cancelled.notified())

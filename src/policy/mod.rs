@@ -465,15 +465,29 @@ fn policy_id(policy: &cedar_policy::Policy, file_stem: &str, index: usize) -> Po
 mod tests {
     use super::*;
 
-    /// A typo in an entity inside a condition fails the load, naming the
-    /// file, the line and the entity, instead of never matching.
-    #[test]
-    fn unknown_entities_in_conditions_fail_the_load() {
+    /// The dev configuration in a temporary directory, with the dev
+    /// policies or only the schema.
+    fn setup(dev_policies: bool) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("govbridge.toml");
         std::fs::write(&config_path, crate::dev::CONFIG_TEMPLATE).unwrap();
         let policies = dir.path().join("policies");
-        crate::dev::write_policies(&policies).unwrap();
+        if dev_policies {
+            crate::dev::write_policies(&policies).unwrap();
+        } else {
+            std::fs::create_dir_all(&policies).unwrap();
+            let schema = crate::dev::DEV_POLICIES[0];
+            std::fs::write(policies.join(schema.0), schema.1).unwrap();
+        }
+        (dir, config_path)
+    }
+
+    /// A typo in an entity inside a condition fails the load, naming the
+    /// file, the line and the entity, instead of never matching.
+    #[test]
+    fn unknown_entities_in_conditions_fail_the_load() {
+        let (dir, config_path) = setup(true);
+        let policies = dir.path().join("policies");
         std::fs::write(
             policies.join("typo.cedar"),
             "@id(\"typo\")\nforbid (principal, action, resource)\nwhen { principal in Group::\"licenced-banks\" };\n",
@@ -493,13 +507,8 @@ mod tests {
     /// and let the permit through.
     #[test]
     fn a_failing_forbid_denies() {
-        let dir = tempfile::tempdir().unwrap();
-        let config_path = dir.path().join("govbridge.toml");
-        std::fs::write(&config_path, crate::dev::CONFIG_TEMPLATE).unwrap();
+        let (dir, config_path) = setup(false);
         let policies = dir.path().join("policies");
-        std::fs::create_dir_all(&policies).unwrap();
-        let schema = crate::dev::DEV_POLICIES[0];
-        std::fs::write(policies.join(schema.0), schema.1).unwrap();
         std::fs::write(
             policies.join("overflow.cedar"),
             r#"
@@ -539,11 +548,8 @@ when { context.certificate_days_left * 9223372036854775807 > 0 };
     /// and unconstrained forbids.
     #[test]
     fn indexed_decisions_equal_full_decisions() {
-        let dir = tempfile::tempdir().unwrap();
-        let config_path = dir.path().join("govbridge.toml");
-        std::fs::write(&config_path, crate::dev::CONFIG_TEMPLATE).unwrap();
+        let (dir, config_path) = setup(true);
         let policies = dir.path().join("policies");
-        crate::dev::write_policies(&policies).unwrap();
         std::fs::write(
             policies.join("scopes.cedar"),
             r#"
