@@ -276,8 +276,15 @@ impl Reloader {
                     }
                 };
             while hangups.recv().await.is_some() {
-                if let Err(error) = self.reload() {
-                    tracing::error!(%error, "reload rejected; the previous configuration keeps serving");
+                // Reading files and compiling policies blocks: keep it off
+                // the threads that serve calls.
+                let reloader = self.clone();
+                match tokio::task::spawn_blocking(move || reloader.reload()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        tracing::error!(%error, "reload rejected; the previous configuration keeps serving");
+                    }
+                    Err(error) => tracing::error!(%error, "reload failed to run"),
                 }
             }
         });
