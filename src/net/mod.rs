@@ -83,6 +83,35 @@ impl Default for ListenerSettings {
     }
 }
 
+/// A service that can serve the requests of one HTTP/2 connection: what
+/// the per-connection factory of [`TlsListener::serve`] returns.
+pub trait ConnectionService:
+    hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<Self::Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Send
+    + 'static
+{
+    type Body: Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static;
+}
+
+impl<S, B> ConnectionService for S
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Body = B;
+}
+
 /// A TLS listener, bound and ready to serve.
 pub struct TlsListener {
     tcp: TcpListener,
@@ -117,16 +146,10 @@ impl TlsListener {
     /// connections finish their streams (up to the drain timeout) and
     /// returns. `make_service` is called once per connection, after the
     /// handshake, with what the certificate says about the peer.
-    pub async fn serve<M, S, B>(self, make_service: M, shutdown: impl Future<Output = ()>)
+    pub async fn serve<M, S>(self, make_service: M, shutdown: impl Future<Output = ()>)
     where
         M: Fn(PeerInfo) -> S + Send + Sync + 'static,
-        S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: ConnectionService,
     {
         let (stop_tx, stop_rx) = watch::channel(false);
         // Every connection task holds a clone of `open_tx`; once the last one
@@ -177,20 +200,12 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run<S, B>(
+    async fn run<S: ConnectionService>(
         mut self,
         tcp: TcpStream,
         remote_addr: SocketAddr,
         make_service: impl FnOnce(PeerInfo) -> S + Send,
-    ) where
-        S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+    ) {
         let _ = tcp.set_nodelay(true);
         let handshake =
             tokio::time::timeout(self.settings.handshake_timeout, self.acceptor.accept(tcp));

@@ -1,15 +1,18 @@
 //! Connections to providers' backends.
 //!
 //! Each provider has a pool with one multiplexed HTTP/2 connection per
-//! endpoint, opened on first use and reopened when it closes. Connections use
-//! mutual TLS with the gateway's own client certificate, and the backend must
-//! prove that it is the provider: its certificate must name the provider's
-//! member id. This module never reads or changes message bytes.
+//! endpoint, opened on first use and reopened when it closes. Calls read
+//! the open connection without taking a lock; only dialling is serialized.
+//! Connections use mutual TLS with the gateway's own client certificate, and
+//! the backend must prove that it is the provider: its certificate must name
+//! the provider's member id. This module never reads or changes message
+//! bytes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -126,14 +129,11 @@ const FAILURE_MEMORY: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 struct EndpointSlot {
     endpoint: Endpoint,
-    /// Held while connecting, so that concurrent calls share one attempt.
-    state: tokio::sync::Mutex<SlotState>,
-}
-
-#[derive(Debug, Default)]
-struct SlotState {
-    connection: Option<SendRequest<UpstreamBody>>,
-    last_failure: Option<(Instant, GatewayError)>,
+    /// The open connection, read without locking on every call.
+    connection: ArcSwapOption<SendRequest<UpstreamBody>>,
+    /// The last failed attempt. Held while connecting, so that concurrent
+    /// calls share one attempt.
+    connecting: tokio::sync::Mutex<Option<(Instant, GatewayError)>>,
 }
 
 /// The backends of one provider.
@@ -154,7 +154,8 @@ impl ProviderPool {
                 .iter()
                 .map(|endpoint| EndpointSlot {
                     endpoint: endpoint.clone(),
-                    state: tokio::sync::Mutex::new(SlotState::default()),
+                    connection: ArcSwapOption::empty(),
+                    connecting: tokio::sync::Mutex::new(None),
                 })
                 .collect(),
             next: AtomicUsize::new(0),
@@ -207,16 +208,8 @@ impl ProviderPool {
                             detail,
                         });
                     };
-                    // The connection closed under us; forget it (unless a
-                    // newer one replaced it already) and try again.
-                    let mut state = slot.state.lock().await;
-                    if state
-                        .connection
-                        .as_ref()
-                        .is_some_and(SendRequest::is_closed)
-                    {
-                        state.connection = None;
-                    }
+                    // The connection closed under us: the next `sender`
+                    // sees it closed and dials again.
                     request = unsent;
                     last_error = Some(GatewayError::UpstreamUnavailable {
                         provider: self.provider.clone(),
@@ -246,29 +239,36 @@ impl ProviderPool {
 
     /// An open connection to `slot`, dialling one if needed.
     async fn sender(&self, slot: &EndpointSlot) -> Result<SendRequest<UpstreamBody>, GatewayError> {
-        let mut state = slot.state.lock().await;
-        if let Some(sender) = state
-            .connection
-            .as_ref()
-            .filter(|sender| !sender.is_closed())
-        {
-            return Ok(sender.clone());
+        let open = |slot: &EndpointSlot| {
+            slot.connection
+                .load()
+                .as_deref()
+                .filter(|sender| !sender.is_closed())
+                .cloned()
+        };
+        if let Some(sender) = open(slot) {
+            return Ok(sender);
         }
-        if let Some((when, error)) = &state.last_failure
+        let mut last_failure = slot.connecting.lock().await;
+        // Another call may have connected while this one waited.
+        if let Some(sender) = open(slot) {
+            return Ok(sender);
+        }
+        if let Some((when, error)) = last_failure.as_ref()
             && when.elapsed() < FAILURE_MEMORY
         {
             return Err(error.clone());
         }
         match self.connector.connect(&self.provider, &slot.endpoint).await {
             Ok(sender) => {
-                state.connection = Some(sender.clone());
-                state.last_failure = None;
+                slot.connection.store(Some(Arc::new(sender.clone())));
+                *last_failure = None;
                 Ok(sender)
             }
             Err(error) => {
                 tracing::warn!(provider = %self.provider, endpoint = %slot.endpoint, detail = error.detail().unwrap_or_default(), "upstream endpoint unavailable");
-                state.connection = None;
-                state.last_failure = Some((Instant::now(), error.clone()));
+                slot.connection.store(None);
+                *last_failure = Some((Instant::now(), error.clone()));
                 Err(error)
             }
         }
