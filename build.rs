@@ -3,7 +3,8 @@
 //! clients and servers from the result.
 //!
 //! The encoded descriptor set is also written to `OUT_DIR` so that the
-//! gateway can decode requests where it must (consent binding) and serve
+//! gateway can decode requests where it must (consent binding), read the
+//! fields marked with custom options (the data subject) and serve
 //! reflection.
 
 use std::path::{Path, PathBuf};
@@ -15,12 +16,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     files.sort();
     println!("cargo:rerun-if-changed=proto");
 
-    let descriptors = protox::compile(&files, [root])?;
+    let mut compiler = protox::Compiler::new([root])?;
+    compiler
+        .include_source_info(true)
+        .include_imports(true)
+        .open_files(&files)?;
+    // Written by protox rather than by encoding the prost_types set, which
+    // would drop extension options such as `govbridge.options.v1.data_subject`.
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(
         out_dir.join("govbridge_descriptor.bin"),
-        prost::Message::encode_to_vec(&descriptors),
+        compiler.encode_file_descriptor_set(),
     )?;
+    let descriptors = compiler.file_descriptor_set();
 
     tonic_prost_build::configure()
         .build_server(true)

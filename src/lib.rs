@@ -48,6 +48,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agencies;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod dev;

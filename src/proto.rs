@@ -33,6 +33,12 @@ pub mod bank {
     }
 }
 
+pub mod audit {
+    pub mod v1 {
+        tonic::include_proto!("govbridge.audit.v1");
+    }
+}
+
 pub mod directory {
     pub mod v1 {
         tonic::include_proto!("govbridge.directory.v1");

@@ -66,6 +66,39 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// Registered purpose codes and what each means.
     pub purposes: BTreeMap<String, String>,
+    pub exchange_log: ExchangeLogConfig,
+}
+
+/// The exchange log: where it is kept and how often it is checkpointed.
+#[derive(Debug, Clone)]
+pub struct ExchangeLogConfig {
+    /// Off only for benchmarks of the bare routing path: calls are then
+    /// recorded nowhere.
+    pub enabled: bool,
+    /// Holds `exchange-log.sqlite` and the log's signing key.
+    pub data_dir: PathBuf,
+    /// The log's name in its checkpoints and the name of its key.
+    pub origin: String,
+    /// A checkpoint is signed at least this often while records arrive...
+    pub checkpoint_interval: Duration,
+    /// ...and whenever this many records arrived since the last one.
+    pub checkpoint_records: u64,
+    /// Who may call `DataTracker` (the citizens' portal).
+    pub data_tracker_clients: Vec<MemberId>,
+}
+
+impl ExchangeLogConfig {
+    /// The defaults for a configuration file in `dir`.
+    pub fn defaults(dir: &Path, node_id: &str) -> Self {
+        Self {
+            enabled: true,
+            data_dir: dir.join("data"),
+            origin: format!("govbridge/{node_id}"),
+            checkpoint_interval: Duration::from_secs(10),
+            checkpoint_records: 10_000,
+            data_tracker_clients: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -12,9 +12,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    AgenciesConfig, AgencyConfig, Config, ConfigError, GatewayConfig, Member, PolicyConfig,
-    Provider, PublishedService, UpstreamConfig, is_group_name, is_purpose_code, is_service_name,
-    parse_duration, parse_endpoint,
+    AgenciesConfig, AgencyConfig, Config, ConfigError, ExchangeLogConfig, GatewayConfig, Member,
+    PolicyConfig, Provider, PublishedService, UpstreamConfig, is_group_name, is_purpose_code,
+    is_service_name, parse_duration, parse_endpoint,
 };
 use crate::agencies::Agency;
 use crate::identity::MemberId;
@@ -36,6 +36,19 @@ struct RawConfig {
     policy: RawPolicy,
     #[serde(default)]
     purposes: BTreeMap<Spanned<String>, Spanned<String>>,
+    exchange_log: Option<RawExchangeLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExchangeLog {
+    enabled: Option<bool>,
+    data_dir: Option<Spanned<String>>,
+    origin: Option<Spanned<String>>,
+    checkpoint_interval: Option<Spanned<String>>,
+    checkpoint_records: Option<Spanned<u64>>,
+    #[serde(default)]
+    data_tracker_clients: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -466,6 +479,8 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
         .map(|agencies| validate_agencies(source, agencies))
         .transpose()?;
 
+    let exchange_log = validate_exchange_log(source, raw.exchange_log.as_ref(), &gateway_config)?;
+
     Ok(Config {
         source: source.path.to_owned(),
         gateway: gateway_config,
@@ -476,6 +491,73 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
         agencies,
         policy,
         purposes,
+        exchange_log,
+    })
+}
+
+fn validate_exchange_log(
+    source: &Source<'_>,
+    raw: Option<&RawExchangeLog>,
+    gateway: &GatewayConfig,
+) -> Result<ExchangeLogConfig, ConfigError> {
+    let defaults = ExchangeLogConfig::defaults(&source.dir, &gateway.node_id);
+    let Some(raw) = raw else {
+        return Ok(defaults);
+    };
+    let origin = match &raw.origin {
+        None => defaults.origin,
+        Some(origin) => {
+            let text = origin.get_ref();
+            if text.is_empty()
+                || text.len() > 256
+                || text.contains(|c: char| c.is_whitespace() || c.is_control() || c == '+')
+            {
+                return Err(source.error(
+                    "exchange_log.origin",
+                    origin,
+                    "must be 1 to 256 bytes without spaces or `+`, e.g. `govbridge.sn/gw-dakar-1`",
+                ));
+            }
+            text.clone()
+        }
+    };
+    let checkpoint_records = match &raw.checkpoint_records {
+        None => defaults.checkpoint_records,
+        Some(records) if *records.get_ref() == 0 => {
+            return Err(source.error(
+                "exchange_log.checkpoint_records",
+                records,
+                "must be at least 1",
+            ));
+        }
+        Some(records) => *records.get_ref(),
+    };
+    let data_tracker_clients = raw
+        .data_tracker_clients
+        .iter()
+        .enumerate()
+        .map(|(index, member)| {
+            source.member(
+                &format!("exchange_log.data_tracker_clients[{index}]"),
+                member,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ExchangeLogConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        data_dir: raw
+            .data_dir
+            .as_ref()
+            .map_or(defaults.data_dir, |dir| source.path(dir)),
+        origin,
+        checkpoint_interval: source.duration(
+            "exchange_log.checkpoint_interval",
+            raw.checkpoint_interval.as_ref(),
+            defaults.checkpoint_interval,
+            MILLISECOND * 10..=Duration::from_secs(3600),
+        )?,
+        checkpoint_records,
+        data_tracker_clients,
     })
 }
 

@@ -31,6 +31,8 @@ pub struct LocalContext {
     pub caller: MemberId,
     pub state: Arc<GatewayState>,
     pub certificate_days_left: i64,
+    /// The exchange log, for its proof and Data Tracker services.
+    pub log: Option<crate::audit::ExchangeLog>,
 }
 
 impl LocalContext {

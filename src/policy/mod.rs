@@ -96,6 +96,9 @@ pub struct PolicyEngine {
     authorizer: Authorizer,
 }
 
+/// The annotation of a permit whose accesses the Data Tracker withholds
+/// for a number of days.
+pub const CONCEAL_DAYS: &str = "conceal_days";
 pub(crate) const MEMBER: &str = "Member";
 pub(crate) const ORGANIZATION: &str = "Organization";
 pub(crate) const GROUP: &str = "Group";
@@ -209,6 +212,28 @@ impl PolicyEngine {
                 .insert(method.to_owned(), set.clone());
         }
         set
+    }
+
+    /// Until when (Unix seconds) the Data Tracker withholds an access this
+    /// decision allowed: a permit annotated `@conceal_days("N")` (a lawful
+    /// basis such as a fraud investigation) hides it for N days after
+    /// `now`. 0 when nothing conceals it.
+    pub fn concealed_until(&self, decision: &Decision, now: i64) -> i64 {
+        if !decision.allowed {
+            return 0;
+        }
+        decision
+            .policies
+            .iter()
+            .filter_map(|id| {
+                self.policies
+                    .policy(&PolicyId::new(id))?
+                    .annotation(CONCEAL_DAYS)?
+                    .parse::<u16>()
+                    .ok()
+            })
+            .max()
+            .map_or(0, |days| now.saturating_add(i64::from(days) * 86_400))
     }
 
     /// Whether any permit could apply to `member` at all. Conservative: a

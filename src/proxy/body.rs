@@ -29,6 +29,8 @@ use tokio::task::AbortHandle;
 use super::deadline::Deadline;
 use super::error::GatewayError;
 use super::headers::strip_bridge_headers;
+use super::record::{self, CallRecord, SharedTally, Tally};
+use crate::audit::Appending;
 use crate::identity::MemberId;
 use crate::routing::upstream::BoxError;
 
@@ -43,17 +45,20 @@ pub struct RequestBody {
     /// Resolves (with an error: nothing is ever sent) once the response side
     /// is over; `None` after that.
     call_end: Option<oneshot::Receiver<Infallible>>,
+    /// Counts the bytes for the exchange log, when it is on.
+    tally: Option<SharedTally>,
 }
 
 impl RequestBody {
     /// Wraps the caller's body; the call's upstream side ends when the
     /// returned [`CallEnd`] is dropped.
-    pub fn new(inner: Incoming) -> (Self, CallEnd) {
+    pub fn new(inner: Incoming, tally: Option<SharedTally>) -> (Self, CallEnd) {
         let (sender, receiver) = oneshot::channel();
         (
             Self {
                 inner,
                 call_end: Some(receiver),
+                tally,
             },
             CallEnd(sender),
         )
@@ -77,6 +82,11 @@ impl Body for RequestBody {
             Some(Poll::Pending) => {}
         }
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let (Some(tally), Some(Ok(frame))) = (&self.tally, &frame)
+            && let Some(data) = frame.data_ref()
+        {
+            record::count(tally, data);
+        }
         Poll::Ready(frame.map(|frame| frame.map(without_bridge_trailers).map_err(BoxError::from)))
     }
 
@@ -119,12 +129,94 @@ struct Relay {
     watchdog: AbortHandle,
     budget: std::time::Duration,
     provider: MemberId,
+    /// The exchange-log side of the call, when the log is on.
+    audit: Option<Audit>,
 }
 
 impl Drop for Relay {
     fn drop(&mut self) {
         self.watchdog.abort();
+        // A caller that leaves before the end still leaves a record: the
+        // append is queued and committed without anyone waiting for it.
+        if let Some(audit) = self.audit.as_mut()
+            && let Some(record) = audit.record.take()
+        {
+            drop(record.write_outcome(None, audit.request.as_ref(), Some(&audit.response)));
+        }
     }
+}
+
+/// What the response side needs to write a call's outcome.
+#[derive(Debug)]
+pub struct Audit {
+    /// `None` once the outcome is written.
+    record: Option<CallRecord>,
+    request: Option<SharedTally>,
+    response: Tally,
+    /// The outcome being written, and the trailers held back until it is
+    /// durable: the caller learns the status only once it is logged.
+    pending: Option<(Appending, Option<http::HeaderMap>)>,
+}
+
+impl Audit {
+    pub fn new(record: CallRecord, request: SharedTally) -> Self {
+        Self {
+            record: Some(record),
+            request: Some(request),
+            response: Tally::new(None),
+            pending: None,
+        }
+    }
+
+    fn is_over(&self) -> bool {
+        self.record.is_none() && self.pending.is_none()
+    }
+}
+
+type Polled = Poll<Option<Result<Frame<Bytes>, Infallible>>>;
+
+/// Ends a relayed response with `trailers` (or none): at once without an
+/// exchange log, else once the outcome record is durable.
+fn end(
+    audit: &mut Option<Audit>,
+    trailers: Option<http::HeaderMap>,
+    cx: &mut Context<'_>,
+) -> Polled {
+    let Some(audit) = audit.as_mut() else {
+        return Poll::Ready(trailers.map(|trailers| Ok(Frame::trailers(trailers))));
+    };
+    if let Some(record) = audit.record.take() {
+        let appending = record.write_outcome(
+            trailers.as_ref(),
+            audit.request.as_ref(),
+            Some(&audit.response),
+        );
+        audit.pending = Some((appending, trailers));
+    }
+    release(audit, cx)
+}
+
+/// Releases the held-back trailers once the outcome is durable.
+fn release(audit: &mut Audit, cx: &mut Context<'_>) -> Polled {
+    let Some((appending, _)) = audit.pending.as_mut() else {
+        return Poll::Ready(None);
+    };
+    let written = ready!(Pin::new(appending).poll(cx));
+    let trailers = audit.pending.take().and_then(|(_, trailers)| trailers);
+    Poll::Ready(match written {
+        Ok(index) => trailers.map(|mut trailers| {
+            let (name, value) = record::audit_index(index);
+            trailers.insert(name, value);
+            Ok(Frame::trailers(trailers))
+        }),
+        Err(error) => {
+            // The backend answered, but nothing unlogged may look like a
+            // success to the caller.
+            let error = GatewayError::ExchangeLogUnavailable(error.to_string());
+            tracing::error!(%error, detail = error.detail().unwrap_or_default(), "call outcome not logged");
+            Some(Ok(Frame::trailers(error.into_trailers())))
+        }
+    })
 }
 
 /// The upstream side of a relayed call, shared with its watchdog.
@@ -168,6 +260,7 @@ impl ResponseBody {
         call_end: CallEnd,
         deadline: Deadline,
         provider: MemberId,
+        audit: Option<Audit>,
     ) -> Self {
         // A trailers-only answer (HEADERS with END_STREAM, as backends send
         // for most errors) must stay trailers-only: relayed as headers and an
@@ -202,6 +295,7 @@ impl ResponseBody {
                 watchdog,
                 budget: deadline.budget(),
                 provider,
+                audit,
             }),
             local: None,
         }
@@ -226,10 +320,16 @@ impl Body for ResponseBody {
         let Some(relay) = self.relay.as_mut() else {
             return Poll::Ready(None);
         };
+        if let Some(audit) = relay.audit.as_mut()
+            && audit.pending.is_some()
+        {
+            return release(audit, cx);
+        }
         let mut upstream = lock(&relay.upstream);
         if std::mem::take(&mut upstream.expired) {
+            drop(upstream);
             let error = GatewayError::DeadlineExceeded(relay.budget);
-            return Poll::Ready(Some(Ok(Frame::trailers(error.into_trailers()))));
+            return end(&mut relay.audit, Some(error.into_trailers()), cx);
         }
         let Some((stream, _)) = upstream.stream.as_mut() else {
             return Poll::Ready(None);
@@ -247,25 +347,32 @@ impl Body for ResponseBody {
                 return Poll::Pending;
             }
         };
-        let (frame, finished) = match frame {
-            None => (None, true),
-            Some(Ok(frame)) if frame.is_trailers() => {
-                (Some(Ok(without_bridge_trailers(frame))), true)
-            }
-            Some(Ok(frame)) => (Some(Ok(frame)), false),
+        let trailers = match frame {
+            Some(Ok(frame)) => match frame.into_trailers() {
+                Ok(mut trailers) => {
+                    strip_bridge_headers(&mut trailers);
+                    Some(trailers)
+                }
+                Err(frame) => {
+                    if let (Some(audit), Some(data)) = (relay.audit.as_mut(), frame.data_ref()) {
+                        audit.response.add(data);
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+            },
+            None => None,
             Some(Err(error)) => {
                 let error = GatewayError::UpstreamFailed {
                     provider: relay.provider.clone(),
                     detail: error.to_string(),
                 };
-                (Some(Ok(Frame::trailers(error.into_trailers()))), true)
+                Some(error.into_trailers())
             }
         };
-        if finished {
-            upstream.stream = None;
-            relay.watchdog.abort();
-        }
-        Poll::Ready(frame)
+        upstream.stream = None;
+        drop(upstream);
+        relay.watchdog.abort();
+        end(&mut relay.audit, trailers, cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -273,7 +380,9 @@ impl Body for ResponseBody {
             Some(local) => local.is_end_stream(),
             None => self.relay.as_ref().is_none_or(|relay| {
                 let upstream = lock(&relay.upstream);
-                upstream.stream.is_none() && !upstream.expired
+                upstream.stream.is_none()
+                    && !upstream.expired
+                    && relay.audit.as_ref().is_none_or(Audit::is_over)
             }),
         }
     }

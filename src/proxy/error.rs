@@ -73,6 +73,9 @@ pub enum GatewayError {
     UpstreamFailed { provider: MemberId, detail: String },
     #[error("deadline exceeded after {0:?}")]
     DeadlineExceeded(std::time::Duration),
+    /// The exchange log cannot record the call, so it is not forwarded.
+    #[error("the exchange log cannot record this call, so the gateway refuses it; retry later")]
+    ExchangeLogUnavailable(String),
 }
 
 impl GatewayError {
@@ -90,7 +93,8 @@ impl GatewayError {
             }
             Self::UpstreamUnavailable { .. }
             | Self::UpstreamIdentity { .. }
-            | Self::UpstreamFailed { .. } => Code::Unavailable,
+            | Self::UpstreamFailed { .. }
+            | Self::ExchangeLogUnavailable(_) => Code::Unavailable,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
         }
     }
@@ -113,6 +117,7 @@ impl GatewayError {
             Self::UpstreamIdentity { .. } => "upstream-identity",
             Self::UpstreamFailed { .. } => "upstream-failed",
             Self::DeadlineExceeded(_) => "deadline-exceeded",
+            Self::ExchangeLogUnavailable(_) => "exchange-log-unavailable",
         }
     }
 
@@ -134,13 +139,17 @@ impl GatewayError {
             Self::UpstreamUnavailable { .. }
             | Self::UpstreamIdentity { .. }
             | Self::UpstreamFailed { .. } => Fault::Upstream,
+            Self::ExchangeLogUnavailable(_) => Fault::Gateway,
         }
     }
 
     /// Whether the call may be sent again unchanged: only when it never
     /// reached a backend, so that nothing can be applied twice.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::UpstreamUnavailable { .. })
+        matches!(
+            self,
+            Self::UpstreamUnavailable { .. } | Self::ExchangeLogUnavailable(_)
+        )
     }
 
     /// What operators need and callers must not see (internal addresses,
@@ -149,7 +158,8 @@ impl GatewayError {
         match self {
             Self::UpstreamUnavailable { detail, .. }
             | Self::UpstreamIdentity { detail, .. }
-            | Self::UpstreamFailed { detail, .. } => Some(detail),
+            | Self::UpstreamFailed { detail, .. }
+            | Self::ExchangeLogUnavailable(detail) => Some(detail),
             _ => None,
         }
     }

@@ -15,6 +15,7 @@ use super::deadline;
 use super::error::GatewayError;
 use crate::identity::MemberId;
 
+pub const BRIDGE_AUDIT_INDEX: &str = "bridge-audit-index";
 pub const BRIDGE_CLIENT: &str = "bridge-client";
 pub const BRIDGE_CONSENT: &str = "bridge-consent";
 pub const BRIDGE_ERROR: &str = "bridge-error";

@@ -15,14 +15,15 @@ mod body;
 pub mod deadline;
 mod error;
 pub mod headers;
+mod record;
 
 use std::collections::{BTreeMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Request, Response};
 use http_body_util::BodyExt;
@@ -32,16 +33,19 @@ use tokio::time::Instant;
 
 use arc_swap::ArcSwap;
 
+use crate::audit::ExchangeLog;
 use crate::config::Config;
 use crate::identity::MemberId;
 use crate::identity::tls::TlsError;
 use crate::net::{PeerInfo, TlsListener};
 use crate::policy::{CallFacts, Decision, PolicyEngine};
 use crate::routing::{RouteTable, UpstreamConnector};
+use body::Audit;
 pub use body::{RequestBody, ResponseBody};
 pub use deadline::Deadline;
 pub use error::{Fault, GatewayError};
 use headers::{BRIDGE_REQUEST_ID, CallHeaders};
+use record::{CallRecord, Tally};
 
 /// Why the gateway cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +64,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    #[error("exchange_log: {0}")]
+    ExchangeLog(#[from] crate::audit::OpenError),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: SocketAddr,
@@ -166,6 +172,8 @@ pub struct Gateway {
     listener: TlsListener,
     state: SharedState,
     source: std::path::PathBuf,
+    /// `None` only when the configuration turns the log off.
+    log: Option<ExchangeLog>,
 }
 
 impl Gateway {
@@ -189,6 +197,23 @@ impl Gateway {
             .server_config()
             .map_err(StartError::ServerTls)?;
         let state = Arc::new(ArcSwap::from_pointee(GatewayState::new(config)?));
+        let log = if config.exchange_log.enabled {
+            let settings = config.exchange_log.clone();
+            // Opening reads files and may create the database: blocking.
+            Some(
+                tokio::task::spawn_blocking(move || ExchangeLog::open(&settings))
+                    .await
+                    .map_err(|error| {
+                        StartError::ExchangeLog(crate::audit::OpenError::File {
+                            path: config.exchange_log.data_dir.clone(),
+                            message: error.to_string(),
+                        })
+                    })??,
+            )
+        } else {
+            tracing::warn!("the exchange log is off: calls are recorded nowhere");
+            None
+        };
         let address = config.gateway.listen;
         let tcp = TcpListener::bind(address)
             .await
@@ -197,7 +222,13 @@ impl Gateway {
             listener: TlsListener::new(tcp, tls, config.gateway.listener.clone()),
             state,
             source: config.source.clone(),
+            log,
         })
+    }
+
+    /// The exchange log, unless the configuration turns it off.
+    pub fn exchange_log(&self) -> Option<&ExchangeLog> {
+        self.log.as_ref()
     }
 
     /// The bound address.
@@ -214,16 +245,25 @@ impl Gateway {
         }
     }
 
-    /// Serves until `shutdown` resolves, then drains open calls.
+    /// Serves until `shutdown` resolves, then drains open calls and signs
+    /// a last checkpoint of the exchange log.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let state = self.state;
+        let log = self.log;
         tracing::info!(node = state.load().node_id(), "gateway serving");
+        let serving = log.clone();
         self.listener
             .serve(
-                move |peer| GatewayService::new(state.clone(), peer),
+                move |peer| GatewayService::new(state.clone(), peer, serving.clone()),
                 shutdown,
             )
             .await;
+        if let Some(log) = log {
+            let closed = tokio::task::spawn_blocking(move || log.close()).await;
+            if let Err(error) = closed {
+                tracing::error!(%error, "closing the exchange log failed");
+            }
+        }
     }
 }
 
@@ -296,35 +336,59 @@ impl Reloader {
 pub struct GatewayService {
     state: SharedState,
     peer: Arc<PeerInfo>,
+    log: Option<ExchangeLog>,
 }
 
 impl GatewayService {
-    fn new(state: SharedState, peer: PeerInfo) -> Self {
+    fn new(state: SharedState, peer: PeerInfo, log: Option<ExchangeLog>) -> Self {
         Self {
             state,
             peer: Arc::new(peer),
+            log,
         }
     }
 
     async fn handle(self, request: Request<Incoming>) -> Response<ResponseBody> {
         let received = Instant::now();
+        let received_at = SystemTime::now();
         // The snapshot this call runs under, from start to finish.
         let state = self.state.load_full();
         // Cloning a `Uri` shares its bytes: the route and the log borrow it.
         let uri = request.uri().clone();
-        let request_id = match headers::request_id(request.headers()) {
-            Ok(id) => id,
-            Err(error) => return self.refuse(error, &headers::fresh_request_id(), &uri),
+        let (request_id, bad_id) = match headers::request_id(request.headers()) {
+            Ok(id) => (id, None),
+            Err(error) => (headers::fresh_request_id(), Some(error)),
         };
-        match self
-            .forward(&state, request, &uri, received, &request_id)
-            .await
-        {
+        // Every call to a published service is recorded, refusals too; the
+        // gateway's own services (directory, health, reflection, the log's
+        // proofs) are not exchanges between members.
+        let mut record = self
+            .log
+            .as_ref()
+            .filter(|_| !crate::directory::is_local(uri.path()))
+            .map(|log| {
+                CallRecord::new(
+                    log.clone(),
+                    state.node_id(),
+                    &request_id,
+                    uri.path(),
+                    self.peer.member.as_ref().ok(),
+                    received_at,
+                )
+            });
+        let result = match bad_id {
+            Some(error) => Err(error),
+            None => {
+                self.forward(&state, request, &uri, received, &request_id, &mut record)
+                    .await
+            }
+        };
+        match result {
             Ok(mut response) => {
                 response.headers_mut().insert(BRIDGE_REQUEST_ID, request_id);
                 response
             }
-            Err(error) => self.refuse(error, &request_id, &uri),
+            Err(error) => self.refuse(error, &request_id, &uri, record).await,
         }
     }
 
@@ -356,10 +420,14 @@ impl GatewayService {
         uri: &http::Uri,
         received: Instant,
         request_id: &HeaderValue,
+        record: &mut Option<CallRecord>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let caller = self.caller(state)?;
         headers::check_grpc(&request)?;
         let call = CallHeaders::read(request.headers())?;
+        if let Some(record) = record.as_mut() {
+            record.declared(&call);
+        }
         if let Some(purpose) = call.purpose_code()
             && !state.purposes.contains(purpose)
         {
@@ -370,30 +438,81 @@ impl GatewayService {
                 caller,
                 state: state.clone(),
                 certificate_days_left: self.certificate_days_left(),
+                log: self.log.clone(),
             };
             let response = crate::directory::call(request, context).await;
             return Ok(response.map(ResponseBody::local));
         }
         let route = state.routes.route(uri.path(), call.target.as_ref())?;
-        self.authorize(state, &caller, &call, uri.path(), route.provider.provider())?;
+        let provider = route.provider.clone();
+        if let Some(record) = record.as_mut() {
+            record.routed(provider.provider());
+        }
+        self.authorize(
+            state,
+            &caller,
+            &call,
+            uri.path(),
+            provider.provider(),
+            record,
+        )?;
         let deadline = Deadline::new(received, call.timeout, state.max_deadline);
+        let past_deadline = || GatewayError::DeadlineExceeded(deadline.elapsed());
+
+        // The decision is durable before anything reaches the backend.
+        let decision = match record.as_mut() {
+            Some(record) => Some(
+                tokio::time::timeout_at(deadline.at(), record.write_decision())
+                    .await
+                    .map_err(|_| past_deadline())??,
+            ),
+            None => None,
+        };
+        let tally = record.as_ref().map(|_| {
+            let subject = crate::audit::subject::SubjectFields::compiled().field(uri.path());
+            Arc::new(Mutex::new(Tally::new(subject)))
+        });
 
         let (parts, body) = request.into_parts();
-        let (body, call_end) = RequestBody::new(body);
+        let (body, call_end) = RequestBody::new(body, tally.clone());
         let mut upstream = Request::new(body.boxed_unsync());
         *upstream.method_mut() = parts.method;
         *upstream.uri_mut() = parts.uri;
         *upstream.headers_mut() =
             headers::upstream_headers(&parts.headers, &caller, &call, request_id);
 
-        let provider = route.provider.clone();
+        if let Some(record) = record.as_mut() {
+            record.forwarded(SystemTime::now());
+        }
         let mut response =
             tokio::time::timeout_at(deadline.at(), provider.send(upstream, &deadline))
                 .await
-                .map_err(|_| GatewayError::DeadlineExceeded(deadline.elapsed()))??;
+                .map_err(|_| past_deadline())??;
         headers::strip_bridge_headers(response.headers_mut());
-        Ok(response
-            .map(|body| ResponseBody::relay(body, call_end, deadline, provider.provider().clone())))
+        if let Some(record) = record.as_mut() {
+            record.first_byte(SystemTime::now());
+        }
+        if let Some(index) = decision {
+            let (name, value) = record::audit_index(index);
+            response.headers_mut().insert(name, value);
+        }
+        let audit = match (record.take(), tally) {
+            (Some(record), Some(tally)) if http_body::Body::is_end_stream(response.body()) => {
+                // Trailers-only: the headers carry the status, so they wait
+                // for the outcome to be durable.
+                let index = record
+                    .write_outcome(Some(response.headers()), Some(&tally), None)
+                    .await
+                    .map_err(|error| GatewayError::ExchangeLogUnavailable(error.to_string()))?;
+                let (name, value) = record::audit_index(index);
+                response.headers_mut().insert(name, value);
+                None
+            }
+            (Some(record), Some(tally)) => Some(Audit::new(record, tally)),
+            _ => None,
+        };
+        let provider = provider.provider().clone();
+        Ok(response.map(|body| ResponseBody::relay(body, call_end, deadline, provider, audit)))
     }
 
     /// The second authorization point: this method, for this caller,
@@ -405,6 +524,7 @@ impl GatewayService {
         call: &CallHeaders,
         method: &str,
         provider: &MemberId,
+        record: &mut Option<CallRecord>,
     ) -> Result<Decision, GatewayError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -429,6 +549,9 @@ impl GatewayService {
         if !decision.errors.is_empty() {
             tracing::warn!(errors = ?decision.errors, "policies failed to evaluate");
         }
+        if let Some(record) = record.as_mut() {
+            record.decided(&decision, state.policy.concealed_until(&decision, now));
+        }
         if decision.allowed {
             Ok(decision)
         } else {
@@ -449,11 +572,13 @@ impl GatewayService {
         })
     }
 
-    fn refuse(
+    /// Answers a refused or failed call, once the refusal is logged.
+    async fn refuse(
         &self,
         error: GatewayError,
         request_id: &HeaderValue,
         uri: &http::Uri,
+        record: Option<CallRecord>,
     ) -> Response<ResponseBody> {
         tracing::info!(
             request_id = request_id.to_str().unwrap_or_default(),
@@ -465,7 +590,28 @@ impl GatewayService {
             detail = error.detail().unwrap_or_default(),
             "call refused: {error}"
         );
-        error.into_response(Some(request_id))
+        let logged = match record {
+            // Nothing to write with: the log has just failed.
+            Some(_) if matches!(error, GatewayError::ExchangeLogUnavailable(_)) => None,
+            Some(record) => match record.write_refusal(&error).await {
+                Ok(index) => Some(index),
+                Err(log_error) => {
+                    tracing::error!(
+                        request_id = request_id.to_str().unwrap_or_default(),
+                        detail = log_error.detail().unwrap_or_default(),
+                        "refusal not logged: {log_error}"
+                    );
+                    return log_error.into_response(Some(request_id));
+                }
+            },
+            None => None,
+        };
+        let mut response = error.into_response(Some(request_id));
+        if let Some(index) = logged {
+            let (name, value) = record::audit_index(index);
+            response.headers_mut().insert(name, value);
+        }
+        response
     }
 }
 

@@ -1,0 +1,394 @@
+//! Checkpoints as C2SP signed notes (<https://c2sp.org/signed-note>,
+//! <https://c2sp.org/tlog-checkpoint>), signed with Ed25519.
+//!
+//! A checkpoint is three lines, origin, tree size and base64 root hash,
+//! followed by a blank line and signature lines
+//! `— <key name> <base64(key id || signature)>`. The key id is the first
+//! four bytes of SHA-256(name || "\n" || 0x01 || public key), so a verifier
+//! holding several keys picks the right one. Public keys travel in the
+//! standard verifier-key form `<name>+<key id hex>+<base64(0x01 || key)>`,
+//! which Go's `golang.org/x/mod/sumdb/note` and other tlog tools read.
+
+use std::fmt;
+use std::path::Path;
+
+use aws_lc_rs::digest::{SHA256, digest};
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+use super::merkle::Hash;
+
+/// The signature algorithm byte of Ed25519 in signed notes.
+const ALG_ED25519: u8 = 0x01;
+/// What starts a signature line.
+const SIGNATURE_PREFIX: &str = "\u{2014} ";
+
+/// Why a key, a note or a checkpoint is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoteError {
+    #[error("invalid key name `{0}`: it must be non-empty, without spaces or `+`")]
+    KeyName(String),
+    #[error("malformed verifier key: {0}")]
+    VerifierKey(&'static str),
+    #[error("malformed private key: {0}")]
+    PrivateKey(String),
+    #[error("malformed note: {0}")]
+    Malformed(&'static str),
+    #[error("the note has no valid signature by {0}")]
+    Unsigned(String),
+    #[error("malformed checkpoint: {0}")]
+    Checkpoint(&'static str),
+    #[error("the checkpoint is for log `{found}`, not `{expected}`")]
+    WrongOrigin { expected: String, found: String },
+}
+
+fn key_id(name: &str, public_key: &[u8]) -> [u8; 4] {
+    let mut input = Vec::with_capacity(name.len() + 2 + public_key.len());
+    input.extend_from_slice(name.as_bytes());
+    input.push(b'\n');
+    input.push(ALG_ED25519);
+    input.extend_from_slice(public_key);
+    let hash = digest(&SHA256, &input);
+    let mut id = [0; 4];
+    id.copy_from_slice(&hash.as_ref()[..4]);
+    id
+}
+
+fn check_name(name: &str) -> Result<(), NoteError> {
+    if name.is_empty() || name.contains(['+', ' ', '\t', '\n']) {
+        return Err(NoteError::KeyName(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// The log's signing key.
+pub struct SigningKey {
+    name: String,
+    pair: Ed25519KeyPair,
+    pkcs8: Vec<u8>,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("name", &self.name)
+            .field("verifier", &self.verifier().to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// A fresh key named `name` (the log's origin).
+    pub fn generate(name: &str) -> Result<Self, NoteError> {
+        check_name(name)?;
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+            .map_err(|_| NoteError::PrivateKey("the random source failed".into()))?;
+        Self::from_pkcs8(name, pkcs8.as_ref())
+    }
+
+    /// A key from its PKCS#8 encoding.
+    pub fn from_pkcs8(name: &str, pkcs8: &[u8]) -> Result<Self, NoteError> {
+        check_name(name)?;
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8)
+            .map_err(|error| NoteError::PrivateKey(error.to_string()))?;
+        Ok(Self {
+            name: name.to_owned(),
+            pair,
+            pkcs8: pkcs8.to_vec(),
+        })
+    }
+
+    /// A key from a PEM `PRIVATE KEY` file.
+    pub fn from_pem(name: &str, pem: &str) -> Result<Self, NoteError> {
+        let body: String = pem
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.starts_with("-----"))
+            .collect();
+        if !pem.contains("-----BEGIN PRIVATE KEY-----") {
+            return Err(NoteError::PrivateKey("not a PEM PRIVATE KEY".into()));
+        }
+        let der = BASE64
+            .decode(body)
+            .map_err(|error| NoteError::PrivateKey(error.to_string()))?;
+        Self::from_pkcs8(name, &der)
+    }
+
+    /// The key as a PEM `PRIVATE KEY`.
+    pub fn to_pem(&self) -> String {
+        let encoded = BASE64.encode(&self.pkcs8);
+        let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+        for line in encoded.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(line));
+            pem.push('\n');
+        }
+        pem.push_str("-----END PRIVATE KEY-----\n");
+        pem
+    }
+
+    /// The key's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The public half, for verifiers.
+    pub fn verifier(&self) -> Verifier {
+        let mut public_key = [0; 32];
+        public_key.copy_from_slice(self.pair.public_key().as_ref());
+        Verifier {
+            name: self.name.clone(),
+            id: key_id(&self.name, &public_key),
+            public_key,
+        }
+    }
+
+    /// Signs `text` (which must end in a newline) into a signed note.
+    pub fn sign(&self, text: &str) -> String {
+        let verifier = self.verifier();
+        let signature = self.pair.sign(text.as_bytes());
+        let mut blob = verifier.id.to_vec();
+        blob.extend_from_slice(signature.as_ref());
+        format!(
+            "{text}\n{SIGNATURE_PREFIX}{} {}\n",
+            self.name,
+            BASE64.encode(blob)
+        )
+    }
+}
+
+/// A public key that verifies notes, with its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verifier {
+    name: String,
+    id: [u8; 4],
+    public_key: [u8; 32],
+}
+
+impl Verifier {
+    /// The key's name: the log's origin.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Parses `<name>+<key id hex>+<base64(0x01 || key)>`.
+    pub fn parse(text: &str) -> Result<Self, NoteError> {
+        let mut parts = text.trim().splitn(3, '+');
+        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(NoteError::VerifierKey("expected name+id+key"));
+        };
+        check_name(name)?;
+        let key = BASE64
+            .decode(key)
+            .map_err(|_| NoteError::VerifierKey("the key is not base64"))?;
+        let Some((&ALG_ED25519, public_key)) = key.split_first() else {
+            return Err(NoteError::VerifierKey("not an Ed25519 key"));
+        };
+        let public_key: [u8; 32] = public_key
+            .try_into()
+            .map_err(|_| NoteError::VerifierKey("an Ed25519 key is 32 bytes"))?;
+        let expected = key_id(name, &public_key);
+        if id.len() != 8 || u32::from_str_radix(id, 16).ok() != Some(u32::from_be_bytes(expected)) {
+            return Err(NoteError::VerifierKey("the key id does not match the key"));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            id: expected,
+            public_key,
+        })
+    }
+
+    /// Reads a verifier key file.
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| format!("{}: {error}", path.display()))?;
+        Self::parse(&text).map_err(|error| format!("{}: {error}", path.display()))
+    }
+
+    /// Checks that `note` carries a valid signature by this key; returns
+    /// the signed text.
+    pub fn open<'a>(&self, note: &'a str) -> Result<&'a str, NoteError> {
+        let split = note
+            .rfind("\n\n")
+            .ok_or(NoteError::Malformed("no blank line before the signatures"))?;
+        let (text, signatures) = (&note[..=split], &note[split + 2..]);
+        if !signatures.ends_with('\n') {
+            return Err(NoteError::Malformed(
+                "the last signature line has no newline",
+            ));
+        }
+        for line in signatures.lines() {
+            let Some(rest) = line.strip_prefix(SIGNATURE_PREFIX) else {
+                return Err(NoteError::Malformed(
+                    "a signature line must start with `— `",
+                ));
+            };
+            let Some((name, blob)) = rest.split_once(' ') else {
+                return Err(NoteError::Malformed(
+                    "a signature line is `— name signature`",
+                ));
+            };
+            if name != self.name {
+                continue;
+            }
+            let Ok(blob) = BASE64.decode(blob) else {
+                continue;
+            };
+            if blob.len() == 4 + 64
+                && blob[..4] == self.id
+                && UnparsedPublicKey::new(&ED25519, &self.public_key)
+                    .verify(text.as_bytes(), &blob[4..])
+                    .is_ok()
+            {
+                return Ok(text);
+            }
+        }
+        Err(NoteError::Unsigned(self.name.clone()))
+    }
+}
+
+impl fmt::Display for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut key = vec![ALG_ED25519];
+        key.extend_from_slice(&self.public_key);
+        write!(
+            f,
+            "{}+{:08x}+{}",
+            self.name,
+            u32::from_be_bytes(self.id),
+            BASE64.encode(key)
+        )
+    }
+}
+
+/// A checkpoint's contents: which log, how many leaves, which root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub origin: String,
+    pub size: u64,
+    pub root: Hash,
+}
+
+impl Checkpoint {
+    /// The checkpoint's note text, unsigned.
+    pub fn text(&self) -> String {
+        format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            BASE64.encode(self.root)
+        )
+    }
+
+    /// Signs the checkpoint.
+    pub fn sign(&self, key: &SigningKey) -> String {
+        key.sign(&self.text())
+    }
+
+    /// Verifies a signed checkpoint with `verifier`, whose name must be the
+    /// log's origin, and parses it.
+    pub fn open(note: &str, verifier: &Verifier) -> Result<Self, NoteError> {
+        let text = verifier.open(note)?;
+        let checkpoint = Self::parse(text)?;
+        if checkpoint.origin != verifier.name {
+            return Err(NoteError::WrongOrigin {
+                expected: verifier.name.clone(),
+                found: checkpoint.origin,
+            });
+        }
+        Ok(checkpoint)
+    }
+
+    /// Parses the text of a checkpoint without checking any signature.
+    pub fn parse(text: &str) -> Result<Self, NoteError> {
+        let mut lines = text.split('\n');
+        let origin = lines
+            .next()
+            .filter(|origin| !origin.is_empty())
+            .ok_or(NoteError::Checkpoint("no origin line"))?;
+        let size = lines
+            .next()
+            .and_then(|size| size.parse::<u64>().ok())
+            .ok_or(NoteError::Checkpoint(
+                "the second line must be the tree size",
+            ))?;
+        let root = lines
+            .next()
+            .and_then(|root| BASE64.decode(root).ok())
+            .and_then(|root| <Hash>::try_from(root).ok())
+            .ok_or(NoteError::Checkpoint(
+                "the third line must be the base64 root hash",
+            ))?;
+        Ok(Self {
+            origin: origin.to_owned(),
+            size,
+            root,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_sign_and_open() {
+        let key = SigningKey::generate("govbridge.test/gw-1").unwrap();
+        let checkpoint = Checkpoint {
+            origin: "govbridge.test/gw-1".into(),
+            size: 42,
+            root: [7; 32],
+        };
+        let note = checkpoint.sign(&key);
+        assert!(note.starts_with("govbridge.test/gw-1\n42\nBwcH"));
+        assert!(note.contains("\n\n\u{2014} govbridge.test/gw-1 "));
+        let verifier = Verifier::parse(&key.verifier().to_string()).unwrap();
+        assert_eq!(Checkpoint::open(&note, &verifier).unwrap(), checkpoint);
+
+        let tampered = note.replace("\n42\n", "\n43\n");
+        assert_eq!(
+            Checkpoint::open(&tampered, &verifier),
+            Err(NoteError::Unsigned("govbridge.test/gw-1".into()))
+        );
+        let other = SigningKey::generate("govbridge.test/gw-1").unwrap();
+        assert!(Checkpoint::open(&note, &other.verifier()).is_err());
+    }
+
+    #[test]
+    fn keys_round_trip_through_pem() {
+        let key = SigningKey::generate("log").unwrap();
+        let again = SigningKey::from_pem("log", &key.to_pem()).unwrap();
+        assert_eq!(again.verifier(), key.verifier());
+        assert!(SigningKey::from_pem("log", "garbage").is_err());
+        assert!(SigningKey::generate("a b").is_err());
+    }
+
+    #[test]
+    fn verifier_keys_are_checked() {
+        let key = SigningKey::generate("log").unwrap();
+        let text = key.verifier().to_string();
+        let (name, rest) = text.split_once('+').unwrap();
+        assert_eq!(name, "log");
+        let bad_id = format!("log+00000000+{}", rest.split_once('+').unwrap().1);
+        assert!(Verifier::parse(&bad_id).is_err());
+        assert!(Verifier::parse("log").is_err());
+    }
+
+    /// A note signed by Go's `golang.org/x/mod/sumdb/note` (its test key
+    /// PeterNeumann): the format is the standard one, not a look-alike.
+    #[test]
+    fn opens_a_note_signed_by_the_go_implementation() {
+        let verifier =
+            Verifier::parse("PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW")
+                .unwrap();
+        let note = "If you think cryptography is the answer to your problem,\n\
+            then you don't know what your problem is.\n\
+            \n\
+            \u{2014} PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n";
+        assert_eq!(
+            verifier.open(note).unwrap(),
+            "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n"
+        );
+    }
+}

@@ -1,0 +1,555 @@
+//! The exchange log on disk: one SQLite database (WAL, `synchronous=FULL`)
+//! in the data directory, next to the log's signing key.
+//!
+//! ```sql
+//! -- One row per record (leaf), in append order. `record` holds the encoded
+//! -- ExchangeRecord exactly as hashed; the other columns copy some of its
+//! -- fields for queries and are not trusted by `audit verify` unless they
+//! -- match the record.
+//! CREATE TABLE records (
+//!   idx INTEGER PRIMARY KEY,          -- leaf index, from 0, no gaps
+//!   phase TEXT NOT NULL,              -- 'decision' or 'outcome'
+//!   request_id TEXT NOT NULL,
+//!   at_us INTEGER NOT NULL,           -- received (decision) or completed (outcome)
+//!   caller TEXT NOT NULL, provider TEXT NOT NULL, method TEXT NOT NULL,
+//!   purpose TEXT NOT NULL, subject TEXT,
+//!   allowed INTEGER NOT NULL,         -- 0 or 1
+//!   grpc_status INTEGER,              -- NULL in the decision of a forwarded call
+//!   error_kind TEXT,                  -- bridge-error, if any
+//!   concealed_until INTEGER NOT NULL, -- hidden from the Data Tracker until (unix s)
+//!   record BLOB NOT NULL
+//! );
+//! -- Every complete subtree of the Merkle tree: (0, i) is leaf i's hash.
+//! CREATE TABLE tree_nodes (level INTEGER, idx INTEGER, hash BLOB,
+//!                          PRIMARY KEY (level, idx)) WITHOUT ROWID;
+//! -- Signed checkpoints (C2SP signed notes), one per tree size.
+//! CREATE TABLE checkpoints (tree_size INTEGER PRIMARY KEY,
+//!                           signed_at INTEGER NOT NULL, note TEXT NOT NULL);
+//! CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+//! ```
+//!
+//! Operators read it with `sqlite3 -readonly DIR/exchange-log.sqlite`.
+//! Only the gateway's writer thread writes, in one transaction per batch of
+//! records; readers (the CLI, the gateway's gRPC services) never block it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+use super::merkle::{self, Frontier, Hash, Nodes};
+use super::note::{Checkpoint, SigningKey};
+use crate::proto::audit::v1::{ExchangeRecord, Phase};
+
+/// The database file in the data directory.
+pub const DATABASE_FILE: &str = "exchange-log.sqlite";
+/// The log's Ed25519 signing key (PKCS#8 PEM, mode 0600).
+pub const KEY_FILE: &str = "log-key.pem";
+/// The log's public key, as a signed-note verifier key.
+pub const VERIFIER_FILE: &str = "log-key.pub";
+
+const SCHEMA_VERSION: &str = "1";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+  key TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS records (
+  idx INTEGER PRIMARY KEY,
+  phase TEXT NOT NULL,
+  request_id TEXT NOT NULL,
+  at_us INTEGER NOT NULL,
+  caller TEXT NOT NULL,
+  provider TEXT NOT NULL,
+  method TEXT NOT NULL,
+  purpose TEXT NOT NULL,
+  subject TEXT,
+  allowed INTEGER NOT NULL,
+  grpc_status INTEGER,
+  error_kind TEXT,
+  concealed_until INTEGER NOT NULL,
+  record BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_by_request ON records (request_id);
+CREATE INDEX IF NOT EXISTS records_by_subject ON records (subject, at_us) WHERE subject IS NOT NULL;
+CREATE TABLE IF NOT EXISTS tree_nodes (
+  level INTEGER NOT NULL,
+  idx INTEGER NOT NULL,
+  hash BLOB NOT NULL,
+  PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+  tree_size INTEGER PRIMARY KEY,
+  signed_at INTEGER NOT NULL,
+  note TEXT NOT NULL
+);
+";
+
+/// A failure of the store, with the file it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{}: {source}", path.display())]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl StoreError {
+    fn invalid(path: &Path, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            path: path.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A SQLite error, tagged with the database path.
+trait AtPath<T> {
+    fn at(self, path: &Path) -> Result<T, StoreError>;
+}
+
+impl<T> AtPath<T> for rusqlite::Result<T> {
+    fn at(self, path: &Path) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Sqlite {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+/// A fault to simulate, for drills and tests of the fail-closed path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFault {
+    /// Every write fails as on a read-only file system (`SQLITE_READONLY`).
+    ReadOnly,
+    /// The database cannot grow, as on a full disk (`SQLITE_FULL`).
+    DiskFull,
+}
+
+/// A record's columns, as stored.
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    pub index: u64,
+    /// The encoded record: the leaf's data.
+    pub bytes: Vec<u8>,
+}
+
+impl StoredRecord {
+    /// The decoded record.
+    pub fn decode(&self) -> Result<ExchangeRecord, prost::DecodeError> {
+        ExchangeRecord::decode(self.bytes.as_slice())
+    }
+}
+
+/// A signed checkpoint as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    pub size: u64,
+    pub signed_at: i64,
+    pub note: String,
+}
+
+fn unix_seconds() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+        })
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A connection to the log database, read-write (the writer) or
+/// read-only (everyone else).
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    connection: Connection,
+}
+
+impl Store {
+    /// Opens (creating it if needed) the database in `dir` for writing.
+    pub fn open(dir: &Path, origin: &str) -> Result<Self, StoreError> {
+        let path = dir.join(DATABASE_FILE);
+        let connection = Connection::open(&path).at(&path)?;
+        let store = Self { path, connection };
+        store.configure_writer()?;
+        store.connection.execute_batch(SCHEMA).at(&store.path)?;
+        store.check_meta(origin)?;
+        Ok(store)
+    }
+
+    /// Opens the database in `dir` read-only.
+    pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(DATABASE_FILE);
+        if !path.exists() {
+            return Err(StoreError::invalid(&path, "no exchange log here"));
+        }
+        let connection = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .at(&path)?;
+        connection.busy_timeout(Duration::from_secs(5)).at(&path)?;
+        Ok(Self { path, connection })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn configure_writer(&self) -> Result<(), StoreError> {
+        let connection = &self.connection;
+        let mode: String = connection
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .at(&self.path)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::invalid(
+                &self.path,
+                format!("cannot use write-ahead logging (journal mode is {mode})"),
+            ));
+        }
+        // Every commit reaches the disk before any caller hears of it.
+        connection
+            .pragma_update(None, "synchronous", "FULL")
+            .at(&self.path)?;
+        connection
+            .busy_timeout(Duration::from_secs(5))
+            .at(&self.path)?;
+        Ok(())
+    }
+
+    fn check_meta(&self, origin: &str) -> Result<(), StoreError> {
+        let meta = |key: &str| -> Result<Option<String>, StoreError> {
+            self.connection
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                    row.get(0)
+                })
+                .optional()
+                .at(&self.path)
+        };
+        match meta("schema_version")? {
+            None => {
+                self.connection
+                    .execute(
+                        "INSERT INTO meta (key, value) VALUES ('schema_version', ?1), ('origin', ?2)",
+                        params![SCHEMA_VERSION, origin],
+                    )
+                    .at(&self.path)?;
+            }
+            Some(version) if version != SCHEMA_VERSION => {
+                return Err(StoreError::invalid(
+                    &self.path,
+                    format!("schema version {version}; this gateway reads {SCHEMA_VERSION}"),
+                ));
+            }
+            Some(_) => {}
+        }
+        match meta("origin")? {
+            Some(stored) if stored != origin => Err(StoreError::invalid(
+                &self.path,
+                format!(
+                    "this log's origin is `{stored}`, the configuration says `{origin}` \
+                     (exchange_log.origin); a log never changes its name"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The log's origin, as recorded when it was created.
+    pub fn origin(&self) -> Result<String, StoreError> {
+        self.connection
+            .query_row("SELECT value FROM meta WHERE key = 'origin'", [], |row| {
+                row.get(0)
+            })
+            .at(&self.path)
+    }
+
+    /// Number of records.
+    pub fn size(&self) -> Result<u64, StoreError> {
+        let next: Option<i64> = self
+            .connection
+            .query_row("SELECT MAX(idx) + 1 FROM records", [], |row| row.get(0))
+            .at(&self.path)?;
+        Ok(next.map_or(0, |next| u64::try_from(next).unwrap_or(0)))
+    }
+
+    /// The record at `index`.
+    pub fn record(&self, index: u64) -> Result<Option<StoredRecord>, StoreError> {
+        self.connection
+            .prepare_cached("SELECT record FROM records WHERE idx = ?1")
+            .and_then(|mut statement| {
+                statement
+                    .query_row([to_i64(index)], |row| {
+                        Ok(StoredRecord {
+                            index,
+                            bytes: row.get(0)?,
+                        })
+                    })
+                    .optional()
+            })
+            .at(&self.path)
+    }
+
+    /// The records of one call, in order.
+    pub fn records_of_request(&self, request_id: &str) -> Result<Vec<StoredRecord>, StoreError> {
+        self.select(
+            "SELECT idx, record FROM records WHERE request_id = ?1 ORDER BY idx",
+            [request_id],
+        )
+    }
+
+    /// Records from index `from`, at most `limit`, in order.
+    pub fn records_from(&self, from: u64, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
+        self.select(
+            "SELECT idx, record FROM records WHERE idx >= ?1 ORDER BY idx LIMIT ?2",
+            [to_i64(from), to_i64(limit as u64)],
+        )
+    }
+
+    /// Outcome records naming `subject`, completed at or after `since_us`,
+    /// newest first.
+    pub fn accesses_to(
+        &self,
+        subject: &str,
+        since_us: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        self.select(
+            "SELECT idx, record FROM records WHERE subject = ?1 AND at_us >= ?2 \
+             ORDER BY at_us DESC, idx DESC LIMIT ?3",
+            params![subject, since_us, to_i64(limit as u64)],
+        )
+    }
+
+    /// Runs a query returning `(idx, record)` rows; for the query command.
+    pub fn select(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let mut statement = self.connection.prepare_cached(sql).at(&self.path)?;
+        let rows = statement
+            .query_map(params, |row| {
+                Ok(StoredRecord {
+                    index: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+                    bytes: row.get(1)?,
+                })
+            })
+            .at(&self.path)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().at(&self.path)
+    }
+
+    /// Calls `each` with every record in order, without holding them all.
+    pub fn for_each_record(
+        &self,
+        mut each: impl FnMut(i64, Vec<u8>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT idx, record FROM records ORDER BY idx")
+            .at(&self.path)?;
+        let mut rows = statement.query([]).at(&self.path)?;
+        while let Some(row) = rows.next().at(&self.path)? {
+            each(row.get(0).at(&self.path)?, row.get(1).at(&self.path)?)?;
+        }
+        Ok(())
+    }
+
+    /// The latest checkpoint.
+    pub fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
+        self.connection
+            .query_row(
+                "SELECT tree_size, signed_at, note FROM checkpoints ORDER BY tree_size DESC LIMIT 1",
+                [],
+                checkpoint_row,
+            )
+            .optional()
+            .at(&self.path)
+    }
+
+    /// Every checkpoint, oldest first.
+    pub fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT tree_size, signed_at, note FROM checkpoints ORDER BY tree_size")
+            .at(&self.path)?;
+        let rows = statement.query_map([], checkpoint_row).at(&self.path)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().at(&self.path)
+    }
+
+    /// Every stored node of one level, in order, as `(index, hash)`.
+    pub fn level(&self, level: u32) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT idx, hash FROM tree_nodes WHERE level = ?1 ORDER BY idx")
+            .at(&self.path)?;
+        let rows = statement
+            .query_map([level], |row| Ok((row.get(0)?, row.get(1)?)))
+            .at(&self.path)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().at(&self.path)
+    }
+
+    /// Simulates (or stops simulating) a store failure.
+    pub fn set_fault(&self, fault: Option<StoreFault>) -> Result<(), StoreError> {
+        let connection = &self.connection;
+        connection
+            .pragma_update(None, "query_only", fault == Some(StoreFault::ReadOnly))
+            .at(&self.path)?;
+        let pages: i64 = if fault == Some(StoreFault::DiskFull) {
+            connection
+                .query_row("PRAGMA page_count", [], |row| row.get(0))
+                .at(&self.path)?
+        } else {
+            i64::from(u32::MAX - 1)
+        };
+        connection
+            .pragma_update(None, "max_page_count", pages)
+            .at(&self.path)?;
+        Ok(())
+    }
+
+    /// Appends records in one transaction, with the tree nodes they
+    /// complete and, if `checkpoint` says so, a signed checkpoint of the
+    /// result. `frontier` is advanced only if everything commits.
+    pub fn append(
+        &mut self,
+        frontier: &mut Frontier,
+        records: &[&ExchangeRecord],
+        checkpoint: Option<(&str, &SigningKey)>,
+    ) -> Result<u64, StoreError> {
+        let mut next = frontier.clone();
+        let first = next.size();
+        let transaction = self
+            .connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(&self.path)?;
+        {
+            let mut insert_record = transaction
+                .prepare_cached(
+                    "INSERT INTO records (idx, phase, request_id, at_us, caller, provider, method, \
+                     purpose, subject, allowed, grpc_status, error_kind, concealed_until, record) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                )
+                .at(&self.path)?;
+            let mut insert_node = transaction
+                .prepare_cached("INSERT INTO tree_nodes (level, idx, hash) VALUES (?1, ?2, ?3)")
+                .at(&self.path)?;
+            let mut buffer = Vec::with_capacity(512);
+            for record in records {
+                buffer.clear();
+                record.encode(&mut buffer).map_err(|error| {
+                    StoreError::invalid(&self.path, format!("cannot encode a record: {error}"))
+                })?;
+                let index = next.size();
+                let outcome = record.phase() == Phase::Outcome;
+                let finished = outcome || !record.error_kind.is_empty();
+                insert_record
+                    .execute(params![
+                        to_i64(index),
+                        if outcome { "outcome" } else { "decision" },
+                        record.request_id,
+                        if outcome {
+                            record.completed_us
+                        } else {
+                            record.received_us
+                        },
+                        record.caller,
+                        record.provider,
+                        record.method,
+                        record.purpose,
+                        (!record.subject.is_empty()).then_some(record.subject.as_str()),
+                        record.allowed,
+                        finished.then_some(record.grpc_status),
+                        (!record.error_kind.is_empty()).then_some(record.error_kind.as_str()),
+                        record.concealed_until_unix,
+                        buffer,
+                    ])
+                    .at(&self.path)?;
+                for (level, index, hash) in next.append(merkle::leaf_hash(&buffer)) {
+                    insert_node
+                        .execute(params![level, to_i64(index), hash.as_slice()])
+                        .at(&self.path)?;
+                }
+            }
+        }
+        if let Some((origin, key)) = checkpoint {
+            let note = Checkpoint {
+                origin: origin.to_owned(),
+                size: next.size(),
+                root: next.root(),
+            }
+            .sign(key);
+            transaction
+                .execute(
+                    "INSERT OR REPLACE INTO checkpoints (tree_size, signed_at, note) VALUES (?1, ?2, ?3)",
+                    params![to_i64(next.size()), unix_seconds(), note],
+                )
+                .at(&self.path)?;
+        }
+        transaction.commit().at(&self.path)?;
+        *frontier = next;
+        Ok(first)
+    }
+
+    /// The frontier of the stored tree, after checking that records and
+    /// nodes agree in number.
+    pub fn frontier(&self) -> Result<Frontier, StoreError> {
+        let size = self.size()?;
+        let count: i64 = self
+            .connection
+            .query_row("SELECT COUNT(*) FROM records", [], |row| row.get(0))
+            .at(&self.path)?;
+        if u64::try_from(count).ok() != Some(size) {
+            return Err(StoreError::invalid(
+                &self.path,
+                format!(
+                    "{count} records but the last index is {}: records are missing; \
+                     run `govbridge audit verify`",
+                    size.saturating_sub(1)
+                ),
+            ));
+        }
+        Frontier::load(self, size)
+    }
+}
+
+fn checkpoint_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredCheckpoint> {
+    Ok(StoredCheckpoint {
+        size: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+        signed_at: row.get(1)?,
+        note: row.get(2)?,
+    })
+}
+
+impl Nodes for Store {
+    type Error = StoreError;
+
+    fn node(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
+        let hash: Option<Vec<u8>> = self
+            .connection
+            .prepare_cached("SELECT hash FROM tree_nodes WHERE level = ?1 AND idx = ?2")
+            .and_then(|mut statement| {
+                statement
+                    .query_row(params![level, to_i64(index)], |row| row.get(0))
+                    .optional()
+            })
+            .at(&self.path)?;
+        hash.and_then(|hash| Hash::try_from(hash).ok())
+            .ok_or_else(|| {
+                StoreError::invalid(
+                    &self.path,
+                    format!("tree node ({level}, {index}) is missing or malformed"),
+                )
+            })
+    }
+}

@@ -1,0 +1,261 @@
+//! What the gateway writes into the exchange log about one call.
+//!
+//! A [`CallRecord`] follows a call through the request path, gathering
+//! who, what and why, then the decision. Its decision is appended (and
+//! durable) before the call is forwarded; when a forwarded call ends, its
+//! outcome is appended before the caller reads the final status. The
+//! request's bytes are tallied as they pass ([`Tally`]): sizes, SHA-256 and
+//! the data subject, never the bytes themselves.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::digest::{Context, SHA256};
+use http::{HeaderMap, HeaderValue};
+
+use super::error::GatewayError;
+use super::headers::{BRIDGE_AUDIT_INDEX, CallHeaders};
+use crate::audit::subject::SubjectReader;
+use crate::audit::{Appending, ExchangeLog, ExchangeRecord, Phase, RECORD_VERSION};
+use crate::identity::MemberId;
+use crate::policy::Decision;
+
+/// Microseconds since the Unix epoch.
+pub fn unix_micros(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+    })
+}
+
+/// The `bridge-audit-index` value of a leaf index.
+pub fn audit_index(index: u64) -> (http::header::HeaderName, HeaderValue) {
+    (
+        http::header::HeaderName::from_static(BRIDGE_AUDIT_INDEX),
+        HeaderValue::from(index),
+    )
+}
+
+/// Bytes of one direction of a call as they pass: count, SHA-256 and,
+/// for requests, the data subject of the first message.
+pub struct Tally {
+    bytes: u64,
+    digest: Context,
+    subject: Option<SubjectReader>,
+}
+
+impl std::fmt::Debug for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tally")
+            .field("bytes", &self.bytes)
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tally {
+    pub fn new(subject_field: Option<u32>) -> Self {
+        Self {
+            bytes: 0,
+            digest: Context::new(&SHA256),
+            subject: subject_field.map(SubjectReader::new),
+        }
+    }
+
+    /// Counts a DATA frame.
+    pub fn add(&mut self, data: &[u8]) {
+        self.bytes += data.len() as u64;
+        self.digest.update(data);
+        if let Some(subject) = self.subject.as_mut() {
+            subject.feed(data);
+        }
+    }
+
+    fn write_into(&self, bytes: &mut u64, digest: &mut Vec<u8>) {
+        *bytes = self.bytes;
+        *digest = self.digest.clone().finish().as_ref().to_vec();
+    }
+}
+
+/// A request tally shared between the request body (polled by the
+/// upstream connection) and the response (which writes the outcome).
+pub type SharedTally = Arc<Mutex<Tally>>;
+
+fn lock(tally: &SharedTally) -> std::sync::MutexGuard<'_, Tally> {
+    // A tally is plain counters: a panic half-way breaks nothing.
+    tally.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The exchange-log record of one call in progress.
+#[derive(Debug)]
+pub struct CallRecord {
+    log: ExchangeLog,
+    record: ExchangeRecord,
+    /// Leaf index of the decision, once durable.
+    decision: Option<u64>,
+}
+
+impl CallRecord {
+    /// Starts the record of a call received at `received`.
+    pub fn new(
+        log: ExchangeLog,
+        node_id: &str,
+        request_id: &HeaderValue,
+        method: &str,
+        caller: Option<&MemberId>,
+        received: SystemTime,
+    ) -> Self {
+        Self {
+            log,
+            record: ExchangeRecord {
+                version: RECORD_VERSION,
+                phase: Phase::Decision.into(),
+                request_id: request_id.to_str().unwrap_or_default().to_owned(),
+                node_id: node_id.to_owned(),
+                caller: caller.map(ToString::to_string).unwrap_or_default(),
+                method: method.to_owned(),
+                received_us: unix_micros(received),
+                ..ExchangeRecord::default()
+            },
+            decision: None,
+        }
+    }
+
+    /// What the caller declared.
+    pub fn declared(&mut self, call: &CallHeaders) {
+        let record = &mut self.record;
+        record.purpose = call.purpose_code().unwrap_or_default().to_owned();
+        record.reason = call.reason.clone().unwrap_or_default();
+        record.user_id = call
+            .user_id
+            .as_ref()
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        // `00-<trace id>-<parent id>-<flags>`, checked when read.
+        record.trace_id = call
+            .traceparent
+            .to_str()
+            .ok()
+            .and_then(|text| text.get(3..35))
+            .unwrap_or_default()
+            .to_owned();
+    }
+
+    /// The provider the call is routed to.
+    pub fn routed(&mut self, provider: &MemberId) {
+        self.record.provider = provider.to_string();
+    }
+
+    /// The policy decision; `concealed_until` is when the Data Tracker may
+    /// show the access (0: at once).
+    pub fn decided(&mut self, decision: &Decision, concealed_until: i64) {
+        self.record.allowed = decision.allowed;
+        self.record.policies.clone_from(&decision.policies);
+        self.record.concealed_until_unix = concealed_until;
+    }
+
+    /// Appends the decision of an allowed call; it is durable when this
+    /// returns. Returns its leaf index.
+    pub async fn write_decision(&mut self) -> Result<u64, GatewayError> {
+        let index = self
+            .log
+            .append(self.record.clone())
+            .await
+            .map_err(|error| GatewayError::ExchangeLogUnavailable(error.to_string()))?;
+        self.decision = Some(index);
+        Ok(index)
+    }
+
+    /// The leaf index of the decision, once written.
+    pub fn decision_index(&self) -> Option<u64> {
+        self.decision
+    }
+
+    /// Records that the gateway refused or failed the call with `error`:
+    /// as the decision itself when none was written yet, else as the
+    /// outcome. Durable when this returns.
+    pub async fn write_refusal(mut self, error: &GatewayError) -> Result<u64, GatewayError> {
+        let record = &mut self.record;
+        record.error_kind = error.kind().to_owned();
+        record.grpc_status = error.code() as i32;
+        if self.decision.is_none() {
+            record.allowed = false;
+        } else {
+            record.completed_us = unix_micros(SystemTime::now());
+        }
+        self.finish().await
+    }
+
+    /// Sets the times of the forwarded call.
+    pub fn forwarded(&mut self, at: SystemTime) {
+        self.record.forwarded_us = unix_micros(at);
+    }
+
+    /// The response headers arrived.
+    pub fn first_byte(&mut self, at: SystemTime) {
+        self.record.first_byte_us = unix_micros(at);
+    }
+
+    /// Appends the outcome of a forwarded call that ended with `status`
+    /// (`trailers` from the backend or made by the gateway).
+    pub fn write_outcome(
+        mut self,
+        trailers: Option<&HeaderMap>,
+        request: Option<&SharedTally>,
+        response: Option<&Tally>,
+    ) -> Appending {
+        let record = &mut self.record;
+        record.phase = Phase::Outcome.into();
+        record.completed_us = unix_micros(SystemTime::now());
+        record.decision_index = self.decision.unwrap_or_default();
+        match trailers {
+            Some(trailers) => {
+                // A backend that ends without a status has failed: gRPC
+                // clients report UNKNOWN.
+                record.grpc_status = trailers
+                    .get("grpc-status")
+                    .and_then(|value| value.to_str().ok()?.parse().ok())
+                    .unwrap_or(tonic::Code::Unknown as i32);
+                if let Some(kind) = trailers
+                    .get(super::headers::BRIDGE_ERROR)
+                    .and_then(|value| value.to_str().ok())
+                {
+                    kind.clone_into(&mut record.error_kind);
+                }
+            }
+            None => {
+                // The caller went away before the end.
+                record.grpc_status = tonic::Code::Cancelled as i32;
+                record.error_kind = "cancelled".to_owned();
+            }
+        }
+        if let Some(request) = request {
+            let request = lock(request);
+            request.write_into(&mut record.request_bytes, &mut record.request_sha256);
+            if let Some(subject) = request.subject.as_ref().and_then(SubjectReader::subject) {
+                subject.clone_into(&mut record.subject);
+            }
+        }
+        if let Some(response) = response {
+            response.write_into(&mut record.response_bytes, &mut record.response_sha256);
+        }
+        self.log.append(self.record)
+    }
+
+    async fn finish(self) -> Result<u64, GatewayError> {
+        let mut record = self.record;
+        if let Some(decision) = self.decision {
+            record.phase = Phase::Outcome.into();
+            record.decision_index = decision;
+        }
+        self.log
+            .append(record)
+            .await
+            .map_err(|error| GatewayError::ExchangeLogUnavailable(error.to_string()))
+    }
+}
+
+/// Locks a shared tally to count request bytes.
+pub fn count(tally: &SharedTally, data: &[u8]) {
+    lock(tally).add(data);
+}
