@@ -1,7 +1,10 @@
-//! The command line: `serve`, `agency`, `pki`, `check-config` and `dev`.
+//! The command line: `serve`, `agency`, `pki`, `policy`, `audit`,
+//! `check-config` and `dev`.
 //!
 //! Parses arguments, sets up logging and calls into the library. Errors are
 //! printed once, with their context chain, and give exit status 1.
+
+mod audit;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -57,6 +60,11 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// The exchange log: verify it, prove records, read it.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
     },
     /// Validate a configuration as a start would, then exit.
     CheckConfig {
@@ -208,6 +216,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Agency { name, config } => run_agency(&name, &config),
         Command::Pki { command } => run_pki(command),
         Command::Policy { command } => run_policy(command),
+        Command::Audit { command } => audit::run(command),
         Command::CheckConfig { config } => check_config(&config),
         Command::Dev { dir } => runtime()?.block_on(crate::dev::run(&dir)),
     }

@@ -18,8 +18,10 @@
 
 pub mod merkle;
 pub mod note;
+pub mod service;
 pub mod store;
 pub mod subject;
+pub mod verify;
 
 use std::future::Future;
 use std::path::Path;
@@ -116,6 +118,8 @@ impl ExchangeLog {
             queued: AtomicU64::new(0),
         });
         let (jobs, queue) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
+        let (running, stopped) = std::sync::mpsc::channel::<()>();
+        let wal = store::WalCheckpointer::open(dir)?;
         let verifier = Arc::new(key.verifier());
         let writer = Writer {
             store,
@@ -127,6 +131,7 @@ impl ExchangeLog {
             checkpointed: checkpoint.map_or(0, |checkpoint| checkpoint.size),
             last_checkpoint: Instant::now(),
             shared: shared.clone(),
+            _running: running,
         };
         let thread = std::thread::Builder::new()
             .name("exchange-log".into())
@@ -134,6 +139,15 @@ impl ExchangeLog {
             .map_err(|error| OpenError::File {
                 path: dir.clone(),
                 message: format!("cannot start the log writer: {error}"),
+            })?;
+        // Copying the WAL into the database is done aside, so that commits
+        // never wait for it; it stops when the writer does.
+        std::thread::Builder::new()
+            .name("exchange-log-wal".into())
+            .spawn(move || wal.run(&stopped))
+            .map_err(|error| OpenError::File {
+                path: dir.clone(),
+                message: format!("cannot start the WAL checkpointer: {error}"),
             })?;
         tracing::info!(
             dir = %dir.display(),
@@ -283,6 +297,8 @@ struct Writer {
     checkpointed: u64,
     last_checkpoint: Instant,
     shared: Arc<Shared>,
+    /// Dropped when the writer stops, which stops the WAL checkpointer.
+    _running: std::sync::mpsc::Sender<()>,
 }
 
 impl Writer {

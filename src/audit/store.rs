@@ -36,6 +36,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
+use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::merkle::{self, Frontier, Hash, Nodes};
@@ -154,6 +155,60 @@ pub struct StoredCheckpoint {
     pub note: String,
 }
 
+/// The columns that copy a record's fields for queries, in table order.
+pub const COLUMNS: [&str; 12] = [
+    "phase",
+    "request_id",
+    "at_us",
+    "caller",
+    "provider",
+    "method",
+    "purpose",
+    "subject",
+    "allowed",
+    "grpc_status",
+    "error_kind",
+    "concealed_until",
+];
+
+/// The values of [`COLUMNS`] for `record`: what `append` writes and what
+/// `audit verify` expects.
+pub fn columns(record: &ExchangeRecord) -> [Value; 12] {
+    let outcome = record.phase() == Phase::Outcome;
+    // A decision carries a status only when it is also the call's end.
+    let finished = outcome || !record.error_kind.is_empty();
+    let text = |text: &str| Value::Text(text.to_owned());
+    let optional = |value: &str| {
+        if value.is_empty() {
+            Value::Null
+        } else {
+            text(value)
+        }
+    };
+    [
+        text(if outcome { "outcome" } else { "decision" }),
+        text(&record.request_id),
+        Value::Integer(if outcome {
+            record.completed_us
+        } else {
+            record.received_us
+        }),
+        text(&record.caller),
+        text(&record.provider),
+        text(&record.method),
+        text(&record.purpose),
+        optional(&record.subject),
+        Value::Integer(i64::from(record.allowed)),
+        if finished {
+            Value::Integer(i64::from(record.grpc_status))
+        } else {
+            Value::Null
+        },
+        optional(&record.error_kind),
+        Value::Integer(record.concealed_until_unix),
+    ]
+}
+
 fn unix_seconds() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -220,6 +275,11 @@ impl Store {
         // Every commit reaches the disk before any caller hears of it.
         connection
             .pragma_update(None, "synchronous", "FULL")
+            .at(&self.path)?;
+        // The WAL is copied into the database by a `WalCheckpointer` on
+        // its own connection, never inside a commit that calls wait for.
+        connection
+            .pragma_update(None, "wal_autocheckpoint", 0)
             .at(&self.path)?;
         connection
             .busy_timeout(Duration::from_secs(5))
@@ -402,6 +462,22 @@ impl Store {
     /// Simulates (or stops simulating) a store failure.
     pub fn set_fault(&self, fault: Option<StoreFault>) -> Result<(), StoreError> {
         let connection = &self.connection;
+        // Switching writes this connection's temp schema: not read-only yet.
+        connection
+            .pragma_update(None, "query_only", false)
+            .at(&self.path)?;
+        // The page limit below fails only a write that needs a new page; a
+        // write that fits in a page already there would still succeed. This
+        // trigger, on this connection only and never in the file, fails
+        // every write, as a full disk does once the last free page is used.
+        connection
+            .execute_batch(if fault == Some(StoreFault::DiskFull) {
+                "CREATE TEMP TRIGGER IF NOT EXISTS simulated_disk_full BEFORE INSERT ON records \
+                 BEGIN SELECT RAISE(ABORT, 'database or disk is full (simulated)'); END;"
+            } else {
+                "DROP TRIGGER IF EXISTS temp.simulated_disk_full;"
+            })
+            .at(&self.path)?;
         connection
             .pragma_update(None, "query_only", fault == Some(StoreFault::ReadOnly))
             .at(&self.path)?;
@@ -451,31 +527,14 @@ impl Store {
                     StoreError::invalid(&self.path, format!("cannot encode a record: {error}"))
                 })?;
                 let index = next.size();
-                let outcome = record.phase() == Phase::Outcome;
-                let finished = outcome || !record.error_kind.is_empty();
+                let leaf = merkle::leaf_hash(&buffer);
+                let values = std::iter::once(Value::Integer(to_i64(index)))
+                    .chain(columns(record))
+                    .chain(std::iter::once(Value::Blob(std::mem::take(&mut buffer))));
                 insert_record
-                    .execute(params![
-                        to_i64(index),
-                        if outcome { "outcome" } else { "decision" },
-                        record.request_id,
-                        if outcome {
-                            record.completed_us
-                        } else {
-                            record.received_us
-                        },
-                        record.caller,
-                        record.provider,
-                        record.method,
-                        record.purpose,
-                        (!record.subject.is_empty()).then_some(record.subject.as_str()),
-                        record.allowed,
-                        finished.then_some(record.grpc_status),
-                        (!record.error_kind.is_empty()).then_some(record.error_kind.as_str()),
-                        record.concealed_until_unix,
-                        buffer,
-                    ])
+                    .execute(rusqlite::params_from_iter(values))
                     .at(&self.path)?;
-                for (level, index, hash) in next.append(merkle::leaf_hash(&buffer)) {
+                for (level, index, hash) in next.append(leaf) {
                     insert_node
                         .execute(params![level, to_i64(index), hash.as_slice()])
                         .at(&self.path)?;
@@ -521,6 +580,45 @@ impl Store {
         }
         Frontier::load(self, size)
     }
+
+    /// Calls `each` with every record in order: its index, its queryable
+    /// columns as stored (named, as SQLite values, whatever their type) and
+    /// its bytes. For `audit verify`, which checks every column against the
+    /// record: the columns are only a copy, and a copy can be edited.
+    pub fn for_each_row(
+        &self,
+        mut each: impl FnMut(
+            i64,
+            &[(&'static str, rusqlite::types::Value)],
+            Vec<u8>,
+        ) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT idx, phase, request_id, at_us, caller, provider, method, purpose, \
+                 subject, allowed, grpc_status, error_kind, concealed_until, record \
+                 FROM records ORDER BY idx",
+            )
+            .at(&self.path)?;
+        let mut rows = statement.query([]).at(&self.path)?;
+        let mut columns = Vec::with_capacity(COLUMNS.len());
+        while let Some(row) = rows.next().at(&self.path)? {
+            columns.clear();
+            for (offset, name) in COLUMNS.iter().enumerate() {
+                columns.push((*name, row.get::<_, Value>(offset + 1).at(&self.path)?));
+            }
+            // A record edited into another type still gets hashed, and
+            // then fails to match its leaf.
+            let bytes = match row.get::<_, Value>(COLUMNS.len() + 1).at(&self.path)? {
+                Value::Blob(bytes) => bytes,
+                Value::Text(text) => text.into_bytes(),
+                Value::Integer(_) | Value::Real(_) | Value::Null => Vec::new(),
+            };
+            each(row.get(0).at(&self.path)?, &columns, bytes)?;
+        }
+        Ok(())
+    }
 }
 
 fn checkpoint_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredCheckpoint> {
@@ -551,5 +649,50 @@ impl Nodes for Store {
                     format!("tree node ({level}, {index}) is missing or malformed"),
                 )
             })
+    }
+}
+
+/// Copies the write-ahead log into the database in the background, on its
+/// own connection: the writer's commits then only append to the WAL.
+#[derive(Debug)]
+pub struct WalCheckpointer {
+    path: PathBuf,
+    connection: Connection,
+}
+
+/// How often the WAL is copied into the database.
+const WAL_CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+impl WalCheckpointer {
+    /// Opens a connection for checkpointing the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(DATABASE_FILE);
+        let connection = Connection::open(&path).at(&path)?;
+        connection.busy_timeout(Duration::from_secs(5)).at(&path)?;
+        connection
+            .pragma_update(None, "synchronous", "FULL")
+            .at(&path)?;
+        Ok(Self { path, connection })
+    }
+
+    /// Checkpoints every half second until `stopped` disconnects, then
+    /// once more, truncating the WAL.
+    pub fn run(self, stopped: &std::sync::mpsc::Receiver<()>) {
+        use std::sync::mpsc::RecvTimeoutError;
+        while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(WAL_CHECKPOINT_EVERY) {
+            // PASSIVE never waits for the writer or readers; what it
+            // cannot copy now it copies next time.
+            self.checkpoint("PASSIVE");
+        }
+        self.checkpoint("TRUNCATE");
+    }
+
+    fn checkpoint(&self, mode: &str) {
+        let result =
+            self.connection
+                .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()));
+        if let Err(error) = result {
+            tracing::warn!(file = %self.path.display(), %error, "WAL checkpoint failed");
+        }
     }
 }

@@ -247,6 +247,7 @@ impl BedBuilder {
         let gateway = Gateway::bind(&config).await.unwrap();
         let gateway_addr = gateway.local_addr().unwrap();
         let reloader = gateway.reloader();
+        let exchange_log = gateway.exchange_log().cloned();
         tasks.spawn(gateway.serve(shutdown.clone().wait()));
 
         Bed {
@@ -257,6 +258,7 @@ impl BedBuilder {
             gateway: gateway_addr,
             agencies,
             data,
+            exchange_log,
             trigger,
             tasks,
         }
@@ -341,6 +343,8 @@ pub struct Bed {
     pub gateway: SocketAddr,
     pub agencies: HashMap<&'static str, SocketAddr>,
     pub data: Arc<Dataset>,
+    /// The gateway's exchange log (see the exchange log block at the end).
+    exchange_log: Option<govbridge::audit::ExchangeLog>,
     trigger: ShutdownTrigger,
     tasks: JoinSet<()>,
 }
@@ -563,4 +567,32 @@ pub async fn raw_call(
         )))
         .unwrap();
     client.ready().await.unwrap().call(request).await.unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// The exchange log (tests/exchange_log.rs).
+
+impl Bed {
+    /// The gateway's exchange log: to force checkpoints and simulate store
+    /// faults.
+    pub fn exchange_log(&self) -> &govbridge::audit::ExchangeLog {
+        self.exchange_log
+            .as_ref()
+            .expect("the bed's gateway runs with its exchange log")
+    }
+
+    /// Lets `members` call the Data Tracker: adds them to the
+    /// configuration file's `exchange_log.data_tracker_clients` and
+    /// reloads, as an operator would.
+    pub fn allow_data_tracker(&self, members: &[&str]) {
+        let path = self.dir.path().join("govbridge.toml");
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        let members: Vec<String> = members.iter().map(|m| format!("\"{m}\"")).collect();
+        text += &format!(
+            "\n[exchange_log]\ndata_tracker_clients = [{}]\n",
+            members.join(", ")
+        );
+        std::fs::write(&path, text).unwrap();
+        self.reloader.reload().unwrap();
+    }
 }

@@ -1,0 +1,1157 @@
+//! Checking an exchange log, and the proofs a partner checks offline.
+//!
+//! - [`verify_log`] walks a whole log: every record against the tree, the
+//!   tree against the records, every checkpoint against both, and the
+//!   queryable columns against the records they copy.
+//! - [`prove`] makes a self-contained [`ProofBundle`] (record, inclusion
+//!   proof, signed checkpoint) that [`check_bundle`] verifies with nothing
+//!   but the log's public key.
+//! - [`consistency`] proves that the log today extends a checkpoint a
+//!   partner saved earlier.
+//!
+//! Everything here opens the store read-only and never writes, so it runs
+//! beside a serving gateway. Nothing here trusts the store: what is
+//! reported as good has been checked against signed checkpoints.
+
+use std::fmt;
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use prost::Message;
+use rusqlite::types::Value;
+use serde::{Deserialize, Serialize};
+
+use super::merkle::{self, Hash, MemoryTree, ProofError};
+use super::note::{Checkpoint, NoteError, Verifier};
+use super::store::{Store, StoreError};
+use super::{ExchangeRecord, Phase};
+
+/// What kind of damage [`verify_log`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// An index is missing: the record was deleted.
+    MissingRecord,
+    /// A record's bytes are not those the tree holds: altered or moved.
+    RecordAltered,
+    /// A record's bytes are not an `ExchangeRecord`.
+    Undecodable,
+    /// A queryable column says something else than the record.
+    ColumnEdited,
+    /// An outcome does not point to an earlier decision of the same call.
+    BrokenLink,
+    /// A stored tree node is not the one the records give.
+    TreeNode,
+    /// A checkpoint is not signed by the key, or not what its row says.
+    CheckpointInvalid,
+    /// A checkpoint covers more records than the log holds.
+    CheckpointBeyondLog,
+    /// A checkpoint's root is not the root of the records it covers.
+    CheckpointRoot,
+}
+
+impl ProblemKind {
+    /// A short name, for summaries and scripts.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MissingRecord => "missing-record",
+            Self::RecordAltered => "record-altered",
+            Self::Undecodable => "undecodable-record",
+            Self::ColumnEdited => "column-edited",
+            Self::BrokenLink => "broken-link",
+            Self::TreeNode => "tree-node",
+            Self::CheckpointInvalid => "checkpoint-invalid",
+            Self::CheckpointBeyondLog => "checkpoint-beyond-log",
+            Self::CheckpointRoot => "checkpoint-root",
+        }
+    }
+}
+
+/// The first problem [`verify_log`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    /// The first record concerned.
+    pub index: u64,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.kind.as_str())
+    }
+}
+
+/// What [`verify_log`] checked, and the first problem if any.
+#[derive(Debug, Clone)]
+pub struct VerifyReport {
+    /// Records read.
+    pub records: u64,
+    /// Checkpoints found valid; `None` when damage in the records stopped
+    /// the check before the checkpoints that sign them.
+    pub checkpoints: Option<usize>,
+    /// The latest valid checkpoint.
+    pub latest: Option<Checkpoint>,
+    pub problem: Option<Problem>,
+}
+
+impl VerifyReport {
+    /// Whether the log is intact.
+    pub fn is_ok(&self) -> bool {
+        self.problem.is_none()
+    }
+}
+
+/// Why a log could not be checked at all (as opposed to a [`Problem`]
+/// found in it).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Checks the whole log in `dir` against `verifier`, the log's public key.
+pub fn verify_log(dir: &Path, verifier: &Verifier) -> Result<VerifyReport, VerifyError> {
+    let store = Store::open_read_only(dir)?;
+    // Checkpoints first: each was committed with the records it covers, so
+    // the records read next include them all even while the gateway
+    // appends.
+    let checkpoints = store.checkpoints()?;
+    let mut walk = Walk {
+        store: &store,
+        tree: MemoryTree::default(),
+        rows: 0,
+        problem: None,
+    };
+    store.for_each_row(|index, columns, bytes| walk.row(index, columns, bytes))?;
+    let Walk {
+        tree,
+        rows,
+        mut problem,
+        ..
+    } = walk;
+    if problem.is_none() {
+        problem = check_tree(&store, &tree)?;
+    }
+    let mut report = VerifyReport {
+        records: rows,
+        checkpoints: None,
+        latest: None,
+        problem,
+    };
+    if report.problem.is_none() {
+        check_checkpoints(&checkpoints, &tree, verifier, &mut report);
+    }
+    Ok(report)
+}
+
+/// The record-by-record part of [`verify_log`].
+struct Walk<'a> {
+    store: &'a Store,
+    /// The tree the records give.
+    tree: MemoryTree,
+    rows: u64,
+    problem: Option<Problem>,
+}
+
+impl Walk<'_> {
+    fn row(
+        &mut self,
+        index: i64,
+        columns: &[(&'static str, Value)],
+        bytes: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.rows += 1;
+        if self.problem.is_none() {
+            self.problem = self.check(index, columns, &bytes)?.err();
+        }
+        Ok(())
+    }
+
+    /// The outer error is a failure to read; the inner one, damage.
+    fn check(
+        &mut self,
+        index: i64,
+        columns: &[(&'static str, Value)],
+        bytes: &[u8],
+    ) -> Result<Result<(), Problem>, StoreError> {
+        let expected = self.tree.size();
+        if u64::try_from(index).ok() != Some(expected) {
+            return Ok(Err(Problem {
+                kind: ProblemKind::MissingRecord,
+                index: expected,
+                message: format!(
+                    "record {expected} is missing (the next record is {index}): it was deleted"
+                ),
+            }));
+        }
+        let leaf = merkle::leaf_hash(bytes);
+        let stored = match merkle::Nodes::node(self.store, 0, expected) {
+            Ok(stored) => stored,
+            Err(StoreError::Invalid { .. }) => {
+                return Ok(Err(Problem {
+                    kind: ProblemKind::TreeNode,
+                    index: expected,
+                    message: format!("the tree holds no hash for record {expected}"),
+                }));
+            }
+            Err(error) => return Err(error),
+        };
+        self.tree.push(leaf);
+        if stored != leaf {
+            return Ok(Err(Problem {
+                kind: ProblemKind::RecordAltered,
+                index: expected,
+                message: format!(
+                    "record {expected} was altered: its bytes are not those the tree holds"
+                ),
+            }));
+        }
+        let Ok(record) = ExchangeRecord::decode(bytes) else {
+            return Ok(Err(Problem {
+                kind: ProblemKind::Undecodable,
+                index: expected,
+                message: format!("record {expected} is not an ExchangeRecord"),
+            }));
+        };
+        if let Err(problem) = check_columns(expected, &record, columns) {
+            return Ok(Err(problem));
+        }
+        self.check_link(expected, &record)
+    }
+
+    /// An outcome must follow the decision of the same call.
+    fn check_link(
+        &self,
+        index: u64,
+        record: &ExchangeRecord,
+    ) -> Result<Result<(), Problem>, StoreError> {
+        if record.phase() != Phase::Outcome {
+            return Ok(Ok(()));
+        }
+        let decision = record.decision_index;
+        let linked = if decision < index {
+            self.store
+                .record(decision)?
+                .and_then(|stored| ExchangeRecord::decode(stored.bytes.as_slice()).ok())
+                .is_some_and(|earlier| {
+                    earlier.phase() == Phase::Decision && earlier.request_id == record.request_id
+                })
+        } else {
+            false
+        };
+        if linked {
+            return Ok(Ok(()));
+        }
+        Ok(Err(Problem {
+            kind: ProblemKind::BrokenLink,
+            index,
+            message: format!(
+                "record {index} is the outcome of request {} but its decision_index {decision} \
+                 is not an earlier decision of that request",
+                record.request_id
+            ),
+        }))
+    }
+}
+
+fn check_columns(
+    index: u64,
+    record: &ExchangeRecord,
+    stored: &[(&'static str, Value)],
+) -> Result<(), Problem> {
+    let expected = super::store::columns(record);
+    for (name, value) in stored {
+        let Some(want) = super::store::COLUMNS
+            .iter()
+            .position(|column| column == name)
+            .map(|position| &expected[position])
+        else {
+            continue;
+        };
+        if value != want {
+            return Err(Problem {
+                kind: ProblemKind::ColumnEdited,
+                index,
+                message: format!(
+                    "record {index}: column `{name}` says {} but the record says {}: \
+                     the database was edited",
+                    show(value),
+                    show(want)
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn show(value: &Value) -> String {
+    match value {
+        Value::Null => "NULL".to_owned(),
+        Value::Integer(integer) => integer.to_string(),
+        Value::Real(real) => real.to_string(),
+        Value::Text(text) => format!("{text:?}"),
+        Value::Blob(blob) => format!("a blob of {} bytes", blob.len()),
+    }
+}
+
+/// Compares every stored node with the tree the records give. Nodes beyond
+/// the records read may be a running gateway's appends, unless a record
+/// they cover is gone: nodes and records are committed together.
+fn check_tree(store: &Store, tree: &MemoryTree) -> Result<Option<Problem>, StoreError> {
+    let size = tree.size();
+    for level in 0..64 {
+        let stored = store.level(level)?;
+        let recomputed = tree.level(level);
+        if stored.is_empty() && recomputed.is_empty() {
+            break;
+        }
+        for (position, want) in recomputed.iter().enumerate() {
+            let matches = stored.get(position).is_some_and(|(index, hash)| {
+                usize::try_from(*index).ok() == Some(position) && hash.as_slice() == want
+            });
+            if !matches {
+                let first = (position as u64) << level;
+                let last = first + (1 << level) - 1;
+                return Ok(Some(Problem {
+                    kind: ProblemKind::TreeNode,
+                    index: first,
+                    message: format!(
+                        "tree node ({level}, {position}) over records {first} to {last} \
+                         is missing or not the one the records give: the tree was edited"
+                    ),
+                }));
+            }
+        }
+        let Some(&(beyond, _)) = stored.get(recomputed.len()) else {
+            continue;
+        };
+        let last = u64::try_from(beyond)
+            .unwrap_or(0)
+            .saturating_add(1)
+            .saturating_mul(1 << level)
+            - 1;
+        for index in [size, last] {
+            if store.record(index)?.is_none() {
+                return Ok(Some(Problem {
+                    kind: ProblemKind::MissingRecord,
+                    index,
+                    message: format!(
+                        "record {index} is missing: tree node ({level}, {beyond}) covers it \
+                         but the records end at {size}; it was deleted"
+                    ),
+                }));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn check_checkpoints(
+    checkpoints: &[super::StoredCheckpoint],
+    tree: &MemoryTree,
+    verifier: &Verifier,
+    report: &mut VerifyReport,
+) {
+    let size = tree.size();
+    let mut good = 0;
+    report.checkpoints = Some(0);
+    for stored in checkpoints {
+        let covers = || {
+            format!(
+                "it covers records {good} to {} since the last good checkpoint",
+                stored.size.saturating_sub(1)
+            )
+        };
+        let problem = |kind, index, what: String| Problem {
+            kind,
+            index,
+            message: format!("checkpoint of size {}: {what}; {}", stored.size, covers()),
+        };
+        let checkpoint = match Checkpoint::open(&stored.note, verifier) {
+            Ok(checkpoint) => checkpoint,
+            Err(error) => {
+                report.problem = Some(problem(
+                    ProblemKind::CheckpointInvalid,
+                    good,
+                    error.to_string(),
+                ));
+                return;
+            }
+        };
+        if checkpoint.size != stored.size {
+            report.problem = Some(problem(
+                ProblemKind::CheckpointInvalid,
+                good,
+                format!("its note says size {}", checkpoint.size),
+            ));
+            return;
+        }
+        if checkpoint.size > size {
+            report.problem = Some(problem(
+                ProblemKind::CheckpointBeyondLog,
+                size,
+                format!("the log holds only {size} records: records were deleted"),
+            ));
+            return;
+        }
+        if merkle::root(tree, checkpoint.size).ok() != Some(checkpoint.root) {
+            report.problem = Some(problem(
+                ProblemKind::CheckpointRoot,
+                good,
+                "its root is not the root of the records: records and tree were rewritten"
+                    .to_owned(),
+            ));
+            return;
+        }
+        good = checkpoint.size;
+        report.checkpoints = Some(report.checkpoints.unwrap_or(0) + 1);
+        report.latest = Some(checkpoint);
+    }
+}
+
+/// Which record(s) to prove.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordKey {
+    Index(u64),
+    /// Every record of one call: its decision and, if any, its outcome.
+    RequestId(String),
+}
+
+/// The format name in every bundle.
+pub const BUNDLE_FORMAT: &str = "govbridge-inclusion-proof/1";
+
+/// One record with everything needed to check, offline, that the log
+/// holds it: the record, its inclusion proof and the signed checkpoint the
+/// proof leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProofBundle {
+    pub index: u64,
+    /// The record's stored bytes: the leaf's data.
+    pub record: Vec<u8>,
+    pub tree_size: u64,
+    pub inclusion_proof: Vec<Hash>,
+    /// The checkpoint's signed note, as signed.
+    pub checkpoint: String,
+}
+
+/// A bundle as JSON: binary as base64.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BundleJson {
+    format: String,
+    index: u64,
+    record: String,
+    tree_size: u64,
+    inclusion_proof: Vec<String>,
+    checkpoint: String,
+}
+
+impl ProofBundle {
+    fn to_json(&self) -> BundleJson {
+        BundleJson {
+            format: BUNDLE_FORMAT.to_owned(),
+            index: self.index,
+            record: BASE64.encode(&self.record),
+            tree_size: self.tree_size,
+            inclusion_proof: self
+                .inclusion_proof
+                .iter()
+                .map(|hash| BASE64.encode(hash))
+                .collect(),
+            checkpoint: self.checkpoint.clone(),
+        }
+    }
+
+    fn from_json(json: BundleJson) -> Result<Self, BundleError> {
+        if json.format != BUNDLE_FORMAT {
+            return Err(BundleError::Malformed(format!(
+                "format `{}`, expected `{BUNDLE_FORMAT}`",
+                json.format
+            )));
+        }
+        let record = BASE64
+            .decode(&json.record)
+            .map_err(|_| BundleError::Malformed("`record` is not base64".into()))?;
+        let inclusion_proof = json
+            .inclusion_proof
+            .iter()
+            .map(|hash| {
+                BASE64
+                    .decode(hash)
+                    .ok()
+                    .and_then(|hash| Hash::try_from(hash).ok())
+                    .ok_or_else(|| {
+                        BundleError::Malformed(
+                            "`inclusion_proof` must hold base64 SHA-256 hashes".into(),
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            index: json.index,
+            record,
+            tree_size: json.tree_size,
+            inclusion_proof,
+            checkpoint: json.checkpoint,
+        })
+    }
+
+    /// The bundles in a file written by [`bundles_to_json`].
+    pub fn parse_all(text: &str) -> Result<Vec<Self>, BundleError> {
+        let malformed = |error: serde_json::Error| BundleError::Malformed(error.to_string());
+        let bundles: Vec<BundleJson> = match serde_json::from_str(text).map_err(malformed)? {
+            serde_json::Value::Array(several) => several
+                .into_iter()
+                .map(serde_json::from_value)
+                .collect::<Result<_, _>>()
+                .map_err(malformed)?,
+            one => vec![serde_json::from_value(one).map_err(malformed)?],
+        };
+        if bundles.is_empty() {
+            return Err(BundleError::Malformed("no bundle in the file".into()));
+        }
+        bundles.into_iter().map(Self::from_json).collect()
+    }
+}
+
+/// The file for `bundles`: one JSON object, or an array when several.
+pub fn bundles_to_json(bundles: &[ProofBundle]) -> String {
+    let json: Vec<BundleJson> = bundles.iter().map(ProofBundle::to_json).collect();
+    let text = match json.as_slice() {
+        [one] => serde_json::to_string_pretty(one),
+        several => serde_json::to_string_pretty(several),
+    };
+    // Strings and integers only: serializing cannot fail.
+    let mut text = text.unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// Why no proof could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ProveError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no record has index {index}: the log holds {size} records")]
+    NoSuchIndex { index: u64, size: u64 },
+    #[error("no record has request id `{0}`")]
+    NoSuchRequest(String),
+    #[error(
+        "record {index} is newer than the latest checkpoint (which covers {covered} records): \
+         the next checkpoint is signed within exchange_log.checkpoint_interval; try again then"
+    )]
+    NotYetCheckpointed { index: u64, covered: u64 },
+    #[error("the log does not match its latest checkpoint ({0}): run `govbridge audit verify`")]
+    Inconsistent(String),
+}
+
+/// Proof bundles for the record(s) `key` names in the log in `dir`, against
+/// its latest checkpoint: one bundle per record.
+pub fn prove(dir: &Path, key: &RecordKey) -> Result<Vec<ProofBundle>, ProveError> {
+    let store = Store::open_read_only(dir)?;
+    // The checkpoint before the records: anything it covers is there.
+    let latest = store.latest_checkpoint()?;
+    let records = match key {
+        RecordKey::Index(index) => match store.record(*index)? {
+            Some(record) => vec![record],
+            None => {
+                return Err(ProveError::NoSuchIndex {
+                    index: *index,
+                    size: store.size()?,
+                });
+            }
+        },
+        RecordKey::RequestId(id) => {
+            let records = store.records_of_request(id)?;
+            if records.is_empty() {
+                return Err(ProveError::NoSuchRequest(id.clone()));
+            }
+            records
+        }
+    };
+    let covered = latest.as_ref().map_or(0, |latest| latest.size);
+    if let Some(newer) = records.iter().find(|record| record.index >= covered) {
+        return Err(ProveError::NotYetCheckpointed {
+            index: newer.index,
+            covered,
+        });
+    }
+    let Some(latest) = latest else {
+        return Err(ProveError::Inconsistent("no checkpoint".into()));
+    };
+    let checkpoint = Checkpoint::parse(&latest.note)
+        .map_err(|error| ProveError::Inconsistent(error.to_string()))?;
+    let mut bundles = Vec::with_capacity(records.len());
+    for record in records {
+        let proof = merkle::inclusion_proof(&store, record.index, checkpoint.size)?
+            .map_err(|error| ProveError::Inconsistent(error.to_string()))?;
+        merkle::verify_inclusion(
+            &merkle::leaf_hash(&record.bytes),
+            record.index,
+            checkpoint.size,
+            &proof,
+            &checkpoint.root,
+        )
+        .map_err(|error| ProveError::Inconsistent(format!("record {}: {error}", record.index)))?;
+        bundles.push(ProofBundle {
+            index: record.index,
+            record: record.bytes,
+            tree_size: checkpoint.size,
+            inclusion_proof: proof,
+            checkpoint: latest.note.clone(),
+        });
+    }
+    Ok(bundles)
+}
+
+/// Why a bundle does not prove its record.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("not a proof bundle: {0}")]
+    Malformed(String),
+    #[error("the checkpoint: {0}")]
+    Checkpoint(NoteError),
+    #[error("the bundle says tree size {bundle} but its checkpoint {checkpoint}")]
+    SizeMismatch { bundle: u64, checkpoint: u64 },
+    #[error("record {index} is not in the checkpointed log: {reason}")]
+    NotIncluded { index: u64, reason: ProofError },
+    #[error("record {index} is in the log but is not an ExchangeRecord")]
+    Undecodable { index: u64 },
+}
+
+/// Checks `bundle` with the log's public key alone: the checkpoint's
+/// signature, then that the record's leaf leads to the signed root.
+/// Returns the record.
+pub fn check_bundle(
+    bundle: &ProofBundle,
+    verifier: &Verifier,
+) -> Result<ExchangeRecord, BundleError> {
+    let checkpoint =
+        Checkpoint::open(&bundle.checkpoint, verifier).map_err(BundleError::Checkpoint)?;
+    if checkpoint.size != bundle.tree_size {
+        return Err(BundleError::SizeMismatch {
+            bundle: bundle.tree_size,
+            checkpoint: checkpoint.size,
+        });
+    }
+    merkle::verify_inclusion(
+        &merkle::leaf_hash(&bundle.record),
+        bundle.index,
+        checkpoint.size,
+        &bundle.inclusion_proof,
+        &checkpoint.root,
+    )
+    .map_err(|reason| BundleError::NotIncluded {
+        index: bundle.index,
+        reason,
+    })?;
+    ExchangeRecord::decode(bundle.record.as_slice()).map_err(|_| BundleError::Undecodable {
+        index: bundle.index,
+    })
+}
+
+/// A checked proof that the log's latest checkpoint extends an older one.
+#[derive(Debug, Clone)]
+pub struct Consistency {
+    pub old: Checkpoint,
+    pub new: Checkpoint,
+    /// The latest checkpoint's signed note, to save for next time.
+    pub new_note: String,
+    pub proof: Vec<Hash>,
+}
+
+/// Why the log cannot be shown to extend an old checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsistencyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the old checkpoint: {0}")]
+    OldCheckpoint(NoteError),
+    #[error("the log's latest checkpoint: {0}")]
+    NewCheckpoint(NoteError),
+    #[error("the log has no checkpoint yet")]
+    NoCheckpoint,
+    #[error(
+        "the old checkpoint covers {old} records but the log's latest only {new}: \
+         the log was truncated, or this is another log"
+    )]
+    Shrunk { old: u64, new: u64 },
+    #[error(
+        "the log's latest checkpoint ({new} records) does not extend the old one \
+         ({old} records): {reason}; the log was rewritten"
+    )]
+    NotExtension {
+        old: u64,
+        new: u64,
+        reason: ProofError,
+    },
+}
+
+/// Proves that the latest checkpoint of the log in `dir` extends
+/// `old_note`, a checkpoint of the same log saved earlier; both must be
+/// signed by `verifier`.
+pub fn consistency(
+    dir: &Path,
+    old_note: &str,
+    verifier: &Verifier,
+) -> Result<Consistency, ConsistencyError> {
+    let old = Checkpoint::open(old_note, verifier).map_err(ConsistencyError::OldCheckpoint)?;
+    let store = Store::open_read_only(dir)?;
+    let latest = store
+        .latest_checkpoint()?
+        .ok_or(ConsistencyError::NoCheckpoint)?;
+    let new = Checkpoint::open(&latest.note, verifier).map_err(ConsistencyError::NewCheckpoint)?;
+    if old.size > new.size {
+        return Err(ConsistencyError::Shrunk {
+            old: old.size,
+            new: new.size,
+        });
+    }
+    let not_extension = |reason| ConsistencyError::NotExtension {
+        old: old.size,
+        new: new.size,
+        reason,
+    };
+    let proof = merkle::consistency_proof(&store, old.size, new.size)?.map_err(not_extension)?;
+    merkle::verify_consistency(old.size, &old.root, new.size, &new.root, &proof)
+        .map_err(not_extension)?;
+    Ok(Consistency {
+        old,
+        new,
+        new_note: latest.note,
+        proof,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::note::SigningKey;
+    use crate::audit::store::DATABASE_FILE;
+    use rusqlite::{Connection, params};
+
+    const ORIGIN: &str = "govbridge.test/gw-verify";
+
+    /// A log of `calls` calls, each a decision and an outcome, with a
+    /// checkpoint after every `every` calls (and none after the rest).
+    struct TestLog {
+        dir: tempfile::TempDir,
+        key: SigningKey,
+        store: Store,
+        frontier: merkle::Frontier,
+    }
+
+    fn record(call: u64, phase: Phase, decision_index: u64) -> ExchangeRecord {
+        ExchangeRecord {
+            version: 1,
+            phase: phase.into(),
+            request_id: format!("req-{call}"),
+            node_id: "gw-verify".into(),
+            caller: "SN/COM/CBAO/kyc".into(),
+            provider: "SN/GOV/ANSD/civil-registry".into(),
+            method: "/govbridge.civilregistry.v1.CivilRegistry/GetPerson".into(),
+            purpose: "kyc".into(),
+            subject: if phase == Phase::Outcome {
+                format!("1{call:012}")
+            } else {
+                String::new()
+            },
+            allowed: true,
+            decision_index,
+            grpc_status: 0,
+            received_us: 1_700_000_000_000_000 + i64::try_from(call).unwrap(),
+            completed_us: if phase == Phase::Outcome {
+                1_700_000_000_100_000
+            } else {
+                0
+            },
+            ..ExchangeRecord::default()
+        }
+    }
+
+    impl TestLog {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path(), ORIGIN).unwrap();
+            Self {
+                dir,
+                key: SigningKey::generate(ORIGIN).unwrap(),
+                store,
+                frontier: merkle::Frontier::default(),
+            }
+        }
+
+        fn with_calls(calls: u64, every: u64) -> Self {
+            let mut log = Self::new();
+            log.calls(0..calls, every);
+            log
+        }
+
+        fn calls(&mut self, calls: std::ops::Range<u64>, every: u64) {
+            for call in calls {
+                let decision = self.frontier.size();
+                let records = [
+                    record(call, Phase::Decision, 0),
+                    record(call, Phase::Outcome, decision),
+                ];
+                self.append(&records, (call + 1) % every == 0);
+            }
+        }
+
+        fn append(&mut self, records: &[ExchangeRecord], checkpoint: bool) {
+            let refs: Vec<&ExchangeRecord> = records.iter().collect();
+            let signing = checkpoint.then_some((ORIGIN, &self.key));
+            self.store
+                .append(&mut self.frontier, &refs, signing)
+                .unwrap();
+        }
+
+        fn verify(&self) -> VerifyReport {
+            verify_log(self.dir.path(), &self.key.verifier()).unwrap()
+        }
+
+        fn problem(&self) -> Problem {
+            self.verify().problem.expect("damage goes unnoticed")
+        }
+
+        /// A second connection, as an operator with `sqlite3` has.
+        fn tamper(&self, sql: &str, params: impl rusqlite::Params) {
+            let connection = Connection::open(self.dir.path().join(DATABASE_FILE)).unwrap();
+            connection.execute(sql, params).unwrap();
+        }
+
+        fn bytes(&self, index: u64) -> Vec<u8> {
+            self.store.record(index).unwrap().unwrap().bytes
+        }
+    }
+
+    #[test]
+    fn an_intact_log_verifies() {
+        let log = TestLog::with_calls(13, 4);
+        let report = log.verify();
+        assert_eq!(report.problem, None);
+        assert_eq!(report.records, 26);
+        assert_eq!(report.checkpoints, Some(3));
+        let latest = report.latest.unwrap();
+        assert_eq!(latest.size, 24);
+        assert_eq!(latest.root, merkle::root(&log.store, 24).unwrap());
+    }
+
+    #[test]
+    fn an_empty_log_verifies() {
+        let log = TestLog::new();
+        let report = log.verify();
+        assert_eq!(
+            (report.records, report.checkpoints, report.problem),
+            (0, Some(0), None)
+        );
+    }
+
+    #[test]
+    fn an_altered_record_is_named() {
+        let log = TestLog::with_calls(6, 2);
+        let mut bytes = log.bytes(7);
+        bytes[3] ^= 1;
+        log.tamper(
+            "UPDATE records SET record = ?1 WHERE idx = 7",
+            params![bytes],
+        );
+        let problem = log.problem();
+        assert_eq!(
+            (problem.kind, problem.index),
+            (ProblemKind::RecordAltered, 7)
+        );
+        assert!(problem.message.contains("record 7"), "{problem}");
+    }
+
+    #[test]
+    fn a_record_replaced_by_another_valid_one_is_named() {
+        let log = TestLog::with_calls(6, 2);
+        let mut forged = record(3, Phase::Outcome, 6);
+        forged.allowed = false;
+        log.tamper(
+            "UPDATE records SET record = ?1 WHERE idx = 7",
+            params![forged.encode_to_vec()],
+        );
+        assert_eq!(log.problem().index, 7);
+    }
+
+    #[test]
+    fn a_deleted_record_is_named() {
+        let log = TestLog::with_calls(6, 2);
+        log.tamper("DELETE FROM records WHERE idx = 4", []);
+        let problem = log.problem();
+        assert_eq!(
+            (problem.kind, problem.index),
+            (ProblemKind::MissingRecord, 4)
+        );
+        assert!(problem.message.contains("record 4"), "{problem}");
+    }
+
+    #[test]
+    fn deleted_last_records_are_named() {
+        let log = TestLog::with_calls(6, 100);
+        log.tamper("DELETE FROM records WHERE idx >= 10", []);
+        let problem = log.problem();
+        assert_eq!(
+            (problem.kind, problem.index),
+            (ProblemKind::MissingRecord, 10)
+        );
+    }
+
+    #[test]
+    fn swapped_records_are_named_at_the_first() {
+        let log = TestLog::with_calls(6, 2);
+        let (two, five) = (log.bytes(2), log.bytes(5));
+        log.tamper(
+            "UPDATE records SET record = ?1 WHERE idx = 2",
+            params![five],
+        );
+        log.tamper("UPDATE records SET record = ?1 WHERE idx = 5", params![two]);
+        let problem = log.problem();
+        assert_eq!(
+            (problem.kind, problem.index),
+            (ProblemKind::RecordAltered, 2)
+        );
+    }
+
+    #[test]
+    fn an_edited_column_is_named() {
+        for (sql, column) in [
+            (
+                "UPDATE records SET caller = 'SN/GOV/DGID/tax' WHERE idx = 5",
+                "caller",
+            ),
+            ("UPDATE records SET allowed = 0 WHERE idx = 5", "allowed"),
+            ("UPDATE records SET subject = NULL WHERE idx = 5", "subject"),
+            (
+                "UPDATE records SET grpc_status = 7 WHERE idx = 5",
+                "grpc_status",
+            ),
+            (
+                "UPDATE records SET at_us = at_us + 1 WHERE idx = 5",
+                "at_us",
+            ),
+        ] {
+            let log = TestLog::with_calls(6, 2);
+            log.tamper(sql, []);
+            let problem = log.problem();
+            assert_eq!(
+                (problem.kind, problem.index),
+                (ProblemKind::ColumnEdited, 5),
+                "{sql}"
+            );
+            assert!(problem.message.contains(column), "{problem}");
+        }
+    }
+
+    #[test]
+    fn an_edited_tree_node_is_named() {
+        let log = TestLog::with_calls(8, 100);
+        log.tamper(
+            "UPDATE tree_nodes SET hash = ?1 WHERE level = 2 AND idx = 1",
+            params![[9_u8; 32].as_slice()],
+        );
+        let problem = log.problem();
+        assert_eq!((problem.kind, problem.index), (ProblemKind::TreeNode, 4));
+    }
+
+    #[test]
+    fn an_edited_checkpoint_is_named() {
+        let log = TestLog::with_calls(6, 2);
+        // The checkpoint of size 8 now claims 9 records.
+        log.tamper(
+            "UPDATE checkpoints SET note = replace(note, char(10) || '8' || char(10), \
+             char(10) || '9' || char(10)) WHERE tree_size = 8",
+            [],
+        );
+        let problem = log.problem();
+        assert_eq!(problem.kind, ProblemKind::CheckpointInvalid);
+        assert_eq!(problem.index, 4);
+        assert!(
+            problem.message.contains("size 8") && problem.message.contains("records 4 to 7"),
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn a_log_rewritten_with_its_tree_is_caught_by_the_checkpoints() {
+        let log = TestLog::with_calls(6, 2);
+        // Rewrite record 5 and every tree node: only the signed
+        // checkpoints still know the truth.
+        let mut forged = record(2, Phase::Outcome, 4);
+        forged.grpc_status = 7;
+        log.tamper(
+            "UPDATE records SET record = ?1, grpc_status = 7 WHERE idx = 5",
+            params![forged.encode_to_vec()],
+        );
+        let mut tree = MemoryTree::default();
+        for index in 0..12 {
+            tree.push(merkle::leaf_hash(&log.bytes(index)));
+        }
+        for level in 0..4 {
+            for (index, hash) in tree.level(level).iter().enumerate() {
+                log.tamper(
+                    "UPDATE tree_nodes SET hash = ?1 WHERE level = ?2 AND idx = ?3",
+                    params![hash.as_slice(), level, i64::try_from(index).unwrap()],
+                );
+            }
+        }
+        let problem = log.problem();
+        assert_eq!(
+            (problem.kind, problem.index),
+            (ProblemKind::CheckpointRoot, 4)
+        );
+        assert!(problem.message.contains("records 4 to 7"), "{problem}");
+    }
+
+    #[test]
+    fn a_checkpoint_beyond_the_records_is_named() {
+        let log = TestLog::with_calls(6, 3);
+        // The last records go, with every node that covers them.
+        log.tamper("DELETE FROM records WHERE idx >= 9", []);
+        log.tamper("DELETE FROM tree_nodes WHERE ((idx + 1) << level) > 9", []);
+        let problem = log.problem();
+        assert_eq!(
+            (problem.kind, problem.index),
+            (ProblemKind::CheckpointBeyondLog, 9)
+        );
+        assert!(problem.message.contains("size 12"), "{problem}");
+    }
+
+    #[test]
+    fn deleted_last_records_under_a_remaining_node_are_named() {
+        let log = TestLog::with_calls(6, 3);
+        log.tamper("DELETE FROM records WHERE idx >= 9", []);
+        log.tamper("DELETE FROM tree_nodes WHERE level = 0 AND idx >= 9", []);
+        let problem = log.problem();
+        assert_eq!(
+            (problem.kind, problem.index),
+            (ProblemKind::MissingRecord, 9)
+        );
+    }
+
+    #[test]
+    fn an_outcome_must_follow_its_decision() {
+        let mut log = TestLog::with_calls(2, 1);
+        // The gateway never writes this: an outcome naming another call's
+        // decision.
+        log.append(&[record(9, Phase::Outcome, 2)], true);
+        let problem = log.problem();
+        assert_eq!((problem.kind, problem.index), (ProblemKind::BrokenLink, 4));
+    }
+
+    #[test]
+    fn another_key_proves_nothing() {
+        let log = TestLog::with_calls(2, 1);
+        let other = SigningKey::generate(ORIGIN).unwrap().verifier();
+        let report = verify_log(log.dir.path(), &other).unwrap();
+        assert_eq!(
+            report.problem.map(|problem| problem.kind),
+            Some(ProblemKind::CheckpointInvalid)
+        );
+    }
+
+    #[test]
+    fn bundles_prove_records_offline() {
+        let log = TestLog::with_calls(5, 5);
+        let verifier = log.key.verifier();
+        let bundles = prove(log.dir.path(), &RecordKey::RequestId("req-3".into())).unwrap();
+        assert_eq!(bundles.len(), 2);
+        let text = bundles_to_json(&bundles);
+        assert!(text.contains(BUNDLE_FORMAT));
+        let parsed = ProofBundle::parse_all(&text).unwrap();
+        assert_eq!(parsed, bundles);
+        for bundle in &parsed {
+            let record = check_bundle(bundle, &verifier).unwrap();
+            assert_eq!(record.request_id, "req-3");
+        }
+        let one = prove(log.dir.path(), &RecordKey::Index(0)).unwrap();
+        let parsed = ProofBundle::parse_all(&bundles_to_json(&one)).unwrap();
+        assert_eq!(
+            check_bundle(&parsed[0], &verifier).unwrap().request_id,
+            "req-0"
+        );
+
+        let mut altered = bundles[0].clone();
+        altered.record[5] ^= 1;
+        assert!(matches!(
+            check_bundle(&altered, &verifier),
+            Err(BundleError::NotIncluded { index: 6, .. })
+        ));
+        let mut moved = bundles[0].clone();
+        moved.index = 5;
+        assert!(check_bundle(&moved, &verifier).is_err());
+        let other = SigningKey::generate(ORIGIN).unwrap().verifier();
+        assert!(matches!(
+            check_bundle(&bundles[0], &other),
+            Err(BundleError::Checkpoint(_))
+        ));
+    }
+
+    #[test]
+    fn records_newer_than_the_checkpoint_cannot_be_proved_yet() {
+        let log = TestLog::with_calls(5, 2);
+        let error = prove(log.dir.path(), &RecordKey::Index(8)).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("exchange_log.checkpoint_interval"),
+            "{error}"
+        );
+        assert!(matches!(
+            prove(log.dir.path(), &RecordKey::Index(99)),
+            Err(ProveError::NoSuchIndex {
+                index: 99,
+                size: 10
+            })
+        ));
+        assert!(matches!(
+            prove(log.dir.path(), &RecordKey::RequestId("nope".into())),
+            Err(ProveError::NoSuchRequest(_))
+        ));
+    }
+
+    #[test]
+    fn the_log_extends_an_old_checkpoint() {
+        let mut log = TestLog::with_calls(3, 1);
+        let old = log.store.latest_checkpoint().unwrap().unwrap().note;
+        log.calls(3..11, 1);
+        let verifier = log.key.verifier();
+        let proved = consistency(log.dir.path(), &old, &verifier).unwrap();
+        assert_eq!((proved.old.size, proved.new.size), (6, 22));
+        assert!(!proved.proof.is_empty());
+        // The same checkpoint is consistent with itself.
+        let same = consistency(log.dir.path(), &proved.new_note, &verifier).unwrap();
+        assert!(same.proof.is_empty());
+
+        // A checkpoint of another history, under the same key, is not.
+        let mut fork = TestLog::new();
+        fork.key = SigningKey::from_pem(ORIGIN, &log.key.to_pem()).unwrap();
+        fork.calls(100..103, 1);
+        let forked = fork.store.latest_checkpoint().unwrap().unwrap().note;
+        assert!(matches!(
+            consistency(log.dir.path(), &forked, &verifier),
+            Err(ConsistencyError::NotExtension { .. })
+        ));
+        // A newer checkpoint than the log has: truncated.
+        fork.calls(103..200, 1);
+        let longer = fork.store.latest_checkpoint().unwrap().unwrap().note;
+        assert!(matches!(
+            consistency(log.dir.path(), &longer, &verifier),
+            Err(ConsistencyError::Shrunk { old: 200, new: 22 })
+        ));
+        let other = SigningKey::generate(ORIGIN).unwrap();
+        let unsigned = Checkpoint {
+            origin: ORIGIN.into(),
+            size: 2,
+            root: [0; 32],
+        }
+        .sign(&other);
+        assert!(matches!(
+            consistency(log.dir.path(), &unsigned, &verifier),
+            Err(ConsistencyError::OldCheckpoint(_))
+        ));
+    }
+}

@@ -1,0 +1,789 @@
+//! `govbridge audit`: check the exchange log, prove its records to the
+//! partners of a call, and read it.
+//!
+//! Every command opens the log read-only and may run beside a serving
+//! gateway; none writes it. Records are always printed from their stored
+//! bytes (what the tree hashes), never from the queryable columns, which
+//! only select them.
+
+use std::io::{BufWriter, ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use clap::{ArgGroup, Subcommand, ValueEnum};
+use prost::Message;
+use rusqlite::types::Value;
+
+use crate::audit::note::Verifier;
+use crate::audit::store::{DATABASE_FILE, StoredRecord, VERIFIER_FILE};
+use crate::audit::verify::{self, ProofBundle, RecordKey};
+use crate::audit::{ExchangeRecord, Phase, Store};
+
+/// Records `tail` shows when not told where to start.
+const TAIL_DEFAULT: u64 = 10;
+/// How often `tail --follow` looks for new records.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// Records read from the store at a time.
+const PAGE: usize = 1000;
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the whole log: every record against the Merkle tree, the tree
+    /// against the records, every checkpoint's signature and root, and the
+    /// queryable columns against the records.
+    Verify {
+        /// The exchange log's data directory (exchange_log.data_dir).
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// The log's public key; default DIR/log-key.pub, which proves
+        /// nothing against whoever controls DIR.
+        #[arg(long, value_name = "PUBFILE")]
+        key: Option<PathBuf>,
+    },
+    /// Write proof bundles: a record, its inclusion proof and the signed
+    /// checkpoint, checkable offline with `check-proof`.
+    #[command(group(ArgGroup::new("which").required(true).args(["request_id", "index"])))]
+    Prove {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Every record of this call (bridge-request-id).
+        #[arg(long, value_name = "ID")]
+        request_id: Option<String>,
+        /// The record at this leaf index (bridge-audit-index).
+        #[arg(long, value_name = "N")]
+        index: Option<u64>,
+        /// Write the bundle here instead of to standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Check a proof bundle with the log's public key alone, and print the
+    /// record it proves.
+    CheckProof {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        #[arg(long, value_name = "PUBFILE")]
+        key: PathBuf,
+    },
+    /// Prove that the log's latest checkpoint extends one saved earlier
+    /// (with `audit checkpoint`).
+    Consistency {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// The saved checkpoint (a signed note).
+        #[arg(long, value_name = "CHECKPOINT_FILE")]
+        old: PathBuf,
+        /// The log's public key; default DIR/log-key.pub.
+        #[arg(long, value_name = "PUBFILE")]
+        key: Option<PathBuf>,
+    },
+    /// Print the latest signed checkpoint, for a partner to keep and later
+    /// pass to `consistency --old`.
+    Checkpoint {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+    },
+    /// Print records, one line each, oldest first.
+    Tail {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Start at this leaf index; default: the last 10 records.
+        #[arg(long, value_name = "N")]
+        from: Option<u64>,
+        /// Keep printing new records until interrupted.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Search records, oldest first, a page at a time.
+    Query {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// At or after this time: RFC 3339 or Unix seconds.
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Before this time: RFC 3339 or Unix seconds.
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        /// The calling member.
+        #[arg(long, value_name = "MEMBER")]
+        caller: Option<String>,
+        /// The provider the call was routed to.
+        #[arg(long, value_name = "MEMBER")]
+        provider: Option<String>,
+        /// The full method path, /package.Service/Method.
+        #[arg(long, value_name = "PATH")]
+        method: Option<String>,
+        /// The data subject (NIN).
+        #[arg(long, value_name = "NIN")]
+        subject: Option<String>,
+        #[arg(long, value_enum)]
+        decision: Option<DecisionFilter>,
+        /// The gRPC status: a number or a name such as PERMISSION_DENIED.
+        #[arg(long, value_name = "CODE")]
+        status: Option<String>,
+        /// Records per page.
+        #[arg(long, value_name = "N", default_value_t = 50,
+              value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        limit: u64,
+        /// Only records after this leaf index: the cursor printed as
+        /// "next page".
+        #[arg(long, value_name = "INDEX")]
+        after: Option<u64>,
+        /// One JSON object per line; "next page" then goes to standard
+        /// error.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DecisionFilter {
+    Allow,
+    Deny,
+}
+
+pub fn run(command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Verify { data, key } => verify_log(&data, key.as_deref()),
+        AuditCommand::Prove {
+            data,
+            request_id,
+            index,
+            out,
+        } => {
+            let key = match (request_id, index) {
+                (Some(id), _) => RecordKey::RequestId(id),
+                (None, Some(index)) => RecordKey::Index(index),
+                (None, None) => bail!("pass --request-id or --index"),
+            };
+            prove(&data, &key, out.as_deref())
+        }
+        AuditCommand::CheckProof { file, key } => check_proof(&file, &key),
+        AuditCommand::Consistency { data, old, key } => consistency(&data, &old, key.as_deref()),
+        AuditCommand::Checkpoint { data } => {
+            let store = Store::open_read_only(&data)?;
+            let Some(checkpoint) = store.latest_checkpoint()? else {
+                bail!(
+                    "{}: no checkpoint yet; the first is signed within \
+                     exchange_log.checkpoint_interval of the first record",
+                    store.path().display()
+                );
+            };
+            print!("{}", checkpoint.note);
+            Ok(())
+        }
+        AuditCommand::Tail {
+            data,
+            json,
+            from,
+            follow,
+        } => tail(&data, json, from, follow),
+        AuditCommand::Query {
+            data,
+            since,
+            until,
+            caller,
+            provider,
+            method,
+            subject,
+            decision,
+            status,
+            limit,
+            after,
+            json,
+        } => {
+            let filter = QueryFilter {
+                since: since
+                    .as_deref()
+                    .map(|t| parse_time("--since", t))
+                    .transpose()?,
+                until: until
+                    .as_deref()
+                    .map(|t| parse_time("--until", t))
+                    .transpose()?,
+                caller,
+                provider,
+                method,
+                subject,
+                decision,
+                status: status.as_deref().map(parse_status).transpose()?,
+                after,
+            };
+            query(&data, &filter, limit, json)
+        }
+    }
+}
+
+/// The log's public key: from `key`, or from the log's own directory with
+/// a warning.
+fn load_verifier(data: &Path, key: Option<&Path>) -> anyhow::Result<Verifier> {
+    let path = match key {
+        Some(key) => key.to_owned(),
+        None => {
+            let path = data.join(VERIFIER_FILE);
+            eprintln!(
+                "warning: using {}, the key in the log's own directory: whoever controls that \
+                 directory can replace key and log together. Pass --key with a copy of the key \
+                 kept elsewhere.",
+                path.display()
+            );
+            path
+        }
+    };
+    Verifier::read(&path).map_err(anyhow::Error::msg)
+}
+
+fn verify_log(data: &Path, key: Option<&Path>) -> anyhow::Result<()> {
+    let verifier = load_verifier(data, key)?;
+    let database = data.join(DATABASE_FILE);
+    let report = verify::verify_log(data, &verifier)?;
+    println!("exchange log {}", database.display());
+    println!("  {} records", report.records);
+    match (&report.latest, report.checkpoints) {
+        (Some(latest), Some(checkpoints)) => {
+            println!(
+                "  {checkpoints} valid checkpoints; the latest covers {} records, root {}",
+                latest.size,
+                BASE64.encode(latest.root)
+            );
+        }
+        (_, None) => println!("  checkpoints not checked: the records they sign are damaged"),
+        (None, Some(_)) => println!("  no valid checkpoint"),
+    }
+    if let Some(problem) = report.problem {
+        bail!("{}: {problem}", database.display());
+    }
+    let uncovered = report.records - report.latest.map_or(0, |latest| latest.size);
+    if uncovered > 0 {
+        println!(
+            "  {uncovered} newer records, checked but not yet under a signed checkpoint \
+             (signed within exchange_log.checkpoint_interval)"
+        );
+    }
+    println!("ok");
+    Ok(())
+}
+
+fn prove(data: &Path, key: &RecordKey, out: Option<&Path>) -> anyhow::Result<()> {
+    let bundles =
+        verify::prove(data, key).with_context(|| data.join(DATABASE_FILE).display().to_string())?;
+    let text = verify::bundles_to_json(&bundles);
+    match out {
+        Some(out) => {
+            std::fs::write(out, text)
+                .with_context(|| format!("{}: cannot write", out.display()))?;
+            eprintln!(
+                "wrote {} proof bundle{} to {}",
+                bundles.len(),
+                if bundles.len() == 1 { "" } else { "s" },
+                out.display()
+            );
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+fn check_proof(file: &Path, key: &Path) -> anyhow::Result<()> {
+    let verifier = Verifier::read(key).map_err(anyhow::Error::msg)?;
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("{}: cannot read", file.display()))?;
+    let bundles = ProofBundle::parse_all(&text).with_context(|| file.display().to_string())?;
+    for bundle in &bundles {
+        let record =
+            verify::check_bundle(bundle, &verifier).with_context(|| file.display().to_string())?;
+        println!(
+            "OK: record {} is in the log {} of {} records, under a checkpoint signed by {}",
+            bundle.index,
+            verifier.name(),
+            bundle.tree_size,
+            key.display()
+        );
+        print!("{}", describe(bundle.index, &record));
+    }
+    Ok(())
+}
+
+fn consistency(data: &Path, old: &Path, key: Option<&Path>) -> anyhow::Result<()> {
+    let verifier = load_verifier(data, key)?;
+    let note =
+        std::fs::read_to_string(old).with_context(|| format!("{}: cannot read", old.display()))?;
+    let proved = verify::consistency(data, &note, &verifier).map_err(|error| match error {
+        verify::ConsistencyError::OldCheckpoint(_) => {
+            anyhow::Error::new(error).context(old.display().to_string())
+        }
+        error => anyhow::Error::new(error).context(data.join(DATABASE_FILE).display().to_string()),
+    })?;
+    println!(
+        "OK: the log's latest checkpoint ({} records) extends the old one ({} records)",
+        proved.new.size, proved.old.size
+    );
+    println!("old root {}", BASE64.encode(proved.old.root));
+    println!("new root {}", BASE64.encode(proved.new.root));
+    println!("proof ({} hashes):", proved.proof.len());
+    for hash in &proved.proof {
+        println!("  {}", BASE64.encode(hash));
+    }
+    Ok(())
+}
+
+fn tail(data: &Path, json: bool, from: Option<u64>, follow: bool) -> anyhow::Result<()> {
+    let store = Store::open_read_only(data)?;
+    let mut next = match from {
+        Some(from) => from,
+        None => store.size()?.saturating_sub(TAIL_DEFAULT),
+    };
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    loop {
+        let page = store.records_from(next, PAGE)?;
+        for stored in &page {
+            if !print_record(&mut out, stored, json)? {
+                return Ok(());
+            }
+            next = stored.index + 1;
+        }
+        if page.len() == PAGE {
+            continue;
+        }
+        if !follow {
+            break;
+        }
+        if !flushed(&mut out)? {
+            return Ok(());
+        }
+        std::thread::sleep(FOLLOW_POLL);
+    }
+    flushed(&mut out)?;
+    Ok(())
+}
+
+/// What `query` selects on: the records table's columns.
+#[derive(Debug, Default)]
+struct QueryFilter {
+    /// Microseconds since the Unix epoch.
+    since: Option<i64>,
+    until: Option<i64>,
+    caller: Option<String>,
+    provider: Option<String>,
+    method: Option<String>,
+    subject: Option<String>,
+    decision: Option<DecisionFilter>,
+    status: Option<i32>,
+    after: Option<u64>,
+}
+
+impl QueryFilter {
+    /// The SQL and its parameters. Values only ever travel as parameters.
+    fn sql(&self, limit: u64) -> (String, Vec<Value>) {
+        let mut conditions: Vec<String> = Vec::new();
+        let mut values: Vec<Value> = Vec::new();
+        let mut add = |condition: &str, value: Value| {
+            values.push(value);
+            conditions.push(format!("{condition} ?{}", values.len()));
+        };
+        let text = |text: &String| Value::Text(text.clone());
+        if let Some(since) = self.since {
+            add("at_us >=", Value::Integer(since));
+        }
+        if let Some(until) = self.until {
+            add("at_us <", Value::Integer(until));
+        }
+        if let Some(caller) = &self.caller {
+            add("caller =", text(caller));
+        }
+        if let Some(provider) = &self.provider {
+            add("provider =", text(provider));
+        }
+        if let Some(method) = &self.method {
+            add("method =", text(method));
+        }
+        if let Some(subject) = &self.subject {
+            add("subject =", text(subject));
+        }
+        if let Some(decision) = self.decision {
+            let allowed = matches!(decision, DecisionFilter::Allow);
+            add("allowed =", Value::Integer(i64::from(allowed)));
+        }
+        if let Some(status) = self.status {
+            add("grpc_status =", Value::Integer(i64::from(status)));
+        }
+        if let Some(after) = self.after {
+            add(
+                "idx >",
+                Value::Integer(i64::try_from(after).unwrap_or(i64::MAX)),
+            );
+        }
+        let mut sql = String::from("SELECT idx, record FROM records");
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        // One more than a page, to know whether another follows.
+        values.push(Value::Integer(
+            i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX),
+        ));
+        sql.push_str(&format!(" ORDER BY idx LIMIT ?{}", values.len()));
+        (sql, values)
+    }
+}
+
+fn query(data: &Path, filter: &QueryFilter, limit: u64, json: bool) -> anyhow::Result<()> {
+    let store = Store::open_read_only(data)?;
+    let (sql, values) = filter.sql(limit);
+    let mut rows = store.select(&sql, rusqlite::params_from_iter(values))?;
+    let more = rows.len() as u64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    for stored in &rows {
+        if !print_record(&mut out, stored, json)? {
+            return Ok(());
+        }
+    }
+    if let (true, Some(last)) = (more, rows.last()) {
+        let cursor = format!("next page: --after {}", last.index);
+        if json {
+            eprintln!("{cursor}");
+        } else if !written(writeln!(out, "{cursor}"))? {
+            return Ok(());
+        }
+    }
+    flushed(&mut out)?;
+    Ok(())
+}
+
+/// Prints one record as a line, readable or JSON; false once standard
+/// output is closed (`| head`).
+fn print_record(out: &mut impl Write, stored: &StoredRecord, json: bool) -> anyhow::Result<bool> {
+    let line = match ExchangeRecord::decode(stored.bytes.as_slice()) {
+        Ok(record) if json => record_json(stored.index, &record).to_string(),
+        Ok(record) => record_line(stored.index, &record),
+        Err(_) if json => serde_json::json!({
+            "index": stored.index,
+            "undecodable": true,
+            "bytes": stored.bytes.len(),
+        })
+        .to_string(),
+        Err(_) => format!(
+            "{} undecodable record of {} bytes: run `govbridge audit verify`",
+            stored.index,
+            stored.bytes.len()
+        ),
+    };
+    written(writeln!(out, "{line}"))
+}
+
+fn written(result: std::io::Result<()>) -> anyhow::Result<bool> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(error) if error.kind() == ErrorKind::BrokenPipe => Ok(false),
+        Err(error) => Err(error).context("standard output"),
+    }
+}
+
+fn flushed(out: &mut impl Write) -> anyhow::Result<bool> {
+    written(out.flush())
+}
+
+/// The moment a record is about: received (decision) or completed
+/// (outcome), as the `at_us` column.
+fn record_time(record: &ExchangeRecord) -> i64 {
+    if record.phase() == Phase::Outcome {
+        record.completed_us
+    } else {
+        record.received_us
+    }
+}
+
+fn rfc3339(micros: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+        .ok()
+        .and_then(|at| {
+            at.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("@{micros}us"))
+}
+
+/// Whether the record carries the call's final status: the outcome, or a
+/// decision that refused the call.
+fn has_status(record: &ExchangeRecord) -> bool {
+    record.phase() == Phase::Outcome || !record.error_kind.is_empty()
+}
+
+fn phase_name(record: &ExchangeRecord) -> &'static str {
+    match record.phase() {
+        Phase::Outcome => "outcome",
+        Phase::Decision => "decision",
+        Phase::Unspecified => "unspecified",
+    }
+}
+
+/// The canonical gRPC status names, by code.
+const STATUS_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+fn status_name(code: i32) -> String {
+    usize::try_from(code)
+        .ok()
+        .and_then(|code| STATUS_NAMES.get(code))
+        .map_or_else(|| code.to_string(), |name| (*name).to_owned())
+}
+
+fn parse_status(text: &str) -> anyhow::Result<i32> {
+    if let Ok(code) = text.parse() {
+        return Ok(code);
+    }
+    let name = text.to_ascii_uppercase();
+    STATUS_NAMES
+        .iter()
+        .position(|known| *known == name)
+        .and_then(|code| i32::try_from(code).ok())
+        .with_context(|| {
+            format!(
+                "--status {text}: expected a gRPC status code or name, e.g. 7 or PERMISSION_DENIED"
+            )
+        })
+}
+
+/// RFC 3339 or Unix seconds, as microseconds since the epoch.
+fn parse_time(flag: &str, text: &str) -> anyhow::Result<i64> {
+    let invalid =
+        || format!("{flag} {text}: expected RFC 3339 (2025-01-31T12:00:00Z) or Unix seconds");
+    if let Ok(seconds) = text.parse::<i64>() {
+        return seconds.checked_mul(1_000_000).with_context(invalid);
+    }
+    let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|error| anyhow::anyhow!("{}: {error}", invalid()))?;
+    i64::try_from(at.unix_timestamp_nanos() / 1000).with_context(invalid)
+}
+
+fn or_dash(text: &str) -> &str {
+    if text.is_empty() { "-" } else { text }
+}
+
+/// One line: index, time, phase, caller -> provider method, purpose,
+/// decision or status, error kind, request id.
+fn record_line(index: u64, record: &ExchangeRecord) -> String {
+    let mut verdict = if record.phase() == Phase::Outcome {
+        String::new()
+    } else if record.allowed {
+        "ALLOW".to_owned()
+    } else {
+        "DENY".to_owned()
+    };
+    if has_status(record) {
+        if !verdict.is_empty() {
+            verdict.push(' ');
+        }
+        verdict.push_str(&status_name(record.grpc_status));
+    }
+    if !record.error_kind.is_empty() {
+        verdict.push_str(&format!(" ({})", record.error_kind));
+    }
+    format!(
+        "{index} {} {:<8} {} -> {} {} purpose={} {verdict} request={}",
+        rfc3339(record_time(record)),
+        phase_name(record),
+        or_dash(&record.caller),
+        or_dash(&record.provider),
+        record.method,
+        or_dash(&record.purpose),
+        record.request_id
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn record_json(index: u64, record: &ExchangeRecord) -> serde_json::Value {
+    let outcome = record.phase() == Phase::Outcome;
+    serde_json::json!({
+        "index": index,
+        "version": record.version,
+        "phase": phase_name(record),
+        "at": rfc3339(record_time(record)),
+        "request_id": record.request_id,
+        "node_id": record.node_id,
+        "trace_id": record.trace_id,
+        "caller": record.caller,
+        "provider": record.provider,
+        "method": record.method,
+        "purpose": record.purpose,
+        "reason": record.reason,
+        "user_id": record.user_id,
+        "consent_id": record.consent_id,
+        "subject": record.subject,
+        "allowed": record.allowed,
+        "policies": record.policies,
+        "concealed_until_unix": record.concealed_until_unix,
+        "error_kind": record.error_kind,
+        "grpc_status": has_status(record).then_some(record.grpc_status),
+        "decision_index": outcome.then_some(record.decision_index),
+        "received_us": record.received_us,
+        "forwarded_us": record.forwarded_us,
+        "first_byte_us": record.first_byte_us,
+        "completed_us": record.completed_us,
+        "request_bytes": record.request_bytes,
+        "request_sha256": hex(&record.request_sha256),
+        "response_bytes": record.response_bytes,
+        "response_sha256": hex(&record.response_sha256),
+    })
+}
+
+/// A record on several lines, every field that is set.
+fn describe(index: u64, record: &ExchangeRecord) -> String {
+    let mut lines = vec![format!(
+        "record {index}: the {} of request {}",
+        phase_name(record),
+        record.request_id
+    )];
+    let mut field = |name: &str, value: String| {
+        if !value.is_empty() {
+            lines.push(format!("  {name:<14} {value}"));
+        }
+    };
+    field("at", rfc3339(record_time(record)));
+    field("node", record.node_id.clone());
+    field("trace", record.trace_id.clone());
+    field("caller", record.caller.clone());
+    field("provider", record.provider.clone());
+    field("method", record.method.clone());
+    field("purpose", record.purpose.clone());
+    field("reason", record.reason.clone());
+    field("user", record.user_id.clone());
+    field("consent", record.consent_id.clone());
+    field("subject", record.subject.clone());
+    field(
+        "decision",
+        format!(
+            "{}{}",
+            if record.allowed { "allowed" } else { "denied" },
+            if record.policies.is_empty() {
+                String::new()
+            } else {
+                format!(" by {}", record.policies.join(", "))
+            }
+        ),
+    );
+    if record.concealed_until_unix > 0 {
+        field(
+            "concealed until",
+            rfc3339(record.concealed_until_unix.saturating_mul(1_000_000)),
+        );
+    }
+    if has_status(record) {
+        field(
+            "status",
+            format!(
+                "{} ({})",
+                status_name(record.grpc_status),
+                record.grpc_status
+            ),
+        );
+    }
+    field("error", record.error_kind.clone());
+    if record.phase() == Phase::Outcome {
+        field("decision index", record.decision_index.to_string());
+        field(
+            "request",
+            format!(
+                "{} bytes, sha256 {}",
+                record.request_bytes,
+                hex(&record.request_sha256)
+            ),
+        );
+        field(
+            "response",
+            format!(
+                "{} bytes, sha256 {}",
+                record.response_bytes,
+                hex(&record.response_sha256)
+            ),
+        );
+    }
+    for (name, micros) in [
+        ("received", record.received_us),
+        ("forwarded", record.forwarded_us),
+        ("first byte", record.first_byte_us),
+        ("completed", record.completed_us),
+    ] {
+        if micros != 0 {
+            field(name, rfc3339(micros));
+        }
+    }
+    lines.push(String::new());
+    lines.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_travel_as_parameters() {
+        let filter = QueryFilter {
+            caller: Some("x' OR 1=1 --".into()),
+            decision: Some(DecisionFilter::Deny),
+            after: Some(7),
+            ..QueryFilter::default()
+        };
+        let (sql, values) = filter.sql(50);
+        assert_eq!(
+            sql,
+            "SELECT idx, record FROM records WHERE caller = ?1 AND allowed = ?2 AND idx > ?3 \
+             ORDER BY idx LIMIT ?4"
+        );
+        assert_eq!(
+            values,
+            vec![
+                Value::Text("x' OR 1=1 --".into()),
+                Value::Integer(0),
+                Value::Integer(7),
+                Value::Integer(51)
+            ]
+        );
+    }
+
+    #[test]
+    fn times_and_statuses_parse() {
+        assert_eq!(parse_time("--since", "10").unwrap(), 10_000_000);
+        assert_eq!(
+            parse_time("--since", "1970-01-01T00:00:01.5Z").unwrap(),
+            1_500_000
+        );
+        assert!(
+            parse_time("--since", "yesterday")
+                .unwrap_err()
+                .to_string()
+                .contains("--since yesterday")
+        );
+        assert_eq!(parse_status("permission_denied").unwrap(), 7);
+        assert_eq!(parse_status("5").unwrap(), 5);
+        assert!(parse_status("NOPE").is_err());
+        assert_eq!(status_name(14), "UNAVAILABLE");
+        assert_eq!(rfc3339(1_500_000), "1970-01-01T00:00:01.5Z");
+    }
+}
