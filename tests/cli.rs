@@ -228,7 +228,7 @@ fn policy_check_explain_and_test() {
     ]);
     assert!(output.status.success(), "{}", text(&output));
     assert!(
-        text(&output).contains("17 passed, 0 failed"),
+        text(&output).contains("19 passed, 0 failed"),
         "{}",
         text(&output)
     );

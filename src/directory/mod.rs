@@ -1,5 +1,7 @@
 //! Services the gateway answers itself: the directory metaservices,
-//! `grpc.health.v1.Health` and gRPC server reflection (v1 and v1alpha).
+//! `grpc.health.v1.Health`, gRPC server reflection (v1 and v1alpha) and the
+//! exchange log's proofs and Data Tracker (implemented in
+//! [`crate::audit::service`]).
 //!
 //! They are reached through the gateway's own listener with a member
 //! certificate, like any published service, but never forwarded. What they
@@ -36,15 +38,33 @@ pub struct LocalContext {
 }
 
 impl LocalContext {
-    fn from_request<T>(request: &tonic::Request<T>) -> Result<&Self, tonic::Status> {
+    pub(crate) fn from_request<T>(request: &tonic::Request<T>) -> Result<&Self, tonic::Status> {
         request
             .extensions()
             .get::<Self>()
             .ok_or_else(|| tonic::Status::internal("local service called without its context"))
     }
 
+    /// Whether the caller may use one of the gateway's own services: the
+    /// log's only when there is a log, the Data Tracker only for its
+    /// configured clients.
+    fn may_use_local(&self, service: &str) -> bool {
+        match service {
+            EXCHANGE_LOG => self.log.is_some(),
+            DATA_TRACKER => {
+                self.log.is_some()
+                    && self
+                        .state
+                        .exchange_log_config()
+                        .data_tracker_clients
+                        .contains(&self.caller)
+            }
+            _ => true,
+        }
+    }
+
     /// Services the caller may call at least one method of, plus the
-    /// gateway's own.
+    /// gateway's own that it may use.
     fn visible_services(&self) -> BTreeSet<String> {
         let mut services: BTreeSet<String> = self
             .state
@@ -59,7 +79,12 @@ impl LocalContext {
                     .map(|(service, _)| service.to_owned())
             })
             .collect();
-        services.extend(LOCAL_SERVICES.iter().map(|service| (*service).to_owned()));
+        services.extend(
+            LOCAL_SERVICES
+                .iter()
+                .filter(|service| self.may_use_local(service))
+                .map(|service| (*service).to_owned()),
+        );
         services
     }
 }
@@ -68,9 +93,18 @@ const DIRECTORY: &str = "govbridge.directory.v1.Directory";
 const HEALTH: &str = "grpc.health.v1.Health";
 const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
 const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
+const EXCHANGE_LOG: &str = crate::proto::audit::v1::exchange_log_server::SERVICE_NAME;
+const DATA_TRACKER: &str = crate::proto::audit::v1::data_tracker_server::SERVICE_NAME;
 
 /// The services the gateway answers itself.
-pub const LOCAL_SERVICES: [&str; 4] = [DIRECTORY, HEALTH, REFLECTION_V1, REFLECTION_V1ALPHA];
+pub const LOCAL_SERVICES: [&str; 6] = [
+    DIRECTORY,
+    HEALTH,
+    REFLECTION_V1,
+    REFLECTION_V1ALPHA,
+    EXCHANGE_LOG,
+    DATA_TRACKER,
+];
 
 /// Whether `path` (`/package.Service/Method`) is one of the gateway's own
 /// services.
@@ -109,6 +143,20 @@ pub async fn call(
         REFLECTION_V1 => {
             tonic_reflection::pb::v1::server_reflection_server::ServerReflectionServer::new(
                 reflection::ReflectionV1,
+            )
+            .oneshot(request)
+            .await
+        }
+        EXCHANGE_LOG => {
+            crate::proto::audit::v1::exchange_log_server::ExchangeLogServer::new(
+                crate::audit::service::ExchangeLogService,
+            )
+            .oneshot(request)
+            .await
+        }
+        DATA_TRACKER => {
+            crate::proto::audit::v1::data_tracker_server::DataTrackerServer::new(
+                crate::audit::service::DataTrackerService,
             )
             .oneshot(request)
             .await

@@ -176,6 +176,26 @@ fn load_policy_file(path: &Path) -> Result<PolicyFile, PolicyError> {
             .parse::<usize>()
             .unwrap_or(usize::MAX)
     });
+    for policy in &policies {
+        if let Some(days) = policy.annotation(super::CONCEAL_DAYS) {
+            let valid = days
+                .parse::<u16>()
+                .is_ok_and(|days| (1..=3650).contains(&days));
+            if !valid || policy.effect() != cedar_policy::Effect::Permit {
+                let at = text
+                    .find(&format!("@{}(\"{days}\")", super::CONCEAL_DAYS))
+                    .map(|offset| position(&text, offset));
+                return Err(error(
+                    path,
+                    at,
+                    format!(
+                        "@{}(\"{days}\"): must be on a permit and give 1 to 3650 days",
+                        super::CONCEAL_DAYS
+                    ),
+                ));
+            }
+        }
+    }
     let stem = path
         .file_stem()
         .map_or_else(String::new, |stem| stem.to_string_lossy().into_owned());

@@ -567,6 +567,58 @@ when { context.certificate_days_left * 9223372036854775807 > 0 };
         assert!(!decision.errors.is_empty());
     }
 
+    /// A lawful-basis permit conceals the accesses it allows from the Data
+    /// Tracker for its number of days; a malformed annotation fails the
+    /// load, naming the line.
+    #[test]
+    fn conceal_days_sets_the_disclosure_date() {
+        let (dir, config_path) = setup(false);
+        let policies = dir.path().join("policies");
+        std::fs::write(
+            policies.join("investigation.cedar"),
+            r#"
+@id("fraud-investigation") @conceal_days("180")
+permit (principal == Member::"SN/GOV/DGID/tax", action, resource);
+@id("everyone-else") permit (principal, action, resource);
+"#,
+        )
+        .unwrap();
+        let config = Config::load(&config_path).unwrap();
+        let engine = PolicyEngine::load(&config).unwrap();
+        let provider = MemberId::parse("SN/GOV/ANEC/civil-registry").unwrap();
+        let decide = |caller: &str| {
+            let caller = MemberId::parse(caller).unwrap();
+            engine.authorize(&CallFacts {
+                caller: &caller,
+                method: "/govbridge.civilregistry.v1.CivilRegistry/GetPerson",
+                provider: &provider,
+                purpose: None,
+                has_reason: false,
+                has_user_id: false,
+                consent_verified: false,
+                hour: 12,
+                certificate_days_left: 30,
+            })
+        };
+        let concealed = decide("SN/GOV/DGID/tax");
+        assert_eq!(
+            engine.concealed_until(&concealed, 1000),
+            1000 + 180 * 86_400
+        );
+        let plain = decide("SN/COM/CBAO/kyc");
+        assert!(plain.allowed);
+        assert_eq!(engine.concealed_until(&plain, 1000), 0);
+
+        std::fs::write(
+            policies.join("investigation.cedar"),
+            "@id(\"bad\")\n@conceal_days(\"forever\")\npermit (principal, action, resource);\n",
+        )
+        .unwrap();
+        let error = PolicyEngine::load(&Config::load(&config_path).unwrap()).unwrap_err();
+        assert_eq!(error.position.map(|(line, _)| line), Some(2), "{error}");
+        assert!(error.message.contains("1 to 3650 days"), "{error}");
+    }
+
     /// The per-(caller, method) index must decide exactly as Cedar does
     /// with every policy, for every member, method, provider, purpose and
     /// flag, including scopes on organizations, `is ... in`, action groups

@@ -84,6 +84,9 @@ pub struct GatewayState {
     policy: PolicyEngine,
     routes: RouteTable,
     max_deadline: Duration,
+    /// The exchange log's settings as configured. The open log keeps the
+    /// ones it started with; who may call the Data Tracker follows reloads.
+    exchange_log: crate::config::ExchangeLogConfig,
 }
 
 impl GatewayState {
@@ -129,6 +132,7 @@ impl GatewayState {
             policy,
             routes: RouteTable::new(config, &connector),
             max_deadline: config.upstream.max_deadline,
+            exchange_log: config.exchange_log.clone(),
         })
     }
 
@@ -160,6 +164,11 @@ impl GatewayState {
     /// The policy engine of this configuration.
     pub fn policy(&self) -> &PolicyEngine {
         &self.policy
+    }
+
+    /// The `[exchange_log]` settings of this configuration.
+    pub fn exchange_log_config(&self) -> &crate::config::ExchangeLogConfig {
+        &self.exchange_log
     }
 }
 

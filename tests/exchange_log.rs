@@ -1,0 +1,629 @@
+//! The exchange log through the gateway: what an allowed and a refused call
+//! leave in it, the proofs a member gets and checks, who may read which
+//! record, the citizens' Data Tracker, and calls refused while the log
+//! cannot write.
+
+// A failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use aws_lc_rs::digest::{SHA256, digest};
+use bytes::Bytes;
+use govbridge::audit::merkle::{self, Hash};
+use govbridge::audit::note;
+use govbridge::audit::{ExchangeRecord, Phase, StoreFault};
+use govbridge::proto::audit::v1::data_tracker_client::DataTrackerClient;
+use govbridge::proto::audit::v1::exchange_log_client::ExchangeLogClient;
+use govbridge::proto::audit::v1::get_record_request::Key;
+use govbridge::proto::audit::v1::{
+    Access, Checkpoint, GetCheckpointRequest, GetConsistencyProofRequest, GetInclusionProofRequest,
+    GetRecordRequest, ListAccessesRequest, RecordProof,
+};
+use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
+use govbridge::proto::civilregistry::v1::{
+    GetPersonRequest, VerificationResult, VerifyIdentityRequest, VerifyIdentityResponse,
+};
+use govbridge::proto::directory::v1::GetServiceDescriptorRequest;
+use govbridge::proto::directory::v1::directory_client::DirectoryClient;
+use http::HeaderMap;
+use http_body_util::{BodyExt, Full};
+use prost::Message;
+use support::probe::Probe;
+use support::{Bed, CBAO_KYC, H2Client, bridge_error};
+use tonic::Code;
+use tower::{Service, ServiceExt};
+
+const ANEC: &str = "SN/GOV/ANEC/civil-registry";
+const DGID: &str = "SN/GOV/DGID/tax";
+const MYGOV: &str = "SN/GOV/MYGOV/app";
+const VERIFY_IDENTITY: &str = "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity";
+const GET_PERSON: &str = "/govbridge.civilregistry.v1.CivilRegistry/GetPerson";
+
+/// A request declaring purpose, reason and agent, as the dev policies ask.
+fn declared<T>(message: T, purpose: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let metadata = request.metadata_mut();
+    metadata.insert("bridge-purpose", purpose.parse().unwrap());
+    metadata.insert("bridge-reason", "dossier 2025-0042".parse().unwrap());
+    metadata.insert("bridge-user-id", "agent-17".parse().unwrap());
+    request
+}
+
+async fn dev_bed() -> Bed {
+    Bed::builder().dev_policies().start().await
+}
+
+/// A message as on the wire: uncompressed flag, length, bytes.
+fn framed(message: &impl Message) -> Vec<u8> {
+    let payload = message.encode_to_vec();
+    let mut frame = vec![0];
+    frame.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    digest(&SHA256, bytes).as_ref().to_vec()
+}
+
+fn verify_identity_of(bed: &Bed, citizen: usize) -> VerifyIdentityRequest {
+    let citizen = &bed.data.citizens[citizen];
+    VerifyIdentityRequest {
+        nin: citizen.nin.to_string(),
+        first_names: citizen.first_names.clone(),
+        last_name: citizen.last_name.to_owned(),
+        date_of_birth: citizen.date_of_birth.to_string(),
+    }
+}
+
+/// One unary call with its exact bytes both ways, headers and trailers
+/// apart (a generated client merges them).
+struct RawExchange {
+    request: Vec<u8>,
+    headers: HeaderMap,
+    response: Bytes,
+    trailers: HeaderMap,
+}
+
+async fn raw_unary(
+    client: &mut H2Client,
+    path: &str,
+    message: &impl Message,
+    purpose: &str,
+) -> RawExchange {
+    let frame = framed(message);
+    let request = http::Request::post(path)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("bridge-purpose", purpose)
+        .header("bridge-reason", "dossier 2025-0042")
+        .header("bridge-user-id", "agent-17")
+        .body(tonic::body::Body::new(Full::new(Bytes::from(
+            frame.clone(),
+        ))))
+        .unwrap();
+    let response = client.ready().await.unwrap().call(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap();
+    RawExchange {
+        request: frame,
+        headers: parts.headers,
+        trailers: body.trailers().cloned().unwrap_or_default(),
+        response: body.to_bytes(),
+    }
+}
+
+fn audit_index(headers: &HeaderMap) -> u64 {
+    headers["bridge-audit-index"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn metadata_text(status: &tonic::Status, name: &str) -> String {
+    status
+        .metadata()
+        .get(name)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn hash(bytes: &[u8]) -> Hash {
+    bytes.try_into().unwrap()
+}
+
+fn hashes(proof: &[Vec<u8>]) -> Vec<Hash> {
+    proof.iter().map(|h| hash(h)).collect()
+}
+
+/// Signs a checkpoint of everything so far and returns it as a member
+/// fetches it, after checking its signature with the log's public key.
+async fn signed_checkpoint(bed: &Bed, log: &mut ExchangeLogClient<H2Client>) -> Checkpoint {
+    bed.exchange_log().checkpoint().await.unwrap();
+    let checkpoint = log
+        .get_checkpoint(GetCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let opened = note::Checkpoint::open(&checkpoint.note, bed.exchange_log().verifier()).unwrap();
+    assert_eq!(opened.size, checkpoint.tree_size);
+    assert_eq!(opened.root.to_vec(), checkpoint.root_hash);
+    assert_eq!(checkpoint.tree_size, bed.exchange_log().size());
+    checkpoint
+}
+
+/// Checks a record's inclusion proof against its checkpoint and decodes it.
+fn proven(proof: &RecordProof) -> ExchangeRecord {
+    let checkpoint = proof.checkpoint.as_ref().unwrap();
+    merkle::verify_inclusion(
+        &merkle::leaf_hash(&proof.record),
+        proof.index,
+        checkpoint.tree_size,
+        &hashes(&proof.inclusion_proof),
+        &hash(&checkpoint.root_hash),
+    )
+    .unwrap();
+    ExchangeRecord::decode(proof.record.as_slice()).unwrap()
+}
+
+fn by_request(id: &str) -> GetRecordRequest {
+    GetRecordRequest {
+        key: Some(Key::RequestId(id.to_owned())),
+    }
+}
+
+fn by_index(index: u64) -> GetRecordRequest {
+    GetRecordRequest {
+        key: Some(Key::Index(index)),
+    }
+}
+
+#[tokio::test]
+async fn an_allowed_call_is_recorded_and_provable() {
+    let bed = dev_bed().await;
+    let message = verify_identity_of(&bed, 0);
+    let mut client = bed.client("cbao-kyc").await;
+    let call = raw_unary(&mut client, VERIFY_IDENTITY, &message, "KYC").await;
+    assert_eq!(call.trailers["grpc-status"], "0");
+    let answer = VerifyIdentityResponse::decode(&call.response[5..]).unwrap();
+    assert_eq!(answer.result(), VerificationResult::Match);
+    // The decision before the call went out, the outcome before its status.
+    let decision = audit_index(&call.headers);
+    let outcome = audit_index(&call.trailers);
+    assert!(outcome > decision);
+    let request_id = call.headers["bridge-request-id"].to_str().unwrap();
+
+    let mut log = ExchangeLogClient::new(client.clone());
+    let checkpoint = signed_checkpoint(&bed, &mut log).await;
+    let proof = log
+        .get_record(by_request(request_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(proof.index, outcome);
+    assert_eq!(proof.checkpoint.as_ref(), Some(&checkpoint));
+    let record = proven(&proof);
+    assert_eq!(record.phase(), Phase::Outcome);
+    assert_eq!(record.request_id, request_id);
+    assert_eq!(record.node_id, "gw-test");
+    assert_eq!(record.caller, CBAO_KYC);
+    assert_eq!(record.provider, ANEC);
+    assert_eq!(record.method, VERIFY_IDENTITY);
+    assert_eq!(record.purpose, "KYC");
+    assert_eq!(record.reason, "dossier 2025-0042");
+    assert_eq!(record.user_id, "agent-17");
+    assert_eq!(record.subject, message.nin);
+    assert!(record.allowed);
+    assert_eq!(record.policies, ["banks-verify-identity"]);
+    assert_eq!(record.concealed_until_unix, 0);
+    assert_eq!(record.grpc_status, 0);
+    assert_eq!(record.error_kind, "");
+    assert_eq!(record.decision_index, decision);
+    assert_eq!(record.request_bytes, call.request.len() as u64);
+    assert_eq!(record.request_sha256, sha256(&call.request));
+    assert_eq!(record.response_bytes, call.response.len() as u64);
+    assert_eq!(record.response_sha256, sha256(&call.response));
+    assert!(record.received_us <= record.forwarded_us);
+    assert!(record.forwarded_us <= record.first_byte_us);
+    assert!(record.first_byte_us <= record.completed_us);
+
+    // The decision, by index: written before the call was forwarded.
+    let decided = proven(
+        &log.get_record(by_index(decision))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(decided.phase(), Phase::Decision);
+    assert_eq!(decided.request_id, request_id);
+    assert!(decided.allowed);
+    assert_eq!(decided.forwarded_us, 0);
+
+    // Proofs by index are hashes only: any member may ask, and checks them
+    // against the checkpoint.
+    let mut other = ExchangeLogClient::new(bed.client("treasury").await);
+    let inclusion = other
+        .get_inclusion_proof(GetInclusionProofRequest {
+            index: outcome,
+            tree_size: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(inclusion.tree_size, checkpoint.tree_size);
+    merkle::verify_inclusion(
+        &merkle::leaf_hash(&proof.record),
+        outcome,
+        inclusion.tree_size,
+        &hashes(&inclusion.hashes),
+        &hash(&checkpoint.root_hash),
+    )
+    .unwrap();
+
+    // A later call, a later checkpoint: the old tree is a prefix of the new.
+    CivilRegistryClient::new(client)
+        .verify_identity(declared(verify_identity_of(&bed, 1), "KYC"))
+        .await
+        .unwrap();
+    let later = signed_checkpoint(&bed, &mut log).await;
+    assert!(later.tree_size > checkpoint.tree_size);
+    let consistency = other
+        .get_consistency_proof(GetConsistencyProofRequest {
+            old_size: checkpoint.tree_size,
+            new_size: later.tree_size,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    merkle::verify_consistency(
+        checkpoint.tree_size,
+        &hash(&checkpoint.root_hash),
+        later.tree_size,
+        &hash(&later.root_hash),
+        &hashes(&consistency.hashes),
+    )
+    .unwrap();
+
+    // Nothing is proven beyond what is signed.
+    let beyond = other
+        .get_consistency_proof(GetConsistencyProofRequest {
+            old_size: 1,
+            new_size: later.tree_size + 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(beyond.code(), Code::OutOfRange, "{beyond:?}");
+    assert_eq!(bridge_error(&beyond).as_deref(), Some("beyond-checkpoint"));
+    let backwards = other
+        .get_consistency_proof(GetConsistencyProofRequest {
+            old_size: 2,
+            new_size: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(backwards.code(), Code::InvalidArgument, "{backwards:?}");
+    let outside = other
+        .get_inclusion_proof(GetInclusionProofRequest {
+            index: 2,
+            tree_size: 2,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(outside.code(), Code::InvalidArgument, "{outside:?}");
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn a_record_newer_than_the_checkpoint_waits_for_the_next_one() {
+    let bed = dev_bed().await;
+    let mut client = bed.client("cbao-kyc").await;
+    let mut log = ExchangeLogClient::new(client.clone());
+    let none = log
+        .get_checkpoint(GetCheckpointRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), Code::FailedPrecondition, "{none:?}");
+    assert!(
+        none.message().contains("no signed checkpoint yet"),
+        "{none:?}"
+    );
+
+    raw_unary(
+        &mut client,
+        VERIFY_IDENTITY,
+        &verify_identity_of(&bed, 0),
+        "KYC",
+    )
+    .await;
+    signed_checkpoint(&bed, &mut log).await;
+    let call = raw_unary(
+        &mut client,
+        VERIFY_IDENTITY,
+        &verify_identity_of(&bed, 1),
+        "KYC",
+    )
+    .await;
+    let request_id = call.headers["bridge-request-id"].to_str().unwrap();
+    let waiting = log.get_record(by_request(request_id)).await.unwrap_err();
+    assert_eq!(waiting.code(), Code::FailedPrecondition, "{waiting:?}");
+    assert_eq!(bridge_error(&waiting).as_deref(), Some("not-checkpointed"));
+    assert!(
+        waiting
+            .message()
+            .contains("not yet in a signed checkpoint; checkpoints are signed every 10s"),
+        "{waiting:?}"
+    );
+    signed_checkpoint(&bed, &mut log).await;
+    log.get_record(by_request(request_id)).await.unwrap();
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_call_is_recorded_never_forwarded_and_private_to_its_parties() {
+    let probe = Probe::default();
+    let bed = Bed::builder()
+        .dev_policies()
+        .probe(support::probe::SERVICE, probe.server())
+        .start()
+        .await;
+    // The probe is the civil registry's default provider; the dev policies
+    // grant its methods at ANEC only.
+    let client = bed.client("cbao-kyc").await;
+    let status = CivilRegistryClient::new(client.clone())
+        .verify_identity(declared(verify_identity_of(&bed, 0), "KYC"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(probe.seen().is_empty(), "a denied call reached the backend");
+    let request_id = metadata_text(&status, "bridge-request-id");
+    let index: u64 = metadata_text(&status, "bridge-audit-index")
+        .parse()
+        .unwrap();
+
+    let mut log = ExchangeLogClient::new(client);
+    signed_checkpoint(&bed, &mut log).await;
+    let proof = log
+        .get_record(by_request(&request_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(proof.index, index);
+    let record = proven(&proof);
+    assert_eq!(record.phase(), Phase::Decision);
+    assert!(!record.allowed);
+    assert!(record.policies.is_empty(), "denied by default");
+    assert_eq!(record.error_kind, "policy-denied");
+    assert_eq!(record.grpc_status, Code::PermissionDenied as i32);
+    assert_eq!(record.caller, CBAO_KYC);
+    assert_eq!(record.provider, support::PROBE);
+    assert_eq!(record.forwarded_us, 0);
+
+    // Another member learns nothing, not even that the record exists: the
+    // same answer as for a record that does not.
+    let mut other = ExchangeLogClient::new(bed.client("treasury").await);
+    for request in [by_request(&request_id), by_index(index)] {
+        let hidden = other.get_record(request).await.unwrap_err();
+        assert_eq!(hidden.code(), Code::NotFound, "{hidden:?}");
+        assert_eq!(bridge_error(&hidden).as_deref(), Some("record-not-found"));
+    }
+    let missing = other.get_record(by_index(index + 1000)).await.unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let hidden = other.get_record(by_index(index)).await.unwrap_err();
+    assert_eq!(
+        hidden.message().replace(&index.to_string(), "N"),
+        missing.message().replace(&(index + 1000).to_string(), "N")
+    );
+    // Its hashes are no secret.
+    other
+        .get_inclusion_proof(GetInclusionProofRequest {
+            index,
+            tree_size: 0,
+        })
+        .await
+        .unwrap();
+    bed.stop().await;
+}
+
+async fn accesses(tracker: &mut DataTrackerClient<H2Client>, nin: &str, limit: u32) -> Vec<Access> {
+    tracker
+        .list_accesses(ListAccessesRequest {
+            subject: nin.to_owned(),
+            since_unix: 0,
+            limit,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .accesses
+}
+
+#[tokio::test]
+async fn the_data_tracker_shows_a_citizen_who_read_their_data() {
+    let bed = dev_bed().await;
+    bed.allow_data_tracker(&[MYGOV]);
+    let first = bed.data.citizens[0].nin.to_string();
+    let second = bed.data.citizens[1].nin.to_string();
+
+    let mut bank = CivilRegistryClient::new(bed.client("cbao-kyc").await);
+    for citizen in [0, 1] {
+        bank.verify_identity(declared(verify_identity_of(&bed, citizen), "KYC"))
+            .await
+            .unwrap();
+    }
+    let mut tax = CivilRegistryClient::new(bed.client("dgid-tax").await);
+    let at_anec = |purpose: &str| {
+        let mut request = declared(GetPersonRequest { nin: first.clone() }, purpose);
+        request
+            .metadata_mut()
+            .insert("bridge-target", ANEC.parse().unwrap());
+        request
+    };
+    tax.get_person(at_anec("TAX-ASSESSMENT")).await.unwrap();
+    // A fraud investigation: lawful, and concealed from the citizen.
+    let investigation = tax
+        .get_person(at_anec("TAX-FRAUD-INVESTIGATION"))
+        .await
+        .unwrap();
+    let concealed_id = investigation
+        .metadata()
+        .get("bridge-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    let mut tracker = DataTrackerClient::new(bed.client("mygov").await);
+    let seen = accesses(&mut tracker, &first, 0).await;
+    let summary: Vec<(&str, &str, &str, &str)> = seen
+        .iter()
+        .map(|a| {
+            (
+                a.caller.as_str(),
+                a.provider.as_str(),
+                a.method.as_str(),
+                a.purpose.as_str(),
+            )
+        })
+        .collect();
+    // Newest first; the investigation is not there.
+    assert_eq!(
+        summary,
+        [
+            (DGID, ANEC, GET_PERSON, "TAX-ASSESSMENT"),
+            (CBAO_KYC, ANEC, VERIFY_IDENTITY, "KYC"),
+        ]
+    );
+    for access in &seen {
+        assert!(access.allowed);
+        assert_eq!(access.grpc_status, 0);
+        // The bed names each member after its id.
+        assert_eq!(access.caller_name, access.caller);
+        assert!(access.at_unix > 1_700_000_000);
+    }
+    assert!(seen[0].index > seen[1].index);
+    assert_eq!(accesses(&mut tracker, &first, 1).await, seen[..1]);
+    let other = accesses(&mut tracker, &second, 0).await;
+    assert_eq!(other.len(), 1);
+    assert_eq!(other[0].caller, CBAO_KYC);
+    let future = tracker
+        .list_accesses(ListAccessesRequest {
+            subject: first.clone(),
+            since_unix: i64::MAX / 2,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(future.accesses.is_empty());
+
+    // The concealed access is in the log all the same, with its date.
+    let mut log = ExchangeLogClient::new(bed.client("dgid-tax").await);
+    signed_checkpoint(&bed, &mut log).await;
+    let record = proven(
+        &log.get_record(by_request(&concealed_id))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(record.subject, first);
+    assert_eq!(
+        record.policies,
+        ["tax-fraud-investigation-reads-civil-records"]
+    );
+    let a_year = 365 * 86_400;
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap();
+    assert!((record.concealed_until_unix - now - a_year).abs() < 120);
+
+    let bad = tracker
+        .list_accesses(ListAccessesRequest {
+            subject: "12345".to_owned(),
+            since_unix: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert_eq!(bridge_error(&bad).as_deref(), Some("bad-subject"));
+
+    // Only the citizens' portal asks about anyone's data.
+    for member in ["cbao-kyc", "dgid-tax"] {
+        let refused = DataTrackerClient::new(bed.client(member).await)
+            .list_accesses(ListAccessesRequest {
+                subject: first.clone(),
+                since_unix: 0,
+                limit: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{member}");
+        assert_eq!(
+            bridge_error(&refused).as_deref(),
+            Some("not-a-data-tracker-client")
+        );
+        assert!(
+            refused
+                .message()
+                .contains("exchange_log.data_tracker_clients"),
+            "{refused:?}"
+        );
+    }
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn each_member_sees_the_log_services_it_may_use() {
+    let bed = dev_bed().await;
+    bed.allow_data_tracker(&[MYGOV]);
+    let describe = |client: H2Client, service: &str| {
+        let service = service.to_owned();
+        async move {
+            DirectoryClient::new(client)
+                .get_service_descriptor(GetServiceDescriptorRequest { service })
+                .await
+                .map(|_| ())
+                .map_err(|status| status.code())
+        }
+    };
+    let log = "govbridge.audit.v1.ExchangeLog";
+    let tracker = "govbridge.audit.v1.DataTracker";
+    assert_eq!(describe(bed.client("cbao-kyc").await, log).await, Ok(()));
+    assert_eq!(
+        describe(bed.client("cbao-kyc").await, tracker).await,
+        Err(Code::NotFound)
+    );
+    assert_eq!(describe(bed.client("mygov").await, tracker).await, Ok(()));
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn calls_are_refused_while_the_log_cannot_write() {
+    let bed = dev_bed().await;
+    let mut registry = CivilRegistryClient::new(bed.client("cbao-kyc").await);
+    let request = || declared(verify_identity_of(&bed, 0), "KYC");
+    registry.verify_identity(request()).await.unwrap();
+    for fault in [StoreFault::DiskFull, StoreFault::ReadOnly] {
+        bed.exchange_log().simulate_fault(Some(fault));
+        let status = registry.verify_identity(request()).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{fault:?}: {status:?}");
+        assert_eq!(
+            bridge_error(&status).as_deref(),
+            Some("exchange-log-unavailable"),
+            "{fault:?}"
+        );
+        assert!(!bed.exchange_log().is_healthy());
+        bed.exchange_log().simulate_fault(None);
+        registry.verify_identity(request()).await.unwrap();
+        assert!(bed.exchange_log().is_healthy());
+    }
+    bed.stop().await;
+}
