@@ -6,6 +6,8 @@
 //! connection settings, and graceful shutdown. It never looks at requests:
 //! the service built per connection does.
 
+pub mod client;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;

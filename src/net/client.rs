@@ -1,0 +1,76 @@
+//! A gRPC channel to the gateway over mutual TLS: one HTTP/2 connection,
+//! usable as the transport of any generated tonic client. Tonic's own
+//! transport is not compiled in; benchmarks, the demo and partners' Rust
+//! tests use this instead.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// Why a channel could not be opened.
+pub type ConnectError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One HTTP/2 connection to `address`; clones share it.
+#[derive(Debug, Clone)]
+pub struct Channel {
+    sender: SendRequest<tonic::body::Body>,
+    /// `https://server-name`: generated clients send bare paths.
+    authority: http::uri::Authority,
+}
+
+impl Channel {
+    /// Connects to `address`, verifying its certificate for `server_name`
+    /// (the dev gateway's certificate names `localhost`).
+    pub async fn connect(
+        address: SocketAddr,
+        server_name: &str,
+        tls: Arc<ClientConfig>,
+    ) -> Result<Self, ConnectError> {
+        let tcp = TcpStream::connect(address).await?;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::try_from(server_name.to_owned())?;
+        let authority = http::uri::Authority::try_from(server_name)?;
+        let stream = TlsConnector::from(tls).connect(name, tcp).await?;
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "client connection ended");
+            }
+        });
+        Ok(Self { sender, authority })
+    }
+}
+
+impl tower::Service<Request<tonic::body::Body>> for Channel {
+    type Response = Response<Incoming>;
+    type Error = hyper::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, hyper::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
+        self.sender.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<tonic::body::Body>) -> Self::Future {
+        let mut parts = request.uri().clone().into_parts();
+        parts.scheme = Some(http::uri::Scheme::HTTPS);
+        parts.authority = Some(self.authority.clone());
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+        Box::pin(self.sender.send_request(request))
+    }
+}

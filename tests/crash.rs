@@ -1,0 +1,203 @@
+//! The exchange log survives a crash: the gateway, a separate process, is
+//! killed with SIGKILL while concurrent calls run; after a restart the log
+//! verifies and every call a client saw succeed has both its records.
+
+// A failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use govbridge::audit::{ExchangeRecord, Phase, Store};
+use govbridge::proto::civilregistry::v1::VerifyIdentityRequest;
+use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
+use support::{Bed, H2Client};
+use tokio::sync::Notify;
+
+/// A gateway process, killed if the test fails half-way.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `govbridge serve` on `config`; returns the process and the
+/// address it listens on, read from its log.
+fn spawn_gateway(config: &Path) -> (Process, SocketAddr) {
+    let child = Command::new(env!("CARGO_BIN_EXE_govbridge"))
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Process(child);
+    let (lines, received) = std::sync::mpsc::channel();
+    let stdout = child.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    loop {
+        let line = received
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the gateway never said where it listens");
+        if let Some((_, rest)) = line.split_once("listening on https://") {
+            let address: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                .collect();
+            return (child, address.parse().unwrap());
+        }
+    }
+}
+
+/// Sends `signal` and waits for the process to end.
+fn kill(process: &mut Process, signal: &str) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &process.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    process.0.wait().unwrap()
+}
+
+/// Calls made until the gateway goes away.
+struct Load {
+    tls: Arc<rustls::ClientConfig>,
+    message: VerifyIdentityRequest,
+    succeeded: AtomicUsize,
+    /// Told once `KILL_AFTER` calls succeeded.
+    enough: Notify,
+}
+
+/// Successful calls after which the gateway is killed.
+const KILL_AFTER: usize = 300;
+
+/// Calls VerifyIdentity with a known request id until the gateway goes
+/// away; returns the ids of the calls that succeeded.
+async fn caller(load: Arc<Load>, gateway: SocketAddr) -> Vec<String> {
+    let mut ok = Vec::new();
+    let Ok(channel) = H2Client::connect(gateway, load.tls.clone()).await else {
+        return ok;
+    };
+    let mut registry = CivilRegistryClient::new(channel);
+    loop {
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut request = tonic::Request::new(load.message.clone());
+        request
+            .metadata_mut()
+            .insert("bridge-request-id", id.parse().unwrap());
+        // Every call succeeds until the kill (the bed allows everything);
+        // then the connection breaks and the client is told nothing.
+        if registry.verify_identity(request).await.is_err() {
+            return ok;
+        }
+        ok.push(id);
+        if load.succeeded.fetch_add(1, Ordering::Relaxed) + 1 == KILL_AFTER {
+            load.enough.notify_one();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_acknowledged_call() {
+    let bed = Bed::start().await;
+    // A second configuration next to the bed's, with its own log: the
+    // child gateway uses the bed's agencies and certificates.
+    let config = bed.dir.path().join("crash.toml");
+    let text = std::fs::read_to_string(bed.dir.path().join("govbridge.toml")).unwrap();
+    assert!(!text.contains("[exchange_log]"));
+    std::fs::write(
+        &config,
+        format!(
+            "{text}\n[exchange_log]\ndata_dir = \"crash-data\"\ncheckpoint_interval = \"50ms\"\n"
+        ),
+    )
+    .unwrap();
+    let data = bed.dir.path().join("crash-data");
+
+    let (mut child, gateway) = spawn_gateway(&config);
+    let citizen = &bed.data.citizens[0];
+    let load = Arc::new(Load {
+        tls: bed.member_tls("cbao-kyc"),
+        message: VerifyIdentityRequest {
+            nin: citizen.nin.to_string(),
+            first_names: citizen.first_names.clone(),
+            last_name: citizen.last_name.to_owned(),
+            date_of_birth: citizen.date_of_birth.to_string(),
+        },
+        succeeded: AtomicUsize::new(0),
+        enough: Notify::new(),
+    });
+    let callers: Vec<_> = (0..16)
+        .map(|_| tokio::spawn(caller(load.clone(), gateway)))
+        .collect();
+    // Kill it mid-load, once a few hundred calls went through.
+    tokio::time::timeout(Duration::from_secs(120), load.enough.notified())
+        .await
+        .expect("the calls do not get through");
+    kill(&mut child, "KILL");
+    let mut acknowledged = Vec::new();
+    for caller in callers {
+        acknowledged.extend(caller.await.unwrap());
+    }
+    assert!(acknowledged.len() >= KILL_AFTER);
+
+    // The log reopens (the frontier reloads from what was committed)...
+    let (mut child, gateway) = spawn_gateway(&config);
+    let after = caller_once(&bed, gateway).await;
+    assert!(kill(&mut child, "TERM").success());
+
+    // ...verifies from the first record to the last...
+    let key = govbridge::audit::note::Verifier::read(&data.join("log-key.pub")).unwrap();
+    let report = govbridge::audit::verify::verify_log(&data, &key).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+
+    // ...and holds both records of every call a client saw succeed.
+    let store = Store::open_read_only(&data).unwrap();
+    for id in acknowledged.iter().chain([&after]) {
+        let records: Vec<ExchangeRecord> = store
+            .records_of_request(id)
+            .unwrap()
+            .iter()
+            .map(|record| record.decode().unwrap())
+            .collect();
+        let phases: Vec<Phase> = records.iter().map(ExchangeRecord::phase).collect();
+        assert_eq!(phases, [Phase::Decision, Phase::Outcome], "call {id}");
+        assert_eq!(records[1].grpc_status, 0, "call {id}");
+    }
+}
+
+/// One successful call; returns its request id.
+async fn caller_once(bed: &Bed, gateway: SocketAddr) -> String {
+    let channel = H2Client::connect(gateway, bed.member_tls("cbao-kyc"))
+        .await
+        .unwrap();
+    let mut registry = CivilRegistryClient::new(channel);
+    let citizen = &bed.data.citizens[0];
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut request = tonic::Request::new(VerifyIdentityRequest {
+        nin: citizen.nin.to_string(),
+        first_names: citizen.first_names.clone(),
+        last_name: citizen.last_name.to_owned(),
+        date_of_birth: citizen.date_of_birth.to_string(),
+    });
+    request
+        .metadata_mut()
+        .insert("bridge-request-id", id.parse().unwrap());
+    registry.verify_identity(request).await.unwrap();
+    id
+}
