@@ -20,8 +20,10 @@
 //!   record BLOB NOT NULL
 //! );
 //! -- Every complete subtree of the Merkle tree: (0, i) is leaf i's hash.
-//! CREATE TABLE tree_nodes (level INTEGER, idx INTEGER, hash BLOB,
-//!                          PRIMARY KEY (level, idx)) WITHOUT ROWID;
+//! -- `pos` numbers nodes in the order they are completed (a leaf, then the
+//! -- subtrees it completes), so appends only ever touch the table's end.
+//! CREATE TABLE tree_nodes (pos INTEGER PRIMARY KEY, level INTEGER NOT NULL,
+//!                          idx INTEGER NOT NULL, hash BLOB NOT NULL);
 //! -- Signed checkpoints (C2SP signed notes), one per tree size.
 //! CREATE TABLE checkpoints (tree_size INTEGER PRIMARY KEY,
 //!                           signed_at INTEGER NOT NULL, note TEXT NOT NULL);
@@ -76,11 +78,11 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE INDEX IF NOT EXISTS records_by_request ON records (request_id);
 CREATE INDEX IF NOT EXISTS records_by_subject ON records (subject, at_us) WHERE subject IS NOT NULL;
 CREATE TABLE IF NOT EXISTS tree_nodes (
+  pos INTEGER PRIMARY KEY,
   level INTEGER NOT NULL,
   idx INTEGER NOT NULL,
-  hash BLOB NOT NULL,
-  PRIMARY KEY (level, idx)
-) WITHOUT ROWID;
+  hash BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS checkpoints (
   tree_size INTEGER PRIMARY KEY,
   signed_at INTEGER NOT NULL,
@@ -518,7 +520,9 @@ impl Store {
                 )
                 .at(&self.path)?;
             let mut insert_node = transaction
-                .prepare_cached("INSERT INTO tree_nodes (level, idx, hash) VALUES (?1, ?2, ?3)")
+                .prepare_cached(
+                    "INSERT INTO tree_nodes (pos, level, idx, hash) VALUES (?1, ?2, ?3, ?4)",
+                )
                 .at(&self.path)?;
             let mut buffer = Vec::with_capacity(512);
             for record in records {
@@ -536,7 +540,12 @@ impl Store {
                     .at(&self.path)?;
                 for (level, index, hash) in next.append(leaf) {
                     insert_node
-                        .execute(params![level, to_i64(index), hash.as_slice()])
+                        .execute(params![
+                            to_i64(node_position(level, index)),
+                            level,
+                            to_i64(index),
+                            hash.as_slice()
+                        ])
                         .at(&self.path)?;
                 }
             }
@@ -621,6 +630,24 @@ impl Store {
     }
 }
 
+/// Where node `(level, index)` sits in the order nodes are completed:
+/// leaf n comes right after the nodes leaf n - 1 completed, and a node of
+/// level l + 1 right after its right child. (Go's `tlog.StoredHashIndex`.)
+pub fn node_position(level: u32, index: u64) -> u64 {
+    // The node's last leaf, then everything stored before that leaf and
+    // its completed ancestors up to this level.
+    let mut n = index;
+    for _ in 0..level {
+        n = 2 * n + 1;
+    }
+    let mut position = 0;
+    while n > 0 {
+        position += n;
+        n >>= 1;
+    }
+    position + u64::from(level)
+}
+
 fn checkpoint_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredCheckpoint> {
     Ok(StoredCheckpoint {
         size: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
@@ -635,10 +662,15 @@ impl Nodes for Store {
     fn node(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
         let hash: Option<Vec<u8>> = self
             .connection
-            .prepare_cached("SELECT hash FROM tree_nodes WHERE level = ?1 AND idx = ?2")
+            .prepare_cached(
+                "SELECT hash FROM tree_nodes WHERE pos = ?1 AND level = ?2 AND idx = ?3",
+            )
             .and_then(|mut statement| {
                 statement
-                    .query_row(params![level, to_i64(index)], |row| row.get(0))
+                    .query_row(
+                        params![to_i64(node_position(level, index)), level, to_i64(index)],
+                        |row| row.get(0),
+                    )
                     .optional()
             })
             .at(&self.path)?;
@@ -693,6 +725,25 @@ impl WalCheckpointer {
                 .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()));
         if let Err(error) = result {
             tracing::warn!(file = %self.path.display(), %error, "WAL checkpoint failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Positions follow the order `Frontier::append` completes nodes, with
+    /// no gaps and no repeats.
+    #[test]
+    fn node_positions_are_the_completion_order() {
+        let mut frontier = Frontier::default();
+        let mut next = 0;
+        for leaf in 0..1000_u64 {
+            for (level, index, _) in frontier.append(merkle::leaf_hash(&leaf.to_be_bytes())) {
+                assert_eq!(node_position(level, index), next, "({level}, {index})");
+                next += 1;
+            }
         }
     }
 }
