@@ -8,6 +8,10 @@
 
 mod support;
 
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
 use aws_lc_rs::digest::{SHA256, digest};
 use bytes::Bytes;
 use govbridge::audit::merkle::{self, Hash};
@@ -609,6 +613,17 @@ async fn each_member_sees_the_log_services_it_may_use() {
 async fn calls_are_refused_while_the_log_cannot_write() {
     let bed = dev_bed().await;
     let mut registry = CivilRegistryClient::new(bed.client("cbao-kyc").await);
+    let mut health = HealthClient::new(bed.client("cbao-kyc").await);
+    let mut status_of = async |service: &str| {
+        health
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status()
+    };
     let request = || declared(verify_identity_of(&bed, 0), "KYC");
     registry.verify_identity(request()).await.unwrap();
     for fault in [StoreFault::DiskFull, StoreFault::ReadOnly] {
@@ -621,9 +636,17 @@ async fn calls_are_refused_while_the_log_cannot_write() {
             "{fault:?}"
         );
         assert!(!bed.exchange_log().is_healthy());
+        // Health says so: the gateway and its published services are
+        // not serving while every call would be refused.
+        assert_eq!(status_of("").await, ServingStatus::NotServing);
+        assert_eq!(
+            status_of("govbridge.civilregistry.v1.CivilRegistry").await,
+            ServingStatus::NotServing
+        );
         bed.exchange_log().simulate_fault(None);
         registry.verify_identity(request()).await.unwrap();
         assert!(bed.exchange_log().is_healthy());
+        assert_eq!(status_of("").await, ServingStatus::Serving);
     }
     bed.stop().await;
 }

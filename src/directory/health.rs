@@ -19,8 +19,28 @@ pub struct HealthService;
 const WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
 async fn status(context: &LocalContext, service: &str) -> Result<ServingStatus, Status> {
-    if service.is_empty() || super::LOCAL_SERVICES.contains(&service) {
+    let serving = |up: bool| {
+        if up {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        }
+    };
+    // While the exchange log cannot write, every call to a published
+    // service is refused: the gateway does not serve.
+    let log = context.log.as_ref();
+    let logging = log.is_none_or(crate::audit::ExchangeLog::is_healthy);
+    if service == super::EXCHANGE_LOG || service == super::DATA_TRACKER {
+        return Ok(serving(log.is_some()));
+    }
+    if service.is_empty() {
+        return Ok(serving(logging));
+    }
+    if super::LOCAL_SERVICES.contains(&service) {
         return Ok(ServingStatus::Serving);
+    }
+    if !logging {
+        return Ok(ServingStatus::NotServing);
     }
     let pools = context.state.service_pools(service).ok_or_else(|| {
         Status::not_found(format!(
