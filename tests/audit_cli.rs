@@ -8,33 +8,16 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
 use govbridge::proto::civilregistry::v1::{GetPersonRequest, VerifyIdentityRequest};
-use support::{Bed, CBAO_KYC};
+use support::{Bed, CBAO_KYC, govbridge, text};
 use tonic::Code;
 
 const VERIFY_IDENTITY: &str = "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity";
 const GET_PERSON: &str = "/govbridge.civilregistry.v1.CivilRegistry/GetPerson";
-
-fn govbridge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_govbridge"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 /// Runs `govbridge` and expects success; returns standard output.
 fn ok(args: &[&str]) -> String {

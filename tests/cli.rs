@@ -4,24 +4,12 @@
 // A failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn govbridge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_govbridge"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+use support::{govbridge, text};
 
 #[test]
 fn pki_init_issue_revoke_and_check_config() {

@@ -34,7 +34,7 @@ use http::HeaderMap;
 use http_body_util::{BodyExt, Full};
 use prost::Message;
 use support::probe::Probe;
-use support::{Bed, CBAO_KYC, H2Client, bridge_error};
+use support::{Bed, CBAO_KYC, H2Client, bridge_error, declared, dev_bed};
 use tonic::Code;
 use tower::{Service, ServiceExt};
 
@@ -43,20 +43,6 @@ const DGID: &str = "SN/GOV/DGID/tax";
 const MYGOV: &str = "SN/GOV/MYGOV/app";
 const VERIFY_IDENTITY: &str = "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity";
 const GET_PERSON: &str = "/govbridge.civilregistry.v1.CivilRegistry/GetPerson";
-
-/// A request declaring purpose, reason and agent, as the dev policies ask.
-fn declared<T>(message: T, purpose: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    let metadata = request.metadata_mut();
-    metadata.insert("bridge-purpose", purpose.parse().unwrap());
-    metadata.insert("bridge-reason", "dossier 2025-0042".parse().unwrap());
-    metadata.insert("bridge-user-id", "agent-17".parse().unwrap());
-    request
-}
-
-async fn dev_bed() -> Bed {
-    Bed::builder().dev_policies().start().await
-}
 
 /// A message as on the wire: uncompressed flag, length, bytes.
 fn framed(message: &impl Message) -> Vec<u8> {

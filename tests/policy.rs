@@ -18,22 +18,8 @@ use govbridge::proto::civilregistry::v1::{
 use govbridge::proto::tax::v1::WithholdingLine;
 use govbridge::proto::tax::v1::tax_authority_client::TaxAuthorityClient;
 use support::probe::Probe;
-use support::{Bed, H2Client, bridge_error};
+use support::{Bed, H2Client, bridge_error, declared, dev_bed};
 use tonic::Code;
-
-/// A request declaring purpose, reason and agent, as the dev policies ask.
-fn declared<T>(message: T, purpose: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    let metadata = request.metadata_mut();
-    metadata.insert("bridge-purpose", purpose.parse().unwrap());
-    metadata.insert("bridge-reason", "dossier 2025-0042".parse().unwrap());
-    metadata.insert("bridge-user-id", "agent-17".parse().unwrap());
-    request
-}
-
-async fn dev_bed() -> Bed {
-    Bed::builder().dev_policies().start().await
-}
 
 #[tokio::test]
 async fn a_bank_may_verify_identities_but_not_read_civil_records() {

@@ -596,3 +596,36 @@ impl Bed {
         self.reloader.reload().unwrap();
     }
 }
+
+/// A request declaring purpose, reason and agent, as the dev policies ask.
+pub fn declared<T>(message: T, purpose: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let metadata = request.metadata_mut();
+    metadata.insert("bridge-purpose", purpose.parse().unwrap());
+    metadata.insert("bridge-reason", "dossier 2025-0042".parse().unwrap());
+    metadata.insert("bridge-user-id", "agent-17".parse().unwrap());
+    request
+}
+
+/// A bed with every mock agency and the dev policies.
+pub async fn dev_bed() -> Bed {
+    Bed::builder().dev_policies().start().await
+}
+
+/// Runs the `govbridge` binary to completion.
+pub fn govbridge(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_govbridge"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+/// Standard output then standard error, for messages and assertions.
+pub fn text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
