@@ -50,6 +50,20 @@ fn forwarded(bed: &Bed, request_id: &str, method: &str, caller: &str) -> Exchang
     outcome.clone()
 }
 
+/// The outcome of a call its client abandoned. The gateway learns of the
+/// reset on its own time and nothing announces the record: poll for it,
+/// for at most 5 s.
+async fn abandoned_outcome(bed: &Bed, request_id: &str) -> ExchangeRecord {
+    let step = std::time::Duration::from_millis(5);
+    for _ in 0..1000 {
+        if let Some((_, record)) = records(bed, request_id).into_iter().nth(1) {
+            return record;
+        }
+        tokio::time::sleep(step).await;
+    }
+    panic!("the abandoned call {request_id} has no outcome record");
+}
+
 fn request_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -242,21 +256,45 @@ async fn a_call_its_client_abandons_is_closed_as_cancelled() {
     drop(answers);
     drop(sender);
 
-    // The gateway notices the reset on its own time; each checkpoint
-    // request is a round trip through the log's writer, after any record
-    // queued before it.
-    let mut outcome = None;
-    for _ in 0..2000 {
-        if let Some((_, record)) = records(&bed, &id).into_iter().nth(1) {
-            outcome = Some(record);
-            break;
-        }
-        bed.exchange_log().checkpoint().await.unwrap();
-    }
-    let outcome = outcome.expect("the abandoned call has no outcome record");
+    let outcome = abandoned_outcome(&bed, &id).await;
     assert_eq!(outcome.phase(), Phase::Outcome);
     assert_eq!(outcome.grpc_status, Code::Cancelled as i32);
     assert_eq!(outcome.error_kind, "cancelled");
     assert!(outcome.request_bytes > 0 && outcome.response_bytes > 0);
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn a_call_abandoned_before_its_backend_answers_is_closed_as_cancelled() {
+    let bed = Bed::builder()
+        .without_agencies()
+        .silent_provider(support::probe::SERVICE)
+        .start()
+        .await;
+    let id = request_id();
+    let mut registry = CivilRegistryClient::new(bed.client("cbao-kyc").await);
+    let mut call = Box::pin(registry.watch_life_events(with_header(
+        tonic::Request::new(WatchLifeEventsRequest {
+            after_sequence: 0,
+            max_events: 1,
+        }),
+        "bridge-request-id",
+        &id,
+    )));
+    // Drive the call until its decision is in the log (the backend never
+    // answers), then abandon it while the gateway waits for the backend:
+    // the client resets the stream.
+    while records(&bed, &id).is_empty() {
+        tokio::select! {
+            result = &mut call => panic!("the silent backend answered: {result:?}"),
+            written = bed.exchange_log().checkpoint() => { written.unwrap(); }
+        }
+    }
+    drop(call);
+
+    let outcome = abandoned_outcome(&bed, &id).await;
+    assert_eq!(outcome.phase(), Phase::Outcome);
+    assert_eq!(outcome.grpc_status, Code::Cancelled as i32);
+    assert_eq!(outcome.first_byte_us, 0, "no byte came back");
     bed.stop().await;
 }

@@ -49,6 +49,8 @@ pub const RECORD_VERSION: u32 = 1;
 const QUEUE_CAPACITY: usize = 32 * 1024;
 /// Records committed in one transaction, at most.
 const MAX_BATCH: usize = 4096;
+/// How often a store that failed is tried again while no call does it.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
 
 /// Why the log cannot take a record.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -202,7 +204,10 @@ impl ExchangeLog {
         let stopped = || LogUnavailable("the exchange log writer has stopped".into());
         self.jobs
             .try_send(Job::Checkpoint(reply))
-            .map_err(|_| stopped())?;
+            .map_err(|error| match error {
+                TrySendError::Full(_) => LogUnavailable("the exchange log's queue is full".into()),
+                TrySendError::Disconnected(_) => stopped(),
+            })?;
         receiver.await.map_err(|_| stopped())?
     }
 
@@ -265,6 +270,17 @@ pub struct Appending(
     Option<Result<oneshot::Receiver<Result<u64, LogUnavailable>>, LogUnavailable>>,
 );
 
+impl Appending {
+    /// Whether the record was queued; it is then committed whether or not
+    /// anyone waits for it.
+    pub fn queued(&self) -> Result<(), LogUnavailable> {
+        match &self.0 {
+            Some(Err(error)) => Err(error.clone()),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl Future for Appending {
     type Output = Result<u64, LogUnavailable>;
 
@@ -305,13 +321,19 @@ impl Writer {
     fn run(mut self, queue: &Receiver<Job>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
-            let wait = if self.frontier.size() > self.checkpointed {
+            let healthy = self.shared.healthy.load(Ordering::Acquire);
+            let wait = if !healthy {
+                PROBE_EVERY
+            } else if self.frontier.size() > self.checkpointed {
                 self.interval.saturating_sub(self.last_checkpoint.elapsed())
             } else {
                 Duration::from_secs(3600)
             };
             match queue.recv_timeout(wait) {
                 Ok(job) => batch.push(job),
+                // Health checks may keep calls away while the store fails:
+                // the writer finds out by itself when it can write again.
+                Err(RecvTimeoutError::Timeout) if !healthy => self.probe(),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -382,7 +404,11 @@ impl Writer {
             && (force
                 || size - self.checkpointed >= self.every
                 || self.last_checkpoint.elapsed() >= self.interval);
-        if records.is_empty() && !due {
+        // A store that failed is retried by calls and probes, not by
+        // checkpoints alone (which would spin, and could succeed where
+        // records cannot).
+        let healthy = self.shared.healthy.load(Ordering::Acquire);
+        if records.is_empty() && !(due && healthy) {
             return Ok(());
         }
         let refs: Vec<&ExchangeRecord> = records.iter().collect();
@@ -421,8 +447,8 @@ impl Writer {
                         Err(error) => tracing::warn!(%error, "cannot read back the checkpoint"),
                     }
                 }
-                if !self.shared.healthy.swap(true, Ordering::AcqRel) {
-                    tracing::info!(records = size, "exchange log writable again; calls resume");
+                if !records.is_empty() {
+                    self.writable();
                 }
                 Ok(first)
             }
@@ -433,6 +459,30 @@ impl Writer {
                 Err(LogUnavailable(error.to_string().into()))
             }
         }
+    }
+
+    /// Tries a record-sized write that leaves nothing behind.
+    fn probe(&mut self) {
+        match self.store.probe() {
+            Ok(()) => self.writable(),
+            Err(error) => tracing::debug!(%error, "exchange log still cannot write"),
+        }
+    }
+
+    fn writable(&self) {
+        if !self.shared.healthy.swap(true, Ordering::AcqRel) {
+            tracing::info!(
+                records = self.frontier.size(),
+                "exchange log writable again; calls resume"
+            );
+        }
+    }
+}
+
+impl Drop for Writer {
+    /// A writer that stops (closed, or panicked) takes no more records.
+    fn drop(&mut self) {
+        self.shared.healthy.store(false, Ordering::Release);
     }
 }
 

@@ -496,6 +496,26 @@ impl Store {
         Ok(())
     }
 
+    /// Writes a record-sized row and rolls it back: whether the store can
+    /// take records again, leaving no trace.
+    pub fn probe(&mut self) -> Result<(), StoreError> {
+        let transaction = self
+            .connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(&self.path)?;
+        transaction
+            .execute(
+                "INSERT INTO records (idx, phase, request_id, at_us, caller, provider, method, \
+                 purpose, subject, allowed, grpc_status, error_kind, concealed_until, record) \
+                 VALUES (-1, 'probe', '', 0, '', '', '', '', NULL, 0, NULL, NULL, 0, \
+                 zeroblob(4096))",
+                [],
+            )
+            .at(&self.path)?;
+        // Dropped, the transaction rolls back.
+        Ok(())
+    }
+
     /// Appends records in one transaction, with the tree nodes they
     /// complete and, if `checkpoint` says so, a signed checkpoint of the
     /// result. `frontier` is advanced only if everything commits.

@@ -301,8 +301,10 @@ impl SubjectReader {
 /// protobuf message: the last occurrence, as protobuf decoders read it, if
 /// it is non-empty, valid UTF-8 and at most [`MAX_SUBJECT`] bytes.
 ///
-/// Only the top level is walked, without allocating. Groups, a field
-/// `field` of another wire type and malformed input give `None`.
+/// Only the top level is walked, without allocating. Unknown groups are
+/// skipped as protobuf decoders skip them (so that padding a request with
+/// one cannot hide its subject); a field `field` of another wire type and
+/// malformed input give `None`.
 pub fn subject_of(message: &[u8], field: u32) -> Option<&str> {
     let mut rest = message;
     let mut found = None;
@@ -316,6 +318,7 @@ pub fn subject_of(message: &[u8], field: u32) -> Option<&str> {
             0 if number != field => read_varint(after)?.1,
             1 if number != field => after.get(8..)?,
             5 if number != field => after.get(4..)?,
+            3 if number != field => skip_group(after, number, 0)?,
             2 => {
                 let (length, after) = read_varint(after)?;
                 let length = usize::try_from(length).ok()?;
@@ -325,13 +328,39 @@ pub fn subject_of(message: &[u8], field: u32) -> Option<&str> {
                 }
                 after.get(length..)?
             }
-            // Groups (3, 4), unknown wire types, or the subject's number
-            // with a wire type a string never has.
+            // A stray group end, unknown wire types, or the subject's
+            // number with a wire type a string never has.
             _ => return None,
         };
     }
     let value = found.filter(|value| !value.is_empty() && value.len() <= MAX_SUBJECT)?;
     std::str::from_utf8(value).ok()
+}
+
+/// Groups nested deeper are malformed as far as the gateway is concerned.
+const MAX_GROUP_DEPTH: u32 = 16;
+
+/// What follows the end of group `number`, whose start tag was just read.
+fn skip_group(mut rest: &[u8], number: u32, depth: u32) -> Option<&[u8]> {
+    if depth >= MAX_GROUP_DEPTH {
+        return None;
+    }
+    loop {
+        let (tag, after) = read_varint(rest)?;
+        let inner = u32::try_from(tag >> 3).ok()?;
+        rest = match tag & 0b111 {
+            0 => read_varint(after)?.1,
+            1 => after.get(8..)?,
+            5 => after.get(4..)?,
+            2 => {
+                let (length, after) = read_varint(after)?;
+                after.get(usize::try_from(length).ok()?..)?
+            }
+            3 => skip_group(after, inner, depth + 1)?,
+            4 if inner == number => return Some(after),
+            _ => return None,
+        };
+    }
 }
 
 /// A base-128 varint and what follows it.
@@ -513,6 +542,21 @@ mod tests {
         assert_eq!(subject_of(&message, 1), Some(NIN));
     }
 
+    /// An unknown group (field 100, as another client's schema might
+    /// carry) is skipped as decoders skip it: it cannot hide the subject.
+    #[test]
+    fn unknown_groups_are_skipped() {
+        let mut message = vec![0xa3, 0x06, 0x08, 0x01, 0xab, 0x06, 0xac, 0x06, 0xa4, 0x06];
+        message.extend_from_slice(&verify_identity());
+        message.extend_from_slice(&[0xa3, 0x06, 0xa4, 0x06]);
+        assert_eq!(subject_of(&message, 1), Some(NIN));
+        // Unbalanced, mismatched or too deeply nested groups are malformed.
+        assert_eq!(subject_of(&[0xa3, 0x06, 0x08, 0x01], 1), None);
+        assert_eq!(subject_of(&[0xa3, 0x06, 0xac, 0x06], 1), None);
+        let deep: Vec<u8> = std::iter::repeat_n([0xa3, 0x06], 40).flatten().collect();
+        assert_eq!(subject_of(&deep, 1), None);
+    }
+
     #[test]
     fn an_absent_or_empty_subject_is_none() {
         let empty = framed(&[]);
@@ -582,8 +626,8 @@ mod tests {
             &[0x02, 0],
             // Length beyond the message.
             &[0x0a, 20, b'1'],
-            // A group before the subject.
-            &[0x13, 0x14, 0x0a, 1, b'1'],
+            // A group that never ends.
+            &[0x13, 0x0a, 1, b'1'],
             // Wire types 6 and 7.
             &[0x16],
             &[0x17],

@@ -29,7 +29,7 @@ use tokio::task::AbortHandle;
 use super::deadline::Deadline;
 use super::error::GatewayError;
 use super::headers::strip_bridge_headers;
-use super::record::{self, CallRecord, SharedTally, Tally};
+use super::record::{self, CallRecord, Ending, SharedTally, Tally};
 use crate::audit::Appending;
 use crate::identity::MemberId;
 use crate::routing::upstream::BoxError;
@@ -141,7 +141,10 @@ impl Drop for Relay {
         if let Some(audit) = self.audit.as_mut()
             && let Some(record) = audit.record.take()
         {
-            drop(record.write_outcome(None, audit.request.as_ref(), Some(&audit.response)));
+            let appending = record.write_outcome(Ending::Cancelled, Some(&audit.response));
+            if let Err(error) = appending.queued() {
+                tracing::error!(%error, "the outcome of an abandoned call is lost");
+            }
         }
     }
 }
@@ -151,7 +154,6 @@ impl Drop for Relay {
 pub struct Audit {
     /// `None` once the outcome is written.
     record: Option<CallRecord>,
-    request: Option<SharedTally>,
     response: Tally,
     /// The outcome being written, and the trailers held back until it is
     /// durable: the caller learns the status only once it is logged.
@@ -159,10 +161,9 @@ pub struct Audit {
 }
 
 impl Audit {
-    pub fn new(record: CallRecord, request: SharedTally) -> Self {
+    pub fn new(record: CallRecord) -> Self {
         Self {
             record: Some(record),
-            request: Some(request),
             response: Tally::new(None),
             pending: None,
         }
@@ -175,8 +176,9 @@ impl Audit {
 
 type Polled = Poll<Option<Result<Frame<Bytes>, Infallible>>>;
 
-/// Ends a relayed response with `trailers` (or none): at once without an
-/// exchange log, else once the outcome record is durable.
+/// Ends a relayed response with `trailers` (none: the backend sent no
+/// status): at once without an exchange log, else once the outcome record
+/// is durable.
 fn end(
     audit: &mut Option<Audit>,
     trailers: Option<http::HeaderMap>,
@@ -186,11 +188,8 @@ fn end(
         return Poll::Ready(trailers.map(|trailers| Ok(Frame::trailers(trailers))));
     };
     if let Some(record) = audit.record.take() {
-        let appending = record.write_outcome(
-            trailers.as_ref(),
-            audit.request.as_ref(),
-            Some(&audit.response),
-        );
+        let ending = trailers.as_ref().map_or(Ending::NoStatus, Ending::Trailers);
+        let appending = record.write_outcome(ending, Some(&audit.response));
         audit.pending = Some((appending, trailers));
     }
     release(audit, cx)
@@ -212,7 +211,7 @@ fn release(audit: &mut Audit, cx: &mut Context<'_>) -> Polled {
         Err(error) => {
             // The backend answered, but nothing unlogged may look like a
             // success to the caller.
-            let error = GatewayError::ExchangeLogUnavailable(error.to_string());
+            let error = GatewayError::OutcomeUnrecorded(error.to_string());
             tracing::error!(%error, detail = error.detail().unwrap_or_default(), "call outcome not logged");
             Some(Ok(Frame::trailers(error.into_trailers())))
         }
@@ -262,13 +261,6 @@ impl ResponseBody {
         provider: MemberId,
         audit: Option<Audit>,
     ) -> Self {
-        // A trailers-only answer (HEADERS with END_STREAM, as backends send
-        // for most errors) must stay trailers-only: relayed as headers and an
-        // empty DATA frame, strict clients such as gRPC C-core report
-        // UNKNOWN instead of the backend's status.
-        if upstream.is_end_stream() {
-            return Self::empty();
-        }
         let shared = Arc::new(Mutex::new(Upstream {
             stream: Some((upstream, call_end)),
             ..Upstream::default()

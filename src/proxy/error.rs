@@ -76,6 +76,13 @@ pub enum GatewayError {
     /// The exchange log cannot record the call, so it is not forwarded.
     #[error("the exchange log cannot record this call, so the gateway refuses it; retry later")]
     ExchangeLogUnavailable(String),
+    /// The backend answered but the outcome could not be recorded, so its
+    /// status is withheld. The call may have taken effect.
+    #[error(
+        "the backend answered but the exchange log could not record the outcome, so the \
+         gateway withholds it; the call may have taken effect: check before repeating it"
+    )]
+    OutcomeUnrecorded(String),
 }
 
 impl GatewayError {
@@ -96,6 +103,7 @@ impl GatewayError {
             | Self::UpstreamFailed { .. }
             | Self::ExchangeLogUnavailable(_) => Code::Unavailable,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Self::OutcomeUnrecorded(_) => Code::Internal,
         }
     }
 
@@ -118,6 +126,7 @@ impl GatewayError {
             Self::UpstreamFailed { .. } => "upstream-failed",
             Self::DeadlineExceeded(_) => "deadline-exceeded",
             Self::ExchangeLogUnavailable(_) => "exchange-log-unavailable",
+            Self::OutcomeUnrecorded(_) => "exchange-log-outcome-unrecorded",
         }
     }
 
@@ -139,7 +148,7 @@ impl GatewayError {
             Self::UpstreamUnavailable { .. }
             | Self::UpstreamIdentity { .. }
             | Self::UpstreamFailed { .. } => Fault::Upstream,
-            Self::ExchangeLogUnavailable(_) => Fault::Gateway,
+            Self::ExchangeLogUnavailable(_) | Self::OutcomeUnrecorded(_) => Fault::Gateway,
         }
     }
 
@@ -159,7 +168,8 @@ impl GatewayError {
             Self::UpstreamUnavailable { detail, .. }
             | Self::UpstreamIdentity { detail, .. }
             | Self::UpstreamFailed { detail, .. }
-            | Self::ExchangeLogUnavailable(detail) => Some(detail),
+            | Self::ExchangeLogUnavailable(detail)
+            | Self::OutcomeUnrecorded(detail) => Some(detail),
             _ => None,
         }
     }

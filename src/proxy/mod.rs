@@ -45,7 +45,7 @@ pub use body::{RequestBody, ResponseBody};
 pub use deadline::Deadline;
 pub use error::{Fault, GatewayError};
 use headers::{BRIDGE_REQUEST_ID, CallHeaders};
-use record::{CallRecord, Tally};
+use record::{CallRecord, Ending, Tally};
 
 /// Why the gateway cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -490,8 +490,8 @@ impl GatewayService {
         *upstream.headers_mut() =
             headers::upstream_headers(&parts.headers, &caller, &call, request_id);
 
-        if let Some(record) = record.as_mut() {
-            record.forwarded(SystemTime::now());
+        if let (Some(record), Some(tally)) = (record.as_mut(), &tally) {
+            record.forwarding(tally.clone(), SystemTime::now());
         }
         let mut response =
             tokio::time::timeout_at(deadline.at(), provider.send(upstream, &deadline))
@@ -505,21 +505,27 @@ impl GatewayService {
             let (name, value) = record::audit_index(index);
             response.headers_mut().insert(name, value);
         }
-        let audit = match (record.take(), tally) {
-            (Some(record), Some(tally)) if http_body::Body::is_end_stream(response.body()) => {
-                // Trailers-only: the headers carry the status, so they wait
-                // for the outcome to be durable.
+        // A trailers-only answer (HEADERS with END_STREAM, as backends send
+        // for most errors) must stay trailers-only: relayed as headers and
+        // an empty DATA frame, strict clients such as gRPC C-core report
+        // UNKNOWN instead of the backend's status. Decided once, here.
+        if http_body::Body::is_end_stream(response.body()) {
+            if let Some(record) = record.take() {
+                // The headers carry the status: they wait for the outcome.
                 let index = record
-                    .write_outcome(Some(response.headers()), Some(&tally), None)
+                    .write_outcome(
+                        Ending::Trailers(response.headers()),
+                        Some(&Tally::new(None)),
+                    )
                     .await
-                    .map_err(|error| GatewayError::ExchangeLogUnavailable(error.to_string()))?;
+                    .map_err(|error| GatewayError::OutcomeUnrecorded(error.to_string()))?;
                 let (name, value) = record::audit_index(index);
                 response.headers_mut().insert(name, value);
-                None
             }
-            (Some(record), Some(tally)) => Some(Audit::new(record, tally)),
-            _ => None,
-        };
+            drop(call_end);
+            return Ok(response.map(|_| ResponseBody::empty()));
+        }
+        let audit = record.take().map(Audit::new);
         let provider = provider.provider().clone();
         Ok(response.map(|body| ResponseBody::relay(body, call_end, deadline, provider, audit)))
     }

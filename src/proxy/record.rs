@@ -74,6 +74,20 @@ impl Tally {
         *bytes = self.bytes;
         *digest = self.digest.clone().finish().as_ref().to_vec();
     }
+
+    /// Writes a request's size, digest and subject into `record`.
+    fn write_request(&self, record: &mut ExchangeRecord) {
+        self.write_into(&mut record.request_bytes, &mut record.request_sha256);
+        if let Some(reader) = &self.subject {
+            match reader.subject() {
+                Some(subject) => subject.clone_into(&mut record.subject),
+                // The method names a subject but this request's could not
+                // be read (compressed, too large, malformed, absent):
+                // auditors must be able to find such calls.
+                None => record.subject_unreadable = true,
+            }
+        }
+    }
 }
 
 /// A request tally shared between the request body (polled by the
@@ -85,13 +99,35 @@ fn lock(tally: &SharedTally) -> std::sync::MutexGuard<'_, Tally> {
     tally.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// How a forwarded call ended, as its outcome records it.
+#[derive(Debug, Clone, Copy)]
+pub enum Ending<'a> {
+    /// With these trailers (the backend's, or the gateway's own error).
+    Trailers(&'a HeaderMap),
+    /// The backend's stream ended without a status.
+    NoStatus,
+    /// The caller went away before the end.
+    Cancelled,
+}
+
 /// The exchange-log record of one call in progress.
+///
+/// Whatever happens to the call, it ends with its records: a decision
+/// written (or being written) and never followed by an outcome gets a
+/// `CANCELLED` outcome when the record is dropped, which is what happens
+/// when the caller resets the stream while the gateway waits.
 #[derive(Debug)]
 pub struct CallRecord {
     log: ExchangeLog,
     record: ExchangeRecord,
+    /// The decision's append while it is in flight.
+    pending: Option<Appending>,
     /// Leaf index of the decision, once durable.
     decision: Option<u64>,
+    /// The request's bytes, once the call is forwarded.
+    request: Option<SharedTally>,
+    /// True once the call's last record is queued.
+    closed: bool,
 }
 
 impl CallRecord {
@@ -116,7 +152,10 @@ impl CallRecord {
                 received_us: unix_micros(received),
                 ..ExchangeRecord::default()
             },
+            pending: None,
             decision: None,
+            request: None,
+            closed: false,
         }
     }
 
@@ -155,39 +194,22 @@ impl CallRecord {
     }
 
     /// Appends the decision of an allowed call; it is durable when this
-    /// returns. Returns its leaf index.
+    /// returns. Returns its leaf index. If this future is dropped half-way
+    /// (a deadline), the append stays with the record, which then settles
+    /// it before writing anything else.
     pub async fn write_decision(&mut self) -> Result<u64, GatewayError> {
-        let index = self
-            .log
-            .append(self.record.clone())
-            .await
-            .map_err(|error| GatewayError::ExchangeLogUnavailable(error.to_string()))?;
+        let appending = self.pending.insert(self.log.append(self.record.clone()));
+        let written = appending.await;
+        self.pending = None;
+        let index =
+            written.map_err(|error| GatewayError::ExchangeLogUnavailable(error.to_string()))?;
         self.decision = Some(index);
         Ok(index)
     }
 
-    /// The leaf index of the decision, once written.
-    pub fn decision_index(&self) -> Option<u64> {
-        self.decision
-    }
-
-    /// Records that the gateway refused or failed the call with `error`:
-    /// as the decision itself when none was written yet, else as the
-    /// outcome. Durable when this returns.
-    pub async fn write_refusal(mut self, error: &GatewayError) -> Result<u64, GatewayError> {
-        let record = &mut self.record;
-        record.error_kind = error.kind().to_owned();
-        record.grpc_status = error.code() as i32;
-        if self.decision.is_none() {
-            record.allowed = false;
-        } else {
-            record.completed_us = unix_micros(SystemTime::now());
-        }
-        self.finish().await
-    }
-
-    /// Sets the times of the forwarded call.
-    pub fn forwarded(&mut self, at: SystemTime) {
+    /// The request's bytes, tallied as they go upstream.
+    pub fn forwarding(&mut self, request: SharedTally, at: SystemTime) {
+        self.request = Some(request);
         self.record.forwarded_us = unix_micros(at);
     }
 
@@ -196,62 +218,114 @@ impl CallRecord {
         self.record.first_byte_us = unix_micros(at);
     }
 
-    /// Appends the outcome of a forwarded call that ended with `status`
-    /// (`trailers` from the backend or made by the gateway).
-    pub fn write_outcome(
-        mut self,
-        trailers: Option<&HeaderMap>,
-        request: Option<&SharedTally>,
-        response: Option<&Tally>,
-    ) -> Appending {
-        let record = &mut self.record;
-        record.phase = Phase::Outcome.into();
-        record.completed_us = unix_micros(SystemTime::now());
-        record.decision_index = self.decision.unwrap_or_default();
-        match trailers {
-            Some(trailers) => {
-                // A backend that ends without a status has failed: gRPC
-                // clients report UNKNOWN.
-                record.grpc_status = trailers
-                    .get("grpc-status")
-                    .and_then(|value| value.to_str().ok()?.parse().ok())
-                    .unwrap_or(tonic::Code::Unknown as i32);
-                if let Some(kind) = trailers
-                    .get(super::headers::BRIDGE_ERROR)
-                    .and_then(|value| value.to_str().ok())
-                {
-                    kind.clone_into(&mut record.error_kind);
+    /// Records that the gateway refused or failed the call with `error`:
+    /// as the decision itself when none was written, else as the outcome.
+    /// Durable when this returns.
+    pub async fn write_refusal(mut self, error: &GatewayError) -> Result<u64, GatewayError> {
+        if let Some(pending) = self.pending.take() {
+            // The decision went in, or failed: either way it is settled.
+            self.decision = pending.await.ok();
+        }
+        self.closed = true;
+        let mut record = std::mem::take(&mut self.record);
+        record.error_kind = error.kind().to_owned();
+        record.grpc_status = error.code() as i32;
+        match self.decision {
+            None => record.allowed = false,
+            Some(decision) => {
+                record.phase = Phase::Outcome.into();
+                record.decision_index = decision;
+                record.completed_us = unix_micros(SystemTime::now());
+                if let Some(request) = &self.request {
+                    lock(request).write_request(&mut record);
                 }
             }
-            None => {
-                // The caller went away before the end.
-                record.grpc_status = tonic::Code::Cancelled as i32;
-                record.error_kind = "cancelled".to_owned();
-            }
-        }
-        if let Some(request) = request {
-            let request = lock(request);
-            request.write_into(&mut record.request_bytes, &mut record.request_sha256);
-            if let Some(subject) = request.subject.as_ref().and_then(SubjectReader::subject) {
-                subject.clone_into(&mut record.subject);
-            }
-        }
-        if let Some(response) = response {
-            response.write_into(&mut record.response_bytes, &mut record.response_sha256);
-        }
-        self.log.append(self.record)
-    }
-
-    async fn finish(self) -> Result<u64, GatewayError> {
-        let mut record = self.record;
-        if let Some(decision) = self.decision {
-            record.phase = Phase::Outcome.into();
-            record.decision_index = decision;
         }
         self.log
             .append(record)
             .await
             .map_err(|error| GatewayError::ExchangeLogUnavailable(error.to_string()))
+    }
+
+    /// Appends the outcome of a forwarded call; `response` is what came
+    /// back.
+    pub fn write_outcome(mut self, ending: Ending<'_>, response: Option<&Tally>) -> Appending {
+        self.closed = true;
+        let record = self.outcome(ending, response);
+        self.log.append(record)
+    }
+
+    fn outcome(&mut self, ending: Ending<'_>, response: Option<&Tally>) -> ExchangeRecord {
+        let mut record = std::mem::take(&mut self.record);
+        record.phase = Phase::Outcome.into();
+        record.completed_us = unix_micros(SystemTime::now());
+        record.decision_index = self.decision.unwrap_or_default();
+        let (status, kind) = match ending {
+            Ending::Trailers(trailers) => (
+                // A backend that ends without a status has failed: gRPC
+                // clients report UNKNOWN.
+                trailers
+                    .get("grpc-status")
+                    .and_then(|value| value.to_str().ok()?.parse().ok())
+                    .unwrap_or(tonic::Code::Unknown as i32),
+                trailers
+                    .get(super::headers::BRIDGE_ERROR)
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or_default(),
+            ),
+            Ending::NoStatus => (tonic::Code::Unknown as i32, "upstream-no-status"),
+            Ending::Cancelled => (tonic::Code::Cancelled as i32, "cancelled"),
+        };
+        record.grpc_status = status;
+        kind.clone_into(&mut record.error_kind);
+        if let Some(request) = &self.request {
+            lock(request).write_request(&mut record);
+        }
+        if let Some(response) = response {
+            response.write_into(&mut record.response_bytes, &mut record.response_sha256);
+        }
+        record
+    }
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        if self.closed || (self.pending.is_none() && self.decision.is_none()) {
+            return;
+        }
+        // The call was allowed (or was being allowed) and never ended:
+        // its caller left. The outcome waits for the decision's index.
+        let pending = self.pending.take();
+        let mut outcome = self.outcome(Ending::Cancelled, None);
+        let log = self.log.clone();
+        let request_id = outcome.request_id.clone();
+        let lost = move |reason: String| {
+            tracing::error!(
+                request_id,
+                "the outcome of an abandoned call is lost: {reason}"
+            );
+        };
+        match pending {
+            None => {
+                if let Err(error) = log.append(outcome).queued() {
+                    lost(error.to_string());
+                }
+            }
+            Some(pending) => match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        // A decision that failed needs no outcome.
+                        if let Ok(decision) = pending.await {
+                            outcome.decision_index = decision;
+                            if let Err(error) = log.append(outcome).queued() {
+                                lost(error.to_string());
+                            }
+                        }
+                    });
+                }
+                Err(_) => lost("no runtime to finish it on".to_owned()),
+            },
+        }
     }
 }
 
