@@ -273,11 +273,11 @@ pub fn verify_consistency(
         };
     }
     if old == 0 {
-        // Every tree extends the empty one.
-        return if proof.is_empty() {
-            Ok(())
-        } else {
-            Err(ProofError::WrongLength)
+        // Every tree extends the empty one, whose root is fixed.
+        return match (proof.is_empty(), *old_root == empty_root()) {
+            (false, _) => Err(ProofError::WrongLength),
+            (true, false) => Err(ProofError::RootMismatch),
+            (true, true) => Ok(()),
         };
     }
     let mut path: Vec<Hash> = Vec::with_capacity(proof.len() + 1);

@@ -307,8 +307,12 @@ impl Checkpoint {
             .next()
             .filter(|origin| !origin.is_empty())
             .ok_or(NoteError::Checkpoint("no origin line"))?;
+        // Decimal, without sign or leading zeros: one text per size.
         let size = lines
             .next()
+            .filter(|size| {
+                size.bytes().all(|b| b.is_ascii_digit()) && (*size == "0" || !size.starts_with('0'))
+            })
             .and_then(|size| size.parse::<u64>().ok())
             .ok_or(NoteError::Checkpoint(
                 "the second line must be the tree size",
@@ -353,6 +357,17 @@ mod tests {
         );
         let other = SigningKey::generate("govbridge.test/gw-1").unwrap();
         assert!(Checkpoint::open(&note, &other.verifier()).is_err());
+    }
+
+    #[test]
+    fn sizes_have_one_spelling() {
+        let text =
+            |size: &str| format!("log\n{size}\nBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\n");
+        assert_eq!(Checkpoint::parse(&text("42")).unwrap().size, 42);
+        assert_eq!(Checkpoint::parse(&text("0")).unwrap().size, 0);
+        for bad in ["+42", "042", "-1", "4 2", ""] {
+            assert!(Checkpoint::parse(&text(bad)).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
