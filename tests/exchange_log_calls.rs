@@ -64,6 +64,15 @@ async fn abandoned_outcome(bed: &Bed, request_id: &str) -> ExchangeRecord {
     panic!("the abandoned call {request_id} has no outcome record");
 }
 
+/// A request with its `bridge-request-id`, to find its records.
+fn identified<T>(message: T, request_id: &str) -> tonic::Request<T> {
+    with_header(
+        tonic::Request::new(message),
+        "bridge-request-id",
+        request_id,
+    )
+}
+
 fn request_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -76,12 +85,11 @@ async fn streaming_calls_are_recorded_with_their_sizes_and_status() {
     let id = request_id();
     let mut registry = CivilRegistryClient::new(bed.client("cbao-kyc").await);
     let mut events = registry
-        .watch_life_events(with_header(
-            tonic::Request::new(WatchLifeEventsRequest {
+        .watch_life_events(identified(
+            WatchLifeEventsRequest {
                 after_sequence: 0,
                 max_events: 200,
-            }),
-            "bridge-request-id",
+            },
             &id,
         ))
         .await
@@ -122,13 +130,9 @@ async fn streaming_calls_are_recorded_with_their_sizes_and_status() {
         })
         .collect();
     let mut tax = TaxAuthorityClient::new(bed.client("sonatel-payroll").await);
-    tax.submit_withholdings(with_header(
-        tonic::Request::new(tokio_stream::iter(lines)),
-        "bridge-request-id",
-        &id,
-    ))
-    .await
-    .unwrap();
+    tax.submit_withholdings(identified(tokio_stream::iter(lines), &id))
+        .await
+        .unwrap();
     let outcome = forwarded(
         &bed,
         &id,
@@ -156,11 +160,7 @@ async fn streaming_calls_are_recorded_with_their_sizes_and_status() {
         .collect();
     let mut bank = AccountVerificationClient::new(bed.client("treasury").await);
     let mut answers = bank
-        .verify_account_holders(with_header(
-            tonic::Request::new(tokio_stream::iter(lines)),
-            "bridge-request-id",
-            &id,
-        ))
+        .verify_account_holders(identified(tokio_stream::iter(lines), &id))
         .await
         .unwrap()
         .into_inner();
@@ -190,12 +190,11 @@ async fn an_allowed_call_that_cannot_be_forwarded_is_closed_by_its_outcome() {
     let id = request_id();
     let mut registry = CivilRegistryClient::new(bed.client("cbao-kyc").await);
     let status = registry
-        .watch_life_events(with_header(
-            tonic::Request::new(WatchLifeEventsRequest {
+        .watch_life_events(identified(
+            WatchLifeEventsRequest {
                 after_sequence: 0,
                 max_events: 1,
-            }),
-            "bridge-request-id",
+            },
             &id,
         ))
         .await
@@ -243,9 +242,8 @@ async fn a_call_its_client_abandons_is_closed_as_cancelled() {
     sender.send(line).await.unwrap();
     let mut bank = AccountVerificationClient::new(bed.client("treasury").await);
     let mut answers = bank
-        .verify_account_holders(with_header(
-            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(receiver)),
-            "bridge-request-id",
+        .verify_account_holders(identified(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
             &id,
         ))
         .await
@@ -273,12 +271,11 @@ async fn a_call_abandoned_before_its_backend_answers_is_closed_as_cancelled() {
         .await;
     let id = request_id();
     let mut registry = CivilRegistryClient::new(bed.client("cbao-kyc").await);
-    let mut call = Box::pin(registry.watch_life_events(with_header(
-        tonic::Request::new(WatchLifeEventsRequest {
+    let mut call = Box::pin(registry.watch_life_events(identified(
+        WatchLifeEventsRequest {
             after_sequence: 0,
             max_events: 1,
-        }),
-        "bridge-request-id",
+        },
         &id,
     )));
     // Drive the call until its decision is in the log (the backend never
