@@ -147,6 +147,9 @@ async fn start(
         tokio::spawn(bound.serve(shutdown.clone().wait()));
     }
     text = text.replace(&config.gateway.listen.to_string(), "127.0.0.1:0");
+    if let Some(admin) = config.gateway.admin {
+        text = text.replace(&admin.to_string(), "127.0.0.1:0");
+    }
 
     let mut targets = Vec::new();
     for (name, log) in [

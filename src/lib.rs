@@ -61,3 +61,4 @@ pub mod policy;
 pub mod proto;
 pub mod proxy;
 pub mod routing;
+pub mod telemetry;

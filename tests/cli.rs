@@ -281,7 +281,12 @@ fn serve_reloads_on_sighup_and_stops_on_sigterm() {
     let dir = dev_setup();
     let config = dir.path().join("govbridge.toml");
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text.replace("127.0.0.1:8443", "127.0.0.1:0")).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("127.0.0.1:8443", "127.0.0.1:0")
+            .replace("127.0.0.1:9464", "127.0.0.1:0"),
+    )
+    .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_govbridge"))
         .args([
             "--log-format",

@@ -106,6 +106,9 @@ pub struct GatewayConfig {
     /// This gateway's name in logs and the exchange log.
     pub node_id: String,
     pub listen: SocketAddr,
+    /// The admin endpoint (metrics, health, config, reload), plain HTTP:
+    /// keep it on loopback or a management network. Off when absent.
+    pub admin: Option<SocketAddr>,
     /// The member id in the gateway's upstream client certificate; backends
     /// accept calls only from it.
     pub identity: MemberId,

@@ -59,6 +59,7 @@ struct RawGateway {
     identity: Spanned<String>,
     handshake_timeout: Option<Spanned<String>>,
     max_concurrent_streams: Option<Spanned<u32>>,
+    admin: Option<Spanned<String>>,
     tls: RawServerTls,
 }
 
@@ -294,6 +295,11 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
     let gateway_config = GatewayConfig {
         node_id: gateway.node_id.get_ref().clone(),
         listen: source.socket_addr("gateway.listen", &gateway.listen)?,
+        admin: gateway
+            .admin
+            .as_ref()
+            .map(|admin| source.socket_addr("gateway.admin", admin))
+            .transpose()?,
         identity: source.member("gateway.identity", &gateway.identity)?,
         tls: ServerTls {
             certificate: source.path(&gateway.tls.certificate),

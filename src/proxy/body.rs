@@ -131,11 +131,48 @@ struct Relay {
     provider: MemberId,
     /// The exchange-log side of the call, when the log is on.
     audit: Option<Audit>,
+    /// Counts the call when it ends; `None` once counted.
+    counted: Option<CallMetrics>,
+}
+
+/// Counts a forwarded call in the metrics when it ends, once.
+#[derive(Debug)]
+pub struct CallMetrics {
+    pub metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
+    pub caller: String,
+    pub provider: String,
+    pub method: String,
+    pub started: tokio::time::Instant,
+}
+
+impl CallMetrics {
+    /// The call ended with gRPC status `code`.
+    pub fn finish(self, code: i32) {
+        let labels = crate::telemetry::metrics::CallLabels {
+            caller: self.caller,
+            provider: self.provider,
+            method: self.method,
+            code: crate::telemetry::metrics::code_name(code),
+        };
+        self.metrics.call(&labels, self.started.elapsed());
+    }
+}
+
+/// The gRPC status in `headers` (trailers, or a trailers-only answer);
+/// UNKNOWN when there is none, as gRPC clients report it.
+pub fn status_of(headers: Option<&http::HeaderMap>) -> i32 {
+    headers
+        .and_then(|headers| headers.get("grpc-status"))
+        .and_then(|value| value.to_str().ok()?.parse().ok())
+        .unwrap_or(tonic::Code::Unknown as i32)
 }
 
 impl Drop for Relay {
     fn drop(&mut self) {
         self.watchdog.abort();
+        if let Some(counted) = self.counted.take() {
+            counted.finish(tonic::Code::Cancelled as i32);
+        }
         // A caller that leaves before the end still leaves a record: the
         // append is queued and committed without anyone waiting for it.
         if let Some(audit) = self.audit.as_mut()
@@ -260,6 +297,7 @@ impl ResponseBody {
         deadline: Deadline,
         provider: MemberId,
         audit: Option<Audit>,
+        counted: Option<CallMetrics>,
     ) -> Self {
         let shared = Arc::new(Mutex::new(Upstream {
             stream: Some((upstream, call_end)),
@@ -288,6 +326,7 @@ impl ResponseBody {
                 budget: deadline.budget(),
                 provider,
                 audit,
+                counted,
             }),
             local: None,
         }
@@ -321,7 +360,11 @@ impl Body for ResponseBody {
         if std::mem::take(&mut upstream.expired) {
             drop(upstream);
             let error = GatewayError::DeadlineExceeded(relay.budget);
-            return end(&mut relay.audit, Some(error.into_trailers()), cx);
+            let trailers = error.into_trailers();
+            if let Some(counted) = relay.counted.take() {
+                counted.finish(status_of(Some(&trailers)));
+            }
+            return end(&mut relay.audit, Some(trailers), cx);
         }
         let Some((stream, _)) = upstream.stream.as_mut() else {
             return Poll::Ready(None);
@@ -364,6 +407,9 @@ impl Body for ResponseBody {
         upstream.stream = None;
         drop(upstream);
         relay.watchdog.abort();
+        if let Some(counted) = relay.counted.take() {
+            counted.finish(status_of(trailers.as_ref()));
+        }
         end(&mut relay.audit, trailers, cx)
     }
 

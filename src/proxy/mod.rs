@@ -40,6 +40,7 @@ use crate::identity::tls::TlsError;
 use crate::net::{PeerInfo, TlsListener};
 use crate::policy::{CallFacts, Decision, PolicyEngine};
 use crate::routing::{RouteTable, UpstreamConnector};
+use crate::telemetry::metrics::Metrics;
 use body::Audit;
 pub use body::{RequestBody, ResponseBody};
 pub use deadline::Deadline;
@@ -84,6 +85,11 @@ pub struct GatewayState {
     policy: PolicyEngine,
     routes: RouteTable,
     max_deadline: Duration,
+    /// The certificates this configuration serves with: (name, expiry in
+    /// seconds since the epoch).
+    certificates: Vec<(String, i64)>,
+    /// The effective configuration as JSON, for the admin endpoint.
+    described: String,
     /// The exchange log's settings as configured. The open log keeps the
     /// ones it started with; who may call the Data Tracker follows reloads.
     exchange_log: crate::config::ExchangeLogConfig,
@@ -132,6 +138,8 @@ impl GatewayState {
             policy,
             routes: RouteTable::new(config, &connector),
             max_deadline: config.upstream.max_deadline,
+            certificates: certificates(config),
+            described: describe(config),
             exchange_log: config.exchange_log.clone(),
         })
     }
@@ -170,6 +178,88 @@ impl GatewayState {
     pub fn exchange_log_config(&self) -> &crate::config::ExchangeLogConfig {
         &self.exchange_log
     }
+
+    /// The certificates in use and when they expire (seconds since the
+    /// epoch).
+    pub fn certificates(&self) -> &[(String, i64)] {
+        &self.certificates
+    }
+
+    /// The effective configuration as JSON: every setting and path, never
+    /// key material.
+    pub fn describe(&self) -> String {
+        self.described.clone()
+    }
+}
+
+/// The leaf certificates a configuration uses, with their expiry.
+fn certificates(config: &Config) -> Vec<(String, i64)> {
+    [
+        ("gateway.tls.certificate", &config.gateway.tls.certificate),
+        ("upstream.certificate", &config.upstream.tls.certificate),
+    ]
+    .into_iter()
+    .filter_map(|(name, path)| {
+        let chain = crate::identity::tls::load_certificates(path).ok()?;
+        let not_after = crate::identity::tls::certificate_not_after(chain.first()?)?;
+        Some((format!("{name} ({})", path.display()), not_after))
+    })
+    .collect()
+}
+
+fn describe(config: &Config) -> String {
+    let path = |path: &std::path::Path| path.display().to_string();
+    let value = serde_json::json!({
+        "source": path(&config.source),
+        "gateway": {
+            "node_id": config.gateway.node_id,
+            "listen": config.gateway.listen.to_string(),
+            "admin": config.gateway.admin.map(|admin| admin.to_string()),
+            "identity": config.gateway.identity.to_string(),
+            "tls": {
+                "certificate": path(&config.gateway.tls.certificate),
+                "private_key": "(redacted)",
+                "client_ca": path(&config.gateway.tls.client_ca),
+                "crls": config.gateway.tls.crls.iter().map(|crl| path(crl)).collect::<Vec<_>>(),
+            },
+            "handshake_timeout_ms": config.gateway.listener.handshake_timeout.as_millis(),
+            "max_concurrent_streams": config.gateway.listener.max_concurrent_streams,
+        },
+        "upstream": {
+            "certificate": path(&config.upstream.tls.certificate),
+            "private_key": "(redacted)",
+            "server_ca": path(&config.upstream.tls.server_ca),
+            "connect_timeout_ms": config.upstream.connect_timeout.as_millis(),
+            "max_deadline_ms": config.upstream.max_deadline.as_millis(),
+        },
+        "members": config.members.values().map(|member| serde_json::json!({
+            "id": member.id.to_string(),
+            "name": member.name,
+            "groups": member.groups,
+        })).collect::<Vec<_>>(),
+        "providers": config.providers.values().map(|provider| serde_json::json!({
+            "id": provider.id.to_string(),
+            "endpoints": provider.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "services": config.services.values().map(|service| serde_json::json!({
+            "name": service.name,
+            "providers": service.providers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "purposes": config.purposes.keys().collect::<Vec<_>>(),
+        "policy": {
+            "schema": path(&config.policy.schema),
+            "policies": path(&config.policy.policies),
+        },
+        "exchange_log": {
+            "enabled": config.exchange_log.enabled,
+            "data_dir": path(&config.exchange_log.data_dir),
+            "origin": config.exchange_log.origin,
+            "checkpoint_interval_ms": config.exchange_log.checkpoint_interval.as_millis(),
+            "checkpoint_records": config.exchange_log.checkpoint_records,
+            "data_tracker_clients": config.exchange_log.data_tracker_clients.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        },
+    });
+    serde_json::to_string_pretty(&value).unwrap_or_default()
 }
 
 /// The current configuration, shared by every connection.
@@ -183,6 +273,9 @@ pub struct Gateway {
     source: std::path::PathBuf,
     /// `None` only when the configuration turns the log off.
     log: Option<ExchangeLog>,
+    metrics: Arc<Metrics>,
+    /// The admin endpoint's listener, when configured.
+    admin: Option<TcpListener>,
 }
 
 impl Gateway {
@@ -227,12 +320,34 @@ impl Gateway {
         let tcp = TcpListener::bind(address)
             .await
             .map_err(|source| StartError::Bind { address, source })?;
+        let admin = match config.gateway.admin {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|source| StartError::Bind { address, source })?,
+            ),
+            None => None,
+        };
         Ok(Self {
             listener: TlsListener::new(tcp, tls, config.gateway.listener.clone()),
             state,
             source: config.source.clone(),
             log,
+            metrics: Arc::new(Metrics::default()),
+            admin,
         })
+    }
+
+    /// The admin endpoint's address, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .and_then(|admin| admin.local_addr().ok())
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The exchange log, unless the configuration turns it off.
@@ -251,22 +366,43 @@ impl Gateway {
         Reloader {
             source: self.source.clone(),
             state: self.state.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 
     /// Serves until `shutdown` resolves, then drains open calls and signs
     /// a last checkpoint of the exchange log.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let reloader = self.reloader();
         let state = self.state;
         let log = self.log;
+        let metrics = self.metrics;
         tracing::info!(node = state.load().node_id(), "gateway serving");
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        if let Some(listener) = self.admin {
+            let admin = crate::telemetry::admin::Admin {
+                metrics: metrics.clone(),
+                log: log.clone(),
+                state: state.clone(),
+                reloader,
+            };
+            if let Ok(address) = listener.local_addr() {
+                tracing::info!("admin endpoint on http://{address}");
+            }
+            tokio::spawn(admin.serve(listener, async move {
+                let _ = admin_stopped.await;
+            }));
+        }
         let serving = log.clone();
         self.listener
             .serve(
-                move |peer| GatewayService::new(state.clone(), peer, serving.clone()),
+                move |peer| {
+                    GatewayService::new(state.clone(), peer, serving.clone(), metrics.clone())
+                },
                 shutdown,
             )
             .await;
+        drop(stop_admin);
         if let Some(log) = log {
             let closed = tokio::task::spawn_blocking(move || log.close()).await;
             if let Err(error) = closed {
@@ -285,6 +421,7 @@ impl Gateway {
 pub struct Reloader {
     source: std::path::PathBuf,
     state: SharedState,
+    metrics: Arc<Metrics>,
 }
 
 /// Why a reload was rejected.
@@ -303,12 +440,16 @@ impl Reloader {
     /// Re-reads the configuration file and everything it names, and swaps
     /// it in if it is valid.
     pub fn reload(&self) -> Result<(), ReloadError> {
-        let config = Config::load(&self.source)?;
-        let state = GatewayState::new(&config).map_err(|error| ReloadError::Start {
-            file: self.source.clone(),
-            error: Box::new(error),
-        })?;
-        self.state.store(Arc::new(state));
+        let built = Config::load(&self.source)
+            .map_err(ReloadError::from)
+            .and_then(|config| {
+                GatewayState::new(&config).map_err(|error| ReloadError::Start {
+                    file: self.source.clone(),
+                    error: Box::new(error),
+                })
+            });
+        self.metrics.reload(built.is_ok());
+        self.state.store(Arc::new(built?));
         tracing::info!(config = %self.source.display(), "configuration reloaded");
         Ok(())
     }
@@ -346,14 +487,21 @@ pub struct GatewayService {
     state: SharedState,
     peer: Arc<PeerInfo>,
     log: Option<ExchangeLog>,
+    metrics: Arc<Metrics>,
 }
 
 impl GatewayService {
-    fn new(state: SharedState, peer: PeerInfo, log: Option<ExchangeLog>) -> Self {
+    fn new(
+        state: SharedState,
+        peer: PeerInfo,
+        log: Option<ExchangeLog>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             state,
             peer: Arc::new(peer),
             log,
+            metrics,
         }
     }
 
@@ -493,6 +641,7 @@ impl GatewayService {
         if let (Some(record), Some(tally)) = (record.as_mut(), &tally) {
             record.forwarding(tally.clone(), SystemTime::now());
         }
+        let forwarded = Instant::now();
         let mut response =
             tokio::time::timeout_at(deadline.at(), provider.send(upstream, &deadline))
                 .await
@@ -501,6 +650,15 @@ impl GatewayService {
         if let Some(record) = record.as_mut() {
             record.first_byte(SystemTime::now());
         }
+        self.metrics
+            .upstream(&provider.provider().to_string(), forwarded.elapsed());
+        let counted = body::CallMetrics {
+            metrics: self.metrics.clone(),
+            caller: caller.to_string(),
+            provider: provider.provider().to_string(),
+            method: uri.path().to_owned(),
+            started: received,
+        };
         if let Some(index) = decision {
             let (name, value) = record::audit_index(index);
             response.headers_mut().insert(name, value);
@@ -510,6 +668,7 @@ impl GatewayService {
         // an empty DATA frame, strict clients such as gRPC C-core report
         // UNKNOWN instead of the backend's status. Decided once, here.
         if http_body::Body::is_end_stream(response.body()) {
+            counted.finish(body::status_of(Some(response.headers())));
             if let Some(record) = record.take() {
                 // The headers carry the status: they wait for the outcome.
                 let index = record
@@ -527,7 +686,9 @@ impl GatewayService {
         }
         let audit = record.take().map(Audit::new);
         let provider = provider.provider().clone();
-        Ok(response.map(|body| ResponseBody::relay(body, call_end, deadline, provider, audit)))
+        Ok(response.map(|body| {
+            ResponseBody::relay(body, call_end, deadline, provider, audit, Some(counted))
+        }))
     }
 
     /// The second authorization point: this method, for this caller,
@@ -605,6 +766,7 @@ impl GatewayService {
             detail = error.detail().unwrap_or_default(),
             "call refused: {error}"
         );
+        self.metrics.refusal(error.kind());
         let logged = match record {
             // Nothing to write with: the log has just failed.
             Some(_) if matches!(error, GatewayError::ExchangeLogUnavailable(_)) => None,

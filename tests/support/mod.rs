@@ -246,6 +246,7 @@ impl BedBuilder {
         let config = Config::load(&config_path).unwrap_or_else(|error| panic!("{error}\n{text}"));
         let gateway = Gateway::bind(&config).await.unwrap();
         let gateway_addr = gateway.local_addr().unwrap();
+        let admin = gateway.admin_addr().unwrap();
         let reloader = gateway.reloader();
         let exchange_log = gateway.exchange_log().cloned();
         tasks.spawn(gateway.serve(shutdown.clone().wait()));
@@ -256,6 +257,7 @@ impl BedBuilder {
             pki,
             ca,
             gateway: gateway_addr,
+            admin,
             agencies,
             data,
             exchange_log,
@@ -280,6 +282,7 @@ fn config_text(
 [gateway]
 node_id = "gw-test"
 listen = "127.0.0.1:0"
+admin = "127.0.0.1:0"
 identity = "{GATEWAY_IDENTITY}"
 handshake_timeout = "{handshake_timeout}"
 
@@ -341,6 +344,8 @@ pub struct Bed {
     pub pki: PathBuf,
     pub ca: CertificateAuthority,
     pub gateway: SocketAddr,
+    /// The gateway's admin endpoint (plain HTTP).
+    pub admin: SocketAddr,
     pub agencies: HashMap<&'static str, SocketAddr>,
     pub data: Arc<Dataset>,
     /// The gateway's exchange log (see the exchange log block at the end).
@@ -628,4 +633,19 @@ pub fn text(output: &std::process::Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
+}
+
+/// One plain HTTP/1.1 request to the admin endpoint: (status, body).
+pub async fn admin_request(address: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(address).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
 }

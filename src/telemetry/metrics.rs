@@ -1,0 +1,372 @@
+//! The gateway's metrics, exposed as Prometheus text on the admin endpoint.
+//!
+//! Label values come from the configuration (registered members, published
+//! methods, the fixed set of `bridge-error` kinds), never from the wire
+//! alone, so the number of series stays bounded whatever callers send.
+//! Recording a call takes a read lock and atomic adds; a new series takes
+//! the write lock once.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+/// Upper bounds of the latency histograms' buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A histogram of durations with [`BUCKETS`].
+#[derive(Debug, Default)]
+struct Histogram {
+    /// Non-cumulative counts per bucket, the last one for +Inf.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    count: AtomicU64,
+    /// The sum, in nanoseconds.
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, duration: Duration) {
+        let seconds = duration.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let separator = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (index, bound) in BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[index].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{separator}le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        cumulative += self.buckets[BUCKETS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{separator}le=\"+Inf\"}} {cumulative}"
+        );
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(
+            out,
+            "{name}_count{{{labels}}} {}",
+            self.count.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// Series of one metric, by label values.
+#[derive(Debug)]
+struct Family<K, V> {
+    series: RwLock<BTreeMap<K, Arc<V>>>,
+}
+
+impl<K, V> Default for Family<K, V> {
+    fn default() -> Self {
+        Self {
+            series: RwLock::new(BTreeMap::new()),
+        }
+    }
+}
+
+impl<K: Ord + Clone + Hash, V: Default> Family<K, V> {
+    fn get(&self, key: &K) -> Arc<V> {
+        if let Some(value) = self
+            .series
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+        {
+            return value.clone();
+        }
+        self.series
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key.clone())
+            .or_default()
+            .clone()
+    }
+
+    fn snapshot(&self) -> Vec<(K, Arc<V>)> {
+        self.series
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect()
+    }
+}
+
+/// Who called what, and how it ended: the labels of a forwarded call.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CallLabels {
+    pub caller: String,
+    pub provider: String,
+    pub method: String,
+    /// The gRPC status code's name, e.g. `OK`, `NOT_FOUND`.
+    pub code: &'static str,
+}
+
+/// Everything the gateway counts.
+#[derive(Debug)]
+pub struct Metrics {
+    started: Instant,
+    calls: Family<CallLabels, AtomicU64>,
+    /// Total duration of forwarded calls, by method.
+    durations: Family<String, Histogram>,
+    /// Time to the backend's response headers, by provider.
+    upstream: Family<String, Histogram>,
+    /// Calls the gateway refused or failed, by `bridge-error` kind.
+    refusals: Family<&'static str, AtomicU64>,
+    reloads: Family<&'static str, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            calls: Family::default(),
+            durations: Family::default(),
+            upstream: Family::default(),
+            refusals: Family::default(),
+            reloads: Family::default(),
+        }
+    }
+}
+
+/// What the exchange log reports, read when metrics are rendered.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogGauges {
+    pub records: u64,
+    pub queued: u64,
+    pub writable: bool,
+}
+
+impl Metrics {
+    /// A forwarded call ended.
+    pub fn call(&self, labels: &CallLabels, total: Duration) {
+        self.calls.get(labels).fetch_add(1, Ordering::Relaxed);
+        self.durations.get(&labels.method).observe(total);
+    }
+
+    /// A backend's response headers arrived after `elapsed`.
+    pub fn upstream(&self, provider: &str, elapsed: Duration) {
+        self.upstream.get(&provider.to_owned()).observe(elapsed);
+    }
+
+    /// The gateway refused or failed a call with `kind`.
+    pub fn refusal(&self, kind: &'static str) {
+        self.refusals.get(&kind).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A reload was applied (`ok`) or rejected (`failed`).
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.reloads.get(&result).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Calls counted with `labels` so far.
+    pub fn calls_with(&self, labels: &CallLabels) -> u64 {
+        self.calls.get(labels).load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self, log: Option<LogGauges>) -> String {
+        let mut out = String::with_capacity(4096);
+        let header = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+        };
+        header(
+            &mut out,
+            "govbridge_uptime_seconds",
+            "gauge",
+            "Seconds since the gateway started.",
+        );
+        let _ = writeln!(
+            out,
+            "govbridge_uptime_seconds {}",
+            self.started.elapsed().as_secs_f64()
+        );
+
+        header(
+            &mut out,
+            "govbridge_calls_total",
+            "counter",
+            "Forwarded calls by caller, provider, method and final gRPC status.",
+        );
+        for (labels, count) in self.calls.snapshot() {
+            let _ = writeln!(
+                out,
+                "govbridge_calls_total{{caller=\"{}\",provider=\"{}\",method=\"{}\",code=\"{}\"}} {}",
+                escape(&labels.caller),
+                escape(&labels.provider),
+                escape(&labels.method),
+                labels.code,
+                count.load(Ordering::Relaxed)
+            );
+        }
+
+        header(
+            &mut out,
+            "govbridge_call_duration_seconds",
+            "histogram",
+            "Duration of forwarded calls, from request to final status, by method.",
+        );
+        for (method, histogram) in self.durations.snapshot() {
+            let labels = format!("method=\"{}\"", escape(&method));
+            histogram.render(&mut out, "govbridge_call_duration_seconds", &labels);
+        }
+
+        header(
+            &mut out,
+            "govbridge_upstream_response_seconds",
+            "histogram",
+            "Time from forwarding a call to the backend's response headers, by provider.",
+        );
+        for (provider, histogram) in self.upstream.snapshot() {
+            let labels = format!("provider=\"{}\"", escape(&provider));
+            histogram.render(&mut out, "govbridge_upstream_response_seconds", &labels);
+        }
+
+        header(
+            &mut out,
+            "govbridge_refusals_total",
+            "counter",
+            "Calls the gateway refused or failed itself, by bridge-error kind.",
+        );
+        for (kind, count) in self.refusals.snapshot() {
+            let _ = writeln!(
+                out,
+                "govbridge_refusals_total{{kind=\"{kind}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
+
+        header(
+            &mut out,
+            "govbridge_reloads_total",
+            "counter",
+            "Configuration reloads, applied (ok) or rejected (failed).",
+        );
+        for (result, count) in self.reloads.snapshot() {
+            let _ = writeln!(
+                out,
+                "govbridge_reloads_total{{result=\"{result}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
+
+        if let Some(log) = log {
+            header(
+                &mut out,
+                "govbridge_exchange_log_records",
+                "gauge",
+                "Records committed to the exchange log.",
+            );
+            let _ = writeln!(out, "govbridge_exchange_log_records {}", log.records);
+            header(
+                &mut out,
+                "govbridge_exchange_log_queue_depth",
+                "gauge",
+                "Records waiting for the exchange log's writer.",
+            );
+            let _ = writeln!(out, "govbridge_exchange_log_queue_depth {}", log.queued);
+            header(
+                &mut out,
+                "govbridge_exchange_log_writable",
+                "gauge",
+                "1 while the exchange log can write; calls are refused at 0.",
+            );
+            let _ = writeln!(
+                out,
+                "govbridge_exchange_log_writable {}",
+                u8::from(log.writable)
+            );
+        }
+        out
+    }
+}
+
+/// A label value as the text format wants it.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The name of a gRPC status code, as metrics label it.
+pub fn code_name(code: i32) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "CANCELLED",
+        2 => "UNKNOWN",
+        3 => "INVALID_ARGUMENT",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        6 => "ALREADY_EXISTS",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        9 => "FAILED_PRECONDITION",
+        10 => "ABORTED",
+        11 => "OUT_OF_RANGE",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        15 => "DATA_LOSS",
+        16 => "UNAUTHENTICATED",
+        _ => "OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_cumulative_histograms() {
+        let metrics = Metrics::default();
+        let labels = CallLabels {
+            caller: "SN/COM/CBAO/kyc".into(),
+            provider: "SN/GOV/ANEC/civil-registry".into(),
+            method: "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity".into(),
+            code: "OK",
+        };
+        metrics.call(&labels, Duration::from_micros(700));
+        metrics.call(&labels, Duration::from_millis(30));
+        metrics.refusal("policy-denied");
+        let text = metrics.render(None);
+        assert!(text.contains("govbridge_calls_total{caller=\"SN/COM/CBAO/kyc\",provider=\"SN/GOV/ANEC/civil-registry\",method=\"/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity\",code=\"OK\"} 2"), "{text}");
+        let method = "method=\"/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity\"";
+        assert!(text.contains(&format!(
+            "govbridge_call_duration_seconds_bucket{{{method},le=\"0.0005\"}} 0"
+        )));
+        assert!(text.contains(&format!(
+            "govbridge_call_duration_seconds_bucket{{{method},le=\"0.001\"}} 1"
+        )));
+        assert!(text.contains(&format!(
+            "govbridge_call_duration_seconds_bucket{{{method},le=\"0.05\"}} 2"
+        )));
+        assert!(text.contains(&format!(
+            "govbridge_call_duration_seconds_bucket{{{method},le=\"+Inf\"}} 2"
+        )));
+        assert!(text.contains(&format!(
+            "govbridge_call_duration_seconds_count{{{method}}} 2"
+        )));
+        assert!(text.contains("govbridge_refusals_total{kind=\"policy-denied\"} 1"));
+        assert_eq!(code_name(7), "PERMISSION_DENIED");
+        assert_eq!(escape("a\"b\\c"), "a\\\"b\\\\c");
+    }
+}

@@ -1,0 +1,210 @@
+//! The admin endpoint: metrics that count calls exactly and follow the
+//! Prometheus conventions, readiness that follows the exchange log, the
+//! effective configuration without key material, and reloads.
+
+// A failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use govbridge::audit::StoreFault;
+use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
+use govbridge::proto::civilregistry::v1::{GetPersonRequest, VerifyIdentityRequest};
+use support::{Bed, admin_request, bridge_error};
+use tonic::Code;
+
+const VERIFY_IDENTITY: &str = "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity";
+const GET_PERSON: &str = "/govbridge.civilregistry.v1.CivilRegistry/GetPerson";
+
+/// Sample name (without labels) -> value, for the lines with `labels`.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            (series.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Every sample belongs to a declared metric, counters end in `_total`,
+/// histograms in `_seconds`, and names are `[a-z_]` and prefixed.
+fn check_conventions(text: &str) {
+    let mut types = BTreeMap::new();
+    for line in text.lines().filter(|line| line.starts_with("# TYPE ")) {
+        let mut parts = line["# TYPE ".len()..].split(' ');
+        let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+        assert!(name.starts_with("govbridge_"), "{name}");
+        assert!(
+            name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+            "{name}"
+        );
+        match kind {
+            "counter" => assert!(name.ends_with("_total"), "{name}"),
+            "histogram" => assert!(name.ends_with("_seconds"), "{name}"),
+            "gauge" => assert!(!name.ends_with("_total"), "{name}"),
+            other => panic!("unexpected type {other}"),
+        }
+        assert!(
+            types.insert(name.to_owned(), kind).is_none(),
+            "{name} twice"
+        );
+    }
+    let declared: BTreeSet<&String> = types.keys().collect();
+    for series in samples(text).keys() {
+        let name = series.split('{').next().unwrap();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .filter(|family| types.get(*family) == Some(&"histogram"))
+            .unwrap_or(name);
+        assert!(
+            declared.contains(&family.to_owned()),
+            "{series} is undeclared"
+        );
+    }
+}
+
+fn verify_identity(bed: &Bed) -> VerifyIdentityRequest {
+    let citizen = &bed.data.citizens[0];
+    VerifyIdentityRequest {
+        nin: citizen.nin.to_string(),
+        first_names: citizen.first_names.clone(),
+        last_name: citizen.last_name.to_owned(),
+        date_of_birth: citizen.date_of_birth.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_a_known_sequence_of_calls_exactly() {
+    let bed = Bed::start().await;
+    let mut registry = CivilRegistryClient::new(bed.client("cbao-kyc").await);
+    for _ in 0..3 {
+        registry
+            .verify_identity(verify_identity(&bed))
+            .await
+            .unwrap();
+    }
+    let status = registry
+        .get_person(GetPersonRequest {
+            nin: "1999999999999".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    // Refused by the gateway itself: a method the service does not have.
+    let mut client = bed.client("cbao-kyc").await;
+    let response = support::raw_call(
+        &mut client,
+        "/govbridge.civilregistry.v1.CivilRegistry/NoSuchMethod",
+        &verify_identity(&bed),
+    )
+    .await;
+    assert_eq!(response.headers()["bridge-error"], "unknown-method");
+
+    let (code, text) = admin_request(bed.admin, "GET", "/metrics").await;
+    assert_eq!(code, 200);
+    check_conventions(&text);
+    let samples = samples(&text);
+    let calls = |method: &str, code: &str| {
+        let series = format!(
+            "govbridge_calls_total{{caller=\"SN/COM/CBAO/kyc\",provider=\"SN/GOV/ANEC/civil-registry\",method=\"{method}\",code=\"{code}\"}}"
+        );
+        samples.get(&series).copied().unwrap_or_default()
+    };
+    assert_eq!(calls(VERIFY_IDENTITY, "OK"), 3.0, "{text}");
+    assert_eq!(calls(GET_PERSON, "INVALID_ARGUMENT"), 1.0, "{text}");
+    assert_eq!(calls(GET_PERSON, "OK"), 0.0);
+    assert_eq!(
+        samples[&format!("govbridge_call_duration_seconds_count{{method=\"{VERIFY_IDENTITY}\"}}")],
+        3.0
+    );
+    assert_eq!(
+        samples["govbridge_refusals_total{kind=\"unknown-method\"}"],
+        1.0
+    );
+    assert_eq!(
+        samples["govbridge_upstream_response_seconds_count{provider=\"SN/GOV/ANEC/civil-registry\"}"],
+        4.0
+    );
+    // The log holds the forwarded calls (decision and outcome each) and
+    // the refusal.
+    assert_eq!(samples["govbridge_exchange_log_records"], 9.0);
+    assert_eq!(samples["govbridge_exchange_log_writable"], 1.0);
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn readiness_follows_the_exchange_log() {
+    let bed = Bed::start().await;
+    assert_eq!(admin_request(bed.admin, "GET", "/healthz").await.0, 200);
+    assert_eq!(admin_request(bed.admin, "GET", "/readyz").await.0, 200);
+
+    bed.exchange_log()
+        .simulate_fault(Some(StoreFault::DiskFull));
+    let mut registry = CivilRegistryClient::new(bed.client("cbao-kyc").await);
+    let status = registry
+        .verify_identity(verify_identity(&bed))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        bridge_error(&status).as_deref(),
+        Some("exchange-log-unavailable")
+    );
+    let (code, body) = admin_request(bed.admin, "GET", "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("exchange log cannot write"), "{body}");
+    // Alive all the same.
+    assert_eq!(admin_request(bed.admin, "GET", "/healthz").await.0, 200);
+
+    bed.exchange_log().simulate_fault(None);
+    registry
+        .verify_identity(verify_identity(&bed))
+        .await
+        .unwrap();
+    assert_eq!(admin_request(bed.admin, "GET", "/readyz").await.0, 200);
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn config_shows_settings_but_no_key_material() {
+    let bed = Bed::start().await;
+    let (code, body) = admin_request(bed.admin, "GET", "/config").await;
+    assert_eq!(code, 200);
+    let config: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(config["gateway"]["node_id"], "gw-test");
+    assert_eq!(config["gateway"]["tls"]["private_key"], "(redacted)");
+    assert_eq!(config["upstream"]["private_key"], "(redacted)");
+    assert!(!body.contains("PRIVATE KEY"));
+    assert!(!body.contains(".key"), "{body}");
+    assert_eq!(admin_request(bed.admin, "GET", "/nowhere").await.0, 404);
+    assert_eq!(admin_request(bed.admin, "DELETE", "/metrics").await.0, 405);
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn reload_applies_a_good_configuration_and_refuses_a_broken_one() {
+    let bed = Bed::start().await;
+    let (code, body) = admin_request(bed.admin, "POST", "/reload").await;
+    assert_eq!(code, 200, "{body}");
+
+    let broken = bed.dir.path().join("policies").join("broken.cedar");
+    std::fs::write(&broken, "permit (principal, action, resource) when {").unwrap();
+    let (code, body) = admin_request(bed.admin, "POST", "/reload").await;
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("broken.cedar"), "{body}");
+    // The running configuration still serves.
+    let mut registry = CivilRegistryClient::new(bed.client("cbao-kyc").await);
+    registry
+        .verify_identity(verify_identity(&bed))
+        .await
+        .unwrap();
+
+    let (_, text) = admin_request(bed.admin, "GET", "/metrics").await;
+    let samples = samples(&text);
+    assert_eq!(samples["govbridge_reloads_total{result=\"ok\"}"], 1.0);
+    assert_eq!(samples["govbridge_reloads_total{result=\"failed\"}"], 1.0);
+    bed.stop().await;
+}
