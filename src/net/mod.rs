@@ -114,10 +114,14 @@ where
     type Body = B;
 }
 
+/// The TLS configuration a listener hands to new connections; swapping it
+/// (a certificate or CA rotation) affects only connections accepted after.
+pub type SharedServerConfig = Arc<arc_swap::ArcSwap<ServerConfig>>;
+
 /// A TLS listener, bound and ready to serve.
 pub struct TlsListener {
     tcp: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: SharedServerConfig,
     settings: ListenerSettings,
 }
 
@@ -134,9 +138,14 @@ impl TlsListener {
     pub fn new(tcp: TcpListener, tls: Arc<ServerConfig>, settings: ListenerSettings) -> Self {
         Self {
             tcp,
-            acceptor: TlsAcceptor::from(tls),
+            tls: Arc::new(arc_swap::ArcSwap::new(tls)),
             settings,
         }
+    }
+
+    /// The TLS configuration of new connections, to swap on reload.
+    pub fn tls(&self) -> SharedServerConfig {
+        self.tls.clone()
     }
 
     /// The address the listener is bound to (useful after binding port 0).
@@ -175,7 +184,7 @@ impl TlsListener {
                 },
             };
             let connection = Connection {
-                acceptor: self.acceptor.clone(),
+                acceptor: TlsAcceptor::from(self.tls.load_full()),
                 settings: settings.clone(),
                 stop: stop_rx.clone(),
                 _open: open_tx.clone(),

@@ -366,6 +366,7 @@ impl Gateway {
         Reloader {
             source: self.source.clone(),
             state: self.state.clone(),
+            listener_tls: self.listener.tls(),
             metrics: self.metrics.clone(),
         }
     }
@@ -412,15 +413,19 @@ impl Gateway {
     }
 }
 
-/// Reloads a gateway's configuration: members, purposes, policies, routes.
+/// Reloads a gateway's configuration: members, purposes, policies, routes,
+/// upstream TLS, and the listener's certificate, client CAs and CRLs.
 ///
 /// The new configuration is built and validated in full before it replaces
-/// the old one; on any error the old one keeps serving. Listener TLS
-/// material is not reloaded here.
+/// the old one; on any error the old one keeps serving. Calls in flight
+/// finish under the configuration they started with; connections accepted
+/// after the reload use the new certificate. The listen and admin
+/// addresses and the exchange log's settings take effect at restart.
 #[derive(Debug, Clone)]
 pub struct Reloader {
     source: std::path::PathBuf,
     state: SharedState,
+    listener_tls: crate::net::SharedServerConfig,
     metrics: Arc<Metrics>,
 }
 
@@ -440,16 +445,25 @@ impl Reloader {
     /// Re-reads the configuration file and everything it names, and swaps
     /// it in if it is valid.
     pub fn reload(&self) -> Result<(), ReloadError> {
+        let start_error = |error| ReloadError::Start {
+            file: self.source.clone(),
+            error: Box::new(error),
+        };
         let built = Config::load(&self.source)
             .map_err(ReloadError::from)
             .and_then(|config| {
-                GatewayState::new(&config).map_err(|error| ReloadError::Start {
-                    file: self.source.clone(),
-                    error: Box::new(error),
-                })
+                let tls = config
+                    .gateway
+                    .tls
+                    .server_config()
+                    .map_err(|error| start_error(StartError::ServerTls(error)))?;
+                let state = GatewayState::new(&config).map_err(start_error)?;
+                Ok((tls, state))
             });
         self.metrics.reload(built.is_ok());
-        self.state.store(Arc::new(built?));
+        let (tls, state) = built?;
+        self.listener_tls.store(tls);
+        self.state.store(Arc::new(state));
         tracing::info!(config = %self.source.display(), "configuration reloaded");
         Ok(())
     }

@@ -1,0 +1,109 @@
+//! Hot reload of the listener's TLS material: a certificate and CA
+//! rotation reaches new connections while an open stream completes, and a
+//! certificate that does not match its key is refused.
+
+// A failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use govbridge::identity::MemberId;
+use govbridge::identity::tls::ClientTls;
+use govbridge::pki::{CertificateAuthority, LeafRequest};
+use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
+use govbridge::proto::civilregistry::v1::{VerifyIdentityRequest, WatchLifeEventsRequest};
+use support::{Bed, H2Client, admin_request};
+
+fn verify_identity(bed: &Bed) -> VerifyIdentityRequest {
+    let citizen = &bed.data.citizens[0];
+    VerifyIdentityRequest {
+        nin: citizen.nin.to_string(),
+        first_names: citizen.first_names.clone(),
+        last_name: citizen.last_name.to_owned(),
+        date_of_birth: citizen.date_of_birth.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn a_certificate_and_ca_rotation_reaches_new_connections_only() {
+    let bed = Bed::start().await;
+
+    // A stream opened under the old certificate.
+    let mut registry = CivilRegistryClient::new(bed.client("cbao-kyc").await);
+    let mut events = registry
+        .watch_life_events(WatchLifeEventsRequest {
+            after_sequence: 0,
+            max_events: 300,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(events.message().await.unwrap().is_some());
+
+    // A new CA signs a new gateway certificate; the client CA bundle now
+    // holds both CAs, so partners' existing certificates still work.
+    let rotated = bed.dir.path().join("rotated");
+    let new_ca = CertificateAuthority::generate("govbridge rotated CA").unwrap();
+    new_ca.write(&rotated).unwrap();
+    let mut server = LeafRequest::loopback_server("govbridge gateway");
+    server.member = Some(MemberId::parse("SN/GOV/GOVBRIDGE/gateway").unwrap());
+    new_ca
+        .issue(&server)
+        .unwrap()
+        .write(&bed.pki, "gateway")
+        .unwrap();
+    let bundle = [
+        std::fs::read_to_string(bed.pki.join("ca.pem")).unwrap(),
+        std::fs::read_to_string(rotated.join("ca.pem")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(bed.pki.join("ca.pem"), bundle).unwrap();
+
+    // A client that trusts only the new CA: refused until the reload.
+    let trusts_new_ca = ClientTls {
+        server_ca: rotated.join("ca.pem"),
+        certificate: bed.pki.join("member-cbao-kyc.pem"),
+        private_key: bed.pki.join("member-cbao-kyc.key"),
+    }
+    .client_config()
+    .unwrap();
+    assert!(
+        H2Client::connect(bed.gateway, trusts_new_ca.clone())
+            .await
+            .is_err()
+    );
+
+    let (code, body) = admin_request(bed.admin, "POST", "/reload").await;
+    assert_eq!(code, 200, "{body}");
+
+    // New connections see the new certificate...
+    let mut fresh = CivilRegistryClient::new(
+        H2Client::connect(bed.gateway, trusts_new_ca.clone())
+            .await
+            .unwrap(),
+    );
+    fresh.verify_identity(verify_identity(&bed)).await.unwrap();
+    // ...and the stream opened before the reload completes.
+    let mut received = 1;
+    while events.message().await.unwrap().is_some() {
+        received += 1;
+    }
+    assert_eq!(received, 300);
+
+    // A certificate that does not match its key is refused; the rotated
+    // certificate keeps serving.
+    let other = CertificateAuthority::generate("unrelated")
+        .unwrap()
+        .issue(&server)
+        .unwrap();
+    let scratch = bed.dir.path().join("scratch");
+    let (_, other_key) = other.write(&scratch, "gateway").unwrap();
+    std::fs::copy(other_key, bed.pki.join("gateway.key")).unwrap();
+    let (code, body) = admin_request(bed.admin, "POST", "/reload").await;
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("gateway.tls"), "{body}");
+    let mut again =
+        CivilRegistryClient::new(H2Client::connect(bed.gateway, trusts_new_ca).await.unwrap());
+    again.verify_identity(verify_identity(&bed)).await.unwrap();
+    bed.stop().await;
+}
