@@ -131,30 +131,64 @@ struct Relay {
     provider: MemberId,
     /// The exchange-log side of the call, when the log is on.
     audit: Option<Audit>,
-    /// Counts the call when it ends; `None` once counted.
-    counted: Option<CallMetrics>,
+    /// Counts and logs the call when it ends; `None` once done.
+    counted: Option<CallSummary>,
 }
 
-/// Counts a forwarded call in the metrics when it ends, once.
+/// A forwarded call's end: counted in the metrics and logged as one
+/// `call ended` event, once.
 #[derive(Debug)]
-pub struct CallMetrics {
+pub struct CallSummary {
     pub metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
+    pub request_id: String,
+    pub trace_id: String,
     pub caller: String,
     pub provider: String,
     pub method: String,
+    pub purpose: String,
     pub started: tokio::time::Instant,
+    /// From forwarding to the backend's response headers.
+    pub upstream: std::time::Duration,
+    /// Response bytes relayed to the caller.
+    pub bytes_out: u64,
 }
 
-impl CallMetrics {
-    /// The call ended with gRPC status `code`.
-    pub fn finish(self, code: i32) {
+impl CallSummary {
+    /// The call ended with `trailers` (`None`: cancelled by the caller).
+    pub fn finish(self, trailers: Option<&http::HeaderMap>) {
+        let code = match trailers {
+            Some(trailers) => status_of(Some(trailers)),
+            None => tonic::Code::Cancelled as i32,
+        };
+        let bridge_error = trailers
+            .and_then(|trailers| trailers.get(super::headers::BRIDGE_ERROR))
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        let total = self.started.elapsed();
+        let code_name = crate::telemetry::metrics::code_name(code);
+        tracing::info!(
+            request_id = self.request_id,
+            trace_id = self.trace_id,
+            caller = self.caller,
+            provider = self.provider,
+            method = self.method,
+            purpose = self.purpose,
+            decision = "allow",
+            grpc_status = code,
+            code = code_name,
+            bridge_error,
+            total_us = u64::try_from(total.as_micros()).unwrap_or(u64::MAX),
+            upstream_us = u64::try_from(self.upstream.as_micros()).unwrap_or(u64::MAX),
+            bytes_out = self.bytes_out,
+            "call ended"
+        );
         let labels = crate::telemetry::metrics::CallLabels {
             caller: self.caller,
             provider: self.provider,
             method: self.method,
-            code: crate::telemetry::metrics::code_name(code),
+            code: code_name,
         };
-        self.metrics.call(&labels, self.started.elapsed());
+        self.metrics.call(&labels, total);
     }
 }
 
@@ -171,7 +205,7 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.watchdog.abort();
         if let Some(counted) = self.counted.take() {
-            counted.finish(tonic::Code::Cancelled as i32);
+            counted.finish(None);
         }
         // A caller that leaves before the end still leaves a record: the
         // append is queued and committed without anyone waiting for it.
@@ -297,7 +331,7 @@ impl ResponseBody {
         deadline: Deadline,
         provider: MemberId,
         audit: Option<Audit>,
-        counted: Option<CallMetrics>,
+        counted: Option<CallSummary>,
     ) -> Self {
         let shared = Arc::new(Mutex::new(Upstream {
             stream: Some((upstream, call_end)),
@@ -362,7 +396,7 @@ impl Body for ResponseBody {
             let error = GatewayError::DeadlineExceeded(relay.budget);
             let trailers = error.into_trailers();
             if let Some(counted) = relay.counted.take() {
-                counted.finish(status_of(Some(&trailers)));
+                counted.finish(Some(&trailers));
             }
             return end(&mut relay.audit, Some(trailers), cx);
         }
@@ -389,8 +423,13 @@ impl Body for ResponseBody {
                     Some(trailers)
                 }
                 Err(frame) => {
-                    if let (Some(audit), Some(data)) = (relay.audit.as_mut(), frame.data_ref()) {
-                        audit.response.add(data);
+                    if let Some(data) = frame.data_ref() {
+                        if let Some(counted) = relay.counted.as_mut() {
+                            counted.bytes_out += data.len() as u64;
+                        }
+                        if let Some(audit) = relay.audit.as_mut() {
+                            audit.response.add(data);
+                        }
                     }
                     return Poll::Ready(Some(Ok(frame)));
                 }
@@ -408,7 +447,8 @@ impl Body for ResponseBody {
         drop(upstream);
         relay.watchdog.abort();
         if let Some(counted) = relay.counted.take() {
-            counted.finish(status_of(trailers.as_ref()));
+            // A backend that sent no status: counted as gRPC clients see it.
+            counted.finish(Some(&trailers.clone().unwrap_or_default()));
         }
         end(&mut relay.audit, trailers, cx)
     }

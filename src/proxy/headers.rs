@@ -288,9 +288,21 @@ pub fn upstream_headers(
     }
     headers.insert(
         HeaderName::from_static(TRACEPARENT),
-        call.traceparent.clone(),
+        child_traceparent(&call.traceparent),
     );
     headers
+}
+
+/// The gateway's hop in a trace: the caller's trace id and flags, with a
+/// fresh parent id for the span the gateway opens (W3C Trace Context).
+pub fn child_traceparent(parent: &HeaderValue) -> HeaderValue {
+    // `parent` was checked when read: `00-<32 hex>-<16 hex>-<2 hex>`.
+    let text = parent.to_str().unwrap_or_default();
+    let (Some(trace), Some(flags)) = (text.get(3..35), text.get(53..55)) else {
+        return parent.clone();
+    };
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    HeaderValue::from_str(&format!("00-{trace}-{span}-{flags}")).unwrap_or_else(|_| parent.clone())
 }
 
 /// Whether a header is in the gateway's namespace: `bridge-*`, and
@@ -392,7 +404,12 @@ mod tests {
         assert!(upstream.get("bridge-anything").is_none());
         assert!(upstream.get("bridge_client").is_none());
         assert_eq!(upstream["x-custom"], "kept");
-        assert_eq!(upstream[TRACEPARENT], client[TRACEPARENT]);
+        // The same trace, under the gateway's own span.
+        let forwarded = upstream[TRACEPARENT].to_str().unwrap();
+        assert!(forwarded.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(forwarded.ends_with("-01"));
+        assert_ne!(upstream[TRACEPARENT], client[TRACEPARENT]);
+        assert!(is_traceparent(forwarded.as_bytes()));
         assert!(upstream.get(GRPC_TIMEOUT).is_none());
     }
 }

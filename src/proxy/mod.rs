@@ -664,14 +664,26 @@ impl GatewayService {
         if let Some(record) = record.as_mut() {
             record.first_byte(SystemTime::now());
         }
+        let upstream_elapsed = forwarded.elapsed();
         self.metrics
-            .upstream(&provider.provider().to_string(), forwarded.elapsed());
-        let counted = body::CallMetrics {
+            .upstream(&provider.provider().to_string(), upstream_elapsed);
+        let counted = body::CallSummary {
             metrics: self.metrics.clone(),
+            request_id: request_id.to_str().unwrap_or_default().to_owned(),
+            trace_id: call
+                .traceparent
+                .to_str()
+                .ok()
+                .and_then(|text| text.get(3..35))
+                .unwrap_or_default()
+                .to_owned(),
             caller: caller.to_string(),
             provider: provider.provider().to_string(),
             method: uri.path().to_owned(),
+            purpose: call.purpose_code().unwrap_or_default().to_owned(),
             started: received,
+            upstream: upstream_elapsed,
+            bytes_out: 0,
         };
         if let Some(index) = decision {
             let (name, value) = record::audit_index(index);
@@ -682,7 +694,7 @@ impl GatewayService {
         // an empty DATA frame, strict clients such as gRPC C-core report
         // UNKNOWN instead of the backend's status. Decided once, here.
         if http_body::Body::is_end_stream(response.body()) {
-            counted.finish(body::status_of(Some(response.headers())));
+            counted.finish(Some(response.headers()));
             if let Some(record) = record.take() {
                 // The headers carry the status: they wait for the outcome.
                 let index = record
