@@ -205,6 +205,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             runtime()?.block_on(async {
                 let gateway = Gateway::bind(&config).await?;
                 gateway.reloader().reload_on_sighup();
+                gateway
+                    .reloader()
+                    .reload_on_file_change(std::time::Duration::from_secs(2));
                 println!(
                     "govbridge gateway listening on https://{}",
                     gateway.local_addr()?

@@ -153,6 +153,9 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     let gateway = Gateway::bind(&config).await?;
     let address = gateway.local_addr()?;
     gateway.reloader().reload_on_sighup();
+    gateway
+        .reloader()
+        .reload_on_file_change(std::time::Duration::from_secs(2));
     tasks.spawn(gateway.serve(shutdown.clone().wait()));
 
     let pki_dir = dir.join("pki");

@@ -107,3 +107,53 @@ async fn a_certificate_and_ca_rotation_reaches_new_connections_only() {
     again.verify_identity(verify_identity(&bed)).await.unwrap();
     bed.stop().await;
 }
+
+/// The value of a sample on the admin endpoint's /metrics, 0 if absent.
+async fn sample(bed: &Bed, series: &str) -> f64 {
+    let (_, text) = admin_request(bed.admin, "GET", "/metrics").await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_default()
+}
+
+/// Polls /metrics until `series` reaches `value` (at most 5 s): the file
+/// watcher works on its own clock.
+async fn await_sample(bed: &Bed, series: &str, value: f64) {
+    for _ in 0..250 {
+        if sample(bed, series).await == value {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("{series} never reached {value}");
+}
+
+#[tokio::test]
+async fn a_changed_file_is_reloaded_and_a_broken_one_refused() {
+    let bed = Bed::start().await;
+    bed.reloader
+        .clone()
+        .reload_on_file_change(std::time::Duration::from_millis(20));
+    let ok = "govbridge_reloads_total{result=\"ok\"}";
+    let failed = "govbridge_reloads_total{result=\"failed\"}";
+    assert_eq!(sample(&bed, ok).await, 0.0);
+
+    let policies = bed.dir.path().join("policies");
+    std::fs::write(
+        policies.join("more.cedar"),
+        "@id(\"more\")\npermit (principal, action, resource);\n",
+    )
+    .unwrap();
+    await_sample(&bed, ok, 1.0).await;
+
+    std::fs::write(policies.join("more.cedar"), "permit (principal,").unwrap();
+    await_sample(&bed, failed, 1.0).await;
+    // The previous configuration keeps serving.
+    let mut registry = CivilRegistryClient::new(bed.client("cbao-kyc").await);
+    registry
+        .verify_identity(verify_identity(&bed))
+        .await
+        .unwrap();
+    assert_eq!(sample(&bed, ok).await, 1.0);
+    bed.stop().await;
+}

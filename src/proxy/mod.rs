@@ -192,6 +192,17 @@ impl GatewayState {
     }
 }
 
+/// Size and modification time of each file, `None` when it cannot be read.
+fn fingerprint(files: &[std::path::PathBuf]) -> Vec<Option<(u64, std::time::SystemTime)>> {
+    files
+        .iter()
+        .map(|file| {
+            let metadata = std::fs::metadata(file).ok()?;
+            Some((metadata.len(), metadata.modified().ok()?))
+        })
+        .collect()
+}
+
 /// The leaf certificates a configuration uses, with their expiry.
 fn certificates(config: &Config) -> Vec<(String, i64)> {
     [
@@ -466,6 +477,66 @@ impl Reloader {
         self.state.store(Arc::new(state));
         tracing::info!(config = %self.source.display(), "configuration reloaded");
         Ok(())
+    }
+
+    /// Reloads whenever the configuration file or a file it names changes
+    /// (size or modification time), checking every `interval`, until the
+    /// process ends. A change that fails to load is logged once and not
+    /// retried until the files change again.
+    pub fn reload_on_file_change(self, interval: Duration) {
+        tokio::spawn(async move {
+            let mut watched = self.watched_files();
+            let mut last = fingerprint(&watched);
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let now = fingerprint(&watched);
+                if now == last {
+                    continue;
+                }
+                last = now;
+                tracing::info!("configuration files changed; reloading");
+                let reloader = self.clone();
+                match tokio::task::spawn_blocking(move || reloader.reload()).await {
+                    Ok(Ok(())) => {
+                        // The new configuration may name other files.
+                        watched = self.watched_files();
+                        last = fingerprint(&watched);
+                    }
+                    Ok(Err(error)) => {
+                        tracing::error!(%error, "reload rejected; the previous configuration keeps serving");
+                    }
+                    Err(error) => tracing::error!(%error, "reload failed to run"),
+                }
+            }
+        });
+    }
+
+    /// The configuration file and every file it names.
+    fn watched_files(&self) -> Vec<std::path::PathBuf> {
+        let mut files = vec![self.source.clone()];
+        let Ok(config) = Config::load(&self.source) else {
+            return files;
+        };
+        let gateway = &config.gateway.tls;
+        let upstream = &config.upstream.tls;
+        files.extend([
+            gateway.certificate.clone(),
+            gateway.private_key.clone(),
+            gateway.client_ca.clone(),
+            upstream.certificate.clone(),
+            upstream.private_key.clone(),
+            upstream.server_ca.clone(),
+            config.policy.schema.clone(),
+            // A policy added or removed changes the directory itself.
+            config.policy.policies.clone(),
+        ]);
+        files.extend(gateway.crls.iter().cloned());
+        if let Ok(entries) = std::fs::read_dir(&config.policy.policies) {
+            files.extend(entries.filter_map(|entry| Some(entry.ok()?.path())));
+        }
+        files
     }
 
     /// Reloads on every SIGHUP until the process ends, logging the outcome.
