@@ -5,6 +5,7 @@
 //! printed once, with their context chain, and give exit status 1.
 
 mod audit;
+mod status;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -65,6 +66,12 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: audit::AuditCommand,
+    },
+    /// A short summary of a running gateway, read from its admin endpoint.
+    Status {
+        /// The admin endpoint, `gateway.admin` in its configuration.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+        admin: std::net::SocketAddr,
     },
     /// Validate a configuration as a start would, then exit.
     CheckConfig {
@@ -221,6 +228,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Policy { command } => run_policy(command),
         Command::Audit { command } => audit::run(command),
         Command::CheckConfig { config } => check_config(&config),
+        Command::Status { admin } => status::run(admin),
         Command::Dev { dir } => runtime()?.block_on(crate::dev::run(&dir)),
     }
 }

@@ -208,3 +208,45 @@ async fn reload_applies_a_good_configuration_and_refuses_a_broken_one() {
     assert_eq!(samples["govbridge_reloads_total{result=\"failed\"}"], 1.0);
     bed.stop().await;
 }
+
+#[tokio::test]
+async fn status_summarizes_a_running_gateway() {
+    let bed = Bed::start().await;
+    let mut registry = CivilRegistryClient::new(bed.client("cbao-kyc").await);
+    for _ in 0..2 {
+        registry
+            .verify_identity(verify_identity(&bed))
+            .await
+            .unwrap();
+    }
+    assert_eq!(admin_request(bed.admin, "POST", "/reload").await.0, 200);
+    let admin = bed.admin.to_string();
+    let output =
+        tokio::task::spawn_blocking(move || support::govbridge(&["status", "--admin", &admin]))
+            .await
+            .unwrap();
+    let text = support::text(&output);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains(": ready"), "{text}");
+    assert!(text.contains("2 forwarded"), "{text}");
+    assert!(text.contains("0.0% not OK"), "{text}");
+    assert!(
+        text.contains("exchange log    4 records, writable"),
+        "{text}"
+    );
+    assert!(text.contains("gateway.tls.certificate"), "{text}");
+    assert!(text.contains("expires in"), "{text}");
+    assert!(
+        text.contains("last reload     ok 0 s ago, failed never"),
+        "{text}"
+    );
+
+    // An endpoint that is not there is a clear error.
+    let output =
+        tokio::task::spawn_blocking(|| support::govbridge(&["status", "--admin", "127.0.0.1:9"]))
+            .await
+            .unwrap();
+    assert!(!output.status.success());
+    assert!(support::text(&output).contains("cannot reach the admin endpoint at 127.0.0.1:9"));
+    bed.stop().await;
+}

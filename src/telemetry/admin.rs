@@ -81,7 +81,9 @@ impl Admin {
                     queued: log.queued(),
                     writable: log.is_healthy(),
                 });
-                let mut response = text(StatusCode::OK, self.metrics.render(log));
+                let state = self.state.load();
+                let rendered = self.metrics.render(log, state.certificates());
+                let mut response = text(StatusCode::OK, rendered);
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -130,6 +130,9 @@ pub struct Metrics {
     /// Calls the gateway refused or failed, by `bridge-error` kind.
     refusals: Family<&'static str, AtomicU64>,
     reloads: Family<&'static str, AtomicU64>,
+    /// When the last reload of each result happened, seconds since the
+    /// epoch.
+    last_reload: Family<&'static str, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -141,6 +144,7 @@ impl Default for Metrics {
             upstream: Family::default(),
             refusals: Family::default(),
             reloads: Family::default(),
+            last_reload: Family::default(),
         }
     }
 }
@@ -174,6 +178,10 @@ impl Metrics {
     pub fn reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
         self.reloads.get(&result).fetch_add(1, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        self.last_reload.get(&result).store(now, Ordering::Relaxed);
     }
 
     /// Calls counted with `labels` so far.
@@ -181,8 +189,10 @@ impl Metrics {
         self.calls.get(labels).load(Ordering::Relaxed)
     }
 
-    /// The Prometheus text exposition (format 0.0.4).
-    pub fn render(&self, log: Option<LogGauges>) -> String {
+    /// The Prometheus text exposition (format 0.0.4), with the gauges read
+    /// at render time: the exchange log's and the expiry (seconds since the
+    /// epoch) of each certificate in use.
+    pub fn render(&self, log: Option<LogGauges>, certificates: &[(String, i64)]) -> String {
         let mut out = String::with_capacity(4096);
         let header = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -268,6 +278,34 @@ impl Metrics {
             );
         }
 
+        header(
+            &mut out,
+            "govbridge_last_reload_timestamp_seconds",
+            "gauge",
+            "When the last reload with this result happened.",
+        );
+        for (result, at) in self.last_reload.snapshot() {
+            let _ = writeln!(
+                out,
+                "govbridge_last_reload_timestamp_seconds{{result=\"{result}\"}} {}",
+                at.load(Ordering::Relaxed)
+            );
+        }
+
+        header(
+            &mut out,
+            "govbridge_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "When each certificate in use expires.",
+        );
+        for (certificate, not_after) in certificates {
+            let _ = writeln!(
+                out,
+                "govbridge_certificate_expiry_timestamp_seconds{{certificate=\"{}\"}} {not_after}",
+                escape(certificate)
+            );
+        }
+
         if let Some(log) = log {
             header(
                 &mut out,
@@ -347,7 +385,7 @@ mod tests {
         metrics.call(&labels, Duration::from_micros(700));
         metrics.call(&labels, Duration::from_millis(30));
         metrics.refusal("policy-denied");
-        let text = metrics.render(None);
+        let text = metrics.render(None, &[("gateway".to_owned(), 1_900_000_000)]);
         assert!(text.contains("govbridge_calls_total{caller=\"SN/COM/CBAO/kyc\",provider=\"SN/GOV/ANEC/civil-registry\",method=\"/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity\",code=\"OK\"} 2"), "{text}");
         let method = "method=\"/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity\"";
         assert!(text.contains(&format!(
@@ -366,6 +404,9 @@ mod tests {
             "govbridge_call_duration_seconds_count{{{method}}} 2"
         )));
         assert!(text.contains("govbridge_refusals_total{kind=\"policy-denied\"} 1"));
+        assert!(text.contains(
+            "govbridge_certificate_expiry_timestamp_seconds{certificate=\"gateway\"} 1900000000"
+        ));
         assert_eq!(code_name(7), "PERMISSION_DENIED");
         assert_eq!(escape("a\"b\\c"), "a\\\"b\\\\c");
     }

@@ -1,0 +1,145 @@
+//! `govbridge status --admin ADDR`: a short human summary of a running
+//! gateway, from its admin endpoint.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// One GET to the admin endpoint: (status code, body).
+fn get(admin: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut tcp = TcpStream::connect_timeout(&admin, Duration::from_secs(3))
+        .with_context(|| format!("cannot reach the admin endpoint at {admin}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nhost: {admin}\r\nconnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    tcp.read_to_string(&mut response)
+        .with_context(|| format!("reading {path} from {admin}"))?;
+    let Some((head, body)) = response.split_once("\r\n\r\n") else {
+        bail!("{admin}{path}: not an HTTP response");
+    };
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("{admin}{path}: no status line"))?;
+    Ok((status, body.to_owned()))
+}
+
+/// Samples by series (name with labels).
+fn samples(text: &str) -> BTreeMap<&str, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series, value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The value of label `name` in a series.
+fn label<'a>(series: &'a str, name: &str) -> Option<&'a str> {
+    let start = series.find(&format!("{name}=\""))? + name.len() + 2;
+    let end = series[start..].find('"')? + start;
+    Some(&series[start..end])
+}
+
+fn ago(seconds: f64) -> String {
+    let seconds = seconds.max(0.0) as u64;
+    match seconds {
+        0..60 => format!("{seconds} s"),
+        60..3600 => format!("{} min", seconds / 60),
+        3600..86_400 => format!("{} h {} min", seconds / 3600, seconds % 3600 / 60),
+        _ => format!("{} days", seconds / 86_400),
+    }
+}
+
+/// Prints the summary; fails when the endpoint cannot be read.
+pub fn run(admin: SocketAddr) -> anyhow::Result<()> {
+    let (ready, reasons) = get(admin, "/readyz")?;
+    let (_, metrics) = get(admin, "/metrics")?;
+    let samples = samples(&metrics);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64());
+    let sum = |prefix: &str, keep: &dyn Fn(&str) -> bool| -> f64 {
+        samples
+            .iter()
+            .filter(|(series, _)| series.starts_with(prefix) && keep(series))
+            .map(|(_, value)| value)
+            .sum()
+    };
+
+    if ready == 200 {
+        println!("govbridge at {admin}: ready");
+    } else {
+        println!("govbridge at {admin}: NOT READY");
+        for reason in reasons.lines().skip(1) {
+            println!("  {reason}");
+        }
+    }
+    let uptime = samples
+        .get("govbridge_uptime_seconds")
+        .copied()
+        .unwrap_or_default();
+    println!("  uptime          {}", ago(uptime));
+    let calls = sum("govbridge_calls_total{", &|_| true);
+    let failed = sum("govbridge_calls_total{", &|series| {
+        label(series, "code") != Some("OK")
+    });
+    let refused = sum("govbridge_refusals_total{", &|_| true);
+    println!(
+        "  calls           {calls:.0} forwarded ({:.1}/s since start), {:.1}% not OK; {refused:.0} refused by the gateway",
+        if uptime > 0.0 { calls / uptime } else { 0.0 },
+        if calls > 0.0 {
+            100.0 * failed / calls
+        } else {
+            0.0
+        },
+    );
+    match (
+        samples.get("govbridge_exchange_log_records"),
+        samples.get("govbridge_exchange_log_writable"),
+    ) {
+        (Some(records), Some(writable)) => println!(
+            "  exchange log    {records:.0} records, {}, {:.0} queued",
+            if *writable > 0.0 {
+                "writable"
+            } else {
+                "CANNOT WRITE"
+            },
+            samples
+                .get("govbridge_exchange_log_queue_depth")
+                .copied()
+                .unwrap_or_default()
+        ),
+        _ => println!("  exchange log    off"),
+    }
+    for (series, not_after) in &samples {
+        if series.starts_with("govbridge_certificate_expiry_timestamp_seconds{") {
+            let days = (not_after - now) / 86_400.0;
+            let name = label(series, "certificate").unwrap_or(series);
+            if days < 0.0 {
+                println!("  certificate     {name}: EXPIRED");
+            } else {
+                println!("  certificate     {name}: expires in {days:.0} days");
+            }
+        }
+    }
+    let last = |result: &str| {
+        samples
+            .get(format!("govbridge_last_reload_timestamp_seconds{{result=\"{result}\"}}").as_str())
+            .map_or_else(|| "never".to_owned(), |at| format!("{} ago", ago(now - at)))
+    };
+    println!(
+        "  last reload     ok {}, failed {}",
+        last("ok"),
+        last("failed")
+    );
+    Ok(())
+}
