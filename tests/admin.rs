@@ -236,10 +236,8 @@ async fn status_summarizes_a_running_gateway() {
     );
     assert!(text.contains("gateway.tls.certificate"), "{text}");
     assert!(text.contains("expires in"), "{text}");
-    assert!(
-        text.contains("last reload     ok 0 s ago, failed never"),
-        "{text}"
-    );
+    assert!(text.contains("last reload     ok "), "{text}");
+    assert!(text.contains(" s ago, failed never"), "{text}");
 
     // An endpoint that is not there is a clear error.
     let output =
