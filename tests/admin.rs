@@ -248,3 +248,36 @@ async fn status_summarizes_a_running_gateway() {
     assert!(support::text(&output).contains("cannot reach the admin endpoint at 127.0.0.1:9"));
     bed.stop().await;
 }
+
+#[tokio::test]
+async fn connections_and_refused_handshakes_are_counted() {
+    let bed = Bed::start().await;
+    // A partner whose certificate comes from a CA the gateway does not
+    // trust, and one that sends no certificate.
+    let stranger_ca = govbridge::pki::CertificateAuthority::generate("stranger").unwrap();
+    let member = govbridge::identity::MemberId::parse("SN/COM/CBAO/kyc").unwrap();
+    let (certificate, key) = stranger_ca
+        .issue(&govbridge::pki::LeafRequest::member(&member))
+        .unwrap()
+        .write(&bed.dir.path().join("stranger"), "member")
+        .unwrap();
+    assert!(support::handshake_refused(bed.gateway, bed.client_tls(&certificate, &key)).await);
+
+    let client = bed.client("cbao-kyc").await;
+    // The gateway counts the refusal right after its alert leaves, which
+    // the client may read first: look again for a moment if need be.
+    let refused = "govbridge_tls_handshake_failures_total{reason=\"unknown-issuer\"}";
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = admin_request(bed.admin, "GET", "/metrics").await.1;
+        if samples(&text).contains_key(refused) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let samples = samples(&text);
+    assert_eq!(samples[refused], 1.0, "{text}");
+    assert_eq!(samples["govbridge_connections_open"], 1.0, "{text}");
+    drop(client);
+    bed.stop().await;
+}

@@ -114,6 +114,82 @@ where
     type Body = B;
 }
 
+/// What a listener counts about its connections, for metrics.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    open: std::sync::atomic::AtomicU64,
+    /// Refused handshakes by reason; the reasons are a fixed set.
+    refused: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+impl ListenerStats {
+    /// Connections past the handshake and still open.
+    pub fn open(&self) -> u64 {
+        self.open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Refused handshakes, by reason.
+    pub fn refused(&self) -> Vec<(&'static str, u64)> {
+        self.refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(reason, count)| (*reason, *count))
+            .collect()
+    }
+
+    fn refuse(&self, reason: &'static str) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(reason)
+            .or_default() += 1;
+    }
+}
+
+/// Counts a connection as open while alive.
+struct OpenConnection(Arc<ListenerStats>);
+
+impl OpenConnection {
+    fn new(stats: Arc<ListenerStats>) -> Self {
+        stats
+            .open
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(stats)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A refused handshake's reason, from a fixed set (a metric label).
+fn refusal_reason(error: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    let Some(error) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<Error>())
+    else {
+        return "connection";
+    };
+    match error {
+        Error::NoCertificatesPresented => "no-client-certificate",
+        Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => "certificate-expired",
+        Error::InvalidCertificate(CertificateError::Revoked) => "certificate-revoked",
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => "unknown-issuer",
+        Error::InvalidCertificate(_) => "bad-certificate",
+        Error::NoApplicationProtocol | Error::PeerIncompatible(_) => "incompatible",
+        _ => "protocol",
+    }
+}
+
 /// The TLS configuration a listener hands to new connections; swapping it
 /// (a certificate or CA rotation) affects only connections accepted after.
 pub type SharedServerConfig = Arc<arc_swap::ArcSwap<ServerConfig>>;
@@ -123,6 +199,7 @@ pub struct TlsListener {
     tcp: TcpListener,
     tls: SharedServerConfig,
     settings: ListenerSettings,
+    stats: Arc<ListenerStats>,
 }
 
 impl std::fmt::Debug for TlsListener {
@@ -140,7 +217,13 @@ impl TlsListener {
             tcp,
             tls: Arc::new(arc_swap::ArcSwap::new(tls)),
             settings,
+            stats: Arc::default(),
         }
+    }
+
+    /// What the listener counts about its connections.
+    pub fn stats(&self) -> Arc<ListenerStats> {
+        self.stats.clone()
     }
 
     /// The TLS configuration of new connections, to swap on reload.
@@ -185,6 +268,7 @@ impl TlsListener {
             };
             let connection = Connection {
                 acceptor: TlsAcceptor::from(self.tls.load_full()),
+                stats: self.stats.clone(),
                 settings: settings.clone(),
                 stop: stop_rx.clone(),
                 _open: open_tx.clone(),
@@ -206,6 +290,7 @@ impl TlsListener {
 struct Connection {
     acceptor: TlsAcceptor,
     settings: Arc<ListenerSettings>,
+    stats: Arc<ListenerStats>,
     stop: watch::Receiver<bool>,
     _open: mpsc::Sender<Infallible>,
 }
@@ -223,14 +308,18 @@ impl Connection {
         let tls = match handshake.await {
             Ok(Ok(tls)) => tls,
             Ok(Err(error)) => {
-                tracing::info!(%remote_addr, reason = %error, "TLS handshake refused");
+                let kind = refusal_reason(&error);
+                self.stats.refuse(kind);
+                tracing::info!(%remote_addr, kind, reason = %error, "TLS handshake refused");
                 return;
             }
             Err(_) => {
-                tracing::info!(%remote_addr, reason = "handshake timeout", "TLS handshake refused");
+                self.stats.refuse("timeout");
+                tracing::info!(%remote_addr, kind = "timeout", reason = "handshake timeout", "TLS handshake refused");
                 return;
             }
         };
+        let _open = OpenConnection::new(self.stats.clone());
         let (_, session) = tls.get_ref();
         let control = ConnectionControl::default();
         let peer = PeerInfo {

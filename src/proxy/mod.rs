@@ -397,6 +397,7 @@ impl Gateway {
                 log: log.clone(),
                 state: state.clone(),
                 reloader,
+                listener: self.listener.stats(),
             };
             if let Ok(address) = listener.local_addr() {
                 tracing::info!("admin endpoint on http://{address}");

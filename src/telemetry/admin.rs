@@ -31,6 +31,7 @@ pub struct Admin {
     pub log: Option<ExchangeLog>,
     pub state: Arc<arc_swap::ArcSwap<GatewayState>>,
     pub reloader: Reloader,
+    pub listener: Arc<crate::net::ListenerStats>,
 }
 
 impl Admin {
@@ -82,7 +83,9 @@ impl Admin {
                     writable: log.is_healthy(),
                 });
                 let state = self.state.load();
-                let rendered = self.metrics.render(log, state.certificates());
+                let rendered = self
+                    .metrics
+                    .render(log, state.certificates(), &self.listener);
                 let mut response = text(StatusCode::OK, rendered);
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,

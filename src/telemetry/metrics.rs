@@ -192,7 +192,12 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4), with the gauges read
     /// at render time: the exchange log's and the expiry (seconds since the
     /// epoch) of each certificate in use.
-    pub fn render(&self, log: Option<LogGauges>, certificates: &[(String, i64)]) -> String {
+    pub fn render(
+        &self,
+        log: Option<LogGauges>,
+        certificates: &[(String, i64)],
+        listener: &crate::net::ListenerStats,
+    ) -> String {
         let mut out = String::with_capacity(4096);
         let header = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -275,6 +280,26 @@ impl Metrics {
                 out,
                 "govbridge_reloads_total{{result=\"{result}\"}} {}",
                 count.load(Ordering::Relaxed)
+            );
+        }
+
+        header(
+            &mut out,
+            "govbridge_connections_open",
+            "gauge",
+            "Partner connections past the TLS handshake and still open.",
+        );
+        let _ = writeln!(out, "govbridge_connections_open {}", listener.open());
+        header(
+            &mut out,
+            "govbridge_tls_handshake_failures_total",
+            "counter",
+            "Refused TLS handshakes by reason.",
+        );
+        for (reason, count) in listener.refused() {
+            let _ = writeln!(
+                out,
+                "govbridge_tls_handshake_failures_total{{reason=\"{reason}\"}} {count}"
             );
         }
 
@@ -385,7 +410,8 @@ mod tests {
         metrics.call(&labels, Duration::from_micros(700));
         metrics.call(&labels, Duration::from_millis(30));
         metrics.refusal("policy-denied");
-        let text = metrics.render(None, &[("gateway".to_owned(), 1_900_000_000)]);
+        let listener = crate::net::ListenerStats::default();
+        let text = metrics.render(None, &[("gateway".to_owned(), 1_900_000_000)], &listener);
         assert!(text.contains("govbridge_calls_total{caller=\"SN/COM/CBAO/kyc\",provider=\"SN/GOV/ANEC/civil-registry\",method=\"/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity\",code=\"OK\"} 2"), "{text}");
         let method = "method=\"/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity\"";
         assert!(text.contains(&format!(
