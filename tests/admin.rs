@@ -133,6 +133,21 @@ async fn metrics_count_a_known_sequence_of_calls_exactly() {
     // the refusal.
     assert_eq!(samples["govbridge_exchange_log_records"], 9.0);
     assert_eq!(samples["govbridge_exchange_log_writable"], 1.0);
+    // Each certificate and CRL in use, with when it expires.
+    for name in [
+        "gateway.tls.certificate",
+        "upstream.certificate",
+        "gateway.tls.crls",
+    ] {
+        let prefix =
+            format!("govbridge_certificate_expiry_timestamp_seconds{{certificate=\"{name} (");
+        assert!(
+            samples
+                .iter()
+                .any(|(series, at)| series.starts_with(&prefix) && *at > 1.7e9),
+            "{name}: {text}"
+        );
+    }
     bed.stop().await;
 }
 

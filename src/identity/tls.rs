@@ -83,6 +83,14 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError>
     })
 }
 
+/// When a CRL's next update is due, in seconds since the epoch: past it,
+/// the CRL is stale and should be replaced.
+pub fn crl_next_update(crl: &CertificateRevocationListDer<'_>) -> Option<i64> {
+    let (_, parsed) =
+        x509_parser::revocation_list::CertificateRevocationList::from_der(crl).ok()?;
+    Some(parsed.next_update()?.timestamp())
+}
+
 /// Reads every CRL of a PEM file.
 pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     CertificateRevocationListDer::pem_file_iter(path)

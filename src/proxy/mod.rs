@@ -203,19 +203,31 @@ fn fingerprint(files: &[std::path::PathBuf]) -> Vec<Option<(u64, std::time::Syst
         .collect()
 }
 
-/// The leaf certificates a configuration uses, with their expiry.
+/// The leaf certificates and CRLs a configuration uses, with when they
+/// expire (a CRL: its next update).
 fn certificates(config: &Config) -> Vec<(String, i64)> {
-    [
+    use crate::identity::tls;
+    let mut expiries: Vec<(String, i64)> = [
         ("gateway.tls.certificate", &config.gateway.tls.certificate),
         ("upstream.certificate", &config.upstream.tls.certificate),
     ]
     .into_iter()
     .filter_map(|(name, path)| {
-        let chain = crate::identity::tls::load_certificates(path).ok()?;
-        let not_after = crate::identity::tls::certificate_not_after(chain.first()?)?;
+        let chain = tls::load_certificates(path).ok()?;
+        let not_after = tls::certificate_not_after(chain.first()?)?;
         Some((format!("{name} ({})", path.display()), not_after))
     })
-    .collect()
+    .collect();
+    for path in &config.gateway.tls.crls {
+        let crls = tls::load_crls(path).unwrap_or_default();
+        for next_update in crls.iter().filter_map(tls::crl_next_update) {
+            expiries.push((
+                format!("gateway.tls.crls ({})", path.display()),
+                next_update,
+            ));
+        }
+    }
+    expiries
 }
 
 fn describe(config: &Config) -> String {

@@ -142,7 +142,7 @@ impl Admin {
             });
         for (name, not_after) in state.certificates() {
             if *not_after <= now {
-                problems.push(format!("certificate {name} has expired"));
+                problems.push(format!("{name} has expired"));
             }
         }
         for service in state.services().keys() {
