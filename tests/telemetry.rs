@@ -111,6 +111,41 @@ async fn a_call_ends_with_one_event_and_continues_the_callers_trace() {
     assert_eq!(fields["code"], "OK");
     assert!(fields["total_us"].as_u64().unwrap() >= fields["upstream_us"].as_u64().unwrap());
     assert!(fields["bytes_out"].as_u64().unwrap() > 5);
+    // A refusal is logged inside the call's span, with its request id.
+    let refused_id = uuid::Uuid::new_v4().to_string();
+    let status = registry
+        .get_person(with_header(
+            with_header(
+                tonic::Request::new(GetPersonRequest {
+                    nin: "1001199012345".to_owned(),
+                }),
+                "bridge-request-id",
+                &refused_id,
+            ),
+            "bridge-purpose",
+            "NO-SUCH-PURPOSE",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let refused: Vec<serde_json::Value> = captured
+        .events()
+        .into_iter()
+        .filter(|event| {
+            event["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("call refused"))
+        })
+        .filter(|event| event["span"]["request_id"] == refused_id.as_str())
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["span"]["name"], "call");
+    assert_eq!(
+        refused[0]["span"]["method"],
+        "/govbridge.civilregistry.v1.CivilRegistry/GetPerson"
+    );
+    assert_eq!(refused[0]["fields"]["bridge_error"], "bad-header");
+
     // No personal data: the NIN in the request is nowhere in the logs.
     let everything = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(!everything.contains("1001199012345"));

@@ -32,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use arc_swap::ArcSwap;
+use tracing::Instrument;
 
 use crate::audit::ExchangeLog;
 use crate::config::Config;
@@ -631,20 +632,31 @@ impl GatewayService {
                     received_at,
                 )
             });
-        let result = match bad_id {
-            Some(error) => Err(error),
-            None => {
-                self.forward(&state, request, &uri, received, &request_id, &mut record)
-                    .await
+        // Everything logged while the gateway handles the call carries its
+        // request id and method.
+        let span = tracing::info_span!(
+            "call",
+            request_id = request_id.to_str().unwrap_or_default(),
+            method = uri.path(),
+        );
+        async move {
+            let result = match bad_id {
+                Some(error) => Err(error),
+                None => {
+                    self.forward(&state, request, &uri, received, &request_id, &mut record)
+                        .await
+                }
+            };
+            match result {
+                Ok(mut response) => {
+                    response.headers_mut().insert(BRIDGE_REQUEST_ID, request_id);
+                    response
+                }
+                Err(error) => self.refuse(error, &request_id, &uri, record).await,
             }
-        };
-        match result {
-            Ok(mut response) => {
-                response.headers_mut().insert(BRIDGE_REQUEST_ID, request_id);
-                response
-            }
-            Err(error) => self.refuse(error, &request_id, &uri, record).await,
         }
+        .instrument(span)
+        .await
     }
 
     /// The caller, checked against the registry and the policies of this
@@ -717,9 +729,14 @@ impl GatewayService {
         // The decision is durable before anything reaches the backend.
         let decision = match record.as_mut() {
             Some(record) => Some(
-                tokio::time::timeout_at(deadline.at(), record.write_decision())
-                    .await
-                    .map_err(|_| past_deadline())??,
+                tokio::time::timeout_at(
+                    deadline.at(),
+                    record
+                        .write_decision()
+                        .instrument(tracing::debug_span!("exchange_log")),
+                )
+                .await
+                .map_err(|_| past_deadline())??,
             ),
             None => None,
         };
@@ -740,10 +757,14 @@ impl GatewayService {
             record.forwarding(tally.clone(), SystemTime::now());
         }
         let forwarded = Instant::now();
-        let mut response =
-            tokio::time::timeout_at(deadline.at(), provider.send(upstream, &deadline))
-                .await
-                .map_err(|_| past_deadline())??;
+        let mut response = tokio::time::timeout_at(
+            deadline.at(),
+            provider
+                .send(upstream, &deadline)
+                .instrument(tracing::debug_span!("upstream", provider = %provider.provider())),
+        )
+        .await
+        .map_err(|_| past_deadline())??;
         headers::strip_bridge_headers(response.headers_mut());
         if let Some(record) = record.as_mut() {
             record.first_byte(SystemTime::now());
@@ -821,6 +842,7 @@ impl GatewayService {
             .peer
             .certificate_not_after
             .map_or(0, |not_after| (not_after - now).div_euclid(86_400));
+        let _policy = tracing::debug_span!("policy").entered();
         let decision = state.policy.authorize(&CallFacts {
             caller,
             method,
