@@ -133,6 +133,10 @@ async fn metrics_count_a_known_sequence_of_calls_exactly() {
     // the refusal.
     assert_eq!(samples["govbridge_exchange_log_records"], 9.0);
     assert_eq!(samples["govbridge_exchange_log_writable"], 1.0);
+    // Every commit is timed: at least one per forwarded call's record
+    // batch, at most one per record.
+    let commits = samples["govbridge_exchange_log_commit_seconds_count"];
+    assert!((1.0..=9.0).contains(&commits), "{text}");
     // Each certificate and CRL in use, with when it expires.
     for name in [
         "gateway.tls.certificate",

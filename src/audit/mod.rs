@@ -91,6 +91,8 @@ struct Shared {
     checkpoint: ArcSwapOption<StoredCheckpoint>,
     /// Records waiting for the writer.
     queued: AtomicU64,
+    /// How long each commit took.
+    commits: crate::telemetry::metrics::Histogram,
 }
 
 /// The gateway's handle on its exchange log. Cheap to clone.
@@ -118,6 +120,7 @@ impl ExchangeLog {
             healthy: AtomicBool::new(true),
             checkpoint: ArcSwapOption::from_pointee(checkpoint.clone()),
             queued: AtomicU64::new(0),
+            commits: crate::telemetry::metrics::Histogram::default(),
         });
         let (jobs, queue) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
         let (running, stopped) = std::sync::mpsc::channel::<()>();
@@ -224,6 +227,11 @@ impl ExchangeLog {
     /// Records waiting to be committed.
     pub fn queued(&self) -> u64 {
         self.shared.queued.load(Ordering::Relaxed)
+    }
+
+    /// How long each group commit took.
+    pub fn commit_durations(&self) -> &crate::telemetry::metrics::Histogram {
+        &self.shared.commits
     }
 
     /// The latest signed checkpoint.
@@ -435,7 +443,10 @@ impl Writer {
         checkpoint: bool,
     ) -> Result<u64, LogUnavailable> {
         let signing = checkpoint.then_some((self.origin.as_str(), &self.key));
-        match self.store.append(&mut self.frontier, records, signing) {
+        let started = Instant::now();
+        let appended = self.store.append(&mut self.frontier, records, signing);
+        self.shared.commits.observe(started.elapsed());
+        match appended {
             Ok(first) => {
                 let size = self.frontier.size();
                 self.shared.size.store(size, Ordering::Release);

@@ -81,6 +81,7 @@ impl Admin {
                     records: log.size(),
                     queued: log.queued(),
                     writable: log.is_healthy(),
+                    commits: log.commit_durations(),
                 });
                 let state = self.state.load();
                 let rendered = self

@@ -20,7 +20,7 @@ const BUCKETS: [f64; 14] = [
 
 /// A histogram of durations with [`BUCKETS`].
 #[derive(Debug, Default)]
-struct Histogram {
+pub struct Histogram {
     /// Non-cumulative counts per bucket, the last one for +Inf.
     buckets: [AtomicU64; BUCKETS.len() + 1],
     count: AtomicU64,
@@ -29,7 +29,8 @@ struct Histogram {
 }
 
 impl Histogram {
-    fn observe(&self, duration: Duration) {
+    /// Counts one duration.
+    pub fn observe(&self, duration: Duration) {
         let seconds = duration.as_secs_f64();
         let bucket = BUCKETS
             .iter()
@@ -57,10 +58,15 @@ impl Histogram {
             "{name}_bucket{{{labels}{separator}le=\"+Inf\"}} {cumulative}"
         );
         let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let braced = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braced} {sum}");
         let _ = writeln!(
             out,
-            "{name}_count{{{labels}}} {}",
+            "{name}_count{braced} {}",
             self.count.load(Ordering::Relaxed)
         );
     }
@@ -150,11 +156,13 @@ impl Default for Metrics {
 }
 
 /// What the exchange log reports, read when metrics are rendered.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LogGauges {
+#[derive(Debug, Clone, Copy)]
+pub struct LogGauges<'a> {
     pub records: u64,
     pub queued: u64,
     pub writable: bool,
+    /// How long each group commit took.
+    pub commits: &'a Histogram,
 }
 
 impl Metrics {
@@ -194,7 +202,7 @@ impl Metrics {
     /// epoch) of each certificate in use.
     pub fn render(
         &self,
-        log: Option<LogGauges>,
+        log: Option<LogGauges<'_>>,
         certificates: &[(String, i64)],
         listener: &crate::net::ListenerStats,
     ) -> String {
@@ -357,6 +365,14 @@ impl Metrics {
                 "govbridge_exchange_log_writable {}",
                 u8::from(log.writable)
             );
+            header(
+                &mut out,
+                "govbridge_exchange_log_commit_seconds",
+                "histogram",
+                "Duration of each group commit (transaction and fsync) of the exchange log.",
+            );
+            log.commits
+                .render(&mut out, "govbridge_exchange_log_commit_seconds", "");
         }
         out
     }
