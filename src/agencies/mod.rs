@@ -310,7 +310,26 @@ impl Interceptor for GatewayOnly {
             .map_or_else(String::new, |path| path.0.clone());
         match self.admit(&request) {
             Ok(caller) => {
-                tracing::debug!(agency = self.agency.name(), %method, %caller, "agency call");
+                // The agency's hop continues the caller's trace: its events
+                // carry the trace id the gateway forwarded.
+                let trace_id = request
+                    .metadata()
+                    .get("traceparent")
+                    .and_then(|value| value.to_str().ok()?.get(3..35))
+                    .unwrap_or_default();
+                let request_id = request
+                    .metadata()
+                    .get("bridge-request-id")
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or_default();
+                tracing::debug!(
+                    agency = self.agency.name(),
+                    %method,
+                    %caller,
+                    trace_id,
+                    request_id,
+                    "agency call"
+                );
                 request.extensions_mut().insert(Caller(caller));
                 Ok(request)
             }
