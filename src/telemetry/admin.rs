@@ -39,8 +39,14 @@ impl Admin {
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let accept = async {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
+                let tcp = match listener.accept().await {
+                    Ok((tcp, _)) => tcp,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off.
+                        tracing::warn!(%error, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
                 };
                 let admin = self.clone();
                 tokio::spawn(async move {
@@ -48,7 +54,10 @@ impl Admin {
                         let admin = admin.clone();
                         async move { Ok::<_, Infallible>(admin.answer(request).await) }
                     });
+                    // A client that never finishes its request is dropped.
                     let connection = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(std::time::Duration::from_secs(10))
                         .serve_connection(TokioIo::new(tcp), service);
                     if let Err(error) = connection.await {
                         tracing::debug!(%error, "admin connection ended");
