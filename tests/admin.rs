@@ -10,9 +10,9 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 
 use govbridge::audit::StoreFault;
+use govbridge::proto::civilregistry::v1::GetPersonRequest;
 use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
-use govbridge::proto::civilregistry::v1::{GetPersonRequest, VerifyIdentityRequest};
-use support::{Bed, admin_request, bridge_error};
+use support::{Bed, admin_request, bridge_error, verify_identity_of};
 use tonic::Code;
 
 const VERIFY_IDENTITY: &str = "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity";
@@ -67,23 +67,13 @@ fn check_conventions(text: &str) {
     }
 }
 
-fn verify_identity(bed: &Bed) -> VerifyIdentityRequest {
-    let citizen = &bed.data.citizens[0];
-    VerifyIdentityRequest {
-        nin: citizen.nin.to_string(),
-        first_names: citizen.first_names.clone(),
-        last_name: citizen.last_name.to_owned(),
-        date_of_birth: citizen.date_of_birth.to_string(),
-    }
-}
-
 #[tokio::test]
 async fn metrics_count_a_known_sequence_of_calls_exactly() {
     let bed = Bed::start().await;
     let mut registry = CivilRegistryClient::new(bed.client("cbao-kyc").await);
     for _ in 0..3 {
         registry
-            .verify_identity(verify_identity(&bed))
+            .verify_identity(verify_identity_of(&bed, 0))
             .await
             .unwrap();
     }
@@ -99,7 +89,7 @@ async fn metrics_count_a_known_sequence_of_calls_exactly() {
     let response = support::raw_call(
         &mut client,
         "/govbridge.civilregistry.v1.CivilRegistry/NoSuchMethod",
-        &verify_identity(&bed),
+        &verify_identity_of(&bed, 0),
     )
     .await;
     assert_eq!(response.headers()["bridge-error"], "unknown-method");
@@ -165,7 +155,7 @@ async fn readiness_follows_the_exchange_log() {
         .simulate_fault(Some(StoreFault::DiskFull));
     let mut registry = CivilRegistryClient::new(bed.client("cbao-kyc").await);
     let status = registry
-        .verify_identity(verify_identity(&bed))
+        .verify_identity(verify_identity_of(&bed, 0))
         .await
         .unwrap_err();
     assert_eq!(
@@ -180,7 +170,7 @@ async fn readiness_follows_the_exchange_log() {
 
     bed.exchange_log().simulate_fault(None);
     registry
-        .verify_identity(verify_identity(&bed))
+        .verify_identity(verify_identity_of(&bed, 0))
         .await
         .unwrap();
     assert_eq!(admin_request(bed.admin, "GET", "/readyz").await.0, 200);
@@ -217,7 +207,7 @@ async fn reload_applies_a_good_configuration_and_refuses_a_broken_one() {
     // The running configuration still serves.
     let mut registry = CivilRegistryClient::new(bed.client("cbao-kyc").await);
     registry
-        .verify_identity(verify_identity(&bed))
+        .verify_identity(verify_identity_of(&bed, 0))
         .await
         .unwrap();
 
@@ -234,7 +224,7 @@ async fn status_summarizes_a_running_gateway() {
     let mut registry = CivilRegistryClient::new(bed.client("cbao-kyc").await);
     for _ in 0..2 {
         registry
-            .verify_identity(verify_identity(&bed))
+            .verify_identity(verify_identity_of(&bed, 0))
             .await
             .unwrap();
     }

@@ -26,7 +26,7 @@ use govbridge::proto::audit::v1::{
 };
 use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
 use govbridge::proto::civilregistry::v1::{
-    GetPersonRequest, VerificationResult, VerifyIdentityRequest, VerifyIdentityResponse,
+    GetPersonRequest, VerificationResult, VerifyIdentityResponse,
 };
 use govbridge::proto::directory::v1::GetServiceDescriptorRequest;
 use govbridge::proto::directory::v1::directory_client::DirectoryClient;
@@ -34,7 +34,7 @@ use http::HeaderMap;
 use http_body_util::{BodyExt, Full};
 use prost::Message;
 use support::probe::Probe;
-use support::{Bed, CBAO_KYC, H2Client, bridge_error, declared, dev_bed};
+use support::{Bed, CBAO_KYC, H2Client, bridge_error, declared, dev_bed, verify_identity_of};
 use tonic::Code;
 use tower::{Service, ServiceExt};
 
@@ -55,16 +55,6 @@ fn framed(message: &impl Message) -> Vec<u8> {
 
 fn sha256(bytes: &[u8]) -> Vec<u8> {
     digest(&SHA256, bytes).as_ref().to_vec()
-}
-
-fn verify_identity_of(bed: &Bed, citizen: usize) -> VerifyIdentityRequest {
-    let citizen = &bed.data.citizens[citizen];
-    VerifyIdentityRequest {
-        nin: citizen.nin.to_string(),
-        first_names: citizen.first_names.clone(),
-        last_name: citizen.last_name.to_owned(),
-        date_of_birth: citizen.date_of_birth.to_string(),
-    }
 }
 
 /// One unary call with its exact bytes both ways, headers and trailers

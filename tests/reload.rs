@@ -10,19 +10,9 @@ mod support;
 use govbridge::identity::MemberId;
 use govbridge::identity::tls::ClientTls;
 use govbridge::pki::{CertificateAuthority, LeafRequest};
+use govbridge::proto::civilregistry::v1::WatchLifeEventsRequest;
 use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
-use govbridge::proto::civilregistry::v1::{VerifyIdentityRequest, WatchLifeEventsRequest};
-use support::{Bed, H2Client, admin_request};
-
-fn verify_identity(bed: &Bed) -> VerifyIdentityRequest {
-    let citizen = &bed.data.citizens[0];
-    VerifyIdentityRequest {
-        nin: citizen.nin.to_string(),
-        first_names: citizen.first_names.clone(),
-        last_name: citizen.last_name.to_owned(),
-        date_of_birth: citizen.date_of_birth.to_string(),
-    }
-}
+use support::{Bed, H2Client, admin_request, verify_identity_of};
 
 #[tokio::test]
 async fn a_certificate_and_ca_rotation_reaches_new_connections_only() {
@@ -82,7 +72,10 @@ async fn a_certificate_and_ca_rotation_reaches_new_connections_only() {
             .await
             .unwrap(),
     );
-    fresh.verify_identity(verify_identity(&bed)).await.unwrap();
+    fresh
+        .verify_identity(verify_identity_of(&bed, 0))
+        .await
+        .unwrap();
     // ...and the stream opened before the reload completes.
     let mut received = 1;
     while events.message().await.unwrap().is_some() {
@@ -104,7 +97,10 @@ async fn a_certificate_and_ca_rotation_reaches_new_connections_only() {
     assert!(body.contains("gateway.tls"), "{body}");
     let mut again =
         CivilRegistryClient::new(H2Client::connect(bed.gateway, trusts_new_ca).await.unwrap());
-    again.verify_identity(verify_identity(&bed)).await.unwrap();
+    again
+        .verify_identity(verify_identity_of(&bed, 0))
+        .await
+        .unwrap();
     bed.stop().await;
 }
 
@@ -151,7 +147,7 @@ async fn a_changed_file_is_reloaded_and_a_broken_one_refused() {
     // The previous configuration keeps serving.
     let mut registry = CivilRegistryClient::new(bed.client("cbao-kyc").await);
     registry
-        .verify_identity(verify_identity(&bed))
+        .verify_identity(verify_identity_of(&bed, 0))
         .await
         .unwrap();
     assert_eq!(sample(&bed, ok).await, 1.0);

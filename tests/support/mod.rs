@@ -649,3 +649,17 @@ pub async fn admin_request(address: SocketAddr, method: &str, path: &str) -> (u1
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     (status, body.to_owned())
 }
+
+/// A VerifyIdentity request that matches the bed's citizen `citizen`.
+pub fn verify_identity_of(
+    bed: &Bed,
+    citizen: usize,
+) -> govbridge::proto::civilregistry::v1::VerifyIdentityRequest {
+    let citizen = &bed.data.citizens[citizen];
+    govbridge::proto::civilregistry::v1::VerifyIdentityRequest {
+        nin: citizen.nin.to_string(),
+        first_names: citizen.first_names.clone(),
+        last_name: citizen.last_name.to_owned(),
+        date_of_birth: citizen.date_of_birth.to_string(),
+    }
+}
