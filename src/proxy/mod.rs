@@ -554,16 +554,20 @@ impl Reloader {
     }
 
     /// Reloads on every SIGHUP until the process ends, logging the outcome.
+    ///
+    /// The handler is in place when this returns: a SIGHUP sent once the
+    /// gateway says it listens reloads it rather than ending the process
+    /// (the default action).
     pub fn reload_on_sighup(self) {
+        let mut hangups =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGHUP; reload is unavailable");
+                    return;
+                }
+            };
         tokio::spawn(async move {
-            let mut hangups =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                    Ok(signal) => signal,
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot listen for SIGHUP; reload is unavailable");
-                        return;
-                    }
-                };
             while hangups.recv().await.is_some() {
                 // Reading files and compiling policies blocks: keep it off
                 // the threads that serve calls.
