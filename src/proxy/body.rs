@@ -154,16 +154,9 @@ pub struct CallSummary {
 }
 
 impl CallSummary {
-    /// The call ended with `trailers` (`None`: cancelled by the caller).
-    pub fn finish(self, trailers: Option<&http::HeaderMap>) {
-        let code = match trailers {
-            Some(trailers) => status_of(Some(trailers)),
-            None => tonic::Code::Cancelled as i32,
-        };
-        let bridge_error = trailers
-            .and_then(|trailers| trailers.get(super::headers::BRIDGE_ERROR))
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default();
+    /// The call ended so.
+    pub fn finish(self, ending: Ending<'_>) {
+        let (code, bridge_error) = ending.status();
         let total = self.started.elapsed();
         let code_name = crate::telemetry::metrics::code_name(code);
         tracing::info!(
@@ -192,20 +185,11 @@ impl CallSummary {
     }
 }
 
-/// The gRPC status in `headers` (trailers, or a trailers-only answer);
-/// UNKNOWN when there is none, as gRPC clients report it.
-pub fn status_of(headers: Option<&http::HeaderMap>) -> i32 {
-    headers
-        .and_then(|headers| headers.get("grpc-status"))
-        .and_then(|value| value.to_str().ok()?.parse().ok())
-        .unwrap_or(tonic::Code::Unknown as i32)
-}
-
 impl Drop for Relay {
     fn drop(&mut self) {
         self.watchdog.abort();
         if let Some(counted) = self.counted.take() {
-            counted.finish(None);
+            counted.finish(Ending::Cancelled);
         }
         // A caller that leaves before the end still leaves a record: the
         // append is queued and committed without anyone waiting for it.
@@ -396,7 +380,7 @@ impl Body for ResponseBody {
             let error = GatewayError::DeadlineExceeded(relay.budget);
             let trailers = error.into_trailers();
             if let Some(counted) = relay.counted.take() {
-                counted.finish(Some(&trailers));
+                counted.finish(Ending::Trailers(&trailers));
             }
             return end(&mut relay.audit, Some(trailers), cx);
         }
@@ -447,8 +431,7 @@ impl Body for ResponseBody {
         drop(upstream);
         relay.watchdog.abort();
         if let Some(counted) = relay.counted.take() {
-            // A backend that sent no status: counted as gRPC clients see it.
-            counted.finish(Some(&trailers.clone().unwrap_or_default()));
+            counted.finish(trailers.as_ref().map_or(Ending::NoStatus, Ending::Trailers));
         }
         end(&mut relay.audit, trailers, cx)
     }

@@ -774,8 +774,7 @@ impl GatewayService {
             record.first_byte(SystemTime::now());
         }
         let upstream_elapsed = forwarded.elapsed();
-        self.metrics
-            .upstream(&provider.provider().to_string(), upstream_elapsed);
+        self.metrics.upstream(provider.provider(), upstream_elapsed);
         let counted = body::CallSummary {
             metrics: self.metrics.clone(),
             request_id: request_id.to_str().unwrap_or_default().to_owned(),
@@ -803,7 +802,7 @@ impl GatewayService {
         // an empty DATA frame, strict clients such as gRPC C-core report
         // UNKNOWN instead of the backend's status. Decided once, here.
         if http_body::Body::is_end_stream(response.body()) {
-            counted.finish(Some(response.headers()));
+            counted.finish(Ending::Trailers(response.headers()));
             if let Some(record) = record.take() {
                 // The headers carry the status: they wait for the outcome.
                 let index = record

@@ -110,6 +110,28 @@ pub enum Ending<'a> {
     Cancelled,
 }
 
+impl Ending<'_> {
+    /// The gRPC status the call ended with, and the `bridge-error` kind
+    /// (empty when the backend's own status).
+    pub fn status(&self) -> (i32, &str) {
+        match self {
+            Ending::Trailers(trailers) => (
+                // Trailers without a status: gRPC clients report UNKNOWN.
+                trailers
+                    .get("grpc-status")
+                    .and_then(|value| value.to_str().ok()?.parse().ok())
+                    .unwrap_or(tonic::Code::Unknown as i32),
+                trailers
+                    .get(super::headers::BRIDGE_ERROR)
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or_default(),
+            ),
+            Ending::NoStatus => (tonic::Code::Unknown as i32, "upstream-no-status"),
+            Ending::Cancelled => (tonic::Code::Cancelled as i32, "cancelled"),
+        }
+    }
+}
+
 /// The exchange-log record of one call in progress.
 ///
 /// Whatever happens to the call, it ends with its records: a decision
@@ -260,22 +282,7 @@ impl CallRecord {
         record.phase = Phase::Outcome.into();
         record.completed_us = unix_micros(SystemTime::now());
         record.decision_index = self.decision.unwrap_or_default();
-        let (status, kind) = match ending {
-            Ending::Trailers(trailers) => (
-                // A backend that ends without a status has failed: gRPC
-                // clients report UNKNOWN.
-                trailers
-                    .get("grpc-status")
-                    .and_then(|value| value.to_str().ok()?.parse().ok())
-                    .unwrap_or(tonic::Code::Unknown as i32),
-                trailers
-                    .get(super::headers::BRIDGE_ERROR)
-                    .and_then(|value| value.to_str().ok())
-                    .unwrap_or_default(),
-            ),
-            Ending::NoStatus => (tonic::Code::Unknown as i32, "upstream-no-status"),
-            Ending::Cancelled => (tonic::Code::Cancelled as i32, "cancelled"),
-        };
+        let (status, kind) = ending.status();
         record.grpc_status = status;
         kind.clone_into(&mut record.error_kind);
         if let Some(request) = &self.request {

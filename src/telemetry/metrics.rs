@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -86,7 +85,7 @@ impl<K, V> Default for Family<K, V> {
     }
 }
 
-impl<K: Ord + Clone + Hash, V: Default> Family<K, V> {
+impl<K: Ord + Clone, V: Default> Family<K, V> {
     fn get(&self, key: &K) -> Arc<V> {
         if let Some(value) = self
             .series
@@ -132,7 +131,7 @@ pub struct Metrics {
     /// Total duration of forwarded calls, by method.
     durations: Family<String, Histogram>,
     /// Time to the backend's response headers, by provider.
-    upstream: Family<String, Histogram>,
+    upstream: Family<crate::identity::MemberId, Histogram>,
     /// Calls the gateway refused or failed, by `bridge-error` kind.
     refusals: Family<&'static str, AtomicU64>,
     reloads: Family<&'static str, AtomicU64>,
@@ -173,8 +172,8 @@ impl Metrics {
     }
 
     /// A backend's response headers arrived after `elapsed`.
-    pub fn upstream(&self, provider: &str, elapsed: Duration) {
-        self.upstream.get(&provider.to_owned()).observe(elapsed);
+    pub fn upstream(&self, provider: &crate::identity::MemberId, elapsed: Duration) {
+        self.upstream.get(provider).observe(elapsed);
     }
 
     /// The gateway refused or failed a call with `kind`.
@@ -259,7 +258,7 @@ impl Metrics {
             "Time from forwarding a call to the backend's response headers, by provider.",
         );
         for (provider, histogram) in self.upstream.snapshot() {
-            let labels = format!("provider=\"{}\"", escape(&provider));
+            let labels = format!("provider=\"{}\"", escape(provider.as_str()));
             histogram.render(&mut out, "govbridge_upstream_response_seconds", &labels);
         }
 
