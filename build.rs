@@ -10,32 +10,46 @@
 use std::path::{Path, PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = Path::new("proto");
-    let mut files = Vec::new();
-    collect_protos(root, &mut files)?;
-    files.sort();
     println!("cargo:rerun-if-changed=proto");
+    let root = Path::new("proto");
 
-    let mut compiler = protox::Compiler::new([root])?;
-    compiler
-        .include_source_info(true)
-        .include_imports(true)
-        .open_files(&files)?;
+    // The gateway's own services and its agencies'.
+    let govbridge = compiler(root, &root.join("govbridge"))?;
     // Written by protox rather than by encoding the prost_types set, which
     // would drop extension options such as `govbridge.options.v1.data_subject`.
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(
         out_dir.join("govbridge_descriptor.bin"),
-        compiler.encode_file_descriptor_set(),
+        govbridge.encode_file_descriptor_set(),
     )?;
-    let descriptors = compiler.file_descriptor_set();
+    generate(&govbridge)?;
 
+    // OTLP, for exporting traces: compiled apart so that reflection and the
+    // route table never see it.
+    let otlp = compiler(root, &root.join("opentelemetry"))?;
+    generate(&otlp)?;
+    Ok(())
+}
+
+/// Every `.proto` under `dir`, compiled with `root` as the import path.
+fn compiler(root: &Path, dir: &Path) -> Result<protox::Compiler, Box<dyn std::error::Error>> {
+    let mut files = Vec::new();
+    collect_protos(dir, &mut files)?;
+    files.sort();
+    let mut compiler = protox::Compiler::new([root])?;
+    compiler
+        .include_source_info(true)
+        .include_imports(true)
+        .open_files(&files)?;
+    Ok(compiler)
+}
+
+fn generate(compiler: &protox::Compiler) -> std::io::Result<()> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
         .build_transport(false)
-        .compile_fds(descriptors)?;
-    Ok(())
+        .compile_fds(compiler.file_descriptor_set())
 }
 
 fn collect_protos(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {

@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::agencies::Dataset;
-use crate::config::Config;
+use crate::config::{Config, OtlpConfig};
 use crate::identity::MemberId;
 use crate::launch::{BoundAgency, termination_signal};
 use crate::pki::{self, CertificateAuthority, LeafRequest};
@@ -176,8 +176,7 @@ enum PkiCommand {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
-    match run(cli.command) {
+    match run(cli.command, cli.log_format) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -186,16 +185,55 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), and exports
+/// spans when `otlp` names a collector. The filter applies to the log only:
+/// exported spans include the debug-level ones (policy, exchange log,
+/// upstream) whatever `RUST_LOG` says.
+fn init_logging(
+    format: LogFormat,
+    otlp: Option<&OtlpConfig>,
+    instance: &str,
+) -> anyhow::Result<()> {
+    use tracing_subscriber::prelude::*;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Pretty => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let log = match format {
+        LogFormat::Pretty => log.boxed(),
+        LogFormat::Json => log.json().boxed(),
+    };
+    let export = otlp
+        .map(|otlp| crate::telemetry::otlp::layer(otlp, instance))
+        .transpose()
+        .context("starting OTLP export")?;
+    tracing_subscriber::registry()
+        .with(log.with_filter(filter))
+        .with(export)
+        .init();
+    Ok(())
+}
+
+/// The collector named by the configuration, or else by OpenTelemetry's
+/// standard `OTEL_EXPORTER_OTLP_ENDPOINT` (and `OTEL_SERVICE_NAME`).
+fn otlp_of(config: Option<&Config>) -> anyhow::Result<Option<OtlpConfig>> {
+    if let Some(otlp) = config.and_then(|config| config.telemetry.otlp.as_ref()) {
+        return Ok(Some(otlp.clone()));
     }
+    let Some(endpoint) = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT") else {
+        return Ok(None);
+    };
+    let endpoint = endpoint.to_string_lossy();
+    let endpoint = OtlpConfig::parse_endpoint(&endpoint)
+        .map_err(|message| anyhow::anyhow!("OTEL_EXPORTER_OTLP_ENDPOINT: {message}"))?;
+    let service_name = std::env::var("OTEL_SERVICE_NAME")
+        .ok()
+        .filter(|name| !name.trim().is_empty())
+        .unwrap_or_else(|| "govbridge".to_owned());
+    Ok(Some(OtlpConfig {
+        endpoint,
+        service_name,
+    }))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -205,10 +243,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+fn run(command: Command, log_format: LogFormat) -> anyhow::Result<()> {
     match command {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
+            init_logging(
+                log_format,
+                otlp_of(Some(&config))?.as_ref(),
+                &config.gateway.node_id,
+            )?;
             runtime()?.block_on(async {
                 let gateway = Gateway::bind(&config).await?;
                 gateway.reloader().reload_on_sighup();
@@ -223,13 +266,22 @@ fn run(command: Command) -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        Command::Agency { name, config } => run_agency(&name, &config),
-        Command::Pki { command } => run_pki(command),
-        Command::Policy { command } => run_policy(command),
-        Command::Audit { command } => audit::run(command),
-        Command::CheckConfig { config } => check_config(&config),
-        Command::Status { admin } => status::run(admin),
-        Command::Dev { dir } => runtime()?.block_on(crate::dev::run(&dir)),
+        Command::Dev { dir } => {
+            init_logging(log_format, otlp_of(None)?.as_ref(), "dev")?;
+            runtime()?.block_on(crate::dev::run(&dir))
+        }
+        command => {
+            init_logging(log_format, None, "")?;
+            match command {
+                Command::Agency { name, config } => run_agency(&name, &config),
+                Command::Pki { command } => run_pki(command),
+                Command::Policy { command } => run_policy(command),
+                Command::Audit { command } => audit::run(command),
+                Command::CheckConfig { config } => check_config(&config),
+                Command::Status { admin } => status::run(admin),
+                Command::Serve { .. } | Command::Dev { .. } => unreachable!("handled above"),
+            }
+        }
     }
 }
 

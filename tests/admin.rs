@@ -10,8 +10,8 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 
 use govbridge::audit::StoreFault;
-use govbridge::proto::civilregistry::v1::GetPersonRequest;
 use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
+use govbridge::proto::civilregistry::v1::{GetPersonRequest, WatchLifeEventsRequest};
 use support::{Bed, admin_request, bridge_error, verify_identity_of};
 use tonic::Code;
 
@@ -284,9 +284,38 @@ async fn connections_and_refused_handshakes_are_counted() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    let samples = samples(&text);
-    assert_eq!(samples[refused], 1.0, "{text}");
-    assert_eq!(samples["govbridge_connections_open"], 1.0, "{text}");
-    drop(client);
+    let counted = samples(&text);
+    assert_eq!(counted[refused], 1.0, "{text}");
+    assert_eq!(counted["govbridge_connections_open"], 1.0, "{text}");
+    assert_eq!(counted["govbridge_calls_in_flight"], 0.0, "{text}");
+
+    // An open stream is a call in flight until it ends.
+    let mut registry = CivilRegistryClient::new(client);
+    let mut events = registry
+        .watch_life_events(WatchLifeEventsRequest {
+            after_sequence: 0,
+            max_events: 300,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(events.message().await.unwrap().is_some());
+    let in_flight = || async {
+        let text = admin_request(bed.admin, "GET", "/metrics").await.1;
+        samples(&text)["govbridge_calls_in_flight"]
+    };
+    assert_eq!(in_flight().await, 1.0);
+    drop(events);
+    // The caller's reset reaches the gateway on its own time.
+    let mut left = in_flight().await;
+    for _ in 0..100 {
+        if left == 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        left = in_flight().await;
+    }
+    assert_eq!(left, 0.0);
+    drop(registry);
     bed.stop().await;
 }

@@ -166,3 +166,52 @@ fn a_syntax_error_names_the_line() {
     let error = error_of(&text);
     assert_eq!(error.line, Some(line_of(&text, "[upstream")));
 }
+
+#[test]
+fn an_otlp_collector_is_an_http_address_with_a_port() {
+    let config = Config::parse(
+        Path::new(PATH),
+        &format!(
+            "{}\n[telemetry]\notlp_endpoint = \"http://otel-collector:4317\"\n",
+            govbridge::dev::CONFIG_TEMPLATE
+        ),
+    )
+    .unwrap();
+    let otlp = config.telemetry.otlp.unwrap();
+    assert_eq!(otlp.endpoint, "otel-collector:4317");
+    assert_eq!(otlp.service_name, "govbridge");
+    assert!(
+        Config::parse(Path::new(PATH), govbridge::dev::CONFIG_TEMPLATE)
+            .unwrap()
+            .telemetry
+            .otlp
+            .is_none(),
+        "export is off by default"
+    );
+
+    for (endpoint, expected) in [
+        ("https://collector:4317", "only plain `http://`"),
+        ("http://collector", "must be `http://host:port`"),
+        ("collector:4317", "must be `http://host:port`"),
+        (
+            "http://collector:4317/v1/traces",
+            "must be `http://host:port`",
+        ),
+    ] {
+        let text = format!(
+            "{}\n[telemetry]\notlp_endpoint = \"{endpoint}\"\n",
+            govbridge::dev::CONFIG_TEMPLATE
+        );
+        let error = error_of(&text);
+        assert_eq!(error.key, "telemetry.otlp_endpoint", "{endpoint}");
+        assert_eq!(
+            error.line,
+            Some(line_of(&text, &format!("otlp_endpoint = \"{endpoint}\"")))
+        );
+        assert!(
+            error.message.contains(expected),
+            "{endpoint}: {}",
+            error.message
+        );
+    }
+}

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use govbridge::proto::civilregistry::v1::GetPersonRequest;
 use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
+use prost::Message;
 use support::probe::Probe;
 use support::{Bed, with_header};
 
@@ -111,6 +112,17 @@ async fn a_call_ends_with_one_event_and_continues_the_callers_trace() {
     assert_eq!(fields["code"], "OK");
     assert!(fields["total_us"].as_u64().unwrap() >= fields["upstream_us"].as_u64().unwrap());
     assert!(fields["bytes_out"].as_u64().unwrap() > 5);
+    // The request message and its 5-byte frame header.
+    assert_eq!(
+        fields["bytes_in"].as_u64().unwrap(),
+        5 + GetPersonRequest {
+            nin: "1001199012345".to_owned()
+        }
+        .encoded_len() as u64
+    );
+    assert!(fields["policy_us"].as_u64().is_some());
+    let endpoint = fields["endpoint"].as_str().unwrap();
+    assert!(endpoint.starts_with("127.0.0.1:"), "{endpoint}");
     // A refusal is logged inside the call's span, with its request id.
     let refused_id = uuid::Uuid::new_v4().to_string();
     let status = registry

@@ -67,6 +67,46 @@ pub struct Config {
     /// Registered purpose codes and what each means.
     pub purposes: BTreeMap<String, String>,
     pub exchange_log: ExchangeLogConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// Where traces go beyond the process's own log.
+#[derive(Debug, Clone, Default)]
+pub struct TelemetryConfig {
+    /// Export spans over OTLP/gRPC to this collector; off when absent.
+    pub otlp: Option<OtlpConfig>,
+}
+
+/// An OpenTelemetry collector that receives the gateway's spans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpConfig {
+    /// `host:port` of its OTLP/gRPC receiver (plain HTTP/2; run the
+    /// collector next to the gateway).
+    pub endpoint: http::uri::Authority,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+}
+
+impl OtlpConfig {
+    /// `http://host:port`, the form OpenTelemetry's
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` takes.
+    pub fn parse_endpoint(text: &str) -> Result<http::uri::Authority, String> {
+        let uri: http::Uri = text
+            .parse()
+            .map_err(|error| format!("`{text}` is not a URL: {error}"))?;
+        match (uri.scheme_str(), uri.authority(), uri.path()) {
+            (Some("http"), Some(authority), "" | "/") if authority.port_u16().is_some() => {
+                Ok(authority.clone())
+            }
+            (Some("https"), ..) => Err(format!(
+                "`{text}`: only plain `http://` collectors are supported; run the collector \
+                 beside the gateway"
+            )),
+            _ => Err(format!(
+                "`{text}` must be `http://host:port`, e.g. `http://127.0.0.1:4317`"
+            )),
+        }
+    }
 }
 
 /// The exchange log: where it is kept and how often it is checkpointed.

@@ -13,8 +13,8 @@ use toml::Spanned;
 
 use super::{
     AgenciesConfig, AgencyConfig, Config, ConfigError, ExchangeLogConfig, GatewayConfig, Member,
-    PolicyConfig, Provider, PublishedService, UpstreamConfig, is_group_name, is_purpose_code,
-    is_service_name, parse_duration, parse_endpoint,
+    OtlpConfig, PolicyConfig, Provider, PublishedService, TelemetryConfig, UpstreamConfig,
+    is_group_name, is_purpose_code, is_service_name, parse_duration, parse_endpoint,
 };
 use crate::agencies::Agency;
 use crate::identity::MemberId;
@@ -37,6 +37,14 @@ struct RawConfig {
     #[serde(default)]
     purposes: BTreeMap<Spanned<String>, Spanned<String>>,
     exchange_log: Option<RawExchangeLog>,
+    telemetry: Option<RawTelemetry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    otlp_endpoint: Option<Spanned<String>>,
+    service_name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -486,6 +494,7 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
         .transpose()?;
 
     let exchange_log = validate_exchange_log(source, raw.exchange_log.as_ref(), &gateway_config)?;
+    let telemetry = validate_telemetry(source, raw.telemetry.as_ref())?;
 
     Ok(Config {
         source: source.path.to_owned(),
@@ -498,7 +507,37 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
         policy,
         purposes,
         exchange_log,
+        telemetry,
     })
+}
+
+fn validate_telemetry(
+    source: &Source<'_>,
+    raw: Option<&RawTelemetry>,
+) -> Result<TelemetryConfig, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(TelemetryConfig::default());
+    };
+    let service_name = match &raw.service_name {
+        None => "govbridge".to_owned(),
+        Some(name) if name.get_ref().trim().is_empty() => {
+            return Err(source.error("telemetry.service_name", name, "must not be empty"));
+        }
+        Some(name) => name.get_ref().clone(),
+    };
+    let otlp = raw
+        .otlp_endpoint
+        .as_ref()
+        .map(|endpoint| {
+            OtlpConfig::parse_endpoint(endpoint.get_ref())
+                .map_err(|message| source.error("telemetry.otlp_endpoint", endpoint, message))
+        })
+        .transpose()?
+        .map(|endpoint| OtlpConfig {
+            endpoint,
+            service_name,
+        });
+    Ok(TelemetryConfig { otlp })
 }
 
 fn validate_exchange_log(

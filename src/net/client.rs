@@ -26,6 +26,7 @@ pub type ConnectError = Box<dyn std::error::Error + Send + Sync>;
 pub struct Channel {
     sender: SendRequest<tonic::body::Body>,
     /// `https://server-name`: generated clients send bare paths.
+    scheme: http::uri::Scheme,
     authority: http::uri::Authority,
 }
 
@@ -42,17 +43,43 @@ impl Channel {
         let name = ServerName::try_from(server_name.to_owned())?;
         let authority = http::uri::Authority::try_from(server_name)?;
         let stream = TlsConnector::from(tls).connect(name, tcp).await?;
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(stream))
-            .await?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "client connection ended");
-            }
-        });
-        Ok(Self { sender, authority })
+        let sender = handshake(stream).await?;
+        Ok(Self {
+            sender,
+            scheme: http::uri::Scheme::HTTPS,
+            authority,
+        })
     }
+
+    /// Connects to `authority` (`host:port`) in plain HTTP/2 (h2c with
+    /// prior knowledge), as OTLP collectors listen next to their senders.
+    pub async fn connect_plaintext(authority: http::uri::Authority) -> Result<Self, ConnectError> {
+        let tcp = TcpStream::connect(authority.as_str()).await?;
+        tcp.set_nodelay(true)?;
+        let sender = handshake(tcp).await?;
+        Ok(Self {
+            sender,
+            scheme: http::uri::Scheme::HTTP,
+            authority,
+        })
+    }
+}
+
+/// An HTTP/2 client connection over `stream`, driven by a task of its own.
+async fn handshake<S>(stream: S) -> Result<SendRequest<tonic::body::Body>, ConnectError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(stream))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "client connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 impl tower::Service<Request<tonic::body::Body>> for Channel {
@@ -66,7 +93,7 @@ impl tower::Service<Request<tonic::body::Body>> for Channel {
 
     fn call(&mut self, mut request: Request<tonic::body::Body>) -> Self::Future {
         let mut parts = request.uri().clone().into_parts();
-        parts.scheme = Some(http::uri::Scheme::HTTPS);
+        parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(self.authority.clone());
         if let Ok(uri) = http::Uri::from_parts(parts) {
             *request.uri_mut() = uri;

@@ -17,6 +17,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker, ready};
 
@@ -33,6 +34,7 @@ use super::record::{self, CallRecord, Ending, SharedTally, Tally};
 use crate::audit::Appending;
 use crate::identity::MemberId;
 use crate::routing::upstream::BoxError;
+use crate::telemetry::metrics::InFlight;
 
 /// Dropping this ends the upstream side of a call.
 #[derive(Debug)]
@@ -47,18 +49,25 @@ pub struct RequestBody {
     call_end: Option<oneshot::Receiver<Infallible>>,
     /// Counts the bytes for the exchange log, when it is on.
     tally: Option<SharedTally>,
+    /// Request bytes relayed upstream, for the call's summary.
+    bytes_in: Arc<AtomicU64>,
 }
 
 impl RequestBody {
     /// Wraps the caller's body; the call's upstream side ends when the
     /// returned [`CallEnd`] is dropped.
-    pub fn new(inner: Incoming, tally: Option<SharedTally>) -> (Self, CallEnd) {
+    pub fn new(
+        inner: Incoming,
+        tally: Option<SharedTally>,
+        bytes_in: Arc<AtomicU64>,
+    ) -> (Self, CallEnd) {
         let (sender, receiver) = oneshot::channel();
         (
             Self {
                 inner,
                 call_end: Some(receiver),
                 tally,
+                bytes_in,
             },
             CallEnd(sender),
         )
@@ -82,10 +91,14 @@ impl Body for RequestBody {
             Some(Poll::Pending) => {}
         }
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if let (Some(tally), Some(Ok(frame))) = (&self.tally, &frame)
+        if let Some(Ok(frame)) = &frame
             && let Some(data) = frame.data_ref()
         {
-            record::count(tally, data);
+            self.bytes_in
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            if let Some(tally) = &self.tally {
+                record::count(tally, data);
+            }
         }
         Poll::Ready(frame.map(|frame| frame.map(without_bridge_trailers).map_err(BoxError::from)))
     }
@@ -116,6 +129,8 @@ fn without_bridge_trailers(frame: Frame<Bytes>) -> Frame<Bytes> {
 pub struct ResponseBody {
     relay: Option<Relay>,
     local: Option<tonic::body::Body>,
+    /// Counts the call as in flight until the body ends or is dropped.
+    in_flight: Option<InFlight>,
 }
 
 #[derive(Debug)]
@@ -142,13 +157,21 @@ pub struct CallSummary {
     pub metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
     pub request_id: String,
     pub trace_id: String,
+    /// The call's span: it closes when this summary is dropped.
+    pub span: tracing::Span,
     pub caller: String,
     pub provider: String,
     pub method: String,
     pub purpose: String,
+    /// The backend endpoint that answered.
+    pub endpoint: Option<Arc<str>>,
     pub started: tokio::time::Instant,
+    /// Spent deciding whether the policies permit the call.
+    pub policy: std::time::Duration,
     /// From forwarding to the backend's response headers.
     pub upstream: std::time::Duration,
+    /// Request bytes relayed to the backend, frame headers included.
+    pub bytes_in: Arc<AtomicU64>,
     /// Response bytes relayed to the caller.
     pub bytes_out: u64,
 }
@@ -159,6 +182,10 @@ impl CallSummary {
         let (code, bridge_error) = ending.status();
         let total = self.started.elapsed();
         let code_name = crate::telemetry::metrics::code_name(code);
+        self.span.record("grpc_status", code);
+        if !bridge_error.is_empty() {
+            self.span.record("bridge_error", bridge_error);
+        }
         tracing::info!(
             request_id = self.request_id,
             trace_id = self.trace_id,
@@ -170,8 +197,11 @@ impl CallSummary {
             grpc_status = code,
             code = code_name,
             bridge_error,
-            total_us = u64::try_from(total.as_micros()).unwrap_or(u64::MAX),
-            upstream_us = u64::try_from(self.upstream.as_micros()).unwrap_or(u64::MAX),
+            endpoint = self.endpoint.as_deref().unwrap_or_default(),
+            total_us = micros(total),
+            policy_us = micros(self.policy),
+            upstream_us = micros(self.upstream),
+            bytes_in = self.bytes_in.load(Ordering::Relaxed),
             bytes_out = self.bytes_out,
             "call ended"
         );
@@ -183,6 +213,10 @@ impl CallSummary {
         };
         self.metrics.call(&labels, total);
     }
+}
+
+fn micros(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl Drop for Relay {
@@ -291,11 +325,17 @@ fn lock(upstream: &Mutex<Upstream>) -> MutexGuard<'_, Upstream> {
 }
 
 impl ResponseBody {
+    /// Keeps the call counted as in flight for as long as this body lives.
+    pub fn hold(&mut self, in_flight: InFlight) {
+        self.in_flight = Some(in_flight);
+    }
+
     /// A body with no frames.
     pub fn empty() -> Self {
         Self {
             relay: None,
             local: None,
+            in_flight: None,
         }
     }
 
@@ -304,6 +344,7 @@ impl ResponseBody {
         Self {
             relay: None,
             local: Some(body),
+            in_flight: None,
         }
     }
 
@@ -347,6 +388,7 @@ impl ResponseBody {
                 counted,
             }),
             local: None,
+            in_flight: None,
         }
     }
 }

@@ -14,6 +14,7 @@ use http::{Method, Request};
 use super::deadline;
 use super::error::GatewayError;
 use crate::identity::MemberId;
+use crate::telemetry::context::TraceContext;
 
 pub const BRIDGE_AUDIT_INDEX: &str = "bridge-audit-index";
 pub const BRIDGE_CLIENT: &str = "bridge-client";
@@ -25,7 +26,7 @@ pub const BRIDGE_REQUEST_ID: &str = "bridge-request-id";
 pub const BRIDGE_TARGET: &str = "bridge-target";
 pub const BRIDGE_USER_ID: &str = "bridge-user-id";
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";
-pub const TRACEPARENT: &str = "traceparent";
+pub use crate::telemetry::context::TRACEPARENT;
 
 /// Longest accepted `bridge-reason`, in bytes.
 pub const MAX_REASON_LEN: usize = 256;
@@ -44,7 +45,6 @@ pub struct CallHeaders {
     pub user_id: Option<HeaderValue>,
     pub consent: Option<HeaderValue>,
     pub target: Option<MemberId>,
-    pub traceparent: HeaderValue,
     pub timeout: Option<Duration>,
 }
 
@@ -191,11 +191,6 @@ impl CallHeaders {
                 MemberId::parse(text).map_err(|error| bad(BRIDGE_TARGET, error.to_string()))
             })
             .transpose()?;
-        let traceparent = headers
-            .get(TRACEPARENT)
-            .filter(|value| is_traceparent(value.as_bytes()))
-            .cloned()
-            .unwrap_or_else(new_traceparent);
         let timeout = single(headers, GRPC_TIMEOUT)?
             .map(|value| {
                 deadline::parse_grpc_timeout(value.as_bytes()).ok_or_else(|| {
@@ -212,7 +207,6 @@ impl CallHeaders {
             user_id,
             consent,
             target,
-            traceparent,
             timeout,
         })
     }
@@ -224,34 +218,6 @@ fn is_invisible(c: char) -> bool {
     matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
 }
 
-/// Whether `value` is a W3C `traceparent` of version 00 with non-zero ids.
-fn is_traceparent(value: &[u8]) -> bool {
-    let Ok(text) = std::str::from_utf8(value) else {
-        return false;
-    };
-    let parts: Vec<&str> = text.split('-').collect();
-    let hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
-    parts.len() == 4
-        && parts[0] == "00"
-        && hex(parts[1], 32)
-        && nonzero(parts[1])
-        && hex(parts[2], 16)
-        && nonzero(parts[2])
-        && hex(parts[3], 2)
-}
-
-/// Starts a new trace at the gateway: random trace and parent ids, sampled.
-fn new_traceparent() -> HeaderValue {
-    let trace = uuid::Uuid::new_v4().simple().to_string();
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    HeaderValue::from_str(&format!("00-{trace}-{span}-01")).unwrap_or_else(|_| {
-        HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-    })
-}
-
 /// The headers sent upstream: the client's, minus every `bridge-*` header
 /// and the hop's own, plus what the gateway vouches for. `grpc-timeout` is
 /// added when the request leaves (see `ProviderPool::send`).
@@ -259,6 +225,7 @@ pub fn upstream_headers(
     client: &HeaderMap,
     caller: &MemberId,
     call: &CallHeaders,
+    trace: &TraceContext,
     request_id: &HeaderValue,
 ) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(client.len() + 4);
@@ -288,21 +255,9 @@ pub fn upstream_headers(
     }
     headers.insert(
         HeaderName::from_static(TRACEPARENT),
-        child_traceparent(&call.traceparent),
+        trace.upstream_traceparent(),
     );
     headers
-}
-
-/// The gateway's hop in a trace: the caller's trace id and flags, with a
-/// fresh parent id for the span the gateway opens (W3C Trace Context).
-pub fn child_traceparent(parent: &HeaderValue) -> HeaderValue {
-    // `parent` was checked when read: `00-<32 hex>-<16 hex>-<2 hex>`.
-    let text = parent.to_str().unwrap_or_default();
-    let (Some(trace), Some(flags)) = (text.get(3..35), text.get(53..55)) else {
-        return parent.clone();
-    };
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    HeaderValue::from_str(&format!("00-{trace}-{span}-{flags}")).unwrap_or_else(|_| parent.clone())
 }
 
 /// Whether a header is in the gateway's namespace: `bridge-*`, and
@@ -349,7 +304,6 @@ mod tests {
         .unwrap();
         assert_eq!(call.purpose.unwrap(), "KYC");
         assert_eq!(call.timeout, Some(Duration::from_secs(5)));
-        assert!(is_traceparent(call.traceparent.as_bytes()));
     }
 
     #[test]
@@ -398,7 +352,8 @@ mod tests {
         let call = CallHeaders::read(&client).unwrap();
         let caller = MemberId::parse("SN/COM/CBAO/kyc").unwrap();
         let id = fresh_request_id();
-        let upstream = upstream_headers(&client, &caller, &call, &id);
+        let trace = TraceContext::read(&client);
+        let upstream = upstream_headers(&client, &caller, &call, &trace, &id);
         assert_eq!(upstream[BRIDGE_CLIENT], "SN/COM/CBAO/kyc");
         assert_eq!(upstream.get_all(BRIDGE_CLIENT).iter().count(), 1);
         assert!(upstream.get("bridge-anything").is_none());
@@ -409,7 +364,7 @@ mod tests {
         assert!(forwarded.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(forwarded.ends_with("-01"));
         assert_ne!(upstream[TRACEPARENT], client[TRACEPARENT]);
-        assert!(is_traceparent(forwarded.as_bytes()));
+        assert_eq!(upstream[TRACEPARENT], trace.upstream_traceparent());
         assert!(upstream.get(GRPC_TIMEOUT).is_none());
     }
 }

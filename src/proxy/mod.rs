@@ -41,6 +41,7 @@ use crate::identity::tls::TlsError;
 use crate::net::{PeerInfo, TlsListener};
 use crate::policy::{CallFacts, Decision, PolicyEngine};
 use crate::routing::{RouteTable, UpstreamConnector};
+use crate::telemetry::context::TraceContext;
 use crate::telemetry::metrics::Metrics;
 use body::Audit;
 pub use body::{RequestBody, ResponseBody};
@@ -611,6 +612,7 @@ impl GatewayService {
     async fn handle(self, request: Request<Incoming>) -> Response<ResponseBody> {
         let received = Instant::now();
         let received_at = SystemTime::now();
+        let in_flight = self.metrics.call_started();
         // The snapshot this call runs under, from start to finish.
         let state = self.state.load_full();
         // Cloning a `Uri` shares its bytes: the route and the log borrow it.
@@ -619,6 +621,7 @@ impl GatewayService {
             Ok(id) => (id, None),
             Err(error) => (headers::fresh_request_id(), Some(error)),
         };
+        let trace = TraceContext::read(request.headers());
         // Every call to a published service is recorded, refusals too; the
         // gateway's own services (directory, health, reflection, the log's
         // proofs) are not exchanges between members.
@@ -633,30 +636,49 @@ impl GatewayService {
                     &request_id,
                     uri.path(),
                     self.peer.member.as_ref().ok(),
+                    &trace,
                     received_at,
                 )
             });
         // Everything logged while the gateway handles the call carries its
-        // request id and method.
+        // request id, trace and method. The span lasts until the response
+        // body ends (see `CallSummary`); exported, it is the gateway's span
+        // in the caller's trace.
         let span = tracing::info_span!(
             "call",
             request_id = request_id.to_str().unwrap_or_default(),
             method = uri.path(),
+            trace_id = trace.trace_id_hex(),
+            span_id = trace.span_id_hex(),
+            parent_id = tracing::field::Empty,
+            grpc_status = tracing::field::Empty,
+            bridge_error = tracing::field::Empty,
         );
+        if let Some(parent) = trace.parent_id_hex() {
+            span.record("parent_id", parent);
+        }
+        let arrival = Arrival {
+            received,
+            request_id,
+            trace,
+        };
         async move {
             let result = match bad_id {
                 Some(error) => Err(error),
                 None => {
-                    self.forward(&state, request, &uri, received, &request_id, &mut record)
+                    self.forward(&state, request, &uri, &arrival, &mut record)
                         .await
                 }
             };
             match result {
                 Ok(mut response) => {
-                    response.headers_mut().insert(BRIDGE_REQUEST_ID, request_id);
+                    response
+                        .headers_mut()
+                        .insert(BRIDGE_REQUEST_ID, arrival.request_id);
+                    response.body_mut().hold(in_flight);
                     response
                 }
-                Err(error) => self.refuse(error, &request_id, &uri, record).await,
+                Err(error) => self.refuse(error, &arrival.request_id, &uri, record).await,
             }
         }
         .instrument(span)
@@ -689,10 +711,10 @@ impl GatewayService {
         state: &Arc<GatewayState>,
         request: Request<Incoming>,
         uri: &http::Uri,
-        received: Instant,
-        request_id: &HeaderValue,
+        arrival: &Arrival,
         record: &mut Option<CallRecord>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
+        let request_id = &arrival.request_id;
         let caller = self.caller(state)?;
         headers::check_grpc(&request)?;
         let call = CallHeaders::read(request.headers())?;
@@ -719,6 +741,7 @@ impl GatewayService {
         if let Some(record) = record.as_mut() {
             record.routed(provider.provider());
         }
+        let deciding = Instant::now();
         self.authorize(
             state,
             &caller,
@@ -727,7 +750,8 @@ impl GatewayService {
             provider.provider(),
             record,
         )?;
-        let deadline = Deadline::new(received, call.timeout, state.max_deadline);
+        let policy_elapsed = deciding.elapsed();
+        let deadline = Deadline::new(arrival.received, call.timeout, state.max_deadline);
         let past_deadline = || GatewayError::DeadlineExceeded(deadline.elapsed());
 
         // The decision is durable before anything reaches the backend.
@@ -750,12 +774,13 @@ impl GatewayService {
         });
 
         let (parts, body) = request.into_parts();
-        let (body, call_end) = RequestBody::new(body, tally.clone());
+        let bytes_in = Arc::default();
+        let (body, call_end) = RequestBody::new(body, tally.clone(), Arc::clone(&bytes_in));
         let mut upstream = Request::new(body.boxed_unsync());
         *upstream.method_mut() = parts.method;
         *upstream.uri_mut() = parts.uri;
         *upstream.headers_mut() =
-            headers::upstream_headers(&parts.headers, &caller, &call, request_id);
+            headers::upstream_headers(&parts.headers, &caller, &call, &arrival.trace, request_id);
 
         if let (Some(record), Some(tally)) = (record.as_mut(), &tally) {
             record.forwarding(tally.clone(), SystemTime::now());
@@ -778,19 +803,20 @@ impl GatewayService {
         let counted = body::CallSummary {
             metrics: self.metrics.clone(),
             request_id: request_id.to_str().unwrap_or_default().to_owned(),
-            trace_id: call
-                .traceparent
-                .to_str()
-                .ok()
-                .and_then(|text| text.get(3..35))
-                .unwrap_or_default()
-                .to_owned(),
+            trace_id: arrival.trace.trace_id_hex(),
+            span: tracing::Span::current(),
             caller: caller.to_string(),
             provider: provider.provider().to_string(),
             method: uri.path().to_owned(),
             purpose: call.purpose_code().unwrap_or_default().to_owned(),
-            started: received,
+            endpoint: response
+                .extensions()
+                .get::<crate::routing::upstream::ServedBy>()
+                .map(|served| served.0.clone()),
+            started: arrival.received,
+            policy: policy_elapsed,
             upstream: upstream_elapsed,
+            bytes_in,
             bytes_out: 0,
         };
         if let Some(index) = decision {
@@ -891,6 +917,9 @@ impl GatewayService {
         uri: &http::Uri,
         record: Option<CallRecord>,
     ) -> Response<ResponseBody> {
+        let span = tracing::Span::current();
+        span.record("grpc_status", error.code() as i32);
+        span.record("bridge_error", error.kind());
         tracing::info!(
             request_id = request_id.to_str().unwrap_or_default(),
             caller = self.peer.member.as_ref().map(ToString::to_string).unwrap_or_default(),
@@ -934,6 +963,14 @@ fn unix_now() -> i64 {
         .map_or(0, |since| {
             i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
         })
+}
+
+/// What the gateway knows of a call before reading its headers.
+#[derive(Debug)]
+struct Arrival {
+    received: Instant,
+    request_id: HeaderValue,
+    trace: TraceContext,
 }
 
 impl hyper::service::Service<Request<Incoming>> for GatewayService {

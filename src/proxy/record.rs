@@ -19,6 +19,7 @@ use crate::audit::subject::SubjectReader;
 use crate::audit::{Appending, ExchangeLog, ExchangeRecord, Phase, RECORD_VERSION};
 use crate::identity::MemberId;
 use crate::policy::Decision;
+use crate::telemetry::context::TraceContext;
 
 /// Microseconds since the Unix epoch.
 pub fn unix_micros(at: SystemTime) -> i64 {
@@ -160,6 +161,7 @@ impl CallRecord {
         request_id: &HeaderValue,
         method: &str,
         caller: Option<&MemberId>,
+        trace: &TraceContext,
         received: SystemTime,
     ) -> Self {
         Self {
@@ -171,6 +173,7 @@ impl CallRecord {
                 node_id: node_id.to_owned(),
                 caller: caller.map(ToString::to_string).unwrap_or_default(),
                 method: method.to_owned(),
+                trace_id: trace.trace_id_hex(),
                 received_us: unix_micros(received),
                 ..ExchangeRecord::default()
             },
@@ -190,14 +193,6 @@ impl CallRecord {
             .user_id
             .as_ref()
             .and_then(|value| value.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        // `00-<trace id>-<parent id>-<flags>`, checked when read.
-        record.trace_id = call
-            .traceparent
-            .to_str()
-            .ok()
-            .and_then(|text| text.get(3..35))
             .unwrap_or_default()
             .to_owned();
     }

@@ -125,10 +125,16 @@ impl UpstreamConnector {
 /// the meantime fail at once instead of queueing for their own attempt.
 const FAILURE_MEMORY: Duration = Duration::from_millis(500);
 
+/// The endpoint that answered a call: an extension of its response.
+#[derive(Debug, Clone)]
+pub struct ServedBy(pub Arc<str>);
+
 /// One backend address and its current connection.
 #[derive(Debug)]
 struct EndpointSlot {
     endpoint: Endpoint,
+    /// The endpoint's address, as responses name it (see [`ServedBy`]).
+    served_by: ServedBy,
     /// The open connection, read without locking on every call.
     connection: ArcSwapOption<SendRequest<UpstreamBody>>,
     /// The last failed attempt. Held while connecting, so that concurrent
@@ -154,6 +160,7 @@ impl ProviderPool {
                 .iter()
                 .map(|endpoint| EndpointSlot {
                     endpoint: endpoint.clone(),
+                    served_by: ServedBy(endpoint.address.as_str().into()),
                     connection: ArcSwapOption::empty(),
                     connecting: tokio::sync::Mutex::new(None),
                 })
@@ -199,7 +206,10 @@ impl ProviderPool {
                 .headers_mut()
                 .insert(GRPC_TIMEOUT, encode_grpc_timeout(deadline.remaining()));
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(response),
+                Ok(mut response) => {
+                    response.extensions_mut().insert(slot.served_by.clone());
+                    return Ok(response);
+                }
                 Err(mut error) => {
                     let detail = format!("{}: {}", slot.endpoint, error.error());
                     let Some(unsent) = error.take_message() else {

@@ -138,6 +138,18 @@ pub struct Metrics {
     /// When the last reload of each result happened, seconds since the
     /// epoch.
     last_reload: Family<&'static str, AtomicU64>,
+    /// Calls whose response has not ended: each is one HTTP/2 stream.
+    in_flight: Arc<AtomicU64>,
+}
+
+/// One call in flight; counted until dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<AtomicU64>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Default for Metrics {
@@ -150,6 +162,7 @@ impl Default for Metrics {
             refusals: Family::default(),
             reloads: Family::default(),
             last_reload: Family::default(),
+            in_flight: Arc::default(),
         }
     }
 }
@@ -165,6 +178,12 @@ pub struct LogGauges<'a> {
 }
 
 impl Metrics {
+    /// A call arrived; it is in flight until the guard is dropped.
+    pub fn call_started(&self) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.in_flight.clone())
+    }
+
     /// A forwarded call ended.
     pub fn call(&self, labels: &CallLabels, total: Duration) {
         self.calls.get(labels).fetch_add(1, Ordering::Relaxed);
@@ -297,6 +316,17 @@ impl Metrics {
             "Partner connections past the TLS handshake and still open.",
         );
         let _ = writeln!(out, "govbridge_connections_open {}", listener.open());
+        header(
+            &mut out,
+            "govbridge_calls_in_flight",
+            "gauge",
+            "Calls (HTTP/2 streams) whose response has not ended.",
+        );
+        let _ = writeln!(
+            out,
+            "govbridge_calls_in_flight {}",
+            self.in_flight.load(Ordering::Relaxed)
+        );
         header(
             &mut out,
             "govbridge_tls_handshake_failures_total",
