@@ -139,6 +139,7 @@ async fn start(
             &agencies.server_tls(agency),
             config.gateway.identity.clone(),
             data.clone(),
+            agency.signing_key.as_ref(),
         )
         .await
         .unwrap();

@@ -307,6 +307,7 @@ fn run_agency(name: &str, config_path: &Path) -> anyhow::Result<()> {
             &agencies.server_tls(server),
             config.gateway.identity.clone(),
             data,
+            server.signing_key.as_ref(),
         )
         .await?;
         println!(

@@ -12,6 +12,7 @@ use anyhow::Context;
 
 use crate::agencies::{Agency, Dataset};
 use crate::config::Config;
+use crate::consent::artefact::{ConsentSigner, IssuerKeys};
 use crate::identity::MemberId;
 use crate::launch::{BoundAgency, Shutdown, termination_signal};
 use crate::pki::{self, CertificateAuthority, LeafRequest, PkiError, Usage};
@@ -21,7 +22,7 @@ use crate::proxy::Gateway;
 pub const CONFIG_TEMPLATE: &str = include_str!("../config/govbridge.toml");
 
 /// The dev policies, also shipped in `config/policies/`: (file, contents).
-pub const DEV_POLICIES: [(&str, &str); 7] = [
+pub const DEV_POLICIES: [(&str, &str); 8] = [
     (
         "schema.cedarschema",
         include_str!("../config/policies/schema.cedarschema"),
@@ -43,6 +44,10 @@ pub const DEV_POLICIES: [(&str, &str); 7] = [
         "banks.cedar",
         include_str!("../config/policies/banks.cedar"),
     ),
+    (
+        "mygov.cedar",
+        include_str!("../config/policies/mygov.cedar"),
+    ),
     ("tests.toml", include_str!("../config/policies/tests.toml")),
 ];
 
@@ -53,6 +58,13 @@ pub fn write_policies(dir: &Path) -> Result<(), PkiError> {
     }
     Ok(())
 }
+
+/// MyGov's consent signing key (PKCS#8 PEM) in the dev PKI.
+pub const CONSENT_KEY: &str = "mygov-consent.key";
+/// The key set the gateway trusts for consent artefacts (JWKS).
+pub const CONSENT_KEYS: &str = "mygov-consent.jwks";
+/// The key id of the dev consent key.
+pub const CONSENT_KEY_ID: &str = "mygov-dev-1";
 
 /// The gateway's identity towards backends in the dev PKI.
 pub const GATEWAY_IDENTITY: &str = "SN/GOV/GOVBRIDGE/gateway";
@@ -99,6 +111,19 @@ pub fn init_pki(dir: &Path) -> Result<(), PkiError> {
         ca.issue(&LeafRequest::member(&member(id)?))?
             .write(dir, &format!("member-{stem}"))?;
     }
+
+    // MyGov's consent signing key, and the key set the gateway trusts.
+    let signer = ConsentSigner::generate(CONSENT_KEY_ID)
+        .map_err(|error| PkiError::Name(error.to_string()))?;
+    let key = dir.join(CONSENT_KEY);
+    signer
+        .write(&key)
+        .map_err(|source| PkiError::Io { path: key, source })?;
+    pki::write_file(
+        &dir.join(CONSENT_KEYS),
+        IssuerKeys::jwks(&[&signer]).as_bytes(),
+        0o644,
+    )?;
     Ok(())
 }
 
@@ -145,6 +170,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
             &agencies.server_tls(agency),
             config.gateway.identity.clone(),
             data.clone(),
+            agency.signing_key.as_ref(),
         )
         .await?;
         started.push((agency.agency.name(), bound.local_addr()?));

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::agencies::{self, Agency, Dataset};
+use crate::config::SigningKeyConfig;
+use crate::consent::artefact::ConsentSigner;
 use crate::identity::MemberId;
 use crate::identity::tls::{ServerTls, TlsError};
 use crate::net::{ListenerSettings, TlsListener, with_peer};
@@ -20,6 +22,11 @@ pub enum AgencyStartError {
     Tls {
         agency: &'static str,
         source: TlsError,
+    },
+    #[error("agency {agency}: {message}")]
+    SigningKey {
+        agency: &'static str,
+        message: String,
     },
     #[error("agency {agency}: cannot listen on {address}: {source}")]
     Bind {
@@ -39,14 +46,35 @@ pub struct BoundAgency {
 
 impl BoundAgency {
     /// Binds `agency` on `address` with the given TLS material; it will
-    /// accept calls only from `gateway`.
+    /// accept calls only from `gateway`. MyGov signs consents with
+    /// `signing_key`, which it requires.
     pub async fn bind(
         agency: Agency,
         address: SocketAddr,
         tls: &ServerTls,
         gateway: MemberId,
         data: Arc<Dataset>,
+        signing_key: Option<&SigningKeyConfig>,
     ) -> Result<Self, AgencyStartError> {
+        let signer = match (agency, signing_key) {
+            (Agency::MyGov, None) => {
+                return Err(AgencyStartError::SigningKey {
+                    agency: agency.name(),
+                    message: "agencies.servers.mygov.signing_key is required: the key that \
+                              signs consent artefacts"
+                        .to_owned(),
+                });
+            }
+            (_, None) => None,
+            (_, Some(key)) => Some(Arc::new(
+                ConsentSigner::load(&key.key_id, &key.file).map_err(|error| {
+                    AgencyStartError::SigningKey {
+                        agency: agency.name(),
+                        message: error.to_string(),
+                    }
+                })?,
+            )),
+        };
         let tls = tls
             .server_config()
             .map_err(|source| AgencyStartError::Tls {
@@ -63,7 +91,7 @@ impl BoundAgency {
         Ok(Self {
             agency,
             listener: TlsListener::new(tcp, tls, ListenerSettings::default()),
-            service: agencies::service(agency, data, gateway),
+            service: agencies::service(agency, data, gateway, signer),
         })
     }
 

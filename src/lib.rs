@@ -32,8 +32,11 @@
 //! - [`config`]: the TOML file, validated into [`config::Config`].
 //! - [`routing`]: the route table and the upstream connection pools.
 //! - [`proxy`]: the passthrough service and where the path is assembled.
-//! - [`agencies`]: mock civil registry, tax authority, business registry and
-//!   banks, backed by deterministic synthetic data.
+//! - [`consent`]: citizens' consent artefacts, their revocation feed and
+//!   use counts.
+//! - [`agencies`]: mock civil registry, tax authority, business registry,
+//!   banks and the MyGov consent portal, backed by deterministic synthetic
+//!   data.
 //! - [`pki`]: a development CA (rcgen) for demos and tests.
 //! - [`launch`]: starting agencies and the gateway as tasks.
 //! - [`dev`]: the one-command development setup.
@@ -51,6 +54,7 @@ pub mod agencies;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod consent;
 pub mod dev;
 pub mod directory;
 pub mod identity;

@@ -39,6 +39,12 @@ pub mod audit {
     }
 }
 
+pub mod consent {
+    pub mod v1 {
+        tonic::include_proto!("govbridge.consent.v1");
+    }
+}
+
 pub mod directory {
     pub mod v1 {
         tonic::include_proto!("govbridge.directory.v1");

@@ -28,14 +28,14 @@ fn line_of(text: &str, needle: &str) -> usize {
 #[test]
 fn the_dev_template_is_valid() {
     let config = Config::parse(Path::new(PATH), govbridge::dev::CONFIG_TEMPLATE).unwrap();
-    assert_eq!(config.services.len(), 4);
+    assert_eq!(config.services.len(), 5);
     assert_eq!(
         config.services["govbridge.bank.v1.AccountVerification"]
             .providers
             .len(),
         2
     );
-    assert_eq!(config.agencies.unwrap().agencies.len(), 5);
+    assert_eq!(config.agencies.unwrap().agencies.len(), 6);
     assert_eq!(
         config.gateway.tls.client_ca,
         Path::new("/etc/govbridge/pki/ca.pem"),

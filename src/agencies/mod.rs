@@ -23,6 +23,7 @@ pub mod calendar;
 pub mod civil_registry;
 pub mod dataset;
 pub mod ids;
+pub mod mygov;
 pub mod tables;
 pub mod tax;
 
@@ -41,6 +42,7 @@ use tonic::{Request, Status};
 use tower::ServiceExt as _;
 use tower::util::BoxCloneSyncService;
 
+use crate::consent::artefact::ConsentSigner;
 use crate::identity::MemberId;
 use crate::net::PeerInfo;
 
@@ -56,6 +58,8 @@ pub enum Agency {
     Tax,
     BusinessRegistry,
     Bank(Bank),
+    /// The citizens' portal, keeper of consents.
+    MyGov,
 }
 
 /// A demo bank offering account verification.
@@ -88,12 +92,13 @@ impl Bank {
 
 impl Agency {
     /// Every agency, in a fixed order.
-    pub const ALL: [Agency; 5] = [
+    pub const ALL: [Agency; 6] = [
         Agency::CivilRegistry,
         Agency::Tax,
         Agency::BusinessRegistry,
         Agency::Bank(Bank::Cbao),
         Agency::Bank(Bank::Ecobank),
+        Agency::MyGov,
     ];
 
     /// Short name, as used on the command line and in configuration.
@@ -104,6 +109,7 @@ impl Agency {
             Agency::BusinessRegistry => "business-registry",
             Agency::Bank(Bank::Cbao) => "bank-cbao",
             Agency::Bank(Bank::Ecobank) => "bank-ecobank",
+            Agency::MyGov => "mygov",
         }
     }
 
@@ -115,6 +121,7 @@ impl Agency {
             Agency::BusinessRegistry => "SN/GOV/APIX/business-registry",
             Agency::Bank(Bank::Cbao) => "SN/COM/CBAO/accounts",
             Agency::Bank(Bank::Ecobank) => "SN/COM/ECOBANK/accounts",
+            Agency::MyGov => "SN/GOV/MYGOV/consent",
         };
         match MemberId::parse(text) {
             Ok(member) => member,
@@ -130,6 +137,7 @@ impl Agency {
             Agency::Tax => "govbridge.tax.v1.TaxAuthority",
             Agency::BusinessRegistry => "govbridge.business.v1.BusinessRegistry",
             Agency::Bank(_) => "govbridge.bank.v1.AccountVerification",
+            Agency::MyGov => "govbridge.consent.v1.Consent",
         }
     }
 }
@@ -177,9 +185,19 @@ pub type AgencyService =
 /// Largest message an agency decodes or encodes.
 pub const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 
-/// The agency's gRPC service, accepting calls only from `gateway`.
-pub fn service(agency: Agency, data: Arc<Dataset>, gateway: MemberId) -> AgencyService {
-    let guard = GatewayOnly { agency, gateway };
+/// The agency's gRPC service, accepting calls only from `gateway`. MyGov
+/// signs consents with `signer`; without one it signs with a key of its
+/// own that no gateway trusts.
+pub fn service(
+    agency: Agency,
+    data: Arc<Dataset>,
+    gateway: MemberId,
+    signer: Option<Arc<ConsentSigner>>,
+) -> AgencyService {
+    let guard = GatewayOnly {
+        agency,
+        gateway: gateway.clone(),
+    };
     match agency {
         Agency::CivilRegistry => assemble(
             civil_registry::CivilRegistryAgency::new(data)
@@ -209,6 +227,18 @@ pub fn service(agency: Agency, data: Arc<Dataset>, gateway: MemberId) -> AgencyS
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
             guard,
         ),
+        Agency::MyGov => {
+            let signer = signer
+                .or_else(|| ConsentSigner::generate("untrusted").ok().map(Arc::new))
+                .unwrap_or_else(|| unreachable!("Ed25519 key generation does not fail"));
+            assemble(
+                mygov::MyGovAgency::new(signer, mygov::portal_issuer(), gateway)
+                    .into_server()
+                    .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                    .max_encoding_message_size(MAX_MESSAGE_SIZE),
+                guard,
+            )
+        }
     }
 }
 

@@ -47,12 +47,11 @@ async fn connect(
         certificate_not_after: None,
         control: Default::default(),
     };
-    let agency_service = service(agency, data(), MemberId::parse(GATEWAY).unwrap()).map_request(
-        move |mut request: http::Request<hyper::body::Incoming>| {
+    let agency_service = service(agency, data(), MemberId::parse(GATEWAY).unwrap(), None)
+        .map_request(move |mut request: http::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(peer.clone());
             request
-        },
-    );
+        });
     let (client_io, server_io) = tokio::io::duplex(1 << 20);
     tokio::spawn(
         hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(

@@ -68,6 +68,23 @@ pub struct Config {
     pub purposes: BTreeMap<String, String>,
     pub exchange_log: ExchangeLogConfig,
     pub telemetry: TelemetryConfig,
+    /// Consent verification; without it, no call can present a verified
+    /// consent.
+    pub consent: Option<ConsentConfig>,
+}
+
+/// Where consents come from and how fresh their states must be.
+#[derive(Debug, Clone)]
+pub struct ConsentConfig {
+    /// A JWK Set of the issuer keys the gateway trusts (rotation: several
+    /// key ids at once). Reloaded with the configuration.
+    pub issuer_keys: PathBuf,
+    /// The provider whose `govbridge.consent.v1.Consent/WatchStatus` feed
+    /// reports revocations and pauses.
+    pub feed_provider: MemberId,
+    /// How long the feed may be silent before consent-bound calls are
+    /// refused.
+    pub freshness: Duration,
 }
 
 /// Where traces go beyond the process's own log.
@@ -231,6 +248,15 @@ pub struct AgencyConfig {
     pub listen: SocketAddr,
     pub certificate: PathBuf,
     pub private_key: PathBuf,
+    /// The key MyGov signs consent artefacts with.
+    pub signing_key: Option<SigningKeyConfig>,
+}
+
+/// An Ed25519 signing key (PKCS#8 PEM) and the key id it signs under.
+#[derive(Debug, Clone)]
+pub struct SigningKeyConfig {
+    pub key_id: String,
+    pub file: PathBuf,
 }
 
 impl AgenciesConfig {

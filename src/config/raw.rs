@@ -12,9 +12,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    AgenciesConfig, AgencyConfig, Config, ConfigError, ExchangeLogConfig, GatewayConfig, Member,
-    OtlpConfig, PolicyConfig, Provider, PublishedService, TelemetryConfig, UpstreamConfig,
-    is_group_name, is_purpose_code, is_service_name, parse_duration, parse_endpoint,
+    AgenciesConfig, AgencyConfig, Config, ConfigError, ConsentConfig, ExchangeLogConfig,
+    GatewayConfig, Member, OtlpConfig, PolicyConfig, Provider, PublishedService, SigningKeyConfig,
+    TelemetryConfig, UpstreamConfig, is_group_name, is_purpose_code, is_service_name,
+    parse_duration, parse_endpoint,
 };
 use crate::agencies::Agency;
 use crate::identity::MemberId;
@@ -38,6 +39,15 @@ struct RawConfig {
     purposes: BTreeMap<Spanned<String>, Spanned<String>>,
     exchange_log: Option<RawExchangeLog>,
     telemetry: Option<RawTelemetry>,
+    consent: Option<RawConsent>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsent {
+    issuer_keys: Spanned<String>,
+    feed_provider: Spanned<String>,
+    freshness: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +146,8 @@ struct RawAgency {
     listen: Spanned<String>,
     certificate: Spanned<String>,
     private_key: Spanned<String>,
+    signing_key: Option<Spanned<String>>,
+    signing_key_id: Option<Spanned<String>>,
 }
 
 const MILLISECOND: Duration = Duration::from_millis(1);
@@ -495,6 +507,11 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
 
     let exchange_log = validate_exchange_log(source, raw.exchange_log.as_ref(), &gateway_config)?;
     let telemetry = validate_telemetry(source, raw.telemetry.as_ref())?;
+    let consent = raw
+        .consent
+        .as_ref()
+        .map(|consent| validate_consent(source, consent, &providers))
+        .transpose()?;
 
     Ok(Config {
         source: source.path.to_owned(),
@@ -508,6 +525,32 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
         purposes,
         exchange_log,
         telemetry,
+        consent,
+    })
+}
+
+fn validate_consent(
+    source: &Source<'_>,
+    raw: &RawConsent,
+    providers: &BTreeMap<MemberId, Provider>,
+) -> Result<ConsentConfig, ConfigError> {
+    let feed_provider = source.member("consent.feed_provider", &raw.feed_provider)?;
+    if !providers.contains_key(&feed_provider) {
+        return Err(source.error(
+            "consent.feed_provider",
+            &raw.feed_provider,
+            format!("{feed_provider} is not a configured provider"),
+        ));
+    }
+    Ok(ConsentConfig {
+        issuer_keys: source.path(&raw.issuer_keys),
+        feed_provider,
+        freshness: source.duration(
+            "consent.freshness",
+            raw.freshness.as_ref(),
+            Duration::from_secs(5),
+            Duration::from_secs(1)..=Duration::from_secs(3600),
+        )?,
     })
 }
 
@@ -617,6 +660,29 @@ fn validate_agencies(
             .get_ref()
             .parse()
             .map_err(|error| source.error(&path, key, format!("{error}")))?;
+        let signing_key = match (&server.signing_key, &server.signing_key_id) {
+            (None, None) => None,
+            (Some(file), id) if agency == Agency::MyGov => Some(SigningKeyConfig {
+                key_id: id
+                    .as_ref()
+                    .map_or_else(|| "mygov".to_owned(), |id| id.get_ref().clone()),
+                file: source.path(file),
+            }),
+            (None, Some(id)) => {
+                return Err(source.error(
+                    format!("{path}.signing_key_id"),
+                    id,
+                    "needs `signing_key`, the key file it names",
+                ));
+            }
+            (Some(file), _) => {
+                return Err(source.error(
+                    format!("{path}.signing_key"),
+                    file,
+                    "only the `mygov` agency signs consent artefacts",
+                ));
+            }
+        };
         agencies.insert(
             agency.name(),
             AgencyConfig {
@@ -624,6 +690,7 @@ fn validate_agencies(
                 listen: source.socket_addr(&format!("{path}.listen"), &server.listen)?,
                 certificate: source.path(&server.certificate),
                 private_key: source.path(&server.private_key),
+                signing_key,
             },
         );
     }

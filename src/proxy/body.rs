@@ -32,6 +32,7 @@ use super::error::GatewayError;
 use super::headers::strip_bridge_headers;
 use super::record::{self, CallRecord, Ending, SharedTally, Tally};
 use crate::audit::Appending;
+use crate::consent::{ConsentRefusal, UseReservation};
 use crate::identity::MemberId;
 use crate::routing::upstream::BoxError;
 use crate::telemetry::metrics::InFlight;
@@ -44,6 +45,9 @@ pub struct CallEnd(#[allow(dead_code)] oneshot::Sender<Infallible>);
 #[derive(Debug)]
 pub struct RequestBody {
     inner: Incoming,
+    /// Bytes read from `inner` before forwarding (the first message of a
+    /// consent-bound call), relayed first.
+    prefix: Option<Bytes>,
     /// Resolves (with an error: nothing is ever sent) once the response side
     /// is over; `None` after that.
     call_end: Option<oneshot::Receiver<Infallible>>,
@@ -58,6 +62,7 @@ impl RequestBody {
     /// returned [`CallEnd`] is dropped.
     pub fn new(
         inner: Incoming,
+        prefix: Option<Bytes>,
         tally: Option<SharedTally>,
         bytes_in: Arc<AtomicU64>,
     ) -> (Self, CallEnd) {
@@ -65,6 +70,7 @@ impl RequestBody {
         (
             Self {
                 inner,
+                prefix,
                 call_end: Some(receiver),
                 tally,
                 bytes_in,
@@ -90,7 +96,10 @@ impl Body for RequestBody {
             }
             Some(Poll::Pending) => {}
         }
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let frame = match self.prefix.take() {
+            Some(bytes) => Some(Ok(Frame::data(bytes))),
+            None => ready!(Pin::new(&mut self.inner).poll_frame(cx)),
+        };
         if let Some(Ok(frame)) = &frame
             && let Some(data) = frame.data_ref()
         {
@@ -104,11 +113,49 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.prefix.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.prefix {
+            None => self.inner.size_hint(),
+            Some(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// Reads the caller's body until its first gRPC message is complete, for
+/// a consent-bound call whose subject must be checked before anything is
+/// forwarded. Returns every byte read, to be relayed first; the message is
+/// `bytes[5..]`, and more may follow it.
+pub async fn first_message(body: &mut Incoming) -> Result<Bytes, ConsentRefusal> {
+    use http_body_util::BodyExt as _;
+    let mut read = bytes::BytesMut::new();
+    loop {
+        if let Some(prefix) = read.get(..5) {
+            let length = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+            if prefix[0] != 0 || length > crate::audit::subject::MAX_MESSAGE {
+                return Err(ConsentRefusal::SubjectMismatch(
+                    "the first request message is compressed or over 64 KiB: its subject \
+                     cannot be checked",
+                ));
+            }
+            if read.len() >= 5 + length {
+                return Ok(read.freeze());
+            }
+        }
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    read.extend_from_slice(data);
+                }
+            }
+            Some(Err(_)) | None => {
+                return Err(ConsentRefusal::SubjectMismatch(
+                    "the request ended before its first message",
+                ));
+            }
+        }
     }
 }
 
@@ -174,12 +221,19 @@ pub struct CallSummary {
     pub bytes_in: Arc<AtomicU64>,
     /// Response bytes relayed to the caller.
     pub bytes_out: u64,
+    /// A use of the citizen's consent, spent if the call succeeds.
+    pub consent_use: Option<UseReservation>,
 }
 
 impl CallSummary {
     /// The call ended so.
-    pub fn finish(self, ending: Ending<'_>) {
+    pub fn finish(mut self, ending: Ending<'_>) {
         let (code, bridge_error) = ending.status();
+        if code == 0
+            && let Some(consent_use) = self.consent_use.take()
+        {
+            consent_use.succeeded();
+        }
         let total = self.started.elapsed();
         let code_name = crate::telemetry::metrics::code_name(code);
         self.span.record("grpc_status", code);

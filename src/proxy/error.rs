@@ -54,6 +54,8 @@ pub enum GatewayError {
         /// The forbids that decided, if any; empty for a denial by default.
         forbidden_by: Vec<String>,
     },
+    #[error("{0}")]
+    Consent(#[from] crate::consent::ConsentRefusal),
     #[error("`{0}` is not a gRPC method path /package.Service/Method")]
     BadPath(String),
     #[error("service {0} is not published on this gateway")]
@@ -95,6 +97,8 @@ impl GatewayError {
             | Self::BadPath(_)
             | Self::UnknownPurpose(_) => Code::InvalidArgument,
             Self::NoPermits(_) | Self::Denied { .. } => Code::PermissionDenied,
+            Self::Consent(crate::consent::ConsentRefusal::StatusUnknown) => Code::Unavailable,
+            Self::Consent(_) => Code::PermissionDenied,
             Self::UnknownService(_) | Self::UnknownMethod { .. } | Self::UnknownTarget { .. } => {
                 Code::Unimplemented
             }
@@ -117,6 +121,7 @@ impl GatewayError {
             Self::BadHeader { .. } | Self::UnknownPurpose(_) => "bad-header",
             Self::NoPermits(_) => "no-permits",
             Self::Denied { .. } => "policy-denied",
+            Self::Consent(refusal) => refusal.kind(),
             Self::BadPath(_) => "bad-path",
             Self::UnknownService(_) => "unknown-service",
             Self::UnknownMethod { .. } => "unknown-method",
@@ -145,6 +150,8 @@ impl GatewayError {
             | Self::UnknownMethod { .. }
             | Self::UnknownTarget { .. }
             | Self::DeadlineExceeded(_) => Fault::Caller,
+            Self::Consent(crate::consent::ConsentRefusal::StatusUnknown) => Fault::Gateway,
+            Self::Consent(_) => Fault::Caller,
             Self::UpstreamUnavailable { .. }
             | Self::UpstreamIdentity { .. }
             | Self::UpstreamFailed { .. } => Fault::Upstream,
@@ -157,7 +164,9 @@ impl GatewayError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::UpstreamUnavailable { .. } | Self::ExchangeLogUnavailable(_)
+            Self::UpstreamUnavailable { .. }
+                | Self::ExchangeLogUnavailable(_)
+                | Self::Consent(crate::consent::ConsentRefusal::StatusUnknown)
         )
     }
 

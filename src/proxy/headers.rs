@@ -19,6 +19,7 @@ use crate::telemetry::context::TraceContext;
 pub const BRIDGE_AUDIT_INDEX: &str = "bridge-audit-index";
 pub const BRIDGE_CLIENT: &str = "bridge-client";
 pub const BRIDGE_CONSENT: &str = "bridge-consent";
+pub const BRIDGE_CONSENT_ID: &str = "bridge-consent-id";
 pub const BRIDGE_ERROR: &str = "bridge-error";
 pub const BRIDGE_PURPOSE: &str = "bridge-purpose";
 pub const BRIDGE_REASON: &str = "bridge-reason";

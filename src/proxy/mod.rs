@@ -36,10 +36,12 @@ use tracing::Instrument;
 
 use crate::audit::ExchangeLog;
 use crate::config::Config;
+use crate::consent::artefact::{ConsentClaims, IssuerKeys};
+use crate::consent::{self, CallScope, ConsentLedger, ConsentRefusal};
 use crate::identity::MemberId;
 use crate::identity::tls::TlsError;
 use crate::net::{PeerInfo, TlsListener};
-use crate::policy::{CallFacts, Decision, PolicyEngine};
+use crate::policy::{CallFacts, PolicyEngine};
 use crate::routing::{RouteTable, UpstreamConnector};
 use crate::telemetry::context::TraceContext;
 use crate::telemetry::metrics::Metrics;
@@ -67,6 +69,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    #[error("consent.issuer_keys: {0}")]
+    Consent(crate::consent::artefact::ArtefactError),
     #[error("exchange_log: {0}")]
     ExchangeLog(#[from] crate::audit::OpenError),
     #[error("cannot listen on {address}: {source}")]
@@ -95,6 +99,8 @@ pub struct GatewayState {
     /// The exchange log's settings as configured. The open log keeps the
     /// ones it started with; who may call the Data Tracker follows reloads.
     exchange_log: crate::config::ExchangeLogConfig,
+    /// The consent issuer keys trusted, when consent is configured.
+    consent_keys: Option<IssuerKeys>,
 }
 
 impl GatewayState {
@@ -123,6 +129,12 @@ impl GatewayState {
             });
         }
         let policy = PolicyEngine::load(config)?;
+        let consent_keys = config
+            .consent
+            .as_ref()
+            .map(|consent| IssuerKeys::load(&consent.issuer_keys))
+            .transpose()
+            .map_err(StartError::Consent)?;
         let connector = Arc::new(UpstreamConnector::new(
             upstream_tls,
             config.upstream.connect_timeout,
@@ -143,6 +155,7 @@ impl GatewayState {
             certificates: certificates(config),
             described: describe(config),
             exchange_log: config.exchange_log.clone(),
+            consent_keys,
         })
     }
 
@@ -301,6 +314,9 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     /// The admin endpoint's listener, when configured.
     admin: Option<TcpListener>,
+    /// Consent states and uses, and the feed that keeps them, when consent
+    /// is configured. Both outlive reloads.
+    consent: Option<(Arc<ConsentLedger>, crate::consent::feed::FeedSource)>,
 }
 
 impl Gateway {
@@ -353,6 +369,25 @@ impl Gateway {
             ),
             None => None,
         };
+        let consent = match &config.consent {
+            Some(consent) => Some((
+                ConsentLedger::new(consent.freshness),
+                crate::consent::feed::FeedSource {
+                    endpoints: config
+                        .providers
+                        .get(&consent.feed_provider)
+                        .map(|provider| provider.endpoints.clone())
+                        .unwrap_or_default(),
+                    tls: config
+                        .upstream
+                        .tls
+                        .client_config()
+                        .map_err(StartError::UpstreamTls)?,
+                    gateway: config.gateway.identity.clone(),
+                },
+            )),
+            None => None,
+        };
         Ok(Self {
             listener: TlsListener::new(tcp, tls, config.gateway.listener.clone()),
             state,
@@ -360,6 +395,7 @@ impl Gateway {
             log,
             metrics: Arc::new(Metrics::default()),
             admin,
+            consent,
         })
     }
 
@@ -421,15 +457,31 @@ impl Gateway {
             }));
         }
         let serving = log.clone();
+        let (ledger, following) = match self.consent {
+            Some((ledger, source)) => {
+                let feed = tokio::spawn(crate::consent::feed::follow(ledger.clone(), source));
+                (Some(ledger), Some(feed.abort_handle()))
+            }
+            None => (None, None),
+        };
         self.listener
             .serve(
                 move |peer| {
-                    GatewayService::new(state.clone(), peer, serving.clone(), metrics.clone())
+                    GatewayService::new(
+                        state.clone(),
+                        peer,
+                        serving.clone(),
+                        metrics.clone(),
+                        ledger.clone(),
+                    )
                 },
                 shutdown,
             )
             .await;
         drop(stop_admin);
+        if let Some(following) = following {
+            following.abort();
+        }
         if let Some(log) = log {
             let closed = tokio::task::spawn_blocking(move || log.close()).await;
             if let Err(error) = closed {
@@ -592,6 +644,7 @@ pub struct GatewayService {
     peer: Arc<PeerInfo>,
     log: Option<ExchangeLog>,
     metrics: Arc<Metrics>,
+    consent: Option<Arc<ConsentLedger>>,
 }
 
 impl GatewayService {
@@ -600,12 +653,14 @@ impl GatewayService {
         peer: PeerInfo,
         log: Option<ExchangeLog>,
         metrics: Arc<Metrics>,
+        consent: Option<Arc<ConsentLedger>>,
     ) -> Self {
         Self {
             state,
             peer: Arc::new(peer),
             log,
             metrics,
+            consent,
         }
     }
 
@@ -742,7 +797,7 @@ impl GatewayService {
             record.routed(provider.provider());
         }
         let deciding = Instant::now();
-        self.authorize(
+        let consent = self.authorize(
             state,
             &caller,
             &call,
@@ -753,6 +808,34 @@ impl GatewayService {
         let policy_elapsed = deciding.elapsed();
         let deadline = Deadline::new(arrival.received, call.timeout, state.max_deadline);
         let past_deadline = || GatewayError::DeadlineExceeded(deadline.elapsed());
+        let (parts, mut body) = request.into_parts();
+
+        // A consent is about one person: the one the request names.
+        let mut consent_use = None;
+        let mut first_message = None;
+        if let Some(claims) = consent {
+            let field = crate::audit::subject::SubjectFields::compiled()
+                .field(uri.path())
+                .ok_or(ConsentRefusal::SubjectMismatch(
+                    "this method's requests name no data subject",
+                ))?;
+            let read = tokio::time::timeout_at(deadline.at(), body::first_message(&mut body))
+                .await
+                .map_err(|_| past_deadline())??;
+            let message = read.get(5..).unwrap_or_default();
+            if crate::audit::subject::subject_of(message, field) != Some(claims.subject.as_str()) {
+                return Err(ConsentRefusal::SubjectMismatch(
+                    "the request names another person than the consent",
+                )
+                .into());
+            }
+            let ledger = self.consent.as_ref().ok_or(ConsentRefusal::StatusUnknown)?;
+            consent_use = Some(ledger.admit(&claims.consent_id, claims.max_uses)?);
+            if let Some(record) = record.as_mut() {
+                record.consented(&claims.consent_id);
+            }
+            first_message = Some(read);
+        }
 
         // The decision is durable before anything reaches the backend.
         let decision = match record.as_mut() {
@@ -773,14 +856,21 @@ impl GatewayService {
             Arc::new(Mutex::new(Tally::new(subject)))
         });
 
-        let (parts, body) = request.into_parts();
         let bytes_in = Arc::default();
-        let (body, call_end) = RequestBody::new(body, tally.clone(), Arc::clone(&bytes_in));
+        let (body, call_end) =
+            RequestBody::new(body, first_message, tally.clone(), Arc::clone(&bytes_in));
         let mut upstream = Request::new(body.boxed_unsync());
         *upstream.method_mut() = parts.method;
         *upstream.uri_mut() = parts.uri;
         *upstream.headers_mut() =
             headers::upstream_headers(&parts.headers, &caller, &call, &arrival.trace, request_id);
+        if let Some(consent_use) = &consent_use
+            && let Ok(value) = HeaderValue::from_str(consent_use.consent_id())
+        {
+            upstream
+                .headers_mut()
+                .insert(headers::BRIDGE_CONSENT_ID, value);
+        }
 
         if let (Some(record), Some(tally)) = (record.as_mut(), &tally) {
             record.forwarding(tally.clone(), SystemTime::now());
@@ -818,6 +908,7 @@ impl GatewayService {
             upstream: upstream_elapsed,
             bytes_in,
             bytes_out: 0,
+            consent_use,
         };
         if let Some(index) = decision {
             let (name, value) = record::audit_index(index);
@@ -861,7 +952,7 @@ impl GatewayService {
         method: &str,
         provider: &MemberId,
         record: &mut Option<CallRecord>,
-    ) -> Result<Decision, GatewayError> {
+    ) -> Result<Option<ConsentClaims>, GatewayError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| {
@@ -872,17 +963,50 @@ impl GatewayService {
             .certificate_not_after
             .map_or(0, |not_after| (not_after - now).div_euclid(86_400));
         let _policy = tracing::debug_span!("policy").entered();
-        let decision = state.policy.authorize(&CallFacts {
+        let facts = |consent_verified| CallFacts {
             caller,
             method,
             provider,
             purpose: call.purpose_code(),
             has_reason: call.reason.is_some(),
             has_user_id: call.user_id.is_some(),
-            consent_verified: false,
+            consent_verified,
             hour: u8::try_from(now.rem_euclid(86_400) / 3600).unwrap_or(0),
             certificate_days_left,
-        });
+        };
+        let mut decision = state.policy.authorize(&facts(false));
+        let mut consent = None;
+        if !decision.allowed
+            && let Some(keys) = &state.consent_keys
+        {
+            let with_consent = state.policy.authorize(&facts(true));
+            if with_consent.allowed {
+                // The policies allow the call with the citizen's consent:
+                // the artefact decides.
+                if let Some(record) = record.as_mut() {
+                    record.decided(
+                        &with_consent,
+                        state.policy.concealed_until(&with_consent, now),
+                    );
+                }
+                let _consent = tracing::debug_span!("consent").entered();
+                let token = call
+                    .consent
+                    .as_ref()
+                    .ok_or(ConsentRefusal::Missing)?
+                    .to_str()
+                    .map_err(|_| ConsentRefusal::Malformed("not visible ASCII".to_owned()))?;
+                let scope = CallScope {
+                    caller,
+                    method,
+                    provider,
+                    purpose: call.purpose_code(),
+                    now,
+                };
+                consent = Some(consent::check_artefact(keys, token, &scope)?);
+                decision = with_consent;
+            }
+        }
         if !decision.errors.is_empty() {
             tracing::warn!(errors = ?decision.errors, "policies failed to evaluate");
         }
@@ -890,7 +1014,7 @@ impl GatewayService {
             record.decided(&decision, state.policy.concealed_until(&decision, now));
         }
         if decision.allowed {
-            Ok(decision)
+            Ok(consent)
         } else {
             Err(GatewayError::Denied {
                 caller: caller.clone(),

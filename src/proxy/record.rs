@@ -197,6 +197,11 @@ impl CallRecord {
             .to_owned();
     }
 
+    /// The citizen's consent the call runs under.
+    pub fn consented(&mut self, consent_id: &str) {
+        consent_id.clone_into(&mut self.record.consent_id);
+    }
+
     /// The provider the call is routed to.
     pub fn routed(&mut self, provider: &MemberId) {
         self.record.provider = provider.to_string();

@@ -127,7 +127,7 @@ impl RouteTable {
 }
 
 /// Splits `/package.Service/Method` into its service and method.
-fn split_path(path: &str) -> Option<(&str, &str)> {
+pub(crate) fn split_path(path: &str) -> Option<(&str, &str)> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
     let valid = |s: &str| {
         !s.is_empty()

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use govbridge::agencies::{Agency, AgencyService, Dataset};
-use govbridge::config::Config;
+use govbridge::config::{Config, SigningKeyConfig};
 use govbridge::dev::{self, GATEWAY_IDENTITY};
 use govbridge::identity::MemberId;
 use govbridge::identity::tls::{ClientTls, ServerTls};
@@ -57,6 +57,7 @@ pub struct BedBuilder {
     dev_policies: bool,
     max_deadline: &'static str,
     handshake_timeout: &'static str,
+    consent_freshness: &'static str,
 }
 
 impl BedBuilder {
@@ -98,6 +99,13 @@ impl BedBuilder {
 
     pub fn handshake_timeout(mut self, timeout: &'static str) -> Self {
         self.handshake_timeout = timeout;
+        self
+    }
+
+    /// How long the consent feed may be silent before consent-bound calls
+    /// are refused.
+    pub fn consent_freshness(mut self, freshness: &'static str) -> Self {
+        self.consent_freshness = freshness;
         self
     }
 
@@ -173,10 +181,20 @@ impl BedBuilder {
                     client_ca: pki.join("ca.pem"),
                     crls: vec![pki.join("crl.pem")],
                 };
-                let bound =
-                    BoundAgency::bind(agency, loopback, &tls, gateway_id.clone(), data.clone())
-                        .await
-                        .unwrap();
+                let signing_key = (agency == Agency::MyGov).then(|| SigningKeyConfig {
+                    key_id: dev::CONSENT_KEY_ID.to_owned(),
+                    file: pki.join(dev::CONSENT_KEY),
+                });
+                let bound = BoundAgency::bind(
+                    agency,
+                    loopback,
+                    &tls,
+                    gateway_id.clone(),
+                    data.clone(),
+                    signing_key.as_ref(),
+                )
+                .await
+                .unwrap();
                 let address = bound.local_addr().unwrap();
                 agencies.insert(agency.name(), address);
                 tasks.spawn(bound.serve(shutdown.clone().wait()));
@@ -240,6 +258,7 @@ impl BedBuilder {
             &services,
             self.max_deadline,
             self.handshake_timeout,
+            self.consent_freshness,
         );
         let config_path = dir.path().join("govbridge.toml");
         std::fs::write(&config_path, &text).unwrap();
@@ -276,6 +295,7 @@ fn config_text(
     services: &[(&str, Vec<MemberId>)],
     max_deadline: &str,
     handshake_timeout: &str,
+    consent_freshness: &str,
 ) -> String {
     let mut text = format!(
         r#"
@@ -334,6 +354,13 @@ max_deadline = "{max_deadline}"
             providers.join(", ")
         );
     }
+    let portal = Agency::MyGov.member_id();
+    if providers.iter().any(|(id, _)| *id == portal) {
+        text += &format!(
+            "\n[consent]\nissuer_keys = \"pki/{}\"\nfeed_provider = \"{portal}\"\nfreshness = \"{consent_freshness}\"\n",
+            dev::CONSENT_KEYS
+        );
+    }
     text
 }
 
@@ -365,6 +392,7 @@ impl Bed {
             dev_policies: false,
             max_deadline: "60s",
             handshake_timeout: "5s",
+            consent_freshness: "5s",
         }
     }
 

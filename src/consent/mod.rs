@@ -1,0 +1,371 @@
+//! Citizen consent: signed artefacts, revocation, usage counts.
+//!
+//! Where a policy permits a call only with `context.consent.verified`, the
+//! gateway checks the artefact in `bridge-consent` before the call goes
+//! anywhere, in this order, and the first failure is the answer:
+//!
+//! ```text
+//! present -> signed by a trusted issuer key ([`artefact`])
+//!   -> for this caller -> this method and provider -> this purpose
+//!   -> inside its validity window
+//!   -> neither revoked nor paused, by a feed heard from recently ([`feed`])
+//!   -> about the person the request names (the data subject)
+//!   -> a use left: reserved now, spent only if the call succeeds
+//! ```
+//!
+//! [`ConsentLedger`] outlives reloads: it holds what the feed said of each
+//! consent and the uses counted so far.
+
+pub mod artefact;
+pub mod feed;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::identity::MemberId;
+use artefact::{ArtefactError, ConsentClaims, IssuerKeys};
+
+/// Why a consent does not allow a call. Each is one `bridge-error` kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConsentRefusal {
+    #[error("this call needs the data subject's consent: send the artefact in bridge-consent")]
+    Missing,
+    #[error("bridge-consent is not a valid consent artefact: {0}")]
+    Malformed(String),
+    #[error("the consent artefact's signature does not verify")]
+    BadSignature,
+    #[error("the consent artefact is signed with key `{0}`, which this gateway does not trust")]
+    UnknownKey(String),
+    #[error("the consent was given to {consumer}, not to {caller}")]
+    WrongConsumer { consumer: String, caller: MemberId },
+    #[error("the consent does not cover {what}")]
+    OutOfScope { what: String },
+    #[error("the consent is for purpose {consented}, not {declared}")]
+    WrongPurpose { consented: String, declared: String },
+    #[error("the consent is valid only from {0} (Unix time)")]
+    NotYetValid(i64),
+    #[error("the consent expired at {0} (Unix time)")]
+    Expired(i64),
+    #[error("the consent was revoked by the citizen")]
+    Revoked,
+    #[error("the consent is paused by the citizen")]
+    Paused,
+    #[error("the consent's {0} uses are spent")]
+    Exhausted(u32),
+    #[error("the consent is not about the person this request names: {0}")]
+    SubjectMismatch(&'static str),
+    #[error("whether the consent is still valid cannot be known now: the consent feed is down")]
+    StatusUnknown,
+}
+
+impl ConsentRefusal {
+    /// The `bridge-error` kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Missing => "consent-missing",
+            Self::Malformed(_) => "consent-malformed",
+            Self::BadSignature => "consent-bad-signature",
+            Self::UnknownKey(_) => "consent-unknown-key",
+            Self::WrongConsumer { .. } => "consent-wrong-consumer",
+            Self::OutOfScope { .. } => "consent-out-of-scope",
+            Self::WrongPurpose { .. } => "consent-wrong-purpose",
+            Self::NotYetValid(_) => "consent-not-yet-valid",
+            Self::Expired(_) => "consent-expired",
+            Self::Revoked => "consent-revoked",
+            Self::Paused => "consent-paused",
+            Self::Exhausted(_) => "consent-exhausted",
+            Self::SubjectMismatch(_) => "consent-subject-mismatch",
+            Self::StatusUnknown => "consent-status-unknown",
+        }
+    }
+}
+
+impl From<ArtefactError> for ConsentRefusal {
+    fn from(error: ArtefactError) -> Self {
+        match error {
+            ArtefactError::Malformed(reason) => Self::Malformed(reason),
+            ArtefactError::UnknownKey(kid) => Self::UnknownKey(kid),
+            ArtefactError::BadSignature => Self::BadSignature,
+            ArtefactError::Key(reason) => Self::Malformed(reason),
+        }
+    }
+}
+
+/// What a consent is checked against: the call as the gateway knows it
+/// before reading the request.
+#[derive(Debug, Clone, Copy)]
+pub struct CallScope<'a> {
+    pub caller: &'a MemberId,
+    pub method: &'a str,
+    pub provider: &'a MemberId,
+    /// The declared `bridge-purpose` code, if any.
+    pub purpose: Option<&'a str>,
+    /// Seconds since the epoch.
+    pub now: i64,
+}
+
+/// Verifies `token` and checks it against `call`: every check up to, but
+/// not including, the feed, the subject and the use count.
+pub fn check_artefact(
+    keys: &IssuerKeys,
+    token: &str,
+    call: &CallScope<'_>,
+) -> Result<ConsentClaims, ConsentRefusal> {
+    let claims = keys.verify(token)?;
+    if claims.consumer != call.caller.as_str() {
+        return Err(ConsentRefusal::WrongConsumer {
+            consumer: claims.consumer,
+            caller: call.caller.clone(),
+        });
+    }
+    if !claims.methods.iter().any(|method| method == call.method) {
+        return Err(ConsentRefusal::OutOfScope {
+            what: format!("method {}", call.method),
+        });
+    }
+    if !claims
+        .providers
+        .iter()
+        .any(|provider| provider == call.provider.as_str())
+    {
+        return Err(ConsentRefusal::OutOfScope {
+            what: format!("provider {}", call.provider),
+        });
+    }
+    let declared = call.purpose.unwrap_or_default();
+    if claims.purpose != declared {
+        return Err(ConsentRefusal::WrongPurpose {
+            consented: claims.purpose,
+            declared: if declared.is_empty() {
+                "none".to_owned()
+            } else {
+                declared.to_owned()
+            },
+        });
+    }
+    if call.now < claims.not_before {
+        return Err(ConsentRefusal::NotYetValid(claims.not_before));
+    }
+    if call.now >= claims.expires {
+        return Err(ConsentRefusal::Expired(claims.expires));
+    }
+    Ok(claims)
+}
+
+/// The state of a consent as the feed last said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsentState {
+    Active,
+    Paused,
+    Revoked,
+}
+
+/// What the gateway knows of consents beyond their artefacts: their state
+/// from the feed, and their uses.
+#[derive(Debug)]
+pub struct ConsentLedger {
+    /// How long the feed may stay silent before states are unknown.
+    freshness: Duration,
+    inner: Mutex<Ledger>,
+}
+
+#[derive(Debug, Default)]
+struct Ledger {
+    /// Consents the feed reported as not active (active ones need no entry
+    /// once resumed, but keeping them is harmless).
+    states: HashMap<String, ConsentState>,
+    /// The last change applied, to resume the feed after it.
+    sequence: u64,
+    /// When the feed was last heard from.
+    heard: Option<Instant>,
+    uses: HashMap<String, Uses>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Uses {
+    /// Calls that succeeded under the consent.
+    spent: u32,
+    /// Calls in flight that may still succeed.
+    reserved: u32,
+}
+
+impl ConsentLedger {
+    /// A ledger whose states go stale after `freshness` without news.
+    pub fn new(freshness: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            freshness,
+            inner: Mutex::new(Ledger::default()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Ledger> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The feed is alive.
+    pub fn heard(&self) {
+        self.lock().heard = Some(Instant::now());
+    }
+
+    /// The feed reported change `sequence`: `consent` is now `state`.
+    pub fn apply(&self, sequence: u64, consent: &str, state: ConsentState) {
+        let mut ledger = self.lock();
+        ledger.states.insert(consent.to_owned(), state);
+        ledger.sequence = ledger.sequence.max(sequence);
+        ledger.heard = Some(Instant::now());
+    }
+
+    /// Reads the feed again from its start, next time it is dialled.
+    pub fn rewind(&self) {
+        self.lock().sequence = 0;
+    }
+
+    /// The last change applied.
+    pub fn sequence(&self) -> u64 {
+        self.lock().sequence
+    }
+
+    /// Whether the feed was heard from within the freshness window.
+    pub fn is_fresh(&self) -> bool {
+        self.lock()
+            .heard
+            .is_some_and(|heard| heard.elapsed() < self.freshness)
+    }
+
+    /// Checks the consent's state, then reserves one of its `max_uses`.
+    /// The reservation is spent if the call succeeds and returned
+    /// otherwise; in between it counts, so that concurrent calls can never
+    /// succeed more than `max_uses` times together.
+    pub fn admit(
+        self: &Arc<Self>,
+        consent: &str,
+        max_uses: u32,
+    ) -> Result<UseReservation, ConsentRefusal> {
+        let mut ledger = self.lock();
+        let fresh = ledger
+            .heard
+            .is_some_and(|heard| heard.elapsed() < self.freshness);
+        if !fresh {
+            return Err(ConsentRefusal::StatusUnknown);
+        }
+        match ledger.states.get(consent) {
+            Some(ConsentState::Revoked) => return Err(ConsentRefusal::Revoked),
+            Some(ConsentState::Paused) => return Err(ConsentRefusal::Paused),
+            Some(ConsentState::Active) | None => {}
+        }
+        let uses = ledger.uses.entry(consent.to_owned()).or_default();
+        if uses.spent.saturating_add(uses.reserved) >= max_uses {
+            return Err(ConsentRefusal::Exhausted(max_uses));
+        }
+        uses.reserved += 1;
+        Ok(UseReservation {
+            ledger: self.clone(),
+            consent: consent.to_owned(),
+            settled: false,
+        })
+    }
+
+    fn settle(&self, consent: &str, succeeded: bool) {
+        let mut ledger = self.lock();
+        if let Some(uses) = ledger.uses.get_mut(consent) {
+            uses.reserved = uses.reserved.saturating_sub(1);
+            if succeeded {
+                uses.spent = uses.spent.saturating_add(1);
+            }
+        }
+    }
+}
+
+/// One use of a consent, held while the call runs. Dropped without
+/// [`UseReservation::succeeded`], the use is given back.
+#[derive(Debug)]
+pub struct UseReservation {
+    ledger: Arc<ConsentLedger>,
+    consent: String,
+    settled: bool,
+}
+
+impl UseReservation {
+    /// The consent this use belongs to.
+    pub fn consent_id(&self) -> &str {
+        &self.consent
+    }
+
+    /// The call succeeded: the use is spent.
+    pub fn succeeded(mut self) {
+        self.ledger.settle(&self.consent, true);
+        self.settled = true;
+    }
+}
+
+impl Drop for UseReservation {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.ledger.settle(&self.consent, false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn uses_are_reserved_and_spent_only_on_success() {
+        let ledger = ConsentLedger::new(Duration::from_secs(5));
+        assert_eq!(
+            ledger.admit("c1", 2).unwrap_err(),
+            ConsentRefusal::StatusUnknown,
+            "a feed never heard from knows nothing"
+        );
+        ledger.heard();
+        let first = ledger.admit("c1", 2).unwrap();
+        let second = ledger.admit("c1", 2).unwrap();
+        assert_eq!(
+            ledger.admit("c1", 2).unwrap_err(),
+            ConsentRefusal::Exhausted(2)
+        );
+        drop(second);
+        first.succeeded();
+        let third = ledger.admit("c1", 2).unwrap();
+        third.succeeded();
+        assert_eq!(
+            ledger.admit("c1", 2).unwrap_err(),
+            ConsentRefusal::Exhausted(2)
+        );
+        assert!(
+            ledger.admit("c2", 1).is_ok(),
+            "another consent is untouched"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_feed_revokes_pauses_and_resumes() {
+        let ledger = ConsentLedger::new(Duration::from_secs(5));
+        ledger.apply(1, "c1", ConsentState::Paused);
+        assert_eq!(ledger.admit("c1", 9).unwrap_err(), ConsentRefusal::Paused);
+        ledger.apply(2, "c1", ConsentState::Active);
+        assert!(ledger.admit("c1", 9).is_ok());
+        ledger.apply(3, "c1", ConsentState::Revoked);
+        assert_eq!(ledger.admit("c1", 9).unwrap_err(), ConsentRefusal::Revoked);
+        assert_eq!(ledger.sequence(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_silent_feed_makes_states_unknown() {
+        let ledger = ConsentLedger::new(Duration::from_secs(5));
+        ledger.heard();
+        assert!(ledger.is_fresh());
+        // A window of zero is over as soon as the feed was heard.
+        let ledger = ConsentLedger::new(Duration::ZERO);
+        ledger.heard();
+        assert!(!ledger.is_fresh());
+        assert_eq!(
+            ledger.admit("c1", 9).unwrap_err(),
+            ConsentRefusal::StatusUnknown
+        );
+    }
+}
