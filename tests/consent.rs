@@ -13,12 +13,15 @@ use govbridge::proto::consent::v1::consent_client::ConsentClient;
 use govbridge::proto::consent::v1::{ConsentRecord, ConsentRef, GrantRequest};
 use govbridge::proto::tax::v1::get_tax_clearance_request::Taxpayer;
 use govbridge::proto::tax::v1::tax_authority_client::TaxAuthorityClient;
-use govbridge::proto::tax::v1::{GetTaxClearanceRequest, TaxClearanceCertificate};
+use govbridge::proto::tax::v1::{
+    GetDeclaredIncomeRequest, GetTaxClearanceRequest, TaxClearanceCertificate,
+};
 use support::{Bed, bridge_error, declared, dev_bed, with_header};
 use tonic::Code;
 
 const CLEARANCE: &str = "/govbridge.tax.v1.TaxAuthority/GetTaxClearance";
 const INCOME: &str = "/govbridge.tax.v1.TaxAuthority/GetDeclaredIncome";
+const STREAM_INCOME: &str = "/govbridge.tax.v1.TaxAuthority/StreamDeclaredIncome";
 const TAX: &str = "SN/GOV/DGID/tax";
 const CBAO_CREDIT: &str = "SN/COM/CBAO/credit";
 
@@ -155,32 +158,18 @@ async fn a_consent_lets_the_bank_read_about_that_citizen_only() {
     assert_eq!(refused(&bed, &a, None).await, denied("consent-missing"));
 }
 
-#[tokio::test]
-async fn each_flaw_of_an_artefact_has_its_own_refusal() {
+/// A bed with the dev policies and the NIN of its first citizen.
+async fn bed_and_citizen() -> (Bed, String) {
     let bed = dev_bed().await;
     let a = citizen(&bed, 0);
-    let good = grant(&bed, &Grant::credit(&a)).await.artefact;
+    (bed, a)
+}
 
-    assert_eq!(
-        refused(&bed, &a, Some("not-a-jws")).await,
-        denied("consent-malformed")
-    );
-
-    // One changed character in the payload.
-    let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
-    let flipped = if parts[1].ends_with('A') { 'B' } else { 'A' };
-    parts[1].pop();
-    parts[1].push(flipped);
-    assert_eq!(
-        refused(&bed, &a, Some(&parts.join("."))).await,
-        denied("consent-bad-signature")
-    );
-
-    // Well formed and signed, but by a key the gateway does not trust.
-    let stranger = ConsentSigner::generate("stranger-1").unwrap();
-    let claims = ConsentClaims {
-        consent_id: "c-stranger".to_owned(),
-        subject: a.clone(),
+/// Claims as MyGov would sign them for `Grant::credit(nin)`.
+fn credit_claims(nin: &str) -> ConsentClaims {
+    ConsentClaims {
+        consent_id: "c-test".to_owned(),
+        subject: nin.to_owned(),
         consumer: CBAO_CREDIT.to_owned(),
         providers: vec![TAX.to_owned()],
         methods: vec![CLEARANCE.to_owned()],
@@ -190,55 +179,265 @@ async fn each_flaw_of_an_artefact_has_its_own_refusal() {
         max_uses: 1,
         issuer: "SN/GOV/MYGOV/app".to_owned(),
         issued_at: now(),
-    };
+    }
+}
+
+#[tokio::test]
+async fn a_call_without_consent_is_refused() {
+    let (bed, a) = bed_and_citizen().await;
+    let status = clearance(&bed, &a, None).await.unwrap_err();
     assert_eq!(
-        refused(&bed, &a, Some(&stranger.sign(&claims))).await,
+        (status.code(), bridge_error(&status).unwrap_or_default()),
+        denied("consent-missing")
+    );
+    assert!(status.message().contains("bridge-consent"), "{status:?}");
+}
+
+#[tokio::test]
+async fn an_artefact_that_is_not_a_jws_is_malformed() {
+    let (bed, a) = bed_and_citizen().await;
+    assert_eq!(
+        refused(&bed, &a, Some("not-a-jws")).await,
+        denied("consent-malformed")
+    );
+}
+
+#[tokio::test]
+async fn an_artefact_changed_by_one_character_has_a_bad_signature() {
+    let (bed, a) = bed_and_citizen().await;
+    let good = grant(&bed, &Grant::credit(&a)).await.artefact;
+    let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
+    let flipped = if parts[1].ends_with('A') { 'B' } else { 'A' };
+    parts[1].pop();
+    parts[1].push(flipped);
+    assert_eq!(
+        refused(&bed, &a, Some(&parts.join("."))).await,
+        denied("consent-bad-signature")
+    );
+}
+
+#[tokio::test]
+async fn an_artefact_signed_by_an_untrusted_key_names_the_key() {
+    let (bed, a) = bed_and_citizen().await;
+    // Well formed and signed, but by a key the gateway does not trust.
+    let stranger = ConsentSigner::generate("stranger-1").unwrap();
+    let status = clearance(&bed, &a, Some(&stranger.sign(&credit_claims(&a))))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), bridge_error(&status).unwrap_or_default()),
         denied("consent-unknown-key")
     );
+    assert!(status.message().contains("stranger-1"), "{status:?}");
+}
 
-    let cases = [
-        (
-            Grant {
-                consumer: "SN/COM/ECOBANK/kyc",
-                ..Grant::credit(&a)
-            },
-            "consent-wrong-consumer",
-        ),
-        (
-            Grant {
-                methods: &[INCOME],
-                ..Grant::credit(&a)
-            },
-            "consent-out-of-scope",
-        ),
-        (
-            Grant {
-                purpose: "KYC",
-                ..Grant::credit(&a)
-            },
-            "consent-wrong-purpose",
-        ),
-        (
-            Grant {
-                not_before: now() + 3600,
-                expires: now() + 7200,
-                ..Grant::credit(&a)
-            },
-            "consent-not-yet-valid",
-        ),
-        (
-            Grant {
-                not_before: now() - 7200,
-                expires: now() - 3600,
-                ..Grant::credit(&a)
-            },
-            "consent-expired",
-        ),
-    ];
-    for (flawed, kind) in cases {
-        let artefact = grant(&bed, &flawed).await.artefact;
-        assert_eq!(refused(&bed, &a, Some(&artefact)).await, denied(kind));
+#[tokio::test]
+async fn a_consent_given_to_another_bank_is_refused() {
+    let (bed, a) = bed_and_citizen().await;
+    let flawed = Grant {
+        consumer: "SN/COM/ECOBANK/kyc",
+        ..Grant::credit(&a)
+    };
+    let artefact = grant(&bed, &flawed).await.artefact;
+    assert_eq!(
+        refused(&bed, &a, Some(&artefact)).await,
+        denied("consent-wrong-consumer")
+    );
+}
+
+#[tokio::test]
+async fn a_consent_for_another_method_is_out_of_scope() {
+    let (bed, a) = bed_and_citizen().await;
+    let flawed = Grant {
+        methods: &[INCOME],
+        ..Grant::credit(&a)
+    };
+    let artefact = grant(&bed, &flawed).await.artefact;
+    assert_eq!(
+        refused(&bed, &a, Some(&artefact)).await,
+        denied("consent-out-of-scope")
+    );
+}
+
+#[tokio::test]
+async fn a_consent_for_another_purpose_is_refused() {
+    let (bed, a) = bed_and_citizen().await;
+    let flawed = Grant {
+        purpose: "KYC",
+        ..Grant::credit(&a)
+    };
+    let artefact = grant(&bed, &flawed).await.artefact;
+    assert_eq!(
+        refused(&bed, &a, Some(&artefact)).await,
+        denied("consent-wrong-purpose")
+    );
+}
+
+#[tokio::test]
+async fn a_consent_not_yet_valid_is_refused() {
+    let (bed, a) = bed_and_citizen().await;
+    let flawed = Grant {
+        not_before: now() + 3600,
+        expires: now() + 7200,
+        ..Grant::credit(&a)
+    };
+    let artefact = grant(&bed, &flawed).await.artefact;
+    assert_eq!(
+        refused(&bed, &a, Some(&artefact)).await,
+        denied("consent-not-yet-valid")
+    );
+}
+
+#[tokio::test]
+async fn an_expired_consent_is_refused() {
+    let (bed, a) = bed_and_citizen().await;
+    let flawed = Grant {
+        not_before: now() - 7200,
+        expires: now() - 3600,
+        ..Grant::credit(&a)
+    };
+    let artefact = grant(&bed, &flawed).await.artefact;
+    assert_eq!(
+        refused(&bed, &a, Some(&artefact)).await,
+        denied("consent-expired")
+    );
+}
+
+/// A client stream fed by the test, one message at a time.
+struct Feed<T>(tokio::sync::mpsc::Receiver<T>);
+
+impl<T> tokio_stream::Stream for Feed<T> {
+    type Item = T;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        self.0.poll_recv(cx)
     }
+}
+
+#[tokio::test]
+async fn a_stream_is_refused_at_the_first_message_naming_someone_else() {
+    let bed = dev_bed().await;
+    let (a, b) = (citizen(&bed, 0), citizen(&bed, 1));
+    let consent = grant(
+        &bed,
+        &Grant {
+            methods: &[STREAM_INCOME],
+            ..Grant::credit(&a)
+        },
+    )
+    .await;
+    let year = |nin: &str, fiscal_year| GetDeclaredIncomeRequest {
+        nin: nin.to_owned(),
+        fiscal_year,
+    };
+    let (asking, requests) = tokio::sync::mpsc::channel(4);
+    asking.send(year(&a, 2023)).await.unwrap();
+    let request = with_header(
+        declared(Feed(requests), "CREDIT-SCORING"),
+        "bridge-consent",
+        &consent.artefact,
+    );
+    let response = TaxAuthorityClient::new(bed.client("cbao-credit").await)
+        .stream_declared_income(request)
+        .await
+        .unwrap();
+    let request_id = response
+        .metadata()
+        .get("bridge-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut answers = response.into_inner();
+    assert_eq!(answers.message().await.unwrap().unwrap().nin, a);
+    asking.send(year(&a, 2022)).await.unwrap();
+    assert_eq!(answers.message().await.unwrap().unwrap().fiscal_year, 2022);
+
+    // Only the third message names B: it never reaches the tax authority,
+    // and the call ends refused.
+    asking.send(year(&b, 2023)).await.unwrap();
+    let status = answers.message().await.unwrap_err();
+    assert_eq!(
+        (status.code(), bridge_error(&status).unwrap_or_default()),
+        denied("consent-subject-mismatch"),
+        "{status:?}"
+    );
+    let outcome = Store::open_read_only(bed.exchange_log().dir())
+        .unwrap()
+        .records_of_request(&request_id)
+        .unwrap()
+        .pop()
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(outcome.grpc_status, Code::PermissionDenied as i32);
+    assert_eq!(outcome.error_kind, "consent-subject-mismatch");
+    assert_eq!(outcome.subject, a);
+
+    // The refused call did not spend the consent.
+    assert!(
+        clearance(
+            &bed,
+            &a,
+            Some(&grant(&bed, &Grant::credit(&a)).await.artefact)
+        )
+        .await
+        .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn consent_bound_calls_fail_closed_while_the_consent_feed_is_down() {
+    let bed = Bed::builder()
+        .dev_policies()
+        .consent_freshness("1s")
+        .cuttable("mygov")
+        .start()
+        .await;
+    let a = citizen(&bed, 0);
+    let consent = grant(
+        &bed,
+        &Grant {
+            max_uses: 1_000,
+            ..Grant::credit(&a)
+        },
+    )
+    .await;
+    clearance(&bed, &a, Some(&consent.artefact)).await.unwrap();
+
+    bed.cut("mygov");
+    // Within the freshness window calls may still pass; past it, none does.
+    let cut = std::time::Instant::now();
+    let status = loop {
+        match clearance(&bed, &a, Some(&consent.artefact)).await {
+            Err(status) => break status,
+            Ok(_) => {
+                assert!(
+                    cut.elapsed() < std::time::Duration::from_secs(3),
+                    "still served"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        bridge_error(&status).as_deref(),
+        Some("consent-status-unknown")
+    );
+    // Calls that need no consent still pass.
+    let supplier = TaxAuthorityClient::new(bed.client("treasury").await)
+        .get_tax_clearance(declared(
+            GetTaxClearanceRequest {
+                taxpayer: Some(Taxpayer::Ninea(bed.data.companies[0].ninea.to_string())),
+            },
+            "PUBLIC-PROCUREMENT",
+        ))
+        .await;
+    assert!(supplier.is_ok(), "{supplier:?}");
 }
 
 #[tokio::test]

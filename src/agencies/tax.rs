@@ -6,9 +6,11 @@
 //! running totals and the capped rejection list of an upload in memory,
 //! and never log personal data.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::calendar::{Date, parse_month};
@@ -29,6 +31,9 @@ pub const CERTIFICATE_VALIDITY_DAYS: i32 = 90;
 /// Capital from which a limited company's file is kept by the large
 /// companies office.
 const LARGE_COMPANY_CAPITAL_XOF: i64 = 1_000_000_000;
+
+/// Declared incomes answered one by one, as the requests come.
+pub type IncomeStream = Pin<Box<dyn Stream<Item = Result<pb::DeclaredIncome, Status>> + Send>>;
 
 /// The tax authority's handlers.
 #[derive(Debug)]
@@ -134,22 +139,9 @@ impl TaxAgency {
         &self,
         request: &pb::GetDeclaredIncomeRequest,
     ) -> Result<pb::DeclaredIncome, AgencyError> {
-        let nin = nin_field("nin", &request.nin)?;
-        if !(1960..=2100).contains(&request.fiscal_year) {
-            return Err(AgencyError::invalid(
-                "fiscal_year",
-                "expected a year such as 2024",
-            ));
-        }
-        if self.data.citizen(nin).is_none() {
-            return Err(AgencyError::NotFound("no person holds this NIN"));
-        }
-        let declaration = self
-            .data
-            .declaration(nin, request.fiscal_year as i32)
-            .ok_or(AgencyError::NotFound(
-                "this person filed no income declaration for this fiscal year",
-            ))?;
+        let declaration = declaration(&self.data, request)?.ok_or(AgencyError::NotFound(
+            "this person filed no income declaration for this fiscal year",
+        ))?;
         Ok(declared_income(declaration))
     }
 
@@ -213,6 +205,29 @@ impl TaxAuthority for TaxAgency {
         request: Request<pb::GetDeclaredIncomeRequest>,
     ) -> Result<Response<pb::DeclaredIncome>, Status> {
         Ok(Response::new(self.declared_income(request.get_ref())?))
+    }
+
+    type StreamDeclaredIncomeStream = IncomeStream;
+
+    async fn stream_declared_income(
+        &self,
+        request: Request<Streaming<pb::GetDeclaredIncomeRequest>>,
+    ) -> Result<Response<Self::StreamDeclaredIncomeStream>, Status> {
+        // Each answer is computed when the response body asks for it, so the
+        // caller's sending is paced by its reading, with no task or buffer.
+        let data = Arc::clone(&self.data);
+        let answers = request.into_inner().map(move |asked| {
+            let asked = asked?;
+            Ok(match declaration(&data, &asked)? {
+                Some(declaration) => declared_income(declaration),
+                None => pb::DeclaredIncome {
+                    nin: asked.nin,
+                    fiscal_year: asked.fiscal_year,
+                    ..pb::DeclaredIncome::default()
+                },
+            })
+        });
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn submit_withholdings(
@@ -311,6 +326,25 @@ fn non_clearance_reason(reason: NonClearanceReason) -> pb::NonClearanceReason {
         NonClearanceReason::UnpaidWithholding => pb::NonClearanceReason::UnpaidWithholding,
         NonClearanceReason::AuditInProgress => pb::NonClearanceReason::AuditInProgress,
     }
+}
+
+/// The declaration a request asks for; `None` when the person filed none
+/// for that year.
+fn declaration<'a>(
+    data: &'a Dataset,
+    request: &pb::GetDeclaredIncomeRequest,
+) -> Result<Option<&'a IncomeDeclaration>, AgencyError> {
+    let nin = nin_field("nin", &request.nin)?;
+    if !(1960..=2100).contains(&request.fiscal_year) {
+        return Err(AgencyError::invalid(
+            "fiscal_year",
+            "expected a year such as 2024",
+        ));
+    }
+    if data.citizen(nin).is_none() {
+        return Err(AgencyError::NotFound("no person holds this NIN"));
+    }
+    Ok(data.declaration(nin, request.fiscal_year as i32))
 }
 
 fn declared_income(declaration: &IncomeDeclaration) -> pb::DeclaredIncome {

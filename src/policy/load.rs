@@ -15,8 +15,8 @@ use cedar_policy::{
 use miette::Diagnostic;
 
 use super::{
-    GROUP, MEMBER, ORGANIZATION, PROVIDER, PolicyEngine, PolicySource, index_by_method,
-    permitted_members, policy_id, uid,
+    GROUP, MEMBER, ORGANIZATION, PROVIDER, PolicyEngine, PolicySource, action_covers,
+    index_by_method, permitted_members, policy_id, uid,
 };
 use crate::config::Config;
 use crate::identity::MemberId;
@@ -384,6 +384,67 @@ fn check_context_type(
         })
 }
 
+/// A consent is bound to the person the request names, so a policy that
+/// asks about consent (`context.consent`) may only cover methods whose
+/// request marks its data subject field: on any other the gateway could
+/// never honour it, and every call would be refused.
+fn check_consent_methods(
+    policies: &PolicySet,
+    methods: &BTreeMap<String, Vec<MemberId>>,
+    sources: &HashMap<String, PolicySource>,
+) -> Result<(), PolicyError> {
+    let subjects = crate::audit::subject::SubjectFields::compiled();
+    for policy in policies.policies() {
+        let asks_consent = policy
+            .to_json()
+            .is_ok_and(|json| mentions_context_attribute(&json, "consent"));
+        if !asks_consent {
+            continue;
+        }
+        let action = policy.action_constraint();
+        let unbound = methods
+            .keys()
+            .find(|method| action_covers(&action, method) && subjects.field(method).is_none());
+        if let Some(method) = unbound {
+            let id = policy.id().to_string();
+            let (file, line) = sources.get(&id).map_or((PathBuf::new(), 0), |source| {
+                (source.file.clone(), source.line)
+            });
+            return Err(error(
+                &file,
+                (line > 0).then_some((line, 1)),
+                format!(
+                    "policy {id} asks for consent on {method}, whose request names no data \
+                     subject: consent is bound to the person a request names, so narrow the \
+                     policy's actions, or mark the request field with \
+                     [(govbridge.options.v1.data_subject) = true]"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a policy's JSON form reads `context.<attribute>` (or tests it
+/// with `has`) anywhere.
+fn mentions_context_attribute(json: &serde_json::Value, attribute: &str) -> bool {
+    match json {
+        serde_json::Value::Object(fields) => {
+            let reads_it = fields.get("attr").and_then(serde_json::Value::as_str)
+                == Some(attribute)
+                && fields.get("left") == Some(&serde_json::json!({ "Var": "context" }));
+            reads_it
+                || fields
+                    .values()
+                    .any(|value| mentions_context_attribute(value, attribute))
+        }
+        serde_json::Value::Array(items) => items
+            .iter()
+            .any(|item| mentions_context_attribute(item, attribute)),
+        _ => false,
+    }
+}
+
 pub(super) fn load(config: &Config) -> Result<PolicyEngine, PolicyError> {
     let methods = published_methods(config);
     let schema = load_schema(&config.policy.schema, &methods)?;
@@ -445,6 +506,8 @@ pub(super) fn load(config: &Config) -> Result<PolicyEngine, PolicyError> {
             ),
         ));
     }
+
+    check_consent_methods(&policies, &methods, &sources)?;
 
     // Coverage follows membership as Cedar does: transitively, from the
     // entities themselves, so that the index can never disagree with it.

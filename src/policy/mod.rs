@@ -442,19 +442,7 @@ fn index_by_method(
         };
         let action = policy.action_constraint();
         for method in methods.keys() {
-            let own = uid(ACTION, method);
-            let service = method
-                .strip_prefix('/')
-                .and_then(|rest| rest.split_once('/'))
-                .map(|(service, _)| uid(ACTION, service));
-            let covered = match &action {
-                ActionConstraint::Any => true,
-                ActionConstraint::Eq(target) => *target == own,
-                ActionConstraint::In(targets) => targets
-                    .iter()
-                    .any(|target| *target == own || Some(target) == service.as_ref()),
-            };
-            if covered {
+            if action_covers(&action, method) {
                 index.entry(method.clone()).or_default().push(ScopedPolicy {
                     policy: policy.clone(),
                     principals: principals.clone(),
@@ -463,6 +451,28 @@ fn index_by_method(
         }
     }
     index
+}
+
+/// Whether a policy's action scope takes in `method`
+/// (`/package.Service/Method`), named itself or by its service.
+pub(crate) fn action_covers(action: &ActionConstraint, method: &str) -> bool {
+    let own = || uid(ACTION, method);
+    let service = || {
+        method
+            .strip_prefix('/')
+            .and_then(|rest| rest.split_once('/'))
+            .map(|(service, _)| uid(ACTION, service))
+    };
+    match action {
+        ActionConstraint::Any => true,
+        ActionConstraint::Eq(target) => *target == own(),
+        ActionConstraint::In(targets) => {
+            let (own, service) = (own(), service());
+            targets
+                .iter()
+                .any(|target| *target == own || Some(target) == service.as_ref())
+        }
+    }
 }
 
 /// The policies that apply to principals, for [`PolicyEngine::may_be_permitted`].
@@ -526,6 +536,45 @@ mod tests {
             error.message.contains("Group::\"licenced-banks\""),
             "{error}"
         );
+    }
+
+    /// Consent is bound to the person a request names: a policy asking for
+    /// it on a method whose request names nobody fails the load.
+    #[test]
+    fn consent_on_a_method_without_a_data_subject_fails_the_load() {
+        let (dir, config_path) = setup(true);
+        let policies = dir.path().join("policies");
+        std::fs::write(
+            policies.join("upload.cedar"),
+            "// Withholdings with consent.\n\
+             @id(\"withholdings-with-consent\")\n\
+             permit (\n  principal,\n  \
+             action == Action::\"/govbridge.tax.v1.TaxAuthority/SubmitWithholdings\",\n  \
+             resource\n)\nwhen { context has consent && context.consent.verified };\n",
+        )
+        .unwrap();
+        let config = Config::load(&config_path).unwrap();
+        let error = PolicyEngine::load(&config).unwrap_err();
+        assert!(error.file.ends_with("upload.cedar"), "{error}");
+        assert_eq!(error.position.map(|(line, _)| line), Some(2), "{error}");
+        assert!(
+            error.message.contains("withholdings-with-consent")
+                && error.message.contains("SubmitWithholdings")
+                && error.message.contains("data_subject"),
+            "{error}"
+        );
+
+        // The same condition on a method whose request names its subject
+        // loads.
+        std::fs::write(
+            policies.join("upload.cedar"),
+            "@id(\"income-with-consent\")\n\
+             permit (principal, action == Action::\"/govbridge.tax.v1.TaxAuthority/GetDeclaredIncome\", resource)\n\
+             when { context.consent.verified };\n",
+        )
+        .unwrap();
+        let config = Config::load(&config_path).unwrap();
+        PolicyEngine::load(&config).unwrap();
     }
 
     /// A forbid that fails to evaluate denies: Cedar alone would skip it

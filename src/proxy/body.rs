@@ -13,15 +13,19 @@
 //!   failed, past its deadline, or abandoned by the caller): the response
 //!   body holds a [`CallEnd`] whose drop makes the request body fail, which
 //!   makes hyper reset the upstream stream even while the caller is still
-//!   sending.
+//!   sending;
+//! - hold a consent-bound request to the person its consent is about: each
+//!   message is relayed only once it is whole and names that person, and
+//!   one that names anyone else ends the call with `PERMISSION_DENIED`
+//!   before a byte of it reaches the backend (see [`SubjectGuard`]).
 
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll, Waker, ready};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
@@ -39,15 +43,27 @@ use crate::telemetry::metrics::InFlight;
 
 /// Dropping this ends the upstream side of a call.
 #[derive(Debug)]
-pub struct CallEnd(#[allow(dead_code)] oneshot::Sender<Infallible>);
+pub struct CallEnd {
+    _ends: oneshot::Sender<Infallible>,
+    /// Why the request side refused the rest of the call, once it has.
+    refused: Option<Arc<OnceLock<ConsentRefusal>>>,
+}
+
+impl CallEnd {
+    /// Why the request body failed, when it failed on purpose: the caller
+    /// then gets this instead of the upstream failure that follows.
+    pub fn refusal(&self) -> Option<GatewayError> {
+        let refusal = self.refused.as_ref()?.get()?;
+        Some(GatewayError::Consent(refusal.clone()))
+    }
+}
 
 /// The caller's request body on its way upstream.
 #[derive(Debug)]
 pub struct RequestBody {
     inner: Incoming,
-    /// Bytes read from `inner` before forwarding (the first message of a
-    /// consent-bound call), relayed first.
-    prefix: Option<Bytes>,
+    /// Checks each message of a consent-bound call before it is relayed.
+    guard: Option<SubjectGuard>,
     /// Resolves (with an error: nothing is ever sent) once the response side
     /// is over; `None` after that.
     call_end: Option<oneshot::Receiver<Infallible>>,
@@ -62,22 +78,143 @@ impl RequestBody {
     /// returned [`CallEnd`] is dropped.
     pub fn new(
         inner: Incoming,
-        prefix: Option<Bytes>,
+        guard: Option<SubjectGuard>,
         tally: Option<SharedTally>,
         bytes_in: Arc<AtomicU64>,
     ) -> (Self, CallEnd) {
         let (sender, receiver) = oneshot::channel();
+        let call_end = CallEnd {
+            _ends: sender,
+            refused: guard.as_ref().map(|guard| Arc::clone(&guard.refused)),
+        };
         (
             Self {
                 inner,
-                prefix,
+                guard,
                 call_end: Some(receiver),
                 tally,
                 bytes_in,
             },
-            CallEnd(sender),
+            call_end,
         )
     }
+
+    /// The next frame to relay: the caller's, or for a consent-bound call
+    /// the messages it completes, once checked.
+    fn poll_checked(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            let frame = match self.guard.as_mut().and_then(|guard| guard.read.take()) {
+                Some(read) => Some(Ok(Frame::data(read))),
+                None => ready!(Pin::new(&mut self.inner).poll_frame(cx))
+                    .map(|frame| frame.map_err(BoxError::from)),
+            };
+            let Some(guard) = self.guard.as_mut() else {
+                return Poll::Ready(frame);
+            };
+            let checked = match frame {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => guard.pass(data),
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                None if !guard.held.is_empty() => Err(ConsentRefusal::SubjectMismatch(
+                    "the request ended inside a message",
+                )),
+                other => return Poll::Ready(other),
+            };
+            match checked {
+                Ok(whole) if whole.is_empty() => {}
+                Ok(whole) => return Poll::Ready(Some(Ok(Frame::data(whole)))),
+                Err(refusal) => {
+                    let error = refusal.to_string();
+                    // The first refusal is the one the caller hears of.
+                    let _ = guard.refused.set(refusal);
+                    // Nothing more is relayed: any later poll fails.
+                    self.call_end = None;
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+            }
+        }
+    }
+}
+
+/// Holds a consent-bound request to the person its consent is about.
+///
+/// Each message is relayed only once it is whole and its data subject
+/// field names that person: a stream whose later message names someone
+/// else is refused before any byte of that message reaches the backend.
+/// Messages the gateway cannot read (compressed, over
+/// [`MAX_MESSAGE`](crate::audit::subject::MAX_MESSAGE)) are refused too,
+/// since their subject cannot be checked. At most one message is held.
+#[derive(Debug)]
+pub struct SubjectGuard {
+    subject: Box<str>,
+    field: u32,
+    /// Bytes read before forwarding (the first message), relayed first.
+    read: Option<Bytes>,
+    /// The start of a message not yet whole.
+    held: BytesMut,
+    refused: Arc<OnceLock<ConsentRefusal>>,
+}
+
+impl SubjectGuard {
+    /// A guard for requests naming `subject` in field `field`; `read` are
+    /// the bytes already taken from the caller's body.
+    pub fn new(subject: &str, field: u32, read: Bytes) -> Self {
+        Self {
+            subject: subject.into(),
+            field,
+            read: Some(read),
+            held: BytesMut::new(),
+            refused: Arc::default(),
+        }
+    }
+
+    /// The whole, checked messages `data` completes; the rest is held.
+    fn pass(&mut self, mut data: Bytes) -> Result<Bytes, ConsentRefusal> {
+        if self.held.is_empty() {
+            let whole = self.check(&data)?;
+            self.held.extend_from_slice(&data.split_off(whole));
+            Ok(data)
+        } else {
+            self.held.extend_from_slice(&data);
+            let whole = self.check(&self.held)?;
+            Ok(self.held.split_to(whole).freeze())
+        }
+    }
+
+    /// The length of the whole messages at the start of `bytes`, each
+    /// checked.
+    fn check(&self, bytes: &[u8]) -> Result<usize, ConsentRefusal> {
+        let mut whole = 0;
+        while let Some(prefix) = bytes.get(whole..whole + 5) {
+            let length = message_length(prefix)?;
+            let Some(message) = bytes.get(whole + 5..whole + 5 + length) else {
+                break;
+            };
+            if crate::audit::subject::subject_of(message, self.field) != Some(&*self.subject) {
+                return Err(ConsentRefusal::SubjectMismatch(
+                    "a request message names another person than the consent",
+                ));
+            }
+            whole += 5 + length;
+        }
+        Ok(whole)
+    }
+}
+
+/// The length a gRPC message prefix announces, if the gateway can read
+/// such a message's subject.
+fn message_length(prefix: &[u8]) -> Result<usize, ConsentRefusal> {
+    let length = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    if prefix[0] != 0 || length > crate::audit::subject::MAX_MESSAGE {
+        return Err(ConsentRefusal::SubjectMismatch(
+            "a request message is compressed or over 64 KiB: its subject cannot be checked",
+        ));
+    }
+    Ok(length)
 }
 
 impl Body for RequestBody {
@@ -96,10 +233,7 @@ impl Body for RequestBody {
             }
             Some(Poll::Pending) => {}
         }
-        let frame = match self.prefix.take() {
-            Some(bytes) => Some(Ok(Frame::data(bytes))),
-            None => ready!(Pin::new(&mut self.inner).poll_frame(cx)),
-        };
+        let frame = ready!(self.poll_checked(cx));
         if let Some(Ok(frame)) = &frame
             && let Some(data) = frame.data_ref()
         {
@@ -109,15 +243,15 @@ impl Body for RequestBody {
                 record::count(tally, data);
             }
         }
-        Poll::Ready(frame.map(|frame| frame.map(without_bridge_trailers).map_err(BoxError::from)))
+        Poll::Ready(frame.map(|frame| frame.map(without_bridge_trailers)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prefix.is_none() && self.inner.is_end_stream()
+        self.guard.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.prefix {
+        match &self.guard {
             None => self.inner.size_hint(),
             Some(_) => SizeHint::default(),
         }
@@ -132,17 +266,10 @@ pub async fn first_message(body: &mut Incoming) -> Result<Bytes, ConsentRefusal>
     use http_body_util::BodyExt as _;
     let mut read = bytes::BytesMut::new();
     loop {
-        if let Some(prefix) = read.get(..5) {
-            let length = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
-            if prefix[0] != 0 || length > crate::audit::subject::MAX_MESSAGE {
-                return Err(ConsentRefusal::SubjectMismatch(
-                    "the first request message is compressed or over 64 KiB: its subject \
-                     cannot be checked",
-                ));
-            }
-            if read.len() >= 5 + length {
-                return Ok(read.freeze());
-            }
+        if let Some(prefix) = read.get(..5)
+            && read.len() >= 5 + message_length(prefix)?
+        {
+            return Ok(read.freeze());
         }
         match body.frame().await {
             Some(Ok(frame)) => {
@@ -480,7 +607,7 @@ impl Body for ResponseBody {
             }
             return end(&mut relay.audit, Some(trailers), cx);
         }
-        let Some((stream, _)) = upstream.stream.as_mut() else {
+        let Some((stream, call_end)) = upstream.stream.as_mut() else {
             return Poll::Ready(None);
         };
         let frame = match Pin::new(stream).poll_frame(cx) {
@@ -515,11 +642,14 @@ impl Body for ResponseBody {
                 }
             },
             None => None,
+            // The request side may have failed on purpose first.
             Some(Err(error)) => {
-                let error = GatewayError::UpstreamFailed {
-                    provider: relay.provider.clone(),
-                    detail: error.to_string(),
-                };
+                let error = call_end
+                    .refusal()
+                    .unwrap_or_else(|| GatewayError::UpstreamFailed {
+                        provider: relay.provider.clone(),
+                        detail: error.to_string(),
+                    });
                 Some(error.into_trailers())
             }
         };
@@ -561,6 +691,64 @@ impl Body for ResponseBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A gRPC message whose field 1 is `nin`.
+    fn message(nin: &str) -> Vec<u8> {
+        let mut body = vec![0x0a, u8::try_from(nin.len()).unwrap()];
+        body.extend_from_slice(nin.as_bytes());
+        let mut framed = vec![0];
+        framed.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+        framed.extend_from_slice(&body);
+        framed
+    }
+
+    fn guard() -> SubjectGuard {
+        SubjectGuard::new("1234567890123", 1, Bytes::new())
+    }
+
+    #[test]
+    fn the_guard_relays_whole_messages_however_they_are_split() {
+        let a = message("1234567890123");
+        let two: Vec<u8> = [a.clone(), a.clone()].concat();
+        let mut guard = guard();
+        // Both messages in one frame.
+        assert_eq!(guard.pass(Bytes::from(two.clone())).unwrap(), two);
+        // One and a half, then the rest: the half waits.
+        let (first, rest) = two.split_at(a.len() + 7);
+        assert_eq!(guard.pass(Bytes::copy_from_slice(first)).unwrap(), a);
+        assert_eq!(guard.pass(Bytes::copy_from_slice(rest)).unwrap(), a);
+        // Byte by byte.
+        let mut relayed = Vec::new();
+        for byte in &a {
+            relayed.extend_from_slice(&guard.pass(Bytes::copy_from_slice(&[*byte])).unwrap());
+        }
+        assert_eq!(relayed, a);
+        assert!(guard.held.is_empty());
+    }
+
+    #[test]
+    fn the_guard_refuses_a_message_about_someone_else_before_relaying_it() {
+        let mut guard = guard();
+        let mixed = [message("1234567890123"), message("9999999999999")].concat();
+        assert!(matches!(
+            guard.pass(Bytes::from(mixed)),
+            Err(ConsentRefusal::SubjectMismatch(_))
+        ));
+        // A message naming nobody is not about the consent's subject.
+        let mut guard = self::guard();
+        let nobody = [0, 0, 0, 0, 0];
+        assert!(guard.pass(Bytes::copy_from_slice(&nobody)).is_err());
+    }
+
+    #[test]
+    fn the_guard_refuses_what_it_cannot_read() {
+        let mut compressed = message("1234567890123");
+        compressed[0] = 1;
+        assert!(guard().pass(Bytes::from(compressed)).is_err());
+        // Announced larger than 64 KiB: refused from the prefix alone.
+        let huge = [0, 0, 1, 0, 1];
+        assert!(guard().pass(Bytes::copy_from_slice(&huge)).is_err());
+    }
 
     #[test]
     fn trailers_lose_bridge_names_and_keep_the_rest() {

@@ -810,9 +810,10 @@ impl GatewayService {
         let past_deadline = || GatewayError::DeadlineExceeded(deadline.elapsed());
         let (parts, mut body) = request.into_parts();
 
-        // A consent is about one person: the one the request names.
+        // A consent is about one person: the one the request names, in its
+        // first message before anything is forwarded, then in every other.
         let mut consent_use = None;
-        let mut first_message = None;
+        let mut guard = None;
         if let Some(claims) = consent {
             let field = crate::audit::subject::SubjectFields::compiled()
                 .field(uri.path())
@@ -834,7 +835,7 @@ impl GatewayService {
             if let Some(record) = record.as_mut() {
                 record.consented(&claims.consent_id);
             }
-            first_message = Some(read);
+            guard = Some(body::SubjectGuard::new(&claims.subject, field, read));
         }
 
         // The decision is durable before anything reaches the backend.
@@ -857,8 +858,7 @@ impl GatewayService {
         });
 
         let bytes_in = Arc::default();
-        let (body, call_end) =
-            RequestBody::new(body, first_message, tally.clone(), Arc::clone(&bytes_in));
+        let (body, call_end) = RequestBody::new(body, guard, tally.clone(), Arc::clone(&bytes_in));
         let mut upstream = Request::new(body.boxed_unsync());
         *upstream.method_mut() = parts.method;
         *upstream.uri_mut() = parts.uri;
@@ -883,7 +883,9 @@ impl GatewayService {
                 .instrument(tracing::debug_span!("upstream", provider = %provider.provider())),
         )
         .await
-        .map_err(|_| past_deadline())??;
+        .map_err(|_| past_deadline())?
+        // The request side may have failed on purpose first.
+        .map_err(|error| call_end.refusal().unwrap_or(error))?;
         headers::strip_bridge_headers(response.headers_mut());
         if let Some(record) = record.as_mut() {
             record.first_byte(SystemTime::now());

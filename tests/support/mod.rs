@@ -58,9 +58,18 @@ pub struct BedBuilder {
     max_deadline: &'static str,
     handshake_timeout: &'static str,
     consent_freshness: &'static str,
+    /// Agencies reached through a relay the test can cut.
+    cuttable: Vec<&'static str>,
 }
 
 impl BedBuilder {
+    /// Puts a TCP relay in front of agency `name` (`mygov`, `tax`...), for
+    /// [`Bed::cut`].
+    pub fn cuttable(mut self, name: &'static str) -> Self {
+        self.cuttable.push(name);
+        self
+    }
+
     pub fn without_agencies(mut self) -> Self {
         self.agencies = false;
         self
@@ -173,6 +182,7 @@ impl BedBuilder {
         }
 
         let mut agencies = HashMap::new();
+        let mut cuts = HashMap::new();
         if self.agencies {
             for agency in Agency::ALL {
                 let tls = ServerTls {
@@ -195,9 +205,15 @@ impl BedBuilder {
                 )
                 .await
                 .unwrap();
-                let address = bound.local_addr().unwrap();
-                agencies.insert(agency.name(), address);
+                let mut address = bound.local_addr().unwrap();
                 tasks.spawn(bound.serve(shutdown.clone().wait()));
+                if self.cuttable.contains(&agency.name()) {
+                    let listener = TcpListener::bind(loopback).await.unwrap();
+                    let target = address;
+                    address = listener.local_addr().unwrap();
+                    cuts.insert(agency.name(), tasks.spawn(relay(listener, target)));
+                }
+                agencies.insert(agency.name(), address);
                 providers.push((agency.member_id(), vec![address]));
                 publish(&mut services, agency.service_name(), &agency.member_id());
             }
@@ -280,9 +296,23 @@ impl BedBuilder {
             agencies,
             data,
             exchange_log,
+            cuts,
             trigger,
             tasks,
         }
+    }
+}
+
+/// Relays each connection accepted on `listener` to `target`, until the
+/// task is aborted: its connections end with it.
+async fn relay(listener: TcpListener, target: SocketAddr) {
+    let mut connections = JoinSet::new();
+    while let Ok((mut inbound, _)) = listener.accept().await {
+        connections.spawn(async move {
+            if let Ok(mut outbound) = TcpStream::connect(target).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
     }
 }
 
@@ -377,6 +407,8 @@ pub struct Bed {
     pub data: Arc<Dataset>,
     /// The gateway's exchange log (see the exchange log block at the end).
     exchange_log: Option<govbridge::audit::ExchangeLog>,
+    /// The relays in front of cuttable agencies.
+    cuts: HashMap<&'static str, tokio::task::AbortHandle>,
     trigger: ShutdownTrigger,
     tasks: JoinSet<()>,
 }
@@ -393,6 +425,7 @@ impl Bed {
             max_deadline: "60s",
             handshake_timeout: "5s",
             consent_freshness: "5s",
+            cuttable: Vec::new(),
         }
     }
 
@@ -445,6 +478,12 @@ impl Bed {
         H2Client::connect(self.gateway, self.member_tls(stem))
             .await
             .unwrap()
+    }
+
+    /// Cuts the network to agency `name`, made [`BedBuilder::cuttable`]:
+    /// its connections drop and new ones are refused, as in a partition.
+    pub fn cut(&self, name: &str) {
+        self.cuts[name].abort();
     }
 
     /// Stops every server and waits for them to drain.
