@@ -1,10 +1,11 @@
 //! The command line: `serve`, `agency`, `pki`, `policy`, `audit`,
-//! `check-config` and `dev`.
+//! `consent`, `status`, `check-config` and `dev`.
 //!
 //! Parses arguments, sets up logging and calls into the library. Errors are
 //! printed once, with their context chain, and give exit status 1.
 
 mod audit;
+mod consent;
 mod status;
 
 use std::path::{Path, PathBuf};
@@ -67,6 +68,9 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Citizens' consents at the MyGov portal: grant, list and revoke them
+    /// through the gateway, as the portal's app (SN/GOV/MYGOV/app).
+    Consent(consent::ConsentArgs),
     /// A short summary of a running gateway, read from its admin endpoint.
     Status {
         /// The admin endpoint, `gateway.admin` in its configuration.
@@ -277,6 +281,7 @@ fn run(command: Command, log_format: LogFormat) -> anyhow::Result<()> {
                 Command::Pki { command } => run_pki(command),
                 Command::Policy { command } => run_policy(command),
                 Command::Audit { command } => audit::run(command),
+                Command::Consent(args) => consent::run(args),
                 Command::CheckConfig { config } => check_config(&config),
                 Command::Status { admin } => status::run(admin),
                 Command::Serve { .. } | Command::Dev { .. } => unreachable!("handled above"),
