@@ -5,7 +5,8 @@
 //! anywhere, in this order, and the first failure is the answer:
 //!
 //! ```text
-//! present -> signed by a trusted issuer key ([`artefact`])
+//! present -> signed by a trusted issuer key ([`artefact`]; once per
+//!            artefact, see [`ConsentVerifier`])
 //!   -> for this caller -> this method and provider -> this purpose
 //!   -> inside its validity window
 //!   -> neither revoked nor paused, by a feed heard from recently ([`feed`])
@@ -107,17 +108,76 @@ pub struct CallScope<'a> {
     pub now: i64,
 }
 
+/// Artefacts kept verified at most; past that, expired ones are dropped,
+/// then all.
+const MAX_VERIFIED: usize = 4_096;
+
+/// The trusted issuer keys, and the artefacts already verified with them.
+///
+/// A consumer sends the same artefact for each use of a consent, and the
+/// Ed25519 verification is nearly all the cost of checking one (see
+/// `cargo bench --bench consent`): each exact token is verified once, then
+/// its claims are found by the token itself. Any other byte string is
+/// verified afresh, refusals are never kept, and the claims are checked
+/// against every call as if just verified. A verifier belongs to one
+/// configuration: a reload that drops a key starts a new one, empty.
+#[derive(Debug)]
+pub struct ConsentVerifier {
+    keys: IssuerKeys,
+    verified: Mutex<HashMap<Box<str>, Arc<ConsentClaims>>>,
+}
+
+impl ConsentVerifier {
+    pub fn new(keys: IssuerKeys) -> Self {
+        Self {
+            keys,
+            verified: Mutex::default(),
+        }
+    }
+
+    /// The claims of `token`, once its signature verifies.
+    pub fn verify(&self, token: &str) -> Result<Arc<ConsentClaims>, ArtefactError> {
+        if let Some(claims) = self.lock().get(token) {
+            return Ok(Arc::clone(claims));
+        }
+        let claims = Arc::new(self.keys.verify(token)?);
+        let mut verified = self.lock();
+        if verified.len() >= MAX_VERIFIED {
+            let now = unix_now();
+            verified.retain(|_, claims| claims.expires > now);
+            if verified.len() >= MAX_VERIFIED {
+                verified.clear();
+            }
+        }
+        verified.insert(token.into(), Arc::clone(&claims));
+        Ok(claims)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Box<str>, Arc<ConsentClaims>>> {
+        // A map of verified claims: a panic half-way leaves it valid.
+        self.verified.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+        })
+}
+
 /// Verifies `token` and checks it against `call`: every check up to, but
 /// not including, the feed, the subject and the use count.
 pub fn check_artefact(
-    keys: &IssuerKeys,
+    verifier: &ConsentVerifier,
     token: &str,
     call: &CallScope<'_>,
-) -> Result<ConsentClaims, ConsentRefusal> {
-    let claims = keys.verify(token)?;
+) -> Result<Arc<ConsentClaims>, ConsentRefusal> {
+    let claims = verifier.verify(token)?;
     if claims.consumer != call.caller.as_str() {
         return Err(ConsentRefusal::WrongConsumer {
-            consumer: claims.consumer,
+            consumer: claims.consumer.clone(),
             caller: call.caller.clone(),
         });
     }
@@ -138,7 +198,7 @@ pub fn check_artefact(
     let declared = call.purpose.unwrap_or_default();
     if claims.purpose != declared {
         return Err(ConsentRefusal::WrongPurpose {
-            consented: claims.purpose,
+            consented: claims.purpose.clone(),
             declared: if declared.is_empty() {
                 "none".to_owned()
             } else {
@@ -312,6 +372,66 @@ impl Drop for UseReservation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use artefact::ConsentSigner;
+
+    fn claims(id: &str, expires: i64) -> ConsentClaims {
+        ConsentClaims {
+            consent_id: id.to_owned(),
+            subject: "1001199012345".to_owned(),
+            consumer: "SN/COM/CBAO/credit".to_owned(),
+            providers: vec!["SN/GOV/DGID/tax".to_owned()],
+            methods: vec!["/govbridge.tax.v1.TaxAuthority/GetTaxClearance".to_owned()],
+            purpose: "CREDIT-SCORING".to_owned(),
+            not_before: 0,
+            expires,
+            max_uses: 1,
+            issuer: "SN/GOV/MYGOV/app".to_owned(),
+            issued_at: 0,
+        }
+    }
+
+    fn verifier(signer: &ConsentSigner) -> ConsentVerifier {
+        ConsentVerifier::new(IssuerKeys::from_jwks(&IssuerKeys::jwks(&[signer])).unwrap())
+    }
+
+    #[test]
+    fn a_verified_artefact_is_kept_and_a_forged_one_never() {
+        let signer = ConsentSigner::generate("k1").unwrap();
+        let verifier = verifier(&signer);
+        let token = signer.sign(&claims("c1", i64::MAX));
+        let first = verifier.verify(&token).unwrap();
+        assert!(Arc::ptr_eq(&first, &verifier.verify(&token).unwrap()));
+
+        // The same claims signed by a key this verifier does not trust.
+        let stranger = ConsentSigner::generate("k1").unwrap();
+        let forged = stranger.sign(&claims("c1", i64::MAX));
+        for _ in 0..2 {
+            assert!(matches!(
+                verifier.verify(&forged),
+                Err(ArtefactError::BadSignature)
+            ));
+        }
+        assert_eq!(verifier.lock().len(), 1);
+        // Another configuration's verifier starts empty: a key dropped on
+        // reload is not trusted through what the old one kept.
+        assert!(self::verifier(&stranger).verify(&token).is_err());
+    }
+
+    #[test]
+    fn kept_artefacts_stay_bounded_dropping_expired_ones_first() {
+        let signer = ConsentSigner::generate("k1").unwrap();
+        let verifier = verifier(&signer);
+        let token = |index: usize| {
+            let expires = if index.is_multiple_of(2) { 1 } else { i64::MAX };
+            signer.sign(&claims(&format!("c{index}"), expires))
+        };
+        for index in 0..MAX_VERIFIED {
+            verifier.verify(&token(index)).unwrap();
+        }
+        assert_eq!(verifier.lock().len(), MAX_VERIFIED);
+        verifier.verify(&token(MAX_VERIFIED + 1)).unwrap();
+        assert_eq!(verifier.lock().len(), MAX_VERIFIED / 2 + 1);
+    }
 
     #[tokio::test]
     async fn uses_are_reserved_and_spent_only_on_success() {

@@ -36,6 +36,7 @@ use tracing::Instrument;
 
 use crate::audit::ExchangeLog;
 use crate::config::Config;
+use crate::consent::ConsentVerifier;
 use crate::consent::artefact::{ConsentClaims, IssuerKeys};
 use crate::consent::{self, CallScope, ConsentLedger, ConsentRefusal};
 use crate::identity::MemberId;
@@ -100,7 +101,7 @@ pub struct GatewayState {
     /// ones it started with; who may call the Data Tracker follows reloads.
     exchange_log: crate::config::ExchangeLogConfig,
     /// The consent issuer keys trusted, when consent is configured.
-    consent_keys: Option<IssuerKeys>,
+    consent_keys: Option<ConsentVerifier>,
 }
 
 impl GatewayState {
@@ -132,7 +133,7 @@ impl GatewayState {
         let consent_keys = config
             .consent
             .as_ref()
-            .map(|consent| IssuerKeys::load(&consent.issuer_keys))
+            .map(|consent| IssuerKeys::load(&consent.issuer_keys).map(ConsentVerifier::new))
             .transpose()
             .map_err(StartError::Consent)?;
         let connector = Arc::new(UpstreamConnector::new(
@@ -954,7 +955,7 @@ impl GatewayService {
         method: &str,
         provider: &MemberId,
         record: &mut Option<CallRecord>,
-    ) -> Result<Option<ConsentClaims>, GatewayError> {
+    ) -> Result<Option<Arc<ConsentClaims>>, GatewayError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| {
