@@ -87,6 +87,11 @@ enum Command {
     Dev {
         #[arg(long, value_name = "DIR", default_value = "./dev")]
         dir: PathBuf,
+        /// Let calls ask the mock agencies to fail, with the
+        /// `govbridge-fault` header (`delay=250ms`, `status=UNAVAILABLE`,
+        /// `reset`, `drop`): for trying the gateway's resilience.
+        #[arg(long)]
+        faults: bool,
     },
 }
 
@@ -266,13 +271,19 @@ fn run(command: Command, log_format: LogFormat) -> anyhow::Result<()> {
                     "govbridge gateway listening on https://{}",
                     gateway.local_addr()?
                 );
+                if let Some(admin) = gateway.admin_addr() {
+                    println!("admin endpoint on http://{admin}");
+                }
+                // SIGTERM: stop accepting, GOAWAY, let open calls finish
+                // (gateway.drain_timeout), flush the exchange log, exit 0.
                 gateway.serve(termination_signal()).await;
+                println!("govbridge gateway stopped");
                 Ok(())
             })
         }
-        Command::Dev { dir } => {
+        Command::Dev { dir, faults } => {
             init_logging(log_format, otlp_of(None)?.as_ref(), "dev")?;
-            runtime()?.block_on(crate::dev::run(&dir))
+            runtime()?.block_on(crate::dev::run(&dir, faults))
         }
         command => {
             init_logging(log_format, None, "")?;

@@ -150,8 +150,10 @@ pub fn prepare(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(config)
 }
 
-/// Runs every mock agency and the gateway until Ctrl-C or SIGTERM.
-pub async fn run(dir: &Path) -> anyhow::Result<()> {
+/// Runs every mock agency and the gateway until Ctrl-C or SIGTERM. With
+/// `faults`, the agencies fail on request (the `govbridge-fault` header,
+/// see [`crate::agencies::fault`]).
+pub async fn run(dir: &Path, faults: bool) -> anyhow::Result<()> {
     let config_path = prepare(dir)?;
     let config = Config::load(&config_path)?;
     let agencies = config
@@ -173,6 +175,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
             agency.signing_key.as_ref(),
         )
         .await?;
+        let bound = if faults { bound.with_faults().0 } else { bound };
         started.push((agency.agency.name(), bound.local_addr()?));
         tasks.spawn(bound.serve(shutdown.clone().wait()));
     }
@@ -182,7 +185,10 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     gateway
         .reloader()
         .reload_on_file_change(std::time::Duration::from_secs(2));
-    tasks.spawn(gateway.serve(shutdown.clone().wait()));
+    // Stopped before the agencies, so that the calls it lets finish can
+    // still reach them.
+    let (stop_gateway, gateway_stopping) = Shutdown::new();
+    let gateway = tokio::spawn(gateway.serve(gateway_stopping.wait()));
 
     let pki_dir = dir.join("pki");
     println!();
@@ -209,6 +215,8 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
 
     termination_signal().await;
     println!("stopping: draining open calls");
+    stop_gateway.trigger();
+    let _ = gateway.await;
     trigger.trigger();
     while tasks.join_next().await.is_some() {}
     Ok(())

@@ -90,9 +90,18 @@ impl BoundAgency {
             })?;
         Ok(Self {
             agency,
-            listener: TlsListener::new(tcp, tls, ListenerSettings::default()),
+            listener: TlsListener::new(tcp, tls, ListenerSettings::backend()),
             service: agencies::service(agency, data, gateway, signer),
         })
+    }
+
+    /// Turns fault injection on (see [`agencies::fault`]): calls may ask
+    /// for failures in a header, and the returned switch fails every other
+    /// call. For tests and demos only: no configuration key does this.
+    pub fn with_faults(mut self) -> (Self, agencies::fault::FaultSwitch) {
+        let switch = agencies::fault::FaultSwitch::default();
+        self.service = agencies::fault::with_faults(self.service, switch.clone());
+        (self, switch)
     }
 
     pub fn agency(&self) -> Agency {

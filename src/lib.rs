@@ -14,10 +14,12 @@
 //!  -> TLS (rustls: client cert required, CRLs, ALPN h2, handshake timeout)   net, identity
 //!  -> identity (member id from the verified cert, once per connection)       identity
 //!  -> HTTP/2 server (hyper: stream, header, reset and keepalive limits)      net
+//!  -> limits: load shed, member rate (governor) and calls in flight          proxy::limits
 //!  -> request id, bridge-* headers checked                                    proxy::headers
 //!  -> route: /pkg.Service/Method -> published service -> provider             routing
 //!  -> deadline: min(grpc-timeout, service maximum)                            proxy::deadline
 //!  -> upstream: mTLS to a backend that must prove it is the provider          routing::upstream
+//!  -> request relay: frames as they come, message size from each prefix     proxy::body, proxy::limits
 //!  -> response relay: frames as the caller reads them, deadline, trailers     proxy::body
 //! ```
 //!

@@ -215,3 +215,346 @@ fn an_otlp_collector_is_an_http_address_with_a_port() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// Limits (`[limits]`).
+
+/// The dev configuration with `lines` added to `[limits]` and `tables`
+/// (`[limits.groups.*]`, `[limits.members.*]`) appended.
+fn with_limits(lines: &str, tables: &str) -> String {
+    const FIRST: &str = "gateway_concurrent_calls = 10000\n";
+    format!("{}\n{tables}", edited(FIRST, &format!("{FIRST}{lines}")))
+}
+
+fn member_id(id: &str) -> govbridge::identity::MemberId {
+    govbridge::identity::MemberId::parse(id).unwrap()
+}
+
+#[test]
+fn limits_come_from_the_member_then_its_groups_then_the_defaults() {
+    use govbridge::config::{MemberLimits, RateLimit};
+    use std::num::NonZeroU32;
+    let n = |n: u32| NonZeroU32::new(n).unwrap();
+    let rate = |per_second, burst| {
+        Some(RateLimit {
+            per_second: n(per_second),
+            burst: n(burst),
+        })
+    };
+    let text = with_limits(
+        "requests_per_second = 100\n",
+        "[limits.groups.licensed-banks]\nrequests_per_second = 10\nburst = 20\n\n\
+         [limits.groups.bank-credit]\nrequests_per_second = 99\nconcurrent_calls = 3\n\n\
+         [limits.members.\"SN/COM/CBAO/kyc\"]\nmax_message_bytes = 1024\n",
+    );
+    let limits = Config::parse(Path::new(PATH), &text).unwrap().limits;
+    assert_eq!(limits.gateway_concurrent_calls.get(), 10_000);
+    // In licensed-banks, then bank-credit: the rate of the first that
+    // sets one, the cap of the other.
+    assert_eq!(
+        limits.members[&member_id("SN/COM/CBAO/credit")],
+        MemberLimits {
+            rate: rate(10, 20),
+            concurrent_calls: Some(n(3)),
+            max_message_bytes: n(16 << 20),
+        }
+    );
+    assert_eq!(
+        limits.members[&member_id("SN/COM/CBAO/kyc")],
+        MemberLimits {
+            rate: rate(10, 20),
+            concurrent_calls: None,
+            max_message_bytes: n(1024),
+        }
+    );
+    // The defaults; a burst defaults to the rate.
+    assert_eq!(
+        limits.members[&member_id("SN/GOV/DGCPT/treasury")],
+        MemberLimits {
+            rate: rate(100, 100),
+            ..MemberLimits::default()
+        }
+    );
+
+    // Without `[limits]`: no rate or cap, 16 MiB messages.
+    let text = govbridge::dev::CONFIG_TEMPLATE.replace("[limits]\n", "[limits-removed]\n");
+    let start = text.find("[limits-removed]").unwrap();
+    let end = text.find("# The same keys for the members").unwrap();
+    let text = format!("{}{}", &text[..start], &text[end..]);
+    let limits = Config::parse(Path::new(PATH), &text).unwrap().limits;
+    assert_eq!(limits.gateway_concurrent_calls.get(), 10_000);
+    assert!(
+        limits
+            .members
+            .values()
+            .all(|limits| *limits == MemberLimits::default())
+    );
+    assert_eq!(limits.members.len(), 12);
+}
+
+#[test]
+fn bad_limits_are_named_with_their_line() {
+    let kyc = "[limits.members.\"SN/COM/CBAO/kyc\"]\n";
+    for (lines, tables, key, needle, message) in [
+        (
+            "requests_per_second = 0\n",
+            "",
+            "limits.requests_per_second",
+            "requests_per_second = 0",
+            "must be between 1 and 1000000",
+        ),
+        (
+            "concurrent_calls = 1000001\n",
+            "",
+            "limits.concurrent_calls",
+            "concurrent_calls = 1000001",
+            "must be between 1 and 1000000",
+        ),
+        (
+            "",
+            &format!("{kyc}max_message_bytes = 4294967296\n"),
+            "limits.members.\"SN/COM/CBAO/kyc\".max_message_bytes",
+            "max_message_bytes = 4294967296",
+            "must be between 1 and 4294967295",
+        ),
+        (
+            "",
+            &format!("{kyc}burst = 7\n"),
+            "limits.members.\"SN/COM/CBAO/kyc\".burst",
+            "burst = 7",
+            "needs `requests_per_second` in the same table",
+        ),
+        (
+            "",
+            "[limits.groups.licenced-banks]\nconcurrent_calls = 4\n",
+            "limits.groups.licenced-banks",
+            "[limits.groups.licenced-banks]",
+            "no registered member is in group `licenced-banks`",
+        ),
+        (
+            "",
+            "[limits.groups.Banks]\nconcurrent_calls = 4\n",
+            "limits.groups.Banks",
+            "[limits.groups.Banks]",
+            "is not a group name",
+        ),
+        (
+            "",
+            "[limits.members.\"SN/COM/NOBODY/kyc\"]\nconcurrent_calls = 4\n",
+            "limits.members.\"SN/COM/NOBODY/kyc\"",
+            "[limits.members.\"SN/COM/NOBODY/kyc\"]",
+            "member SN/COM/NOBODY/kyc is not registered",
+        ),
+        (
+            "",
+            "[limits.members.\"SN/COM/CBAO\"]\nconcurrent_calls = 4\n",
+            "limits.members.\"SN/COM/CBAO\"",
+            "[limits.members.\"SN/COM/CBAO\"]",
+            "is not a member id",
+        ),
+    ] {
+        let text = with_limits(lines, tables);
+        let error = error_of(&text);
+        assert_eq!(error.key, key, "{error}");
+        assert_eq!(error.line, Some(line_of(&text, needle)), "{error}");
+        assert!(error.message.contains(message), "{error}");
+        assert!(error.to_string().starts_with(PATH), "{error}");
+    }
+}
+
+#[test]
+fn typos_and_wrong_types_in_limits_are_named() {
+    let text = edited(
+        "gateway_concurrent_calls = 10000",
+        "gateway_concurrent_calls = -1",
+    );
+    let error = error_of(&text);
+    assert_eq!(error.key, "limits.gateway_concurrent_calls", "{error}");
+    assert_eq!(
+        error.line,
+        Some(line_of(&text, "gateway_concurrent_calls = -1"))
+    );
+    assert!(
+        error.message.contains("must be between 1 and 1000000"),
+        "{error}"
+    );
+
+    let text = with_limits("request_per_second = 5\n", "");
+    let error = error_of(&text);
+    assert_eq!(error.key, "limits.request_per_second", "{error}");
+    assert_eq!(error.line, Some(line_of(&text, "request_per_second = 5")));
+
+    let text = with_limits("requests_per_second = 1.5\n", "");
+    let error = error_of(&text);
+    assert_eq!(error.key, "limits.requests_per_second", "{error}");
+    assert_eq!(
+        error.line,
+        Some(line_of(&text, "requests_per_second = 1.5"))
+    );
+
+    let text = with_limits(
+        "",
+        "[limits.members.\"SN/COM/CBAO/kyc\"]\nconcurent_calls = 4\n",
+    );
+    let error = error_of(&text);
+    assert!(error.key.ends_with("concurent_calls"), "{error}");
+    assert_eq!(error.line, Some(line_of(&text, "concurent_calls = 4")));
+}
+
+// ---------------------------------------------------------------------------
+// Partner connection limits (`[gateway]`).
+
+#[test]
+fn connection_limits_default_to_what_the_template_documents() {
+    let config = Config::parse(Path::new(PATH), govbridge::dev::CONFIG_TEMPLATE).unwrap();
+    let listener = config.gateway.listener;
+    let defaults = govbridge::net::ListenerSettings::default();
+    assert_eq!(listener.idle_timeout, defaults.idle_timeout);
+    assert_eq!(listener.max_connection_age, defaults.max_connection_age);
+    assert_eq!(listener.drain_timeout, defaults.drain_timeout);
+    assert_eq!(listener.keepalive_interval, defaults.keepalive_interval);
+    assert_eq!(listener.keepalive_timeout, defaults.keepalive_timeout);
+    assert_eq!(listener.max_header_list_size, defaults.max_header_list_size);
+    assert_eq!(
+        listener.max_pending_accept_reset_streams,
+        defaults.max_pending_accept_reset_streams
+    );
+    assert_eq!(
+        listener.max_local_error_reset_streams,
+        defaults.max_local_error_reset_streams
+    );
+    assert_eq!(
+        listener.max_connections_per_address,
+        defaults.max_connections_per_address
+    );
+
+    let text = edited("drain_timeout = \"15s\"", "drain_timeout = \"2m\"");
+    let config = Config::parse(Path::new(PATH), &text).unwrap();
+    assert_eq!(config.gateway.listener.drain_timeout.as_secs(), 120);
+}
+
+#[test]
+fn bad_connection_limits_are_named_with_their_line() {
+    for (from, to, key, message) in [
+        (
+            "idle_timeout = \"5m\"",
+            "idle_timeout = \"5\"",
+            "gateway.idle_timeout",
+            "has no unit",
+        ),
+        (
+            "max_connection_age = \"1h\"",
+            "max_connection_age = \"0s\"",
+            "gateway.max_connection_age",
+            "must be between",
+        ),
+        (
+            "drain_timeout = \"15s\"",
+            "drain_timeout = \"11m\"",
+            "gateway.drain_timeout",
+            "must be between",
+        ),
+        (
+            "keepalive_timeout = \"10s\"",
+            "keepalive_timeout = \"1ms\"",
+            "gateway.keepalive_timeout",
+            "must be between",
+        ),
+        (
+            "max_header_list_size = 16384",
+            "max_header_list_size = 100",
+            "gateway.max_header_list_size",
+            "must be between 4096 and 1048576",
+        ),
+        (
+            "max_local_error_reset_streams = 256",
+            "max_local_error_reset_streams = 0",
+            "gateway.max_local_error_reset_streams",
+            "must be between 1 and",
+        ),
+        (
+            "max_pending_accept_reset_streams = 64",
+            "max_pending_accept_reset_streams = -1",
+            "gateway.max_pending_accept_reset_streams",
+            "",
+        ),
+        (
+            "max_connections_per_address = 256",
+            "max_connections_per_address = 0",
+            "gateway.max_connections_per_address",
+            "must be between 1 and",
+        ),
+        (
+            "max_connections_per_address = 256",
+            "max_connection_per_address = 256",
+            "gateway.max_connection_per_address",
+            "unknown field",
+        ),
+    ] {
+        let text = edited(from, to);
+        let error = error_of(&text);
+        assert_eq!(error.key, key, "{error}");
+        assert_eq!(error.line, Some(line_of(&text, to)), "{error}");
+        assert!(error.message.contains(message), "{error}");
+        assert!(error.to_string().starts_with(PATH), "{error}");
+    }
+}
+
+#[test]
+fn pool_settings_are_checked_and_named() {
+    let text = edited("unhealthy_threshold = 2", "unhealthy_threshold = 0");
+    let error = error_of(&text);
+    assert_eq!(error.key, "upstream.unhealthy_threshold");
+    assert!(error.message.contains("between 1 and 100"), "{error}");
+    assert_eq!(error.line, Some(line_of(&text, "unhealthy_threshold = 0")));
+
+    let text = edited("max_ejection_time = \"300s\"", "max_ejection_time = \"1s\"");
+    let error = error_of(&text);
+    assert_eq!(error.key, "upstream.max_ejection_time");
+    assert!(error.message.contains("ejection_time"), "{error}");
+
+    let text = edited(
+        "health_check_interval = \"5s\"",
+        "health_check_interval = \"0s\"",
+    );
+    let config = Config::parse(std::path::Path::new(PATH), &text).unwrap();
+    assert_eq!(config.upstream.pool.health_check_interval, None);
+}
+
+#[test]
+fn idempotent_methods_must_exist_and_not_stream_requests() {
+    let section = "[services.\"govbridge.tax.v1.TaxAuthority\"]\n";
+    let text = edited(
+        section,
+        &format!("{section}idempotent = [\"GetTaxClearance\", \"GetTaxClerance\"]\n"),
+    );
+    let error = error_of(&text);
+    assert_eq!(
+        error.key,
+        "services.\"govbridge.tax.v1.TaxAuthority\".idempotent[1]"
+    );
+    assert!(
+        error.message.contains("no method GetTaxClerance"),
+        "{error}"
+    );
+    assert_eq!(
+        error.line,
+        Some(line_of(&text, "idempotent = [\"GetTaxClearance\""))
+    );
+
+    let text = edited(
+        section,
+        &format!("{section}idempotent = [\"SubmitWithholdings\"]\n"),
+    );
+    let error = error_of(&text);
+    assert!(error.message.contains("streams its requests"), "{error}");
+
+    let text = edited(
+        section,
+        &format!("{section}idempotent = [\"GetTaxClearance\"]\nmax_deadline = \"5s\"\n"),
+    );
+    let config = Config::parse(std::path::Path::new(PATH), &text).unwrap();
+    let tax = &config.services["govbridge.tax.v1.TaxAuthority"];
+    assert!(tax.idempotent.contains("GetTaxClearance"));
+    assert_eq!(tax.max_deadline, Some(std::time::Duration::from_secs(5)));
+}

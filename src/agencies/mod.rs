@@ -22,6 +22,8 @@ pub mod business;
 pub mod calendar;
 pub mod civil_registry;
 pub mod dataset;
+pub mod fault;
+mod health;
 pub mod ids;
 pub mod mygov;
 pub mod tables;
@@ -198,7 +200,7 @@ pub fn service(
         agency,
         gateway: gateway.clone(),
     };
-    match agency {
+    let service = match agency {
         Agency::CivilRegistry => assemble(
             civil_registry::CivilRegistryAgency::new(data)
                 .into_server()
@@ -239,7 +241,29 @@ pub fn service(
                 guard,
             )
         }
-    }
+    };
+    with_health(service, agency.service_name())
+}
+
+/// `service`, with `grpc.health.v1.Health` beside it (outside the gateway
+/// guard: the gateway's health checks name no caller).
+fn with_health(service: AgencyService, name: &'static str) -> AgencyService {
+    let health = health::AgencyHealth::server(name);
+    let routed = tower::service_fn(move |request: http::Request<Incoming>| {
+        let service = service.clone();
+        let health = health.clone();
+        async move {
+            if request.uri().path().starts_with(health::PATH) {
+                let response = health.oneshot(request).await;
+                Ok(response
+                    .unwrap_or_else(|never| match never {})
+                    .map(tonic::body::Body::new))
+            } else {
+                service.oneshot(request).await
+            }
+        }
+    });
+    AgencyService::new(routed)
 }
 
 /// Wraps a generated tonic server in the gateway guard, outermost first.

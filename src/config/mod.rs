@@ -12,6 +12,7 @@ mod raw;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -71,6 +72,8 @@ pub struct Config {
     /// Consent verification; without it, no call can present a verified
     /// consent.
     pub consent: Option<ConsentConfig>,
+    /// `[limits]`: load shedding and per-member limits.
+    pub limits: LimitsConfig,
 }
 
 /// Where consents come from and how fresh their states must be.
@@ -180,6 +183,51 @@ pub struct UpstreamConfig {
     /// Upper bound on any call's deadline, when the client sets none or a
     /// longer one.
     pub max_deadline: Duration,
+    /// Balancing, health checks and ejection of backend endpoints.
+    pub pool: PoolSettings,
+}
+
+/// How the gateway keeps, balances and judges its connections to backends
+/// (`[upstream]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Between two active health checks (`grpc.health.v1`) of an endpoint;
+    /// `None` (`"0s"`): no active checks.
+    pub health_check_interval: Option<Duration>,
+    /// A health check not answered `SERVING` within this fails.
+    pub health_check_timeout: Duration,
+    /// Consecutive failed checks that take an endpoint out of rotation.
+    pub unhealthy_threshold: u32,
+    /// Consecutive passed checks that put it back.
+    pub healthy_threshold: u32,
+    /// Consecutive failed calls (connection failures, refused streams,
+    /// `UNAVAILABLE`) that eject an endpoint.
+    pub ejection_failures: u32,
+    /// The first ejection's length; each further one in a row doubles it.
+    pub ejection_time: Duration,
+    /// The longest an ejection lasts.
+    pub max_ejection_time: Duration,
+    /// HTTP/2 connections to one endpoint, at most.
+    pub connections_per_endpoint: u32,
+    /// Calls on one connection beyond which another is opened, while
+    /// `connections_per_endpoint` allows.
+    pub streams_per_connection: u32,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            health_check_interval: Some(Duration::from_secs(5)),
+            health_check_timeout: Duration::from_secs(1),
+            unhealthy_threshold: 2,
+            healthy_threshold: 2,
+            ejection_failures: 5,
+            ejection_time: Duration::from_secs(5),
+            max_ejection_time: Duration::from_secs(300),
+            connections_per_endpoint: 4,
+            streams_per_connection: 100,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -231,6 +279,12 @@ pub struct PublishedService {
     /// Providers publishing it, in configured order; the first is the
     /// default when a call names no `bridge-target`.
     pub providers: Vec<MemberId>,
+    /// No call to the service runs longer than this (nor than
+    /// `upstream.max_deadline`).
+    pub max_deadline: Option<Duration>,
+    /// Methods (names only) that may be retried on another endpoint when
+    /// one answers `UNAVAILABLE` or refuses the stream.
+    pub idempotent: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -257,6 +311,70 @@ pub struct AgencyConfig {
 pub struct SigningKeyConfig {
     pub key_id: String,
     pub file: PathBuf,
+}
+
+// ---------------------------------------------------------------------------
+// Limits (`[limits]`).
+
+/// What keeps one member from taking the gateway for itself, and the
+/// gateway standing under load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Calls the whole gateway handles at once; beyond it, new calls are
+    /// shed with `RESOURCE_EXHAUSTED` (`gateway-overloaded`).
+    pub gateway_concurrent_calls: NonZeroU32,
+    /// The limits of every registered member, resolved key by key: the
+    /// member's own entry, else the first of its groups (in the order of
+    /// its `groups`) that sets the key, else the defaults of `[limits]`.
+    pub members: BTreeMap<MemberId, MemberLimits>,
+}
+
+impl LimitsConfig {
+    /// Without a `[limits]` section.
+    pub const DEFAULT_GATEWAY_CONCURRENT_CALLS: NonZeroU32 = non_zero(10_000);
+}
+
+/// The limits of one member. Each member has its own bucket and count,
+/// also when the values come from a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberLimits {
+    /// Calls per second as a token bucket; `None`: unlimited.
+    pub rate: Option<RateLimit>,
+    /// Calls in flight at once; `None`: unlimited.
+    pub concurrent_calls: Option<NonZeroU32>,
+    /// The largest request message, in bytes, as its gRPC length prefix
+    /// announces it (compressed size for a compressed message).
+    pub max_message_bytes: NonZeroU32,
+}
+
+impl MemberLimits {
+    /// 16 MiB, the mock agencies' limit; gRPC's usual default is 4 MiB.
+    pub const DEFAULT_MAX_MESSAGE_BYTES: NonZeroU32 = non_zero(16 << 20);
+}
+
+impl Default for MemberLimits {
+    fn default() -> Self {
+        Self {
+            rate: None,
+            concurrent_calls: None,
+            max_message_bytes: Self::DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+/// `n`, which the caller knows is not zero.
+const fn non_zero(n: u32) -> NonZeroU32 {
+    match NonZeroU32::new(n) {
+        Some(n) => n,
+        None => NonZeroU32::MIN,
+    }
+}
+
+/// A token bucket: `burst` calls at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_second: NonZeroU32,
+    pub burst: NonZeroU32,
 }
 
 impl AgenciesConfig {

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,9 +14,9 @@ use toml::Spanned;
 
 use super::{
     AgenciesConfig, AgencyConfig, Config, ConfigError, ConsentConfig, ExchangeLogConfig,
-    GatewayConfig, Member, OtlpConfig, PolicyConfig, Provider, PublishedService, SigningKeyConfig,
-    TelemetryConfig, UpstreamConfig, is_group_name, is_purpose_code, is_service_name,
-    parse_duration, parse_endpoint,
+    GatewayConfig, LimitsConfig, Member, MemberLimits, OtlpConfig, PolicyConfig, PoolSettings,
+    Provider, PublishedService, RateLimit, SigningKeyConfig, TelemetryConfig, UpstreamConfig,
+    is_group_name, is_purpose_code, is_service_name, parse_duration, parse_endpoint,
 };
 use crate::agencies::Agency;
 use crate::identity::MemberId;
@@ -40,6 +41,7 @@ struct RawConfig {
     exchange_log: Option<RawExchangeLog>,
     telemetry: Option<RawTelemetry>,
     consent: Option<RawConsent>,
+    limits: Option<RawLimits>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +79,16 @@ struct RawGateway {
     identity: Spanned<String>,
     handshake_timeout: Option<Spanned<String>>,
     max_concurrent_streams: Option<Spanned<u32>>,
+    // Connection limits, see `listener_settings`.
+    max_header_list_size: Option<Spanned<u32>>,
+    max_pending_accept_reset_streams: Option<Spanned<u32>>,
+    max_local_error_reset_streams: Option<Spanned<u32>>,
+    keepalive_interval: Option<Spanned<String>>,
+    keepalive_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    max_connection_age: Option<Spanned<String>>,
+    drain_timeout: Option<Spanned<String>>,
+    max_connections_per_address: Option<Spanned<u32>>,
     admin: Option<Spanned<String>>,
     tls: RawServerTls,
 }
@@ -99,6 +111,15 @@ struct RawUpstream {
     server_ca: Spanned<String>,
     connect_timeout: Option<Spanned<String>>,
     max_deadline: Option<Spanned<String>>,
+    health_check_interval: Option<Spanned<String>>,
+    health_check_timeout: Option<Spanned<String>>,
+    unhealthy_threshold: Option<Spanned<u32>>,
+    healthy_threshold: Option<Spanned<u32>>,
+    ejection_failures: Option<Spanned<u32>>,
+    ejection_time: Option<Spanned<String>>,
+    max_ejection_time: Option<Spanned<String>>,
+    connections_per_endpoint: Option<Spanned<u32>>,
+    streams_per_connection: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +148,9 @@ struct RawProvider {
 #[serde(deny_unknown_fields)]
 struct RawService {
     providers: Spanned<Vec<Spanned<String>>>,
+    max_deadline: Option<Spanned<String>>,
+    #[serde(default)]
+    idempotent: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +172,31 @@ struct RawAgency {
     private_key: Spanned<String>,
     signing_key: Option<Spanned<String>>,
     signing_key_id: Option<Spanned<String>>,
+}
+
+/// `[limits]`: the gateway-wide cap, then the defaults of every member.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    gateway_concurrent_calls: Option<Spanned<i64>>,
+    requests_per_second: Option<Spanned<i64>>,
+    burst: Option<Spanned<i64>>,
+    concurrent_calls: Option<Spanned<i64>>,
+    max_message_bytes: Option<Spanned<i64>>,
+    #[serde(default)]
+    groups: BTreeMap<Spanned<String>, RawMemberLimits>,
+    #[serde(default)]
+    members: BTreeMap<Spanned<String>, RawMemberLimits>,
+}
+
+/// `[limits.groups.NAME]` and `[limits.members."ID"]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMemberLimits {
+    requests_per_second: Option<Spanned<i64>>,
+    burst: Option<Spanned<i64>>,
+    concurrent_calls: Option<Spanned<i64>>,
+    max_message_bytes: Option<Spanned<i64>>,
 }
 
 const MILLISECOND: Duration = Duration::from_millis(1);
@@ -195,6 +244,27 @@ impl Source<'_> {
                 format!("`{}` is not a member id: {error}", value.get_ref()),
             )
         })
+    }
+
+    /// A whole number within `range`, or `default` when absent.
+    fn number(
+        &self,
+        key: &str,
+        value: Option<&Spanned<u32>>,
+        default: u32,
+        range: std::ops::RangeInclusive<u32>,
+    ) -> Result<u32, ConfigError> {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        if !range.contains(value.get_ref()) {
+            return Err(self.error(
+                key,
+                value,
+                format!("must be between {} and {}", range.start(), range.end()),
+            ));
+        }
+        Ok(*value.get_ref())
     }
 
     /// A duration within `range`, or `default` when absent.
@@ -265,7 +335,12 @@ fn deserialize(source: &Source<'_>) -> Result<RawConfig, ConfigError> {
     };
     let deserializer = toml::de::Deserializer::parse(source.text).map_err(syntax_error)?;
     serde_path_to_error::deserialize(deserializer).map_err(|error| {
-        let path = error.path().to_string();
+        // A wrong type inside `Spanned` names serde_spanned's private
+        // field; the key is its parent.
+        let path = error
+            .path()
+            .to_string()
+            .replace(".$__serde_spanned_private_value", "");
         let inner = error.into_inner();
         let message = inner.message().trim().to_owned();
         let line = inner.span().map(|span| source.line_of(span.start));
@@ -290,25 +365,7 @@ fn deserialize(source: &Source<'_>) -> Result<RawConfig, ConfigError> {
 
 fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let gateway = &raw.gateway;
-    let mut listener = ListenerSettings {
-        handshake_timeout: source.duration(
-            "gateway.handshake_timeout",
-            gateway.handshake_timeout.as_ref(),
-            ListenerSettings::default().handshake_timeout,
-            MILLISECOND..=Duration::from_secs(300),
-        )?,
-        ..ListenerSettings::default()
-    };
-    if let Some(streams) = &gateway.max_concurrent_streams {
-        if *streams.get_ref() == 0 {
-            return Err(source.error(
-                "gateway.max_concurrent_streams",
-                streams,
-                "must be at least 1",
-            ));
-        }
-        listener.max_concurrent_streams = *streams.get_ref();
-    }
+    let listener = listener_settings(source, gateway)?;
     if gateway.node_id.get_ref().is_empty() || gateway.node_id.get_ref().len() > 64 {
         return Err(source.error("gateway.node_id", &gateway.node_id, "must be 1 to 64 bytes"));
     }
@@ -353,6 +410,7 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
             Duration::from_secs(60),
             MILLISECOND..=Duration::from_secs(24 * 3600),
         )?,
+        pool: pool_settings(source, &raw.upstream)?,
     };
 
     let mut members = BTreeMap::new();
@@ -470,11 +528,26 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
             }
             service_providers.push(id);
         }
+        let max_deadline = service
+            .max_deadline
+            .as_ref()
+            .map(|value| {
+                source.duration(
+                    &format!("{path}.max_deadline"),
+                    Some(value),
+                    Duration::ZERO,
+                    MILLISECOND..=Duration::from_secs(24 * 3600),
+                )
+            })
+            .transpose()?;
+        let idempotent = idempotent_methods(source, &path, name, &service.idempotent)?;
         services.insert(
             name.clone(),
             PublishedService {
                 name: name.clone(),
                 providers: service_providers,
+                max_deadline,
+                idempotent,
             },
         );
     }
@@ -512,6 +585,7 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
         .as_ref()
         .map(|consent| validate_consent(source, consent, &providers))
         .transpose()?;
+    let limits = validate_limits(source, raw.limits.as_ref(), &members)?;
 
     Ok(Config {
         source: source.path.to_owned(),
@@ -526,6 +600,7 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
         exchange_log,
         telemetry,
         consent,
+        limits,
     })
 }
 
@@ -700,4 +775,421 @@ fn validate_agencies(
         crls: raw.crls.iter().map(|crl| source.path(crl)).collect(),
         agencies,
     })
+}
+
+// ---------------------------------------------------------------------------
+// Limits (`[limits]`).
+
+/// The limits one table sets, checked; `None` where it sets nothing.
+#[derive(Debug, Clone, Copy, Default)]
+struct LimitLevel {
+    rate: Option<RateLimit>,
+    concurrent_calls: Option<NonZeroU32>,
+    max_message_bytes: Option<NonZeroU32>,
+}
+
+/// The largest rate, burst or count of calls the file may set.
+const MAX_CALLS: i64 = 1_000_000;
+
+impl Source<'_> {
+    /// A whole number within `1..=max`.
+    fn count(&self, key: &str, value: &Spanned<i64>, max: i64) -> Result<NonZeroU32, ConfigError> {
+        u32::try_from(*value.get_ref())
+            .ok()
+            .filter(|n| i64::from(*n) <= max)
+            .and_then(NonZeroU32::new)
+            .ok_or_else(|| self.error(key, value, format!("must be between 1 and {max}")))
+    }
+
+    /// The limits of the table at `path`.
+    fn limit_level(
+        &self,
+        path: &str,
+        requests_per_second: Option<&Spanned<i64>>,
+        burst: Option<&Spanned<i64>>,
+        concurrent_calls: Option<&Spanned<i64>>,
+        max_message_bytes: Option<&Spanned<i64>>,
+    ) -> Result<LimitLevel, ConfigError> {
+        let key = |name: &str| format!("{path}.{name}");
+        let rate = match (requests_per_second, burst) {
+            (None, None) => None,
+            (None, Some(burst)) => {
+                // A burst alone would silently combine with another
+                // table's rate.
+                return Err(self.error(
+                    key("burst"),
+                    burst,
+                    "needs `requests_per_second` in the same table",
+                ));
+            }
+            (Some(rate), burst) => {
+                let per_second = self.count(&key("requests_per_second"), rate, MAX_CALLS)?;
+                Some(RateLimit {
+                    per_second,
+                    burst: match burst {
+                        Some(burst) => self.count(&key("burst"), burst, MAX_CALLS)?,
+                        None => per_second,
+                    },
+                })
+            }
+        };
+        Ok(LimitLevel {
+            rate,
+            concurrent_calls: concurrent_calls
+                .map(|calls| self.count(&key("concurrent_calls"), calls, MAX_CALLS))
+                .transpose()?,
+            max_message_bytes: max_message_bytes
+                .map(|bytes| self.count(&key("max_message_bytes"), bytes, i64::from(u32::MAX)))
+                .transpose()?,
+        })
+    }
+
+    fn member_limit_level(
+        &self,
+        path: &str,
+        raw: &RawMemberLimits,
+    ) -> Result<LimitLevel, ConfigError> {
+        self.limit_level(
+            path,
+            raw.requests_per_second.as_ref(),
+            raw.burst.as_ref(),
+            raw.concurrent_calls.as_ref(),
+            raw.max_message_bytes.as_ref(),
+        )
+    }
+}
+
+fn validate_limits(
+    source: &Source<'_>,
+    raw: Option<&RawLimits>,
+    members: &BTreeMap<MemberId, Member>,
+) -> Result<LimitsConfig, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(LimitsConfig {
+            gateway_concurrent_calls: LimitsConfig::DEFAULT_GATEWAY_CONCURRENT_CALLS,
+            members: members
+                .keys()
+                .map(|id| (id.clone(), MemberLimits::default()))
+                .collect(),
+        });
+    };
+    let gateway_concurrent_calls = raw
+        .gateway_concurrent_calls
+        .as_ref()
+        .map(|calls| source.count("limits.gateway_concurrent_calls", calls, MAX_CALLS))
+        .transpose()?
+        .unwrap_or(LimitsConfig::DEFAULT_GATEWAY_CONCURRENT_CALLS);
+    let defaults = source.limit_level(
+        "limits",
+        raw.requests_per_second.as_ref(),
+        raw.burst.as_ref(),
+        raw.concurrent_calls.as_ref(),
+        raw.max_message_bytes.as_ref(),
+    )?;
+
+    let mut groups = BTreeMap::new();
+    for (name, limits) in &raw.groups {
+        let path = format!("limits.groups.{}", quoted(name.get_ref()));
+        if !is_group_name(name.get_ref()) {
+            return Err(source.error(
+                &path,
+                name,
+                format!(
+                    "`{}` is not a group name: 1 to 64 of a-z, 0-9 and '-'",
+                    name.get_ref()
+                ),
+            ));
+        }
+        // A misspelt group would limit nobody, silently.
+        if !members
+            .values()
+            .any(|member| member.groups.contains(name.get_ref()))
+        {
+            return Err(source.error(
+                &path,
+                name,
+                format!("no registered member is in group `{}`", name.get_ref()),
+            ));
+        }
+        groups.insert(
+            name.get_ref().as_str(),
+            source.member_limit_level(&path, limits)?,
+        );
+    }
+
+    let mut own = BTreeMap::new();
+    for (key, limits) in &raw.members {
+        let path = format!("limits.members.{}", quoted(key.get_ref()));
+        let id = source.member(&path, key)?;
+        if !members.contains_key(&id) {
+            return Err(source.error(
+                &path,
+                key,
+                format!("member {id} is not registered (add it under [members])"),
+            ));
+        }
+        if own.contains_key(&id) {
+            return Err(source.error(&path, key, format!("member {id} has limits twice")));
+        }
+        own.insert(id, source.member_limit_level(&path, limits)?);
+    }
+
+    let resolved = members
+        .values()
+        .map(|member| {
+            let levels: Vec<LimitLevel> = own
+                .get(&member.id)
+                .into_iter()
+                .chain(
+                    member
+                        .groups
+                        .iter()
+                        .filter_map(|group| groups.get(group.as_str())),
+                )
+                .chain(std::iter::once(&defaults))
+                .copied()
+                .collect();
+            let limits = MemberLimits {
+                rate: levels.iter().find_map(|level| level.rate),
+                concurrent_calls: levels.iter().find_map(|level| level.concurrent_calls),
+                max_message_bytes: levels
+                    .iter()
+                    .find_map(|level| level.max_message_bytes)
+                    .unwrap_or(MemberLimits::DEFAULT_MAX_MESSAGE_BYTES),
+            };
+            (member.id.clone(), limits)
+        })
+        .collect();
+    Ok(LimitsConfig {
+        gateway_concurrent_calls,
+        members: resolved,
+    })
+}
+
+/// `[upstream]`'s pool, health check and ejection settings.
+fn pool_settings(source: &Source<'_>, raw: &RawUpstream) -> Result<PoolSettings, ConfigError> {
+    let defaults = PoolSettings::default();
+    let interval = source.duration(
+        "upstream.health_check_interval",
+        raw.health_check_interval.as_ref(),
+        defaults.health_check_interval.unwrap_or_default(),
+        Duration::ZERO..=Duration::from_secs(3600),
+    )?;
+    let ejection_time = source.duration(
+        "upstream.ejection_time",
+        raw.ejection_time.as_ref(),
+        defaults.ejection_time,
+        MILLISECOND..=Duration::from_secs(3600),
+    )?;
+    let max_ejection_time = source.duration(
+        "upstream.max_ejection_time",
+        raw.max_ejection_time.as_ref(),
+        defaults.max_ejection_time.max(ejection_time),
+        MILLISECOND..=Duration::from_secs(24 * 3600),
+    )?;
+    if let Some(value) = &raw.max_ejection_time
+        && max_ejection_time < ejection_time
+    {
+        return Err(source.error(
+            "upstream.max_ejection_time",
+            value,
+            "must not be shorter than upstream.ejection_time",
+        ));
+    }
+    Ok(PoolSettings {
+        health_check_interval: (!interval.is_zero()).then_some(interval),
+        health_check_timeout: source.duration(
+            "upstream.health_check_timeout",
+            raw.health_check_timeout.as_ref(),
+            defaults.health_check_timeout,
+            MILLISECOND..=Duration::from_secs(60),
+        )?,
+        unhealthy_threshold: source.number(
+            "upstream.unhealthy_threshold",
+            raw.unhealthy_threshold.as_ref(),
+            defaults.unhealthy_threshold,
+            1..=100,
+        )?,
+        healthy_threshold: source.number(
+            "upstream.healthy_threshold",
+            raw.healthy_threshold.as_ref(),
+            defaults.healthy_threshold,
+            1..=100,
+        )?,
+        ejection_failures: source.number(
+            "upstream.ejection_failures",
+            raw.ejection_failures.as_ref(),
+            defaults.ejection_failures,
+            1..=1000,
+        )?,
+        ejection_time,
+        max_ejection_time,
+        connections_per_endpoint: source.number(
+            "upstream.connections_per_endpoint",
+            raw.connections_per_endpoint.as_ref(),
+            defaults.connections_per_endpoint,
+            1..=64,
+        )?,
+        streams_per_connection: source.number(
+            "upstream.streams_per_connection",
+            raw.streams_per_connection.as_ref(),
+            defaults.streams_per_connection,
+            1..=10_000,
+        )?,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The partner listener's connection limits (`[gateway]`).
+
+fn listener_settings(
+    source: &Source<'_>,
+    gateway: &RawGateway,
+) -> Result<ListenerSettings, ConfigError> {
+    let defaults = ListenerSettings::default();
+    let count = |key: &str,
+                 value: Option<&Spanned<u32>>,
+                 default: u32,
+                 range: std::ops::RangeInclusive<u32>| {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        if range.contains(value.get_ref()) {
+            Ok(*value.get_ref())
+        } else {
+            Err(source.error(
+                format!("gateway.{key}"),
+                value,
+                format!("must be between {} and {}", range.start(), range.end()),
+            ))
+        }
+    };
+    let duration = |key: &str,
+                    value: Option<&Spanned<String>>,
+                    default: Duration,
+                    range: std::ops::RangeInclusive<Duration>| {
+        source.duration(&format!("gateway.{key}"), value, default, range)
+    };
+    const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+    let keepalive_interval = duration(
+        "keepalive_interval",
+        gateway.keepalive_interval.as_ref(),
+        defaults.keepalive_interval,
+        MILLISECOND * 10..=Duration::from_secs(3600),
+    )?;
+    let keepalive_timeout = duration(
+        "keepalive_timeout",
+        gateway.keepalive_timeout.as_ref(),
+        defaults.keepalive_timeout,
+        MILLISECOND * 10..=Duration::from_secs(600),
+    )?;
+    Ok(ListenerSettings {
+        handshake_timeout: duration(
+            "handshake_timeout",
+            gateway.handshake_timeout.as_ref(),
+            defaults.handshake_timeout,
+            MILLISECOND..=Duration::from_secs(300),
+        )?,
+        max_concurrent_streams: count(
+            "max_concurrent_streams",
+            gateway.max_concurrent_streams.as_ref(),
+            defaults.max_concurrent_streams,
+            1..=100_000,
+        )?,
+        // Below 4 KiB a gRPC call with a consent artefact does not fit.
+        max_header_list_size: count(
+            "max_header_list_size",
+            gateway.max_header_list_size.as_ref(),
+            defaults.max_header_list_size,
+            4096..=1 << 20,
+        )?,
+        max_pending_accept_reset_streams: count(
+            "max_pending_accept_reset_streams",
+            gateway.max_pending_accept_reset_streams.as_ref(),
+            u32::try_from(defaults.max_pending_accept_reset_streams).unwrap_or(u32::MAX),
+            1..=100_000,
+        )? as usize,
+        max_local_error_reset_streams: count(
+            "max_local_error_reset_streams",
+            gateway.max_local_error_reset_streams.as_ref(),
+            u32::try_from(defaults.max_local_error_reset_streams).unwrap_or(u32::MAX),
+            1..=100_000,
+        )? as usize,
+        keepalive_interval,
+        keepalive_timeout,
+        idle_timeout: duration(
+            "idle_timeout",
+            gateway.idle_timeout.as_ref(),
+            defaults.idle_timeout,
+            MILLISECOND * 10..=WEEK,
+        )?,
+        max_connection_age: duration(
+            "max_connection_age",
+            gateway.max_connection_age.as_ref(),
+            defaults.max_connection_age,
+            MILLISECOND * 10..=WEEK,
+        )?,
+        drain_timeout: duration(
+            "drain_timeout",
+            gateway.drain_timeout.as_ref(),
+            defaults.drain_timeout,
+            Duration::ZERO..=Duration::from_secs(600),
+        )?,
+        max_connections_per_address: count(
+            "max_connections_per_address",
+            gateway.max_connections_per_address.as_ref(),
+            defaults.max_connections_per_address,
+            1..=1_000_000,
+        )?,
+        ..defaults
+    })
+}
+
+/// `services."<name>".idempotent`: methods of the service that may be
+/// retried, each a method of the compiled-in descriptor when the service
+/// is one of ours, and not client-streaming (a retry replays the request).
+fn idempotent_methods(
+    source: &Source<'_>,
+    path: &str,
+    service: &str,
+    raw: &[Spanned<String>],
+) -> Result<std::collections::BTreeSet<String>, ConfigError> {
+    let known = crate::routing::service_methods();
+    let streaming = crate::routing::client_streaming_methods();
+    let mut methods = std::collections::BTreeSet::new();
+    for (index, method) in raw.iter().enumerate() {
+        let key = format!("{path}.idempotent[{index}]");
+        let name = method.get_ref();
+        let full = format!("/{service}/{name}");
+        if crate::routing::split_path(&full).is_none() {
+            return Err(source.error(&key, method, format!("`{name}` is not a method name")));
+        }
+        if let Some(known) = known.get(service)
+            && !known.contains(name)
+        {
+            let mut names: Vec<&String> = known.iter().collect();
+            names.sort();
+            let names: Vec<&str> = names.into_iter().map(String::as_str).collect();
+            return Err(source.error(
+                &key,
+                method,
+                format!(
+                    "{service} has no method {name} (it has: {})",
+                    names.join(", ")
+                ),
+            ));
+        }
+        if streaming.contains(&full) {
+            return Err(source.error(
+                &key,
+                method,
+                format!(
+                    "{name} streams its requests: a retry replays a request, which a stream \
+                     cannot offer"
+                ),
+            ));
+        }
+        methods.insert(name.clone());
+    }
+    Ok(methods)
 }

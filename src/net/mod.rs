@@ -3,10 +3,13 @@
 //!
 //! This module owns accepting TCP connections, the TLS handshake (with its
 //! timeout), reading the peer's identity once per connection, the HTTP/2
-//! connection settings, and graceful shutdown. It never looks at requests:
-//! the service built per connection does.
+//! connection settings, the life of a connection (idle, maximum age,
+//! floods) and graceful shutdown. It never looks at requests: the service
+//! built per connection does.
 
+mod admission;
 pub mod client;
+mod streams;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,7 +19,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::{NamedGroup, ServerConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -42,6 +45,7 @@ pub struct PeerInfo {
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionControl {
     close: Arc<tokio::sync::Notify>,
+    abort: Arc<tokio::sync::Notify>,
 }
 
 impl ConnectionControl {
@@ -49,13 +53,21 @@ impl ConnectionControl {
     pub fn close(&self) {
         self.close.notify_one();
     }
+
+    /// Drops the connection at once, without GOAWAY, as a crashed server
+    /// would: for the mock agencies' fault injection.
+    pub fn abort(&self) {
+        self.abort.notify_one();
+    }
 }
 
 /// Limits of one HTTP/2 listener. The defaults suit a gateway facing
 /// partners: bounded streams, headers and buffers, keepalive to find dead
-/// peers, and protection against rapid-reset floods.
+/// peers, protection against rapid-reset floods, and connections that do
+/// not live forever.
 #[derive(Debug, Clone)]
 pub struct ListenerSettings {
+    /// From TCP accept to the end of the TLS handshake.
     pub handshake_timeout: Duration,
     pub max_concurrent_streams: u32,
     pub initial_stream_window: u32,
@@ -63,9 +75,41 @@ pub struct ListenerSettings {
     pub max_frame_size: u32,
     pub max_header_list_size: u32,
     pub max_send_buffer: usize,
+    /// Streams the client may reset before the gateway accepted them;
+    /// more and the connection gets GOAWAY (CVE-2023-44487).
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams the gateway may reset for the client's errors (refused
+    /// streams included); more and the connection gets GOAWAY.
+    pub max_local_error_reset_streams: usize,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// A connection with no open stream for this long gets GOAWAY.
+    pub idle_timeout: Duration,
+    /// A connection gets GOAWAY at this age (give or take 10 %, so that a
+    /// partner's connections do not all reconnect at once).
+    pub max_connection_age: Duration,
+    /// How long open calls may run after a GOAWAY (shutdown, maximum age,
+    /// idle) before their connection is closed.
     pub drain_timeout: Duration,
+    /// Open connections (handshakes included) from one IP address.
+    pub max_connections_per_address: u32,
+    /// Drop a connection whose streams are mostly cancelled by the client
+    /// right after they start (the slow form of a rapid reset, which h2's
+    /// pending-accept cap does not see). Right for partners; not for a
+    /// backend, whose one client, the gateway, relays every partner's
+    /// cancellations: see [`ListenerSettings::backend`].
+    pub drop_rapid_resets: bool,
+}
+
+impl ListenerSettings {
+    /// The settings of a backend's listener (the mock agencies): the
+    /// defaults, without dropping connections that cancel streams early.
+    pub fn backend() -> Self {
+        Self {
+            drop_rapid_resets: false,
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for ListenerSettings {
@@ -78,9 +122,15 @@ impl Default for ListenerSettings {
             max_frame_size: 16 << 10,
             max_header_list_size: 16 << 10,
             max_send_buffer: 256 << 10,
+            max_pending_accept_reset_streams: 64,
+            max_local_error_reset_streams: 256,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            max_connection_age: Duration::from_secs(3600),
             drain_timeout: Duration::from_secs(15),
+            max_connections_per_address: 256,
+            drop_rapid_resets: true,
         }
     }
 }
@@ -120,6 +170,10 @@ pub struct ListenerStats {
     open: std::sync::atomic::AtomicU64,
     /// Refused handshakes by reason; the reasons are a fixed set.
     refused: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Connections the listener closed itself, by reason (a fixed set).
+    closed: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Set once the listener stops accepting and drains.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl ListenerStats {
@@ -141,6 +195,32 @@ impl ListenerStats {
     fn refuse(&self, reason: &'static str) {
         *self
             .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    /// Connections the listener closed itself, by reason: `idle`,
+    /// `max-age`, `address-limit`, `keepalive-timeout`, `flood`,
+    /// `protocol-error`, `drain-timeout`.
+    pub fn closed(&self) -> Vec<(&'static str, u64)> {
+        self.closed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(reason, count)| (*reason, *count))
+            .collect()
+    }
+
+    /// Whether the listener has stopped accepting and is draining.
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn close(&self, reason: &'static str) {
+        *self
+            .closed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(reason)
@@ -236,20 +316,24 @@ impl TlsListener {
         self.tcp.local_addr()
     }
 
-    /// Accepts connections until `shutdown` resolves, then lets open
-    /// connections finish their streams (up to the drain timeout) and
-    /// returns. `make_service` is called once per connection, after the
-    /// handshake, with what the certificate says about the peer.
+    /// Accepts connections until `shutdown` resolves, then stops
+    /// accepting, sends every connection GOAWAY, lets their streams finish
+    /// (up to the drain timeout, then closes what is left) and returns once
+    /// every connection and stream task has ended. `make_service` is called
+    /// once per connection, after the handshake, with what the certificate
+    /// says about the peer.
     pub async fn serve<M, S>(self, make_service: M, shutdown: impl Future<Output = ()>)
     where
         M: Fn(PeerInfo) -> S + Send + Sync + 'static,
         S: ConnectionService,
     {
         let (stop_tx, stop_rx) = watch::channel(false);
-        // Every connection task holds a clone of `open_tx`; once the last one
-        // is dropped, `open_rx.recv()` returns `None` and draining is done.
+        // Every connection task, and every stream task hyper spawns for it,
+        // holds a clone of `open_tx`; once the last one is dropped,
+        // `open_rx.recv()` returns `None` and draining is done.
         let (open_tx, mut open_rx) = mpsc::channel::<Infallible>(1);
         let settings = Arc::new(self.settings);
+        let slots = admission::AddressSlots::new(settings.max_connections_per_address);
         let make_service = Arc::new(make_service);
         tokio::pin!(shutdown);
         loop {
@@ -266,24 +350,98 @@ impl TlsListener {
                     }
                 },
             };
+            let slot = match slots.take(remote_addr.ip()) {
+                Ok(slot) => slot,
+                Err(refusal) => {
+                    self.stats.close("address-limit");
+                    if refusal == admission::Refusal::AtLimit {
+                        tracing::warn!(
+                            %remote_addr,
+                            limit = settings.max_connections_per_address,
+                            "refusing connections from this address: it has the most it may \
+                             have open (logged again once it drops below)"
+                        );
+                    }
+                    continue;
+                }
+            };
             let connection = Connection {
                 acceptor: TlsAcceptor::from(self.tls.load_full()),
                 stats: self.stats.clone(),
                 settings: settings.clone(),
                 stop: stop_rx.clone(),
-                _open: open_tx.clone(),
+                open: open_tx.clone(),
+                _slot: slot,
             };
             let make_service = make_service.clone();
             tokio::spawn(connection.run(tcp, remote_addr, move |peer| make_service(peer)));
         }
+        // New connections are refused from here on.
         drop(self.tcp);
         drop(open_tx);
+        self.stats
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let open = self.stats.open();
+        if open > 0 {
+            tracing::info!(
+                connections = open,
+                grace = ?settings.drain_timeout,
+                "no longer accepting; open connections get GOAWAY and may finish their calls"
+            );
+        }
         let _ = stop_tx.send(true);
-        let drained = tokio::time::timeout(settings.drain_timeout, open_rx.recv()).await;
+        // Each connection closes itself when the drain timeout is over; the
+        // margin lets their stream tasks see it and end.
+        let drained =
+            tokio::time::timeout(settings.drain_timeout + DRAIN_MARGIN, open_rx.recv()).await;
         if drained.is_err() {
-            tracing::warn!("drain timeout passed with connections still open");
+            tracing::warn!("connection or stream tasks still running after the drain timeout");
         }
     }
+}
+
+/// How long after the drain timeout a listener waits for the tasks of the
+/// connections it just closed to end.
+const DRAIN_MARGIN: Duration = Duration::from_secs(2);
+
+/// `age`, give or take 10 %, so that connections opened together (a
+/// partner's pool after a restart) do not all get GOAWAY together.
+fn jittered(age: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // Randomly keyed by the standard library: enough for spreading.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    // A factor in [0.9, 1.1].
+    let factor = 0.9 + 0.2 * (random % 1_000_000) as f64 / 1_000_000.0;
+    age.mul_f64(factor)
+}
+
+/// Why a connection that ended with an error was closed by the gateway, as
+/// a metric label; `None` when the peer ended it (went away, reset).
+fn closed_by_gateway(error: &hyper::Error) -> Option<&'static str> {
+    if error.is_timeout() {
+        return Some("keepalive-timeout");
+    }
+    let h2 = std::error::Error::source(error)?.downcast_ref::<h2::Error>()?;
+    if !h2.is_go_away() || h2.is_remote() {
+        return None;
+    }
+    Some(match h2.reason() {
+        // What h2 answers to reset, refused-stream and CONTINUATION floods.
+        Some(h2::Reason::ENHANCE_YOUR_CALM) => "flood",
+        _ => "protocol-error",
+    })
+}
+
+/// Why an open connection is being closed gracefully.
+#[derive(Debug, Clone, Copy)]
+enum Closing {
+    Shutdown,
+    ServiceAsked,
+    Idle,
+    MaxAge,
 }
 
 /// One accepted TCP connection, from handshake to close.
@@ -292,19 +450,41 @@ struct Connection {
     settings: Arc<ListenerSettings>,
     stats: Arc<ListenerStats>,
     stop: watch::Receiver<bool>,
-    _open: mpsc::Sender<Infallible>,
+    open: mpsc::Sender<Infallible>,
+    _slot: admission::AddressSlot,
 }
 
 impl Connection {
     async fn run<S: ConnectionService>(
-        mut self,
+        self,
         tcp: TcpStream,
         remote_addr: SocketAddr,
         make_service: impl FnOnce(PeerInfo) -> S + Send,
     ) {
         let _ = tcp.set_nodelay(true);
-        let handshake =
-            tokio::time::timeout(self.settings.handshake_timeout, self.acceptor.accept(tcp));
+        let handshake_deadline = tokio::time::Instant::now() + self.settings.handshake_timeout;
+        let spoke = match tokio::time::timeout_at(handshake_deadline, admission::sniff(&tcp)).await
+        {
+            Ok(Ok(spoke)) => spoke,
+            Ok(Err(_)) => admission::FirstBytes::Closed,
+            Err(_) => {
+                self.stats.refuse("timeout");
+                tracing::info!(%remote_addr, kind = "timeout", reason = "nothing sent", "TLS handshake refused");
+                return;
+            }
+        };
+        if spoke != admission::FirstBytes::Tls {
+            let kind = spoke.refusal();
+            self.stats.refuse(kind);
+            if spoke == admission::FirstBytes::Closed {
+                tracing::debug!(%remote_addr, "connection closed before the TLS handshake");
+                return;
+            }
+            tracing::info!(%remote_addr, kind, "TLS handshake refused: the client does not speak TLS");
+            admission::close_cleanly(tcp, spoke, Duration::from_secs(1)).await;
+            return;
+        }
+        let handshake = tokio::time::timeout_at(handshake_deadline, self.acceptor.accept(tcp));
         let tls = match handshake.await {
             Ok(Ok(tls)) => tls,
             Ok(Err(error)) => {
@@ -340,10 +520,12 @@ impl Connection {
                 tracing::info!(%remote_addr, %reason, "connection accepted without member identity")
             }
         }
-        let service = make_service(peer);
+        let activity = streams::Activity::new();
+        let service = streams::Tracked::new(make_service(peer), activity.clone());
 
         let settings = &self.settings;
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        let (executor, connection_over) = streams::StreamExecutor::new(self.open.clone());
+        let mut builder = hyper::server::conn::http2::Builder::new(executor);
         builder
             .timer(TokioTimer::new())
             .max_concurrent_streams(settings.max_concurrent_streams)
@@ -354,24 +536,68 @@ impl Connection {
             .max_send_buf_size(settings.max_send_buffer)
             .keep_alive_interval(settings.keepalive_interval)
             .keep_alive_timeout(settings.keepalive_timeout)
-            .max_pending_accept_reset_streams(64)
-            .max_local_error_reset_streams(256);
+            .max_pending_accept_reset_streams(settings.max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(settings.max_local_error_reset_streams);
         let connection = builder.serve_connection(TokioIo::new(tls), service);
         tokio::pin!(connection);
-        let result = tokio::select! {
-            result = connection.as_mut() => result,
-            _ = async { self.stop.wait_for(|stop| *stop).await.map(|_| ()) } => {
-                connection.as_mut().graceful_shutdown();
-                connection.await
+        // Declared after the connection, so dropped before it on every way
+        // out: the streams still running end as cancelled calls.
+        let _connection_over = connection_over;
+        let mut stop = self.stop.clone();
+        let closing = tokio::select! {
+            result = connection.as_mut() => return self.ended(remote_addr, result),
+            _ = stop.wait_for(|stop| *stop) => Closing::Shutdown,
+            () = control.close.notified() => Closing::ServiceAsked,
+            () = control.abort.notified() => {
+                tracing::info!(%remote_addr, "dropping the connection at the service's request");
+                return;
             }
-            () = control.close.notified() => {
-                tracing::info!(%remote_addr, "closing the connection at the service's request");
-                connection.as_mut().graceful_shutdown();
-                connection.await
+            () = tokio::time::sleep(jittered(settings.max_connection_age)) => Closing::MaxAge,
+            () = activity.idle_for(settings.idle_timeout) => Closing::Idle,
+            () = activity.flooding(), if settings.drop_rapid_resets => {
+                // No GOAWAY and no grace: a client this busy resetting its
+                // own streams would use them to open more.
+                self.stats.close("flood");
+                tracing::warn!(%remote_addr, "connection dropped: most of its streams were reset right after they were opened (rapid reset)");
+                return;
             }
         };
-        if let Err(error) = result {
-            tracing::debug!(%remote_addr, %error, "connection closed with an error");
+        match closing {
+            Closing::Shutdown => {}
+            Closing::ServiceAsked => {
+                tracing::info!(%remote_addr, "closing the connection at the service's request");
+            }
+            Closing::Idle => {
+                self.stats.close("idle");
+                tracing::debug!(%remote_addr, "closing the connection: idle");
+            }
+            Closing::MaxAge => {
+                self.stats.close("max-age");
+                tracing::debug!(%remote_addr, "closing the connection: maximum age");
+            }
+        }
+        // GOAWAY: no new streams; the open ones may finish.
+        connection.as_mut().graceful_shutdown();
+        match tokio::time::timeout(settings.drain_timeout, connection.as_mut()).await {
+            Ok(result) => self.ended(remote_addr, result),
+            Err(_) => {
+                self.stats.close("drain-timeout");
+                tracing::info!(%remote_addr, ?closing, "connection closed with calls still open: the drain timeout passed");
+            }
+        }
+    }
+
+    /// Counts and logs how a connection ended by itself.
+    fn ended(&self, remote_addr: SocketAddr, result: Result<(), hyper::Error>) {
+        let Err(error) = result else {
+            return;
+        };
+        match closed_by_gateway(&error) {
+            Some(reason) => {
+                self.stats.close(reason);
+                tracing::info!(%remote_addr, reason, %error, "connection closed by the gateway");
+            }
+            None => tracing::debug!(%remote_addr, %error, "connection closed with an error"),
         }
     }
 }

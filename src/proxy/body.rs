@@ -34,6 +34,7 @@ use tokio::task::AbortHandle;
 use super::deadline::Deadline;
 use super::error::GatewayError;
 use super::headers::strip_bridge_headers;
+use super::limits::{Admission, MessageSizeLimit};
 use super::record::{self, CallRecord, Ending, SharedTally, Tally};
 use crate::audit::Appending;
 use crate::consent::{ConsentRefusal, UseReservation};
@@ -45,16 +46,26 @@ use crate::telemetry::metrics::InFlight;
 #[derive(Debug)]
 pub struct CallEnd {
     _ends: oneshot::Sender<Infallible>,
-    /// Why the request side refused the rest of the call, once it has.
-    refused: Option<Arc<OnceLock<ConsentRefusal>>>,
+    /// Why the request side refused the rest of the call, once it has
+    /// (consent, message size).
+    refused: Arc<OnceLock<GatewayError>>,
 }
 
 impl CallEnd {
+    /// The end of a call whose request side needs no ending: a replayed
+    /// request, whole in memory.
+    pub fn detached() -> Self {
+        let (sender, _) = oneshot::channel();
+        Self {
+            _ends: sender,
+            refused: Arc::default(),
+        }
+    }
+
     /// Why the request body failed, when it failed on purpose: the caller
     /// then gets this instead of the upstream failure that follows.
     pub fn refusal(&self) -> Option<GatewayError> {
-        let refusal = self.refused.as_ref()?.get()?;
-        Some(GatewayError::Consent(refusal.clone()))
+        self.refused.get().cloned()
     }
 }
 
@@ -71,6 +82,13 @@ pub struct RequestBody {
     tally: Option<SharedTally>,
     /// Request bytes relayed upstream, for the call's summary.
     bytes_in: Arc<AtomicU64>,
+    /// Why the body refused the rest of the call, shared with its
+    /// [`CallEnd`]; the first refusal is the one the caller hears of.
+    refused: Arc<OnceLock<GatewayError>>,
+    /// Ends the call at a message over the caller's size limit.
+    sizes: Option<MessageSizeLimit>,
+    /// Bytes read from `inner` before forwarding, relayed first.
+    read: Option<Bytes>,
 }
 
 impl RequestBody {
@@ -83,9 +101,10 @@ impl RequestBody {
         bytes_in: Arc<AtomicU64>,
     ) -> (Self, CallEnd) {
         let (sender, receiver) = oneshot::channel();
+        let refused = Arc::default();
         let call_end = CallEnd {
             _ends: sender,
-            refused: guard.as_ref().map(|guard| Arc::clone(&guard.refused)),
+            refused: Arc::clone(&refused),
         };
         (
             Self {
@@ -94,9 +113,35 @@ impl RequestBody {
                 call_end: Some(receiver),
                 tally,
                 bytes_in,
+                refused,
+                sizes: None,
+                read: None,
             },
             call_end,
         )
+    }
+
+    /// Relays `read` (taken from the caller's body before forwarding)
+    /// first.
+    pub fn after(mut self, read: Bytes) -> Self {
+        self.read = Some(read);
+        self
+    }
+
+    /// Ends the call, before relaying it, at the first message `limit`
+    /// refuses.
+    pub fn limit_messages(mut self, limit: MessageSizeLimit) -> Self {
+        self.sizes = Some(limit);
+        self
+    }
+
+    /// Ends the call with `error`: the caller hears of it, nothing more is
+    /// relayed and any later poll fails.
+    fn refuse(&mut self, error: GatewayError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let message = error.to_string();
+        let _ = self.refused.set(error);
+        self.call_end = None;
+        Poll::Ready(Some(Err(message.into())))
     }
 
     /// The next frame to relay: the caller's, or for a consent-bound call
@@ -106,7 +151,8 @@ impl RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         loop {
-            let frame = match self.guard.as_mut().and_then(|guard| guard.read.take()) {
+            let read = self.guard.as_mut().and_then(|guard| guard.read.take());
+            let frame = match read.or_else(|| self.read.take()) {
                 Some(read) => Some(Ok(Frame::data(read))),
                 None => ready!(Pin::new(&mut self.inner).poll_frame(cx))
                     .map(|frame| frame.map_err(BoxError::from)),
@@ -127,14 +173,7 @@ impl RequestBody {
             match checked {
                 Ok(whole) if whole.is_empty() => {}
                 Ok(whole) => return Poll::Ready(Some(Ok(Frame::data(whole)))),
-                Err(refusal) => {
-                    let error = refusal.to_string();
-                    // The first refusal is the one the caller hears of.
-                    let _ = guard.refused.set(refusal);
-                    // Nothing more is relayed: any later poll fails.
-                    self.call_end = None;
-                    return Poll::Ready(Some(Err(error.into())));
-                }
+                Err(refusal) => return self.refuse(refusal.into()),
             }
         }
     }
@@ -156,7 +195,6 @@ pub struct SubjectGuard {
     read: Option<Bytes>,
     /// The start of a message not yet whole.
     held: BytesMut,
-    refused: Arc<OnceLock<ConsentRefusal>>,
 }
 
 impl SubjectGuard {
@@ -168,7 +206,6 @@ impl SubjectGuard {
             field,
             read: Some(read),
             held: BytesMut::new(),
-            refused: Arc::default(),
         }
     }
 
@@ -236,6 +273,13 @@ impl Body for RequestBody {
         let frame = ready!(self.poll_checked(cx));
         if let Some(Ok(frame)) = &frame
             && let Some(data) = frame.data_ref()
+            && let Some(sizes) = self.sizes.as_mut()
+            && let Err(error) = sizes.check(data)
+        {
+            return self.refuse(error);
+        }
+        if let Some(Ok(frame)) = &frame
+            && let Some(data) = frame.data_ref()
         {
             self.bytes_in
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -247,13 +291,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.guard.is_none() && self.inner.is_end_stream()
+        self.guard.is_none() && self.read.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.guard {
-            None => self.inner.size_hint(),
-            Some(_) => SizeHint::default(),
+        match (&self.guard, &self.read) {
+            (None, None) => self.inner.size_hint(),
+            _ => SizeHint::default(),
         }
     }
 }
@@ -286,6 +330,41 @@ pub async fn first_message(body: &mut Incoming) -> Result<Bytes, ConsentRefusal>
     }
 }
 
+/// A caller's request body, read ahead of forwarding.
+#[derive(Debug)]
+pub enum Buffered {
+    /// The whole body: it ended within the limit.
+    Whole(Bytes),
+    /// What was read before the limit was passed (or the body failed): the
+    /// rest is still to come.
+    Partial(Bytes),
+}
+
+/// Reads the caller's body to its end if it ends within `limit` bytes, so
+/// that an idempotent call can be replayed on another endpoint. Request
+/// trailers, which gRPC clients do not send, are dropped.
+pub async fn buffer_request(body: &mut Incoming, limit: usize) -> Buffered {
+    use http_body_util::BodyExt as _;
+    let mut read = BytesMut::new();
+    loop {
+        if body.is_end_stream() {
+            return Buffered::Whole(read.freeze());
+        }
+        match body.frame().await {
+            None => return Buffered::Whole(read.freeze()),
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    read.extend_from_slice(data);
+                    if read.len() > limit {
+                        return Buffered::Partial(read.freeze());
+                    }
+                }
+            }
+            Some(Err(_)) => return Buffered::Partial(read.freeze()),
+        }
+    }
+}
+
 /// Strips `bridge-*` names from a trailers frame; other frames pass as is.
 fn without_bridge_trailers(frame: Frame<Bytes>) -> Frame<Bytes> {
     match frame.into_trailers() {
@@ -305,6 +384,8 @@ pub struct ResponseBody {
     local: Option<tonic::body::Body>,
     /// Counts the call as in flight until the body ends or is dropped.
     in_flight: Option<InFlight>,
+    /// Holds the call's place under the limits until the body is dropped.
+    admission: Option<Admission>,
 }
 
 #[derive(Debug)]
@@ -350,6 +431,8 @@ pub struct CallSummary {
     pub bytes_out: u64,
     /// A use of the citizen's consent, spent if the call succeeds.
     pub consent_use: Option<UseReservation>,
+    /// The call's share of its backend endpoint's load, until it ends.
+    pub load: Option<crate::routing::upstream::Load>,
 }
 
 impl CallSummary {
@@ -511,12 +594,19 @@ impl ResponseBody {
         self.in_flight = Some(in_flight);
     }
 
+    /// Keeps the call counted under the limits for as long as this body
+    /// lives.
+    pub fn admitted(&mut self, admission: Admission) {
+        self.admission = Some(admission);
+    }
+
     /// A body with no frames.
     pub fn empty() -> Self {
         Self {
             relay: None,
             local: None,
             in_flight: None,
+            admission: None,
         }
     }
 
@@ -526,6 +616,7 @@ impl ResponseBody {
             relay: None,
             local: Some(body),
             in_flight: None,
+            admission: None,
         }
     }
 
@@ -570,6 +661,7 @@ impl ResponseBody {
             }),
             local: None,
             in_flight: None,
+            admission: None,
         }
     }
 }

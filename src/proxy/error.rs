@@ -14,6 +14,9 @@ use super::body::ResponseBody;
 use super::headers::{BRIDGE_ERROR, BRIDGE_REQUEST_ID};
 use crate::identity::{MemberId, PeerIdentityError};
 
+/// gRPC's retry pushback: milliseconds to wait before retrying.
+pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
 /// Who caused a failure: the exchange log and metrics record it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -85,6 +88,35 @@ pub enum GatewayError {
          gateway withholds it; the call may have taken effect: check before repeating it"
     )]
     OutcomeUnrecorded(String),
+    // Limits (`proxy::limits`): `RESOURCE_EXHAUSTED`.
+    /// The caller sent more calls than its token bucket allows.
+    #[error(
+        "{member} is over its limit of {per_second} calls per second (burst {burst}); retry in {} ms",
+        retry_after.as_millis()
+    )]
+    RateLimited {
+        member: MemberId,
+        per_second: u32,
+        burst: u32,
+        retry_after: std::time::Duration,
+    },
+    /// The caller has as many calls in flight as it may.
+    #[error("{member} already has {limit} calls in flight, its limit; retry when one ends")]
+    TooManyCalls {
+        member: MemberId,
+        limit: u32,
+        retry_after: std::time::Duration,
+    },
+    /// The gateway sheds load: as many calls are in flight as it takes.
+    #[error("the gateway is at its limit of {limit} calls in flight; retry later")]
+    Overloaded {
+        limit: u32,
+        retry_after: std::time::Duration,
+    },
+    /// A request message's prefix announced more bytes than the caller may
+    /// send; none of that message was relayed.
+    #[error("a request message of {announced} bytes is over this member's limit of {limit} bytes")]
+    MessageTooLarge { limit: u32, announced: u32 },
 }
 
 impl GatewayError {
@@ -108,6 +140,10 @@ impl GatewayError {
             | Self::ExchangeLogUnavailable(_) => Code::Unavailable,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::OutcomeUnrecorded(_) => Code::Internal,
+            Self::RateLimited { .. }
+            | Self::TooManyCalls { .. }
+            | Self::Overloaded { .. }
+            | Self::MessageTooLarge { .. } => Code::ResourceExhausted,
         }
     }
 
@@ -132,6 +168,10 @@ impl GatewayError {
             Self::DeadlineExceeded(_) => "deadline-exceeded",
             Self::ExchangeLogUnavailable(_) => "exchange-log-unavailable",
             Self::OutcomeUnrecorded(_) => "exchange-log-outcome-unrecorded",
+            Self::RateLimited { .. } => "rate-limited",
+            Self::TooManyCalls { .. } => "too-many-calls",
+            Self::Overloaded { .. } => "gateway-overloaded",
+            Self::MessageTooLarge { .. } => "message-too-large",
         }
     }
 
@@ -156,6 +196,10 @@ impl GatewayError {
             | Self::UpstreamIdentity { .. }
             | Self::UpstreamFailed { .. } => Fault::Upstream,
             Self::ExchangeLogUnavailable(_) | Self::OutcomeUnrecorded(_) => Fault::Gateway,
+            Self::RateLimited { .. } | Self::TooManyCalls { .. } | Self::MessageTooLarge { .. } => {
+                Fault::Caller
+            }
+            Self::Overloaded { .. } => Fault::Gateway,
         }
     }
 
@@ -167,7 +211,42 @@ impl GatewayError {
             Self::UpstreamUnavailable { .. }
                 | Self::ExchangeLogUnavailable(_)
                 | Self::Consent(crate::consent::ConsentRefusal::StatusUnknown)
+        ) || self.is_admission_refusal()
+    }
+
+    /// Whether the call was refused at admission, for load (rate, calls in
+    /// flight, gateway overload), before anything about it was decided.
+    ///
+    /// Such refusals are not written to the exchange log: the call was
+    /// never authorized, read or forwarded, so the log has nothing to
+    /// prove about it, and a record each would turn a flood into one
+    /// durable append (an fsync shared by a group commit) per refused call,
+    /// the very load the limit exists to keep off. Metrics count them per
+    /// member and kind instead. A message over the size limit is different:
+    /// it is found after the decision was logged, and ends as that call's
+    /// outcome record.
+    pub fn is_admission_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::RateLimited { .. } | Self::TooManyCalls { .. } | Self::Overloaded { .. }
         )
+    }
+
+    /// How long the caller should wait before trying again, sent as
+    /// `grpc-retry-pushback-ms` (gRPC's retry pushback, gRFC A6).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::RateLimited { retry_after, .. }
+            | Self::TooManyCalls { retry_after, .. }
+            | Self::Overloaded { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// The retry pushback of this error, as a header.
+    fn pushback(&self) -> Option<HeaderValue> {
+        let millis = self.retry_after()?.as_millis().max(1);
+        Some(HeaderValue::from(u64::try_from(millis).unwrap_or(u64::MAX)))
     }
 
     /// What operators need and callers must not see (internal addresses,
@@ -198,6 +277,9 @@ impl GatewayError {
             headers.insert("grpc-message", message);
         }
         headers.insert(BRIDGE_ERROR, HeaderValue::from_static(self.kind()));
+        if let Some(pushback) = self.pushback() {
+            headers.insert(RETRY_PUSHBACK, pushback);
+        }
         if let Some(request_id) = request_id {
             headers.insert(BRIDGE_REQUEST_ID, request_id.clone());
         }
@@ -212,6 +294,9 @@ impl GatewayError {
             trailers.insert("grpc-message", message);
         }
         trailers.insert(BRIDGE_ERROR, HeaderValue::from_static(self.kind()));
+        if let Some(pushback) = self.pushback() {
+            trailers.insert(RETRY_PUSHBACK, pushback);
+        }
         trailers
     }
 }
@@ -231,6 +316,31 @@ mod tests {
     #[test]
     fn messages_are_percent_encoded() {
         assert_eq!(encode_grpc_message("100% sûr"), "100%25 s%C3%BBr");
+    }
+
+    #[test]
+    fn limit_refusals_are_resource_exhausted_with_a_pushback() {
+        let member = MemberId::parse("SN/COM/CBAO/kyc").unwrap();
+        let refused = GatewayError::RateLimited {
+            member,
+            per_second: 1,
+            burst: 5,
+            retry_after: std::time::Duration::from_micros(249_200),
+        };
+        assert!(refused.is_admission_refusal() && refused.is_retryable());
+        let response = refused.into_response(None);
+        let headers = response.headers();
+        assert_eq!(headers["grpc-status"], "8");
+        assert_eq!(headers[BRIDGE_ERROR], "rate-limited");
+        assert_eq!(headers[RETRY_PUSHBACK], "249");
+        let too_large = GatewayError::MessageTooLarge {
+            limit: 1024,
+            announced: 4096,
+        };
+        assert!(!too_large.is_admission_refusal() && !too_large.is_retryable());
+        let trailers = too_large.into_trailers();
+        assert_eq!(trailers["grpc-status"], "8");
+        assert!(trailers.get(RETRY_PUSHBACK).is_none());
     }
 
     #[test]

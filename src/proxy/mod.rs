@@ -15,6 +15,7 @@ mod body;
 pub mod deadline;
 mod error;
 pub mod headers;
+pub mod limits;
 mod record;
 
 use std::collections::{BTreeMap, HashSet};
@@ -43,6 +44,7 @@ use crate::identity::MemberId;
 use crate::identity::tls::TlsError;
 use crate::net::{PeerInfo, TlsListener};
 use crate::policy::{CallFacts, PolicyEngine};
+use crate::routing::upstream::UpstreamBody;
 use crate::routing::{RouteTable, UpstreamConnector};
 use crate::telemetry::context::TraceContext;
 use crate::telemetry::metrics::Metrics;
@@ -102,12 +104,26 @@ pub struct GatewayState {
     exchange_log: crate::config::ExchangeLogConfig,
     /// The consent issuer keys trusted, when consent is configured.
     consent_keys: Option<ConsentVerifier>,
+    /// The upstream TLS files and their size and modification time: while
+    /// they stay the same, a reload keeps the backend connections.
+    upstream_tls: UpstreamTlsFiles,
+    /// Between active health checks of backend endpoints; `None`: off.
+    health_check_interval: Option<Duration>,
+    /// Load shedding and per-member limits, with their buckets and counts.
+    limits: limits::Limits,
 }
 
 impl GatewayState {
     /// Builds the state of a configuration: loads upstream TLS material and
     /// policies, and sets up the pools. Connections are opened lazily.
     pub fn new(config: &Config) -> Result<Self, StartError> {
+        Self::after(config, None)
+    }
+
+    /// Builds the state of a configuration that replaces `previous`: the
+    /// backend endpoints both reach keep their connections, calls in flight
+    /// and health, unless the upstream TLS material changed.
+    pub fn after(config: &Config, previous: Option<&GatewayState>) -> Result<Self, StartError> {
         let upstream_tls = config
             .upstream
             .tls
@@ -140,6 +156,16 @@ impl GatewayState {
             upstream_tls,
             config.upstream.connect_timeout,
         ));
+        let upstream_tls_files = {
+            let tls = &config.upstream.tls;
+            let files = vec![
+                tls.server_ca.clone(),
+                tls.certificate.clone(),
+                tls.private_key.clone(),
+            ];
+            let fingerprint = fingerprint(&files);
+            (files, fingerprint)
+        };
         Ok(Self {
             node_id: config.gateway.node_id.clone(),
             registry: config.members.clone(),
@@ -151,12 +177,26 @@ impl GatewayState {
                 .collect(),
             purposes: config.purposes.keys().cloned().collect(),
             policy,
-            routes: RouteTable::new(config, &connector),
+            routes: RouteTable::new(
+                config,
+                &connector,
+                previous
+                    .filter(|previous| previous.upstream_tls == upstream_tls_files)
+                    .map(|previous| &previous.routes),
+            ),
+            upstream_tls: upstream_tls_files,
+            health_check_interval: config.upstream.pool.health_check_interval,
             max_deadline: config.upstream.max_deadline,
             certificates: certificates(config),
             described: describe(config),
             exchange_log: config.exchange_log.clone(),
             consent_keys,
+            // Calls in flight keep counting; unchanged buckets keep their
+            // level.
+            limits: limits::Limits::after(
+                &config.limits,
+                previous.map(|previous| &previous.limits),
+            ),
         })
     }
 
@@ -180,9 +220,19 @@ impl GatewayState {
         &self.services
     }
 
+    /// Every provider's connection pool.
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<crate::routing::ProviderPool>> {
+        self.routes.all_pools()
+    }
+
     /// The connection pools of a published service's providers.
     pub fn service_pools(&self, service: &str) -> Option<&[Arc<crate::routing::ProviderPool>]> {
         self.routes.pools(service)
+    }
+
+    /// The limits of this configuration.
+    pub fn limits(&self) -> &limits::Limits {
+        &self.limits
     }
 
     /// The policy engine of this configuration.
@@ -207,6 +257,12 @@ impl GatewayState {
         self.described.clone()
     }
 }
+
+/// Files, with their size and modification time.
+type UpstreamTlsFiles = (
+    Vec<std::path::PathBuf>,
+    Vec<Option<(u64, std::time::SystemTime)>>,
+);
 
 /// Size and modification time of each file, `None` when it cannot be read.
 fn fingerprint(files: &[std::path::PathBuf]) -> Vec<Option<(u64, std::time::SystemTime)>> {
@@ -263,6 +319,15 @@ fn describe(config: &Config) -> String {
             },
             "handshake_timeout_ms": config.gateway.listener.handshake_timeout.as_millis(),
             "max_concurrent_streams": config.gateway.listener.max_concurrent_streams,
+            "max_header_list_size": config.gateway.listener.max_header_list_size,
+            "max_pending_accept_reset_streams": config.gateway.listener.max_pending_accept_reset_streams,
+            "max_local_error_reset_streams": config.gateway.listener.max_local_error_reset_streams,
+            "keepalive_interval_ms": config.gateway.listener.keepalive_interval.as_millis(),
+            "keepalive_timeout_ms": config.gateway.listener.keepalive_timeout.as_millis(),
+            "idle_timeout_ms": config.gateway.listener.idle_timeout.as_millis(),
+            "max_connection_age_ms": config.gateway.listener.max_connection_age.as_millis(),
+            "drain_timeout_ms": config.gateway.listener.drain_timeout.as_millis(),
+            "max_connections_per_address": config.gateway.listener.max_connections_per_address,
         },
         "upstream": {
             "certificate": path(&config.upstream.tls.certificate),
@@ -296,6 +361,16 @@ fn describe(config: &Config) -> String {
             "checkpoint_interval_ms": config.exchange_log.checkpoint_interval.as_millis(),
             "checkpoint_records": config.exchange_log.checkpoint_records,
             "data_tracker_clients": config.exchange_log.data_tracker_clients.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        },
+        "limits": {
+            "gateway_concurrent_calls": config.limits.gateway_concurrent_calls,
+            "members": config.limits.members.iter().map(|(member, limits)| serde_json::json!({
+                "id": member.to_string(),
+                "requests_per_second": limits.rate.map(|rate| rate.per_second),
+                "burst": limits.rate.map(|rate| rate.burst),
+                "concurrent_calls": limits.concurrent_calls,
+                "max_message_bytes": limits.max_message_bytes,
+            })).collect::<Vec<_>>(),
         },
     });
     serde_json::to_string_pretty(&value).unwrap_or_default()
@@ -458,6 +533,7 @@ impl Gateway {
             }));
         }
         let serving = log.clone();
+        let checking = tokio::spawn(check_health(state.clone())).abort_handle();
         let (ledger, following) = match self.consent {
             Some((ledger, source)) => {
                 let feed = tokio::spawn(crate::consent::feed::follow(ledger.clone(), source));
@@ -480,6 +556,7 @@ impl Gateway {
             )
             .await;
         drop(stop_admin);
+        checking.abort();
         if let Some(following) = following {
             following.abort();
         }
@@ -489,6 +566,54 @@ impl Gateway {
                 tracing::error!(%error, "closing the exchange log failed");
             }
         }
+    }
+}
+
+/// The largest request an idempotent call may have to be replayed.
+const REPLAY_LIMIT: usize = 64 * 1024;
+
+/// Retries of one call, at most.
+const MAX_RETRIES: u32 = 2;
+
+/// How long to wait before retry `retries + 1`: 25 ms, doubled at each
+/// retry, less a random part of up to half, so that callers failed together
+/// do not come back together.
+fn retry_backoff(retries: u32) -> Duration {
+    let full = Duration::from_millis(25) * 2u32.pow(retries.min(8));
+    full - full.mul_f64(fastrand::f64() / 2.0)
+}
+
+/// A replayed request's body.
+fn replay_body(bytes: &bytes::Bytes) -> UpstreamBody {
+    http_body_util::Full::new(bytes.clone())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn empty_body() -> UpstreamBody {
+    replay_body(&bytes::Bytes::new())
+}
+
+/// Checks the health of every backend endpoint of the current
+/// configuration, every `upstream.health_check_interval` (re-read each
+/// time: reloads apply), until aborted.
+async fn check_health(state: SharedState) {
+    loop {
+        let current = state.load_full();
+        let Some(interval) = current.health_check_interval else {
+            // Checks are off in this configuration; look again later.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let pools: Vec<_> = current.routes.all_pools().cloned().collect();
+        drop(current);
+        let mut checks = tokio::task::JoinSet::new();
+        for pool in pools {
+            checks.spawn(async move { pool.check_health().await });
+        }
+        let next = tokio::time::Instant::now() + interval;
+        while checks.join_next().await.is_some() {}
+        tokio::time::sleep_until(next).await;
     }
 }
 
@@ -536,7 +661,8 @@ impl Reloader {
                     .tls
                     .server_config()
                     .map_err(|error| start_error(StartError::ServerTls(error)))?;
-                let state = GatewayState::new(&config).map_err(start_error)?;
+                let state =
+                    GatewayState::after(&config, Some(&self.state.load())).map_err(start_error)?;
                 Ok((tls, state))
             });
         self.metrics.reload(built.is_ok());
@@ -772,6 +898,11 @@ impl GatewayService {
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let request_id = &arrival.request_id;
         let caller = self.caller(state)?;
+        // Limits come before any other work, so that shedding load is
+        // cheap (see `GatewayError::is_admission_refusal`).
+        let admission = state.limits.admit(&caller).inspect_err(|refused| {
+            self.metrics.limit_refusal(&caller, refused.kind());
+        })?;
         headers::check_grpc(&request)?;
         let call = CallHeaders::read(request.headers())?;
         if let Some(record) = record.as_mut() {
@@ -790,10 +921,13 @@ impl GatewayService {
                 log: self.log.clone(),
             };
             let response = crate::directory::call(request, context).await;
-            return Ok(response.map(ResponseBody::local));
+            let mut response = response.map(ResponseBody::local);
+            response.body_mut().admitted(admission);
+            return Ok(response);
         }
         let route = state.routes.route(uri.path(), call.target.as_ref())?;
         let provider = route.provider.clone();
+        let idempotent = route.idempotent;
         if let Some(record) = record.as_mut() {
             record.routed(provider.provider());
         }
@@ -807,7 +941,10 @@ impl GatewayService {
             record,
         )?;
         let policy_elapsed = deciding.elapsed();
-        let deadline = Deadline::new(arrival.received, call.timeout, state.max_deadline);
+        let max_deadline = route.max_deadline.map_or(state.max_deadline, |service| {
+            service.min(state.max_deadline)
+        });
+        let deadline = Deadline::new(arrival.received, call.timeout, max_deadline);
         let past_deadline = || GatewayError::DeadlineExceeded(deadline.elapsed());
         let (parts, mut body) = request.into_parts();
 
@@ -858,35 +995,111 @@ impl GatewayService {
             Arc::new(Mutex::new(Tally::new(subject)))
         });
 
-        let bytes_in = Arc::default();
-        let (body, call_end) = RequestBody::new(body, guard, tally.clone(), Arc::clone(&bytes_in));
-        let mut upstream = Request::new(body.boxed_unsync());
-        *upstream.method_mut() = parts.method;
-        *upstream.uri_mut() = parts.uri;
-        *upstream.headers_mut() =
-            headers::upstream_headers(&parts.headers, &caller, &call, &arrival.trace, request_id);
-        if let Some(consent_use) = &consent_use
-            && let Ok(value) = HeaderValue::from_str(consent_use.consent_id())
-        {
-            upstream
-                .headers_mut()
-                .insert(headers::BRIDGE_CONSENT_ID, value);
+        // An idempotent call that ends within REPLAY_LIMIT is read whole
+        // first, so that it can be replayed on another endpoint.
+        let mut replay = None;
+        let mut read_first = None;
+        if idempotent && guard.is_none() {
+            let buffered = tokio::time::timeout_at(
+                deadline.at(),
+                body::buffer_request(&mut body, REPLAY_LIMIT),
+            )
+            .await
+            .map_err(|_| past_deadline())?;
+            match buffered {
+                body::Buffered::Whole(bytes) => replay = Some(bytes),
+                body::Buffered::Partial(bytes) => read_first = Some(bytes),
+            }
         }
+
+        let bytes_in: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let mut limit = admission.message_limit(&self.metrics, &caller);
+        let (first_body, call_end) = match &replay {
+            Some(bytes) => {
+                // Checked and counted once, here: every attempt sends these.
+                limit.check(bytes)?;
+                if let Some(tally) = &tally {
+                    record::count(tally, bytes);
+                }
+                bytes_in.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                (replay_body(bytes), body::CallEnd::detached())
+            }
+            None => {
+                let (body, call_end) =
+                    RequestBody::new(body, guard, tally.clone(), Arc::clone(&bytes_in));
+                let mut body = body.limit_messages(limit);
+                if let Some(read) = read_first {
+                    body = body.after(read);
+                }
+                (body.boxed_unsync(), call_end)
+            }
+        };
+        let upstream_request = |body: UpstreamBody| {
+            let mut upstream = Request::new(body);
+            *upstream.method_mut() = parts.method.clone();
+            *upstream.uri_mut() = parts.uri.clone();
+            *upstream.headers_mut() = headers::upstream_headers(
+                &parts.headers,
+                &caller,
+                &call,
+                &arrival.trace,
+                request_id,
+            );
+            if let Some(consent_use) = &consent_use
+                && let Ok(value) = HeaderValue::from_str(consent_use.consent_id())
+            {
+                upstream
+                    .headers_mut()
+                    .insert(headers::BRIDGE_CONSENT_ID, value);
+            }
+            upstream
+        };
 
         if let (Some(record), Some(tally)) = (record.as_mut(), &tally) {
             record.forwarding(tally.clone(), SystemTime::now());
         }
         let forwarded = Instant::now();
-        let mut response = tokio::time::timeout_at(
-            deadline.at(),
-            provider
-                .send(upstream, &deadline)
-                .instrument(tracing::debug_span!("upstream", provider = %provider.provider())),
-        )
-        .await
-        .map_err(|_| past_deadline())?
+        provider.count_call();
+        let mut next_body = Some(first_body);
+        let mut avoid = None;
+        let mut retries = 0;
+        let sent = loop {
+            let body = match next_body.take() {
+                Some(body) => body,
+                None => replay.as_ref().map_or_else(empty_body, replay_body),
+            };
+            let sent = tokio::time::timeout_at(
+                deadline.at(),
+                provider
+                    .send_avoiding(upstream_request(body), &deadline, avoid.as_ref())
+                    .instrument(tracing::debug_span!("upstream", provider = %provider.provider())),
+            )
+            .await
+            .map_err(|_| past_deadline())?;
+            // Only a replayable call that certainly did nothing is retried:
+            // the endpoint answered UNAVAILABLE at once, or none could be
+            // reached.
+            let failed_at = match &sent {
+                _ if replay.is_none() => break sent,
+                Ok(response) if crate::routing::upstream::is_unavailable(response) => response
+                    .extensions()
+                    .get::<crate::routing::upstream::ServedBy>()
+                    .cloned(),
+                Err(GatewayError::UpstreamUnavailable { .. }) => None,
+                _ => break sent,
+            };
+            let backoff = retry_backoff(retries);
+            if retries >= MAX_RETRIES || deadline.remaining() <= backoff || !provider.allow_retry()
+            {
+                break sent;
+            }
+            retries += 1;
+            tracing::debug!(retry = retries, endpoint = ?failed_at, "retrying an idempotent call");
+            tokio::time::sleep(backoff).await;
+            avoid = failed_at;
+        };
         // The request side may have failed on purpose first.
-        .map_err(|error| call_end.refusal().unwrap_or(error))?;
+        let mut response = sent.map_err(|error| call_end.refusal().unwrap_or(error))?;
         headers::strip_bridge_headers(response.headers_mut());
         if let Some(record) = record.as_mut() {
             record.first_byte(SystemTime::now());
@@ -912,6 +1125,9 @@ impl GatewayService {
             bytes_in,
             bytes_out: 0,
             consent_use,
+            load: response
+                .extensions_mut()
+                .remove::<crate::routing::upstream::Load>(),
         };
         if let Some(index) = decision {
             let (name, value) = record::audit_index(index);
@@ -936,13 +1152,17 @@ impl GatewayService {
                 response.headers_mut().insert(name, value);
             }
             drop(call_end);
-            return Ok(response.map(|_| ResponseBody::empty()));
+            let mut response = response.map(|_| ResponseBody::empty());
+            response.body_mut().admitted(admission);
+            return Ok(response);
         }
         let audit = record.take().map(Audit::new);
         let provider = provider.provider().clone();
-        Ok(response.map(|body| {
+        let mut response = response.map(|body| {
             ResponseBody::relay(body, call_end, deadline, provider, audit, Some(counted))
-        }))
+        });
+        response.body_mut().admitted(admission);
+        Ok(response)
     }
 
     /// The second authorization point: this method, for this caller,
@@ -1047,6 +1267,21 @@ impl GatewayService {
         let span = tracing::Span::current();
         span.record("grpc_status", error.code() as i32);
         span.record("bridge_error", error.kind());
+        if error.is_admission_refusal() {
+            // Refused for load before anything was decided: no exchange-log
+            // record (see `GatewayError::is_admission_refusal`) and only a
+            // debug line, so that a flood costs neither disk nor log volume.
+            // `govbridge_limit_refusals_total` counts them.
+            tracing::debug!(
+                request_id = request_id.to_str().unwrap_or_default(),
+                path = uri.path(),
+                bridge_error = error.kind(),
+                "call refused: {error}"
+            );
+            self.metrics.refusal(error.kind());
+            drop(record);
+            return error.into_response(Some(request_id));
+        }
         tracing::info!(
             request_id = request_id.to_str().unwrap_or_default(),
             caller = self.peer.member.as_ref().map(ToString::to_string).unwrap_or_default(),

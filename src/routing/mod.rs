@@ -11,6 +11,7 @@ pub mod upstream;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use prost::Message;
 
@@ -26,6 +27,10 @@ struct ServiceRoute {
     methods: Option<HashSet<String>>,
     /// Providers in configured order; the first is the default.
     providers: Vec<Arc<ProviderPool>>,
+    /// The longest any call to it may run.
+    max_deadline: Option<Duration>,
+    /// Methods that may be retried.
+    idempotent: std::collections::BTreeSet<String>,
 }
 
 /// The resolved destination of one call.
@@ -34,26 +39,41 @@ pub struct Route<'a> {
     pub service: &'a str,
     pub method: &'a str,
     pub provider: Arc<ProviderPool>,
+    /// The service's own bound on a call's deadline.
+    pub max_deadline: Option<Duration>,
+    /// Whether the method may be retried on another endpoint.
+    pub idempotent: bool,
 }
 
 /// Service name -> providers, for one configuration.
 #[derive(Debug)]
 pub struct RouteTable {
     services: HashMap<String, ServiceRoute>,
+    /// Every provider's pool.
+    pools: HashMap<MemberId, Arc<ProviderPool>>,
 }
 
 impl RouteTable {
-    /// Builds the table, with one connection pool per provider.
-    pub fn new(config: &Config, connector: &Arc<UpstreamConnector>) -> Self {
+    /// Builds the table, with one connection pool per provider. Endpoints
+    /// that `previous` reached too keep their connections and health.
+    pub fn new(
+        config: &Config,
+        connector: &Arc<UpstreamConnector>,
+        previous: Option<&RouteTable>,
+    ) -> Self {
         let known = service_methods();
         let pools: HashMap<MemberId, Arc<ProviderPool>> = config
             .providers
             .values()
             .map(|provider| {
-                (
-                    provider.id.clone(),
-                    Arc::new(ProviderPool::new(provider, connector.clone())),
-                )
+                let before = previous.and_then(|table| table.pools.get(&provider.id));
+                let pool = ProviderPool::new(
+                    provider,
+                    connector.clone(),
+                    &config.upstream.pool,
+                    before.map(AsRef::as_ref),
+                );
+                (provider.id.clone(), Arc::new(pool))
             })
             .collect();
         let services = config
@@ -68,11 +88,18 @@ impl RouteTable {
                 let route = ServiceRoute {
                     methods: known.get(&service.name).cloned(),
                     providers,
+                    max_deadline: service.max_deadline,
+                    idempotent: service.idempotent.clone(),
                 };
                 (service.name.clone(), route)
             })
             .collect();
-        Self { services }
+        Self { services, pools }
+    }
+
+    /// Every provider's pool.
+    pub fn all_pools(&self) -> impl Iterator<Item = &Arc<ProviderPool>> {
+        self.pools.values()
     }
 
     /// The pools of a published service's providers, the default first.
@@ -122,6 +149,8 @@ impl RouteTable {
             service,
             method,
             provider: provider.clone(),
+            max_deadline: route.max_deadline,
+            idempotent: route.idempotent.contains(method),
         })
     }
 }
@@ -161,6 +190,34 @@ pub fn service_methods() -> HashMap<String, HashSet<String>> {
         }
     }
     services
+}
+
+/// `/package.Service/Method` of every method of the compiled-in
+/// descriptors whose client streams its requests.
+pub fn client_streaming_methods() -> HashSet<String> {
+    let Ok(set) = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET) else {
+        return HashSet::new();
+    };
+    let mut methods = HashSet::new();
+    for file in set.file {
+        let package = file.package.unwrap_or_default();
+        for service in file.service {
+            let Some(name) = service.name else { continue };
+            let service_name = if package.is_empty() {
+                name
+            } else {
+                format!("{package}.{name}")
+            };
+            for method in service.method {
+                if method.client_streaming()
+                    && let Some(method) = method.name
+                {
+                    methods.insert(format!("/{service_name}/{method}"));
+                }
+            }
+        }
+    }
+    methods
 }
 
 #[cfg(test)]

@@ -8,22 +8,23 @@
 //! the provider's member id. This module never reads or changes message
 //! bytes.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prost::Message as _;
 use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{Endpoint, Provider};
+use crate::config::{Endpoint, PoolSettings, Provider};
 use crate::identity::MemberId;
 use crate::identity::tls::member_of_chain;
 use crate::proxy::GatewayError;
@@ -129,45 +130,298 @@ const FAILURE_MEMORY: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone)]
 pub struct ServedBy(pub Arc<str>);
 
-/// One backend address and its current connection.
+/// A call's hold on the endpoint and connection it went to, counted as
+/// outstanding (the balancer's load) until the last clone is dropped: an
+/// extension of its response, kept by the proxy until the call ends.
+#[derive(Debug, Clone)]
+pub struct Load(#[allow(dead_code)] Arc<Held>);
+
+#[derive(Debug)]
+struct Held {
+    slot: Arc<EndpointSlot>,
+    connection: Arc<Connection>,
+}
+
+impl Held {
+    fn new(slot: Arc<EndpointSlot>, connection: Arc<Connection>) -> Self {
+        slot.outstanding.fetch_add(1, Ordering::Relaxed);
+        connection.streams.fetch_add(1, Ordering::Relaxed);
+        Self { slot, connection }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.slot.outstanding.fetch_sub(1, Ordering::Relaxed);
+        self.connection.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One HTTP/2 connection to an endpoint.
+#[derive(Debug)]
+struct Connection {
+    sender: SendRequest<UpstreamBody>,
+    /// Calls open on it.
+    streams: AtomicUsize,
+}
+
+/// One backend address: its connections, load and health.
 #[derive(Debug)]
 struct EndpointSlot {
     endpoint: Endpoint,
     /// The endpoint's address, as responses name it (see [`ServedBy`]).
     served_by: ServedBy,
-    /// The open connection, read without locking on every call.
-    connection: ArcSwapOption<SendRequest<UpstreamBody>>,
-    /// The last failed attempt. Held while connecting, so that concurrent
+    /// The open connections, read without locking on every call.
+    connections: ArcSwap<Vec<Arc<Connection>>>,
+    /// The last failed attempt. Held while dialling, so that concurrent
     /// calls share one attempt.
-    connecting: tokio::sync::Mutex<Option<(Instant, GatewayError)>>,
+    dialing: tokio::sync::Mutex<Option<(Instant, GatewayError)>>,
+    /// Calls in flight on all its connections.
+    outstanding: AtomicUsize,
+    health: Mutex<Health>,
+    /// Ejections so far, for the metrics.
+    ejections: AtomicU64,
+}
+
+/// What the gateway knows of an endpoint's health.
+#[derive(Debug, Default)]
+struct Health {
+    /// Failed calls in a row.
+    failures: u32,
+    /// Ejections in a row, without a successful call between them.
+    ejections: u32,
+    /// Out of rotation until then, after failed calls.
+    ejected_until: Option<Instant>,
+    /// Out of rotation until checks pass again.
+    failing_checks: bool,
+    checks_failed: u32,
+    checks_passed: u32,
+}
+
+impl EndpointSlot {
+    fn new(endpoint: &Endpoint) -> Self {
+        Self {
+            endpoint: endpoint.clone(),
+            served_by: ServedBy(endpoint.address.as_str().into()),
+            connections: ArcSwap::default(),
+            dialing: tokio::sync::Mutex::new(None),
+            outstanding: AtomicUsize::new(0),
+            health: Mutex::default(),
+            ejections: AtomicU64::new(0),
+        }
+    }
+
+    fn health(&self) -> MutexGuard<'_, Health> {
+        // Counters and instants: a panic half-way leaves them usable.
+        self.health.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether calls may go here now. An ejection that has run its time
+    /// ends here: the endpoint is back, on probation.
+    fn in_rotation(&self, provider: &MemberId, now: Instant) -> bool {
+        let mut health = self.health();
+        if let Some(until) = health.ejected_until
+            && now >= until
+        {
+            health.ejected_until = None;
+            tracing::info!(%provider, endpoint = %self.endpoint, "upstream endpoint re-admitted after ejection");
+        }
+        !health.failing_checks && health.ejected_until.is_none()
+    }
+
+    /// A call or dial failed here in a way that says the endpoint is not
+    /// well; enough in a row eject it, for longer each time.
+    fn failed(&self, provider: &MemberId, settings: &PoolSettings) {
+        let mut health = self.health();
+        health.failures += 1;
+        if health.failures < settings.ejection_failures || health.ejected_until.is_some() {
+            return;
+        }
+        let doublings = health.ejections.min(16);
+        health.ejections += 1;
+        health.failures = 0;
+        let length = settings
+            .ejection_time
+            .saturating_mul(1 << doublings)
+            .min(settings.max_ejection_time);
+        health.ejected_until = Some(Instant::now() + length);
+        self.ejections.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            %provider,
+            endpoint = %self.endpoint,
+            ejected_ms = u64::try_from(length.as_millis()).unwrap_or(u64::MAX),
+            in_a_row = health.ejections,
+            "upstream endpoint ejected after {} failed calls in a row",
+            settings.ejection_failures
+        );
+    }
+
+    /// A call was answered: the endpoint is well.
+    fn succeeded(&self) {
+        let mut health = self.health();
+        health.failures = 0;
+        if health.ejected_until.is_none() {
+            health.ejections = 0;
+        }
+    }
+
+    /// The outcome of an active health check.
+    fn checked(&self, provider: &MemberId, settings: &PoolSettings, passed: Result<(), String>) {
+        let mut health = self.health();
+        match passed {
+            Ok(()) => {
+                health.checks_failed = 0;
+                health.checks_passed = health.checks_passed.saturating_add(1);
+                if health.failing_checks && health.checks_passed >= settings.healthy_threshold {
+                    health.failing_checks = false;
+                    tracing::info!(%provider, endpoint = %self.endpoint, "upstream endpoint passes health checks again");
+                }
+            }
+            Err(why) => {
+                health.checks_passed = 0;
+                health.checks_failed = health.checks_failed.saturating_add(1);
+                if !health.failing_checks && health.checks_failed >= settings.unhealthy_threshold {
+                    health.failing_checks = true;
+                    tracing::warn!(%provider, endpoint = %self.endpoint, reason = %why, "upstream endpoint fails health checks: out of rotation");
+                }
+            }
+        }
+    }
+
+    /// The open connections, those closed since left out.
+    fn open_connections(&self) -> Vec<Arc<Connection>> {
+        self.connections
+            .load()
+            .iter()
+            .filter(|connection| !connection.sender.is_closed())
+            .cloned()
+            .collect()
+    }
+}
+
+/// An endpoint's state, for the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointState {
+    pub address: Arc<str>,
+    /// In rotation: neither ejected nor failing health checks.
+    pub in_rotation: bool,
+    pub ejected: bool,
+    pub failing_checks: bool,
+    pub outstanding: usize,
+    pub connections: usize,
+    pub ejections: u64,
 }
 
 /// The backends of one provider.
+///
+/// Each call goes to the less loaded (fewer calls in flight) of two
+/// endpoints drawn at random among those in rotation (power of two
+/// choices), over the endpoint's least busy connection; another connection
+/// is opened when all are busier than `streams_per_connection`. Endpoints
+/// leave the rotation when they fail `ejection_failures` calls in a row
+/// (for `ejection_time`, doubled at each ejection in a row) or their health
+/// checks; with none left, calls fail at once with `UNAVAILABLE`.
 #[derive(Debug)]
 pub struct ProviderPool {
     provider: MemberId,
-    endpoints: Vec<EndpointSlot>,
-    next: AtomicUsize,
+    endpoints: Vec<Arc<EndpointSlot>>,
     connector: Arc<UpstreamConnector>,
+    settings: PoolSettings,
+    retries: RetryBudget,
+}
+
+/// Retries may add at most a fifth to a provider's load: each call puts a
+/// fifth of a token in, each retry takes one out; a full bucket (ten
+/// tokens) lets a quiet provider's rare failures be retried too.
+#[derive(Debug)]
+struct RetryBudget {
+    /// In thousandths of a token.
+    tokens: AtomicU64,
+    /// Retries made, for the metrics.
+    spent: AtomicU64,
+}
+
+impl RetryBudget {
+    const CAPACITY: u64 = 10_000;
+    const PER_CALL: u64 = 200;
+    const PER_RETRY: u64 = 1_000;
+
+    fn new() -> Self {
+        Self {
+            tokens: AtomicU64::new(Self::CAPACITY),
+            spent: AtomicU64::new(0),
+        }
+    }
+
+    fn deposit(&self) {
+        let _ = self
+            .tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tokens| {
+                (tokens < Self::CAPACITY).then(|| (tokens + Self::PER_CALL).min(Self::CAPACITY))
+            });
+    }
+
+    fn withdraw(&self) -> bool {
+        let taken = self
+            .tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tokens| {
+                tokens.checked_sub(Self::PER_RETRY)
+            })
+            .is_ok();
+        if taken {
+            self.spent.fetch_add(1, Ordering::Relaxed);
+        }
+        taken
+    }
 }
 
 impl ProviderPool {
-    pub fn new(provider: &Provider, connector: Arc<UpstreamConnector>) -> Self {
+    /// A pool for `provider`. Endpoints `previous` also had keep their
+    /// connections, calls and health: a reload drops no call and forgets
+    /// no ejection.
+    pub fn new(
+        provider: &Provider,
+        connector: Arc<UpstreamConnector>,
+        settings: &PoolSettings,
+        previous: Option<&ProviderPool>,
+    ) -> Self {
+        let endpoints = provider
+            .endpoints
+            .iter()
+            .map(|endpoint| {
+                previous
+                    .and_then(|pool| {
+                        pool.endpoints.iter().find(|slot| {
+                            slot.endpoint.address == endpoint.address
+                                && slot.endpoint.server_name == endpoint.server_name
+                        })
+                    })
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(EndpointSlot::new(endpoint)))
+            })
+            .collect();
         Self {
             provider: provider.id.clone(),
-            endpoints: provider
-                .endpoints
-                .iter()
-                .map(|endpoint| EndpointSlot {
-                    endpoint: endpoint.clone(),
-                    served_by: ServedBy(endpoint.address.as_str().into()),
-                    connection: ArcSwapOption::empty(),
-                    connecting: tokio::sync::Mutex::new(None),
-                })
-                .collect(),
-            next: AtomicUsize::new(0),
+            endpoints,
             connector,
+            settings: settings.clone(),
+            retries: RetryBudget::new(),
         }
+    }
+
+    /// Counts a call towards the retry budget.
+    pub fn count_call(&self) {
+        self.retries.deposit();
+    }
+
+    /// Takes a retry from the budget, if one is left.
+    pub fn allow_retry(&self) -> bool {
+        self.retries.withdraw()
+    }
+
+    /// Retries made so far.
+    pub fn retries(&self) -> u64 {
+        self.retries.spent.load(Ordering::Relaxed)
     }
 
     /// The provider this pool reaches.
@@ -175,42 +429,73 @@ impl ProviderPool {
         &self.provider
     }
 
-    fn slot(&self, index: usize) -> &EndpointSlot {
-        &self.endpoints[index % self.endpoints.len()]
+    /// Sends `request` to one of the provider's endpoints (see the type's
+    /// documentation), moving on when one cannot be reached. A request is
+    /// sent at most once: it is tried again (on another endpoint, or once
+    /// more on the same one) only when it certainly never left. Its
+    /// `grpc-timeout` is set here, at the last moment, to what is left of
+    /// `deadline`.
+    pub async fn send(
+        &self,
+        request: Request<UpstreamBody>,
+        deadline: &Deadline,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        self.send_avoiding(request, deadline, None).await
     }
 
-    /// Sends `request` to one of the provider's endpoints, round robin,
-    /// moving on when one cannot be reached. A request is sent at most once:
-    /// it is tried again (on the next endpoint, or once more on the only
-    /// one) only when it certainly never left. Its `grpc-timeout` is set
-    /// here, at the last moment, to what is left of `deadline`.
-    pub async fn send(
+    /// [`Self::send`], to another endpoint than `avoid` (the one that just
+    /// failed the call) if any other is in rotation.
+    pub async fn send_avoiding(
         &self,
         mut request: Request<UpstreamBody>,
         deadline: &Deadline,
+        avoid: Option<&ServedBy>,
     ) -> Result<Response<Incoming>, GatewayError> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let attempts = self.endpoints.len().max(2);
+        let mut unreachable: Vec<bool> = self
+            .endpoints
+            .iter()
+            .map(|slot| avoid.is_some_and(|avoid| avoid.0 == slot.served_by.0))
+            .collect();
+        if !unreachable.contains(&false) {
+            unreachable.fill(false);
+        }
         let mut last_error = None;
-        for attempt in 0..attempts {
-            let slot = self.slot(start + attempt);
-            let mut sender = match self.sender(slot).await {
-                Ok(sender) => sender,
+        for _ in 0..=self.endpoints.len() {
+            let Some(index) = self.pick(&unreachable) else {
+                break;
+            };
+            let slot = &self.endpoints[index];
+            let connection = match self.connection(slot).await {
+                Ok(connection) => connection,
                 Err(error) => {
+                    slot.failed(&self.provider, &self.settings);
+                    unreachable[index] = true;
                     last_error = Some(error);
                     continue;
                 }
             };
+            let load = Load(Arc::new(Held::new(slot.clone(), connection.clone())));
             set_authority(&mut request, &slot.endpoint);
             request
                 .headers_mut()
                 .insert(GRPC_TIMEOUT, encode_grpc_timeout(deadline.remaining()));
-            match sender.try_send_request(request).await {
+            match connection.sender.clone().try_send_request(request).await {
                 Ok(mut response) => {
+                    if is_unavailable(&response) {
+                        slot.failed(&self.provider, &self.settings);
+                    } else {
+                        slot.succeeded();
+                    }
                     response.extensions_mut().insert(slot.served_by.clone());
+                    response.extensions_mut().insert(load);
                     return Ok(response);
                 }
                 Err(mut error) => {
+                    // The caller's side failing (its request body: a reset,
+                    // a refusal) says nothing of the endpoint.
+                    if !error.error().is_user() {
+                        slot.failed(&self.provider, &self.settings);
+                    }
                     let detail = format!("{}: {}", slot.endpoint, error.error());
                     let Some(unsent) = error.take_message() else {
                         return Err(GatewayError::UpstreamFailed {
@@ -218,8 +503,8 @@ impl ProviderPool {
                             detail,
                         });
                     };
-                    // The connection closed under us: the next `sender`
-                    // sees it closed and dials again.
+                    // The connection closed under us: the next try on this
+                    // endpoint sees it closed and dials again.
                     request = unsent;
                     last_error = Some(GatewayError::UpstreamUnavailable {
                         provider: self.provider.clone(),
@@ -231,59 +516,256 @@ impl ProviderPool {
         Err(
             last_error.unwrap_or_else(|| GatewayError::UpstreamUnavailable {
                 provider: self.provider.clone(),
-                detail: "no endpoints".to_owned(),
+                detail: self.out_of_rotation(),
             }),
         )
     }
 
-    /// Whether one of the provider's endpoints has, or can open, a
-    /// connection now. A recent failure counts without dialling again.
-    pub async fn reachable(&self) -> bool {
+    /// Why no endpoint can take a call now.
+    fn out_of_rotation(&self) -> String {
+        let (mut ejected, mut failing) = (0, 0);
         for slot in &self.endpoints {
-            if self.sender(slot).await.is_ok() {
+            let health = slot.health();
+            ejected += usize::from(health.ejected_until.is_some());
+            failing += usize::from(health.failing_checks);
+        }
+        format!(
+            "no healthy endpoint: of {}, {ejected} ejected after failed calls, {failing} \
+             failing health checks",
+            self.endpoints.len()
+        )
+    }
+
+    /// The endpoint for the next call: the less loaded of two drawn at
+    /// random among those in rotation and not found unreachable.
+    fn pick(&self, unreachable: &[bool]) -> Option<usize> {
+        let now = Instant::now();
+        let candidates: Vec<usize> = (0..self.endpoints.len())
+            .filter(|&index| {
+                !unreachable[index] && self.endpoints[index].in_rotation(&self.provider, now)
+            })
+            .collect();
+        match candidates.len() {
+            0 => None,
+            1 => Some(candidates[0]),
+            count => {
+                let first = fastrand::usize(..count);
+                let second = (first + 1 + fastrand::usize(..count - 1)) % count;
+                let load = |index: usize| {
+                    self.endpoints[candidates[index]]
+                        .outstanding
+                        .load(Ordering::Relaxed)
+                };
+                Some(
+                    candidates[if load(second) < load(first) {
+                        second
+                    } else {
+                        first
+                    }],
+                )
+            }
+        }
+    }
+
+    /// Whether one of the provider's endpoints in rotation has, or can
+    /// open, a connection now. A recent failure counts without dialling
+    /// again.
+    pub async fn reachable(&self) -> bool {
+        let now = Instant::now();
+        for slot in &self.endpoints {
+            if slot.in_rotation(&self.provider, now) && self.connection(slot).await.is_ok() {
                 return true;
             }
         }
         false
     }
 
-    /// An open connection to `slot`, dialling one if needed.
-    async fn sender(&self, slot: &EndpointSlot) -> Result<SendRequest<UpstreamBody>, GatewayError> {
-        let open = |slot: &EndpointSlot| {
-            slot.connection
-                .load()
-                .as_deref()
-                .filter(|sender| !sender.is_closed())
+    /// Each endpoint's state, in configured order.
+    pub fn endpoint_states(&self) -> Vec<EndpointState> {
+        self.endpoints
+            .iter()
+            .map(|slot| {
+                let health = slot.health();
+                let ejected = health.ejected_until.is_some();
+                EndpointState {
+                    address: slot.served_by.0.clone(),
+                    in_rotation: !ejected && !health.failing_checks,
+                    ejected,
+                    failing_checks: health.failing_checks,
+                    outstanding: slot.outstanding.load(Ordering::Relaxed),
+                    connections: slot.open_connections().len(),
+                    ejections: slot.ejections.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+
+    /// Checks every endpoint with `grpc.health.v1.Health/Check` (service
+    /// `""`), all at once, and updates their health.
+    pub async fn check_health(self: &Arc<Self>) {
+        let mut checks = tokio::task::JoinSet::new();
+        for index in 0..self.endpoints.len() {
+            let pool = Arc::clone(self);
+            checks.spawn(async move {
+                let slot = &pool.endpoints[index];
+                let timeout = pool.settings.health_check_timeout;
+                let passed = tokio::time::timeout(timeout, pool.probe(slot))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+                slot.checked(&pool.provider, &pool.settings, passed);
+            });
+        }
+        while checks.join_next().await.is_some() {}
+    }
+
+    /// One health check of `slot`.
+    async fn probe(&self, slot: &EndpointSlot) -> Result<(), String> {
+        use http_body_util::BodyExt as _;
+        let connection = self
+            .connection(slot)
+            .await
+            .map_err(|error| error.detail().unwrap_or_default().to_owned())?;
+        let mut request = health_check_request();
+        set_authority(&mut request, &slot.endpoint);
+        let response = connection
+            .sender
+            .clone()
+            .send_request(request)
+            .await
+            .map_err(|error| format!("health check: {error}"))?;
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|error| format!("health check: {error}"))?;
+        let trailers = body.trailers().cloned().unwrap_or_default();
+        let status = parts
+            .headers
+            .get("grpc-status")
+            .or_else(|| trailers.get("grpc-status"))
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("none");
+        match status {
+            "0" => {}
+            // A backend without the health service answers, so it is up.
+            "12" => return Ok(()),
+            other => return Err(format!("health check answered grpc-status {other}")),
+        }
+        let bytes = body.to_bytes();
+        let answer = bytes
+            .get(5..)
+            .and_then(|message| tonic_health::pb::HealthCheckResponse::decode(message).ok())
+            .ok_or("health check: malformed answer")?;
+        if answer.status() == tonic_health::pb::health_check_response::ServingStatus::Serving {
+            Ok(())
+        } else {
+            Err(format!("health check: {:?}", answer.status()))
+        }
+    }
+
+    /// The least busy open connection to `slot`, or a new one when there is
+    /// none or all are busier than `streams_per_connection` and there is
+    /// room for another.
+    async fn connection(&self, slot: &EndpointSlot) -> Result<Arc<Connection>, GatewayError> {
+        let least_busy = |open: &[Arc<Connection>]| {
+            open.iter()
+                .min_by_key(|connection| connection.streams.load(Ordering::Relaxed))
                 .cloned()
         };
-        if let Some(sender) = open(slot) {
-            return Ok(sender);
+        let wants_another = |open: &[Arc<Connection>], busiest_allowed: usize| {
+            open.len() < self.settings.connections_per_endpoint as usize
+                && open
+                    .iter()
+                    .all(|connection| connection.streams.load(Ordering::Relaxed) >= busiest_allowed)
+        };
+        let per_connection = self.settings.streams_per_connection as usize;
+        let open = slot.open_connections();
+        if !wants_another(&open, per_connection) {
+            return least_busy(&open).ok_or_else(|| unreachable_error(&self.provider));
         }
-        let mut last_failure = slot.connecting.lock().await;
+        // Dial: at once when there is no connection; when all are busy, only
+        // if no other call is dialling already (else use the least busy).
+        let mut dialing = match (least_busy(&open), slot.dialing.try_lock()) {
+            (_, Ok(dialing)) => dialing,
+            (Some(busy), Err(_)) => return Ok(busy),
+            (None, Err(_)) => slot.dialing.lock().await,
+        };
         // Another call may have connected while this one waited.
-        if let Some(sender) = open(slot) {
-            return Ok(sender);
+        let open = slot.open_connections();
+        if !wants_another(&open, per_connection) {
+            return least_busy(&open).ok_or_else(|| unreachable_error(&self.provider));
         }
-        if let Some((when, error)) = last_failure.as_ref()
+        if let Some((when, error)) = dialing.as_ref()
             && when.elapsed() < FAILURE_MEMORY
         {
-            return Err(error.clone());
+            return least_busy(&open).ok_or_else(|| error.clone());
         }
         match self.connector.connect(&self.provider, &slot.endpoint).await {
             Ok(sender) => {
-                slot.connection.store(Some(Arc::new(sender.clone())));
-                *last_failure = None;
-                Ok(sender)
+                let connection = Arc::new(Connection {
+                    sender,
+                    streams: AtomicUsize::new(0),
+                });
+                let mut connections = open;
+                connections.push(connection.clone());
+                slot.connections.store(Arc::new(connections));
+                *dialing = None;
+                Ok(connection)
             }
             Err(error) => {
                 tracing::warn!(provider = %self.provider, endpoint = %slot.endpoint, detail = error.detail().unwrap_or_default(), "upstream endpoint unavailable");
-                slot.connection.store(None);
-                *last_failure = Some((Instant::now(), error.clone()));
-                Err(error)
+                *dialing = Some((Instant::now(), error.clone()));
+                slot.connections.store(Arc::new(open.clone()));
+                least_busy(&open).ok_or(error)
             }
         }
     }
 }
+
+/// The error for a state that cannot happen: connections present but none
+/// to choose from.
+fn unreachable_error(provider: &MemberId) -> GatewayError {
+    GatewayError::UpstreamUnavailable {
+        provider: provider.clone(),
+        detail: "no open connection".to_owned(),
+    }
+}
+
+/// Whether a response is a trailers-only `UNAVAILABLE`: the backend
+/// refusing work (overloaded, shutting down), which counts against it.
+pub fn is_unavailable(response: &Response<Incoming>) -> bool {
+    response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|status| status.as_bytes() == b"14")
+}
+
+/// `grpc.health.v1.Health/Check` for the server as a whole.
+fn health_check_request() -> Request<UpstreamBody> {
+    use http_body_util::BodyExt as _;
+    let message = tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    }
+    .encode_to_vec();
+    let mut framed = Vec::with_capacity(5 + message.len());
+    framed.push(0);
+    framed.extend_from_slice(&u32::try_from(message.len()).unwrap_or(0).to_be_bytes());
+    framed.extend_from_slice(&message);
+    let body = http_body_util::Full::new(Bytes::from(framed))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut request = Request::new(body);
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = http::Uri::from_static("/grpc.health.v1.Health/Check");
+    let headers = request.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    request
+}
+
 /// Points the request at the endpoint: `https://host:port/same/path`.
 fn set_authority(request: &mut Request<UpstreamBody>, endpoint: &Endpoint) {
     let mut parts = request.uri().clone().into_parts();
@@ -291,5 +773,29 @@ fn set_authority(request: &mut Request<UpstreamBody>, endpoint: &Endpoint) {
     parts.authority = Some(endpoint.authority.clone());
     if let Ok(uri) = http::Uri::from_parts(parts) {
         *request.uri_mut() = uri;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_add_at_most_a_fifth_once_the_bucket_is_spent() {
+        let budget = RetryBudget::new();
+        // A full bucket: ten retries for a quiet provider.
+        for _ in 0..10 {
+            assert!(budget.withdraw());
+        }
+        assert!(!budget.withdraw());
+        // Then one retry per five calls.
+        for _ in 0..4 {
+            budget.deposit();
+        }
+        assert!(!budget.withdraw());
+        budget.deposit();
+        assert!(budget.withdraw());
+        assert!(!budget.withdraw());
+        assert_eq!(budget.spent.load(Ordering::Relaxed), 11);
     }
 }

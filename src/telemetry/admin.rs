@@ -93,9 +93,10 @@ impl Admin {
                     commits: log.commit_durations(),
                 });
                 let state = self.state.load();
-                let rendered = self
+                let mut rendered = self
                     .metrics
                     .render(log, state.certificates(), &self.listener);
+                render_endpoints(&mut rendered, &state);
                 let mut response = text(StatusCode::OK, rendered);
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -139,6 +140,9 @@ impl Admin {
     /// Why calls cannot be served now; empty when they can.
     async fn readiness(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if self.listener.draining() {
+            problems.push("shutting down: open calls are finishing, no new ones".to_owned());
+        }
         if let Some(log) = &self.log
             && !log.is_healthy()
         {
@@ -182,4 +186,67 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// The gauges and counters of each backend endpoint, read from the pools
+/// of the current configuration.
+fn render_endpoints(out: &mut String, state: &crate::proxy::GatewayState) {
+    use std::fmt::Write as _;
+    let mut pools: Vec<_> = state.pools().collect();
+    pools.sort_by(|a, b| a.provider().cmp(b.provider()));
+    let series = [
+        (
+            "govbridge_upstream_endpoint_in_rotation",
+            "gauge",
+            "1 while a backend endpoint takes calls: neither ejected nor failing health checks.",
+        ),
+        (
+            "govbridge_upstream_endpoint_outstanding",
+            "gauge",
+            "Calls in flight to a backend endpoint.",
+        ),
+        (
+            "govbridge_upstream_endpoint_connections",
+            "gauge",
+            "Open HTTP/2 connections to a backend endpoint.",
+        ),
+        (
+            "govbridge_upstream_endpoint_ejections_total",
+            "counter",
+            "Times a backend endpoint was ejected after failed calls in a row.",
+        ),
+    ];
+    let _ = writeln!(
+        out,
+        "# HELP govbridge_upstream_retries_total Idempotent calls retried on another endpoint."
+    );
+    let _ = writeln!(out, "# TYPE govbridge_upstream_retries_total counter");
+    for pool in &pools {
+        let _ = writeln!(
+            out,
+            "govbridge_upstream_retries_total{{provider=\"{}\"}} {}",
+            pool.provider(),
+            pool.retries()
+        );
+    }
+    for (index, (name, kind, help)) in series.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for pool in &pools {
+            for endpoint in pool.endpoint_states() {
+                let value = match index {
+                    0 => u64::from(endpoint.in_rotation),
+                    1 => endpoint.outstanding as u64,
+                    2 => endpoint.connections as u64,
+                    _ => endpoint.ejections,
+                };
+                let _ = writeln!(
+                    out,
+                    "{name}{{provider=\"{}\",endpoint=\"{}\"}} {value}",
+                    pool.provider(),
+                    endpoint.address
+                );
+            }
+        }
+    }
 }

@@ -140,6 +140,8 @@ pub struct Metrics {
     last_reload: Family<&'static str, AtomicU64>,
     /// Calls whose response has not ended: each is one HTTP/2 stream.
     in_flight: Arc<AtomicU64>,
+    /// Calls refused by a limit, by member and `bridge-error` kind.
+    limit_refusals: Family<(crate::identity::MemberId, &'static str), AtomicU64>,
 }
 
 /// One call in flight; counted until dropped.
@@ -163,6 +165,7 @@ impl Default for Metrics {
             reloads: Family::default(),
             last_reload: Family::default(),
             in_flight: Arc::default(),
+            limit_refusals: Family::default(),
         }
     }
 }
@@ -198,6 +201,14 @@ impl Metrics {
     /// The gateway refused or failed a call with `kind`.
     pub fn refusal(&self, kind: &'static str) {
         self.refusals.get(&kind).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A limit refused a call of `member` (a registered member) with
+    /// `kind`.
+    pub fn limit_refusal(&self, member: &crate::identity::MemberId, kind: &'static str) {
+        self.limit_refusals
+            .get(&(member.clone(), kind))
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// A reload was applied (`ok`) or rejected (`failed`).
@@ -297,6 +308,21 @@ impl Metrics {
 
         header(
             &mut out,
+            "govbridge_limit_refusals_total",
+            "counter",
+            "Calls refused by a limit (rate, calls in flight, gateway overload, message size), by member and bridge-error kind.",
+        );
+        for ((member, kind), count) in self.limit_refusals.snapshot() {
+            let _ = writeln!(
+                out,
+                "govbridge_limit_refusals_total{{member=\"{}\",kind=\"{kind}\"}} {}",
+                escape(member.as_str()),
+                count.load(Ordering::Relaxed)
+            );
+        }
+
+        header(
+            &mut out,
             "govbridge_reloads_total",
             "counter",
             "Configuration reloads, applied (ok) or rejected (failed).",
@@ -337,6 +363,18 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "govbridge_tls_handshake_failures_total{{reason=\"{reason}\"}} {count}"
+            );
+        }
+        header(
+            &mut out,
+            "govbridge_connections_closed_total",
+            "counter",
+            "Partner connections the gateway closed itself, by reason.",
+        );
+        for (reason, count) in listener.closed() {
+            let _ = writeln!(
+                out,
+                "govbridge_connections_closed_total{{reason=\"{reason}\"}} {count}"
             );
         }
 

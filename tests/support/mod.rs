@@ -8,6 +8,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod probe;
+pub mod process;
+pub mod raw_h2;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,6 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use govbridge::agencies::fault::FaultSwitch;
 use govbridge::agencies::{Agency, AgencyService, Dataset};
 use govbridge::config::{Config, SigningKeyConfig};
 use govbridge::dev::{self, GATEWAY_IDENTITY};
@@ -60,9 +63,51 @@ pub struct BedBuilder {
     consent_freshness: &'static str,
     /// Agencies reached through a relay the test can cut.
     cuttable: Vec<&'static str>,
+    /// Agencies run as several endpoints of their provider.
+    replicas: Vec<(&'static str, usize)>,
+    /// Lines added to `[upstream]`.
+    upstream: Vec<String>,
+    /// Lines added to `[gateway]`.
+    gateway: Vec<String>,
+    /// A `[limits]` section, appended (tests/limits.rs).
+    limits: Option<String>,
+    /// Lines added to other sections: (section, line).
+    settings: Vec<(String, String)>,
 }
 
 impl BedBuilder {
+    /// Adds `line` to the generated configuration's `[section]`, e.g.
+    /// `services."govbridge.tax.v1.TaxAuthority"` and `max_deadline = "1s"`.
+    pub fn setting(mut self, section: &str, line: &str) -> Self {
+        self.settings.push((section.to_owned(), line.to_owned()));
+        self
+    }
+
+    /// Appends `section` (TOML: `[limits]` and its subtables) to the
+    /// gateway's configuration.
+    pub fn limits(mut self, section: &str) -> Self {
+        self.limits = Some(section.to_owned());
+        self
+    }
+
+    /// Runs agency `name` as `count` endpoints of its provider.
+    pub fn replicas(mut self, name: &'static str, count: usize) -> Self {
+        self.replicas.push((name, count));
+        self
+    }
+
+    /// Sets `[upstream]` `key` to `value` (TOML, e.g. `"\"1s\""` or `"3"`).
+    pub fn upstream(mut self, key: &str, value: &str) -> Self {
+        self.upstream.push(format!("{key} = {value}"));
+        self
+    }
+
+    /// Sets `[gateway]` `key` to `value` (TOML, e.g. `"\"1s\""` or `"3"`).
+    pub fn gateway(mut self, key: &str, value: &str) -> Self {
+        self.gateway.push(format!("{key} = {value}"));
+        self
+    }
+
     /// Puts a TCP relay in front of agency `name` (`mygov`, `tax`...), for
     /// [`Bed::cut`].
     pub fn cuttable(mut self, name: &'static str) -> Self {
@@ -168,7 +213,7 @@ impl BedBuilder {
             let listener = TlsListener::new(
                 tcp,
                 tls.server_config().unwrap(),
-                ListenerSettings::default(),
+                ListenerSettings::backend(),
             );
             let server = probe.server;
             tasks.spawn(listener.serve(
@@ -182,7 +227,8 @@ impl BedBuilder {
         }
 
         let mut agencies = HashMap::new();
-        let mut cuts = HashMap::new();
+        let mut cuts: HashMap<&'static str, Vec<tokio::sync::watch::Sender<bool>>> = HashMap::new();
+        let mut faults: HashMap<&'static str, Vec<FaultSwitch>> = HashMap::new();
         if self.agencies {
             for agency in Agency::ALL {
                 let tls = ServerTls {
@@ -195,26 +241,39 @@ impl BedBuilder {
                     key_id: dev::CONSENT_KEY_ID.to_owned(),
                     file: pki.join(dev::CONSENT_KEY),
                 });
-                let bound = BoundAgency::bind(
-                    agency,
-                    loopback,
-                    &tls,
-                    gateway_id.clone(),
-                    data.clone(),
-                    signing_key.as_ref(),
-                )
-                .await
-                .unwrap();
-                let mut address = bound.local_addr().unwrap();
-                tasks.spawn(bound.serve(shutdown.clone().wait()));
-                if self.cuttable.contains(&agency.name()) {
-                    let listener = TcpListener::bind(loopback).await.unwrap();
-                    let target = address;
-                    address = listener.local_addr().unwrap();
-                    cuts.insert(agency.name(), tasks.spawn(relay(listener, target)));
+                let replicas = self
+                    .replicas
+                    .iter()
+                    .find(|(name, _)| *name == agency.name())
+                    .map_or(1, |(_, count)| *count);
+                let mut endpoints = Vec::new();
+                for _ in 0..replicas {
+                    let bound = BoundAgency::bind(
+                        agency,
+                        loopback,
+                        &tls,
+                        gateway_id.clone(),
+                        data.clone(),
+                        signing_key.as_ref(),
+                    )
+                    .await
+                    .unwrap();
+                    let (bound, switch) = bound.with_faults();
+                    faults.entry(agency.name()).or_default().push(switch);
+                    let mut address = bound.local_addr().unwrap();
+                    tasks.spawn(bound.serve(shutdown.clone().wait()));
+                    if self.cuttable.contains(&agency.name()) {
+                        let listener = TcpListener::bind(loopback).await.unwrap();
+                        let target = address;
+                        address = listener.local_addr().unwrap();
+                        let (cut, watched) = tokio::sync::watch::channel(false);
+                        tasks.spawn(relay(listener, target, watched));
+                        cuts.entry(agency.name()).or_default().push(cut);
+                    }
+                    endpoints.push(address);
                 }
-                agencies.insert(agency.name(), address);
-                providers.push((agency.member_id(), vec![address]));
+                agencies.insert(agency.name(), endpoints[0]);
+                providers.push((agency.member_id(), endpoints));
                 publish(&mut services, agency.service_name(), &agency.member_id());
             }
         }
@@ -268,7 +327,7 @@ impl BedBuilder {
             std::fs::write(policies.join(schema.0), schema.1).unwrap();
             std::fs::write(policies.join("allow-all.cedar"), ALLOW_ALL).unwrap();
         }
-        let text = config_text(
+        let mut text = config_text(
             &members,
             &providers,
             &services,
@@ -276,6 +335,26 @@ impl BedBuilder {
             self.handshake_timeout,
             self.consent_freshness,
         );
+        let upstream = self
+            .upstream
+            .iter()
+            .map(|line| format!("{line}\n"))
+            .collect::<String>();
+        text = text.replacen("[upstream]\n", &format!("[upstream]\n{upstream}"), 1);
+        for (section, line) in &self.settings {
+            let header = format!("[{section}]\n");
+            assert!(text.contains(&header), "no [{section}] in\n{text}");
+            text = text.replacen(&header, &format!("{header}{line}\n"), 1);
+        }
+        let gateway = self
+            .gateway
+            .iter()
+            .map(|line| format!("{line}\n"))
+            .collect::<String>();
+        text = text.replacen("[gateway]\n", &format!("[gateway]\n{gateway}"), 1);
+        if let Some(limits) = &self.limits {
+            text += &format!("\n{limits}\n");
+        }
         let config_path = dir.path().join("govbridge.toml");
         std::fs::write(&config_path, &text).unwrap();
         let config = Config::load(&config_path).unwrap_or_else(|error| panic!("{error}\n{text}"));
@@ -297,22 +376,44 @@ impl BedBuilder {
             data,
             exchange_log,
             cuts,
+            faults,
             trigger,
             tasks,
         }
     }
 }
 
-/// Relays each connection accepted on `listener` to `target`, until the
-/// task is aborted: its connections end with it.
-async fn relay(listener: TcpListener, target: SocketAddr) {
+/// Relays each connection accepted on `listener` to `target`, while `cut`
+/// is false; when it turns true, relayed connections drop and new ones
+/// are closed as soon as accepted, until it turns false again.
+async fn relay(
+    listener: TcpListener,
+    target: SocketAddr,
+    mut cut: tokio::sync::watch::Receiver<bool>,
+) {
     let mut connections = JoinSet::new();
-    while let Ok((mut inbound, _)) = listener.accept().await {
-        connections.spawn(async move {
-            if let Ok(mut outbound) = TcpStream::connect(target).await {
-                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((mut inbound, _)) = accepted else { return };
+                if *cut.borrow() {
+                    continue;
+                }
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
             }
-        });
+            changed = cut.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if *cut.borrow() {
+                    connections.abort_all();
+                }
+            }
+        }
     }
 }
 
@@ -408,7 +509,9 @@ pub struct Bed {
     /// The gateway's exchange log (see the exchange log block at the end).
     exchange_log: Option<govbridge::audit::ExchangeLog>,
     /// The relays in front of cuttable agencies.
-    cuts: HashMap<&'static str, tokio::task::AbortHandle>,
+    cuts: HashMap<&'static str, Vec<tokio::sync::watch::Sender<bool>>>,
+    /// Each agency's fault switches, one per replica.
+    faults: HashMap<&'static str, Vec<FaultSwitch>>,
     trigger: ShutdownTrigger,
     tasks: JoinSet<()>,
 }
@@ -426,6 +529,11 @@ impl Bed {
             handshake_timeout: "5s",
             consent_freshness: "5s",
             cuttable: Vec::new(),
+            replicas: Vec::new(),
+            upstream: Vec::new(),
+            gateway: Vec::new(),
+            limits: None,
+            settings: Vec::new(),
         }
     }
 
@@ -480,10 +588,28 @@ impl Bed {
             .unwrap()
     }
 
-    /// Cuts the network to agency `name`, made [`BedBuilder::cuttable`]:
-    /// its connections drop and new ones are refused, as in a partition.
+    /// The fault switch of replica `index` of agency `name`.
+    pub fn fault(&self, name: &str, index: usize) -> &FaultSwitch {
+        &self.faults[name][index]
+    }
+
+    /// Cuts the network to every replica of agency `name`, made
+    /// [`BedBuilder::cuttable`]: its connections drop and new ones are
+    /// closed at once, as in a partition.
     pub fn cut(&self, name: &str) {
-        self.cuts[name].abort();
+        for cut in &self.cuts[name] {
+            cut.send_replace(true);
+        }
+    }
+
+    /// Cuts the network to replica `index` of agency `name` only.
+    pub fn cut_replica(&self, name: &str, index: usize) {
+        self.cuts[name][index].send_replace(true);
+    }
+
+    /// Restores the network to replica `index` of agency `name`.
+    pub fn restore_replica(&self, name: &str, index: usize) {
+        self.cuts[name][index].send_replace(false);
     }
 
     /// Stops every server and waits for them to drain.
@@ -533,6 +659,11 @@ impl H2Client {
             key_exchange,
             closed,
         })
+    }
+
+    /// Whether the connection is over.
+    pub fn is_closed(&self) -> bool {
+        *self.closed.borrow()
     }
 
     /// Waits (at most 5 s) for the server to close the connection.
@@ -728,5 +859,80 @@ pub fn verify_identity_of(
         first_names: citizen.first_names.clone(),
         last_name: citizen.last_name.to_owned(),
         date_of_birth: citizen.date_of_birth.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The admin endpoint's metrics, for tests that check nothing leaked
+// (tests/adversarial.rs, tests/connections.rs).
+
+/// The value of one sample of the gateway's metrics, such as
+/// `govbridge_connections_open` or
+/// `govbridge_connections_closed_total{reason="idle"}`; 0 when absent.
+pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let (_, text) = admin_request(admin, "GET", "/metrics").await;
+    sample(&text, series)
+}
+
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter_map(|line| line.rsplit_once(' '))
+        .find(|(name, _)| *name == series)
+        .map_or(0.0, |(_, value)| value.parse().unwrap())
+}
+
+/// Waits (at most 30 s, polling) until `series` satisfies `expected`;
+/// returns its value.
+pub async fn wait_for_metric(
+    admin: SocketAddr,
+    series: &str,
+    expected: impl Fn(f64) -> bool,
+) -> f64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, text) = admin_request(admin, "GET", "/metrics").await;
+        let value = sample(&text, series);
+        if expected(value) {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} stayed at {value}:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// What a test expects the gateway to come back to once an attack is
+/// over: the connections it had open and no call in flight.
+#[derive(Debug, Clone, Copy)]
+pub struct Baseline {
+    pub connections: f64,
+}
+
+impl Baseline {
+    pub async fn take(admin: SocketAddr) -> Self {
+        assert_eq!(metric(admin, "govbridge_calls_in_flight").await, 0.0);
+        Self {
+            connections: metric(admin, "govbridge_connections_open").await,
+        }
+    }
+
+    /// Waits for the gateway to have no partner connection open (those of
+    /// calls just made included) and takes that as the baseline.
+    pub async fn quiet(admin: SocketAddr) -> Self {
+        let baseline = Self { connections: 0.0 };
+        baseline.restored(admin).await;
+        baseline
+    }
+
+    /// Waits until the gateway is back to this baseline: no connection and
+    /// no call left behind.
+    pub async fn restored(self, admin: SocketAddr) {
+        wait_for_metric(admin, "govbridge_connections_open", |open| {
+            open == self.connections
+        })
+        .await;
+        wait_for_metric(admin, "govbridge_calls_in_flight", |calls| calls == 0.0).await;
     }
 }

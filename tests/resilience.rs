@@ -1,0 +1,367 @@
+//! Upstream resilience through the real gateway: several endpoints per
+//! provider, passive ejection and re-admission, active health checks,
+//! failing fast with no endpoint left, and the mock agencies' fault
+//! injection.
+
+// A failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use govbridge::agencies::fault::{Failure, Fault};
+use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
+use support::{Bed, admin_request, bridge_error, declared, verify_identity_of, with_header};
+use tonic::Code;
+
+const REGISTRY: &str = "civil-registry";
+const REGISTRY_ID: &str = "SN/GOV/ANEC/civil-registry";
+
+/// The treasury verifies citizen 0's identity, with `headers` added.
+async fn verify(bed: &Bed, headers: &[(&'static str, &str)]) -> Result<(), tonic::Status> {
+    let mut request = declared(verify_identity_of(bed, 0), "BENEFIT-PAYMENT");
+    for (name, value) in headers {
+        request = with_header(request, name, value);
+    }
+    CivilRegistryClient::new(bed.client("treasury").await)
+        .verify_identity(request)
+        .await
+        .map(drop)
+}
+
+/// The values of an endpoint `series` of the civil registry's provider, in
+/// replica order.
+async fn endpoints(bed: &Bed, series: &str) -> Vec<u64> {
+    let (_, text) = admin_request(bed.admin, "GET", "/metrics").await;
+    let prefix = format!("{series}{{provider=\"{REGISTRY_ID}\",");
+    text.lines()
+        .filter(|line| line.starts_with(&prefix))
+        .map(|line| line.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Waits, calling `probe` every 20 ms, until it holds; fails after 5 s.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut probe: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !probe().await {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_endpoint_that_goes_down_is_ejected_and_later_readmitted() {
+    let bed = Bed::builder()
+        .replicas(REGISTRY, 3)
+        .cuttable(REGISTRY)
+        .upstream("health_check_interval", "\"0s\"")
+        .upstream("ejection_failures", "1")
+        .upstream("ejection_time", "\"300ms\"")
+        .start()
+        .await;
+    for _ in 0..6 {
+        verify(&bed, &[]).await.unwrap();
+    }
+
+    // Down: connections to it are closed as soon as they open. Calls
+    // that meet it move on to another endpoint and succeed.
+    bed.cut_replica(REGISTRY, 1);
+    for _ in 0..30 {
+        verify(&bed, &[]).await.unwrap();
+    }
+    let ejections = endpoints(&bed, "govbridge_upstream_endpoint_ejections_total").await;
+    assert_eq!(ejections[0], 0, "{ejections:?}");
+    assert!(ejections[1] >= 1, "{ejections:?}");
+    assert_eq!(ejections[2], 0, "{ejections:?}");
+
+    // Back: once its ejection has run out, calls reach it again.
+    bed.restore_replica(REGISTRY, 1);
+    eventually("the endpoint takes calls again", || async {
+        verify(&bed, &[]).await.unwrap();
+        let connections = endpoints(&bed, "govbridge_upstream_endpoint_connections").await;
+        let in_rotation = endpoints(&bed, "govbridge_upstream_endpoint_in_rotation").await;
+        connections[1] >= 1 && in_rotation == [1, 1, 1]
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn health_checks_take_a_failing_endpoint_out_and_put_it_back() {
+    let bed = Bed::builder()
+        .replicas(REGISTRY, 2)
+        .upstream("health_check_interval", "\"50ms\"")
+        .upstream("unhealthy_threshold", "2")
+        .upstream("healthy_threshold", "1")
+        // Only the health checks judge in this test.
+        .upstream("ejection_failures", "1000")
+        .start()
+        .await;
+    bed.fault(REGISTRY, 0).set(Fault::fail(Failure::Status(
+        Code::Unavailable,
+        "going down for maintenance".to_owned(),
+    )));
+    eventually("replica 0 is out of rotation", || async {
+        endpoints(&bed, "govbridge_upstream_endpoint_in_rotation").await == [0, 1]
+    })
+    .await;
+    // Every call now goes to replica 1.
+    for _ in 0..20 {
+        verify(&bed, &[]).await.unwrap();
+    }
+
+    bed.fault(REGISTRY, 0).clear();
+    eventually("replica 0 is back in rotation", || async {
+        endpoints(&bed, "govbridge_upstream_endpoint_in_rotation").await == [1, 1]
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn with_no_endpoint_in_rotation_calls_fail_at_once() {
+    let bed = Bed::builder()
+        .upstream("health_check_interval", "\"50ms\"")
+        .upstream("unhealthy_threshold", "1")
+        .start()
+        .await;
+    bed.fault(REGISTRY, 0).set(Fault::fail(Failure::Status(
+        Code::Unavailable,
+        String::new(),
+    )));
+    eventually("the only endpoint is out of rotation", || async {
+        endpoints(&bed, "govbridge_upstream_endpoint_in_rotation").await == [0]
+    })
+    .await;
+    let started = Instant::now();
+    let status = verify(&bed, &[]).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        bridge_error(&status).as_deref(),
+        Some("upstream-unavailable")
+    );
+}
+
+#[tokio::test]
+async fn the_agencies_fail_on_request() {
+    let bed = Bed::start().await;
+    let status = verify(
+        &bed,
+        &[("govbridge-fault", "status=NOT_FOUND,message=gone")],
+    )
+    .await
+    .unwrap_err();
+    // A backend's own status passes through untouched.
+    assert_eq!((status.code(), status.message()), (Code::NotFound, "gone"));
+    assert_eq!(bridge_error(&status), None);
+
+    let status = verify(&bed, &[("govbridge-fault", "reset")])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(bridge_error(&status).as_deref(), Some("upstream-failed"));
+
+    let status = verify(&bed, &[("govbridge-fault", "drop")])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    let status = verify(
+        &bed,
+        &[("govbridge-fault", "delay=5s"), ("grpc-timeout", "200m")],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(bridge_error(&status).as_deref(), Some("deadline-exceeded"));
+
+    let status = verify(&bed, &[("govbridge-fault", "explode")])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("govbridge-fault"), "{status:?}");
+
+    // After all that, the gateway and the agency still serve.
+    verify(&bed, &[]).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_service_bounds_the_deadline_of_its_calls() {
+    let bed = Bed::builder()
+        .setting(
+            "services.\"govbridge.civilregistry.v1.CivilRegistry\"",
+            "max_deadline = \"300ms\"",
+        )
+        .start()
+        .await;
+    // The caller allows a minute; the service's bound applies.
+    let started = Instant::now();
+    let status = verify(
+        &bed,
+        &[("govbridge-fault", "delay=5s"), ("grpc-timeout", "60S")],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(bridge_error(&status).as_deref(), Some("deadline-exceeded"));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    verify(&bed, &[]).await.unwrap();
+}
+
+/// A bed with two civil registry endpoints, the first answering every
+/// call `UNAVAILABLE`; `VerifyIdentity` idempotent or not.
+async fn one_of_two_refusing(idempotent: bool) -> Bed {
+    let mut builder = Bed::builder()
+        .replicas(REGISTRY, 2)
+        .upstream("health_check_interval", "\"0s\"")
+        .upstream("ejection_failures", "1000");
+    if idempotent {
+        builder = builder.setting(
+            "services.\"govbridge.civilregistry.v1.CivilRegistry\"",
+            "idempotent = [\"VerifyIdentity\"]",
+        );
+    }
+    let bed = builder.start().await;
+    bed.fault(REGISTRY, 0).set(Fault::fail(Failure::Status(
+        Code::Unavailable,
+        "overloaded".to_owned(),
+    )));
+    bed
+}
+
+async fn retries(bed: &Bed) -> u64 {
+    let (_, text) = admin_request(bed.admin, "GET", "/metrics").await;
+    let series = format!("govbridge_upstream_retries_total{{provider=\"{REGISTRY_ID}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_idempotent_call_is_retried_on_another_endpoint() {
+    let bed = one_of_two_refusing(true).await;
+    let request = verify_identity_of(&bed, 0);
+    let sent = 5 + prost::Message::encoded_len(&request) as u64;
+    // Half the calls meet the refusing endpoint first; all succeed.
+    for _ in 0..10 {
+        let answer = CivilRegistryClient::new(bed.client("treasury").await)
+            .verify_identity(declared(request.clone(), "BENEFIT-PAYMENT"))
+            .await
+            .unwrap();
+        // The exchange log counts the request once, however often sent.
+        let request_id = answer.metadata().get("bridge-request-id").unwrap();
+        let outcome = govbridge::audit::Store::open_read_only(bed.exchange_log().dir())
+            .unwrap()
+            .records_of_request(request_id.to_str().unwrap())
+            .unwrap()
+            .pop()
+            .unwrap()
+            .decode()
+            .unwrap();
+        assert_eq!(outcome.request_bytes, sent);
+    }
+    assert!(retries(&bed).await >= 1);
+}
+
+#[tokio::test]
+async fn a_call_not_marked_idempotent_is_not_retried() {
+    let bed = one_of_two_refusing(false).await;
+    let mut refused = 0;
+    for _ in 0..20 {
+        if let Err(status) = verify(&bed, &[]).await {
+            assert_eq!(
+                (status.code(), status.message()),
+                (Code::Unavailable, "overloaded")
+            );
+            refused += 1;
+        }
+    }
+    // Each call picks either endpoint with even odds: all 20 missing the
+    // refusing one has a probability of one in a million.
+    assert!(refused > 0);
+    assert_eq!(retries(&bed).await, 0);
+}
+
+#[tokio::test]
+async fn busy_connections_make_room_for_more() {
+    let bed = Bed::builder()
+        .upstream("health_check_interval", "\"0s\"")
+        .upstream("connections_per_endpoint", "3")
+        .upstream("streams_per_connection", "2")
+        .start()
+        .await;
+    let mut calls = Vec::new();
+    for open in 1..=7 {
+        let mut client = CivilRegistryClient::new(bed.client("treasury").await);
+        let request = with_header(
+            declared(verify_identity_of(&bed, 0), "BENEFIT-PAYMENT"),
+            "govbridge-fault",
+            "delay=3s",
+        );
+        calls.push(tokio::spawn(async move {
+            client.verify_identity(request).await
+        }));
+        eventually("the call is in flight", || async {
+            endpoints(&bed, "govbridge_upstream_endpoint_outstanding").await == [open]
+        })
+        .await;
+    }
+    // Two calls on each of three connections, then the seventh shares one:
+    // there is no room for a fourth.
+    assert_eq!(
+        endpoints(&bed, "govbridge_upstream_endpoint_connections").await,
+        [3]
+    );
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        endpoints(&bed, "govbridge_upstream_endpoint_outstanding").await,
+        [0]
+    );
+}
+
+#[tokio::test]
+async fn a_reload_keeps_backend_connections_and_their_calls() {
+    let bed = Bed::builder()
+        .upstream("health_check_interval", "\"0s\"")
+        .start()
+        .await;
+    let mut client = CivilRegistryClient::new(bed.client("treasury").await);
+    let request = with_header(
+        declared(verify_identity_of(&bed, 0), "BENEFIT-PAYMENT"),
+        "govbridge-fault",
+        "delay=1s",
+    );
+    let call = tokio::spawn(async move { client.verify_identity(request).await });
+    eventually("the call is in flight", || async {
+        endpoints(&bed, "govbridge_upstream_endpoint_outstanding").await == [1]
+    })
+    .await;
+
+    bed.reloader.reload().unwrap();
+    // The new configuration's pool is the same endpoint, call included.
+    assert_eq!(
+        endpoints(&bed, "govbridge_upstream_endpoint_outstanding").await,
+        [1]
+    );
+    verify(&bed, &[]).await.unwrap();
+    assert_eq!(
+        endpoints(&bed, "govbridge_upstream_endpoint_connections").await,
+        [1]
+    );
+    call.await.unwrap().unwrap();
+}

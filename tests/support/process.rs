@@ -1,0 +1,118 @@
+//! The real `govbridge` binary as a separate process, in front of a bed's
+//! backends: for tests that send it signals or measure its memory.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::Bed;
+
+/// A `govbridge serve` process, killed if the test fails half-way.
+pub struct GatewayProcess {
+    child: Child,
+    pub address: SocketAddr,
+    pub admin: SocketAddr,
+    /// Its exchange log's directory.
+    pub data: PathBuf,
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl GatewayProcess {
+    /// Starts `govbridge serve` with the bed's configuration, its own
+    /// exchange log (`name-data/`) and `gateway` lines added to
+    /// `[gateway]`; returns once it says where it listens.
+    pub fn spawn(bed: &Bed, name: &str, gateway: &[&str]) -> Self {
+        let text = std::fs::read_to_string(bed.dir.path().join("govbridge.toml")).unwrap();
+        assert!(!text.contains("[exchange_log]"));
+        let lines: String = gateway.iter().map(|line| format!("{line}\n")).collect();
+        let text = text.replacen("[gateway]\n", &format!("[gateway]\n{lines}"), 1);
+        let config = bed.dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!("{text}\n[exchange_log]\ndata_dir = \"{name}-data\"\n"),
+        )
+        .unwrap();
+        // GOVBRIDGE_CHILD_LOG=<filter> shows the process's log, to debug.
+        let log = std::env::var("GOVBRIDGE_CHILD_LOG").ok();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_govbridge"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", log.as_deref().unwrap_or("warn"))
+            .stdout(Stdio::piped())
+            .stderr(if log.is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (lines, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        let address_after = |line: &str, prefix: &str| -> Option<SocketAddr> {
+            let (_, rest) = line.split_once(prefix)?;
+            let address: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                .collect();
+            address.parse().ok()
+        };
+        let (mut address, mut admin) = (None, None);
+        while address.is_none() || admin.is_none() {
+            let line = received
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the gateway never said where it listens");
+            address = address.or(address_after(&line, "listening on https://"));
+            admin = admin.or(address_after(&line, "admin endpoint on http://"));
+        }
+        Self {
+            child,
+            address: address.unwrap(),
+            admin: admin.unwrap(),
+            data: bed.dir.path().join(format!("{name}-data")),
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `within`.
+    pub async fn exit_status(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the gateway did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Its resident set size, in KiB (Linux).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
