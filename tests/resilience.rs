@@ -365,3 +365,49 @@ async fn a_reload_keeps_backend_connections_and_their_calls() {
     );
     call.await.unwrap().unwrap();
 }
+
+/// A client stream fed by the test, one message at a time.
+struct Feed<T>(tokio::sync::mpsc::Receiver<T>);
+
+impl<T> tokio_stream::Stream for Feed<T> {
+    type Item = T;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+#[tokio::test]
+async fn a_backend_killed_mid_stream_ends_the_call_and_others_are_served() {
+    use govbridge::proto::tax::v1::GetDeclaredIncomeRequest;
+    use govbridge::proto::tax::v1::tax_authority_client::TaxAuthorityClient;
+
+    let bed = Bed::builder().cuttable("tax").start().await;
+    let year = |fiscal_year| GetDeclaredIncomeRequest {
+        nin: bed.data.citizens[0].nin.to_string(),
+        fiscal_year,
+    };
+    let (asking, requests) = tokio::sync::mpsc::channel(4);
+    asking.send(year(2023)).await.unwrap();
+    let mut answers = TaxAuthorityClient::new(bed.client("cbao-credit").await)
+        .stream_declared_income(declared(Feed(requests), "CREDIT-SCORING"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answers.message().await.unwrap().unwrap().fiscal_year, 2023);
+
+    // The tax authority's backend goes away with the stream open.
+    bed.cut("tax");
+    asking.send(year(2022)).await.unwrap();
+    let status = answers.message().await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(bridge_error(&status).as_deref(), Some("upstream-failed"));
+    drop(answers);
+    support::wait_for_metric(bed.admin, "govbridge_calls_in_flight", |open| open == 0.0).await;
+
+    // Everyone else is still served.
+    verify(&bed, &[]).await.unwrap();
+}
