@@ -411,3 +411,66 @@ async fn a_backend_killed_mid_stream_ends_the_call_and_others_are_served() {
     // Everyone else is still served.
     verify(&bed, &[]).await.unwrap();
 }
+
+#[tokio::test]
+async fn an_endpoint_that_never_answers_is_ejected_though_callers_give_up_first() {
+    let bed = Bed::builder()
+        .without_agencies()
+        .silent_provider(support::probe::SERVICE)
+        .upstream("health_check_interval", "\"0s\"")
+        .upstream("ejection_failures", "1")
+        .upstream("ejection_time", "\"60s\"")
+        .start()
+        .await;
+    // Each caller gives up long before the dial's own timeout (1 s).
+    let status = verify(&bed, &[("grpc-timeout", "100m")]).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    // The dial goes on without it, fails, and ejects the endpoint: later
+    // calls fail at once instead of each waiting out its deadline.
+    eventually("the silent endpoint is ejected", || async {
+        let (_, text) = admin_request(bed.admin, "GET", "/metrics").await;
+        text.lines().any(|line| {
+            line.starts_with(
+                "govbridge_upstream_endpoint_ejections_total{provider=\"SN/GOV/SILENT/backend\"",
+            ) && line.ends_with(" 1")
+        })
+    })
+    .await;
+    let status = verify(&bed, &[("grpc-timeout", "10S")]).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+}
+
+#[tokio::test]
+async fn turning_health_checks_off_puts_endpoints_back_in_rotation() {
+    let bed = Bed::builder()
+        .upstream("health_check_interval", "\"50ms\"")
+        .upstream("unhealthy_threshold", "1")
+        .start()
+        .await;
+    bed.fault(REGISTRY, 0).set(Fault::fail(Failure::Status(
+        Code::Unavailable,
+        String::new(),
+    )));
+    eventually("the endpoint is out of rotation", || async {
+        endpoints(&bed, "govbridge_upstream_endpoint_in_rotation").await == [0]
+    })
+    .await;
+    bed.fault(REGISTRY, 0).clear();
+
+    // An operator silences a flapping check: nothing would ever clear the
+    // verdict of the checks before, so the reload does.
+    let config = bed.dir.path().join("govbridge.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replacen(
+        "health_check_interval = \"50ms\"",
+        "health_check_interval = \"0s\"",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    bed.reloader.reload().unwrap();
+    assert_eq!(
+        endpoints(&bed, "govbridge_upstream_endpoint_in_rotation").await,
+        [1]
+    );
+    verify(&bed, &[]).await.unwrap();
+}

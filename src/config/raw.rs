@@ -1164,9 +1164,18 @@ fn idempotent_methods(
         if crate::routing::split_path(&full).is_none() {
             return Err(source.error(&key, method, format!("`{name}` is not a method name")));
         }
-        if let Some(known) = known.get(service)
-            && !known.contains(name)
-        {
+        let Some(known) = known.get(service) else {
+            return Err(source.error(
+                &key,
+                method,
+                format!(
+                    "the gateway has no descriptor of {service}, so it cannot tell whether \
+                     {name} streams its requests: only methods of compiled-in services can \
+                     be retried"
+                ),
+            ));
+        };
+        if !known.contains(name) {
             let mut names: Vec<&String> = known.iter().collect();
             names.sort();
             let names: Vec<&str> = names.into_iter().map(String::as_str).collect();

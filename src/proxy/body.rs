@@ -49,6 +49,10 @@ pub struct CallEnd {
     /// Why the request side refused the rest of the call, once it has
     /// (consent, message size).
     refused: Arc<OnceLock<GatewayError>>,
+    /// The call's share of its backend endpoint's load: released with the
+    /// upstream side, also when the deadline cuts it for a caller who
+    /// stopped reading.
+    load: Option<crate::routing::upstream::Load>,
 }
 
 impl CallEnd {
@@ -59,7 +63,14 @@ impl CallEnd {
         Self {
             _ends: sender,
             refused: Arc::default(),
+            load: None,
         }
+    }
+
+    /// Holds the call's share of its endpoint's load until the upstream
+    /// side ends.
+    pub fn hold(&mut self, load: Option<crate::routing::upstream::Load>) {
+        self.load = load;
     }
 
     /// Why the request body failed, when it failed on purpose: the caller
@@ -105,6 +116,7 @@ impl RequestBody {
         let call_end = CallEnd {
             _ends: sender,
             refused: Arc::clone(&refused),
+            load: None,
         };
         (
             Self {
@@ -431,8 +443,6 @@ pub struct CallSummary {
     pub bytes_out: u64,
     /// A use of the citizen's consent, spent if the call succeeds.
     pub consent_use: Option<UseReservation>,
-    /// The call's share of its backend endpoint's load, until it ends.
-    pub load: Option<crate::routing::upstream::Load>,
 }
 
 impl CallSummary {

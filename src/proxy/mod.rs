@@ -1085,7 +1085,12 @@ impl GatewayService {
                     .extensions()
                     .get::<crate::routing::upstream::ServedBy>()
                     .cloned(),
-                Err(GatewayError::UpstreamUnavailable { .. }) => None,
+                // Unless no endpoint is left to try.
+                Err(GatewayError::UpstreamUnavailable { .. })
+                    if provider.has_endpoint_in_rotation() =>
+                {
+                    None
+                }
                 _ => break sent,
             };
             let backoff = retry_backoff(retries);
@@ -1100,6 +1105,12 @@ impl GatewayService {
         };
         // The request side may have failed on purpose first.
         let mut response = sent.map_err(|error| call_end.refusal().unwrap_or(error))?;
+        let mut call_end = call_end;
+        call_end.hold(
+            response
+                .extensions_mut()
+                .remove::<crate::routing::upstream::Load>(),
+        );
         headers::strip_bridge_headers(response.headers_mut());
         if let Some(record) = record.as_mut() {
             record.first_byte(SystemTime::now());
@@ -1125,9 +1136,6 @@ impl GatewayService {
             bytes_in,
             bytes_out: 0,
             consent_use,
-            load: response
-                .extensions_mut()
-                .remove::<crate::routing::upstream::Load>(),
         };
         if let Some(index) = decision {
             let (name, value) = record::audit_index(index);

@@ -157,6 +157,22 @@ impl Drop for Held {
     }
 }
 
+/// A call waiting for a connection to an endpoint, counted in its load.
+struct Waiting<'a>(&'a EndpointSlot);
+
+impl<'a> Waiting<'a> {
+    fn new(slot: &'a EndpointSlot) -> Self {
+        slot.outstanding.fetch_add(1, Ordering::Relaxed);
+        Self(slot)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One HTTP/2 connection to an endpoint.
 #[derive(Debug)]
 struct Connection {
@@ -175,7 +191,7 @@ struct EndpointSlot {
     connections: ArcSwap<Vec<Arc<Connection>>>,
     /// The last failed attempt. Held while dialling, so that concurrent
     /// calls share one attempt.
-    dialing: tokio::sync::Mutex<Option<(Instant, GatewayError)>>,
+    dialing: Arc<tokio::sync::Mutex<Option<(Instant, GatewayError)>>>,
     /// Calls in flight on all its connections.
     outstanding: AtomicUsize,
     health: Mutex<Health>,
@@ -204,7 +220,7 @@ impl EndpointSlot {
             endpoint: endpoint.clone(),
             served_by: ServedBy(endpoint.address.as_str().into()),
             connections: ArcSwap::default(),
-            dialing: tokio::sync::Mutex::new(None),
+            dialing: Arc::default(),
             outstanding: AtomicUsize::new(0),
             health: Mutex::default(),
             ejections: AtomicU64::new(0),
@@ -327,7 +343,8 @@ pub struct ProviderPool {
     endpoints: Vec<Arc<EndpointSlot>>,
     connector: Arc<UpstreamConnector>,
     settings: PoolSettings,
-    retries: RetryBudget,
+    /// Shared with the pools of later configurations.
+    retries: Arc<RetryBudget>,
 }
 
 /// Retries may add at most a fifth to a provider's load: each call puts a
@@ -399,14 +416,34 @@ impl ProviderPool {
                     .cloned()
                     .unwrap_or_else(|| Arc::new(EndpointSlot::new(endpoint)))
             })
-            .collect();
+            .collect::<Vec<_>>();
+        if settings.health_check_interval.is_none() {
+            // No check will ever clear what earlier checks found.
+            for slot in &endpoints {
+                let mut health = slot.health();
+                health.failing_checks = false;
+                health.checks_failed = 0;
+                health.checks_passed = 0;
+            }
+        }
         Self {
             provider: provider.id.clone(),
             endpoints,
             connector,
             settings: settings.clone(),
-            retries: RetryBudget::new(),
+            retries: previous.map_or_else(
+                || Arc::new(RetryBudget::new()),
+                |pool| Arc::clone(&pool.retries),
+            ),
         }
+    }
+
+    /// Whether any endpoint is in rotation now.
+    pub fn has_endpoint_in_rotation(&self) -> bool {
+        let now = Instant::now();
+        self.endpoints
+            .iter()
+            .any(|slot| slot.in_rotation(&self.provider, now))
     }
 
     /// Counts a call towards the retry budget.
@@ -451,30 +488,31 @@ impl ProviderPool {
         deadline: &Deadline,
         avoid: Option<&ServedBy>,
     ) -> Result<Response<Incoming>, GatewayError> {
-        let mut unreachable: Vec<bool> = self
-            .endpoints
-            .iter()
-            .map(|slot| avoid.is_some_and(|avoid| avoid.0 == slot.served_by.0))
-            .collect();
-        if !unreachable.contains(&false) {
-            unreachable.fill(false);
-        }
+        let avoid = avoid.and_then(|avoid| {
+            self.endpoints
+                .iter()
+                .position(|slot| slot.served_by.0 == avoid.0)
+        });
+        let mut unreachable = vec![false; self.endpoints.len()];
         let mut last_error = None;
         for _ in 0..=self.endpoints.len() {
-            let Some(index) = self.pick(&unreachable) else {
+            let Some(index) = self.pick(&unreachable, avoid) else {
                 break;
             };
             let slot = &self.endpoints[index];
+            // Waiting for a connection counts as load: an endpoint slow to
+            // connect must not look idle to the next pick.
+            let waiting = Waiting::new(slot);
             let connection = match self.connection(slot).await {
                 Ok(connection) => connection,
                 Err(error) => {
-                    slot.failed(&self.provider, &self.settings);
                     unreachable[index] = true;
                     last_error = Some(error);
                     continue;
                 }
             };
             let load = Load(Arc::new(Held::new(slot.clone(), connection.clone())));
+            drop(waiting);
             set_authority(&mut request, &slot.endpoint);
             request
                 .headers_mut()
@@ -498,6 +536,14 @@ impl ProviderPool {
                     }
                     let detail = format!("{}: {}", slot.endpoint, error.error());
                     let Some(unsent) = error.take_message() else {
+                        // A refused stream was certainly not processed: it
+                        // may be replayed (see the proxy's retries).
+                        if is_refused(error.error()) {
+                            return Err(GatewayError::UpstreamUnavailable {
+                                provider: self.provider.clone(),
+                                detail,
+                            });
+                        }
                         return Err(GatewayError::UpstreamFailed {
                             provider: self.provider.clone(),
                             detail,
@@ -537,14 +583,21 @@ impl ProviderPool {
     }
 
     /// The endpoint for the next call: the less loaded of two drawn at
-    /// random among those in rotation and not found unreachable.
-    fn pick(&self, unreachable: &[bool]) -> Option<usize> {
+    /// random among those in rotation and not found unreachable, other
+    /// than `avoid` unless it is the only one.
+    fn pick(&self, unreachable: &[bool], avoid: Option<usize>) -> Option<usize> {
         let now = Instant::now();
-        let candidates: Vec<usize> = (0..self.endpoints.len())
+        let usable: Vec<usize> = (0..self.endpoints.len())
             .filter(|&index| {
                 !unreachable[index] && self.endpoints[index].in_rotation(&self.provider, now)
             })
             .collect();
+        let others: Vec<usize> = usable
+            .iter()
+            .copied()
+            .filter(|&index| Some(index) != avoid)
+            .collect();
+        let candidates = if others.is_empty() { usable } else { others };
         match candidates.len() {
             0 => None,
             1 => Some(candidates[0]),
@@ -582,11 +635,12 @@ impl ProviderPool {
 
     /// Each endpoint's state, in configured order.
     pub fn endpoint_states(&self) -> Vec<EndpointState> {
+        let now = Instant::now();
         self.endpoints
             .iter()
             .map(|slot| {
                 let health = slot.health();
-                let ejected = health.ejected_until.is_some();
+                let ejected = health.ejected_until.is_some_and(|until| now < until);
                 EndpointState {
                     address: slot.served_by.0.clone(),
                     in_rotation: !ejected && !health.failing_checks,
@@ -619,7 +673,7 @@ impl ProviderPool {
     }
 
     /// One health check of `slot`.
-    async fn probe(&self, slot: &EndpointSlot) -> Result<(), String> {
+    async fn probe(&self, slot: &Arc<EndpointSlot>) -> Result<(), String> {
         use http_body_util::BodyExt as _;
         let connection = self
             .connection(slot)
@@ -666,7 +720,7 @@ impl ProviderPool {
     /// The least busy open connection to `slot`, or a new one when there is
     /// none or all are busier than `streams_per_connection` and there is
     /// room for another.
-    async fn connection(&self, slot: &EndpointSlot) -> Result<Arc<Connection>, GatewayError> {
+    async fn connection(&self, slot: &Arc<EndpointSlot>) -> Result<Arc<Connection>, GatewayError> {
         let least_busy = |open: &[Arc<Connection>]| {
             open.iter()
                 .min_by_key(|connection| connection.streams.load(Ordering::Relaxed))
@@ -685,10 +739,13 @@ impl ProviderPool {
         }
         // Dial: at once when there is no connection; when all are busy, only
         // if no other call is dialling already (else use the least busy).
-        let mut dialing = match (least_busy(&open), slot.dialing.try_lock()) {
+        let dialing = match (
+            least_busy(&open),
+            Arc::clone(&slot.dialing).try_lock_owned(),
+        ) {
             (_, Ok(dialing)) => dialing,
             (Some(busy), Err(_)) => return Ok(busy),
-            (None, Err(_)) => slot.dialing.lock().await,
+            (None, Err(_)) => Arc::clone(&slot.dialing).lock_owned().await,
         };
         // Another call may have connected while this one waited.
         let open = slot.open_connections();
@@ -700,24 +757,45 @@ impl ProviderPool {
         {
             return least_busy(&open).ok_or_else(|| error.clone());
         }
-        match self.connector.connect(&self.provider, &slot.endpoint).await {
-            Ok(sender) => {
-                let connection = Arc::new(Connection {
-                    sender,
-                    streams: AtomicUsize::new(0),
-                });
-                let mut connections = open;
-                connections.push(connection.clone());
-                slot.connections.store(Arc::new(connections));
-                *dialing = None;
-                Ok(connection)
+        // The dial is a task of its own: a call that stops waiting (its
+        // deadline passed) does not cancel it, and its outcome is recorded
+        // either way, once, a failure against the endpoint.
+        let dial = tokio::spawn({
+            let slot = Arc::clone(slot);
+            let connector = Arc::clone(&self.connector);
+            let provider = self.provider.clone();
+            let settings = self.settings.clone();
+            let mut dialing = dialing;
+            async move {
+                match connector.connect(&provider, &slot.endpoint).await {
+                    Ok(sender) => {
+                        let connection = Arc::new(Connection {
+                            sender,
+                            streams: AtomicUsize::new(0),
+                        });
+                        let mut connections = slot.open_connections();
+                        connections.push(connection.clone());
+                        slot.connections.store(Arc::new(connections));
+                        *dialing = None;
+                        Ok(connection)
+                    }
+                    Err(error) => {
+                        tracing::warn!(%provider, endpoint = %slot.endpoint, detail = error.detail().unwrap_or_default(), "upstream endpoint unavailable");
+                        *dialing = Some((Instant::now(), error.clone()));
+                        slot.connections.store(Arc::new(slot.open_connections()));
+                        slot.failed(&provider, &settings);
+                        Err(error)
+                    }
+                }
             }
-            Err(error) => {
-                tracing::warn!(provider = %self.provider, endpoint = %slot.endpoint, detail = error.detail().unwrap_or_default(), "upstream endpoint unavailable");
-                *dialing = Some((Instant::now(), error.clone()));
-                slot.connections.store(Arc::new(open.clone()));
-                least_busy(&open).ok_or(error)
-            }
+        });
+        match dial.await {
+            Ok(Ok(connection)) => Ok(connection),
+            Ok(Err(error)) => least_busy(&slot.open_connections()).ok_or(error),
+            Err(failed) => Err(GatewayError::UpstreamUnavailable {
+                provider: self.provider.clone(),
+                detail: format!("{}: dialling failed: {failed}", slot.endpoint),
+            }),
         }
     }
 }
@@ -738,6 +816,19 @@ pub fn is_unavailable(response: &Response<Incoming>) -> bool {
         .headers()
         .get("grpc-status")
         .is_some_and(|status| status.as_bytes() == b"14")
+}
+
+/// Whether the backend refused the stream (`REFUSED_STREAM`): it did
+/// nothing with it.
+fn is_refused(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// `grpc.health.v1.Health/Check` for the server as a whole.
