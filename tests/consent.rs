@@ -303,20 +303,6 @@ async fn an_expired_consent_is_refused() {
     );
 }
 
-/// A client stream fed by the test, one message at a time.
-struct Feed<T>(tokio::sync::mpsc::Receiver<T>);
-
-impl<T> tokio_stream::Stream for Feed<T> {
-    type Item = T;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<T>> {
-        self.0.poll_recv(cx)
-    }
-}
-
 #[tokio::test]
 async fn a_stream_is_refused_at_the_first_message_naming_someone_else() {
     let bed = dev_bed().await;
@@ -336,7 +322,7 @@ async fn a_stream_is_refused_at_the_first_message_naming_someone_else() {
     let (asking, requests) = tokio::sync::mpsc::channel(4);
     asking.send(year(&a, 2023)).await.unwrap();
     let request = with_header(
-        declared(Feed(requests), "CREDIT-SCORING"),
+        declared(support::feed::Feed(requests), "CREDIT-SCORING"),
         "bridge-consent",
         &consent.artefact,
     );

@@ -366,20 +366,6 @@ async fn a_reload_keeps_backend_connections_and_their_calls() {
     call.await.unwrap().unwrap();
 }
 
-/// A client stream fed by the test, one message at a time.
-struct Feed<T>(tokio::sync::mpsc::Receiver<T>);
-
-impl<T> tokio_stream::Stream for Feed<T> {
-    type Item = T;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<T>> {
-        self.0.poll_recv(cx)
-    }
-}
-
 #[tokio::test]
 async fn a_backend_killed_mid_stream_ends_the_call_and_others_are_served() {
     use govbridge::proto::tax::v1::GetDeclaredIncomeRequest;
@@ -393,7 +379,7 @@ async fn a_backend_killed_mid_stream_ends_the_call_and_others_are_served() {
     let (asking, requests) = tokio::sync::mpsc::channel(4);
     asking.send(year(2023)).await.unwrap();
     let mut answers = TaxAuthorityClient::new(bed.client("cbao-credit").await)
-        .stream_declared_income(declared(Feed(requests), "CREDIT-SCORING"))
+        .stream_declared_income(declared(support::feed::Feed(requests), "CREDIT-SCORING"))
         .await
         .unwrap()
         .into_inner();

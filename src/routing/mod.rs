@@ -166,58 +166,51 @@ pub(crate) fn split_path(path: &str) -> Option<(&str, &str)> {
     (valid(service) && valid(method) && !method.contains('.')).then_some((service, method))
 }
 
-/// Methods of every service in the compiled-in descriptors, by full
-/// service name.
-pub fn service_methods() -> HashMap<String, HashSet<String>> {
+/// Every service of the compiled-in descriptors, by full name.
+fn compiled_services() -> Vec<(String, prost_types::ServiceDescriptorProto)> {
     let Ok(set) = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET) else {
-        return HashMap::new();
+        return Vec::new();
     };
-    let mut services = HashMap::new();
+    let mut services = Vec::new();
     for file in set.file {
         let package = file.package.unwrap_or_default();
         for service in file.service {
-            let name = match service.name {
-                Some(name) if package.is_empty() => name,
+            let name = match &service.name {
+                Some(name) if package.is_empty() => name.clone(),
                 Some(name) => format!("{package}.{name}"),
                 None => continue,
             };
-            let methods = service
-                .method
-                .into_iter()
-                .filter_map(|method| method.name)
-                .collect();
-            services.insert(name, methods);
+            services.push((name, service));
         }
     }
     services
 }
 
+/// Methods of every service in the compiled-in descriptors, by full
+/// service name.
+pub fn service_methods() -> HashMap<String, HashSet<String>> {
+    compiled_services()
+        .into_iter()
+        .map(|(name, service)| {
+            let methods = service.method.into_iter().filter_map(|method| method.name);
+            (name, methods.collect())
+        })
+        .collect()
+}
+
 /// `/package.Service/Method` of every method of the compiled-in
 /// descriptors whose client streams its requests.
 pub fn client_streaming_methods() -> HashSet<String> {
-    let Ok(set) = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET) else {
-        return HashSet::new();
-    };
-    let mut methods = HashSet::new();
-    for file in set.file {
-        let package = file.package.unwrap_or_default();
-        for service in file.service {
-            let Some(name) = service.name else { continue };
-            let service_name = if package.is_empty() {
-                name
-            } else {
-                format!("{package}.{name}")
-            };
-            for method in service.method {
-                if method.client_streaming()
-                    && let Some(method) = method.name
-                {
-                    methods.insert(format!("/{service_name}/{method}"));
-                }
-            }
-        }
-    }
-    methods
+    compiled_services()
+        .into_iter()
+        .flat_map(|(name, service)| {
+            service
+                .method
+                .into_iter()
+                .filter(|method| method.client_streaming())
+                .filter_map(move |method| Some(format!("/{name}/{}", method.name?)))
+        })
+        .collect()
 }
 
 #[cfg(test)]

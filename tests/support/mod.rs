@@ -7,6 +7,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod feed;
 pub mod probe;
 pub mod process;
 pub mod raw_h2;
