@@ -554,3 +554,44 @@ async fn agencies_refuse_callers_other_than_the_gateway() {
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     bed.stop().await;
 }
+
+/// A malformed request id is answered only once the caller is a member
+/// within its limits: a stranger gets `unknown-member` (one record, then
+/// its connection is closed), not a refusal per call on an open
+/// connection.
+#[tokio::test]
+async fn a_stranger_with_a_bad_request_id_is_refused_as_a_stranger() {
+    let bed = Bed::start().await;
+    let stranger = govbridge::identity::MemberId::parse("SN/COM/NOBODY/app").unwrap();
+    let tls = bed.issue_client("stranger", &govbridge::pki::LeafRequest::member(&stranger));
+    let channel = H2Client::connect(bed.gateway, tls).await.unwrap();
+    let before = bed.exchange_log().size();
+    let request = with_header(
+        support::declared(support::verify_identity_of(&bed, 0), "KYC"),
+        "bridge-request-id",
+        "not-a-uuid",
+    );
+    let status = CivilRegistryClient::new(channel)
+        .verify_identity(request)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(bridge_error(&status).as_deref(), Some("unknown-member"));
+    assert_eq!(bed.exchange_log().size(), before + 1);
+
+    // A member hears of its malformed id.
+    let request = with_header(
+        support::declared(support::verify_identity_of(&bed, 0), "KYC"),
+        "bridge-request-id",
+        "not-a-uuid",
+    );
+    let status = CivilRegistryClient::new(bed.client("cbao-kyc").await)
+        .verify_identity(request)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        bridge_error(&status).as_deref(),
+        Some("bad-header"),
+        "{status:?}"
+    );
+}

@@ -845,13 +845,9 @@ impl GatewayService {
             trace,
         };
         async move {
-            let result = match bad_id {
-                Some(error) => Err(error),
-                None => {
-                    self.forward(&state, request, &uri, &arrival, &mut record)
-                        .await
-                }
-            };
+            let result = self
+                .forward(&state, request, &uri, &arrival, &mut record, bad_id)
+                .await;
             match result {
                 Ok(mut response) => {
                     response
@@ -895,6 +891,7 @@ impl GatewayService {
         uri: &http::Uri,
         arrival: &Arrival,
         record: &mut Option<CallRecord>,
+        bad_id: Option<GatewayError>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let request_id = &arrival.request_id;
         let caller = self.caller(state)?;
@@ -903,6 +900,12 @@ impl GatewayService {
         let admission = state.limits.admit(&caller).inspect_err(|refused| {
             self.metrics.limit_refusal(&caller, refused.kind());
         })?;
+        // A malformed request id is the caller's to hear of, once it is a
+        // member within its limits: before that, it would let anyone write
+        // to the exchange log.
+        if let Some(error) = bad_id {
+            return Err(error);
+        }
         headers::check_grpc(&request)?;
         let call = CallHeaders::read(request.headers())?;
         if let Some(record) = record.as_mut() {
