@@ -239,6 +239,8 @@ async fn status_summarizes_a_running_gateway() {
     assert!(text.contains(": ready"), "{text}");
     assert!(text.contains("2 forwarded"), "{text}");
     assert!(text.contains("0.0% not OK"), "{text}");
+    // Nothing refused reads 0, not the "-0" of an empty float sum.
+    assert!(text.contains("; 0 refused by the gateway"), "{text}");
     assert!(
         text.contains("exchange log    4 records, writable"),
         "{text}"

@@ -72,7 +72,8 @@ pub fn run(admin: SocketAddr) -> anyhow::Result<()> {
             .iter()
             .filter(|(series, _)| series.starts_with(prefix) && keep(series))
             .map(|(_, value)| value)
-            .sum()
+            // The sum of nothing is -0.0: printed "-0".
+            .fold(0.0, |total, value| total + value)
     };
 
     if ready == 200 {
