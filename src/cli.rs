@@ -1,5 +1,5 @@
 //! The command line: `serve`, `agency`, `pki`, `policy`, `audit`,
-//! `consent`, `status`, `check-config` and `dev`.
+//! `consent`, `status`, `check-config`, `dev` and `demo`.
 //!
 //! Parses arguments, sets up logging and calls into the library. Errors are
 //! printed once, with their context chain, and give exit status 1.
@@ -81,6 +81,18 @@ enum Command {
     CheckConfig {
         #[arg(value_name = "FILE")]
         config: PathBuf,
+    },
+    /// Play the story of govbridge step by step against the dev setup run
+    /// in this process (a citizen's consent, a bank's calls, a treasury
+    /// batch, a revocation, the Data Tracker, a proof), then keep serving.
+    Demo {
+        /// Where to write the dev PKI, configuration and exchange log
+        /// [default: a temporary directory, removed at the end].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Stop after the story instead of serving.
+        #[arg(long)]
+        once: bool,
     },
     /// Create a dev PKI and config under DIR if missing, then run every mock
     /// agency and the gateway in one process.
@@ -205,8 +217,10 @@ fn init_logging(
 ) -> anyhow::Result<()> {
     use tracing_subscriber::prelude::*;
 
+    // The demo tells its own story on stdout: only warnings by default.
+    let default = if instance == "demo" { "warn" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let log = match format {
         LogFormat::Pretty => log.boxed(),
@@ -281,6 +295,10 @@ fn run(command: Command, log_format: LogFormat) -> anyhow::Result<()> {
                 Ok(())
             })
         }
+        Command::Demo { dir, once } => {
+            init_logging(log_format, None, "demo")?;
+            runtime()?.block_on(crate::demo::run(dir.as_deref(), once))
+        }
         Command::Dev { dir, faults } => {
             init_logging(log_format, otlp_of(None)?.as_ref(), "dev")?;
             runtime()?.block_on(crate::dev::run(&dir, faults))
@@ -295,7 +313,9 @@ fn run(command: Command, log_format: LogFormat) -> anyhow::Result<()> {
                 Command::Consent(args) => consent::run(args),
                 Command::CheckConfig { config } => check_config(&config),
                 Command::Status { admin } => status::run(admin),
-                Command::Serve { .. } | Command::Dev { .. } => unreachable!("handled above"),
+                Command::Serve { .. } | Command::Dev { .. } | Command::Demo { .. } => {
+                    unreachable!("handled above")
+                }
             }
         }
     }

@@ -57,6 +57,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod consent;
+pub mod demo;
 pub mod dev;
 pub mod directory;
 pub mod identity;

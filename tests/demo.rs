@@ -1,0 +1,28 @@
+//! `govbridge demo --once` plays its whole story against the real gateway.
+
+// A failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[test]
+fn the_demo_plays_every_step_as_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_govbridge"))
+        .args(["demo", "--once", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    for expected in [
+        "[1/9]",
+        "bridge-error policy-denied",
+        "bridge-error consent-subject-mismatch",
+        "1000 answers",
+        "bridge-error consent-revoked",
+        "is in the signed tree",
+        "The story went as told",
+    ] {
+        assert!(stdout.contains(expected), "no `{expected}` in\n{stdout}");
+    }
+}
