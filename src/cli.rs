@@ -1,10 +1,11 @@
 //! The command line: `serve`, `agency`, `pki`, `policy`, `audit`,
-//! `consent`, `status`, `check-config`, `dev` and `demo`.
+//! `consent`, `status`, `bench`, `check-config`, `dev` and `demo`.
 //!
 //! Parses arguments, sets up logging and calls into the library. Errors are
 //! printed once, with their context chain, and give exit status 1.
 
 mod audit;
+mod bench;
 mod consent;
 mod status;
 
@@ -45,9 +46,13 @@ enum Command {
     Serve {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Also stop when standard input closes: for a gateway started by
+        /// `govbridge bench`, so that it never outlives its parent.
+        #[arg(long, hide = true)]
+        stop_with_parent: bool,
     },
     /// Run one mock agency (civil-registry, tax, business-registry,
-    /// bank-cbao, bank-ecobank).
+    /// bank-cbao, bank-ecobank, mygov).
     Agency {
         name: String,
         #[arg(long, value_name = "FILE")]
@@ -76,6 +81,12 @@ enum Command {
         /// The admin endpoint, `gateway.admin` in its configuration.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
         admin: std::net::SocketAddr,
+    },
+    /// Benchmarks: a load generator, and govbridge side by side with a
+    /// direct call and nginx.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
     },
     /// Validate a configuration as a start would, then exit.
     CheckConfig {
@@ -268,7 +279,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(command: Command, log_format: LogFormat) -> anyhow::Result<()> {
     match command {
-        Command::Serve { config } => {
+        Command::Serve {
+            config,
+            stop_with_parent,
+        } => {
             let config = Config::load(&config)?;
             init_logging(
                 log_format,
@@ -290,7 +304,19 @@ fn run(command: Command, log_format: LogFormat) -> anyhow::Result<()> {
                 }
                 // SIGTERM: stop accepting, GOAWAY, let open calls finish
                 // (gateway.drain_timeout), flush the exchange log, exit 0.
-                gateway.serve(termination_signal()).await;
+                let stop = async move {
+                    tokio::select! {
+                        () = termination_signal() => {}
+                        () = async {
+                            if stop_with_parent {
+                                crate::bench::process::stdin_closed().await;
+                            } else {
+                                std::future::pending::<()>().await;
+                            }
+                        } => {}
+                    }
+                };
+                gateway.serve(stop).await;
                 println!("govbridge gateway stopped");
                 Ok(())
             })
@@ -313,6 +339,7 @@ fn run(command: Command, log_format: LogFormat) -> anyhow::Result<()> {
                 Command::Consent(args) => consent::run(args),
                 Command::CheckConfig { config } => check_config(&config),
                 Command::Status { admin } => status::run(admin),
+                Command::Bench { command } => bench::run(command),
                 Command::Serve { .. } | Command::Dev { .. } | Command::Demo { .. } => {
                     unreachable!("handled above")
                 }

@@ -42,6 +42,8 @@
 //! - [`pki`]: a development CA (rcgen) for demos and tests.
 //! - [`launch`]: starting agencies and the gateway as tasks.
 //! - [`dev`]: the one-command development setup.
+//! - [`bench`]: `govbridge bench`, the load generator and the comparison
+//!   with a direct call and nginx.
 //! - [`proto`]: code generated from `proto/`.
 //!
 //! # Features
@@ -54,6 +56,7 @@
 
 pub mod agencies;
 pub mod audit;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod consent;

@@ -45,6 +45,12 @@ pub mod consent {
     }
 }
 
+pub mod bench {
+    pub mod v1 {
+        tonic::include_proto!("govbridge.bench.v1");
+    }
+}
+
 pub mod directory {
     pub mod v1 {
         tonic::include_proto!("govbridge.directory.v1");

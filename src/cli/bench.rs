@@ -1,0 +1,245 @@
+//! `govbridge bench`: `run` (one target, one scenario), `compare` (every
+//! target, the scenarios) and `echo` (the backend they share, run
+//! as a child process by the other two).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+
+use crate::bench::compare::{self, Bed, CompareOptions, ECHO_READY};
+use crate::bench::echo::EchoBackend;
+use crate::bench::load::{self, LoadPlan, Pacing, Scenario};
+use crate::bench::process::stdin_closed;
+use crate::bench::report::{self, RunSummary};
+use crate::bench::setup::{BenchDir, GatewayProfile};
+use crate::config::parse_duration;
+use crate::launch::termination_signal;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Measure one target with one scenario: starts the echo backend and
+    /// the target as child processes, then drives it.
+    Run(RunArgs),
+    /// Measure direct, govbridge routing-only, govbridge everything-on and
+    /// (with --nginx) nginx, one after the other, and compare them.
+    Compare(CompareArgs),
+    /// Serve the echo backend (used by `run` and `compare`).
+    #[command(hide = true)]
+    Echo {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// Stop when standard input closes.
+        #[arg(long)]
+        stop_with_parent: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TargetKind {
+    /// The echo backend itself, over mTLS.
+    Direct,
+    /// govbridge with policy allow-all, consent and exchange log off.
+    RoutingOnly,
+    /// govbridge with the dev rules and the exchange log (fsync).
+    EverythingOn,
+    /// nginx (needs --nginx).
+    Nginx,
+}
+
+/// Options shared by `run` and `compare`.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Keep the PKI, configurations and logs here (default: a temporary
+    /// directory, removed afterwards).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// HTTP/2 connections, each with a member certificate of its own.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Concurrent callers of the closed loop.
+    #[arg(long, default_value_t = 64)]
+    callers: usize,
+    /// Measured time of each run.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    duration: Duration,
+    /// Unmeasured time before it.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    warmup: Duration,
+    /// The nginx binary; nginx is measured only with it.
+    #[arg(long, value_name = "PATH")]
+    nginx: Option<PathBuf>,
+    /// The nginx configuration template.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "bench/nginx/nginx.conf.template"
+    )]
+    nginx_template: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// No progress line on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[arg(long, value_enum, default_value_t = TargetKind::RoutingOnly)]
+    target: TargetKind,
+    #[arg(long, value_enum, default_value_t = Scenario::Unary1k)]
+    scenario: Scenario,
+    /// Open loop at this many calls per second (default: closed loop).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Report the CPU time and memory of this process instead of the
+    /// target's.
+    #[arg(long)]
+    pid: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Calls per second of the open loop.
+    #[arg(long, default_value_t = 500)]
+    rate: u64,
+    /// Idle mTLS connections opened to a fresh routing-only gateway to
+    /// measure its memory (0: skip).
+    #[arg(long, default_value_t = 1000)]
+    idle_connections: usize,
+    /// More closed-loop scenarios to measure on every target.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    scenarios: Vec<Scenario>,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text)
+}
+
+pub fn run(command: BenchCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match command {
+        BenchCommand::Echo {
+            dir,
+            listen,
+            stop_with_parent,
+        } => runtime.block_on(async {
+            let tls = BenchDir::create(&dir)?.echo_tls();
+            let backend = EchoBackend::bind(listen, &tls).await?;
+            println!("{ECHO_READY}{}", backend.local_addr()?);
+            let stop = async move {
+                tokio::select! {
+                    () = termination_signal() => {}
+                    () = async {
+                        if stop_with_parent {
+                            stdin_closed().await;
+                        } else {
+                            std::future::pending::<()>().await;
+                        }
+                    } => {}
+                }
+            };
+            backend.serve(stop).await;
+            Ok(())
+        }),
+        BenchCommand::Run(args) => runtime.block_on(bench_run(args)),
+        BenchCommand::Compare(args) => runtime.block_on(async {
+            let common = &args.common;
+            let options = CompareOptions {
+                dir: common.dir.clone(),
+                exe: std::env::current_exe().context("finding the govbridge binary")?,
+                nginx: common.nginx.clone(),
+                nginx_template: common.nginx_template.clone(),
+                duration: common.duration,
+                warmup: common.warmup,
+                callers: common.callers,
+                connections: common.connections,
+                rate: args.rate,
+                idle_connections: args.idle_connections,
+                scenarios: args.scenarios.clone(),
+                progress: !common.quiet,
+            };
+            let comparison = compare::compare(&options).await?;
+            if common.json {
+                println!("{}", serde_json::to_string_pretty(&comparison)?);
+            } else {
+                print!("{}", compare::render(&comparison));
+            }
+            let errors: u64 = comparison.runs.iter().map(|run| run.errors).sum();
+            anyhow::ensure!(errors == 0, "{errors} calls failed: see WITH ERRORS above");
+            Ok(())
+        }),
+    }
+}
+
+async fn bench_run(args: RunArgs) -> anyhow::Result<()> {
+    let common = &args.common;
+    let exe = std::env::current_exe().context("finding the govbridge binary")?;
+    let bed = Bed::start(common.dir.as_deref(), common.connections, exe)?;
+    let started = match args.target {
+        TargetKind::Direct => None,
+        TargetKind::RoutingOnly => {
+            Some(bed.gateway(GatewayProfile::RoutingOnly, common.connections)?)
+        }
+        TargetKind::EverythingOn => {
+            Some(bed.gateway(GatewayProfile::EverythingOn, common.connections)?)
+        }
+        TargetKind::Nginx => {
+            let binary = common
+                .nginx
+                .as_deref()
+                .context("--target nginx needs --nginx PATH")?;
+            Some(bed.nginx(binary, &common.nginx_template)?)
+        }
+    };
+    let mut target = match &started {
+        Some((_, target)) => target.clone(),
+        None => bed.direct(),
+    };
+    if args.pid.is_some() {
+        target.pid = args.pid;
+    }
+    let plan = LoadPlan {
+        scenario: args.scenario,
+        pacing: match args.rate {
+            Some(rate) => Pacing::Open { rate },
+            None => Pacing::Closed {
+                callers: common.callers,
+            },
+        },
+        connections: common.connections,
+        warmup: common.warmup,
+        duration: common.duration,
+    };
+    let title = report::title(&plan);
+    if !common.quiet {
+        eprintln!("{title}");
+    }
+    let outcome = load::run(&target, &bed.members, &plan, !common.quiet).await?;
+    let summary = RunSummary::new(&target, &plan, &outcome);
+    if common.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", report::table(&title, &[&summary]));
+    }
+    drop(started);
+    anyhow::ensure!(
+        !summary.has_errors(),
+        "{} of {} calls failed ({})",
+        summary.errors,
+        summary.calls,
+        summary.error_summary()
+    );
+    Ok(())
+}
