@@ -120,8 +120,9 @@ async fn health_checks_take_a_failing_endpoint_out_and_put_it_back() {
     .await;
 }
 
-#[tokio::test]
-async fn with_no_endpoint_in_rotation_calls_fail_at_once() {
+/// A bed whose only civil registry endpoint fails its health checks (every
+/// 50 ms) and has been taken out of rotation.
+async fn one_endpoint_failing_checks() -> Bed {
     let bed = Bed::builder()
         .upstream("health_check_interval", "\"50ms\"")
         .upstream("unhealthy_threshold", "1")
@@ -131,10 +132,16 @@ async fn with_no_endpoint_in_rotation_calls_fail_at_once() {
         Code::Unavailable,
         String::new(),
     )));
-    eventually("the only endpoint is out of rotation", || async {
+    eventually("the endpoint is out of rotation", || async {
         endpoints(&bed, "govbridge_upstream_endpoint_in_rotation").await == [0]
     })
     .await;
+    bed
+}
+
+#[tokio::test]
+async fn with_no_endpoint_in_rotation_calls_fail_at_once() {
+    let bed = one_endpoint_failing_checks().await;
     let started = Instant::now();
     let status = verify(&bed, &[]).await.unwrap_err();
     assert!(
@@ -428,19 +435,7 @@ async fn an_endpoint_that_never_answers_is_ejected_though_callers_give_up_first(
 
 #[tokio::test]
 async fn turning_health_checks_off_puts_endpoints_back_in_rotation() {
-    let bed = Bed::builder()
-        .upstream("health_check_interval", "\"50ms\"")
-        .upstream("unhealthy_threshold", "1")
-        .start()
-        .await;
-    bed.fault(REGISTRY, 0).set(Fault::fail(Failure::Status(
-        Code::Unavailable,
-        String::new(),
-    )));
-    eventually("the endpoint is out of rotation", || async {
-        endpoints(&bed, "govbridge_upstream_endpoint_in_rotation").await == [0]
-    })
-    .await;
+    let bed = one_endpoint_failing_checks().await;
     bed.fault(REGISTRY, 0).clear();
 
     // An operator silences a flapping check: nothing would ever clear the
