@@ -533,3 +533,29 @@ async fn futures_join_all<F: std::future::Future>(
     .await;
     outputs.into_iter().map(Option::unwrap).collect()
 }
+
+/// The consent feed follows only a backend that proves it is the portal:
+/// another member's backend at the feed's address could otherwise tell the
+/// gateway that a revoked consent is active.
+#[tokio::test]
+async fn the_feed_connects_only_to_the_portal_itself() {
+    use govbridge::identity::MemberId;
+    use govbridge::net::client::Channel;
+
+    let bed = Bed::start().await;
+    let portal = MemberId::parse("SN/GOV/MYGOV/consent").unwrap();
+    let tls = bed.member_tls("cbao-kyc");
+    let impostor =
+        Channel::connect_to_member(bed.agencies["tax"], "localhost", tls.clone(), &portal)
+            .await
+            .unwrap_err();
+    assert!(
+        impostor
+            .to_string()
+            .contains("presented a certificate for SN/GOV/DGID/tax"),
+        "{impostor}"
+    );
+    Channel::connect_to_member(bed.agencies["mygov"], "localhost", tls, &portal)
+        .await
+        .unwrap();
+}

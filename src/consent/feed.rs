@@ -27,6 +27,9 @@ pub struct FeedSource {
     pub tls: Arc<ClientConfig>,
     /// The gateway's own member id, sent in `bridge-client`.
     pub gateway: MemberId,
+    /// The portal's member id: its backends must prove it, or a backend of
+    /// anyone else at that address could tell the gateway what is revoked.
+    pub provider: MemberId,
 }
 
 /// Longest wait between two attempts to reach the feed.
@@ -76,8 +79,13 @@ async fn follow_endpoint(
         .await?
         .next()
         .ok_or("the address resolves to nothing")?;
-    let channel =
-        Channel::connect(address, &endpoint.server_name.to_str(), source.tls.clone()).await?;
+    let channel = Channel::connect_to_member(
+        address,
+        &endpoint.server_name.to_str(),
+        source.tls.clone(),
+        &source.provider,
+    )
+    .await?;
     let mut request = tonic::Request::new(pb::WatchStatusRequest {
         after_sequence: ledger.sequence(),
     });

@@ -18,6 +18,9 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::identity::MemberId;
+use crate::identity::tls::member_of_chain;
+
 /// Why a channel could not be opened.
 pub type ConnectError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -38,11 +41,45 @@ impl Channel {
         server_name: &str,
         tls: Arc<ClientConfig>,
     ) -> Result<Self, ConnectError> {
+        Self::connect_checked(address, server_name, tls, None).await
+    }
+
+    /// [`Self::connect`] to a backend that must prove it is `member`: its
+    /// certificate must name that member id, as the gateway requires of
+    /// every provider it forwards to.
+    pub async fn connect_to_member(
+        address: SocketAddr,
+        server_name: &str,
+        tls: Arc<ClientConfig>,
+        member: &MemberId,
+    ) -> Result<Self, ConnectError> {
+        Self::connect_checked(address, server_name, tls, Some(member)).await
+    }
+
+    async fn connect_checked(
+        address: SocketAddr,
+        server_name: &str,
+        tls: Arc<ClientConfig>,
+        member: Option<&MemberId>,
+    ) -> Result<Self, ConnectError> {
         let tcp = TcpStream::connect(address).await?;
         tcp.set_nodelay(true)?;
         let name = ServerName::try_from(server_name.to_owned())?;
         let authority = http::uri::Authority::try_from(server_name)?;
         let stream = TlsConnector::from(tls).connect(name, tcp).await?;
+        if let Some(member) = member {
+            let presented = member_of_chain(stream.get_ref().1.peer_certificates());
+            match presented {
+                Ok(presented) if presented == *member => {}
+                Ok(presented) => {
+                    return Err(format!(
+                        "{address} presented a certificate for {presented}, not {member}"
+                    )
+                    .into());
+                }
+                Err(error) => return Err(format!("{address}: {error}").into()),
+            }
+        }
         let sender = handshake(stream).await?;
         Ok(Self {
             sender,

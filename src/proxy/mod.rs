@@ -460,6 +460,7 @@ impl Gateway {
                         .client_config()
                         .map_err(StartError::UpstreamTls)?,
                     gateway: config.gateway.identity.clone(),
+                    provider: consent.feed_provider.clone(),
                 },
             )),
             None => None,
