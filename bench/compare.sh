@@ -41,9 +41,6 @@ fi
 
 cargo build --release --locked
 
-# TODO(bench compare): regenerate the table between the
-# <!-- bench:table:start --> and <!-- bench:table:end --> markers of
-# docs/benchmarks.md once `govbridge bench compare` has an option that
-# writes it (none yet: src/bench/compare.rs is not written); until then the
-# table is printed only, and copied into the document by hand.
-cargo run --release --locked -- bench compare --nginx "$nginx_bin" "$@"
+# The tables are printed, and written into docs/benchmarks.md between its
+# bench:table markers.
+cargo run --release --locked -- bench compare --nginx "$nginx_bin" --docs docs/benchmarks.md "$@"

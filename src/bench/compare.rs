@@ -410,6 +410,33 @@ fn checks(runs: &[RunSummary], idle: &[IdleSummary], options: &CompareOptions) -
 }
 
 /// The comparison as tables: per measurement, then ratios, then targets.
+/// The lines between which [`write_docs`] puts the tables.
+const DOCS_START: &str = "<!-- bench:table:start -->";
+const DOCS_END: &str = "<!-- bench:table:end -->";
+
+/// Replaces what stands between the markers of `file` with `rendered`, as
+/// a fenced block headed by the day and the command that measured it.
+pub fn write_docs(file: &Path, rendered: &str, command: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("{}: cannot read", file.display()))?;
+    let day = time::OffsetDateTime::now_utc().date();
+    let table = format!(
+        "Measured on {day} by `govbridge {command}`, on this machine, in one run:\n\n\
+         ```text\n{}\n```",
+        rendered.trim_end()
+    );
+    let text = between_markers(&text, &table)
+        .with_context(|| format!("{}: no {DOCS_START} ... {DOCS_END} lines", file.display()))?;
+    std::fs::write(file, text).with_context(|| format!("{}: cannot write", file.display()))
+}
+
+/// `text` with the lines between the markers replaced by `table`.
+fn between_markers(text: &str, table: &str) -> Option<String> {
+    let start = text.find(DOCS_START)? + DOCS_START.len();
+    let end = start + text[start..].find(DOCS_END)?;
+    Some(format!("{}\n{table}\n{}", &text[..start], &text[end..]))
+}
+
 pub fn render(comparison: &Comparison) -> String {
     let mut out = String::new();
     let mut seen: Vec<(Scenario, Pacing)> = Vec::new();
@@ -481,4 +508,22 @@ fn ratios(runs: &[&RunSummary]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_goes_between_the_markers_and_nowhere_else() {
+        let text = format!("# Benchmarks\n\n{DOCS_START}\nold\ntable\n{DOCS_END}\n\nAfter.\n");
+        let replaced = between_markers(&text, "new").unwrap();
+        assert_eq!(
+            replaced,
+            format!("# Benchmarks\n\n{DOCS_START}\nnew\n{DOCS_END}\n\nAfter.\n")
+        );
+        // Twice gives the same document.
+        assert_eq!(between_markers(&replaced, "new").unwrap(), replaced);
+        assert_eq!(between_markers("no markers", "new"), None);
+    }
 }

@@ -118,6 +118,11 @@ pub struct CompareArgs {
     /// More closed-loop scenarios to measure on every target.
     #[arg(long, value_enum, value_delimiter = ',')]
     scenarios: Vec<Scenario>,
+    /// Also write the tables into FILE, between its
+    /// `<!-- bench:table:start -->` and `<!-- bench:table:end -->` lines
+    /// (docs/benchmarks.md).
+    #[arg(long, value_name = "FILE")]
+    docs: Option<PathBuf>,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -171,10 +176,16 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
                 progress: !common.quiet,
             };
             let comparison = compare::compare(&options).await?;
+            let rendered = compare::render(&comparison);
             if common.json {
                 println!("{}", serde_json::to_string_pretty(&comparison)?);
             } else {
-                print!("{}", compare::render(&comparison));
+                print!("{rendered}");
+            }
+            if let Some(docs) = &args.docs {
+                let command: Vec<String> = std::env::args().skip(1).collect();
+                compare::write_docs(docs, &rendered, &command.join(" "))?;
+                eprintln!("wrote the tables into {}", docs.display());
             }
             let errors: u64 = comparison.runs.iter().map(|run| run.errors).sum();
             anyhow::ensure!(errors == 0, "{errors} calls failed: see WITH ERRORS above");
