@@ -472,6 +472,20 @@ async fn one_address_cannot_hold_more_connections_than_its_cap() {
     bed.stop().await;
 }
 
+/// Sends `bytes` on a plain TCP connection to the gateway and reads what
+/// comes back until the gateway closes it, which it must do cleanly (a
+/// FIN, not a reset) within `PATIENCE`.
+async fn send_until_closed(bed: &Bed, bytes: &[u8]) -> Vec<u8> {
+    let mut tcp = TcpStream::connect(bed.gateway).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut answer))
+        .await
+        .expect("the gateway kept the connection open")
+        .expect("closed with a reset instead of a FIN");
+    answer
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_is_closed_before_and_after_tls() {
     let probe = Probe::default();
@@ -479,15 +493,7 @@ async fn garbage_is_closed_before_and_after_tls() {
     let baseline = Baseline::take(bed.admin).await;
 
     // Not a TLS record: closed with a FIN, nothing said.
-    let mut tcp = TcpStream::connect(bed.gateway).await.unwrap();
-    tcp.write_all(b"\x00\xff\x13\x37 definitely not TLS \r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut answer))
-        .await
-        .expect("the gateway kept a garbage connection open")
-        .expect("closed with a reset instead of a FIN");
+    let answer = send_until_closed(&bed, b"\x00\xff\x13\x37 definitely not TLS \r\n\r\n").await;
     assert!(answer.is_empty());
     wait_for_metric(
         bed.admin,
@@ -537,15 +543,8 @@ async fn plaintext_http_on_the_tls_port_is_answered_and_closed_cleanly() {
     let baseline = Baseline::take(bed.admin).await;
 
     // HTTP/1.1: a 400 that says why, then a clean close.
-    let mut tcp = TcpStream::connect(bed.gateway).await.unwrap();
-    tcp.write_all(b"GET /healthz HTTP/1.1\r\nhost: gateway\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(PATIENCE, tcp.read_to_string(&mut answer))
-        .await
-        .expect("the gateway kept a plaintext connection open")
-        .expect("closed with a reset instead of a FIN");
+    let answer = send_until_closed(&bed, b"GET /healthz HTTP/1.1\r\nhost: gateway\r\n\r\n").await;
+    let answer = String::from_utf8(answer).unwrap();
     assert!(
         answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
         "{answer}"
@@ -553,13 +552,7 @@ async fn plaintext_http_on_the_tls_port_is_answered_and_closed_cleanly() {
     assert!(answer.contains("mutual TLS"), "{answer}");
 
     // h2c with prior knowledge: closed, nothing said.
-    let mut tcp = TcpStream::connect(bed.gateway).await.unwrap();
-    tcp.write_all(&raw_h2::preface(&[])).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut answer))
-        .await
-        .expect("the gateway kept an h2c connection open")
-        .expect("closed with a reset instead of a FIN");
+    let answer = send_until_closed(&bed, &raw_h2::preface(&[])).await;
     assert!(answer.is_empty());
 
     wait_for_metric(
