@@ -587,17 +587,14 @@ impl ProviderPool {
     /// than `avoid` unless it is the only one.
     fn pick(&self, unreachable: &[bool], avoid: Option<usize>) -> Option<usize> {
         let now = Instant::now();
-        let usable: Vec<usize> = (0..self.endpoints.len())
+        let mut candidates: Vec<usize> = (0..self.endpoints.len())
             .filter(|&index| {
                 !unreachable[index] && self.endpoints[index].in_rotation(&self.provider, now)
             })
             .collect();
-        let others: Vec<usize> = usable
-            .iter()
-            .copied()
-            .filter(|&index| Some(index) != avoid)
-            .collect();
-        let candidates = if others.is_empty() { usable } else { others };
+        if candidates.len() > 1 {
+            candidates.retain(|&index| Some(index) != avoid);
+        }
         match candidates.len() {
             0 => None,
             1 => Some(candidates[0]),
