@@ -591,10 +591,6 @@ fn replay_body(bytes: &bytes::Bytes) -> UpstreamBody {
         .boxed_unsync()
 }
 
-fn empty_body() -> UpstreamBody {
-    replay_body(&bytes::Bytes::new())
-}
-
 /// Checks the health of every backend endpoint of the current
 /// configuration, every `upstream.health_check_interval` (re-read each
 /// time: reloads apply), until aborted.
@@ -1064,14 +1060,10 @@ impl GatewayService {
         }
         let forwarded = Instant::now();
         provider.count_call();
-        let mut next_body = Some(first_body);
+        let mut body = first_body;
         let mut avoid = None;
         let mut retries = 0;
         let sent = loop {
-            let body = match next_body.take() {
-                Some(body) => body,
-                None => replay.as_ref().map_or_else(empty_body, replay_body),
-            };
             let sent = tokio::time::timeout_at(
                 deadline.at(),
                 provider
@@ -1083,8 +1075,8 @@ impl GatewayService {
             // Only a replayable call that certainly did nothing is retried:
             // the endpoint answered UNAVAILABLE at once, or none could be
             // reached.
+            let Some(bytes) = &replay else { break sent };
             let failed_at = match &sent {
-                _ if replay.is_none() => break sent,
                 Ok(response) if crate::routing::upstream::is_unavailable(response) => response
                     .extensions()
                     .get::<crate::routing::upstream::ServedBy>()
@@ -1106,6 +1098,7 @@ impl GatewayService {
             tracing::debug!(retry = retries, endpoint = ?failed_at, "retrying an idempotent call");
             tokio::time::sleep(backoff).await;
             avoid = failed_at;
+            body = replay_body(bytes);
         };
         // The request side may have failed on purpose first.
         let mut response = sent.map_err(|error| call_end.refusal().unwrap_or(error))?;
