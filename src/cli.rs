@@ -105,6 +105,22 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// A sandbox for integration tests in any language: the gateway with
+    /// the dev policies and every mock agency (faults on), on ports the
+    /// system picks, described in a JSON manifest; serves until stopped.
+    Sandbox {
+        /// Where to write the manifest (gateway address, CA, member
+        /// certificates, test data by role); removed on exit.
+        #[arg(long, value_name = "FILE")]
+        manifest: PathBuf,
+        /// The seed of the synthetic dataset.
+        #[arg(long, default_value_t = crate::sandbox::DEFAULT_SEED)]
+        seed: u64,
+        /// Also stop when standard input closes: for a test harness that
+        /// starts the sandbox, so that it never outlives the harness.
+        #[arg(long)]
+        stop_with_parent: bool,
+    },
     /// Create a dev PKI and config under DIR if missing, then run every mock
     /// agency and the gateway in one process.
     Dev {
@@ -325,6 +341,18 @@ fn run(command: Command, log_format: LogFormat) -> anyhow::Result<()> {
             init_logging(log_format, None, "demo")?;
             runtime()?.block_on(crate::demo::run(dir.as_deref(), once))
         }
+        Command::Sandbox {
+            manifest,
+            seed,
+            stop_with_parent,
+        } => {
+            init_logging(log_format, None, "sandbox")?;
+            runtime()?.block_on(crate::sandbox::manifest::run(
+                &manifest,
+                seed,
+                stop_with_parent,
+            ))
+        }
         Command::Dev { dir, faults } => {
             init_logging(log_format, otlp_of(None)?.as_ref(), "dev")?;
             runtime()?.block_on(crate::dev::run(&dir, faults))
@@ -340,7 +368,10 @@ fn run(command: Command, log_format: LogFormat) -> anyhow::Result<()> {
                 Command::CheckConfig { config } => check_config(&config),
                 Command::Status { admin } => status::run(admin),
                 Command::Bench { command } => bench::run(command),
-                Command::Serve { .. } | Command::Dev { .. } | Command::Demo { .. } => {
+                Command::Serve { .. }
+                | Command::Dev { .. }
+                | Command::Demo { .. }
+                | Command::Sandbox { .. } => {
                     unreachable!("handled above")
                 }
             }

@@ -71,4 +71,5 @@ pub mod policy;
 pub mod proto;
 pub mod proxy;
 pub mod routing;
+pub mod sandbox;
 pub mod telemetry;

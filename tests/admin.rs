@@ -183,7 +183,7 @@ async fn config_shows_settings_but_no_key_material() {
     let (code, body) = admin_request(bed.admin, "GET", "/config").await;
     assert_eq!(code, 200);
     let config: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(config["gateway"]["node_id"], "gw-test");
+    assert_eq!(config["gateway"]["node_id"], "sandbox");
     assert_eq!(config["gateway"]["tls"]["private_key"], "(redacted)");
     assert_eq!(config["upstream"]["private_key"], "(redacted)");
     assert!(!body.contains("PRIVATE KEY"));
@@ -199,7 +199,7 @@ async fn reload_applies_a_good_configuration_and_refuses_a_broken_one() {
     let (code, body) = admin_request(bed.admin, "POST", "/reload").await;
     assert_eq!(code, 200, "{body}");
 
-    let broken = bed.dir.path().join("policies").join("broken.cedar");
+    let broken = bed.dir().join("policies").join("broken.cedar");
     std::fs::write(&broken, "permit (principal, action, resource) when {").unwrap();
     let (code, body) = admin_request(bed.admin, "POST", "/reload").await;
     assert_eq!(code, 422, "{body}");
@@ -270,7 +270,7 @@ async fn connections_and_refused_handshakes_are_counted() {
     let (certificate, key) = stranger_ca
         .issue(&govbridge::pki::LeafRequest::member(&member))
         .unwrap()
-        .write(&bed.dir.path().join("stranger"), "member")
+        .write(&bed.dir().join("stranger"), "member")
         .unwrap();
     assert!(support::handshake_refused(bed.gateway, bed.client_tls(&certificate, &key)).await);
 

@@ -19,7 +19,7 @@ const GRANT: &str = "/govbridge.consent.v1.Consent/Grant";
 /// Runs `govbridge consent ARGS` against the bed's gateway, off the
 /// runtime that serves it.
 async fn consent(bed: &Bed, args: &[&str]) -> std::process::Output {
-    let config = bed.dir.path().join("govbridge.toml");
+    let config = bed.dir().join("govbridge.toml");
     let mut all: Vec<String> = vec!["consent".into()];
     all.extend(args.iter().map(|arg| (*arg).to_owned()));
     all.extend([
@@ -262,7 +262,7 @@ async fn mistakes_are_named_and_exit_nonzero() {
     }
 
     // TLS material: a missing file, another member's certificate.
-    let missing = bed.dir.path().join("nowhere.pem");
+    let missing = bed.dir().join("nowhere.pem");
     let printed = fails(
         &bed,
         &["list", "--nin", &nin, "--cert", missing.to_str().unwrap()],

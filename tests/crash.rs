@@ -117,8 +117,8 @@ async fn sigkill_under_load_loses_no_acknowledged_call() {
     let bed = Bed::start().await;
     // A second configuration next to the bed's, with its own log: the
     // child gateway uses the bed's agencies and certificates.
-    let config = bed.dir.path().join("crash.toml");
-    let text = std::fs::read_to_string(bed.dir.path().join("govbridge.toml")).unwrap();
+    let config = bed.dir().join("crash.toml");
+    let text = std::fs::read_to_string(bed.dir().join("govbridge.toml")).unwrap();
     assert!(!text.contains("[exchange_log]"));
     std::fs::write(
         &config,
@@ -127,7 +127,7 @@ async fn sigkill_under_load_loses_no_acknowledged_call() {
         ),
     )
     .unwrap();
-    let data = bed.dir.path().join("crash-data");
+    let data = bed.dir().join("crash-data");
 
     let (mut child, gateway) = spawn_gateway(&config);
     let citizen = &bed.data.citizens[0];

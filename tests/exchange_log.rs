@@ -189,7 +189,7 @@ async fn an_allowed_call_is_recorded_and_provable() {
     let record = proven(&proof);
     assert_eq!(record.phase(), Phase::Outcome);
     assert_eq!(record.request_id, request_id);
-    assert_eq!(record.node_id, "gw-test");
+    assert_eq!(record.node_id, "sandbox");
     assert_eq!(record.caller, CBAO_KYC);
     assert_eq!(record.provider, ANEC);
     assert_eq!(record.method, VERIFY_IDENTITY);

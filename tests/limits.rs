@@ -333,7 +333,7 @@ async fn calls_in_flight_still_count_after_a_reload() {
 
     // The same limits reloaded: the two streams admitted before still
     // count.
-    let path = bed.dir.path().join("govbridge.toml");
+    let path = bed.dir().join("govbridge.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, format!("{text}\n")).unwrap();
     bed.reloader.reload().unwrap();

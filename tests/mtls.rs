@@ -135,14 +135,14 @@ async fn a_revoked_certificate_is_refused() {
     let (bed, _probe) = probe_bed().await;
     let member = MemberId::parse(support::CBAO_KYC).unwrap();
     let (certificate, key) = bed
-        .ca
+        .ca()
         .issue(&LeafRequest::member(&member))
         .unwrap()
         .write(&bed.pki, "to-revoke")
         .unwrap();
     govbridge::pki::revoke(&bed.pki, &certificate).unwrap();
 
-    let config = govbridge::config::Config::load(&bed.dir.path().join("govbridge.toml")).unwrap();
+    let config = govbridge::config::Config::load(&bed.dir().join("govbridge.toml")).unwrap();
     let gateway = govbridge::proxy::Gateway::bind(&config).await.unwrap();
     let address = gateway.local_addr().unwrap();
     let (trigger, shutdown) = govbridge::launch::Shutdown::new();

@@ -310,7 +310,7 @@ async fn a_reload_applies_new_policies_without_breaking_open_streams() {
     events.message().await.unwrap().unwrap();
 
     // An invalid policy is rejected and the running one keeps serving.
-    let policies = bed.dir.path().join("policies");
+    let policies = bed.dir().join("policies");
     std::fs::write(
         policies.join("broken.cedar"),
         "permit (principal, action, resource) when { context.nope };",

@@ -92,13 +92,13 @@ impl std::fmt::Display for Printed {
 /// Runs the example as CBAO's KYC desk against the bed's gateway, with the
 /// bed's directory as the dev directory and `args` added.
 async fn run_example(bed: &Bed, name: &str, args: &[&str]) -> Printed {
-    assert_eq!(bed.pki, bed.dir.path().join("pki"));
-    let stdout = bed.dir.path().join(format!("{name}.stdout"));
-    let stderr = bed.dir.path().join(format!("{name}.stderr"));
+    assert_eq!(bed.pki, bed.dir().join("pki"));
+    let stdout = bed.dir().join(format!("{name}.stdout"));
+    let stderr = bed.dir().join(format!("{name}.stderr"));
     let child = Command::new("python3")
         .arg(example())
         .args(["--gateway", &bed.gateway.to_string(), "--dev-dir"])
-        .arg(bed.dir.path())
+        .arg(bed.dir())
         .args(args)
         // The gateway is on loopback: never through a proxy.
         .env_remove("grpc_proxy")

@@ -32,7 +32,7 @@ async fn a_certificate_and_ca_rotation_reaches_new_connections_only() {
 
     // A new CA signs a new gateway certificate; the client CA bundle now
     // holds both CAs, so partners' existing certificates still work.
-    let rotated = bed.dir.path().join("rotated");
+    let rotated = bed.dir().join("rotated");
     let new_ca = CertificateAuthority::generate("govbridge rotated CA").unwrap();
     new_ca.write(&rotated).unwrap();
     let mut server = LeafRequest::loopback_server("govbridge gateway");
@@ -89,7 +89,7 @@ async fn a_certificate_and_ca_rotation_reaches_new_connections_only() {
         .unwrap()
         .issue(&server)
         .unwrap();
-    let scratch = bed.dir.path().join("scratch");
+    let scratch = bed.dir().join("scratch");
     let (_, other_key) = other.write(&scratch, "gateway").unwrap();
     std::fs::copy(other_key, bed.pki.join("gateway.key")).unwrap();
     let (code, body) = admin_request(bed.admin, "POST", "/reload").await;
@@ -134,7 +134,7 @@ async fn a_changed_file_is_reloaded_and_a_broken_one_refused() {
     let failed = "govbridge_reloads_total{result=\"failed\"}";
     assert_eq!(sample(&bed, ok).await, 0.0);
 
-    let policies = bed.dir.path().join("policies");
+    let policies = bed.dir().join("policies");
     std::fs::write(
         policies.join("more.cedar"),
         "@id(\"more\")\npermit (principal, action, resource);\n",

@@ -440,7 +440,7 @@ async fn turning_health_checks_off_puts_endpoints_back_in_rotation() {
 
     // An operator silences a flapping check: nothing would ever clear the
     // verdict of the checks before, so the reload does.
-    let config = bed.dir.path().join("govbridge.toml");
+    let config = bed.dir().join("govbridge.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     let text = text.replacen(
         "health_check_interval = \"50ms\"",

@@ -21,127 +21,102 @@ use std::task::{Context, Poll};
 
 use govbridge::agencies::fault::FaultSwitch;
 use govbridge::agencies::{Agency, AgencyService, Dataset};
-use govbridge::config::{Config, SigningKeyConfig};
-use govbridge::dev::{self, GATEWAY_IDENTITY};
 use govbridge::identity::MemberId;
-use govbridge::identity::tls::{ClientTls, ServerTls};
-use govbridge::launch::{BoundAgency, Shutdown, ShutdownTrigger};
-use govbridge::net::{ListenerSettings, TlsListener, with_peer};
-use govbridge::pki::{CertificateAuthority, LeafRequest, Usage};
-use govbridge::proxy::Gateway;
+use govbridge::identity::tls::ClientTls;
+use govbridge::pki::LeafRequest;
+use govbridge::sandbox::{Sandbox, SandboxBuilder};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::net::TcpStream;
 
-pub const SEED: u64 = 221;
+pub const SEED: u64 = govbridge::sandbox::DEFAULT_SEED;
 pub const CBAO_KYC: &str = "SN/COM/CBAO/kyc";
 pub const TREASURY: &str = "SN/GOV/DGCPT/treasury";
 pub const PROBE: &str = "SN/GOV/PROBE/backend";
 
-/// A backend under test control, published as `service` by `provider`.
-pub struct ProbeBackend {
-    pub provider: MemberId,
-    pub service: &'static str,
-    pub server: AgencyService,
+/// The mock agency called `name` (`civil-registry`, `tax`, `mygov`...).
+pub fn agency(name: &str) -> Agency {
+    Agency::ALL
+        .into_iter()
+        .find(|agency| agency.name() == name)
+        .unwrap_or_else(|| panic!("no agency is called {name}"))
 }
 
-/// How to build a bed.
+/// How to build a bed: a [`SandboxBuilder`] with the tests' defaults
+/// (every call allowed unless [`Self::dev_policies`], a 5 s handshake
+/// timeout) and the names tests use.
 pub struct BedBuilder {
-    agencies: bool,
-    probes: Vec<ProbeBackend>,
-    /// A provider whose only endpoint has nothing listening.
-    dead_provider: Option<(&'static str, MemberId)>,
-    silent_provider: Option<(&'static str, MemberId)>,
-    extra_members: Vec<MemberId>,
+    sandbox: SandboxBuilder,
     dev_policies: bool,
-    max_deadline: &'static str,
-    handshake_timeout: &'static str,
-    consent_freshness: &'static str,
-    /// Agencies reached through a relay the test can cut.
-    cuttable: Vec<&'static str>,
-    /// Agencies run as several endpoints of their provider.
-    replicas: Vec<(&'static str, usize)>,
-    /// Lines added to `[upstream]`.
-    upstream: Vec<String>,
-    /// Lines added to `[gateway]`.
-    gateway: Vec<String>,
-    /// A `[limits]` section, appended (tests/limits.rs).
-    limits: Option<String>,
-    /// Lines added to other sections: (section, line).
-    settings: Vec<(String, String)>,
 }
 
 impl BedBuilder {
     /// Adds `line` to the generated configuration's `[section]`, e.g.
     /// `services."govbridge.tax.v1.TaxAuthority"` and `max_deadline = "1s"`.
     pub fn setting(mut self, section: &str, line: &str) -> Self {
-        self.settings.push((section.to_owned(), line.to_owned()));
+        self.sandbox = self.sandbox.setting(section, line);
         self
     }
 
-    /// Appends `section` (TOML: `[limits]` and its subtables) to the
+    /// Merges `section` (TOML: `[limits]` and its subtables) into the
     /// gateway's configuration.
     pub fn limits(mut self, section: &str) -> Self {
-        self.limits = Some(section.to_owned());
+        self.sandbox = self.sandbox.config(section);
         self
     }
 
     /// Runs agency `name` as `count` endpoints of its provider.
     pub fn replicas(mut self, name: &'static str, count: usize) -> Self {
-        self.replicas.push((name, count));
+        self.sandbox = self.sandbox.replicas(agency(name), count);
         self
     }
 
     /// Sets `[upstream]` `key` to `value` (TOML, e.g. `"\"1s\""` or `"3"`).
-    pub fn upstream(mut self, key: &str, value: &str) -> Self {
-        self.upstream.push(format!("{key} = {value}"));
-        self
+    pub fn upstream(self, key: &str, value: &str) -> Self {
+        self.setting("upstream", &format!("{key} = {value}"))
     }
 
     /// Sets `[gateway]` `key` to `value` (TOML, e.g. `"\"1s\""` or `"3"`).
-    pub fn gateway(mut self, key: &str, value: &str) -> Self {
-        self.gateway.push(format!("{key} = {value}"));
-        self
+    pub fn gateway(self, key: &str, value: &str) -> Self {
+        self.setting("gateway", &format!("{key} = {value}"))
     }
 
     /// Puts a TCP relay in front of agency `name` (`mygov`, `tax`...), for
     /// [`Bed::cut`].
     pub fn cuttable(mut self, name: &'static str) -> Self {
-        self.cuttable.push(name);
+        self.sandbox = self.sandbox.cuttable(agency(name));
         self
     }
 
     pub fn without_agencies(mut self) -> Self {
-        self.agencies = false;
+        self.sandbox = self.sandbox.without_agencies();
         self
     }
 
     /// Publishes `server` as `service`, ahead of the real agency if there is
     /// one, so that calls without `bridge-target` reach the probe.
     pub fn probe(mut self, service: &'static str, server: AgencyService) -> Self {
-        self.probes.push(ProbeBackend {
-            provider: MemberId::parse(PROBE).unwrap(),
-            service,
-            server,
-        });
+        let provider = MemberId::parse(PROBE).unwrap();
+        self.sandbox = self.sandbox.backend(service, provider, server);
         self
     }
 
     /// Publishes `service` by a provider whose endpoint accepts TCP
     /// connections and then never answers.
     pub fn silent_provider(mut self, service: &'static str) -> Self {
-        self.silent_provider = Some((service, MemberId::parse("SN/GOV/SILENT/backend").unwrap()));
+        let provider = MemberId::parse("SN/GOV/SILENT/backend").unwrap();
+        self.sandbox = self.sandbox.silent_provider(service, provider);
         self
     }
 
     /// Publishes `service` by a provider whose endpoint refuses connections.
     pub fn dead_provider(mut self, service: &'static str) -> Self {
-        self.dead_provider = Some((service, MemberId::parse("SN/GOV/DOWN/backend").unwrap()));
+        let provider = MemberId::parse("SN/GOV/DOWN/backend").unwrap();
+        self.sandbox = self.sandbox.unreachable_provider(service, provider);
         self
     }
 
@@ -152,21 +127,18 @@ impl BedBuilder {
         self
     }
 
-    pub fn handshake_timeout(mut self, timeout: &'static str) -> Self {
-        self.handshake_timeout = timeout;
-        self
+    pub fn handshake_timeout(self, timeout: &'static str) -> Self {
+        self.gateway("handshake_timeout", &format!("\"{timeout}\""))
     }
 
     /// How long the consent feed may be silent before consent-bound calls
     /// are refused.
-    pub fn consent_freshness(mut self, freshness: &'static str) -> Self {
-        self.consent_freshness = freshness;
-        self
+    pub fn consent_freshness(self, freshness: &'static str) -> Self {
+        self.setting("consent", &format!("freshness = \"{freshness}\""))
     }
 
-    pub fn max_deadline(mut self, deadline: &'static str) -> Self {
-        self.max_deadline = deadline;
-        self
+    pub fn max_deadline(self, deadline: &'static str) -> Self {
+        self.upstream("max_deadline", &format!("\"{deadline}\""))
     }
 
     pub async fn start(self) -> Bed {
@@ -174,367 +146,61 @@ impl BedBuilder {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let dir = tempfile::tempdir().unwrap();
-        let pki = dir.path().join("pki");
-        dev::init_pki(&pki).unwrap();
-        let ca = CertificateAuthority::load(&pki).unwrap();
-        let data = Arc::new(Dataset::generate(SEED));
-        let gateway_id = MemberId::parse(GATEWAY_IDENTITY).unwrap();
-        let (trigger, shutdown) = Shutdown::new();
-        let mut tasks = JoinSet::new();
-        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
-
-        // provider -> endpoints, service -> providers, in order.
-        let mut providers: Vec<(MemberId, Vec<SocketAddr>)> = Vec::new();
-        let mut services: Vec<(&'static str, Vec<MemberId>)> = Vec::new();
-        let publish = |services: &mut Vec<(&'static str, Vec<MemberId>)>,
-                       service: &'static str,
-                       provider: &MemberId| {
-            match services.iter_mut().find(|(name, _)| *name == service) {
-                Some((_, list)) => list.push(provider.clone()),
-                None => services.push((service, vec![provider.clone()])),
-            }
-        };
-
-        for (index, probe) in self.probes.into_iter().enumerate() {
-            let mut request = LeafRequest::loopback_server("probe");
-            request.member = Some(probe.provider.clone());
-            request.usage = Usage::ServerAndClient;
-            let name = format!("probe-{index}");
-            let (certificate, private_key) =
-                ca.issue(&request).unwrap().write(&pki, &name).unwrap();
-            let tls = ServerTls {
-                certificate,
-                private_key,
-                client_ca: pki.join("ca.pem"),
-                crls: vec![pki.join("crl.pem")],
-            };
-            let tcp = TcpListener::bind(loopback).await.unwrap();
-            let address = tcp.local_addr().unwrap();
-            let listener = TlsListener::new(
-                tcp,
-                tls.server_config().unwrap(),
-                ListenerSettings::backend(),
-            );
-            let server = probe.server;
-            tasks.spawn(listener.serve(
-                move |peer| with_peer(peer, server.clone()),
-                shutdown.clone().wait(),
-            ));
-            if !providers.iter().any(|(id, _)| *id == probe.provider) {
-                providers.push((probe.provider.clone(), vec![address]));
-            }
-            publish(&mut services, probe.service, &probe.provider);
-        }
-
-        let mut agencies = HashMap::new();
-        let mut cuts: HashMap<&'static str, Vec<tokio::sync::watch::Sender<bool>>> = HashMap::new();
-        let mut faults: HashMap<&'static str, Vec<FaultSwitch>> = HashMap::new();
-        if self.agencies {
-            for agency in Agency::ALL {
-                let tls = ServerTls {
-                    certificate: pki.join(format!("agency-{}.pem", agency.name())),
-                    private_key: pki.join(format!("agency-{}.key", agency.name())),
-                    client_ca: pki.join("ca.pem"),
-                    crls: vec![pki.join("crl.pem")],
-                };
-                let signing_key = (agency == Agency::MyGov).then(|| SigningKeyConfig {
-                    key_id: dev::CONSENT_KEY_ID.to_owned(),
-                    file: pki.join(dev::CONSENT_KEY),
-                });
-                let replicas = self
-                    .replicas
-                    .iter()
-                    .find(|(name, _)| *name == agency.name())
-                    .map_or(1, |(_, count)| *count);
-                let mut endpoints = Vec::new();
-                for _ in 0..replicas {
-                    let bound = BoundAgency::bind(
-                        agency,
-                        loopback,
-                        &tls,
-                        gateway_id.clone(),
-                        data.clone(),
-                        signing_key.as_ref(),
-                    )
-                    .await
-                    .unwrap();
-                    let (bound, switch) = bound.with_faults();
-                    faults.entry(agency.name()).or_default().push(switch);
-                    let mut address = bound.local_addr().unwrap();
-                    tasks.spawn(bound.serve(shutdown.clone().wait()));
-                    if self.cuttable.contains(&agency.name()) {
-                        let listener = TcpListener::bind(loopback).await.unwrap();
-                        let target = address;
-                        address = listener.local_addr().unwrap();
-                        let (cut, watched) = tokio::sync::watch::channel(false);
-                        tasks.spawn(relay(listener, target, watched));
-                        cuts.entry(agency.name()).or_default().push(cut);
-                    }
-                    endpoints.push(address);
-                }
-                agencies.insert(agency.name(), endpoints[0]);
-                providers.push((agency.member_id(), endpoints));
-                publish(&mut services, agency.service_name(), &agency.member_id());
-            }
-        }
-
-        if let Some((service, provider)) = &self.dead_provider {
-            // Bind and drop: the port is then (almost certainly) closed.
-            let address = TcpListener::bind(loopback)
-                .await
-                .unwrap()
-                .local_addr()
-                .unwrap();
-            providers.push((provider.clone(), vec![address]));
-            publish(&mut services, service, provider);
-        }
-
-        if let Some((service, provider)) = &self.silent_provider {
-            let listener = TcpListener::bind(loopback).await.unwrap();
-            let address = listener.local_addr().unwrap();
-            let silence = shutdown.clone();
-            tasks.spawn(async move {
-                let mut held = Vec::new();
-                let accept = async {
-                    while let Ok((socket, _)) = listener.accept().await {
-                        held.push(socket);
-                    }
-                };
-                tokio::select! {
-                    () = accept => {}
-                    () = silence.wait() => {}
-                }
-            });
-            providers.push((provider.clone(), vec![address]));
-            publish(&mut services, service, provider);
-        }
-
-        let mut members: Vec<MemberId> = dev::DEMO_MEMBERS
-            .iter()
-            .map(|(_, id)| MemberId::parse(id).unwrap())
-            .chain(providers.iter().map(|(id, _)| id.clone()))
-            .chain(self.extra_members)
-            .collect();
-        members.sort();
-        members.dedup();
-
-        let policies = dir.path().join("policies");
-        if self.dev_policies {
-            dev::write_policies(&policies).unwrap();
+        let builder = if self.dev_policies {
+            self.sandbox
         } else {
-            std::fs::create_dir_all(&policies).unwrap();
-            let schema = dev::DEV_POLICIES[0];
-            std::fs::write(policies.join(schema.0), schema.1).unwrap();
-            std::fs::write(policies.join("allow-all.cedar"), ALLOW_ALL).unwrap();
-        }
-        let mut text = config_text(
-            &members,
-            &providers,
-            &services,
-            self.max_deadline,
-            self.handshake_timeout,
-            self.consent_freshness,
-        );
-        let upstream = self
-            .upstream
-            .iter()
-            .map(|line| format!("{line}\n"))
-            .collect::<String>();
-        text = text.replacen("[upstream]\n", &format!("[upstream]\n{upstream}"), 1);
-        for (section, line) in &self.settings {
-            let header = format!("[{section}]\n");
-            assert!(text.contains(&header), "no [{section}] in\n{text}");
-            text = text.replacen(&header, &format!("{header}{line}\n"), 1);
-        }
-        let gateway = self
-            .gateway
-            .iter()
-            .map(|line| format!("{line}\n"))
-            .collect::<String>();
-        text = text.replacen("[gateway]\n", &format!("[gateway]\n{gateway}"), 1);
-        if let Some(limits) = &self.limits {
-            text += &format!("\n{limits}\n");
-        }
-        let config_path = dir.path().join("govbridge.toml");
-        std::fs::write(&config_path, &text).unwrap();
-        let config = Config::load(&config_path).unwrap_or_else(|error| panic!("{error}\n{text}"));
-        let gateway = Gateway::bind(&config).await.unwrap();
-        let gateway_addr = gateway.local_addr().unwrap();
-        let admin = gateway.admin_addr().unwrap();
-        let reloader = gateway.reloader();
-        let exchange_log = gateway.exchange_log().cloned();
-        tasks.spawn(gateway.serve(shutdown.clone().wait()));
-
-        Bed {
-            reloader,
-            dir,
-            pki,
-            ca,
-            gateway: gateway_addr,
-            admin,
-            agencies,
-            data,
-            exchange_log,
-            cuts,
-            faults,
-            trigger,
-            tasks,
-        }
-    }
-}
-
-/// Relays each connection accepted on `listener` to `target`, while `cut`
-/// is false; when it turns true, relayed connections drop and new ones
-/// are closed as soon as accepted, until it turns false again.
-async fn relay(
-    listener: TcpListener,
-    target: SocketAddr,
-    mut cut: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((mut inbound, _)) = accepted else { return };
-                if *cut.borrow() {
-                    continue;
-                }
-                connections.spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-            changed = cut.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                if *cut.borrow() {
-                    connections.abort_all();
-                }
-            }
-        }
-    }
-}
-
-/// The policy of beds that test the data path, not authorization.
-pub const ALLOW_ALL: &str = "@id(\"test-allow-all\")\npermit (principal, action, resource);\n";
-
-fn config_text(
-    members: &[MemberId],
-    providers: &[(MemberId, Vec<SocketAddr>)],
-    services: &[(&str, Vec<MemberId>)],
-    max_deadline: &str,
-    handshake_timeout: &str,
-    consent_freshness: &str,
-) -> String {
-    let mut text = format!(
-        r#"
-[gateway]
-node_id = "gw-test"
-listen = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-identity = "{GATEWAY_IDENTITY}"
-handshake_timeout = "{handshake_timeout}"
-
-[gateway.tls]
-certificate = "pki/gateway.pem"
-private_key = "pki/gateway.key"
-client_ca = "pki/ca.pem"
-crls = ["pki/crl.pem"]
-
-[upstream]
-certificate = "pki/gateway-upstream.pem"
-private_key = "pki/gateway-upstream.key"
-server_ca = "pki/ca.pem"
-connect_timeout = "1s"
-max_deadline = "{max_deadline}"
-"#
-    );
-    // Members keep the groups and purposes of the dev configuration.
-    let dev = Config::parse(Path::new("dev.toml"), dev::CONFIG_TEMPLATE).unwrap();
-    text += "\n[policy]\nschema = \"policies/schema.cedarschema\"\npolicies = \"policies\"\n\n[purposes]\n";
-    for purpose in dev.purposes.keys() {
-        text += &format!("{purpose} = \"{purpose}\"\n");
-    }
-    for member in members {
-        let groups: Vec<String> = dev
-            .members
-            .get(member)
-            .map(|m| m.groups.iter().map(|g| format!("\"{g}\"")).collect())
-            .unwrap_or_default();
-        text += &format!(
-            "\n[members.\"{member}\"]\nname = \"{member}\"\ngroups = [{}]\n",
-            groups.join(", ")
-        );
-    }
-    for (provider, endpoints) in providers {
-        let endpoints: Vec<String> = endpoints
-            .iter()
-            .map(|a| format!("\"https://{a}\""))
+            self.sandbox.allow_all()
+        };
+        let sandbox = builder
+            .start()
+            .await
+            .unwrap_or_else(|error| panic!("{error:#}"));
+        let agencies = Agency::ALL
+            .into_iter()
+            .filter_map(|agency| {
+                let first = sandbox.agency_addrs(agency).first()?;
+                Some((agency.name(), *first))
+            })
             .collect();
-        text += &format!(
-            "\n[providers.\"{provider}\"]\nendpoints = [{}]\n",
-            endpoints.join(", ")
-        );
+        Bed {
+            reloader: sandbox.reloader().clone(),
+            pki: sandbox.pki_dir().to_owned(),
+            gateway: sandbox.gateway_addr(),
+            admin: sandbox.admin_addr(),
+            agencies,
+            data: sandbox.dataset().clone(),
+            sandbox,
+        }
     }
-    for (service, providers) in services {
-        let providers: Vec<String> = providers.iter().map(|p| format!("\"{p}\"")).collect();
-        text += &format!(
-            "\n[services.\"{service}\"]\nproviders = [{}]\n",
-            providers.join(", ")
-        );
-    }
-    let portal = Agency::MyGov.member_id();
-    if providers.iter().any(|(id, _)| *id == portal) {
-        text += &format!(
-            "\n[consent]\nissuer_keys = \"pki/{}\"\nfeed_provider = \"{portal}\"\nfreshness = \"{consent_freshness}\"\n",
-            dev::CONSENT_KEYS
-        );
-    }
-    text
 }
 
-/// A running gateway with its backends. Dropping it stops everything.
+/// A running gateway with its backends: a [`Sandbox`] (which it derefs
+/// to) with the shortcuts tests use. Dropping it stops everything.
 pub struct Bed {
     pub reloader: govbridge::proxy::Reloader,
-    pub dir: tempfile::TempDir,
     pub pki: PathBuf,
-    pub ca: CertificateAuthority,
     pub gateway: SocketAddr,
     /// The gateway's admin endpoint (plain HTTP).
     pub admin: SocketAddr,
+    /// Each agency's first endpoint.
     pub agencies: HashMap<&'static str, SocketAddr>,
     pub data: Arc<Dataset>,
-    /// The gateway's exchange log (see the exchange log block at the end).
-    exchange_log: Option<govbridge::audit::ExchangeLog>,
-    /// The relays in front of cuttable agencies.
-    cuts: HashMap<&'static str, Vec<tokio::sync::watch::Sender<bool>>>,
-    /// Each agency's fault switches, one per replica.
-    faults: HashMap<&'static str, Vec<FaultSwitch>>,
-    trigger: ShutdownTrigger,
-    tasks: JoinSet<()>,
+    pub sandbox: Sandbox,
+}
+
+impl std::ops::Deref for Bed {
+    type Target = Sandbox;
+
+    fn deref(&self) -> &Sandbox {
+        &self.sandbox
+    }
 }
 
 impl Bed {
     pub fn builder() -> BedBuilder {
         BedBuilder {
-            agencies: true,
-            probes: Vec::new(),
-            dead_provider: None,
-            silent_provider: None,
-            extra_members: Vec::new(),
+            sandbox: Sandbox::builder().setting("gateway", "handshake_timeout = \"5s\""),
             dev_policies: false,
-            max_deadline: "60s",
-            handshake_timeout: "5s",
-            consent_freshness: "5s",
-            cuttable: Vec::new(),
-            replicas: Vec::new(),
-            upstream: Vec::new(),
-            gateway: Vec::new(),
-            limits: None,
-            settings: Vec::new(),
         }
     }
 
@@ -574,7 +240,7 @@ impl Bed {
     /// Issues a certificate from the dev CA and returns client TLS using it.
     pub fn issue_client(&self, name: &str, request: &LeafRequest) -> Arc<ClientConfig> {
         let (certificate, key) = self
-            .ca
+            .ca()
             .issue(request)
             .unwrap()
             .write(&self.pki, name)
@@ -591,32 +257,35 @@ impl Bed {
 
     /// The fault switch of replica `index` of agency `name`.
     pub fn fault(&self, name: &str, index: usize) -> &FaultSwitch {
-        &self.faults[name][index]
+        &self.sandbox.replica_faults(agency(name), index).switches()[0]
     }
 
     /// Cuts the network to every replica of agency `name`, made
     /// [`BedBuilder::cuttable`]: its connections drop and new ones are
     /// closed at once, as in a partition.
     pub fn cut(&self, name: &str) {
-        for cut in &self.cuts[name] {
-            cut.send_replace(true);
-        }
+        assert!(
+            self.sandbox.faults(agency(name)).cut(),
+            "{name} is not cuttable"
+        );
     }
 
     /// Cuts the network to replica `index` of agency `name` only.
     pub fn cut_replica(&self, name: &str, index: usize) {
-        self.cuts[name][index].send_replace(true);
+        assert!(
+            self.sandbox.replica_faults(agency(name), index).cut(),
+            "{name} #{index} is not cuttable"
+        );
     }
 
     /// Restores the network to replica `index` of agency `name`.
     pub fn restore_replica(&self, name: &str, index: usize) {
-        self.cuts[name][index].send_replace(false);
+        self.sandbox.replica_faults(agency(name), index).restore();
     }
 
     /// Stops every server and waits for them to drain.
-    pub async fn stop(mut self) {
-        self.trigger.trigger();
-        while self.tasks.join_next().await.is_some() {}
+    pub async fn stop(self) {
+        self.sandbox.shutdown().await;
     }
 }
 
@@ -780,23 +449,21 @@ impl Bed {
     /// The gateway's exchange log: to force checkpoints and simulate store
     /// faults.
     pub fn exchange_log(&self) -> &govbridge::audit::ExchangeLog {
-        self.exchange_log
-            .as_ref()
-            .expect("the bed's gateway runs with its exchange log")
+        self.sandbox.exchange_log().log()
     }
 
     /// Lets `members` call the Data Tracker: adds them to the
     /// configuration file's `exchange_log.data_tracker_clients` and
     /// reloads, as an operator would.
     pub fn allow_data_tracker(&self, members: &[&str]) {
-        let path = self.dir.path().join("govbridge.toml");
-        let mut text = std::fs::read_to_string(&path).unwrap();
+        let path = self.config_path();
+        let mut text = std::fs::read_to_string(path).unwrap();
         let members: Vec<String> = members.iter().map(|m| format!("\"{m}\"")).collect();
         text += &format!(
             "\n[exchange_log]\ndata_tracker_clients = [{}]\n",
             members.join(", ")
         );
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(path, text).unwrap();
         self.reloader.reload().unwrap();
     }
 }

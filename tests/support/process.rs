@@ -30,11 +30,11 @@ impl GatewayProcess {
     /// exchange log (`name-data/`) and `gateway` lines added to
     /// `[gateway]`; returns once it says where it listens.
     pub fn spawn(bed: &Bed, name: &str, gateway: &[&str]) -> Self {
-        let text = std::fs::read_to_string(bed.dir.path().join("govbridge.toml")).unwrap();
+        let text = std::fs::read_to_string(bed.dir().join("govbridge.toml")).unwrap();
         assert!(!text.contains("[exchange_log]"));
         let lines: String = gateway.iter().map(|line| format!("{line}\n")).collect();
         let text = text.replacen("[gateway]\n", &format!("[gateway]\n{lines}"), 1);
-        let config = bed.dir.path().join(format!("{name}.toml"));
+        let config = bed.dir().join(format!("{name}.toml"));
         std::fs::write(
             &config,
             format!("{text}\n[exchange_log]\ndata_dir = \"{name}-data\"\n"),
@@ -81,7 +81,7 @@ impl GatewayProcess {
             child,
             address: address.unwrap(),
             admin: admin.unwrap(),
-            data: bed.dir.path().join(format!("{name}-data")),
+            data: bed.dir().join(format!("{name}-data")),
         }
     }
 
