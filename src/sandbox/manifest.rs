@@ -155,13 +155,14 @@ impl Manifest {
 pub async fn run(manifest: &Path, seed: u64, stop_with_parent: bool) -> anyhow::Result<()> {
     let sandbox = Sandbox::builder().seed(seed).start().await?;
     Manifest::of(&sandbox)?.write(manifest)?;
-    println!("sandbox ready: {}", manifest.display());
-    println!(
-        "  gateway https://{} (certificate for {SERVER_NAME}), admin http://{}",
+    // A harness may stop reading once it has the ready line: printing then
+    // fails, which must not stop the sandbox.
+    say(&format!(
+        "sandbox ready: {}\n  gateway https://{} (certificate for {SERVER_NAME}), admin http://{}\nStop with Ctrl-C.",
+        manifest.display(),
         sandbox.gateway_addr(),
         sandbox.admin_addr()
-    );
-    println!("Stop with Ctrl-C.");
+    ));
 
     let stdin_closed = async {
         if stop_with_parent {
@@ -174,7 +175,7 @@ pub async fn run(manifest: &Path, seed: u64, stop_with_parent: bool) -> anyhow::
         () = crate::launch::termination_signal() => {}
         () = stdin_closed => {}
     }
-    println!("stopping the sandbox");
+    say("stopping the sandbox");
     let _ = std::fs::remove_file(manifest);
     sandbox.shutdown().await;
     Ok(())
@@ -190,4 +191,10 @@ async fn stdin_closed() {
         let _ = closed.send(());
     });
     let _ = wait.await;
+}
+
+/// Prints `text` and a newline to standard output, if anyone listens.
+fn say(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{text}").and_then(|()| stdout.flush());
 }

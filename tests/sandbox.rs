@@ -1,0 +1,358 @@
+//! The sandbox as a partner uses it: only the public API
+//! (`govbridge::sandbox`, the generated clients, `govbridge sandbox
+//! --manifest`), no test support code.
+
+// A failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::BufRead as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use govbridge::agencies::Agency;
+use govbridge::identity::tls::ClientTls;
+use govbridge::net::client::Channel;
+use govbridge::proto::business::v1::GetCompanyRequest;
+use govbridge::proto::business::v1::business_registry_client::BusinessRegistryClient;
+use govbridge::proto::civilregistry::v1::VerificationResult;
+use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
+use govbridge::proto::tax::v1::get_tax_clearance_request::Taxpayer;
+use govbridge::proto::tax::v1::tax_authority_client::TaxAuthorityClient;
+use govbridge::proto::tax::v1::{ClearanceStatus, GetTaxClearanceRequest};
+use govbridge::sandbox::{self, ConsentGrant, Sandbox};
+use tonic::Code;
+
+const CBAO_KYC: &str = "SN/COM/CBAO/kyc";
+const CBAO_CREDIT: &str = "SN/COM/CBAO/credit";
+const CLEARANCE: &str = "/govbridge.tax.v1.TaxAuthority/GetTaxClearance";
+
+async fn registry(sandbox: &Sandbox, member: &str) -> CivilRegistryClient<Channel> {
+    CivilRegistryClient::new(sandbox.channel_as(member).await.unwrap())
+}
+
+fn clearance_of(nin: &str) -> GetTaxClearanceRequest {
+    GetTaxClearanceRequest {
+        taxpayer: Some(Taxpayer::SubjectNin(nin.to_owned())),
+    }
+}
+
+#[tokio::test]
+async fn known_people_answer_as_their_roles_say_under_the_dev_policies() {
+    let sandbox = Sandbox::builder().start().await.unwrap();
+    let roles = sandbox.roles();
+    let mut kyc = registry(&sandbox, CBAO_KYC).await;
+
+    let verify = |person: &sandbox::roles::Person| {
+        sandbox::declared(person.verify_identity_request(), "KYC")
+    };
+    let adult = kyc
+        .verify_identity(verify(&roles.adult_with_account))
+        .await
+        .unwrap();
+    assert_eq!(adult.get_ref().result(), VerificationResult::Match);
+    let deceased = kyc.verify_identity(verify(&roles.deceased)).await.unwrap();
+    assert_eq!(deceased.get_ref().result(), VerificationResult::Deceased);
+
+    // The exchange log holds the call: its decision, then its outcome.
+    let records = sandbox.exchange_log().of_call(adult.metadata()).unwrap();
+    let phases: Vec<_> = records.iter().map(|logged| logged.record.phase()).collect();
+    assert_eq!(
+        phases,
+        [
+            govbridge::audit::Phase::Decision,
+            govbridge::audit::Phase::Outcome
+        ]
+    );
+    assert_eq!(records[0].record.caller, CBAO_KYC);
+    assert_eq!(records[1].record.subject, roles.adult_with_account.nin);
+    assert!(sandbox.exchange_log().records().unwrap().len() >= 4);
+
+    // The KYC desk may verify, not read the whole record.
+    let request = govbridge::proto::civilregistry::v1::GetPersonRequest {
+        nin: roles.adult_with_account.nin.clone(),
+    };
+    let refused = kyc
+        .get_person(sandbox::declared(request, "KYC"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert_eq!(sandbox::bridge_error(&refused), Some("policy-denied"));
+
+    // A member the gateway does not know gets a certificate, and is
+    // refused as unknown.
+    let mut stranger = registry(&sandbox, "SN/COM/STRANGER/kyc").await;
+    let refused = stranger
+        .verify_identity(verify(&roles.adult_with_account))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert_eq!(sandbox::bridge_error(&refused), Some("unknown-member"));
+}
+
+#[tokio::test]
+async fn consent_shortcuts_grant_and_revoke_through_the_portal() {
+    let sandbox = Sandbox::builder().start().await.unwrap();
+    let citizen = sandbox.roles().adult_with_account.clone();
+    let other = sandbox.roles().person_with_tax_arrears.clone();
+    let mut credit = TaxAuthorityClient::new(sandbox.channel_as(CBAO_CREDIT).await.unwrap());
+    let ask = |nin: &str| sandbox::declared(clearance_of(nin), "CREDIT-SCORING");
+
+    // Without consent, the policy refuses.
+    let refused = credit
+        .get_tax_clearance(ask(&citizen.nin))
+        .await
+        .unwrap_err();
+    assert_eq!(sandbox::bridge_error(&refused), Some("consent-missing"));
+
+    let consent = sandbox
+        .grant_consent(
+            &ConsentGrant::new(&citizen.nin, CBAO_CREDIT, CLEARANCE, "CREDIT-SCORING").max_uses(10),
+        )
+        .await
+        .unwrap();
+    let answer = credit
+        .get_tax_clearance(consent.attach(ask(&citizen.nin)))
+        .await
+        .unwrap();
+    assert_eq!(answer.get_ref().status(), ClearanceStatus::Clear);
+    let records = sandbox.exchange_log().of_call(answer.metadata()).unwrap();
+    assert!(
+        records
+            .iter()
+            .all(|logged| logged.record.consent_id == consent.id)
+    );
+
+    // The consent is the citizen's: it reads no one else.
+    let refused = credit
+        .get_tax_clearance(consent.attach(ask(&other.nin)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        sandbox::bridge_error(&refused),
+        Some("consent-subject-mismatch")
+    );
+
+    // Revoked in the portal, refused at the gateway once its feed says so.
+    sandbox.revoke_consent(&consent).await.unwrap();
+    let revoked = Instant::now();
+    loop {
+        match credit
+            .get_tax_clearance(consent.attach(ask(&citizen.nin)))
+            .await
+        {
+            Err(status) if sandbox::bridge_error(&status) == Some("consent-revoked") => break,
+            outcome => assert!(
+                revoked.elapsed() < Duration::from_secs(2),
+                "still {outcome:?} two seconds after the revocation"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn fault_switches_give_the_promised_statuses_through_the_gateway() {
+    let sandbox = Sandbox::builder().start().await.unwrap();
+    let citizen = sandbox.roles().adult_with_account.clone();
+    let mut kyc = registry(&sandbox, CBAO_KYC).await;
+    let verify = || sandbox::declared(citizen.verify_identity_request(), "KYC");
+    let faults = sandbox.faults(Agency::CivilRegistry);
+
+    // Latency: a caller's deadline passes at the gateway.
+    faults.delay(Duration::from_secs(5));
+    let mut late = verify();
+    late.set_timeout(Duration::from_millis(200));
+    let status = kyc.verify_identity(late).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+
+    // An error status: the agency's, relayed unchanged.
+    faults.fail(Code::ResourceExhausted);
+    let status = kyc.verify_identity(verify()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(
+        sandbox::bridge_error(&status),
+        None,
+        "the agency's own status"
+    );
+
+    // Other agencies are untouched.
+    let mut companies = BusinessRegistryClient::new(sandbox.channel_as(CBAO_KYC).await.unwrap());
+    let request = GetCompanyRequest {
+        ninea: sandbox.roles().company_in_good_standing.ninea.clone(),
+    };
+    companies
+        .get_company(sandbox::declared(request, "KYC"))
+        .await
+        .unwrap();
+
+    faults.clear();
+    kyc.verify_identity(verify()).await.unwrap();
+
+    // The agency falls over: the gateway answers UNAVAILABLE itself.
+    faults.unavailable();
+    let status = kyc.verify_identity(verify()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(sandbox::bridge_error(&status).is_some(), "{status:?}");
+}
+
+#[tokio::test]
+async fn two_sandboxes_run_side_by_side_without_clashing() {
+    let (first, second) = tokio::join!(
+        Sandbox::builder().start(),
+        Sandbox::builder().seed(7).start()
+    );
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_ne!(first.gateway_addr(), second.gateway_addr());
+    assert_ne!(first.dir(), second.dir());
+    assert_ne!(first.roles(), second.roles(), "another seed, other people");
+
+    for sandbox in [&first, &second] {
+        let person = &sandbox.roles().adult_with_account;
+        let answer = registry(sandbox, CBAO_KYC)
+            .await
+            .verify_identity(sandbox::declared(person.verify_identity_request(), "KYC"))
+            .await
+            .unwrap();
+        assert_eq!(answer.get_ref().result(), VerificationResult::Match);
+        // Each exchange log holds its own call only.
+        let records = sandbox.exchange_log().records().unwrap();
+        assert!(
+            records
+                .iter()
+                .all(|logged| logged.record.subject.is_empty()
+                    || logged.record.subject == person.nin)
+        );
+    }
+
+    // Each has its own CA: the first's member certificate is no good at
+    // the second.
+    let (certificate, private_key) = first.credentials(CBAO_KYC).unwrap();
+    let tls = ClientTls {
+        server_ca: second.ca_certificate(),
+        certificate,
+        private_key,
+    }
+    .client_config()
+    .unwrap();
+    let refused = match Channel::connect(second.gateway_addr(), sandbox::SERVER_NAME, tls).await {
+        Err(_) => true,
+        Ok(channel) => {
+            let person = &second.roles().adult_with_account;
+            CivilRegistryClient::new(channel)
+                .verify_identity(sandbox::declared(person.verify_identity_request(), "KYC"))
+                .await
+                .is_err()
+        }
+    };
+    assert!(refused);
+
+    // Stopping one leaves the other serving; its files go with it.
+    let dir = first.dir().to_owned();
+    first.shutdown().await;
+    assert!(!dir.exists());
+    let person = &second.roles().adult_with_account;
+    registry(&second, CBAO_KYC)
+        .await
+        .verify_identity(sandbox::declared(person.verify_identity_request(), "KYC"))
+        .await
+        .unwrap();
+}
+
+/// The manifest `govbridge sandbox` writes, as another language reads it.
+#[derive(serde::Deserialize)]
+struct Manifest {
+    gateway: GatewayEntry,
+    members: std::collections::HashMap<String, Credentials>,
+    test_data: serde_json::Value,
+    dir: std::path::PathBuf,
+}
+
+#[derive(serde::Deserialize)]
+struct GatewayEntry {
+    address: std::net::SocketAddr,
+    server_name: String,
+    ca_certificate: std::path::PathBuf,
+}
+
+#[derive(serde::Deserialize)]
+struct Credentials {
+    certificate: std::path::PathBuf,
+    private_key: std::path::PathBuf,
+}
+
+#[tokio::test]
+async fn the_sandbox_command_writes_a_manifest_and_serves_until_its_input_closes() {
+    let scratch = tempfile::tempdir().unwrap();
+    let path = scratch.path().join("sandbox.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_govbridge"))
+        .args(["sandbox", "--stop-with-parent", "--manifest"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    // Readiness is the line it prints once the manifest is in place.
+    let stdout = child.stdout.take().unwrap();
+    let ready = tokio::task::spawn_blocking(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        lines.find_map(|line| {
+            line.ok()?
+                .strip_prefix("sandbox ready: ")
+                .map(str::to_owned)
+        })
+    });
+    let announced = tokio::time::timeout(Duration::from_secs(60), ready)
+        .await
+        .expect("the sandbox did not start within 60 s")
+        .unwrap()
+        .expect("the sandbox exited before it was ready");
+    assert_eq!(announced, path.display().to_string());
+
+    let manifest: Manifest = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let member = &manifest.members[CBAO_KYC];
+    let tls = ClientTls {
+        server_ca: manifest.gateway.ca_certificate.clone(),
+        certificate: member.certificate.clone(),
+        private_key: member.private_key.clone(),
+    }
+    .client_config()
+    .unwrap();
+    let channel = Channel::connect(manifest.gateway.address, &manifest.gateway.server_name, tls)
+        .await
+        .unwrap();
+    let mut kyc = CivilRegistryClient::new(channel);
+    let adult = &manifest.test_data["adult_with_account"];
+    let request = govbridge::proto::civilregistry::v1::VerifyIdentityRequest {
+        nin: adult["nin"].as_str().unwrap().to_owned(),
+        first_names: adult["first_names"].as_str().unwrap().to_owned(),
+        last_name: adult["last_name"].as_str().unwrap().to_owned(),
+        date_of_birth: adult["date_of_birth"].as_str().unwrap().to_owned(),
+    };
+    let answer = kyc
+        .verify_identity(sandbox::declared(request.clone(), "KYC"))
+        .await
+        .unwrap();
+    assert_eq!(answer.get_ref().result(), VerificationResult::Match);
+
+    // Faults on request, from any language: a header.
+    let mut failing = sandbox::declared(request, "KYC");
+    failing
+        .metadata_mut()
+        .insert("govbridge-fault", "status=UNAVAILABLE".parse().unwrap());
+    let status = kyc.verify_identity(failing).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+
+    // Closing its input stops it; the manifest and its files go.
+    drop(child.stdin.take());
+    let exited = tokio::task::spawn_blocking(move || child.wait());
+    let status = tokio::time::timeout(Duration::from_secs(30), exited)
+        .await
+        .expect("the sandbox did not stop within 30 s")
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!path.exists(), "the manifest outlived the sandbox");
+    assert!(!manifest.dir.exists(), "the sandbox's files outlived it");
+}
