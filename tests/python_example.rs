@@ -30,7 +30,7 @@ fn require_python() {
     let hint = "run `.ci/run`, which installs the example's requirements, or \
                 `python3 -m pip install --user -r examples/python/requirements.txt`";
     let checked = Command::new("python3")
-        .args(["-c", "import grpc, grpc_tools"])
+        .args(["-c", "import grpc, grpc_tools, pytest"])
         .stdin(Stdio::null())
         .output();
     match checked {
@@ -40,7 +40,7 @@ fn require_python() {
             )
         }
         Ok(output) if !output.status.success() => panic!(
-            "python3 lacks grpcio or grpcio-tools ({}); {hint}",
+            "python3 lacks grpcio, grpcio-tools or pytest ({}); {hint}",
             String::from_utf8_lossy(&output.stderr).trim()
         ),
         Ok(_) => {}
@@ -191,4 +191,48 @@ async fn the_python_example_verifies_an_identity_and_shows_refusals() {
     assert!(refused.values("result").is_empty(), "{refused}");
 
     bed.stop().await;
+}
+
+/// The pytest example (`examples/python/test_sandbox.py`): its `sandbox`
+/// fixture (`conftest.py`) starts `govbridge sandbox`, reads the manifest,
+/// and the tests call through the gateway from Python.
+#[test]
+#[ignore = "needs python3 with grpcio, grpcio-tools and pytest: .ci/run installs them and runs it"]
+fn the_pytest_example_runs_against_the_sandbox_command() {
+    require_python();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python");
+    let scratch = tempfile::tempdir().unwrap();
+    let (stdout, stderr) = (scratch.path().join("stdout"), scratch.path().join("stderr"));
+    let mut child = Command::new("python3")
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .arg(&examples)
+        .env("GOVBRIDGE", env!("CARGO_BIN_EXE_govbridge"))
+        // Nothing written into the source tree.
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env_remove("grpc_proxy")
+        .env_remove("https_proxy")
+        .env_remove("http_proxy")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + EXAMPLE_TIME_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("pytest ran longer than {EXAMPLE_TIME_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let printed = Printed {
+        status,
+        stdout: std::fs::read_to_string(&stdout).unwrap(),
+        stderr: std::fs::read_to_string(&stderr).unwrap(),
+    };
+    assert!(printed.status.success(), "{printed}");
+    assert!(printed.stdout.contains("5 passed"), "{printed}");
 }
