@@ -356,3 +356,50 @@ async fn the_sandbox_command_writes_a_manifest_and_serves_until_its_input_closes
     assert!(!path.exists(), "the manifest outlived the sandbox");
     assert!(!manifest.dir.exists(), "the sandbox's files outlived it");
 }
+
+#[tokio::test]
+async fn a_partner_brings_its_own_policies_and_settings() {
+    // A bank rehearsing a narrower policy: Ecobank's KYC desk may verify
+    // identities for AML, and nothing else is allowed to anyone.
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(
+        policies.path().join("narrow.cedar"),
+        r#"@id("ecobank-aml-only")
+permit (
+  principal == Member::"SN/COM/ECOBANK/kyc",
+  action == Action::"/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity",
+  resource == Provider::"SN/GOV/ANEC/civil-registry"
+)
+when { context.purpose == "AML" };
+"#,
+    )
+    .unwrap();
+    let sandbox = Sandbox::builder()
+        .policies(policies.path())
+        .config("[limits]\nrequests_per_second = 1000\nburst = 1000\n")
+        .start()
+        .await
+        .unwrap();
+    let adult = sandbox.roles().adult_with_account.clone();
+    let call = |purpose| sandbox::declared(adult.verify_identity_request(), purpose);
+
+    let mut ecobank = registry(&sandbox, "SN/COM/ECOBANK/kyc").await;
+    ecobank.verify_identity(call("AML")).await.unwrap();
+    let refused = ecobank.verify_identity(call("KYC")).await.unwrap_err();
+    assert_eq!(sandbox::bridge_error(&refused), Some("policy-denied"));
+    // Allowed by the dev policies; these give CBAO no permit at all.
+    let refused = registry(&sandbox, CBAO_KYC)
+        .await
+        .verify_identity(call("KYC"))
+        .await
+        .unwrap_err();
+    assert_eq!(sandbox::bridge_error(&refused), Some("no-permits"));
+
+    // A fragment naming an unknown key fails the start, saying which.
+    let error = Sandbox::builder()
+        .setting("upstream", "max_dedline = \"1s\"")
+        .start()
+        .await
+        .unwrap_err();
+    assert!(format!("{error:#}").contains("max_dedline"), "{error:#}");
+}

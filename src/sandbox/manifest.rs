@@ -41,7 +41,7 @@ pub struct Manifest {
     /// The sandbox's directory (configuration, PKI, exchange log).
     pub dir: PathBuf,
     /// The exchange log's directory (`govbridge audit ... --data DIR`).
-    pub exchange_log: PathBuf,
+    pub exchange_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -127,7 +127,7 @@ impl Manifest {
                 ],
             },
             dir: sandbox.dir().to_owned(),
-            exchange_log: sandbox.exchange_log().log().dir().to_owned(),
+            exchange_log: sandbox.exchange_log().log().map(|log| log.dir().to_owned()),
         })
     }
 

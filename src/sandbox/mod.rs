@@ -812,16 +812,9 @@ impl Sandbox {
 
     /// The gateway's exchange log, to read the records of the calls a test
     /// made.
-    ///
-    /// # Panics
-    ///
-    /// Never for a sandbox: its gateway always keeps an exchange log.
     pub fn exchange_log(&self) -> ExchangeLogView<'_> {
         ExchangeLogView {
-            log: self
-                .exchange_log
-                .as_ref()
-                .unwrap_or_else(|| unreachable!("the sandbox's gateway keeps an exchange log")),
+            log: self.exchange_log.as_ref(),
         }
     }
 
@@ -1022,7 +1015,8 @@ pub struct LoggedRecord {
 /// of a call are committed before the call's answer reaches its caller.
 #[derive(Debug, Clone, Copy)]
 pub struct ExchangeLogView<'a> {
-    log: &'a ExchangeLog,
+    /// `None` when a configuration fragment turned the log off.
+    log: Option<&'a ExchangeLog>,
 }
 
 impl<'a> ExchangeLogView<'a> {
@@ -1048,13 +1042,18 @@ impl<'a> ExchangeLogView<'a> {
     }
 
     /// The log itself: checkpoints, its directory, simulated store faults.
-    pub fn log(&self) -> &'a ExchangeLog {
+    /// `None` when the sandbox was configured with
+    /// `exchange_log.enabled = false`.
+    pub fn log(&self) -> Option<&'a ExchangeLog> {
         self.log
     }
 
     fn store(&self) -> anyhow::Result<Store> {
-        Store::open_read_only(self.log.dir())
-            .with_context(|| format!("opening the exchange log in {}", self.log.dir().display()))
+        let log = self.log.ok_or_else(|| {
+            anyhow!("the sandbox's exchange log is off (exchange_log.enabled = false)")
+        })?;
+        Store::open_read_only(log.dir())
+            .with_context(|| format!("opening the exchange log in {}", log.dir().display()))
     }
 }
 

@@ -449,7 +449,10 @@ impl Bed {
     /// The gateway's exchange log: to force checkpoints and simulate store
     /// faults.
     pub fn exchange_log(&self) -> &govbridge::audit::ExchangeLog {
-        self.sandbox.exchange_log().log()
+        self.sandbox
+            .exchange_log()
+            .log()
+            .expect("the bed's gateway runs with its exchange log")
     }
 
     /// Lets `members` call the Data Tracker: adds them to the
