@@ -89,24 +89,31 @@ impl std::fmt::Display for Printed {
     }
 }
 
+/// `python3`, its output going to files, never through a proxy (the
+/// gateway is on loopback).
+fn python(stdout: &Path, stderr: &Path) -> Command {
+    let mut command = Command::new("python3");
+    command
+        .env_remove("grpc_proxy")
+        .env_remove("https_proxy")
+        .env_remove("http_proxy")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(stdout).unwrap())
+        .stderr(std::fs::File::create(stderr).unwrap());
+    command
+}
+
 /// Runs the example as CBAO's KYC desk against the bed's gateway, with the
 /// bed's directory as the dev directory and `args` added.
 async fn run_example(bed: &Bed, name: &str, args: &[&str]) -> Printed {
     assert_eq!(bed.pki, bed.dir().join("pki"));
     let stdout = bed.dir().join(format!("{name}.stdout"));
     let stderr = bed.dir().join(format!("{name}.stderr"));
-    let child = Command::new("python3")
+    let child = python(&stdout, &stderr)
         .arg(example())
         .args(["--gateway", &bed.gateway.to_string(), "--dev-dir"])
         .arg(bed.dir())
         .args(args)
-        // The gateway is on loopback: never through a proxy.
-        .env_remove("grpc_proxy")
-        .env_remove("https_proxy")
-        .env_remove("http_proxy")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&stdout).unwrap())
-        .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
         .unwrap();
     let mut run = ExampleRun {
@@ -203,18 +210,12 @@ fn the_pytest_example_runs_against_the_sandbox_command() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python");
     let scratch = tempfile::tempdir().unwrap();
     let (stdout, stderr) = (scratch.path().join("stdout"), scratch.path().join("stderr"));
-    let mut child = Command::new("python3")
+    let mut child = python(&stdout, &stderr)
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
         .arg(&examples)
         .env("GOVBRIDGE", env!("CARGO_BIN_EXE_govbridge"))
         // Nothing written into the source tree.
         .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env_remove("grpc_proxy")
-        .env_remove("https_proxy")
-        .env_remove("http_proxy")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&stdout).unwrap())
-        .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + EXAMPLE_TIME_LIMIT;
