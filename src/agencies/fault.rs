@@ -13,7 +13,8 @@
 //!   (or `status=14`, optionally `message=...` after it), `reset`, `drop`,
 //!   joined by `,` (`delay=100ms,status=UNAVAILABLE`);
 //! - per agency, a [`FaultSwitch`] held by the test, applied to every call
-//!   that carries no header.
+//!   that carries no header ([`FaultSwitch::set_for_calls`] spares the
+//!   gateway's own health checks and consent feed).
 //!
 //! The failures: `status` answers with that status without calling the
 //! handler; `reset` sends response headers then resets the stream
@@ -140,12 +141,42 @@ fn code(value: &str) -> Result<Code, String> {
 /// The fault an agency applies to calls that ask for none; shared between
 /// the agency and whoever holds a clone.
 #[derive(Debug, Clone, Default)]
-pub struct FaultSwitch(Arc<ArcSwapOption<Fault>>);
+pub struct FaultSwitch(Arc<ArcSwapOption<Switched>>);
+
+/// A fault set on a switch, and which calls it reaches.
+#[derive(Debug)]
+struct Switched {
+    fault: Fault,
+    /// Whether the gateway's own calls suffer it too.
+    gateway_calls: bool,
+}
+
+/// The calls the gateway makes on its own behalf: health checks, and the
+/// consent feed it follows at the portal.
+fn is_gateway_call(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/")
+        || path == "/govbridge.consent.v1.Consent/WatchStatus"
+}
 
 impl FaultSwitch {
-    /// Every call from now on suffers `fault`.
+    /// Every call from now on suffers `fault`, the gateway's health checks
+    /// and consent feed included: the agency looks down.
     pub fn set(&self, fault: Fault) {
-        self.0.store(Some(Arc::new(fault)));
+        self.store(fault, true);
+    }
+
+    /// Partners' calls from now on suffer `fault`; the gateway's health
+    /// checks and consent feed are answered normally, so the agency stays
+    /// in rotation and its failures reach callers as they are.
+    pub fn set_for_calls(&self, fault: Fault) {
+        self.store(fault, false);
+    }
+
+    fn store(&self, fault: Fault, gateway_calls: bool) {
+        self.0.store(Some(Arc::new(Switched {
+            fault,
+            gateway_calls,
+        })));
     }
 
     /// Calls are answered normally again.
@@ -153,8 +184,11 @@ impl FaultSwitch {
         self.0.store(None);
     }
 
-    fn current(&self) -> Option<Fault> {
-        self.0.load().as_deref().cloned()
+    /// The fault for a call to `path`, if any.
+    fn current(&self, path: &str) -> Option<Fault> {
+        let switched = self.0.load();
+        let switched = switched.as_deref()?;
+        (switched.gateway_calls || !is_gateway_call(path)).then(|| switched.fault.clone())
     }
 }
 
@@ -168,7 +202,7 @@ pub fn with_faults(service: AgencyService, switch: FaultSwitch) -> AgencyService
                 .map_err(|_| "not visible ASCII".to_owned())
                 .and_then(Fault::from_str)
                 .map(Some),
-            None => Ok(switch.current()),
+            None => Ok(switch.current(request.uri().path())),
         };
         async move {
             let fault = match fault {

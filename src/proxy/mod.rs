@@ -534,13 +534,19 @@ impl Gateway {
             }));
         }
         let serving = log.clone();
-        let checking = tokio::spawn(check_health(state.clone())).abort_handle();
-        let (ledger, following) = match self.consent {
+        // Health checks and the consent feed end with the gateway, even when
+        // this future is dropped rather than run to its end.
+        let mut background = Background::default();
+        background
+            .0
+            .push(tokio::spawn(check_health(state.clone())).abort_handle());
+        let ledger = match self.consent {
             Some((ledger, source)) => {
                 let feed = tokio::spawn(crate::consent::feed::follow(ledger.clone(), source));
-                (Some(ledger), Some(feed.abort_handle()))
+                background.0.push(feed.abort_handle());
+                Some(ledger)
             }
-            None => (None, None),
+            None => None,
         };
         self.listener
             .serve(
@@ -557,15 +563,24 @@ impl Gateway {
             )
             .await;
         drop(stop_admin);
-        checking.abort();
-        if let Some(following) = following {
-            following.abort();
-        }
+        drop(background);
         if let Some(log) = log {
             let closed = tokio::task::spawn_blocking(move || log.close()).await;
             if let Err(error) = closed {
                 tracing::error!(%error, "closing the exchange log failed");
             }
+        }
+    }
+}
+
+/// Tasks that live as long as [`Gateway::serve`]: aborted when it ends.
+#[derive(Default)]
+struct Background(Vec<tokio::task::AbortHandle>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
         }
     }
 }
