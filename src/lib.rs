@@ -42,6 +42,9 @@
 //! - [`pki`]: a development CA (rcgen) for demos and tests.
 //! - [`launch`]: starting agencies and the gateway as tasks.
 //! - [`dev`]: the one-command development setup.
+//! - [`sandbox`]: the gateway and every mock agency as a fixture for
+//!   partners' integration tests, in Rust and (`govbridge sandbox`) in any
+//!   language.
 //! - [`bench`]: `govbridge bench`, the load generator and the comparison
 //!   with a direct call and nginx.
 //! - [`proto`]: code generated from `proto/`.

@@ -214,14 +214,15 @@ async fn two_sandboxes_run_side_by_side_without_clashing() {
             .await
             .unwrap();
         assert_eq!(answer.get_ref().result(), VerificationResult::Match);
-        // Each exchange log holds its own call only.
+        // Each exchange log holds its own call, and only that: the two
+        // seeds have no citizen in common.
         let records = sandbox.exchange_log().records().unwrap();
-        assert!(
-            records
-                .iter()
-                .all(|logged| logged.record.subject.is_empty()
-                    || logged.record.subject == person.nin)
-        );
+        let subjects: Vec<&str> = records
+            .iter()
+            .map(|logged| logged.record.subject.as_str())
+            .filter(|subject| !subject.is_empty())
+            .collect();
+        assert_eq!(subjects, [person.nin.as_str()], "{records:?}");
     }
 
     // Each has its own CA: the first's member certificate is no good at
@@ -234,17 +235,22 @@ async fn two_sandboxes_run_side_by_side_without_clashing() {
     }
     .client_config()
     .unwrap();
-    let refused = match Channel::connect(second.gateway_addr(), sandbox::SERVER_NAME, tls).await {
-        Err(_) => true,
-        Ok(channel) => {
-            let person = &second.roles().adult_with_account;
-            CivilRegistryClient::new(channel)
-                .verify_identity(sandbox::declared(person.verify_identity_request(), "KYC"))
-                .await
-                .is_err()
-        }
-    };
-    assert!(refused);
+    let logged = second.exchange_log().records().unwrap().len();
+    // TLS 1.3: the client may finish its handshake before the server
+    // refuses its certificate; then the first call fails instead.
+    if let Ok(channel) = Channel::connect(second.gateway_addr(), sandbox::SERVER_NAME, tls).await {
+        let person = &second.roles().adult_with_account;
+        let refused = CivilRegistryClient::new(channel)
+            .verify_identity(sandbox::declared(person.verify_identity_request(), "KYC"))
+            .await
+            .unwrap_err();
+        assert_eq!(sandbox::bridge_error(&refused), None, "{refused:?}");
+    }
+    assert_eq!(
+        second.exchange_log().records().unwrap().len(),
+        logged,
+        "a stranger's call reached the second gateway"
+    );
 
     // Stopping one leaves the other serving; its files go with it.
     let dir = first.dir().to_owned();
@@ -376,7 +382,7 @@ when { context.purpose == "AML" };
     .unwrap();
     let sandbox = Sandbox::builder()
         .policies(policies.path())
-        .config("[limits]\nrequests_per_second = 1000\nburst = 1000\n")
+        .config("[limits.members.\"SN/COM/ECOBANK/kyc\"]\nmax_message_bytes = 4096\n")
         .start()
         .await
         .unwrap();
@@ -395,6 +401,15 @@ when { context.purpose == "AML" };
         .unwrap_err();
     assert_eq!(sandbox::bridge_error(&refused), Some("no-permits"));
 
+    // The fragment's limit holds: a message over 4 KiB is refused.
+    let mut oversized = adult.verify_identity_request();
+    oversized.last_name = "x".repeat(5000);
+    let refused = ecobank
+        .verify_identity(sandbox::declared(oversized, "AML"))
+        .await
+        .unwrap_err();
+    assert_eq!(sandbox::bridge_error(&refused), Some("message-too-large"));
+
     // A fragment naming an unknown key fails the start, saying which.
     let error = Sandbox::builder()
         .setting("upstream", "max_dedline = \"1s\"")
@@ -402,4 +417,49 @@ when { context.purpose == "AML" };
         .await
         .unwrap_err();
     assert!(format!("{error:#}").contains("max_dedline"), "{error:#}");
+}
+
+#[tokio::test]
+async fn faults_on_calls_leave_the_agency_in_rotation() {
+    // Health checks every 20 ms, one failure enough to eject: a switch
+    // that reached them would turn the agency's status into the gateway's
+    // UNAVAILABLE within a few checks.
+    let sandbox = Sandbox::builder()
+        .setting("upstream", "health_check_interval = \"20ms\"")
+        .setting("upstream", "unhealthy_threshold = 1")
+        .start()
+        .await
+        .unwrap();
+    let person = sandbox.roles().adult_with_account.clone();
+    let mut kyc = registry(&sandbox, CBAO_KYC).await;
+    let verify = || sandbox::declared(person.verify_identity_request(), "KYC");
+
+    sandbox
+        .faults(Agency::CivilRegistry)
+        .fail(Code::FailedPrecondition);
+    // Time for ten checks: this waits for nothing to happen.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        let status = kyc.verify_identity(verify()).await.unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert_eq!(sandbox::bridge_error(&status), None, "{status:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_sandbox_leaves_no_port_or_file_behind() {
+    let sandbox = Sandbox::builder().start().await.unwrap();
+    let (gateway, dir) = (sandbox.gateway_addr(), sandbox.dir().to_owned());
+    let agency = sandbox.agency_addrs(Agency::Tax)[0];
+    sandbox.channel_as(CBAO_KYC).await.unwrap();
+    drop(sandbox);
+    assert!(!dir.exists(), "{} outlived its sandbox", dir.display());
+    // Aborted tasks release their listeners when next polled: let them run.
+    tokio::task::yield_now().await;
+    for address in [gateway, agency] {
+        assert!(
+            tokio::net::TcpStream::connect(address).await.is_err(),
+            "{address} still accepts connections"
+        );
+    }
 }

@@ -26,6 +26,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import grpc
 import pytest
@@ -139,6 +141,44 @@ class Sandbox:
             channel.close()
 
 
+# How long the sandbox may take to start (a debug build makes its dataset
+# and keys in a few seconds).
+START_TIMEOUT = 60
+
+
+def wait_until_ready(process):
+    """Waits for the sandbox's `sandbox ready:` line; False if it exited or
+    timed out first. Its output is read on a thread so that a sandbox that
+    hangs cannot hang the test session."""
+    ready = threading.Event()
+
+    def read():
+        for line in process.stdout:
+            if line.startswith("sandbox ready: "):
+                ready.set()
+        # Drained to the end, so that the sandbox never blocks on a full pipe.
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + START_TIMEOUT
+    while not ready.wait(0.05):
+        if process.poll() is not None or time.monotonic() > deadline:
+            return False
+    return True
+
+
+def stop(process):
+    """Closes the sandbox's standard input (--stop-with-parent) and waits
+    for it; kills it if it does not stop. Returns its exit status."""
+    if process.stdin and not process.stdin.closed:
+        process.stdin.close()
+    try:
+        return process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+
+
 @pytest.fixture(scope="session")
 def sandbox(tmp_path_factory):
     """A govbridge sandbox for the whole test session."""
@@ -153,27 +193,21 @@ def sandbox(tmp_path_factory):
         env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
         text=True,
     )
+    if not wait_until_ready(process):
+        running = process.poll() is None
+        status = stop(process) if running else process.returncode
+        pytest.exit(
+            f"govbridge sandbox was not ready within {START_TIMEOUT} s"
+            if running
+            else f"govbridge sandbox exited with status {status} before it was ready",
+            returncode=2,
+        )
+    with open(manifest_path) as file:
+        running = Sandbox(json.load(file))
     try:
-        # Ready once it says so: the manifest is then in place, whole.
-        for line in process.stdout:
-            if line.startswith("sandbox ready: "):
-                break
-        else:
-            pytest.exit(
-                f"govbridge sandbox exited with status {process.wait()} before it was ready",
-                returncode=2,
-            )
-        with open(manifest_path) as file:
-            running = Sandbox(json.load(file))
         yield running
-        running.close()
     finally:
-        # Closing its standard input stops it (--stop-with-parent).
-        process.stdin.close()
-        try:
-            status = process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-        assert status == 0, f"govbridge sandbox exited with status {status}"
-        assert not manifest_path.exists(), "the manifest outlived the sandbox"
+        running.close()
+        status = stop(process)
+    assert status == 0, f"govbridge sandbox exited with status {status}"
+    assert not manifest_path.exists(), "the manifest outlived the sandbox"

@@ -91,3 +91,9 @@ def test_an_agency_failing_on_request_gives_its_status(sandbox):
             timeout=10,
         )
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    # The agency's own status, relayed: no bridge-error from the gateway.
+    assert bridge_error(failed.value) is None
+    # Only that call failed: the same one without the header passes.
+    registry.VerifyIdentity(
+        verify_request(sandbox, adult), metadata=sandbox.declared("KYC"), timeout=10
+    )

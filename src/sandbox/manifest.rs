@@ -4,9 +4,10 @@
 //! Starts the same sandbox as [`super::Sandbox::builder`] (dev policies,
 //! every mock agency, a fresh PKI, ports the system picks), writes a JSON
 //! manifest describing it, prints `sandbox ready: FILE` and serves until
-//! SIGTERM, Ctrl-C or, with `--stop-with-parent`, the end of its standard
-//! input. The manifest is written whole or not at all (a temporary file
-//! renamed into place), and removed on exit with the sandbox's files.
+//! SIGTERM, Ctrl-C, SIGHUP or, with `--stop-with-parent`, the end of its
+//! standard input. The manifest is written whole or not at all (a
+//! temporary file renamed into place), and removed, with the sandbox's
+//! files, once the sandbox has stopped.
 //!
 //! Faults are asked per call with the `govbridge-fault` request header,
 //! which the sandbox's agencies obey (see [`crate::agencies::fault`]).
@@ -17,8 +18,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use serde::Serialize;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use super::{Roles, SERVER_NAME, Sandbox};
+use super::{Roles, SERVER_NAME, Sandbox, SandboxError};
 use crate::agencies::Agency;
 use crate::agencies::fault::FAULT_HEADER;
 use crate::dev::DEMO_MEMBERS;
@@ -82,7 +84,7 @@ pub struct FaultInfo {
 
 impl Manifest {
     /// The manifest of `sandbox`.
-    pub fn of(sandbox: &Sandbox) -> anyhow::Result<Self> {
+    pub fn of(sandbox: &Sandbox) -> Result<Self, SandboxError> {
         let mut members = BTreeMap::new();
         for (_, id) in DEMO_MEMBERS {
             let (certificate, private_key) = sandbox.credentials(id)?;
@@ -130,30 +132,23 @@ impl Manifest {
             exchange_log: sandbox.exchange_log().log().map(|log| log.dir().to_owned()),
         })
     }
-
-    /// Writes the manifest to `path` atomically: a reader sees the whole
-    /// manifest or no file.
-    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let json = serde_json::to_vec_pretty(self)?;
-        let name = path
-            .file_name()
-            .with_context(|| format!("{}: not a file name", path.display()))?;
-        let temporary = path.with_file_name(format!(".{}.partial", name.to_string_lossy()));
-        let mut file = std::fs::File::create(&temporary)
-            .with_context(|| format!("creating {}", temporary.display()))?;
-        file.write_all(&json)
-            .and_then(|()| file.write_all(b"\n"))
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("writing {}", temporary.display()))?;
-        std::fs::rename(&temporary, path)
-            .with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))
-    }
 }
 
 /// Runs `govbridge sandbox`: starts it, writes the manifest to
-/// `manifest`, serves until stopped, then removes the manifest.
+/// `manifest`, serves until stopped, then removes the manifest once the
+/// sandbox has stopped. A stop asked for while it starts ends it there; a
+/// second one while it drains ends it at once.
 pub async fn run(manifest: &Path, seed: u64, stop_with_parent: bool) -> anyhow::Result<()> {
-    let sandbox = Sandbox::builder().seed(seed).start().await?;
+    // Listening before anything is made: a signal during the start must
+    // not leave the sandbox's keys behind.
+    let mut stop = Stop::listen(stop_with_parent)?;
+    let sandbox = tokio::select! {
+        started = Sandbox::builder().seed(seed).start() => started?,
+        reason = stop.next() => {
+            say(&format!("stopped before the sandbox was ready: {reason}"));
+            return Ok(());
+        }
+    };
     Manifest::of(&sandbox)?.write(manifest)?;
     // A harness may stop reading once it has the ready line: printing then
     // fails, which must not stop the sandbox.
@@ -164,33 +159,98 @@ pub async fn run(manifest: &Path, seed: u64, stop_with_parent: bool) -> anyhow::
         sandbox.admin_addr()
     ));
 
-    let stdin_closed = async {
-        if stop_with_parent {
-            stdin_closed().await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
+    let reason = stop.next().await;
+    say(&format!(
+        "stopping the sandbox ({reason}): open calls may finish; stop again to end at once"
+    ));
     tokio::select! {
-        () = crate::launch::termination_signal() => {}
-        () = stdin_closed => {}
+        () = sandbox.shutdown() => {}
+        reason = stop.next() => say(&format!("stopped at once ({reason})")),
     }
-    say("stopping the sandbox");
     let _ = std::fs::remove_file(manifest);
-    sandbox.shutdown().await;
     Ok(())
 }
 
-/// Resolves when standard input reaches its end. The read runs on a
-/// thread of its own, not the runtime's blocking pool, so that a sandbox
-/// stopped by a signal does not wait for its input to close.
-async fn stdin_closed() {
-    let (closed, wait) = tokio::sync::oneshot::channel();
+impl Manifest {
+    /// Writes the manifest to `path` atomically: a reader sees the whole
+    /// manifest or no file.
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        let json = serde_json::to_vec_pretty(self)?;
+        let name = path
+            .file_name()
+            .with_context(|| format!("{}: not a file name", path.display()))?;
+        let temporary = path.with_file_name(format!(".{}.partial", name.to_string_lossy()));
+        let written = std::fs::File::create(&temporary).and_then(|mut file| {
+            file.write_all(&json)?;
+            file.write_all(b"\n")?;
+            file.sync_all()
+        });
+        if let Err(error) = written {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(error).with_context(|| format!("writing {}", temporary.display()));
+        }
+        std::fs::rename(&temporary, path)
+            .with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))
+    }
+}
+
+/// What stops `govbridge sandbox`: SIGTERM, Ctrl-C, SIGHUP (its terminal
+/// closed) and, with `--stop-with-parent`, the end of standard input.
+struct Stop {
+    terminate: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+    /// Resolves when standard input ends; `None` once it has, or when not
+    /// watched.
+    stdin: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl Stop {
+    fn listen(stop_with_parent: bool) -> anyhow::Result<Self> {
+        let listen = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("listening for {name}"))
+        };
+        Ok(Self {
+            terminate: listen(SignalKind::terminate(), "SIGTERM")?,
+            interrupt: listen(SignalKind::interrupt(), "SIGINT")?,
+            hangup: listen(SignalKind::hangup(), "SIGHUP")?,
+            stdin: stop_with_parent.then(stdin_closed),
+        })
+    }
+
+    /// Waits for the next reason to stop, and names it.
+    async fn next(&mut self) -> &'static str {
+        let stdin = async {
+            match self.stdin.as_mut() {
+                Some(closed) => {
+                    let _ = closed.await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let reason = tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "Ctrl-C",
+            _ = self.hangup.recv() => "SIGHUP",
+            () = stdin => "standard input closed (--stop-with-parent)",
+        };
+        if reason.starts_with("standard input") {
+            self.stdin = None;
+        }
+        reason
+    }
+}
+
+/// A receiver that resolves when standard input reaches its end. The read
+/// runs on a thread of its own, not the runtime's blocking pool, so that a
+/// sandbox stopped by a signal does not wait for its input to close.
+fn stdin_closed() -> tokio::sync::oneshot::Receiver<()> {
+    let (closed, receiver) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
         let _ = closed.send(());
     });
-    let _ = wait.await;
+    receiver
 }
 
 /// Prints `text` and a newline to standard output, if anyone listens.

@@ -50,7 +50,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context as _, anyhow};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -60,17 +59,17 @@ use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use crate::agencies::fault::{Failure, Fault, FaultSwitch};
 use crate::agencies::{Agency, AgencyService, Dataset};
 use crate::audit::{ExchangeLog, ExchangeRecord, Store};
-use crate::config::{Config, SigningKeyConfig};
+use crate::config::{Config, ConfigError, SigningKeyConfig};
 use crate::dev::{self, GATEWAY_IDENTITY};
 use crate::identity::MemberId;
-use crate::identity::tls::{ClientTls, ServerTls};
-use crate::launch::{BoundAgency, Shutdown, ShutdownTrigger};
+use crate::identity::tls::{ClientTls, ServerTls, TlsError};
+use crate::launch::{AgencyStartError, BoundAgency, Shutdown, ShutdownTrigger};
 use crate::net::client::Channel;
 use crate::net::{ListenerSettings, TlsListener, with_peer};
-use crate::pki::{self, CertificateAuthority, LeafRequest, Usage};
+use crate::pki::{self, CertificateAuthority, LeafRequest, PkiError, Usage};
 use crate::proto::consent::v1::consent_client::ConsentClient;
 use crate::proto::consent::v1::{ConsentRef, GrantRequest};
-use crate::proxy::{Gateway, Reloader, headers};
+use crate::proxy::{Gateway, Reloader, StartError, headers};
 pub use roles::Roles;
 
 /// The seed of the sandbox's synthetic dataset unless one is chosen.
@@ -82,6 +81,68 @@ pub const SERVER_NAME: &str = "localhost";
 /// Cedar policies that allow every call: for sandboxes that test the data
 /// path, not authorization.
 pub const ALLOW_ALL: &str = "@id(\"sandbox-allow-all\")\npermit (principal, action, resource);\n";
+
+/// Why a sandbox could not start or do what a test asked of it.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// A file or socket of the sandbox could not be made or read.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the sandbox's PKI: {0}")]
+    Pki(#[from] PkiError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    /// The generated configuration, with the builder's fragments merged,
+    /// is not valid: the error names the key.
+    #[error("the sandbox's configuration{}: {source}", fragments_note(.fragments))]
+    Config {
+        #[source]
+        source: ConfigError,
+        fragments: Vec<String>,
+    },
+    /// A fragment given to [`SandboxBuilder::config`] is not TOML.
+    #[error("the configuration fragment {fragment:?} is not TOML: {message}")]
+    Fragment { fragment: String, message: String },
+    #[error(transparent)]
+    Agency(#[from] AgencyStartError),
+    #[error(transparent)]
+    Gateway(#[from] StartError),
+    /// The dataset of this seed lacks someone a role needs.
+    #[error("{0}")]
+    Roles(String),
+    #[error("{0:?} is not a member id: {1}")]
+    Member(String, String),
+    #[error("cannot connect to the sandbox gateway as {member}: {reason}")]
+    Connect { member: String, reason: String },
+    /// The MyGov portal (or the gateway in front of it) refused.
+    #[error("{action}: {}", described(.status))]
+    Portal {
+        action: &'static str,
+        status: tonic::Status,
+    },
+    /// What a consent grant asks for cannot be sent.
+    #[error("{0}")]
+    Grant(String),
+    #[error("the exchange log: {0}")]
+    ExchangeLog(String),
+}
+
+fn fragments_note(fragments: &[String]) -> String {
+    if fragments.is_empty() {
+        String::new()
+    } else {
+        format!(" (with the fragments {fragments:?} merged)")
+    }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
+    let what = what.into();
+    move |source| SandboxError::Io { what, source }
+}
 
 /// Which policies the sandbox's gateway authorizes with.
 #[derive(Debug, Clone)]
@@ -152,7 +213,7 @@ impl SandboxBuilder {
 
     /// Merges a TOML fragment into the gateway's generated configuration:
     /// its keys replace the generated ones, its tables are added. For
-    /// example `[limits.default]\nrate = 10` or
+    /// example `[limits]\nrequests_per_second = 10` or
     /// `[upstream]\nmax_deadline = "1s"`. The keys are those of
     /// `config/govbridge.toml`.
     pub fn config(mut self, fragment: impl Into<String>) -> Self {
@@ -231,16 +292,29 @@ impl SandboxBuilder {
 
     /// Makes the PKI, starts the mock agencies and the gateway, and returns
     /// once every listener is bound: calls can be made at once.
-    pub async fn start(self) -> anyhow::Result<Sandbox> {
-        let dir = tempfile::Builder::new()
-            .prefix("govbridge-sandbox-")
-            .tempdir()
-            .context("creating the sandbox's directory")?;
-        let pki = dir.path().join("pki");
-        dev::init_pki(&pki).context("creating the sandbox's PKI")?;
-        let ca = CertificateAuthority::load(&pki).context("loading the sandbox's CA")?;
-        let data = Arc::new(Dataset::generate(self.seed));
-        let roles = Roles::pick(&data).map_err(|why| anyhow!(why))?;
+    pub async fn start(self) -> Result<Sandbox, SandboxError> {
+        // Keys, certificates and a dataset of thousands: seconds of work
+        // in a debug build, kept off the runtime's threads so that other
+        // tasks (another sandbox starting) go on meanwhile.
+        let seed = self.seed;
+        let prepared = tokio::task::spawn_blocking(move || -> Result<_, SandboxError> {
+            let dir = tempfile::Builder::new()
+                .prefix("govbridge-sandbox-")
+                .tempdir()
+                .map_err(io("creating the sandbox's directory"))?;
+            let pki = dir.path().join("pki");
+            dev::init_pki(&pki)?;
+            let ca = CertificateAuthority::load(&pki)?;
+            let data = Arc::new(Dataset::generate(seed));
+            let roles = Roles::pick(&data).map_err(SandboxError::Roles)?;
+            Ok((dir, pki, ca, data, roles))
+        })
+        .await
+        .map_err(|error| SandboxError::Io {
+            what: "preparing the sandbox".to_owned(),
+            source: std::io::Error::other(error),
+        })?;
+        let (dir, pki, ca, data, roles) = prepared?;
         let gateway_id = member_id(GATEWAY_IDENTITY)?;
         let (trigger, shutdown) = Shutdown::new();
         let mut tasks = JoinSet::new();
@@ -259,8 +333,10 @@ impl SandboxBuilder {
             request.member = Some(backend.provider.clone());
             request.usage = Usage::ServerAndClient;
             ca.issue(&request)?.write(&pki, &stem)?;
-            let tcp = TcpListener::bind(loopback).await?;
-            let address = tcp.local_addr()?;
+            let tcp = TcpListener::bind(loopback)
+                .await
+                .map_err(io("binding a backend"))?;
+            let address = tcp.local_addr().map_err(io("binding a backend"))?;
             let listener = TlsListener::new(
                 tcp,
                 server_tls(&stem).server_config()?,
@@ -301,12 +377,14 @@ impl SandboxBuilder {
                 .await?;
                 let (bound, switch) = bound.with_faults();
                 faults.entry(agency).or_default().push(switch);
-                let mut address = bound.local_addr()?;
+                let mut address = bound.local_addr().map_err(io("binding an agency"))?;
                 tasks.spawn(bound.serve(shutdown.clone().wait()));
                 if self.cuttable.contains(&agency) {
-                    let listener = TcpListener::bind(loopback).await?;
+                    let listener = TcpListener::bind(loopback)
+                        .await
+                        .map_err(io("binding a relay"))?;
                     let target = address;
-                    address = listener.local_addr()?;
+                    address = listener.local_addr().map_err(io("binding a relay"))?;
                     let (cut, watched) = watch::channel(false);
                     tasks.spawn(relay(listener, target, watched, shutdown.clone()));
                     cuts.entry(agency).or_default().push(cut);
@@ -319,13 +397,21 @@ impl SandboxBuilder {
 
         for (service, provider) in &self.unreachable {
             // Bound and dropped: the port is then (almost certainly) closed.
-            let address = TcpListener::bind(loopback).await?.local_addr()?;
+            let address = TcpListener::bind(loopback)
+                .await
+                .and_then(|listener| listener.local_addr())
+                .map_err(io("finding a closed port"))?;
             routes.endpoint(provider, address);
             routes.publish(service, provider);
         }
         for (service, provider) in &self.silent {
-            let listener = TcpListener::bind(loopback).await?;
-            routes.endpoint(provider, listener.local_addr()?);
+            let listener = TcpListener::bind(loopback)
+                .await
+                .map_err(io("binding a silent provider"))?;
+            let address = listener
+                .local_addr()
+                .map_err(io("binding a silent provider"))?;
+            routes.endpoint(provider, address);
             routes.publish(service, provider);
             let stopped = shutdown.clone();
             tasks.spawn(async move {
@@ -345,7 +431,7 @@ impl SandboxBuilder {
         let mut members = dev::DEMO_MEMBERS
             .iter()
             .map(|(_, id)| member_id(id))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
         members.extend(routes.providers.iter().map(|(id, _)| id.clone()));
         members.extend(self.members);
         members.sort();
@@ -353,19 +439,22 @@ impl SandboxBuilder {
 
         let policies = dir.path().join("policies");
         write_policies(&self.policies, &policies)?;
-        let mut text = generated_config(&members, &routes)?;
+        let mut text = generated_config(&members, &routes);
         if !self.overlays.is_empty() {
             text = overlaid(&text, &self.overlays)?;
         }
         let config_path = dir.path().join("govbridge.toml");
         pki::write_file(&config_path, text.as_bytes(), 0o644)?;
-        let config = Config::load(&config_path)
-            .map_err(|error| anyhow!("the sandbox's configuration: {error}"))?;
+        let config = Config::load(&config_path).map_err(|source| SandboxError::Config {
+            source,
+            fragments: self.overlays.clone(),
+        })?;
         let gateway = Gateway::bind(&config).await?;
-        let address = gateway.local_addr()?;
-        let admin = gateway
-            .admin_addr()
-            .context("the sandbox gateway has no admin endpoint")?;
+        let address = gateway.local_addr().map_err(io("binding the gateway"))?;
+        let admin = gateway.admin_addr().ok_or_else(|| SandboxError::Io {
+            what: "the gateway's admin endpoint".to_owned(),
+            source: std::io::Error::other("a configuration fragment turned it off"),
+        })?;
         let reloader = gateway.reloader();
         let exchange_log = gateway.exchange_log().cloned();
         tasks.spawn(gateway.serve(shutdown.clone().wait()));
@@ -419,11 +508,11 @@ impl Routes {
     }
 }
 
-fn member_id(id: &str) -> anyhow::Result<MemberId> {
-    MemberId::parse(id).map_err(|error| anyhow!("{id}: {error}"))
+fn member_id(id: &str) -> Result<MemberId, SandboxError> {
+    MemberId::parse(id).map_err(|error| SandboxError::Member(id.to_owned(), error.to_string()))
 }
 
-fn write_policies(policies: &Policies, dir: &Path) -> anyhow::Result<()> {
+fn write_policies(policies: &Policies, dir: &Path) -> Result<(), SandboxError> {
     let (schema_name, schema) = dev::DEV_POLICIES[0];
     match policies {
         Policies::Dev => dev::write_policies(dir)?,
@@ -432,16 +521,16 @@ fn write_policies(policies: &Policies, dir: &Path) -> anyhow::Result<()> {
             pki::write_file(&dir.join("allow-all.cedar"), ALLOW_ALL.as_bytes(), 0o644)?;
         }
         Policies::Dir(source) => {
-            let entries = std::fs::read_dir(source)
-                .with_context(|| format!("reading the policies in {}", source.display()))?;
-            std::fs::create_dir_all(dir)?;
+            let reading = || format!("reading the policies in {}", source.display());
+            let entries = std::fs::read_dir(source).map_err(io(reading()))?;
+            std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
             for entry in entries {
-                let path = entry?.path();
+                let path = entry.map_err(io(reading()))?.path();
                 if path.is_file()
                     && let Some(name) = path.file_name()
                 {
                     std::fs::copy(&path, dir.join(name))
-                        .with_context(|| format!("copying {}", path.display()))?;
+                        .map_err(io(format!("copying {}", path.display())))?;
                 }
             }
             if !dir.join(schema_name).exists() {
@@ -454,8 +543,17 @@ fn write_policies(policies: &Policies, dir: &Path) -> anyhow::Result<()> {
 
 /// The gateway's configuration for the sandbox: the dev configuration's
 /// members (with their groups) and purposes, the sandbox's endpoints.
-fn generated_config(members: &[MemberId], routes: &Routes) -> anyhow::Result<String> {
-    let dev = Config::parse(Path::new("config/govbridge.toml"), dev::CONFIG_TEMPLATE)?;
+fn generated_config(members: &[MemberId], routes: &Routes) -> String {
+    // Members keep the groups, and the sandbox the purposes, of the dev
+    // configuration (which parses: the config tests say so).
+    let dev = Config::parse(Path::new("config/govbridge.toml"), dev::CONFIG_TEMPLATE).ok();
+    let purposes = dev.iter().flat_map(|dev| dev.purposes.keys());
+    let groups = |member: &MemberId| {
+        dev.as_ref()
+            .and_then(|dev| dev.members.get(member))
+            .map(|member| member.groups.iter().map(|g| format!("\"{g}\"")).collect())
+            .unwrap_or_default()
+    };
     let mut text = format!(
         r#"[gateway]
 node_id = "sandbox"
@@ -483,15 +581,11 @@ policies = "policies"
 [purposes]
 "#
     );
-    for purpose in dev.purposes.keys() {
+    for purpose in purposes {
         text += &format!("{purpose} = \"{purpose}\"\n");
     }
     for member in members {
-        let groups: Vec<String> = dev
-            .members
-            .get(member)
-            .map(|m| m.groups.iter().map(|g| format!("\"{g}\"")).collect())
-            .unwrap_or_default();
+        let groups: Vec<String> = groups(member);
         text += &format!(
             "\n[members.\"{member}\"]\nname = \"{member}\"\ngroups = [{}]\n",
             groups.join(", ")
@@ -521,20 +615,26 @@ policies = "policies"
             dev::CONSENT_KEYS
         );
     }
-    Ok(text)
+    text
 }
 
 /// `text` with each TOML fragment of `overlays` merged into it: tables
 /// merge, other values replace.
-fn overlaid(text: &str, overlays: &[String]) -> anyhow::Result<String> {
-    let mut config: toml::Table = text.parse()?;
+fn overlaid(text: &str, overlays: &[String]) -> Result<String, SandboxError> {
+    let invalid = |fragment: &str, message: String| SandboxError::Fragment {
+        fragment: fragment.to_owned(),
+        message,
+    };
+    let mut config: toml::Table = text
+        .parse()
+        .map_err(|error: toml::de::Error| invalid("(generated)", error.to_string()))?;
     for overlay in overlays {
-        let overlay: toml::Table = overlay.parse().map_err(|error| {
-            anyhow!("the sandbox's configuration fragment {overlay:?}: {error}")
-        })?;
+        let overlay: toml::Table = overlay
+            .parse()
+            .map_err(|error: toml::de::Error| invalid(overlay, error.message().to_owned()))?;
         merge(&mut config, overlay);
     }
-    Ok(toml::to_string(&config)?)
+    toml::to_string(&config).map_err(|error| invalid("(merged)", error.to_string()))
 }
 
 fn merge(into: &mut toml::Table, from: toml::Table) {
@@ -707,7 +807,7 @@ impl Sandbox {
     /// ones issued now by the sandbox's CA (then, unless `member` was
     /// registered with [`SandboxBuilder::member`], the gateway refuses it
     /// as unknown).
-    pub fn credentials(&self, member: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    pub fn credentials(&self, member: &str) -> Result<(PathBuf, PathBuf), SandboxError> {
         let member = member_id(member)?;
         if let Some((stem, _)) = dev::DEMO_MEMBERS
             .iter()
@@ -718,14 +818,16 @@ impl Sandbox {
                 self.pki.join(format!("member-{stem}.key")),
             ));
         }
+        // A panic elsewhere while the lock was held left the map whole.
         let mut issued = self
             .issued
             .lock()
-            .map_err(|_| anyhow!("the sandbox's certificate cache is poisoned"))?;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(files) = issued.get(&member) {
             return Ok(files.clone());
         }
-        let stem = format!("issued-{}", member.as_str().replace('/', "_"));
+        // Numbered: member ids map to file names in more than one way.
+        let stem = format!("issued-{}", issued.len());
         let files = self
             .ca
             .issue(&LeafRequest::member(&member))?
@@ -737,7 +839,7 @@ impl Sandbox {
     /// A channel to the gateway over mutual TLS with `member`'s
     /// certificate (see [`Self::credentials`]), for any generated tonic
     /// client. Each call opens a new HTTP/2 connection; clones share it.
-    pub async fn channel_as(&self, member: &str) -> anyhow::Result<Channel> {
+    pub async fn channel_as(&self, member: &str) -> Result<Channel, SandboxError> {
         let (certificate, private_key) = self.credentials(member)?;
         let tls = ClientTls {
             server_ca: self.ca_certificate(),
@@ -747,22 +849,60 @@ impl Sandbox {
         .client_config()?;
         Channel::connect(self.gateway, SERVER_NAME, tls)
             .await
-            .map_err(|error| anyhow!("cannot connect to the sandbox gateway as {member}: {error}"))
+            .map_err(|error| SandboxError::Connect {
+                member: member.to_owned(),
+                reason: error.to_string(),
+            })
     }
 
     /// The citizen's consent, granted in the MyGov portal through the
     /// gateway, as the portal's app does.
-    pub async fn grant_consent(&self, grant: &ConsentGrant) -> anyhow::Result<Consent> {
+    ///
+    /// ```
+    /// # use govbridge::sandbox::{self, ConsentGrant, Sandbox};
+    /// # use govbridge::proto::tax::v1::{get_tax_clearance_request::Taxpayer, GetTaxClearanceRequest};
+    /// # use govbridge::proto::tax::v1::tax_authority_client::TaxAuthorityClient;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let sandbox = Sandbox::builder().start().await?;
+    /// let citizen = &sandbox.roles().adult_with_account;
+    /// let consent = sandbox
+    ///     .grant_consent(&ConsentGrant::new(
+    ///         &citizen.nin,
+    ///         "SN/COM/CBAO/credit",
+    ///         "/govbridge.tax.v1.TaxAuthority/GetTaxClearance",
+    ///         "CREDIT-SCORING",
+    ///     ))
+    ///     .await?;
+    ///
+    /// let mut tax = TaxAuthorityClient::new(sandbox.channel_as("SN/COM/CBAO/credit").await?);
+    /// let request = GetTaxClearanceRequest {
+    ///     taxpayer: Some(Taxpayer::SubjectNin(citizen.nin.clone())),
+    /// };
+    /// // Without the consent the policy refuses; with it, the call passes.
+    /// let refused = tax.get_tax_clearance(sandbox::declared(request.clone(), "CREDIT-SCORING")).await;
+    /// assert_eq!(sandbox::bridge_error(&refused.unwrap_err()), Some("consent-missing"));
+    /// let request = consent.attach(sandbox::declared(request, "CREDIT-SCORING"));
+    /// tax.get_tax_clearance(request).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn grant_consent(&self, grant: &ConsentGrant) -> Result<Consent, SandboxError> {
         let providers = match &grant.providers {
             Some(providers) => providers.clone(),
             None => grant
                 .methods
                 .iter()
                 .map(|method| provider_of(method).map(|p| p.to_string()))
-                .collect::<anyhow::Result<Vec<_>>>()?,
+                .collect::<Result<Vec<_>, _>>()?,
         };
         let expires = match grant.valid_for {
-            Some(valid_for) => unix_seconds(SystemTime::now() + valid_for)?,
+            Some(valid_for) => SystemTime::now()
+                .checked_add(valid_for)
+                .and_then(unix_seconds)
+                .ok_or_else(|| {
+                    SandboxError::Grant(format!("valid_for({valid_for:?}) is too long"))
+                })?,
             None => 0,
         };
         let request = GrantRequest {
@@ -779,7 +919,10 @@ impl Sandbox {
         let record = portal
             .grant(as_citizen(request, &grant.nin, "granted by a sandbox test"))
             .await
-            .map_err(|status| anyhow!("MyGov refused the consent: {}", described(&status)))?
+            .map_err(|status| SandboxError::Portal {
+                action: "MyGov refused the consent",
+                status,
+            })?
             .into_inner();
         Ok(Consent {
             id: record.consent_id,
@@ -791,7 +934,7 @@ impl Sandbox {
     /// Revokes `consent` in the MyGov portal. The gateway hears of it over
     /// its consent feed, usually within milliseconds: a call made right
     /// after may still pass.
-    pub async fn revoke_consent(&self, consent: &Consent) -> anyhow::Result<()> {
+    pub async fn revoke_consent(&self, consent: &Consent) -> Result<(), SandboxError> {
         let mut portal = ConsentClient::new(self.channel_as(PORTAL_APP).await?);
         let request = ConsentRef {
             nin: consent.nin.clone(),
@@ -804,8 +947,9 @@ impl Sandbox {
                 "revoked by a sandbox test",
             ))
             .await
-            .map_err(|status| {
-                anyhow!("MyGov did not revoke the consent: {}", described(&status))
+            .map_err(|status| SandboxError::Portal {
+                action: "MyGov did not revoke the consent",
+                status,
             })?;
         Ok(())
     }
@@ -819,20 +963,63 @@ impl Sandbox {
     }
 
     /// The fault switches of `agency`, one per replica, acting together.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use govbridge::agencies::Agency;
+    /// # use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
+    /// # use govbridge::sandbox::{self, Sandbox};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let sandbox = Sandbox::builder().start().await?;
+    /// let person = &sandbox.roles().adult_with_account;
+    /// let mut registry = CivilRegistryClient::new(sandbox.channel_as("SN/COM/CBAO/kyc").await?);
+    ///
+    /// sandbox.faults(Agency::CivilRegistry).fail(tonic::Code::Internal);
+    /// let call = sandbox::declared(person.verify_identity_request(), "KYC");
+    /// let failed = registry.verify_identity(call).await.unwrap_err();
+    /// assert_eq!(failed.code(), tonic::Code::Internal);
+    /// assert_eq!(sandbox::bridge_error(&failed), None); // the agency's, not the gateway's
+    ///
+    /// sandbox.faults(Agency::CivilRegistry).clear();
+    /// let call = sandbox::declared(person.verify_identity_request(), "KYC");
+    /// registry.verify_identity(call).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// When the sandbox runs no `agency` ([`SandboxBuilder::without_agencies`]):
+    /// a switch that would do nothing is a mistake in the test.
     pub fn faults(&self, agency: Agency) -> AgencyFaults<'_> {
+        let switches = self.faults.get(&agency).map_or(&[][..], Vec::as_slice);
+        assert!(
+            !switches.is_empty(),
+            "the sandbox runs no {agency}: it was built without agencies"
+        );
         AgencyFaults {
-            switches: self.faults.get(&agency).map_or(&[], Vec::as_slice),
+            switches,
             cuts: self.cuts.get(&agency).map_or(&[], Vec::as_slice),
         }
     }
 
     /// The fault switch of replica `index` of `agency` alone.
+    ///
+    /// # Panics
+    ///
+    /// When the sandbox runs no such replica: see [`SandboxBuilder::replicas`].
     pub fn replica_faults(&self, agency: Agency, index: usize) -> AgencyFaults<'_> {
         fn one<T>(all: Option<&Vec<T>>, index: usize) -> &[T] {
             all.and_then(|all| all.get(index..=index)).unwrap_or(&[])
         }
+        let switches = one(self.faults.get(&agency), index);
+        assert!(
+            !switches.is_empty(),
+            "the sandbox runs no replica {index} of {agency}"
+        );
         AgencyFaults {
-            switches: one(self.faults.get(&agency), index),
+            switches,
             cuts: one(self.cuts.get(&agency), index),
         }
     }
@@ -840,18 +1027,32 @@ impl Sandbox {
     /// Stops the gateway and every agency, and waits for them to finish
     /// (calls in flight are drained, the exchange log's last records
     /// committed and its checkpoint signed).
+    ///
+    /// # Panics
+    ///
+    /// When one of them panicked: the test should fail.
     pub async fn shutdown(mut self) {
         self.trigger.trigger();
-        while self.tasks.join_next().await.is_some() {}
+        while let Some(ended) = self.tasks.join_next().await {
+            if let Err(error) = ended
+                && error.is_panic()
+            {
+                std::panic::resume_unwind(error.into_panic());
+            }
+        }
     }
 }
 
 impl Drop for Sandbox {
     /// Stops everything at once: servers are told to stop and their tasks
-    /// aborted; the directory is then removed.
+    /// aborted, the exchange log is closed, and the directory is removed.
     fn drop(&mut self) {
         self.trigger.trigger();
         self.tasks.abort_all();
+        // Its writer thread finishes what is queued before the files go.
+        if let Some(log) = &self.exchange_log {
+            log.close();
+        }
     }
 }
 
@@ -860,24 +1061,30 @@ const PORTAL_APP: &str = "SN/GOV/MYGOV/app";
 
 /// The provider of `method` (`/package.Service/Method`) among the mock
 /// agencies.
-fn provider_of(method: &str) -> anyhow::Result<MemberId> {
+fn provider_of(method: &str) -> Result<MemberId, SandboxError> {
     let service = method
         .strip_prefix('/')
         .and_then(|path| path.split_once('/'))
         .map(|(service, _)| service)
-        .ok_or_else(|| anyhow!("{method:?} is not a method path, /package.Service/Method"))?;
+        .ok_or_else(|| {
+            SandboxError::Grant(format!(
+                "{method:?} is not a method path, /package.Service/Method"
+            ))
+        })?;
     Agency::ALL
         .into_iter()
         .find(|agency| agency.service_name() == service)
         .map(Agency::member_id)
         .ok_or_else(|| {
-            anyhow!("no mock agency publishes {service}: name the providers with ConsentGrant::providers")
+            SandboxError::Grant(format!(
+                "no mock agency publishes {service}: name the providers with ConsentGrant::providers"
+            ))
         })
 }
 
-fn unix_seconds(time: SystemTime) -> anyhow::Result<i64> {
-    let seconds = time.duration_since(SystemTime::UNIX_EPOCH)?.as_secs();
-    Ok(i64::try_from(seconds)?)
+fn unix_seconds(time: SystemTime) -> Option<i64> {
+    let seconds = time.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs();
+    i64::try_from(seconds).ok()
 }
 
 /// `message` as the citizen `nin` sends it from the portal's app.
@@ -1021,23 +1228,28 @@ pub struct ExchangeLogView<'a> {
 
 impl<'a> ExchangeLogView<'a> {
     /// Every record, oldest first.
-    pub fn records(&self) -> anyhow::Result<Vec<LoggedRecord>> {
-        decoded(self.store()?.records_from(0, usize::MAX)?)
+    pub fn records(&self) -> Result<Vec<LoggedRecord>, SandboxError> {
+        decoded(self.store()?.records_from(0, usize::MAX))
     }
 
     /// The records of the call with this `bridge-request-id`: its decision,
     /// then its outcome if it was forwarded.
-    pub fn of_request(&self, request_id: &str) -> anyhow::Result<Vec<LoggedRecord>> {
-        decoded(self.store()?.records_of_request(request_id)?)
+    pub fn of_request(&self, request_id: &str) -> Result<Vec<LoggedRecord>, SandboxError> {
+        decoded(self.store()?.records_of_request(request_id))
     }
 
     /// The records of the call whose answer (response headers, or the
     /// metadata of its error status) is `metadata`.
-    pub fn of_call(&self, metadata: &MetadataMap) -> anyhow::Result<Vec<LoggedRecord>> {
+    pub fn of_call(&self, metadata: &MetadataMap) -> Result<Vec<LoggedRecord>, SandboxError> {
         let request_id = metadata
             .get(headers::BRIDGE_REQUEST_ID)
-            .ok_or_else(|| anyhow!("the answer carries no {}", headers::BRIDGE_REQUEST_ID))?
-            .to_str()?;
+            .and_then(|value| value.to_str().ok())
+            .ok_or_else(|| {
+                SandboxError::ExchangeLog(format!(
+                    "the answer carries no {}",
+                    headers::BRIDGE_REQUEST_ID
+                ))
+            })?;
         self.of_request(request_id)
     }
 
@@ -1048,22 +1260,29 @@ impl<'a> ExchangeLogView<'a> {
         self.log
     }
 
-    fn store(&self) -> anyhow::Result<Store> {
+    fn store(&self) -> Result<Store, SandboxError> {
         let log = self.log.ok_or_else(|| {
-            anyhow!("the sandbox's exchange log is off (exchange_log.enabled = false)")
+            SandboxError::ExchangeLog("it is off (exchange_log.enabled = false)".to_owned())
         })?;
-        Store::open_read_only(log.dir())
-            .with_context(|| format!("opening the exchange log in {}", log.dir().display()))
+        Store::open_read_only(log.dir()).map_err(|error| {
+            SandboxError::ExchangeLog(format!("opening {}: {error}", log.dir().display()))
+        })
     }
 }
 
-fn decoded(stored: Vec<crate::audit::store::StoredRecord>) -> anyhow::Result<Vec<LoggedRecord>> {
+fn decoded(
+    stored: Result<Vec<crate::audit::store::StoredRecord>, crate::audit::StoreError>,
+) -> Result<Vec<LoggedRecord>, SandboxError> {
+    let stored = stored.map_err(|error| SandboxError::ExchangeLog(error.to_string()))?;
     stored
         .into_iter()
         .map(|stored| {
+            let record = stored.decode().map_err(|error| {
+                SandboxError::ExchangeLog(format!("record {}: {error}", stored.index))
+            })?;
             Ok(LoggedRecord {
                 index: stored.index,
-                record: stored.decode()?,
+                record,
             })
         })
         .collect()
@@ -1071,7 +1290,10 @@ fn decoded(stored: Vec<crate::audit::store::StoredRecord>) -> anyhow::Result<Vec
 
 /// Failures on purpose at one agency: [`Sandbox::faults`]. Each applies to
 /// every call that does not ask for a fault of its own (the
-/// `govbridge-fault` header), until [`Self::clear`].
+/// `govbridge-fault` header), until [`Self::clear`]. `delay` and `fail`
+/// spare the gateway's own calls (health checks, the consent feed), so
+/// the agency stays in rotation and callers see exactly that failure for
+/// as long as it is set; `unavailable` does not.
 #[derive(Debug, Clone, Copy)]
 pub struct AgencyFaults<'a> {
     switches: &'a [FaultSwitch],
@@ -1085,23 +1307,25 @@ impl<'a> AgencyFaults<'a> {
     }
 
     /// Answers every call with `code`, without calling the agency. The
-    /// gateway relays the status to the caller.
+    /// gateway relays the status to the caller, without a `bridge-error`.
     pub fn fail(&self, code: Code) {
         let message = format!("fault injected: {}", code.description());
         self.set(Fault::fail(Failure::Status(code, message)));
     }
 
     /// The agency falls over: every connection is dropped as soon as a
-    /// call arrives, and its health checks fail. Callers get
-    /// `UNAVAILABLE` from the gateway.
+    /// call arrives, health checks included. Callers get `UNAVAILABLE` from
+    /// the gateway, with a `bridge-error`.
     pub fn unavailable(&self) {
-        self.set(Fault::fail(Failure::Drop));
+        for switch in self.switches {
+            switch.set(Fault::fail(Failure::Drop));
+        }
     }
 
-    /// Applies `fault` to every call.
+    /// Applies `fault` to every call but the gateway's own.
     pub fn set(&self, fault: Fault) {
         for switch in self.switches {
-            switch.set(fault.clone());
+            switch.set_for_calls(fault.clone());
         }
     }
 
