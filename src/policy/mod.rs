@@ -84,6 +84,9 @@ pub struct PolicyEngine {
     /// Keyed caller first so that a lookup borrows the method name instead
     /// of allocating a key.
     applicable: RwLock<HashMap<MemberId, HashMap<String, Arc<PolicySet>>>>,
+    /// Policy id -> its `@conceal_days`, read once at load: parsing an
+    /// annotation's name costs more than the rest of a call's record.
+    conceal_days: HashMap<String, u16>,
     entities: Entities,
     sources: HashMap<String, PolicySource>,
     /// Members to whom at least one permit could apply, judging by the
@@ -225,13 +228,7 @@ impl PolicyEngine {
         decision
             .policies
             .iter()
-            .filter_map(|id| {
-                self.policies
-                    .policy(&PolicyId::new(id))?
-                    .annotation(CONCEAL_DAYS)?
-                    .parse::<u16>()
-                    .ok()
-            })
+            .filter_map(|id| self.conceal_days.get(id).copied())
             .max()
             .map_or(0, |days| now.saturating_add(i64::from(days) * 86_400))
     }
