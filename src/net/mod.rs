@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::identity::tls::{certificate_not_after, member_of_chain};
+use crate::identity::tls::peer_of_chain;
 use crate::identity::{MemberId, PeerIdentityError};
 
 /// What is known about the peer of a connection, from its verified
@@ -502,13 +502,11 @@ impl Connection {
         let _open = OpenConnection::new(self.stats.clone());
         let (_, session) = tls.get_ref();
         let control = ConnectionControl::default();
+        let certificate = peer_of_chain(session.peer_certificates());
         let peer = PeerInfo {
             remote_addr,
-            member: member_of_chain(session.peer_certificates()),
-            certificate_not_after: session
-                .peer_certificates()
-                .and_then(<[_]>::first)
-                .and_then(certificate_not_after),
+            member: certificate.member,
+            certificate_not_after: certificate.not_after,
             control: control.clone(),
             key_exchange: session
                 .negotiated_key_exchange_group()
