@@ -8,7 +8,8 @@
 //! ```
 //!
 //! - `identity`: the member id read from a verified client certificate
-//!   (`member_of_certificate`) and its expiry, once per connection;
+//!   (`member_of_certificate`), its expiry, and both from one parse
+//!   (`peer_of_chain`, what a listener does once per connection);
 //! - `routing`: `RouteTable::route` on the dev configuration, for the
 //!   default provider, a chosen one (`bridge-target`) and an unknown method;
 //! - `policy`: one `PolicyEngine::authorize` with the dev policies (see
@@ -37,7 +38,7 @@ use govbridge::audit::{ExchangeRecord, Phase, RECORD_VERSION};
 use govbridge::config::Config;
 use govbridge::consent::artefact::{ConsentClaims, ConsentSigner, IssuerKeys};
 use govbridge::consent::{self, CallScope, ConsentVerifier};
-use govbridge::identity::tls::{certificate_not_after, load_certificates};
+use govbridge::identity::tls::{certificate_not_after, load_certificates, peer_of_chain};
 use govbridge::identity::{MemberId, member_of_certificate};
 use govbridge::policy::{CallFacts, PolicyEngine};
 use govbridge::routing::{RouteTable, UpstreamConnector};
@@ -69,6 +70,10 @@ fn identity(c: &mut Criterion, pki: &Path) {
     });
     group.bench_function("certificate_not_after", |b| {
         b.iter(|| certificate_not_after(black_box(certificate)))
+    });
+    // What a listener does per connection: both, from one parse.
+    group.bench_function("peer_of_chain", |b| {
+        b.iter(|| peer_of_chain(black_box(Some(&chain[..1]))))
     });
     group.finish();
 }

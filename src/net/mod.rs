@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::identity::tls::{certificate_not_after, member_of_chain};
+use crate::identity::tls::peer_of_chain;
 use crate::identity::{MemberId, PeerIdentityError};
 
 /// What is known about the peer of a connection, from its verified
@@ -461,54 +461,17 @@ impl Connection {
         remote_addr: SocketAddr,
         make_service: impl FnOnce(PeerInfo) -> S + Send,
     ) {
-        let _ = tcp.set_nodelay(true);
-        let handshake_deadline = tokio::time::Instant::now() + self.settings.handshake_timeout;
-        let spoke = match tokio::time::timeout_at(handshake_deadline, admission::sniff(&tcp)).await
-        {
-            Ok(Ok(spoke)) => spoke,
-            Ok(Err(_)) => admission::FirstBytes::Closed,
-            Err(_) => {
-                self.stats.refuse("timeout");
-                tracing::info!(%remote_addr, kind = "timeout", reason = "nothing sent", "TLS handshake refused");
-                return;
-            }
-        };
-        if spoke != admission::FirstBytes::Tls {
-            let kind = spoke.refusal();
-            self.stats.refuse(kind);
-            if spoke == admission::FirstBytes::Closed {
-                tracing::debug!(%remote_addr, "connection closed before the TLS handshake");
-                return;
-            }
-            tracing::info!(%remote_addr, kind, "TLS handshake refused: the client does not speak TLS");
-            admission::close_cleanly(tcp, spoke, Duration::from_secs(1)).await;
+        let Some(tls) = self.handshake(tcp, remote_addr).await else {
             return;
-        }
-        let handshake = tokio::time::timeout_at(handshake_deadline, self.acceptor.accept(tcp));
-        let tls = match handshake.await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(error)) => {
-                let kind = refusal_reason(&error);
-                self.stats.refuse(kind);
-                tracing::info!(%remote_addr, kind, reason = %error, "TLS handshake refused");
-                return;
-            }
-            Err(_) => {
-                self.stats.refuse("timeout");
-                tracing::info!(%remote_addr, kind = "timeout", reason = "handshake timeout", "TLS handshake refused");
-                return;
-            }
         };
         let _open = OpenConnection::new(self.stats.clone());
         let (_, session) = tls.get_ref();
         let control = ConnectionControl::default();
+        let certificate = peer_of_chain(session.peer_certificates());
         let peer = PeerInfo {
             remote_addr,
-            member: member_of_chain(session.peer_certificates()),
-            certificate_not_after: session
-                .peer_certificates()
-                .and_then(<[_]>::first)
-                .and_then(certificate_not_after),
+            member: certificate.member,
+            certificate_not_after: certificate.not_after,
             control: control.clone(),
             key_exchange: session
                 .negotiated_key_exchange_group()
@@ -525,21 +488,26 @@ impl Connection {
 
         let settings = &self.settings;
         let (executor, connection_over) = streams::StreamExecutor::new(self.open.clone());
-        let mut builder = hyper::server::conn::http2::Builder::new(executor);
-        builder
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(settings.max_concurrent_streams)
-            .initial_stream_window_size(settings.initial_stream_window)
-            .initial_connection_window_size(settings.initial_connection_window)
-            .max_frame_size(settings.max_frame_size)
-            .max_header_list_size(settings.max_header_list_size)
-            .max_send_buf_size(settings.max_send_buffer)
-            .keep_alive_interval(settings.keepalive_interval)
-            .keep_alive_timeout(settings.keepalive_timeout)
-            .max_pending_accept_reset_streams(settings.max_pending_accept_reset_streams)
-            .max_local_error_reset_streams(settings.max_local_error_reset_streams);
-        let connection = builder.serve_connection(TokioIo::new(tls), service);
-        tokio::pin!(connection);
+        // Boxed, and built in a block: held in this task's own state, the
+        // HTTP/2 connection (a few KiB, TLS session included) ended up
+        // there twice, with the builder next to it, for as long as the
+        // connection is open.
+        let mut connection = {
+            let mut builder = hyper::server::conn::http2::Builder::new(executor);
+            builder
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(settings.max_concurrent_streams)
+                .initial_stream_window_size(settings.initial_stream_window)
+                .initial_connection_window_size(settings.initial_connection_window)
+                .max_frame_size(settings.max_frame_size)
+                .max_header_list_size(settings.max_header_list_size)
+                .max_send_buf_size(settings.max_send_buffer)
+                .keep_alive_interval(settings.keepalive_interval)
+                .keep_alive_timeout(settings.keepalive_timeout)
+                .max_pending_accept_reset_streams(settings.max_pending_accept_reset_streams)
+                .max_local_error_reset_streams(settings.max_local_error_reset_streams);
+            Box::pin(builder.serve_connection(TokioIo::new(tls), service))
+        };
         // Declared after the connection, so dropped before it on every way
         // out: the streams still running end as cancelled calls.
         let _connection_over = connection_over;
@@ -583,6 +551,55 @@ impl Connection {
             Err(_) => {
                 self.stats.close("drain-timeout");
                 tracing::info!(%remote_addr, ?closing, "connection closed with calls still open: the drain timeout passed");
+            }
+        }
+    }
+
+    /// From TCP accept to an established TLS session; `None` when the
+    /// connection was refused (and counted) before.
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+        remote_addr: SocketAddr,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let _ = tcp.set_nodelay(true);
+        let handshake_deadline = tokio::time::Instant::now() + self.settings.handshake_timeout;
+        let spoke = match tokio::time::timeout_at(handshake_deadline, admission::sniff(&tcp)).await
+        {
+            Ok(Ok(spoke)) => spoke,
+            Ok(Err(_)) => admission::FirstBytes::Closed,
+            Err(_) => {
+                self.stats.refuse("timeout");
+                tracing::info!(%remote_addr, kind = "timeout", reason = "nothing sent", "TLS handshake refused");
+                return None;
+            }
+        };
+        if spoke != admission::FirstBytes::Tls {
+            let kind = spoke.refusal();
+            self.stats.refuse(kind);
+            if spoke == admission::FirstBytes::Closed {
+                tracing::debug!(%remote_addr, "connection closed before the TLS handshake");
+                return None;
+            }
+            tracing::info!(%remote_addr, kind, "TLS handshake refused: the client does not speak TLS");
+            // Boxed: inline, its read buffer would make every connection's
+            // task larger for the sake of the rare refused one.
+            Box::pin(admission::close_cleanly(tcp, spoke, Duration::from_secs(1))).await;
+            return None;
+        }
+        let handshake = tokio::time::timeout_at(handshake_deadline, self.acceptor.accept(tcp));
+        match handshake.await {
+            Ok(Ok(tls)) => Some(tls),
+            Ok(Err(error)) => {
+                let kind = refusal_reason(&error);
+                self.stats.refuse(kind);
+                tracing::info!(%remote_addr, kind, reason = %error, "TLS handshake refused");
+                None
+            }
+            Err(_) => {
+                self.stats.refuse("timeout");
+                tracing::info!(%remote_addr, kind = "timeout", reason = "handshake timeout", "TLS handshake refused");
+                None
             }
         }
     }

@@ -523,9 +523,20 @@ pub(super) fn load(config: &Config) -> Result<PolicyEngine, PolicyError> {
         })
         .collect();
     let may_be_permitted = permitted_members(&policies, &ancestors);
+    let conceal_days = policies
+        .policies()
+        .filter_map(|policy| {
+            let days = policy
+                .annotation(super::CONCEAL_DAYS)?
+                .parse::<u16>()
+                .ok()?;
+            Some((policy.id().to_string(), days))
+        })
+        .collect();
     Ok(PolicyEngine {
         by_method: index_by_method(&policies, &methods, &ancestors),
         applicable: Default::default(),
+        conceal_days,
         policies,
         entities,
         sources,

@@ -23,7 +23,7 @@ mod load;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use cedar_policy::{
     ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, EntityId,
@@ -77,13 +77,16 @@ pub struct PolicyEngine {
     /// Published method -> the policies whose action scope covers it, with
     /// the members their principal scope covers (`None`: everyone).
     by_method: HashMap<String, Vec<ScopedPolicy>>,
-    /// (caller, method) -> the policies that can apply to it. Cedar
-    /// evaluates every policy of the set it is given, so deciding with
-    /// only these keeps a decision's cost independent of how many policies
-    /// concern other members and methods. Bounded by members x methods.
-    /// Keyed caller first so that a lookup borrows the method name instead
-    /// of allocating a key.
-    applicable: RwLock<HashMap<MemberId, HashMap<String, Arc<PolicySet>>>>,
+    /// (caller, method) -> the policies that can apply to it, and the
+    /// decisions already taken with them. Cedar evaluates every policy of
+    /// the set it is given, so deciding with only these keeps a decision's
+    /// cost independent of how many policies concern other members and
+    /// methods. Bounded by members x methods. Keyed caller first so that a
+    /// lookup borrows the method name instead of allocating a key.
+    applicable: RwLock<HashMap<MemberId, HashMap<String, Arc<Applicable>>>>,
+    /// Policy id -> its `@conceal_days`, read once at load: parsing an
+    /// annotation's name costs more than the rest of a call's record.
+    conceal_days: HashMap<String, u16>,
     entities: Entities,
     sources: HashMap<String, PolicySource>,
     /// Members to whom at least one permit could apply, judging by the
@@ -123,6 +126,11 @@ impl PolicyEngine {
 
     /// Decides one call.
     pub fn authorize(&self, facts: &CallFacts<'_>) -> Decision {
+        let applicable = self.applicable(facts.caller, facts.method);
+        let key = self.decision_key(facts);
+        if let Some(decision) = key.as_ref().and_then(|key| applicable.decided(key)) {
+            return decision;
+        }
         let request = match request(facts, None) {
             Ok(request) => request,
             Err(error) => {
@@ -133,8 +141,36 @@ impl PolicyEngine {
                 };
             }
         };
-        let policies = self.applicable(facts.caller, facts.method);
-        self.decide(&request, &policies)
+        let decision = self.decide(&request, &applicable.policies);
+        if let Some(key) = key {
+            applicable.remember(key, &decision);
+        }
+        decision
+    }
+
+    /// What, besides the caller and the method, a decision depends on, as
+    /// a small key: `None` for a provider or purpose that is not
+    /// registered, whose decisions are not kept (made-up names cannot grow
+    /// the cache).
+    fn decision_key(&self, facts: &CallFacts<'_>) -> Option<DecisionKey> {
+        let provider = self
+            .methods
+            .get(facts.method)?
+            .iter()
+            .position(|provider| provider == facts.provider)?;
+        let purpose = match facts.purpose {
+            None => 0,
+            Some(purpose) => 1 + self.purposes.iter().position(|known| known == purpose)?,
+        };
+        Some(DecisionKey {
+            provider,
+            purpose,
+            has_reason: facts.has_reason,
+            has_user_id: facts.has_user_id,
+            consent_verified: facts.consent_verified,
+            hour: facts.hour,
+            certificate_days_left: facts.certificate_days_left,
+        })
     }
 
     /// Decides a request with the given policies.
@@ -178,11 +214,11 @@ impl PolicyEngine {
     }
 
     /// The policies whose scope covers `caller` calling `method`.
-    fn applicable(&self, caller: &MemberId, method: &str) -> Arc<PolicySet> {
+    fn applicable(&self, caller: &MemberId, method: &str) -> Arc<Applicable> {
         // A method that is not published has no action and no policy; it
         // is not cached, so that made-up names cannot grow the cache.
         if !self.by_method.contains_key(method) {
-            return Arc::new(PolicySet::new());
+            return Arc::new(Applicable::new(PolicySet::new()));
         }
         let cached = self.applicable.read().ok().and_then(|cache| {
             cache
@@ -204,7 +240,7 @@ impl PolicyEngine {
                 tracing::error!(policy = %scoped.policy.id(), "policy index inconsistent");
             }
         }
-        let set = Arc::new(set);
+        let set = Arc::new(Applicable::new(set));
         if let Ok(mut cache) = self.applicable.write() {
             cache
                 .entry(caller.clone())
@@ -225,13 +261,7 @@ impl PolicyEngine {
         decision
             .policies
             .iter()
-            .filter_map(|id| {
-                self.policies
-                    .policy(&PolicyId::new(id))?
-                    .annotation(CONCEAL_DAYS)?
-                    .parse::<u16>()
-                    .ok()
-            })
+            .filter_map(|id| self.conceal_days.get(id).copied())
             .max()
             .map_or(0, |days| now.saturating_add(i64::from(days) * 86_400))
     }
@@ -337,6 +367,66 @@ impl PolicyEngine {
         }
         Ok(())
     }
+}
+
+/// The policies that can apply to one (caller, method), and the
+/// decisions taken with them.
+///
+/// A decision is a pure function of the request and the entities, both
+/// fixed here but for the [`DecisionKey`], and the whole engine is
+/// replaced on reload; so a decision kept here is the one Cedar would
+/// take again, for a fraction of its cost.
+#[derive(Debug)]
+struct Applicable {
+    policies: PolicySet,
+    decisions: Mutex<HashMap<DecisionKey, Decision>>,
+}
+
+/// Decisions kept per (caller, method); the hour and the certificate's
+/// days left move on, so the map is emptied when it reaches this size
+/// rather than growing with time.
+const DECISIONS_KEPT: usize = 1024;
+
+impl Applicable {
+    fn new(policies: PolicySet) -> Self {
+        Self {
+            policies,
+            decisions: Mutex::default(),
+        }
+    }
+
+    fn decided(&self, key: &DecisionKey) -> Option<Decision> {
+        self.decisions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+
+    fn remember(&self, key: DecisionKey, decision: &Decision) {
+        let mut decisions = self
+            .decisions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if decisions.len() >= DECISIONS_KEPT {
+            decisions.clear();
+        }
+        decisions.insert(key, decision.clone());
+    }
+}
+
+/// The facts of a call besides its caller and method, with the provider
+/// and the purpose as their positions in the engine's lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct DecisionKey {
+    provider: usize,
+    /// 0: no purpose; else 1 + its position among the registered ones.
+    purpose: usize,
+    has_reason: bool,
+    has_user_id: bool,
+    consent_verified: bool,
+    hour: u8,
+    certificate_days_left: i64,
 }
 
 /// What a member may call, for `policy check` and the directory.
@@ -668,10 +758,10 @@ permit (principal == Member::"SN/GOV/DGID/tax", action, resource);
         assert!(error.message.contains("1 to 3650 days"), "{error}");
     }
 
-    /// The per-(caller, method) index must decide exactly as Cedar does
-    /// with every policy, for every member, method, provider, purpose and
-    /// flag, including scopes on organizations, `is ... in`, action groups
-    /// and unconstrained forbids.
+    /// The per-(caller, method) index, and the decisions it keeps, must
+    /// decide exactly as Cedar does with every policy, for every member,
+    /// method, provider, purpose and flag, including scopes on
+    /// organizations, `is ... in`, action groups and unconstrained forbids.
     #[test]
     fn indexed_decisions_equal_full_decisions() {
         let (dir, config_path) = setup(true);
@@ -717,6 +807,8 @@ forbid (principal in Organization::"SN/COM/ECOBANK", action, resource) when { co
                             let full =
                                 engine.decide(&request(&facts, None).unwrap(), &engine.policies);
                             assert_eq!(indexed, full, "{facts:?}");
+                            // Asked again, the engine answers from what it kept.
+                            assert_eq!(engine.authorize(&facts), full, "kept: {facts:?}");
                             compared += 1;
                             allowed += usize::from(indexed.allowed);
                         }
