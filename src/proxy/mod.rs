@@ -853,7 +853,9 @@ impl GatewayService {
                     response.body_mut().hold(in_flight);
                     response
                 }
-                Err(error) => self.refuse(error, &arrival.request_id, &uri, record).await,
+                // Boxed, like the directory's calls below: inline, these
+                // rarer paths' futures would make every call's larger.
+                Err(error) => Box::pin(self.refuse(error, &arrival.request_id, &uri, record)).await,
             }
         }
         .instrument(span)
@@ -920,7 +922,7 @@ impl GatewayService {
                 certificate_days_left: self.certificate_days_left(),
                 log: self.log.clone(),
             };
-            let response = crate::directory::call(request, context).await;
+            let response = Box::pin(crate::directory::call(request, context)).await;
             let mut response = response.map(ResponseBody::local);
             response.body_mut().admitted(admission);
             return Ok(response);
