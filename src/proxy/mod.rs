@@ -52,7 +52,7 @@ use body::Audit;
 pub use body::{RequestBody, ResponseBody};
 pub use deadline::Deadline;
 pub use error::{Fault, GatewayError};
-use headers::{BRIDGE_REQUEST_ID, CallHeaders};
+use headers::CallHeaders;
 use record::{CallRecord, Ending, Tally};
 
 /// Why the gateway cannot start.
@@ -849,7 +849,7 @@ impl GatewayService {
                 Ok(mut response) => {
                     response
                         .headers_mut()
-                        .insert(BRIDGE_REQUEST_ID, arrival.request_id);
+                        .insert(headers::names::BRIDGE_REQUEST_ID, arrival.request_id);
                     response.body_mut().hold(in_flight);
                     response
                 }
