@@ -536,6 +536,7 @@ pub(super) fn load(config: &Config) -> Result<PolicyEngine, PolicyError> {
     Ok(PolicyEngine {
         by_method: index_by_method(&policies, &methods, &ancestors),
         applicable: Default::default(),
+        policy_sets: Default::default(),
         conceal_days,
         policies,
         entities,

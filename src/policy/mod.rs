@@ -84,6 +84,9 @@ pub struct PolicyEngine {
     /// methods. Bounded by members x methods. Keyed caller first so that a
     /// lookup borrows the method name instead of allocating a key.
     applicable: RwLock<HashMap<MemberId, HashMap<String, Arc<Applicable>>>>,
+    /// The distinct sets in `applicable`, by method and the positions of
+    /// their policies in `by_method`, shared by the members they apply to.
+    policy_sets: Mutex<HashMap<PolicySetKey, Arc<PolicySet>>>,
     /// Policy id -> its `@conceal_days`, read once at load: parsing an
     /// annotation's name costs more than the rest of a call's record.
     conceal_days: HashMap<String, u16>,
@@ -218,7 +221,7 @@ impl PolicyEngine {
         // A method that is not published has no action and no policy; it
         // is not cached, so that made-up names cannot grow the cache.
         if !self.by_method.contains_key(method) {
-            return Arc::new(Applicable::new(PolicySet::new()));
+            return Arc::new(Applicable::new(Arc::default()));
         }
         let cached = self.applicable.read().ok().and_then(|cache| {
             cache
@@ -229,18 +232,39 @@ impl PolicyEngine {
         if let Some(set) = cached {
             return set;
         }
-        let mut set = PolicySet::new();
-        for scoped in self.by_method.get(method).into_iter().flatten() {
-            let covers = scoped
-                .principals
-                .as_ref()
-                .is_none_or(|members| members.contains(caller));
-            // Ids are unique in `self.policies`, so adding cannot fail.
-            if covers && set.add(scoped.policy.clone()).is_err() {
-                tracing::error!(policy = %scoped.policy.id(), "policy index inconsistent");
-            }
-        }
-        let set = Arc::new(Applicable::new(set));
+        let scoped = self.by_method.get(method).map_or(&[][..], Vec::as_slice);
+        let covering: Vec<usize> = scoped
+            .iter()
+            .enumerate()
+            .filter(|(_, scoped)| {
+                scoped
+                    .principals
+                    .as_ref()
+                    .is_none_or(|members| members.contains(caller))
+            })
+            .map(|(index, _)| index)
+            .collect();
+        // Members in the same groups get the same policies: one set for
+        // them all, not one (of a few KiB) per member.
+        let mut sets = self
+            .policy_sets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let policies = sets
+            .entry((method.to_owned(), covering))
+            .or_insert_with_key(|(_, covering)| {
+                let mut set = PolicySet::new();
+                for policy in covering.iter().map(|index| &scoped[*index].policy) {
+                    // Ids are unique in `self.policies`, so adding cannot fail.
+                    if set.add(policy.clone()).is_err() {
+                        tracing::error!(policy = %policy.id(), "policy index inconsistent");
+                    }
+                }
+                Arc::new(set)
+            })
+            .clone();
+        drop(sets);
+        let set = Arc::new(Applicable::new(policies));
         if let Ok(mut cache) = self.applicable.write() {
             cache
                 .entry(caller.clone())
@@ -378,9 +402,13 @@ impl PolicyEngine {
 /// take again, for a fraction of its cost.
 #[derive(Debug)]
 struct Applicable {
-    policies: PolicySet,
+    policies: Arc<PolicySet>,
     decisions: Mutex<HashMap<DecisionKey, Decision>>,
 }
+
+/// A method and the positions, in its `by_method` entry, of the policies
+/// that apply to a caller.
+type PolicySetKey = (String, Vec<usize>);
 
 /// Decisions kept per (caller, method); the hour and the certificate's
 /// days left move on, so the map is emptied when it reaches this size
@@ -388,7 +416,7 @@ struct Applicable {
 const DECISIONS_KEPT: usize = 1024;
 
 impl Applicable {
-    fn new(policies: PolicySet) -> Self {
+    fn new(policies: Arc<PolicySet>) -> Self {
         Self {
             policies,
             decisions: Mutex::default(),

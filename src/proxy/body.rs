@@ -392,7 +392,9 @@ fn without_bridge_trailers(frame: Frame<Bytes>) -> Frame<Bytes> {
 /// backend, or answered by one of the gateway's own services.
 #[derive(Debug)]
 pub struct ResponseBody {
-    relay: Option<Relay>,
+    /// Boxed: a relay is over a kilobyte (the call's record and summary),
+    /// and the body is moved into the task hyper spawns for each stream.
+    relay: Option<Box<Relay>>,
     local: Option<tonic::body::Body>,
     /// Counts the call as in flight until the body ends or is dropped.
     in_flight: Option<InFlight>,
@@ -661,14 +663,14 @@ impl ResponseBody {
         })
         .abort_handle();
         Self {
-            relay: Some(Relay {
+            relay: Some(Box::new(Relay {
                 upstream: shared,
                 watchdog,
                 budget: deadline.budget(),
                 provider,
                 audit,
                 counted,
-            }),
+            })),
             local: None,
             in_flight: None,
             admission: None,

@@ -29,6 +29,19 @@ pub const BRIDGE_USER_ID: &str = "bridge-user-id";
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";
 pub use crate::telemetry::context::TRACEPARENT;
 
+/// The names the gateway writes on every call, made at compile time: a
+/// `&str` key is parsed and checked again on each insert.
+pub mod names {
+    use http::HeaderName;
+
+    pub const BRIDGE_AUDIT_INDEX: HeaderName = HeaderName::from_static(super::BRIDGE_AUDIT_INDEX);
+    pub const BRIDGE_CLIENT: HeaderName = HeaderName::from_static(super::BRIDGE_CLIENT);
+    pub const BRIDGE_PURPOSE: HeaderName = HeaderName::from_static(super::BRIDGE_PURPOSE);
+    pub const BRIDGE_REQUEST_ID: HeaderName = HeaderName::from_static(super::BRIDGE_REQUEST_ID);
+    pub const BRIDGE_USER_ID: HeaderName = HeaderName::from_static(super::BRIDGE_USER_ID);
+    pub const TRACEPARENT: HeaderName = HeaderName::from_static(super::TRACEPARENT);
+}
+
 /// Longest accepted `bridge-reason`, in bytes.
 pub const MAX_REASON_LEN: usize = 256;
 /// Longest accepted `bridge-user-id`, in bytes.
@@ -242,22 +255,16 @@ pub fn upstream_headers(
         headers.append(name.clone(), value.clone());
     }
     if let Ok(value) = HeaderValue::from_str(caller.as_str()) {
-        headers.insert(HeaderName::from_static(BRIDGE_CLIENT), value);
+        headers.insert(names::BRIDGE_CLIENT, value);
     }
-    headers.insert(
-        HeaderName::from_static(BRIDGE_REQUEST_ID),
-        request_id.clone(),
-    );
+    headers.insert(names::BRIDGE_REQUEST_ID, request_id.clone());
     if let Some(purpose) = &call.purpose {
-        headers.insert(HeaderName::from_static(BRIDGE_PURPOSE), purpose.clone());
+        headers.insert(names::BRIDGE_PURPOSE, purpose.clone());
     }
     if let Some(user_id) = &call.user_id {
-        headers.insert(HeaderName::from_static(BRIDGE_USER_ID), user_id.clone());
+        headers.insert(names::BRIDGE_USER_ID, user_id.clone());
     }
-    headers.insert(
-        HeaderName::from_static(TRACEPARENT),
-        trace.upstream_traceparent(),
-    );
+    headers.insert(names::TRACEPARENT, trace.upstream_traceparent());
     headers
 }
 

@@ -52,7 +52,7 @@ use body::Audit;
 pub use body::{RequestBody, ResponseBody};
 pub use deadline::Deadline;
 pub use error::{Fault, GatewayError};
-use headers::{BRIDGE_REQUEST_ID, CallHeaders};
+use headers::CallHeaders;
 use record::{CallRecord, Ending, Tally};
 
 /// Why the gateway cannot start.
@@ -864,11 +864,13 @@ impl GatewayService {
                 Ok(mut response) => {
                     response
                         .headers_mut()
-                        .insert(BRIDGE_REQUEST_ID, arrival.request_id);
+                        .insert(headers::names::BRIDGE_REQUEST_ID, arrival.request_id);
                     response.body_mut().hold(in_flight);
                     response
                 }
-                Err(error) => self.refuse(error, &arrival.request_id, &uri, record).await,
+                // Boxed, like the directory's calls below: inline, these
+                // rarer paths' futures would make every call's larger.
+                Err(error) => Box::pin(self.refuse(error, &arrival.request_id, &uri, record)).await,
             }
         }
         .instrument(span)
@@ -935,7 +937,7 @@ impl GatewayService {
                 certificate_days_left: self.certificate_days_left(),
                 log: self.log.clone(),
             };
-            let response = crate::directory::call(request, context).await;
+            let response = Box::pin(crate::directory::call(request, context)).await;
             let mut response = response.map(ResponseBody::local);
             response.body_mut().admitted(admission);
             return Ok(response);

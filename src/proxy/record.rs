@@ -14,7 +14,7 @@ use aws_lc_rs::digest::{Context, SHA256};
 use http::{HeaderMap, HeaderValue};
 
 use super::error::GatewayError;
-use super::headers::{BRIDGE_AUDIT_INDEX, CallHeaders};
+use super::headers::CallHeaders;
 use crate::audit::subject::SubjectReader;
 use crate::audit::{Appending, ExchangeLog, ExchangeRecord, Phase, RECORD_VERSION};
 use crate::identity::MemberId;
@@ -31,7 +31,7 @@ pub fn unix_micros(at: SystemTime) -> i64 {
 /// The `bridge-audit-index` value of a leaf index.
 pub fn audit_index(index: u64) -> (http::header::HeaderName, HeaderValue) {
     (
-        http::header::HeaderName::from_static(BRIDGE_AUDIT_INDEX),
+        super::headers::names::BRIDGE_AUDIT_INDEX,
         HeaderValue::from(index),
     )
 }

@@ -64,12 +64,13 @@ impl TraceContext {
     /// The `traceparent` sent to the backend: this trace, under the
     /// gateway's span.
     pub fn upstream_traceparent(&self) -> HeaderValue {
-        let text = format!(
-            "00-{}-{}-{:02x}",
-            self.trace_id_hex(),
-            self.span_id_hex(),
-            self.flags
-        );
+        let mut text = String::with_capacity(55);
+        text.push_str("00-");
+        push_hex(&mut text, &self.trace_id);
+        text.push('-');
+        push_hex(&mut text, &self.span_id);
+        text.push('-');
+        push_hex(&mut text, &[self.flags]);
         // Hex digits and dashes only.
         HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
@@ -91,25 +92,35 @@ pub fn parse_traceparent(value: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
     (trace != [0; 16] && parent != [0; 8]).then_some((trace, parent, flags))
 }
 
-/// A random id; v4 UUIDs come from the operating system's generator.
+/// A random id, from a generator seeded by the operating system. Trace
+/// and span ids are neither secrets nor credentials (a caller may send any
+/// it likes), so they need to be unpredictable enough not to collide, not
+/// cryptographically: the operating system's generator cost a system call
+/// for each of a call's two ids.
 pub fn random<const N: usize>() -> [u8; N] {
     let mut id = [0; N];
-    for chunk in id.chunks_mut(16) {
-        let random = uuid::Uuid::new_v4();
-        chunk.copy_from_slice(&random.as_bytes()[..chunk.len()]);
+    // All zeros is the one invalid id (W3C Trace Context).
+    while id.iter().all(|byte| *byte == 0) && N > 0 {
+        fastrand::fill(&mut id);
     }
     id
 }
 
 /// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
-            let _ = write!(out, "{byte:02x}");
-            out
-        })
+    let mut out = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    out
+}
+
+/// Appends `bytes` in lowercase hex: a table look-up per digit, where the
+/// formatting machinery took a few hundred instructions per byte.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
 }
 
 /// Exactly `N` bytes from `2 * N` lowercase hex digits.
@@ -178,6 +189,12 @@ mod tests {
             assert_ne!(trace.trace_id, [0; 16]);
             assert_ne!(trace.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         }
+    }
+
+    #[test]
+    fn hex_is_lowercase_and_two_digits_a_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff, 0x10]), "000fa5ff10");
+        assert_eq!(hex(&[]), "");
     }
 
     #[test]
