@@ -248,7 +248,12 @@ fn init_logging(
     let default = if instance == "demo" { "warn" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: in a file or a pipe the
+    // escape codes are noise, and cost time on every line.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let log = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
     let log = match format {
         LogFormat::Pretty => log.boxed(),
         LogFormat::Json => log.json().boxed(),

@@ -9,6 +9,8 @@ fn the_demo_plays_every_step_as_told() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_govbridge"))
         .args(["demo", "--once", "--dir"])
         .arg(dir.path())
+        // Its logs on, to check they are plain text when not on a terminal.
+        .env("RUST_LOG", "info")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -25,4 +27,7 @@ fn the_demo_plays_every_step_as_told() {
     ] {
         assert!(stdout.contains(expected), "no `{expected}` in\n{stdout}");
     }
+    // Logs written to a pipe or a file carry no terminal colour codes.
+    assert!(stderr.contains("gateway serving"), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "colour codes in\n{stderr}");
 }
