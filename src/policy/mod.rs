@@ -403,7 +403,9 @@ impl PolicyEngine {
 #[derive(Debug)]
 struct Applicable {
     policies: Arc<PolicySet>,
-    decisions: Mutex<HashMap<DecisionKey, Decision>>,
+    /// Read on every call, written on the first of each key: callers of
+    /// one (caller, method) read it together.
+    decisions: RwLock<HashMap<DecisionKey, Decision>>,
 }
 
 /// A method and the positions, in its `by_method` entry, of the policies
@@ -419,13 +421,13 @@ impl Applicable {
     fn new(policies: Arc<PolicySet>) -> Self {
         Self {
             policies,
-            decisions: Mutex::default(),
+            decisions: RwLock::default(),
         }
     }
 
     fn decided(&self, key: &DecisionKey) -> Option<Decision> {
         self.decisions
-            .lock()
+            .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(key)
             .cloned()
@@ -434,7 +436,7 @@ impl Applicable {
     fn remember(&self, key: DecisionKey, decision: &Decision) {
         let mut decisions = self
             .decisions
-            .lock()
+            .write()
             .unwrap_or_else(PoisonError::into_inner);
         if decisions.len() >= DECISIONS_KEPT {
             decisions.clear();
