@@ -559,3 +559,164 @@ async fn the_feed_connects_only_to_the_portal_itself() {
         .await
         .unwrap();
 }
+
+/// A request message written byte by byte, as an attacker would: what the
+/// generated clients cannot send.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Raw(Vec<u8>);
+
+impl Raw {
+    /// String field `number` holding `value`, appended.
+    fn string(mut self, number: u8, value: &str) -> Self {
+        self.0.push(number << 3 | 2);
+        self.0.push(u8::try_from(value.len()).unwrap());
+        self.0.extend_from_slice(value.as_bytes());
+        self
+    }
+
+    fn of(message: &impl prost::Message) -> Self {
+        Self(message.encode_to_vec())
+    }
+}
+
+impl prost::Message for Raw {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        buf.put_slice(&self.0);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// Sends `requests` as the messages of a call to `path` from CBAO's credit
+/// subsystem under `artefact`, and reads every answer.
+async fn call_raw<T: prost::Message + Default + 'static>(
+    bed: &Bed,
+    path: &'static str,
+    artefact: &str,
+    requests: Vec<Raw>,
+) -> Result<Vec<T>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(bed.client("cbao-credit").await);
+    grpc.ready().await.unwrap();
+    let request = with_header(
+        declared(tokio_stream::iter(requests), "CREDIT-SCORING"),
+        "bridge-consent",
+        artefact,
+    );
+    let codec = tonic_prost::ProstCodec::<Raw, T>::default();
+    let mut answers = grpc
+        .streaming(request, http::uri::PathAndQuery::from_static(path), codec)
+        .await?
+        .into_inner();
+    let mut all = Vec::new();
+    while let Some(answer) = answers.message().await? {
+        all.push(answer);
+    }
+    Ok(all)
+}
+
+fn status_kind(status: &tonic::Status) -> (Code, String) {
+    (status.code(), bridge_error(status).unwrap_or_default())
+}
+
+/// The reviewer's attack: a consent for A, a request naming A's NIN and
+/// then, in the same `oneof`, a company's NINEA. The tax authority would
+/// decode the NINEA and answer about the company.
+#[tokio::test]
+async fn a_oneof_cannot_smuggle_another_subject_past_the_consent() {
+    let bed = dev_bed().await;
+    let a = citizen(&bed, 0);
+    let company = bed.data.companies[0].ninea.to_string();
+    let consent = grant(&bed, &Grant::credit(&a)).await;
+
+    for (case, smuggled) in [
+        ("NIN then NINEA", Raw::default().string(1, &a).string(2, &company)),
+        ("NINEA then NIN", Raw::default().string(2, &company).string(1, &a)),
+        ("NIN twice", Raw::default().string(1, &a).string(1, &a)),
+    ] {
+        let status = call_raw::<TaxClearanceCertificate>(
+            &bed,
+            CLEARANCE,
+            &consent.artefact,
+            vec![smuggled],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            status_kind(&status),
+            denied("consent-subject-ambiguous"),
+            "{case}: {status:?}"
+        );
+    }
+    // The same bytes without the smuggled field are served, on a consent
+    // the refusals did not spend.
+    let plain = Raw::default().string(1, &a);
+    let answers =
+        call_raw::<TaxClearanceCertificate>(&bed, CLEARANCE, &consent.artefact, vec![plain])
+            .await
+            .unwrap();
+    assert_eq!(answers.len(), 1);
+}
+
+/// On a stream, a later message that names its subject twice is refused
+/// before it reaches the backend, like one naming someone else.
+#[tokio::test]
+async fn a_stream_message_naming_its_subject_twice_is_refused() {
+    let bed = dev_bed().await;
+    let (a, b) = (citizen(&bed, 0), citizen(&bed, 1));
+    let consent = grant(
+        &bed,
+        &Grant {
+            methods: &[STREAM_INCOME],
+            ..Grant::credit(&a)
+        },
+    )
+    .await;
+    let year = |fiscal_year| {
+        Raw::of(&GetDeclaredIncomeRequest {
+            nin: a.clone(),
+            fiscal_year,
+        })
+    };
+    // B's NIN first, A's last: a decoder keeping the last reads A, one
+    // keeping the first reads B.
+    let twice = Raw::default().string(1, &b).string(1, &a);
+    let status = call_raw::<govbridge::proto::tax::v1::DeclaredIncome>(
+        &bed,
+        STREAM_INCOME,
+        &consent.artefact,
+        vec![year(2023), twice],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        status_kind(&status),
+        denied("consent-subject-ambiguous"),
+        "{status:?}"
+    );
+    let answers = call_raw::<govbridge::proto::tax::v1::DeclaredIncome>(
+        &bed,
+        STREAM_INCOME,
+        &consent.artefact,
+        vec![year(2023), year(2022)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(answers.len(), 2);
+}
+

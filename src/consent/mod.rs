@@ -58,6 +58,14 @@ pub enum ConsentRefusal {
     Exhausted(u32),
     #[error("the consent is not about the person this request names: {0}")]
     SubjectMismatch(&'static str),
+    /// The request names its subject twice, or also sets another member
+    /// of the subject's `oneof`: readers of it could disagree on whom it is
+    /// about, so no consent is bound to it.
+    #[error(
+        "a request message names its data subject more than once, or with another field of \
+         the same oneof: send one subject field, once"
+    )]
+    SubjectAmbiguous,
     #[error("whether the consent is still valid cannot be known now: the consent feed is down")]
     StatusUnknown,
 }
@@ -79,6 +87,7 @@ impl ConsentRefusal {
             Self::Paused => "consent-paused",
             Self::Exhausted(_) => "consent-exhausted",
             Self::SubjectMismatch(_) => "consent-subject-mismatch",
+            Self::SubjectAmbiguous => "consent-subject-ambiguous",
             Self::StatusUnknown => "consent-status-unknown",
         }
     }

@@ -37,6 +37,7 @@ use super::headers::strip_bridge_headers;
 use super::limits::{Admission, MessageSizeLimit};
 use super::record::{self, CallRecord, Ending, SharedTally, Tally};
 use crate::audit::Appending;
+use crate::audit::subject::{SubjectField, read_subject};
 use crate::consent::{ConsentRefusal, UseReservation};
 use crate::identity::MemberId;
 use crate::routing::upstream::BoxError;
@@ -202,7 +203,7 @@ impl RequestBody {
 #[derive(Debug)]
 pub struct SubjectGuard {
     subject: Box<str>,
-    field: u32,
+    field: SubjectField,
     /// Bytes read before forwarding (the first message), relayed first.
     read: Option<Bytes>,
     /// The start of a message not yet whole.
@@ -210,9 +211,10 @@ pub struct SubjectGuard {
 }
 
 impl SubjectGuard {
-    /// A guard for requests naming `subject` in field `field`; `read` are
-    /// the bytes already taken from the caller's body.
-    pub fn new(subject: &str, field: u32, read: Bytes) -> Self {
+    /// A guard for requests naming `subject` in `field`; `read` are the
+    /// bytes already taken from the caller's body, their first message
+    /// already bound with [`bind_subject`].
+    pub fn new(subject: &str, field: SubjectField, read: Bytes) -> Self {
         Self {
             subject: subject.into(),
             field,
@@ -243,15 +245,30 @@ impl SubjectGuard {
             let Some(message) = bytes.get(whole + 5..whole + 5 + length) else {
                 break;
             };
-            if crate::audit::subject::subject_of(message, self.field) != Some(&*self.subject) {
-                return Err(ConsentRefusal::SubjectMismatch(
-                    "a request message names another person than the consent",
-                ));
-            }
+            bind_subject(message, &self.field, &self.subject)?;
             whole += 5 + length;
         }
         Ok(whole)
     }
+}
+
+/// Checks that request `message` is about `subject`, and only about them:
+/// the consent's person must be the one every decoder reads.
+pub fn bind_subject(
+    message: &[u8],
+    field: &SubjectField,
+    subject: &str,
+) -> Result<(), ConsentRefusal> {
+    let reading = read_subject(message, field);
+    if reading.is_ambiguous() {
+        return Err(ConsentRefusal::SubjectAmbiguous);
+    }
+    if reading.sole() != Some(subject) {
+        return Err(ConsentRefusal::SubjectMismatch(
+            "a request message names another person than the consent",
+        ));
+    }
+    Ok(())
 }
 
 /// The length a gRPC message prefix announces, if the gateway can read
@@ -316,8 +333,8 @@ impl Body for RequestBody {
 
 /// Reads the caller's body until its first gRPC message is complete, for
 /// a consent-bound call whose subject must be checked before anything is
-/// forwarded. Returns every byte read, to be relayed first; the message is
-/// `bytes[5..]`, and more may follow it.
+/// forwarded. Returns every byte read, to be relayed first: the message
+/// ([`first_of`]), and maybe more, since a frame can carry several.
 pub async fn first_message(body: &mut Incoming) -> Result<Bytes, ConsentRefusal> {
     use http_body_util::BodyExt as _;
     let mut read = bytes::BytesMut::new();
@@ -340,6 +357,15 @@ pub async fn first_message(body: &mut Incoming) -> Result<Bytes, ConsentRefusal>
             }
         }
     }
+}
+
+/// The first message of what [`first_message`] read, without its prefix
+/// and without what follows it.
+pub fn first_of(read: &[u8]) -> &[u8] {
+    let length = read
+        .get(1..5)
+        .map_or(0, |length| u32::from_be_bytes([length[0], length[1], length[2], length[3]]));
+    read.get(5..5 + length as usize).unwrap_or_default()
 }
 
 /// A caller's request body, read ahead of forwarding.
@@ -807,7 +833,7 @@ mod tests {
     }
 
     fn guard() -> SubjectGuard {
-        SubjectGuard::new("1234567890123", 1, Bytes::new())
+        SubjectGuard::new("1234567890123", SubjectField::new(1), Bytes::new())
     }
 
     #[test]

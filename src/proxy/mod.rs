@@ -978,19 +978,17 @@ impl GatewayService {
             let read = tokio::time::timeout_at(deadline.at(), body::first_message(&mut body))
                 .await
                 .map_err(|_| past_deadline())??;
-            let message = read.get(5..).unwrap_or_default();
-            if crate::audit::subject::subject_of(message, field) != Some(claims.subject.as_str()) {
-                return Err(ConsentRefusal::SubjectMismatch(
-                    "the request names another person than the consent",
-                )
-                .into());
-            }
+            body::bind_subject(body::first_of(&read), field, &claims.subject)?;
             let ledger = self.consent.as_ref().ok_or(ConsentRefusal::StatusUnknown)?;
             consent_use = Some(ledger.admit(&claims.consent_id, claims.max_uses)?);
             if let Some(record) = record.as_mut() {
                 record.consented(&claims.consent_id);
             }
-            guard = Some(body::SubjectGuard::new(&claims.subject, field, read));
+            guard = Some(body::SubjectGuard::new(
+                &claims.subject,
+                field.clone(),
+                read,
+            ));
         }
 
         // The decision is durable before anything reaches the backend.
@@ -1009,7 +1007,7 @@ impl GatewayService {
         };
         let tally = record.as_ref().map(|_| {
             let subject = crate::audit::subject::SubjectFields::compiled().field(uri.path());
-            Arc::new(Mutex::new(Tally::new(subject)))
+            Arc::new(Mutex::new(Tally::new(subject.cloned())))
         });
 
         // An idempotent call that ends within REPLAY_LIMIT is read whole

@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderValue};
 
 use super::error::GatewayError;
 use super::headers::CallHeaders;
-use crate::audit::subject::SubjectReader;
+use crate::audit::subject::{SubjectField, SubjectReader};
 use crate::audit::{Appending, ExchangeLog, ExchangeRecord, Phase, RECORD_VERSION};
 use crate::identity::MemberId;
 use crate::policy::Decision;
@@ -54,7 +54,7 @@ impl std::fmt::Debug for Tally {
 }
 
 impl Tally {
-    pub fn new(subject_field: Option<u32>) -> Self {
+    pub fn new(subject_field: Option<SubjectField>) -> Self {
         Self {
             bytes: 0,
             digest: Context::new(&SHA256),
