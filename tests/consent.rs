@@ -720,3 +720,125 @@ async fn a_stream_message_naming_its_subject_twice_is_refused() {
     assert_eq!(answers.len(), 2);
 }
 
+/// A caller that reads the answer of a consent-bound stream and then
+/// cancels has had its data: the use is spent, whatever the call's end.
+#[tokio::test]
+async fn cancelling_after_an_answer_still_spends_the_use() {
+    let bed = dev_bed().await;
+    let a = citizen(&bed, 0);
+    let consent = grant(
+        &bed,
+        &Grant {
+            methods: &[STREAM_INCOME],
+            max_uses: 1,
+            ..Grant::credit(&a)
+        },
+    )
+    .await;
+    let year = |fiscal_year| GetDeclaredIncomeRequest {
+        nin: a.clone(),
+        fiscal_year,
+    };
+    let open = |asking: tokio::sync::mpsc::Receiver<GetDeclaredIncomeRequest>| {
+        let request = with_header(
+            declared(support::feed::Feed(asking), "CREDIT-SCORING"),
+            "bridge-consent",
+            &consent.artefact,
+        );
+        async {
+            TaxAuthorityClient::new(bed.client("cbao-credit").await)
+                .stream_declared_income(request)
+                .await
+        }
+    };
+    let (asking, requests) = tokio::sync::mpsc::channel(4);
+    asking.send(year(2023)).await.unwrap();
+    let mut answers = open(requests).await.unwrap().into_inner();
+    assert_eq!(answers.message().await.unwrap().unwrap().nin, a);
+    // The caller has its answer, and cancels.
+    drop(answers);
+    drop(asking);
+    let cancelled = format!(
+        "govbridge_calls_total{{caller=\"{CBAO_CREDIT}\",provider=\"{TAX}\",\
+         method=\"{STREAM_INCOME}\",code=\"CANCELLED\"}}"
+    );
+    support::wait_for_metric(bed.admin, &cancelled, |count| count >= 1.0).await;
+
+    let (asking, requests) = tokio::sync::mpsc::channel(4);
+    asking.send(year(2022)).await.unwrap();
+    let status = match open(requests).await {
+        Ok(response) => response.into_inner().message().await.unwrap_err(),
+        Err(status) => status,
+    };
+    assert_eq!(
+        status_kind(&status),
+        denied("consent-exhausted"),
+        "{status:?}"
+    );
+}
+
+/// Asks `gateway` for `nin`'s tax clearance under `artefact`, waiting
+/// (bounded) until it has heard from the consent feed.
+async fn clearance_at(
+    bed: &Bed,
+    gateway: std::net::SocketAddr,
+    nin: &str,
+    artefact: &str,
+) -> Result<(), (Code, String)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let client = support::H2Client::connect(gateway, bed.member_tls("cbao-credit"))
+            .await
+            .unwrap();
+        let request = with_header(
+            declared(
+                GetTaxClearanceRequest {
+                    taxpayer: Some(Taxpayer::SubjectNin(nin.to_owned())),
+                },
+                "CREDIT-SCORING",
+            ),
+            "bridge-consent",
+            artefact,
+        );
+        let answer = TaxAuthorityClient::new(client)
+            .get_tax_clearance(request)
+            .await;
+        match answer {
+            Ok(_) => return Ok(()),
+            Err(status)
+                if bridge_error(&status).as_deref() == Some("consent-status-unknown")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(status) => return Err(status_kind(&status)),
+        }
+    }
+}
+
+/// A use spent stays spent when the gateway is killed and started again
+/// on the same data directory.
+#[tokio::test]
+async fn a_spent_use_stays_spent_across_a_restart() {
+    let bed = dev_bed().await;
+    let a = citizen(&bed, 0);
+    let consent = grant(
+        &bed,
+        &Grant {
+            max_uses: 1,
+            ..Grant::credit(&a)
+        },
+    )
+    .await;
+    let gateway = support::process::GatewayProcess::spawn(&bed, "restarted", &[]);
+    clearance_at(&bed, gateway.address, &a, &consent.artefact)
+        .await
+        .unwrap();
+    // SIGKILL, then the same configuration and data directory again.
+    drop(gateway);
+    let gateway = support::process::GatewayProcess::spawn(&bed, "restarted", &[]);
+    assert_eq!(
+        clearance_at(&bed, gateway.address, &a, &consent.artefact).await,
+        Err(denied("consent-exhausted"))
+    );
+}

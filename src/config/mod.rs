@@ -88,6 +88,9 @@ pub struct ConsentConfig {
     /// How long the feed may be silent before consent-bound calls are
     /// refused.
     pub freshness: Duration,
+    /// The SQLite file that keeps consent use counts across restarts. Read
+    /// at start; a reload does not move it.
+    pub ledger: PathBuf,
 }
 
 /// Where traces go beyond the process's own log.

@@ -50,6 +50,7 @@ struct RawConsent {
     issuer_keys: Spanned<String>,
     feed_provider: Spanned<String>,
     freshness: Option<Spanned<String>>,
+    ledger: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -583,7 +584,7 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
     let consent = raw
         .consent
         .as_ref()
-        .map(|consent| validate_consent(source, consent, &providers))
+        .map(|consent| validate_consent(source, consent, &providers, &exchange_log))
         .transpose()?;
     let limits = validate_limits(source, raw.limits.as_ref(), &members)?;
 
@@ -608,6 +609,7 @@ fn validate_consent(
     source: &Source<'_>,
     raw: &RawConsent,
     providers: &BTreeMap<MemberId, Provider>,
+    exchange_log: &ExchangeLogConfig,
 ) -> Result<ConsentConfig, ConfigError> {
     let feed_provider = source.member("consent.feed_provider", &raw.feed_provider)?;
     if !providers.contains_key(&feed_provider) {
@@ -626,6 +628,10 @@ fn validate_consent(
             Duration::from_secs(5),
             Duration::from_secs(1)..=Duration::from_secs(3600),
         )?,
+        ledger: raw.ledger.as_ref().map_or_else(
+            || exchange_log.data_dir.join("consent-ledger.sqlite"),
+            |ledger| source.path(ledger),
+        ),
     })
 }
 

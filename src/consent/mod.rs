@@ -11,14 +11,18 @@
 //!   -> inside its validity window
 //!   -> neither revoked nor paused, by a feed heard from recently ([`feed`])
 //!   -> about the person the request names (the data subject)
-//!   -> a use left: reserved now, spent only if the call succeeds
+//!   -> a use left: reserved and made durable now, spent as soon as any
+//!      answer reaches the caller (whatever the call's end), given back if
+//!      none does
 //! ```
 //!
 //! [`ConsentLedger`] outlives reloads: it holds what the feed said of each
-//! consent and the uses counted so far.
+//! consent and the uses counted so far, the latter also on disk
+//! ([`uses`]), so that a restart forgets no use.
 
 pub mod artefact;
 pub mod feed;
+pub mod uses;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -28,6 +32,7 @@ use tokio::time::Instant;
 
 use crate::identity::MemberId;
 use artefact::{ArtefactError, ConsentClaims, IssuerKeys};
+use uses::{Durable, UseBook, UseBookError};
 
 /// Why a consent does not allow a call. Each is one `bridge-error` kind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -239,6 +244,8 @@ pub struct ConsentLedger {
     /// How long the feed may stay silent before states are unknown.
     freshness: Duration,
     inner: Mutex<Ledger>,
+    /// Where use counts are kept across restarts; none in tests.
+    book: Option<UseBook>,
 }
 
 #[derive(Debug, Default)]
@@ -255,19 +262,47 @@ struct Ledger {
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Uses {
-    /// Calls that succeeded under the consent.
+    /// Calls whose answer reached the caller under the consent (after a
+    /// restart: also those that were in flight when the gateway stopped).
     spent: u32,
-    /// Calls in flight that may still succeed.
+    /// Calls in flight that have not relayed an answer yet.
     reserved: u32,
 }
 
+impl Uses {
+    /// What the use book keeps: every use that may have been spent.
+    fn counted(self) -> u32 {
+        self.spent.saturating_add(self.reserved)
+    }
+}
+
 impl ConsentLedger {
-    /// A ledger whose states go stale after `freshness` without news.
+    /// A ledger whose states go stale after `freshness` without news, and
+    /// whose use counts live in memory only.
     pub fn new(freshness: Duration) -> Arc<Self> {
         Arc::new(Self {
             freshness,
             inner: Mutex::new(Ledger::default()),
+            book: None,
         })
+    }
+
+    /// A ledger whose use counts are kept in the SQLite file at `path`,
+    /// starting from the counts kept there.
+    pub fn open(freshness: Duration, path: &std::path::Path) -> Result<Arc<Self>, UseBookError> {
+        let (book, counted) = UseBook::open(path, unix_now())?;
+        let uses = counted
+            .into_iter()
+            .map(|(consent, spent)| (consent, Uses { spent, reserved: 0 }))
+            .collect();
+        Ok(Arc::new(Self {
+            freshness,
+            inner: Mutex::new(Ledger {
+                uses,
+                ..Ledger::default()
+            }),
+            book: Some(book),
+        }))
     }
 
     fn lock(&self) -> MutexGuard<'_, Ledger> {
@@ -305,14 +340,15 @@ impl ConsentLedger {
     }
 
     /// Checks the consent's state, then reserves one of its `max_uses`.
-    /// The reservation is spent if the call succeeds and returned
-    /// otherwise; in between it counts, so that concurrent calls can never
-    /// succeed more than `max_uses` times together.
+    /// The reservation is spent once an answer reaches the caller, and
+    /// given back if none does; in between it counts, so that concurrent
+    /// calls can never be answered more than `max_uses` times together.
+    /// Before the call goes on, [`UseReservation::durable`] must resolve.
     pub fn admit(
         self: &Arc<Self>,
-        consent: &str,
-        max_uses: u32,
+        claims: &ConsentClaims,
     ) -> Result<UseReservation, ConsentRefusal> {
+        let (consent, max_uses) = (claims.consent_id.as_str(), claims.max_uses);
         let mut ledger = self.lock();
         let fresh = ledger
             .heard
@@ -330,30 +366,47 @@ impl ConsentLedger {
             return Err(ConsentRefusal::Exhausted(max_uses));
         }
         uses.reserved += 1;
+        let counted = uses.counted();
+        // Sent under the lock, so that the book sees each consent's counts
+        // in the order they were made.
+        let durable = self
+            .book
+            .as_ref()
+            .and_then(|book| book.write(consent, counted, claims.expires, true));
         Ok(UseReservation {
             ledger: self.clone(),
             consent: consent.to_owned(),
+            expires: claims.expires,
+            durable,
             settled: false,
         })
     }
 
-    fn settle(&self, consent: &str, succeeded: bool) {
+    fn settle(&self, consent: &str, expires: i64, spent: bool) {
         let mut ledger = self.lock();
         if let Some(uses) = ledger.uses.get_mut(consent) {
             uses.reserved = uses.reserved.saturating_sub(1);
-            if succeeded {
+            if spent {
+                // Already counted in the book.
                 uses.spent = uses.spent.saturating_add(1);
+            } else if let Some(book) = &self.book {
+                // Not waited for: a give-back that is lost only costs the
+                // consent a use.
+                book.write(consent, uses.counted(), expires, false);
             }
         }
     }
 }
 
 /// One use of a consent, held while the call runs. Dropped without
-/// [`UseReservation::succeeded`], the use is given back.
+/// [`UseReservation::spend`], the use is given back.
 #[derive(Debug)]
 pub struct UseReservation {
     ledger: Arc<ConsentLedger>,
     consent: String,
+    expires: i64,
+    /// The reservation on its way to the use book.
+    durable: Option<Durable>,
     settled: bool,
 }
 
@@ -363,9 +416,20 @@ impl UseReservation {
         &self.consent
     }
 
-    /// The call succeeded: the use is spent.
-    pub fn succeeded(mut self) {
-        self.ledger.settle(&self.consent, true);
+    /// Resolves once the reservation is on disk, as spent: only then may
+    /// the call go on, so that no restart can hand the use back.
+    pub async fn durable(&mut self) -> Result<(), UseBookError> {
+        match self.durable.take() {
+            Some(durable) => durable.await.unwrap_or_else(|_| {
+                Err(UseBookError::Write("the writer stopped".to_owned()))
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// An answer reached the caller: the use is spent.
+    pub fn spend(mut self) {
+        self.ledger.settle(&self.consent, self.expires, true);
         self.settled = true;
     }
 }
@@ -373,7 +437,7 @@ impl UseReservation {
 impl Drop for UseReservation {
     fn drop(&mut self) {
         if !self.settled {
-            self.ledger.settle(&self.consent, false);
+            self.ledger.settle(&self.consent, self.expires, false);
         }
     }
 }
@@ -396,6 +460,14 @@ mod tests {
             max_uses: 1,
             issuer: "SN/GOV/MYGOV/app".to_owned(),
             issued_at: 0,
+        }
+    }
+
+    /// Claims of consent `id` with `max_uses` uses, valid for ever.
+    fn uses(id: &str, max_uses: u32) -> ConsentClaims {
+        ConsentClaims {
+            max_uses,
+            ..claims(id, i64::MAX)
         }
     }
 
@@ -443,31 +515,62 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn uses_are_reserved_and_spent_only_on_success() {
+    async fn uses_are_reserved_and_spent_only_once_answered() {
         let ledger = ConsentLedger::new(Duration::from_secs(5));
         assert_eq!(
-            ledger.admit("c1", 2).unwrap_err(),
+            ledger.admit(&uses("c1", 2)).unwrap_err(),
             ConsentRefusal::StatusUnknown,
             "a feed never heard from knows nothing"
         );
         ledger.heard();
-        let first = ledger.admit("c1", 2).unwrap();
-        let second = ledger.admit("c1", 2).unwrap();
+        let first = ledger.admit(&uses("c1", 2)).unwrap();
+        let second = ledger.admit(&uses("c1", 2)).unwrap();
         assert_eq!(
-            ledger.admit("c1", 2).unwrap_err(),
+            ledger.admit(&uses("c1", 2)).unwrap_err(),
             ConsentRefusal::Exhausted(2)
         );
         drop(second);
-        first.succeeded();
-        let third = ledger.admit("c1", 2).unwrap();
-        third.succeeded();
+        first.spend();
+        let third = ledger.admit(&uses("c1", 2)).unwrap();
+        third.spend();
         assert_eq!(
-            ledger.admit("c1", 2).unwrap_err(),
+            ledger.admit(&uses("c1", 2)).unwrap_err(),
             ConsentRefusal::Exhausted(2)
         );
         assert!(
-            ledger.admit("c2", 1).is_ok(),
+            ledger.admit(&uses("c2", 1)).is_ok(),
             "another consent is untouched"
+        );
+    }
+
+    /// A restart forgets no use: spent ones stay spent, and one in flight
+    /// when the gateway stopped counts as spent.
+    #[tokio::test]
+    async fn use_counts_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("consent-ledger.sqlite");
+        let ledger = ConsentLedger::open(Duration::from_secs(5), &path).unwrap();
+        ledger.heard();
+        let mut spent = ledger.admit(&uses("c1", 3)).unwrap();
+        spent.durable().await.unwrap();
+        spent.spend();
+        let mut given_back = ledger.admit(&uses("c1", 3)).unwrap();
+        given_back.durable().await.unwrap();
+        drop(given_back);
+        let mut in_flight = ledger.admit(&uses("c1", 3)).unwrap();
+        in_flight.durable().await.unwrap();
+        // The gateway dies with the call in flight.
+        std::mem::forget(in_flight);
+        drop(ledger);
+
+        let ledger = ConsentLedger::open(Duration::from_secs(5), &path).unwrap();
+        ledger.heard();
+        let mut last = ledger.admit(&uses("c1", 3)).unwrap();
+        last.durable().await.unwrap();
+        last.spend();
+        assert_eq!(
+            ledger.admit(&uses("c1", 3)).unwrap_err(),
+            ConsentRefusal::Exhausted(3)
         );
     }
 
@@ -475,11 +578,11 @@ mod tests {
     async fn the_feed_revokes_pauses_and_resumes() {
         let ledger = ConsentLedger::new(Duration::from_secs(5));
         ledger.apply(1, "c1", ConsentState::Paused);
-        assert_eq!(ledger.admit("c1", 9).unwrap_err(), ConsentRefusal::Paused);
+        assert_eq!(ledger.admit(&uses("c1", 9)).unwrap_err(), ConsentRefusal::Paused);
         ledger.apply(2, "c1", ConsentState::Active);
-        assert!(ledger.admit("c1", 9).is_ok());
+        assert!(ledger.admit(&uses("c1", 9)).is_ok());
         ledger.apply(3, "c1", ConsentState::Revoked);
-        assert_eq!(ledger.admit("c1", 9).unwrap_err(), ConsentRefusal::Revoked);
+        assert_eq!(ledger.admit(&uses("c1", 9)).unwrap_err(), ConsentRefusal::Revoked);
         assert_eq!(ledger.sequence(), 3);
     }
 
@@ -493,7 +596,7 @@ mod tests {
         ledger.heard();
         assert!(!ledger.is_fresh());
         assert_eq!(
-            ledger.admit("c1", 9).unwrap_err(),
+            ledger.admit(&uses("c1", 9)).unwrap_err(),
             ConsentRefusal::StatusUnknown
         );
     }

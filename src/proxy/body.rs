@@ -469,18 +469,31 @@ pub struct CallSummary {
     pub bytes_in: Arc<AtomicU64>,
     /// Response bytes relayed to the caller.
     pub bytes_out: u64,
-    /// A use of the citizen's consent, spent if the call succeeds.
+    /// A use of the citizen's consent, spent once an answer reaches the
+    /// caller, or the call ends `OK`.
     pub consent_use: Option<UseReservation>,
 }
 
 impl CallSummary {
+    /// Response bytes go to the caller: whatever the call's end (a cancel,
+    /// a deadline), the caller has its answer, so the consent's use is
+    /// spent.
+    fn relayed(&mut self, bytes: usize) {
+        self.bytes_out += bytes as u64;
+        if bytes > 0
+            && let Some(consent_use) = self.consent_use.take()
+        {
+            consent_use.spend();
+        }
+    }
+
     /// The call ended so.
     pub fn finish(mut self, ending: Ending<'_>) {
         let (code, bridge_error) = ending.status();
         if code == 0
             && let Some(consent_use) = self.consent_use.take()
         {
-            consent_use.succeeded();
+            consent_use.spend();
         }
         let total = self.started.elapsed();
         let code_name = crate::telemetry::metrics::code_name(code);
@@ -762,7 +775,7 @@ impl Body for ResponseBody {
                 Err(frame) => {
                     if let Some(data) = frame.data_ref() {
                         if let Some(counted) = relay.counted.as_mut() {
-                            counted.bytes_out += data.len() as u64;
+                            counted.relayed(data.len());
                         }
                         if let Some(audit) = relay.audit.as_mut() {
                             audit.response.add(data);

@@ -81,6 +81,10 @@ pub enum GatewayError {
     /// The exchange log cannot record the call, so it is not forwarded.
     #[error("the exchange log cannot record this call, so the gateway refuses it; retry later")]
     ExchangeLogUnavailable(String),
+    /// The consent's use cannot be made durable, so the call, which would
+    /// spend it, is not forwarded.
+    #[error("the consent ledger cannot record this use of the consent, so the gateway refuses the call; retry later")]
+    ConsentUseUnrecorded(String),
     /// The backend answered but the outcome could not be recorded, so its
     /// status is withheld. The call may have taken effect.
     #[error(
@@ -137,7 +141,8 @@ impl GatewayError {
             Self::UpstreamUnavailable { .. }
             | Self::UpstreamIdentity { .. }
             | Self::UpstreamFailed { .. }
-            | Self::ExchangeLogUnavailable(_) => Code::Unavailable,
+            | Self::ExchangeLogUnavailable(_)
+            | Self::ConsentUseUnrecorded(_) => Code::Unavailable,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::OutcomeUnrecorded(_) => Code::Internal,
             Self::RateLimited { .. }
@@ -167,6 +172,7 @@ impl GatewayError {
             Self::UpstreamFailed { .. } => "upstream-failed",
             Self::DeadlineExceeded(_) => "deadline-exceeded",
             Self::ExchangeLogUnavailable(_) => "exchange-log-unavailable",
+            Self::ConsentUseUnrecorded(_) => "consent-ledger-unavailable",
             Self::OutcomeUnrecorded(_) => "exchange-log-outcome-unrecorded",
             Self::RateLimited { .. } => "rate-limited",
             Self::TooManyCalls { .. } => "too-many-calls",
@@ -195,7 +201,9 @@ impl GatewayError {
             Self::UpstreamUnavailable { .. }
             | Self::UpstreamIdentity { .. }
             | Self::UpstreamFailed { .. } => Fault::Upstream,
-            Self::ExchangeLogUnavailable(_) | Self::OutcomeUnrecorded(_) => Fault::Gateway,
+            Self::ExchangeLogUnavailable(_)
+            | Self::ConsentUseUnrecorded(_)
+            | Self::OutcomeUnrecorded(_) => Fault::Gateway,
             Self::RateLimited { .. } | Self::TooManyCalls { .. } | Self::MessageTooLarge { .. } => {
                 Fault::Caller
             }
@@ -210,6 +218,7 @@ impl GatewayError {
             self,
             Self::UpstreamUnavailable { .. }
                 | Self::ExchangeLogUnavailable(_)
+                | Self::ConsentUseUnrecorded(_)
                 | Self::Consent(crate::consent::ConsentRefusal::StatusUnknown)
         ) || self.is_admission_refusal()
     }
@@ -257,6 +266,7 @@ impl GatewayError {
             | Self::UpstreamIdentity { detail, .. }
             | Self::UpstreamFailed { detail, .. }
             | Self::ExchangeLogUnavailable(detail)
+            | Self::ConsentUseUnrecorded(detail)
             | Self::OutcomeUnrecorded(detail) => Some(detail),
             _ => None,
         }

@@ -74,6 +74,8 @@ pub enum StartError {
     Policy(#[from] crate::policy::PolicyError),
     #[error("consent.issuer_keys: {0}")]
     Consent(crate::consent::artefact::ArtefactError),
+    #[error("consent.ledger: {0}")]
+    ConsentLedger(#[from] crate::consent::uses::UseBookError),
     #[error("exchange_log: {0}")]
     ExchangeLog(#[from] crate::audit::OpenError),
     #[error("cannot listen on {address}: {source}")]
@@ -447,7 +449,7 @@ impl Gateway {
         };
         let consent = match &config.consent {
             Some(consent) => Some((
-                ConsentLedger::new(consent.freshness),
+                ConsentLedger::open(consent.freshness, &consent.ledger)?,
                 crate::consent::feed::FeedSource {
                     endpoints: config
                         .providers
@@ -980,7 +982,12 @@ impl GatewayService {
                 .map_err(|_| past_deadline())??;
             body::bind_subject(body::first_of(&read), field, &claims.subject)?;
             let ledger = self.consent.as_ref().ok_or(ConsentRefusal::StatusUnknown)?;
-            consent_use = Some(ledger.admit(&claims.consent_id, claims.max_uses)?);
+            let mut reservation = ledger.admit(&claims)?;
+            tokio::time::timeout_at(deadline.at(), reservation.durable())
+                .await
+                .map_err(|_| past_deadline())?
+                .map_err(|error| GatewayError::ConsentUseUnrecorded(error.to_string()))?;
+            consent_use = Some(reservation);
             if let Some(record) = record.as_mut() {
                 record.consented(&claims.consent_id);
             }

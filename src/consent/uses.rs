@@ -1,0 +1,182 @@
+//! Consent use counts that survive a restart.
+//!
+//! For each consent the book keeps the uses that may have been spent: those
+//! spent, plus those reserved by calls in flight. The ledger writes that
+//! count here, and waits for it to be durable, before a consent-bound call
+//! is forwarded; a call that ends without any answer relayed gives its use
+//! back, written after the fact. A gateway that dies mid-call therefore
+//! comes back counting the call as spent: a crash can cost a citizen's
+//! consent a use, never hand one back to the consumer.
+//!
+//! One SQLite file, written by one thread in batches (a group commit per
+//! batch, `synchronous = FULL`). This module never blocks the runtime: the
+//! ledger sends counts in order and, where it must, awaits the commit.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use rusqlite::{Connection, params};
+use tokio::sync::oneshot;
+
+/// Counts written in one transaction at most.
+const MAX_BATCH: usize = 1024;
+
+/// Why the use book cannot be opened or written.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UseBookError {
+    #[error("the consent ledger {path} cannot be opened: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("the consent ledger cannot record a use: {0}")]
+    Write(String),
+}
+
+/// One consent's count, on its way to the file.
+#[derive(Debug)]
+struct Count {
+    consent: String,
+    /// Uses spent or reserved.
+    counted: u32,
+    /// When the consent expires (seconds since the epoch): past that its
+    /// count is never needed again.
+    expires: i64,
+    /// Told once the count is durable, when someone waits for it.
+    durable: Option<oneshot::Sender<Result<(), UseBookError>>>,
+}
+
+/// The durable side of the consent ledger: a writer thread and its file.
+#[derive(Debug)]
+pub struct UseBook {
+    counts: mpsc::Sender<Count>,
+}
+
+/// A count on its way to the file: resolves once it is durable.
+pub type Durable = oneshot::Receiver<Result<(), UseBookError>>;
+
+impl UseBook {
+    /// Opens (or creates) the book at `path`, forgets consents expired
+    /// before `now`, and returns the counts of the others.
+    pub fn open(path: &Path, now: i64) -> Result<(Self, HashMap<String, u32>), UseBookError> {
+        let error = |message: String| UseBookError::Open {
+            path: path.to_owned(),
+            message,
+        };
+        if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|io| error(io.to_string()))?;
+        }
+        let connection = Connection::open(path).map_err(|sql| error(sql.to_string()))?;
+        let counted = prepare(&connection, now).map_err(|sql| error(sql.to_string()))?;
+        let (counts, received) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("consent-ledger".to_owned())
+            .spawn(move || write_counts(&connection, &received))
+            .map_err(|io| error(io.to_string()))?;
+        Ok((Self { counts }, counted))
+    }
+
+    /// Sends `consent`'s new count; the answer, if asked for, says when it
+    /// is durable. Counts of one consent are written in the order sent.
+    pub fn write(&self, consent: &str, counted: u32, expires: i64, wait: bool) -> Option<Durable> {
+        let (durable, answer) = if wait {
+            let (sender, receiver) = oneshot::channel();
+            (Some(sender), Some(receiver))
+        } else {
+            (None, None)
+        };
+        let count = Count {
+            consent: consent.to_owned(),
+            counted,
+            expires,
+            durable,
+        };
+        if let Err(mpsc::SendError(count)) = self.counts.send(count) {
+            // The writer is gone (it only stops when the book is dropped):
+            // the waiting call hears of it and is refused.
+            if let Some(durable) = count.durable {
+                let _ = durable.send(Err(UseBookError::Write("the writer stopped".to_owned())));
+            }
+        }
+        answer
+    }
+}
+
+fn prepare(connection: &Connection, now: i64) -> rusqlite::Result<HashMap<String, u32>> {
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.execute_batch(
+        "CREATE TABLE IF NOT EXISTS consent_uses (
+             consent_id TEXT PRIMARY KEY,
+             counted INTEGER NOT NULL,
+             expires INTEGER NOT NULL
+         ) WITHOUT ROWID;",
+    )?;
+    connection.execute("DELETE FROM consent_uses WHERE expires <= ?1", [now])?;
+    let mut statement = connection.prepare("SELECT consent_id, counted FROM consent_uses")?;
+    let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    rows.collect()
+}
+
+/// The writer thread: each batch of waiting counts in one transaction.
+fn write_counts(connection: &Connection, received: &mpsc::Receiver<Count>) {
+    while let Ok(first) = received.recv() {
+        let mut batch = vec![first];
+        batch.extend(received.try_iter().take(MAX_BATCH - 1));
+        let written = write_batch(connection, &batch).map_err(|sql| {
+            let error = UseBookError::Write(sql.to_string());
+            tracing::error!(%error, counts = batch.len(), "consent use counts not written");
+            error
+        });
+        for count in batch {
+            if let Some(durable) = count.durable {
+                let _ = durable.send(written.clone());
+            }
+        }
+    }
+}
+
+fn write_batch(connection: &Connection, batch: &[Count]) -> rusqlite::Result<()> {
+    let transaction = connection.unchecked_transaction()?;
+    {
+        let mut upsert = transaction.prepare_cached(
+            "INSERT INTO consent_uses (consent_id, counted, expires) VALUES (?1, ?2, ?3)
+             ON CONFLICT (consent_id) DO UPDATE SET counted = excluded.counted",
+        )?;
+        for count in batch {
+            upsert.execute(params![count.consent, count.counted, count.expires])?;
+        }
+    }
+    transaction.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn counts_are_durable_once_acknowledged_and_expired_ones_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger").join("consent-ledger.sqlite");
+        {
+            let (book, counted) = UseBook::open(&path, 100).unwrap();
+            assert!(counted.is_empty());
+            assert!(book.write("c1", 1, 200, false).is_none());
+            book.write("c2", 3, 150, false);
+            book.write("c1", 2, 200, false);
+            book.write("c1", 1, 200, true).unwrap().await.unwrap().unwrap();
+        }
+        let (_, counted) = UseBook::open(&path, 100).unwrap();
+        assert_eq!(counted, HashMap::from([("c1".into(), 1), ("c2".into(), 3)]));
+        // Past its expiry, a consent's count is dropped.
+        let (_, counted) = UseBook::open(&path, 160).unwrap();
+        assert_eq!(counted, HashMap::from([("c1".into(), 1)]));
+    }
+
+    #[test]
+    fn a_ledger_that_cannot_be_opened_names_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        let error = UseBook::open(&file.join("consent-ledger.sqlite"), 0).unwrap_err();
+        assert!(error.to_string().contains("file/consent-ledger.sqlite"), "{error}");
+    }
+}
