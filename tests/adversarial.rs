@@ -724,3 +724,70 @@ async fn a_member_cut_off_with_unfinished_calls_does_not_get_the_provider_ejecte
     drop(gateway);
     bed.stop().await;
 }
+
+/// A peer that is not a registered member gets one exchange-log record per
+/// connection however many calls it opens on it at once: the rest are
+/// answered, counted in the metrics, and not written.
+#[tokio::test]
+async fn a_stranger_opening_many_streams_leaves_one_record() {
+    let probe = Probe::new(Duration::ZERO, 0);
+    let bed = probe_bed(&probe, &[]).await;
+    let stranger = govbridge::identity::MemberId::parse("SN/COM/UNKNOWN/kyc").unwrap();
+    let tls = bed.issue_client(
+        "stranger",
+        &govbridge::pki::LeafRequest::member(&stranger),
+    );
+    let connection = raw_h2::connect(bed.gateway, tls).await;
+    let (mut reader, mut writer) = tokio::io::split(connection);
+    // Every call in one write: they all reach the gateway before its first
+    // answer closes the connection.
+    let streams = 40;
+    let mut calls = raw_h2::preface(&[]);
+    for stream in (1..).step_by(2).take(streams) {
+        calls.extend(raw_h2::grpc_headers(stream, GET_PERSON, false));
+        calls.extend(raw_h2::grpc_data(stream, &person(), true));
+    }
+    assert!(send(&mut writer, &calls).await);
+    // Each call answered is one HEADERS frame (trailers-only); read until
+    // the gateway has answered all it accepted and said GOAWAY.
+    let (mut answered, mut goaway) = (0_u32, false);
+    tokio::time::timeout(PATIENCE, async {
+        while !(goaway && answered as usize == streams) {
+            let Some(frame) = raw_h2::read_frame(&mut reader).await else {
+                break;
+            };
+            match frame.kind {
+                raw_h2::HEADERS => answered += 1,
+                raw_h2::GOAWAY => goaway = true,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the gateway neither answered nor closed");
+    drop((reader, writer));
+    assert!(goaway, "the connection was not closed gracefully");
+    assert!(
+        answered >= 2,
+        "the gateway answered {answered} calls: the case needs several"
+    );
+
+    let records = govbridge::audit::Store::open_read_only(bed.exchange_log().dir())
+        .unwrap()
+        .records_from(0, 10_000)
+        .unwrap()
+        .into_iter()
+        .map(|stored| stored.decode().unwrap())
+        .filter(|record| record.caller == stranger.as_str())
+        .count();
+    assert_eq!(records, 1, "{answered} calls answered");
+    let unrecorded = metric(
+        bed.admin,
+        "govbridge_unrecorded_refusals_total{kind=\"unknown-member\"}",
+    )
+    .await;
+    assert_eq!(unrecorded, f64::from(answered - 1));
+    assert!(probe.seen().is_empty());
+    still_serves(&bed).await;
+    bed.stop().await;
+}

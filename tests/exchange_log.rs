@@ -633,3 +633,43 @@ async fn calls_are_refused_while_the_log_cannot_write() {
     }
     bed.stop().await;
 }
+
+/// Request ids come from callers: one reused many times, by one member or
+/// several, neither makes a lookup read every record carrying it nor hides
+/// a member's own record of its call.
+#[tokio::test]
+async fn a_reused_request_id_is_bounded_and_hides_nothing() {
+    let bed = dev_bed().await;
+    let id = "0b5b7a4e-3f0e-4c8e-9a57-2f9f1c0d7e11";
+    let call = |stem: &'static str| {
+        let bed = &bed;
+        async move {
+            let request = support::with_header(
+                declared(verify_identity_of(bed, 0), "KYC"),
+                "bridge-request-id",
+                id,
+            );
+            CivilRegistryClient::new(bed.client(stem).await)
+                .verify_identity(request)
+                .await
+        }
+    };
+    call("cbao-kyc").await.unwrap();
+    // Another member's calls, each leaving at least one record, with the
+    // same id.
+    for _ in 0..70 {
+        let _ = call("treasury").await;
+    }
+    let store = govbridge::audit::Store::open_read_only(bed.exchange_log().dir()).unwrap();
+    assert_eq!(
+        store.records_of_request(id).unwrap().len(),
+        govbridge::audit::store::MAX_RECORDS_OF_REQUEST
+    );
+
+    let mut log = ExchangeLogClient::new(bed.client("cbao-kyc").await);
+    signed_checkpoint(&bed, &mut log).await;
+    let proof = log.get_record(by_request(id)).await.unwrap().into_inner();
+    let record = proven(&proof);
+    assert_eq!(record.caller, CBAO_KYC);
+    assert_eq!(record.phase(), Phase::Outcome);
+}

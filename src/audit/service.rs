@@ -259,22 +259,20 @@ impl ExchangeLogService {
         let size = checkpoint.tree_size;
         let member = context.caller.to_string();
         let (record, proof) = read(log, move |store| {
-            let candidates = match &key {
-                RecordKey::Index(index) => store.record(*index)?.into_iter().collect(),
-                RecordKey::RequestId(id) => store.records_of_request(id)?,
-            };
             // Of a call's records, the last the member is party to: the
             // outcome once there is one. Request ids come from callers, so
             // records of someone else's call may share one.
-            let mut found = None;
-            for stored in candidates.into_iter().rev() {
-                let record = decode(&stored)?;
-                if record.caller == member || record.provider == member {
-                    found = Some(stored);
-                    break;
-                }
-            }
-            let record = found.ok_or(ReadError::NotFound(key))?;
+            let found = match &key {
+                RecordKey::Index(index) => store.record(*index)?,
+                RecordKey::RequestId(id) => store.last_record_of_request_for(id, &member)?,
+            };
+            let party = |stored: &StoredRecord| {
+                decode(stored).map(|record| record.caller == member || record.provider == member)
+            };
+            let record = match found {
+                Some(stored) if party(&stored)? => stored,
+                _ => return Err(ReadError::NotFound(key)),
+            };
             if record.index >= size {
                 return Err(ReadError::NotCheckpointed {
                     index: record.index,

@@ -54,6 +54,11 @@ pub const VERIFIER_FILE: &str = "log-key.pub";
 
 const SCHEMA_VERSION: &str = "1";
 
+/// The most records [`Store::records_of_request`] returns: a call has a
+/// decision and an outcome, and a request id reused many times must not
+/// make one lookup read them all.
+pub const MAX_RECORDS_OF_REQUEST: usize = 64;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
   key TEXT PRIMARY KEY,
@@ -362,12 +367,29 @@ impl Store {
             .at(&self.path)
     }
 
-    /// The records of one call, in order.
+    /// The records of one call, in order: at most
+    /// [`MAX_RECORDS_OF_REQUEST`], the first ones. Request ids come from
+    /// callers, so calls of several members may share one.
     pub fn records_of_request(&self, request_id: &str) -> Result<Vec<StoredRecord>, StoreError> {
         self.select(
-            "SELECT idx, record FROM records WHERE request_id = ?1 ORDER BY idx",
-            [request_id],
+            "SELECT idx, record FROM records WHERE request_id = ?1 ORDER BY idx LIMIT ?2",
+            rusqlite::params![request_id, to_i64(MAX_RECORDS_OF_REQUEST as u64)],
         )
+    }
+
+    /// The last record of call `request_id` that `member` made or served:
+    /// what another member's reuse of the same request id cannot hide.
+    pub fn last_record_of_request_for(
+        &self,
+        request_id: &str,
+        member: &str,
+    ) -> Result<Option<StoredRecord>, StoreError> {
+        let mut found = self.select(
+            "SELECT idx, record FROM records WHERE request_id = ?1 \
+             AND (caller = ?2 OR provider = ?2) ORDER BY idx DESC LIMIT 1",
+            [request_id, member],
+        )?;
+        Ok(found.pop())
     }
 
     /// Records from index `from`, at most `limit`, in order.

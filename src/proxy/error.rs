@@ -223,6 +223,16 @@ impl GatewayError {
         ) || self.is_admission_refusal()
     }
 
+    /// Whether the caller was refused for who it is, before anything about
+    /// its call: not a member, not registered, or permitted nothing. Its
+    /// connection is closed after the answer.
+    pub fn is_stranger_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::NoMemberIdentity(_) | Self::UnknownMember(_) | Self::NoPermits(_)
+        )
+    }
+
     /// Whether the call was refused at admission, for load (rate, calls in
     /// flight, gateway overload), before anything about it was decided.
     ///

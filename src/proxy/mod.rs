@@ -23,6 +23,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -786,6 +787,10 @@ pub struct GatewayService {
     log: Option<ExchangeLog>,
     metrics: Arc<Metrics>,
     consent: Option<Arc<ConsentLedger>>,
+    /// Set once a call on this connection was refused as a stranger's (see
+    /// [`GatewayError::is_stranger_refusal`]) and recorded: the calls such
+    /// a peer opens before its connection closes are not.
+    stranger_recorded: Arc<AtomicBool>,
 }
 
 impl GatewayService {
@@ -802,6 +807,7 @@ impl GatewayService {
             log,
             metrics,
             consent,
+            stranger_recorded: Arc::default(),
         }
     }
 
@@ -1043,7 +1049,7 @@ impl GatewayService {
                 if let Some(tally) = &tally {
                     record::count(tally, bytes);
                 }
-                bytes_in.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 (replay_body(bytes), body::CallEnd::detached())
             }
             None => {
@@ -1306,6 +1312,21 @@ impl GatewayService {
                 "call refused: {error}"
             );
             self.metrics.refusal(error.kind());
+            drop(record);
+            return error.into_response(Some(request_id));
+        }
+        if error.is_stranger_refusal() && self.stranger_recorded.swap(true, Ordering::Relaxed) {
+            // A peer the gateway does not serve gets one record and one
+            // log line per connection, however many streams it opens
+            // before the connection closes: it cannot fill the log.
+            tracing::debug!(
+                request_id = request_id.to_str().unwrap_or_default(),
+                path = uri.path(),
+                bridge_error = error.kind(),
+                "call refused, not recorded: {error}"
+            );
+            self.metrics.refusal(error.kind());
+            self.metrics.unrecorded_refusal(error.kind());
             drop(record);
             return error.into_response(Some(request_id));
         }

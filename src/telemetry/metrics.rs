@@ -142,6 +142,9 @@ pub struct Metrics {
     in_flight: Arc<AtomicU64>,
     /// Calls refused by a limit, by member and `bridge-error` kind.
     limit_refusals: Family<(crate::identity::MemberId, &'static str), AtomicU64>,
+    /// Refusals of a stranger's calls that the exchange log does not
+    /// record: all after the first on a connection.
+    unrecorded_refusals: Family<&'static str, AtomicU64>,
 }
 
 /// One call in flight; counted until dropped.
@@ -166,6 +169,7 @@ impl Default for Metrics {
             last_reload: Family::default(),
             in_flight: Arc::default(),
             limit_refusals: Family::default(),
+            unrecorded_refusals: Family::default(),
         }
     }
 }
@@ -208,6 +212,14 @@ impl Metrics {
     pub fn limit_refusal(&self, member: &crate::identity::MemberId, kind: &'static str) {
         self.limit_refusals
             .get(&(member.clone(), kind))
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A stranger's call was refused with `kind` and, not being its
+    /// connection's first, not recorded in the exchange log.
+    pub fn unrecorded_refusal(&self, kind: &'static str) {
+        self.unrecorded_refusals
+            .get(&kind)
             .fetch_add(1, Ordering::Relaxed);
     }
 
@@ -317,6 +329,20 @@ impl Metrics {
                 out,
                 "govbridge_limit_refusals_total{{member=\"{}\",kind=\"{kind}\"}} {}",
                 escape(member.as_str()),
+                count.load(Ordering::Relaxed)
+            );
+        }
+
+        header(
+            &mut out,
+            "govbridge_unrecorded_refusals_total",
+            "counter",
+            "Calls of peers that are not members, or that no policy permits anything, refused without an exchange-log record: every such call on a connection after its first.",
+        );
+        for (kind, count) in self.unrecorded_refusals.snapshot() {
+            let _ = writeln!(
+                out,
+                "govbridge_unrecorded_refusals_total{{kind=\"{kind}\"}} {}",
                 count.load(Ordering::Relaxed)
             );
         }
