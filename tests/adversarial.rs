@@ -733,10 +733,7 @@ async fn a_stranger_opening_many_streams_leaves_one_record() {
     let probe = Probe::new(Duration::ZERO, 0);
     let bed = probe_bed(&probe, &[]).await;
     let stranger = govbridge::identity::MemberId::parse("SN/COM/UNKNOWN/kyc").unwrap();
-    let tls = bed.issue_client(
-        "stranger",
-        &govbridge::pki::LeafRequest::member(&stranger),
-    );
+    let tls = bed.issue_client("stranger", &govbridge::pki::LeafRequest::member(&stranger));
     let connection = raw_h2::connect(bed.gateway, tls).await;
     let (mut reader, mut writer) = tokio::io::split(connection);
     // Every call in one write: they all reach the gateway before its first

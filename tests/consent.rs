@@ -645,18 +645,20 @@ async fn a_oneof_cannot_smuggle_another_subject_past_the_consent() {
     let consent = grant(&bed, &Grant::credit(&a)).await;
 
     for (case, smuggled) in [
-        ("NIN then NINEA", Raw::default().string(1, &a).string(2, &company)),
-        ("NINEA then NIN", Raw::default().string(2, &company).string(1, &a)),
+        (
+            "NIN then NINEA",
+            Raw::default().string(1, &a).string(2, &company),
+        ),
+        (
+            "NINEA then NIN",
+            Raw::default().string(2, &company).string(1, &a),
+        ),
         ("NIN twice", Raw::default().string(1, &a).string(1, &a)),
     ] {
-        let status = call_raw::<TaxClearanceCertificate>(
-            &bed,
-            CLEARANCE,
-            &consent.artefact,
-            vec![smuggled],
-        )
-        .await
-        .unwrap_err();
+        let status =
+            call_raw::<TaxClearanceCertificate>(&bed, CLEARANCE, &consent.artefact, vec![smuggled])
+                .await
+                .unwrap_err();
         assert_eq!(
             status_kind(&status),
             denied("consent-subject-ambiguous"),

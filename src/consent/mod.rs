@@ -420,9 +420,9 @@ impl UseReservation {
     /// the call go on, so that no restart can hand the use back.
     pub async fn durable(&mut self) -> Result<(), UseBookError> {
         match self.durable.take() {
-            Some(durable) => durable.await.unwrap_or_else(|_| {
-                Err(UseBookError::Write("the writer stopped".to_owned()))
-            }),
+            Some(durable) => durable
+                .await
+                .unwrap_or_else(|_| Err(UseBookError::Write("the writer stopped".to_owned()))),
             None => Ok(()),
         }
     }
@@ -578,11 +578,17 @@ mod tests {
     async fn the_feed_revokes_pauses_and_resumes() {
         let ledger = ConsentLedger::new(Duration::from_secs(5));
         ledger.apply(1, "c1", ConsentState::Paused);
-        assert_eq!(ledger.admit(&uses("c1", 9)).unwrap_err(), ConsentRefusal::Paused);
+        assert_eq!(
+            ledger.admit(&uses("c1", 9)).unwrap_err(),
+            ConsentRefusal::Paused
+        );
         ledger.apply(2, "c1", ConsentState::Active);
         assert!(ledger.admit(&uses("c1", 9)).is_ok());
         ledger.apply(3, "c1", ConsentState::Revoked);
-        assert_eq!(ledger.admit(&uses("c1", 9)).unwrap_err(), ConsentRefusal::Revoked);
+        assert_eq!(
+            ledger.admit(&uses("c1", 9)).unwrap_err(),
+            ConsentRefusal::Revoked
+        );
         assert_eq!(ledger.sequence(), 3);
     }
 

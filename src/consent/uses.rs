@@ -61,7 +61,10 @@ impl UseBook {
             path: path.to_owned(),
             message,
         };
-        if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        if let Some(parent) = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+        {
             std::fs::create_dir_all(parent).map_err(|io| error(io.to_string()))?;
         }
         let connection = Connection::open(path).map_err(|sql| error(sql.to_string()))?;
@@ -162,7 +165,11 @@ mod tests {
             assert!(book.write("c1", 1, 200, false).is_none());
             book.write("c2", 3, 150, false);
             book.write("c1", 2, 200, false);
-            book.write("c1", 1, 200, true).unwrap().await.unwrap().unwrap();
+            book.write("c1", 1, 200, true)
+                .unwrap()
+                .await
+                .unwrap()
+                .unwrap();
         }
         let (_, counted) = UseBook::open(&path, 100).unwrap();
         assert_eq!(counted, HashMap::from([("c1".into(), 1), ("c2".into(), 3)]));
@@ -177,6 +184,9 @@ mod tests {
         let file = dir.path().join("file");
         std::fs::write(&file, b"").unwrap();
         let error = UseBook::open(&file.join("consent-ledger.sqlite"), 0).unwrap_err();
-        assert!(error.to_string().contains("file/consent-ledger.sqlite"), "{error}");
+        assert!(
+            error.to_string().contains("file/consent-ledger.sqlite"),
+            "{error}"
+        );
     }
 }

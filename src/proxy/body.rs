@@ -362,9 +362,9 @@ pub async fn first_message(body: &mut Incoming) -> Result<Bytes, ConsentRefusal>
 /// The first message of what [`first_message`] read, without its prefix
 /// and without what follows it.
 pub fn first_of(read: &[u8]) -> &[u8] {
-    let length = read
-        .get(1..5)
-        .map_or(0, |length| u32::from_be_bytes([length[0], length[1], length[2], length[3]]));
+    let length = read.get(1..5).map_or(0, |length| {
+        u32::from_be_bytes([length[0], length[1], length[2], length[3]])
+    });
     read.get(5..5 + length as usize).unwrap_or_default()
 }
 

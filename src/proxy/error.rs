@@ -83,7 +83,9 @@ pub enum GatewayError {
     ExchangeLogUnavailable(String),
     /// The consent's use cannot be made durable, so the call, which would
     /// spend it, is not forwarded.
-    #[error("the consent ledger cannot record this use of the consent, so the gateway refuses the call; retry later")]
+    #[error(
+        "the consent ledger cannot record this use of the consent, so the gateway refuses the call; retry later"
+    )]
     ConsentUseUnrecorded(String),
     /// The backend answered but the outcome could not be recorded, so its
     /// status is withheld. The call may have taken effect.
