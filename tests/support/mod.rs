@@ -338,13 +338,15 @@ impl H2Client {
 
     /// Waits (at most 5 s) for the server to close the connection.
     pub async fn closed_by_server(&self) -> bool {
+        self.closed_within(std::time::Duration::from_secs(5)).await
+    }
+
+    /// Waits (at most `timeout`) for the server to close the connection.
+    pub async fn closed_within(&self, timeout: std::time::Duration) -> bool {
         let mut closed = self.closed.clone();
-        tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            closed.wait_for(|closed| *closed),
-        )
-        .await
-        .is_ok()
+        tokio::time::timeout(timeout, closed.wait_for(|closed| *closed))
+            .await
+            .is_ok()
     }
 }
 
