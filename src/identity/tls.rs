@@ -5,16 +5,20 @@
 //! Only HTTP/2 is negotiated. Client certificates are required on every
 //! listener and verified against the configured CA bundle and CRLs; there is
 //! no switch to turn that off.
+//!
+//! Sessions are never resumed: a resumed session would skip the
+//! certificate checks (revocation, expiry) that a full handshake makes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use super::{InvalidMemberId, MemberId};
@@ -143,6 +147,13 @@ impl ServerTls {
     /// A rustls server config that requires and verifies a client
     /// certificate and speaks only HTTP/2.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        Ok(self.listener_tls()?.config)
+    }
+
+    /// The server config and the client certificate verifier inside it,
+    /// with which a listener re-checks the certificates of its open
+    /// connections.
+    pub fn listener_tls(&self) -> Result<ListenerTls, TlsError> {
         let provider = crypto_provider();
         let roots = root_store(&self.client_ca)?;
         let mut crls = Vec::new();
@@ -166,12 +177,46 @@ impl ServerTls {
             .with_safe_default_protocol_versions()
             .and_then(|builder| {
                 builder
-                    .with_client_cert_verifier(verifier)
+                    .with_client_cert_verifier(verifier.clone())
                     .with_single_cert(chain, key)
             })
             .map_err(identity_error(&self.certificate))?;
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
-        Ok(Arc::new(config))
+        // No resumption: a resumed session carries the client certificate
+        // of its first handshake without checking it again, so a revoked
+        // or expired certificate would get in. The cost is a full
+        // handshake (signatures and a chain check, no extra round trip in
+        // TLS 1.3) on every new connection. The default ticketer already
+        // issues no stateless tickets; this turns off the session cache
+        // (TLS 1.2 session ids, TLS 1.3 stateful tickets).
+        config.session_storage = Arc::new(NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        Ok(ListenerTls {
+            config: Arc::new(config),
+            client_verifier: verifier,
+        })
+    }
+}
+
+/// What a listener serves with: the TLS configuration of new connections
+/// and the verifier it checks client certificates with, to check again the
+/// certificates of connections already open when the CAs or CRLs change.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    pub config: Arc<ServerConfig>,
+    client_verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl ListenerTls {
+    /// Checks a client chain (leaf first) as a handshake would now: the
+    /// current CAs and CRLs, and the current time.
+    pub fn check_client(&self, chain: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or(rustls::Error::NoCertificatesPresented)?;
+        self.client_verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .map(drop)
     }
 }
 

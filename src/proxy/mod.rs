@@ -413,7 +413,7 @@ impl Gateway {
         let tls = config
             .gateway
             .tls
-            .server_config()
+            .listener_tls()
             .map_err(StartError::ServerTls)?;
         let state = Arc::new(ArcSwap::from_pointee(GatewayState::new(config)?));
         let log = if config.exchange_log.enabled {
@@ -641,7 +641,7 @@ async fn check_health(state: SharedState) {
 pub struct Reloader {
     source: std::path::PathBuf,
     state: SharedState,
-    listener_tls: crate::net::SharedServerConfig,
+    listener_tls: crate::net::SharedListenerTls,
     metrics: Arc<Metrics>,
 }
 
@@ -671,7 +671,7 @@ impl Reloader {
                 let tls = config
                     .gateway
                     .tls
-                    .server_config()
+                    .listener_tls()
                     .map_err(|error| start_error(StartError::ServerTls(error)))?;
                 let state =
                     GatewayState::after(&config, Some(&self.state.load())).map_err(start_error)?;

@@ -339,7 +339,7 @@ impl SandboxBuilder {
             let address = tcp.local_addr().map_err(io("binding a backend"))?;
             let listener = TlsListener::new(
                 tcp,
-                server_tls(&stem).server_config()?,
+                server_tls(&stem).listener_tls()?,
                 ListenerSettings::backend(),
             );
             let server = backend.server;
