@@ -1,7 +1,9 @@
 //! Revocation and expiry bind connections already open and sessions a
-//! client would resume: a partner whose certificate is revoked (then
-//! reloaded) or expires loses its open connection and cannot resume its
-//! TLS session.
+//! client would resume, on both hops: a partner whose certificate is
+//! revoked (then reloaded) or expires loses its open connection and cannot
+//! resume its TLS session; a backend whose certificate is revoked is no
+//! longer called; a CRL past its next update is refused unless within the
+//! grace the configuration allows.
 
 // A failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -20,6 +22,7 @@ use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
 use support::probe::Probe;
 use support::{Bed, H2Client, wait_for_metric};
 use time::{Duration, OffsetDateTime};
+use tonic::Code;
 
 /// Calls GetPerson through the probe on an open channel.
 async fn call_on(client: &H2Client) -> Result<(), tonic::Status> {
@@ -237,5 +240,107 @@ async fn an_expired_certificate_cannot_resume_its_session() {
         support::handshake_refused(bed.gateway, tls).await,
         "an expired certificate got in again through its TLS session"
     );
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoked_backend_certificate_is_not_used() {
+    let probe = Probe::default();
+    let bed = Bed::builder()
+        .without_agencies()
+        .probe(support::probe::SERVICE, probe.server())
+        .upstream("crls", "[\"pki/crl.pem\"]")
+        .start()
+        .await;
+    let client = bed.client("cbao-kyc").await;
+    call_on(&client).await.unwrap();
+
+    // The probe is the bed's first backend.
+    revoke_and_reload(&bed, &bed.pki.join("backend-0.pem"));
+
+    let seen = probe.seen().len();
+    let refused = call_on(&client)
+        .await
+        .expect_err("a call reached a backend whose certificate is revoked");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        support::bridge_error(&refused).as_deref(),
+        Some("upstream-unavailable")
+    );
+    assert_eq!(probe.seen().len(), seen, "the revoked backend was called");
+    bed.stop().await;
+}
+
+/// Writes a CRL of the bed's CA, empty, whose next update was `overdue`
+/// ago.
+fn write_stale_crl(bed: &Bed, overdue: Duration) {
+    let now = OffsetDateTime::now_utc();
+    let pem = bed
+        .ca()
+        .crl_between(7, &[], now - Duration::days(7), now - overdue)
+        .unwrap();
+    govbridge::pki::write_file(&bed.pki.join("crl.pem"), pem.as_bytes(), 0o644).unwrap();
+}
+
+/// Sets `[gateway.tls] crl_grace` in the bed's configuration file.
+fn set_crl_grace(bed: &Bed, grace: &str) {
+    let path = bed.config_path();
+    let text = std::fs::read_to_string(path).unwrap();
+    let text = text.replacen(
+        "crls = [\"pki/crl.pem\"]",
+        &format!("crls = [\"pki/crl.pem\"]\ncrl_grace = \"{grace}\""),
+        1,
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+#[tokio::test]
+async fn a_stale_crl_is_refused_unless_within_its_grace() {
+    let (bed, _probe) = probe_bed().await;
+
+    // An hour past its next update, without a grace: refused at reload and
+    // at start, naming the file; the previous CRL keeps serving.
+    write_stale_crl(&bed, Duration::hours(1));
+    let refused = bed.reloader.reload().unwrap_err().to_string();
+    assert!(refused.contains("crl.pem"), "{refused}");
+    assert!(refused.contains("next update"), "{refused}");
+    let config = govbridge::config::Config::load(bed.config_path()).unwrap();
+    let at_start = govbridge::proxy::Gateway::check(&config)
+        .unwrap_err()
+        .to_string();
+    assert!(at_start.contains("crl.pem"), "{at_start}");
+    wait_for_metric(
+        bed.admin,
+        "govbridge_stale_crls_total{outcome=\"refused\"}",
+        |count| count == 1.0,
+    )
+    .await;
+    call_on(&bed.client("cbao-kyc").await)
+        .await
+        .expect("the previous configuration serves on");
+
+    // Within a two-hour grace: accepted, and reported.
+    set_crl_grace(&bed, "2h");
+    bed.reloader.reload().unwrap();
+    wait_for_metric(
+        bed.admin,
+        "govbridge_stale_crls_total{outcome=\"tolerated\"}",
+        |count| count == 1.0,
+    )
+    .await;
+    let crl = format!(
+        "govbridge_crl_overdue_seconds{{crl=\"gateway.tls.crls ({})\"}}",
+        bed.pki.join("crl.pem").display()
+    );
+    wait_for_metric(bed.admin, &crl, |overdue| overdue >= 3600.0).await;
+    call_on(&bed.client("cbao-kyc").await)
+        .await
+        .expect("a call under a CRL within its grace");
+
+    // Past the grace: refused again.
+    write_stale_crl(&bed, Duration::hours(3));
+    let refused = bed.reloader.reload().unwrap_err().to_string();
+    assert!(refused.contains("crl.pem"), "{refused}");
+    assert!(refused.contains("grace"), "{refused}");
     bed.stop().await;
 }

@@ -4,13 +4,17 @@
 //! post-quantum group X25519MLKEM768 is offered and preferred by default.
 //! Only HTTP/2 is negotiated. Client certificates are required on every
 //! listener and verified against the configured CA bundle and CRLs; there is
-//! no switch to turn that off.
+//! no switch to turn that off. Backends' certificates are checked against
+//! the upstream CRLs the same way.
 //!
-//! Sessions are never resumed: a resumed session would skip the
-//! certificate checks (revocation, expiry) that a full handshake makes.
+//! A CRL past its next update is refused when loaded, unless it is within
+//! the grace the configuration allows. Sessions are never resumed: a
+//! resumed session would skip the certificate checks (revocation, expiry)
+//! that a full handshake makes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
@@ -54,6 +58,32 @@ pub enum TlsError {
         path: PathBuf,
         source: rustls::Error,
     },
+    #[error(
+        "{path}: the CRL is out of date: its next update was due {overdue}s ago{}; \
+         publish a fresh CRL (or allow a grace with `crl_grace`)",
+        grace_note(*grace)
+    )]
+    StaleCrl {
+        path: PathBuf,
+        /// Seconds past its next update.
+        overdue: u64,
+        grace: Duration,
+    },
+}
+
+impl TlsError {
+    /// Whether this is a CRL refused for being past its next update.
+    pub fn is_stale_crl(&self) -> bool {
+        matches!(self, Self::StaleCrl { .. })
+    }
+}
+
+fn grace_note(grace: Duration) -> String {
+    if grace.is_zero() {
+        String::new()
+    } else {
+        format!(", more than the {}s grace allowed", grace.as_secs())
+    }
 }
 
 /// Reads every certificate of a PEM file.
@@ -105,6 +135,59 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
         })
 }
 
+/// Seconds since the epoch.
+fn unix_now() -> i64 {
+    i64::try_from(UnixTime::now().as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Reads the CRLs of every file of `paths`. A file without a CRL is an
+/// error, and so is a CRL more than `grace` past its next update; one
+/// within the grace is accepted with a warning.
+fn load_crl_files(
+    paths: &[PathBuf],
+    grace: Duration,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let now = unix_now();
+    let mut crls = Vec::new();
+    for path in paths {
+        let loaded = load_crls(path)?;
+        // A configured CRL file without a CRL (truncated, or something
+        // else written over it) would silently turn revocation off.
+        if loaded.is_empty() {
+            return Err(TlsError::Empty {
+                path: path.clone(),
+                what: "CRL",
+            });
+        }
+        for crl in &loaded {
+            let Some(next_update) = crl_next_update(crl) else {
+                continue;
+            };
+            let overdue = u64::try_from(now.saturating_sub(next_update)).unwrap_or(0);
+            if overdue == 0 {
+                continue;
+            }
+            // Revocations published since are not seen: refuse, unless the
+            // operator chose to ride out a late CRL publisher.
+            if Duration::from_secs(overdue) > grace {
+                return Err(TlsError::StaleCrl {
+                    path: path.clone(),
+                    overdue,
+                    grace,
+                });
+            }
+            tracing::warn!(
+                crl = %path.display(),
+                overdue_seconds = overdue,
+                grace_seconds = grace.as_secs(),
+                "CRL past its next update, accepted within its grace: publish a fresh one"
+            );
+        }
+        crls.extend(loaded);
+    }
+    Ok(crls)
+}
+
 /// A certificate chain and its private key.
 type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 
@@ -141,6 +224,8 @@ pub struct ServerTls {
     pub private_key: PathBuf,
     pub client_ca: PathBuf,
     pub crls: Vec<PathBuf>,
+    /// How long past its next update a CRL is still accepted.
+    pub crl_grace: Duration,
 }
 
 impl ServerTls {
@@ -156,19 +241,7 @@ impl ServerTls {
     pub fn listener_tls(&self) -> Result<ListenerTls, TlsError> {
         let provider = crypto_provider();
         let roots = root_store(&self.client_ca)?;
-        let mut crls = Vec::new();
-        for path in &self.crls {
-            let loaded = load_crls(path)?;
-            // A configured CRL file without a CRL (truncated, or something
-            // else written over it) would silently turn revocation off.
-            if loaded.is_empty() {
-                return Err(TlsError::Empty {
-                    path: path.clone(),
-                    what: "CRL",
-                });
-            }
-            crls.extend(loaded);
-        }
+        let crls = load_crl_files(&self.crls, self.crl_grace)?;
         let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
             .with_crls(crls)
             .build()?;
@@ -220,23 +293,41 @@ impl ListenerTls {
     }
 }
 
-/// What a TLS client needs: the CAs it accepts server certificates from and
-/// its own client certificate.
+/// What a TLS client needs: the CAs it accepts server certificates from,
+/// the CRLs it checks them against, and its own client certificate.
 #[derive(Debug, Clone)]
 pub struct ClientTls {
     pub server_ca: PathBuf,
     pub certificate: PathBuf,
     pub private_key: PathBuf,
+    /// Empty: server certificates are not checked for revocation.
+    pub crls: Vec<PathBuf>,
+    /// How long past its next update a CRL is still accepted.
+    pub crl_grace: Duration,
 }
 
 impl ClientTls {
+    /// Trusting the CAs of `server_ca`, presenting `certificate`, without
+    /// CRLs.
+    pub fn new(server_ca: PathBuf, certificate: PathBuf, private_key: PathBuf) -> Self {
+        Self {
+            server_ca,
+            certificate,
+            private_key,
+            crls: Vec::new(),
+            crl_grace: Duration::ZERO,
+        }
+    }
+
     /// A rustls client config presenting our certificate and speaking only
     /// HTTP/2.
     pub fn client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
         let provider = crypto_provider();
         let roots = root_store(&self.server_ca)?;
-        let verifier =
-            WebPkiServerVerifier::builder_with_provider(roots, provider.clone()).build()?;
+        let crls = load_crl_files(&self.crls, self.crl_grace)?;
+        let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+            .with_crls(crls)
+            .build()?;
         let (chain, key) = load_identity(&self.certificate, &self.private_key)?;
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

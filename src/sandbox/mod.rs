@@ -324,6 +324,7 @@ impl SandboxBuilder {
             private_key: pki.join(format!("{stem}.key")),
             client_ca: pki.join(pki::CA_CERT),
             crls: vec![pki.join("crl.pem")],
+            crl_grace: std::time::Duration::ZERO,
         };
 
         let mut routes = Routes::default();
@@ -841,12 +842,8 @@ impl Sandbox {
     /// client. Each call opens a new HTTP/2 connection; clones share it.
     pub async fn channel_as(&self, member: &str) -> Result<Channel, SandboxError> {
         let (certificate, private_key) = self.credentials(member)?;
-        let tls = ClientTls {
-            server_ca: self.ca_certificate(),
-            certificate,
-            private_key,
-        }
-        .client_config()?;
+        let tls =
+            ClientTls::new(self.ca_certificate(), certificate, private_key).client_config()?;
         Channel::connect(self.gateway, SERVER_NAME, tls)
             .await
             .map_err(|error| SandboxError::Connect {

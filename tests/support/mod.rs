@@ -228,11 +228,11 @@ impl Bed {
 
     /// Client TLS from a certificate and key file, trusting the dev CA.
     pub fn client_tls(&self, certificate: &Path, private_key: &Path) -> Arc<ClientConfig> {
-        ClientTls {
-            server_ca: self.pki.join("ca.pem"),
-            certificate: certificate.to_owned(),
-            private_key: private_key.to_owned(),
-        }
+        ClientTls::new(
+            self.pki.join("ca.pem"),
+            certificate.to_owned(),
+            private_key.to_owned(),
+        )
         .client_config()
         .unwrap()
     }
