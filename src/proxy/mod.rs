@@ -694,7 +694,8 @@ async fn watch_crls(state: SharedState) {
         let current = state.load();
         for crl in current.overdue_crls() {
             if reported.insert(crl.to_owned()) {
-                tracing::error!(
+                // A warning, not an error: it may be within its grace.
+                tracing::warn!(
                     crl,
                     "CRL past its next update: publish a fresh one; the next reload refuses \
                      it unless within its crl_grace"
