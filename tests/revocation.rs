@@ -1,8 +1,8 @@
 //! Revocation and expiry bind connections already open and sessions a
 //! client would resume, on both hops: a partner whose certificate is
 //! revoked (then reloaded) or expires loses its open connection and cannot
-//! resume its TLS session; a backend whose certificate is revoked is no
-//! longer called; a CRL past its next update is refused unless within the
+//! resume its TLS session; a backend whose certificate is revoked or
+//! expires is no longer called; a CRL past its next update is refused unless within the
 //! grace the configuration allows.
 
 // A failed unwrap is a failed test, with its location.
@@ -268,6 +268,35 @@ async fn a_revoked_backend_certificate_is_not_used() {
         Some("upstream-unavailable")
     );
     assert_eq!(probe.seen().len(), seen, "the revoked backend was called");
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn a_backend_whose_certificate_expires_is_not_used() {
+    let probe = Probe::default();
+    let bed = Bed::builder()
+        .without_agencies()
+        .probe(support::probe::SERVICE, probe.server())
+        .backend_certificate_lifetime(std::time::Duration::from_secs(6))
+        .start()
+        .await;
+    let certificate =
+        govbridge::identity::tls::load_certificates(&bed.pki.join("backend-0.pem")).unwrap();
+    let not_after = govbridge::identity::tls::certificate_not_after(&certificate[0]).unwrap();
+    let client = bed.client("cbao-kyc").await;
+    call_on(&client).await.unwrap();
+
+    // Waiting for the clock, not for readiness: bounded by the lifetime.
+    // The pooled connection to the probe is given up a second after
+    // not_after, when webpki would refuse the certificate.
+    while OffsetDateTime::now_utc().unix_timestamp() <= not_after + 2 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let refused = call_on(&client)
+        .await
+        .expect_err("a call went to a backend whose certificate has expired");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(probe.seen().len(), 1, "the expired backend was called");
     bed.stop().await;
 }
 

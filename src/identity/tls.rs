@@ -438,6 +438,19 @@ pub fn peer_of_chain(chain: Option<&[CertificateDer<'_>]>) -> PeerCertificate {
     }
 }
 
+/// How long until a certificate valid until `not_after` (seconds since the
+/// epoch, inclusive, as X.509 and webpki read it) is expired: zero if it
+/// already is.
+pub fn until_expired(not_after: i64) -> Duration {
+    let expired = u64::try_from(not_after.saturating_add(1))
+        .map_or(std::time::SystemTime::UNIX_EPOCH, |secs| {
+            std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+        });
+    expired
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or(Duration::ZERO)
+}
+
 /// When a certificate expires, in seconds since the epoch.
 pub fn certificate_not_after(certificate: &CertificateDer<'_>) -> Option<i64> {
     let (_, parsed) = X509Certificate::from_der(certificate).ok()?;

@@ -16,7 +16,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
@@ -27,7 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::identity::tls::{ListenerTls, peer_of_chain};
+use crate::identity::tls::{ListenerTls, peer_of_chain, until_expired};
 use crate::identity::{MemberId, PeerIdentityError};
 
 /// What is known about the peer of a connection, from its verified
@@ -519,18 +519,6 @@ async fn certificate_invalidated(
             }
         }
     }
-}
-
-/// How long until a certificate valid until `not_after` (seconds since the
-/// epoch, inclusive) is expired.
-fn until_expired(not_after: i64) -> Duration {
-    let expired = u64::try_from(not_after.saturating_add(1))
-        .map_or(SystemTime::UNIX_EPOCH, |secs| {
-            SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
-        });
-    expired
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO)
 }
 
 /// One accepted TCP connection, from handshake to close.

@@ -170,6 +170,8 @@ pub struct SandboxBuilder {
     replicas: Vec<(Agency, usize)>,
     cuttable: Vec<Agency>,
     backends: Vec<Backend>,
+    /// How long the certificates of `backends` are valid; a year if unset.
+    backend_certificate_lifetime: Option<Duration>,
     unreachable: Vec<(String, MemberId)>,
     silent: Vec<(String, MemberId)>,
     members: Vec<MemberId>,
@@ -239,6 +241,14 @@ impl SandboxBuilder {
     /// would.
     pub fn cuttable(mut self, agency: Agency) -> Self {
         self.cuttable.push(agency);
+        self
+    }
+
+    /// Issues the certificates of the backends added with [`Self::backend`]
+    /// valid for `lifetime` from the start (instead of a year): to see
+    /// what the gateway does once a backend's certificate expires.
+    pub fn backend_certificate_lifetime(mut self, lifetime: Duration) -> Self {
+        self.backend_certificate_lifetime = Some(lifetime);
         self
     }
 
@@ -333,6 +343,9 @@ impl SandboxBuilder {
             let mut request = LeafRequest::loopback_server(&stem);
             request.member = Some(backend.provider.clone());
             request.usage = Usage::ServerAndClient;
+            if let Some(lifetime) = self.backend_certificate_lifetime {
+                request.not_after = time::OffsetDateTime::now_utc() + lifetime;
+            }
             ca.issue(&request)?.write(&pki, &stem)?;
             let tcp = TcpListener::bind(loopback)
                 .await
@@ -734,6 +747,7 @@ impl Sandbox {
             replicas: Vec::new(),
             cuttable: Vec::new(),
             backends: Vec::new(),
+            backend_certificate_lifetime: None,
             unreachable: Vec::new(),
             silent: Vec::new(),
             members: Vec::new(),

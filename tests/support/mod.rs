@@ -105,6 +105,12 @@ impl BedBuilder {
         self
     }
 
+    /// Issues the probes' certificates valid for `lifetime` only.
+    pub fn backend_certificate_lifetime(mut self, lifetime: std::time::Duration) -> Self {
+        self.sandbox = self.sandbox.backend_certificate_lifetime(lifetime);
+        self
+    }
+
     /// Publishes `service` by a provider whose endpoint accepts TCP
     /// connections and then never answers.
     pub fn silent_provider(mut self, service: &'static str) -> Self {
