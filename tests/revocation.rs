@@ -187,7 +187,8 @@ impl ClientSessionStore for CountingStore {
     }
 }
 
-/// `tls` with resumption through `store`.
+/// `tls` with resumption through `store`: a client that would resume a
+/// session whenever the server offers one.
 fn resuming(tls: &ClientConfig, store: &Arc<CountingStore>) -> Arc<ClientConfig> {
     let mut tls = tls.clone();
     tls.resumption = Resumption::store(store.clone());
@@ -228,6 +229,9 @@ async fn an_expired_certificate_cannot_resume_its_session() {
     let lifetime = Duration::seconds(4);
     let expires = OffsetDateTime::now_utc() + lifetime;
     let (_, tls) = member_certificate(&bed, "short-lived", Some(lifetime));
+    // A client that resumes sessions when the server lets it (ClientTls
+    // makes clients that never do).
+    let tls = resuming(&tls, &CountingStore::new());
     let client = H2Client::connect(bed.gateway, tls.clone()).await.unwrap();
     call_on(&client).await.unwrap();
     drop(client);

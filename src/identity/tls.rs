@@ -338,6 +338,10 @@ impl ClientTls {
             })
             .map_err(identity_error(&self.certificate))?;
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        // No resumption either way: a resumed session keeps the server
+        // certificate of its first handshake unchecked, so a backend whose
+        // certificate expired (or was revoked) could be resumed into.
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(Arc::new(config))
     }
 }
