@@ -166,11 +166,11 @@ async fn start(
     }
 
     let pki = dir.join("pki");
-    let tls = ClientTls {
-        server_ca: pki.join("ca.pem"),
-        certificate: pki.join("member-cbao-kyc.pem"),
-        private_key: pki.join("member-cbao-kyc.key"),
-    }
+    let tls = ClientTls::new(
+        pki.join("ca.pem"),
+        pki.join("member-cbao-kyc.pem"),
+        pki.join("member-cbao-kyc.key"),
+    )
     .client_config()
     .unwrap();
     let citizen = data.citizens.iter().find(|c| c.is_alive()).unwrap();

@@ -257,11 +257,11 @@ fn with<T>(mut request: tonic::Request<T>, name: &'static str, value: &str) -> t
 impl Demo {
     /// A channel to the gateway with demo member `stem`'s certificate.
     async fn channel(&self, stem: &str) -> anyhow::Result<Channel> {
-        let tls = ClientTls {
-            server_ca: self.pki.join(crate::pki::CA_CERT),
-            certificate: self.pki.join(format!("member-{stem}.pem")),
-            private_key: self.pki.join(format!("member-{stem}.key")),
-        }
+        let tls = ClientTls::new(
+            self.pki.join(crate::pki::CA_CERT),
+            self.pki.join(format!("member-{stem}.pem")),
+            self.pki.join(format!("member-{stem}.key")),
+        )
         .client_config()?;
         Channel::connect(self.gateway, "localhost", tls)
             .await

@@ -75,12 +75,10 @@ impl BoundAgency {
                 })?,
             )),
         };
-        let tls = tls
-            .server_config()
-            .map_err(|source| AgencyStartError::Tls {
-                agency: agency.name(),
-                source,
-            })?;
+        let tls = tls.listener_tls().map_err(|source| AgencyStartError::Tls {
+            agency: agency.name(),
+            source,
+        })?;
         let tcp = TcpListener::bind(address)
             .await
             .map_err(|source| AgencyStartError::Bind {

@@ -262,7 +262,11 @@ async fn status_summarizes_a_running_gateway() {
 
 #[tokio::test]
 async fn connections_and_refused_handshakes_are_counted() {
-    let bed = Bed::start().await;
+    let probe = support::probe::Probe::default();
+    let bed = Bed::builder()
+        .probe(support::probe::SERVICE, probe.server())
+        .start()
+        .await;
     // A partner whose certificate comes from a CA the gateway does not
     // trust, and one that sends no certificate.
     let stranger_ca = govbridge::pki::CertificateAuthority::generate("stranger").unwrap();
@@ -287,12 +291,14 @@ async fn connections_and_refused_handshakes_are_counted() {
         0.0
     );
 
-    // An open stream is a call in flight until it ends.
+    // An open stream is a call in flight until it ends: the probe's
+    // endless stream (`max_events: 0`), which cannot end before the test
+    // drops it.
     let mut registry = CivilRegistryClient::new(client);
     let mut events = registry
         .watch_life_events(WatchLifeEventsRequest {
             after_sequence: 0,
-            max_events: 300,
+            max_events: 0,
         })
         .await
         .unwrap()

@@ -558,3 +558,41 @@ fn idempotent_methods_must_exist_and_not_stream_requests() {
     assert!(tax.idempotent.contains("GetTaxClearance"));
     assert_eq!(tax.max_deadline, Some(std::time::Duration::from_secs(5)));
 }
+
+#[test]
+fn crls_and_their_grace_are_read_and_named() {
+    let config = Config::parse(Path::new(PATH), govbridge::dev::CONFIG_TEMPLATE).unwrap();
+    assert_eq!(
+        config.upstream.tls.crls,
+        [Path::new("/etc/govbridge/pki/crl.pem")],
+        "backends' certificates are checked against the dev CRL"
+    );
+    assert_eq!(config.gateway.tls.crl_grace, std::time::Duration::ZERO);
+    assert_eq!(config.upstream.tls.crl_grace, std::time::Duration::ZERO);
+
+    let text = edited("# crl_grace = \"6h\"", "crl_grace = \"6h\"");
+    let config = Config::parse(Path::new(PATH), &text).unwrap();
+    assert_eq!(
+        config.gateway.tls.crl_grace,
+        std::time::Duration::from_secs(6 * 3600)
+    );
+
+    for (value, message) in [
+        ("\"10\"", "no unit"),
+        ("\"6 hours\"", "unknown unit"),
+        ("\"200h\"", "must be between"),
+    ] {
+        let text = edited("# crl_grace = \"6h\"", &format!("crl_grace = {value}"));
+        let error = error_of(&text);
+        assert_eq!(error.key, "gateway.tls.crl_grace", "{error}");
+        assert_eq!(error.line, Some(line_of(&text, "crl_grace = ")), "{error}");
+        assert!(error.message.contains(message), "{value}: {error}");
+    }
+    let text = edited(
+        "# As gateway.tls.crl_grace, for these CRLs.\n# crl_grace = \"6h\"",
+        "crl_grace = \"1d\"",
+    );
+    let error = error_of(&text);
+    assert_eq!(error.key, "upstream.crl_grace", "{error}");
+    assert_eq!(error.line, Some(line_of(&text, "crl_grace = \"1d\"")));
+}

@@ -50,11 +50,11 @@ async fn a_certificate_and_ca_rotation_reaches_new_connections_only() {
     std::fs::write(bed.pki.join("ca.pem"), bundle).unwrap();
 
     // A client that trusts only the new CA: refused until the reload.
-    let trusts_new_ca = ClientTls {
-        server_ca: rotated.join("ca.pem"),
-        certificate: bed.pki.join("member-cbao-kyc.pem"),
-        private_key: bed.pki.join("member-cbao-kyc.key"),
-    }
+    let trusts_new_ca = ClientTls::new(
+        rotated.join("ca.pem"),
+        bed.pki.join("member-cbao-kyc.pem"),
+        bed.pki.join("member-cbao-kyc.key"),
+    )
     .client_config()
     .unwrap();
     assert!(

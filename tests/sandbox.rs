@@ -228,13 +228,9 @@ async fn two_sandboxes_run_side_by_side_without_clashing() {
     // Each has its own CA: the first's member certificate is no good at
     // the second.
     let (certificate, private_key) = first.credentials(CBAO_KYC).unwrap();
-    let tls = ClientTls {
-        server_ca: second.ca_certificate(),
-        certificate,
-        private_key,
-    }
-    .client_config()
-    .unwrap();
+    let tls = ClientTls::new(second.ca_certificate(), certificate, private_key)
+        .client_config()
+        .unwrap();
     let logged = second.exchange_log().records().unwrap().len();
     // TLS 1.3: the client may finish its handshake before the server
     // refuses its certificate; then the first call fails instead.
@@ -318,11 +314,11 @@ async fn the_sandbox_command_writes_a_manifest_and_serves_until_its_input_closes
 
     let manifest: Manifest = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     let member = &manifest.members[CBAO_KYC];
-    let tls = ClientTls {
-        server_ca: manifest.gateway.ca_certificate.clone(),
-        certificate: member.certificate.clone(),
-        private_key: member.private_key.clone(),
-    }
+    let tls = ClientTls::new(
+        manifest.gateway.ca_certificate.clone(),
+        member.certificate.clone(),
+        member.private_key.clone(),
+    )
     .client_config()
     .unwrap();
     let channel = Channel::connect(manifest.gateway.address, &manifest.gateway.server_name, tls)

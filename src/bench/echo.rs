@@ -89,7 +89,7 @@ impl EchoBackend {
     /// Binds on `address` with `tls`; any client certificate that chains to
     /// `tls.client_ca` (and is not revoked) may call.
     pub async fn bind(address: SocketAddr, tls: &ServerTls) -> Result<Self, EchoStartError> {
-        let config = tls.server_config()?;
+        let config = tls.listener_tls()?;
         let tcp = TcpListener::bind(address)
             .await
             .map_err(|source| EchoStartError::Bind { address, source })?;

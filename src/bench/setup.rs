@@ -81,6 +81,7 @@ impl BenchDir {
             private_key: self.pki("echo.key"),
             client_ca: self.pki(pki::CA_CERT),
             crls: vec![self.pki(pki::CRL)],
+            crl_grace: std::time::Duration::ZERO,
         }
     }
 

@@ -260,11 +260,7 @@ impl Target {
                 .server_name
                 .clone()
                 .unwrap_or_else(|| DEFAULT_SERVER_NAME.to_owned()),
-            tls: ClientTls {
-                server_ca,
-                certificate,
-                private_key,
-            },
+            tls: ClientTls::new(server_ca, certificate, private_key),
             user: args.user.clone(),
             reason: args
                 .reason

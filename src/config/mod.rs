@@ -388,6 +388,7 @@ impl AgenciesConfig {
             private_key: agency.private_key.clone(),
             client_ca: self.client_ca.clone(),
             crls: self.crls.clone(),
+            crl_grace: Duration::ZERO,
         }
     }
 }

@@ -102,6 +102,7 @@ struct RawServerTls {
     client_ca: Spanned<String>,
     #[serde(default)]
     crls: Vec<Spanned<String>>,
+    crl_grace: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +111,9 @@ struct RawUpstream {
     certificate: Spanned<String>,
     private_key: Spanned<String>,
     server_ca: Spanned<String>,
+    #[serde(default)]
+    crls: Vec<Spanned<String>>,
+    crl_grace: Option<Spanned<String>>,
     connect_timeout: Option<Spanned<String>>,
     max_deadline: Option<Spanned<String>>,
     health_check_interval: Option<Spanned<String>>,
@@ -291,6 +295,21 @@ impl Source<'_> {
         Ok(duration)
     }
 
+    /// How long past its next update a CRL is still accepted: none unless
+    /// set, a week at most (a CRL publisher late by more is down).
+    fn crl_grace(
+        &self,
+        key: &str,
+        value: Option<&Spanned<String>>,
+    ) -> Result<Duration, ConfigError> {
+        self.duration(
+            key,
+            value,
+            Duration::ZERO,
+            Duration::ZERO..=Duration::from_secs(7 * 24 * 3600),
+        )
+    }
+
     fn socket_addr(&self, key: &str, value: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
         value.get_ref().parse().map_err(|_| {
             self.error(
@@ -389,6 +408,7 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
                 .iter()
                 .map(|crl| source.path(crl))
                 .collect(),
+            crl_grace: source.crl_grace("gateway.tls.crl_grace", gateway.tls.crl_grace.as_ref())?,
         },
         listener,
     };
@@ -398,6 +418,13 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
             server_ca: source.path(&raw.upstream.server_ca),
             certificate: source.path(&raw.upstream.certificate),
             private_key: source.path(&raw.upstream.private_key),
+            crls: raw
+                .upstream
+                .crls
+                .iter()
+                .map(|crl| source.path(crl))
+                .collect(),
+            crl_grace: source.crl_grace("upstream.crl_grace", raw.upstream.crl_grace.as_ref())?,
         },
         connect_timeout: source.duration(
             "upstream.connect_timeout",

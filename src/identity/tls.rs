@@ -4,17 +4,25 @@
 //! post-quantum group X25519MLKEM768 is offered and preferred by default.
 //! Only HTTP/2 is negotiated. Client certificates are required on every
 //! listener and verified against the configured CA bundle and CRLs; there is
-//! no switch to turn that off.
+//! no switch to turn that off. Backends' certificates are checked against
+//! the upstream CRLs the same way.
+//!
+//! A CRL past its next update is refused when loaded, unless it is within
+//! the grace the configuration allows. Sessions are never resumed: a
+//! resumed session would skip the certificate checks (revocation, expiry)
+//! that a full handshake makes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use super::{InvalidMemberId, MemberId};
@@ -50,6 +58,32 @@ pub enum TlsError {
         path: PathBuf,
         source: rustls::Error,
     },
+    #[error(
+        "{path}: the CRL is out of date: its next update was due {overdue}s ago{}; \
+         publish a fresh CRL (or allow a grace with `crl_grace`)",
+        grace_note(*grace)
+    )]
+    StaleCrl {
+        path: PathBuf,
+        /// Seconds past its next update.
+        overdue: u64,
+        grace: Duration,
+    },
+}
+
+impl TlsError {
+    /// Whether this is a CRL refused for being past its next update.
+    pub fn is_stale_crl(&self) -> bool {
+        matches!(self, Self::StaleCrl { .. })
+    }
+}
+
+fn grace_note(grace: Duration) -> String {
+    if grace.is_zero() {
+        String::new()
+    } else {
+        format!(", more than the {}s grace allowed", grace.as_secs())
+    }
 }
 
 /// Reads every certificate of a PEM file.
@@ -101,6 +135,59 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
         })
 }
 
+/// Seconds since the epoch.
+fn unix_now() -> i64 {
+    i64::try_from(UnixTime::now().as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Reads the CRLs of every file of `paths`. A file without a CRL is an
+/// error, and so is a CRL more than `grace` past its next update; one
+/// within the grace is accepted with a warning.
+fn load_crl_files(
+    paths: &[PathBuf],
+    grace: Duration,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let now = unix_now();
+    let mut crls = Vec::new();
+    for path in paths {
+        let loaded = load_crls(path)?;
+        // A configured CRL file without a CRL (truncated, or something
+        // else written over it) would silently turn revocation off.
+        if loaded.is_empty() {
+            return Err(TlsError::Empty {
+                path: path.clone(),
+                what: "CRL",
+            });
+        }
+        for crl in &loaded {
+            let Some(next_update) = crl_next_update(crl) else {
+                continue;
+            };
+            let overdue = u64::try_from(now.saturating_sub(next_update)).unwrap_or(0);
+            if overdue == 0 {
+                continue;
+            }
+            // Revocations published since are not seen: refuse, unless the
+            // operator chose to ride out a late CRL publisher.
+            if Duration::from_secs(overdue) > grace {
+                return Err(TlsError::StaleCrl {
+                    path: path.clone(),
+                    overdue,
+                    grace,
+                });
+            }
+            tracing::warn!(
+                crl = %path.display(),
+                overdue_seconds = overdue,
+                grace_seconds = grace.as_secs(),
+                "CRL past its next update, accepted within its grace: publish a fresh one"
+            );
+        }
+        crls.extend(loaded);
+    }
+    Ok(crls)
+}
+
 /// A certificate chain and its private key.
 type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 
@@ -137,27 +224,24 @@ pub struct ServerTls {
     pub private_key: PathBuf,
     pub client_ca: PathBuf,
     pub crls: Vec<PathBuf>,
+    /// How long past its next update a CRL is still accepted.
+    pub crl_grace: Duration,
 }
 
 impl ServerTls {
     /// A rustls server config that requires and verifies a client
     /// certificate and speaks only HTTP/2.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        Ok(self.listener_tls()?.config)
+    }
+
+    /// The server config and the client certificate verifier inside it,
+    /// with which a listener re-checks the certificates of its open
+    /// connections.
+    pub fn listener_tls(&self) -> Result<ListenerTls, TlsError> {
         let provider = crypto_provider();
         let roots = root_store(&self.client_ca)?;
-        let mut crls = Vec::new();
-        for path in &self.crls {
-            let loaded = load_crls(path)?;
-            // A configured CRL file without a CRL (truncated, or something
-            // else written over it) would silently turn revocation off.
-            if loaded.is_empty() {
-                return Err(TlsError::Empty {
-                    path: path.clone(),
-                    what: "CRL",
-                });
-            }
-            crls.extend(loaded);
-        }
+        let crls = load_crl_files(&self.crls, self.crl_grace)?;
         let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
             .with_crls(crls)
             .build()?;
@@ -166,32 +250,84 @@ impl ServerTls {
             .with_safe_default_protocol_versions()
             .and_then(|builder| {
                 builder
-                    .with_client_cert_verifier(verifier)
+                    .with_client_cert_verifier(verifier.clone())
                     .with_single_cert(chain, key)
             })
             .map_err(identity_error(&self.certificate))?;
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
-        Ok(Arc::new(config))
+        // No resumption: a resumed session carries the client certificate
+        // of its first handshake without checking it again, so a revoked
+        // or expired certificate would get in. The cost is a full
+        // handshake (signatures and a chain check, no extra round trip in
+        // TLS 1.3) on every new connection. The default ticketer already
+        // issues no stateless tickets; this turns off the session cache
+        // (TLS 1.2 session ids, TLS 1.3 stateful tickets).
+        config.session_storage = Arc::new(NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        Ok(ListenerTls {
+            config: Arc::new(config),
+            client_verifier: verifier,
+        })
     }
 }
 
-/// What a TLS client needs: the CAs it accepts server certificates from and
-/// its own client certificate.
+/// What a listener serves with: the TLS configuration of new connections
+/// and the verifier it checks client certificates with, to check again the
+/// certificates of connections already open when the CAs or CRLs change.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    pub config: Arc<ServerConfig>,
+    client_verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl ListenerTls {
+    /// Checks a client chain (leaf first) as a handshake would now: the
+    /// current CAs and CRLs, and the current time.
+    pub fn check_client(&self, chain: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or(rustls::Error::NoCertificatesPresented)?;
+        self.client_verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .map(drop)
+    }
+}
+
+/// What a TLS client needs: the CAs it accepts server certificates from,
+/// the CRLs it checks them against, and its own client certificate.
 #[derive(Debug, Clone)]
 pub struct ClientTls {
     pub server_ca: PathBuf,
     pub certificate: PathBuf,
     pub private_key: PathBuf,
+    /// Empty: server certificates are not checked for revocation.
+    pub crls: Vec<PathBuf>,
+    /// How long past its next update a CRL is still accepted.
+    pub crl_grace: Duration,
 }
 
 impl ClientTls {
+    /// Trusting the CAs of `server_ca`, presenting `certificate`, without
+    /// CRLs.
+    pub fn new(server_ca: PathBuf, certificate: PathBuf, private_key: PathBuf) -> Self {
+        Self {
+            server_ca,
+            certificate,
+            private_key,
+            crls: Vec::new(),
+            crl_grace: Duration::ZERO,
+        }
+    }
+
     /// A rustls client config presenting our certificate and speaking only
     /// HTTP/2.
     pub fn client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
         let provider = crypto_provider();
         let roots = root_store(&self.server_ca)?;
-        let verifier =
-            WebPkiServerVerifier::builder_with_provider(roots, provider.clone()).build()?;
+        let crls = load_crl_files(&self.crls, self.crl_grace)?;
+        let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+            .with_crls(crls)
+            .build()?;
         let (chain, key) = load_identity(&self.certificate, &self.private_key)?;
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -202,6 +338,10 @@ impl ClientTls {
             })
             .map_err(identity_error(&self.certificate))?;
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        // No resumption either way: a resumed session keeps the server
+        // certificate of its first handshake unchecked, so a backend whose
+        // certificate expired (or was revoked) could be resumed into.
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(Arc::new(config))
     }
 }
@@ -300,6 +440,19 @@ pub fn peer_of_chain(chain: Option<&[CertificateDer<'_>]>) -> PeerCertificate {
             not_after: None,
         },
     }
+}
+
+/// How long until a certificate valid until `not_after` (seconds since the
+/// epoch, inclusive, as X.509 and webpki read it) is expired: zero if it
+/// already is.
+pub fn until_expired(not_after: i64) -> Duration {
+    let expired = u64::try_from(not_after.saturating_add(1))
+        .map_or(std::time::SystemTime::UNIX_EPOCH, |secs| {
+            std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+        });
+    expired
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or(Duration::ZERO)
 }
 
 /// When a certificate expires, in seconds since the epoch.

@@ -4,8 +4,9 @@
 //! This module owns accepting TCP connections, the TLS handshake (with its
 //! timeout), reading the peer's identity once per connection, the HTTP/2
 //! connection settings, the life of a connection (idle, maximum age,
-//! floods) and graceful shutdown. It never looks at requests: the service
-//! built per connection does.
+//! floods, a peer certificate that expires or is revoked while it is open)
+//! and graceful shutdown. It never looks at requests: the service built per
+//! connection does.
 
 mod admission;
 pub mod client;
@@ -20,12 +21,13 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use rustls::{NamedGroup, ServerConfig};
+use rustls::NamedGroup;
+use rustls_pki_types::CertificateDer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::identity::tls::peer_of_chain;
+use crate::identity::tls::{ListenerTls, peer_of_chain, until_expired};
 use crate::identity::{MemberId, PeerIdentityError};
 
 /// What is known about the peer of a connection, from its verified
@@ -203,7 +205,9 @@ impl ListenerStats {
 
     /// Connections the listener closed itself, by reason: `idle`,
     /// `max-age`, `address-limit`, `keepalive-timeout`, `flood`,
-    /// `protocol-error`, `drain-timeout`.
+    /// `protocol-error`, `drain-timeout`, and for a peer certificate that
+    /// stopped passing while open, `certificate-revoked`,
+    /// `certificate-expired`, `certificate-untrusted`.
     pub fn closed(&self) -> Vec<(&'static str, u64)> {
         self.closed
             .lock()
@@ -270,14 +274,40 @@ fn refusal_reason(error: &std::io::Error) -> &'static str {
     }
 }
 
-/// The TLS configuration a listener hands to new connections; swapping it
-/// (a certificate or CA rotation) affects only connections accepted after.
-pub type SharedServerConfig = Arc<arc_swap::ArcSwap<ServerConfig>>;
+/// Why an open connection's peer certificate no longer passes, from a
+/// fixed set (a metric label).
+fn invalidation_reason(error: &rustls::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    match error {
+        Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => "certificate-expired",
+        Error::InvalidCertificate(CertificateError::Revoked) => "certificate-revoked",
+        _ => "certificate-untrusted",
+    }
+}
+
+/// The TLS of a listener. New connections handshake with the current one;
+/// open connections check their peer's certificate again against each new
+/// one (a CRL or CA change) and are closed if it no longer passes.
+#[derive(Debug, Clone)]
+pub struct SharedListenerTls(Arc<watch::Sender<Arc<ListenerTls>>>);
+
+impl SharedListenerTls {
+    fn new(tls: ListenerTls) -> Self {
+        Self(Arc::new(watch::channel(Arc::new(tls)).0))
+    }
+
+    /// Replaces the listener's TLS (a reload).
+    pub fn store(&self, tls: ListenerTls) {
+        self.0.send_replace(Arc::new(tls));
+    }
+}
 
 /// A TLS listener, bound and ready to serve.
 pub struct TlsListener {
     tcp: TcpListener,
-    tls: SharedServerConfig,
+    tls: SharedListenerTls,
     settings: ListenerSettings,
     stats: Arc<ListenerStats>,
 }
@@ -292,10 +322,10 @@ impl std::fmt::Debug for TlsListener {
 }
 
 impl TlsListener {
-    pub fn new(tcp: TcpListener, tls: Arc<ServerConfig>, settings: ListenerSettings) -> Self {
+    pub fn new(tcp: TcpListener, tls: ListenerTls, settings: ListenerSettings) -> Self {
         Self {
             tcp,
-            tls: Arc::new(arc_swap::ArcSwap::new(tls)),
+            tls: SharedListenerTls::new(tls),
             settings,
             stats: Arc::default(),
         }
@@ -306,8 +336,8 @@ impl TlsListener {
         self.stats.clone()
     }
 
-    /// The TLS configuration of new connections, to swap on reload.
-    pub fn tls(&self) -> SharedServerConfig {
+    /// The listener's TLS, to swap on reload.
+    pub fn tls(&self) -> SharedListenerTls {
         self.tls.clone()
     }
 
@@ -365,8 +395,13 @@ impl TlsListener {
                     continue;
                 }
             };
+            // Subscribed before reading, so that a reload from here on
+            // reaches the connection's certificate check.
+            let mut tls = self.tls.0.subscribe();
+            let acceptor = TlsAcceptor::from(tls.borrow_and_update().config.clone());
             let connection = Connection {
-                acceptor: TlsAcceptor::from(self.tls.load_full()),
+                acceptor,
+                tls,
                 stats: self.stats.clone(),
                 settings: settings.clone(),
                 stop: stop_rx.clone(),
@@ -436,17 +471,61 @@ fn closed_by_gateway(error: &hyper::Error) -> Option<&'static str> {
 }
 
 /// Why an open connection is being closed gracefully.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Closing {
     Shutdown,
     ServiceAsked,
     Idle,
     MaxAge,
+    /// The peer's certificate expired, or the current CAs and CRLs refuse
+    /// it.
+    Certificate(rustls::Error),
+}
+
+/// Resolves once the peer's certificate no longer passes: when it expires,
+/// or when a new listener TLS (CRLs, CAs) refuses it. Never, for a
+/// connection without one.
+async fn certificate_invalidated(
+    mut tls: watch::Receiver<Arc<ListenerTls>>,
+    chain: Vec<CertificateDer<'static>>,
+    not_after: Option<i64>,
+) -> rustls::Error {
+    if chain.is_empty() {
+        return std::future::pending().await;
+    }
+    let expiry = async {
+        match not_after {
+            Some(not_after) => tokio::time::sleep(until_expired(not_after)).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            () = &mut expiry => {
+                return rustls::Error::InvalidCertificate(rustls::CertificateError::Expired);
+            }
+            changed = tls.changed(), if listening => {
+                if changed.is_err() {
+                    // The listener is gone; its shutdown closes us.
+                    listening = false;
+                    continue;
+                }
+                let current = tls.borrow_and_update().clone();
+                if let Err(error) = current.check_client(&chain) {
+                    return error;
+                }
+            }
+        }
+    }
 }
 
 /// One accepted TCP connection, from handshake to close.
 struct Connection {
     acceptor: TlsAcceptor,
+    /// The listener's TLS, to check the peer's certificate again on change.
+    tls: watch::Receiver<Arc<ListenerTls>>,
     settings: Arc<ListenerSettings>,
     stats: Arc<ListenerStats>,
     stop: watch::Receiver<bool>,
@@ -468,6 +547,12 @@ impl Connection {
         let (_, session) = tls.get_ref();
         let control = ConnectionControl::default();
         let certificate = peer_of_chain(session.peer_certificates());
+        let chain: Vec<CertificateDer<'static>> = session
+            .peer_certificates()
+            .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
+        let invalidated = certificate_invalidated(self.tls.clone(), chain, certificate.not_after);
+        tokio::pin!(invalidated);
         let peer = PeerInfo {
             remote_addr,
             member: certificate.member,
@@ -483,6 +568,8 @@ impl Connection {
                 tracing::info!(%remote_addr, %reason, "connection accepted without member identity")
             }
         }
+        // For the log line, should the certificate stop passing.
+        let member = peer.member.as_ref().ok().cloned();
         let activity = streams::Activity::new();
         let service = streams::Tracked::new(make_service(peer), activity.clone());
 
@@ -521,6 +608,7 @@ impl Connection {
                 return;
             }
             () = tokio::time::sleep(jittered(settings.max_connection_age)) => Closing::MaxAge,
+            error = &mut invalidated => Closing::Certificate(error),
             () = activity.idle_for(settings.idle_timeout) => Closing::Idle,
             () = activity.flooding(), if settings.drop_rapid_resets => {
                 // No GOAWAY and no grace: a client this busy resetting its
@@ -542,6 +630,17 @@ impl Connection {
             Closing::MaxAge => {
                 self.stats.close("max-age");
                 tracing::debug!(%remote_addr, "closing the connection: maximum age");
+            }
+            Closing::Certificate(ref error) => {
+                let reason = invalidation_reason(error);
+                self.stats.close(reason);
+                tracing::warn!(
+                    %remote_addr,
+                    member = member.as_ref().map(MemberId::as_str).unwrap_or_default(),
+                    reason,
+                    %error,
+                    "closing the connection: the peer's certificate no longer passes"
+                );
             }
         }
         // GOAWAY: no new streams; the open ones may finish.

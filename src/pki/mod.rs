@@ -258,9 +258,28 @@ impl CertificateAuthority {
     /// A CRL listing `revoked` serial numbers, valid for `days` days.
     pub fn crl(&self, number: u64, revoked: &[Vec<u8>], days: i64) -> Result<String, PkiError> {
         let now = OffsetDateTime::now_utc();
+        self.crl_between(
+            number,
+            revoked,
+            now - Duration::minutes(5),
+            now + Duration::days(days),
+        )
+    }
+
+    /// A CRL listing `revoked` serial numbers, issued at `this_update` and
+    /// due to be replaced at `next_update` (in the past: a stale CRL, for
+    /// tests).
+    pub fn crl_between(
+        &self,
+        number: u64,
+        revoked: &[Vec<u8>],
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+    ) -> Result<String, PkiError> {
+        let now = OffsetDateTime::now_utc();
         let params = CertificateRevocationListParams {
-            this_update: now - Duration::minutes(5),
-            next_update: now + Duration::days(days),
+            this_update,
+            next_update,
             crl_number: SerialNumber::from(number),
             issuing_distribution_point: None,
             revoked_certs: revoked

@@ -86,6 +86,16 @@ pub enum StartError {
     },
 }
 
+impl StartError {
+    /// Whether a CRL past its next update (and its grace) was refused.
+    pub fn is_stale_crl(&self) -> bool {
+        match self {
+            Self::ServerTls(error) | Self::UpstreamTls(error) => error.is_stale_crl(),
+            _ => false,
+        }
+    }
+}
+
 /// Everything a call needs that one configuration determines.
 #[derive(Debug)]
 pub struct GatewayState {
@@ -100,6 +110,9 @@ pub struct GatewayState {
     /// The certificates this configuration serves with: (name, expiry in
     /// seconds since the epoch).
     certificates: Vec<(String, i64)>,
+    /// The CRLs it checks certificates against: (name, next update in
+    /// seconds since the epoch).
+    crls: Vec<(String, i64)>,
     /// The effective configuration as JSON, for the admin endpoint.
     described: String,
     /// The exchange log's settings as configured. The open log keeps the
@@ -161,11 +174,14 @@ impl GatewayState {
         ));
         let upstream_tls_files = {
             let tls = &config.upstream.tls;
-            let files = vec![
+            // A changed CRL, too, opens new connections: each handshake
+            // checks the backend's certificate against the new one.
+            let mut files = vec![
                 tls.server_ca.clone(),
                 tls.certificate.clone(),
                 tls.private_key.clone(),
             ];
+            files.extend(tls.crls.iter().cloned());
             let fingerprint = fingerprint(&files);
             (files, fingerprint)
         };
@@ -191,6 +207,7 @@ impl GatewayState {
             health_check_interval: config.upstream.pool.health_check_interval,
             max_deadline: config.upstream.max_deadline,
             certificates: certificates(config),
+            crls: crls(config),
             described: describe(config),
             exchange_log: config.exchange_log.clone(),
             consent_keys,
@@ -254,6 +271,21 @@ impl GatewayState {
         &self.certificates
     }
 
+    /// The CRLs in use and their next update (seconds since the epoch).
+    pub fn crls(&self) -> &[(String, i64)] {
+        &self.crls
+    }
+
+    /// The CRLs in use that are past their next update (accepted within
+    /// their grace).
+    fn overdue_crls(&self) -> impl Iterator<Item = &str> {
+        let now = unix_now();
+        self.crls
+            .iter()
+            .filter(move |(_, next_update)| *next_update < now)
+            .map(|(name, _)| name.as_str())
+    }
+
     /// The effective configuration as JSON: every setting and path, never
     /// key material.
     pub fn describe(&self) -> String {
@@ -293,16 +325,28 @@ fn certificates(config: &Config) -> Vec<(String, i64)> {
         Some((format!("{name} ({})", path.display()), not_after))
     })
     .collect();
-    for path in &config.gateway.tls.crls {
-        let crls = tls::load_crls(path).unwrap_or_default();
-        for next_update in crls.iter().filter_map(tls::crl_next_update) {
-            expiries.push((
-                format!("gateway.tls.crls ({})", path.display()),
-                next_update,
-            ));
+    expiries.extend(crls(config));
+    expiries
+}
+
+/// The CRLs a configuration checks certificates against, with their next
+/// update.
+fn crls(config: &Config) -> Vec<(String, i64)> {
+    use crate::identity::tls;
+    let lists = [
+        ("gateway.tls.crls", &config.gateway.tls.crls),
+        ("upstream.crls", &config.upstream.tls.crls),
+    ];
+    let mut crls = Vec::new();
+    for (key, paths) in lists {
+        for path in paths {
+            let loaded = tls::load_crls(path).unwrap_or_default();
+            for next_update in loaded.iter().filter_map(tls::crl_next_update) {
+                crls.push((format!("{key} ({})", path.display()), next_update));
+            }
         }
     }
-    expiries
+    crls
 }
 
 fn describe(config: &Config) -> String {
@@ -319,6 +363,7 @@ fn describe(config: &Config) -> String {
                 "private_key": "(redacted)",
                 "client_ca": path(&config.gateway.tls.client_ca),
                 "crls": config.gateway.tls.crls.iter().map(|crl| path(crl)).collect::<Vec<_>>(),
+                "crl_grace_ms": config.gateway.tls.crl_grace.as_millis(),
             },
             "handshake_timeout_ms": config.gateway.listener.handshake_timeout.as_millis(),
             "max_concurrent_streams": config.gateway.listener.max_concurrent_streams,
@@ -336,6 +381,8 @@ fn describe(config: &Config) -> String {
             "certificate": path(&config.upstream.tls.certificate),
             "private_key": "(redacted)",
             "server_ca": path(&config.upstream.tls.server_ca),
+            "crls": config.upstream.tls.crls.iter().map(|crl| path(crl)).collect::<Vec<_>>(),
+            "crl_grace_ms": config.upstream.tls.crl_grace.as_millis(),
             "connect_timeout_ms": config.upstream.connect_timeout.as_millis(),
             "max_deadline_ms": config.upstream.max_deadline.as_millis(),
         },
@@ -416,7 +463,7 @@ impl Gateway {
         let tls = config
             .gateway
             .tls
-            .server_config()
+            .listener_tls()
             .map_err(StartError::ServerTls)?;
         let state = Arc::new(ArcSwap::from_pointee(GatewayState::new(config)?));
         let log = if config.exchange_log.enabled {
@@ -468,12 +515,16 @@ impl Gateway {
             )),
             None => None,
         };
+        let metrics = Arc::new(Metrics::default());
+        for _ in state.load().overdue_crls() {
+            metrics.stale_crl(false);
+        }
         Ok(Self {
             listener: TlsListener::new(tcp, tls, config.gateway.listener.clone()),
             state,
             source: config.source.clone(),
             log,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             admin,
             consent,
         })
@@ -543,6 +594,9 @@ impl Gateway {
         background
             .0
             .push(tokio::spawn(check_health(state.clone())).abort_handle());
+        background
+            .0
+            .push(tokio::spawn(watch_crls(state.clone())).abort_handle());
         let ledger = match self.consent {
             Some((ledger, source)) => {
                 let feed = tokio::spawn(crate::consent::feed::follow(ledger.clone(), source));
@@ -632,6 +686,28 @@ async fn check_health(state: SharedState) {
     }
 }
 
+/// Logs each CRL in use once it passes its next update while the gateway
+/// runs (the next reload refuses it beyond its grace), checking every
+/// minute, until aborted. `govbridge_crl_overdue_seconds` shows the same.
+async fn watch_crls(state: SharedState) {
+    let mut reported = HashSet::new();
+    let mut ticks = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        ticks.tick().await;
+        let current = state.load();
+        for crl in current.overdue_crls() {
+            if reported.insert(crl.to_owned()) {
+                // A warning, not an error: it may be within its grace.
+                tracing::warn!(
+                    crl,
+                    "CRL past its next update: publish a fresh one; the next reload refuses \
+                     it unless within its crl_grace"
+                );
+            }
+        }
+    }
+}
+
 /// Reloads a gateway's configuration: members, purposes, policies, routes,
 /// upstream TLS, and the listener's certificate, client CAs and CRLs.
 ///
@@ -644,7 +720,7 @@ async fn check_health(state: SharedState) {
 pub struct Reloader {
     source: std::path::PathBuf,
     state: SharedState,
-    listener_tls: crate::net::SharedServerConfig,
+    listener_tls: crate::net::SharedListenerTls,
     metrics: Arc<Metrics>,
 }
 
@@ -674,14 +750,22 @@ impl Reloader {
                 let tls = config
                     .gateway
                     .tls
-                    .server_config()
+                    .listener_tls()
                     .map_err(|error| start_error(StartError::ServerTls(error)))?;
                 let state =
                     GatewayState::after(&config, Some(&self.state.load())).map_err(start_error)?;
                 Ok((tls, state))
             });
         self.metrics.reload(built.is_ok());
+        if let Err(ReloadError::Start { error, .. }) = &built
+            && error.is_stale_crl()
+        {
+            self.metrics.stale_crl(true);
+        }
         let (tls, state) = built?;
+        for _ in state.overdue_crls() {
+            self.metrics.stale_crl(false);
+        }
         self.listener_tls.store(tls);
         self.state.store(Arc::new(state));
         tracing::info!(config = %self.source.display(), "configuration reloaded");
@@ -742,6 +826,7 @@ impl Reloader {
             config.policy.policies.clone(),
         ]);
         files.extend(gateway.crls.iter().cloned());
+        files.extend(upstream.crls.iter().cloned());
         if let Ok(entries) = std::fs::read_dir(&config.policy.policies) {
             files.extend(entries.filter_map(|entry| Some(entry.ok()?.path())));
         }

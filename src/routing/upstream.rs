@@ -5,8 +5,9 @@
 //! the open connection without taking a lock; only dialling is serialized.
 //! Connections use mutual TLS with the gateway's own client certificate, and
 //! the backend must prove that it is the provider: its certificate must name
-//! the provider's member id. This module never reads or changes message
-//! bytes.
+//! the provider's member id, and a connection is given up when that
+//! certificate expires (the next dial checks the backend again). This
+//! module never reads or changes message bytes.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -26,7 +27,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::{Endpoint, PoolSettings, Provider};
 use crate::identity::MemberId;
-use crate::identity::tls::member_of_chain;
+use crate::identity::tls::{peer_of_chain, until_expired};
 use crate::proxy::GatewayError;
 use crate::proxy::deadline::{Deadline, encode_grpc_timeout};
 use crate::proxy::headers::GRPC_TIMEOUT;
@@ -86,11 +87,12 @@ impl UpstreamConnector {
                 unavailable(format!("no connection within {:?}", self.connect_timeout))
             })??;
 
-        let presented = member_of_chain(tls.get_ref().1.peer_certificates());
-        if presented.as_ref() != Ok(provider) {
+        let presented = peer_of_chain(tls.get_ref().1.peer_certificates());
+        let not_after = presented.not_after;
+        if presented.member.as_ref() != Ok(provider) {
             return Err(GatewayError::UpstreamIdentity {
                 provider: provider.clone(),
-                detail: match presented {
+                detail: match presented.member {
                     Ok(member) => format!("{endpoint} presented a certificate for {member}"),
                     Err(error) => format!("{endpoint}: {error}"),
                 },
@@ -113,8 +115,25 @@ impl UpstreamConnector {
             .map_err(|error| unavailable(format!("HTTP/2 handshake: {error}")))?;
         let address = endpoint.address.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(endpoint = %address, %error, "upstream connection closed");
+            let expired = async {
+                match not_after {
+                    Some(not_after) => tokio::time::sleep(until_expired(not_after)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                result = connection => {
+                    if let Err(error) = result {
+                        tracing::debug!(endpoint = %address, %error, "upstream connection closed");
+                    }
+                }
+                // Dropping the connection closes it to new calls (the pool
+                // dials again, and that handshake checks the certificate);
+                // the calls already on it keep it open until they end.
+                () = expired => tracing::info!(
+                    endpoint = %address,
+                    "upstream connection given up: the backend's certificate expired"
+                ),
             }
         });
         tracing::debug!(%provider, endpoint = %endpoint, "upstream connection established");

@@ -170,6 +170,8 @@ pub struct SandboxBuilder {
     replicas: Vec<(Agency, usize)>,
     cuttable: Vec<Agency>,
     backends: Vec<Backend>,
+    /// How long the certificates of `backends` are valid; a year if unset.
+    backend_certificate_lifetime: Option<Duration>,
     unreachable: Vec<(String, MemberId)>,
     silent: Vec<(String, MemberId)>,
     members: Vec<MemberId>,
@@ -239,6 +241,14 @@ impl SandboxBuilder {
     /// would.
     pub fn cuttable(mut self, agency: Agency) -> Self {
         self.cuttable.push(agency);
+        self
+    }
+
+    /// Issues the certificates of the backends added with [`Self::backend`]
+    /// valid for `lifetime` from the start (instead of a year): to see
+    /// what the gateway does once a backend's certificate expires.
+    pub fn backend_certificate_lifetime(mut self, lifetime: Duration) -> Self {
+        self.backend_certificate_lifetime = Some(lifetime);
         self
     }
 
@@ -324,6 +334,7 @@ impl SandboxBuilder {
             private_key: pki.join(format!("{stem}.key")),
             client_ca: pki.join(pki::CA_CERT),
             crls: vec![pki.join("crl.pem")],
+            crl_grace: std::time::Duration::ZERO,
         };
 
         let mut routes = Routes::default();
@@ -332,6 +343,9 @@ impl SandboxBuilder {
             let mut request = LeafRequest::loopback_server(&stem);
             request.member = Some(backend.provider.clone());
             request.usage = Usage::ServerAndClient;
+            if let Some(lifetime) = self.backend_certificate_lifetime {
+                request.not_after = time::OffsetDateTime::now_utc() + lifetime;
+            }
             ca.issue(&request)?.write(&pki, &stem)?;
             let tcp = TcpListener::bind(loopback)
                 .await
@@ -339,7 +353,7 @@ impl SandboxBuilder {
             let address = tcp.local_addr().map_err(io("binding a backend"))?;
             let listener = TlsListener::new(
                 tcp,
-                server_tls(&stem).server_config()?,
+                server_tls(&stem).listener_tls()?,
                 ListenerSettings::backend(),
             );
             let server = backend.server;
@@ -733,6 +747,7 @@ impl Sandbox {
             replicas: Vec::new(),
             cuttable: Vec::new(),
             backends: Vec::new(),
+            backend_certificate_lifetime: None,
             unreachable: Vec::new(),
             silent: Vec::new(),
             members: Vec::new(),
@@ -841,12 +856,8 @@ impl Sandbox {
     /// client. Each call opens a new HTTP/2 connection; clones share it.
     pub async fn channel_as(&self, member: &str) -> Result<Channel, SandboxError> {
         let (certificate, private_key) = self.credentials(member)?;
-        let tls = ClientTls {
-            server_ca: self.ca_certificate(),
-            certificate,
-            private_key,
-        }
-        .client_config()?;
+        let tls =
+            ClientTls::new(self.ca_certificate(), certificate, private_key).client_config()?;
         Channel::connect(self.gateway, SERVER_NAME, tls)
             .await
             .map_err(|error| SandboxError::Connect {

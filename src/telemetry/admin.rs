@@ -93,9 +93,9 @@ impl Admin {
                     commits: log.commit_durations(),
                 });
                 let state = self.state.load();
-                let mut rendered = self
-                    .metrics
-                    .render(log, state.certificates(), &self.listener);
+                let mut rendered =
+                    self.metrics
+                        .render(log, state.certificates(), state.crls(), &self.listener);
                 render_endpoints(&mut rendered, &state);
                 let mut response = text(StatusCode::OK, rendered);
                 response.headers_mut().insert(

@@ -145,6 +145,9 @@ pub struct Metrics {
     /// Refusals of a stranger's calls that the exchange log does not
     /// record: all after the first on a connection.
     unrecorded_refusals: Family<&'static str, AtomicU64>,
+    /// CRLs past their next update when loaded, `refused` or `tolerated`
+    /// (within their grace).
+    stale_crls: Family<&'static str, AtomicU64>,
 }
 
 /// One call in flight; counted until dropped.
@@ -170,6 +173,7 @@ impl Default for Metrics {
             in_flight: Arc::default(),
             limit_refusals: Family::default(),
             unrecorded_refusals: Family::default(),
+            stale_crls: Family::default(),
         }
     }
 }
@@ -233,18 +237,28 @@ impl Metrics {
         self.last_reload.get(&result).store(now, Ordering::Relaxed);
     }
 
+    /// A CRL past its next update was loaded: `refused` (a failed reload)
+    /// or tolerated within its grace.
+    pub fn stale_crl(&self, refused: bool) {
+        let outcome = if refused { "refused" } else { "tolerated" };
+        self.stale_crls
+            .get(&outcome)
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Calls counted with `labels` so far.
     pub fn calls_with(&self, labels: &CallLabels) -> u64 {
         self.calls.get(labels).load(Ordering::Relaxed)
     }
 
     /// The Prometheus text exposition (format 0.0.4), with the gauges read
-    /// at render time: the exchange log's and the expiry (seconds since the
-    /// epoch) of each certificate in use.
+    /// at render time: the exchange log's, the expiry (seconds since the
+    /// epoch) of each certificate in use and the next update of each CRL.
     pub fn render(
         &self,
         log: Option<LogGauges<'_>>,
         certificates: &[(String, i64)],
+        crls: &[(String, i64)],
         listener: &crate::net::ListenerStats,
     ) -> String {
         let mut out = String::with_capacity(4096);
@@ -432,6 +446,39 @@ impl Metrics {
             );
         }
 
+        header(
+            &mut out,
+            "govbridge_crl_overdue_seconds",
+            "gauge",
+            "Seconds each CRL in use is past its next update; 0 while fresh.",
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| {
+                i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+            });
+        for (crl, next_update) in crls {
+            let _ = writeln!(
+                out,
+                "govbridge_crl_overdue_seconds{{crl=\"{}\"}} {}",
+                escape(crl),
+                now.saturating_sub(*next_update).max(0)
+            );
+        }
+        header(
+            &mut out,
+            "govbridge_stale_crls_total",
+            "counter",
+            "CRLs past their next update when loaded: refused, or tolerated within their grace.",
+        );
+        for (outcome, count) in self.stale_crls.snapshot() {
+            let _ = writeln!(
+                out,
+                "govbridge_stale_crls_total{{outcome=\"{outcome}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
+
         if let Some(log) = log {
             header(
                 &mut out,
@@ -520,7 +567,12 @@ mod tests {
         metrics.call(&labels, Duration::from_millis(30));
         metrics.refusal("policy-denied");
         let listener = crate::net::ListenerStats::default();
-        let text = metrics.render(None, &[("gateway".to_owned(), 1_900_000_000)], &listener);
+        let text = metrics.render(
+            None,
+            &[("gateway".to_owned(), 1_900_000_000)],
+            &[],
+            &listener,
+        );
         assert!(text.contains("govbridge_calls_total{caller=\"SN/COM/CBAO/kyc\",provider=\"SN/GOV/ANEC/civil-registry\",method=\"/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity\",code=\"OK\"} 2"), "{text}");
         let method = "method=\"/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity\"";
         assert!(text.contains(&format!(

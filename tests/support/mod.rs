@@ -105,6 +105,12 @@ impl BedBuilder {
         self
     }
 
+    /// Issues the probes' certificates valid for `lifetime` only.
+    pub fn backend_certificate_lifetime(mut self, lifetime: std::time::Duration) -> Self {
+        self.sandbox = self.sandbox.backend_certificate_lifetime(lifetime);
+        self
+    }
+
     /// Publishes `service` by a provider whose endpoint accepts TCP
     /// connections and then never answers.
     pub fn silent_provider(mut self, service: &'static str) -> Self {
@@ -228,11 +234,11 @@ impl Bed {
 
     /// Client TLS from a certificate and key file, trusting the dev CA.
     pub fn client_tls(&self, certificate: &Path, private_key: &Path) -> Arc<ClientConfig> {
-        ClientTls {
-            server_ca: self.pki.join("ca.pem"),
-            certificate: certificate.to_owned(),
-            private_key: private_key.to_owned(),
-        }
+        ClientTls::new(
+            self.pki.join("ca.pem"),
+            certificate.to_owned(),
+            private_key.to_owned(),
+        )
         .client_config()
         .unwrap()
     }
@@ -338,13 +344,15 @@ impl H2Client {
 
     /// Waits (at most 5 s) for the server to close the connection.
     pub async fn closed_by_server(&self) -> bool {
+        self.closed_within(std::time::Duration::from_secs(5)).await
+    }
+
+    /// Waits (at most `timeout`) for the server to close the connection.
+    pub async fn closed_within(&self, timeout: std::time::Duration) -> bool {
         let mut closed = self.closed.clone();
-        tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            closed.wait_for(|closed| *closed),
-        )
-        .await
-        .is_ok()
+        tokio::time::timeout(timeout, closed.wait_for(|closed| *closed))
+            .await
+            .is_ok()
     }
 }
 

@@ -1,0 +1,379 @@
+//! Revocation and expiry bind connections already open and sessions a
+//! client would resume, on both hops: a partner whose certificate is
+//! revoked (then reloaded) or expires loses its open connection and cannot
+//! resume its TLS session; a backend whose certificate is revoked or
+//! expires is no longer called; a CRL past its next update is refused unless within the
+//! grace the configuration allows.
+
+// A failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use govbridge::identity::MemberId;
+use govbridge::pki::LeafRequest;
+use govbridge::proto::civilregistry::v1::GetPersonRequest;
+use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
+use rustls::ClientConfig;
+use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
+use support::probe::Probe;
+use support::{Bed, H2Client, wait_for_metric};
+use time::{Duration, OffsetDateTime};
+use tonic::Code;
+
+/// Calls GetPerson through the probe on an open channel.
+async fn call_on(client: &H2Client) -> Result<(), tonic::Status> {
+    CivilRegistryClient::new(client.clone())
+        .get_person(GetPersonRequest { nin: "1".into() })
+        .await
+        .map(drop)
+}
+
+async fn probe_bed() -> (Bed, Probe) {
+    let probe = Probe::default();
+    let bed = Bed::with_probe(&probe).await;
+    (bed, probe)
+}
+
+/// A certificate for the registered member CBAO, written as `name` into the
+/// bed's PKI: (certificate path, client TLS).
+fn member_certificate(
+    bed: &Bed,
+    name: &str,
+    lifetime: Option<Duration>,
+) -> (std::path::PathBuf, Arc<ClientConfig>) {
+    let mut request = LeafRequest::member(&MemberId::parse(support::CBAO_KYC).unwrap());
+    if let Some(lifetime) = lifetime {
+        request.not_after = OffsetDateTime::now_utc() + lifetime;
+    }
+    let tls = bed.issue_client(name, &request);
+    (bed.pki.join(format!("{name}.pem")), tls)
+}
+
+/// Revokes `certificate` in the bed's CRL and reloads, as `govbridge pki
+/// revoke` and the file watcher would.
+fn revoke_and_reload(bed: &Bed, certificate: &std::path::Path) {
+    govbridge::pki::revoke(&bed.pki, certificate).unwrap();
+    bed.reloader.reload().unwrap();
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_loses_its_open_connection() {
+    let (bed, _probe) = probe_bed().await;
+    let (certificate, tls) = member_certificate(&bed, "to-revoke", None);
+    let client = H2Client::connect(bed.gateway, tls).await.unwrap();
+    call_on(&client).await.unwrap();
+    // A connection of another member, whose certificate stays good.
+    let valid = bed.client("cbao-kyc").await;
+
+    revoke_and_reload(&bed, &certificate);
+
+    assert!(
+        client.closed_by_server().await,
+        "the connection of a revoked certificate stayed open after the reload"
+    );
+    assert!(
+        call_on(&client).await.is_err(),
+        "a call went through on the connection of a revoked certificate"
+    );
+    wait_for_metric(
+        bed.admin,
+        "govbridge_connections_closed_total{reason=\"certificate-revoked\"}",
+        |closed| closed == 1.0,
+    )
+    .await;
+    assert!(!valid.is_closed(), "a valid member's connection was closed");
+    call_on(&valid)
+        .await
+        .expect("a valid member's open connection after the reload");
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn a_certificate_that_expires_loses_its_open_connection() {
+    let (bed, _probe) = probe_bed().await;
+    let (_, tls) = member_certificate(&bed, "short-lived", Some(Duration::seconds(4)));
+    let client = H2Client::connect(bed.gateway, tls).await.unwrap();
+    call_on(&client).await.unwrap();
+
+    // Expires within 4 s; closed a second later, when webpki would refuse
+    // it.
+    assert!(
+        client
+            .closed_within(std::time::Duration::from_secs(15))
+            .await,
+        "the connection of an expired certificate stayed open"
+    );
+    assert!(call_on(&client).await.is_err());
+    wait_for_metric(
+        bed.admin,
+        "govbridge_connections_closed_total{reason=\"certificate-expired\"}",
+        |closed| closed == 1.0,
+    )
+    .await;
+    bed.stop().await;
+}
+
+/// A client session store that counts the TLS 1.3 tickets the server
+/// issued: rustls's in-memory cache behind it.
+#[derive(Debug)]
+struct CountingStore {
+    inner: ClientSessionMemoryCache,
+    tickets: AtomicUsize,
+}
+
+impl CountingStore {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            inner: ClientSessionMemoryCache::new(32),
+            tickets: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl ClientSessionStore for CountingStore {
+    fn set_kx_hint(
+        &self,
+        server_name: rustls_pki_types::ServerName<'static>,
+        group: rustls::NamedGroup,
+    ) {
+        self.inner.set_kx_hint(server_name, group);
+    }
+
+    fn kx_hint(
+        &self,
+        server_name: &rustls_pki_types::ServerName<'_>,
+    ) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(server_name)
+    }
+
+    fn set_tls12_session(
+        &self,
+        server_name: rustls_pki_types::ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.tickets.fetch_add(1, Ordering::Relaxed);
+        self.inner.set_tls12_session(server_name, value);
+    }
+
+    fn tls12_session(
+        &self,
+        server_name: &rustls_pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &rustls_pki_types::ServerName<'static>) {
+        self.inner.remove_tls12_session(server_name);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        server_name: rustls_pki_types::ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.tickets.fetch_add(1, Ordering::Relaxed);
+        self.inner.insert_tls13_ticket(server_name, value);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server_name: &rustls_pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(server_name)
+    }
+}
+
+/// `tls` with resumption through `store`: a client that would resume a
+/// session whenever the server offers one.
+fn resuming(tls: &ClientConfig, store: &Arc<CountingStore>) -> Arc<ClientConfig> {
+    let mut tls = tls.clone();
+    tls.resumption = Resumption::store(store.clone());
+    Arc::new(tls)
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_cannot_resume_its_session() {
+    let (bed, _probe) = probe_bed().await;
+    let (certificate, tls) = member_certificate(&bed, "to-revoke", None);
+    let store = CountingStore::new();
+    let tls = resuming(&tls, &store);
+    let client = H2Client::connect(bed.gateway, tls.clone()).await.unwrap();
+    // TLS 1.3 tickets come after the handshake: a whole call reads them.
+    call_on(&client).await.unwrap();
+    drop(client);
+
+    revoke_and_reload(&bed, &certificate);
+
+    assert!(
+        support::handshake_refused(bed.gateway, tls).await,
+        "a revoked certificate got in again through its TLS session"
+    );
+    assert_eq!(
+        store.tickets.load(Ordering::Relaxed),
+        0,
+        "the gateway issued session tickets: a session could be resumed without its certificate \
+         being checked"
+    );
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_certificate_cannot_resume_its_session() {
+    let (bed, _probe) = probe_bed().await;
+    // Without a reload in between: the listener's TLS configuration, and
+    // any session cache in it, stays the same.
+    let lifetime = Duration::seconds(4);
+    let expires = OffsetDateTime::now_utc() + lifetime;
+    let (_, tls) = member_certificate(&bed, "short-lived", Some(lifetime));
+    // A client that resumes sessions when the server lets it (ClientTls
+    // makes clients that never do).
+    let tls = resuming(&tls, &CountingStore::new());
+    let client = H2Client::connect(bed.gateway, tls.clone()).await.unwrap();
+    call_on(&client).await.unwrap();
+    drop(client);
+
+    // Waiting for the clock, not for readiness: bounded by the lifetime.
+    while OffsetDateTime::now_utc() <= expires + Duration::seconds(1) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        support::handshake_refused(bed.gateway, tls).await,
+        "an expired certificate got in again through its TLS session"
+    );
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoked_backend_certificate_is_not_used() {
+    let probe = Probe::default();
+    let bed = Bed::builder()
+        .without_agencies()
+        .probe(support::probe::SERVICE, probe.server())
+        .upstream("crls", "[\"pki/crl.pem\"]")
+        .start()
+        .await;
+    let client = bed.client("cbao-kyc").await;
+    call_on(&client).await.unwrap();
+
+    // The probe is the bed's first backend.
+    revoke_and_reload(&bed, &bed.pki.join("backend-0.pem"));
+
+    let seen = probe.seen().len();
+    let refused = call_on(&client)
+        .await
+        .expect_err("a call reached a backend whose certificate is revoked");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        support::bridge_error(&refused).as_deref(),
+        Some("upstream-unavailable")
+    );
+    assert_eq!(probe.seen().len(), seen, "the revoked backend was called");
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn a_backend_whose_certificate_expires_is_not_used() {
+    let probe = Probe::default();
+    let bed = Bed::builder()
+        .without_agencies()
+        .probe(support::probe::SERVICE, probe.server())
+        .backend_certificate_lifetime(std::time::Duration::from_secs(6))
+        .start()
+        .await;
+    let certificate =
+        govbridge::identity::tls::load_certificates(&bed.pki.join("backend-0.pem")).unwrap();
+    let not_after = govbridge::identity::tls::certificate_not_after(&certificate[0]).unwrap();
+    let client = bed.client("cbao-kyc").await;
+    call_on(&client).await.unwrap();
+
+    // Waiting for the clock, not for readiness: bounded by the lifetime.
+    // The pooled connection to the probe is given up a second after
+    // not_after, when webpki would refuse the certificate.
+    while OffsetDateTime::now_utc().unix_timestamp() <= not_after + 2 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let refused = call_on(&client)
+        .await
+        .expect_err("a call went to a backend whose certificate has expired");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(probe.seen().len(), 1, "the expired backend was called");
+    bed.stop().await;
+}
+
+/// Writes a CRL of the bed's CA, empty, whose next update was `overdue`
+/// ago.
+fn write_stale_crl(bed: &Bed, overdue: Duration) {
+    let now = OffsetDateTime::now_utc();
+    let pem = bed
+        .ca()
+        .crl_between(7, &[], now - Duration::days(7), now - overdue)
+        .unwrap();
+    govbridge::pki::write_file(&bed.pki.join("crl.pem"), pem.as_bytes(), 0o644).unwrap();
+}
+
+/// Sets `[gateway.tls] crl_grace` in the bed's configuration file.
+fn set_crl_grace(bed: &Bed, grace: &str) {
+    let path = bed.config_path();
+    let text = std::fs::read_to_string(path).unwrap();
+    let text = text.replacen(
+        "crls = [\"pki/crl.pem\"]",
+        &format!("crls = [\"pki/crl.pem\"]\ncrl_grace = \"{grace}\""),
+        1,
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+#[tokio::test]
+async fn a_stale_crl_is_refused_unless_within_its_grace() {
+    let (bed, _probe) = probe_bed().await;
+
+    // An hour past its next update, without a grace: refused at reload and
+    // at start, naming the file; the previous CRL keeps serving.
+    write_stale_crl(&bed, Duration::hours(1));
+    let refused = bed.reloader.reload().unwrap_err().to_string();
+    assert!(refused.contains("crl.pem"), "{refused}");
+    assert!(refused.contains("next update"), "{refused}");
+    let config = govbridge::config::Config::load(bed.config_path()).unwrap();
+    let at_start = govbridge::proxy::Gateway::check(&config)
+        .unwrap_err()
+        .to_string();
+    assert!(at_start.contains("crl.pem"), "{at_start}");
+    wait_for_metric(
+        bed.admin,
+        "govbridge_stale_crls_total{outcome=\"refused\"}",
+        |count| count == 1.0,
+    )
+    .await;
+    call_on(&bed.client("cbao-kyc").await)
+        .await
+        .expect("the previous configuration serves on");
+
+    // Within a two-hour grace: accepted, and reported.
+    set_crl_grace(&bed, "2h");
+    bed.reloader.reload().unwrap();
+    wait_for_metric(
+        bed.admin,
+        "govbridge_stale_crls_total{outcome=\"tolerated\"}",
+        |count| count == 1.0,
+    )
+    .await;
+    let crl = format!(
+        "govbridge_crl_overdue_seconds{{crl=\"gateway.tls.crls ({})\"}}",
+        bed.pki.join("crl.pem").display()
+    );
+    wait_for_metric(bed.admin, &crl, |overdue| overdue >= 3600.0).await;
+    call_on(&bed.client("cbao-kyc").await)
+        .await
+        .expect("a call under a CRL within its grace");
+
+    // Past the grace: refused again.
+    write_stale_crl(&bed, Duration::hours(3));
+    let refused = bed.reloader.reload().unwrap_err().to_string();
+    assert!(refused.contains("crl.pem"), "{refused}");
+    assert!(refused.contains("grace"), "{refused}");
+    bed.stop().await;
+}
