@@ -354,3 +354,33 @@ fn serve_reloads_on_sighup_and_stops_on_sigterm() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn a_world_readable_private_key_is_refused_at_load() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let output = govbridge(&["pki", "init", "--dir", pki.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output));
+    let config = dir.path().join("govbridge.toml");
+    std::fs::write(&config, govbridge::dev::CONFIG_TEMPLATE).unwrap();
+    govbridge::dev::write_policies(&dir.path().join("policies")).unwrap();
+    let check = || govbridge(&["check-config", config.to_str().unwrap()]);
+    assert!(check().status.success(), "{}", text(&check()));
+
+    let key = pki.join("gateway.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = check();
+    let message = text(&output);
+    assert!(!output.status.success(), "{message}");
+    assert!(
+        message.contains("gateway.key") && message.contains("0644"),
+        "{message}"
+    );
+    assert!(message.contains("chmod 600"), "{message}");
+
+    // Shared with its group on purpose: loaded, with a warning.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let output = check();
+    assert!(output.status.success(), "{}", text(&output));
+}

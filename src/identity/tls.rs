@@ -50,6 +50,8 @@ pub enum TlsError {
         path: PathBuf,
         source: rustls::Error,
     },
+    #[error(transparent)]
+    Exposed(#[from] super::secret::ExposedSecret),
 }
 
 /// Reads every certificate of a PEM file.
@@ -70,7 +72,9 @@ pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
 }
 
 /// Reads the private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
+/// Refused when every user of the machine may read it.
 pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    super::secret::check_permissions(path)?;
     PrivateKeyDer::from_pem_file(path).map_err(|source| match source {
         rustls_pki_types::pem::Error::NoItemsFound => TlsError::Empty {
             path: path.to_owned(),
