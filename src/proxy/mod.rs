@@ -76,6 +76,8 @@ pub enum StartError {
     Consent(crate::consent::artefact::ArtefactError),
     #[error("exchange_log: {0}")]
     ExchangeLog(#[from] crate::audit::OpenError),
+    #[error("gateway.admin_token_file: {0}")]
+    AdminToken(#[from] crate::telemetry::admin::AdminTokenError),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: SocketAddr,
@@ -97,8 +99,13 @@ pub struct GatewayState {
     /// The certificates this configuration serves with: (name, expiry in
     /// seconds since the epoch).
     certificates: Vec<(String, i64)>,
-    /// The effective configuration as JSON, for the admin endpoint.
+    /// The effective configuration as JSON, for the admin endpoint's
+    /// operators; others see [`Self::described_public`].
     described: String,
+    /// The same without the member registry.
+    described_public: String,
+    /// What makes an admin request an operator's, when configured.
+    admin_token: Option<crate::telemetry::admin::AdminToken>,
     /// The exchange log's settings as configured. The open log keeps the
     /// ones it started with; who may call the Data Tracker follows reloads.
     exchange_log: crate::config::ExchangeLogConfig,
@@ -146,6 +153,12 @@ impl GatewayState {
             });
         }
         let policy = PolicyEngine::load(config)?;
+        let admin_token = config
+            .gateway
+            .admin_token_file
+            .as_deref()
+            .map(crate::telemetry::admin::AdminToken::load)
+            .transpose()?;
         let consent_keys = config
             .consent
             .as_ref()
@@ -188,7 +201,9 @@ impl GatewayState {
             health_check_interval: config.upstream.pool.health_check_interval,
             max_deadline: config.upstream.max_deadline,
             certificates: certificates(config),
-            described: describe(config),
+            described: describe(config, true),
+            described_public: describe(config, false),
+            admin_token,
             exchange_log: config.exchange_log.clone(),
             consent_keys,
             // Calls in flight keep counting; unchanged buckets keep their
@@ -252,9 +267,19 @@ impl GatewayState {
     }
 
     /// The effective configuration as JSON: every setting and path, never
-    /// key material.
-    pub fn describe(&self) -> String {
-        self.described.clone()
+    /// key material; the member registry only when `with_members`.
+    pub fn describe(&self, with_members: bool) -> String {
+        if with_members {
+            self.described.clone()
+        } else {
+            self.described_public.clone()
+        }
+    }
+
+    /// The token that makes an admin request an operator's, when
+    /// `gateway.admin_token_file` is set.
+    pub fn admin_token(&self) -> Option<&crate::telemetry::admin::AdminToken> {
+        self.admin_token.as_ref()
     }
 }
 
@@ -302,14 +327,18 @@ fn certificates(config: &Config) -> Vec<(String, i64)> {
     expiries
 }
 
-fn describe(config: &Config) -> String {
+/// The configuration as JSON. Without `with_members`, the member registry
+/// and the per-member limits are replaced by their count: who is
+/// registered, in which groups, is for operators.
+fn describe(config: &Config, with_members: bool) -> String {
     let path = |path: &std::path::Path| path.display().to_string();
-    let value = serde_json::json!({
+    let mut value = serde_json::json!({
         "source": path(&config.source),
         "gateway": {
             "node_id": config.gateway.node_id,
             "listen": config.gateway.listen.to_string(),
             "admin": config.gateway.admin.map(|admin| admin.to_string()),
+            "admin_token_file": config.gateway.admin_token_file.as_deref().map(path),
             "identity": config.gateway.identity.to_string(),
             "tls": {
                 "certificate": path(&config.gateway.tls.certificate),
@@ -373,6 +402,20 @@ fn describe(config: &Config) -> String {
             })).collect::<Vec<_>>(),
         },
     });
+    if !with_members {
+        value["members"] = format!(
+            "(hidden: {} members; send the admin token, or `{}` on loopback)",
+            config.members.len(),
+            crate::telemetry::admin::OPERATOR_HEADER
+        )
+        .into();
+        value["limits"]["members"] = format!(
+            "(hidden: {} members with their own limits)",
+            config.limits.members.len()
+        )
+        .into();
+        value["exchange_log"]["data_tracker_clients"] = "(hidden)".into();
+    }
     serde_json::to_string_pretty(&value).unwrap_or_default()
 }
 

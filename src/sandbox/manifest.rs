@@ -56,7 +56,8 @@ pub struct GatewayInfo {
     pub server_name: &'static str,
     /// The CA certificate that signed every certificate of the sandbox.
     pub ca_certificate: PathBuf,
-    /// `http://127.0.0.1:PORT`: `/metrics`, `/readyz`.
+    /// `http://127.0.0.1:PORT`: `/metrics`, `/readyz`; `POST /reload`
+    /// with the header `x-govbridge-admin`.
     pub admin: String,
 }
 
