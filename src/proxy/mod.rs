@@ -47,6 +47,7 @@ use crate::policy::{CallFacts, PolicyEngine};
 use crate::routing::upstream::UpstreamBody;
 use crate::routing::{RouteTable, UpstreamConnector};
 use crate::telemetry::context::TraceContext;
+use crate::telemetry::escape::Escaped;
 use crate::telemetry::metrics::Metrics;
 use body::Audit;
 pub use body::{RequestBody, ResponseBody};
@@ -884,7 +885,7 @@ impl GatewayService {
         let span = tracing::info_span!(
             "call",
             request_id = request_id.to_str().unwrap_or_default(),
-            method = uri.path(),
+            method = %Escaped(uri.path()),
             trace_id = trace.trace_id_hex(),
             span_id = trace.span_id_hex(),
             parent_id = tracing::field::Empty,
@@ -1339,9 +1340,10 @@ impl GatewayService {
             // `govbridge_limit_refusals_total` counts them.
             tracing::debug!(
                 request_id = request_id.to_str().unwrap_or_default(),
-                path = uri.path(),
+                path = %Escaped(uri.path()),
                 bridge_error = error.kind(),
-                "call refused: {error}"
+                "call refused: {}",
+                Escaped(&error)
             );
             self.metrics.refusal(error.kind());
             drop(record);
@@ -1350,12 +1352,13 @@ impl GatewayService {
         tracing::info!(
             request_id = request_id.to_str().unwrap_or_default(),
             caller = self.peer.member.as_ref().map(ToString::to_string).unwrap_or_default(),
-            path = uri.path(),
+            path = %Escaped(uri.path()),
             bridge_error = error.kind(),
             code = ?error.code(),
             fault = ?error.fault(),
-            detail = error.detail().unwrap_or_default(),
-            "call refused: {error}"
+            detail = %Escaped(error.detail().unwrap_or_default()),
+            "call refused: {}",
+            Escaped(&error)
         );
         self.metrics.refusal(error.kind());
         let logged = match record {
