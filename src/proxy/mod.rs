@@ -965,6 +965,16 @@ impl GatewayService {
             return Err(error);
         }
         headers::check_grpc(&request)?;
+        // gRPC paths have no query. One would reach the backend, which may
+        // route or log by it, though the gateway routed and recorded the
+        // path alone: refused before anything looks at the path.
+        if uri.query().is_some() {
+            return Err(GatewayError::BadPath(
+                uri.path_and_query()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            ));
+        }
         let call = CallHeaders::read(request.headers())?;
         if let Some(record) = record.as_mut() {
             record.declared(&call);
