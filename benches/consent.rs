@@ -220,7 +220,7 @@ fn forge(token: &str) -> String {
 /// (consents like `template`).
 fn ledger(template: &ConsentClaims) -> std::sync::Arc<ConsentLedger> {
     let ledger = ConsentLedger::new(Duration::from_secs(60));
-    ledger.heard();
+    ledger.heartbeat(0);
     for index in 0..OTHER_CONSENTS {
         let consent = format!("other-{index}");
         if index % 10 == 0 {

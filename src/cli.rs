@@ -442,18 +442,13 @@ fn run_pki(command: PkiCommand) -> anyhow::Result<()> {
             if out.is_empty() || out.contains('/') || out.starts_with('.') {
                 bail!("--out {out}: a file stem, without directories");
             }
-            if ["ca", "crl", "gateway", "gateway-upstream"].contains(&out.as_str())
+            let consent_key = crate::dev::CONSENT_KEY.trim_end_matches(".key");
+            if ["ca", "crl", "gateway", "gateway-upstream", consent_key].contains(&out.as_str())
                 || out.starts_with("agency-")
             {
                 bail!("--out {out}: that name belongs to the PKI itself; choose another");
             }
-            let existing = dir.join(format!("{out}.pem"));
-            if existing.exists() && !force {
-                bail!(
-                    "{}: exists already; pass --force to replace it",
-                    existing.display()
-                );
-            }
+            check_issue_target(&dir, &out, force)?;
             let ca = CertificateAuthority::load(&dir)?;
             let mut request = LeafRequest::member(&member);
             request.not_after = request.not_before + time::Duration::days(days);
@@ -473,6 +468,31 @@ fn run_pki(command: PkiCommand) -> anyhow::Result<()> {
                 dir.join(pki::CRL).display()
             );
         }
+    }
+    Ok(())
+}
+
+/// Whether `pki issue --out NAME` may write `NAME.pem` and `NAME.key`.
+/// A key is replaced only with `--force`, and only when its certificate
+/// of the same name is beside it: a pair `pki issue` made. A key alone (the
+/// MyGov consent signing key, a key copied in by hand) is never replaced.
+fn check_issue_target(dir: &Path, out: &str, force: bool) -> anyhow::Result<()> {
+    let certificate = dir.join(format!("{out}.pem"));
+    let key = dir.join(format!("{out}.key"));
+    // `symlink_metadata`: a dangling link is a file in the way too.
+    let exists = |path: &Path| path.symlink_metadata().is_ok();
+    if exists(&key) && !exists(&certificate) {
+        bail!(
+            "{}: a key this command did not create (there is no {}); choose another --out",
+            key.display(),
+            certificate.display()
+        );
+    }
+    if !force && let Some(existing) = [&certificate, &key].into_iter().find(|path| exists(path)) {
+        bail!(
+            "{}: exists already; pass --force to replace it",
+            existing.display()
+        );
     }
     Ok(())
 }

@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use govbridge::audit::StoreFault;
 use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
 use govbridge::proto::civilregistry::v1::{GetPersonRequest, WatchLifeEventsRequest};
-use support::{Bed, admin_request, bridge_error, verify_identity_of};
+use support::{
+    Bed, admin_request, admin_request_with, bridge_error, operator_request, verify_identity_of,
+};
 use tonic::Code;
 
 const VERIFY_IDENTITY: &str = "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity";
@@ -194,14 +196,103 @@ async fn config_shows_settings_but_no_key_material() {
 }
 
 #[tokio::test]
+async fn config_shows_the_member_registry_to_operators_only() {
+    let bed = Bed::start().await;
+    let (code, body) = admin_request(bed.admin, "GET", "/config").await;
+    assert_eq!(code, 200);
+    let config: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        config["members"].as_str().unwrap().starts_with("(hidden: "),
+        "{body}"
+    );
+    assert!(!body.contains("SN/COM/CBAO/kyc\""), "{body}");
+    // What an operator needs is all there.
+    assert_eq!(config["gateway"]["node_id"], "sandbox");
+    assert!(config["services"].as_array().is_some_and(|s| !s.is_empty()));
+
+    let (code, body) = operator_request(bed.admin, "GET", "/config").await;
+    assert_eq!(code, 200);
+    let config: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let members = config["members"].as_array().unwrap();
+    assert!(
+        members
+            .iter()
+            .any(|member| member["id"] == "SN/COM/CBAO/kyc"),
+        "{body}"
+    );
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn reload_refuses_a_cross_site_request_and_accepts_an_operator() {
+    let bed = Bed::start().await;
+    // What a form on another site makes a browser send: no custom header.
+    let form = [
+        ("origin", "https://attacker.example"),
+        ("content-type", "application/x-www-form-urlencoded"),
+    ];
+    let (code, body) = admin_request_with(bed.admin, "POST", "/reload", &form).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("x-govbridge-admin"), "{body}");
+    // A page that rebound its own name to 127.0.0.1 may send the header,
+    // but not a loopback Host.
+    let rebound = [("host", "attacker.example"), ("x-govbridge-admin", "1")];
+    let (code, body) = admin_request_with(bed.admin, "POST", "/reload", &rebound).await;
+    assert_eq!(code, 403, "{body}");
+
+    let (_, text) = admin_request(bed.admin, "GET", "/metrics").await;
+    assert!(!text.contains("govbridge_reloads_total{"), "{text}");
+
+    let (code, body) = operator_request(bed.admin, "POST", "/reload").await;
+    assert_eq!(code, 200, "{body}");
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_guards_reload_and_the_member_registry() {
+    use std::os::unix::fs::PermissionsExt;
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("admin.token");
+    let token = "7f3c1a9e5b2d48f0a6c4e1b3d5f7092a";
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let bed = Bed::builder()
+        .gateway("admin_token_file", &format!("\"{}\"", token_file.display()))
+        .start()
+        .await;
+
+    let bearer = format!("Bearer {token}");
+    let wrong = format!("Bearer {}", token.replace('7', "8"));
+    for headers in [
+        vec![],
+        vec![("x-govbridge-admin", "1")],
+        vec![("authorization", wrong.as_str())],
+    ] {
+        let (code, body) = admin_request_with(bed.admin, "POST", "/reload", &headers).await;
+        assert_eq!(code, 401, "{headers:?}: {body}");
+    }
+    let (code, body) = admin_request(bed.admin, "GET", "/config").await;
+    assert_eq!(code, 200);
+    assert!(body.contains("\"(hidden: "), "{body}");
+
+    let operator = [("authorization", bearer.as_str())];
+    let (code, body) = admin_request_with(bed.admin, "POST", "/reload", &operator).await;
+    assert_eq!(code, 200, "{body}");
+    let (_, body) = admin_request_with(bed.admin, "GET", "/config", &operator).await;
+    assert!(body.contains("\"SN/COM/CBAO/kyc\""), "{body}");
+    assert!(!body.contains(token), "{body}");
+    bed.stop().await;
+}
+
+#[tokio::test]
 async fn reload_applies_a_good_configuration_and_refuses_a_broken_one() {
     let bed = Bed::start().await;
-    let (code, body) = admin_request(bed.admin, "POST", "/reload").await;
+    let (code, body) = operator_request(bed.admin, "POST", "/reload").await;
     assert_eq!(code, 200, "{body}");
 
     let broken = bed.dir().join("policies").join("broken.cedar");
     std::fs::write(&broken, "permit (principal, action, resource) when {").unwrap();
-    let (code, body) = admin_request(bed.admin, "POST", "/reload").await;
+    let (code, body) = operator_request(bed.admin, "POST", "/reload").await;
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("broken.cedar"), "{body}");
     // The running configuration still serves.
@@ -228,7 +319,7 @@ async fn status_summarizes_a_running_gateway() {
             .await
             .unwrap();
     }
-    assert_eq!(admin_request(bed.admin, "POST", "/reload").await.0, 200);
+    assert_eq!(operator_request(bed.admin, "POST", "/reload").await.0, 200);
     let admin = bed.admin.to_string();
     let output =
         tokio::task::spawn_blocking(move || support::govbridge(&["status", "--admin", &admin]))

@@ -453,6 +453,139 @@ async fn tail_and_query_select_the_expected_records() {
     bed.stop().await;
 }
 
+/// Characters that end a line, drive a terminal or reorder text.
+fn unsafe_for_a_terminal(c: char) -> bool {
+    govbridge::telemetry::escape::is_unsafe(c)
+}
+
+/// What a caller sends (a subject in its request, a method in its path)
+/// cannot forge a line of `audit tail`, `query` or `check-proof`, nor
+/// repaint the operator's terminal: it is shown escaped, one record per
+/// line, while the log keeps the bytes received.
+#[tokio::test]
+async fn caller_text_is_shown_escaped_and_stored_as_received() {
+    use prost::Message as _;
+    // Every call allowed: the request reaches the registry, and its
+    // subject the exchange log.
+    let bed = Bed::start().await;
+    let data = data_dir(&bed);
+    let subject = "19\x1b[2J\u{202e}0 OK\n7 decision forged";
+    let method = "/govbridge.civilregistry.v1.CivilRegistry/Get\u{9b}31m\u{202e}nosreP";
+
+    let mut registry = CivilRegistryClient::new(bed.client("cbao-kyc").await);
+    let status = registry
+        .get_person(GetPersonRequest {
+            nin: subject.to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let mut client = bed.client("cbao-kyc").await;
+    let refused = support::raw_call(
+        &mut client,
+        method,
+        &GetPersonRequest {
+            nin: "1".to_owned(),
+        },
+    )
+    .await;
+    assert_eq!(refused.headers()["bridge-error"], "bad-path");
+
+    // Stored as received.
+    let store = govbridge::audit::Store::open_read_only(&data).unwrap();
+    let records: Vec<govbridge::audit::ExchangeRecord> = store
+        .records_from(0, 10)
+        .unwrap()
+        .iter()
+        .map(|stored| govbridge::audit::ExchangeRecord::decode(stored.bytes.as_slice()).unwrap())
+        .collect();
+    assert_eq!(records.len(), 3);
+    assert_eq!(records[1].subject, subject);
+    assert_eq!(records[2].method, method);
+    drop(store);
+
+    // Shown escaped: one record per line, nothing a terminal acts on.
+    let shown = ok(&["audit", "tail", "--data", path(&data), "--from", "0"]);
+    assert!(
+        !shown.contains(|c| c != '\n' && unsafe_for_a_terminal(c)),
+        "{shown:?}"
+    );
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 3, "{shown}");
+    for (index, line) in lines.iter().enumerate() {
+        assert!(line.starts_with(&format!("{index} ")), "{line}");
+    }
+    assert!(
+        lines[2].contains("/Get\\u{9b}31m\\u{202e}nosreP"),
+        "{}",
+        lines[2]
+    );
+
+    // JSON: the exact values for a parser, escaped for a terminal.
+    for args in [
+        vec![
+            "audit",
+            "tail",
+            "--data",
+            path(&data),
+            "--from",
+            "0",
+            "--json",
+        ],
+        vec!["audit", "query", "--data", path(&data), "--json"],
+    ] {
+        let shown = ok(&args);
+        assert!(
+            !shown.contains(|c| c != '\n' && unsafe_for_a_terminal(c)),
+            "{shown:?}"
+        );
+        let records = json_lines(&shown);
+        assert_eq!(records.len(), 3, "{shown}");
+        assert_eq!(records[1]["subject"], subject);
+        assert_eq!(records[2]["method"], method);
+    }
+
+    // `query` finds by the raw value and shows it escaped.
+    let found = ok(&["audit", "query", "--data", path(&data), "--method", method]);
+    assert_eq!(found.lines().count(), 1, "{found}");
+    assert!(
+        !found.contains(|c| c != '\n' && unsafe_for_a_terminal(c)),
+        "{found:?}"
+    );
+
+    // `check-proof` describes the record field by field, escaped too.
+    checkpoint(&bed).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let bundle = scratch.path().join("proof.json");
+    let request_id = records[1].request_id.clone();
+    ok(&[
+        "audit",
+        "prove",
+        "--data",
+        path(&data),
+        "--request-id",
+        &request_id,
+        "--out",
+        path(&bundle),
+    ]);
+    let key = data.join("log-key.pub");
+    let checked = ok(&["audit", "check-proof", path(&bundle), "--key", path(&key)]);
+    assert!(
+        !checked.contains(|c| c != '\n' && unsafe_for_a_terminal(c)),
+        "{checked:?}"
+    );
+    let subject_lines: Vec<&str> = checked
+        .lines()
+        .filter(|line| line.trim_start().starts_with("subject "))
+        .collect();
+    assert_eq!(
+        subject_lines,
+        ["  subject        19\\u{1b}[2J\\u{202e}0 OK\\u{a}7 decision forged"],
+        "{checked}"
+    );
+    bed.stop().await;
+}
+
 #[test]
 fn errors_name_the_file() {
     let dir = tempfile::tempdir().unwrap();

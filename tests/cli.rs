@@ -354,3 +354,88 @@ fn serve_reloads_on_sighup_and_stops_on_sigterm() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn pki_issue_never_overwrites_a_key_it_did_not_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let output = govbridge(&["pki", "init", "--dir", pki.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output));
+    let issue = |out: &str, force: bool| {
+        let mut args = vec![
+            "pki",
+            "issue",
+            "--dir",
+            pki.to_str().unwrap(),
+            "--member",
+            "SN/COM/CBAO/kyc",
+            "--out",
+            out,
+        ];
+        if force {
+            args.push("--force");
+        }
+        govbridge(&args)
+    };
+
+    // The consent signing key `pki init` made has no certificate beside it.
+    let consent_key = pki.join(govbridge::dev::CONSENT_KEY);
+    let before = std::fs::read(&consent_key).unwrap();
+    for force in [false, true] {
+        let output = issue("mygov-consent", force);
+        assert!(!output.status.success(), "{}", text(&output));
+        assert_eq!(std::fs::read(&consent_key).unwrap(), before);
+    }
+    assert!(!pki.join("mygov-consent.pem").exists());
+
+    // Nor a key put there by hand, even with --force.
+    let stray = pki.join("stray.key");
+    std::fs::write(&stray, "a key from elsewhere").unwrap();
+    let output = issue("stray", true);
+    let message = text(&output);
+    assert!(!output.status.success(), "{message}");
+    assert!(
+        message.contains("stray.key") && message.contains("did not create"),
+        "{message}"
+    );
+    assert_eq!(std::fs::read(&stray).unwrap(), b"a key from elsewhere");
+
+    // A pair it issued is replaced with --force only.
+    assert!(issue("carol", false).status.success());
+    let key = std::fs::read(pki.join("carol.key")).unwrap();
+    assert!(!issue("carol", false).status.success());
+    assert_eq!(std::fs::read(pki.join("carol.key")).unwrap(), key);
+    let output = issue("carol", true);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_ne!(std::fs::read(pki.join("carol.key")).unwrap(), key);
+}
+
+#[test]
+fn a_world_readable_private_key_is_refused_at_load() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let output = govbridge(&["pki", "init", "--dir", pki.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output));
+    let config = dir.path().join("govbridge.toml");
+    std::fs::write(&config, govbridge::dev::CONFIG_TEMPLATE).unwrap();
+    govbridge::dev::write_policies(&dir.path().join("policies")).unwrap();
+    let check = || govbridge(&["check-config", config.to_str().unwrap()]);
+    assert!(check().status.success(), "{}", text(&check()));
+
+    let key = pki.join("gateway.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = check();
+    let message = text(&output);
+    assert!(!output.status.success(), "{message}");
+    assert!(
+        message.contains("gateway.key") && message.contains("0644"),
+        "{message}"
+    );
+    assert!(message.contains("chmod 600"), "{message}");
+
+    // Shared with its group on purpose: loaded, with a warning.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let output = check();
+    assert!(output.status.success(), "{}", text(&output));
+}

@@ -596,3 +596,35 @@ fn crls_and_their_grace_are_read_and_named() {
     assert_eq!(error.key, "upstream.crl_grace", "{error}");
     assert_eq!(error.line, Some(line_of(&text, "crl_grace = \"1d\"")));
 }
+
+#[test]
+fn an_admin_endpoint_off_loopback_needs_a_token() {
+    let text = edited("admin = \"127.0.0.1:9464\"", "admin = \"0.0.0.0:9464\"");
+    let error = error_of(&text);
+    assert_eq!(error.key, "gateway.admin");
+    assert_eq!(error.line, Some(line_of(&text, "admin = \"0.0.0.0")));
+    assert!(
+        error.message.contains("gateway.admin_token_file"),
+        "{}",
+        error.message
+    );
+
+    // With a token file, the address is accepted (the file is read at
+    // start, by `check-config` and on reload).
+    let text = edited(
+        "admin = \"127.0.0.1:9464\"",
+        "admin = \"0.0.0.0:9464\"\nadmin_token_file = \"secrets/admin.token\"",
+    );
+    let config = Config::parse(Path::new(PATH), &text).unwrap();
+    assert_eq!(
+        config.gateway.admin_token_file.as_deref(),
+        Some(Path::new("/etc/govbridge/secrets/admin.token"))
+    );
+
+    // A token without an endpoint to protect is a mistake worth naming.
+    let text = edited(
+        "admin = \"127.0.0.1:9464\"",
+        "admin_token_file = \"secrets/admin.token\"",
+    );
+    assert_eq!(error_of(&text).key, "gateway.admin_token_file");
+}

@@ -87,7 +87,7 @@ async fn the_directory_lists_members_and_services_without_addresses() {
     assert!(anec.provider);
     assert_eq!(anec.name, "SN/GOV/ANEC/civil-registry");
 
-    let services = directory
+    let services = DirectoryClient::new(bed.client("treasury").await)
         .list_services(ListServicesRequest {})
         .await
         .unwrap()
@@ -275,10 +275,93 @@ async fn health(client: H2Client, service: &str) -> Result<ServingStatus, tonic:
         .map(|response| response.into_inner().status())
 }
 
+/// Like reflection, the directory and health answer each caller only about
+/// what it may call: a bank does not learn who the tax authority's
+/// partners are, nor which services it could probe.
+#[tokio::test]
+async fn the_directory_and_health_show_each_caller_only_what_it_may_call() {
+    let bed = dev_bed().await;
+    let bank = bed.client("cbao-kyc").await;
+    let mut directory = DirectoryClient::new(bank.clone());
+    let members = directory
+        .list_members(ListMembersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: BTreeSet<&str> = members.members.iter().map(|m| m.id.as_str()).collect();
+    assert!(ids.contains("SN/GOV/ANEC/civil-registry"), "{ids:?}");
+    assert!(ids.contains("SN/COM/CBAO/kyc"), "itself: {ids:?}");
+    for hidden in [
+        "SN/GOV/DGCPT/treasury",
+        "SN/COM/SONATEL/payroll",
+        "SN/GOV/DGID/tax",
+    ] {
+        assert!(!ids.contains(hidden), "{hidden} listed to a bank: {ids:?}");
+    }
+
+    let services = directory
+        .list_services(ListServicesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let names: BTreeSet<&str> = services.services.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        names.contains("govbridge.civilregistry.v1.CivilRegistry"),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains("govbridge.tax.v1.TaxAuthority"),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains("govbridge.bank.v1.AccountVerification"),
+        "{names:?}"
+    );
+
+    assert_eq!(
+        health(bank.clone(), "govbridge.civilregistry.v1.CivilRegistry")
+            .await
+            .unwrap(),
+        ServingStatus::Serving
+    );
+    let hidden = health(bank.clone(), "govbridge.tax.v1.TaxAuthority")
+        .await
+        .unwrap_err();
+    let unpublished = health(bank, "govbridge.nothing.v1.Nothing")
+        .await
+        .unwrap_err();
+    assert_eq!(hidden.code(), Code::NotFound);
+    assert_eq!(
+        hidden
+            .message()
+            .replace("TaxAuthority", "X")
+            .replace("tax", "x"),
+        unpublished
+            .message()
+            .replace("Nothing", "X")
+            .replace("nothing", "x"),
+        "a hidden service must read like an unpublished one"
+    );
+    // The treasury may call the tax authority: it sees it.
+    let treasury = bed.client("treasury").await;
+    assert_eq!(
+        health(treasury, "govbridge.tax.v1.TaxAuthority")
+            .await
+            .unwrap(),
+        ServingStatus::Serving
+    );
+    bed.stop().await;
+}
+
 #[tokio::test]
 async fn health_reports_the_gateway_and_each_service() {
+    // The civil registry served by a probe; the tax authority by a
+    // provider that refuses connections.
+    let probe = support::probe::Probe::new(std::time::Duration::ZERO, 0);
     let bed = Bed::builder()
-        .dead_provider("govbridge.land.v1.Cadastre")
+        .without_agencies()
+        .probe(support::probe::SERVICE, probe.server())
+        .dead_provider("govbridge.tax.v1.TaxAuthority")
         .start()
         .await;
     let client = bed.client("cbao-kyc").await;
@@ -293,7 +376,7 @@ async fn health_reports_the_gateway_and_each_service() {
         ServingStatus::Serving
     );
     assert_eq!(
-        health(client.clone(), "govbridge.land.v1.Cadastre")
+        health(client.clone(), "govbridge.tax.v1.TaxAuthority")
             .await
             .unwrap(),
         ServingStatus::NotServing

@@ -12,7 +12,7 @@ use govbridge::identity::tls::ClientTls;
 use govbridge::pki::{CertificateAuthority, LeafRequest};
 use govbridge::proto::civilregistry::v1::WatchLifeEventsRequest;
 use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
-use support::{Bed, H2Client, admin_request, verify_identity_of};
+use support::{Bed, H2Client, admin_request, operator_request, verify_identity_of};
 
 #[tokio::test]
 async fn a_certificate_and_ca_rotation_reaches_new_connections_only() {
@@ -63,7 +63,7 @@ async fn a_certificate_and_ca_rotation_reaches_new_connections_only() {
             .is_err()
     );
 
-    let (code, body) = admin_request(bed.admin, "POST", "/reload").await;
+    let (code, body) = operator_request(bed.admin, "POST", "/reload").await;
     assert_eq!(code, 200, "{body}");
 
     // New connections see the new certificate...
@@ -92,7 +92,7 @@ async fn a_certificate_and_ca_rotation_reaches_new_connections_only() {
     let scratch = bed.dir().join("scratch");
     let (_, other_key) = other.write(&scratch, "gateway").unwrap();
     std::fs::copy(other_key, bed.pki.join("gateway.key")).unwrap();
-    let (code, body) = admin_request(bed.admin, "POST", "/reload").await;
+    let (code, body) = operator_request(bed.admin, "POST", "/reload").await;
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("gateway.tls"), "{body}");
     let mut again =

@@ -595,3 +595,30 @@ async fn a_stranger_with_a_bad_request_id_is_refused_as_a_stranger() {
         "{status:?}"
     );
 }
+
+/// A gRPC path has no query: one is refused before routing, so nothing
+/// reaches a backend with a path other than the one routed and recorded.
+#[tokio::test]
+async fn a_query_in_the_path_is_refused_before_routing() {
+    let bed = Bed::start().await;
+    let mut client = bed.client("cbao-kyc").await;
+    let request = support::verify_identity_of(&bed, 0);
+    let plain = support::raw_call(
+        &mut client,
+        "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity",
+        &request,
+    )
+    .await;
+    assert!(plain.headers().get("bridge-error").is_none());
+
+    for path in [
+        "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity?debug=1",
+        "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity?",
+        "/govbridge.directory.v1.Directory/ListServices?all=1",
+    ] {
+        let refused = support::raw_call(&mut client, path, &request).await;
+        assert_eq!(refused.headers()["grpc-status"], "3", "{path}");
+        assert_eq!(refused.headers()["bridge-error"], "bad-path", "{path}");
+    }
+    bed.stop().await;
+}

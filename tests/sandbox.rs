@@ -459,3 +459,35 @@ async fn a_dropped_sandbox_leaves_no_port_or_file_behind() {
         );
     }
 }
+
+/// The manifest is written through a temporary file of its own: a link
+/// planted beside it (in a shared `/tmp`, say) under the name a writer
+/// might pick is never followed.
+#[tokio::test]
+async fn the_manifest_is_written_without_following_a_planted_link() {
+    let scratch = tempfile::tempdir().unwrap();
+    let path = scratch.path().join("sandbox.json");
+    let victim = scratch.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    let planted = scratch.path().join(".sandbox.json.partial");
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+
+    let sandbox = Sandbox::builder().start().await.unwrap();
+    sandbox::manifest::Manifest::of(&sandbox)
+        .unwrap()
+        .write(&path)
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    assert!(std::fs::symlink_metadata(&planted).unwrap().is_symlink());
+    assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(manifest["version"], 1);
+    let mut names: Vec<String> = std::fs::read_dir(scratch.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, [".sandbox.json.partial", "sandbox.json", "victim"]);
+    sandbox.shutdown().await;
+}

@@ -47,6 +47,7 @@ use tower::util::BoxCloneSyncService;
 use crate::consent::artefact::ConsentSigner;
 use crate::identity::MemberId;
 use crate::net::PeerInfo;
+use crate::telemetry::escape::Escaped;
 
 pub use dataset::Dataset;
 pub use ids::{
@@ -378,7 +379,7 @@ impl Interceptor for GatewayOnly {
                     .unwrap_or_default();
                 tracing::debug!(
                     agency = self.agency.name(),
-                    %method,
+                    method = %Escaped(&method),
                     %caller,
                     trace_id,
                     request_id,
@@ -388,7 +389,12 @@ impl Interceptor for GatewayOnly {
                 Ok(request)
             }
             Err(refused) => {
-                tracing::debug!(agency = self.agency.name(), %method, %refused, "agency call refused");
+                tracing::debug!(
+                    agency = self.agency.name(),
+                    method = %Escaped(&method),
+                    refused = %Escaped(&refused),
+                    "agency call refused"
+                );
                 Err(refused.into())
             }
         }

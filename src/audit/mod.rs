@@ -516,6 +516,9 @@ fn load_or_create_key(dir: &Path, origin: &str) -> Result<SigningKey, OpenError>
         path: path.clone(),
         message,
     };
+    if let Err(exposed) = crate::identity::secret::check_permissions(&path) {
+        return Err(file_error(exposed.to_string()));
+    }
     let key = match std::fs::read_to_string(&path) {
         Ok(pem) => {
             SigningKey::from_pem(origin, &pem).map_err(|error| file_error(error.to_string()))?

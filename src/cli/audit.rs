@@ -4,7 +4,9 @@
 //! Every command opens the log read-only and may run beside a serving
 //! gateway; none writes it. Records are always printed from their stored
 //! bytes (what the tree hashes), never from the queryable columns, which
-//! only select them.
+//! only select them. What a caller sent (method, subject, reason, user id)
+//! is shown escaped ([`Escaped`], [`json_safe`]): one record is one line,
+//! whatever it holds.
 
 use std::io::{BufWriter, ErrorKind, Write};
 use std::path::{Path, PathBuf};
@@ -21,6 +23,7 @@ use crate::audit::note::Verifier;
 use crate::audit::store::{DATABASE_FILE, StoredRecord, VERIFIER_FILE};
 use crate::audit::verify::{self, ProofBundle, RecordKey};
 use crate::audit::{ExchangeRecord, Phase, Store};
+use crate::telemetry::escape::{Escaped, json_safe};
 
 /// Records `tail` shows when not told where to start.
 const TAIL_DEFAULT: u64 = 10;
@@ -284,7 +287,7 @@ fn prove(data: &Path, key: &RecordKey, out: Option<&Path>) -> anyhow::Result<()>
                 out.display()
             );
         }
-        None => print!("{text}"),
+        None => print!("{}", json_safe(text)),
     }
     Ok(())
 }
@@ -460,7 +463,7 @@ fn query(data: &Path, filter: &QueryFilter, limit: u64, json: bool) -> anyhow::R
 /// output is closed (`| head`).
 fn print_record(out: &mut impl Write, stored: &StoredRecord, json: bool) -> anyhow::Result<bool> {
     let line = match ExchangeRecord::decode(stored.bytes.as_slice()) {
-        Ok(record) if json => record_json(stored.index, &record).to_string(),
+        Ok(record) if json => json_safe(record_json(stored.index, &record).to_string()),
         Ok(record) => record_line(stored.index, &record),
         Err(_) if json => serde_json::json!({
             "index": stored.index,
@@ -600,17 +603,17 @@ fn record_line(index: u64, record: &ExchangeRecord) -> String {
         verdict.push_str(&status_name(record.grpc_status));
     }
     if !record.error_kind.is_empty() {
-        verdict.push_str(&format!(" ({})", record.error_kind));
+        verdict.push_str(&format!(" ({})", Escaped(&record.error_kind)));
     }
     format!(
         "{index} {} {:<8} {} -> {} {} purpose={} {verdict} request={}",
         rfc3339(record_time(record)),
         phase_name(record),
-        or_dash(&record.caller),
-        or_dash(&record.provider),
-        record.method,
-        or_dash(&record.purpose),
-        record.request_id
+        Escaped(or_dash(&record.caller)),
+        Escaped(or_dash(&record.provider)),
+        Escaped(&record.method),
+        Escaped(or_dash(&record.purpose)),
+        Escaped(&record.request_id)
     )
 }
 
@@ -658,11 +661,11 @@ fn describe(index: u64, record: &ExchangeRecord) -> String {
     let mut lines = vec![format!(
         "record {index}: the {} of request {}",
         phase_name(record),
-        record.request_id
+        Escaped(&record.request_id)
     )];
     let mut field = |name: &str, value: String| {
         if !value.is_empty() {
-            lines.push(format!("  {name:<14} {value}"));
+            lines.push(format!("  {name:<14} {}", Escaped(&value)));
         }
     };
     field("at", rfc3339(record_time(record)));

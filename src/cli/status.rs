@@ -1,5 +1,6 @@
 //! `govbridge status --admin ADDR`: a short human summary of a running
-//! gateway, from its admin endpoint.
+//! gateway, from its admin endpoint. Text read from the endpoint is shown
+//! escaped: it may quote what callers sent.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -7,6 +8,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+
+use crate::telemetry::escape::Escaped;
 
 /// One GET to the admin endpoint: (status code, body).
 fn get(admin: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
@@ -81,7 +84,7 @@ pub fn run(admin: SocketAddr) -> anyhow::Result<()> {
     } else {
         println!("govbridge at {admin}: NOT READY");
         for reason in reasons.lines().skip(1) {
-            println!("  {reason}");
+            println!("  {}", Escaped(reason));
         }
     }
     let uptime = samples
@@ -124,7 +127,7 @@ pub fn run(admin: SocketAddr) -> anyhow::Result<()> {
     for (series, not_after) in &samples {
         if series.starts_with("govbridge_certificate_expiry_timestamp_seconds{") {
             let days = (not_after - now) / 86_400.0;
-            let name = label(series, "certificate").unwrap_or(series);
+            let name = Escaped(label(series, "certificate").unwrap_or(series));
             if days < 0.0 {
                 println!("  certificate     {name}: EXPIRED");
             } else {

@@ -170,8 +170,13 @@ pub struct GatewayConfig {
     pub node_id: String,
     pub listen: SocketAddr,
     /// The admin endpoint (metrics, health, config, reload), plain HTTP:
-    /// keep it on loopback or a management network. Off when absent.
+    /// keep it on loopback or a management network. Off when absent. Off
+    /// loopback only with `admin_token_file`.
     pub admin: Option<SocketAddr>,
+    /// A file holding the bearer token that `POST /reload` and the full
+    /// `GET /config` require. Without it, they require the
+    /// `x-govbridge-admin` header and a loopback `Host` instead.
+    pub admin_token_file: Option<PathBuf>,
     /// The member id in the gateway's upstream client certificate; backends
     /// accept calls only from it.
     pub identity: MemberId,

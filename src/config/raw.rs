@@ -91,6 +91,7 @@ struct RawGateway {
     drain_timeout: Option<Spanned<String>>,
     max_connections_per_address: Option<Spanned<u32>>,
     admin: Option<Spanned<String>>,
+    admin_token_file: Option<Spanned<String>>,
     tls: RawServerTls,
 }
 
@@ -383,6 +384,38 @@ fn deserialize(source: &Source<'_>) -> Result<RawConfig, ConfigError> {
     })
 }
 
+/// `gateway.admin`: an address anyone who reaches it could reload the
+/// gateway from, so off loopback only with a token to check.
+fn admin_endpoint(
+    source: &Source<'_>,
+    gateway: &RawGateway,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some(admin) = &gateway.admin else {
+        if let Some(file) = &gateway.admin_token_file {
+            return Err(source.error(
+                "gateway.admin_token_file",
+                file,
+                "set without gateway.admin: there is no admin endpoint to protect",
+            ));
+        }
+        return Ok(None);
+    };
+    let address = source.socket_addr("gateway.admin", admin)?;
+    if !address.ip().is_loopback() && gateway.admin_token_file.is_none() {
+        return Err(source.error(
+            "gateway.admin",
+            admin,
+            format!(
+                "`{address}` is not a loopback address: whoever reaches the admin endpoint \
+                 could reload the gateway and read its member registry; set \
+                 gateway.admin_token_file (a bearer token operators send) or bind it to \
+                 127.0.0.1"
+            ),
+        ));
+    }
+    Ok(Some(address))
+}
+
 fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let gateway = &raw.gateway;
     let listener = listener_settings(source, gateway)?;
@@ -392,11 +425,11 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
     let gateway_config = GatewayConfig {
         node_id: gateway.node_id.get_ref().clone(),
         listen: source.socket_addr("gateway.listen", &gateway.listen)?,
-        admin: gateway
-            .admin
+        admin: admin_endpoint(source, gateway)?,
+        admin_token_file: gateway
+            .admin_token_file
             .as_ref()
-            .map(|admin| source.socket_addr("gateway.admin", admin))
-            .transpose()?,
+            .map(|file| source.path(file)),
         identity: source.member("gateway.identity", &gateway.identity)?,
         tls: ServerTls {
             certificate: source.path(&gateway.tls.certificate),

@@ -158,6 +158,8 @@ impl ConsentSigner {
     pub fn load(key_id: &str, pem_path: &Path) -> Result<Self, ArtefactError> {
         let in_file =
             |message: String| ArtefactError::Key(format!("{}: {message}", pem_path.display()));
+        crate::identity::secret::check_permissions(pem_path)
+            .map_err(|exposed| ArtefactError::Key(exposed.to_string()))?;
         let der = PrivatePkcs8KeyDer::from_pem_file(pem_path).map_err(|error| match error {
             rustls_pki_types::pem::Error::NoItemsFound => {
                 in_file("no PEM `PRIVATE KEY` (PKCS#8) section".into())
@@ -1221,7 +1223,7 @@ mod tests {
         );
 
         let not_pem = dir.path().join("not-pem.key");
-        std::fs::write(&not_pem, "garbage").unwrap();
+        crate::pki::write_file(&not_pem, b"garbage", 0o600).unwrap();
         let message = ConsentSigner::load("k1", &not_pem).unwrap_err().to_string();
         assert!(
             message.starts_with(&not_pem.display().to_string()),
@@ -1230,7 +1232,12 @@ mod tests {
         assert!(message.contains("PRIVATE KEY"), "{message}");
 
         let not_ed25519 = dir.path().join("not-ed25519.key");
-        std::fs::write(&not_ed25519, pkcs8_pem(&[0x30, 0x03, 0x02, 0x01, 0x00])).unwrap();
+        crate::pki::write_file(
+            &not_ed25519,
+            pkcs8_pem(&[0x30, 0x03, 0x02, 0x01, 0x00]).as_bytes(),
+            0o600,
+        )
+        .unwrap();
         let message = ConsentSigner::load("k1", &not_ed25519)
             .unwrap_err()
             .to_string();

@@ -5,7 +5,9 @@
 //! over mutual TLS with its upstream certificate, naming itself in
 //! `bridge-client`. The feed resumes after the last change applied; a feed
 //! that goes quiet for longer than the freshness window is dropped and
-//! dialled again, and meanwhile the ledger refuses consent-bound calls.
+//! dialled again, and meanwhile the ledger refuses consent-bound calls. So
+//! it does after a start, until a heartbeat says the portal has no change
+//! the ledger has not applied.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,7 +132,10 @@ async fn follow_endpoint(
                 ledger.rewind();
                 return Err("the portal's feed restarted its history".into());
             }
-            Some(pb::status_event::Event::Heartbeat(_)) | None => ledger.heard(),
+            Some(pb::status_event::Event::Heartbeat(heartbeat)) => {
+                ledger.heartbeat(heartbeat.latest_sequence);
+            }
+            None => ledger.heard(),
         }
     }
 }

@@ -255,9 +255,26 @@ struct Ledger {
     states: HashMap<String, ConsentState>,
     /// The last change applied, to resume the feed after it.
     sequence: u64,
+    /// The portal's latest change, as its last heartbeat said; `None`
+    /// until one did (after a start or a rewind). Until `sequence` reaches
+    /// it, a revocation may still be on its way: states are not known.
+    portal_latest: Option<u64>,
     /// When the feed was last heard from.
     heard: Option<Instant>,
     uses: HashMap<String, Uses>,
+}
+
+impl Ledger {
+    /// Heard from within `freshness`, and every change the portal had
+    /// when it last said so applied: after a restart, replaying the
+    /// history is not enough until a heartbeat confirms its end.
+    fn is_fresh(&self, freshness: Duration) -> bool {
+        let recent = self.heard.is_some_and(|heard| heard.elapsed() < freshness);
+        let caught_up = self
+            .portal_latest
+            .is_some_and(|latest| self.sequence >= latest);
+        recent && caught_up
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -309,9 +326,17 @@ impl ConsentLedger {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The feed is alive.
+    /// The feed is alive, and has said nothing new.
     pub fn heard(&self) {
         self.lock().heard = Some(Instant::now());
+    }
+
+    /// The feed's heartbeat: alive, and the portal's latest change is
+    /// `latest_sequence`.
+    pub fn heartbeat(&self, latest_sequence: u64) {
+        let mut ledger = self.lock();
+        ledger.portal_latest = Some(ledger.portal_latest.unwrap_or(0).max(latest_sequence));
+        ledger.heard = Some(Instant::now());
     }
 
     /// The feed reported change `sequence`: `consent` is now `state`.
@@ -322,9 +347,12 @@ impl ConsentLedger {
         ledger.heard = Some(Instant::now());
     }
 
-    /// Reads the feed again from its start, next time it is dialled.
+    /// Reads the feed again from its start, next time it is dialled; not
+    /// fresh until it has caught up again.
     pub fn rewind(&self) {
-        self.lock().sequence = 0;
+        let mut ledger = self.lock();
+        ledger.sequence = 0;
+        ledger.portal_latest = None;
     }
 
     /// The last change applied.
@@ -332,11 +360,10 @@ impl ConsentLedger {
         self.lock().sequence
     }
 
-    /// Whether the feed was heard from within the freshness window.
+    /// Whether the feed was heard from within the freshness window and
+    /// has caught up with the portal's latest change.
     pub fn is_fresh(&self) -> bool {
-        self.lock()
-            .heard
-            .is_some_and(|heard| heard.elapsed() < self.freshness)
+        self.lock().is_fresh(self.freshness)
     }
 
     /// Checks the consent's state, then reserves one of its `max_uses`.
@@ -350,10 +377,7 @@ impl ConsentLedger {
     ) -> Result<UseReservation, ConsentRefusal> {
         let (consent, max_uses) = (claims.consent_id.as_str(), claims.max_uses);
         let mut ledger = self.lock();
-        let fresh = ledger
-            .heard
-            .is_some_and(|heard| heard.elapsed() < self.freshness);
-        if !fresh {
+        if !ledger.is_fresh(self.freshness) {
             return Err(ConsentRefusal::StatusUnknown);
         }
         match ledger.states.get(consent) {
@@ -522,7 +546,7 @@ mod tests {
             ConsentRefusal::StatusUnknown,
             "a feed never heard from knows nothing"
         );
-        ledger.heard();
+        ledger.heartbeat(0);
         let first = ledger.admit(&uses("c1", 2)).unwrap();
         let second = ledger.admit(&uses("c1", 2)).unwrap();
         assert_eq!(
@@ -550,7 +574,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("consent-ledger.sqlite");
         let ledger = ConsentLedger::open(Duration::from_secs(5), &path).unwrap();
-        ledger.heard();
+        ledger.heartbeat(0);
         let mut spent = ledger.admit(&uses("c1", 3)).unwrap();
         spent.durable().await.unwrap();
         spent.spend();
@@ -564,7 +588,7 @@ mod tests {
         drop(ledger);
 
         let ledger = ConsentLedger::open(Duration::from_secs(5), &path).unwrap();
-        ledger.heard();
+        ledger.heartbeat(0);
         let mut last = ledger.admit(&uses("c1", 3)).unwrap();
         last.durable().await.unwrap();
         last.spend();
@@ -577,6 +601,7 @@ mod tests {
     #[tokio::test]
     async fn the_feed_revokes_pauses_and_resumes() {
         let ledger = ConsentLedger::new(Duration::from_secs(5));
+        ledger.heartbeat(0);
         ledger.apply(1, "c1", ConsentState::Paused);
         assert_eq!(
             ledger.admit(&uses("c1", 9)).unwrap_err(),
@@ -595,15 +620,45 @@ mod tests {
     #[tokio::test]
     async fn a_silent_feed_makes_states_unknown() {
         let ledger = ConsentLedger::new(Duration::from_secs(5));
-        ledger.heard();
+        ledger.heartbeat(0);
         assert!(ledger.is_fresh());
         // A window of zero is over as soon as the feed was heard.
         let ledger = ConsentLedger::new(Duration::ZERO);
-        ledger.heard();
+        ledger.heartbeat(0);
         assert!(!ledger.is_fresh());
         assert_eq!(
             ledger.admit(&uses("c1", 9)).unwrap_err(),
             ConsentRefusal::StatusUnknown
         );
+    }
+
+    /// After a restart the ledger replays the portal's history from the
+    /// start: a change applied on the way proves the feed alive, not that
+    /// the revocation further down has arrived.
+    #[tokio::test]
+    async fn a_restarted_ledger_is_not_fresh_until_it_has_caught_up() {
+        let ledger = ConsentLedger::new(Duration::from_secs(5));
+        ledger.apply(1, "c1", ConsentState::Active);
+        assert_eq!(
+            ledger.admit(&uses("c1", 9)).unwrap_err(),
+            ConsentRefusal::StatusUnknown,
+            "half-way through the history"
+        );
+        ledger.heartbeat(3);
+        assert!(!ledger.is_fresh(), "the portal has two changes more");
+        ledger.apply(2, "c2", ConsentState::Paused);
+        assert!(!ledger.is_fresh());
+        ledger.apply(3, "c1", ConsentState::Revoked);
+        assert!(ledger.is_fresh());
+        assert_eq!(
+            ledger.admit(&uses("c1", 9)).unwrap_err(),
+            ConsentRefusal::Revoked
+        );
+
+        // The portal's history restarted: read again, fresh once caught up.
+        ledger.rewind();
+        assert!(!ledger.is_fresh());
+        ledger.heartbeat(0);
+        assert!(ledger.is_fresh());
     }
 }

@@ -1,5 +1,7 @@
 //! `grpc.health.v1.Health`: the gateway's own health (service `""`) and,
-//! per published service, whether one of its providers can be reached.
+//! per published service the caller may call, whether one of its providers
+//! can be reached. Of a service the caller may not call it says what it
+//! says of one not published, as reflection does.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -30,11 +32,20 @@ async fn status(context: &LocalContext, service: &str) -> Result<ServingStatus, 
     // service is refused: the gateway does not serve.
     let log = context.log.as_ref();
     let logging = log.is_none_or(crate::audit::ExchangeLog::is_healthy);
-    if service == super::EXCHANGE_LOG || service == super::DATA_TRACKER {
-        return Ok(serving(log.is_some()));
-    }
     if service.is_empty() {
         return Ok(serving(logging));
+    }
+    // Every member may ask for proofs, when there is a log to prove.
+    if service == super::EXCHANGE_LOG {
+        return Ok(serving(log.is_some()));
+    }
+    let not_found = || {
+        Status::not_found(format!(
+            "service {service} is not published on this gateway, or not to you"
+        ))
+    };
+    if !context.visible_services().contains(service) {
+        return Err(not_found());
     }
     if super::LOCAL_SERVICES.contains(&service) {
         return Ok(ServingStatus::Serving);
@@ -42,11 +53,7 @@ async fn status(context: &LocalContext, service: &str) -> Result<ServingStatus, 
     if !logging {
         return Ok(ServingStatus::NotServing);
     }
-    let pools = context.state.service_pools(service).ok_or_else(|| {
-        Status::not_found(format!(
-            "service {service} is not published on this gateway"
-        ))
-    })?;
+    let pools = context.state.service_pools(service).ok_or_else(not_found)?;
     for pool in pools {
         if pool.reachable().await {
             return Ok(ServingStatus::Serving);

@@ -1,5 +1,8 @@
 //! `govbridge.directory.v1.Directory`: members, services, allowed methods,
-//! service descriptors.
+//! service descriptors. Like reflection, each answers only about what the
+//! caller may call: the services it may call a method of, the members that
+//! provide them (and itself). The registry is not a list for anyone to
+//! read.
 
 use tonic::{Request, Response, Status};
 
@@ -22,9 +25,16 @@ impl Directory for DirectoryService {
     ) -> Result<Response<ListMembersResponse>, Status> {
         let context = LocalContext::from_request(&request)?;
         let state = &context.state;
+        let callable: std::collections::BTreeSet<_> = state
+            .policy()
+            .permits(&context.caller, context.certificate_days_left)
+            .into_iter()
+            .map(|permit| permit.provider)
+            .collect();
         let members = state
             .registry()
             .values()
+            .filter(|member| member.id == context.caller || callable.contains(&member.id))
             .map(|member| Member {
                 id: member.id.to_string(),
                 name: member.name.clone(),
@@ -41,10 +51,12 @@ impl Directory for DirectoryService {
     ) -> Result<Response<ListServicesResponse>, Status> {
         let context = LocalContext::from_request(&request)?;
         let known = crate::routing::service_methods();
+        let visible = context.visible_services();
         let services = context
             .state
             .services()
             .iter()
+            .filter(|(name, _)| visible.contains(*name))
             .map(|(name, providers)| {
                 let mut methods: Vec<String> =
                     known.get(name).into_iter().flatten().cloned().collect();

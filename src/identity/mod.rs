@@ -6,6 +6,7 @@
 //! peer says about itself outside a certificate chain that rustls verified.
 
 mod member;
+pub mod secret;
 pub mod tls;
 
 pub use member::{InvalidMemberId, MAX_MEMBER_ID_LEN, MemberId};

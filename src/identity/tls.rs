@@ -69,6 +69,8 @@ pub enum TlsError {
         overdue: u64,
         grace: Duration,
     },
+    #[error(transparent)]
+    Exposed(#[from] super::secret::ExposedSecret),
 }
 
 impl TlsError {
@@ -104,7 +106,9 @@ pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
 }
 
 /// Reads the private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
+/// Refused when every user of the machine may read it.
 pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    super::secret::check_permissions(path)?;
     PrivateKeyDer::from_pem_file(path).map_err(|source| match source {
         rustls_pki_types::pem::Error::NoItemsFound => TlsError::Empty {
             path: path.to_owned(),

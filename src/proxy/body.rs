@@ -41,6 +41,7 @@ use crate::audit::subject::{SubjectField, read_subject};
 use crate::consent::{ConsentRefusal, UseReservation};
 use crate::identity::MemberId;
 use crate::routing::upstream::BoxError;
+use crate::telemetry::escape::Escaped;
 use crate::telemetry::metrics::InFlight;
 
 /// Dropping this ends the upstream side of a call.
@@ -506,7 +507,7 @@ impl CallSummary {
             trace_id = self.trace_id,
             caller = self.caller,
             provider = self.provider,
-            method = self.method,
+            method = %Escaped(&self.method),
             purpose = self.purpose,
             decision = "allow",
             grpc_status = code,

@@ -161,7 +161,10 @@ impl CallHeaders {
                         format!("at most {MAX_REASON_LEN} bytes"),
                     ));
                 }
-                if text.chars().any(|c| c.is_control() || is_invisible(c)) {
+                if text
+                    .chars()
+                    .any(|c| crate::telemetry::escape::is_unsafe(c) || is_invisible(c))
+                {
                     return Err(bad(BRIDGE_REASON, "must be printable text"));
                 }
                 if text.trim().is_empty() {
@@ -331,15 +334,18 @@ mod tests {
                 other => panic!("{name}: {other:?}"),
             }
         }
-        let mut hidden = HeaderMap::new();
-        hidden.insert(
-            BRIDGE_REASON,
-            HeaderValue::from_bytes("KYC\u{202e}review".as_bytes()).unwrap(),
-        );
-        assert!(
-            CallHeaders::read(&hidden).is_err(),
-            "a bidi override passed"
-        );
+        for hidden in [
+            "KYC\u{202e}review",
+            "KYC\u{2028}7 forged",
+            "KYC\u{85}review",
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                BRIDGE_REASON,
+                HeaderValue::from_bytes(hidden.as_bytes()).unwrap(),
+            );
+            assert!(CallHeaders::read(&headers).is_err(), "{hidden:?} passed");
+        }
         let twice = headers(&[(BRIDGE_PURPOSE, "KYC"), (BRIDGE_PURPOSE, "AML")]);
         assert!(CallHeaders::read(&twice).is_err());
         assert!(request_id(&headers(&[(BRIDGE_REQUEST_ID, "not-a-uuid")])).is_err());

@@ -48,6 +48,7 @@ use crate::policy::{CallFacts, PolicyEngine};
 use crate::routing::upstream::UpstreamBody;
 use crate::routing::{RouteTable, UpstreamConnector};
 use crate::telemetry::context::TraceContext;
+use crate::telemetry::escape::Escaped;
 use crate::telemetry::metrics::Metrics;
 use body::Audit;
 pub use body::{RequestBody, ResponseBody};
@@ -79,6 +80,8 @@ pub enum StartError {
     ConsentLedger(#[from] crate::consent::uses::UseBookError),
     #[error("exchange_log: {0}")]
     ExchangeLog(#[from] crate::audit::OpenError),
+    #[error("gateway.admin_token_file: {0}")]
+    AdminToken(#[from] crate::telemetry::admin::AdminTokenError),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: SocketAddr,
@@ -113,8 +116,13 @@ pub struct GatewayState {
     /// The CRLs it checks certificates against: (name, next update in
     /// seconds since the epoch).
     crls: Vec<(String, i64)>,
-    /// The effective configuration as JSON, for the admin endpoint.
+    /// The effective configuration as JSON, for the admin endpoint's
+    /// operators; others see [`Self::described_public`].
     described: String,
+    /// The same without the member registry.
+    described_public: String,
+    /// What makes an admin request an operator's, when configured.
+    admin_token: Option<crate::telemetry::admin::AdminToken>,
     /// The exchange log's settings as configured. The open log keeps the
     /// ones it started with; who may call the Data Tracker follows reloads.
     exchange_log: crate::config::ExchangeLogConfig,
@@ -162,6 +170,12 @@ impl GatewayState {
             });
         }
         let policy = PolicyEngine::load(config)?;
+        let admin_token = config
+            .gateway
+            .admin_token_file
+            .as_deref()
+            .map(crate::telemetry::admin::AdminToken::load)
+            .transpose()?;
         let consent_keys = config
             .consent
             .as_ref()
@@ -208,7 +222,9 @@ impl GatewayState {
             max_deadline: config.upstream.max_deadline,
             certificates: certificates(config),
             crls: crls(config),
-            described: describe(config),
+            described: describe(config, true),
+            described_public: describe(config, false),
+            admin_token,
             exchange_log: config.exchange_log.clone(),
             consent_keys,
             // Calls in flight keep counting; unchanged buckets keep their
@@ -287,9 +303,19 @@ impl GatewayState {
     }
 
     /// The effective configuration as JSON: every setting and path, never
-    /// key material.
-    pub fn describe(&self) -> String {
-        self.described.clone()
+    /// key material; the member registry only when `with_members`.
+    pub fn describe(&self, with_members: bool) -> String {
+        if with_members {
+            self.described.clone()
+        } else {
+            self.described_public.clone()
+        }
+    }
+
+    /// The token that makes an admin request an operator's, when
+    /// `gateway.admin_token_file` is set.
+    pub fn admin_token(&self) -> Option<&crate::telemetry::admin::AdminToken> {
+        self.admin_token.as_ref()
     }
 }
 
@@ -349,14 +375,18 @@ fn crls(config: &Config) -> Vec<(String, i64)> {
     crls
 }
 
-fn describe(config: &Config) -> String {
+/// The configuration as JSON. Without `with_members`, the member registry
+/// and the per-member limits are replaced by their count: who is
+/// registered, in which groups, is for operators.
+fn describe(config: &Config, with_members: bool) -> String {
     let path = |path: &std::path::Path| path.display().to_string();
-    let value = serde_json::json!({
+    let mut value = serde_json::json!({
         "source": path(&config.source),
         "gateway": {
             "node_id": config.gateway.node_id,
             "listen": config.gateway.listen.to_string(),
             "admin": config.gateway.admin.map(|admin| admin.to_string()),
+            "admin_token_file": config.gateway.admin_token_file.as_deref().map(path),
             "identity": config.gateway.identity.to_string(),
             "tls": {
                 "certificate": path(&config.gateway.tls.certificate),
@@ -423,6 +453,20 @@ fn describe(config: &Config) -> String {
             })).collect::<Vec<_>>(),
         },
     });
+    if !with_members {
+        value["members"] = format!(
+            "(hidden: {} members; send the admin token, or `{}` on loopback)",
+            config.members.len(),
+            crate::telemetry::admin::OPERATOR_HEADER
+        )
+        .into();
+        value["limits"]["members"] = format!(
+            "(hidden: {} members with their own limits)",
+            config.limits.members.len()
+        )
+        .into();
+        value["exchange_log"]["data_tracker_clients"] = "(hidden)".into();
+    }
     serde_json::to_string_pretty(&value).unwrap_or_default()
 }
 
@@ -934,7 +978,7 @@ impl GatewayService {
         let span = tracing::info_span!(
             "call",
             request_id = request_id.to_str().unwrap_or_default(),
-            method = uri.path(),
+            method = %Escaped(uri.path()),
             trace_id = trace.trace_id_hex(),
             span_id = trace.span_id_hex(),
             parent_id = tracing::field::Empty,
@@ -1014,6 +1058,16 @@ impl GatewayService {
             return Err(error);
         }
         headers::check_grpc(&request)?;
+        // gRPC paths have no query. One would reach the backend, which may
+        // route or log by it, though the gateway routed and recorded the
+        // path alone: refused before anything looks at the path.
+        if uri.query().is_some() {
+            return Err(GatewayError::BadPath(
+                uri.path_and_query()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            ));
+        }
         let call = CallHeaders::read(request.headers())?;
         if let Some(record) = record.as_mut() {
             record.declared(&call);
@@ -1392,9 +1446,10 @@ impl GatewayService {
             // `govbridge_limit_refusals_total` counts them.
             tracing::debug!(
                 request_id = request_id.to_str().unwrap_or_default(),
-                path = uri.path(),
+                path = %Escaped(uri.path()),
                 bridge_error = error.kind(),
-                "call refused: {error}"
+                "call refused: {}",
+                Escaped(&error)
             );
             self.metrics.refusal(error.kind());
             drop(record);
@@ -1418,12 +1473,13 @@ impl GatewayService {
         tracing::info!(
             request_id = request_id.to_str().unwrap_or_default(),
             caller = self.peer.member.as_ref().map(ToString::to_string).unwrap_or_default(),
-            path = uri.path(),
+            path = %Escaped(uri.path()),
             bridge_error = error.kind(),
             code = ?error.code(),
             fault = ?error.fault(),
-            detail = error.detail().unwrap_or_default(),
-            "call refused: {error}"
+            detail = %Escaped(error.detail().unwrap_or_default()),
+            "call refused: {}",
+            Escaped(&error)
         );
         self.metrics.refusal(error.kind());
         let logged = match record {

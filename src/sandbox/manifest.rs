@@ -56,7 +56,8 @@ pub struct GatewayInfo {
     pub server_name: &'static str,
     /// The CA certificate that signed every certificate of the sandbox.
     pub ca_certificate: PathBuf,
-    /// `http://127.0.0.1:PORT`: `/metrics`, `/readyz`.
+    /// `http://127.0.0.1:PORT`: `/metrics`, `/readyz`; `POST /reload`
+    /// with the header `x-govbridge-admin`.
     pub admin: String,
 }
 
@@ -173,24 +174,14 @@ pub async fn run(manifest: &Path, seed: u64, stop_with_parent: bool) -> anyhow::
 
 impl Manifest {
     /// Writes the manifest to `path` atomically: a reader sees the whole
-    /// manifest or no file.
+    /// manifest or no file. The temporary file has a random name and is
+    /// created exclusively, so a link planted beside `path` (in `/tmp`, say)
+    /// is never followed.
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let json = serde_json::to_vec_pretty(self)?;
-        let name = path
-            .file_name()
-            .with_context(|| format!("{}: not a file name", path.display()))?;
-        let temporary = path.with_file_name(format!(".{}.partial", name.to_string_lossy()));
-        let written = std::fs::File::create(&temporary).and_then(|mut file| {
-            file.write_all(&json)?;
-            file.write_all(b"\n")?;
-            file.sync_all()
-        });
-        if let Err(error) = written {
-            let _ = std::fs::remove_file(&temporary);
-            return Err(error).with_context(|| format!("writing {}", temporary.display()));
-        }
-        std::fs::rename(&temporary, path)
-            .with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))
+        let mut json = serde_json::to_vec_pretty(self)?;
+        json.push(b'\n');
+        crate::pki::write_file(path, &json, 0o644)
+            .with_context(|| format!("writing the manifest {}", path.display()))
     }
 }
 

@@ -761,7 +761,9 @@ impl Sandbox {
         self.gateway
     }
 
-    /// The gateway's admin endpoint (plain HTTP: `/metrics`, `/readyz`).
+    /// The gateway's admin endpoint (plain HTTP: `/metrics`, `/readyz`;
+    /// `POST /reload` with the header `x-govbridge-admin`, see
+    /// [`crate::telemetry::admin`]).
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
     }

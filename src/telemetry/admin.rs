@@ -6,15 +6,26 @@
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /readyz` | 200 when calls can be served, else 503 with the reasons |
 //! | `GET /metrics` | Prometheus text |
-//! | `GET /config` | the effective configuration as JSON (paths, never key material) |
-//! | `POST /reload` | reloads the configuration; 200, or 422 with the error |
+//! | `GET /config` | the effective configuration as JSON (paths, never key material); the member registry to operators only |
+//! | `POST /reload` | operators only: reloads the configuration; 200, or 422 with the error |
+//!
+//! Who is an operator: with `gateway.admin_token_file`, a request with
+//! `Authorization: Bearer <token>`. Without it (then the endpoint is bound
+//! to loopback; the configuration refuses anything else), a request with
+//! the `x-govbridge-admin` header and a loopback `Host`. A cross-site form
+//! or `fetch` cannot send either header without a preflight this endpoint
+//! never grants, and a page that rebinds its own host name to 127.0.0.1
+//! still sends that name as `Host`. The probes (`/healthz`, `/readyz`,
+//! `/metrics`) stay open to scrapers.
 
 use std::convert::Infallible;
+use std::fmt;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -23,6 +34,104 @@ use tokio::net::TcpListener;
 use super::metrics::{LogGauges, Metrics};
 use crate::audit::ExchangeLog;
 use crate::proxy::{GatewayState, Reloader};
+
+/// The header an operator's tool sends on a loopback endpoint without a
+/// token: a browser sends a custom header cross-site only after a CORS
+/// preflight, which this endpoint never grants.
+pub const OPERATOR_HEADER: &str = "x-govbridge-admin";
+
+/// The shortest token accepted, in characters.
+pub const MIN_TOKEN_LEN: usize = 32;
+
+/// The bearer token of `gateway.admin_token_file`. Never printed.
+pub struct AdminToken(Vec<u8>);
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+/// Why `gateway.admin_token_file` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminTokenError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Exposed(#[from] crate::identity::secret::ExposedSecret),
+    #[error(
+        "{}: the token must be at least {MIN_TOKEN_LEN} visible ASCII characters on one line \
+         (e.g. from `openssl rand -hex 32`)",
+        path.display()
+    )]
+    Weak { path: PathBuf },
+}
+
+impl AdminToken {
+    /// Reads the token: one line of visible ASCII (it travels in a header),
+    /// from a file only its owner (and group) may read.
+    pub fn load(path: &Path) -> Result<Self, AdminTokenError> {
+        crate::identity::secret::check_permissions(path)?;
+        let bytes = std::fs::read(path).map_err(|source| AdminTokenError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let token = bytes.trim_ascii();
+        if token.len() < MIN_TOKEN_LEN || !token.iter().all(u8::is_ascii_graphic) {
+            return Err(AdminTokenError::Weak {
+                path: path.to_owned(),
+            });
+        }
+        Ok(Self(token.to_vec()))
+    }
+
+    /// Whether `headers` carry `Authorization: Bearer <this token>`,
+    /// compared in constant time.
+    fn presented_in(&self, headers: &HeaderMap) -> bool {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return false;
+        };
+        let value = value.as_bytes();
+        let Some((scheme, token)) = value.split_at_checked(7) else {
+            return false;
+        };
+        scheme.eq_ignore_ascii_case(b"bearer ")
+            && aws_lc_rs::constant_time::verify_slices_are_equal(token.trim_ascii(), &self.0)
+                .is_ok()
+    }
+}
+
+/// Whether a request comes from an operator (see the module docs).
+fn is_operator(token: Option<&AdminToken>, headers: &HeaderMap) -> bool {
+    match token {
+        Some(token) => token.presented_in(headers),
+        None => headers.contains_key(OPERATOR_HEADER) && names_loopback(headers),
+    }
+}
+
+/// Whether the `Host` header names a loopback address (or `localhost`),
+/// with or without a port: not a rebound public name.
+fn names_loopback(headers: &HeaderMap) -> bool {
+    let Some(host) = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+    else {
+        return false;
+    };
+    let Ok(authority) = host.parse::<http::uri::Authority>() else {
+        return false;
+    };
+    let name = authority.host();
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
 
 /// What the admin endpoint reads and acts on.
 #[derive(Debug, Clone)]
@@ -105,7 +214,9 @@ impl Admin {
                 response
             }
             (&Method::GET, "/config") => {
-                let mut response = text(StatusCode::OK, self.state.load().describe());
+                let state = self.state.load();
+                let operator = is_operator(state.admin_token(), request.headers());
+                let mut response = text(StatusCode::OK, state.describe(operator));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     http::HeaderValue::from_static("application/json"),
@@ -113,6 +224,10 @@ impl Admin {
                 response
             }
             (&Method::POST, "/reload") => {
+                let state = self.state.load();
+                if !is_operator(state.admin_token(), request.headers()) {
+                    return refused(state.admin_token().is_some());
+                }
                 let reloader = self.reloader.clone();
                 match tokio::task::spawn_blocking(move || reloader.reload()).await {
                     Ok(Ok(())) => text(StatusCode::OK, "reloaded\n".to_owned()),
@@ -175,6 +290,30 @@ impl Admin {
             }
         }
         problems
+    }
+}
+
+/// The answer to a request that needs an operator and is not from one.
+fn refused(token_configured: bool) -> Response<Full<Bytes>> {
+    if token_configured {
+        let mut response = text(
+            StatusCode::UNAUTHORIZED,
+            "send `Authorization: Bearer <token>`, the token of gateway.admin_token_file\n"
+                .to_owned(),
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer realm=\"govbridge-admin\""),
+        );
+        response
+    } else {
+        text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "send the header `{OPERATOR_HEADER}: 1` to a loopback address (Host \
+                 127.0.0.1, [::1] or localhost)\n"
+            ),
+        )
     }
 }
 

@@ -512,13 +512,40 @@ pub fn text(output: &std::process::Output) -> String {
     )
 }
 
-/// One plain HTTP/1.1 request to the admin endpoint: (status, body).
+/// One plain HTTP/1.1 request to the admin endpoint, as any local
+/// program could send it (no operator header, no token): (status, body).
 pub async fn admin_request(address: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    admin_request_with(address, method, path, &[]).await
+}
+
+/// One request as an operator's tool sends it to a loopback endpoint
+/// without a token: with the `x-govbridge-admin` header.
+pub async fn operator_request(address: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    admin_request_with(address, method, path, &[("x-govbridge-admin", "1")]).await
+}
+
+/// One plain HTTP/1.1 request to the admin endpoint with extra `headers`
+/// (a `host` among them replaces the endpoint's address).
+pub async fn admin_request_with(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = TcpStream::connect(address).await.unwrap();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-    );
+    let mut head = String::new();
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        head += &format!("host: {address}\r\n");
+    }
+    for (name, value) in headers {
+        head += &format!("{name}: {value}\r\n");
+    }
+    let request =
+        format!("{method} {path} HTTP/1.1\r\n{head}content-length: 0\r\nconnection: close\r\n\r\n");
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     tcp.read_to_string(&mut response).await.unwrap();
