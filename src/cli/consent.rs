@@ -30,6 +30,7 @@ use crate::proto::consent::v1 as pb;
 use crate::proxy::headers::{
     BRIDGE_ERROR, BRIDGE_PURPOSE, BRIDGE_REASON, BRIDGE_REQUEST_ID, BRIDGE_USER_ID,
 };
+use crate::telemetry::escape::{Escaped, json_safe};
 use pb::consent_client::ConsentClient;
 
 /// The configuration `govbridge dev` writes with its default `--dir`.
@@ -161,7 +162,7 @@ pub fn run(args: ConsentArgs) -> anyhow::Result<()> {
                 portal.client.grant(portal.declared(request)).await
             })?;
             if json {
-                println!("{}", record_json(&record));
+                println!("{}", json_safe(record_json(&record).to_string()));
             } else {
                 print_granted(&record);
             }
@@ -176,7 +177,7 @@ pub fn run(args: ConsentArgs) -> anyhow::Result<()> {
                 .consents;
             if json {
                 for record in &consents {
-                    println!("{}", record_json(record));
+                    println!("{}", json_safe(record_json(record).to_string()));
                 }
             } else if consents.is_empty() {
                 println!("no consents for {nin}");
@@ -197,12 +198,14 @@ pub fn run(args: ConsentArgs) -> anyhow::Result<()> {
                 portal.client.revoke(portal.declared(request)).await
             })?;
             if json {
-                println!("{}", record_json(&record));
+                println!("{}", json_safe(record_json(&record).to_string()));
             } else {
                 println!(
                     "revoked consent {} ({} for {}); the gateway refuses calls under it \
                      within a second",
-                    record.consent_id, record.consumer, record.purpose
+                    Escaped(&record.consent_id),
+                    Escaped(&record.consumer),
+                    Escaped(&record.purpose)
                 );
             }
         }
@@ -581,13 +584,15 @@ fn effective_state(record: &pb::ConsentRecord, now: i64) -> &'static str {
     }
 }
 
+/// What the portal answered, shown escaped ([`Escaped`]): the portal is a
+/// backend, and its text must not forge lines on the operator's terminal.
 fn print_granted(record: &pb::ConsentRecord) {
-    println!("granted consent {}", record.consent_id);
-    println!("  citizen    {}", record.nin);
-    println!("  consumer   {}", record.consumer);
-    println!("  providers  {}", record.providers.join(", "));
-    println!("  methods    {}", record.methods.join(", "));
-    println!("  purpose    {}", record.purpose);
+    println!("granted consent {}", Escaped(&record.consent_id));
+    println!("  citizen    {}", Escaped(&record.nin));
+    println!("  consumer   {}", Escaped(&record.consumer));
+    println!("  providers  {}", Escaped(record.providers.join(", ")));
+    println!("  methods    {}", Escaped(record.methods.join(", ")));
+    println!("  purpose    {}", Escaped(&record.purpose));
     println!(
         "  valid      {} to {}",
         rfc3339(record.not_before),
@@ -595,7 +600,7 @@ fn print_granted(record: &pb::ConsentRecord) {
     );
     println!("  max uses   {}", record.max_uses);
     println!("artefact, for the consumer's bridge-consent header:");
-    println!("{}", record.artefact);
+    println!("{}", Escaped(&record.artefact));
 }
 
 /// One line per consent, columns aligned; methods last, as they are long.
@@ -608,13 +613,13 @@ fn print_table(consents: &[pb::ConsentRecord], now: i64) {
     ];
     for record in consents {
         rows.push([
-            record.consent_id.clone(),
-            record.consumer.clone(),
-            record.purpose.clone(),
+            Escaped(&record.consent_id).to_string(),
+            Escaped(&record.consumer).to_string(),
+            Escaped(&record.purpose).to_string(),
             effective_state(record, now).to_owned(),
             record.max_uses.to_string(),
             rfc3339(record.expires),
-            record.methods.join(","),
+            Escaped(record.methods.join(",")).to_string(),
         ]);
     }
     let mut widths = [0; 7];
