@@ -415,12 +415,7 @@ fn walk<'a>(message: &'a [u8], field: &SubjectField) -> Option<Reading<'a>> {
     let mut found = None;
     let mut mentions = 0u32;
     while !rest.is_empty() {
-        let (tag, after) = read_varint(rest)?;
-        let number = u32::try_from(tag >> 3).ok()?;
-        if number == 0 {
-            return None;
-        }
-        let wire_type = tag & 0b111;
+        let (number, wire_type, after) = read_tag(rest)?;
         if number == field.number {
             // Only a length-delimited value can be a string.
             if wire_type != 2 {
@@ -481,13 +476,23 @@ fn skip_group(mut rest: &[u8], number: u32, depth: u32) -> Option<&[u8]> {
         return None;
     }
     loop {
-        let (tag, after) = read_varint(rest)?;
-        let inner = u32::try_from(tag >> 3).ok()?;
-        rest = match tag & 0b111 {
+        let (inner, wire_type, after) = read_tag(rest)?;
+        rest = match wire_type {
             4 if inner == number => return Some(after),
             wire_type => skip_field(after, inner, wire_type, depth + 1)?,
         };
     }
+}
+
+/// A field's key: its number, its wire type and what follows. As prost
+/// has it, a key must fit in 32 bits and name a field number of at least
+/// 1, at any depth: a message breaking that is malformed for the backend
+/// too, and no subject is read from it.
+fn read_tag(bytes: &[u8]) -> Option<(u32, u64, &[u8])> {
+    let (key, after) = read_varint(bytes)?;
+    let key = u32::try_from(key).ok()?;
+    let number = key >> 3;
+    (number != 0).then_some((number, u64::from(key & 0b111), after))
 }
 
 /// A base-128 varint and what follows it.
@@ -934,6 +939,12 @@ mod tests {
             &[0x80, 0x80, 0x80, 0x80, 0x80, 0x01],
             // Fixed64 cut short.
             &[0x19, 1, 2, 3],
+            // After the subject, a key over 32 bits whose field number
+            // would still fit: prost refuses the message.
+            &[0x0a, 1, b'1', 0x8a, 0x80, 0x80, 0x80, 0x10, 1, b'1'],
+            // Field number 0 inside a group (found by the fuzz target: the
+            // subject was bound, prost refused the message).
+            &[0x0a, 1, b'1', 0x33, 0x18, 0x2a, 0x00, 0x64, 0x34],
         ];
         for case in cases {
             assert_eq!(subject_of(case, &NIN_FIELD), None, "{case:?}");
