@@ -48,6 +48,14 @@ impl<'a> Grant<'a> {
             expires: 0,
         }
     }
+
+    /// As `credit`, for the declared-income stream.
+    fn streamed(nin: &'a str) -> Self {
+        Self {
+            methods: &[STREAM_INCOME],
+            ..Self::credit(nin)
+        }
+    }
 }
 
 fn now() -> i64 {
@@ -307,14 +315,7 @@ async fn an_expired_consent_is_refused() {
 async fn a_stream_is_refused_at_the_first_message_naming_someone_else() {
     let bed = dev_bed().await;
     let (a, b) = (citizen(&bed, 0), citizen(&bed, 1));
-    let consent = grant(
-        &bed,
-        &Grant {
-            methods: &[STREAM_INCOME],
-            ..Grant::credit(&a)
-        },
-    )
-    .await;
+    let consent = grant(&bed, &Grant::streamed(&a)).await;
     let year = |nin: &str, fiscal_year| GetDeclaredIncomeRequest {
         nin: nin.to_owned(),
         fiscal_year,
@@ -681,14 +682,7 @@ async fn a_oneof_cannot_smuggle_another_subject_past_the_consent() {
 async fn a_stream_message_naming_its_subject_twice_is_refused() {
     let bed = dev_bed().await;
     let (a, b) = (citizen(&bed, 0), citizen(&bed, 1));
-    let consent = grant(
-        &bed,
-        &Grant {
-            methods: &[STREAM_INCOME],
-            ..Grant::credit(&a)
-        },
-    )
-    .await;
+    let consent = grant(&bed, &Grant::streamed(&a)).await;
     let year = |fiscal_year| {
         Raw::of(&GetDeclaredIncomeRequest {
             nin: a.clone(),
@@ -731,9 +725,8 @@ async fn cancelling_after_an_answer_still_spends_the_use() {
     let consent = grant(
         &bed,
         &Grant {
-            methods: &[STREAM_INCOME],
             max_uses: 1,
-            ..Grant::credit(&a)
+            ..Grant::streamed(&a)
         },
     )
     .await;
