@@ -36,6 +36,8 @@
 //! - [`proxy`]: the passthrough service and where the path is assembled.
 //! - [`consent`]: citizens' consent artefacts, their revocation feed and
 //!   use counts.
+//! - [`unix_time`]: seconds since the epoch, as certificates, consents and
+//!   the exchange log count time.
 //! - [`agencies`]: mock civil registry, tax authority, business registry,
 //!   banks and the MyGov consent portal, backed by deterministic synthetic
 //!   data.
@@ -76,3 +78,4 @@ pub mod proxy;
 pub mod routing;
 pub mod sandbox;
 pub mod telemetry;
+pub mod unix_time;

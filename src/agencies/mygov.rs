@@ -153,14 +153,6 @@ fn portal_app_only<T>(request: &Request<T>) -> Result<(), Status> {
     }
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| {
-            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
-        })
-}
-
 /// The feed of state changes.
 pub type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::StatusEvent, Status>> + Send>>;
 
@@ -197,7 +189,7 @@ impl Consent for MyGovAgency {
         if grant.purpose.is_empty() {
             return Err(Status::invalid_argument("a consent names a purpose"));
         }
-        let granted_at = now();
+        let granted_at = crate::unix_time::now();
         let not_before = if grant.not_before == 0 {
             granted_at
         } else {

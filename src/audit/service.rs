@@ -15,7 +15,7 @@
 //! reads on the blocking pool through its own read-only connection.
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status};
@@ -394,14 +394,6 @@ const ACCESSES: &str = "SELECT idx, record FROM records \
      AND (phase = 'outcome' OR error_kind IS NOT NULL) \
      ORDER BY at_us DESC, idx DESC LIMIT ?4";
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
-        })
-}
-
 /// An access as the citizen sees it; `caller_name` is filled in later.
 fn access(stored: &StoredRecord) -> Result<Access, ReadError> {
     let record = decode(stored)?;
@@ -447,7 +439,7 @@ impl DataTrackerService {
             limit => limit.min(MAX_ACCESSES),
         };
         let since_us = request.since_unix.max(0).saturating_mul(1_000_000);
-        let now = unix_now();
+        let now = crate::unix_time::now();
         let mut accesses = read(log, move |store| {
             store
                 .select(ACCESSES, rusqlite::params![subject, since_us, now, limit])?

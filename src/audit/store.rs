@@ -35,7 +35,7 @@
 //! records; readers (the CLI, the gateway's gRPC services) never block it.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prost::Message;
 use rusqlite::types::Value;
@@ -214,14 +214,6 @@ pub fn columns(record: &ExchangeRecord) -> [Value; 12] {
         optional(&record.error_kind),
         Value::Integer(record.concealed_until_unix),
     ]
-}
-
-fn unix_seconds() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
-        })
 }
 
 fn to_i64(value: u64) -> i64 {
@@ -602,7 +594,7 @@ impl Store {
             transaction
                 .execute(
                     "INSERT OR REPLACE INTO checkpoints (tree_size, signed_at, note) VALUES (?1, ?2, ?3)",
-                    params![to_i64(next.size()), unix_seconds(), note],
+                    params![to_i64(next.size()), crate::unix_time::now(), note],
                 )
                 .at(&self.path)?;
         }

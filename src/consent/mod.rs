@@ -157,7 +157,7 @@ impl ConsentVerifier {
         let claims = Arc::new(self.keys.verify(token)?);
         let mut verified = self.lock();
         if verified.len() >= MAX_VERIFIED {
-            let now = unix_now();
+            let now = crate::unix_time::now();
             verified.retain(|_, claims| claims.expires > now);
             if verified.len() >= MAX_VERIFIED {
                 verified.clear();
@@ -171,14 +171,6 @@ impl ConsentVerifier {
         // A map of verified claims: a panic half-way leaves it valid.
         self.verified.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| {
-            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
-        })
 }
 
 /// Verifies `token` and checks it against `call`: every check up to, but
@@ -307,7 +299,7 @@ impl ConsentLedger {
     /// A ledger whose use counts are kept in the SQLite file at `path`,
     /// starting from the counts kept there.
     pub fn open(freshness: Duration, path: &std::path::Path) -> Result<Arc<Self>, UseBookError> {
-        let (book, counted) = UseBook::open(path, unix_now())?;
+        let (book, counted) = UseBook::open(path, crate::unix_time::now())?;
         let uses = counted
             .into_iter()
             .map(|(consent, spent)| (consent, Uses { spent, reserved: 0 }))

@@ -295,7 +295,7 @@ impl GatewayState {
     /// The CRLs in use that are past their next update (accepted within
     /// their grace).
     fn overdue_crls(&self) -> impl Iterator<Item = &str> {
-        let now = unix_now();
+        let now = crate::unix_time::now();
         self.crls
             .iter()
             .filter(move |(_, next_update)| *next_update < now)
@@ -1348,11 +1348,7 @@ impl GatewayService {
         provider: &MemberId,
         record: &mut Option<CallRecord>,
     ) -> Result<Option<Arc<ConsentClaims>>, GatewayError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| {
-                i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
-            });
+        let now = crate::unix_time::now();
         let certificate_days_left = self
             .peer
             .certificate_not_after
@@ -1424,7 +1420,9 @@ impl GatewayService {
     /// Whole days until the caller's certificate expires.
     fn certificate_days_left(&self) -> i64 {
         self.peer.certificate_not_after.map_or(0, |not_after| {
-            not_after.saturating_sub(unix_now()).div_euclid(86_400)
+            not_after
+                .saturating_sub(crate::unix_time::now())
+                .div_euclid(86_400)
         })
     }
 
@@ -1508,14 +1506,6 @@ impl GatewayService {
 }
 
 /// Seconds since the epoch.
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| {
-            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
-        })
-}
-
 /// What the gateway knows of a call before reading its headers.
 #[derive(Debug)]
 struct Arrival {

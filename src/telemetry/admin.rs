@@ -264,11 +264,7 @@ impl Admin {
             problems.push("the exchange log cannot write: every call is refused".to_owned());
         }
         let state = self.state.load_full();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| {
-                i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
-            });
+        let now = crate::unix_time::now();
         for (name, not_after) in state.certificates() {
             if *not_after <= now {
                 problems.push(format!("{name} has expired"));

@@ -231,9 +231,7 @@ impl Metrics {
     pub fn reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
         self.reloads.get(&result).fetch_add(1, Ordering::Relaxed);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_secs());
+        let now = u64::try_from(crate::unix_time::now()).unwrap_or(0);
         self.last_reload.get(&result).store(now, Ordering::Relaxed);
     }
 
@@ -452,11 +450,7 @@ impl Metrics {
             "gauge",
             "Seconds each CRL in use is past its next update; 0 while fresh.",
         );
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| {
-                i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
-            });
+        let now = crate::unix_time::now();
         for (crl, next_update) in crls {
             let _ = writeln!(
                 out,

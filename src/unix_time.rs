@@ -1,0 +1,34 @@
+//! Time as certificates, consents, checkpoints and the exchange log count
+//! it: whole seconds since the Unix epoch.
+//!
+//! One place for the conversion and its edge: a clock set before 1970 reads
+//! 0 rather than failing a call.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Now, in whole seconds since the epoch.
+pub fn now() -> i64 {
+    seconds(SystemTime::now())
+}
+
+/// `at`, in whole seconds since the epoch.
+pub fn seconds(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn whole_seconds_and_zero_before_the_epoch() {
+        assert_eq!(seconds(UNIX_EPOCH + Duration::from_millis(1_999)), 1);
+        assert_eq!(seconds(UNIX_EPOCH + Duration::from_secs(1 << 40)), 1 << 40);
+        assert_eq!(seconds(UNIX_EPOCH - Duration::from_secs(1)), 0);
+        assert!(now() > 1_700_000_000);
+    }
+}
