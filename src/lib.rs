@@ -30,6 +30,8 @@
 //! # Modules
 //!
 //! - [`identity`]: member ids, TLS configurations, certificate -> member.
+//! - [`keys`]: Ed25519 signing keys in PKCS#8 PEM files (checkpoints,
+//!   consent artefacts).
 //! - [`net`]: TLS listeners serving HTTP/2, shared by gateway and agencies.
 //! - [`config`]: the TOML file, validated into [`config::Config`].
 //! - [`routing`]: the route table and the upstream connection pools.
@@ -69,6 +71,7 @@ pub mod demo;
 pub mod dev;
 pub mod directory;
 pub mod identity;
+pub mod keys;
 pub mod launch;
 pub mod net;
 pub mod pki;

@@ -13,7 +13,6 @@ use std::fmt;
 use std::path::Path;
 
 use aws_lc_rs::digest::{SHA256, digest};
-use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -83,9 +82,9 @@ impl SigningKey {
     /// A fresh key named `name` (the log's origin).
     pub fn generate(name: &str) -> Result<Self, NoteError> {
         check_name(name)?;
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-            .map_err(|_| NoteError::PrivateKey("the random source failed".into()))?;
-        Self::from_pkcs8(name, pkcs8.as_ref())
+        let pkcs8 = crate::keys::generate_ed25519()
+            .ok_or_else(|| NoteError::PrivateKey("the random source failed".into()))?;
+        Self::from_pkcs8(name, &pkcs8)
     }
 
     /// A key from its PKCS#8 encoding.
@@ -102,30 +101,13 @@ impl SigningKey {
 
     /// A key from a PEM `PRIVATE KEY` file.
     pub fn from_pem(name: &str, pem: &str) -> Result<Self, NoteError> {
-        let body: String = pem
-            .lines()
-            .map(str::trim)
-            .filter(|line| !line.starts_with("-----"))
-            .collect();
-        if !pem.contains("-----BEGIN PRIVATE KEY-----") {
-            return Err(NoteError::PrivateKey("not a PEM PRIVATE KEY".into()));
-        }
-        let der = BASE64
-            .decode(body)
-            .map_err(|error| NoteError::PrivateKey(error.to_string()))?;
+        let der = crate::keys::pkcs8_from_pem(pem).map_err(NoteError::PrivateKey)?;
         Self::from_pkcs8(name, &der)
     }
 
     /// The key as a PEM `PRIVATE KEY`.
     pub fn to_pem(&self) -> String {
-        let encoded = BASE64.encode(&self.pkcs8);
-        let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
-        for line in encoded.as_bytes().chunks(64) {
-            pem.push_str(&String::from_utf8_lossy(line));
-            pem.push('\n');
-        }
-        pem.push_str("-----END PRIVATE KEY-----\n");
-        pem
+        crate::keys::pkcs8_pem(&self.pkcs8)
     }
 
     /// The key's name.

@@ -33,10 +33,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rustls_pki_types::PrivatePkcs8KeyDer;
 use rustls_pki_types::pem::PemObject;
 use serde::Deserialize;
@@ -133,10 +132,10 @@ impl fmt::Debug for ConsentSigner {
 impl ConsentSigner {
     /// A fresh key with id `key_id`.
     pub fn generate(key_id: &str) -> Result<Self, ArtefactError> {
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| {
+        let pkcs8 = crate::keys::generate_ed25519().ok_or_else(|| {
             ArtefactError::Key("cannot generate a key: the random source failed".into())
         })?;
-        Self::from_pkcs8(key_id, pkcs8.as_ref())
+        Self::from_pkcs8(key_id, &pkcs8)
     }
 
     /// A key from its PKCS#8 (v1 or v2) DER encoding.
@@ -172,14 +171,13 @@ impl ConsentSigner {
     /// Writes the key as a PEM `PRIVATE KEY` (PKCS#8), readable by its
     /// owner only (mode 0600), replacing the file atomically.
     pub fn write(&self, pem_path: &Path) -> std::io::Result<()> {
-        crate::pki::write_file(pem_path, pkcs8_pem(&self.pkcs8).as_bytes(), 0o600).map_err(
-            |error| match error {
-                crate::pki::PkiError::Io { path, source } => {
-                    std::io::Error::new(source.kind(), format!("{}: {source}", path.display()))
-                }
-                other => std::io::Error::other(other),
-            },
-        )
+        let pem = crate::keys::pkcs8_pem(&self.pkcs8);
+        crate::pki::write_file(pem_path, pem.as_bytes(), 0o600).map_err(|error| match error {
+            crate::pki::PkiError::Io { path, source } => {
+                std::io::Error::new(source.kind(), format!("{}: {source}", path.display()))
+            }
+            other => std::io::Error::other(other),
+        })
     }
 
     /// The key id, as in the `kid` header of every artefact it signs.
@@ -584,18 +582,6 @@ fn malformed(message: String) -> ArtefactError {
     ArtefactError::Malformed(message)
 }
 
-/// A PKCS#8 document as a PEM `PRIVATE KEY`.
-fn pkcs8_pem(der: &[u8]) -> String {
-    let encoded = STANDARD.encode(der);
-    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
-    for line in encoded.as_bytes().chunks(64) {
-        pem.push_str(&String::from_utf8_lossy(line));
-        pem.push('\n');
-    }
-    pem.push_str("-----END PRIVATE KEY-----\n");
-    pem
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -719,7 +705,7 @@ mod tests {
         let signer = ConsentSigner::generate("k1").unwrap();
         let debug = format!("{signer:?}");
         assert!(debug.contains("k1"));
-        assert!(!debug.contains(&STANDARD.encode(&signer.pkcs8)));
+        assert!(!debug.contains(&base64::engine::general_purpose::STANDARD.encode(&signer.pkcs8)));
         assert!(!debug.contains("pkcs8"));
     }
 
@@ -1234,7 +1220,7 @@ mod tests {
         let not_ed25519 = dir.path().join("not-ed25519.key");
         crate::pki::write_file(
             &not_ed25519,
-            pkcs8_pem(&[0x30, 0x03, 0x02, 0x01, 0x00]).as_bytes(),
+            crate::keys::pkcs8_pem(&[0x30, 0x03, 0x02, 0x01, 0x00]).as_bytes(),
             0o600,
         )
         .unwrap();
