@@ -1437,34 +1437,30 @@ impl GatewayService {
         let span = tracing::Span::current();
         span.record("grpc_status", error.code() as i32);
         span.record("bridge_error", error.kind());
-        if error.is_admission_refusal() {
-            // Refused for load before anything was decided: no exchange-log
-            // record (see `GatewayError::is_admission_refusal`) and only a
-            // debug line, so that a flood costs neither disk nor log volume.
-            // `govbridge_limit_refusals_total` counts them.
+        // Two refusals leave no record and only a debug line, so that a
+        // flood costs neither disk nor log volume:
+        // - for load, before anything was decided (see
+        //   `GatewayError::is_admission_refusal`;
+        //   `govbridge_limit_refusals_total` counts them);
+        // - a stranger's after its connection's first: a peer the gateway
+        //   does not serve gets one record and one log line per
+        //   connection, however many streams it opens before the
+        //   connection closes (`govbridge_unrecorded_refusals_total`).
+        let unrecorded = error.is_admission_refusal()
+            || (error.is_stranger_refusal()
+                && self.stranger_recorded.swap(true, Ordering::Relaxed));
+        if unrecorded {
             tracing::debug!(
                 request_id = request_id.to_str().unwrap_or_default(),
                 path = %Escaped(uri.path()),
                 bridge_error = error.kind(),
-                "call refused: {}",
+                "call refused, not recorded: {}",
                 Escaped(&error)
             );
             self.metrics.refusal(error.kind());
-            drop(record);
-            return error.into_response(Some(request_id));
-        }
-        if error.is_stranger_refusal() && self.stranger_recorded.swap(true, Ordering::Relaxed) {
-            // A peer the gateway does not serve gets one record and one
-            // log line per connection, however many streams it opens
-            // before the connection closes: it cannot fill the log.
-            tracing::debug!(
-                request_id = request_id.to_str().unwrap_or_default(),
-                path = uri.path(),
-                bridge_error = error.kind(),
-                "call refused, not recorded: {error}"
-            );
-            self.metrics.refusal(error.kind());
-            self.metrics.unrecorded_refusal(error.kind());
+            if error.is_stranger_refusal() {
+                self.metrics.unrecorded_refusal(error.kind());
+            }
             drop(record);
             return error.into_response(Some(request_id));
         }
