@@ -5,7 +5,7 @@
 //! the open connection without taking a lock; only dialling is serialized.
 //! Connections use mutual TLS with the gateway's own client certificate, and
 //! the backend must prove that it is the provider: its certificate must name
-//! the provider's member id, and a connection is given up when that
+//! the provider's member id, and a connection takes no new call once that
 //! certificate expires (the next dial checks the backend again). This
 //! module never reads or changes message bytes.
 
@@ -66,7 +66,7 @@ impl UpstreamConnector {
         &self,
         provider: &MemberId,
         endpoint: &Endpoint,
-    ) -> Result<SendRequest<UpstreamBody>, GatewayError> {
+    ) -> Result<Connection, GatewayError> {
         let unavailable = |detail: String| GatewayError::UpstreamUnavailable {
             provider: provider.clone(),
             detail: format!("{endpoint}: {detail}"),
@@ -115,29 +115,17 @@ impl UpstreamConnector {
             .map_err(|error| unavailable(format!("HTTP/2 handshake: {error}")))?;
         let address = endpoint.address.clone();
         tokio::spawn(async move {
-            let expired = async {
-                match not_after {
-                    Some(not_after) => tokio::time::sleep(until_expired(not_after)).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                result = connection => {
-                    if let Err(error) = result {
-                        tracing::debug!(endpoint = %address, %error, "upstream connection closed");
-                    }
-                }
-                // Dropping the connection closes it to new calls (the pool
-                // dials again, and that handshake checks the certificate);
-                // the calls already on it keep it open until they end.
-                () = expired => tracing::info!(
-                    endpoint = %address,
-                    "upstream connection given up: the backend's certificate expired"
-                ),
+            if let Err(error) = connection.await {
+                tracing::debug!(endpoint = %address, %error, "upstream connection closed");
             }
         });
         tracing::debug!(%provider, endpoint = %endpoint, "upstream connection established");
-        Ok(sender)
+        Ok(Connection {
+            sender,
+            streams: AtomicUsize::new(0),
+            certificate_expires: not_after
+                .map(|not_after| Instant::now() + until_expired(not_after)),
+        })
     }
 }
 
@@ -198,6 +186,18 @@ struct Connection {
     sender: SendRequest<UpstreamBody>,
     /// Calls open on it.
     streams: AtomicUsize,
+    /// When the backend's certificate expires: from then on the pool
+    /// picks the connection for no new call (the next dial checks the
+    /// backend again), and once the calls on it end and the pool has let
+    /// it go, it closes.
+    certificate_expires: Option<Instant>,
+}
+
+impl Connection {
+    /// Whether a new call may use it.
+    fn is_usable(&self, now: Instant) -> bool {
+        !self.sender.is_closed() && self.certificate_expires.is_none_or(|at| now < at)
+    }
 }
 
 /// One backend address: its connections, load and health.
@@ -323,12 +323,14 @@ impl EndpointSlot {
         }
     }
 
-    /// The open connections, those closed since left out.
+    /// The open connections, those closed or past their backend's
+    /// certificate since left out.
     fn open_connections(&self) -> Vec<Arc<Connection>> {
+        let now = Instant::now();
         self.connections
             .load()
             .iter()
-            .filter(|connection| !connection.sender.is_closed())
+            .filter(|connection| connection.is_usable(now))
             .cloned()
             .collect()
     }
@@ -784,11 +786,8 @@ impl ProviderPool {
             let mut dialing = dialing;
             async move {
                 match connector.connect(&provider, &slot.endpoint).await {
-                    Ok(sender) => {
-                        let connection = Arc::new(Connection {
-                            sender,
-                            streams: AtomicUsize::new(0),
-                        });
+                    Ok(connection) => {
+                        let connection = Arc::new(connection);
                         let mut connections = slot.open_connections();
                         connections.push(connection.clone());
                         slot.connections.store(Arc::new(connections));
