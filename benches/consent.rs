@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use aws_lc_rs::signature::{ED25519, UnparsedPublicKey};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use govbridge::audit::subject::{SubjectFields, read_subject};
+use govbridge::catalog::subject::{SubjectFields, read_subject};
 use govbridge::consent::artefact::{ConsentClaims, ConsentSigner, IssuerKeys};
 use govbridge::consent::{
     self, CallScope, ConsentLedger, ConsentRefusal, ConsentState, ConsentVerifier,

@@ -119,7 +119,10 @@ async fn start(
 ) {
     let template = govbridge::dev::prepare(dir).unwrap();
     let config = Config::load(&template).unwrap();
-    let agencies = config.agencies.as_ref().unwrap();
+    let agencies = govbridge::agencies::config::AgenciesConfig::load(&template)
+        .unwrap()
+        .unwrap();
+    let agencies = &agencies;
     let data = Arc::new(Dataset::generate(agencies.seed));
     let (trigger, shutdown) = Shutdown::new();
 

@@ -5,23 +5,24 @@
 //! printed once, with their context chain, and give exit status 1.
 
 mod audit;
+#[cfg(feature = "harness")]
 mod bench;
+#[cfg(feature = "harness")]
 mod consent;
+#[cfg(feature = "harness")]
+mod harness;
 mod status;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::agencies::Dataset;
-use crate::config::{Config, OtlpConfig};
-use crate::identity::MemberId;
-use crate::launch::{BoundAgency, termination_signal};
-use crate::pki::{self, CertificateAuthority, LeafRequest};
-use crate::proxy::Gateway;
+use govbridge::config::{Config, OtlpConfig};
+use govbridge::identity::MemberId;
+use govbridge::proxy::Gateway;
+use govbridge::proxy::signals::{stdin_closed, termination_signal};
 
 /// govbridge: a gRPC interconnection gateway for government e-services.
 #[derive(Debug, Parser)]
@@ -51,18 +52,6 @@ enum Command {
         #[arg(long, hide = true)]
         stop_with_parent: bool,
     },
-    /// Run one mock agency (civil-registry, tax, business-registry,
-    /// bank-cbao, bank-ecobank, mygov).
-    Agency {
-        name: String,
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
-    },
-    /// Development PKI: a CA, certificates and a CRL.
-    Pki {
-        #[command(subcommand)]
-        command: PkiCommand,
-    },
     /// Authorization policies: check, explain a decision, run decision tables.
     Policy {
         #[command(subcommand)]
@@ -73,65 +62,21 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
-    /// Citizens' consents at the MyGov portal: grant, list and revoke them
-    /// through the gateway, as the portal's app (SN/GOV/MYGOV/app).
-    Consent(consent::ConsentArgs),
     /// A short summary of a running gateway, read from its admin endpoint.
     Status {
         /// The admin endpoint, `gateway.admin` in its configuration.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
         admin: std::net::SocketAddr,
     },
-    /// Benchmarks: a load generator, and govbridge side by side with a
-    /// direct call and nginx.
-    Bench {
-        #[command(subcommand)]
-        command: bench::BenchCommand,
-    },
     /// Validate a configuration as a start would, then exit.
     CheckConfig {
         #[arg(value_name = "FILE")]
         config: PathBuf,
     },
-    /// Play the story of govbridge step by step against the dev setup run
-    /// in this process (a citizen's consent, a bank's calls, a treasury
-    /// batch, a revocation, the Data Tracker, a proof), then keep serving.
-    Demo {
-        /// Where to write the dev PKI, configuration and exchange log
-        /// [default: a temporary directory, removed at the end].
-        #[arg(long, value_name = "DIR")]
-        dir: Option<PathBuf>,
-        /// Stop after the story instead of serving.
-        #[arg(long)]
-        once: bool,
-    },
-    /// A sandbox for integration tests in any language: the gateway with
-    /// the dev policies and every mock agency (faults on), on ports the
-    /// system picks, described in a JSON manifest; serves until stopped.
-    Sandbox {
-        /// Where to write the manifest (gateway address, CA, member
-        /// certificates, test data by role); removed on exit.
-        #[arg(long, value_name = "FILE")]
-        manifest: PathBuf,
-        /// The seed of the synthetic dataset.
-        #[arg(long, default_value_t = crate::sandbox::DEFAULT_SEED)]
-        seed: u64,
-        /// Also stop when standard input closes: for a test harness that
-        /// starts the sandbox, so that it never outlives the harness.
-        #[arg(long)]
-        stop_with_parent: bool,
-    },
-    /// Create a dev PKI and config under DIR if missing, then run every mock
-    /// agency and the gateway in one process.
-    Dev {
-        #[arg(long, value_name = "DIR", default_value = "./dev")]
-        dir: PathBuf,
-        /// Let calls ask the mock agencies to fail, with the
-        /// `govbridge-fault` header (`delay=250ms`, `status=UNAVAILABLE`,
-        /// `reset`, `drop`): for trying the gateway's resilience.
-        #[arg(long)]
-        faults: bool,
-    },
+    /// The mock agencies and the setups built from them.
+    #[cfg(feature = "harness")]
+    #[command(flatten)]
+    Harness(harness::HarnessCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -183,44 +128,6 @@ enum PolicyCommand {
     },
 }
 
-#[derive(Debug, Subcommand)]
-enum PkiCommand {
-    /// Create a CA, an empty CRL, and certificates for the gateway, the mock
-    /// agencies and the demo members.
-    Init {
-        #[arg(long, value_name = "DIR")]
-        dir: PathBuf,
-        /// Replace an existing PKI in DIR.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Issue a member client certificate: DIR/NAME.pem and DIR/NAME.key.
-    Issue {
-        #[arg(long, value_name = "DIR")]
-        dir: PathBuf,
-        /// The member id, e.g. SN/COM/CBAO/kyc.
-        #[arg(long)]
-        member: String,
-        /// File stem of the new certificate and key.
-        #[arg(long, value_name = "NAME")]
-        out: String,
-        /// Validity in days.
-        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(i64).range(1..=3650))]
-        days: i64,
-        /// Replace NAME.pem and NAME.key if they exist.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Add a certificate to the CRL (DIR/crl.pem).
-    Revoke {
-        #[arg(long, value_name = "DIR")]
-        dir: PathBuf,
-        /// The certificate to revoke (PEM).
-        #[arg(long, value_name = "FILE")]
-        cert: PathBuf,
-    },
-}
-
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -259,7 +166,7 @@ fn init_logging(
         LogFormat::Json => log.json().boxed(),
     };
     let export = otlp
-        .map(|otlp| crate::telemetry::otlp::layer(otlp, instance))
+        .map(|otlp| govbridge::telemetry::otlp::layer(otlp, instance))
         .transpose()
         .context("starting OTLP export")?;
     tracing_subscriber::registry()
@@ -330,7 +237,7 @@ fn run(command: Command, log_format: LogFormat) -> anyhow::Result<()> {
                         () = termination_signal() => {}
                         () = async {
                             if stop_with_parent {
-                                crate::bench::process::stdin_closed().await;
+                                let _ = stdin_closed().await;
                             } else {
                                 std::future::pending::<()>().await;
                             }
@@ -342,159 +249,25 @@ fn run(command: Command, log_format: LogFormat) -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        Command::Demo { dir, once } => {
-            init_logging(log_format, None, "demo")?;
-            runtime()?.block_on(crate::demo::run(dir.as_deref(), once))
-        }
-        Command::Sandbox {
-            manifest,
-            seed,
-            stop_with_parent,
-        } => {
-            init_logging(log_format, None, "sandbox")?;
-            runtime()?.block_on(crate::sandbox::manifest::run(
-                &manifest,
-                seed,
-                stop_with_parent,
-            ))
-        }
-        Command::Dev { dir, faults } => {
-            init_logging(log_format, otlp_of(None)?.as_ref(), "dev")?;
-            runtime()?.block_on(crate::dev::run(&dir, faults))
-        }
-        command => {
+        #[cfg(feature = "harness")]
+        Command::Harness(command) => harness::run(command, log_format),
+        Command::Policy { command } => {
             init_logging(log_format, None, "")?;
-            match command {
-                Command::Agency { name, config } => run_agency(&name, &config),
-                Command::Pki { command } => run_pki(command),
-                Command::Policy { command } => run_policy(command),
-                Command::Audit { command } => audit::run(command),
-                Command::Consent(args) => consent::run(args),
-                Command::CheckConfig { config } => check_config(&config),
-                Command::Status { admin } => status::run(admin),
-                Command::Bench { command } => bench::run(command),
-                Command::Serve { .. }
-                | Command::Dev { .. }
-                | Command::Demo { .. }
-                | Command::Sandbox { .. } => {
-                    unreachable!("handled above")
-                }
-            }
+            run_policy(command)
+        }
+        Command::Audit { command } => {
+            init_logging(log_format, None, "")?;
+            audit::run(command)
+        }
+        Command::CheckConfig { config } => {
+            init_logging(log_format, None, "")?;
+            check_config(&config)
+        }
+        Command::Status { admin } => {
+            init_logging(log_format, None, "")?;
+            status::run(admin)
         }
     }
-}
-
-fn run_agency(name: &str, config_path: &Path) -> anyhow::Result<()> {
-    let config = Config::load(config_path)?;
-    let agencies = config
-        .agencies
-        .as_ref()
-        .with_context(|| format!("{}: no [agencies] section", config_path.display()))?;
-    let agency: crate::agencies::Agency = name.parse()?;
-    let server = agencies.agencies.get(agency.name()).with_context(|| {
-        format!(
-            "{}: agencies.servers.{}: missing key",
-            config_path.display(),
-            agency.name()
-        )
-    })?;
-    let data = Arc::new(Dataset::generate(agencies.seed));
-    runtime()?.block_on(async {
-        let bound = BoundAgency::bind(
-            agency,
-            server.listen,
-            &agencies.server_tls(server),
-            config.gateway.identity.clone(),
-            data,
-            server.signing_key.as_ref(),
-        )
-        .await?;
-        println!(
-            "agency {} listening on https://{}",
-            agency.name(),
-            bound.local_addr()?
-        );
-        bound.serve(termination_signal()).await;
-        Ok(())
-    })
-}
-
-fn run_pki(command: PkiCommand) -> anyhow::Result<()> {
-    match command {
-        PkiCommand::Init { dir, force } => {
-            if dir.join(pki::CA_CERT).exists() && !force {
-                bail!(
-                    "{}: a PKI exists already; pass --force to replace it",
-                    dir.join(pki::CA_CERT).display()
-                );
-            }
-            crate::dev::init_pki(&dir)?;
-            println!("created the dev PKI in {}", dir.display());
-        }
-        PkiCommand::Issue {
-            dir,
-            member,
-            out,
-            days,
-            force,
-        } => {
-            let member = MemberId::parse(&member).with_context(|| format!("--member {member}"))?;
-            if out.is_empty() || out.contains('/') || out.starts_with('.') {
-                bail!("--out {out}: a file stem, without directories");
-            }
-            let consent_key = crate::dev::CONSENT_KEY.trim_end_matches(".key");
-            if ["ca", "crl", "gateway", "gateway-upstream", consent_key].contains(&out.as_str())
-                || out.starts_with("agency-")
-            {
-                bail!("--out {out}: that name belongs to the PKI itself; choose another");
-            }
-            check_issue_target(&dir, &out, force)?;
-            let ca = CertificateAuthority::load(&dir)?;
-            let mut request = LeafRequest::member(&member);
-            request.not_after = request.not_before + time::Duration::days(days);
-            let (certificate, key) = ca.issue(&request)?.write(&dir, &out)?;
-            println!(
-                "issued {} for {member}\n  certificate {}\n  private key {}",
-                out,
-                certificate.display(),
-                key.display()
-            );
-        }
-        PkiCommand::Revoke { dir, cert } => {
-            pki::revoke(&dir, &cert)?;
-            println!(
-                "revoked {}; the CRL is {}. Reload or restart the gateway to apply it.",
-                cert.display(),
-                dir.join(pki::CRL).display()
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Whether `pki issue --out NAME` may write `NAME.pem` and `NAME.key`.
-/// A key is replaced only with `--force`, and only when its certificate
-/// of the same name is beside it: a pair `pki issue` made. A key alone (the
-/// MyGov consent signing key, a key copied in by hand) is never replaced.
-fn check_issue_target(dir: &Path, out: &str, force: bool) -> anyhow::Result<()> {
-    let certificate = dir.join(format!("{out}.pem"));
-    let key = dir.join(format!("{out}.key"));
-    // `symlink_metadata`: a dangling link is a file in the way too.
-    let exists = |path: &Path| path.symlink_metadata().is_ok();
-    if exists(&key) && !exists(&certificate) {
-        bail!(
-            "{}: a key this command did not create (there is no {}); choose another --out",
-            key.display(),
-            certificate.display()
-        );
-    }
-    if !force && let Some(existing) = [&certificate, &key].into_iter().find(|path| exists(path)) {
-        bail!(
-            "{}: exists already; pass --force to replace it",
-            existing.display()
-        );
-    }
-    Ok(())
 }
 
 fn run_policy(command: PolicyCommand) -> anyhow::Result<()> {
@@ -567,7 +340,7 @@ fn run_policy(command: PolicyCommand) -> anyhow::Result<()> {
             engine
                 .precheck(&client, &method, &provider, purpose.as_deref())
                 .map_err(anyhow::Error::msg)?;
-            let decision = engine.authorize(&crate::policy::CallFacts {
+            let decision = engine.authorize(&govbridge::policy::CallFacts {
                 caller: &client,
                 method: &method,
                 provider: &provider,
@@ -607,8 +380,8 @@ fn run_policy(command: PolicyCommand) -> anyhow::Result<()> {
             let (_, engine) = load_policies(&config)?;
             let text =
                 std::fs::read_to_string(&cases).with_context(|| cases.display().to_string())?;
-            let outcomes =
-                crate::policy::cases::run(&engine, &cases, &text).map_err(anyhow::Error::msg)?;
+            let outcomes = govbridge::policy::cases::run(&engine, &cases, &text)
+                .map_err(anyhow::Error::msg)?;
             let failed = outcomes.iter().filter(|outcome| !outcome.passed).count();
             for outcome in &outcomes {
                 println!(
@@ -627,16 +400,17 @@ fn run_policy(command: PolicyCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_policies(path: &Path) -> anyhow::Result<(Config, crate::policy::PolicyEngine)> {
+fn load_policies(path: &Path) -> anyhow::Result<(Config, govbridge::policy::PolicyEngine)> {
     let config = Config::load(path)?;
-    let engine = crate::policy::PolicyEngine::load(&config)?;
+    let engine = govbridge::policy::PolicyEngine::load(&config)?;
     Ok((config, engine))
 }
 
 fn check_config(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     Gateway::check(&config).with_context(|| path.display().to_string())?;
-    if let Some(agencies) = &config.agencies {
+    #[cfg(feature = "harness")]
+    if let Some(agencies) = &govbridge::agencies::config::AgenciesConfig::load(path)? {
         for agency in agencies.agencies.values() {
             agencies
                 .server_tls(agency)

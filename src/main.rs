@@ -1,6 +1,8 @@
-//! The `govbridge` command: parses the command line and hands over to the
-//! library.
+//! The `govbridge` command: parses the command line and hands over to
+//! [`cli`].
+
+mod cli;
 
 fn main() -> std::process::ExitCode {
-    govbridge::cli::main()
+    cli::main()
 }

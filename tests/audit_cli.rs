@@ -455,7 +455,7 @@ async fn tail_and_query_select_the_expected_records() {
 
 /// Characters that end a line, drive a terminal or reorder text.
 fn unsafe_for_a_terminal(c: char) -> bool {
-    govbridge::telemetry::escape::is_unsafe(c)
+    govbridge::wire::escape::is_unsafe(c)
 }
 
 /// What a caller sends (a subject in its request, a method in its path)

@@ -158,7 +158,7 @@ async fn a_short_client_deadline_gives_deadline_exceeded_and_cancels_upstream() 
         .unwrap()
         .to_str()
         .unwrap();
-    let forwarded = govbridge::proxy::deadline::parse_grpc_timeout(forwarded.as_bytes()).unwrap();
+    let forwarded = govbridge::wire::deadline::parse_grpc_timeout(forwarded.as_bytes()).unwrap();
     assert!(forwarded < Duration::from_millis(300), "{forwarded:?}");
     tokio::time::timeout(Duration::from_secs(5), probe.state.cancelled.notified())
         .await

@@ -9,7 +9,7 @@
 
 #![no_main]
 
-use govbridge::audit::subject::{
+use govbridge::catalog::subject::{
     MAX_SUBJECT, Reading, SubjectField, SubjectFields, read_subject,
 };
 use govbridge::proto::civilregistry::v1::VerifyIdentityRequest;

@@ -19,11 +19,11 @@ use clap::{ArgGroup, Subcommand, ValueEnum};
 use prost::Message;
 use rusqlite::types::Value;
 
-use crate::audit::note::Verifier;
-use crate::audit::store::{DATABASE_FILE, StoredRecord, VERIFIER_FILE};
-use crate::audit::verify::{self, ProofBundle, RecordKey};
-use crate::audit::{ExchangeRecord, Phase, Store};
-use crate::telemetry::escape::{Escaped, json_safe};
+use govbridge::audit::note::Verifier;
+use govbridge::audit::store::{DATABASE_FILE, StoredRecord, VERIFIER_FILE};
+use govbridge::audit::verify::{self, ProofBundle, RecordKey};
+use govbridge::audit::{ExchangeRecord, Phase, Store};
+use govbridge::wire::escape::{Escaped, json_safe};
 
 /// Records `tail` shows when not told where to start.
 const TAIL_DEFAULT: u64 = 10;

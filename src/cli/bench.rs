@@ -8,14 +8,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 
-use crate::bench::compare::{self, Bed, CompareOptions, ECHO_READY};
-use crate::bench::echo::EchoBackend;
-use crate::bench::load::{self, LoadPlan, Pacing, Scenario};
-use crate::bench::process::stdin_closed;
-use crate::bench::report::{self, RunSummary};
-use crate::bench::setup::{BenchDir, GatewayProfile};
-use crate::config::parse_duration;
-use crate::launch::termination_signal;
+use govbridge::bench::compare::{self, Bed, CompareOptions, ECHO_READY};
+use govbridge::bench::echo::EchoBackend;
+use govbridge::bench::load::{self, LoadPlan, Pacing, Scenario};
+use govbridge::bench::report::{self, RunSummary};
+use govbridge::bench::setup::{BenchDir, GatewayProfile};
+use govbridge::config::parse_duration;
+use govbridge::proxy::signals::{stdin_closed, termination_signal};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -148,7 +147,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
                     () = termination_signal() => {}
                     () = async {
                         if stop_with_parent {
-                            stdin_closed().await;
+                            let _ = stdin_closed().await;
                         } else {
                             std::future::pending::<()>().await;
                         }

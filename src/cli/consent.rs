@@ -20,17 +20,17 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 
-use crate::agencies::mygov::PORTAL_APP;
-use crate::agencies::{Nin, parse_nin};
-use crate::config::Config;
-use crate::identity::MemberId;
-use crate::identity::tls::{ClientTls, TlsError, load_certificates, member_of_certificate};
-use crate::net::client::Channel;
-use crate::proto::consent::v1 as pb;
-use crate::proxy::headers::{
+use govbridge::agencies::mygov::PORTAL_APP;
+use govbridge::agencies::{Nin, parse_nin};
+use govbridge::config::Config;
+use govbridge::identity::MemberId;
+use govbridge::identity::tls::{ClientTls, TlsError, load_certificates, member_of_certificate};
+use govbridge::net::client::Channel;
+use govbridge::proto::consent::v1 as pb;
+use govbridge::wire::escape::{Escaped, json_safe};
+use govbridge::wire::headers::{
     BRIDGE_ERROR, BRIDGE_PURPOSE, BRIDGE_REASON, BRIDGE_REQUEST_ID, BRIDGE_USER_ID,
 };
-use crate::telemetry::escape::{Escaped, json_safe};
 use pb::consent_client::ConsentClient;
 
 /// The configuration `govbridge dev` writes with its default `--dir`.
@@ -365,7 +365,7 @@ impl Portal {
 /// of its own in `bridge-error`; any other status is the portal's answer,
 /// which the gateway passes through unchanged.
 fn refused(address: SocketAddr, status: &tonic::Status) -> anyhow::Error {
-    let code = crate::telemetry::metrics::code_name(status.code() as i32);
+    let code = govbridge::telemetry::metrics::code_name(status.code() as i32);
     let metadata = |name| {
         status
             .metadata()
@@ -414,7 +414,7 @@ fn listen_address(config: &Config) -> anyhow::Result<SocketAddr> {
 
 /// Where the dev PKI keeps the portal app's certificate: beside its CA.
 fn portal_certificate_beside(ca: &Path) -> anyhow::Result<PathBuf> {
-    let stem = crate::dev::DEMO_MEMBERS
+    let stem = govbridge::dev::DEMO_MEMBERS
         .iter()
         .find(|(_, member)| *member == PORTAL_APP)
         .map(|(stem, _)| *stem)
@@ -472,7 +472,7 @@ fn grant_request(config: &Config, grant: GrantArgs) -> anyhow::Result<pb::GrantR
         }
     }
     for method in &grant.methods {
-        let Some((service, _)) = crate::routing::split_path(method) else {
+        let Some((service, _)) = govbridge::catalog::split_path(method) else {
             bail!("--method {method}: expected a gRPC path, /package.Service/Method");
         };
         if !config.services.contains_key(service) {
@@ -528,7 +528,7 @@ fn parse_validity(text: &str) -> anyhow::Result<i64> {
             .and_then(|days| days.checked_mul(86_400))
             .with_context(invalid)?,
         None => {
-            let duration = crate::config::parse_duration(text)
+            let duration = govbridge::config::parse_duration(text)
                 .map_err(|message| anyhow!("{}: {message}", invalid()))?;
             i64::try_from(duration.as_secs()).with_context(invalid)?
         }
@@ -685,7 +685,7 @@ mod tests {
 
     #[test]
     fn unspecified_listen_addresses_are_reached_on_loopback() {
-        let config = Config::parse(Path::new("dev.toml"), crate::dev::CONFIG_TEMPLATE);
+        let config = Config::parse(Path::new("dev.toml"), govbridge::dev::CONFIG_TEMPLATE);
         let Ok(mut config) = config else {
             panic!("the dev configuration parses");
         };

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::telemetry::escape::Escaped;
+use govbridge::wire::escape::Escaped;
 
 /// One GET to the admin endpoint: (status code, body).
 fn get(admin: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {

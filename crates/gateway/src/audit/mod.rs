@@ -1,0 +1,545 @@
+//! The exchange log: every call, allowed or denied, recorded before it is
+//! forwarded, in an append-only Merkle tree whose signed checkpoints let
+//! anyone prove offline that a record is in the log and that the log only
+//! grew.
+//!
+//! - [`merkle`]: RFC 9162 hashing, proofs and their verification.
+//! - [`note`]: checkpoints as C2SP signed notes (Ed25519).
+//! - [`store`]: the SQLite database and its schema.
+//! - [`verify`]: checking a whole log, and proof bundles.
+//! - [`subject`]: which request field names the data subject.
+//!
+//! [`ExchangeLog`] is the gateway's handle. Records go to one writer thread
+//! that commits whatever has queued up in one transaction (group commit):
+//! under load, thousands of calls share each fsync. A caller's append
+//! resolves only once its record is durable. When the store cannot write,
+//! appends fail, the gateway refuses calls, and the next batch tries again:
+//! service resumes by itself when the store does.
+
+pub mod merkle;
+pub mod note;
+pub mod store;
+pub mod verify;
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::oneshot;
+
+use crate::config::ExchangeLogConfig;
+pub use crate::proto::audit::v1::{ExchangeRecord, Phase};
+use merkle::Frontier;
+use note::{SigningKey, Verifier};
+pub use store::{Store, StoreError, StoreFault, StoredCheckpoint};
+
+/// The record format version this gateway writes.
+pub const RECORD_VERSION: u32 = 1;
+
+/// Records waiting for the writer, at most; beyond that calls are refused
+/// rather than queued without bound.
+const QUEUE_CAPACITY: usize = 32 * 1024;
+/// Records committed in one transaction, at most.
+const MAX_BATCH: usize = 4096;
+/// How often a store that failed is tried again while no call does it.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+
+/// Why the log cannot take a record.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct LogUnavailable(pub Arc<str>);
+
+/// Why the log cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{}: {message}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        message: String,
+    },
+}
+
+enum Job {
+    Append {
+        record: Box<ExchangeRecord>,
+        reply: oneshot::Sender<Result<u64, LogUnavailable>>,
+    },
+    Fault(Option<StoreFault>),
+    Checkpoint(oneshot::Sender<Result<Option<StoredCheckpoint>, LogUnavailable>>),
+    /// Commit what is queued, sign a final checkpoint and stop.
+    Close,
+}
+
+/// What the writer publishes for everyone else.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Records committed so far.
+    size: AtomicU64,
+    /// False while the store refuses writes.
+    healthy: AtomicBool,
+    /// The latest signed checkpoint.
+    checkpoint: ArcSwapOption<StoredCheckpoint>,
+    /// Records waiting for the writer.
+    queued: AtomicU64,
+    /// How long each commit took.
+    commits: crate::telemetry::metrics::Histogram,
+}
+
+/// The gateway's handle on its exchange log. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ExchangeLog {
+    jobs: SyncSender<Job>,
+    shared: Arc<Shared>,
+    verifier: Arc<Verifier>,
+    dir: Arc<Path>,
+    writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl ExchangeLog {
+    /// Opens the log in `config.data_dir` (creating the directory, the
+    /// database and the signing key on first use) and starts its writer.
+    pub fn open(config: &ExchangeLogConfig) -> Result<Self, OpenError> {
+        let dir = &config.data_dir;
+        create_private_dir(dir)?;
+        let key = load_or_create_key(dir, &config.origin)?;
+        let store = Store::open(dir, &config.origin)?;
+        let frontier = store.frontier()?;
+        let checkpoint = store.latest_checkpoint()?;
+        let shared = Arc::new(Shared {
+            size: AtomicU64::new(frontier.size()),
+            healthy: AtomicBool::new(true),
+            checkpoint: ArcSwapOption::from_pointee(checkpoint.clone()),
+            queued: AtomicU64::new(0),
+            commits: crate::telemetry::metrics::Histogram::default(),
+        });
+        let (jobs, queue) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
+        let (running, stopped) = std::sync::mpsc::channel::<()>();
+        let wal = store::WalCheckpointer::open(dir)?;
+        let verifier = Arc::new(key.verifier());
+        let writer = Writer {
+            store,
+            frontier,
+            key,
+            origin: config.origin.clone(),
+            interval: config.checkpoint_interval,
+            every: config.checkpoint_records,
+            checkpointed: checkpoint.map_or(0, |checkpoint| checkpoint.size),
+            last_checkpoint: Instant::now(),
+            shared: shared.clone(),
+            _running: running,
+        };
+        let thread = std::thread::Builder::new()
+            .name("exchange-log".into())
+            .spawn(move || writer.run(&queue))
+            .map_err(|error| OpenError::File {
+                path: dir.clone(),
+                message: format!("cannot start the log writer: {error}"),
+            })?;
+        // Copying the WAL into the database is done aside, so that commits
+        // never wait for it; it stops when the writer does.
+        std::thread::Builder::new()
+            .name("exchange-log-wal".into())
+            .spawn(move || wal.run(&stopped))
+            .map_err(|error| OpenError::File {
+                path: dir.clone(),
+                message: format!("cannot start the WAL checkpointer: {error}"),
+            })?;
+        tracing::info!(
+            dir = %dir.display(),
+            origin = config.origin,
+            records = shared.size.load(Ordering::Relaxed),
+            key = %verifier,
+            "exchange log open"
+        );
+        Ok(Self {
+            jobs,
+            shared,
+            verifier,
+            dir: Arc::from(dir.as_path()),
+            writer: Arc::new(Mutex::new(Some(thread))),
+        })
+    }
+
+    /// Queues `record`; the returned future resolves with its leaf index
+    /// once it is durable.
+    pub fn append(&self, record: ExchangeRecord) -> Appending {
+        let (reply, receiver) = oneshot::channel();
+        let job = Job::Append {
+            record: Box::new(record),
+            reply,
+        };
+        let state = match self.jobs.try_send(job) {
+            Ok(()) => {
+                self.shared.queued.fetch_add(1, Ordering::Relaxed);
+                Ok(receiver)
+            }
+            Err(TrySendError::Full(_)) => Err(LogUnavailable(
+                "the exchange log's queue is full: the store cannot keep up".into(),
+            )),
+            Err(TrySendError::Disconnected(_)) => {
+                Err(LogUnavailable("the exchange log writer has stopped".into()))
+            }
+        };
+        Appending(Some(state))
+    }
+
+    /// Simulates a store failure (or ends the simulation): for drills and
+    /// tests of the fail-closed path.
+    pub fn simulate_fault(&self, fault: Option<StoreFault>) {
+        // A full queue only delays the fault; a stopped writer has none.
+        let _ = self.jobs.send(Job::Fault(fault));
+    }
+
+    /// Signs a checkpoint of everything committed so far, now, unless the
+    /// latest one already covers it.
+    pub async fn checkpoint(&self) -> Result<Option<StoredCheckpoint>, LogUnavailable> {
+        let (reply, receiver) = oneshot::channel();
+        let stopped = || LogUnavailable("the exchange log writer has stopped".into());
+        self.jobs
+            .try_send(Job::Checkpoint(reply))
+            .map_err(|error| match error {
+                TrySendError::Full(_) => LogUnavailable("the exchange log's queue is full".into()),
+                TrySendError::Disconnected(_) => stopped(),
+            })?;
+        receiver.await.map_err(|_| stopped())?
+    }
+
+    /// Records committed so far.
+    pub fn size(&self) -> u64 {
+        self.shared.size.load(Ordering::Acquire)
+    }
+
+    /// Whether the last write succeeded.
+    pub fn is_healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Acquire)
+    }
+
+    /// Records waiting to be committed.
+    pub fn queued(&self) -> u64 {
+        self.shared.queued.load(Ordering::Relaxed)
+    }
+
+    /// How long each group commit took.
+    pub fn commit_durations(&self) -> &crate::telemetry::metrics::Histogram {
+        &self.shared.commits
+    }
+
+    /// The latest signed checkpoint.
+    pub fn latest_checkpoint(&self) -> Option<Arc<StoredCheckpoint>> {
+        self.shared.checkpoint.load_full()
+    }
+
+    /// The log's public key.
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A read-only connection, for proofs and queries.
+    pub fn reader(&self) -> Result<Store, StoreError> {
+        Store::open_read_only(&self.dir)
+    }
+
+    /// Commits what is queued, signs a final checkpoint and stops the
+    /// writer; later appends fail. Blocks until done: call it from a
+    /// blocking context, once the gateway has stopped serving.
+    pub fn close(&self) {
+        let writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(writer) = writer {
+            let _ = self.jobs.send(Job::Close);
+            if writer.join().is_err() {
+                tracing::error!("the exchange log writer panicked");
+            }
+        }
+    }
+}
+
+/// A queued append: resolves with the record's leaf index once durable.
+#[derive(Debug)]
+pub struct Appending(
+    Option<Result<oneshot::Receiver<Result<u64, LogUnavailable>>, LogUnavailable>>,
+);
+
+impl Appending {
+    /// Whether the record was queued; it is then committed whether or not
+    /// anyone waits for it.
+    pub fn queued(&self) -> Result<(), LogUnavailable> {
+        match &self.0 {
+            Some(Err(error)) => Err(error.clone()),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Future for Appending {
+    type Output = Result<u64, LogUnavailable>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let stopped = || LogUnavailable("the exchange log writer has stopped".into());
+        match self.0.as_mut() {
+            None => Poll::Ready(Err(stopped())),
+            Some(Err(_)) => match self.0.take() {
+                Some(Err(error)) => Poll::Ready(Err(error)),
+                _ => Poll::Ready(Err(stopped())),
+            },
+            Some(Ok(receiver)) => {
+                let result = std::task::ready!(Pin::new(receiver).poll(cx));
+                self.0 = None;
+                Poll::Ready(result.unwrap_or_else(|_| Err(stopped())))
+            }
+        }
+    }
+}
+
+/// The single thread that writes the log.
+struct Writer {
+    store: Store,
+    frontier: Frontier,
+    key: SigningKey,
+    origin: String,
+    interval: Duration,
+    every: u64,
+    /// Tree size of the latest checkpoint.
+    checkpointed: u64,
+    last_checkpoint: Instant,
+    shared: Arc<Shared>,
+    /// Dropped when the writer stops, which stops the WAL checkpointer.
+    _running: std::sync::mpsc::Sender<()>,
+}
+
+impl Writer {
+    fn run(mut self, queue: &Receiver<Job>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let healthy = self.shared.healthy.load(Ordering::Acquire);
+            let wait = if !healthy {
+                PROBE_EVERY
+            } else if self.frontier.size() > self.checkpointed {
+                self.interval.saturating_sub(self.last_checkpoint.elapsed())
+            } else {
+                Duration::from_secs(3600)
+            };
+            match queue.recv_timeout(wait) {
+                Ok(job) => batch.push(job),
+                // Health checks may keep calls away while the store fails:
+                // the writer finds out by itself when it can write again.
+                Err(RecvTimeoutError::Timeout) if !healthy => self.probe(),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            if self.process(&mut batch) {
+                break;
+            }
+        }
+        if self.frontier.size() > self.checkpointed {
+            let _ = self.commit(&[], true);
+        }
+        tracing::info!(records = self.frontier.size(), "exchange log closed");
+    }
+
+    /// Handles a batch of jobs; true when the log is to close.
+    fn process(&mut self, batch: &mut Vec<Job>) -> bool {
+        let mut closing = false;
+        let mut records = Vec::new();
+        let mut replies = Vec::new();
+        let mut checkpoint_replies = Vec::new();
+        for job in batch.drain(..) {
+            match job {
+                Job::Append { record, reply } => {
+                    self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                    records.push(*record);
+                    replies.push(reply);
+                }
+                Job::Fault(fault) => {
+                    // Records queued before the fault still go first.
+                    // Failures are answered to the waiting calls.
+                    let _ = self.flush(&mut records, &mut replies, false);
+                    if let Err(error) = self.store.set_fault(fault) {
+                        tracing::error!(%error, "cannot simulate a store fault");
+                    }
+                    tracing::warn!(?fault, "exchange log store fault simulation changed");
+                }
+                Job::Checkpoint(reply) => checkpoint_replies.push(reply),
+                Job::Close => closing = true,
+            }
+        }
+        let forced = !checkpoint_replies.is_empty();
+        let result = self.flush(&mut records, &mut replies, forced);
+        for reply in checkpoint_replies {
+            let _ = reply.send(
+                result
+                    .clone()
+                    .map(|()| self.shared.checkpoint.load_full().map(|c| (*c).clone())),
+            );
+        }
+        closing
+    }
+
+    /// Commits `records`, signing a checkpoint if one is due (or
+    /// `force`d), and answers each waiting call.
+    fn flush(
+        &mut self,
+        records: &mut Vec<ExchangeRecord>,
+        replies: &mut Vec<oneshot::Sender<Result<u64, LogUnavailable>>>,
+        force: bool,
+    ) -> Result<(), LogUnavailable> {
+        let size = self.frontier.size() + records.len() as u64;
+        let due = size > self.checkpointed
+            && (force
+                || size - self.checkpointed >= self.every
+                || self.last_checkpoint.elapsed() >= self.interval);
+        // A store that failed is retried by calls and probes, not by
+        // checkpoints alone (which would spin, and could succeed where
+        // records cannot).
+        let healthy = self.shared.healthy.load(Ordering::Acquire);
+        if records.is_empty() && !(due && healthy) {
+            return Ok(());
+        }
+        let refs: Vec<&ExchangeRecord> = records.iter().collect();
+        let result = self.commit(&refs, due);
+        records.clear();
+        match &result {
+            Ok(first) => {
+                for (offset, reply) in replies.drain(..).enumerate() {
+                    let _ = reply.send(Ok(first + offset as u64));
+                }
+            }
+            Err(error) => {
+                for reply in replies.drain(..) {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+        result.map(|_| ())
+    }
+
+    fn commit(
+        &mut self,
+        records: &[&ExchangeRecord],
+        checkpoint: bool,
+    ) -> Result<u64, LogUnavailable> {
+        let signing = checkpoint.then_some((self.origin.as_str(), &self.key));
+        let started = Instant::now();
+        let appended = self.store.append(&mut self.frontier, records, signing);
+        self.shared.commits.observe(started.elapsed());
+        match appended {
+            Ok(first) => {
+                let size = self.frontier.size();
+                self.shared.size.store(size, Ordering::Release);
+                if checkpoint {
+                    self.checkpointed = size;
+                    self.last_checkpoint = Instant::now();
+                    match self.store.latest_checkpoint() {
+                        Ok(latest) => self.shared.checkpoint.store(latest.map(Arc::new)),
+                        Err(error) => tracing::warn!(%error, "cannot read back the checkpoint"),
+                    }
+                }
+                if !records.is_empty() {
+                    self.writable();
+                }
+                Ok(first)
+            }
+            Err(error) => {
+                if self.shared.healthy.swap(false, Ordering::AcqRel) {
+                    tracing::error!(%error, "exchange log cannot write; refusing calls until it can");
+                }
+                Err(LogUnavailable(error.to_string().into()))
+            }
+        }
+    }
+
+    /// Tries a record-sized write that leaves nothing behind.
+    fn probe(&mut self) {
+        match self.store.probe() {
+            Ok(()) => self.writable(),
+            Err(error) => tracing::debug!(%error, "exchange log still cannot write"),
+        }
+    }
+
+    fn writable(&self) {
+        if !self.shared.healthy.swap(true, Ordering::AcqRel) {
+            tracing::info!(
+                records = self.frontier.size(),
+                "exchange log writable again; calls resume"
+            );
+        }
+    }
+}
+
+impl Drop for Writer {
+    /// A writer that stops (closed, or panicked) takes no more records.
+    fn drop(&mut self) {
+        self.shared.healthy.store(false, Ordering::Release);
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), OpenError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|error| OpenError::File {
+            path: dir.to_owned(),
+            message: format!("cannot create the data directory: {error}"),
+        })
+}
+
+/// The log's signing key from the data directory, made on first use.
+fn load_or_create_key(dir: &Path, origin: &str) -> Result<SigningKey, OpenError> {
+    let path = dir.join(store::KEY_FILE);
+    let file_error = |message: String| OpenError::File {
+        path: path.clone(),
+        message,
+    };
+    if let Err(exposed) = crate::identity::secret::check_permissions(&path) {
+        return Err(file_error(exposed.to_string()));
+    }
+    let key = match std::fs::read_to_string(&path) {
+        Ok(pem) => {
+            SigningKey::from_pem(origin, &pem).map_err(|error| file_error(error.to_string()))?
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let key =
+                SigningKey::generate(origin).map_err(|error| file_error(error.to_string()))?;
+            crate::keys::write_file(&path, key.to_pem().as_bytes(), 0o600)
+                .map_err(|error| file_error(error.to_string()))?;
+            tracing::info!(key = %path.display(), "created the exchange log's signing key");
+            key
+        }
+        Err(error) => return Err(file_error(format!("cannot read: {error}"))),
+    };
+    let public = dir.join(store::VERIFIER_FILE);
+    let verifier = format!("{}\n", key.verifier());
+    if std::fs::read_to_string(&public).ok().as_deref() != Some(verifier.as_str()) {
+        crate::keys::write_file(&public, verifier.as_bytes(), 0o644).map_err(|error| {
+            OpenError::File {
+                path: public.clone(),
+                message: error.to_string(),
+            }
+        })?;
+    }
+    Ok(key)
+}

@@ -1,0 +1,499 @@
+//! Configuration: raw TOML in, a validated [`Config`] out.
+//!
+//! Parsing and validation are separate steps. [`raw`] mirrors the file with
+//! serde and keeps the span of every value; [`Config::load`] turns it into
+//! checked domain types (member ids, socket addresses, endpoints, durations)
+//! and reports the first problem with the file, line and key. Code outside
+//! this module only ever sees a valid `Config`. Relative paths in the file
+//! are resolved against the file's directory.
+
+mod raw;
+
+pub use raw::{Source, quoted};
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+
+use crate::identity::MemberId;
+use crate::identity::tls::{ClientTls, ServerTls};
+use crate::net::ListenerSettings;
+
+/// A configuration problem: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if self.key.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": {}: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The validated configuration of a gateway. A dev file's `[agencies]`
+/// section is not part of it: the harness reads that (see [`Source`]).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from.
+    pub source: PathBuf,
+    pub gateway: GatewayConfig,
+    pub upstream: UpstreamConfig,
+    /// Registered members, by id: who may connect.
+    pub members: BTreeMap<MemberId, Member>,
+    /// Providers (members that publish services) and their endpoints.
+    pub providers: BTreeMap<MemberId, Provider>,
+    /// Published services, by full gRPC service name.
+    pub services: BTreeMap<String, PublishedService>,
+    pub policy: PolicyConfig,
+    /// Registered purpose codes and what each means.
+    pub purposes: BTreeMap<String, String>,
+    pub exchange_log: ExchangeLogConfig,
+    pub telemetry: TelemetryConfig,
+    /// Consent verification; without it, no call can present a verified
+    /// consent.
+    pub consent: Option<ConsentConfig>,
+    /// `[limits]`: load shedding and per-member limits.
+    pub limits: LimitsConfig,
+}
+
+/// Where consents come from and how fresh their states must be.
+#[derive(Debug, Clone)]
+pub struct ConsentConfig {
+    /// A JWK Set of the issuer keys the gateway trusts (rotation: several
+    /// key ids at once). Reloaded with the configuration.
+    pub issuer_keys: PathBuf,
+    /// The provider whose `govbridge.consent.v1.Consent/WatchStatus` feed
+    /// reports revocations and pauses.
+    pub feed_provider: MemberId,
+    /// How long the feed may be silent before consent-bound calls are
+    /// refused.
+    pub freshness: Duration,
+    /// The SQLite file that keeps consent use counts across restarts. Read
+    /// at start; a reload does not move it.
+    pub ledger: PathBuf,
+}
+
+/// Where traces go beyond the process's own log.
+#[derive(Debug, Clone, Default)]
+pub struct TelemetryConfig {
+    /// Export spans over OTLP/gRPC to this collector; off when absent.
+    pub otlp: Option<OtlpConfig>,
+}
+
+/// An OpenTelemetry collector that receives the gateway's spans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpConfig {
+    /// `host:port` of its OTLP/gRPC receiver (plain HTTP/2; run the
+    /// collector next to the gateway).
+    pub endpoint: http::uri::Authority,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+}
+
+impl OtlpConfig {
+    /// `http://host:port`, the form OpenTelemetry's
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` takes.
+    pub fn parse_endpoint(text: &str) -> Result<http::uri::Authority, String> {
+        let uri: http::Uri = text
+            .parse()
+            .map_err(|error| format!("`{text}` is not a URL: {error}"))?;
+        match (uri.scheme_str(), uri.authority(), uri.path()) {
+            (Some("http"), Some(authority), "" | "/") if authority.port_u16().is_some() => {
+                Ok(authority.clone())
+            }
+            (Some("https"), ..) => Err(format!(
+                "`{text}`: only plain `http://` collectors are supported; run the collector \
+                 beside the gateway"
+            )),
+            _ => Err(format!(
+                "`{text}` must be `http://host:port`, e.g. `http://127.0.0.1:4317`"
+            )),
+        }
+    }
+}
+
+/// The exchange log: where it is kept and how often it is checkpointed.
+#[derive(Debug, Clone)]
+pub struct ExchangeLogConfig {
+    /// Off only for benchmarks of the bare routing path: calls are then
+    /// recorded nowhere.
+    pub enabled: bool,
+    /// Holds `exchange-log.sqlite` and the log's signing key.
+    pub data_dir: PathBuf,
+    /// The log's name in its checkpoints and the name of its key.
+    pub origin: String,
+    /// A checkpoint is signed at least this often while records arrive...
+    pub checkpoint_interval: Duration,
+    /// ...and whenever this many records arrived since the last one.
+    pub checkpoint_records: u64,
+    /// Who may call `DataTracker` (the citizens' portal).
+    pub data_tracker_clients: Vec<MemberId>,
+}
+
+impl ExchangeLogConfig {
+    /// The defaults for a configuration file in `dir`.
+    pub fn defaults(dir: &Path, node_id: &str) -> Self {
+        Self {
+            enabled: true,
+            data_dir: dir.join("data"),
+            origin: format!("govbridge/{node_id}"),
+            checkpoint_interval: Duration::from_secs(10),
+            checkpoint_records: 10_000,
+            data_tracker_clients: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// This gateway's name in logs and the exchange log.
+    pub node_id: String,
+    pub listen: SocketAddr,
+    /// The admin endpoint (metrics, health, config, reload), plain HTTP:
+    /// keep it on loopback or a management network. Off when absent. Off
+    /// loopback only with `admin_token_file`.
+    pub admin: Option<SocketAddr>,
+    /// A file holding the bearer token that `POST /reload` and the full
+    /// `GET /config` require. Without it, they require the
+    /// `x-govbridge-admin` header and a loopback `Host` instead.
+    pub admin_token_file: Option<PathBuf>,
+    /// The member id in the gateway's upstream client certificate; backends
+    /// accept calls only from it.
+    pub identity: MemberId,
+    pub tls: ServerTls,
+    pub listener: ListenerSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub tls: ClientTls,
+    pub connect_timeout: Duration,
+    /// Upper bound on any call's deadline, when the client sets none or a
+    /// longer one.
+    pub max_deadline: Duration,
+    /// Balancing, health checks and ejection of backend endpoints.
+    pub pool: PoolSettings,
+}
+
+/// How the gateway keeps, balances and judges its connections to backends
+/// (`[upstream]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Between two active health checks (`grpc.health.v1`) of an endpoint;
+    /// `None` (`"0s"`): no active checks.
+    pub health_check_interval: Option<Duration>,
+    /// A health check not answered `SERVING` within this fails.
+    pub health_check_timeout: Duration,
+    /// Consecutive failed checks that take an endpoint out of rotation.
+    pub unhealthy_threshold: u32,
+    /// Consecutive passed checks that put it back.
+    pub healthy_threshold: u32,
+    /// Consecutive failed calls (connection failures, refused streams,
+    /// `UNAVAILABLE`) that eject an endpoint.
+    pub ejection_failures: u32,
+    /// The first ejection's length; each further one in a row doubles it.
+    pub ejection_time: Duration,
+    /// The longest an ejection lasts.
+    pub max_ejection_time: Duration,
+    /// HTTP/2 connections to one endpoint, at most.
+    pub connections_per_endpoint: u32,
+    /// Calls on one connection beyond which another is opened, while
+    /// `connections_per_endpoint` allows.
+    pub streams_per_connection: u32,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            health_check_interval: Some(Duration::from_secs(5)),
+            health_check_timeout: Duration::from_secs(1),
+            unhealthy_threshold: 2,
+            healthy_threshold: 2,
+            ejection_failures: 5,
+            ejection_time: Duration::from_secs(5),
+            max_ejection_time: Duration::from_secs(300),
+            connections_per_endpoint: 4,
+            streams_per_connection: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub id: MemberId,
+    pub name: String,
+    /// Groups the member belongs to, e.g. `licensed-banks`; policies grant
+    /// to groups as `Group::"licensed-banks"`.
+    pub groups: Vec<String>,
+}
+
+/// Where the authorization policies are.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// The Cedar schema (entity and context types; the gateway adds one
+    /// action per published method).
+    pub schema: PathBuf,
+    /// A directory of `*.cedar` files.
+    pub policies: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub id: MemberId,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One backend address of a provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `host:port`, as dialled.
+    pub address: String,
+    /// The name the backend's certificate must carry.
+    pub server_name: ServerName<'static>,
+    /// `https://host:port`, the request authority upstream.
+    pub authority: http::uri::Authority,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "https://{}", self.address)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PublishedService {
+    /// Full gRPC service name, e.g. `govbridge.civilregistry.v1.CivilRegistry`.
+    pub name: String,
+    /// Providers publishing it, in configured order; the first is the
+    /// default when a call names no `bridge-target`.
+    pub providers: Vec<MemberId>,
+    /// No call to the service runs longer than this (nor than
+    /// `upstream.max_deadline`).
+    pub max_deadline: Option<Duration>,
+    /// Methods (names only) that may be retried on another endpoint when
+    /// one answers `UNAVAILABLE` or refuses the stream.
+    pub idempotent: std::collections::BTreeSet<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Limits (`[limits]`).
+
+/// What keeps one member from taking the gateway for itself, and the
+/// gateway standing under load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Calls the whole gateway handles at once; beyond it, new calls are
+    /// shed with `RESOURCE_EXHAUSTED` (`gateway-overloaded`).
+    pub gateway_concurrent_calls: NonZeroU32,
+    /// The limits of every registered member, resolved key by key: the
+    /// member's own entry, else the first of its groups (in the order of
+    /// its `groups`) that sets the key, else the defaults of `[limits]`.
+    pub members: BTreeMap<MemberId, MemberLimits>,
+}
+
+impl LimitsConfig {
+    /// Without a `[limits]` section.
+    pub const DEFAULT_GATEWAY_CONCURRENT_CALLS: NonZeroU32 = non_zero(10_000);
+}
+
+/// The limits of one member. Each member has its own bucket and count,
+/// also when the values come from a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberLimits {
+    /// Calls per second as a token bucket; `None`: unlimited.
+    pub rate: Option<RateLimit>,
+    /// Calls in flight at once; `None`: unlimited.
+    pub concurrent_calls: Option<NonZeroU32>,
+    /// The largest request message, in bytes, as its gRPC length prefix
+    /// announces it (compressed size for a compressed message).
+    pub max_message_bytes: NonZeroU32,
+}
+
+impl MemberLimits {
+    /// 16 MiB, the mock agencies' limit; gRPC's usual default is 4 MiB.
+    pub const DEFAULT_MAX_MESSAGE_BYTES: NonZeroU32 = non_zero(16 << 20);
+}
+
+impl Default for MemberLimits {
+    fn default() -> Self {
+        Self {
+            rate: None,
+            concurrent_calls: None,
+            max_message_bytes: Self::DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+/// `n`, which the caller knows is not zero.
+const fn non_zero(n: u32) -> NonZeroU32 {
+    match NonZeroU32::new(n) {
+        Some(n) => n,
+        None => NonZeroU32::MIN,
+    }
+}
+
+/// A token bucket: `burst` calls at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_second: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+            file: path.to_owned(),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read: {error}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates configuration text as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        raw::parse(path, text)
+    }
+}
+
+/// Parses `500ms`, `10s`, `2m` or `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` has no unit; write e.g. `500ms`, `10s`, `2m`"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` does not start with a number"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number.saturating_mul(60)),
+        "h" => Duration::from_secs(number.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "`{text}` has unknown unit `{unit}`; use ms, s, m or h"
+            ));
+        }
+    };
+    Ok(duration)
+}
+
+/// Parses `https://host:port` into an [`Endpoint`].
+pub fn parse_endpoint(text: &str, tls_name: Option<&str>) -> Result<Endpoint, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|error| format!("`{text}` is not a URI: {error}"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(format!(
+            "`{text}`: endpoints are https://host:port (TLS is mandatory)"
+        ));
+    }
+    if uri.path() != "/" && !uri.path().is_empty() {
+        return Err(format!("`{text}`: an endpoint has no path"));
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("`{text}` has no host"))?
+        .clone();
+    let port = authority
+        .port_u16()
+        .ok_or_else(|| format!("`{text}` has no port"))?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = tls_name.unwrap_or(host);
+    let server_name = ServerName::try_from(name.to_owned())
+        .map_err(|_| format!("`{name}` is not a valid TLS server name"))?;
+    Ok(Endpoint {
+        address: if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        },
+        server_name,
+        authority,
+    })
+}
+
+/// Whether `name` is a group name: `licensed-banks`.
+pub fn is_group_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Whether `name` is a full gRPC service name such as `pkg.v1.Service`.
+pub fn is_service_name(name: &str) -> bool {
+    let mut parts = 0;
+    for part in name.split('.') {
+        let mut chars = part.chars();
+        let first_ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+        if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return false;
+        }
+        parts += 1;
+    }
+    parts >= 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("3d").is_err());
+    }
+
+    #[test]
+    fn endpoints() {
+        let endpoint = parse_endpoint("https://127.0.0.1:7101", None).unwrap();
+        assert_eq!(endpoint.address, "127.0.0.1:7101");
+        assert_eq!(endpoint.to_string(), "https://127.0.0.1:7101");
+        let endpoint = parse_endpoint("https://[::1]:7101", None).unwrap();
+        assert_eq!(endpoint.address, "[::1]:7101");
+        assert!(parse_endpoint("http://127.0.0.1:7101", None).is_err());
+        assert!(parse_endpoint("https://127.0.0.1", None).is_err());
+        assert!(parse_endpoint("https://127.0.0.1:1/x", None).is_err());
+    }
+
+    #[test]
+    fn service_names() {
+        assert!(is_service_name("govbridge.civilregistry.v1.CivilRegistry"));
+        assert!(is_service_name("a.B"));
+        assert!(!is_service_name("CivilRegistry"));
+        assert!(!is_service_name("a..B"));
+        assert!(!is_service_name("a.B/Get"));
+    }
+}

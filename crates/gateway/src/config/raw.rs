@@ -1,0 +1,1214 @@
+//! The configuration file as written, before validation.
+//!
+//! Every value keeps its span so that validation errors can name the line.
+//! Unknown keys are errors: a typo must not silently fall back to a default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{
+    Config, ConfigError, ConsentConfig, ExchangeLogConfig, GatewayConfig, LimitsConfig, Member,
+    MemberLimits, OtlpConfig, PolicyConfig, PoolSettings, Provider, PublishedService, RateLimit,
+    TelemetryConfig, UpstreamConfig, is_group_name, is_service_name, parse_duration,
+    parse_endpoint,
+};
+use crate::identity::MemberId;
+use crate::identity::tls::{ClientTls, ServerTls};
+use crate::net::ListenerSettings;
+use crate::wire::headers::is_purpose_code;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    gateway: RawGateway,
+    upstream: RawUpstream,
+    #[serde(default)]
+    members: BTreeMap<Spanned<String>, RawMember>,
+    #[serde(default)]
+    providers: BTreeMap<Spanned<String>, RawProvider>,
+    #[serde(default)]
+    services: BTreeMap<Spanned<String>, RawService>,
+    /// `[agencies]`: the mock agencies of a dev or test setup, read by the
+    /// harness (`govbridge_harness::agencies::AgenciesConfig`) from the same
+    /// file. The gateway never runs them.
+    #[serde(rename = "agencies")]
+    _agencies: Option<serde::de::IgnoredAny>,
+    policy: RawPolicy,
+    #[serde(default)]
+    purposes: BTreeMap<Spanned<String>, Spanned<String>>,
+    exchange_log: Option<RawExchangeLog>,
+    telemetry: Option<RawTelemetry>,
+    consent: Option<RawConsent>,
+    limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsent {
+    issuer_keys: Spanned<String>,
+    feed_provider: Spanned<String>,
+    freshness: Option<Spanned<String>>,
+    ledger: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    otlp_endpoint: Option<Spanned<String>>,
+    service_name: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExchangeLog {
+    enabled: Option<bool>,
+    data_dir: Option<Spanned<String>>,
+    origin: Option<Spanned<String>>,
+    checkpoint_interval: Option<Spanned<String>>,
+    checkpoint_records: Option<Spanned<u64>>,
+    #[serde(default)]
+    data_tracker_clients: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    node_id: Spanned<String>,
+    listen: Spanned<String>,
+    identity: Spanned<String>,
+    handshake_timeout: Option<Spanned<String>>,
+    max_concurrent_streams: Option<Spanned<u32>>,
+    // Connection limits, see `listener_settings`.
+    max_header_list_size: Option<Spanned<u32>>,
+    max_pending_accept_reset_streams: Option<Spanned<u32>>,
+    max_local_error_reset_streams: Option<Spanned<u32>>,
+    keepalive_interval: Option<Spanned<String>>,
+    keepalive_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    max_connection_age: Option<Spanned<String>>,
+    drain_timeout: Option<Spanned<String>>,
+    max_connections_per_address: Option<Spanned<u32>>,
+    admin: Option<Spanned<String>>,
+    admin_token_file: Option<Spanned<String>>,
+    tls: RawServerTls,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerTls {
+    certificate: Spanned<String>,
+    private_key: Spanned<String>,
+    client_ca: Spanned<String>,
+    #[serde(default)]
+    crls: Vec<Spanned<String>>,
+    crl_grace: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    certificate: Spanned<String>,
+    private_key: Spanned<String>,
+    server_ca: Spanned<String>,
+    #[serde(default)]
+    crls: Vec<Spanned<String>>,
+    crl_grace: Option<Spanned<String>>,
+    connect_timeout: Option<Spanned<String>>,
+    max_deadline: Option<Spanned<String>>,
+    health_check_interval: Option<Spanned<String>>,
+    health_check_timeout: Option<Spanned<String>>,
+    unhealthy_threshold: Option<Spanned<u32>>,
+    healthy_threshold: Option<Spanned<u32>>,
+    ejection_failures: Option<Spanned<u32>>,
+    ejection_time: Option<Spanned<String>>,
+    max_ejection_time: Option<Spanned<String>>,
+    connections_per_endpoint: Option<Spanned<u32>>,
+    streams_per_connection: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMember {
+    name: Spanned<String>,
+    #[serde(default)]
+    groups: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    schema: Spanned<String>,
+    policies: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    endpoints: Spanned<Vec<Spanned<String>>>,
+    tls_name: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    providers: Spanned<Vec<Spanned<String>>>,
+    max_deadline: Option<Spanned<String>>,
+    #[serde(default)]
+    idempotent: Vec<Spanned<String>>,
+}
+
+/// `[limits]`: the gateway-wide cap, then the defaults of every member.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    gateway_concurrent_calls: Option<Spanned<i64>>,
+    requests_per_second: Option<Spanned<i64>>,
+    burst: Option<Spanned<i64>>,
+    concurrent_calls: Option<Spanned<i64>>,
+    max_message_bytes: Option<Spanned<i64>>,
+    #[serde(default)]
+    groups: BTreeMap<Spanned<String>, RawMemberLimits>,
+    #[serde(default)]
+    members: BTreeMap<Spanned<String>, RawMemberLimits>,
+}
+
+/// `[limits.groups.NAME]` and `[limits.members."ID"]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMemberLimits {
+    requests_per_second: Option<Spanned<i64>>,
+    burst: Option<Spanned<i64>>,
+    concurrent_calls: Option<Spanned<i64>>,
+    max_message_bytes: Option<Spanned<i64>>,
+}
+
+const MILLISECOND: Duration = Duration::from_millis(1);
+
+/// A configuration file being validated: turns spans into line numbers and
+/// builds errors that name the file, line and key. Public so that a section
+/// the gateway does not own (`[agencies]`) is read with the same errors.
+#[derive(Debug)]
+pub struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+    dir: PathBuf,
+}
+
+impl<'a> Source<'a> {
+    /// The file at `path` whose text is `text`; relative paths in it are
+    /// resolved against its directory.
+    pub fn new(path: &'a Path, text: &'a str) -> Self {
+        Self {
+            path,
+            text,
+            dir: path.parent().map(Path::to_owned).unwrap_or_default(),
+        }
+    }
+
+    fn line_of(&self, offset: usize) -> usize {
+        let offset = offset.min(self.text.len());
+        self.text.as_bytes()[..offset]
+            .iter()
+            .filter(|&&byte| byte == b'\n')
+            .count()
+            + 1
+    }
+
+    /// An error at `value`, naming `key`.
+    pub fn error<T>(
+        &self,
+        key: impl Into<String>,
+        value: &Spanned<T>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.path.to_owned(),
+            line: Some(self.line_of(value.span().start)),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A path, relative to the file's directory unless absolute.
+    pub fn path(&self, value: &Spanned<String>) -> PathBuf {
+        self.dir.join(value.get_ref())
+    }
+
+    fn member(&self, key: &str, value: &Spanned<String>) -> Result<MemberId, ConfigError> {
+        MemberId::parse(value.get_ref()).map_err(|error| {
+            self.error(
+                key,
+                value,
+                format!("`{}` is not a member id: {error}", value.get_ref()),
+            )
+        })
+    }
+
+    /// A whole number within `range`, or `default` when absent.
+    fn number(
+        &self,
+        key: &str,
+        value: Option<&Spanned<u32>>,
+        default: u32,
+        range: std::ops::RangeInclusive<u32>,
+    ) -> Result<u32, ConfigError> {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        if !range.contains(value.get_ref()) {
+            return Err(self.error(
+                key,
+                value,
+                format!("must be between {} and {}", range.start(), range.end()),
+            ));
+        }
+        Ok(*value.get_ref())
+    }
+
+    /// A duration within `range`, or `default` when absent.
+    fn duration(
+        &self,
+        key: &str,
+        value: Option<&Spanned<String>>,
+        default: Duration,
+        range: std::ops::RangeInclusive<Duration>,
+    ) -> Result<Duration, ConfigError> {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        let duration =
+            parse_duration(value.get_ref()).map_err(|message| self.error(key, value, message))?;
+        if !range.contains(&duration) {
+            return Err(self.error(
+                key,
+                value,
+                format!("must be between {:?} and {:?}", range.start(), range.end()),
+            ));
+        }
+        Ok(duration)
+    }
+
+    /// How long past its next update a CRL is still accepted: none unless
+    /// set, a week at most (a CRL publisher late by more is down).
+    fn crl_grace(
+        &self,
+        key: &str,
+        value: Option<&Spanned<String>>,
+    ) -> Result<Duration, ConfigError> {
+        self.duration(
+            key,
+            value,
+            Duration::ZERO,
+            Duration::ZERO..=Duration::from_secs(7 * 24 * 3600),
+        )
+    }
+
+    /// A socket address such as `127.0.0.1:8443`.
+    pub fn socket_addr(
+        &self,
+        key: &str,
+        value: &Spanned<String>,
+    ) -> Result<SocketAddr, ConfigError> {
+        value.get_ref().parse().map_err(|_| {
+            self.error(
+                key,
+                value,
+                format!(
+                    "`{}` is not an address such as 127.0.0.1:8443",
+                    value.get_ref()
+                ),
+            )
+        })
+    }
+}
+
+/// `"SN/COM/CBAO/kyc"` as it appears in a dotted key path.
+pub fn quoted(key: &str) -> String {
+    if key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        key.to_owned()
+    } else {
+        format!("\"{key}\"")
+    }
+}
+
+pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let source = Source::new(path, text);
+    let raw = source.deserialize()?;
+    validate(&source, raw)
+}
+
+impl Source<'_> {
+    /// The file deserialized into `T`; a syntax error or a wrong or missing
+    /// key names its line and key.
+    pub fn deserialize<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        let source = self;
+        let syntax_error = |error: toml::de::Error| ConfigError {
+            file: source.path.to_owned(),
+            line: error.span().map(|span| source.line_of(span.start)),
+            key: String::new(),
+            message: error.message().trim().to_owned(),
+        };
+        let deserializer = toml::de::Deserializer::parse(source.text).map_err(syntax_error)?;
+        serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            // A wrong type inside `Spanned` names serde_spanned's private
+            // field; the key is its parent.
+            let path = error
+                .path()
+                .to_string()
+                .replace(".$__serde_spanned_private_value", "");
+            let inner = error.into_inner();
+            let message = inner.message().trim().to_owned();
+            let line = inner.span().map(|span| source.line_of(span.start));
+            // serde reports a missing key against its table; name the key itself.
+            let (key, message) = match message
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.strip_suffix('`'))
+            {
+                Some(field) if path == "." => (field.to_owned(), "missing key".to_owned()),
+                Some(field) => (format!("{path}.{field}"), "missing key".to_owned()),
+                None if path == "." => (String::new(), message),
+                None => (path, message),
+            };
+            ConfigError {
+                file: source.path.to_owned(),
+                line,
+                key,
+                message,
+            }
+        })
+    }
+}
+
+/// `gateway.admin`: an address anyone who reaches it could reload the
+/// gateway from, so off loopback only with a token to check.
+fn admin_endpoint(
+    source: &Source<'_>,
+    gateway: &RawGateway,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some(admin) = &gateway.admin else {
+        if let Some(file) = &gateway.admin_token_file {
+            return Err(source.error(
+                "gateway.admin_token_file",
+                file,
+                "set without gateway.admin: there is no admin endpoint to protect",
+            ));
+        }
+        return Ok(None);
+    };
+    let address = source.socket_addr("gateway.admin", admin)?;
+    if !address.ip().is_loopback() && gateway.admin_token_file.is_none() {
+        return Err(source.error(
+            "gateway.admin",
+            admin,
+            format!(
+                "`{address}` is not a loopback address: whoever reaches the admin endpoint \
+                 could reload the gateway and read its member registry; set \
+                 gateway.admin_token_file (a bearer token operators send) or bind it to \
+                 127.0.0.1"
+            ),
+        ));
+    }
+    Ok(Some(address))
+}
+
+fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
+    let gateway = &raw.gateway;
+    let listener = listener_settings(source, gateway)?;
+    if gateway.node_id.get_ref().is_empty() || gateway.node_id.get_ref().len() > 64 {
+        return Err(source.error("gateway.node_id", &gateway.node_id, "must be 1 to 64 bytes"));
+    }
+    let gateway_config = GatewayConfig {
+        node_id: gateway.node_id.get_ref().clone(),
+        listen: source.socket_addr("gateway.listen", &gateway.listen)?,
+        admin: admin_endpoint(source, gateway)?,
+        admin_token_file: gateway
+            .admin_token_file
+            .as_ref()
+            .map(|file| source.path(file)),
+        identity: source.member("gateway.identity", &gateway.identity)?,
+        tls: ServerTls {
+            certificate: source.path(&gateway.tls.certificate),
+            private_key: source.path(&gateway.tls.private_key),
+            client_ca: source.path(&gateway.tls.client_ca),
+            crls: gateway
+                .tls
+                .crls
+                .iter()
+                .map(|crl| source.path(crl))
+                .collect(),
+            crl_grace: source.crl_grace("gateway.tls.crl_grace", gateway.tls.crl_grace.as_ref())?,
+        },
+        listener,
+    };
+
+    let upstream = UpstreamConfig {
+        tls: ClientTls {
+            server_ca: source.path(&raw.upstream.server_ca),
+            certificate: source.path(&raw.upstream.certificate),
+            private_key: source.path(&raw.upstream.private_key),
+            crls: raw
+                .upstream
+                .crls
+                .iter()
+                .map(|crl| source.path(crl))
+                .collect(),
+            crl_grace: source.crl_grace("upstream.crl_grace", raw.upstream.crl_grace.as_ref())?,
+        },
+        connect_timeout: source.duration(
+            "upstream.connect_timeout",
+            raw.upstream.connect_timeout.as_ref(),
+            Duration::from_secs(1),
+            MILLISECOND..=Duration::from_secs(60),
+        )?,
+        max_deadline: source.duration(
+            "upstream.max_deadline",
+            raw.upstream.max_deadline.as_ref(),
+            Duration::from_secs(60),
+            MILLISECOND..=Duration::from_secs(24 * 3600),
+        )?,
+        pool: pool_settings(source, &raw.upstream)?,
+    };
+
+    let mut members = BTreeMap::new();
+    for (key, member) in &raw.members {
+        let path = format!("members.{}", quoted(key.get_ref()));
+        let id = source.member(&path, key)?;
+        if member.name.get_ref().trim().is_empty() {
+            return Err(source.error(format!("{path}.name"), &member.name, "must not be empty"));
+        }
+        if members.contains_key(&id) {
+            return Err(source.error(&path, key, format!("member {id} is registered twice")));
+        }
+        let mut groups = Vec::new();
+        for (index, group) in member.groups.iter().enumerate() {
+            if !is_group_name(group.get_ref()) {
+                return Err(source.error(
+                    format!("{path}.groups[{index}]"),
+                    group,
+                    format!(
+                        "`{}` is not a group name: 1 to 64 of a-z, 0-9 and '-'",
+                        group.get_ref()
+                    ),
+                ));
+            }
+            groups.push(group.get_ref().clone());
+        }
+        members.insert(
+            id.clone(),
+            Member {
+                id,
+                name: member.name.get_ref().clone(),
+                groups,
+            },
+        );
+    }
+
+    let mut providers = BTreeMap::new();
+    for (key, provider) in &raw.providers {
+        let path = format!("providers.{}", quoted(key.get_ref()));
+        let id = source.member(&path, key)?;
+        if !members.contains_key(&id) {
+            return Err(source.error(
+                &path,
+                key,
+                format!("provider {id} is not a registered member (add it under [members])"),
+            ));
+        }
+        if provider.endpoints.get_ref().is_empty() {
+            return Err(source.error(
+                format!("{path}.endpoints"),
+                &provider.endpoints,
+                "a provider needs at least one endpoint",
+            ));
+        }
+        let tls_name = provider
+            .tls_name
+            .as_ref()
+            .map(|name| name.get_ref().as_str());
+        let endpoints = provider
+            .endpoints
+            .get_ref()
+            .iter()
+            .enumerate()
+            .map(|(index, endpoint)| {
+                parse_endpoint(endpoint.get_ref(), tls_name).map_err(|message| {
+                    source.error(format!("{path}.endpoints[{index}]"), endpoint, message)
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if providers.contains_key(&id) {
+            return Err(source.error(&path, key, format!("provider {id} is configured twice")));
+        }
+        providers.insert(id.clone(), Provider { id, endpoints });
+    }
+
+    let mut services = BTreeMap::new();
+    for (key, service) in &raw.services {
+        let name = key.get_ref();
+        let path = format!("services.{}", quoted(name));
+        if crate::catalog::LOCAL_SERVICES.contains(&name.as_str()) {
+            return Err(source.error(
+                &path,
+                key,
+                format!("`{name}` is served by the gateway itself and cannot be published"),
+            ));
+        }
+        if !is_service_name(name) {
+            return Err(source.error(
+                &path,
+                key,
+                format!("`{name}` is not a full gRPC service name such as `pkg.v1.Service`"),
+            ));
+        }
+        if service.providers.get_ref().is_empty() {
+            return Err(source.error(
+                format!("{path}.providers"),
+                &service.providers,
+                "a service needs at least one provider",
+            ));
+        }
+        let mut service_providers = Vec::new();
+        for (index, provider) in service.providers.get_ref().iter().enumerate() {
+            let key = format!("{path}.providers[{index}]");
+            let id = source.member(&key, provider)?;
+            if !providers.contains_key(&id) {
+                let known: Vec<String> = providers.keys().map(ToString::to_string).collect();
+                return Err(source.error(
+                    &key,
+                    provider,
+                    format!("unknown provider {id} (known: {})", known.join(", ")),
+                ));
+            }
+            if service_providers.contains(&id) {
+                return Err(source.error(&key, provider, format!("provider {id} is listed twice")));
+            }
+            service_providers.push(id);
+        }
+        let max_deadline = service
+            .max_deadline
+            .as_ref()
+            .map(|value| {
+                source.duration(
+                    &format!("{path}.max_deadline"),
+                    Some(value),
+                    Duration::ZERO,
+                    MILLISECOND..=Duration::from_secs(24 * 3600),
+                )
+            })
+            .transpose()?;
+        let idempotent = idempotent_methods(source, &path, name, &service.idempotent)?;
+        services.insert(
+            name.clone(),
+            PublishedService {
+                name: name.clone(),
+                providers: service_providers,
+                max_deadline,
+                idempotent,
+            },
+        );
+    }
+
+    let mut purposes = BTreeMap::new();
+    for (code, description) in &raw.purposes {
+        let path = format!("purposes.{}", quoted(code.get_ref()));
+        if !is_purpose_code(code.get_ref()) {
+            return Err(source.error(
+                &path,
+                code,
+                format!(
+                    "`{}` is not a purpose code: 1 to 64 of A-Z, 0-9, '-' and '_'",
+                    code.get_ref()
+                ),
+            ));
+        }
+        purposes.insert(code.get_ref().clone(), description.get_ref().clone());
+    }
+    let policy = PolicyConfig {
+        schema: source.path(&raw.policy.schema),
+        policies: source.path(&raw.policy.policies),
+    };
+
+    let exchange_log = validate_exchange_log(source, raw.exchange_log.as_ref(), &gateway_config)?;
+    let telemetry = validate_telemetry(source, raw.telemetry.as_ref())?;
+    let consent = raw
+        .consent
+        .as_ref()
+        .map(|consent| validate_consent(source, consent, &providers, &exchange_log))
+        .transpose()?;
+    let limits = validate_limits(source, raw.limits.as_ref(), &members)?;
+
+    Ok(Config {
+        source: source.path.to_owned(),
+        gateway: gateway_config,
+        upstream,
+        members,
+        providers,
+        services,
+        policy,
+        purposes,
+        exchange_log,
+        telemetry,
+        consent,
+        limits,
+    })
+}
+
+fn validate_consent(
+    source: &Source<'_>,
+    raw: &RawConsent,
+    providers: &BTreeMap<MemberId, Provider>,
+    exchange_log: &ExchangeLogConfig,
+) -> Result<ConsentConfig, ConfigError> {
+    let feed_provider = source.member("consent.feed_provider", &raw.feed_provider)?;
+    if !providers.contains_key(&feed_provider) {
+        return Err(source.error(
+            "consent.feed_provider",
+            &raw.feed_provider,
+            format!("{feed_provider} is not a configured provider"),
+        ));
+    }
+    Ok(ConsentConfig {
+        issuer_keys: source.path(&raw.issuer_keys),
+        feed_provider,
+        freshness: source.duration(
+            "consent.freshness",
+            raw.freshness.as_ref(),
+            Duration::from_secs(5),
+            Duration::from_secs(1)..=Duration::from_secs(3600),
+        )?,
+        ledger: raw.ledger.as_ref().map_or_else(
+            || exchange_log.data_dir.join("consent-ledger.sqlite"),
+            |ledger| source.path(ledger),
+        ),
+    })
+}
+
+fn validate_telemetry(
+    source: &Source<'_>,
+    raw: Option<&RawTelemetry>,
+) -> Result<TelemetryConfig, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(TelemetryConfig::default());
+    };
+    let service_name = match &raw.service_name {
+        None => "govbridge".to_owned(),
+        Some(name) if name.get_ref().trim().is_empty() => {
+            return Err(source.error("telemetry.service_name", name, "must not be empty"));
+        }
+        Some(name) => name.get_ref().clone(),
+    };
+    let otlp = raw
+        .otlp_endpoint
+        .as_ref()
+        .map(|endpoint| {
+            OtlpConfig::parse_endpoint(endpoint.get_ref())
+                .map_err(|message| source.error("telemetry.otlp_endpoint", endpoint, message))
+        })
+        .transpose()?
+        .map(|endpoint| OtlpConfig {
+            endpoint,
+            service_name,
+        });
+    Ok(TelemetryConfig { otlp })
+}
+
+fn validate_exchange_log(
+    source: &Source<'_>,
+    raw: Option<&RawExchangeLog>,
+    gateway: &GatewayConfig,
+) -> Result<ExchangeLogConfig, ConfigError> {
+    let defaults = ExchangeLogConfig::defaults(&source.dir, &gateway.node_id);
+    let Some(raw) = raw else {
+        return Ok(defaults);
+    };
+    let origin = match &raw.origin {
+        None => defaults.origin,
+        Some(origin) => {
+            let text = origin.get_ref();
+            if text.is_empty()
+                || text.len() > 256
+                || text.contains(|c: char| c.is_whitespace() || c.is_control() || c == '+')
+            {
+                return Err(source.error(
+                    "exchange_log.origin",
+                    origin,
+                    "must be 1 to 256 bytes without spaces or `+`, e.g. `govbridge.sn/gw-dakar-1`",
+                ));
+            }
+            text.clone()
+        }
+    };
+    let checkpoint_records = match &raw.checkpoint_records {
+        None => defaults.checkpoint_records,
+        Some(records) if *records.get_ref() == 0 => {
+            return Err(source.error(
+                "exchange_log.checkpoint_records",
+                records,
+                "must be at least 1",
+            ));
+        }
+        Some(records) => *records.get_ref(),
+    };
+    let data_tracker_clients = raw
+        .data_tracker_clients
+        .iter()
+        .enumerate()
+        .map(|(index, member)| {
+            source.member(
+                &format!("exchange_log.data_tracker_clients[{index}]"),
+                member,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ExchangeLogConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        data_dir: raw
+            .data_dir
+            .as_ref()
+            .map_or(defaults.data_dir, |dir| source.path(dir)),
+        origin,
+        checkpoint_interval: source.duration(
+            "exchange_log.checkpoint_interval",
+            raw.checkpoint_interval.as_ref(),
+            defaults.checkpoint_interval,
+            MILLISECOND * 10..=Duration::from_secs(3600),
+        )?,
+        checkpoint_records,
+        data_tracker_clients,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Limits (`[limits]`).
+
+/// The limits one table sets, checked; `None` where it sets nothing.
+#[derive(Debug, Clone, Copy, Default)]
+struct LimitLevel {
+    rate: Option<RateLimit>,
+    concurrent_calls: Option<NonZeroU32>,
+    max_message_bytes: Option<NonZeroU32>,
+}
+
+/// The largest rate, burst or count of calls the file may set.
+const MAX_CALLS: i64 = 1_000_000;
+
+impl Source<'_> {
+    /// A whole number within `1..=max`.
+    fn count(&self, key: &str, value: &Spanned<i64>, max: i64) -> Result<NonZeroU32, ConfigError> {
+        u32::try_from(*value.get_ref())
+            .ok()
+            .filter(|n| i64::from(*n) <= max)
+            .and_then(NonZeroU32::new)
+            .ok_or_else(|| self.error(key, value, format!("must be between 1 and {max}")))
+    }
+
+    /// The limits of the table at `path`.
+    fn limit_level(
+        &self,
+        path: &str,
+        requests_per_second: Option<&Spanned<i64>>,
+        burst: Option<&Spanned<i64>>,
+        concurrent_calls: Option<&Spanned<i64>>,
+        max_message_bytes: Option<&Spanned<i64>>,
+    ) -> Result<LimitLevel, ConfigError> {
+        let key = |name: &str| format!("{path}.{name}");
+        let rate = match (requests_per_second, burst) {
+            (None, None) => None,
+            (None, Some(burst)) => {
+                // A burst alone would silently combine with another
+                // table's rate.
+                return Err(self.error(
+                    key("burst"),
+                    burst,
+                    "needs `requests_per_second` in the same table",
+                ));
+            }
+            (Some(rate), burst) => {
+                let per_second = self.count(&key("requests_per_second"), rate, MAX_CALLS)?;
+                Some(RateLimit {
+                    per_second,
+                    burst: match burst {
+                        Some(burst) => self.count(&key("burst"), burst, MAX_CALLS)?,
+                        None => per_second,
+                    },
+                })
+            }
+        };
+        Ok(LimitLevel {
+            rate,
+            concurrent_calls: concurrent_calls
+                .map(|calls| self.count(&key("concurrent_calls"), calls, MAX_CALLS))
+                .transpose()?,
+            max_message_bytes: max_message_bytes
+                .map(|bytes| self.count(&key("max_message_bytes"), bytes, i64::from(u32::MAX)))
+                .transpose()?,
+        })
+    }
+
+    fn member_limit_level(
+        &self,
+        path: &str,
+        raw: &RawMemberLimits,
+    ) -> Result<LimitLevel, ConfigError> {
+        self.limit_level(
+            path,
+            raw.requests_per_second.as_ref(),
+            raw.burst.as_ref(),
+            raw.concurrent_calls.as_ref(),
+            raw.max_message_bytes.as_ref(),
+        )
+    }
+}
+
+fn validate_limits(
+    source: &Source<'_>,
+    raw: Option<&RawLimits>,
+    members: &BTreeMap<MemberId, Member>,
+) -> Result<LimitsConfig, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(LimitsConfig {
+            gateway_concurrent_calls: LimitsConfig::DEFAULT_GATEWAY_CONCURRENT_CALLS,
+            members: members
+                .keys()
+                .map(|id| (id.clone(), MemberLimits::default()))
+                .collect(),
+        });
+    };
+    let gateway_concurrent_calls = raw
+        .gateway_concurrent_calls
+        .as_ref()
+        .map(|calls| source.count("limits.gateway_concurrent_calls", calls, MAX_CALLS))
+        .transpose()?
+        .unwrap_or(LimitsConfig::DEFAULT_GATEWAY_CONCURRENT_CALLS);
+    let defaults = source.limit_level(
+        "limits",
+        raw.requests_per_second.as_ref(),
+        raw.burst.as_ref(),
+        raw.concurrent_calls.as_ref(),
+        raw.max_message_bytes.as_ref(),
+    )?;
+
+    let mut groups = BTreeMap::new();
+    for (name, limits) in &raw.groups {
+        let path = format!("limits.groups.{}", quoted(name.get_ref()));
+        if !is_group_name(name.get_ref()) {
+            return Err(source.error(
+                &path,
+                name,
+                format!(
+                    "`{}` is not a group name: 1 to 64 of a-z, 0-9 and '-'",
+                    name.get_ref()
+                ),
+            ));
+        }
+        // A misspelt group would limit nobody, silently.
+        if !members
+            .values()
+            .any(|member| member.groups.contains(name.get_ref()))
+        {
+            return Err(source.error(
+                &path,
+                name,
+                format!("no registered member is in group `{}`", name.get_ref()),
+            ));
+        }
+        groups.insert(
+            name.get_ref().as_str(),
+            source.member_limit_level(&path, limits)?,
+        );
+    }
+
+    let mut own = BTreeMap::new();
+    for (key, limits) in &raw.members {
+        let path = format!("limits.members.{}", quoted(key.get_ref()));
+        let id = source.member(&path, key)?;
+        if !members.contains_key(&id) {
+            return Err(source.error(
+                &path,
+                key,
+                format!("member {id} is not registered (add it under [members])"),
+            ));
+        }
+        if own.contains_key(&id) {
+            return Err(source.error(&path, key, format!("member {id} has limits twice")));
+        }
+        own.insert(id, source.member_limit_level(&path, limits)?);
+    }
+
+    let resolved = members
+        .values()
+        .map(|member| {
+            let levels: Vec<LimitLevel> = own
+                .get(&member.id)
+                .into_iter()
+                .chain(
+                    member
+                        .groups
+                        .iter()
+                        .filter_map(|group| groups.get(group.as_str())),
+                )
+                .chain(std::iter::once(&defaults))
+                .copied()
+                .collect();
+            let limits = MemberLimits {
+                rate: levels.iter().find_map(|level| level.rate),
+                concurrent_calls: levels.iter().find_map(|level| level.concurrent_calls),
+                max_message_bytes: levels
+                    .iter()
+                    .find_map(|level| level.max_message_bytes)
+                    .unwrap_or(MemberLimits::DEFAULT_MAX_MESSAGE_BYTES),
+            };
+            (member.id.clone(), limits)
+        })
+        .collect();
+    Ok(LimitsConfig {
+        gateway_concurrent_calls,
+        members: resolved,
+    })
+}
+
+/// `[upstream]`'s pool, health check and ejection settings.
+fn pool_settings(source: &Source<'_>, raw: &RawUpstream) -> Result<PoolSettings, ConfigError> {
+    let defaults = PoolSettings::default();
+    let interval = source.duration(
+        "upstream.health_check_interval",
+        raw.health_check_interval.as_ref(),
+        defaults.health_check_interval.unwrap_or_default(),
+        Duration::ZERO..=Duration::from_secs(3600),
+    )?;
+    let ejection_time = source.duration(
+        "upstream.ejection_time",
+        raw.ejection_time.as_ref(),
+        defaults.ejection_time,
+        MILLISECOND..=Duration::from_secs(3600),
+    )?;
+    let max_ejection_time = source.duration(
+        "upstream.max_ejection_time",
+        raw.max_ejection_time.as_ref(),
+        defaults.max_ejection_time.max(ejection_time),
+        MILLISECOND..=Duration::from_secs(24 * 3600),
+    )?;
+    if let Some(value) = &raw.max_ejection_time
+        && max_ejection_time < ejection_time
+    {
+        return Err(source.error(
+            "upstream.max_ejection_time",
+            value,
+            "must not be shorter than upstream.ejection_time",
+        ));
+    }
+    Ok(PoolSettings {
+        health_check_interval: (!interval.is_zero()).then_some(interval),
+        health_check_timeout: source.duration(
+            "upstream.health_check_timeout",
+            raw.health_check_timeout.as_ref(),
+            defaults.health_check_timeout,
+            MILLISECOND..=Duration::from_secs(60),
+        )?,
+        unhealthy_threshold: source.number(
+            "upstream.unhealthy_threshold",
+            raw.unhealthy_threshold.as_ref(),
+            defaults.unhealthy_threshold,
+            1..=100,
+        )?,
+        healthy_threshold: source.number(
+            "upstream.healthy_threshold",
+            raw.healthy_threshold.as_ref(),
+            defaults.healthy_threshold,
+            1..=100,
+        )?,
+        ejection_failures: source.number(
+            "upstream.ejection_failures",
+            raw.ejection_failures.as_ref(),
+            defaults.ejection_failures,
+            1..=1000,
+        )?,
+        ejection_time,
+        max_ejection_time,
+        connections_per_endpoint: source.number(
+            "upstream.connections_per_endpoint",
+            raw.connections_per_endpoint.as_ref(),
+            defaults.connections_per_endpoint,
+            1..=64,
+        )?,
+        streams_per_connection: source.number(
+            "upstream.streams_per_connection",
+            raw.streams_per_connection.as_ref(),
+            defaults.streams_per_connection,
+            1..=10_000,
+        )?,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The partner listener's connection limits (`[gateway]`).
+
+fn listener_settings(
+    source: &Source<'_>,
+    gateway: &RawGateway,
+) -> Result<ListenerSettings, ConfigError> {
+    let defaults = ListenerSettings::default();
+    let count = |key: &str,
+                 value: Option<&Spanned<u32>>,
+                 default: u32,
+                 range: std::ops::RangeInclusive<u32>| {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        if range.contains(value.get_ref()) {
+            Ok(*value.get_ref())
+        } else {
+            Err(source.error(
+                format!("gateway.{key}"),
+                value,
+                format!("must be between {} and {}", range.start(), range.end()),
+            ))
+        }
+    };
+    let duration = |key: &str,
+                    value: Option<&Spanned<String>>,
+                    default: Duration,
+                    range: std::ops::RangeInclusive<Duration>| {
+        source.duration(&format!("gateway.{key}"), value, default, range)
+    };
+    const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+    let keepalive_interval = duration(
+        "keepalive_interval",
+        gateway.keepalive_interval.as_ref(),
+        defaults.keepalive_interval,
+        MILLISECOND * 10..=Duration::from_secs(3600),
+    )?;
+    let keepalive_timeout = duration(
+        "keepalive_timeout",
+        gateway.keepalive_timeout.as_ref(),
+        defaults.keepalive_timeout,
+        MILLISECOND * 10..=Duration::from_secs(600),
+    )?;
+    Ok(ListenerSettings {
+        handshake_timeout: duration(
+            "handshake_timeout",
+            gateway.handshake_timeout.as_ref(),
+            defaults.handshake_timeout,
+            MILLISECOND..=Duration::from_secs(300),
+        )?,
+        max_concurrent_streams: count(
+            "max_concurrent_streams",
+            gateway.max_concurrent_streams.as_ref(),
+            defaults.max_concurrent_streams,
+            1..=100_000,
+        )?,
+        // Below 4 KiB a gRPC call with a consent artefact does not fit.
+        max_header_list_size: count(
+            "max_header_list_size",
+            gateway.max_header_list_size.as_ref(),
+            defaults.max_header_list_size,
+            4096..=1 << 20,
+        )?,
+        max_pending_accept_reset_streams: count(
+            "max_pending_accept_reset_streams",
+            gateway.max_pending_accept_reset_streams.as_ref(),
+            u32::try_from(defaults.max_pending_accept_reset_streams).unwrap_or(u32::MAX),
+            1..=100_000,
+        )? as usize,
+        max_local_error_reset_streams: count(
+            "max_local_error_reset_streams",
+            gateway.max_local_error_reset_streams.as_ref(),
+            u32::try_from(defaults.max_local_error_reset_streams).unwrap_or(u32::MAX),
+            1..=100_000,
+        )? as usize,
+        keepalive_interval,
+        keepalive_timeout,
+        idle_timeout: duration(
+            "idle_timeout",
+            gateway.idle_timeout.as_ref(),
+            defaults.idle_timeout,
+            MILLISECOND * 10..=WEEK,
+        )?,
+        max_connection_age: duration(
+            "max_connection_age",
+            gateway.max_connection_age.as_ref(),
+            defaults.max_connection_age,
+            MILLISECOND * 10..=WEEK,
+        )?,
+        drain_timeout: duration(
+            "drain_timeout",
+            gateway.drain_timeout.as_ref(),
+            defaults.drain_timeout,
+            Duration::ZERO..=Duration::from_secs(600),
+        )?,
+        max_connections_per_address: count(
+            "max_connections_per_address",
+            gateway.max_connections_per_address.as_ref(),
+            defaults.max_connections_per_address,
+            1..=1_000_000,
+        )?,
+        ..defaults
+    })
+}
+
+/// `services."<name>".idempotent`: methods of the service that may be
+/// retried, each a method of the compiled-in descriptor when the service
+/// is one of ours, and not client-streaming (a retry replays the request).
+fn idempotent_methods(
+    source: &Source<'_>,
+    path: &str,
+    service: &str,
+    raw: &[Spanned<String>],
+) -> Result<std::collections::BTreeSet<String>, ConfigError> {
+    let known = crate::catalog::service_methods();
+    let streaming = crate::catalog::client_streaming_methods();
+    let mut methods = std::collections::BTreeSet::new();
+    for (index, method) in raw.iter().enumerate() {
+        let key = format!("{path}.idempotent[{index}]");
+        let name = method.get_ref();
+        let full = format!("/{service}/{name}");
+        if crate::catalog::split_path(&full).is_none() {
+            return Err(source.error(&key, method, format!("`{name}` is not a method name")));
+        }
+        let Some(known) = known.get(service) else {
+            return Err(source.error(
+                &key,
+                method,
+                format!(
+                    "the gateway has no descriptor of {service}, so it cannot tell whether \
+                     {name} streams its requests: only methods of compiled-in services can \
+                     be retried"
+                ),
+            ));
+        };
+        if !known.contains(name) {
+            let mut names: Vec<&String> = known.iter().collect();
+            names.sort();
+            let names: Vec<&str> = names.into_iter().map(String::as_str).collect();
+            return Err(source.error(
+                &key,
+                method,
+                format!(
+                    "{service} has no method {name} (it has: {})",
+                    names.join(", ")
+                ),
+            ));
+        }
+        if streaming.contains(&full) {
+            return Err(source.error(
+                &key,
+                method,
+                format!(
+                    "{name} streams its requests: a retry replays a request, which a stream \
+                     cannot offer"
+                ),
+            ));
+        }
+        methods.insert(name.clone());
+    }
+    Ok(methods)
+}

@@ -1,0 +1,175 @@
+//! Services the gateway answers itself: the directory metaservices,
+//! `grpc.health.v1.Health`, gRPC server reflection (v1 and v1alpha) and the
+//! exchange log's proofs and Data Tracker (implemented in
+//! [`crate::directory::exchange_log`]).
+//!
+//! They are reached through the gateway's own listener with a member
+//! certificate, like any published service, but never forwarded. What they
+//! show depends on the caller: reflection lists only the services the
+//! caller's policies let it call, so that grpcurl, Postman or a reflection
+//! client sees exactly its own view of the exchange. They never show
+//! internal endpoint addresses.
+
+pub mod exchange_log;
+mod health;
+mod metaservices;
+mod reflection;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tower::ServiceExt;
+
+use crate::catalog::{
+    DATA_TRACKER, DIRECTORY, EXCHANGE_LOG, HEALTH, LOCAL_SERVICES, REFLECTION_V1,
+};
+use crate::config::{ExchangeLogConfig, Member};
+use crate::identity::MemberId;
+use crate::policy::PolicyEngine;
+use crate::routing::ProviderPool;
+
+/// What the gateway's own services read of the configuration in force.
+///
+/// The proxy's state snapshot is the one implementation; the trait lets the
+/// directory sit below the proxy, which calls into it.
+pub trait GatewayView: Send + Sync + std::fmt::Debug {
+    /// The member registry.
+    fn registry(&self) -> &BTreeMap<MemberId, Member>;
+    /// Whether `member` publishes at least one service.
+    fn is_provider(&self, member: &MemberId) -> bool;
+    /// The published services and their providers.
+    fn services(&self) -> &BTreeMap<String, Vec<MemberId>>;
+    /// The provider pools of one service.
+    fn service_pools(&self, service: &str) -> Option<&[Arc<ProviderPool>]>;
+    /// The policies in force.
+    fn policy(&self) -> &PolicyEngine;
+    /// The exchange log's settings (who may call the Data Tracker).
+    fn exchange_log_config(&self) -> &ExchangeLogConfig;
+}
+
+/// Who is asking, under which configuration. Put in the extensions of
+/// every request handed to a local service.
+#[derive(Debug, Clone)]
+pub struct LocalContext {
+    pub caller: MemberId,
+    pub state: Arc<dyn GatewayView>,
+    pub certificate_days_left: i64,
+    /// The exchange log, for its proof and Data Tracker services.
+    pub log: Option<crate::audit::ExchangeLog>,
+}
+
+impl LocalContext {
+    pub(crate) fn from_request<T>(request: &tonic::Request<T>) -> Result<&Self, tonic::Status> {
+        request
+            .extensions()
+            .get::<Self>()
+            .ok_or_else(|| tonic::Status::internal("local service called without its context"))
+    }
+
+    /// Whether the caller may use one of the gateway's own services: the
+    /// log's only when there is a log, the Data Tracker only for its
+    /// configured clients.
+    fn may_use_local(&self, service: &str) -> bool {
+        match service {
+            EXCHANGE_LOG => self.log.is_some(),
+            DATA_TRACKER => {
+                self.log.is_some()
+                    && self
+                        .state
+                        .exchange_log_config()
+                        .data_tracker_clients
+                        .contains(&self.caller)
+            }
+            _ => true,
+        }
+    }
+
+    /// Services the caller may call at least one method of, plus the
+    /// gateway's own that it may use.
+    fn visible_services(&self) -> BTreeSet<String> {
+        let mut services: BTreeSet<String> = self
+            .state
+            .policy()
+            .permits(&self.caller, self.certificate_days_left)
+            .into_iter()
+            .filter_map(|permit| {
+                permit
+                    .method
+                    .strip_prefix('/')
+                    .and_then(|rest| rest.split_once('/'))
+                    .map(|(service, _)| service.to_owned())
+            })
+            .collect();
+        services.extend(
+            LOCAL_SERVICES
+                .iter()
+                .filter(|service| self.may_use_local(service))
+                .map(|service| (*service).to_owned()),
+        );
+        services
+    }
+}
+
+/// Answers a call to one of the gateway's own services.
+pub async fn call(
+    mut request: Request<Incoming>,
+    context: LocalContext,
+) -> Response<tonic::body::Body> {
+    request.extensions_mut().insert(context);
+    let service = request
+        .uri()
+        .path()
+        .strip_prefix('/')
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(service, _)| service.to_owned())
+        .unwrap_or_default();
+    let response: Result<Response<tonic::body::Body>, Infallible> = match service.as_str() {
+        DIRECTORY => {
+            crate::proto::directory::v1::directory_server::DirectoryServer::new(
+                metaservices::DirectoryService,
+            )
+            .oneshot(request)
+            .await
+        }
+        HEALTH => {
+            tonic_health::pb::health_server::HealthServer::new(health::HealthService)
+                .oneshot(request)
+                .await
+        }
+        REFLECTION_V1 => {
+            tonic_reflection::pb::v1::server_reflection_server::ServerReflectionServer::new(
+                reflection::ReflectionV1,
+            )
+            .oneshot(request)
+            .await
+        }
+        EXCHANGE_LOG => {
+            crate::proto::audit::v1::exchange_log_server::ExchangeLogServer::new(
+                crate::directory::exchange_log::ExchangeLogService,
+            )
+            .oneshot(request)
+            .await
+        }
+        DATA_TRACKER => {
+            crate::proto::audit::v1::data_tracker_server::DataTrackerServer::new(
+                crate::directory::exchange_log::DataTrackerService,
+            )
+            .oneshot(request)
+            .await
+        }
+        _ => {
+            tonic_reflection::pb::v1alpha::server_reflection_server::ServerReflectionServer::new(
+                reflection::ReflectionV1Alpha,
+            )
+            .oneshot(request)
+            .await
+        }
+    };
+    match response {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}

@@ -1,0 +1,503 @@
+//! TLS configurations and certificate identity.
+//!
+//! Both hops use rustls with the aws-lc-rs provider, so the hybrid
+//! post-quantum group X25519MLKEM768 is offered and preferred by default.
+//! Only HTTP/2 is negotiated. Client certificates are required on every
+//! listener and verified against the configured CA bundle and CRLs; there is
+//! no switch to turn that off. Backends' certificates are checked against
+//! the upstream CRLs the same way.
+//!
+//! A CRL past its next update is refused when loaded, unless it is within
+//! the grace the configuration allows. Sessions are never resumed: a
+//! resumed session would skip the certificate checks (revocation, expiry)
+//! that a full handshake makes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use super::{InvalidMemberId, MemberId};
+
+/// The only application protocol either hop speaks.
+const ALPN_H2: &[u8] = b"h2";
+
+/// The process-wide crypto provider: aws-lc-rs, with its default (post-quantum
+/// first) key exchange groups.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// A failure to load or assemble TLS material. Always names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: cannot read PEM: {source}")]
+    Pem {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{path}: holds no {what}")]
+    Empty { path: PathBuf, what: &'static str },
+    #[error("{path}: not a usable CA certificate: {source}")]
+    BadCa {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("{path}: certificate and key do not make a usable identity: {source}")]
+    Identity {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error(
+        "{path}: the CRL is out of date: its next update was due {overdue}s ago{}; \
+         publish a fresh CRL (or allow a grace with `crl_grace`)",
+        grace_note(*grace)
+    )]
+    StaleCrl {
+        path: PathBuf,
+        /// Seconds past its next update.
+        overdue: u64,
+        grace: Duration,
+    },
+    #[error(transparent)]
+    Exposed(#[from] super::secret::ExposedSecret),
+}
+
+impl TlsError {
+    /// Whether this is a CRL refused for being past its next update.
+    pub fn is_stale_crl(&self) -> bool {
+        matches!(self, Self::StaleCrl { .. })
+    }
+}
+
+fn grace_note(grace: Duration) -> String {
+    if grace.is_zero() {
+        String::new()
+    } else {
+        format!(", more than the {}s grace allowed", grace.as_secs())
+    }
+}
+
+/// Reads every certificate of a PEM file.
+pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certificates = CertificateDer::pem_file_iter(path)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|source| TlsError::Pem {
+            path: path.to_owned(),
+            source,
+        })?;
+    if certificates.is_empty() {
+        return Err(TlsError::Empty {
+            path: path.to_owned(),
+            what: "certificate",
+        });
+    }
+    Ok(certificates)
+}
+
+/// Reads the private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
+/// Refused when every user of the machine may read it.
+pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    super::secret::check_permissions(path)?;
+    PrivateKeyDer::from_pem_file(path).map_err(|source| match source {
+        rustls_pki_types::pem::Error::NoItemsFound => TlsError::Empty {
+            path: path.to_owned(),
+            what: "private key",
+        },
+        source => TlsError::Pem {
+            path: path.to_owned(),
+            source,
+        },
+    })
+}
+
+/// When a CRL's next update is due, in seconds since the epoch: past it,
+/// the CRL is stale and should be replaced.
+pub fn crl_next_update(crl: &CertificateRevocationListDer<'_>) -> Option<i64> {
+    let (_, parsed) =
+        x509_parser::revocation_list::CertificateRevocationList::from_der(crl).ok()?;
+    Some(parsed.next_update()?.timestamp())
+}
+
+/// Reads every CRL of a PEM file.
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    CertificateRevocationListDer::pem_file_iter(path)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|source| TlsError::Pem {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Seconds since the epoch.
+fn unix_now() -> i64 {
+    i64::try_from(UnixTime::now().as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Reads the CRLs of every file of `paths`. A file without a CRL is an
+/// error, and so is a CRL more than `grace` past its next update; one
+/// within the grace is accepted with a warning.
+fn load_crl_files(
+    paths: &[PathBuf],
+    grace: Duration,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let now = unix_now();
+    let mut crls = Vec::new();
+    for path in paths {
+        let loaded = load_crls(path)?;
+        // A configured CRL file without a CRL (truncated, or something
+        // else written over it) would silently turn revocation off.
+        if loaded.is_empty() {
+            return Err(TlsError::Empty {
+                path: path.clone(),
+                what: "CRL",
+            });
+        }
+        for crl in &loaded {
+            let Some(next_update) = crl_next_update(crl) else {
+                continue;
+            };
+            let overdue = u64::try_from(now.saturating_sub(next_update)).unwrap_or(0);
+            if overdue == 0 {
+                continue;
+            }
+            // Revocations published since are not seen: refuse, unless the
+            // operator chose to ride out a late CRL publisher.
+            if Duration::from_secs(overdue) > grace {
+                return Err(TlsError::StaleCrl {
+                    path: path.clone(),
+                    overdue,
+                    grace,
+                });
+            }
+            tracing::warn!(
+                crl = %path.display(),
+                overdue_seconds = overdue,
+                grace_seconds = grace.as_secs(),
+                "CRL past its next update, accepted within its grace: publish a fresh one"
+            );
+        }
+        crls.extend(loaded);
+    }
+    Ok(crls)
+}
+
+/// A certificate chain and its private key.
+type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+fn load_identity(certificate: &Path, private_key: &Path) -> Result<Identity, TlsError> {
+    Ok((
+        load_certificates(certificate)?,
+        load_private_key(private_key)?,
+    ))
+}
+
+fn identity_error(certificate: &Path) -> impl FnOnce(rustls::Error) -> TlsError + '_ {
+    move |source| TlsError::Identity {
+        path: certificate.to_owned(),
+        source,
+    }
+}
+
+fn root_store(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for certificate in load_certificates(path)? {
+        roots.add(certificate).map_err(|source| TlsError::BadCa {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// What a TLS listener needs: its own identity, the CAs it accepts client
+/// certificates from, and the CRLs it checks them against.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    pub client_ca: PathBuf,
+    pub crls: Vec<PathBuf>,
+    /// How long past its next update a CRL is still accepted.
+    pub crl_grace: Duration,
+}
+
+impl ServerTls {
+    /// A rustls server config that requires and verifies a client
+    /// certificate and speaks only HTTP/2.
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        Ok(self.listener_tls()?.config)
+    }
+
+    /// The server config and the client certificate verifier inside it,
+    /// with which a listener re-checks the certificates of its open
+    /// connections.
+    pub fn listener_tls(&self) -> Result<ListenerTls, TlsError> {
+        let provider = crypto_provider();
+        let roots = root_store(&self.client_ca)?;
+        let crls = load_crl_files(&self.crls, self.crl_grace)?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+            .with_crls(crls)
+            .build()?;
+        let (chain, key) = load_identity(&self.certificate, &self.private_key)?;
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|builder| {
+                builder
+                    .with_client_cert_verifier(verifier.clone())
+                    .with_single_cert(chain, key)
+            })
+            .map_err(identity_error(&self.certificate))?;
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        // No resumption: a resumed session carries the client certificate
+        // of its first handshake without checking it again, so a revoked
+        // or expired certificate would get in. The cost is a full
+        // handshake (signatures and a chain check, no extra round trip in
+        // TLS 1.3) on every new connection. The default ticketer already
+        // issues no stateless tickets; this turns off the session cache
+        // (TLS 1.2 session ids, TLS 1.3 stateful tickets).
+        config.session_storage = Arc::new(NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        Ok(ListenerTls {
+            config: Arc::new(config),
+            client_verifier: verifier,
+        })
+    }
+}
+
+/// What a listener serves with: the TLS configuration of new connections
+/// and the verifier it checks client certificates with, to check again the
+/// certificates of connections already open when the CAs or CRLs change.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    pub config: Arc<ServerConfig>,
+    client_verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl ListenerTls {
+    /// Checks a client chain (leaf first) as a handshake would now: the
+    /// current CAs and CRLs, and the current time.
+    pub fn check_client(&self, chain: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or(rustls::Error::NoCertificatesPresented)?;
+        self.client_verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .map(drop)
+    }
+}
+
+/// What a TLS client needs: the CAs it accepts server certificates from,
+/// the CRLs it checks them against, and its own client certificate.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    pub server_ca: PathBuf,
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    /// Empty: server certificates are not checked for revocation.
+    pub crls: Vec<PathBuf>,
+    /// How long past its next update a CRL is still accepted.
+    pub crl_grace: Duration,
+}
+
+impl ClientTls {
+    /// Trusting the CAs of `server_ca`, presenting `certificate`, without
+    /// CRLs.
+    pub fn new(server_ca: PathBuf, certificate: PathBuf, private_key: PathBuf) -> Self {
+        Self {
+            server_ca,
+            certificate,
+            private_key,
+            crls: Vec::new(),
+            crl_grace: Duration::ZERO,
+        }
+    }
+
+    /// A rustls client config presenting our certificate and speaking only
+    /// HTTP/2.
+    pub fn client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
+        let provider = crypto_provider();
+        let roots = root_store(&self.server_ca)?;
+        let crls = load_crl_files(&self.crls, self.crl_grace)?;
+        let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+            .with_crls(crls)
+            .build()?;
+        let (chain, key) = load_identity(&self.certificate, &self.private_key)?;
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|builder| {
+                builder
+                    .with_webpki_verifier(verifier)
+                    .with_client_auth_cert(chain, key)
+            })
+            .map_err(identity_error(&self.certificate))?;
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        // No resumption either way: a resumed session keeps the server
+        // certificate of its first handshake unchecked, so a backend whose
+        // certificate expired (or was revoked) could be resumed into.
+        config.resumption = rustls::client::Resumption::disabled();
+        Ok(Arc::new(config))
+    }
+}
+
+/// Why a verified certificate does not name a member.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerIdentityError {
+    #[error("the peer presented no certificate")]
+    NoCertificate,
+    #[error("the peer certificate cannot be parsed")]
+    Unparseable,
+    #[error("the peer certificate has no spiffe:// URI SAN naming a member")]
+    NoMemberSan,
+    #[error(
+        "the peer certificate has {0} spiffe:// URI SANs; a member certificate has exactly one"
+    )]
+    SeveralMemberSans(usize),
+    #[error("the peer certificate's spiffe:// URI SAN is not a member id: {0}")]
+    InvalidMemberSan(InvalidMemberId),
+}
+
+/// The member named by an end-entity certificate: its one `spiffe://` URI
+/// SAN. Call only on certificates rustls has verified.
+pub fn member_of_certificate(
+    certificate: &CertificateDer<'_>,
+) -> Result<MemberId, PeerIdentityError> {
+    let (_, parsed) =
+        X509Certificate::from_der(certificate).map_err(|_| PeerIdentityError::Unparseable)?;
+    member_of_parsed(&parsed)
+}
+
+/// The member named by a parsed certificate.
+fn member_of_parsed(parsed: &X509Certificate<'_>) -> Result<MemberId, PeerIdentityError> {
+    let san = parsed
+        .subject_alternative_name()
+        .map_err(|_| PeerIdentityError::Unparseable)?
+        .ok_or(PeerIdentityError::NoMemberSan)?;
+    let mut spiffe = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri)
+                if uri
+                    .get(..9)
+                    .is_some_and(|scheme| scheme.eq_ignore_ascii_case("spiffe://")) =>
+            {
+                Some(*uri)
+            }
+            _ => None,
+        });
+    match (spiffe.next(), spiffe.count()) {
+        (None, _) => Err(PeerIdentityError::NoMemberSan),
+        (Some(uri), 0) => {
+            MemberId::from_spiffe_uri(uri).map_err(PeerIdentityError::InvalidMemberSan)
+        }
+        (Some(_), more) => Err(PeerIdentityError::SeveralMemberSans(more + 1)),
+    }
+}
+
+/// The member named by the first certificate of a verified chain.
+pub fn member_of_chain(
+    chain: Option<&[CertificateDer<'_>]>,
+) -> Result<MemberId, PeerIdentityError> {
+    let leaf = chain
+        .and_then(<[_]>::first)
+        .ok_or(PeerIdentityError::NoCertificate)?;
+    member_of_certificate(leaf)
+}
+
+/// What a connection's verified certificate chain says about its peer.
+#[derive(Debug, Clone)]
+pub struct PeerCertificate {
+    pub member: Result<MemberId, PeerIdentityError>,
+    /// When the leaf certificate expires, in seconds since the epoch.
+    pub not_after: Option<i64>,
+}
+
+/// The member and the expiry of a chain's leaf certificate, from one parse
+/// (a parse costs about as much as both reads together): what a listener
+/// learns of each connection. Call only on chains rustls has verified.
+pub fn peer_of_chain(chain: Option<&[CertificateDer<'_>]>) -> PeerCertificate {
+    let Some(leaf) = chain.and_then(<[_]>::first) else {
+        return PeerCertificate {
+            member: Err(PeerIdentityError::NoCertificate),
+            not_after: None,
+        };
+    };
+    match X509Certificate::from_der(leaf) {
+        Ok((_, parsed)) => PeerCertificate {
+            member: member_of_parsed(&parsed),
+            not_after: Some(parsed.validity().not_after.timestamp()),
+        },
+        Err(_) => PeerCertificate {
+            member: Err(PeerIdentityError::Unparseable),
+            not_after: None,
+        },
+    }
+}
+
+/// How long until a certificate valid until `not_after` (seconds since the
+/// epoch, inclusive, as X.509 and webpki read it) is expired: zero if it
+/// already is.
+pub fn until_expired(not_after: i64) -> Duration {
+    let expired = u64::try_from(not_after.saturating_add(1))
+        .map_or(std::time::SystemTime::UNIX_EPOCH, |secs| {
+            std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+        });
+    expired
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or(Duration::ZERO)
+}
+
+/// When a certificate expires, in seconds since the epoch.
+pub fn certificate_not_after(certificate: &CertificateDer<'_>) -> Option<i64> {
+    let (_, parsed) = X509Certificate::from_der(certificate).ok()?;
+    Some(parsed.validity().not_after.timestamp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate naming `member` in a SPIFFE URI SAN.
+    fn certificate_of(member: &MemberId) -> CertificateDer<'static> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            member.to_spiffe_uri().try_into().unwrap(),
+        )];
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    /// One parse reads what the two separate reads do, and a chain
+    /// without a certificate names no member.
+    #[test]
+    fn peer_of_chain_reads_the_member_and_the_expiry() {
+        let member = MemberId::parse("SN/COM/CBAO/kyc").unwrap();
+        let chain = [certificate_of(&member)];
+        let peer = peer_of_chain(Some(&chain));
+        assert_eq!(peer.member, Ok(member));
+        assert_eq!(peer.member, member_of_certificate(&chain[0]));
+        assert!(peer.not_after.is_some());
+        assert_eq!(peer.not_after, certificate_not_after(&chain[0]));
+
+        let none = peer_of_chain(None);
+        assert_eq!(none.member, Err(PeerIdentityError::NoCertificate));
+        assert_eq!(none.not_after, None);
+        let garbage = [CertificateDer::from(vec![0x30, 0x03, 0x01, 0x01, 0xff])];
+        assert_eq!(
+            peer_of_chain(Some(&garbage)).member,
+            Err(PeerIdentityError::Unparseable)
+        );
+    }
+}

@@ -1,0 +1,387 @@
+//! The admin endpoint: plain HTTP/1.1 on a separate address (loopback in
+//! the dev configuration), for operators and their tools.
+//!
+//! | route | answer |
+//! | --- | --- |
+//! | `GET /healthz` | 200 while the process serves |
+//! | `GET /readyz` | 200 when calls can be served, else 503 with the reasons |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /config` | the effective configuration as JSON (paths, never key material); the member registry to operators only |
+//! | `POST /reload` | operators only: reloads the configuration; 200, or 422 with the error |
+//!
+//! Who is an operator: with `gateway.admin_token_file`, a request with
+//! `Authorization: Bearer <token>`. Without it (then the endpoint is bound
+//! to loopback; the configuration refuses anything else), a request with
+//! the `x-govbridge-admin` header and a loopback `Host`. A cross-site form
+//! or `fetch` cannot send either header without a preflight this endpoint
+//! never grants, and a page that rebinds its own host name to 127.0.0.1
+//! still sends that name as `Host`. The probes (`/healthz`, `/readyz`,
+//! `/metrics`) stay open to scrapers.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use super::{GatewayState, Reloader};
+use crate::audit::ExchangeLog;
+use crate::telemetry::metrics::{LogGauges, Metrics};
+
+/// The header an operator's tool sends on a loopback endpoint without a
+/// token: a browser sends a custom header cross-site only after a CORS
+/// preflight, which this endpoint never grants.
+pub const OPERATOR_HEADER: &str = "x-govbridge-admin";
+
+/// The shortest token accepted, in characters.
+pub const MIN_TOKEN_LEN: usize = 32;
+
+/// The bearer token of `gateway.admin_token_file`. Never printed.
+pub struct AdminToken(Vec<u8>);
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+/// Why `gateway.admin_token_file` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminTokenError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Exposed(#[from] crate::identity::secret::ExposedSecret),
+    #[error(
+        "{}: the token must be at least {MIN_TOKEN_LEN} visible ASCII characters on one line \
+         (e.g. from `openssl rand -hex 32`)",
+        path.display()
+    )]
+    Weak { path: PathBuf },
+}
+
+impl AdminToken {
+    /// Reads the token: one line of visible ASCII (it travels in a header),
+    /// from a file only its owner (and group) may read.
+    pub fn load(path: &Path) -> Result<Self, AdminTokenError> {
+        crate::identity::secret::check_permissions(path)?;
+        let bytes = std::fs::read(path).map_err(|source| AdminTokenError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let token = bytes.trim_ascii();
+        if token.len() < MIN_TOKEN_LEN || !token.iter().all(u8::is_ascii_graphic) {
+            return Err(AdminTokenError::Weak {
+                path: path.to_owned(),
+            });
+        }
+        Ok(Self(token.to_vec()))
+    }
+
+    /// Whether `headers` carry `Authorization: Bearer <this token>`,
+    /// compared in constant time.
+    fn presented_in(&self, headers: &HeaderMap) -> bool {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return false;
+        };
+        let value = value.as_bytes();
+        let Some((scheme, token)) = value.split_at_checked(7) else {
+            return false;
+        };
+        scheme.eq_ignore_ascii_case(b"bearer ")
+            && aws_lc_rs::constant_time::verify_slices_are_equal(token.trim_ascii(), &self.0)
+                .is_ok()
+    }
+}
+
+/// Whether a request comes from an operator (see the module docs).
+fn is_operator(token: Option<&AdminToken>, headers: &HeaderMap) -> bool {
+    match token {
+        Some(token) => token.presented_in(headers),
+        None => headers.contains_key(OPERATOR_HEADER) && names_loopback(headers),
+    }
+}
+
+/// Whether the `Host` header names a loopback address (or `localhost`),
+/// with or without a port: not a rebound public name.
+fn names_loopback(headers: &HeaderMap) -> bool {
+    let Some(host) = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+    else {
+        return false;
+    };
+    let Ok(authority) = host.parse::<http::uri::Authority>() else {
+        return false;
+    };
+    let name = authority.host();
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// What the admin endpoint reads and acts on.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub metrics: Arc<Metrics>,
+    pub log: Option<ExchangeLog>,
+    pub state: Arc<arc_swap::ArcSwap<GatewayState>>,
+    pub reloader: Reloader,
+    pub listener: Arc<crate::net::ListenerStats>,
+}
+
+impl Admin {
+    /// Serves `listener` until `shutdown` resolves.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let accept = async {
+            loop {
+                let tcp = match listener.accept().await {
+                    Ok((tcp, _)) => tcp,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off.
+                        tracing::warn!(%error, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let admin = self.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let admin = admin.clone();
+                        async move { Ok::<_, Infallible>(admin.answer(request).await) }
+                    });
+                    // A client that never finishes its request is dropped.
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(std::time::Duration::from_secs(10))
+                        .serve_connection(TokioIo::new(tcp), service);
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "admin connection ended");
+                    }
+                });
+            }
+        };
+        tokio::select! {
+            () = accept => {}
+            () = shutdown => {}
+        }
+    }
+
+    async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        match (request.method(), request.uri().path()) {
+            (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".to_owned()),
+            (&Method::GET, "/readyz") => {
+                let problems = self.readiness().await;
+                if problems.is_empty() {
+                    text(StatusCode::OK, "ready\n".to_owned())
+                } else {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready:\n- {}\n", problems.join("\n- ")),
+                    )
+                }
+            }
+            (&Method::GET, "/metrics") => {
+                let log = self.log.as_ref().map(|log| LogGauges {
+                    records: log.size(),
+                    queued: log.queued(),
+                    writable: log.is_healthy(),
+                    commits: log.commit_durations(),
+                });
+                let state = self.state.load();
+                let mut rendered =
+                    self.metrics
+                        .render(log, state.certificates(), state.crls(), &self.listener);
+                render_endpoints(&mut rendered, &state);
+                let mut response = text(StatusCode::OK, rendered);
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
+            (&Method::GET, "/config") => {
+                let state = self.state.load();
+                let operator = is_operator(state.admin_token(), request.headers());
+                let mut response = text(StatusCode::OK, state.describe(operator));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                response
+            }
+            (&Method::POST, "/reload") => {
+                let state = self.state.load();
+                if !is_operator(state.admin_token(), request.headers()) {
+                    return refused(state.admin_token().is_some());
+                }
+                let reloader = self.reloader.clone();
+                match tokio::task::spawn_blocking(move || reloader.reload()).await {
+                    Ok(Ok(())) => text(StatusCode::OK, "reloaded\n".to_owned()),
+                    Ok(Err(error)) => text(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("reload rejected, the running configuration stays: {error}\n"),
+                    ),
+                    Err(error) => text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("reload failed to run: {error}\n"),
+                    ),
+                }
+            }
+            (_, "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload") => text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed\n".to_owned(),
+            ),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "routes: GET /healthz /readyz /metrics /config, POST /reload\n".to_owned(),
+            ),
+        }
+    }
+
+    /// Why calls cannot be served now; empty when they can.
+    async fn readiness(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.listener.draining() {
+            problems.push("shutting down: open calls are finishing, no new ones".to_owned());
+        }
+        if let Some(log) = &self.log
+            && !log.is_healthy()
+        {
+            problems.push("the exchange log cannot write: every call is refused".to_owned());
+        }
+        let state = self.state.load_full();
+        let now = crate::unix_time::now();
+        for (name, not_after) in state.certificates() {
+            if *not_after <= now {
+                problems.push(format!("{name} has expired"));
+            }
+        }
+        for service in state.services().keys() {
+            let Some(pools) = state.service_pools(service) else {
+                continue;
+            };
+            let mut reachable = false;
+            for pool in pools {
+                if pool.reachable().await {
+                    reachable = true;
+                    break;
+                }
+            }
+            if !reachable {
+                problems.push(format!("no provider of {service} is reachable"));
+            }
+        }
+        problems
+    }
+}
+
+/// The answer to a request that needs an operator and is not from one.
+fn refused(token_configured: bool) -> Response<Full<Bytes>> {
+    if token_configured {
+        let mut response = text(
+            StatusCode::UNAUTHORIZED,
+            "send `Authorization: Bearer <token>`, the token of gateway.admin_token_file\n"
+                .to_owned(),
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer realm=\"govbridge-admin\""),
+        );
+        response
+    } else {
+        text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "send the header `{OPERATOR_HEADER}: 1` to a loopback address (Host \
+                 127.0.0.1, [::1] or localhost)\n"
+            ),
+        )
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The gauges and counters of each backend endpoint, read from the pools
+/// of the current configuration.
+fn render_endpoints(out: &mut String, state: &crate::proxy::GatewayState) {
+    use std::fmt::Write as _;
+    let mut pools: Vec<_> = state.pools().collect();
+    pools.sort_by(|a, b| a.provider().cmp(b.provider()));
+    let series = [
+        (
+            "govbridge_upstream_endpoint_in_rotation",
+            "gauge",
+            "1 while a backend endpoint takes calls: neither ejected nor failing health checks.",
+        ),
+        (
+            "govbridge_upstream_endpoint_outstanding",
+            "gauge",
+            "Calls in flight to a backend endpoint.",
+        ),
+        (
+            "govbridge_upstream_endpoint_connections",
+            "gauge",
+            "Open HTTP/2 connections to a backend endpoint.",
+        ),
+        (
+            "govbridge_upstream_endpoint_ejections_total",
+            "counter",
+            "Times a backend endpoint was ejected after failed calls in a row.",
+        ),
+    ];
+    let _ = writeln!(
+        out,
+        "# HELP govbridge_upstream_retries_total Idempotent calls retried on another endpoint."
+    );
+    let _ = writeln!(out, "# TYPE govbridge_upstream_retries_total counter");
+    for pool in &pools {
+        let _ = writeln!(
+            out,
+            "govbridge_upstream_retries_total{{provider=\"{}\"}} {}",
+            pool.provider(),
+            pool.retries()
+        );
+    }
+    for (index, (name, kind, help)) in series.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for pool in &pools {
+            for endpoint in pool.endpoint_states() {
+                let value = match index {
+                    0 => u64::from(endpoint.in_rotation),
+                    1 => endpoint.outstanding as u64,
+                    2 => endpoint.connections as u64,
+                    _ => endpoint.ejections,
+                };
+                let _ = writeln!(
+                    out,
+                    "{name}{{provider=\"{}\",endpoint=\"{}\"}} {value}",
+                    pool.provider(),
+                    endpoint.address
+                );
+            }
+        }
+    }
+}

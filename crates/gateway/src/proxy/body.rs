@@ -1,0 +1,910 @@
+//! The bodies of a relayed call, in both directions.
+//!
+//! Bytes pass through frame by frame, never decoded, polled only as fast as
+//! the receiving side's HTTP/2 window allows, so a slow reader slows the
+//! sender instead of growing a buffer here. Around that, the bodies:
+//!
+//! - keep `bridge-*` names out of trailers in both directions: only the
+//!   gateway speaks in that namespace;
+//! - enforce the call's deadline on the response;
+//! - turn an upstream failure mid-stream into a gRPC status for the caller
+//!   instead of a bare stream reset;
+//! - end the upstream call as soon as the response side is over (finished,
+//!   failed, past its deadline, or abandoned by the caller): the response
+//!   body holds a [`CallEnd`] whose drop makes the request body fail, which
+//!   makes hyper reset the upstream stream even while the caller is still
+//!   sending;
+//! - hold a consent-bound request to the person its consent is about: each
+//!   message is relayed only once it is whole and names that person, and
+//!   one that names anyone else ends the call with `PERMISSION_DENIED`
+//!   before a byte of it reaches the backend (see [`SubjectGuard`]).
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
+
+use super::error::GatewayError;
+use super::limits::{Admission, MessageSizeLimit};
+use super::record::{self, CallRecord, Ending, SharedTally, Tally};
+use crate::audit::Appending;
+use crate::catalog::subject::{SubjectField, read_subject};
+use crate::consent::{ConsentRefusal, UseReservation};
+use crate::identity::MemberId;
+use crate::routing::upstream::BoxError;
+use crate::telemetry::metrics::InFlight;
+use crate::wire::deadline::Deadline;
+use crate::wire::escape::Escaped;
+use crate::wire::headers::strip_bridge_headers;
+
+/// Dropping this ends the upstream side of a call.
+#[derive(Debug)]
+pub struct CallEnd {
+    _ends: oneshot::Sender<Infallible>,
+    /// Why the request side refused the rest of the call, once it has
+    /// (consent, message size).
+    refused: Arc<OnceLock<GatewayError>>,
+    /// The call's share of its backend endpoint's load: released with the
+    /// upstream side, also when the deadline cuts it for a caller who
+    /// stopped reading.
+    load: Option<crate::routing::upstream::Load>,
+}
+
+impl CallEnd {
+    /// The end of a call whose request side needs no ending: a replayed
+    /// request, whole in memory.
+    pub fn detached() -> Self {
+        let (sender, _) = oneshot::channel();
+        Self {
+            _ends: sender,
+            refused: Arc::default(),
+            load: None,
+        }
+    }
+
+    /// Holds the call's share of its endpoint's load until the upstream
+    /// side ends.
+    pub fn hold(&mut self, load: Option<crate::routing::upstream::Load>) {
+        self.load = load;
+    }
+
+    /// Why the request body failed, when it failed on purpose: the caller
+    /// then gets this instead of the upstream failure that follows.
+    pub fn refusal(&self) -> Option<GatewayError> {
+        self.refused.get().cloned()
+    }
+}
+
+/// The caller's request body on its way upstream.
+#[derive(Debug)]
+pub struct RequestBody {
+    inner: Incoming,
+    /// Checks each message of a consent-bound call before it is relayed.
+    guard: Option<SubjectGuard>,
+    /// Resolves (with an error: nothing is ever sent) once the response side
+    /// is over; `None` after that.
+    call_end: Option<oneshot::Receiver<Infallible>>,
+    /// Counts the bytes for the exchange log, when it is on.
+    tally: Option<SharedTally>,
+    /// Request bytes relayed upstream, for the call's summary.
+    bytes_in: Arc<AtomicU64>,
+    /// Why the body refused the rest of the call, shared with its
+    /// [`CallEnd`]; the first refusal is the one the caller hears of.
+    refused: Arc<OnceLock<GatewayError>>,
+    /// Ends the call at a message over the caller's size limit.
+    sizes: Option<MessageSizeLimit>,
+    /// Bytes read from `inner` before forwarding, relayed first.
+    read: Option<Bytes>,
+}
+
+impl RequestBody {
+    /// Wraps the caller's body; the call's upstream side ends when the
+    /// returned [`CallEnd`] is dropped.
+    pub fn new(
+        inner: Incoming,
+        guard: Option<SubjectGuard>,
+        tally: Option<SharedTally>,
+        bytes_in: Arc<AtomicU64>,
+    ) -> (Self, CallEnd) {
+        let (sender, receiver) = oneshot::channel();
+        let refused = Arc::default();
+        let call_end = CallEnd {
+            _ends: sender,
+            refused: Arc::clone(&refused),
+            load: None,
+        };
+        (
+            Self {
+                inner,
+                guard,
+                call_end: Some(receiver),
+                tally,
+                bytes_in,
+                refused,
+                sizes: None,
+                read: None,
+            },
+            call_end,
+        )
+    }
+
+    /// Relays `read` (taken from the caller's body before forwarding)
+    /// first.
+    pub fn after(mut self, read: Bytes) -> Self {
+        self.read = Some(read);
+        self
+    }
+
+    /// Ends the call, before relaying it, at the first message `limit`
+    /// refuses.
+    pub fn limit_messages(mut self, limit: MessageSizeLimit) -> Self {
+        self.sizes = Some(limit);
+        self
+    }
+
+    /// Ends the call with `error`: the caller hears of it, nothing more is
+    /// relayed and any later poll fails.
+    fn refuse(&mut self, error: GatewayError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let message = error.to_string();
+        let _ = self.refused.set(error);
+        self.call_end = None;
+        Poll::Ready(Some(Err(message.into())))
+    }
+
+    /// The next frame to relay: the caller's, or for a consent-bound call
+    /// the messages it completes, once checked.
+    fn poll_checked(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            let read = self.guard.as_mut().and_then(|guard| guard.read.take());
+            let frame = match read.or_else(|| self.read.take()) {
+                Some(read) => Some(Ok(Frame::data(read))),
+                None => ready!(Pin::new(&mut self.inner).poll_frame(cx))
+                    .map(|frame| frame.map_err(BoxError::from)),
+            };
+            let Some(guard) = self.guard.as_mut() else {
+                return Poll::Ready(frame);
+            };
+            let checked = match frame {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => guard.pass(data),
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                None if !guard.held.is_empty() => Err(ConsentRefusal::SubjectMismatch(
+                    "the request ended inside a message",
+                )),
+                other => return Poll::Ready(other),
+            };
+            match checked {
+                Ok(whole) if whole.is_empty() => {}
+                Ok(whole) => return Poll::Ready(Some(Ok(Frame::data(whole)))),
+                Err(refusal) => return self.refuse(refusal.into()),
+            }
+        }
+    }
+}
+
+/// Holds a consent-bound request to the person its consent is about.
+///
+/// Each message is relayed only once it is whole and its data subject
+/// field names that person: a stream whose later message names someone
+/// else is refused before any byte of that message reaches the backend.
+/// Messages the gateway cannot read (compressed, over
+/// [`MAX_MESSAGE`](crate::catalog::subject::MAX_MESSAGE)) are refused too,
+/// since their subject cannot be checked. At most one message is held.
+#[derive(Debug)]
+pub struct SubjectGuard {
+    subject: Box<str>,
+    field: SubjectField,
+    /// Bytes read before forwarding (the first message), relayed first.
+    read: Option<Bytes>,
+    /// The start of a message not yet whole.
+    held: BytesMut,
+}
+
+impl SubjectGuard {
+    /// A guard for requests naming `subject` in `field`; `read` are the
+    /// bytes already taken from the caller's body, their first message
+    /// already bound with [`bind_subject`].
+    pub fn new(subject: &str, field: SubjectField, read: Bytes) -> Self {
+        Self {
+            subject: subject.into(),
+            field,
+            read: Some(read),
+            held: BytesMut::new(),
+        }
+    }
+
+    /// The whole, checked messages `data` completes; the rest is held.
+    fn pass(&mut self, mut data: Bytes) -> Result<Bytes, ConsentRefusal> {
+        if self.held.is_empty() {
+            let whole = self.check(&data)?;
+            self.held.extend_from_slice(&data.split_off(whole));
+            Ok(data)
+        } else {
+            self.held.extend_from_slice(&data);
+            let whole = self.check(&self.held)?;
+            Ok(self.held.split_to(whole).freeze())
+        }
+    }
+
+    /// The length of the whole messages at the start of `bytes`, each
+    /// checked.
+    fn check(&self, bytes: &[u8]) -> Result<usize, ConsentRefusal> {
+        let mut whole = 0;
+        while let Some(prefix) = bytes.get(whole..whole + 5) {
+            let length = message_length(prefix)?;
+            let Some(message) = bytes.get(whole + 5..whole + 5 + length) else {
+                break;
+            };
+            bind_subject(message, &self.field, &self.subject)?;
+            whole += 5 + length;
+        }
+        Ok(whole)
+    }
+}
+
+/// Checks that request `message` is about `subject`, and only about them:
+/// the consent's person must be the one every decoder reads.
+pub fn bind_subject(
+    message: &[u8],
+    field: &SubjectField,
+    subject: &str,
+) -> Result<(), ConsentRefusal> {
+    let reading = read_subject(message, field);
+    if reading.is_ambiguous() {
+        return Err(ConsentRefusal::SubjectAmbiguous);
+    }
+    if reading.sole() != Some(subject) {
+        return Err(ConsentRefusal::SubjectMismatch(
+            "a request message names another person than the consent",
+        ));
+    }
+    Ok(())
+}
+
+/// The length a gRPC message prefix announces, if the gateway can read
+/// such a message's subject.
+fn message_length(prefix: &[u8]) -> Result<usize, ConsentRefusal> {
+    let length = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    if prefix[0] != 0 || length > crate::catalog::subject::MAX_MESSAGE {
+        return Err(ConsentRefusal::SubjectMismatch(
+            "a request message is compressed or over 64 KiB: its subject cannot be checked",
+        ));
+    }
+    Ok(length)
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.call_end.as_mut().map(|end| Pin::new(end).poll(cx)) {
+            None => return Poll::Ready(Some(Err("the call is over".into()))),
+            Some(Poll::Ready(_)) => {
+                self.call_end = None;
+                return Poll::Ready(Some(Err("the call is over".into())));
+            }
+            Some(Poll::Pending) => {}
+        }
+        let frame = ready!(self.poll_checked(cx));
+        if let Some(Ok(frame)) = &frame
+            && let Some(data) = frame.data_ref()
+            && let Some(sizes) = self.sizes.as_mut()
+            && let Err(error) = sizes.check(data)
+        {
+            return self.refuse(error);
+        }
+        if let Some(Ok(frame)) = &frame
+            && let Some(data) = frame.data_ref()
+        {
+            self.bytes_in
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            if let Some(tally) = &self.tally {
+                record::count(tally, data);
+            }
+        }
+        Poll::Ready(frame.map(|frame| frame.map(without_bridge_trailers)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.guard.is_none() && self.read.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.guard, &self.read) {
+            (None, None) => self.inner.size_hint(),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// Reads the caller's body until its first gRPC message is complete, for
+/// a consent-bound call whose subject must be checked before anything is
+/// forwarded. Returns every byte read, to be relayed first: the message
+/// ([`first_of`]), and maybe more, since a frame can carry several.
+pub async fn first_message(body: &mut Incoming) -> Result<Bytes, ConsentRefusal> {
+    use http_body_util::BodyExt as _;
+    let mut read = bytes::BytesMut::new();
+    loop {
+        if let Some(prefix) = read.get(..5)
+            && read.len() >= 5 + message_length(prefix)?
+        {
+            return Ok(read.freeze());
+        }
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    read.extend_from_slice(data);
+                }
+            }
+            Some(Err(_)) | None => {
+                return Err(ConsentRefusal::SubjectMismatch(
+                    "the request ended before its first message",
+                ));
+            }
+        }
+    }
+}
+
+/// The first message of what [`first_message`] read, without its prefix
+/// and without what follows it.
+pub fn first_of(read: &[u8]) -> &[u8] {
+    let length = read.get(1..5).map_or(0, |length| {
+        u32::from_be_bytes([length[0], length[1], length[2], length[3]])
+    });
+    read.get(5..5 + length as usize).unwrap_or_default()
+}
+
+/// A caller's request body, read ahead of forwarding.
+#[derive(Debug)]
+pub enum Buffered {
+    /// The whole body: it ended within the limit.
+    Whole(Bytes),
+    /// What was read before the limit was passed (or the body failed): the
+    /// rest is still to come.
+    Partial(Bytes),
+}
+
+/// Reads the caller's body to its end if it ends within `limit` bytes, so
+/// that an idempotent call can be replayed on another endpoint. Request
+/// trailers, which gRPC clients do not send, are dropped.
+pub async fn buffer_request(body: &mut Incoming, limit: usize) -> Buffered {
+    use http_body_util::BodyExt as _;
+    let mut read = BytesMut::new();
+    loop {
+        if body.is_end_stream() {
+            return Buffered::Whole(read.freeze());
+        }
+        match body.frame().await {
+            None => return Buffered::Whole(read.freeze()),
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    read.extend_from_slice(data);
+                    if read.len() > limit {
+                        return Buffered::Partial(read.freeze());
+                    }
+                }
+            }
+            Some(Err(_)) => return Buffered::Partial(read.freeze()),
+        }
+    }
+}
+
+/// Strips `bridge-*` names from a trailers frame; other frames pass as is.
+fn without_bridge_trailers(frame: Frame<Bytes>) -> Frame<Bytes> {
+    match frame.into_trailers() {
+        Ok(mut trailers) => {
+            strip_bridge_headers(&mut trailers);
+            Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
+    }
+}
+
+/// A response body: empty (trailers-only responses), relayed from a
+/// backend, or answered by one of the gateway's own services.
+#[derive(Debug)]
+pub struct ResponseBody {
+    /// Boxed: a relay is over a kilobyte (the call's record and summary),
+    /// and the body is moved into the task hyper spawns for each stream.
+    relay: Option<Box<Relay>>,
+    local: Option<tonic::body::Body>,
+    /// Counts the call as in flight until the body ends or is dropped.
+    in_flight: Option<InFlight>,
+    /// Holds the call's place under the limits until the body is dropped.
+    admission: Option<Admission>,
+}
+
+#[derive(Debug)]
+struct Relay {
+    upstream: Arc<Mutex<Upstream>>,
+    /// Ends the upstream side at the deadline, whether or not the caller
+    /// reads: hyper does not poll a body while the caller's window is
+    /// closed, so a timer inside `poll_frame` would never fire for a
+    /// stalled reader, and its upstream stream would hold the shared
+    /// connection's window for as long as the caller likes.
+    watchdog: AbortHandle,
+    budget: std::time::Duration,
+    provider: MemberId,
+    /// The exchange-log side of the call, when the log is on.
+    audit: Option<Audit>,
+    /// Counts and logs the call when it ends; `None` once done.
+    counted: Option<CallSummary>,
+}
+
+/// A forwarded call's end: counted in the metrics and logged as one
+/// `call ended` event, once.
+#[derive(Debug)]
+pub struct CallSummary {
+    pub metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
+    pub request_id: String,
+    pub trace_id: String,
+    /// The call's span: it closes when this summary is dropped.
+    pub span: tracing::Span,
+    pub caller: String,
+    pub provider: String,
+    pub method: String,
+    pub purpose: String,
+    /// The backend endpoint that answered.
+    pub endpoint: Option<Arc<str>>,
+    pub started: tokio::time::Instant,
+    /// Spent deciding whether the policies permit the call.
+    pub policy: std::time::Duration,
+    /// From forwarding to the backend's response headers.
+    pub upstream: std::time::Duration,
+    /// Request bytes relayed to the backend, frame headers included.
+    pub bytes_in: Arc<AtomicU64>,
+    /// Response bytes relayed to the caller.
+    pub bytes_out: u64,
+    /// A use of the citizen's consent, spent once an answer reaches the
+    /// caller, or the call ends `OK`.
+    pub consent_use: Option<UseReservation>,
+}
+
+impl CallSummary {
+    /// Response bytes go to the caller: whatever the call's end (a cancel,
+    /// a deadline), the caller has its answer, so the consent's use is
+    /// spent.
+    fn relayed(&mut self, bytes: usize) {
+        self.bytes_out += bytes as u64;
+        if bytes > 0
+            && let Some(consent_use) = self.consent_use.take()
+        {
+            consent_use.spend();
+        }
+    }
+
+    /// The call ended so.
+    pub fn finish(mut self, ending: Ending<'_>) {
+        let (code, bridge_error) = ending.status();
+        if code == 0
+            && let Some(consent_use) = self.consent_use.take()
+        {
+            consent_use.spend();
+        }
+        let total = self.started.elapsed();
+        let code_name = crate::telemetry::metrics::code_name(code);
+        self.span.record("grpc_status", code);
+        if !bridge_error.is_empty() {
+            self.span.record("bridge_error", bridge_error);
+        }
+        tracing::info!(
+            request_id = self.request_id,
+            trace_id = self.trace_id,
+            caller = self.caller,
+            provider = self.provider,
+            method = %Escaped(&self.method),
+            purpose = self.purpose,
+            decision = "allow",
+            grpc_status = code,
+            code = code_name,
+            bridge_error,
+            endpoint = self.endpoint.as_deref().unwrap_or_default(),
+            total_us = micros(total),
+            policy_us = micros(self.policy),
+            upstream_us = micros(self.upstream),
+            bytes_in = self.bytes_in.load(Ordering::Relaxed),
+            bytes_out = self.bytes_out,
+            "call ended"
+        );
+        let labels = crate::telemetry::metrics::CallLabels {
+            caller: self.caller,
+            provider: self.provider,
+            method: self.method,
+            code: code_name,
+        };
+        self.metrics.call(&labels, total);
+    }
+}
+
+fn micros(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.watchdog.abort();
+        if let Some(counted) = self.counted.take() {
+            counted.finish(Ending::Cancelled);
+        }
+        // A caller that leaves before the end still leaves a record: the
+        // append is queued and committed without anyone waiting for it.
+        if let Some(audit) = self.audit.as_mut()
+            && let Some(record) = audit.record.take()
+        {
+            let appending = record.write_outcome(Ending::Cancelled, Some(&audit.response));
+            if let Err(error) = appending.queued() {
+                tracing::error!(%error, "the outcome of an abandoned call is lost");
+            }
+        }
+    }
+}
+
+/// What the response side needs to write a call's outcome.
+#[derive(Debug)]
+pub struct Audit {
+    /// `None` once the outcome is written.
+    record: Option<CallRecord>,
+    response: Tally,
+    /// The outcome being written, and the trailers held back until it is
+    /// durable: the caller learns the status only once it is logged.
+    pending: Option<(Appending, Option<http::HeaderMap>)>,
+}
+
+impl Audit {
+    pub fn new(record: CallRecord) -> Self {
+        Self {
+            record: Some(record),
+            response: Tally::new(None),
+            pending: None,
+        }
+    }
+
+    fn is_over(&self) -> bool {
+        self.record.is_none() && self.pending.is_none()
+    }
+}
+
+type Polled = Poll<Option<Result<Frame<Bytes>, Infallible>>>;
+
+/// Ends a relayed response with `trailers` (none: the backend sent no
+/// status): at once without an exchange log, else once the outcome record
+/// is durable.
+fn end(
+    audit: &mut Option<Audit>,
+    trailers: Option<http::HeaderMap>,
+    cx: &mut Context<'_>,
+) -> Polled {
+    let Some(audit) = audit.as_mut() else {
+        return Poll::Ready(trailers.map(|trailers| Ok(Frame::trailers(trailers))));
+    };
+    if let Some(record) = audit.record.take() {
+        let ending = trailers.as_ref().map_or(Ending::NoStatus, Ending::Trailers);
+        let appending = record.write_outcome(ending, Some(&audit.response));
+        audit.pending = Some((appending, trailers));
+    }
+    release(audit, cx)
+}
+
+/// Releases the held-back trailers once the outcome is durable.
+fn release(audit: &mut Audit, cx: &mut Context<'_>) -> Polled {
+    let Some((appending, _)) = audit.pending.as_mut() else {
+        return Poll::Ready(None);
+    };
+    let written = ready!(Pin::new(appending).poll(cx));
+    let trailers = audit.pending.take().and_then(|(_, trailers)| trailers);
+    Poll::Ready(match written {
+        Ok(index) => trailers.map(|mut trailers| {
+            let (name, value) = record::audit_index(index);
+            trailers.insert(name, value);
+            Ok(Frame::trailers(trailers))
+        }),
+        Err(error) => {
+            // The backend answered, but nothing unlogged may look like a
+            // success to the caller.
+            let error = GatewayError::OutcomeUnrecorded(error.to_string());
+            tracing::error!(%error, detail = error.detail().unwrap_or_default(), "call outcome not logged");
+            Some(Ok(Frame::trailers(error.into_trailers())))
+        }
+    })
+}
+
+/// The upstream side of a relayed call, shared with its watchdog.
+#[derive(Debug, Default)]
+struct Upstream {
+    /// `None` once finished or abandoned; dropping it resets the upstream
+    /// response, and dropping the `CallEnd` with it ends the request side.
+    stream: Option<(Incoming, CallEnd)>,
+    /// Set by the watchdog; the caller then gets `DEADLINE_EXCEEDED`.
+    expired: bool,
+    /// The task to wake when the watchdog fires.
+    waker: Option<Waker>,
+}
+
+fn lock(upstream: &Mutex<Upstream>) -> MutexGuard<'_, Upstream> {
+    // The lock guards no invariant a panic could break half-way.
+    upstream.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl ResponseBody {
+    /// Keeps the call counted as in flight for as long as this body lives.
+    pub fn hold(&mut self, in_flight: InFlight) {
+        self.in_flight = Some(in_flight);
+    }
+
+    /// Keeps the call counted under the limits for as long as this body
+    /// lives.
+    pub fn admitted(&mut self, admission: Admission) {
+        self.admission = Some(admission);
+    }
+
+    /// A body with no frames.
+    pub fn empty() -> Self {
+        Self {
+            relay: None,
+            local: None,
+            in_flight: None,
+            admission: None,
+        }
+    }
+
+    /// The body of a gateway service's answer.
+    pub fn local(body: tonic::body::Body) -> Self {
+        Self {
+            relay: None,
+            local: Some(body),
+            in_flight: None,
+            admission: None,
+        }
+    }
+
+    /// Relays `upstream` until it ends or the deadline passes; the call's
+    /// upstream side ends with it.
+    pub fn relay(
+        upstream: Incoming,
+        call_end: CallEnd,
+        deadline: Deadline,
+        provider: MemberId,
+        audit: Option<Audit>,
+        counted: Option<CallSummary>,
+    ) -> Self {
+        let shared = Arc::new(Mutex::new(Upstream {
+            stream: Some((upstream, call_end)),
+            ..Upstream::default()
+        }));
+        let expiring = shared.clone();
+        let at = deadline.at();
+        let watchdog = tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let mut upstream = lock(&expiring);
+            if let Some(stream) = upstream.stream.take() {
+                upstream.expired = true;
+                let waker = upstream.waker.take();
+                drop(upstream);
+                drop(stream);
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            }
+        })
+        .abort_handle();
+        Self {
+            relay: Some(Box::new(Relay {
+                upstream: shared,
+                watchdog,
+                budget: deadline.budget(),
+                provider,
+                audit,
+                counted,
+            })),
+            local: None,
+            in_flight: None,
+            admission: None,
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(local) = self.local.as_mut() {
+            // tonic reports a failing local stream as a status error; the
+            // gateway's services never fail mid-stream, so end the body.
+            return Pin::new(local)
+                .poll_frame(cx)
+                .map(|frame| frame.and_then(Result::ok).map(Ok));
+        }
+        let Some(relay) = self.relay.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Some(audit) = relay.audit.as_mut()
+            && audit.pending.is_some()
+        {
+            return release(audit, cx);
+        }
+        let mut upstream = lock(&relay.upstream);
+        if std::mem::take(&mut upstream.expired) {
+            drop(upstream);
+            let error = GatewayError::DeadlineExceeded(relay.budget);
+            let trailers = error.into_trailers();
+            if let Some(counted) = relay.counted.take() {
+                counted.finish(Ending::Trailers(&trailers));
+            }
+            return end(&mut relay.audit, Some(trailers), cx);
+        }
+        let Some((stream, call_end)) = upstream.stream.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = match Pin::new(stream).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if !upstream
+                    .waker
+                    .as_ref()
+                    .is_some_and(|waker| waker.will_wake(cx.waker()))
+                {
+                    upstream.waker = Some(cx.waker().clone());
+                }
+                return Poll::Pending;
+            }
+        };
+        let trailers = match frame {
+            Some(Ok(frame)) => match frame.into_trailers() {
+                Ok(mut trailers) => {
+                    strip_bridge_headers(&mut trailers);
+                    Some(trailers)
+                }
+                Err(frame) => {
+                    if let Some(data) = frame.data_ref() {
+                        if let Some(counted) = relay.counted.as_mut() {
+                            counted.relayed(data.len());
+                        }
+                        if let Some(audit) = relay.audit.as_mut() {
+                            audit.response.add(data);
+                        }
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+            },
+            None => None,
+            // The request side may have failed on purpose first.
+            Some(Err(error)) => {
+                let error = call_end
+                    .refusal()
+                    .unwrap_or_else(|| GatewayError::UpstreamFailed {
+                        provider: relay.provider.clone(),
+                        detail: error.to_string(),
+                    });
+                Some(error.into_trailers())
+            }
+        };
+        upstream.stream = None;
+        drop(upstream);
+        relay.watchdog.abort();
+        if let Some(counted) = relay.counted.take() {
+            counted.finish(trailers.as_ref().map_or(Ending::NoStatus, Ending::Trailers));
+        }
+        end(&mut relay.audit, trailers, cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.local {
+            Some(local) => local.is_end_stream(),
+            None => self.relay.as_ref().is_none_or(|relay| {
+                let upstream = lock(&relay.upstream);
+                upstream.stream.is_none()
+                    && !upstream.expired
+                    && relay.audit.as_ref().is_none_or(Audit::is_over)
+            }),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if let Some(local) = &self.local {
+            return local.size_hint();
+        }
+        match &self.relay {
+            Some(relay) => lock(&relay.upstream)
+                .stream
+                .as_ref()
+                .map_or_else(|| SizeHint::with_exact(0), |(stream, _)| stream.size_hint()),
+            None => SizeHint::with_exact(0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A gRPC message whose field 1 is `nin`.
+    fn message(nin: &str) -> Vec<u8> {
+        let mut body = vec![0x0a, u8::try_from(nin.len()).unwrap()];
+        body.extend_from_slice(nin.as_bytes());
+        let mut framed = vec![0];
+        framed.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+        framed.extend_from_slice(&body);
+        framed
+    }
+
+    fn guard() -> SubjectGuard {
+        SubjectGuard::new("1234567890123", SubjectField::new(1), Bytes::new())
+    }
+
+    #[test]
+    fn the_guard_relays_whole_messages_however_they_are_split() {
+        let a = message("1234567890123");
+        let two: Vec<u8> = [a.clone(), a.clone()].concat();
+        let mut guard = guard();
+        // Both messages in one frame.
+        assert_eq!(guard.pass(Bytes::from(two.clone())).unwrap(), two);
+        // One and a half, then the rest: the half waits.
+        let (first, rest) = two.split_at(a.len() + 7);
+        assert_eq!(guard.pass(Bytes::copy_from_slice(first)).unwrap(), a);
+        assert_eq!(guard.pass(Bytes::copy_from_slice(rest)).unwrap(), a);
+        // Byte by byte.
+        let mut relayed = Vec::new();
+        for byte in &a {
+            relayed.extend_from_slice(&guard.pass(Bytes::copy_from_slice(&[*byte])).unwrap());
+        }
+        assert_eq!(relayed, a);
+        assert!(guard.held.is_empty());
+    }
+
+    #[test]
+    fn the_guard_refuses_a_message_about_someone_else_before_relaying_it() {
+        let mut guard = guard();
+        let mixed = [message("1234567890123"), message("9999999999999")].concat();
+        assert!(matches!(
+            guard.pass(Bytes::from(mixed)),
+            Err(ConsentRefusal::SubjectMismatch(_))
+        ));
+        // A message naming nobody is not about the consent's subject.
+        let mut guard = self::guard();
+        let nobody = [0, 0, 0, 0, 0];
+        assert!(guard.pass(Bytes::copy_from_slice(&nobody)).is_err());
+    }
+
+    #[test]
+    fn the_guard_refuses_what_it_cannot_read() {
+        let mut compressed = message("1234567890123");
+        compressed[0] = 1;
+        assert!(guard().pass(Bytes::from(compressed)).is_err());
+        // Announced larger than 64 KiB: refused from the prefix alone.
+        let huge = [0, 0, 1, 0, 1];
+        assert!(guard().pass(Bytes::copy_from_slice(&huge)).is_err());
+    }
+
+    #[test]
+    fn trailers_lose_bridge_names_and_keep_the_rest() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("bridge-client", "SN/GOV/DGID/tax".parse().unwrap());
+        trailers.insert("bridge_client", "SN/GOV/DGID/tax".parse().unwrap());
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let frame = without_bridge_trailers(Frame::trailers(trailers));
+        let trailers = frame.into_trailers().unwrap();
+        assert_eq!(trailers.len(), 1);
+        assert_eq!(trailers["grpc-status"], "0");
+        let data = without_bridge_trailers(Frame::data(Bytes::from_static(b"x")));
+        assert_eq!(data.into_data().unwrap(), "x");
+    }
+}

@@ -1,0 +1,552 @@
+//! `govbridge demo`: the dev setup in one process, and a scenario played
+//! through the real gateway step by step, for a newcomer to watch.
+//!
+//! Everything runs as `govbridge dev` runs it (the dev PKI, configuration
+//! and policies, the mock agencies, the gateway), on ports the system
+//! picks, so that a demo never clashes with a running `dev`. Each step
+//! says what it does, then what the gateway answered: the gRPC status, the
+//! `bridge-error` if any, and the exchange-log index. A step that does not
+//! end as the story says stops the demo with an error: CI runs it with
+//! `--once`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail};
+use tonic::Code;
+use tonic::metadata::{AsciiMetadataValue, MetadataMap};
+
+use crate::agencies::Bank;
+use crate::agencies::config::AgenciesConfig;
+use crate::agencies::{Agency, Dataset};
+use crate::launch::{BoundAgency, Shutdown};
+use gateway::audit::verify::{self, RecordKey};
+use gateway::config::{Config, Endpoint};
+use gateway::identity::tls::ClientTls;
+use gateway::net::client::Channel;
+use gateway::proto::audit::v1::ListAccessesRequest;
+use gateway::proto::audit::v1::data_tracker_client::DataTrackerClient;
+use gateway::proto::bank::v1::VerifyAccountHoldersRequest;
+use gateway::proto::bank::v1::account_verification_client::AccountVerificationClient;
+use gateway::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
+use gateway::proto::civilregistry::v1::{GetPersonRequest, VerifyIdentityRequest};
+use gateway::proto::consent::v1::consent_client::ConsentClient;
+use gateway::proto::consent::v1::{ConsentRef, GrantRequest};
+use gateway::proto::tax::v1::GetTaxClearanceRequest;
+use gateway::proto::tax::v1::get_tax_clearance_request::Taxpayer;
+use gateway::proto::tax::v1::tax_authority_client::TaxAuthorityClient;
+use gateway::proxy::Gateway;
+use gateway::proxy::signals::termination_signal;
+use gateway::wire::headers;
+
+const STEPS: usize = 9;
+const TAX: &str = "SN/GOV/DGID/tax";
+const CBAO_CREDIT: &str = "SN/COM/CBAO/credit";
+const CLEARANCE: &str = "/govbridge.tax.v1.TaxAuthority/GetTaxClearance";
+/// Lines of the treasury's batch.
+const BATCH: usize = 1_000;
+
+/// Runs the demo in `dir` (a fresh temporary directory when `None`).
+pub async fn run(dir: Option<&Path>, once: bool) -> anyhow::Result<()> {
+    let (dir, temporary) = match dir {
+        Some(dir) => (dir.to_owned(), false),
+        None => {
+            let dir = std::env::temp_dir().join(format!("govbridge-demo-{}", std::process::id()));
+            (dir, true)
+        }
+    };
+    let config_path = crate::dev::prepare(&dir)?;
+    let mut config = Config::load(&config_path)?;
+    // Proofs need a signed checkpoint: the demo does not wait ten seconds.
+    config.exchange_log.checkpoint_interval = Duration::from_secs(1);
+    println!("govbridge demo: the dev setup in {}", dir.display());
+    let agencies = AgenciesConfig::load(&config_path)?
+        .ok_or_else(|| anyhow!("the dev configuration has no [agencies] section"))?;
+    let running = Running::start(&mut config, &agencies).await?;
+    let mut demo = Demo {
+        gateway: running.gateway,
+        pki: dir.join("pki"),
+        log: config.exchange_log.data_dir.clone(),
+        data: running.data.clone(),
+        step: 0,
+    };
+    let played = demo.play().await;
+    if let Err(error) = &played {
+        eprintln!("\nthe demo went off script: {error:#}");
+    } else if !once {
+        demo.how_to_call();
+        println!("\nServing until Ctrl-C.");
+        termination_signal().await;
+    }
+    running.stop().await;
+    if temporary {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    played
+}
+
+/// The mock agencies and the gateway, serving.
+struct Running {
+    gateway: SocketAddr,
+    data: Arc<Dataset>,
+    stop_gateway: crate::launch::ShutdownTrigger,
+    gateway_task: tokio::task::JoinHandle<()>,
+    stop_agencies: crate::launch::ShutdownTrigger,
+    agencies: tokio::task::JoinSet<()>,
+}
+
+impl Running {
+    /// Starts every agency, then the gateway, on ports the system picks;
+    /// `config`'s addresses are rewritten to match.
+    async fn start(config: &mut Config, agencies: &AgenciesConfig) -> anyhow::Result<Self> {
+        let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let data = Arc::new(Dataset::generate(agencies.seed));
+        let (stop_agencies, stopping) = Shutdown::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        for agency in agencies.agencies.values() {
+            let bound = BoundAgency::bind(
+                agency.agency,
+                loopback,
+                &agencies.server_tls(agency),
+                config.gateway.identity.clone(),
+                data.clone(),
+                agency.signing_key.as_ref(),
+            )
+            .await?;
+            point_at(config, agency.agency, bound.local_addr()?)?;
+            tasks.spawn(bound.serve(stopping.clone().wait()));
+        }
+        config.gateway.listen = loopback;
+        config.gateway.admin = None;
+        let gateway = Gateway::bind(config).await?;
+        let address = gateway.local_addr()?;
+        let (stop_gateway, gateway_stopping) = Shutdown::new();
+        let gateway_task = tokio::spawn(gateway.serve(gateway_stopping.wait()));
+        println!("gateway on https://{address}, six mock agencies behind it");
+        Ok(Self {
+            gateway: address,
+            data,
+            stop_gateway,
+            gateway_task,
+            stop_agencies,
+            agencies: tasks,
+        })
+    }
+
+    async fn stop(mut self) {
+        self.stop_gateway.trigger();
+        let _ = self.gateway_task.await;
+        self.stop_agencies.trigger();
+        while self.agencies.join_next().await.is_some() {}
+    }
+}
+
+/// Points the provider of `agency` at `address`.
+fn point_at(config: &mut Config, agency: Agency, address: SocketAddr) -> anyhow::Result<()> {
+    let provider = config
+        .providers
+        .get_mut(&agency.member_id())
+        .ok_or_else(|| {
+            anyhow!(
+                "the dev configuration has no provider {}",
+                agency.member_id()
+            )
+        })?;
+    for endpoint in &mut provider.endpoints {
+        *endpoint = Endpoint {
+            address: address.to_string(),
+            authority: http::uri::Authority::try_from(address.to_string())?,
+            server_name: endpoint.server_name.clone(),
+        };
+    }
+    Ok(())
+}
+
+struct Demo {
+    gateway: SocketAddr,
+    pki: PathBuf,
+    log: PathBuf,
+    data: Arc<Dataset>,
+    step: usize,
+}
+
+/// How a call ended, as the demo shows it.
+struct Outcome {
+    code: Code,
+    bridge_error: Option<String>,
+    index: Option<String>,
+    message: String,
+}
+
+impl Outcome {
+    fn of<T>(result: &Result<tonic::Response<T>, tonic::Status>) -> Self {
+        match result {
+            Ok(response) => Self {
+                code: Code::Ok,
+                bridge_error: None,
+                index: value(response.metadata(), headers::BRIDGE_AUDIT_INDEX),
+                message: String::new(),
+            },
+            Err(status) => Self {
+                code: status.code(),
+                bridge_error: value(status.metadata(), headers::BRIDGE_ERROR),
+                index: value(status.metadata(), headers::BRIDGE_AUDIT_INDEX),
+                message: status.message().to_owned(),
+            },
+        }
+    }
+
+    /// Prints the outcome; an error if it is not `expected`.
+    fn expect(&self, expected: Code, kind: Option<&str>) -> anyhow::Result<()> {
+        let mut line = format!("      gateway: {:?}", self.code);
+        if let Some(kind) = &self.bridge_error {
+            line += &format!(", bridge-error {kind}");
+        }
+        if let Some(index) = &self.index {
+            line += &format!(", exchange log #{index}");
+        }
+        println!("{line}");
+        if !self.message.is_empty() {
+            println!("      \"{}\"", self.message);
+        }
+        if self.code != expected || self.bridge_error.as_deref() != kind {
+            bail!(
+                "expected {expected:?}{}, got {:?} {:?}: {}",
+                kind.map(|kind| format!(" {kind}")).unwrap_or_default(),
+                self.code,
+                self.bridge_error,
+                self.message
+            );
+        }
+        Ok(())
+    }
+}
+
+fn value(metadata: &MetadataMap, name: &str) -> Option<String> {
+    metadata
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// `message` with the headers every call to personal data carries.
+fn declared<T>(message: T, purpose: &str, user: &str, reason: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let metadata = request.metadata_mut();
+    for (name, value) in [
+        (headers::BRIDGE_PURPOSE, purpose),
+        (headers::BRIDGE_USER_ID, user),
+        (headers::BRIDGE_REASON, reason),
+    ] {
+        if let Ok(value) = AsciiMetadataValue::try_from(value) {
+            metadata.insert(name, value);
+        }
+    }
+    request
+}
+
+fn with<T>(mut request: tonic::Request<T>, name: &'static str, value: &str) -> tonic::Request<T> {
+    if let Ok(value) = AsciiMetadataValue::try_from(value) {
+        request.metadata_mut().insert(name, value);
+    }
+    request
+}
+
+impl Demo {
+    /// A channel to the gateway with demo member `stem`'s certificate.
+    async fn channel(&self, stem: &str) -> anyhow::Result<Channel> {
+        let tls = ClientTls::new(
+            self.pki.join(crate::pki::CA_CERT),
+            self.pki.join(format!("member-{stem}.pem")),
+            self.pki.join(format!("member-{stem}.key")),
+        )
+        .client_config()?;
+        Channel::connect(self.gateway, "localhost", tls)
+            .await
+            .map_err(|error| anyhow!("cannot connect to the gateway as {stem}: {error}"))
+    }
+
+    fn step(&mut self, title: &str) {
+        self.step += 1;
+        println!("\n[{}/{STEPS}] {title}", self.step);
+    }
+
+    async fn play(&mut self) -> anyhow::Result<()> {
+        let data = Arc::clone(&self.data);
+        let a = &data.citizens[0];
+        let b = &data.citizens[1];
+        let (nin_a, nin_b) = (a.nin.to_string(), b.nin.to_string());
+        let name_a = format!("{} {}", a.first_names, a.last_name);
+
+        self.step(&format!(
+            "{name_a} (NIN {nin_a}) lets CBAO's credit department read their tax \
+             clearance, three times, in the MyGov app"
+        ));
+        let mut mygov = ConsentClient::new(self.channel("mygov").await?);
+        let granted = mygov
+            .grant(declared(
+                GrantRequest {
+                    nin: nin_a.clone(),
+                    consumer: CBAO_CREDIT.to_owned(),
+                    providers: vec![TAX.to_owned()],
+                    methods: vec![CLEARANCE.to_owned()],
+                    purpose: "CREDIT-SCORING".to_owned(),
+                    not_before: 0,
+                    expires: 0,
+                    max_uses: 3,
+                },
+                "CITIZEN-SELF-SERVICE",
+                &nin_a,
+                "the citizen grants a consent",
+            ))
+            .await;
+        Outcome::of(&granted).expect(Code::Ok, None)?;
+        let consent = granted?.into_inner();
+        println!(
+            "      consent {}, signed by MyGov: {}...",
+            consent.consent_id,
+            consent.artefact.get(..40).unwrap_or_default()
+        );
+
+        self.step("CBAO's KYC desk checks the citizen's identity at the civil registry");
+        let mut kyc = CivilRegistryClient::new(self.channel("cbao-kyc").await?);
+        let verified = kyc
+            .verify_identity(declared(
+                VerifyIdentityRequest {
+                    nin: nin_a.clone(),
+                    first_names: a.first_names.clone(),
+                    last_name: a.last_name.to_owned(),
+                    date_of_birth: a.date_of_birth.to_string(),
+                },
+                "KYC",
+                "agent-0042",
+                "opening a current account",
+            ))
+            .await;
+        Outcome::of(&verified).expect(Code::Ok, None)?;
+        if let Ok(answer) = &verified {
+            println!("      civil registry: {:?}", answer.get_ref().result());
+        }
+
+        self.step("CBAO's KYC desk tries to read the citizen's full civil record");
+        let person = kyc
+            .get_person(declared(
+                GetPersonRequest { nin: nin_a.clone() },
+                "KYC",
+                "agent-0042",
+                "curiosity",
+            ))
+            .await;
+        Outcome::of(&person).expect(Code::PermissionDenied, Some("policy-denied"))?;
+
+        self.step("CBAO's credit department reads the tax clearance, with the consent");
+        let mut credit = TaxAuthorityClient::new(self.channel("cbao-credit").await?);
+        let clearance = |nin: &str| {
+            with(
+                declared(
+                    GetTaxClearanceRequest {
+                        taxpayer: Some(Taxpayer::SubjectNin(nin.to_owned())),
+                    },
+                    "CREDIT-SCORING",
+                    "analyst-17",
+                    "loan application 2026-118",
+                ),
+                headers::BRIDGE_CONSENT,
+                &consent.artefact,
+            )
+        };
+        let read = credit.get_tax_clearance(clearance(&nin_a)).await;
+        Outcome::of(&read).expect(Code::Ok, None)?;
+        let request_id = read
+            .as_ref()
+            .ok()
+            .and_then(|answer| value(answer.metadata(), headers::BRIDGE_REQUEST_ID))
+            .ok_or_else(|| anyhow!("the answer carries no bridge-request-id"))?;
+        if let Ok(answer) = &read {
+            let certificate = answer.get_ref();
+            println!(
+                "      tax authority: {} {:?}",
+                certificate.certificate_number,
+                certificate.status()
+            );
+        }
+
+        self.step(&format!(
+            "... and tries the same consent on another person, NIN {nin_b}"
+        ));
+        let other = credit.get_tax_clearance(clearance(&nin_b)).await;
+        Outcome::of(&other).expect(Code::PermissionDenied, Some("consent-subject-mismatch"))?;
+
+        self.step(&format!(
+            "The treasury checks {BATCH} benefit payments against CBAO's accounts over one \
+             bidirectional stream"
+        ));
+        let lines: Vec<VerifyAccountHoldersRequest> = data
+            .accounts
+            .iter()
+            .filter(|account| account.bank == Bank::Cbao)
+            .cycle()
+            .take(BATCH)
+            .enumerate()
+            .map(|(index, account)| VerifyAccountHoldersRequest {
+                line_id: format!("line-{index}"),
+                iban: account.iban.to_string(),
+                // Every tenth line names someone else: a payment to stop.
+                nin: if index % 10 == 9 {
+                    nin_b.clone()
+                } else {
+                    account.holder.to_string()
+                },
+            })
+            .collect();
+        if lines.len() < BATCH {
+            bail!("the dataset holds no CBAO account");
+        }
+        let started = Instant::now();
+        let mut treasury = AccountVerificationClient::new(self.channel("treasury").await?);
+        let answers = treasury
+            .verify_account_holders(with(
+                declared(
+                    tokio_stream::iter(lines),
+                    "BENEFIT-PAYMENT",
+                    "batch-2026-11",
+                    "monthly family allowance",
+                ),
+                headers::BRIDGE_TARGET,
+                "SN/COM/CBAO/accounts",
+            ))
+            .await;
+        Outcome::of(&answers).expect(Code::Ok, None)?;
+        let mut answers = answers?.into_inner();
+        let mut results = std::collections::BTreeMap::<String, usize>::new();
+        while let Some(answer) = answers.message().await? {
+            *results.entry(format!("{:?}", answer.result())).or_default() += 1;
+        }
+        let counted: usize = results.values().sum();
+        println!(
+            "      {counted} answers in {} ms: {results:?}",
+            started.elapsed().as_millis()
+        );
+        if counted != BATCH {
+            bail!("{counted} answers to {BATCH} lines");
+        }
+
+        self.step("The citizen revokes the consent; the bank's next call is refused");
+        let revoked = mygov
+            .revoke(declared(
+                ConsentRef {
+                    nin: nin_a.clone(),
+                    consent_id: consent.consent_id.clone(),
+                },
+                "CITIZEN-SELF-SERVICE",
+                &nin_a,
+                "the citizen revokes a consent",
+            ))
+            .await;
+        Outcome::of(&revoked).expect(Code::Ok, None)?;
+        let since = Instant::now();
+        let refused = loop {
+            let outcome = credit.get_tax_clearance(clearance(&nin_a)).await;
+            let done = outcome.is_err() || since.elapsed() > Duration::from_secs(3);
+            if done {
+                break outcome;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        println!(
+            "      refused {} ms after the revocation",
+            since.elapsed().as_millis()
+        );
+        Outcome::of(&refused).expect(Code::PermissionDenied, Some("consent-revoked"))?;
+
+        self.step("The citizen asks MyGov who read their data (the Data Tracker)");
+        let mut tracker = DataTrackerClient::new(self.channel("mygov").await?);
+        let accesses = tracker
+            .list_accesses(declared(
+                ListAccessesRequest {
+                    subject: nin_a.clone(),
+                    since_unix: 0,
+                    limit: 20,
+                },
+                "CITIZEN-SELF-SERVICE",
+                &nin_a,
+                "the citizen looks at who read their data",
+            ))
+            .await;
+        Outcome::of(&accesses).expect(Code::Ok, None)?;
+        for access in &accesses?.get_ref().accesses {
+            println!(
+                "      #{:<4} {:<28} {:<48} {:<15} {}",
+                access.index,
+                access.caller_name,
+                access.method,
+                access.purpose,
+                if access.allowed { "allowed" } else { "refused" }
+            );
+        }
+
+        self.step("The operator verifies the exchange log and proves the tax clearance read");
+        self.prove(&request_id).await?;
+        println!("\nThe story went as told: every step answered as expected.");
+        Ok(())
+    }
+
+    /// Verifies the whole log, then checks the proofs of one call's records
+    /// against the log's key, once a checkpoint covers them.
+    async fn prove(&self, request_id: &str) -> anyhow::Result<()> {
+        let verifier = gateway::audit::note::Verifier::read(
+            &self.log.join(gateway::audit::store::VERIFIER_FILE),
+        )
+        .map_err(|error| anyhow!("the log's key: {error}"))?;
+        let report = verify::verify_log(&self.log, &verifier)?;
+        if let Some(problem) = report.problem {
+            bail!("the exchange log does not verify: {problem}");
+        }
+        println!(
+            "      {} records, every hash and checkpoint verified",
+            report.records
+        );
+        let key = RecordKey::RequestId(request_id.to_owned());
+        let since = Instant::now();
+        let bundles = loop {
+            match verify::prove(&self.log, &key) {
+                Ok(bundles) => break bundles,
+                Err(verify::ProveError::NotYetCheckpointed { .. })
+                    if since.elapsed() < Duration::from_secs(5) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        };
+        for bundle in &bundles {
+            let record = verify::check_bundle(bundle, &verifier)?;
+            println!(
+                "      record #{} ({:?}, {} -> {}) is in the signed tree of {} records",
+                bundle.index,
+                record.phase(),
+                record.caller,
+                record.provider,
+                bundle.tree_size
+            );
+        }
+        Ok(())
+    }
+
+    fn how_to_call(&self) {
+        let pki = self.pki.display();
+        println!(
+            "\nCall the gateway yourself, as CBAO's KYC desk:\n\
+             \n  grpcurl -cacert {pki}/ca.pem -cert {pki}/member-cbao-kyc.pem \\\n    \
+             -key {pki}/member-cbao-kyc.key -servername localhost \\\n    \
+             -H 'bridge-purpose: KYC' -H 'bridge-user-id: agent-1' -H 'bridge-reason: demo' \\\n    \
+             {} list\n\
+             \nor from Python (grpcio): grpc.ssl_channel_credentials(root_certificates=ca, \
+             private_key=key, certificate_chain=cert), target {}, \
+             options=[('grpc.ssl_target_name_override', 'localhost')].",
+            self.gateway, self.gateway
+        );
+    }
+}
