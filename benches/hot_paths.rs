@@ -33,11 +33,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::digest::{Context, SHA256};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use govbridge::audit::merkle::{self, Frontier};
-use govbridge::audit::{ExchangeRecord, Phase, RECORD_VERSION};
 use govbridge::config::Config;
 use govbridge::consent::artefact::{ConsentClaims, ConsentSigner, IssuerKeys};
 use govbridge::consent::{self, CallScope, ConsentVerifier};
+use govbridge::exchange_log::merkle::{self, Frontier};
+use govbridge::exchange_log::{ExchangeRecord, Phase, RECORD_VERSION};
 use govbridge::identity::tls::{certificate_not_after, load_certificates, peer_of_chain};
 use govbridge::identity::{MemberId, member_of_certificate};
 use govbridge::policy::{CallFacts, PolicyEngine};

@@ -9,7 +9,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use govbridge::audit::StoreFault;
+use govbridge::exchange_log::StoreFault;
 use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
 use govbridge::proto::civilregistry::v1::{GetPersonRequest, WatchLifeEventsRequest};
 use support::{

@@ -769,7 +769,7 @@ async fn a_stranger_opening_many_streams_leaves_one_record() {
         "the gateway answered {answered} calls: the case needs several"
     );
 
-    let records = govbridge::audit::Store::open_read_only(bed.exchange_log().dir())
+    let records = govbridge::exchange_log::Store::open_read_only(bed.exchange_log().dir())
         .unwrap()
         .records_from(0, 10_000)
         .unwrap()

@@ -226,7 +226,7 @@ async fn a_real_log_verifies_and_its_records_prove_offline() {
 
     // Another key proves nothing.
     let other = scratch.path().join("other.pub");
-    let other_key = govbridge::audit::note::SigningKey::generate(
+    let other_key = govbridge::exchange_log::note::SigningKey::generate(
         std::fs::read_to_string(&key)
             .unwrap()
             .split('+')
@@ -320,7 +320,8 @@ async fn tampering_with_the_database_is_named() {
         })
         .unwrap();
     let mut record =
-        <govbridge::audit::ExchangeRecord as prost::Message>::decode(bytes.as_slice()).unwrap();
+        <govbridge::exchange_log::ExchangeRecord as prost::Message>::decode(bytes.as_slice())
+            .unwrap();
     assert!(!record.allowed);
     record.allowed = true;
     database
@@ -492,12 +493,14 @@ async fn caller_text_is_shown_escaped_and_stored_as_received() {
     assert_eq!(refused.headers()["bridge-error"], "bad-path");
 
     // Stored as received.
-    let store = govbridge::audit::Store::open_read_only(&data).unwrap();
-    let records: Vec<govbridge::audit::ExchangeRecord> = store
+    let store = govbridge::exchange_log::Store::open_read_only(&data).unwrap();
+    let records: Vec<govbridge::exchange_log::ExchangeRecord> = store
         .records_from(0, 10)
         .unwrap()
         .iter()
-        .map(|stored| govbridge::audit::ExchangeRecord::decode(stored.bytes.as_slice()).unwrap())
+        .map(|stored| {
+            govbridge::exchange_log::ExchangeRecord::decode(stored.bytes.as_slice()).unwrap()
+        })
         .collect();
     assert_eq!(records.len(), 3);
     assert_eq!(records[1].subject, subject);
@@ -612,7 +615,7 @@ fn errors_name_the_file() {
     );
 
     let valid_key = dir.path().join("valid.pub");
-    let signing = govbridge::audit::note::SigningKey::generate("govbridge/test").unwrap();
+    let signing = govbridge::exchange_log::note::SigningKey::generate("govbridge/test").unwrap();
     std::fs::write(&valid_key, format!("{}\n", signing.verifier())).unwrap();
     let bundle = dir.path().join("bundle.json");
     std::fs::write(&bundle, "{\"format\": \"something else\"}").unwrap();

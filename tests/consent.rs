@@ -7,8 +7,8 @@
 
 mod support;
 
-use govbridge::audit::Store;
 use govbridge::consent::artefact::{ConsentClaims, ConsentSigner};
+use govbridge::exchange_log::Store;
 use govbridge::proto::consent::v1::consent_client::ConsentClient;
 use govbridge::proto::consent::v1::{ConsentRecord, ConsentRef, GrantRequest};
 use govbridge::proto::tax::v1::get_tax_clearance_request::Taxpayer;

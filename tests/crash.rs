@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use govbridge::audit::{ExchangeRecord, Phase, Store};
+use govbridge::exchange_log::{ExchangeRecord, Phase, Store};
 use govbridge::proto::civilregistry::v1::VerifyIdentityRequest;
 use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
 use support::{Bed, H2Client};
@@ -162,8 +162,8 @@ async fn sigkill_under_load_loses_no_acknowledged_call() {
     assert!(kill(&mut child, "TERM").success());
 
     // ...verifies from the first record to the last...
-    let key = govbridge::audit::note::Verifier::read(&data.join("log-key.pub")).unwrap();
-    let report = govbridge::audit::verify::verify_log(&data, &key).unwrap();
+    let key = govbridge::exchange_log::note::Verifier::read(&data.join("log-key.pub")).unwrap();
+    let report = govbridge::exchange_log::verify::verify_log(&data, &key).unwrap();
     assert!(report.is_ok(), "{report:?}");
 
     // ...and holds both records of every call a client saw succeed.

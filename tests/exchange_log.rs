@@ -14,9 +14,9 @@ use tonic_health::pb::health_client::HealthClient;
 
 use aws_lc_rs::digest::{SHA256, digest};
 use bytes::Bytes;
-use govbridge::audit::merkle::{self, Hash};
-use govbridge::audit::note;
-use govbridge::audit::{ExchangeRecord, Phase, StoreFault};
+use govbridge::exchange_log::merkle::{self, Hash};
+use govbridge::exchange_log::note;
+use govbridge::exchange_log::{ExchangeRecord, Phase, StoreFault};
 use govbridge::proto::audit::v1::data_tracker_client::DataTrackerClient;
 use govbridge::proto::audit::v1::exchange_log_client::ExchangeLogClient;
 use govbridge::proto::audit::v1::get_record_request::Key;
@@ -660,10 +660,10 @@ async fn a_reused_request_id_is_bounded_and_hides_nothing() {
     for _ in 0..70 {
         let _ = call("treasury").await;
     }
-    let store = govbridge::audit::Store::open_read_only(bed.exchange_log().dir()).unwrap();
+    let store = govbridge::exchange_log::Store::open_read_only(bed.exchange_log().dir()).unwrap();
     assert_eq!(
         store.records_of_request(id).unwrap().len(),
-        govbridge::audit::store::MAX_RECORDS_OF_REQUEST
+        govbridge::exchange_log::store::MAX_RECORDS_OF_REQUEST
     );
 
     let mut log = ExchangeLogClient::new(bed.client("cbao-kyc").await);

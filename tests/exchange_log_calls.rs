@@ -8,7 +8,7 @@
 mod support;
 
 use govbridge::agencies::Bank;
-use govbridge::audit::{ExchangeRecord, Phase, Store};
+use govbridge::exchange_log::{ExchangeRecord, Phase, Store};
 use govbridge::proto::bank::v1::VerifyAccountHoldersRequest;
 use govbridge::proto::bank::v1::account_verification_client::AccountVerificationClient;
 use govbridge::proto::civilregistry::v1::WatchLifeEventsRequest;

@@ -10,7 +10,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use govbridge::audit::Store;
+use govbridge::exchange_log::Store;
 use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
 use govbridge::proto::civilregistry::v1::{GetPersonRequest, LifeEvent, WatchLifeEventsRequest};
 use govbridge::proto::tax::v1::GetDeclaredIncomeRequest;
@@ -93,7 +93,7 @@ fn request_id() -> String {
 }
 
 /// The exchange-log records of a call.
-fn records(bed: &Bed, request_id: &str) -> Vec<govbridge::audit::ExchangeRecord> {
+fn records(bed: &Bed, request_id: &str) -> Vec<govbridge::exchange_log::ExchangeRecord> {
     Store::open_read_only(bed.exchange_log().dir())
         .unwrap()
         .records_of_request(request_id)

@@ -270,7 +270,7 @@ async fn an_idempotent_call_is_retried_on_another_endpoint() {
             .unwrap();
         // The exchange log counts the request once, however often sent.
         let request_id = answer.metadata().get("bridge-request-id").unwrap();
-        let outcome = govbridge::audit::Store::open_read_only(bed.exchange_log().dir())
+        let outcome = govbridge::exchange_log::Store::open_read_only(bed.exchange_log().dir())
             .unwrap()
             .records_of_request(request_id.to_str().unwrap())
             .unwrap()

@@ -59,8 +59,8 @@ async fn known_people_answer_as_their_roles_say_under_the_dev_policies() {
     assert_eq!(
         phases,
         [
-            govbridge::audit::Phase::Decision,
-            govbridge::audit::Phase::Outcome
+            govbridge::exchange_log::Phase::Decision,
+            govbridge::exchange_log::Phase::Outcome
         ]
     );
     assert_eq!(records[0].record.caller, CBAO_KYC);

@@ -10,7 +10,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use govbridge::audit::{ExchangeRecord, Phase, Store};
+use govbridge::exchange_log::{ExchangeRecord, Phase, Store};
 use govbridge::proto::civilregistry::v1::GetPersonRequest;
 use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
 use support::probe::Probe;
@@ -66,8 +66,8 @@ fn records_of(data: &Path, id: &str) -> (Vec<Phase>, i32) {
 }
 
 fn verify_log(data: &Path) {
-    let key = govbridge::audit::note::Verifier::read(&data.join("log-key.pub")).unwrap();
-    let report = govbridge::audit::verify::verify_log(data, &key).unwrap();
+    let key = govbridge::exchange_log::note::Verifier::read(&data.join("log-key.pub")).unwrap();
+    let report = govbridge::exchange_log::verify::verify_log(data, &key).unwrap();
     assert!(report.is_ok(), "{report:?}");
 }
 

@@ -19,10 +19,10 @@ use clap::{ArgGroup, Subcommand, ValueEnum};
 use prost::Message;
 use rusqlite::types::Value;
 
-use govbridge::audit::note::Verifier;
-use govbridge::audit::store::{DATABASE_FILE, StoredRecord, VERIFIER_FILE};
-use govbridge::audit::verify::{self, ProofBundle, RecordKey};
-use govbridge::audit::{ExchangeRecord, Phase, Store};
+use govbridge::exchange_log::note::Verifier;
+use govbridge::exchange_log::store::{DATABASE_FILE, StoredRecord, VERIFIER_FILE};
+use govbridge::exchange_log::verify::{self, ProofBundle, RecordKey};
+use govbridge::exchange_log::{ExchangeRecord, Phase, Store};
 use govbridge::wire::escape::{Escaped, json_safe};
 
 /// Records `tail` shows when not told where to start.

@@ -456,7 +456,7 @@ pub async fn raw_call(
 impl Bed {
     /// The gateway's exchange log: to force checkpoints and simulate store
     /// faults.
-    pub fn exchange_log(&self) -> &govbridge::audit::ExchangeLog {
+    pub fn exchange_log(&self) -> &govbridge::exchange_log::ExchangeLog {
         self.sandbox
             .exchange_log()
             .log()

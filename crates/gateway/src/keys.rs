@@ -2,7 +2,7 @@
 //! `PRIVATE KEY` files, written readable by their owner only, and the
 //! atomic file write every key and checkpoint file goes through.
 //!
-//! Shared by the exchange log's checkpoint key ([`crate::audit::note`]) and
+//! Shared by the exchange log's checkpoint key ([`crate::exchange_log::note`]) and
 //! the consent issuer's key ([`crate::consent::artefact`]); each wraps the
 //! document in its own key type and errors.
 

@@ -61,11 +61,11 @@
 
 #![forbid(unsafe_code)]
 
-pub mod audit;
 pub mod catalog;
 pub mod config;
 pub mod consent;
 pub mod directory;
+pub mod exchange_log;
 pub mod identity;
 pub mod keys;
 pub mod net;

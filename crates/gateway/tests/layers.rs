@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["proxy"],
     &["directory"],
-    &["policy", "consent", "audit", "routing"],
+    &["policy", "consent", "exchange_log", "routing"],
     &["telemetry"],
     &["config"],
     &["net"],
@@ -179,11 +179,12 @@ fn only_the_catalog_reads_the_descriptors() {
 /// made-up upward import is caught.
 #[test]
 fn an_upward_import_is_seen() {
-    let found =
-        imports("use crate::{proxy::Gateway, wire};\nlet x = crate::audit::ExchangeLog::open();");
+    let found = imports(
+        "use crate::{proxy::Gateway, wire};\nlet x = crate::exchange_log::ExchangeLog::open();",
+    );
     assert_eq!(
         found,
-        ["audit", "proxy", "wire"]
+        ["exchange_log", "proxy", "wire"]
             .map(str::to_owned)
             .into_iter()
             .collect()

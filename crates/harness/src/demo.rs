@@ -22,8 +22,8 @@ use crate::agencies::Bank;
 use crate::agencies::config::AgenciesConfig;
 use crate::agencies::{Agency, Dataset};
 use crate::launch::{BoundAgency, Shutdown};
-use gateway::audit::verify::{self, RecordKey};
 use gateway::config::{Config, Endpoint};
+use gateway::exchange_log::verify::{self, RecordKey};
 use gateway::identity::tls::ClientTls;
 use gateway::net::client::Channel;
 use gateway::proto::audit::v1::ListAccessesRequest;
@@ -496,8 +496,8 @@ impl Demo {
     /// Verifies the whole log, then checks the proofs of one call's records
     /// against the log's key, once a checkpoint covers them.
     async fn prove(&self, request_id: &str) -> anyhow::Result<()> {
-        let verifier = gateway::audit::note::Verifier::read(
-            &self.log.join(gateway::audit::store::VERIFIER_FILE),
+        let verifier = gateway::exchange_log::note::Verifier::read(
+            &self.log.join(gateway::exchange_log::store::VERIFIER_FILE),
         )
         .map_err(|error| anyhow!("the log's key: {error}"))?;
         let report = verify::verify_log(&self.log, &verifier)?;

@@ -20,11 +20,11 @@ use std::time::Duration;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status};
 
-use crate::audit::merkle::{self, Hash};
-use crate::audit::note;
-use crate::audit::store::{Store, StoreError, StoredRecord};
-use crate::audit::{ExchangeLog, ExchangeRecord, Phase};
 use crate::directory::LocalContext;
+use crate::exchange_log::merkle::{self, Hash};
+use crate::exchange_log::note;
+use crate::exchange_log::store::{Store, StoreError, StoredRecord};
+use crate::exchange_log::{ExchangeLog, ExchangeRecord, Phase};
 use crate::identity::MemberId;
 use crate::identity::national::{InvalidNin, parse_nin};
 use crate::proto::audit::v1::get_record_request::Key;

@@ -31,7 +31,7 @@ async fn status(context: &LocalContext, service: &str) -> Result<ServingStatus, 
     // While the exchange log cannot write, every call to a published
     // service is refused: the gateway does not serve.
     let log = context.log.as_ref();
-    let logging = log.is_none_or(crate::audit::ExchangeLog::is_healthy);
+    let logging = log.is_none_or(crate::exchange_log::ExchangeLog::is_healthy);
     if service.is_empty() {
         return Ok(serving(logging));
     }

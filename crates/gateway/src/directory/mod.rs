@@ -58,7 +58,7 @@ pub struct LocalContext {
     pub state: Arc<dyn GatewayView>,
     pub certificate_days_left: i64,
     /// The exchange log, for its proof and Data Tracker services.
-    pub log: Option<crate::audit::ExchangeLog>,
+    pub log: Option<crate::exchange_log::ExchangeLog>,
 }
 
 impl LocalContext {

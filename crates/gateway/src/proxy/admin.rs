@@ -32,7 +32,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use super::{GatewayState, Reloader};
-use crate::audit::ExchangeLog;
+use crate::exchange_log::ExchangeLog;
 use crate::telemetry::metrics::{LogGauges, Metrics};
 
 /// The header an operator's tool sends on a loopback endpoint without a

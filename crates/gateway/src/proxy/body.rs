@@ -32,11 +32,11 @@ use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
 use super::error::GatewayError;
-use super::limits::{Admission, MessageSizeLimit};
+use super::limits::{CallPermit, MessageSizeLimit};
 use super::record::{self, CallRecord, Ending, SharedTally, Tally};
-use crate::audit::Appending;
 use crate::catalog::subject::{SubjectField, read_subject};
 use crate::consent::{ConsentRefusal, UseReservation};
+use crate::exchange_log::Appending;
 use crate::identity::MemberId;
 use crate::routing::upstream::BoxError;
 use crate::telemetry::metrics::InFlight;
@@ -426,7 +426,7 @@ pub struct ResponseBody {
     /// Counts the call as in flight until the body ends or is dropped.
     in_flight: Option<InFlight>,
     /// Holds the call's place under the limits until the body is dropped.
-    admission: Option<Admission>,
+    permit: Option<CallPermit>,
 }
 
 #[derive(Debug)]
@@ -648,8 +648,8 @@ impl ResponseBody {
 
     /// Keeps the call counted under the limits for as long as this body
     /// lives.
-    pub fn admitted(&mut self, admission: Admission) {
-        self.admission = Some(admission);
+    pub fn holds(&mut self, permit: CallPermit) {
+        self.permit = Some(permit);
     }
 
     /// A body with no frames.
@@ -658,7 +658,7 @@ impl ResponseBody {
             relay: None,
             local: None,
             in_flight: None,
-            admission: None,
+            permit: None,
         }
     }
 
@@ -668,7 +668,7 @@ impl ResponseBody {
             relay: None,
             local: Some(body),
             in_flight: None,
-            admission: None,
+            permit: None,
         }
     }
 
@@ -713,7 +713,7 @@ impl ResponseBody {
             })),
             local: None,
             in_flight: None,
-            admission: None,
+            permit: None,
         }
     }
 }

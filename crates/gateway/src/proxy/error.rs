@@ -20,9 +20,10 @@ use crate::wire::headers::{BRIDGE_ERROR, BRIDGE_REQUEST_ID};
 /// gRPC's retry pushback: milliseconds to wait before retrying.
 pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
 
-/// Who caused a failure: the exchange log and metrics record it.
+/// Who caused a failure: the exchange log and metrics record it. (Not to
+/// be confused with the faults a test injects into a mock agency.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
+pub enum Blame {
     /// The calling member sent something the gateway refuses.
     Caller,
     /// The provider's backend failed or could not be reached.
@@ -224,8 +225,8 @@ impl GatewayError {
         }
     }
 
-    /// Whose fault the failure is.
-    pub fn fault(&self) -> Fault {
+    /// Who is to blame for the failure.
+    pub fn blame(&self) -> Blame {
         match self {
             Self::NoMemberIdentity(_)
             | Self::UnknownMember(_)
@@ -238,19 +239,19 @@ impl GatewayError {
             | Self::UnknownService(_)
             | Self::UnknownMethod { .. }
             | Self::UnknownTarget { .. }
-            | Self::DeadlineExceeded(_) => Fault::Caller,
-            Self::Consent(crate::consent::ConsentRefusal::StatusUnknown) => Fault::Gateway,
-            Self::Consent(_) => Fault::Caller,
+            | Self::DeadlineExceeded(_) => Blame::Caller,
+            Self::Consent(crate::consent::ConsentRefusal::StatusUnknown) => Blame::Gateway,
+            Self::Consent(_) => Blame::Caller,
             Self::UpstreamUnavailable { .. }
             | Self::UpstreamIdentity { .. }
-            | Self::UpstreamFailed { .. } => Fault::Upstream,
+            | Self::UpstreamFailed { .. } => Blame::Upstream,
             Self::ExchangeLogUnavailable(_)
             | Self::ConsentUseUnrecorded(_)
-            | Self::OutcomeUnrecorded(_) => Fault::Gateway,
+            | Self::OutcomeUnrecorded(_) => Blame::Gateway,
             Self::RateLimited { .. } | Self::TooManyCalls { .. } | Self::MessageTooLarge { .. } => {
-                Fault::Caller
+                Blame::Caller
             }
-            Self::Overloaded { .. } => Fault::Gateway,
+            Self::Overloaded { .. } => Blame::Gateway,
         }
     }
 
@@ -263,7 +264,7 @@ impl GatewayError {
                 | Self::ExchangeLogUnavailable(_)
                 | Self::ConsentUseUnrecorded(_)
                 | Self::Consent(crate::consent::ConsentRefusal::StatusUnknown)
-        ) || self.is_admission_refusal()
+        ) || self.is_limit_refusal()
     }
 
     /// Whether the caller was refused for who it is, before anything about
@@ -276,7 +277,7 @@ impl GatewayError {
         )
     }
 
-    /// Whether the call was refused at admission, for load (rate, calls in
+    /// Whether the call was refused by the call limits, for load (rate, calls in
     /// flight, gateway overload), before anything about it was decided.
     ///
     /// Such refusals are not written to the exchange log: the call was
@@ -287,7 +288,7 @@ impl GatewayError {
     /// member and kind instead. A message over the size limit is different:
     /// it is found after the decision was logged, and ends as that call's
     /// outcome record.
-    pub fn is_admission_refusal(&self) -> bool {
+    pub fn is_limit_refusal(&self) -> bool {
         matches!(
             self,
             Self::RateLimited { .. } | Self::TooManyCalls { .. } | Self::Overloaded { .. }
@@ -390,7 +391,7 @@ mod tests {
             burst: 5,
             retry_after: std::time::Duration::from_micros(249_200),
         };
-        assert!(refused.is_admission_refusal() && refused.is_retryable());
+        assert!(refused.is_limit_refusal() && refused.is_retryable());
         let response = refused.into_response(None);
         let headers = response.headers();
         assert_eq!(headers["grpc-status"], "8");
@@ -400,7 +401,7 @@ mod tests {
             limit: 1024,
             announced: 4096,
         };
-        assert!(!too_large.is_admission_refusal() && !too_large.is_retryable());
+        assert!(!too_large.is_limit_refusal() && !too_large.is_retryable());
         let trailers = too_large.into_trailers();
         assert_eq!(trailers["grpc-status"], "8");
         assert!(trailers.get(RETRY_PUSHBACK).is_none());

@@ -1,11 +1,11 @@
-//! Limits: admission of calls under load, and the size of request
+//! Limits: permits for calls under load, and the size of request
 //! messages.
 //!
-//! Every call first passes [`Limits::admit`]: a gateway-wide cap on calls
+//! Every call first passes [`Limits::permit`]: a gateway-wide cap on calls
 //! in flight (beyond it, calls are shed at once rather than queued), then
 //! the caller's token bucket (requests per second, `governor`), then the
-//! caller's cap on calls in flight. An admitted call holds its
-//! [`Admission`] until its response ends. Its request body then passes a
+//! caller's cap on calls in flight. A permitted call holds its
+//! [`CallPermit`] until its response ends. Its request body then passes a
 //! [`MessageSizeLimit`], which reads each gRPC message's 5-byte prefix as
 //! the bytes go by and ends the call when one announces more than the
 //! caller may send, before any of that message is relayed.
@@ -14,12 +14,12 @@
 //! lookup and a few atomic operations, and the size check holds at most the
 //! four bytes of a prefix split across frames, never a message. A call
 //! refused here costs no exchange-log write (see
-//! [`GatewayError::is_admission_refusal`]), so a flood is not turned into
+//! [`GatewayError::is_limit_refusal`]), so a flood is not turned into
 //! disk work.
 //!
 //! Limits are part of a configuration snapshot. A reload keeps the
 //! gateway-wide count and each remaining member's count of calls in flight
-//! (calls admitted under the old snapshot still count), and a member's
+//! (calls permitted under the old snapshot still count), and a member's
 //! token bucket when its rate and burst did not change; a member whose rate
 //! changed starts with a full bucket.
 
@@ -96,16 +96,16 @@ impl Drop for Slot {
     }
 }
 
-/// A call admitted under the limits: it counts as in flight, for the
+/// A call permitted under the limits: it counts as in flight, for the
 /// gateway and for its caller, until this is dropped.
 #[derive(Debug)]
-pub struct Admission {
+pub struct CallPermit {
     _gateway: Slot,
     _member: Option<Slot>,
     max_message_bytes: NonZeroU32,
 }
 
-impl Admission {
+impl CallPermit {
     /// The size check for this call's request messages; a refusal is
     /// counted in `metrics` for `member`.
     pub fn message_limit(&self, metrics: &Arc<Metrics>, member: &MemberId) -> MessageSizeLimit {
@@ -162,7 +162,7 @@ impl Limits {
     /// Admits a call by `member`, or refuses it with `RESOURCE_EXHAUSTED`.
     /// A call refused for its rate leaves the counts as they were; one
     /// refused for calls in flight has spent a token.
-    pub fn admit(&self, member: &MemberId) -> Result<Admission, GatewayError> {
+    pub fn permit(&self, member: &MemberId) -> Result<CallPermit, GatewayError> {
         let gateway =
             self.gateway
                 .enter(self.gateway_max.get())
@@ -173,7 +173,7 @@ impl Limits {
         let Some(limiter) = self.members.get(member) else {
             // Only registered members get this far; the defaults, should
             // one not have its entry.
-            return Ok(Admission {
+            return Ok(CallPermit {
                 _gateway: gateway,
                 _member: None,
                 max_message_bytes: MemberLimits::default().max_message_bytes,
@@ -201,7 +201,7 @@ impl Limits {
                 retry_after: CONCURRENCY_PUSHBACK,
             });
         };
-        Ok(Admission {
+        Ok(CallPermit {
             _gateway: gateway,
             _member: Some(slot),
             max_message_bytes: limiter.limits.max_message_bytes,
@@ -384,21 +384,21 @@ mod tests {
     const A: &str = "SN/COM/CBAO/kyc";
     const B: &str = "SN/GOV/DGCPT/treasury";
 
-    fn kind(result: Result<Admission, GatewayError>) -> &'static str {
-        result.map_or_else(|error| error.kind(), |_| "admitted")
+    fn kind(result: Result<CallPermit, GatewayError>) -> &'static str {
+        result.map_or_else(|error| error.kind(), |_| "permitted")
     }
 
     #[test]
     fn calls_in_flight_are_capped_per_member_and_for_the_gateway() {
         let limits = Limits::new(&config(&[(A, capped(2)), (B, capped(5))], 3));
         let (a, b) = (MemberId::parse(A).unwrap(), MemberId::parse(B).unwrap());
-        let first = limits.admit(&a).unwrap();
-        let second = limits.admit(&a).unwrap();
-        assert_eq!(kind(limits.admit(&a)), "too-many-calls");
-        let third = limits.admit(&b).unwrap();
-        assert_eq!(kind(limits.admit(&b)), "gateway-overloaded");
+        let first = limits.permit(&a).unwrap();
+        let second = limits.permit(&a).unwrap();
+        assert_eq!(kind(limits.permit(&a)), "too-many-calls");
+        let third = limits.permit(&b).unwrap();
+        assert_eq!(kind(limits.permit(&b)), "gateway-overloaded");
         drop(first);
-        assert_eq!(kind(limits.admit(&b)), "admitted");
+        assert_eq!(kind(limits.permit(&b)), "permitted");
         drop((second, third));
     }
 
@@ -407,9 +407,9 @@ mod tests {
         let limits = Limits::new(&config(&[(A, rated(1, 3)), (B, rated(1, 1))], 100));
         let (a, b) = (MemberId::parse(A).unwrap(), MemberId::parse(B).unwrap());
         for _ in 0..3 {
-            assert_eq!(kind(limits.admit(&a)), "admitted");
+            assert_eq!(kind(limits.permit(&a)), "permitted");
         }
-        let refused = limits.admit(&a).unwrap_err();
+        let refused = limits.permit(&a).unwrap_err();
         assert_eq!(refused.kind(), "rate-limited");
         let wait = refused.retry_after().unwrap();
         assert!(
@@ -417,29 +417,29 @@ mod tests {
             "{wait:?}"
         );
         // Another member's bucket is its own.
-        assert_eq!(kind(limits.admit(&b)), "admitted");
+        assert_eq!(kind(limits.permit(&b)), "permitted");
     }
 
     #[test]
     fn a_reload_keeps_counts_and_unchanged_buckets() {
         let old = Limits::new(&config(&[(A, rated(1, 2)), (B, capped(1))], 100));
         let (a, b) = (MemberId::parse(A).unwrap(), MemberId::parse(B).unwrap());
-        let _a1 = old.admit(&a).unwrap();
-        let _a2 = old.admit(&a).unwrap();
-        let _b1 = old.admit(&b).unwrap();
+        let _a1 = old.permit(&a).unwrap();
+        let _a2 = old.permit(&a).unwrap();
+        let _b1 = old.permit(&b).unwrap();
         let new = Limits::after(
             &config(&[(A, rated(1, 2)), (B, capped(1))], 100),
             Some(&old),
         );
-        assert_eq!(kind(new.admit(&a)), "rate-limited");
-        assert_eq!(kind(new.admit(&b)), "too-many-calls");
+        assert_eq!(kind(new.permit(&a)), "rate-limited");
+        assert_eq!(kind(new.permit(&b)), "too-many-calls");
         // A changed rate starts full.
         let changed = Limits::after(
             &config(&[(A, rated(2, 2)), (B, capped(2))], 100),
             Some(&old),
         );
-        assert_eq!(kind(changed.admit(&a)), "admitted");
-        let _b2 = changed.admit(&b).unwrap();
-        assert_eq!(kind(changed.admit(&b)), "too-many-calls");
+        assert_eq!(kind(changed.permit(&a)), "permitted");
+        let _b2 = changed.permit(&b).unwrap();
+        assert_eq!(kind(changed.permit(&b)), "too-many-calls");
     }
 }

@@ -36,11 +36,11 @@ use tokio::time::Instant;
 use arc_swap::ArcSwap;
 use tracing::Instrument;
 
-use crate::audit::ExchangeLog;
 use crate::config::Config;
 use crate::consent::ConsentVerifier;
 use crate::consent::artefact::{ConsentClaims, IssuerKeys};
 use crate::consent::{self, CallScope, ConsentLedger, ConsentRefusal};
+use crate::exchange_log::ExchangeLog;
 use crate::identity::MemberId;
 use crate::identity::tls::TlsError;
 use crate::net::{PeerInfo, TlsListener};
@@ -55,7 +55,7 @@ use crate::wire::headers::{self, CallHeaders};
 use crate::wire::trace_context::TraceContext;
 use body::Audit;
 pub use body::{RequestBody, ResponseBody};
-pub use error::{Fault, GatewayError};
+pub use error::{Blame, GatewayError};
 use record::{CallRecord, Ending, Tally};
 
 /// Why the gateway cannot start.
@@ -80,7 +80,7 @@ pub enum StartError {
     #[error("consent.ledger: {0}")]
     ConsentLedger(#[from] crate::consent::uses::UseBookError),
     #[error("exchange_log: {0}")]
-    ExchangeLog(#[from] crate::audit::OpenError),
+    ExchangeLog(#[from] crate::exchange_log::OpenError),
     #[error("gateway.admin_token_file: {0}")]
     AdminToken(#[from] crate::proxy::admin::AdminTokenError),
     #[error("cannot listen on {address}: {source}")]
@@ -544,7 +544,7 @@ impl Gateway {
                 tokio::task::spawn_blocking(move || ExchangeLog::open(&settings))
                     .await
                     .map_err(|error| {
-                        StartError::ExchangeLog(crate::audit::OpenError::File {
+                        StartError::ExchangeLog(crate::exchange_log::OpenError::File {
                             path: config.exchange_log.data_dir.clone(),
                             message: error.to_string(),
                         })
@@ -1074,8 +1074,8 @@ impl GatewayService {
         let request_id = &arrival.request_id;
         let caller = self.caller(state)?;
         // Limits come before any other work, so that shedding load is
-        // cheap (see `GatewayError::is_admission_refusal`).
-        let admission = state.limits.admit(&caller).inspect_err(|refused| {
+        // cheap (see `GatewayError::is_limit_refusal`).
+        let permit = state.limits.permit(&caller).inspect_err(|refused| {
             self.metrics.limit_refusal(&caller, refused.kind());
         })?;
         // A malformed request id is the caller's to hear of, once it is a
@@ -1113,7 +1113,7 @@ impl GatewayService {
             };
             let response = Box::pin(crate::directory::call(request, context)).await;
             let mut response = response.map(ResponseBody::local);
-            response.body_mut().admitted(admission);
+            response.body_mut().holds(permit);
             return Ok(response);
         }
         let route = state.routes.route(uri.path(), call.target.as_ref())?;
@@ -1207,7 +1207,7 @@ impl GatewayService {
         }
 
         let bytes_in: Arc<std::sync::atomic::AtomicU64> = Arc::default();
-        let mut limit = admission.message_limit(&self.metrics, &caller);
+        let mut limit = permit.message_limit(&self.metrics, &caller);
         let (first_body, call_end) = match &replay {
             Some(bytes) => {
                 // Checked and counted once, here: every attempt sends these.
@@ -1351,7 +1351,7 @@ impl GatewayService {
             }
             drop(call_end);
             let mut response = response.map(|_| ResponseBody::empty());
-            response.body_mut().admitted(admission);
+            response.body_mut().holds(permit);
             return Ok(response);
         }
         let audit = record.take().map(Audit::new);
@@ -1359,7 +1359,7 @@ impl GatewayService {
         let mut response = response.map(|body| {
             ResponseBody::relay(body, call_end, deadline, provider, audit, Some(counted))
         });
-        response.body_mut().admitted(admission);
+        response.body_mut().holds(permit);
         Ok(response)
     }
 
@@ -1466,13 +1466,13 @@ impl GatewayService {
         // Two refusals leave no record and only a debug line, so that a
         // flood costs neither disk nor log volume:
         // - for load, before anything was decided (see
-        //   `GatewayError::is_admission_refusal`;
+        //   `GatewayError::is_limit_refusal`;
         //   `govbridge_limit_refusals_total` counts them);
         // - a stranger's after its connection's first: a peer the gateway
         //   does not serve gets one record and one log line per
         //   connection, however many streams it opens before the
         //   connection closes (`govbridge_unrecorded_refusals_total`).
-        let unrecorded = error.is_admission_refusal()
+        let unrecorded = error.is_limit_refusal()
             || (error.is_stranger_refusal()
                 && self.stranger_recorded.swap(true, Ordering::Relaxed));
         if unrecorded {
@@ -1496,7 +1496,7 @@ impl GatewayService {
             path = %Escaped(uri.path()),
             bridge_error = error.kind(),
             code = ?error.code(),
-            fault = ?error.fault(),
+            blame = ?error.blame(),
             detail = %Escaped(error.detail().unwrap_or_default()),
             "call refused: {}",
             Escaped(&error)

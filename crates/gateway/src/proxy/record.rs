@@ -14,8 +14,8 @@ use aws_lc_rs::digest::{Context, SHA256};
 use http::{HeaderMap, HeaderValue};
 
 use super::error::GatewayError;
-use crate::audit::{Appending, ExchangeLog, ExchangeRecord, Phase, RECORD_VERSION};
 use crate::catalog::subject::{SubjectField, SubjectReader};
+use crate::exchange_log::{Appending, ExchangeLog, ExchangeRecord, Phase, RECORD_VERSION};
 use crate::identity::MemberId;
 use crate::policy::Decision;
 use crate::wire::headers::CallHeaders;

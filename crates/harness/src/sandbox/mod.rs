@@ -58,8 +58,8 @@ use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 
 use crate::agencies::fault::{Failure, Fault, FaultSwitch};
 use crate::agencies::{Agency, AgencyService, Dataset};
-use gateway::audit::{ExchangeLog, ExchangeRecord, Store};
 use gateway::config::{Config, ConfigError};
+use gateway::exchange_log::{ExchangeLog, ExchangeRecord, Store};
 
 use crate::agencies::config::SigningKeyConfig;
 use crate::dev::{self, GATEWAY_IDENTITY};
@@ -1287,7 +1287,10 @@ impl<'a> ExchangeLogView<'a> {
 }
 
 fn decoded(
-    stored: Result<Vec<gateway::audit::store::StoredRecord>, gateway::audit::StoreError>,
+    stored: Result<
+        Vec<gateway::exchange_log::store::StoredRecord>,
+        gateway::exchange_log::StoreError,
+    >,
 ) -> Result<Vec<LoggedRecord>, SandboxError> {
     let stored = stored.map_err(|error| SandboxError::ExchangeLog(error.to_string()))?;
     stored

@@ -727,8 +727,8 @@ pub fn consistency(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::note::SigningKey;
-    use crate::audit::store::DATABASE_FILE;
+    use crate::exchange_log::note::SigningKey;
+    use crate::exchange_log::store::DATABASE_FILE;
     use rusqlite::{Connection, params};
 
     const ORIGIN: &str = "govbridge.test/gw-verify";
