@@ -75,7 +75,7 @@ pub struct CommonArgs {
     #[arg(
         long,
         value_name = "FILE",
-        default_value = "bench/nginx/nginx.conf.template"
+        default_value = "benches/nginx/nginx.conf.template"
     )]
     nginx_template: PathBuf,
     /// Print JSON instead of tables.

@@ -1,63 +1,67 @@
-//! govbridge: a gRPC interconnection gateway for government e-services.
+//! govbridge's exchange layer: a gRPC gateway between the members of a
+//! national interconnection platform.
 //!
 //! Partner institutions (banks, telcos, agencies) call public services
-//! through govbridge, and public services call partners through it. For
-//! every call the gateway authenticates both ends with mutual TLS, routes
-//! the call by its gRPC method to the provider that publishes it, and relays
-//! the bytes untouched, streaming in both directions, with statuses,
-//! trailers, deadlines and cancellation intact.
+//! through it, and public services call partners through it. For every call
+//! it authenticates both ends with mutual TLS, authorizes the exact method
+//! against Cedar policy, enforces the citizen's consent where the policy
+//! asks for it, writes the exchange into a tamper-evident log, and relays
+//! the bytes untouched to a healthy backend of the provider, streaming in
+//! both directions, with statuses, trailers, deadlines and cancellation
+//! intact.
+//!
+//! This crate knows nothing of its test doubles: the mock agencies, dev
+//! PKI, dev, demo, sandbox and bench are the `govbridge-harness` crate,
+//! which depends on this one.
 //!
 //! # The request path
 //!
 //! ```text
-//! TCP accept
-//!  -> TLS (rustls: client cert required, CRLs, ALPN h2, handshake timeout)   net, identity
-//!  -> identity (member id from the verified cert, once per connection)       identity
-//!  -> HTTP/2 server (hyper: stream, header, reset and keepalive limits)      net
-//!  -> limits: load shed, member rate (governor) and calls in flight          proxy::limits
-//!  -> request id, bridge-* headers checked                                    proxy::headers
-//!  -> route: /pkg.Service/Method -> published service -> provider             routing
-//!  -> deadline: min(grpc-timeout, service maximum)                            proxy::deadline
-//!  -> upstream: mTLS to a backend that must prove it is the provider          routing::upstream
-//!  -> request relay: frames as they come, message size from each prefix     proxy::body, proxy::limits
-//!  -> response relay: frames as the caller reads them, deadline, trailers     proxy::body
+//! TCP accept, TLS (client certificate required, CRLs, ALPN h2)      net, identity
+//! member id from the verified certificate, once per connection       identity
+//! HTTP/2 (stream, header, reset and keepalive limits)                net
+//! one call:
+//!   admit: the caller, the gateway's and the member's limits         proxy (limits)
+//!   read headers: gRPC, bridge-*, request id, deadline               wire
+//!   route: /pkg.Service/Method -> published service -> provider      routing, catalog
+//!   authorize: Cedar (member, method, provider, purpose, ...)        policy
+//!   bind consent: artefact, data subject of the first message, use   consent, catalog::subject
+//!   record decision, durable before anything goes upstream           exchange_log
+//!   forward: provider pool, mTLS, deadline, retries                  routing::upstream
+//!   relay: frames both ways, message sizes, subject on each message  proxy (body)
+//!   record outcome, durable before the caller gets the status        exchange_log
 //! ```
 //!
 //! Gateway-made failures become gRPC statuses in one place
 //! ([`proxy::GatewayError`]), with a `bridge-error` header naming the kind.
-//! Statuses returned by a backend pass through unchanged.
+//! Statuses returned by a backend pass through unchanged. The gateway's
+//! own services (directory, health, reflection, the exchange log's proofs
+//! and the Data Tracker) are answered by [`directory`], never forwarded.
 //!
-//! # Modules
+//! # Layers
 //!
-//! - [`identity`]: member ids, TLS configurations, certificate -> member.
-//! - [`keys`]: Ed25519 signing keys in PKCS#8 PEM files (checkpoints,
-//!   consent artefacts).
-//! - [`net`]: TLS listeners serving HTTP/2, shared by gateway and agencies.
+//! Top to bottom; a module imports only from the layers below its own
+//! (checked by `tests/layers.rs`):
+//!
+//! - [`proxy`]: the call path as phases, bind and serve, reload, the admin
+//!   endpoint.
+//! - [`directory`]: the services the gateway answers itself.
+//! - [`policy`], [`consent`], [`exchange_log`], [`routing`]: authorization,
+//!   citizens' consent, the tamper-evident log, providers and their pools.
+//! - [`telemetry`]: metrics and OTLP span export.
 //! - [`config`]: the TOML file, validated into [`config::Config`].
-//! - [`routing`]: the route table and the upstream connection pools.
-//! - [`proxy`]: the passthrough service and where the path is assembled.
-//! - [`consent`]: citizens' consent artefacts, their revocation feed and
-//!   use counts.
-//! - [`unix_time`]: seconds since the epoch, as certificates, consents and
-//!   the exchange log count time.
-//! - [`agencies`]: mock civil registry, tax authority, business registry,
-//!   banks and the MyGov consent portal, backed by deterministic synthetic
-//!   data.
-//! - [`pki`]: a development CA (rcgen) for demos and tests.
-//! - [`launch`]: starting agencies and the gateway as tasks.
-//! - [`dev`]: the one-command development setup.
-//! - [`sandbox`]: the gateway and every mock agency as a fixture for
-//!   partners' integration tests, in Rust and (`govbridge sandbox`) in any
-//!   language.
-//! - [`bench`]: `govbridge bench`, the load generator and the comparison
-//!   with a direct call and nginx.
-//! - [`proto`]: code generated from `proto/`.
+//! - [`net`]: TLS listeners serving HTTP/2, and an h2 client.
+//! - [`wire`] and [`catalog`]: the contracts: `bridge-*` headers, deadlines
+//!   and trace context; the compiled services, data subjects and
+//!   descriptors.
+//! - [`identity`], [`keys`], [`unix_time`], [`proto`]: member ids and TLS,
+//!   Ed25519 key files, seconds since the epoch, generated code.
 //!
 //! # Features
 //!
-//! The crate has no optional features. TLS is rustls with the aws-lc-rs
-//! provider (post-quantum hybrid key exchange on by default); protos are
-//! compiled by protox at build time, so no `protoc` is needed.
+//! None. TLS is rustls with the aws-lc-rs provider (post-quantum hybrid key
+//! exchange on by default); protos are compiled by protox at build time,
+//! so no `protoc` is needed.
 
 #![forbid(unsafe_code)]
 

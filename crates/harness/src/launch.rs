@@ -1,7 +1,9 @@
-//! Starting mock agencies and the gateway as tasks of one process.
+//! Starting mock agencies as tasks of one process, and the shutdown switch
+//! they share.
 //!
-//! Used by `govbridge agency`, `govbridge dev` and the integration tests, so
-//! that all three start things the same way.
+//! Used by `govbridge agency`, `govbridge dev`, the demo, the sandbox and
+//! the integration tests, so that all of them start agencies the same way.
+//! It never starts the gateway: that is [`gateway::proxy::Gateway::bind`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;

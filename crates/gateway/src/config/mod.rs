@@ -1,6 +1,6 @@
 //! Configuration: raw TOML in, a validated [`Config`] out.
 //!
-//! Parsing and validation are separate steps. [`raw`] mirrors the file with
+//! Parsing and validation are separate steps. `raw` mirrors the file with
 //! serde and keeps the span of every value; [`Config::load`] turns it into
 //! checked domain types (member ids, socket addresses, endpoints, durations)
 //! and reports the first problem with the file, line and key. Code outside

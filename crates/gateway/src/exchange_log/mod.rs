@@ -7,7 +7,10 @@
 //! - [`note`]: checkpoints as C2SP signed notes (Ed25519).
 //! - [`store`]: the SQLite database and its schema.
 //! - [`verify`]: checking a whole log, and proof bundles.
-//! - [`subject`]: which request field names the data subject.
+//!
+//! Which request field names the data subject is the catalog's
+//! ([`crate::catalog::subject`]); the services that serve proofs and the
+//! Data Tracker are the directory's ([`crate::directory::exchange_log`]).
 //!
 //! [`ExchangeLog`] is the gateway's handle. Records go to one writer thread
 //! that commits whatever has queued up in one transaction (group commit):

@@ -17,7 +17,7 @@ const BUCKETS: [f64; 14] = [
     0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// A histogram of durations with [`BUCKETS`].
+/// A histogram of durations with `BUCKETS`.
 #[derive(Debug, Default)]
 pub struct Histogram {
     /// Non-cumulative counts per bucket, the last one for +Inf.

@@ -3,7 +3,7 @@
 # (routing only), govbridge (everything on) and nginx, one after the
 # other, in one run, on this machine.
 #
-#     bench/compare.sh [ARGS...]     # ARGS go to `govbridge bench compare`
+#     benches/compare.sh [ARGS...]     # ARGS go to `govbridge bench compare`
 #
 # Installs nginx from Debian (apt-get, non-interactive, as root or through
 # sudo) when there is none, builds govbridge in release, then runs the
