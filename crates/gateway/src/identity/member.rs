@@ -23,14 +23,14 @@ pub const MAX_MEMBER_ID_LEN: usize = 255;
 /// Cheap to clone; compares and hashes on its canonical text.
 ///
 /// ```
-/// use govbridge::identity::MemberId;
+/// use govbridge_gateway::identity::MemberId;
 ///
 /// let bank = MemberId::parse("sn/COM/CBAO/kyc")?;
 /// assert_eq!(bank.as_str(), "SN/COM/CBAO/kyc");
 /// assert_eq!(bank.to_spiffe_uri(), "spiffe://sn/COM/CBAO/kyc");
 /// assert_eq!(MemberId::from_spiffe_uri("spiffe://sn/COM/CBAO/kyc")?, bank);
 /// assert!(MemberId::parse("SN/COM/CBAO").is_err());
-/// # Ok::<(), govbridge::identity::InvalidMemberId>(())
+/// # Ok::<(), govbridge_gateway::identity::InvalidMemberId>(())
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MemberId {

@@ -6,6 +6,7 @@
 //! before it is allowed near production:
 //!
 //! ```
+//! # mod govbridge { pub use gateway::*; pub use govbridge_harness::*; } // as partners see it
 //! use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
 //! use govbridge::proto::civilregistry::v1::VerificationResult;
 //! use govbridge::sandbox::{self, Sandbox};
@@ -875,6 +876,7 @@ impl Sandbox {
     /// gateway, as the portal's app does.
     ///
     /// ```
+    /// # mod govbridge { pub use gateway::*; pub use govbridge_harness::*; }
     /// # use govbridge::sandbox::{self, ConsentGrant, Sandbox};
     /// # use govbridge::proto::tax::v1::{get_tax_clearance_request::Taxpayer, GetTaxClearanceRequest};
     /// # use govbridge::proto::tax::v1::tax_authority_client::TaxAuthorityClient;
@@ -981,6 +983,7 @@ impl Sandbox {
     /// The fault switches of `agency`, one per replica, acting together.
     ///
     /// ```
+    /// # mod govbridge { pub use gateway::*; pub use govbridge_harness::*; }
     /// # use std::time::Duration;
     /// # use govbridge::agencies::Agency;
     /// # use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
