@@ -38,12 +38,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use govbridge::catalog::subject::{SubjectFields, read_subject};
 use govbridge::consent::artefact::{ConsentClaims, ConsentSigner, IssuerKeys};
-use govbridge::consent::{
-    self, CallScope, ConsentLedger, ConsentRefusal, ConsentState, ConsentVerifier,
-};
+use govbridge::consent::{self, ConsentLedger, ConsentRefusal, ConsentState, ConsentVerifier};
 use govbridge::identity::MemberId;
 use govbridge::proto::tax::v1::GetTaxClearanceRequest;
 use govbridge::proto::tax::v1::get_tax_clearance_request::Taxpayer;
+use govbridge::wire::CallScope;
 use prost::Message as _;
 
 const CALLS: usize = 20_000;
@@ -99,7 +98,6 @@ fn main() {
         method: METHOD,
         provider: &provider,
         purpose: Some(PURPOSE),
-        now,
     };
     let request = GetTaxClearanceRequest {
         taxpayer: Some(Taxpayer::SubjectNin(NIN.to_owned())),
@@ -113,10 +111,10 @@ fn main() {
     let verifier = ConsentVerifier::new(keys.clone());
     let fresh = || ConsentVerifier::new(black_box(&keys).clone());
     let checked =
-        consent::check_artefact(&verifier, &token, &scope).expect("the artefact is valid");
+        consent::check_artefact(&verifier, &token, &scope, now).expect("the artefact is valid");
     assert_eq!(*checked, claims);
     assert_eq!(
-        consent::check_artefact(&verifier, &forged, &scope),
+        consent::check_artefact(&verifier, &forged, &scope, now),
         Err(ConsentRefusal::BadSignature)
     );
     assert!(subject_matches(fields, &request, &claims));
@@ -142,9 +140,9 @@ fn main() {
         black_box(&public_key).verify(black_box(signed.as_bytes()), black_box(&signature))
     });
     // A verifier made for each call: the keys' clone is part of the figure.
-    let first = measure(|| consent::check_artefact(&fresh(), black_box(&token), &scope));
-    let again = measure(|| consent::check_artefact(&verifier, black_box(&token), &scope));
-    let refusal = measure(|| consent::check_artefact(&verifier, black_box(&forged), &scope));
+    let first = measure(|| consent::check_artefact(&fresh(), black_box(&token), &scope, now));
+    let again = measure(|| consent::check_artefact(&verifier, black_box(&token), &scope, now));
+    let refusal = measure(|| consent::check_artefact(&verifier, black_box(&forged), &scope, now));
     let subject = measure(|| subject_matches(fields, black_box(&request), &claims));
     // Given back, as when the call fails: spending it (`spend`) takes the
     // same lock and map update, but would exhaust the consent. The ledger
@@ -152,7 +150,7 @@ fn main() {
     // (`consent::uses`), a disk write this figure leaves out.
     let admit = measure(|| ledger.admit(black_box(&claims)));
     let whole = |verifier: &ConsentVerifier| {
-        let claims = consent::check_artefact(verifier, black_box(&token), &scope)
+        let claims = consent::check_artefact(verifier, black_box(&token), &scope, now)
             .expect("the artefact is valid");
         assert!(subject_matches(fields, black_box(&request), &claims));
         ledger.admit(&claims)

@@ -35,12 +35,12 @@ use aws_lc_rs::digest::{Context, SHA256};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use govbridge::config::Config;
 use govbridge::consent::artefact::{ConsentClaims, ConsentSigner, IssuerKeys};
-use govbridge::consent::{self, CallScope, ConsentVerifier};
+use govbridge::consent::{self, ConsentVerifier};
 use govbridge::exchange_log::merkle::{self, Frontier};
 use govbridge::exchange_log::{ExchangeRecord, Phase, RECORD_VERSION};
 use govbridge::identity::tls::{certificate_not_after, load_certificates, peer_of_chain};
 use govbridge::identity::{MemberId, member_of_certificate};
-use govbridge::policy::{CallFacts, PolicyEngine};
+use govbridge::policy::{CallFacts, CallScope, PolicyEngine};
 use govbridge::routing::{RouteTable, UpstreamConnector};
 use prost::Message as _;
 
@@ -115,10 +115,12 @@ fn policy(c: &mut Criterion, config: &Config) {
     let caller = MemberId::parse(CALLER).expect("a valid member id");
     let provider = MemberId::parse("SN/GOV/ANEC/civil-registry").expect("a valid member id");
     let facts = |purpose| CallFacts {
-        caller: &caller,
-        method: VERIFY_IDENTITY,
-        provider: &provider,
-        purpose: Some(purpose),
+        scope: CallScope {
+            caller: &caller,
+            method: VERIFY_IDENTITY,
+            provider: &provider,
+            purpose: Some(purpose),
+        },
         has_reason: true,
         has_user_id: true,
         consent_verified: false,
@@ -173,21 +175,20 @@ fn consent_check(c: &mut Criterion) {
         method: METHOD,
         provider: &provider,
         purpose: Some("CREDIT-SCORING"),
-        now,
     };
     let verifier = ConsentVerifier::new(keys.clone());
-    assert!(consent::check_artefact(&verifier, &token, &scope).is_ok());
+    assert!(consent::check_artefact(&verifier, &token, &scope, now).is_ok());
 
     let mut group = c.benchmark_group("consent");
     // A verifier per iteration: nothing kept, the Ed25519 check runs.
     group.bench_function("check_artefact, first use", |b| {
         b.iter(|| {
             let fresh = ConsentVerifier::new(keys.clone());
-            consent::check_artefact(&fresh, black_box(&token), &scope).is_ok()
+            consent::check_artefact(&fresh, black_box(&token), &scope, now).is_ok()
         })
     });
     group.bench_function("check_artefact, later use (kept)", |b| {
-        b.iter(|| consent::check_artefact(&verifier, black_box(&token), &scope).is_ok())
+        b.iter(|| consent::check_artefact(&verifier, black_box(&token), &scope, now).is_ok())
     });
     group.finish();
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use govbridge::config::Config;
 use govbridge::identity::MemberId;
-use govbridge::policy::{CallFacts, PolicyEngine};
+use govbridge::policy::{CallFacts, CallScope, PolicyEngine};
 
 const MEMBERS: usize = 1_000;
 const POLICIES: usize = 100;
@@ -35,10 +35,12 @@ fn main() {
     for index in 0..DECISIONS {
         let (method, providers) = methods[index % methods.len()];
         let facts = CallFacts {
-            caller: members[(index * 7919) % members.len()],
-            method,
-            provider: &providers[0],
-            purpose: Some(purposes[index % purposes.len()]),
+            scope: CallScope {
+                caller: members[(index * 7919) % members.len()],
+                method,
+                provider: &providers[0],
+                purpose: Some(purposes[index % purposes.len()]),
+            },
             has_reason: true,
             has_user_id: true,
             consent_verified: index % 2 == 0,

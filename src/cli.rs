@@ -341,10 +341,12 @@ fn run_policy(command: PolicyCommand) -> anyhow::Result<()> {
                 .precheck(&client, &method, &provider, purpose.as_deref())
                 .map_err(anyhow::Error::msg)?;
             let decision = engine.authorize(&govbridge::policy::CallFacts {
-                caller: &client,
-                method: &method,
-                provider: &provider,
-                purpose: purpose.as_deref(),
+                scope: govbridge::policy::CallScope {
+                    caller: &client,
+                    method: &method,
+                    provider: &provider,
+                    purpose: purpose.as_deref(),
+                },
                 has_reason: !no_reason,
                 has_user_id: !no_user_id,
                 consent_verified: consent,

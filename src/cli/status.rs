@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use govbridge::identity::tls::days_left;
 use govbridge::wire::escape::Escaped;
 
 /// One GET to the admin endpoint: (status code, body).
@@ -126,12 +127,13 @@ pub fn run(admin: SocketAddr) -> anyhow::Result<()> {
     }
     for (series, not_after) in &samples {
         if series.starts_with("govbridge_certificate_expiry_timestamp_seconds{") {
-            let days = (not_after - now) / 86_400.0;
+            // The metric is whole seconds, exported as a float.
+            let days = days_left(*not_after as i64, govbridge::unix_time::now());
             let name = Escaped(label(series, "certificate").unwrap_or(series));
-            if days < 0.0 {
+            if days < 0 {
                 println!("  certificate     {name}: EXPIRED");
             } else {
-                println!("  certificate     {name}: expires in {days:.0} days");
+                println!("  certificate     {name}: expires in {days} days");
             }
         }
     }

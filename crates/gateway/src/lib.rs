@@ -32,6 +32,8 @@
 //!   record outcome, durable before the caller gets the status        exchange_log
 //! ```
 //!
+//! Each phase of a call is a method of the per-call context in
+//! `proxy/call/`, one file per phase, run in this order (see [`proxy`]).
 //! Gateway-made failures become gRPC statuses in one place
 //! ([`proxy::GatewayError`]), with a `bridge-error` header naming the kind.
 //! Statuses returned by a backend pass through unchanged. The gateway's

@@ -1,5 +1,5 @@
 //! Time as certificates, consents, checkpoints and the exchange log count
-//! it: whole seconds since the Unix epoch.
+//! it: whole seconds (or micro- and nanoseconds) since the Unix epoch.
 //!
 //! One place for the conversion and its edge: a clock set before 1970 reads
 //! 0 rather than failing a call.
@@ -15,6 +15,20 @@ pub fn now() -> i64 {
 pub fn seconds(at: SystemTime) -> i64 {
     at.duration_since(UNIX_EPOCH).map_or(0, |since| {
         i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+    })
+}
+
+/// `at`, in microseconds since the epoch: the exchange log's timestamps.
+pub fn micros(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+    })
+}
+
+/// `at`, in nanoseconds since the epoch: OTLP's timestamps.
+pub fn nanos(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
     })
 }
 

@@ -1,6 +1,6 @@
 //! The gateway's architecture, checked: its top-level modules form layers,
-//! each importing only from the layers below it (so there is no cycle), and
-//! each contract has one owner.
+//! each importing only from the layers below it (so there is no cycle),
+//! each contract has one owner, and the call path runs as its diagram.
 //!
 //! Read from the source rather than the compiler: `crate::module` paths in
 //! code outside test modules and comments. Unit tests (`#[cfg(test)] mod
@@ -173,6 +173,76 @@ fn only_the_catalog_reads_the_descriptors() {
         readers.is_empty(),
         "descriptors read outside crate::catalog: {readers:#?}"
     );
+}
+
+/// The phases of the request path, in the order of the diagram in the
+/// crate docs and docs/architecture.md.
+const PHASES: &[&str] = &[
+    "admit",
+    "read_headers",
+    "route",
+    "authorize",
+    "bind_consent",
+    "record_decision",
+    "forward",
+    "relay",
+];
+
+/// The body of `fn name` in `text`, up to its closing brace at the same
+/// indentation.
+fn function<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    let start = text
+        .find(&format!("fn {name}("))
+        .or_else(|| text.find(&format!("fn {name}<")))?;
+    let line_start = text[..start].rfind('\n').map_or(0, |at| at + 1);
+    let indent = &text[line_start..start];
+    let indent = &indent[..indent.len() - indent.trim_start().len()];
+    let end = text[start..].find(&format!("\n{indent}}}\n"))?;
+    Some(&text[start..start + end])
+}
+
+#[test]
+fn the_call_path_reads_as_its_diagram() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/proxy/call");
+    let run_file = std::fs::read_to_string(dir.join("mod.rs")).unwrap();
+    let run = function(&run_file, "run").expect("Call::run in proxy/call/mod.rs");
+    // `run` fits on a screen: the phases are elsewhere.
+    let lines = run.lines().count();
+    assert!(lines <= 40, "Call::run is {lines} lines long");
+    // It calls every phase, in the diagram's order.
+    let mut last = 0;
+    for phase in PHASES {
+        let at = run
+            .find(&format!(".{phase}("))
+            .unwrap_or_else(|| panic!("Call::run does not call the phase `{phase}`"));
+        assert!(at > last, "`{phase}` runs out of the diagram's order");
+        last = at;
+    }
+    // A phase longer than a few lines is in a file of its own.
+    let mut files = Vec::new();
+    sources(&dir, &mut files);
+    for phase in PHASES {
+        let (file, lines) = files
+            .iter()
+            .find_map(|file| {
+                let text = std::fs::read_to_string(file).unwrap();
+                Some((file, function(&text, phase)?.lines().count()))
+            })
+            .unwrap_or_else(|| panic!("the phase `{phase}` is no function in proxy/call/"));
+        assert!(
+            lines <= 25 || !file.ends_with("mod.rs"),
+            "the phase `{phase}` ({lines} lines) is not in a file of its own"
+        );
+    }
+}
+
+#[test]
+fn a_long_run_or_a_missing_phase_is_seen() {
+    let text = "impl Call {\n    async fn run(&mut self) {\n        self.admit();\n    }\n}\n";
+    let run = function(text, "run").unwrap();
+    assert!(run.contains(".admit("));
+    assert!(!run.contains(".route("));
+    assert_eq!(run.lines().count(), 2);
 }
 
 /// The reader of this file would trust it less if it could not fail: a

@@ -7,6 +7,7 @@
 //! this module only ever sees a valid `Config`. Relative paths in the file
 //! are resolved against the file's directory.
 
+mod describe;
 mod raw;
 
 pub use raw::{Source, quoted};

@@ -31,6 +31,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::identity::MemberId;
+use crate::wire::CallScope;
 use artefact::{ArtefactError, ConsentClaims, IssuerKeys};
 use uses::{Durable, UseBook, UseBookError};
 
@@ -109,19 +110,6 @@ impl From<ArtefactError> for ConsentRefusal {
     }
 }
 
-/// What a consent is checked against: the call as the gateway knows it
-/// before reading the request.
-#[derive(Debug, Clone, Copy)]
-pub struct CallScope<'a> {
-    pub caller: &'a MemberId,
-    pub method: &'a str,
-    pub provider: &'a MemberId,
-    /// The declared `bridge-purpose` code, if any.
-    pub purpose: Option<&'a str>,
-    /// Seconds since the epoch.
-    pub now: i64,
-}
-
 /// Artefacts kept verified at most; past that, expired ones are dropped,
 /// then all.
 const MAX_VERIFIED: usize = 4_096;
@@ -173,12 +161,14 @@ impl ConsentVerifier {
     }
 }
 
-/// Verifies `token` and checks it against `call`: every check up to, but
-/// not including, the feed, the subject and the use count.
+/// Verifies `token` and checks it against `call` at `now` (seconds since
+/// the epoch): every check up to, but not including, the feed, the subject
+/// and the use count.
 pub fn check_artefact(
     verifier: &ConsentVerifier,
     token: &str,
     call: &CallScope<'_>,
+    now: i64,
 ) -> Result<Arc<ConsentClaims>, ConsentRefusal> {
     let claims = verifier.verify(token)?;
     if claims.consumer != call.caller.as_str() {
@@ -212,10 +202,10 @@ pub fn check_artefact(
             },
         });
     }
-    if call.now < claims.not_before {
+    if now < claims.not_before {
         return Err(ConsentRefusal::NotYetValid(claims.not_before));
     }
-    if call.now >= claims.expires {
+    if now >= claims.expires {
         return Err(ConsentRefusal::Expired(claims.expires));
     }
     Ok(claims)

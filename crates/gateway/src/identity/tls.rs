@@ -465,6 +465,13 @@ pub fn certificate_not_after(certificate: &CertificateDer<'_>) -> Option<i64> {
     Some(parsed.validity().not_after.timestamp())
 }
 
+/// Whole days from `now` until `not_after` (both seconds since the
+/// epoch), rounded down: negative once expired. What the policies see as
+/// `certificate_days_left` and what operators are told.
+pub fn days_left(not_after: i64, now: i64) -> i64 {
+    not_after.saturating_sub(now).div_euclid(86_400)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

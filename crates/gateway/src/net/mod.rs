@@ -42,6 +42,16 @@ pub struct PeerInfo {
     pub control: ConnectionControl,
 }
 
+impl PeerInfo {
+    /// Whole days until the peer's certificate expires, at `now` (seconds
+    /// since the epoch); 0 when unknown.
+    pub fn certificate_days_left(&self, now: i64) -> i64 {
+        self.certificate_not_after.map_or(0, |not_after| {
+            crate::identity::tls::days_left(not_after, now)
+        })
+    }
+}
+
 /// Lets the service of a connection close it: gracefully, after the
 /// responses already on their way.
 #[derive(Debug, Clone, Default)]

@@ -20,7 +20,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{CallFacts, PolicyEngine};
+use super::{CallFacts, CallScope, PolicyEngine};
 use crate::identity::MemberId;
 
 #[derive(Debug, Deserialize)]
@@ -115,10 +115,12 @@ fn run_case(engine: &PolicyEngine, case: &Case) -> Result<CaseOutcome, String> {
     };
     engine.precheck(&client, &case.method, &provider, case.purpose.as_deref())?;
     let decision = engine.authorize(&CallFacts {
-        caller: &client,
-        method: &case.method,
-        provider: &provider,
-        purpose: case.purpose.as_deref(),
+        scope: CallScope {
+            caller: &client,
+            method: &case.method,
+            provider: &provider,
+            purpose: case.purpose.as_deref(),
+        },
         has_reason: case.reason,
         has_user_id: case.user_id,
         consent_verified: case.consent,

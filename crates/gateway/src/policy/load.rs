@@ -359,10 +359,12 @@ fn check_context_type(
         return Ok(());
     };
     let facts = super::CallFacts {
-        caller: member,
-        method,
-        provider,
-        purpose: None,
+        scope: super::CallScope {
+            caller: member,
+            method,
+            provider,
+            purpose: None,
+        },
         has_reason: false,
         has_user_id: false,
         consent_verified: false,

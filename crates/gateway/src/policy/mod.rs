@@ -33,16 +33,14 @@ use cedar_policy::{
 
 use crate::config::Config;
 use crate::identity::MemberId;
+pub use crate::wire::CallScope;
 pub use load::PolicyError;
 
 /// The facts of one call that policies may look at.
 #[derive(Debug, Clone)]
 pub struct CallFacts<'a> {
-    pub caller: &'a MemberId,
-    /// `/package.Service/Method`.
-    pub method: &'a str,
-    pub provider: &'a MemberId,
-    pub purpose: Option<&'a str>,
+    /// Who calls what, where, for which purpose.
+    pub scope: CallScope<'a>,
     pub has_reason: bool,
     pub has_user_id: bool,
     pub consent_verified: bool,
@@ -129,7 +127,7 @@ impl PolicyEngine {
 
     /// Decides one call.
     pub fn authorize(&self, facts: &CallFacts<'_>) -> Decision {
-        let applicable = self.applicable(facts.caller, facts.method);
+        let applicable = self.applicable(facts.scope.caller, facts.scope.method);
         let key = self.decision_key(facts);
         if let Some(decision) = key.as_ref().and_then(|key| applicable.decided(key)) {
             return decision;
@@ -158,10 +156,10 @@ impl PolicyEngine {
     fn decision_key(&self, facts: &CallFacts<'_>) -> Option<DecisionKey> {
         let provider = self
             .methods
-            .get(facts.method)?
+            .get(facts.scope.method)?
             .iter()
-            .position(|provider| provider == facts.provider)?;
-        let purpose = match facts.purpose {
+            .position(|provider| provider == facts.scope.provider)?;
+        let purpose = match facts.scope.purpose {
             None => 0,
             Some(purpose) => 1 + self.purposes.iter().position(|known| known == purpose)?,
         };
@@ -325,10 +323,12 @@ impl PolicyEngine {
             for provider in providers {
                 let allowed = |purpose: Option<&str>, consent_verified: bool| {
                     self.authorize(&CallFacts {
-                        caller: member,
-                        method,
-                        provider,
-                        purpose,
+                        scope: CallScope {
+                            caller: member,
+                            method,
+                            provider,
+                            purpose,
+                        },
                         has_reason: true,
                         has_user_id: true,
                         consent_verified,
@@ -483,7 +483,7 @@ pub(crate) fn request(
     let context = Context::from_pairs([
         (
             "purpose".to_owned(),
-            RestrictedExpression::new_string(facts.purpose.unwrap_or_default().to_owned()),
+            RestrictedExpression::new_string(facts.scope.purpose.unwrap_or_default().to_owned()),
         ),
         (
             "has_reason".to_owned(),
@@ -505,9 +505,9 @@ pub(crate) fn request(
     ])
     .map_err(|error| error.to_string())?;
     Request::new(
-        uid(MEMBER, facts.caller.as_str()),
-        uid(ACTION, facts.method),
-        uid(PROVIDER, facts.provider.as_str()),
+        uid(MEMBER, facts.scope.caller.as_str()),
+        uid(ACTION, facts.scope.method),
+        uid(PROVIDER, facts.scope.provider.as_str()),
         context,
         schema,
     )
@@ -719,10 +719,12 @@ when { context.certificate_days_left * 9223372036854775807 > 0 };
         let caller = MemberId::parse("SN/COM/CBAO/kyc").unwrap();
         let provider = MemberId::parse("SN/GOV/ANEC/civil-registry").unwrap();
         let facts = |days| CallFacts {
-            caller: &caller,
-            method: "/govbridge.civilregistry.v1.CivilRegistry/GetPerson",
-            provider: &provider,
-            purpose: Some("KYC"),
+            scope: CallScope {
+                caller: &caller,
+                method: "/govbridge.civilregistry.v1.CivilRegistry/GetPerson",
+                provider: &provider,
+                purpose: Some("KYC"),
+            },
             has_reason: true,
             has_user_id: true,
             consent_verified: false,
@@ -760,10 +762,12 @@ permit (principal == Member::"SN/GOV/DGID/tax", action, resource);
         let decide = |caller: &str| {
             let caller = MemberId::parse(caller).unwrap();
             engine.authorize(&CallFacts {
-                caller: &caller,
-                method: "/govbridge.civilregistry.v1.CivilRegistry/GetPerson",
-                provider: &provider,
-                purpose: None,
+                scope: CallScope {
+                    caller: &caller,
+                    method: "/govbridge.civilregistry.v1.CivilRegistry/GetPerson",
+                    provider: &provider,
+                    purpose: None,
+                },
                 has_reason: false,
                 has_user_id: false,
                 consent_verified: false,
@@ -825,10 +829,12 @@ forbid (principal in Organization::"SN/COM/ECOBANK", action, resource) when { co
                     for purpose in &purposes {
                         for (consent, hour) in [(false, 7), (true, 12), (false, 19)] {
                             let facts = CallFacts {
-                                caller: member,
-                                method,
-                                provider,
-                                purpose: *purpose,
+                                scope: CallScope {
+                                    caller: member,
+                                    method,
+                                    provider,
+                                    purpose: *purpose,
+                                },
                                 has_reason: true,
                                 has_user_id: true,
                                 consent_verified: consent,

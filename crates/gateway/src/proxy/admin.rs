@@ -35,10 +35,7 @@ use super::{GatewayState, Reloader};
 use crate::exchange_log::ExchangeLog;
 use crate::telemetry::metrics::{LogGauges, Metrics};
 
-/// The header an operator's tool sends on a loopback endpoint without a
-/// token: a browser sends a custom header cross-site only after a CORS
-/// preflight, which this endpoint never grants.
-pub const OPERATOR_HEADER: &str = "x-govbridge-admin";
+pub use crate::wire::headers::OPERATOR_HEADER;
 
 /// The shortest token accepted, in characters.
 pub const MIN_TOKEN_LEN: usize = 32;

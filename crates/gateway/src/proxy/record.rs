@@ -8,7 +8,7 @@
 //! the data subject, never the bytes themselves.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use aws_lc_rs::digest::{Context, SHA256};
 use http::{HeaderMap, HeaderValue};
@@ -20,13 +20,6 @@ use crate::identity::MemberId;
 use crate::policy::Decision;
 use crate::wire::headers::CallHeaders;
 use crate::wire::trace_context::TraceContext;
-
-/// Microseconds since the Unix epoch.
-pub fn unix_micros(at: SystemTime) -> i64 {
-    at.duration_since(UNIX_EPOCH).map_or(0, |since| {
-        i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
-    })
-}
 
 /// The `bridge-audit-index` value of a leaf index.
 pub fn audit_index(index: u64) -> (http::header::HeaderName, HeaderValue) {
@@ -174,7 +167,7 @@ impl CallRecord {
                 caller: caller.map(ToString::to_string).unwrap_or_default(),
                 method: method.to_owned(),
                 trace_id: trace.trace_id_hex(),
-                received_us: unix_micros(received),
+                received_us: crate::unix_time::micros(received),
                 ..ExchangeRecord::default()
             },
             pending: None,
@@ -229,15 +222,20 @@ impl CallRecord {
         Ok(index)
     }
 
+    /// Leaf index of the decision, once durable.
+    pub fn decision_index(&self) -> Option<u64> {
+        self.decision
+    }
+
     /// The request's bytes, tallied as they go upstream.
     pub fn forwarding(&mut self, request: SharedTally, at: SystemTime) {
         self.request = Some(request);
-        self.record.forwarded_us = unix_micros(at);
+        self.record.forwarded_us = crate::unix_time::micros(at);
     }
 
     /// The response headers arrived.
     pub fn first_byte(&mut self, at: SystemTime) {
-        self.record.first_byte_us = unix_micros(at);
+        self.record.first_byte_us = crate::unix_time::micros(at);
     }
 
     /// Records that the gateway refused or failed the call with `error`:
@@ -257,7 +255,7 @@ impl CallRecord {
             Some(decision) => {
                 record.phase = Phase::Outcome.into();
                 record.decision_index = decision;
-                record.completed_us = unix_micros(SystemTime::now());
+                record.completed_us = crate::unix_time::micros(SystemTime::now());
                 if let Some(request) = &self.request {
                     lock(request).write_request(&mut record);
                 }
@@ -280,7 +278,7 @@ impl CallRecord {
     fn outcome(&mut self, ending: Ending<'_>, response: Option<&Tally>) -> ExchangeRecord {
         let mut record = std::mem::take(&mut self.record);
         record.phase = Phase::Outcome.into();
-        record.completed_us = unix_micros(SystemTime::now());
+        record.completed_us = crate::unix_time::micros(SystemTime::now());
         record.decision_index = self.decision.unwrap_or_default();
         let (status, kind) = ending.status();
         record.grpc_status = status;

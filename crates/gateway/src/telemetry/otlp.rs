@@ -19,7 +19,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 use tracing::Subscriber;
@@ -119,7 +119,7 @@ where
                 _ => span::SpanKind::Internal,
             }
             .into(),
-            start_time_unix_nano: unix_nanos(SystemTime::now()),
+            start_time_unix_nano: crate::unix_time::nanos(SystemTime::now()),
             ..Span::default()
         };
         if name == "call" {
@@ -157,7 +157,7 @@ where
         let Some(Open(mut finished)) = current.extensions_mut().remove::<Open>() else {
             return;
         };
-        finished.end_time_unix_nano = unix_nanos(SystemTime::now());
+        finished.end_time_unix_nano = crate::unix_time::nanos(SystemTime::now());
         if self.spans.try_send(finished).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -332,10 +332,4 @@ fn attribute(key: &str, value: &str) -> KeyValue {
             value: Some(any_value::Value::StringValue(value.to_owned())),
         }),
     }
-}
-
-fn unix_nanos(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |since| {
-        u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
-    })
 }

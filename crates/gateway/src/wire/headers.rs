@@ -16,6 +16,11 @@ use super::deadline;
 use super::trace_context::TraceContext;
 use crate::identity::MemberId;
 
+/// The header an operator's tool sends to the admin endpoint on loopback
+/// without a token: a browser sends a custom header cross-site only after a
+/// CORS preflight, which that endpoint never grants.
+pub const OPERATOR_HEADER: &str = "x-govbridge-admin";
+
 pub const BRIDGE_AUDIT_INDEX: &str = "bridge-audit-index";
 pub const BRIDGE_CLIENT: &str = "bridge-client";
 pub const BRIDGE_CONSENT: &str = "bridge-consent";

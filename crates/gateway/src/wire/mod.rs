@@ -16,6 +16,21 @@ pub mod trace_context;
 pub use deadline::Deadline;
 pub use trace_context::TraceContext;
 
+use crate::identity::MemberId;
+
+/// Who calls which method at which provider, for which purpose: what the
+/// policies decide on and a consent artefact is checked against, as the
+/// gateway knows the call before reading its messages.
+#[derive(Debug, Clone, Copy)]
+pub struct CallScope<'a> {
+    pub caller: &'a MemberId,
+    /// `/package.Service/Method`.
+    pub method: &'a str,
+    pub provider: &'a MemberId,
+    /// The declared `bridge-purpose` code, if any.
+    pub purpose: Option<&'a str>,
+}
+
 /// A request the gateway cannot read: the caller's fault, never retried.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {

@@ -1,0 +1,102 @@
+//! The effective configuration, described for operators.
+
+use super::Config;
+
+impl Config {
+    /// The effective configuration as JSON: every setting and path, never
+    /// key material. Without `with_members`, the member registry and the
+    /// per-member limits are replaced by their count: who is registered, in
+    /// which groups, is for operators.
+    pub fn describe(&self, with_members: bool) -> String {
+        let config = self;
+        let path = |path: &std::path::Path| path.display().to_string();
+        let mut value = serde_json::json!({
+            "source": path(&config.source),
+            "gateway": {
+                "node_id": config.gateway.node_id,
+                "listen": config.gateway.listen.to_string(),
+                "admin": config.gateway.admin.map(|admin| admin.to_string()),
+                "admin_token_file": config.gateway.admin_token_file.as_deref().map(path),
+                "identity": config.gateway.identity.to_string(),
+                "tls": {
+                    "certificate": path(&config.gateway.tls.certificate),
+                    "private_key": "(redacted)",
+                    "client_ca": path(&config.gateway.tls.client_ca),
+                    "crls": config.gateway.tls.crls.iter().map(|crl| path(crl)).collect::<Vec<_>>(),
+                    "crl_grace_ms": config.gateway.tls.crl_grace.as_millis(),
+                },
+                "handshake_timeout_ms": config.gateway.listener.handshake_timeout.as_millis(),
+                "max_concurrent_streams": config.gateway.listener.max_concurrent_streams,
+                "max_header_list_size": config.gateway.listener.max_header_list_size,
+                "max_pending_accept_reset_streams": config.gateway.listener.max_pending_accept_reset_streams,
+                "max_local_error_reset_streams": config.gateway.listener.max_local_error_reset_streams,
+                "keepalive_interval_ms": config.gateway.listener.keepalive_interval.as_millis(),
+                "keepalive_timeout_ms": config.gateway.listener.keepalive_timeout.as_millis(),
+                "idle_timeout_ms": config.gateway.listener.idle_timeout.as_millis(),
+                "max_connection_age_ms": config.gateway.listener.max_connection_age.as_millis(),
+                "drain_timeout_ms": config.gateway.listener.drain_timeout.as_millis(),
+                "max_connections_per_address": config.gateway.listener.max_connections_per_address,
+            },
+            "upstream": {
+                "certificate": path(&config.upstream.tls.certificate),
+                "private_key": "(redacted)",
+                "server_ca": path(&config.upstream.tls.server_ca),
+                "crls": config.upstream.tls.crls.iter().map(|crl| path(crl)).collect::<Vec<_>>(),
+                "crl_grace_ms": config.upstream.tls.crl_grace.as_millis(),
+                "connect_timeout_ms": config.upstream.connect_timeout.as_millis(),
+                "max_deadline_ms": config.upstream.max_deadline.as_millis(),
+            },
+            "members": config.members.values().map(|member| serde_json::json!({
+                "id": member.id.to_string(),
+                "name": member.name,
+                "groups": member.groups,
+            })).collect::<Vec<_>>(),
+            "providers": config.providers.values().map(|provider| serde_json::json!({
+                "id": provider.id.to_string(),
+                "endpoints": provider.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "services": config.services.values().map(|service| serde_json::json!({
+                "name": service.name,
+                "providers": service.providers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "purposes": config.purposes.keys().collect::<Vec<_>>(),
+            "policy": {
+                "schema": path(&config.policy.schema),
+                "policies": path(&config.policy.policies),
+            },
+            "exchange_log": {
+                "enabled": config.exchange_log.enabled,
+                "data_dir": path(&config.exchange_log.data_dir),
+                "origin": config.exchange_log.origin,
+                "checkpoint_interval_ms": config.exchange_log.checkpoint_interval.as_millis(),
+                "checkpoint_records": config.exchange_log.checkpoint_records,
+                "data_tracker_clients": config.exchange_log.data_tracker_clients.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            },
+            "limits": {
+                "gateway_concurrent_calls": config.limits.gateway_concurrent_calls,
+                "members": config.limits.members.iter().map(|(member, limits)| serde_json::json!({
+                    "id": member.to_string(),
+                    "requests_per_second": limits.rate.map(|rate| rate.per_second),
+                    "burst": limits.rate.map(|rate| rate.burst),
+                    "concurrent_calls": limits.concurrent_calls,
+                    "max_message_bytes": limits.max_message_bytes,
+                })).collect::<Vec<_>>(),
+            },
+        });
+        if !with_members {
+            value["members"] = format!(
+                "(hidden: {} members; send the admin token, or `{}` on loopback)",
+                config.members.len(),
+                crate::wire::headers::OPERATOR_HEADER
+            )
+            .into();
+            value["limits"]["members"] = format!(
+                "(hidden: {} members with their own limits)",
+                config.limits.members.len()
+            )
+            .into();
+            value["exchange_log"]["data_tracker_clients"] = "(hidden)".into();
+        }
+        serde_json::to_string_pretty(&value).unwrap_or_default()
+    }
+}

@@ -1,0 +1,45 @@
+//! Bind consent: a consent is about one person, the one the request names
+//! in its first message before anything is forwarded, then in every other;
+//! and each use of it is counted before the call goes on.
+
+use hyper::body::Incoming;
+
+use super::{Call, Exchange, within};
+use crate::catalog::subject::SubjectFields;
+use crate::consent::ConsentRefusal;
+use crate::consent::artefact::ConsentClaims;
+use crate::proxy::GatewayError;
+use crate::proxy::body::{self, SubjectGuard};
+
+impl Call<'_> {
+    /// Reads the request's first message and checks its subject against
+    /// the consent's, then reserves a use of the consent, durably. Returns
+    /// the guard that checks every later message of the request.
+    pub(super) async fn bind_consent(
+        &mut self,
+        claims: &ConsentClaims,
+        body: &mut Incoming,
+        exchange: &mut Exchange,
+    ) -> Result<SubjectGuard, GatewayError> {
+        let deadline = &exchange.routed.deadline;
+        let field = SubjectFields::compiled().field(self.uri.path()).ok_or(
+            ConsentRefusal::SubjectMismatch("this method's requests name no data subject"),
+        )?;
+        let read = within(deadline, body::first_message(body)).await??;
+        body::bind_subject(body::first_of(&read), field, &claims.subject)?;
+        let ledger = self
+            .conn
+            .consent
+            .as_ref()
+            .ok_or(ConsentRefusal::StatusUnknown)?;
+        let mut reservation = ledger.admit(claims)?;
+        within(deadline, reservation.durable())
+            .await?
+            .map_err(|error| GatewayError::ConsentUseUnrecorded(error.to_string()))?;
+        exchange.consent_use = Some(reservation);
+        if let Some(record) = self.record.as_mut() {
+            record.consented(&claims.consent_id);
+        }
+        Ok(SubjectGuard::new(&claims.subject, field.clone(), read))
+    }
+}

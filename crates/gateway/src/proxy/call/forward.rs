@@ -1,0 +1,255 @@
+//! Forward: the request goes to the provider's backend with the gateway's
+//! headers; an idempotent call that did nothing is retried on another
+//! endpoint, so it is read whole first when small enough to replay.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::{Call, Exchange, within};
+use crate::catalog::subject::SubjectFields;
+use crate::proxy::GatewayError;
+use crate::proxy::body::{self, CallEnd, RequestBody, SubjectGuard};
+use crate::proxy::record::{self, SharedTally, Tally};
+use crate::routing::upstream::{self, Load, ServedBy, UpstreamBody, UpstreamError};
+use crate::wire::headers;
+
+/// The largest request an idempotent call may have to be replayed.
+const REPLAY_LIMIT: usize = 64 * 1024;
+
+/// Retries of one call, at most.
+const MAX_RETRIES: u32 = 2;
+
+/// A request body ready to go upstream.
+pub(super) struct Outgoing {
+    /// What the first attempt sends.
+    body: UpstreamBody,
+    /// The whole request, when the call may be replayed.
+    replay: Option<Bytes>,
+    /// Ends the call's upstream side when dropped; knows whether the
+    /// request body refused to go on.
+    call_end: CallEnd,
+    /// The request's bytes, for the exchange log.
+    tally: Option<SharedTally>,
+    /// Request bytes relayed, for the call's summary.
+    bytes_in: Arc<AtomicU64>,
+}
+
+/// The backend's response headers, and what the relay needs with them.
+pub(super) struct Forwarded {
+    pub(super) response: Response<Incoming>,
+    pub(super) call_end: CallEnd,
+    pub(super) bytes_in: Arc<AtomicU64>,
+    /// From forwarding to the response headers.
+    pub(super) elapsed: Duration,
+}
+
+impl Call<'_> {
+    /// The caller's body as it goes upstream: limited in message size,
+    /// tallied for the log and, for consent, checked message by message.
+    /// An idempotent call that ends within [`REPLAY_LIMIT`] is read whole
+    /// first, so that it can be replayed on another endpoint.
+    pub(super) async fn request_body(
+        &self,
+        mut body: Incoming,
+        guard: Option<SubjectGuard>,
+        exchange: &Exchange,
+    ) -> Result<Outgoing, GatewayError> {
+        let tally = self.record.as_ref().map(|_| {
+            let subject = SubjectFields::compiled().field(self.uri.path());
+            Arc::new(Mutex::new(Tally::new(subject.cloned())))
+        });
+        let mut replay = None;
+        let mut read_first = None;
+        if exchange.routed.idempotent && guard.is_none() {
+            let buffering = body::buffer_request(&mut body, REPLAY_LIMIT);
+            match within(&exchange.routed.deadline, buffering).await? {
+                body::Buffered::Whole(bytes) => replay = Some(bytes),
+                body::Buffered::Partial(bytes) => read_first = Some(bytes),
+            }
+        }
+        let bytes_in: Arc<AtomicU64> = Arc::default();
+        let admitted = &exchange.admitted;
+        let mut limit = admitted
+            .permit
+            .message_limit(&self.conn.metrics, &admitted.caller);
+        let (body, call_end) = match &replay {
+            Some(bytes) => {
+                // Checked and counted once, here: every attempt sends these.
+                limit.check(bytes)?;
+                if let Some(tally) = &tally {
+                    record::count(tally, bytes);
+                }
+                bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                (replay_body(bytes), CallEnd::detached())
+            }
+            None => {
+                let (body, call_end) =
+                    RequestBody::new(body, guard, tally.clone(), Arc::clone(&bytes_in));
+                let mut body = body.limit_messages(limit);
+                if let Some(read) = read_first {
+                    body = body.after(read);
+                }
+                (body.boxed_unsync(), call_end)
+            }
+        };
+        Ok(Outgoing {
+            body,
+            replay,
+            call_end,
+            tally,
+            bytes_in,
+        })
+    }
+
+    /// Sends the request upstream, retrying while it may, and returns the
+    /// response headers.
+    pub(super) async fn forward(
+        &mut self,
+        head: &http::request::Parts,
+        outgoing: Outgoing,
+        exchange: &Exchange,
+    ) -> Result<Forwarded, GatewayError> {
+        let Outgoing {
+            body,
+            replay,
+            mut call_end,
+            tally,
+            bytes_in,
+        } = outgoing;
+        let upstream = UpstreamHead::new(head, self, exchange);
+        if let (Some(record), Some(tally)) = (self.record.as_mut(), tally) {
+            record.forwarding(tally, SystemTime::now());
+        }
+        let forwarded = Instant::now();
+        let provider = &exchange.routed.provider;
+        provider.count_call();
+        let sent = self
+            .retry(&upstream, body, replay.as_ref(), exchange)
+            .await?;
+        // The request side may have failed on purpose first.
+        let mut response =
+            sent.map_err(|error| call_end.refusal().unwrap_or_else(|| error.into()))?;
+        call_end.hold(response.extensions_mut().remove::<Load>());
+        headers::strip_bridge_headers(response.headers_mut());
+        if let Some(record) = self.record.as_mut() {
+            record.first_byte(SystemTime::now());
+        }
+        let elapsed = forwarded.elapsed();
+        self.conn.metrics.upstream(provider.provider(), elapsed);
+        Ok(Forwarded {
+            response,
+            call_end,
+            bytes_in,
+            elapsed,
+        })
+    }
+
+    /// Retries: only a replayable call that certainly did nothing is
+    /// retried, when the endpoint answered `UNAVAILABLE` at once or none
+    /// could be reached, at most [`MAX_RETRIES`] times, within the deadline
+    /// and the provider's retry budget, never on the endpoint that failed.
+    async fn retry(
+        &self,
+        upstream: &UpstreamHead,
+        first: UpstreamBody,
+        replay: Option<&Bytes>,
+        exchange: &Exchange,
+    ) -> Result<Result<Response<Incoming>, UpstreamError>, GatewayError> {
+        let provider = &exchange.routed.provider;
+        let deadline = &exchange.routed.deadline;
+        let mut body = first;
+        let mut avoid = None;
+        let mut retries = 0;
+        loop {
+            let sending = provider
+                .send_avoiding(upstream.request(body), deadline, avoid.as_ref())
+                .instrument(tracing::debug_span!("upstream", provider = %provider.provider()));
+            let sent = within(deadline, sending).await?;
+            let Some(bytes) = replay else {
+                return Ok(sent);
+            };
+            let failed_at = match &sent {
+                Ok(response) if upstream::is_unavailable(response) => {
+                    response.extensions().get::<ServedBy>().cloned()
+                }
+                // Unless no endpoint is left to try.
+                Err(UpstreamError::Unavailable { .. }) if provider.has_endpoint_in_rotation() => {
+                    None
+                }
+                _ => return Ok(sent),
+            };
+            let backoff = retry_backoff(retries);
+            if retries >= MAX_RETRIES || deadline.remaining() <= backoff || !provider.allow_retry()
+            {
+                return Ok(sent);
+            }
+            retries += 1;
+            tracing::debug!(retry = retries, endpoint = ?failed_at, "retrying an idempotent call");
+            tokio::time::sleep(backoff).await;
+            avoid = failed_at;
+            body = replay_body(bytes);
+        }
+    }
+}
+
+/// The request as it goes upstream, but for its body: the caller's method
+/// and path, and the headers the gateway forwards, built once for every
+/// attempt.
+struct UpstreamHead {
+    method: http::Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+}
+
+impl UpstreamHead {
+    fn new(head: &http::request::Parts, call: &Call<'_>, exchange: &Exchange) -> Self {
+        let mut headers = headers::upstream_headers(
+            &head.headers,
+            &exchange.admitted.caller,
+            &exchange.headers,
+            &call.trace,
+            &call.request_id,
+        );
+        if let Some(consent_use) = &exchange.consent_use
+            && let Ok(value) = HeaderValue::from_str(consent_use.consent_id())
+        {
+            headers.insert(headers::BRIDGE_CONSENT_ID, value);
+        }
+        Self {
+            method: head.method.clone(),
+            uri: head.uri.clone(),
+            headers,
+        }
+    }
+
+    fn request(&self, body: UpstreamBody) -> Request<UpstreamBody> {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
+/// How long to wait before retry `retries + 1`: 25 ms, doubled at each
+/// retry, less a random part of up to half, so that callers failed together
+/// do not come back together.
+fn retry_backoff(retries: u32) -> Duration {
+    let full = Duration::from_millis(25) * 2u32.pow(retries.min(8));
+    full - full.mul_f64(fastrand::f64() / 2.0)
+}
+
+/// A replayed request's body.
+fn replay_body(bytes: &Bytes) -> UpstreamBody {
+    http_body_util::Full::new(bytes.clone())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}

@@ -1,0 +1,108 @@
+//! Relay: the backend's response goes back to the caller frame by frame;
+//! its end is counted, logged, and written as the call's outcome.
+
+use http::Response;
+
+use super::forward::Forwarded;
+use super::{Call, Exchange};
+use crate::proxy::GatewayError;
+use crate::proxy::body::{Audit, CallEnd, CallSummary, ResponseBody};
+use crate::proxy::record::{self, Ending, Tally};
+use crate::routing::upstream::ServedBy;
+
+impl Call<'_> {
+    /// Answers the caller with the backend's response.
+    pub(super) async fn relay(
+        &mut self,
+        forwarded: Forwarded,
+        exchange: Exchange,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        let Forwarded {
+            mut response,
+            call_end,
+            bytes_in,
+            elapsed,
+        } = forwarded;
+        let Exchange {
+            admitted,
+            headers,
+            routed,
+            policy_elapsed,
+            consent_use,
+        } = exchange;
+        let provider = routed.provider.provider();
+        let summary = CallSummary {
+            metrics: self.conn.metrics.clone(),
+            request_id: self.request_id.to_str().unwrap_or_default().to_owned(),
+            trace_id: self.trace.trace_id_hex(),
+            span: tracing::Span::current(),
+            caller: admitted.caller.to_string(),
+            provider: provider.to_string(),
+            method: self.uri.path().to_owned(),
+            purpose: headers.purpose_code().unwrap_or_default().to_owned(),
+            endpoint: response
+                .extensions()
+                .get::<ServedBy>()
+                .map(|served| served.0.clone()),
+            started: self.received,
+            policy: policy_elapsed,
+            upstream: elapsed,
+            bytes_in,
+            bytes_out: 0,
+            consent_use,
+        };
+        if let Some(index) = self
+            .record
+            .as_ref()
+            .and_then(|record| record.decision_index())
+        {
+            let (name, value) = record::audit_index(index);
+            response.headers_mut().insert(name, value);
+        }
+        let mut response = if http_body::Body::is_end_stream(response.body()) {
+            self.trailers_only(response, call_end, summary).await?
+        } else {
+            let audit = self.record.take().map(Audit::new);
+            let provider = provider.clone();
+            response.map(|body| {
+                ResponseBody::relay(
+                    body,
+                    call_end,
+                    routed.deadline,
+                    provider,
+                    audit,
+                    Some(summary),
+                )
+            })
+        };
+        response.body_mut().holds(admitted.permit);
+        Ok(response)
+    }
+
+    /// A trailers-only answer (HEADERS with END_STREAM, as backends send
+    /// for most errors) must stay trailers-only: relayed as headers and an
+    /// empty DATA frame, strict clients such as gRPC C-core report
+    /// `UNKNOWN` instead of the backend's status. Its headers carry the
+    /// status, so they wait for the outcome to be written.
+    async fn trailers_only<B>(
+        &mut self,
+        mut response: Response<B>,
+        call_end: CallEnd,
+        summary: CallSummary,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        summary.finish(Ending::Trailers(response.headers()));
+        if let Some(record) = self.record.take() {
+            let index = record
+                .write_outcome(
+                    Ending::Trailers(response.headers()),
+                    Some(&Tally::new(None)),
+                )
+                .await
+                .map_err(|error| GatewayError::OutcomeUnrecorded(error.to_string()))?;
+            let (name, value) = record::audit_index(index);
+            response.headers_mut().insert(name, value);
+        }
+        drop(call_end);
+        Ok(response.map(|_| ResponseBody::empty()))
+    }
+}

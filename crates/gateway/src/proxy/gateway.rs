@@ -1,0 +1,322 @@
+//! Starting and serving a gateway: bind, serve, drain.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+
+use super::reload::Reloader;
+use super::service::GatewayService;
+use super::state::GatewayState;
+use super::{SharedState, admin};
+use crate::config::Config;
+use crate::consent::ConsentLedger;
+use crate::exchange_log::ExchangeLog;
+use crate::identity::MemberId;
+use crate::identity::tls::TlsError;
+use crate::net::TlsListener;
+use crate::telemetry::metrics::Metrics;
+
+/// Why the gateway cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("gateway.tls: {0}")]
+    ServerTls(TlsError),
+    #[error("upstream: {0}")]
+    UpstreamTls(TlsError),
+    #[error(
+        "gateway.identity: the upstream certificate {certificate} names {found}, not {identity}"
+    )]
+    IdentityMismatch {
+        identity: MemberId,
+        certificate: std::path::PathBuf,
+        found: String,
+    },
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error("consent.issuer_keys: {0}")]
+    Consent(crate::consent::artefact::ArtefactError),
+    #[error("consent.ledger: {0}")]
+    ConsentLedger(#[from] crate::consent::uses::UseBookError),
+    #[error("exchange_log: {0}")]
+    ExchangeLog(#[from] crate::exchange_log::OpenError),
+    #[error("gateway.admin_token_file: {0}")]
+    AdminToken(#[from] admin::AdminTokenError),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// Whether a CRL past its next update (and its grace) was refused.
+    pub fn is_stale_crl(&self) -> bool {
+        match self {
+            Self::ServerTls(error) | Self::UpstreamTls(error) => error.is_stale_crl(),
+            _ => false,
+        }
+    }
+}
+
+/// A gateway, bound and ready to serve.
+#[derive(Debug)]
+pub struct Gateway {
+    listener: TlsListener,
+    state: SharedState,
+    source: std::path::PathBuf,
+    /// `None` only when the configuration turns the log off.
+    log: Option<ExchangeLog>,
+    metrics: Arc<Metrics>,
+    /// The admin endpoint's listener, when configured.
+    admin: Option<TcpListener>,
+    /// Consent states and uses, and the feed that keeps them, when consent
+    /// is configured. Both outlive reloads.
+    consent: Option<(Arc<ConsentLedger>, crate::consent::feed::FeedSource)>,
+}
+
+impl Gateway {
+    /// Validates what a start needs (TLS material on both hops, policies,
+    /// routes) without binding anything: what `check-config` runs.
+    pub fn check(config: &Config) -> Result<(), StartError> {
+        config
+            .gateway
+            .tls
+            .server_config()
+            .map_err(StartError::ServerTls)?;
+        GatewayState::new(config)?;
+        Ok(())
+    }
+
+    /// Builds the gateway for `config` and binds its listener.
+    pub async fn bind(config: &Config) -> Result<Self, StartError> {
+        let tls = config
+            .gateway
+            .tls
+            .listener_tls()
+            .map_err(StartError::ServerTls)?;
+        let state = Arc::new(ArcSwap::from_pointee(GatewayState::new(config)?));
+        let log = if config.exchange_log.enabled {
+            let settings = config.exchange_log.clone();
+            // Opening reads files and may create the database: blocking.
+            Some(
+                tokio::task::spawn_blocking(move || ExchangeLog::open(&settings))
+                    .await
+                    .map_err(|error| {
+                        StartError::ExchangeLog(crate::exchange_log::OpenError::File {
+                            path: config.exchange_log.data_dir.clone(),
+                            message: error.to_string(),
+                        })
+                    })??,
+            )
+        } else {
+            tracing::warn!("the exchange log is off: calls are recorded nowhere");
+            None
+        };
+        let address = config.gateway.listen;
+        let tcp = TcpListener::bind(address)
+            .await
+            .map_err(|source| StartError::Bind { address, source })?;
+        let admin = match config.gateway.admin {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|source| StartError::Bind { address, source })?,
+            ),
+            None => None,
+        };
+        let consent = match &config.consent {
+            Some(consent) => Some((
+                ConsentLedger::open(consent.freshness, &consent.ledger)?,
+                crate::consent::feed::FeedSource {
+                    endpoints: config
+                        .providers
+                        .get(&consent.feed_provider)
+                        .map(|provider| provider.endpoints.clone())
+                        .unwrap_or_default(),
+                    tls: config
+                        .upstream
+                        .tls
+                        .client_config()
+                        .map_err(StartError::UpstreamTls)?,
+                    gateway: config.gateway.identity.clone(),
+                    provider: consent.feed_provider.clone(),
+                },
+            )),
+            None => None,
+        };
+        let metrics = Arc::new(Metrics::default());
+        for _ in state.load().overdue_crls() {
+            metrics.stale_crl(false);
+        }
+        Ok(Self {
+            listener: TlsListener::new(tcp, tls, config.gateway.listener.clone()),
+            state,
+            source: config.source.clone(),
+            log,
+            metrics,
+            admin,
+            consent,
+        })
+    }
+
+    /// The admin endpoint's address, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .and_then(|admin| admin.local_addr().ok())
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The exchange log, unless the configuration turns it off.
+    pub fn exchange_log(&self) -> Option<&ExchangeLog> {
+        self.log.as_ref()
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// A handle that reloads the configuration this gateway was started
+    /// from.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            source: self.source.clone(),
+            state: self.state.clone(),
+            listener_tls: self.listener.tls(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// Serves until `shutdown` resolves, then drains open calls and signs
+    /// a last checkpoint of the exchange log.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let reloader = self.reloader();
+        let state = self.state;
+        let log = self.log;
+        let metrics = self.metrics;
+        tracing::info!(node = state.load().node_id(), "gateway serving");
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        if let Some(listener) = self.admin {
+            let admin = admin::Admin {
+                metrics: metrics.clone(),
+                log: log.clone(),
+                state: state.clone(),
+                reloader,
+                listener: self.listener.stats(),
+            };
+            if let Ok(address) = listener.local_addr() {
+                tracing::info!("admin endpoint on http://{address}");
+            }
+            tokio::spawn(admin.serve(listener, async move {
+                let _ = admin_stopped.await;
+            }));
+        }
+        let serving = log.clone();
+        // Health checks and the consent feed end with the gateway, even when
+        // this future is dropped rather than run to its end.
+        let mut background = Background::default();
+        background
+            .0
+            .push(tokio::spawn(check_health(state.clone())).abort_handle());
+        background
+            .0
+            .push(tokio::spawn(watch_crls(state.clone())).abort_handle());
+        let ledger = match self.consent {
+            Some((ledger, source)) => {
+                let feed = tokio::spawn(crate::consent::feed::follow(ledger.clone(), source));
+                background.0.push(feed.abort_handle());
+                Some(ledger)
+            }
+            None => None,
+        };
+        self.listener
+            .serve(
+                move |peer| {
+                    GatewayService::new(
+                        state.clone(),
+                        peer,
+                        serving.clone(),
+                        metrics.clone(),
+                        ledger.clone(),
+                    )
+                },
+                shutdown,
+            )
+            .await;
+        drop(stop_admin);
+        drop(background);
+        if let Some(log) = log {
+            let closed = tokio::task::spawn_blocking(move || log.close()).await;
+            if let Err(error) = closed {
+                tracing::error!(%error, "closing the exchange log failed");
+            }
+        }
+    }
+}
+
+/// Tasks that live as long as [`Gateway::serve`]: aborted when it ends.
+#[derive(Default)]
+struct Background(Vec<tokio::task::AbortHandle>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Checks the health of every backend endpoint of the current
+/// configuration, every `upstream.health_check_interval` (re-read each
+/// time: reloads apply), until aborted.
+async fn check_health(state: SharedState) {
+    loop {
+        let current = state.load_full();
+        let Some(interval) = current.health_check_interval else {
+            // Checks are off in this configuration; look again later.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let pools: Vec<_> = current.routes.all_pools().cloned().collect();
+        drop(current);
+        let mut checks = tokio::task::JoinSet::new();
+        for pool in pools {
+            checks.spawn(async move { pool.check_health().await });
+        }
+        let next = tokio::time::Instant::now() + interval;
+        while checks.join_next().await.is_some() {}
+        tokio::time::sleep_until(next).await;
+    }
+}
+
+/// Logs each CRL in use once it passes its next update while the gateway
+/// runs (the next reload refuses it beyond its grace), checking every
+/// minute, until aborted. `govbridge_crl_overdue_seconds` shows the same.
+async fn watch_crls(state: SharedState) {
+    let mut reported = HashSet::new();
+    let mut ticks = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        ticks.tick().await;
+        let current = state.load();
+        for crl in current.overdue_crls() {
+            if reported.insert(crl.to_owned()) {
+                // A warning, not an error: it may be within its grace.
+                tracing::warn!(
+                    crl,
+                    "CRL past its next update: publish a fresh one; the next reload refuses \
+                     it unless within its crl_grace"
+                );
+            }
+        }
+    }
+}

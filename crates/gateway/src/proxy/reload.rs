@@ -1,0 +1,165 @@
+//! Reloading a running gateway's configuration.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::state::{GatewayState, fingerprint};
+use super::{SharedState, StartError};
+use crate::config::Config;
+use crate::telemetry::metrics::Metrics;
+
+/// Reloads a gateway's configuration: members, purposes, policies, routes,
+/// upstream TLS, and the listener's certificate, client CAs and CRLs.
+///
+/// The new configuration is built and validated in full before it replaces
+/// the old one; on any error the old one keeps serving. Calls in flight
+/// finish under the configuration they started with; connections accepted
+/// after the reload use the new certificate. The listen and admin
+/// addresses and the exchange log's settings take effect at restart.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    pub(super) source: std::path::PathBuf,
+    pub(super) state: SharedState,
+    pub(super) listener_tls: crate::net::SharedListenerTls,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+/// Why a reload was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{}: {error}", file.display())]
+    Start {
+        file: std::path::PathBuf,
+        error: Box<StartError>,
+    },
+}
+
+impl Reloader {
+    /// Re-reads the configuration file and everything it names, and swaps
+    /// it in if it is valid.
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        let start_error = |error| ReloadError::Start {
+            file: self.source.clone(),
+            error: Box::new(error),
+        };
+        let built = Config::load(&self.source)
+            .map_err(ReloadError::from)
+            .and_then(|config| {
+                let tls = config
+                    .gateway
+                    .tls
+                    .listener_tls()
+                    .map_err(|error| start_error(StartError::ServerTls(error)))?;
+                let state =
+                    GatewayState::after(&config, Some(&self.state.load())).map_err(start_error)?;
+                Ok((tls, state))
+            });
+        self.metrics.reload(built.is_ok());
+        if let Err(ReloadError::Start { error, .. }) = &built
+            && error.is_stale_crl()
+        {
+            self.metrics.stale_crl(true);
+        }
+        let (tls, state) = built?;
+        for _ in state.overdue_crls() {
+            self.metrics.stale_crl(false);
+        }
+        self.listener_tls.store(tls);
+        self.state.store(Arc::new(state));
+        tracing::info!(config = %self.source.display(), "configuration reloaded");
+        Ok(())
+    }
+
+    /// Reloads whenever the configuration file or a file it names changes
+    /// (size or modification time), checking every `interval`, until the
+    /// process ends. A change that fails to load is logged once and not
+    /// retried until the files change again.
+    pub fn reload_on_file_change(self, interval: Duration) {
+        tokio::spawn(async move {
+            let mut watched = self.watched_files();
+            let mut last = fingerprint(&watched);
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let now = fingerprint(&watched);
+                if now == last {
+                    continue;
+                }
+                last = now;
+                tracing::info!("configuration files changed; reloading");
+                let reloader = self.clone();
+                match tokio::task::spawn_blocking(move || reloader.reload()).await {
+                    Ok(Ok(())) => {
+                        // The new configuration may name other files.
+                        watched = self.watched_files();
+                        last = fingerprint(&watched);
+                    }
+                    Ok(Err(error)) => {
+                        tracing::error!(%error, "reload rejected; the previous configuration keeps serving");
+                    }
+                    Err(error) => tracing::error!(%error, "reload failed to run"),
+                }
+            }
+        });
+    }
+
+    /// The configuration file and every file it names.
+    fn watched_files(&self) -> Vec<std::path::PathBuf> {
+        let mut files = vec![self.source.clone()];
+        let Ok(config) = Config::load(&self.source) else {
+            return files;
+        };
+        let gateway = &config.gateway.tls;
+        let upstream = &config.upstream.tls;
+        files.extend([
+            gateway.certificate.clone(),
+            gateway.private_key.clone(),
+            gateway.client_ca.clone(),
+            upstream.certificate.clone(),
+            upstream.private_key.clone(),
+            upstream.server_ca.clone(),
+            config.policy.schema.clone(),
+            // A policy added or removed changes the directory itself.
+            config.policy.policies.clone(),
+        ]);
+        files.extend(gateway.crls.iter().cloned());
+        files.extend(upstream.crls.iter().cloned());
+        if let Ok(entries) = std::fs::read_dir(&config.policy.policies) {
+            files.extend(entries.filter_map(|entry| Some(entry.ok()?.path())));
+        }
+        files
+    }
+
+    /// Reloads on every SIGHUP until the process ends, logging the outcome.
+    ///
+    /// The handler is in place when this returns: a SIGHUP sent once the
+    /// gateway says it listens reloads it rather than ending the process
+    /// (the default action).
+    pub fn reload_on_sighup(self) {
+        let mut hangups =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGHUP; reload is unavailable");
+                    return;
+                }
+            };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                // Reading files and compiling policies blocks: keep it off
+                // the threads that serve calls.
+                let reloader = self.clone();
+                match tokio::task::spawn_blocking(move || reloader.reload()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        tracing::error!(%error, "reload rejected; the previous configuration keeps serving");
+                    }
+                    Err(error) => tracing::error!(%error, "reload failed to run"),
+                }
+            }
+        });
+    }
+}

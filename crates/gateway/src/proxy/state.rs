@@ -1,0 +1,316 @@
+//! What one configuration determines, as a snapshot calls run under.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::StartError;
+use super::admin::AdminToken;
+use super::limits::Limits;
+use crate::config::Config;
+use crate::consent::ConsentVerifier;
+use crate::consent::artefact::IssuerKeys;
+use crate::identity::MemberId;
+use crate::policy::PolicyEngine;
+use crate::routing::{RouteTable, UpstreamConnector};
+
+/// Everything a call needs that one configuration determines.
+#[derive(Debug)]
+pub struct GatewayState {
+    pub(super) node_id: String,
+    pub(super) registry: BTreeMap<MemberId, crate::config::Member>,
+    pub(super) providers: HashSet<MemberId>,
+    pub(super) services: BTreeMap<String, Vec<MemberId>>,
+    pub(super) purposes: HashSet<String>,
+    pub(super) policy: PolicyEngine,
+    pub(super) routes: RouteTable,
+    pub(super) max_deadline: Duration,
+    /// The certificates this configuration serves with: (name, expiry in
+    /// seconds since the epoch).
+    pub(super) certificates: Vec<(String, i64)>,
+    /// The CRLs it checks certificates against: (name, next update in
+    /// seconds since the epoch).
+    pub(super) crls: Vec<(String, i64)>,
+    /// The effective configuration as JSON, for the admin endpoint's
+    /// operators; others see [`Self::described_public`].
+    pub(super) described: String,
+    /// The same without the member registry.
+    pub(super) described_public: String,
+    /// What makes an admin request an operator's, when configured.
+    pub(super) admin_token: Option<AdminToken>,
+    /// The exchange log's settings as configured. The open log keeps the
+    /// ones it started with; who may call the Data Tracker follows reloads.
+    pub(super) exchange_log: crate::config::ExchangeLogConfig,
+    /// The consent issuer keys trusted, when consent is configured.
+    pub(super) consent_keys: Option<ConsentVerifier>,
+    /// The upstream TLS files and their size and modification time: while
+    /// they stay the same, a reload keeps the backend connections.
+    pub(super) upstream_tls: UpstreamTlsFiles,
+    /// Between active health checks of backend endpoints; `None`: off.
+    pub(super) health_check_interval: Option<Duration>,
+    /// Load shedding and per-member limits, with their buckets and counts.
+    pub(super) limits: Limits,
+}
+
+impl crate::directory::GatewayView for GatewayState {
+    fn registry(&self) -> &BTreeMap<MemberId, crate::config::Member> {
+        &self.registry
+    }
+
+    fn is_provider(&self, member: &MemberId) -> bool {
+        self.providers.contains(member)
+    }
+
+    fn services(&self) -> &BTreeMap<String, Vec<MemberId>> {
+        &self.services
+    }
+
+    fn service_pools(&self, service: &str) -> Option<&[Arc<crate::routing::ProviderPool>]> {
+        self.routes.pools(service)
+    }
+
+    fn policy(&self) -> &PolicyEngine {
+        &self.policy
+    }
+
+    fn exchange_log_config(&self) -> &crate::config::ExchangeLogConfig {
+        &self.exchange_log
+    }
+}
+
+impl GatewayState {
+    /// Builds the state of a configuration: loads upstream TLS material and
+    /// policies, and sets up the pools. Connections are opened lazily.
+    pub fn new(config: &Config) -> Result<Self, StartError> {
+        Self::after(config, None)
+    }
+
+    /// Builds the state of a configuration that replaces `previous`: the
+    /// backend endpoints both reach keep their connections, calls in flight
+    /// and health, unless the upstream TLS material changed.
+    pub fn after(config: &Config, previous: Option<&GatewayState>) -> Result<Self, StartError> {
+        let upstream_tls = config
+            .upstream
+            .tls
+            .client_config()
+            .map_err(StartError::UpstreamTls)?;
+        // Backends accept only `gateway.identity`: a certificate naming
+        // anyone else would have every call refused, so refuse to start.
+        let certificate = &config.upstream.tls.certificate;
+        let chain = crate::identity::tls::load_certificates(certificate)
+            .map_err(StartError::UpstreamTls)?;
+        let found = crate::identity::tls::member_of_chain(Some(&chain));
+        if found.as_ref() != Ok(&config.gateway.identity) {
+            return Err(StartError::IdentityMismatch {
+                identity: config.gateway.identity.clone(),
+                certificate: certificate.clone(),
+                found: match found {
+                    Ok(member) => member.to_string(),
+                    Err(error) => error.to_string(),
+                },
+            });
+        }
+        let policy = PolicyEngine::load(config)?;
+        let admin_token = config
+            .gateway
+            .admin_token_file
+            .as_deref()
+            .map(AdminToken::load)
+            .transpose()?;
+        let consent_keys = config
+            .consent
+            .as_ref()
+            .map(|consent| IssuerKeys::load(&consent.issuer_keys).map(ConsentVerifier::new))
+            .transpose()
+            .map_err(StartError::Consent)?;
+        let connector = Arc::new(UpstreamConnector::new(
+            upstream_tls,
+            config.upstream.connect_timeout,
+        ));
+        let upstream_tls_files = {
+            let tls = &config.upstream.tls;
+            // A changed CRL, too, opens new connections: each handshake
+            // checks the backend's certificate against the new one.
+            let mut files = vec![
+                tls.server_ca.clone(),
+                tls.certificate.clone(),
+                tls.private_key.clone(),
+            ];
+            files.extend(tls.crls.iter().cloned());
+            let fingerprint = fingerprint(&files);
+            (files, fingerprint)
+        };
+        Ok(Self {
+            node_id: config.gateway.node_id.clone(),
+            registry: config.members.clone(),
+            providers: config.providers.keys().cloned().collect(),
+            services: config
+                .services
+                .values()
+                .map(|service| (service.name.clone(), service.providers.clone()))
+                .collect(),
+            purposes: config.purposes.keys().cloned().collect(),
+            policy,
+            routes: RouteTable::new(
+                config,
+                &connector,
+                previous
+                    .filter(|previous| previous.upstream_tls == upstream_tls_files)
+                    .map(|previous| &previous.routes),
+            ),
+            upstream_tls: upstream_tls_files,
+            health_check_interval: config.upstream.pool.health_check_interval,
+            max_deadline: config.upstream.max_deadline,
+            certificates: certificates(config),
+            crls: crls(config),
+            described: config.describe(true),
+            described_public: config.describe(false),
+            admin_token,
+            exchange_log: config.exchange_log.clone(),
+            consent_keys,
+            // Calls in flight keep counting; unchanged buckets keep their
+            // level.
+            limits: Limits::after(&config.limits, previous.map(|previous| &previous.limits)),
+        })
+    }
+
+    /// This gateway's node id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The member registry.
+    pub fn registry(&self) -> &BTreeMap<MemberId, crate::config::Member> {
+        &self.registry
+    }
+
+    /// Whether `member` publishes services.
+    pub fn is_provider(&self, member: &MemberId) -> bool {
+        self.providers.contains(member)
+    }
+
+    /// Published services and their providers, the default first.
+    pub fn services(&self) -> &BTreeMap<String, Vec<MemberId>> {
+        &self.services
+    }
+
+    /// Every provider's connection pool.
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<crate::routing::ProviderPool>> {
+        self.routes.all_pools()
+    }
+
+    /// The connection pools of a published service's providers.
+    pub fn service_pools(&self, service: &str) -> Option<&[Arc<crate::routing::ProviderPool>]> {
+        self.routes.pools(service)
+    }
+
+    /// The limits of this configuration.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The policy engine of this configuration.
+    pub fn policy(&self) -> &PolicyEngine {
+        &self.policy
+    }
+
+    /// The `[exchange_log]` settings of this configuration.
+    pub fn exchange_log_config(&self) -> &crate::config::ExchangeLogConfig {
+        &self.exchange_log
+    }
+
+    /// The certificates in use and when they expire (seconds since the
+    /// epoch).
+    pub fn certificates(&self) -> &[(String, i64)] {
+        &self.certificates
+    }
+
+    /// The CRLs in use and their next update (seconds since the epoch).
+    pub fn crls(&self) -> &[(String, i64)] {
+        &self.crls
+    }
+
+    /// The CRLs in use that are past their next update (accepted within
+    /// their grace).
+    pub(super) fn overdue_crls(&self) -> impl Iterator<Item = &str> {
+        let now = crate::unix_time::now();
+        self.crls
+            .iter()
+            .filter(move |(_, next_update)| *next_update < now)
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// The effective configuration as JSON: every setting and path, never
+    /// key material; the member registry only when `with_members`.
+    pub fn describe(&self, with_members: bool) -> String {
+        if with_members {
+            self.described.clone()
+        } else {
+            self.described_public.clone()
+        }
+    }
+
+    /// The token that makes an admin request an operator's, when
+    /// `gateway.admin_token_file` is set.
+    pub fn admin_token(&self) -> Option<&AdminToken> {
+        self.admin_token.as_ref()
+    }
+}
+
+/// Files, with their size and modification time.
+type UpstreamTlsFiles = (
+    Vec<std::path::PathBuf>,
+    Vec<Option<(u64, std::time::SystemTime)>>,
+);
+
+/// Size and modification time of each file, `None` when it cannot be read.
+pub(super) fn fingerprint(
+    files: &[std::path::PathBuf],
+) -> Vec<Option<(u64, std::time::SystemTime)>> {
+    files
+        .iter()
+        .map(|file| {
+            let metadata = std::fs::metadata(file).ok()?;
+            Some((metadata.len(), metadata.modified().ok()?))
+        })
+        .collect()
+}
+
+/// The leaf certificates and CRLs a configuration uses, with when they
+/// expire (a CRL: its next update).
+fn certificates(config: &Config) -> Vec<(String, i64)> {
+    use crate::identity::tls;
+    let mut expiries: Vec<(String, i64)> = [
+        ("gateway.tls.certificate", &config.gateway.tls.certificate),
+        ("upstream.certificate", &config.upstream.tls.certificate),
+    ]
+    .into_iter()
+    .filter_map(|(name, path)| {
+        let chain = tls::load_certificates(path).ok()?;
+        let not_after = tls::certificate_not_after(chain.first()?)?;
+        Some((format!("{name} ({})", path.display()), not_after))
+    })
+    .collect();
+    expiries.extend(crls(config));
+    expiries
+}
+
+/// The CRLs a configuration checks certificates against, with their next
+/// update.
+fn crls(config: &Config) -> Vec<(String, i64)> {
+    use crate::identity::tls;
+    let lists = [
+        ("gateway.tls.crls", &config.gateway.tls.crls),
+        ("upstream.crls", &config.upstream.tls.crls),
+    ];
+    let mut crls = Vec::new();
+    for (key, paths) in lists {
+        for path in paths {
+            let loaded = tls::load_crls(path).unwrap_or_default();
+            for next_update in loaded.iter().filter_map(tls::crl_next_update) {
+                crls.push((format!("{key} ({})", path.display()), next_update));
+            }
+        }
+    }
+    crls
+}
