@@ -14,7 +14,7 @@ use crate::agencies::config::AgenciesConfig;
 use crate::agencies::{Agency, Dataset};
 use crate::launch::{BoundAgency, Shutdown};
 use crate::pki::{self, CertificateAuthority, LeafRequest, PkiError, Usage};
-use gateway::config::Config;
+use gateway::config::{Config, ConfigBuilder};
 use gateway::consent::artefact::{ConsentSigner, IssuerKeys};
 use gateway::identity::MemberId;
 use gateway::proxy::Gateway;
@@ -91,6 +91,23 @@ pub const DEMO_MEMBERS: [(&str, &str); 7] = [
 
 fn member(id: &str) -> Result<MemberId, PkiError> {
     MemberId::parse(id).map_err(|error| PkiError::Name(format!("{id}: {error}")))
+}
+
+/// Points `config` at the gateway's own files of a dev PKI in `pki`, as
+/// [`init_pki`] names them.
+pub fn gateway_tls<'a>(config: &'a mut ConfigBuilder, pki: &Path) -> &'a mut ConfigBuilder {
+    config
+        .server_tls(
+            &pki.join("gateway.pem"),
+            &pki.join("gateway.key"),
+            &pki.join("ca.pem"),
+            &[&pki.join("crl.pem")],
+        )
+        .upstream_tls(
+            &pki.join("gateway-upstream.pem"),
+            &pki.join("gateway-upstream.key"),
+            &pki.join("ca.pem"),
+        )
 }
 
 /// Writes a complete dev PKI into `dir`: the CA, an empty CRL, the

@@ -7,9 +7,11 @@
 //! this module only ever sees a valid `Config`. Relative paths in the file
 //! are resolved against the file's directory.
 
+mod builder;
 mod describe;
 mod raw;
 
+pub use builder::ConfigBuilder;
 pub use raw::{Source, quoted};
 
 use std::collections::BTreeMap;

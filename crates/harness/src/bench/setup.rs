@@ -17,6 +17,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::pki::{self, CertificateAuthority, LeafRequest, Usage};
+use gateway::config::ConfigBuilder;
 use gateway::identity::MemberId;
 use gateway::identity::tls::{ServerTls, crypto_provider};
 
@@ -150,57 +151,32 @@ impl BenchDir {
                 pki::write_file(&policies.join("bench.cedar"), permit.as_bytes(), 0o644)?;
             }
         }
-        let exchange_log = match profile {
-            GatewayProfile::RoutingOnly => "enabled = false".to_owned(),
-            GatewayProfile::EverythingOn => format!("data_dir = \"exchange-log-{name}\""),
+        let echo_member = MemberId::parse(ECHO_MEMBER).map_err(anyhow::Error::msg)?;
+        let gateway = MemberId::parse(crate::dev::GATEWAY_IDENTITY).map_err(anyhow::Error::msg)?;
+        let mut config = ConfigBuilder::new(&format!("bench-{name}"), &gateway);
+        config.listener(256, 4096);
+        crate::dev::gateway_tls(&mut config, Path::new("pki"))
+            .policy(
+                &Path::new(&format!("policies-{name}")).join("schema.cedarschema"),
+                Path::new(&format!("policies-{name}")),
+            )
+            .purpose(PURPOSE, "Measuring the gateway")
+            .member(&echo_member, "The benchmark's echo backend", &[])
+            .provider(&echo_member, [echo])
+            .service(ECHO_SERVICE, std::slice::from_ref(&echo_member));
+        match profile {
+            GatewayProfile::RoutingOnly => config.exchange_log_off(),
+            GatewayProfile::EverythingOn => {
+                config.exchange_log_in(Path::new(&format!("exchange-log-{name}")))
+            }
         };
-        let mut text = format!(
-            r#"# Written by `govbridge bench`: a gateway in front of the echo backend.
-[gateway]
-node_id = "bench-{name}"
-listen = "127.0.0.1:0"
-identity = "{gateway}"
-max_concurrent_streams = 256
-max_connections_per_address = 4096
-
-[gateway.tls]
-certificate = "pki/gateway.pem"
-private_key = "pki/gateway.key"
-client_ca = "pki/ca.pem"
-crls = ["pki/crl.pem"]
-
-[upstream]
-certificate = "pki/gateway-upstream.pem"
-private_key = "pki/gateway-upstream.key"
-server_ca = "pki/ca.pem"
-
-[policy]
-schema = "policies-{name}/schema.cedarschema"
-policies = "policies-{name}"
-
-[exchange_log]
-{exchange_log}
-
-[purposes]
-{PURPOSE} = "Measuring the gateway"
-
-[members."{ECHO_MEMBER}"]
-name = "The benchmark's echo backend"
-
-[providers."{ECHO_MEMBER}"]
-endpoints = ["https://{echo}"]
-
-[services."{ECHO_SERVICE}"]
-providers = ["{ECHO_MEMBER}"]
-"#,
-            gateway = crate::dev::GATEWAY_IDENTITY,
-        );
         for index in 0..members {
-            text.push_str(&format!(
-                "\n[members.\"{}\"]\nname = \"load connection {index}\"\ngroups = [\"{LOAD_GROUP}\"]\n",
-                load_member(index)
-            ));
+            let member = MemberId::parse(&load_member(index)).map_err(anyhow::Error::msg)?;
+            config.member(&member, &format!("load connection {index}"), &[LOAD_GROUP]);
         }
+        let text = format!(
+            "# Written by `govbridge bench`: a gateway in front of the echo backend.\n{config}"
+        );
         let path = self.dir.join(format!("gateway-{name}.toml"));
         pki::write_file(&path, text.as_bytes(), 0o644)?;
         Ok(path)

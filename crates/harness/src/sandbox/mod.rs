@@ -59,7 +59,7 @@ use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 
 use crate::agencies::fault::{Failure, Fault, FaultSwitch};
 use crate::agencies::{Agency, AgencyService, Dataset};
-use gateway::config::{Config, ConfigError};
+use gateway::config::{Config, ConfigBuilder, ConfigError};
 use gateway::exchange_log::{ExchangeLog, ExchangeRecord, Store};
 
 use crate::agencies::config::SigningKeyConfig;
@@ -77,7 +77,7 @@ use gateway::wire::headers;
 pub use roles::Roles;
 
 /// The seed of the sandbox's synthetic dataset unless one is chosen.
-pub const DEFAULT_SEED: u64 = 221;
+pub use crate::agencies::dataset::DEFAULT_SEED;
 
 /// The name the sandbox gateway's certificate is issued for.
 pub const SERVER_NAME: &str = "localhost";
@@ -457,10 +457,8 @@ impl SandboxBuilder {
 
         let policies = dir.path().join("policies");
         write_policies(&self.policies, &policies)?;
-        let mut text = generated_config(&members, &routes);
-        if !self.overlays.is_empty() {
-            text = overlaid(&text, &self.overlays)?;
-        }
+        let generated = generated_config(&member_id(GATEWAY_IDENTITY)?, &members, &routes);
+        let text = overlaid(generated.into_table(), &self.overlays)?;
         let config_path = dir.path().join("govbridge.toml");
         pki::write_file(&config_path, text.as_bytes(), 0o644)?;
         let config = Config::load(&config_path).map_err(|source| SandboxError::Config {
@@ -561,91 +559,53 @@ fn write_policies(policies: &Policies, dir: &Path) -> Result<(), SandboxError> {
 
 /// The gateway's configuration for the sandbox: the dev configuration's
 /// members (with their groups) and purposes, the sandbox's endpoints.
-fn generated_config(members: &[MemberId], routes: &Routes) -> String {
+fn generated_config(gateway: &MemberId, members: &[MemberId], routes: &Routes) -> ConfigBuilder {
     // Members keep the groups, and the sandbox the purposes, of the dev
     // configuration (which parses: the config tests say so).
     let dev = Config::parse(Path::new("config/govbridge.toml"), dev::CONFIG_TEMPLATE).ok();
-    let purposes = dev.iter().flat_map(|dev| dev.purposes.keys());
-    let groups = |member: &MemberId| {
-        dev.as_ref()
-            .and_then(|dev| dev.members.get(member))
-            .map(|member| member.groups.iter().map(|g| format!("\"{g}\"")).collect())
-            .unwrap_or_default()
-    };
-    let mut text = format!(
-        r#"[gateway]
-node_id = "sandbox"
-listen = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-identity = "{GATEWAY_IDENTITY}"
-
-[gateway.tls]
-certificate = "pki/gateway.pem"
-private_key = "pki/gateway.key"
-client_ca = "pki/ca.pem"
-crls = ["pki/crl.pem"]
-
-[upstream]
-certificate = "pki/gateway-upstream.pem"
-private_key = "pki/gateway-upstream.key"
-server_ca = "pki/ca.pem"
-connect_timeout = "1s"
-max_deadline = "60s"
-
-[policy]
-schema = "policies/schema.cedarschema"
-policies = "policies"
-
-[purposes]
-"#
-    );
-    for purpose in purposes {
-        text += &format!("{purpose} = \"{purpose}\"\n");
+    let mut config = ConfigBuilder::new("sandbox", gateway);
+    config.admin(SocketAddr::from(([127, 0, 0, 1], 0)));
+    dev::gateway_tls(&mut config, Path::new("pki"))
+        .upstream_timeouts(Duration::from_secs(1), Duration::from_secs(60))
+        .policy(
+            Path::new("policies/schema.cedarschema"),
+            Path::new("policies"),
+        );
+    for purpose in dev.iter().flat_map(|dev| dev.purposes.keys()) {
+        config.purpose(purpose, purpose);
     }
     for member in members {
-        let groups: Vec<String> = groups(member);
-        text += &format!(
-            "\n[members.\"{member}\"]\nname = \"{member}\"\ngroups = [{}]\n",
-            groups.join(", ")
-        );
+        let groups: Vec<&str> = dev
+            .as_ref()
+            .and_then(|dev| dev.members.get(member))
+            .map(|member| member.groups.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        config.member(member, member.as_str(), &groups);
     }
     for (provider, endpoints) in &routes.providers {
-        let endpoints: Vec<String> = endpoints
-            .iter()
-            .map(|address| format!("\"https://{address}\""))
-            .collect();
-        text += &format!(
-            "\n[providers.\"{provider}\"]\nendpoints = [{}]\n",
-            endpoints.join(", ")
-        );
+        config.provider(provider, endpoints.iter().copied());
     }
     for (service, providers) in &routes.services {
-        let providers: Vec<String> = providers.iter().map(|p| format!("\"{p}\"")).collect();
-        text += &format!(
-            "\n[services.\"{service}\"]\nproviders = [{}]\n",
-            providers.join(", ")
-        );
+        config.service(service, providers);
     }
     let portal = Agency::MyGov.member_id();
     if routes.providers.iter().any(|(id, _)| *id == portal) {
-        text += &format!(
-            "\n[consent]\nissuer_keys = \"pki/{}\"\nfeed_provider = \"{portal}\"\nfreshness = \"5s\"\n",
-            dev::CONSENT_KEYS
+        config.consent(
+            &Path::new("pki").join(dev::CONSENT_KEYS),
+            &portal,
+            Duration::from_secs(5),
         );
     }
-    text
+    config
 }
 
-/// `text` with each TOML fragment of `overlays` merged into it: tables
-/// merge, other values replace.
-fn overlaid(text: &str, overlays: &[String]) -> Result<String, SandboxError> {
+/// The text of `config` with each TOML fragment of `overlays` merged into
+/// it: tables merge, other values replace.
+fn overlaid(mut config: toml::Table, overlays: &[String]) -> Result<String, SandboxError> {
     let invalid = |fragment: &str, message: String| SandboxError::Fragment {
         fragment: fragment.to_owned(),
         message,
     };
-    let mut config: toml::Table = text
-        .parse()
-        .map_err(|error: toml::de::Error| invalid("(generated)", error.to_string()))?;
     for overlay in overlays {
         let overlay: toml::Table = overlay
             .parse()
