@@ -565,22 +565,13 @@ fn rfc3339(seconds: i64) -> String {
         .unwrap_or_else(|| format!("@{seconds}"))
 }
 
-fn state_name(state: pb::ConsentState) -> &'static str {
-    match state {
-        pb::ConsentState::Unspecified => "unspecified",
-        pb::ConsentState::Active => "active",
-        pb::ConsentState::Paused => "paused",
-        pb::ConsentState::Revoked => "revoked",
-    }
-}
-
 /// The state as the gateway will treat it: the portal keeps a consent
 /// active past its end, the gateway refuses it.
 fn effective_state(record: &pb::ConsentRecord, now: i64) -> &'static str {
     match record.state() {
         pb::ConsentState::Active if record.expires <= now => "expired",
         pb::ConsentState::Active if record.not_before > now => "not yet valid",
-        state => state_name(state),
+        state => state.name(),
     }
 }
 
@@ -656,7 +647,7 @@ fn record_json(record: &pb::ConsentRecord) -> serde_json::Value {
         "not_before": rfc3339(record.not_before),
         "expires": rfc3339(record.expires),
         "max_uses": record.max_uses,
-        "state": state_name(record.state()),
+        "state": record.state().name(),
         "granted_at": rfc3339(record.granted_at),
         "artefact": record.artefact,
     })

@@ -42,6 +42,18 @@ pub mod audit {
 pub mod consent {
     pub mod v1 {
         tonic::include_proto!("govbridge.consent.v1");
+
+        impl ConsentState {
+            /// The state as people read it: `active`, `paused`, ...
+            pub fn name(self) -> &'static str {
+                match self {
+                    Self::Unspecified => "unspecified",
+                    Self::Active => "active",
+                    Self::Paused => "paused",
+                    Self::Revoked => "revoked",
+                }
+            }
+        }
     }
 }
 

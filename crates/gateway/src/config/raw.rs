@@ -4,6 +4,7 @@
 //! Unknown keys are errors: a typo must not silently fall back to a default.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -250,14 +251,15 @@ impl<'a> Source<'a> {
         })
     }
 
-    /// A whole number within `range`, or `default` when absent.
-    fn number(
+    /// A whole number within `range`, or `default` when absent: the one
+    /// check of every number the file sets.
+    fn number<T: Copy + PartialOrd + fmt::Display>(
         &self,
         key: &str,
-        value: Option<&Spanned<u32>>,
-        default: u32,
-        range: std::ops::RangeInclusive<u32>,
-    ) -> Result<u32, ConfigError> {
+        value: Option<&Spanned<T>>,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, ConfigError> {
         let Some(value) = value else {
             return Ok(default);
         };
@@ -802,11 +804,11 @@ struct LimitLevel {
 const MAX_CALLS: i64 = 1_000_000;
 
 impl Source<'_> {
-    /// A whole number within `1..=max`.
+    /// A whole number within `1..=max`, `max` at most `u32::MAX`.
     fn count(&self, key: &str, value: &Spanned<i64>, max: i64) -> Result<NonZeroU32, ConfigError> {
-        u32::try_from(*value.get_ref())
+        let count = self.number(key, Some(value), 1, 1..=max)?;
+        u32::try_from(count)
             .ok()
-            .filter(|n| i64::from(*n) <= max)
             .and_then(NonZeroU32::new)
             .ok_or_else(|| self.error(key, value, format!("must be between 1 and {max}")))
     }
@@ -1061,18 +1063,7 @@ fn listener_settings(
                  value: Option<&Spanned<u32>>,
                  default: u32,
                  range: std::ops::RangeInclusive<u32>| {
-        let Some(value) = value else {
-            return Ok(default);
-        };
-        if range.contains(value.get_ref()) {
-            Ok(*value.get_ref())
-        } else {
-            Err(source.error(
-                format!("gateway.{key}"),
-                value,
-                format!("must be between {} and {}", range.start(), range.end()),
-            ))
-        }
+        source.number(&format!("gateway.{key}"), value, default, range)
     };
     let duration = |key: &str,
                     value: Option<&Spanned<String>>,

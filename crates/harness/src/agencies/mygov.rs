@@ -116,8 +116,8 @@ impl MyGovAgency {
         if !allowed {
             return Err(Status::failed_precondition(format!(
                 "the consent is {}; it cannot become {}",
-                state_name(from),
-                state_name(to)
+                from.name(),
+                to.name()
             )));
         }
         record.set_state(to);
@@ -131,15 +131,6 @@ impl MyGovAgency {
         drop(book);
         self.portal.latest.send_replace(sequence);
         Ok(record)
-    }
-}
-
-fn state_name(state: pb::ConsentState) -> &'static str {
-    match state {
-        pb::ConsentState::Unspecified => "unspecified",
-        pb::ConsentState::Active => "active",
-        pb::ConsentState::Paused => "paused",
-        pb::ConsentState::Revoked => "revoked",
     }
 }
 
