@@ -36,8 +36,8 @@ struct RawConfig {
     #[serde(default)]
     services: BTreeMap<Spanned<String>, RawService>,
     /// `[agencies]`: the mock agencies of a dev or test setup, read by the
-    /// harness (`govbridge_harness::agencies::AgenciesConfig`) from the same
-    /// file. The gateway never runs them.
+    /// harness crate (its `AgenciesConfig`) from the same file. The gateway
+    /// never runs them.
     #[serde(rename = "agencies")]
     _agencies: Option<serde::de::IgnoredAny>,
     policy: RawPolicy,

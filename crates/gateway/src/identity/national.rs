@@ -4,8 +4,9 @@
 //!
 //! - [`Nin`], the national identification number of a person: 13 digits,
 //!   `S CCC YYYY NNNNN` — sex (1 male, 2 female), civil registry centre of
-//!   birth (001-999, see the harness's `agencies::tables::COMMUNES`), year of birth, and a sequence
-//!   number within that sex, centre and year. Example: `1001198500042`.
+//!   birth (001-999; the mock civil registry's table of communes lists
+//!   them), year of birth, and a sequence number within that sex, centre
+//!   and year. Example: `1001198500042`.
 //! - [`Ninea`], the company and association identifier of the tax authority:
 //!   10 characters, `NNNNNNN K TT` written without spaces — a 7-digit number,
 //!   a key digit (the Luhn check digit of the 7-digit number) and a 2-char

@@ -131,9 +131,7 @@ impl Call<'_> {
         let forwarded = Instant::now();
         let provider = &exchange.routed.provider;
         provider.count_call();
-        let sent = self
-            .retry(&upstream, body, replay.as_ref(), exchange)
-            .await?;
+        let sent = retry(upstream, body, replay.as_ref(), exchange).await?;
         // The request side may have failed on purpose first.
         let mut response =
             sent.map_err(|error| call_end.refusal().unwrap_or_else(|| error.into()))?;
@@ -151,53 +149,62 @@ impl Call<'_> {
             elapsed,
         })
     }
+}
 
-    /// Retries: only a replayable call that certainly did nothing is
-    /// retried, when the endpoint answered `UNAVAILABLE` at once or none
-    /// could be reached, at most [`MAX_RETRIES`] times, within the deadline
-    /// and the provider's retry budget, never on the endpoint that failed.
-    async fn retry(
-        &self,
-        upstream: &UpstreamHead,
-        first: UpstreamBody,
-        replay: Option<&Bytes>,
-        exchange: &Exchange,
-    ) -> Result<Result<Response<Incoming>, UpstreamError>, GatewayError> {
-        let provider = &exchange.routed.provider;
-        let deadline = &exchange.routed.deadline;
-        let mut body = first;
-        let mut avoid = None;
-        let mut retries = 0;
-        loop {
-            let sending = provider
-                .send_avoiding(upstream.request(body), deadline, avoid.as_ref())
-                .instrument(tracing::debug_span!("upstream", provider = %provider.provider()));
-            let sent = within(deadline, sending).await?;
-            let Some(bytes) = replay else {
-                return Ok(sent);
-            };
-            let failed_at = match &sent {
-                Ok(response) if upstream::is_unavailable(response) => {
-                    response.extensions().get::<ServedBy>().cloned()
-                }
-                // Unless no endpoint is left to try.
-                Err(UpstreamError::Unavailable { .. }) if provider.has_endpoint_in_rotation() => {
-                    None
-                }
-                _ => return Ok(sent),
-            };
-            let backoff = retry_backoff(retries);
-            if retries >= MAX_RETRIES || deadline.remaining() <= backoff || !provider.allow_retry()
-            {
-                return Ok(sent);
+/// Sends the request once, or, when it may be replayed, retries it:
+/// only a call that certainly did nothing is retried, when the endpoint
+/// answered `UNAVAILABLE` at once or none could be reached, at most
+/// [`MAX_RETRIES`] times, within the deadline and the provider's retry
+/// budget, never on the endpoint that failed.
+async fn retry(
+    upstream: UpstreamHead,
+    first: UpstreamBody,
+    replay: Option<&Bytes>,
+    exchange: &Exchange,
+) -> Result<Result<Response<Incoming>, UpstreamError>, GatewayError> {
+    let Some(bytes) = replay else {
+        return send(upstream.into_request(first), None, exchange).await;
+    };
+    let provider = &exchange.routed.provider;
+    let deadline = &exchange.routed.deadline;
+    let mut body = first;
+    let mut avoid = None;
+    let mut retries = 0;
+    loop {
+        let sent = send(upstream.request(body), avoid.as_ref(), exchange).await?;
+        let failed_at = match &sent {
+            Ok(response) if upstream::is_unavailable(response) => {
+                response.extensions().get::<ServedBy>().cloned()
             }
-            retries += 1;
-            tracing::debug!(retry = retries, endpoint = ?failed_at, "retrying an idempotent call");
-            tokio::time::sleep(backoff).await;
-            avoid = failed_at;
-            body = replay_body(bytes);
+            // Unless no endpoint is left to try.
+            Err(UpstreamError::Unavailable { .. }) if provider.has_endpoint_in_rotation() => None,
+            _ => return Ok(sent),
+        };
+        let backoff = retry_backoff(retries);
+        if retries >= MAX_RETRIES || deadline.remaining() <= backoff || !provider.allow_retry() {
+            return Ok(sent);
         }
+        retries += 1;
+        tracing::debug!(retry = retries, endpoint = ?failed_at, "retrying an idempotent call");
+        tokio::time::sleep(backoff).await;
+        avoid = failed_at;
+        body = replay_body(bytes);
     }
+}
+
+/// One attempt: the request to one of the provider's endpoints (not
+/// `avoid`), within the call's deadline.
+async fn send(
+    request: Request<UpstreamBody>,
+    avoid: Option<&ServedBy>,
+    exchange: &Exchange,
+) -> Result<Result<Response<Incoming>, UpstreamError>, GatewayError> {
+    let provider = &exchange.routed.provider;
+    let deadline = &exchange.routed.deadline;
+    let sending = provider
+        .send_avoiding(request, deadline, avoid)
+        .instrument(tracing::debug_span!("upstream", provider = %provider.provider()));
+    within(deadline, sending).await
 }
 
 /// The request as it goes upstream, but for its body: the caller's method
@@ -230,6 +237,16 @@ impl UpstreamHead {
         }
     }
 
+    /// The request of the only attempt.
+    fn into_request(self, body: UpstreamBody) -> Request<UpstreamBody> {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.headers_mut() = self.headers;
+        request
+    }
+
+    /// The request of one attempt of several.
     fn request(&self, body: UpstreamBody) -> Request<UpstreamBody> {
         let mut request = Request::new(body);
         *request.method_mut() = self.method.clone();
