@@ -6,17 +6,17 @@
 //! method of `Call`, in the order of the diagram, each in a file of its own
 //! unless a few lines:
 //!
-//! | phase            | where                 | refuses when                          |
-//! |------------------|-----------------------|---------------------------------------|
-//! | admit            | `admit.rs`            | not a member, no permit, over limits  |
-//! | read headers     | `read_headers.rs`     | not gRPC, malformed `bridge-*`        |
-//! | route            | here                  | unknown service, method or target     |
-//! | authorize        | `authorize.rs`        | policies deny; artefact invalid       |
-//! | bind consent     | `bind_consent.rs`     | subject differs; consent used up      |
-//! | record decision  | here                  | the exchange log cannot write         |
-//! | forward, retries | `forward.rs`          | no backend; deadline                  |
-//! | relay            | `relay.rs`            | (the backend's own status passes)     |
-//! | record outcome   | `../body.rs`, `../record.rs` | the outcome cannot be written  |
+//! | phase            | where                          | refuses when                         |
+//! |------------------|--------------------------------|--------------------------------------|
+//! | admit            | `admit.rs`                     | not a member, no permit, over limits |
+//! | read headers     | `read_headers.rs`              | not gRPC, malformed `bridge-*`       |
+//! | route            | here                           | unknown service, method or target    |
+//! | authorize        | `authorize.rs`                 | policies deny; artefact invalid      |
+//! | bind consent     | `bind_consent.rs`              | subject differs; consent used up     |
+//! | record decision  | here                           | the exchange log cannot write        |
+//! | forward, retries | `forward.rs`                   | no backend; deadline                 |
+//! | relay            | `relay.rs`, `../body.rs`       | (the backend's own status passes)    |
+//! | record outcome   | `../body.rs`, `../record.rs`   | the outcome cannot be written        |
 //!
 //! The first refusal is the answer ([`Call::refuse`], `refuse.rs`): it is
 //! recorded and becomes a gRPC status in one place,
