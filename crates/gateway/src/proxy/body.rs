@@ -106,7 +106,7 @@ pub struct RequestBody {
 
 impl RequestBody {
     /// Wraps the caller's body; the call's upstream side ends when the
-    /// returned [`CallEnd`] is dropped.
+    /// returned `CallEnd` is dropped.
     pub fn new(
         inner: Incoming,
         guard: Option<SubjectGuard>,
