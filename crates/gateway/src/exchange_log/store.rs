@@ -280,9 +280,7 @@ impl Store {
         connection
             .pragma_update(None, "wal_autocheckpoint", 0)
             .at(&self.path)?;
-        connection
-            .busy_timeout(Duration::from_secs(5))
-            .at(&self.path)?;
+        connection.busy_timeout(BUSY_TIMEOUT).at(&self.path)?;
         Ok(())
     }
 
@@ -617,17 +615,27 @@ impl Store {
         if std::fs::metadata(&wal).map_or(0, |file| file.len()) <= bound {
             return;
         }
-        let result = self
-            .connection
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
-                row.get::<_, i64>(0)
+        // Never wait: a reader in the middle of a long read (`audit
+        // verify`, an operator's sqlite3) would hold every call for the
+        // busy timeout. Without waiting, the checkpoint copies what it can
+        // and the restart is tried again after the next batch; the WAL
+        // cannot restart while a reader uses it anyway.
+        let connection = &self.connection;
+        let restarted = connection
+            .busy_timeout(Duration::ZERO)
+            .and_then(|()| {
+                connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                    row.get::<_, i64>(0)
+                })
+            })
+            .and_then(|busy| {
+                connection.busy_timeout(BUSY_TIMEOUT)?;
+                Ok(busy)
             });
-        match result {
-            // Busy: a reader still uses the WAL; next batch, again.
-            Ok(_) => {}
-            Err(error) => {
-                tracing::warn!(file = %self.path.display(), %error, "WAL restart failed");
-            }
+        if let Err(error) = restarted {
+            // The timeout back, whatever failed: commits wait as before.
+            let _ = connection.busy_timeout(BUSY_TIMEOUT);
+            tracing::warn!(file = %self.path.display(), %error, "WAL restart failed");
         }
     }
 
@@ -761,6 +769,9 @@ pub struct WalCheckpointer {
 /// batch being committed.
 pub const WAL_BOUND: u64 = 16 << 20;
 
+/// How long the writer waits for a lock a checkpoint holds.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How often the WAL is copied into the database.
 const WAL_CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 
@@ -866,5 +877,50 @@ mod tests {
             "{:032x}",
             (n as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
         )
+    }
+
+    /// A reader in the middle of a long read keeps the WAL from restarting,
+    /// but must not make the writer wait for it: appends past the bound go
+    /// on at their pace, and the WAL restarts once the reader is done.
+    #[test]
+    fn a_long_reader_does_not_hold_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), "test.example/log").unwrap();
+        let mut frontier = store.frontier().unwrap();
+        let record = ExchangeRecord {
+            request_id: "0".repeat(32),
+            ..ExchangeRecord::default()
+        };
+        let reader = Store::open_read_only(dir.path()).unwrap();
+        store.append(&mut frontier, &[&record], None).unwrap();
+        reader.connection.execute_batch("BEGIN").unwrap();
+        assert_eq!(reader.size().unwrap(), 1);
+        let started = std::time::Instant::now();
+        for _ in 0..20 {
+            store.append(&mut frontier, &[&record], None).unwrap();
+            // Past a bound of 0, every batch tries a restart.
+            store.restart_wal_above(0);
+        }
+        // Waiting for the reader would have cost the busy timeout (5 s)
+        // for each of the 20 batches.
+        assert!(
+            started.elapsed() < BUSY_TIMEOUT,
+            "the writer waited for the reader: {:?}",
+            started.elapsed()
+        );
+        let wal = dir.path().join(format!("{DATABASE_FILE}-wal"));
+        assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+        reader.connection.execute_batch("COMMIT").unwrap();
+        store.restart_wal_above(0);
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+        assert_eq!(store.size().unwrap(), 21);
+        // And commits wait for locks as before.
+        assert_eq!(
+            store
+                .connection
+                .query_row("PRAGMA busy_timeout", [], |row| row.get::<_, i64>(0))
+                .unwrap(),
+            5_000
+        );
     }
 }
