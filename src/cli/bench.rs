@@ -13,6 +13,7 @@ use govbridge::bench::echo::EchoBackend;
 use govbridge::bench::load::{self, LoadPlan, Pacing, Scenario};
 use govbridge::bench::report::{self, RunSummary};
 use govbridge::bench::setup::{BenchDir, GatewayProfile};
+use govbridge::bench::soak::{self, SoakOptions};
 use govbridge::config::parse_duration;
 use govbridge::proxy::signals::{stdin_closed, termination_signal};
 
@@ -24,6 +25,11 @@ pub enum BenchCommand {
     /// Measure direct, govbridge routing-only, govbridge everything-on and
     /// (with --nginx) nginx, one after the other, and compare them.
     Compare(CompareArgs),
+    /// Drive the gateway with everything on at saturation for a long time,
+    /// printing every --every its calls/s, p99, exchange-log journal and
+    /// store, bytes written, RSS and open files, then a verdict. Fails if
+    /// the journal passes its bound, a call fails or `audit verify` fails.
+    Soak(SoakArgs),
     /// Serve the echo backend (used by `run` and `compare`).
     #[command(hide = true)]
     Echo {
@@ -124,6 +130,32 @@ pub struct CompareArgs {
     docs: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+pub struct SoakArgs {
+    /// Keep the PKI, configurations, logs and the exchange log here
+    /// (default: a temporary directory, removed afterwards).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// How long to drive the gateway.
+    #[arg(long, default_value = "10m", value_parser = duration)]
+    duration: Duration,
+    /// Time between two lines.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    every: Duration,
+    /// Concurrent callers of the closed loop.
+    #[arg(long, default_value_t = 64)]
+    callers: usize,
+    /// HTTP/2 connections, each with a member certificate of its own.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// The journal's bound, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = soak::JOURNAL_BOUND >> 20)]
+    journal_bound_mib: u64,
+    /// Print JSON instead of lines and a verdict.
+    #[arg(long)]
+    json: bool,
+}
+
 fn duration(text: &str) -> Result<Duration, String> {
     parse_duration(text)
 }
@@ -158,6 +190,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             Ok(())
         }),
         BenchCommand::Run(args) => runtime.block_on(bench_run(args)),
+        BenchCommand::Soak(args) => runtime.block_on(bench_soak(args)),
         BenchCommand::Compare(args) => runtime.block_on(async {
             let common = &args.common;
             let options = CompareOptions {
@@ -191,6 +224,47 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             Ok(())
         }),
     }
+}
+
+async fn bench_soak(args: SoakArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !args.every.is_zero(),
+        "--every: give a time between two lines above 0"
+    );
+    let options = SoakOptions {
+        dir: args.dir,
+        exe: std::env::current_exe().context("finding the govbridge binary")?,
+        duration: args.duration,
+        every: args.every,
+        callers: args.callers,
+        connections: args.connections,
+        journal_bound: args.journal_bound_mib << 20,
+    };
+    if !args.json {
+        println!(
+            "soak: everything on, {} callers, {} s",
+            options.callers,
+            options.duration.as_secs_f64()
+        );
+        println!("{}", soak::header());
+    }
+    let json = args.json;
+    let report = soak::soak(&options, |sample| {
+        if !json {
+            println!("{}", soak::row(sample));
+        }
+    })
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", soak::render(&report));
+    }
+    anyhow::ensure!(
+        report.guarantees_held(),
+        "the soak broke a guarantee: see FAILED above"
+    );
+    Ok(())
 }
 
 async fn bench_run(args: RunArgs) -> anyhow::Result<()> {

@@ -92,9 +92,19 @@ impl Bed {
         profile: GatewayProfile,
         members: usize,
     ) -> anyhow::Result<(ChildProcess, Target)> {
+        self.gateway_with_admin(profile, members, None)
+    }
+
+    /// [`Bed::gateway`], with its admin endpoint (metrics) at `admin`.
+    pub fn gateway_with_admin(
+        &self,
+        profile: GatewayProfile,
+        members: usize,
+        admin: Option<SocketAddr>,
+    ) -> anyhow::Result<(ChildProcess, Target)> {
         let config = self
             .dir
-            .gateway_config(profile, self.echo.address, members)?;
+            .gateway_config(profile, self.echo.address, members, admin)?;
         let mut command = Command::new(&self.exe);
         command
             .args(["serve", "--stop-with-parent", "--config"])
@@ -167,7 +177,7 @@ impl Bed {
 
 /// A port free a moment ago, for nginx, which cannot report the one it
 /// got for port 0.
-fn free_port() -> std::io::Result<SocketAddr> {
+pub fn free_port() -> std::io::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     listener.local_addr()
 }

@@ -186,8 +186,23 @@ pub async fn run(
     plan: &LoadPlan,
     progress: bool,
 ) -> anyhow::Result<LoadOutcome> {
+    run_watched(target, tls, plan, progress, None).await
+}
+
+/// [`run`], also counting every measured call into `windows`, which
+/// whoever watches the run empties as often as it reports.
+pub async fn run_watched(
+    target: &Target,
+    tls: &[Arc<ClientConfig>],
+    plan: &LoadPlan,
+    progress: bool,
+    windows: Option<Windows>,
+) -> anyhow::Result<LoadOutcome> {
     let channels = connect(target, tls, plan.connections.max(1)).await?;
-    let tally = Arc::new(Tally::default());
+    let tally = Arc::new(Tally {
+        windows,
+        ..Tally::default()
+    });
     let start = Instant::now() + Duration::from_millis(20);
     let measure_from = start + plan.warmup;
     let end = measure_from + plan.duration;
@@ -438,6 +453,52 @@ impl tokio_stream::Stream for Outbox {
     }
 }
 
+/// The calls of a running load since someone last looked: what a long run
+/// reports as it goes.
+#[derive(Debug, Clone, Default)]
+pub struct Windows(Arc<Mutex<Option<Window>>>);
+
+/// The calls that ended in one window of time.
+#[derive(Debug, Clone)]
+pub struct Window {
+    /// Calls ended, whatever their status.
+    pub calls: u64,
+    /// Calls that ended in another status than OK.
+    pub errors: u64,
+    /// Latencies of the successful ones, in microseconds.
+    pub latency_us: Histogram<u64>,
+}
+
+impl Windows {
+    /// The calls since the last `take`, and a new window for the next ones.
+    pub fn take(&self) -> Window {
+        let mut current = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        current.take().unwrap_or_else(Window::new)
+    }
+
+    fn record(&self, result: &Result<u64, Code>, latency: Duration) {
+        let mut current = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let window = current.get_or_insert_with(Window::new);
+        window.calls += 1;
+        match result {
+            Ok(_) => window
+                .latency_us
+                .saturating_record(latency.as_micros().max(1) as u64),
+            Err(_) => window.errors += 1,
+        }
+    }
+}
+
+impl Window {
+    fn new() -> Self {
+        Self {
+            calls: 0,
+            errors: 0,
+            latency_us: histogram(),
+        }
+    }
+}
+
 /// What the callers saw, shared: counters for the progress line, the
 /// merged histogram and status counts for the result.
 #[derive(Debug, Default)]
@@ -446,6 +507,7 @@ struct Tally {
     errors: AtomicU64,
     done: AtomicBool,
     merged: Mutex<Merged>,
+    windows: Option<Windows>,
 }
 
 #[derive(Debug, Default)]
@@ -463,6 +525,9 @@ impl Tally {
         histogram: &mut Histogram<u64>,
     ) {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        if let Some(windows) = &self.windows {
+            windows.record(result, latency);
+        }
         let mut merged = self.merged.lock().unwrap_or_else(PoisonError::into_inner);
         match result {
             Ok(messages) => {

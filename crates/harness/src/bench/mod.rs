@@ -14,6 +14,9 @@
 //! - [`report`]: the tables and the JSON.
 //! - [`compare`]: `govbridge bench compare`, every target one after the
 //!   other in one run.
+//! - [`soak`]: `govbridge bench soak`, everything on at saturation for a
+//!   long time, with the exchange log's disk, the process's memory and
+//!   files watched as it goes.
 //!
 //! Nothing here is on the gateway's request path; a benchmark only drives
 //! the gateway from outside, as a partner would.
@@ -24,3 +27,4 @@ pub mod load;
 pub mod process;
 pub mod report;
 pub mod setup;
+pub mod soak;

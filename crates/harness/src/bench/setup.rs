@@ -114,13 +114,20 @@ impl BenchDir {
         Ok(configs)
     }
 
+    /// Where a gateway of `profile` keeps its exchange log.
+    pub fn exchange_log_dir(&self, profile: GatewayProfile) -> PathBuf {
+        self.dir.join(exchange_log_dir(profile))
+    }
+
     /// Writes the configuration of a gateway in front of the echo backend
-    /// at `echo`, with `members` load members registered; returns its path.
+    /// at `echo`, with `members` load members registered and its admin
+    /// endpoint (metrics) at `admin`, if given; returns its path.
     pub fn gateway_config(
         &self,
         profile: GatewayProfile,
         echo: SocketAddr,
         members: usize,
+        admin: Option<SocketAddr>,
     ) -> anyhow::Result<PathBuf> {
         let name = profile.name();
         let policies = self.dir.join(format!("policies-{name}"));
@@ -155,6 +162,9 @@ impl BenchDir {
         let gateway = MemberId::parse(crate::dev::GATEWAY_IDENTITY).map_err(anyhow::Error::msg)?;
         let mut config = ConfigBuilder::new(&format!("bench-{name}"), &gateway);
         config.listener(256, 4096);
+        if let Some(admin) = admin {
+            config.admin(admin);
+        }
         crate::dev::gateway_tls(&mut config, Path::new("pki"))
             .policy(
                 &Path::new(&format!("policies-{name}")).join("schema.cedarschema"),
@@ -166,9 +176,7 @@ impl BenchDir {
             .service(ECHO_SERVICE, std::slice::from_ref(&echo_member));
         match profile {
             GatewayProfile::RoutingOnly => config.exchange_log_off(),
-            GatewayProfile::EverythingOn => {
-                config.exchange_log_in(Path::new(&format!("exchange-log-{name}")))
-            }
+            GatewayProfile::EverythingOn => config.exchange_log_in(&exchange_log_dir(profile)),
         };
         for index in 0..members {
             let member = MemberId::parse(&load_member(index)).map_err(anyhow::Error::msg)?;
@@ -181,6 +189,11 @@ impl BenchDir {
         pki::write_file(&path, text.as_bytes(), 0o644)?;
         Ok(path)
     }
+}
+
+/// A gateway's exchange log directory, relative to the bench directory.
+fn exchange_log_dir(profile: GatewayProfile) -> PathBuf {
+    PathBuf::from(format!("exchange-log-{}", profile.name()))
 }
 
 /// What a benchmarked gateway does besides routing.
