@@ -19,6 +19,7 @@ use clap::{ArgGroup, Subcommand, ValueEnum};
 use prost::Message;
 use rusqlite::types::Value;
 
+use govbridge::exchange_log::lookup::Kind;
 use govbridge::exchange_log::note::Verifier;
 use govbridge::exchange_log::store::{DATABASE_FILE, StoredRecord, VERIFIER_FILE};
 use govbridge::exchange_log::verify::{self, ProofBundle, RecordKey};
@@ -381,8 +382,9 @@ struct QueryFilter {
 }
 
 impl QueryFilter {
-    /// The SQL and its parameters. Values only ever travel as parameters.
-    fn sql(&self, limit: u64) -> (String, Vec<Value>) {
+    /// The SQL and its parameters. Values only ever travel as parameters;
+    /// `candidates`, the records the subject's lookups found, are indexes.
+    fn sql(&self, limit: u64, candidates: Option<&[u64]>) -> (String, Vec<Value>) {
         let mut conditions: Vec<String> = Vec::new();
         let mut values: Vec<Value> = Vec::new();
         let mut add = |condition: &str, value: Value| {
@@ -421,6 +423,10 @@ impl QueryFilter {
                 Value::Integer(i64::try_from(after).unwrap_or(i64::MAX)),
             );
         }
+        if let Some(candidates) = candidates {
+            let list: Vec<String> = candidates.iter().map(u64::to_string).collect();
+            conditions.push(format!("idx IN ({})", list.join(",")));
+        }
         let mut sql = String::from("SELECT idx, record FROM records");
         if !conditions.is_empty() {
             sql.push_str(" WHERE ");
@@ -437,7 +443,13 @@ impl QueryFilter {
 
 fn query(data: &Path, filter: &QueryFilter, limit: u64, json: bool) -> anyhow::Result<()> {
     let store = Store::open_read_only(data)?;
-    let (sql, values) = filter.sql(limit);
+    // A subject is found through its lookups, not by reading every record.
+    let candidates = filter
+        .subject
+        .as_deref()
+        .map(|subject| store.find(Kind::Subject, subject))
+        .transpose()?;
+    let (sql, values) = filter.sql(limit, candidates.as_deref());
     let mut rows = store.select(&sql, rusqlite::params_from_iter(values))?;
     let more = rows.len() as u64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
@@ -753,11 +765,11 @@ mod tests {
             after: Some(7),
             ..QueryFilter::default()
         };
-        let (sql, values) = filter.sql(50);
+        let (sql, values) = filter.sql(50, Some(&[3, 9]));
         assert_eq!(
             sql,
             "SELECT idx, record FROM records WHERE caller = ?1 AND allowed = ?2 AND idx > ?3 \
-             ORDER BY idx LIMIT ?4"
+             AND idx IN (3,9) ORDER BY idx LIMIT ?4"
         );
         assert_eq!(
             values,

@@ -389,11 +389,6 @@ pub struct DataTrackerService;
 /// (a refused call has only its decision record). Concealed ones are left
 /// out here rather than after the limit, so that a concealed access never
 /// takes the place of a visible one.
-const ACCESSES: &str = "SELECT idx, record FROM records \
-     WHERE subject = ?1 AND at_us >= ?2 AND concealed_until <= ?3 \
-     AND (phase = 'outcome' OR error_kind IS NOT NULL) \
-     ORDER BY at_us DESC, idx DESC LIMIT ?4";
-
 /// An access as the citizen sees it; `caller_name` is filled in later.
 fn access(stored: &StoredRecord) -> Result<Access, ReadError> {
     let record = decode(stored)?;
@@ -442,7 +437,7 @@ impl DataTrackerService {
         let now = crate::unix_time::now();
         let mut accesses = read(log, move |store| {
             store
-                .select(ACCESSES, rusqlite::params![subject, since_us, now, limit])?
+                .accesses_to(&subject, since_us, now, limit as usize)?
                 .iter()
                 .map(access)
                 .collect::<Result<Vec<_>, _>>()

@@ -3,6 +3,7 @@
 //! anyone prove offline that a record is in the log and that the log only
 //! grew.
 //!
+//! - [`lookup`]: finding records by request id and subject.
 //! - [`merkle`]: RFC 9162 hashing, proofs and their verification.
 //! - [`note`]: checkpoints as C2SP signed notes (Ed25519).
 //! - [`store`]: the SQLite database and its schema.
@@ -19,6 +20,7 @@
 //! appends fail, the gateway refuses calls, and the next batch tries again:
 //! service resumes by itself when the store does.
 
+pub mod lookup;
 pub mod merkle;
 pub mod note;
 pub mod store;
@@ -94,6 +96,8 @@ struct Shared {
     queued: AtomicU64,
     /// How long each commit took.
     commits: crate::telemetry::metrics::Histogram,
+    /// The writer's lookups of records not sealed yet, for readers.
+    recent: Option<Arc<lookup::Recent>>,
 }
 
 /// The gateway's handle on its exchange log. Cheap to clone.
@@ -122,6 +126,7 @@ impl ExchangeLog {
             checkpoint: ArcSwapOption::from_pointee(checkpoint.clone()),
             queued: AtomicU64::new(0),
             commits: crate::telemetry::metrics::Histogram::default(),
+            recent: store.recent(),
         });
         let (jobs, queue) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
         let (running, stopped) = std::sync::mpsc::channel::<()>();
@@ -252,7 +257,11 @@ impl ExchangeLog {
 
     /// A read-only connection, for proofs and queries.
     pub fn reader(&self) -> Result<Store, StoreError> {
-        Store::open_read_only(&self.dir)
+        let store = Store::open_read_only(&self.dir)?;
+        Ok(match &self.shared.recent {
+            Some(recent) => store.with_recent(recent.clone()),
+            None => store,
+        })
     }
 
     /// Commits what is queued, signs a final checkpoint and stops the

@@ -24,9 +24,16 @@
 //! -- subtrees it completes), so appends only ever touch the table's end.
 //! CREATE TABLE tree_nodes (pos INTEGER PRIMARY KEY, level INTEGER NOT NULL,
 //!                          idx INTEGER NOT NULL, hash BLOB NOT NULL);
+//! -- How a record is found by request id or subject: for each sealed
+//! -- segment of 65,536 records, its (key, idx) pairs in key order, written
+//! -- once at the table's end (see `lookup`). `key` is a hash of the value.
+//! CREATE TABLE lookups (segment INTEGER, key INTEGER, idx INTEGER,
+//!                       PRIMARY KEY (segment, key, idx)) WITHOUT ROWID;
 //! -- Signed checkpoints (C2SP signed notes), one per tree size.
 //! CREATE TABLE checkpoints (tree_size INTEGER PRIMARY KEY,
 //!                           signed_at INTEGER NOT NULL, note TEXT NOT NULL);
+//! -- schema_version, origin, and sealed_end: the records before it have
+//! -- their lookups in `lookups`.
 //! CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 //! ```
 //!
@@ -41,6 +48,9 @@ use prost::Message;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
+use std::sync::Arc;
+
+use super::lookup::{self, Kind, Recent, SEGMENT, Sealing};
 use super::merkle::{self, Frontier, Hash, Nodes};
 use super::note::{Checkpoint, SigningKey};
 use crate::proto::audit::v1::{ExchangeRecord, Phase};
@@ -52,7 +62,7 @@ pub const KEY_FILE: &str = "log-key.pem";
 /// The log's public key, as a signed-note verifier key.
 pub const VERIFIER_FILE: &str = "log-key.pub";
 
-const SCHEMA_VERSION: &str = "1";
+const SCHEMA_VERSION: &str = "2";
 
 /// The most records [`Store::records_of_request`] returns: a call has a
 /// decision and an outcome, and a request id reused many times must not
@@ -80,8 +90,12 @@ CREATE TABLE IF NOT EXISTS records (
   concealed_until INTEGER NOT NULL,
   record BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS records_by_request ON records (request_id);
-CREATE INDEX IF NOT EXISTS records_by_subject ON records (subject, at_us) WHERE subject IS NOT NULL;
+CREATE TABLE IF NOT EXISTS lookups (
+  segment INTEGER NOT NULL,
+  key INTEGER NOT NULL,
+  idx INTEGER NOT NULL,
+  PRIMARY KEY (segment, key, idx)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tree_nodes (
   pos INTEGER PRIMARY KEY,
   level INTEGER NOT NULL,
@@ -226,6 +240,13 @@ fn to_i64(value: u64) -> i64 {
 pub struct Store {
     path: PathBuf,
     connection: Connection,
+    /// The lookups of records not sealed yet: the writer's, or shared by
+    /// the writer with a reader in the gateway. Other readers scan.
+    recent: Option<Arc<Recent>>,
+    /// The writer's seal in progress.
+    sealing: Option<Sealing>,
+    /// The writer's first record not sealed.
+    sealed_end: u64,
 }
 
 impl Store {
@@ -233,11 +254,128 @@ impl Store {
     pub fn open(dir: &Path, origin: &str) -> Result<Self, StoreError> {
         let path = dir.join(DATABASE_FILE);
         let connection = Connection::open(&path).at(&path)?;
-        let store = Self { path, connection };
+        let mut store = Self {
+            path,
+            connection,
+            recent: Some(Arc::default()),
+            sealing: None,
+            sealed_end: 0,
+        };
         store.configure_writer()?;
         store.connection.execute_batch(SCHEMA).at(&store.path)?;
         store.check_meta(origin)?;
+        store.catch_up_lookups()?;
         Ok(store)
+    }
+
+    /// Seals every complete segment not sealed yet (all of them when a
+    /// log of schema 1 is opened the first time) and gathers the lookups
+    /// of the rest into memory.
+    fn catch_up_lookups(&mut self) -> Result<(), StoreError> {
+        let size = self.size()?;
+        self.sealed_end = self.sealed_end()?;
+        while self.sealed_end + SEGMENT <= size {
+            let (from, to) = (self.sealed_end, self.sealed_end + SEGMENT);
+            let entries = self.scan_lookups(from, to)?;
+            let transaction = self
+                .connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .at(&self.path)?;
+            // A seal cut short leaves part of its run: written again whole.
+            transaction
+                .execute(
+                    "DELETE FROM lookups WHERE segment = ?1",
+                    [to_i64(lookup::segment_of(from))],
+                )
+                .at(&self.path)?;
+            write_lookups(&transaction, lookup::segment_of(from), &entries).at(&self.path)?;
+            set_sealed_end(&transaction, to).at(&self.path)?;
+            transaction.commit().at(&self.path)?;
+            self.sealed_end = to;
+        }
+        let tail = self.scan_lookups(self.sealed_end, size)?;
+        if let Some(recent) = &self.recent {
+            recent.add(tail);
+        }
+        Ok(())
+    }
+
+    /// The lookups of records `[from, to)`, read from the records, sorted.
+    fn scan_lookups(&self, from: u64, to: u64) -> Result<Vec<(i64, u64)>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT idx, request_id, subject FROM records WHERE idx >= ?1 AND idx < ?2")
+            .at(&self.path)?;
+        let mut rows = statement.query([to_i64(from), to_i64(to)]).at(&self.path)?;
+        let mut entries = Vec::new();
+        while let Some(row) = rows.next().at(&self.path)? {
+            let index = u64::try_from(row.get::<_, i64>(0).at(&self.path)?).unwrap_or(0);
+            let request: String = row.get(1).at(&self.path)?;
+            entries.push((lookup::key(Kind::Request, &request), index));
+            if let Some(subject) = row.get::<_, Option<String>>(2).at(&self.path)? {
+                entries.push((lookup::key(Kind::Subject, &subject), index));
+            }
+        }
+        entries.sort_unstable();
+        Ok(entries)
+    }
+
+    /// The first record whose lookups are not sealed (0 in a log of
+    /// schema 1, which has none).
+    fn sealed_end(&self) -> Result<u64, StoreError> {
+        let value: Option<String> = self
+            .connection
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'sealed_end'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()
+            .at(&self.path)?;
+        match value {
+            None => Ok(0),
+            Some(value) => value.parse().map_err(|_| {
+                StoreError::invalid(
+                    &self.path,
+                    format!("meta sealed_end is `{value}`, not a number"),
+                )
+            }),
+        }
+    }
+
+    /// Segments whose lookups are sealed.
+    pub fn sealed_segments(&self) -> Result<u64, StoreError> {
+        Ok(lookup::segment_of(self.sealed_end()?))
+    }
+
+    /// Segment `segment`'s lookups as stored, sorted.
+    pub fn lookup_run(&self, segment: u64) -> Result<Vec<(i64, u64)>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT key, idx FROM lookups WHERE segment = ?1 ORDER BY key, idx")
+            .at(&self.path)?;
+        let rows = statement
+            .query_map([to_i64(segment)], |row| {
+                Ok((
+                    row.get(0)?,
+                    u64::try_from(row.get::<_, i64>(1)?).unwrap_or(u64::MAX),
+                ))
+            })
+            .at(&self.path)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().at(&self.path)
+    }
+
+    /// Shares the gateway writer's lookups of unsealed records with this
+    /// reader, which then needs not scan them.
+    #[must_use]
+    pub fn with_recent(mut self, recent: Arc<Recent>) -> Self {
+        self.recent = Some(recent);
+        self
+    }
+
+    /// The lookups of unsealed records, held by the writer.
+    pub fn recent(&self) -> Option<Arc<Recent>> {
+        self.recent.clone()
     }
 
     /// Opens the database in `dir` read-only.
@@ -252,7 +390,13 @@ impl Store {
         )
         .at(&path)?;
         connection.busy_timeout(Duration::from_secs(5)).at(&path)?;
-        Ok(Self { path, connection })
+        Ok(Self {
+            path,
+            connection,
+            recent: None,
+            sealing: None,
+            sealed_end: 0,
+        })
     }
 
     /// The database file.
@@ -293,6 +437,17 @@ impl Store {
                 .optional()
                 .at(&self.path)
         };
+        if meta("schema_version")?.as_deref() == Some("1") {
+            // Schema 1 kept B-tree indexes on request_id and subject; 2
+            // finds records through `lookups`, filled as the log opens.
+            self.connection
+                .execute_batch(
+                    "DROP INDEX IF EXISTS records_by_request; \
+                     DROP INDEX IF EXISTS records_by_subject; \
+                     UPDATE meta SET value = '2' WHERE key = 'schema_version';",
+                )
+                .at(&self.path)?;
+        }
         match meta("schema_version")? {
             None => {
                 self.connection
@@ -361,10 +516,22 @@ impl Store {
     /// [`MAX_RECORDS_OF_REQUEST`], the first ones. Request ids come from
     /// callers, so calls of several members may share one.
     pub fn records_of_request(&self, request_id: &str) -> Result<Vec<StoredRecord>, StoreError> {
-        self.select(
-            "SELECT idx, record FROM records WHERE request_id = ?1 ORDER BY idx LIMIT ?2",
-            rusqlite::params![request_id, to_i64(MAX_RECORDS_OF_REQUEST as u64)],
-        )
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT record FROM records WHERE idx = ?1 AND request_id = ?2")
+            .at(&self.path)?;
+        let mut found = Vec::new();
+        for index in self.find(Kind::Request, request_id)? {
+            if found.len() == MAX_RECORDS_OF_REQUEST {
+                break;
+            }
+            let bytes: Option<Vec<u8>> = statement
+                .query_row(params![to_i64(index), request_id], |row| row.get(0))
+                .optional()
+                .at(&self.path)?;
+            found.extend(bytes.map(|bytes| StoredRecord { index, bytes }));
+        }
+        Ok(found)
     }
 
     /// The last record of call `request_id` that `member` made or served:
@@ -374,12 +541,57 @@ impl Store {
         request_id: &str,
         member: &str,
     ) -> Result<Option<StoredRecord>, StoreError> {
-        let mut found = self.select(
-            "SELECT idx, record FROM records WHERE request_id = ?1 \
-             AND (caller = ?2 OR provider = ?2) ORDER BY idx DESC LIMIT 1",
-            [request_id, member],
-        )?;
-        Ok(found.pop())
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT record FROM records WHERE idx = ?1 AND request_id = ?2 \
+                 AND (caller = ?3 OR provider = ?3)",
+            )
+            .at(&self.path)?;
+        for index in self.find(Kind::Request, request_id)?.into_iter().rev() {
+            let bytes: Option<Vec<u8>> = statement
+                .query_row(params![to_i64(index), request_id, member], |row| row.get(0))
+                .optional()
+                .at(&self.path)?;
+            if let Some(bytes) = bytes {
+                return Ok(Some(StoredRecord { index, bytes }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// What the Data Tracker shows of `subject`: the records that end a
+    /// call naming it (outcomes, and decisions that were the call's end),
+    /// at or after `since_us`, no longer concealed at `now` (unix
+    /// seconds), the newest `limit` in log order.
+    pub fn accesses_to(
+        &self,
+        subject: &str,
+        since_us: i64,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT record FROM records WHERE idx = ?1 AND subject = ?2 AND at_us >= ?3 \
+                 AND concealed_until <= ?4 AND (phase = 'outcome' OR error_kind IS NOT NULL)",
+            )
+            .at(&self.path)?;
+        let mut found = Vec::new();
+        for index in self.find(Kind::Subject, subject)?.into_iter().rev() {
+            if found.len() == limit {
+                break;
+            }
+            let bytes: Option<Vec<u8>> = statement
+                .query_row(params![to_i64(index), subject, since_us, now], |row| {
+                    row.get(0)
+                })
+                .optional()
+                .at(&self.path)?;
+            found.extend(bytes.map(|bytes| StoredRecord { index, bytes }));
+        }
+        Ok(found)
     }
 
     /// Records from index `from`, at most `limit`, in order.
@@ -390,19 +602,53 @@ impl Store {
         )
     }
 
-    /// Outcome records naming `subject`, completed at or after `since_us`,
-    /// newest first.
-    pub fn accesses_to(
-        &self,
-        subject: &str,
-        since_us: i64,
-        limit: usize,
-    ) -> Result<Vec<StoredRecord>, StoreError> {
-        self.select(
-            "SELECT idx, record FROM records WHERE subject = ?1 AND at_us >= ?2 \
-             ORDER BY at_us DESC, idx DESC LIMIT ?3",
-            params![subject, since_us, to_i64(limit as u64)],
-        )
+    /// The indexes of the records whose `kind` column may hold `value`, in
+    /// order: every one that does, and perhaps others (keys are hashes).
+    pub fn find(&self, kind: Kind, value: &str) -> Result<Vec<u64>, StoreError> {
+        let key = lookup::key(kind, value);
+        // Before the read below starts: a seal committed in between is
+        // then seen there, and one not committed yet is still here.
+        let recent = self.recent.as_ref().map(|recent| recent.find(key));
+        // One snapshot for the seal's bound, the runs and the scan.
+        let snapshot = self.connection.unchecked_transaction().at(&self.path)?;
+        let sealed_end = self.sealed_end()?;
+        let mut found = Vec::new();
+        if sealed_end > 0 {
+            let mut probe = snapshot
+                .prepare_cached("SELECT idx FROM lookups WHERE segment = ?1 AND key = ?2")
+                .at(&self.path)?;
+            for segment in 0..lookup::segment_of(sealed_end) {
+                let rows = probe
+                    .query_map([to_i64(segment), key], |row| row.get::<_, i64>(0))
+                    .at(&self.path)?;
+                for index in rows {
+                    found.push(u64::try_from(index.at(&self.path)?).unwrap_or(0));
+                }
+            }
+        }
+        match recent {
+            Some(recent) => found.extend(recent),
+            None => {
+                let mut scan = snapshot
+                    .prepare_cached(&format!(
+                        "SELECT idx FROM records WHERE idx >= ?1 AND {} = ?2",
+                        kind.column()
+                    ))
+                    .at(&self.path)?;
+                let rows = scan
+                    .query_map(params![to_i64(sealed_end), value], |row| {
+                        row.get::<_, i64>(0)
+                    })
+                    .at(&self.path)?;
+                for index in rows {
+                    found.push(u64::try_from(index.at(&self.path)?).unwrap_or(0));
+                }
+            }
+        }
+        snapshot.finish().at(&self.path)?;
+        found.sort_unstable();
+        found.dedup();
+        Ok(found)
     }
 
     /// Runs a query returning `(idx, record)` rows; for the query command.
@@ -539,6 +785,7 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let mut next = frontier.clone();
         let first = next.size();
+        let mut added = Vec::new();
         let transaction = self
             .connection
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -557,12 +804,14 @@ impl Store {
                 )
                 .at(&self.path)?;
             let mut buffer = Vec::with_capacity(512);
+            added.reserve(records.len() * 2);
             for record in records {
                 buffer.clear();
                 record.encode(&mut buffer).map_err(|error| {
                     StoreError::invalid(&self.path, format!("cannot encode a record: {error}"))
                 })?;
                 let index = next.size();
+                added.extend(lookup::entries(record, index));
                 let leaf = merkle::leaf_hash(&buffer);
                 let values = std::iter::once(Value::Integer(to_i64(index)))
                     .chain(columns(record))
@@ -596,9 +845,46 @@ impl Store {
                 )
                 .at(&self.path)?;
         }
+        let chunk = match &self.sealing {
+            Some(sealing) => {
+                let chunk = sealing.next_chunk();
+                write_lookups(&transaction, sealing.segment, chunk).at(&self.path)?;
+                if sealing.ends_with_next_chunk() {
+                    let end = (sealing.segment + 1) * SEGMENT;
+                    set_sealed_end(&transaction, end).at(&self.path)?;
+                }
+                chunk.len()
+            }
+            None => 0,
+        };
         transaction.commit().at(&self.path)?;
         *frontier = next;
+        self.after_commit(added, chunk, frontier.size());
         Ok(first)
+    }
+
+    /// Moves the lookups along once a commit is durable: the new records'
+    /// into memory, the seal by the chunk it wrote, and the next complete
+    /// segment into a seal.
+    fn after_commit(&mut self, added: Vec<(i64, u64)>, chunk: usize, size: u64) {
+        let Some(recent) = &self.recent else { return };
+        recent.add(added);
+        if let Some(sealing) = &mut self.sealing {
+            sealing.written += chunk;
+            if sealing.written == sealing.entries.len() {
+                self.sealed_end = (sealing.segment + 1) * SEGMENT;
+                self.sealing = None;
+                recent.forget_before(self.sealed_end);
+            }
+        }
+        let (from, to) = (self.sealed_end, self.sealed_end + SEGMENT);
+        if self.sealing.is_none() && size >= to {
+            self.sealing = Some(Sealing {
+                segment: lookup::segment_of(from),
+                entries: recent.between(from, to),
+                written: 0,
+            });
+        }
     }
 
     /// Restarts the write-ahead log once it has grown past `bound` bytes:
@@ -698,6 +984,29 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Appends `entries`, sorted by key, to segment `segment`'s run.
+fn write_lookups(
+    transaction: &rusqlite::Transaction<'_>,
+    segment: u64,
+    entries: &[(i64, u64)],
+) -> rusqlite::Result<()> {
+    let mut insert = transaction
+        .prepare_cached("INSERT INTO lookups (segment, key, idx) VALUES (?1, ?2, ?3)")?;
+    for (key, index) in entries {
+        insert.execute(params![to_i64(segment), key, to_i64(*index)])?;
+    }
+    Ok(())
+}
+
+/// Records before `end` have their lookups sealed.
+fn set_sealed_end(transaction: &rusqlite::Transaction<'_>, end: u64) -> rusqlite::Result<()> {
+    transaction.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('sealed_end', ?1)",
+        [end.to_string()],
+    )?;
+    Ok(())
 }
 
 /// Where node `(level, index)` sits in the order nodes are completed:
@@ -868,6 +1177,151 @@ mod tests {
             largest <= 4 << 20,
             "the WAL reached {largest} bytes over {appended} records"
         );
+    }
+
+    /// Record `n`: request `req-{n / 2}`, and every third names subject
+    /// `s{n % 7}`.
+    fn numbered(n: u64) -> ExchangeRecord {
+        ExchangeRecord {
+            request_id: format!("req-{}", n / 2),
+            caller: "SN/COM/CBAO/kyc".to_owned(),
+            subject: if n.is_multiple_of(3) {
+                format!("s{}", n % 7)
+            } else {
+                String::new()
+            },
+            phase: if n % 2 == 1 {
+                Phase::Outcome.into()
+            } else {
+                Phase::Decision.into()
+            },
+            ..ExchangeRecord::default()
+        }
+    }
+
+    fn append_numbered(store: &mut Store, frontier: &mut Frontier, records: std::ops::Range<u64>) {
+        let records: Vec<ExchangeRecord> = records.map(numbered).collect();
+        for batch in records.chunks(1024) {
+            let batch: Vec<&ExchangeRecord> = batch.iter().collect();
+            store.append(frontier, &batch, None).unwrap();
+        }
+    }
+
+    fn indexes(records: Vec<StoredRecord>) -> Vec<u64> {
+        records.iter().map(|record| record.index).collect()
+    }
+
+    /// Whoever reads (the writer, a reader of the gateway sharing its
+    /// recent lookups, a reader of another process scanning them), records
+    /// are found by request id and by subject, in sealed segments, in the
+    /// one being sealed and in the open one; and after a restart, which
+    /// finishes the seal cut short.
+    #[test]
+    fn records_are_found_in_every_segment_by_every_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), "test.example/log").unwrap();
+        let mut frontier = store.frontier().unwrap();
+        let size = 2 * SEGMENT + 100;
+        append_numbered(&mut store, &mut frontier, 0..size);
+        // Segment 0 sealed, segment 1 being sealed.
+        assert_eq!(store.sealed_segments().unwrap(), 1);
+        assert!(store.sealing.is_some());
+
+        let check = |reader: &Store| {
+            for n in [
+                0,
+                1,
+                SEGMENT - 1,
+                SEGMENT,
+                2 * SEGMENT - 1,
+                2 * SEGMENT,
+                size - 1,
+            ] {
+                let call = n / 2;
+                let found = indexes(reader.records_of_request(&format!("req-{call}")).unwrap());
+                assert_eq!(found, [2 * call, 2 * call + 1], "request of record {n}");
+                let last = reader
+                    .last_record_of_request_for(&format!("req-{call}"), "SN/COM/CBAO/kyc")
+                    .unwrap();
+                assert_eq!(last.map(|record| record.index), Some(2 * call + 1));
+            }
+            assert!(reader.records_of_request("req-none").unwrap().is_empty());
+            // Subject s3 (odd n only, n % 3 == 0, n % 7 == 3): outcomes.
+            let accesses = indexes(reader.accesses_to("s3", 0, i64::MAX, usize::MAX).unwrap());
+            let expected: Vec<u64> = (0..size)
+                .rev()
+                .filter(|n| n % 2 == 1 && n % 3 == 0 && n % 7 == 3)
+                .collect();
+            assert_eq!(accesses, expected);
+            assert_eq!(
+                indexes(reader.accesses_to("s3", 0, i64::MAX, 2).unwrap()),
+                expected[..2]
+            );
+        };
+        check(&store);
+        let scanning = Store::open_read_only(dir.path()).unwrap();
+        check(&scanning);
+        let sharing = Store::open_read_only(dir.path())
+            .unwrap()
+            .with_recent(store.recent().unwrap());
+        check(&sharing);
+
+        drop((store, scanning, sharing));
+        let store = Store::open(dir.path(), "test.example/log").unwrap();
+        assert_eq!(store.sealed_segments().unwrap(), 2);
+        check(&store);
+        check(&Store::open_read_only(dir.path()).unwrap());
+        // The seal cut short was written again, not twice.
+        let sealed: usize = (0..2).map(|s| store.lookup_run(s).unwrap().len()).sum();
+        let expected = store.scan_lookups(0, 2 * SEGMENT).unwrap().len();
+        assert_eq!(sealed, expected);
+    }
+
+    /// A log of schema 1 (B-tree indexes on request_id and subject) is
+    /// upgraded when the gateway opens it: indexes dropped, lookups built.
+    #[test]
+    fn a_log_of_schema_1_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), "test.example/log").unwrap();
+        let mut frontier = store.frontier().unwrap();
+        append_numbered(&mut store, &mut frontier, 0..SEGMENT + 10);
+        drop(store);
+        let connection = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+        connection
+            .execute_batch(
+                "DELETE FROM lookups; DELETE FROM meta WHERE key = 'sealed_end'; \
+                 UPDATE meta SET value = '1' WHERE key = 'schema_version'; \
+                 CREATE INDEX records_by_request ON records (request_id);",
+            )
+            .unwrap();
+        drop(connection);
+
+        let store = Store::open(dir.path(), "test.example/log").unwrap();
+        assert_eq!(store.sealed_segments().unwrap(), 1);
+        let indexes_left: i64 = store
+            .connection
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'index' AND name LIKE 'records_by%'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes_left, 0);
+        let version: String = store
+            .connection
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let found = indexes(
+            store
+                .records_of_request(&format!("req-{}", SEGMENT / 2))
+                .unwrap(),
+        );
+        assert_eq!(found, [SEGMENT, SEGMENT + 1]);
     }
 
     /// A request id as random as a UUID's: its index's pages are touched

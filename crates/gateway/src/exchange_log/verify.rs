@@ -22,6 +22,7 @@ use prost::Message;
 use rusqlite::types::Value;
 use serde::{Deserialize, Serialize};
 
+use super::lookup;
 use super::merkle::{self, Hash, MemoryTree, ProofError};
 use super::note::{Checkpoint, NoteError, Verifier};
 use super::store::{Store, StoreError};
@@ -48,6 +49,10 @@ pub enum ProblemKind {
     CheckpointBeyondLog,
     /// A checkpoint's root is not the root of the records it covers.
     CheckpointRoot,
+    /// A sealed segment's lookups are not those its records give: lookups
+    /// by request id or subject (the Data Tracker) would miss or invent
+    /// records.
+    LookupEdited,
 }
 
 impl ProblemKind {
@@ -63,6 +68,7 @@ impl ProblemKind {
             Self::CheckpointInvalid => "checkpoint-invalid",
             Self::CheckpointBeyondLog => "checkpoint-beyond-log",
             Self::CheckpointRoot => "checkpoint-root",
+            Self::LookupEdited => "lookup-edited",
         }
     }
 }
@@ -117,11 +123,15 @@ pub fn verify_log(dir: &Path, verifier: &Verifier) -> Result<VerifyReport, Verif
     // the records read next include them all even while the gateway
     // appends.
     let checkpoints = store.checkpoints()?;
+    // Likewise, the segments sealed now were sealed with their records.
+    let sealed = store.sealed_segments()?;
     let mut walk = Walk {
         store: &store,
         tree: MemoryTree::default(),
         rows: 0,
         problem: None,
+        sealed,
+        lookups: Vec::new(),
     };
     store.for_each_row(|index, columns, bytes| walk.row(index, columns, bytes))?;
     let Walk {
@@ -152,6 +162,10 @@ struct Walk<'a> {
     tree: MemoryTree,
     rows: u64,
     problem: Option<Problem>,
+    /// Segments whose lookups are sealed.
+    sealed: u64,
+    /// The lookups the records of the current segment give.
+    lookups: Vec<(i64, u64)>,
 }
 
 impl Walk<'_> {
@@ -217,7 +231,59 @@ impl Walk<'_> {
         if let Err(problem) = check_columns(expected, &record, columns) {
             return Ok(Err(problem));
         }
+        if let Err(problem) = self.check_lookups(expected, &record)? {
+            return Ok(Err(problem));
+        }
         self.check_link(expected, &record)
+    }
+
+    /// At the end of a sealed segment, its lookups must be the ones its
+    /// records give, no more and no fewer.
+    fn check_lookups(
+        &mut self,
+        index: u64,
+        record: &ExchangeRecord,
+    ) -> Result<Result<(), Problem>, StoreError> {
+        let segment = lookup::segment_of(index);
+        if segment >= self.sealed {
+            return Ok(Ok(()));
+        }
+        self.lookups.extend(lookup::entries(record, index));
+        if lookup::segment_of(index + 1) == segment {
+            return Ok(Ok(()));
+        }
+        let mut given = std::mem::take(&mut self.lookups);
+        given.sort_unstable();
+        let stored = self.store.lookup_run(segment)?;
+        if stored == given {
+            return Ok(Ok(()));
+        }
+        let from = segment * lookup::SEGMENT;
+        // The first record whose lookups differ, to name it.
+        let first = given
+            .iter()
+            .zip(&stored)
+            .find(|(given, stored)| given != stored)
+            .map(|(given, _)| given.1)
+            .or_else(|| {
+                given
+                    .get(stored.len())
+                    .or(stored.get(given.len()))
+                    .map(|entry| entry.1)
+            })
+            .unwrap_or(from)
+            .clamp(from, index);
+        Ok(Err(Problem {
+            kind: ProblemKind::LookupEdited,
+            index: first,
+            message: format!(
+                "the lookups of records {from} to {index} ({} stored, {} given by the records) \
+                 are not those the records give: the database was edited, and finding records \
+                 by request id or subject (the Data Tracker) would miss or invent some",
+                stored.len(),
+                given.len()
+            ),
+        }))
     }
 
     /// An outcome must follow the decision of the same call.
@@ -807,6 +873,21 @@ mod tests {
                 .unwrap();
         }
 
+        /// Calls `calls`, `per_commit` of them in each commit: for logs
+        /// of more than a segment.
+        fn many_calls(&mut self, calls: std::ops::Range<u64>, per_commit: u64) {
+            let mut records = Vec::new();
+            for call in calls {
+                let decision = self.frontier.size() + records.len() as u64;
+                records.push(record(call, Phase::Decision, 0));
+                records.push(record(call, Phase::Outcome, decision));
+                if (call + 1) % per_commit == 0 {
+                    self.append(&std::mem::take(&mut records), false);
+                }
+            }
+            self.append(&records, true);
+        }
+
         fn verify(&self) -> VerifyReport {
             verify_log(self.dir.path(), &self.key.verifier()).unwrap()
         }
@@ -824,6 +905,42 @@ mod tests {
         fn bytes(&self, index: u64) -> Vec<u8> {
             self.store.record(index).unwrap().unwrap().bytes
         }
+    }
+
+    /// The lookups of a sealed segment are derived from its records: one
+    /// removed hides a record from the Data Tracker, one added invents
+    /// one. Both are found, and the record named.
+    #[test]
+    fn edited_lookups_are_named() {
+        let mut log = TestLog::new();
+        log.many_calls(0..lookup::SEGMENT / 2 + 10, 512);
+        // Reopened, the writer seals the complete segment at once.
+        log.store = Store::open(log.dir.path(), ORIGIN).unwrap();
+        assert_eq!(log.store.sealed_segments().unwrap(), 1);
+        assert_eq!(log.verify().problem, None);
+
+        let subject = lookup::key(lookup::Kind::Subject, &record(5, Phase::Outcome, 0).subject);
+        log.tamper(
+            "DELETE FROM lookups WHERE segment = 0 AND key = ?1 AND idx = 11",
+            [subject],
+        );
+        let problem = log.problem();
+        assert_eq!(
+            (problem.kind, problem.index),
+            (ProblemKind::LookupEdited, 11)
+        );
+        assert!(problem.message.contains("Data Tracker"), "{problem}");
+
+        log.tamper(
+            "INSERT INTO lookups (segment, key, idx) VALUES (0, ?1, 11)",
+            [subject],
+        );
+        assert_eq!(log.verify().problem, None);
+        log.tamper(
+            "INSERT INTO lookups (segment, key, idx) VALUES (0, ?1, 12)",
+            [subject],
+        );
+        assert_eq!(log.problem().kind, ProblemKind::LookupEdited);
     }
 
     #[test]
