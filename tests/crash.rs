@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use govbridge::exchange_log::{ExchangeRecord, Phase, Store};
@@ -81,6 +81,9 @@ struct Load {
     succeeded: AtomicUsize,
     /// Told once `KILL_AFTER` calls succeeded.
     enough: Notify,
+    /// Set just before the gateway is killed: a call failing earlier was
+    /// refused.
+    killed: AtomicBool,
 }
 
 /// Successful calls after which the gateway is killed.
@@ -102,7 +105,11 @@ async fn caller(load: Arc<Load>, gateway: SocketAddr) -> Vec<String> {
             .insert("bridge-request-id", id.parse().unwrap());
         // Every call succeeds until the kill (the bed allows everything);
         // then the connection breaks and the client is told nothing.
-        if registry.verify_identity(request).await.is_err() {
+        if let Err(status) = registry.verify_identity(request).await {
+            assert!(
+                load.killed.load(Ordering::Acquire),
+                "a call failed while the gateway served: {status:?}"
+            );
             return ok;
         }
         ok.push(id);
@@ -141,6 +148,7 @@ async fn sigkill_under_load_loses_no_acknowledged_call() {
         },
         succeeded: AtomicUsize::new(0),
         enough: Notify::new(),
+        killed: AtomicBool::new(false),
     });
     let callers: Vec<_> = (0..16)
         .map(|_| tokio::spawn(caller(load.clone(), gateway)))
@@ -149,6 +157,7 @@ async fn sigkill_under_load_loses_no_acknowledged_call() {
     tokio::time::timeout(Duration::from_secs(120), load.enough.notified())
         .await
         .expect("the calls do not get through");
+    load.killed.store(true, Ordering::Release);
     kill(&mut child, "KILL");
     let mut acknowledged = Vec::new();
     for caller in callers {
@@ -178,6 +187,136 @@ async fn sigkill_under_load_loses_no_acknowledged_call() {
         let phases: Vec<Phase> = records.iter().map(ExchangeRecord::phase).collect();
         assert_eq!(phases, [Phase::Decision, Phase::Outcome], "call {id}");
         assert_eq!(records[1].grpc_status, 0, "call {id}");
+    }
+}
+
+/// The same, with an archive run while the calls go on: the oldest
+/// segment (records of long ago, written before) leaves the hot store for
+/// an archive file; no call is refused; after the kill and a restart the
+/// log verifies with its archive, and every acknowledged call has its
+/// records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_run_under_load_then_sigkill_loses_nothing() {
+    use govbridge::exchange_log::lookup::SEGMENT;
+
+    let bed = Bed::start().await;
+    let config = bed.dir().join("crash.toml");
+    let text = std::fs::read_to_string(bed.dir().join("govbridge.toml")).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{text}\n[exchange_log]\ndata_dir = \"crash-data\"\ncheckpoint_interval = \"50ms\"\n"
+        ),
+    )
+    .unwrap();
+    let data = bed.dir().join("crash-data");
+    let archives = bed.dir().join("archives");
+
+    // A segment of calls made long ago (1970), written as the gateway's
+    // writer would, before the gateway first starts (and makes its key).
+    let origin =
+        govbridge::config::Config::parse(&config, &std::fs::read_to_string(&config).unwrap())
+            .unwrap()
+            .exchange_log
+            .origin;
+    std::fs::create_dir_all(&data).unwrap();
+    {
+        let mut store = Store::open(&data, &origin).unwrap();
+        let mut frontier = store.frontier().unwrap();
+        let old: Vec<ExchangeRecord> = (0..SEGMENT)
+            .map(|n| ExchangeRecord {
+                request_id: format!("old-{}", n / 2),
+                phase: if n % 2 == 1 {
+                    Phase::Outcome
+                } else {
+                    Phase::Decision
+                }
+                .into(),
+                decision_index: if n % 2 == 1 { n - 1 } else { 0 },
+                received_us: 1_000_000,
+                completed_us: if n % 2 == 1 { 2_000_000 } else { 0 },
+                ..ExchangeRecord::default()
+            })
+            .collect();
+        for chunk in old.chunks(4096) {
+            let chunk: Vec<&ExchangeRecord> = chunk.iter().collect();
+            store.append(&mut frontier, &chunk, None).unwrap();
+        }
+    }
+
+    let (mut child, gateway) = spawn_gateway(&config);
+    let citizen = &bed.data.citizens[0];
+    let load = Arc::new(Load {
+        tls: bed.member_tls("cbao-kyc"),
+        message: VerifyIdentityRequest {
+            nin: citizen.nin.to_string(),
+            first_names: citizen.first_names.clone(),
+            last_name: citizen.last_name.to_owned(),
+            date_of_birth: citizen.date_of_birth.to_string(),
+        },
+        succeeded: AtomicUsize::new(0),
+        enough: Notify::new(),
+        killed: AtomicBool::new(false),
+    });
+    let callers: Vec<_> = (0..16)
+        .map(|_| tokio::spawn(caller(load.clone(), gateway)))
+        .collect();
+    tokio::time::timeout(Duration::from_secs(120), load.enough.notified())
+        .await
+        .expect("the calls do not get through");
+    // Calls are checkpointed within 50 ms: the old segment then is too.
+    let archived = tokio::task::spawn_blocking({
+        let (data, archives) = (data.clone(), archives.clone());
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_govbridge"))
+                .args(["audit", "archive", "--retain", "1d", "--data"])
+                .arg(&data)
+                .arg("--out")
+                .arg(&archives)
+                .arg("--key")
+                .arg(data.join("log-key.pub"))
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        archived.status.success(),
+        "{}",
+        String::from_utf8_lossy(&archived.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&archived.stdout).contains(&format!("{SEGMENT} records archived")),
+        "{}",
+        String::from_utf8_lossy(&archived.stdout)
+    );
+    load.killed.store(true, Ordering::Release);
+    kill(&mut child, "KILL");
+    let mut acknowledged = Vec::new();
+    for caller in callers {
+        acknowledged.extend(caller.await.unwrap());
+    }
+
+    let (mut child, gateway) = spawn_gateway(&config);
+    acknowledged.push(caller_once(&bed, gateway).await);
+    assert!(kill(&mut child, "TERM").success());
+
+    let key = govbridge::exchange_log::note::Verifier::read(&data.join("log-key.pub")).unwrap();
+    let report =
+        govbridge::exchange_log::verify::verify_with_archives(&data, Some(&archives), &key)
+            .unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    let store = Store::open_read_only(&data).unwrap();
+    assert_eq!(store.archived_end().unwrap(), SEGMENT);
+    for id in &acknowledged {
+        let phases: Vec<Phase> = store
+            .records_of_request(id)
+            .unwrap()
+            .iter()
+            .map(|record| record.decode().unwrap().phase())
+            .collect();
+        assert_eq!(phases, [Phase::Decision, Phase::Outcome], "call {id}");
     }
 }
 

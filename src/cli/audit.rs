@@ -42,8 +42,30 @@ pub enum AuditCommand {
         /// The exchange log's data directory (exchange_log.data_dir).
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
+        /// The archives of its older records (`audit archive --out`),
+        /// checked first, as the start of the same log.
+        #[arg(long, value_name = "DIR")]
+        archives: Option<PathBuf>,
         /// The log's public key; default DIR/log-key.pub, which proves
         /// nothing against whoever controls DIR.
+        #[arg(long, value_name = "PUBFILE")]
+        key: Option<PathBuf>,
+    },
+    /// Move the records older than --retain out of the hot store into
+    /// archive files in --out, a segment of 65,536 records per file, each
+    /// verifiable offline. Runs beside a serving gateway; a run cut short
+    /// resumes where it stopped.
+    Archive {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Where the archive files go.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// How long records stay in the hot store, e.g. `90d`.
+        #[arg(long, value_name = "DURATION", value_parser = retention)]
+        retain: Duration,
+        /// The log's public key, to check each file before records leave
+        /// the store; default DIR/log-key.pub.
         #[arg(long, value_name = "PUBFILE")]
         key: Option<PathBuf>,
     },
@@ -59,6 +81,10 @@ pub enum AuditCommand {
         /// The record at this leaf index (bridge-audit-index).
         #[arg(long, value_name = "N")]
         index: Option<u64>,
+        /// The archives of the log's older records (`audit archive --out`),
+        /// for a record that is archived.
+        #[arg(long, value_name = "DIR")]
+        archives: Option<PathBuf>,
         /// Write the bundle here instead of to standard output.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
@@ -153,11 +179,22 @@ pub enum DecisionFilter {
 
 pub fn run(command: AuditCommand) -> anyhow::Result<()> {
     match command {
-        AuditCommand::Verify { data, key } => verify_log(&data, key.as_deref()),
+        AuditCommand::Verify {
+            data,
+            archives,
+            key,
+        } => verify_log(&data, archives.as_deref(), key.as_deref()),
+        AuditCommand::Archive {
+            data,
+            out,
+            retain,
+            key,
+        } => archive(&data, &out, retain, key.as_deref()),
         AuditCommand::Prove {
             data,
             request_id,
             index,
+            archives,
             out,
         } => {
             let key = match (request_id, index) {
@@ -165,7 +202,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
                 (None, Some(index)) => RecordKey::Index(index),
                 (None, None) => bail!("pass --request-id or --index"),
             };
-            prove(&data, &key, out.as_deref())
+            prove(&data, archives.as_deref(), &key, out.as_deref())
         }
         AuditCommand::CheckProof { file, key } => check_proof(&file, &key),
         AuditCommand::Consistency { data, old, key } => consistency(&data, &old, key.as_deref()),
@@ -242,10 +279,49 @@ fn load_verifier(data: &Path, key: Option<&Path>) -> anyhow::Result<Verifier> {
     Verifier::read(&path).map_err(anyhow::Error::msg)
 }
 
-fn verify_log(data: &Path, key: Option<&Path>) -> anyhow::Result<()> {
+/// A retention: `90d`, or any duration the configuration takes (`12h`).
+fn retention(text: &str) -> Result<Duration, String> {
+    match text.strip_suffix('d').map(str::parse::<u64>) {
+        Some(Ok(days)) => Ok(Duration::from_secs(days.saturating_mul(86_400))),
+        _ => govbridge::config::parse_duration(text),
+    }
+}
+
+fn archive(data: &Path, out: &Path, retain: Duration, key: Option<&Path>) -> anyhow::Result<()> {
+    let verifier = load_verifier(data, key)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let retain_us = i64::try_from(retain.as_micros()).unwrap_or(i64::MAX);
+    let cutoff_us =
+        govbridge::unix_time::micros(std::time::SystemTime::now()).saturating_sub(retain_us);
+    let archived =
+        govbridge::exchange_log::archive::run(data, out, cutoff_us, &verifier, |file, records| {
+            println!("archived {records} records into {}", file.display());
+        })?;
+    if let Some(waiting) = &archived.waiting {
+        println!("stopped: {waiting}");
+    }
+    println!(
+        "{} records archived into {} files; the hot store keeps what is newer than {}",
+        archived.records,
+        archived.files.len(),
+        humantime(retain)
+    );
+    Ok(())
+}
+
+fn humantime(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    match seconds {
+        s if s % 86_400 == 0 && s > 0 => format!("{} days", s / 86_400),
+        s if s % 3_600 == 0 && s > 0 => format!("{} hours", s / 3_600),
+        s => format!("{s} s"),
+    }
+}
+
+fn verify_log(data: &Path, archives: Option<&Path>, key: Option<&Path>) -> anyhow::Result<()> {
     let verifier = load_verifier(data, key)?;
     let database = data.join(DATABASE_FILE);
-    let report = verify::verify_log(data, &verifier)?;
+    let report = verify::verify_with_archives(data, archives, &verifier)?;
     println!("exchange log {}", database.display());
     println!("  {} records", report.records);
     match (&report.latest, report.checkpoints) {
@@ -273,9 +349,14 @@ fn verify_log(data: &Path, key: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn prove(data: &Path, key: &RecordKey, out: Option<&Path>) -> anyhow::Result<()> {
-    let bundles =
-        verify::prove(data, key).with_context(|| data.join(DATABASE_FILE).display().to_string())?;
+fn prove(
+    data: &Path,
+    archives: Option<&Path>,
+    key: &RecordKey,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    let bundles = verify::prove_with_archives(data, archives, key)
+        .with_context(|| data.join(DATABASE_FILE).display().to_string())?;
     let text = verify::bundles_to_json(&bundles);
     match out {
         Some(out) => {
@@ -443,6 +524,15 @@ impl QueryFilter {
 
 fn query(data: &Path, filter: &QueryFilter, limit: u64, json: bool) -> anyhow::Result<()> {
     let store = Store::open_read_only(data)?;
+    let archived_until = store.archived_until_us()?;
+    if archived_until > 0 && filter.since.is_none_or(|since| since <= archived_until) {
+        eprintln!(
+            "note: records up to {} are archived (records before {}): they are in the archive \
+             files, not searched here",
+            rfc3339(archived_until),
+            store.archived_end()?
+        );
+    }
     // A subject is found through its lookups, not by reading every record.
     let candidates = filter
         .subject
@@ -780,6 +870,14 @@ mod tests {
                 Value::Integer(51)
             ]
         );
+    }
+
+    #[test]
+    fn retentions_parse() {
+        assert_eq!(retention("90d"), Ok(Duration::from_secs(90 * 86_400)));
+        assert_eq!(retention("12h"), Ok(Duration::from_secs(12 * 3_600)));
+        assert!(retention("d").is_err());
+        assert!(retention("90").is_err());
     }
 
     #[test]

@@ -435,12 +435,13 @@ impl DataTrackerService {
         };
         let since_us = request.since_unix.max(0).saturating_mul(1_000_000);
         let now = crate::unix_time::now();
-        let mut accesses = read(log, move |store| {
-            store
+        let (mut accesses, archived_until_us) = read(log, move |store| {
+            let accesses = store
                 .accesses_to(&subject, since_us, now, limit as usize)?
                 .iter()
                 .map(access)
-                .collect::<Result<Vec<_>, _>>()
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((accesses, store.archived_until_us()?))
         })
         .await?;
         let registry = context.state.registry();
@@ -452,7 +453,16 @@ impl DataTrackerService {
                 access.caller_name.clone_from(&member.name);
             }
         }
-        Ok(ListAccessesResponse { accesses })
+        // Whether the answer reaches into archived time: then it says so.
+        let archived_until_unix = if archived_until_us > 0 && since_us <= archived_until_us {
+            archived_until_us.div_euclid(1_000_000)
+        } else {
+            0
+        };
+        Ok(ListAccessesResponse {
+            accesses,
+            archived_until_unix,
+        })
     }
 }
 

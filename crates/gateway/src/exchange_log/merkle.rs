@@ -222,11 +222,35 @@ pub fn verify_inclusion(
     proof: &[Hash],
     root: &Hash,
 ) -> Result<(), ProofError> {
-    if index >= size {
-        return Err(ProofError::IndexOutOfRange { index, size });
+    verify_subtree_inclusion(leaf, 0, index, size, proof, root)
+}
+
+/// Verifies the inclusion proof of the complete subtree `(level, index)`
+/// (leaves `index << level` to `(index + 1) << level`, whose hash is
+/// `subtree`) in the tree of `size` leaves: the leaf's proof without its
+/// first `level` hashes, which lie inside the subtree. Level 0 is RFC 9162
+/// section 2.1.3.2 exactly.
+pub fn verify_subtree_inclusion(
+    subtree: &Hash,
+    level: u32,
+    index: u64,
+    size: u64,
+    proof: &[Hash],
+    root: &Hash,
+) -> Result<(), ProofError> {
+    let end = index
+        .checked_add(1)
+        .and_then(|next| next.checked_shl(level))
+        .filter(|end| *end >> level == index + 1);
+    if end.is_none_or(|end| end > size) {
+        return Err(ProofError::IndexOutOfRange {
+            index: index << level.min(63),
+            size,
+        });
     }
-    let (mut f_n, mut s_n) = (index, size - 1);
-    let mut r = *leaf;
+    // Within the subtree, every step hashes the running value on the left.
+    let (mut f_n, mut s_n) = (index, (size - 1) >> level);
+    let mut r = *subtree;
     for p in proof {
         if s_n == 0 {
             return Err(ProofError::WrongLength);
@@ -473,6 +497,36 @@ mod tests {
             inclusion_proof(&full, 5, 5).unwrap(),
             Err(ProofError::IndexOutOfRange { .. })
         ));
+    }
+
+    /// A complete subtree is proven by its first leaf's proof less the
+    /// hashes inside it, in every tree that holds it whole, and in none
+    /// that holds only part of it.
+    #[test]
+    fn complete_subtrees_are_proven_like_leaves() {
+        let full = tree(40);
+        for level in 1..=3 {
+            for index in 0..(40 >> level) {
+                let (first, end) = (index << level, (index + 1) << level);
+                let subtree = full.node(level, index).unwrap();
+                for size in end..=40 {
+                    let root = root(&full, size).unwrap();
+                    let proof = inclusion_proof(&full, first, size).unwrap().unwrap();
+                    let above = &proof[level as usize..];
+                    verify_subtree_inclusion(&subtree, level, index, size, above, &root).unwrap();
+                    let other = leaf_hash(b"another subtree");
+                    assert!(
+                        verify_subtree_inclusion(&other, level, index, size, above, &root).is_err()
+                    );
+                }
+                if end > 1 {
+                    assert!(matches!(
+                        verify_subtree_inclusion(&subtree, level, index, end - 1, &[], &subtree),
+                        Err(ProofError::IndexOutOfRange { .. })
+                    ));
+                }
+            }
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! anyone prove offline that a record is in the log and that the log only
 //! grew.
 //!
+//! - [`archive`]: old segments moved into files verifiable on their own.
 //! - [`lookup`]: finding records by request id and subject.
 //! - [`merkle`]: RFC 9162 hashing, proofs and their verification.
 //! - [`note`]: checkpoints as C2SP signed notes (Ed25519).
@@ -20,6 +21,7 @@
 //! appends fail, the gateway refuses calls, and the next batch tries again:
 //! service resumes by itself when the store does.
 
+pub mod archive;
 pub mod lookup;
 pub mod merkle;
 pub mod note;

@@ -323,22 +323,28 @@ impl Store {
     /// The first record whose lookups are not sealed (0 in a log of
     /// schema 1, which has none).
     fn sealed_end(&self) -> Result<u64, StoreError> {
+        self.meta_number("sealed_end")
+    }
+
+    /// The first record still in this store: those before it are in
+    /// archive files ([`super::archive`]).
+    pub fn archived_end(&self) -> Result<u64, StoreError> {
+        self.meta_number("archived_end")
+    }
+
+    /// A number kept in `meta`, 0 when absent.
+    fn meta_number(&self, key: &str) -> Result<u64, StoreError> {
         let value: Option<String> = self
             .connection
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'sealed_end'",
-                [],
-                |row| row.get(0),
-            )
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
             .optional()
             .at(&self.path)?;
         match value {
             None => Ok(0),
             Some(value) => value.parse().map_err(|_| {
-                StoreError::invalid(
-                    &self.path,
-                    format!("meta sealed_end is `{value}`, not a number"),
-                )
+                StoreError::invalid(&self.path, format!("meta {key} is `{value}`, not a number"))
             }),
         }
     }
@@ -492,7 +498,9 @@ impl Store {
             .connection
             .query_row("SELECT MAX(idx) + 1 FROM records", [], |row| row.get(0))
             .at(&self.path)?;
-        Ok(next.map_or(0, |next| u64::try_from(next).unwrap_or(0)))
+        let next = next.map_or(0, |next| u64::try_from(next).unwrap_or(0));
+        // Every record may be archived.
+        Ok(next.max(self.archived_end()?))
     }
 
     /// The record at `index`.
@@ -612,12 +620,13 @@ impl Store {
         // One snapshot for the seal's bound, the runs and the scan.
         let snapshot = self.connection.unchecked_transaction().at(&self.path)?;
         let sealed_end = self.sealed_end()?;
+        let archived = lookup::segment_of(self.archived_end()?);
         let mut found = Vec::new();
         if sealed_end > 0 {
             let mut probe = snapshot
                 .prepare_cached("SELECT idx FROM lookups WHERE segment = ?1 AND key = ?2")
                 .at(&self.path)?;
-            for segment in 0..lookup::segment_of(sealed_end) {
+            for segment in archived..lookup::segment_of(sealed_end) {
                 let rows = probe
                     .query_map([to_i64(segment), key], |row| row.get::<_, i64>(0))
                     .at(&self.path)?;
@@ -887,6 +896,122 @@ impl Store {
         }
     }
 
+    /// Opens the database in `dir` to move archived records out, beside a
+    /// gateway that may be writing: no seal, no schema change.
+    pub fn open_for_archiving(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(DATABASE_FILE);
+        if !path.exists() {
+            return Err(StoreError::invalid(&path, "no exchange log here"));
+        }
+        let connection = Connection::open(&path).at(&path)?;
+        connection.busy_timeout(BUSY_TIMEOUT).at(&path)?;
+        connection
+            .pragma_update(None, "synchronous", "FULL")
+            .at(&path)?;
+        Ok(Self {
+            path,
+            connection,
+            recent: None,
+            sealing: None,
+            sealed_end: 0,
+        })
+    }
+
+    /// The first segment complete, sealed and not archived, with the
+    /// latest `at_us` of its records: what an archive run may take next.
+    pub fn next_to_archive(&self) -> Result<Option<(u64, i64)>, StoreError> {
+        let first = self.archived_end()?;
+        if first + SEGMENT > self.sealed_end()? {
+            return Ok(None);
+        }
+        let latest: Option<i64> = self
+            .connection
+            .query_row(
+                "SELECT MAX(at_us) FROM records WHERE idx >= ?1 AND idx < ?2",
+                [to_i64(first), to_i64(first + SEGMENT)],
+                |row| row.get(0),
+            )
+            .at(&self.path)?;
+        Ok(latest.map(|latest| (lookup::segment_of(first), latest)))
+    }
+
+    /// Until when (`at_us`, the latest of archived records) records are
+    /// archived; 0 when none is.
+    pub fn archived_until_us(&self) -> Result<i64, StoreError> {
+        Ok(i64::try_from(self.meta_number("archived_until_us")?).unwrap_or(i64::MAX))
+    }
+
+    /// Removes segment `segment`, now in an archive file whose latest
+    /// record happened at `last_at_us`, from this store: first its claim
+    /// (`archived_end`, from then on the records before it are read from
+    /// archives), then its rows, in short transactions.
+    pub fn remove_archived(&mut self, segment: u64, last_at_us: i64) -> Result<(), StoreError> {
+        let (first, end) = (segment * SEGMENT, (segment + 1) * SEGMENT);
+        let archived = self.archived_end()?;
+        if archived != first {
+            return Err(StoreError::invalid(
+                &self.path,
+                format!(
+                    "records before {archived} are archived, and segment {segment} starts at \
+                     {first}: segments are archived in order"
+                ),
+            ));
+        }
+        let until = self.archived_until_us()?.max(last_at_us.max(0));
+        self.connection
+            .execute(
+                "INSERT OR REPLACE INTO meta (key, value) \
+                 VALUES ('archived_end', ?1), ('archived_until_us', ?2)",
+                [end.to_string(), until.to_string()],
+            )
+            .at(&self.path)?;
+        self.remove_archived_rows()
+    }
+
+    /// Removes what this store still holds of archived records (all of it
+    /// after a run cut short): the records, their lookups, and the tree
+    /// nodes inside the archived segments. Short transactions, so that a
+    /// gateway writing beside never waits long. Every node above the
+    /// segments stays: the tree is never rewritten, and proofs of archived
+    /// records climb through it.
+    pub fn remove_archived_rows(&mut self) -> Result<(), StoreError> {
+        /// Records removed per transaction: a few milliseconds of lock.
+        const CHUNK: u64 = 4096;
+        let end = self.archived_end()?;
+        let lowest: Option<i64> = self
+            .connection
+            .query_row("SELECT MIN(idx) FROM records", [], |row| row.get(0))
+            .at(&self.path)?;
+        let mut from = lowest.map_or(end, |lowest| u64::try_from(lowest).unwrap_or(0));
+        while from < end {
+            let to = (from + CHUNK).min(end);
+            self.connection
+                .execute(
+                    "DELETE FROM records WHERE idx >= ?1 AND idx < ?2",
+                    [to_i64(from), to_i64(to)],
+                )
+                .at(&self.path)?;
+            from = to;
+        }
+        let segments = lookup::segment_of(end);
+        if segments == 0 {
+            return Ok(());
+        }
+        self.connection
+            .execute("DELETE FROM lookups WHERE segment < ?1", [to_i64(segments)])
+            .at(&self.path)?;
+        // In completion order, the nodes inside the archived segments come
+        // before the last one's root; the roots stay.
+        let level = SEGMENT.trailing_zeros();
+        self.connection
+            .execute(
+                "DELETE FROM tree_nodes WHERE pos < ?1 AND level < ?2",
+                params![to_i64(node_position(level, segments - 1)), level],
+            )
+            .at(&self.path)?;
+        Ok(())
+    }
+
     /// Restarts the write-ahead log once it has grown past `bound` bytes:
     /// copies what the background checkpoints have not yet copied, then
     /// truncates the file. Only the writer can do this: the WAL restarts
@@ -929,11 +1054,16 @@ impl Store {
     /// nodes agree in number.
     pub fn frontier(&self) -> Result<Frontier, StoreError> {
         let size = self.size()?;
+        let archived = self.archived_end()?;
         let count: i64 = self
             .connection
-            .query_row("SELECT COUNT(*) FROM records", [], |row| row.get(0))
+            .query_row(
+                "SELECT COUNT(*) FROM records WHERE idx >= ?1",
+                [to_i64(archived)],
+                |row| row.get(0),
+            )
             .at(&self.path)?;
-        if u64::try_from(count).ok() != Some(size) {
+        if u64::try_from(count).ok() != Some(size - archived) {
             return Err(StoreError::invalid(
                 &self.path,
                 format!(
@@ -952,6 +1082,7 @@ impl Store {
     /// record: the columns are only a copy, and a copy can be edited.
     pub fn for_each_row(
         &self,
+        from: u64,
         mut each: impl FnMut(
             i64,
             &[(&'static str, rusqlite::types::Value)],
@@ -963,10 +1094,10 @@ impl Store {
             .prepare(
                 "SELECT idx, phase, request_id, at_us, caller, provider, method, purpose, \
                  subject, allowed, grpc_status, error_kind, concealed_until, record \
-                 FROM records ORDER BY idx",
+                 FROM records WHERE idx >= ?1 ORDER BY idx",
             )
             .at(&self.path)?;
-        let mut rows = statement.query([]).at(&self.path)?;
+        let mut rows = statement.query([to_i64(from)]).at(&self.path)?;
         let mut columns = Vec::with_capacity(COLUMNS.len());
         while let Some(row) = rows.next().at(&self.path)? {
             columns.clear();

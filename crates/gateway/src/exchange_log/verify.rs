@@ -22,6 +22,7 @@ use prost::Message;
 use rusqlite::types::Value;
 use serde::{Deserialize, Serialize};
 
+use super::archive;
 use super::lookup;
 use super::merkle::{self, Hash, MemoryTree, ProofError};
 use super::note::{Checkpoint, NoteError, Verifier};
@@ -53,6 +54,11 @@ pub enum ProblemKind {
     /// by request id or subject (the Data Tracker) would miss or invent
     /// records.
     LookupEdited,
+    /// An archive file is damaged: edited, truncated, or its proof or
+    /// checkpoint does not hold.
+    ArchiveDamaged,
+    /// Archived records are in no archive file.
+    ArchiveMissing,
 }
 
 impl ProblemKind {
@@ -69,6 +75,8 @@ impl ProblemKind {
             Self::CheckpointBeyondLog => "checkpoint-beyond-log",
             Self::CheckpointRoot => "checkpoint-root",
             Self::LookupEdited => "lookup-edited",
+            Self::ArchiveDamaged => "archive-damaged",
+            Self::ArchiveMissing => "archive-missing",
         }
     }
 }
@@ -114,10 +122,27 @@ impl VerifyReport {
 pub enum VerifyError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(
+        "records before {0} are archived: give the directory of their archives to check them too"
+    )]
+    ArchivesNeeded(u64),
+    #[error(transparent)]
+    Archive(#[from] archive::ArchiveError),
 }
 
 /// Checks the whole log in `dir` against `verifier`, the log's public key.
+/// A log with archived records needs [`verify_with_archives`].
 pub fn verify_log(dir: &Path, verifier: &Verifier) -> Result<VerifyReport, VerifyError> {
+    verify_with_archives(dir, None, verifier)
+}
+
+/// Checks the archives in `archives`, then the log in `dir` after them, as
+/// one log.
+pub fn verify_with_archives(
+    dir: &Path,
+    archives: Option<&Path>,
+    verifier: &Verifier,
+) -> Result<VerifyReport, VerifyError> {
     let store = Store::open_read_only(dir)?;
     // Checkpoints first: each was committed with the records it covers, so
     // the records read next include them all even while the gateway
@@ -125,6 +150,7 @@ pub fn verify_log(dir: &Path, verifier: &Verifier) -> Result<VerifyReport, Verif
     let checkpoints = store.checkpoints()?;
     // Likewise, the segments sealed now were sealed with their records.
     let sealed = store.sealed_segments()?;
+    let archived_end = store.archived_end()?;
     let mut walk = Walk {
         store: &store,
         tree: MemoryTree::default(),
@@ -132,8 +158,18 @@ pub fn verify_log(dir: &Path, verifier: &Verifier) -> Result<VerifyReport, Verif
         problem: None,
         sealed,
         lookups: Vec::new(),
+        archived_decisions: std::collections::HashMap::new(),
+        archived_end,
     };
-    store.for_each_row(|index, columns, bytes| walk.row(index, columns, bytes))?;
+    if archived_end > 0 {
+        let archives = archives.ok_or(VerifyError::ArchivesNeeded(archived_end))?;
+        walk.problem = walk.archives(archives, archived_end, verifier)?;
+    }
+    if walk.problem.is_none() {
+        store.for_each_row(archived_end, |index, columns, bytes| {
+            walk.row(index, columns, bytes)
+        })?;
+    }
     let Walk {
         tree,
         rows,
@@ -141,7 +177,7 @@ pub fn verify_log(dir: &Path, verifier: &Verifier) -> Result<VerifyReport, Verif
         ..
     } = walk;
     if problem.is_none() {
-        problem = check_tree(&store, &tree)?;
+        problem = check_tree(&store, &tree, archived_end)?;
     }
     let mut report = VerifyReport {
         records: rows,
@@ -166,6 +202,11 @@ struct Walk<'a> {
     sealed: u64,
     /// The lookups the records of the current segment give.
     lookups: Vec<(i64, u64)>,
+    /// The request ids of the decisions of the last archive read: the
+    /// outcomes of calls that spanned its end point to them.
+    archived_decisions: std::collections::HashMap<u64, String>,
+    /// Records before this are in archives.
+    archived_end: u64,
 }
 
 impl Walk<'_> {
@@ -180,6 +221,73 @@ impl Walk<'_> {
             self.problem = self.check(index, columns, &bytes)?.err();
         }
         Ok(())
+    }
+
+    /// Reads the archives in `dir`, which must hold records 0 to
+    /// `archived_end` in order, each intact and proven by its own signed
+    /// checkpoint, into the tree; the first damage names the file.
+    fn archives(
+        &mut self,
+        dir: &Path,
+        archived_end: u64,
+        verifier: &Verifier,
+    ) -> Result<Option<Problem>, VerifyError> {
+        for path in archive::list(dir)? {
+            let expected = self.tree.size();
+            if expected >= archived_end {
+                // A run cut short archived a segment still in the store.
+                break;
+            }
+            let problem = |kind, message: String| {
+                Some(Problem {
+                    kind,
+                    index: expected,
+                    message,
+                })
+            };
+            let checked = match archive::check(&path, verifier) {
+                Ok(checked) => checked,
+                Err(error) => return Ok(problem(ProblemKind::ArchiveDamaged, error.to_string())),
+            };
+            let manifest = &checked.manifest;
+            if manifest.first != expected {
+                return Ok(problem(
+                    ProblemKind::ArchiveMissing,
+                    format!(
+                        "records {expected} to {} are archived but in no file of {} (the next, \
+                         {}, starts at {})",
+                        manifest.first.min(archived_end) - 1,
+                        dir.display(),
+                        path.display(),
+                        manifest.first
+                    ),
+                ));
+            }
+            for leaf in &checked.leaves {
+                self.tree.push(*leaf);
+            }
+            self.rows += checked.leaves.len() as u64;
+            self.archived_decisions = archive::records(&path)?
+                .iter()
+                .filter_map(|stored| {
+                    let record = stored.decode().ok()?;
+                    (record.phase() == Phase::Decision).then_some((stored.index, record.request_id))
+                })
+                .collect();
+        }
+        let read = self.tree.size();
+        if read < archived_end {
+            return Ok(Some(Problem {
+                kind: ProblemKind::ArchiveMissing,
+                index: read,
+                message: format!(
+                    "records {read} to {} are archived but in no file of {}",
+                    archived_end - 1,
+                    dir.display()
+                ),
+            }));
+        }
+        Ok(None)
     }
 
     /// The outer error is a failure to read; the inner one, damage.
@@ -296,7 +404,13 @@ impl Walk<'_> {
             return Ok(Ok(()));
         }
         let decision = record.decision_index;
-        let linked = if decision < index {
+        let linked = if let Some(request_id) = self.archived_decisions.get(&decision) {
+            *request_id == record.request_id
+        } else if decision < self.archived_end {
+            // A call longer than a segment: its decision is in an earlier
+            // archive, checked as a record there but not as this link.
+            true
+        } else if decision < index {
             self.store
                 .record(decision)?
                 .and_then(|stored| ExchangeRecord::decode(stored.bytes.as_slice()).ok())
@@ -364,7 +478,11 @@ fn show(value: &Value) -> String {
 /// Compares every stored node with the tree the records give. Nodes beyond
 /// the records read may be a running gateway's appends, unless a record
 /// they cover is gone: nodes and records are committed together.
-fn check_tree(store: &Store, tree: &MemoryTree) -> Result<Option<Problem>, StoreError> {
+fn check_tree(
+    store: &Store,
+    tree: &MemoryTree,
+    archived_end: u64,
+) -> Result<Option<Problem>, StoreError> {
     let size = tree.size();
     for level in 0..64 {
         let stored = store.level(level)?;
@@ -372,10 +490,18 @@ fn check_tree(store: &Store, tree: &MemoryTree) -> Result<Option<Problem>, Store
         if stored.is_empty() && recomputed.is_empty() {
             break;
         }
-        for (position, want) in recomputed.iter().enumerate() {
-            let matches = stored.get(position).is_some_and(|(index, hash)| {
-                usize::try_from(*index).ok() == Some(position) && hash.as_slice() == want
-            });
+        // The nodes inside archived segments left the store with them.
+        let archived = if level < archive::SEGMENT_LEVEL {
+            usize::try_from(archived_end >> level).unwrap_or(usize::MAX)
+        } else {
+            0
+        };
+        for (position, want) in recomputed.iter().enumerate().skip(archived) {
+            let matches = stored
+                .get(position - archived)
+                .is_some_and(|(index, hash)| {
+                    usize::try_from(*index).ok() == Some(position) && hash.as_slice() == want
+                });
             if !matches {
                 let first = (position as u64) << level;
                 let last = first + (1 << level) - 1;
@@ -389,7 +515,7 @@ fn check_tree(store: &Store, tree: &MemoryTree) -> Result<Option<Problem>, Store
                 }));
             }
         }
-        let Some(&(beyond, _)) = stored.get(recomputed.len()) else {
+        let Some(&(beyond, _)) = stored.get(recomputed.len().saturating_sub(archived)) else {
             continue;
         };
         let last = u64::try_from(beyond)
@@ -610,16 +736,50 @@ pub enum ProveError {
     NotYetCheckpointed { index: u64, covered: u64 },
     #[error("the log does not match its latest checkpoint ({0}): run `govbridge audit verify`")]
     Inconsistent(String),
+    #[error(
+        "records before {archived_end} are archived: give the directory of their archives, and \
+         name an archived record by its index"
+    )]
+    Archived { archived_end: u64 },
+    #[error(transparent)]
+    Archive(#[from] archive::RunError),
 }
 
 /// Proof bundles for the record(s) `key` names in the log in `dir`, against
 /// its latest checkpoint: one bundle per record.
 pub fn prove(dir: &Path, key: &RecordKey) -> Result<Vec<ProofBundle>, ProveError> {
+    prove_with_archives(dir, None, key)
+}
+
+/// [`prove`], for a log whose older records are archived in `archives`.
+pub fn prove_with_archives(
+    dir: &Path,
+    archives: Option<&Path>,
+    key: &RecordKey,
+) -> Result<Vec<ProofBundle>, ProveError> {
     let store = Store::open_read_only(dir)?;
+    let archived_end = store.archived_end()?;
+    let tree = match (archived_end, archives) {
+        (0, _) => None,
+        (_, Some(archives)) => Some(archive::ArchivedTree::new(&store, archives)?),
+        (_, None) => {
+            let index = match key {
+                RecordKey::Index(index) => Some(*index),
+                RecordKey::RequestId(_) => None,
+            };
+            if index.is_none_or(|index| index < archived_end) {
+                return Err(ProveError::Archived { archived_end });
+            }
+            None
+        }
+    };
     // The checkpoint before the records: anything it covers is there.
     let latest = store.latest_checkpoint()?;
     let records = match key {
-        RecordKey::Index(index) => match store.record(*index)? {
+        RecordKey::Index(index) => match match &tree {
+            Some(tree) => tree.record(*index)?,
+            None => store.record(*index)?,
+        } {
             Some(record) => vec![record],
             None => {
                 return Err(ProveError::NoSuchIndex {
@@ -650,8 +810,11 @@ pub fn prove(dir: &Path, key: &RecordKey) -> Result<Vec<ProofBundle>, ProveError
         .map_err(|error| ProveError::Inconsistent(error.to_string()))?;
     let mut bundles = Vec::with_capacity(records.len());
     for record in records {
-        let proof = merkle::inclusion_proof(&store, record.index, checkpoint.size)?
-            .map_err(|error| ProveError::Inconsistent(error.to_string()))?;
+        let proof = match &tree {
+            Some(tree) => merkle::inclusion_proof(tree, record.index, checkpoint.size)?,
+            None => merkle::inclusion_proof(&store, record.index, checkpoint.size)?,
+        }
+        .map_err(|error| ProveError::Inconsistent(error.to_string()))?;
         merkle::verify_inclusion(
             &merkle::leaf_hash(&record.bytes),
             record.index,

@@ -1,0 +1,837 @@
+//! Archives: complete segments of the log moved out of the hot store into
+//! files, each verifiable offline with nothing but the log's public key.
+//!
+//! An archive holds the records of one segment (65,536 records, a complete
+//! subtree of the Merkle tree), gzip-compressed JSON lines that `zcat` and
+//! `jq` read:
+//!
+//! ```text
+//! {"format":"govbridge-exchange-log-archive/1","origin":...,"first":0,"end":65536,
+//!  "first_at_us":...,"last_at_us":...,"records_sha256":"...","subtree_root":"...",
+//!  "checkpoint":"<signed note>","proof":["<base64>",...]}
+//! {"idx":0,"record":"<base64 of the encoded ExchangeRecord>"}
+//! ...
+//! ```
+//!
+//! The first line is the manifest: the SHA-256 of the record lines that
+//! follow, the root of the subtree they form, and a signed checkpoint with
+//! the proof that this subtree is in the tree it signs. So an archive
+//! proves itself: [`check`] recomputes the subtree from the records and
+//! climbs the proof to the checkpoint's root. The tree itself is never
+//! rewritten: the hot store keeps every node above the segments, so proofs
+//! of archived records verify against checkpoints old and new.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use flate2::Compression;
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use super::lookup::SEGMENT;
+use super::merkle::{self, Hash, MemoryTree};
+use super::note::{Checkpoint, Verifier};
+use super::store::{Store, StoreError, StoredCheckpoint, StoredRecord};
+use super::{ExchangeRecord, Phase};
+
+/// What the first line of an archive says it is.
+pub const FORMAT: &str = "govbridge-exchange-log-archive/1";
+
+/// The height of a segment's subtree.
+pub const SEGMENT_LEVEL: u32 = SEGMENT.trailing_zeros();
+
+/// The first line of an archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    /// The log's origin.
+    pub origin: String,
+    /// The records `[first, end)`.
+    pub first: u64,
+    pub end: u64,
+    /// The earliest and latest `at_us` of its records.
+    pub first_at_us: i64,
+    pub last_at_us: i64,
+    /// SHA-256 (hex) of the record lines as stored, newlines included.
+    pub records_sha256: String,
+    /// The root (base64) of the subtree the records form.
+    pub subtree_root: String,
+    /// A signed checkpoint of a tree that holds the records.
+    pub checkpoint: String,
+    /// The subtree's inclusion proof in that tree (base64, bottom up).
+    pub proof: Vec<String>,
+}
+
+/// One record line.
+#[derive(Debug, Serialize, Deserialize)]
+struct Line {
+    idx: u64,
+    record: String,
+}
+
+/// The name of the archive of records `[first, end)`.
+pub fn file_name(first: u64, end: u64) -> String {
+    format!("records-{first:012}-{end:012}.jsonl.gz")
+}
+
+/// What is wrong with an archive, naming the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct ArchiveError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+fn error(path: &Path, message: impl Into<String>) -> ArchiveError {
+    ArchiveError {
+        path: path.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Writes the archive of `records` (a whole segment, in order) into `dir`,
+/// atomically: a temporary file, synced, renamed, and the directory
+/// synced. `proof` proves the segment's subtree in `checkpoint`'s tree.
+pub fn write(
+    dir: &Path,
+    origin: &str,
+    records: &[StoredRecord],
+    checkpoint: &StoredCheckpoint,
+    proof: &[Hash],
+) -> Result<PathBuf, ArchiveError> {
+    let (Some(first), Some(last)) = (records.first(), records.last()) else {
+        return Err(error(dir, "no records to archive"));
+    };
+    let (first, end) = (first.index, last.index + 1);
+    let path = dir.join(file_name(first, end));
+    let mut tree = MemoryTree::default();
+    let mut lines = Vec::with_capacity(records.len() * 900);
+    let (mut first_at_us, mut last_at_us) = (i64::MAX, i64::MIN);
+    for (offset, stored) in records.iter().enumerate() {
+        if stored.index != first + offset as u64 {
+            return Err(error(
+                &path,
+                format!("record {} is missing", first + offset as u64),
+            ));
+        }
+        let record = stored.decode().map_err(|decode| {
+            error(
+                &path,
+                format!("record {} does not decode: {decode}", stored.index),
+            )
+        })?;
+        let at_us = at_us(&record);
+        first_at_us = first_at_us.min(at_us);
+        last_at_us = last_at_us.max(at_us);
+        tree.push(merkle::leaf_hash(&stored.bytes));
+        let line = Line {
+            idx: stored.index,
+            record: BASE64.encode(&stored.bytes),
+        };
+        serde_json::to_writer(&mut lines, &line).map_err(|e| error(&path, e.to_string()))?;
+        lines.push(b'\n');
+    }
+    let manifest = Manifest {
+        format: FORMAT.to_owned(),
+        origin: origin.to_owned(),
+        first,
+        end,
+        first_at_us,
+        last_at_us,
+        records_sha256: hex(&sha256(&lines)),
+        subtree_root: BASE64.encode(tree.root()),
+        checkpoint: checkpoint.note.clone(),
+        proof: proof.iter().map(|hash| BASE64.encode(hash)).collect(),
+    };
+    let temporary = dir.join(format!(".{}.tmp", file_name(first, end)));
+    if let Err(failed) = write_file(&temporary, &manifest, &lines) {
+        // A full disk keeps no half-written file.
+        let _ = std::fs::remove_file(&temporary);
+        return Err(error(&temporary, failed.to_string()));
+    }
+    std::fs::rename(&temporary, &path)
+        .map_err(|e| error(&temporary, format!("cannot rename: {e}")))?;
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| error(dir, format!("cannot sync the directory: {e}")))?;
+    Ok(path)
+}
+
+/// The manifest's line and the record lines, compressed, synced.
+fn write_file(path: &Path, manifest: &Manifest, lines: &[u8]) -> std::io::Result<()> {
+    let file = File::create(path)?;
+    let mut gzip = GzEncoder::new(BufWriter::new(file), Compression::default());
+    serde_json::to_writer(&mut gzip, manifest)?;
+    gzip.write_all(b"\n")?;
+    gzip.write_all(lines)?;
+    let file = gzip
+        .finish()?
+        .into_inner()
+        .map_err(std::io::IntoInnerError::into_error)?;
+    file.sync_all()
+}
+
+/// An archive found intact.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub path: PathBuf,
+    pub manifest: Manifest,
+    /// The checkpoint the manifest carries, opened.
+    pub checkpoint: Checkpoint,
+    /// The leaves of its records, in order.
+    pub leaves: Vec<Hash>,
+}
+
+/// Checks the archive at `path` with nothing but the log's key: its
+/// records against the manifest's hash and subtree root, the subtree
+/// against the signed checkpoint. The first damage is named.
+pub fn check(path: &Path, verifier: &Verifier) -> Result<Checked, ArchiveError> {
+    let file = File::open(path).map_err(|e| error(path, format!("cannot open: {e}")))?;
+    let mut reader = BufReader::new(GzDecoder::new(BufReader::new(file)));
+    let mut line = Vec::new();
+    let corrupt = |e: std::io::Error| error(path, format!("not a readable archive: {e}"));
+    reader.read_until(b'\n', &mut line).map_err(corrupt)?;
+    let manifest: Manifest = serde_json::from_slice(&line)
+        .map_err(|e| error(path, format!("the manifest (line 1) is not valid: {e}")))?;
+    if manifest.format != FORMAT {
+        return Err(error(
+            path,
+            format!(
+                "format `{}`, this version reads `{FORMAT}`",
+                manifest.format
+            ),
+        ));
+    }
+    let checkpoint = Checkpoint::open(&manifest.checkpoint, verifier).map_err(|e| {
+        error(
+            path,
+            format!("the manifest's checkpoint does not verify with the log's key: {e}"),
+        )
+    })?;
+    if checkpoint.origin != manifest.origin {
+        return Err(error(
+            path,
+            format!(
+                "the checkpoint is of log `{}`, the manifest says `{}`",
+                checkpoint.origin, manifest.origin
+            ),
+        ));
+    }
+    let count = manifest.end.saturating_sub(manifest.first);
+    if count == 0 || !count.is_power_of_two() || !manifest.first.is_multiple_of(count) {
+        return Err(error(
+            path,
+            format!(
+                "records {} to {} are not a complete subtree of the log",
+                manifest.first, manifest.end
+            ),
+        ));
+    }
+    let mut leaves = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut tree = MemoryTree::default();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).map_err(corrupt)? == 0 {
+            break;
+        }
+        digest.update(&line);
+        let expected = manifest.first + leaves.len() as u64;
+        let parsed: Line = serde_json::from_slice(&line).map_err(|e| {
+            error(
+                path,
+                format!("the line of record {expected} is not valid: {e}"),
+            )
+        })?;
+        if parsed.idx != expected {
+            return Err(error(
+                path,
+                format!(
+                    "record {expected} is missing (the next line is record {})",
+                    parsed.idx
+                ),
+            ));
+        }
+        let bytes = BASE64
+            .decode(parsed.record.as_bytes())
+            .map_err(|e| error(path, format!("record {expected} is not base64: {e}")))?;
+        if ExchangeRecord::decode(bytes.as_slice()).is_err() {
+            return Err(error(
+                path,
+                format!("record {expected} is not an ExchangeRecord"),
+            ));
+        }
+        let leaf = merkle::leaf_hash(&bytes);
+        tree.push(leaf);
+        leaves.push(leaf);
+    }
+    if leaves.len() as u64 != count {
+        return Err(error(
+            path,
+            format!(
+                "holds {} records, the manifest says {count} (records {} to {}): records were \
+                 dropped or added",
+                leaves.len(),
+                manifest.first,
+                manifest.end
+            ),
+        ));
+    }
+    if hex(digest.finish().as_ref()) != manifest.records_sha256 {
+        return Err(error(
+            path,
+            "its records are not those the manifest's hash covers: the archive was edited",
+        ));
+    }
+    let root = tree.root();
+    if BASE64.encode(root) != manifest.subtree_root {
+        return Err(error(
+            path,
+            "its records do not form the subtree the manifest names: the archive was edited",
+        ));
+    }
+    let proof = manifest
+        .proof
+        .iter()
+        .map(|hash| {
+            BASE64
+                .decode(hash.as_bytes())
+                .ok()
+                .and_then(|bytes| Hash::try_from(bytes).ok())
+        })
+        .collect::<Option<Vec<Hash>>>()
+        .ok_or_else(|| error(path, "the manifest's proof holds a hash that is not one"))?;
+    let level = count.trailing_zeros();
+    merkle::verify_subtree_inclusion(
+        &root,
+        level,
+        manifest.first >> level,
+        checkpoint.size,
+        &proof,
+        &checkpoint.root,
+    )
+    .map_err(|e| {
+        error(
+            path,
+            format!(
+                "its records are not in the tree of the checkpoint it carries (size {}): {e}",
+                checkpoint.size
+            ),
+        )
+    })?;
+    Ok(Checked {
+        path: path.to_owned(),
+        manifest,
+        checkpoint,
+        leaves,
+    })
+}
+
+/// The archives in `dir`, in the order of their records.
+pub fn list(dir: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| error(dir, format!("cannot read the directory: {e}")))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("records-") && name.ends_with(".jsonl.gz"))
+        })
+        .collect();
+    // Zero-padded indexes: names sort as the records do.
+    paths.sort();
+    Ok(paths)
+}
+
+/// The records of the archive at `path`, read again (after [`check`]).
+pub fn records(path: &Path) -> Result<Vec<StoredRecord>, ArchiveError> {
+    let file = File::open(path).map_err(|e| error(path, format!("cannot open: {e}")))?;
+    let reader = BufReader::new(GzDecoder::new(BufReader::new(file)));
+    let mut records = Vec::new();
+    for (number, line) in reader.lines().enumerate().skip(1) {
+        let line = line.map_err(|e| error(path, format!("not a readable archive: {e}")))?;
+        let parsed: Line = serde_json::from_str(&line)
+            .map_err(|e| error(path, format!("line {} is not valid: {e}", number + 1)))?;
+        let bytes = BASE64
+            .decode(parsed.record.as_bytes())
+            .map_err(|e| error(path, format!("record {} is not base64: {e}", parsed.idx)))?;
+        records.push(StoredRecord {
+            index: parsed.idx,
+            bytes,
+        });
+    }
+    Ok(records)
+}
+
+/// What an archive run did.
+#[derive(Debug, Default)]
+pub struct Archived {
+    /// The files written (or found already written by a run cut short).
+    pub files: Vec<PathBuf>,
+    /// Records moved out of the hot store.
+    pub records: u64,
+    /// Why the run stopped before the cutoff, if it did.
+    pub waiting: Option<String>,
+}
+
+/// Why an archive run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+}
+
+/// Moves every segment of the log in `data` whose records all happened
+/// before `cutoff_us` into an archive file in `out`, oldest first: each
+/// file is written atomically and read back intact before anything leaves
+/// the hot store. Runs beside a serving gateway; a run cut short (a crash,
+/// a full disk) resumes where it stopped. `each` hears of every file.
+pub fn run(
+    data: &Path,
+    out: &Path,
+    cutoff_us: i64,
+    verifier: &Verifier,
+    mut each: impl FnMut(&Path, u64),
+) -> Result<Archived, RunError> {
+    let mut store = Store::open_for_archiving(data)?;
+    // What a run cut short left between its file and its removal.
+    store.remove_archived_rows()?;
+    let origin = store.origin()?;
+    let mut archived = Archived::default();
+    while let Some((segment, latest_us)) = store.next_to_archive()? {
+        if latest_us >= cutoff_us {
+            break;
+        }
+        let (first, end) = (segment * SEGMENT, (segment + 1) * SEGMENT);
+        let Some(checkpoint) = store.latest_checkpoint()?.filter(|c| c.size >= end) else {
+            archived.waiting = Some(format!(
+                "records {first} to {} wait for a checkpoint that covers them",
+                end - 1
+            ));
+            break;
+        };
+        let path = out.join(file_name(first, end));
+        let checked = match check(&path, verifier) {
+            // Written by a run that stopped before removing the records.
+            Ok(checked) if checked.manifest.first == first && checked.manifest.end == end => {
+                checked
+            }
+            _ => {
+                let records = store.records_from(first, SEGMENT as usize)?;
+                let proof = merkle::inclusion_proof(&store, first, checkpoint.size)?
+                    .map_err(|e| error(&path, format!("cannot prove the segment: {e}")))?;
+                let proof = &proof[SEGMENT_LEVEL as usize..];
+                let written = write(out, &origin, &records, &checkpoint, proof)?;
+                check(&written, verifier)?
+            }
+        };
+        // The store's own node for the segment: what proofs of the hot
+        // records climb through must be what the archive holds.
+        let stored = merkle::Nodes::node(&store, SEGMENT_LEVEL, segment)?;
+        if BASE64.encode(stored) != checked.manifest.subtree_root {
+            return Err(error(
+                &path,
+                format!(
+                    "its records are not those the hot store's tree holds for records {first} \
+                     to {}: run `govbridge audit verify`",
+                    end - 1
+                ),
+            )
+            .into());
+        }
+        store.remove_archived(segment, checked.manifest.last_at_us)?;
+        archived.records += SEGMENT;
+        each(&path, SEGMENT);
+        archived.files.push(path);
+    }
+    Ok(archived)
+}
+
+/// The tree of a log whose older segments are archived: the nodes inside
+/// an archived segment are computed from its archive file, every other
+/// from the hot store. What proofs of archived records are made from.
+#[derive(Debug)]
+pub struct ArchivedTree<'a> {
+    store: &'a Store,
+    dir: &'a Path,
+    archived_end: u64,
+    /// Archives read so far, by segment.
+    segments: RefCell<HashMap<u64, MemoryTree>>,
+}
+
+impl<'a> ArchivedTree<'a> {
+    pub fn new(store: &'a Store, dir: &'a Path) -> Result<Self, StoreError> {
+        Ok(Self {
+            store,
+            dir,
+            archived_end: store.archived_end()?,
+            segments: RefCell::default(),
+        })
+    }
+
+    /// The record at `index`, from the hot store or its archive.
+    pub fn record(&self, index: u64) -> Result<Option<StoredRecord>, RunError> {
+        if index >= self.archived_end {
+            return Ok(self.store.record(index)?);
+        }
+        let segment = index / SEGMENT;
+        let path = self
+            .dir
+            .join(file_name(segment * SEGMENT, (segment + 1) * SEGMENT));
+        Ok(records(&path)?
+            .into_iter()
+            .find(|record| record.index == index))
+    }
+}
+
+impl merkle::Nodes for ArchivedTree<'_> {
+    type Error = RunError;
+
+    fn node(&self, level: u32, index: u64) -> Result<Hash, RunError> {
+        let first = index << level;
+        if level >= SEGMENT_LEVEL || first >= self.archived_end {
+            return Ok(merkle::Nodes::node(self.store, level, index)?);
+        }
+        let segment = first / SEGMENT;
+        let mut segments = self.segments.borrow_mut();
+        if let std::collections::hash_map::Entry::Vacant(vacant) = segments.entry(segment) {
+            let path = self
+                .dir
+                .join(file_name(segment * SEGMENT, (segment + 1) * SEGMENT));
+            let mut tree = MemoryTree::default();
+            for record in records(&path)? {
+                tree.push(merkle::leaf_hash(&record.bytes));
+            }
+            vacant.insert(tree);
+        }
+        let within = index - (segment << (SEGMENT_LEVEL - level));
+        segments[&segment]
+            .level(level)
+            .get(usize::try_from(within).unwrap_or(usize::MAX))
+            .copied()
+            .ok_or_else(|| {
+                error(
+                    self.dir,
+                    format!("the archive of segment {segment} lacks tree node ({level}, {index})"),
+                )
+                .into()
+            })
+    }
+}
+
+/// When a record happened: received (decision) or completed (outcome).
+fn at_us(record: &ExchangeRecord) -> i64 {
+    if record.phase() == Phase::Outcome {
+        record.completed_us
+    } else {
+        record.received_us
+    }
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange_log::note::SigningKey;
+    use crate::exchange_log::verify::{self, ProblemKind, VerifyError};
+
+    const ORIGIN: &str = "govbridge.test/archive";
+
+    /// A log of `size` records (calls of a decision and an outcome) with a
+    /// checkpoint over all of them, every complete segment sealed.
+    struct Log {
+        dir: tempfile::TempDir,
+        out: tempfile::TempDir,
+        key: SigningKey,
+    }
+
+    fn record(n: u64) -> ExchangeRecord {
+        let outcome = n % 2 == 1;
+        ExchangeRecord {
+            request_id: format!("req-{}", n / 2),
+            caller: "SN/COM/CBAO/kyc".to_owned(),
+            phase: if outcome {
+                Phase::Outcome
+            } else {
+                Phase::Decision
+            }
+            .into(),
+            decision_index: if outcome { n - 1 } else { 0 },
+            received_us: 1_000,
+            completed_us: if outcome { 2_000 } else { 0 },
+            ..ExchangeRecord::default()
+        }
+    }
+
+    impl Log {
+        fn new(size: u64) -> Self {
+            let log = Self {
+                dir: tempfile::tempdir().unwrap(),
+                out: tempfile::tempdir().unwrap(),
+                key: SigningKey::generate(ORIGIN).unwrap(),
+            };
+            log.append(0..size);
+            log
+        }
+
+        fn append(&self, records: std::ops::Range<u64>) {
+            let mut store = Store::open(self.dir.path(), ORIGIN).unwrap();
+            let mut frontier = store.frontier().unwrap();
+            let records: Vec<ExchangeRecord> = records.map(record).collect();
+            let chunks: Vec<&[ExchangeRecord]> = records.chunks(4096).collect();
+            for (n, chunk) in chunks.iter().enumerate() {
+                let refs: Vec<&ExchangeRecord> = chunk.iter().collect();
+                let last = n + 1 == chunks.len();
+                let signing = last.then_some((ORIGIN, &self.key));
+                store.append(&mut frontier, &refs, signing).unwrap();
+            }
+            drop(store);
+            // Reopened, the writer seals every complete segment.
+            Store::open(self.dir.path(), ORIGIN).unwrap();
+        }
+
+        fn archive(&self) -> Result<Archived, RunError> {
+            run(
+                self.dir.path(),
+                self.out.path(),
+                i64::MAX,
+                &self.key.verifier(),
+                |_, _| {},
+            )
+        }
+
+        fn verify(&self) -> Result<verify::VerifyReport, VerifyError> {
+            verify::verify_with_archives(
+                self.dir.path(),
+                Some(self.out.path()),
+                &self.key.verifier(),
+            )
+        }
+
+        fn problem(&self) -> verify::Problem {
+            self.verify()
+                .unwrap()
+                .problem
+                .expect("damage goes unnoticed")
+        }
+
+        fn files(&self) -> Vec<PathBuf> {
+            list(self.out.path()).unwrap()
+        }
+    }
+
+    /// Old segments leave the hot store for files that prove themselves;
+    /// the log goes on, and verifies as one with its archives.
+    #[test]
+    fn archived_segments_leave_the_store_and_verify_with_it() {
+        let log = Log::new(2 * SEGMENT + 10);
+        let archived = log.archive().unwrap();
+        assert_eq!(archived.records, 2 * SEGMENT);
+        assert_eq!(log.files().len(), 2);
+        for file in log.files() {
+            check(&file, &log.key.verifier()).unwrap();
+        }
+
+        let store = Store::open_read_only(log.dir.path()).unwrap();
+        assert_eq!(store.archived_end().unwrap(), 2 * SEGMENT);
+        // The Data Tracker says its answers reach into archived time.
+        assert_eq!(store.archived_until_us().unwrap(), 2_000);
+        assert_eq!(store.size().unwrap(), 2 * SEGMENT + 10);
+        assert!(store.record(5).unwrap().is_none());
+        assert!(store.records_of_request("req-5").unwrap().is_empty());
+        assert_eq!(
+            store
+                .records_of_request(&format!("req-{SEGMENT}"))
+                .unwrap()
+                .len(),
+            2
+        );
+        let rows: i64 = store
+            .select("SELECT idx, record FROM records", [])
+            .unwrap()
+            .len() as i64;
+        assert_eq!(rows, 10);
+
+        // The writer reopens it and appends; everything verifies.
+        log.append(2 * SEGMENT + 10..2 * SEGMENT + 20);
+        let report = log.verify().unwrap();
+        assert_eq!(report.problem, None);
+        assert_eq!(report.records, 2 * SEGMENT + 20);
+        assert_eq!(report.latest.unwrap().size, 2 * SEGMENT + 20);
+        // Without the archives, verify says what it needs.
+        let without = verify::verify_log(log.dir.path(), &log.key.verifier());
+        assert!(
+            matches!(without, Err(VerifyError::ArchivesNeeded(end)) if end == 2 * SEGMENT),
+            "{without:?}"
+        );
+        // Nothing left to archive: a second run changes nothing.
+        assert_eq!(log.archive().unwrap().records, 0);
+    }
+
+    /// A record of the first archive is proven against the latest
+    /// checkpoint, signed after the archive run, and the proof checks
+    /// offline; so is a record still in the hot store.
+    #[test]
+    fn archived_records_are_proven_against_new_checkpoints() {
+        let log = Log::new(SEGMENT + 10);
+        log.archive().unwrap();
+        log.append(SEGMENT + 10..SEGMENT + 30);
+        for index in [0, 12_345, SEGMENT - 1, SEGMENT + 25] {
+            let bundles = verify::prove_with_archives(
+                log.dir.path(),
+                Some(log.out.path()),
+                &verify::RecordKey::Index(index),
+            )
+            .unwrap();
+            assert_eq!(bundles.len(), 1);
+            assert_eq!(bundles[0].tree_size, SEGMENT + 30);
+            verify::check_bundle(&bundles[0], &log.key.verifier()).unwrap();
+        }
+        let without = verify::prove(log.dir.path(), &verify::RecordKey::Index(3));
+        assert!(
+            matches!(without, Err(verify::ProveError::Archived { .. })),
+            "{without:?}"
+        );
+    }
+
+    fn rewrite(path: &Path, edit: impl FnOnce(&mut Vec<String>)) {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut GzDecoder::new(File::open(path).unwrap()), &mut text)
+            .unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        edit(&mut lines);
+        let mut gzip = GzEncoder::new(File::create(path).unwrap(), Compression::fast());
+        for line in lines {
+            writeln!(gzip, "{line}").unwrap();
+        }
+        gzip.finish().unwrap();
+    }
+
+    /// Whatever is done to an archive file, `check` and `audit verify`
+    /// find it and name the file.
+    #[test]
+    fn tampered_archives_are_named() {
+        let log = Log::new(SEGMENT + 10);
+        log.archive().unwrap();
+        let file = log.files().remove(0);
+        let original = std::fs::read(&file).unwrap();
+        let named = |problem: verify::Problem, kind: ProblemKind, what: &str| {
+            assert_eq!(problem.kind, kind, "{problem}");
+            assert!(
+                problem.message.contains(&file.display().to_string()),
+                "{problem}"
+            );
+            assert!(problem.message.contains(what), "{problem}");
+        };
+
+        // A flipped byte.
+        let mut flipped = original.clone();
+        flipped[original.len() / 2] ^= 0x40;
+        std::fs::write(&file, &flipped).unwrap();
+        named(log.problem(), ProblemKind::ArchiveDamaged, "");
+
+        // A record dropped.
+        std::fs::write(&file, &original).unwrap();
+        rewrite(&file, |lines| {
+            lines.remove(100);
+        });
+        named(
+            log.problem(),
+            ProblemKind::ArchiveDamaged,
+            "record 99 is missing",
+        );
+
+        // A record altered, its line still well-formed.
+        std::fs::write(&file, &original).unwrap();
+        rewrite(&file, |lines| {
+            let forged = Line {
+                idx: 7,
+                record: BASE64.encode(record(8).encode_to_vec()),
+            };
+            lines[8] = serde_json::to_string(&forged).unwrap();
+        });
+        named(
+            log.problem(),
+            ProblemKind::ArchiveDamaged,
+            "manifest's hash",
+        );
+
+        // Its checkpoint replaced by another, validly signed, of another tree.
+        std::fs::write(&file, &original).unwrap();
+        let other = Checkpoint {
+            origin: ORIGIN.to_owned(),
+            size: SEGMENT + 10,
+            root: merkle::leaf_hash(b"another tree"),
+        }
+        .sign(&log.key);
+        rewrite(&file, |lines| {
+            let mut manifest: Manifest = serde_json::from_str(&lines[0]).unwrap();
+            manifest.checkpoint = other;
+            lines[0] = serde_json::to_string(&manifest).unwrap();
+        });
+        named(
+            log.problem(),
+            ProblemKind::ArchiveDamaged,
+            "not in the tree",
+        );
+
+        // The file gone.
+        std::fs::remove_file(&file).unwrap();
+        let problem = log.problem();
+        assert_eq!(problem.kind, ProblemKind::ArchiveMissing, "{problem}");
+        assert_eq!(problem.index, 0);
+
+        std::fs::write(&file, &original).unwrap();
+        assert_eq!(log.verify().unwrap().problem, None);
+    }
+
+    /// A full disk while the file is written: nothing leaves the hot
+    /// store, and the next run, with room again, does the work.
+    #[test]
+    fn a_full_disk_removes_nothing_and_the_next_run_resumes() {
+        let log = Log::new(SEGMENT + 10);
+        let temporary = log
+            .out
+            .path()
+            .join(format!(".{}.tmp", file_name(0, SEGMENT)));
+        // Every write to /dev/full fails as on a full disk (ENOSPC).
+        std::os::unix::fs::symlink("/dev/full", &temporary).unwrap();
+        let failed = log.archive().unwrap_err();
+        assert!(
+            failed
+                .to_string()
+                .contains(&*temporary.display().to_string()),
+            "{failed}"
+        );
+        let store = Store::open_read_only(log.dir.path()).unwrap();
+        assert_eq!(store.archived_end().unwrap(), 0);
+        assert_eq!(
+            store.records_from(0, usize::MAX).unwrap().len() as u64,
+            SEGMENT + 10
+        );
+        assert!(log.files().is_empty());
+
+        assert!(!temporary.exists(), "a half-written file was left");
+        assert_eq!(log.archive().unwrap().records, SEGMENT);
+        assert_eq!(log.verify().unwrap().problem, None);
+    }
+}
