@@ -410,8 +410,8 @@ impl Store {
         &self.path
     }
 
-    fn configure_writer(&self) -> Result<(), StoreError> {
-        let connection = &self.connection;
+    fn configure_writer(&mut self) -> Result<(), StoreError> {
+        let connection = &mut self.connection;
         let mode: String = connection
             .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
             .at(&self.path)?;
@@ -430,7 +430,7 @@ impl Store {
         connection
             .pragma_update(None, "wal_autocheckpoint", 0)
             .at(&self.path)?;
-        connection.busy_timeout(BUSY_TIMEOUT).at(&self.path)?;
+        connection.busy_handler(Some(wait_briefly)).at(&self.path)?;
         Ok(())
     }
 
@@ -908,6 +908,10 @@ impl Store {
         connection
             .pragma_update(None, "synchronous", "FULL")
             .at(&path)?;
+        // The gateway's checkpointer copies the WAL; this run only adds to it.
+        connection
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .at(&path)?;
         Ok(Self {
             path,
             connection,
@@ -975,41 +979,49 @@ impl Store {
     /// segments stays: the tree is never rewritten, and proofs of archived
     /// records climb through it.
     pub fn remove_archived_rows(&mut self) -> Result<(), StoreError> {
-        /// Records removed per transaction: a few milliseconds of lock.
-        const CHUNK: u64 = 4096;
         let end = self.archived_end()?;
-        let lowest: Option<i64> = self
-            .connection
-            .query_row("SELECT MIN(idx) FROM records", [], |row| row.get(0))
-            .at(&self.path)?;
-        let mut from = lowest.map_or(end, |lowest| u64::try_from(lowest).unwrap_or(0));
-        while from < end {
-            let to = (from + CHUNK).min(end);
-            self.connection
-                .execute(
-                    "DELETE FROM records WHERE idx >= ?1 AND idx < ?2",
-                    [to_i64(from), to_i64(to)],
-                )
-                .at(&self.path)?;
-            from = to;
-        }
         let segments = lookup::segment_of(end);
         if segments == 0 {
             return Ok(());
         }
-        self.connection
-            .execute("DELETE FROM lookups WHERE segment < ?1", [to_i64(segments)])
-            .at(&self.path)?;
+        self.remove_in_chunks(
+            "DELETE FROM records WHERE idx IN \
+             (SELECT idx FROM records WHERE idx < ?1 ORDER BY idx LIMIT ?2)",
+            to_i64(end),
+        )?;
+        self.remove_in_chunks(
+            "DELETE FROM lookups WHERE (segment, key, idx) IN \
+             (SELECT segment, key, idx FROM lookups WHERE segment < ?1 LIMIT ?2)",
+            to_i64(segments),
+        )?;
         // In completion order, the nodes inside the archived segments come
-        // before the last one's root; the roots stay.
+        // before the last one's root; the roots (level 16) stay.
         let level = SEGMENT.trailing_zeros();
-        self.connection
-            .execute(
-                "DELETE FROM tree_nodes WHERE pos < ?1 AND level < ?2",
-                params![to_i64(node_position(level, segments - 1)), level],
-            )
-            .at(&self.path)?;
-        Ok(())
+        self.remove_in_chunks(
+            &format!(
+                "DELETE FROM tree_nodes WHERE pos IN \
+                 (SELECT pos FROM tree_nodes WHERE pos < ?1 AND level < {level} LIMIT ?2)"
+            ),
+            to_i64(node_position(level, segments - 1)),
+        )
+    }
+
+    /// Runs `delete` (with `bound` and a chunk size) until it removes
+    /// nothing, a transaction per chunk, leaving the lock to the gateway's
+    /// writer a moment between two.
+    fn remove_in_chunks(&self, delete: &str, bound: i64) -> Result<(), StoreError> {
+        /// Rows removed per transaction: a few milliseconds of lock.
+        const CHUNK: i64 = 2048;
+        loop {
+            let removed = self
+                .connection
+                .execute(delete, [bound, CHUNK])
+                .at(&self.path)?;
+            if removed == 0 {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Restarts the write-ahead log once it has grown past `bound` bytes:
@@ -1020,7 +1032,7 @@ impl Store {
     /// background checkpoints alone the file grows by every commit (some
     /// 8 KB a record) until the gateway stops. Called between batches,
     /// once their calls have their answers.
-    pub fn restart_wal_above(&self, bound: u64) {
+    pub fn restart_wal_above(&mut self, bound: u64) {
         let mut wal = self.path.clone().into_os_string();
         wal.push("-wal");
         if std::fs::metadata(&wal).map_or(0, |file| file.len()) <= bound {
@@ -1031,21 +1043,15 @@ impl Store {
         // busy timeout. Without waiting, the checkpoint copies what it can
         // and the restart is tried again after the next batch; the WAL
         // cannot restart while a reader uses it anyway.
-        let connection = &self.connection;
-        let restarted = connection
-            .busy_timeout(Duration::ZERO)
-            .and_then(|()| {
-                connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
-                    row.get::<_, i64>(0)
-                })
+        let connection = &mut self.connection;
+        let restarted = connection.busy_handler(None::<fn(i32) -> bool>);
+        let restarted = restarted.and_then(|()| {
+            connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                row.get::<_, i64>(0)
             })
-            .and_then(|busy| {
-                connection.busy_timeout(BUSY_TIMEOUT)?;
-                Ok(busy)
-            });
-        if let Err(error) = restarted {
-            // The timeout back, whatever failed: commits wait as before.
-            let _ = connection.busy_timeout(BUSY_TIMEOUT);
+        });
+        // The handler back, whatever failed: commits wait as before.
+        if let Err(error) = connection.busy_handler(Some(wait_briefly)).and(restarted) {
             tracing::warn!(file = %self.path.display(), %error, "WAL restart failed");
         }
     }
@@ -1209,8 +1215,26 @@ pub struct WalCheckpointer {
 /// batch being committed.
 pub const WAL_BOUND: u64 = 16 << 20;
 
-/// How long the writer waits for a lock a checkpoint holds.
+/// How long the writer waits for a lock a checkpoint or an archive run
+/// holds...
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// ...trying again this often.
+const BUSY_STEP: Duration = Duration::from_micros(200);
+
+/// The writer's busy handler: waits for a lock in short steps, up to
+/// [`BUSY_TIMEOUT`]. SQLite's own handler sleeps longer at each try (up to
+/// 100 ms), which holds calls long after a short lock is released: with
+/// it, an archive run beside a gateway at 500 calls/s took p99 from 3 to
+/// 73 ms.
+fn wait_briefly(attempt: i32) -> bool {
+    let attempts = BUSY_TIMEOUT.as_micros() / BUSY_STEP.as_micros();
+    if u128::try_from(attempt).unwrap_or(u128::MAX) >= attempts {
+        return false;
+    }
+    std::thread::sleep(BUSY_STEP);
+    true
+}
 
 /// How often the WAL is copied into the database.
 const WAL_CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
@@ -1499,13 +1523,16 @@ mod tests {
         store.restart_wal_above(0);
         assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
         assert_eq!(store.size().unwrap(), 21);
-        // And commits wait for locks as before.
-        assert_eq!(
-            store
-                .connection
-                .query_row("PRAGMA busy_timeout", [], |row| row.get::<_, i64>(0))
-                .unwrap(),
-            5_000
-        );
+        // And commits wait for locks as before: one held a moment by
+        // another writer (an archive run) delays the append, never fails it.
+        let other = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            other.execute_batch("COMMIT").unwrap();
+        });
+        store.append(&mut frontier, &[&record], None).unwrap();
+        holder.join().unwrap();
+        assert_eq!(store.size().unwrap(), 22);
     }
 }
