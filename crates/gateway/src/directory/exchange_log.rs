@@ -21,6 +21,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status};
 
 use crate::directory::LocalContext;
+use crate::exchange_log::lookup::SEGMENT;
 use crate::exchange_log::merkle::{self, Hash};
 use crate::exchange_log::note;
 use crate::exchange_log::store::{Store, StoreError, StoredRecord};
@@ -122,6 +123,12 @@ pub enum ReadError {
     NotDataTrackerClient(MemberId),
     #[error("subject: {0}")]
     BadSubject(InvalidNin),
+    #[error(
+        "record {index} is archived (records before {archived_end} left this gateway's store \
+         for archive files): its proofs come from the archives, through the gateway's \
+         operator (`govbridge audit prove --archives`)"
+    )]
+    Archived { index: u64, archived_end: u64 },
     /// The detail (file paths, SQLite errors) is for the gateway's logs.
     #[error("the exchange log cannot be read right now; retry later")]
     Unreadable(String),
@@ -137,7 +144,9 @@ impl ReadError {
     fn code(&self) -> Code {
         match self {
             Self::Off | Self::Unreadable(_) => Code::Unavailable,
-            Self::NoCheckpoint(_) | Self::NotCheckpointed { .. } => Code::FailedPrecondition,
+            Self::NoCheckpoint(_) | Self::NotCheckpointed { .. } | Self::Archived { .. } => {
+                Code::FailedPrecondition
+            }
             Self::NotFound(_) => Code::NotFound,
             Self::BadRequest(_) | Self::BadSubject(_) => Code::InvalidArgument,
             Self::BeyondCheckpoint { .. } => Code::OutOfRange,
@@ -151,6 +160,7 @@ impl ReadError {
             Self::Off => "exchange-log-off",
             Self::NoCheckpoint(_) | Self::NotCheckpointed { .. } => "not-checkpointed",
             Self::NotFound(_) => "record-not-found",
+            Self::Archived { .. } => "record-archived",
             Self::BadRequest(_) => "bad-request",
             Self::BeyondCheckpoint { .. } => "beyond-checkpoint",
             Self::NotDataTrackerClient(_) => "not-a-data-tracker-client",
@@ -263,7 +273,10 @@ impl ExchangeLogService {
             // outcome once there is one. Request ids come from callers, so
             // records of someone else's call may share one.
             let found = match &key {
-                RecordKey::Index(index) => store.record(*index)?,
+                RecordKey::Index(index) => {
+                    archived(store, *index)?;
+                    store.record(*index)?
+                }
                 RecordKey::RequestId(id) => store.last_record_of_request_for(id, &member)?,
             };
             let party = |stored: &StoredRecord| {
@@ -307,6 +320,7 @@ impl ExchangeLogService {
             )));
         }
         let proof = read(log, move |store| {
+            archived(store, index)?;
             merkle::inclusion_proof(store, index, size)?.map_err(|error| unprovable(&error))
         })
         .await?;
@@ -331,6 +345,11 @@ impl ExchangeLogService {
             )));
         }
         let proof = read(log, move |store| {
+            // A tree that ends inside an archived segment is made of nodes
+            // that left with it; one that ends at a segment's end is not.
+            if !old.is_multiple_of(SEGMENT) {
+                archived(store, old)?;
+            }
             merkle::consistency_proof(store, old, new)?.map_err(|error| unprovable(&error))
         })
         .await?;
@@ -340,6 +359,18 @@ impl ExchangeLogService {
             hashes: hashes(proof),
         })
     }
+}
+
+/// Fails when record `index` has left the store for an archive.
+fn archived(store: &Store, index: u64) -> Result<(), ReadError> {
+    let archived_end = store.archived_end()?;
+    if index < archived_end {
+        return Err(ReadError::Archived {
+            index,
+            archived_end,
+        });
+    }
+    Ok(())
 }
 
 fn answer<T>(result: Result<T, ReadError>) -> Result<Response<T>, Status> {
@@ -495,6 +526,33 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// Records that left for an archive are named as such, never as
+    /// missing or unreadable.
+    #[test]
+    fn archived_records_say_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "test.example/log").unwrap();
+        assert!(archived(&store, 0).is_ok());
+        rusqlite::Connection::open(dir.path().join(crate::exchange_log::store::DATABASE_FILE))
+            .unwrap()
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('archived_end', ?1)",
+                [SEGMENT.to_string()],
+            )
+            .unwrap();
+        assert!(archived(&store, SEGMENT).is_ok());
+        let status = archived(&store, 5).unwrap_err().into_status();
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(
+            status.metadata().get(BRIDGE_ERROR).unwrap(),
+            "record-archived"
+        );
+        assert!(
+            status.message().contains("audit prove --archives"),
+            "{status:?}"
+        );
     }
 
     #[test]
