@@ -634,3 +634,37 @@ fn an_admin_endpoint_off_loopback_needs_a_token() {
     );
     assert_eq!(error_of(&text).key, "gateway.admin_token_file");
 }
+
+#[test]
+fn a_retention_is_read_and_named() {
+    let config = Config::parse(Path::new(PATH), govbridge::dev::CONFIG_TEMPLATE).unwrap();
+    assert_eq!(config.exchange_log.retain, None);
+    assert_eq!(
+        config.exchange_log.archive_dir,
+        Path::new("/etc/govbridge/data/archives")
+    );
+
+    let text = edited("# retain = \"90d\"", "retain = \"90d\"");
+    let text = text.replacen(
+        "# archive_dir = \"archives\"",
+        "archive_dir = \"archives\"",
+        1,
+    );
+    let config = Config::parse(Path::new(PATH), &text).unwrap();
+    assert_eq!(
+        config.exchange_log.retain,
+        Some(std::time::Duration::from_secs(90 * 86_400))
+    );
+    assert_eq!(
+        config.exchange_log.archive_dir,
+        Path::new("/etc/govbridge/archives")
+    );
+
+    for (value, message) in [("\"30m\"", "at least 1h"), ("\"90\"", "no unit")] {
+        let text = edited("# retain = \"90d\"", &format!("retain = {value}"));
+        let error = error_of(&text);
+        assert_eq!(error.key, "exchange_log.retain", "{error}");
+        assert_eq!(error.line, Some(line_of(&text, "retain = ")), "{error}");
+        assert!(error.message.contains(message), "{value}: {error}");
+    }
+}

@@ -279,12 +279,8 @@ fn load_verifier(data: &Path, key: Option<&Path>) -> anyhow::Result<Verifier> {
     Verifier::read(&path).map_err(anyhow::Error::msg)
 }
 
-/// A retention: `90d`, or any duration the configuration takes (`12h`).
 fn retention(text: &str) -> Result<Duration, String> {
-    match text.strip_suffix('d').map(str::parse::<u64>) {
-        Some(Ok(days)) => Ok(Duration::from_secs(days.saturating_mul(86_400))),
-        _ => govbridge::config::parse_duration(text),
-    }
+    govbridge::config::parse_retention(text)
 }
 
 fn archive(data: &Path, out: &Path, retain: Duration, key: Option<&Path>) -> anyhow::Result<()> {

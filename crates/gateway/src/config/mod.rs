@@ -150,6 +150,11 @@ pub struct ExchangeLogConfig {
     pub checkpoint_records: u64,
     /// Who may call `DataTracker` (the citizens' portal).
     pub data_tracker_clients: Vec<MemberId>,
+    /// How long records stay in the store before the gateway moves them
+    /// into archive files; kept forever when `None`.
+    pub retain: Option<Duration>,
+    /// Where the archive files go.
+    pub archive_dir: PathBuf,
 }
 
 impl ExchangeLogConfig {
@@ -162,6 +167,8 @@ impl ExchangeLogConfig {
             checkpoint_interval: Duration::from_secs(10),
             checkpoint_records: 10_000,
             data_tracker_clients: Vec::new(),
+            retain: None,
+            archive_dir: dir.join("data").join("archives"),
         }
     }
 }
@@ -376,6 +383,14 @@ impl Config {
     /// Validates configuration text as if read from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         raw::parse(path, text)
+    }
+}
+
+/// Parses a retention: `90d`, or a duration as [`parse_duration`] does.
+pub fn parse_retention(text: &str) -> Result<Duration, String> {
+    match text.strip_suffix('d').map(str::parse::<u64>) {
+        Some(Ok(days)) => Ok(Duration::from_secs(days.saturating_mul(86_400))),
+        _ => parse_duration(text).map_err(|message| format!("{message}, or days: `90d`")),
     }
 }
 

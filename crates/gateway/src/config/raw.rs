@@ -17,7 +17,7 @@ use super::{
     Config, ConfigError, ConsentConfig, ExchangeLogConfig, GatewayConfig, LimitsConfig, Member,
     MemberLimits, OtlpConfig, PolicyConfig, PoolSettings, Provider, PublishedService, RateLimit,
     TelemetryConfig, UpstreamConfig, is_group_name, is_service_name, parse_duration,
-    parse_endpoint,
+    parse_endpoint, parse_retention,
 };
 use crate::identity::MemberId;
 use crate::identity::tls::{ClientTls, ServerTls};
@@ -75,6 +75,8 @@ struct RawExchangeLog {
     checkpoint_records: Option<Spanned<u64>>,
     #[serde(default)]
     data_tracker_clients: Vec<Spanned<String>>,
+    retain: Option<Spanned<String>>,
+    archive_dir: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -771,12 +773,34 @@ fn validate_exchange_log(
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let retain = raw
+        .retain
+        .as_ref()
+        .map(|retain| {
+            let kept = parse_retention(retain.get_ref())
+                .map_err(|message| source.error("exchange_log.retain", retain, message))?;
+            if kept < Duration::from_secs(3600) {
+                return Err(source.error(
+                    "exchange_log.retain",
+                    retain,
+                    "must be at least 1h: records leave the store for archive files after it",
+                ));
+            }
+            Ok(kept)
+        })
+        .transpose()?;
+    let data_dir = raw
+        .data_dir
+        .as_ref()
+        .map_or(defaults.data_dir, |dir| source.path(dir));
     Ok(ExchangeLogConfig {
         enabled: raw.enabled.unwrap_or(true),
-        data_dir: raw
-            .data_dir
+        archive_dir: raw
+            .archive_dir
             .as_ref()
-            .map_or(defaults.data_dir, |dir| source.path(dir)),
+            .map_or_else(|| data_dir.join("archives"), |dir| source.path(dir)),
+        retain,
+        data_dir,
         origin,
         checkpoint_interval: source.duration(
             "exchange_log.checkpoint_interval",

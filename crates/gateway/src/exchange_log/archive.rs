@@ -457,6 +457,72 @@ pub fn run(
     Ok(archived)
 }
 
+/// How often a gateway with a retention looks for segments to archive.
+pub const ARCHIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The gateway's own archive runs (`exchange_log.retain`): one when the log
+/// opens, then every [`ARCHIVE_EVERY`], beside the writer, on a thread and a
+/// connection of their own.
+#[derive(Debug)]
+pub struct Archiver {
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub retain: std::time::Duration,
+    pub verifier: Verifier,
+}
+
+impl Archiver {
+    /// Runs until `stopped` disconnects.
+    pub fn run(self, stopped: &std::sync::mpsc::Receiver<()>) {
+        use std::sync::mpsc::RecvTimeoutError;
+        loop {
+            self.pass();
+            if !matches!(
+                stopped.recv_timeout(ARCHIVE_EVERY),
+                Err(RecvTimeoutError::Timeout)
+            ) {
+                return;
+            }
+        }
+    }
+
+    fn pass(&self) {
+        if let Err(failed) = create_private_dir(&self.out) {
+            tracing::error!(dir = %self.out.display(), error = %failed, "cannot make the archive directory");
+            return;
+        }
+        let retain = i64::try_from(self.retain.as_micros()).unwrap_or(i64::MAX);
+        let cutoff = crate::unix_time::micros(std::time::SystemTime::now()).saturating_sub(retain);
+        let archived = run(
+            &self.data,
+            &self.out,
+            cutoff,
+            &self.verifier,
+            |file, records| {
+                tracing::info!(file = %file.display(), records, "archived exchange log records");
+            },
+        );
+        match archived {
+            Ok(Archived {
+                waiting: Some(waiting),
+                ..
+            }) => tracing::info!(waiting, "exchange log archive run stopped"),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::error!(%error, "exchange log archive run failed; the next one resumes");
+            }
+        }
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 /// The tree of a log whose older segments are archived: the nodes inside
 /// an archived segment are computed from its archive file, every other
 /// from the hot store. What proofs of archived records are made from.

@@ -110,6 +110,8 @@ pub struct ExchangeLog {
     verifier: Arc<Verifier>,
     dir: Arc<Path>,
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// The archiver's thread, with `exchange_log.retain`.
+    archiver: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl ExchangeLog {
@@ -132,6 +134,7 @@ impl ExchangeLog {
         });
         let (jobs, queue) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
         let (running, stopped) = std::sync::mpsc::channel::<()>();
+        let (archiving, archive_stopped) = std::sync::mpsc::channel::<()>();
         let wal = store::WalCheckpointer::open(dir)?;
         let verifier = Arc::new(key.verifier());
         let writer = Writer {
@@ -144,7 +147,7 @@ impl ExchangeLog {
             checkpointed: checkpoint.map_or(0, |checkpoint| checkpoint.size),
             last_checkpoint: Instant::now(),
             shared: shared.clone(),
-            _running: running,
+            _running: (running, archiving),
         };
         let thread = std::thread::Builder::new()
             .name("exchange-log".into())
@@ -153,6 +156,23 @@ impl ExchangeLog {
                 path: dir.clone(),
                 message: format!("cannot start the log writer: {error}"),
             })?;
+        let mut archiver_thread = None;
+        if let Some(retain) = config.retain {
+            let archiver = archive::Archiver {
+                data: dir.clone(),
+                out: config.archive_dir.clone(),
+                retain,
+                verifier: (*verifier).clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name("exchange-log-archive".into())
+                .spawn(move || archiver.run(&archive_stopped))
+                .map_err(|error| OpenError::File {
+                    path: dir.clone(),
+                    message: format!("cannot start the archiver: {error}"),
+                })?;
+            archiver_thread = Some(thread);
+        }
         // Copying the WAL into the database is done aside, so that commits
         // never wait for it; it stops when the writer does.
         std::thread::Builder::new()
@@ -175,6 +195,7 @@ impl ExchangeLog {
             verifier,
             dir: Arc::from(dir.as_path()),
             writer: Arc::new(Mutex::new(Some(thread))),
+            archiver: Arc::new(Mutex::new(archiver_thread)),
         })
     }
 
@@ -281,6 +302,15 @@ impl ExchangeLog {
                 tracing::error!("the exchange log writer panicked");
             }
         }
+        // The writer gone, the archiver ends its pass and stops.
+        let archiver = self
+            .archiver
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if archiver.is_some_and(|archiver| archiver.join().is_err()) {
+            tracing::error!("the exchange log archiver panicked");
+        }
     }
 }
 
@@ -333,8 +363,9 @@ struct Writer {
     checkpointed: u64,
     last_checkpoint: Instant,
     shared: Arc<Shared>,
-    /// Dropped when the writer stops, which stops the WAL checkpointer.
-    _running: std::sync::mpsc::Sender<()>,
+    /// Dropped when the writer stops, which stops the WAL checkpointer
+    /// and the archiver.
+    _running: (std::sync::mpsc::Sender<()>, std::sync::mpsc::Sender<()>),
 }
 
 impl Writer {
@@ -563,6 +594,47 @@ fn load_or_create_key(dir: &Path, origin: &str) -> Result<SigningKey, OpenError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With `exchange_log.retain`, the gateway archives by itself, from the
+    /// moment its log opens: a segment of calls from long ago leaves the
+    /// store for an archive file, and the log verifies with it.
+    #[test]
+    fn a_gateway_with_a_retention_archives_by_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::ExchangeLogConfig::defaults(dir.path(), "archive-test");
+        create_private_dir(&config.data_dir).unwrap();
+        let key = load_or_create_key(&config.data_dir, &config.origin).unwrap();
+        {
+            let mut store = Store::open(&config.data_dir, &config.origin).unwrap();
+            let mut frontier = store.frontier().unwrap();
+            let old: Vec<ExchangeRecord> = (0..lookup::SEGMENT + 10)
+                .map(|n| ExchangeRecord {
+                    request_id: format!("old-{n}"),
+                    received_us: 1_000_000,
+                    error_kind: "policy-denied".to_owned(),
+                    ..ExchangeRecord::default()
+                })
+                .collect();
+            let old: Vec<&ExchangeRecord> = old.iter().collect();
+            let signing = Some((config.origin.as_str(), &key));
+            store.append(&mut frontier, &old, signing).unwrap();
+        }
+        config.retain = Some(Duration::from_secs(86_400));
+        let log = ExchangeLog::open(&config).unwrap();
+        log.close();
+
+        let store = Store::open_read_only(&config.data_dir).unwrap();
+        assert_eq!(store.archived_end().unwrap(), lookup::SEGMENT);
+        assert_eq!(archive::list(&config.archive_dir).unwrap().len(), 1);
+        let report = verify::verify_with_archives(
+            &config.data_dir,
+            Some(&config.archive_dir),
+            log.verifier(),
+        )
+        .unwrap();
+        assert_eq!(report.problem, None);
+        assert_eq!(report.records, lookup::SEGMENT + 10);
+    }
 
     /// Calls that never let the writer rest: the journal stays within its
     /// bound while the log takes far more than that.
