@@ -105,6 +105,10 @@ pub enum AuditCommand {
         /// The saved checkpoint (a signed note).
         #[arg(long, value_name = "CHECKPOINT_FILE")]
         old: PathBuf,
+        /// The archives of the log's older records, for a checkpoint that
+        /// ends inside them.
+        #[arg(long, value_name = "DIR")]
+        archives: Option<PathBuf>,
         /// The log's public key; default DIR/log-key.pub.
         #[arg(long, value_name = "PUBFILE")]
         key: Option<PathBuf>,
@@ -205,7 +209,12 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             prove(&data, archives.as_deref(), &key, out.as_deref())
         }
         AuditCommand::CheckProof { file, key } => check_proof(&file, &key),
-        AuditCommand::Consistency { data, old, key } => consistency(&data, &old, key.as_deref()),
+        AuditCommand::Consistency {
+            data,
+            archives,
+            old,
+            key,
+        } => consistency(&data, archives.as_deref(), &old, key.as_deref()),
         AuditCommand::Checkpoint { data } => {
             let store = Store::open_read_only(&data)?;
             let Some(checkpoint) = store.latest_checkpoint()? else {
@@ -390,16 +399,25 @@ fn check_proof(file: &Path, key: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn consistency(data: &Path, old: &Path, key: Option<&Path>) -> anyhow::Result<()> {
+fn consistency(
+    data: &Path,
+    archives: Option<&Path>,
+    old: &Path,
+    key: Option<&Path>,
+) -> anyhow::Result<()> {
     let verifier = load_verifier(data, key)?;
     let note =
         std::fs::read_to_string(old).with_context(|| format!("{}: cannot read", old.display()))?;
-    let proved = verify::consistency(data, &note, &verifier).map_err(|error| match error {
-        verify::ConsistencyError::OldCheckpoint(_) => {
-            anyhow::Error::new(error).context(old.display().to_string())
-        }
-        error => anyhow::Error::new(error).context(data.join(DATABASE_FILE).display().to_string()),
-    })?;
+    let proved =
+        verify::consistency_with_archives(data, archives, &note, &verifier).map_err(|error| {
+            match error {
+                verify::ConsistencyError::OldCheckpoint(_) => {
+                    anyhow::Error::new(error).context(old.display().to_string())
+                }
+                error => anyhow::Error::new(error)
+                    .context(data.join(DATABASE_FILE).display().to_string()),
+            }
+        })?;
     println!(
         "OK: the log's latest checkpoint ({} records) extends the old one ({} records)",
         proved.new.size, proved.old.size

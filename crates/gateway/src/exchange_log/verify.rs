@@ -915,6 +915,13 @@ pub enum ConsistencyError {
         new: u64,
         reason: ProofError,
     },
+    #[error(
+        "the old checkpoint ends inside archived records (records before {archived_end} are \
+         archived): give the directory of their archives"
+    )]
+    Archived { archived_end: u64 },
+    #[error(transparent)]
+    Archive(#[from] archive::RunError),
 }
 
 /// Proves that the latest checkpoint of the log in `dir` extends
@@ -922,6 +929,18 @@ pub enum ConsistencyError {
 /// signed by `verifier`.
 pub fn consistency(
     dir: &Path,
+    old_note: &str,
+    verifier: &Verifier,
+) -> Result<Consistency, ConsistencyError> {
+    consistency_with_archives(dir, None, old_note, verifier)
+}
+
+/// [`consistency`], for a log whose older records are archived in
+/// `archives`: an old checkpoint that ends inside an archived segment is
+/// proven with the nodes its archive gives.
+pub fn consistency_with_archives(
+    dir: &Path,
+    archives: Option<&Path>,
     old_note: &str,
     verifier: &Verifier,
 ) -> Result<Consistency, ConsistencyError> {
@@ -942,7 +961,18 @@ pub fn consistency(
         new: new.size,
         reason,
     };
-    let proof = merkle::consistency_proof(&store, old.size, new.size)?.map_err(not_extension)?;
+    let archived_end = store.archived_end()?;
+    let inside_archives =
+        old.size < archived_end && !old.size.is_multiple_of(super::lookup::SEGMENT);
+    let proof = match archives {
+        Some(archives) if inside_archives => {
+            let tree = archive::ArchivedTree::new(&store, archives)?;
+            merkle::consistency_proof(&tree, old.size, new.size)?
+        }
+        None if inside_archives => return Err(ConsistencyError::Archived { archived_end }),
+        _ => merkle::consistency_proof(&store, old.size, new.size)?,
+    }
+    .map_err(not_extension)?;
     merkle::verify_consistency(old.size, &old.root, new.size, &new.root, &proof)
         .map_err(not_extension)?;
     Ok(Consistency {
