@@ -122,41 +122,11 @@ async fn caller(load: Arc<Load>, gateway: SocketAddr) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_no_acknowledged_call() {
     let bed = Bed::start().await;
-    // A second configuration next to the bed's, with its own log: the
-    // child gateway uses the bed's agencies and certificates.
-    let config = bed.dir().join("crash.toml");
-    let text = std::fs::read_to_string(bed.dir().join("govbridge.toml")).unwrap();
-    assert!(!text.contains("[exchange_log]"));
-    std::fs::write(
-        &config,
-        format!(
-            "{text}\n[exchange_log]\ndata_dir = \"crash-data\"\ncheckpoint_interval = \"50ms\"\n"
-        ),
-    )
-    .unwrap();
-    let data = bed.dir().join("crash-data");
+    let (config, data) = crash_config(&bed);
 
     let (mut child, gateway) = spawn_gateway(&config);
-    let citizen = &bed.data.citizens[0];
-    let load = Arc::new(Load {
-        tls: bed.member_tls("cbao-kyc"),
-        message: VerifyIdentityRequest {
-            nin: citizen.nin.to_string(),
-            first_names: citizen.first_names.clone(),
-            last_name: citizen.last_name.to_owned(),
-            date_of_birth: citizen.date_of_birth.to_string(),
-        },
-        succeeded: AtomicUsize::new(0),
-        enough: Notify::new(),
-        killed: AtomicBool::new(false),
-    });
-    let callers: Vec<_> = (0..16)
-        .map(|_| tokio::spawn(caller(load.clone(), gateway)))
-        .collect();
     // Kill it mid-load, once a few hundred calls went through.
-    tokio::time::timeout(Duration::from_secs(120), load.enough.notified())
-        .await
-        .expect("the calls do not get through");
+    let (load, callers) = load_until_enough(&bed, gateway).await;
     load.killed.store(true, Ordering::Release);
     kill(&mut child, "KILL");
     let mut acknowledged = Vec::new();
@@ -200,16 +170,7 @@ async fn an_archive_run_under_load_then_sigkill_loses_nothing() {
     use govbridge::exchange_log::lookup::SEGMENT;
 
     let bed = Bed::start().await;
-    let config = bed.dir().join("crash.toml");
-    let text = std::fs::read_to_string(bed.dir().join("govbridge.toml")).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "{text}\n[exchange_log]\ndata_dir = \"crash-data\"\ncheckpoint_interval = \"50ms\"\n"
-        ),
-    )
-    .unwrap();
-    let data = bed.dir().join("crash-data");
+    let (config, data) = crash_config(&bed);
     let archives = bed.dir().join("archives");
 
     // A segment of calls made long ago (1970), written as the gateway's
@@ -245,25 +206,7 @@ async fn an_archive_run_under_load_then_sigkill_loses_nothing() {
     }
 
     let (mut child, gateway) = spawn_gateway(&config);
-    let citizen = &bed.data.citizens[0];
-    let load = Arc::new(Load {
-        tls: bed.member_tls("cbao-kyc"),
-        message: VerifyIdentityRequest {
-            nin: citizen.nin.to_string(),
-            first_names: citizen.first_names.clone(),
-            last_name: citizen.last_name.to_owned(),
-            date_of_birth: citizen.date_of_birth.to_string(),
-        },
-        succeeded: AtomicUsize::new(0),
-        enough: Notify::new(),
-        killed: AtomicBool::new(false),
-    });
-    let callers: Vec<_> = (0..16)
-        .map(|_| tokio::spawn(caller(load.clone(), gateway)))
-        .collect();
-    tokio::time::timeout(Duration::from_secs(120), load.enough.notified())
-        .await
-        .expect("the calls do not get through");
+    let (load, callers) = load_until_enough(&bed, gateway).await;
     // Calls are checkpointed within 50 ms: the old segment then is too.
     let archived = tokio::task::spawn_blocking({
         let (data, archives) = (data.clone(), archives.clone());
@@ -320,20 +263,64 @@ async fn an_archive_run_under_load_then_sigkill_loses_nothing() {
     }
 }
 
+/// A second configuration next to the bed's, with its own log: the child
+/// gateway uses the bed's agencies and certificates. Returns it and the
+/// log's directory.
+fn crash_config(bed: &Bed) -> (std::path::PathBuf, std::path::PathBuf) {
+    let config = bed.dir().join("crash.toml");
+    let text = std::fs::read_to_string(bed.dir().join("govbridge.toml")).unwrap();
+    assert!(!text.contains("[exchange_log]"));
+    std::fs::write(
+        &config,
+        format!(
+            "{text}\n[exchange_log]\ndata_dir = \"crash-data\"\ncheckpoint_interval = \"50ms\"\n"
+        ),
+    )
+    .unwrap();
+    (config, bed.dir().join("crash-data"))
+}
+
+/// VerifyIdentity of the bed's first citizen.
+fn verify_identity(bed: &Bed) -> VerifyIdentityRequest {
+    let citizen = &bed.data.citizens[0];
+    VerifyIdentityRequest {
+        nin: citizen.nin.to_string(),
+        first_names: citizen.first_names.clone(),
+        last_name: citizen.last_name.to_owned(),
+        date_of_birth: citizen.date_of_birth.to_string(),
+    }
+}
+
+/// Starts 16 callers on `gateway` and returns once `KILL_AFTER` of their
+/// calls succeeded.
+async fn load_until_enough(
+    bed: &Bed,
+    gateway: SocketAddr,
+) -> (Arc<Load>, Vec<tokio::task::JoinHandle<Vec<String>>>) {
+    let load = Arc::new(Load {
+        tls: bed.member_tls("cbao-kyc"),
+        message: verify_identity(bed),
+        succeeded: AtomicUsize::new(0),
+        enough: Notify::new(),
+        killed: AtomicBool::new(false),
+    });
+    let callers = (0..16)
+        .map(|_| tokio::spawn(caller(load.clone(), gateway)))
+        .collect();
+    tokio::time::timeout(Duration::from_secs(120), load.enough.notified())
+        .await
+        .expect("the calls do not get through");
+    (load, callers)
+}
+
 /// One successful call; returns its request id.
 async fn caller_once(bed: &Bed, gateway: SocketAddr) -> String {
     let channel = H2Client::connect(gateway, bed.member_tls("cbao-kyc"))
         .await
         .unwrap();
     let mut registry = CivilRegistryClient::new(channel);
-    let citizen = &bed.data.citizens[0];
     let id = uuid::Uuid::new_v4().to_string();
-    let mut request = tonic::Request::new(VerifyIdentityRequest {
-        nin: citizen.nin.to_string(),
-        first_names: citizen.first_names.clone(),
-        last_name: citizen.last_name.to_owned(),
-        date_of_birth: citizen.date_of_birth.to_string(),
-    });
+    let mut request = tonic::Request::new(verify_identity(bed));
     request
         .metadata_mut()
         .insert("bridge-request-id", id.parse().unwrap());

@@ -1453,23 +1453,18 @@ mod tests {
 
         let store = Store::open(dir.path(), "test.example/log").unwrap();
         assert_eq!(store.sealed_segments().unwrap(), 1);
-        let indexes_left: i64 = store
-            .connection
-            .query_row(
-                "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'index' AND name LIKE 'records_by%'",
-                [],
-                |row| row.get(0),
-            )
-            .unwrap();
-        assert_eq!(indexes_left, 0);
-        let version: String = store
-            .connection
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'schema_version'",
-                [],
-                |row| row.get(0),
-            )
-            .unwrap();
+        let text = |sql: &str| -> String {
+            store
+                .connection
+                .query_row(sql, [], |row| row.get(0))
+                .unwrap()
+        };
+        let indexes_left = text(
+            "SELECT COUNT(*) || '' FROM sqlite_schema WHERE type = 'index' \
+             AND name LIKE 'records_by%'",
+        );
+        assert_eq!(indexes_left, "0");
+        let version = text("SELECT value FROM meta WHERE key = 'schema_version'");
         assert_eq!(version, SCHEMA_VERSION);
         let found = indexes(
             store
