@@ -816,6 +816,48 @@ mod tests {
         );
     }
 
+    /// A run that stops right after claiming a segment (its file written,
+    /// `archived_end` moved, nothing removed yet) leaves a log that
+    /// verifies; the next run removes what is left.
+    #[test]
+    fn a_run_cut_short_after_its_claim_verifies_and_resumes() {
+        let log = Log::new(SEGMENT + 10);
+        // The same log, as it was before the run.
+        let before = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(log.dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, before.path().join(path.file_name().unwrap())).unwrap();
+        }
+        log.archive().unwrap();
+        let claimed = || Store::open_read_only(before.path()).unwrap();
+        rusqlite::Connection::open(before.path().join(super::super::store::DATABASE_FILE))
+            .unwrap()
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('archived_end', ?1)",
+                [SEGMENT.to_string()],
+            )
+            .unwrap();
+        assert_eq!(claimed().records_from(0, 10).unwrap().len(), 10);
+        let verifier = log.key.verifier();
+        let report =
+            verify::verify_with_archives(before.path(), Some(log.out.path()), &verifier).unwrap();
+        assert_eq!(report.problem, None);
+
+        let resumed = run(
+            before.path(),
+            log.out.path(),
+            i64::MAX,
+            &verifier,
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(resumed.records, 0);
+        assert!(claimed().records_from(0, 10).unwrap()[0].index >= SEGMENT);
+        let report =
+            verify::verify_with_archives(before.path(), Some(log.out.path()), &verifier).unwrap();
+        assert_eq!(report.problem, None);
+    }
+
     fn rewrite(path: &Path, edit: impl FnOnce(&mut Vec<String>)) {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut GzDecoder::new(File::open(path).unwrap()), &mut text)

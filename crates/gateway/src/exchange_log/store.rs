@@ -32,8 +32,10 @@
 //! -- Signed checkpoints (C2SP signed notes), one per tree size.
 //! CREATE TABLE checkpoints (tree_size INTEGER PRIMARY KEY,
 //!                           signed_at INTEGER NOT NULL, note TEXT NOT NULL);
-//! -- schema_version, origin, and sealed_end: the records before it have
-//! -- their lookups in `lookups`.
+//! -- schema_version, origin; sealed_end: the records before it have
+//! -- their lookups in `lookups`; archived_end and archived_until_us: the
+//! -- records before it (up to that time) are in archive files, and their
+//! -- lookups and the tree nodes inside their segments left with them.
 //! CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 //! ```
 //!
@@ -42,13 +44,12 @@
 //! records; readers (the CLI, the gateway's gRPC services) never block it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
-
-use std::sync::Arc;
 
 use super::lookup::{self, Kind, Recent, SEGMENT, Sealing};
 use super::merkle::{self, Frontier, Hash, Nodes};

@@ -485,7 +485,7 @@ fn check_tree(
 ) -> Result<Option<Problem>, StoreError> {
     let size = tree.size();
     for level in 0..64 {
-        let stored = store.level(level)?;
+        let mut stored = store.level(level)?;
         let recomputed = tree.level(level);
         if stored.is_empty() && recomputed.is_empty() {
             break;
@@ -496,6 +496,8 @@ fn check_tree(
         } else {
             0
         };
+        // Unless an archive run stopped before removing them.
+        stored.retain(|(index, _)| usize::try_from(*index).is_ok_and(|index| index >= archived));
         for (position, want) in recomputed.iter().enumerate().skip(archived) {
             let matches = stored
                 .get(position - archived)
