@@ -257,6 +257,17 @@ pub fn check(path: &Path, verifier: &Verifier) -> Result<Checked, ArchiveError> 
             break;
         }
         digest.update(&line);
+        if leaves.len() as u64 == count {
+            return Err(error(
+                path,
+                format!(
+                    "holds more than the {count} records the manifest says (records {} to {}): \
+                     records were added",
+                    manifest.first,
+                    manifest.end - 1
+                ),
+            ));
+        }
         let expected = manifest.first + leaves.len() as u64;
         let parsed: Line = serde_json::from_slice(&line).map_err(|e| {
             error(
@@ -291,10 +302,10 @@ pub fn check(path: &Path, verifier: &Verifier) -> Result<Checked, ArchiveError> 
             path,
             format!(
                 "holds {} records, the manifest says {count} (records {} to {}): records were \
-                 dropped or added",
+                 dropped",
                 leaves.len(),
                 manifest.first,
-                manifest.end
+                manifest.end - 1
             ),
         ));
     }
@@ -903,6 +914,18 @@ mod tests {
             log.problem(),
             ProblemKind::ArchiveDamaged,
             "record 99 is missing",
+        );
+
+        // A record added at the end.
+        std::fs::write(&file, &original).unwrap();
+        rewrite(&file, |lines| {
+            let extra = lines[5].clone();
+            lines.push(extra);
+        });
+        named(
+            log.problem(),
+            ProblemKind::ArchiveDamaged,
+            "records were added",
         );
 
         // A record altered, its line still well-formed.

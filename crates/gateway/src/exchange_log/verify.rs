@@ -250,7 +250,18 @@ impl Walk<'_> {
                 Err(error) => return Ok(problem(ProblemKind::ArchiveDamaged, error.to_string())),
             };
             let manifest = &checked.manifest;
-            if manifest.first != expected {
+            if manifest.first < expected {
+                return Ok(problem(
+                    ProblemKind::ArchiveDamaged,
+                    format!(
+                        "{} holds records {} to {}, which an earlier file holds too",
+                        path.display(),
+                        manifest.first,
+                        manifest.end - 1
+                    ),
+                ));
+            }
+            if manifest.first > expected {
                 return Ok(problem(
                     ProblemKind::ArchiveMissing,
                     format!(
