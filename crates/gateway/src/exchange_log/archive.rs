@@ -150,7 +150,9 @@ pub fn write(
         checkpoint: checkpoint.note.clone(),
         proof: proof.iter().map(|hash| BASE64.encode(hash)).collect(),
     };
-    let temporary = dir.join(format!(".{}.tmp", file_name(first, end)));
+    // Of this process: two runs (the gateway's, a command's) never write
+    // the same temporary file.
+    let temporary = dir.join(temporary_name(first, end));
     if let Err(failed) = write_file(&temporary, &manifest, records) {
         // A full disk keeps no half-written file.
         let _ = std::fs::remove_file(&temporary);
@@ -162,6 +164,12 @@ pub fn write(
         .and_then(|dir| dir.sync_all())
         .map_err(|e| error(dir, format!("cannot sync the directory: {e}")))?;
     Ok(path)
+}
+
+/// The temporary name of the archive of records `[first, end)` while this
+/// process writes it.
+fn temporary_name(first: u64, end: u64) -> String {
+    format!(".{}.{}.tmp", file_name(first, end), std::process::id())
 }
 
 /// Record `stored`'s line, newline included, into `line`.
@@ -238,17 +246,30 @@ pub fn check(path: &Path, verifier: &Verifier) -> Result<Checked, ArchiveError> 
             ),
         ));
     }
+    // Before anything is read or allocated: an archive is one segment.
     let count = manifest.end.saturating_sub(manifest.first);
-    if count == 0 || !count.is_power_of_two() || !manifest.first.is_multiple_of(count) {
+    if count != SEGMENT || !manifest.first.is_multiple_of(SEGMENT) {
         return Err(error(
             path,
             format!(
-                "records {} to {} are not a complete subtree of the log",
+                "records {} to {} are not a segment of the log ({SEGMENT} records from a \
+                 multiple of {SEGMENT})",
                 manifest.first, manifest.end
             ),
         ));
     }
-    let mut leaves = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    if manifest.end > checkpoint.size {
+        return Err(error(
+            path,
+            format!(
+                "its checkpoint covers {} records, not its records {} to {}",
+                checkpoint.size,
+                manifest.first,
+                manifest.end - 1
+            ),
+        ));
+    }
+    let mut leaves = Vec::with_capacity(SEGMENT as usize);
     let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let mut tree = MemoryTree::default();
     loop {
@@ -426,7 +447,19 @@ pub fn run(
     out: &Path,
     cutoff_us: i64,
     verifier: &Verifier,
+    each: impl FnMut(&Path, u64),
+) -> Result<Archived, RunError> {
+    run_until(data, out, cutoff_us, verifier, each, || false)
+}
+
+/// [`run`], stopping between two segments once `stop` says so.
+pub fn run_until(
+    data: &Path,
+    out: &Path,
+    cutoff_us: i64,
+    verifier: &Verifier,
     mut each: impl FnMut(&Path, u64),
+    stop: impl Fn() -> bool,
 ) -> Result<Archived, RunError> {
     let mut store = Store::open_for_archiving(data)?;
     // What a run cut short left between its file and its removal.
@@ -478,6 +511,9 @@ pub fn run(
         archived.records += SEGMENT;
         each(&path, SEGMENT);
         archived.files.push(path);
+        if stop() {
+            break;
+        }
     }
     Ok(archived)
 }
@@ -499,9 +535,11 @@ pub struct Archiver {
 impl Archiver {
     /// Runs until `stopped` disconnects.
     pub fn run(self, stopped: &std::sync::mpsc::Receiver<()>) {
-        use std::sync::mpsc::RecvTimeoutError;
+        use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
+        // The gateway closing stops a long pass between two segments.
+        let closing = || matches!(stopped.try_recv(), Err(TryRecvError::Disconnected));
         loop {
-            self.pass();
+            self.pass(&closing);
             if !matches!(
                 stopped.recv_timeout(ARCHIVE_EVERY),
                 Err(RecvTimeoutError::Timeout)
@@ -511,14 +549,14 @@ impl Archiver {
         }
     }
 
-    fn pass(&self) {
+    fn pass(&self, closing: &dyn Fn() -> bool) {
         if let Err(failed) = create_private_dir(&self.out) {
             tracing::error!(dir = %self.out.display(), error = %failed, "cannot make the archive directory");
             return;
         }
         let retain = i64::try_from(self.retain.as_micros()).unwrap_or(i64::MAX);
         let cutoff = crate::unix_time::micros(std::time::SystemTime::now()).saturating_sub(retain);
-        let archived = run(
+        let archived = run_until(
             &self.data,
             &self.out,
             cutoff,
@@ -526,6 +564,7 @@ impl Archiver {
             |file, records| {
                 tracing::info!(file = %file.display(), records, "archived exchange log records");
             },
+            closing,
         );
         match archived {
             Ok(Archived {
@@ -755,6 +794,27 @@ mod tests {
             .unwrap()
             .len() as i64;
         assert_eq!(rows, 10);
+        // What was inside the archived segments left with them; their
+        // roots, which proofs of newer records climb through, stayed.
+        assert!(store.lookup_run(0).unwrap().is_empty());
+        assert!(store.lookup_run(1).unwrap().is_empty());
+        for level in 0..SEGMENT_LEVEL {
+            let inside = store
+                .level(level)
+                .unwrap()
+                .into_iter()
+                .filter(|(index, _)| ((*index as u64) << level) < 2 * SEGMENT)
+                .count();
+            assert_eq!(inside, 0, "level {level}");
+        }
+        assert_eq!(store.level(SEGMENT_LEVEL).unwrap().len(), 2);
+        // A record still in the store is proven without the archives.
+        let bundles = verify::prove(
+            log.dir.path(),
+            &verify::RecordKey::RequestId(format!("req-{}", SEGMENT + 2)),
+        )
+        .unwrap();
+        assert_eq!(bundles.len(), 2);
 
         // The writer reopens it and appends; everything verifies.
         log.append(2 * SEGMENT + 10..2 * SEGMENT + 20);
@@ -833,13 +893,42 @@ mod tests {
     #[test]
     fn a_run_cut_short_after_its_claim_verifies_and_resumes() {
         let log = Log::new(SEGMENT + 10);
-        // The same log, as it was before the run.
-        let before = tempfile::tempdir().unwrap();
-        for entry in std::fs::read_dir(log.dir.path()).unwrap() {
-            let path = entry.unwrap().path();
-            std::fs::copy(&path, before.path().join(path.file_name().unwrap())).unwrap();
-        }
+        // The same log, as it was before the run, twice.
+        let copy = || {
+            let copy = tempfile::tempdir().unwrap();
+            for entry in std::fs::read_dir(log.dir.path()).unwrap() {
+                let path = entry.unwrap().path();
+                std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
+            }
+            copy
+        };
+        let (before, unclaimed) = (copy(), copy());
         log.archive().unwrap();
+        let file = log.files().remove(0);
+        let written = std::fs::metadata(&file).unwrap().modified().unwrap();
+
+        // Stopped after writing its file, before its claim: the next run
+        // takes the file as it is.
+        let verifier = log.key.verifier();
+        let resumed = run(
+            unclaimed.path(),
+            log.out.path(),
+            i64::MAX,
+            &verifier,
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(resumed.files, std::slice::from_ref(&file));
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().modified().unwrap(),
+            written
+        );
+        let report =
+            verify::verify_with_archives(unclaimed.path(), Some(log.out.path()), &verifier)
+                .unwrap();
+        assert_eq!(report.problem, None);
+
+        // Stopped after its claim, before removing anything.
         let claimed = || Store::open_read_only(before.path()).unwrap();
         rusqlite::Connection::open(before.path().join(super::super::store::DATABASE_FILE))
             .unwrap()
@@ -849,7 +938,6 @@ mod tests {
             )
             .unwrap();
         assert_eq!(claimed().records_from(0, 10).unwrap().len(), 10);
-        let verifier = log.key.verifier();
         let report =
             verify::verify_with_archives(before.path(), Some(log.out.path()), &verifier).unwrap();
         assert_eq!(report.problem, None);
@@ -962,6 +1050,15 @@ mod tests {
             "not in the tree",
         );
 
+        // A manifest that claims a range no segment has.
+        std::fs::write(&file, &original).unwrap();
+        rewrite(&file, |lines| {
+            let mut manifest: Manifest = serde_json::from_str(&lines[0]).unwrap();
+            manifest.end = 1 << 40;
+            lines[0] = serde_json::to_string(&manifest).unwrap();
+        });
+        named(log.problem(), ProblemKind::ArchiveDamaged, "not a segment");
+
         // The file gone.
         std::fs::remove_file(&file).unwrap();
         let problem = log.problem();
@@ -977,10 +1074,7 @@ mod tests {
     #[test]
     fn a_full_disk_removes_nothing_and_the_next_run_resumes() {
         let log = Log::new(SEGMENT + 10);
-        let temporary = log
-            .out
-            .path()
-            .join(format!(".{}.tmp", file_name(0, SEGMENT)));
+        let temporary = log.out.path().join(temporary_name(0, SEGMENT));
         // Every write to /dev/full fails as on a full disk (ENOSPC).
         std::os::unix::fs::symlink("/dev/full", &temporary).unwrap();
         let failed = log.archive().unwrap_err();

@@ -275,6 +275,22 @@ impl Store {
     fn catch_up_lookups(&mut self) -> Result<(), StoreError> {
         let size = self.size()?;
         self.sealed_end = self.sealed_end()?;
+        let archived = self.archived_end()?;
+        if !self.sealed_end.is_multiple_of(SEGMENT)
+            || !archived.is_multiple_of(SEGMENT)
+            || archived > self.sealed_end
+            || self.sealed_end > size
+        {
+            return Err(StoreError::invalid(
+                &self.path,
+                format!(
+                    "meta says archived_end {archived} and sealed_end {}, which do not fit a log \
+                     of {size} records (multiples of {SEGMENT}, archived_end <= sealed_end <= \
+                     records): the database was edited; run `govbridge audit verify`",
+                    self.sealed_end
+                ),
+            ));
+        }
         while self.sealed_end + SEGMENT <= size {
             let (from, to) = (self.sealed_end, self.sealed_end + SEGMENT);
             let entries = self.scan_lookups(from, to)?;
@@ -348,6 +364,19 @@ impl Store {
                 StoreError::invalid(&self.path, format!("meta {key} is `{value}`, not a number"))
             }),
         }
+    }
+
+    /// Starts a read transaction, unless one is open: what is read until
+    /// it is dropped comes from one state of the database, whatever the
+    /// writer or an archive run commit meanwhile.
+    pub fn snapshot(&self) -> Result<Option<rusqlite::Transaction<'_>>, StoreError> {
+        if !self.connection.is_autocommit() {
+            return Ok(None);
+        }
+        self.connection
+            .unchecked_transaction()
+            .map(Some)
+            .at(&self.path)
     }
 
     /// Segments whose lookups are sealed.
@@ -619,12 +648,14 @@ impl Store {
         // then seen there, and one not committed yet is still here.
         let recent = self.recent.as_ref().map(|recent| recent.find(key));
         // One snapshot for the seal's bound, the runs and the scan.
-        let snapshot = self.connection.unchecked_transaction().at(&self.path)?;
-        let sealed_end = self.sealed_end()?;
+        let snapshot = self.snapshot()?;
+        // Bounded by the records, whatever `meta` says.
+        let sealed_end = self.sealed_end()?.min(self.size()?);
         let archived = lookup::segment_of(self.archived_end()?);
         let mut found = Vec::new();
         if sealed_end > 0 {
-            let mut probe = snapshot
+            let mut probe = self
+                .connection
                 .prepare_cached("SELECT idx FROM lookups WHERE segment = ?1 AND key = ?2")
                 .at(&self.path)?;
             for segment in archived..lookup::segment_of(sealed_end) {
@@ -639,7 +670,8 @@ impl Store {
         match recent {
             Some(recent) => found.extend(recent),
             None => {
-                let mut scan = snapshot
+                let mut scan = self
+                    .connection
                     .prepare_cached(&format!(
                         "SELECT idx FROM records WHERE idx >= ?1 AND {} = ?2",
                         kind.column()
@@ -655,7 +687,7 @@ impl Store {
                 }
             }
         }
-        snapshot.finish().at(&self.path)?;
+        drop(snapshot);
         found.sort_unstable();
         found.dedup();
         Ok(found)

@@ -144,6 +144,8 @@ pub fn verify_with_archives(
     verifier: &Verifier,
 ) -> Result<VerifyReport, VerifyError> {
     let store = Store::open_read_only(dir)?;
+    // One state of the log, whatever an archive run beside does meanwhile.
+    let _snapshot = store.snapshot()?;
     // Checkpoints first: each was committed with the records it covers, so
     // the records read next include them all even while the gateway
     // appends.
@@ -160,6 +162,7 @@ pub fn verify_with_archives(
         lookups: Vec::new(),
         archived_decisions: std::collections::HashMap::new(),
         archived_end,
+        last_archive: 0..0,
     };
     if archived_end > 0 {
         let archives = archives.ok_or(VerifyError::ArchivesNeeded(archived_end))?;
@@ -207,6 +210,8 @@ struct Walk<'a> {
     archived_decisions: std::collections::HashMap<u64, String>,
     /// Records before this are in archives.
     archived_end: u64,
+    /// The records of the last archive read.
+    last_archive: std::ops::Range<u64>,
 }
 
 impl Walk<'_> {
@@ -278,6 +283,7 @@ impl Walk<'_> {
                 self.tree.push(*leaf);
             }
             self.rows += checked.leaves.len() as u64;
+            self.last_archive = manifest.first..manifest.end;
             self.archived_decisions = archive::records(&path)?
                 .iter()
                 .filter_map(|stored| {
@@ -415,8 +421,8 @@ impl Walk<'_> {
             return Ok(Ok(()));
         }
         let decision = record.decision_index;
-        let linked = if let Some(request_id) = self.archived_decisions.get(&decision) {
-            *request_id == record.request_id
+        let linked = if self.last_archive.contains(&decision) {
+            self.archived_decisions.get(&decision) == Some(&record.request_id)
         } else if decision < self.archived_end {
             // A call longer than a segment: its decision is in an earlier
             // archive, checked as a record there but not as this link.
@@ -771,20 +777,18 @@ pub fn prove_with_archives(
     key: &RecordKey,
 ) -> Result<Vec<ProofBundle>, ProveError> {
     let store = Store::open_read_only(dir)?;
+    let _snapshot = store.snapshot()?;
     let archived_end = store.archived_end()?;
     let tree = match (archived_end, archives) {
         (0, _) => None,
         (_, Some(archives)) => Some(archive::ArchivedTree::new(&store, archives)?),
-        (_, None) => {
-            let index = match key {
-                RecordKey::Index(index) => Some(*index),
-                RecordKey::RequestId(_) => None,
-            };
-            if index.is_none_or(|index| index < archived_end) {
+        // Records still in the store are proven without the archives.
+        (_, None) => match key {
+            RecordKey::Index(index) if *index < archived_end => {
                 return Err(ProveError::Archived { archived_end });
             }
-            None
-        }
+            _ => None,
+        },
     };
     // The checkpoint before the records: anything it covers is there.
     let latest = store.latest_checkpoint()?;
@@ -959,6 +963,7 @@ pub fn consistency_with_archives(
 ) -> Result<Consistency, ConsistencyError> {
     let old = Checkpoint::open(old_note, verifier).map_err(ConsistencyError::OldCheckpoint)?;
     let store = Store::open_read_only(dir)?;
+    let _snapshot = store.snapshot()?;
     let latest = store
         .latest_checkpoint()?
         .ok_or(ConsistencyError::NoCheckpoint)?;
