@@ -43,6 +43,7 @@
 //! Only the gateway's writer thread writes, in one transaction per batch of
 //! records; readers (the CLI, the gateway's gRPC services) never block it.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -586,16 +587,20 @@ impl Store {
                  AND (caller = ?3 OR provider = ?3)",
             )
             .at(&self.path)?;
-        for index in self.find(Kind::Request, request_id)?.into_iter().rev() {
+        let mut found = None;
+        self.visit_newest_first(Kind::Request, request_id, |index| {
             let bytes: Option<Vec<u8>> = statement
                 .query_row(params![to_i64(index), request_id, member], |row| row.get(0))
                 .optional()
                 .at(&self.path)?;
-            if let Some(bytes) = bytes {
-                return Ok(Some(StoredRecord { index, bytes }));
-            }
-        }
-        Ok(None)
+            found = bytes.map(|bytes| StoredRecord { index, bytes });
+            Ok(if found.is_some() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        })?;
+        Ok(found)
     }
 
     /// What the Data Tracker shows of `subject`: the records that end a
@@ -617,10 +622,10 @@ impl Store {
             )
             .at(&self.path)?;
         let mut found = Vec::new();
-        for index in self.find(Kind::Subject, subject)?.into_iter().rev() {
-            if found.len() == limit {
-                break;
-            }
+        if limit == 0 {
+            return Ok(found);
+        }
+        self.visit_newest_first(Kind::Subject, subject, |index| {
             let bytes: Option<Vec<u8>> = statement
                 .query_row(params![to_i64(index), subject, since_us, now], |row| {
                     row.get(0)
@@ -628,7 +633,12 @@ impl Store {
                 .optional()
                 .at(&self.path)?;
             found.extend(bytes.map(|bytes| StoredRecord { index, bytes }));
-        }
+            Ok(if found.len() == limit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        })?;
         Ok(found)
     }
 
@@ -643,32 +653,36 @@ impl Store {
     /// The indexes of the records whose `kind` column may hold `value`, in
     /// order: every one that does, and perhaps others (keys are hashes).
     pub fn find(&self, kind: Kind, value: &str) -> Result<Vec<u64>, StoreError> {
+        let mut found = Vec::new();
+        self.visit_newest_first(kind, value, |index| {
+            found.push(index);
+            Ok(ControlFlow::Continue(()))
+        })?;
+        found.reverse();
+        Ok(found)
+    }
+
+    /// Calls `visit` with the indexes [`Store::find`] gives, newest first,
+    /// until it breaks: the unsealed records, then each sealed segment's
+    /// run from the newest. A lookup that is answered by a recent record
+    /// (a member asking for its receipt) probes a few runs, not all of
+    /// them. Everything is read in one snapshot.
+    fn visit_newest_first(
+        &self,
+        kind: Kind,
+        value: &str,
+        mut visit: impl FnMut(u64) -> Result<ControlFlow<()>, StoreError>,
+    ) -> Result<(), StoreError> {
         let key = lookup::key(kind, value);
         // Before the read below starts: a seal committed in between is
         // then seen there, and one not committed yet is still here.
         let recent = self.recent.as_ref().map(|recent| recent.find(key));
-        // One snapshot for the seal's bound, the runs and the scan.
-        let snapshot = self.snapshot()?;
+        let _snapshot = self.snapshot()?;
         // Bounded by the records, whatever `meta` says.
         let sealed_end = self.sealed_end()?.min(self.size()?);
         let archived = lookup::segment_of(self.archived_end()?);
-        let mut found = Vec::new();
-        if sealed_end > 0 {
-            let mut probe = self
-                .connection
-                .prepare_cached("SELECT idx FROM lookups WHERE segment = ?1 AND key = ?2")
-                .at(&self.path)?;
-            for segment in archived..lookup::segment_of(sealed_end) {
-                let rows = probe
-                    .query_map([to_i64(segment), key], |row| row.get::<_, i64>(0))
-                    .at(&self.path)?;
-                for index in rows {
-                    found.push(u64::try_from(index.at(&self.path)?).unwrap_or(0));
-                }
-            }
-        }
-        match recent {
-            Some(recent) => found.extend(recent),
+        let mut unsealed = match recent {
+            Some(recent) => recent,
             None => {
                 let mut scan = self
                     .connection
@@ -682,15 +696,37 @@ impl Store {
                         row.get::<_, i64>(0)
                     })
                     .at(&self.path)?;
-                for index in rows {
-                    found.push(u64::try_from(index.at(&self.path)?).unwrap_or(0));
+                rows.map(|index| Ok(u64::try_from(index.at(&self.path)?).unwrap_or(0)))
+                    .collect::<Result<Vec<_>, StoreError>>()?
+            }
+        };
+        // Lookups kept in memory for a segment sealed since are in its run.
+        unsealed.retain(|index| *index >= sealed_end);
+        unsealed.sort_unstable();
+        for index in unsealed.into_iter().rev() {
+            if visit(index)?.is_break() {
+                return Ok(());
+            }
+        }
+        let mut probe = self
+            .connection
+            .prepare_cached("SELECT idx FROM lookups WHERE segment = ?1 AND key = ?2")
+            .at(&self.path)?;
+        for segment in (archived..lookup::segment_of(sealed_end)).rev() {
+            let rows = probe
+                .query_map([to_i64(segment), key], |row| row.get::<_, i64>(0))
+                .at(&self.path)?;
+            let run = rows
+                .map(|index| Ok(u64::try_from(index.at(&self.path)?).unwrap_or(0)))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            // A run is in key order, then index order.
+            for index in run.into_iter().rev() {
+                if visit(index)?.is_break() {
+                    return Ok(());
                 }
             }
         }
-        drop(snapshot);
-        found.sort_unstable();
-        found.dedup();
-        Ok(found)
+        Ok(())
     }
 
     /// Runs a query returning `(idx, record)` rows; for the query command.
