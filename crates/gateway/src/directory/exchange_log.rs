@@ -209,9 +209,15 @@ where
     F: FnOnce(&Store) -> Result<T, ReadError> + Send + 'static,
 {
     let log = log.clone();
-    tokio::task::spawn_blocking(move || read(&log.reader()?))
-        .await
-        .map_err(|error| ReadError::Unreadable(format!("the read task failed: {error}")))?
+    tokio::task::spawn_blocking(move || {
+        let store = log.reader()?;
+        // One state of the log for the whole answer, whatever the writer
+        // or an archive run commit meanwhile.
+        let _snapshot = store.snapshot()?;
+        read(&store)
+    })
+    .await
+    .map_err(|error| ReadError::Unreadable(format!("the read task failed: {error}")))?
 }
 
 fn decode(stored: &StoredRecord) -> Result<ExchangeRecord, ReadError> {

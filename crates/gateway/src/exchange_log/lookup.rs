@@ -88,9 +88,11 @@ pub fn segment_of(index: u64) -> u64 {
 /// shared by the writer (who adds and forgets) with the gateway's readers.
 ///
 /// The writer adds a record's lookups before its call hears that it is
-/// durable, and forgets a segment's only after its seal is committed;
-/// a reader looks here before it opens its read of the database, so a
-/// lookup is always in one place or the other.
+/// durable, and forgets a segment's only once the seal after its own is
+/// committed. A reader takes from here what its snapshot of the database
+/// has not sealed yet, so a lookup is always in one place or the other,
+/// as long as the snapshot is younger than the last two seals (seconds to
+/// hours of traffic: a read takes milliseconds).
 #[derive(Debug, Default)]
 pub struct Recent {
     entries: RwLock<BTreeSet<(i64, u64)>>,

@@ -674,8 +674,8 @@ impl Store {
         mut visit: impl FnMut(u64) -> Result<ControlFlow<()>, StoreError>,
     ) -> Result<(), StoreError> {
         let key = lookup::key(kind, value);
-        // Before the read below starts: a seal committed in between is
-        // then seen there, and one not committed yet is still here.
+        // What the snapshot below has not sealed is still here (see
+        // `Recent`), and what it has, in its runs.
         let recent = self.recent.as_ref().map(|recent| recent.find(key));
         let _snapshot = self.snapshot()?;
         // Bounded by the records, whatever `meta` says.
@@ -952,7 +952,9 @@ impl Store {
             if sealing.written == sealing.entries.len() {
                 self.sealed_end = (sealing.segment + 1) * SEGMENT;
                 self.sealing = None;
-                recent.forget_before(self.sealed_end);
+                // Kept one seal longer than needed: a reader whose snapshot
+                // began before this seal committed still finds them here.
+                recent.forget_before(self.sealed_end.saturating_sub(SEGMENT));
             }
         }
         let (from, to) = (self.sealed_end, self.sealed_end + SEGMENT);
