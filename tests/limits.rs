@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use govbridge::exchange_log::Store;
 use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
 use govbridge::proto::civilregistry::v1::{GetPersonRequest, LifeEvent, WatchLifeEventsRequest};
-use govbridge::proto::tax::v1::GetDeclaredIncomeRequest;
 use govbridge::proto::tax::v1::tax_authority_client::TaxAuthorityClient;
+use govbridge::proto::tax::v1::{GetDeclaredIncomeRequest, WithholdingLine};
 use support::probe::{self, Probe};
 use support::{Bed, CBAO_KYC, H2Client, TREASURY, bridge_error, declared, with_header};
 use tonic::Code;
@@ -263,6 +263,46 @@ async fn a_stream_ends_at_its_first_message_over_the_limit() {
     asking.send(ask("7".repeat(300))).await.unwrap();
     let status = answers.message().await.unwrap_err();
     assert_eq!(exhausted(&status).0, "message-too-large");
+    bed.stop().await;
+}
+
+/// Refusing a member's message mid-stream ends that member's call, not the
+/// provider's service: the backend did nothing wrong, so the stream the
+/// gateway resets never counts towards ejecting it (else one member could
+/// take a provider away from every other).
+#[tokio::test]
+async fn refusing_messages_mid_stream_never_ejects_the_provider() {
+    let bed = Bed::builder()
+        .limits("[limits.members.\"SN/COM/SONATEL/payroll\"]\nmax_message_bytes = 256\n")
+        .start()
+        .await;
+    let employer = bed.data.companies[0].ninea.to_string();
+    let employee = bed.data.citizens[0].nin.to_string();
+    let line = |line_id: String| WithholdingLine {
+        line_id,
+        payer_ninea: employer.clone(),
+        subject_nin: employee.clone(),
+        period: "2025-06".to_owned(),
+        gross_amount_xof: 450_000,
+        tax_withheld_xof: 36_000,
+    };
+    let mut payroll = TaxAuthorityClient::new(bed.client("sonatel-payroll").await);
+    // More refusals in a row than eject an endpoint (five by default); the
+    // first line of each reaches the backend, the second is refused.
+    for _ in 0..8 {
+        let lines = [line("L1".to_owned()), line("L".repeat(300))];
+        let status = payroll
+            .submit_withholdings(tokio_stream::iter(lines))
+            .await
+            .unwrap_err();
+        assert_eq!(exhausted(&status).0, "message-too-large");
+    }
+    let receipt = payroll
+        .submit_withholdings(tokio_stream::iter([line("L1".to_owned())]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(receipt.lines_received, 1);
     bed.stop().await;
 }
 

@@ -49,7 +49,7 @@ use crate::wire::headers::strip_bridge_headers;
 pub struct CallEnd {
     _ends: oneshot::Sender<Infallible>,
     /// Why the request side refused the rest of the call, once it has
-    /// (consent, message size).
+    /// (consent, message size, the caller's cancellation).
     refused: Arc<OnceLock<GatewayError>>,
     /// The call's share of its backend endpoint's load: released with the
     /// upstream side, also when the deadline cuts it for a caller who
@@ -75,8 +75,9 @@ impl CallEnd {
         self.load = load;
     }
 
-    /// Why the request body failed, when it failed on purpose: the caller
-    /// then gets this instead of the upstream failure that follows.
+    /// Why the request body failed, when it failed on purpose or the
+    /// caller cancelled: the call then ends with this (and the caller, if
+    /// still there, hears it) instead of the upstream failure that follows.
     pub fn refusal(&self) -> Option<GatewayError> {
         self.refused.get().cloned()
     }
@@ -168,8 +169,16 @@ impl RequestBody {
             let read = self.guard.as_mut().and_then(|guard| guard.read.take());
             let frame = match read.or_else(|| self.read.take()) {
                 Some(read) => Some(Ok(Frame::data(read))),
-                None => ready!(Pin::new(&mut self.inner).poll_frame(cx))
-                    .map(|frame| frame.map_err(BoxError::from)),
+                None => match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+                    // Whatever happens upstream next (hyper resets the
+                    // stream), the call ends as the caller's cancellation.
+                    Some(Err(error)) => {
+                        let _ = self.refused.set(GatewayError::Cancelled(error.to_string()));
+                        Some(Err(error.into()))
+                    }
+                    Some(Ok(frame)) => Some(Ok(frame)),
+                    None => None,
+                },
             };
             let Some(guard) = self.guard.as_mut() else {
                 return Poll::Ready(frame);

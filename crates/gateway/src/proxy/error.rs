@@ -82,6 +82,10 @@ pub enum GatewayError {
     UpstreamFailed { provider: MemberId, detail: String },
     #[error("deadline exceeded after {0:?}")]
     DeadlineExceeded(std::time::Duration),
+    /// The caller's request stream failed (reset, or its connection gone)
+    /// while the call was forwarded: no one is left to answer.
+    #[error("the caller cancelled the call")]
+    Cancelled(String),
     /// The exchange log cannot record the call, so it is not forwarded.
     #[error("the exchange log cannot record this call, so the gateway refuses it; retry later")]
     ExchangeLogUnavailable(String),
@@ -188,6 +192,7 @@ impl GatewayError {
             | Self::ExchangeLogUnavailable(_)
             | Self::ConsentUseUnrecorded(_) => Code::Unavailable,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Self::Cancelled(_) => Code::Cancelled,
             Self::OutcomeUnrecorded(_) => Code::Internal,
             Self::RateLimited { .. }
             | Self::TooManyCalls { .. }
@@ -215,6 +220,7 @@ impl GatewayError {
             Self::UpstreamIdentity { .. } => "upstream-identity",
             Self::UpstreamFailed { .. } => "upstream-failed",
             Self::DeadlineExceeded(_) => "deadline-exceeded",
+            Self::Cancelled(_) => "cancelled",
             Self::ExchangeLogUnavailable(_) => "exchange-log-unavailable",
             Self::ConsentUseUnrecorded(_) => "consent-ledger-unavailable",
             Self::OutcomeUnrecorded(_) => "exchange-log-outcome-unrecorded",
@@ -239,7 +245,8 @@ impl GatewayError {
             | Self::UnknownService(_)
             | Self::UnknownMethod { .. }
             | Self::UnknownTarget { .. }
-            | Self::DeadlineExceeded(_) => Blame::Caller,
+            | Self::DeadlineExceeded(_)
+            | Self::Cancelled(_) => Blame::Caller,
             Self::Consent(crate::consent::ConsentRefusal::StatusUnknown) => Blame::Gateway,
             Self::Consent(_) => Blame::Caller,
             Self::UpstreamUnavailable { .. }
@@ -321,7 +328,8 @@ impl GatewayError {
             | Self::UpstreamFailed { detail, .. }
             | Self::ExchangeLogUnavailable(detail)
             | Self::ConsentUseUnrecorded(detail)
-            | Self::OutcomeUnrecorded(detail) => Some(detail),
+            | Self::OutcomeUnrecorded(detail)
+            | Self::Cancelled(detail) => Some(detail),
             _ => None,
         }
     }

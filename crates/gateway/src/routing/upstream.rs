@@ -576,8 +576,9 @@ impl ProviderPool {
                 }
                 Err(mut error) => {
                     // The caller's side failing (its request body: a reset,
-                    // a refusal) says nothing of the endpoint.
-                    if !error.error().is_user() {
+                    // a refusal), and the reset of the stream it makes
+                    // hyper send, say nothing of the endpoint.
+                    if !error.error().is_user() && !is_reset_here(error.error()) {
                         slot.failed(&self.provider, &self.settings);
                     }
                     let detail = format!("{}: {}", slot.endpoint, error.error());
@@ -863,6 +864,20 @@ fn is_refused(error: &hyper::Error) -> bool {
     while let Some(cause) = source {
         if let Some(h2) = cause.downcast_ref::<h2::Error>() {
             return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// Whether the gateway reset the stream itself: hyper does when the
+/// request body fails (the caller went away, or the gateway refused one
+/// of its messages), and the response then fails with that reset.
+fn is_reset_here(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return h2.is_reset() && !h2.is_remote() && !h2.is_library();
         }
         source = cause.source();
     }
