@@ -57,6 +57,69 @@ const MAX_BATCH: usize = 4096;
 /// How often a store that failed is tried again while no call does it.
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 
+/// Group commit under load: once a commit has taken this many records,
+/// the next one waits for more ([`Gather`]).
+const GATHER_ABOVE: usize = 8;
+/// ... as long as records keep coming within this of each other ...
+const GATHER_GAP: Duration = Duration::from_micros(250);
+/// ... for at most this long after its first record.
+const GATHER_WINDOW: Duration = Duration::from_micros(1500);
+
+/// How the writer gathers a batch: everything queued, and under load
+/// (the previous commit took [`GATHER_ABOVE`] records or more) what
+/// follows closely, so that each commit carries more records.
+///
+/// Every commit costs an fsync and rewrites whole pages (the last page of
+/// each table, the B-trees' right edges, the header) whatever it carries:
+/// at saturation, commits of some 14 records wrote 4.4 times what they
+/// stored, and their fsyncs were a tenth of the gateway's CPU. Waiting up
+/// to 1.5 ms for the records that arrive every few tens of microseconds
+/// then makes commits two to three times larger. A call waiting for its
+/// record waits that much longer, but only under load, where its latency
+/// is queueing anyway; at a few hundred calls per second commits take
+/// one or two records and nothing waits.
+#[derive(Debug)]
+struct Gather {
+    /// Records (and other jobs) the previous commit took.
+    last: usize,
+    gap: Duration,
+    window: Duration,
+}
+
+impl Default for Gather {
+    fn default() -> Self {
+        Self {
+            last: 0,
+            gap: GATHER_GAP,
+            window: GATHER_WINDOW,
+        }
+    }
+}
+
+impl Gather {
+    /// Adds to `batch` (which holds the first job) what is queued, and
+    /// under load what arrives soon after.
+    fn fill(&mut self, queue: &Receiver<Job>, batch: &mut Vec<Job>) {
+        let first = Instant::now();
+        let waiting = self.last >= GATHER_ABOVE;
+        while batch.len() < MAX_BATCH {
+            if let Ok(job) = queue.try_recv() {
+                batch.push(job);
+                continue;
+            }
+            let left = self.window.saturating_sub(first.elapsed());
+            if !waiting || left.is_zero() {
+                break;
+            }
+            match queue.recv_timeout(left.min(self.gap)) {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        self.last = batch.len();
+    }
+}
+
 /// Why the log cannot take a record.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -371,6 +434,7 @@ struct Writer {
 impl Writer {
     fn run(mut self, queue: &Receiver<Job>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut gather = Gather::default();
         loop {
             let healthy = self.shared.healthy.load(Ordering::Acquire);
             let wait = if !healthy {
@@ -388,11 +452,8 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            while batch.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
+            if !batch.is_empty() {
+                gather.fill(queue, &mut batch);
             }
             if self.process(&mut batch) {
                 break;
@@ -594,6 +655,50 @@ fn load_or_create_key(dir: &Path, origin: &str) -> Result<SigningKey, OpenError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A gather that would wait as long as the test runs, unless told
+    /// otherwise by the queue.
+    fn patient(last: usize) -> Gather {
+        Gather {
+            last,
+            gap: Duration::from_secs(600),
+            window: Duration::from_secs(600),
+        }
+    }
+
+    /// Under load, a batch takes the records that follow its first one,
+    /// one at a time, until they stop (here: the senders are gone).
+    #[test]
+    fn under_load_a_batch_waits_for_the_records_that_follow() {
+        let (jobs, queue) = std::sync::mpsc::sync_channel(0);
+        let sender = std::thread::spawn(move || {
+            for _ in 0..20 {
+                // Each send waits for the writer to take it.
+                jobs.send(Job::Close).unwrap();
+            }
+        });
+        let mut batch = vec![Job::Close];
+        let mut gather = patient(GATHER_ABOVE);
+        gather.fill(&queue, &mut batch);
+        sender.join().unwrap();
+        assert_eq!(batch.len(), 21);
+        assert_eq!(gather.last, 21);
+    }
+
+    /// Without load, a batch is what is queued: nothing waits for more.
+    #[test]
+    fn without_load_a_batch_is_what_is_queued() {
+        let (jobs, queue) = std::sync::mpsc::sync_channel(8);
+        for _ in 0..3 {
+            jobs.send(Job::Close).unwrap();
+        }
+        let mut batch = vec![Job::Close];
+        let mut gather = patient(GATHER_ABOVE - 1);
+        // Would wait ten minutes for a fifth job that never comes.
+        gather.fill(&queue, &mut batch);
+        assert_eq!(batch.len(), 4);
+        drop(jobs);
+    }
 
     /// With `exchange_log.retain`, the gateway archives by itself, from the
     /// moment its log opens: a segment of calls from long ago leaves the
