@@ -13,4 +13,5 @@ pub mod demo;
 pub mod dev;
 pub mod launch;
 pub mod pki;
+pub mod postgres;
 pub mod sandbox;

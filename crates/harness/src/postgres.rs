@@ -1,0 +1,334 @@
+//! A throwaway PostgreSQL cluster, from the server binaries installed on
+//! the machine: what `govbridge dev --nodes` and the fleet's tests run
+//! their nodes against.
+//!
+//! `initdb` creates the cluster in a directory of its own (trust
+//! authentication for its one role, `govbridge`, on loopback only, no Unix
+//! socket), `pg_ctl start -w` returns once the server accepts connections
+//! on a free port, and dropping the [`Cluster`] stops it and removes the
+//! directory if it was temporary. PostgreSQL refuses to run as root: run as
+//! root, the cluster belongs to and runs as `postgres` (Debian's package
+//! creates that user) or else `nobody`.
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use anyhow::{Context as _, bail};
+
+/// The role and database the gateway uses.
+pub const ROLE: &str = "govbridge";
+
+/// A running throwaway cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    bin: PathBuf,
+    /// The cluster's data directory.
+    data: PathBuf,
+    port: u16,
+    /// Who runs the server, when not the current user.
+    user: Option<User>,
+    running: bool,
+    _temporary: Option<tempfile::TempDir>,
+}
+
+/// An unprivileged user to run the server as.
+#[derive(Debug, Clone)]
+struct User {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+impl Cluster {
+    /// Creates and starts a cluster in a new temporary directory.
+    pub fn start_temporary() -> anyhow::Result<Self> {
+        let temporary = tempfile::Builder::new()
+            .prefix("govbridge-pg-")
+            .tempdir_in(std::env::temp_dir())
+            .context("cannot create a directory for PostgreSQL")?;
+        let mut cluster = Self::start(temporary.path())?;
+        cluster._temporary = Some(temporary);
+        Ok(cluster)
+    }
+
+    /// Creates a cluster in `dir/pgdata` (unless one is there already) and
+    /// starts it on a free port of 127.0.0.1.
+    pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        let bin = server_binaries()?;
+        let user = unprivileged_user()?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        if let Some(user) = &user {
+            std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid))
+                .with_context(|| format!("cannot give {} to {}", dir.display(), user.name))?;
+            reachable_by(dir, user)?;
+        }
+        let data = dir.join("pgdata");
+        let mut cluster = Self {
+            bin,
+            data,
+            port: 0,
+            user,
+            running: false,
+            _temporary: None,
+        };
+        if !cluster.data.join("PG_VERSION").exists() {
+            cluster.initdb()?;
+        }
+        // A free port can be taken between looking and binding: try again.
+        let mut last = None;
+        for _ in 0..5 {
+            cluster.port = crate::bench::compare::free_port()?.port();
+            match cluster.pg_ctl_start() {
+                Ok(()) => {
+                    cluster.running = true;
+                    cluster.create_database()?;
+                    return Ok(cluster);
+                }
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("PostgreSQL did not start")))
+    }
+
+    /// The URL the gateway's `[store] url` takes.
+    pub fn url(&self) -> String {
+        format!("postgres://{ROLE}@127.0.0.1:{}/{ROLE}", self.port)
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server at once (`immediate`: like a crash, recovered at
+    /// the next start).
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if self.running {
+            self.running = false;
+            let data = self.data.display().to_string();
+            self.run("pg_ctl", &["stop", "-D", &data, "-m", "immediate", "-w"])?;
+        }
+        Ok(())
+    }
+
+    /// Starts it again after [`Self::stop`], on the same port.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if !self.running {
+            self.pg_ctl_start()?;
+            self.running = true;
+        }
+        Ok(())
+    }
+
+    fn initdb(&self) -> anyhow::Result<()> {
+        let data = self.data.display().to_string();
+        self.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                ROLE,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-locale",
+                "--no-sync",
+            ],
+        )
+        .map(drop)
+    }
+
+    fn pg_ctl_start(&self) -> anyhow::Result<()> {
+        let data = self.data.display().to_string();
+        let log = self.data.join("server.log").display().to_string();
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories='' \
+             -c max_connections=200",
+            self.port
+        );
+        // -w: returns once the server accepts connections, or fails.
+        self.run(
+            "pg_ctl",
+            &[
+                "start", "-D", &data, "-l", &log, "-w", "-t", "60", "-o", &options,
+            ],
+        )
+        .with_context(|| format!("PostgreSQL did not start; its log: {log}"))
+        .map(drop)
+    }
+
+    fn create_database(&self) -> anyhow::Result<()> {
+        let port = self.port.to_string();
+        let exists = self.run(
+            "psql",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                ROLE,
+                "-d",
+                "postgres",
+                "-tAc",
+                &format!("SELECT 1 FROM pg_database WHERE datname = '{ROLE}'"),
+            ],
+        )?;
+        if String::from_utf8_lossy(&exists.stdout).trim() != "1" {
+            self.run(
+                "createdb",
+                &["-h", "127.0.0.1", "-p", &port, "-U", ROLE, ROLE],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Runs one of the server binaries, as the cluster's user.
+    fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<Output> {
+        let path = self.bin.join(program);
+        let mut command = match &self.user {
+            Some(user) => {
+                let mut command = Command::new("runuser");
+                command.args(["-u", &user.name, "--"]).arg(&path);
+                command
+            }
+            None => Command::new(&path),
+        };
+        let output = command
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run {}", path.display()))?;
+        if !output.status.success() {
+            bail!(
+                "{program} failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(output)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Err(error) = self.stop() {
+            eprintln!("cannot stop PostgreSQL: {error:#}");
+        }
+    }
+}
+
+/// Where `initdb`, `pg_ctl` and `postgres` are: `GOVBRIDGE_PG_BIN`, else
+/// the newest `/usr/lib/postgresql/N/bin` (Debian), else the `PATH`.
+fn server_binaries() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("GOVBRIDGE_PG_BIN") {
+        return Ok(PathBuf::from(dir));
+    }
+    let debian = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let version: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .max_by_key(|(version, _)| *version);
+    if let Some((_, bin)) = debian {
+        return Ok(bin);
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .find(|dir| dir.join("initdb").exists() && dir.join("pg_ctl").exists());
+    on_path.context(
+        "PostgreSQL's server binaries (initdb, pg_ctl) are not installed: install Debian's \
+         `postgresql` package, or set GOVBRIDGE_PG_BIN to their directory",
+    )
+}
+
+/// The user to run the server as when this process is root.
+fn unprivileged_user() -> anyhow::Result<Option<User>> {
+    let root = std::fs::metadata("/proc/self").is_ok_and(|proc| proc.uid() == 0);
+    if !root {
+        return Ok(None);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").context("cannot read /etc/passwd")?;
+    let find = |wanted: &str| {
+        passwd.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.len() > 3 && fields[0] == wanted).then(|| User {
+                name: wanted.to_owned(),
+                uid: fields[2].parse().unwrap_or(u32::MAX),
+                gid: fields[3].parse().unwrap_or(u32::MAX),
+            })
+        })
+    };
+    find("postgres")
+        .or_else(|| find("nobody"))
+        .map(Some)
+        .context("running as root, and neither `postgres` nor `nobody` exists to run PostgreSQL as")
+}
+
+/// Fails, naming the directory, when `user` cannot reach `dir`.
+fn reachable_by(dir: &Path, user: &User) -> anyhow::Result<()> {
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", dir.display()))?;
+    for ancestor in dir.ancestors().skip(1) {
+        let metadata = std::fs::metadata(ancestor)
+            .with_context(|| format!("cannot read {}", ancestor.display()))?;
+        let mode = metadata.mode();
+        let traversable = mode & 0o001 != 0
+            || (metadata.uid() == user.uid && mode & 0o100 != 0)
+            || (metadata.gid() == user.gid && mode & 0o010 != 0);
+        if !traversable {
+            bail!(
+                "PostgreSQL runs as {} (not as root), which cannot enter {}: choose a directory \
+                 it can reach (under /tmp, say), or `chmod o+x` that one",
+                user.name,
+                ancestor.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cluster starts, takes connections as `govbridge`, stops, and
+    /// starts again with its data.
+    #[test]
+    fn a_throwaway_cluster_starts_answers_and_restarts() {
+        let mut cluster = Cluster::start_temporary().unwrap();
+        let psql = |cluster: &Cluster, sql: &str| {
+            let port = cluster.port().to_string();
+            let args = [
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                ROLE,
+                "-d",
+                ROLE,
+                "-tAc",
+                sql,
+            ];
+            let output = cluster.run("psql", &args).unwrap();
+            String::from_utf8_lossy(&output.stdout).trim().to_owned()
+        };
+        psql(
+            &cluster,
+            "CREATE TABLE kept (n int); INSERT INTO kept VALUES (42)",
+        );
+        cluster.stop().unwrap();
+        cluster.restart().unwrap();
+        assert_eq!(psql(&cluster, "SELECT n FROM kept"), "42");
+        assert!(cluster.url().starts_with("postgres://govbridge@127.0.0.1:"));
+    }
+}
