@@ -668,3 +668,41 @@ fn a_retention_is_read_and_named() {
         assert!(error.message.contains(message), "{value}: {error}");
     }
 }
+
+/// `[store] url`: a PostgreSQL URL, named with its line when it is not one;
+/// a password never appears in the error.
+#[test]
+fn a_bad_store_url_is_named_without_its_password() {
+    let config = |url: &str| {
+        let dev = govbridge::dev::CONFIG_TEMPLATE;
+        format!("{dev}\n[store]\nurl = \"{url}\"\n")
+    };
+    for (url, message) in [
+        ("mysql://govbridge@db/govbridge", "is not a PostgreSQL URL"),
+        (
+            "postgres://govbridge:s3cret@db/govbridge?sslmode=require",
+            "sslmode=require",
+        ),
+        ("postgres://db/govbridge", "names no user"),
+        ("postgres://govbridge:s3cret@db/govbridge?bogus=1", "bogus"),
+    ] {
+        let text = config(url);
+        let error = error_of(&text);
+        assert_eq!(error.key, "store.url", "{error}");
+        assert_eq!(error.line, Some(line_of(&text, "url = ")), "{error}");
+        assert!(error.message.contains(message), "{error}");
+        assert!(!error.to_string().contains("s3cret"), "{error}");
+    }
+    let store = Config::parse(
+        Path::new(PATH),
+        &config("postgres://govbridge:s3cret@127.0.0.1:5433/govbridge"),
+    )
+    .unwrap()
+    .store
+    .unwrap();
+    assert_eq!(
+        store.redacted(),
+        "postgres://govbridge:***@127.0.0.1:5433/govbridge"
+    );
+    assert!(!format!("{store:?}").contains("s3cret"));
+}

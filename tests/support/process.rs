@@ -30,6 +30,11 @@ impl GatewayProcess {
     /// exchange log (`name-data/`) and `gateway` lines added to
     /// `[gateway]`; returns once it says where it listens.
     pub fn spawn(bed: &Bed, name: &str, gateway: &[&str]) -> Self {
+        Self::spawn_with(bed, name, gateway, "")
+    }
+
+    /// [`Self::spawn`], with `extra` (whole TOML sections) appended.
+    pub fn spawn_with(bed: &Bed, name: &str, gateway: &[&str], extra: &str) -> Self {
         let text = std::fs::read_to_string(bed.dir().join("govbridge.toml")).unwrap();
         assert!(!text.contains("[exchange_log]"));
         let lines: String = gateway.iter().map(|line| format!("{line}\n")).collect();
@@ -37,7 +42,7 @@ impl GatewayProcess {
         let config = bed.dir().join(format!("{name}.toml"));
         std::fs::write(
             &config,
-            format!("{text}\n[exchange_log]\ndata_dir = \"{name}-data\"\n"),
+            format!("{text}\n[exchange_log]\ndata_dir = \"{name}-data\"\n{extra}"),
         )
         .unwrap();
         // GOVBRIDGE_CHILD_LOG=<filter> shows the process's log, to debug.

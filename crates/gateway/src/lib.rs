@@ -70,6 +70,7 @@
 pub mod catalog;
 pub mod config;
 pub mod consent;
+pub mod database;
 pub mod directory;
 pub mod exchange_log;
 pub mod identity;

@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["proxy"],
     &["directory"],
     &["policy", "consent", "exchange_log", "routing"],
-    &["telemetry"],
+    &["telemetry", "database"],
     &["config"],
     &["net"],
     &["wire", "catalog"],

@@ -76,6 +76,78 @@ pub struct Config {
     pub consent: Option<ConsentConfig>,
     /// `[limits]`: load shedding and per-member limits.
     pub limits: LimitsConfig,
+    /// `[store]`: the PostgreSQL database a fleet of nodes shares; none
+    /// for a single node, which keeps everything in its own files.
+    pub store: Option<StoreConfig>,
+}
+
+/// Where a fleet's shared state lives.
+#[derive(Clone)]
+pub struct StoreConfig {
+    /// `postgres://user[:password]@host[:port]/database[?options]`.
+    pub url: String,
+    /// The same, parsed.
+    pub postgres: tokio_postgres::Config,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    /// Without the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &self.redacted())
+            .finish()
+    }
+}
+
+impl StoreConfig {
+    /// Reads a `postgres://` (or `postgresql://`) URL.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(format!(
+                "`{}` is not a PostgreSQL URL: postgres://user@host:port/database",
+                Self::redact(url)
+            ));
+        }
+        let postgres: tokio_postgres::Config = url
+            .parse()
+            .map_err(|error| format!("`{}`: {error}", Self::redact(url)))?;
+        if postgres.get_hosts().is_empty() {
+            return Err(format!("`{}` names no host", Self::redact(url)));
+        }
+        if postgres.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(format!(
+                "`{}`: TLS to the database (sslmode=require) is not supported yet; reach it \
+                 over a private network or a local TLS tunnel",
+                Self::redact(url)
+            ));
+        }
+        if postgres.get_user().is_none() {
+            return Err(format!("`{}` names no user", Self::redact(url)));
+        }
+        Ok(Self {
+            url: url.to_owned(),
+            postgres,
+        })
+    }
+
+    /// The URL without its password, for logs and errors.
+    pub fn redacted(&self) -> String {
+        Self::redact(&self.url)
+    }
+
+    fn redact(url: &str) -> String {
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return url.to_owned();
+        };
+        let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        match authority.rsplit_once('@') {
+            Some((credentials, host)) if credentials.contains(':') => {
+                let user = credentials.split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}:***@{host}{tail}")
+            }
+            _ => url.to_owned(),
+        }
+    }
 }
 
 /// Where consents come from and how fresh their states must be.

@@ -16,7 +16,7 @@ use toml::Spanned;
 use super::{
     Config, ConfigError, ConsentConfig, ExchangeLogConfig, GatewayConfig, LimitsConfig, Member,
     MemberLimits, OtlpConfig, PolicyConfig, PoolSettings, Provider, PublishedService, RateLimit,
-    TelemetryConfig, UpstreamConfig, is_group_name, is_service_name, parse_duration,
+    StoreConfig, TelemetryConfig, UpstreamConfig, is_group_name, is_service_name, parse_duration,
     parse_endpoint, parse_retention,
 };
 use crate::identity::MemberId;
@@ -47,6 +47,13 @@ struct RawConfig {
     telemetry: Option<RawTelemetry>,
     consent: Option<RawConsent>,
     limits: Option<RawLimits>,
+    store: Option<RawStore>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -649,6 +656,14 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
         .map(|consent| validate_consent(source, consent, &providers, &exchange_log))
         .transpose()?;
     let limits = validate_limits(source, raw.limits.as_ref(), &members)?;
+    let store = raw
+        .store
+        .as_ref()
+        .map(|store| {
+            StoreConfig::parse(store.url.get_ref())
+                .map_err(|message| source.error("store.url", &store.url, message))
+        })
+        .transpose()?;
 
     Ok(Config {
         source: source.path.to_owned(),
@@ -663,6 +678,7 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
         telemetry,
         consent,
         limits,
+        store,
     })
 }
 

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use crate::identity::MemberId;
 use crate::wire::CallScope;
 use artefact::{ArtefactError, ConsentClaims, IssuerKeys};
-use uses::{Durable, UseBook, UseBookError};
+use uses::{Durable, SharedUses, UseBook, UseBookError};
 
 /// Why a consent does not allow a call. Each is one `bridge-error` kind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -228,6 +228,8 @@ pub struct ConsentLedger {
     inner: Mutex<Ledger>,
     /// Where use counts are kept across restarts; none in tests.
     book: Option<UseBook>,
+    /// A fleet's counts, shared by its nodes: instead of `uses` and `book`.
+    shared: Option<Arc<SharedUses>>,
 }
 
 #[derive(Debug, Default)]
@@ -283,7 +285,23 @@ impl ConsentLedger {
             freshness,
             inner: Mutex::new(Ledger::default()),
             book: None,
+            shared: None,
         })
+    }
+
+    /// A ledger whose use counts are a fleet's, in its database: every
+    /// node takes uses from the same counts.
+    pub async fn open_shared(
+        freshness: Duration,
+        database: Arc<crate::database::Database>,
+    ) -> Result<Arc<Self>, UseBookError> {
+        let shared = SharedUses::open(database, crate::unix_time::now()).await?;
+        Ok(Arc::new(Self {
+            freshness,
+            inner: Mutex::new(Ledger::default()),
+            book: None,
+            shared: Some(Arc::new(shared)),
+        }))
     }
 
     /// A ledger whose use counts are kept in the SQLite file at `path`,
@@ -301,6 +319,7 @@ impl ConsentLedger {
                 ..Ledger::default()
             }),
             book: Some(book),
+            shared: None,
         }))
     }
 
@@ -367,6 +386,19 @@ impl ConsentLedger {
             Some(ConsentState::Paused) => return Err(ConsentRefusal::Paused),
             Some(ConsentState::Active) | None => {}
         }
+        if let Some(shared) = &self.shared {
+            // The count is the fleet's: taken when the call waits for it.
+            return Ok(UseReservation {
+                ledger: self.clone(),
+                consent: consent.to_owned(),
+                expires: claims.expires,
+                durable: Recording::Shared {
+                    uses: Arc::clone(shared),
+                    max_uses,
+                },
+                settled: false,
+            });
+        }
         let uses = ledger.uses.entry(consent.to_owned()).or_default();
         if uses.spent.saturating_add(uses.reserved) >= max_uses {
             return Err(ConsentRefusal::Exhausted(max_uses));
@@ -383,12 +415,18 @@ impl ConsentLedger {
             ledger: self.clone(),
             consent: consent.to_owned(),
             expires: claims.expires,
-            durable,
+            durable: durable.map_or(Recording::Done, Recording::Book),
             settled: false,
         })
     }
 
     fn settle(&self, consent: &str, expires: i64, spent: bool) {
+        if let Some(shared) = &self.shared {
+            if !spent {
+                shared.give_back(consent);
+            }
+            return;
+        }
         let mut ledger = self.lock();
         if let Some(uses) = ledger.uses.get_mut(consent) {
             uses.reserved = uses.reserved.saturating_sub(1);
@@ -411,9 +449,35 @@ pub struct UseReservation {
     ledger: Arc<ConsentLedger>,
     consent: String,
     expires: i64,
-    /// The reservation on its way to the use book.
-    durable: Option<Durable>,
+    /// The reservation on its way to being recorded.
+    durable: Recording,
     settled: bool,
+}
+
+/// Where a reservation stands.
+#[derive(Debug)]
+enum Recording {
+    /// Recorded, or nothing to record (counts in memory only).
+    Done,
+    /// On its way to the use book.
+    Book(Durable),
+    /// Still to be taken from the fleet's counts, which decide.
+    Shared {
+        uses: Arc<SharedUses>,
+        max_uses: u32,
+    },
+    /// Refused by the fleet's counts: there is nothing to give back.
+    Refused,
+}
+
+/// Why a reserved use cannot go on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UseError {
+    /// Every use is spent or reserved (a fleet finds out only here).
+    #[error(transparent)]
+    Refused(#[from] ConsentRefusal),
+    #[error(transparent)]
+    Unrecorded(#[from] UseBookError),
 }
 
 impl UseReservation {
@@ -423,13 +487,28 @@ impl UseReservation {
     }
 
     /// Resolves once the reservation is on disk, as spent: only then may
-    /// the call go on, so that no restart can hand the use back.
-    pub async fn durable(&mut self) -> Result<(), UseBookError> {
-        match self.durable.take() {
-            Some(durable) => durable
+    /// the call go on, so that no restart can hand the use back. In a
+    /// fleet this is where the use is taken, and may be refused.
+    pub async fn durable(&mut self) -> Result<(), UseError> {
+        match std::mem::replace(&mut self.durable, Recording::Done) {
+            Recording::Done => Ok(()),
+            Recording::Book(durable) => Ok(durable
                 .await
-                .unwrap_or_else(|_| Err(UseBookError::Write("the writer stopped".to_owned()))),
-            None => Ok(()),
+                .unwrap_or_else(|_| Err(UseBookError::Write("the writer stopped".to_owned())))?),
+            Recording::Shared { uses, max_uses } => {
+                let taken = uses.take(&self.consent, max_uses, self.expires).await;
+                if !matches!(taken, Ok(true)) {
+                    // Nothing taken: nothing to give back when dropped.
+                    self.durable = Recording::Refused;
+                    self.settled = true;
+                }
+                match taken {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(ConsentRefusal::Exhausted(max_uses).into()),
+                    Err(error) => Err(error.into()),
+                }
+            }
+            Recording::Refused => Err(ConsentRefusal::Exhausted(0).into()),
         }
     }
 

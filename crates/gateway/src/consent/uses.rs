@@ -8,16 +8,20 @@
 //! comes back counting the call as spent: a crash can cost a citizen's
 //! consent a use, never hand one back to the consumer.
 //!
+//! A fleet counts in its database instead ([`SharedUses`]).
+//!
 //! One SQLite file, written by one thread in batches (a group commit per
 //! batch, `synchronous = FULL`). This module never blocks the runtime: the
 //! ledger sends counts in order and, where it must, awaits the commit.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
+
+use crate::database::{Database, DatabaseError};
 
 /// Counts written in one transaction at most.
 const MAX_BATCH: usize = 1024;
@@ -29,6 +33,8 @@ pub enum UseBookError {
     Open { path: PathBuf, message: String },
     #[error("the consent ledger cannot record a use: {0}")]
     Write(String),
+    #[error("the fleet's consent ledger cannot be opened: {0}")]
+    OpenShared(String),
 }
 
 /// One consent's count, on its way to the file.
@@ -101,6 +107,86 @@ impl UseBook {
         }
         answer
     }
+}
+
+/// Consent use counts a fleet shares, in its PostgreSQL database: each use
+/// is taken by one atomic statement against the count every node sees, so
+/// that a consent's `max_uses` holds across nodes. The count is durable
+/// once the statement returns (PostgreSQL commits it), which is when the
+/// call may go on.
+#[derive(Debug)]
+pub struct SharedUses {
+    database: Arc<Database>,
+}
+
+impl SharedUses {
+    /// Uses counts in `database`, forgetting consents expired before
+    /// `now`.
+    pub async fn open(database: Arc<Database>, now: i64) -> Result<Self, UseBookError> {
+        let client = database.client().await.map_err(open_error)?;
+        client
+            .execute("DELETE FROM consent_uses WHERE expires < $1", &[&now])
+            .await
+            .map_err(|error| open_error(database.failed(&error)))?;
+        Ok(Self { database })
+    }
+
+    /// Takes one of `consent`'s `max_uses` if one is left: `Ok(false)`
+    /// when all are spent or reserved, on any node.
+    pub async fn take(
+        &self,
+        consent: &str,
+        max_uses: u32,
+        expires: i64,
+    ) -> Result<bool, UseBookError> {
+        let max_uses = i32::try_from(max_uses).unwrap_or(i32::MAX);
+        if max_uses == 0 {
+            return Ok(false);
+        }
+        let client = self.database.client().await.map_err(write_error)?;
+        let taken = client
+            .query_opt(
+                "INSERT INTO consent_uses AS uses (consent, counted, expires)
+                 VALUES ($1, 1, $3)
+                 ON CONFLICT (consent) DO UPDATE SET counted = uses.counted + 1
+                 WHERE uses.counted < $2
+                 RETURNING counted",
+                &[&consent, &max_uses, &expires],
+            )
+            .await
+            .map_err(|error| write_error(self.database.failed(&error)))?;
+        Ok(taken.is_some())
+    }
+
+    /// Gives back a use taken by a call that relayed no answer. Not waited
+    /// for: a give-back that is lost only costs the consent a use.
+    pub fn give_back(self: &Arc<Self>, consent: &str) {
+        let (uses, consent) = (Arc::clone(self), consent.to_owned());
+        tokio::spawn(async move {
+            let given = async {
+                let client = uses.database.client().await?;
+                client
+                    .execute(
+                        "UPDATE consent_uses SET counted = counted - 1
+                         WHERE consent = $1 AND counted > 0",
+                        &[&consent],
+                    )
+                    .await
+                    .map_err(|error| uses.database.failed(&error))
+            };
+            if let Err(error) = given.await {
+                tracing::warn!(%error, consent, "a consent use could not be given back");
+            }
+        });
+    }
+}
+
+fn open_error(error: DatabaseError) -> UseBookError {
+    UseBookError::OpenShared(error.to_string())
+}
+
+fn write_error(error: DatabaseError) -> UseBookError {
+    UseBookError::Write(error.to_string())
 }
 
 fn prepare(connection: &Connection, now: i64) -> rusqlite::Result<HashMap<String, u32>> {

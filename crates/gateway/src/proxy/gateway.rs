@@ -46,6 +46,8 @@ pub enum StartError {
     ExchangeLog(#[from] crate::exchange_log::OpenError),
     #[error("gateway.admin_token_file: {0}")]
     AdminToken(#[from] admin::AdminTokenError),
+    #[error("store.url: {0}")]
+    Database(#[from] crate::database::DatabaseError),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: SocketAddr,
@@ -129,9 +131,18 @@ impl Gateway {
             ),
             None => None,
         };
+        let database = match &config.store {
+            Some(store) => Some(crate::database::Database::connect(store).await?),
+            None => None,
+        };
         let consent = match &config.consent {
             Some(consent) => Some((
-                ConsentLedger::open(consent.freshness, &consent.ledger)?,
+                match &database {
+                    Some(database) => {
+                        ConsentLedger::open_shared(consent.freshness, Arc::clone(database)).await?
+                    }
+                    None => ConsentLedger::open(consent.freshness, &consent.ledger)?,
+                },
                 crate::consent::feed::FeedSource {
                     endpoints: config
                         .providers

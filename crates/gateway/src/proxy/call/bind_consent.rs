@@ -6,8 +6,8 @@ use hyper::body::Incoming;
 
 use super::{Call, Exchange, within};
 use crate::catalog::subject::SubjectFields;
-use crate::consent::ConsentRefusal;
 use crate::consent::artefact::ConsentClaims;
+use crate::consent::{ConsentRefusal, UseError};
 use crate::proxy::GatewayError;
 use crate::proxy::body::{self, SubjectGuard};
 
@@ -35,7 +35,12 @@ impl Call<'_> {
         let mut reservation = ledger.admit(claims)?;
         within(deadline, reservation.durable())
             .await?
-            .map_err(|error| GatewayError::ConsentUseUnrecorded(error.to_string()))?;
+            .map_err(|error| match error {
+                UseError::Refused(refusal) => GatewayError::Consent(refusal),
+                UseError::Unrecorded(error) => {
+                    GatewayError::ConsentUseUnrecorded(error.to_string())
+                }
+            })?;
         exchange.consent_use = Some(reservation);
         if let Some(record) = self.record.as_mut() {
             record.consented(&claims.consent_id);

@@ -1,0 +1,195 @@
+//! The PostgreSQL database a fleet of gateway nodes shares (`[store] url`).
+//!
+//! One connection per node, shared: tokio-postgres pipelines the queries of
+//! concurrent calls on it, so single-statement work (a consent use taken
+//! atomically, say) needs no pool. A connection that dies is dialled again
+//! by the next query that needs it, one dial at a time; until it succeeds,
+//! queries fail with [`DatabaseError::Unreachable`] and the calls that need
+//! them are refused (fail closed), never served on a guess.
+//!
+//! The schema is versioned in `govbridge_schema`: every node applies the
+//! migrations it knows at start, under an advisory lock so that nodes
+//! starting together do not race, and refuses a database whose schema is
+//! newer than it knows.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use tokio_postgres::{Client, NoTls};
+
+use crate::config::StoreConfig;
+
+/// How long a dial may take, unless the URL says (`connect_timeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The advisory lock key migrations hold ("govbridg" in ASCII).
+const MIGRATION_LOCK: i64 = 0x676f_7662_7269_6467;
+
+/// The schema, one step per version; applied in order, each once.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE consent_uses (
+         consent text PRIMARY KEY,
+         -- uses spent, plus those reserved by calls in flight on any node
+         counted integer NOT NULL CHECK (counted >= 0),
+         -- seconds since the epoch; past it the count is never needed
+         expires bigint NOT NULL
+     );",
+)];
+
+/// Why the database cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DatabaseError {
+    #[error("the database {url} is unreachable: {detail}")]
+    Unreachable { url: String, detail: String },
+    #[error(
+        "the database {url} has schema version {found}, newer than this gateway's {known}: \
+         upgrade the gateway"
+    )]
+    NewerSchema { url: String, found: i32, known: i32 },
+    #[error("the database {url} failed: {detail}")]
+    Failed { url: String, detail: String },
+}
+
+/// The fleet's database, as one node sees it.
+#[derive(Debug)]
+pub struct Database {
+    config: StoreConfig,
+    client: ArcSwapOption<Client>,
+    /// Held while dialling, so that a dead connection is replaced once.
+    dialling: tokio::sync::Mutex<()>,
+}
+
+impl Database {
+    /// Connects, and brings the schema up to date.
+    pub async fn connect(config: &StoreConfig) -> Result<Arc<Self>, DatabaseError> {
+        let database = Self {
+            config: config.clone(),
+            client: ArcSwapOption::empty(),
+            dialling: tokio::sync::Mutex::new(()),
+        };
+        let mut client = database.dial().await?;
+        database.migrate(&mut client).await?;
+        database.client.store(Some(Arc::new(client)));
+        Ok(Arc::new(database))
+    }
+
+    /// The URL, without its password.
+    pub fn url(&self) -> String {
+        self.config.redacted()
+    }
+
+    /// The open connection, dialled again if it closed.
+    pub async fn client(&self) -> Result<Arc<Client>, DatabaseError> {
+        if let Some(client) = self.client.load_full()
+            && !client.is_closed()
+        {
+            return Ok(client);
+        }
+        let _dialling = self.dialling.lock().await;
+        if let Some(client) = self.client.load_full()
+            && !client.is_closed()
+        {
+            return Ok(client);
+        }
+        let client = Arc::new(self.dial().await?);
+        self.client.store(Some(Arc::clone(&client)));
+        tracing::info!(database = %self.url(), "connected to the database");
+        Ok(client)
+    }
+
+    /// An error of a query, for the calls that needed it.
+    pub fn failed(&self, error: &tokio_postgres::Error) -> DatabaseError {
+        if error.is_closed() {
+            DatabaseError::Unreachable {
+                url: self.url(),
+                detail: error.to_string(),
+            }
+        } else {
+            DatabaseError::Failed {
+                url: self.url(),
+                detail: error.as_db_error().map_or_else(
+                    || error.to_string(),
+                    |db| format!("{}: {}", db.code().code(), db.message()),
+                ),
+            }
+        }
+    }
+
+    async fn dial(&self) -> Result<Client, DatabaseError> {
+        let mut postgres = self.config.postgres.clone();
+        let timeout = postgres
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(CONNECT_TIMEOUT);
+        postgres.connect_timeout(timeout);
+        let unreachable = |detail: String| DatabaseError::Unreachable {
+            url: self.url(),
+            detail,
+        };
+        let (client, connection) = tokio::time::timeout(timeout, postgres.connect(NoTls))
+            .await
+            .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?
+            .map_err(|error| {
+                unreachable(
+                    error
+                        .as_db_error()
+                        .map_or_else(|| error.to_string(), |db| db.message().to_owned()),
+                )
+            })?;
+        let url = self.url();
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::warn!(database = %url, %error, "database connection lost");
+            }
+        });
+        Ok(client)
+    }
+
+    async fn migrate(&self, client: &mut Client) -> Result<(), DatabaseError> {
+        let failed = |error: tokio_postgres::Error| self.failed(&error);
+        let known = MIGRATIONS.last().map_or(0, |(version, _)| *version);
+        let transaction = client.transaction().await.map_err(failed)?;
+        transaction
+            .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(failed)?;
+        transaction
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS govbridge_schema (
+                     version integer PRIMARY KEY,
+                     applied_at timestamptz NOT NULL DEFAULT now()
+                 )",
+            )
+            .await
+            .map_err(failed)?;
+        let found: i32 = transaction
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM govbridge_schema",
+                &[],
+            )
+            .await
+            .map_err(failed)?
+            .get(0);
+        if found > known {
+            return Err(DatabaseError::NewerSchema {
+                url: self.url(),
+                found,
+                known,
+            });
+        }
+        for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version > found) {
+            transaction.batch_execute(sql).await.map_err(failed)?;
+            transaction
+                .execute(
+                    "INSERT INTO govbridge_schema (version) VALUES ($1)",
+                    &[version],
+                )
+                .await
+                .map_err(failed)?;
+            tracing::info!(database = %self.url(), version, "database schema migrated");
+        }
+        transaction.commit().await.map_err(failed)
+    }
+}
