@@ -9,6 +9,7 @@ mod audit;
 mod bench;
 #[cfg(feature = "harness")]
 mod consent;
+mod fleet;
 #[cfg(feature = "harness")]
 mod harness;
 mod status;
@@ -67,6 +68,11 @@ enum Command {
         /// The admin endpoint, `gateway.admin` in its configuration.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
         admin: std::net::SocketAddr,
+    },
+    /// A fleet of nodes sharing a PostgreSQL database (`[store]`).
+    Fleet {
+        #[command(subcommand)]
+        command: fleet::FleetCommand,
     },
     /// Validate a configuration as a start would, then exit.
     CheckConfig {
@@ -262,6 +268,10 @@ fn run(command: Command, log_format: LogFormat) -> anyhow::Result<()> {
         Command::CheckConfig { config } => {
             init_logging(log_format, None, "")?;
             check_config(&config)
+        }
+        Command::Fleet { command } => {
+            init_logging(log_format, None, "")?;
+            fleet::run(command)
         }
         Command::Status { admin } => {
             init_logging(log_format, None, "")?;

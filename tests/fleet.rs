@@ -20,10 +20,95 @@ const CLEARANCE: &str = "/govbridge.tax.v1.TaxAuthority/GetTaxClearance";
 /// `count` gateway nodes in front of the bed's agencies, sharing
 /// `cluster`'s database.
 fn nodes(bed: &Bed, cluster: &Cluster, count: usize) -> Vec<GatewayProcess> {
-    let store = format!("\n[store]\nurl = \"{}\"\n", cluster.url());
     (0..count)
-        .map(|index| GatewayProcess::spawn_with(bed, &format!("node-{index}"), &[], &store))
+        .map(|index| node(bed, cluster, index, ""))
         .collect()
+}
+
+/// Node `node-<index>`, with `exchange_log` lines added to its
+/// `[exchange_log]`.
+fn node(bed: &Bed, cluster: &Cluster, index: usize, exchange_log: &str) -> GatewayProcess {
+    let name = format!("node-{index}");
+    let extra = format!("{exchange_log}\n[store]\nurl = \"{}\"\n", cluster.url());
+    let id = format!("node_id = \"{name}\"");
+    GatewayProcess::spawn_with(bed, &name, &[&id], &extra)
+}
+
+/// `govbridge fleet status --json`, run with node 0's configuration.
+fn fleet_status(bed: &Bed) -> serde_json::Value {
+    let config = bed.dir().join("node-0.toml");
+    let output = support::govbridge(&[
+        "fleet",
+        "status",
+        "--json",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", support::text(&output));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// The state of each node, by id, and whether it differs.
+fn states(status: &serde_json::Value) -> Vec<(String, String, bool)> {
+    status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|node| {
+            (
+                node["id"].as_str().unwrap().to_owned(),
+                node["state"].as_str().unwrap().to_owned(),
+                node["differs"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Every node registers; `fleet status` lists them, flags the one whose
+/// configuration differs, and sees a node stop cleanly and a node die.
+#[tokio::test]
+async fn nodes_register_and_fleet_status_flags_the_odd_one() {
+    let cluster = Cluster::start_temporary().unwrap();
+    let bed = dev_bed().await;
+    let mut first = node(&bed, &cluster, 0, "");
+    let mut second = node(&bed, &cluster, 1, "");
+    let odd = node(
+        &bed,
+        &cluster,
+        2,
+        "data_tracker_clients = [\"SN/GOV/DGCPT/treasury\"]",
+    );
+    let row = |id: &str, state: &str, differs: bool| (id.to_owned(), state.to_owned(), differs);
+    assert_eq!(
+        states(&fleet_status(&bed)),
+        [
+            row("node-0", "up", false),
+            row("node-1", "up", false),
+            row("node-2", "up", true),
+        ]
+    );
+    let status = fleet_status(&bed);
+    assert_eq!(
+        status["nodes"][0]["address"].as_str().unwrap(),
+        first.address.to_string()
+    );
+
+    second.sigterm();
+    assert!(second.exit_status(Duration::from_secs(30)).await.success());
+    assert_eq!(
+        states(&fleet_status(&bed))[1],
+        row("node-1", "stopped", false)
+    );
+
+    // Killed: silent, then reported down after five seconds.
+    first.kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while states(&fleet_status(&bed))[0] != row("node-0", "down", false) {
+        assert!(Instant::now() < deadline, "{:?}", fleet_status(&bed));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(odd);
+    bed.stop().await;
 }
 
 /// MyGov grants CBAO's credit subsystem `max_uses` tax clearances of the
@@ -136,6 +221,7 @@ async fn consent_bound_calls_fail_closed_while_the_database_is_down() {
     until_the_feed_is_fresh(&bed, node.address, &artefact).await;
 
     cluster.stop().unwrap();
+    until_ready(node.admin, false).await;
     let refused = clearance(&bed, node.address, &artefact).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     assert_eq!(
@@ -146,8 +232,28 @@ async fn consent_bound_calls_fail_closed_while_the_database_is_down() {
 
     cluster.restart().unwrap();
     clearance(&bed, node.address, &artefact).await.unwrap();
+    until_ready(node.admin, true).await;
     drop(node);
     bed.stop().await;
+}
+
+/// Polls the node's `/readyz` until it says it is ready (`true`) or that
+/// its database is unreachable (`false`).
+async fn until_ready(admin: SocketAddr, ready: bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = support::admin_request(admin, "GET", "/readyz").await;
+        let done = if ready {
+            status == 200
+        } else {
+            status == 503 && body.contains("the fleet's database is unreachable")
+        };
+        if done {
+            return;
+        }
+        assert!(Instant::now() < deadline, "/readyz: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Runs futures concurrently on this task and collects their outputs.

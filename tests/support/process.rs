@@ -38,6 +38,19 @@ impl GatewayProcess {
         let text = std::fs::read_to_string(bed.dir().join("govbridge.toml")).unwrap();
         assert!(!text.contains("[exchange_log]"));
         let lines: String = gateway.iter().map(|line| format!("{line}\n")).collect();
+        // A line given replaces the file's line for the same key.
+        let mut text = text;
+        for line in gateway {
+            if let Some((key, _)) = line.split_once(" = ") {
+                let prefix = format!("\n{key} = ");
+                if let Some(start) = text.find(&prefix) {
+                    let end = text[start + 1..]
+                        .find('\n')
+                        .map_or(text.len(), |end| start + 1 + end);
+                    text.replace_range(start..end, "");
+                }
+            }
+        }
         let text = text.replacen("[gateway]\n", &format!("[gateway]\n{lines}"), 1);
         let config = bed.dir().join(format!("{name}.toml"));
         std::fs::write(
@@ -88,6 +101,12 @@ impl GatewayProcess {
             admin: admin.unwrap(),
             data: bed.dir().join(format!("{name}-data")),
         }
+    }
+
+    /// Kills it (SIGKILL) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM.

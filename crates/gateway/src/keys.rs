@@ -77,6 +77,20 @@ pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()
     result
 }
 
+/// The SHA-256 of `bytes`, in lowercase hex: fingerprints of what a node
+/// runs, compared across a fleet.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    digest
+        .as_ref()
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

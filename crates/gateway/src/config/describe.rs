@@ -101,4 +101,24 @@ impl Config {
         }
         serde_json::to_string_pretty(&value).unwrap_or_default()
     }
+
+    /// What must be the same on every node of a fleet, hashed (SHA-256,
+    /// hex): members and groups, providers, services, purposes, limits,
+    /// and the exchange log's Data Tracker clients. Node-local settings
+    /// (node id, addresses, files, timeouts, and the log's origin while each
+    /// node keeps a log of its own) are left out, as are the policies
+    /// (`PolicyEngine::fingerprint`).
+    pub fn fleet_fingerprint(&self) -> String {
+        let described: serde_json::Value =
+            serde_json::from_str(&self.describe(true)).unwrap_or_default();
+        let shared = serde_json::json!({
+            "members": described["members"],
+            "providers": self.providers.keys().map(ToString::to_string).collect::<Vec<_>>(),
+            "services": described["services"],
+            "purposes": described["purposes"],
+            "limits": described["limits"],
+            "data_tracker_clients": described["exchange_log"]["data_tracker_clients"],
+        });
+        crate::keys::sha256_hex(shared.to_string().as_bytes())
+    }
 }

@@ -119,6 +119,18 @@ pub(crate) fn uid(type_name: &str, id: &str) -> EntityUid {
 }
 
 impl PolicyEngine {
+    /// The policies in force, hashed (SHA-256, hex, over each policy's
+    /// id and text in id order): nodes of a fleet compare it.
+    pub fn fingerprint(&self) -> String {
+        let mut policies: Vec<String> = self
+            .policies
+            .policies()
+            .map(|policy| format!("{}\n{policy}\n", policy.id()))
+            .collect();
+        policies.sort();
+        crate::keys::sha256_hex(policies.concat().as_bytes())
+    }
+
     /// Loads and validates the schema and policies a configuration names,
     /// and builds the entities of its member registry.
     pub fn load(config: &Config) -> Result<Self, PolicyError> {

@@ -138,6 +138,8 @@ pub struct Admin {
     pub state: Arc<arc_swap::ArcSwap<GatewayState>>,
     pub reloader: Reloader,
     pub listener: Arc<crate::net::ListenerStats>,
+    /// The fleet's database, with `[store]`.
+    pub fleet: Option<Arc<super::gateway::FleetLink>>,
 }
 
 impl Admin {
@@ -259,6 +261,11 @@ impl Admin {
             && !log.is_healthy()
         {
             problems.push("the exchange log cannot write: every call is refused".to_owned());
+        }
+        if let Some(problem) = self.fleet.as_ref().and_then(|fleet| fleet.problem()) {
+            problems.push(format!(
+                "the fleet's database is unreachable ({problem}): consent-bound calls are refused"
+            ));
         }
         let state = self.state.load_full();
         let now = crate::unix_time::now();

@@ -79,6 +79,70 @@ pub struct Gateway {
     /// Consent states and uses, and the feed that keeps them, when consent
     /// is configured. Both outlive reloads.
     consent: Option<(Arc<ConsentLedger>, crate::consent::feed::FeedSource)>,
+    /// The fleet's database and this node's place in it, with `[store]`.
+    fleet: Option<Arc<FleetLink>>,
+}
+
+/// A node's link to its fleet's database: it registers there, beats every
+/// second, and knows whether the database answers.
+#[derive(Debug)]
+pub struct FleetLink {
+    pub database: Arc<crate::database::Database>,
+    node: crate::database::nodes::NodeInfo,
+    /// Why the last heartbeat failed; `None` while the database answers.
+    problem: arc_swap::ArcSwapOption<String>,
+}
+
+impl FleetLink {
+    /// Why the node cannot reach its fleet's database, if it cannot.
+    pub fn problem(&self) -> Option<Arc<String>> {
+        self.problem.load_full()
+    }
+
+    /// This node as it registers, with the fingerprints of `state`.
+    fn info(&self, state: &GatewayState) -> crate::database::nodes::NodeInfo {
+        let (config, policy) = &state.fingerprints;
+        crate::database::nodes::NodeInfo {
+            config_fingerprint: config.clone(),
+            policy_fingerprint: policy.clone(),
+            ..self.node.clone()
+        }
+    }
+
+    /// Beats every [`HEARTBEAT`](crate::database::nodes::HEARTBEAT) with
+    /// the current configuration's fingerprints, until aborted.
+    async fn beat(self: Arc<Self>, state: SharedState) {
+        let mut ticks = tokio::time::interval(crate::database::nodes::HEARTBEAT);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let info = self.info(&state.load());
+            let beat = tokio::time::timeout(
+                crate::database::nodes::STALE_AFTER,
+                self.database.heartbeat(&info),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::database::DatabaseError::Unreachable {
+                    url: self.database.url(),
+                    detail: "no answer to the heartbeat".to_owned(),
+                })
+            });
+            match beat {
+                Ok(()) => {
+                    if self.problem.swap(None).is_some() {
+                        tracing::info!(database = %self.database.url(), "the fleet's database answers again");
+                    }
+                }
+                Err(error) => {
+                    let previous = self.problem.swap(Some(Arc::new(error.to_string())));
+                    if previous.is_none() {
+                        tracing::error!(%error, "the fleet's database does not answer");
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Gateway {
@@ -135,6 +199,26 @@ impl Gateway {
             Some(store) => Some(crate::database::Database::connect(store).await?),
             None => None,
         };
+        let fleet = match &database {
+            Some(database) => {
+                let link = FleetLink {
+                    database: Arc::clone(database),
+                    node: crate::database::nodes::NodeInfo {
+                        id: config.gateway.node_id.clone(),
+                        address: tcp
+                            .local_addr()
+                            .map_or_else(|_| address.to_string(), |bound| bound.to_string()),
+                        version: env!("CARGO_PKG_VERSION").to_owned(),
+                        config_fingerprint: String::new(),
+                        policy_fingerprint: String::new(),
+                    },
+                    problem: arc_swap::ArcSwapOption::empty(),
+                };
+                database.register(&link.info(&state.load())).await?;
+                Some(Arc::new(link))
+            }
+            None => None,
+        };
         let consent = match &config.consent {
             Some(consent) => Some((
                 match &database {
@@ -172,6 +256,7 @@ impl Gateway {
             metrics,
             admin,
             consent,
+            fleet,
         })
     }
 
@@ -224,6 +309,7 @@ impl Gateway {
                 state: state.clone(),
                 reloader,
                 listener: self.listener.stats(),
+                fleet: self.fleet.clone(),
             };
             if let Ok(address) = listener.local_addr() {
                 tracing::info!("admin endpoint on http://{address}");
@@ -242,6 +328,10 @@ impl Gateway {
         background
             .0
             .push(tokio::spawn(watch_crls(state.clone())).abort_handle());
+        if let Some(fleet) = &self.fleet {
+            let beating = tokio::spawn(Arc::clone(fleet).beat(state.clone()));
+            background.0.push(beating.abort_handle());
+        }
         let ledger = match self.consent {
             Some((ledger, source)) => {
                 let feed = tokio::spawn(crate::consent::feed::follow(ledger.clone(), source));
@@ -266,6 +356,14 @@ impl Gateway {
             .await;
         drop(stop_admin);
         drop(background);
+        if let Some(fleet) = &self.fleet {
+            let leaving = fleet.database.deregister(&fleet.node.id);
+            match tokio::time::timeout(Duration::from_secs(2), leaving).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "cannot tell the fleet this node stops"),
+                Err(_) => tracing::warn!("cannot tell the fleet this node stops: no answer"),
+            }
+        }
         if let Some(log) = log {
             let closed = tokio::task::spawn_blocking(move || log.close()).await;
             if let Err(error) = closed {

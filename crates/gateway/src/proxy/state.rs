@@ -50,6 +50,9 @@ pub struct GatewayState {
     pub(super) health_check_interval: Option<Duration>,
     /// Load shedding and per-member limits, with their buckets and counts.
     pub(super) limits: Limits,
+    /// What a fleet's nodes compare: this configuration's shared part
+    /// and its policies, hashed.
+    pub(super) fingerprints: (String, String),
 }
 
 impl crate::directory::GatewayView for GatewayState {
@@ -111,6 +114,7 @@ impl GatewayState {
             });
         }
         let policy = PolicyEngine::load(config)?;
+        let fingerprints = (config.fleet_fingerprint(), policy.fingerprint());
         let admin_token = config
             .gateway
             .admin_token_file
@@ -171,6 +175,7 @@ impl GatewayState {
             // Calls in flight keep counting; unchanged buckets keep their
             // level.
             limits: Limits::after(&config.limits, previous.map(|previous| &previous.limits)),
+            fingerprints,
         })
     }
 

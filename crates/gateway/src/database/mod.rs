@@ -20,6 +20,8 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::config::StoreConfig;
 
+pub mod nodes;
+
 /// How long a dial may take, unless the URL says (`connect_timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -27,16 +29,32 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const MIGRATION_LOCK: i64 = 0x676f_7662_7269_6467;
 
 /// The schema, one step per version; applied in order, each once.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE consent_uses (
-         consent text PRIMARY KEY,
-         -- uses spent, plus those reserved by calls in flight on any node
-         counted integer NOT NULL CHECK (counted >= 0),
-         -- seconds since the epoch; past it the count is never needed
-         expires bigint NOT NULL
-     );",
-)];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE consent_uses (
+             consent text PRIMARY KEY,
+             -- uses spent, plus those reserved by calls in flight on any node
+             counted integer NOT NULL CHECK (counted >= 0),
+             -- seconds since the epoch; past it the count is never needed
+             expires bigint NOT NULL
+         );",
+    ),
+    (
+        2,
+        "CREATE TABLE nodes (
+             id text PRIMARY KEY,
+             address text NOT NULL,
+             version text NOT NULL,
+             config_fingerprint text NOT NULL,
+             policy_fingerprint text NOT NULL,
+             started_at timestamptz NOT NULL,
+             -- the database's clock, so that nodes' clocks never matter
+             heartbeat_at timestamptz NOT NULL,
+             stopped_at timestamptz
+         );",
+    ),
+];
 
 /// Why the database cannot be used.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -71,6 +89,43 @@ impl Database {
         };
         let mut client = database.dial().await?;
         database.migrate(&mut client).await?;
+        database.client.store(Some(Arc::new(client)));
+        Ok(Arc::new(database))
+    }
+
+    /// Connects to a database the fleet's nodes have set up, changing
+    /// nothing: what an operator's command reads.
+    pub async fn open(config: &StoreConfig) -> Result<Arc<Self>, DatabaseError> {
+        let database = Self {
+            config: config.clone(),
+            client: ArcSwapOption::empty(),
+            dialling: tokio::sync::Mutex::new(()),
+        };
+        let client = database.dial().await?;
+        let known = MIGRATIONS.last().map_or(0, |(version, _)| *version);
+        let found: i32 = client
+            .query_opt("SELECT max(version) FROM govbridge_schema", &[])
+            .await
+            .ok()
+            .flatten()
+            .and_then(|row| row.get::<_, Option<i32>>(0))
+            .unwrap_or(0);
+        if found > known {
+            return Err(DatabaseError::NewerSchema {
+                url: database.url(),
+                found,
+                known,
+            });
+        }
+        if found < known {
+            return Err(DatabaseError::Failed {
+                url: database.url(),
+                detail: format!(
+                    "its schema is version {found}, older than this command's {known}: start a \
+                     gateway node of this version against it first (nodes migrate it)"
+                ),
+            });
+        }
         database.client.store(Some(Arc::new(client)));
         Ok(Arc::new(database))
     }
