@@ -5,6 +5,7 @@
 mod support;
 
 use govbridge::postgres::Cluster;
+use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
 use govbridge::proto::consent::v1::GrantRequest;
 use govbridge::proto::consent::v1::consent_client::ConsentClient;
 use govbridge::proto::tax::v1::GetTaxClearanceRequest;
@@ -235,6 +236,101 @@ async fn consent_bound_calls_fail_closed_while_the_database_is_down() {
     until_ready(node.admin, true).await;
     drop(node);
     bed.stop().await;
+}
+
+/// A member limited to R calls per second, its calls spread over three
+/// nodes, gets R in all (within 10 %), not R per node; once two nodes
+/// leave, the one left admits R by itself.
+#[tokio::test]
+async fn a_members_rate_holds_for_the_fleet_and_a_leaving_node_gives_its_share_back() {
+    const RATE: u32 = 30;
+    let cluster = Cluster::start_temporary().unwrap();
+    let bed = Bed::builder()
+        .dev_policies()
+        .limits("[limits.members.\"SN/COM/CBAO/kyc\"]\nrequests_per_second = 30\nburst = 3\n")
+        .start()
+        .await;
+    let mut nodes = nodes(&bed, &cluster, 3);
+    for node in &nodes {
+        support::wait_for_metric(node.admin, "govbridge_fleet_nodes_up", |up| up == 3.0).await;
+    }
+    let window = Duration::from_secs(3);
+    let admitted = admitted_within(&bed, &nodes, window).await;
+    let expected = f64::from(RATE) * window.as_secs_f64();
+    eprintln!("three nodes: {admitted} calls admitted in {window:?} at {RATE}/s");
+    // Each node's share of the burst (1) may come on top.
+    assert!(
+        (expected * 0.9..=expected * 1.1 + 3.0).contains(&(admitted as f64)),
+        "{admitted} calls admitted in {window:?}, for {expected} at {RATE}/s"
+    );
+
+    // Two nodes stop: the last one takes the member's whole rate.
+    for node in &mut nodes[1..] {
+        node.sigterm();
+        assert!(node.exit_status(Duration::from_secs(30)).await.success());
+    }
+    let last = &nodes[..1];
+    support::wait_for_metric(last[0].admin, "govbridge_fleet_nodes_up", |up| up == 1.0).await;
+    let admitted = admitted_within(&bed, last, window).await;
+    eprintln!("one node left: {admitted} calls admitted in {window:?} at {RATE}/s");
+    assert!(
+        (expected * 0.9..=expected * 1.1 + 3.0).contains(&(admitted as f64)),
+        "{admitted} calls admitted in {window:?} by one node, for {expected}"
+    );
+    drop(nodes);
+    bed.stop().await;
+}
+
+/// CBAO's KYC subsystem calls as fast as it can through `nodes` (four
+/// callers on each) for `window`; returns the calls admitted (the others
+/// are refused as `rate-limited`).
+async fn admitted_within(bed: &Bed, nodes: &[GatewayProcess], window: Duration) -> usize {
+    let mut clients = Vec::new();
+    for node in nodes {
+        for _ in 0..4 {
+            let client = H2Client::connect(node.address, bed.member_tls("cbao-kyc"))
+                .await
+                .unwrap();
+            clients.push(CivilRegistryClient::new(client));
+        }
+    }
+    let request = support::verify_identity_of(bed, 0);
+    let until = Instant::now() + window;
+    let mut callers = tokio::task::JoinSet::new();
+    for mut registry in clients {
+        let request = request.clone();
+        callers.spawn(async move {
+            let mut admitted = 0;
+            while Instant::now() < until {
+                match registry
+                    .verify_identity(declared(request.clone(), "KYC"))
+                    .await
+                {
+                    Ok(_) => admitted += 1,
+                    Err(status) => {
+                        assert_eq!(
+                            bridge_error(&status).as_deref(),
+                            Some("rate-limited"),
+                            "{status:?}"
+                        );
+                        // As a well-behaved client: back off as told.
+                        let pushback = status
+                            .metadata()
+                            .get("grpc-retry-pushback-ms")
+                            .and_then(|value| value.to_str().ok()?.parse().ok())
+                            .unwrap_or(10);
+                        tokio::time::sleep(Duration::from_millis(pushback.min(50))).await;
+                    }
+                }
+            }
+            admitted
+        });
+    }
+    let mut admitted = 0;
+    while let Some(count) = callers.join_next().await {
+        admitted += count.unwrap();
+    }
+    admitted
 }
 
 /// Polls the node's `/readyz` until it says it is ready (`true`) or that

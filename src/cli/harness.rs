@@ -79,6 +79,11 @@ pub(super) enum HarnessCommand {
         /// `reset`, `drop`): for trying the gateway's resilience.
         #[arg(long)]
         faults: bool,
+        /// Run a fleet of this many gateway nodes on consecutive ports,
+        /// sharing a throwaway PostgreSQL cluster in DIR/postgres (needs
+        /// PostgreSQL's server binaries: Debian's `postgresql` package).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+        nodes: u16,
     },
 }
 
@@ -138,9 +143,9 @@ pub(super) fn run(command: HarnessCommand, log_format: LogFormat) -> anyhow::Res
                 stop_with_parent,
             ))
         }
-        HarnessCommand::Dev { dir, faults } => {
+        HarnessCommand::Dev { dir, faults, nodes } => {
             init_logging(log_format, otlp_of(None)?.as_ref(), "dev")?;
-            runtime()?.block_on(govbridge::dev::run(&dir, faults))
+            runtime()?.block_on(govbridge::dev::run(&dir, faults, usize::from(nodes)))
         }
         HarnessCommand::Agency { name, config } => {
             init_logging(log_format, None, "")?;

@@ -175,10 +175,72 @@ pub fn prepare(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(config)
 }
 
+/// Writes `dir/node-N.toml` for node `index` (0-based) of a fleet: the dev
+/// configuration with its own node id (`<node_id>-N`), ports (the dev
+/// ports plus `index`), exchange log (`node-N-data/`) and the fleet's
+/// `[store] url`. Returns its path.
+pub fn write_node_config(config_path: &Path, index: usize, url: &str) -> anyhow::Result<PathBuf> {
+    let text = std::fs::read_to_string(config_path)
+        .with_context(|| format!("cannot read {}", config_path.display()))?;
+    let mut table: toml::Table = text
+        .parse()
+        .with_context(|| format!("{}: not TOML", config_path.display()))?;
+    let number = index + 1;
+    let offset = u16::try_from(index).context("too many nodes")?;
+    let shifted = |value: Option<&toml::Value>, key: &str| -> anyhow::Result<toml::Value> {
+        let address: std::net::SocketAddr = value
+            .and_then(toml::Value::as_str)
+            .with_context(|| format!("{}: no gateway.{key}", config_path.display()))?
+            .parse()
+            .with_context(|| format!("{}: gateway.{key}", config_path.display()))?;
+        let port = address
+            .port()
+            .checked_add(offset)
+            .context("port out of range")?;
+        Ok(std::net::SocketAddr::new(address.ip(), port)
+            .to_string()
+            .into())
+    };
+    let gateway = table
+        .get_mut("gateway")
+        .and_then(toml::Value::as_table_mut)
+        .with_context(|| format!("{}: no [gateway]", config_path.display()))?;
+    let node_id = gateway
+        .get("node_id")
+        .and_then(toml::Value::as_str)
+        .unwrap_or("gw")
+        .to_owned();
+    gateway.insert("node_id".into(), format!("{node_id}-{number}").into());
+    let listen = shifted(gateway.get("listen"), "listen")?;
+    gateway.insert("listen".into(), listen);
+    if gateway.contains_key("admin") {
+        let admin = shifted(gateway.get("admin"), "admin")?;
+        gateway.insert("admin".into(), admin);
+    }
+    let log = table
+        .entry("exchange_log")
+        .or_insert_with(|| toml::Table::new().into());
+    if let Some(log) = log.as_table_mut() {
+        log.insert("data_dir".into(), format!("node-{number}-data").into());
+    }
+    let mut store = toml::Table::new();
+    store.insert("url".into(), url.into());
+    table.insert("store".into(), store.into());
+    let path = config_path.with_file_name(format!("node-{number}.toml"));
+    let text = format!(
+        "# Node {number} of the dev fleet, written by `govbridge dev --nodes`: \
+         edit govbridge.toml instead.\n{table}"
+    );
+    pki::write_file(&path, text.as_bytes(), 0o644)?;
+    Ok(path)
+}
+
 /// Runs every mock agency and the gateway until Ctrl-C or SIGTERM. With
 /// `faults`, the agencies fail on request (the `govbridge-fault` header,
-/// see [`crate::agencies::fault`]).
-pub async fn run(dir: &Path, faults: bool) -> anyhow::Result<()> {
+/// see [`crate::agencies::fault`]). With `nodes` above one, the gateway
+/// is a fleet of that many nodes on consecutive ports, sharing a
+/// throwaway PostgreSQL cluster in `dir/postgres`.
+pub async fn run(dir: &Path, faults: bool, nodes: usize) -> anyhow::Result<()> {
     let config_path = prepare(dir)?;
     let config = Config::load(&config_path)?;
     let agencies = AgenciesConfig::load(&config_path)?;
@@ -204,20 +266,56 @@ pub async fn run(dir: &Path, faults: bool) -> anyhow::Result<()> {
         started.push((agency.agency.name(), bound.local_addr()?));
         tasks.spawn(bound.serve(shutdown.clone().wait()));
     }
-    let gateway = Gateway::bind(&config).await?;
-    let address = gateway.local_addr()?;
-    gateway.reloader().reload_on_sighup();
-    gateway
-        .reloader()
-        .reload_on_file_change(std::time::Duration::from_secs(2));
-    // Stopped before the agencies, so that the calls it lets finish can
+    let (cluster, node_configs) = if nodes > 1 {
+        let postgres = dir.join("postgres");
+        let cluster =
+            tokio::task::spawn_blocking(move || crate::postgres::Cluster::start(&postgres))
+                .await?
+                .context("starting the fleet's PostgreSQL")?;
+        println!("PostgreSQL for the fleet: {}", cluster.url());
+        let configs = (0..nodes)
+            .map(|index| write_node_config(&config_path, index, &cluster.url()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        (Some(cluster), configs)
+    } else {
+        (None, vec![config_path.clone()])
+    };
+    // Stopped before the agencies, so that the calls they let finish can
     // still reach them.
     let (stop_gateway, gateway_stopping) = Shutdown::new();
-    let gateway = tokio::spawn(gateway.serve(gateway_stopping.wait()));
+    let mut gateways = Vec::new();
+    let mut listening = Vec::new();
+    for path in &node_configs {
+        let config = Config::load(path)?;
+        let gateway = Gateway::bind(&config).await?;
+        listening.push((
+            config.gateway.node_id.clone(),
+            gateway.local_addr()?,
+            gateway.admin_addr(),
+        ));
+        gateway.reloader().reload_on_sighup();
+        gateway
+            .reloader()
+            .reload_on_file_change(std::time::Duration::from_secs(2));
+        gateways.push(tokio::spawn(gateway.serve(gateway_stopping.clone().wait())));
+    }
 
     let pki_dir = dir.join("pki");
     println!();
-    println!("govbridge gateway listening on https://{address} (mutual TLS, HTTP/2)");
+    for (node, address, admin) in &listening {
+        let admin = admin
+            .map(|admin| format!(", admin http://{admin}"))
+            .unwrap_or_default();
+        println!(
+            "govbridge gateway {node} listening on https://{address} (mutual TLS, HTTP/2){admin}"
+        );
+    }
+    if let Some(node) = node_configs.first().filter(|_| nodes > 1) {
+        println!(
+            "  fleet               govbridge fleet status --config {}",
+            node.display()
+        );
+    }
     println!(
         "  CA certificate      {}",
         pki_dir.join(pki::CA_CERT).display()
@@ -241,8 +339,40 @@ pub async fn run(dir: &Path, faults: bool) -> anyhow::Result<()> {
     termination_signal().await;
     println!("stopping: draining open calls");
     stop_gateway.trigger();
-    let _ = gateway.await;
+    for gateway in gateways {
+        let _ = gateway.await;
+    }
     trigger.trigger();
     while tasks.join_next().await.is_some() {}
+    // The database last: the nodes said they stopped.
+    drop(cluster);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each node of a dev fleet gets its own id, ports and log, and the
+    /// fleet's database; the rest is the dev configuration.
+    #[test]
+    fn node_configurations_differ_only_where_nodes_must() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = prepare(dir.path()).unwrap();
+        let url = "postgres://govbridge@127.0.0.1:5999/govbridge";
+        let first = Config::load(&write_node_config(&base, 0, url).unwrap()).unwrap();
+        let third = Config::load(&write_node_config(&base, 2, url).unwrap()).unwrap();
+        let dev = Config::load(&base).unwrap();
+        assert_eq!(first.gateway.node_id, format!("{}-1", dev.gateway.node_id));
+        assert_eq!(third.gateway.node_id, format!("{}-3", dev.gateway.node_id));
+        assert_eq!(first.gateway.listen, dev.gateway.listen);
+        assert_eq!(third.gateway.listen.port(), dev.gateway.listen.port() + 2);
+        assert_eq!(
+            third.gateway.admin.unwrap().port(),
+            dev.gateway.admin.unwrap().port() + 2
+        );
+        assert_eq!(third.exchange_log.data_dir, dir.path().join("node-3-data"));
+        assert_eq!(third.store.as_ref().unwrap().url, url);
+        assert_eq!(first.fleet_fingerprint(), third.fleet_fingerprint());
+    }
 }

@@ -205,6 +205,9 @@ impl Admin {
                     self.metrics
                         .render(log, state.certificates(), state.crls(), &self.listener);
                 render_endpoints(&mut rendered, &state);
+                if let Some(fleet) = &self.fleet {
+                    render_fleet(&mut rendered, &state, fleet);
+                }
                 let mut response = text(StatusCode::OK, rendered);
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -325,6 +328,28 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// The fleet as this node sees it.
+fn render_fleet(
+    out: &mut String,
+    state: &crate::proxy::GatewayState,
+    fleet: &super::gateway::FleetLink,
+) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "# HELP govbridge_fleet_nodes_up Nodes of the fleet up, this one included, as of the last \
+         heartbeat: each takes that share of a member's rate.\n\
+         # TYPE govbridge_fleet_nodes_up gauge\n\
+         govbridge_fleet_nodes_up {}\n\
+         # HELP govbridge_fleet_database_reachable 1 while this node's heartbeat reaches the \
+         fleet's database.\n\
+         # TYPE govbridge_fleet_database_reachable gauge\n\
+         govbridge_fleet_database_reachable {}",
+        state.limits.fleet_nodes(),
+        u8::from(fleet.problem().is_none())
+    );
 }
 
 /// The gauges and counters of each backend endpoint, read from the pools

@@ -109,6 +109,24 @@ impl FleetLink {
         }
     }
 
+    /// Shares each member's rate among the nodes up now (this one
+    /// included); an answer that does not come keeps the last count.
+    async fn count_nodes(&self, state: &GatewayState) {
+        use crate::database::nodes::NodeState;
+        match self.database.nodes().await {
+            Ok(nodes) => {
+                let up = nodes
+                    .iter()
+                    .filter(|node| node.state() == NodeState::Up)
+                    .count();
+                state
+                    .limits
+                    .set_fleet_nodes(u32::try_from(up).unwrap_or(u32::MAX));
+            }
+            Err(error) => tracing::debug!(%error, "cannot count the fleet's nodes"),
+        }
+    }
+
     /// Beats every [`HEARTBEAT`](crate::database::nodes::HEARTBEAT) with
     /// the current configuration's fingerprints, until aborted.
     async fn beat(self: Arc<Self>, state: SharedState) {
@@ -130,6 +148,7 @@ impl FleetLink {
             });
             match beat {
                 Ok(()) => {
+                    self.count_nodes(&state.load()).await;
                     if self.problem.swap(None).is_some() {
                         tracing::info!(database = %self.database.url(), "the fleet's database answers again");
                     }
@@ -215,6 +234,7 @@ impl Gateway {
                     problem: arc_swap::ArcSwapOption::empty(),
                 };
                 database.register(&link.info(&state.load())).await?;
+                link.count_nodes(&state.load()).await;
                 Some(Arc::new(link))
             }
             None => None,

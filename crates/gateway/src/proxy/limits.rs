@@ -43,31 +43,75 @@ pub struct Limits {
     gateway_max: NonZeroU32,
     /// Calls in flight through the whole gateway; shared across reloads.
     gateway: Arc<CallCount>,
+    /// The nodes of the fleet that are up, this one included (1 without a
+    /// fleet): each takes that share of a member's rate. Shared across
+    /// reloads; the fleet's heartbeat sets it.
+    fleet_nodes: Arc<AtomicU32>,
     members: HashMap<MemberId, MemberLimiter>,
 }
 
 #[derive(Debug)]
 struct MemberLimiter {
     limits: MemberLimits,
-    /// `None` when the member's rate is unlimited.
-    bucket: Option<Arc<DefaultDirectRateLimiter>>,
+    /// `None` when the member's rate is unlimited; else the bucket for the
+    /// fleet size it was made for.
+    bucket: Option<arc_swap::ArcSwap<ShareBucket>>,
     /// The member's calls in flight, counted even without a cap so that a
     /// cap set by a reload starts from the true count.
     in_flight: Arc<CallCount>,
 }
 
 impl MemberLimiter {
-    fn new(limits: MemberLimits) -> Self {
+    fn new(limits: MemberLimits, nodes: u32) -> Self {
         Self {
             limits,
-            bucket: limits.rate.map(|rate| Arc::new(bucket(rate))),
+            bucket: limits
+                .rate
+                .map(|rate| arc_swap::ArcSwap::from_pointee(ShareBucket::new(rate, nodes))),
             in_flight: Arc::default(),
         }
     }
+
+    /// The bucket for a fleet of `nodes`, made anew (full) when the fleet
+    /// changed size.
+    fn bucket(&self, rate: RateLimit, nodes: u32) -> Option<Arc<ShareBucket>> {
+        let bucket = self.bucket.as_ref()?;
+        let current = bucket.load_full();
+        if current.nodes == nodes {
+            return Some(current);
+        }
+        let resized = Arc::new(ShareBucket::new(rate, nodes));
+        bucket.store(Arc::clone(&resized));
+        Some(resized)
+    }
 }
 
-fn bucket(rate: RateLimit) -> DefaultDirectRateLimiter {
-    DefaultDirectRateLimiter::direct(Quota::per_second(rate.per_second).allow_burst(rate.burst))
+/// One node's share of a member's token bucket: `1/nodes` of its rate and
+/// of its burst (at least one call), so that the fleet together admits
+/// the member's rate when its calls are spread over the nodes.
+#[derive(Debug)]
+struct ShareBucket {
+    nodes: u32,
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl ShareBucket {
+    fn new(rate: RateLimit, nodes: u32) -> Self {
+        let nodes = nodes.max(1);
+        let quota = if nodes == 1 {
+            Quota::per_second(rate.per_second)
+        } else {
+            // One token every `nodes / per_second` seconds.
+            let period =
+                Duration::from_secs_f64(f64::from(nodes) / f64::from(rate.per_second.get()));
+            Quota::with_period(period).unwrap_or_else(|| Quota::per_second(rate.per_second))
+        };
+        let burst = NonZeroU32::new(rate.burst.get().div_ceil(nodes)).unwrap_or(NonZeroU32::MIN);
+        Self {
+            nodes,
+            limiter: DefaultDirectRateLimiter::direct(quota.allow_burst(burst)),
+        }
+    }
 }
 
 /// A count of calls in flight with a cap checked on entry.
@@ -127,10 +171,11 @@ impl Limits {
         Self {
             gateway_max: config.gateway_concurrent_calls,
             gateway: Arc::default(),
+            fleet_nodes: Arc::new(AtomicU32::new(1)),
             members: config
                 .members
                 .iter()
-                .map(|(member, limits)| (member.clone(), MemberLimiter::new(*limits)))
+                .map(|(member, limits)| (member.clone(), MemberLimiter::new(*limits, 1)))
                 .collect(),
         }
     }
@@ -148,13 +193,16 @@ impl Limits {
 
     fn inherit(&mut self, previous: &Limits) {
         self.gateway = Arc::clone(&previous.gateway);
+        self.fleet_nodes = Arc::clone(&previous.fleet_nodes);
         for (member, limiter) in &mut self.members {
             let Some(old) = previous.members.get(member) else {
                 continue;
             };
             limiter.in_flight = Arc::clone(&old.in_flight);
-            if old.limits.rate == limiter.limits.rate {
-                limiter.bucket.clone_from(&old.bucket);
+            if old.limits.rate == limiter.limits.rate
+                && let (Some(new), Some(old)) = (&limiter.bucket, &old.bucket)
+            {
+                new.store(old.load_full());
             }
         }
     }
@@ -179,10 +227,12 @@ impl Limits {
                 max_message_bytes: MemberLimits::default().max_message_bytes,
             });
         };
-        if let (Some(bucket), Some(rate)) = (&limiter.bucket, limiter.limits.rate)
-            && let Err(not_until) = bucket.check()
+        let nodes = self.fleet_nodes.load(Ordering::Relaxed);
+        if let Some(rate) = limiter.limits.rate
+            && let Some(bucket) = limiter.bucket(rate, nodes)
+            && let Err(not_until) = bucket.limiter.check()
         {
-            let wait = not_until.wait_time_from(bucket.clock().now());
+            let wait = not_until.wait_time_from(bucket.limiter.clock().now());
             return Err(GatewayError::RateLimited {
                 member: member.clone(),
                 per_second: rate.per_second.get(),
@@ -206,6 +256,17 @@ impl Limits {
             _member: Some(slot),
             max_message_bytes: limiter.limits.max_message_bytes,
         })
+    }
+
+    /// The fleet now has `nodes` nodes up (this one included): each
+    /// member's rate is shared among them from the next call on.
+    pub fn set_fleet_nodes(&self, nodes: u32) {
+        self.fleet_nodes.store(nodes.max(1), Ordering::Relaxed);
+    }
+
+    /// The nodes a member's rate is shared among.
+    pub fn fleet_nodes(&self) -> u32 {
+        self.fleet_nodes.load(Ordering::Relaxed)
     }
 
     /// The gateway-wide cap on calls in flight.
@@ -400,6 +461,29 @@ mod tests {
         drop(first);
         assert_eq!(kind(limits.permit(&b)), "permitted");
         drop((second, third));
+    }
+
+    #[test]
+    fn in_a_fleet_each_node_takes_its_share_of_the_burst_and_gives_it_back() {
+        let limits = Limits::new(&config(&[(A, rated(1, 9))], 100));
+        let a = MemberId::parse(A).unwrap();
+        let burst = |limits: &Limits| {
+            (0..20)
+                .take_while(|_| kind(limits.permit(&a)) == "permitted")
+                .count()
+        };
+        // Three nodes up: a third of the burst here.
+        limits.set_fleet_nodes(3);
+        assert_eq!(burst(&limits), 3);
+        // The others left: the whole of it again (a bucket made anew).
+        limits.set_fleet_nodes(1);
+        assert_eq!(burst(&limits), 9);
+        // Four nodes: a quarter, rounded up so that each node admits one.
+        limits.set_fleet_nodes(4);
+        assert_eq!(burst(&limits), 3);
+        // A reload keeps the fleet's size.
+        let reloaded = Limits::after(&config(&[(A, rated(1, 9))], 100), Some(&limits));
+        assert_eq!(reloaded.fleet_nodes(), 4);
     }
 
     #[test]
