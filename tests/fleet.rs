@@ -333,6 +333,70 @@ async fn admitted_within(bed: &Bed, nodes: &[GatewayProcess], window: Duration) 
     admitted
 }
 
+/// TLS to the database: with `sslmode=require` and the CA that signs the
+/// server's certificate, a node connects and takes consent uses there;
+/// with another CA it refuses to start, saying why.
+#[tokio::test]
+async fn the_database_is_reached_over_verified_tls() {
+    use govbridge::pki::{CertificateAuthority, LeafRequest};
+    let ca = CertificateAuthority::generate("fleet database CA").unwrap();
+    let server = ca.issue(&LeafRequest::loopback_server("postgres")).unwrap();
+    let cluster =
+        Cluster::start_temporary_with_tls(&server.certificate_pem, &server.private_key_pem)
+            .unwrap();
+    let bed = dev_bed().await;
+    let store = |ca_file: &std::path::Path| {
+        format!(
+            "\n[store]\nurl = \"{}?sslmode=require\"\nca = \"{}\"\n",
+            cluster.url(),
+            ca_file.display()
+        )
+    };
+    let ca_file = bed.dir().join("database-ca.pem");
+    std::fs::write(&ca_file, ca.certificate_pem()).unwrap();
+    let node =
+        GatewayProcess::spawn_with(&bed, "node-0", &["node_id = \"node-0\""], &store(&ca_file));
+    let warm_up = grant(&bed, 100).await;
+    until_the_feed_is_fresh(&bed, node.address, &warm_up).await;
+    let artefact = grant(&bed, 1).await;
+    clearance(&bed, node.address, &artefact).await.unwrap();
+    let refused = clearance(&bed, node.address, &artefact).await.unwrap_err();
+    assert_eq!(bridge_error(&refused).as_deref(), Some("consent-exhausted"));
+
+    let stranger = CertificateAuthority::generate("another CA").unwrap();
+    let stranger_file = bed.dir().join("another-ca.pem");
+    std::fs::write(&stranger_file, stranger.certificate_pem()).unwrap();
+    let config = GatewayProcess::config(
+        &bed,
+        "node-1",
+        &["node_id = \"node-1\"", "listen = \"127.0.0.1:0\""],
+        &store(&stranger_file),
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_govbridge"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("a node trusting another CA started");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("store.url"), "{stderr}");
+    assert!(stderr.contains("UnknownIssuer"), "{stderr}");
+    drop(node);
+    bed.stop().await;
+}
+
 /// Polls the node's `/readyz` until it says it is ready (`true`) or that
 /// its database is unreachable (`false`).
 async fn until_ready(admin: SocketAddr, ready: bool) {

@@ -35,6 +35,12 @@ impl GatewayProcess {
 
     /// [`Self::spawn`], with `extra` (whole TOML sections) appended.
     pub fn spawn_with(bed: &Bed, name: &str, gateway: &[&str], extra: &str) -> Self {
+        let config = Self::config(bed, name, gateway, extra);
+        Self::spawn_config(bed, name, &config)
+    }
+
+    /// Writes the configuration [`Self::spawn_with`] runs: `name.toml`.
+    pub fn config(bed: &Bed, name: &str, gateway: &[&str], extra: &str) -> PathBuf {
         let text = std::fs::read_to_string(bed.dir().join("govbridge.toml")).unwrap();
         assert!(!text.contains("[exchange_log]"));
         let lines: String = gateway.iter().map(|line| format!("{line}\n")).collect();
@@ -58,11 +64,16 @@ impl GatewayProcess {
             format!("{text}\n[exchange_log]\ndata_dir = \"{name}-data\"\n{extra}"),
         )
         .unwrap();
+        config
+    }
+
+    /// Starts `govbridge serve --config config`.
+    fn spawn_config(bed: &Bed, name: &str, config: &std::path::Path) -> Self {
         // GOVBRIDGE_CHILD_LOG=<filter> shows the process's log, to debug.
         let log = std::env::var("GOVBRIDGE_CHILD_LOG").ok();
         let mut child = Command::new(env!("CARGO_BIN_EXE_govbridge"))
             .args(["serve", "--config"])
-            .arg(&config)
+            .arg(config)
             .env("RUST_LOG", log.as_deref().unwrap_or("warn"))
             .stdout(Stdio::piped())
             .stderr(if log.is_some() {

@@ -28,6 +28,8 @@ pub struct Cluster {
     port: u16,
     /// Who runs the server, when not the current user.
     user: Option<User>,
+    /// The server's certificate and key files, when it speaks TLS.
+    tls: Option<(PathBuf, PathBuf)>,
     running: bool,
     _temporary: Option<tempfile::TempDir>,
 }
@@ -43,11 +45,21 @@ struct User {
 impl Cluster {
     /// Creates and starts a cluster in a new temporary directory.
     pub fn start_temporary() -> anyhow::Result<Self> {
+        Self::temporary(None)
+    }
+
+    /// [`Self::start_temporary`], the server speaking TLS (as well as
+    /// plain text) with this certificate and key (PEM).
+    pub fn start_temporary_with_tls(certificate: &str, key: &str) -> anyhow::Result<Self> {
+        Self::temporary(Some((certificate, key)))
+    }
+
+    fn temporary(tls: Option<(&str, &str)>) -> anyhow::Result<Self> {
         let temporary = tempfile::Builder::new()
             .prefix("govbridge-pg-")
             .tempdir_in(std::env::temp_dir())
             .context("cannot create a directory for PostgreSQL")?;
-        let mut cluster = Self::start(temporary.path())?;
+        let mut cluster = Self::start_with(temporary.path(), tls)?;
         cluster._temporary = Some(temporary);
         Ok(cluster)
     }
@@ -55,6 +67,10 @@ impl Cluster {
     /// Creates a cluster in `dir/pgdata` (unless one is there already) and
     /// starts it on a free port of 127.0.0.1.
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(dir, None)
+    }
+
+    fn start_with(dir: &Path, tls: Option<(&str, &str)>) -> anyhow::Result<Self> {
         let bin = server_binaries()?;
         let user = unprivileged_user()?;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -64,11 +80,29 @@ impl Cluster {
             reachable_by(dir, user)?;
         }
         let data = dir.join("pgdata");
+        let tls = match tls {
+            Some((certificate, key)) => {
+                let files = (dir.join("server.crt"), dir.join("server.key"));
+                crate::pki::write_file(&files.0, certificate.as_bytes(), 0o644)?;
+                crate::pki::write_file(&files.1, key.as_bytes(), 0o600)?;
+                if let Some(user) = &user {
+                    for file in [&files.0, &files.1] {
+                        std::os::unix::fs::chown(file, Some(user.uid), Some(user.gid))
+                            .with_context(|| {
+                                format!("cannot give {} to {}", file.display(), user.name)
+                            })?;
+                    }
+                }
+                Some(files)
+            }
+            None => None,
+        };
         let mut cluster = Self {
             bin,
             data,
             port: 0,
             user,
+            tls,
             running: false,
             _temporary: None,
         };
@@ -142,11 +176,18 @@ impl Cluster {
     fn pg_ctl_start(&self) -> anyhow::Result<()> {
         let data = self.data.display().to_string();
         let log = self.data.join("server.log").display().to_string();
-        let options = format!(
+        let mut options = format!(
             "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories='' \
              -c max_connections=200",
             self.port
         );
+        if let Some((certificate, key)) = &self.tls {
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                certificate.display(),
+                key.display()
+            ));
+        }
         // -w: returns once the server accepts connections, or fails.
         self.run(
             "pg_ctl",

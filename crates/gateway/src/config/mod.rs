@@ -88,6 +88,11 @@ pub struct StoreConfig {
     pub url: String,
     /// The same, parsed.
     pub postgres: tokio_postgres::Config,
+    /// `[store] ca`: the CA certificates the database's certificate must
+    /// chain to; with it the connection uses TLS (`sslmode=prefer`, the
+    /// default, falls back to plain text when the server has no TLS;
+    /// `require` does not).
+    pub ca: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for StoreConfig {
@@ -95,6 +100,7 @@ impl std::fmt::Debug for StoreConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreConfig")
             .field("url", &self.redacted())
+            .field("ca", &self.ca)
             .finish()
     }
 }
@@ -114,19 +120,13 @@ impl StoreConfig {
         if postgres.get_hosts().is_empty() {
             return Err(format!("`{}` names no host", Self::redact(url)));
         }
-        if postgres.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(format!(
-                "`{}`: TLS to the database (sslmode=require) is not supported yet; reach it \
-                 over a private network or a local TLS tunnel",
-                Self::redact(url)
-            ));
-        }
         if postgres.get_user().is_none() {
             return Err(format!("`{}` names no user", Self::redact(url)));
         }
         Ok(Self {
             url: url.to_owned(),
             postgres,
+            ca: None,
         })
     }
 

@@ -54,6 +54,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawStore {
     url: Spanned<String>,
+    ca: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -660,8 +661,20 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
         .store
         .as_ref()
         .map(|store| {
-            StoreConfig::parse(store.url.get_ref())
-                .map_err(|message| source.error("store.url", &store.url, message))
+            let mut parsed = StoreConfig::parse(store.url.get_ref())
+                .map_err(|message| source.error("store.url", &store.url, message))?;
+            parsed.ca = store.ca.as_ref().map(|ca| source.path(ca));
+            if parsed.ca.is_none()
+                && parsed.postgres.get_ssl_mode() == tokio_postgres::config::SslMode::Require
+            {
+                return Err(source.error(
+                    "store.url",
+                    &store.url,
+                    "sslmode=require needs `ca` in [store]: the CA certificate(s) the \
+                     database's certificate chains to",
+                ));
+            }
+            Ok(parsed)
         })
         .transpose()?;
 

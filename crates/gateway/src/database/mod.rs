@@ -21,6 +21,7 @@ use tokio_postgres::{Client, NoTls};
 use crate::config::StoreConfig;
 
 pub mod nodes;
+mod tls;
 
 /// How long a dial may take, unless the URL says (`connect_timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -68,6 +69,16 @@ pub enum DatabaseError {
     NewerSchema { url: String, found: i32, known: i32 },
     #[error("the database {url} failed: {detail}")]
     Failed { url: String, detail: String },
+}
+
+/// Drives a connection until it closes, and says why it did.
+async fn watch<F>(connection: F, url: String)
+where
+    F: std::future::Future<Output = Result<(), tokio_postgres::Error>>,
+{
+    if let Err(error) = connection.await {
+        tracing::warn!(database = %url, %error, "database connection lost");
+    }
 }
 
 /// The fleet's database, as one node sees it.
@@ -183,23 +194,43 @@ impl Database {
             url: self.url(),
             detail,
         };
-        let (client, connection) = tokio::time::timeout(timeout, postgres.connect(NoTls))
-            .await
-            .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?
-            .map_err(|error| {
-                unreachable(
-                    error
-                        .as_db_error()
-                        .map_or_else(|| error.to_string(), |db| db.message().to_owned()),
-                )
-            })?;
-        let url = self.url();
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::warn!(database = %url, %error, "database connection lost");
+        let describe = |error: tokio_postgres::Error| {
+            // The cause says why TLS failed (an unknown issuer, say).
+            let mut detail = error
+                .as_db_error()
+                .map_or_else(|| error.to_string(), |db| db.message().to_owned());
+            if let Some(cause) = std::error::Error::source(&error) {
+                detail = format!("{detail}: {cause}");
             }
-        });
-        Ok(client)
+            unreachable(detail)
+        };
+        let url = self.url();
+        let dialled = match &self.config.ca {
+            None => {
+                let (client, connection) = tokio::time::timeout(timeout, postgres.connect(NoTls))
+                    .await
+                    .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?
+                    .map_err(describe)?;
+                tokio::spawn(watch(connection, url));
+                client
+            }
+            Some(ca) => {
+                let tls = crate::identity::tls::verifying_client_config(ca).map_err(|error| {
+                    DatabaseError::Failed {
+                        url: self.url(),
+                        detail: format!("store.ca: {error}"),
+                    }
+                })?;
+                let connecting = postgres.connect(tls::RustlsConnect(tls));
+                let (client, connection) = tokio::time::timeout(timeout, connecting)
+                    .await
+                    .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?
+                    .map_err(describe)?;
+                tokio::spawn(watch(connection, url));
+                client
+            }
+        };
+        Ok(dialled)
     }
 
     async fn migrate(&self, client: &mut Client) -> Result<(), DatabaseError> {

@@ -36,6 +36,20 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// A client config that verifies the server against the CA certificates in
+/// `ca` and presents none of its own, speaking whatever the server speaks:
+/// the fleet's database connection.
+pub fn verifying_client_config(ca: &Path) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = crypto_provider();
+    let roots = root_store(ca)?;
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(identity_error(ca))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// A failure to load or assemble TLS material. Always names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
