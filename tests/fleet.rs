@@ -221,8 +221,19 @@ async fn consent_bound_calls_fail_closed_while_the_database_is_down() {
     let artefact = grant(&bed, 100).await;
     until_the_feed_is_fresh(&bed, node.address, &artefact).await;
 
+    support::wait_for_metric(node.admin, "govbridge_fleet_database_reachable", |up| {
+        up == 1.0
+    })
+    .await;
+    let round_trip =
+        support::metric(node.admin, "govbridge_fleet_database_heartbeat_seconds").await;
+    assert!(round_trip > 0.0 && round_trip < 5.0, "{round_trip}");
     cluster.stop().unwrap();
     until_ready(node.admin, false).await;
+    assert_eq!(
+        support::metric(node.admin, "govbridge_fleet_database_reachable").await,
+        0.0
+    );
     let refused = clearance(&bed, node.address, &artefact).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     assert_eq!(

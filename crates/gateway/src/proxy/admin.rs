@@ -140,6 +140,8 @@ pub struct Admin {
     pub listener: Arc<crate::net::ListenerStats>,
     /// The fleet's database, with `[store]`.
     pub fleet: Option<Arc<super::gateway::FleetLink>>,
+    /// Consent states, with `[consent]`.
+    pub consent: Option<Arc<crate::consent::ConsentLedger>>,
 }
 
 impl Admin {
@@ -207,6 +209,21 @@ impl Admin {
                 render_endpoints(&mut rendered, &state);
                 if let Some(fleet) = &self.fleet {
                     render_fleet(&mut rendered, &state, fleet);
+                }
+                if let Some(log) = &self.log {
+                    render_log_files(&mut rendered, log.dir());
+                }
+                if let Some(consent) = &self.consent {
+                    use std::fmt::Write as _;
+                    let _ = writeln!(
+                        rendered,
+                        "# HELP govbridge_consent_feed_fresh 1 while the consent feed is heard \
+                         from within consent.freshness and caught up; 0: consent-bound calls are \
+                         refused (consent-status-unknown).\n\
+                         # TYPE govbridge_consent_feed_fresh gauge\n\
+                         govbridge_consent_feed_fresh {}",
+                        u8::from(consent.is_fresh())
+                    );
                 }
                 let mut response = text(StatusCode::OK, rendered);
                 response.headers_mut().insert(
@@ -330,6 +347,26 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     response
 }
 
+/// The sizes of the exchange log's files: the journal must stay within its
+/// bound, the store grow by what it keeps.
+fn render_log_files(out: &mut String, dir: &std::path::Path) {
+    use crate::exchange_log::store::DATABASE_FILE;
+    use std::fmt::Write as _;
+    let size = |name: &str| std::fs::metadata(dir.join(name)).map_or(0, |file| file.len());
+    let _ = writeln!(
+        out,
+        "# HELP govbridge_exchange_log_store_bytes Size of the exchange log's database file.\n\
+         # TYPE govbridge_exchange_log_store_bytes gauge\n\
+         govbridge_exchange_log_store_bytes {}\n\
+         # HELP govbridge_exchange_log_journal_bytes Size of the exchange log's journal (WAL); \
+         the writer keeps it within 16 MiB between batches.\n\
+         # TYPE govbridge_exchange_log_journal_bytes gauge\n\
+         govbridge_exchange_log_journal_bytes {}",
+        size(DATABASE_FILE),
+        size(&format!("{DATABASE_FILE}-wal"))
+    );
+}
+
 /// The fleet as this node sees it.
 fn render_fleet(
     out: &mut String,
@@ -346,9 +383,14 @@ fn render_fleet(
          # HELP govbridge_fleet_database_reachable 1 while this node's heartbeat reaches the \
          fleet's database.\n\
          # TYPE govbridge_fleet_database_reachable gauge\n\
-         govbridge_fleet_database_reachable {}",
+         govbridge_fleet_database_reachable {}\n\
+         # HELP govbridge_fleet_database_heartbeat_seconds How long this node's last answered \
+         heartbeat to the fleet's database took.\n\
+         # TYPE govbridge_fleet_database_heartbeat_seconds gauge\n\
+         govbridge_fleet_database_heartbeat_seconds {}",
         state.limits.fleet_nodes(),
-        u8::from(fleet.problem().is_none())
+        u8::from(fleet.problem().is_none()),
+        fleet.round_trip().as_secs_f64()
     );
 }
 

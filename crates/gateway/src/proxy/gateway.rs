@@ -91,12 +91,23 @@ pub struct FleetLink {
     node: crate::database::nodes::NodeInfo,
     /// Why the last heartbeat failed; `None` while the database answers.
     problem: arc_swap::ArcSwapOption<String>,
+    /// How long the last heartbeat that was answered took, in
+    /// microseconds: the database's latency as a node sees it.
+    round_trip_us: std::sync::atomic::AtomicU64,
 }
 
 impl FleetLink {
     /// Why the node cannot reach its fleet's database, if it cannot.
     pub fn problem(&self) -> Option<Arc<String>> {
         self.problem.load_full()
+    }
+
+    /// How long the last answered heartbeat took.
+    pub fn round_trip(&self) -> Duration {
+        Duration::from_micros(
+            self.round_trip_us
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// This node as it registers, with the fingerprints of `state`.
@@ -135,6 +146,7 @@ impl FleetLink {
         loop {
             ticks.tick().await;
             let info = self.info(&state.load());
+            let started = std::time::Instant::now();
             let beat = tokio::time::timeout(
                 crate::database::nodes::STALE_AFTER,
                 self.database.heartbeat(&info),
@@ -148,6 +160,9 @@ impl FleetLink {
             });
             match beat {
                 Ok(()) => {
+                    let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    self.round_trip_us
+                        .store(took, std::sync::atomic::Ordering::Relaxed);
                     self.count_nodes(&state.load()).await;
                     if self.problem.swap(None).is_some() {
                         tracing::info!(database = %self.database.url(), "the fleet's database answers again");
@@ -232,6 +247,7 @@ impl Gateway {
                         policy_fingerprint: String::new(),
                     },
                     problem: arc_swap::ArcSwapOption::empty(),
+                    round_trip_us: std::sync::atomic::AtomicU64::new(0),
                 };
                 database.register(&link.info(&state.load())).await?;
                 link.count_nodes(&state.load()).await;
@@ -330,6 +346,7 @@ impl Gateway {
                 reloader,
                 listener: self.listener.stats(),
                 fleet: self.fleet.clone(),
+                consent: self.consent.as_ref().map(|(ledger, _)| Arc::clone(ledger)),
             };
             if let Ok(address) = listener.local_addr() {
                 tracing::info!("admin endpoint on http://{address}");
