@@ -487,7 +487,7 @@ async fn exactly_max_uses_calls_succeed_out_of_fifty_concurrent() {
     )
     .await;
     let attempts = (0..50).map(|_| clearance(&bed, &a, Some(&consent.artefact)));
-    let outcomes = futures_join_all(attempts).await;
+    let outcomes = support::join_all(attempts).await;
     let succeeded = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
     assert_eq!(succeeded, 5);
     for outcome in outcomes.iter().filter_map(|outcome| outcome.as_ref().err()) {
@@ -501,38 +501,6 @@ async fn exactly_max_uses_calls_succeed_out_of_fifty_concurrent() {
         refused(&bed, &a, Some(&consent.artefact)).await,
         denied("consent-exhausted")
     );
-}
-
-/// Runs futures concurrently on this task and collects their outputs.
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<F::Output> {
-    let futures: Vec<_> = futures.map(Box::pin).collect();
-    // The futures borrow the bed: poll them together here rather than
-    // spawning them.
-    let mut pending: Vec<_> = futures.into_iter().map(Some).collect();
-    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (slot, output) in pending.iter_mut().zip(outputs.iter_mut()) {
-            if let Some(future) = slot {
-                match future.as_mut().poll(cx) {
-                    std::task::Poll::Ready(value) => {
-                        *output = Some(value);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => done = false,
-                }
-            }
-        }
-        if done {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    outputs.into_iter().map(Option::unwrap).collect()
 }
 
 /// The consent feed follows only a backend that proves it is the portal:

@@ -190,7 +190,7 @@ async fn a_consent_is_used_at_most_max_uses_times_across_the_fleet() {
             let (bed, artefact) = (&bed, &artefact);
             async move { clearance(bed, node, artefact).await }
         });
-    let outcomes = futures_join_all(calls).await;
+    let outcomes = support::join_all(calls).await;
     let answered = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
     assert_eq!(answered, 3, "{outcomes:?}");
     for refused in outcomes.iter().filter_map(|outcome| outcome.as_ref().err()) {
@@ -425,33 +425,4 @@ async fn until_ready(admin: SocketAddr, ready: bool) {
         assert!(Instant::now() < deadline, "/readyz: {status} {body}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Runs futures concurrently on this task and collects their outputs.
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<F::Output> {
-    let mut pending: Vec<_> = futures.map(|future| Some(Box::pin(future))).collect();
-    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (slot, output) in pending.iter_mut().zip(outputs.iter_mut()) {
-            if let Some(future) = slot {
-                match future.as_mut().poll(cx) {
-                    std::task::Poll::Ready(value) => {
-                        *output = Some(value);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => done = false,
-                }
-            }
-        }
-        if done {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    outputs.into_iter().map(Option::unwrap).collect()
 }

@@ -200,29 +200,34 @@ impl Cluster {
     }
 
     fn create_database(&self) -> anyhow::Result<()> {
-        let port = self.port.to_string();
-        let exists = self.run(
-            "psql",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                ROLE,
-                "-d",
-                "postgres",
-                "-tAc",
-                &format!("SELECT 1 FROM pg_database WHERE datname = '{ROLE}'"),
-            ],
-        )?;
-        if String::from_utf8_lossy(&exists.stdout).trim() != "1" {
+        let query = format!("SELECT 1 FROM pg_database WHERE datname = '{ROLE}'");
+        if self.psql("postgres", &query)? != "1" {
+            let port = self.port.to_string();
             self.run(
                 "createdb",
                 &["-h", "127.0.0.1", "-p", &port, "-U", ROLE, ROLE],
             )?;
         }
         Ok(())
+    }
+
+    /// Runs `sql` in `database` with `psql`; its output, unaligned.
+    pub fn psql(&self, database: &str, sql: &str) -> anyhow::Result<String> {
+        let port = self.port.to_string();
+        let args = [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            ROLE,
+            "-d",
+            database,
+            "-tAc",
+            sql,
+        ];
+        let output = self.run("psql", &args)?;
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
     }
 
     /// Runs one of the server binaries, as the cluster's user.
@@ -346,23 +351,7 @@ mod tests {
     #[test]
     fn a_throwaway_cluster_starts_answers_and_restarts() {
         let mut cluster = Cluster::start_temporary().unwrap();
-        let psql = |cluster: &Cluster, sql: &str| {
-            let port = cluster.port().to_string();
-            let args = [
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                ROLE,
-                "-d",
-                ROLE,
-                "-tAc",
-                sql,
-            ];
-            let output = cluster.run("psql", &args).unwrap();
-            String::from_utf8_lossy(&output.stdout).trim().to_owned()
-        };
+        let psql = |cluster: &Cluster, sql: &str| cluster.psql(ROLE, sql).unwrap();
         psql(
             &cluster,
             "CREATE TABLE kept (n int); INSERT INTO kept VALUES (42)",

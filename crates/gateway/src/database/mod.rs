@@ -121,13 +121,7 @@ impl Database {
             .flatten()
             .and_then(|row| row.get::<_, Option<i32>>(0))
             .unwrap_or(0);
-        if found > known {
-            return Err(DatabaseError::NewerSchema {
-                url: database.url(),
-                found,
-                known,
-            });
-        }
+        database.not_newer(found)?;
         if found < known {
             return Err(DatabaseError::Failed {
                 url: database.url(),
@@ -233,9 +227,21 @@ impl Database {
         Ok(dialled)
     }
 
+    /// Refuses a schema newer than this gateway knows.
+    fn not_newer(&self, found: i32) -> Result<(), DatabaseError> {
+        let known = MIGRATIONS.last().map_or(0, |(version, _)| *version);
+        if found > known {
+            return Err(DatabaseError::NewerSchema {
+                url: self.url(),
+                found,
+                known,
+            });
+        }
+        Ok(())
+    }
+
     async fn migrate(&self, client: &mut Client) -> Result<(), DatabaseError> {
         let failed = |error: tokio_postgres::Error| self.failed(&error);
-        let known = MIGRATIONS.last().map_or(0, |(version, _)| *version);
         let transaction = client.transaction().await.map_err(failed)?;
         transaction
             .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
@@ -258,13 +264,7 @@ impl Database {
             .await
             .map_err(failed)?
             .get(0);
-        if found > known {
-            return Err(DatabaseError::NewerSchema {
-                url: self.url(),
-                found,
-                known,
-            });
-        }
+        self.not_newer(found)?;
         for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version > found) {
             transaction.batch_execute(sql).await.map_err(failed)?;
             transaction
