@@ -420,13 +420,8 @@ impl ConsentLedger {
         })
     }
 
+    /// A use of this node's counts ends: spent, or given back.
     fn settle(&self, consent: &str, expires: i64, spent: bool) {
-        if let Some(shared) = &self.shared {
-            if !spent {
-                shared.give_back(consent);
-            }
-            return;
-        }
         let mut ledger = self.lock();
         if let Some(uses) = ledger.uses.get_mut(consent) {
             uses.reserved = uses.reserved.saturating_sub(1);
@@ -461,12 +456,18 @@ enum Recording {
     Done,
     /// On its way to the use book.
     Book(Durable),
-    /// Still to be taken from the fleet's counts, which decide.
+    /// Still to be taken from the fleet's counts, which decide; dropped
+    /// in this state (also half-way through taking it, when whether the
+    /// count moved is unknown) nothing is given back: a consent may lose a
+    /// use, never gain one.
     Shared {
         uses: Arc<SharedUses>,
         max_uses: u32,
     },
-    /// Refused by the fleet's counts: there is nothing to give back.
+    /// Taken from the fleet's counts: given back if no answer is relayed.
+    Taken(Arc<SharedUses>),
+    /// Refused by the fleet's counts, or not known to be taken: there is
+    /// nothing to give back.
     Refused,
 }
 
@@ -490,18 +491,24 @@ impl UseReservation {
     /// the call go on, so that no restart can hand the use back. In a
     /// fleet this is where the use is taken, and may be refused.
     pub async fn durable(&mut self) -> Result<(), UseError> {
-        match std::mem::replace(&mut self.durable, Recording::Done) {
-            Recording::Done => Ok(()),
-            Recording::Book(durable) => Ok(durable
-                .await
-                .unwrap_or_else(|_| Err(UseBookError::Write("the writer stopped".to_owned())))?),
+        match &mut self.durable {
+            Recording::Done | Recording::Taken(_) => Ok(()),
+            Recording::Book(durable) => {
+                let written = durable.await;
+                self.durable = Recording::Done;
+                Ok(written
+                    .unwrap_or_else(|_| Err(UseBookError::Write("the writer stopped".to_owned())))?)
+            }
             Recording::Shared { uses, max_uses } => {
+                let (uses, max_uses) = (Arc::clone(uses), *max_uses);
+                // Cancelled here (the deadline), the state stays `Shared`.
                 let taken = uses.take(&self.consent, max_uses, self.expires).await;
-                if !matches!(taken, Ok(true)) {
-                    // Nothing taken: nothing to give back when dropped.
-                    self.durable = Recording::Refused;
-                    self.settled = true;
-                }
+                self.durable = match taken {
+                    Ok(true) => Recording::Taken(uses),
+                    // Refused, or failed without saying whether the count
+                    // moved: nothing to give back.
+                    _ => Recording::Refused,
+                };
                 match taken {
                     Ok(true) => Ok(()),
                     Ok(false) => Err(ConsentRefusal::Exhausted(max_uses).into()),
@@ -514,15 +521,24 @@ impl UseReservation {
 
     /// An answer reached the caller: the use is spent.
     pub fn spend(mut self) {
-        self.ledger.settle(&self.consent, self.expires, true);
         self.settled = true;
+        if matches!(self.durable, Recording::Done | Recording::Book(_)) {
+            self.ledger.settle(&self.consent, self.expires, true);
+        }
     }
 }
 
 impl Drop for UseReservation {
     fn drop(&mut self) {
-        if !self.settled {
-            self.ledger.settle(&self.consent, self.expires, false);
+        if self.settled {
+            return;
+        }
+        match &self.durable {
+            Recording::Done | Recording::Book(_) => {
+                self.ledger.settle(&self.consent, self.expires, false);
+            }
+            Recording::Taken(uses) => uses.give_back(&self.consent),
+            Recording::Shared { .. } | Recording::Refused => {}
         }
     }
 }

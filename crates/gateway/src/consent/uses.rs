@@ -161,8 +161,12 @@ impl SharedUses {
     /// Gives back a use taken by a call that relayed no answer. Not waited
     /// for: a give-back that is lost only costs the consent a use.
     pub fn give_back(self: &Arc<Self>, consent: &str) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // Dropped outside the runtime (at exit): the use stays spent.
+            return;
+        };
         let (uses, consent) = (Arc::clone(self), consent.to_owned());
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let given = async {
                 let client = uses.database.client().await?;
                 client
