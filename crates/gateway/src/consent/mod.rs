@@ -496,8 +496,9 @@ impl UseReservation {
             Recording::Book(durable) => {
                 let written = durable.await;
                 self.durable = Recording::Done;
-                Ok(written
-                    .unwrap_or_else(|_| Err(UseBookError::Write("the writer stopped".to_owned())))?)
+                Ok(written.unwrap_or_else(|_| {
+                    Err(UseBookError::Write("the writer stopped".to_owned()))
+                })?)
             }
             Recording::Shared { uses, max_uses } => {
                 let (uses, max_uses) = (Arc::clone(uses), *max_uses);

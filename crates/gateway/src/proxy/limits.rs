@@ -74,15 +74,14 @@ impl MemberLimiter {
 
     /// The bucket for a fleet of `nodes`, made anew (full) when the fleet
     /// changed size.
-    fn bucket(&self, rate: RateLimit, nodes: u32) -> Option<Arc<ShareBucket>> {
+    fn bucket(&self, rate: RateLimit, nodes: u32) -> Option<arc_swap::Guard<Arc<ShareBucket>>> {
         let bucket = self.bucket.as_ref()?;
-        let current = bucket.load_full();
+        let current = bucket.load();
         if current.nodes == nodes {
             return Some(current);
         }
-        let resized = Arc::new(ShareBucket::new(rate, nodes));
-        bucket.store(Arc::clone(&resized));
-        Some(resized)
+        bucket.store(Arc::new(ShareBucket::new(rate, nodes)));
+        Some(bucket.load())
     }
 }
 
