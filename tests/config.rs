@@ -678,13 +678,22 @@ fn a_bad_store_url_is_named_without_its_password() {
         format!("{dev}\n[store]\nurl = \"{url}\"\n")
     };
     for (url, message) in [
-        ("mysql://govbridge@db/govbridge", "is not a PostgreSQL URL"),
+        ("mysql://govbridge@db/govbridge", "not a PostgreSQL URL"),
         (
             "postgres://govbridge:s3cret@db/govbridge?sslmode=require",
-            "sslmode=require",
+            "sslmode=require needs `ca`",
         ),
         ("postgres://db/govbridge", "names no user"),
         ("postgres://govbridge:s3cret@db/govbridge?bogus=1", "bogus"),
+        // A slash in the password, a password as an option.
+        (
+            "postgres://govbridge:s3cret/x@db/govbridge?bogus=1",
+            "bogus",
+        ),
+        (
+            "postgres://govbridge@db/govbridge?password=s3cret&bogus=1",
+            "bogus",
+        ),
     ] {
         let text = config(url);
         let error = error_of(&text);
@@ -702,7 +711,20 @@ fn a_bad_store_url_is_named_without_its_password() {
     .unwrap();
     assert_eq!(
         store.redacted(),
-        "postgres://govbridge:***@127.0.0.1:5433/govbridge"
+        "postgres://govbridge@127.0.0.1:5433/govbridge"
     );
+    for url in [
+        "postgres://govbridge:s3cret/x@127.0.0.1/govbridge",
+        "postgres://govbridge@127.0.0.1/govbridge?password=s3cret",
+    ] {
+        let store = Config::parse(Path::new(PATH), &config(url))
+            .unwrap()
+            .store
+            .unwrap();
+        assert_eq!(
+            store.redacted(),
+            "postgres://govbridge@127.0.0.1:5432/govbridge"
+        );
+    }
     assert!(!format!("{store:?}").contains("s3cret"));
 }

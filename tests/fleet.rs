@@ -93,6 +93,14 @@ async fn nodes_register_and_fleet_status_flags_the_odd_one() {
         status["nodes"][0]["address"].as_str().unwrap(),
         first.address.to_string()
     );
+    // A node that takes a live node's id is refused.
+    let store = format!("\n[store]\nurl = \"{}\"\n", cluster.url());
+    let twin = GatewayProcess::config(&bed, "twin", &["node_id = \"node-2\""], &store);
+    let refused = fails_to_start(&twin).await;
+    assert!(
+        refused.contains("a node with id `node-2` is up"),
+        "{refused}"
+    );
 
     second.sigterm();
     assert!(second.exit_status(Duration::from_secs(30)).await.success());
@@ -242,8 +250,17 @@ async fn consent_bound_calls_fail_closed_while_the_database_is_down() {
     );
     assert!(refused.message().contains("consent ledger"), "{refused:?}");
 
+    // Back: the next dial after the node's one-second backoff succeeds.
     cluster.restart().unwrap();
-    clearance(&bed, node.address, &artefact).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(status) = clearance(&bed, node.address, &artefact).await {
+        assert_eq!(
+            bridge_error(&status).as_deref(),
+            Some("consent-ledger-unavailable")
+        );
+        assert!(Instant::now() < deadline, "never served again: {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     until_ready(node.admin, true).await;
     drop(node);
     bed.stop().await;
@@ -383,9 +400,19 @@ async fn the_database_is_reached_over_verified_tls() {
         &["node_id = \"node-1\"", "listen = \"127.0.0.1:0\""],
         &store(&stranger_file),
     );
+    let stderr = fails_to_start(&config).await;
+    assert!(stderr.contains("store.url"), "{stderr}");
+    assert!(stderr.contains("UnknownIssuer"), "{stderr}");
+    drop(node);
+    bed.stop().await;
+}
+
+/// Runs `govbridge serve --config config`, which must fail within 30 s;
+/// returns what it said.
+async fn fails_to_start(config: &std::path::Path) -> String {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_govbridge"))
         .args(["serve", "--config"])
-        .arg(&config)
+        .arg(config)
         .env("RUST_LOG", "error")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -395,17 +422,13 @@ async fn the_database_is_reached_over_verified_tls() {
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
             child.kill().unwrap();
-            panic!("a node trusting another CA started");
+            panic!("{} started", config.display());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(stderr.contains("store.url"), "{stderr}");
-    assert!(stderr.contains("UnknownIssuer"), "{stderr}");
-    drop(node);
-    bed.stop().await;
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// Polls the node's `/readyz` until it says it is ready (`true`) or that

@@ -228,8 +228,8 @@ pub fn write_node_config(config_path: &Path, index: usize, url: &str) -> anyhow:
     table.insert("store".into(), store.into());
     let path = config_path.with_file_name(format!("node-{number}.toml"));
     let text = format!(
-        "# Node {number} of the dev fleet, written by `govbridge dev --nodes`: \
-         edit govbridge.toml instead.\n{table}"
+        "# Node {number} of the dev fleet, written by `govbridge dev --nodes` from \
+         govbridge.toml at each start: edits here last until the next start.\n{table}"
     );
     pki::write_file(&path, text.as_bytes(), 0o644)?;
     Ok(path)

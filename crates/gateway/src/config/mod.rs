@@ -108,20 +108,22 @@ impl std::fmt::Debug for StoreConfig {
 impl StoreConfig {
     /// Reads a `postgres://` (or `postgresql://`) URL.
     pub fn parse(url: &str) -> Result<Self, String> {
+        // The URL itself is never repeated: it may hold a password, in
+        // more forms than one could reliably cut out.
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(format!(
-                "`{}` is not a PostgreSQL URL: postgres://user@host:port/database",
-                Self::redact(url)
-            ));
+            return Err("not a PostgreSQL URL: postgres://user@host:port/database".to_owned());
         }
-        let postgres: tokio_postgres::Config = url
-            .parse()
-            .map_err(|error| format!("`{}`: {error}", Self::redact(url)))?;
+        let postgres: tokio_postgres::Config = url.parse().map_err(|error| {
+            let cause = std::error::Error::source(&error)
+                .map(|cause| format!(": {cause}"))
+                .unwrap_or_default();
+            format!("not a valid PostgreSQL URL: {error}{cause}")
+        })?;
         if postgres.get_hosts().is_empty() {
-            return Err(format!("`{}` names no host", Self::redact(url)));
+            return Err("the URL names no host".to_owned());
         }
         if postgres.get_user().is_none() {
-            return Err(format!("`{}` names no user", Self::redact(url)));
+            return Err("the URL names no user".to_owned());
         }
         Ok(Self {
             url: url.to_owned(),
@@ -130,23 +132,38 @@ impl StoreConfig {
         })
     }
 
-    /// The URL without its password, for logs and errors.
+    /// The database as logs and errors show it, rebuilt from what was
+    /// parsed so that no password can come with it:
+    /// `postgres://user@host:port/database`.
     pub fn redacted(&self) -> String {
-        Self::redact(&self.url)
-    }
-
-    fn redact(url: &str) -> String {
-        let Some((scheme, rest)) = url.split_once("://") else {
-            return url.to_owned();
-        };
-        let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        match authority.rsplit_once('@') {
-            Some((credentials, host)) if credentials.contains(':') => {
-                let user = credentials.split(':').next().unwrap_or_default();
-                format!("{scheme}://{user}:***@{host}{tail}")
-            }
-            _ => url.to_owned(),
-        }
+        let config = &self.postgres;
+        let hosts: Vec<String> = config
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(index, host)| {
+                let name = match host {
+                    tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                    tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+                };
+                let port = config
+                    .get_ports()
+                    .get(index)
+                    .or(config.get_ports().first())
+                    .copied()
+                    .unwrap_or(5432);
+                format!("{name}:{port}")
+            })
+            .collect();
+        format!(
+            "postgres://{}@{}/{}",
+            config.get_user().unwrap_or_default(),
+            hosts.join(","),
+            config
+                .get_dbname()
+                .or(config.get_user())
+                .unwrap_or_default()
+        )
     }
 }
 

@@ -664,9 +664,22 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
             let mut parsed = StoreConfig::parse(store.url.get_ref())
                 .map_err(|message| source.error("store.url", &store.url, message))?;
             parsed.ca = store.ca.as_ref().map(|ca| source.path(ca));
-            if parsed.ca.is_none()
-                && parsed.postgres.get_ssl_mode() == tokio_postgres::config::SslMode::Require
-            {
+            let mode = parsed.postgres.get_ssl_mode();
+            if let Some(ca) = &store.ca {
+                if mode == tokio_postgres::config::SslMode::Disable {
+                    return Err(source.error(
+                        "store.ca",
+                        ca,
+                        "`ca` asks for TLS to the database, the URL's sslmode=disable for none: \
+                         remove one",
+                    ));
+                }
+                // With a CA, TLS or nothing: `prefer` would let anyone on the
+                // path answer "no TLS" and read or change what goes by.
+                parsed
+                    .postgres
+                    .ssl_mode(tokio_postgres::config::SslMode::Require);
+            } else if mode == tokio_postgres::config::SslMode::Require {
                 return Err(source.error(
                     "store.url",
                     &store.url,

@@ -295,7 +295,7 @@ impl ConsentLedger {
         freshness: Duration,
         database: Arc<crate::database::Database>,
     ) -> Result<Arc<Self>, UseBookError> {
-        let shared = SharedUses::open(database, crate::unix_time::now()).await?;
+        let shared = SharedUses::open(database).await?;
         Ok(Arc::new(Self {
             freshness,
             inner: Mutex::new(Ledger::default()),
@@ -466,9 +466,9 @@ enum Recording {
     },
     /// Taken from the fleet's counts: given back if no answer is relayed.
     Taken(Arc<SharedUses>),
-    /// Refused by the fleet's counts, or not known to be taken: there is
-    /// nothing to give back.
-    Refused,
+    /// Refused by the fleet's counts (of these `max_uses`), or not known
+    /// to be taken: there is nothing to give back.
+    Refused(u32),
 }
 
 /// Why a reserved use cannot go on.
@@ -508,7 +508,7 @@ impl UseReservation {
                     Ok(true) => Recording::Taken(uses),
                     // Refused, or failed without saying whether the count
                     // moved: nothing to give back.
-                    _ => Recording::Refused,
+                    _ => Recording::Refused(max_uses),
                 };
                 match taken {
                     Ok(true) => Ok(()),
@@ -516,7 +516,7 @@ impl UseReservation {
                     Err(error) => Err(error.into()),
                 }
             }
-            Recording::Refused => Err(ConsentRefusal::Exhausted(0).into()),
+            Recording::Refused(max_uses) => Err(ConsentRefusal::Exhausted(*max_uses).into()),
         }
     }
 
@@ -539,7 +539,7 @@ impl Drop for UseReservation {
                 self.ledger.settle(&self.consent, self.expires, false);
             }
             Recording::Taken(uses) => uses.give_back(&self.consent),
-            Recording::Shared { .. } | Recording::Refused => {}
+            Recording::Shared { .. } | Recording::Refused(_) => {}
         }
     }
 }

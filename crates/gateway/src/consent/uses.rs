@@ -120,14 +120,22 @@ pub struct SharedUses {
 }
 
 impl SharedUses {
-    /// Uses counts in `database`, forgetting consents expired before
-    /// `now`.
-    pub async fn open(database: Arc<Database>, now: i64) -> Result<Self, UseBookError> {
-        let client = database.client().await.map_err(open_error)?;
-        client
-            .execute("DELETE FROM consent_uses WHERE expires < $1", &[&now])
+    /// Uses counts in `database`, forgetting consents that expired over
+    /// an hour ago by the database's clock (a node's clock ahead must not
+    /// forget a count still needed: that would hand uses back).
+    pub async fn open(database: Arc<Database>) -> Result<Self, UseBookError> {
+        database
+            .run(|client| async move {
+                client
+                    .execute(
+                        "DELETE FROM consent_uses
+                         WHERE expires < extract(epoch FROM now())::bigint - 3600",
+                        &[],
+                    )
+                    .await
+            })
             .await
-            .map_err(|error| open_error(database.failed(&error)))?;
+            .map_err(open_error)?;
         Ok(Self { database })
     }
 
@@ -143,18 +151,22 @@ impl SharedUses {
         if max_uses == 0 {
             return Ok(false);
         }
-        let client = self.database.client().await.map_err(write_error)?;
-        let taken = client
-            .query_opt(
-                "INSERT INTO consent_uses AS uses (consent, counted, expires)
-                 VALUES ($1, 1, $3)
-                 ON CONFLICT (consent) DO UPDATE SET counted = uses.counted + 1
-                 WHERE uses.counted < $2
-                 RETURNING counted",
-                &[&consent, &max_uses, &expires],
-            )
+        let taken = self
+            .database
+            .run(|client| async move {
+                client
+                    .query_opt(
+                        "INSERT INTO consent_uses AS uses (consent, counted, expires)
+                         VALUES ($1, 1, $3)
+                         ON CONFLICT (consent) DO UPDATE SET counted = uses.counted + 1
+                         WHERE uses.counted < $2
+                         RETURNING counted",
+                        &[&consent, &max_uses, &expires],
+                    )
+                    .await
+            })
             .await
-            .map_err(|error| write_error(self.database.failed(&error)))?;
+            .map_err(write_error)?;
         Ok(taken.is_some())
     }
 
@@ -167,18 +179,20 @@ impl SharedUses {
         };
         let (uses, consent) = (Arc::clone(self), consent.to_owned());
         runtime.spawn(async move {
-            let given = async {
-                let client = uses.database.client().await?;
-                client
-                    .execute(
-                        "UPDATE consent_uses SET counted = counted - 1
-                         WHERE consent = $1 AND counted > 0",
-                        &[&consent],
-                    )
-                    .await
-                    .map_err(|error| uses.database.failed(&error))
-            };
-            if let Err(error) = given.await {
+            let owned = consent.clone();
+            let given = uses
+                .database
+                .run(|client| async move {
+                    client
+                        .execute(
+                            "UPDATE consent_uses SET counted = counted - 1
+                             WHERE consent = $1 AND counted > 0",
+                            &[&owned.as_str()],
+                        )
+                        .await
+                })
+                .await;
+            if let Err(error) = given {
                 tracing::warn!(%error, consent, "a consent use could not be given back");
             }
         });

@@ -26,6 +26,15 @@ mod tls;
 /// How long a dial may take, unless the URL says (`connect_timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a query may take. Past it the connection is taken for dead
+/// (a network path can die without closing the socket) and the next query
+/// dials again.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// After a failed dial, queries fail at once for this long instead of
+/// queueing to dial again one after the other.
+const DIAL_BACKOFF: Duration = Duration::from_secs(1);
+
 /// The advisory lock key migrations hold ("govbridg" in ASCII).
 const MIGRATION_LOCK: i64 = 0x676f_7662_7269_6467;
 
@@ -86,18 +95,15 @@ where
 pub struct Database {
     config: StoreConfig,
     client: ArcSwapOption<Client>,
-    /// Held while dialling, so that a dead connection is replaced once.
-    dialling: tokio::sync::Mutex<()>,
+    /// Held while dialling, so that a dead connection is replaced once;
+    /// holds the last failed dial, for [`DIAL_BACKOFF`].
+    dialling: tokio::sync::Mutex<Option<(std::time::Instant, DatabaseError)>>,
 }
 
 impl Database {
     /// Connects, and brings the schema up to date.
     pub async fn connect(config: &StoreConfig) -> Result<Arc<Self>, DatabaseError> {
-        let database = Self {
-            config: config.clone(),
-            client: ArcSwapOption::empty(),
-            dialling: tokio::sync::Mutex::new(()),
-        };
+        let database = Self::new(config);
         let mut client = database.dial().await?;
         database.migrate(&mut client).await?;
         database.client.store(Some(Arc::new(client)));
@@ -107,20 +113,24 @@ impl Database {
     /// Connects to a database the fleet's nodes have set up, changing
     /// nothing: what an operator's command reads.
     pub async fn open(config: &StoreConfig) -> Result<Arc<Self>, DatabaseError> {
-        let database = Self {
-            config: config.clone(),
-            client: ArcSwapOption::empty(),
-            dialling: tokio::sync::Mutex::new(()),
-        };
+        let database = Self::new(config);
         let client = database.dial().await?;
         let known = MIGRATIONS.last().map_or(0, |(version, _)| *version);
-        let found: i32 = client
+        let schema = client
             .query_opt("SELECT max(version) FROM govbridge_schema", &[])
-            .await
-            .ok()
-            .flatten()
-            .and_then(|row| row.get::<_, Option<i32>>(0))
-            .unwrap_or(0);
+            .await;
+        let found = match schema {
+            Ok(row) => row
+                .and_then(|row| row.get::<_, Option<i32>>(0))
+                .unwrap_or(0),
+            // No table yet: no node ever ran against this database.
+            Err(error)
+                if error.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
+            {
+                0
+            }
+            Err(error) => return Err(database.failed(&error)),
+        };
         database.not_newer(found)?;
         if found < known {
             return Err(DatabaseError::Failed {
@@ -135,28 +145,77 @@ impl Database {
         Ok(Arc::new(database))
     }
 
+    fn new(config: &StoreConfig) -> Self {
+        Self {
+            config: config.clone(),
+            client: ArcSwapOption::empty(),
+            dialling: tokio::sync::Mutex::new(None),
+        }
+    }
+
     /// The URL, without its password.
     pub fn url(&self) -> String {
         self.config.redacted()
     }
 
+    /// Runs `query` on the open connection within [`QUERY_TIMEOUT`]; a
+    /// query that gets no answer in time drops the connection, so that the
+    /// next one dials again.
+    pub async fn run<T, F>(&self, query: impl FnOnce(Arc<Client>) -> F) -> Result<T, DatabaseError>
+    where
+        F: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        let client = self.client().await?;
+        match tokio::time::timeout(QUERY_TIMEOUT, query(Arc::clone(&client))).await {
+            Ok(answer) => answer.map_err(|error| self.failed(&error)),
+            Err(_) => {
+                // Another query may have replaced it already.
+                let current = self.client.load();
+                if current
+                    .as_ref()
+                    .is_some_and(|open| Arc::ptr_eq(open, &client))
+                {
+                    self.client.store(None);
+                }
+                Err(DatabaseError::Unreachable {
+                    url: self.url(),
+                    detail: format!("no answer within {QUERY_TIMEOUT:?}"),
+                })
+            }
+        }
+    }
+
     /// The open connection, dialled again if it closed.
-    pub async fn client(&self) -> Result<Arc<Client>, DatabaseError> {
+    async fn client(&self) -> Result<Arc<Client>, DatabaseError> {
         if let Some(client) = self.client.load_full()
             && !client.is_closed()
         {
             return Ok(client);
         }
-        let _dialling = self.dialling.lock().await;
+        let mut dialling = self.dialling.lock().await;
         if let Some(client) = self.client.load_full()
             && !client.is_closed()
         {
             return Ok(client);
         }
-        let client = Arc::new(self.dial().await?);
-        self.client.store(Some(Arc::clone(&client)));
-        tracing::info!(database = %self.url(), "connected to the database");
-        Ok(client)
+        if let Some((when, error)) = dialling.as_ref()
+            && when.elapsed() < DIAL_BACKOFF
+        {
+            return Err(error.clone());
+        }
+        match self.dial().await {
+            Ok(client) => {
+                let client = Arc::new(client);
+                self.client.store(Some(Arc::clone(&client)));
+                *dialling = None;
+                tracing::info!(database = %self.url(), "connected to the database");
+                Ok(client)
+            }
+            Err(error) => {
+                *dialling = Some((std::time::Instant::now(), error.clone()));
+                Err(error)
+            }
+        }
     }
 
     /// An error of a query, for the calls that needed it.
@@ -184,6 +243,14 @@ impl Database {
             .copied()
             .unwrap_or(CONNECT_TIMEOUT);
         postgres.connect_timeout(timeout);
+        // A path that dies without closing the socket is noticed in
+        // seconds, not after the system's two hours.
+        postgres
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(15));
         let unreachable = |detail: String| DatabaseError::Unreachable {
             url: self.url(),
             detail,

@@ -67,70 +67,91 @@ impl Node {
 }
 
 impl Database {
-    /// Registers `node` as started now; an earlier run under the same id
-    /// is replaced.
+    /// Registers `node` as started now. An earlier run under the same id
+    /// is replaced once it stopped or went silent; while it is up, two
+    /// nodes share an id and the registration is refused.
     pub async fn register(&self, node: &NodeInfo) -> Result<(), DatabaseError> {
-        self.upsert(node, true).await
+        if self.upsert(node, true).await? {
+            return Ok(());
+        }
+        Err(DatabaseError::Failed {
+            url: self.url(),
+            detail: format!(
+                "a node with id `{}` is up in the fleet (it beat within the last {} s): give each \
+                 node its own gateway.node_id, or wait for the old one to stop",
+                node.id,
+                STALE_AFTER.as_secs()
+            ),
+        })
     }
 
     /// `node` is alive, with these fingerprints.
     pub async fn heartbeat(&self, node: &NodeInfo) -> Result<(), DatabaseError> {
-        self.upsert(node, false).await
+        self.upsert(node, false).await.map(drop)
     }
 
-    async fn upsert(&self, node: &NodeInfo, start: bool) -> Result<(), DatabaseError> {
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO nodes AS n (id, address, version, config_fingerprint,
-                                         policy_fingerprint, started_at, heartbeat_at)
-                 VALUES ($1, $2, $3, $4, $5, now(), now())
-                 ON CONFLICT (id) DO UPDATE SET
-                     address = excluded.address,
-                     version = excluded.version,
-                     config_fingerprint = excluded.config_fingerprint,
-                     policy_fingerprint = excluded.policy_fingerprint,
-                     started_at = CASE WHEN $6 THEN now() ELSE n.started_at END,
-                     heartbeat_at = now(),
-                     stopped_at = NULL",
-                &[
-                    &node.id,
-                    &node.address,
-                    &node.version,
-                    &node.config_fingerprint,
-                    &node.policy_fingerprint,
-                    &start,
-                ],
-            )
-            .await
-            .map_err(|error| self.failed(&error))
-            .map(drop)
+    /// Whether the row was written: a start does not take over a live id.
+    async fn upsert(&self, node: &NodeInfo, start: bool) -> Result<bool, DatabaseError> {
+        let stale = STALE_AFTER.as_secs_f64();
+        self.run(|client| async move {
+            client
+                .execute(
+                    "INSERT INTO nodes AS n (id, address, version, config_fingerprint,
+                                             policy_fingerprint, started_at, heartbeat_at)
+                     VALUES ($1, $2, $3, $4, $5, now(), now())
+                     ON CONFLICT (id) DO UPDATE SET
+                         address = excluded.address,
+                         version = excluded.version,
+                         config_fingerprint = excluded.config_fingerprint,
+                         policy_fingerprint = excluded.policy_fingerprint,
+                         started_at = CASE WHEN $6 THEN now() ELSE n.started_at END,
+                         heartbeat_at = now(),
+                         stopped_at = NULL
+                     WHERE NOT $6 OR n.stopped_at IS NOT NULL
+                         OR n.heartbeat_at < now() - make_interval(secs => $7)",
+                    &[
+                        &node.id,
+                        &node.address,
+                        &node.version,
+                        &node.config_fingerprint,
+                        &node.policy_fingerprint,
+                        &start,
+                        &stale,
+                    ],
+                )
+                .await
+        })
+        .await
+        .map(|written| written == 1)
     }
 
     /// Node `id` stopped cleanly.
     pub async fn deregister(&self, id: &str) -> Result<(), DatabaseError> {
-        let client = self.client().await?;
-        client
-            .execute("UPDATE nodes SET stopped_at = now() WHERE id = $1", &[&id])
-            .await
-            .map_err(|error| self.failed(&error))
-            .map(drop)
+        self.run(|client| async move {
+            client
+                .execute("UPDATE nodes SET stopped_at = now() WHERE id = $1", &[&id])
+                .await
+        })
+        .await
+        .map(drop)
     }
 
     /// Every node that ever registered, by id.
     pub async fn nodes(&self) -> Result<Vec<Node>, DatabaseError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT id, address, version, config_fingerprint, policy_fingerprint,
-                        extract(epoch FROM now() - started_at)::float8,
-                        extract(epoch FROM now() - heartbeat_at)::float8,
-                        stopped_at IS NOT NULL
-                 FROM nodes ORDER BY id",
-                &[],
-            )
-            .await
-            .map_err(|error| self.failed(&error))?;
+        let rows = self
+            .run(|client| async move {
+                client
+                    .query(
+                        "SELECT id, address, version, config_fingerprint, policy_fingerprint,
+                                extract(epoch FROM now() - started_at)::float8,
+                                extract(epoch FROM now() - heartbeat_at)::float8,
+                                stopped_at IS NOT NULL
+                         FROM nodes ORDER BY id",
+                        &[],
+                    )
+                    .await
+            })
+            .await?;
         Ok(rows
             .iter()
             .map(|row| Node {

@@ -656,13 +656,12 @@ fn load_or_create_key(dir: &Path, origin: &str) -> Result<SigningKey, OpenError>
 mod tests {
     use super::*;
 
-    /// A gather that would wait as long as the test runs, unless told
-    /// otherwise by the queue.
+    /// A gather that waits far longer than the cases need.
     fn patient(last: usize) -> Gather {
         Gather {
             last,
-            gap: Duration::from_secs(600),
-            window: Duration::from_secs(600),
+            gap: Duration::from_secs(30),
+            window: Duration::from_secs(30),
         }
     }
 
@@ -694,9 +693,11 @@ mod tests {
         }
         let mut batch = vec![Job::Close];
         let mut gather = patient(GATHER_ABOVE - 1);
-        // Would wait ten minutes for a fifth job that never comes.
+        // Waiting would take 30 s for a fifth job that never comes.
+        let started = std::time::Instant::now();
         gather.fill(&queue, &mut batch);
         assert_eq!(batch.len(), 4);
+        assert!(started.elapsed() < Duration::from_secs(15), "it waited");
         drop(jobs);
     }
 

@@ -282,7 +282,11 @@ impl Admin {
         {
             problems.push("the exchange log cannot write: every call is refused".to_owned());
         }
-        if let Some(problem) = self.fleet.as_ref().and_then(|fleet| fleet.problem()) {
+        // Only consent-bound calls need the database: without consent, the
+        // node serves on (the alerts say the database is down).
+        if self.consent.is_some()
+            && let Some(problem) = self.fleet.as_ref().and_then(|fleet| fleet.problem())
+        {
             problems.push(format!(
                 "the fleet's database is unreachable ({problem}): consent-bound calls are refused"
             ));

@@ -80,7 +80,9 @@ impl MemberLimiter {
         if current.nodes == nodes {
             return Some(current);
         }
-        bucket.store(Arc::new(ShareBucket::new(rate, nodes)));
+        // One new bucket per change, whoever sees it first: callers racing
+        // here must not each get a full one.
+        let _ = bucket.compare_and_swap(&*current, Arc::new(ShareBucket::new(rate, nodes)));
         Some(bucket.load())
     }
 }
