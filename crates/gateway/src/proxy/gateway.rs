@@ -240,8 +240,6 @@ impl Gateway {
                     problem: arc_swap::ArcSwapOption::empty(),
                     round_trip_us: std::sync::atomic::AtomicU64::new(0),
                 };
-                database.register(&link.info(&state.load())).await?;
-                link.count_nodes(&state.load()).await;
                 Some(Arc::new(link))
             }
             None => None,
@@ -271,6 +269,12 @@ impl Gateway {
             )),
             None => None,
         };
+        // Registered last: a start that fails before this point leaves no
+        // row that would look up and block the next start under this id.
+        if let Some(link) = &fleet {
+            link.database.register(&link.info(&state.load())).await?;
+            link.count_nodes(&state.load()).await;
+        }
         let metrics = Arc::new(Metrics::default());
         for _ in state.load().overdue_crls() {
             metrics.stale_crl(false);
