@@ -217,6 +217,59 @@ async fn a_consent_is_used_at_most_max_uses_times_across_the_fleet() {
     bed.stop().await;
 }
 
+/// A use taken in the database by a call that relays no answer (its
+/// deadline passes while the backend is slow) is given back, once: of
+/// `max_uses = 2`, one answered call and one that timed out leave one.
+#[tokio::test]
+async fn a_use_that_relays_no_answer_is_given_back_once() {
+    let cluster = Cluster::start_temporary().unwrap();
+    let bed = dev_bed().await;
+    let node = nodes(&bed, &cluster, 1).pop().unwrap();
+    let warm_up = grant(&bed, 100).await;
+    until_the_feed_is_fresh(&bed, node.address, &warm_up).await;
+    let artefact = grant(&bed, 2).await;
+    clearance(&bed, node.address, &artefact).await.unwrap();
+
+    // The tax authority answers partners after 3 s; the call gives up at
+    // 300 ms, with the use taken and no answer relayed.
+    bed.fault("tax", 0)
+        .set_for_calls(govbridge::agencies::fault::Fault::delay(
+            Duration::from_secs(3),
+        ));
+    let client = H2Client::connect(node.address, bed.member_tls("cbao-credit"))
+        .await
+        .unwrap();
+    let mut request = with_header(
+        declared(
+            GetTaxClearanceRequest {
+                taxpayer: Some(Taxpayer::SubjectNin(bed.data.citizens[0].nin.to_string())),
+            },
+            "CREDIT-SCORING",
+        ),
+        "bridge-consent",
+        &artefact,
+    );
+    request.set_timeout(Duration::from_millis(300));
+    let late = TaxAuthorityClient::new(client)
+        .get_tax_clearance(request)
+        .await
+        .unwrap_err();
+    assert_eq!(late.code(), tonic::Code::DeadlineExceeded, "{late:?}");
+    bed.fault("tax", 0).clear();
+
+    // Given back (asynchronously): the second use comes back, and only it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(status) = clearance(&bed, node.address, &artefact).await {
+        assert_eq!(bridge_error(&status).as_deref(), Some("consent-exhausted"));
+        assert!(Instant::now() < deadline, "the use never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = clearance(&bed, node.address, &artefact).await.unwrap_err();
+    assert_eq!(bridge_error(&refused).as_deref(), Some("consent-exhausted"));
+    drop(node);
+    bed.stop().await;
+}
+
 /// The database stopped: a consent-bound call is refused with
 /// `UNAVAILABLE` and `consent-ledger-unavailable` (never forwarded on a
 /// count nobody can check), and served again once the database is back,
