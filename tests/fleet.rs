@@ -146,6 +146,16 @@ async fn grant(bed: &Bed, max_uses: u32) -> String {
 
 /// The clearance under `artefact`, through the node at `node`.
 async fn clearance(bed: &Bed, node: SocketAddr, artefact: &str) -> Result<(), tonic::Status> {
+    clearance_within(bed, node, artefact, None).await
+}
+
+/// [`clearance`], giving up after `timeout` (its `grpc-timeout`).
+async fn clearance_within(
+    bed: &Bed,
+    node: SocketAddr,
+    artefact: &str,
+    timeout: Option<Duration>,
+) -> Result<(), tonic::Status> {
     let client = H2Client::connect(node, bed.member_tls("cbao-credit"))
         .await
         .unwrap();
@@ -155,8 +165,12 @@ async fn clearance(bed: &Bed, node: SocketAddr, artefact: &str) -> Result<(), to
         },
         "CREDIT-SCORING",
     );
+    let mut request = with_header(request, "bridge-consent", artefact);
+    if let Some(timeout) = timeout {
+        request.set_timeout(timeout);
+    }
     TaxAuthorityClient::new(client)
-        .get_tax_clearance(with_header(request, "bridge-consent", artefact))
+        .get_tax_clearance(request)
         .await
         .map(drop)
 }
@@ -236,24 +250,14 @@ async fn a_use_that_relays_no_answer_is_given_back_once() {
         .set_for_calls(govbridge::agencies::fault::Fault::delay(
             Duration::from_secs(3),
         ));
-    let client = H2Client::connect(node.address, bed.member_tls("cbao-credit"))
-        .await
-        .unwrap();
-    let mut request = with_header(
-        declared(
-            GetTaxClearanceRequest {
-                taxpayer: Some(Taxpayer::SubjectNin(bed.data.citizens[0].nin.to_string())),
-            },
-            "CREDIT-SCORING",
-        ),
-        "bridge-consent",
+    let late = clearance_within(
+        &bed,
+        node.address,
         &artefact,
-    );
-    request.set_timeout(Duration::from_millis(300));
-    let late = TaxAuthorityClient::new(client)
-        .get_tax_clearance(request)
-        .await
-        .unwrap_err();
+        Some(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(late.code(), tonic::Code::DeadlineExceeded, "{late:?}");
     bed.fault("tax", 0).clear();
 
