@@ -728,3 +728,29 @@ fn a_bad_store_url_is_named_without_its_password() {
     }
     assert!(!format!("{store:?}").contains("s3cret"));
 }
+
+/// A fleet's nodes write one exchange log: `[store]` with the log on asks
+/// for the log's name (the default names the node), and refuses a
+/// retention, which only a node's own store supports, naming the line.
+#[test]
+fn a_fleet_log_needs_its_name_and_no_retention() {
+    let store = "\n[store]\nurl = \"postgres://govbridge@127.0.0.1/govbridge\"\n";
+    let origin = "origin = \"govbridge/gw-dakar-1\"";
+    let text = edited(origin, "# origin: the default") + store;
+    let error = error_of(&text);
+    assert_eq!(error.key, "store.url", "{error}");
+    assert_eq!(error.line, Some(line_of(&text, "url = ")), "{error}");
+    assert!(error.message.contains("exchange_log.origin"), "{error}");
+
+    let text = edited("# retain = \"90d\"", "retain = \"90d\"") + store;
+    let error = error_of(&text);
+    assert_eq!(error.key, "exchange_log.retain", "{error}");
+    assert_eq!(error.line, Some(line_of(&text, "retain = ")), "{error}");
+    assert!(error.message.contains("audit pull"), "{error}");
+
+    let config = Config::parse(Path::new(PATH), &(edited("", "") + store)).unwrap();
+    assert_eq!(config.exchange_log.origin, "govbridge/gw-dakar-1");
+    // The log off, nothing is asked of it.
+    let off = edited(origin, "").replace("enabled = true", "enabled = false") + store;
+    Config::parse(Path::new(PATH), &off).unwrap();
+}

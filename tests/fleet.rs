@@ -4,7 +4,10 @@
 
 mod support;
 
+use govbridge::exchange_log::note::SigningKey;
 use govbridge::postgres::Cluster;
+use govbridge::proto::audit::v1::ListAccessesRequest;
+use govbridge::proto::audit::v1::data_tracker_client::DataTrackerClient;
 use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
 use govbridge::proto::consent::v1::GrantRequest;
 use govbridge::proto::consent::v1::consent_client::ConsentClient;
@@ -30,9 +33,47 @@ fn nodes(bed: &Bed, cluster: &Cluster, count: usize) -> Vec<GatewayProcess> {
 /// `[exchange_log]`.
 fn node(bed: &Bed, cluster: &Cluster, index: usize, exchange_log: &str) -> GatewayProcess {
     let name = format!("node-{index}");
-    let extra = format!("{exchange_log}\n[store]\nurl = \"{}\"\n", cluster.url());
     let id = format!("node_id = \"{name}\"");
-    GatewayProcess::spawn_with(bed, &name, &[&id], &extra)
+    GatewayProcess::spawn_config(
+        bed,
+        &name,
+        &node_config(bed, cluster, &name, &[&id], exchange_log),
+    )
+}
+
+/// The name every node's log goes by: one log for the fleet.
+const ORIGIN: &str = "govbridge/test-fleet";
+
+/// The configuration of fleet node `name`: `gateway` lines, `exchange_log`
+/// lines, the fleet's log name and database, and the fleet log's key in
+/// its data directory, as an operator copies it to every node.
+fn node_config(
+    bed: &Bed,
+    cluster: &Cluster,
+    name: &str,
+    gateway: &[&str],
+    exchange_log: &str,
+) -> std::path::PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
+    let key = bed.dir().join("fleet-log-key.pem");
+    if !key.exists() {
+        let signing = SigningKey::generate(ORIGIN).unwrap();
+        govbridge::keys::write_file(&key, signing.to_pem().as_bytes(), 0o600).unwrap();
+        let public = format!("{}\n", signing.verifier());
+        std::fs::write(bed.dir().join("fleet-log-key.pub"), public).unwrap();
+    }
+    let data = bed.dir().join(format!("{name}-data"));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&data)
+        .unwrap();
+    std::fs::copy(&key, data.join("log-key.pem")).unwrap();
+    let extra = format!(
+        "origin = \"{ORIGIN}\"\n{exchange_log}\n[store]\nurl = \"{}\"\n",
+        cluster.url()
+    );
+    GatewayProcess::config(bed, name, gateway, &extra)
 }
 
 /// `govbridge fleet status --json`, run with node 0's configuration.
@@ -94,8 +135,7 @@ async fn nodes_register_and_fleet_status_flags_the_odd_one() {
         first.address.to_string()
     );
     // A node that takes a live node's id is refused.
-    let store = format!("\n[store]\nurl = \"{}\"\n", cluster.url());
-    let twin = GatewayProcess::config(&bed, "twin", &["node_id = \"node-2\""], &store);
+    let twin = node_config(&bed, &cluster, "twin", &["node_id = \"node-2\""], "");
     let refused = fails_to_start(&twin).await;
     assert!(
         refused.contains("a node with id `node-2` is up"),
@@ -277,12 +317,13 @@ async fn a_use_that_relays_no_answer_is_given_back_once() {
 /// The database stopped: a consent-bound call is refused with
 /// `UNAVAILABLE` and `consent-ledger-unavailable` (never forwarded on a
 /// count nobody can check), and served again once the database is back,
-/// without restarting the node.
+/// without restarting the node. (The exchange log is off here: it is in
+/// the same database, and would refuse the call first.)
 #[tokio::test]
 async fn consent_bound_calls_fail_closed_while_the_database_is_down() {
     let mut cluster = Cluster::start_temporary().unwrap();
     let bed = dev_bed().await;
-    let node = nodes(&bed, &cluster, 1).pop().unwrap();
+    let node = node(&bed, &cluster, 0, "enabled = false");
     let artefact = grant(&bed, 100).await;
     until_the_feed_is_fresh(&bed, node.address, &artefact).await;
 
@@ -432,7 +473,7 @@ async fn the_database_is_reached_over_verified_tls() {
     let bed = dev_bed().await;
     let store = |ca_file: &std::path::Path| {
         format!(
-            "\n[store]\nurl = \"{}?sslmode=require\"\nca = \"{}\"\n",
+            "origin = \"{ORIGIN}\"\n[store]\nurl = \"{}?sslmode=require\"\nca = \"{}\"\n",
             cluster.url(),
             ca_file.display()
         )
@@ -505,4 +546,373 @@ async fn until_ready(admin: SocketAddr, ready: bool) {
         assert!(Instant::now() < deadline, "/readyz: {status} {body}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The first citizen's identity checked by CBAO's KYC subsystem through
+/// the node at `node`; returns the call's request id.
+async fn verify_identity(bed: &Bed, node: SocketAddr) -> Result<String, tonic::Status> {
+    let client = H2Client::connect(node, bed.member_tls("cbao-kyc"))
+        .await
+        .unwrap();
+    let request = declared(support::verify_identity_of(bed, 0), "KYC");
+    let response = CivilRegistryClient::new(client)
+        .verify_identity(request)
+        .await?;
+    Ok(response
+        .metadata()
+        .get("bridge-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned())
+}
+
+/// `govbridge audit <args>`, which must succeed; returns its output.
+fn audit(args: &[&str]) -> String {
+    let output = support::govbridge(&[&["audit"], args].concat());
+    assert!(output.status.success(), "{}", support::text(&output));
+    support::text(&output)
+}
+
+/// Pulls the fleet's log into `copy` (with node 0's configuration and the
+/// fleet's key) until it holds `records`; returns what the last pull said.
+async fn pull_until(bed: &Bed, copy: &std::path::Path, records: usize) -> String {
+    let config = bed.dir().join("node-0.toml");
+    let key = bed.dir().join("fleet-log-key.pub");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let said = audit(&[
+            "pull",
+            "--config",
+            config.to_str().unwrap(),
+            "--data",
+            copy.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ]);
+        if said.contains(&format!("holds {records} records")) {
+            return said;
+        }
+        // Records are copied once a checkpoint covers them (one a second).
+        assert!(Instant::now() < deadline, "{said}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The request ids of the calls in the fleet's log, with their phases in
+/// log order and the nodes that committed them.
+fn logged(cluster: &Cluster) -> Vec<(String, String, String)> {
+    let rows = cluster
+        .psql(
+            govbridge::postgres::ROLE,
+            "SELECT request_id, phase, node FROM log_records ORDER BY idx",
+        )
+        .unwrap();
+    rows.lines()
+        .map(|line| {
+            let mut fields = line.split('|').map(str::to_owned);
+            let mut next = || fields.next().unwrap();
+            (next(), next(), next())
+        })
+        .collect()
+}
+
+/// Asserts that every call of `answered` has its decision, then its
+/// outcome, in the fleet's log.
+fn every_call_recorded(cluster: &Cluster, answered: &[String]) {
+    let logged = logged(cluster);
+    for id in answered {
+        let phases: Vec<&str> = logged
+            .iter()
+            .filter(|(request, _, _)| request == id)
+            .map(|(_, phase, _)| phase.as_str())
+            .collect();
+        assert_eq!(phases, ["decision", "outcome"], "call {id}");
+    }
+}
+
+const EVERY_SECOND: &str = "checkpoint_interval = \"1s\"";
+
+/// Three nodes, calls spread across them: one log, holding every call's
+/// decision and outcome whichever node took it; the Data Tracker of any
+/// node lists the citizen's accesses through every node; an auditor's
+/// pulled copy verifies and proves a record with the fleet's key alone;
+/// and a pull notices a record or a column edited in the database.
+#[tokio::test]
+async fn the_fleet_keeps_one_log_and_one_data_tracker() {
+    let cluster = Cluster::start_temporary().unwrap();
+    let bed = dev_bed().await;
+    let lines = format!("{EVERY_SECOND}\ndata_tracker_clients = [\"SN/GOV/MYGOV/app\"]");
+    let nodes: Vec<_> = (0..3)
+        .map(|index| node(&bed, &cluster, index, &lines))
+        .collect();
+    let calls = nodes
+        .iter()
+        .flat_map(|node| std::iter::repeat_n(node.address, 10))
+        .map(|node| {
+            let bed = &bed;
+            async move { verify_identity(bed, node).await.unwrap() }
+        });
+    let answered = support::join_all(calls).await;
+    every_call_recorded(&cluster, &answered);
+    let committers: std::collections::BTreeSet<String> = logged(&cluster)
+        .into_iter()
+        .map(|(_, _, node)| node)
+        .collect();
+    assert_eq!(
+        committers,
+        ["node-0", "node-1", "node-2"].map(String::from).into()
+    );
+
+    // Any node's Data Tracker sees the accesses made through all three.
+    let nin = bed.data.citizens[0].nin.to_string();
+    let tracker = H2Client::connect(nodes[2].address, bed.member_tls("mygov"))
+        .await
+        .unwrap();
+    let accesses = DataTrackerClient::new(tracker)
+        .list_accesses(ListAccessesRequest {
+            subject: nin,
+            since_unix: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .accesses;
+    assert_eq!(accesses.len(), answered.len(), "{accesses:?}");
+
+    // An auditor's copy: verified, and a proof checks with the key alone.
+    let copy = bed.dir().join("auditor-copy");
+    pull_until(&bed, &copy, 2 * answered.len()).await;
+    let key = bed.dir().join("fleet-log-key.pub");
+    let (copy_dir, key) = (copy.to_str().unwrap(), key.to_str().unwrap());
+    let verified = audit(&["verify", "--data", copy_dir, "--key", key]);
+    assert!(
+        verified.contains(&format!("{} records", 2 * answered.len())),
+        "{verified}"
+    );
+    let proof = bed.dir().join("proof.json");
+    audit(&[
+        "prove",
+        "--data",
+        copy_dir,
+        "--request-id",
+        &answered[17],
+        "--out",
+        proof.to_str().unwrap(),
+    ]);
+    let checked = audit(&["check-proof", proof.to_str().unwrap(), "--key", key]);
+    assert!(checked.contains(&answered[17]), "{checked}");
+
+    // Edits in the database: a fresh pull names them.
+    let fresh = |name: &str| bed.dir().join(name);
+    let pull = |into: &std::path::Path| {
+        support::govbridge(&[
+            "audit",
+            "pull",
+            "--config",
+            bed.dir().join("node-0.toml").to_str().unwrap(),
+            "--data",
+            into.to_str().unwrap(),
+            "--key",
+            key,
+        ])
+    };
+    let sql = |statement: &str| {
+        cluster.psql(govbridge::postgres::ROLE, statement).unwrap();
+    };
+    sql("UPDATE log_records SET subject = 'SN-0000000000000' WHERE idx = 7");
+    let edited = pull(&fresh("after-column-edit"));
+    assert!(!edited.status.success());
+    assert!(
+        support::text(&edited).contains("column-edited"),
+        "{}",
+        support::text(&edited)
+    );
+    sql("UPDATE log_records SET record = record || '\\x00'::bytea WHERE idx = 3");
+    let altered = pull(&fresh("after-record-edit"));
+    assert!(!altered.status.success());
+    assert!(
+        support::text(&altered).contains("record-altered"),
+        "{}",
+        support::text(&altered)
+    );
+    drop(nodes);
+    bed.stop().await;
+}
+
+/// Calls through every node until `until`; returns the request ids of
+/// the answered ones and the statuses of the refused ones.
+async fn load(
+    bed: &Bed,
+    addresses: &[SocketAddr],
+    until: Instant,
+) -> (Vec<String>, Vec<tonic::Status>) {
+    let mut callers = tokio::task::JoinSet::new();
+    for &address in addresses {
+        for _ in 0..4 {
+            let bed_tls = bed.member_tls("cbao-kyc");
+            let request = support::verify_identity_of(bed, 0);
+            callers.spawn(async move {
+                let mut answered = Vec::new();
+                let mut refused = Vec::new();
+                while Instant::now() < until {
+                    // A new connection each time: a node that dies takes
+                    // only its own calls with it.
+                    let Ok(client) = H2Client::connect(address, bed_tls.clone()).await else {
+                        continue;
+                    };
+                    match CivilRegistryClient::new(client)
+                        .verify_identity(declared(request.clone(), "KYC"))
+                        .await
+                    {
+                        Ok(response) => answered.push(
+                            response
+                                .metadata()
+                                .get("bridge-request-id")
+                                .unwrap()
+                                .to_str()
+                                .unwrap()
+                                .to_owned(),
+                        ),
+                        Err(status) => refused.push(status),
+                    }
+                }
+                (answered, refused)
+            });
+        }
+    }
+    let (mut answered, mut refused) = (Vec::new(), Vec::new());
+    while let Some(done) = callers.join_next().await {
+        let (yes, no) = done.unwrap();
+        answered.extend(yes);
+        refused.extend(no);
+    }
+    (answered, refused)
+}
+
+/// A node killed (SIGKILL) under load, in the middle of appends: the
+/// others keep serving and appending to the same log, every answered call
+/// has its records, and the log verifies.
+#[tokio::test]
+async fn a_node_killed_under_load_loses_no_acknowledged_record() {
+    let cluster = Cluster::start_temporary().unwrap();
+    let bed = dev_bed().await;
+    let mut nodes: Vec<_> = (0..3)
+        .map(|index| node(&bed, &cluster, index, EVERY_SECOND))
+        .collect();
+    let addresses: Vec<_> = nodes.iter().map(|node| node.address).collect();
+    let survivors = [addresses[0], addresses[2]];
+    let killing = async {
+        // Killed once it has appended for a while.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while logged(&cluster)
+            .iter()
+            .filter(|row| row.2 == "node-1")
+            .count()
+            < 200
+        {
+            assert!(Instant::now() < deadline, "node-1 appends nothing");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        nodes[1].kill();
+        Instant::now()
+    };
+    let until = Instant::now() + Duration::from_secs(4);
+    let ((mut answered, refused), killed_at) = tokio::join!(load(&bed, &addresses, until), killing);
+    assert!(killed_at < until, "the load ended before the kill");
+    // After the kill, the others still serve.
+    let (after, refused_after) =
+        load(&bed, &survivors, Instant::now() + Duration::from_secs(1)).await;
+    assert!(
+        !after.is_empty() && refused_after.is_empty(),
+        "{refused_after:?}"
+    );
+    answered.extend(after);
+    // Only calls in flight on the killed node may fail, and as the
+    // connection's loss, never as a refusal of the survivors.
+    for status in &refused {
+        assert_eq!(bridge_error(status), None, "{status:?}");
+    }
+    every_call_recorded(&cluster, &answered);
+    let records = logged(&cluster).len();
+    let copy = bed.dir().join("auditor-copy");
+    pull_until(&bed, &copy, records).await;
+    let key = bed.dir().join("fleet-log-key.pub");
+    audit(&[
+        "verify",
+        "--data",
+        copy.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    drop(nodes);
+    bed.stop().await;
+}
+
+/// PostgreSQL stopped under load: every node refuses calls with
+/// `UNAVAILABLE` and `exchange-log-unavailable` (nothing is forwarded
+/// unlogged: every answered call has its records), and serves again by
+/// itself once the database is back.
+#[tokio::test]
+async fn the_fleet_fails_closed_while_the_database_is_down() {
+    let mut cluster = Cluster::start_temporary().unwrap();
+    let bed = dev_bed().await;
+    let nodes: Vec<_> = (0..2)
+        .map(|index| node(&bed, &cluster, index, EVERY_SECOND))
+        .collect();
+    let addresses: Vec<_> = nodes.iter().map(|node| node.address).collect();
+    let stopping = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.stop().unwrap();
+    };
+    let ((mut answered, refused), ()) = tokio::join!(
+        load(&bed, &addresses, Instant::now() + Duration::from_secs(3)),
+        stopping
+    );
+    assert!(!refused.is_empty(), "no call was refused");
+    for status in &refused {
+        // A call forwarded before the stop whose outcome then cannot be
+        // recorded is withheld, saying so.
+        let expected = match status.code() {
+            tonic::Code::Internal => "exchange-log-outcome-unrecorded",
+            _ => "exchange-log-unavailable",
+        };
+        assert_eq!(
+            bridge_error(status).as_deref(),
+            Some(expected),
+            "{status:?}"
+        );
+    }
+    assert!(
+        refused
+            .iter()
+            .any(|status| status.code() == tonic::Code::Unavailable),
+        "{refused:?}"
+    );
+    for node in &nodes {
+        let refused = verify_identity(&bed, node.address).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    }
+
+    cluster.restart().unwrap();
+    for node in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match verify_identity(&bed, node.address).await {
+                Ok(id) => {
+                    answered.push(id);
+                    break;
+                }
+                Err(status) => {
+                    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                    assert!(Instant::now() < deadline, "never served again: {status:?}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    every_call_recorded(&cluster, &answered);
+    drop(nodes);
+    bed.stop().await;
 }

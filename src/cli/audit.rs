@@ -51,6 +51,24 @@ pub enum AuditCommand {
         #[arg(long, value_name = "PUBFILE")]
         key: Option<PathBuf>,
     },
+    /// Copy a fleet's exchange log (the configuration's `[store]`) into a
+    /// local log directory, up to its latest checkpoint, checking every
+    /// record, tree node, query column and checkpoint on the way; every
+    /// other `audit` command then reads the copy with `--data DIR`. A
+    /// later pull continues the copy, and fails if the fleet's log no
+    /// longer extends it.
+    Pull {
+        /// A node's configuration: its `[store] url` and, without --key,
+        /// the key in its exchange_log.data_dir.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The local copy (created if needed).
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// The fleet log's public key; default the node's log-key.pub.
+        #[arg(long, value_name = "PUBFILE")]
+        key: Option<PathBuf>,
+    },
     /// Move the records older than --retain out of the hot store into
     /// archive files in --out, a segment of 65,536 records per file, each
     /// verifiable offline. Runs beside a serving gateway; a run cut short
@@ -194,6 +212,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             retain,
             key,
         } => archive(&data, &out, retain, key.as_deref()),
+        AuditCommand::Pull { config, data, key } => pull(&config, &data, key.as_deref()),
         AuditCommand::Prove {
             data,
             request_id,
@@ -310,6 +329,61 @@ fn archive(data: &Path, out: &Path, retain: Duration, key: Option<&Path>) -> any
         archived.records,
         archived.files.len(),
         humantime(retain)
+    );
+    Ok(())
+}
+
+fn pull(config: &Path, data: &Path, key: Option<&Path>) -> anyhow::Result<()> {
+    use govbridge::exchange_log::fleet;
+    let loaded = govbridge::config::Config::load(config)?;
+    let Some(store) = loaded.store else {
+        bail!(
+            "{}: no [store] section: this gateway's log is its own, read it with --data {}",
+            config.display(),
+            loaded.exchange_log.data_dir.display()
+        );
+    };
+    let verifier = load_verifier(&loaded.exchange_log.data_dir, key)?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data)
+            .with_context(|| format!("creating {}", data.display()))?;
+    }
+    // The connection runs on the runtime's worker while this thread waits.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let database = runtime.block_on(govbridge::database::Database::open(&store))?;
+    let reader = fleet::FleetReader::new(database, runtime.handle().clone());
+    let pulled = fleet::pull(&reader, data, &verifier)?;
+    govbridge::keys::write_file(
+        &data.join(VERIFIER_FILE),
+        format!("{verifier}\n").as_bytes(),
+        0o644,
+    )?;
+    println!(
+        "pulled {} records and {} checkpoints from {}",
+        pulled.records,
+        pulled.checkpoints,
+        store.redacted()
+    );
+    if let Some(problem) = pulled.problem {
+        bail!(
+            "{}: {problem}; the copy in {} holds the {} records before it",
+            store.redacted(),
+            data.display(),
+            pulled.size
+        );
+    }
+    println!(
+        "{} holds {} records, up to the fleet's latest checkpoint; read it with --data {}",
+        data.display(),
+        pulled.size,
+        data.display()
     );
     Ok(())
 }

@@ -68,7 +68,7 @@ impl GatewayProcess {
     }
 
     /// Starts `govbridge serve --config config`.
-    fn spawn_config(bed: &Bed, name: &str, config: &std::path::Path) -> Self {
+    pub fn spawn_config(bed: &Bed, name: &str, config: &std::path::Path) -> Self {
         // GOVBRIDGE_CHILD_LOG=<filter> shows the process's log, to debug.
         let log = std::env::var("GOVBRIDGE_CHILD_LOG").ok();
         let mut child = Command::new(env!("CARGO_BIN_EXE_govbridge"))

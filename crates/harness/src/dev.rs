@@ -16,6 +16,7 @@ use crate::launch::{BoundAgency, Shutdown};
 use crate::pki::{self, CertificateAuthority, LeafRequest, PkiError, Usage};
 use gateway::config::{Config, ConfigBuilder};
 use gateway::consent::artefact::{ConsentSigner, IssuerKeys};
+use gateway::exchange_log;
 use gateway::identity::MemberId;
 use gateway::proxy::Gateway;
 use gateway::proxy::signals::termination_signal;
@@ -222,6 +223,9 @@ pub fn write_node_config(config_path: &Path, index: usize, url: &str) -> anyhow:
         .or_insert_with(|| toml::Table::new().into());
     if let Some(log) = log.as_table_mut() {
         log.insert("data_dir".into(), format!("node-{number}-data").into());
+        // One log for the fleet, under one name (the nodes' ids differ).
+        log.entry("origin")
+            .or_insert_with(|| format!("govbridge/{node_id}").into());
     }
     let mut store = toml::Table::new();
     store.insert("url".into(), url.into());
@@ -233,6 +237,26 @@ pub fn write_node_config(config_path: &Path, index: usize, url: &str) -> anyhow:
     );
     pki::write_file(&path, text.as_bytes(), 0o644)?;
     Ok(path)
+}
+
+/// Copies the fleet log's signing key `key` into node data directory
+/// `data`, unless the node has one.
+fn share_key(key: &Path, data: &Path) -> anyhow::Result<()> {
+    let target = data.join(exchange_log::store::KEY_FILE);
+    if target.exists() {
+        return Ok(());
+    }
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data)
+            .with_context(|| format!("cannot create {}", data.display()))?;
+    }
+    let pem = std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
+    pki::write_file(&target, &pem, 0o600)?;
+    Ok(())
 }
 
 /// Runs every mock agency and the gateway until Ctrl-C or SIGTERM. With
@@ -285,8 +309,22 @@ pub async fn run(dir: &Path, faults: bool, nodes: usize) -> anyhow::Result<()> {
     let (stop_gateway, gateway_stopping) = Shutdown::new();
     let mut gateways = Vec::new();
     let mut listening = Vec::new();
+    let mut log_key = None;
     for path in &node_configs {
         let config = Config::load(path)?;
+        // The first node makes the fleet log's key; the others sign with
+        // the same.
+        match &log_key {
+            None => {
+                log_key = Some(
+                    config
+                        .exchange_log
+                        .data_dir
+                        .join(exchange_log::store::KEY_FILE),
+                )
+            }
+            Some(key) => share_key(key, &config.exchange_log.data_dir)?,
+        }
         let gateway = Gateway::bind(&config).await?;
         listening.push((
             config.gateway.node_id.clone(),

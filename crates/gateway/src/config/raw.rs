@@ -690,6 +690,18 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
             Ok(parsed)
         })
         .transpose()?;
+    if let (Some(store), Some(log)) = (&raw.store, &raw.exchange_log)
+        && exchange_log.enabled
+    {
+        fleet_log(source, store, log)?;
+    } else if let Some(store) = raw.store.as_ref().filter(|_| exchange_log.enabled) {
+        return Err(source.error(
+            "store.url",
+            &store.url,
+            "the nodes of a fleet write one exchange log: set the same exchange_log.origin \
+             on every node",
+        ));
+    }
 
     Ok(Config {
         source: source.path.to_owned(),
@@ -706,6 +718,33 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
         limits,
         store,
     })
+}
+
+/// What the fleet's log (`[store]` with the exchange log on) asks of
+/// `[exchange_log]`.
+fn fleet_log(
+    source: &Source<'_>,
+    store: &RawStore,
+    log: &RawExchangeLog,
+) -> Result<(), ConfigError> {
+    if let Some(retain) = &log.retain {
+        return Err(source.error(
+            "exchange_log.retain",
+            retain,
+            "archiving a fleet's log (`[store] url`) is not supported yet: remove it, and keep \
+             a verified copy with `govbridge audit pull`",
+        ));
+    }
+    if log.origin.is_none() {
+        // The default names the node, and the nodes are one log.
+        return Err(source.error(
+            "store.url",
+            &store.url,
+            "the nodes of a fleet write one exchange log: set the same exchange_log.origin \
+             on every node",
+        ));
+    }
+    Ok(())
 }
 
 fn validate_consent(

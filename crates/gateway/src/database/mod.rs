@@ -64,6 +64,53 @@ const MIGRATIONS: &[(i32, &str)] = &[
              stopped_at timestamptz
          );",
     ),
+    (
+        3,
+        "CREATE TABLE log_head (
+             one boolean PRIMARY KEY DEFAULT true CHECK (one),
+             origin text NOT NULL,
+             -- the log's public key: every node signs with its private half
+             verifier text NOT NULL,
+             size bigint NOT NULL,
+             -- the tree's right edge: its complete subtrees' hashes,
+             -- largest first; locked by the node appending
+             frontier bytea NOT NULL
+         );
+         CREATE TABLE log_records (
+             idx bigint PRIMARY KEY,
+             phase text NOT NULL,
+             request_id text NOT NULL,
+             at_us bigint NOT NULL,
+             caller text NOT NULL,
+             provider text NOT NULL,
+             method text NOT NULL,
+             purpose text NOT NULL,
+             subject text,
+             allowed bigint NOT NULL,
+             grpc_status bigint,
+             error_kind text,
+             concealed_until bigint NOT NULL,
+             -- the node that committed it
+             node text NOT NULL,
+             -- the leaf's data: everything above is a copy for queries
+             record bytea NOT NULL
+         );
+         CREATE INDEX log_records_request ON log_records (request_id, idx);
+         CREATE INDEX log_records_subject ON log_records (subject, idx)
+             WHERE subject IS NOT NULL;
+         CREATE TABLE log_nodes (
+             level smallint NOT NULL,
+             idx bigint NOT NULL,
+             hash bytea NOT NULL,
+             PRIMARY KEY (level, idx)
+         );
+         CREATE TABLE log_checkpoints (
+             size bigint PRIMARY KEY,
+             signed_at bigint NOT NULL,
+             node text NOT NULL,
+             note text NOT NULL
+         );",
+    ),
 ];
 
 /// Why the database cannot be used.

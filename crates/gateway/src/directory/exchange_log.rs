@@ -24,8 +24,8 @@ use crate::directory::LocalContext;
 use crate::exchange_log::lookup::SEGMENT;
 use crate::exchange_log::merkle::{self, Hash};
 use crate::exchange_log::note;
-use crate::exchange_log::store::{Store, StoreError, StoredRecord};
-use crate::exchange_log::{ExchangeLog, ExchangeRecord, Phase};
+use crate::exchange_log::store::{StoreError, StoredRecord};
+use crate::exchange_log::{ExchangeLog, ExchangeRecord, Phase, Reader};
 use crate::identity::MemberId;
 use crate::identity::national::{InvalidNin, parse_nin};
 use crate::proto::audit::v1::get_record_request::Key;
@@ -206,7 +206,7 @@ fn latest_checkpoint(log: &ExchangeLog, cadence: Cadence) -> Result<Checkpoint, 
 async fn read<T, F>(log: &ExchangeLog, read: F) -> Result<T, ReadError>
 where
     T: Send + 'static,
-    F: FnOnce(&Store) -> Result<T, ReadError> + Send + 'static,
+    F: FnOnce(&Reader) -> Result<T, ReadError> + Send + 'static,
 {
     let log = log.clone();
     tokio::task::spawn_blocking(move || {
@@ -368,7 +368,7 @@ impl ExchangeLogService {
 }
 
 /// Fails when record `index` has left the store for an archive.
-fn archived(store: &Store, index: u64) -> Result<(), ReadError> {
+fn archived(store: &Reader, index: u64) -> Result<(), ReadError> {
     let archived_end = store.archived_end()?;
     if index < archived_end {
         return Err(ReadError::Archived {
@@ -539,7 +539,8 @@ mod tests {
     #[test]
     fn archived_records_say_so() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), "test.example/log").unwrap();
+        let store = crate::exchange_log::Store::open(dir.path(), "test.example/log").unwrap();
+        let store = Reader::Local(store);
         assert!(archived(&store, 0).is_ok());
         rusqlite::Connection::open(dir.path().join(crate::exchange_log::store::DATABASE_FILE))
             .unwrap()

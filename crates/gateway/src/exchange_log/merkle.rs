@@ -68,6 +68,29 @@ impl Frontier {
         Ok(Self { size, peaks })
     }
 
+    /// The frontier of a tree of `size` leaves from its peaks' hashes,
+    /// largest first, as [`Frontier::peak_bytes`] gives them; `None` when
+    /// their number is not the one `size` asks for.
+    pub fn from_peak_bytes(size: u64, bytes: &[u8]) -> Option<Self> {
+        let levels = (0..64u32).rev().filter(|level| size & (1 << level) != 0);
+        let hashes = bytes.chunks_exact(32);
+        if !hashes.remainder().is_empty() || hashes.len() != size.count_ones() as usize {
+            return None;
+        }
+        let peaks = levels
+            .zip(hashes)
+            .map(|(level, hash)| Some((level, Hash::try_from(hash).ok()?)))
+            .collect::<Option<_>>()?;
+        Some(Self { size, peaks })
+    }
+
+    /// The peaks' hashes, largest first, end to end: with the size, all a
+    /// writer needs to append (what a shared store keeps of the tree's
+    /// right edge).
+    pub fn peak_bytes(&self) -> Vec<u8> {
+        self.peaks.iter().flat_map(|(_, hash)| *hash).collect()
+    }
+
     /// Leaves in the tree.
     pub fn size(&self) -> u64 {
         self.size
@@ -407,6 +430,22 @@ impl Nodes for MemoryTree {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A frontier kept as its peaks' bytes appends as the original does,
+    /// and bytes of the wrong length for the size are refused.
+    #[test]
+    fn a_frontier_survives_its_peak_bytes() {
+        let mut frontier = Frontier::default();
+        for n in 0..37u8 {
+            let kept = Frontier::from_peak_bytes(frontier.size(), &frontier.peak_bytes()).unwrap();
+            assert_eq!(kept, frontier);
+            frontier.append(leaf_hash(&[n]));
+        }
+        let bytes = frontier.peak_bytes();
+        assert_eq!(bytes.len(), 32 * 37u64.count_ones() as usize);
+        assert_eq!(Frontier::from_peak_bytes(38, &bytes), None);
+        assert_eq!(Frontier::from_peak_bytes(37, &bytes[1..]), None);
+    }
 
     /// The leaves of the RFC 6962 test vectors used by Certificate
     /// Transparency implementations.

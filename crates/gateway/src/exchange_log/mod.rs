@@ -4,6 +4,7 @@
 //! grew.
 //!
 //! - [`archive`]: old segments moved into files verifiable on their own.
+//! - [`fleet`]: the log of a fleet of nodes, in PostgreSQL.
 //! - [`lookup`]: finding records by request id and subject.
 //! - [`merkle`]: RFC 9162 hashing, proofs and their verification.
 //! - [`note`]: checkpoints as C2SP signed notes (Ed25519).
@@ -22,6 +23,7 @@
 //! service resumes by itself when the store does.
 
 pub mod archive;
+pub mod fleet;
 pub mod lookup;
 pub mod merkle;
 pub mod note;
@@ -56,6 +58,9 @@ const QUEUE_CAPACITY: usize = 32 * 1024;
 const MAX_BATCH: usize = 4096;
 /// How often a store that failed is tried again while no call does it.
 const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// How often an idle node of a fleet reads how far the others took the
+/// log (for its size, and the checkpoint its Data Tracker serves).
+const CATCH_UP_EVERY: Duration = Duration::from_secs(1);
 
 /// Group commit under load: once a commit has taken this many records,
 /// the next one waits for more ([`Gather`]).
@@ -137,6 +142,179 @@ pub enum OpenError {
     },
 }
 
+/// Where a writer commits: a node's own SQLite store, or the log a fleet
+/// of nodes shares in PostgreSQL.
+trait Backend: Send + 'static {
+    /// Whether other writers (a fleet's other nodes) append too.
+    const SHARED: bool = false;
+    /// Appends `records` (with a signed checkpoint if asked) after
+    /// `frontier`, which becomes the log's; returns the first index.
+    fn append(
+        &mut self,
+        frontier: &mut Frontier,
+        records: &[&ExchangeRecord],
+        checkpoint: Option<(&str, &SigningKey)>,
+    ) -> Result<u64, StoreError>;
+    fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError>;
+    /// Whether the store takes writes again.
+    fn probe(&mut self) -> Result<(), StoreError>;
+    fn set_fault(&mut self, fault: Option<StoreFault>) -> Result<(), StoreError>;
+    /// Housekeeping between batches, once the calls have their answers.
+    fn rest(&mut self) {}
+    /// The log as other writers left it; `None` for a store of its own.
+    fn catch_up(&mut self) -> Option<Result<Frontier, StoreError>> {
+        None
+    }
+}
+
+impl Backend for Store {
+    fn append(
+        &mut self,
+        frontier: &mut Frontier,
+        records: &[&ExchangeRecord],
+        checkpoint: Option<(&str, &SigningKey)>,
+    ) -> Result<u64, StoreError> {
+        Store::append(self, frontier, records, checkpoint)
+    }
+
+    fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
+        Store::latest_checkpoint(self)
+    }
+
+    fn probe(&mut self) -> Result<(), StoreError> {
+        Store::probe(self)
+    }
+
+    fn set_fault(&mut self, fault: Option<StoreFault>) -> Result<(), StoreError> {
+        Store::set_fault(self, fault)
+    }
+
+    fn rest(&mut self) {
+        self.restart_wal_above(store::WAL_BOUND);
+    }
+}
+
+impl Backend for fleet::SharedStore {
+    const SHARED: bool = true;
+
+    fn append(
+        &mut self,
+        frontier: &mut Frontier,
+        records: &[&ExchangeRecord],
+        checkpoint: Option<(&str, &SigningKey)>,
+    ) -> Result<u64, StoreError> {
+        fleet::SharedStore::append(self, frontier, records, checkpoint)
+    }
+
+    fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
+        fleet::SharedStore::latest_checkpoint(self)
+    }
+
+    fn probe(&mut self) -> Result<(), StoreError> {
+        fleet::SharedStore::probe(self)
+    }
+
+    fn set_fault(&mut self, fault: Option<StoreFault>) -> Result<(), StoreError> {
+        fleet::SharedStore::set_fault(self, fault);
+        Ok(())
+    }
+
+    fn catch_up(&mut self) -> Option<Result<Frontier, StoreError>> {
+        Some(self.head())
+    }
+}
+
+/// The PostgreSQL side of a fleet node's log.
+#[derive(Debug, Clone)]
+pub struct FleetStore {
+    /// The writer's own connection: its transactions hold the log's head,
+    /// and nothing else may run inside them.
+    pub writer: Arc<crate::database::Database>,
+    /// Reads (the Data Tracker, proofs), pipelined on a shared connection.
+    pub reader: Arc<crate::database::Database>,
+    /// This node's id, kept with the records it commits.
+    pub node: String,
+    /// The runtime the connections run on.
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// A read-only view of the log, for proofs and queries: the node's own
+/// store, or the fleet's.
+#[derive(Debug)]
+pub enum Reader {
+    Local(Store),
+    Fleet(fleet::FleetReader),
+}
+
+impl Reader {
+    /// One state of a local store for as long as the guard lives; the
+    /// fleet's log needs none (see [`fleet`]).
+    pub fn snapshot(&self) -> Result<Option<rusqlite::Transaction<'_>>, StoreError> {
+        match self {
+            Self::Local(store) => store.snapshot(),
+            Self::Fleet(_) => Ok(None),
+        }
+    }
+
+    pub fn record(&self, index: u64) -> Result<Option<store::StoredRecord>, StoreError> {
+        match self {
+            Self::Local(store) => store.record(index),
+            Self::Fleet(fleet) => fleet.record(index),
+        }
+    }
+
+    pub fn last_record_of_request_for(
+        &self,
+        request_id: &str,
+        member: &str,
+    ) -> Result<Option<store::StoredRecord>, StoreError> {
+        match self {
+            Self::Local(store) => store.last_record_of_request_for(request_id, member),
+            Self::Fleet(fleet) => fleet.last_record_of_request_for(request_id, member),
+        }
+    }
+
+    pub fn accesses_to(
+        &self,
+        subject: &str,
+        since_us: i64,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<store::StoredRecord>, StoreError> {
+        match self {
+            Self::Local(store) => store.accesses_to(subject, since_us, now, limit),
+            Self::Fleet(fleet) => fleet.accesses_to(subject, since_us, now, limit),
+        }
+    }
+
+    /// Records before this index are archived (a fleet's log keeps all).
+    pub fn archived_end(&self) -> Result<u64, StoreError> {
+        match self {
+            Self::Local(store) => store.archived_end(),
+            Self::Fleet(_) => Ok(0),
+        }
+    }
+
+    /// The time of the last archived record, 0 when none is.
+    pub fn archived_until_us(&self) -> Result<i64, StoreError> {
+        match self {
+            Self::Local(store) => store.archived_until_us(),
+            Self::Fleet(_) => Ok(0),
+        }
+    }
+}
+
+impl merkle::Nodes for Reader {
+    type Error = StoreError;
+
+    fn node(&self, level: u32, index: u64) -> Result<merkle::Hash, StoreError> {
+        match self {
+            Self::Local(store) => store.node(level, index),
+            Self::Fleet(fleet) => fleet.node(level, index),
+        }
+    }
+}
+
 enum Job {
     Append {
         record: Box<ExchangeRecord>,
@@ -175,6 +353,8 @@ pub struct ExchangeLog {
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     /// The archiver's thread, with `exchange_log.retain`.
     archiver: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// The fleet's log, when this node shares one.
+    fleet: Option<fleet::FleetReader>,
 }
 
 impl ExchangeLog {
@@ -195,30 +375,18 @@ impl ExchangeLog {
             commits: crate::telemetry::metrics::Histogram::default(),
             recent: store.recent(),
         });
-        let (jobs, queue) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
         let (running, stopped) = std::sync::mpsc::channel::<()>();
         let (archiving, archive_stopped) = std::sync::mpsc::channel::<()>();
         let wal = store::WalCheckpointer::open(dir)?;
         let verifier = Arc::new(key.verifier());
-        let writer = Writer {
+        let (jobs, thread) = spawn_writer(
+            config,
             store,
             frontier,
             key,
-            origin: config.origin.clone(),
-            interval: config.checkpoint_interval,
-            every: config.checkpoint_records,
-            checkpointed: checkpoint.map_or(0, |checkpoint| checkpoint.size),
-            last_checkpoint: Instant::now(),
-            shared: shared.clone(),
-            _running: (running, archiving),
-        };
-        let thread = std::thread::Builder::new()
-            .name("exchange-log".into())
-            .spawn(move || writer.run(&queue))
-            .map_err(|error| OpenError::File {
-                path: dir.clone(),
-                message: format!("cannot start the log writer: {error}"),
-            })?;
+            &shared,
+            vec![running, archiving],
+        )?;
         let mut archiver_thread = None;
         if let Some(retain) = config.retain {
             let archiver = archive::Archiver {
@@ -259,7 +427,65 @@ impl ExchangeLog {
             dir: Arc::from(dir.as_path()),
             writer: Arc::new(Mutex::new(Some(thread))),
             archiver: Arc::new(Mutex::new(archiver_thread)),
+            fleet: None,
         })
+    }
+
+    /// Opens the fleet's log in PostgreSQL (creating it on first use),
+    /// signed with the key in `config.data_dir` (created there on first
+    /// use: copy it to every node), and starts this node's writer. Blocks:
+    /// call it where blocking is allowed.
+    pub fn open_fleet(config: &ExchangeLogConfig, fleet: FleetStore) -> Result<Self, OpenError> {
+        let dir = &config.data_dir;
+        if config.retain.is_some() {
+            return Err(OpenError::File {
+                path: dir.clone(),
+                message: "exchange_log.retain: archiving a fleet's log (`[store] url`) is not \
+                          supported yet; copy it with `govbridge audit pull` instead"
+                    .to_owned(),
+            });
+        }
+        create_private_dir(dir)?;
+        let key = load_or_create_key(dir, &config.origin)?;
+        let verifier = Arc::new(key.verifier());
+        let (store, frontier) = fleet::SharedStore::open(
+            fleet.writer,
+            fleet.runtime.clone(),
+            &fleet.node,
+            &config.origin,
+            &verifier,
+        )?;
+        let checkpoint = store.latest_checkpoint()?;
+        let shared = Arc::new(Shared {
+            size: AtomicU64::new(frontier.size()),
+            healthy: AtomicBool::new(true),
+            checkpoint: ArcSwapOption::from_pointee(checkpoint),
+            queued: AtomicU64::new(0),
+            commits: crate::telemetry::metrics::Histogram::default(),
+            recent: None,
+        });
+        let (jobs, thread) = spawn_writer(config, store, frontier, key, &shared, Vec::new())?;
+        let reader = fleet::FleetReader::new(fleet.reader, fleet.runtime);
+        tracing::info!(
+            origin = config.origin,
+            records = shared.size.load(Ordering::Relaxed),
+            key = %verifier,
+            "the fleet's exchange log open"
+        );
+        Ok(Self {
+            jobs,
+            shared,
+            verifier,
+            dir: Arc::from(dir.as_path()),
+            writer: Arc::new(Mutex::new(Some(thread))),
+            archiver: Arc::new(Mutex::new(None)),
+            fleet: Some(reader),
+        })
+    }
+
+    /// Whether this node writes a fleet's shared log.
+    pub fn is_shared(&self) -> bool {
+        self.fleet.is_some()
     }
 
     /// Queues `record`; the returned future resolves with its leaf index
@@ -341,13 +567,17 @@ impl ExchangeLog {
         &self.dir
     }
 
-    /// A read-only connection, for proofs and queries.
-    pub fn reader(&self) -> Result<Store, StoreError> {
+    /// A read-only view, for proofs and queries: blocking, so use it on
+    /// the blocking pool.
+    pub fn reader(&self) -> Result<Reader, StoreError> {
+        if let Some(fleet) = &self.fleet {
+            return Ok(Reader::Fleet(fleet.clone()));
+        }
         let store = Store::open_read_only(&self.dir)?;
-        Ok(match &self.shared.recent {
+        Ok(Reader::Local(match &self.shared.recent {
             Some(recent) => store.with_recent(recent.clone()),
             None => store,
-        })
+        }))
     }
 
     /// Commits what is queued, signs a final checkpoint and stops the
@@ -414,9 +644,47 @@ impl Future for Appending {
     }
 }
 
-/// The single thread that writes the log.
-struct Writer {
-    store: Store,
+/// Starts the thread that writes the log; `running` are dropped when it
+/// stops, which stops whatever waits on them.
+fn spawn_writer<B: Backend>(
+    config: &ExchangeLogConfig,
+    store: B,
+    frontier: Frontier,
+    key: SigningKey,
+    shared: &Arc<Shared>,
+    running: Vec<std::sync::mpsc::Sender<()>>,
+) -> Result<(SyncSender<Job>, std::thread::JoinHandle<()>), OpenError> {
+    let (jobs, queue) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
+    let checkpointed = shared
+        .checkpoint
+        .load()
+        .as_ref()
+        .map_or(0, |checkpoint| checkpoint.size);
+    let writer = Writer {
+        store,
+        frontier,
+        key,
+        origin: config.origin.clone(),
+        interval: config.checkpoint_interval,
+        every: config.checkpoint_records,
+        checkpointed,
+        last_checkpoint: Instant::now(),
+        shared: shared.clone(),
+        _running: running,
+    };
+    let thread = std::thread::Builder::new()
+        .name("exchange-log".into())
+        .spawn(move || writer.run(&queue))
+        .map_err(|error| OpenError::File {
+            path: config.data_dir.clone(),
+            message: format!("cannot start the log writer: {error}"),
+        })?;
+    Ok((jobs, thread))
+}
+
+/// The single thread that writes the log (on each node, for a fleet).
+struct Writer<B: Backend> {
+    store: B,
     frontier: Frontier,
     key: SigningKey,
     origin: String,
@@ -428,10 +696,10 @@ struct Writer {
     shared: Arc<Shared>,
     /// Dropped when the writer stops, which stops the WAL checkpointer
     /// and the archiver.
-    _running: (std::sync::mpsc::Sender<()>, std::sync::mpsc::Sender<()>),
+    _running: Vec<std::sync::mpsc::Sender<()>>,
 }
 
-impl Writer {
+impl<B: Backend> Writer<B> {
     fn run(mut self, queue: &Receiver<Job>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut gather = Gather::default();
@@ -444,12 +712,17 @@ impl Writer {
             } else {
                 Duration::from_secs(3600)
             };
+            let wait = if B::SHARED {
+                wait.min(CATCH_UP_EVERY)
+            } else {
+                wait
+            };
             match queue.recv_timeout(wait) {
                 Ok(job) => batch.push(job),
                 // Health checks may keep calls away while the store fails:
                 // the writer finds out by itself when it can write again.
                 Err(RecvTimeoutError::Timeout) if !healthy => self.probe(),
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => self.catch_up(),
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             if !batch.is_empty() {
@@ -494,7 +767,7 @@ impl Writer {
         let forced = !checkpoint_replies.is_empty();
         let result = self.flush(&mut records, &mut replies, forced);
         // The calls have their answers: the journal may take its turn.
-        self.store.restart_wal_above(store::WAL_BOUND);
+        self.store.rest();
         for reply in checkpoint_replies {
             let _ = reply.send(
                 result
@@ -578,6 +851,37 @@ impl Writer {
         }
     }
 
+    /// Takes in what other writers of a shared log appended and signed.
+    fn catch_up(&mut self) {
+        let Some(head) = self.store.catch_up() else {
+            return;
+        };
+        let latest = head.and_then(|head| Ok((head, self.store.latest_checkpoint()?)));
+        match latest {
+            Ok((head, checkpoint)) => {
+                if head.size() > self.frontier.size() {
+                    self.frontier = head;
+                    self.shared
+                        .size
+                        .store(self.frontier.size(), Ordering::Release);
+                }
+                if let Some(checkpoint) = checkpoint
+                    && checkpoint.size > self.checkpointed
+                {
+                    self.checkpointed = checkpoint.size;
+                    self.shared.checkpoint.store(Some(Arc::new(checkpoint)));
+                }
+            }
+            // Calls would fail anyway: they are refused at once, and the
+            // writer probes until the database answers.
+            Err(error) => {
+                if self.shared.healthy.swap(false, Ordering::AcqRel) {
+                    tracing::error!(%error, "the fleet's log cannot be reached; refusing calls until it can");
+                }
+            }
+        }
+    }
+
     /// Tries a record-sized write that leaves nothing behind.
     fn probe(&mut self) {
         match self.store.probe() {
@@ -596,7 +900,7 @@ impl Writer {
     }
 }
 
-impl Drop for Writer {
+impl<B: Backend> Drop for Writer<B> {
     /// A writer that stops (closed, or panicked) takes no more records.
     fn drop(&mut self) {
         self.shared.healthy.store(false, Ordering::Release);

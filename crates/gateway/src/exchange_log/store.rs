@@ -121,6 +121,9 @@ pub enum StoreError {
     },
     #[error("{}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
+    /// The fleet's log, in PostgreSQL.
+    #[error(transparent)]
+    Database(#[from] crate::database::DatabaseError),
 }
 
 impl StoreError {
@@ -773,6 +776,22 @@ impl Store {
             )
             .optional()
             .at(&self.path)
+    }
+
+    /// Keeps a checkpoint signed elsewhere (a copy of a fleet's log keeps
+    /// the fleet's), once it was checked against the records it covers.
+    pub fn add_checkpoint(&self, checkpoint: &StoredCheckpoint) -> Result<(), StoreError> {
+        self.connection
+            .execute(
+                "INSERT OR IGNORE INTO checkpoints (tree_size, signed_at, note) VALUES (?1, ?2, ?3)",
+                params![
+                    to_i64(checkpoint.size),
+                    checkpoint.signed_at,
+                    checkpoint.note
+                ],
+            )
+            .at(&self.path)?;
+        Ok(())
     }
 
     /// Every checkpoint, oldest first.

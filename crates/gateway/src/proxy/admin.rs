@@ -282,13 +282,19 @@ impl Admin {
         {
             problems.push("the exchange log cannot write: every call is refused".to_owned());
         }
-        // Only consent-bound calls need the database: without consent, the
-        // node serves on (the alerts say the database is down).
-        if self.consent.is_some()
+        // Calls need the database for the fleet's log, and for consent:
+        // with neither, the node serves on (the alerts say it is down).
+        let shared_log = self.log.as_ref().is_some_and(ExchangeLog::is_shared);
+        if (shared_log || self.consent.is_some())
             && let Some(problem) = self.fleet.as_ref().and_then(|fleet| fleet.problem())
         {
+            let refused = if shared_log {
+                "every call is refused"
+            } else {
+                "consent-bound calls are refused"
+            };
             problems.push(format!(
-                "the fleet's database is unreachable ({problem}): consent-bound calls are refused"
+                "the fleet's database is unreachable ({problem}): {refused}"
             ));
         }
         let state = self.state.load_full();

@@ -191,18 +191,34 @@ impl Gateway {
             .listener_tls()
             .map_err(StartError::ServerTls)?;
         let state = Arc::new(ArcSwap::from_pointee(GatewayState::new(config)?));
+        let database = match &config.store {
+            Some(store) => Some(crate::database::Database::connect(store).await?),
+            None => None,
+        };
         let log = if config.exchange_log.enabled {
             let settings = config.exchange_log.clone();
+            let fleet = match (&config.store, &database) {
+                (Some(store), Some(database)) => Some(crate::exchange_log::FleetStore {
+                    writer: crate::database::Database::connect(store).await?,
+                    reader: Arc::clone(database),
+                    node: config.gateway.node_id.clone(),
+                    runtime: tokio::runtime::Handle::current(),
+                }),
+                _ => None,
+            };
             // Opening reads files and may create the database: blocking.
             Some(
-                tokio::task::spawn_blocking(move || ExchangeLog::open(&settings))
-                    .await
-                    .map_err(|error| {
-                        StartError::ExchangeLog(crate::exchange_log::OpenError::File {
-                            path: config.exchange_log.data_dir.clone(),
-                            message: error.to_string(),
-                        })
-                    })??,
+                tokio::task::spawn_blocking(move || match fleet {
+                    Some(fleet) => ExchangeLog::open_fleet(&settings, fleet),
+                    None => ExchangeLog::open(&settings),
+                })
+                .await
+                .map_err(|error| {
+                    StartError::ExchangeLog(crate::exchange_log::OpenError::File {
+                        path: config.exchange_log.data_dir.clone(),
+                        message: error.to_string(),
+                    })
+                })??,
             )
         } else {
             tracing::warn!("the exchange log is off: calls are recorded nowhere");
@@ -218,10 +234,6 @@ impl Gateway {
                     .await
                     .map_err(|source| StartError::Bind { address, source })?,
             ),
-            None => None,
-        };
-        let database = match &config.store {
-            Some(store) => Some(crate::database::Database::connect(store).await?),
             None => None,
         };
         let fleet = match &database {

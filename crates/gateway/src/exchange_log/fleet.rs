@@ -1,0 +1,747 @@
+//! The exchange log of a fleet, in the PostgreSQL database its nodes share
+//! (`[store] url`): one Merkle log for every node's calls.
+//!
+//! Every node appends, one at a time. A node's writer gathers its batch as
+//! the single node's does, then, in one transaction, locks the log's head
+//! row, reads the tree's size and right edge from it, gives its records
+//! the next indexes, inserts them with the tree nodes they complete (and a
+//! checkpoint, signed with the fleet's log key, when one is due), moves
+//! the head and commits. The call waits for that commit, so a record is
+//! durable in PostgreSQL before anything reaches the backend, as on one
+//! node. A node that dies mid-append holds nothing: PostgreSQL rolls its
+//! transaction back when the connection drops (or, for a node frozen
+//! without closing it, after `idle_in_transaction_session_timeout`), and
+//! the next node's append takes the lock. There is no lease to take over
+//! and no sequencer to lose: see docs/architecture.md for why this and
+//! not Trillian's queue-then-sequence.
+//!
+//! Readers (the Data Tracker, proofs) query the tables directly: the log
+//! only grows, and what they read is bounded by a signed checkpoint's
+//! size, so no snapshot is needed. An auditor copies the log into a local
+//! one with [`pull`], which rebuilds the tree from the records rather than
+//! trusting the stored one, and then checks it with the same tools as a
+//! single node's.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use prost::Message;
+use rusqlite::types::Value;
+use tokio::runtime::Handle;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use super::merkle::{self, Frontier, Hash, Nodes};
+use super::note::{Checkpoint, SigningKey, Verifier};
+use super::store::{
+    self, MAX_RECORDS_OF_REQUEST, Store, StoreError, StoredCheckpoint, StoredRecord,
+};
+use super::verify::{Problem, ProblemKind};
+use super::{ExchangeRecord, StoreFault};
+use crate::database::{Database, DatabaseError};
+
+/// How long an append waits for another node's to end before it fails:
+/// the fleet's log is then too slow to take calls, which are refused.
+const LOCK_TIMEOUT: &str = "2s";
+/// A node frozen in the middle of an append (stopped, or cut off without
+/// its socket closing) loses its transaction, and the lock, after this.
+const IDLE_IN_APPEND: &str = "3s";
+
+/// Records read at a time by [`pull`].
+const PULL_PAGE: i64 = 4096;
+
+/// The fleet's log as one node's writer appends to it.
+#[derive(Debug)]
+pub struct SharedStore {
+    database: Arc<Database>,
+    runtime: Handle,
+    /// This node's id, kept with each record it commits.
+    node: String,
+    fault: Option<StoreFault>,
+}
+
+/// The columns of a batch, one array per column, in [`store::COLUMNS`]
+/// order, and the records' bytes.
+#[derive(Debug, Default)]
+struct Batch {
+    texts: [Vec<Option<String>>; 12],
+    integers: [Vec<Option<i64>>; 12],
+    bytes: Vec<Vec<u8>>,
+    leaves: Vec<Hash>,
+}
+
+impl Batch {
+    fn of(records: &[&ExchangeRecord]) -> Self {
+        let mut batch = Self::default();
+        for record in records {
+            for (column, value) in store::columns(record).into_iter().enumerate() {
+                let (text, integer) = match value {
+                    Value::Text(text) => (Some(text), None),
+                    Value::Integer(integer) => (None, Some(integer)),
+                    _ => (None, None),
+                };
+                batch.texts[column].push(text);
+                batch.integers[column].push(integer);
+            }
+            let bytes = record.encode_to_vec();
+            batch.leaves.push(merkle::leaf_hash(&bytes));
+            batch.bytes.push(bytes);
+        }
+        batch
+    }
+}
+
+const INSERT_RECORDS: &str = "INSERT INTO log_records (idx, phase, request_id, at_us, caller, \
+     provider, method, purpose, subject, allowed, grpc_status, error_kind, concealed_until, \
+     record, node) \
+     SELECT *, $15::text FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], \
+     $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], \
+     $12::text[], $13::bigint[], $14::bytea[])";
+
+const INSERT_NODES: &str = "INSERT INTO log_nodes (level, idx, hash) \
+     SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bytea[])";
+
+/// The column types of [`INSERT_RECORDS`], text or integer.
+const TEXT_COLUMNS: [bool; 12] = [
+    true, true, false, true, true, true, true, true, false, false, true, false,
+];
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn invalid(database: &Database, detail: String) -> StoreError {
+    StoreError::Database(DatabaseError::Failed {
+        url: database.url(),
+        detail,
+    })
+}
+
+/// The head row's size and frontier, from a simple query's text answer.
+fn head_of(database: &Database, rows: &[SimpleQueryMessage]) -> Result<Frontier, StoreError> {
+    let row = rows.iter().find_map(|message| match message {
+        SimpleQueryMessage::Row(row) => Some(row),
+        _ => None,
+    });
+    let Some(row) = row else {
+        return Err(invalid(
+            database,
+            "the exchange log has no head row: a node must open it first".to_owned(),
+        ));
+    };
+    let size = row.get(0).and_then(|size| size.parse::<u64>().ok());
+    let peaks = row.get(1).and_then(|hex| {
+        (0..hex.len())
+            .step_by(2)
+            .map(|at| u8::from_str_radix(hex.get(at..at + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()
+    });
+    size.zip(peaks)
+        .and_then(|(size, peaks)| Frontier::from_peak_bytes(size, &peaks))
+        .ok_or_else(|| {
+            invalid(
+                database,
+                "the exchange log's head row is malformed: run `govbridge audit pull` to check \
+                 the log"
+                    .to_owned(),
+            )
+        })
+}
+
+impl SharedStore {
+    /// Opens the fleet's log, creating it on first use: a node joins a log
+    /// of the same origin signed with the same key, and refuses any other.
+    /// Blocks: call it where blocking is allowed.
+    pub fn open(
+        database: Arc<Database>,
+        runtime: Handle,
+        node: &str,
+        origin: &str,
+        verifier: &Verifier,
+    ) -> Result<(Self, Frontier), StoreError> {
+        let key = verifier.to_string();
+        let (found_origin, found_key) = runtime.block_on(database.run(|client| async move {
+            client
+                .execute(
+                    "INSERT INTO log_head (origin, verifier, size, frontier) \
+                     VALUES ($1, $2, 0, '') ON CONFLICT (one) DO NOTHING",
+                    &[&origin, &key],
+                )
+                .await?;
+            let row = client
+                .query_one("SELECT origin, verifier FROM log_head", &[])
+                .await?;
+            Ok((row.get::<_, String>(0), row.get::<_, String>(1)))
+        }))?;
+        if found_origin != origin {
+            return Err(invalid(
+                &database,
+                format!(
+                    "the fleet's exchange log is `{found_origin}`, and this node's \
+                     exchange_log.origin is `{origin}`: every node of a fleet writes one log, \
+                     under one origin"
+                ),
+            ));
+        }
+        if found_key != verifier.to_string() {
+            return Err(invalid(
+                &database,
+                format!(
+                    "the fleet's exchange log is signed by {found_key}, and this node's key (in \
+                     exchange_log.data_dir) is {verifier}: copy the fleet's log-key.pem to every \
+                     node"
+                ),
+            ));
+        }
+        let store = Self {
+            database,
+            runtime,
+            node: node.to_owned(),
+            fault: None,
+        };
+        let frontier = store.head()?;
+        Ok((store, frontier))
+    }
+
+    /// The log as it is now, without a lock.
+    pub fn head(&self) -> Result<Frontier, StoreError> {
+        let rows = self
+            .runtime
+            .block_on(self.database.run(|client| async move {
+                client
+                    .simple_query("SELECT size, encode(frontier, 'hex') FROM log_head")
+                    .await
+            }))?;
+        head_of(&self.database, &rows)
+    }
+
+    /// Appends `records` after whatever the fleet's nodes appended, with
+    /// the tree nodes they complete and, if asked, a signed checkpoint of
+    /// the result; `frontier` becomes the log's. Returns the first record's
+    /// index.
+    pub fn append(
+        &mut self,
+        frontier: &mut Frontier,
+        records: &[&ExchangeRecord],
+        checkpoint: Option<(&str, &SigningKey)>,
+    ) -> Result<u64, StoreError> {
+        if let Some(fault) = self.fault {
+            return Err(simulated(&self.database, fault));
+        }
+        // Everything that needs no index is done before the lock.
+        let batch = Batch::of(records);
+        let node = self.node.as_str();
+        let database = &self.database;
+        let appended = self.runtime.block_on(database.run(|client| async move {
+            let appended = append_locked(database, &client, &batch, node, checkpoint).await;
+            if !matches!(appended, Ok(Ok(_))) {
+                // Nothing of a failed append stays; a connection that died
+                // took its transaction with it.
+                let _ = client.batch_execute("ROLLBACK").await;
+            }
+            appended
+        }))??;
+        let first = appended.size() - records.len() as u64;
+        *frontier = appended;
+        Ok(first)
+    }
+
+    /// The latest signed checkpoint of the fleet's log.
+    pub fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
+        latest_checkpoint(&self.database, &self.runtime)
+    }
+
+    /// Whether the database answers again.
+    pub fn probe(&mut self) -> Result<(), StoreError> {
+        if let Some(fault) = self.fault {
+            return Err(simulated(&self.database, fault));
+        }
+        self.head().map(|_| ())
+    }
+
+    /// Simulates (or stops simulating) a failure of the store.
+    pub fn set_fault(&mut self, fault: Option<StoreFault>) {
+        self.fault = fault;
+    }
+}
+
+fn simulated(database: &Database, fault: StoreFault) -> StoreError {
+    invalid(database, format!("a simulated {fault:?} fault"))
+}
+
+/// The append itself, in a transaction holding the head row. The outer
+/// error is the database's; the inner one, a head that makes no sense.
+async fn append_locked(
+    database: &Database,
+    client: &Client,
+    batch: &Batch,
+    node: &str,
+    checkpoint: Option<(&str, &SigningKey)>,
+) -> Result<Result<Frontier, StoreError>, tokio_postgres::Error> {
+    let rows = client
+        .simple_query(&format!(
+            "BEGIN; SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'; \
+             SET LOCAL idle_in_transaction_session_timeout = '{IDLE_IN_APPEND}'; \
+             SELECT size, encode(frontier, 'hex') FROM log_head FOR UPDATE"
+        ))
+        .await?;
+    let mut next = match head_of(database, &rows) {
+        Ok(head) => head,
+        Err(error) => return Ok(Err(error)),
+    };
+    let first = next.size();
+    let indexes: Vec<i64> = (first..first + batch.leaves.len() as u64)
+        .map(to_i64)
+        .collect();
+    let (mut levels, mut positions, mut hashes) = (Vec::new(), Vec::new(), Vec::new());
+    for leaf in &batch.leaves {
+        for (level, index, hash) in next.append(*leaf) {
+            levels.push(level as i16);
+            positions.push(to_i64(index));
+            hashes.push(hash.to_vec());
+        }
+    }
+    if !batch.leaves.is_empty() {
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![(&indexes, Type::INT8_ARRAY)];
+        for (column, text) in TEXT_COLUMNS.iter().enumerate() {
+            params.push(if *text {
+                (&batch.texts[column], Type::TEXT_ARRAY)
+            } else {
+                (&batch.integers[column], Type::INT8_ARRAY)
+            });
+        }
+        params.push((&batch.bytes, Type::BYTEA_ARRAY));
+        params.push((&node, Type::TEXT));
+        client.query_typed(INSERT_RECORDS, &params).await?;
+        client
+            .query_typed(
+                INSERT_NODES,
+                &[
+                    (&levels, Type::INT2_ARRAY),
+                    (&positions, Type::INT8_ARRAY),
+                    (&hashes, Type::BYTEA_ARRAY),
+                ],
+            )
+            .await?;
+    }
+    if let Some((origin, key)) = checkpoint
+        && next.size() > 0
+    {
+        let note = Checkpoint {
+            origin: origin.to_owned(),
+            size: next.size(),
+            root: next.root(),
+        }
+        .sign(key);
+        client
+            .query_typed(
+                "INSERT INTO log_checkpoints (size, signed_at, node, note) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (size) DO NOTHING",
+                &[
+                    (&to_i64(next.size()), Type::INT8),
+                    (&crate::unix_time::now(), Type::INT8),
+                    (&node, Type::TEXT),
+                    (&note, Type::TEXT),
+                ],
+            )
+            .await?;
+    }
+    client
+        .query_typed(
+            "UPDATE log_head SET size = $1, frontier = $2",
+            &[
+                (&to_i64(next.size()), Type::INT8),
+                (&next.peak_bytes(), Type::BYTEA),
+            ],
+        )
+        .await?;
+    client.batch_execute("COMMIT").await?;
+    Ok(Ok(next))
+}
+
+fn latest_checkpoint(
+    database: &Database,
+    runtime: &Handle,
+) -> Result<Option<StoredCheckpoint>, StoreError> {
+    let row = runtime.block_on(database.run(|client| async move {
+        client
+            .query_opt(
+                "SELECT size, signed_at, note FROM log_checkpoints ORDER BY size DESC LIMIT 1",
+                &[],
+            )
+            .await
+    }))?;
+    Ok(row.map(|row| checkpoint_of(&row)))
+}
+
+fn checkpoint_of(row: &tokio_postgres::Row) -> StoredCheckpoint {
+    StoredCheckpoint {
+        size: to_u64(row.get(0)),
+        signed_at: row.get(1),
+        note: row.get(2),
+    }
+}
+
+fn records_of(rows: &[tokio_postgres::Row]) -> Vec<StoredRecord> {
+    rows.iter()
+        .map(|row| StoredRecord {
+            index: to_u64(row.get(0)),
+            bytes: row.get(1),
+        })
+        .collect()
+}
+
+/// Reads of the fleet's log, for the Data Tracker and proofs. Blocking,
+/// as a SQLite store's are: run them on the blocking pool.
+#[derive(Debug, Clone)]
+pub struct FleetReader {
+    database: Arc<Database>,
+    runtime: Handle,
+}
+
+impl FleetReader {
+    pub fn new(database: Arc<Database>, runtime: Handle) -> Self {
+        Self { database, runtime }
+    }
+
+    fn rows(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        Ok(self.runtime.block_on(
+            self.database
+                .run(|client| async move { client.query(sql, params).await }),
+        )?)
+    }
+
+    /// The records committed so far.
+    pub fn size(&self) -> Result<u64, StoreError> {
+        let rows = self.rows("SELECT size FROM log_head", &[])?;
+        Ok(rows.first().map_or(0, |row| to_u64(row.get(0))))
+    }
+
+    /// The log's origin and public key, as the head row says (which proves
+    /// nothing: an auditor brings the key).
+    pub fn identity(&self) -> Result<Option<(String, String)>, StoreError> {
+        let rows = self.rows("SELECT origin, verifier FROM log_head", &[])?;
+        Ok(rows.first().map(|row| (row.get(0), row.get(1))))
+    }
+
+    /// The record at `index`.
+    pub fn record(&self, index: u64) -> Result<Option<StoredRecord>, StoreError> {
+        let rows = self.rows(
+            "SELECT idx, record FROM log_records WHERE idx = $1",
+            &[&to_i64(index)],
+        )?;
+        Ok(records_of(&rows).pop())
+    }
+
+    /// The records of one call, in order, the first
+    /// [`MAX_RECORDS_OF_REQUEST`].
+    pub fn records_of_request(&self, request_id: &str) -> Result<Vec<StoredRecord>, StoreError> {
+        let limit = MAX_RECORDS_OF_REQUEST as i64;
+        let rows = self.rows(
+            "SELECT idx, record FROM log_records WHERE request_id = $1 ORDER BY idx LIMIT $2",
+            &[&request_id, &limit],
+        )?;
+        Ok(records_of(&rows))
+    }
+
+    /// The last record of call `request_id` that `member` made or served.
+    pub fn last_record_of_request_for(
+        &self,
+        request_id: &str,
+        member: &str,
+    ) -> Result<Option<StoredRecord>, StoreError> {
+        let rows = self.rows(
+            "SELECT idx, record FROM log_records WHERE request_id = $1 \
+             AND (caller = $2 OR provider = $2) ORDER BY idx DESC LIMIT 1",
+            &[&request_id, &member],
+        )?;
+        Ok(records_of(&rows).pop())
+    }
+
+    /// What the Data Tracker shows of `subject`, newest first: as
+    /// [`Store::accesses_to`], across every node's calls.
+    pub fn accesses_to(
+        &self,
+        subject: &str,
+        since_us: i64,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let limit = to_i64(limit as u64);
+        let rows = self.rows(
+            "SELECT idx, record FROM log_records WHERE subject = $1 AND at_us >= $2 \
+             AND concealed_until <= $3 AND (phase = 'outcome' OR error_kind IS NOT NULL) \
+             ORDER BY idx DESC LIMIT $4",
+            &[&subject, &since_us, &now, &limit],
+        )?;
+        Ok(records_of(&rows))
+    }
+
+    /// Every checkpoint, oldest first.
+    pub fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        let rows = self.rows(
+            "SELECT size, signed_at, note FROM log_checkpoints ORDER BY size",
+            &[],
+        )?;
+        Ok(rows.iter().map(checkpoint_of).collect())
+    }
+
+    /// The latest signed checkpoint.
+    pub fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
+        latest_checkpoint(&self.database, &self.runtime)
+    }
+}
+
+impl Nodes for FleetReader {
+    type Error = StoreError;
+
+    fn node(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
+        let level = i16::try_from(level).unwrap_or(i16::MAX);
+        let rows = self.rows(
+            "SELECT hash FROM log_nodes WHERE level = $1 AND idx = $2",
+            &[&level, &to_i64(index)],
+        )?;
+        rows.first()
+            .and_then(|row| Hash::try_from(row.get::<_, &[u8]>(0)).ok())
+            .ok_or_else(|| {
+                invalid(
+                    &self.database,
+                    format!("tree node ({level}, {index}) is missing or malformed"),
+                )
+            })
+    }
+}
+
+/// What [`pull`] did.
+#[derive(Debug)]
+pub struct Pulled {
+    /// Records copied by this pull.
+    pub records: u64,
+    /// Records in the copy.
+    pub size: u64,
+    /// Checkpoints checked and kept by this pull.
+    pub checkpoints: usize,
+    /// The first damage found in the fleet's log; the copy holds what came
+    /// before it.
+    pub problem: Option<Problem>,
+}
+
+/// Copies the fleet's log, up to its latest checkpoint, into a log
+/// directory `dir` (a single node's layout, which every `audit` command
+/// reads), continuing a copy made before. Nothing is taken on trust: the
+/// copy's tree is rebuilt from the records, each checkpoint must be
+/// signed by `verifier` with the root of the records it covers, and the
+/// fleet's stored tree nodes and query columns must be those the records
+/// give (proofs and the Data Tracker are served from them). The first
+/// damage stops the copy and is reported.
+pub fn pull(reader: &FleetReader, dir: &Path, verifier: &Verifier) -> Result<Pulled, StoreError> {
+    let mut copy = Store::open(dir, verifier.name())?;
+    let mut frontier = copy.frontier()?;
+    let mut pulled = Pulled {
+        records: 0,
+        size: frontier.size(),
+        checkpoints: 0,
+        problem: None,
+    };
+    let problem = |kind, index, message: String| Problem {
+        kind,
+        index,
+        message,
+    };
+    // The checkpoints first: every record they cover is committed.
+    let checkpoints = reader.checkpoints()?;
+    let start = frontier.size();
+    for stored in checkpoints.iter().filter(|stored| stored.size > start) {
+        let checkpoint = match Checkpoint::open(&stored.note, verifier) {
+            Ok(checkpoint) if checkpoint.size == stored.size => checkpoint,
+            Ok(checkpoint) => {
+                pulled.problem = Some(problem(
+                    ProblemKind::CheckpointInvalid,
+                    frontier.size(),
+                    format!(
+                        "the checkpoint stored for size {} says size {}",
+                        stored.size, checkpoint.size
+                    ),
+                ));
+                break;
+            }
+            Err(error) => {
+                pulled.problem = Some(problem(
+                    ProblemKind::CheckpointInvalid,
+                    frontier.size(),
+                    format!("the checkpoint of size {}: {error}", stored.size),
+                ));
+                break;
+            }
+        };
+        while frontier.size() < checkpoint.size {
+            let from = frontier.size();
+            let count = (checkpoint.size - from).min(PULL_PAGE as u64);
+            match pull_page(reader, &mut copy, &mut frontier, from, count)? {
+                Ok(()) => pulled.records += count,
+                Err(damage) => {
+                    pulled.problem = Some(damage);
+                    break;
+                }
+            }
+        }
+        if pulled.problem.is_some() {
+            break;
+        }
+        if frontier.root() != checkpoint.root {
+            pulled.problem = Some(problem(
+                ProblemKind::CheckpointRoot,
+                frontier.size(),
+                format!(
+                    "the checkpoint of size {}: its root is not the root of the records; records \
+                     and tree were rewritten",
+                    checkpoint.size
+                ),
+            ));
+            break;
+        }
+        copy.add_checkpoint(stored)?;
+        pulled.checkpoints += 1;
+    }
+    pulled.size = frontier.size();
+    Ok(pulled)
+}
+
+/// Copies records `from..from + count`, checking them against the fleet's
+/// columns and tree nodes. The outer error is a failure to read or write;
+/// the inner one, damage in the fleet's log.
+fn pull_page(
+    reader: &FleetReader,
+    copy: &mut Store,
+    frontier: &mut Frontier,
+    from: u64,
+    count: u64,
+) -> Result<Result<(), Problem>, StoreError> {
+    let end = to_i64(from + count);
+    let rows = reader.rows(
+        "SELECT idx, phase, request_id, at_us, caller, provider, method, purpose, subject, \
+         allowed, grpc_status, error_kind, concealed_until, record \
+         FROM log_records WHERE idx >= $1 AND idx < $2 ORDER BY idx",
+        &[&to_i64(from), &end],
+    )?;
+    let nodes = reader.rows(
+        "SELECT level, idx, hash FROM log_nodes WHERE level = 0 AND idx >= $1 AND idx < $2 \
+         ORDER BY idx",
+        &[&to_i64(from), &end],
+    )?;
+    let mut records = Vec::with_capacity(rows.len());
+    let mut expected = from;
+    for (row, leaf) in rows.iter().zip(&nodes) {
+        let index: i64 = row.get(0);
+        if to_u64(index) != expected || index < 0 {
+            return Ok(Err(Problem {
+                kind: ProblemKind::MissingRecord,
+                index: expected,
+                message: format!(
+                    "record {expected} is missing (the next record is {index}): it was deleted"
+                ),
+            }));
+        }
+        let bytes: Vec<u8> = row.get(13);
+        let stored_leaf: &[u8] = leaf.get(2);
+        let leaf_index: i64 = leaf.get(1);
+        if leaf_index != index || stored_leaf != merkle::leaf_hash(&bytes) {
+            return Ok(Err(Problem {
+                kind: ProblemKind::RecordAltered,
+                index: expected,
+                message: format!(
+                    "record {expected} was altered: its bytes are not those the tree holds"
+                ),
+            }));
+        }
+        let Ok(record) = ExchangeRecord::decode(bytes.as_slice()) else {
+            return Ok(Err(Problem {
+                kind: ProblemKind::Undecodable,
+                index: expected,
+                message: format!("record {expected} is not an ExchangeRecord"),
+            }));
+        };
+        let want = store::columns(&record);
+        for (column, name) in store::COLUMNS.iter().enumerate() {
+            let found = if TEXT_COLUMNS[column] {
+                row.get::<_, Option<String>>(column + 1).map(Value::Text)
+            } else {
+                row.get::<_, Option<i64>>(column + 1).map(Value::Integer)
+            }
+            .unwrap_or(Value::Null);
+            if found != want[column] {
+                return Ok(Err(Problem {
+                    kind: ProblemKind::ColumnEdited,
+                    index: expected,
+                    message: format!(
+                        "record {expected}: column `{name}` is not what the record says: the \
+                         database was edited, and the Data Tracker may miss or invent accesses"
+                    ),
+                }));
+            }
+        }
+        records.push(record);
+        expected += 1;
+    }
+    if expected != from + count {
+        return Ok(Err(Problem {
+            kind: ProblemKind::MissingRecord,
+            index: expected,
+            message: format!(
+                "record {expected} (or its tree leaf) is missing, though a checkpoint covers it: \
+                 it was deleted"
+            ),
+        }));
+    }
+    let before = frontier.clone();
+    let refs: Vec<&ExchangeRecord> = records.iter().collect();
+    copy.append(frontier, &refs, None)?;
+    // The fleet's inner nodes over these records must be the copy's: the
+    // Data Tracker's proofs are made of them.
+    let mut rebuilt = before;
+    let mut inner = Vec::new();
+    for stored in &records {
+        let bytes = stored.encode_to_vec();
+        inner.extend(
+            rebuilt
+                .append(merkle::leaf_hash(&bytes))
+                .into_iter()
+                .filter(|(level, _, _)| *level > 0),
+        );
+    }
+    let levels: Vec<i16> = inner.iter().map(|(level, _, _)| *level as i16).collect();
+    let indexes: Vec<i64> = inner.iter().map(|(_, index, _)| to_i64(*index)).collect();
+    let stored: std::collections::HashMap<(i16, i64), Vec<u8>> = reader
+        .rows(
+            "SELECT level, idx, hash FROM log_nodes \
+             JOIN unnest($1::smallint[], $2::bigint[]) AS wanted (l, i) ON level = l AND idx = i",
+            &[&levels, &indexes],
+        )?
+        .iter()
+        .map(|row| ((row.get(0), row.get(1)), row.get(2)))
+        .collect();
+    for (level, index, hash) in inner {
+        let found = stored.get(&(level as i16, to_i64(index)));
+        if found.map(Vec::as_slice) != Some(hash.as_slice()) {
+            let first = index << level;
+            return Ok(Err(Problem {
+                kind: ProblemKind::TreeNode,
+                index: first,
+                message: format!(
+                    "tree node ({level}, {index}) over records {first} to {} is missing or not \
+                     the one the records give: the tree was edited",
+                    first + (1 << level) - 1
+                ),
+            }));
+        }
+    }
+    Ok(Ok(()))
+}
