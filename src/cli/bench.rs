@@ -10,6 +10,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use govbridge::bench::compare::{self, Bed, CompareOptions, ECHO_READY};
 use govbridge::bench::echo::EchoBackend;
+use govbridge::bench::fleet::{self, FleetOptions};
 use govbridge::bench::load::{self, LoadPlan, Pacing, Scenario};
 use govbridge::bench::report::{self, RunSummary};
 use govbridge::bench::setup::{BenchDir, GatewayProfile};
@@ -30,6 +31,11 @@ pub enum BenchCommand {
     /// store, bytes written, RSS and open files, then a verdict. Fails if
     /// the journal passes its bound, a call fails or `audit verify` fails.
     Soak(SoakArgs),
+    /// Measure the fleet's PostgreSQL store against one node's SQLite
+    /// store, everything on: records per second of each, a two-node fleet
+    /// against one SQLite node, and the latency each adds at --rate. Starts
+    /// a throwaway PostgreSQL cluster from the installed server binaries.
+    Fleet(FleetArgs),
     /// Serve the echo backend (used by `run` and `compare`).
     #[command(hide = true)]
     Echo {
@@ -156,6 +162,35 @@ pub struct SoakArgs {
     json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// Keep the PKI, configurations, logs and the database here (default:
+    /// a temporary directory, removed afterwards).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// HTTP/2 connections, each with a member certificate of its own.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Concurrent callers of the closed loop (split over the two nodes).
+    #[arg(long, default_value_t = 64)]
+    callers: usize,
+    /// Calls per second of the open loop.
+    #[arg(long, default_value_t = 500)]
+    rate: u64,
+    /// Measured time of each run.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    duration: Duration,
+    /// Unmeasured time before it.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    warmup: Duration,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// No progress line on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
 fn duration(text: &str) -> Result<Duration, String> {
     parse_duration(text)
 }
@@ -191,6 +226,27 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         }),
         BenchCommand::Run(args) => runtime.block_on(bench_run(args)),
         BenchCommand::Soak(args) => runtime.block_on(bench_soak(args)),
+        BenchCommand::Fleet(args) => runtime.block_on(async {
+            let options = FleetOptions {
+                dir: args.dir,
+                exe: std::env::current_exe().context("finding the govbridge binary")?,
+                duration: args.duration,
+                warmup: args.warmup,
+                callers: args.callers,
+                connections: args.connections,
+                rate: args.rate,
+                progress: !args.quiet,
+            };
+            let report = fleet::fleet(&options).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", fleet::render(&report));
+            }
+            let errors: u64 = report.runs.iter().map(|run| run.errors).sum();
+            anyhow::ensure!(errors == 0, "{errors} calls failed: see WITH ERRORS above");
+            Ok(())
+        }),
         BenchCommand::Compare(args) => runtime.block_on(async {
             let common = &args.common;
             let options = CompareOptions {

@@ -104,6 +104,12 @@ const MIGRATIONS: &[(i32, &str)] = &[
              hash bytea NOT NULL,
              PRIMARY KEY (level, idx)
          );
+         -- how far each node's appends are known durable: the write that
+         -- makes them so (see exchange_log::fleet)
+         CREATE TABLE log_durable (
+             node text PRIMARY KEY,
+             size bigint NOT NULL
+         );
          CREATE TABLE log_checkpoints (
              size bigint PRIMARY KEY,
              signed_at bigint NOT NULL,

@@ -37,7 +37,7 @@ use super::store::{
     self, MAX_RECORDS_OF_REQUEST, Store, StoreError, StoredCheckpoint, StoredRecord,
 };
 use super::verify::{Problem, ProblemKind};
-use super::{ExchangeRecord, StoreFault};
+use super::{ExchangeRecord, LogUnavailable, Reply, Shared, StoreFault};
 use crate::database::{Database, DatabaseError};
 
 /// How long an append waits for another node's to end before it fails:
@@ -58,6 +58,24 @@ pub struct SharedStore {
     /// This node's id, kept with each record it commits.
     node: String,
     fault: Option<StoreFault>,
+    /// Whether the last append waited for the disk itself.
+    flushed: bool,
+    /// The log as this node's last append left it.
+    last: Option<Frontier>,
+    /// Whether no other node appended between this node's last two
+    /// appends: the next then starts from `last` without reading the head.
+    alone: bool,
+    /// Appends waiting for the flush that makes them durable.
+    settling: tokio::sync::mpsc::UnboundedSender<Settling>,
+}
+
+/// The calls of an append, waiting for its records to be durable.
+#[derive(Debug)]
+struct Settling {
+    /// The log's size after the append.
+    size: u64,
+    first: u64,
+    replies: Vec<Reply>,
 }
 
 /// The columns of a batch, one array per column, in [`store::COLUMNS`]
@@ -91,17 +109,27 @@ impl Batch {
     }
 }
 
-const INSERT_RECORDS: &str = "INSERT INTO log_records (idx, phase, request_id, at_us, caller, \
-     provider, method, purpose, subject, allowed, grpc_status, error_kind, concealed_until, \
-     record, node) \
-     SELECT *, $15::text FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], \
-     $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], \
-     $12::text[], $13::bigint[], $14::bytea[])";
+/// Everything an append writes under the lock, in one statement: the
+/// records ($1 to $14, committed by node $15), the tree nodes they complete
+/// ($16 to $18), a checkpoint when $21 holds one, and the head ($19, $22),
+/// which must be at $23 (else the division by zero fails the statement).
+const APPEND: &str = "WITH records AS ( \
+       INSERT INTO log_records (idx, phase, request_id, at_us, caller, provider, method, \
+       purpose, subject, allowed, grpc_status, error_kind, concealed_until, record, node) \
+       SELECT *, $15::text FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], \
+       $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], \
+       $11::bigint[], $12::text[], $13::bigint[], $14::bytea[])), \
+     nodes AS ( \
+       INSERT INTO log_nodes (level, idx, hash) \
+       SELECT * FROM unnest($16::smallint[], $17::bigint[], $18::bytea[])), \
+     checkpoint AS ( \
+       INSERT INTO log_checkpoints (size, signed_at, node, note) \
+       SELECT $19::bigint, $20::bigint, $15::text, $21::text WHERE $21::text IS NOT NULL \
+       ON CONFLICT (size) DO NOTHING) \
+     UPDATE log_head SET frontier = $22::bytea, \
+       size = CASE WHEN size = $23::bigint THEN $19::bigint ELSE size / (size - size) END";
 
-const INSERT_NODES: &str = "INSERT INTO log_nodes (level, idx, hash) \
-     SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bytea[])";
-
-/// The column types of [`INSERT_RECORDS`], text or integer.
+/// The column types of [`APPEND`]'s records, text or integer.
 const TEXT_COLUMNS: [bool; 12] = [
     true, true, false, true, true, true, true, true, false, false, true, false,
 ];
@@ -156,13 +184,13 @@ impl SharedStore {
     /// Opens the fleet's log, creating it on first use: a node joins a log
     /// of the same origin signed with the same key, and refuses any other.
     /// Blocks: call it where blocking is allowed.
-    pub fn open(
-        database: Arc<Database>,
-        runtime: Handle,
-        node: &str,
+    pub(super) fn open(
+        fleet: &super::FleetStore,
         origin: &str,
         verifier: &Verifier,
+        shared: Arc<Shared>,
     ) -> Result<(Self, Frontier), StoreError> {
+        let (database, runtime) = (Arc::clone(&fleet.writer), fleet.runtime.clone());
         let key = verifier.to_string();
         let (found_origin, found_key) = runtime.block_on(database.run(|client| async move {
             client
@@ -197,11 +225,22 @@ impl SharedStore {
                 ),
             ));
         }
+        let (settling, pending) = tokio::sync::mpsc::unbounded_channel();
+        runtime.spawn(settle(
+            Arc::clone(&fleet.durability),
+            fleet.node.clone(),
+            pending,
+            shared,
+        ));
         let store = Self {
             database,
             runtime,
-            node: node.to_owned(),
+            node: fleet.node.clone(),
             fault: None,
+            flushed: false,
+            last: None,
+            alone: false,
+            settling,
         };
         let frontier = store.head()?;
         Ok((store, frontier))
@@ -236,7 +275,22 @@ impl SharedStore {
         let batch = Batch::of(records);
         let node = self.node.as_str();
         let database = &self.database;
-        let appended = self.runtime.block_on(database.run(|client| async move {
+        let last = self.last.take();
+        // A node that appends alone skips reading the head; a checkpoint
+        // is always signed over the head read under the lock.
+        let presumed = last
+            .clone()
+            .filter(|_| self.alone && checkpoint.is_none() && !records.is_empty());
+        let (started, appended) = self.runtime.block_on(database.run(|client| async move {
+            if let Some(presumed) = presumed {
+                let start = presumed.size();
+                if let Ok(next) = append_presumed(&client, &batch, node, presumed).await {
+                    return Ok(Ok((start, next)));
+                }
+                // Another node appended since (or the database fails,
+                // which the locked append finds out again).
+                let _ = client.batch_execute("ROLLBACK").await;
+            }
             let appended = append_locked(database, &client, &batch, node, checkpoint).await;
             if !matches!(appended, Ok(Ok(_))) {
                 // Nothing of a failed append stays; a connection that died
@@ -245,9 +299,32 @@ impl SharedStore {
             }
             appended
         }))??;
+        self.alone = last.is_some_and(|last| last.size() == started);
+        self.flushed = checkpoint.is_some();
+        self.last = Some(appended.clone());
         let first = appended.size() - records.len() as u64;
         *frontier = appended;
         Ok(first)
+    }
+
+    /// Answers the calls of the last append once its records are durable:
+    /// at once when it waited for the disk itself, else after the next
+    /// flush, which the writer does not wait for.
+    pub(super) fn settle(&mut self, first: u64, replies: Vec<Reply>) {
+        if replies.is_empty() {
+            return;
+        }
+        let settling = Settling {
+            size: first + replies.len() as u64,
+            first,
+            replies,
+        };
+        if self.flushed {
+            answer(settling, &Ok(()));
+        } else if let Err(unsent) = self.settling.send(settling) {
+            let stopped = Err(LogUnavailable("the exchange log is closing".into()));
+            answer(unsent.0, &stopped);
+        }
     }
 
     /// The latest signed checkpoint of the fleet's log.
@@ -273,40 +350,64 @@ fn simulated(database: &Database, fault: StoreFault) -> StoreError {
     invalid(database, format!("a simulated {fault:?} fault"))
 }
 
-/// The append itself, in a transaction holding the head row. The outer
-/// error is the database's; the inner one, a head that makes no sense.
-async fn append_locked(
-    database: &Database,
-    client: &Client,
-    batch: &Batch,
-    node: &str,
-    checkpoint: Option<(&str, &SigningKey)>,
-) -> Result<Result<Frontier, StoreError>, tokio_postgres::Error> {
-    let rows = client
-        .simple_query(&format!(
-            "BEGIN; SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'; \
-             SET LOCAL idle_in_transaction_session_timeout = '{IDLE_IN_APPEND}'; \
-             SELECT size, encode(frontier, 'hex') FROM log_head FOR UPDATE"
-        ))
-        .await?;
-    let mut next = match head_of(database, &rows) {
-        Ok(head) => head,
-        Err(error) => return Ok(Err(error)),
-    };
-    let first = next.size();
-    let indexes: Vec<i64> = (first..first + batch.leaves.len() as u64)
-        .map(to_i64)
-        .collect();
-    let (mut levels, mut positions, mut hashes) = (Vec::new(), Vec::new(), Vec::new());
-    for leaf in &batch.leaves {
-        for (level, index, hash) in next.append(*leaf) {
-            levels.push(level as i16);
-            positions.push(to_i64(index));
-            hashes.push(hash.to_vec());
+/// The values of [`APPEND`] for `batch` after `start`, and the log after
+/// it.
+struct Appending {
+    next: Frontier,
+    expected: i64,
+    indexes: Vec<i64>,
+    levels: Vec<i16>,
+    positions: Vec<i64>,
+    hashes: Vec<Vec<u8>>,
+    note: Option<String>,
+    size: i64,
+    signed_at: i64,
+    peaks: Vec<u8>,
+}
+
+impl Appending {
+    fn new(start: Frontier, batch: &Batch, checkpoint: Option<(&str, &SigningKey)>) -> Self {
+        let mut next = start;
+        let first = next.size();
+        let indexes = (first..first + batch.leaves.len() as u64)
+            .map(to_i64)
+            .collect();
+        let (mut levels, mut positions, mut hashes) = (Vec::new(), Vec::new(), Vec::new());
+        for leaf in &batch.leaves {
+            for (level, index, hash) in next.append(*leaf) {
+                levels.push(level as i16);
+                positions.push(to_i64(index));
+                hashes.push(hash.to_vec());
+            }
+        }
+        let note = checkpoint.filter(|_| next.size() > 0).map(|(origin, key)| {
+            Checkpoint {
+                origin: origin.to_owned(),
+                size: next.size(),
+                root: next.root(),
+            }
+            .sign(key)
+        });
+        Self {
+            expected: to_i64(first),
+            indexes,
+            levels,
+            positions,
+            hashes,
+            note,
+            size: to_i64(next.size()),
+            signed_at: crate::unix_time::now(),
+            peaks: next.peak_bytes(),
+            next,
         }
     }
-    if !batch.leaves.is_empty() {
-        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![(&indexes, Type::INT8_ARRAY)];
+
+    fn params<'a>(
+        &'a self,
+        batch: &'a Batch,
+        node: &'a &str,
+    ) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![(&self.indexes, Type::INT8_ARRAY)];
         for (column, text) in TEXT_COLUMNS.iter().enumerate() {
             params.push(if *text {
                 (&batch.texts[column], Type::TEXT_ARRAY)
@@ -314,53 +415,153 @@ async fn append_locked(
                 (&batch.integers[column], Type::INT8_ARRAY)
             });
         }
-        params.push((&batch.bytes, Type::BYTEA_ARRAY));
-        params.push((&node, Type::TEXT));
-        client.query_typed(INSERT_RECORDS, &params).await?;
-        client
-            .query_typed(
-                INSERT_NODES,
-                &[
-                    (&levels, Type::INT2_ARRAY),
-                    (&positions, Type::INT8_ARRAY),
-                    (&hashes, Type::BYTEA_ARRAY),
-                ],
-            )
-            .await?;
+        params.extend([
+            (&batch.bytes as &(dyn ToSql + Sync), Type::BYTEA_ARRAY),
+            (node, Type::TEXT),
+            (&self.levels, Type::INT2_ARRAY),
+            (&self.positions, Type::INT8_ARRAY),
+            (&self.hashes, Type::BYTEA_ARRAY),
+            (&self.size, Type::INT8),
+            (&self.signed_at, Type::INT8),
+            (&self.note, Type::TEXT),
+            (&self.peaks, Type::BYTEA),
+            (&self.expected, Type::INT8),
+        ]);
+        params
     }
-    if let Some((origin, key)) = checkpoint
-        && next.size() > 0
-    {
-        let note = Checkpoint {
-            origin: origin.to_owned(),
-            size: next.size(),
-            root: next.root(),
+}
+
+/// The start of an append's transaction: a short lock wait, a frozen
+/// appender's lock released, and (unless it signs a checkpoint) no flush.
+fn begin(synchronous: bool) -> String {
+    format!(
+        "BEGIN; SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'; \
+         SET LOCAL idle_in_transaction_session_timeout = '{IDLE_IN_APPEND}'; \
+         SET LOCAL synchronous_commit = {}",
+        if synchronous { "on" } else { "off" }
+    )
+}
+
+/// The append of a node that appended last, in one round trip: it starts
+/// where its last append left the log, without reading the head. If
+/// another node appended since, its records took those indexes and the
+/// head moved: the statement fails (a duplicate index, or the head's
+/// guard), the COMMIT sent behind it only rolls back, and the caller
+/// appends under the lock instead.
+async fn append_presumed(
+    client: &Client,
+    batch: &Batch,
+    node: &str,
+    start: Frontier,
+) -> Result<Frontier, tokio_postgres::Error> {
+    let appending = Appending::new(start, batch, None);
+    let begin = begin(false);
+    // Sent back to back: `try_join3` polls (and so sends) in order.
+    futures_util::future::try_join3(
+        client.batch_execute(&begin),
+        client.query_typed(APPEND, &appending.params(batch, &node)),
+        client.batch_execute("COMMIT"),
+    )
+    .await?;
+    Ok(appending.next)
+}
+
+/// The append itself, in a transaction holding the head row; returns where
+/// it started and the log after it. The outer error is the database's;
+/// the inner one, a head that makes no sense.
+///
+/// The lock is held for two round trips and no disk flush: the
+/// transaction commits asynchronously (`synchronous_commit = off`), and
+/// [`make_durable`] waits for the flush after the lock is released, so
+/// that the nodes' flushes overlap instead of queueing behind the lock.
+/// A transaction that signs a checkpoint commits synchronously: a
+/// checkpoint is never seen by anyone before it is on disk.
+async fn append_locked(
+    database: &Database,
+    client: &Client,
+    batch: &Batch,
+    node: &str,
+    checkpoint: Option<(&str, &SigningKey)>,
+) -> Result<Result<(u64, Frontier), StoreError>, tokio_postgres::Error> {
+    let rows = client
+        .simple_query(&format!(
+            "{}; SELECT size, encode(frontier, 'hex') FROM log_head FOR UPDATE",
+            begin(checkpoint.is_some())
+        ))
+        .await?;
+    let start = match head_of(database, &rows) {
+        Ok(head) => head,
+        Err(error) => return Ok(Err(error)),
+    };
+    let started = start.size();
+    let appending = Appending::new(start, batch, checkpoint);
+    // Sent back to back: `try_join` polls (and so sends) in order, and a
+    // COMMIT after a failed statement only rolls back.
+    futures_util::future::try_join(
+        client.query_typed(APPEND, &appending.params(batch, &node)),
+        client.batch_execute("COMMIT"),
+    )
+    .await?;
+    Ok(Ok((started, appending.next)))
+}
+
+fn answer(settling: Settling, result: &Result<(), LogUnavailable>) {
+    for (offset, reply) in settling.replies.into_iter().enumerate() {
+        let _ = reply.send(result.clone().map(|()| settling.first + offset as u64));
+    }
+}
+
+/// Makes appends durable as they come, one flush for all that waited
+/// meanwhile (group commit of the flushes), and answers their calls. A
+/// flush that fails answers them with the failure (their records may or
+/// may not be in the log: the calls are refused, never forwarded) and
+/// sets the log unhealthy until the writer's probe finds the database.
+async fn settle(
+    database: Arc<Database>,
+    node: String,
+    mut pending: tokio::sync::mpsc::UnboundedReceiver<Settling>,
+    shared: Arc<Shared>,
+) {
+    use std::sync::atomic::Ordering;
+    while let Some(first) = pending.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(more) = pending.try_recv() {
+            waiting.push(more);
         }
-        .sign(key);
-        client
-            .query_typed(
-                "INSERT INTO log_checkpoints (size, signed_at, node, note) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (size) DO NOTHING",
-                &[
-                    (&to_i64(next.size()), Type::INT8),
-                    (&crate::unix_time::now(), Type::INT8),
-                    (&node, Type::TEXT),
-                    (&note, Type::TEXT),
-                ],
-            )
-            .await?;
+        let size = waiting
+            .iter()
+            .map(|settling| settling.size)
+            .max()
+            .unwrap_or(0);
+        let node = node.as_str();
+        let result = database
+            .run(|client| async move { make_durable(&client, node, size).await })
+            .await
+            .map_err(|error| LogUnavailable(error.to_string().into()));
+        if let Err(error) = &result
+            && shared.healthy.swap(false, Ordering::AcqRel)
+        {
+            tracing::error!(%error, "the fleet's log cannot flush; refusing calls until it can");
+        }
+        for settling in waiting {
+            answer(settling, &result);
+        }
     }
+}
+
+/// Waits until everything this node appended, and whatever any node
+/// appended before it, is on disk: a synchronous commit flushes the
+/// write-ahead log up to its own record, which follows theirs. Recorded as
+/// how far this node's appends are durable.
+async fn make_durable(client: &Client, node: &str, size: u64) -> Result<(), tokio_postgres::Error> {
     client
         .query_typed(
-            "UPDATE log_head SET size = $1, frontier = $2",
-            &[
-                (&to_i64(next.size()), Type::INT8),
-                (&next.peak_bytes(), Type::BYTEA),
-            ],
+            "INSERT INTO log_durable (node, size) VALUES ($1, $2) \
+             ON CONFLICT (node) DO UPDATE SET size = excluded.size",
+            &[(&node, Type::TEXT), (&to_i64(size), Type::INT8)],
         )
-        .await?;
-    client.batch_execute("COMMIT").await?;
-    Ok(Ok(next))
+        .await
+        .map(drop)
 }
 
 fn latest_checkpoint(

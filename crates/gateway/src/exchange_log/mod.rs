@@ -147,6 +147,10 @@ pub enum OpenError {
 trait Backend: Send + 'static {
     /// Whether other writers (a fleet's other nodes) append too.
     const SHARED: bool = false;
+    /// Whether a batch under load waits for the records that follow
+    /// ([`Gather`]): worth it where each commit costs a flush, and where
+    /// several writers take turns.
+    const GATHERS: bool = true;
     /// Appends `records` (with a signed checkpoint if asked) after
     /// `frontier`, which becomes the log's; returns the first index.
     fn append(
@@ -165,7 +169,18 @@ trait Backend: Send + 'static {
     fn catch_up(&mut self) -> Option<Result<Frontier, StoreError>> {
         None
     }
+    /// Answers the calls whose records the last append took, from index
+    /// `first` on, once they are durable: at once for a store whose append
+    /// waits for the disk.
+    fn settle(&mut self, first: u64, replies: Vec<Reply>) {
+        for (offset, reply) in replies.into_iter().enumerate() {
+            let _ = reply.send(Ok(first + offset as u64));
+        }
+    }
 }
+
+/// Where a call waits for its record's index, or why it has none.
+type Reply = oneshot::Sender<Result<u64, LogUnavailable>>;
 
 impl Backend for Store {
     fn append(
@@ -222,6 +237,10 @@ impl Backend for fleet::SharedStore {
     fn catch_up(&mut self) -> Option<Result<Frontier, StoreError>> {
         Some(self.head())
     }
+
+    fn settle(&mut self, first: u64, replies: Vec<Reply>) {
+        fleet::SharedStore::settle(self, first, replies);
+    }
 }
 
 /// The PostgreSQL side of a fleet node's log.
@@ -232,6 +251,9 @@ pub struct FleetStore {
     pub writer: Arc<crate::database::Database>,
     /// Reads (the Data Tracker, proofs), pipelined on a shared connection.
     pub reader: Arc<crate::database::Database>,
+    /// The flushes that make appends durable, on a connection of their
+    /// own so that they overlap the next appends.
+    pub durability: Arc<crate::database::Database>,
     /// This node's id, kept with the records it commits.
     pub node: String,
     /// The runtime the connections run on.
@@ -448,22 +470,20 @@ impl ExchangeLog {
         create_private_dir(dir)?;
         let key = load_or_create_key(dir, &config.origin)?;
         let verifier = Arc::new(key.verifier());
-        let (store, frontier) = fleet::SharedStore::open(
-            fleet.writer,
-            fleet.runtime.clone(),
-            &fleet.node,
-            &config.origin,
-            &verifier,
-        )?;
-        let checkpoint = store.latest_checkpoint()?;
         let shared = Arc::new(Shared {
-            size: AtomicU64::new(frontier.size()),
+            size: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
-            checkpoint: ArcSwapOption::from_pointee(checkpoint),
+            checkpoint: ArcSwapOption::empty(),
             queued: AtomicU64::new(0),
             commits: crate::telemetry::metrics::Histogram::default(),
             recent: None,
         });
+        let (store, frontier) =
+            fleet::SharedStore::open(&fleet, &config.origin, &verifier, Arc::clone(&shared))?;
+        shared.size.store(frontier.size(), Ordering::Release);
+        shared
+            .checkpoint
+            .store(store.latest_checkpoint()?.map(Arc::new));
         let (jobs, thread) = spawn_writer(config, store, frontier, key, &shared, Vec::new())?;
         let reader = fleet::FleetReader::new(fleet.reader, fleet.runtime);
         tracing::info!(
@@ -702,7 +722,14 @@ struct Writer<B: Backend> {
 impl<B: Backend> Writer<B> {
     fn run(mut self, queue: &Receiver<Job>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        let mut gather = Gather::default();
+        let mut gather = if B::GATHERS {
+            Gather::default()
+        } else {
+            Gather {
+                window: Duration::ZERO,
+                ..Gather::default()
+            }
+        };
         loop {
             let healthy = self.shared.healthy.load(Ordering::Acquire);
             let wait = if !healthy {
@@ -783,7 +810,7 @@ impl<B: Backend> Writer<B> {
     fn flush(
         &mut self,
         records: &mut Vec<ExchangeRecord>,
-        replies: &mut Vec<oneshot::Sender<Result<u64, LogUnavailable>>>,
+        replies: &mut Vec<Reply>,
         force: bool,
     ) -> Result<(), LogUnavailable> {
         let size = self.frontier.size() + records.len() as u64;
@@ -802,11 +829,7 @@ impl<B: Backend> Writer<B> {
         let result = self.commit(&refs, due);
         records.clear();
         match &result {
-            Ok(first) => {
-                for (offset, reply) in replies.drain(..).enumerate() {
-                    let _ = reply.send(Ok(first + offset as u64));
-                }
-            }
+            Ok(first) => self.store.settle(*first, std::mem::take(replies)),
             Err(error) => {
                 for reply in replies.drain(..) {
                     let _ = reply.send(Err(error.clone()));

@@ -31,7 +31,7 @@ use crate::bench::setup::{BenchDir, GatewayProfile, TemporaryDir};
 /// What the echo backend prints once it listens.
 pub const ECHO_READY: &str = "echo backend listening on https://";
 /// What `govbridge serve` prints once it listens.
-const GATEWAY_READY: &str = "listening on https://";
+pub const GATEWAY_READY: &str = "listening on https://";
 
 /// The echo backend and the material every target shares.
 #[derive(Debug)]
@@ -73,6 +73,11 @@ impl Bed {
             echo,
             members,
         })
+    }
+
+    /// The `govbridge` binary the children run.
+    pub fn exe(&self) -> &Path {
+        &self.exe
     }
 
     /// The echo backend itself, called directly.

@@ -179,7 +179,7 @@ pub async fn connect(
 }
 
 /// Runs `plan` against `target`; prints a progress line on stderr when
-/// `progress` is set.
+/// `progress` is set and stderr is a terminal.
 pub async fn run(
     target: &Target,
     tls: &[Arc<ClientConfig>],
@@ -214,6 +214,9 @@ pub async fn run_watched(
             crate::bench::process::ProcessUsage::read(pid).ok()
         })
     });
+    // A line rewritten in place is for a terminal; a pipe or a file gets
+    // only the results.
+    let progress = progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let reporter = progress.then(|| {
         tokio::spawn(report_progress(
             target.name.clone(),

@@ -14,6 +14,8 @@
 //! - [`report`]: the tables and the JSON.
 //! - [`compare`]: `govbridge bench compare`, every target one after the
 //!   other in one run.
+//! - [`fleet`]: `govbridge bench fleet`, the fleet's PostgreSQL store
+//!   against one node's SQLite store.
 //! - [`soak`]: `govbridge bench soak`, everything on at saturation for a
 //!   long time, with the exchange log's disk, the process's memory and
 //!   files watched as it goes.
@@ -23,6 +25,7 @@
 
 pub mod compare;
 pub mod echo;
+pub mod fleet;
 pub mod load;
 pub mod process;
 pub mod report;

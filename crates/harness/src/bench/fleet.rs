@@ -1,0 +1,254 @@
+//! `govbridge bench fleet`: the fleet's PostgreSQL store against one node's
+//! SQLite store, everything on, in one run.
+//!
+//! ```text
+//!   load -> govbridge, SQLite log (child) ----------------> echo
+//!   load -> govbridge node 1, log in PostgreSQL (child) --> echo
+//!   load -> govbridge node 2, log in PostgreSQL (child) --> echo
+//!                 (both nodes share a throwaway cluster)
+//! ```
+//!
+//! Measured one after the other: each store's records per second at
+//! saturation (two per call: decision and outcome, each fsynced before the
+//! call goes on), a two-node fleet's calls per second against the SQLite
+//! node's, and each store's latency at a fixed open-loop rate.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::bench::compare::{Bed, TargetCheck};
+use crate::bench::load::{self, LoadPlan, Pacing, Scenario, Target};
+use crate::bench::process::ChildProcess;
+use crate::bench::report::{self, RunSummary};
+use crate::bench::setup::GatewayProfile;
+use crate::pki;
+
+/// The fleet's log name: one for both nodes.
+const ORIGIN: &str = "govbridge/bench-fleet";
+
+/// What `bench fleet` measures.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    pub dir: Option<PathBuf>,
+    pub exe: PathBuf,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub callers: usize,
+    pub connections: usize,
+    pub rate: u64,
+    pub progress: bool,
+}
+
+/// Everything `bench fleet` measured: what `--json` prints.
+#[derive(Debug, Serialize)]
+pub struct FleetReport {
+    pub runs: Vec<RunSummary>,
+    pub targets: Vec<TargetCheck>,
+}
+
+/// Starts a fleet node: the everything-on configuration with its log in
+/// the database at `url`, under `node_id`, signing with the key in
+/// `key_from` when given (the first node makes it).
+fn start_node(
+    bed: &Bed,
+    members: usize,
+    url: &str,
+    number: usize,
+    key_from: Option<&Path>,
+) -> anyhow::Result<(ChildProcess, Target, PathBuf)> {
+    let base = bed.dir.gateway_config(
+        GatewayProfile::EverythingOn,
+        bed.echo.address,
+        members,
+        None,
+    )?;
+    let text = std::fs::read_to_string(&base)?;
+    let mut table: toml::Table = text.parse().context("the bench's gateway configuration")?;
+    let name = format!("postgres-node-{number}");
+    if let Some(gateway) = table.get_mut("gateway").and_then(toml::Value::as_table_mut) {
+        gateway.insert("node_id".into(), name.clone().into());
+    }
+    let data = bed.dir.dir.join(format!("exchange-log-{name}"));
+    if let Some(log) = table
+        .get_mut("exchange_log")
+        .and_then(toml::Value::as_table_mut)
+    {
+        log.insert("data_dir".into(), data.display().to_string().into());
+        log.insert("origin".into(), ORIGIN.into());
+    }
+    let mut store = toml::Table::new();
+    store.insert("url".into(), url.into());
+    table.insert("store".into(), store.into());
+    if let Some(key) = key_from {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&data)?;
+        let file = gateway::exchange_log::store::KEY_FILE;
+        pki::write_file(&data.join(file), &std::fs::read(key.join(file))?, 0o600)?;
+    }
+    let config = bed.dir.dir.join(format!("gateway-{name}.toml"));
+    pki::write_file(&config, table.to_string().as_bytes(), 0o644)?;
+    let mut command = Command::new(bed.exe());
+    command
+        .args(["serve", "--stop-with-parent", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "error");
+    let process = ChildProcess::spawn(&name, command, crate::bench::compare::GATEWAY_READY)?;
+    let target = Target {
+        name,
+        address: process.address,
+        server_name: "localhost".to_owned(),
+        pid: Some(process.id()),
+    };
+    Ok((process, target, data))
+}
+
+/// Runs the measurements one after the other.
+pub async fn fleet(options: &FleetOptions) -> anyhow::Result<FleetReport> {
+    let members = options.connections;
+    let bed = Bed::start(options.dir.as_deref(), members, options.exe.clone())?;
+    let tls = &bed.members;
+    let postgres = bed.dir.dir.join("postgres");
+    let cluster = tokio::task::spawn_blocking(move || crate::postgres::Cluster::start(&postgres))
+        .await?
+        .context("starting PostgreSQL")?;
+    let url = cluster.url();
+    let (_sqlite, sqlite) = bed.gateway(GatewayProfile::EverythingOn, members)?;
+    let (_first, first, key) = start_node(&bed, members, &url, 1, None)?;
+    let (_second, second, _) = start_node(&bed, members, &url, 2, Some(&key))?;
+
+    let closed = LoadPlan {
+        scenario: Scenario::Unary1k,
+        pacing: Pacing::Closed {
+            callers: options.callers,
+        },
+        connections: options.connections,
+        warmup: options.warmup,
+        duration: options.duration,
+    };
+    let open = LoadPlan {
+        pacing: Pacing::Open { rate: options.rate },
+        ..closed
+    };
+    let mut runs = Vec::new();
+    for plan in [&closed, &open] {
+        if options.progress {
+            eprintln!("{}", report::title(plan));
+        }
+        for target in [&sqlite, &first] {
+            let outcome = load::run(target, tls, plan, options.progress).await?;
+            runs.push(RunSummary::new(target, plan, &outcome));
+        }
+    }
+    // Both nodes at once, each with half the callers and connections.
+    let half = LoadPlan {
+        pacing: Pacing::Closed {
+            callers: options.callers.div_ceil(2),
+        },
+        connections: options.connections.div_ceil(2),
+        ..closed
+    };
+    if options.progress {
+        eprintln!("two nodes at once, {}", report::title(&half));
+    }
+    let (one, two) = tokio::join!(
+        load::run(&first, tls, &half, false),
+        load::run(&second, tls, &half, false),
+    );
+    let (one, two) = (RunSummary::new(&first, &half, &one?), {
+        RunSummary::new(&second, &half, &two?)
+    });
+    let targets = checks(&runs, &one, &two, options);
+    runs.extend([one, two]);
+    drop(cluster);
+    Ok(FleetReport { runs, targets })
+}
+
+fn checks(
+    runs: &[RunSummary],
+    one: &RunSummary,
+    two: &RunSummary,
+    options: &FleetOptions,
+) -> Vec<TargetCheck> {
+    let find = |target: &str, open: bool| {
+        runs.iter()
+            .find(|run| run.target == target && matches!(run.pacing, Pacing::Open { .. }) == open)
+    };
+    let mut checks = Vec::new();
+    let sqlite_name = GatewayProfile::EverythingOn.name();
+    let (Some(sqlite), Some(postgres)) = (find(sqlite_name, false), find("postgres-node-1", false))
+    else {
+        return checks;
+    };
+    // Two records per unary call: its decision, then its outcome.
+    let (sqlite_records, postgres_records) = (2.0 * sqlite.calls_per_s, 2.0 * postgres.calls_per_s);
+    checks.push(TargetCheck {
+        name: format!(
+            "records committed per second, one node, {} callers",
+            options.callers
+        ),
+        measured: format!(
+            "PostgreSQL {postgres_records:.0}/s vs SQLite {sqlite_records:.0}/s ({:.2}x)",
+            postgres_records / sqlite_records.max(f64::MIN_POSITIVE)
+        ),
+        goal: ">= 1.0x".to_owned(),
+        met: Some(postgres_records >= sqlite_records),
+    });
+    let fleet = one.calls_per_s + two.calls_per_s;
+    let ratio = fleet / sqlite.calls_per_s.max(f64::MIN_POSITIVE);
+    checks.push(TargetCheck {
+        name: format!(
+            "two PostgreSQL nodes vs one SQLite node, {} callers in all",
+            options.callers
+        ),
+        measured: format!(
+            "{fleet:.0} vs {:.0} calls/s ({ratio:.2}x)",
+            sqlite.calls_per_s
+        ),
+        goal: ">= 0.7x".to_owned(),
+        met: Some(ratio >= 0.7),
+    });
+    if let (Some(sqlite), Some(postgres)) = (find(sqlite_name, true), find("postgres-node-1", true))
+    {
+        let added = postgres.p99_us as i64 - sqlite.p99_us as i64;
+        checks.push(TargetCheck {
+            name: format!(
+                "PostgreSQL store's added p99, {} calls/s open loop",
+                options.rate
+            ),
+            measured: format!(
+                "p99 {} us vs {} us ({added:+} us)",
+                postgres.p99_us, sqlite.p99_us
+            ),
+            goal: "< +3000 us".to_owned(),
+            met: Some(added < 3000),
+        });
+    }
+    checks
+}
+
+/// The report as tables, then the targets.
+pub fn render(report: &FleetReport) -> String {
+    let mut out = String::new();
+    let runs: Vec<&RunSummary> = report.runs.iter().collect();
+    out.push_str(&report::table("everything on, one run", &runs));
+    out.push('\n');
+    for check in &report.targets {
+        let verdict = match check.met {
+            Some(true) => "met",
+            Some(false) => "NOT MET",
+            None => "-",
+        };
+        out.push_str(&format!(
+            "{}: {} (goal {}): {verdict}\n",
+            check.name, check.measured, check.goal
+        ));
+    }
+    out
+}
