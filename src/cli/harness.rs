@@ -52,6 +52,11 @@ pub(super) enum HarnessCommand {
         /// Stop after the story instead of serving.
         #[arg(long)]
         once: bool,
+        /// Play it through a fleet of this many gateway nodes sharing a
+        /// throwaway PostgreSQL cluster (started from the installed server
+        /// binaries) in DIR/postgres.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+        nodes: u16,
     },
     /// A sandbox for integration tests in any language: the gateway with
     /// the dev policies and every mock agency (faults on), on ports the
@@ -127,9 +132,13 @@ pub(super) enum PkiCommand {
 
 pub(super) fn run(command: HarnessCommand, log_format: LogFormat) -> anyhow::Result<()> {
     match command {
-        HarnessCommand::Demo { dir, once } => {
+        HarnessCommand::Demo { dir, once, nodes } => {
             init_logging(log_format, None, "demo")?;
-            runtime()?.block_on(govbridge::demo::run(dir.as_deref(), once))
+            runtime()?.block_on(govbridge::demo::run(
+                dir.as_deref(),
+                once,
+                usize::from(nodes),
+            ))
         }
         HarnessCommand::Sandbox {
             manifest,

@@ -7,7 +7,10 @@
 //! says what it does, then what the gateway answered: the gRPC status, the
 //! `bridge-error` if any, and the exchange-log index. A step that does not
 //! end as the story says stops the demo with an error: CI runs it with
-//! `--once`.
+//! `--once`. With `--nodes N`, the gateway is a fleet of N nodes sharing a
+//! throwaway PostgreSQL cluster, and the story moves between them: the
+//! consent granted through one node, used through another, revoked
+//! through a third, and the fleet's one log proven at the end.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -48,8 +51,9 @@ const CLEARANCE: &str = "/govbridge.tax.v1.TaxAuthority/GetTaxClearance";
 /// Lines of the treasury's batch.
 const BATCH: usize = 1_000;
 
-/// Runs the demo in `dir` (a fresh temporary directory when `None`).
-pub async fn run(dir: Option<&Path>, once: bool) -> anyhow::Result<()> {
+/// Runs the demo in `dir` (a fresh temporary directory when `None`),
+/// through a fleet of `nodes` gateway nodes when above one.
+pub async fn run(dir: Option<&Path>, once: bool, nodes: usize) -> anyhow::Result<()> {
     let (dir, temporary) = match dir {
         Some(dir) => (dir.to_owned(), false),
         None => {
@@ -64,11 +68,27 @@ pub async fn run(dir: Option<&Path>, once: bool) -> anyhow::Result<()> {
     println!("govbridge demo: the dev setup in {}", dir.display());
     let agencies = AgenciesConfig::load(&config_path)?
         .ok_or_else(|| anyhow!("the dev configuration has no [agencies] section"))?;
-    let running = Running::start(&mut config, &agencies).await?;
+    let cluster = if nodes > 1 {
+        let postgres = dir.join("postgres");
+        let cluster =
+            tokio::task::spawn_blocking(move || crate::postgres::Cluster::start(&postgres))
+                .await?
+                .map_err(|error| anyhow!("starting the fleet's PostgreSQL: {error:#}"))?;
+        config.store =
+            Some(gateway::config::StoreConfig::parse(&cluster.url()).map_err(anyhow::Error::msg)?);
+        println!("PostgreSQL for the fleet: {}", cluster.url());
+        Some(cluster)
+    } else {
+        None
+    };
+    let running = Running::start(&mut config, &agencies, nodes.max(1), &dir).await?;
     let mut demo = Demo {
-        gateway: running.gateway,
+        gateways: running.gateways.clone(),
+        via: 0,
         pki: dir.join("pki"),
-        log: config.exchange_log.data_dir.clone(),
+        log: running.log.clone(),
+        store: config.store.clone(),
+        copy: dir.join("audit-copy"),
         data: running.data.clone(),
         step: 0,
     };
@@ -81,26 +101,35 @@ pub async fn run(dir: Option<&Path>, once: bool) -> anyhow::Result<()> {
         termination_signal().await;
     }
     running.stop().await;
+    drop(cluster);
     if temporary {
         let _ = std::fs::remove_dir_all(&dir);
     }
     played
 }
 
-/// The mock agencies and the gateway, serving.
+/// The mock agencies and the gateway's nodes, serving.
 struct Running {
-    gateway: SocketAddr,
+    gateways: Vec<SocketAddr>,
+    /// The first node's log directory (its key, for a fleet).
+    log: PathBuf,
     data: Arc<Dataset>,
     stop_gateway: crate::launch::ShutdownTrigger,
-    gateway_task: tokio::task::JoinHandle<()>,
+    gateway_tasks: Vec<tokio::task::JoinHandle<()>>,
     stop_agencies: crate::launch::ShutdownTrigger,
     agencies: tokio::task::JoinSet<()>,
 }
 
 impl Running {
-    /// Starts every agency, then the gateway, on ports the system picks;
-    /// `config`'s addresses are rewritten to match.
-    async fn start(config: &mut Config, agencies: &AgenciesConfig) -> anyhow::Result<Self> {
+    /// Starts every agency, then `nodes` gateway nodes (sharing
+    /// `config.store`, each with its log directory in `dir`), on ports
+    /// the system picks; `config`'s addresses are rewritten to match.
+    async fn start(
+        config: &mut Config,
+        agencies: &AgenciesConfig,
+        nodes: usize,
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
         let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
         let data = Arc::new(Dataset::generate(agencies.seed));
         let (stop_agencies, stopping) = Shutdown::new();
@@ -120,16 +149,45 @@ impl Running {
         }
         config.gateway.listen = loopback;
         config.gateway.admin = None;
-        let gateway = Gateway::bind(config).await?;
-        let address = gateway.local_addr()?;
         let (stop_gateway, gateway_stopping) = Shutdown::new();
-        let gateway_task = tokio::spawn(gateway.serve(gateway_stopping.wait()));
-        println!("gateway on https://{address}, six mock agencies behind it");
+        let (mut gateways, mut gateway_tasks) = (Vec::new(), Vec::new());
+        let first_log = config.exchange_log.data_dir.clone();
+        for number in 1..=nodes {
+            let mut node = config.clone();
+            if nodes > 1 {
+                node.gateway.node_id = format!("{}-{number}", config.gateway.node_id);
+                node.exchange_log.data_dir = dir.join(format!("node-{number}-data"));
+                if number > 1 {
+                    // One log for the fleet, signed with one key.
+                    crate::dev::share_key(
+                        &config
+                            .exchange_log
+                            .data_dir
+                            .join(gateway::exchange_log::store::KEY_FILE),
+                        &node.exchange_log.data_dir,
+                    )?;
+                } else {
+                    config.exchange_log.data_dir = node.exchange_log.data_dir.clone();
+                }
+            }
+            let gateway = Gateway::bind(&node).await?;
+            let address = gateway.local_addr()?;
+            gateway_tasks.push(tokio::spawn(gateway.serve(gateway_stopping.clone().wait())));
+            println!("gateway {} on https://{address}", node.gateway.node_id);
+            gateways.push(address);
+        }
+        println!("six mock agencies behind it");
+        let log = if nodes > 1 {
+            config.exchange_log.data_dir.clone()
+        } else {
+            first_log
+        };
         Ok(Self {
-            gateway: address,
+            gateways,
+            log,
             data,
             stop_gateway,
-            gateway_task,
+            gateway_tasks,
             stop_agencies,
             agencies: tasks,
         })
@@ -137,7 +195,9 @@ impl Running {
 
     async fn stop(mut self) {
         self.stop_gateway.trigger();
-        let _ = self.gateway_task.await;
+        for task in self.gateway_tasks {
+            let _ = task.await;
+        }
         self.stop_agencies.trigger();
         while self.agencies.join_next().await.is_some() {}
     }
@@ -165,9 +225,17 @@ fn point_at(config: &mut Config, agency: Agency, address: SocketAddr) -> anyhow:
 }
 
 struct Demo {
-    gateway: SocketAddr,
+    /// The gateway's nodes: one, or a fleet.
+    gateways: Vec<SocketAddr>,
+    /// The node the next channels go through.
+    via: usize,
     pki: PathBuf,
+    /// The log's directory (for a fleet: the first node's, with the key).
     log: PathBuf,
+    /// The fleet's database, when there is one.
+    store: Option<gateway::config::StoreConfig>,
+    /// Where the operator copies the fleet's log to check it.
+    copy: PathBuf,
     data: Arc<Dataset>,
     step: usize,
 }
@@ -263,7 +331,8 @@ impl Demo {
             self.pki.join(format!("member-{stem}.key")),
         )
         .client_config()?;
-        Channel::connect(self.gateway, "localhost", tls)
+        let gateway = self.gateways[self.via % self.gateways.len()];
+        Channel::connect(gateway, "localhost", tls)
             .await
             .map_err(|error| anyhow!("cannot connect to the gateway as {stem}: {error}"))
     }
@@ -271,6 +340,20 @@ impl Demo {
     fn step(&mut self, title: &str) {
         self.step += 1;
         println!("\n[{}/{STEPS}] {title}", self.step);
+    }
+
+    /// Sends the next channels through node `index` (of a fleet) and says
+    /// so.
+    fn through(&mut self, index: usize) {
+        self.via = index;
+        if self.gateways.len() > 1 {
+            println!(
+                "      (through node {} of {}, https://{})",
+                index % self.gateways.len() + 1,
+                self.gateways.len(),
+                self.gateways[index % self.gateways.len()]
+            );
+        }
     }
 
     async fn play(&mut self) -> anyhow::Result<()> {
@@ -284,6 +367,7 @@ impl Demo {
             "{name_a} (NIN {nin_a}) lets CBAO's credit department read their tax \
              clearance, three times, in the MyGov app"
         ));
+        self.through(0);
         let mut mygov = ConsentClient::new(self.channel("mygov").await?);
         let granted = mygov
             .grant(declared(
@@ -311,6 +395,7 @@ impl Demo {
         );
 
         self.step("CBAO's KYC desk checks the citizen's identity at the civil registry");
+        self.through(1);
         let mut kyc = CivilRegistryClient::new(self.channel("cbao-kyc").await?);
         let verified = kyc
             .verify_identity(declared(
@@ -342,6 +427,7 @@ impl Demo {
         Outcome::of(&person).expect(Code::PermissionDenied, Some("policy-denied"))?;
 
         self.step("CBAO's credit department reads the tax clearance, with the consent");
+        self.through(1);
         let mut credit = TaxAuthorityClient::new(self.channel("cbao-credit").await?);
         let clearance = |nin: &str| {
             with(
@@ -405,6 +491,7 @@ impl Demo {
             bail!("the dataset holds no CBAO account");
         }
         let started = Instant::now();
+        self.through(2);
         let mut treasury = AccountVerificationClient::new(self.channel("treasury").await?);
         let answers = treasury
             .verify_account_holders(with(
@@ -434,6 +521,8 @@ impl Demo {
         }
 
         self.step("The citizen revokes the consent; the bank's next call is refused");
+        self.through(2);
+        let mut mygov = ConsentClient::new(self.channel("mygov").await?);
         let revoked = mygov
             .revoke(declared(
                 ConsentRef {
@@ -462,6 +551,7 @@ impl Demo {
         Outcome::of(&refused).expect(Code::PermissionDenied, Some("consent-revoked"))?;
 
         self.step("The citizen asks MyGov who read their data (the Data Tracker)");
+        self.through(0);
         let mut tracker = DataTrackerClient::new(self.channel("mygov").await?);
         let accesses = tracker
             .list_accesses(declared(
@@ -500,7 +590,14 @@ impl Demo {
             &self.log.join(gateway::exchange_log::store::VERIFIER_FILE),
         )
         .map_err(|error| anyhow!("the log's key: {error}"))?;
-        let report = verify::verify_log(&self.log, &verifier)?;
+        let log = match &self.store {
+            None => self.log.clone(),
+            Some(store) => {
+                self.pull(store, &verifier, request_id).await?;
+                self.copy.clone()
+            }
+        };
+        let report = verify::verify_log(&log, &verifier)?;
         if let Some(problem) = report.problem {
             bail!("the exchange log does not verify: {problem}");
         }
@@ -511,7 +608,7 @@ impl Demo {
         let key = RecordKey::RequestId(request_id.to_owned());
         let since = Instant::now();
         let bundles = loop {
-            match verify::prove(&self.log, &key) {
+            match verify::prove(&log, &key) {
                 Ok(bundles) => break bundles,
                 Err(verify::ProveError::NotYetCheckpointed { .. })
                     if since.elapsed() < Duration::from_secs(5) =>
@@ -535,6 +632,46 @@ impl Demo {
         Ok(())
     }
 
+    /// Copies the fleet's log, as an auditor does (`govbridge audit pull`),
+    /// until the copy holds the records of `request_id` under a checkpoint.
+    async fn pull(
+        &self,
+        store: &gateway::config::StoreConfig,
+        verifier: &gateway::exchange_log::note::Verifier,
+        request_id: &str,
+    ) -> anyhow::Result<()> {
+        use gateway::exchange_log::fleet;
+        let database = gateway::database::Database::open(store).await?;
+        let reader = fleet::FleetReader::new(database, tokio::runtime::Handle::current());
+        let since = Instant::now();
+        loop {
+            let (reader, copy, verifier) = (reader.clone(), self.copy.clone(), verifier.clone());
+            let pulled = tokio::task::spawn_blocking(move || {
+                std::fs::create_dir_all(&copy)?;
+                anyhow::Ok(fleet::pull(&reader, &copy, &verifier)?)
+            })
+            .await??;
+            if let Some(problem) = pulled.problem {
+                bail!("the fleet's exchange log does not verify: {problem}");
+            }
+            let key = RecordKey::RequestId(request_id.to_owned());
+            // Copied once a checkpoint covers it (signed every second).
+            match verify::prove(&self.copy, &key) {
+                Err(_) if since.elapsed() < Duration::from_secs(5) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                _ => {
+                    println!(
+                        "      the fleet's log copied into {} (govbridge audit pull): {} records",
+                        self.copy.display(),
+                        pulled.size
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+
     fn how_to_call(&self) {
         let pki = self.pki.display();
         println!(
@@ -546,7 +683,7 @@ impl Demo {
              \nor from Python (grpcio): grpc.ssl_channel_credentials(root_certificates=ca, \
              private_key=key, certificate_chain=cert), target {}, \
              options=[('grpc.ssl_target_name_override', 'localhost')].",
-            self.gateway, self.gateway
+            self.gateways[0], self.gateways[0]
         );
     }
 }

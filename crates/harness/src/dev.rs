@@ -241,7 +241,7 @@ pub fn write_node_config(config_path: &Path, index: usize, url: &str) -> anyhow:
 
 /// Copies the fleet log's signing key `key` into node data directory
 /// `data`, unless the node has one.
-fn share_key(key: &Path, data: &Path) -> anyhow::Result<()> {
+pub(crate) fn share_key(key: &Path, data: &Path) -> anyhow::Result<()> {
     let target = data.join(exchange_log::store::KEY_FILE);
     if target.exists() {
         return Ok(());
