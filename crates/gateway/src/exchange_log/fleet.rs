@@ -29,7 +29,7 @@ use prost::Message;
 use rusqlite::types::Value;
 use tokio::runtime::Handle;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage, Statement};
 
 use super::merkle::{self, Frontier, Hash, Nodes};
 use super::note::{Checkpoint, SigningKey, Verifier};
@@ -65,6 +65,8 @@ pub struct SharedStore {
     /// Whether no other node appended between this node's last two
     /// appends: the next then starts from `last` without reading the head.
     alone: bool,
+    /// [`APPEND`] prepared on the writer's connection.
+    prepared: Option<(Arc<Client>, Statement)>,
     /// Appends waiting for the flush that makes them durable.
     settling: tokio::sync::mpsc::UnboundedSender<Settling>,
 }
@@ -240,6 +242,7 @@ impl SharedStore {
             flushed: false,
             last: None,
             alone: false,
+            prepared: None,
             settling,
         };
         let frontier = store.head()?;
@@ -281,17 +284,19 @@ impl SharedStore {
         let presumed = last
             .clone()
             .filter(|_| self.alone && checkpoint.is_none() && !records.is_empty());
+        let cache = &mut self.prepared;
         let (started, appended) = self.runtime.block_on(database.run(|client| async move {
             if let Some(presumed) = presumed {
                 let start = presumed.size();
-                if let Ok(next) = append_presumed(&client, &batch, node, presumed).await {
+                let appended = append_presumed(&client, cache, &batch, node, presumed).await;
+                if let Ok(next) = appended {
                     return Ok(Ok((start, next)));
                 }
                 // Another node appended since (or the database fails,
                 // which the locked append finds out again).
                 let _ = client.batch_execute("ROLLBACK").await;
             }
-            let appended = append_locked(database, &client, &batch, node, checkpoint).await;
+            let appended = append_locked(database, &client, cache, &batch, node, checkpoint).await;
             if !matches!(appended, Ok(Ok(_))) {
                 // Nothing of a failed append stays; a connection that died
                 // took its transaction with it.
@@ -449,21 +454,43 @@ fn begin(synchronous: bool) -> String {
 /// guard), the COMMIT sent behind it only rolls back, and the caller
 /// appends under the lock instead.
 async fn append_presumed(
-    client: &Client,
+    client: &Arc<Client>,
+    cache: &mut Option<(Arc<Client>, Statement)>,
     batch: &Batch,
     node: &str,
     start: Frontier,
 ) -> Result<Frontier, tokio_postgres::Error> {
     let appending = Appending::new(start, batch, None);
+    let params = appending.params(batch, &node);
+    let statement = prepared(client, cache, &params).await?;
+    let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(value, _)| *value).collect();
     let begin = begin(false);
     // Sent back to back: `try_join3` polls (and so sends) in order.
     futures_util::future::try_join3(
         client.batch_execute(&begin),
-        client.query_typed(APPEND, &appending.params(batch, &node)),
+        client.query(&statement, &values),
         client.batch_execute("COMMIT"),
     )
     .await?;
     Ok(appending.next)
+}
+
+/// [`APPEND`] prepared on `client`'s connection: parsed and planned once
+/// per connection, not at every append.
+async fn prepared(
+    client: &Arc<Client>,
+    cache: &mut Option<(Arc<Client>, Statement)>,
+    params: &[(&(dyn ToSql + Sync), Type)],
+) -> Result<Statement, tokio_postgres::Error> {
+    if let Some((of, statement)) = cache.as_ref()
+        && Arc::ptr_eq(of, client)
+    {
+        return Ok(statement.clone());
+    }
+    let types: Vec<Type> = params.iter().map(|(_, kind)| kind.clone()).collect();
+    let statement = client.prepare_typed(APPEND, &types).await?;
+    *cache = Some((Arc::clone(client), statement.clone()));
+    Ok(statement)
 }
 
 /// The append itself, in a transaction holding the head row; returns where
@@ -478,7 +505,8 @@ async fn append_presumed(
 /// checkpoint is never seen by anyone before it is on disk.
 async fn append_locked(
     database: &Database,
-    client: &Client,
+    client: &Arc<Client>,
+    cache: &mut Option<(Arc<Client>, Statement)>,
     batch: &Batch,
     node: &str,
     checkpoint: Option<(&str, &SigningKey)>,
@@ -495,10 +523,13 @@ async fn append_locked(
     };
     let started = start.size();
     let appending = Appending::new(start, batch, checkpoint);
+    let params = appending.params(batch, &node);
+    let statement = prepared(client, cache, &params).await?;
+    let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(value, _)| *value).collect();
     // Sent back to back: `try_join` polls (and so sends) in order, and a
     // COMMIT after a failed statement only rolls back.
     futures_util::future::try_join(
-        client.query_typed(APPEND, &appending.params(batch, &node)),
+        client.query(&statement, &values),
         client.batch_execute("COMMIT"),
     )
     .await?;
