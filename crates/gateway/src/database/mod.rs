@@ -115,7 +115,86 @@ const MIGRATIONS: &[(i32, &str)] = &[
              signed_at bigint NOT NULL,
              node text NOT NULL,
              note text NOT NULL
-         );",
+         );
+         -- Appends a batch of records after whatever the log holds, in the
+         -- database: the head is locked only while this runs, never across
+         -- a round trip to a node. Adds each leaf hash (computed by the
+         -- node: SHA-256 of 0x00 and the record) to the tree's right edge
+         -- as RFC 9162 does, storing every subtree it completes, and
+         -- returns where the batch starts and the log's new size and edge.
+         CREATE FUNCTION log_append(
+             committer text, leaves bytea[], records bytea[],
+             phases text[], request_ids text[], at_us bigint[], callers text[],
+             providers text[], methods text[], purposes text[], subjects text[],
+             allowed bigint[], statuses bigint[], error_kinds text[],
+             concealed bigint[],
+             OUT first bigint, OUT size bigint, OUT frontier bytea)
+         LANGUAGE plpgsql AS $$
+         DECLARE
+             edge bytea;
+             peak_levels int[] := '{}';
+             peak_hashes bytea[] := '{}';
+             node_levels smallint[] := '{}';
+             node_indexes bigint[] := '{}';
+             node_hashes bytea[] := '{}';
+             leaf int;
+             at bigint;
+             level int;
+             hash bytea;
+             bit int;
+             peak int := 0;
+         BEGIN
+             SELECT h.size, h.frontier INTO first, edge FROM log_head h FOR UPDATE;
+             IF first IS NULL THEN
+                 RAISE EXCEPTION 'the exchange log has no head row';
+             END IF;
+             FOR bit IN REVERSE 62..0 LOOP
+                 IF (first >> bit) & 1 = 1 THEN
+                     peak := peak + 1;
+                     peak_levels := peak_levels || bit;
+                     peak_hashes := peak_hashes || substring(edge FROM 32 * (peak - 1) + 1 FOR 32);
+                 END IF;
+             END LOOP;
+             IF length(edge) <> 32 * peak THEN
+                 RAISE EXCEPTION 'the exchange log''s head is malformed';
+             END IF;
+             FOR leaf IN 1..coalesce(cardinality(leaves), 0) LOOP
+                 at := first + leaf - 1;
+                 hash := leaves[leaf];
+                 level := 0;
+                 node_levels := node_levels || 0::smallint;
+                 node_indexes := node_indexes || at;
+                 node_hashes := node_hashes || hash;
+                 WHILE cardinality(peak_levels) > 0
+                       AND peak_levels[cardinality(peak_levels)] = level LOOP
+                     hash := sha256('\\x01'::bytea || peak_hashes[cardinality(peak_hashes)] || hash);
+                     peak_levels := trim_array(peak_levels, 1);
+                     peak_hashes := trim_array(peak_hashes, 1);
+                     level := level + 1;
+                     node_levels := node_levels || level::smallint;
+                     node_indexes := node_indexes || (at >> level);
+                     node_hashes := node_hashes || hash;
+                 END LOOP;
+                 peak_levels := peak_levels || level;
+                 peak_hashes := peak_hashes || hash;
+             END LOOP;
+             INSERT INTO log_records (idx, phase, request_id, at_us, caller, provider, method,
+                 purpose, subject, allowed, grpc_status, error_kind, concealed_until, record, node)
+             SELECT first + t.ord - 1, t.phase, t.request_id, t.at_us, t.caller, t.provider,
+                 t.method, t.purpose, t.subject, t.allowed, t.status, t.error_kind,
+                 t.concealed, t.record, committer
+             FROM unnest(phases, request_ids, at_us, callers, providers, methods, purposes,
+                 subjects, allowed, statuses, error_kinds, concealed, records)
+                 WITH ORDINALITY AS t(phase, request_id, at_us, caller, provider, method,
+                 purpose, subject, allowed, status, error_kind, concealed, record, ord);
+             INSERT INTO log_nodes (level, idx, hash)
+             SELECT * FROM unnest(node_levels, node_indexes, node_hashes);
+             size := first + coalesce(cardinality(leaves), 0);
+             SELECT coalesce(string_agg(p.hash, ''::bytea ORDER BY p.ord), ''::bytea)
+             INTO frontier FROM unnest(peak_hashes) WITH ORDINALITY AS p(hash, ord);
+             UPDATE log_head h SET size = log_append.size, frontier = log_append.frontier;
+         END
+         $$;",
     ),
 ];
 

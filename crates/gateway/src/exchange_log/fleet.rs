@@ -1,19 +1,22 @@
 //! The exchange log of a fleet, in the PostgreSQL database its nodes share
 //! (`[store] url`): one Merkle log for every node's calls.
 //!
-//! Every node appends, one at a time. A node's writer gathers its batch as
-//! the single node's does, then, in one transaction, locks the log's head
-//! row, reads the tree's size and right edge from it, gives its records
-//! the next indexes, inserts them with the tree nodes they complete (and a
-//! checkpoint, signed with the fleet's log key, when one is due), moves
-//! the head and commits. The call waits for that commit, so a record is
-//! durable in PostgreSQL before anything reaches the backend, as on one
-//! node. A node that dies mid-append holds nothing: PostgreSQL rolls its
-//! transaction back when the connection drops (or, for a node frozen
-//! without closing it, after `idle_in_transaction_session_timeout`), and
-//! the next node's append takes the lock. There is no lease to take over
-//! and no sequencer to lose: see docs/architecture.md for why this and
-//! not Trillian's queue-then-sequence.
+//! Every node appends, one at a time, and the database sequences them. A
+//! node's writer gathers its batch as the single node's does, hashes the
+//! records' leaves, and calls `log_append` (a function of the schema) in
+//! one statement: under the head row's lock, it gives the records the next
+//! indexes, grows the tree's right edge with SHA-256 as RFC 9162 does,
+//! stores every subtree completed, moves the head and returns it. The lock
+//! is held while that runs, never across a round trip to a node. The
+//! statement commits without waiting for the disk; [`settle`] then makes
+//! it durable with one synchronous write for all the appends waiting, and
+//! only then are the calls answered: a record is durable in PostgreSQL
+//! before anything reaches the backend, as on one node. A checkpoint,
+//! signed by the node with the fleet's key over the head it got back,
+//! commits synchronously. A node that dies mid-append holds nothing:
+//! PostgreSQL ends its statement with its connection. There is no lease to
+//! take over and no sequencer to lose: see docs/architecture.md for why
+//! this and not Trillian's queue-then-sequence.
 //!
 //! Readers (the Data Tracker, proofs) query the tables directly: the log
 //! only grows, and what they read is bounded by a signed checkpoint's
@@ -40,12 +43,13 @@ use super::verify::{Problem, ProblemKind};
 use super::{ExchangeRecord, LogUnavailable, Reply, Shared, StoreFault};
 use crate::database::{Database, DatabaseError};
 
-/// How long an append waits for another node's to end before it fails:
-/// the fleet's log is then too slow to take calls, which are refused.
-const LOCK_TIMEOUT: &str = "2s";
-/// A node frozen in the middle of an append (stopped, or cut off without
-/// its socket closing) loses its transaction, and the lock, after this.
-const IDLE_IN_APPEND: &str = "3s";
+/// How the writer's connection runs its appends: without waiting for the
+/// disk (see [`settle`]), and for at most 2 s on another node's.
+const SESSION: &str = "SET synchronous_commit = off; SET lock_timeout = '2s'";
+
+/// The append, in the database (`log_append`, in the schema).
+const APPEND: &str = "SELECT first, size, frontier FROM log_append($1, $2, $3, $4, $5, $6, \
+     $7, $8, $9, $10, $11, $12, $13, $14, $15)";
 
 /// Records read at a time by [`pull`].
 const PULL_PAGE: i64 = 4096;
@@ -60,11 +64,6 @@ pub struct SharedStore {
     fault: Option<StoreFault>,
     /// Whether the last append waited for the disk itself.
     flushed: bool,
-    /// The log as this node's last append left it.
-    last: Option<Frontier>,
-    /// Whether no other node appended between this node's last two
-    /// appends: the next then starts from `last` without reading the head.
-    alone: bool,
     /// [`APPEND`] prepared on the writer's connection.
     prepared: Option<(Arc<Client>, Statement)>,
     /// Appends waiting for the flush that makes them durable.
@@ -109,29 +108,23 @@ impl Batch {
         }
         batch
     }
+
+    /// The arguments of [`APPEND`] after the node's id.
+    fn arguments(&self) -> (Vec<&[u8]>, Vec<&(dyn ToSql + Sync)>) {
+        let leaves = self.leaves.iter().map(<[u8; 32]>::as_slice).collect();
+        let mut columns: Vec<&(dyn ToSql + Sync)> = vec![&self.bytes];
+        for (column, text) in TEXT_COLUMNS.iter().enumerate() {
+            columns.push(if *text {
+                &self.texts[column]
+            } else {
+                &self.integers[column]
+            });
+        }
+        (leaves, columns)
+    }
 }
 
-/// Everything an append writes under the lock, in one statement: the
-/// records ($1 to $14, committed by node $15), the tree nodes they complete
-/// ($16 to $18), a checkpoint when $21 holds one, and the head ($19, $22),
-/// which must be at $23 (else the division by zero fails the statement).
-const APPEND: &str = "WITH records AS ( \
-       INSERT INTO log_records (idx, phase, request_id, at_us, caller, provider, method, \
-       purpose, subject, allowed, grpc_status, error_kind, concealed_until, record, node) \
-       SELECT *, $15::text FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], \
-       $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], \
-       $11::bigint[], $12::text[], $13::bigint[], $14::bytea[])), \
-     nodes AS ( \
-       INSERT INTO log_nodes (level, idx, hash) \
-       SELECT * FROM unnest($16::smallint[], $17::bigint[], $18::bytea[])), \
-     checkpoint AS ( \
-       INSERT INTO log_checkpoints (size, signed_at, node, note) \
-       SELECT $19::bigint, $20::bigint, $15::text, $21::text WHERE $21::text IS NOT NULL \
-       ON CONFLICT (size) DO NOTHING) \
-     UPDATE log_head SET frontier = $22::bytea, \
-       size = CASE WHEN size = $23::bigint THEN $19::bigint ELSE size / (size - size) END";
-
-/// The column types of [`APPEND`]'s records, text or integer.
+/// The column types of the records' query columns, text or integer.
 const TEXT_COLUMNS: [bool; 12] = [
     true, true, false, true, true, true, true, true, false, false, true, false,
 ];
@@ -240,8 +233,6 @@ impl SharedStore {
             node: fleet.node.clone(),
             fault: None,
             flushed: false,
-            last: None,
-            alone: false,
             prepared: None,
             settling,
         };
@@ -274,39 +265,21 @@ impl SharedStore {
         if let Some(fault) = self.fault {
             return Err(simulated(&self.database, fault));
         }
-        // Everything that needs no index is done before the lock.
+        // Everything but the tree is done here, before the lock.
         let batch = Batch::of(records);
         let node = self.node.as_str();
         let database = &self.database;
-        let last = self.last.take();
-        // A node that appends alone skips reading the head; a checkpoint
-        // is always signed over the head read under the lock.
-        let presumed = last
-            .clone()
-            .filter(|_| self.alone && checkpoint.is_none() && !records.is_empty());
         let cache = &mut self.prepared;
-        let (started, appended) = self.runtime.block_on(database.run(|client| async move {
-            if let Some(presumed) = presumed {
-                let start = presumed.size();
-                let appended = append_presumed(&client, cache, &batch, node, presumed).await;
-                if let Ok(next) = appended {
-                    return Ok(Ok((start, next)));
-                }
-                // Another node appended since (or the database fails,
-                // which the locked append finds out again).
-                let _ = client.batch_execute("ROLLBACK").await;
-            }
-            let appended = append_locked(database, &client, cache, &batch, node, checkpoint).await;
+        let appended = self.runtime.block_on(database.run(|client| async move {
+            let appended = append_batch(database, &client, cache, &batch, node, checkpoint).await;
             if !matches!(appended, Ok(Ok(_))) {
-                // Nothing of a failed append stays; a connection that died
-                // took its transaction with it.
+                // A checkpoint's transaction left open ends; a connection
+                // that died took it with it.
                 let _ = client.batch_execute("ROLLBACK").await;
             }
             appended
         }))??;
-        self.alone = last.is_some_and(|last| last.size() == started);
         self.flushed = checkpoint.is_some();
-        self.last = Some(appended.clone());
         let first = appended.size() - records.len() as u64;
         *frontier = appended;
         Ok(first)
@@ -355,185 +328,94 @@ fn simulated(database: &Database, fault: StoreFault) -> StoreError {
     invalid(database, format!("a simulated {fault:?} fault"))
 }
 
-/// The values of [`APPEND`] for `batch` after `start`, and the log after
-/// it.
-struct Appending {
-    next: Frontier,
-    expected: i64,
-    indexes: Vec<i64>,
-    levels: Vec<i16>,
-    positions: Vec<i64>,
-    hashes: Vec<Vec<u8>>,
-    note: Option<String>,
-    size: i64,
-    signed_at: i64,
-    peaks: Vec<u8>,
-}
-
-impl Appending {
-    fn new(start: Frontier, batch: &Batch, checkpoint: Option<(&str, &SigningKey)>) -> Self {
-        let mut next = start;
-        let first = next.size();
-        let indexes = (first..first + batch.leaves.len() as u64)
-            .map(to_i64)
-            .collect();
-        let (mut levels, mut positions, mut hashes) = (Vec::new(), Vec::new(), Vec::new());
-        for leaf in &batch.leaves {
-            for (level, index, hash) in next.append(*leaf) {
-                levels.push(level as i16);
-                positions.push(to_i64(index));
-                hashes.push(hash.to_vec());
-            }
-        }
-        let note = checkpoint.filter(|_| next.size() > 0).map(|(origin, key)| {
-            Checkpoint {
-                origin: origin.to_owned(),
-                size: next.size(),
-                root: next.root(),
-            }
-            .sign(key)
-        });
-        Self {
-            expected: to_i64(first),
-            indexes,
-            levels,
-            positions,
-            hashes,
-            note,
-            size: to_i64(next.size()),
-            signed_at: crate::unix_time::now(),
-            peaks: next.peak_bytes(),
-            next,
-        }
-    }
-
-    fn params<'a>(
-        &'a self,
-        batch: &'a Batch,
-        node: &'a &str,
-    ) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
-        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![(&self.indexes, Type::INT8_ARRAY)];
-        for (column, text) in TEXT_COLUMNS.iter().enumerate() {
-            params.push(if *text {
-                (&batch.texts[column], Type::TEXT_ARRAY)
-            } else {
-                (&batch.integers[column], Type::INT8_ARRAY)
-            });
-        }
-        params.extend([
-            (&batch.bytes as &(dyn ToSql + Sync), Type::BYTEA_ARRAY),
-            (node, Type::TEXT),
-            (&self.levels, Type::INT2_ARRAY),
-            (&self.positions, Type::INT8_ARRAY),
-            (&self.hashes, Type::BYTEA_ARRAY),
-            (&self.size, Type::INT8),
-            (&self.signed_at, Type::INT8),
-            (&self.note, Type::TEXT),
-            (&self.peaks, Type::BYTEA),
-            (&self.expected, Type::INT8),
-        ]);
-        params
-    }
-}
-
-/// The start of an append's transaction: a short lock wait, a frozen
-/// appender's lock released, and (unless it signs a checkpoint) no flush.
-fn begin(synchronous: bool) -> String {
-    format!(
-        "BEGIN; SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'; \
-         SET LOCAL idle_in_transaction_session_timeout = '{IDLE_IN_APPEND}'; \
-         SET LOCAL synchronous_commit = {}",
-        if synchronous { "on" } else { "off" }
-    )
-}
-
-/// The append of a node that appended last, in one round trip: it starts
-/// where its last append left the log, without reading the head. If
-/// another node appended since, its records took those indexes and the
-/// head moved: the statement fails (a duplicate index, or the head's
-/// guard), the COMMIT sent behind it only rolls back, and the caller
-/// appends under the lock instead.
-async fn append_presumed(
-    client: &Arc<Client>,
-    cache: &mut Option<(Arc<Client>, Statement)>,
-    batch: &Batch,
-    node: &str,
-    start: Frontier,
-) -> Result<Frontier, tokio_postgres::Error> {
-    let appending = Appending::new(start, batch, None);
-    let params = appending.params(batch, &node);
-    let statement = prepared(client, cache, &params).await?;
-    let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(value, _)| *value).collect();
-    let begin = begin(false);
-    // Sent back to back: `try_join3` polls (and so sends) in order.
-    futures_util::future::try_join3(
-        client.batch_execute(&begin),
-        client.query(&statement, &values),
-        client.batch_execute("COMMIT"),
-    )
-    .await?;
-    Ok(appending.next)
-}
-
-/// [`APPEND`] prepared on `client`'s connection: parsed and planned once
-/// per connection, not at every append.
-async fn prepared(
-    client: &Arc<Client>,
-    cache: &mut Option<(Arc<Client>, Statement)>,
-    params: &[(&(dyn ToSql + Sync), Type)],
-) -> Result<Statement, tokio_postgres::Error> {
-    if let Some((of, statement)) = cache.as_ref()
-        && Arc::ptr_eq(of, client)
-    {
-        return Ok(statement.clone());
-    }
-    let types: Vec<Type> = params.iter().map(|(_, kind)| kind.clone()).collect();
-    let statement = client.prepare_typed(APPEND, &types).await?;
-    *cache = Some((Arc::clone(client), statement.clone()));
-    Ok(statement)
-}
-
-/// The append itself, in a transaction holding the head row; returns where
-/// it started and the log after it. The outer error is the database's;
-/// the inner one, a head that makes no sense.
+/// Appends `batch` (in one statement, [`APPEND`]: the tree is grown in the
+/// database, under the head's lock, and the lock is held for no round
+/// trip), then signs a checkpoint of the result if asked. Returns the log
+/// after it. The outer error is the database's; the inner one, an answer
+/// that makes no sense.
 ///
-/// The lock is held for two round trips and no disk flush: the
-/// transaction commits asynchronously (`synchronous_commit = off`), and
-/// [`make_durable`] waits for the flush after the lock is released, so
-/// that the nodes' flushes overlap instead of queueing behind the lock.
-/// A transaction that signs a checkpoint commits synchronously: a
-/// checkpoint is never seen by anyone before it is on disk.
-async fn append_locked(
+/// The append commits asynchronously (the session's
+/// `synchronous_commit = off`): [`settle`] waits for the disk afterwards,
+/// outside the lock, so that the nodes' flushes overlap instead of queueing
+/// behind it. A checkpoint commits synchronously, so that no one ever
+/// reads one that is not on disk; its flush covers the append too.
+async fn append_batch(
     database: &Database,
     client: &Arc<Client>,
     cache: &mut Option<(Arc<Client>, Statement)>,
     batch: &Batch,
     node: &str,
     checkpoint: Option<(&str, &SigningKey)>,
-) -> Result<Result<(u64, Frontier), StoreError>, tokio_postgres::Error> {
-    let rows = client
-        .simple_query(&format!(
-            "{}; SELECT size, encode(frontier, 'hex') FROM log_head FOR UPDATE",
-            begin(checkpoint.is_some())
-        ))
-        .await?;
-    let start = match head_of(database, &rows) {
-        Ok(head) => head,
-        Err(error) => return Ok(Err(error)),
+) -> Result<Result<Frontier, StoreError>, tokio_postgres::Error> {
+    let next = if batch.leaves.is_empty() {
+        let rows = client
+            .simple_query("SELECT size, encode(frontier, 'hex') FROM log_head")
+            .await?;
+        match head_of(database, &rows) {
+            Ok(head) => head,
+            Err(error) => return Ok(Err(error)),
+        }
+    } else {
+        let statement = prepared(client, cache).await?;
+        let (leaves, columns) = batch.arguments();
+        let mut arguments: Vec<&(dyn ToSql + Sync)> = vec![&node, &leaves];
+        arguments.extend(columns);
+        let row = client.query_one(&statement, &arguments).await?;
+        let (size, edge): (i64, Vec<u8>) = (row.get(1), row.get(2));
+        match Frontier::from_peak_bytes(to_u64(size), &edge) {
+            Some(next) => next,
+            None => {
+                return Ok(Err(invalid(
+                    database,
+                    format!("log_append returned a malformed head (size {size})"),
+                )));
+            }
+        }
     };
-    let started = start.size();
-    let appending = Appending::new(start, batch, checkpoint);
-    let params = appending.params(batch, &node);
-    let statement = prepared(client, cache, &params).await?;
-    let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(value, _)| *value).collect();
-    // Sent back to back: `try_join` polls (and so sends) in order, and a
-    // COMMIT after a failed statement only rolls back.
-    futures_util::future::try_join(
-        client.query(&statement, &values),
-        client.batch_execute("COMMIT"),
-    )
-    .await?;
-    Ok(Ok((started, appending.next)))
+    if let Some((origin, key)) = checkpoint
+        && next.size() > 0
+    {
+        let note = Checkpoint {
+            origin: origin.to_owned(),
+            size: next.size(),
+            root: next.root(),
+        }
+        .sign(key);
+        // Sent back to back: `try_join3` polls (and so sends) in order.
+        futures_util::future::try_join3(
+            client.batch_execute("BEGIN; SET LOCAL synchronous_commit = on"),
+            client.query_typed(
+                "INSERT INTO log_checkpoints (size, signed_at, node, note) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (size) DO NOTHING",
+                &[
+                    (&to_i64(next.size()), Type::INT8),
+                    (&crate::unix_time::now(), Type::INT8),
+                    (&node, Type::TEXT),
+                    (&note, Type::TEXT),
+                ],
+            ),
+            client.batch_execute("COMMIT"),
+        )
+        .await?;
+    }
+    Ok(Ok(next))
+}
+
+/// [`APPEND`] prepared on `client`'s connection (parsed and planned once
+/// per connection, not at every append), whose session is set up first.
+async fn prepared(
+    client: &Arc<Client>,
+    cache: &mut Option<(Arc<Client>, Statement)>,
+) -> Result<Statement, tokio_postgres::Error> {
+    if let Some((of, statement)) = cache.as_ref()
+        && Arc::ptr_eq(of, client)
+    {
+        return Ok(statement.clone());
+    }
+    client.batch_execute(SESSION).await?;
+    let statement = client.prepare(APPEND).await?;
+    *cache = Some((Arc::clone(client), statement.clone()));
+    Ok(statement)
 }
 
 fn answer(settling: Settling, result: &Result<(), LogUnavailable>) {
