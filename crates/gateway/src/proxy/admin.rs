@@ -210,7 +210,9 @@ impl Admin {
                 if let Some(fleet) = &self.fleet {
                     render_fleet(&mut rendered, &state, fleet);
                 }
-                if let Some(log) = &self.log {
+                // A fleet's log has no files here: its tables are the
+                // database's to watch.
+                if let Some(log) = self.log.as_ref().filter(|log| !log.is_shared()) {
                     render_log_files(&mut rendered, log.dir());
                 }
                 if let Some(consent) = &self.consent {
