@@ -8,15 +8,16 @@
 //! indexes, grows the tree's right edge with SHA-256 as RFC 9162 does,
 //! stores every subtree completed, moves the head and returns it. The lock
 //! is held while that runs, never across a round trip to a node. The
-//! statement commits without waiting for the disk; [`settle`] then makes
-//! it durable with one synchronous write for all the appends waiting, and
-//! only then are the calls answered: a record is durable in PostgreSQL
-//! before anything reaches the backend, as on one node. A checkpoint,
-//! signed by the node with the fleet's key over the head it got back,
-//! commits synchronously. A node that dies mid-append holds nothing:
-//! PostgreSQL ends its statement with its connection. There is no lease to
-//! take over and no sequencer to lose: see docs/architecture.md for why
-//! this and not Trillian's queue-then-sequence.
+//! statement commits without waiting for the disk; a task (`settle`) then
+//! makes it durable with one synchronous write for all the appends
+//! waiting, and only then are the calls answered: a record is durable in
+//! PostgreSQL before anything reaches the backend, as on one node. A
+//! checkpoint, signed by the node with the fleet's key over the head it
+//! got back, commits synchronously. A node that dies mid-append holds
+//! nothing: PostgreSQL ends its statement with its connection. There is
+//! no lease to take over and no sequencer to lose: see
+//! docs/architecture.md for why this and not Trillian's
+//! queue-then-sequence.
 //!
 //! Readers (the Data Tracker, proofs) query the tables directly: the log
 //! only grows, and what they read is bounded by a signed checkpoint's
@@ -51,7 +52,7 @@ const SESSION: &str = "SET synchronous_commit = off; SET lock_timeout = '2s'";
 /// synchronously, in the append's one round trip, rather than through a
 /// separate flush: the lock is then held through the disk's flush, which
 /// costs nothing when no other append waits, and each call saves a round
-/// trip.
+/// trip. So do the appends of a node that appends alone.
 const FLUSH_AT_ONCE: usize = 2;
 
 /// The append, in the database (`log_append`, in the schema).
@@ -71,6 +72,11 @@ pub struct SharedStore {
     fault: Option<StoreFault>,
     /// Whether the last append waited for the disk itself.
     flushed: bool,
+    /// The log's size after this node's last append.
+    last: Option<u64>,
+    /// Whether no other node appended between this node's last two
+    /// appends: the next then waits for the disk in its own commit.
+    alone: bool,
     /// [`APPEND`] prepared on the writer's connection.
     prepared: Option<(Arc<Client>, Statement)>,
     /// Appends waiting for the flush that makes them durable.
@@ -240,6 +246,8 @@ impl SharedStore {
             node: fleet.node.clone(),
             fault: None,
             flushed: false,
+            last: None,
+            alone: false,
             prepared: None,
             settling,
         };
@@ -277,8 +285,18 @@ impl SharedStore {
         let node = self.node.as_str();
         let database = &self.database;
         let cache = &mut self.prepared;
+        let synchronous = self.alone || records.len() <= FLUSH_AT_ONCE;
         let appended = self.runtime.block_on(database.run(|client| async move {
-            let appended = append_batch(database, &client, cache, &batch, node, checkpoint).await;
+            let appended = append_batch(
+                database,
+                &client,
+                cache,
+                &batch,
+                node,
+                checkpoint,
+                synchronous,
+            )
+            .await;
             if !matches!(appended, Ok(Ok(_))) {
                 // A checkpoint's transaction left open ends; a connection
                 // that died took it with it.
@@ -286,8 +304,12 @@ impl SharedStore {
             }
             appended
         }))??;
-        self.flushed = checkpoint.is_some() || (1..=FLUSH_AT_ONCE).contains(&records.len());
+        self.flushed = checkpoint.is_some() || (synchronous && !records.is_empty());
         let first = appended.size() - records.len() as u64;
+        if !records.is_empty() {
+            self.alone = self.last == Some(first);
+            self.last = Some(appended.size());
+        }
         *frontier = appended;
         Ok(first)
     }
@@ -341,12 +363,14 @@ fn simulated(database: &Database, fault: StoreFault) -> StoreError {
 /// after it. The outer error is the database's; the inner one, an answer
 /// that makes no sense.
 ///
-/// Under load the append commits asynchronously (the session's
-/// `synchronous_commit = off`): [`settle`] waits for the disk afterwards,
-/// outside the lock, so that the nodes' flushes overlap instead of queueing
-/// behind it; a batch of [`FLUSH_AT_ONCE`] records or fewer commits
-/// synchronously. A checkpoint commits synchronously, so that no one ever
-/// reads one that is not on disk; its flush covers the append too.
+/// While other nodes append too, the append commits asynchronously (the
+/// session's `synchronous_commit = off`): [`settle`] waits for the disk
+/// afterwards, outside the lock, so that the nodes' flushes overlap
+/// instead of queueing behind it. `synchronous` (a node appending alone,
+/// or a batch of [`FLUSH_AT_ONCE`] records or fewer) commits in the
+/// append's one round trip instead. A checkpoint commits synchronously,
+/// so that no one ever reads one that is not on disk; its flush covers
+/// the append too.
 async fn append_batch(
     database: &Database,
     client: &Arc<Client>,
@@ -354,6 +378,7 @@ async fn append_batch(
     batch: &Batch,
     node: &str,
     checkpoint: Option<(&str, &SigningKey)>,
+    synchronous: bool,
 ) -> Result<Result<Frontier, StoreError>, tokio_postgres::Error> {
     let next = if batch.leaves.is_empty() {
         let rows = client
@@ -368,7 +393,7 @@ async fn append_batch(
         let (leaves, columns) = batch.arguments();
         let mut arguments: Vec<&(dyn ToSql + Sync)> = vec![&node, &leaves];
         arguments.extend(columns);
-        let row = if batch.leaves.len() <= FLUSH_AT_ONCE {
+        let row = if synchronous {
             // Sent back to back: `try_join3` polls (and so sends) in order.
             let (_, row, _) = futures_util::future::try_join3(
                 client.batch_execute("SET synchronous_commit = on"),

@@ -8,10 +8,12 @@
 //!                 (both nodes share a throwaway cluster)
 //! ```
 //!
-//! Measured one after the other: each store's records per second at
-//! saturation (two per call: decision and outcome, each fsynced before the
-//! call goes on), a two-node fleet's calls per second against the SQLite
-//! node's, and each store's latency at a fixed open-loop rate.
+//! Measured one after the other: each store alone (64 appenders in this
+//! process, each waiting for its record to be durable, as calls do, with
+//! no gateway around), then through the gateway: each store's records per
+//! second at saturation (two per call: decision and outcome, each durable
+//! before the call goes on), a two-node fleet's calls per second against
+//! the SQLite node's, and each store's latency at a fixed open-loop rate.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,8 +48,116 @@ pub struct FleetOptions {
 /// Everything `bench fleet` measured: what `--json` prints.
 #[derive(Debug, Serialize)]
 pub struct FleetReport {
+    /// Each store alone: records per second of `callers` appenders.
+    pub stores: Vec<StoreRate>,
     pub runs: Vec<RunSummary>,
     pub targets: Vec<TargetCheck>,
+}
+
+/// A store's records per second, alone.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreRate {
+    pub store: &'static str,
+    pub appenders: usize,
+    pub records: u64,
+    pub records_per_s: f64,
+}
+
+/// Appends by `appenders` concurrent callers to `log` for `duration`,
+/// each waiting for its record to be durable before the next, as a call
+/// does; returns the records committed.
+async fn drive_store(
+    log: &gateway::exchange_log::ExchangeLog,
+    appenders: usize,
+    duration: Duration,
+) -> anyhow::Result<u64> {
+    use gateway::exchange_log::ExchangeRecord;
+    let until = tokio::time::Instant::now() + duration;
+    let mut callers = tokio::task::JoinSet::new();
+    for caller in 0..appenders {
+        let log = log.clone();
+        callers.spawn(async move {
+            let mut committed = 0u64;
+            while tokio::time::Instant::now() < until {
+                let record = ExchangeRecord {
+                    version: 1,
+                    request_id: format!("{caller:04}-{committed:012}"),
+                    caller: "SN/COM/CBAO/kyc".to_owned(),
+                    provider: "SN/GOV/ANEC/civil-registry".to_owned(),
+                    method: "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity".to_owned(),
+                    purpose: "KYC".to_owned(),
+                    subject: format!("1{:012}", caller * 1_000 + (committed as usize % 1_000)),
+                    allowed: true,
+                    received_us: gateway::unix_time::micros(std::time::SystemTime::now()),
+                    ..ExchangeRecord::default()
+                };
+                log.append(record)
+                    .await
+                    .map_err(|error| anyhow::anyhow!("{error}"))?;
+                committed += 1;
+            }
+            anyhow::Ok(committed)
+        });
+    }
+    let mut committed = 0;
+    while let Some(done) = callers.join_next().await {
+        committed += done??;
+    }
+    Ok(committed)
+}
+
+/// Each store alone, one after the other: a SQLite log in `dir`, then a
+/// fleet's log in a database of its own in `cluster`.
+async fn store_rates(
+    dir: &Path,
+    cluster: &crate::postgres::Cluster,
+    appenders: usize,
+    duration: Duration,
+) -> anyhow::Result<Vec<StoreRate>> {
+    use gateway::config::{ExchangeLogConfig, StoreConfig};
+    use gateway::exchange_log::{ExchangeLog, FleetStore};
+    let rate = |store, records: u64| StoreRate {
+        store,
+        appenders,
+        records,
+        records_per_s: records as f64 / duration.as_secs_f64(),
+    };
+    let mut rates = Vec::new();
+    let config = ExchangeLogConfig::defaults(&dir.join("store-sqlite"), "bench-store");
+    let opening = config.clone();
+    let log = tokio::task::spawn_blocking(move || ExchangeLog::open(&opening)).await??;
+    let records = drive_store(&log, appenders, duration).await;
+    let closing = log.clone();
+    tokio::task::spawn_blocking(move || closing.close()).await?;
+    rates.push(rate("SQLite", records?));
+
+    let database = "govbridge_store_bench";
+    cluster.psql(
+        crate::postgres::ROLE,
+        &format!("CREATE DATABASE {database}"),
+    )?;
+    let url = format!(
+        "postgres://{}@127.0.0.1:{}/{database}",
+        crate::postgres::ROLE,
+        cluster.port()
+    );
+    let store = StoreConfig::parse(&url).map_err(anyhow::Error::msg)?;
+    let connect = || gateway::database::Database::connect(&store);
+    let fleet = FleetStore {
+        writer: connect().await?,
+        reader: connect().await?,
+        durability: connect().await?,
+        node: "bench-store".to_owned(),
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let config = ExchangeLogConfig::defaults(&dir.join("store-postgres"), "bench-store");
+    let log =
+        tokio::task::spawn_blocking(move || ExchangeLog::open_fleet(&config, fleet)).await??;
+    let records = drive_store(&log, appenders, duration).await;
+    let closing = log.clone();
+    tokio::task::spawn_blocking(move || closing.close()).await?;
+    rates.push(rate("PostgreSQL", records?));
+    Ok(rates)
 }
 
 /// Starts a fleet node: the everything-on configuration with its log in
@@ -119,6 +229,14 @@ pub async fn fleet(options: &FleetOptions) -> anyhow::Result<FleetReport> {
         .await?
         .context("starting PostgreSQL")?;
     let url = cluster.url();
+    if options.progress {
+        eprintln!(
+            "each store alone, {} appenders, {} s",
+            options.callers,
+            options.duration.as_secs_f64()
+        );
+    }
+    let stores = store_rates(&bed.dir.dir, &cluster, options.callers, options.duration).await?;
     let (_sqlite, sqlite) = bed.gateway(GatewayProfile::EverythingOn, members)?;
     let (_first, first, key) = start_node(&bed, members, &url, 1, None)?;
     let (_second, second, _) = start_node(&bed, members, &url, 2, Some(&key))?;
@@ -164,10 +282,37 @@ pub async fn fleet(options: &FleetOptions) -> anyhow::Result<FleetReport> {
     let (one, two) = (RunSummary::new(&first, &half, &one?), {
         RunSummary::new(&second, &half, &two?)
     });
-    let targets = checks(&runs, &one, &two, options);
+    let mut targets = store_check(&stores);
+    targets.extend(checks(&runs, &one, &two, options));
     runs.extend([one, two]);
     drop(cluster);
-    Ok(FleetReport { runs, targets })
+    Ok(FleetReport {
+        stores,
+        runs,
+        targets,
+    })
+}
+
+fn store_check(stores: &[StoreRate]) -> Vec<TargetCheck> {
+    let (Some(sqlite), Some(postgres)) = (
+        stores.iter().find(|rate| rate.store == "SQLite"),
+        stores.iter().find(|rate| rate.store == "PostgreSQL"),
+    ) else {
+        return Vec::new();
+    };
+    let ratio = postgres.records_per_s / sqlite.records_per_s.max(f64::MIN_POSITIVE);
+    vec![TargetCheck {
+        name: format!(
+            "records committed per second, each store alone, {} appenders",
+            sqlite.appenders
+        ),
+        measured: format!(
+            "PostgreSQL {:.0}/s vs SQLite {:.0}/s ({ratio:.2}x)",
+            postgres.records_per_s, sqlite.records_per_s
+        ),
+        goal: ">= 1.0x".to_owned(),
+        met: Some(ratio >= 1.0),
+    }]
 }
 
 fn checks(
@@ -190,7 +335,7 @@ fn checks(
     let (sqlite_records, postgres_records) = (2.0 * sqlite.calls_per_s, 2.0 * postgres.calls_per_s);
     checks.push(TargetCheck {
         name: format!(
-            "records committed per second, one node, {} callers",
+            "records committed per second through one gateway node, {} callers",
             options.callers
         ),
         measured: format!(
@@ -236,6 +381,15 @@ fn checks(
 /// The report as tables, then the targets.
 pub fn render(report: &FleetReport) -> String {
     let mut out = String::new();
+    out.push_str("each store alone, appenders waiting for their records to be durable\n");
+    out.push_str("store        appenders    records  records/s\n");
+    for rate in &report.stores {
+        out.push_str(&format!(
+            "{:<12} {:>9} {:>10} {:>10.0}\n",
+            rate.store, rate.appenders, rate.records, rate.records_per_s
+        ));
+    }
+    out.push('\n');
     let runs: Vec<&RunSummary> = report.runs.iter().collect();
     out.push_str(&report::table("everything on, one run", &runs));
     out.push('\n');
