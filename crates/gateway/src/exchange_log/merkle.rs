@@ -443,7 +443,7 @@ mod tests {
         }
         let bytes = frontier.peak_bytes();
         assert_eq!(bytes.len(), 32 * 37u64.count_ones() as usize);
-        assert_eq!(Frontier::from_peak_bytes(38, &bytes), None);
+        assert_eq!(Frontier::from_peak_bytes(39, &bytes), None);
         assert_eq!(Frontier::from_peak_bytes(37, &bytes[1..]), None);
     }
 
