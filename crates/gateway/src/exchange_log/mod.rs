@@ -365,6 +365,24 @@ struct Shared {
     recent: Option<Arc<lookup::Recent>>,
 }
 
+impl Shared {
+    /// A healthy, empty log, with the writer's lookups of recent records
+    /// when it keeps them.
+    fn new(recent: Option<Arc<lookup::Recent>>) -> Arc<Self> {
+        Arc::new(Self {
+            healthy: AtomicBool::new(true),
+            recent,
+            ..Self::default()
+        })
+    }
+
+    /// Publishes the log as opened: its size and latest checkpoint.
+    fn published(&self, size: u64, checkpoint: Option<StoredCheckpoint>) {
+        self.size.store(size, Ordering::Release);
+        self.checkpoint.store(checkpoint.map(Arc::new));
+    }
+}
+
 /// The gateway's handle on its exchange log. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ExchangeLog {
@@ -389,14 +407,8 @@ impl ExchangeLog {
         let store = Store::open(dir, &config.origin)?;
         let frontier = store.frontier()?;
         let checkpoint = store.latest_checkpoint()?;
-        let shared = Arc::new(Shared {
-            size: AtomicU64::new(frontier.size()),
-            healthy: AtomicBool::new(true),
-            checkpoint: ArcSwapOption::from_pointee(checkpoint.clone()),
-            queued: AtomicU64::new(0),
-            commits: crate::telemetry::metrics::Histogram::default(),
-            recent: store.recent(),
-        });
+        let shared = Shared::new(store.recent());
+        shared.published(frontier.size(), checkpoint.clone());
         let (running, stopped) = std::sync::mpsc::channel::<()>();
         let (archiving, archive_stopped) = std::sync::mpsc::channel::<()>();
         let wal = store::WalCheckpointer::open(dir)?;
@@ -470,20 +482,11 @@ impl ExchangeLog {
         create_private_dir(dir)?;
         let key = load_or_create_key(dir, &config.origin)?;
         let verifier = Arc::new(key.verifier());
-        let shared = Arc::new(Shared {
-            size: AtomicU64::new(0),
-            healthy: AtomicBool::new(true),
-            checkpoint: ArcSwapOption::empty(),
-            queued: AtomicU64::new(0),
-            commits: crate::telemetry::metrics::Histogram::default(),
-            recent: None,
-        });
+        // Before the store: its flushing task marks the log unhealthy.
+        let shared = Shared::new(None);
         let (store, frontier) =
             fleet::SharedStore::open(&fleet, &config.origin, &verifier, Arc::clone(&shared))?;
-        shared.size.store(frontier.size(), Ordering::Release);
-        shared
-            .checkpoint
-            .store(store.latest_checkpoint()?.map(Arc::new));
+        shared.published(frontier.size(), store.latest_checkpoint()?);
         let (jobs, thread) = spawn_writer(config, store, frontier, key, &shared, Vec::new())?;
         let reader = fleet::FleetReader::new(fleet.reader, fleet.runtime);
         tracing::info!(
