@@ -75,7 +75,9 @@ const MIGRATIONS: &[(i32, &str)] = &[
              -- the tree's right edge: its complete subtrees' hashes,
              -- largest first; locked by the node appending
              frontier bytea NOT NULL
-         );
+         -- room on its page for each update's new version: updated at every
+         -- append, the row is then pruned in place, never left to vacuum
+         ) WITH (fillfactor = 10);
          CREATE TABLE log_records (
              idx bigint PRIMARY KEY,
              phase text NOT NULL,
@@ -103,12 +105,6 @@ const MIGRATIONS: &[(i32, &str)] = &[
              idx bigint NOT NULL,
              hash bytea NOT NULL,
              PRIMARY KEY (level, idx)
-         );
-         -- how far each node's appends are known durable: the write that
-         -- makes them so (see exchange_log::fleet)
-         CREATE TABLE log_durable (
-             node text PRIMARY KEY,
-             size bigint NOT NULL
          );
          CREATE TABLE log_checkpoints (
              size bigint PRIMARY KEY,

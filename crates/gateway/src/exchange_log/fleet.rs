@@ -7,13 +7,12 @@
 //! one statement: under the head row's lock, it gives the records the next
 //! indexes, grows the tree's right edge with SHA-256 as RFC 9162 does,
 //! stores every subtree completed, moves the head and returns it. The lock
-//! is held while that runs, never across a round trip to a node. The
-//! statement commits without waiting for the disk; a task (`settle`) then
-//! makes it durable with one synchronous write for all the appends
-//! waiting, and only then are the calls answered: a record is durable in
-//! PostgreSQL before anything reaches the backend, as on one node. A
-//! checkpoint, signed by the node with the fleet's key over the head it
-//! got back, commits synchronously. A node that dies mid-append holds
+//! is held while that runs and its commit is flushed, never across a round
+//! trip to a node. The calls are answered once it is committed: a record
+//! is durable in PostgreSQL before anything reaches the backend, as on one
+//! node. A checkpoint, signed by the node with the fleet's key over the
+//! head it got back, is committed before anyone can read it. A node that
+//! dies mid-append holds
 //! nothing: PostgreSQL ends its statement with its connection. There is
 //! no lease to take over and no sequencer to lose: see
 //! docs/architecture.md for why this and not Trillian's
@@ -41,19 +40,12 @@ use super::store::{
     self, MAX_RECORDS_OF_REQUEST, Store, StoreError, StoredCheckpoint, StoredRecord,
 };
 use super::verify::{Problem, ProblemKind};
-use super::{ExchangeRecord, LogUnavailable, Reply, Shared, StoreFault};
+use super::{ExchangeRecord, StoreFault};
 use crate::database::{Database, DatabaseError};
 
-/// How the writer's connection runs its appends: without waiting for the
-/// disk (see [`settle`]), and for at most 2 s on another node's.
-const SESSION: &str = "SET synchronous_commit = off; SET lock_timeout = '2s'";
-
-/// Batches of this many records or fewer (light load) commit
-/// synchronously, in the append's one round trip, rather than through a
-/// separate flush: the lock is then held through the disk's flush, which
-/// costs nothing when no other append waits, and each call saves a round
-/// trip. So do the appends of a node that appends alone.
-const FLUSH_AT_ONCE: usize = 2;
+/// How long an append waits for other nodes' before it fails: the fleet's
+/// log is then too slow to take calls, which are refused.
+const SESSION: &str = "SET lock_timeout = '2s'";
 
 /// The append, in the database (`log_append`, in the schema).
 const APPEND: &str = "SELECT first, size, frontier FROM log_append($1, $2, $3, $4, $5, $6, \
@@ -70,26 +62,8 @@ pub struct SharedStore {
     /// This node's id, kept with each record it commits.
     node: String,
     fault: Option<StoreFault>,
-    /// Whether the last append waited for the disk itself.
-    flushed: bool,
-    /// The log's size after this node's last append.
-    last: Option<u64>,
-    /// Whether no other node appended between this node's last two
-    /// appends: the next then waits for the disk in its own commit.
-    alone: bool,
     /// [`APPEND`] prepared on the writer's connection.
     prepared: Option<(Arc<Client>, Statement)>,
-    /// Appends waiting for the flush that makes them durable.
-    settling: tokio::sync::mpsc::UnboundedSender<Settling>,
-}
-
-/// The calls of an append, waiting for its records to be durable.
-#[derive(Debug)]
-struct Settling {
-    /// The log's size after the append.
-    size: u64,
-    first: u64,
-    replies: Vec<Reply>,
 }
 
 /// The columns of a batch, one array per column, in [`store::COLUMNS`]
@@ -196,7 +170,6 @@ impl SharedStore {
         fleet: &super::FleetStore,
         origin: &str,
         verifier: &Verifier,
-        shared: Arc<Shared>,
     ) -> Result<(Self, Frontier), StoreError> {
         let (database, runtime) = (Arc::clone(&fleet.writer), fleet.runtime.clone());
         let key = verifier.to_string();
@@ -233,23 +206,12 @@ impl SharedStore {
                 ),
             ));
         }
-        let (settling, pending) = tokio::sync::mpsc::unbounded_channel();
-        runtime.spawn(settle(
-            Arc::clone(&fleet.durability),
-            fleet.node.clone(),
-            pending,
-            shared,
-        ));
         let store = Self {
             database,
             runtime,
             node: fleet.node.clone(),
             fault: None,
-            flushed: false,
-            last: None,
-            alone: false,
             prepared: None,
-            settling,
         };
         let frontier = store.head()?;
         Ok((store, frontier))
@@ -285,18 +247,8 @@ impl SharedStore {
         let node = self.node.as_str();
         let database = &self.database;
         let cache = &mut self.prepared;
-        let synchronous = self.alone || records.len() <= FLUSH_AT_ONCE;
         let appended = self.runtime.block_on(database.run(|client| async move {
-            let appended = append_batch(
-                database,
-                &client,
-                cache,
-                &batch,
-                node,
-                checkpoint,
-                synchronous,
-            )
-            .await;
+            let appended = append_batch(database, &client, cache, &batch, node, checkpoint).await;
             if !matches!(appended, Ok(Ok(_))) {
                 // A checkpoint's transaction left open ends; a connection
                 // that died took it with it.
@@ -304,34 +256,9 @@ impl SharedStore {
             }
             appended
         }))??;
-        self.flushed = checkpoint.is_some() || (synchronous && !records.is_empty());
         let first = appended.size() - records.len() as u64;
-        if !records.is_empty() {
-            self.alone = self.last == Some(first);
-            self.last = Some(appended.size());
-        }
         *frontier = appended;
         Ok(first)
-    }
-
-    /// Answers the calls of the last append once its records are durable:
-    /// at once when it waited for the disk itself, else after the next
-    /// flush, which the writer does not wait for.
-    pub(super) fn settle(&mut self, first: u64, replies: Vec<Reply>) {
-        if replies.is_empty() {
-            return;
-        }
-        let settling = Settling {
-            size: first + replies.len() as u64,
-            first,
-            replies,
-        };
-        if self.flushed {
-            answer(settling, &Ok(()));
-        } else if let Err(unsent) = self.settling.send(settling) {
-            let stopped = Err(LogUnavailable("the exchange log is closing".into()));
-            answer(unsent.0, &stopped);
-        }
     }
 
     /// The latest signed checkpoint of the fleet's log.
@@ -363,14 +290,11 @@ fn simulated(database: &Database, fault: StoreFault) -> StoreError {
 /// after it. The outer error is the database's; the inner one, an answer
 /// that makes no sense.
 ///
-/// While other nodes append too, the append commits asynchronously (the
-/// session's `synchronous_commit = off`): [`settle`] waits for the disk
-/// afterwards, outside the lock, so that the nodes' flushes overlap
-/// instead of queueing behind it. `synchronous` (a node appending alone,
-/// or a batch of [`FLUSH_AT_ONCE`] records or fewer) commits in the
-/// append's one round trip instead. A checkpoint commits synchronously,
-/// so that no one ever reads one that is not on disk; its flush covers
-/// the append too.
+/// Both commit synchronously: the append's lock is held through its
+/// flush. An asynchronous commit with a separate flush outside the lock
+/// (one synchronous write for every append waiting) was tried: it cost
+/// each append a second round trip and served fewer calls, with one node
+/// and with two (docs/benchmarks.md).
 async fn append_batch(
     database: &Database,
     client: &Arc<Client>,
@@ -378,7 +302,6 @@ async fn append_batch(
     batch: &Batch,
     node: &str,
     checkpoint: Option<(&str, &SigningKey)>,
-    synchronous: bool,
 ) -> Result<Result<Frontier, StoreError>, tokio_postgres::Error> {
     let next = if batch.leaves.is_empty() {
         let rows = client
@@ -393,18 +316,7 @@ async fn append_batch(
         let (leaves, columns) = batch.arguments();
         let mut arguments: Vec<&(dyn ToSql + Sync)> = vec![&node, &leaves];
         arguments.extend(columns);
-        let row = if synchronous {
-            // Sent back to back: `try_join3` polls (and so sends) in order.
-            let (_, row, _) = futures_util::future::try_join3(
-                client.batch_execute("SET synchronous_commit = on"),
-                client.query_one(&statement, &arguments),
-                client.batch_execute("SET synchronous_commit = off"),
-            )
-            .await?;
-            row
-        } else {
-            client.query_one(&statement, &arguments).await?
-        };
+        let row = client.query_one(&statement, &arguments).await?;
         let (size, edge): (i64, Vec<u8>) = (row.get(1), row.get(2));
         match Frontier::from_peak_bytes(to_u64(size), &edge) {
             Some(next) => next,
@@ -425,10 +337,8 @@ async fn append_batch(
             root: next.root(),
         }
         .sign(key);
-        // Sent back to back: `try_join3` polls (and so sends) in order.
-        futures_util::future::try_join3(
-            client.batch_execute("BEGIN; SET LOCAL synchronous_commit = on"),
-            client.query_typed(
+        client
+            .query_typed(
                 "INSERT INTO log_checkpoints (size, signed_at, node, note) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (size) DO NOTHING",
                 &[
@@ -437,10 +347,8 @@ async fn append_batch(
                     (&node, Type::TEXT),
                     (&note, Type::TEXT),
                 ],
-            ),
-            client.batch_execute("COMMIT"),
-        )
-        .await?;
+            )
+            .await?;
     }
     Ok(Ok(next))
 }
@@ -460,65 +368,6 @@ async fn prepared(
     let statement = client.prepare(APPEND).await?;
     *cache = Some((Arc::clone(client), statement.clone()));
     Ok(statement)
-}
-
-fn answer(settling: Settling, result: &Result<(), LogUnavailable>) {
-    for (offset, reply) in settling.replies.into_iter().enumerate() {
-        let _ = reply.send(result.clone().map(|()| settling.first + offset as u64));
-    }
-}
-
-/// Makes appends durable as they come, one flush for all that waited
-/// meanwhile (group commit of the flushes), and answers their calls. A
-/// flush that fails answers them with the failure (their records may or
-/// may not be in the log: the calls are refused, never forwarded) and
-/// sets the log unhealthy until the writer's probe finds the database.
-async fn settle(
-    database: Arc<Database>,
-    node: String,
-    mut pending: tokio::sync::mpsc::UnboundedReceiver<Settling>,
-    shared: Arc<Shared>,
-) {
-    use std::sync::atomic::Ordering;
-    while let Some(first) = pending.recv().await {
-        let mut waiting = vec![first];
-        while let Ok(more) = pending.try_recv() {
-            waiting.push(more);
-        }
-        let size = waiting
-            .iter()
-            .map(|settling| settling.size)
-            .max()
-            .unwrap_or(0);
-        let node = node.as_str();
-        let result = database
-            .run(|client| async move { make_durable(&client, node, size).await })
-            .await
-            .map_err(|error| LogUnavailable(error.to_string().into()));
-        if let Err(error) = &result
-            && shared.healthy.swap(false, Ordering::AcqRel)
-        {
-            tracing::error!(%error, "the fleet's log cannot flush; refusing calls until it can");
-        }
-        for settling in waiting {
-            answer(settling, &result);
-        }
-    }
-}
-
-/// Waits until everything this node appended, and whatever any node
-/// appended before it, is on disk: a synchronous commit flushes the
-/// write-ahead log up to its own record, which follows theirs. Recorded as
-/// how far this node's appends are durable.
-async fn make_durable(client: &Client, node: &str, size: u64) -> Result<(), tokio_postgres::Error> {
-    client
-        .query_typed(
-            "INSERT INTO log_durable (node, size) VALUES ($1, $2) \
-             ON CONFLICT (node) DO UPDATE SET size = excluded.size",
-            &[(&node, Type::TEXT), (&to_i64(size), Type::INT8)],
-        )
-        .await
-        .map(drop)
 }
 
 fn latest_checkpoint(

@@ -169,14 +169,6 @@ trait Backend: Send + 'static {
     fn catch_up(&mut self) -> Option<Result<Frontier, StoreError>> {
         None
     }
-    /// Answers the calls whose records the last append took, from index
-    /// `first` on, once they are durable: at once for a store whose append
-    /// waits for the disk.
-    fn settle(&mut self, first: u64, replies: Vec<Reply>) {
-        for (offset, reply) in replies.into_iter().enumerate() {
-            let _ = reply.send(Ok(first + offset as u64));
-        }
-    }
 }
 
 /// Where a call waits for its record's index, or why it has none.
@@ -237,10 +229,6 @@ impl Backend for fleet::SharedStore {
     fn catch_up(&mut self) -> Option<Result<Frontier, StoreError>> {
         Some(self.head())
     }
-
-    fn settle(&mut self, first: u64, replies: Vec<Reply>) {
-        fleet::SharedStore::settle(self, first, replies);
-    }
 }
 
 /// The PostgreSQL side of a fleet node's log.
@@ -251,9 +239,6 @@ pub struct FleetStore {
     pub writer: Arc<crate::database::Database>,
     /// Reads (the Data Tracker, proofs), pipelined on a shared connection.
     pub reader: Arc<crate::database::Database>,
-    /// The flushes that make appends durable, on a connection of their
-    /// own so that they overlap the next appends.
-    pub durability: Arc<crate::database::Database>,
     /// This node's id, kept with the records it commits.
     pub node: String,
     /// The runtime the connections run on.
@@ -482,10 +467,8 @@ impl ExchangeLog {
         create_private_dir(dir)?;
         let key = load_or_create_key(dir, &config.origin)?;
         let verifier = Arc::new(key.verifier());
-        // Before the store: its flushing task marks the log unhealthy.
         let shared = Shared::new(None);
-        let (store, frontier) =
-            fleet::SharedStore::open(&fleet, &config.origin, &verifier, Arc::clone(&shared))?;
+        let (store, frontier) = fleet::SharedStore::open(&fleet, &config.origin, &verifier)?;
         shared.published(frontier.size(), store.latest_checkpoint()?);
         let (jobs, thread) = spawn_writer(config, store, frontier, key, &shared, Vec::new())?;
         let reader = fleet::FleetReader::new(fleet.reader, fleet.runtime);
@@ -832,7 +815,11 @@ impl<B: Backend> Writer<B> {
         let result = self.commit(&refs, due);
         records.clear();
         match &result {
-            Ok(first) => self.store.settle(*first, std::mem::take(replies)),
+            Ok(first) => {
+                for (offset, reply) in replies.drain(..).enumerate() {
+                    let _ = reply.send(Ok(first + offset as u64));
+                }
+            }
             Err(error) => {
                 for reply in replies.drain(..) {
                     let _ = reply.send(Err(error.clone()));

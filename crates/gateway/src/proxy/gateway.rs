@@ -201,7 +201,6 @@ impl Gateway {
                 (Some(store), Some(database)) => Some(crate::exchange_log::FleetStore {
                     writer: crate::database::Database::connect(store).await?,
                     reader: Arc::clone(database),
-                    durability: crate::database::Database::connect(store).await?,
                     node: config.gateway.node_id.clone(),
                     runtime: tokio::runtime::Handle::current(),
                 }),

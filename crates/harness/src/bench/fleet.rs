@@ -146,7 +146,6 @@ async fn store_rates(
     let fleet = FleetStore {
         writer: connect().await?,
         reader: connect().await?,
-        durability: connect().await?,
         node: "bench-store".to_owned(),
         runtime: tokio::runtime::Handle::current(),
     };
