@@ -721,6 +721,19 @@ async fn the_fleet_keeps_one_log_and_one_data_tracker() {
     let sql = |statement: &str| {
         cluster.psql(govbridge::postgres::ROLE, statement).unwrap();
     };
+    // A tree node edited (what proofs are made of), pulled twice into the
+    // same copy: named both times, for the copy never holds records of a
+    // checkpoint it could not verify.
+    sql("UPDATE log_nodes SET hash = sha256(hash) WHERE level = 1 AND idx = 2");
+    for _ in 0..2 {
+        let edited = pull(&fresh("after-node-edit"));
+        assert!(!edited.status.success());
+        assert!(
+            support::text(&edited).contains("tree-node"),
+            "{}",
+            support::text(&edited)
+        );
+    }
     sql("UPDATE log_records SET subject = 'SN-0000000000000' WHERE idx = 7");
     let edited = pull(&fresh("after-column-edit"));
     assert!(!edited.status.success());

@@ -55,8 +55,8 @@ pub enum AuditCommand {
     /// local log directory, up to its latest checkpoint, checking every
     /// record, tree node, query column and checkpoint on the way; every
     /// other `audit` command then reads the copy with `--data DIR`. A
-    /// later pull continues the copy, and fails if the fleet's log no
-    /// longer extends it.
+    /// later pull continues the copy, and fails at the fleet's next
+    /// checkpoint if its log no longer extends the copy.
     Pull {
         /// A node's configuration: its `[store] url` and, without --key,
         /// the key in its exchange_log.data_dir.
@@ -373,7 +373,8 @@ fn pull(config: &Path, data: &Path, key: Option<&Path>) -> anyhow::Result<()> {
     );
     if let Some(problem) = pulled.problem {
         bail!(
-            "{}: {problem}; the copy in {} holds the {} records before it",
+            "{}: {problem}; the copy in {} holds the {} records of the last checkpoint it \
+             verified",
             store.redacted(),
             data.display(),
             pulled.size

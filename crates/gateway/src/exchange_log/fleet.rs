@@ -43,9 +43,12 @@ use super::verify::{Problem, ProblemKind};
 use super::{ExchangeRecord, StoreFault};
 use crate::database::{Database, DatabaseError};
 
-/// How long an append waits for other nodes' before it fails: the fleet's
-/// log is then too slow to take calls, which are refused.
-const SESSION: &str = "SET lock_timeout = '2s'";
+/// The writer's session: every commit flushed before it returns, whatever
+/// the server's or role's default (a call is answered only once its
+/// record is on disk), and a wait for other nodes' appends that gives up
+/// before the query's own timeout does (so that a call refused for a slow
+/// log has no record committed behind its back).
+const SESSION: &str = "SET synchronous_commit = on; SET lock_timeout = '1500ms'";
 
 /// The append, in the database (`log_append`, in the schema).
 const APPEND: &str = "SELECT first, size, frontier FROM log_append($1, $2, $3, $4, $5, $6, \
@@ -248,13 +251,7 @@ impl SharedStore {
         let database = &self.database;
         let cache = &mut self.prepared;
         let appended = self.runtime.block_on(database.run(|client| async move {
-            let appended = append_batch(database, &client, cache, &batch, node, checkpoint).await;
-            if !matches!(appended, Ok(Ok(_))) {
-                // A checkpoint's transaction left open ends; a connection
-                // that died took it with it.
-                let _ = client.batch_execute("ROLLBACK").await;
-            }
-            appended
+            append_batch(database, &client, cache, &batch, node, checkpoint).await
         }))??;
         let first = appended.size() - records.len() as u64;
         *frontier = appended;
@@ -303,6 +300,7 @@ async fn append_batch(
     node: &str,
     checkpoint: Option<(&str, &SigningKey)>,
 ) -> Result<Result<Frontier, StoreError>, tokio_postgres::Error> {
+    let statement = prepared(client, cache).await?;
     let next = if batch.leaves.is_empty() {
         let rows = client
             .simple_query("SELECT size, encode(frontier, 'hex') FROM log_head")
@@ -312,7 +310,6 @@ async fn append_batch(
             Err(error) => return Ok(Err(error)),
         }
     } else {
-        let statement = prepared(client, cache).await?;
         let (leaves, columns) = batch.arguments();
         let mut arguments: Vec<&(dyn ToSql + Sync)> = vec![&node, &leaves];
         arguments.extend(columns);
@@ -337,7 +334,7 @@ async fn append_batch(
             root: next.root(),
         }
         .sign(key);
-        client
+        let inserted = client
             .query_typed(
                 "INSERT INTO log_checkpoints (size, signed_at, node, note) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (size) DO NOTHING",
@@ -348,7 +345,12 @@ async fn append_batch(
                     (&note, Type::TEXT),
                 ],
             )
-            .await?;
+            .await;
+        // The records are committed: their calls go on. The next
+        // checkpoint covers them.
+        if let Err(error) = inserted {
+            tracing::warn!(%error, size = next.size(), "cannot store a checkpoint of the fleet's log");
+        }
     }
     Ok(Ok(next))
 }
@@ -589,11 +591,16 @@ pub fn pull(reader: &FleetReader, dir: &Path, verifier: &Verifier) -> Result<Pul
                 break;
             }
         };
-        while frontier.size() < checkpoint.size {
-            let from = frontier.size();
+        // The records up to it, checked in full before any is copied: the
+        // copy only ever holds records under a checkpoint it verified, and
+        // the next pull goes on from there.
+        let mut checked = frontier.clone();
+        let mut range = Vec::new();
+        while checked.size() < checkpoint.size {
+            let from = checked.size();
             let count = (checkpoint.size - from).min(PULL_PAGE as u64);
-            match pull_page(reader, &mut copy, &mut frontier, from, count)? {
-                Ok(()) => pulled.records += count,
+            match check_page(reader, &mut checked, from, count)? {
+                Ok(records) => range.extend(records),
                 Err(damage) => {
                     pulled.problem = Some(damage);
                     break;
@@ -603,7 +610,7 @@ pub fn pull(reader: &FleetReader, dir: &Path, verifier: &Verifier) -> Result<Pul
         if pulled.problem.is_some() {
             break;
         }
-        if frontier.root() != checkpoint.root {
+        if checked.root() != checkpoint.root {
             pulled.problem = Some(problem(
                 ProblemKind::CheckpointRoot,
                 frontier.size(),
@@ -615,23 +622,29 @@ pub fn pull(reader: &FleetReader, dir: &Path, verifier: &Verifier) -> Result<Pul
             ));
             break;
         }
+        for page in range.chunks(PULL_PAGE as usize) {
+            let page: Vec<&ExchangeRecord> = page.iter().collect();
+            copy.append(&mut frontier, &page, None)?;
+        }
+
         copy.add_checkpoint(stored)?;
+        pulled.records += range.len() as u64;
         pulled.checkpoints += 1;
     }
     pulled.size = frontier.size();
     Ok(pulled)
 }
 
-/// Copies records `from..from + count`, checking them against the fleet's
-/// columns and tree nodes. The outer error is a failure to read or write;
-/// the inner one, damage in the fleet's log.
-fn pull_page(
+/// Reads records `from..from + count` and checks them against the fleet's
+/// query columns and tree nodes, growing `frontier` (a working copy of the
+/// tree) with them. The outer error is a failure to read; the inner one,
+/// damage in the fleet's log.
+fn check_page(
     reader: &FleetReader,
-    copy: &mut Store,
     frontier: &mut Frontier,
     from: u64,
     count: u64,
-) -> Result<Result<(), Problem>, StoreError> {
+) -> Result<Result<Vec<ExchangeRecord>, Problem>, StoreError> {
     let end = to_i64(from + count);
     let rows = reader.rows(
         "SELECT idx, phase, request_id, at_us, caller, provider, method, purpose, subject, \
@@ -645,6 +658,7 @@ fn pull_page(
         &[&to_i64(from), &end],
     )?;
     let mut records = Vec::with_capacity(rows.len());
+    let mut leaves = Vec::with_capacity(rows.len());
     let mut expected = from;
     for (row, leaf) in rows.iter().zip(&nodes) {
         let index: i64 = row.get(0);
@@ -695,7 +709,19 @@ fn pull_page(
                 }));
             }
         }
+        // The copy stores the record encoded again: a record with fields
+        // this version does not know would not survive that.
+        if record.encode_to_vec() != bytes {
+            return Err(invalid(
+                &reader.database,
+                format!(
+                    "record {expected} does not encode here as the fleet stored it: copy the log \
+                     with a govbridge as recent as its nodes"
+                ),
+            ));
+        }
         records.push(record);
+        leaves.push(merkle::leaf_hash(&bytes));
         expected += 1;
     }
     if expected != from + count {
@@ -708,18 +734,13 @@ fn pull_page(
             ),
         }));
     }
-    let before = frontier.clone();
-    let refs: Vec<&ExchangeRecord> = records.iter().collect();
-    copy.append(frontier, &refs, None)?;
-    // The fleet's inner nodes over these records must be the copy's: the
-    // Data Tracker's proofs are made of them.
-    let mut rebuilt = before;
+    // The fleet's inner nodes over these records must be the ones they
+    // give: the Data Tracker's proofs are made of them.
     let mut inner = Vec::new();
-    for stored in &records {
-        let bytes = stored.encode_to_vec();
+    for leaf in leaves {
         inner.extend(
-            rebuilt
-                .append(merkle::leaf_hash(&bytes))
+            frontier
+                .append(leaf)
                 .into_iter()
                 .filter(|(level, _, _)| *level > 0),
         );
@@ -750,5 +771,5 @@ fn pull_page(
             }));
         }
     }
-    Ok(Ok(()))
+    Ok(Ok(records))
 }
