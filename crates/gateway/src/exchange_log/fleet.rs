@@ -36,9 +36,7 @@ use tokio_postgres::{Client, SimpleQueryMessage, Statement};
 
 use super::merkle::{self, Frontier, Hash, Nodes};
 use super::note::{Checkpoint, SigningKey, Verifier};
-use super::store::{
-    self, MAX_RECORDS_OF_REQUEST, Store, StoreError, StoredCheckpoint, StoredRecord,
-};
+use super::store::{self, Store, StoreError, StoredCheckpoint, StoredRecord};
 use super::verify::{Problem, ProblemKind};
 use super::{ExchangeRecord, StoreFault};
 use crate::database::{Database, DatabaseError};
@@ -428,19 +426,6 @@ impl FleetReader {
         )?)
     }
 
-    /// The records committed so far.
-    pub fn size(&self) -> Result<u64, StoreError> {
-        let rows = self.rows("SELECT size FROM log_head", &[])?;
-        Ok(rows.first().map_or(0, |row| to_u64(row.get(0))))
-    }
-
-    /// The log's origin and public key, as the head row says (which proves
-    /// nothing: an auditor brings the key).
-    pub fn identity(&self) -> Result<Option<(String, String)>, StoreError> {
-        let rows = self.rows("SELECT origin, verifier FROM log_head", &[])?;
-        Ok(rows.first().map(|row| (row.get(0), row.get(1))))
-    }
-
     /// The record at `index`.
     pub fn record(&self, index: u64) -> Result<Option<StoredRecord>, StoreError> {
         let rows = self.rows(
@@ -448,17 +433,6 @@ impl FleetReader {
             &[&to_i64(index)],
         )?;
         Ok(records_of(&rows).pop())
-    }
-
-    /// The records of one call, in order, the first
-    /// [`MAX_RECORDS_OF_REQUEST`].
-    pub fn records_of_request(&self, request_id: &str) -> Result<Vec<StoredRecord>, StoreError> {
-        let limit = MAX_RECORDS_OF_REQUEST as i64;
-        let rows = self.rows(
-            "SELECT idx, record FROM log_records WHERE request_id = $1 ORDER BY idx LIMIT $2",
-            &[&request_id, &limit],
-        )?;
-        Ok(records_of(&rows))
     }
 
     /// The last record of call `request_id` that `member` made or served.

@@ -147,10 +147,6 @@ pub enum OpenError {
 trait Backend: Send + 'static {
     /// Whether other writers (a fleet's other nodes) append too.
     const SHARED: bool = false;
-    /// Whether a batch under load waits for the records that follow
-    /// ([`Gather`]): worth it where each commit costs a flush, and where
-    /// several writers take turns.
-    const GATHERS: bool = true;
     /// Appends `records` (with a signed checkpoint if asked) after
     /// `frontier`, which becomes the log's; returns the first index.
     fn append(
@@ -708,14 +704,7 @@ struct Writer<B: Backend> {
 impl<B: Backend> Writer<B> {
     fn run(mut self, queue: &Receiver<Job>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        let mut gather = if B::GATHERS {
-            Gather::default()
-        } else {
-            Gather {
-                window: Duration::ZERO,
-                ..Gather::default()
-            }
-        };
+        let mut gather = Gather::default();
         loop {
             let healthy = self.shared.healthy.load(Ordering::Acquire);
             let wait = if !healthy {
