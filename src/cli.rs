@@ -1,5 +1,6 @@
 //! The command line: `serve`, `agency`, `pki`, `policy`, `audit`,
-//! `consent`, `status`, `bench`, `check-config`, `dev` and `demo`.
+//! `consent`, `status`, `fleet`, `directory`, `bench`, `check-config`, `dev`
+//! and `demo`.
 //!
 //! Parses arguments, sets up logging and calls into the library. Errors are
 //! printed once, with their context chain, and give exit status 1.
@@ -9,6 +10,7 @@ mod audit;
 mod bench;
 #[cfg(feature = "harness")]
 mod consent;
+mod directory;
 mod fleet;
 #[cfg(feature = "harness")]
 mod harness;
@@ -73,6 +75,12 @@ enum Command {
     Fleet {
         #[command(subcommand)]
         command: fleet::FleetCommand,
+    },
+    /// The instance's directory: its configuration key, publishing the
+    /// signed global configuration, serving it, comparing publications.
+    Directory {
+        #[command(subcommand)]
+        command: directory::DirectoryCommand,
     },
     /// Validate a configuration as a start would, then exit.
     CheckConfig {
@@ -217,15 +225,26 @@ fn run(command: Command, log_format: LogFormat) -> anyhow::Result<()> {
             config,
             stop_with_parent,
         } => {
-            let config = Config::load(&config)?;
+            let runtime = runtime()?;
+            // With [directory], the rest of the file needs the global
+            // configuration: fetch it first (logged once logging is up).
+            let prepared = runtime.block_on(govbridge::proxy::global::prepare(&config));
+            let path = config;
+            let config = match prepared {
+                Ok(()) => Config::load(&path)?,
+                Err(error) => anyhow::bail!("{}: {error}", path.display()),
+            };
             init_logging(
                 log_format,
                 otlp_of(Some(&config))?.as_ref(),
                 &config.gateway.node_id,
             )?;
-            runtime()?.block_on(async {
+            runtime.block_on(async {
                 let gateway = Gateway::bind(&config).await?;
                 gateway.reloader().reload_on_sighup();
+                if let Some(directory) = &config.directory {
+                    gateway.reloader().follow_directory(directory.clone());
+                }
                 gateway
                     .reloader()
                     .reload_on_file_change(std::time::Duration::from_secs(2));
@@ -272,6 +291,10 @@ fn run(command: Command, log_format: LogFormat) -> anyhow::Result<()> {
         Command::Fleet { command } => {
             init_logging(log_format, None, "")?;
             fleet::run(command)
+        }
+        Command::Directory { command } => {
+            init_logging(log_format, None, "")?;
+            directory::run(command)
         }
         Command::Status { admin } => {
             init_logging(log_format, None, "")?;

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 
 use govbridge::bench::compare::{self, Bed, CompareOptions, ECHO_READY};
+use govbridge::bench::directory::{self, DirectoryOptions};
 use govbridge::bench::echo::EchoBackend;
 use govbridge::bench::fleet::{self, FleetOptions};
 use govbridge::bench::load::{self, LoadPlan, Pacing, Scenario};
@@ -36,6 +37,11 @@ pub enum BenchCommand {
     /// against one SQLite node, and the latency each adds at --rate. Starts
     /// a throwaway PostgreSQL cluster from the installed server binaries.
     Fleet(FleetArgs),
+    /// Publish a large global configuration from a directory to gateways
+    /// polling it, under load: how long each publication takes to reach
+    /// every gateway, how long each takes to apply it, and whether any
+    /// call failed meanwhile.
+    Directory(DirectoryArgs),
     /// Serve the echo backend (used by `run` and `compare`).
     #[command(hide = true)]
     Echo {
@@ -191,6 +197,41 @@ pub struct FleetArgs {
     quiet: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct DirectoryArgs {
+    /// Keep the PKI, configurations, bundle and logs here (default: a
+    /// temporary directory, removed afterwards).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Members in the global configuration.
+    #[arg(long, default_value_t = 1000)]
+    members: usize,
+    /// Services (each with a provider of its own, among the members).
+    #[arg(long, default_value_t = 100)]
+    services: usize,
+    /// Gateways polling the directory.
+    #[arg(long, default_value_t = 2)]
+    gateways: usize,
+    /// How often they poll.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    interval: Duration,
+    /// Versions published, one every two intervals.
+    #[arg(long, default_value_t = 5)]
+    publications: u64,
+    /// Calls per second sent to the first gateway meanwhile (open loop).
+    #[arg(long, default_value_t = 500)]
+    rate: u64,
+    /// HTTP/2 connections of the load, each with a member certificate.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// No progress line on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
 fn duration(text: &str) -> Result<Duration, String> {
     parse_duration(text)
 }
@@ -245,6 +286,38 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             }
             let errors: u64 = report.runs.iter().map(|run| run.errors).sum();
             anyhow::ensure!(errors == 0, "{errors} calls failed: see WITH ERRORS above");
+            Ok(())
+        }),
+        BenchCommand::Directory(args) => runtime.block_on(async {
+            anyhow::ensure!(
+                args.services <= args.members,
+                "--services {} is more than --members {}: each service's provider is a member",
+                args.services,
+                args.members
+            );
+            let options = DirectoryOptions {
+                dir: args.dir,
+                exe: std::env::current_exe().context("finding the govbridge binary")?,
+                members: args.members,
+                services: args.services,
+                gateways: args.gateways.max(1),
+                interval: args.interval,
+                publications: args.publications.max(1),
+                rate: args.rate,
+                connections: args.connections,
+                progress: !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            let report = directory::directory(&options).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", directory::render(&report));
+            }
+            anyhow::ensure!(
+                report.load.errors == 0,
+                "{} calls failed while publications were applied",
+                report.load.errors
+            );
             Ok(())
         }),
         BenchCommand::Compare(args) => runtime.block_on(async {

@@ -125,6 +125,25 @@ pub fn run(admin: SocketAddr) -> anyhow::Result<()> {
         ),
         _ => println!("  exchange log    off"),
     }
+    for (series, version) in &samples {
+        if series.starts_with("govbridge_global_configuration_version{") {
+            let instance = label(series, "instance").unwrap_or_default();
+            let expiry = format!(
+                "govbridge_global_configuration_expiry_timestamp_seconds{{instance=\"{instance}\"}}"
+            );
+            let expires = samples.get(expiry.as_str()).copied().unwrap_or_default();
+            let left = expires - now;
+            let when = if left <= 0.0 {
+                "EXPIRED".to_owned()
+            } else {
+                format!("expires in {}", ago(left))
+            };
+            println!(
+                "  global configuration: version {version:.0} of {}, {when}",
+                Escaped(instance)
+            );
+        }
+    }
     for (series, not_after) in &samples {
         if series.starts_with("govbridge_certificate_expiry_timestamp_seconds{") {
             // The metric is whole seconds, exported as a float.

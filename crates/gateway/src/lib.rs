@@ -52,10 +52,11 @@
 //!   citizens' consent, the tamper-evident log, providers and their pools.
 //! - [`telemetry`]: metrics and OTLP span export.
 //! - [`config`]: the TOML file, validated into [`config::Config`].
-//! - [`net`]: TLS listeners serving HTTP/2, and an h2 client.
-//! - [`wire`] and [`catalog`]: the contracts: `bridge-*` headers, deadlines
-//!   and trace context; the compiled services, data subjects and
-//!   descriptors.
+//! - [`net`]: TLS listeners serving HTTP/2, and an h2 client; [`global`]:
+//!   the signed global configuration an instance's directory publishes.
+//! - [`wire`], [`catalog`] and [`note`]: the contracts: `bridge-*` headers,
+//!   deadlines and trace context; the compiled services, data subjects and
+//!   descriptors; C2SP signed notes.
 //! - [`identity`], [`keys`], [`unix_time`], [`proto`]: member ids and TLS,
 //!   Ed25519 key files, seconds since the epoch, generated code.
 //!
@@ -73,9 +74,11 @@ pub mod consent;
 pub mod database;
 pub mod directory;
 pub mod exchange_log;
+pub mod global;
 pub mod identity;
 pub mod keys;
 pub mod net;
+pub mod note;
 pub mod policy;
 pub mod proto;
 pub mod proxy;

@@ -32,6 +32,17 @@ pub fn nanos(at: SystemTime) -> u64 {
     })
 }
 
+/// `seconds` since the epoch as people read it: `2026-12-04T20:00:00Z`.
+pub fn rfc3339(seconds: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(seconds)
+        .ok()
+        .and_then(|at| {
+            at.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{seconds} s after the epoch"))
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

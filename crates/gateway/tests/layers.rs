@@ -20,8 +20,8 @@ const LAYERS: &[&[&str]] = &[
     &["policy", "consent", "exchange_log", "routing"],
     &["telemetry", "database"],
     &["config"],
-    &["net"],
-    &["wire", "catalog"],
+    &["net", "global"],
+    &["wire", "catalog", "note"],
     &["identity", "keys", "unix_time", "proto"],
 ];
 

@@ -79,6 +79,11 @@ pub struct Config {
     /// `[store]`: the PostgreSQL database a fleet of nodes shares; none
     /// for a single node, which keeps everything in its own files.
     pub store: Option<StoreConfig>,
+    /// `[directory]`: where the shared sections come from, if not from
+    /// this file.
+    pub directory: Option<DirectoryConfig>,
+    /// The global configuration in use, when `directory` is set.
+    pub global: Option<GlobalVersion>,
 }
 
 /// Where a fleet's shared state lives.
@@ -457,22 +462,79 @@ pub struct RateLimit {
     pub burst: NonZeroU32,
 }
 
+/// `[directory]`: the instance's directory, which publishes the global
+/// configuration (members, CAs, services, policies...) as a signed bundle.
+#[derive(Debug, Clone)]
+pub struct DirectoryConfig {
+    /// Where the bundle is served (`https://.../bundle.json`).
+    pub url: http::Uri,
+    /// The CA certificates the directory's server certificate chains to.
+    pub ca: PathBuf,
+    /// The instance's configuration key (its public half, a signed-note
+    /// verifier key), and the file it was read from.
+    pub key: PathBuf,
+    pub verifier: crate::note::Verifier,
+    /// How often the gateway asks for a newer bundle.
+    pub interval: Duration,
+    /// Where the gateway keeps the bundles it ran (see
+    /// [`crate::global::cache`]).
+    pub cache: PathBuf,
+    /// The instance this gateway belongs to (its identity's first part):
+    /// the only one whose bundles it takes.
+    pub instance: String,
+}
+
+/// The global configuration a gateway runs: which publication, and until
+/// when it may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalVersion {
+    pub instance: String,
+    pub version: u64,
+    /// Seconds since the epoch.
+    pub issued: i64,
+    pub expires: i64,
+    /// Where its files are, in the cache.
+    pub dir: PathBuf,
+}
+
 impl Config {
+    /// Reads the `[directory]` of the gateway file at `path`, if any,
+    /// without the rest (which may need a bundle not fetched yet).
+    pub fn directory_of_file(path: &Path) -> Result<Option<DirectoryConfig>, ConfigError> {
+        let text = read(path)?;
+        raw::directory_of(path, &text)
+    }
+
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
-            file: path.to_owned(),
-            line: None,
-            key: String::new(),
-            message: format!("cannot read: {error}"),
-        })?;
+        let text = read(path)?;
         Self::parse(path, &text)
     }
 
     /// Validates configuration text as if read from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        raw::parse(path, text)
+        raw::parse(path, text, None)
     }
+
+    /// Reads and validates a gateway file with `[directory]`, as if
+    /// `staged` (a bundle written into the cache, not yet in use) were
+    /// the global configuration in use.
+    pub fn load_staged(
+        path: &Path,
+        staged: &crate::global::cache::Installed,
+    ) -> Result<Self, ConfigError> {
+        let text = read(path)?;
+        raw::parse(path, &text, Some(staged))
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|error| ConfigError {
+        file: path.to_owned(),
+        line: None,
+        key: String::new(),
+        message: format!("cannot read: {error}"),
+    })
 }
 
 /// Parses a retention: `90d`, or a duration as [`parse_duration`] does.

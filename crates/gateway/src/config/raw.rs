@@ -14,16 +14,18 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Config, ConfigError, ConsentConfig, ExchangeLogConfig, GatewayConfig, LimitsConfig, Member,
-    MemberLimits, OtlpConfig, PolicyConfig, PoolSettings, Provider, PublishedService, RateLimit,
-    StoreConfig, TelemetryConfig, UpstreamConfig, is_group_name, is_service_name, parse_duration,
-    parse_endpoint, parse_retention,
+    Config, ConfigError, ConsentConfig, DirectoryConfig, ExchangeLogConfig, GatewayConfig,
+    GlobalVersion, LimitsConfig, Member, MemberLimits, OtlpConfig, PolicyConfig, PoolSettings,
+    Provider, PublishedService, RateLimit, StoreConfig, TelemetryConfig, UpstreamConfig,
+    is_group_name, is_service_name, parse_duration, parse_endpoint, parse_retention,
 };
 use crate::identity::MemberId;
 use crate::identity::tls::{ClientTls, ServerTls};
 use crate::net::ListenerSettings;
 use crate::wire::headers::is_purpose_code;
 
+/// A gateway's file. Its shared sections (see [`RawGlobal`]) are here
+/// unless `[directory]` says they come from the instance's bundle.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -40,14 +42,59 @@ struct RawConfig {
     /// never runs them.
     #[serde(rename = "agencies")]
     _agencies: Option<serde::de::IgnoredAny>,
-    policy: RawPolicy,
+    policy: Option<Spanned<RawPolicy>>,
     #[serde(default)]
     purposes: BTreeMap<Spanned<String>, Spanned<String>>,
     exchange_log: Option<RawExchangeLog>,
     telemetry: Option<RawTelemetry>,
-    consent: Option<RawConsent>,
-    limits: Option<RawLimits>,
+    consent: Option<Spanned<RawConsent>>,
+    limits: Option<Spanned<RawLimits>>,
     store: Option<RawStore>,
+    directory: Option<RawDirectory>,
+    trust: Option<Spanned<RawTrust>>,
+}
+
+/// The sections an instance's gateways share: a bundle's `global.toml`,
+/// or the gateway's own file when it has no `[directory]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGlobal {
+    #[serde(default)]
+    members: BTreeMap<Spanned<String>, RawMember>,
+    #[serde(default)]
+    providers: BTreeMap<Spanned<String>, RawProvider>,
+    #[serde(default)]
+    services: BTreeMap<Spanned<String>, RawService>,
+    policy: Option<Spanned<RawPolicy>>,
+    #[serde(default)]
+    purposes: BTreeMap<Spanned<String>, Spanned<String>>,
+    consent: Option<Spanned<RawConsent>>,
+    limits: Option<Spanned<RawLimits>>,
+    trust: Option<Spanned<RawTrust>>,
+}
+
+/// `[directory]`: where the shared sections come from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDirectory {
+    url: Spanned<String>,
+    ca: Spanned<String>,
+    key: Spanned<String>,
+    interval: Option<Spanned<String>>,
+    cache: Option<Spanned<String>>,
+}
+
+/// `[trust]` of a bundle: the CAs and CRLs every gateway checks members'
+/// and backends' certificates against.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    client_ca: Spanned<String>,
+    #[serde(default)]
+    client_crls: Vec<Spanned<String>>,
+    server_ca: Spanned<String>,
+    #[serde(default)]
+    server_crls: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,7 +162,7 @@ struct RawGateway {
 struct RawServerTls {
     certificate: Spanned<String>,
     private_key: Spanned<String>,
-    client_ca: Spanned<String>,
+    client_ca: Option<Spanned<String>>,
     #[serde(default)]
     crls: Vec<Spanned<String>>,
     crl_grace: Option<Spanned<String>>,
@@ -126,7 +173,7 @@ struct RawServerTls {
 struct RawUpstream {
     certificate: Spanned<String>,
     private_key: Spanned<String>,
-    server_ca: Spanned<String>,
+    server_ca: Option<Spanned<String>>,
     #[serde(default)]
     crls: Vec<Spanned<String>>,
     crl_grace: Option<Spanned<String>>,
@@ -352,10 +399,201 @@ pub fn quoted(key: &str) -> String {
     }
 }
 
-pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+/// Validates the gateway file `text` read from `path`; with `[directory]`,
+/// with the global configuration `staged` in the cache, or else the one
+/// in use.
+pub(super) fn parse(
+    path: &Path,
+    text: &str,
+    staged: Option<&crate::global::cache::Installed>,
+) -> Result<Config, ConfigError> {
     let source = Source::new(path, text);
-    let raw = source.deserialize()?;
-    validate(&source, raw)
+    let mut raw: RawConfig = source.deserialize()?;
+    let Some(directory) = raw.directory.take() else {
+        if let Some(trust) = &raw.trust {
+            return Err(source.error(
+                "trust",
+                trust,
+                "[trust] belongs to an instance's global configuration (a directory's \
+                 bundle); a gateway's own file sets gateway.tls.client_ca and \
+                 upstream.server_ca",
+            ));
+        }
+        let global = raw.take_global();
+        return validate(&source, &source, raw, global, None);
+    };
+    raw.refuse_global(&source)?;
+    let directory = validate_directory(&source, &directory, &raw)?;
+    let cache = crate::global::cache::Cache::new(&directory.cache);
+    let cache_error = |message: String| ConfigError {
+        file: path.to_owned(),
+        line: None,
+        key: "directory".to_owned(),
+        message,
+    };
+    let installed = match staged
+        .map(|staged| Ok(Some(staged.clone())))
+        .unwrap_or_else(|| cache.current(&directory.verifier))
+    {
+        Ok(Some(installed)) => installed,
+        Ok(None) => {
+            return Err(cache_error(format!(
+                "no global configuration yet in {}: `govbridge run` fetches it from {} \
+                 before it starts",
+                directory.cache.display(),
+                directory.url
+            )));
+        }
+        Err(error) => {
+            return Err(cache_error(format!(
+                "the global configuration in use: {error}"
+            )));
+        }
+    };
+    let global_path = installed.dir.join(crate::global::GLOBAL_FILE);
+    let global_text = std::fs::read_to_string(&global_path).map_err(|error| ConfigError {
+        file: global_path.clone(),
+        line: None,
+        key: String::new(),
+        message: format!("cannot read: {error}"),
+    })?;
+    let shared = Source::new(&global_path, &global_text);
+    let global: RawGlobal = shared.deserialize()?;
+    if let Some(ledger) = global
+        .consent
+        .as_ref()
+        .and_then(|consent| consent.get_ref().ledger.as_ref())
+    {
+        return Err(shared.error(
+            "consent.ledger",
+            ledger,
+            "where a gateway counts consent uses is its own, not the instance's: its data \
+             directory (consent-ledger.sqlite) or the fleet's [store]",
+        ));
+    }
+    let version = GlobalVersion {
+        instance: installed.manifest.instance.clone(),
+        version: installed.manifest.version,
+        issued: installed.manifest.issued,
+        expires: installed.manifest.expires,
+        dir: installed.dir,
+    };
+    validate(&source, &shared, raw, global, Some((directory, version)))
+}
+
+/// The `[directory]` of the gateway file at `path`, if it has one: where
+/// its global configuration comes from, read before the rest is (the rest
+/// needs the bundle).
+pub(super) fn directory_of(
+    path: &Path,
+    text: &str,
+) -> Result<Option<DirectoryConfig>, ConfigError> {
+    let source = Source::new(path, text);
+    let raw: RawConfig = source.deserialize()?;
+    raw.directory
+        .as_ref()
+        .map(|directory| validate_directory(&source, directory, &raw))
+        .transpose()
+}
+
+impl RawConfig {
+    /// The shared sections, from this file.
+    fn take_global(&mut self) -> RawGlobal {
+        RawGlobal {
+            members: std::mem::take(&mut self.members),
+            providers: std::mem::take(&mut self.providers),
+            services: std::mem::take(&mut self.services),
+            policy: self.policy.take(),
+            purposes: std::mem::take(&mut self.purposes),
+            consent: self.consent.take(),
+            limits: self.limits.take(),
+            trust: self.trust.take(),
+        }
+    }
+
+    /// With `[directory]`, the shared sections come from the bundle only.
+    fn refuse_global(&self, source: &Source<'_>) -> Result<(), ConfigError> {
+        let first = |keys: Option<&Spanned<String>>| keys.map(|key| key.span());
+        let present = [
+            ("members", first(self.members.keys().next())),
+            ("providers", first(self.providers.keys().next())),
+            ("services", first(self.services.keys().next())),
+            ("policy", self.policy.as_ref().map(Spanned::span)),
+            ("purposes", first(self.purposes.keys().next())),
+            ("consent", self.consent.as_ref().map(Spanned::span)),
+            ("limits", self.limits.as_ref().map(Spanned::span)),
+            ("trust", self.trust.as_ref().map(Spanned::span)),
+        ];
+        if let Some((section, span)) = present
+            .into_iter()
+            .find_map(|(section, span)| Some((section, span?)))
+        {
+            return Err(source.error(
+                section,
+                &Spanned::new(span, ()),
+                format!(
+                    "[{section}] comes from the instance's global configuration, since this \
+                     file has [directory]: publish it there, and remove it here"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[directory]`, checked.
+fn validate_directory(
+    source: &Source<'_>,
+    raw: &RawDirectory,
+    config: &RawConfig,
+) -> Result<DirectoryConfig, ConfigError> {
+    let url: http::Uri = raw
+        .url
+        .get_ref()
+        .parse()
+        .ok()
+        .filter(|url: &http::Uri| url.scheme_str() == Some("https") && url.host().is_some())
+        .ok_or_else(|| {
+            source.error(
+                "directory.url",
+                &raw.url,
+                format!(
+                    "`{}` is not an https:// URL such as https://directory.gov.sn/bundle.json",
+                    raw.url.get_ref()
+                ),
+            )
+        })?;
+    let key_path = source.path(&raw.key);
+    let verifier = crate::note::Verifier::read(&key_path)
+        .map_err(|message| source.error("directory.key", &raw.key, message))?;
+    let interval = source.duration(
+        "directory.interval",
+        raw.interval.as_ref(),
+        Duration::from_secs(60),
+        Duration::from_millis(100)..=Duration::from_secs(24 * 3600),
+    )?;
+    let cache = match &raw.cache {
+        Some(cache) => source.path(cache),
+        None => config
+            .exchange_log
+            .as_ref()
+            .and_then(|log| log.data_dir.as_ref())
+            .map_or_else(|| source.dir.join("data"), |dir| source.path(dir))
+            .join("directory"),
+    };
+    let instance = source
+        .member("gateway.identity", &config.gateway.identity)?
+        .instance()
+        .to_owned();
+    Ok(DirectoryConfig {
+        url,
+        ca: source.path(&raw.ca),
+        key: key_path,
+        verifier,
+        interval,
+        cache,
+        instance,
+    })
 }
 
 impl Source<'_> {
@@ -432,7 +670,17 @@ fn admin_endpoint(
     Ok(Some(address))
 }
 
-fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
+/// The whole configuration: the gateway's own sections from `source`, the
+/// shared ones (`global`) from `shared` (the same file, or the bundle's
+/// `global.toml` when `directory` says where it came from).
+fn validate(
+    source: &Source<'_>,
+    shared: &Source<'_>,
+    raw: RawConfig,
+    global: RawGlobal,
+    directory: Option<(DirectoryConfig, GlobalVersion)>,
+) -> Result<Config, ConfigError> {
+    let trust = Trust::of(source, shared, &raw, global.trust.as_ref())?;
     let gateway = &raw.gateway;
     let listener = listener_settings(source, gateway)?;
     if gateway.node_id.get_ref().is_empty() || gateway.node_id.get_ref().len() > 64 {
@@ -450,13 +698,8 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
         tls: ServerTls {
             certificate: source.path(&gateway.tls.certificate),
             private_key: source.path(&gateway.tls.private_key),
-            client_ca: source.path(&gateway.tls.client_ca),
-            crls: gateway
-                .tls
-                .crls
-                .iter()
-                .map(|crl| source.path(crl))
-                .collect(),
+            client_ca: trust.client_ca,
+            crls: trust.client_crls,
             crl_grace: source.crl_grace("gateway.tls.crl_grace", gateway.tls.crl_grace.as_ref())?,
         },
         listener,
@@ -464,15 +707,10 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
 
     let upstream = UpstreamConfig {
         tls: ClientTls {
-            server_ca: source.path(&raw.upstream.server_ca),
+            server_ca: trust.server_ca,
             certificate: source.path(&raw.upstream.certificate),
             private_key: source.path(&raw.upstream.private_key),
-            crls: raw
-                .upstream
-                .crls
-                .iter()
-                .map(|crl| source.path(crl))
-                .collect(),
+            crls: trust.server_crls,
             crl_grace: source.crl_grace("upstream.crl_grace", raw.upstream.crl_grace.as_ref())?,
         },
         connect_timeout: source.duration(
@@ -491,19 +729,19 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
     };
 
     let mut members = BTreeMap::new();
-    for (key, member) in &raw.members {
+    for (key, member) in &global.members {
         let path = format!("members.{}", quoted(key.get_ref()));
-        let id = source.member(&path, key)?;
+        let id = shared.member(&path, key)?;
         if member.name.get_ref().trim().is_empty() {
-            return Err(source.error(format!("{path}.name"), &member.name, "must not be empty"));
+            return Err(shared.error(format!("{path}.name"), &member.name, "must not be empty"));
         }
         if members.contains_key(&id) {
-            return Err(source.error(&path, key, format!("member {id} is registered twice")));
+            return Err(shared.error(&path, key, format!("member {id} is registered twice")));
         }
         let mut groups = Vec::new();
         for (index, group) in member.groups.iter().enumerate() {
             if !is_group_name(group.get_ref()) {
-                return Err(source.error(
+                return Err(shared.error(
                     format!("{path}.groups[{index}]"),
                     group,
                     format!(
@@ -525,18 +763,18 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
     }
 
     let mut providers = BTreeMap::new();
-    for (key, provider) in &raw.providers {
+    for (key, provider) in &global.providers {
         let path = format!("providers.{}", quoted(key.get_ref()));
-        let id = source.member(&path, key)?;
+        let id = shared.member(&path, key)?;
         if !members.contains_key(&id) {
-            return Err(source.error(
+            return Err(shared.error(
                 &path,
                 key,
                 format!("provider {id} is not a registered member (add it under [members])"),
             ));
         }
         if provider.endpoints.get_ref().is_empty() {
-            return Err(source.error(
+            return Err(shared.error(
                 format!("{path}.endpoints"),
                 &provider.endpoints,
                 "a provider needs at least one endpoint",
@@ -553,36 +791,36 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
             .enumerate()
             .map(|(index, endpoint)| {
                 parse_endpoint(endpoint.get_ref(), tls_name).map_err(|message| {
-                    source.error(format!("{path}.endpoints[{index}]"), endpoint, message)
+                    shared.error(format!("{path}.endpoints[{index}]"), endpoint, message)
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
         if providers.contains_key(&id) {
-            return Err(source.error(&path, key, format!("provider {id} is configured twice")));
+            return Err(shared.error(&path, key, format!("provider {id} is configured twice")));
         }
         providers.insert(id.clone(), Provider { id, endpoints });
     }
 
     let mut services = BTreeMap::new();
-    for (key, service) in &raw.services {
+    for (key, service) in &global.services {
         let name = key.get_ref();
         let path = format!("services.{}", quoted(name));
         if crate::catalog::LOCAL_SERVICES.contains(&name.as_str()) {
-            return Err(source.error(
+            return Err(shared.error(
                 &path,
                 key,
                 format!("`{name}` is served by the gateway itself and cannot be published"),
             ));
         }
         if !is_service_name(name) {
-            return Err(source.error(
+            return Err(shared.error(
                 &path,
                 key,
                 format!("`{name}` is not a full gRPC service name such as `pkg.v1.Service`"),
             ));
         }
         if service.providers.get_ref().is_empty() {
-            return Err(source.error(
+            return Err(shared.error(
                 format!("{path}.providers"),
                 &service.providers,
                 "a service needs at least one provider",
@@ -591,17 +829,17 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
         let mut service_providers = Vec::new();
         for (index, provider) in service.providers.get_ref().iter().enumerate() {
             let key = format!("{path}.providers[{index}]");
-            let id = source.member(&key, provider)?;
+            let id = shared.member(&key, provider)?;
             if !providers.contains_key(&id) {
                 let known: Vec<String> = providers.keys().map(ToString::to_string).collect();
-                return Err(source.error(
+                return Err(shared.error(
                     &key,
                     provider,
                     format!("unknown provider {id} (known: {})", known.join(", ")),
                 ));
             }
             if service_providers.contains(&id) {
-                return Err(source.error(&key, provider, format!("provider {id} is listed twice")));
+                return Err(shared.error(&key, provider, format!("provider {id} is listed twice")));
             }
             service_providers.push(id);
         }
@@ -609,7 +847,7 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
             .max_deadline
             .as_ref()
             .map(|value| {
-                source.duration(
+                shared.duration(
                     &format!("{path}.max_deadline"),
                     Some(value),
                     Duration::ZERO,
@@ -617,7 +855,7 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
                 )
             })
             .transpose()?;
-        let idempotent = idempotent_methods(source, &path, name, &service.idempotent)?;
+        let idempotent = idempotent_methods(shared, &path, name, &service.idempotent)?;
         services.insert(
             name.clone(),
             PublishedService {
@@ -630,10 +868,10 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
     }
 
     let mut purposes = BTreeMap::new();
-    for (code, description) in &raw.purposes {
+    for (code, description) in &global.purposes {
         let path = format!("purposes.{}", quoted(code.get_ref()));
         if !is_purpose_code(code.get_ref()) {
-            return Err(source.error(
+            return Err(shared.error(
                 &path,
                 code,
                 format!(
@@ -644,19 +882,31 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
         }
         purposes.insert(code.get_ref().clone(), description.get_ref().clone());
     }
+    let Some(policy) = global.policy.as_ref().map(Spanned::get_ref) else {
+        return Err(ConfigError {
+            file: shared.path.to_owned(),
+            line: None,
+            key: "policy".to_owned(),
+            message: "missing section: [policy] names the schema and the policies".to_owned(),
+        });
+    };
     let policy = PolicyConfig {
-        schema: source.path(&raw.policy.schema),
-        policies: source.path(&raw.policy.policies),
+        schema: shared.path(&policy.schema),
+        policies: shared.path(&policy.policies),
     };
 
     let exchange_log = validate_exchange_log(source, raw.exchange_log.as_ref(), &gateway_config)?;
     let telemetry = validate_telemetry(source, raw.telemetry.as_ref())?;
-    let consent = raw
+    let consent = global
         .consent
         .as_ref()
-        .map(|consent| validate_consent(source, consent, &providers, &exchange_log))
+        .map(|consent| validate_consent(shared, consent.get_ref(), &providers, &exchange_log))
         .transpose()?;
-    let limits = validate_limits(source, raw.limits.as_ref(), &members)?;
+    let limits = validate_limits(
+        shared,
+        global.limits.as_ref().map(Spanned::get_ref),
+        &members,
+    )?;
     let store = raw
         .store
         .as_ref()
@@ -717,7 +967,73 @@ fn validate(source: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> 
         consent,
         limits,
         store,
+        directory: directory.as_ref().map(|(directory, _)| directory.clone()),
+        global: directory.map(|(_, version)| version),
     })
+}
+
+/// The CAs and CRLs that members' and backends' certificates are checked
+/// against: the gateway's own file sets them, or the global
+/// configuration's `[trust]` does, never both.
+struct Trust {
+    client_ca: PathBuf,
+    client_crls: Vec<PathBuf>,
+    server_ca: PathBuf,
+    server_crls: Vec<PathBuf>,
+}
+
+impl Trust {
+    fn of(
+        source: &Source<'_>,
+        shared: &Source<'_>,
+        raw: &RawConfig,
+        global: Option<&Spanned<RawTrust>>,
+    ) -> Result<Self, ConfigError> {
+        let local = [
+            ("gateway.tls.client_ca", raw.gateway.tls.client_ca.as_ref()),
+            ("gateway.tls.crls", raw.gateway.tls.crls.first()),
+            ("upstream.server_ca", raw.upstream.server_ca.as_ref()),
+            ("upstream.crls", raw.upstream.crls.first()),
+        ];
+        let paths = |source: &Source<'_>, crls: &[Spanned<String>]| {
+            crls.iter().map(|crl| source.path(crl)).collect()
+        };
+        if let Some(trust) = global {
+            if let Some((key, value)) = local
+                .into_iter()
+                .find_map(|(key, value)| Some((key, value?)))
+            {
+                return Err(source.error(
+                    key,
+                    value,
+                    "set by the global configuration's [trust]: remove it here",
+                ));
+            }
+            let trust = trust.get_ref();
+            return Ok(Self {
+                client_ca: shared.path(&trust.client_ca),
+                client_crls: paths(shared, &trust.client_crls),
+                server_ca: shared.path(&trust.server_ca),
+                server_crls: paths(shared, &trust.server_crls),
+            });
+        }
+        let required = |key: &str, value: Option<&Spanned<String>>| {
+            value
+                .map(|value| source.path(value))
+                .ok_or_else(|| ConfigError {
+                    file: source.path.to_owned(),
+                    line: None,
+                    key: key.to_owned(),
+                    message: "missing key".to_owned(),
+                })
+        };
+        Ok(Self {
+            client_ca: required("gateway.tls.client_ca", raw.gateway.tls.client_ca.as_ref())?,
+            client_crls: paths(source, &raw.gateway.tls.crls),
+            server_ca: required("upstream.server_ca", raw.upstream.server_ca.as_ref())?,
+            server_crls: paths(source, &raw.upstream.crls),
+        })
+    }
 }
 
 /// What the fleet's log (`[store]` with the exchange log on) asks of

@@ -26,7 +26,8 @@ pub mod archive;
 pub mod fleet;
 pub mod lookup;
 pub mod merkle;
-pub mod note;
+/// Signed notes: the log's checkpoints (kept here, where they began).
+pub use crate::note;
 pub mod store;
 pub mod verify;
 

@@ -207,6 +207,7 @@ impl Admin {
                     self.metrics
                         .render(log, state.certificates(), state.crls(), &self.listener);
                 render_endpoints(&mut rendered, &state);
+                render_global(&mut rendered, &state);
                 if let Some(fleet) = &self.fleet {
                     render_fleet(&mut rendered, &state, fleet);
                 }
@@ -301,6 +302,14 @@ impl Admin {
         }
         let state = self.state.load_full();
         let now = crate::unix_time::now();
+        if let Some(global) = state.expired_global(now) {
+            problems.push(format!(
+                "the global configuration (version {}) expired at {}: every call is refused \
+                 until the directory gives a newer one",
+                global.version,
+                crate::unix_time::rfc3339(global.expires)
+            ));
+        }
         for (name, not_after) in state.certificates() {
             if *not_after <= now {
                 problems.push(format!("{name} has expired"));
@@ -408,6 +417,26 @@ fn render_fleet(
 
 /// The gauges and counters of each backend endpoint, read from the pools
 /// of the current configuration.
+/// The global configuration in use: its version and when it expires.
+fn render_global(out: &mut String, state: &crate::proxy::GatewayState) {
+    use std::fmt::Write as _;
+    let Some(global) = state.global() else {
+        return;
+    };
+    let _ = write!(
+        out,
+        "# HELP govbridge_global_configuration_version The version of the global configuration in use.\n\
+         # TYPE govbridge_global_configuration_version gauge\n\
+         govbridge_global_configuration_version{{instance=\"{instance}\"}} {version}\n\
+         # HELP govbridge_global_configuration_expiry_timestamp_seconds When the global configuration in use expires: past it, every call is refused.\n\
+         # TYPE govbridge_global_configuration_expiry_timestamp_seconds gauge\n\
+         govbridge_global_configuration_expiry_timestamp_seconds{{instance=\"{instance}\"}} {expires}\n",
+        instance = global.instance,
+        version = global.version,
+        expires = global.expires,
+    );
+}
+
 fn render_endpoints(out: &mut String, state: &crate::proxy::GatewayState) {
     use std::fmt::Write as _;
     let mut pools: Vec<_> = state.pools().collect();

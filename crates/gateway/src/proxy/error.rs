@@ -89,6 +89,15 @@ pub enum GatewayError {
     /// The exchange log cannot record the call, so it is not forwarded.
     #[error("the exchange log cannot record this call, so the gateway refuses it; retry later")]
     ExchangeLogUnavailable(String),
+    /// The global configuration this gateway runs has expired, and no
+    /// newer one could be fetched from the directory: nothing it says
+    /// (members, CAs, policies) can be trusted to be current.
+    #[error(
+        "this gateway's global configuration (version {version}) expired at {}, and the \
+         directory has not given it a newer one: it forwards no call until it has",
+        crate::unix_time::rfc3339(*expired)
+    )]
+    GlobalConfigurationExpired { version: u64, expired: i64 },
     /// The consent's use cannot be made durable, so the call, which would
     /// spend it, is not forwarded.
     #[error(
@@ -190,6 +199,7 @@ impl GatewayError {
             | Self::UpstreamIdentity { .. }
             | Self::UpstreamFailed { .. }
             | Self::ExchangeLogUnavailable(_)
+            | Self::GlobalConfigurationExpired { .. }
             | Self::ConsentUseUnrecorded(_) => Code::Unavailable,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::Cancelled(_) => Code::Cancelled,
@@ -222,6 +232,7 @@ impl GatewayError {
             Self::DeadlineExceeded(_) => "deadline-exceeded",
             Self::Cancelled(_) => "cancelled",
             Self::ExchangeLogUnavailable(_) => "exchange-log-unavailable",
+            Self::GlobalConfigurationExpired { .. } => "global-configuration-expired",
             Self::ConsentUseUnrecorded(_) => "consent-ledger-unavailable",
             Self::OutcomeUnrecorded(_) => "exchange-log-outcome-unrecorded",
             Self::RateLimited { .. } => "rate-limited",
@@ -253,6 +264,7 @@ impl GatewayError {
             | Self::UpstreamIdentity { .. }
             | Self::UpstreamFailed { .. } => Blame::Upstream,
             Self::ExchangeLogUnavailable(_)
+            | Self::GlobalConfigurationExpired { .. }
             | Self::ConsentUseUnrecorded(_)
             | Self::OutcomeUnrecorded(_) => Blame::Gateway,
             Self::RateLimited { .. } | Self::TooManyCalls { .. } | Self::MessageTooLarge { .. } => {
@@ -269,6 +281,7 @@ impl GatewayError {
             self,
             Self::UpstreamUnavailable { .. }
                 | Self::ExchangeLogUnavailable(_)
+                | Self::GlobalConfigurationExpired { .. }
                 | Self::ConsentUseUnrecorded(_)
                 | Self::Consent(crate::consent::ConsentRefusal::StatusUnknown)
         ) || self.is_limit_refusal()

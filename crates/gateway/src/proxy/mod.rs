@@ -29,6 +29,7 @@ mod body;
 mod call;
 mod error;
 mod gateway;
+pub mod global;
 pub mod limits;
 mod record;
 mod reload;

@@ -34,17 +34,60 @@ pub enum ReloadError {
         file: std::path::PathBuf,
         error: Box<StartError>,
     },
+    #[error("{}: cannot switch the global configuration in use: {error}", file.display())]
+    Cache {
+        file: std::path::PathBuf,
+        error: String,
+    },
 }
 
 impl Reloader {
     /// Re-reads the configuration file and everything it names, and swaps
     /// it in if it is valid.
     pub fn reload(&self) -> Result<(), ReloadError> {
+        self.apply(Config::load(&self.source), || Ok(()))?;
+        tracing::info!(config = %self.source.display(), "configuration reloaded");
+        Ok(())
+    }
+
+    /// Runs the global configuration `staged` in the cache, if the whole
+    /// configuration is valid with it: it becomes the one in use (the
+    /// cache's pointer moves) only then, and before calls see it.
+    pub fn apply_global(
+        &self,
+        cache: &crate::global::cache::Cache,
+        staged: &crate::global::cache::Installed,
+    ) -> Result<(), ReloadError> {
+        let commit = || {
+            cache.commit(staged).map_err(|error| ReloadError::Cache {
+                file: self.source.clone(),
+                error: error.to_string(),
+            })
+        };
+        let started = std::time::Instant::now();
+        self.apply(Config::load_staged(&self.source, staged), commit)?;
+        self.metrics.global_applied(started.elapsed());
+        tracing::info!(
+            version = staged.manifest.version,
+            expires = %crate::unix_time::rfc3339(staged.manifest.expires),
+            took_ms = started.elapsed().as_millis(),
+            "global configuration applied"
+        );
+        Ok(())
+    }
+
+    /// Builds everything `loaded` needs, then `commit`s and swaps it in;
+    /// on any error the configuration in use keeps serving.
+    fn apply(
+        &self,
+        loaded: Result<Config, crate::config::ConfigError>,
+        commit: impl FnOnce() -> Result<(), ReloadError>,
+    ) -> Result<(), ReloadError> {
         let start_error = |error| ReloadError::Start {
             file: self.source.clone(),
             error: Box::new(error),
         };
-        let built = Config::load(&self.source)
+        let built = loaded
             .map_err(ReloadError::from)
             .and_then(|config| {
                 let tls = config
@@ -55,7 +98,8 @@ impl Reloader {
                 let state =
                     GatewayState::after(&config, Some(&self.state.load())).map_err(start_error)?;
                 Ok((tls, state))
-            });
+            })
+            .and_then(|built| commit().map(|()| built));
         self.metrics.reload(built.is_ok());
         if let Err(ReloadError::Start { error, .. }) = &built
             && error.is_stale_crl()
@@ -68,7 +112,6 @@ impl Reloader {
         }
         self.listener_tls.store(tls);
         self.state.store(Arc::new(state));
-        tracing::info!(config = %self.source.display(), "configuration reloaded");
         Ok(())
     }
 

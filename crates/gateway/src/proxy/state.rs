@@ -53,6 +53,9 @@ pub struct GatewayState {
     /// What a fleet's nodes compare: this configuration's shared part
     /// and its policies, hashed.
     pub(super) fingerprints: (String, String),
+    /// The global configuration this state was built from, when a
+    /// directory publishes it: past its expiry, calls are refused.
+    pub(super) global: Option<crate::config::GlobalVersion>,
 }
 
 impl crate::directory::GatewayView for GatewayState {
@@ -176,7 +179,19 @@ impl GatewayState {
             // level.
             limits: Limits::after(&config.limits, previous.map(|previous| &previous.limits)),
             fingerprints,
+            global: config.global.clone(),
         })
+    }
+
+    /// The global configuration in use, when a directory publishes it.
+    pub fn global(&self) -> Option<&crate::config::GlobalVersion> {
+        self.global.as_ref()
+    }
+
+    /// The global configuration in use, if it has expired at `now`
+    /// (seconds since the epoch): no call may be forwarded under it.
+    pub fn expired_global(&self, now: i64) -> Option<&crate::config::GlobalVersion> {
+        self.global.as_ref().filter(|global| now >= global.expires)
     }
 
     /// This gateway's node id.

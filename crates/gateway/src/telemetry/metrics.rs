@@ -135,6 +135,12 @@ pub struct Metrics {
     /// Calls the gateway refused or failed, by `bridge-error` kind.
     refusals: Family<&'static str, AtomicU64>,
     reloads: Family<&'static str, AtomicU64>,
+    /// Polls of the directory for the global configuration, by result
+    /// and, for refusals, reason.
+    global_fetches: Family<(&'static str, &'static str), AtomicU64>,
+    /// How long the last global configuration applied took to load and
+    /// swap in, in microseconds.
+    global_apply_us: AtomicU64,
     /// When the last reload of each result happened, seconds since the
     /// epoch.
     last_reload: Family<&'static str, AtomicU64>,
@@ -169,6 +175,8 @@ impl Default for Metrics {
             upstream: Family::default(),
             refusals: Family::default(),
             reloads: Family::default(),
+            global_fetches: Family::default(),
+            global_apply_us: AtomicU64::new(0),
             last_reload: Family::default(),
             in_flight: Arc::default(),
             limit_refusals: Family::default(),
@@ -233,6 +241,22 @@ impl Metrics {
         self.reloads.get(&result).fetch_add(1, Ordering::Relaxed);
         let now = u64::try_from(crate::unix_time::now()).unwrap_or(0);
         self.last_reload.get(&result).store(now, Ordering::Relaxed);
+    }
+
+    /// A poll of the directory ended with `result`: `applied`,
+    /// `unchanged`, `refused` (for `reason`: a bundle that fails a check,
+    /// or a configuration that would not load) or `unreachable`.
+    pub fn global_fetch(&self, result: &'static str, reason: &'static str) {
+        self.global_fetches
+            .get(&(result, reason))
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A global configuration was applied in `took` (loaded, built and
+    /// swapped in).
+    pub fn global_applied(&self, took: Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.global_apply_us.store(micros, Ordering::Relaxed);
     }
 
     /// A CRL past its next update was loaded: `refused` (a failed reload)
@@ -356,6 +380,41 @@ impl Metrics {
                 out,
                 "govbridge_unrecorded_refusals_total{{kind=\"{kind}\"}} {}",
                 count.load(Ordering::Relaxed)
+            );
+        }
+
+        header(
+            &mut out,
+            "govbridge_global_configuration_fetches_total",
+            "counter",
+            "Polls of the directory for the global configuration: applied, unchanged, refused \
+             (with the reason: unsigned, altered, replayed, expired, invalid...) or unreachable.",
+        );
+        for ((result, reason), count) in self.global_fetches.snapshot() {
+            let reason = if reason.is_empty() {
+                String::new()
+            } else {
+                format!(",reason=\"{reason}\"")
+            };
+            let _ = writeln!(
+                out,
+                "govbridge_global_configuration_fetches_total{{result=\"{result}\"{reason}}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
+
+        let applied = self.global_apply_us.load(Ordering::Relaxed);
+        if applied > 0 {
+            header(
+                &mut out,
+                "govbridge_global_configuration_last_apply_seconds",
+                "gauge",
+                "How long the last global configuration applied took to load, build and swap in.",
+            );
+            let _ = writeln!(
+                out,
+                "govbridge_global_configuration_last_apply_seconds {}",
+                applied as f64 / 1e6
             );
         }
 

@@ -479,17 +479,7 @@ pub fn render(comparison: &Comparison) -> String {
     }
     out.push_str(&format!("everything-on: {}\n\n", comparison.everything_on));
     out.push_str("targets (issue 8)\n");
-    for check in &comparison.targets {
-        let verdict = match check.met {
-            Some(true) => "met",
-            Some(false) => "NOT MET",
-            None => "-",
-        };
-        out.push_str(&format!(
-            "  {:<7} {}: {} (goal {})\n",
-            verdict, check.name, check.measured, check.goal
-        ));
-    }
+    out.push_str(&report::verdicts(&comparison.targets));
     out
 }
 

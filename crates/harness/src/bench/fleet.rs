@@ -392,16 +392,6 @@ pub fn render(report: &FleetReport) -> String {
     let runs: Vec<&RunSummary> = report.runs.iter().collect();
     out.push_str(&report::table("everything on, one run", &runs));
     out.push('\n');
-    for check in &report.targets {
-        let verdict = match check.met {
-            Some(true) => "met",
-            Some(false) => "NOT MET",
-            None => "-",
-        };
-        out.push_str(&format!(
-            "{}: {} (goal {}): {verdict}\n",
-            check.name, check.measured, check.goal
-        ));
-    }
+    out.push_str(&report::verdicts(&report.targets));
     out
 }

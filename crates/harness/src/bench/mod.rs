@@ -16,6 +16,8 @@
 //!   other in one run.
 //! - [`fleet`]: `govbridge bench fleet`, the fleet's PostgreSQL store
 //!   against one node's SQLite store.
+//! - [`directory`]: `govbridge bench directory`, publications of a large
+//!   global configuration reaching gateways that poll it, under load.
 //! - [`soak`]: `govbridge bench soak`, everything on at saturation for a
 //!   long time, with the exchange log's disk, the process's memory and
 //!   files watched as it goes.
@@ -24,6 +26,7 @@
 //! the gateway from outside, as a partner would.
 
 pub mod compare;
+pub mod directory;
 pub mod echo;
 pub mod fleet;
 pub mod load;

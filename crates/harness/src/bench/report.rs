@@ -169,3 +169,20 @@ pub fn title(plan: &LoadPlan) -> String {
         plan.warmup.as_secs_f64()
     )
 }
+
+/// Target checks, one line each: verdict, what, measured, goal.
+pub fn verdicts(checks: &[crate::bench::compare::TargetCheck]) -> String {
+    let mut out = String::new();
+    for check in checks {
+        let verdict = match check.met {
+            Some(true) => "met",
+            Some(false) => "NOT MET",
+            None => "-",
+        };
+        out.push_str(&format!(
+            "  {verdict:<7} {}: {} (goal {})\n",
+            check.name, check.measured, check.goal
+        ));
+    }
+    out
+}

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::bench::compare::{Bed, free_port};
@@ -466,18 +465,8 @@ struct Metrics {
 
 /// Reads the admin endpoint's `/metrics` (plain HTTP on loopback).
 async fn scrape(admin: SocketAddr) -> anyhow::Result<Metrics> {
-    let mut stream = tokio::net::TcpStream::connect(admin).await?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await?;
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|value| value.trim().parse::<f64>().ok())
-            .map_or(0, |value| value as u64)
-    };
+    let text = crate::bench::process::metrics_text(admin).await?;
+    let value = |name: &str| crate::bench::process::sample(&text, name) as u64;
     let slow =
         format!("govbridge_exchange_log_commit_seconds_bucket{{le=\"{SLOW_COMMIT_SECONDS}\"}}");
     anyhow::ensure!(

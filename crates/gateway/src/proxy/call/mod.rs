@@ -111,6 +111,12 @@ impl Call<'_> {
         if crate::catalog::is_local(self.uri.path()) {
             return Ok(self.serve_locally(request, admitted).await);
         }
+        if let Some(global) = self.state.expired_global(crate::unix_time::now()) {
+            return Err(GatewayError::GlobalConfigurationExpired {
+                version: global.version,
+                expired: global.expires,
+            });
+        }
         let routed = self.route(&headers)?;
         let deciding = Instant::now();
         let consent = self.authorize(&admitted.caller, &headers, routed.provider.provider())?;

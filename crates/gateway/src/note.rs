@@ -17,7 +17,8 @@ use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use super::merkle::Hash;
+/// A SHA-256 hash, as the tree's roots are.
+type Hash = [u8; 32];
 
 /// The signature algorithm byte of Ed25519 in signed notes.
 const ALG_ED25519: u8 = 0x01;

@@ -1,0 +1,184 @@
+//! The bundles a gateway keeps on disk: the one it runs, which it starts
+//! from when the directory cannot be reached, and the one before.
+//!
+//! ```text
+//! DIR/current              "7": the version in use, replaced atomically
+//! DIR/v7/manifest.note     its signed manifest
+//! DIR/v7/global.toml       its files, as published
+//! DIR/v7/policies/...
+//! ```
+//!
+//! A bundle is written in full (each file synced) under a temporary name,
+//! renamed into place, and only then pointed to: a crash at any moment
+//! leaves the previous one in use. Reading the one in use checks its
+//! manifest's signature and every file's hash again.
+
+use std::path::{Path, PathBuf};
+
+use super::{Bundle, BundleError, Manifest};
+use crate::note::Verifier;
+
+/// The file that names the version in use.
+const CURRENT: &str = "current";
+/// The signed manifest, in each version's directory.
+const MANIFEST: &str = "manifest.note";
+
+/// A gateway's cache of bundles, in a directory of its own.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    dir: PathBuf,
+}
+
+/// A bundle extracted in the cache.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    /// Where its files are.
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+/// Why the cache cannot give the bundle in use.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("{}: {error}", path.display())]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{}: {error}", path.display())]
+    Bundle { path: PathBuf, error: BundleError },
+}
+
+impl Cache {
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn version_dir(&self, version: u64) -> PathBuf {
+        self.dir.join(format!("v{version}"))
+    }
+
+    /// The bundle in use, if any, checked again: its manifest's signature
+    /// by `verifier` and every file's hash.
+    pub fn current(&self, verifier: &Verifier) -> Result<Option<Installed>, CacheError> {
+        let pointer = self.dir.join(CURRENT);
+        let version = match std::fs::read_to_string(&pointer) {
+            Ok(text) => text.trim().parse::<u64>().map_err(|_| CacheError::Bundle {
+                path: pointer.clone(),
+                error: BundleError::Malformed(format!("`{}` is not a version", text.trim())),
+            })?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => {
+                return Err(CacheError::Io {
+                    path: pointer,
+                    error,
+                });
+            }
+        };
+        self.read(version, verifier).map(Some)
+    }
+
+    /// The bundle of `version`, extracted in the cache, checked again.
+    fn read(&self, version: u64, verifier: &Verifier) -> Result<Installed, CacheError> {
+        let dir = self.version_dir(version);
+        let read =
+            |path: PathBuf| std::fs::read(&path).map_err(|error| CacheError::Io { path, error });
+        let note_path = dir.join(MANIFEST);
+        let note = String::from_utf8(read(note_path.clone())?).unwrap_or_default();
+        let bundle_error = |path: &Path, error| CacheError::Bundle {
+            path: path.to_owned(),
+            error,
+        };
+        let text = verifier
+            .open(&note)
+            .map_err(|error| bundle_error(&note_path, BundleError::Unsigned(error)))?;
+        let manifest = Manifest::parse(text).map_err(|error| bundle_error(&note_path, error))?;
+        for (name, hash) in &manifest.files {
+            let path = dir.join(name);
+            if super::sha256(&read(path.clone())?) != *hash {
+                return Err(bundle_error(&path, BundleError::Altered(name.clone())));
+            }
+        }
+        Ok(Installed { dir, manifest })
+    }
+
+    /// Writes `bundle` into the cache, beside the one in use, which it
+    /// does not replace: that is [`Cache::commit`]'s, once the gateway has
+    /// checked that it can run it.
+    pub fn stage(&self, bundle: &Bundle) -> Result<Installed, CacheError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |error| CacheError::Io { path, error }
+        };
+        let dir = self.version_dir(bundle.manifest.version);
+        let staging = self.dir.join(format!(
+            ".v{}.{}.tmp",
+            bundle.manifest.version,
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+        let written = (|| {
+            for (name, bytes) in &bundle.files {
+                let path = staging.join(name);
+                crate::keys::write_file(&path, bytes, 0o644).map_err(io(&path))?;
+            }
+            let path = staging.join(MANIFEST);
+            crate::keys::write_file(&path, bundle.note.as_bytes(), 0o644).map_err(io(&path))?;
+            // A version staged before (and never used, or used and left)
+            // is replaced whole.
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+            }
+            std::fs::rename(&staging, &dir).map_err(io(&dir))?;
+            sync_dir(&self.dir).map_err(io(&self.dir))
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        written?;
+        Ok(Installed {
+            dir,
+            manifest: bundle.manifest.clone(),
+        })
+    }
+
+    /// Makes `installed` the bundle in use, then removes every other
+    /// version but the one it replaces.
+    pub fn commit(&self, installed: &Installed) -> Result<(), CacheError> {
+        let pointer = self.dir.join(CURRENT);
+        let previous = std::fs::read_to_string(&pointer)
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok());
+        let version = installed.manifest.version;
+        crate::keys::write_file(&pointer, format!("{version}\n").as_bytes(), 0o644).map_err(
+            |error| CacheError::Io {
+                path: pointer.clone(),
+                error,
+            },
+        )?;
+        let keep = [Some(version), previous];
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let old = name
+                    .strip_prefix('v')
+                    .and_then(|number| number.parse::<u64>().ok())
+                    .is_some_and(|number| !keep.contains(&Some(number)));
+                if old || (name.starts_with(".v") && name.ends_with(".tmp")) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}

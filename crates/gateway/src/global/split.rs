@@ -1,0 +1,178 @@
+//! Moving a gateway to a directory: splits one gateway file into what
+//! stays its own and a publication directory of what its instance shares
+//! (`global.toml`, the policies, the CAs and CRLs, the consent issuer
+//! keys), ready for `govbridge directory publish`.
+//!
+//! Both are written as TOML tables: comments of the original file are not
+//! carried over.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use toml::{Table, Value};
+
+/// The sections that move whole.
+const SHARED: [&str; 6] = [
+    "members",
+    "providers",
+    "services",
+    "purposes",
+    "policy",
+    "limits",
+];
+
+/// A gateway file, split.
+#[derive(Debug)]
+pub struct Split {
+    /// The gateway's own file, with `[directory]` added.
+    pub local: String,
+    /// The publication directory's files, by path: `global.toml` and the
+    /// files it names.
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+/// Where the gateway will find the directory.
+#[derive(Debug)]
+pub struct DirectorySettings<'a> {
+    pub url: &'a str,
+    /// Paths as the gateway file will name them.
+    pub ca: &'a str,
+    pub key: &'a str,
+    pub interval: &'a str,
+}
+
+/// Splits the gateway file at `path` (relative paths in it resolved
+/// against its directory).
+pub fn split(path: &Path, directory: &DirectorySettings<'_>) -> Result<Split, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?;
+    let mut local: Table = text
+        .parse()
+        .map_err(|error| format!("{}: {error}", path.display()))?;
+    if local.contains_key("directory") {
+        return Err(format!("{}: has [directory] already", path.display()));
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut files = BTreeMap::new();
+    let mut global = Table::new();
+    for section in SHARED {
+        if let Some(value) = local.remove(section) {
+            global.insert(section.to_owned(), value);
+        }
+    }
+    if let Some(consent) = local.remove("consent") {
+        if consent.get("ledger").is_some() {
+            return Err(format!(
+                "{}: consent.ledger: a gateway with [directory] counts consent uses in its \
+                 data directory (consent-ledger.sqlite) or in the fleet's [store]; move the \
+                 ledger there and remove the key first",
+                path.display()
+            ));
+        }
+        global.insert("consent".to_owned(), consent);
+    }
+    let mut copy = |value: &Value, into: &str| -> Result<Value, String> {
+        let name = value.as_str().ok_or("a path that is not a string")?;
+        let source = base.join(name);
+        let file_name = source
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .ok_or_else(|| format!("{}: not a file", source.display()))?;
+        let target = format!("{into}/{file_name}");
+        if source.is_dir() {
+            let entries = std::fs::read_dir(&source)
+                .map_err(|error| format!("{}: {error}", source.display()))?;
+            for entry in entries.flatten() {
+                let file = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if file.is_file() && !name.starts_with('.') {
+                    let bytes = std::fs::read(&file)
+                        .map_err(|error| format!("{}: {error}", file.display()))?;
+                    files.insert(format!("{target}/{name}"), bytes);
+                }
+            }
+        } else {
+            let bytes =
+                std::fs::read(&source).map_err(|error| format!("{}: {error}", source.display()))?;
+            files.insert(target.clone(), bytes);
+        }
+        Ok(Value::String(target))
+    };
+    if let Some(Value::Table(policy)) = global.get_mut("policy") {
+        for key in ["schema", "policies"] {
+            if let Some(value) = policy.get(key) {
+                let moved = copy(value, "policy")?;
+                policy.insert(key.to_owned(), moved);
+            }
+        }
+    }
+    if let Some(Value::Table(consent)) = global.get_mut("consent")
+        && let Some(keys) = consent.get("issuer_keys")
+    {
+        let moved = copy(keys, "consent")?;
+        consent.insert("issuer_keys".to_owned(), moved);
+    }
+    let mut trust = Table::new();
+    for (section, ca, crls, into) in [
+        (
+            &["gateway", "tls"][..],
+            "client_ca",
+            "client_crls",
+            "pki/members",
+        ),
+        (
+            &["upstream"][..],
+            "server_ca",
+            "server_crls",
+            "pki/backends",
+        ),
+    ] {
+        let table = table_at(&mut local, section)
+            .ok_or_else(|| format!("{}: no [{}]", path.display(), section.join(".")))?;
+        let ca_value = table
+            .remove(ca)
+            .ok_or_else(|| format!("{}: no {}.{ca}", path.display(), section.join(".")))?;
+        trust.insert(ca.to_owned(), copy(&ca_value, into)?);
+        if let Some(Value::Array(list)) = table.remove("crls") {
+            let moved = list
+                .iter()
+                .map(|crl| copy(crl, into))
+                .collect::<Result<Vec<_>, _>>()?;
+            trust.insert(crls.to_owned(), Value::Array(moved));
+        }
+    }
+    global.insert("trust".to_owned(), Value::Table(trust));
+    let mut settings = Table::new();
+    for (key, value) in [
+        ("url", directory.url),
+        ("ca", directory.ca),
+        ("key", directory.key),
+        ("interval", directory.interval),
+    ] {
+        settings.insert(key.to_owned(), Value::String(value.to_owned()));
+    }
+    local.insert("directory".to_owned(), Value::Table(settings));
+    let render = |table: &Table| toml::to_string_pretty(table).map_err(|error| error.to_string());
+    files.insert(super::GLOBAL_FILE.to_owned(), render(&global)?.into_bytes());
+    Ok(Split {
+        local: render(&local)?,
+        files,
+    })
+}
+
+fn table_at<'a>(table: &'a mut Table, path: &[&str]) -> Option<&'a mut Table> {
+    path.iter()
+        .try_fold(table, |table, key| table.get_mut(*key)?.as_table_mut())
+}
+
+/// Writes `split`'s publication directory under `dir`.
+pub fn write_publication(split: &Split, dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut written = Vec::new();
+    for (name, bytes) in &split.files {
+        let path = dir.join(name);
+        crate::keys::write_file(&path, bytes, 0o644)
+            .map_err(|error| format!("{}: {error}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}

@@ -1,0 +1,216 @@
+//! Following the instance's directory: a gateway with `[directory]` asks
+//! it for the global configuration at start and every interval after,
+//! checks what it gets (signature, hashes, instance, version, expiry),
+//! and runs a newer one through the reload path, all or nothing.
+//!
+//! A bundle that fails any check, or with which the configuration would
+//! not load, is refused and logged; the one in use keeps serving (and
+//! stays on disk, so that a restart runs it too). A gateway whose bundle
+//! expires before a newer one arrives forwards no call (see
+//! [`GatewayState::expired_global`](super::GatewayState::expired_global)),
+//! as an X-Road security server does once its global configuration is
+//! out of date.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::reload::Reloader;
+use crate::config::{Config, DirectoryConfig};
+use crate::global::cache::Cache;
+use crate::global::{Bundle, BundleError};
+
+/// How long a poll waits for the directory.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a poll of the directory did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Polled {
+    /// A newer global configuration now serves.
+    Applied { version: u64 },
+    /// The directory serves the one in use.
+    Unchanged,
+    /// What the directory serves failed a check (`reason`: a
+    /// [`BundleError::kind`](crate::global::BundleError::kind)), or the
+    /// configuration would not load with it (`invalid`).
+    Refused {
+        reason: &'static str,
+        detail: String,
+    },
+    /// The directory could not be asked.
+    Unreachable(String),
+}
+
+impl Polled {
+    /// Its result and reason, as metrics label them.
+    fn labels(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::Applied { .. } => ("applied", ""),
+            Self::Unchanged => ("unchanged", ""),
+            Self::Refused { reason, .. } => ("refused", reason),
+            Self::Unreachable(_) => ("unreachable", ""),
+        }
+    }
+}
+
+/// Why a poll found nothing to apply.
+#[derive(Debug)]
+enum Failed {
+    Unreachable(String),
+    Refused(BundleError),
+    /// The cache could not be written.
+    Cache(String),
+}
+
+impl From<Failed> for Polled {
+    fn from(failed: Failed) -> Self {
+        match failed {
+            Failed::Unreachable(error) => Self::Unreachable(error),
+            Failed::Refused(error) => Self::Refused {
+                reason: error.kind(),
+                detail: error.to_string(),
+            },
+            Failed::Cache(detail) => Self::Refused {
+                reason: "cache",
+                detail,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unreachable(error) | Self::Cache(error) => f.write_str(error),
+            Self::Refused(error) => error.fmt(f),
+        }
+    }
+}
+
+/// Fetches the bundle and, if it is newer than the one in `cache` and
+/// passes every check, writes it there (staged, not in use yet).
+async fn fetch_newer(
+    directory: &DirectoryConfig,
+) -> Result<Option<crate::global::cache::Installed>, Failed> {
+    let bytes = crate::global::http::fetch(&directory.url, &directory.ca, FETCH_TIMEOUT)
+        .await
+        .map_err(Failed::Unreachable)?;
+    let directory = directory.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        let bundle = Bundle::open(&bytes, &directory.verifier).map_err(Failed::Refused)?;
+        let cache = Cache::new(&directory.cache);
+        let current = cache.current(&directory.verifier).ok().flatten();
+        let newer = bundle
+            .accept(
+                &directory.instance,
+                current.as_ref().map(|current| &current.manifest),
+                crate::unix_time::now(),
+            )
+            .map_err(Failed::Refused)?;
+        if !newer {
+            return Ok(None);
+        }
+        cache
+            .stage(&bundle)
+            .map(Some)
+            .map_err(|error| Failed::Cache(error.to_string()))
+    })
+    .await;
+    checked.unwrap_or_else(|error| Err(Failed::Cache(error.to_string())))
+}
+
+/// Before a gateway with `[directory]` starts: asks the directory for a
+/// newer global configuration, and makes it the one in use if the
+/// gateway file at `path` loads with it. Without a bundle in the cache
+/// the gateway cannot start, so the directory must then answer; with one,
+/// a directory out of reach is only logged (the gateway starts from its
+/// cache, and keeps asking).
+pub async fn prepare(path: &Path) -> Result<(), String> {
+    let Some(directory) = Config::directory_of_file(path).map_err(|error| error.to_string())?
+    else {
+        return Ok(());
+    };
+    let cache = Cache::new(&directory.cache);
+    let has_one = matches!(cache.current(&directory.verifier), Ok(Some(_)));
+    match fetch_newer(&directory).await {
+        Ok(Some(staged)) => {
+            let path = path.to_owned();
+            tokio::task::spawn_blocking(move || {
+                Config::load_staged(&path, &staged).map_err(|error| error.to_string())?;
+                cache.commit(&staged).map_err(|error| error.to_string())?;
+                tracing::info!(
+                    version = staged.manifest.version,
+                    "global configuration fetched from the directory"
+                );
+                Ok(())
+            })
+            .await
+            .map_err(|error| error.to_string())?
+        }
+        Ok(None) => Ok(()),
+        Err(error) if has_one => {
+            tracing::warn!(%error, "starting from the global configuration in the cache");
+            Ok(())
+        }
+        Err(error) => Err(format!(
+            "no global configuration: the cache {} has none, and the directory's: {error}",
+            directory.cache.display()
+        )),
+    }
+}
+
+impl Reloader {
+    /// Asks the directory for a newer global configuration every
+    /// `directory.interval`, until the process ends.
+    pub fn follow_directory(self, directory: DirectoryConfig) {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(directory.interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The first tick is now: the gateway has just fetched.
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                self.poll_directory(&directory).await;
+            }
+        });
+    }
+
+    /// One poll of the directory: applies a newer global configuration
+    /// if there is one and it passes, and says what happened.
+    pub async fn poll_directory(&self, directory: &DirectoryConfig) -> Polled {
+        let polled = match fetch_newer(directory).await {
+            Ok(None) => Polled::Unchanged,
+            Ok(Some(staged)) => {
+                let (reloader, cache) = (self.clone(), Cache::new(&directory.cache));
+                let version = staged.manifest.version;
+                tokio::task::spawn_blocking(move || reloader.apply_global(&cache, &staged))
+                    .await
+                    .map_err(|error| error.to_string())
+                    .and_then(|applied| applied.map_err(|error| error.to_string()))
+                    .map_or_else(
+                        |detail| Polled::Refused {
+                            reason: "invalid",
+                            detail,
+                        },
+                        |()| Polled::Applied { version },
+                    )
+            }
+            Err(failed) => failed.into(),
+        };
+        let (result, reason) = polled.labels();
+        self.metrics.global_fetch(result, reason);
+        match &polled {
+            Polled::Refused { detail, .. } => tracing::error!(
+                directory = %directory.url,
+                error = %detail,
+                "global configuration refused; the one in use keeps serving"
+            ),
+            Polled::Unreachable(error) => tracing::warn!(
+                directory = %directory.url,
+                %error,
+                "the directory cannot be reached; the global configuration in use keeps serving"
+            ),
+            Polled::Applied { .. } | Polled::Unchanged => {}
+        }
+        polled
+    }
+}

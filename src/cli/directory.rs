@@ -1,0 +1,321 @@
+//! `govbridge directory`: the instance's directory, which publishes the
+//! global configuration every gateway runs (see `govbridge::global`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+
+use govbridge::global::{Bundle, diff};
+use govbridge::note::{SigningKey, Verifier};
+
+#[derive(Debug, Subcommand)]
+pub enum DirectoryCommand {
+    /// Move a gateway to a directory: split its file into a publication
+    /// directory (global.toml, policies, CAs and CRLs, consent keys) and
+    /// a gateway file of its own settings plus `[directory]`. The file
+    /// given is left as it is; comments are not carried over.
+    Init {
+        /// The gateway file to split.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Where the publication directory is written (must not exist).
+        #[arg(long, value_name = "DIR")]
+        publication: PathBuf,
+        /// The gateway file to write (must not exist), beside FILE.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Where the gateway will fetch the bundle.
+        #[arg(long)]
+        url: String,
+        /// The CA the directory's certificate chains to, as the gateway
+        /// file will name it.
+        #[arg(long, value_name = "PEM")]
+        ca: String,
+        /// The instance's verifier key, as the gateway file will name it.
+        #[arg(long, value_name = "KEY.pub")]
+        key: String,
+        #[arg(long, default_value = "60s")]
+        interval: String,
+    },
+    /// Make the instance's configuration key: KEY (the private key, mode
+    /// 0600) and KEY with `.pub` (the verifier key gateways are given).
+    Keygen {
+        /// The key's name, in every signature (e.g. `SN-directory`).
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_name = "KEY.pem")]
+        out: PathBuf,
+    },
+    /// Build a bundle from a directory of files (global.toml and what it
+    /// names), sign it, and write it atomically to OUT, where `serve`
+    /// serves it. Prints what it changes from the bundle OUT held.
+    Publish {
+        /// The directory operators edit.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The instance's configuration key (its `.pub` beside it).
+        #[arg(long, value_name = "KEY.pem")]
+        key: PathBuf,
+        /// The instance, the first part of its members' ids.
+        #[arg(long)]
+        instance: String,
+        #[arg(long, value_name = "BUNDLE")]
+        out: PathBuf,
+        /// Default: one more than the bundle OUT holds, or 1.
+        #[arg(long)]
+        version: Option<u64>,
+        /// How long gateways may run it without a newer one: `90s`,
+        /// `12h`, `7d`.
+        #[arg(long, default_value = "7d")]
+        valid: String,
+    },
+    /// Serve a bundle over HTTPS at /bundle.json, read again at every
+    /// request (so that `publish` to the same file is all it takes).
+    Serve {
+        #[arg(long, value_name = "BUNDLE")]
+        bundle: PathBuf,
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8450")]
+        listen: SocketAddr,
+        #[arg(long, value_name = "PEM")]
+        certificate: PathBuf,
+        #[arg(long, value_name = "PEM")]
+        private_key: PathBuf,
+    },
+    /// What NEW changes from OLD: members, services, purposes, policies,
+    /// files. Each is a bundle, or a directory not yet published.
+    Diff {
+        #[arg(value_name = "OLD")]
+        old: PathBuf,
+        #[arg(value_name = "NEW")]
+        new: PathBuf,
+        /// Check bundles against this verifier key.
+        #[arg(long, value_name = "KEY.pub")]
+        key: Option<PathBuf>,
+    },
+}
+
+pub fn run(command: DirectoryCommand) -> anyhow::Result<()> {
+    match command {
+        DirectoryCommand::Init {
+            config,
+            publication,
+            out,
+            url,
+            ca,
+            key,
+            interval,
+        } => {
+            for path in [&publication, &out] {
+                if path.exists() {
+                    bail!("{}: exists; init writes new files only", path.display());
+                }
+            }
+            let settings = govbridge::global::split::DirectorySettings {
+                url: &url,
+                ca: &ca,
+                key: &key,
+                interval: &interval,
+            };
+            let split =
+                govbridge::global::split::split(&config, &settings).map_err(anyhow::Error::msg)?;
+            govbridge::global::split::write_publication(&split, &publication)
+                .map_err(anyhow::Error::msg)?;
+            govbridge::keys::write_file(&out, split.local.as_bytes(), 0o644)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "{}: the instance's global configuration ({} files): publish it with \
+                 `govbridge directory publish --from {}`",
+                publication.display(),
+                split.files.len(),
+                publication.display()
+            );
+            println!(
+                "{}: the gateway's own file, with [directory]",
+                out.display()
+            );
+            Ok(())
+        }
+        DirectoryCommand::Keygen { name, out } => keygen(&name, &out),
+        DirectoryCommand::Publish {
+            from,
+            key,
+            instance,
+            out,
+            version,
+            valid,
+        } => {
+            let valid = govbridge::config::parse_retention(&valid)
+                .map_err(|error| anyhow::anyhow!("--valid {valid}: {error}"))?;
+            publish(&from, &key, &instance, &out, version, valid)
+        }
+        DirectoryCommand::Serve {
+            bundle,
+            listen,
+            certificate,
+            private_key,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let server = govbridge::global::http::Server::bind(
+                    listen,
+                    &certificate,
+                    &private_key,
+                    &bundle,
+                )
+                .await
+                .map_err(anyhow::Error::msg)?;
+                println!(
+                    "directory serving {} at https://{}{}",
+                    bundle.display(),
+                    server.local_addr()?,
+                    govbridge::global::http::BUNDLE_PATH
+                );
+                tokio::select! {
+                    () = server.serve() => {}
+                    () = govbridge::proxy::signals::termination_signal() => {}
+                }
+                anyhow::Ok(())
+            })
+        }
+        DirectoryCommand::Diff { old, new, key } => {
+            let verifier = key
+                .map(|key| Verifier::read(&key).map_err(anyhow::Error::msg))
+                .transpose()?;
+            let (old, new) = (
+                read(&old, verifier.as_ref())?,
+                read(&new, verifier.as_ref())?,
+            );
+            println!(
+                "version {} -> {}",
+                old.manifest.version, new.manifest.version
+            );
+            let changes = diff::diff(&old, &new);
+            if changes.is_empty() {
+                println!("no change");
+            }
+            for change in changes {
+                println!("{change}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn keygen(name: &str, out: &Path) -> anyhow::Result<()> {
+    if out.exists() {
+        bail!(
+            "{}: exists; a configuration key is never overwritten",
+            out.display()
+        );
+    }
+    let key = SigningKey::generate(name)?;
+    govbridge::keys::write_file(out, key.to_pem().as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", out.display()))?;
+    let public = out.with_extension("pub");
+    govbridge::keys::write_file(&public, format!("{}\n", key.verifier()).as_bytes(), 0o644)
+        .with_context(|| format!("writing {}", public.display()))?;
+    println!("{}: the configuration key; keep it offline", out.display());
+    println!(
+        "{}: give it to every gateway (directory.key)",
+        public.display()
+    );
+    Ok(())
+}
+
+/// The signing key at `path`, named as its `.pub` beside it says.
+fn signing_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let public = path.with_extension("pub");
+    let verifier = Verifier::read(&public).map_err(anyhow::Error::msg)?;
+    let pem =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let key = SigningKey::from_pem(verifier.name(), &pem)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if key.verifier() != verifier {
+        bail!(
+            "{} is not the public half of {}",
+            public.display(),
+            path.display()
+        );
+    }
+    Ok(key)
+}
+
+fn publish(
+    from: &Path,
+    key: &Path,
+    instance: &str,
+    out: &Path,
+    version: Option<u64>,
+    valid: Duration,
+) -> anyhow::Result<()> {
+    let key = signing_key(key)?;
+    let previous = match std::fs::read(out) {
+        Ok(bytes) => Some(
+            Bundle::open(&bytes, &key.verifier())
+                .with_context(|| format!("{}: the bundle published before", out.display()))?,
+        ),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => return Err(error).with_context(|| format!("reading {}", out.display())),
+    };
+    let last = previous.as_ref().map(|bundle| bundle.manifest.version);
+    let version = version.unwrap_or(last.map_or(1, |last| last + 1));
+    if let Some(last) = last.filter(|last| version <= *last) {
+        bail!(
+            "version {version} is not newer than {last}, which {} holds: gateways would \
+             refuse it",
+            out.display()
+        );
+    }
+    let bundle = Bundle::build(from, instance, version, valid, &key)?;
+    check_loads(&bundle)?;
+    govbridge::keys::write_file(out, &bundle.to_json(), 0o644)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "published version {version} of {instance}'s global configuration ({} files), valid until {}",
+        bundle.files.len(),
+        govbridge::unix_time::rfc3339(bundle.manifest.expires)
+    );
+    if let Some(previous) = previous {
+        for change in diff::diff(&previous, &bundle) {
+            println!("{change}");
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `global.toml` parses as TOML before anything is signed. The
+/// full check (members, policies against the schema, CAs) is each
+/// gateway's: `govbridge check-config` with the bundle in its cache.
+fn check_loads(bundle: &Bundle) -> anyhow::Result<()> {
+    let text = bundle
+        .files
+        .get(govbridge::global::GLOBAL_FILE)
+        .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+        .unwrap_or_default();
+    text.parse::<toml::Table>()
+        .map(drop)
+        .map_err(|error| anyhow::anyhow!("{}: {error}", govbridge::global::GLOBAL_FILE))
+}
+
+/// A bundle file, checked against `verifier` if given, or a directory
+/// read as the bundle it would publish.
+fn read(path: &Path, verifier: Option<&Verifier>) -> anyhow::Result<Bundle> {
+    if path.is_dir() {
+        let key = SigningKey::generate("preview")?;
+        return Ok(Bundle::build(path, "PREVIEW", 0, Duration::ZERO, &key)?);
+    }
+    let Some(verifier) = verifier else {
+        bail!(
+            "{}: a bundle is checked before it is compared: give --key (the instance's \
+             verifier key)",
+            path.display()
+        );
+    };
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Bundle::open(&bytes, verifier).with_context(|| format!("{}", path.display()))
+}
