@@ -466,5 +466,14 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
         config.providers.len(),
         config.services.len()
     );
+    if let Some(global) = &config.global {
+        println!(
+            "  global configuration: version {} of {}, from {}, expires {}",
+            global.version,
+            global.instance,
+            global.dir.display(),
+            govbridge::unix_time::rfc3339(global.expires)
+        );
+    }
     Ok(())
 }

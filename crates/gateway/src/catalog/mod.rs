@@ -72,30 +72,38 @@ fn compiled_services() -> Vec<(String, prost_types::ServiceDescriptorProto)> {
 }
 
 /// Methods of every service in the compiled-in descriptors, by full
-/// service name.
-pub fn service_methods() -> HashMap<String, HashSet<String>> {
-    compiled_services()
-        .into_iter()
-        .map(|(name, service)| {
-            let methods = service.method.into_iter().filter_map(|method| method.name);
-            (name, methods.collect())
-        })
-        .collect()
+/// service name. Decoded once: configurations, routes and policies ask at
+/// every load, and the set is some hundreds of kilobytes.
+pub fn service_methods() -> &'static HashMap<String, HashSet<String>> {
+    static METHODS: std::sync::OnceLock<HashMap<String, HashSet<String>>> =
+        std::sync::OnceLock::new();
+    METHODS.get_or_init(|| {
+        compiled_services()
+            .into_iter()
+            .map(|(name, service)| {
+                let methods = service.method.into_iter().filter_map(|method| method.name);
+                (name, methods.collect())
+            })
+            .collect()
+    })
 }
 
 /// `/package.Service/Method` of every method of the compiled-in
-/// descriptors whose client streams its requests.
-pub fn client_streaming_methods() -> HashSet<String> {
-    compiled_services()
-        .into_iter()
-        .flat_map(|(name, service)| {
-            service
-                .method
-                .into_iter()
-                .filter(|method| method.client_streaming())
-                .filter_map(move |method| Some(format!("/{name}/{}", method.name?)))
-        })
-        .collect()
+/// descriptors whose client streams its requests. Decoded once.
+pub fn client_streaming_methods() -> &'static HashSet<String> {
+    static STREAMING: std::sync::OnceLock<HashSet<String>> = std::sync::OnceLock::new();
+    STREAMING.get_or_init(|| {
+        compiled_services()
+            .into_iter()
+            .flat_map(|(name, service)| {
+                service
+                    .method
+                    .into_iter()
+                    .filter(|method| method.client_streaming())
+                    .filter_map(move |method| Some(format!("/{name}/{}", method.name?)))
+            })
+            .collect()
+    })
 }
 
 #[cfg(test)]

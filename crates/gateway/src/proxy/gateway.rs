@@ -81,6 +81,9 @@ pub struct Gateway {
     consent: Option<(Arc<ConsentLedger>, crate::consent::feed::FeedSource)>,
     /// The fleet's database and this node's place in it, with `[store]`.
     fleet: Option<Arc<FleetLink>>,
+    /// Held by whoever reloads, so that reloads (a signal, a file change,
+    /// the directory's new version) apply one at a time, in order.
+    reloading: Arc<std::sync::Mutex<()>>,
 }
 
 /// A node's link to its fleet's database: it registers there, beats every
@@ -300,6 +303,7 @@ impl Gateway {
             admin,
             consent,
             fleet,
+            reloading: Arc::default(),
         })
     }
 
@@ -333,6 +337,7 @@ impl Gateway {
             state: self.state.clone(),
             listener_tls: self.listener.tls(),
             metrics: self.metrics.clone(),
+            reloading: Arc::clone(&self.reloading),
         }
     }
 

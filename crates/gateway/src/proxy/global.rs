@@ -131,22 +131,30 @@ pub async fn prepare(path: &Path) -> Result<(), String> {
     };
     let cache = Cache::new(&directory.cache);
     let has_one = matches!(cache.current(&directory.verifier), Ok(Some(_)));
-    match fetch_newer(&directory).await {
+    let fetched = match fetch_newer(&directory).await {
         Ok(Some(staged)) => {
             let path = path.to_owned();
+            let version = staged.manifest.version;
+            // Checked as a start would use it (policies, CAs, routes)
+            // before the cache points to it.
             tokio::task::spawn_blocking(move || {
-                Config::load_staged(&path, &staged).map_err(|error| error.to_string())?;
-                cache.commit(&staged).map_err(|error| error.to_string())?;
-                tracing::info!(
-                    version = staged.manifest.version,
-                    "global configuration fetched from the directory"
-                );
-                Ok(())
+                let config = Config::load_staged(&path, &staged).map_err(|e| e.to_string())?;
+                super::Gateway::check(&config).map_err(|error| error.to_string())?;
+                cache.commit(&staged).map_err(|error| error.to_string())
             })
             .await
-            .map_err(|error| error.to_string())?
+            .map_err(|error| error.to_string())
+            .and_then(|checked| checked)
+            .map(|()| {
+                tracing::info!(version, "global configuration fetched from the directory");
+            })
+            .map_err(|error| format!("version {version} cannot run: {error}"))
         }
         Ok(None) => Ok(()),
+        Err(error) => Err(error.to_string()),
+    };
+    match fetched {
+        Ok(()) => Ok(()),
         Err(error) if has_one => {
             tracing::warn!(%error, "starting from the global configuration in the cache");
             Ok(())

@@ -22,6 +22,9 @@ pub struct Reloader {
     pub(super) state: SharedState,
     pub(super) listener_tls: crate::net::SharedListenerTls,
     pub(super) metrics: Arc<Metrics>,
+    /// One reload at a time: one built from an older configuration never
+    /// replaces a newer one swapped in meanwhile.
+    pub(super) reloading: Arc<std::sync::Mutex<()>>,
 }
 
 /// Why a reload was rejected.
@@ -45,7 +48,7 @@ impl Reloader {
     /// Re-reads the configuration file and everything it names, and swaps
     /// it in if it is valid.
     pub fn reload(&self) -> Result<(), ReloadError> {
-        self.apply(Config::load(&self.source), || Ok(()))?;
+        self.apply(|| Config::load(&self.source), || Ok(()))?;
         tracing::info!(config = %self.source.display(), "configuration reloaded");
         Ok(())
     }
@@ -65,7 +68,7 @@ impl Reloader {
             })
         };
         let started = std::time::Instant::now();
-        self.apply(Config::load_staged(&self.source, staged), commit)?;
+        self.apply(|| Config::load_staged(&self.source, staged), commit)?;
         self.metrics.global_applied(started.elapsed());
         tracing::info!(
             version = staged.manifest.version,
@@ -76,18 +79,23 @@ impl Reloader {
         Ok(())
     }
 
-    /// Builds everything `loaded` needs, then `commit`s and swaps it in;
-    /// on any error the configuration in use keeps serving.
+    /// Loads, builds everything the configuration needs, then `commit`s
+    /// and swaps it in, one reload at a time; on any error the
+    /// configuration in use keeps serving.
     fn apply(
         &self,
-        loaded: Result<Config, crate::config::ConfigError>,
+        load: impl FnOnce() -> Result<Config, crate::config::ConfigError>,
         commit: impl FnOnce() -> Result<(), ReloadError>,
     ) -> Result<(), ReloadError> {
+        let _one_at_a_time = self
+            .reloading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let start_error = |error| ReloadError::Start {
             file: self.source.clone(),
             error: Box::new(error),
         };
-        let built = loaded
+        let built = load()
             .map_err(ReloadError::from)
             .and_then(|config| {
                 let tls = config
