@@ -104,7 +104,7 @@ fn main() {
     }
     .encode_to_vec();
     // Read once at start-up, as the gateway's first call does.
-    let fields = SubjectFields::compiled();
+    let fields = govbridge::catalog::Catalog::compiled().subjects();
     let ledger = ledger(&claims);
 
     // Each step must give the gateway's answer before it is timed.

@@ -1,8 +1,8 @@
-//! An index of the protobuf descriptors the gateway knows: its agencies'
-//! and its own services, gRPC health and reflection.
+//! An index of the protobuf descriptors the gateway knows: its agencies',
+//! its own services, gRPC health and reflection, and the services its
+//! configuration adds; what reflection and `GetServiceDescriptor` serve.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::OnceLock;
 
 use prost::Message;
 use prost_types::{DescriptorProto, FileDescriptorProto, FileDescriptorSet};
@@ -15,27 +15,15 @@ pub struct DescriptorIndex {
     services: HashMap<String, String>,
 }
 
-/// The index, built once.
-pub fn index() -> &'static DescriptorIndex {
-    static INDEX: OnceLock<DescriptorIndex> = OnceLock::new();
-    INDEX.get_or_init(|| {
-        let mut index = DescriptorIndex::default();
-        for encoded in [
-            crate::proto::FILE_DESCRIPTOR_SET,
-            tonic_health::pb::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-        ] {
-            // These sets are compiled in; one that does not decode is
-            // simply not indexed.
-            if let Ok(set) = FileDescriptorSet::decode(encoded) {
-                for file in set.file {
-                    index.add(file);
-                }
-            }
+impl DescriptorIndex {
+    /// An index of `files`; of two files of the same name, the first.
+    pub fn of(files: impl IntoIterator<Item = FileDescriptorProto>) -> Self {
+        let mut index = Self::default();
+        for file in files {
+            index.add(file);
         }
         index
-    })
+    }
 }
 
 fn qualify(package: &str, name: &str) -> String {

@@ -1,19 +1,27 @@
-//! What the compiled protos say: the services a gateway can publish and
-//! their methods, which methods stream, the gateway's own services, where a
+//! What the protos say: the services a gateway can publish and their
+//! methods, which methods stream, the gateway's own services, where a
 //! request names its data subject, and the descriptors reflection serves.
 //!
-//! The one owner of the descriptor set: no other module decodes
-//! [`crate::proto::FILE_DESCRIPTOR_SET`] or walks descriptors. Routing,
-//! configuration and policy ask here which services and methods exist;
-//! consent binding and the exchange log ask [`subject`] where the subject
-//! is.
+//! A [`Catalog`] holds the compiled-in protos (the agencies', the
+//! gateway's own, health and reflection) and the descriptor sets a
+//! configuration adds (`[services."X"] descriptor`, what `protoc
+//! --descriptor_set_out --include_imports` or `buf build` writes): a
+//! service published at runtime is known exactly as a compiled one is.
+//!
+//! The one owner of descriptors: no other module decodes
+//! [`crate::proto::FILE_DESCRIPTOR_SET`] or a configuration's sets, or walks
+//! descriptors. Routing, configuration and policy ask a catalog which
+//! services and methods exist; consent binding and the exchange log ask
+//! its [`subject`] fields where the subject is.
 
 pub mod descriptors;
 pub mod subject;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, LazyLock};
 
 use prost::Message as _;
+use prost_types::{FileDescriptorProto, FileDescriptorSet};
 
 pub const DIRECTORY: &str = "govbridge.directory.v1.Directory";
 pub const HEALTH: &str = "grpc.health.v1.Health";
@@ -51,59 +59,191 @@ pub fn split_path(path: &str) -> Option<(&str, &str)> {
     (valid(service) && valid(method) && !method.contains('.')).then_some((service, method))
 }
 
-/// Every service of the compiled-in descriptors, by full name.
-fn compiled_services() -> Vec<(String, prost_types::ServiceDescriptorProto)> {
-    let Ok(set) = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET) else {
-        return Vec::new();
-    };
-    let mut services = Vec::new();
-    for file in set.file {
-        let package = file.package.unwrap_or_default();
-        for service in file.service {
-            let name = match &service.name {
-                Some(name) if package.is_empty() => name.clone(),
-                Some(name) => format!("{package}.{name}"),
-                None => continue,
-            };
-            services.push((name, service));
+/// What the gateway knows of services: the compiled-in protos and the
+/// descriptor sets its configuration adds. Built once per configuration
+/// (shared by the state built from it), never on the request path.
+#[derive(Debug)]
+pub struct Catalog {
+    /// Methods of every service, by full service name.
+    methods: HashMap<String, HashSet<String>>,
+    /// `/package.Service/Method` of every method whose client streams.
+    client_streaming: HashSet<String>,
+    subjects: subject::SubjectFields,
+    descriptors: descriptors::DescriptorIndex,
+}
+
+/// Why a descriptor set cannot be added.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("not an encoded FileDescriptorSet: {0}")]
+    Decode(String),
+    #[error(
+        "its file {0} is also one the gateway (or another set) has, with other content: a \
+         proto file's name must name one content"
+    )]
+    Conflict(String),
+    #[error(
+        "its descriptors do not link (build the set with its imports: protoc \
+             --include_imports, or buf build): {0}"
+    )]
+    Link(String),
+    #[error(transparent)]
+    Subject(#[from] subject::SubjectError),
+}
+
+impl Catalog {
+    /// The compiled-in protos alone, decoded once per process.
+    pub fn compiled() -> &'static Arc<Self> {
+        static COMPILED: LazyLock<Arc<Catalog>> = LazyLock::new(|| {
+            Arc::new(Catalog::with_sets(&[]).unwrap_or_else(|error| {
+                // A unit test proves the compiled protos load; were they
+                // broken, the gateway would know no service.
+                tracing::error!(%error, "the compiled-in descriptors are unusable");
+                Catalog::empty()
+            }))
+        });
+        &COMPILED
+    }
+
+    fn empty() -> Self {
+        Self {
+            methods: HashMap::new(),
+            client_streaming: HashSet::new(),
+            subjects: subject::SubjectFields::default(),
+            descriptors: descriptors::DescriptorIndex::default(),
         }
     }
-    services
+
+    /// The compiled-in protos and `sets`, each an encoded
+    /// `FileDescriptorSet` with its imports. A file of a set that the
+    /// gateway has already is taken once if it says the same (source
+    /// comments aside), refused otherwise.
+    pub fn with_sets(sets: &[&[u8]]) -> Result<Self, CatalogError> {
+        let compiled = Compiled::get()?;
+        let mut files = compiled.files.clone();
+        let mut known: HashMap<String, usize> = files
+            .iter()
+            .enumerate()
+            .map(|(at, file)| (file.name().to_owned(), at))
+            .collect();
+        for bytes in sets {
+            let set = FileDescriptorSet::decode(*bytes)
+                .map_err(|error| CatalogError::Decode(error.to_string()))?;
+            for file in set.file {
+                if let Some(&at) = known.get(file.name()) {
+                    if !same_content(&files[at], &file) {
+                        return Err(CatalogError::Conflict(file.name().to_owned()));
+                    }
+                    continue;
+                }
+                known.insert(file.name().to_owned(), files.len());
+                files.push(file);
+            }
+        }
+        // The compiled pool, decoded once, with the new files linked to it;
+        // from the bytes, which keep the options prost-types drops (the
+        // data subject markings). Files it has are skipped.
+        let mut pool = compiled.pool.clone();
+        for bytes in sets {
+            pool.decode_file_descriptor_set(*bytes)
+                .map_err(|error| CatalogError::Link(error.to_string()))?;
+        }
+        Self::of(&pool, files)
+    }
+
+    fn of(
+        pool: &prost_reflect::DescriptorPool,
+        files: Vec<FileDescriptorProto>,
+    ) -> Result<Self, CatalogError> {
+        let mut methods: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut client_streaming = HashSet::new();
+        for service in pool.services() {
+            let known = methods.entry(service.full_name().to_owned()).or_default();
+            for method in service.methods() {
+                known.insert(method.name().to_owned());
+                if method.is_client_streaming() {
+                    client_streaming.insert(format!("/{}/{}", service.full_name(), method.name()));
+                }
+            }
+        }
+        Ok(Self {
+            methods,
+            client_streaming,
+            subjects: subject::SubjectFields::of_pool(pool)?,
+            descriptors: descriptors::DescriptorIndex::of(files),
+        })
+    }
+
+    /// Methods of every service, by full service name.
+    pub fn service_methods(&self) -> &HashMap<String, HashSet<String>> {
+        &self.methods
+    }
+
+    /// Whether a service of that full name is described.
+    pub fn declares(&self, service: &str) -> bool {
+        self.methods.contains_key(service)
+    }
+
+    /// `/package.Service/Method` of every method whose client streams its
+    /// requests.
+    pub fn client_streaming_methods(&self) -> &HashSet<String> {
+        &self.client_streaming
+    }
+
+    /// Where each method's request names its data subject.
+    pub fn subjects(&self) -> &subject::SubjectFields {
+        &self.subjects
+    }
+
+    /// The descriptors, for reflection and `GetServiceDescriptor`.
+    pub fn descriptors(&self) -> &descriptors::DescriptorIndex {
+        &self.descriptors
+    }
 }
 
-/// Methods of every service in the compiled-in descriptors, by full
-/// service name. Decoded once: configurations, routes and policies ask at
-/// every load, and the set is some hundreds of kilobytes.
-pub fn service_methods() -> &'static HashMap<String, HashSet<String>> {
-    static METHODS: std::sync::OnceLock<HashMap<String, HashSet<String>>> =
-        std::sync::OnceLock::new();
-    METHODS.get_or_init(|| {
-        compiled_services()
-            .into_iter()
-            .map(|(name, service)| {
-                let methods = service.method.into_iter().filter_map(|method| method.name);
-                (name, methods.collect())
-            })
-            .collect()
-    })
+/// The compiled-in descriptors, decoded and linked once per process.
+struct Compiled {
+    files: Vec<FileDescriptorProto>,
+    pool: prost_reflect::DescriptorPool,
 }
 
-/// `/package.Service/Method` of every method of the compiled-in
-/// descriptors whose client streams its requests. Decoded once.
-pub fn client_streaming_methods() -> &'static HashSet<String> {
-    static STREAMING: std::sync::OnceLock<HashSet<String>> = std::sync::OnceLock::new();
-    STREAMING.get_or_init(|| {
-        compiled_services()
-            .into_iter()
-            .flat_map(|(name, service)| {
-                service
-                    .method
-                    .into_iter()
-                    .filter(|method| method.client_streaming())
-                    .filter_map(move |method| Some(format!("/{name}/{}", method.name?)))
-            })
-            .collect()
-    })
+impl Compiled {
+    fn get() -> Result<&'static Self, CatalogError> {
+        static COMPILED: LazyLock<Result<Compiled, String>> = LazyLock::new(|| {
+            let compiled = [
+                crate::proto::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ];
+            let mut files: Vec<FileDescriptorProto> = Vec::new();
+            let mut pool = prost_reflect::DescriptorPool::new();
+            for bytes in compiled {
+                let set = FileDescriptorSet::decode(bytes).map_err(|error| error.to_string())?;
+                for file in set.file {
+                    // The sets share some files (descriptor.proto).
+                    if files.iter().all(|known| known.name() != file.name()) {
+                        files.push(file);
+                    }
+                }
+                pool.decode_file_descriptor_set(bytes)
+                    .map_err(|error| error.to_string())?;
+            }
+            Ok(Compiled { files, pool })
+        });
+        COMPILED
+            .as_ref()
+            .map_err(|error| CatalogError::Link(format!("the compiled-in descriptors: {error}")))
+    }
+}
+
+/// Whether two files say the same, source comments and positions aside.
+fn same_content(a: &FileDescriptorProto, b: &FileDescriptorProto) -> bool {
+    let strip = |file: &FileDescriptorProto| FileDescriptorProto {
+        source_code_info: None,
+        ..file.clone()
+    };
+    strip(a) == strip(b)
 }
 
 #[cfg(test)]
@@ -124,7 +264,7 @@ mod tests {
 
     #[test]
     fn knows_the_compiled_services() {
-        let known = service_methods();
+        let known = Catalog::compiled().service_methods();
         let civil = &known["govbridge.civilregistry.v1.CivilRegistry"];
         assert!(civil.contains("GetPerson"));
         assert!(civil.contains("WatchLifeEvents"));

@@ -20,7 +20,7 @@
 //! it), or fail a call: a subject it cannot read is simply `None`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
 
@@ -125,7 +125,11 @@ impl SubjectFields {
     /// Reads the markings of an encoded `FileDescriptorSet`, such as
     /// [`crate::proto::FILE_DESCRIPTOR_SET`].
     pub fn from_descriptors(bytes: &[u8]) -> Result<Self, SubjectError> {
-        let pool = DescriptorPool::decode(bytes)?;
+        Self::of_pool(&DescriptorPool::decode(bytes)?)
+    }
+
+    /// Reads the markings of the messages of `pool`.
+    pub fn of_pool(pool: &DescriptorPool) -> Result<Self, SubjectError> {
         // A set that does not define the option marks nothing.
         let Some(option) = pool.get_extension_by_name(DATA_SUBJECT_OPTION) else {
             return Ok(Self::default());
@@ -182,22 +186,6 @@ impl SubjectFields {
             }
         }
         Ok(Self { by_method })
-    }
-
-    /// The markings of the compiled-in protos, read once.
-    ///
-    /// A unit test asserts that they are valid; were they not, no subject is
-    /// read and the error is logged, rather than the gateway failing.
-    pub fn compiled() -> &'static SubjectFields {
-        static COMPILED: LazyLock<SubjectFields> = LazyLock::new(|| {
-            SubjectFields::from_descriptors(crate::proto::FILE_DESCRIPTOR_SET).unwrap_or_else(
-                |error| {
-                    tracing::error!(%error, "data subject markings ignored");
-                    SubjectFields::default()
-                },
-            )
-        });
-        &COMPILED
     }
 
     /// The field naming the data subject in the request of `method_path`

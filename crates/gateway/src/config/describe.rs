@@ -8,6 +8,11 @@ impl Config {
     /// per-member limits are replaced by their count: who is registered, in
     /// which groups, is for operators.
     pub fn describe(&self, with_members: bool) -> String {
+        serde_json::to_string_pretty(&self.description(with_members)).unwrap_or_default()
+    }
+
+    /// [`Config::describe`], as a JSON value.
+    fn description(&self, with_members: bool) -> serde_json::Value {
         let config = self;
         let path = |path: &std::path::Path| path.display().to_string();
         let mut value = serde_json::json!({
@@ -99,7 +104,7 @@ impl Config {
             .into();
             value["exchange_log"]["data_tracker_clients"] = "(hidden)".into();
         }
-        serde_json::to_string_pretty(&value).unwrap_or_default()
+        value
     }
 
     /// What must be the same on every node of a fleet, hashed (SHA-256,
@@ -109,8 +114,7 @@ impl Config {
     /// node keeps a log of its own) are left out, as are the policies
     /// (`PolicyEngine::fingerprint`).
     pub fn fleet_fingerprint(&self) -> String {
-        let described: serde_json::Value =
-            serde_json::from_str(&self.describe(true)).unwrap_or_default();
+        let described = self.description(true);
         let shared = serde_json::json!({
             "members": described["members"],
             "providers": self.providers.keys().map(ToString::to_string).collect::<Vec<_>>(),

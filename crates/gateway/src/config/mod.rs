@@ -79,6 +79,9 @@ pub struct Config {
     /// `[store]`: the PostgreSQL database a fleet of nodes shares; none
     /// for a single node, which keeps everything in its own files.
     pub store: Option<StoreConfig>,
+    /// What the gateway knows of services: the compiled-in protos and the
+    /// services' `descriptor` sets.
+    pub catalog: std::sync::Arc<crate::catalog::Catalog>,
     /// `[directory]`: where the shared sections come from, if not from
     /// this file.
     pub directory: Option<DirectoryConfig>,

@@ -216,6 +216,7 @@ struct RawProvider {
 #[serde(deny_unknown_fields)]
 struct RawService {
     providers: Spanned<Vec<Spanned<String>>>,
+    descriptor: Option<Spanned<String>>,
     max_deadline: Option<Spanned<String>>,
     #[serde(default)]
     idempotent: Vec<Spanned<String>>,
@@ -801,6 +802,7 @@ fn validate(
         providers.insert(id.clone(), Provider { id, endpoints });
     }
 
+    let catalog = catalog_of(shared, &global.services)?;
     let mut services = BTreeMap::new();
     for (key, service) in &global.services {
         let name = key.get_ref();
@@ -855,7 +857,22 @@ fn validate(
                 )
             })
             .transpose()?;
-        let idempotent = idempotent_methods(shared, &path, name, &service.idempotent)?;
+        if !catalog.declares(name) {
+            let (key, value) = match &service.descriptor {
+                Some(descriptor) => (format!("{path}.descriptor"), descriptor),
+                None => (path.clone(), key),
+            };
+            return Err(shared.error(
+                key,
+                value,
+                format!(
+                    "no descriptor declares {name}: give the service a `descriptor` (an encoded \
+                     descriptor set, as `protoc --descriptor_set_out --include_imports` or \
+                     `buf build` writes it) that does"
+                ),
+            ));
+        }
+        let idempotent = idempotent_methods(shared, &catalog, &path, name, &service.idempotent)?;
         services.insert(
             name.clone(),
             PublishedService {
@@ -967,9 +984,53 @@ fn validate(
         consent,
         limits,
         store,
+        catalog,
         directory: directory.as_ref().map(|(directory, _)| directory.clone()),
         global: directory.map(|(_, version)| version),
     })
+}
+
+/// What the gateway knows of services: the compiled-in protos, and the
+/// descriptor sets of `services` that name one (each file read once).
+fn catalog_of(
+    source: &Source<'_>,
+    services: &BTreeMap<Spanned<String>, RawService>,
+) -> Result<std::sync::Arc<crate::catalog::Catalog>, ConfigError> {
+    let mut sets: Vec<(String, &Spanned<String>, Vec<u8>)> = Vec::new();
+    for (name, service) in services {
+        let Some(descriptor) = &service.descriptor else {
+            continue;
+        };
+        let key = format!("services.{}.descriptor", quoted(name.get_ref()));
+        let path = source.path(descriptor);
+        if sets.iter().any(|(_, seen, _)| source.path(seen) == path) {
+            continue;
+        }
+        let bytes = std::fs::read(&path).map_err(|error| {
+            source.error(
+                &key,
+                descriptor,
+                format!("cannot read {}: {error}", path.display()),
+            )
+        })?;
+        sets.push((key, descriptor, bytes));
+    }
+    let Some(last) = sets.last() else {
+        return Ok(std::sync::Arc::clone(crate::catalog::Catalog::compiled()));
+    };
+    let all: Vec<&[u8]> = sets.iter().map(|(_, _, bytes)| bytes.as_slice()).collect();
+    crate::catalog::Catalog::with_sets(&all)
+        .map(std::sync::Arc::new)
+        .map_err(|error| {
+            // Name the set at fault: the first that fails alone, else the
+            // last (which fails with the others).
+            let (key, descriptor, _) = sets
+                .iter()
+                .find(|(_, _, bytes)| crate::catalog::Catalog::with_sets(&[bytes]).is_err())
+                .unwrap_or(last);
+            let path = source.path(descriptor);
+            source.error(key, *descriptor, format!("{}: {error}", path.display()))
+        })
 }
 
 /// The CAs and CRLs that members' and backends' certificates are checked
@@ -1568,16 +1629,17 @@ fn listener_settings(
 }
 
 /// `services."<name>".idempotent`: methods of the service that may be
-/// retried, each a method of the compiled-in descriptor when the service
-/// is one of ours, and not client-streaming (a retry replays the request).
+/// retried, each a method its descriptor declares, and not
+/// client-streaming (a retry replays the request).
 fn idempotent_methods(
     source: &Source<'_>,
+    catalog: &crate::catalog::Catalog,
     path: &str,
     service: &str,
     raw: &[Spanned<String>],
 ) -> Result<std::collections::BTreeSet<String>, ConfigError> {
-    let known = crate::catalog::service_methods();
-    let streaming = crate::catalog::client_streaming_methods();
+    let known = catalog.service_methods();
+    let streaming = catalog.client_streaming_methods();
     let mut methods = std::collections::BTreeSet::new();
     for (index, method) in raw.iter().enumerate() {
         let key = format!("{path}.idempotent[{index}]");
@@ -1592,8 +1654,7 @@ fn idempotent_methods(
                 method,
                 format!(
                     "the gateway has no descriptor of {service}, so it cannot tell whether \
-                     {name} streams its requests: only methods of compiled-in services can \
-                     be retried"
+                     {name} streams its requests: give the service a `descriptor`"
                 ),
             ));
         };

@@ -7,7 +7,6 @@
 use tonic::{Request, Response, Status};
 
 use super::LocalContext;
-use crate::catalog::descriptors;
 use crate::proto::directory::v1::{
     AllowedMethod, AllowedMethodsRequest, AllowedMethodsResponse, GetServiceDescriptorRequest,
     GetServiceDescriptorResponse, ListMembersRequest, ListMembersResponse, ListServicesRequest,
@@ -50,7 +49,8 @@ impl Directory for DirectoryService {
         request: Request<ListServicesRequest>,
     ) -> Result<Response<ListServicesResponse>, Status> {
         let context = LocalContext::from_request(&request)?;
-        let known = crate::catalog::service_methods();
+        let catalog = context.state.catalog();
+        let known = catalog.service_methods();
         let visible = context.visible_services();
         let services = context
             .state
@@ -103,7 +103,7 @@ impl Directory for DirectoryService {
         // Like reflection: only what the caller may call.
         let visible = context.visible_services().contains(service);
         let set = visible
-            .then(|| descriptors::index().service_set(service))
+            .then(|| context.state.catalog().descriptors().service_set(service))
             .flatten()
             .ok_or_else(|| {
                 Status::not_found(format!(

@@ -48,6 +48,8 @@ pub trait GatewayView: Send + Sync + std::fmt::Debug {
     fn policy(&self) -> &PolicyEngine;
     /// The exchange log's settings (who may call the Data Tracker).
     fn exchange_log_config(&self) -> &ExchangeLogConfig;
+    /// What the gateway knows of services: methods and descriptors.
+    fn catalog(&self) -> &Arc<crate::catalog::Catalog>;
 }
 
 /// Who is asking, under which configuration. Put in the extensions of

@@ -12,28 +12,35 @@ use v1::server_reflection_request::MessageRequest;
 use v1::server_reflection_response::MessageResponse;
 
 use super::LocalContext;
-use crate::catalog::descriptors;
+use crate::catalog::Catalog;
 
-/// What one caller may see.
+/// What one caller may see, of the catalog of the configuration its call
+/// started under.
 struct View {
+    catalog: std::sync::Arc<Catalog>,
     services: BTreeSet<String>,
     files: BTreeSet<String>,
 }
 
 impl View {
     fn of(context: &LocalContext) -> Self {
-        let index = descriptors::index();
+        let catalog = std::sync::Arc::clone(context.state.catalog());
+        let index = catalog.descriptors();
         let services = context.visible_services();
         let files = services
             .iter()
             .filter_map(|service| index.file_of_service(service))
             .flat_map(|file| index.closure(file))
             .collect();
-        Self { services, files }
+        Self {
+            catalog,
+            services,
+            files,
+        }
     }
 
     fn files_from(&self, file: Option<&str>, what: &str) -> MessageResponse {
-        let index = descriptors::index();
+        let index = self.catalog.descriptors();
         match file.filter(|file| self.files.contains(*file)) {
             Some(file) => MessageResponse::FileDescriptorResponse(v1::FileDescriptorResponse {
                 file_descriptor_proto: index.encoded(&index.closure(file)),
@@ -43,7 +50,7 @@ impl View {
     }
 
     fn answer(&self, request: &v1::ServerReflectionRequest) -> v1::ServerReflectionResponse {
-        let index = descriptors::index();
+        let index = self.catalog.descriptors();
         let message = match &request.message_request {
             Some(MessageRequest::ListServices(_)) => {
                 MessageResponse::ListServicesResponse(v1::ListServiceResponse {

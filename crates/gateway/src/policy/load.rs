@@ -113,7 +113,7 @@ fn action_declarations(methods: &BTreeMap<String, Vec<MemberId>>) -> String {
 /// Published methods and their providers, from the configuration and the
 /// compiled-in descriptors.
 pub(super) fn published_methods(config: &Config) -> BTreeMap<String, Vec<MemberId>> {
-    let known = crate::catalog::service_methods();
+    let known = config.catalog.service_methods();
     let mut methods = BTreeMap::new();
     for service in config.services.values() {
         for method in known.get(&service.name).into_iter().flatten() {
@@ -394,8 +394,8 @@ fn check_consent_methods(
     policies: &PolicySet,
     methods: &BTreeMap<String, Vec<MemberId>>,
     sources: &HashMap<String, PolicySource>,
+    subjects: &crate::catalog::subject::SubjectFields,
 ) -> Result<(), PolicyError> {
-    let subjects = crate::catalog::subject::SubjectFields::compiled();
     for policy in policies.policies() {
         let asks_consent = policy
             .to_json()
@@ -509,7 +509,7 @@ pub(super) fn load(config: &Config) -> Result<PolicyEngine, PolicyError> {
         ));
     }
 
-    check_consent_methods(&policies, &methods, &sources)?;
+    check_consent_methods(&policies, &methods, &sources, config.catalog.subjects())?;
 
     // Coverage follows membership as Cedar does: transitively, from the
     // entities themselves, so that the index can never disagree with it.

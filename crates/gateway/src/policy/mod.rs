@@ -111,10 +111,20 @@ pub(crate) const ACTION: &str = "Action";
 
 /// `Type::"id"` as a Cedar entity uid.
 pub(crate) fn uid(type_name: &str, id: &str) -> EntityUid {
-    // Type names here are constants that always parse.
-    let type_name: EntityTypeName = type_name
-        .parse()
-        .unwrap_or_else(|_| unreachable!("entity type names are constants"));
+    // Parsing a type name runs Cedar's parser: the constants are parsed
+    // once, not for each of a registry's thousands of entities.
+    static PARSED: std::sync::LazyLock<HashMap<&'static str, EntityTypeName>> =
+        std::sync::LazyLock::new(|| {
+            [MEMBER, ORGANIZATION, GROUP, PROVIDER, ACTION]
+                .into_iter()
+                .filter_map(|name| Some((name, name.parse().ok()?)))
+                .collect()
+        });
+    let type_name = PARSED.get(type_name).cloned().unwrap_or_else(|| {
+        type_name
+            .parse()
+            .unwrap_or_else(|_| unreachable!("entity type names are constants"))
+    });
     EntityUid::from_type_name_and_id(type_name, EntityId::new(id))
 }
 

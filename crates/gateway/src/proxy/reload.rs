@@ -61,15 +61,18 @@ impl Reloader {
         cache: &crate::global::cache::Cache,
         staged: &crate::global::cache::Installed,
     ) -> Result<(), ReloadError> {
+        let started = std::time::Instant::now();
+        // The last step before the swap: the time is in the metrics by the
+        // time the version is.
         let commit = || {
             cache.commit(staged).map_err(|error| ReloadError::Cache {
                 file: self.source.clone(),
                 error: error.to_string(),
-            })
+            })?;
+            self.metrics.global_applied(started.elapsed());
+            Ok(())
         };
-        let started = std::time::Instant::now();
         self.apply(|| Config::load_staged(&self.source, staged), commit)?;
-        self.metrics.global_applied(started.elapsed());
         tracing::info!(
             version = staged.manifest.version,
             expires = %crate::unix_time::rfc3339(staged.manifest.expires),

@@ -56,9 +56,15 @@ pub struct GatewayState {
     /// The global configuration this state was built from, when a
     /// directory publishes it: past its expiry, calls are refused.
     pub(super) global: Option<crate::config::GlobalVersion>,
+    /// What this configuration knows of services.
+    pub(super) catalog: Arc<crate::catalog::Catalog>,
 }
 
 impl crate::directory::GatewayView for GatewayState {
+    fn catalog(&self) -> &Arc<crate::catalog::Catalog> {
+        &self.catalog
+    }
+
     fn registry(&self) -> &BTreeMap<MemberId, crate::config::Member> {
         &self.registry
     }
@@ -180,6 +186,7 @@ impl GatewayState {
             limits: Limits::after(&config.limits, previous.map(|previous| &previous.limits)),
             fingerprints,
             global: config.global.clone(),
+            catalog: Arc::clone(&config.catalog),
         })
     }
 

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::catalog::{service_methods, split_path};
+use crate::catalog::split_path;
 
 use crate::config::Config;
 use crate::identity::MemberId;
@@ -75,7 +75,7 @@ impl RouteTable {
         connector: &Arc<UpstreamConnector>,
         previous: Option<&RouteTable>,
     ) -> Self {
-        let known = service_methods();
+        let known = config.catalog.service_methods();
         let pools: HashMap<MemberId, Arc<ProviderPool>> = config
             .providers
             .values()

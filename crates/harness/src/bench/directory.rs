@@ -10,8 +10,8 @@
 //! The global configuration is the everything-on gateway's (split with
 //! `global::split`) plus generated members and services: --members members
 //! in all, of which --services are providers, each publishing a service
-//! of its own (endpoints that refuse connections: those services are
-//! routed, never called). While the load runs, a new version is published
+//! of its own, described by a generated descriptor set (endpoints that
+//! refuse connections: those services are routed, never called). While the load runs, a new version is published
 //! every two intervals; for each, the time until every gateway runs it
 //! (its `govbridge_global_configuration_version`) and each gateway's own
 //! measure of applying it (`..._last_apply_seconds`: load, build, swap).
@@ -75,6 +75,56 @@ pub struct Publication {
     pub apply_ms: f64,
 }
 
+/// Where the generated services' descriptor set is, in the publication.
+const GENERATED_DESCRIPTOR: &str = "descriptors/generated.binpb";
+
+/// The descriptor set of the generated services: one file, each service
+/// with one unary method.
+fn generated_descriptor(services: impl Iterator<Item = usize>) -> Vec<u8> {
+    use prost::Message as _;
+    use prost_types::field_descriptor_proto::{Label, Type};
+    use prost_types::{
+        DescriptorProto, FieldDescriptorProto, FileDescriptorProto, FileDescriptorSet,
+        MethodDescriptorProto, ServiceDescriptorProto,
+    };
+    let field = |name: &str, kind: Type| FieldDescriptorProto {
+        name: Some(name.to_owned()),
+        number: Some(1),
+        label: Some(Label::Optional as i32),
+        r#type: Some(kind as i32),
+        json_name: Some(name.to_owned()),
+        ..FieldDescriptorProto::default()
+    };
+    let message = |name: &str, field: FieldDescriptorProto| DescriptorProto {
+        name: Some(name.to_owned()),
+        field: vec![field],
+        ..DescriptorProto::default()
+    };
+    let file = FileDescriptorProto {
+        name: Some("bench/generated/v1/services.proto".to_owned()),
+        package: Some("bench.generated.v1".to_owned()),
+        syntax: Some("proto3".to_owned()),
+        message_type: vec![
+            message("CheckRequest", field("nin", Type::String)),
+            message("CheckResponse", field("found", Type::Bool)),
+        ],
+        service: services
+            .map(|index| ServiceDescriptorProto {
+                name: Some(format!("Service{index:04}")),
+                method: vec![MethodDescriptorProto {
+                    name: Some("Check".to_owned()),
+                    input_type: Some(".bench.generated.v1.CheckRequest".to_owned()),
+                    output_type: Some(".bench.generated.v1.CheckResponse".to_owned()),
+                    ..MethodDescriptorProto::default()
+                }],
+                ..ServiceDescriptorProto::default()
+            })
+            .collect(),
+        ..FileDescriptorProto::default()
+    };
+    FileDescriptorSet { file: vec![file] }.encode_to_vec()
+}
+
 /// The publication directory's `global.toml` additions: `members`
 /// members in all, the last `services` of them providers of a service
 /// each.
@@ -96,7 +146,8 @@ fn generated(members: usize, services: usize) -> String {
                 text,
                 "\n[providers.\"SN/GOV/BENCH{index:04}/api\"]\nendpoints = [\"https://127.0.0.1:9\"]\n\
                  \n[services.\"bench.generated.v1.Service{index:04}\"]\n\
-                 providers = [\"SN/GOV/BENCH{index:04}/api\"]\n"
+                 providers = [\"SN/GOV/BENCH{index:04}/api\"]\n\
+                 descriptor = \"{GENERATED_DESCRIPTOR}\"\n"
             );
         }
     }
@@ -159,6 +210,12 @@ pub async fn directory(options: &DirectoryOptions) -> anyhow::Result<DirectoryRe
     let mut text = std::fs::read_to_string(&global)?;
     text.push_str(&generated(options.members, options.services));
     std::fs::write(&global, &text)?;
+    let first_service = options.members.saturating_sub(options.services);
+    pki::write_file(
+        &publication.join(GENERATED_DESCRIPTOR),
+        &generated_descriptor(first_service..options.members),
+        0o644,
+    )?;
     let bundle_bytes = publish(&publication, 1, &key, &bundle)?;
 
     let mut gateways = Vec::new();

@@ -7,6 +7,7 @@ use super::*;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::civilregistry::v1::VerifyIdentityRequest;
 use crate::proto::tax::v1::{GetTaxClearanceRequest, get_tax_clearance_request::Taxpayer};
+use std::sync::LazyLock;
 
 const NIN: &str = "1001199012345";
 const NINEA: &str = "00483727G3";
@@ -46,7 +47,7 @@ fn compiled_markings_are_valid() {
 
 #[test]
 fn compiled_markings_name_the_nin_fields() {
-    let fields = SubjectFields::compiled();
+    let fields = crate::catalog::Catalog::compiled().subjects();
     for (path, expected) in [
         (
             "/govbridge.civilregistry.v1.CivilRegistry/GetPerson",
@@ -138,7 +139,10 @@ const CLEARANCE: &str = "/govbridge.tax.v1.TaxAuthority/GetTaxClearance";
 /// `GetTaxClearanceRequest`'s subject: `subject_nin = 1` in a oneof with
 /// `ninea = 2`.
 fn clearance_field() -> &'static SubjectField {
-    SubjectFields::compiled().field(CLEARANCE).unwrap()
+    crate::catalog::Catalog::compiled()
+        .subjects()
+        .field(CLEARANCE)
+        .unwrap()
 }
 
 /// String field `number` holding `value`, encoded.
@@ -152,7 +156,10 @@ fn string_field(number: u8, value: &str) -> Vec<u8> {
 fn the_subjects_oneof_is_known() {
     assert_eq!(clearance_field().rivals(), &[2]);
     let verify = "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity";
-    let field = SubjectFields::compiled().field(verify).unwrap();
+    let field = crate::catalog::Catalog::compiled()
+        .subjects()
+        .field(verify)
+        .unwrap();
     assert!(field.rivals().is_empty());
 }
 

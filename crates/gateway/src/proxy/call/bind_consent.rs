@@ -5,7 +5,6 @@
 use hyper::body::Incoming;
 
 use super::{Call, Exchange, within};
-use crate::catalog::subject::SubjectFields;
 use crate::consent::artefact::ConsentClaims;
 use crate::consent::{ConsentRefusal, UseError};
 use crate::proxy::GatewayError;
@@ -22,7 +21,7 @@ impl Call<'_> {
         exchange: &mut Exchange,
     ) -> Result<SubjectGuard, GatewayError> {
         let deadline = &exchange.routed.deadline;
-        let field = SubjectFields::compiled().field(self.uri.path()).ok_or(
+        let field = self.state.catalog.subjects().field(self.uri.path()).ok_or(
             ConsentRefusal::SubjectMismatch("this method's requests name no data subject"),
         )?;
         let read = within(deadline, body::first_message(body)).await??;

@@ -14,7 +14,6 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::{Call, Exchange, within};
-use crate::catalog::subject::SubjectFields;
 use crate::proxy::GatewayError;
 use crate::proxy::body::{self, CallEnd, RequestBody, SubjectGuard};
 use crate::proxy::record::{self, SharedTally, Tally};
@@ -63,7 +62,7 @@ impl Call<'_> {
         exchange: &Exchange,
     ) -> Result<Outgoing, GatewayError> {
         let tally = self.record.as_ref().map(|_| {
-            let subject = SubjectFields::compiled().field(self.uri.path());
+            let subject = self.state.catalog.subjects().field(self.uri.path());
             Arc::new(Mutex::new(Tally::new(subject.cloned())))
         });
         let mut replay = None;
