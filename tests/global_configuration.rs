@@ -14,8 +14,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
+use govbridge::sandbox::ConsentGrant;
 use support::process::GatewayProcess;
 use support::{Bed, H2Client, bridge_error, declared, dev_bed, govbridge, metric, text};
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
 const VERSION: &str = "govbridge_global_configuration_version{instance=\"SN\"}";
 
@@ -94,6 +99,17 @@ impl Directory {
     /// `directory publish` of the publication directory, with `extra`
     /// arguments; returns its output.
     fn publish(&self, extra: &[&str]) -> String {
+        let output = self.try_publish(extra);
+        assert!(
+            output.status.success(),
+            "directory publish: {}",
+            text(&output)
+        );
+        text(&output)
+    }
+
+    /// `directory publish`, which may fail.
+    fn try_publish(&self, extra: &[&str]) -> std::process::Output {
         let mut args = vec![
             "directory",
             "publish",
@@ -107,7 +123,7 @@ impl Directory {
             path(&self.bundle),
         ];
         args.extend(extra);
-        run(&args)
+        govbridge(&args)
     }
 
     /// Adds `text` to the publication's global.toml.
@@ -243,14 +259,16 @@ async fn a_gateway_runs_what_its_directory_publishes_and_refuses_the_rest() {
     std::fs::write(&directory.bundle, &version_1).unwrap();
     until_metric(gateway.admin, &refused("replayed"), 2.0).await;
 
-    // A version the gateway cannot run (a policy that does not parse):
+    // A version the gateway cannot run (members' CA file is no
+    // certificate: `publish` does not read TLS material, gateways do):
     // refused whole.
     std::fs::write(&directory.bundle, &version_2).unwrap();
-    let broken = directory.publication.join("policy/policies/broken.cedar");
-    std::fs::write(&broken, "permit(principal,").unwrap();
+    let ca = directory.publication.join("pki/members/ca.pem");
+    let good_ca = std::fs::read(&ca).unwrap();
+    std::fs::write(&ca, "not a certificate\n").unwrap();
     directory.publish(&[]);
     until_metric(gateway.admin, &refused("invalid"), 2.0).await;
-    std::fs::remove_file(&broken).unwrap();
+    std::fs::write(&ca, good_ca).unwrap();
     let version_3 = std::fs::read(&directory.bundle).unwrap();
 
     // Through all of it, version 2 serves, and is what the gateway keeps.
@@ -362,4 +380,318 @@ async fn a_gateway_with_a_directory_takes_the_shared_sections_from_it_only() {
             && said.contains("comes from the instance's global configuration"),
         "{said}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// A service no govbridge build knows, published at runtime.
+
+/// The land registry's proto, as its provider writes it.
+const LAND_PROTO: &str = r#"syntax = "proto3";
+package govbridge.land.v1;
+
+import "govbridge/options/v1/options.proto";
+
+// The land registry: the parcels a person owns.
+service LandRegistry {
+  rpc GetParcels(GetParcelsRequest) returns (GetParcelsResponse);
+}
+
+message GetParcelsRequest {
+  string owner_nin = 1 [(govbridge.options.v1.data_subject) = true];
+}
+
+message GetParcelsResponse {
+  repeated string parcels = 1;
+}
+"#;
+const LAND_SERVICE: &str = "govbridge.land.v1.LandRegistry";
+const GET_PARCELS: &str = "/govbridge.land.v1.LandRegistry/GetParcels";
+const LAND_PROVIDER: &str = "SN/GOV/ANCT/land-registry";
+
+/// The messages, as the provider's and the bank's generated code would
+/// declare them.
+#[derive(Clone, PartialEq, prost::Message)]
+struct GetParcelsRequest {
+    #[prost(string, tag = "1")]
+    owner_nin: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct GetParcelsResponse {
+    #[prost(string, repeated, tag = "1")]
+    parcels: Vec<String>,
+}
+
+/// The land registry's backend: answers GetParcels and remembers whose
+/// parcels it was asked for.
+#[derive(Debug, Clone, Default)]
+struct LandRegistry {
+    owners: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl tonic::server::UnaryService<GetParcelsRequest> for LandRegistry {
+    type Response = GetParcelsResponse;
+    type Future = std::future::Ready<Result<tonic::Response<GetParcelsResponse>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<GetParcelsRequest>) -> Self::Future {
+        let owner = request.into_inner().owner_nin;
+        self.owners.lock().unwrap().push(owner.clone());
+        std::future::ready(Ok(tonic::Response::new(GetParcelsResponse {
+            parcels: vec![format!("DK-{owner}-001")],
+        })))
+    }
+}
+
+/// Serves `registry` over mutual TLS with a certificate naming the land
+/// registry, issued by the bed's CA; returns its address.
+async fn serve_land_registry(bed: &Bed, registry: LandRegistry) -> SocketAddr {
+    use govbridge::identity::MemberId;
+    use govbridge::identity::tls::ServerTls;
+    use govbridge::net::{ListenerSettings, TlsListener, with_peer};
+    use govbridge::pki::{CertificateAuthority, LeafRequest};
+    let ca = CertificateAuthority::load(&bed.pki).unwrap();
+    let mut request = LeafRequest::loopback_server("land-registry");
+    request.member = Some(MemberId::parse(LAND_PROVIDER).unwrap());
+    ca.issue(&request)
+        .unwrap()
+        .write(&bed.pki, "land-registry")
+        .unwrap();
+    let tls = ServerTls {
+        certificate: bed.pki.join("land-registry.pem"),
+        private_key: bed.pki.join("land-registry.key"),
+        client_ca: bed.pki.join("ca.pem"),
+        crls: Vec::new(),
+        crl_grace: Duration::ZERO,
+    };
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = tcp.local_addr().unwrap();
+    let listener = TlsListener::new(
+        tcp,
+        tls.listener_tls().unwrap(),
+        ListenerSettings::backend(),
+    );
+    let service = tower::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+        let registry = registry.clone();
+        async move {
+            let response = if request.uri().path() == GET_PARCELS {
+                let codec =
+                    tonic_prost::ProstCodec::<GetParcelsResponse, GetParcelsRequest>::default();
+                tonic::server::Grpc::new(codec)
+                    .unary(registry, request)
+                    .await
+            } else {
+                tonic::Status::unimplemented("the land registry has one method").into_http()
+            };
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    tokio::spawn(listener.serve(
+        move |peer| with_peer(peer, service.clone()),
+        std::future::pending::<()>(),
+    ));
+    address
+}
+
+/// The proto compiled with its imports at test time, as `protoc
+/// --descriptor_set_out --include_imports` would.
+fn land_descriptor(dir: &Path) -> Vec<u8> {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("land.proto"), LAND_PROTO).unwrap();
+    let protos = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
+    let mut compiler = protox::Compiler::new([dir, protos.as_path()]).unwrap();
+    compiler.include_imports(true);
+    compiler.open_file("land.proto").unwrap();
+    compiler.encode_file_descriptor_set()
+}
+
+/// GetParcels of `owner` through `gateway`, by CBAO's credit subsystem for
+/// credit scoring, with `consent` if given.
+async fn get_parcels(
+    bed: &Bed,
+    gateway: SocketAddr,
+    owner: &str,
+    consent: Option<&govbridge::sandbox::Consent>,
+) -> Result<GetParcelsResponse, tonic::Status> {
+    let client = H2Client::connect(gateway, bed.member_tls("cbao-credit"))
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(client);
+    grpc.ready().await.unwrap();
+    let mut request = declared(
+        GetParcelsRequest {
+            owner_nin: owner.to_owned(),
+        },
+        "CREDIT-SCORING",
+    );
+    if let Some(consent) = consent {
+        request = consent.attach(request);
+    }
+    let codec = tonic_prost::ProstCodec::<GetParcelsRequest, GetParcelsResponse>::default();
+    grpc.unary(
+        request,
+        http::uri::PathAndQuery::from_static(GET_PARCELS),
+        codec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_published_at_runtime_is_routed_authorized_bound_to_its_subject_and_logged() {
+    let bed = dev_bed().await;
+    let directory = Directory::start(&bed).await;
+    let config = directory.gateway_config(&bed, "gw");
+    let gateway = GatewayProcess::spawn_config(&bed, "gw", &config);
+    let (owner, other) = (
+        bed.data.citizens[0].nin.to_string(),
+        bed.data.citizens[1].nin.to_string(),
+    );
+    let unknown = get_parcels(&bed, gateway.address, &owner, None)
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::Unimplemented, "{unknown:?}");
+
+    // The provider's backend, its proto compiled to a descriptor set, a
+    // policy naming its method: published, with no rebuild or restart.
+    let registry = LandRegistry::default();
+    let backend = serve_land_registry(&bed, registry.clone()).await;
+    let descriptor = land_descriptor(&bed.dir().join("land-proto"));
+    let descriptors = directory.publication.join("descriptors");
+    std::fs::create_dir_all(&descriptors).unwrap();
+    std::fs::write(descriptors.join("land.binpb"), descriptor).unwrap();
+    directory.append(&format!(
+        "\n[members.\"{LAND_PROVIDER}\"]\nname = \"Agence nationale du cadastre\"\n\
+         \n[providers.\"{LAND_PROVIDER}\"]\nendpoints = [\"https://{backend}\"]\n\
+         \n[services.\"{LAND_SERVICE}\"]\nproviders = [\"{LAND_PROVIDER}\"]\n\
+         descriptor = \"descriptors/land.binpb\"\n"
+    ));
+    let policy = format!(
+        "// Banks read a borrower's parcels, with their consent.\n\
+         @id(\"bank-credit-reads-parcels-with-consent\")\n\
+         permit (\n  principal in Group::\"bank-credit\",\n  \
+         action == Action::\"{GET_PARCELS}\",\n  \
+         resource == Provider::\"{LAND_PROVIDER}\"\n)\n\
+         when {{ context.purpose == \"CREDIT-SCORING\" && context.consent.verified }};\n"
+    );
+    let policies = directory.publication.join("policy/policies");
+    // A policy naming a method no descriptor declares: the publication
+    // fails, naming the file and line.
+    let mistaken = policy.replace("/GetParcels", "/DeleteParcels");
+    std::fs::write(policies.join("land.cedar"), mistaken).unwrap();
+    let refused = directory.try_publish(&[]);
+    let said = text(&refused);
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("land.cedar:5"), "{said}");
+    std::fs::write(policies.join("land.cedar"), policy).unwrap();
+    directory.publish(&[]);
+    until_metric(gateway.admin, VERSION, 2.0).await;
+
+    // Authorized by its policy, which asks for consent.
+    let refused = get_parcels(&bed, gateway.address, &owner, None)
+        .await
+        .unwrap_err();
+    assert_eq!(bridge_error(&refused).as_deref(), Some("consent-missing"));
+    let consent = bed
+        .grant_consent(
+            &ConsentGrant::new(&owner, "SN/COM/CBAO/credit", GET_PARCELS, "CREDIT-SCORING")
+                .providers(&[LAND_PROVIDER]),
+        )
+        .await
+        .unwrap();
+    let answer = get_parcels(&bed, gateway.address, &owner, Some(&consent))
+        .await
+        .unwrap();
+    assert_eq!(answer.parcels, [format!("DK-{owner}-001")]);
+
+    // Bound to the person its data_subject field names.
+    let elsewhere = get_parcels(&bed, gateway.address, &other, Some(&consent))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        elsewhere.code(),
+        tonic::Code::PermissionDenied,
+        "{elsewhere:?}"
+    );
+    assert!(
+        bridge_error(&elsewhere).is_some_and(|kind| kind.starts_with("consent-")),
+        "{elsewhere:?}"
+    );
+    assert_eq!(*registry.owners.lock().unwrap(), std::slice::from_ref(&owner));
+
+    // Described by reflection to those who may call it.
+    let client = H2Client::connect(gateway.address, bed.member_tls("cbao-credit"))
+        .await
+        .unwrap();
+    let answers = reflect(
+        client,
+        vec![
+            MessageRequest::ListServices(String::new()),
+            MessageRequest::FileContainingSymbol(LAND_SERVICE.to_owned()),
+        ],
+    )
+    .await;
+    match &answers[0] {
+        MessageResponse::ListServicesResponse(list) => {
+            assert!(
+                list.service
+                    .iter()
+                    .any(|service| service.name == LAND_SERVICE)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match &answers[1] {
+        MessageResponse::FileDescriptorResponse(files) => {
+            let names: Vec<String> = files
+                .file_descriptor_proto
+                .iter()
+                .map(|bytes| {
+                    use prost::Message as _;
+                    prost_types::FileDescriptorProto::decode(bytes.as_slice())
+                        .unwrap()
+                        .name()
+                        .to_owned()
+                })
+                .collect();
+            assert!(names.contains(&"land.proto".to_owned()), "{names:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // In the exchange log, with its subject, like any call.
+    let logged = run(&[
+        "audit",
+        "query",
+        "--data",
+        path(&gateway.data),
+        "--method",
+        GET_PARCELS,
+        "--subject",
+        &owner,
+    ]);
+    assert!(
+        logged.contains(GET_PARCELS) && logged.contains(" OK "),
+        "{logged}"
+    );
+}
+
+/// Runs reflection requests over one stream and returns the answers.
+async fn reflect(client: H2Client, requests: Vec<MessageRequest>) -> Vec<MessageResponse> {
+    let requests: Vec<ServerReflectionRequest> = requests
+        .into_iter()
+        .map(|message| ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(message),
+        })
+        .collect();
+    let mut stream = ServerReflectionClient::new(client)
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut answers = Vec::new();
+    while let Some(answer) = stream.message().await.unwrap() {
+        answers.push(answer.message_response.unwrap());
+    }
+    answers
 }

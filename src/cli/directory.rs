@@ -271,8 +271,8 @@ fn publish(
             out.display()
         );
     }
+    check_publication(from)?;
     let bundle = Bundle::build(from, instance, version, valid, &key)?;
-    check_loads(&bundle)?;
     govbridge::keys::write_file(out, &bundle.to_json(), 0o644)
         .with_context(|| format!("writing {}", out.display()))?;
     println!(
@@ -288,18 +288,17 @@ fn publish(
     Ok(())
 }
 
-/// Checks that `global.toml` parses as TOML before anything is signed. The
-/// full check (members, policies against the schema, CAs) is each
-/// gateway's: `govbridge check-config` with the bundle in its cache.
-fn check_loads(bundle: &Bundle) -> anyhow::Result<()> {
-    let text = bundle
-        .files
-        .get(govbridge::global::GLOBAL_FILE)
-        .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
-        .unwrap_or_default();
-    text.parse::<toml::Table>()
-        .map(drop)
-        .map_err(|error| anyhow::anyhow!("{}: {error}", govbridge::global::GLOBAL_FILE))
+/// Checks the publication in `dir` as a gateway will load it (members,
+/// providers, services and their descriptors, purposes, consent, limits,
+/// and the policies against the schema and the methods the descriptors
+/// declare) before anything is signed; an error names the file and line.
+/// What needs a gateway's own files (its certificates) is each gateway's
+/// to check.
+fn check_publication(dir: &Path) -> anyhow::Result<()> {
+    let config =
+        govbridge::config::Config::load_publication(&dir.join(govbridge::global::GLOBAL_FILE))?;
+    govbridge::policy::PolicyEngine::load(&config)?;
+    Ok(())
 }
 
 /// A bundle file, checked against `verifier` if given, or a directory

@@ -519,6 +519,14 @@ impl Config {
         raw::parse(path, text, None)
     }
 
+    /// Reads and validates the `global.toml` of a publication directory as
+    /// a gateway would, with placeholder settings of its own (no file they
+    /// name is read): what `directory publish` checks before it signs.
+    pub fn load_publication(global: &Path) -> Result<Self, ConfigError> {
+        let text = read(global)?;
+        raw::parse_publication(global, &text)
+    }
+
     /// Reads and validates a gateway file with `[directory]`, as if
     /// `staged` (a bundle written into the cache, not yet in use) were
     /// the global configuration in use.

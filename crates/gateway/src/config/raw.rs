@@ -482,6 +482,33 @@ pub(super) fn parse(
     validate(&source, &shared, raw, global, Some((directory, version)))
 }
 
+/// The gateway settings a publication is checked with: none of it is
+/// read (no file it names is opened); `[trust]` of the publication, when
+/// it has one, replaces the CAs.
+const PUBLICATION_STUB: &str = "[gateway]\nnode_id = \"publication-check\"\n\
+    listen = \"127.0.0.1:0\"\nidentity = \"XX/GOV/GOVBRIDGE/gateway\"\n\
+    [gateway.tls]\ncertificate = \"-\"\nprivate_key = \"-\"\n\
+    [upstream]\ncertificate = \"-\"\nprivate_key = \"-\"\n\
+    [exchange_log]\nenabled = false\n";
+
+/// A publication directory's `global.toml` (at `path`), validated as a
+/// gateway would load it, with placeholder gateway settings: what
+/// `directory publish` checks before it signs.
+pub(super) fn parse_publication(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let shared = Source::new(path, text);
+    let global: RawGlobal = shared.deserialize()?;
+    let mut stub = PUBLICATION_STUB.to_owned();
+    if global.trust.is_none() {
+        stub = stub
+            .replace("[gateway.tls]\n", "[gateway.tls]\nclient_ca = \"-\"\n")
+            .replace("[upstream]\n", "[upstream]\nserver_ca = \"-\"\n");
+    }
+    let stub_path = path.with_file_name("(placeholder gateway settings)");
+    let local = Source::new(&stub_path, &stub);
+    let raw: RawConfig = local.deserialize()?;
+    validate(&local, &shared, raw, global, None)
+}
+
 /// The `[directory]` of the gateway file at `path`, if it has one: where
 /// its global configuration comes from, read before the rest is (the rest
 /// needs the bundle).
