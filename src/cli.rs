@@ -1,11 +1,12 @@
 //! The command line: `serve`, `agency`, `pki`, `policy`, `audit`,
-//! `consent`, `status`, `fleet`, `directory`, `bench`, `check-config`, `dev`
-//! and `demo`.
+//! `consent`, `status`, `fleet`, `directory`, `backup`, `restore`, `bench`,
+//! `check-config`, `dev` and `demo`.
 //!
 //! Parses arguments, sets up logging and calls into the library. Errors are
 //! printed once, with their context chain, and give exit status 1.
 
 mod audit;
+mod backup;
 #[cfg(feature = "harness")]
 mod bench;
 #[cfg(feature = "harness")]
@@ -81,6 +82,29 @@ enum Command {
     Directory {
         #[command(subcommand)]
         command: directory::DirectoryCommand,
+    },
+    /// Back up what a gateway holds (its file, the log's key, store and
+    /// archives, the consent ledger, the global configuration it runs)
+    /// into a new directory, signed with the log's key; safe while the
+    /// gateway runs.
+    Backup {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Check a backup (signature, every file, the exchange log) and put it
+    /// back where the gateway file FILE says (written from the backup if
+    /// it does not exist); never overwrites.
+    Restore {
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The log's public key you keep (default: the one in the backup,
+        /// which proves only that the backup is whole).
+        #[arg(long, value_name = "KEY.pub")]
+        key: Option<PathBuf>,
     },
     /// Validate a configuration as a start would, then exit.
     CheckConfig {
@@ -291,6 +315,14 @@ fn run(command: Command, log_format: LogFormat) -> anyhow::Result<()> {
         Command::Fleet { command } => {
             init_logging(log_format, None, "")?;
             fleet::run(command)
+        }
+        Command::Backup { config, out } => {
+            init_logging(log_format, None, "")?;
+            backup::backup(&config, &out)
+        }
+        Command::Restore { from, config, key } => {
+            init_logging(log_format, None, "")?;
+            backup::restore(&from, &config, key.as_deref())
         }
         Command::Directory { command } => {
             init_logging(log_format, None, "")?;

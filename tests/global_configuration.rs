@@ -616,7 +616,10 @@ async fn a_service_published_at_runtime_is_routed_authorized_bound_to_its_subjec
         bridge_error(&elsewhere).is_some_and(|kind| kind.starts_with("consent-")),
         "{elsewhere:?}"
     );
-    assert_eq!(*registry.owners.lock().unwrap(), std::slice::from_ref(&owner));
+    assert_eq!(
+        *registry.owners.lock().unwrap(),
+        std::slice::from_ref(&owner)
+    );
 
     // Described by reflection to those who may call it.
     let client = H2Client::connect(gateway.address, bed.member_tls("cbao-credit"))
@@ -694,4 +697,127 @@ async fn reflect(client: H2Client, requests: Vec<MessageRequest>) -> Vec<Message
         answers.push(answer.message_response.unwrap());
     }
     answers
+}
+
+// ---------------------------------------------------------------------------
+// Backup and restore.
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_while_serving_is_checked_and_restored_elsewhere() {
+    let bed = dev_bed().await;
+    let directory = Directory::start(&bed).await;
+    let config = directory.gateway_config(&bed, "gw");
+    let gateway = GatewayProcess::spawn_config(&bed, "gw", &config);
+    for _ in 0..5 {
+        verify_identity(&bed, gateway.address).await.unwrap();
+    }
+    let backup = bed.dir().join("backup");
+    let said = run(&["backup", "--config", path(&config), "--out", path(&backup)]);
+    assert!(said.contains("signed by"), "{said}");
+    let log_key = gateway.data.join("log-key.pub");
+
+    // Another machine: its own certificates and the directory's key, and
+    // the backup's gateway file written there by the restore.
+    let machine = bed.dir().join("machine");
+    copy_dir(&bed.pki, &machine.join("pki"));
+    std::fs::copy(
+        bed.dir().join("directory-key.pub"),
+        machine.join("directory-key.pub"),
+    )
+    .unwrap();
+    let restored = machine.join("gw.toml");
+
+    // A backup changed after it was signed, or checked against another
+    // log's key, is refused before anything is written.
+    let tampered = bed.dir().join("backup-tampered");
+    copy_dir(&backup, &tampered);
+    let store = tampered.join("exchange-log/exchange-log.sqlite");
+    let mut bytes = std::fs::read(&store).unwrap();
+    bytes.push(0);
+    std::fs::write(&store, bytes).unwrap();
+    let refused = govbridge(&[
+        "restore",
+        "--from",
+        path(&tampered),
+        "--config",
+        path(&restored),
+        "--key",
+        path(&log_key),
+    ]);
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("altered"), "{}", text(&refused));
+    let stranger = bed.dir().join("stranger-log.pub");
+    let other = govbridge::note::SigningKey::generate("govbridge/gw").unwrap();
+    std::fs::write(&stranger, format!("{}\n", other.verifier())).unwrap();
+    let refused = govbridge(&[
+        "restore",
+        "--from",
+        path(&backup),
+        "--config",
+        path(&restored),
+        "--key",
+        path(&stranger),
+    ]);
+    assert!(!refused.status.success());
+    assert!(!restored.exists());
+
+    // The backup restores, its log verifies, and a second restore
+    // overwrites nothing.
+    let said = run(&[
+        "restore",
+        "--from",
+        path(&backup),
+        "--config",
+        path(&restored),
+        "--key",
+        path(&log_key),
+    ]);
+    assert!(said.contains("exchange log verified"), "{said}");
+    let data = machine.join("gw-data");
+    let verified = run(&[
+        "audit",
+        "verify",
+        "--data",
+        path(&data),
+        "--key",
+        path(&log_key),
+    ]);
+    assert!(
+        verified.contains("10 records") || verified.contains("records: 10"),
+        "{verified}"
+    );
+    assert!(data.join("directory/current").is_file());
+    let checked = run(&["check-config", path(&restored)]);
+    assert!(
+        checked.contains("global configuration: version 1"),
+        "{checked}"
+    );
+    let again = govbridge(&[
+        "restore",
+        "--from",
+        path(&backup),
+        "--config",
+        path(&restored),
+        "--key",
+        path(&log_key),
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again).contains("never overwrites"),
+        "{}",
+        text(&again)
+    );
 }
