@@ -101,10 +101,9 @@ enum Command {
         from: PathBuf,
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
-        /// The log's public key you keep (default: the one in the backup,
-        /// which proves only that the backup is whole).
+        /// The log's public key you keep: the backup must be signed by it.
         #[arg(long, value_name = "KEY.pub")]
-        key: Option<PathBuf>,
+        key: PathBuf,
     },
     /// Validate a configuration as a start would, then exit.
     CheckConfig {
@@ -251,18 +250,19 @@ fn run(command: Command, log_format: LogFormat) -> anyhow::Result<()> {
         } => {
             let runtime = runtime()?;
             // With [directory], the rest of the file needs the global
-            // configuration: fetch it first (logged once logging is up).
+            // configuration: fetch it first; what happened is logged once
+            // logging is set up from the configuration.
             let prepared = runtime.block_on(govbridge::proxy::global::prepare(&config));
             let path = config;
-            let config = match prepared {
-                Ok(()) => Config::load(&path)?,
-                Err(error) => anyhow::bail!("{}: {error}", path.display()),
-            };
+            let prepared =
+                prepared.map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+            let config = Config::load(&path)?;
             init_logging(
                 log_format,
                 otlp_of(Some(&config))?.as_ref(),
                 &config.gateway.node_id,
             )?;
+            prepared.log();
             runtime.block_on(async {
                 let gateway = Gateway::bind(&config).await?;
                 gateway.reloader().reload_on_sighup();
@@ -322,7 +322,7 @@ fn run(command: Command, log_format: LogFormat) -> anyhow::Result<()> {
         }
         Command::Restore { from, config, key } => {
             init_logging(log_format, None, "")?;
-            backup::restore(&from, &config, key.as_deref())
+            backup::restore(&from, &config, &key)
         }
         Command::Directory { command } => {
             init_logging(log_format, None, "")?;

@@ -368,6 +368,26 @@ async fn a_gateway_with_a_directory_takes_the_shared_sections_from_it_only() {
         text(&output)
     );
 
+    // A path out of the publication: its signature would not cover what
+    // gateways load.
+    let global = directory.publication.join("global.toml");
+    let original = std::fs::read_to_string(&global).unwrap();
+    let escaped = original.replacen(
+        "client_ca = \"pki/members/ca.pem\"",
+        "client_ca = \"/etc/ssl/certs/ca-certificates.crt\"",
+        1,
+    );
+    assert_ne!(escaped, original);
+    std::fs::write(&global, &escaped).unwrap();
+    let refused = directory.try_publish(&[]);
+    let said = text(&refused);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("trust.client_ca") && said.contains("not a file of the global configuration"),
+        "{said}"
+    );
+    std::fs::write(&global, &original).unwrap();
+
     let mut own = std::fs::read_to_string(&config).unwrap();
     own.push_str("\n[purposes]\nKYC = \"here\"\n");
     std::fs::write(&config, &own).unwrap();

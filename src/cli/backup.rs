@@ -25,6 +25,8 @@ use govbridge::note::{SigningKey, Verifier};
 /// The manifest's file name and first line.
 const MANIFEST: &str = "MANIFEST";
 const HEADER: &str = "govbridge backup v1";
+/// The consent ledger's name in a backup.
+const LEDGER_FILE: &str = "consent-ledger.sqlite";
 
 /// What each part of a backup is, and where it goes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,10 +81,43 @@ pub fn backup(config_path: &Path, out: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("{}: the log's signing key", log.data_dir.display()))?;
     let key = SigningKey::from_pem(&log.origin, &key_pem)?;
     let mut staging = Staging {
-        dir: out.with_extension("partial"),
+        dir: PathBuf::from(format!("{}.partial-{}", out.display(), unique())),
         files: Vec::new(),
     };
-    let _ = std::fs::remove_dir_all(&staging.dir);
+    std::fs::create_dir_all(&staging.dir)
+        .with_context(|| format!("creating {}", staging.dir.display()))?;
+    let written = write_backup(config_path, &config, &key, &mut staging);
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&staging.dir);
+    }
+    written?;
+    std::fs::rename(&staging.dir, out)
+        .with_context(|| format!("renaming into {}", out.display()))?;
+    println!(
+        "{}: backup of {} ({} files), signed by {}",
+        out.display(),
+        config.gateway.node_id,
+        staging.files.len(),
+        key.verifier().name()
+    );
+    if config.store.is_some() {
+        println!(
+            "  the fleet's exchange log and consent uses are in its PostgreSQL database: back it \
+             up there (pg_dump)"
+        );
+    }
+    Ok(())
+}
+
+/// Writes every part of the backup of the gateway at `config_path` into
+/// `staging`, then its signed manifest.
+fn write_backup(
+    config_path: &Path,
+    config: &Config,
+    key: &SigningKey,
+    staging: &mut Staging,
+) -> anyhow::Result<()> {
+    let log = &config.exchange_log;
     let file_name = config_path.file_name().map_or_else(
         || "govbridge.toml".to_owned(),
         |name| name.to_string_lossy().into_owned(),
@@ -103,7 +138,7 @@ pub fn backup(config_path: &Path, out: &Path) -> anyhow::Result<()> {
     if let Some(consent) = config.consent.as_ref().filter(|_| config.store.is_none())
         && consent.ledger.exists()
     {
-        staging.snapshot(Part::Ledger, &consent.ledger, "consent-ledger.sqlite")?;
+        staging.snapshot(Part::Ledger, &consent.ledger, LEDGER_FILE)?;
     }
     if let Some(global) = &config.global {
         let version = format!("v{}", global.version);
@@ -122,34 +157,14 @@ pub fn backup(config_path: &Path, out: &Path) -> anyhow::Result<()> {
         govbridge::unix_time::now()
     );
     for (part, name) in &staging.files {
-        let bytes = std::fs::read(staging.dir.join(part.name()).join(name))?;
-        text.push_str(&format!(
-            "file {} {} {name}\n",
-            govbridge::keys::sha256_hex(&bytes),
-            part.name()
-        ));
+        let path = staging.path(*part, name);
+        let hash = govbridge::keys::sha256_file_hex(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        text.push_str(&format!("file {hash} {} {name}\n", part.name()));
     }
-    govbridge::keys::write_file(
-        &staging.dir.join(MANIFEST),
-        key.sign(&text).as_bytes(),
-        0o644,
-    )?;
-    std::fs::rename(&staging.dir, out)
-        .with_context(|| format!("renaming into {}", out.display()))?;
-    println!(
-        "{}: backup of {} ({} files), signed by {}",
-        out.display(),
-        config.gateway.node_id,
-        staging.files.len(),
-        key.verifier().name()
-    );
-    if config.store.is_some() {
-        println!(
-            "  the fleet's exchange log and consent uses are in its PostgreSQL database: back it \
-             up there (pg_dump)"
-        );
-    }
-    Ok(())
+    let manifest = staging.dir.join(MANIFEST);
+    govbridge::keys::write_file(&manifest, key.sign(&text).as_bytes(), 0o644)
+        .with_context(|| format!("writing {}", manifest.display()))
 }
 
 /// A backup being written, under a temporary name.
@@ -229,26 +244,28 @@ struct Entry {
     name: String,
 }
 
-/// `govbridge restore --from DIR --config FILE [--key PUB]`.
-pub fn restore(from: &Path, config_path: &Path, key: Option<&Path>) -> anyhow::Result<()> {
-    let note = std::fs::read_to_string(from.join(MANIFEST))
-        .with_context(|| format!("{}: no {MANIFEST}: not a backup", from.display()))?;
-    let (verifier, self_signed) = match key {
-        Some(key) => (Verifier::read(key).map_err(anyhow::Error::msg)?, false),
-        None => (
-            Verifier::read(&from.join(Part::Log.name()).join(VERIFIER_FILE))
-                .map_err(anyhow::Error::msg)?,
-            true,
-        ),
-    };
+impl Entry {
+    fn source(&self, backup: &Path) -> PathBuf {
+        backup.join(self.part.name()).join(&self.name)
+    }
+}
+
+/// `govbridge restore --from DIR --config FILE --key PUB`.
+pub fn restore(from: &Path, config_path: &Path, key: &Path) -> anyhow::Result<()> {
+    // 1. The backup, checked whole before anything is written.
+    let verifier = Verifier::read(key).map_err(anyhow::Error::msg)?;
+    let manifest = from.join(MANIFEST);
+    let note = std::fs::read_to_string(&manifest)
+        .with_context(|| format!("{}: not a backup", manifest.display()))?;
     let text = verifier
         .open(&note)
-        .with_context(|| format!("{}/{MANIFEST}", from.display()))?;
-    let entries = manifest_entries(text)?;
+        .with_context(|| format!("{}: not signed by {}", manifest.display(), key.display()))?;
+    let entries = manifest_entries(&manifest, text)?;
     for entry in &entries {
-        let path = from.join(entry.part.name()).join(&entry.name);
-        let bytes = std::fs::read(&path).with_context(|| format!("{}: missing", path.display()))?;
-        if govbridge::keys::sha256_hex(&bytes) != entry.hash {
+        let path = entry.source(from);
+        let hash = govbridge::keys::sha256_file_hex(&path)
+            .with_context(|| format!("{}: missing from the backup", path.display()))?;
+        if hash != entry.hash {
             bail!("{}: altered since the backup was signed", path.display());
         }
     }
@@ -264,11 +281,10 @@ pub fn restore(from: &Path, config_path: &Path, key: Option<&Path>) -> anyhow::R
     let log_copy = from.join(Part::Log.name());
     if log_copy.join(DATABASE_FILE).exists() {
         let archives = from.join(Part::Archives.name());
-        let log_key = Verifier::read(&log_copy.join(VERIFIER_FILE)).map_err(anyhow::Error::msg)?;
         let report = govbridge::exchange_log::verify::verify_with_archives(
             &log_copy,
             archives.is_dir().then_some(archives.as_path()),
-            &log_key,
+            &verifier,
         )?;
         if let Some(problem) = report.problem {
             bail!("the backup's exchange log does not verify: {problem}");
@@ -280,91 +296,106 @@ pub fn restore(from: &Path, config_path: &Path, key: Option<&Path>) -> anyhow::R
         );
     }
 
-    // Where each part goes: the gateway file given, its [directory] first
-    // (the rest of the file needs the bundle).
-    let targets = |part: Part, config: Option<&Config>| -> anyhow::Result<Option<PathBuf>> {
-        Ok(match (part, config) {
-            (Part::Config, _) => Some(config_path.to_owned()),
-            (Part::Directory, _) => {
-                Config::directory_of_file(config_path)?.map(|directory| directory.cache)
-            }
-            (Part::Log, Some(config)) => Some(config.exchange_log.data_dir.clone()),
-            (Part::Archives, Some(config)) => Some(config.exchange_log.archive_dir.clone()),
-            (Part::Ledger, Some(config)) => config
-                .consent
-                .as_ref()
-                .and_then(|consent| consent.ledger.parent().map(Path::to_owned)),
-            (_, None) => None,
-        })
+    // 2. Where each file goes: the gateway file given (or the backup's),
+    // with the backup's bundle as its global configuration.
+    let config_entry = entries.iter().find(|entry| entry.part == Part::Config);
+    let config_text = if config_path.exists() {
+        std::fs::read_to_string(config_path)
+            .with_context(|| format!("reading {}", config_path.display()))?
+    } else {
+        let entry = config_entry.context("the backup holds no gateway file")?;
+        std::fs::read_to_string(entry.source(from))?
     };
-    if !config_path.exists() {
-        let entry = entries
-            .iter()
-            .find(|entry| entry.part == Part::Config)
-            .context("the backup holds no gateway file")?;
-        place(
-            &from.join(Part::Config.name()).join(&entry.name),
-            config_path,
-        )?;
-    }
-    let mut restored = 0;
-    for part in [Part::Directory, Part::Log, Part::Archives, Part::Ledger] {
-        let config = if part == Part::Directory {
-            None
-        } else {
-            Some(Config::load(config_path)?)
-        };
-        let Some(target) = targets(part, config.as_ref())? else {
-            continue;
-        };
-        for entry in entries.iter().filter(|entry| entry.part == part) {
-            let name = if part == Part::Ledger {
-                config
-                    .as_ref()
-                    .and_then(|config| config.consent.as_ref())
-                    .and_then(|consent| consent.ledger.file_name())
-                    .map_or_else(
-                        || entry.name.clone(),
-                        |name| name.to_string_lossy().into_owned(),
+    let directory = Config::directory_of(config_path, &config_text)?;
+    let staged = match &directory {
+        Some(directory) => {
+            let pointer = from.join(Part::Directory.name()).join("current");
+            let version = std::fs::read_to_string(&pointer)
+                .ok()
+                .and_then(|text| text.trim().parse::<u64>().ok())
+                .with_context(|| {
+                    format!(
+                        "{}: the backup holds no global configuration",
+                        pointer.display()
                     )
-            } else {
-                entry.name.clone()
-            };
-            place(
-                &from.join(part.name()).join(&entry.name),
-                &target.join(name),
-            )?;
-            restored += 1;
+                })?;
+            let dir = from
+                .join(Part::Directory.name())
+                .join(format!("v{version}"));
+            Some(
+                govbridge::global::cache::Cache::read_dir(&dir, Some(version), &directory.verifier)
+                    .with_context(|| format!("{}", dir.display()))?,
+            )
         }
+        None => None,
+    };
+    let config = Config::parse_with(config_path, &config_text, staged.as_ref())?;
+    let mut moves: Vec<(&Entry, PathBuf)> = Vec::new();
+    for entry in &entries {
+        let target = match entry.part {
+            Part::Config if config_path.exists() => continue,
+            Part::Config => config_path.to_owned(),
+            Part::Directory => match &directory {
+                Some(directory) => directory.cache.join(&entry.name),
+                None => continue,
+            },
+            Part::Log => config.exchange_log.data_dir.join(&entry.name),
+            Part::Archives => config.exchange_log.archive_dir.join(&entry.name),
+            Part::Ledger => match &config.consent {
+                Some(consent) => consent.ledger.clone(),
+                None => continue,
+            },
+        };
+        moves.push((entry, target));
     }
-    println!("restored {restored} files for {}", config_path.display());
-    if self_signed {
-        println!(
-            "  the backup's signature was checked against the key it carries: give --key with \
-             the log's public key you keep to know it is your log's backup"
+    if let Some((_, taken)) = moves.iter().find(|(_, target)| target.exists()) {
+        bail!(
+            "{}: exists; a restore never overwrites (move it aside first): nothing was written",
+            taken.display()
         );
     }
+
+    // 3. Each file copied beside its target, checked again, then linked
+    // into place (which fails rather than replace a file that appeared
+    // meanwhile); on any failure, what was placed is removed.
+    let mut placed: Vec<PathBuf> = Vec::new();
+    let result = moves.iter().try_for_each(|(entry, target)| {
+        place(&entry.source(from), target, &entry.hash)?;
+        placed.push(target.clone());
+        anyhow::Ok(())
+    });
+    if let Err(error) = result {
+        for path in placed.iter().rev() {
+            let _ = std::fs::remove_file(path);
+        }
+        return Err(error.context("restore undone: nothing is left of it"));
+    }
+    println!(
+        "restored {} files for {}",
+        placed.len(),
+        config_path.display()
+    );
     Ok(())
 }
 
-fn manifest_entries(text: &str) -> anyhow::Result<Vec<Entry>> {
+/// The files a backup's manifest (`path`, signed text `text`) names, each
+/// a name its part may hold.
+fn manifest_entries(path: &Path, text: &str) -> anyhow::Result<Vec<Entry>> {
     let mut lines = text.lines();
     if lines.next() != Some(HEADER) {
-        bail!("{MANIFEST}: not a govbridge backup manifest");
+        bail!("{}: not a govbridge backup manifest", path.display());
     }
     let mut entries = Vec::new();
     for line in lines.filter(|line| line.starts_with("file ")) {
         let mut fields = line.splitn(4, ' ').skip(1);
         let (Some(hash), Some(part), Some(name)) = (fields.next(), fields.next(), fields.next())
         else {
-            bail!("{MANIFEST}: malformed line `{line}`");
+            bail!("{}: malformed line `{line}`", path.display());
         };
-        let part = Part::of(part).with_context(|| format!("{MANIFEST}: unknown part {part}"))?;
-        if name
-            .split('/')
-            .any(|piece| piece.is_empty() || piece == "..")
-        {
-            bail!("{MANIFEST}: `{name}` is not a path a backup may hold");
+        let part =
+            Part::of(part).with_context(|| format!("{}: unknown part {part}", path.display()))?;
+        if !part.may_hold(name) {
+            bail!("{}: {} cannot hold `{name}`", path.display(), part.name());
         }
         entries.push(Entry {
             hash: hash.to_owned(),
@@ -375,15 +406,60 @@ fn manifest_entries(text: &str) -> anyhow::Result<Vec<Entry>> {
     Ok(entries)
 }
 
-/// Copies `from` to `to`, which must not exist.
-fn place(from: &Path, to: &Path) -> anyhow::Result<()> {
-    if to.exists() {
-        bail!(
-            "{}: exists; a restore never overwrites (move it aside first)",
-            to.display()
-        );
+impl Part {
+    /// Whether a backup's `part` may hold a file named `name`: only what
+    /// `backup` writes there, so that a restore writes nowhere else.
+    fn may_hold(self, name: &str) -> bool {
+        let plain = |name: &str| govbridge::global::is_bundle_path(name) && !name.contains('/');
+        match self {
+            Self::Config | Self::Archives => plain(name),
+            Self::Log => [KEY_FILE, VERIFIER_FILE, DATABASE_FILE].contains(&name),
+            Self::Ledger => name == LEDGER_FILE,
+            Self::Directory => {
+                name == "current"
+                    || name.split_once('/').is_some_and(|(version, rest)| {
+                        version.strip_prefix('v').is_some_and(|number| {
+                            !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit())
+                        }) && govbridge::global::is_bundle_path(rest)
+                    })
+            }
+        }
     }
-    let bytes = std::fs::read(from)?;
-    govbridge::keys::write_file(to, &bytes, 0o600)
-        .with_context(|| format!("writing {}", to.display()))
+}
+
+/// Copies `from` to `to`, which must not exist, checking what was copied
+/// against `hash`.
+fn place(from: &Path, to: &Path, hash: &str) -> anyhow::Result<()> {
+    let parent = to.parent().unwrap_or(Path::new("."));
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let temporary = parent.join(format!(".restore-{}.tmp", unique()));
+    let copied = (|| {
+        std::fs::copy(from, &temporary)?;
+        std::fs::set_permissions(
+            &temporary,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+        std::fs::File::open(&temporary)?.sync_all()?;
+        if govbridge::keys::sha256_file_hex(&temporary)? != hash {
+            return Err(std::io::Error::other("changed while it was copied"));
+        }
+        std::fs::hard_link(&temporary, to)
+    })();
+    let _ = std::fs::remove_file(&temporary);
+    copied.with_context(|| format!("placing {}", to.display()))
+}
+
+/// A name no other run of this program uses at the same time.
+fn unique() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    format!("{}-{now}", std::process::id())
 }

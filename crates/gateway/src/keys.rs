@@ -91,6 +91,31 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         })
 }
 
+/// The SHA-256 of the file at `path`, in lowercase hex, read in pieces
+/// (an exchange log's store may be large).
+pub fn sha256_file_hex(path: &Path) -> std::io::Result<String> {
+    use std::fmt::Write as _;
+    use std::io::Read as _;
+    let mut file = fs::File::open(path)?;
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        context.update(&buffer[..read]);
+    }
+    let digest = context.finish();
+    Ok(digest
+        .as_ref()
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

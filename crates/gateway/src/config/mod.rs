@@ -467,7 +467,7 @@ pub struct RateLimit {
 
 /// `[directory]`: the instance's directory, which publishes the global
 /// configuration (members, CAs, services, policies...) as a signed bundle.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirectoryConfig {
     /// Where the bundle is served (`https://.../bundle.json`).
     pub url: http::Uri,
@@ -506,6 +506,23 @@ impl Config {
     pub fn directory_of_file(path: &Path) -> Result<Option<DirectoryConfig>, ConfigError> {
         let text = read(path)?;
         raw::directory_of(path, &text)
+    }
+
+    /// The `[directory]` of gateway file text `text` (as if read from
+    /// `path`), if it has one.
+    pub fn directory_of(path: &Path, text: &str) -> Result<Option<DirectoryConfig>, ConfigError> {
+        raw::directory_of(path, text)
+    }
+
+    /// Validates gateway file text `text` as if read from `path`; with
+    /// `[directory]`, with the bundle `staged` (extracted anywhere) as its
+    /// global configuration.
+    pub fn parse_with(
+        path: &Path,
+        text: &str,
+        staged: Option<&crate::global::cache::Installed>,
+    ) -> Result<Self, ConfigError> {
+        raw::parse(path, text, staged)
     }
 
     /// Reads and validates a configuration file.

@@ -460,6 +460,20 @@ pub(super) fn parse(
     })?;
     let shared = Source::new(&global_path, &global_text);
     let global: RawGlobal = shared.deserialize()?;
+    confine(&shared, &global)?;
+    if installed.manifest.instance != directory.instance {
+        return Err(shared.error(
+            "directory",
+            &Spanned::new(0..0, ()),
+            format!(
+                "the global configuration in use is instance {}'s, and this gateway ({}) is \
+                 of {}",
+                installed.manifest.instance,
+                raw.gateway.identity.get_ref(),
+                directory.instance
+            ),
+        ));
+    }
     if let Some(ledger) = global
         .consent
         .as_ref()
@@ -497,6 +511,7 @@ const PUBLICATION_STUB: &str = "[gateway]\nnode_id = \"publication-check\"\n\
 pub(super) fn parse_publication(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let shared = Source::new(path, text);
     let global: RawGlobal = shared.deserialize()?;
+    confine(&shared, &global)?;
     let mut stub = PUBLICATION_STUB.to_owned();
     if global.trust.is_none() {
         stub = stub
@@ -507,6 +522,61 @@ pub(super) fn parse_publication(path: &Path, text: &str) -> Result<Config, Confi
     let local = Source::new(&stub_path, &stub);
     let raw: RawConfig = local.deserialize()?;
     validate(&local, &shared, raw, global, None)
+}
+
+/// Every path a global configuration names must be a file of its bundle:
+/// relative, without `..`, `.` or hidden parts (see
+/// [`crate::global::is_bundle_path`]). One signature covers the bundle's
+/// files; a path out of them (`/etc/ssl/certs/...`, `../v6/...`) would load
+/// what it does not cover.
+fn confine(shared: &Source<'_>, global: &RawGlobal) -> Result<(), ConfigError> {
+    let mut paths: Vec<(String, &Spanned<String>)> = Vec::new();
+    if let Some(policy) = &global.policy {
+        let policy = policy.get_ref();
+        paths.push(("policy.schema".to_owned(), &policy.schema));
+        paths.push(("policy.policies".to_owned(), &policy.policies));
+    }
+    if let Some(consent) = &global.consent {
+        paths.push((
+            "consent.issuer_keys".to_owned(),
+            &consent.get_ref().issuer_keys,
+        ));
+    }
+    if let Some(trust) = &global.trust {
+        let trust = trust.get_ref();
+        paths.push(("trust.client_ca".to_owned(), &trust.client_ca));
+        paths.push(("trust.server_ca".to_owned(), &trust.server_ca));
+        for (index, crl) in trust.client_crls.iter().enumerate() {
+            paths.push((format!("trust.client_crls[{index}]"), crl));
+        }
+        for (index, crl) in trust.server_crls.iter().enumerate() {
+            paths.push((format!("trust.server_crls[{index}]"), crl));
+        }
+    }
+    for (name, service) in &global.services {
+        if let Some(descriptor) = &service.descriptor {
+            paths.push((
+                format!("services.{}.descriptor", quoted(name.get_ref())),
+                descriptor,
+            ));
+        }
+    }
+    match paths
+        .into_iter()
+        .find(|(_, path)| !crate::global::is_bundle_path(path.get_ref()))
+    {
+        Some((key, path)) => Err(shared.error(
+            key,
+            path,
+            format!(
+                "`{}` is not a file of the global configuration: a path here is relative to \
+                 global.toml, without `..`, `.` or hidden parts, so that the bundle's signature \
+                 covers what it names",
+                path.get_ref()
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The `[directory]` of the gateway file at `path`, if it has one: where

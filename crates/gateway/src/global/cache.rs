@@ -21,7 +21,7 @@ use crate::note::Verifier;
 /// The file that names the version in use.
 const CURRENT: &str = "current";
 /// The signed manifest, in each version's directory.
-const MANIFEST: &str = "manifest.note";
+pub(super) const MANIFEST: &str = "manifest.note";
 
 /// A gateway's cache of bundles, in a directory of its own.
 #[derive(Debug, Clone)]
@@ -84,9 +84,27 @@ impl Cache {
         self.read(version, verifier).map(Some)
     }
 
+    /// The version the pointer names, if it names one.
+    fn pointed(&self) -> Option<u64> {
+        std::fs::read_to_string(self.dir.join(CURRENT))
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+    }
+
     /// The bundle of `version`, extracted in the cache, checked again.
     fn read(&self, version: u64, verifier: &Verifier) -> Result<Installed, CacheError> {
-        let dir = self.version_dir(version);
+        Self::read_dir(&self.version_dir(version), Some(version), verifier)
+    }
+
+    /// The bundle extracted in `dir` (a cache's version directory, or a
+    /// backup's copy of one), checked: its manifest's signature, every
+    /// file's hash, and its version when `version` says which it must be.
+    pub fn read_dir(
+        dir: &Path,
+        version: Option<u64>,
+        verifier: &Verifier,
+    ) -> Result<Installed, CacheError> {
+        let dir = dir.to_owned();
         let read =
             |path: PathBuf| std::fs::read(&path).map_err(|error| CacheError::Io { path, error });
         let note_path = dir.join(MANIFEST);
@@ -99,6 +117,15 @@ impl Cache {
             .open(&note)
             .map_err(|error| bundle_error(&note_path, BundleError::Unsigned(error)))?;
         let manifest = Manifest::parse(text).map_err(|error| bundle_error(&note_path, error))?;
+        if let Some(version) = version.filter(|version| *version != manifest.version) {
+            return Err(bundle_error(
+                &note_path,
+                BundleError::Malformed(format!(
+                    "the cache points to version {version}, and its manifest is version {}",
+                    manifest.version
+                )),
+            ));
+        }
         for (name, hash) in &manifest.files {
             let path = dir.join(name);
             if super::sha256(&read(path.clone())?) != *hash {
@@ -116,7 +143,14 @@ impl Cache {
             let path = path.to_owned();
             move |error| CacheError::Io { path, error }
         };
-        let dir = self.version_dir(bundle.manifest.version);
+        let version = bundle.manifest.version;
+        if self.pointed() == Some(version) {
+            return Err(CacheError::Bundle {
+                path: self.dir.join(CURRENT),
+                error: BundleError::Republished { version },
+            });
+        }
+        let dir = self.version_dir(version);
         let staging = self.dir.join(format!(
             ".v{}.{}.tmp",
             bundle.manifest.version,
@@ -152,16 +186,16 @@ impl Cache {
     /// version but the one it replaces.
     pub fn commit(&self, installed: &Installed) -> Result<(), CacheError> {
         let pointer = self.dir.join(CURRENT);
-        let previous = std::fs::read_to_string(&pointer)
-            .ok()
-            .and_then(|text| text.trim().parse::<u64>().ok());
+        let previous = self.pointed();
         let version = installed.manifest.version;
-        crate::keys::write_file(&pointer, format!("{version}\n").as_bytes(), 0o644).map_err(
-            |error| CacheError::Io {
-                path: pointer.clone(),
-                error,
-            },
-        )?;
+        let failed = |error| CacheError::Io {
+            path: pointer.clone(),
+            error,
+        };
+        crate::keys::write_file(&pointer, format!("{version}\n").as_bytes(), 0o644)
+            .map_err(failed)?;
+        // The rename itself survives a crash only once the directory is.
+        sync_dir(&self.dir).map_err(failed)?;
         let keep = [Some(version), previous];
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for entry in entries.flatten() {

@@ -22,6 +22,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::identity::tls::{self, TlsError};
 
+/// How long a directory waits for a client's handshake or request.
+const IDLE: Duration = Duration::from_secs(10);
+
 /// The path a directory serves its bundle under.
 pub const BUNDLE_PATH: &str = "/bundle.json";
 
@@ -122,12 +125,20 @@ impl Server {
     pub async fn serve(self) {
         let bundle = Arc::new(self.bundle);
         loop {
-            let Ok((tcp, peer)) = self.listener.accept().await else {
-                continue;
+            let (tcp, peer) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    tracing::warn!(%error, "directory cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let (tls, bundle) = (self.tls.clone(), Arc::clone(&bundle));
             tokio::spawn(async move {
-                let Ok(stream) = tls.accept(tcp).await else {
+                // A client that stalls its handshake or its request is
+                // dropped, not kept.
+                let Ok(Ok(stream)) = tokio::time::timeout(IDLE, tls.accept(tcp)).await else {
                     return;
                 };
                 let service = hyper::service::service_fn(move |request| {
@@ -135,6 +146,8 @@ impl Server {
                     async move { Ok::<_, std::convert::Infallible>(answer(&request, &bundle).await) }
                 });
                 if let Err(error) = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(IDLE)
                     .serve_connection(TokioIo::new(stream), service)
                     .await
                 {

@@ -44,7 +44,7 @@ pub mod http;
 pub mod split;
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path};
+use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
@@ -392,17 +392,11 @@ fn collect(
 }
 
 /// A path inside a bundle: relative, `/`-separated, no `.` or `..`, no
-/// hidden part, printable ASCII without spaces. A gateway writes the files
-/// under its cache: nothing may point out of it.
+/// hidden part, printable ASCII without spaces, and not the manifest a
+/// gateway keeps beside the files. A gateway writes the files under its
+/// cache: nothing may point out of it.
 fn check_path(path: &str) -> Result<(), BundleError> {
-    let printable = path.bytes().all(|b| b.is_ascii_graphic() && b != b'\\');
-    let parts_ok = !path.is_empty()
-        && Path::new(path)
-            .components()
-            .all(|part| matches!(part, Component::Normal(name) if !name.to_string_lossy().starts_with('.')))
-        && !path.ends_with('/')
-        && !path.contains("//");
-    if printable && parts_ok {
+    if is_bundle_path(path) && path != cache::MANIFEST {
         Ok(())
     } else {
         Err(BundleError::Malformed(format!(
@@ -410,6 +404,19 @@ fn check_path(path: &str) -> Result<(), BundleError> {
              printable ASCII, no `.`, `..` or hidden part)"
         )))
     }
+}
+
+/// Whether `path` names something inside a bundle: relative,
+/// `/`-separated, each part a plain name (no `.`, `..`, hidden or empty
+/// part), printable ASCII without spaces or backslashes. The paths in a
+/// bundle's `global.toml` must be such paths too: a configuration whose
+/// signature covers its files cannot name one outside them.
+pub fn is_bundle_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.bytes().all(|b| b.is_ascii_graphic() && b != b'\\')
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && !part.starts_with('.'))
 }
 
 /// An instance name: `SN`, `AZ`, `EE-TEST`.

@@ -86,15 +86,11 @@ pub fn split(path: &Path, directory: &DirectorySettings<'_>) -> Result<Split, St
                 let file = entry.path();
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if file.is_file() && !name.starts_with('.') {
-                    let bytes = std::fs::read(&file)
-                        .map_err(|error| format!("{}: {error}", file.display()))?;
-                    files.insert(format!("{target}/{name}"), bytes);
+                    add(&mut files, format!("{target}/{name}"), &file)?;
                 }
             }
         } else {
-            let bytes =
-                std::fs::read(&source).map_err(|error| format!("{}: {error}", source.display()))?;
-            files.insert(target.clone(), bytes);
+            add(&mut files, target.clone(), &source)?;
         }
         Ok(Value::String(target))
     };
@@ -111,6 +107,17 @@ pub fn split(path: &Path, directory: &DirectorySettings<'_>) -> Result<Split, St
     {
         let moved = copy(keys, "consent")?;
         consent.insert("issuer_keys".to_owned(), moved);
+    }
+    if let Some(Value::Table(services)) = global.get_mut("services") {
+        for (_, service) in services.iter_mut() {
+            let Some(service) = service.as_table_mut() else {
+                continue;
+            };
+            if let Some(descriptor) = service.get("descriptor") {
+                let moved = copy(descriptor, "descriptors")?;
+                service.insert("descriptor".to_owned(), moved);
+            }
+        }
     }
     let mut trust = Table::new();
     for (section, ca, crls, into) in [
@@ -158,6 +165,27 @@ pub fn split(path: &Path, directory: &DirectorySettings<'_>) -> Result<Split, St
         local: render(&local)?,
         files,
     })
+}
+
+/// Adds the file at `source` to `files` as `target`; two files for one
+/// target (two CRLs both named `crl.pem`, say) are refused, never one
+/// dropped.
+fn add(files: &mut BTreeMap<String, Vec<u8>>, target: String, source: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(source).map_err(|error| format!("{}: {error}", source.display()))?;
+    match files.entry(target) {
+        std::collections::btree_map::Entry::Occupied(taken) if *taken.get() != bytes => {
+            Err(format!(
+                "{}: another file already goes to {} in the publication: rename one of them",
+                source.display(),
+                taken.key()
+            ))
+        }
+        std::collections::btree_map::Entry::Occupied(_) => Ok(()),
+        std::collections::btree_map::Entry::Vacant(free) => {
+            free.insert(bytes);
+            Ok(())
+        }
+    }
 }
 
 fn table_at<'a>(table: &'a mut Table, path: &[&str]) -> Option<&'a mut Table> {

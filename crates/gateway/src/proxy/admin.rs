@@ -415,8 +415,6 @@ fn render_fleet(
     );
 }
 
-/// The gauges and counters of each backend endpoint, read from the pools
-/// of the current configuration.
 /// The global configuration in use: its version and when it expires.
 fn render_global(out: &mut String, state: &crate::proxy::GatewayState) {
     use std::fmt::Write as _;
@@ -437,6 +435,8 @@ fn render_global(out: &mut String, state: &crate::proxy::GatewayState) {
     );
 }
 
+/// The gauges and counters of each backend endpoint, read from the pools
+/// of the current configuration.
 fn render_endpoints(out: &mut String, state: &crate::proxy::GatewayState) {
     use std::fmt::Write as _;
     let mut pools: Vec<_> = state.pools().collect();

@@ -98,7 +98,11 @@ async fn fetch_newer(
     let checked = tokio::task::spawn_blocking(move || {
         let bundle = Bundle::open(&bytes, &directory.verifier).map_err(Failed::Refused)?;
         let cache = Cache::new(&directory.cache);
-        let current = cache.current(&directory.verifier).ok().flatten();
+        // A cache that cannot be read says nothing of the version in use:
+        // taking any signed bundle then would let an older one in.
+        let current = cache
+            .current(&directory.verifier)
+            .map_err(|error| Failed::Cache(error.to_string()))?;
         let newer = bundle
             .accept(
                 &directory.instance,
@@ -118,16 +122,46 @@ async fn fetch_newer(
     checked.unwrap_or_else(|error| Err(Failed::Cache(error.to_string())))
 }
 
+/// What [`prepare`] did, for the start to log once logging is set up
+/// (it needs the configuration `prepare` may have just fetched).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prepared {
+    /// The gateway has no `[directory]`.
+    NoDirectory,
+    /// The directory serves the version in the cache.
+    Current,
+    /// A newer version was fetched, checked, and is now the one in use.
+    Fetched { version: u64 },
+    /// The directory could not give a version that runs: the gateway
+    /// starts from its cache, and keeps asking.
+    FromCache { why: String },
+}
+
+impl Prepared {
+    /// Logs what happened.
+    pub fn log(&self) {
+        match self {
+            Self::NoDirectory | Self::Current => {}
+            Self::Fetched { version } => {
+                tracing::info!(version, "global configuration fetched from the directory");
+            }
+            Self::FromCache { why } => {
+                tracing::warn!(error = %why, "starting from the global configuration in the cache");
+            }
+        }
+    }
+}
+
 /// Before a gateway with `[directory]` starts: asks the directory for a
 /// newer global configuration, and makes it the one in use if the
 /// gateway file at `path` loads with it. Without a bundle in the cache
 /// the gateway cannot start, so the directory must then answer; with one,
-/// a directory out of reach is only logged (the gateway starts from its
-/// cache, and keeps asking).
-pub async fn prepare(path: &Path) -> Result<(), String> {
+/// a directory out of reach only delays the newer version (the gateway
+/// starts from its cache, and keeps asking).
+pub async fn prepare(path: &Path) -> Result<Prepared, String> {
     let Some(directory) = Config::directory_of_file(path).map_err(|error| error.to_string())?
     else {
-        return Ok(());
+        return Ok(Prepared::NoDirectory);
     };
     let cache = Cache::new(&directory.cache);
     let has_one = matches!(cache.current(&directory.verifier), Ok(Some(_)));
@@ -145,20 +179,15 @@ pub async fn prepare(path: &Path) -> Result<(), String> {
             .await
             .map_err(|error| error.to_string())
             .and_then(|checked| checked)
-            .map(|()| {
-                tracing::info!(version, "global configuration fetched from the directory");
-            })
+            .map(|()| Prepared::Fetched { version })
             .map_err(|error| format!("version {version} cannot run: {error}"))
         }
-        Ok(None) => Ok(()),
+        Ok(None) => Ok(Prepared::Current),
         Err(error) => Err(error.to_string()),
     };
     match fetched {
-        Ok(()) => Ok(()),
-        Err(error) if has_one => {
-            tracing::warn!(%error, "starting from the global configuration in the cache");
-            Ok(())
-        }
+        Ok(prepared) => Ok(prepared),
+        Err(why) if has_one => Ok(Prepared::FromCache { why }),
         Err(error) => Err(format!(
             "no global configuration: the cache {} has none, and the directory's: {error}",
             directory.cache.display()

@@ -65,6 +65,18 @@ impl Reloader {
         // The last step before the swap: the time is in the metrics by the
         // time the version is.
         let commit = || {
+            // Under the reload lock: no other version went in since the
+            // poll compared, and none older ever does.
+            let running = self.state.load().global().map(|global| global.version);
+            if let Some(running) = running.filter(|running| *running >= staged.manifest.version) {
+                return Err(ReloadError::Cache {
+                    file: self.source.clone(),
+                    error: format!(
+                        "version {} is not newer than version {running}, which runs",
+                        staged.manifest.version
+                    ),
+                });
+            }
             cache.commit(staged).map_err(|error| ReloadError::Cache {
                 file: self.source.clone(),
                 error: error.to_string(),
@@ -98,7 +110,21 @@ impl Reloader {
             file: self.source.clone(),
             error: Box::new(error),
         };
+        let running = self.state.load();
         let built = load()
+            .and_then(|config| {
+                // The poller follows the directory the gateway started with.
+                if config.directory == running.directory {
+                    Ok(config)
+                } else {
+                    Err(crate::config::ConfigError {
+                        file: self.source.clone(),
+                        line: None,
+                        key: "directory".to_owned(),
+                        message: "[directory] changed: it takes effect at restart".to_owned(),
+                    })
+                }
+            })
             .map_err(ReloadError::from)
             .and_then(|config| {
                 let tls = config

@@ -58,6 +58,9 @@ pub struct GatewayState {
     pub(super) global: Option<crate::config::GlobalVersion>,
     /// What this configuration knows of services.
     pub(super) catalog: Arc<crate::catalog::Catalog>,
+    /// Where the global configuration comes from: fixed at start (the
+    /// directory's poller runs with it).
+    pub(super) directory: Option<crate::config::DirectoryConfig>,
 }
 
 impl crate::directory::GatewayView for GatewayState {
@@ -187,6 +190,7 @@ impl GatewayState {
             fingerprints,
             global: config.global.clone(),
             catalog: Arc::clone(&config.catalog),
+            directory: config.directory.clone(),
         })
     }
 
