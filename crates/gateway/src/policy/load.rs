@@ -133,7 +133,16 @@ fn load_schema(
     let text = std::fs::read_to_string(path)
         .map_err(|e| error(path, None, format!("policy.schema: cannot read: {e}")))?;
     let full = text.clone() + &action_declarations(methods);
-    Schema::from_cedarschema_str(&full)
+    // Most reloads change members, not services or the schema: the last
+    // schema parsed is kept, and reused while its text is the same.
+    static LAST: std::sync::Mutex<Option<(String, Schema)>> = std::sync::Mutex::new(None);
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, schema)) = last.as_ref().filter(|(parsed, _)| *parsed == full) {
+        return Ok(schema.clone());
+    }
+    let parsed = Schema::from_cedarschema_str(&full)
         .map(|(schema, _warnings)| schema)
         .map_err(|cedar| {
             let at = first_offset(&cedar).filter(|offset| *offset < text.len());
@@ -142,7 +151,9 @@ fn load_schema(
                 at.map(|offset| position(&text, offset)),
                 cedar_message(&cedar, cedar.to_string()),
             )
-        })
+        })?;
+    *last = Some((full, parsed.clone()));
+    Ok(parsed)
 }
 
 /// One `*.cedar` file, parsed, with its policies renamed.

@@ -11,10 +11,11 @@
 //! `global::split`) plus generated members and services: --members members
 //! in all, of which --services are providers, each publishing a service
 //! of its own, described by a generated descriptor set (endpoints that
-//! refuse connections: those services are routed, never called). While the load runs, a new version is published
-//! every two intervals; for each, the time until every gateway runs it
-//! (its `govbridge_global_configuration_version`) and each gateway's own
-//! measure of applying it (`..._last_apply_seconds`: load, build, swap).
+//! refuse connections: those services are routed, never called). While
+//! the load runs, a new version (one member more) is published every two
+//! intervals; for each, the time until every gateway runs it (its
+//! `govbridge_global_configuration_version`) and each gateway's own measure
+//! of applying it (`..._last_apply_seconds`: load, build, swap).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -256,7 +257,10 @@ pub async fn directory(options: &DirectoryOptions) -> anyhow::Result<DirectoryRe
         tokio::time::sleep(plan.warmup + spacing / 2).await;
         let mut publications = Vec::new();
         for version in 2..=options.publications + 1 {
-            text.push_str(&format!("\n# publication {version}\n"));
+            // Each publication registers one member more, as most do.
+            text.push_str(&format!(
+                "\n[members.\"SN/COM/JOINED{version:04}/api\"]\nname = \"Joined in publication {version}\"\n"
+            ));
             std::fs::write(&global, &text)?;
             publish(&publication, version, &key, &bundle)?;
             let written = Instant::now();
