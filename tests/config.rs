@@ -754,3 +754,116 @@ fn a_fleet_log_needs_its_name_and_no_retention() {
     let off = edited(origin, "").replace("enabled = true", "enabled = false") + store;
     Config::parse(Path::new(PATH), &off).unwrap();
 }
+
+/// A service is known from its descriptor: one compiled in, or a set the
+/// configuration names; anything else is named with its line.
+#[test]
+fn services_are_known_from_their_descriptors() {
+    use prost::Message as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("govbridge.toml");
+    let parse = |text: &str| Config::parse(&path, text);
+
+    // A service no descriptor declares.
+    let unknown = edited(
+        "[services.\"govbridge.tax.v1.TaxAuthority\"]",
+        "[services.\"govbridge.land.v1.LandRegistry\"]\nproviders = [\"SN/GOV/DGID/tax\"]\n\n\
+         [services.\"govbridge.tax.v1.TaxAuthority\"]",
+    );
+    let error = parse(&unknown).unwrap_err();
+    assert_eq!(error.key, "services.\"govbridge.land.v1.LandRegistry\"");
+    assert!(
+        error.message.contains("no descriptor declares"),
+        "{}",
+        error.message
+    );
+    assert_eq!(
+        error.line,
+        Some(line_of(&unknown, "[services.\"govbridge.land"))
+    );
+
+    // A descriptor that is not one, one missing, and one that does not
+    // link (an import left out).
+    let with_descriptor = |file: &str| {
+        unknown.replacen(
+            "providers = [\"SN/GOV/DGID/tax\"]\n\n",
+            &format!("providers = [\"SN/GOV/DGID/tax\"]\ndescriptor = \"{file}\"\n\n"),
+            1,
+        )
+    };
+    std::fs::write(dir.path().join("garbage.binpb"), b"\xff\xff\xff").unwrap();
+    let text = with_descriptor("garbage.binpb");
+    let error = parse(&text).unwrap_err();
+    assert_eq!(
+        error.key,
+        "services.\"govbridge.land.v1.LandRegistry\".descriptor"
+    );
+    assert!(
+        error.message.contains("not an encoded FileDescriptorSet"),
+        "{}",
+        error.message
+    );
+    assert_eq!(error.line, Some(line_of(&text, "descriptor = ")));
+    let error = parse(&with_descriptor("missing.binpb")).unwrap_err();
+    assert!(error.message.contains("cannot read"), "{}", error.message);
+
+    let file = |name: &str, dependency: &str, request: &str| prost_types::FileDescriptorProto {
+        name: Some(name.to_owned()),
+        package: Some("govbridge.land.v1".to_owned()),
+        dependency: vec![dependency.to_owned()]
+            .into_iter()
+            .filter(|d| !d.is_empty())
+            .collect(),
+        message_type: vec![prost_types::DescriptorProto {
+            name: Some("Request".to_owned()),
+            ..Default::default()
+        }],
+        service: vec![prost_types::ServiceDescriptorProto {
+            name: Some("LandRegistry".to_owned()),
+            method: vec![prost_types::MethodDescriptorProto {
+                name: Some("GetParcels".to_owned()),
+                input_type: Some(request.to_owned()),
+                output_type: Some(".govbridge.land.v1.Request".to_owned()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        syntax: Some("proto3".to_owned()),
+        ..Default::default()
+    };
+    let set = |files| prost_types::FileDescriptorSet { file: files }.encode_to_vec();
+    std::fs::write(
+        dir.path().join("unlinked.binpb"),
+        set(vec![file("land.proto", "", ".govbridge.land.v1.Missing")]),
+    )
+    .unwrap();
+    let error = parse(&with_descriptor("unlinked.binpb")).unwrap_err();
+    assert!(error.message.contains("do not link"), "{}", error.message);
+
+    // A file named as one of the gateway's, with other content.
+    std::fs::write(
+        dir.path().join("conflict.binpb"),
+        set(vec![file(
+            "govbridge/options/v1/options.proto",
+            "",
+            ".govbridge.land.v1.Request",
+        )]),
+    )
+    .unwrap();
+    let error = parse(&with_descriptor("conflict.binpb")).unwrap_err();
+    assert!(
+        error.message.contains("govbridge/options/v1/options.proto"),
+        "{}",
+        error.message
+    );
+
+    // A set that declares the service: accepted, and its methods known.
+    std::fs::write(
+        dir.path().join("land.binpb"),
+        set(vec![file("land.proto", "", ".govbridge.land.v1.Request")]),
+    )
+    .unwrap();
+    let config = parse(&with_descriptor("land.binpb")).unwrap();
+    let methods = &config.catalog.service_methods()["govbridge.land.v1.LandRegistry"];
+    assert!(methods.contains("GetParcels"));
+}

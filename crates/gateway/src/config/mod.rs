@@ -399,6 +399,8 @@ pub struct PublishedService {
     /// Methods (names only) that may be retried on another endpoint when
     /// one answers `UNAVAILABLE` or refuses the stream.
     pub idempotent: std::collections::BTreeSet<String>,
+    /// The descriptor set that declares it, unless it is compiled in.
+    pub descriptor: Option<PathBuf>,
 }
 
 // ---------------------------------------------------------------------------

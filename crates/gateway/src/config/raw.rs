@@ -977,6 +977,7 @@ fn validate(
                 providers: service_providers,
                 max_deadline,
                 idempotent,
+                descriptor: service.descriptor.as_ref().map(|file| shared.path(file)),
             },
         );
     }

@@ -207,6 +207,12 @@ impl Reloader {
         ]);
         files.extend(gateway.crls.iter().cloned());
         files.extend(upstream.crls.iter().cloned());
+        files.extend(
+            config
+                .services
+                .values()
+                .filter_map(|service| service.descriptor.clone()),
+        );
         if let Ok(entries) = std::fs::read_dir(&config.policy.policies) {
             files.extend(entries.filter_map(|entry| Some(entry.ok()?.path())));
         }
