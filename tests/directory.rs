@@ -13,13 +13,11 @@ use govbridge::proto::directory::v1::{
     AllowedMethodsRequest, GetServiceDescriptorRequest, ListMembersRequest, ListServicesRequest,
 };
 use prost::Message;
-use support::{Bed, H2Client};
+use support::{Bed, H2Client, reflect};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_reflection::pb::v1::ServerReflectionRequest;
-use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
@@ -140,29 +138,6 @@ async fn the_directory_lists_members_and_services_without_addresses() {
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
     bed.stop().await;
-}
-
-/// Runs reflection requests over one stream and returns the answers.
-async fn reflect(client: H2Client, requests: Vec<MessageRequest>) -> Vec<MessageResponse> {
-    let requests: Vec<ServerReflectionRequest> = requests
-        .into_iter()
-        .map(|message| ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(message),
-        })
-        .collect();
-    let count = requests.len();
-    let mut stream = ServerReflectionClient::new(client)
-        .server_reflection_info(tokio_stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut answers = Vec::new();
-    while let Some(answer) = stream.message().await.unwrap() {
-        answers.push(answer.message_response.unwrap());
-    }
-    assert_eq!(answers.len(), count);
-    answers
 }
 
 fn listed(answer: &MessageResponse) -> BTreeSet<String> {

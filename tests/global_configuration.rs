@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
 use govbridge::sandbox::ConsentGrant;
 use support::process::GatewayProcess;
-use support::{Bed, H2Client, bridge_error, declared, dev_bed, govbridge, metric, text};
-use tonic_reflection::pb::v1::ServerReflectionRequest;
-use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use support::{Bed, H2Client, bridge_error, declared, dev_bed, govbridge, metric, reflect, text};
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
@@ -698,29 +696,22 @@ async fn a_service_published_at_runtime_is_routed_authorized_bound_to_its_subjec
     );
 }
 
-/// Runs reflection requests over one stream and returns the answers.
-async fn reflect(client: H2Client, requests: Vec<MessageRequest>) -> Vec<MessageResponse> {
-    let requests: Vec<ServerReflectionRequest> = requests
-        .into_iter()
-        .map(|message| ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(message),
-        })
-        .collect();
-    let mut stream = ServerReflectionClient::new(client)
-        .server_reflection_info(tokio_stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut answers = Vec::new();
-    while let Some(answer) = stream.message().await.unwrap() {
-        answers.push(answer.message_response.unwrap());
-    }
-    answers
-}
-
 // ---------------------------------------------------------------------------
 // Backup and restore.
+
+/// `govbridge restore` of `backup` for the gateway file `config`, checked
+/// against `key`.
+fn restore(backup: &Path, config: &Path, key: &Path) -> std::process::Output {
+    govbridge(&[
+        "restore",
+        "--from",
+        path(backup),
+        "--config",
+        path(config),
+        "--key",
+        path(key),
+    ])
+}
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -768,43 +759,23 @@ async fn a_backup_taken_while_serving_is_checked_and_restored_elsewhere() {
     let mut bytes = std::fs::read(&store).unwrap();
     bytes.push(0);
     std::fs::write(&store, bytes).unwrap();
-    let refused = govbridge(&[
-        "restore",
-        "--from",
-        path(&tampered),
-        "--config",
-        path(&restored),
-        "--key",
-        path(&log_key),
-    ]);
+    let refused = restore(&tampered, &restored, &log_key);
     assert!(!refused.status.success());
     assert!(text(&refused).contains("altered"), "{}", text(&refused));
     let stranger = bed.dir().join("stranger-log.pub");
     let other = govbridge::note::SigningKey::generate("govbridge/gw").unwrap();
     std::fs::write(&stranger, format!("{}\n", other.verifier())).unwrap();
-    let refused = govbridge(&[
-        "restore",
-        "--from",
-        path(&backup),
-        "--config",
-        path(&restored),
-        "--key",
-        path(&stranger),
-    ]);
+    let refused = restore(&backup, &restored, &stranger);
     assert!(!refused.status.success());
     assert!(!restored.exists());
 
     // The backup restores, its log verifies, and a second restore
     // overwrites nothing.
-    let said = run(&[
-        "restore",
-        "--from",
-        path(&backup),
-        "--config",
-        path(&restored),
-        "--key",
-        path(&log_key),
-    ]);
+    let said = {
+        let output = restore(&backup, &restored, &log_key);
+        assert!(output.status.success(), "{}", text(&output));
+        text(&output)
+    };
     assert!(said.contains("exchange log verified"), "{said}");
     let data = machine.join("gw-data");
     let verified = run(&[
@@ -825,15 +796,7 @@ async fn a_backup_taken_while_serving_is_checked_and_restored_elsewhere() {
         checked.contains("global configuration: version 1"),
         "{checked}"
     );
-    let again = govbridge(&[
-        "restore",
-        "--from",
-        path(&backup),
-        "--config",
-        path(&restored),
-        "--key",
-        path(&log_key),
-    ]);
+    let again = restore(&backup, &restored, &log_key);
     assert!(!again.status.success());
     assert!(
         text(&again).contains("never overwrites"),

@@ -670,3 +670,35 @@ pub async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) 
     .await;
     outputs.into_iter().map(Option::unwrap).collect()
 }
+
+// ---------------------------------------------------------------------------
+// Server reflection, through the gateway.
+
+/// Runs reflection requests over one stream and returns the answers, one
+/// per request.
+pub async fn reflect(
+    client: H2Client,
+    requests: Vec<tonic_reflection::pb::v1::server_reflection_request::MessageRequest>,
+) -> Vec<tonic_reflection::pb::v1::server_reflection_response::MessageResponse> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    let requests: Vec<ServerReflectionRequest> = requests
+        .into_iter()
+        .map(|message| ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(message),
+        })
+        .collect();
+    let count = requests.len();
+    let mut stream = ServerReflectionClient::new(client)
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut answers = Vec::new();
+    while let Some(answer) = stream.message().await.unwrap() {
+        answers.push(answer.message_response.unwrap());
+    }
+    assert_eq!(answers.len(), count);
+    answers
+}

@@ -25,7 +25,10 @@ use crate::net::ListenerSettings;
 use crate::wire::headers::is_purpose_code;
 
 /// A gateway's file. Its shared sections (see [`RawGlobal`]) are here
-/// unless `[directory]` says they come from the instance's bundle.
+/// unless `[directory]` says they come from the instance's bundle. They
+/// are repeated rather than flattened in: serde cannot deny unknown keys
+/// through `#[serde(flatten)]`, and a typo must stay an error naming its
+/// line. [`RawConfig::take_global`] moves them across.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
