@@ -499,8 +499,13 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
         config.services.len()
     );
     if let Some(global) = &config.global {
+        let expired = if global.expires <= govbridge::unix_time::now() {
+            " (EXPIRED: the gateway forwards no call until the directory gives a newer one)"
+        } else {
+            ""
+        };
         println!(
-            "  global configuration: version {} of {}, from {}, expires {}",
+            "  global configuration: version {} of {}, from {}, expires {}{expired}",
             global.version,
             global.instance,
             global.dir.display(),
