@@ -42,14 +42,7 @@ impl Directory {
     async fn start(bed: &Bed) -> Self {
         let dir = bed.dir();
         let key = dir.join("directory-key.pem");
-        run(&[
-            "directory",
-            "keygen",
-            "--name",
-            "SN-directory",
-            "--out",
-            path(&key),
-        ]);
+        keygen(&key);
         let bundle = dir.join("bundle.json");
         let server = govbridge::global::http::Server::bind(
             "127.0.0.1:0".parse().unwrap(),
@@ -149,6 +142,19 @@ fn path(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
+/// `directory keygen`: a configuration key named as the instance's, at
+/// `key` (and its `.pub` beside it).
+fn keygen(key: &Path) {
+    run(&[
+        "directory",
+        "keygen",
+        "--name",
+        "SN-directory",
+        "--out",
+        path(key),
+    ]);
+}
+
 /// Runs `govbridge args`, which must succeed; returns its output.
 fn run(args: &[&str]) -> String {
     let output = govbridge(args);
@@ -228,14 +234,7 @@ async fn a_gateway_runs_what_its_directory_publishes_and_refuses_the_rest() {
 
     // Signed by a key that is not the instance's: refused.
     let stranger = bed.dir().join("stranger.pem");
-    run(&[
-        "directory",
-        "keygen",
-        "--name",
-        "SN-directory",
-        "--out",
-        path(&stranger),
-    ]);
+    keygen(&stranger);
     std::fs::remove_file(&directory.bundle).unwrap();
     run(&[
         "directory",
