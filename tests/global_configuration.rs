@@ -803,3 +803,76 @@ async fn a_backup_taken_while_serving_is_checked_and_restored_elsewhere() {
         text(&again)
     );
 }
+
+// ---------------------------------------------------------------------------
+// A fleet's global configuration, in its database.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_reads_its_global_configuration_from_its_database() {
+    let bed = dev_bed().await;
+    let cluster = govbridge::postgres::Cluster::start_temporary().unwrap();
+    let url = cluster.url();
+    let dir = bed.dir();
+    let key = dir.join("directory-key.pem");
+    keygen(&key);
+    let whole = GatewayProcess::config(
+        &bed,
+        "whole",
+        &[],
+        &format!("enabled = false\n\n[store]\nurl = \"{url}\"\n"),
+    );
+    let publication = dir.join("publication");
+    run(&[
+        "directory",
+        "init",
+        "--config",
+        path(&whole),
+        "--publication",
+        path(&publication),
+        "--out",
+        path(&dir.join("split.toml")),
+        "--url",
+        "store",
+        "--key",
+        "directory-key.pub",
+        "--interval",
+        "200ms",
+    ]);
+    let directory = Directory {
+        publication,
+        key,
+        bundle: dir.join("bundle.json"),
+    };
+    let said = directory.publish(&["--to-store", &url]);
+    assert!(said.contains("in the file and the database"), "{said}");
+    let gateways: Vec<GatewayProcess> = ["node-a", "node-b"]
+        .into_iter()
+        .map(|name| GatewayProcess::spawn_config(&bed, name, &directory.gateway_config(&bed, name)))
+        .collect();
+    for gateway in &gateways {
+        assert_eq!(metric(gateway.admin, VERSION).await, 1.0);
+        verify_identity(&bed, gateway.address).await.unwrap();
+    }
+
+    directory.append("\n# publication 2\n");
+    directory.publish(&["--to-store", &url]);
+    for gateway in &gateways {
+        until_metric(gateway.admin, VERSION, 2.0).await;
+    }
+
+    // A bundle changed in the database: refused, as from any directory.
+    directory.append("\n# publication 3\n");
+    directory.publish(&["--to-store", &url]);
+    cluster
+        .psql(
+            govbridge::postgres::ROLE,
+            "UPDATE global_bundles SET bundle = overlay(bundle PLACING 'A'::bytea \
+             FROM position('\"global.toml\": \"'::bytea IN bundle) + 16 FOR 1) \
+             WHERE version = 3",
+        )
+        .unwrap();
+    for gateway in &gateways {
+        until_metric(gateway.admin, &refused("altered"), 2.0).await;
+        assert_eq!(metric(gateway.admin, VERSION).await, 2.0);
+    }
+}

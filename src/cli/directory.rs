@@ -27,13 +27,14 @@ pub enum DirectoryCommand {
         /// The gateway file to write (must not exist), beside FILE.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
-        /// Where the gateway will fetch the bundle.
+        /// Where the gateway will fetch the bundle: `https://...`, or
+        /// `store` (the fleet's `[store]` database).
         #[arg(long)]
         url: String,
         /// The CA the directory's certificate chains to, as the gateway
-        /// file will name it.
+        /// file will name it (not with `--url store`).
         #[arg(long, value_name = "PEM")]
-        ca: String,
+        ca: Option<String>,
         /// The instance's verifier key, as the gateway file will name it.
         #[arg(long, value_name = "KEY.pub")]
         key: String,
@@ -71,6 +72,13 @@ pub enum DirectoryCommand {
         /// `12h`, `7d`.
         #[arg(long, default_value = "7d")]
         valid: String,
+        /// Also publish it in a fleet's database (`postgres://...`), where
+        /// nodes with `[directory] url = "store"` read it.
+        #[arg(long, value_name = "URL")]
+        to_store: Option<String>,
+        /// The CA certificates the database's certificate chains to (TLS).
+        #[arg(long, value_name = "PEM", requires = "to_store")]
+        store_ca: Option<PathBuf>,
     },
     /// Serve a bundle over HTTPS at /bundle.json, read again at every
     /// request (so that `publish` to the same file is all it takes).
@@ -115,7 +123,7 @@ pub fn run(command: DirectoryCommand) -> anyhow::Result<()> {
             }
             let settings = govbridge::global::split::DirectorySettings {
                 url: &url,
-                ca: &ca,
+                ca: ca.as_deref(),
                 key: &key,
                 interval: &interval,
             };
@@ -146,10 +154,28 @@ pub fn run(command: DirectoryCommand) -> anyhow::Result<()> {
             out,
             version,
             valid,
+            to_store,
+            store_ca,
         } => {
             let valid = govbridge::config::parse_retention(&valid)
                 .map_err(|error| anyhow::anyhow!("--valid {valid}: {error}"))?;
-            publish(&from, &key, &instance, &out, version, valid)
+            let store = to_store
+                .map(|url| {
+                    let store = govbridge::config::StoreConfig::parse(&url)
+                        .map_err(|error| anyhow::anyhow!("--to-store: {error}"))?;
+                    anyhow::Ok(match store_ca {
+                        Some(ca) => store.with_ca(ca),
+                        None => store,
+                    })
+                })
+                .transpose()?;
+            let publication = Publication {
+                from: &from,
+                instance: &instance,
+                out: &out,
+                store: store.as_ref(),
+            };
+            publish(&publication, &key, version, valid)
         }
         DirectoryCommand::Serve {
             bundle,
@@ -245,14 +271,29 @@ fn signing_key(path: &Path) -> anyhow::Result<SigningKey> {
     Ok(key)
 }
 
+/// What to publish, and where.
+struct Publication<'a> {
+    /// The directory operators edit.
+    from: &'a Path,
+    instance: &'a str,
+    /// The bundle file (what `serve` serves).
+    out: &'a Path,
+    /// A fleet's database, too.
+    store: Option<&'a govbridge::config::StoreConfig>,
+}
+
 fn publish(
-    from: &Path,
+    publication: &Publication<'_>,
     key: &Path,
-    instance: &str,
-    out: &Path,
     version: Option<u64>,
     valid: Duration,
 ) -> anyhow::Result<()> {
+    let Publication {
+        from,
+        instance,
+        out,
+        store,
+    } = *publication;
     let key = signing_key(key)?;
     let previous = match std::fs::read(out) {
         Ok(bytes) => Some(
@@ -262,23 +303,53 @@ fn publish(
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
         Err(error) => return Err(error).with_context(|| format!("reading {}", out.display())),
     };
-    let last = previous.as_ref().map(|bundle| bundle.manifest.version);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let database = store
+        .map(|store| runtime.block_on(govbridge::database::Database::connect(store)))
+        .transpose()?;
+    let stored = database
+        .as_ref()
+        .map(|database| runtime.block_on(database.latest_bundle_version(instance)))
+        .transpose()?
+        .flatten();
+    let last = previous
+        .as_ref()
+        .map(|bundle| bundle.manifest.version)
+        .max(stored);
     let version = version.unwrap_or(last.map_or(1, |last| last + 1));
     if let Some(last) = last.filter(|last| version <= *last) {
         bail!(
-            "version {version} is not newer than {last}, which {} holds: gateways would \
-             refuse it",
-            out.display()
+            "version {version} is not newer than {last}, published before (in {}{}): gateways \
+             would refuse it",
+            out.display(),
+            if stored.is_some() {
+                " or the database"
+            } else {
+                ""
+            }
         );
     }
     check_publication(from)?;
     let bundle = Bundle::build(from, instance, version, valid, &key)?;
-    govbridge::keys::write_file(out, &bundle.to_json(), 0o644)
+    let json = bundle.to_json();
+    if let Some(database) = &database
+        && !runtime.block_on(database.publish_bundle(instance, version, &json))?
+    {
+        bail!("version {version} or a newer one was published in the database meanwhile");
+    }
+    govbridge::keys::write_file(out, &json, 0o644)
         .with_context(|| format!("writing {}", out.display()))?;
     println!(
-        "published version {version} of {instance}'s global configuration ({} files), valid until {}",
+        "published version {version} of {instance}'s global configuration ({} files), valid until {}{}",
         bundle.files.len(),
-        govbridge::unix_time::rfc3339(bundle.manifest.expires)
+        govbridge::unix_time::rfc3339(bundle.manifest.expires),
+        if database.is_some() {
+            ", in the file and the database"
+        } else {
+            ""
+        }
     );
     if let Some(previous) = previous {
         for change in diff::diff(&previous, &bundle) {

@@ -103,6 +103,15 @@ pub struct StoreConfig {
     pub ca: Option<PathBuf>,
 }
 
+/// The same database, reached the same way.
+impl PartialEq for StoreConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.url == other.url && self.ca == other.ca
+    }
+}
+
+impl Eq for StoreConfig {}
+
 impl std::fmt::Debug for StoreConfig {
     /// Without the password.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -114,6 +123,16 @@ impl std::fmt::Debug for StoreConfig {
 }
 
 impl StoreConfig {
+    /// The same database over TLS, its certificate chained to the CA
+    /// certificates in `ca`: TLS or nothing (`prefer` would let anyone on
+    /// the path answer "no TLS" and read or change what goes by).
+    pub fn with_ca(mut self, ca: PathBuf) -> Self {
+        self.ca = Some(ca);
+        self.postgres
+            .ssl_mode(tokio_postgres::config::SslMode::Require);
+        self
+    }
+
     /// Reads a `postgres://` (or `postgresql://`) URL.
     pub fn parse(url: &str) -> Result<Self, String> {
         // The URL itself is never repeated: it may hold a password, in
@@ -471,10 +490,8 @@ pub struct RateLimit {
 /// configuration (members, CAs, services, policies...) as a signed bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirectoryConfig {
-    /// Where the bundle is served (`https://.../bundle.json`).
-    pub url: http::Uri,
-    /// The CA certificates the directory's server certificate chains to.
-    pub ca: PathBuf,
+    /// Where the bundle comes from.
+    pub source: DirectorySource,
     /// The instance's configuration key (its public half, a signed-note
     /// verifier key), and the file it was read from.
     pub key: PathBuf,
@@ -487,6 +504,26 @@ pub struct DirectoryConfig {
     /// The instance this gateway belongs to (its identity's first part):
     /// the only one whose bundles it takes.
     pub instance: String,
+}
+
+/// Where a gateway gets its global configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectorySource {
+    /// A directory serving it over HTTPS (`https://.../bundle.json`),
+    /// whose certificate chains to `ca`.
+    Https { url: http::Uri, ca: PathBuf },
+    /// The fleet's database (`url = "store"`): the latest version
+    /// `directory publish --to-store` put there.
+    Store(Box<StoreConfig>),
+}
+
+impl fmt::Display for DirectorySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Https { url, .. } => write!(f, "{url}"),
+            Self::Store(store) => write!(f, "the fleet's database {}", store.redacted()),
+        }
+    }
 }
 
 /// The global configuration a gateway runs: which publication, and until

@@ -14,10 +14,11 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Config, ConfigError, ConsentConfig, DirectoryConfig, ExchangeLogConfig, GatewayConfig,
-    GlobalVersion, LimitsConfig, Member, MemberLimits, OtlpConfig, PolicyConfig, PoolSettings,
-    Provider, PublishedService, RateLimit, StoreConfig, TelemetryConfig, UpstreamConfig,
-    is_group_name, is_service_name, parse_duration, parse_endpoint, parse_retention,
+    Config, ConfigError, ConsentConfig, DirectoryConfig, DirectorySource, ExchangeLogConfig,
+    GatewayConfig, GlobalVersion, LimitsConfig, Member, MemberLimits, OtlpConfig, PolicyConfig,
+    PoolSettings, Provider, PublishedService, RateLimit, StoreConfig, TelemetryConfig,
+    UpstreamConfig, is_group_name, is_service_name, parse_duration, parse_endpoint,
+    parse_retention,
 };
 use crate::identity::MemberId;
 use crate::identity::tls::{ClientTls, ServerTls};
@@ -81,7 +82,7 @@ struct RawGlobal {
 #[serde(deny_unknown_fields)]
 struct RawDirectory {
     url: Spanned<String>,
-    ca: Spanned<String>,
+    ca: Option<Spanned<String>>,
     key: Spanned<String>,
     interval: Option<Spanned<String>>,
     cache: Option<Spanned<String>>,
@@ -442,10 +443,10 @@ pub(super) fn parse(
         Ok(Some(installed)) => installed,
         Ok(None) => {
             return Err(cache_error(format!(
-                "no global configuration yet in {}: `govbridge run` fetches it from {} \
+                "no global configuration yet in {}: `govbridge serve` fetches it from {} \
                  before it starts",
                 directory.cache.display(),
-                directory.url
+                directory.source
             )));
         }
         Err(error) => {
@@ -642,28 +643,65 @@ impl RawConfig {
     }
 }
 
+/// `[directory] url` naming the fleet's database rather than an HTTPS
+/// server.
+const STORE_SOURCE: &str = "store";
+
 /// `[directory]`, checked.
 fn validate_directory(
     source: &Source<'_>,
     raw: &RawDirectory,
     config: &RawConfig,
 ) -> Result<DirectoryConfig, ConfigError> {
-    let url: http::Uri = raw
-        .url
-        .get_ref()
-        .parse()
-        .ok()
-        .filter(|url: &http::Uri| url.scheme_str() == Some("https") && url.host().is_some())
-        .ok_or_else(|| {
-            source.error(
+    let source_of = if raw.url.get_ref() == STORE_SOURCE {
+        if let Some(ca) = &raw.ca {
+            return Err(source.error(
+                "directory.ca",
+                ca,
+                "`ca` is the directory's HTTPS server's CA; with url = \"store\" the bundle \
+                 comes from [store] (whose own `ca` applies): remove it",
+            ));
+        }
+        let Some(store) = &config.store else {
+            return Err(source.error(
                 "directory.url",
                 &raw.url,
-                format!(
-                    "`{}` is not an https:// URL such as https://directory.gov.sn/bundle.json",
-                    raw.url.get_ref()
-                ),
-            )
-        })?;
+                "url = \"store\" reads the global configuration from the fleet's [store] \
+                 database, and this file has no [store]",
+            ));
+        };
+        DirectorySource::Store(Box::new(store_config(source, store)?))
+    } else {
+        let url: http::Uri = raw
+            .url
+            .get_ref()
+            .parse()
+            .ok()
+            .filter(|url: &http::Uri| url.scheme_str() == Some("https") && url.host().is_some())
+            .ok_or_else(|| {
+                source.error(
+                    "directory.url",
+                    &raw.url,
+                    format!(
+                        "`{}` is neither an https:// URL such as \
+                         https://directory.gov.sn/bundle.json nor \"store\" (the fleet's \
+                         database)",
+                        raw.url.get_ref()
+                    ),
+                )
+            })?;
+        let Some(ca) = &raw.ca else {
+            return Err(source.error(
+                "directory.ca",
+                &raw.url,
+                "missing key: the CA certificates the directory's HTTPS certificate chains to",
+            ));
+        };
+        DirectorySource::Https {
+            url,
+            ca: source.path(ca),
+        }
+    };
     let key_path = source.path(&raw.key);
     let verifier = crate::note::Verifier::read(&key_path)
         .map_err(|message| source.error("directory.key", &raw.key, message))?;
@@ -687,8 +725,7 @@ fn validate_directory(
         .instance()
         .to_owned();
     Ok(DirectoryConfig {
-        url,
-        ca: source.path(&raw.ca),
+        source: source_of,
         key: key_path,
         verifier,
         interval,
@@ -1028,35 +1065,7 @@ fn validate(
     let store = raw
         .store
         .as_ref()
-        .map(|store| {
-            let mut parsed = StoreConfig::parse(store.url.get_ref())
-                .map_err(|message| source.error("store.url", &store.url, message))?;
-            parsed.ca = store.ca.as_ref().map(|ca| source.path(ca));
-            let mode = parsed.postgres.get_ssl_mode();
-            if let Some(ca) = &store.ca {
-                if mode == tokio_postgres::config::SslMode::Disable {
-                    return Err(source.error(
-                        "store.ca",
-                        ca,
-                        "`ca` asks for TLS to the database, the URL's sslmode=disable for none: \
-                         remove one",
-                    ));
-                }
-                // With a CA, TLS or nothing: `prefer` would let anyone on the
-                // path answer "no TLS" and read or change what goes by.
-                parsed
-                    .postgres
-                    .ssl_mode(tokio_postgres::config::SslMode::Require);
-            } else if mode == tokio_postgres::config::SslMode::Require {
-                return Err(source.error(
-                    "store.url",
-                    &store.url,
-                    "sslmode=require needs `ca` in [store]: the CA certificate(s) the \
-                     database's certificate chains to",
-                ));
-            }
-            Ok(parsed)
-        })
+        .map(|store| store_config(source, store))
         .transpose()?;
     if let (Some(store), Some(log)) = (&raw.store, &raw.exchange_log)
         && exchange_log.enabled
@@ -1196,6 +1205,32 @@ impl Trust {
             server_crls: paths(source, &raw.upstream.crls),
         })
     }
+}
+
+/// `[store]`, checked.
+fn store_config(source: &Source<'_>, store: &RawStore) -> Result<StoreConfig, ConfigError> {
+    let parsed = StoreConfig::parse(store.url.get_ref())
+        .map_err(|message| source.error("store.url", &store.url, message))?;
+    let mode = parsed.postgres.get_ssl_mode();
+    if let Some(ca) = &store.ca {
+        if mode == tokio_postgres::config::SslMode::Disable {
+            return Err(source.error(
+                "store.ca",
+                ca,
+                "`ca` asks for TLS to the database, the URL's sslmode=disable for none: \
+                 remove one",
+            ));
+        }
+        return Ok(parsed.with_ca(source.path(ca)));
+    } else if mode == tokio_postgres::config::SslMode::Require {
+        return Err(source.error(
+            "store.url",
+            &store.url,
+            "sslmode=require needs `ca` in [store]: the CA certificate(s) the database's \
+             certificate chains to",
+        ));
+    }
+    Ok(parsed)
 }
 
 /// What the fleet's log (`[store]` with the exchange log on) asks of

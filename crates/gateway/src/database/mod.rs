@@ -20,6 +20,7 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::config::StoreConfig;
 
+pub mod bundles;
 pub mod nodes;
 mod tls;
 
@@ -191,6 +192,18 @@ const MIGRATIONS: &[(i32, &str)] = &[
              UPDATE log_head h SET size = log_append.size, frontier = log_append.frontier;
          END
          $$;",
+    ),
+    (
+        4,
+        "CREATE TABLE global_bundles (
+             instance text NOT NULL,
+             version bigint NOT NULL,
+             -- the bundle as `directory publish` wrote it: its signature,
+             -- not this table, is what the nodes trust
+             bundle bytea NOT NULL,
+             published_at timestamptz NOT NULL DEFAULT now(),
+             PRIMARY KEY (instance, version)
+         );",
     ),
 ];
 

@@ -35,8 +35,9 @@ pub struct Split {
 #[derive(Debug)]
 pub struct DirectorySettings<'a> {
     pub url: &'a str,
-    /// Paths as the gateway file will name them.
-    pub ca: &'a str,
+    /// Paths as the gateway file will name them; no CA for `url =
+    /// "store"`.
+    pub ca: Option<&'a str>,
     pub key: &'a str,
     pub interval: &'a str,
 }
@@ -151,12 +152,14 @@ pub fn split(path: &Path, directory: &DirectorySettings<'_>) -> Result<Split, St
     global.insert("trust".to_owned(), Value::Table(trust));
     let mut settings = Table::new();
     for (key, value) in [
-        ("url", directory.url),
+        ("url", Some(directory.url)),
         ("ca", directory.ca),
-        ("key", directory.key),
-        ("interval", directory.interval),
+        ("key", Some(directory.key)),
+        ("interval", Some(directory.interval)),
     ] {
-        settings.insert(key.to_owned(), Value::String(value.to_owned()));
+        if let Some(value) = value {
+            settings.insert(key.to_owned(), Value::String(value.to_owned()));
+        }
     }
     local.insert("directory".to_owned(), Value::Table(settings));
     let render = |table: &Table| toml::to_string_pretty(table).map_err(|error| error.to_string());

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::reload::Reloader;
-use crate::config::{Config, DirectoryConfig};
+use crate::config::{Config, DirectoryConfig, DirectorySource};
 use crate::global::cache::Cache;
 use crate::global::{Bundle, BundleError};
 
@@ -86,15 +86,62 @@ impl std::fmt::Display for Failed {
     }
 }
 
+/// Where bundles come from: a directory over HTTPS, or the fleet's
+/// database (connected on first use, and kept: it dials again by itself).
+#[derive(Debug)]
+struct Source {
+    directory: DirectoryConfig,
+    database: Option<std::sync::Arc<crate::database::Database>>,
+}
+
+impl Source {
+    fn new(directory: &DirectoryConfig) -> Self {
+        Self {
+            directory: directory.clone(),
+            database: None,
+        }
+    }
+
+    /// The latest bundle, as served.
+    async fn fetch(&mut self) -> Result<Vec<u8>, String> {
+        let store = match &self.directory.source {
+            DirectorySource::Https { url, ca } => {
+                return crate::global::http::fetch(url, ca, FETCH_TIMEOUT).await;
+            }
+            DirectorySource::Store(store) => store,
+        };
+        let database = match &self.database {
+            Some(database) => std::sync::Arc::clone(database),
+            None => {
+                let database = crate::database::Database::connect(store)
+                    .await
+                    .map_err(|error| error.to_string())?;
+                self.database = Some(std::sync::Arc::clone(&database));
+                database
+            }
+        };
+        let instance = &self.directory.instance;
+        database
+            .latest_bundle(instance)
+            .await
+            .map_err(|error| error.to_string())?
+            .ok_or_else(|| {
+                format!(
+                    "{} holds no global configuration of {instance} yet: publish one with \
+                     `govbridge directory publish --to-store`",
+                    self.directory.source
+                )
+            })
+    }
+}
+
 /// Fetches the bundle and, if it is newer than the one in `cache` and
 /// passes every check, writes it there (staged, not in use yet).
 async fn fetch_newer(
-    directory: &DirectoryConfig,
+    source: &mut Source,
 ) -> Result<Option<crate::global::cache::Installed>, Failed> {
-    let bytes = crate::global::http::fetch(&directory.url, &directory.ca, FETCH_TIMEOUT)
-        .await
-        .map_err(Failed::Unreachable)?;
-    let directory = directory.clone();
+    let bytes = source.fetch().await.map_err(Failed::Unreachable)?;
+    let directory = source.directory.clone();
     let checked = tokio::task::spawn_blocking(move || {
         let bundle = Bundle::open(&bytes, &directory.verifier).map_err(Failed::Refused)?;
         let cache = Cache::new(&directory.cache);
@@ -165,7 +212,7 @@ pub async fn prepare(path: &Path) -> Result<Prepared, String> {
     };
     let cache = Cache::new(&directory.cache);
     let has_one = matches!(cache.current(&directory.verifier), Ok(Some(_)));
-    let fetched = match fetch_newer(&directory).await {
+    let fetched = match fetch_newer(&mut Source::new(&directory)).await {
         Ok(Some(staged)) => {
             let path = path.to_owned();
             let version = staged.manifest.version;
@@ -200,21 +247,23 @@ impl Reloader {
     /// `directory.interval`, until the process ends.
     pub fn follow_directory(self, directory: DirectoryConfig) {
         tokio::spawn(async move {
+            let mut source = Source::new(&directory);
             let mut ticks = tokio::time::interval(directory.interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // The first tick is now: the gateway has just fetched.
             ticks.tick().await;
             loop {
                 ticks.tick().await;
-                self.poll_directory(&directory).await;
+                self.poll(&mut source).await;
             }
         });
     }
 
     /// One poll of the directory: applies a newer global configuration
     /// if there is one and it passes, and says what happened.
-    pub async fn poll_directory(&self, directory: &DirectoryConfig) -> Polled {
-        let polled = match fetch_newer(directory).await {
+    async fn poll(&self, source: &mut Source) -> Polled {
+        let directory = source.directory.clone();
+        let polled = match fetch_newer(source).await {
             Ok(None) => Polled::Unchanged,
             Ok(Some(staged)) => {
                 let (reloader, cache) = (self.clone(), Cache::new(&directory.cache));
@@ -237,12 +286,12 @@ impl Reloader {
         self.metrics.global_fetch(result, reason);
         match &polled {
             Polled::Refused { detail, .. } => tracing::error!(
-                directory = %directory.url,
+                directory = %directory.source,
                 error = %detail,
                 "global configuration refused; the one in use keeps serving"
             ),
             Polled::Unreachable(error) => tracing::warn!(
-                directory = %directory.url,
+                directory = %directory.source,
                 %error,
                 "the directory cannot be reached; the global configuration in use keeps serving"
             ),

@@ -200,7 +200,7 @@ pub async fn directory(options: &DirectoryOptions) -> anyhow::Result<DirectoryRe
     let interval = format!("{}ms", options.interval.as_millis());
     let settings = gateway::global::split::DirectorySettings {
         url: &url,
-        ca: &echo_tls.client_ca.display().to_string(),
+        ca: Some(&echo_tls.client_ca.display().to_string()),
         key: &key_file.display().to_string(),
         interval: &interval,
     };
