@@ -282,12 +282,12 @@ async fn a_gateway_runs_what_its_directory_publishes_and_refuses_the_rest() {
     let gateway = GatewayProcess::spawn_config(&bed, "gw", &config);
     assert_eq!(metric(gateway.admin, VERSION).await, 2.0);
 
-    // Version 4, without the limit and valid for two seconds, is taken,
+    // Version 4, without the limit and valid for three seconds, is taken,
     // then expires: every call is refused, and /readyz says why, until a
     // newer one comes.
     std::fs::write(&directory.bundle, &version_3).unwrap();
     std::fs::write(directory.publication.join("global.toml"), &global_1).unwrap();
-    directory.publish(&["--valid", "2s"]);
+    directory.publish(&["--valid", "3s"]);
     until_metric(gateway.admin, VERSION, 4.0).await;
     verify_identity(&bed, gateway.address).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -860,15 +860,27 @@ async fn a_fleet_reads_its_global_configuration_from_its_database() {
         until_metric(gateway.admin, VERSION, 2.0).await;
     }
 
-    // A bundle changed in the database: refused, as from any directory.
+    // A bundle changed on its way into the database (one byte of a file):
+    // refused, as from any directory.
     directory.append("\n# publication 3\n");
-    directory.publish(&["--to-store", &url]);
+    directory.publish(&[]);
+    let mut wire: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&directory.bundle).unwrap()).unwrap();
+    let encoded = wire["files"]["global.toml"].as_str().unwrap().to_owned();
+    let flipped = if encoded.starts_with('A') { "B" } else { "A" };
+    wire["files"]["global.toml"] = format!("{flipped}{}", &encoded[1..]).into();
+    let tampered: String = serde_json::to_vec(&wire)
+        .unwrap()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
     cluster
         .psql(
             govbridge::postgres::ROLE,
-            "UPDATE global_bundles SET bundle = overlay(bundle PLACING 'A'::bytea \
-             FROM position('\"global.toml\": \"'::bytea IN bundle) + 16 FOR 1) \
-             WHERE version = 3",
+            &format!(
+                "INSERT INTO global_bundles (instance, version, bundle) \
+                 VALUES ('SN', 3, decode('{tampered}', 'hex'))"
+            ),
         )
         .unwrap();
     for gateway in &gateways {
