@@ -40,10 +40,7 @@ struct Directory {
 impl Directory {
     /// Splits the bed's gateway file, publishes version 1, and serves it.
     async fn start(bed: &Bed) -> Self {
-        let dir = bed.dir();
-        let key = dir.join("directory-key.pem");
-        keygen(&key);
-        let bundle = dir.join("bundle.json");
+        let bundle = bed.dir().join("bundle.json");
         let server = govbridge::global::http::Server::bind(
             "127.0.0.1:0".parse().unwrap(),
             &bed.pki.join("gateway.pem"),
@@ -58,9 +55,22 @@ impl Directory {
             govbridge::global::http::BUNDLE_PATH
         );
         tokio::spawn(server.serve());
-        let whole = GatewayProcess::config(bed, "whole", &[], "");
+        let directory = Self::init(bed, "", &["--url", &url, "--ca", "pki/ca.pem"]);
+        directory.publish(&[]);
+        directory
+    }
+
+    /// The instance's key, and the bed's gateway file (with `extra` in its
+    /// `[exchange_log]`) split by `directory init` with `source` (`--url`
+    /// and its `--ca`), polling every 200 ms; nothing published yet.
+    fn init(bed: &Bed, extra: &str, source: &[&str]) -> Self {
+        let dir = bed.dir();
+        let key = dir.join("directory-key.pem");
+        keygen(&key);
+        let whole = GatewayProcess::config(bed, "whole", &[], extra);
         let publication = dir.join("publication");
-        run(&[
+        let split = dir.join("split.toml");
+        let mut args = vec![
             "directory",
             "init",
             "--config",
@@ -68,23 +78,19 @@ impl Directory {
             "--publication",
             path(&publication),
             "--out",
-            path(&dir.join("split.toml")),
-            "--url",
-            &url,
-            "--ca",
-            "pki/ca.pem",
+            path(&split),
             "--key",
             "directory-key.pub",
             "--interval",
             "200ms",
-        ]);
-        let directory = Self {
+        ];
+        args.extend(source);
+        run(&args);
+        Self {
             publication,
             key,
-            bundle,
-        };
-        directory.publish(&[]);
-        directory
+            bundle: dir.join("bundle.json"),
+        }
     }
 
     /// `directory publish` of the publication directory, with `extra`
@@ -812,37 +818,11 @@ async fn a_fleet_reads_its_global_configuration_from_its_database() {
     let bed = dev_bed().await;
     let cluster = govbridge::postgres::Cluster::start_temporary().unwrap();
     let url = cluster.url();
-    let dir = bed.dir();
-    let key = dir.join("directory-key.pem");
-    keygen(&key);
-    let whole = GatewayProcess::config(
+    let directory = Directory::init(
         &bed,
-        "whole",
-        &[],
         &format!("enabled = false\n\n[store]\nurl = \"{url}\"\n"),
+        &["--url", "store"],
     );
-    let publication = dir.join("publication");
-    run(&[
-        "directory",
-        "init",
-        "--config",
-        path(&whole),
-        "--publication",
-        path(&publication),
-        "--out",
-        path(&dir.join("split.toml")),
-        "--url",
-        "store",
-        "--key",
-        "directory-key.pub",
-        "--interval",
-        "200ms",
-    ]);
-    let directory = Directory {
-        publication,
-        key,
-        bundle: dir.join("bundle.json"),
-    };
     let said = directory.publish(&["--to-store", &url]);
     assert!(said.contains("in the file and the database"), "{said}");
     let gateways: Vec<GatewayProcess> = ["node-a", "node-b"]
