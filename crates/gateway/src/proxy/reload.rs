@@ -157,9 +157,12 @@ impl Reloader {
     /// process ends. A change that fails to load is logged once and not
     /// retried until the files change again.
     pub fn reload_on_file_change(self, interval: Duration) {
+        // Taken before this returns, so that a change made after it is seen
+        // (were it taken in the task, a change made before the task first
+        // ran would be its starting point, never reloaded).
+        let mut watched = self.watched_files();
+        let mut last = fingerprint(&watched);
         tokio::spawn(async move {
-            let mut watched = self.watched_files();
-            let mut last = fingerprint(&watched);
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
