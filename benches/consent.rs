@@ -104,7 +104,11 @@ fn main() {
     }
     .encode_to_vec();
     // Read once at start-up, as the gateway's first call does.
-    let fields = govbridge::catalog::Catalog::compiled().subjects();
+    let agencies = govbridge::catalog::Catalog::with_sets(
+        &govbridge::proto::AGENCY_DESCRIPTOR_SETS.map(|(_, set)| set),
+    )
+    .expect("the agencies' descriptor sets load");
+    let fields = agencies.subjects();
     let ledger = ledger(&claims);
 
     // Each step must give the gateway's answer before it is timed.

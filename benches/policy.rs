@@ -128,5 +128,6 @@ fn setup(dir: &Path) -> Config {
     }
     let path = dir.join("govbridge.toml");
     std::fs::write(&path, &config).expect("the configuration");
+    govbridge::dev::write_descriptors(dir).expect("the agencies' descriptors");
     Config::load(&path).expect("the generated configuration is valid")
 }

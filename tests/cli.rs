@@ -90,6 +90,7 @@ fn pki_init_issue_revoke_and_check_config() {
     let config = dir.path().join("govbridge.toml");
     std::fs::write(&config, govbridge::dev::CONFIG_TEMPLATE).unwrap();
     govbridge::dev::write_policies(&dir.path().join("policies")).unwrap();
+    govbridge::dev::write_descriptors(dir.path()).unwrap();
     let output = govbridge(&["check-config", config.to_str().unwrap()]);
     assert!(output.status.success(), "{}", text(&output));
     assert!(text(&output).contains("ok"), "{}", text(&output));
@@ -150,6 +151,7 @@ fn dev_setup() -> tempfile::TempDir {
     )
     .unwrap();
     govbridge::dev::write_policies(&dir.path().join("policies")).unwrap();
+    govbridge::dev::write_descriptors(dir.path()).unwrap();
     dir
 }
 
@@ -420,6 +422,7 @@ fn a_world_readable_private_key_is_refused_at_load() {
     let config = dir.path().join("govbridge.toml");
     std::fs::write(&config, govbridge::dev::CONFIG_TEMPLATE).unwrap();
     govbridge::dev::write_policies(&dir.path().join("policies")).unwrap();
+    govbridge::dev::write_descriptors(dir.path()).unwrap();
     let check = || govbridge(&["check-config", config.to_str().unwrap()]);
     assert!(check().status.success(), "{}", text(&check()));
 

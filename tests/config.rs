@@ -4,12 +4,27 @@
 // A failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use govbridge::agencies::config::AgenciesConfig;
 use govbridge::config::{Config, ConfigError};
 
-const PATH: &str = "/etc/govbridge/govbridge.toml";
+/// Where the dev configuration is parsed: a directory that holds the
+/// agencies' descriptor sets it names, as `govbridge dev` writes them.
+fn path() -> &'static Path {
+    static PATH: LazyLock<PathBuf> = LazyLock::new(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("config-tests");
+        govbridge::dev::write_descriptors(&dir).unwrap();
+        dir.join("govbridge.toml")
+    });
+    &PATH
+}
+
+/// `relative`, resolved as the configuration's paths are.
+fn beside(relative: &str) -> PathBuf {
+    path().with_file_name(relative)
+}
 
 /// The dev configuration, with `from` replaced by `to`.
 fn edited(from: &str, to: &str) -> String {
@@ -19,7 +34,7 @@ fn edited(from: &str, to: &str) -> String {
 }
 
 fn error_of(text: &str) -> ConfigError {
-    Config::parse(Path::new(PATH), text).expect_err("the configuration was accepted")
+    Config::parse(path(), text).expect_err("the configuration was accepted")
 }
 
 fn line_of(text: &str, needle: &str) -> usize {
@@ -28,7 +43,7 @@ fn line_of(text: &str, needle: &str) -> usize {
 
 #[test]
 fn the_dev_template_is_valid() {
-    let config = Config::parse(Path::new(PATH), govbridge::dev::CONFIG_TEMPLATE).unwrap();
+    let config = Config::parse(path(), govbridge::dev::CONFIG_TEMPLATE).unwrap();
     assert_eq!(config.services.len(), 5);
     assert_eq!(
         config.services["govbridge.bank.v1.AccountVerification"]
@@ -36,13 +51,13 @@ fn the_dev_template_is_valid() {
             .len(),
         2
     );
-    let agencies = AgenciesConfig::parse(Path::new(PATH), govbridge::dev::CONFIG_TEMPLATE)
+    let agencies = AgenciesConfig::parse(path(), govbridge::dev::CONFIG_TEMPLATE)
         .unwrap()
         .unwrap();
     assert_eq!(agencies.agencies.len(), 6);
     assert_eq!(
         config.gateway.tls.client_ca,
-        Path::new("/etc/govbridge/pki/ca.pem"),
+        beside("pki/ca.pem"),
         "paths are relative to the file"
     );
 }
@@ -53,8 +68,11 @@ fn a_missing_key_is_named() {
     let error = error_of(&text);
     assert_eq!(error.key, "gateway.listen");
     assert_eq!(error.message, "missing key");
-    assert_eq!(error.file, Path::new(PATH));
-    assert!(error.to_string().starts_with(PATH), "{error}");
+    assert_eq!(error.file, path());
+    assert!(
+        error.to_string().starts_with(path().to_str().unwrap()),
+        "{error}"
+    );
 }
 
 #[test]
@@ -159,7 +177,7 @@ fn typos_in_keys_and_values_are_errors() {
 
     // `[agencies]` is the harness's: read with the same errors.
     let error = AgenciesConfig::parse(
-        Path::new(PATH),
+        path(),
         &edited("[agencies.servers.tax]", "[agencies.servers.taxes]"),
     )
     .unwrap_err();
@@ -176,7 +194,7 @@ fn a_syntax_error_names_the_line() {
 #[test]
 fn an_otlp_collector_is_an_http_address_with_a_port() {
     let config = Config::parse(
-        Path::new(PATH),
+        path(),
         &format!(
             "{}\n[telemetry]\notlp_endpoint = \"http://otel-collector:4317\"\n",
             govbridge::dev::CONFIG_TEMPLATE
@@ -187,7 +205,7 @@ fn an_otlp_collector_is_an_http_address_with_a_port() {
     assert_eq!(otlp.endpoint, "otel-collector:4317");
     assert_eq!(otlp.service_name, "govbridge");
     assert!(
-        Config::parse(Path::new(PATH), govbridge::dev::CONFIG_TEMPLATE)
+        Config::parse(path(), govbridge::dev::CONFIG_TEMPLATE)
             .unwrap()
             .telemetry
             .otlp
@@ -253,7 +271,7 @@ fn limits_come_from_the_member_then_its_groups_then_the_defaults() {
          [limits.groups.bank-credit]\nrequests_per_second = 99\nconcurrent_calls = 3\n\n\
          [limits.members.\"SN/COM/CBAO/kyc\"]\nmax_message_bytes = 1024\n",
     );
-    let limits = Config::parse(Path::new(PATH), &text).unwrap().limits;
+    let limits = Config::parse(path(), &text).unwrap().limits;
     assert_eq!(limits.gateway_concurrent_calls.get(), 10_000);
     // In licensed-banks, then bank-credit: the rate of the first that
     // sets one, the cap of the other.
@@ -287,7 +305,7 @@ fn limits_come_from_the_member_then_its_groups_then_the_defaults() {
     let start = text.find("[limits-removed]").unwrap();
     let end = text.find("# The same keys for the members").unwrap();
     let text = format!("{}{}", &text[..start], &text[end..]);
-    let limits = Config::parse(Path::new(PATH), &text).unwrap().limits;
+    let limits = Config::parse(path(), &text).unwrap().limits;
     assert_eq!(limits.gateway_concurrent_calls.get(), 10_000);
     assert!(
         limits
@@ -364,7 +382,10 @@ fn bad_limits_are_named_with_their_line() {
         assert_eq!(error.key, key, "{error}");
         assert_eq!(error.line, Some(line_of(&text, needle)), "{error}");
         assert!(error.message.contains(message), "{error}");
-        assert!(error.to_string().starts_with(PATH), "{error}");
+        assert!(
+            error.to_string().starts_with(path().to_str().unwrap()),
+            "{error}"
+        );
     }
 }
 
@@ -412,7 +433,7 @@ fn typos_and_wrong_types_in_limits_are_named() {
 
 #[test]
 fn connection_limits_default_to_what_the_template_documents() {
-    let config = Config::parse(Path::new(PATH), govbridge::dev::CONFIG_TEMPLATE).unwrap();
+    let config = Config::parse(path(), govbridge::dev::CONFIG_TEMPLATE).unwrap();
     let listener = config.gateway.listener;
     let defaults = govbridge::net::ListenerSettings::default();
     assert_eq!(listener.idle_timeout, defaults.idle_timeout);
@@ -435,7 +456,7 @@ fn connection_limits_default_to_what_the_template_documents() {
     );
 
     let text = edited("drain_timeout = \"15s\"", "drain_timeout = \"2m\"");
-    let config = Config::parse(Path::new(PATH), &text).unwrap();
+    let config = Config::parse(path(), &text).unwrap();
     assert_eq!(config.gateway.listener.drain_timeout.as_secs(), 120);
 }
 
@@ -502,7 +523,10 @@ fn bad_connection_limits_are_named_with_their_line() {
         assert_eq!(error.key, key, "{error}");
         assert_eq!(error.line, Some(line_of(&text, to)), "{error}");
         assert!(error.message.contains(message), "{error}");
-        assert!(error.to_string().starts_with(PATH), "{error}");
+        assert!(
+            error.to_string().starts_with(path().to_str().unwrap()),
+            "{error}"
+        );
     }
 }
 
@@ -523,7 +547,7 @@ fn pool_settings_are_checked_and_named() {
         "health_check_interval = \"5s\"",
         "health_check_interval = \"0s\"",
     );
-    let config = Config::parse(std::path::Path::new(PATH), &text).unwrap();
+    let config = Config::parse(path(), &text).unwrap();
     assert_eq!(config.upstream.pool.health_check_interval, None);
 }
 
@@ -559,7 +583,7 @@ fn idempotent_methods_must_exist_and_not_stream_requests() {
         section,
         &format!("{section}idempotent = [\"GetTaxClearance\"]\nmax_deadline = \"5s\"\n"),
     );
-    let config = Config::parse(std::path::Path::new(PATH), &text).unwrap();
+    let config = Config::parse(path(), &text).unwrap();
     let tax = &config.services["govbridge.tax.v1.TaxAuthority"];
     assert!(tax.idempotent.contains("GetTaxClearance"));
     assert_eq!(tax.max_deadline, Some(std::time::Duration::from_secs(5)));
@@ -567,17 +591,17 @@ fn idempotent_methods_must_exist_and_not_stream_requests() {
 
 #[test]
 fn crls_and_their_grace_are_read_and_named() {
-    let config = Config::parse(Path::new(PATH), govbridge::dev::CONFIG_TEMPLATE).unwrap();
+    let config = Config::parse(path(), govbridge::dev::CONFIG_TEMPLATE).unwrap();
     assert_eq!(
         config.upstream.tls.crls,
-        [Path::new("/etc/govbridge/pki/crl.pem")],
+        [beside("pki/crl.pem")],
         "backends' certificates are checked against the dev CRL"
     );
     assert_eq!(config.gateway.tls.crl_grace, std::time::Duration::ZERO);
     assert_eq!(config.upstream.tls.crl_grace, std::time::Duration::ZERO);
 
     let text = edited("# crl_grace = \"6h\"", "crl_grace = \"6h\"");
-    let config = Config::parse(Path::new(PATH), &text).unwrap();
+    let config = Config::parse(path(), &text).unwrap();
     assert_eq!(
         config.gateway.tls.crl_grace,
         std::time::Duration::from_secs(6 * 3600)
@@ -621,10 +645,10 @@ fn an_admin_endpoint_off_loopback_needs_a_token() {
         "admin = \"127.0.0.1:9464\"",
         "admin = \"0.0.0.0:9464\"\nadmin_token_file = \"secrets/admin.token\"",
     );
-    let config = Config::parse(Path::new(PATH), &text).unwrap();
+    let config = Config::parse(path(), &text).unwrap();
     assert_eq!(
         config.gateway.admin_token_file.as_deref(),
-        Some(Path::new("/etc/govbridge/secrets/admin.token"))
+        Some(beside("secrets/admin.token").as_path())
     );
 
     // A token without an endpoint to protect is a mistake worth naming.
@@ -637,12 +661,9 @@ fn an_admin_endpoint_off_loopback_needs_a_token() {
 
 #[test]
 fn a_retention_is_read_and_named() {
-    let config = Config::parse(Path::new(PATH), govbridge::dev::CONFIG_TEMPLATE).unwrap();
+    let config = Config::parse(path(), govbridge::dev::CONFIG_TEMPLATE).unwrap();
     assert_eq!(config.exchange_log.retain, None);
-    assert_eq!(
-        config.exchange_log.archive_dir,
-        Path::new("/etc/govbridge/data/archives")
-    );
+    assert_eq!(config.exchange_log.archive_dir, beside("data/archives"));
 
     let text = edited("# retain = \"90d\"", "retain = \"90d\"");
     let text = text.replacen(
@@ -650,15 +671,12 @@ fn a_retention_is_read_and_named() {
         "archive_dir = \"archives\"",
         1,
     );
-    let config = Config::parse(Path::new(PATH), &text).unwrap();
+    let config = Config::parse(path(), &text).unwrap();
     assert_eq!(
         config.exchange_log.retain,
         Some(std::time::Duration::from_secs(90 * 86_400))
     );
-    assert_eq!(
-        config.exchange_log.archive_dir,
-        Path::new("/etc/govbridge/archives")
-    );
+    assert_eq!(config.exchange_log.archive_dir, beside("archives"));
 
     for (value, message) in [("\"30m\"", "at least 1h"), ("\"90\"", "no unit")] {
         let text = edited("# retain = \"90d\"", &format!("retain = {value}"));
@@ -703,7 +721,7 @@ fn a_bad_store_url_is_named_without_its_password() {
         assert!(!error.to_string().contains("s3cret"), "{error}");
     }
     let store = Config::parse(
-        Path::new(PATH),
+        path(),
         &config("postgres://govbridge:s3cret@127.0.0.1:5433/govbridge"),
     )
     .unwrap()
@@ -717,10 +735,7 @@ fn a_bad_store_url_is_named_without_its_password() {
         "postgres://govbridge:s3cret/x@127.0.0.1/govbridge",
         "postgres://govbridge@127.0.0.1/govbridge?password=s3cret",
     ] {
-        let store = Config::parse(Path::new(PATH), &config(url))
-            .unwrap()
-            .store
-            .unwrap();
+        let store = Config::parse(path(), &config(url)).unwrap().store.unwrap();
         assert_eq!(
             store.redacted(),
             "postgres://govbridge@127.0.0.1:5432/govbridge"
@@ -748,21 +763,32 @@ fn a_fleet_log_needs_its_name_and_no_retention() {
     assert_eq!(error.line, Some(line_of(&text, "retain = ")), "{error}");
     assert!(error.message.contains("audit pull"), "{error}");
 
-    let config = Config::parse(Path::new(PATH), &(edited("", "") + store)).unwrap();
+    let config = Config::parse(path(), &(edited("", "") + store)).unwrap();
     assert_eq!(config.exchange_log.origin, "govbridge/gw-dakar-1");
     // The log off, nothing is asked of it.
     let off = edited(origin, "").replace("enabled = true", "enabled = false") + store;
-    Config::parse(Path::new(PATH), &off).unwrap();
+    Config::parse(path(), &off).unwrap();
 }
 
-/// A service is known from its descriptor: one compiled in, or a set the
-/// configuration names; anything else is named with its line.
+/// A service is known from the descriptor set the configuration names
+/// for it; anything else is named with its line.
 #[test]
 fn services_are_known_from_their_descriptors() {
     use prost::Message as _;
     let dir = tempfile::tempdir().unwrap();
+    govbridge::dev::write_descriptors(dir.path()).unwrap();
     let path = dir.path().join("govbridge.toml");
     let parse = |text: &str| Config::parse(&path, text);
+
+    // The mock agencies' services are registered as any other: without
+    // its descriptor set, the civil registry is unknown.
+    let undescribed = edited("descriptor = \"descriptors/civilregistry.binpb\"\n", "");
+    let error = parse(&undescribed).unwrap_err();
+    assert_eq!(
+        error.key,
+        "services.\"govbridge.civilregistry.v1.CivilRegistry\""
+    );
+    assert!(error.message.contains("no descriptor declares"), "{error}");
 
     // A service no descriptor declares.
     let unknown = edited(
@@ -803,7 +829,7 @@ fn services_are_known_from_their_descriptors() {
         "{}",
         error.message
     );
-    assert_eq!(error.line, Some(line_of(&text, "descriptor = ")));
+    assert_eq!(error.line, Some(line_of(&text, "descriptor = \"garbage")));
     let error = parse(&with_descriptor("missing.binpb")).unwrap_err();
     assert!(error.message.contains("cannot read"), "{}", error.message);
 

@@ -188,6 +188,20 @@ async fn reflection_shows_each_caller_only_what_it_may_call() {
                 names.contains(&"govbridge/civilregistry/v1/civil_registry.proto".to_owned()),
                 "{names:?}"
             );
+            // Served as registered: the custom options survive, so a client
+            // sees which field names the data subject.
+            let mut set = Vec::new();
+            for file in &files.file_descriptor_proto {
+                prost::encoding::bytes::encode(1, file, &mut set);
+            }
+            let subjects = govbridge::catalog::subject::SubjectFields::from_descriptors(&set)
+                .unwrap_or_else(|error| panic!("{error}"));
+            assert!(
+                subjects
+                    .field("/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity")
+                    .is_some(),
+                "the data_subject option was lost"
+            );
         }
         other => panic!("{other:?}"),
     }

@@ -2,10 +2,11 @@
 //! `protoc` is needed anywhere) and generates prost messages and tonic
 //! clients and servers from the result.
 //!
-//! The encoded descriptor set is also written to `OUT_DIR` so that the
-//! gateway can decode requests where it must (consent binding), read the
-//! fields marked with custom options (the data subject) and serve
-//! reflection.
+//! Two kinds of encoded descriptor sets are also written to `OUT_DIR`:
+//! the gateway's own services (directory, exchange log, data tracker, and
+//! the options the agencies' protos use), which the gateway always knows,
+//! and one set per mock agency, which it knows only when a configuration
+//! registers them (`[services."X"] descriptor`), as it would any provider's.
 
 use std::path::{Path, PathBuf};
 
@@ -13,28 +14,52 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=../../proto");
     let root = Path::new("../../proto");
 
-    // The gateway's own services and its agencies'.
-    let govbridge = compiler(root, &root.join("govbridge"))?;
-    // Written by protox rather than by encoding the prost_types set, which
-    // would drop extension options such as `govbridge.options.v1.data_subject`.
+    let govbridge = root.join("govbridge");
+    // Code for every service: the gateway's own, and the agencies' (their
+    // clients and the mock servers).
+    generate(&compiler(root, std::slice::from_ref(&govbridge))?)?;
+
+    // Descriptor sets, written by protox rather than by encoding the
+    // prost_types set, which would drop extension options such as
+    // `govbridge.options.v1.data_subject`.
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let own = ["audit", "directory", "options"].map(|dir| govbridge.join(dir));
     std::fs::write(
         out_dir.join("govbridge_descriptor.bin"),
-        govbridge.encode_file_descriptor_set(),
+        compiler(root, &own)?.encode_file_descriptor_set(),
     )?;
-    generate(&govbridge)?;
+    for agency in AGENCIES {
+        std::fs::write(
+            out_dir.join(format!("{agency}.binpb")),
+            compiler(root, &[govbridge.join(agency)])?.encode_file_descriptor_set(),
+        )?;
+    }
 
     // OTLP, for exporting traces: compiled apart so that reflection and the
     // route table never see it.
-    let otlp = compiler(root, &root.join("opentelemetry"))?;
+    let otlp = compiler(root, &[root.join("opentelemetry")])?;
     generate(&otlp)?;
     Ok(())
 }
 
-/// Every `.proto` under `dir`, compiled with `root` as the import path.
-fn compiler(root: &Path, dir: &Path) -> Result<protox::Compiler, Box<dyn std::error::Error>> {
+/// The directories under `proto/govbridge/` of the mock agencies' protos
+/// (the benchmark's echo service with them): `src/proto.rs` names each
+/// set.
+const AGENCIES: [&str; 6] = [
+    "bank",
+    "bench",
+    "business",
+    "civilregistry",
+    "consent",
+    "tax",
+];
+
+/// Every `.proto` under `dirs`, compiled with `root` as the import path.
+fn compiler(root: &Path, dirs: &[PathBuf]) -> Result<protox::Compiler, Box<dyn std::error::Error>> {
     let mut files = Vec::new();
-    collect_protos(dir, &mut files)?;
+    for dir in dirs {
+        collect_protos(dir, &mut files)?;
+    }
     files.sort();
     let mut compiler = protox::Compiler::new([root])?;
     compiler

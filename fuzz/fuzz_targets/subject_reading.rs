@@ -9,9 +9,11 @@
 
 #![no_main]
 
-use govbridge::catalog::subject::{
-    MAX_SUBJECT, Reading, SubjectField, SubjectFields, read_subject,
-};
+use std::sync::LazyLock;
+
+use govbridge::catalog::Catalog;
+use govbridge::catalog::subject::{MAX_SUBJECT, Reading, SubjectField, read_subject};
+use govbridge::proto::AGENCY_DESCRIPTOR_SETS;
 use govbridge::proto::civilregistry::v1::VerifyIdentityRequest;
 use govbridge::proto::tax::v1::GetTaxClearanceRequest;
 use govbridge::proto::tax::v1::get_tax_clearance_request::Taxpayer;
@@ -34,9 +36,14 @@ fn agrees(gateway: &Reading<'_>, prost: Option<&str>) -> bool {
 }
 
 fn field(path: &str) -> &'static SubjectField {
-    SubjectFields::compiled()
+    static AGENCIES: LazyLock<Catalog> = LazyLock::new(|| {
+        Catalog::with_sets(&AGENCY_DESCRIPTOR_SETS.map(|(_, set)| set))
+            .expect("the agencies' descriptor sets load")
+    });
+    AGENCIES
+        .subjects()
         .field(path)
-        .expect("the compiled protos mark the subject")
+        .expect("the agencies' protos mark the subject")
 }
 
 fuzz_target!(|message: &[u8]| {

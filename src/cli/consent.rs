@@ -676,7 +676,12 @@ mod tests {
 
     #[test]
     fn unspecified_listen_addresses_are_reached_on_loopback() {
-        let config = Config::parse(Path::new("dev.toml"), govbridge::dev::CONFIG_TEMPLATE);
+        let dir = tempfile::tempdir().unwrap();
+        govbridge::dev::write_descriptors(dir.path()).unwrap();
+        let config = Config::parse(
+            &dir.path().join("dev.toml"),
+            govbridge::dev::CONFIG_TEMPLATE,
+        );
         let Ok(mut config) = config else {
             panic!("the dev configuration parses");
         };

@@ -5,9 +5,44 @@
 
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
-/// The encoded `FileDescriptorSet` of every govbridge proto.
+/// The encoded `FileDescriptorSet` of the gateway's own protos: its
+/// services (directory, exchange log, data tracker) and the options other
+/// protos use (`govbridge.options.v1.data_subject`).
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/govbridge_descriptor.bin"));
+
+/// The mock agencies' protos (and the benchmark's echo service), one
+/// encoded `FileDescriptorSet` each, by directory under
+/// `proto/govbridge/`: what `protoc --include_imports --include_source_info
+/// --descriptor_set_out` writes. The gateway knows none of these services
+/// until a configuration registers them with `[services."X"] descriptor`,
+/// as the development configuration does (`descriptors/NAME.binpb`).
+pub const AGENCY_DESCRIPTOR_SETS: [(&str, &[u8]); 6] = [
+    (
+        "bank",
+        include_bytes!(concat!(env!("OUT_DIR"), "/bank.binpb")),
+    ),
+    (
+        "bench",
+        include_bytes!(concat!(env!("OUT_DIR"), "/bench.binpb")),
+    ),
+    (
+        "business",
+        include_bytes!(concat!(env!("OUT_DIR"), "/business.binpb")),
+    ),
+    (
+        "civilregistry",
+        include_bytes!(concat!(env!("OUT_DIR"), "/civilregistry.binpb")),
+    ),
+    (
+        "consent",
+        include_bytes!(concat!(env!("OUT_DIR"), "/consent.binpb")),
+    ),
+    (
+        "tax",
+        include_bytes!(concat!(env!("OUT_DIR"), "/tax.binpb")),
+    ),
+];
 
 pub mod civilregistry {
     pub mod v1 {

@@ -68,6 +68,35 @@ pub fn write_policies(dir: &Path) -> Result<(), PkiError> {
     Ok(())
 }
 
+/// Where the dev configuration's services find their descriptor sets.
+pub const DESCRIPTORS: &str = "descriptors";
+
+/// The path, relative to the configuration, of the descriptor set that
+/// declares the agency service `service` (`govbridge.tax.v1.TaxAuthority`
+/// is in `descriptors/tax.binpb`), if an agency publishes it.
+pub fn descriptor_of(service: &str) -> Option<PathBuf> {
+    let package = service.strip_prefix("govbridge.")?.split('.').next()?;
+    gateway::proto::AGENCY_DESCRIPTOR_SETS
+        .iter()
+        .any(|(name, _)| *name == package)
+        .then(|| Path::new(DESCRIPTORS).join(format!("{package}.binpb")))
+}
+
+/// Writes the agencies' descriptor sets (built from `proto/` with this
+/// binary) into `dir/descriptors/`, replacing those that differ. Returns
+/// how many it wrote.
+pub fn write_descriptors(dir: &Path) -> Result<usize, PkiError> {
+    let mut written = 0;
+    for (name, set) in gateway::proto::AGENCY_DESCRIPTOR_SETS {
+        let path = dir.join(DESCRIPTORS).join(format!("{name}.binpb"));
+        if std::fs::read(&path).ok().as_deref() != Some(set) {
+            pki::write_file(&path, set, 0o644)?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
 /// MyGov's consent signing key (PKCS#8 PEM) in the dev PKI.
 pub const CONSENT_KEY: &str = "mygov-consent.key";
 /// The key set the gateway trusts for consent artefacts (JWKS).
@@ -154,8 +183,9 @@ pub fn init_pki(dir: &Path) -> Result<(), PkiError> {
 }
 
 /// Makes `dir/govbridge.toml`, `dir/pki/` and `dir/policies/` if they are
-/// missing, and
-/// returns the configuration's path.
+/// missing, writes the agencies' descriptor sets (`dir/descriptors/`, kept
+/// up to date with this binary's protos), and returns the configuration's
+/// path.
 pub fn prepare(dir: &Path) -> anyhow::Result<PathBuf> {
     let config = dir.join("govbridge.toml");
     let pki_dir = dir.join("pki");
@@ -172,6 +202,12 @@ pub fn prepare(dir: &Path) -> anyhow::Result<PathBuf> {
     if !policies.exists() {
         write_policies(&policies)?;
         println!("wrote the dev policies in {}", policies.display());
+    }
+    if write_descriptors(dir)? > 0 {
+        println!(
+            "wrote the agencies' descriptor sets in {}",
+            dir.join(DESCRIPTORS).display()
+        );
     }
     Ok(config)
 }

@@ -211,7 +211,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// Runs `sql` in `database` with `psql`; its output, unaligned.
+    /// Runs `sql` in `database` with `psql`; its output, unaligned. The
+    /// statements go in on standard input, so they may be of any length.
     pub fn psql(&self, database: &str, sql: &str) -> anyhow::Result<String> {
         let port = self.port.to_string();
         let args = [
@@ -223,15 +224,28 @@ impl Cluster {
             ROLE,
             "-d",
             database,
-            "-tAc",
-            sql,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-tA",
         ];
-        let output = self.run("psql", &args)?;
+        let output = self.run_with_input("psql", &args, Some(sql))?;
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
     }
 
     /// Runs one of the server binaries, as the cluster's user.
     fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<Output> {
+        self.run_with_input(program, args, None)
+    }
+
+    /// Runs one of the server binaries, as the cluster's user, with `input`
+    /// on its standard input.
+    fn run_with_input(
+        &self,
+        program: &str,
+        args: &[&str],
+        input: Option<&str>,
+    ) -> anyhow::Result<Output> {
+        use std::io::Write as _;
         let path = self.bin.join(program);
         let mut command = match &self.user {
             Some(user) => {
@@ -241,11 +255,24 @@ impl Cluster {
             }
             None => Command::new(&path),
         };
-        let output = command
+        let cannot_run = || format!("cannot run {}", path.display());
+        let mut child = command
             .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("cannot run {}", path.display()))?;
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(cannot_run)?;
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            // Written whole before reading: psql reads all of its input
+            // before its (short) output can fill a pipe.
+            stdin.write_all(input.as_bytes()).with_context(cannot_run)?;
+        }
+        let output = child.wait_with_output().with_context(cannot_run)?;
         if !output.status.success() {
             bail!(
                 "{program} failed ({}): {}",

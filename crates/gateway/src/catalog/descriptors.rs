@@ -1,23 +1,60 @@
-//! An index of the protobuf descriptors the gateway knows: its agencies',
-//! its own services, gRPC health and reflection, and the services its
-//! configuration adds; what reflection and `GetServiceDescriptor` serve.
+//! An index of the protobuf descriptors the gateway knows: its own
+//! services, gRPC health and reflection, and the services its
+//! configuration registers; what reflection and `GetServiceDescriptor`
+//! serve.
 
 use std::collections::{BTreeSet, HashMap};
 
 use prost::Message;
-use prost_types::{DescriptorProto, FileDescriptorProto, FileDescriptorSet};
+use prost_types::{DescriptorProto, FileDescriptorProto};
+
+/// One file of a descriptor set: decoded, and as it was encoded, which is
+/// what is served (prost-types drops extension options such as
+/// `govbridge.options.v1.data_subject` when it encodes a file again).
+#[derive(Debug, Clone)]
+pub struct DescribedFile {
+    pub proto: FileDescriptorProto,
+    pub encoded: Vec<u8>,
+}
+
+/// A `FileDescriptorSet` whose files are kept as their bytes.
+#[derive(Clone, PartialEq, Message)]
+struct EncodedSet {
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    file: Vec<Vec<u8>>,
+}
+
+impl DescribedFile {
+    /// The files of an encoded `FileDescriptorSet`.
+    pub fn of_set(bytes: &[u8]) -> Result<Vec<Self>, prost::DecodeError> {
+        EncodedSet::decode(bytes)?
+            .file
+            .into_iter()
+            .map(|encoded| {
+                Ok(Self {
+                    proto: FileDescriptorProto::decode(encoded.as_slice())?,
+                    encoded,
+                })
+            })
+            .collect()
+    }
+
+    pub fn name(&self) -> &str {
+        self.proto.name()
+    }
+}
 
 /// Files by name, and the file that defines each symbol.
 #[derive(Debug, Default)]
 pub struct DescriptorIndex {
-    files: HashMap<String, FileDescriptorProto>,
+    files: HashMap<String, DescribedFile>,
     symbols: HashMap<String, String>,
     services: HashMap<String, String>,
 }
 
 impl DescriptorIndex {
     /// An index of `files`; of two files of the same name, the first.
-    pub fn of(files: impl IntoIterator<Item = FileDescriptorProto>) -> Self {
+    pub fn of(files: impl IntoIterator<Item = DescribedFile>) -> Self {
         let mut index = Self::default();
         for file in files {
             index.add(file);
@@ -35,11 +72,12 @@ fn qualify(package: &str, name: &str) -> String {
 }
 
 impl DescriptorIndex {
-    fn add(&mut self, file: FileDescriptorProto) {
-        let name = file.name().to_owned();
+    fn add(&mut self, described: DescribedFile) {
+        let name = described.name().to_owned();
         if self.files.contains_key(&name) {
             return;
         }
+        let file = &described.proto;
         let package = file.package().to_owned();
         for message in &file.message_type {
             self.add_message(&package, message, &name);
@@ -57,7 +95,7 @@ impl DescriptorIndex {
             self.symbols.insert(full.clone(), name.clone());
             self.services.insert(full, name.clone());
         }
-        self.files.insert(name, file);
+        self.files.insert(name, described);
     }
 
     fn add_message(&mut self, scope: &str, message: &DescriptorProto, file: &str) {
@@ -97,7 +135,7 @@ impl DescriptorIndex {
             if let Some(file) = self.files.get(&next)
                 && seen.insert(next)
             {
-                pending.extend(file.dependency.iter().cloned());
+                pending.extend(file.proto.dependency.iter().cloned());
             }
         }
         seen
@@ -105,7 +143,7 @@ impl DescriptorIndex {
 
     /// The files named, encoded, dependencies first.
     pub fn encoded(&self, names: &BTreeSet<String>) -> Vec<Vec<u8>> {
-        let mut ordered: Vec<&FileDescriptorProto> = Vec::new();
+        let mut ordered: Vec<&DescribedFile> = Vec::new();
         let mut placed = BTreeSet::new();
         // Repeatedly place files whose imports are placed: a topological
         // order, which some reflection clients expect.
@@ -116,7 +154,7 @@ impl DescriptorIndex {
                     continue;
                 }
                 if let Some(file) = self.files.get(name) {
-                    let ready = file.dependency.iter().all(|dependency| {
+                    let ready = file.proto.dependency.iter().all(|dependency| {
                         placed.contains(dependency) || !names.contains(dependency)
                     });
                     if ready {
@@ -131,17 +169,20 @@ impl DescriptorIndex {
                 break;
             }
         }
-        ordered.into_iter().map(Message::encode_to_vec).collect()
+        ordered
+            .into_iter()
+            .map(|file| file.encoded.clone())
+            .collect()
     }
 
     /// The descriptors of one service as an encoded FileDescriptorSet.
     pub fn service_set(&self, service: &str) -> Option<Vec<u8>> {
         let file = self.file_of_service(service)?;
         let names = self.closure(file);
-        let set = FileDescriptorSet {
+        let set = EncodedSet {
             file: names
                 .iter()
-                .filter_map(|name| self.files.get(name).cloned())
+                .filter_map(|name| Some(self.files.get(name)?.encoded.clone()))
                 .collect(),
         };
         Some(set.encode_to_vec())

@@ -2,11 +2,13 @@
 //! methods, which methods stream, the gateway's own services, where a
 //! request names its data subject, and the descriptors reflection serves.
 //!
-//! A [`Catalog`] holds the compiled-in protos (the agencies', the
-//! gateway's own, health and reflection) and the descriptor sets a
-//! configuration adds (`[services."X"] descriptor`, what `protoc
-//! --descriptor_set_out --include_imports` or `buf build` writes): a
-//! service published at runtime is known exactly as a compiled one is.
+//! A [`Catalog`] holds the compiled-in protos (the gateway's own services,
+//! health and reflection) and the descriptor sets a configuration adds
+//! (`[services."X"] descriptor`, what `protoc --descriptor_set_out
+//! --include_imports` or `buf build` writes). Every published service is
+//! known that way, the mock agencies' included: the development
+//! configuration registers their sets ([`crate::proto::AGENCY_DESCRIPTOR_SETS`])
+//! as any provider would.
 //!
 //! The one owner of descriptors: no other module decodes
 //! [`crate::proto::FILE_DESCRIPTOR_SET`] or a configuration's sets, or walks
@@ -20,8 +22,8 @@ pub mod subject;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock};
 
-use prost::Message as _;
-use prost_types::{FileDescriptorProto, FileDescriptorSet};
+use descriptors::DescribedFile;
+use prost_types::FileDescriptorProto;
 
 pub const DIRECTORY: &str = "govbridge.directory.v1.Directory";
 pub const HEALTH: &str = "grpc.health.v1.Health";
@@ -127,11 +129,11 @@ impl Catalog {
             .map(|(at, file)| (file.name().to_owned(), at))
             .collect();
         for bytes in sets {
-            let set = FileDescriptorSet::decode(*bytes)
+            let set = DescribedFile::of_set(bytes)
                 .map_err(|error| CatalogError::Decode(error.to_string()))?;
-            for file in set.file {
+            for file in set {
                 if let Some(&at) = known.get(file.name()) {
-                    if !same_content(&files[at], &file) {
+                    if !same_content(&files[at].proto, &file.proto) {
                         return Err(CatalogError::Conflict(file.name().to_owned()));
                     }
                     continue;
@@ -153,7 +155,7 @@ impl Catalog {
 
     fn of(
         pool: &prost_reflect::DescriptorPool,
-        files: Vec<FileDescriptorProto>,
+        files: Vec<DescribedFile>,
     ) -> Result<Self, CatalogError> {
         let mut methods: HashMap<String, HashSet<String>> = HashMap::new();
         let mut client_streaming = HashSet::new();
@@ -203,7 +205,7 @@ impl Catalog {
 
 /// The compiled-in descriptors, decoded and linked once per process.
 struct Compiled {
-    files: Vec<FileDescriptorProto>,
+    files: Vec<DescribedFile>,
     pool: prost_reflect::DescriptorPool,
 }
 
@@ -216,11 +218,11 @@ impl Compiled {
                 tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
                 tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
             ];
-            let mut files: Vec<FileDescriptorProto> = Vec::new();
+            let mut files: Vec<DescribedFile> = Vec::new();
             let mut pool = prost_reflect::DescriptorPool::new();
             for bytes in compiled {
-                let set = FileDescriptorSet::decode(bytes).map_err(|error| error.to_string())?;
-                for file in set.file {
+                let set = DescribedFile::of_set(bytes).map_err(|error| error.to_string())?;
+                for file in set {
                     // The sets share some files (descriptor.proto).
                     if files.iter().all(|known| known.name() != file.name()) {
                         files.push(file);
@@ -263,10 +265,51 @@ mod tests {
     }
 
     #[test]
-    fn knows_the_compiled_services() {
-        let known = Catalog::compiled().service_methods();
-        let civil = &known["govbridge.civilregistry.v1.CivilRegistry"];
-        assert!(civil.contains("GetPerson"));
-        assert!(civil.contains("WatchLifeEvents"));
+    fn knows_its_own_services_and_the_registered_ones() {
+        let compiled = Catalog::compiled();
+        assert!(compiled.declares(DIRECTORY));
+        assert!(compiled.declares(EXCHANGE_LOG));
+        assert!(compiled.declares(HEALTH));
+        let civil = "govbridge.civilregistry.v1.CivilRegistry";
+        assert!(
+            !compiled.declares(civil),
+            "agencies are registered, not compiled in"
+        );
+
+        let known = testing::agencies().service_methods();
+        assert!(known[civil].contains("GetPerson"));
+        assert!(known[civil].contains("WatchLifeEvents"));
+        assert!(known.contains_key(DIRECTORY));
+    }
+}
+
+/// The mock agencies' services, as the development configuration
+/// registers them.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::path::Path;
+    use std::sync::LazyLock;
+
+    use super::Catalog;
+    use crate::proto::AGENCY_DESCRIPTOR_SETS;
+
+    /// The compiled-in protos and every agency's set.
+    pub fn agencies() -> &'static Catalog {
+        static AGENCIES: LazyLock<Catalog> = LazyLock::new(|| {
+            Catalog::with_sets(&AGENCY_DESCRIPTOR_SETS.map(|(_, set)| set))
+                .expect("the agencies' descriptor sets load")
+        });
+        &AGENCIES
+    }
+
+    /// Writes each agency's set to `dir/descriptors/NAME.binpb`, where the
+    /// development configuration names them.
+    pub fn write_agency_descriptors(dir: &Path) {
+        let descriptors = dir.join("descriptors");
+        std::fs::create_dir_all(&descriptors).expect("a descriptors directory");
+        for (name, set) in AGENCY_DESCRIPTOR_SETS {
+            std::fs::write(descriptors.join(format!("{name}.binpb")), set)
+                .expect("a descriptor set written");
+        }
     }
 }

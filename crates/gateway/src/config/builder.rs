@@ -141,6 +141,11 @@ impl ConfigBuilder {
         self.set(&["services", name], "providers", providers)
     }
 
+    /// The descriptor set that declares `service`.
+    pub fn descriptor(&mut self, service: &str, set: &Path) -> &mut Self {
+        self.set(&["services", service], "descriptor", path(set))
+    }
+
     /// Citizen consent: the issuers' public keys, the provider whose feed
     /// tells revocations, and how long that feed may stay silent.
     pub fn consent(
@@ -244,23 +249,23 @@ mod tests {
                 "govbridge.civilregistry.v1.CivilRegistry",
                 std::slice::from_ref(&registry),
             )
+            .descriptor(
+                "govbridge.civilregistry.v1.CivilRegistry",
+                Path::new("descriptors/civilregistry.binpb"),
+            )
             .consent(Path::new("pki/keys.pem"), &registry, Duration::from_secs(5));
         let text = builder.to_string();
-        let config = Config::parse(Path::new("/etc/govbridge/gateway.toml"), &text)
+        let dir = tempfile::tempdir().unwrap();
+        crate::catalog::testing::write_agency_descriptors(dir.path());
+        let config = Config::parse(&dir.path().join("gateway.toml"), &text)
             .unwrap_or_else(|error| panic!("{error}\n{text}"));
         assert_eq!(config.gateway.node_id, "test-node");
         assert_eq!(config.gateway.identity, gateway);
         assert_eq!(config.gateway.listen, "127.0.0.1:0".parse().unwrap());
-        assert_eq!(
-            config.gateway.tls.crls,
-            [Path::new("/etc/govbridge/pki/crl.pem")]
-        );
+        assert_eq!(config.gateway.tls.crls, [dir.path().join("pki/crl.pem")]);
         assert_eq!(config.upstream.connect_timeout, Duration::from_millis(1500));
         assert_eq!(config.upstream.max_deadline, Duration::from_secs(60));
-        assert_eq!(
-            config.exchange_log.data_dir,
-            Path::new("/etc/govbridge/log")
-        );
+        assert_eq!(config.exchange_log.data_dir, dir.path().join("log"));
         assert_eq!(config.purposes["KYC"], "Know your customer");
         assert_eq!(config.members[&bank].groups, ["banks"]);
         assert_eq!(config.providers[&registry].endpoints.len(), 1);

@@ -649,6 +649,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("govbridge.toml");
         std::fs::copy(repository.join("govbridge.toml"), &config_path).unwrap();
+        crate::catalog::testing::write_agency_descriptors(dir.path());
         let policies = dir.path().join("policies");
         std::fs::create_dir_all(&policies).unwrap();
         for entry in std::fs::read_dir(repository.join("policies")).unwrap() {

@@ -159,6 +159,9 @@ impl BenchDir {
             }
         }
         let echo_member = MemberId::parse(ECHO_MEMBER).map_err(anyhow::Error::msg)?;
+        crate::dev::write_descriptors(&self.dir)?;
+        let echo_descriptor =
+            crate::dev::descriptor_of(ECHO_SERVICE).context("the echo service's descriptor")?;
         let gateway = MemberId::parse(crate::dev::GATEWAY_IDENTITY).map_err(anyhow::Error::msg)?;
         let mut config = ConfigBuilder::new(&format!("bench-{name}"), &gateway);
         config.listener(256, 4096);
@@ -173,7 +176,8 @@ impl BenchDir {
             .purpose(PURPOSE, "Measuring the gateway")
             .member(&echo_member, "The benchmark's echo backend", &[])
             .provider(&echo_member, [echo])
-            .service(ECHO_SERVICE, std::slice::from_ref(&echo_member));
+            .service(ECHO_SERVICE, std::slice::from_ref(&echo_member))
+            .descriptor(ECHO_SERVICE, &echo_descriptor);
         match profile {
             GatewayProfile::RoutingOnly => config.exchange_log_off(),
             GatewayProfile::EverythingOn => config.exchange_log_in(&exchange_log_dir(profile)),

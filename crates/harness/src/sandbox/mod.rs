@@ -457,6 +457,7 @@ impl SandboxBuilder {
 
         let policies = dir.path().join("policies");
         write_policies(&self.policies, &policies)?;
+        dev::write_descriptors(dir.path())?;
         let generated = generated_config(&member_id(GATEWAY_IDENTITY)?, &members, &routes);
         let text = overlaid(generated.into_table(), &self.overlays)?;
         let config_path = dir.path().join("govbridge.toml");
@@ -558,11 +559,13 @@ fn write_policies(policies: &Policies, dir: &Path) -> Result<(), SandboxError> {
 }
 
 /// The gateway's configuration for the sandbox: the dev configuration's
-/// members (with their groups) and purposes, the sandbox's endpoints.
+/// members (with their groups) and purposes, the sandbox's endpoints, and
+/// the agencies' descriptor sets (`descriptors/`, written beforehand).
 fn generated_config(gateway: &MemberId, members: &[MemberId], routes: &Routes) -> ConfigBuilder {
-    // Members keep the groups, and the sandbox the purposes, of the dev
-    // configuration (which parses: the config tests say so).
-    let dev = Config::parse(Path::new("config/govbridge.toml"), dev::CONFIG_TEMPLATE).ok();
+    // Read as TOML: the template's paths (certificates, descriptors) are
+    // the dev directory's, not the sandbox's.
+    let dev: toml::Table = dev::CONFIG_TEMPLATE.parse().unwrap_or_default();
+    let table = |key: &str| dev.get(key).and_then(toml::Value::as_table);
     let mut config = ConfigBuilder::new("sandbox", gateway);
     config.admin(SocketAddr::from(([127, 0, 0, 1], 0)));
     dev::gateway_tls(&mut config, Path::new("pki"))
@@ -571,14 +574,15 @@ fn generated_config(gateway: &MemberId, members: &[MemberId], routes: &Routes) -
             Path::new("policies/schema.cedarschema"),
             Path::new("policies"),
         );
-    for purpose in dev.iter().flat_map(|dev| dev.purposes.keys()) {
+    for purpose in table("purposes").into_iter().flat_map(toml::Table::keys) {
         config.purpose(purpose, purpose);
     }
     for member in members {
-        let groups: Vec<&str> = dev
-            .as_ref()
-            .and_then(|dev| dev.members.get(member))
-            .map(|member| member.groups.iter().map(String::as_str).collect())
+        let groups: Vec<&str> = table("members")
+            .and_then(|members| members.get(member.as_str()))
+            .and_then(|member| member.get("groups"))
+            .and_then(toml::Value::as_array)
+            .map(|groups| groups.iter().filter_map(toml::Value::as_str).collect())
             .unwrap_or_default();
         config.member(member, member.as_str(), &groups);
     }
@@ -587,6 +591,9 @@ fn generated_config(gateway: &MemberId, members: &[MemberId], routes: &Routes) -
     }
     for (service, providers) in &routes.services {
         config.service(service, providers);
+        if let Some(set) = dev::descriptor_of(service) {
+            config.descriptor(service, &set);
+        }
     }
     let portal = Agency::MyGov.member_id();
     if routes.providers.iter().any(|(id, _)| *id == portal) {

@@ -4,9 +4,9 @@ use prost::Message;
 use prost_reflect::{DynamicMessage, Value};
 
 use super::*;
-use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::civilregistry::v1::VerifyIdentityRequest;
 use crate::proto::tax::v1::{GetTaxClearanceRequest, get_tax_clearance_request::Taxpayer};
+use crate::proto::{AGENCY_DESCRIPTOR_SETS, FILE_DESCRIPTOR_SET};
 use std::sync::LazyLock;
 
 const NIN: &str = "1001199012345";
@@ -40,14 +40,26 @@ fn read(frames: &[&[u8]]) -> SubjectReader {
     reader
 }
 
+/// The civil registry's descriptor set, as its provider registers it.
+fn civil_registry_set() -> &'static [u8] {
+    AGENCY_DESCRIPTOR_SETS
+        .iter()
+        .find(|(name, _)| *name == "civilregistry")
+        .unwrap()
+        .1
+}
+
 #[test]
-fn compiled_markings_are_valid() {
+fn compiled_and_agency_markings_are_valid() {
     SubjectFields::from_descriptors(FILE_DESCRIPTOR_SET).unwrap();
+    for (name, set) in AGENCY_DESCRIPTOR_SETS {
+        SubjectFields::from_descriptors(set).unwrap_or_else(|error| panic!("{name}: {error}"));
+    }
 }
 
 #[test]
 fn compiled_markings_name_the_nin_fields() {
-    let fields = crate::catalog::Catalog::compiled().subjects();
+    let fields = crate::catalog::testing::agencies().subjects();
     for (path, expected) in [
         (
             "/govbridge.civilregistry.v1.CivilRegistry/GetPerson",
@@ -139,7 +151,7 @@ const CLEARANCE: &str = "/govbridge.tax.v1.TaxAuthority/GetTaxClearance";
 /// `GetTaxClearanceRequest`'s subject: `subject_nin = 1` in a oneof with
 /// `ninea = 2`.
 fn clearance_field() -> &'static SubjectField {
-    crate::catalog::Catalog::compiled()
+    crate::catalog::testing::agencies()
         .subjects()
         .field(CLEARANCE)
         .unwrap()
@@ -156,7 +168,7 @@ fn string_field(number: u8, value: &str) -> Vec<u8> {
 fn the_subjects_oneof_is_known() {
     assert_eq!(clearance_field().rivals(), &[2]);
     let verify = "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity";
-    let field = crate::catalog::Catalog::compiled()
+    let field = crate::catalog::testing::agencies()
         .subjects()
         .field(verify)
         .unwrap();
@@ -457,14 +469,14 @@ fn feeding_after_done_is_a_no_op() {
     assert_eq!(reader.subject(), Some(NIN));
 }
 
-/// The compiled-in set, edited as a dynamic message so that extension
+/// The civil registry's set, edited as a dynamic message so that extension
 /// options survive.
 fn edited_set(edit: impl FnOnce(&mut DynamicMessage)) -> Vec<u8> {
-    let pool = DescriptorPool::decode(FILE_DESCRIPTOR_SET).unwrap();
+    let pool = DescriptorPool::decode(civil_registry_set()).unwrap();
     let set = pool
         .get_message_by_name("google.protobuf.FileDescriptorSet")
         .unwrap();
-    let mut set = DynamicMessage::decode(set, FILE_DESCRIPTOR_SET).unwrap();
+    let mut set = DynamicMessage::decode(set, civil_registry_set()).unwrap();
     edit(&mut set);
     set.encode_to_vec()
 }
