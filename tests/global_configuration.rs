@@ -57,6 +57,17 @@ impl Directory {
         tokio::spawn(server.serve());
         let directory = Self::init(bed, "", &["--url", &url, "--ca", "pki/ca.pem"]);
         directory.publish(&[]);
+        // The agencies' services travel as any provider's: their
+        // descriptor sets are files of the bundle.
+        let bundle: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&directory.bundle).unwrap()).unwrap();
+        assert!(
+            bundle["files"]["descriptors/civilregistry.binpb"].is_string(),
+            "{:?}",
+            bundle["files"]
+                .as_object()
+                .map(|files| files.keys().collect::<Vec<_>>())
+        );
         directory
     }
 
