@@ -41,7 +41,7 @@ use govbridge::exchange_log::{ExchangeRecord, Phase, RECORD_VERSION};
 use govbridge::identity::tls::{certificate_not_after, load_certificates, peer_of_chain};
 use govbridge::identity::{MemberId, member_of_certificate};
 use govbridge::policy::{CallFacts, CallScope, PolicyEngine};
-use govbridge::routing::{RouteTable, UpstreamConnector};
+use govbridge::routing::{Connectors, RouteTable, UpstreamConnector};
 use prost::Message as _;
 
 const CALLER: &str = "SN/COM/CBAO/kyc";
@@ -84,8 +84,11 @@ fn routing(c: &mut Criterion, config: &Config) {
         .tls
         .client_config()
         .expect("the dev upstream TLS material");
-    let connector = Arc::new(UpstreamConnector::new(tls, config.upstream.connect_timeout));
-    let table = RouteTable::new(config, &connector, None);
+    let connectors = Connectors {
+        own: Arc::new(UpstreamConnector::new(tls, config.upstream.connect_timeout)),
+        partners: Default::default(),
+    };
+    let table = RouteTable::new(config, &connectors, None);
     let ecobank = MemberId::parse("SN/COM/ECOBANK/accounts").expect("a valid member id");
     assert!(table.route(VERIFY_IDENTITY, None).is_ok());
     assert!(table.route(VERIFY_ACCOUNT, Some(&ecobank)).is_ok());

@@ -496,6 +496,7 @@ async fn serve_land_registry(bed: &Bed, registry: LandRegistry) -> SocketAddr {
         client_ca: bed.pki.join("ca.pem"),
         crls: Vec::new(),
         crl_grace: Duration::ZERO,
+        partners: Vec::new(),
     };
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = tcp.local_addr().unwrap();

@@ -253,24 +253,6 @@ fn keygen(name: &str, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The signing key at `path`, named as its `.pub` beside it says.
-fn signing_key(path: &Path) -> anyhow::Result<SigningKey> {
-    let public = path.with_extension("pub");
-    let verifier = Verifier::read(&public).map_err(anyhow::Error::msg)?;
-    let pem =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let key = SigningKey::from_pem(verifier.name(), &pem)
-        .with_context(|| format!("reading {}", path.display()))?;
-    if key.verifier() != verifier {
-        bail!(
-            "{} is not the public half of {}",
-            public.display(),
-            path.display()
-        );
-    }
-    Ok(key)
-}
-
 /// What to publish, and where.
 struct Publication<'a> {
     /// The directory operators edit.
@@ -294,7 +276,7 @@ fn publish(
         out,
         store,
     } = *publication;
-    let key = signing_key(key)?;
+    let key = SigningKey::read(key).map_err(anyhow::Error::msg)?;
     let previous = match std::fs::read(out) {
         Ok(bytes) => Some(
             Bundle::open(&bytes, &key.verifier())

@@ -126,6 +126,20 @@ impl BedBuilder {
         self
     }
 
+    /// Merges a TOML fragment into the generated configuration.
+    pub fn config(mut self, fragment: impl Into<String>) -> Self {
+        self.sandbox = self.sandbox.config(fragment);
+        self
+    }
+
+    /// Authorizes with every policy file of `dir` (the dev schema unless
+    /// it has one) instead of allowing every call.
+    pub fn policies(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.sandbox = self.sandbox.policies(dir);
+        self.dev_policies = true;
+        self
+    }
+
     /// Authorizes with the dev policies of `config/policies/` instead of
     /// allowing every call.
     pub fn dev_policies(mut self) -> Self {

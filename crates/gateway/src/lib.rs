@@ -74,6 +74,7 @@ pub mod consent;
 pub mod database;
 pub mod directory;
 pub mod exchange_log;
+pub mod federation;
 pub mod global;
 pub mod identity;
 pub mod keys;

@@ -106,6 +106,26 @@ impl SigningKey {
         Self::from_pkcs8(name, &der)
     }
 
+    /// The key at `path` (a PEM `PRIVATE KEY`), named as the verifier key
+    /// beside it (`path` with the extension `.pub`) says, which must be its
+    /// public half.
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let public = path.with_extension("pub");
+        let verifier = Verifier::read(&public)?;
+        let pem = std::fs::read_to_string(path)
+            .map_err(|error| format!("{}: {error}", path.display()))?;
+        let key = Self::from_pem(verifier.name(), &pem)
+            .map_err(|error| format!("{}: {error}", path.display()))?;
+        if key.verifier() != verifier {
+            return Err(format!(
+                "{} is not the public half of {}",
+                public.display(),
+                path.display()
+            ));
+        }
+        Ok(key)
+    }
+
     /// The key as a PEM `PRIVATE KEY`.
     pub fn to_pem(&self) -> String {
         crate::keys::pkcs8_pem(&self.pkcs8)

@@ -20,7 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["policy", "consent", "exchange_log", "routing"],
     &["telemetry", "database"],
     &["config"],
-    &["net", "global"],
+    &["net", "global", "federation"],
     &["wire", "catalog", "note"],
     &["identity", "keys", "unix_time", "proto"],
 ];

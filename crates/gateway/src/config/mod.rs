@@ -87,6 +87,8 @@ pub struct Config {
     pub directory: Option<DirectoryConfig>,
     /// The global configuration in use, when `directory` is set.
     pub global: Option<GlobalVersion>,
+    /// Partner instances, and the key assertions to them are signed with.
+    pub federation: FederationConfig,
 }
 
 /// Where a fleet's shared state lives.
@@ -386,6 +388,41 @@ pub struct PolicyConfig {
 pub struct Provider {
     pub id: MemberId,
     pub endpoints: Vec<Endpoint>,
+    /// The identity the endpoints' certificates must name: the provider's
+    /// own, or, for a provider of a partner instance, that instance's
+    /// gateway's.
+    pub presents: MemberId,
+    /// The partner instance whose gateway the provider is reached through.
+    pub partner: Option<String>,
+}
+
+/// `[federation."XX"]` and `gateway.federation_key`: the national
+/// instances this one exchanges with, each through its own gateways.
+#[derive(Debug, Clone, Default)]
+pub struct FederationConfig {
+    /// The key this instance's gateways sign their assertions with
+    /// (`gateway.federation_key`, its verifier key beside it).
+    pub key: Option<PathBuf>,
+    /// Partner instances, by instance code.
+    pub partners: BTreeMap<String, Partner>,
+}
+
+/// A partner instance: how its gateways are recognized and reached.
+#[derive(Debug, Clone)]
+pub struct Partner {
+    /// Its instance code (`AZ`): the first part of its members' ids.
+    pub instance: String,
+    /// The CAs its certificates chain to. They vouch for identities of
+    /// this instance only, as the instance's own CAs vouch for none of it.
+    pub ca: PathBuf,
+    /// CRLs of those CAs.
+    pub crls: Vec<PathBuf>,
+    /// The member id its gateways' certificates name.
+    pub gateway: MemberId,
+    /// Where its gateways listen for this instance's calls.
+    pub endpoints: Vec<Endpoint>,
+    /// The key its gateways' assertions are signed with.
+    pub key: crate::note::Verifier,
 }
 
 /// One backend address of a provider.

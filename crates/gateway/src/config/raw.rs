@@ -56,6 +56,8 @@ struct RawConfig {
     store: Option<RawStore>,
     directory: Option<RawDirectory>,
     trust: Option<Spanned<RawTrust>>,
+    #[serde(default)]
+    federation: BTreeMap<Spanned<String>, RawPartner>,
 }
 
 /// The sections an instance's gateways share: a bundle's `global.toml`,
@@ -75,6 +77,21 @@ struct RawGlobal {
     consent: Option<Spanned<RawConsent>>,
     limits: Option<Spanned<RawLimits>>,
     trust: Option<Spanned<RawTrust>>,
+    #[serde(default)]
+    federation: BTreeMap<Spanned<String>, RawPartner>,
+}
+
+/// `[federation."XX"]`: a partner instance.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPartner {
+    ca: Spanned<String>,
+    #[serde(default)]
+    crls: Vec<Spanned<String>>,
+    gateway: Spanned<String>,
+    endpoints: Spanned<Vec<Spanned<String>>>,
+    tls_name: Option<Spanned<String>>,
+    key: Spanned<String>,
 }
 
 /// `[directory]`: where the shared sections come from.
@@ -158,6 +175,7 @@ struct RawGateway {
     max_connections_per_address: Option<Spanned<u32>>,
     admin: Option<Spanned<String>>,
     admin_token_file: Option<Spanned<String>>,
+    federation_key: Option<Spanned<String>>,
     tls: RawServerTls,
 }
 
@@ -212,7 +230,9 @@ struct RawPolicy {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProvider {
-    endpoints: Spanned<Vec<Spanned<String>>>,
+    /// None for a provider of a partner instance, reached through its
+    /// gateways.
+    endpoints: Option<Spanned<Vec<Spanned<String>>>>,
     tls_name: Option<Spanned<String>>,
 }
 
@@ -610,6 +630,7 @@ impl RawConfig {
             consent: self.consent.take(),
             limits: self.limits.take(),
             trust: self.trust.take(),
+            federation: std::mem::take(&mut self.federation),
         }
     }
 
@@ -625,6 +646,7 @@ impl RawConfig {
             ("consent", self.consent.as_ref().map(Spanned::span)),
             ("limits", self.limits.as_ref().map(Spanned::span)),
             ("trust", self.trust.as_ref().map(Spanned::span)),
+            ("federation", first(self.federation.keys().next())),
         ];
         if let Some((section, span)) = present
             .into_iter()
@@ -824,7 +846,7 @@ fn validate(
     if gateway.node_id.get_ref().is_empty() || gateway.node_id.get_ref().len() > 64 {
         return Err(source.error("gateway.node_id", &gateway.node_id, "must be 1 to 64 bytes"));
     }
-    let gateway_config = GatewayConfig {
+    let mut gateway_config = GatewayConfig {
         node_id: gateway.node_id.get_ref().clone(),
         listen: source.socket_addr("gateway.listen", &gateway.listen)?,
         admin: admin_endpoint(source, gateway)?,
@@ -839,6 +861,7 @@ fn validate(
             client_ca: trust.client_ca,
             crls: trust.client_crls,
             crl_grace: source.crl_grace("gateway.tls.crl_grace", gateway.tls.crl_grace.as_ref())?,
+            partners: Vec::new(),
         },
         listener,
     };
@@ -900,6 +923,16 @@ fn validate(
         );
     }
 
+    let federation = validate_federation(source, shared, &global.federation, gateway)?;
+    gateway_config.tls.partners = federation
+        .partners
+        .values()
+        .map(|partner| crate::identity::tls::PartnerTrust {
+            instance: partner.instance.clone(),
+            ca: partner.ca.clone(),
+            crls: partner.crls.clone(),
+        })
+        .collect();
     let mut providers = BTreeMap::new();
     for (key, provider) in &global.providers {
         let path = format!("providers.{}", quoted(key.get_ref()));
@@ -911,19 +944,52 @@ fn validate(
                 format!("provider {id} is not a registered member (add it under [members])"),
             ));
         }
-        if provider.endpoints.get_ref().is_empty() {
-            return Err(shared.error(
-                format!("{path}.endpoints"),
-                &provider.endpoints,
-                "a provider needs at least one endpoint",
-            ));
+        if let Some(partner) = federation.partners.get(id.instance()) {
+            // Reached through the partner's gateways, which it names.
+            if let Some(endpoints) = &provider.endpoints {
+                return Err(shared.error(
+                    format!("{path}.endpoints"),
+                    endpoints,
+                    format!(
+                        "{id} is a member of partner instance {}: calls reach it through \
+                         federation.{}.endpoints, its gateways; remove its own endpoints",
+                        partner.instance, partner.instance
+                    ),
+                ));
+            }
+            if providers.contains_key(&id) {
+                return Err(shared.error(&path, key, format!("provider {id} is configured twice")));
+            }
+            providers.insert(
+                id.clone(),
+                Provider {
+                    id,
+                    endpoints: partner.endpoints.clone(),
+                    presents: partner.gateway.clone(),
+                    partner: Some(partner.instance.clone()),
+                },
+            );
+            continue;
         }
+        let Some(endpoints) = provider
+            .endpoints
+            .as_ref()
+            .filter(|endpoints| !endpoints.get_ref().is_empty())
+        else {
+            return Err(match &provider.endpoints {
+                Some(endpoints) => shared.error(
+                    format!("{path}.endpoints"),
+                    endpoints,
+                    "a provider needs at least one endpoint",
+                ),
+                None => shared.error(format!("{path}.endpoints"), key, "missing key"),
+            });
+        };
         let tls_name = provider
             .tls_name
             .as_ref()
             .map(|name| name.get_ref().as_str());
-        let endpoints = provider
-            .endpoints
+        let endpoints = endpoints
             .get_ref()
             .iter()
             .enumerate()
@@ -936,7 +1002,15 @@ fn validate(
         if providers.contains_key(&id) {
             return Err(shared.error(&path, key, format!("provider {id} is configured twice")));
         }
-        providers.insert(id.clone(), Provider { id, endpoints });
+        providers.insert(
+            id.clone(),
+            Provider {
+                presents: id.clone(),
+                id,
+                endpoints,
+                partner: None,
+            },
+        );
     }
 
     let catalog = catalog_of(shared, &global.services)?;
@@ -1097,7 +1171,96 @@ fn validate(
         catalog,
         directory: directory.as_ref().map(|(directory, _)| directory.clone()),
         global: directory.map(|(_, version)| version),
+        federation,
     })
+}
+
+/// `[federation."XX"]` (shared) and `gateway.federation_key` (this
+/// gateway's own).
+fn validate_federation(
+    source: &Source<'_>,
+    shared: &Source<'_>,
+    raw: &BTreeMap<Spanned<String>, RawPartner>,
+    gateway: &RawGateway,
+) -> Result<super::FederationConfig, ConfigError> {
+    let own = source.member("gateway.identity", &gateway.identity)?;
+    let mut partners = BTreeMap::new();
+    for (key, partner) in raw {
+        let instance = key.get_ref();
+        let path = format!("federation.{}", quoted(instance));
+        if instance == own.instance() {
+            return Err(shared.error(
+                &path,
+                key,
+                format!(
+                    "{instance} is this gateway's own instance (gateway.identity), not a partner"
+                ),
+            ));
+        }
+        let gateway_id = shared.member(&format!("{path}.gateway"), &partner.gateway)?;
+        if gateway_id.instance() != instance {
+            return Err(shared.error(
+                format!("{path}.gateway"),
+                &partner.gateway,
+                format!("{gateway_id} is not of instance {instance}"),
+            ));
+        }
+        if partner.endpoints.get_ref().is_empty() {
+            return Err(shared.error(
+                format!("{path}.endpoints"),
+                &partner.endpoints,
+                "a partner needs at least one gateway endpoint",
+            ));
+        }
+        let tls_name = partner
+            .tls_name
+            .as_ref()
+            .map(|name| name.get_ref().as_str());
+        let endpoints = partner
+            .endpoints
+            .get_ref()
+            .iter()
+            .enumerate()
+            .map(|(index, endpoint)| {
+                parse_endpoint(endpoint.get_ref(), tls_name).map_err(|message| {
+                    shared.error(format!("{path}.endpoints[{index}]"), endpoint, message)
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let key_path = shared.path(&partner.key);
+        let verifier = crate::note::Verifier::read(&key_path)
+            .map_err(|message| shared.error(format!("{path}.key"), &partner.key, message))?;
+        partners.insert(
+            instance.clone(),
+            super::Partner {
+                instance: instance.clone(),
+                ca: shared.path(&partner.ca),
+                crls: partner.crls.iter().map(|crl| shared.path(crl)).collect(),
+                gateway: gateway_id,
+                endpoints,
+                key: verifier,
+            },
+        );
+    }
+    let key = match (&gateway.federation_key, partners.is_empty()) {
+        (Some(file), _) => {
+            let path = source.path(file);
+            crate::note::SigningKey::read(&path)
+                .map_err(|message| source.error("gateway.federation_key", file, message))?;
+            Some(path)
+        }
+        (None, true) => None,
+        (None, false) => {
+            return Err(source.error(
+                "gateway.federation_key",
+                &gateway.identity,
+                "missing key: with partner instances ([federation]), the key this gateway \
+                 signs its assertions with (a PEM Ed25519 key, its verifier key beside it as \
+                 .pub: `govbridge directory keygen` writes both)",
+            ));
+        }
+    };
+    Ok(super::FederationConfig { key, partners })
 }
 
 /// What the gateway knows of services: the compiled-in protos, and the

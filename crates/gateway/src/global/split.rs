@@ -12,13 +12,14 @@ use std::path::{Path, PathBuf};
 use toml::{Table, Value};
 
 /// The sections that move whole.
-const SHARED: [&str; 6] = [
+const SHARED: [&str; 7] = [
     "members",
     "providers",
     "services",
     "purposes",
     "policy",
     "limits",
+    "federation",
 ];
 
 /// A gateway file, split.
@@ -117,6 +118,27 @@ pub fn split(path: &Path, directory: &DirectorySettings<'_>) -> Result<Split, St
             if let Some(descriptor) = service.get("descriptor") {
                 let moved = copy(descriptor, "descriptors")?;
                 service.insert("descriptor".to_owned(), moved);
+            }
+        }
+    }
+    if let Some(Value::Table(partners)) = global.get_mut("federation") {
+        for (instance, partner) in partners.iter_mut() {
+            let Some(partner) = partner.as_table_mut() else {
+                continue;
+            };
+            let into = format!("federation/{instance}");
+            for key in ["ca", "key"] {
+                if let Some(value) = partner.get(key) {
+                    let moved = copy(value, &into)?;
+                    partner.insert(key.to_owned(), moved);
+                }
+            }
+            if let Some(Value::Array(list)) = partner.get("crls") {
+                let moved = list
+                    .iter()
+                    .map(|crl| copy(crl, &into))
+                    .collect::<Result<Vec<_>, _>>()?;
+                partner.insert("crls".to_owned(), Value::Array(moved));
             }
         }
     }

@@ -7,6 +7,11 @@
 //! no switch to turn that off. Backends' certificates are checked against
 //! the upstream CRLs the same way.
 //!
+//! With partner instances (federation), a listener trusts each partner's
+//! CAs for that instance's identities only, and its own CAs for no
+//! partner's: the instance a certificate names picks the CAs it must chain
+//! to ([`InstanceVerifier`]).
+//!
 //! A CRL past its next update is refused when loaded, unless it is within
 //! the grace the configuration allows. Sessions are never resumed: a
 //! resumed session would skip the certificate checks (revocation, expiry)
@@ -244,6 +249,17 @@ pub struct ServerTls {
     pub crls: Vec<PathBuf>,
     /// How long past its next update a CRL is still accepted.
     pub crl_grace: Duration,
+    /// Partner instances' CAs, each trusted for its instance alone.
+    pub partners: Vec<PartnerTrust>,
+}
+
+/// A partner instance's CAs and CRLs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartnerTrust {
+    /// The instance code its members' ids begin with.
+    pub instance: String,
+    pub ca: PathBuf,
+    pub crls: Vec<PathBuf>,
 }
 
 impl ServerTls {
@@ -258,11 +274,31 @@ impl ServerTls {
     /// connections.
     pub fn listener_tls(&self) -> Result<ListenerTls, TlsError> {
         let provider = crypto_provider();
-        let roots = root_store(&self.client_ca)?;
-        let crls = load_crl_files(&self.crls, self.crl_grace)?;
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-            .with_crls(crls)
-            .build()?;
+        let client_verifier = |ca: &Path, crls: &[PathBuf]| -> Result<_, TlsError> {
+            let roots = root_store(ca)?;
+            let crls = load_crl_files(crls, self.crl_grace)?;
+            Ok(
+                WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+                    .with_crls(crls)
+                    .build()?,
+            )
+        };
+        let own = client_verifier(&self.client_ca, &self.crls)?;
+        let verifier = if self.partners.is_empty() {
+            own
+        } else {
+            let partners = self
+                .partners
+                .iter()
+                .map(|partner| {
+                    Ok((
+                        partner.instance.clone(),
+                        client_verifier(&partner.ca, &partner.crls)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, TlsError>>()?;
+            Arc::new(InstanceVerifier::new(own, partners))
+        };
         let (chain, key) = load_identity(&self.certificate, &self.private_key)?;
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -286,6 +322,82 @@ impl ServerTls {
             config: Arc::new(config),
             client_verifier: verifier,
         })
+    }
+}
+
+/// Client certificates checked against the CAs of the instance they name:
+/// a partner's for its members, the listener's own for everyone else.
+#[derive(Debug)]
+pub struct InstanceVerifier {
+    own: Arc<dyn ClientCertVerifier>,
+    partners: Vec<(String, Arc<dyn ClientCertVerifier>)>,
+    hints: Vec<rustls::DistinguishedName>,
+}
+
+impl InstanceVerifier {
+    fn new(
+        own: Arc<dyn ClientCertVerifier>,
+        partners: Vec<(String, Arc<dyn ClientCertVerifier>)>,
+    ) -> Self {
+        let hints = std::iter::once(&own)
+            .chain(partners.iter().map(|(_, verifier)| verifier))
+            .flat_map(|verifier| verifier.root_hint_subjects().iter().cloned())
+            .collect();
+        Self {
+            own,
+            partners,
+            hints,
+        }
+    }
+
+    /// The verifier for a certificate naming `end_entity`'s member.
+    fn for_certificate(&self, end_entity: &CertificateDer<'_>) -> &Arc<dyn ClientCertVerifier> {
+        member_of_certificate(end_entity)
+            .ok()
+            .and_then(|member| {
+                self.partners
+                    .iter()
+                    .find(|(instance, _)| instance == member.instance())
+            })
+            .map_or(&self.own, |(_, verifier)| verifier)
+    }
+}
+
+impl ClientCertVerifier for InstanceVerifier {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.for_certificate(end_entity)
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.own.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.own.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.own.supported_verify_schemes()
     }
 }
 

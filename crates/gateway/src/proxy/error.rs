@@ -50,6 +50,16 @@ pub enum GatewayError {
     UnknownPurpose(String),
     #[error("member {0} has no permission at this gateway")]
     NoPermits(MemberId),
+    /// A member of a partner instance connected itself: its calls come
+    /// through its instance's gateway, which vouches for them.
+    #[error(
+        "{member} is a member of partner instance {instance}: its calls come through \
+         {instance}'s gateway, not straight here"
+    )]
+    ForeignMember { member: MemberId, instance: String },
+    /// A partner gateway's call whose assertion does not hold.
+    #[error("{0}")]
+    BadAssertion(#[from] crate::federation::AssertionError),
     #[error("{caller} may not call {method} at {provider} {}: {}",
         purpose.as_ref().map_or_else(|| "without a purpose (bridge-purpose)".to_owned(), |p| format!("for purpose {p}")),
         if forbidden_by.is_empty() { "no policy permits it".to_owned() } else { format!("forbidden by {}", forbidden_by.join(", ")) })]
@@ -184,12 +194,16 @@ impl GatewayError {
     /// The gRPC status code the caller sees.
     pub fn code(&self) -> Code {
         match self {
-            Self::NoMemberIdentity(_) | Self::UnknownMember(_) => Code::Unauthenticated,
+            Self::NoMemberIdentity(_) | Self::UnknownMember(_) | Self::BadAssertion(_) => {
+                Code::Unauthenticated
+            }
             Self::NotGrpc(_)
             | Self::BadHeader { .. }
             | Self::BadPath(_)
             | Self::UnknownPurpose(_) => Code::InvalidArgument,
-            Self::NoPermits(_) | Self::Denied { .. } => Code::PermissionDenied,
+            Self::NoPermits(_) | Self::Denied { .. } | Self::ForeignMember { .. } => {
+                Code::PermissionDenied
+            }
             Self::Consent(crate::consent::ConsentRefusal::StatusUnknown) => Code::Unavailable,
             Self::Consent(_) => Code::PermissionDenied,
             Self::UnknownService(_) | Self::UnknownMethod { .. } | Self::UnknownTarget { .. } => {
@@ -220,6 +234,8 @@ impl GatewayError {
             Self::NotGrpc(_) => "not-grpc",
             Self::BadHeader { .. } | Self::UnknownPurpose(_) => "bad-header",
             Self::NoPermits(_) => "no-permits",
+            Self::ForeignMember { .. } => "foreign-member",
+            Self::BadAssertion(_) => "bad-assertion",
             Self::Denied { .. } => "policy-denied",
             Self::Consent(refusal) => refusal.kind(),
             Self::BadPath(_) => "bad-path",
@@ -251,6 +267,8 @@ impl GatewayError {
             | Self::BadHeader { .. }
             | Self::UnknownPurpose(_)
             | Self::NoPermits(_)
+            | Self::ForeignMember { .. }
+            | Self::BadAssertion(_)
             | Self::Denied { .. }
             | Self::BadPath(_)
             | Self::UnknownService(_)
@@ -293,7 +311,10 @@ impl GatewayError {
     pub fn is_stranger_refusal(&self) -> bool {
         matches!(
             self,
-            Self::NoMemberIdentity(_) | Self::UnknownMember(_) | Self::NoPermits(_)
+            Self::NoMemberIdentity(_)
+                | Self::UnknownMember(_)
+                | Self::NoPermits(_)
+                | Self::ForeignMember { .. }
         )
     }
 

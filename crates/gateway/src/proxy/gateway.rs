@@ -48,6 +48,8 @@ pub enum StartError {
     AdminToken(#[from] admin::AdminTokenError),
     #[error("store.url: {0}")]
     Database(#[from] crate::database::DatabaseError),
+    #[error("gateway.federation_key: {0}")]
+    FederationKey(String),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: SocketAddr,

@@ -190,6 +190,15 @@ impl CallRecord {
             .to_owned();
     }
 
+    /// The call came from a partner instance's gateway, which asserted
+    /// (`sealed`, as received) who called.
+    pub fn asserted(&mut self, assertion: &crate::federation::Assertion, sealed: &HeaderValue) {
+        let record = &mut self.record;
+        record.caller = assertion.caller.to_string();
+        record.via_gateway = assertion.gateway.to_string();
+        record.assertion = sealed.to_str().unwrap_or_default().to_owned();
+    }
+
     /// The citizen's consent the call runs under.
     pub fn consented(&mut self, consent_id: &str) {
         consent_id.clone_into(&mut self.record.consent_id);

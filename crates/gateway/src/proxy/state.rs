@@ -12,7 +12,7 @@ use crate::consent::ConsentVerifier;
 use crate::consent::artefact::IssuerKeys;
 use crate::identity::MemberId;
 use crate::policy::PolicyEngine;
-use crate::routing::{RouteTable, UpstreamConnector};
+use crate::routing::{Connectors, RouteTable, UpstreamConnector};
 
 /// Everything a call needs that one configuration determines.
 #[derive(Debug)]
@@ -61,6 +61,24 @@ pub struct GatewayState {
     /// Where the global configuration comes from: fixed at start (the
     /// directory's poller runs with it).
     pub(super) directory: Option<crate::config::DirectoryConfig>,
+    /// Partner instances and this gateway's side of federation.
+    pub(super) federation: Federation,
+}
+
+/// What a gateway needs to call partner instances and to be called by
+/// them.
+#[derive(Debug)]
+pub(super) struct Federation {
+    /// This gateway's instance.
+    pub(super) instance: String,
+    /// This gateway's identity, which its assertions name.
+    pub(super) gateway: MemberId,
+    /// The key its assertions are signed with.
+    pub(super) key: Option<Arc<crate::note::SigningKey>>,
+    /// Partner instances, by instance code.
+    pub(super) partners: std::collections::HashMap<String, crate::config::Partner>,
+    /// Assertions already accepted: kept across reloads.
+    pub(super) replays: Arc<crate::federation::ReplayGuard>,
 }
 
 impl crate::directory::GatewayView for GatewayState {
@@ -139,10 +157,23 @@ impl GatewayState {
             .map(|consent| IssuerKeys::load(&consent.issuer_keys).map(ConsentVerifier::new))
             .transpose()
             .map_err(StartError::Consent)?;
-        let connector = Arc::new(UpstreamConnector::new(
-            upstream_tls,
-            config.upstream.connect_timeout,
-        ));
+        let connector =
+            |tls| Arc::new(UpstreamConnector::new(tls, config.upstream.connect_timeout));
+        let mut partners = std::collections::HashMap::new();
+        for partner in config.federation.partners.values() {
+            // To a partner's gateways: its CAs, this gateway's certificate.
+            let tls = crate::identity::tls::ClientTls {
+                server_ca: partner.ca.clone(),
+                crls: partner.crls.clone(),
+                ..config.upstream.tls.clone()
+            };
+            let tls = tls.client_config().map_err(StartError::UpstreamTls)?;
+            partners.insert(partner.instance.clone(), connector(tls));
+        }
+        let connectors = Connectors {
+            own: connector(upstream_tls),
+            partners,
+        };
         let upstream_tls_files = {
             let tls = &config.upstream.tls;
             // A changed CRL, too, opens new connections: each handshake
@@ -153,6 +184,10 @@ impl GatewayState {
                 tls.private_key.clone(),
             ];
             files.extend(tls.crls.iter().cloned());
+            for partner in config.federation.partners.values() {
+                files.push(partner.ca.clone());
+                files.extend(partner.crls.iter().cloned());
+            }
             let fingerprint = fingerprint(&files);
             (files, fingerprint)
         };
@@ -169,7 +204,7 @@ impl GatewayState {
             policy,
             routes: RouteTable::new(
                 config,
-                &connector,
+                &connectors,
                 previous
                     .filter(|previous| previous.upstream_tls == upstream_tls_files)
                     .map(|previous| &previous.routes),
@@ -191,6 +226,27 @@ impl GatewayState {
             global: config.global.clone(),
             catalog: Arc::clone(&config.catalog),
             directory: config.directory.clone(),
+            federation: Federation {
+                instance: config.gateway.identity.instance().to_owned(),
+                gateway: config.gateway.identity.clone(),
+                key: config
+                    .federation
+                    .key
+                    .as_deref()
+                    .map(crate::note::SigningKey::read)
+                    .transpose()
+                    .map_err(StartError::FederationKey)?
+                    .map(Arc::new),
+                partners: config
+                    .federation
+                    .partners
+                    .iter()
+                    .map(|(instance, partner)| (instance.clone(), partner.clone()))
+                    .collect(),
+                replays: previous.map_or_else(Arc::default, |previous| {
+                    Arc::clone(&previous.federation.replays)
+                }),
+            },
         })
     }
 

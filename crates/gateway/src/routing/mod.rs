@@ -59,6 +59,24 @@ pub struct Route<'a> {
     pub idempotent: bool,
 }
 
+/// The connectors of a configuration: to its own backends, and to each
+/// partner instance's gateways (trusting that instance's CAs).
+#[derive(Debug)]
+pub struct Connectors {
+    pub own: Arc<UpstreamConnector>,
+    pub partners: HashMap<String, Arc<UpstreamConnector>>,
+}
+
+impl Connectors {
+    /// The connector to providers of `partner`, or to this instance's.
+    fn of(&self, partner: Option<&str>) -> Arc<UpstreamConnector> {
+        partner
+            .and_then(|partner| self.partners.get(partner))
+            .unwrap_or(&self.own)
+            .clone()
+    }
+}
+
 /// Service name -> providers, for one configuration.
 #[derive(Debug)]
 pub struct RouteTable {
@@ -70,11 +88,7 @@ pub struct RouteTable {
 impl RouteTable {
     /// Builds the table, with one connection pool per provider. Endpoints
     /// that `previous` reached too keep their connections and health.
-    pub fn new(
-        config: &Config,
-        connector: &Arc<UpstreamConnector>,
-        previous: Option<&RouteTable>,
-    ) -> Self {
+    pub fn new(config: &Config, connectors: &Connectors, previous: Option<&RouteTable>) -> Self {
         let known = config.catalog.service_methods();
         let pools: HashMap<MemberId, Arc<ProviderPool>> = config
             .providers
@@ -83,7 +97,7 @@ impl RouteTable {
                 let before = previous.and_then(|table| table.pools.get(&provider.id));
                 let pool = ProviderPool::new(
                     provider,
-                    connector.clone(),
+                    connectors.of(provider.partner.as_deref()),
                     &config.upstream.pool,
                     before.map(AsRef::as_ref),
                 );

@@ -85,11 +85,13 @@ impl UpstreamConnector {
         }
     }
 
-    /// Dials `endpoint`, completes mutual TLS, checks that the backend is
-    /// `provider`, and starts an HTTP/2 connection.
+    /// Dials `endpoint`, completes mutual TLS, checks that its certificate
+    /// names `presents` (the provider, or the partner gateway it is reached
+    /// through), and starts an HTTP/2 connection.
     async fn connect(
         &self,
         provider: &MemberId,
+        presents: &MemberId,
         endpoint: &Endpoint,
     ) -> Result<Connection, UpstreamError> {
         let unavailable = |detail: String| UpstreamError::Unavailable {
@@ -114,7 +116,7 @@ impl UpstreamConnector {
 
         let presented = peer_of_chain(tls.get_ref().1.peer_certificates());
         let not_after = presented.not_after;
-        if presented.member.as_ref() != Ok(provider) {
+        if presented.member.as_ref() != Ok(presents) {
             return Err(UpstreamError::Identity {
                 provider: provider.clone(),
                 detail: match presented.member {
@@ -386,6 +388,10 @@ pub struct EndpointState {
 #[derive(Debug)]
 pub struct ProviderPool {
     provider: MemberId,
+    /// Who the endpoints must be: the provider, or a partner's gateway.
+    presents: MemberId,
+    /// The partner instance whose gateways serve the provider.
+    partner: Option<String>,
     endpoints: Vec<Arc<EndpointSlot>>,
     connector: Arc<UpstreamConnector>,
     settings: PoolSettings,
@@ -474,6 +480,8 @@ impl ProviderPool {
         }
         Self {
             provider: provider.id.clone(),
+            presents: provider.presents.clone(),
+            partner: provider.partner.clone(),
             endpoints,
             connector,
             settings: settings.clone(),
@@ -482,6 +490,12 @@ impl ProviderPool {
                 |pool| Arc::clone(&pool.retries),
             ),
         }
+    }
+
+    /// The partner instance whose gateways the provider is reached
+    /// through, if it is a partner's member.
+    pub fn partner(&self) -> Option<&str> {
+        self.partner.as_deref()
     }
 
     /// Whether any endpoint is in rotation now.
@@ -806,10 +820,14 @@ impl ProviderPool {
             let slot = Arc::clone(slot);
             let connector = Arc::clone(&self.connector);
             let provider = self.provider.clone();
+            let presents = self.presents.clone();
             let settings = self.settings.clone();
             let mut dialing = dialing;
             async move {
-                match connector.connect(&provider, &slot.endpoint).await {
+                match connector
+                    .connect(&provider, &presents, &slot.endpoint)
+                    .await
+                {
                     Ok(connection) => {
                         let connection = Arc::new(connection);
                         let mut connections = slot.open_connections();

@@ -21,11 +21,16 @@ use crate::identity::MemberId;
 /// CORS preflight, which that endpoint never grants.
 pub const OPERATOR_HEADER: &str = "x-govbridge-admin";
 
+/// A partner gateway's signed assertion of who made the call it forwards
+/// (see `crate::federation`).
+pub const BRIDGE_ASSERTION: &str = "bridge-assertion";
 pub const BRIDGE_AUDIT_INDEX: &str = "bridge-audit-index";
 pub const BRIDGE_CLIENT: &str = "bridge-client";
 pub const BRIDGE_CONSENT: &str = "bridge-consent";
 pub const BRIDGE_CONSENT_ID: &str = "bridge-consent-id";
 pub const BRIDGE_ERROR: &str = "bridge-error";
+/// The instance whose gateway refused a call (with `bridge-error`).
+pub const BRIDGE_INSTANCE: &str = "bridge-instance";
 pub const BRIDGE_PURPOSE: &str = "bridge-purpose";
 pub const BRIDGE_REASON: &str = "bridge-reason";
 pub const BRIDGE_REQUEST_ID: &str = "bridge-request-id";
@@ -39,7 +44,12 @@ pub use super::trace_context::TRACEPARENT;
 pub mod names {
     use http::HeaderName;
 
+    pub const BRIDGE_ASSERTION: HeaderName = HeaderName::from_static(super::BRIDGE_ASSERTION);
     pub const BRIDGE_AUDIT_INDEX: HeaderName = HeaderName::from_static(super::BRIDGE_AUDIT_INDEX);
+    pub const BRIDGE_ERROR: HeaderName = HeaderName::from_static(super::BRIDGE_ERROR);
+    pub const BRIDGE_INSTANCE: HeaderName = HeaderName::from_static(super::BRIDGE_INSTANCE);
+    pub const BRIDGE_REASON: HeaderName = HeaderName::from_static(super::BRIDGE_REASON);
+    pub const BRIDGE_TARGET: HeaderName = HeaderName::from_static(super::BRIDGE_TARGET);
     pub const BRIDGE_CLIENT: HeaderName = HeaderName::from_static(super::BRIDGE_CLIENT);
     pub const BRIDGE_PURPOSE: HeaderName = HeaderName::from_static(super::BRIDGE_PURPOSE);
     pub const BRIDGE_REQUEST_ID: HeaderName = HeaderName::from_static(super::BRIDGE_REQUEST_ID);
@@ -300,6 +310,42 @@ pub fn strip_bridge_headers(headers: &mut HeaderMap) {
         .collect();
     for name in names {
         headers.remove(name);
+    }
+}
+
+/// What a call to a partner instance's gateway carries besides
+/// [`upstream_headers`]: the caller's reason, the provider the call is for
+/// and this gateway's signed `assertion`, which the partner checks the
+/// declared headers against.
+pub fn federated_headers(
+    headers: &mut HeaderMap,
+    call: &CallHeaders,
+    provider: &MemberId,
+    assertion: &str,
+) {
+    if let Some(reason) = &call.reason
+        && let Ok(value) = HeaderValue::from_bytes(reason.as_bytes())
+    {
+        headers.insert(names::BRIDGE_REASON, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(provider.as_str()) {
+        headers.insert(names::BRIDGE_TARGET, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(assertion) {
+        headers.insert(names::BRIDGE_ASSERTION, value);
+    }
+}
+
+/// Removes the `bridge-*` headers of a partner gateway's response but its
+/// refusal: `bridge-error`, then named as `partner`'s (`bridge-instance`).
+pub fn keep_partner_refusal(headers: &mut HeaderMap, partner: &str) {
+    let error = headers.remove(names::BRIDGE_ERROR);
+    strip_bridge_headers(headers);
+    if let Some(error) = error
+        && let Ok(instance) = HeaderValue::from_str(partner)
+    {
+        headers.insert(names::BRIDGE_ERROR, error);
+        headers.insert(names::BRIDGE_INSTANCE, instance);
     }
 }
 

@@ -76,6 +76,7 @@ impl AgenciesConfig {
             client_ca: self.client_ca.clone(),
             crls: self.crls.clone(),
             crl_grace: Duration::ZERO,
+            partners: Vec::new(),
         }
     }
 }

@@ -83,6 +83,7 @@ impl BenchDir {
             client_ca: self.pki(pki::CA_CERT),
             crls: vec![self.pki(pki::CRL)],
             crl_grace: std::time::Duration::ZERO,
+            partners: Vec::new(),
         }
     }
 

@@ -339,6 +339,7 @@ impl SandboxBuilder {
             client_ca: pki.join(pki::CA_CERT),
             crls: vec![pki.join("crl.pem")],
             crl_grace: std::time::Duration::ZERO,
+            partners: Vec::new(),
         };
 
         let mut routes = Routes::default();

@@ -1,16 +1,25 @@
 //! Admit: the caller is a registered member whom some policy permits
-//! something, within the gateway's and its own limits.
+//! something, within the gateway's and its own limits. On a partner
+//! instance's gateway connection, the caller is the member its signed
+//! assertion names.
+
+use http::HeaderMap;
 
 use super::Call;
+use crate::config::Partner;
+use crate::federation::{Assertion, AssertionError};
 use crate::identity::MemberId;
 use crate::proxy::GatewayError;
 use crate::proxy::limits::CallPermit;
+use crate::wire::headers::{BRIDGE_ASSERTION, CallHeaders};
 
 /// A caller let in: who it is, and the slots its call holds until the
 /// response ends.
 pub(super) struct Admitted {
     pub(super) caller: MemberId,
     pub(super) permit: CallPermit,
+    /// What the partner gateway the call came through asserted of it.
+    pub(super) assertion: Option<Assertion>,
 }
 
 impl Call<'_> {
@@ -19,12 +28,19 @@ impl Call<'_> {
     /// answer and then its connection is closed. Limits come before any
     /// other work, so that shedding load is cheap (see
     /// [`GatewayError::is_limit_refusal`]).
-    pub(super) fn admit(&self) -> Result<Admitted, GatewayError> {
-        let caller = self.caller()?;
+    pub(super) fn admit(&mut self, headers: &HeaderMap) -> Result<Admitted, GatewayError> {
+        let (caller, assertion) = match self.partner_of_peer() {
+            Some((partner, gateway)) => self.asserted(&partner, &gateway, headers)?,
+            None => (self.caller()?, None),
+        };
         let permit = self.state.limits.permit(&caller).inspect_err(|refused| {
             self.conn.metrics.limit_refusal(&caller, refused.kind());
         })?;
-        Ok(Admitted { caller, permit })
+        Ok(Admitted {
+            caller,
+            permit,
+            assertion,
+        })
     }
 
     /// The caller, checked against the registry and the policies of this
@@ -43,5 +59,106 @@ impl Call<'_> {
         };
         peer.control.close();
         Err(refused)
+    }
+
+    /// Whether the peer is a partner instance's gateway, whose calls are
+    /// each its own caller's.
+    pub(super) fn peer_is_partner_gateway(&self) -> bool {
+        self.partner_of_peer()
+            .is_some_and(|(partner, peer)| partner.gateway == peer)
+    }
+
+    /// The partner instance the peer belongs to, and the peer, when it is
+    /// one; a partner's member other than its gateway is refused (and its
+    /// connection closed): it calls through its own instance's gateway.
+    fn partner_of_peer(&self) -> Option<(Partner, MemberId)> {
+        let member = self.conn.peer.member.as_ref().ok()?;
+        let partner = self.state.federation.partners.get(member.instance())?;
+        Some((partner.clone(), member.clone()))
+    }
+
+    /// The caller a partner's gateway asserts, once the assertion holds:
+    /// signed by the partner, from this gateway's peer, for this call,
+    /// fresh and not seen before. Only the health service answers the
+    /// gateway itself, for its health checks.
+    fn asserted(
+        &mut self,
+        partner: &Partner,
+        peer: &MemberId,
+        headers: &HeaderMap,
+    ) -> Result<(MemberId, Option<Assertion>), GatewayError> {
+        if *peer != partner.gateway {
+            self.conn.peer.control.close();
+            return Err(GatewayError::ForeignMember {
+                member: peer.clone(),
+                instance: partner.instance.clone(),
+            });
+        }
+        let path = self.uri.path();
+        let Some(value) = headers.get(BRIDGE_ASSERTION) else {
+            let health = crate::catalog::split_path(path)
+                .is_some_and(|(service, _)| service == crate::catalog::HEALTH);
+            if health {
+                return Ok((peer.clone(), None));
+            }
+            return Err(AssertionError::Missing.into());
+        };
+        let federation = &self.state.federation;
+        let now = crate::unix_time::now();
+        let assertion = Assertion::open(value.as_bytes(), &partner.key)?;
+        assertion.check(&partner.instance, &federation.instance, peer, path, now)?;
+        federation.replays.admit(&assertion, now)?;
+        let caller = assertion.caller.clone();
+        if let Some(record) = self.record.as_mut() {
+            record.asserted(&assertion, value);
+        }
+        // Refused for this call only: the connection is the partner's.
+        if !self.state.registry.contains_key(&caller) {
+            return Err(GatewayError::UnknownMember(caller));
+        }
+        if !self.state.policy.may_be_permitted(&caller) {
+            return Err(GatewayError::NoPermits(caller));
+        }
+        Ok((caller, Some(assertion)))
+    }
+
+    /// A partner gateway's call declares what its assertion says: purpose,
+    /// reason, user and request id.
+    pub(super) fn check_declared(
+        &self,
+        assertion: &Assertion,
+        headers: &CallHeaders,
+    ) -> Result<(), GatewayError> {
+        let user_id = headers.user_id.as_ref().and_then(|id| id.to_str().ok());
+        let declared = [
+            (
+                "purpose",
+                headers.purpose_code(),
+                assertion.purpose.as_deref(),
+            ),
+            (
+                "reason",
+                headers.reason.as_deref(),
+                assertion.reason.as_deref(),
+            ),
+            ("user id", user_id, assertion.user_id.as_deref()),
+            (
+                "request id",
+                self.request_id.to_str().ok(),
+                Some(assertion.request_id.as_str()),
+            ),
+        ];
+        match declared
+            .iter()
+            .find(|(_, header, asserted)| header != asserted)
+        {
+            Some((what, header, asserted)) => Err(AssertionError::Mismatch(format!(
+                "says {what} {}, the call {}",
+                asserted.unwrap_or("(none)"),
+                header.unwrap_or("(none)")
+            ))
+            .into()),
+            None => Ok(()),
+        }
     }
 }

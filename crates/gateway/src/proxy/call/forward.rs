@@ -135,7 +135,11 @@ impl Call<'_> {
         let mut response =
             sent.map_err(|error| call_end.refusal().unwrap_or_else(|| error.into()))?;
         call_end.hold(response.extensions_mut().remove::<Load>());
-        headers::strip_bridge_headers(response.headers_mut());
+        match provider.partner() {
+            // A partner's refusal passes, named as the partner's.
+            Some(partner) => headers::keep_partner_refusal(response.headers_mut(), partner),
+            None => headers::strip_bridge_headers(response.headers_mut()),
+        }
         if let Some(record) = self.record.as_mut() {
             record.first_byte(SystemTime::now());
         }
@@ -147,6 +151,38 @@ impl Call<'_> {
             bytes_in,
             elapsed,
         })
+    }
+}
+
+impl Call<'_> {
+    /// What this gateway asserts to `partner`'s of the call it forwards
+    /// there.
+    fn assertion(
+        &self,
+        partner: &str,
+        provider: &crate::identity::MemberId,
+        exchange: &Exchange,
+    ) -> crate::federation::Assertion {
+        let federation = &self.state.federation;
+        let declared = &exchange.headers;
+        crate::federation::Assertion {
+            from: federation.instance.clone(),
+            to: partner.to_owned(),
+            gateway: federation.gateway.clone(),
+            caller: exchange.admitted.caller.clone(),
+            method: self.uri.path().to_owned(),
+            provider: provider.clone(),
+            request_id: self.request_id.to_str().unwrap_or_default().to_owned(),
+            nonce: crate::federation::Assertion::nonce(),
+            issued: crate::unix_time::now(),
+            purpose: declared.purpose_code().map(str::to_owned),
+            reason: declared.reason.clone(),
+            user_id: declared
+                .user_id
+                .as_ref()
+                .and_then(|id| id.to_str().ok())
+                .map(str::to_owned),
+        }
     }
 }
 
@@ -224,6 +260,18 @@ impl UpstreamHead {
             &call.trace,
             &call.request_id,
         );
+        let provider = exchange.routed.provider.provider();
+        if let Some(partner) = exchange.routed.provider.partner()
+            && let Some(key) = &call.state.federation.key
+        {
+            let assertion = call.assertion(partner, provider, exchange);
+            headers::federated_headers(
+                &mut headers,
+                &exchange.headers,
+                provider,
+                &assertion.seal(key),
+            );
+        }
         if let Some(consent_use) = &exchange.consent_use
             && let Ok(value) = HeaderValue::from_str(consent_use.consent_id())
         {

@@ -10,7 +10,7 @@
 //! |------------------|--------------------------------|--------------------------------------|
 //! | admit            | `admit.rs`                     | not a member, no permit, over limits |
 //! | read headers     | `read_headers.rs`              | not gRPC, malformed `bridge-*`       |
-//! | route            | here                           | unknown service, method or target    |
+//! | route            | `route.rs`                     | unknown service, method or target    |
 //! | authorize        | `authorize.rs`                 | policies deny; artefact invalid      |
 //! | bind consent     | `bind_consent.rs`              | subject differs; consent used up     |
 //! | record decision  | here                           | the exchange log cannot write        |
@@ -29,6 +29,7 @@ mod forward;
 mod read_headers;
 mod refuse;
 mod relay;
+mod route;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,8 +107,8 @@ impl Call<'_> {
         &mut self,
         request: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
-        let admitted = self.admit()?;
-        let headers = self.read_headers(&request)?;
+        let admitted = self.admit(request.headers())?;
+        let headers = self.read_headers(&request, admitted.assertion.as_ref())?;
         if crate::catalog::is_local(self.uri.path()) {
             return Ok(self.serve_locally(request, admitted).await);
         }
@@ -117,7 +118,7 @@ impl Call<'_> {
                 expired: global.expires,
             });
         }
-        let routed = self.route(&headers)?;
+        let routed = self.route(&headers, admitted.assertion.as_ref())?;
         let deciding = Instant::now();
         let consent = self.authorize(&admitted.caller, &headers, routed.provider.provider())?;
         let mut exchange = Exchange {
@@ -136,29 +137,6 @@ impl Call<'_> {
         let outgoing = self.request_body(body, guard, &exchange).await?;
         let forwarded = self.forward(&head, outgoing, &exchange).await?;
         self.relay(forwarded, exchange).await
-    }
-
-    /// Route: the provider that serves the method (the one the caller
-    /// targets, or the service's), and the call's deadline.
-    fn route(&mut self, headers: &CallHeaders) -> Result<Routed, GatewayError> {
-        let route = self
-            .state
-            .routes
-            .route(self.uri.path(), headers.target.as_ref())?;
-        let provider = route.provider.clone();
-        if let Some(record) = self.record.as_mut() {
-            record.routed(provider.provider());
-        }
-        let max_deadline = route
-            .max_deadline
-            .map_or(self.state.max_deadline, |service| {
-                service.min(self.state.max_deadline)
-            });
-        Ok(Routed {
-            idempotent: route.idempotent,
-            deadline: Deadline::new(self.received, headers.timeout, max_deadline),
-            provider,
-        })
     }
 
     /// Record the decision: durable before anything reaches the backend.

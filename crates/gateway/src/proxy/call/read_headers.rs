@@ -4,15 +4,19 @@
 use http::Request;
 
 use super::Call;
+use crate::federation::Assertion;
 use crate::proxy::GatewayError;
 use crate::wire::headers::{self, CallHeaders};
 
 impl Call<'_> {
     /// Reads what the caller declares, once it is admitted: before that, a
     /// malformed request id would let anyone write to the exchange log.
+    /// On a partner gateway's call they must say what its `assertion`
+    /// says.
     pub(super) fn read_headers<B>(
         &mut self,
         request: &Request<B>,
+        assertion: Option<&Assertion>,
     ) -> Result<CallHeaders, GatewayError> {
         if let Some(error) = self.bad_request_id.take() {
             return Err(error);
@@ -30,6 +34,9 @@ impl Call<'_> {
             ));
         }
         let declared = CallHeaders::read(request.headers())?;
+        if let Some(assertion) = assertion {
+            self.check_declared(assertion, &declared)?;
+        }
         if let Some(record) = self.record.as_mut() {
             record.declared(&declared);
         }

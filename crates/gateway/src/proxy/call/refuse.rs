@@ -29,9 +29,10 @@ impl Call<'_> {
         //   does not serve gets one record and one log line per
         //   connection, however many streams it opens before the
         //   connection closes (`govbridge_unrecorded_refusals_total`).
+        // On a partner gateway's connection each call is its own caller's.
+        let stranger = error.is_stranger_refusal() && !self.peer_is_partner_gateway();
         let unrecorded = error.is_limit_refusal()
-            || (error.is_stranger_refusal()
-                && self.conn.stranger_recorded.swap(true, Ordering::Relaxed));
+            || (stranger && self.conn.stranger_recorded.swap(true, Ordering::Relaxed));
         if unrecorded {
             tracing::debug!(
                 request_id = request_id.to_str().unwrap_or_default(),
@@ -41,10 +42,10 @@ impl Call<'_> {
                 Escaped(&error)
             );
             metrics.refusal(error.kind());
-            if error.is_stranger_refusal() {
+            if stranger {
                 metrics.unrecorded_refusal(error.kind());
             }
-            return error.into_response(Some(request_id));
+            return self.refusal(error);
         }
         tracing::info!(
             request_id = request_id.to_str().unwrap_or_default(),
@@ -75,15 +76,27 @@ impl Call<'_> {
                         detail = log_error.detail().unwrap_or_default(),
                         "refusal not logged: {log_error}"
                     );
-                    return log_error.into_response(Some(request_id));
+                    return self.refusal(log_error);
                 }
             },
             None => None,
         };
-        let mut response = error.into_response(Some(request_id));
+        let mut response = self.refusal(error);
         if let Some(index) = logged {
             let (name, value) = record::audit_index(index);
             response.headers_mut().insert(name, value);
+        }
+        response
+    }
+
+    /// The answer to a refused call: its status, `bridge-error`, and this
+    /// gateway's instance, which refused it.
+    fn refusal(&self, error: GatewayError) -> Response<ResponseBody> {
+        let mut response = error.into_response(Some(&self.request_id));
+        if let Ok(instance) = http::HeaderValue::from_str(&self.state.federation.instance) {
+            response
+                .headers_mut()
+                .insert(crate::wire::headers::names::BRIDGE_INSTANCE, instance);
         }
         response
     }

@@ -1,0 +1,471 @@
+//! Two national instances federated on one machine: Senegal (the bed, its
+//! dev PKI and agencies) and Azerbaijan (its own CA, gateway, policies, log
+//! and business registry). A Senegalese bank's call to the Azerbaijani
+//! registry is authorized and logged on both sides, each gateway with its
+//! own policies; every refusal says which instance refused.
+
+// A failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use govbridge::agencies::{Agency, Dataset};
+use govbridge::config::{Config, ConfigBuilder};
+use govbridge::exchange_log::ExchangeRecord;
+use govbridge::exchange_log::store::Store;
+use govbridge::federation::Assertion;
+use govbridge::identity::MemberId;
+use govbridge::identity::tls::{ClientTls, ServerTls};
+use govbridge::launch::{BoundAgency, Shutdown, ShutdownTrigger};
+use govbridge::note::SigningKey;
+use govbridge::pki::{CertificateAuthority, LeafRequest};
+use govbridge::proto::business::v1::GetCompanyRequest;
+use govbridge::proto::business::v1::business_registry_client::BusinessRegistryClient;
+use govbridge::proxy::{Gateway, Reloader};
+use support::{Bed, H2Client, bridge_error, raw_call};
+
+const BUSINESS: &str = "govbridge.business.v1.BusinessRegistry";
+const GET_COMPANY: &str = "/govbridge.business.v1.BusinessRegistry/GetCompany";
+const AZ_GATEWAY: &str = "AZ/GOV/BRIDGE/gateway";
+const AZ_REGISTRY: &str = "AZ/GOV/ASAN/business-registry";
+const SN_GATEWAY: &str = "SN/GOV/GOVBRIDGE/gateway";
+const CBAO: &str = "SN/COM/CBAO/kyc";
+
+fn member(id: &str) -> MemberId {
+    MemberId::parse(id).unwrap()
+}
+
+/// A federation key and its verifier (`NAME.key`, `NAME.pub`) in `dir`.
+fn federation_key(dir: &Path, name: &str) -> PathBuf {
+    let key = SigningKey::generate(name).unwrap();
+    let path = dir.join(format!("{name}.key"));
+    govbridge::keys::write_file(&path, key.to_pem().as_bytes(), 0o600).unwrap();
+    govbridge::keys::write_file(
+        &path.with_extension("pub"),
+        format!("{}\n", key.verifier()).as_bytes(),
+        0o644,
+    )
+    .unwrap();
+    path
+}
+
+/// Azerbaijan's instance: a CA of its own, its business registry (the
+/// mock agency, under an Azerbaijani member id) and its gateway, whose
+/// policies let Senegal's licensed banks read companies for trade finance.
+struct Partner {
+    dir: tempfile::TempDir,
+    address: SocketAddr,
+    reloader: Reloader,
+    config: PathBuf,
+    _stop: ShutdownTrigger,
+}
+
+impl Partner {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        let ca = CertificateAuthority::generate("Azerbaijan test CA").unwrap();
+        ca.write(&pki).unwrap();
+        let gateway = member(AZ_GATEWAY);
+        let registry = member(AZ_REGISTRY);
+        let server = |id: &MemberId, name: &str| {
+            let request = LeafRequest {
+                member: Some(id.clone()),
+                ..LeafRequest::loopback_server(name)
+            };
+            ca.issue(&request).unwrap().write(&pki, name).unwrap()
+        };
+        server(&gateway, "gateway");
+        let (registry_cert, registry_key) = server(&registry, "registry");
+        ca.issue(&LeafRequest::member(&gateway))
+            .unwrap()
+            .write(&pki, "gateway-upstream")
+            .unwrap();
+        federation_key(dir.path(), "AZ-federation");
+        govbridge::dev::write_descriptors(dir.path()).unwrap();
+
+        let (trigger, shutdown) = Shutdown::new();
+        let backend = BoundAgency::bind(
+            Agency::BusinessRegistry,
+            "127.0.0.1:0".parse().unwrap(),
+            &ServerTls {
+                certificate: registry_cert,
+                private_key: registry_key,
+                client_ca: pki.join("ca.pem"),
+                crls: Vec::new(),
+                crl_grace: Duration::ZERO,
+                partners: Vec::new(),
+            },
+            gateway.clone(),
+            Arc::new(Dataset::generate(support::SEED)),
+            None,
+        )
+        .await
+        .unwrap();
+        let backend_address = backend.local_addr().unwrap();
+        tokio::spawn(backend.serve(shutdown.clone().wait()));
+
+        let policies = dir.path().join("policies");
+        std::fs::create_dir_all(&policies).unwrap();
+        let (schema_name, schema) = govbridge::dev::DEV_POLICIES[0];
+        std::fs::write(policies.join(schema_name), schema).unwrap();
+        std::fs::write(
+            policies.join("senegal.cedar"),
+            format!(
+                "// Senegal's licensed banks read Azerbaijani companies, for trade finance.\n\
+                 @id(\"sn-banks-read-companies-for-trade-finance\")\n\
+                 permit (\n  principal in Group::\"sn-banks\",\n  \
+                 action in Action::\"{BUSINESS}\",\n  \
+                 resource == Provider::\"{AZ_REGISTRY}\"\n)\n\
+                 when {{ context.purpose == \"TRADE-FINANCE\" }};\n"
+            ),
+        )
+        .unwrap();
+
+        let mut config = ConfigBuilder::new("gw-baku-1", &gateway);
+        config
+            .server_tls(
+                &pki.join("gateway.pem"),
+                &pki.join("gateway.key"),
+                &pki.join("ca.pem"),
+                &[],
+            )
+            .upstream_tls(
+                &pki.join("gateway-upstream.pem"),
+                &pki.join("gateway-upstream.key"),
+                &pki.join("ca.pem"),
+            )
+            .policy(&policies.join(schema_name), &policies)
+            .exchange_log_in(Path::new("data"))
+            .purpose("TRADE-FINANCE", "Trade finance")
+            .purpose("CREDIT-SCORING", "Credit scoring")
+            .member(&registry, "ASAN business registry", &[])
+            .member(&member(CBAO), "CBAO, a Senegalese bank", &["sn-banks"])
+            .provider(&registry, [backend_address])
+            .service(BUSINESS, std::slice::from_ref(&registry))
+            .descriptor(BUSINESS, Path::new("descriptors/business.binpb"));
+        let mut table = config.into_table();
+        table["gateway"]
+            .as_table_mut()
+            .unwrap()
+            .insert("federation_key".into(), "AZ-federation.key".into());
+        let config = dir.path().join("govbridge.toml");
+        std::fs::write(&config, toml::to_string(&table).unwrap()).unwrap();
+        let bound = Gateway::bind(&Config::load(&config).unwrap())
+            .await
+            .unwrap();
+        let address = bound.local_addr().unwrap();
+        let reloader = bound.reloader();
+        tokio::spawn(bound.serve(shutdown.wait()));
+        Self {
+            dir,
+            address,
+            reloader,
+            config,
+            _stop: trigger,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Trusts Senegal: its CA (`ca`), its gateway and its federation key
+    /// (`key`, the `.pub` beside it). Applied by a reload, as an operator
+    /// would.
+    fn federate_with_senegal(&self, ca: &Path, key: &Path) {
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push_str(&format!(
+            "\n[federation.SN]\nca = \"{}\"\ngateway = \"{SN_GATEWAY}\"\n\
+             endpoints = [\"https://127.0.0.1:9\"]\nkey = \"{}\"\n",
+            ca.display(),
+            key.with_extension("pub").display()
+        ));
+        std::fs::write(&self.config, text).unwrap();
+        self.reloader.reload().unwrap();
+    }
+
+    /// The records Azerbaijan's gateway logged for `request_id`.
+    fn records(&self, request_id: &str) -> Vec<ExchangeRecord> {
+        Store::open_read_only(&self.path("data"))
+            .unwrap()
+            .records_of_request(request_id)
+            .unwrap()
+            .into_iter()
+            .map(|stored| stored.decode().unwrap())
+            .collect()
+    }
+
+    /// Client TLS presenting `certificate` (of Senegal's CA) to this
+    /// gateway.
+    fn tls_for(&self, certificate: &Path, key: &Path) -> Arc<rustls::ClientConfig> {
+        ClientTls::new(
+            self.path("pki/ca.pem"),
+            certificate.to_owned(),
+            key.to_owned(),
+        )
+        .client_config()
+        .unwrap()
+    }
+}
+
+/// Both instances, federated: Senegal's gateway reaches the Azerbaijani
+/// registry as a second provider of the business registry service
+/// (callers pick it with `bridge-target`).
+async fn federated() -> (Partner, Bed, tempfile::TempDir) {
+    let partner = Partner::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let sn_key = federation_key(keys.path(), "SN-federation");
+    let policies = keys.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("federation.cedar"),
+        format!(
+            "@id(\"everything-at-home\")\npermit (principal, action, resource);\n\n\
+             // No KYC on foreign registries from here.\n\
+             @id(\"no-kyc-abroad\")\nforbid (principal, action, resource == Provider::\"{AZ_REGISTRY}\")\n\
+             when {{ context.purpose == \"KYC\" }};\n"
+        ),
+    )
+    .unwrap();
+    let bed = Bed::builder()
+        .policies(&policies)
+        .config(format!(
+            "[gateway]\nfederation_key = \"{}\"\n\n\
+             [federation.AZ]\nca = \"{}\"\ngateway = \"{AZ_GATEWAY}\"\n\
+             endpoints = [\"https://{}\"]\nkey = \"{}\"\n\n\
+             [members.\"{AZ_REGISTRY}\"]\nname = \"ASAN business registry\"\n\n\
+             [providers.\"{AZ_REGISTRY}\"]\n\n\
+             [services.\"{BUSINESS}\"]\n\
+             providers = [\"SN/GOV/APIX/business-registry\", \"{AZ_REGISTRY}\"]\n\n\
+             [purposes]\nTRADE-FINANCE = \"Trade finance\"\n",
+            sn_key.display(),
+            partner.path("pki/ca.pem").display(),
+            partner.address,
+            partner.path("AZ-federation.pub").display(),
+        ))
+        .start()
+        .await;
+    partner.federate_with_senegal(&bed.ca_certificate(), &sn_key);
+    (partner, bed, keys)
+}
+
+fn get_company(ninea: &str, purpose: &str) -> tonic::Request<GetCompanyRequest> {
+    let mut request = support::declared(
+        GetCompanyRequest {
+            ninea: ninea.to_owned(),
+        },
+        purpose,
+    );
+    request
+        .metadata_mut()
+        .insert("bridge-target", AZ_REGISTRY.parse().unwrap());
+    request
+}
+
+fn instance(status: &tonic::Status) -> Option<String> {
+    status
+        .metadata()
+        .get("bridge-instance")
+        .map(|value| value.to_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn a_call_crosses_the_border_and_both_instances_log_it() {
+    let (partner, bed, _) = federated().await;
+    let ninea = bed.data.companies[0].ninea.to_string();
+    let mut registry = BusinessRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
+
+    let answer = registry
+        .get_company(get_company(&ninea, "TRADE-FINANCE"))
+        .await
+        .unwrap();
+    assert_eq!(answer.get_ref().ninea, ninea);
+    let request_id = answer
+        .metadata()
+        .get("bridge-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    // Senegal logged its member calling the Azerbaijani provider...
+    let home = bed.sandbox.exchange_log().of_request(&request_id).unwrap();
+    assert_eq!(home.len(), 2, "a decision and an outcome");
+    assert_eq!(home[0].record.caller, CBAO);
+    assert_eq!(home[0].record.provider, AZ_REGISTRY);
+    assert!(home[0].record.allowed);
+    assert_eq!(home[1].record.grpc_status, 0);
+    // ...and Azerbaijan the same call, from the same caller, vouched for
+    // by Senegal's gateway with an assertion it can show.
+    let abroad = partner.records(&request_id);
+    assert_eq!(abroad.len(), 2, "{abroad:?}");
+    let decision = &abroad[0];
+    assert_eq!(decision.caller, CBAO);
+    assert_eq!(decision.via_gateway, SN_GATEWAY);
+    assert_eq!(decision.provider, AZ_REGISTRY);
+    assert_eq!(decision.purpose, "TRADE-FINANCE");
+    assert_eq!(decision.reason, "dossier 2025-0042");
+    assert_eq!(
+        decision.policies,
+        ["sn-banks-read-companies-for-trade-finance"]
+    );
+    assert!(!decision.assertion.is_empty());
+    assert_eq!(abroad[1].grpc_status, 0);
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn each_instance_refuses_by_its_own_policies_and_says_so() {
+    let (_partner, bed, _) = federated().await;
+    let ninea = bed.data.companies[0].ninea.to_string();
+    let mut registry = BusinessRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
+
+    // Senegal's policies keep KYC at home.
+    let refused = registry
+        .get_company(get_company(&ninea, "KYC"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert_eq!(bridge_error(&refused).as_deref(), Some("policy-denied"));
+    assert_eq!(instance(&refused).as_deref(), Some("SN"));
+
+    // Azerbaijan's allow trade finance only.
+    let refused = registry
+        .get_company(get_company(&ninea, "CREDIT-SCORING"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert_eq!(bridge_error(&refused).as_deref(), Some("policy-denied"));
+    assert_eq!(instance(&refused).as_deref(), Some("AZ"));
+    // Senegal logged the call it forwarded, and the partner's refusal.
+    let records = bed
+        .sandbox
+        .exchange_log()
+        .of_call(refused.metadata())
+        .unwrap();
+    assert!(records[0].record.allowed);
+    assert_eq!(
+        records.last().unwrap().record.grpc_status,
+        tonic::Code::PermissionDenied as i32
+    );
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn a_foreign_member_cannot_call_straight_in() {
+    let (partner, bed, _) = federated().await;
+    let tls = partner.tls_for(
+        &bed.pki.join("member-cbao-kyc.pem"),
+        &bed.pki.join("member-cbao-kyc.key"),
+    );
+    let mut client = H2Client::connect(partner.address, tls).await.unwrap();
+    let response = raw_call(
+        &mut client,
+        GET_COMPANY,
+        &GetCompanyRequest {
+            ninea: "x".to_owned(),
+        },
+    )
+    .await;
+    assert_eq!(response.headers()["grpc-status"], "7", "{response:?}");
+    assert_eq!(response.headers()["bridge-error"], "foreign-member");
+    assert_eq!(response.headers()["bridge-instance"], "AZ");
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn assertions_are_checked_and_used_once() {
+    let (partner, bed, keys) = federated().await;
+    let sn_key = keys.path().join("SN-federation.key");
+    let tls = partner.tls_for(
+        &bed.pki.join("gateway-upstream.pem"),
+        &bed.pki.join("gateway-upstream.key"),
+    );
+    let key = SigningKey::read(&sn_key).unwrap();
+    let request_id = "5b0c0a0e-8d44-4f4e-9a51-6a3e2f1b7c11";
+    let assertion = Assertion {
+        from: "SN".into(),
+        to: "AZ".into(),
+        gateway: member(SN_GATEWAY),
+        caller: member(CBAO),
+        method: GET_COMPANY.into(),
+        provider: member(AZ_REGISTRY),
+        request_id: request_id.into(),
+        nonce: Assertion::nonce(),
+        issued: govbridge::unix_time::now(),
+        purpose: Some("TRADE-FINANCE".into()),
+        reason: None,
+        user_id: None,
+    };
+    let call = |sealed: String| {
+        let tls = tls.clone();
+        async move {
+            let mut client = H2Client::connect(partner.address, tls).await.unwrap();
+            let request = http::Request::post(GET_COMPANY)
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .header("bridge-assertion", sealed)
+                .header("bridge-purpose", "TRADE-FINANCE")
+                .header("bridge-request-id", request_id)
+                .header("bridge-target", AZ_REGISTRY)
+                .body(tonic::body::Body::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(&[0, 0, 0, 0, 0]),
+                )))
+                .unwrap();
+            use tower::{Service, ServiceExt};
+            let response = client.ready().await.unwrap().call(request).await.unwrap();
+            let headers = response.headers().clone();
+            (
+                headers
+                    .get("grpc-status")
+                    .map(|value| value.to_str().unwrap().to_owned()),
+                headers
+                    .get("bridge-error")
+                    .map(|value| value.to_str().unwrap().to_owned()),
+            )
+        }
+    };
+    let sealed = assertion.seal(&key);
+    // Accepted once (the registry answers: an empty NINEA is not found)...
+    let (status, error) = call(sealed.clone()).await;
+    assert_eq!(error, None, "{status:?}");
+    // ...refused when replayed...
+    let (status, error) = call(sealed).await;
+    assert_eq!(status.as_deref(), Some("16"));
+    assert_eq!(error.as_deref(), Some("bad-assertion"));
+    // ...signed by anyone else, or for another method or purpose.
+    let stranger = SigningKey::generate("SN-federation").unwrap();
+    let fresh = || Assertion {
+        nonce: Assertion::nonce(),
+        ..assertion.clone()
+    };
+    for sealed in [
+        fresh().seal(&stranger),
+        Assertion {
+            method: "/govbridge.business.v1.BusinessRegistry/ListDirectors".into(),
+            ..fresh()
+        }
+        .seal(&key),
+        Assertion {
+            purpose: Some("CREDIT-SCORING".into()),
+            ..fresh()
+        }
+        .seal(&key),
+        Assertion {
+            issued: govbridge::unix_time::now() - 600,
+            ..fresh()
+        }
+        .seal(&key),
+    ] {
+        let (status, error) = call(sealed).await;
+        assert_eq!(status.as_deref(), Some("16"));
+        assert_eq!(error.as_deref(), Some("bad-assertion"));
+    }
+    bed.stop().await;
+}
