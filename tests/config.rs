@@ -893,3 +893,65 @@ fn services_are_known_from_their_descriptors() {
     let methods = &config.catalog.service_methods()["govbridge.land.v1.LandRegistry"];
     assert!(methods.contains("GetParcels"));
 }
+
+/// `[federation."XX"]` and what it changes: a partner's members are
+/// reached through its gateways, and this gateway signs what it asserts.
+#[test]
+fn federation_mistakes_are_named() {
+    let dir = path().parent().unwrap();
+    let key = govbridge::note::SigningKey::generate("AZ-federation").unwrap();
+    std::fs::write(dir.join("az.pub"), format!("{}\n", key.verifier())).unwrap();
+    let ours = govbridge::note::SigningKey::generate("SN-federation").unwrap();
+    std::fs::write(dir.join("sn.key"), ours.to_pem()).unwrap();
+    std::fs::write(dir.join("sn.pub"), format!("{}\n", ours.verifier())).unwrap();
+    let partner = |gateway: &str| {
+        format!(
+            "\n[federation.AZ]\nca = \"az-ca.pem\"\ngateway = \"{gateway}\"\n\
+             endpoints = [\"https://127.0.0.1:9443\"]\nkey = \"az.pub\"\n\
+             \n[members.\"AZ/GOV/ASAN/registry\"]\nname = \"ASAN\"\n\
+             \n[providers.\"AZ/GOV/ASAN/registry\"]\n"
+        )
+    };
+    let with_key = |text: &str| {
+        edited(
+            "identity = \"SN/GOV/GOVBRIDGE/gateway\"\n",
+            "identity = \"SN/GOV/GOVBRIDGE/gateway\"\nfederation_key = \"sn.key\"\n",
+        ) + text
+    };
+
+    let config = Config::parse(path(), &with_key(&partner("AZ/GOV/BRIDGE/gateway"))).unwrap();
+    let provider =
+        &config.providers[&govbridge::identity::MemberId::parse("AZ/GOV/ASAN/registry").unwrap()];
+    assert_eq!(provider.partner.as_deref(), Some("AZ"));
+    assert_eq!(provider.presents.as_str(), "AZ/GOV/BRIDGE/gateway");
+    assert_eq!(provider.endpoints[0].address, "127.0.0.1:9443");
+
+    let text = with_key(&partner("SN/GOV/BRIDGE/gateway"));
+    let error = error_of(&text);
+    assert_eq!(error.key, "federation.AZ.gateway", "{error}");
+    assert!(error.message.contains("not of instance AZ"), "{error}");
+    assert_eq!(
+        error.line,
+        Some(line_of(&text, "gateway = \"SN/GOV/BRIDGE"))
+    );
+
+    let text =
+        with_key(&partner("AZ/GOV/BRIDGE/gateway")) + "endpoints = [\"https://127.0.0.1:7000\"]\n";
+    let error = error_of(&text);
+    assert_eq!(
+        error.key, "providers.\"AZ/GOV/ASAN/registry\".endpoints",
+        "{error}"
+    );
+    assert!(
+        error.message.contains("through federation.AZ.endpoints"),
+        "{error}"
+    );
+
+    let error = error_of(&(edited("", "") + &partner("AZ/GOV/BRIDGE/gateway")));
+    assert_eq!(error.key, "gateway.federation_key", "{error}");
+
+    let text = with_key(&partner("AZ/GOV/BRIDGE/gateway")).replace("az.pub", "missing.pub");
+    let error = error_of(&text);
+    assert_eq!(error.key, "federation.AZ.key", "{error}");
+    assert_eq!(error.line, Some(line_of(&text, "key = \"missing.pub")));
+}

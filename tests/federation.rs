@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use govbridge::agencies::{Agency, Dataset};
+use govbridge::bench::echo::EchoBackend;
 use govbridge::config::{Config, ConfigBuilder};
 use govbridge::exchange_log::ExchangeRecord;
 use govbridge::exchange_log::store::Store;
@@ -35,6 +36,10 @@ const AZ_GATEWAY: &str = "AZ/GOV/BRIDGE/gateway";
 const AZ_REGISTRY: &str = "AZ/GOV/ASAN/business-registry";
 const SN_GATEWAY: &str = "SN/GOV/GOVBRIDGE/gateway";
 const CBAO: &str = "SN/COM/CBAO/kyc";
+const TAX: &str = "govbridge.tax.v1.TaxAuthority";
+const AZ_TAX: &str = "AZ/GOV/VERGI/tax-authority";
+const ECHO: &str = "govbridge.bench.v1.Echo";
+const AZ_ECHO: &str = "AZ/GOV/BRIDGE/echo";
 
 fn member(id: &str) -> MemberId {
     MemberId::parse(id).unwrap()
@@ -62,7 +67,7 @@ struct Partner {
     address: SocketAddr,
     reloader: Reloader,
     config: PathBuf,
-    _stop: ShutdownTrigger,
+    stop: ShutdownTrigger,
 }
 
 impl Partner {
@@ -72,7 +77,6 @@ impl Partner {
         let ca = CertificateAuthority::generate("Azerbaijan test CA").unwrap();
         ca.write(&pki).unwrap();
         let gateway = member(AZ_GATEWAY);
-        let registry = member(AZ_REGISTRY);
         let server = |id: &MemberId, name: &str| {
             let request = LeafRequest {
                 member: Some(id.clone()),
@@ -81,7 +85,6 @@ impl Partner {
             ca.issue(&request).unwrap().write(&pki, name).unwrap()
         };
         server(&gateway, "gateway");
-        let (registry_cert, registry_key) = server(&registry, "registry");
         ca.issue(&LeafRequest::member(&gateway))
             .unwrap()
             .write(&pki, "gateway-upstream")
@@ -90,25 +93,40 @@ impl Partner {
         govbridge::dev::write_descriptors(dir.path()).unwrap();
 
         let (trigger, shutdown) = Shutdown::new();
-        let backend = BoundAgency::bind(
-            Agency::BusinessRegistry,
-            "127.0.0.1:0".parse().unwrap(),
-            &ServerTls {
-                certificate: registry_cert,
-                private_key: registry_key,
+        let backend_tls = |id: &MemberId, name: &str| {
+            let (certificate, private_key) = server(id, name);
+            ServerTls {
+                certificate,
+                private_key,
                 client_ca: pki.join("ca.pem"),
                 crls: Vec::new(),
                 crl_grace: Duration::ZERO,
                 partners: Vec::new(),
-            },
-            gateway.clone(),
-            Arc::new(Dataset::generate(support::SEED)),
-            None,
+            }
+        };
+        let data = Arc::new(Dataset::generate(support::SEED));
+        let mut backends = Vec::new();
+        for (agency, id, name) in [
+            (Agency::BusinessRegistry, AZ_REGISTRY, "registry"),
+            (Agency::Tax, AZ_TAX, "tax"),
+        ] {
+            let tls = backend_tls(&member(id), name);
+            let loopback = "127.0.0.1:0".parse().unwrap();
+            let bound =
+                BoundAgency::bind(agency, loopback, &tls, gateway.clone(), data.clone(), None)
+                    .await
+                    .unwrap();
+            backends.push((member(id), bound.local_addr().unwrap()));
+            tokio::spawn(bound.serve(shutdown.clone().wait()));
+        }
+        let echo = EchoBackend::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &backend_tls(&member(AZ_ECHO), "echo"),
         )
         .await
         .unwrap();
-        let backend_address = backend.local_addr().unwrap();
-        tokio::spawn(backend.serve(shutdown.clone().wait()));
+        backends.push((member(AZ_ECHO), echo.local_addr().unwrap()));
+        tokio::spawn(echo.serve(shutdown.clone().wait()));
 
         let policies = dir.path().join("policies");
         std::fs::create_dir_all(&policies).unwrap();
@@ -122,7 +140,11 @@ impl Partner {
                  permit (\n  principal in Group::\"sn-banks\",\n  \
                  action in Action::\"{BUSINESS}\",\n  \
                  resource == Provider::\"{AZ_REGISTRY}\"\n)\n\
-                 when {{ context.purpose == \"TRADE-FINANCE\" }};\n"
+                 when {{ context.purpose == \"TRADE-FINANCE\" }};\n\n\
+                 @id(\"sn-banks-use-tax-and-echo\")\n\
+                 permit (principal in Group::\"sn-banks\", action, resource)\n\
+                 when {{ (resource == Provider::\"{AZ_TAX}\" || resource == Provider::\"{AZ_ECHO}\")\n\
+                 && context.purpose == \"TRADE-FINANCE\" }};\n"
             ),
         )
         .unwrap();
@@ -144,11 +166,18 @@ impl Partner {
             .exchange_log_in(Path::new("data"))
             .purpose("TRADE-FINANCE", "Trade finance")
             .purpose("CREDIT-SCORING", "Credit scoring")
-            .member(&registry, "ASAN business registry", &[])
-            .member(&member(CBAO), "CBAO, a Senegalese bank", &["sn-banks"])
-            .provider(&registry, [backend_address])
-            .service(BUSINESS, std::slice::from_ref(&registry))
-            .descriptor(BUSINESS, Path::new("descriptors/business.binpb"));
+            .member(&member(CBAO), "CBAO, a Senegalese bank", &["sn-banks"]);
+        for ((id, address), (service, descriptor)) in backends.iter().zip([
+            (BUSINESS, "descriptors/business.binpb"),
+            (TAX, "descriptors/tax.binpb"),
+            (ECHO, "descriptors/bench.binpb"),
+        ]) {
+            config
+                .member(id, id.as_str(), &[])
+                .provider(id, [*address])
+                .service(service, std::slice::from_ref(id))
+                .descriptor(service, Path::new(descriptor));
+        }
         let mut table = config.into_table();
         table["gateway"]
             .as_table_mut()
@@ -167,7 +196,7 @@ impl Partner {
             address,
             reloader,
             config,
-            _stop: trigger,
+            stop: trigger,
         }
     }
 
@@ -175,15 +204,16 @@ impl Partner {
         self.dir.path().join(name)
     }
 
-    /// Trusts Senegal: its CA (`ca`), its gateway and its federation key
-    /// (`key`, the `.pub` beside it). Applied by a reload, as an operator
-    /// would.
+    /// Trusts Senegal: its CA (`ca`, with the CRL beside it), its gateway
+    /// and its federation key (`key`, the `.pub` beside it). Applied by a
+    /// reload, as an operator would.
     fn federate_with_senegal(&self, ca: &Path, key: &Path) {
         let mut text = std::fs::read_to_string(&self.config).unwrap();
         text.push_str(&format!(
-            "\n[federation.SN]\nca = \"{}\"\ngateway = \"{SN_GATEWAY}\"\n\
+            "\n[federation.SN]\nca = \"{}\"\ncrls = [\"{}\"]\ngateway = \"{SN_GATEWAY}\"\n\
              endpoints = [\"https://127.0.0.1:9\"]\nkey = \"{}\"\n",
             ca.display(),
+            ca.with_file_name("crl.pem").display(),
             key.with_extension("pub").display()
         ));
         std::fs::write(&self.config, text).unwrap();
@@ -240,9 +270,15 @@ async fn federated() -> (Partner, Bed, tempfile::TempDir) {
              [federation.AZ]\nca = \"{}\"\ngateway = \"{AZ_GATEWAY}\"\n\
              endpoints = [\"https://{}\"]\nkey = \"{}\"\n\n\
              [members.\"{AZ_REGISTRY}\"]\nname = \"ASAN business registry\"\n\n\
-             [providers.\"{AZ_REGISTRY}\"]\n\n\
+             [members.\"{AZ_TAX}\"]\nname = \"State Tax Service\"\n\n\
+             [members.\"{AZ_ECHO}\"]\nname = \"An echo\"\n\n\
+             [providers.\"{AZ_REGISTRY}\"]\n\n[providers.\"{AZ_TAX}\"]\n\n\
+             [providers.\"{AZ_ECHO}\"]\n\n\
              [services.\"{BUSINESS}\"]\n\
              providers = [\"SN/GOV/APIX/business-registry\", \"{AZ_REGISTRY}\"]\n\n\
+             [services.\"{TAX}\"]\nproviders = [\"SN/GOV/DGID/tax\", \"{AZ_TAX}\"]\n\n\
+             [services.\"{ECHO}\"]\nproviders = [\"{AZ_ECHO}\"]\n\
+             descriptor = \"descriptors/bench.binpb\"\n\n\
              [purposes]\nTRADE-FINANCE = \"Trade finance\"\n",
             sn_key.display(),
             partner.path("pki/ca.pem").display(),
@@ -467,5 +503,172 @@ async fn assertions_are_checked_and_used_once() {
         assert_eq!(status.as_deref(), Some("16"));
         assert_eq!(error.as_deref(), Some("bad-assertion"));
     }
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn streams_of_every_kind_cross_the_border() {
+    use govbridge::proto::bench::v1::echo_client::EchoClient;
+    use govbridge::proto::bench::v1::{Payload, StreamRequest};
+    use govbridge::proto::tax::v1::WithholdingLine;
+    use govbridge::proto::tax::v1::tax_authority_client::TaxAuthorityClient;
+
+    let (partner, bed, _keys) = federated().await;
+    let channel = bed.channel_as(CBAO).await.unwrap();
+    let mut echo = EchoClient::new(channel.clone());
+    fn declared<T>(message: T) -> tonic::Request<T> {
+        support::declared(message, "TRADE-FINANCE")
+    }
+
+    let unary = echo
+        .unary(declared(Payload {
+            body: b"salam".to_vec(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(unary.get_ref().body, b"salam");
+
+    let mut served = echo
+        .server_stream(declared(StreamRequest { count: 3, size: 8 }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut received = 0;
+    while let Some(payload) = served.message().await.unwrap() {
+        assert_eq!(payload.body.len(), 8);
+        received += 1;
+    }
+    assert_eq!(received, 3);
+
+    let sent = ["bir", "iki", "üç"].map(|word| Payload {
+        body: word.as_bytes().to_vec(),
+    });
+    let mut echoed = echo
+        .bidi(declared(tokio_stream::iter(sent.clone())))
+        .await
+        .unwrap()
+        .into_inner();
+    for expected in &sent {
+        assert_eq!(echoed.message().await.unwrap().as_ref(), Some(expected));
+    }
+    assert_eq!(echoed.message().await.unwrap(), None);
+
+    let lines: Vec<WithholdingLine> = (0..3)
+        .map(|index| WithholdingLine {
+            line_id: format!("line-{index}"),
+            payer_ninea: bed.data.companies[0].ninea.to_string(),
+            subject_nin: bed.data.citizens[index].nin.to_string(),
+            period: "2026-11".to_owned(),
+            gross_amount_xof: 500_000,
+            tax_withheld_xof: 50_000,
+        })
+        .collect();
+    let mut request = declared(tokio_stream::iter(lines));
+    request
+        .metadata_mut()
+        .insert("bridge-target", AZ_TAX.parse().unwrap());
+    let receipt = TaxAuthorityClient::new(channel)
+        .submit_withholdings(request)
+        .await
+        .unwrap();
+    assert_eq!(receipt.get_ref().lines_received, 3);
+    // Both sides logged the stream, request bytes included.
+    let request_id = receipt
+        .metadata()
+        .get("bridge-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    let home = bed.sandbox.exchange_log().of_request(request_id).unwrap();
+    let abroad = partner.records(request_id);
+    assert_eq!(abroad[0].caller, CBAO);
+    assert_eq!(
+        home.last().unwrap().record.request_bytes,
+        abroad.last().unwrap().request_bytes
+    );
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn a_partner_down_is_unavailable_at_once_and_home_goes_on() {
+    let (partner, bed, _keys) = federated().await;
+    let ninea = bed.data.companies[0].ninea.to_string();
+    let channel = bed.channel_as(CBAO).await.unwrap();
+    let mut registry = BusinessRegistryClient::new(channel);
+    partner.stop.trigger();
+
+    let started = std::time::Instant::now();
+    let refused = registry
+        .get_company(get_company(&ninea, "TRADE-FINANCE"))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        bridge_error(&refused).as_deref(),
+        Some("upstream-unavailable")
+    );
+    assert_eq!(instance(&refused).as_deref(), Some("SN"));
+    let records = bed
+        .sandbox
+        .exchange_log()
+        .of_call(refused.metadata())
+        .unwrap();
+    assert_eq!(
+        records.last().unwrap().record.error_kind,
+        "upstream-unavailable"
+    );
+
+    // Senegal's own registry still answers.
+    let mut home = support::declared(
+        GetCompanyRequest {
+            ninea: ninea.clone(),
+        },
+        "TRADE-FINANCE",
+    );
+    home.metadata_mut().insert(
+        "bridge-target",
+        "SN/GOV/APIX/business-registry".parse().unwrap(),
+    );
+    registry.get_company(home).await.unwrap();
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoked_gateway_certificate_is_refused_by_the_partner() {
+    let (partner, bed, _keys) = federated().await;
+    let ninea = bed.data.companies[0].ninea.to_string();
+    let mut registry = BusinessRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
+    registry
+        .get_company(get_company(&ninea, "TRADE-FINANCE"))
+        .await
+        .unwrap();
+
+    // Senegal revokes its gateway's certificate; Azerbaijan reloads its
+    // CRL and drops the connection that certificate opened.
+    govbridge::pki::revoke(&bed.pki, &bed.pki.join("gateway-upstream.pem")).unwrap();
+    partner.reloader.reload().unwrap();
+    // A call racing the connection's close may fail as it is sent
+    // (upstream-failed); once closed, no handshake passes.
+    let mut refused = None;
+    for _ in 0..100 {
+        let Err(status) = registry
+            .get_company(get_company(&ninea, "TRADE-FINANCE"))
+            .await
+        else {
+            continue;
+        };
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        if bridge_error(&status).as_deref() == Some("upstream-unavailable") {
+            refused = Some(status);
+            break;
+        }
+    }
+    let refused = refused.expect("the revoked certificate still gets through");
+    assert_eq!(instance(&refused).as_deref(), Some("SN"));
     bed.stop().await;
 }
