@@ -66,6 +66,7 @@ struct Partner {
     dir: tempfile::TempDir,
     address: SocketAddr,
     reloader: Reloader,
+    log: govbridge::exchange_log::ExchangeLog,
     config: PathBuf,
     stop: ShutdownTrigger,
 }
@@ -190,11 +191,13 @@ impl Partner {
             .unwrap();
         let address = bound.local_addr().unwrap();
         let reloader = bound.reloader();
+        let log = bound.exchange_log().cloned().unwrap();
         tokio::spawn(bound.serve(shutdown.wait()));
         Self {
             dir,
             address,
             reloader,
+            log,
             config,
             stop: trigger,
         }
@@ -670,5 +673,96 @@ async fn a_revoked_gateway_certificate_is_refused_by_the_partner() {
     }
     let refused = refused.expect("the revoked certificate still gets through");
     assert_eq!(instance(&refused).as_deref(), Some("SN"));
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn each_side_can_show_the_others_signed_record_of_the_exchange() {
+    let (partner, bed, _keys) = federated().await;
+    let ninea = bed.data.companies[0].ninea.to_string();
+    let mut registry = BusinessRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
+    let answer = registry
+        .get_company(get_company(&ninea, "TRADE-FINANCE"))
+        .await
+        .unwrap();
+    let request_id = answer
+        .metadata()
+        .get("bridge-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    // Senegal's outcome record holds Azerbaijan's index of the call.
+    let home = bed.sandbox.exchange_log().of_request(&request_id).unwrap();
+    let outcome = &home.last().unwrap().record;
+    assert_eq!(outcome.receipt_instance, "AZ");
+    let index = outcome.receipt_index.expect("a receipt");
+    assert_eq!(partner.records(&request_id)[0].request_id, request_id);
+    bed.exchange_log().checkpoint().await.unwrap();
+    partner.log.checkpoint().await.unwrap();
+
+    // Azerbaijan's operator proves its record; Senegal's checks it against
+    // its own.
+    let proof = partner.path("receipt.json");
+    let az_data = partner.path("data");
+    let run = |args: &[&str]| {
+        let output = support::govbridge(args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), text)
+    };
+    let (ok, text) = run(&[
+        "audit",
+        "prove",
+        "--data",
+        az_data.to_str().unwrap(),
+        "--index",
+        &index.to_string(),
+        "--out",
+        proof.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    let sn_data = bed.exchange_log().dir().to_owned();
+    let receipt = |partner_key: &Path| {
+        run(&[
+            "audit",
+            "receipt",
+            "--data",
+            sn_data.to_str().unwrap(),
+            "--request-id",
+            &request_id,
+            "--proof",
+            proof.to_str().unwrap(),
+            "--partner-key",
+            partner_key.to_str().unwrap(),
+            "--key",
+            sn_data.join("log-key.pub").to_str().unwrap(),
+        ])
+    };
+    let (ok, text) = receipt(&az_data.join("log-key.pub"));
+    assert!(ok, "{text}");
+    assert!(text.contains("of AZ's log"), "{text}");
+    assert!(text.contains("SN/GOV/GOVBRIDGE/gateway vouched"), "{text}");
+
+    // Under another key, or for another record, it does not hold.
+    let (ok, text) = receipt(&sn_data.join("log-key.pub"));
+    assert!(!ok, "{text}");
+    let (ok, text) = run(&[
+        "audit",
+        "prove",
+        "--data",
+        az_data.to_str().unwrap(),
+        "--index",
+        &(index + 1).to_string(),
+        "--out",
+        proof.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    let (ok, text) = receipt(&az_data.join("log-key.pub"));
+    assert!(!ok, "{text}");
+    assert!(text.contains(&format!("no record {index}")), "{text}");
     bed.stop().await;
 }

@@ -115,6 +115,26 @@ pub enum AuditCommand {
         #[arg(long, value_name = "PUBFILE")]
         key: PathBuf,
     },
+    /// Check a cross receipt: this instance's records of a call forwarded
+    /// to a partner instance, and the partner's proof of its own record of
+    /// the same call (`audit prove --index N` on its side, N being the
+    /// receipt index this log holds).
+    Receipt {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// The call (bridge-request-id).
+        #[arg(long, value_name = "ID")]
+        request_id: String,
+        /// The partner's proof bundle.
+        #[arg(long, value_name = "FILE")]
+        proof: PathBuf,
+        /// The partner's log public key.
+        #[arg(long, value_name = "PUBFILE")]
+        partner_key: PathBuf,
+        /// This log's public key; default DIR/log-key.pub.
+        #[arg(long, value_name = "PUBFILE")]
+        key: Option<PathBuf>,
+    },
     /// Prove that the log's latest checkpoint extends one saved earlier
     /// (with `audit checkpoint`).
     Consistency {
@@ -228,6 +248,13 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             prove(&data, archives.as_deref(), &key, out.as_deref())
         }
         AuditCommand::CheckProof { file, key } => check_proof(&file, &key),
+        AuditCommand::Receipt {
+            data,
+            request_id,
+            proof,
+            partner_key,
+            key,
+        } => receipt(&data, &request_id, &proof, &partner_key, key.as_deref()),
         AuditCommand::Consistency {
             data,
             archives,
@@ -471,6 +498,43 @@ fn check_proof(file: &Path, key: &Path) -> anyhow::Result<()> {
         );
         print!("{}", describe(bundle.index, &record));
     }
+    Ok(())
+}
+
+fn receipt(
+    data: &Path,
+    request_id: &str,
+    proof: &Path,
+    partner_key: &Path,
+    key: Option<&Path>,
+) -> anyhow::Result<()> {
+    let home_key = load_verifier(data, key)?;
+    let partner_verifier = Verifier::read(partner_key).map_err(anyhow::Error::msg)?;
+    let home =
+        verify::prove_with_archives(data, None, &RecordKey::RequestId(request_id.to_owned()))
+            .with_context(|| data.join(DATABASE_FILE).display().to_string())?;
+    let text = std::fs::read_to_string(proof)
+        .with_context(|| format!("{}: cannot read", proof.display()))?;
+    let partner = ProofBundle::parse_all(&text).with_context(|| proof.display().to_string())?;
+    let receipt = verify::check_receipt(&home, &home_key, &partner, &partner_verifier)
+        .with_context(|| format!("request {request_id}"))?;
+    let (home_index, record) = &receipt.home;
+    let (partner_index, theirs) = &receipt.partner;
+    println!(
+        "OK: request {request_id} is record {home_index} of the log {} and record \
+         {partner_index} of {}'s log {}, each under a checkpoint its own key signed",
+        home_key.name(),
+        record.receipt_instance,
+        partner_verifier.name()
+    );
+    println!(
+        "{} called {} at {}; {} vouched for the caller there, which {} the call",
+        record.caller,
+        record.method,
+        record.provider,
+        theirs.via_gateway,
+        if theirs.allowed { "allowed" } else { "refused" }
+    );
     Ok(())
 }
 

@@ -897,6 +897,96 @@ pub fn check_bundle(
     })
 }
 
+/// A cross receipt, checked: this instance's records of a call it
+/// forwarded to a partner instance, and the partner's record of the same
+/// call, each under a checkpoint its own log signed.
+#[derive(Debug, Clone)]
+pub struct CrossReceipt {
+    /// This instance's outcome record of the call, and its index.
+    pub home: (u64, ExchangeRecord),
+    /// The partner's record the outcome names, and its index.
+    pub partner: (u64, ExchangeRecord),
+}
+
+/// Why a cross receipt does not hold.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiptError {
+    #[error("this instance's proof: {0}")]
+    Home(BundleError),
+    #[error("the partner's proof: {0}")]
+    Partner(BundleError),
+    #[error("{0}")]
+    Missing(String),
+    #[error("the partner's record {index} is not this call: {what}")]
+    Mismatch { index: u64, what: String },
+}
+
+/// Checks a cross receipt: `home`, this instance's proofs of a call's
+/// records (`audit prove --request-id` here), under `home_key`; `partner`,
+/// the partner's proof of the record this instance's outcome names
+/// (`audit prove --index` there), under `partner_key`. The two records
+/// must be the same call: request id, caller, method and provider, and
+/// the partner's must say a gateway of the caller's instance vouched for
+/// it.
+pub fn check_receipt(
+    home: &[ProofBundle],
+    home_key: &Verifier,
+    partner: &[ProofBundle],
+    partner_key: &Verifier,
+) -> Result<CrossReceipt, ReceiptError> {
+    let mut outcome = None;
+    for bundle in home {
+        let record = check_bundle(bundle, home_key).map_err(ReceiptError::Home)?;
+        if record.receipt_index.is_some() {
+            outcome = Some((bundle.index, record));
+        }
+    }
+    let (home_index, home_record) = outcome.ok_or_else(|| {
+        ReceiptError::Missing(
+            "no record of this call names a partner's receipt (was it forwarded to a partner \
+             instance, and has it ended?)"
+                .to_owned(),
+        )
+    })?;
+    let wanted = home_record.receipt_index.unwrap_or_default();
+    let bundle = partner
+        .iter()
+        .find(|bundle| bundle.index == wanted)
+        .ok_or_else(|| {
+            ReceiptError::Missing(format!(
+                "the partner's proofs hold no record {wanted}, the one {} logged this call at",
+                home_record.receipt_instance
+            ))
+        })?;
+    let theirs = check_bundle(bundle, partner_key).map_err(ReceiptError::Partner)?;
+    let mismatch = |what: String| ReceiptError::Mismatch {
+        index: wanted,
+        what,
+    };
+    for (field, ours, other) in [
+        ("request id", &home_record.request_id, &theirs.request_id),
+        ("caller", &home_record.caller, &theirs.caller),
+        ("method", &home_record.method, &theirs.method),
+        ("provider", &home_record.provider, &theirs.provider),
+    ] {
+        if ours != other {
+            return Err(mismatch(format!("{field} {other}, here {ours}")));
+        }
+    }
+    let caller_instance = home_record.caller.split('/').next().unwrap_or_default();
+    if theirs.via_gateway.split('/').next() != Some(caller_instance) || theirs.assertion.is_empty()
+    {
+        return Err(mismatch(format!(
+            "it was not vouched for by a gateway of {caller_instance} (via `{}`)",
+            theirs.via_gateway
+        )));
+    }
+    Ok(CrossReceipt {
+        home: (home_index, home_record),
+        partner: (wanted, theirs),
+    })
+}
+
 /// A checked proof that the log's latest checkpoint extends an older one.
 #[derive(Debug, Clone)]
 pub struct Consistency {

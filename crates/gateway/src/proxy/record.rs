@@ -199,6 +199,13 @@ impl CallRecord {
         record.assertion = sealed.to_str().unwrap_or_default().to_owned();
     }
 
+    /// The partner instance's gateway the call went to logged it at
+    /// `index` of its own log.
+    pub fn receipt(&mut self, instance: &str, index: u64) {
+        instance.clone_into(&mut self.record.receipt_instance);
+        self.record.receipt_index = Some(index);
+    }
+
     /// The citizen's consent the call runs under.
     pub fn consented(&mut self, consent_id: &str) {
         consent_id.clone_into(&mut self.record.consent_id);

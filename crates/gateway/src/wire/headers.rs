@@ -336,6 +336,11 @@ pub fn federated_headers(
     }
 }
 
+/// The `bridge-audit-index` of a response, if it has a valid one.
+pub fn audit_index(headers: &HeaderMap) -> Option<u64> {
+    headers.get(BRIDGE_AUDIT_INDEX)?.to_str().ok()?.parse().ok()
+}
+
 /// Removes the `bridge-*` headers of a partner gateway's response but its
 /// refusal: `bridge-error`, then named as `partner`'s (`bridge-instance`).
 pub fn keep_partner_refusal(headers: &mut HeaderMap, partner: &str) {

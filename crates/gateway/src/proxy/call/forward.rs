@@ -136,8 +136,17 @@ impl Call<'_> {
             sent.map_err(|error| call_end.refusal().unwrap_or_else(|| error.into()))?;
         call_end.hold(response.extensions_mut().remove::<Load>());
         match provider.partner() {
-            // A partner's refusal passes, named as the partner's.
-            Some(partner) => headers::keep_partner_refusal(response.headers_mut(), partner),
+            Some(partner) => {
+                // The partner's index of the call: its receipt, in ours.
+                if let (Some(record), Some(index)) = (
+                    self.record.as_mut(),
+                    headers::audit_index(response.headers()),
+                ) {
+                    record.receipt(partner, index);
+                }
+                // A partner's refusal passes, named as the partner's.
+                headers::keep_partner_refusal(response.headers_mut(), partner);
+            }
             None => headers::strip_bridge_headers(response.headers_mut()),
         }
         if let Some(record) = self.record.as_mut() {
