@@ -14,213 +14,46 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use govbridge::agencies::{Agency, Dataset};
-use govbridge::bench::echo::EchoBackend;
-use govbridge::config::{Config, ConfigBuilder};
 use govbridge::exchange_log::ExchangeRecord;
 use govbridge::exchange_log::store::Store;
 use govbridge::federation::Assertion;
 use govbridge::identity::MemberId;
-use govbridge::identity::tls::{ClientTls, ServerTls};
-use govbridge::launch::{BoundAgency, Shutdown, ShutdownTrigger};
+use govbridge::identity::tls::ClientTls;
+use govbridge::launch::{Shutdown, ShutdownTrigger};
 use govbridge::note::SigningKey;
-use govbridge::pki::{CertificateAuthority, LeafRequest};
+use govbridge::partner::{self as federation, PartnerInstance};
 use govbridge::proto::business::v1::GetCompanyRequest;
 use govbridge::proto::business::v1::business_registry_client::BusinessRegistryClient;
-use govbridge::proxy::{Gateway, Reloader};
 use support::{Bed, H2Client, bridge_error, raw_call};
 
 const BUSINESS: &str = "govbridge.business.v1.BusinessRegistry";
 const GET_COMPANY: &str = "/govbridge.business.v1.BusinessRegistry/GetCompany";
-const AZ_GATEWAY: &str = "AZ/GOV/BRIDGE/gateway";
 const AZ_REGISTRY: &str = "AZ/GOV/ASAN/business-registry";
 const SN_GATEWAY: &str = "SN/GOV/GOVBRIDGE/gateway";
 const CBAO: &str = "SN/COM/CBAO/kyc";
 const TAX: &str = "govbridge.tax.v1.TaxAuthority";
 const AZ_TAX: &str = "AZ/GOV/VERGI/tax-authority";
-const ECHO: &str = "govbridge.bench.v1.Echo";
-const AZ_ECHO: &str = "AZ/GOV/BRIDGE/echo";
 
 fn member(id: &str) -> MemberId {
     MemberId::parse(id).unwrap()
 }
 
-/// A federation key and its verifier (`NAME.key`, `NAME.pub`) in `dir`.
-fn federation_key(dir: &Path, name: &str) -> PathBuf {
-    let key = SigningKey::generate(name).unwrap();
-    let path = dir.join(format!("{name}.key"));
-    govbridge::keys::write_file(&path, key.to_pem().as_bytes(), 0o600).unwrap();
-    govbridge::keys::write_file(
-        &path.with_extension("pub"),
-        format!("{}\n", key.verifier()).as_bytes(),
-        0o644,
-    )
-    .unwrap();
-    path
-}
-
-/// Azerbaijan's instance: a CA of its own, its business registry (the
-/// mock agency, under an Azerbaijani member id) and its gateway, whose
-/// policies let Senegal's licensed banks read companies for trade finance.
+/// Azerbaijan's instance ([`PartnerInstance`]): its own CA, gateway,
+/// policies, log, registry, tax authority and echo backend.
 struct Partner {
-    dir: tempfile::TempDir,
-    address: SocketAddr,
-    reloader: Reloader,
-    log: govbridge::exchange_log::ExchangeLog,
-    config: PathBuf,
+    instance: PartnerInstance,
     stop: ShutdownTrigger,
+    _dir: tempfile::TempDir,
 }
 
 impl Partner {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let pki = dir.path().join("pki");
-        let ca = CertificateAuthority::generate("Azerbaijan test CA").unwrap();
-        ca.write(&pki).unwrap();
-        let gateway = member(AZ_GATEWAY);
-        let server = |id: &MemberId, name: &str| {
-            let request = LeafRequest {
-                member: Some(id.clone()),
-                ..LeafRequest::loopback_server(name)
-            };
-            ca.issue(&request).unwrap().write(&pki, name).unwrap()
-        };
-        server(&gateway, "gateway");
-        ca.issue(&LeafRequest::member(&gateway))
-            .unwrap()
-            .write(&pki, "gateway-upstream")
-            .unwrap();
-        federation_key(dir.path(), "AZ-federation");
-        govbridge::dev::write_descriptors(dir.path()).unwrap();
-
-        let (trigger, shutdown) = Shutdown::new();
-        let backend_tls = |id: &MemberId, name: &str| {
-            let (certificate, private_key) = server(id, name);
-            ServerTls {
-                certificate,
-                private_key,
-                client_ca: pki.join("ca.pem"),
-                crls: Vec::new(),
-                crl_grace: Duration::ZERO,
-                partners: Vec::new(),
-            }
-        };
-        let data = Arc::new(Dataset::generate(support::SEED));
-        let mut backends = Vec::new();
-        for (agency, id, name) in [
-            (Agency::BusinessRegistry, AZ_REGISTRY, "registry"),
-            (Agency::Tax, AZ_TAX, "tax"),
-        ] {
-            let tls = backend_tls(&member(id), name);
-            let loopback = "127.0.0.1:0".parse().unwrap();
-            let bound =
-                BoundAgency::bind(agency, loopback, &tls, gateway.clone(), data.clone(), None)
-                    .await
-                    .unwrap();
-            backends.push((member(id), bound.local_addr().unwrap()));
-            tokio::spawn(bound.serve(shutdown.clone().wait()));
-        }
-        let echo = EchoBackend::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            &backend_tls(&member(AZ_ECHO), "echo"),
-        )
-        .await
-        .unwrap();
-        backends.push((member(AZ_ECHO), echo.local_addr().unwrap()));
-        tokio::spawn(echo.serve(shutdown.clone().wait()));
-
-        let policies = dir.path().join("policies");
-        std::fs::create_dir_all(&policies).unwrap();
-        let (schema_name, schema) = govbridge::dev::DEV_POLICIES[0];
-        std::fs::write(policies.join(schema_name), schema).unwrap();
-        std::fs::write(
-            policies.join("senegal.cedar"),
-            format!(
-                "// Senegal's licensed banks read Azerbaijani companies, for trade finance.\n\
-                 @id(\"sn-banks-read-companies-for-trade-finance\")\n\
-                 permit (\n  principal in Group::\"sn-banks\",\n  \
-                 action in Action::\"{BUSINESS}\",\n  \
-                 resource == Provider::\"{AZ_REGISTRY}\"\n)\n\
-                 when {{ context.purpose == \"TRADE-FINANCE\" }};\n\n\
-                 @id(\"sn-banks-use-tax-and-echo\")\n\
-                 permit (principal in Group::\"sn-banks\", action, resource)\n\
-                 when {{ (resource == Provider::\"{AZ_TAX}\" || resource == Provider::\"{AZ_ECHO}\")\n\
-                 && context.purpose == \"TRADE-FINANCE\" }};\n"
-            ),
-        )
-        .unwrap();
-
-        let mut config = ConfigBuilder::new("gw-baku-1", &gateway);
-        config
-            .server_tls(
-                &pki.join("gateway.pem"),
-                &pki.join("gateway.key"),
-                &pki.join("ca.pem"),
-                &[],
-            )
-            .upstream_tls(
-                &pki.join("gateway-upstream.pem"),
-                &pki.join("gateway-upstream.key"),
-                &pki.join("ca.pem"),
-            )
-            .policy(&policies.join(schema_name), &policies)
-            .exchange_log_in(Path::new("data"))
-            .purpose("TRADE-FINANCE", "Trade finance")
-            .purpose("CREDIT-SCORING", "Credit scoring")
-            .member(&member(CBAO), "CBAO, a Senegalese bank", &["sn-banks"]);
-        for ((id, address), (service, descriptor)) in backends.iter().zip([
-            (BUSINESS, "descriptors/business.binpb"),
-            (TAX, "descriptors/tax.binpb"),
-            (ECHO, "descriptors/bench.binpb"),
-        ]) {
-            config
-                .member(id, id.as_str(), &[])
-                .provider(id, [*address])
-                .service(service, std::slice::from_ref(id))
-                .descriptor(service, Path::new(descriptor));
-        }
-        let mut table = config.into_table();
-        table["gateway"]
-            .as_table_mut()
-            .unwrap()
-            .insert("federation_key".into(), "AZ-federation.key".into());
-        let config = dir.path().join("govbridge.toml");
-        std::fs::write(&config, toml::to_string(&table).unwrap()).unwrap();
-        let bound = Gateway::bind(&Config::load(&config).unwrap())
-            .await
-            .unwrap();
-        let address = bound.local_addr().unwrap();
-        let reloader = bound.reloader();
-        let log = bound.exchange_log().cloned().unwrap();
-        tokio::spawn(bound.serve(shutdown.wait()));
-        Self {
-            dir,
-            address,
-            reloader,
-            log,
-            config,
-            stop: trigger,
-        }
-    }
-
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.instance.path(name)
     }
 
-    /// Trusts Senegal: its CA (`ca`, with the CRL beside it), its gateway
-    /// and its federation key (`key`, the `.pub` beside it). Applied by a
-    /// reload, as an operator would.
-    fn federate_with_senegal(&self, ca: &Path, key: &Path) {
-        let mut text = std::fs::read_to_string(&self.config).unwrap();
-        text.push_str(&format!(
-            "\n[federation.SN]\nca = \"{}\"\ncrls = [\"{}\"]\ngateway = \"{SN_GATEWAY}\"\n\
-             endpoints = [\"https://127.0.0.1:9\"]\nkey = \"{}\"\n",
-            ca.display(),
-            ca.with_file_name("crl.pem").display(),
-            key.with_extension("pub").display()
-        ));
-        std::fs::write(&self.config, text).unwrap();
-        self.reloader.reload().unwrap();
+    /// A company of Azerbaijan's registry.
+    fn company(&self) -> String {
+        self.instance.dataset().companies[0].ninea.to_string()
     }
 
     /// The records Azerbaijan's gateway logged for `request_id`.
@@ -247,13 +80,21 @@ impl Partner {
     }
 }
 
-/// Both instances, federated: Senegal's gateway reaches the Azerbaijani
-/// registry as a second provider of the business registry service
-/// (callers pick it with `bridge-target`).
+/// Both instances, federated: Senegal's gateway reaches Azerbaijan's
+/// providers as further providers of its services (callers pick them with
+/// `bridge-target`), and Azerbaijan trusts Senegal's gateway. Senegal's
+/// policies allow everything but KYC abroad. The third value holds
+/// Senegal's federation key (`SN-federation.key`).
 async fn federated() -> (Partner, Bed, tempfile::TempDir) {
-    let partner = Partner::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (stop, shutdown) = Shutdown::new();
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let instance = PartnerInstance::start(dir.path(), loopback, loopback, support::SEED, &shutdown)
+        .await
+        .unwrap();
     let keys = tempfile::tempdir().unwrap();
-    let sn_key = federation_key(keys.path(), "SN-federation");
+    let sn_key = keys.path().join("SN-federation.key");
+    federation::write_federation_key(&sn_key, "SN").unwrap();
     let policies = keys.path().join("policies");
     std::fs::create_dir_all(&policies).unwrap();
     std::fs::write(
@@ -268,29 +109,28 @@ async fn federated() -> (Partner, Bed, tempfile::TempDir) {
     .unwrap();
     let bed = Bed::builder()
         .policies(&policies)
-        .config(format!(
-            "[gateway]\nfederation_key = \"{}\"\n\n\
-             [federation.AZ]\nca = \"{}\"\ngateway = \"{AZ_GATEWAY}\"\n\
-             endpoints = [\"https://{}\"]\nkey = \"{}\"\n\n\
-             [members.\"{AZ_REGISTRY}\"]\nname = \"ASAN business registry\"\n\n\
-             [members.\"{AZ_TAX}\"]\nname = \"State Tax Service\"\n\n\
-             [members.\"{AZ_ECHO}\"]\nname = \"An echo\"\n\n\
-             [providers.\"{AZ_REGISTRY}\"]\n\n[providers.\"{AZ_TAX}\"]\n\n\
-             [providers.\"{AZ_ECHO}\"]\n\n\
-             [services.\"{BUSINESS}\"]\n\
-             providers = [\"SN/GOV/APIX/business-registry\", \"{AZ_REGISTRY}\"]\n\n\
-             [services.\"{TAX}\"]\nproviders = [\"SN/GOV/DGID/tax\", \"{AZ_TAX}\"]\n\n\
-             [services.\"{ECHO}\"]\nproviders = [\"{AZ_ECHO}\"]\n\
-             descriptor = \"descriptors/bench.binpb\"\n\n\
-             [purposes]\nTRADE-FINANCE = \"Trade finance\"\n",
-            sn_key.display(),
-            partner.path("pki/ca.pem").display(),
-            partner.address,
-            partner.path("AZ-federation.pub").display(),
+        .config(instance.home_fragment(
+            &sn_key,
+            &[
+                ("SN/GOV/APIX/business-registry", BUSINESS),
+                ("SN/GOV/DGID/tax", TAX),
+            ],
         ))
         .start()
         .await;
-    partner.federate_with_senegal(&bed.ca_certificate(), &sn_key);
+    instance
+        .federate(&federation::Home {
+            ca: bed.ca_certificate(),
+            gateway: member(SN_GATEWAY),
+            endpoint: bed.gateway,
+            key: sn_key,
+        })
+        .unwrap();
+    let partner = Partner {
+        instance,
+        stop,
+        _dir: dir,
+    };
     (partner, bed, keys)
 }
 
@@ -317,7 +157,7 @@ fn instance(status: &tonic::Status) -> Option<String> {
 #[tokio::test]
 async fn a_call_crosses_the_border_and_both_instances_log_it() {
     let (partner, bed, _) = federated().await;
-    let ninea = bed.data.companies[0].ninea.to_string();
+    let ninea = partner.company();
     let mut registry = BusinessRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
 
     let answer = registry
@@ -352,7 +192,7 @@ async fn a_call_crosses_the_border_and_both_instances_log_it() {
     assert_eq!(decision.reason, "dossier 2025-0042");
     assert_eq!(
         decision.policies,
-        ["sn-banks-read-companies-for-trade-finance"]
+        ["sn-banks-use-business-for-trade-finance"]
     );
     assert!(!decision.assertion.is_empty());
     assert_eq!(abroad[1].grpc_status, 0);
@@ -361,8 +201,8 @@ async fn a_call_crosses_the_border_and_both_instances_log_it() {
 
 #[tokio::test]
 async fn each_instance_refuses_by_its_own_policies_and_says_so() {
-    let (_partner, bed, _) = federated().await;
-    let ninea = bed.data.companies[0].ninea.to_string();
+    let (partner, bed, _) = federated().await;
+    let ninea = partner.company();
     let mut registry = BusinessRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
 
     // Senegal's policies keep KYC at home.
@@ -403,7 +243,9 @@ async fn a_foreign_member_cannot_call_straight_in() {
         &bed.pki.join("member-cbao-kyc.pem"),
         &bed.pki.join("member-cbao-kyc.key"),
     );
-    let mut client = H2Client::connect(partner.address, tls).await.unwrap();
+    let mut client = H2Client::connect(partner.instance.address(), tls)
+        .await
+        .unwrap();
     let response = raw_call(
         &mut client,
         GET_COMPANY,
@@ -442,10 +284,11 @@ async fn assertions_are_checked_and_used_once() {
         reason: None,
         user_id: None,
     };
+    let address = partner.instance.address();
     let call = |sealed: String| {
         let tls = tls.clone();
         async move {
-            let mut client = H2Client::connect(partner.address, tls).await.unwrap();
+            let mut client = H2Client::connect(address, tls).await.unwrap();
             let request = http::Request::post(GET_COMPANY)
                 .header("content-type", "application/grpc")
                 .header("te", "trailers")
@@ -595,7 +438,7 @@ async fn streams_of_every_kind_cross_the_border() {
 #[tokio::test]
 async fn a_partner_down_is_unavailable_at_once_and_home_goes_on() {
     let (partner, bed, _keys) = federated().await;
-    let ninea = bed.data.companies[0].ninea.to_string();
+    let ninea = partner.company();
     let channel = bed.channel_as(CBAO).await.unwrap();
     let mut registry = BusinessRegistryClient::new(channel);
     partner.stop.trigger();
@@ -629,7 +472,7 @@ async fn a_partner_down_is_unavailable_at_once_and_home_goes_on() {
     // Senegal's own registry still answers.
     let mut home = support::declared(
         GetCompanyRequest {
-            ninea: ninea.clone(),
+            ninea: bed.data.companies[0].ninea.to_string(),
         },
         "TRADE-FINANCE",
     );
@@ -644,7 +487,7 @@ async fn a_partner_down_is_unavailable_at_once_and_home_goes_on() {
 #[tokio::test]
 async fn a_revoked_gateway_certificate_is_refused_by_the_partner() {
     let (partner, bed, _keys) = federated().await;
-    let ninea = bed.data.companies[0].ninea.to_string();
+    let ninea = partner.company();
     let mut registry = BusinessRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
     registry
         .get_company(get_company(&ninea, "TRADE-FINANCE"))
@@ -654,7 +497,7 @@ async fn a_revoked_gateway_certificate_is_refused_by_the_partner() {
     // Senegal revokes its gateway's certificate; Azerbaijan reloads its
     // CRL and drops the connection that certificate opened.
     govbridge::pki::revoke(&bed.pki, &bed.pki.join("gateway-upstream.pem")).unwrap();
-    partner.reloader.reload().unwrap();
+    partner.instance.reloader().reload().unwrap();
     // A call racing the connection's close may fail as it is sent
     // (upstream-failed); once closed, no handshake passes.
     let mut refused = None;
@@ -679,7 +522,7 @@ async fn a_revoked_gateway_certificate_is_refused_by_the_partner() {
 #[tokio::test]
 async fn each_side_can_show_the_others_signed_record_of_the_exchange() {
     let (partner, bed, _keys) = federated().await;
-    let ninea = bed.data.companies[0].ninea.to_string();
+    let ninea = partner.company();
     let mut registry = BusinessRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
     let answer = registry
         .get_company(get_company(&ninea, "TRADE-FINANCE"))
@@ -699,7 +542,13 @@ async fn each_side_can_show_the_others_signed_record_of_the_exchange() {
     let index = outcome.receipt_index.expect("a receipt");
     assert_eq!(partner.records(&request_id)[0].request_id, request_id);
     bed.exchange_log().checkpoint().await.unwrap();
-    partner.log.checkpoint().await.unwrap();
+    partner
+        .instance
+        .exchange_log()
+        .unwrap()
+        .checkpoint()
+        .await
+        .unwrap();
 
     // Azerbaijan's operator proves its record; Senegal's checks it against
     // its own.

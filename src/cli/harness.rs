@@ -89,6 +89,11 @@ pub(super) enum HarnessCommand {
         /// PostgreSQL's server binaries: Debian's `postgresql` package).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
         nodes: u16,
+        /// Run a partner instance (Azerbaijan: its own CA, gateway on
+        /// 127.0.0.1:9443, policies, log and agencies, in DIR/az) federated
+        /// with this one.
+        #[arg(long)]
+        federation: bool,
     },
 }
 
@@ -152,9 +157,19 @@ pub(super) fn run(command: HarnessCommand, log_format: LogFormat) -> anyhow::Res
                 stop_with_parent,
             ))
         }
-        HarnessCommand::Dev { dir, faults, nodes } => {
+        HarnessCommand::Dev {
+            dir,
+            faults,
+            nodes,
+            federation,
+        } => {
             init_logging(log_format, otlp_of(None)?.as_ref(), "dev")?;
-            runtime()?.block_on(govbridge::dev::run(&dir, faults, usize::from(nodes)))
+            runtime()?.block_on(govbridge::dev::run(
+                &dir,
+                faults,
+                usize::from(nodes),
+                federation,
+            ))
         }
         HarnessCommand::Agency { name, config } => {
             init_logging(log_format, None, "")?;

@@ -5,6 +5,7 @@
 //! process until Ctrl-C or SIGTERM. Nothing here is meant for production:
 //! the CA key sits next to the certificates it signs.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -275,6 +276,75 @@ pub fn write_node_config(config_path: &Path, index: usize, url: &str) -> anyhow:
     Ok(path)
 }
 
+/// Writes `dir/federation.toml`: the dev configuration with what reaches
+/// `partner` (its CA, gateway and key; its providers as further providers
+/// of the services) and policies (`dir/policies-federation/`: the dev
+/// ones, and licensed banks calling the partner for trade finance).
+fn write_federated_config(
+    config_path: &Path,
+    config: &Config,
+    partner: &crate::partner::PartnerInstance,
+    key: &Path,
+) -> anyhow::Result<PathBuf> {
+    let text = std::fs::read_to_string(config_path)
+        .with_context(|| format!("cannot read {}", config_path.display()))?;
+    let mut table: toml::Table = text
+        .parse()
+        .with_context(|| format!("{}: not TOML", config_path.display()))?;
+    let home: Vec<(&str, &str)> = config
+        .services
+        .values()
+        .flat_map(|service| {
+            service
+                .providers
+                .iter()
+                .map(|provider| (provider.as_str(), service.name.as_str()))
+        })
+        .collect();
+    let fragment: toml::Table = partner.home_fragment(key, &home).parse()?;
+    merge(&mut table, fragment);
+    let dir = config_path.parent().unwrap_or(Path::new("."));
+    let policies = dir.join("policies-federation");
+    write_policies(&policies)?;
+    let providers: Vec<String> = crate::partner::PROVIDERS
+        .iter()
+        .map(|(id, _, _)| format!("resource == Provider::\"{id}\""))
+        .collect();
+    let abroad = format!(
+        "// Licensed banks may call the partner instance's services, for trade finance.\n\
+         @id(\"licensed-banks-trade-finance-abroad\")\n\
+         permit (principal in Group::\"licensed-banks\", action, resource)\n\
+         when {{ context.purpose == \"{}\" && ({}) }};\n",
+        crate::partner::PURPOSE,
+        providers.join(" || ")
+    );
+    pki::write_file(&policies.join("abroad.cedar"), abroad.as_bytes(), 0o644)?;
+    if let Some(policy) = table.get_mut("policy").and_then(toml::Value::as_table_mut) {
+        policy.insert("policies".into(), "policies-federation".into());
+    }
+    let path = dir.join("federation.toml");
+    let text = format!(
+        "# The dev configuration federated with a partner instance, written by \
+         `govbridge dev --federation` at each start: edits here last until the next start.\n{table}"
+    );
+    pki::write_file(&path, text.as_bytes(), 0o644)?;
+    Ok(path)
+}
+
+/// `from` merged into `into`: tables merge, other values replace.
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(existing)), toml::Value::Table(table)) => {
+                merge(existing, table);
+            }
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
 /// Copies the fleet log's signing key `key` into node data directory
 /// `data`, unless the node has one.
 pub(crate) fn share_key(key: &Path, data: &Path) -> anyhow::Result<()> {
@@ -295,12 +365,22 @@ pub(crate) fn share_key(key: &Path, data: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where `govbridge dev --federation` runs the partner instance's gateway
+/// and its admin endpoint.
+pub const PARTNER_LISTEN: ([u8; 4], u16) = ([127, 0, 0, 1], 9443);
+pub const PARTNER_ADMIN: ([u8; 4], u16) = ([127, 0, 0, 1], 9465);
+
 /// Runs every mock agency and the gateway until Ctrl-C or SIGTERM. With
 /// `faults`, the agencies fail on request (the `govbridge-fault` header,
 /// see [`crate::agencies::fault`]). With `nodes` above one, the gateway
 /// is a fleet of that many nodes on consecutive ports, sharing a
-/// throwaway PostgreSQL cluster in `dir/postgres`.
-pub async fn run(dir: &Path, faults: bool, nodes: usize) -> anyhow::Result<()> {
+/// throwaway PostgreSQL cluster in `dir/postgres`. With `federation`, a
+/// partner instance (Azerbaijan, [`crate::partner`]) runs in `dir/az`,
+/// federated with this one.
+pub async fn run(dir: &Path, faults: bool, nodes: usize, federation: bool) -> anyhow::Result<()> {
+    if federation && nodes > 1 {
+        anyhow::bail!("--federation runs one node of each instance: leave out --nodes");
+    }
     let config_path = prepare(dir)?;
     let config = Config::load(&config_path)?;
     let agencies = AgenciesConfig::load(&config_path)?;
@@ -339,6 +419,36 @@ pub async fn run(dir: &Path, faults: bool, nodes: usize) -> anyhow::Result<()> {
         (Some(cluster), configs)
     } else {
         (None, vec![config_path.clone()])
+    };
+    let partner = if federation {
+        let partner = crate::partner::PartnerInstance::start(
+            &dir.join("az"),
+            SocketAddr::from(PARTNER_LISTEN),
+            SocketAddr::from(PARTNER_ADMIN),
+            agencies.seed,
+            &shutdown,
+        )
+        .await
+        .context("starting the partner instance")?;
+        let key = dir.join("pki").join("federation.key");
+        crate::partner::write_federation_key(&key, config.gateway.identity.instance())?;
+        Some((partner, key))
+    } else {
+        None
+    };
+    let node_configs = match &partner {
+        Some((partner, key)) => {
+            // Trusted by the partner before this gateway starts calling it
+            // (its health checks first).
+            partner.federate(&crate::partner::Home {
+                ca: dir.join("pki").join(pki::CA_CERT),
+                gateway: config.gateway.identity.clone(),
+                endpoint: config.gateway.listen,
+                key: key.clone(),
+            })?;
+            vec![write_federated_config(&config_path, &config, partner, key)?]
+        }
+        None => node_configs,
     };
     // Stopped before the agencies, so that the calls they let finish can
     // still reach them.
@@ -408,6 +518,32 @@ pub async fn run(dir: &Path, faults: bool, nodes: usize) -> anyhow::Result<()> {
         agencies.seed,
         data.citizens.len()
     );
+    if let Some((partner, _)) = &partner {
+        let (_, home, _) = listening.first().context("no gateway started")?;
+        let admin = partner
+            .admin_addr()
+            .map(|admin| format!(", admin http://{admin}"))
+            .unwrap_or_default();
+        println!(
+            "partner instance {} gateway on https://{}{admin}, in {}",
+            crate::partner::INSTANCE,
+            partner.address(),
+            partner.path("").display()
+        );
+        let company = &partner.dataset().companies[0].ninea;
+        println!(
+            "  across the border   grpcurl -cacert {ca} -cert {cert} -key {key} \\\n    \
+             -H 'bridge-purpose: {purpose}' -H 'bridge-reason: letter of credit' \\\n    \
+             -H 'bridge-user-id: officer-17' \\\n    \
+             -H 'bridge-target: {provider}' -d '{{\"ninea\": \"{company}\"}}' \\\n    \
+             {home} govbridge.business.v1.BusinessRegistry/GetCompany",
+            ca = pki_dir.join(pki::CA_CERT).display(),
+            cert = pki_dir.join("member-cbao-kyc.pem").display(),
+            key = pki_dir.join("member-cbao-kyc.key").display(),
+            purpose = crate::partner::PURPOSE,
+            provider = crate::partner::PROVIDERS[0].0,
+        );
+    }
     println!("Stop with Ctrl-C.");
 
     termination_signal().await;

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod demo;
 pub mod dev;
 pub mod launch;
+pub mod partner;
 pub mod pki;
 pub mod postgres;
 pub mod sandbox;

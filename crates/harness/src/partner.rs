@@ -1,0 +1,379 @@
+//! A partner instance on this machine: Azerbaijan's, next to the dev
+//! (Senegalese) one, for `govbridge dev --federation` and the tests.
+//!
+//! The partner has everything of its own: a CA, its gateway's certificates
+//! and federation key, its policies (Senegal's licensed banks may read its
+//! business registry and use its tax authority, for trade finance), its
+//! exchange log, and its agencies (the business registry and the tax
+//! authority mocks, under Azerbaijani member ids) and an echo backend.
+//! [`PartnerInstance::home_fragment`] is what the home instance adds to
+//! its configuration to reach it; [`PartnerInstance::federate`] makes the
+//! partner trust the home instance in return.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use gateway::config::{Config, ConfigBuilder};
+use gateway::exchange_log::ExchangeLog;
+use gateway::identity::MemberId;
+use gateway::identity::tls::ServerTls;
+use gateway::note::SigningKey;
+use gateway::proxy::{Gateway, Reloader};
+
+use crate::agencies::{Agency, Dataset};
+use crate::bench::echo::EchoBackend;
+use crate::launch::{BoundAgency, Shutdown};
+use crate::pki::{self, CertificateAuthority, LeafRequest};
+
+/// The partner's instance code.
+pub const INSTANCE: &str = "AZ";
+/// Its gateways' identity.
+pub const GATEWAY: &str = "AZ/GOV/BRIDGE/gateway";
+/// Its providers, with the service each publishes and its descriptor.
+pub const PROVIDERS: [(&str, &str, &str); 3] = [
+    (
+        "AZ/GOV/ASAN/business-registry",
+        "govbridge.business.v1.BusinessRegistry",
+        "business",
+    ),
+    (
+        "AZ/GOV/VERGI/tax-authority",
+        "govbridge.tax.v1.TaxAuthority",
+        "tax",
+    ),
+    ("AZ/GOV/BRIDGE/echo", "govbridge.bench.v1.Echo", "bench"),
+];
+/// The home instance's members the partner serves (group `sn-banks`).
+pub const HOME_MEMBERS: [&str; 2] = ["SN/COM/CBAO/kyc", "SN/COM/ECOBANK/kyc"];
+/// The purpose the partner's policies serve them for.
+pub const PURPOSE: &str = "TRADE-FINANCE";
+
+/// The name of an instance's federation key (and of its verifier).
+pub fn key_name(instance: &str) -> String {
+    format!("{instance}-federation")
+}
+
+/// Writes a federation key and its verifier (`path`, and `path` with the
+/// extension `.pub`), unless they exist.
+pub fn write_federation_key(path: &Path, instance: &str) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let key = SigningKey::generate(&key_name(instance))?;
+    pki::write_file(path, key.to_pem().as_bytes(), 0o600)?;
+    pki::write_file(
+        &path.with_extension("pub"),
+        format!("{}\n", key.verifier()).as_bytes(),
+        0o644,
+    )?;
+    Ok(())
+}
+
+/// What the partner must know of the home instance to trust it.
+#[derive(Debug, Clone)]
+pub struct Home {
+    /// Its CA certificate; the CRL beside it (`crl.pem`) when there is one.
+    pub ca: PathBuf,
+    /// Its gateway's identity.
+    pub gateway: MemberId,
+    /// Where its gateway listens.
+    pub endpoint: SocketAddr,
+    /// Its federation key (the `.pub` beside it is read).
+    pub key: PathBuf,
+}
+
+/// A running partner instance.
+#[derive(Clone)]
+pub struct PartnerInstance {
+    dir: PathBuf,
+    address: SocketAddr,
+    admin: Option<SocketAddr>,
+    config: PathBuf,
+    reloader: Reloader,
+    log: Option<ExchangeLog>,
+    agencies: Vec<(MemberId, SocketAddr)>,
+    data: Arc<Dataset>,
+}
+
+impl PartnerInstance {
+    /// Writes the partner's PKI, keys, policies and configuration under
+    /// `dir` and starts its backends and its gateway (on `listen`, admin on
+    /// `admin`), until `shutdown`. It trusts no other instance until
+    /// [`Self::federate`].
+    pub async fn start(
+        dir: &Path,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        seed: u64,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<Self> {
+        let pki = dir.join("pki");
+        let gateway = member(GATEWAY)?;
+        let ca = if pki.join(pki::CA_CERT).exists() {
+            CertificateAuthority::load(&pki)?
+        } else {
+            let ca = CertificateAuthority::generate("Azerbaijan dev CA")?;
+            ca.write(&pki)?;
+            pki::write_empty_crl(&ca, &pki)?;
+            ca
+        };
+        let server = |id: &MemberId, name: &str| -> anyhow::Result<(PathBuf, PathBuf)> {
+            let request = LeafRequest {
+                member: Some(id.clone()),
+                ..LeafRequest::loopback_server(name)
+            };
+            Ok(ca.issue(&request)?.write(&pki, name)?)
+        };
+        server(&gateway, "gateway")?;
+        ca.issue(&LeafRequest::member(&gateway))?
+            .write(&pki, "gateway-upstream")?;
+        write_federation_key(&pki.join("federation.key"), INSTANCE)?;
+        crate::dev::write_descriptors(dir)?;
+
+        // Its own synthetic data: another seed than the home instance's.
+        let data = Arc::new(Dataset::generate(seed.wrapping_add(1)));
+        let mut agencies = Vec::new();
+        for (index, (id, _, name)) in PROVIDERS.iter().enumerate() {
+            let id = member(id)?;
+            let (certificate, private_key) = server(&id, name)?;
+            let tls = ServerTls {
+                certificate,
+                private_key,
+                client_ca: pki.join(pki::CA_CERT),
+                crls: Vec::new(),
+                crl_grace: Duration::ZERO,
+                partners: Vec::new(),
+            };
+            let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+            let address = match index {
+                0 | 1 => {
+                    let agency = if index == 0 {
+                        Agency::BusinessRegistry
+                    } else {
+                        Agency::Tax
+                    };
+                    let bound = BoundAgency::bind(
+                        agency,
+                        loopback,
+                        &tls,
+                        gateway.clone(),
+                        data.clone(),
+                        None,
+                    )
+                    .await?;
+                    let address = bound.local_addr()?;
+                    tokio::spawn(bound.serve(shutdown.clone().wait()));
+                    address
+                }
+                _ => {
+                    let echo = EchoBackend::bind(loopback, &tls).await?;
+                    let address = echo.local_addr()?;
+                    tokio::spawn(echo.serve(shutdown.clone().wait()));
+                    address
+                }
+            };
+            agencies.push((id, address));
+        }
+
+        let policies = dir.join("policies");
+        let (schema_name, schema) = crate::dev::DEV_POLICIES[0];
+        pki::write_file(&policies.join(schema_name), schema.as_bytes(), 0o644)?;
+        pki::write_file(
+            &policies.join("home.cedar"),
+            home_policy().as_bytes(),
+            0o644,
+        )?;
+
+        let mut config = ConfigBuilder::new("gw-baku-1", &gateway);
+        config
+            .admin(admin)
+            .server_tls(
+                &pki.join("gateway.pem"),
+                &pki.join("gateway.key"),
+                &pki.join(pki::CA_CERT),
+                &[&pki.join(pki::CRL)],
+            )
+            .upstream_tls(
+                &pki.join("gateway-upstream.pem"),
+                &pki.join("gateway-upstream.key"),
+                &pki.join(pki::CA_CERT),
+            )
+            .policy(&policies.join(schema_name), &policies)
+            .exchange_log_in(Path::new("data"))
+            .purpose(PURPOSE, "Trade finance")
+            .purpose("CREDIT-SCORING", "Credit scoring")
+            .purpose("KYC", "Know your customer");
+        for id in HOME_MEMBERS {
+            config.member(&member(id)?, id, &["sn-banks"]);
+        }
+        for ((id, address), (_, service, descriptor)) in agencies.iter().zip(PROVIDERS) {
+            config
+                .member(id, id.as_str(), &[])
+                .provider(id, [*address])
+                .service(service, std::slice::from_ref(id))
+                .descriptor(
+                    service,
+                    &Path::new(crate::dev::DESCRIPTORS).join(format!("{descriptor}.binpb")),
+                );
+        }
+        let mut table = config.into_table();
+        if let Some(gateway) = table.get_mut("gateway").and_then(toml::Value::as_table_mut) {
+            gateway.insert("listen".into(), listen.to_string().into());
+            gateway.insert("federation_key".into(), "pki/federation.key".into());
+        }
+        let config = dir.join("govbridge.toml");
+        let text = format!(
+            "# The partner instance of `govbridge dev --federation`, written at each start.\n{}",
+            toml::to_string(&table)?
+        );
+        pki::write_file(&config, text.as_bytes(), 0o644)?;
+        let bound = Gateway::bind(&Config::load(&config)?).await?;
+        let address = bound.local_addr()?;
+        let admin = bound.admin_addr();
+        let reloader = bound.reloader();
+        let log = bound.exchange_log().cloned();
+        tokio::spawn(bound.serve(shutdown.clone().wait()));
+        Ok(Self {
+            dir: dir.to_owned(),
+            address,
+            admin,
+            config,
+            reloader,
+            log,
+            agencies,
+            data,
+        })
+    }
+
+    /// Trusts `home`, by a reload, as an operator would: its CA (and the
+    /// CRL beside it), its gateway and its federation key.
+    pub fn federate(&self, home: &Home) -> anyhow::Result<()> {
+        let mut text = std::fs::read_to_string(&self.config)
+            .with_context(|| format!("cannot read {}", self.config.display()))?;
+        let crl = home.ca.with_file_name(pki::CRL);
+        let crls = if crl.exists() {
+            format!("crls = [{}]\n", quote(&crl))
+        } else {
+            String::new()
+        };
+        text.push_str(&format!(
+            "\n[federation.{}]\nca = {}\n{crls}gateway = \"{}\"\nendpoints = [\"https://{}\"]\n\
+             key = {}\n",
+            home.gateway.instance(),
+            quote(&home.ca),
+            home.gateway,
+            home.endpoint,
+            quote(&home.key.with_extension("pub")),
+        ));
+        pki::write_file(&self.config, text.as_bytes(), 0o644)?;
+        self.reloader.reload()?;
+        Ok(())
+    }
+
+    /// What the home instance's configuration adds to reach this partner:
+    /// `[federation.AZ]`, the partner's providers (no endpoints: reached
+    /// through its gateway) as members, and `services` each published by
+    /// `home_providers` (the home's own, if any, first) and the partner's.
+    /// `key` is the home gateway's federation key.
+    pub fn home_fragment(&self, key: &Path, home_providers: &[(&str, &str)]) -> String {
+        let mut text = format!(
+            "[gateway]\nfederation_key = {}\n\n[federation.{INSTANCE}]\nca = {}\ncrls = [{}]\n\
+             gateway = \"{GATEWAY}\"\nendpoints = [\"https://{}\"]\nkey = {}\n\n\
+             [purposes]\n{PURPOSE} = \"Trade finance\"\n",
+            quote(key),
+            quote(&self.path("pki/ca.pem")),
+            quote(&self.path("pki/crl.pem")),
+            self.address,
+            quote(&self.path("pki/federation.pub")),
+        );
+        for (id, service, descriptor) in PROVIDERS {
+            let mut providers: Vec<String> = home_providers
+                .iter()
+                .filter(|(_, published)| *published == service)
+                .map(|(home, _)| format!("\"{home}\""))
+                .collect();
+            providers.push(format!("\"{id}\""));
+            text.push_str(&format!(
+                "\n[members.\"{id}\"]\nname = \"{id}\"\n\n[providers.\"{id}\"]\n\n\
+                 [services.\"{service}\"]\nproviders = [{}]\n\
+                 descriptor = \"{}/{descriptor}.binpb\"\n",
+                providers.join(", "),
+                crate::dev::DESCRIPTORS
+            ));
+        }
+        text
+    }
+
+    /// A file or directory of the partner's.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Where its gateway listens.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Its gateway's admin endpoint.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// Its exchange log.
+    pub fn exchange_log(&self) -> Option<&ExchangeLog> {
+        self.log.as_ref()
+    }
+
+    /// Its gateway's reloader.
+    pub fn reloader(&self) -> &Reloader {
+        &self.reloader
+    }
+
+    /// Its synthetic data.
+    pub fn dataset(&self) -> &Arc<Dataset> {
+        &self.data
+    }
+
+    /// Its backends: (provider, address).
+    pub fn agencies(&self) -> &[(MemberId, SocketAddr)] {
+        &self.agencies
+    }
+}
+
+impl std::fmt::Debug for PartnerInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartnerInstance")
+            .field("dir", &self.dir)
+            .field("address", &self.address)
+            .field("agencies", &self.agencies)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The partner's policy: the home instance's licensed banks read its
+/// registry and use its tax authority and echo, for trade finance.
+fn home_policy() -> String {
+    let mut text = String::from(
+        "// Senegal's licensed banks may call Azerbaijan's services, for trade finance only.\n",
+    );
+    for (id, service, name) in PROVIDERS {
+        text.push_str(&format!(
+            "\n@id(\"sn-banks-use-{name}-for-trade-finance\")\n\
+             permit (\n  principal in Group::\"sn-banks\",\n  action in Action::\"{service}\",\n  \
+             resource == Provider::\"{id}\"\n)\nwhen {{ context.purpose == \"{PURPOSE}\" }};\n"
+        ));
+    }
+    text
+}
+
+fn member(id: &str) -> anyhow::Result<MemberId> {
+    MemberId::parse(id).map_err(|error| anyhow::anyhow!("{id}: {error}"))
+}
+
+/// A path as a TOML string.
+fn quote(path: &Path) -> String {
+    toml::Value::String(path.display().to_string()).to_string()
+}
