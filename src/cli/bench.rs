@@ -42,6 +42,11 @@ pub enum BenchCommand {
     /// every gateway, how long each takes to apply it, and whether any
     /// call failed meanwhile.
     Directory(DirectoryArgs),
+    /// What the second hop adds: `govbridge dev --federation` driven in an
+    /// open loop, a company read from this instance's registry, then from
+    /// the partner instance's through its gateway; both latencies and
+    /// their difference.
+    Federation(FederationArgs),
     /// Serve the echo backend (used by `run` and `compare`).
     #[command(hide = true)]
     Echo {
@@ -232,6 +237,31 @@ pub struct DirectoryArgs {
     quiet: bool,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct FederationArgs {
+    /// Keep the dev directories here (default: a temporary directory,
+    /// removed afterwards). Its dev ports must be free (8443, 9443, ...).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Calls per second, each path (open loop).
+    #[arg(long, default_value_t = 500)]
+    rate: u64,
+    /// HTTP/2 connections of the load.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    warmup: Duration,
+    /// Measured, each path.
+    #[arg(long, default_value = "20s", value_parser = duration)]
+    duration: Duration,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
 fn duration(text: &str) -> Result<Duration, String> {
     parse_duration(text)
 }
@@ -286,6 +316,24 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             }
             let errors: u64 = report.runs.iter().map(|run| run.errors).sum();
             anyhow::ensure!(errors == 0, "{errors} calls failed: see WITH ERRORS above");
+            Ok(())
+        }),
+        BenchCommand::Federation(args) => runtime.block_on(async {
+            let options = govbridge::bench::federation::FederationOptions {
+                dir: args.dir,
+                exe: std::env::current_exe().context("finding the govbridge binary")?,
+                rate: args.rate,
+                connections: args.connections,
+                warmup: args.warmup,
+                duration: args.duration,
+                progress: !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            let report = govbridge::bench::federation::federation(&options).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", govbridge::bench::federation::render(&report));
+            }
             Ok(())
         }),
         BenchCommand::Directory(args) => runtime.block_on(async {

@@ -18,6 +18,8 @@
 //!   against one node's SQLite store.
 //! - [`directory`]: `govbridge bench directory`, publications of a large
 //!   global configuration reaching gateways that poll it, under load.
+//! - [`federation`]: `govbridge bench federation`, what the second hop
+//!   (a partner instance's gateway) adds to a call's latency.
 //! - [`soak`]: `govbridge bench soak`, everything on at saturation for a
 //!   long time, with the exchange log's disk, the process's memory and
 //!   files watched as it goes.
@@ -28,6 +30,7 @@
 pub mod compare;
 pub mod directory;
 pub mod echo;
+pub mod federation;
 pub mod fleet;
 pub mod load;
 pub mod process;
