@@ -494,14 +494,21 @@ async fn a_revoked_gateway_certificate_is_refused_by_the_partner() {
         .await
         .unwrap();
 
-    // Senegal revokes its gateway's certificate; Azerbaijan reloads its
-    // CRL and drops the connection that certificate opened.
+    // Azerbaijan's file watcher has taken in the federation's reload (its
+    // second: the first was `federate`'s), so that the next it makes is
+    // for the CRL.
+    let admin = partner.instance.admin_addr().unwrap();
+    let reloads = "govbridge_reloads_total{result=\"ok\"}";
+    support::wait_for_metric(admin, reloads, |value| value >= 2.0).await;
+    // Senegal revokes its gateway's certificate and publishes its CRL;
+    // Azerbaijan's gateway sees the file change, reloads it and drops the
+    // connection that certificate opened.
     govbridge::pki::revoke(&bed.pki, &bed.pki.join("gateway-upstream.pem")).unwrap();
-    partner.instance.reloader().reload().unwrap();
     // A call racing the connection's close may fail as it is sent
     // (upstream-failed); once closed, no handshake passes.
     let mut refused = None;
-    for _ in 0..100 {
+    for _ in 0..250 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
         let Err(status) = registry
             .get_company(get_company(&ninea, "TRADE-FINANCE"))
             .await
@@ -520,8 +527,8 @@ async fn a_revoked_gateway_certificate_is_refused_by_the_partner() {
 }
 
 #[tokio::test]
-async fn each_side_can_show_the_others_signed_record_of_the_exchange() {
-    let (partner, bed, _keys) = federated().await;
+async fn the_caller_side_can_show_the_partners_signed_record_of_the_exchange() {
+    let (partner, bed, keys) = federated().await;
     let ninea = partner.company();
     let mut registry = BusinessRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
     let answer = registry
@@ -575,7 +582,7 @@ async fn each_side_can_show_the_others_signed_record_of_the_exchange() {
     ]);
     assert!(ok, "{text}");
     let sn_data = bed.exchange_log().dir().to_owned();
-    let receipt = |partner_key: &Path| {
+    let receipt_with = |partner_key: &Path, federation_key: &Path| {
         run(&[
             "audit",
             "receipt",
@@ -589,16 +596,30 @@ async fn each_side_can_show_the_others_signed_record_of_the_exchange() {
             partner_key.to_str().unwrap(),
             "--key",
             sn_data.join("log-key.pub").to_str().unwrap(),
+            "--federation-key",
+            federation_key.to_str().unwrap(),
         ])
     };
+    let sn_federation = keys.path().join("SN-federation.pub");
+    let receipt = |partner_key: &Path| receipt_with(partner_key, &sn_federation);
     let (ok, text) = receipt(&az_data.join("log-key.pub"));
     assert!(ok, "{text}");
     assert!(text.contains("of AZ's log"), "{text}");
     assert!(text.contains("SN/GOV/GOVBRIDGE/gateway vouched"), "{text}");
 
-    // Under another key, or for another record, it does not hold.
+    // Under another key, or for another record, it does not hold; nor
+    // when the assertion it holds is not this instance's gateway's.
     let (ok, text) = receipt(&sn_data.join("log-key.pub"));
     assert!(!ok, "{text}");
+    let (ok, text) = receipt_with(
+        &az_data.join("log-key.pub"),
+        &partner.path("pki/federation.pub"),
+    );
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("no assertion of this instance's gateway"),
+        "{text}"
+    );
     let (ok, text) = run(&[
         "audit",
         "prove",

@@ -131,6 +131,11 @@ pub enum AuditCommand {
         /// The partner's log public key.
         #[arg(long, value_name = "PUBFILE")]
         partner_key: PathBuf,
+        /// This instance's federation verifier key (the `.pub` beside
+        /// `gateway.federation_key`): the partner's record must hold an
+        /// assertion signed with it.
+        #[arg(long, value_name = "PUBFILE")]
+        federation_key: PathBuf,
         /// This log's public key; default DIR/log-key.pub.
         #[arg(long, value_name = "PUBFILE")]
         key: Option<PathBuf>,
@@ -253,8 +258,15 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             request_id,
             proof,
             partner_key,
+            federation_key,
             key,
-        } => receipt(&data, &request_id, &proof, &partner_key, key.as_deref()),
+        } => receipt(
+            &data,
+            &request_id,
+            &proof,
+            [&partner_key, &federation_key],
+            key.as_deref(),
+        ),
         AuditCommand::Consistency {
             data,
             archives,
@@ -501,23 +513,32 @@ fn check_proof(file: &Path, key: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `audit receipt`; `keys` are the partner's log key and this instance's
+/// federation key.
 fn receipt(
     data: &Path,
     request_id: &str,
     proof: &Path,
-    partner_key: &Path,
+    [partner_key, federation_key]: [&Path; 2],
     key: Option<&Path>,
 ) -> anyhow::Result<()> {
     let home_key = load_verifier(data, key)?;
     let partner_verifier = Verifier::read(partner_key).map_err(anyhow::Error::msg)?;
+    let federation_verifier = Verifier::read(federation_key).map_err(anyhow::Error::msg)?;
     let home =
         verify::prove_with_archives(data, None, &RecordKey::RequestId(request_id.to_owned()))
             .with_context(|| data.join(DATABASE_FILE).display().to_string())?;
     let text = std::fs::read_to_string(proof)
         .with_context(|| format!("{}: cannot read", proof.display()))?;
     let partner = ProofBundle::parse_all(&text).with_context(|| proof.display().to_string())?;
-    let receipt = verify::check_receipt(&home, &home_key, &partner, &partner_verifier)
-        .with_context(|| format!("request {request_id}"))?;
+    let receipt = verify::check_receipt(
+        &home,
+        &home_key,
+        &partner,
+        &partner_verifier,
+        &federation_verifier,
+    )
+    .with_context(|| format!("request {request_id}"))?;
     let (home_index, record) = &receipt.home;
     let (partner_index, theirs) = &receipt.partner;
     println!(
@@ -528,11 +549,13 @@ fn receipt(
         partner_verifier.name()
     );
     println!(
-        "{} called {} at {}; {} vouched for the caller there, which {} the call",
+        "{} called {} at {}; {} vouched for the caller there, with an assertion signed by {}, \
+         and the partner {} the call",
         record.caller,
         record.method,
         record.provider,
         theirs.via_gateway,
+        federation_verifier.name(),
         if theirs.allowed { "allowed" } else { "refused" }
     );
     Ok(())

@@ -234,6 +234,11 @@ impl PartnerInstance {
         let address = bound.local_addr()?;
         let admin = bound.admin_addr();
         let reloader = bound.reloader();
+        // As an operator's gateway would: a CRL or key dropped in place
+        // takes effect.
+        reloader
+            .clone()
+            .reload_on_file_change(Duration::from_millis(100));
         let log = bound.exchange_log().cloned();
         tokio::spawn(bound.serve(shutdown.clone().wait()));
         Ok(Self {

@@ -421,8 +421,9 @@ pub struct Partner {
     pub gateway: MemberId,
     /// Where its gateways listen for this instance's calls.
     pub endpoints: Vec<Endpoint>,
-    /// The key its gateways' assertions are signed with.
+    /// The key its gateways' assertions are signed with, and its file.
     pub key: crate::note::Verifier,
+    pub key_file: PathBuf,
 }
 
 /// One backend address of a provider.

@@ -1239,6 +1239,7 @@ fn validate_federation(
                 gateway: gateway_id,
                 endpoints,
                 key: verifier,
+                key_file: key_path,
             },
         );
     }

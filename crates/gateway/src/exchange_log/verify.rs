@@ -925,19 +925,28 @@ pub enum ReceiptError {
 /// records (`audit prove --request-id` here), under `home_key`; `partner`,
 /// the partner's proof of the record this instance's outcome names
 /// (`audit prove --index` there), under `partner_key`. The two records
-/// must be the same call: request id, caller, method and provider, and
-/// the partner's must say a gateway of the caller's instance vouched for
-/// it.
+/// must be the same call (request id, caller, method and provider), and
+/// the partner's must hold the assertion this instance's gateway signed
+/// for it: it opens under `federation_key` (this instance's federation
+/// verifier) and says the same.
 pub fn check_receipt(
     home: &[ProofBundle],
     home_key: &Verifier,
     partner: &[ProofBundle],
     partner_key: &Verifier,
+    federation_key: &Verifier,
 ) -> Result<CrossReceipt, ReceiptError> {
     let mut outcome = None;
     for bundle in home {
         let record = check_bundle(bundle, home_key).map_err(ReceiptError::Home)?;
         if record.receipt_index.is_some() {
+            if outcome.is_some() {
+                return Err(ReceiptError::Missing(
+                    "several forwarded calls have this request id: a receipt cannot tell them \
+                     apart"
+                        .to_owned(),
+                ));
+            }
             outcome = Some((bundle.index, record));
         }
     }
@@ -973,13 +982,41 @@ pub fn check_receipt(
             return Err(mismatch(format!("{field} {other}, here {ours}")));
         }
     }
-    let caller_instance = home_record.caller.split('/').next().unwrap_or_default();
-    if theirs.via_gateway.split('/').next() != Some(caller_instance) || theirs.assertion.is_empty()
-    {
-        return Err(mismatch(format!(
-            "it was not vouched for by a gateway of {caller_instance} (via `{}`)",
-            theirs.via_gateway
-        )));
+    let assertion = crate::federation::Assertion::open(theirs.assertion.as_bytes(), federation_key)
+        .map_err(|error| {
+            mismatch(format!(
+                "it holds no assertion of this instance's gateway ({error})"
+            ))
+        })?;
+    for (field, asserted, ours) in [
+        (
+            "request id",
+            assertion.request_id.clone(),
+            &home_record.request_id,
+        ),
+        ("caller", assertion.caller.to_string(), &home_record.caller),
+        ("method", assertion.method.clone(), &home_record.method),
+        (
+            "provider",
+            assertion.provider.to_string(),
+            &home_record.provider,
+        ),
+        (
+            "instance",
+            assertion.to.clone(),
+            &home_record.receipt_instance,
+        ),
+        (
+            "gateway",
+            assertion.gateway.to_string(),
+            &theirs.via_gateway,
+        ),
+    ] {
+        if asserted != *ours {
+            return Err(mismatch(format!(
+                "its assertion says {field} {asserted}, not {ours}"
+            )));
+        }
     }
     Ok(CrossReceipt {
         home: (home_index, home_record),

@@ -68,9 +68,9 @@ pub enum AssertionError {
 }
 
 impl Assertion {
-    /// A fresh nonce.
+    /// A fresh nonce, from the operating system's random source.
     pub fn nonce() -> String {
-        format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+        uuid::Uuid::new_v4().simple().to_string()
     }
 
     /// The assertion's text: the note's body.
@@ -217,8 +217,16 @@ impl Assertion {
 /// issued up to as much ahead): one seen again is a replay.
 #[derive(Debug, Default)]
 pub struct ReplayGuard {
-    /// Nonce -> until when (Unix seconds) it is remembered.
-    seen: Mutex<HashMap<String, i64>>,
+    seen: Mutex<Seen>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    /// (asserting instance, nonce) -> until when (Unix seconds) it is
+    /// remembered.
+    nonces: HashMap<(String, String), i64>,
+    /// The size past which expired nonces are swept out.
+    sweep_at: usize,
 }
 
 impl ReplayGuard {
@@ -231,15 +239,18 @@ impl ReplayGuard {
         // Issued at most MAX_AGE ahead, accepted at most MAX_AGE after:
         // remembered until it could no longer be accepted.
         let until = assertion.issued.saturating_add(MAX_AGE_SECONDS + 1);
-        if seen.len() >= 4096 && seen.len().is_power_of_two() {
-            seen.retain(|_, until| *until >= now);
+        if seen.nonces.len() >= seen.sweep_at {
+            seen.nonces.retain(|_, until| *until >= now);
+            // Swept again once it has doubled: amortized, whatever arrives.
+            seen.sweep_at = (seen.nonces.len() * 2).max(4096);
         }
-        match seen.get(&assertion.nonce) {
+        let key = (assertion.from.clone(), assertion.nonce.clone());
+        match seen.nonces.get(&key) {
             Some(remembered) if *remembered >= now => {
                 Err(AssertionError::Replayed(assertion.nonce.clone()))
             }
             _ => {
-                seen.insert(assertion.nonce.clone(), until);
+                seen.nonces.insert(key, until);
                 Ok(())
             }
         }

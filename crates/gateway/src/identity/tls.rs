@@ -72,6 +72,15 @@ pub enum TlsError {
     },
     #[error("certificate verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error(
+        "{first} and {second} share a certificate authority ({subject}): an instance's CAs \
+         vouch for its members only, so no CA may be both, nor issue the other's"
+    )]
+    SharedAuthority {
+        first: PathBuf,
+        second: PathBuf,
+        subject: String,
+    },
     #[error("{path}: certificate and key do not make a usable identity: {source}")]
     Identity {
         path: PathBuf,
@@ -287,6 +296,22 @@ impl ServerTls {
         let verifier = if self.partners.is_empty() {
             own
         } else {
+            let mut authorities =
+                vec![(self.client_ca.clone(), load_certificates(&self.client_ca)?)];
+            for partner in &self.partners {
+                authorities.push((partner.ca.clone(), load_certificates(&partner.ca)?));
+            }
+            for (at, (first, mine)) in authorities.iter().enumerate() {
+                for (second, theirs) in &authorities[at + 1..] {
+                    if let Some(subject) = shared_authority(mine, theirs) {
+                        return Err(TlsError::SharedAuthority {
+                            first: first.clone(),
+                            second: second.clone(),
+                            subject,
+                        });
+                    }
+                }
+            }
             let partners = self
                 .partners
                 .iter()
@@ -323,6 +348,33 @@ impl ServerTls {
             client_verifier: verifier,
         })
     }
+}
+
+/// The subject of a CA that two instances' CA files share, or that one of
+/// them issued to the other: either would vouch for the other instance's
+/// identities.
+fn shared_authority(a: &[CertificateDer<'_>], b: &[CertificateDer<'_>]) -> Option<String> {
+    let names = |certificates: &[CertificateDer<'_>]| -> Vec<(Vec<u8>, Vec<u8>, String)> {
+        certificates
+            .iter()
+            .filter_map(|der| {
+                let (_, parsed) = X509Certificate::from_der(der).ok()?;
+                Some((
+                    parsed.subject().as_raw().to_vec(),
+                    parsed.issuer().as_raw().to_vec(),
+                    parsed.subject().to_string(),
+                ))
+            })
+            .collect()
+    };
+    let (a, b) = (names(a), names(b));
+    a.iter().find_map(|(subject, issuer, name)| {
+        b.iter()
+            .any(|(other_subject, other_issuer, _)| {
+                subject == other_subject || issuer == other_subject || other_issuer == subject
+            })
+            .then(|| name.clone())
+    })
 }
 
 /// Client certificates checked against the CAs of the instance they name:
@@ -632,5 +684,57 @@ mod tests {
             peer_of_chain(Some(&garbage)).member,
             Err(PeerIdentityError::Unparseable)
         );
+    }
+
+    /// A CA named `name`, self-signed, or issued by `issuer`.
+    fn authority(
+        name: &str,
+        issuer: Option<&rcgen::Issuer<'_, rcgen::KeyPair>>,
+    ) -> (CertificateDer<'static>, rcgen::KeyPair) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let certificate = match issuer {
+            Some(issuer) => params.signed_by(&key, issuer).unwrap(),
+            None => params.self_signed(&key).unwrap(),
+        };
+        (certificate.der().clone(), key)
+    }
+
+    /// Two instances' CAs may share no authority: not the same CA, nor
+    /// one issued by the other.
+    #[test]
+    fn instances_share_no_certificate_authority() {
+        let (senegal, senegal_key) = authority("Senegal CA", None);
+        let (azerbaijan, _) = authority("Azerbaijan CA", None);
+        assert_eq!(
+            shared_authority(
+                std::slice::from_ref(&senegal),
+                std::slice::from_ref(&azerbaijan)
+            ),
+            None
+        );
+        assert!(
+            shared_authority(
+                std::slice::from_ref(&senegal),
+                &[azerbaijan, senegal.clone()]
+            )
+            .is_some()
+        );
+        let issuer = rcgen::Issuer::from_ca_cert_der(&senegal, senegal_key).unwrap();
+        let (under_senegal, _) = authority("Azerbaijan CA", Some(&issuer));
+        assert_eq!(
+            shared_authority(
+                std::slice::from_ref(&senegal),
+                std::slice::from_ref(&under_senegal)
+            )
+            .as_deref(),
+            Some("CN=Senegal CA")
+        );
+        assert!(shared_authority(&[under_senegal], &[senegal]).is_some());
     }
 }

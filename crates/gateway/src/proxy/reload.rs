@@ -210,6 +210,21 @@ impl Reloader {
         ]);
         files.extend(gateway.crls.iter().cloned());
         files.extend(upstream.crls.iter().cloned());
+        // A partner's CAs, CRLs and key, and this gateway's own federation
+        // key: a revocation a partner publishes takes effect when its CRL
+        // is dropped in place.
+        let federation = &config.federation;
+        files.extend(
+            federation
+                .key
+                .iter()
+                .flat_map(|key| [key.clone(), key.with_extension("pub")]),
+        );
+        for partner in federation.partners.values() {
+            files.push(partner.ca.clone());
+            files.push(partner.key_file.clone());
+            files.extend(partner.crls.iter().cloned());
+        }
         files.extend(
             config
                 .services

@@ -386,10 +386,16 @@ fn certificates(config: &Config) -> Vec<(String, i64)> {
 /// update.
 fn crls(config: &Config) -> Vec<(String, i64)> {
     use crate::identity::tls;
-    let lists = [
-        ("gateway.tls.crls", &config.gateway.tls.crls),
-        ("upstream.crls", &config.upstream.tls.crls),
+    let mut lists = vec![
+        ("gateway.tls.crls".to_owned(), &config.gateway.tls.crls),
+        ("upstream.crls".to_owned(), &config.upstream.tls.crls),
     ];
+    for partner in config.federation.partners.values() {
+        lists.push((
+            format!("federation.{}.crls", partner.instance),
+            &partner.crls,
+        ));
+    }
     let mut crls = Vec::new();
     for (key, paths) in lists {
         for path in paths {

@@ -68,12 +68,14 @@ pub struct Connectors {
 }
 
 impl Connectors {
-    /// The connector to providers of `partner`, or to this instance's.
-    fn of(&self, partner: Option<&str>) -> Arc<UpstreamConnector> {
-        partner
-            .and_then(|partner| self.partners.get(partner))
-            .unwrap_or(&self.own)
-            .clone()
+    /// The connector to providers of `partner`, or to this instance's;
+    /// none for a partner without one (never trusting this instance's
+    /// CAs for a partner's gateway).
+    fn of(&self, partner: Option<&str>) -> Option<Arc<UpstreamConnector>> {
+        match partner {
+            Some(partner) => self.partners.get(partner).cloned(),
+            None => Some(self.own.clone()),
+        }
     }
 }
 
@@ -93,15 +95,20 @@ impl RouteTable {
         let pools: HashMap<MemberId, Arc<ProviderPool>> = config
             .providers
             .values()
-            .map(|provider| {
+            .filter_map(|provider| {
+                let Some(connector) = connectors.of(provider.partner.as_deref()) else {
+                    // Validation makes one per partner: never reached.
+                    tracing::error!(provider = %provider.id, "no connector to its partner instance");
+                    return None;
+                };
                 let before = previous.and_then(|table| table.pools.get(&provider.id));
                 let pool = ProviderPool::new(
                     provider,
-                    connectors.of(provider.partner.as_deref()),
+                    connector,
                     &config.upstream.pool,
                     before.map(AsRef::as_ref),
                 );
-                (provider.id.clone(), Arc::new(pool))
+                Some((provider.id.clone(), Arc::new(pool)))
             })
             .collect();
         let services = config

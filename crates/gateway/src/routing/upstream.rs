@@ -454,6 +454,9 @@ impl ProviderPool {
         settings: &PoolSettings,
         previous: Option<&ProviderPool>,
     ) -> Self {
+        // Connections were authenticated as whom the previous pool's
+        // endpoints had to be: kept only if that has not changed.
+        let previous = previous.filter(|pool| pool.presents == provider.presents);
         let endpoints = provider
             .endpoints
             .iter()

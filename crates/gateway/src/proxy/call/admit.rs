@@ -28,19 +28,48 @@ impl Call<'_> {
     /// answer and then its connection is closed. Limits come before any
     /// other work, so that shedding load is cheap (see
     /// [`GatewayError::is_limit_refusal`]).
+    ///
+    /// A partner gateway's calls count against the partner gateway's
+    /// limits (its entry in the registry, if it has one), taken before its
+    /// assertion is even read: a partner's flood is shed as any member's.
     pub(super) fn admit(&mut self, headers: &HeaderMap) -> Result<Admitted, GatewayError> {
-        let (caller, assertion) = match self.partner_of_peer() {
-            Some((partner, gateway)) => self.asserted(&partner, &gateway, headers)?,
-            None => (self.caller()?, None),
+        let limited = |call: &Self, member: &MemberId| {
+            call.state.limits.permit(member).inspect_err(|refused| {
+                call.conn.metrics.limit_refusal(member, refused.kind());
+            })
         };
-        let permit = self.state.limits.permit(&caller).inspect_err(|refused| {
-            self.conn.metrics.limit_refusal(&caller, refused.kind());
-        })?;
-        Ok(Admitted {
-            caller,
-            permit,
-            assertion,
-        })
+        match self.partner_of_peer() {
+            Some((partner, gateway)) => {
+                if gateway != partner.gateway {
+                    return Err(self.foreign_member(&partner, gateway));
+                }
+                let permit = limited(self, &gateway)?;
+                let (caller, assertion) = self.asserted(&partner, &gateway, headers)?;
+                Ok(Admitted {
+                    caller,
+                    permit,
+                    assertion,
+                })
+            }
+            None => {
+                let caller = self.caller()?;
+                let permit = limited(self, &caller)?;
+                Ok(Admitted {
+                    caller,
+                    permit,
+                    assertion: None,
+                })
+            }
+        }
+    }
+
+    /// A partner's member other than its gateway: refused, disconnected.
+    fn foreign_member(&self, partner: &Partner, member: MemberId) -> GatewayError {
+        self.conn.peer.control.close();
+        GatewayError::ForeignMember {
+            member,
+            instance: partner.instance.clone(),
+        }
     }
 
     /// The caller, checked against the registry and the policies of this
@@ -79,28 +108,30 @@ impl Call<'_> {
 
     /// The caller a partner's gateway asserts, once the assertion holds:
     /// signed by the partner, from this gateway's peer, for this call,
-    /// fresh and not seen before. Only the health service answers the
-    /// gateway itself, for its health checks.
+    /// fresh and not seen before. Of the gateway's own services, only
+    /// health answers a partner's gateway (itself, for its health
+    /// checks): a partner forwards calls to published services only.
     fn asserted(
         &mut self,
         partner: &Partner,
         peer: &MemberId,
         headers: &HeaderMap,
     ) -> Result<(MemberId, Option<Assertion>), GatewayError> {
-        if *peer != partner.gateway {
-            self.conn.peer.control.close();
-            return Err(GatewayError::ForeignMember {
-                member: peer.clone(),
-                instance: partner.instance.clone(),
-            });
-        }
         let path = self.uri.path();
-        let Some(value) = headers.get(BRIDGE_ASSERTION) else {
+        if crate::catalog::is_local(path) {
             let health = crate::catalog::split_path(path)
                 .is_some_and(|(service, _)| service == crate::catalog::HEALTH);
-            if health {
-                return Ok((peer.clone(), None));
-            }
+            return if health && !headers.contains_key(BRIDGE_ASSERTION) {
+                Ok((peer.clone(), None))
+            } else {
+                Err(AssertionError::Mismatch(format!(
+                    "is for {path}, a service of this gateway's own, which partners' gateways \
+                     do not forward"
+                ))
+                .into())
+            };
+        }
+        let Some(value) = headers.get(BRIDGE_ASSERTION) else {
             return Err(AssertionError::Missing.into());
         };
         let federation = &self.state.federation;

@@ -281,7 +281,9 @@ impl UpstreamHead {
                 &assertion.seal(key),
             );
         }
+        // A citizen's consent stays in its instance.
         if let Some(consent_use) = &exchange.consent_use
+            && exchange.routed.provider.partner().is_none()
             && let Ok(value) = HeaderValue::from_str(consent_use.consent_id())
         {
             headers.insert(headers::BRIDGE_CONSENT_ID, value);
