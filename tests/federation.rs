@@ -636,3 +636,39 @@ async fn the_caller_side_can_show_the_partners_signed_record_of_the_exchange() {
     assert!(text.contains(&format!("no record {index}")), "{text}");
     bed.stop().await;
 }
+
+#[tokio::test]
+async fn a_refusal_mid_stream_says_which_instance_made_it() {
+    use govbridge::proto::bench::v1::Payload;
+    use govbridge::proto::bench::v1::echo_client::EchoClient;
+
+    let (_partner, bed, _keys) = federated().await;
+    let mut echo = EchoClient::new(bed.channel_as(CBAO).await.unwrap());
+    // One round trip, then the caller keeps its side open past the call's
+    // deadline: the answer's headers have left, so the refusal comes in
+    // the trailers.
+    let (outbox, queue) = tokio::sync::mpsc::channel(1);
+    outbox
+        .send(Payload {
+            body: b"salam".to_vec(),
+        })
+        .await
+        .unwrap();
+    let mut request = support::declared(
+        tokio_stream::wrappers::ReceiverStream::new(queue),
+        "TRADE-FINANCE",
+    );
+    request.set_timeout(Duration::from_millis(300));
+    let mut answers = echo.bidi(request).await.unwrap().into_inner();
+    assert!(answers.message().await.unwrap().is_some());
+    let refused = answers.message().await.unwrap_err();
+    drop(outbox);
+    assert_eq!(refused.code(), tonic::Code::DeadlineExceeded, "{refused:?}");
+    assert_eq!(bridge_error(&refused).as_deref(), Some("deadline-exceeded"));
+    let instance = instance(&refused);
+    assert!(
+        matches!(instance.as_deref(), Some("SN" | "AZ")),
+        "{refused:?}"
+    );
+    bed.stop().await;
+}

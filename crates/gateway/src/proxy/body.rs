@@ -449,10 +449,42 @@ struct Relay {
     watchdog: AbortHandle,
     budget: std::time::Duration,
     provider: MemberId,
+    origin: Origin,
     /// The exchange-log side of the call, when the log is on.
     audit: Option<Audit>,
     /// Counts and logs the call when it ends; `None` once done.
     counted: Option<CallSummary>,
+}
+
+/// Who answers a relayed call's refusals: this gateway's instance for
+/// its own, and the partner's, when the call went to a partner instance's
+/// gateway, for the partner's.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// This gateway's instance, as `bridge-instance`.
+    pub instance: http::HeaderValue,
+    /// The partner instance the provider is reached through.
+    pub partner: Option<String>,
+}
+
+impl Origin {
+    /// Names this gateway's instance in the trailers of its own refusal.
+    fn own(&self, mut trailers: http::HeaderMap) -> http::HeaderMap {
+        trailers.insert(
+            crate::wire::headers::names::BRIDGE_INSTANCE,
+            self.instance.clone(),
+        );
+        trailers
+    }
+
+    /// The upstream's trailers as relayed: a backend's `bridge-*` dropped,
+    /// a partner gateway's refusal kept and named as the partner's.
+    fn relayed(&self, trailers: &mut http::HeaderMap) {
+        match &self.partner {
+            Some(partner) => crate::wire::headers::keep_partner_refusal(trailers, partner),
+            None => strip_bridge_headers(trailers),
+        }
+    }
 }
 
 /// A forwarded call's end: counted in the metrics and logged as one
@@ -687,7 +719,7 @@ impl ResponseBody {
         upstream: Incoming,
         call_end: CallEnd,
         deadline: Deadline,
-        provider: MemberId,
+        (provider, origin): (MemberId, Origin),
         audit: Option<Audit>,
         counted: Option<CallSummary>,
     ) -> Self {
@@ -717,6 +749,7 @@ impl ResponseBody {
                 watchdog,
                 budget: deadline.budget(),
                 provider,
+                origin,
                 audit,
                 counted,
             })),
@@ -754,7 +787,7 @@ impl Body for ResponseBody {
         if std::mem::take(&mut upstream.expired) {
             drop(upstream);
             let error = GatewayError::DeadlineExceeded(relay.budget);
-            let trailers = error.into_trailers();
+            let trailers = relay.origin.own(error.into_trailers());
             if let Some(counted) = relay.counted.take() {
                 counted.finish(Ending::Trailers(&trailers));
             }
@@ -779,7 +812,7 @@ impl Body for ResponseBody {
         let trailers = match frame {
             Some(Ok(frame)) => match frame.into_trailers() {
                 Ok(mut trailers) => {
-                    strip_bridge_headers(&mut trailers);
+                    relay.origin.relayed(&mut trailers);
                     Some(trailers)
                 }
                 Err(frame) => {
@@ -803,7 +836,7 @@ impl Body for ResponseBody {
                         provider: relay.provider.clone(),
                         detail: error.to_string(),
                     });
-                Some(error.into_trailers())
+                Some(relay.origin.own(error.into_trailers()))
             }
         };
         upstream.stream = None;

@@ -69,8 +69,9 @@ pub struct GatewayState {
 /// them.
 #[derive(Debug)]
 pub(super) struct Federation {
-    /// This gateway's instance.
+    /// This gateway's instance, and as `bridge-instance`.
     pub(super) instance: String,
+    pub(super) instance_header: http::HeaderValue,
     /// This gateway's identity, which its assertions name.
     pub(super) gateway: MemberId,
     /// The key its assertions are signed with.
@@ -228,6 +229,9 @@ impl GatewayState {
             directory: config.directory.clone(),
             federation: Federation {
                 instance: config.gateway.identity.instance().to_owned(),
+                // A member id's instance is a header value.
+                instance_header: http::HeaderValue::from_str(config.gateway.identity.instance())
+                    .unwrap_or_else(|_| http::HeaderValue::from_static("")),
                 gateway: config.gateway.identity.clone(),
                 key: config
                     .federation

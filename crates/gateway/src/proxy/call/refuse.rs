@@ -93,11 +93,10 @@ impl Call<'_> {
     /// gateway's instance, which refused it.
     fn refusal(&self, error: GatewayError) -> Response<ResponseBody> {
         let mut response = error.into_response(Some(&self.request_id));
-        if let Ok(instance) = http::HeaderValue::from_str(&self.state.federation.instance) {
-            response
-                .headers_mut()
-                .insert(crate::wire::headers::names::BRIDGE_INSTANCE, instance);
-        }
+        response.headers_mut().insert(
+            crate::wire::headers::names::BRIDGE_INSTANCE,
+            self.state.federation.instance_header.clone(),
+        );
         response
     }
 }

@@ -63,13 +63,17 @@ impl Call<'_> {
             self.trailers_only(response, call_end, summary).await?
         } else {
             let audit = self.record.take().map(Audit::new);
+            let origin = crate::proxy::body::Origin {
+                instance: self.state.federation.instance_header.clone(),
+                partner: routed.provider.partner().map(str::to_owned),
+            };
             let provider = provider.clone();
             response.map(|body| {
                 ResponseBody::relay(
                     body,
                     call_end,
                     routed.deadline,
-                    provider,
+                    (provider, origin),
                     audit,
                     Some(summary),
                 )
