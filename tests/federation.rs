@@ -124,6 +124,7 @@ async fn federated() -> (Partner, Bed, tempfile::TempDir) {
             gateway: member(SN_GATEWAY),
             endpoint: bed.gateway,
             key: sn_key,
+            log_key: Some(bed.exchange_log().dir().join("log-key.pub")),
         })
         .unwrap();
     let partner = Partner {
@@ -507,12 +508,14 @@ async fn a_revoked_gateway_certificate_is_refused_by_the_partner() {
     // A call racing the connection's close may fail as it is sent
     // (upstream-failed); once closed, no handshake passes.
     let mut refused = None;
+    let mut seen = Vec::new();
     for _ in 0..250 {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let Err(status) = registry
             .get_company(get_company(&ninea, "TRADE-FINANCE"))
             .await
         else {
+            seen.push("OK".to_owned());
             continue;
         };
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
@@ -520,8 +523,10 @@ async fn a_revoked_gateway_certificate_is_refused_by_the_partner() {
             refused = Some(status);
             break;
         }
+        seen.push(format!("{:?}", bridge_error(&status)));
     }
-    let refused = refused.expect("the revoked certificate still gets through");
+    let refused =
+        refused.unwrap_or_else(|| panic!("the revoked certificate still gets through: {seen:?}"));
     assert_eq!(instance(&refused).as_deref(), Some("SN"));
     bed.stop().await;
 }
@@ -669,6 +674,120 @@ async fn a_refusal_mid_stream_says_which_instance_made_it() {
     assert!(
         matches!(instance.as_deref(), Some("SN" | "AZ")),
         "{refused:?}"
+    );
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn a_partner_witnesses_this_instances_log() {
+    use govbridge::note::{Checkpoint, Verifier};
+    use govbridge::proto::witness::v1::AddCheckpointRequest;
+    use govbridge::proto::witness::v1::witness_client::WitnessClient;
+
+    let (partner, bed, _keys) = federated().await;
+    let mut registry = BusinessRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
+    registry
+        .get_company(get_company(&partner.company(), "TRADE-FINANCE"))
+        .await
+        .unwrap();
+    bed.exchange_log().checkpoint().await.unwrap();
+
+    // Senegal's gateway sends its checkpoints to Azerbaijan, which
+    // cosigns them; the cosignature is kept with the checkpoint.
+    let sn_data = bed.exchange_log().dir().to_owned();
+    let az_witness = partner.path("pki/federation.pub");
+    let witness_key = Verifier::read(&az_witness).unwrap();
+    let cosigned = || {
+        let latest = Store::open_read_only(&sn_data)
+            .unwrap()
+            .latest_checkpoint()
+            .unwrap()
+            .unwrap();
+        witness_key.cosigned(&latest.note).is_ok().then_some(latest)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let latest = loop {
+        if let Some(latest) = cosigned() {
+            break latest;
+        }
+        assert!(std::time::Instant::now() < deadline, "never cosigned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let verify = || {
+        let output = support::govbridge(&[
+            "audit",
+            "verify",
+            "--data",
+            sn_data.to_str().unwrap(),
+            "--key",
+            sn_data.join("log-key.pub").to_str().unwrap(),
+            "--witness",
+            az_witness.to_str().unwrap(),
+        ]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), text)
+    };
+    let (ok, text) = verify();
+    assert!(ok, "{text}");
+    assert!(text.contains("cosigned by AZ-federation"), "{text}");
+
+    // A checkpoint of Senegal's log that does not extend the one
+    // Azerbaijan cosigned (signed with Senegal's own log key, as whoever
+    // rewrites the log would) is refused.
+    let log_key = SigningKey::read(&sn_data.join("log-key.pem")).unwrap();
+    let forged = Checkpoint {
+        origin: log_key.name().to_owned(),
+        size: latest.size + 1,
+        root: [7; 32],
+    }
+    .sign(&log_key);
+    let tls = partner.tls_for(
+        &bed.pki.join("gateway-upstream.pem"),
+        &bed.pki.join("gateway-upstream.key"),
+    );
+    let channel =
+        govbridge::net::client::Channel::connect(partner.instance.address(), "localhost", tls)
+            .await
+            .unwrap();
+    let refused = WitnessClient::new(channel)
+        .add_checkpoint(AddCheckpointRequest {
+            old_size: latest.size,
+            consistency: vec![vec![0; 32]],
+            checkpoint: forged,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("not consistent"), "{refused:?}");
+
+    // Once the witness is gone, a later checkpoint carries no
+    // cosignature, and audit verify --witness says so.
+    partner.stop.trigger();
+    let mut home = support::declared(
+        GetCompanyRequest {
+            ninea: bed.data.companies[0].ninea.to_string(),
+        },
+        "KYC",
+    );
+    home.metadata_mut().insert(
+        "bridge-target",
+        "SN/GOV/APIX/business-registry".parse().unwrap(),
+    );
+    registry.get_company(home).await.unwrap();
+    bed.exchange_log().checkpoint().await.unwrap();
+    let (ok, text) = verify();
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("carries no cosignature by AZ-federation"),
+        "{text}"
     );
     bed.stop().await;
 }

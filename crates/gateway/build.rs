@@ -23,7 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // prost_types set, which would drop extension options such as
     // `govbridge.options.v1.data_subject`.
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    let own = ["audit", "directory", "options"].map(|dir| govbridge.join(dir));
+    let own = ["audit", "directory", "options", "witness"].map(|dir| govbridge.join(dir));
     std::fs::write(
         out_dir.join("govbridge_descriptor.bin"),
         compiler(root, &own)?.encode_file_descriptor_set(),

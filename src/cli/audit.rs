@@ -50,6 +50,12 @@ pub enum AuditCommand {
         /// nothing against whoever controls DIR.
         #[arg(long, value_name = "PUBFILE")]
         key: Option<PathBuf>,
+        /// A partner instance witnessing this log (its federation verifier
+        /// key): the latest checkpoint must carry its cosignature, which
+        /// it gives only to a checkpoint that extends the last it
+        /// cosigned. Repeat for several witnesses.
+        #[arg(long, value_name = "PUBFILE")]
+        witness: Vec<PathBuf>,
     },
     /// Copy a fleet's exchange log (the configuration's `[store]`) into a
     /// local log directory, up to its latest checkpoint, checking every
@@ -230,7 +236,8 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             data,
             archives,
             key,
-        } => verify_log(&data, archives.as_deref(), key.as_deref()),
+            witness,
+        } => verify_log(&data, archives.as_deref(), key.as_deref(), &witness),
         AuditCommand::Archive {
             data,
             out,
@@ -437,7 +444,12 @@ fn humantime(duration: Duration) -> String {
     }
 }
 
-fn verify_log(data: &Path, archives: Option<&Path>, key: Option<&Path>) -> anyhow::Result<()> {
+fn verify_log(
+    data: &Path,
+    archives: Option<&Path>,
+    key: Option<&Path>,
+    witnesses: &[PathBuf],
+) -> anyhow::Result<()> {
     let verifier = load_verifier(data, key)?;
     let database = data.join(DATABASE_FILE);
     let report = verify::verify_with_archives(data, archives, &verifier)?;
@@ -463,6 +475,31 @@ fn verify_log(data: &Path, archives: Option<&Path>, key: Option<&Path>) -> anyho
             "  {uncovered} newer records, checked but not yet under a signed checkpoint \
              (signed within exchange_log.checkpoint_interval)"
         );
+    }
+    if !witnesses.is_empty() {
+        let store = Store::open_read_only(data).with_context(|| database.display().to_string())?;
+        let latest = store
+            .latest_checkpoint()
+            .with_context(|| database.display().to_string())?
+            .with_context(|| format!("{}: no checkpoint to be witnessed", database.display()))?;
+        for witness in witnesses {
+            let verifier = Verifier::read(witness).map_err(anyhow::Error::msg)?;
+            let time = verifier.cosigned(&latest.note).map_err(|_| {
+                anyhow::anyhow!(
+                    "{}: the latest checkpoint ({} records) carries no cosignature by {}: \
+                     the log was rewritten after the witness last cosigned it, or the witness \
+                     has not seen this checkpoint yet",
+                    database.display(),
+                    latest.size,
+                    verifier.name()
+                )
+            })?;
+            println!(
+                "  the latest checkpoint is cosigned by {} (at {})",
+                verifier.name(),
+                govbridge::unix_time::rfc3339(i64::try_from(time).unwrap_or(i64::MAX))
+            );
+        }
     }
     println!("ok");
     Ok(())

@@ -45,10 +45,24 @@ pub enum NoteError {
 }
 
 fn key_id(name: &str, public_key: &[u8]) -> [u8; 4] {
+    key_id_of(name, ALG_ED25519, public_key)
+}
+
+/// The signature type of a C2SP tlog-cosignature/v1 (Ed25519 over the
+/// checkpoint and a timestamp).
+const ALG_COSIGNATURE_V1: u8 = 0x04;
+
+/// What a witness's cosignature signs: the header, its time, the
+/// checkpoint's text.
+fn cosigned_message(checkpoint_text: &str, time: u64) -> String {
+    format!("cosignature/v1\ntime {time}\n{checkpoint_text}")
+}
+
+fn key_id_of(name: &str, algorithm: u8, public_key: &[u8]) -> [u8; 4] {
     let mut input = Vec::with_capacity(name.len() + 2 + public_key.len());
     input.extend_from_slice(name.as_bytes());
     input.push(b'\n');
-    input.push(ALG_ED25519);
+    input.push(algorithm);
     input.extend_from_slice(public_key);
     let hash = digest(&SHA256, &input);
     let mut id = [0; 4];
@@ -134,6 +148,22 @@ impl SigningKey {
     /// The key's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A witness's cosignature of the checkpoint whose text (its first
+    /// three lines) is `checkpoint_text`, made at `time` (Unix seconds): a
+    /// signature line in the C2SP tlog-cosignature/v1 format, to append
+    /// to the checkpoint's note.
+    pub fn cosign(&self, checkpoint_text: &str, time: u64) -> String {
+        let public_key = self.pair.public_key().as_ref();
+        let id = key_id_of(&self.name, ALG_COSIGNATURE_V1, public_key);
+        let signature = self
+            .pair
+            .sign(cosigned_message(checkpoint_text, time).as_bytes());
+        let mut blob = id.to_vec();
+        blob.extend_from_slice(&time.to_be_bytes());
+        blob.extend_from_slice(signature.as_ref());
+        format!("{SIGNATURE_PREFIX}{} {}\n", self.name, BASE64.encode(blob))
     }
 
     /// The public half, for verifiers.
@@ -245,6 +275,44 @@ impl Verifier {
                     .is_ok()
             {
                 return Ok(text);
+            }
+        }
+        Err(NoteError::Unsigned(self.name.clone()))
+    }
+}
+
+impl Verifier {
+    /// The time (Unix seconds) at which this key, as a witness, cosigned
+    /// the checkpoint `note` (C2SP tlog-cosignature/v1), if a signature
+    /// line of the note is such a cosignature. The note's other
+    /// signatures are not checked here.
+    pub fn cosigned(&self, note: &str) -> Result<u64, NoteError> {
+        let split = note
+            .rfind("\n\n")
+            .ok_or(NoteError::Malformed("no blank line before the signatures"))?;
+        let (text, signatures) = (&note[..=split], &note[split + 2..]);
+        let id = key_id_of(&self.name, ALG_COSIGNATURE_V1, &self.public_key);
+        for line in signatures.lines() {
+            let Some((name, blob)) = line
+                .strip_prefix(SIGNATURE_PREFIX)
+                .and_then(|rest| rest.split_once(' '))
+            else {
+                continue;
+            };
+            let Ok(blob) = BASE64.decode(blob) else {
+                continue;
+            };
+            if name != self.name || blob.len() != 4 + 8 + 64 || blob[..4] != id {
+                continue;
+            }
+            let mut time = [0; 8];
+            time.copy_from_slice(&blob[4..12]);
+            let time = u64::from_be_bytes(time);
+            if UnparsedPublicKey::new(&ED25519, &self.public_key)
+                .verify(cosigned_message(text, time).as_bytes(), &blob[12..])
+                .is_ok()
+            {
+                return Ok(time);
             }
         }
         Err(NoteError::Unsigned(self.name.clone()))

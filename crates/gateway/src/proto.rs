@@ -104,6 +104,12 @@ pub mod directory {
     }
 }
 
+pub mod witness {
+    pub mod v1 {
+        tonic::include_proto!("govbridge.witness.v1");
+    }
+}
+
 /// OTLP, the OpenTelemetry protocol (the subset in `proto/opentelemetry/`).
 pub mod opentelemetry {
     pub mod common {

@@ -438,14 +438,6 @@ pub async fn run(dir: &Path, faults: bool, nodes: usize, federation: bool) -> an
     };
     let node_configs = match &partner {
         Some((partner, key)) => {
-            // Trusted by the partner before this gateway starts calling it
-            // (its health checks first).
-            partner.federate(&crate::partner::Home {
-                ca: dir.join("pki").join(pki::CA_CERT),
-                gateway: config.gateway.identity.clone(),
-                endpoint: config.gateway.listen,
-                key: key.clone(),
-            })?;
             vec![write_federated_config(&config_path, &config, partner, key)?]
         }
         None => node_configs,
@@ -472,6 +464,22 @@ pub async fn run(dir: &Path, faults: bool, nodes: usize, federation: bool) -> an
             Some(key) => share_key(key, &config.exchange_log.data_dir)?,
         }
         let gateway = Gateway::bind(&config).await?;
+        if let Some((partner, key)) = &partner {
+            // Trusted by the partner before this gateway starts calling it
+            // (its health checks first); its log, just opened, witnessed.
+            partner.federate(&crate::partner::Home {
+                ca: dir.join("pki").join(pki::CA_CERT),
+                gateway: config.gateway.identity.clone(),
+                endpoint: gateway.local_addr()?,
+                key: key.clone(),
+                log_key: Some(
+                    config
+                        .exchange_log
+                        .data_dir
+                        .join(exchange_log::store::VERIFIER_FILE),
+                ),
+            })?;
+        }
         listening.push((
             config.gateway.node_id.clone(),
             gateway.local_addr()?,

@@ -83,6 +83,9 @@ pub struct Home {
     pub endpoint: SocketAddr,
     /// Its federation key (the `.pub` beside it is read).
     pub key: PathBuf,
+    /// Its exchange log's verifier key: the partner then witnesses the
+    /// home instance's log.
+    pub log_key: Option<PathBuf>,
 }
 
 /// A running partner instance.
@@ -264,9 +267,14 @@ impl PartnerInstance {
         } else {
             String::new()
         };
+        let log_key = home
+            .log_key
+            .as_ref()
+            .map(|key| format!("log_key = {}\n", quote(key)))
+            .unwrap_or_default();
         text.push_str(&format!(
             "\n[federation.{}]\nca = {}\n{crls}gateway = \"{}\"\nendpoints = [\"https://{}\"]\n\
-             key = {}\n",
+             key = {}\n{log_key}",
             home.gateway.instance(),
             quote(&home.ca),
             home.gateway,
@@ -286,7 +294,8 @@ impl PartnerInstance {
     pub fn home_fragment(&self, key: &Path, home_providers: &[(&str, &str)]) -> String {
         let mut text = format!(
             "[gateway]\nfederation_key = {}\n\n[federation.{INSTANCE}]\nca = {}\ncrls = [{}]\n\
-             gateway = \"{GATEWAY}\"\nendpoints = [\"https://{}\"]\nkey = {}\n\n\
+             gateway = \"{GATEWAY}\"\nendpoints = [\"https://{}\"]\nkey = {}\n\
+             # It witnesses this instance's log.\nwitness = true\n\n\
              [purposes]\n{PURPOSE} = \"Trade finance\"\n",
             quote(key),
             quote(&self.path("pki/ca.pem")),

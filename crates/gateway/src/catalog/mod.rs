@@ -31,15 +31,17 @@ pub const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
 pub const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
 pub const EXCHANGE_LOG: &str = crate::proto::audit::v1::exchange_log_server::SERVICE_NAME;
 pub const DATA_TRACKER: &str = crate::proto::audit::v1::data_tracker_server::SERVICE_NAME;
+pub const WITNESS: &str = crate::proto::witness::v1::witness_server::SERVICE_NAME;
 
 /// The services the gateway answers itself.
-pub const LOCAL_SERVICES: [&str; 6] = [
+pub const LOCAL_SERVICES: [&str; 7] = [
     DIRECTORY,
     HEALTH,
     REFLECTION_V1,
     REFLECTION_V1ALPHA,
     EXCHANGE_LOG,
     DATA_TRACKER,
+    WITNESS,
 ];
 
 /// Whether `path` (`/package.Service/Method`) is one of the gateway's own

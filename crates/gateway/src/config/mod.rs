@@ -424,6 +424,12 @@ pub struct Partner {
     /// The key its gateways' assertions are signed with, and its file.
     pub key: crate::note::Verifier,
     pub key_file: PathBuf,
+    /// Its exchange log's key (and file), when this gateway witnesses
+    /// that log: cosigns the checkpoints the partner's gateway sends.
+    pub log_key: Option<(crate::note::Verifier, PathBuf)>,
+    /// Whether the partner witnesses this instance's log: this gateway
+    /// sends it each new checkpoint and keeps its cosignatures.
+    pub witness: bool,
 }
 
 /// One backend address of a provider.

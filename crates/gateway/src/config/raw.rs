@@ -92,6 +92,8 @@ struct RawPartner {
     endpoints: Spanned<Vec<Spanned<String>>>,
     tls_name: Option<Spanned<String>>,
     key: Spanned<String>,
+    log_key: Option<Spanned<String>>,
+    witness: Option<Spanned<bool>>,
 }
 
 /// `[directory]`: where the shared sections come from.
@@ -1188,6 +1190,7 @@ fn validate_federation(
     for (key, partner) in raw {
         let instance = key.get_ref();
         let path = format!("federation.{}", quoted(instance));
+        let path_key = &path;
         if instance == own.instance() {
             return Err(shared.error(
                 &path,
@@ -1240,6 +1243,22 @@ fn validate_federation(
                 endpoints,
                 key: verifier,
                 key_file: key_path,
+                log_key: partner
+                    .log_key
+                    .as_ref()
+                    .map(|file| {
+                        let path = shared.path(file);
+                        crate::note::Verifier::read(&path)
+                            .map(|verifier| (verifier, path))
+                            .map_err(|message| {
+                                shared.error(format!("{path_key}.log_key"), file, message)
+                            })
+                    })
+                    .transpose()?,
+                witness: partner
+                    .witness
+                    .as_ref()
+                    .is_some_and(|value| *value.get_ref()),
             },
         );
     }

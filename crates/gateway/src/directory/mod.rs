@@ -14,6 +14,7 @@ pub mod exchange_log;
 mod health;
 mod metaservices;
 mod reflection;
+mod witness;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
@@ -24,7 +25,7 @@ use hyper::body::Incoming;
 use tower::ServiceExt;
 
 use crate::catalog::{
-    DATA_TRACKER, DIRECTORY, EXCHANGE_LOG, HEALTH, LOCAL_SERVICES, REFLECTION_V1,
+    DATA_TRACKER, DIRECTORY, EXCHANGE_LOG, HEALTH, LOCAL_SERVICES, REFLECTION_V1, WITNESS,
 };
 use crate::config::{ExchangeLogConfig, Member};
 use crate::identity::MemberId;
@@ -50,6 +51,8 @@ pub trait GatewayView: Send + Sync + std::fmt::Debug {
     fn exchange_log_config(&self) -> &ExchangeLogConfig;
     /// What the gateway knows of services: methods and descriptors.
     fn catalog(&self) -> &Arc<crate::catalog::Catalog>;
+    /// The witness of partner instances' logs, when this gateway is one.
+    fn witness(&self) -> Option<&Arc<crate::exchange_log::witness::Witness>>;
 }
 
 /// Who is asking, under which configuration. Put in the extensions of
@@ -85,6 +88,12 @@ impl LocalContext {
                         .data_tracker_clients
                         .contains(&self.caller)
             }
+            // A partner's gateway whose log this gateway witnesses.
+            WITNESS => self.state.witness().is_some_and(|witness| {
+                witness
+                    .witnessed(self.caller.instance())
+                    .is_some_and(|log| log.gateway == self.caller)
+            }),
             _ => true,
         }
     }
@@ -161,6 +170,11 @@ pub async fn call(
             )
             .oneshot(request)
             .await
+        }
+        WITNESS => {
+            crate::proto::witness::v1::witness_server::WitnessServer::new(witness::WitnessService)
+                .oneshot(request)
+                .await
         }
         _ => {
             tonic_reflection::pb::v1alpha::server_reflection_server::ServerReflectionServer::new(

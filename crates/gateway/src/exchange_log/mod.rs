@@ -30,6 +30,7 @@ pub mod merkle;
 pub use crate::note;
 pub mod store;
 pub mod verify;
+pub mod witness;
 
 use std::future::Future;
 use std::path::Path;

@@ -1290,6 +1290,21 @@ impl Nodes for Store {
     }
 }
 
+/// Appends a witness's cosignature `line` to the note of the checkpoint
+/// at `size` in the store in `dir`, unless the note has it already.
+pub fn add_cosignature(dir: &Path, size: u64, line: &str) -> Result<(), StoreError> {
+    let path = dir.join(DATABASE_FILE);
+    let connection = Connection::open(&path).at(&path)?;
+    connection.busy_timeout(Duration::from_secs(5)).at(&path)?;
+    connection
+        .execute(
+            "UPDATE checkpoints SET note = note || ?2 WHERE tree_size = ?1 AND instr(note, ?2) = 0",
+            params![to_i64(size), line],
+        )
+        .at(&path)?;
+    Ok(())
+}
+
 /// Copies the write-ahead log into the database in the background, on its
 /// own connection: the writer's commits then only append to the WAL.
 #[derive(Debug)]

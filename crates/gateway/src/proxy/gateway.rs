@@ -383,6 +383,12 @@ impl Gateway {
             let beating = tokio::spawn(Arc::clone(fleet).beat(state.clone()));
             background.0.push(beating.abort_handle());
         }
+        // This instance's checkpoints, to the partners that witness them
+        // (a single node's log: a fleet's is witnessed from its store).
+        if let Some(log) = log.as_ref().filter(|log| !log.is_shared()) {
+            let witnessed = tokio::spawn(super::witness::follow(state.clone(), log.clone()));
+            background.0.push(witnessed.abort_handle());
+        }
         let ledger = match self.consent {
             Some((ledger, source)) => {
                 let feed = tokio::spawn(crate::consent::feed::follow(ledger.clone(), source));

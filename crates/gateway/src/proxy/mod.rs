@@ -36,6 +36,7 @@ mod reload;
 mod service;
 pub mod signals;
 mod state;
+mod witness;
 
 use std::sync::Arc;
 

@@ -173,12 +173,16 @@ impl Reloader {
                 }
                 last = now;
                 tracing::info!("configuration files changed; reloading");
+                // The files the configuration about to be loaded names,
+                // fingerprinted before it is: a file that changes while it
+                // loads is seen at the next tick, not taken as loaded.
+                let next = self.watched_files();
+                let before = fingerprint(&next);
                 let reloader = self.clone();
                 match tokio::task::spawn_blocking(move || reloader.reload()).await {
                     Ok(Ok(())) => {
-                        // The new configuration may name other files.
-                        watched = self.watched_files();
-                        last = fingerprint(&watched);
+                        watched = next;
+                        last = before;
                     }
                     Ok(Err(error)) => {
                         tracing::error!(%error, "reload rejected; the previous configuration keeps serving");

@@ -80,9 +80,18 @@ pub(super) struct Federation {
     pub(super) partners: std::collections::HashMap<String, crate::config::Partner>,
     /// Assertions already accepted: kept across reloads.
     pub(super) replays: Arc<crate::federation::ReplayGuard>,
+    /// The witness of partners' logs (`federation."XX".log_key`).
+    pub(super) witness: Option<Arc<crate::exchange_log::witness::Witness>>,
+    /// TLS towards each partner's gateways (its CAs, this gateway's
+    /// certificate).
+    pub(super) partner_tls: std::collections::HashMap<String, Arc<rustls::ClientConfig>>,
 }
 
 impl crate::directory::GatewayView for GatewayState {
+    fn witness(&self) -> Option<&Arc<crate::exchange_log::witness::Witness>> {
+        self.federation.witness.as_ref()
+    }
+
     fn catalog(&self) -> &Arc<crate::catalog::Catalog> {
         &self.catalog
     }
@@ -161,6 +170,7 @@ impl GatewayState {
         let connector =
             |tls| Arc::new(UpstreamConnector::new(tls, config.upstream.connect_timeout));
         let mut partners = std::collections::HashMap::new();
+        let mut partner_tls = std::collections::HashMap::new();
         for partner in config.federation.partners.values() {
             // To a partner's gateways: its CAs, this gateway's certificate.
             let tls = crate::identity::tls::ClientTls {
@@ -169,6 +179,7 @@ impl GatewayState {
                 ..config.upstream.tls.clone()
             };
             let tls = tls.client_config().map_err(StartError::UpstreamTls)?;
+            partner_tls.insert(partner.instance.clone(), Arc::clone(&tls));
             partners.insert(partner.instance.clone(), connector(tls));
         }
         let connectors = Connectors {
@@ -192,6 +203,14 @@ impl GatewayState {
             let fingerprint = fingerprint(&files);
             (files, fingerprint)
         };
+        let federation_key = config
+            .federation
+            .key
+            .as_deref()
+            .map(crate::note::SigningKey::read)
+            .transpose()
+            .map_err(StartError::FederationKey)?
+            .map(Arc::new);
         Ok(Self {
             node_id: config.gateway.node_id.clone(),
             registry: config.members.clone(),
@@ -233,14 +252,9 @@ impl GatewayState {
                 instance_header: http::HeaderValue::from_str(config.gateway.identity.instance())
                     .unwrap_or_else(|_| http::HeaderValue::from_static("")),
                 gateway: config.gateway.identity.clone(),
-                key: config
-                    .federation
-                    .key
-                    .as_deref()
-                    .map(crate::note::SigningKey::read)
-                    .transpose()
-                    .map_err(StartError::FederationKey)?
-                    .map(Arc::new),
+                key: federation_key.clone(),
+                witness: witness(config, federation_key.as_ref()),
+                partner_tls,
                 partners: config
                     .federation
                     .partners
@@ -410,4 +424,33 @@ fn crls(config: &Config) -> Vec<(String, i64)> {
         }
     }
     crls
+}
+
+/// The witness of the partners' logs `config` names (`log_key`), cosigning
+/// with `key`; its state beside the exchange log.
+fn witness(
+    config: &Config,
+    key: Option<&Arc<crate::note::SigningKey>>,
+) -> Option<Arc<crate::exchange_log::witness::Witness>> {
+    use crate::exchange_log::witness::{Witness, Witnessed};
+    let logs: std::collections::HashMap<String, Witnessed> = config
+        .federation
+        .partners
+        .values()
+        .filter_map(|partner| {
+            let (log_key, _) = partner.log_key.as_ref()?;
+            Some((
+                partner.instance.clone(),
+                Witnessed {
+                    gateway: partner.gateway.clone(),
+                    log_key: log_key.clone(),
+                },
+            ))
+        })
+        .collect();
+    if logs.is_empty() {
+        return None;
+    }
+    let dir = config.exchange_log.data_dir.join("witness");
+    Some(Arc::new(Witness::new(&dir, Arc::clone(key?), logs)))
 }

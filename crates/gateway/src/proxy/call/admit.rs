@@ -109,8 +109,9 @@ impl Call<'_> {
     /// The caller a partner's gateway asserts, once the assertion holds:
     /// signed by the partner, from this gateway's peer, for this call,
     /// fresh and not seen before. Of the gateway's own services, only
-    /// health answers a partner's gateway (itself, for its health
-    /// checks): a partner forwards calls to published services only.
+    /// health and the witness answer a partner's gateway (itself: its
+    /// health checks, its log's checkpoints): a partner forwards calls to
+    /// published services only.
     fn asserted(
         &mut self,
         partner: &Partner,
@@ -119,9 +120,12 @@ impl Call<'_> {
     ) -> Result<(MemberId, Option<Assertion>), GatewayError> {
         let path = self.uri.path();
         if crate::catalog::is_local(path) {
-            let health = crate::catalog::split_path(path)
-                .is_some_and(|(service, _)| service == crate::catalog::HEALTH);
-            return if health && !headers.contains_key(BRIDGE_ASSERTION) {
+            // Health checks, and the partner's checkpoints to witness: the
+            // gateway's own business, with no caller behind it.
+            let own = crate::catalog::split_path(path).is_some_and(|(service, _)| {
+                service == crate::catalog::HEALTH || service == crate::catalog::WITNESS
+            });
+            return if own && !headers.contains_key(BRIDGE_ASSERTION) {
                 Ok((peer.clone(), None))
             } else {
                 Err(AssertionError::Mismatch(format!(

@@ -1,0 +1,67 @@
+//! The witness service: a partner's gateway sends its log's checkpoints to
+//! be cosigned (see [`crate::exchange_log::witness`]).
+
+use tonic::{Request, Response, Status};
+
+use super::LocalContext;
+use crate::exchange_log::witness::{Added, WitnessError};
+use crate::proto::witness::v1::witness_server::Witness;
+use crate::proto::witness::v1::{AddCheckpointRequest, AddCheckpointResponse};
+
+pub(super) struct WitnessService;
+
+#[tonic::async_trait]
+impl Witness for WitnessService {
+    async fn add_checkpoint(
+        &self,
+        request: Request<AddCheckpointRequest>,
+    ) -> Result<Response<AddCheckpointResponse>, Status> {
+        let context = LocalContext::from_request(&request)?;
+        let caller = &context.caller;
+        let instance = caller.instance();
+        let witness = context
+            .state
+            .witness()
+            .ok_or_else(|| Status::unimplemented("this gateway witnesses no partner's log"))?;
+        if witness
+            .witnessed(instance)
+            .is_none_or(|log| log.gateway != *caller)
+        {
+            return Err(Status::permission_denied(format!(
+                "{caller} is not the gateway of a partner whose log this gateway witnesses"
+            )));
+        }
+        let body = request.get_ref();
+        let proof = body
+            .consistency
+            .iter()
+            .map(|hash| <[u8; 32]>::try_from(hash.as_slice()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| Status::invalid_argument("a consistency proof holds SHA-256 hashes"))?;
+        let now = u64::try_from(crate::unix_time::now()).unwrap_or_default();
+        match witness.add(instance, body.old_size, &proof, &body.checkpoint, now) {
+            Ok(Added::Cosigned(cosignature)) => Ok(Response::new(AddCheckpointResponse {
+                cosignature,
+                known_size: 0,
+            })),
+            Ok(Added::Conflict { known }) => Ok(Response::new(AddCheckpointResponse {
+                cosignature: String::new(),
+                known_size: known,
+            })),
+            Err(error) if error.is_alarm() => {
+                tracing::error!(
+                    partner = instance,
+                    %error,
+                    "a partner's log is not consistent with the checkpoint this witness \
+                     cosigned: it forked or was rewritten"
+                );
+                Err(Status::failed_precondition(error.to_string()))
+            }
+            Err(error @ WitnessError::State { .. }) => {
+                tracing::error!(%error, "the witness cannot keep its state");
+                Err(Status::unavailable(error.to_string()))
+            }
+            Err(error) => Err(Status::failed_precondition(error.to_string())),
+        }
+    }
+}

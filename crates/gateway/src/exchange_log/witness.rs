@@ -1,0 +1,334 @@
+//! Witnessing partner instances' logs, as C2SP tlog-witness does.
+//!
+//! Whoever holds a log's signing key can rewrite the log from any point
+//! and sign it again. A witness makes that visible: it cosigns a
+//! checkpoint of a partner's log only if it extends the last one it
+//! cosigned (a consistency proof), keeps that checkpoint, and refuses, and
+//! alarms, on anything else. The partner keeps the cosignatures with its
+//! checkpoints; `audit verify --witness` then requires the log's latest
+//! checkpoint to carry one, so a rewrite made after cosigning, which no
+//! honest witness would cosign, fails.
+//!
+//! Each partner's last cosigned checkpoint is a file,
+//! `DIR/witness/INSTANCE.checkpoint` (the note as received), written
+//! atomically before the cosignature is returned.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::merkle::{self, Hash};
+use crate::identity::MemberId;
+use crate::note::{Checkpoint, NoteError, SigningKey, Verifier};
+
+/// A partner log this gateway witnesses: whose gateway may send its
+/// checkpoints, and the key they are signed with.
+#[derive(Debug, Clone)]
+pub struct Witnessed {
+    pub gateway: MemberId,
+    pub log_key: Verifier,
+}
+
+/// What a witness does with a checkpoint it was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Added {
+    /// Cosigned: the signature line to append to the checkpoint's note.
+    Cosigned(String),
+    /// The sender's idea of what was cosigned last is not the witness's:
+    /// it holds `known` (send a proof from there).
+    Conflict { known: u64 },
+}
+
+/// Why a checkpoint is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WitnessError {
+    #[error("this gateway witnesses no log of {0}")]
+    NotWitnessed(String),
+    #[error("the checkpoint is not one of {instance}'s log: {error}")]
+    Checkpoint { instance: String, error: NoteError },
+    #[error("{instance}'s log at {size} is older than the {known} records this witness cosigned")]
+    Older {
+        instance: String,
+        size: u64,
+        known: u64,
+    },
+    /// The log forked or was rewritten: the alarm.
+    #[error(
+        "{instance}'s checkpoint at {new} is not consistent with the one this witness cosigned \
+         at {old}: {reason}"
+    )]
+    Inconsistent {
+        instance: String,
+        old: u64,
+        new: u64,
+        reason: String,
+    },
+    #[error("the witness cannot keep its state in {path}: {reason}")]
+    State { path: PathBuf, reason: String },
+}
+
+impl WitnessError {
+    /// Whether the partner's log itself is at fault (forked, rewritten):
+    /// operators must hear of it.
+    pub fn is_alarm(&self) -> bool {
+        matches!(self, Self::Inconsistent { .. })
+    }
+}
+
+/// This gateway's witness of its partners' logs.
+#[derive(Debug)]
+pub struct Witness {
+    dir: PathBuf,
+    key: std::sync::Arc<SigningKey>,
+    logs: HashMap<String, Witnessed>,
+    /// One checkpoint at a time: each extends the last.
+    lock: Mutex<()>,
+}
+
+impl Witness {
+    /// A witness keeping its state in `dir`, cosigning with `key`.
+    pub fn new(
+        dir: &Path,
+        key: std::sync::Arc<SigningKey>,
+        logs: HashMap<String, Witnessed>,
+    ) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            key,
+            logs,
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// The log of `instance` this witness follows, if any.
+    pub fn witnessed(&self, instance: &str) -> Option<&Witnessed> {
+        self.logs.get(instance)
+    }
+
+    fn state_file(&self, instance: &str) -> PathBuf {
+        self.dir.join(format!("{instance}.checkpoint"))
+    }
+
+    /// The last checkpoint of `instance`'s log this witness cosigned.
+    pub fn last(&self, instance: &str) -> Result<Option<Checkpoint>, WitnessError> {
+        let witnessed = self
+            .logs
+            .get(instance)
+            .ok_or_else(|| WitnessError::NotWitnessed(instance.to_owned()))?;
+        let path = self.state_file(instance);
+        let note = match std::fs::read_to_string(&path) {
+            Ok(note) => note,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => {
+                return Err(WitnessError::State {
+                    path,
+                    reason: error.to_string(),
+                });
+            }
+        };
+        Checkpoint::open(&note, &witnessed.log_key)
+            .map(Some)
+            .map_err(|error| WitnessError::State {
+                path,
+                reason: error.to_string(),
+            })
+    }
+
+    /// Takes `note`, a checkpoint of `instance`'s log, sent with a
+    /// consistency proof from `old_size`, the size the sender believes
+    /// this witness cosigned last; cosigns it at `now` if it extends that.
+    pub fn add(
+        &self,
+        instance: &str,
+        old_size: u64,
+        proof: &[Hash],
+        note: &str,
+        now: u64,
+    ) -> Result<Added, WitnessError> {
+        let witnessed = self
+            .logs
+            .get(instance)
+            .ok_or_else(|| WitnessError::NotWitnessed(instance.to_owned()))?;
+        let new = Checkpoint::open(note, &witnessed.log_key).map_err(|error| {
+            WitnessError::Checkpoint {
+                instance: instance.to_owned(),
+                error,
+            }
+        })?;
+        let _one_at_a_time = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let last = self.last(instance)?;
+        let known = last.as_ref().map_or(0, |last| last.size);
+        if old_size != known {
+            return Ok(Added::Conflict { known });
+        }
+        if new.size < known {
+            return Err(WitnessError::Older {
+                instance: instance.to_owned(),
+                size: new.size,
+                known,
+            });
+        }
+        if let Some(last) = &last {
+            let inconsistent = |reason: String| WitnessError::Inconsistent {
+                instance: instance.to_owned(),
+                old: last.size,
+                new: new.size,
+                reason,
+            };
+            if new.size == last.size {
+                if new.root != last.root {
+                    return Err(inconsistent("two roots for one size".to_owned()));
+                }
+            } else {
+                merkle::verify_consistency(last.size, &last.root, new.size, &new.root, proof)
+                    .map_err(|error| inconsistent(error.to_string()))?;
+            }
+        }
+        let path = self.state_file(instance);
+        crate::keys::write_file(&path, note.as_bytes(), 0o600).map_err(|error| {
+            WitnessError::State {
+                path,
+                reason: error.to_string(),
+            }
+        })?;
+        Ok(Added::Cosigned(self.key.cosign(&new.text(), now)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORIGIN: &str = "govbridge/gw-dakar-1";
+
+    /// A log's roots at each size, from leaves 0..n.
+    fn roots(n: u64) -> Vec<Hash> {
+        let mut frontier = merkle::Frontier::default();
+        let mut roots = vec![frontier.root()];
+        for leaf in 0..n {
+            frontier.append(merkle::leaf_hash(&leaf.to_be_bytes()));
+            roots.push(frontier.root());
+        }
+        roots
+    }
+
+    /// Proof nodes of a log of `n` leaves.
+    struct Nodes(Vec<Hash>);
+
+    impl merkle::Nodes for Nodes {
+        type Error = std::convert::Infallible;
+
+        fn node(&self, level: u32, index: u64) -> Result<Hash, Self::Error> {
+            let width = 1u64 << level;
+            let start = index * width;
+            let leaves: Vec<Hash> = (start..start + width)
+                .map(|leaf| self.0[leaf as usize])
+                .collect();
+            let mut frontier = merkle::Frontier::default();
+            for leaf in leaves {
+                frontier.append(leaf);
+            }
+            Ok(frontier.root())
+        }
+    }
+
+    #[test]
+    fn cosigns_extensions_and_alarms_on_a_fork() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SigningKey::generate(ORIGIN).unwrap();
+        let witness_key = std::sync::Arc::new(SigningKey::generate("AZ-federation").unwrap());
+        let witness = Witness::new(
+            dir.path(),
+            witness_key.clone(),
+            HashMap::from([(
+                "SN".to_owned(),
+                Witnessed {
+                    gateway: MemberId::parse("SN/GOV/GOVBRIDGE/gateway").unwrap(),
+                    log_key: log.verifier(),
+                },
+            )]),
+        );
+        let roots = roots(20);
+        let note = |size: u64, root: Hash| {
+            Checkpoint {
+                origin: ORIGIN.to_owned(),
+                size,
+                root,
+            }
+            .sign(&log)
+        };
+        let leaves: Vec<Hash> = (0..20u64)
+            .map(|leaf| merkle::leaf_hash(&leaf.to_be_bytes()))
+            .collect();
+        let nodes = Nodes(leaves);
+        let proof = |old, new| {
+            merkle::consistency_proof(&nodes, old, new)
+                .unwrap()
+                .unwrap()
+        };
+
+        // The first checkpoint needs no proof; the cosignature verifies.
+        let first = note(5, roots[5]);
+        let Added::Cosigned(line) = witness.add("SN", 0, &[], &first, 1_000).unwrap() else {
+            panic!("not cosigned");
+        };
+        assert_eq!(
+            witness_key.verifier().cosigned(&format!("{first}{line}")),
+            Ok(1_000)
+        );
+        // The log's own key still opens the cosigned note.
+        Checkpoint::open(&format!("{first}{line}"), &log.verifier()).unwrap();
+
+        // From a size the witness does not hold: it says which it holds.
+        let second = note(12, roots[12]);
+        assert_eq!(
+            witness.add("SN", 0, &[], &second, 1_001).unwrap(),
+            Added::Conflict { known: 5 }
+        );
+        assert!(matches!(
+            witness.add("SN", 5, &proof(5, 12), &second, 1_001).unwrap(),
+            Added::Cosigned(_)
+        ));
+
+        // A fork: another root at a later size, with a proof of the real
+        // log's, is refused and alarmed; so is another root at the same
+        // size. The witness still holds 12.
+        let forged = note(15, merkle::leaf_hash(b"rewritten"));
+        let error = witness
+            .add("SN", 12, &proof(12, 15), &forged, 1_002)
+            .unwrap_err();
+        assert!(error.is_alarm(), "{error}");
+        let same_size = note(12, merkle::leaf_hash(b"rewritten"));
+        assert!(
+            witness
+                .add("SN", 12, &[], &same_size, 1_002)
+                .unwrap_err()
+                .is_alarm()
+        );
+        assert_eq!(witness.last("SN").unwrap().unwrap().size, 12);
+
+        // Older, another key, another instance: refused.
+        assert!(matches!(
+            witness.add("SN", 12, &[], &first, 1_003),
+            Err(WitnessError::Older { .. })
+        ));
+        let stranger = SigningKey::generate(ORIGIN).unwrap();
+        let unsigned = Checkpoint {
+            origin: ORIGIN.to_owned(),
+            size: 20,
+            root: roots[20],
+        }
+        .sign(&stranger);
+        assert!(matches!(
+            witness.add("SN", 12, &proof(12, 20), &unsigned, 1_003),
+            Err(WitnessError::Checkpoint { .. })
+        ));
+        assert!(matches!(
+            witness.add("KE", 0, &[], &first, 1_003),
+            Err(WitnessError::NotWitnessed(_))
+        ));
+    }
+}
