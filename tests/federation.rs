@@ -791,3 +791,49 @@ async fn a_partner_witnesses_this_instances_log() {
     );
     bed.stop().await;
 }
+
+#[tokio::test]
+async fn a_slow_partner_runs_out_of_the_callers_deadline_quickly() {
+    use govbridge::agencies::fault::Fault;
+
+    let (partner, bed, _keys) = federated().await;
+    partner
+        .instance
+        .faults(0)
+        .unwrap()
+        .set_for_calls(Fault::delay(Duration::from_secs(5)));
+    let mut registry = BusinessRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
+    let mut request = get_company(&partner.company(), "TRADE-FINANCE");
+    request.set_timeout(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let refused = registry.get_company(request).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(refused.code(), tonic::Code::DeadlineExceeded, "{refused:?}");
+    let records = bed
+        .sandbox
+        .exchange_log()
+        .of_call(refused.metadata())
+        .unwrap();
+    assert_eq!(
+        records.last().unwrap().record.grpc_status,
+        tonic::Code::DeadlineExceeded as i32
+    );
+    // Home calls are not held up.
+    let mut home = support::declared(
+        GetCompanyRequest {
+            ninea: bed.data.companies[0].ninea.to_string(),
+        },
+        "KYC",
+    );
+    home.metadata_mut().insert(
+        "bridge-target",
+        "SN/GOV/APIX/business-registry".parse().unwrap(),
+    );
+    home.set_timeout(Duration::from_secs(2));
+    registry.get_company(home).await.unwrap();
+    bed.stop().await;
+}

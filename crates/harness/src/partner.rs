@@ -98,6 +98,8 @@ pub struct PartnerInstance {
     reloader: Reloader,
     log: Option<ExchangeLog>,
     agencies: Vec<(MemberId, SocketAddr)>,
+    /// The registry's and the tax authority's fault switches.
+    faults: Vec<crate::agencies::fault::FaultSwitch>,
     data: Arc<Dataset>,
 }
 
@@ -139,6 +141,7 @@ impl PartnerInstance {
         // Its own synthetic data: another seed than the home instance's.
         let data = Arc::new(Dataset::generate(seed.wrapping_add(1)));
         let mut agencies = Vec::new();
+        let mut faults = Vec::new();
         for (index, (id, _, name)) in PROVIDERS.iter().enumerate() {
             let id = member(id)?;
             let (certificate, private_key) = server(&id, name)?;
@@ -167,6 +170,8 @@ impl PartnerInstance {
                         None,
                     )
                     .await?;
+                    let (bound, switch) = bound.with_faults();
+                    faults.push(switch);
                     let address = bound.local_addr()?;
                     tokio::spawn(bound.serve(shutdown.clone().wait()));
                     address
@@ -252,6 +257,7 @@ impl PartnerInstance {
             reloader,
             log,
             agencies,
+            faults,
             data,
         })
     }
@@ -344,6 +350,12 @@ impl PartnerInstance {
     /// Its gateway's reloader.
     pub fn reloader(&self) -> &Reloader {
         &self.reloader
+    }
+
+    /// The fault switch of the business registry (0) or the tax
+    /// authority (1): to make them slow or fail.
+    pub fn faults(&self, index: usize) -> Option<&crate::agencies::fault::FaultSwitch> {
+        self.faults.get(index)
     }
 
     /// Its synthetic data.
