@@ -767,6 +767,13 @@ async fn a_partner_witnesses_this_instances_log() {
         "{refused:?}"
     );
     assert!(refused.message().contains("not consistent"), "{refused:?}");
+    // The witness's operators see it in its metrics.
+    let admin = partner.instance.admin_addr().unwrap();
+    let inconsistent =
+        "govbridge_witness_checkpoints_total{partner=\"SN\",result=\"inconsistent\"}";
+    assert_eq!(support::metric(admin, inconsistent).await, 1.0);
+    let size = "govbridge_witness_cosigned_size{partner=\"SN\"}";
+    assert_eq!(support::metric(admin, size).await, latest.size as f64);
 
     // Once the witness is gone, a later checkpoint carries no
     // cosignature, and audit verify --witness says so.

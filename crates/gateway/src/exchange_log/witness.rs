@@ -73,6 +73,17 @@ impl WitnessError {
     pub fn is_alarm(&self) -> bool {
         matches!(self, Self::Inconsistent { .. })
     }
+
+    /// The `result` label of the witness's metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NotWitnessed(_) => "not-witnessed",
+            Self::Checkpoint { .. } => "bad-checkpoint",
+            Self::Older { .. } => "older",
+            Self::Inconsistent { .. } => "inconsistent",
+            Self::State { .. } => "state-unwritable",
+        }
+    }
 }
 
 /// This gateway's witness of its partners' logs.
@@ -83,6 +94,9 @@ pub struct Witness {
     logs: HashMap<String, Witnessed>,
     /// One checkpoint at a time: each extends the last.
     lock: Mutex<()>,
+    /// Checkpoints sent, by partner and result (`cosigned`, `conflict`,
+    /// or an error's kind), since this configuration was loaded.
+    outcomes: Mutex<std::collections::BTreeMap<(String, &'static str), u64>>,
 }
 
 impl Witness {
@@ -97,7 +111,26 @@ impl Witness {
             key,
             logs,
             lock: Mutex::new(()),
+            outcomes: Mutex::default(),
         }
+    }
+
+    /// Checkpoints sent, by (partner, result).
+    pub fn outcomes(&self) -> Vec<((String, &'static str), u64)> {
+        self.outcomes
+            .lock()
+            .map(|outcomes| {
+                outcomes
+                    .iter()
+                    .map(|(key, count)| (key.clone(), *count))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The partners whose logs this witness follows.
+    pub fn instances(&self) -> impl Iterator<Item = &str> {
+        self.logs.keys().map(String::as_str)
     }
 
     /// The log of `instance` this witness follows, if any.
@@ -138,6 +171,26 @@ impl Witness {
     /// consistency proof from `old_size`, the size the sender believes
     /// this witness cosigned last; cosigns it at `now` if it extends that.
     pub fn add(
+        &self,
+        instance: &str,
+        old_size: u64,
+        proof: &[Hash],
+        note: &str,
+        now: u64,
+    ) -> Result<Added, WitnessError> {
+        let added = self.try_add(instance, old_size, proof, note, now);
+        let result = match &added {
+            Ok(Added::Cosigned(_)) => "cosigned",
+            Ok(Added::Conflict { .. }) => "conflict",
+            Err(error) => error.kind(),
+        };
+        if let Ok(mut outcomes) = self.outcomes.lock() {
+            *outcomes.entry((instance.to_owned(), result)).or_default() += 1;
+        }
+        added
+    }
+
+    fn try_add(
         &self,
         instance: &str,
         old_size: u64,

@@ -208,6 +208,7 @@ impl Admin {
                         .render(log, state.certificates(), state.crls(), &self.listener);
                 render_endpoints(&mut rendered, &state);
                 render_global(&mut rendered, &state);
+                render_witness(&mut rendered, &state);
                 if let Some(fleet) = &self.fleet {
                     render_fleet(&mut rendered, &state, fleet);
                 }
@@ -433,6 +434,42 @@ fn render_global(out: &mut String, state: &crate::proxy::GatewayState) {
         version = global.version,
         expires = global.expires,
     );
+}
+
+/// The witness of partners' logs: checkpoints by partner and result (an
+/// `inconsistent` one means the partner's log forked or was rewritten),
+/// and the size of each log it cosigned last.
+fn render_witness(out: &mut String, state: &crate::proxy::GatewayState) {
+    use std::fmt::Write as _;
+    let Some(witness) = state.federation.witness.as_ref() else {
+        return;
+    };
+    let _ = write!(
+        out,
+        "# HELP govbridge_witness_checkpoints_total Partners' checkpoints this gateway was sent to \
+         witness, by result (inconsistent: the partner's log forked or was rewritten).\n\
+         # TYPE govbridge_witness_checkpoints_total counter\n"
+    );
+    for ((partner, result), count) in witness.outcomes() {
+        let _ = writeln!(
+            out,
+            "govbridge_witness_checkpoints_total{{partner=\"{partner}\",result=\"{result}\"}} {count}"
+        );
+    }
+    let _ = write!(
+        out,
+        "# HELP govbridge_witness_cosigned_size Records in the partner's log as of the checkpoint \
+         this gateway cosigned last.\n# TYPE govbridge_witness_cosigned_size gauge\n"
+    );
+    for partner in witness.instances() {
+        if let Ok(Some(last)) = witness.last(partner) {
+            let _ = writeln!(
+                out,
+                "govbridge_witness_cosigned_size{{partner=\"{partner}\"}} {}",
+                last.size
+            );
+        }
+    }
 }
 
 /// The gauges and counters of each backend endpoint, read from the pools
