@@ -148,6 +148,32 @@ fn get_company(ninea: &str, purpose: &str) -> tonic::Request<GetCompanyRequest> 
     request
 }
 
+/// A company read from Senegal's own registry.
+fn home_company(bed: &Bed, purpose: &str) -> tonic::Request<GetCompanyRequest> {
+    let mut request = support::declared(
+        GetCompanyRequest {
+            ninea: bed.data.companies[0].ninea.to_string(),
+        },
+        purpose,
+    );
+    request.metadata_mut().insert(
+        "bridge-target",
+        "SN/GOV/APIX/business-registry".parse().unwrap(),
+    );
+    request
+}
+
+/// Runs the `govbridge` command: whether it succeeded, and all it said.
+fn run(args: &[&str]) -> (bool, String) {
+    let output = support::govbridge(args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
 fn instance(status: &tonic::Status) -> Option<String> {
     status
         .metadata()
@@ -471,16 +497,7 @@ async fn a_partner_down_is_unavailable_at_once_and_home_goes_on() {
     );
 
     // Senegal's own registry still answers.
-    let mut home = support::declared(
-        GetCompanyRequest {
-            ninea: bed.data.companies[0].ninea.to_string(),
-        },
-        "TRADE-FINANCE",
-    );
-    home.metadata_mut().insert(
-        "bridge-target",
-        "SN/GOV/APIX/business-registry".parse().unwrap(),
-    );
+    let home = home_company(&bed, "TRADE-FINANCE");
     registry.get_company(home).await.unwrap();
     bed.stop().await;
 }
@@ -566,15 +583,6 @@ async fn the_caller_side_can_show_the_partners_signed_record_of_the_exchange() {
     // its own.
     let proof = partner.path("receipt.json");
     let az_data = partner.path("data");
-    let run = |args: &[&str]| {
-        let output = support::govbridge(args);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        (output.status.success(), text)
-    };
     let (ok, text) = run(&[
         "audit",
         "prove",
@@ -714,7 +722,7 @@ async fn a_partner_witnesses_this_instances_log() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let verify = || {
-        let output = support::govbridge(&[
+        run(&[
             "audit",
             "verify",
             "--data",
@@ -723,13 +731,7 @@ async fn a_partner_witnesses_this_instances_log() {
             sn_data.join("log-key.pub").to_str().unwrap(),
             "--witness",
             az_witness.to_str().unwrap(),
-        ]);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        (output.status.success(), text)
+        ])
     };
     let (ok, text) = verify();
     assert!(ok, "{text}");
@@ -778,16 +780,7 @@ async fn a_partner_witnesses_this_instances_log() {
     // Once the witness is gone, a later checkpoint carries no
     // cosignature, and audit verify --witness says so.
     partner.stop.trigger();
-    let mut home = support::declared(
-        GetCompanyRequest {
-            ninea: bed.data.companies[0].ninea.to_string(),
-        },
-        "KYC",
-    );
-    home.metadata_mut().insert(
-        "bridge-target",
-        "SN/GOV/APIX/business-registry".parse().unwrap(),
-    );
+    let home = home_company(&bed, "KYC");
     registry.get_company(home).await.unwrap();
     bed.exchange_log().checkpoint().await.unwrap();
     let (ok, text) = verify();
@@ -830,16 +823,7 @@ async fn a_slow_partner_runs_out_of_the_callers_deadline_quickly() {
         tonic::Code::DeadlineExceeded as i32
     );
     // Home calls are not held up.
-    let mut home = support::declared(
-        GetCompanyRequest {
-            ninea: bed.data.companies[0].ninea.to_string(),
-        },
-        "KYC",
-    );
-    home.metadata_mut().insert(
-        "bridge-target",
-        "SN/GOV/APIX/business-registry".parse().unwrap(),
-    );
+    let mut home = home_company(&bed, "KYC");
     home.set_timeout(Duration::from_secs(2));
     registry.get_company(home).await.unwrap();
     bed.stop().await;

@@ -987,20 +987,7 @@ fn validate(
                 None => shared.error(format!("{path}.endpoints"), key, "missing key"),
             });
         };
-        let tls_name = provider
-            .tls_name
-            .as_ref()
-            .map(|name| name.get_ref().as_str());
-        let endpoints = endpoints
-            .get_ref()
-            .iter()
-            .enumerate()
-            .map(|(index, endpoint)| {
-                parse_endpoint(endpoint.get_ref(), tls_name).map_err(|message| {
-                    shared.error(format!("{path}.endpoints[{index}]"), endpoint, message)
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let endpoints = endpoints_of(shared, &path, endpoints, provider.tls_name.as_ref())?;
         if providers.contains_key(&id) {
             return Err(shared.error(&path, key, format!("provider {id} is configured twice")));
         }
@@ -1177,6 +1164,27 @@ fn validate(
     })
 }
 
+/// `PATH.endpoints`, each `https://host:port`, its certificate naming
+/// `tls_name` when given.
+fn endpoints_of(
+    shared: &Source<'_>,
+    path: &str,
+    endpoints: &Spanned<Vec<Spanned<String>>>,
+    tls_name: Option<&Spanned<String>>,
+) -> Result<Vec<super::Endpoint>, ConfigError> {
+    let tls_name = tls_name.map(|name| name.get_ref().as_str());
+    endpoints
+        .get_ref()
+        .iter()
+        .enumerate()
+        .map(|(index, endpoint)| {
+            parse_endpoint(endpoint.get_ref(), tls_name).map_err(|message| {
+                shared.error(format!("{path}.endpoints[{index}]"), endpoint, message)
+            })
+        })
+        .collect()
+}
+
 /// `[federation."XX"]` (shared) and `gateway.federation_key` (this
 /// gateway's own).
 fn validate_federation(
@@ -1215,21 +1223,7 @@ fn validate_federation(
                 "a partner needs at least one gateway endpoint",
             ));
         }
-        let tls_name = partner
-            .tls_name
-            .as_ref()
-            .map(|name| name.get_ref().as_str());
-        let endpoints = partner
-            .endpoints
-            .get_ref()
-            .iter()
-            .enumerate()
-            .map(|(index, endpoint)| {
-                parse_endpoint(endpoint.get_ref(), tls_name).map_err(|message| {
-                    shared.error(format!("{path}.endpoints[{index}]"), endpoint, message)
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let endpoints = endpoints_of(shared, &path, &partner.endpoints, partner.tls_name.as_ref())?;
         let key_path = shared.path(&partner.key);
         let verifier = crate::note::Verifier::read(&key_path)
             .map_err(|message| shared.error(format!("{path}.key"), &partner.key, message))?;
