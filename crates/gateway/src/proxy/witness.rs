@@ -16,6 +16,9 @@ use crate::net::client::Channel;
 use crate::proto::witness::v1::AddCheckpointRequest;
 use crate::proto::witness::v1::witness_client::WitnessClient;
 
+/// The longest cosignature line kept: `— NAME BASE64(76 bytes)`.
+const MAX_COSIGNATURE: usize = 256;
+
 /// How often the latest checkpoint is looked at.
 const EVERY: Duration = Duration::from_secs(1);
 
@@ -99,7 +102,19 @@ async fn witness(
             known = answer.known_size;
             continue;
         }
-        // Kept only once it is the partner's, for this checkpoint.
+        // Kept only once it is one signature line (anything more in the
+        // stored note would make it fail to open), the partner's, for
+        // this checkpoint.
+        let line = &answer.cosignature;
+        let one_line = line.len() <= MAX_COSIGNATURE
+            && line.ends_with('\n')
+            && line.matches('\n').count() == 1
+            && line.starts_with(&format!("\u{2014} {} ", partner.key.name()));
+        if !one_line {
+            return Err(format!(
+                "{endpoint}: the answer is not one cosignature line"
+            ));
+        }
         let cosigned = format!("{}{}", latest.note, answer.cosignature);
         partner
             .key
