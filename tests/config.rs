@@ -954,4 +954,20 @@ fn federation_mistakes_are_named() {
     let error = error_of(&text);
     assert_eq!(error.key, "federation.AZ.key", "{error}");
     assert_eq!(error.line, Some(line_of(&text, "key = \"missing.pub")));
+
+    // A fleet neither witnesses nor is witnessed yet: each node would keep
+    // its own witness state.
+    let fleet = "\n[store]\nurl = \"postgres://govbridge@127.0.0.1:5432/govbridge\"\n";
+    for (line, key) in [
+        ("log_key = \"az.pub\"", "federation.AZ.log_key"),
+        ("witness = true", "federation.AZ.witness"),
+    ] {
+        let text = with_key(&partner("AZ/GOV/BRIDGE/gateway"))
+            .replace("key = \"az.pub\"\n", &format!("key = \"az.pub\"\n{line}\n"))
+            + fleet;
+        let error = error_of(&text);
+        assert_eq!(error.key, key, "{error}");
+        assert!(error.message.contains("fleet"), "{error}");
+        assert_eq!(error.line, Some(line_of(&text, line)));
+    }
 }

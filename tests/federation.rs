@@ -22,6 +22,8 @@ use govbridge::identity::tls::ClientTls;
 use govbridge::launch::{Shutdown, ShutdownTrigger};
 use govbridge::note::SigningKey;
 use govbridge::partner::{self as federation, PartnerInstance};
+use govbridge::proto::audit::v1::GetCheckpointRequest;
+use govbridge::proto::audit::v1::exchange_log_client::ExchangeLogClient;
 use govbridge::proto::business::v1::GetCompanyRequest;
 use govbridge::proto::business::v1::business_registry_client::BusinessRegistryClient;
 use support::{Bed, H2Client, bridge_error, raw_call};
@@ -86,6 +88,14 @@ impl Partner {
 /// policies allow everything but KYC abroad. The third value holds
 /// Senegal's federation key (`SN-federation.key`).
 async fn federated() -> (Partner, Bed, tempfile::TempDir) {
+    federated_with(|bed, _| bed).await
+}
+
+/// [`federated`], the bed's builder changed by `tweak` (given a directory
+/// that outlives the bed).
+async fn federated_with(
+    tweak: impl FnOnce(support::BedBuilder, &Path) -> support::BedBuilder,
+) -> (Partner, Bed, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let (stop, shutdown) = Shutdown::new();
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -107,8 +117,8 @@ async fn federated() -> (Partner, Bed, tempfile::TempDir) {
         ),
     )
     .unwrap();
-    let bed = Bed::builder()
-        .policies(&policies)
+    let bed = Bed::builder().policies(&policies);
+    let bed = tweak(bed, keys.path())
         .config(instance.home_fragment(
             &sn_key,
             &[
@@ -702,40 +712,48 @@ async fn a_partner_witnesses_this_instances_log() {
 
     // Senegal's gateway sends its checkpoints to Azerbaijan, which
     // cosigns them; the cosignature is kept with the checkpoint.
+    // The checkpoint a member asks the gateway for carries it too.
     let sn_data = bed.exchange_log().dir().to_owned();
     let az_witness = partner.path("pki/federation.pub");
     let witness_key = Verifier::read(&az_witness).unwrap();
-    let cosigned = || {
-        let latest = Store::open_read_only(&sn_data)
-            .unwrap()
-            .latest_checkpoint()
-            .unwrap()
-            .unwrap();
-        witness_key.cosigned(&latest.note).is_ok().then_some(latest)
-    };
+    let mut proofs = ExchangeLogClient::new(bed.channel_as(CBAO).await.unwrap());
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let latest = loop {
-        if let Some(latest) = cosigned() {
-            break latest;
+    let served = loop {
+        let served = proofs
+            .get_checkpoint(GetCheckpointRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if witness_key.cosigned(&served.note).is_ok() {
+            break served;
         }
         assert!(std::time::Instant::now() < deadline, "never cosigned");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let verify = || {
-        run(&[
-            "audit",
-            "verify",
-            "--data",
-            sn_data.to_str().unwrap(),
-            "--key",
-            sn_data.join("log-key.pub").to_str().unwrap(),
-            "--witness",
-            az_witness.to_str().unwrap(),
-        ])
+    let latest = Store::open_read_only(&sn_data)
+        .unwrap()
+        .latest_checkpoint()
+        .unwrap()
+        .unwrap();
+    assert_eq!(latest.note, served.note);
+    let verify = |tolerated: Option<u64>| {
+        let data = sn_data.to_str().unwrap();
+        let key = sn_data.join("log-key.pub");
+        let tolerated = tolerated.map(|records| records.to_string());
+        let mut args = vec!["audit", "verify", "--data", data];
+        args.extend(["--key", key.to_str().unwrap()]);
+        args.extend(["--witness", az_witness.to_str().unwrap()]);
+        if let Some(records) = &tolerated {
+            args.extend(["--max-unwitnessed", records]);
+        }
+        run(&args)
     };
-    let (ok, text) = verify();
+    let (ok, text) = verify(None);
     assert!(ok, "{text}");
-    assert!(text.contains("cosigned by AZ-federation"), "{text}");
+    assert!(
+        text.contains("the latest checkpoint is cosigned by AZ-federation"),
+        "{text}"
+    );
 
     // A checkpoint of Senegal's log that does not extend the one
     // Azerbaijan cosigned (signed with Senegal's own log key, as whoever
@@ -777,19 +795,65 @@ async fn a_partner_witnesses_this_instances_log() {
     let size = "govbridge_witness_cosigned_size{partner=\"SN\"}";
     assert_eq!(support::metric(admin, size).await, latest.size as f64);
 
-    // Once the witness is gone, a later checkpoint carries no
-    // cosignature, and audit verify --witness says so.
+    // Once the witness is gone, later records are not witnessed, and
+    // audit verify --witness says so unless told how many to tolerate.
     partner.stop.trigger();
     let home = home_company(&bed, "KYC");
     registry.get_company(home).await.unwrap();
-    bed.exchange_log().checkpoint().await.unwrap();
-    let (ok, text) = verify();
+    let newest = bed.exchange_log().checkpoint().await.unwrap().unwrap();
+    let unwitnessed = newest.size - latest.size;
+    assert!(unwitnessed > 0);
+    let (ok, text) = verify(Some(unwitnessed - 1));
     assert!(!ok, "{text}");
     assert!(
-        text.contains("carries no cosignature by AZ-federation"),
+        text.contains(&format!(
+            "the {unwitnessed} records after it are not witnessed"
+        )),
         "{text}"
     );
+    let (ok, text) = verify(Some(unwitnessed));
+    assert!(ok, "{text}");
+    assert!(text.contains("are not witnessed"), "{text}");
     bed.stop().await;
+}
+
+#[tokio::test]
+async fn a_clean_stop_leaves_the_log_witnessed() {
+    // The log outlives the bed.
+    let (partner, bed, keys) = federated_with(|bed, kept| {
+        let data = kept.join("log");
+        bed.setting(
+            "exchange_log",
+            &format!("data_dir = {:?}", data.display().to_string()),
+        )
+    })
+    .await;
+    let sn_data = keys.path().join("log");
+    assert_eq!(bed.exchange_log().dir(), sn_data);
+    let mut registry = BusinessRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
+    registry
+        .get_company(get_company(&partner.company(), "TRADE-FINANCE"))
+        .await
+        .unwrap();
+    // The gateway signs its last checkpoint as it stops, after the
+    // records of this call: it is sent to the witness before the gateway
+    // is gone.
+    bed.stop().await;
+    let (ok, text) = run(&[
+        "audit",
+        "verify",
+        "--data",
+        sn_data.to_str().unwrap(),
+        "--key",
+        sn_data.join("log-key.pub").to_str().unwrap(),
+        "--witness",
+        partner.path("pki/federation.pub").to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("the latest checkpoint is cosigned by AZ-federation"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

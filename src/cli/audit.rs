@@ -56,6 +56,17 @@ pub enum AuditCommand {
         /// cosigned. Repeat for several witnesses.
         #[arg(long, value_name = "PUBFILE")]
         witness: Vec<PathBuf>,
+        /// With --witness: how many records the latest checkpoint may
+        /// sign past the newest one each witness cosigned. A gateway that
+        /// crashed, or served while its partner was unreachable, leaves
+        /// such a tail; a clean stop does not.
+        #[arg(
+            long,
+            value_name = "RECORDS",
+            default_value_t = 0,
+            requires = "witness"
+        )]
+        max_unwitnessed: u64,
     },
     /// Copy a fleet's exchange log (the configuration's `[store]`) into a
     /// local log directory, up to its latest checkpoint, checking every
@@ -237,7 +248,16 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             archives,
             key,
             witness,
-        } => verify_log(&data, archives.as_deref(), key.as_deref(), &witness),
+            max_unwitnessed,
+        } => verify_log(
+            &data,
+            archives.as_deref(),
+            key.as_deref(),
+            &Witnesses {
+                keys: witness,
+                max_unwitnessed,
+            },
+        ),
         AuditCommand::Archive {
             data,
             out,
@@ -444,11 +464,17 @@ fn humantime(duration: Duration) -> String {
     }
 }
 
+/// The witnesses `audit verify` requires, and how far they may lag.
+struct Witnesses {
+    keys: Vec<PathBuf>,
+    max_unwitnessed: u64,
+}
+
 fn verify_log(
     data: &Path,
     archives: Option<&Path>,
     key: Option<&Path>,
-    witnesses: &[PathBuf],
+    witnesses: &Witnesses,
 ) -> anyhow::Result<()> {
     let verifier = load_verifier(data, key)?;
     let database = data.join(DATABASE_FILE);
@@ -476,32 +502,64 @@ fn verify_log(
              (signed within exchange_log.checkpoint_interval)"
         );
     }
-    if !witnesses.is_empty() {
-        let store = Store::open_read_only(data).with_context(|| database.display().to_string())?;
-        let latest = store
-            .latest_checkpoint()
-            .with_context(|| database.display().to_string())?
-            .with_context(|| format!("{}: no checkpoint to be witnessed", database.display()))?;
-        for witness in witnesses {
-            let verifier = Verifier::read(witness).map_err(anyhow::Error::msg)?;
-            let time = verifier.cosigned(&latest.note).map_err(|_| {
-                anyhow::anyhow!(
-                    "{}: the latest checkpoint ({} records) carries no cosignature by {}: \
-                     the log was rewritten after the witness last cosigned it, or the witness \
-                     has not seen this checkpoint yet",
-                    database.display(),
-                    latest.size,
-                    verifier.name()
-                )
-            })?;
+    if !witnesses.keys.is_empty() {
+        check_witnessed(data, witnesses)?;
+    }
+    println!("ok");
+    Ok(())
+}
+
+/// Every witness cosigned a checkpoint of the log in `data` (already
+/// verified: each checkpoint's signature and root) at most
+/// `max_unwitnessed` records short of the latest.
+fn check_witnessed(data: &Path, witnesses: &Witnesses) -> anyhow::Result<()> {
+    let database = data.join(DATABASE_FILE);
+    let store = Store::open_read_only(data).with_context(|| database.display().to_string())?;
+    let checkpoints = store
+        .checkpoints()
+        .with_context(|| database.display().to_string())?;
+    let latest = checkpoints
+        .last()
+        .with_context(|| format!("{}: no checkpoint to be witnessed", database.display()))?;
+    for key in &witnesses.keys {
+        let verifier = Verifier::read(key).map_err(anyhow::Error::msg)?;
+        let name = verifier.name();
+        let Some((cosigned, time)) = checkpoints.iter().rev().find_map(|checkpoint| {
+            let time = verifier.cosigned(&checkpoint.note).ok()?;
+            Some((checkpoint, time))
+        }) else {
+            bail!(
+                "{}: no checkpoint carries a cosignature by {name}: the witness never cosigned \
+                 this log, or the checkpoints it cosigned were removed",
+                database.display()
+            );
+        };
+        let time = govbridge::unix_time::rfc3339(i64::try_from(time).unwrap_or(i64::MAX));
+        let unwitnessed = latest.size - cosigned.size;
+        if unwitnessed > witnesses.max_unwitnessed {
+            bail!(
+                "{}: the newest checkpoint cosigned by {name} ({time}) signs {} records, the \
+                 latest {}: the {unwitnessed} records after it are not witnessed (more than \
+                 --max-unwitnessed {}). Either the log was rewritten past what the witness \
+                 saw, or the witness had not seen them (the gateway crashed, or its partner \
+                 was unreachable): ask the partner for the checkpoint of this log it cosigned \
+                 last",
+                database.display(),
+                cosigned.size,
+                latest.size,
+                witnesses.max_unwitnessed
+            );
+        }
+        if unwitnessed == 0 {
+            println!("  the latest checkpoint is cosigned by {name} ({time})");
+        } else {
             println!(
-                "  the latest checkpoint is cosigned by {} (at {})",
-                verifier.name(),
-                govbridge::unix_time::rfc3339(i64::try_from(time).unwrap_or(i64::MAX))
+                "  cosigned by {name} ({time}) up to {} records; the {unwitnessed} after them \
+                 are not witnessed",
+                cosigned.size
             );
         }
     }
-    println!("ok");
     Ok(())
 }
 

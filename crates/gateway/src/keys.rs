@@ -48,8 +48,9 @@ pub fn pkcs8_from_pem(pem: &str) -> Result<Vec<u8>, String> {
     }
 }
 
-/// Writes a file with the given mode, atomically: readers see the old file
-/// or the new one, never a partial or missing one. The error does not name
+/// Writes a file with the given mode, atomically and durably: readers see
+/// the old file or the new one, never a partial or missing one, and the
+/// new one survives a crash once this returns. The error does not name
 /// the file; callers say which file it was.
 pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     let parent = path
@@ -69,7 +70,9 @@ pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()
             .open(&temporary)?;
         file.write_all(contents)?;
         file.sync_all()?;
-        fs::rename(&temporary, path)
+        fs::rename(&temporary, path)?;
+        // The rename itself survives a crash once the directory is synced.
+        fs::File::open(parent)?.sync_all()
     })();
     if result.is_err() {
         let _ = fs::remove_file(&temporary);

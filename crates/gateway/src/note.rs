@@ -242,6 +242,12 @@ impl Verifier {
     /// Checks that `note` carries a valid signature by this key; returns
     /// the signed text.
     pub fn open<'a>(&self, note: &'a str) -> Result<&'a str, NoteError> {
+        self.open_signed(note).map(|(text, _)| text)
+    }
+
+    /// Checks that `note` carries a valid signature by this key; returns
+    /// the signed text and that signature's line (without its newline).
+    pub fn open_signed<'a>(&self, note: &'a str) -> Result<(&'a str, &'a str), NoteError> {
         let split = note
             .rfind("\n\n")
             .ok_or(NoteError::Malformed("no blank line before the signatures"))?;
@@ -274,7 +280,7 @@ impl Verifier {
                     .verify(text.as_bytes(), &blob[4..])
                     .is_ok()
             {
-                return Ok(text);
+                return Ok((text, line));
             }
         }
         Err(NoteError::Unsigned(self.name.clone()))
@@ -341,6 +347,22 @@ pub struct Checkpoint {
     pub root: Hash,
 }
 
+/// A checkpoint opened from its note: the signed text as it came (a
+/// witness cosigns exactly that text) and the log's signature line.
+#[derive(Debug)]
+pub struct SignedCheckpoint<'a> {
+    pub checkpoint: Checkpoint,
+    pub text: &'a str,
+    pub signature: &'a str,
+}
+
+impl SignedCheckpoint<'_> {
+    /// The note with the log's signature only.
+    pub fn note(&self) -> String {
+        format!("{}\n{}\n", self.text, self.signature)
+    }
+}
+
 impl Checkpoint {
     /// The checkpoint's note text, unsigned.
     pub fn text(&self) -> String {
@@ -360,7 +382,16 @@ impl Checkpoint {
     /// Verifies a signed checkpoint with `verifier`, whose name must be the
     /// log's origin, and parses it.
     pub fn open(note: &str, verifier: &Verifier) -> Result<Self, NoteError> {
-        let text = verifier.open(note)?;
+        Self::open_signed(note, verifier).map(|signed| signed.checkpoint)
+    }
+
+    /// [`Checkpoint::open`], keeping the signed text as it was and the
+    /// line of the signature that verified.
+    pub fn open_signed<'a>(
+        note: &'a str,
+        verifier: &Verifier,
+    ) -> Result<SignedCheckpoint<'a>, NoteError> {
+        let (text, signature) = verifier.open_signed(note)?;
         let checkpoint = Self::parse(text)?;
         if checkpoint.origin != verifier.name {
             return Err(NoteError::WrongOrigin {
@@ -368,7 +399,11 @@ impl Checkpoint {
                 found: checkpoint.origin,
             });
         }
-        Ok(checkpoint)
+        Ok(SignedCheckpoint {
+            checkpoint,
+            text,
+            signature,
+        })
     }
 
     /// Parses the text of a checkpoint without checking any signature.

@@ -173,6 +173,7 @@ pub async fn call(
         }
         WITNESS => {
             crate::proto::witness::v1::witness_server::WitnessServer::new(witness::WitnessService)
+                .max_decoding_message_size(witness::MAX_REQUEST)
                 .oneshot(request)
                 .await
         }

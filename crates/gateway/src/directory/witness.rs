@@ -3,10 +3,16 @@
 
 use tonic::{Request, Response, Status};
 
+use std::sync::Arc;
+
 use super::LocalContext;
-use crate::exchange_log::witness::{Added, WitnessError};
+use crate::exchange_log::witness::{Added, MAX_NOTE, MAX_PROOF, WitnessError};
 use crate::proto::witness::v1::witness_server::Witness;
 use crate::proto::witness::v1::{AddCheckpointRequest, AddCheckpointResponse};
+
+/// The largest request decoded: a checkpoint and a proof at their bounds,
+/// with room for framing.
+pub(super) const MAX_REQUEST: usize = MAX_NOTE + MAX_PROOF * 34 + 64;
 
 pub(super) struct WitnessService;
 
@@ -39,7 +45,15 @@ impl Witness for WitnessService {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| Status::invalid_argument("a consistency proof holds SHA-256 hashes"))?;
         let now = u64::try_from(crate::unix_time::now()).unwrap_or_default();
-        match witness.add(instance, body.old_size, &proof, &body.checkpoint, now) {
+        // Signatures, a proof and an fsync: off the gateway's workers.
+        let (witness, partner) = (Arc::clone(witness), instance.to_owned());
+        let (old_size, note) = (body.old_size, body.checkpoint.clone());
+        let added = tokio::task::spawn_blocking(move || {
+            witness.add(&partner, old_size, &proof, &note, now)
+        })
+        .await
+        .map_err(|_| Status::internal("the witness failed"))?;
+        match added {
             Ok(Added::Cosigned(cosignature)) => Ok(Response::new(AddCheckpointResponse {
                 cosignature,
                 known_size: 0,
@@ -60,6 +74,9 @@ impl Witness for WitnessService {
             Err(error @ WitnessError::State { .. }) => {
                 tracing::error!(%error, "the witness cannot keep its state");
                 Err(Status::unavailable(error.to_string()))
+            }
+            Err(error @ WitnessError::TooLarge { .. }) => {
+                Err(Status::invalid_argument(error.to_string()))
             }
             Err(error) => Err(Status::failed_precondition(error.to_string())),
         }

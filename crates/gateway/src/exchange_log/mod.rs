@@ -571,6 +571,23 @@ impl ExchangeLog {
         &self.dir
     }
 
+    /// Keeps a witness's cosignature `line` of the checkpoint at `size`:
+    /// in the store, and in the checkpoint this log serves if that is
+    /// still its latest. Blocking: call it on the blocking pool.
+    pub fn add_cosignature(&self, size: u64, line: &str) -> Result<(), StoreError> {
+        store::add_cosignature(&self.dir, size, line)?;
+        self.shared.checkpoint.rcu(|latest| match latest {
+            Some(checkpoint) if checkpoint.size == size && !checkpoint.note.contains(line) => {
+                Some(Arc::new(StoredCheckpoint {
+                    note: format!("{}{line}", checkpoint.note),
+                    ..(**checkpoint).clone()
+                }))
+            }
+            other => other.clone(),
+        });
+        Ok(())
+    }
+
     /// A read-only view, for proofs and queries: blocking, so use it on
     /// the blocking pool.
     pub fn reader(&self) -> Result<Reader, StoreError> {

@@ -10,16 +10,26 @@
 //! honest witness would cosign, fails.
 //!
 //! Each partner's last cosigned checkpoint is a file,
-//! `DIR/witness/INSTANCE.checkpoint` (the note as received), written
-//! atomically before the cosignature is returned.
+//! `DIR/witness/INSTANCE.checkpoint` (the checkpoint's text and the log's
+//! signature), written atomically and durably before the cosignature is
+//! returned.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::merkle::{self, Hash};
 use crate::identity::MemberId;
 use crate::note::{Checkpoint, NoteError, SigningKey, Verifier};
+
+/// The longest checkpoint note a witness reads: three lines, a few
+/// extension lines and signatures (C2SP tlog-witness allows 16 KiB of
+/// body; a checkpoint of this project's logs is about 200 bytes).
+pub const MAX_NOTE: usize = 4096;
+
+/// The longest consistency proof a witness checks: two hashes per level of
+/// a tree of 2^64 leaves is more than any proof needs.
+pub const MAX_PROOF: usize = 128;
 
 /// A partner log this gateway witnesses: whose gateway may send its
 /// checkpoints, and the key they are signed with.
@@ -63,6 +73,8 @@ pub enum WitnessError {
         new: u64,
         reason: String,
     },
+    #[error("the {what} is larger than a witness reads ({limit})")]
+    TooLarge { what: &'static str, limit: usize },
     #[error("the witness cannot keep its state in {path}: {reason}")]
     State { path: PathBuf, reason: String },
 }
@@ -81,43 +93,54 @@ impl WitnessError {
             Self::Checkpoint { .. } => "bad-checkpoint",
             Self::Older { .. } => "older",
             Self::Inconsistent { .. } => "inconsistent",
+            Self::TooLarge { .. } => "too-large",
             Self::State { .. } => "state-unwritable",
         }
     }
+}
+
+/// What a witness keeps across configurations: checkpoints are taken one
+/// at a time, even while a reload replaces the [`Witness`] (two taken at
+/// once could each extend the same cosigned one along another fork), and
+/// counted.
+#[derive(Debug, Default)]
+pub struct Book {
+    lock: Mutex<()>,
+    /// Checkpoints sent, by partner and result (`cosigned`, `conflict`, or
+    /// an error's kind), since the gateway started.
+    outcomes: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
 
 /// This gateway's witness of its partners' logs.
 #[derive(Debug)]
 pub struct Witness {
     dir: PathBuf,
-    key: std::sync::Arc<SigningKey>,
+    key: Arc<SigningKey>,
     logs: HashMap<String, Witnessed>,
-    /// One checkpoint at a time: each extends the last.
-    lock: Mutex<()>,
-    /// Checkpoints sent, by partner and result (`cosigned`, `conflict`,
-    /// or an error's kind), since this configuration was loaded.
-    outcomes: Mutex<std::collections::BTreeMap<(String, &'static str), u64>>,
+    book: Arc<Book>,
 }
 
 impl Witness {
-    /// A witness keeping its state in `dir`, cosigning with `key`.
+    /// A witness keeping its state in `dir`, cosigning with `key`, taking
+    /// checkpoints one at a time through `book`.
     pub fn new(
         dir: &Path,
-        key: std::sync::Arc<SigningKey>,
+        key: Arc<SigningKey>,
         logs: HashMap<String, Witnessed>,
+        book: Arc<Book>,
     ) -> Self {
         Self {
             dir: dir.to_owned(),
             key,
             logs,
-            lock: Mutex::new(()),
-            outcomes: Mutex::default(),
+            book,
         }
     }
 
     /// Checkpoints sent, by (partner, result).
     pub fn outcomes(&self) -> Vec<((String, &'static str), u64)> {
-        self.outcomes
+        self.book
+            .outcomes
             .lock()
             .map(|outcomes| {
                 outcomes
@@ -184,7 +207,7 @@ impl Witness {
             Ok(Added::Conflict { .. }) => "conflict",
             Err(error) => error.kind(),
         };
-        if let Ok(mut outcomes) = self.outcomes.lock() {
+        if let Ok(mut outcomes) = self.book.outcomes.lock() {
             *outcomes.entry((instance.to_owned(), result)).or_default() += 1;
         }
         added
@@ -202,13 +225,27 @@ impl Witness {
             .logs
             .get(instance)
             .ok_or_else(|| WitnessError::NotWitnessed(instance.to_owned()))?;
-        let new = Checkpoint::open(note, &witnessed.log_key).map_err(|error| {
+        if note.len() > MAX_NOTE {
+            return Err(WitnessError::TooLarge {
+                what: "checkpoint",
+                limit: MAX_NOTE,
+            });
+        }
+        if proof.len() > MAX_PROOF {
+            return Err(WitnessError::TooLarge {
+                what: "consistency proof",
+                limit: MAX_PROOF,
+            });
+        }
+        let signed = Checkpoint::open_signed(note, &witnessed.log_key).map_err(|error| {
             WitnessError::Checkpoint {
                 instance: instance.to_owned(),
                 error,
             }
         })?;
+        let new = &signed.checkpoint;
         let _one_at_a_time = self
+            .book
             .lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -240,14 +277,18 @@ impl Witness {
                     .map_err(|error| inconsistent(error.to_string()))?;
             }
         }
+        // Kept without the note's other signatures: what the witness
+        // holds is the log's word, bounded.
         let path = self.state_file(instance);
-        crate::keys::write_file(&path, note.as_bytes(), 0o600).map_err(|error| {
+        crate::keys::write_file(&path, signed.note().as_bytes(), 0o600).map_err(|error| {
             WitnessError::State {
                 path,
                 reason: error.to_string(),
             }
         })?;
-        Ok(Added::Cosigned(self.key.cosign(&new.text(), now)))
+        // The text as it came, extension lines and all: the cosignature
+        // verifies on the sender's note.
+        Ok(Added::Cosigned(self.key.cosign(signed.text, now)))
     }
 }
 
@@ -303,6 +344,7 @@ mod tests {
                     log_key: log.verifier(),
                 },
             )]),
+            Arc::default(),
         );
         let roots = roots(20);
         let note = |size: u64, root: Hash| {
@@ -383,5 +425,70 @@ mod tests {
             witness.add("KE", 0, &[], &first, 1_003),
             Err(WitnessError::NotWitnessed(_))
         ));
+    }
+    #[test]
+    fn cosigns_the_text_as_sent_keeps_only_the_logs_signature_and_reads_little() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SigningKey::generate(ORIGIN).unwrap();
+        let witness_key = Arc::new(SigningKey::generate("AZ-federation").unwrap());
+        let logs = HashMap::from([(
+            "SN".to_owned(),
+            Witnessed {
+                gateway: MemberId::parse("SN/GOV/GOVBRIDGE/gateway").unwrap(),
+                log_key: log.verifier(),
+            },
+        )]);
+        let book = Arc::new(Book::default());
+        let witness = Witness::new(dir.path(), witness_key.clone(), logs.clone(), book.clone());
+
+        // An extension line, and another witness's signature line.
+        let root = roots(3)[3];
+        let text = format!(
+            "{}extension line\n",
+            Checkpoint {
+                origin: ORIGIN.to_owned(),
+                size: 3,
+                root,
+            }
+            .text()
+        );
+        let other = SigningKey::generate("another-witness").unwrap();
+        let note = format!("{}{}", log.sign(&text), other.cosign(&text, 7));
+        let Added::Cosigned(line) = witness.add("SN", 0, &[], &note, 1_000).unwrap() else {
+            panic!("not cosigned");
+        };
+        assert_eq!(
+            witness_key.verifier().cosigned(&format!("{note}{line}")),
+            Ok(1_000)
+        );
+        let kept = std::fs::read_to_string(dir.path().join("SN.checkpoint")).unwrap();
+        assert_eq!(kept, log.sign(&text));
+
+        // Too large to read: refused before any signature is checked.
+        let padded = format!("{note}{}", "\u{2014} x AAAA\n".repeat(MAX_NOTE / 8));
+        assert!(matches!(
+            witness.add("SN", 3, &[], &padded, 1_001),
+            Err(WitnessError::TooLarge { .. })
+        ));
+        let long_proof = vec![[0; 32]; MAX_PROOF + 1];
+        assert!(matches!(
+            witness.add("SN", 3, &long_proof, &note, 1_001),
+            Err(WitnessError::TooLarge { .. })
+        ));
+
+        // A witness of the next configuration counts on the same book.
+        let reloaded = Witness::new(dir.path(), witness_key, logs, book);
+        assert!(matches!(
+            reloaded.add("SN", 3, &[], &note, 1_002).unwrap(),
+            Added::Cosigned(_)
+        ));
+        let outcomes = reloaded.outcomes();
+        let count = |result| {
+            outcomes
+                .iter()
+                .find(|((_, kind), _)| *kind == result)
+                .map_or(0, |(_, count)| *count)
+        };
+        assert_eq!((count("cosigned"), count("too-large")), (2, 2));
     }
 }

@@ -88,6 +88,11 @@ impl Channel {
         })
     }
 
+    /// Whether the connection has closed: a new one is needed.
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
     /// Connects to `authority` (`host:port`) in plain HTTP/2 (h2c with
     /// prior knowledge), as OTLP collectors listen next to their senders.
     pub async fn connect_plaintext(authority: http::uri::Authority) -> Result<Self, ConnectError> {

@@ -385,10 +385,12 @@ impl Gateway {
         }
         // This instance's checkpoints, to the partners that witness them
         // (a single node's log: a fleet's is witnessed from its store).
-        if let Some(log) = log.as_ref().filter(|log| !log.is_shared()) {
-            let witnessed = tokio::spawn(super::witness::follow(state.clone(), log.clone()));
-            background.0.push(witnessed.abort_handle());
+        let witnessed = log.clone().filter(|log| !log.is_shared());
+        if let Some(log) = &witnessed {
+            let following = tokio::spawn(super::witness::follow(state.clone(), log.clone()));
+            background.0.push(following.abort_handle());
         }
+        let witnessing = state.clone();
         let ledger = match self.consent {
             Some((ledger, source)) => {
                 let feed = tokio::spawn(crate::consent::feed::follow(ledger.clone(), source));
@@ -426,6 +428,10 @@ impl Gateway {
             if let Err(error) = closed {
                 tracing::error!(%error, "closing the exchange log failed");
             }
+        }
+        // The final checkpoint, to the partners witnessing this log.
+        if let Some(log) = witnessed {
+            super::witness::flush(&witnessing, &log).await;
         }
     }
 }

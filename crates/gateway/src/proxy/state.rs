@@ -82,6 +82,8 @@ pub(super) struct Federation {
     pub(super) replays: Arc<crate::federation::ReplayGuard>,
     /// The witness of partners' logs (`federation."XX".log_key`).
     pub(super) witness: Option<Arc<crate::exchange_log::witness::Witness>>,
+    /// What that witness keeps across reloads.
+    pub(super) witness_book: Arc<crate::exchange_log::witness::Book>,
     /// TLS towards each partner's gateways (its CAs, this gateway's
     /// certificate).
     pub(super) partner_tls: std::collections::HashMap<String, Arc<rustls::ClientConfig>>,
@@ -211,6 +213,9 @@ impl GatewayState {
             .transpose()
             .map_err(StartError::FederationKey)?
             .map(Arc::new);
+        let witness_book = previous.map_or_else(Arc::default, |previous| {
+            Arc::clone(&previous.federation.witness_book)
+        });
         Ok(Self {
             node_id: config.gateway.node_id.clone(),
             registry: config.members.clone(),
@@ -253,7 +258,8 @@ impl GatewayState {
                     .unwrap_or_else(|_| http::HeaderValue::from_static("")),
                 gateway: config.gateway.identity.clone(),
                 key: federation_key.clone(),
-                witness: witness(config, federation_key.as_ref()),
+                witness: witness(config, federation_key.as_ref(), &witness_book),
+                witness_book,
                 partner_tls,
                 partners: config
                     .federation
@@ -427,10 +433,12 @@ fn crls(config: &Config) -> Vec<(String, i64)> {
 }
 
 /// The witness of the partners' logs `config` names (`log_key`), cosigning
-/// with `key`; its state beside the exchange log.
+/// with `key`; its state beside the exchange log, its `book` the one of
+/// the configuration before.
 fn witness(
     config: &Config,
     key: Option<&Arc<crate::note::SigningKey>>,
+    book: &Arc<crate::exchange_log::witness::Book>,
 ) -> Option<Arc<crate::exchange_log::witness::Witness>> {
     use crate::exchange_log::witness::{Witness, Witnessed};
     let logs: std::collections::HashMap<String, Witnessed> = config
@@ -452,5 +460,10 @@ fn witness(
         return None;
     }
     let dir = config.exchange_log.data_dir.join("witness");
-    Some(Arc::new(Witness::new(&dir, Arc::clone(key?), logs)))
+    Some(Arc::new(Witness::new(
+        &dir,
+        Arc::clone(key?),
+        logs,
+        Arc::clone(book),
+    )))
 }

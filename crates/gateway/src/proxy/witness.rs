@@ -1,11 +1,21 @@
 //! This instance's log, witnessed: each new checkpoint goes to the partner
 //! instances that witness it (`federation."XX".witness = true`), with a
 //! consistency proof from the last one each cosigned, and their
-//! cosignatures are kept with the checkpoint in the store (see
-//! [`crate::exchange_log::witness`]).
+//! cosignatures are kept with the checkpoint, in the store and in what the
+//! log serves (see [`crate::exchange_log::witness`]).
+//!
+//! Partners are sent to side by side, each within [`ATTEMPT`]: a partner
+//! that hangs delays no other, and one that fails is tried again after a
+//! pause that doubles up to [`MAX_PAUSE`]. When the gateway stops, its
+//! final checkpoint is sent once more ([`flush`]), so a log closed cleanly
+//! ends witnessed.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::SharedState;
 use crate::config::Partner;
@@ -22,73 +32,206 @@ const MAX_COSIGNATURE: usize = 256;
 /// How often the latest checkpoint is looked at.
 const EVERY: Duration = Duration::from_secs(1);
 
-/// Sends each new checkpoint of `log` to the partners that witness it,
-/// for as long as the gateway runs.
-pub(super) async fn follow(state: SharedState, log: ExchangeLog) {
-    // Partner -> the size it cosigned last, as far as this node knows.
-    let mut cosigned: HashMap<String, u64> = HashMap::new();
-    let mut ticks = tokio::time::interval(EVERY);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        let Some(latest) = log.latest_checkpoint() else {
-            continue;
-        };
-        let state = state.load_full();
-        for partner in state.federation.partners.values().filter(|p| p.witness) {
-            if cosigned.get(&partner.instance) >= Some(&latest.size) {
-                continue;
-            }
-            let Some(tls) = state.federation.partner_tls.get(&partner.instance) else {
-                continue;
-            };
-            let known = cosigned.get(&partner.instance).copied().unwrap_or(0);
-            match witness(partner, tls, &log, &latest, known).await {
-                Ok(size) => {
-                    cosigned.insert(partner.instance.clone(), size);
-                }
-                Err(error) => tracing::warn!(
-                    partner = partner.instance,
-                    size = latest.size,
-                    %error,
-                    "checkpoint not cosigned by the partner witnessing this log"
-                ),
-            }
+/// How long a partner has to cosign one checkpoint, connecting included.
+const ATTEMPT: Duration = Duration::from_secs(5);
+
+/// The longest pause after failures.
+const MAX_PAUSE: Duration = Duration::from_secs(60);
+
+/// How long a stopping gateway waits for its final checkpoint's
+/// cosignatures.
+const FLUSH: Duration = Duration::from_secs(3);
+
+/// What this node knows of one partner's witness.
+#[derive(Default)]
+struct Follower {
+    /// The size it cosigned last, as far as this node knows.
+    cosigned: u64,
+    /// The connection to its gateway, kept while it works.
+    connection: Option<Connection>,
+    /// Failures in a row, and when to try again.
+    failures: u32,
+    pause_until: Option<Instant>,
+}
+
+/// A connection to a partner's gateway, and what it was made with.
+struct Connection {
+    endpoint: String,
+    tls: Arc<rustls::ClientConfig>,
+    channel: Channel,
+}
+
+/// Why a checkpoint was not cosigned.
+enum Unsent {
+    /// The witness cosigned more of this log than it holds: records were
+    /// lost (an older copy restored) or the log's key signed another log.
+    Ahead {
+        witnessed: u64,
+        size: u64,
+    },
+    Failed(String),
+}
+
+impl fmt::Display for Unsent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ahead { witnessed, size } => write!(
+                f,
+                "the witness cosigned {witnessed} records of this log, which holds {size}: \
+                 records were lost (an older copy restored?) or this log's key signed a log \
+                 this gateway did not write"
+            ),
+            Self::Failed(reason) => f.write_str(reason),
         }
     }
 }
 
-/// Has `partner` cosign `latest`, starting from what this node believes
-/// it cosigned last (`known`); keeps the cosignature. Returns the size
-/// now cosigned.
-async fn witness(
+impl From<String> for Unsent {
+    fn from(reason: String) -> Self {
+        Self::Failed(reason)
+    }
+}
+
+/// Sends each new checkpoint of `log` to the partners that witness it,
+/// for as long as the gateway runs.
+pub(super) async fn follow(state: SharedState, log: ExchangeLog) {
+    let mut followers = HashMap::new();
+    let mut ticks = tokio::time::interval(EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Some(latest) = log.latest_checkpoint() {
+            send_round(&state, &log, &latest, &mut followers, ATTEMPT, false).await;
+        }
+    }
+}
+
+/// Sends the final checkpoint of the closed `log` to the partners that
+/// witness it, waiting at most [`FLUSH`].
+pub(super) async fn flush(state: &SharedState, log: &ExchangeLog) {
+    let Some(latest) = log.latest_checkpoint() else {
+        return;
+    };
+    send_round(state, log, &latest, &mut HashMap::new(), FLUSH, true).await;
+}
+
+/// One round: `latest` to every witnessing partner that has not cosigned
+/// it and is not pausing (unless `now`), side by side, each within
+/// `attempt`.
+async fn send_round(
+    state: &SharedState,
+    log: &ExchangeLog,
+    latest: &Arc<StoredCheckpoint>,
+    followers: &mut HashMap<String, Follower>,
+    attempt: Duration,
+    now: bool,
+) {
+    let state = state.load_full();
+    let partners = &state.federation.partners;
+    followers.retain(|instance, _| partners.get(instance).is_some_and(|p| p.witness));
+    let started = Instant::now();
+    let mut sending = tokio::task::JoinSet::new();
+    for partner in partners.values().filter(|partner| partner.witness) {
+        let follower = followers.entry(partner.instance.clone()).or_default();
+        let pausing = follower.pause_until.is_some_and(|until| started < until);
+        if follower.cosigned >= latest.size || (pausing && !now) {
+            continue;
+        }
+        let Some(tls) = state.federation.partner_tls.get(&partner.instance) else {
+            continue;
+        };
+        let mut follower = std::mem::take(follower);
+        let (partner, tls) = (partner.clone(), Arc::clone(tls));
+        let (log, latest) = (log.clone(), Arc::clone(latest));
+        sending.spawn(async move {
+            let sent =
+                tokio::time::timeout(attempt, send(&partner, &tls, &log, &latest, &mut follower))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Unsent::Failed(format!(
+                            "no answer within {} s",
+                            attempt.as_secs()
+                        )))
+                    });
+            (partner.instance, latest.size, follower, sent)
+        });
+    }
+    while let Some(sent) = sending.join_next().await {
+        let Ok((instance, size, mut follower, sent)) = sent else {
+            continue;
+        };
+        match sent {
+            Ok(()) => {
+                follower.failures = 0;
+                follower.pause_until = None;
+            }
+            Err(error) => {
+                follower.connection = None;
+                follower.failures = follower.failures.saturating_add(1);
+                let pause = EVERY
+                    .saturating_mul(1 << follower.failures.min(6))
+                    .min(MAX_PAUSE);
+                follower.pause_until = Some(Instant::now() + pause);
+                if matches!(error, Unsent::Ahead { .. }) {
+                    tracing::error!(
+                        partner = instance,
+                        size,
+                        %error,
+                        "this log is behind what its witness cosigned"
+                    );
+                } else {
+                    tracing::warn!(
+                        partner = instance,
+                        size,
+                        %error,
+                        retry_in_s = pause.as_secs(),
+                        "checkpoint not cosigned by the partner witnessing this log"
+                    );
+                }
+            }
+        }
+        followers.insert(instance, follower);
+    }
+}
+
+/// Has `partner` cosign `latest`, starting from the size `follower`
+/// believes it cosigned last; keeps the cosignature.
+async fn send(
     partner: &Partner,
-    tls: &std::sync::Arc<rustls::ClientConfig>,
+    tls: &Arc<rustls::ClientConfig>,
     log: &ExchangeLog,
     latest: &StoredCheckpoint,
-    mut known: u64,
-) -> Result<u64, String> {
+    follower: &mut Follower,
+) -> Result<(), Unsent> {
     let endpoint = partner
         .endpoints
         .first()
-        .ok_or("the partner has no endpoint")?;
-    let address = tokio::net::lookup_host(&endpoint.address)
-        .await
-        .map_err(|error| format!("{endpoint}: {error}"))?
-        .next()
-        .ok_or_else(|| format!("{endpoint}: no address"))?;
-    let channel = Channel::connect_to_member(
-        address,
-        &endpoint.server_name.to_str(),
-        tls.clone(),
-        &partner.gateway,
-    )
-    .await
-    .map_err(|error| format!("{endpoint}: {error}"))?;
-    let mut client = WitnessClient::new(channel);
+        .ok_or("the partner has no endpoint".to_owned())?;
+    let name = endpoint.to_string();
+    // The connection of the last round, unless it closed or a reload
+    // changed where or how to connect.
+    let kept = follower.connection.take().filter(|kept| {
+        kept.endpoint == name && Arc::ptr_eq(&kept.tls, tls) && !kept.channel.is_closed()
+    });
+    let connection = match kept {
+        Some(kept) => kept,
+        None => Connection {
+            endpoint: name.clone(),
+            tls: Arc::clone(tls),
+            channel: connect(partner, endpoint, tls).await?,
+        },
+    };
+    let mut client = WitnessClient::new(connection.channel.clone());
+    let mut known = follower.cosigned;
     // At most twice: once more from the size the witness says it holds.
     for _ in 0..2 {
-        let consistency = proof(log, known, latest.size)?;
+        if known > latest.size {
+            return Err(Unsent::Ahead {
+                witnessed: known,
+                size: latest.size,
+            });
+        }
+        let consistency = proof(log, known, latest.size).await?;
         let answer = client
             .add_checkpoint(AddCheckpointRequest {
                 old_size: known,
@@ -96,7 +239,7 @@ async fn witness(
                 checkpoint: latest.note.clone(),
             })
             .await
-            .map_err(|status| format!("{endpoint}: {}", status.message()))?
+            .map_err(|status| format!("{name}: {}", status.message()))?
             .into_inner();
         if answer.cosignature.is_empty() {
             known = answer.known_size;
@@ -105,44 +248,66 @@ async fn witness(
         // Kept only once it is one signature line (anything more in the
         // stored note would make it fail to open), the partner's, for
         // this checkpoint.
-        let line = &answer.cosignature;
+        let line = answer.cosignature;
         let one_line = line.len() <= MAX_COSIGNATURE
             && line.ends_with('\n')
             && line.matches('\n').count() == 1
             && line.starts_with(&format!("\u{2014} {} ", partner.key.name()));
         if !one_line {
-            return Err(format!(
-                "{endpoint}: the answer is not one cosignature line"
-            ));
+            return Err(format!("{name}: the answer is not one cosignature line").into());
         }
-        let cosigned = format!("{}{}", latest.note, answer.cosignature);
         partner
             .key
-            .cosigned(&cosigned)
-            .map_err(|error| format!("the cosignature does not verify: {error}"))?;
-        let dir = log.dir().to_owned();
-        let (size, line) = (latest.size, answer.cosignature);
-        tokio::task::spawn_blocking(move || {
-            crate::exchange_log::store::add_cosignature(&dir, size, &line)
-        })
-        .await
-        .map_err(|error| error.to_string())?
-        .map_err(|error| error.to_string())?;
-        return Ok(latest.size);
+            .cosigned(&format!("{}{line}", latest.note))
+            .map_err(|error| format!("{name}: the cosignature does not verify: {error}"))?;
+        let (log, size) = (log.clone(), latest.size);
+        tokio::task::spawn_blocking(move || log.add_cosignature(size, &line))
+            .await
+            .map_err(|error| error.to_string())?
+            .map_err(|error| error.to_string())?;
+        follower.cosigned = latest.size;
+        follower.connection = Some(connection);
+        return Ok(());
     }
-    Err(format!(
-        "{endpoint}: the witness holds {known} records, past this log's"
-    ))
+    Err(format!("{name}: the witness answered another size at each try ({known})").into())
 }
 
-/// The consistency proof from `old` to `new` records of `log`.
-fn proof(log: &ExchangeLog, old: u64, new: u64) -> Result<Vec<Vec<u8>>, String> {
+/// A connection to `partner`'s gateway at `endpoint`, which must prove it
+/// is that gateway.
+async fn connect(
+    partner: &Partner,
+    endpoint: &crate::config::Endpoint,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<Channel, String> {
+    let address = tokio::net::lookup_host(&endpoint.address)
+        .await
+        .map_err(|error| format!("{endpoint}: {error}"))?
+        .next()
+        .ok_or_else(|| format!("{endpoint}: no address"))?;
+    Channel::connect_to_member(
+        address,
+        &endpoint.server_name.to_str(),
+        Arc::clone(tls),
+        &partner.gateway,
+    )
+    .await
+    .map_err(|error| format!("{endpoint}: {error}"))
+}
+
+/// The consistency proof from `old` to `new` records of `log`, read on
+/// the blocking pool.
+async fn proof(log: &ExchangeLog, old: u64, new: u64) -> Result<Vec<Vec<u8>>, String> {
     if old == 0 || old >= new {
         return Ok(Vec::new());
     }
-    let store = Store::open_read_only(log.dir()).map_err(|error| error.to_string())?;
-    let proof = merkle::consistency_proof(&store, old, new)
-        .map_err(|error| error.to_string())?
-        .map_err(|error| error.to_string())?;
-    Ok(proof.into_iter().map(|hash| hash.to_vec()).collect())
+    let dir = log.dir().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let store = Store::open_read_only(&dir).map_err(|error| error.to_string())?;
+        let proof = merkle::consistency_proof(&store, old, new)
+            .map_err(|error| error.to_string())?
+            .map_err(|error| error.to_string())?;
+        Ok(proof.into_iter().map(|hash| hash.to_vec()).collect())
+    })
+    .await
+    .map_err(|error| error.to_string())?
 }
