@@ -752,6 +752,12 @@ async fn a_backup_taken_while_serving_is_checked_and_restored_elsewhere() {
     for _ in 0..5 {
         verify_identity(&bed, gateway.address).await.unwrap();
     }
+    // What the gateway's witness cosigned last of a partner's log (as it
+    // keeps it; any bytes do here), and a temporary file beside it.
+    let witnessed = gateway.data.join("witness");
+    std::fs::create_dir_all(&witnessed).unwrap();
+    std::fs::write(witnessed.join("AZ.checkpoint"), "AZ's checkpoint\n").unwrap();
+    std::fs::write(witnessed.join(".AZ.checkpoint.1.tmp"), "half").unwrap();
     let backup = bed.dir().join("backup");
     let said = run(&["backup", "--config", path(&config), "--out", path(&backup)]);
     assert!(said.contains("signed by"), "{said}");
@@ -808,6 +814,11 @@ async fn a_backup_taken_while_serving_is_checked_and_restored_elsewhere() {
         "{verified}"
     );
     assert!(data.join("directory/current").is_file());
+    assert_eq!(
+        std::fs::read_to_string(data.join("witness/AZ.checkpoint")).unwrap(),
+        "AZ's checkpoint\n"
+    );
+    assert!(!data.join("witness/.AZ.checkpoint.1.tmp").exists());
     let checked = run(&["check-config", path(&restored)]);
     assert!(
         checked.contains("global configuration: version 1"),

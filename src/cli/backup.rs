@@ -4,7 +4,8 @@
 //! A backup holds the gateway's file, the exchange log's signing key, a
 //! consistent copy of its SQLite store (`VACUUM INTO`, taken while the
 //! gateway runs) and its archives, the consent ledger, and the global
-//! configuration it runs (the bundle in its cache). `MANIFEST` names every
+//! configuration it runs (the bundle in its cache), and what its witness
+//! of partners' logs cosigned last. `MANIFEST` names every
 //! file with its SHA-256 and where it came from, as a C2SP signed note
 //! signed with the log's key: whoever holds the log's public key can tell
 //! a backup of this log from any other, and any change to it.
@@ -20,6 +21,7 @@ use anyhow::{Context as _, bail};
 
 use govbridge::config::Config;
 use govbridge::exchange_log::store::{DATABASE_FILE, KEY_FILE, VERIFIER_FILE};
+use govbridge::exchange_log::witness::STATE_DIR;
 use govbridge::note::{SigningKey, Verifier};
 
 /// The manifest's file name and first line.
@@ -41,15 +43,19 @@ enum Part {
     Ledger,
     /// The directory's cache (the bundle in use).
     Directory,
+    /// The checkpoints of partners' logs this gateway cosigned last: a
+    /// witness that lost them would cosign a fork.
+    Witness,
 }
 
 impl Part {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::Config,
         Self::Log,
         Self::Archives,
         Self::Ledger,
         Self::Directory,
+        Self::Witness,
     ];
 
     fn name(self) -> &'static str {
@@ -59,6 +65,7 @@ impl Part {
             Self::Archives => "archives",
             Self::Ledger => "consent",
             Self::Directory => "directory",
+            Self::Witness => "witness",
         }
     }
 
@@ -133,6 +140,14 @@ fn write_backup(
         for entry in entries.flatten().filter(|entry| entry.path().is_file()) {
             let name = entry.file_name().to_string_lossy().into_owned();
             staging.copy(Part::Archives, &entry.path(), &name)?;
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(log.data_dir.join(STATE_DIR)) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if Part::Witness.may_hold(&name) {
+                staging.copy(Part::Witness, &entry.path(), &name)?;
+            }
         }
     }
     if let Some(consent) = config.consent.as_ref().filter(|_| config.store.is_none())
@@ -341,6 +356,11 @@ pub fn restore(from: &Path, config_path: &Path, key: &Path) -> anyhow::Result<()
             },
             Part::Log => config.exchange_log.data_dir.join(&entry.name),
             Part::Archives => config.exchange_log.archive_dir.join(&entry.name),
+            Part::Witness => config
+                .exchange_log
+                .data_dir
+                .join(STATE_DIR)
+                .join(&entry.name),
             Part::Ledger => match &config.consent {
                 Some(consent) => consent.ledger.clone(),
                 None => continue,
@@ -415,6 +435,8 @@ impl Part {
             Self::Config | Self::Archives => plain(name),
             Self::Log => [KEY_FILE, VERIFIER_FILE, DATABASE_FILE].contains(&name),
             Self::Ledger => name == LEDGER_FILE,
+            // `INSTANCE.checkpoint`, and not a temporary file.
+            Self::Witness => plain(name) && name.ends_with(".checkpoint"),
             Self::Directory => {
                 name == "current"
                     || name.split_once('/').is_some_and(|(version, rest)| {

@@ -22,6 +22,9 @@ use super::merkle::{self, Hash};
 use crate::identity::MemberId;
 use crate::note::{Checkpoint, NoteError, SigningKey, Verifier};
 
+/// The witness's directory, in the exchange log's data directory.
+pub const STATE_DIR: &str = "witness";
+
 /// The longest checkpoint note a witness reads: three lines, a few
 /// extension lines and signatures (C2SP tlog-witness allows 16 KiB of
 /// body; a checkpoint of this project's logs is about 200 bytes).

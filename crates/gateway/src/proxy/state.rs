@@ -459,7 +459,10 @@ fn witness(
     if logs.is_empty() {
         return None;
     }
-    let dir = config.exchange_log.data_dir.join("witness");
+    let dir = config
+        .exchange_log
+        .data_dir
+        .join(crate::exchange_log::witness::STATE_DIR);
     Some(Arc::new(Witness::new(
         &dir,
         Arc::clone(key?),
