@@ -24,12 +24,16 @@ use govbridge::note::SigningKey;
 use govbridge::partner::{self as federation, PartnerInstance};
 use govbridge::proto::audit::v1::GetCheckpointRequest;
 use govbridge::proto::audit::v1::exchange_log_client::ExchangeLogClient;
+use govbridge::proto::azbusiness::v1::GetCompanyRequest as AzGetCompanyRequest;
+use govbridge::proto::azbusiness::v1::company_registry_client::CompanyRegistryClient;
 use govbridge::proto::business::v1::GetCompanyRequest;
 use govbridge::proto::business::v1::business_registry_client::BusinessRegistryClient;
 use support::{Bed, H2Client, bridge_error, raw_call};
 
 const BUSINESS: &str = "govbridge.business.v1.BusinessRegistry";
-const GET_COMPANY: &str = "/govbridge.business.v1.BusinessRegistry/GetCompany";
+/// Azerbaijan's company registry: no Senegalese provider publishes it, so
+/// calls reach it by service.
+const GET_COMPANY: &str = "/govbridge.azbusiness.v1.CompanyRegistry/GetCompany";
 const AZ_REGISTRY: &str = "AZ/GOV/ASAN/business-registry";
 const SN_GATEWAY: &str = "SN/GOV/GOVBRIDGE/gateway";
 const CBAO: &str = "SN/COM/CBAO/kyc";
@@ -53,9 +57,9 @@ impl Partner {
         self.instance.path(name)
     }
 
-    /// A company of Azerbaijan's registry.
+    /// A company of Azerbaijan's registry: its VÖEN.
     fn company(&self) -> String {
-        self.instance.dataset().companies[0].ninea.to_string()
+        self.instance.companies().companies()[0].voen.to_string()
     }
 
     /// The records Azerbaijan's gateway logged for `request_id`.
@@ -145,17 +149,14 @@ async fn federated_with(
     (partner, bed, keys)
 }
 
-fn get_company(ninea: &str, purpose: &str) -> tonic::Request<GetCompanyRequest> {
-    let mut request = support::declared(
-        GetCompanyRequest {
-            ninea: ninea.to_owned(),
+/// A company read from Azerbaijan's registry, by its VÖEN.
+fn get_company(voen: &str, purpose: &str) -> tonic::Request<AzGetCompanyRequest> {
+    support::declared(
+        AzGetCompanyRequest {
+            voen: voen.to_owned(),
         },
         purpose,
-    );
-    request
-        .metadata_mut()
-        .insert("bridge-target", AZ_REGISTRY.parse().unwrap());
-    request
+    )
 }
 
 /// A company read from Senegal's own registry.
@@ -194,14 +195,15 @@ fn instance(status: &tonic::Status) -> Option<String> {
 #[tokio::test]
 async fn a_call_crosses_the_border_and_both_instances_log_it() {
     let (partner, bed, _) = federated().await;
-    let ninea = partner.company();
-    let mut registry = BusinessRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
+    let voen = partner.company();
+    let mut registry = CompanyRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
 
     let answer = registry
-        .get_company(get_company(&ninea, "TRADE-FINANCE"))
+        .get_company(get_company(&voen, "TRADE-FINANCE"))
         .await
         .unwrap();
-    assert_eq!(answer.get_ref().ninea, ninea);
+    assert_eq!(answer.get_ref().voen, voen);
+    assert!(!answer.get_ref().address.as_ref().unwrap().city.is_empty());
     let request_id = answer
         .metadata()
         .get("bridge-request-id")
@@ -229,7 +231,7 @@ async fn a_call_crosses_the_border_and_both_instances_log_it() {
     assert_eq!(decision.reason, "dossier 2025-0042");
     assert_eq!(
         decision.policies,
-        ["sn-banks-use-business-for-trade-finance"]
+        ["sn-banks-use-azbusiness-for-trade-finance"]
     );
     assert!(!decision.assertion.is_empty());
     assert_eq!(abroad[1].grpc_status, 0);
@@ -239,12 +241,12 @@ async fn a_call_crosses_the_border_and_both_instances_log_it() {
 #[tokio::test]
 async fn each_instance_refuses_by_its_own_policies_and_says_so() {
     let (partner, bed, _) = federated().await;
-    let ninea = partner.company();
-    let mut registry = BusinessRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
+    let voen = partner.company();
+    let mut registry = CompanyRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
 
     // Senegal's policies keep KYC at home.
     let refused = registry
-        .get_company(get_company(&ninea, "KYC"))
+        .get_company(get_company(&voen, "KYC"))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
@@ -253,7 +255,7 @@ async fn each_instance_refuses_by_its_own_policies_and_says_so() {
 
     // Azerbaijan's allow trade finance only.
     let refused = registry
-        .get_company(get_company(&ninea, "CREDIT-SCORING"))
+        .get_company(get_company(&voen, "CREDIT-SCORING"))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
@@ -286,14 +288,64 @@ async fn a_foreign_member_cannot_call_straight_in() {
     let response = raw_call(
         &mut client,
         GET_COMPANY,
-        &GetCompanyRequest {
-            ninea: "x".to_owned(),
+        &AzGetCompanyRequest {
+            voen: "x".to_owned(),
         },
     )
     .await;
     assert_eq!(response.headers()["grpc-status"], "7", "{response:?}");
     assert_eq!(response.headers()["bridge-error"], "foreign-member");
     assert_eq!(response.headers()["bridge-instance"], "AZ");
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_instance_is_refused_on_both_sides() {
+    let (partner, bed, keys) = federated().await;
+
+    // Senegal: a call naming a provider of an instance it is not
+    // federated with is refused, logged, and goes nowhere.
+    let mut request = get_company(&partner.company(), "TRADE-FINANCE");
+    request
+        .metadata_mut()
+        .insert("bridge-target", "KE/GOV/BRS/registry".parse().unwrap());
+    let refused = CompanyRegistryClient::new(bed.channel_as(CBAO).await.unwrap())
+        .get_company(request)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+    assert_eq!(bridge_error(&refused).as_deref(), Some("unknown-target"));
+    assert_eq!(instance(&refused).as_deref(), Some("SN"));
+    assert!(refused.message().contains("KE/GOV/BRS/registry"), "{refused:?}");
+    let records = bed
+        .sandbox
+        .exchange_log()
+        .of_call(refused.metadata())
+        .unwrap();
+    assert_eq!(records.last().unwrap().record.error_kind, "unknown-target");
+    let request_id = refused.metadata().get("bridge-request-id").unwrap();
+    assert!(partner.records(request_id.to_str().unwrap()).is_empty());
+
+    // Azerbaijan: a gateway of an instance it does not know (Kenya's own
+    // CA) cannot even finish the handshake.
+    let kenya = govbridge::pki::CertificateAuthority::generate("Kenya dev CA").unwrap();
+    let (certificate, key) = kenya
+        .issue(&govbridge::pki::LeafRequest::member(&member(
+            "KE/GOV/BRIDGE/gateway",
+        )))
+        .unwrap()
+        .write(keys.path(), "kenya-gateway")
+        .unwrap();
+    let tls = partner.tls_for(&certificate, &key);
+    // TLS 1.3: the server's refusal may only arrive with the first read.
+    if let Ok(client) = H2Client::connect(partner.instance.address(), tls).await {
+        let refused = CompanyRegistryClient::new(client)
+            .get_company(get_company(&partner.company(), "TRADE-FINANCE"))
+            .await
+            .unwrap_err();
+        assert_eq!(bridge_error(&refused), None, "{refused:?}");
+        assert_ne!(refused.code(), tonic::Code::Ok);
+    }
     bed.stop().await;
 }
 
@@ -475,14 +527,14 @@ async fn streams_of_every_kind_cross_the_border() {
 #[tokio::test]
 async fn a_partner_down_is_unavailable_at_once_and_home_goes_on() {
     let (partner, bed, _keys) = federated().await;
-    let ninea = partner.company();
+    let voen = partner.company();
     let channel = bed.channel_as(CBAO).await.unwrap();
-    let mut registry = BusinessRegistryClient::new(channel);
+    let mut registry = CompanyRegistryClient::new(channel.clone());
     partner.stop.trigger();
 
     let started = std::time::Instant::now();
     let refused = registry
-        .get_company(get_company(&ninea, "TRADE-FINANCE"))
+        .get_company(get_company(&voen, "TRADE-FINANCE"))
         .await
         .unwrap_err();
     assert!(
@@ -508,17 +560,20 @@ async fn a_partner_down_is_unavailable_at_once_and_home_goes_on() {
 
     // Senegal's own registry still answers.
     let home = home_company(&bed, "TRADE-FINANCE");
-    registry.get_company(home).await.unwrap();
+    BusinessRegistryClient::new(channel)
+        .get_company(home)
+        .await
+        .unwrap();
     bed.stop().await;
 }
 
 #[tokio::test]
 async fn a_revoked_gateway_certificate_is_refused_by_the_partner() {
     let (partner, bed, _keys) = federated().await;
-    let ninea = partner.company();
-    let mut registry = BusinessRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
+    let voen = partner.company();
+    let mut registry = CompanyRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
     registry
-        .get_company(get_company(&ninea, "TRADE-FINANCE"))
+        .get_company(get_company(&voen, "TRADE-FINANCE"))
         .await
         .unwrap();
 
@@ -539,7 +594,7 @@ async fn a_revoked_gateway_certificate_is_refused_by_the_partner() {
     for _ in 0..250 {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let Err(status) = registry
-            .get_company(get_company(&ninea, "TRADE-FINANCE"))
+            .get_company(get_company(&voen, "TRADE-FINANCE"))
             .await
         else {
             seen.push("OK".to_owned());
@@ -561,10 +616,10 @@ async fn a_revoked_gateway_certificate_is_refused_by_the_partner() {
 #[tokio::test]
 async fn the_caller_side_can_show_the_partners_signed_record_of_the_exchange() {
     let (partner, bed, keys) = federated().await;
-    let ninea = partner.company();
-    let mut registry = BusinessRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
+    let voen = partner.company();
+    let mut registry = CompanyRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
     let answer = registry
-        .get_company(get_company(&ninea, "TRADE-FINANCE"))
+        .get_company(get_company(&voen, "TRADE-FINANCE"))
         .await
         .unwrap();
     let request_id = answer
@@ -703,7 +758,7 @@ async fn a_partner_witnesses_this_instances_log() {
     use govbridge::proto::witness::v1::witness_client::WitnessClient;
 
     let (partner, bed, _keys) = federated().await;
-    let mut registry = BusinessRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
+    let mut registry = CompanyRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
     registry
         .get_company(get_company(&partner.company(), "TRADE-FINANCE"))
         .await
@@ -799,7 +854,10 @@ async fn a_partner_witnesses_this_instances_log() {
     // audit verify --witness says so unless told how many to tolerate.
     partner.stop.trigger();
     let home = home_company(&bed, "KYC");
-    registry.get_company(home).await.unwrap();
+    BusinessRegistryClient::new(bed.channel_as(CBAO).await.unwrap())
+        .get_company(home)
+        .await
+        .unwrap();
     let newest = bed.exchange_log().checkpoint().await.unwrap().unwrap();
     let unwitnessed = newest.size - latest.size;
     assert!(unwitnessed > 0);
@@ -830,7 +888,7 @@ async fn a_clean_stop_leaves_the_log_witnessed() {
     .await;
     let sn_data = keys.path().join("log");
     assert_eq!(bed.exchange_log().dir(), sn_data);
-    let mut registry = BusinessRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
+    let mut registry = CompanyRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
     registry
         .get_company(get_company(&partner.company(), "TRADE-FINANCE"))
         .await
@@ -866,7 +924,7 @@ async fn a_slow_partner_runs_out_of_the_callers_deadline_quickly() {
         .faults(0)
         .unwrap()
         .set_for_calls(Fault::delay(Duration::from_secs(5)));
-    let mut registry = BusinessRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
+    let mut registry = CompanyRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
     let mut request = get_company(&partner.company(), "TRADE-FINANCE");
     request.set_timeout(Duration::from_millis(300));
     let started = std::time::Instant::now();
@@ -889,6 +947,9 @@ async fn a_slow_partner_runs_out_of_the_callers_deadline_quickly() {
     // Home calls are not held up.
     let mut home = home_company(&bed, "KYC");
     home.set_timeout(Duration::from_secs(2));
-    registry.get_company(home).await.unwrap();
+    BusinessRegistryClient::new(bed.channel_as(CBAO).await.unwrap())
+        .get_company(home)
+        .await
+        .unwrap();
     bed.stop().await;
 }

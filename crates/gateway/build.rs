@@ -45,7 +45,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// The directories under `proto/govbridge/` of the mock agencies' protos
 /// (the benchmark's echo service with them): `src/proto.rs` names each
 /// set.
-const AGENCIES: [&str; 6] = [
+const AGENCIES: [&str; 7] = [
+    "azbusiness",
     "bank",
     "bench",
     "business",

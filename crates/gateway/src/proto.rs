@@ -17,7 +17,11 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// --descriptor_set_out` writes. The gateway knows none of these services
 /// until a configuration registers them with `[services."X"] descriptor`,
 /// as the development configuration does (`descriptors/NAME.binpb`).
-pub const AGENCY_DESCRIPTOR_SETS: [(&str, &[u8]); 6] = [
+pub const AGENCY_DESCRIPTOR_SETS: [(&str, &[u8]); 7] = [
+    (
+        "azbusiness",
+        include_bytes!(concat!(env!("OUT_DIR"), "/azbusiness.binpb")),
+    ),
     (
         "bank",
         include_bytes!(concat!(env!("OUT_DIR"), "/bank.binpb")),
@@ -59,6 +63,14 @@ pub mod tax {
 pub mod business {
     pub mod v1 {
         tonic::include_proto!("govbridge.business.v1");
+    }
+}
+
+/// Azerbaijan's company registry, served by the partner instance of
+/// `govbridge dev --federation`.
+pub mod azbusiness {
+    pub mod v1 {
+        tonic::include_proto!("govbridge.azbusiness.v1");
     }
 }
 

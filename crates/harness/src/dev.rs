@@ -538,18 +538,16 @@ pub async fn run(dir: &Path, faults: bool, nodes: usize, federation: bool) -> an
             partner.address(),
             partner.path("").display()
         );
-        let company = &partner.dataset().companies[0].ninea;
+        let company = &partner.companies().companies()[0].voen;
         println!(
             "  across the border   grpcurl -cacert {ca} -cert {cert} -key {key} \\\n    \
              -H 'bridge-purpose: {purpose}' -H 'bridge-reason: letter of credit' \\\n    \
-             -H 'bridge-user-id: officer-17' \\\n    \
-             -H 'bridge-target: {provider}' -d '{{\"ninea\": \"{company}\"}}' \\\n    \
-             {home} govbridge.business.v1.BusinessRegistry/GetCompany",
+             -H 'bridge-user-id: officer-17' -d '{{\"voen\": \"{company}\"}}' \\\n    \
+             {home} govbridge.azbusiness.v1.CompanyRegistry/GetCompany",
             ca = pki_dir.join(pki::CA_CERT).display(),
             cert = pki_dir.join("member-cbao-kyc.pem").display(),
             key = pki_dir.join("member-cbao-kyc.key").display(),
             purpose = crate::partner::PURPOSE,
-            provider = crate::partner::PROVIDERS[0].0,
         );
     }
     println!("Stop with Ctrl-C.");

@@ -4,8 +4,9 @@
 //! The partner has everything of its own: a CA, its gateway's certificates
 //! and federation key, its policies (Senegal's licensed banks may read its
 //! business registry and use its tax authority, for trade finance), its
-//! exchange log, and its agencies (the business registry and the tax
-//! authority mocks, under Azerbaijani member ids) and an echo backend.
+//! exchange log, and its agencies (Azerbaijan's company registry, with
+//! synthetic companies identified by VÖEN; the tax authority mock under an
+//! Azerbaijani member id) and an echo backend.
 //! [`PartnerInstance::home_fragment`] is what the home instance adds to
 //! its configuration to reach it; [`PartnerInstance::federate`] makes the
 //! partner trust the home instance in return.
@@ -36,8 +37,8 @@ pub const GATEWAY: &str = "AZ/GOV/BRIDGE/gateway";
 pub const PROVIDERS: [(&str, &str, &str); 3] = [
     (
         "AZ/GOV/ASAN/business-registry",
-        "govbridge.business.v1.BusinessRegistry",
-        "business",
+        "govbridge.azbusiness.v1.CompanyRegistry",
+        "azbusiness",
     ),
     (
         "AZ/GOV/VERGI/tax-authority",
@@ -101,6 +102,7 @@ pub struct PartnerInstance {
     /// The registry's and the tax authority's fault switches.
     faults: Vec<crate::agencies::fault::FaultSwitch>,
     data: Arc<Dataset>,
+    companies: Arc<crate::agencies::azerbaijan::Registry>,
 }
 
 impl PartnerInstance {
@@ -157,7 +159,7 @@ impl PartnerInstance {
             let address = match index {
                 0 | 1 => {
                     let agency = if index == 0 {
-                        Agency::BusinessRegistry
+                        Agency::AzCompanyRegistry
                     } else {
                         Agency::Tax
                     };
@@ -258,6 +260,7 @@ impl PartnerInstance {
             log,
             agencies,
             faults,
+            companies: Arc::new(crate::agencies::azerbaijan::Registry::generate(data.seed)),
             data,
         })
     }
@@ -358,9 +361,14 @@ impl PartnerInstance {
         self.faults.get(index)
     }
 
-    /// Its synthetic data.
+    /// Its synthetic data (the tax authority's).
     pub fn dataset(&self) -> &Arc<Dataset> {
         &self.data
+    }
+
+    /// The companies of its registry (the first is active).
+    pub fn companies(&self) -> &crate::agencies::azerbaijan::Registry {
+        &self.companies
     }
 
     /// Its backends: (provider, address).

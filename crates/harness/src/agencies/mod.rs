@@ -17,6 +17,7 @@
 //! never accept a call that did not come through the gateway, and never log
 //! personal data (no NIN, name or amount in any log line).
 
+pub mod azerbaijan;
 pub mod bank;
 pub mod business;
 pub mod calendar;
@@ -65,6 +66,10 @@ pub enum Agency {
     Bank(Bank),
     /// The citizens' portal, keeper of consents.
     MyGov,
+    /// Azerbaijan's company registry: served by the partner instance of
+    /// `govbridge dev --federation`, not by the Senegalese dev instance
+    /// (not in [`Agency::ALL`]).
+    AzCompanyRegistry,
 }
 
 /// A demo bank offering account verification.
@@ -115,6 +120,7 @@ impl Agency {
             Agency::Bank(Bank::Cbao) => "bank-cbao",
             Agency::Bank(Bank::Ecobank) => "bank-ecobank",
             Agency::MyGov => "mygov",
+            Agency::AzCompanyRegistry => "az-company-registry",
         }
     }
 
@@ -127,6 +133,7 @@ impl Agency {
             Agency::Bank(Bank::Cbao) => "SN/COM/CBAO/accounts",
             Agency::Bank(Bank::Ecobank) => "SN/COM/ECOBANK/accounts",
             Agency::MyGov => "SN/GOV/MYGOV/consent",
+            Agency::AzCompanyRegistry => "AZ/GOV/ASAN/business-registry",
         };
         match MemberId::parse(text) {
             Ok(member) => member,
@@ -143,6 +150,7 @@ impl Agency {
             Agency::BusinessRegistry => "govbridge.business.v1.BusinessRegistry",
             Agency::Bank(_) => "govbridge.bank.v1.AccountVerification",
             Agency::MyGov => "govbridge.consent.v1.Consent",
+            Agency::AzCompanyRegistry => "govbridge.azbusiness.v1.CompanyRegistry",
         }
     }
 }
@@ -223,6 +231,15 @@ pub fn service(
                 .into_server()
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
+            guard,
+        ),
+        Agency::AzCompanyRegistry => assemble(
+            azerbaijan::CompanyRegistryAgency::new(Arc::new(azerbaijan::Registry::generate(
+                data.seed,
+            )))
+            .into_server()
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE),
             guard,
         ),
         Agency::Bank(which) => assemble(

@@ -4,9 +4,10 @@
 //! instances, everything on: policies, both exchange logs), driven from
 //! here as a partner would: the CBAO bank reads a company from its own
 //! instance's business registry (member -> SN gateway -> registry), then
-//! from Azerbaijan's (member -> SN gateway -> AZ gateway -> registry), in
-//! an open loop at the same rate, one after the other. The difference of
-//! their latencies is the second hop: the partner gateway's TLS, policy,
+//! from Azerbaijan's company registry (member -> SN gateway -> AZ gateway
+//! -> registry), in an open loop at the same rate, one after the other.
+//! Both registries answer from memory, so the difference of their
+//! latencies is the second hop: the partner gateway's TLS, policy,
 //! assertion check and log record.
 
 use std::collections::BTreeMap;
@@ -28,6 +29,8 @@ use crate::bench::load::{self, Target};
 use crate::bench::process::ChildProcess;
 use crate::bench::setup::TemporaryDir;
 use gateway::identity::tls::ClientTls;
+use gateway::proto::azbusiness::v1::GetCompanyRequest as AzGetCompanyRequest;
+use gateway::proto::azbusiness::v1::company_registry_client::CompanyRegistryClient;
 use gateway::proto::business::v1::GetCompanyRequest;
 use gateway::proto::business::v1::business_registry_client::BusinessRegistryClient;
 
@@ -116,24 +119,26 @@ pub async fn federation(options: &FederationOptions) -> anyhow::Result<Federatio
     let tls = member_tls(&dir.join("pki"))?;
     let channels = load::connect(&target, &[tls], options.connections).await?;
     let home_company = Dataset::generate(seed).companies[0].ninea.to_string();
-    let partner_company = Dataset::generate(seed.wrapping_add(1)).companies[0]
-        .ninea
+    // The partner's data is drawn from the next seed.
+    let partner_company = crate::agencies::azerbaijan::Registry::generate(seed.wrapping_add(1))
+        .companies()[0]
+        .voen
         .to_string();
 
     let home = Path {
         name: "one instance (SN registry)",
         provider: "SN/GOV/APIX/business-registry",
         purpose: "KYC",
-        company: home_company,
+        company: Company::Ninea(home_company),
     };
     let across = Path {
         name: "two instances (AZ registry)",
         provider: crate::partner::PROVIDERS[0].0,
         purpose: crate::partner::PURPOSE,
-        company: partner_company,
+        company: Company::Voen(partner_company),
     };
-    let home = measure(&channels, &home, options).await?;
-    let across = measure(&channels, &across, options).await?;
+    let home = measure(&channels, &Arc::new(home), options).await?;
+    let across = measure(&channels, &Arc::new(across), options).await?;
     drop(dev);
     Ok(FederationReport {
         rate: options.rate,
@@ -158,14 +163,43 @@ struct Path {
     name: &'static str,
     provider: &'static str,
     purpose: &'static str,
-    company: String,
+    company: Company,
+}
+
+/// The company asked for, in its registry's terms.
+enum Company {
+    /// Senegal's business registry.
+    Ninea(String),
+    /// Azerbaijan's company registry.
+    Voen(String),
 }
 
 impl Path {
-    fn request(&self) -> tonic::Request<GetCompanyRequest> {
-        let mut request = tonic::Request::new(GetCompanyRequest {
-            ninea: self.company.clone(),
-        });
+    /// One call of this path on `channel`.
+    async fn call(&self, channel: gateway::net::client::Channel) -> Result<(), tonic::Status> {
+        match &self.company {
+            Company::Ninea(ninea) => {
+                let request = self.declared(GetCompanyRequest {
+                    ninea: ninea.clone(),
+                });
+                BusinessRegistryClient::new(channel)
+                    .get_company(request)
+                    .await
+                    .map(drop)
+            }
+            Company::Voen(voen) => {
+                let request = self.declared(AzGetCompanyRequest { voen: voen.clone() });
+                CompanyRegistryClient::new(channel)
+                    .get_company(request)
+                    .await
+                    .map(drop)
+            }
+        }
+    }
+
+    /// `message` with this path's headers.
+    fn declared<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
         let metadata = request.metadata_mut();
         for (name, value) in [
             ("bridge-target", self.provider),
@@ -184,7 +218,7 @@ impl Path {
 /// Warms up, then measures `path` in an open loop at `options.rate`.
 async fn measure(
     channels: &[gateway::net::client::Channel],
-    path: &Path,
+    path: &Arc<Path>,
     options: &FederationOptions,
 ) -> anyhow::Result<PathFigures> {
     if options.progress {
@@ -222,7 +256,7 @@ type Outcome = (Histogram<u64>, BTreeMap<&'static str, u64>, u64);
 /// omission).
 async fn open_loop(
     channels: &[gateway::net::client::Channel],
-    path: &Path,
+    path: &Arc<Path>,
     rate: u64,
     duration: Duration,
 ) -> anyhow::Result<Outcome> {
@@ -239,13 +273,12 @@ async fn open_loop(
         if intended.elapsed() > Duration::from_millis(5) {
             late += 1;
         }
-        let mut client =
-            BusinessRegistryClient::new(channels[index as usize % channels.len()].clone());
-        let request = path.request();
+        let channel = channels[index as usize % channels.len()].clone();
+        let path = Arc::clone(path);
         let (latency, statuses) = (latency.clone(), statuses.clone());
         calls.spawn(async move {
-            let code = match client.get_company(request).await {
-                Ok(_) => {
+            let code = match path.call(channel).await {
+                Ok(()) => {
                     let micros = u64::try_from(intended.elapsed().as_micros()).unwrap_or(u64::MAX);
                     if let Ok(mut latency) = latency.lock() {
                         let _ = latency.record(micros.max(1));
