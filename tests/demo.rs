@@ -17,16 +17,41 @@ fn the_demo_plays_every_step_as_told() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
     for expected in [
-        "[1/9]",
+        "[1/11]",
         "bridge-error policy-denied",
         "bridge-error consent-subject-mismatch",
         "1000 answers",
         "bridge-error consent-revoked",
         "is in the signed tree",
+        "[10/11] CBAO's trade-finance desk verifies an Azerbaijani company",
+        "Azerbaijan's log: 2 records, every hash and checkpoint verified",
+        "Azerbaijan holds Senegal's signed assertion for it",
         "The story went as told",
     ] {
         assert!(stdout.contains(expected), "no `{expected}` in\n{stdout}");
     }
+    // Senegal's gateway stopped cleanly: Azerbaijan witnessed its log to
+    // the end.
+    let data = dir.path().join("data");
+    let verified = std::process::Command::new(env!("CARGO_BIN_EXE_govbridge"))
+        .args(["audit", "verify", "--data"])
+        .arg(&data)
+        .arg("--key")
+        .arg(data.join("log-key.pub"))
+        .arg("--witness")
+        .arg(dir.path().join("az/pki/federation.pub"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&verified.stdout);
+    assert!(
+        verified.status.success(),
+        "{said}\n{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    assert!(
+        said.contains("the latest checkpoint is cosigned by AZ-federation"),
+        "{said}"
+    );
     // Logs written to a pipe or a file carry no terminal colour codes.
     assert!(stderr.contains("gateway serving"), "{stderr}");
     assert!(!stderr.contains('\x1b'), "colour codes in\n{stderr}");

@@ -316,7 +316,10 @@ async fn an_unknown_instance_is_refused_on_both_sides() {
     assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
     assert_eq!(bridge_error(&refused).as_deref(), Some("unknown-target"));
     assert_eq!(instance(&refused).as_deref(), Some("SN"));
-    assert!(refused.message().contains("KE/GOV/BRS/registry"), "{refused:?}");
+    assert!(
+        refused.message().contains("KE/GOV/BRS/registry"),
+        "{refused:?}"
+    );
     let records = bed
         .sandbox
         .exchange_log()

@@ -10,7 +10,11 @@
 //! `--once`. With `--nodes N`, the gateway is a fleet of N nodes sharing a
 //! throwaway PostgreSQL cluster, and the story moves between them: the
 //! consent granted through one node, used through another, revoked
-//! through a third, and the fleet's one log proven at the end.
+//! through a third, and the fleet's one log proven at the end. On one
+//! node, Azerbaijan's instance runs beside it ([`crate::partner`]) and the
+//! story ends across the border: a Senegalese bank verifies an Azerbaijani
+//! company through both gateways, and both operators check their logs and
+//! the cross receipt.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -44,7 +48,9 @@ use gateway::proxy::Gateway;
 use gateway::proxy::signals::termination_signal;
 use gateway::wire::headers;
 
+/// The story's steps on a fleet; one node adds the cross-border ones.
 const STEPS: usize = 9;
+const CROSS_BORDER_STEPS: usize = 2;
 const TAX: &str = "SN/GOV/DGID/tax";
 const CBAO_CREDIT: &str = "SN/COM/CBAO/credit";
 const CLEARANCE: &str = "/govbridge.tax.v1.TaxAuthority/GetTaxClearance";
@@ -63,11 +69,33 @@ pub async fn run(dir: Option<&Path>, once: bool, nodes: usize) -> anyhow::Result
     };
     let config_path = crate::dev::prepare(&dir)?;
     let mut config = Config::load(&config_path)?;
+    let agencies = AgenciesConfig::load(&config_path)?
+        .ok_or_else(|| anyhow!("the dev configuration has no [agencies] section"))?;
+    // One node: Azerbaijan's instance beside it, and Senegal's gateway
+    // running the dev configuration federated with it.
+    let (stop_partner, partner_stopping) = Shutdown::new();
+    let partner = if nodes > 1 {
+        None
+    } else {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let instance = crate::partner::PartnerInstance::start(
+            &dir.join("az"),
+            loopback,
+            loopback,
+            agencies.seed,
+            &partner_stopping,
+        )
+        .await
+        .map_err(|error| anyhow!("starting Azerbaijan's instance: {error:#}"))?;
+        let key = dir.join("pki").join("federation.key");
+        crate::partner::write_federation_key(&key, config.gateway.identity.instance())?;
+        let federated = crate::dev::write_federated_config(&config_path, &config, &instance, &key)?;
+        config = Config::load(&federated)?;
+        Some(Partner { instance, key })
+    };
     // Proofs need a signed checkpoint: the demo does not wait ten seconds.
     config.exchange_log.checkpoint_interval = Duration::from_secs(1);
     println!("govbridge demo: the dev setup in {}", dir.display());
-    let agencies = AgenciesConfig::load(&config_path)?
-        .ok_or_else(|| anyhow!("the dev configuration has no [agencies] section"))?;
     let cluster = if nodes > 1 {
         let postgres = dir.join("postgres");
         let cluster =
@@ -81,7 +109,8 @@ pub async fn run(dir: Option<&Path>, once: bool, nodes: usize) -> anyhow::Result
     } else {
         None
     };
-    let running = Running::start(&mut config, &agencies, nodes.max(1), &dir).await?;
+    let running =
+        Running::start(&mut config, &agencies, nodes.max(1), &dir, partner.as_ref()).await?;
     let mut demo = Demo {
         gateways: running.gateways.clone(),
         via: 0,
@@ -91,6 +120,8 @@ pub async fn run(dir: Option<&Path>, once: bool, nodes: usize) -> anyhow::Result
         copy: dir.join("audit-copy"),
         data: running.data.clone(),
         step: 0,
+        steps: STEPS + partner.as_ref().map_or(0, |_| CROSS_BORDER_STEPS),
+        partner,
     };
     let played = demo.play().await;
     if let Err(error) = &played {
@@ -100,7 +131,10 @@ pub async fn run(dir: Option<&Path>, once: bool, nodes: usize) -> anyhow::Result
         println!("\nServing until Ctrl-C.");
         termination_signal().await;
     }
+    // Senegal's gateway first: its last checkpoint goes to Azerbaijan's
+    // witness as it stops.
     running.stop().await;
+    stop_partner.trigger();
     drop(cluster);
     if temporary {
         let _ = std::fs::remove_dir_all(&dir);
@@ -129,6 +163,7 @@ impl Running {
         agencies: &AgenciesConfig,
         nodes: usize,
         dir: &Path,
+        partner: Option<&Partner>,
     ) -> anyhow::Result<Self> {
         let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
         let data = Arc::new(Dataset::generate(agencies.seed));
@@ -172,6 +207,21 @@ impl Running {
             }
             let gateway = Gateway::bind(&node).await?;
             let address = gateway.local_addr()?;
+            if let Some(partner) = partner {
+                // Trusted by the partner before this gateway calls it (its
+                // health checks first); its log witnessed there.
+                partner.instance.federate(&crate::partner::Home {
+                    ca: dir.join("pki").join(crate::pki::CA_CERT),
+                    gateway: node.gateway.identity.clone(),
+                    endpoint: address,
+                    key: partner.key.clone(),
+                    log_key: Some(
+                        node.exchange_log
+                            .data_dir
+                            .join(gateway::exchange_log::store::VERIFIER_FILE),
+                    ),
+                })?;
+            }
             gateway_tasks.push(tokio::spawn(gateway.serve(gateway_stopping.clone().wait())));
             println!("gateway {} on https://{address}", node.gateway.node_id);
             gateways.push(address);
@@ -224,6 +274,12 @@ fn point_at(config: &mut Config, agency: Agency, address: SocketAddr) -> anyhow:
     Ok(())
 }
 
+/// Azerbaijan's instance, and Senegal's gateway's federation key.
+struct Partner {
+    instance: crate::partner::PartnerInstance,
+    key: PathBuf,
+}
+
 struct Demo {
     /// The gateway's nodes: one, or a fleet.
     gateways: Vec<SocketAddr>,
@@ -238,6 +294,9 @@ struct Demo {
     copy: PathBuf,
     data: Arc<Dataset>,
     step: usize,
+    steps: usize,
+    /// Azerbaijan's instance, on one node.
+    partner: Option<Partner>,
 }
 
 /// How a call ended, as the demo shows it.
@@ -339,7 +398,7 @@ impl Demo {
 
     fn step(&mut self, title: &str) {
         self.step += 1;
-        println!("\n[{}/{STEPS}] {title}", self.step);
+        println!("\n[{}/{}] {title}", self.step, self.steps);
     }
 
     /// Sends the next channels through node `index` (of a fleet) and says
@@ -579,6 +638,9 @@ impl Demo {
 
         self.step("The operator verifies the exchange log and proves the tax clearance read");
         self.prove(&request_id).await?;
+        if self.partner.is_some() {
+            self.across_the_border().await?;
+        }
         println!("\nThe story went as told: every step answered as expected.");
         Ok(())
     }
@@ -670,6 +732,115 @@ impl Demo {
                 }
             }
         }
+    }
+
+    /// A Senegalese bank verifies an Azerbaijani company through both
+    /// gateways; both operators verify their logs, and Senegal's auditor
+    /// checks Azerbaijan's signed record of the same call.
+    async fn across_the_border(&mut self) -> anyhow::Result<()> {
+        use gateway::exchange_log::note::Verifier;
+        use gateway::proto::azbusiness::v1::GetCompanyRequest;
+        use gateway::proto::azbusiness::v1::company_registry_client::CompanyRegistryClient;
+
+        let Some((instance, federation_key)) = self
+            .partner
+            .as_ref()
+            .map(|partner| (partner.instance.clone(), partner.key.with_extension("pub")))
+        else {
+            return Ok(());
+        };
+        let company = instance.companies().companies()[0].clone();
+        self.step(&format!(
+            "CBAO's trade-finance desk verifies an Azerbaijani company (VÖEN {}) at \
+             Azerbaijan's registry, through Senegal's gateway and Azerbaijan's",
+            company.voen
+        ));
+        let mut registry = CompanyRegistryClient::new(self.channel("cbao-kyc").await?);
+        let answer = registry
+            .get_company(declared(
+                GetCompanyRequest {
+                    voen: company.voen.to_string(),
+                },
+                crate::partner::PURPOSE,
+                "officer-17",
+                "letter of credit 2026-118",
+            ))
+            .await;
+        Outcome::of(&answer).expect(Code::Ok, None)?;
+        let answer = answer?;
+        let request_id = value(answer.metadata(), headers::BRIDGE_REQUEST_ID)
+            .ok_or_else(|| anyhow!("the answer carries no bridge-request-id"))?;
+        let found = answer.into_inner();
+        let address = found.address.unwrap_or_default();
+        println!(
+            "      {}, {}, registered {}, head {}",
+            found.name,
+            if address.district.is_empty() {
+                address.city
+            } else {
+                format!("{}, {}", address.district, address.city)
+            },
+            found.registration_date,
+            found.head
+        );
+
+        self.step(
+            "Both operators verify their logs; Senegal's auditor checks Azerbaijan's signed \
+             record of the same call",
+        );
+        let az_log = instance.path("data");
+        let az_key = Verifier::read(&az_log.join(gateway::exchange_log::store::VERIFIER_FILE))
+            .map_err(|error| anyhow!("Azerbaijan's log key: {error}"))?;
+        let sn_key = Verifier::read(&self.log.join(gateway::exchange_log::store::VERIFIER_FILE))
+            .map_err(|error| anyhow!("Senegal's log key: {error}"))?;
+        let federation_key = Verifier::read(&federation_key)
+            .map_err(|error| anyhow!("Senegal's federation key: {error}"))?;
+        // Azerbaijan signs a checkpoint now; Senegal's comes every second.
+        if let Some(log) = instance.exchange_log() {
+            log.checkpoint().await?;
+        }
+        let key = RecordKey::RequestId(request_id.clone());
+        let since = Instant::now();
+        let home = loop {
+            match verify::prove(&self.log, &key) {
+                Ok(bundles) => break bundles,
+                Err(verify::ProveError::NotYetCheckpointed { .. })
+                    if since.elapsed() < Duration::from_secs(5) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        };
+        for (name, log, key) in [
+            ("Senegal", &self.log, &sn_key),
+            ("Azerbaijan", &az_log, &az_key),
+        ] {
+            let report = verify::verify_log(log, key)?;
+            if let Some(problem) = report.problem {
+                bail!("{name}'s exchange log does not verify: {problem}");
+            }
+            println!(
+                "      {name}'s log: {} records, every hash and checkpoint verified",
+                report.records
+            );
+        }
+        let abroad = verify::prove(&az_log, &key)?;
+        let receipt = verify::check_receipt(&home, &sn_key, &abroad, &az_key, &federation_key)?;
+        let ((home_index, record), (partner_index, theirs)) = (&receipt.home, &receipt.partner);
+        println!(
+            "      request {request_id}: record #{home_index} of Senegal's log, #{partner_index} \
+             of Azerbaijan's, each under a checkpoint its own key signed"
+        );
+        println!(
+            "      {} called {}; Azerbaijan holds Senegal's signed assertion for it, names {} \
+             as the gateway that vouched, and {} the call",
+            record.caller,
+            record.method,
+            theirs.via_gateway,
+            if theirs.allowed { "allowed" } else { "refused" }
+        );
+        Ok(())
     }
 
     fn how_to_call(&self) {

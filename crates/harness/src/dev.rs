@@ -280,7 +280,7 @@ pub fn write_node_config(config_path: &Path, index: usize, url: &str) -> anyhow:
 /// `partner` (its CA, gateway and key; its providers as further providers
 /// of the services) and policies (`dir/policies-federation/`: the dev
 /// ones, and licensed banks calling the partner for trade finance).
-fn write_federated_config(
+pub(crate) fn write_federated_config(
     config_path: &Path,
     config: &Config,
     partner: &crate::partner::PartnerInstance,
