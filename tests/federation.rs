@@ -688,6 +688,39 @@ async fn the_caller_side_can_show_the_partners_signed_record_of_the_exchange() {
     assert!(text.contains("of AZ's log"), "{text}");
     assert!(text.contains("SN/GOV/GOVBRIDGE/gateway vouched"), "{text}");
 
+    // The same, with Azerbaijan's record fetched from its gateway by
+    // Senegal's (its upstream certificate): no file to exchange.
+    // (Off this runtime's thread: it serves both gateways meanwhile.)
+    let args: Vec<String> = [
+        "audit",
+        "receipt",
+        "--data",
+        sn_data.to_str().unwrap(),
+        "--request-id",
+        &request_id,
+        "--fetch",
+        bed.config_path().to_str().unwrap(),
+        "--partner-key",
+        az_data.join("log-key.pub").to_str().unwrap(),
+        "--key",
+        sn_data.join("log-key.pub").to_str().unwrap(),
+        "--federation-key",
+        sn_federation.to_str().unwrap(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let (ok, text) = tokio::task::spawn_blocking(move || {
+        run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!("fetched AZ's record {index}")),
+        "{text}"
+    );
+    assert!(text.contains("SN/GOV/GOVBRIDGE/gateway vouched"), "{text}");
+
     // Under another key, or for another record, it does not hold; nor
     // when the assertion it holds is not this instance's gateway's.
     let (ok, text) = receipt(&sn_data.join("log-key.pub"));

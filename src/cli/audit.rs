@@ -134,8 +134,10 @@ pub enum AuditCommand {
     },
     /// Check a cross receipt: this instance's records of a call forwarded
     /// to a partner instance, and the partner's proof of its own record of
-    /// the same call (`audit prove --index N` on its side, N being the
-    /// receipt index this log holds).
+    /// the same call: a file (`audit prove --index N` on its side, N being
+    /// the receipt index this log holds), or fetched from the partner's
+    /// gateway with `--fetch`.
+    #[command(group(ArgGroup::new("partner_proof").required(true).args(["proof", "fetch"])))]
     Receipt {
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
@@ -144,7 +146,13 @@ pub enum AuditCommand {
         request_id: String,
         /// The partner's proof bundle.
         #[arg(long, value_name = "FILE")]
-        proof: PathBuf,
+        proof: Option<PathBuf>,
+        /// Fetch the partner's proof from its gateway, as this instance's
+        /// gateway: its configuration file (its upstream certificate, the
+        /// partner's CA and endpoints). The partner answers a gateway for
+        /// the records of the calls it vouched for.
+        #[arg(long, value_name = "CONFIG")]
+        fetch: Option<PathBuf>,
         /// The partner's log public key.
         #[arg(long, value_name = "PUBFILE")]
         partner_key: PathBuf,
@@ -284,13 +292,18 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             data,
             request_id,
             proof,
+            fetch,
             partner_key,
             federation_key,
             key,
         } => receipt(
             &data,
             &request_id,
-            &proof,
+            match (&proof, &fetch) {
+                (Some(file), _) => PartnerProof::File(file),
+                (None, Some(config)) => PartnerProof::Fetch(config),
+                (None, None) => bail!("give the partner's proof: --proof FILE or --fetch CONFIG"),
+            },
             [&partner_key, &federation_key],
             key.as_deref(),
         ),
@@ -610,10 +623,17 @@ fn check_proof(file: &Path, key: &Path) -> anyhow::Result<()> {
 
 /// `audit receipt`; `keys` are the partner's log key and this instance's
 /// federation key.
+/// Where the partner's proof of its record comes from.
+enum PartnerProof<'a> {
+    File(&'a Path),
+    /// Its gateway, reached as this instance's gateway (configuration).
+    Fetch(&'a Path),
+}
+
 fn receipt(
     data: &Path,
     request_id: &str,
-    proof: &Path,
+    proof: PartnerProof<'_>,
     [partner_key, federation_key]: [&Path; 2],
     key: Option<&Path>,
 ) -> anyhow::Result<()> {
@@ -623,9 +643,14 @@ fn receipt(
     let home =
         verify::prove_with_archives(data, None, &RecordKey::RequestId(request_id.to_owned()))
             .with_context(|| data.join(DATABASE_FILE).display().to_string())?;
-    let text = std::fs::read_to_string(proof)
-        .with_context(|| format!("{}: cannot read", proof.display()))?;
-    let partner = ProofBundle::parse_all(&text).with_context(|| proof.display().to_string())?;
+    let partner = match proof {
+        PartnerProof::File(proof) => {
+            let text = std::fs::read_to_string(proof)
+                .with_context(|| format!("{}: cannot read", proof.display()))?;
+            ProofBundle::parse_all(&text).with_context(|| proof.display().to_string())?
+        }
+        PartnerProof::Fetch(config) => fetch_partner_proof(config, &home, &home_key)?,
+    };
     let receipt = verify::check_receipt(
         &home,
         &home_key,
@@ -654,6 +679,102 @@ fn receipt(
         if theirs.allowed { "allowed" } else { "refused" }
     );
     Ok(())
+}
+
+/// The partner's proof of its record of the call `home` proves (the
+/// record its outcome names), fetched from the partner's gateway with the
+/// identity and trust of the gateway configured in `config_path`.
+fn fetch_partner_proof(
+    config_path: &Path,
+    home: &[ProofBundle],
+    home_key: &Verifier,
+) -> anyhow::Result<Vec<ProofBundle>> {
+    use govbridge::proto::audit::v1::GetRecordRequest;
+    use govbridge::proto::audit::v1::exchange_log_client::ExchangeLogClient;
+    use govbridge::proto::audit::v1::get_record_request::Key;
+
+    let (instance, index) = home
+        .iter()
+        .filter_map(|bundle| verify::check_bundle(bundle, home_key).ok())
+        .find_map(|record| Some((record.receipt_instance, record.receipt_index?)))
+        .context(
+            "no record of this call names a partner's receipt (was it forwarded to a partner \
+             instance, and has it ended?)",
+        )?;
+    let config = govbridge::config::Config::load(config_path)?;
+    let partner = config.federation.partners.get(&instance).with_context(|| {
+        format!(
+            "{}: no [federation.{instance}]: this gateway does not know the instance that \
+             logged the call",
+            config_path.display()
+        )
+    })?;
+    let endpoint = partner
+        .endpoints
+        .first()
+        .with_context(|| format!("federation.{instance} has no endpoint"))?;
+    let tls = govbridge::identity::tls::ClientTls {
+        server_ca: partner.ca.clone(),
+        crls: partner.crls.clone(),
+        ..config.upstream.tls.clone()
+    }
+    .client_config()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Everything, connecting included, within 10 s.
+    let fetch = async {
+        let address = tokio::net::lookup_host(&endpoint.address)
+            .await
+            .with_context(|| endpoint.to_string())?
+            .next()
+            .with_context(|| format!("{endpoint}: no address"))?;
+        let channel = govbridge::net::client::Channel::connect_to_member(
+            address,
+            &endpoint.server_name.to_str(),
+            tls,
+            &partner.gateway,
+        )
+        .await
+        .map_err(|error| anyhow::anyhow!("{endpoint}: {error}"))?;
+        let request = GetRecordRequest {
+            key: Some(Key::Index(index)),
+        };
+        let answer = ExchangeLogClient::new(channel)
+            .get_record(request)
+            .await
+            .map_err(|status| {
+                anyhow::anyhow!(
+                    "{instance}'s gateway ({endpoint}) does not give record {index}: {:?}: {}",
+                    status.code(),
+                    status.message()
+                )
+            })?;
+        anyhow::Ok(answer.into_inner())
+    };
+    let fetched =
+        runtime.block_on(async { tokio::time::timeout(Duration::from_secs(10), fetch).await });
+    let answer = fetched.with_context(|| format!("{endpoint}: no answer within 10 s"))??;
+    let checkpoint = answer
+        .checkpoint
+        .with_context(|| format!("{instance}'s answer holds no checkpoint"))?;
+    let inclusion_proof = answer
+        .inclusion_proof
+        .iter()
+        .map(|hash| <[u8; 32]>::try_from(hash.as_slice()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| anyhow::anyhow!("{instance}'s inclusion proof holds a malformed hash"))?;
+    println!(
+        "fetched {instance}'s record {} from {endpoint}, under its checkpoint of {} records",
+        answer.index, checkpoint.tree_size
+    );
+    Ok(vec![ProofBundle {
+        index: answer.index,
+        record: answer.record,
+        tree_size: checkpoint.tree_size,
+        inclusion_proof,
+        checkpoint: checkpoint.note,
+    }])
 }
 
 fn consistency(

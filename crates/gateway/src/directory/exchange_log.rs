@@ -285,8 +285,13 @@ impl ExchangeLogService {
                 }
                 RecordKey::RequestId(id) => store.last_record_of_request_for(id, &member)?,
             };
+            // A partner's gateway is party to the calls it vouched for.
             let party = |stored: &StoredRecord| {
-                decode(stored).map(|record| record.caller == member || record.provider == member)
+                decode(stored).map(|record| {
+                    record.caller == member
+                        || record.provider == member
+                        || record.via_gateway == member
+                })
             };
             let record = match found {
                 Some(stored) if party(&stored)? => stored,

@@ -109,9 +109,10 @@ impl Call<'_> {
     /// The caller a partner's gateway asserts, once the assertion holds:
     /// signed by the partner, from this gateway's peer, for this call,
     /// fresh and not seen before. Of the gateway's own services, only
-    /// health and the witness answer a partner's gateway (itself: its
-    /// health checks, its log's checkpoints): a partner forwards calls to
-    /// published services only.
+    /// health, the witness and the exchange log answer a partner's gateway
+    /// (itself: its health checks, its log's checkpoints, the records of
+    /// the calls it vouched for): a partner forwards calls to published
+    /// services only.
     fn asserted(
         &mut self,
         partner: &Partner,
@@ -120,10 +121,16 @@ impl Call<'_> {
     ) -> Result<(MemberId, Option<Assertion>), GatewayError> {
         let path = self.uri.path();
         if crate::catalog::is_local(path) {
-            // Health checks, and the partner's checkpoints to witness: the
-            // gateway's own business, with no caller behind it.
+            // Health checks, the partner's checkpoints to witness, and
+            // this log's records of the calls the partner vouched for: the
+            // gateways' own business, with no caller behind it.
             let own = crate::catalog::split_path(path).is_some_and(|(service, _)| {
-                service == crate::catalog::HEALTH || service == crate::catalog::WITNESS
+                [
+                    crate::catalog::HEALTH,
+                    crate::catalog::WITNESS,
+                    crate::catalog::EXCHANGE_LOG,
+                ]
+                .contains(&service)
             });
             return if own && !headers.contains_key(BRIDGE_ASSERTION) {
                 Ok((peer.clone(), None))
