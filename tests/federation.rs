@@ -793,7 +793,16 @@ async fn a_partner_witnesses_this_instances_log() {
     use govbridge::proto::witness::v1::AddCheckpointRequest;
     use govbridge::proto::witness::v1::witness_client::WitnessClient;
 
-    let (partner, bed, _keys) = federated().await;
+    // The log outlives the bed, to be tampered with at the end.
+    let (partner, bed, keys) = federated_with(|bed, kept| {
+        let data = kept.join("log");
+        bed.setting(
+            "exchange_log",
+            &format!("data_dir = {:?}", data.display().to_string()),
+        )
+    })
+    .await;
+    let _keys = keys;
     let mut registry = CompanyRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
     registry
         .get_company(get_company(&partner.company(), "TRADE-FINANCE"))
@@ -908,7 +917,27 @@ async fn a_partner_witnesses_this_instances_log() {
     let (ok, text) = verify(Some(unwitnessed));
     assert!(ok, "{text}");
     assert!(text.contains("are not witnessed"), "{text}");
+
+    // Whoever rewrites that tail can drop the checkpoints that signed it:
+    // the records past the last cosigned checkpoint still count.
     bed.stop().await;
+    let database = rusqlite::Connection::open(sn_data.join("exchange-log.sqlite")).unwrap();
+    let dropped = database
+        .execute(
+            "DELETE FROM checkpoints WHERE tree_size > ?1",
+            [i64::try_from(latest.size).unwrap()],
+        )
+        .unwrap();
+    assert!(dropped > 0);
+    drop(database);
+    let (ok, text) = verify(None);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&format!(
+            "the {unwitnessed} records after it are not witnessed"
+        )),
+        "{text}"
+    );
 }
 
 #[tokio::test]

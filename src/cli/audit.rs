@@ -516,24 +516,40 @@ fn verify_log(
         );
     }
     if !witnesses.keys.is_empty() {
-        check_witnessed(data, witnesses)?;
+        check_witnessed(data, &verifier, report.records, witnesses)?;
     }
     println!("ok");
     Ok(())
 }
 
-/// Every witness cosigned a checkpoint of the log in `data` (already
-/// verified: each checkpoint's signature and root) at most
-/// `max_unwitnessed` records short of the latest.
-fn check_witnessed(data: &Path, witnesses: &Witnesses) -> anyhow::Result<()> {
+/// Every witness cosigned a checkpoint of the log in `data`, whose
+/// `records` records were just verified with its checkpoints (signature
+/// and root each), at most `max_unwitnessed` records short of them all:
+/// records past the last checkpoint count too, since whoever rewrites a
+/// log's tail can drop the checkpoints that signed it.
+fn check_witnessed(
+    data: &Path,
+    log_key: &Verifier,
+    records: u64,
+    witnesses: &Witnesses,
+) -> anyhow::Result<()> {
     let database = data.join(DATABASE_FILE);
     let store = Store::open_read_only(data).with_context(|| database.display().to_string())?;
-    let checkpoints = store
+    // Those verified: within the records checked, under the log's key
+    // (a live log may have signed one more since).
+    let checkpoints: Vec<_> = store
         .checkpoints()
-        .with_context(|| database.display().to_string())?;
-    let latest = checkpoints
-        .last()
-        .with_context(|| format!("{}: no checkpoint to be witnessed", database.display()))?;
+        .with_context(|| database.display().to_string())?
+        .into_iter()
+        .filter(|checkpoint| {
+            checkpoint.size <= records
+                && govbridge::note::Checkpoint::open(&checkpoint.note, log_key)
+                    .is_ok_and(|opened| opened.size == checkpoint.size)
+        })
+        .collect();
+    if checkpoints.is_empty() {
+        bail!("{}: no checkpoint to be witnessed", database.display());
+    }
     for key in &witnesses.keys {
         let verifier = Verifier::read(key).map_err(anyhow::Error::msg)?;
         let name = verifier.name();
@@ -548,18 +564,17 @@ fn check_witnessed(data: &Path, witnesses: &Witnesses) -> anyhow::Result<()> {
             );
         };
         let time = govbridge::unix_time::rfc3339(i64::try_from(time).unwrap_or(i64::MAX));
-        let unwitnessed = latest.size - cosigned.size;
+        let unwitnessed = records.saturating_sub(cosigned.size);
         if unwitnessed > witnesses.max_unwitnessed {
             bail!(
-                "{}: the newest checkpoint cosigned by {name} ({time}) signs {} records, the \
-                 latest {}: the {unwitnessed} records after it are not witnessed (more than \
+                "{}: the newest checkpoint cosigned by {name} ({time}) signs {} records of \
+                 {records}: the {unwitnessed} records after it are not witnessed (more than \
                  --max-unwitnessed {}). Either the log was rewritten past what the witness \
                  saw, or the witness had not seen them (the gateway crashed, or its partner \
                  was unreachable): ask the partner for the checkpoint of this log it cosigned \
                  last",
                 database.display(),
                 cosigned.size,
-                latest.size,
                 witnesses.max_unwitnessed
             );
         }

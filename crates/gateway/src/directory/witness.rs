@@ -45,10 +45,14 @@ impl Witness for WitnessService {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| Status::invalid_argument("a consistency proof holds SHA-256 hashes"))?;
         let now = u64::try_from(crate::unix_time::now()).unwrap_or_default();
-        // Signatures, a proof and an fsync: off the gateway's workers.
+        // Signatures, a proof and an fsync: off the gateway's workers, one
+        // of this partner's at a time (a cancelled call's work finishes
+        // before its next starts).
+        let turn = witness.turn(instance).lock_owned().await;
         let (witness, partner) = (Arc::clone(witness), instance.to_owned());
         let (old_size, note) = (body.old_size, body.checkpoint.clone());
         let added = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             witness.add(&partner, old_size, &proof, &note, now)
         })
         .await

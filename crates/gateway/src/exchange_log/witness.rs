@@ -109,6 +109,9 @@ impl WitnessError {
 #[derive(Debug, Default)]
 pub struct Book {
     lock: Mutex<()>,
+    /// Each partner's turn: one of its checkpoints at a time reaches the
+    /// blocking pool, however many it sends (or cancels).
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Checkpoints sent, by partner and result (`cosigned`, `conflict`, or
     /// an error's kind), since the gateway started.
     outcomes: Mutex<BTreeMap<(String, &'static str), u64>>,
@@ -138,6 +141,16 @@ impl Witness {
             logs,
             book,
         }
+    }
+
+    /// `instance`'s turn: hold it while its checkpoint is taken.
+    pub fn turn(&self, instance: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self
+            .book
+            .turns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(turns.entry(instance.to_owned()).or_default())
     }
 
     /// Checkpoints sent, by (partner, result).
@@ -281,14 +294,20 @@ impl Witness {
             }
         }
         // Kept without the note's other signatures: what the witness
-        // holds is the log's word, bounded.
-        let path = self.state_file(instance);
-        crate::keys::write_file(&path, signed.note().as_bytes(), 0o600).map_err(|error| {
-            WitnessError::State {
-                path,
-                reason: error.to_string(),
-            }
-        })?;
+        // holds is the log's word, bounded. The same checkpoint again is
+        // cosigned again, not written again.
+        let held = last
+            .as_ref()
+            .is_some_and(|last| last.size == new.size && last.root == new.root);
+        if !held {
+            let path = self.state_file(instance);
+            crate::keys::write_file(&path, signed.note().as_bytes(), 0o600).map_err(|error| {
+                WitnessError::State {
+                    path,
+                    reason: error.to_string(),
+                }
+            })?;
+        }
         // The text as it came, extension lines and all: the cosignature
         // verifies on the sender's note.
         Ok(Added::Cosigned(self.key.cosign(signed.text, now)))

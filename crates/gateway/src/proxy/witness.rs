@@ -133,6 +133,11 @@ async fn send_round(
     let mut sending = tokio::task::JoinSet::new();
     for partner in partners.values().filter(|partner| partner.witness) {
         let follower = followers.entry(partner.instance.clone()).or_default();
+        // Cosigned already (before a restart, or a round that timed out
+        // while its cosignature was being kept): not sent again.
+        if follower.cosigned < latest.size && partner.key.cosigned(&latest.note).is_ok() {
+            follower.cosigned = latest.size;
+        }
         let pausing = follower.pause_until.is_some_and(|until| started < until);
         if follower.cosigned >= latest.size || (pausing && !now) {
             continue;
@@ -222,6 +227,11 @@ async fn send(
         },
     };
     let mut client = WitnessClient::new(connection.channel.clone());
+    // The checkpoint as this log signed it, without the cosignatures of
+    // other witnesses: each cosignature is checked on its own against it.
+    let signed = crate::note::Checkpoint::open_signed(&latest.note, log.verifier())
+        .map_err(|error| format!("this log's own checkpoint does not open: {error}"))?;
+    let note = signed.note();
     let mut known = follower.cosigned;
     // At most twice: once more from the size the witness says it holds.
     for _ in 0..2 {
@@ -236,7 +246,7 @@ async fn send(
             .add_checkpoint(AddCheckpointRequest {
                 old_size: known,
                 consistency,
-                checkpoint: latest.note.clone(),
+                checkpoint: note.clone(),
             })
             .await
             .map_err(|status| format!("{name}: {}", status.message()))?
@@ -258,7 +268,7 @@ async fn send(
         }
         partner
             .key
-            .cosigned(&format!("{}{line}", latest.note))
+            .cosigned(&format!("{note}{line}"))
             .map_err(|error| format!("{name}: the cosignature does not verify: {error}"))?;
         let (log, size) = (log.clone(), latest.size);
         tokio::task::spawn_blocking(move || log.add_cosignature(size, &line))
