@@ -352,6 +352,104 @@ async fn an_unknown_instance_is_refused_on_both_sides() {
     bed.stop().await;
 }
 
+/// The other way: an Azerbaijani bank checks a Senegalese identity, through
+/// Azerbaijan's gateway then Senegal's, each under its own policies and in
+/// its own log.
+#[tokio::test]
+async fn an_azerbaijani_member_calls_senegal_through_both_gateways() {
+    use govbridge::proto::civilregistry::v1::VerifyIdentityRequest;
+    use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
+
+    const KAPITAL: &str = "AZ/COM/KAPITAL/kyc";
+    const ANEC: &str = "SN/GOV/ANEC/civil-registry";
+    // Senegal knows Azerbaijan's bank, in a group of its own choosing.
+    let (partner, bed, keys) = federated_with(|bed, _| {
+        bed.config(format!(
+            "[members.\"{KAPITAL}\"]\nname = \"Kapital Bank\"\ngroups = [\"az-banks\"]\n"
+        ))
+    })
+    .await;
+    // Azerbaijan lets its bank call Senegal's civil registry, for KYC.
+    partner
+        .instance
+        .extend(
+            &format!(
+                "[members.\"{KAPITAL}\"]\nname = \"Kapital Bank\"\ngroups = [\"az-banks\"]\n\n\
+                 [members.\"{ANEC}\"]\nname = \"ANEC\"\n\n[providers.\"{ANEC}\"]\n\n\
+                 [services.\"govbridge.civilregistry.v1.CivilRegistry\"]\nproviders = [\"{ANEC}\"]\n\
+                 descriptor = \"descriptors/civilregistry.binpb\"\n"
+            ),
+            Some((
+                "abroad",
+                &format!(
+                    "@id(\"az-banks-check-identities-in-senegal\")\n\
+                     permit (principal in Group::\"az-banks\", action, resource == Provider::\"{ANEC}\")\n\
+                     when {{ context.purpose == \"KYC\" }};\n"
+                ),
+            )),
+        )
+        .unwrap();
+    let (certificate, key) = partner
+        .instance
+        .issue_member(&member(KAPITAL), "member-kapital-kyc")
+        .unwrap();
+    let channel = govbridge::net::client::Channel::connect(
+        partner.instance.address(),
+        "localhost",
+        partner.tls_for(&certificate, &key),
+    )
+    .await
+    .unwrap();
+    let citizen = &bed.data.citizens[0];
+    let request = || {
+        support::declared(
+            VerifyIdentityRequest {
+                nin: citizen.nin.to_string(),
+                first_names: citizen.first_names.clone(),
+                last_name: citizen.last_name.to_owned(),
+                date_of_birth: citizen.date_of_birth.to_string(),
+            },
+            "KYC",
+        )
+    };
+    let mut registry = CivilRegistryClient::new(channel);
+    let answer = registry.verify_identity(request()).await.unwrap();
+    let request_id = answer
+        .metadata()
+        .get("bridge-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    // Azerbaijan logged its bank calling Senegal's registry, with
+    // Senegal's receipt; Senegal logged the same call, vouched for by
+    // Azerbaijan's gateway.
+    let abroad = partner.records(&request_id);
+    assert_eq!(abroad.len(), 2, "{abroad:?}");
+    assert_eq!(abroad[0].caller, KAPITAL);
+    assert_eq!(abroad[0].provider, ANEC);
+    assert_eq!(abroad[1].receipt_instance, "SN");
+    assert!(abroad[1].receipt_index.is_some());
+    let home = bed.sandbox.exchange_log().of_request(&request_id).unwrap();
+    assert_eq!(home.len(), 2, "{home:?}");
+    assert_eq!(home[0].record.caller, KAPITAL);
+    assert_eq!(home[0].record.via_gateway, federation::GATEWAY);
+    assert!(!home[0].record.assertion.is_empty());
+
+    // Azerbaijan's policy lets its bank out for KYC only: another purpose
+    // is refused there, and says so.
+    let mut refused = request();
+    refused
+        .metadata_mut()
+        .insert("bridge-purpose", "CREDIT-SCORING".parse().unwrap());
+    let refused = registry.verify_identity(refused).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert_eq!(instance(&refused).as_deref(), Some("AZ"), "{refused:?}");
+    drop(keys);
+    bed.stop().await;
+}
+
 #[tokio::test]
 async fn assertions_are_checked_and_used_once() {
     let (partner, bed, keys) = federated().await;

@@ -295,6 +295,38 @@ impl PartnerInstance {
         Ok(())
     }
 
+    /// Adds `text` (TOML tables) to the partner's configuration and
+    /// `policy` (Cedar) to its policies as `NAME.cedar`, by a reload, as
+    /// its operator would: to let its own members call out.
+    pub fn extend(&self, text: &str, policy: Option<(&str, &str)>) -> anyhow::Result<()> {
+        if let Some((name, policy)) = policy {
+            pki::write_file(
+                &self.dir.join("policies").join(format!("{name}.cedar")),
+                policy.as_bytes(),
+                0o644,
+            )?;
+        }
+        let mut config = std::fs::read_to_string(&self.config)
+            .with_context(|| format!("cannot read {}", self.config.display()))?;
+        config.push('\n');
+        config.push_str(text);
+        pki::write_file(&self.config, config.as_bytes(), 0o644)?;
+        self.reloader.reload()?;
+        Ok(())
+    }
+
+    /// A client certificate and key of the partner's CA for `member`, in
+    /// its PKI directory as `NAME.pem` and `NAME.key`.
+    pub fn issue_member(
+        &self,
+        member: &MemberId,
+        name: &str,
+    ) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let pki = self.dir.join("pki");
+        let ca = CertificateAuthority::load(&pki)?;
+        Ok(ca.issue(&LeafRequest::member(member))?.write(&pki, name)?)
+    }
+
     /// What the home instance's configuration adds to reach this partner:
     /// `[federation.AZ]`, the partner's providers (no endpoints: reached
     /// through its gateway) as members, and `services` each published by
