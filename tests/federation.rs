@@ -354,7 +354,7 @@ async fn an_unknown_instance_is_refused_on_both_sides() {
 
 /// The other way: an Azerbaijani bank checks a Senegalese identity, through
 /// Azerbaijan's gateway then Senegal's, each under its own policies and in
-/// its own log.
+/// its own log, with the consent the citizen granted in Senegal's MyGov.
 #[tokio::test]
 async fn an_azerbaijani_member_calls_senegal_through_both_gateways() {
     use govbridge::proto::civilregistry::v1::VerifyIdentityRequest;
@@ -362,8 +362,20 @@ async fn an_azerbaijani_member_calls_senegal_through_both_gateways() {
 
     const KAPITAL: &str = "AZ/COM/KAPITAL/kyc";
     const ANEC: &str = "SN/GOV/ANEC/civil-registry";
-    // Senegal knows Azerbaijan's bank, in a group of its own choosing.
-    let (partner, bed, keys) = federated_with(|bed, _| {
+    // Senegal knows Azerbaijan's bank, in a group of its own choosing, and
+    // lets it check an identity with the citizen's consent only.
+    let (partner, bed, keys) = federated_with(|bed, kept| {
+        std::fs::write(
+            kept.join("policies/consent-abroad.cedar"),
+            format!(
+                "@id(\"az-banks-need-consent\")\n\
+                 forbid (\n  principal in Group::\"az-banks\",\n  \
+                 action == Action::\"/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity\",\n  \
+                 resource == Provider::\"{ANEC}\"\n)\n\
+                 unless {{ context.consent.verified }};\n"
+            ),
+        )
+        .unwrap();
         bed.config(format!(
             "[members.\"{KAPITAL}\"]\nname = \"Kapital Bank\"\ngroups = [\"az-banks\"]\n"
         ))
@@ -413,7 +425,29 @@ async fn an_azerbaijani_member_calls_senegal_through_both_gateways() {
         )
     };
     let mut registry = CivilRegistryClient::new(channel);
-    let answer = registry.verify_identity(request()).await.unwrap();
+
+    // Without the citizen's consent, Senegal refuses, and says so.
+    let refused = registry.verify_identity(request()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert_eq!(bridge_error(&refused).as_deref(), Some("consent-missing"));
+    assert_eq!(instance(&refused).as_deref(), Some("SN"), "{refused:?}");
+
+    // The citizen grants it in Senegal's MyGov; the bank sends it with
+    // its call, and Azerbaijan's gateway passes it on.
+    let consent = bed
+        .grant_consent(&govbridge::sandbox::ConsentGrant::new(
+            &citizen.nin.to_string(),
+            KAPITAL,
+            "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity",
+            "KYC",
+        ))
+        .await
+        .unwrap();
+    let mut with_consent = request();
+    with_consent
+        .metadata_mut()
+        .insert("bridge-consent", consent.artefact.parse().unwrap());
+    let answer = registry.verify_identity(with_consent).await.unwrap();
     let request_id = answer
         .metadata()
         .get("bridge-request-id")
@@ -436,6 +470,7 @@ async fn an_azerbaijani_member_calls_senegal_through_both_gateways() {
     assert_eq!(home[0].record.caller, KAPITAL);
     assert_eq!(home[0].record.via_gateway, federation::GATEWAY);
     assert!(!home[0].record.assertion.is_empty());
+    assert_eq!(home[0].record.consent_id, consent.id);
 
     // Azerbaijan's policy lets its bank out for KYC only: another purpose
     // is refused there, and says so.

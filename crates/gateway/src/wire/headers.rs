@@ -51,6 +51,7 @@ pub mod names {
     pub const BRIDGE_REASON: HeaderName = HeaderName::from_static(super::BRIDGE_REASON);
     pub const BRIDGE_TARGET: HeaderName = HeaderName::from_static(super::BRIDGE_TARGET);
     pub const BRIDGE_CLIENT: HeaderName = HeaderName::from_static(super::BRIDGE_CLIENT);
+    pub const BRIDGE_CONSENT: HeaderName = HeaderName::from_static(super::BRIDGE_CONSENT);
     pub const BRIDGE_PURPOSE: HeaderName = HeaderName::from_static(super::BRIDGE_PURPOSE);
     pub const BRIDGE_REQUEST_ID: HeaderName = HeaderName::from_static(super::BRIDGE_REQUEST_ID);
     pub const BRIDGE_USER_ID: HeaderName = HeaderName::from_static(super::BRIDGE_USER_ID);
@@ -314,15 +315,21 @@ pub fn strip_bridge_headers(headers: &mut HeaderMap) {
 }
 
 /// What a call to a partner instance's gateway carries besides
-/// [`upstream_headers`]: the caller's reason, the provider the call is for
-/// and this gateway's signed `assertion`, which the partner checks the
-/// declared headers against.
+/// [`upstream_headers`]: the caller's reason, the provider the call is for,
+/// this gateway's signed `assertion`, which the partner checks the
+/// declared headers against, and the caller's consent artefact when this
+/// gateway did not use it (`forward_consent`): one the partner's citizens
+/// granted, for the partner's policies to check.
 pub fn federated_headers(
     headers: &mut HeaderMap,
     call: &CallHeaders,
     provider: &MemberId,
     assertion: &str,
+    forward_consent: bool,
 ) {
+    if forward_consent && let Some(consent) = &call.consent {
+        headers.insert(names::BRIDGE_CONSENT, consent.clone());
+    }
     if let Some(reason) = &call.reason
         && let Ok(value) = HeaderValue::from_bytes(reason.as_bytes())
     {

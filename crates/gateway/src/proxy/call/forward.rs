@@ -274,11 +274,23 @@ impl UpstreamHead {
             && let Some(key) = &call.state.federation.key
         {
             let assertion = call.assertion(partner, provider, exchange);
+            // A consent this gateway's issuers signed is its own
+            // citizens': it stays here, used or not. Another is the
+            // partner's to check.
+            let ours = exchange.consent_use.is_some()
+                || exchange.headers.consent.as_ref().is_some_and(|consent| {
+                    call.state.consent_keys.as_ref().is_some_and(|keys| {
+                        consent
+                            .to_str()
+                            .is_ok_and(|token| keys.verify(token).is_ok())
+                    })
+                });
             headers::federated_headers(
                 &mut headers,
                 &exchange.headers,
                 provider,
                 &assertion.seal(key),
+                !ours,
             );
         }
         // A citizen's consent stays in its instance.
