@@ -485,6 +485,49 @@ async fn an_azerbaijani_member_calls_senegal_through_both_gateways() {
     bed.stop().await;
 }
 
+/// A partner's members are limited each on its own, behind the gateway
+/// they all come through: one bank's flood leaves the others their share.
+#[tokio::test]
+async fn a_partners_members_each_keep_to_their_own_limits() {
+    let (partner, bed, _keys) = federated().await;
+    partner
+        .instance
+        .extend(
+            &format!("[limits.members.\"{CBAO}\"]\nrequests_per_second = 1\nburst = 1\n"),
+            None,
+        )
+        .unwrap();
+    let voen = partner.company();
+    let mut cbao = CompanyRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
+    let mut refused = None;
+    for _ in 0..5 {
+        if let Err(status) = cbao.get_company(get_company(&voen, "TRADE-FINANCE")).await {
+            refused = Some(status);
+            break;
+        }
+    }
+    let refused = refused.expect("five calls within a second, one allowed a second");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert_eq!(bridge_error(&refused).as_deref(), Some("rate-limited"));
+    assert_eq!(instance(&refused).as_deref(), Some("AZ"));
+    assert!(refused.message().contains(CBAO), "{refused:?}");
+
+    // Ecobank, through the same two gateways, is not held back.
+    let mut ecobank =
+        CompanyRegistryClient::new(bed.channel_as("SN/COM/ECOBANK/kyc").await.unwrap());
+    for _ in 0..5 {
+        ecobank
+            .get_company(get_company(&voen, "TRADE-FINANCE"))
+            .await
+            .unwrap();
+    }
+    bed.stop().await;
+}
+
 #[tokio::test]
 async fn assertions_are_checked_and_used_once() {
     let (partner, bed, keys) = federated().await;

@@ -147,6 +147,8 @@ impl Drop for Slot {
 pub struct CallPermit {
     _gateway: Slot,
     _member: Option<Slot>,
+    /// The caller a partner's gateway asserted, counted on its own.
+    _asserted: Option<Slot>,
     max_message_bytes: NonZeroU32,
 }
 
@@ -219,14 +221,40 @@ impl Limits {
                     limit: self.gateway_max.get(),
                     retry_after: OVERLOAD_PUSHBACK,
                 })?;
+        let (member, max_message_bytes) = self.member_slot(member)?;
+        Ok(CallPermit {
+            _gateway: gateway,
+            _member: member,
+            _asserted: None,
+            max_message_bytes,
+        })
+    }
+
+    /// `permit`, a partner's gateway's, held for `caller` too, the member
+    /// that gateway asserted: a partner's member gets no more than its
+    /// own limits allow, whichever gateway it comes through, and one
+    /// partner member's flood does not take the others' share. The
+    /// smaller message size of the two applies.
+    pub fn with_asserted(
+        &self,
+        permit: CallPermit,
+        caller: &MemberId,
+    ) -> Result<CallPermit, GatewayError> {
+        let (asserted, max_message_bytes) = self.member_slot(caller)?;
+        Ok(CallPermit {
+            _asserted: asserted,
+            max_message_bytes: permit.max_message_bytes.min(max_message_bytes),
+            ..permit
+        })
+    }
+
+    /// `member`'s rate and calls in flight: its slot (none without an
+    /// entry: the defaults), and its largest message.
+    fn member_slot(&self, member: &MemberId) -> Result<(Option<Slot>, NonZeroU32), GatewayError> {
         let Some(limiter) = self.members.get(member) else {
             // Only registered members get this far; the defaults, should
             // one not have its entry.
-            return Ok(CallPermit {
-                _gateway: gateway,
-                _member: None,
-                max_message_bytes: MemberLimits::default().max_message_bytes,
-            });
+            return Ok((None, MemberLimits::default().max_message_bytes));
         };
         let nodes = self.fleet_nodes.load(Ordering::Relaxed);
         if let Some(rate) = limiter.limits.rate
@@ -252,11 +280,7 @@ impl Limits {
                 retry_after: CONCURRENCY_PUSHBACK,
             });
         };
-        Ok(CallPermit {
-            _gateway: gateway,
-            _member: Some(slot),
-            max_message_bytes: limiter.limits.max_message_bytes,
-        })
+        Ok((Some(slot), limiter.limits.max_message_bytes))
     }
 
     /// The fleet now has `nodes` nodes up (this one included): each

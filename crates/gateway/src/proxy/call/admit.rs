@@ -31,7 +31,8 @@ impl Call<'_> {
     ///
     /// A partner gateway's calls count against the partner gateway's
     /// limits (its entry in the registry, if it has one), taken before its
-    /// assertion is even read: a partner's flood is shed as any member's.
+    /// assertion is even read: a partner's flood is shed as any member's;
+    /// then against the asserted caller's own.
     pub(super) fn admit(&mut self, headers: &HeaderMap) -> Result<Admitted, GatewayError> {
         let limited = |call: &Self, member: &MemberId| {
             call.state.limits.permit(member).inspect_err(|refused| {
@@ -45,6 +46,18 @@ impl Call<'_> {
                 }
                 let permit = limited(self, &gateway)?;
                 let (caller, assertion) = self.asserted(&partner, &gateway, headers)?;
+                // The member behind it counts on its own, once asserted
+                // (the gateway's own business counts once).
+                let permit = if caller == gateway {
+                    permit
+                } else {
+                    self.state
+                        .limits
+                        .with_asserted(permit, &caller)
+                        .inspect_err(|refused| {
+                            self.conn.metrics.limit_refusal(&caller, refused.kind());
+                        })?
+                };
                 Ok(Admitted {
                     caller,
                     permit,
