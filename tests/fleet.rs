@@ -704,6 +704,49 @@ async fn the_fleet_keeps_one_log_and_one_data_tracker() {
     let checked = audit(&["check-proof", proof.to_str().unwrap(), "--key", key]);
     assert!(checked.contains(&answered[17]), "{checked}");
 
+    // An operator follows the fleet's log as it grows: a call made
+    // through node 1 after the tail started shows up in it.
+    let mut tail = std::process::Command::new(env!("CARGO_BIN_EXE_govbridge"))
+        .args(["audit", "tail", "--follow", "--json", "--pull"])
+        .arg(bed.dir().join("node-0.toml"))
+        .args(["--key", key, "--data"])
+        .arg(bed.dir().join("tail-copy"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, seen) = std::sync::mpsc::channel::<String>();
+    let stdout = tail.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let later = verify_identity(&bed, nodes[1].address).await.unwrap();
+    let followed = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut said = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match seen.recv_timeout(left) {
+                Ok(line) if line.contains(&later) => return Ok(line),
+                Ok(line) => said.push(line),
+                Err(_) => break,
+            }
+        }
+        Err(said)
+    })
+    .await
+    .unwrap();
+    let _ = tail.kill();
+    let _ = tail.wait();
+    let line = followed.unwrap_or_else(|said| panic!("never followed: {said:?}"));
+    assert!(line.starts_with('{'), "{line}");
+
     // Edits in the database: a fresh pull names them.
     let fresh = |name: &str| bed.dir().join(name);
     let pull = |into: &std::path::Path| {

@@ -200,6 +200,16 @@ pub enum AuditCommand {
         /// Keep printing new records until interrupted.
         #[arg(long)]
         follow: bool,
+        /// A fleet node's configuration: DIR is a copy of the fleet's log,
+        /// pulled from its `[store]` (as `audit pull` does, with the node's
+        /// log key) before each look. Records appear once a checkpoint
+        /// covers them.
+        #[arg(long, value_name = "FILE")]
+        pull: Option<PathBuf>,
+        /// With --pull: the fleet log's public key; default the node's
+        /// log-key.pub.
+        #[arg(long, value_name = "PUBFILE", requires = "pull")]
+        key: Option<PathBuf>,
     },
     /// Search records, oldest first, a page at a time.
     Query {
@@ -330,7 +340,15 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             json,
             from,
             follow,
-        } => tail(&data, json, from, follow),
+            pull,
+            key,
+        } => tail(
+            &data,
+            json,
+            from,
+            follow,
+            pull.as_deref().map(|config| (config, key.as_deref())),
+        ),
         AuditCommand::Query {
             data,
             since,
@@ -412,53 +430,89 @@ fn archive(data: &Path, out: &Path, retain: Duration, key: Option<&Path>) -> any
     Ok(())
 }
 
-fn pull(config: &Path, data: &Path, key: Option<&Path>) -> anyhow::Result<()> {
-    use govbridge::exchange_log::fleet;
-    let loaded = govbridge::config::Config::load(config)?;
-    let Some(store) = loaded.store else {
-        bail!(
-            "{}: no [store] section: this gateway's log is its own, read it with --data {}",
-            config.display(),
-            loaded.exchange_log.data_dir.display()
-        );
-    };
-    let verifier = load_verifier(&loaded.exchange_log.data_dir, key)?;
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(data)
-            .with_context(|| format!("creating {}", data.display()))?;
+/// A fleet's log (a node configuration's `[store]`), copied into a local
+/// log directory, as `audit pull` does.
+struct FleetCopy {
+    /// The database connection runs on its worker while the caller waits.
+    _runtime: tokio::runtime::Runtime,
+    reader: govbridge::exchange_log::fleet::FleetReader,
+    verifier: Verifier,
+    store: govbridge::config::StoreConfig,
+    data: PathBuf,
+}
+
+impl FleetCopy {
+    /// The fleet of the node configured in `config`, to be copied into
+    /// `data` (created if needed), checked with `key` (default: the
+    /// node's log key).
+    fn open(config: &Path, data: &Path, key: Option<&Path>) -> anyhow::Result<Self> {
+        let loaded = govbridge::config::Config::load(config)?;
+        let Some(store) = loaded.store else {
+            bail!(
+                "{}: no [store] section: this gateway's log is its own, read it with --data {}",
+                config.display(),
+                loaded.exchange_log.data_dir.display()
+            );
+        };
+        let verifier = load_verifier(&loaded.exchange_log.data_dir, key)?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(data)
+                .with_context(|| format!("creating {}", data.display()))?;
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let database = runtime.block_on(govbridge::database::Database::open(&store))?;
+        let reader =
+            govbridge::exchange_log::fleet::FleetReader::new(database, runtime.handle().clone());
+        govbridge::keys::write_file(
+            &data.join(VERIFIER_FILE),
+            format!("{verifier}\n").as_bytes(),
+            0o644,
+        )?;
+        Ok(Self {
+            _runtime: runtime,
+            reader,
+            verifier,
+            store,
+            data: data.to_owned(),
+        })
     }
-    // The connection runs on the runtime's worker while this thread waits.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let database = runtime.block_on(govbridge::database::Database::open(&store))?;
-    let reader = fleet::FleetReader::new(database, runtime.handle().clone());
-    let pulled = fleet::pull(&reader, data, &verifier)?;
-    govbridge::keys::write_file(
-        &data.join(VERIFIER_FILE),
-        format!("{verifier}\n").as_bytes(),
-        0o644,
-    )?;
+
+    /// Copies what the fleet's log holds past the copy, up to its latest
+    /// checkpoint; fails at the first damage, the copy holding what came
+    /// before it.
+    fn pull(&self) -> anyhow::Result<govbridge::exchange_log::fleet::Pulled> {
+        let pulled =
+            govbridge::exchange_log::fleet::pull(&self.reader, &self.data, &self.verifier)?;
+        if let Some(problem) = &pulled.problem {
+            bail!(
+                "{}: {problem}; the copy in {} holds the {} records of the last checkpoint it \
+                 verified",
+                self.store.redacted(),
+                self.data.display(),
+                pulled.size
+            );
+        }
+        Ok(pulled)
+    }
+}
+
+fn pull(config: &Path, data: &Path, key: Option<&Path>) -> anyhow::Result<()> {
+    let copy = FleetCopy::open(config, data, key)?;
+    let pulled = copy.pull()?;
+    let store = &copy.store;
     println!(
         "pulled {} records and {} checkpoints from {}",
         pulled.records,
         pulled.checkpoints,
         store.redacted()
     );
-    if let Some(problem) = pulled.problem {
-        bail!(
-            "{}: {problem}; the copy in {} holds the {} records of the last checkpoint it \
-             verified",
-            store.redacted(),
-            data.display(),
-            pulled.size
-        );
-    }
     println!(
         "{} holds {} records, up to the fleet's latest checkpoint; read it with --data {}",
         data.display(),
@@ -824,7 +878,19 @@ fn consistency(
     Ok(())
 }
 
-fn tail(data: &Path, json: bool, from: Option<u64>, follow: bool) -> anyhow::Result<()> {
+fn tail(
+    data: &Path,
+    json: bool,
+    from: Option<u64>,
+    follow: bool,
+    fleet: Option<(&Path, Option<&Path>)>,
+) -> anyhow::Result<()> {
+    let copy = fleet
+        .map(|(config, key)| FleetCopy::open(config, data, key))
+        .transpose()?;
+    if let Some(copy) = &copy {
+        copy.pull()?;
+    }
     let store = Store::open_read_only(data)?;
     let mut next = match from {
         Some(from) => from,
@@ -849,6 +915,9 @@ fn tail(data: &Path, json: bool, from: Option<u64>, follow: bool) -> anyhow::Res
             return Ok(());
         }
         std::thread::sleep(FOLLOW_POLL);
+        if let Some(copy) = &copy {
+            copy.pull()?;
+        }
     }
     flushed(&mut out)?;
     Ok(())
