@@ -1146,7 +1146,8 @@ async fn a_clean_stop_leaves_the_log_witnessed() {
         "--key",
         sn_data.join("log-key.pub").to_str().unwrap(),
         "--witness",
-        partner.path("pki/federation.pub").to_str().unwrap(),
+        // The witness's key in the form tlog tools take (type 0x04).
+        partner.path("pki/federation.witness.pub").to_str().unwrap(),
     ]);
     assert!(ok, "{text}");
     assert!(

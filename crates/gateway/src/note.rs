@@ -172,8 +172,21 @@ impl SigningKey {
         public_key.copy_from_slice(self.pair.public_key().as_ref());
         Verifier {
             name: self.name.clone(),
+            algorithm: ALG_ED25519,
             id: key_id(&self.name, &public_key),
             public_key,
+        }
+    }
+
+    /// The public half as a witness's verifier key (C2SP
+    /// tlog-cosignature: signature type 0x04), as other tlog tools expect
+    /// a witness's key: it checks cosignatures, not notes.
+    pub fn cosignature_verifier(&self) -> Verifier {
+        let verifier = self.verifier();
+        Verifier {
+            algorithm: ALG_COSIGNATURE_V1,
+            id: key_id_of(&self.name, ALG_COSIGNATURE_V1, &verifier.public_key),
+            ..verifier
         }
     }
 
@@ -195,6 +208,8 @@ impl SigningKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verifier {
     name: String,
+    /// Ed25519 notes (0x01), or a witness's cosignatures (0x04).
+    algorithm: u8,
     id: [u8; 4],
     public_key: [u8; 32],
 }
@@ -205,7 +220,9 @@ impl Verifier {
         &self.name
     }
 
-    /// Parses `<name>+<key id hex>+<base64(0x01 || key)>`.
+    /// Parses `<name>+<key id hex>+<base64(ALG || key)>`, ALG being 0x01
+    /// (Ed25519 notes) or 0x04 (a witness's cosignatures, C2SP
+    /// tlog-cosignature/v1).
     pub fn parse(text: &str) -> Result<Self, NoteError> {
         let mut parts = text.trim().splitn(3, '+');
         let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
@@ -215,18 +232,24 @@ impl Verifier {
         let key = BASE64
             .decode(key)
             .map_err(|_| NoteError::VerifierKey("the key is not base64"))?;
-        let Some((&ALG_ED25519, public_key)) = key.split_first() else {
-            return Err(NoteError::VerifierKey("not an Ed25519 key"));
+        let Some((&algorithm, public_key)) = key
+            .split_first()
+            .filter(|(algorithm, _)| [ALG_ED25519, ALG_COSIGNATURE_V1].contains(algorithm))
+        else {
+            return Err(NoteError::VerifierKey(
+                "not an Ed25519 key (0x01) nor a witness's (0x04)",
+            ));
         };
         let public_key: [u8; 32] = public_key
             .try_into()
             .map_err(|_| NoteError::VerifierKey("an Ed25519 key is 32 bytes"))?;
-        let expected = key_id(name, &public_key);
+        let expected = key_id_of(name, algorithm, &public_key);
         if id.len() != 8 || u32::from_str_radix(id, 16).ok() != Some(u32::from_be_bytes(expected)) {
             return Err(NoteError::VerifierKey("the key id does not match the key"));
         }
         Ok(Self {
             name: name.to_owned(),
+            algorithm,
             id: expected,
             public_key,
         })
@@ -248,6 +271,10 @@ impl Verifier {
     /// Checks that `note` carries a valid signature by this key; returns
     /// the signed text and that signature's line (without its newline).
     pub fn open_signed<'a>(&self, note: &'a str) -> Result<(&'a str, &'a str), NoteError> {
+        if self.algorithm != ALG_ED25519 {
+            // A witness's key signs cosignatures, never a note.
+            return Err(NoteError::Unsigned(self.name.clone()));
+        }
         let split = note
             .rfind("\n\n")
             .ok_or(NoteError::Malformed("no blank line before the signatures"))?;
@@ -327,7 +354,7 @@ impl Verifier {
 
 impl fmt::Display for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut key = vec![ALG_ED25519];
+        let mut key = vec![self.algorithm];
         key.extend_from_slice(&self.public_key);
         write!(
             f,
@@ -483,6 +510,52 @@ mod tests {
         assert_eq!(again.verifier(), key.verifier());
         assert!(SigningKey::from_pem("log", "garbage").is_err());
         assert!(SigningKey::generate("a b").is_err());
+    }
+
+    #[test]
+    fn witness_keys_take_the_cosignature_type() {
+        let witness = SigningKey::generate("AZ-federation").unwrap();
+        let vkey = witness.cosignature_verifier().to_string();
+        // C2SP tlog-cosignature: base64(0x04 || key), and the key id the
+        // first four bytes of SHA-256(name "\n" 0x04 key).
+        let mut parts = vkey.splitn(3, '+');
+        let (name, id, key) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        let key = BASE64.decode(key).unwrap();
+        assert_eq!((name, key[0], key.len()), ("AZ-federation", 0x04, 33));
+        let mut input = b"AZ-federation\n".to_vec();
+        input.extend_from_slice(&key);
+        let hash = digest(&SHA256, &input);
+        assert_eq!(
+            id,
+            format!(
+                "{:08x}",
+                u32::from_be_bytes(hash.as_ref()[..4].try_into().unwrap())
+            )
+        );
+        let parsed = Verifier::parse(&vkey).unwrap();
+        assert_eq!(parsed, witness.cosignature_verifier());
+
+        // It checks cosignatures, as the note key's form does, and opens
+        // no note.
+        let log = SigningKey::generate("log").unwrap();
+        let checkpoint = Checkpoint {
+            origin: "log".into(),
+            size: 3,
+            root: [1; 32],
+        };
+        let cosigned = format!(
+            "{}{}",
+            checkpoint.sign(&log),
+            witness.cosign(&checkpoint.text(), 7)
+        );
+        assert_eq!(parsed.cosigned(&cosigned), Ok(7));
+        assert_eq!(witness.verifier().cosigned(&cosigned), Ok(7));
+        assert!(parsed.open(&witness.sign("a note\n")).is_err());
+        assert!(witness.verifier().open(&witness.sign("a note\n")).is_ok());
     }
 
     #[test]

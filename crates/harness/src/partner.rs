@@ -57,8 +57,9 @@ pub fn key_name(instance: &str) -> String {
     format!("{instance}-federation")
 }
 
-/// Writes a federation key and its verifier (`path`, and `path` with the
-/// extension `.pub`), unless they exist.
+/// Writes a federation key and its verifiers (`path`; `path` with the
+/// extension `.pub`, and `.witness.pub` for its cosignatures), unless
+/// they exist.
 pub fn write_federation_key(path: &Path, instance: &str) -> anyhow::Result<()> {
     if path.exists() {
         return Ok(());
@@ -68,6 +69,12 @@ pub fn write_federation_key(path: &Path, instance: &str) -> anyhow::Result<()> {
     pki::write_file(
         &path.with_extension("pub"),
         format!("{}\n", key.verifier()).as_bytes(),
+        0o644,
+    )?;
+    // The same key as a witness's, for tlog tools (C2SP: type 0x04).
+    pki::write_file(
+        &path.with_extension("witness.pub"),
+        format!("{}\n", key.cosignature_verifier()).as_bytes(),
         0o644,
     )?;
     Ok(())
