@@ -528,6 +528,108 @@ async fn a_partners_members_each_keep_to_their_own_limits() {
     bed.stop().await;
 }
 
+/// Senegal's directory learns Azerbaijan from Azerbaijan's own signed
+/// global configuration, rather than from files handed over one by one:
+/// its bundle is checked with its directory's key, and what it publishes
+/// in `[instance]` and `[trust]` becomes Senegal's `[federation.AZ]`.
+#[tokio::test]
+async fn a_partner_is_learned_from_its_signed_global_configuration() {
+    use govbridge::global::split::{self, DirectorySettings};
+
+    let (partner, bed, keys) = federated().await;
+    let (bundle, az_key) = partner
+        .instance
+        .publish_configuration(&keys.path().join("az-directory"))
+        .unwrap();
+
+    // Senegal's publication, from the dev configuration.
+    let sn = keys.path().join("sn");
+    let config = govbridge::dev::prepare(&sn).unwrap();
+    let settings = DirectorySettings {
+        url: "https://directory.sn.invalid/bundle.json",
+        ca: Some("pki/ca.pem"),
+        key: "directory.pub",
+        interval: "60s",
+    };
+    let publication = sn.join("publication");
+    let divided = split::split(&config, &settings).unwrap();
+    split::write_publication(&divided, &publication).unwrap();
+    let global = publication.join("global.toml");
+    let before = std::fs::read_to_string(&global).unwrap();
+
+    let learn = |from: &Path, key: &Path, instance: &str| {
+        let args: Vec<String> = [
+            "directory",
+            "learn",
+            "--partner",
+            instance,
+            "--from",
+            from.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--config",
+            global.to_str().unwrap(),
+            "--witnessed",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    // Refused, the file untouched: another instance's key, another
+    // instance's name, an altered bundle.
+    let stranger = keys.path().join("stranger.pub");
+    let other = SigningKey::generate("AZ-directory").unwrap();
+    std::fs::write(&stranger, format!("{}\n", other.verifier())).unwrap();
+    let (ok, text) = learn(&bundle, &stranger, "AZ");
+    assert!(!ok, "{text}");
+    let (ok, text) = learn(&bundle, &az_key, "KE");
+    assert!(!ok, "{text}");
+    assert!(text.contains("`KE`") || text.contains("KE"), "{text}");
+    let altered = keys.path().join("altered.json");
+    let mut wire: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
+    let file = wire["files"]["global.toml"].as_str().unwrap().to_owned();
+    let flipped = if file.starts_with('A') { "B" } else { "A" };
+    wire["files"]["global.toml"] = format!("{flipped}{}", &file[1..]).into();
+    std::fs::write(&altered, serde_json::to_vec(&wire).unwrap()).unwrap();
+    let (ok, text) = learn(&altered, &az_key, "AZ");
+    assert!(!ok, "{text}");
+    assert!(text.contains("altered"), "{text}");
+    assert_eq!(std::fs::read_to_string(&global).unwrap(), before);
+
+    // Learned: the section and its files, twice over as once.
+    for _ in 0..2 {
+        let (ok, text) = learn(&bundle, &az_key, "AZ");
+        assert!(ok, "{text}");
+        assert!(text.contains("learned AZ from version 1"), "{text}");
+    }
+    let after = std::fs::read_to_string(&global).unwrap();
+    assert_eq!(after.matches("[federation.\"AZ\"]").count(), 1, "{after}");
+    assert!(after.contains(&format!("\"https://{}\"", partner.instance.address())));
+    assert!(
+        after.contains("gateway = \"AZ/GOV/BRIDGE/gateway\""),
+        "{after}"
+    );
+    assert!(after.contains("witness = true"), "{after}");
+    for (learned, original) in [
+        ("federation/AZ/ca.pem", "pki/ca.pem"),
+        ("federation/AZ/federation.pub", "pki/federation.pub"),
+    ] {
+        assert_eq!(
+            std::fs::read(publication.join(learned)).unwrap(),
+            std::fs::read(partner.path(original)).unwrap(),
+            "{learned}"
+        );
+    }
+    // A publication with it is one Senegal's directory signs.
+    let checked = govbridge::config::Config::load_publication(&global).unwrap();
+    let az = &checked.federation.partners["AZ"];
+    assert_eq!(az.gateway.as_str(), "AZ/GOV/BRIDGE/gateway");
+    assert!(az.witness);
+    let _ = before;
+    bed.stop().await;
+}
+
 #[tokio::test]
 async fn assertions_are_checked_and_used_once() {
     let (partner, bed, keys) = federated().await;

@@ -92,6 +92,39 @@ pub enum DirectoryCommand {
         #[arg(long, value_name = "PEM")]
         private_key: PathBuf,
     },
+    /// Learn a partner instance from its own signed global configuration:
+    /// check its bundle with its directory's key (obtained out of band),
+    /// then write what this instance needs to reach and trust it (its CA
+    /// and CRLs, its gateways' id and endpoints, its federation key, its
+    /// log key) under `federation/INSTANCE/` beside CONFIG, and its
+    /// `[federation."INSTANCE"]` section into CONFIG, between markers a
+    /// later `learn` replaces. CONFIG is a publication's global.toml (then
+    /// `publish`), or a gateway file without [directory]; it is checked
+    /// as such afterwards, and left as it was if the check fails.
+    Learn {
+        /// The partner instance (`AZ`).
+        #[arg(long)]
+        partner: String,
+        /// Its bundle: a file, or `https://...` (with --ca).
+        #[arg(long, value_name = "FILE|URL")]
+        from: String,
+        /// The CA the partner's directory's certificate chains to.
+        #[arg(long, value_name = "PEM")]
+        ca: Option<PathBuf>,
+        /// The partner's directory's verifier key.
+        #[arg(long, value_name = "KEY.pub")]
+        key: PathBuf,
+        /// The file the section goes into.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The partner witnesses this instance's log (`witness = true`).
+        #[arg(long)]
+        witnessed: bool,
+        /// This instance witnesses the partner's log (`log_key`, from its
+        /// configuration).
+        #[arg(long)]
+        witness: bool,
+    },
     /// What NEW changes from OLD: members, services, purposes, policies,
     /// files. Each is a bundle, or a directory not yet published.
     Diff {
@@ -208,6 +241,23 @@ pub fn run(command: DirectoryCommand) -> anyhow::Result<()> {
                 anyhow::Ok(())
             })
         }
+        DirectoryCommand::Learn {
+            partner,
+            from,
+            ca,
+            key,
+            config,
+            witnessed,
+            witness,
+        } => learn(&Learning {
+            partner: &partner,
+            from: &from,
+            ca: ca.as_deref(),
+            key: &key,
+            config: &config,
+            witnessed,
+            witness,
+        }),
         DirectoryCommand::Diff { old, new, key } => {
             let verifier = key
                 .map(|key| Verifier::read(&key).map_err(anyhow::Error::msg))
@@ -251,6 +301,303 @@ fn keygen(name: &str, out: &Path) -> anyhow::Result<()> {
         public.display()
     );
     Ok(())
+}
+
+/// What `learn` learns, from where, and into which file.
+struct Learning<'a> {
+    partner: &'a str,
+    from: &'a str,
+    ca: Option<&'a Path>,
+    key: &'a Path,
+    config: &'a Path,
+    witnessed: bool,
+    witness: bool,
+}
+
+fn learn(learning: &Learning<'_>) -> anyhow::Result<()> {
+    let partner = learning.partner;
+    if !govbridge::global::is_instance(partner) {
+        bail!("`{partner}` is not an instance name: 1 to 16 of A-Z, 0-9 and '-'");
+    }
+    let bytes = if learning.from.starts_with("https://") {
+        let url: http::Uri = learning
+            .from
+            .parse()
+            .with_context(|| format!("{}: not a URL", learning.from))?;
+        let ca = learning
+            .ca
+            .context("an https:// bundle needs --ca, its directory's CA")?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime
+            .block_on(govbridge::global::http::fetch(
+                &url,
+                ca,
+                Duration::from_secs(30),
+            ))
+            .map_err(anyhow::Error::msg)?
+    } else {
+        std::fs::read(learning.from).with_context(|| format!("reading {}", learning.from))?
+    };
+    let verifier = Verifier::read(learning.key).map_err(anyhow::Error::msg)?;
+    let bundle = Bundle::open(&bytes, &verifier)
+        .with_context(|| format!("{}: {partner}'s global configuration", learning.from))?;
+    bundle
+        .accept(partner, None, govbridge::unix_time::now())
+        .with_context(|| format!("{}: {partner}'s global configuration", learning.from))?;
+    let learned = Learned::of(&bundle, partner)?;
+
+    // Its files, then its section.
+    let dir = learning.config.parent().unwrap_or(Path::new("."));
+    let files = Path::new("federation").join(partner);
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.join(&files).join(name);
+        govbridge::keys::write_file(&path, bytes, 0o644)
+            .with_context(|| format!("writing {}", path.display()))?;
+        anyhow::Ok(files.join(name).display().to_string())
+    };
+    let ca = write("ca.pem", &learned.ca)?;
+    let crls = learned
+        .crls
+        .iter()
+        .enumerate()
+        .map(|(index, crl)| write(&format!("crl-{index}.pem"), crl))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let key = write("federation.pub", &learned.federation_key)?;
+    let log_key = match (&learned.log_key, learning.witness) {
+        (Some(log_key), true) => Some(write("log-key.pub", log_key)?),
+        (None, true) => {
+            bail!("--witness: {partner}'s configuration publishes no log key ([instance] log_key)")
+        }
+        (_, false) => None,
+    };
+    let quote = |text: &str| toml::Value::String(text.to_owned()).to_string();
+    let list = |items: &[String]| {
+        let quoted: Vec<String> = items.iter().map(|item| quote(item)).collect();
+        format!("[{}]", quoted.join(", "))
+    };
+    let (begin, end) = markers(partner);
+    let manifest = &bundle.manifest;
+    let mut block = format!(
+        "{begin}\n# version {} of {partner}'s global configuration, issued {}, expires {}, \
+         signed by {}\n[federation.{}]\nca = {}\ncrls = {}\ngateway = {}\nendpoints = {}\n",
+        manifest.version,
+        govbridge::unix_time::rfc3339(manifest.issued),
+        govbridge::unix_time::rfc3339(manifest.expires),
+        verifier.name(),
+        quote(partner),
+        quote(&ca),
+        list(&crls),
+        quote(&learned.gateway),
+        list(&learned.endpoints),
+    );
+    if let Some(tls_name) = &learned.tls_name {
+        block.push_str(&format!("tls_name = {}\n", quote(tls_name)));
+    }
+    block.push_str(&format!("key = {}\n", quote(&key)));
+    if let Some(log_key) = &log_key {
+        block.push_str(&format!("log_key = {}\n", quote(log_key)));
+    }
+    if learning.witnessed {
+        block.push_str("witness = true\n");
+    }
+    block.push_str(&end);
+    block.push('\n');
+
+    let config = learning.config;
+    let before =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let after =
+        with_block(&before, partner, &block).with_context(|| format!("{}", config.display()))?;
+    govbridge::keys::write_file(config, after.as_bytes(), 0o644)
+        .with_context(|| format!("writing {}", config.display()))?;
+    let checked =
+        if config.file_name() == Some(std::ffi::OsStr::new(govbridge::global::GLOBAL_FILE)) {
+            govbridge::config::Config::load_publication(config).map(drop)
+        } else {
+            govbridge::config::Config::load(config).map(drop)
+        };
+    if let Err(error) = checked {
+        govbridge::keys::write_file(config, before.as_bytes(), 0o644)
+            .with_context(|| format!("restoring {}", config.display()))?;
+        return Err(anyhow::Error::new(error).context(format!(
+            "{} would not load with what {partner} publishes: left as it was",
+            config.display()
+        )));
+    }
+    println!(
+        "learned {partner} from version {} of its global configuration (signed by {}): gateway \
+         {}, {} endpoint(s), {} CRL(s){}",
+        manifest.version,
+        verifier.name(),
+        learned.gateway,
+        learned.endpoints.len(),
+        crls.len(),
+        if log_key.is_some() {
+            ", its log witnessed here"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "{}: [federation.{partner}] written; its files in {}",
+        config.display(),
+        dir.join(&files).display()
+    );
+    Ok(())
+}
+
+/// What a partner's global configuration says of how to reach and trust
+/// it.
+struct Learned {
+    ca: Vec<u8>,
+    crls: Vec<Vec<u8>>,
+    gateway: String,
+    endpoints: Vec<String>,
+    tls_name: Option<String>,
+    federation_key: Vec<u8>,
+    log_key: Option<Vec<u8>>,
+}
+
+impl Learned {
+    /// From `bundle`'s `[instance]` and `[trust]` (the CA its members'
+    /// and gateways' certificates chain to, and its CRLs).
+    fn of(bundle: &Bundle, partner: &str) -> anyhow::Result<Self> {
+        let version = bundle.manifest.version;
+        let context = || format!("{partner}'s global configuration (version {version})");
+        let text = bundle
+            .files
+            .get(govbridge::global::GLOBAL_FILE)
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+            .with_context(|| format!("{}: no readable global.toml", context()))?;
+        let table: toml::Table = text
+            .parse()
+            .with_context(|| format!("{}: global.toml", context()))?;
+        let section = |name: &str| {
+            table
+                .get(name)
+                .and_then(toml::Value::as_table)
+                .with_context(|| format!("{}: no [{name}] section", context()))
+        };
+        let instance = section("instance")?;
+        let trust = section("trust")?;
+        let text_of = |table: &toml::Table, key: &str| {
+            table
+                .get(key)
+                .and_then(toml::Value::as_str)
+                .map(str::to_owned)
+                .with_context(|| format!("{}: no `{key}`", context()))
+        };
+        let file =
+            |path: &str| {
+                bundle.files.get(path).cloned().with_context(|| {
+                    format!("{}: names {path}, which it does not carry", context())
+                })
+            };
+        let gateway = text_of(instance, "gateway")?;
+        let member = govbridge::identity::MemberId::parse(&gateway)
+            .map_err(|error| anyhow::anyhow!("{}: instance.gateway: {error}", context()))?;
+        if member.instance() != partner {
+            bail!(
+                "{}: its gateway {member} is not of instance {partner}",
+                context()
+            );
+        }
+        let endpoints: Vec<String> = instance
+            .get("endpoints")
+            .and_then(toml::Value::as_array)
+            .map(|endpoints| {
+                endpoints
+                    .iter()
+                    .filter_map(toml::Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if endpoints.is_empty() {
+            bail!("{}: [instance] names no endpoint", context());
+        }
+        let federation_key = file(&text_of(instance, "federation_key")?)?;
+        let log_key = instance
+            .get("log_key")
+            .and_then(toml::Value::as_str)
+            .map(file)
+            .transpose()?;
+        for key in std::iter::once(&federation_key).chain(log_key.as_ref()) {
+            let text = std::str::from_utf8(key).unwrap_or_default();
+            Verifier::parse(text)
+                .map_err(|error| anyhow::anyhow!("{}: a key of [instance]: {error}", context()))?;
+        }
+        let crls = trust
+            .get("client_crls")
+            .and_then(toml::Value::as_array)
+            .map(|crls| {
+                crls.iter()
+                    .filter_map(toml::Value::as_str)
+                    .map(file)
+                    .collect::<anyhow::Result<Vec<_>>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
+        Ok(Self {
+            ca: file(&text_of(trust, "client_ca")?)?,
+            crls,
+            gateway,
+            endpoints,
+            tls_name: instance
+                .get("tls_name")
+                .and_then(toml::Value::as_str)
+                .map(str::to_owned),
+            federation_key,
+            log_key,
+        })
+    }
+}
+
+/// The lines around what `learn` writes of `partner`.
+fn markers(partner: &str) -> (String, String) {
+    (
+        format!(
+            "# >>> learned from {partner}'s global configuration by `govbridge directory learn`: \
+             edits between these lines are replaced"
+        ),
+        format!("# <<< learned from {partner}"),
+    )
+}
+
+/// `text` with `block` in place of what `learn` wrote of `partner` before,
+/// or added at its end; refused if `text` has a `[federation]` section of
+/// `partner` written by hand.
+fn with_block(text: &str, partner: &str, block: &str) -> anyhow::Result<String> {
+    let (begin, end) = markers(partner);
+    if let Some(start) = text.find(&begin) {
+        let stop = text[start..]
+            .find(&end)
+            .map(|offset| start + offset + end.len())
+            .context("the lines `learn` wrote before are cut: their end marker is gone")?;
+        let rest = text[stop..].strip_prefix('\n').unwrap_or(&text[stop..]);
+        return Ok(format!("{}{block}{rest}", &text[..start]));
+    }
+    let table: toml::Table = text.parse().context("not TOML")?;
+    if table
+        .get("federation")
+        .and_then(toml::Value::as_table)
+        .is_some_and(|federation| federation.contains_key(partner))
+    {
+        bail!(
+            "it already has a [federation.{partner}] section written by hand: remove it, and \
+             learn writes one"
+        );
+    }
+    let separator = if text.is_empty() || text.ends_with("\n\n") {
+        ""
+    } else if text.ends_with('\n') {
+        "\n"
+    } else {
+        "\n\n"
+    };
+    Ok(format!("{text}{separator}{block}"))
 }
 
 /// What to publish, and where.

@@ -322,6 +322,58 @@ impl PartnerInstance {
         Ok(())
     }
 
+    /// Publishes the partner's global configuration as its directory
+    /// would, with `[instance]` (its gateway, endpoint, federation and log
+    /// keys) for partners to learn: its gateway file split into a
+    /// publication under `dir`, checked, and signed into `dir/bundle.json`
+    /// with a directory key made for it (`dir/directory.pub`). Returns the
+    /// bundle and the key's verifier file.
+    pub fn publish_configuration(&self, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+        use gateway::global::split::{self, DirectorySettings};
+        let settings = DirectorySettings {
+            url: "https://directory.az.invalid/bundle.json",
+            ca: Some("pki/ca.pem"),
+            key: "directory.pub",
+            interval: "60s",
+        };
+        let publication = dir.join("publication");
+        let split = split::split(&self.config, &settings).map_err(anyhow::Error::msg)?;
+        split::write_publication(&split, &publication).map_err(anyhow::Error::msg)?;
+        std::fs::copy(
+            self.dir.join("pki/federation.pub"),
+            publication.join("instance-federation.pub"),
+        )?;
+        let log_key = self
+            .log
+            .as_ref()
+            .map(|log| log.dir().join(gateway::exchange_log::store::VERIFIER_FILE))
+            .context("the partner's exchange log is off")?;
+        std::fs::copy(log_key, publication.join("instance-log-key.pub"))?;
+        let global = publication.join(gateway::global::GLOBAL_FILE);
+        let mut text = std::fs::read_to_string(&global)?;
+        text.push_str(&format!(
+            "\n[instance]\ngateway = \"{GATEWAY}\"\nendpoints = [\"https://{}\"]\n\
+             tls_name = \"localhost\"\nfederation_key = \"instance-federation.pub\"\n\
+             log_key = \"instance-log-key.pub\"\n",
+            self.address
+        ));
+        pki::write_file(&global, text.as_bytes(), 0o644)?;
+        Config::load_publication(&global)?;
+        let key = SigningKey::generate("AZ-directory")?;
+        let verifier = dir.join("directory.pub");
+        pki::write_file(&verifier, format!("{}\n", key.verifier()).as_bytes(), 0o644)?;
+        let bundle = gateway::global::Bundle::build(
+            &publication,
+            INSTANCE,
+            1,
+            Duration::from_secs(7 * 86_400),
+            &key,
+        )?;
+        let path = dir.join("bundle.json");
+        pki::write_file(&path, &bundle.to_json(), 0o644)?;
+        Ok((path, verifier))
+    }
+
     /// A client certificate and key of the partner's CA for `member`, in
     /// its PKI directory as `NAME.pem` and `NAME.key`.
     pub fn issue_member(

@@ -58,6 +58,7 @@ struct RawConfig {
     trust: Option<Spanned<RawTrust>>,
     #[serde(default)]
     federation: BTreeMap<Spanned<String>, RawPartner>,
+    instance: Option<Spanned<RawInstance>>,
 }
 
 /// The sections an instance's gateways share: a bundle's `global.toml`,
@@ -79,6 +80,20 @@ struct RawGlobal {
     trust: Option<Spanned<RawTrust>>,
     #[serde(default)]
     federation: BTreeMap<Spanned<String>, RawPartner>,
+    instance: Option<Spanned<RawInstance>>,
+}
+
+/// `[instance]`: how partner instances reach and trust this one,
+/// published in its global configuration for them to learn (`govbridge
+/// directory learn`). Its gateways do not use it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInstance {
+    gateway: Spanned<String>,
+    endpoints: Spanned<Vec<Spanned<String>>>,
+    tls_name: Option<Spanned<String>>,
+    federation_key: Spanned<String>,
+    log_key: Option<Spanned<String>>,
 }
 
 /// `[federation."XX"]`: a partner instance.
@@ -525,6 +540,9 @@ pub(super) fn parse(
 /// The gateway settings a publication is checked with: none of it is
 /// read (no file it names is opened); `[trust]` of the publication, when
 /// it has one, replaces the CAs.
+/// The node id of the placeholder settings a publication is checked with.
+const PUBLICATION_NODE: &str = "publication-check";
+
 const PUBLICATION_STUB: &str = "[gateway]\nnode_id = \"publication-check\"\n\
     listen = \"127.0.0.1:0\"\nidentity = \"XX/GOV/GOVBRIDGE/gateway\"\n\
     [gateway.tls]\ncertificate = \"-\"\nprivate_key = \"-\"\n\
@@ -567,6 +585,16 @@ fn confine(shared: &Source<'_>, global: &RawGlobal) -> Result<(), ConfigError> {
             "consent.issuer_keys".to_owned(),
             &consent.get_ref().issuer_keys,
         ));
+    }
+    if let Some(instance) = &global.instance {
+        let instance = instance.get_ref();
+        paths.push((
+            "instance.federation_key".to_owned(),
+            &instance.federation_key,
+        ));
+        if let Some(log_key) = &instance.log_key {
+            paths.push(("instance.log_key".to_owned(), log_key));
+        }
     }
     if let Some(trust) = &global.trust {
         let trust = trust.get_ref();
@@ -633,6 +661,7 @@ impl RawConfig {
             limits: self.limits.take(),
             trust: self.trust.take(),
             federation: std::mem::take(&mut self.federation),
+            instance: self.instance.take(),
         }
     }
 
@@ -649,6 +678,7 @@ impl RawConfig {
             ("limits", self.limits.as_ref().map(Spanned::span)),
             ("trust", self.trust.as_ref().map(Spanned::span)),
             ("federation", first(self.federation.keys().next())),
+            ("instance", self.instance.as_ref().map(Spanned::span)),
         ];
         if let Some((section, span)) = present
             .into_iter()
@@ -932,6 +962,9 @@ fn validate(
         gateway,
         raw.store.is_some(),
     )?;
+    if let Some(instance) = &global.instance {
+        validate_instance(shared, instance.get_ref())?;
+    }
     gateway_config.tls.partners = federation
         .partners
         .values()
@@ -1191,6 +1224,35 @@ fn endpoints_of(
         .collect()
 }
 
+/// `[instance]`: a member id for the gateways, their endpoints, readable
+/// verifier keys.
+fn validate_instance(shared: &Source<'_>, instance: &RawInstance) -> Result<(), ConfigError> {
+    shared.member("instance.gateway", &instance.gateway)?;
+    if instance.endpoints.get_ref().is_empty() {
+        return Err(shared.error(
+            "instance.endpoints",
+            &instance.endpoints,
+            "partners need at least one gateway endpoint",
+        ));
+    }
+    endpoints_of(
+        shared,
+        "instance",
+        &instance.endpoints,
+        instance.tls_name.as_ref(),
+    )?;
+    for (key, file) in std::iter::once(("instance.federation_key", &instance.federation_key)).chain(
+        instance
+            .log_key
+            .as_ref()
+            .map(|file| ("instance.log_key", file)),
+    ) {
+        crate::note::Verifier::read(&shared.path(file))
+            .map_err(|message| shared.error(key, file, message))?;
+    }
+    Ok(())
+}
+
 /// `[federation."XX"]` (shared) and `gateway.federation_key` (this
 /// gateway's own), for a node of a fleet when `fleet` (`[store]`).
 fn validate_federation(
@@ -1294,6 +1356,8 @@ fn validate_federation(
             Some(path)
         }
         (None, true) => None,
+        // Each gateway's own key: a publication names none.
+        (None, false) if gateway.node_id.get_ref() == PUBLICATION_NODE => None,
         (None, false) => {
             return Err(source.error(
                 "gateway.federation_key",
