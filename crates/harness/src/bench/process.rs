@@ -52,11 +52,11 @@ impl ChildProcess {
             address: SocketAddr::from(([0, 0, 0, 0], 0)),
         };
         let (lines, received) = std::sync::mpsc::channel();
+        // Read to the end, also once nobody listens: a child writing to a
+        // closed pipe would fail (Rust's println! panics on it).
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if lines.send(line).is_err() {
-                    break;
-                }
+                let _ = lines.send(line);
             }
         });
         loop {
