@@ -955,6 +955,22 @@ fn federation_mistakes_are_named() {
     assert_eq!(error.key, "federation.AZ.key", "{error}");
     assert_eq!(error.line, Some(line_of(&text, "key = \"missing.pub")));
 
+    // [instance], what partners learn of this one: named mistakes.
+    let instance = |endpoints: &str, key: &str| {
+        edited("", "")
+            + &format!(
+                "\n[instance]\ngateway = \"SN/GOV/GOVBRIDGE/gateway\"\nendpoints = {endpoints}\n\
+                 federation_key = \"{key}\"\n"
+            )
+    };
+    Config::parse(path(), &instance("[\"https://127.0.0.1:8443\"]", "sn.pub")).unwrap();
+    let text = instance("[]", "sn.pub");
+    let error = error_of(&text);
+    assert_eq!(error.key, "instance.endpoints", "{error}");
+    assert_eq!(error.line, Some(line_of(&text, "endpoints = []")));
+    let error = error_of(&instance("[\"https://127.0.0.1:8443\"]", "missing.pub"));
+    assert_eq!(error.key, "instance.federation_key", "{error}");
+
     // A fleet neither witnesses nor is witnessed yet: each node would keep
     // its own witness state.
     let fleet = "\n[store]\nurl = \"postgres://govbridge@127.0.0.1:5432/govbridge\"\n";
