@@ -562,7 +562,7 @@ fn markers(partner: &str) -> (String, String) {
             "# >>> learned from {partner}'s global configuration by `govbridge directory learn`: \
              edits between these lines are replaced"
         ),
-        format!("# <<< learned from {partner}"),
+        format!("# <<< end of what was learned from {partner}'s global configuration"),
     )
 }
 

@@ -462,7 +462,7 @@ pub(super) fn parse(
             ));
         }
         let global = raw.take_global();
-        return validate(&source, &source, raw, global, None);
+        return validate(&source, &source, raw, global, None, false);
     };
     raw.refuse_global(&source)?;
     let directory = validate_directory(&source, &directory, &raw)?;
@@ -534,15 +534,19 @@ pub(super) fn parse(
         expires: installed.manifest.expires,
         dir: installed.dir,
     };
-    validate(&source, &shared, raw, global, Some((directory, version)))
+    validate(
+        &source,
+        &shared,
+        raw,
+        global,
+        Some((directory, version)),
+        false,
+    )
 }
 
 /// The gateway settings a publication is checked with: none of it is
 /// read (no file it names is opened); `[trust]` of the publication, when
 /// it has one, replaces the CAs.
-/// The node id of the placeholder settings a publication is checked with.
-const PUBLICATION_NODE: &str = "publication-check";
-
 const PUBLICATION_STUB: &str = "[gateway]\nnode_id = \"publication-check\"\n\
     listen = \"127.0.0.1:0\"\nidentity = \"XX/GOV/GOVBRIDGE/gateway\"\n\
     [gateway.tls]\ncertificate = \"-\"\nprivate_key = \"-\"\n\
@@ -565,7 +569,7 @@ pub(super) fn parse_publication(path: &Path, text: &str) -> Result<Config, Confi
     let stub_path = path.with_file_name("(placeholder gateway settings)");
     let local = Source::new(&stub_path, &stub);
     let raw: RawConfig = local.deserialize()?;
-    validate(&local, &shared, raw, global, None)
+    validate(&local, &shared, raw, global, None, true)
 }
 
 /// Every path a global configuration names must be a file of its bundle:
@@ -865,12 +869,16 @@ fn admin_endpoint(
 /// The whole configuration: the gateway's own sections from `source`, the
 /// shared ones (`global`) from `shared` (the same file, or the bundle's
 /// `global.toml` when `directory` says where it came from).
+/// `publication`: a global configuration checked before it is signed,
+/// with placeholder gateway settings (what is each gateway's own, its
+/// federation key, is not required).
 fn validate(
     source: &Source<'_>,
     shared: &Source<'_>,
     raw: RawConfig,
     global: RawGlobal,
     directory: Option<(DirectoryConfig, GlobalVersion)>,
+    publication: bool,
 ) -> Result<Config, ConfigError> {
     let trust = Trust::of(source, shared, &raw, global.trust.as_ref())?;
     let gateway = &raw.gateway;
@@ -961,6 +969,7 @@ fn validate(
         &global.federation,
         gateway,
         raw.store.is_some(),
+        publication,
     )?;
     if let Some(instance) = &global.instance {
         validate_instance(shared, instance.get_ref())?;
@@ -1261,6 +1270,7 @@ fn validate_federation(
     raw: &BTreeMap<Spanned<String>, RawPartner>,
     gateway: &RawGateway,
     fleet: bool,
+    publication: bool,
 ) -> Result<super::FederationConfig, ConfigError> {
     let own = source.member("gateway.identity", &gateway.identity)?;
     let mut partners = BTreeMap::new();
@@ -1357,7 +1367,7 @@ fn validate_federation(
         }
         (None, true) => None,
         // Each gateway's own key: a publication names none.
-        (None, false) if gateway.node_id.get_ref() == PUBLICATION_NODE => None,
+        (None, false) if publication => None,
         (None, false) => {
             return Err(source.error(
                 "gateway.federation_key",
