@@ -612,8 +612,8 @@ async fn a_partner_is_learned_from_its_signed_global_configuration() {
     );
     assert!(after.contains("witness = true"), "{after}");
     for (learned, original) in [
-        ("federation/AZ/ca.pem", "pki/ca.pem"),
-        ("federation/AZ/federation.pub", "pki/federation.pub"),
+        ("federation/AZ/v1/ca.pem", "pki/ca.pem"),
+        ("federation/AZ/v1/federation.pub", "pki/federation.pub"),
     ] {
         assert_eq!(
             std::fs::read(publication.join(learned)).unwrap(),

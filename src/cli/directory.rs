@@ -348,9 +348,14 @@ fn learn(learning: &Learning<'_>) -> anyhow::Result<()> {
         .with_context(|| format!("{}: {partner}'s global configuration", learning.from))?;
     let learned = Learned::of(&bundle, partner)?;
 
-    // Its files, then its section.
+    // Its files, then its section. Each version's files in a directory of
+    // their own: the section in place keeps naming whole, unchanged files
+    // until the new one replaces it.
     let dir = learning.config.parent().unwrap_or(Path::new("."));
-    let files = Path::new("federation").join(partner);
+    let learned_dir = dir.join("federation").join(partner);
+    let version_dir = format!("v{}", bundle.manifest.version);
+    let files = Path::new("federation").join(partner).join(&version_dir);
+    let fresh = !dir.join(&files).exists();
     let write = |name: &str, bytes: &[u8]| {
         let path = dir.join(&files).join(name);
         govbridge::keys::write_file(&path, bytes, 0o644)
@@ -421,10 +426,22 @@ fn learn(learning: &Learning<'_>) -> anyhow::Result<()> {
     if let Err(error) = checked {
         govbridge::keys::write_file(config, before.as_bytes(), 0o644)
             .with_context(|| format!("restoring {}", config.display()))?;
+        if fresh {
+            let _ = std::fs::remove_dir_all(dir.join(&files));
+        }
         return Err(anyhow::Error::new(error).context(format!(
             "{} would not load with what {partner} publishes: left as it was",
             config.display()
         )));
+    }
+    // The versions learned before are no longer named.
+    for entry in std::fs::read_dir(&learned_dir)
+        .with_context(|| format!("reading {}", learned_dir.display()))?
+        .flatten()
+    {
+        if entry.file_name() != version_dir.as_str() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
     println!(
         "learned {partner} from version {} of its global configuration (signed by {}): gateway \
