@@ -52,7 +52,8 @@
 //!   citizens' consent, the tamper-evident log, providers and their pools.
 //! - [`telemetry`]: metrics and OTLP span export.
 //! - [`config`]: the TOML file, validated into [`config::Config`].
-//! - [`net`]: TLS listeners serving HTTP/2, and an h2 client; [`global`]:
+//! - [`net`]: TLS listeners serving HTTP/2 (and HTTP/1.1 for JSON calls),
+//!   and an h2 client; [`global`]:
 //!   the signed global configuration an instance's directory publishes.
 //! - [`wire`], [`catalog`] and [`note`]: the contracts: `bridge-*` headers,
 //!   deadlines and trace context; the compiled services, data subjects and

@@ -11,6 +11,7 @@ pub mod agencies;
 pub mod bench;
 pub mod demo;
 pub mod dev;
+pub mod json_client;
 pub mod launch;
 pub mod partner;
 pub mod pki;

@@ -14,9 +14,12 @@
 //! [`crate::proto::FILE_DESCRIPTOR_SET`] or a configuration's sets, or walks
 //! descriptors. Routing, configuration and policy ask a catalog which
 //! services and methods exist; consent binding and the exchange log ask
-//! its [`subject`] fields where the subject is.
+//! its [`subject`] fields where the subject is; the proxy asks its
+//! [`json`] routes which method a JSON request calls, and how to read and
+//! write that method's messages as JSON.
 
 pub mod descriptors;
+pub mod json;
 pub mod subject;
 
 use std::collections::{HashMap, HashSet};
@@ -74,6 +77,10 @@ pub struct Catalog {
     client_streaming: HashSet<String>,
     subjects: subject::SubjectFields,
     descriptors: descriptors::DescriptorIndex,
+    /// Every file, linked: what JSON calls are read and written with.
+    pool: prost_reflect::DescriptorPool,
+    /// The JSON routes of every method.
+    json: crate::catalog::json::Routes,
 }
 
 /// Why a descriptor set cannot be added.
@@ -115,6 +122,8 @@ impl Catalog {
             client_streaming: HashSet::new(),
             subjects: subject::SubjectFields::default(),
             descriptors: descriptors::DescriptorIndex::default(),
+            pool: prost_reflect::DescriptorPool::new(),
+            json: crate::catalog::json::Routes::default(),
         }
     }
 
@@ -175,6 +184,8 @@ impl Catalog {
             client_streaming,
             subjects: subject::SubjectFields::of_pool(pool)?,
             descriptors: descriptors::DescriptorIndex::of(files),
+            json: crate::catalog::json::Routes::of(pool),
+            pool: pool.clone(),
         })
     }
 
@@ -202,6 +213,16 @@ impl Catalog {
     /// The descriptors, for reflection and `GetServiceDescriptor`.
     pub fn descriptors(&self) -> &descriptors::DescriptorIndex {
         &self.descriptors
+    }
+
+    /// Every message, enum and service, linked.
+    pub fn pool(&self) -> &prost_reflect::DescriptorPool {
+        &self.pool
+    }
+
+    /// The JSON routes of every method (`crate::catalog::json`).
+    pub fn json_routes(&self) -> &crate::catalog::json::Routes {
+        &self.json
     }
 }
 

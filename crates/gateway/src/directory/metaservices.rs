@@ -110,8 +110,16 @@ impl Directory for DirectoryService {
                     "service {service} is not published on this gateway, or not to you"
                 ))
             })?;
+        let openapi = super::openapi(
+            context.state.as_ref(),
+            &context.caller,
+            context.certificate_days_left,
+            Some(service),
+            None,
+        );
         Ok(Response::new(GetServiceDescriptorResponse {
             file_descriptor_set: set,
+            openapi: openapi.to_string(),
         }))
     }
 }

@@ -21,7 +21,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use tower::ServiceExt;
 
 use crate::catalog::{
@@ -124,11 +123,70 @@ impl LocalContext {
     }
 }
 
+/// The OpenAPI document of the JSON operations `caller` may call (all
+/// services', or `service`'s): what its policies may permit, as
+/// reflection shows, with the purposes they permit each under.
+pub fn openapi(
+    state: &dyn GatewayView,
+    caller: &MemberId,
+    certificate_days_left: i64,
+    service: Option<&str>,
+    server: Option<&str>,
+) -> serde_json::Value {
+    use crate::catalog::json::openapi::{Declared, Permitted, document};
+    use crate::wire::headers;
+    let mut permitted: BTreeMap<String, Permitted> = BTreeMap::new();
+    for permit in state.policy().permits(caller, certificate_days_left) {
+        let of_service = service.is_none_or(|service| {
+            crate::catalog::split_path(&permit.method).is_some_and(|(s, _)| s == service)
+        });
+        if !of_service || (permit.purposes.is_empty() && permit.purposes_with_consent.is_empty()) {
+            continue;
+        }
+        let entry = permitted.entry(permit.method).or_default();
+        entry.purposes.extend(permit.purposes);
+        entry.with_consent.extend(permit.purposes_with_consent);
+    }
+    let title = match service {
+        Some(service) => format!("{service} through govbridge, for {caller}"),
+        None => format!(
+            "govbridge {}: the operations of {caller}",
+            caller.instance()
+        ),
+    };
+    let declared = Declared {
+        purpose: headers::BRIDGE_PURPOSE,
+        consent: headers::BRIDGE_CONSENT,
+        request_id: headers::BRIDGE_REQUEST_ID,
+        others: &[
+            (
+                headers::BRIDGE_REASON,
+                "Why, in words (printable UTF-8).",
+                Some(headers::MAX_REASON_LEN),
+            ),
+            (
+                headers::BRIDGE_USER_ID,
+                "The person acting at the partner (printable).",
+                Some(headers::MAX_USER_ID_LEN),
+            ),
+            (headers::TRACEPARENT, "W3C trace context.", None),
+        ],
+    };
+    document(
+        state.catalog().json_routes(),
+        &permitted,
+        &declared,
+        &title,
+        server,
+    )
+}
+
 /// Answers a call to one of the gateway's own services.
-pub async fn call(
-    mut request: Request<Incoming>,
-    context: LocalContext,
-) -> Response<tonic::body::Body> {
+pub async fn call<B>(mut request: Request<B>, context: LocalContext) -> Response<tonic::body::Body>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
     request.extensions_mut().insert(context);
     let service = request
         .uri()

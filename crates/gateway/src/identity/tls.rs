@@ -32,8 +32,11 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use super::{InvalidMemberId, MemberId};
 
-/// The only application protocol either hop speaks.
-const ALPN_H2: &[u8] = b"h2";
+/// HTTP/2: gRPC, on both hops.
+pub const ALPN_H2: &[u8] = b"h2";
+/// HTTP/1.1: JSON calls of partners without gRPC (`crate::proxy`'s
+/// transcoding), offered by the listener after HTTP/2.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// The process-wide crypto provider: aws-lc-rs, with its default (post-quantum
 /// first) key exchange groups.
@@ -333,7 +336,7 @@ impl ServerTls {
                     .with_single_cert(chain, key)
             })
             .map_err(identity_error(&self.certificate))?;
-        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
         // No resumption: a resumed session carries the client certificate
         // of its first handshake without checking it again, so a revoked
         // or expired certificate would get in. The cost is a full

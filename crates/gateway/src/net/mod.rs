@@ -531,6 +531,50 @@ async fn certificate_invalidated(
     }
 }
 
+type TlsIo = TokioIo<tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// A connection served as the client's TLS handshake chose: HTTP/2 (gRPC,
+/// and JSON calls), or HTTP/1.1 (JSON calls).
+enum Served<S: ConnectionService> {
+    Http2(
+        std::pin::Pin<
+            Box<
+                hyper::server::conn::http2::Connection<
+                    TlsIo,
+                    streams::Tracked<S>,
+                    streams::StreamExecutor,
+                >,
+            >,
+        >,
+    ),
+    Http1(std::pin::Pin<Box<hyper::server::conn::http1::Connection<TlsIo, streams::Tracked<S>>>>),
+}
+
+impl<S: ConnectionService> Served<S> {
+    /// HTTP/2: GOAWAY, the open streams may finish. HTTP/1.1: the request
+    /// in progress may finish, then the connection closes.
+    fn graceful_shutdown(&mut self) {
+        match self {
+            Served::Http2(connection) => connection.as_mut().graceful_shutdown(),
+            Served::Http1(connection) => connection.as_mut().graceful_shutdown(),
+        }
+    }
+}
+
+impl<S: ConnectionService> Future for Served<S> {
+    type Output = Result<(), hyper::Error>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.get_mut() {
+            Served::Http2(connection) => connection.as_mut().poll(cx),
+            Served::Http1(connection) => connection.as_mut().poll(cx),
+        }
+    }
+}
+
 /// One accepted TCP connection, from handshake to close.
 struct Connection {
     acceptor: TlsAcceptor,
@@ -585,11 +629,27 @@ impl Connection {
 
         let settings = &self.settings;
         let (executor, connection_over) = streams::StreamExecutor::new(self.open.clone());
+        let http1 = session.alpn_protocol() == Some(crate::identity::tls::ALPN_HTTP1);
         // Boxed, and built in a block: held in this task's own state, the
         // HTTP/2 connection (a few KiB, TLS session included) ended up
         // there twice, with the builder next to it, for as long as the
         // connection is open.
-        let mut connection = {
+        let mut connection = if http1 {
+            // A partner's JSON calls, one at a time (what HTTP/1.1 allows).
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(settings.keepalive_timeout.max(settings.handshake_timeout))
+                .max_headers(100)
+                .max_buf_size(
+                    usize::try_from(settings.max_header_list_size)
+                        .unwrap_or(usize::MAX)
+                        .max(8192),
+                );
+            Served::Http1(Box::pin(
+                builder.serve_connection(TokioIo::new(tls), service),
+            ))
+        } else {
             let mut builder = hyper::server::conn::http2::Builder::new(executor);
             builder
                 .timer(TokioTimer::new())
@@ -603,14 +663,16 @@ impl Connection {
                 .keep_alive_timeout(settings.keepalive_timeout)
                 .max_pending_accept_reset_streams(settings.max_pending_accept_reset_streams)
                 .max_local_error_reset_streams(settings.max_local_error_reset_streams);
-            Box::pin(builder.serve_connection(TokioIo::new(tls), service))
+            Served::Http2(Box::pin(
+                builder.serve_connection(TokioIo::new(tls), service),
+            ))
         };
         // Declared after the connection, so dropped before it on every way
         // out: the streams still running end as cancelled calls.
         let _connection_over = connection_over;
         let mut stop = self.stop.clone();
         let closing = tokio::select! {
-            result = connection.as_mut() => return self.ended(remote_addr, result),
+            result = &mut connection => return self.ended(remote_addr, result),
             _ = stop.wait_for(|stop| *stop) => Closing::Shutdown,
             () = control.close.notified() => Closing::ServiceAsked,
             () = control.abort.notified() => {
@@ -654,8 +716,8 @@ impl Connection {
             }
         }
         // GOAWAY: no new streams; the open ones may finish.
-        connection.as_mut().graceful_shutdown();
-        match tokio::time::timeout(settings.drain_timeout, connection.as_mut()).await {
+        connection.graceful_shutdown();
+        match tokio::time::timeout(settings.drain_timeout, &mut connection).await {
             Ok(result) => self.ended(remote_addr, result),
             Err(_) => {
                 self.stats.close("drain-timeout");

@@ -83,10 +83,51 @@ impl CallEnd {
     }
 }
 
+/// What a caller sent: the body as it came on the wire, or the gRPC
+/// messages a JSON call became (whole, in memory; see `crate::catalog::json`).
+#[derive(Debug)]
+pub enum CallerBody {
+    Wire(Incoming),
+    Transcoded(Option<Bytes>),
+}
+
+impl Body for CallerBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            CallerBody::Wire(wire) => Pin::new(wire).poll_frame(cx),
+            CallerBody::Transcoded(messages) => {
+                Poll::Ready(messages.take().map(|m| Ok(Frame::data(m))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            CallerBody::Wire(wire) => wire.is_end_stream(),
+            CallerBody::Transcoded(messages) => messages.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            CallerBody::Wire(wire) => wire.size_hint(),
+            CallerBody::Transcoded(messages) => {
+                SizeHint::with_exact(messages.as_ref().map_or(0, |m| m.len() as u64))
+            }
+        }
+    }
+}
+
 /// The caller's request body on its way upstream.
 #[derive(Debug)]
 pub struct RequestBody {
-    inner: Incoming,
+    inner: CallerBody,
     /// Checks each message of a consent-bound call before it is relayed.
     guard: Option<SubjectGuard>,
     /// Resolves (with an error: nothing is ever sent) once the response side
@@ -109,7 +150,7 @@ impl RequestBody {
     /// Wraps the caller's body; the call's upstream side ends when the
     /// returned `CallEnd` is dropped.
     pub fn new(
-        inner: Incoming,
+        inner: CallerBody,
         guard: Option<SubjectGuard>,
         tally: Option<SharedTally>,
         bytes_in: Arc<AtomicU64>,
@@ -345,7 +386,7 @@ impl Body for RequestBody {
 /// a consent-bound call whose subject must be checked before anything is
 /// forwarded. Returns every byte read, to be relayed first: the message
 /// ([`first_of`]), and maybe more, since a frame can carry several.
-pub async fn first_message(body: &mut Incoming) -> Result<Bytes, ConsentRefusal> {
+pub async fn first_message(body: &mut CallerBody) -> Result<Bytes, ConsentRefusal> {
     use http_body_util::BodyExt as _;
     let mut read = bytes::BytesMut::new();
     loop {
@@ -391,7 +432,7 @@ pub enum Buffered {
 /// Reads the caller's body to its end if it ends within `limit` bytes, so
 /// that an idempotent call can be replayed on another endpoint. Request
 /// trailers, which gRPC clients do not send, are dropped.
-pub async fn buffer_request(body: &mut Incoming, limit: usize) -> Buffered {
+pub async fn buffer_request(body: &mut CallerBody, limit: usize) -> Buffered {
     use http_body_util::BodyExt as _;
     let mut read = BytesMut::new();
     loop {

@@ -30,6 +30,7 @@ mod call;
 mod error;
 mod gateway;
 pub mod global;
+mod json;
 pub mod limits;
 mod record;
 mod reload;

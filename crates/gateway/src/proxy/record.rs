@@ -177,6 +177,11 @@ impl CallRecord {
         }
     }
 
+    /// The call came as JSON, transcoded by the gateway.
+    pub fn came_as_json(&mut self) {
+        self.record.json = true;
+    }
+
     /// What the caller declared.
     pub fn declared(&mut self, call: &CallHeaders) {
         let record = &mut self.record;

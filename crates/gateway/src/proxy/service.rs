@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::body::ResponseBody;
+use super::body::{CallerBody, ResponseBody};
 use super::call::Call;
 use super::record::CallRecord;
 use super::{GatewayError, SharedState};
@@ -57,7 +57,13 @@ impl GatewayService {
         }
     }
 
-    async fn handle(self, request: Request<Incoming>) -> Response<ResponseBody> {
+    /// Runs one gRPC call: from the wire, or a JSON call transcoded
+    /// (`json`: recorded as such).
+    pub(super) async fn handle(
+        self,
+        request: Request<CallerBody>,
+        json: bool,
+    ) -> Response<ResponseBody> {
         let received = Instant::now();
         let received_at = SystemTime::now();
         let in_flight = self.metrics.call_started();
@@ -73,7 +79,7 @@ impl GatewayService {
         // Every call to a published service is recorded, refusals too; the
         // gateway's own services (directory, health, reflection, the log's
         // proofs) are not exchanges between members.
-        let record = self
+        let mut record = self
             .log
             .as_ref()
             .filter(|_| !crate::catalog::is_local(uri.path()))
@@ -88,6 +94,9 @@ impl GatewayService {
                     received_at,
                 )
             });
+        if json && let Some(record) = record.as_mut() {
+            record.came_as_json();
+        }
         // Everything logged while the gateway handles the call carries its
         // request id, trace and method. The span lasts until the response
         // body ends (see `CallSummary`); exported, it is the gateway's span
@@ -141,6 +150,11 @@ impl hyper::service::Service<Request<Incoming>> for GatewayService {
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { Ok(this.handle(request).await) })
+        let request = request.map(CallerBody::Wire);
+        if crate::wire::headers::is_grpc(request.headers()) {
+            Box::pin(async move { Ok(this.handle(request, false).await) })
+        } else {
+            Box::pin(async move { Ok(super::json::serve(this, request).await) })
+        }
     }
 }

@@ -134,17 +134,22 @@ fn uuid_header(id: &uuid::Uuid) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-0000-0000-000000000000"))
 }
 
+/// Whether a request says it is gRPC (`content-type: application/grpc`,
+/// with or without a `+proto` suffix); the gateway takes anything else as
+/// a JSON call (`crate::json`).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/grpc"))
+}
+
 /// Refuses requests that are not gRPC over HTTP/2 POST.
 pub fn check_grpc<B>(request: &Request<B>) -> Result<(), WireError> {
     if request.method() != Method::POST {
         return Err(WireError::NotGrpc("gRPC calls are POST requests"));
     }
-    let is_grpc = request
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("application/grpc"));
-    if !is_grpc {
+    if !is_grpc(request.headers()) {
         return Err(WireError::NotGrpc("content-type must be application/grpc"));
     }
     Ok(())

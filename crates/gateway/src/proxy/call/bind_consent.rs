@@ -2,13 +2,11 @@
 //! in its first message before anything is forwarded, then in every other;
 //! and each use of it is counted before the call goes on.
 
-use hyper::body::Incoming;
-
 use super::{Call, Exchange, within};
 use crate::consent::artefact::ConsentClaims;
 use crate::consent::{ConsentRefusal, UseError};
 use crate::proxy::GatewayError;
-use crate::proxy::body::{self, SubjectGuard};
+use crate::proxy::body::{self, CallerBody, SubjectGuard};
 
 impl Call<'_> {
     /// Reads the request's first message and checks its subject against
@@ -17,7 +15,7 @@ impl Call<'_> {
     pub(super) async fn bind_consent(
         &mut self,
         claims: &ConsentClaims,
-        body: &mut Incoming,
+        body: &mut CallerBody,
         exchange: &mut Exchange,
     ) -> Result<SubjectGuard, GatewayError> {
         let deadline = &exchange.routed.deadline;

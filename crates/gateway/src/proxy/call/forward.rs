@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::{Call, Exchange, within};
 use crate::proxy::GatewayError;
-use crate::proxy::body::{self, CallEnd, RequestBody, SubjectGuard};
+use crate::proxy::body::{self, CallEnd, CallerBody, RequestBody, SubjectGuard};
 use crate::proxy::record::{self, SharedTally, Tally};
 use crate::routing::upstream::{self, Load, ServedBy, UpstreamBody, UpstreamError};
 use crate::wire::headers;
@@ -57,7 +57,7 @@ impl Call<'_> {
     /// first, so that it can be replayed on another endpoint.
     pub(super) async fn request_body(
         &self,
-        mut body: Incoming,
+        mut body: CallerBody,
         guard: Option<SubjectGuard>,
         exchange: &Exchange,
     ) -> Result<Outgoing, GatewayError> {

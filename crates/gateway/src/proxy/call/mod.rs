@@ -35,11 +35,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::body::ResponseBody;
+use super::body::{CallerBody, ResponseBody};
 use super::record::CallRecord;
 use super::service::GatewayService;
 use super::state::GatewayState;
@@ -105,7 +104,7 @@ impl Call<'_> {
     /// is the answer.
     pub(super) async fn run(
         &mut self,
-        request: Request<Incoming>,
+        request: Request<CallerBody>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let admitted = self.admit(request.headers())?;
         let headers = self.read_headers(&request, admitted.assertion.as_ref())?;
@@ -155,7 +154,7 @@ impl Call<'_> {
     /// caller.
     async fn serve_locally(
         &self,
-        request: Request<Incoming>,
+        request: Request<CallerBody>,
         admitted: Admitted,
     ) -> Response<ResponseBody> {
         let context = crate::directory::LocalContext {

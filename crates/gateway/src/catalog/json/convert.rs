@@ -1,0 +1,413 @@
+//! The proto3 JSON mapping of a JSON call's messages, both ways, and the
+//! error a caller reads when its JSON does not fit.
+//!
+//! A request message is put together as JSON first (the body, then the
+//! query and the path on top, the path winning), then read once with
+//! prost-reflect, so field names (`fiscalYear` or `fiscal_year`), enums by
+//! name, 64-bit integers as strings and well-known types follow the
+//! standard mapping and every mistake is reported with the field's path.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message;
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, SerializeOptions};
+use serde_json::{Map, Value};
+
+use super::{BodyRule, Matched, field_at};
+
+/// Why a JSON request cannot become its method's request message: a 400
+/// naming the field when there is one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct BadRequest {
+    /// The field at fault, as a JSON path (`person.firstNames`), when known.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl BadRequest {
+    fn new(message: impl Into<String>) -> Self {
+        Self {
+            field: None,
+            message: message.into(),
+        }
+    }
+
+    fn at(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+}
+
+/// The request messages of a JSON call, each with its gRPC prefix, ready
+/// to be the body of the gRPC call: one for a unary or server-streaming
+/// method, one per line (NDJSON) for a client-streaming one.
+pub fn request_messages(
+    matched: &Matched<'_>,
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<Bytes, BadRequest> {
+    let input = matched.method.input();
+    let mut framed = BytesMut::new();
+    if matched.method.is_client_streaming() {
+        // Each non-empty line a message; path and query bind every one.
+        for (at, line) in body.split(|b| *b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let message = parse_body(line)
+                .and_then(|value| message_of(&input, matched, query, Some(value)))
+                .map_err(|mut error| {
+                    error.message = format!("line {}: {}", at + 1, error.message);
+                    error
+                })?;
+            frame(&message, &mut framed);
+        }
+    } else {
+        let value = match matched.body {
+            BodyRule::Empty if !body.iter().all(u8::is_ascii_whitespace) => {
+                return Err(BadRequest::new(
+                    "this route takes no body: the request's fields go in the path and the query",
+                ));
+            }
+            BodyRule::Empty => None,
+            BodyRule::Whole | BodyRule::Field(_) if body.iter().all(u8::is_ascii_whitespace) => {
+                None
+            }
+            BodyRule::Whole | BodyRule::Field(_) => Some(parse_body(body)?),
+        };
+        let message = message_of(&input, matched, query, value)?;
+        frame(&message, &mut framed);
+    }
+    Ok(framed.freeze())
+}
+
+/// One gRPC length-prefixed message, uncompressed.
+fn frame(message: &DynamicMessage, into: &mut BytesMut) {
+    let length = message.encoded_len();
+    into.reserve(5 + length);
+    into.put_u8(0);
+    into.put_u32(u32::try_from(length).unwrap_or(u32::MAX));
+    // Encoding into a buffer with room cannot fail.
+    let _ = message.encode(into);
+}
+
+fn parse_body(body: &[u8]) -> Result<Value, BadRequest> {
+    serde_json::from_slice(body).map_err(|error| {
+        BadRequest::new(format!(
+            "the body is not JSON: {error} (line {}, column {})",
+            error.line(),
+            error.column()
+        ))
+    })
+}
+
+/// The request message: `body` (as the route places it), the query's
+/// fields, then the path's.
+fn message_of(
+    input: &MessageDescriptor,
+    matched: &Matched<'_>,
+    query: Option<&str>,
+    body: Option<Value>,
+) -> Result<DynamicMessage, BadRequest> {
+    let mut object = match (matched.body, body) {
+        (_, None) => Map::new(),
+        (BodyRule::Field(field), Some(value)) => {
+            let mut object = Map::new();
+            object.insert(field.json_name().to_owned(), value);
+            object
+        }
+        (_, Some(Value::Object(object))) => object,
+        (_, Some(_)) => {
+            return Err(BadRequest::new(format!(
+                "the body must be a JSON object: a {}",
+                input.full_name()
+            )));
+        }
+    };
+    if !matches!(matched.body, BodyRule::Whole) {
+        for (name, value) in query_pairs(query.unwrap_or_default()) {
+            let field = field_at(input, &name)
+                .map_err(|_| BadRequest::at(&name, format!("unknown query parameter `{name}`")))?;
+            set(&mut object, input, &name, &field, value, true)?;
+        }
+    }
+    for (name, value) in &matched.bound {
+        let field = field_at(input, name).map_err(|reason| BadRequest::at(name, reason))?;
+        set(&mut object, input, name, &field, value.clone(), false)?;
+    }
+    read_message(input, Value::Object(object))
+}
+
+/// Reads a JSON value as a `descriptor` message, naming the field at fault.
+pub fn read_message(
+    descriptor: &MessageDescriptor,
+    value: Value,
+) -> Result<DynamicMessage, BadRequest> {
+    let mut track = serde_path_to_error::Track::new();
+    let read = DynamicMessage::deserialize(
+        descriptor.clone(),
+        serde_path_to_error::Deserializer::new(value, &mut track),
+    );
+    read.map_err(|error| {
+        let message = error.to_string();
+        let path = track.path().to_string();
+        let path = (path != "." && !path.is_empty()).then_some(path);
+        // An unknown field is reported at its parent: name it.
+        let unknown = message
+            .strip_prefix("unrecognized field name '")
+            .and_then(|rest| rest.strip_suffix('\''));
+        match (unknown, path) {
+            (Some(name), None) => BadRequest::at(
+                name,
+                format!("{name}: no such field in {}", descriptor.full_name()),
+            ),
+            (Some(name), Some(path)) => {
+                let field = format!("{path}.{name}");
+                BadRequest::at(&field, format!("{field}: no such field"))
+            }
+            (None, Some(path)) => BadRequest::at(&path, format!("{path}: {message}")),
+            (None, None) => BadRequest::new(message),
+        }
+    })
+}
+
+/// Places a path or query value at its field's place in `object`, typed
+/// as the field's JSON form wants it.
+fn set(
+    object: &mut Map<String, Value>,
+    input: &MessageDescriptor,
+    name: &str,
+    field: &FieldDescriptor,
+    value: String,
+    from_query: bool,
+) -> Result<(), BadRequest> {
+    let typed = match field.kind() {
+        Kind::Bool => match value.as_str() {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => {
+                return Err(BadRequest::at(
+                    name,
+                    format!("{name}: `{value}` is not true or false"),
+                ));
+            }
+        },
+        Kind::Message(_) => {
+            // A well-known type written as a string (a timestamp, a
+            // duration) or JSON.
+            serde_json::from_str(&value).unwrap_or(Value::String(value))
+        }
+        // Numbers, enums (by name or number), strings and bytes (base64)
+        // are all read from a JSON string.
+        _ => Value::String(value),
+    };
+    // Walk (and make) the objects down to the field's parent.
+    let mut parts: Vec<&str> = name.split('.').collect();
+    let last = parts.pop().unwrap_or(name);
+    let mut at = object;
+    let mut message = input.clone();
+    for part in parts {
+        let key = message
+            .get_field_by_name(part)
+            .map(|f| f.json_name().to_owned())
+            .unwrap_or_else(|| part.to_owned());
+        if let Some(Kind::Message(inner)) = message.get_field_by_name(part).map(|f| f.kind()) {
+            message = inner;
+        }
+        match at.entry(key).or_insert_with(|| Value::Object(Map::new())) {
+            Value::Object(inner) => at = inner,
+            _ => {
+                return Err(BadRequest::at(
+                    name,
+                    format!("{name}: `{part}` is not an object"),
+                ));
+            }
+        }
+    }
+    if !from_query {
+        // The body may say the field under either name: the path's wins.
+        at.remove(last);
+        at.remove(field.name());
+    }
+    let key = field.json_name().to_owned();
+    if field.is_list() && from_query {
+        match at.entry(key).or_insert_with(|| Value::Array(Vec::new())) {
+            Value::Array(values) => values.push(typed),
+            _ => return Err(BadRequest::at(name, format!("{name}: given twice"))),
+        }
+    } else if at.insert(key, typed).is_some() && from_query {
+        return Err(BadRequest::at(
+            name,
+            format!("{name}: given twice in the query"),
+        ));
+    }
+    Ok(())
+}
+
+/// The `name=value` pairs of a query, percent-decoded (`+` is a space).
+fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (form_decode(name), form_decode(value))
+        })
+}
+
+fn form_decode(text: &str) -> String {
+    let spaced = text.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// How answers are written: every field, defaults too (a `false` match is
+/// an answer, not an absence), names in lowerCamelCase, 64-bit integers
+/// as strings, enums by name.
+fn options() -> SerializeOptions {
+    SerializeOptions::new().skip_default_fields(false)
+}
+
+/// A response message (without its gRPC prefix) as JSON: the whole
+/// message, or the route's `response_body` field.
+pub fn response_json(
+    output: &MessageDescriptor,
+    message: &[u8],
+    response_body: Option<&FieldDescriptor>,
+) -> Result<Vec<u8>, String> {
+    let decoded = DynamicMessage::decode(output.clone(), message).map_err(|error| {
+        format!(
+            "the provider's answer is not a {}: {error}",
+            output.full_name()
+        )
+    })?;
+    let mut serializer = serde_json::Serializer::new(Vec::new());
+    let written = match response_body {
+        None => decoded.serialize_with_options(&mut serializer, &options()),
+        Some(field) => {
+            let value = decoded.get_field(field);
+            // A field is written through a message holding it alone.
+            let mut alone = DynamicMessage::new(output.clone());
+            alone.set_field(field, value.into_owned());
+            let whole =
+                serde_json::to_value(SerializeWith(&alone)).map_err(|error| error.to_string())?;
+            return serde_json::to_vec(
+                &whole.get(field.json_name()).cloned().unwrap_or(Value::Null),
+            )
+            .map_err(|error| error.to_string());
+        }
+    };
+    written.map_err(|error| error.to_string())?;
+    Ok(serializer.into_inner())
+}
+
+/// A message serialized with [`options`].
+struct SerializeWith<'a>(&'a DynamicMessage);
+
+impl serde::Serialize for SerializeWith<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize_with_options(serializer, &options())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::json::Routes;
+    use http::Method;
+
+    fn routes() -> Routes {
+        Routes::of(crate::catalog::testing::agencies().pool())
+    }
+
+    fn decode(framed: &[u8], descriptor: &MessageDescriptor) -> DynamicMessage {
+        assert_eq!(framed[0], 0);
+        let length = u32::from_be_bytes([framed[1], framed[2], framed[3], framed[4]]) as usize;
+        assert_eq!(framed.len(), 5 + length);
+        DynamicMessage::decode(descriptor.clone(), &framed[5..]).expect("a message")
+    }
+
+    #[test]
+    fn path_and_query_make_the_request() {
+        let routes = routes();
+        let matched = routes
+            .find(
+                &Method::GET,
+                "/v1/persons/1199019870001/declared-income/2024",
+            )
+            .expect("a route");
+        assert_eq!(matched.method.name(), "GetDeclaredIncome");
+        let framed = request_messages(&matched, None, b"").expect("a request");
+        let request = decode(&framed, &matched.method.input());
+        assert_eq!(
+            request
+                .get_field_by_name("nin")
+                .and_then(|v| v.as_str().map(str::to_owned)),
+            Some("1199019870001".into())
+        );
+        assert_eq!(
+            request
+                .get_field_by_name("fiscal_year")
+                .and_then(|v| v.as_u32()),
+            Some(2024)
+        );
+
+        let matched = routes
+            .find(&Method::GET, "/v1/life-events")
+            .expect("a route");
+        let framed = request_messages(&matched, Some("afterSequence=7&max_events=2"), b"")
+            .expect("a request");
+        let request = decode(&framed, &matched.method.input());
+        assert_eq!(
+            request
+                .get_field_by_name("after_sequence")
+                .and_then(|v| v.as_u64()),
+            Some(7)
+        );
+    }
+
+    #[test]
+    fn mistakes_name_their_field() {
+        let routes = routes();
+        let verify = routes
+            .find(&Method::POST, "/v1/accounts:verify-holder")
+            .expect("a route");
+        let unknown = request_messages(&verify, None, br#"{"iban": "x", "colour": 1}"#)
+            .expect_err("an unknown field");
+        assert_eq!(unknown.field.as_deref(), Some("colour"), "{unknown:?}");
+        let wrong = request_messages(&verify, None, br#"{"iban": 7}"#).expect_err("a wrong type");
+        assert_eq!(wrong.field.as_deref(), Some("iban"), "{wrong:?}");
+        let broken = request_messages(&verify, None, b"{\"iban\": ").expect_err("broken JSON");
+        assert!(broken.message.contains("line 1"), "{broken:?}");
+
+        let income = routes
+            .find(&Method::GET, "/v1/persons/1/declared-income/last-year")
+            .expect("a route");
+        let number = request_messages(&income, None, b"").expect_err("not a number");
+        assert_eq!(number.field.as_deref(), Some("fiscalYear"), "{number:?}");
+        let life = routes
+            .find(&Method::GET, "/v1/life-events")
+            .expect("a route");
+        let query = request_messages(&life, Some("colour=blue"), b"").expect_err("unknown");
+        assert_eq!(query.field.as_deref(), Some("colour"));
+        let body = request_messages(&life, None, b"{}").expect_err("no body here");
+        assert!(body.message.contains("takes no body"));
+    }
+
+    #[test]
+    fn answers_print_every_field() {
+        let routes = routes();
+        let verify = routes
+            .find(
+                &Method::POST,
+                "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity",
+            )
+            .expect("the default route");
+        let json = response_json(&verify.method.output(), b"", None).expect("JSON");
+        let value: Value = serde_json::from_slice(&json).expect("JSON");
+        assert!(value.as_object().is_some_and(|o| !o.is_empty()), "{value}");
+    }
+}

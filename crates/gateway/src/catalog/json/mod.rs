@@ -1,0 +1,304 @@
+//! JSON over HTTPS for partners without gRPC: which method a JSON request
+//! calls, and the proto3 JSON mapping of its messages.
+//!
+//! Every method has its default route, `POST /package.Service/Method` with
+//! the request message as the JSON body; a method annotated with
+//! `google.api.http` has those routes too (`GET /v1/persons/{nin}`). Both
+//! come from the descriptors alone, so a service registered at runtime has
+//! its routes without a rebuild. The gateway turns a matched request into
+//! the gRPC call it stands for and the answer back into JSON
+//! (`crate::proxy`); nothing here touches the network.
+//!
+//! - [`Routes`]: the route table of a descriptor pool;
+//! - [`convert`]: request JSON to protobuf, protobuf to JSON, errors;
+//! - [`openapi`]: the OpenAPI 3.1 description of the routes.
+
+pub mod convert;
+pub mod openapi;
+mod template;
+
+use std::collections::HashMap;
+
+use http::Method;
+use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor};
+
+pub use template::{Template, TemplateError};
+
+/// The `google.api.http` method option.
+const HTTP_OPTION: &str = "google.api.http";
+
+/// What of the request the HTTP body carries.
+#[derive(Debug, Clone)]
+pub enum BodyRule {
+    /// No body: every field not in the path comes from the query.
+    Empty,
+    /// The whole request message, but the fields bound by the path.
+    Whole,
+    /// One field of the request message; the others from the query.
+    Field(FieldDescriptor),
+}
+
+/// One JSON route of a method.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub verb: Method,
+    pub template: Template,
+    pub method: MethodDescriptor,
+    pub body: BodyRule,
+    /// The response field sent as the body; `None`: the whole response.
+    pub response_body: Option<FieldDescriptor>,
+}
+
+/// A request matched to its method.
+#[derive(Debug)]
+pub struct Matched<'a> {
+    pub method: &'a MethodDescriptor,
+    pub body: &'a BodyRule,
+    pub response_body: Option<&'a FieldDescriptor>,
+    /// Fields bound by the path, with their (decoded) values.
+    pub bound: Vec<(String, String)>,
+}
+
+/// A `google.api.http` rule that cannot be used: its method keeps its
+/// default route.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{method}: {reason}")]
+pub struct RuleError {
+    pub method: String,
+    pub reason: String,
+}
+
+/// The JSON routes of every method of a descriptor pool.
+#[derive(Debug, Default)]
+pub struct Routes {
+    /// The annotated routes, in the order of the services' full names.
+    annotated: Vec<Route>,
+    /// Every method's default route, by `/package.Service/Method`.
+    default: HashMap<String, Route>,
+    /// Rules that could not be used, for `check-config` and the log.
+    refused: Vec<RuleError>,
+}
+
+impl Routes {
+    /// The routes of every service of `pool`.
+    pub fn of(pool: &DescriptorPool) -> Self {
+        let option = pool.get_extension_by_name(HTTP_OPTION);
+        let mut routes = Routes::default();
+        let mut services: Vec<_> = pool.services().collect();
+        services.sort_by(|a, b| a.full_name().cmp(b.full_name()));
+        for service in services {
+            for method in service.methods() {
+                let path = format!("/{}/{}", service.full_name(), method.name());
+                let template = Template::parse(&path);
+                if let Ok(template) = template {
+                    routes.default.insert(
+                        path,
+                        Route {
+                            verb: Method::POST,
+                            template,
+                            method: method.clone(),
+                            body: BodyRule::Whole,
+                            response_body: None,
+                        },
+                    );
+                }
+                let Some(option) = option.as_ref() else {
+                    continue;
+                };
+                let options = method.options();
+                if !options.has_extension(option) {
+                    continue;
+                }
+                let rule = options.get_extension(option);
+                let Some(rule) = rule.as_message() else {
+                    continue;
+                };
+                let mut rules = vec![rule.clone()];
+                if let Some(more) = rule.get_field_by_name("additional_bindings")
+                    && let Some(more) = more.as_list()
+                {
+                    rules.extend(more.iter().filter_map(|r| r.as_message().cloned()));
+                }
+                for rule in rules {
+                    match route_of(&method, &rule) {
+                        Ok(route) => routes.add(route),
+                        Err(reason) => routes.refused.push(RuleError {
+                            method: method.full_name().to_owned(),
+                            reason,
+                        }),
+                    }
+                }
+            }
+        }
+        routes
+    }
+
+    fn add(&mut self, route: Route) {
+        let clash = self
+            .annotated
+            .iter()
+            .find(|known| known.verb == route.verb && known.template == route.template);
+        if let Some(known) = clash {
+            self.refused.push(RuleError {
+                method: route.method.full_name().to_owned(),
+                reason: format!(
+                    "{} {} is already the route of {}",
+                    route.verb,
+                    route.template,
+                    known.method.full_name()
+                ),
+            });
+            return;
+        }
+        self.annotated.push(route);
+    }
+
+    /// The method `verb path` calls; `Err` says whether the path is known
+    /// under another verb (405) or not at all (404).
+    pub fn find(&self, verb: &Method, path: &str) -> Result<Matched<'_>, NoRoute> {
+        if *verb == Method::POST
+            && let Some(route) = self.default.get(path)
+        {
+            return Ok(route.matched(Vec::new()));
+        }
+        let mut other_verb = false;
+        for route in &self.annotated {
+            if let Some(bound) = route.template.matches(path) {
+                if route.verb == *verb {
+                    return Ok(route.matched(bound));
+                }
+                other_verb = true;
+            }
+        }
+        if other_verb || self.default.contains_key(path) {
+            Err(NoRoute::Verb)
+        } else {
+            Err(NoRoute::Path)
+        }
+    }
+
+    /// Every route, the annotated ones first, then the defaults in the
+    /// order of their paths.
+    pub fn all(&self) -> impl Iterator<Item = &Route> {
+        let mut defaults: Vec<&Route> = self.default.values().collect();
+        defaults.sort_by_key(|route| route.template.to_string());
+        self.annotated.iter().chain(defaults)
+    }
+
+    /// The `google.api.http` rules that could not be used.
+    pub fn refused(&self) -> &[RuleError] {
+        &self.refused
+    }
+}
+
+/// Why no route matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoRoute {
+    Path,
+    Verb,
+}
+
+impl Route {
+    fn matched(&self, bound: Vec<(String, String)>) -> Matched<'_> {
+        Matched {
+            method: &self.method,
+            body: &self.body,
+            response_body: self.response_body.as_ref(),
+            bound,
+        }
+    }
+}
+
+/// The route of one `HttpRule`.
+fn route_of(
+    method: &MethodDescriptor,
+    rule: &prost_reflect::DynamicMessage,
+) -> Result<Route, String> {
+    let text = |name: &str| {
+        rule.get_field_by_name(name)
+            .and_then(|value| value.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let mut pattern = None;
+    for (name, verb) in [
+        ("get", Method::GET),
+        ("put", Method::PUT),
+        ("post", Method::POST),
+        ("delete", Method::DELETE),
+        ("patch", Method::PATCH),
+    ] {
+        if rule.has_field_by_name(name) {
+            pattern = Some((verb, text(name)));
+        }
+    }
+    if rule.has_field_by_name("custom")
+        && let Some(custom) = rule.get_field_by_name("custom")
+        && let Some(custom) = custom.as_message()
+    {
+        let field = |name| {
+            custom
+                .get_field_by_name(name)
+                .and_then(|value| value.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        };
+        let verb = Method::from_bytes(field("kind").as_bytes())
+            .map_err(|_| format!("`{}` is not an HTTP method", field("kind")))?;
+        pattern = Some((verb, field("path")));
+    }
+    let (verb, path) = pattern.ok_or("the rule names no HTTP method and path")?;
+    let template = Template::parse(&path).map_err(|error| error.to_string())?;
+    let input = method.input();
+    for variable in template.variables() {
+        let field = field_at(&input, variable)?;
+        if field.is_list() || field.is_map() || matches!(field.kind(), Kind::Message(_)) {
+            return Err(format!(
+                "path variable `{variable}` names a repeated or message field"
+            ));
+        }
+    }
+    let body = match text("body").as_str() {
+        "" => BodyRule::Empty,
+        "*" => BodyRule::Whole,
+        name => BodyRule::Field(input.get_field_by_name(name).ok_or(format!(
+            "body `{name}` is not a field of {}",
+            input.full_name()
+        ))?),
+    };
+    if method.is_client_streaming() && !matches!(body, BodyRule::Whole) {
+        return Err("a client-streaming method's route must take the whole body".into());
+    }
+    let response_body = match text("response_body").as_str() {
+        "" => None,
+        name => Some(method.output().get_field_by_name(name).ok_or(format!(
+            "response_body `{name}` is not a field of {}",
+            method.output().full_name()
+        ))?),
+    };
+    Ok(Route {
+        verb,
+        template,
+        method: method.clone(),
+        body,
+        response_body,
+    })
+}
+
+/// The field a dotted path names from `message`.
+pub fn field_at(message: &MessageDescriptor, path: &str) -> Result<FieldDescriptor, String> {
+    let mut message = message.clone();
+    let mut parts = path.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let field = message
+            .get_field_by_name(part)
+            .or_else(|| message.get_field_by_json_name(part))
+            .ok_or_else(|| format!("`{path}` is not a field of {}", message.full_name()))?;
+        if parts.peek().is_none() {
+            return Ok(field);
+        }
+        match field.kind() {
+            Kind::Message(inner) if !field.is_list() && !field.is_map() => message = inner,
+            _ => return Err(format!("`{path}`: `{part}` is not a message field")),
+        }
+    }
+    Err(format!("`{path}` is not a field path"))
+}

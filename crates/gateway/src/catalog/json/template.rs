@@ -1,0 +1,267 @@
+//! Path templates of `google.api.http` rules: `/v1/persons/{nin}`,
+//! `/v1/accounts:verify-holder`, `/v1/files/{name=**}`.
+//!
+//! A segment is a literal, `*` (one segment), `**` (the rest of the path)
+//! or a variable naming a request field, `{field}` or `{field=*}` (one
+//! segment) or `{field=**}` (the rest); the last segment may end in a
+//! `:verb`. Variables with longer sub-templates (`{name=shelves/*}`) are
+//! not supported: the rule is then refused with a reason.
+
+use std::fmt;
+
+/// A parsed path template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    segments: Vec<Segment>,
+    verb: Option<String>,
+    text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    /// `*`: any one segment, bound to nothing.
+    Any,
+    /// `**`: the rest of the path, bound to nothing.
+    Rest,
+    /// A request field, dot-separated, bound to one segment or the rest.
+    Variable {
+        field: String,
+        rest: bool,
+    },
+}
+
+/// Why a template cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("path template `{template}`: {reason}")]
+pub struct TemplateError {
+    template: String,
+    reason: &'static str,
+}
+
+impl Template {
+    pub fn parse(text: &str) -> Result<Self, TemplateError> {
+        let error = |reason| TemplateError {
+            template: text.to_owned(),
+            reason,
+        };
+        let path = text
+            .strip_prefix('/')
+            .ok_or(error("it must start with `/`"))?;
+        // The verb follows the last `:` outside a variable.
+        let (path, verb) = match path.rfind(':') {
+            Some(at) if !path[at..].contains('}') && !path[at..].contains('/') => {
+                (&path[..at], Some(path[at + 1..].to_owned()))
+            }
+            _ => (path, None),
+        };
+        if verb.as_deref() == Some("") {
+            return Err(error("its verb is empty"));
+        }
+        let mut segments = Vec::new();
+        for part in path.split('/') {
+            let segment = match part {
+                "" => return Err(error("it has an empty segment")),
+                "*" => Segment::Any,
+                "**" => Segment::Rest,
+                variable if variable.starts_with('{') => {
+                    let inner = variable
+                        .strip_prefix('{')
+                        .and_then(|v| v.strip_suffix('}'))
+                        .ok_or(error("a variable must be one whole segment, `{field}`"))?;
+                    let (field, rest) = match inner.split_once('=') {
+                        None | Some((_, "*")) => (inner.split('=').next().unwrap_or(inner), false),
+                        Some((field, "**")) => (field, true),
+                        Some(_) => {
+                            return Err(error(
+                                "only `{field}`, `{field=*}` and `{field=**}` variables are supported",
+                            ));
+                        }
+                    };
+                    let valid = !field.is_empty()
+                        && field.split('.').all(|part| {
+                            !part.is_empty()
+                                && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                        });
+                    if !valid {
+                        return Err(error("a variable must name a field, `{field}` or `{a.b}`"));
+                    }
+                    Segment::Variable {
+                        field: field.to_owned(),
+                        rest,
+                    }
+                }
+                literal => {
+                    if literal.contains(['{', '}', '*']) {
+                        return Err(error("a literal segment holds `{`, `}` or `*`"));
+                    }
+                    Segment::Literal(literal.to_owned())
+                }
+            };
+            segments.push(segment);
+        }
+        let rest_at = segments
+            .iter()
+            .position(|s| matches!(s, Segment::Rest | Segment::Variable { rest: true, .. }));
+        if rest_at.is_some_and(|at| at + 1 != segments.len()) {
+            return Err(error("`**` may only be the last segment"));
+        }
+        Ok(Self {
+            segments,
+            verb,
+            text: text.to_owned(),
+        })
+    }
+
+    /// The fields the template binds, in order.
+    pub fn variables(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|segment| match segment {
+            Segment::Variable { field, .. } => Some(field.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Matches a request path (without its query), returning each bound
+    /// field and its percent-decoded value; `None` if the path does not
+    /// match.
+    pub fn matches(&self, path: &str) -> Option<Vec<(String, String)>> {
+        let path = path.strip_prefix('/')?;
+        let path = match &self.verb {
+            Some(verb) => path
+                .strip_suffix(verb.as_str())
+                .and_then(|p| p.strip_suffix(':'))?,
+            None => path,
+        };
+        let parts: Vec<&str> = path.split('/').collect();
+        let mut bound = Vec::new();
+        let mut at = 0;
+        for segment in &self.segments {
+            match segment {
+                Segment::Rest | Segment::Variable { rest: true, .. } => {
+                    let rest = parts.get(at..)?;
+                    if rest.is_empty() || rest.iter().any(|p| p.is_empty()) {
+                        return None;
+                    }
+                    if let Segment::Variable { field, .. } = segment {
+                        let value = rest.iter().map(|p| decode(p)).collect::<Option<Vec<_>>>()?;
+                        bound.push((field.clone(), value.join("/")));
+                    }
+                    at = parts.len();
+                }
+                Segment::Literal(literal) => {
+                    if parts.get(at)? != literal {
+                        return None;
+                    }
+                    at += 1;
+                }
+                Segment::Any => {
+                    if parts.get(at)?.is_empty() {
+                        return None;
+                    }
+                    at += 1;
+                }
+                Segment::Variable { field, .. } => {
+                    let part = parts.get(at)?;
+                    if part.is_empty() {
+                        return None;
+                    }
+                    bound.push((field.clone(), decode(part)?));
+                    at += 1;
+                }
+            }
+        }
+        (at == parts.len()).then_some(bound)
+    }
+
+    /// The template in OpenAPI's form: `/v1/persons/{nin}`, with the verb.
+    pub fn openapi_path(&self) -> String {
+        let mut path = String::new();
+        for segment in &self.segments {
+            path.push('/');
+            match segment {
+                Segment::Literal(literal) => path.push_str(literal),
+                Segment::Any => path.push('*'),
+                Segment::Rest => path.push_str("**"),
+                Segment::Variable { field, .. } => {
+                    path.push('{');
+                    path.push_str(field);
+                    path.push('}');
+                }
+            }
+        }
+        if let Some(verb) = &self.verb {
+            path.push(':');
+            path.push_str(verb);
+        }
+        path
+    }
+}
+
+impl fmt::Display for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Percent-decodes one path segment; `None` when it is not UTF-8.
+fn decode(segment: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .ok()
+        .map(|decoded| decoded.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bound(template: &str, path: &str) -> Option<Vec<(String, String)>> {
+        Template::parse(template)
+            .expect("a valid template")
+            .matches(path)
+    }
+
+    #[test]
+    fn binds_variables_and_verbs() {
+        assert_eq!(
+            bound("/v1/persons/{nin}", "/v1/persons/1234567890123"),
+            Some(vec![("nin".into(), "1234567890123".into())])
+        );
+        assert_eq!(bound("/v1/persons/{nin}", "/v1/persons/1/x"), None);
+        assert_eq!(bound("/v1/persons/{nin}", "/v1/persons/"), None);
+        assert_eq!(
+            bound("/v1/persons/{nin}:verify", "/v1/persons/12:verify"),
+            Some(vec![("nin".into(), "12".into())])
+        );
+        assert_eq!(bound("/v1/persons/{nin}:verify", "/v1/persons/12"), None);
+        assert_eq!(
+            bound("/v1/a/{b.c}/d/{e}", "/v1/a/x%20y/d/%C3%A9"),
+            Some(vec![("b.c".into(), "x y".into()), ("e".into(), "é".into())])
+        );
+        assert_eq!(
+            bound("/v1/files/{name=**}", "/v1/files/a/b/c"),
+            Some(vec![("name".into(), "a/b/c".into())])
+        );
+        assert_eq!(bound("/v1/*/x", "/v1/anything/x"), Some(vec![]));
+        assert_eq!(bound("/v1/x", "/v1/x/"), None);
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_match() {
+        for template in [
+            "v1/x",
+            "/v1//x",
+            "/v1/{name=shelves/*}",
+            "/v1/**/x",
+            "/v1/{}",
+            "/v1/x{y}",
+            "/v1/x:",
+        ] {
+            assert!(Template::parse(template).is_err(), "{template}");
+        }
+        assert_eq!(
+            Template::parse("/v1/{a}:b").expect("valid").openapi_path(),
+            "/v1/{a}:b"
+        );
+    }
+}

@@ -1,0 +1,606 @@
+//! JSON calls: a partner without gRPC calls a published method over HTTPS
+//! (HTTP/1.1 or HTTP/2, mutual TLS with the same member certificate) with
+//! a JSON body, on the method's default route (`POST
+//! /package.Service/Method`) or one of its `google.api.http` routes.
+//!
+//! The request becomes the gRPC call it stands for and takes the whole
+//! request path unchanged: admission, the `bridge-*` headers, policy,
+//! consent bound to the data subject, limits, the exchange log (whose
+//! record says the call came as JSON) and forwarding. The answer comes back
+//! as JSON: one object for a unary method, one object per line (NDJSON) for
+//! a server-streaming one; a client-streaming method takes its messages as
+//! NDJSON lines of the request body. A refusal is a JSON error with the
+//! HTTP status Google's API conventions give its gRPC status.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full, Limited};
+use prost_reflect::{FieldDescriptor, MessageDescriptor};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tonic::Code;
+
+use super::body::{CallerBody, ResponseBody};
+use super::service::GatewayService;
+use super::state::GatewayState;
+use crate::catalog::json::convert::{self, BadRequest};
+use crate::catalog::json::{Matched, NoRoute};
+use crate::wire::headers::{self, names};
+
+/// The largest JSON request body read: JSON is some two to three times
+/// its protobuf, and the call's message size limit applies after.
+const MAX_BODY: usize = 4 * 1024 * 1024;
+
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+const NDJSON: HeaderValue = HeaderValue::from_static("application/x-ndjson");
+
+/// Headers of the HTTP request that are about its transport or its JSON,
+/// not the call: not carried into the gRPC call.
+const NOT_CARRIED: [HeaderName; 8] = [
+    http::header::CONTENT_TYPE,
+    http::header::CONTENT_LENGTH,
+    http::header::ACCEPT,
+    http::header::ACCEPT_ENCODING,
+    http::header::CONNECTION,
+    http::header::TRANSFER_ENCODING,
+    http::header::TE,
+    http::header::HOST,
+];
+
+/// Answers one JSON request.
+pub(super) async fn serve(
+    service: GatewayService,
+    request: Request<CallerBody>,
+) -> Response<ResponseBody> {
+    let request_id =
+        headers::request_id(request.headers()).unwrap_or_else(|_| headers::fresh_request_id());
+    let state = service.state.load_full();
+    if request.method() == Method::GET && request.uri().path() == "/openapi.json" {
+        return openapi(&service, &state, &request, &request_id);
+    }
+    let routes = state.catalog.json_routes();
+    let path = request.uri().path().to_owned();
+    let matched = match routes.find(request.method(), &path) {
+        Ok(matched) => matched,
+        Err(NoRoute::Path) => {
+            return Failure::new(
+                Code::NotFound,
+                format!(
+                    "no JSON route is {} {path}: a method's default route is POST \
+                     /package.Service/Method with the request as its JSON body",
+                    request.method()
+                ),
+            )
+            .status(StatusCode::NOT_FOUND)
+            .kind("no-json-route")
+            .respond(&request_id);
+        }
+        Err(NoRoute::Verb) => {
+            return Failure::new(
+                Code::Unimplemented,
+                format!("{path} is not a route for {}", request.method()),
+            )
+            .status(StatusCode::METHOD_NOT_ALLOWED)
+            .kind("no-json-route")
+            .respond(&request_id);
+        }
+    };
+    let (parts, body) = request.into_parts();
+    // A peer without a member identity is refused by admission, as on
+    // gRPC: nothing of its body is read or parsed.
+    let messages = if service.peer.member.is_ok() {
+        match read_request(&matched, parts.uri.query(), body).await {
+            Ok(messages) => messages,
+            Err(error) => {
+                return Failure::bad_request(error).respond(&request_id);
+            }
+        }
+    } else {
+        Bytes::new()
+    };
+    let grpc_path = format!(
+        "/{}/{}",
+        matched.method.parent_service().full_name(),
+        matched.method.name()
+    );
+    let output = matched.method.output();
+    let streams = matched.method.is_server_streaming();
+    let response_body = matched.response_body.cloned();
+    let grpc = grpc_request(&grpc_path, &parts.headers, &request_id, messages);
+    let Ok(grpc) = grpc else {
+        return Failure::new(
+            Code::Internal,
+            "the call could not be put together".to_owned(),
+        )
+        .respond(&request_id);
+    };
+    let response = service.handle(grpc, true).await;
+    if streams {
+        stream_answer(response, output, response_body, &request_id).await
+    } else {
+        unary_answer(response, &output, response_body.as_ref(), &request_id).await
+    }
+}
+
+/// `GET /openapi.json`: the operations the caller's policies may permit.
+fn openapi(
+    service: &GatewayService,
+    state: &GatewayState,
+    request: &Request<CallerBody>,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
+    let member = match &service.peer.member {
+        Ok(member) if state.registry().contains_key(member) => member,
+        Ok(member) => {
+            return Failure::new(
+                Code::Unauthenticated,
+                format!("{member} is not a registered member"),
+            )
+            .kind("unknown-member")
+            .respond(request_id);
+        }
+        Err(error) => {
+            return Failure::new(Code::Unauthenticated, error.to_string())
+                .kind("no-member-identity")
+                .respond(request_id);
+        }
+    };
+    let authority = request
+        .uri()
+        .authority()
+        .map(|authority| authority.as_str().to_owned())
+        .or_else(|| {
+            request
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|host| host.to_str().ok())
+                .map(str::to_owned)
+        });
+    let server = authority.map(|authority| format!("https://{authority}"));
+    let document = crate::directory::openapi(
+        state,
+        member,
+        service.peer.certificate_days_left(crate::unix_time::now()),
+        None,
+        server.as_deref(),
+    );
+    let body = serde_json::to_vec_pretty(&document).unwrap_or_default();
+    whole(StatusCode::OK, APPLICATION_JSON, body, request_id)
+}
+
+/// Reads the JSON body (up to [`MAX_BODY`]) and makes the request messages.
+async fn read_request(
+    matched: &Matched<'_>,
+    query: Option<&str>,
+    body: CallerBody,
+) -> Result<Bytes, BadRequest> {
+    let collected = Limited::new(body, MAX_BODY)
+        .collect()
+        .await
+        .map_err(|error| {
+            let message = if error.is::<http_body_util::LengthLimitError>() {
+                format!("the request body is larger than {MAX_BODY} bytes")
+            } else {
+                format!("the request body could not be read: {error}")
+            };
+            BadRequest {
+                field: None,
+                message,
+            }
+        })?;
+    convert::request_messages(matched, query, &collected.to_bytes())
+}
+
+/// The gRPC request a JSON call stands for: the caller's headers (its
+/// `bridge-*` declarations, `traceparent`, `grpc-timeout`) with gRPC's own.
+fn grpc_request(
+    path: &str,
+    from: &HeaderMap,
+    request_id: &HeaderValue,
+    messages: Bytes,
+) -> Result<Request<CallerBody>, http::Error> {
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .version(Version::HTTP_2)
+        .body(CallerBody::Transcoded(Some(messages)))?;
+    let headers = request.headers_mut();
+    for (name, value) in from {
+        if !NOT_CARRIED.contains(name) && !name.as_str().starts_with("grpc-") {
+            headers.append(name, value.clone());
+        }
+    }
+    if let Some(timeout) = from.get(headers::GRPC_TIMEOUT) {
+        headers.insert(headers::GRPC_TIMEOUT, timeout.clone());
+    }
+    // The id the caller gave, or the one its errors would have named.
+    headers.insert(names::BRIDGE_REQUEST_ID, request_id.clone());
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    Ok(request)
+}
+
+/// A gRPC status as the end of a JSON call.
+#[derive(Debug)]
+struct Failure {
+    code: Code,
+    message: String,
+    bridge_error: Option<String>,
+    field: Option<String>,
+    http: StatusCode,
+    /// Headers of the gRPC answer worth passing on (`bridge-instance`,
+    /// `bridge-audit-index`).
+    headers: HeaderMap,
+}
+
+impl Failure {
+    fn new(code: Code, message: String) -> Self {
+        Self {
+            code,
+            message,
+            bridge_error: None,
+            field: None,
+            http: http_status(code),
+            headers: HeaderMap::new(),
+        }
+    }
+
+    fn bad_request(error: BadRequest) -> Self {
+        let mut failure = Self::new(Code::InvalidArgument, error.message);
+        failure.field = error.field;
+        failure.bridge_error = Some("bad-json".to_owned());
+        failure
+    }
+
+    /// The status a gRPC answer ended with (trailers, or headers of a
+    /// trailers-only answer).
+    fn of(status: &HeaderMap) -> Option<Self> {
+        let code = status
+            .get("grpc-status")
+            .and_then(|value| value.to_str().ok()?.parse::<i32>().ok())?;
+        let code = Code::from_i32(code);
+        let message = status
+            .get("grpc-message")
+            .map(|value| {
+                percent_encoding::percent_decode(value.as_bytes())
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .unwrap_or_default();
+        let mut failure = Self::new(code, message);
+        failure.bridge_error = status
+            .get(headers::BRIDGE_ERROR)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        for name in [names::BRIDGE_INSTANCE, names::BRIDGE_AUDIT_INDEX] {
+            if let Some(value) = status.get(&name) {
+                failure.headers.insert(name, value.clone());
+            }
+        }
+        Some(failure)
+    }
+
+    fn status(mut self, status: StatusCode) -> Self {
+        self.http = status;
+        self
+    }
+
+    fn kind(mut self, kind: &str) -> Self {
+        self.bridge_error = Some(kind.to_owned());
+        self
+    }
+
+    /// The provider's answer cannot be read as its method's response.
+    fn bad_answer(message: String) -> Self {
+        Self::new(Code::Internal, message)
+            .status(StatusCode::BAD_GATEWAY)
+            .kind("bad-answer")
+    }
+
+    fn json(&self, request_id: &HeaderValue) -> Vec<u8> {
+        let body = serde_json::json!({
+            "code": self.code as i32,
+            "status": status_name(self.code),
+            "message": self.message,
+            "bridge_error": self.bridge_error,
+            "field": self.field,
+            "request_id": request_id.to_str().unwrap_or_default(),
+        });
+        let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
+        bytes.push(b'\n');
+        bytes
+    }
+
+    fn respond(self, request_id: &HeaderValue) -> Response<ResponseBody> {
+        let body = self.json(request_id);
+        let mut response = whole(self.http, APPLICATION_JSON, body, request_id);
+        if let Some(kind) = &self.bridge_error
+            && let Ok(kind) = HeaderValue::from_str(kind)
+        {
+            response.headers_mut().insert(names::BRIDGE_ERROR, kind);
+        }
+        response.headers_mut().extend(self.headers);
+        response
+    }
+}
+
+fn whole(
+    status: StatusCode,
+    content_type: HeaderValue,
+    body: Vec<u8>,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::local(tonic::body::Body::new(Full::new(
+        Bytes::from(body),
+    ))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, content_type);
+    response
+        .headers_mut()
+        .insert(names::BRIDGE_REQUEST_ID, request_id.clone());
+    response
+}
+
+/// A unary answer: read whole (its outcome is then in the exchange log),
+/// then the message as JSON or the status as an error.
+async fn unary_answer(
+    response: Response<ResponseBody>,
+    output: &MessageDescriptor,
+    response_body: Option<&FieldDescriptor>,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
+    let (parts, mut body) = response.into_parts();
+    if let Some(failure) = Failure::of(&parts.headers)
+        && failure.code != Code::Ok
+    {
+        return failure.respond(request_id);
+    }
+    let mut data = BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame;
+        match frame.into_data() {
+            Ok(chunk) => data.extend_from_slice(&chunk),
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    let ended = trailers
+        .as_ref()
+        .or(Some(&parts.headers))
+        .and_then(Failure::of);
+    let Some(ended) = ended else {
+        return Failure::bad_answer("the provider's answer ended without a status".to_owned())
+            .respond(request_id);
+    };
+    if ended.code != Code::Ok {
+        return ended.respond(request_id);
+    }
+    let mut messages = Messages { buffer: data };
+    let message = match messages.next() {
+        Some(Ok(message)) if messages.buffer.is_empty() => message,
+        Some(Err(error)) => return Failure::bad_answer(error).respond(request_id),
+        _ => {
+            return Failure::bad_answer("the provider's answer is not one message".to_owned())
+                .respond(request_id);
+        }
+    };
+    match convert::response_json(output, &message, response_body) {
+        Ok(json) => {
+            let mut response = whole(StatusCode::OK, APPLICATION_JSON, json, request_id);
+            response.headers_mut().extend(ended.headers);
+            response
+        }
+        Err(error) => Failure::bad_answer(error).respond(request_id),
+    }
+}
+
+/// A server-streaming answer: an error before the first message is an
+/// error response; after it, the answer is `200` and each message a line,
+/// and a failure ends it with a last line `{"error": {...}}`.
+async fn stream_answer(
+    response: Response<ResponseBody>,
+    output: MessageDescriptor,
+    response_body: Option<FieldDescriptor>,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
+    let (parts, mut body) = response.into_parts();
+    if let Some(failure) = Failure::of(&parts.headers)
+        && failure.code != Code::Ok
+    {
+        return failure.respond(request_id);
+    }
+    // Wait for the first frame: a status that comes before any message is
+    // the answer's HTTP status.
+    let first = body.frame().await.map(|Ok(frame)| frame);
+    if let Some(trailers) = first.as_ref().and_then(Frame::trailers_ref)
+        && let Some(failure) = Failure::of(trailers)
+        && failure.code != Code::Ok
+    {
+        return failure.respond(request_id);
+    }
+    let lines = NdJson {
+        first,
+        body,
+        output,
+        response_body,
+        messages: Messages::default(),
+        request_id: request_id.clone(),
+        done: false,
+    };
+    let mut response = Response::new(ResponseBody::local(tonic::body::Body::new(lines)));
+    response.headers_mut().insert(CONTENT_TYPE, NDJSON);
+    response
+        .headers_mut()
+        .insert(names::BRIDGE_REQUEST_ID, request_id.clone());
+    response
+}
+
+/// gRPC length-prefixed messages out of a byte stream.
+#[derive(Debug, Default)]
+struct Messages {
+    buffer: BytesMut,
+}
+
+impl Iterator for Messages {
+    /// A message, or why the answer cannot be read.
+    type Item = Result<Bytes, String>;
+
+    /// The next whole message; `None` until one is.
+    fn next(&mut self) -> Option<Result<Bytes, String>> {
+        let prefix = self.buffer.get(..5)?;
+        if prefix[0] != 0 {
+            return Some(Err(
+                "the provider answered with a compressed message, which the \
+                 gateway does not transcode"
+                    .to_owned(),
+            ));
+        }
+        let length = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+        if self.buffer.len() < 5 + length {
+            return None;
+        }
+        self.buffer.advance(5);
+        Some(Ok(self.buffer.split_to(length).freeze()))
+    }
+}
+
+/// The NDJSON body of a server-streaming answer.
+struct NdJson {
+    /// The frame read before answering, passed on first.
+    first: Option<Frame<Bytes>>,
+    body: ResponseBody,
+    output: MessageDescriptor,
+    response_body: Option<FieldDescriptor>,
+    messages: Messages,
+    request_id: HeaderValue,
+    done: bool,
+}
+
+impl NdJson {
+    /// The lines a frame completes; `done` after a status.
+    fn lines(&mut self, frame: Frame<Bytes>) -> Bytes {
+        let mut out = Vec::new();
+        match frame.into_data() {
+            Ok(data) => {
+                self.messages.buffer.extend_from_slice(&data);
+                while let Some(message) = self.messages.next() {
+                    let line = message.and_then(|message| {
+                        convert::response_json(&self.output, &message, self.response_body.as_ref())
+                    });
+                    match line {
+                        Ok(json) => {
+                            out.extend_from_slice(&json);
+                            out.push(b'\n');
+                        }
+                        Err(error) => {
+                            self.failed(&Failure::bad_answer(error), &mut out);
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(frame) => {
+                let ended = frame
+                    .trailers_ref()
+                    .and_then(Failure::of)
+                    .unwrap_or_else(|| {
+                        Failure::new(
+                            Code::Unknown,
+                            "the answer ended without a status".to_owned(),
+                        )
+                    });
+                if ended.code != Code::Ok {
+                    self.failed(&ended, &mut out);
+                }
+                self.done = true;
+            }
+        }
+        Bytes::from(out)
+    }
+
+    fn failed(&mut self, failure: &Failure, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"error\":");
+        out.extend_from_slice(failure.json(&self.request_id).trim_ascii_end());
+        out.extend_from_slice(b"}\n");
+        self.done = true;
+    }
+}
+
+impl Body for NdJson {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let frame = match self.first.take() {
+                Some(frame) => Some(frame),
+                None => ready!(Pin::new(&mut self.body).poll_frame(cx)).map(|Ok(frame)| frame),
+            };
+            let Some(frame) = frame else {
+                let mut out = Vec::new();
+                let failure = Failure::new(
+                    Code::Unknown,
+                    "the answer ended without a status".to_owned(),
+                );
+                self.failed(&failure, &mut out);
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+            };
+            let lines = self.lines(frame);
+            if !lines.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(lines))));
+            }
+        }
+    }
+}
+
+/// The HTTP status of a gRPC status, as Google's API conventions map them
+/// (google.rpc.Code).
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The name of a gRPC status code, as in google.rpc.Code.
+fn status_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}

@@ -1,0 +1,787 @@
+//! Partners without gRPC: JSON over HTTPS through the real gateway and mock
+//! agencies, under the dev policies. Every unary agency method answers as
+//! it does over gRPC, with the same exchange-log records (marked as JSON);
+//! consent binds as for gRPC; streams are NDJSON; mistakes are 400s naming
+//! the field; the OpenAPI document lists what the caller may call.
+
+// A failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::LazyLock;
+
+use govbridge::catalog::Catalog;
+use govbridge::catalog::json::convert;
+use govbridge::json_client::{HttpVersion, JsonAnswer, JsonClient};
+use govbridge::proto::directory::v1::GetServiceDescriptorRequest;
+use govbridge::proto::directory::v1::directory_client::DirectoryClient;
+use govbridge::sandbox::ConsentGrant;
+use http::Method;
+use http_body_util::BodyExt;
+use prost::Message;
+use protox::prost_reflect::{DynamicMessage, SerializeOptions};
+use serde_json::{Value, json};
+use support::{Bed, H2Client, dev_bed};
+
+static CATALOG: LazyLock<Catalog> = LazyLock::new(|| {
+    Catalog::with_sets(&govbridge::proto::AGENCY_DESCRIPTOR_SETS.map(|(_, set)| set)).unwrap()
+});
+
+const REASON: (&str, &str) = ("bridge-reason", "dossier 2025-0042");
+const AGENT: (&str, &str) = ("bridge-user-id", "agent-17");
+
+/// What a gRPC client sees of a call: status, `bridge-error`, the
+/// answers as JSON.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    code: i32,
+    bridge_error: Option<String>,
+    messages: Vec<Value>,
+}
+
+/// Calls `path` over gRPC with `request` (JSON, read as the method's
+/// request message) and `headers`.
+async fn grpc(client: &mut H2Client, path: &str, request: Value, headers: &[(&str, &str)]) -> Seen {
+    use tower::{Service, ServiceExt};
+    let (service, method) = path[1..].split_once('/').unwrap();
+    let method = CATALOG
+        .pool()
+        .get_service_by_name(service)
+        .unwrap()
+        .methods()
+        .find(|m| m.name() == method)
+        .unwrap();
+    let lines = match request {
+        Value::Array(lines) => lines,
+        one => vec![one],
+    };
+    let mut body = Vec::new();
+    for line in lines {
+        let message = convert::read_message(&method.input(), line)
+            .unwrap()
+            .encode_to_vec();
+        body.push(0);
+        body.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+        body.extend_from_slice(&message);
+    }
+    let mut request = http::Request::post(path)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from(body),
+        )))
+        .unwrap();
+    let response = client.ready().await.unwrap().call(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let collected = body.collect().await.unwrap();
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .unwrap_or_else(|| parts.headers.clone());
+    let data = collected.to_bytes();
+    let mut messages = Vec::new();
+    let mut at = 0;
+    while at + 5 <= data.len() {
+        let length = u32::from_be_bytes(data[at + 1..at + 5].try_into().unwrap()) as usize;
+        let message =
+            DynamicMessage::decode(method.output(), &data[at + 5..at + 5 + length]).unwrap();
+        let mut json = serde_json::Serializer::new(Vec::new());
+        message
+            .serialize_with_options(
+                &mut json,
+                &SerializeOptions::new().skip_default_fields(false),
+            )
+            .unwrap();
+        messages.push(serde_json::from_slice(&json.into_inner()).unwrap());
+        at += 5 + length;
+    }
+    Seen {
+        code: trailers["grpc-status"].to_str().unwrap().parse().unwrap(),
+        bridge_error: trailers
+            .get("bridge-error")
+            .map(|value| value.to_str().unwrap().to_owned()),
+        messages,
+    }
+}
+
+/// What a JSON client sees of the same call.
+fn seen_as_json(answer: &JsonAnswer) -> Seen {
+    let ndjson = answer.header("content-type") == Some("application/x-ndjson");
+    if answer.status.is_success() {
+        let messages = if ndjson {
+            answer.lines()
+        } else {
+            vec![answer.json()]
+        };
+        return Seen {
+            code: 0,
+            bridge_error: None,
+            messages,
+        };
+    }
+    let error = answer.json();
+    Seen {
+        code: i32::try_from(error["code"].as_i64().unwrap()).unwrap(),
+        bridge_error: error["bridge_error"].as_str().map(str::to_owned),
+        messages: Vec::new(),
+    }
+}
+
+async fn json_client(bed: &Bed, stem: &str, version: HttpVersion) -> JsonClient {
+    JsonClient::connect(bed.gateway, &bed.member_tls(stem), version)
+        .await
+        .unwrap()
+}
+
+/// One method, called both ways.
+struct Case {
+    member: &'static str,
+    grpc_path: &'static str,
+    grpc_request: Value,
+    verb: Method,
+    json_path: String,
+    json_body: String,
+    headers: Vec<(&'static str, String)>,
+    /// The HTTP status expected of the JSON call.
+    status: u16,
+}
+
+impl Case {
+    fn headers<'a>(&'a self, request_id: &'a str) -> Vec<(&'a str, &'a str)> {
+        let mut headers: Vec<(&str, &str)> =
+            self.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        headers.extend([REASON, AGENT, ("bridge-request-id", request_id)]);
+        headers
+    }
+}
+
+fn purpose(purpose: &str) -> Vec<(&'static str, String)> {
+    vec![("bridge-purpose", purpose.to_owned())]
+}
+
+/// Calls every case over gRPC and as JSON (over `version`): the same
+/// answers and statuses, the same exchange-log records, the JSON call's
+/// marked.
+async fn same_both_ways(bed: &Bed, cases: &[Case], version: HttpVersion) {
+    for case in cases {
+        let (grpc_id, json_id) = (
+            uuid::Uuid::new_v4().to_string(),
+            uuid::Uuid::new_v4().to_string(),
+        );
+        let mut client = bed.client(case.member).await;
+        let over_grpc = grpc(
+            &mut client,
+            case.grpc_path,
+            case.grpc_request.clone(),
+            &case.headers(&grpc_id),
+        )
+        .await;
+        let answer = json_client(bed, case.member, version)
+            .await
+            .call(
+                case.verb.clone(),
+                &case.json_path,
+                &case.headers(&json_id),
+                &case.json_body,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.status.as_u16(),
+            case.status,
+            "{} {}: {}",
+            case.verb,
+            case.json_path,
+            String::from_utf8_lossy(&answer.body)
+        );
+        assert_eq!(answer.header("bridge-request-id"), Some(json_id.as_str()));
+        assert_eq!(
+            seen_as_json(&answer),
+            over_grpc,
+            "{} {}",
+            case.verb,
+            case.json_path
+        );
+
+        let log = bed.sandbox.exchange_log();
+        let (by_grpc, by_json) = (
+            log.of_request(&grpc_id).unwrap(),
+            log.of_request(&json_id).unwrap(),
+        );
+        assert_eq!(by_grpc.len(), by_json.len(), "{}", case.json_path);
+        assert!(!by_json.is_empty());
+        for (grpc, json) in by_grpc.iter().zip(&by_json) {
+            let (grpc, json) = (&grpc.record, &json.record);
+            assert!(json.json && !grpc.json, "only the JSON call is marked");
+            assert_eq!(
+                (
+                    &json.method,
+                    &json.caller,
+                    &json.purpose,
+                    &json.subject,
+                    json.allowed
+                ),
+                (
+                    &grpc.method,
+                    &grpc.caller,
+                    &grpc.purpose,
+                    &grpc.subject,
+                    grpc.allowed
+                )
+            );
+            assert_eq!(
+                (json.grpc_status, &json.error_kind),
+                (grpc.grpc_status, &grpc.error_kind)
+            );
+            // The same request message went to the provider.
+            assert_eq!(
+                (json.request_bytes, &json.request_sha256),
+                (grpc.request_bytes, &grpc.request_sha256),
+                "{}",
+                case.json_path
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_unary_agency_method_answers_as_json_as_over_grpc() {
+    let bed = dev_bed().await;
+    let citizen = &bed.data.citizens[3];
+    let nin = citizen.nin.to_string();
+    let company = bed.data.companies[2].ninea.to_string();
+    let account = bed.data.accounts.iter().find(|a| a.is_open()).unwrap();
+    let (iban, holder) = (account.iban.to_string(), account.holder.to_string());
+    let bank = govbridge::agencies::Agency::Bank(account.bank)
+        .member_id()
+        .to_string();
+    let declaration = &bed.data.declarations[0];
+    let (declarant, year) = (declaration.nin.to_string(), declaration.fiscal_year);
+    let consent = bed
+        .grant_consent(
+            &ConsentGrant::new(
+                &declarant,
+                "SN/COM/CBAO/credit",
+                "/govbridge.tax.v1.TaxAuthority/GetDeclaredIncome",
+                "CREDIT-SCORING",
+            )
+            .max_uses(2),
+        )
+        .await
+        .unwrap();
+    let identity = json!({
+        "firstNames": citizen.first_names,
+        "lastName": citizen.last_name,
+        "dateOfBirth": citizen.date_of_birth.to_string(),
+    });
+    let mut with_nin = identity.clone();
+    with_nin["nin"] = json!(nin);
+    let mut consented = purpose("CREDIT-SCORING");
+    consented.push(("bridge-consent", consent.artefact.clone()));
+    let cases = [
+        Case {
+            member: "dgid-tax",
+            grpc_path: "/govbridge.civilregistry.v1.CivilRegistry/GetPerson",
+            grpc_request: json!({ "nin": nin }),
+            verb: Method::GET,
+            json_path: format!("/v1/persons/{nin}"),
+            json_body: String::new(),
+            headers: purpose("TAX-ASSESSMENT"),
+            status: 200,
+        },
+        Case {
+            member: "dgid-tax",
+            grpc_path: "/govbridge.civilregistry.v1.CivilRegistry/GetPerson",
+            grpc_request: json!({ "nin": "1999199900000" }),
+            verb: Method::GET,
+            json_path: "/v1/persons/1999199900000".to_owned(),
+            json_body: String::new(),
+            headers: purpose("TAX-ASSESSMENT"),
+            status: 404,
+        },
+        Case {
+            member: "cbao-kyc",
+            grpc_path: "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity",
+            grpc_request: with_nin.clone(),
+            verb: Method::POST,
+            json_path: format!("/v1/persons/{nin}:verify-identity"),
+            json_body: identity.to_string(),
+            headers: purpose("KYC"),
+            status: 200,
+        },
+        // The default route, and a refusal by policy.
+        Case {
+            member: "cbao-kyc",
+            grpc_path: "/govbridge.civilregistry.v1.CivilRegistry/GetPerson",
+            grpc_request: json!({ "nin": nin }),
+            verb: Method::POST,
+            json_path: "/govbridge.civilregistry.v1.CivilRegistry/GetPerson".to_owned(),
+            json_body: json!({ "nin": nin }).to_string(),
+            headers: purpose("KYC"),
+            status: 403,
+        },
+        Case {
+            member: "treasury",
+            grpc_path: "/govbridge.tax.v1.TaxAuthority/GetTaxClearance",
+            grpc_request: json!({ "ninea": company }),
+            verb: Method::GET,
+            json_path: format!("/v1/tax-clearances/companies/{company}"),
+            json_body: String::new(),
+            headers: purpose("PUBLIC-PROCUREMENT"),
+            status: 200,
+        },
+        Case {
+            member: "cbao-credit",
+            grpc_path: "/govbridge.tax.v1.TaxAuthority/GetDeclaredIncome",
+            grpc_request: json!({ "nin": declarant, "fiscalYear": year }),
+            verb: Method::GET,
+            json_path: format!("/v1/persons/{declarant}/declared-income/{year}"),
+            json_body: String::new(),
+            headers: consented,
+            status: 200,
+        },
+        Case {
+            member: "cbao-kyc",
+            grpc_path: "/govbridge.business.v1.BusinessRegistry/GetCompany",
+            grpc_request: json!({ "ninea": company }),
+            verb: Method::GET,
+            json_path: format!("/v1/companies/{company}"),
+            json_body: String::new(),
+            headers: purpose("KYC"),
+            status: 200,
+        },
+        Case {
+            member: "cbao-kyc",
+            grpc_path: "/govbridge.business.v1.BusinessRegistry/ListDirectors",
+            grpc_request: json!({ "ninea": company }),
+            verb: Method::GET,
+            json_path: format!("/v1/companies/{company}/directors"),
+            json_body: String::new(),
+            headers: purpose("KYC"),
+            status: 200,
+        },
+        Case {
+            member: "treasury",
+            grpc_path: "/govbridge.bank.v1.AccountVerification/VerifyAccountHolder",
+            grpc_request: json!({ "iban": iban, "nin": holder }),
+            verb: Method::POST,
+            json_path: "/v1/accounts:verify-holder".to_owned(),
+            json_body: json!({ "iban": iban, "nin": holder }).to_string(),
+            headers: vec![
+                ("bridge-purpose", "BENEFIT-PAYMENT".to_owned()),
+                ("bridge-target", bank),
+            ],
+            status: 200,
+        },
+        Case {
+            member: "mygov",
+            grpc_path: "/govbridge.consent.v1.Consent/List",
+            grpc_request: json!({ "nin": declarant }),
+            verb: Method::GET,
+            json_path: format!("/v1/persons/{declarant}/consents"),
+            json_body: String::new(),
+            headers: purpose("CITIZEN-SELF-SERVICE"),
+            status: 200,
+        },
+    ];
+    same_both_ways(&bed, &cases, HttpVersion::Http1).await;
+    // The consent's two uses are spent: a third call is refused, as JSON.
+    let answer = json_client(&bed, "cbao-credit", HttpVersion::Http2)
+        .await
+        .call(
+            Method::GET,
+            &format!("/v1/persons/{declarant}/declared-income/{year}"),
+            &[
+                ("bridge-purpose", "CREDIT-SCORING"),
+                ("bridge-consent", &consent.artefact),
+                REASON,
+                AGENT,
+            ],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 403);
+    assert_eq!(answer.json()["bridge_error"], "consent-exhausted");
+    assert_eq!(answer.header("bridge-error"), Some("consent-exhausted"));
+
+    // The consent methods that change things, as a citizen's portal would
+    // call them in JSON: grant, pause, resume, revoke.
+    let mut portal = json_client(&bed, "mygov", HttpVersion::Http2).await;
+    let headers = [("bridge-purpose", "CITIZEN-SELF-SERVICE"), REASON, AGENT];
+    let granted = portal
+        .call(
+            Method::POST,
+            &format!("/v1/persons/{nin}/consents"),
+            &headers,
+            &json!({
+                "consumer": "SN/COM/CBAO/credit",
+                "providers": ["SN/GOV/DGID/tax"],
+                "methods": ["/govbridge.tax.v1.TaxAuthority/GetTaxClearance"],
+                "purpose": "CREDIT-SCORING",
+                "maxUses": 2,
+            })
+            .to_string(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(granted.status, 200, "{:?}", granted.json());
+    let id = granted.json()["consentId"].as_str().unwrap().to_owned();
+    for (verb, state) in [
+        ("pause", "CONSENT_STATE_PAUSED"),
+        ("resume", "CONSENT_STATE_ACTIVE"),
+        ("revoke", "CONSENT_STATE_REVOKED"),
+    ] {
+        let changed = portal
+            .call(
+                Method::POST,
+                &format!("/v1/persons/{nin}/consents/{id}:{verb}"),
+                &headers,
+                "",
+            )
+            .await
+            .unwrap();
+        assert_eq!(changed.status, 200, "{verb}: {:?}", changed.json());
+        assert_eq!(changed.json()["state"], state, "{verb}");
+    }
+}
+
+#[tokio::test]
+async fn consent_bound_json_calls_are_refused_as_over_grpc() {
+    let bed = dev_bed().await;
+    let declaration = &bed.data.declarations[0];
+    let (nin, year) = (declaration.nin.to_string(), declaration.fiscal_year);
+    let other = bed
+        .data
+        .citizens
+        .iter()
+        .find(|c| c.nin != declaration.nin)
+        .unwrap()
+        .nin
+        .to_string();
+    let method = "/govbridge.tax.v1.TaxAuthority/GetDeclaredIncome";
+    let consent = bed
+        .grant_consent(
+            &ConsentGrant::new(&nin, "SN/COM/CBAO/credit", method, "CREDIT-SCORING").max_uses(1),
+        )
+        .await
+        .unwrap();
+    let mut bank = json_client(&bed, "cbao-credit", HttpVersion::Http1).await;
+    let mut income = async |about: &str| {
+        let answer = bank
+            .call(
+                Method::GET,
+                &format!("/v1/persons/{about}/declared-income/{year}"),
+                &[
+                    ("bridge-purpose", "CREDIT-SCORING"),
+                    ("bridge-consent", &consent.artefact),
+                    REASON,
+                    AGENT,
+                ],
+                "",
+            )
+            .await
+            .unwrap();
+        let kind = answer.json()["bridge_error"].as_str().map(str::to_owned);
+        (answer.status.as_u16(), kind)
+    };
+    assert_eq!(
+        income(&other).await,
+        (403, Some("consent-subject-mismatch".into()))
+    );
+    assert_eq!(income(&nin).await, (200, None));
+    assert_eq!(income(&nin).await, (403, Some("consent-exhausted".into())));
+
+    let again = bed
+        .grant_consent(&ConsentGrant::new(
+            &nin,
+            "SN/COM/CBAO/credit",
+            method,
+            "CREDIT-SCORING",
+        ))
+        .await
+        .unwrap();
+    bed.revoke_consent(&again).await.unwrap();
+    let answer = bank
+        .call(
+            Method::GET,
+            &format!("/v1/persons/{nin}/declared-income/{year}"),
+            &[
+                ("bridge-purpose", "CREDIT-SCORING"),
+                ("bridge-consent", &again.artefact),
+                REASON,
+                AGENT,
+            ],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            answer.status.as_u16(),
+            answer.json()["bridge_error"].clone()
+        ),
+        (403, json!("consent-revoked"))
+    );
+    // Each refusal is in the log, as JSON.
+    let records = bed.sandbox.exchange_log().records().unwrap();
+    let refused: Vec<_> = records
+        .iter()
+        .filter(|r| r.record.json && r.record.error_kind.starts_with("consent-"))
+        .map(|r| r.record.error_kind.as_str())
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            "consent-subject-mismatch",
+            "consent-exhausted",
+            "consent-revoked"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn streams_are_ndjson_both_ways() {
+    let bed = dev_bed().await;
+    let headers = [("bridge-purpose", "BENEFIT-PAYMENT"), REASON, AGENT];
+    // Server streaming: one line per event, as over gRPC.
+    let case = Case {
+        member: "treasury",
+        grpc_path: "/govbridge.civilregistry.v1.CivilRegistry/WatchLifeEvents",
+        grpc_request: json!({ "maxEvents": 3 }),
+        verb: Method::GET,
+        json_path: "/v1/life-events?maxEvents=3".to_owned(),
+        json_body: String::new(),
+        headers: purpose("BENEFIT-PAYMENT"),
+        status: 200,
+    };
+    same_both_ways(&bed, std::slice::from_ref(&case), HttpVersion::Http2).await;
+    let mut treasury = json_client(&bed, "treasury", HttpVersion::Http1).await;
+    let events = treasury
+        .call(
+            Method::GET,
+            "/v1/life-events?maxEvents=3&afterSequence=2",
+            &headers,
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(events.header("content-type"), Some("application/x-ndjson"));
+    let lines = events.lines();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["sequence"], "3", "64-bit integers are strings");
+
+    // Client streaming: one request message per line of the body.
+    let employer = bed.data.companies[0].ninea.to_string();
+    let employee = bed
+        .data
+        .citizens
+        .iter()
+        .find(|c| c.date_of_death.is_none())
+        .unwrap()
+        .nin
+        .to_string();
+    let line = |id: &str, period: &str| {
+        json!({
+            "lineId": id,
+            "payerNinea": employer,
+            "subjectNin": employee,
+            "period": period,
+            "grossAmountXof": "500000",
+            "taxWithheldXof": 50000,
+        })
+        .to_string()
+    };
+    let upload = format!("{}\n{}\n", line("a", "2025-01"), line("b", "2025-13"));
+    let answer = json_client(&bed, "sonatel-payroll", HttpVersion::Http1)
+        .await
+        .call(
+            Method::POST,
+            "/govbridge.tax.v1.TaxAuthority/SubmitWithholdings",
+            &[("bridge-purpose", "TAX-WITHHOLDING"), REASON, AGENT],
+            &upload,
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{:?}", answer.json());
+    let receipt = answer.json();
+    assert_eq!(receipt["linesReceived"], "2", "{receipt}");
+    assert_eq!(receipt["linesAccepted"], "1", "{receipt}");
+    assert_eq!(receipt["rejections"][0]["lineId"], "b", "{receipt}");
+    assert_eq!(
+        receipt["rejections"][0]["reason"],
+        "REJECTION_REASON_MALFORMED_PERIOD"
+    );
+    // A bad line is named by its number.
+    let answer = json_client(&bed, "sonatel-payroll", HttpVersion::Http1)
+        .await
+        .call(
+            Method::POST,
+            "/govbridge.tax.v1.TaxAuthority/SubmitWithholdings",
+            &[("bridge-purpose", "TAX-WITHHOLDING"), REASON, AGENT],
+            &format!("{}\n{{\"lineId\": 7}}\n", line("a", "2025-01")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 400);
+    assert!(
+        answer.json()["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("line 2: lineId"),
+        "{:?}",
+        answer.json()
+    );
+}
+
+#[tokio::test]
+async fn json_mistakes_are_400s_naming_the_field_and_the_gateway_keeps_serving() {
+    let bed = dev_bed().await;
+    let mut bank = json_client(&bed, "cbao-kyc", HttpVersion::Http2).await;
+    let headers = [("bridge-purpose", "KYC"), REASON, AGENT];
+    let verify = "/v1/persons/1234567890123:verify-identity";
+    for (body, field, says) in [
+        (
+            r#"{"firstNames": "Awa", "colour": "blue"}"#,
+            Some("colour"),
+            "no such field",
+        ),
+        (r#"{"firstNames": 7}"#, Some("firstNames"), "invalid type"),
+        (r#"{"firstNames": "Awa""#, None, "not JSON"),
+        ("[1, 2]", None, "must be a JSON object"),
+    ] {
+        let answer = bank
+            .call(Method::POST, verify, &headers, body)
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 400, "{body}");
+        let error = answer.json();
+        assert_eq!(error["field"].as_str(), field, "{error}");
+        assert!(error["message"].as_str().unwrap().contains(says), "{error}");
+        assert_eq!(error["bridge_error"], "bad-json");
+        assert_eq!(error["status"], "INVALID_ARGUMENT");
+    }
+    let path = bank
+        .call(
+            Method::GET,
+            "/v1/companies/x/directors?colour=1",
+            &headers,
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (path.status.as_u16(), path.json()["field"].clone()),
+        (400, json!("colour"))
+    );
+    let huge = format!("{{\"firstNames\": \"{}\"}}", "a".repeat(5 * 1024 * 1024));
+    let answer = bank
+        .call(Method::POST, verify, &headers, &huge)
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 400);
+    assert!(
+        answer.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("larger than")
+    );
+
+    let nowhere = bank
+        .call(Method::GET, "/v1/nowhere", &headers, "")
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            nowhere.status.as_u16(),
+            nowhere.json()["bridge_error"].clone()
+        ),
+        (404, json!("no-json-route"))
+    );
+    let verb = bank
+        .call(Method::DELETE, "/v1/companies/x", &headers, "")
+        .await
+        .unwrap();
+    assert_eq!(verb.status, 405);
+
+    // Still serving, on the same connection and on gRPC.
+    let company = bed.data.companies[0].ninea.to_string();
+    let answer = bank
+        .call(
+            Method::GET,
+            &format!("/v1/companies/{company}"),
+            &headers,
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json()["ninea"], company);
+}
+
+#[tokio::test]
+async fn openapi_describes_what_the_caller_may_call() {
+    let bed = dev_bed().await;
+    let operations = async |stem: &str| {
+        let answer = json_client(&bed, stem, HttpVersion::Http1)
+            .await
+            .call(Method::GET, "/openapi.json", &[], "")
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200);
+        let document = answer.json();
+        assert_eq!(document["openapi"], "3.1.0");
+        let mut ids: Vec<String> = document["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .map(|operation| operation["operationId"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let kyc = operations("cbao-kyc").await;
+    assert!(
+        kyc.contains(&"CivilRegistry_VerifyIdentity".to_owned()),
+        "{kyc:?}"
+    );
+    assert!(
+        !kyc.iter()
+            .any(|id| id.starts_with("CivilRegistry_GetPerson")),
+        "{kyc:?}"
+    );
+    assert!(
+        !kyc.iter().any(|id| id.starts_with("TaxAuthority")),
+        "{kyc:?}"
+    );
+    let tax = operations("dgid-tax").await;
+    assert!(
+        tax.contains(&"CivilRegistry_GetPerson".to_owned()),
+        "{tax:?}"
+    );
+
+    // The directory offers each service's part.
+    let mut directory = DirectoryClient::new(bed.client("cbao-kyc").await);
+    let described = directory
+        .get_service_descriptor(GetServiceDescriptorRequest {
+            service: "govbridge.civilregistry.v1.CivilRegistry".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let document: Value = serde_json::from_str(&described.openapi).unwrap();
+    let paths: Vec<&String> = document["paths"].as_object().unwrap().keys().collect();
+    assert_eq!(
+        paths,
+        [
+            "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity",
+            "/v1/persons/{nin}:verify-identity"
+        ]
+    );
+}
