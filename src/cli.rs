@@ -105,6 +105,21 @@ enum Command {
         #[arg(long, value_name = "KEY.pub")]
         key: PathBuf,
     },
+    /// Print the OpenAPI 3.1 document of the JSON operations a member's
+    /// policies may permit, as the gateway serves it at /openapi.json.
+    Openapi {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The calling member, e.g. SN/COM/CBAO/kyc.
+        #[arg(long, value_name = "ID")]
+        member: String,
+        /// Only this service's operations, e.g. govbridge.civilregistry.v1.CivilRegistry.
+        #[arg(long)]
+        service: Option<String>,
+        /// The gateway's address, for the document's `servers`, e.g. https://gw.example.sn:8443.
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+    },
     /// Validate a configuration as a start would, then exit.
     CheckConfig {
         #[arg(value_name = "FILE")]
@@ -312,6 +327,15 @@ fn run(command: Command, log_format: LogFormat) -> anyhow::Result<()> {
             init_logging(log_format, None, "")?;
             check_config(&config)
         }
+        Command::Openapi {
+            config,
+            member,
+            service,
+            server,
+        } => {
+            init_logging(log_format, None, "")?;
+            openapi(&config, &member, service.as_deref(), server.as_deref())
+        }
         Command::Fleet { command } => {
             init_logging(log_format, None, "")?;
             fleet::run(command)
@@ -471,6 +495,35 @@ fn load_policies(path: &Path) -> anyhow::Result<(Config, govbridge::policy::Poli
     let config = Config::load(path)?;
     let engine = govbridge::policy::PolicyEngine::load(&config)?;
     Ok((config, engine))
+}
+
+fn openapi(
+    path: &Path,
+    member: &str,
+    service: Option<&str>,
+    server: Option<&str>,
+) -> anyhow::Result<()> {
+    let (config, engine) = load_policies(path)?;
+    let member = govbridge::identity::MemberId::parse(member)
+        .with_context(|| format!("--member {member}"))?;
+    if !config.members.contains_key(&member) {
+        anyhow::bail!(
+            "--member {member}: not a member of {} (its [members] table)",
+            path.display()
+        );
+    }
+    if let Some(service) = service
+        && !config.catalog.declares(service)
+    {
+        anyhow::bail!(
+            "--service {service}: {} registers no such service",
+            path.display()
+        );
+    }
+    let document =
+        govbridge::directory::openapi(&engine, &config.catalog, &member, 365, service, server);
+    println!("{}", serde_json::to_string_pretty(&document)?);
+    Ok(())
 }
 
 fn check_config(path: &Path) -> anyhow::Result<()> {

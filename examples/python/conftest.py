@@ -45,6 +45,8 @@ PROTOS = {
     "consent": "govbridge/consent/v1/consent.proto",
 }
 OPTIONS_PROTO = "govbridge/options/v1/options.proto"
+# Imported too: the HTTP routes of JSON calls (google.api.http).
+HTTP_PROTOS = ("google/api/http.proto", "google/api/annotations.proto")
 
 
 def govbridge_binary():
@@ -61,7 +63,7 @@ def govbridge_binary():
 
 def generate_stubs(out_dir):
     well_known = os.path.join(os.path.dirname(protoc.__file__), "_proto")
-    for proto in (OPTIONS_PROTO, *PROTOS.values()):
+    for proto in (*HTTP_PROTOS, OPTIONS_PROTO, *PROTOS.values()):
         status = protoc.main(
             [
                 "grpc_tools.protoc",

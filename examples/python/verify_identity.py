@@ -28,6 +28,8 @@ DEFAULT_PROTO_ROOT = os.path.normpath(os.path.join(HERE, "..", "..", "proto"))
 SERVICE_PROTO = "govbridge/civilregistry/v1/civil_registry.proto"
 # Imported by the service's proto: its module must exist for the stubs to load.
 OPTIONS_PROTO = "govbridge/options/v1/options.proto"
+# Imported too: the HTTP routes of JSON calls (google.api.http).
+HTTP_PROTOS = ("google/api/http.proto", "google/api/annotations.proto")
 
 
 def parse_args(argv):
@@ -107,7 +109,7 @@ def fail(message):
 def load_stubs(proto_root, out_dir):
     """Generates the messages and the client stub, and imports them."""
     well_known = os.path.join(os.path.dirname(protoc.__file__), "_proto")
-    for proto in (OPTIONS_PROTO, SERVICE_PROTO):
+    for proto in (*HTTP_PROTOS, OPTIONS_PROTO, SERVICE_PROTO):
         status = protoc.main(
             [
                 "grpc_tools.protoc",

@@ -111,7 +111,8 @@ impl Directory for DirectoryService {
                 ))
             })?;
         let openapi = super::openapi(
-            context.state.as_ref(),
+            context.state.policy(),
+            context.state.catalog(),
             &context.caller,
             context.certificate_days_left,
             Some(service),

@@ -127,7 +127,8 @@ impl LocalContext {
 /// services', or `service`'s): what its policies may permit, as
 /// reflection shows, with the purposes they permit each under.
 pub fn openapi(
-    state: &dyn GatewayView,
+    policy: &PolicyEngine,
+    catalog: &crate::catalog::Catalog,
     caller: &MemberId,
     certificate_days_left: i64,
     service: Option<&str>,
@@ -136,7 +137,7 @@ pub fn openapi(
     use crate::catalog::json::openapi::{Declared, Permitted, document};
     use crate::wire::headers;
     let mut permitted: BTreeMap<String, Permitted> = BTreeMap::new();
-    for permit in state.policy().permits(caller, certificate_days_left) {
+    for permit in policy.permits(caller, certificate_days_left) {
         let of_service = service.is_none_or(|service| {
             crate::catalog::split_path(&permit.method).is_some_and(|(s, _)| s == service)
         });
@@ -172,13 +173,7 @@ pub fn openapi(
             (headers::TRACEPARENT, "W3C trace context.", None),
         ],
     };
-    document(
-        state.catalog().json_routes(),
-        &permitted,
-        &declared,
-        &title,
-        server,
-    )
+    document(catalog.json_routes(), &permitted, &declared, &title, server)
 }
 
 /// Answers a call to one of the gateway's own services.

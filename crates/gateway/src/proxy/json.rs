@@ -160,7 +160,8 @@ fn openapi(
         });
     let server = authority.map(|authority| format!("https://{authority}"));
     let document = crate::directory::openapi(
-        state,
+        state.policy(),
+        &state.catalog,
         member,
         service.peer.certificate_days_left(crate::unix_time::now()),
         None,
@@ -375,6 +376,8 @@ async fn unary_answer(
             .respond(request_id);
     };
     if ended.code != Code::Ok {
+        let mut ended = ended;
+        ended.headers = with_decision(&parts.headers, ended.headers);
         return ended.respond(request_id);
     }
     let mut messages = Messages { buffer: data };
@@ -389,11 +392,27 @@ async fn unary_answer(
     match convert::response_json(output, &message, response_body) {
         Ok(json) => {
             let mut response = whole(StatusCode::OK, APPLICATION_JSON, json, request_id);
-            response.headers_mut().extend(ended.headers);
+            response
+                .headers_mut()
+                .extend(with_decision(&parts.headers, ended.headers));
             response
         }
         Err(error) => Failure::bad_answer(error).respond(request_id),
     }
+}
+
+/// The headers of a forwarded call's end: `bridge-audit-index` gives the
+/// decision's index (from the gRPC headers), then the outcome's (from its
+/// trailers), as a gRPC client reads them.
+fn with_decision(grpc_headers: &HeaderMap, ended: HeaderMap) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(decision) = grpc_headers.get(names::BRIDGE_AUDIT_INDEX) {
+        headers.append(names::BRIDGE_AUDIT_INDEX, decision.clone());
+    }
+    for (name, value) in &ended {
+        headers.append(name, value.clone());
+    }
+    headers
 }
 
 /// A server-streaming answer: an error before the first message is an
@@ -430,6 +449,11 @@ async fn stream_answer(
         done: false,
     };
     let mut response = Response::new(ResponseBody::local(tonic::body::Body::new(lines)));
+    if let Some(decision) = parts.headers.get(names::BRIDGE_AUDIT_INDEX) {
+        response
+            .headers_mut()
+            .insert(names::BRIDGE_AUDIT_INDEX, decision.clone());
+    }
     response.headers_mut().insert(CONTENT_TYPE, NDJSON);
     response
         .headers_mut()
