@@ -785,3 +785,22 @@ async fn openapi_describes_what_the_caller_may_call() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_busy_json_connection_is_not_taken_for_a_flood() {
+    // A JSON answer is whole in memory: hyper stops polling its body after
+    // the last data frame. Counted as reset by the client, 500 such calls
+    // on one connection looked like a rapid-reset flood and the gateway
+    // dropped the connection.
+    let bed = dev_bed().await;
+    for version in [HttpVersion::Http2, HttpVersion::Http1] {
+        let mut bank = json_client(&bed, "cbao-kyc", version).await;
+        for call in 0..700 {
+            let answer = bank
+                .call(Method::GET, "/v1/nowhere", &[], "")
+                .await
+                .unwrap_or_else(|error| panic!("{version:?}, call {call}: {error}"));
+            assert_eq!(answer.status, 404);
+        }
+    }
+}

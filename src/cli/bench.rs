@@ -47,6 +47,11 @@ pub enum BenchCommand {
     /// the partner instance's through its gateway; both latencies and
     /// their difference.
     Federation(FederationArgs),
+    /// What JSON transcoding costs: the same method (1 KiB unary echo)
+    /// through one gateway as gRPC and as JSON, closed loop then open loop
+    /// at --rate, interleaved; the JSON/gRPC calls/s ratio and the p99 the
+    /// transcoding adds.
+    Json(JsonArgs),
     /// Serve the echo backend (used by `run` and `compare`).
     #[command(hide = true)]
     Echo {
@@ -124,6 +129,22 @@ pub struct RunArgs {
     /// target's.
     #[arg(long)]
     pid: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The gateway measured.
+    #[arg(long, value_enum, default_value_t = TargetKind::RoutingOnly)]
+    target: TargetKind,
+    /// Calls per second of the open loop.
+    #[arg(long, default_value_t = 500)]
+    rate: u64,
+    /// Measure each way this many times, alternating (the machine's noise
+    /// shows as the spread between rounds).
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
 }
 
 #[derive(Debug, Args)]
@@ -318,6 +339,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             anyhow::ensure!(errors == 0, "{errors} calls failed: see WITH ERRORS above");
             Ok(())
         }),
+        BenchCommand::Json(args) => runtime.block_on(bench_json(args)),
         BenchCommand::Federation(args) => runtime.block_on(async {
             let options = govbridge::bench::federation::FederationOptions {
                 dir: args.dir,
@@ -441,6 +463,96 @@ async fn bench_soak(args: SoakArgs) -> anyhow::Result<()> {
         report.guarantees_held(),
         "the soak broke a guarantee: see FAILED above"
     );
+    Ok(())
+}
+
+/// Targets of issue 23: JSON calls/s at least this share of gRPC's, and
+/// transcoding adds less than this to the open loop's p99.
+const JSON_RATIO_GOAL: f64 = 0.7;
+const JSON_ADDED_P99_GOAL_US: i64 = 200;
+
+async fn bench_json(args: JsonArgs) -> anyhow::Result<()> {
+    let common = &args.common;
+    let exe = std::env::current_exe().context("finding the govbridge binary")?;
+    let bed = Bed::start(common.dir.as_deref(), common.connections, exe)?;
+    let profile = match args.target {
+        TargetKind::RoutingOnly => GatewayProfile::RoutingOnly,
+        TargetKind::EverythingOn => GatewayProfile::EverythingOn,
+        other => anyhow::bail!("--target {other:?}: JSON is transcoded by a gateway only"),
+    };
+    let (_gateway, target) = bed.gateway(profile, common.connections)?;
+    let mut summaries: Vec<RunSummary> = Vec::new();
+    let pacings = [
+        Pacing::Closed {
+            callers: common.callers,
+        },
+        Pacing::Open { rate: args.rate },
+    ];
+    for pacing in pacings {
+        for _ in 0..args.rounds.max(1) {
+            for scenario in [Scenario::Unary1k, Scenario::Json1k] {
+                let plan = LoadPlan {
+                    scenario,
+                    pacing,
+                    connections: common.connections,
+                    warmup: common.warmup,
+                    duration: common.duration,
+                };
+                if !common.quiet {
+                    eprintln!("{}", report::title(&plan));
+                }
+                let outcome = load::run(&target, &bed.members, &plan, !common.quiet).await?;
+                let mut summary = RunSummary::new(&target, &plan, &outcome);
+                summary.target = format!("{} {}", target.name, scenario.name());
+                summaries.push(summary);
+            }
+        }
+    }
+    let of = |scenario: Scenario, open: bool| -> Vec<&RunSummary> {
+        summaries
+            .iter()
+            .filter(|s| s.scenario == scenario && matches!(s.pacing, Pacing::Open { .. }) == open)
+            .collect()
+    };
+    let total = |runs: &[&RunSummary], field: fn(&RunSummary) -> f64| -> f64 {
+        runs.iter().map(|run| field(run)).sum::<f64>() / runs.len().max(1) as f64
+    };
+    let grpc_closed = total(&of(Scenario::Unary1k, false), |s| s.calls_per_s);
+    let json_closed = total(&of(Scenario::Json1k, false), |s| s.calls_per_s);
+    let grpc_p99 = total(&of(Scenario::Unary1k, true), |s| s.p99_us as f64);
+    let json_p99 = total(&of(Scenario::Json1k, true), |s| s.p99_us as f64);
+    let ratio = json_closed / grpc_closed.max(f64::MIN_POSITIVE);
+    let added = (json_p99 - grpc_p99) as i64;
+    if common.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "runs": summaries,
+                "json_over_grpc_calls_per_s": ratio,
+                "added_p99_us": added,
+            }))?
+        );
+    } else {
+        let rows: Vec<&RunSummary> = summaries.iter().collect();
+        let title = format!(
+            "1 KiB unary echo through govbridge {} as gRPC and as JSON ({} rounds)",
+            target.name, args.rounds
+        );
+        print!("{}", report::table(&title, &rows));
+        let verdict = |met: bool| if met { "MET" } else { "NOT MET" };
+        println!(
+            "  {} JSON calls/s over gRPC's, closed loop, {} callers: {ratio:.2}x ({json_closed:.0} vs {grpc_closed:.0}; goal >= {JSON_RATIO_GOAL}x)",
+            verdict(ratio >= JSON_RATIO_GOAL),
+            common.callers,
+        );
+        println!(
+            "  {} p99 added by transcoding, open loop at {}/s: {added:+} us ({json_p99:.0} vs {grpc_p99:.0} us; goal < {JSON_ADDED_P99_GOAL_US} us)",
+            verdict(added < JSON_ADDED_P99_GOAL_US),
+            args.rate,
+        );
+    }
+    let failed: u64 = summaries.iter().map(|s| s.errors).sum();
+    anyhow::ensure!(failed == 0, "{failed} calls failed: see WITH ERRORS above");
     Ok(())
 }
 

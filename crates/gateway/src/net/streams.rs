@@ -203,13 +203,15 @@ impl<B: Body> Body for TrackedBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        // Trailers are the last frame hyper asks for; an error ends the
-        // stream on the gateway's side, not the client's.
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        // Trailers are the last frame hyper asks for, and so is a frame
+        // after which the body says it is over (a JSON answer, whole in
+        // memory): hyper polls no further. An error ends the stream on the
+        // gateway's side, not the client's.
         let over = match &polled {
             Poll::Ready(None | Some(Err(_))) => true,
-            Poll::Ready(Some(Ok(frame))) => frame.is_trailers(),
+            Poll::Ready(Some(Ok(frame))) => frame.is_trailers() || this.inner.is_end_stream(),
             Poll::Pending => false,
         };
         if over && let Some(guard) = this.guard.as_mut() {

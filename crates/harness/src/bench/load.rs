@@ -59,6 +59,10 @@ pub enum Scenario {
     /// Bidirectional: 10 round trips of 1 KiB per call.
     #[value(name = "bidi")]
     Bidi,
+    /// Unary, 1 KiB messages, as JSON (the gateway transcodes): `POST
+    /// /govbridge.bench.v1.Echo/Unary` over HTTP/2. Gateways only.
+    #[value(name = "json-1k")]
+    Json1k,
 }
 
 impl Scenario {
@@ -69,6 +73,7 @@ impl Scenario {
             Self::Unary64k => "unary-64k",
             Self::Stream1000 => "stream-1000",
             Self::Bidi => "bidi",
+            Self::Json1k => "json-1k",
         }
     }
 
@@ -79,6 +84,7 @@ impl Scenario {
             Self::Unary64k => "unary, 64 KiB",
             Self::Stream1000 => "server stream, 1,000 x 100 B per call",
             Self::Bidi => "bidi stream, 10 round trips of 1 KiB per call",
+            Self::Json1k => "unary, 1 KiB, as JSON",
         }
     }
 }
@@ -230,7 +236,8 @@ pub async fn run_watched(
         Pacing::Closed { callers } => {
             let mut running = tokio::task::JoinSet::new();
             for caller in 0..callers {
-                let mut client = client(channels[caller % channels.len()].clone());
+                let channel = channels[caller % channels.len()].clone();
+                let mut client = client(channel.clone());
                 let (tally, scenario) = (tally.clone(), plan.scenario);
                 running.spawn(async move {
                     tokio::time::sleep_until(start).await;
@@ -240,7 +247,7 @@ pub async fn run_watched(
                         if sent >= end {
                             break;
                         }
-                        let result = call(&mut client, scenario).await;
+                        let result = call(&mut client, &channel, scenario).await;
                         if sent >= measure_from {
                             tally.record(&result, sent.elapsed(), &mut histogram);
                         }
@@ -267,10 +274,11 @@ pub async fn run_watched(
                 if intended >= measure_from && intended.elapsed() > LATE_SEND {
                     late_sends += 1;
                 }
-                let mut client = client(channels[n as usize % channels.len()].clone());
+                let channel = channels[n as usize % channels.len()].clone();
+                let mut client = client(channel.clone());
                 let (tally, scenario) = (tally.clone(), plan.scenario);
                 running.spawn(async move {
-                    let result = call(&mut client, scenario).await;
+                    let result = call(&mut client, &channel, scenario).await;
                     if intended >= measure_from {
                         let mut histogram = histogram();
                         tally.record(&result, intended.elapsed(), &mut histogram);
@@ -328,8 +336,8 @@ pub async fn idle_connections(
     let mut statuses = BTreeMap::new();
     let mut calls = tokio::task::JoinSet::new();
     for channel in &channels {
-        let mut client = client(channel.clone());
-        calls.spawn(async move { call(&mut client, Scenario::Unary100).await });
+        let (channel, mut client) = (channel.clone(), client(channel.clone()));
+        calls.spawn(async move { call(&mut client, &channel, Scenario::Unary100).await });
     }
     while let Some(result) = calls.join_next().await {
         *statuses
@@ -372,8 +380,13 @@ fn request<T>(message: T) -> tonic::Request<T> {
     request
 }
 
-/// One call of `scenario`: the messages received, or the final status.
-async fn call(client: &mut EchoClient<Channel>, scenario: Scenario) -> Result<u64, Code> {
+/// One call of `scenario` on `channel` (through `client`, for gRPC): the
+/// messages received, or the final status.
+async fn call(
+    client: &mut EchoClient<Channel>,
+    channel: &Channel,
+    scenario: Scenario,
+) -> Result<u64, Code> {
     let unary = |size: usize| Payload {
         body: vec![0x5a; size],
     };
@@ -390,6 +403,7 @@ async fn call(client: &mut EchoClient<Channel>, scenario: Scenario) -> Result<u6
                 .map(|_| 1)
                 .map_err(|status| status.code())
         }
+        Scenario::Json1k => json_call(channel.clone()).await,
         Scenario::Stream1000 => {
             let mut stream = client
                 .server_stream(request(StreamRequest {
@@ -442,6 +456,56 @@ async fn call(client: &mut EchoClient<Channel>, scenario: Scenario) -> Result<u6
                 Err(Code::DataLoss)
             }
         }
+    }
+}
+
+/// A 1 KiB `Payload` in JSON: its bytes in base64.
+static JSON_1K: std::sync::LazyLock<bytes::Bytes> = std::sync::LazyLock::new(|| {
+    // 0x5a 0x5a 0x5a is "Wlpa"; 1,024 bytes are 341 such groups and one
+    // byte, "Wg==".
+    bytes::Bytes::from(format!("{{\"body\":\"{}Wg==\"}}", "Wlpa".repeat(341)))
+});
+
+/// A unary echo call as JSON: the answer read whole, the status from the
+/// HTTP status.
+async fn json_call(mut channel: Channel) -> Result<u64, Code> {
+    use gateway::wire::headers;
+    use http_body_util::BodyExt;
+    use tower::{Service, ServiceExt};
+    let request = http::Request::post("/govbridge.bench.v1.Echo/Unary")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(headers::BRIDGE_PURPOSE, crate::bench::setup::PURPOSE)
+        .header(headers::BRIDGE_REASON, "benchmark")
+        .header(headers::BRIDGE_USER_ID, "bench")
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            JSON_1K.clone(),
+        )))
+        .map_err(|_| Code::Internal)?;
+    let response = channel
+        .ready()
+        .await
+        .map_err(|_| Code::Unavailable)?
+        .call(request)
+        .await
+        .map_err(|_| Code::Unavailable)?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|_| Code::Unavailable)?
+        .to_bytes();
+    match status.as_u16() {
+        200 if body.len() >= JSON_1K.len() => Ok(1),
+        200 => Err(Code::DataLoss),
+        400 => Err(Code::InvalidArgument),
+        403 => Err(Code::PermissionDenied),
+        404 | 405 => Err(Code::NotFound),
+        415 | 501 => Err(Code::Unimplemented),
+        429 => Err(Code::ResourceExhausted),
+        503 => Err(Code::Unavailable),
+        504 => Err(Code::DeadlineExceeded),
+        _ => Err(Code::Unknown),
     }
 }
 

@@ -33,7 +33,7 @@ pub fn document(
     server: Option<&str>,
 ) -> Value {
     let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
-    let mut schemas = Schemas::default();
+    let mut schemas = Schemas::of(routes.all().next().map(|route| route.method.parent_pool()));
     let mut operation_ids: BTreeMap<String, usize> = BTreeMap::new();
     for route in routes.all() {
         let method = &route.method;
@@ -103,13 +103,17 @@ fn operation(
     let bound: BTreeSet<&str> = route.template.variables().collect();
     for variable in &bound {
         if let Ok(field) = super::field_at(&input, variable) {
-            parameters.push(json!({
+            let mut parameter = json!({
                 "name": variable,
                 "in": "path",
                 "required": true,
                 "description": comments(&field.parent_file(), field.path()).unwrap_or_default(),
                 "schema": schemas.field(&field),
-            }));
+            });
+            if let Some(example) = schemas.example(&field) {
+                parameter["example"] = example;
+            }
+            parameters.push(parameter);
         }
     }
     if !matches!(route.body, BodyRule::Whole) {
@@ -122,14 +126,18 @@ fn operation(
             if !scalar || bound.contains(field.name()) || in_body.as_deref() == Some(field.name()) {
                 continue;
             }
-            parameters.push(json!({
+            let mut parameter = json!({
                 "name": field.json_name(),
                 "in": "query",
                 "required": false,
                 "description": comments(&field.parent_file(), field.path()).unwrap_or_default(),
                 "schema": schemas.field(&field),
                 "explode": true,
-            }));
+            });
+            if let Some(example) = schemas.example(&field) {
+                parameter["example"] = example;
+            }
+            parameters.push(parameter);
         }
     }
     parameters.extend(headers(declared, permits));
@@ -163,12 +171,19 @@ fn operation(
         } else {
             ("application/json", "The request message.")
         };
+        let mut content = json!({ "schema": schema });
+        if matches!(route.body, BodyRule::Whole)
+            && !method.is_client_streaming()
+            && let Some(example) = schemas.message_example(&input, &bound)
+        {
+            content["example"] = example;
+        }
         operation.insert(
             "requestBody".into(),
             json!({
                 "required": method.is_client_streaming(),
                 "description": description,
-                "content": { media: { "schema": schema } },
+                "content": { media: content },
             }),
         );
     }
@@ -294,14 +309,61 @@ fn error_schema() -> Value {
     })
 }
 
+/// The field option giving an example value (`options.proto`).
+const EXAMPLE_OPTION: &str = "govbridge.options.v1.example";
+
 /// The message schemas an operation refers to, gathered once each.
 #[derive(Default)]
 struct Schemas {
     done: BTreeMap<String, Value>,
     pending: Vec<MessageDescriptor>,
+    /// The example option, when the pool knows it.
+    example: Option<prost_reflect::ExtensionDescriptor>,
 }
 
 impl Schemas {
+    fn of(pool: Option<&prost_reflect::DescriptorPool>) -> Self {
+        Self {
+            example: pool.and_then(|pool| pool.get_extension_by_name(EXAMPLE_OPTION)),
+            ..Self::default()
+        }
+    }
+
+    /// The field's example, typed as its JSON form: a number for 32-bit
+    /// integers and floats, a boolean, else a string.
+    fn example(&self, field: &FieldDescriptor) -> Option<Value> {
+        let option = self.example.as_ref()?;
+        let options = field.options();
+        if !options.has_extension(option) {
+            return None;
+        }
+        let text = options.get_extension(option).as_str()?.to_owned();
+        let typed = match field.kind() {
+            Kind::Bool => text.parse().ok().map(Value::Bool),
+            Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 | Kind::Uint32 | Kind::Fixed32 => {
+                text.parse::<i64>().ok().map(Value::from)
+            }
+            Kind::Float | Kind::Double => text.parse::<f64>().ok().map(Value::from),
+            _ => None,
+        };
+        Some(typed.unwrap_or(Value::String(text)))
+    }
+
+    /// A request message's example: the examples of its top-level
+    /// fields, but `except` (those the path binds); `None` when it has none.
+    fn message_example(
+        &self,
+        message: &MessageDescriptor,
+        except: &BTreeSet<&str>,
+    ) -> Option<Value> {
+        let example: Map<String, Value> = message
+            .fields()
+            .filter(|field| !except.contains(field.name()))
+            .filter_map(|field| Some((field.json_name().to_owned(), self.example(&field)?)))
+            .collect();
+        (!example.is_empty()).then_some(Value::Object(example))
+    }
+
     /// A reference to `message`'s schema (or the schema of a well-known
     /// type's JSON form).
     fn message(&mut self, message: &MessageDescriptor) -> Value {
@@ -370,11 +432,15 @@ impl Schemas {
             let mut properties = Map::new();
             for field in message.fields() {
                 let mut schema = self.field(&field);
-                if let Some(text) = comments(&field.parent_file(), field.path())
-                    && let Value::Object(object) = &mut schema
+                if let Value::Object(object) = &mut schema
                     && !object.contains_key("$ref")
                 {
-                    object.insert("description".into(), json!(text));
+                    if let Some(text) = comments(&field.parent_file(), field.path()) {
+                        object.insert("description".into(), json!(text));
+                    }
+                    if let Some(example) = self.example(&field) {
+                        object.insert("examples".into(), json!([example]));
+                    }
                 }
                 properties.insert(field.json_name().to_owned(), schema);
             }
@@ -502,6 +568,16 @@ mod tests {
             .and_then(|p| p.iter().find(|p| p["name"] == "x-purpose"))
             .expect("a purpose header");
         assert_eq!(purpose["schema"]["enum"], json!(["KYC"]));
+        // Examples from the protos' `example` options, for the path and
+        // for the body without what the path binds.
+        let nin = operation["parameters"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == "nin"))
+            .expect("a path parameter");
+        assert_eq!(nin["example"], "2002196400009");
+        let body = &operation["requestBody"]["content"]["application/json"]["example"];
+        assert_eq!(body["firstNames"], "Codou");
+        assert!(body.get("nin").is_none(), "{body}");
         let schemas = document["components"]["schemas"]
             .as_object()
             .expect("schemas");
