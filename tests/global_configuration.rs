@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use govbridge::json_client::{HttpVersion, JsonClient};
 use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
 use govbridge::sandbox::ConsentGrant;
 use support::process::GatewayProcess;
@@ -423,11 +424,14 @@ async fn a_gateway_with_a_directory_takes_the_shared_sections_from_it_only() {
 const LAND_PROTO: &str = r#"syntax = "proto3";
 package govbridge.land.v1;
 
+import "google/api/annotations.proto";
 import "govbridge/options/v1/options.proto";
 
 // The land registry: the parcels a person owns.
 service LandRegistry {
-  rpc GetParcels(GetParcelsRequest) returns (GetParcelsResponse);
+  rpc GetParcels(GetParcelsRequest) returns (GetParcelsResponse) {
+    option (google.api.http) = { get: "/v1/persons/{owner_nin}/parcels" };
+  }
 }
 
 message GetParcelsRequest {
@@ -695,6 +699,39 @@ async fn a_service_published_at_runtime_is_routed_authorized_bound_to_its_subjec
         }
         other => panic!("{other:?}"),
     }
+
+    // Called in JSON on its annotated route, and described to the bank in
+    // OpenAPI: from its descriptor alone, no rebuild.
+    let tls = bed.member_tls("cbao-credit");
+    let mut bank = JsonClient::connect(gateway.address, &tls, HttpVersion::Http1)
+        .await
+        .unwrap();
+    let answer = bank
+        .call(
+            http::Method::GET,
+            &format!("/v1/persons/{owner}/parcels"),
+            &[
+                ("bridge-purpose", "CREDIT-SCORING"),
+                ("bridge-reason", "loan file 7"),
+                ("bridge-user-id", "agent-3"),
+                ("bridge-consent", &consent.artefact),
+            ],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{:?}", answer.json());
+    assert_eq!(answer.json()["parcels"][0], format!("DK-{owner}-001"));
+    let document = bank
+        .call(http::Method::GET, "/openapi.json", &[], "")
+        .await
+        .unwrap()
+        .json();
+    let operation = &document["paths"]["/v1/persons/{owner_nin}/parcels"]["get"];
+    assert_eq!(
+        operation["operationId"], "LandRegistry_GetParcels",
+        "{document}"
+    );
 
     // In the exchange log, with its subject, like any call.
     let logged = run(&[
