@@ -520,8 +520,17 @@ fn openapi(
             path.display()
         );
     }
-    let document =
-        govbridge::directory::openapi(&engine, &config.catalog, &member, 365, service, server);
+    // The gateway's own services depend on what runs (the log, the Data
+    // Tracker's clients): the served document lists them, this one not.
+    let local = std::collections::BTreeSet::new();
+    let document = govbridge::directory::openapi(
+        &engine,
+        &config.catalog,
+        &member,
+        365,
+        (service, &local),
+        server,
+    );
     println!("{}", serde_json::to_string_pretty(&document)?);
     Ok(())
 }

@@ -692,6 +692,22 @@ async fn json_mistakes_are_400s_naming_the_field_and_the_gateway_keeps_serving()
             .contains("larger than")
     );
 
+    let bad_id = bank
+        .call(
+            Method::POST,
+            verify,
+            &[("bridge-request-id", "not-a-uuid")],
+            "{}",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            bad_id.status.as_u16(),
+            bad_id.json()["bridge_error"].clone()
+        ),
+        (400, json!("bad-header"))
+    );
     let nowhere = bank
         .call(Method::GET, "/v1/nowhere", &headers, "")
         .await
@@ -708,6 +724,27 @@ async fn json_mistakes_are_400s_naming_the_field_and_the_gateway_keeps_serving()
         .await
         .unwrap();
     assert_eq!(verb.status, 405);
+
+    // HTTP/1.1's connection headers stay on the caller's hop.
+    let mut http1 = json_client(&bed, "cbao-kyc", HttpVersion::Http1).await;
+    let company = bed.data.companies[0].ninea.to_string();
+    let kept_alive = http1
+        .call(
+            Method::GET,
+            &format!("/v1/companies/{company}"),
+            &[
+                ("bridge-purpose", "KYC"),
+                REASON,
+                AGENT,
+                ("connection", "keep-alive"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-connection", "keep-alive"),
+            ],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept_alive.status, 200, "{:?}", kept_alive.json());
 
     // Still serving, on the same connection and on gRPC.
     let company = bed.data.companies[0].ninea.to_string();
@@ -764,6 +801,30 @@ async fn openapi_describes_what_the_caller_may_call() {
     assert!(
         tax.contains(&"CivilRegistry_GetPerson".to_owned()),
         "{tax:?}"
+    );
+    // The gateway's own services are there too, and answer in JSON.
+    assert!(kyc.contains(&"ExchangeLog_GetRecord".to_owned()), "{kyc:?}");
+    assert!(
+        kyc.contains(&"Directory_ListServices".to_owned()),
+        "{kyc:?}"
+    );
+    let listed = json_client(&bed, "cbao-kyc", HttpVersion::Http2)
+        .await
+        .call(
+            Method::POST,
+            "/govbridge.directory.v1.Directory/ListServices",
+            &[],
+            "{}",
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.status, 200, "{:?}", listed.json());
+    let services: Vec<Value> = listed.json()["services"].as_array().unwrap().clone();
+    assert!(
+        services
+            .iter()
+            .any(|service| service["name"] == "govbridge.civilregistry.v1.CivilRegistry"),
+        "{services:?}"
     );
 
     // The directory offers each service's part.

@@ -115,7 +115,7 @@ impl Directory for DirectoryService {
             context.state.catalog(),
             &context.caller,
             context.certificate_days_left,
-            Some(service),
+            (Some(service), &context.json_local_services()),
             None,
         );
         Ok(Response::new(GetServiceDescriptorResponse {

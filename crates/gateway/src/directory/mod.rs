@@ -97,6 +97,19 @@ impl LocalContext {
         }
     }
 
+    /// The gateway's own services the caller may call in JSON: those it
+    /// may use, but health and reflection (gRPC's own).
+    pub fn json_local_services(&self) -> BTreeSet<String> {
+        LOCAL_SERVICES
+            .iter()
+            .filter(|service| {
+                ![HEALTH, REFLECTION_V1, crate::catalog::REFLECTION_V1ALPHA].contains(service)
+            })
+            .filter(|service| self.may_use_local(service))
+            .map(|service| (*service).to_owned())
+            .collect()
+    }
+
     /// Services the caller may call at least one method of, plus the
     /// gateway's own that it may use.
     fn visible_services(&self) -> BTreeSet<String> {
@@ -125,18 +138,27 @@ impl LocalContext {
 
 /// The OpenAPI document of the JSON operations `caller` may call (all
 /// services', or `service`'s): what its policies may permit, as
-/// reflection shows, with the purposes they permit each under.
+/// reflection shows, with the purposes they permit each under, and the
+/// methods of the gateway's own services in `local`.
 pub fn openapi(
     policy: &PolicyEngine,
     catalog: &crate::catalog::Catalog,
     caller: &MemberId,
     certificate_days_left: i64,
-    service: Option<&str>,
+    (service, local): (Option<&str>, &BTreeSet<String>),
     server: Option<&str>,
 ) -> serde_json::Value {
     use crate::catalog::json::openapi::{Declared, Permitted, document};
     use crate::wire::headers;
     let mut permitted: BTreeMap<String, Permitted> = BTreeMap::new();
+    for own in local {
+        if service.is_some_and(|service| service != own) {
+            continue;
+        }
+        for method in catalog.service_methods().get(own).into_iter().flatten() {
+            permitted.insert(format!("/{own}/{method}"), Permitted::default());
+        }
+    }
     for permit in policy.permits(caller, certificate_days_left) {
         let of_service = service.is_none_or(|service| {
             crate::catalog::split_path(&permit.method).is_some_and(|(s, _)| s == service)

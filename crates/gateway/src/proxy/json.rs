@@ -19,6 +19,7 @@ use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full, Limited};
 use prost_reflect::{FieldDescriptor, MessageDescriptor};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use tonic::Code;
 
@@ -37,8 +38,9 @@ const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json
 const NDJSON: HeaderValue = HeaderValue::from_static("application/x-ndjson");
 
 /// Headers of the HTTP request that are about its transport or its JSON,
-/// not the call: not carried into the gRPC call.
-const NOT_CARRIED: [HeaderName; 8] = [
+/// not the call: not carried into the gRPC call (HTTP/1.1's
+/// connection-specific ones are not even allowed in HTTP/2).
+const NOT_CARRIED: [HeaderName; 11] = [
     http::header::CONTENT_TYPE,
     http::header::CONTENT_LENGTH,
     http::header::ACCEPT,
@@ -47,6 +49,9 @@ const NOT_CARRIED: [HeaderName; 8] = [
     http::header::TRANSFER_ENCODING,
     http::header::TE,
     http::header::HOST,
+    http::header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
 ];
 
 /// Answers one JSON request.
@@ -54,8 +59,15 @@ pub(super) async fn serve(
     service: GatewayService,
     request: Request<CallerBody>,
 ) -> Response<ResponseBody> {
-    let request_id =
-        headers::request_id(request.headers()).unwrap_or_else(|_| headers::fresh_request_id());
+    let request_id = match headers::request_id(request.headers()) {
+        Ok(id) => id,
+        // Refused as the gRPC call would be, before anything is read.
+        Err(error) => {
+            return Failure::new(Code::InvalidArgument, error.to_string())
+                .kind("bad-header")
+                .respond(&headers::fresh_request_id());
+        }
+    };
     let state = service.state.load_full();
     if request.method() == Method::GET && request.uri().path() == "/openapi.json" {
         return openapi(&service, &state, &request, &request_id);
@@ -127,7 +139,7 @@ pub(super) async fn serve(
 /// `GET /openapi.json`: the operations the caller's policies may permit.
 fn openapi(
     service: &GatewayService,
-    state: &GatewayState,
+    state: &Arc<GatewayState>,
     request: &Request<CallerBody>,
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
@@ -159,12 +171,20 @@ fn openapi(
                 .map(str::to_owned)
         });
     let server = authority.map(|authority| format!("https://{authority}"));
+    let days_left = service.peer.certificate_days_left(crate::unix_time::now());
+    let local = crate::directory::LocalContext {
+        caller: member.clone(),
+        state: state.clone(),
+        certificate_days_left: days_left,
+        log: service.log.clone(),
+    }
+    .json_local_services();
     let document = crate::directory::openapi(
         state.policy(),
         &state.catalog,
         member,
-        service.peer.certificate_days_left(crate::unix_time::now()),
-        None,
+        days_left,
+        (None, &local),
         server.as_deref(),
     );
     let body = serde_json::to_vec_pretty(&document).unwrap_or_default();

@@ -240,10 +240,12 @@ pub struct Declared<'a> {
 
 /// The parameters of the declared headers for one operation.
 fn headers(declared: &Declared<'_>, permits: &Permitted) -> Vec<Value> {
+    // An empty purpose is "none": the header is optional anyway.
     let purposes: BTreeSet<&String> = permits
         .purposes
         .iter()
         .chain(&permits.with_consent)
+        .filter(|purpose| !purpose.is_empty())
         .collect();
     let mut purpose = json!({ "type": "string" });
     if !purposes.is_empty() {
