@@ -543,6 +543,23 @@ async fn consent_bound_json_calls_are_refused_as_over_grpc() {
             "consent-revoked"
         ]
     );
+    // And `govbridge audit query` shows how they came.
+    let data = bed.exchange_log().dir().to_str().unwrap().to_owned();
+    let query = support::govbridge(&[
+        "audit",
+        "query",
+        "--data",
+        &data,
+        "--status",
+        "PERMISSION_DENIED",
+        "--json",
+    ]);
+    let lines: Vec<Value> = String::from_utf8_lossy(&query.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{}", support::text(&query));
+    assert!(lines.iter().all(|line| line["json"] == true), "{lines:?}");
 }
 
 #[tokio::test]

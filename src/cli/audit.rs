@@ -1231,6 +1231,7 @@ fn record_json(index: u64, record: &ExchangeRecord) -> serde_json::Value {
         "request_sha256": hex(&record.request_sha256),
         "response_bytes": record.response_bytes,
         "response_sha256": hex(&record.response_sha256),
+        "json": record.json,
     })
 }
 
@@ -1252,6 +1253,9 @@ fn describe(index: u64, record: &ExchangeRecord) -> String {
     field("caller", record.caller.clone());
     field("provider", record.provider.clone());
     field("method", record.method.clone());
+    if record.json {
+        field("came as", "JSON, transcoded by the gateway".to_owned());
+    }
     field("purpose", record.purpose.clone());
     field("reason", record.reason.clone());
     field("user", record.user_id.clone());
