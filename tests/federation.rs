@@ -239,6 +239,43 @@ async fn a_call_crosses_the_border_and_both_instances_log_it() {
 }
 
 #[tokio::test]
+async fn a_json_call_crosses_the_border_as_grpc_and_both_instances_log_it() {
+    use govbridge::json_client::{HttpVersion, JsonClient};
+    let (partner, bed, _) = federated().await;
+    let voen = partner.company();
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let answer = JsonClient::connect(bed.gateway, &bed.member_tls("cbao-kyc"), HttpVersion::Http1)
+        .await
+        .unwrap()
+        .call(
+            http::Method::GET,
+            &format!("/az/v1/companies/{voen}"),
+            &[
+                ("bridge-purpose", "TRADE-FINANCE"),
+                ("bridge-reason", "letter of credit 12"),
+                ("bridge-user-id", "agent-4"),
+                ("bridge-request-id", &request_id),
+            ],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{:?}", answer.json());
+    assert_eq!(answer.json()["voen"], voen);
+    // Senegal's record says the call came as JSON; Azerbaijan's gateway
+    // saw the gRPC call Senegal's made of it.
+    let home = bed.sandbox.exchange_log().of_request(&request_id).unwrap();
+    assert_eq!(home.len(), 2);
+    assert!(home.iter().all(|logged| logged.record.json));
+    assert_eq!(home[1].record.receipt_instance, "AZ");
+    let abroad = partner.records(&request_id);
+    assert_eq!(abroad.len(), 2, "{abroad:?}");
+    assert!(abroad.iter().all(|record| !record.json));
+    assert_eq!(abroad[0].caller, CBAO);
+    bed.stop().await;
+}
+
+#[tokio::test]
 async fn each_instance_refuses_by_its_own_policies_and_says_so() {
     let (partner, bed, _) = federated().await;
     let voen = partner.company();
