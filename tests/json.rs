@@ -882,3 +882,47 @@ async fn a_busy_json_connection_is_not_taken_for_a_flood() {
         }
     }
 }
+
+#[tokio::test]
+async fn an_http1_client_trickling_its_headers_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bed = Bed::builder()
+        .dev_policies()
+        .handshake_timeout("500ms")
+        .start()
+        .await;
+    let mut tls = (*bed.member_tls("cbao-kyc")).clone();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(bed.gateway).await.unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    // The start of a request, then nothing more.
+    stream
+        .write_all(b"GET /v1/companies/x HTTP/1.1\r\nhost: localhost\r\nbridge-purpose: K")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut sink = [0_u8; 512];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                // hyper may answer 408 first.
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the connection is still open after 20 s");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}

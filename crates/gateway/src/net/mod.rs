@@ -79,7 +79,8 @@ impl ConnectionControl {
 /// not live forever.
 #[derive(Debug, Clone)]
 pub struct ListenerSettings {
-    /// From TCP accept to the end of the TLS handshake.
+    /// From TCP accept to the end of the TLS handshake; on HTTP/1.1 (JSON
+    /// calls), also from the start of a request to the end of its headers.
     pub handshake_timeout: Duration,
     pub max_concurrent_streams: u32,
     pub initial_stream_window: u32,
@@ -639,7 +640,8 @@ impl Connection {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(settings.keepalive_timeout.max(settings.handshake_timeout))
+                // A request's headers are due as fast as a handshake.
+                .header_read_timeout(settings.handshake_timeout)
                 .max_headers(100)
                 .max_buf_size(
                     usize::try_from(settings.max_header_list_size)
