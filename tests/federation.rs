@@ -576,7 +576,7 @@ async fn a_partner_is_learned_from_its_signed_global_configuration() {
     let (partner, bed, keys) = federated().await;
     let (bundle, az_key) = partner
         .instance
-        .publish_configuration(&keys.path().join("az-directory"))
+        .publish_configuration(&keys.path().join("az-directory"), 1)
         .unwrap();
 
     // Senegal's publication, from the dev configuration.
@@ -663,6 +663,23 @@ async fn a_partner_is_learned_from_its_signed_global_configuration() {
     let az = &checked.federation.partners["AZ"];
     assert_eq!(az.gateway.as_str(), "AZ/GOV/BRIDGE/gateway");
     assert!(az.witness);
+
+    // Azerbaijan publishes version 2: learned again, its files under v2,
+    // version 1's gone, the section still one.
+    let (bundle, _) = partner
+        .instance
+        .publish_configuration(&keys.path().join("az-directory"), 2)
+        .unwrap();
+    let (ok, text) = learn(&bundle, &az_key, "AZ");
+    assert!(ok, "{text}");
+    assert!(text.contains("learned AZ from version 2"), "{text}");
+    let after = std::fs::read_to_string(&global).unwrap();
+    assert_eq!(after.matches("[federation.\"AZ\"]").count(), 1, "{after}");
+    assert!(after.contains("federation/AZ/v2/ca.pem"), "{after}");
+    assert!(!after.contains("federation/AZ/v1/"), "{after}");
+    assert!(publication.join("federation/AZ/v2/ca.pem").exists());
+    assert!(!publication.join("federation/AZ/v1").exists());
+    govbridge::config::Config::load_publication(&global).unwrap();
     let _ = before;
     bed.stop().await;
 }

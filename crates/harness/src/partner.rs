@@ -323,12 +323,17 @@ impl PartnerInstance {
     }
 
     /// Publishes the partner's global configuration as its directory
-    /// would, with `[instance]` (its gateway, endpoint, federation and log
-    /// keys) for partners to learn: its gateway file split into a
-    /// publication under `dir`, checked, and signed into `dir/bundle.json`
-    /// with a directory key made for it (`dir/directory.pub`). Returns the
+    /// would, as `version`, with `[instance]` (its gateway, endpoint,
+    /// federation and log keys) for partners to learn: its gateway file
+    /// split into a publication under `dir`, checked, and signed into
+    /// `dir/bundle.json` with the directory key of `dir` (`directory.key`,
+    /// made at the first publication, and `directory.pub`). Returns the
     /// bundle and the key's verifier file.
-    pub fn publish_configuration(&self, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    pub fn publish_configuration(
+        &self,
+        dir: &Path,
+        version: u64,
+    ) -> anyhow::Result<(PathBuf, PathBuf)> {
         use gateway::global::split::{self, DirectorySettings};
         let settings = DirectorySettings {
             url: "https://directory.az.invalid/bundle.json",
@@ -359,13 +364,19 @@ impl PartnerInstance {
         ));
         pki::write_file(&global, text.as_bytes(), 0o644)?;
         Config::load_publication(&global)?;
-        let key = SigningKey::generate("AZ-directory")?;
-        let verifier = dir.join("directory.pub");
-        pki::write_file(&verifier, format!("{}\n", key.verifier()).as_bytes(), 0o644)?;
+        let (secret, verifier) = (dir.join("directory.key"), dir.join("directory.pub"));
+        let key = if secret.exists() {
+            SigningKey::read(&secret).map_err(anyhow::Error::msg)?
+        } else {
+            let key = SigningKey::generate("AZ-directory")?;
+            pki::write_file(&secret, key.to_pem().as_bytes(), 0o600)?;
+            pki::write_file(&verifier, format!("{}\n", key.verifier()).as_bytes(), 0o644)?;
+            key
+        };
         let bundle = gateway::global::Bundle::build(
             &publication,
             INSTANCE,
-            1,
+            version,
             Duration::from_secs(7 * 86_400),
             &key,
         )?;
