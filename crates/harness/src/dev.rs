@@ -5,6 +5,16 @@
 //! process until Ctrl-C or SIGTERM. Nothing here is meant for production:
 //! the CA key sits next to the certificates it signs.
 
+/// Prints a line on standard output and goes on when nobody reads it any
+/// more (`govbridge dev | head`): a closed pipe is no reason to stop
+/// serving, nor to panic.
+macro_rules! say {
+    ($($line:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($line)*);
+    }};
+}
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -193,19 +203,19 @@ pub fn prepare(dir: &Path) -> anyhow::Result<PathBuf> {
     if !pki_dir.join(pki::CA_CERT).exists() {
         init_pki(&pki_dir)
             .with_context(|| format!("creating the dev PKI in {}", pki_dir.display()))?;
-        println!("created the dev PKI in {}", pki_dir.display());
+        say!("created the dev PKI in {}", pki_dir.display());
     }
     if !config.exists() {
         pki::write_file(&config, CONFIG_TEMPLATE.as_bytes(), 0o644)?;
-        println!("wrote {}", config.display());
+        say!("wrote {}", config.display());
     }
     let policies = dir.join("policies");
     if !policies.exists() {
         write_policies(&policies)?;
-        println!("wrote the dev policies in {}", policies.display());
+        say!("wrote the dev policies in {}", policies.display());
     }
     if write_descriptors(dir)? > 0 {
-        println!(
+        say!(
             "wrote the agencies' descriptor sets in {}",
             dir.join(DESCRIPTORS).display()
         );
@@ -412,7 +422,7 @@ pub async fn run(dir: &Path, faults: bool, nodes: usize, federation: bool) -> an
             tokio::task::spawn_blocking(move || crate::postgres::Cluster::start(&postgres))
                 .await?
                 .context("starting the fleet's PostgreSQL")?;
-        println!("PostgreSQL for the fleet: {}", cluster.url());
+        say!("PostgreSQL for the fleet: {}", cluster.url());
         let configs = (0..nodes)
             .map(|index| write_node_config(&config_path, index, &cluster.url()))
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -493,35 +503,35 @@ pub async fn run(dir: &Path, faults: bool, nodes: usize, federation: bool) -> an
     }
 
     let pki_dir = dir.join("pki");
-    println!();
+    say!();
     for (node, address, admin) in &listening {
         let admin = admin
             .map(|admin| format!(", admin http://{admin}"))
             .unwrap_or_default();
-        println!(
-            "govbridge gateway {node} listening on https://{address} (mutual TLS, HTTP/2){admin}"
+        say!(
+            "govbridge gateway {node} listening on https://{address} (mutual TLS: gRPC, and JSON over HTTP/1.1 or HTTP/2){admin}"
         );
     }
     if let Some(node) = node_configs.first().filter(|_| nodes > 1) {
-        println!(
+        say!(
             "  fleet               govbridge fleet status --config {}",
             node.display()
         );
     }
-    println!(
+    say!(
         "  CA certificate      {}",
         pki_dir.join(pki::CA_CERT).display()
     );
     for (stem, id) in DEMO_MEMBERS {
-        println!(
+        say!(
             "  member certificate  {}  (+ .key)  {id}",
             pki_dir.join(format!("member-{stem}.pem")).display()
         );
     }
     for (name, address) in &started {
-        println!("  agency              {name:<18} https://{address}");
+        say!("  agency              {name:<18} https://{address}");
     }
-    println!(
+    say!(
         "  synthetic data      seed {} ({} citizens)",
         agencies.seed,
         data.citizens.len()
@@ -532,14 +542,14 @@ pub async fn run(dir: &Path, faults: bool, nodes: usize, federation: bool) -> an
             .admin_addr()
             .map(|admin| format!(", admin http://{admin}"))
             .unwrap_or_default();
-        println!(
+        say!(
             "partner instance {} gateway on https://{}{admin}, in {}",
             crate::partner::INSTANCE,
             partner.address(),
             partner.path("").display()
         );
         let company = &partner.companies().companies()[0].voen;
-        println!(
+        say!(
             "  across the border   grpcurl -cacert {ca} -cert {cert} -key {key} \\\n    \
              -H 'bridge-purpose: {purpose}' -H 'bridge-reason: letter of credit' \\\n    \
              -H 'bridge-user-id: officer-17' -d '{{\"voen\": \"{company}\"}}' \\\n    \
@@ -550,10 +560,10 @@ pub async fn run(dir: &Path, faults: bool, nodes: usize, federation: bool) -> an
             purpose = crate::partner::PURPOSE,
         );
     }
-    println!("Stop with Ctrl-C.");
+    say!("Stop with Ctrl-C.");
 
     termination_signal().await;
-    println!("stopping: draining open calls");
+    say!("stopping: draining open calls");
     stop_gateway.trigger();
     for gateway in gateways {
         let _ = gateway.await;
