@@ -926,3 +926,23 @@ async fn an_http1_client_trickling_its_headers_is_dropped() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_stranger_is_refused_before_its_json_is_read() {
+    let bed = dev_bed().await;
+    let stranger = govbridge::identity::MemberId::parse("SN/COM/NOBODY/app").unwrap();
+    let tls = bed.issue_client("stranger", &govbridge::pki::LeafRequest::member(&stranger));
+    let answer = JsonClient::connect(bed.gateway, &tls, HttpVersion::Http1)
+        .await
+        .unwrap()
+        .call(
+            Method::POST,
+            "/v1/persons/2002196400009:verify-identity",
+            &[("bridge-purpose", "KYC")],
+            "{this is not JSON",
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 401, "{:?}", answer.json());
+    assert_eq!(answer.json()["bridge_error"], "unknown-member");
+}

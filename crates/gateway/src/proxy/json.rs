@@ -100,9 +100,11 @@ pub(super) async fn serve(
         }
     };
     let (parts, body) = request.into_parts();
-    // A peer without a member identity is refused by admission, as on
-    // gRPC: nothing of its body is read or parsed.
-    let messages = if service.peer.member.is_ok() {
+    // A peer that is not a registered member is refused by admission, as
+    // on gRPC: nothing of its body is read or parsed.
+    let registered =
+        matches!(&service.peer.member, Ok(member) if state.registry().contains_key(member));
+    let messages = if registered {
         match read_request(&matched, parts.uri.query(), body).await {
             Ok(messages) => messages,
             Err(error) => {
