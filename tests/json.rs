@@ -654,6 +654,39 @@ async fn streams_are_ndjson_both_ways() {
         "{:?}",
         answer.json()
     );
+
+    // A stream with nothing to say is an empty 200.
+    let none = treasury
+        .call(
+            Method::GET,
+            "/v1/life-events?afterSequence=999999999",
+            &headers,
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(none.status, 200, "{:?}", none.body);
+    assert!(none.lines().is_empty(), "{:?}", none.body);
+
+    // gRPC is HTTP/2's: over HTTP/1.1 it is refused.
+    let grpc = treasury
+        .call(
+            Method::POST,
+            "/govbridge.civilregistry.v1.CivilRegistry/WatchLifeEvents",
+            &[
+                ("content-type", "application/grpc"),
+                ("bridge-purpose", "BENEFIT-PAYMENT"),
+            ],
+            "\0\0\0\0\0",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        grpc.header("bridge-error"),
+        Some("not-grpc"),
+        "{:?}",
+        grpc.headers
+    );
 }
 
 #[tokio::test]
@@ -709,6 +742,49 @@ async fn json_mistakes_are_400s_naming_the_field_and_the_gateway_keeps_serving()
             .contains("larger than")
     );
 
+    // A body that does not say it is JSON (a browser's cross-site form
+    // post), and a query where every field is in the body.
+    let form = bank
+        .call(
+            Method::POST,
+            verify,
+            &[
+                ("bridge-purpose", "KYC"),
+                REASON,
+                AGENT,
+                ("content-type", "text/plain"),
+            ],
+            r#"{"firstNames": "Awa"}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(form.status, 400, "{:?}", form.json());
+    assert!(
+        form.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("content-type")
+    );
+    let query = bank
+        .call(
+            Method::POST,
+            &format!("{verify}?lastName=Fall"),
+            &headers,
+            "{}",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (query.status.as_u16(), query.json()["field"].clone()),
+        (400, json!("lastName"))
+    );
+    // Each refusal is the call's record, as any refusal: admitted first.
+    let records = bed.sandbox.exchange_log().records().unwrap();
+    let bad_json = records
+        .iter()
+        .filter(|r| r.record.json && r.record.error_kind == "bad-json")
+        .count();
+    assert!(bad_json >= 6, "{bad_json} bad-json records");
     let bad_id = bank
         .call(
             Method::POST,

@@ -180,6 +180,7 @@ fn only_the_catalog_reads_the_descriptors() {
 const PHASES: &[&str] = &[
     "admit",
     "read_headers",
+    "transcode",
     "route",
     "authorize",
     "bind_consent",

@@ -118,7 +118,10 @@ impl JsonClient {
             Sender::Http1(_) => builder.uri(path).header("host", &self.authority),
             Sender::Http2(_) => builder.uri(format!("https://{}{path}", self.authority)),
         };
-        if !body.is_empty() {
+        let typed = headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("content-type"));
+        if !body.is_empty() && !typed {
             builder = builder.header("content-type", "application/json");
         }
         for (name, value) in headers {

@@ -184,7 +184,13 @@ impl Catalog {
             client_streaming,
             subjects: subject::SubjectFields::of_pool(pool)?,
             descriptors: descriptors::DescriptorIndex::of(files),
-            json: crate::catalog::json::Routes::of(pool),
+            json: {
+                let routes = crate::catalog::json::Routes::of(pool);
+                for refused in routes.refused() {
+                    tracing::warn!(method = %refused.method, reason = %refused.reason, "a google.api.http route is not used; the method keeps its default JSON route");
+                }
+                routes
+            },
             pool: pool.clone(),
         })
     }

@@ -75,6 +75,9 @@ pub enum GatewayError {
     Consent(#[from] crate::consent::ConsentRefusal),
     #[error("`{0}` is not a gRPC method path /package.Service/Method")]
     BadPath(String),
+    /// A JSON call whose body is not its method's request message.
+    #[error("{0}")]
+    BadJson(String),
     #[error("service {0} is not published on this gateway")]
     UnknownService(String),
     #[error("method {method} is not part of service {service}")]
@@ -200,6 +203,7 @@ impl GatewayError {
             Self::NotGrpc(_)
             | Self::BadHeader { .. }
             | Self::BadPath(_)
+            | Self::BadJson(_)
             | Self::UnknownPurpose(_) => Code::InvalidArgument,
             Self::NoPermits(_) | Self::Denied { .. } | Self::ForeignMember { .. } => {
                 Code::PermissionDenied
@@ -239,6 +243,7 @@ impl GatewayError {
             Self::Denied { .. } => "policy-denied",
             Self::Consent(refusal) => refusal.kind(),
             Self::BadPath(_) => "bad-path",
+            Self::BadJson(_) => "bad-json",
             Self::UnknownService(_) => "unknown-service",
             Self::UnknownMethod { .. } => "unknown-method",
             Self::UnknownTarget { .. } => "unknown-target",
@@ -271,6 +276,7 @@ impl GatewayError {
             | Self::BadAssertion(_)
             | Self::Denied { .. }
             | Self::BadPath(_)
+            | Self::BadJson(_)
             | Self::UnknownService(_)
             | Self::UnknownMethod { .. }
             | Self::UnknownTarget { .. }

@@ -17,22 +17,27 @@ use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full, Limited};
-use prost_reflect::{FieldDescriptor, MessageDescriptor};
+use prost_reflect::{FieldDescriptor, MessageDescriptor, MethodDescriptor};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use tonic::Code;
 
+use super::GatewayError;
 use super::body::{CallerBody, ResponseBody};
 use super::service::GatewayService;
 use super::state::GatewayState;
 use crate::catalog::json::convert::{self, BadRequest};
-use crate::catalog::json::{Matched, NoRoute};
+use crate::catalog::json::{BodyRule, Matched, NoRoute};
 use crate::wire::headers::{self, names};
 
 /// The largest JSON request body read: JSON is some two to three times
 /// its protobuf, and the call's message size limit applies after.
 const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// The largest answer message transcoded: the gRPC path relays bytes
+/// without holding them, this one holds a message whole, then its JSON.
+const MAX_ANSWER_MESSAGE: usize = 16 * 1024 * 1024;
 
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 const NDJSON: HeaderValue = HeaderValue::from_static("application/x-ndjson");
@@ -100,20 +105,17 @@ pub(super) async fn serve(
         }
     };
     let (parts, body) = request.into_parts();
-    // A peer that is not a registered member is refused by admission, as
-    // on gRPC: nothing of its body is read or parsed.
-    let registered =
-        matches!(&service.peer.member, Ok(member) if state.registry().contains_key(member));
-    let messages = if registered {
-        match read_request(&matched, parts.uri.query(), body).await {
-            Ok(messages) => messages,
-            Err(error) => {
-                return Failure::bad_request(error).respond(&request_id);
-            }
-        }
-    } else {
-        Bytes::new()
+    // The body is read and converted in the call path, once the caller is
+    // admitted and within its limits (`Call::transcode`).
+    let json = JsonCall {
+        method: matched.method.clone(),
+        body: matched.body.clone(),
+        bound: matched.bound.clone(),
+        query: parts.uri.query().map(str::to_owned),
+        content_type: parts.headers.get(CONTENT_TYPE).cloned(),
+        refused: Arc::default(),
     };
+    let refused = Arc::clone(&json.refused);
     let grpc_path = format!(
         "/{}/{}",
         matched.method.parent_service().full_name(),
@@ -122,15 +124,19 @@ pub(super) async fn serve(
     let output = matched.method.output();
     let streams = matched.method.is_server_streaming();
     let response_body = matched.response_body.cloned();
-    let grpc = grpc_request(&grpc_path, &parts.headers, &request_id, messages);
-    let Ok(grpc) = grpc else {
+    let grpc = grpc_request(&grpc_path, &parts.headers, &request_id, body);
+    let Ok(mut grpc) = grpc else {
         return Failure::new(
             Code::Internal,
             "the call could not be put together".to_owned(),
         )
         .respond(&request_id);
     };
+    grpc.extensions_mut().insert(json);
     let response = service.handle(grpc, true).await;
+    if let Some(bad) = refused.get() {
+        return Failure::bad_request(bad.clone()).respond(&request_id);
+    }
     if streams {
         stream_answer(response, output, response_body, &request_id).await
     } else {
@@ -193,27 +199,75 @@ fn openapi(
     whole(StatusCode::OK, APPLICATION_JSON, body, request_id)
 }
 
-/// Reads the JSON body (up to [`MAX_BODY`]) and makes the request messages.
-async fn read_request(
-    matched: &Matched<'_>,
-    query: Option<&str>,
-    body: CallerBody,
-) -> Result<Bytes, BadRequest> {
-    let collected = Limited::new(body, MAX_BODY)
-        .collect()
-        .await
-        .map_err(|error| {
-            let message = if error.is::<http_body_util::LengthLimitError>() {
-                format!("the request body is larger than {MAX_BODY} bytes")
-            } else {
-                format!("the request body could not be read: {error}")
-            };
-            BadRequest {
+/// What the call path needs to turn a JSON call's body into its request
+/// messages (`Call::transcode`): put in the extensions of the gRPC
+/// request the JSON call becomes.
+#[derive(Debug, Clone)]
+pub(super) struct JsonCall {
+    method: MethodDescriptor,
+    body: BodyRule,
+    bound: Vec<(String, String)>,
+    query: Option<String>,
+    content_type: Option<HeaderValue>,
+    /// Why the body was refused, for the answer's `field`.
+    refused: Arc<OnceLock<BadRequest>>,
+}
+
+impl JsonCall {
+    /// Reads the JSON body (up to [`MAX_BODY`]) and makes the request
+    /// messages; a mistake is kept for the answer and refuses the call.
+    pub(super) async fn read(&self, body: CallerBody) -> Result<Bytes, GatewayError> {
+        self.messages(body).await.map_err(|bad| {
+            let message = bad.message.clone();
+            let _ = self.refused.set(bad);
+            GatewayError::BadJson(message)
+        })
+    }
+
+    async fn messages(&self, body: CallerBody) -> Result<Bytes, BadRequest> {
+        let collected = Limited::new(body, MAX_BODY)
+            .collect()
+            .await
+            .map_err(|error| {
+                let message = if error.is::<http_body_util::LengthLimitError>() {
+                    format!("the request body is larger than {MAX_BODY} bytes")
+                } else {
+                    format!("the request body could not be read: {error}")
+                };
+                BadRequest {
+                    field: None,
+                    message,
+                }
+            })?
+            .to_bytes();
+        // A body must say it is JSON: a browser's cross-site form post
+        // (text/plain) is not a partner's call.
+        let is_json = self
+            .content_type
+            .as_ref()
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(';').next())
+            .is_some_and(|media| {
+                let media = media.trim();
+                media.eq_ignore_ascii_case("application/json")
+                    || media.eq_ignore_ascii_case("application/x-ndjson")
+            });
+        if !collected.is_empty() && !is_json {
+            return Err(BadRequest {
                 field: None,
-                message,
-            }
-        })?;
-    convert::request_messages(matched, query, &collected.to_bytes())
+                message: "a request body must be JSON: content-type: application/json (or \
+                          application/x-ndjson for a stream)"
+                    .to_owned(),
+            });
+        }
+        let matched = Matched {
+            method: &self.method,
+            body: &self.body,
+            response_body: None,
+            bound: self.bound.clone(),
+        };
+        convert::request_messages(&matched, self.query.as_deref(), &collected)
+    }
 }
 
 /// The gRPC request a JSON call stands for: the caller's headers (its
@@ -222,16 +276,27 @@ fn grpc_request(
     path: &str,
     from: &HeaderMap,
     request_id: &HeaderValue,
-    messages: Bytes,
+    body: CallerBody,
 ) -> Result<Request<CallerBody>, http::Error> {
     let mut request = Request::builder()
         .method(Method::POST)
         .uri(path)
         .version(Version::HTTP_2)
-        .body(CallerBody::Transcoded(Some(messages)))?;
+        .body(body)?;
+    // HTTP/1.1 may name more hop-by-hop headers in `connection`.
+    let hop_by_hop: Vec<String> = from
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .collect();
     let headers = request.headers_mut();
     for (name, value) in from {
-        if !NOT_CARRIED.contains(name) && !name.as_str().starts_with("grpc-") {
+        if !NOT_CARRIED.contains(name)
+            && !name.as_str().starts_with("grpc-")
+            && !hop_by_hop.iter().any(|hop| hop == name.as_str())
+        {
             headers.append(name, value.clone());
         }
     }
@@ -301,6 +366,16 @@ impl Failure {
             if let Some(value) = status.get(&name) {
                 failure.headers.insert(name, value.clone());
             }
+        }
+        // gRPC's pushback, in HTTP's words (whole seconds, rounded up).
+        if let Some(millis) = status
+            .get("grpc-retry-pushback-ms")
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+        {
+            failure.headers.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(millis.div_ceil(1000)),
+            );
         }
         Some(failure)
     }
@@ -385,7 +460,16 @@ async fn unary_answer(
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame;
         match frame.into_data() {
-            Ok(chunk) => data.extend_from_slice(&chunk),
+            Ok(chunk) => {
+                data.extend_from_slice(&chunk);
+                if data.len() > 5 + MAX_ANSWER_MESSAGE {
+                    return Failure::bad_answer(format!(
+                        "the provider's answer is larger than the {MAX_ANSWER_MESSAGE} bytes \
+                         the gateway transcodes"
+                    ))
+                    .respond(request_id);
+                }
+            }
             Err(frame) => trailers = frame.into_trailers().ok(),
         }
     }
@@ -447,10 +531,15 @@ async fn stream_answer(
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
     let (parts, mut body) = response.into_parts();
-    if let Some(failure) = Failure::of(&parts.headers)
-        && failure.code != Code::Ok
-    {
-        return failure.respond(request_id);
+    // A status in the headers is the whole answer: an error, or a stream
+    // that ended with no message.
+    if let Some(failure) = Failure::of(&parts.headers) {
+        if failure.code != Code::Ok {
+            return failure.respond(request_id);
+        }
+        let mut response = whole(StatusCode::OK, NDJSON, Vec::new(), request_id);
+        response.headers_mut().extend(failure.headers);
+        return response;
     }
     // Wait for the first frame: a status that comes before any message is
     // the answer's HTTP status.
@@ -504,6 +593,12 @@ impl Iterator for Messages {
             ));
         }
         let length = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+        if length > MAX_ANSWER_MESSAGE {
+            return Some(Err(format!(
+                "the provider's answer has a message of {length} bytes, more than the \
+                 {MAX_ANSWER_MESSAGE} the gateway transcodes"
+            )));
+        }
         if self.buffer.len() < 5 + length {
             return None;
         }
@@ -552,13 +647,17 @@ impl NdJson {
                     .trailers_ref()
                     .and_then(Failure::of)
                     .unwrap_or_else(|| {
-                        Failure::new(
-                            Code::Unknown,
-                            "the answer ended without a status".to_owned(),
+                        Failure::bad_answer(
+                            "the provider's answer ended without a status".to_owned(),
                         )
                     });
                 if ended.code != Code::Ok {
                     self.failed(&ended, &mut out);
+                } else if !self.messages.buffer.is_empty() {
+                    let cut = Failure::bad_answer(
+                        "the provider's answer ended inside a message".to_owned(),
+                    );
+                    self.failed(&cut, &mut out);
                 }
                 self.done = true;
             }
@@ -592,10 +691,8 @@ impl Body for NdJson {
             };
             let Some(frame) = frame else {
                 let mut out = Vec::new();
-                let failure = Failure::new(
-                    Code::Unknown,
-                    "the answer ended without a status".to_owned(),
-                );
+                let failure =
+                    Failure::bad_answer("the provider's answer ended without a status".to_owned());
                 self.failed(&failure, &mut out);
                 return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
             };

@@ -152,6 +152,9 @@ pub fn check_grpc<B>(request: &Request<B>) -> Result<(), WireError> {
     if !is_grpc(request.headers()) {
         return Err(WireError::NotGrpc("content-type must be application/grpc"));
     }
+    if request.version() != http::Version::HTTP_2 {
+        return Err(WireError::NotGrpc("gRPC calls are made over HTTP/2"));
+    }
     Ok(())
 }
 

@@ -51,7 +51,8 @@ pub fn request_messages(
     let input = matched.method.input();
     let mut framed = BytesMut::new();
     if matched.method.is_client_streaming() {
-        // Each non-empty line a message; path and query bind every one.
+        // Each non-empty line a message; the path binds every one (the
+        // route takes the whole body, so there is no query).
         for (at, line) in body.split(|b| *b == b'\n').enumerate() {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
@@ -126,7 +127,15 @@ fn message_of(
             )));
         }
     };
-    if !matches!(matched.body, BodyRule::Whole) {
+    if matches!(matched.body, BodyRule::Whole) {
+        // Every field is in the body: a query would be silently lost.
+        if let Some((name, _)) = query_pairs(query.unwrap_or_default()).next() {
+            return Err(BadRequest::at(
+                &name,
+                format!("query parameter `{name}`: this route takes every field in its body"),
+            ));
+        }
+    } else {
         for (name, value) in query_pairs(query.unwrap_or_default()) {
             let field = field_at(input, &name)
                 .map_err(|_| BadRequest::at(&name, format!("unknown query parameter `{name}`")))?;
@@ -196,8 +205,11 @@ fn set(
         },
         Kind::Message(_) => {
             // A well-known type written as a string (a timestamp, a
-            // duration) or JSON.
-            serde_json::from_str(&value).unwrap_or(Value::String(value))
+            // duration, a wrapper's value), or a JSON object.
+            match serde_json::from_str::<Value>(&value) {
+                Ok(object @ Value::Object(_)) => object,
+                _ => Value::String(value),
+            }
         }
         // Numbers, enums (by name or number), strings and bytes (base64)
         // are all read from a JSON string.

@@ -121,7 +121,7 @@ impl Routes {
                 }
                 for rule in rules {
                     match route_of(&method, &rule) {
-                        Ok(route) => routes.add(route),
+                        Ok(route) => routes.annotated.push(route),
                         Err(reason) => routes.refused.push(RuleError {
                             method: method.full_name().to_owned(),
                             reason,
@@ -130,27 +130,34 @@ impl Routes {
                 }
             }
         }
+        routes.drop_clashes();
         routes
     }
 
-    fn add(&mut self, route: Route) {
-        let clash = self
-            .annotated
-            .iter()
-            .find(|known| known.verb == route.verb && known.template == route.template);
-        if let Some(known) = clash {
+    /// Drops every annotated route that matches the same requests as
+    /// another (`GET /v1/persons/{id}` and `GET /v1/persons/{nin}`):
+    /// which method a partner reaches must not depend on which service
+    /// sorts first, nor may a service published later take over another's
+    /// route. Each keeps its default route.
+    fn drop_clashes(&mut self) {
+        let key = |route: &Route| (route.verb.clone(), route.template.shape());
+        let mut seen: HashMap<(Method, String), usize> = HashMap::new();
+        for route in &self.annotated {
+            *seen.entry(key(route)).or_default() += 1;
+        }
+        let (kept, clashing): (Vec<Route>, Vec<Route>) = std::mem::take(&mut self.annotated)
+            .into_iter()
+            .partition(|route| seen[&key(route)] == 1);
+        for route in clashing {
             self.refused.push(RuleError {
                 method: route.method.full_name().to_owned(),
                 reason: format!(
-                    "{} {} is already the route of {}",
-                    route.verb,
-                    route.template,
-                    known.method.full_name()
+                    "{} {} matches the same requests as another method's route: neither is used",
+                    route.verb, route.template
                 ),
             });
-            return;
         }
-        self.annotated.push(route);
+        self.annotated = kept;
     }
 
     /// The method `verb path` calls; `Err` says whether the path is known
@@ -301,4 +308,30 @@ pub fn field_at(message: &MessageDescriptor, path: &str) -> Result<FieldDescript
         }
     }
     Err(format!("`{path}` is not a field path"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clashing_routes_are_both_dropped_and_said() {
+        let pool = crate::catalog::testing::agencies().pool();
+        let routes = Routes::of(pool);
+        assert!(routes.refused().is_empty(), "{:?}", routes.refused());
+        let known = routes.annotated[0].clone();
+        let mut clashing = Routes::of(pool);
+        // Another method's route of the same shape (`Template::shape`
+        // erases variable names: its unit test).
+        let mut twin = known.clone();
+        twin.method = routes.annotated[1].method.clone();
+        clashing.annotated.push(twin);
+        clashing.drop_clashes();
+        assert_eq!(clashing.refused().len(), 2, "{:?}", clashing.refused());
+        assert!(
+            clashing
+                .find(&known.verb, &known.template.openapi_path())
+                .is_err()
+        );
+    }
 }

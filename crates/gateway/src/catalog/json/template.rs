@@ -113,6 +113,25 @@ impl Template {
         })
     }
 
+    /// What the template matches, its variables' names aside: two
+    /// templates of one shape match the same paths.
+    pub fn shape(&self) -> String {
+        let mut shape = String::new();
+        for segment in &self.segments {
+            shape.push('/');
+            match segment {
+                Segment::Literal(literal) => shape.push_str(literal),
+                Segment::Any | Segment::Variable { rest: false, .. } => shape.push('*'),
+                Segment::Rest | Segment::Variable { rest: true, .. } => shape.push_str("**"),
+            }
+        }
+        if let Some(verb) = &self.verb {
+            shape.push(':');
+            shape.push_str(verb);
+        }
+        shape
+    }
+
     /// The fields the template binds, in order.
     pub fn variables(&self) -> impl Iterator<Item = &str> {
         self.segments.iter().filter_map(|segment| match segment {
@@ -263,5 +282,9 @@ mod tests {
             Template::parse("/v1/{a}:b").expect("valid").openapi_path(),
             "/v1/{a}:b"
         );
+        let shape = |text| Template::parse(text).expect("valid").shape();
+        assert_eq!(shape("/v1/persons/{id}"), shape("/v1/persons/{nin}"));
+        assert_eq!(shape("/v1/persons/{id}"), shape("/v1/persons/*"));
+        assert_ne!(shape("/v1/persons/{id}"), shape("/v1/persons/{id}:x"));
     }
 }

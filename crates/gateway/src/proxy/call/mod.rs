@@ -10,6 +10,7 @@
 //! |------------------|--------------------------------|--------------------------------------|
 //! | admit            | `admit.rs`                     | not a member, no permit, over limits |
 //! | read headers     | `read_headers.rs`              | not gRPC, malformed `bridge-*`       |
+//! | transcode        | `transcode.rs` (JSON calls)    | the JSON is not the request message  |
 //! | route            | `route.rs`                     | unknown service, method or target    |
 //! | authorize        | `authorize.rs`                 | policies deny; artefact invalid      |
 //! | bind consent     | `bind_consent.rs`              | subject differs; consent used up     |
@@ -30,6 +31,7 @@ mod read_headers;
 mod refuse;
 mod relay;
 mod route;
+mod transcode;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,6 +110,7 @@ impl Call<'_> {
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let admitted = self.admit(request.headers())?;
         let headers = self.read_headers(&request, admitted.assertion.as_ref())?;
+        let request = self.transcode(request, &headers).await?;
         if crate::catalog::is_local(self.uri.path()) {
             return Ok(self.serve_locally(request, admitted).await);
         }

@@ -1,0 +1,32 @@
+//! Transcode: a JSON call's body becomes the request message(s) it stands
+//! for, once the caller is admitted and within its limits, under the
+//! call's deadline (see `proxy::json`). A gRPC call passes untouched.
+
+use http::Request;
+
+use super::{Call, within};
+use crate::proxy::body::CallerBody;
+use crate::proxy::json::JsonCall;
+use crate::proxy::{Deadline, GatewayError};
+use crate::wire::headers::CallHeaders;
+
+impl Call<'_> {
+    /// Reads and converts a JSON call's body; a mistake in it refuses the
+    /// call (`bad-json`, recorded like any refusal).
+    pub(super) async fn transcode(
+        &mut self,
+        request: Request<CallerBody>,
+        headers: &CallHeaders,
+    ) -> Result<Request<CallerBody>, GatewayError> {
+        let Some(json) = request.extensions().get::<JsonCall>().cloned() else {
+            return Ok(request);
+        };
+        let (parts, body) = request.into_parts();
+        let deadline = Deadline::new(self.received, headers.timeout, self.state.max_deadline);
+        let messages = within(&deadline, json.read(body)).await??;
+        Ok(Request::from_parts(
+            parts,
+            CallerBody::Transcoded(Some(messages)),
+        ))
+    }
+}
