@@ -132,6 +132,14 @@ fn seen_as_json(answer: &JsonAnswer) -> Seen {
     }
 }
 
+/// A JSON refusal's HTTP status and `bridge_error`.
+fn refusal(answer: &JsonAnswer) -> (u16, Value) {
+    (
+        answer.status.as_u16(),
+        answer.json()["bridge_error"].clone(),
+    )
+}
+
 async fn json_client(bed: &Bed, stem: &str, version: HttpVersion) -> JsonClient {
     JsonClient::connect(bed.gateway, &bed.member_tls(stem), version)
         .await
@@ -521,13 +529,7 @@ async fn consent_bound_json_calls_are_refused_as_over_grpc() {
         )
         .await
         .unwrap();
-    assert_eq!(
-        (
-            answer.status.as_u16(),
-            answer.json()["bridge_error"].clone()
-        ),
-        (403, json!("consent-revoked"))
-    );
+    assert_eq!(refusal(&answer), (403, json!("consent-revoked")));
     // Each refusal is in the log, as JSON.
     let records = bed.sandbox.exchange_log().records().unwrap();
     let refused: Vec<_> = records
@@ -794,24 +796,12 @@ async fn json_mistakes_are_400s_naming_the_field_and_the_gateway_keeps_serving()
         )
         .await
         .unwrap();
-    assert_eq!(
-        (
-            bad_id.status.as_u16(),
-            bad_id.json()["bridge_error"].clone()
-        ),
-        (400, json!("bad-header"))
-    );
+    assert_eq!(refusal(&bad_id), (400, json!("bad-header")));
     let nowhere = bank
         .call(Method::GET, "/v1/nowhere", &headers, "")
         .await
         .unwrap();
-    assert_eq!(
-        (
-            nowhere.status.as_u16(),
-            nowhere.json()["bridge_error"].clone()
-        ),
-        (404, json!("no-json-route"))
-    );
+    assert_eq!(refusal(&nowhere), (404, json!("no-json-route")));
     let verb = bank
         .call(Method::DELETE, "/v1/companies/x", &headers, "")
         .await

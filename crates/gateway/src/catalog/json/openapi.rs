@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use prost_reflect::{FieldDescriptor, FileDescriptor, Kind, MessageDescriptor, MethodDescriptor};
+use prost_reflect::{FieldDescriptor, FileDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value, json};
 
 use super::{BodyRule, Route, Routes};
@@ -504,22 +504,6 @@ fn comments(file: &FileDescriptor, path: &[i32]) -> Option<String> {
         .trim()
         .to_owned();
     (!text.is_empty()).then_some(text)
-}
-
-/// The methods a document describes when nothing restricts them: every
-/// method of `routes`, permitted without purpose or consent. For tests and
-/// for describing a configuration without policies.
-pub fn everything(routes: &Routes) -> BTreeMap<String, Permitted> {
-    routes
-        .all()
-        .map(|route| {
-            let method: &MethodDescriptor = &route.method;
-            (
-                format!("/{}/{}", method.parent_service().full_name(), method.name()),
-                Permitted::default(),
-            )
-        })
-        .collect()
 }
 
 #[cfg(test)]

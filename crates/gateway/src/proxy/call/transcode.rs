@@ -15,10 +15,10 @@ impl Call<'_> {
     /// call (`bad-json`, recorded like any refusal).
     pub(super) async fn transcode(
         &mut self,
-        request: Request<CallerBody>,
+        mut request: Request<CallerBody>,
         headers: &CallHeaders,
     ) -> Result<Request<CallerBody>, GatewayError> {
-        let Some(json) = request.extensions().get::<JsonCall>().cloned() else {
+        let Some(json) = request.extensions_mut().remove::<JsonCall>() else {
             return Ok(request);
         };
         let (parts, body) = request.into_parts();
