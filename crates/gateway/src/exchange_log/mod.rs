@@ -67,7 +67,7 @@ const CATCH_UP_EVERY: Duration = Duration::from_secs(1);
 /// Group commit under load: once a commit has taken this many records,
 /// the next one waits for more ([`Gather`]).
 const GATHER_ABOVE: usize = 8;
-/// ... as long as records keep coming within this of each other ...
+/// ... looking again every so often, as long as records keep coming ...
 const GATHER_GAP: Duration = Duration::from_micros(250);
 /// ... for at most this long after its first record.
 const GATHER_WINDOW: Duration = Duration::from_micros(1500);
@@ -85,12 +85,18 @@ const GATHER_WINDOW: Duration = Duration::from_micros(1500);
 /// record waits that much longer, but only under load, where its latency
 /// is queueing anyway; at a few hundred calls per second commits take
 /// one or two records and nothing waits.
-#[derive(Debug)]
+///
+/// While it waits, the writer sleeps and then takes what arrived: it does
+/// not wait *on the queue*, where each record would wake it (a futex call
+/// in the sender, a context switch each way) only to be put back to sleep
+/// for the next one. A pause without a new record ends the wait.
 struct Gather {
     /// Records (and other jobs) the previous commit took.
     last: usize,
     gap: Duration,
     window: Duration,
+    /// How the writer waits: `std::thread::sleep`, but for tests.
+    pause: Box<dyn FnMut(Duration) + Send>,
 }
 
 impl Default for Gather {
@@ -99,6 +105,7 @@ impl Default for Gather {
             last: 0,
             gap: GATHER_GAP,
             window: GATHER_WINDOW,
+            pause: Box::new(std::thread::sleep),
         }
     }
 }
@@ -109,19 +116,22 @@ impl Gather {
     fn fill(&mut self, queue: &Receiver<Job>, batch: &mut Vec<Job>) {
         let first = Instant::now();
         let waiting = self.last >= GATHER_ABOVE;
-        while batch.len() < MAX_BATCH {
-            if let Ok(job) = queue.try_recv() {
-                batch.push(job);
-                continue;
+        let mut paused = false;
+        loop {
+            let before = batch.len();
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
             }
             let left = self.window.saturating_sub(first.elapsed());
-            if !waiting || left.is_zero() {
+            let quiet = paused && batch.len() == before;
+            if !waiting || batch.len() >= MAX_BATCH || quiet || left.is_zero() {
                 break;
             }
-            match queue.recv_timeout(left.min(self.gap)) {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
+            (self.pause)(left.min(self.gap));
+            paused = true;
         }
         self.last = batch.len();
     }
@@ -981,30 +991,35 @@ fn load_or_create_key(dir: &Path, origin: &str) -> Result<SigningKey, OpenError>
 mod tests {
     use super::*;
 
-    /// A gather that waits far longer than the cases need.
-    fn patient(last: usize) -> Gather {
+    /// A gather whose pauses are `pause` instead of sleeps, with a window
+    /// far longer than the cases need.
+    fn gather(last: usize, pause: impl FnMut(Duration) + Send + 'static) -> Gather {
         Gather {
             last,
-            gap: Duration::from_secs(30),
-            window: Duration::from_secs(30),
+            gap: GATHER_GAP,
+            window: Duration::from_secs(3600),
+            pause: Box::new(pause),
         }
     }
 
-    /// Under load, a batch takes the records that follow its first one,
-    /// one at a time, until they stop (here: the senders are gone).
+    /// Under load, a batch takes the records that arrive while it pauses,
+    /// until a pause brings none.
     #[test]
     fn under_load_a_batch_waits_for_the_records_that_follow() {
-        let (jobs, queue) = std::sync::mpsc::sync_channel(0);
-        let sender = std::thread::spawn(move || {
-            for _ in 0..20 {
-                // Each send waits for the writer to take it.
-                jobs.send(Job::Close).unwrap();
+        let (jobs, queue) = std::sync::mpsc::sync_channel(64);
+        let mut pauses = 0;
+        // Each of the first four pauses sees five records arrive.
+        let mut gather = gather(GATHER_ABOVE, move |gap| {
+            assert_eq!(gap, GATHER_GAP);
+            pauses += 1;
+            if pauses <= 4 {
+                for _ in 0..5 {
+                    jobs.send(Job::Close).unwrap();
+                }
             }
         });
         let mut batch = vec![Job::Close];
-        let mut gather = patient(GATHER_ABOVE);
         gather.fill(&queue, &mut batch);
-        sender.join().unwrap();
         assert_eq!(batch.len(), 21);
         assert_eq!(gather.last, 21);
     }
@@ -1017,13 +1032,27 @@ mod tests {
             jobs.send(Job::Close).unwrap();
         }
         let mut batch = vec![Job::Close];
-        let mut gather = patient(GATHER_ABOVE - 1);
-        // Waiting would take 30 s for a fifth job that never comes.
-        let started = std::time::Instant::now();
+        let mut gather = gather(GATHER_ABOVE - 1, |_| panic!("it waited"));
         gather.fill(&queue, &mut batch);
         assert_eq!(batch.len(), 4);
-        assert!(started.elapsed() < Duration::from_secs(15), "it waited");
         drop(jobs);
+    }
+
+    /// Under load, the wait ends with the window even if records keep
+    /// coming.
+    #[test]
+    fn a_batch_waits_no_longer_than_its_window() {
+        let (jobs, queue) = std::sync::mpsc::sync_channel(4096);
+        let mut gather = Gather {
+            window: Duration::from_millis(20),
+            ..gather(GATHER_ABOVE, move |gap| {
+                std::thread::sleep(gap);
+                jobs.send(Job::Close).unwrap();
+            })
+        };
+        let mut batch = vec![Job::Close];
+        gather.fill(&queue, &mut batch);
+        assert!(batch.len() > 1 && batch.len() < 4096, "{}", batch.len());
     }
 
     /// With `exchange_log.retain`, the gateway archives by itself, from the
