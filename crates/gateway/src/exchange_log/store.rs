@@ -17,9 +17,12 @@
 //!   grpc_status INTEGER,              -- NULL in the decision of a forwarded call
 //!   error_kind TEXT,                  -- bridge-error, if any
 //!   concealed_until INTEGER NOT NULL, -- hidden from the Data Tracker until (unix s)
-//!   record BLOB NOT NULL
+//!   record BLOB NOT NULL,
+//!   leaf BLOB                         -- the record's leaf hash; NULL in logs written before
 //! );
-//! -- Every complete subtree of the Merkle tree: (0, i) is leaf i's hash.
+//! -- The complete subtrees of the Merkle tree of 256 leaves or more
+//! -- (level 8 and up; (0, i) would be leaf i's hash). Those below are
+//! -- not stored: they are hashed again from their records when needed.
 //! -- `pos` numbers nodes in the order they are completed (a leaf, then the
 //! -- subtrees it completes), so appends only ever touch the table's end.
 //! CREATE TABLE tree_nodes (pos INTEGER PRIMARY KEY, level INTEGER NOT NULL,
@@ -53,7 +56,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::lookup::{self, Kind, Recent, SEGMENT, Sealing};
-use super::merkle::{self, Frontier, Hash, Nodes};
+use super::merkle::{self, Frontier, Hash, MemoryTree, Nodes};
 use super::note::{Checkpoint, SigningKey};
 use crate::proto::audit::v1::{ExchangeRecord, Phase};
 
@@ -65,6 +68,17 @@ pub const KEY_FILE: &str = "log-key.pem";
 pub const VERIFIER_FILE: &str = "log-key.pub";
 
 const SCHEMA_VERSION: &str = "2";
+
+/// The lowest level of the tree whose nodes are stored: a node covering
+/// 256 records or more. Below, a node is hashed again from the records it
+/// covers (at most 255 of them), as a tile of C2SP tlog-tiles would be.
+///
+/// A leaf completes two nodes on average: storing them all wrote three
+/// rows a record, and each commit rewrote the right edge of a second
+/// B-tree. Stored from level 8, the nodes are a row per 128 records.
+/// (Logs written before kept every node; those below level 8 are neither
+/// read nor checked any longer.)
+pub const STORED_LEVEL: u32 = 8;
 
 /// The most records [`Store::records_of_request`] returns: a call has a
 /// decision and an outcome, and a request id reused many times must not
@@ -90,7 +104,8 @@ CREATE TABLE IF NOT EXISTS records (
   grpc_status INTEGER,
   error_kind TEXT,
   concealed_until INTEGER NOT NULL,
-  record BLOB NOT NULL
+  record BLOB NOT NULL,
+  leaf BLOB
 );
 CREATE TABLE IF NOT EXISTS lookups (
   segment INTEGER NOT NULL,
@@ -268,6 +283,12 @@ impl Store {
         };
         store.configure_writer()?;
         store.connection.execute_batch(SCHEMA).at(&store.path)?;
+        if !store.has_leaves()? {
+            store
+                .connection
+                .execute_batch("ALTER TABLE records ADD COLUMN leaf BLOB")
+                .at(&store.path)?;
+        }
         store.check_meta(origin)?;
         store.catch_up_lookups()?;
         Ok(store)
@@ -442,6 +463,19 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether records carry their leaf hash (a log written before does
+    /// not until a gateway opens it).
+    fn has_leaves(&self) -> Result<bool, StoreError> {
+        self.connection
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('records') WHERE name = 'leaf'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(|count| count > 0)
+            .at(&self.path)
     }
 
     fn configure_writer(&mut self) -> Result<(), StoreError> {
@@ -891,8 +925,9 @@ impl Store {
             let mut insert_record = transaction
                 .prepare_cached(
                     "INSERT INTO records (idx, phase, request_id, at_us, caller, provider, method, \
-                     purpose, subject, allowed, grpc_status, error_kind, concealed_until, record) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                     purpose, subject, allowed, grpc_status, error_kind, concealed_until, record, \
+                     leaf) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                 )
                 .at(&self.path)?;
             let mut insert_node = transaction
@@ -912,11 +947,15 @@ impl Store {
                 let leaf = merkle::leaf_hash(&buffer);
                 let values = std::iter::once(Value::Integer(to_i64(index)))
                     .chain(columns(record))
-                    .chain(std::iter::once(Value::Blob(std::mem::take(&mut buffer))));
+                    .chain(std::iter::once(Value::Blob(std::mem::take(&mut buffer))))
+                    .chain(std::iter::once(Value::Blob(leaf.to_vec())));
                 insert_record
                     .execute(rusqlite::params_from_iter(values))
                     .at(&self.path)?;
                 for (level, index, hash) in next.append(leaf) {
+                    if level < STORED_LEVEL {
+                        continue;
+                    }
                     insert_node
                         .execute(params![
                             to_i64(node_position(level, index)),
@@ -1173,8 +1212,9 @@ impl Store {
     }
 
     /// Calls `each` with every record in order: its index, its queryable
-    /// columns as stored (named, as SQLite values, whatever their type) and
-    /// its bytes. For `audit verify`, which checks every column against the
+    /// columns as stored (named, as SQLite values, whatever their type),
+    /// its bytes and its leaf hash as stored (`None` if the log was written
+    /// without). For `audit verify`, which checks every column against the
     /// record: the columns are only a copy, and a copy can be edited.
     pub fn for_each_row(
         &self,
@@ -1183,15 +1223,17 @@ impl Store {
             i64,
             &[(&'static str, rusqlite::types::Value)],
             Vec<u8>,
+            Option<Vec<u8>>,
         ) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
+        let leaf = if self.has_leaves()? { "leaf" } else { "NULL" };
         let mut statement = self
             .connection
-            .prepare(
+            .prepare(&format!(
                 "SELECT idx, phase, request_id, at_us, caller, provider, method, purpose, \
-                 subject, allowed, grpc_status, error_kind, concealed_until, record \
+                 subject, allowed, grpc_status, error_kind, concealed_until, record, {leaf} \
                  FROM records WHERE idx >= ?1 ORDER BY idx",
-            )
+            ))
             .at(&self.path)?;
         let mut rows = statement.query([to_i64(from)]).at(&self.path)?;
         let mut columns = Vec::with_capacity(COLUMNS.len());
@@ -1207,7 +1249,14 @@ impl Store {
                 Value::Text(text) => text.into_bytes(),
                 Value::Integer(_) | Value::Real(_) | Value::Null => Vec::new(),
             };
-            each(row.get(0).at(&self.path)?, &columns, bytes)?;
+            // A leaf edited into another type is a leaf that does not match.
+            let leaf = match row.get::<_, Value>(COLUMNS.len() + 2).at(&self.path)? {
+                Value::Null => None,
+                Value::Blob(leaf) => Some(leaf),
+                Value::Text(text) => Some(text.into_bytes()),
+                Value::Integer(_) | Value::Real(_) => Some(Vec::new()),
+            };
+            each(row.get(0).at(&self.path)?, &columns, bytes, leaf)?;
         }
         Ok(())
     }
@@ -1262,10 +1311,49 @@ fn checkpoint_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredCheckpoint>
     })
 }
 
+impl Store {
+    /// Node `(level, index)` below [`STORED_LEVEL`], hashed from the
+    /// records it covers.
+    fn hash_records(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
+        let (first, count) = (index << level, 1_u64 << level);
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT idx, record FROM records WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
+            )
+            .at(&self.path)?;
+        let mut rows = statement
+            .query(params![to_i64(first), to_i64(first + count)])
+            .at(&self.path)?;
+        let mut tree = MemoryTree::default();
+        while let Some(row) = rows.next().at(&self.path)? {
+            let at: i64 = row.get(0).at(&self.path)?;
+            let bytes: Vec<u8> = row.get(1).at(&self.path)?;
+            if u64::try_from(at).ok() != Some(first + tree.size()) {
+                break;
+            }
+            tree.push(merkle::leaf_hash(&bytes));
+        }
+        if tree.size() != count {
+            return Err(StoreError::invalid(
+                &self.path,
+                format!(
+                    "tree node ({level}, {index}) cannot be hashed: record {} is missing",
+                    first + tree.size()
+                ),
+            ));
+        }
+        Ok(tree.root())
+    }
+}
+
 impl Nodes for Store {
     type Error = StoreError;
 
     fn node(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
+        if level < STORED_LEVEL {
+            return self.hash_records(level, index);
+        }
         let hash: Option<Vec<u8>> = self
             .connection
             .prepare_cached(

@@ -26,7 +26,7 @@ use super::archive;
 use super::lookup;
 use super::merkle::{self, Hash, MemoryTree, ProofError};
 use super::note::{Checkpoint, NoteError, Verifier};
-use super::store::{Store, StoreError};
+use super::store::{self, Store, StoreError};
 use super::{ExchangeRecord, Phase};
 
 /// What kind of damage [`verify_log`] found.
@@ -169,8 +169,8 @@ pub fn verify_with_archives(
         walk.problem = walk.archives(archives, archived_end, verifier)?;
     }
     if walk.problem.is_none() {
-        store.for_each_row(archived_end, |index, columns, bytes| {
-            walk.row(index, columns, bytes)
+        store.for_each_row(archived_end, |index, columns, bytes, leaf| {
+            walk.row(index, columns, &bytes, leaf.as_deref())
         })?;
     }
     let Walk {
@@ -219,11 +219,12 @@ impl Walk<'_> {
         &mut self,
         index: i64,
         columns: &[(&'static str, Value)],
-        bytes: Vec<u8>,
+        bytes: &[u8],
+        leaf: Option<&[u8]>,
     ) -> Result<(), StoreError> {
         self.rows += 1;
         if self.problem.is_none() {
-            self.problem = self.check(index, columns, &bytes)?.err();
+            self.problem = self.check(index, columns, bytes, leaf)?.err();
         }
         Ok(())
     }
@@ -313,6 +314,7 @@ impl Walk<'_> {
         index: i64,
         columns: &[(&'static str, Value)],
         bytes: &[u8],
+        stored_leaf: Option<&[u8]>,
     ) -> Result<Result<(), Problem>, StoreError> {
         let expected = self.tree.size();
         if u64::try_from(index).ok() != Some(expected) {
@@ -324,25 +326,17 @@ impl Walk<'_> {
                 ),
             }));
         }
+        // The leaf stored beside the record names an altered record; one
+        // altered with its leaf is caught by the stored nodes over it
+        // ([`check_tree`]) and the signed checkpoints.
         let leaf = merkle::leaf_hash(bytes);
-        let stored = match merkle::Nodes::node(self.store, 0, expected) {
-            Ok(stored) => stored,
-            Err(StoreError::Invalid { .. }) => {
-                return Ok(Err(Problem {
-                    kind: ProblemKind::TreeNode,
-                    index: expected,
-                    message: format!("the tree holds no hash for record {expected}"),
-                }));
-            }
-            Err(error) => return Err(error),
-        };
         self.tree.push(leaf);
-        if stored != leaf {
+        if stored_leaf.is_some_and(|stored| stored != leaf.as_slice()) {
             return Ok(Err(Problem {
                 kind: ProblemKind::RecordAltered,
                 index: expected,
                 message: format!(
-                    "record {expected} was altered: its bytes are not those the tree holds"
+                    "record {expected} was altered: its bytes are not those the log took"
                 ),
             }));
         }
@@ -494,14 +488,16 @@ fn show(value: &Value) -> String {
 
 /// Compares every stored node with the tree the records give. Nodes beyond
 /// the records read may be a running gateway's appends, unless a record
-/// they cover is gone: nodes and records are committed together.
+/// they cover is gone: nodes and records are committed together. Nodes
+/// below [`store::STORED_LEVEL`] are not stored (logs written before
+/// stored them; they are not read).
 fn check_tree(
     store: &Store,
     tree: &MemoryTree,
     archived_end: u64,
 ) -> Result<Option<Problem>, StoreError> {
     let size = tree.size();
-    for level in 0..64 {
+    for level in store::STORED_LEVEL..64 {
         let mut stored = store.level(level)?;
         let recomputed = tree.level(level);
         if stored.is_empty() && recomputed.is_empty() {
@@ -529,7 +525,8 @@ fn check_tree(
                     index: first,
                     message: format!(
                         "tree node ({level}, {position}) over records {first} to {last} \
-                         is missing or not the one the records give: the tree was edited"
+                         is missing or not the one the records give: a record among them, \
+                         or the tree, was edited"
                     ),
                 }));
             }
@@ -1320,6 +1317,69 @@ mod tests {
         assert!(problem.message.contains("record 7"), "{problem}");
     }
 
+    /// A log written before records carried their leaf (and every node was
+    /// stored) verifies as it is; the gateway that opens it adds the
+    /// column, and the records it appends then carry their leaf.
+    #[test]
+    fn a_log_written_without_leaves_verifies_and_gets_them() {
+        let mut log = TestLog::with_calls(4, 2);
+        log.tamper("ALTER TABLE records DROP COLUMN leaf", []);
+        assert_eq!(log.verify().problem, None);
+        log.store = Store::open(log.dir.path(), ORIGIN).unwrap();
+        log.calls(4..8, 2);
+        assert_eq!(log.verify().problem, None);
+        let mut bytes = log.bytes(13);
+        bytes[3] ^= 1;
+        log.tamper(
+            "UPDATE records SET record = ?1 WHERE idx = 13",
+            params![bytes],
+        );
+        let problem = log.problem();
+        assert_eq!(
+            (problem.kind, problem.index),
+            (ProblemKind::RecordAltered, 13)
+        );
+    }
+
+    /// A record altered with its leaf: the checkpoint over it names the
+    /// records it covers (a tree this small stores no node over them).
+    #[test]
+    fn an_altered_record_is_caught_by_its_checkpoint() {
+        let log = TestLog::with_calls(6, 2);
+        let mut altered = ExchangeRecord::decode(log.bytes(7).as_slice()).unwrap();
+        altered.node_id = "gw-elsewhere".into();
+        let bytes = altered.encode_to_vec();
+        log.tamper(
+            "UPDATE records SET record = ?1, leaf = ?2 WHERE idx = 7",
+            params![bytes, merkle::leaf_hash(&bytes).as_slice()],
+        );
+        let problem = log.problem();
+        assert_eq!(
+            (problem.kind, problem.index),
+            (ProblemKind::CheckpointRoot, 4)
+        );
+        assert!(problem.message.contains("records 4 to 7"), "{problem}");
+    }
+
+    /// A record altered with its leaf, above 256 records: the stored node
+    /// over its block names the block, checkpoint or not.
+    #[test]
+    fn an_altered_record_is_caught_by_the_node_over_it() {
+        let mut log = TestLog::new();
+        log.many_calls(0..200, 50);
+        let mut altered = ExchangeRecord::decode(log.bytes(100).as_slice()).unwrap();
+        altered.node_id = "gw-elsewhere".into();
+        let bytes = altered.encode_to_vec();
+        log.tamper("DELETE FROM checkpoints", []);
+        log.tamper(
+            "UPDATE records SET record = ?1, leaf = ?2 WHERE idx = 100",
+            params![bytes, merkle::leaf_hash(&bytes).as_slice()],
+        );
+        let problem = log.problem();
+        assert_eq!((problem.kind, problem.index), (ProblemKind::TreeNode, 0));
+        assert!(problem.message.contains("records 0 to 255"), "{problem}");
+    }
+
     #[test]
     fn a_record_replaced_by_another_valid_one_is_named() {
         let log = TestLog::with_calls(6, 2);
@@ -1342,17 +1402,6 @@ mod tests {
             (ProblemKind::MissingRecord, 4)
         );
         assert!(problem.message.contains("record 4"), "{problem}");
-    }
-
-    #[test]
-    fn deleted_last_records_are_named() {
-        let log = TestLog::with_calls(6, 100);
-        log.tamper("DELETE FROM records WHERE idx >= 10", []);
-        let problem = log.problem();
-        assert_eq!(
-            (problem.kind, problem.index),
-            (ProblemKind::MissingRecord, 10)
-        );
     }
 
     #[test]
@@ -1403,13 +1452,61 @@ mod tests {
 
     #[test]
     fn an_edited_tree_node_is_named() {
-        let log = TestLog::with_calls(8, 100);
+        // 1,024 records: nodes (8, 0) to (8, 3), (9, 0), (9, 1), (10, 0).
+        let mut log = TestLog::new();
+        log.many_calls(0..512, 64);
         log.tamper(
-            "UPDATE tree_nodes SET hash = ?1 WHERE level = 2 AND idx = 1",
+            "UPDATE tree_nodes SET hash = ?1 WHERE level = 8 AND idx = 1",
             params![[9_u8; 32].as_slice()],
         );
         let problem = log.problem();
-        assert_eq!((problem.kind, problem.index), (ProblemKind::TreeNode, 4));
+        assert_eq!((problem.kind, problem.index), (ProblemKind::TreeNode, 256));
+    }
+
+    /// Below level 8 nothing is stored: a node there is hashed from its
+    /// records, and a proof that needs it still checks.
+    #[test]
+    fn nodes_below_the_stored_level_are_hashed_from_their_records() {
+        let mut log = TestLog::new();
+        log.many_calls(0..300, 7);
+        assert!(log.store.level(store::STORED_LEVEL - 1).unwrap().is_empty());
+        assert_eq!(log.store.level(8).unwrap().len(), 2);
+        assert_eq!(log.store.level(9).unwrap().len(), 1);
+        let mut tree = MemoryTree::default();
+        for index in 0..600 {
+            tree.push(merkle::leaf_hash(&log.bytes(index)));
+        }
+        for (level, index) in [(0, 599), (3, 70), (7, 3), (8, 1), (9, 0)] {
+            assert_eq!(
+                merkle::Nodes::node(&log.store, level, index).unwrap(),
+                tree.level(level)[index as usize],
+                "({level}, {index})"
+            );
+        }
+        let proof = merkle::inclusion_proof(&log.store, 517, 600)
+            .unwrap()
+            .unwrap();
+        merkle::verify_inclusion(
+            &merkle::leaf_hash(&log.bytes(517)),
+            517,
+            600,
+            &proof,
+            &tree.root(),
+        )
+        .unwrap();
+        // A node over a record that is gone cannot be hashed.
+        log.tamper("DELETE FROM records WHERE idx = 520", []);
+        let error = merkle::Nodes::node(&log.store, 3, 65).unwrap_err();
+        assert!(
+            error.to_string().contains("record 520 is missing"),
+            "{error}"
+        );
+        assert!(
+            verify_log(log.dir.path(), &log.key.verifier())
+                .unwrap()
+                .problem
+                .is_some()
+        );
     }
 
     #[test]
@@ -1433,26 +1530,16 @@ mod tests {
     #[test]
     fn a_log_rewritten_with_its_tree_is_caught_by_the_checkpoints() {
         let log = TestLog::with_calls(6, 2);
-        // Rewrite record 5 and every tree node: only the signed
+        // Rewrite record 5 with its leaf (a tree this small stores no
+        // node: its nodes are hashed from the records): only the signed
         // checkpoints still know the truth.
         let mut forged = record(2, Phase::Outcome, 4);
         forged.grpc_status = 7;
+        let bytes = forged.encode_to_vec();
         log.tamper(
-            "UPDATE records SET record = ?1, grpc_status = 7 WHERE idx = 5",
-            params![forged.encode_to_vec()],
+            "UPDATE records SET record = ?1, grpc_status = 7, leaf = ?2 WHERE idx = 5",
+            params![bytes, merkle::leaf_hash(&bytes).as_slice()],
         );
-        let mut tree = MemoryTree::default();
-        for index in 0..12 {
-            tree.push(merkle::leaf_hash(&log.bytes(index)));
-        }
-        for level in 0..4 {
-            for (index, hash) in tree.level(level).iter().enumerate() {
-                log.tamper(
-                    "UPDATE tree_nodes SET hash = ?1 WHERE level = ?2 AND idx = ?3",
-                    params![hash.as_slice(), level, i64::try_from(index).unwrap()],
-                );
-            }
-        }
         let problem = log.problem();
         assert_eq!(
             (problem.kind, problem.index),
@@ -1477,13 +1564,17 @@ mod tests {
 
     #[test]
     fn deleted_last_records_under_a_remaining_node_are_named() {
-        let log = TestLog::with_calls(6, 3);
-        log.tamper("DELETE FROM records WHERE idx >= 9", []);
-        log.tamper("DELETE FROM tree_nodes WHERE level = 0 AND idx >= 9", []);
+        // 512 records, the last checkpoint at 256: node (8, 1) covers the
+        // records deleted.
+        let mut log = TestLog::new();
+        log.many_calls(0..128, 8);
+        log.many_calls(128..256, 16);
+        log.tamper("DELETE FROM checkpoints WHERE tree_size > 256", []);
+        log.tamper("DELETE FROM records WHERE idx >= 500", []);
         let problem = log.problem();
         assert_eq!(
             (problem.kind, problem.index),
-            (ProblemKind::MissingRecord, 9)
+            (ProblemKind::MissingRecord, 500)
         );
     }
 
