@@ -766,8 +766,15 @@ async fn the_fleet_keeps_one_log_and_one_data_tracker() {
     };
     // A tree node edited (what proofs are made of), pulled twice into the
     // same copy: named both times, for the copy never holds records of a
-    // checkpoint it could not verify.
-    sql("UPDATE log_nodes SET hash = sha256(hash) WHERE level = 1 AND idx = 2");
+    // checkpoint it could not verify. Nodes are stored from level 8 (256
+    // records) up: enough calls first for one, covered by a checkpoint.
+    for _ in 0..128 {
+        verify_identity(&bed, nodes[0].address).await.unwrap();
+    }
+    let records = 2 * (answered.len() + 1 + 128);
+    assert!(records >= 256);
+    pull_until(&bed, &fresh("before-node-edit"), records).await;
+    sql("UPDATE log_nodes SET hash = sha256(hash) WHERE level = 8 AND idx = 0");
     for _ in 0..2 {
         let edited = pull(&fresh("after-node-edit"));
         assert!(!edited.status.success());
@@ -784,6 +791,15 @@ async fn the_fleet_keeps_one_log_and_one_data_tracker() {
         support::text(&edited).contains("column-edited"),
         "{}",
         support::text(&edited)
+    );
+    // A leaf edited beside its record: the record no longer hashes to it.
+    sql("UPDATE log_records SET leaf = sha256(leaf) WHERE idx = 5");
+    let altered = pull(&fresh("after-leaf-edit"));
+    assert!(!altered.status.success());
+    assert!(
+        support::text(&altered).contains("record-altered"),
+        "{}",
+        support::text(&altered)
     );
     sql("UPDATE log_records SET record = record || '\\x00'::bytea WHERE idx = 3");
     let altered = pull(&fresh("after-record-edit"));

@@ -205,6 +205,90 @@ const MIGRATIONS: &[(i32, &str)] = &[
              PRIMARY KEY (instance, version)
          );",
     ),
+    (
+        5,
+        // The tree from level 8 up, as the SQLite store keeps it: a leaf
+        // completes two nodes on average, and their rows were a third of
+        // an append's work. Below, nodes are hashed again from the
+        // records; each record's leaf hash goes in its own row. Rows of
+        // logs written before keep their lower nodes, no longer read.
+        "ALTER TABLE log_records ADD COLUMN leaf bytea;
+         CREATE OR REPLACE FUNCTION log_append(
+             committer text, leaves bytea[], records bytea[],
+             phases text[], request_ids text[], at_us bigint[], callers text[],
+             providers text[], methods text[], purposes text[], subjects text[],
+             allowed bigint[], statuses bigint[], error_kinds text[],
+             concealed bigint[],
+             OUT first bigint, OUT size bigint, OUT frontier bytea)
+         LANGUAGE plpgsql AS $$
+         DECLARE
+             edge bytea;
+             peak_levels int[] := '{}';
+             peak_hashes bytea[] := '{}';
+             node_levels smallint[] := '{}';
+             node_indexes bigint[] := '{}';
+             node_hashes bytea[] := '{}';
+             leaf int;
+             at bigint;
+             level int;
+             hash bytea;
+             bit int;
+             peak int := 0;
+         BEGIN
+             SELECT h.size, h.frontier INTO first, edge FROM log_head h FOR UPDATE;
+             IF first IS NULL THEN
+                 RAISE EXCEPTION 'the exchange log has no head row';
+             END IF;
+             FOR bit IN REVERSE 62..0 LOOP
+                 IF (first >> bit) & 1 = 1 THEN
+                     peak := peak + 1;
+                     peak_levels := peak_levels || bit;
+                     peak_hashes := peak_hashes || substring(edge FROM 32 * (peak - 1) + 1 FOR 32);
+                 END IF;
+             END LOOP;
+             IF length(edge) <> 32 * peak THEN
+                 RAISE EXCEPTION 'the exchange log''s head is malformed';
+             END IF;
+             FOR leaf IN 1..coalesce(cardinality(leaves), 0) LOOP
+                 at := first + leaf - 1;
+                 hash := leaves[leaf];
+                 level := 0;
+                 WHILE cardinality(peak_levels) > 0
+                       AND peak_levels[cardinality(peak_levels)] = level LOOP
+                     hash := sha256('\\x01'::bytea || peak_hashes[cardinality(peak_hashes)] || hash);
+                     peak_levels := trim_array(peak_levels, 1);
+                     peak_hashes := trim_array(peak_hashes, 1);
+                     level := level + 1;
+                     IF level >= 8 THEN
+                         node_levels := node_levels || level::smallint;
+                         node_indexes := node_indexes || (at >> level);
+                         node_hashes := node_hashes || hash;
+                     END IF;
+                 END LOOP;
+                 peak_levels := peak_levels || level;
+                 peak_hashes := peak_hashes || hash;
+             END LOOP;
+             INSERT INTO log_records (idx, phase, request_id, at_us, caller, provider, method,
+                 purpose, subject, allowed, grpc_status, error_kind, concealed_until, record, node,
+                 leaf)
+             SELECT first + t.ord - 1, t.phase, t.request_id, t.at_us, t.caller, t.provider,
+                 t.method, t.purpose, t.subject, t.allowed, t.status, t.error_kind,
+                 t.concealed, t.record, committer, t.leaf
+             FROM unnest(phases, request_ids, at_us, callers, providers, methods, purposes,
+                 subjects, allowed, statuses, error_kinds, concealed, records, leaves)
+                 WITH ORDINALITY AS t(phase, request_id, at_us, caller, provider, method,
+                 purpose, subject, allowed, status, error_kind, concealed, record, leaf, ord);
+             IF cardinality(node_levels) > 0 THEN
+                 INSERT INTO log_nodes (level, idx, hash)
+                 SELECT * FROM unnest(node_levels, node_indexes, node_hashes);
+             END IF;
+             size := first + coalesce(cardinality(leaves), 0);
+             SELECT coalesce(string_agg(p.hash, ''::bytea ORDER BY p.ord), ''::bytea)
+             INTO frontier FROM unnest(peak_hashes) WITH ORDINALITY AS p(hash, ord);
+             UPDATE log_head h SET size = log_append.size, frontier = log_append.frontier;
+         END
+         $$;",
+    ),
 ];
 
 /// Why the database cannot be used.

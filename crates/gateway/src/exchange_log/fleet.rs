@@ -483,10 +483,42 @@ impl FleetReader {
     }
 }
 
+impl FleetReader {
+    /// Node `(level, index)` below [`store::STORED_LEVEL`], hashed from
+    /// the records it covers, as the SQLite store does.
+    fn hash_records(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
+        let (first, count) = (index << level, 1_u64 << level);
+        let rows = self.rows(
+            "SELECT idx, record FROM log_records WHERE idx >= $1 AND idx < $2 ORDER BY idx",
+            &[&to_i64(first), &to_i64(first + count)],
+        )?;
+        let mut tree = merkle::MemoryTree::default();
+        for row in &rows {
+            if to_u64(row.get(0)) != first + tree.size() {
+                break;
+            }
+            tree.push(merkle::leaf_hash(row.get::<_, &[u8]>(1)));
+        }
+        if tree.size() != count {
+            return Err(invalid(
+                &self.database,
+                format!(
+                    "tree node ({level}, {index}) cannot be hashed: record {} is missing",
+                    first + tree.size()
+                ),
+            ));
+        }
+        Ok(tree.root())
+    }
+}
+
 impl Nodes for FleetReader {
     type Error = StoreError;
 
     fn node(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
+        if level < store::STORED_LEVEL {
+            return self.hash_records(level, index);
+        }
         let level = i16::try_from(level).unwrap_or(i16::MAX);
         let rows = self.rows(
             "SELECT hash FROM log_nodes WHERE level = $1 AND idx = $2",
@@ -620,21 +652,20 @@ fn check_page(
     count: u64,
 ) -> Result<Result<Vec<ExchangeRecord>, Problem>, StoreError> {
     let end = to_i64(from + count);
+    // A record written before leaves were kept beside it has its leaf in
+    // `log_nodes` (level 0).
     let rows = reader.rows(
-        "SELECT idx, phase, request_id, at_us, caller, provider, method, purpose, subject, \
-         allowed, grpc_status, error_kind, concealed_until, record \
-         FROM log_records WHERE idx >= $1 AND idx < $2 ORDER BY idx",
-        &[&to_i64(from), &end],
-    )?;
-    let nodes = reader.rows(
-        "SELECT level, idx, hash FROM log_nodes WHERE level = 0 AND idx >= $1 AND idx < $2 \
-         ORDER BY idx",
+        "SELECT r.idx, r.phase, r.request_id, r.at_us, r.caller, r.provider, r.method, \
+         r.purpose, r.subject, r.allowed, r.grpc_status, r.error_kind, r.concealed_until, \
+         r.record, coalesce(r.leaf, n.hash) \
+         FROM log_records r LEFT JOIN log_nodes n ON r.leaf IS NULL AND n.level = 0 \
+         AND n.idx = r.idx WHERE r.idx >= $1 AND r.idx < $2 ORDER BY r.idx",
         &[&to_i64(from), &end],
     )?;
     let mut records = Vec::with_capacity(rows.len());
     let mut leaves = Vec::with_capacity(rows.len());
     let mut expected = from;
-    for (row, leaf) in rows.iter().zip(&nodes) {
+    for row in &rows {
         let index: i64 = row.get(0);
         if to_u64(index) != expected || index < 0 {
             return Ok(Err(Problem {
@@ -646,9 +677,8 @@ fn check_page(
             }));
         }
         let bytes: Vec<u8> = row.get(13);
-        let stored_leaf: &[u8] = leaf.get(2);
-        let leaf_index: i64 = leaf.get(1);
-        if leaf_index != index || stored_leaf != merkle::leaf_hash(&bytes) {
+        let stored_leaf: Option<&[u8]> = row.get(14);
+        if stored_leaf != Some(merkle::leaf_hash(&bytes).as_slice()) {
             return Ok(Err(Problem {
                 kind: ProblemKind::RecordAltered,
                 index: expected,
@@ -703,12 +733,11 @@ fn check_page(
             kind: ProblemKind::MissingRecord,
             index: expected,
             message: format!(
-                "record {expected} (or its tree leaf) is missing, though a checkpoint covers it: \
-                 it was deleted"
+                "record {expected} is missing, though a checkpoint covers it: it was deleted"
             ),
         }));
     }
-    // The fleet's inner nodes over these records must be the ones they
+    // The fleet's stored nodes over these records must be the ones they
     // give: the Data Tracker's proofs are made of them.
     let mut inner = Vec::new();
     for leaf in leaves {
@@ -716,7 +745,7 @@ fn check_page(
             frontier
                 .append(leaf)
                 .into_iter()
-                .filter(|(level, _, _)| *level > 0),
+                .filter(|(level, _, _)| *level >= store::STORED_LEVEL),
         );
     }
     let levels: Vec<i16> = inner.iter().map(|(level, _, _)| *level as i16).collect();
