@@ -312,6 +312,53 @@ async fn each_instance_refuses_by_its_own_policies_and_says_so() {
     bed.stop().await;
 }
 
+/// Azerbaijan's policies see the certificate the caller presented in
+/// Senegal, as Senegal's gateway asserts it, not Senegal's gateway's own.
+#[tokio::test]
+async fn the_partners_policies_see_the_callers_own_certificate() {
+    // The keys' directory kept: the partner's reload reads them again.
+    let (partner, bed, _keys) = federated().await;
+    partner
+        .instance
+        .extend(
+            "",
+            Some((
+                "expiring",
+                "@id(\"no-callers-on-an-expiring-certificate\")\n\
+                 forbid (principal, action, resource)\n\
+                 when { context.certificate_days_left < 1 };\n",
+            )),
+        )
+        .unwrap();
+    let voen = partner.company();
+
+    // CBAO with its usual certificate (a year): Azerbaijan answers.
+    let mut registry = CompanyRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
+    registry
+        .get_company(get_company(&voen, "TRADE-FINANCE"))
+        .await
+        .unwrap();
+
+    // CBAO with a certificate in its last day: Senegal's policies (no such
+    // rule here) let it out, Azerbaijan's refuse it, though the gateway
+    // that connects to Azerbaijan has a year left.
+    let now = time::OffsetDateTime::now_utc();
+    let expiring = govbridge::pki::LeafRequest {
+        not_after: now + time::Duration::hours(12),
+        ..govbridge::pki::LeafRequest::member(&member(CBAO))
+    };
+    let tls = bed.issue_client("cbao-expiring", &expiring);
+    let client = H2Client::connect(bed.gateway, tls).await.unwrap();
+    let refused = CompanyRegistryClient::new(client)
+        .get_company(get_company(&voen, "TRADE-FINANCE"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert_eq!(bridge_error(&refused).as_deref(), Some("policy-denied"));
+    assert_eq!(instance(&refused).as_deref(), Some("AZ"));
+    bed.stop().await;
+}
+
 #[tokio::test]
 async fn a_foreign_member_cannot_call_straight_in() {
     let (partner, bed, _) = federated().await;
@@ -704,6 +751,8 @@ async fn assertions_are_checked_and_used_once() {
         request_id: request_id.into(),
         nonce: Assertion::nonce(),
         issued: govbridge::unix_time::now(),
+        // As an older gateway's: the partner's own certificate counts.
+        caller_not_after: None,
         purpose: Some("TRADE-FINANCE".into()),
         reason: None,
         user_id: None,

@@ -43,6 +43,12 @@ pub struct Assertion {
     pub nonce: String,
     /// When it was issued, Unix seconds.
     pub issued: i64,
+    /// When the certificate the caller presented to the asserting gateway
+    /// expires, Unix seconds: what the partner's policies see as
+    /// `certificate_days_left` (the partner's gateway sees only the
+    /// asserting gateway's certificate). Absent from an older gateway's
+    /// assertions.
+    pub caller_not_after: Option<i64>,
     pub purpose: Option<String>,
     pub reason: Option<String>,
     pub user_id: Option<String>,
@@ -88,6 +94,9 @@ impl Assertion {
             self.nonce,
             self.issued
         );
+        if let Some(not_after) = self.caller_not_after {
+            text.push_str(&format!("caller-not-after {not_after}\n"));
+        }
         for (name, value) in [
             ("purpose", &self.purpose),
             ("reason", &self.reason),
@@ -156,6 +165,10 @@ impl Assertion {
             issued: required(take("issued"), "issued")?
                 .parse()
                 .map_err(|_| malformed("issued: not Unix seconds"))?,
+            caller_not_after: take("caller-not-after")
+                .map(str::parse)
+                .transpose()
+                .map_err(|_| malformed("caller-not-after: not Unix seconds"))?,
             purpose: take("purpose").map(str::to_owned),
             reason: take("reason").map(str::to_owned),
             user_id: take("user-id").map(str::to_owned),
@@ -276,6 +289,7 @@ mod tests {
             request_id: "5b0c0a0e-8d44-4f4e-9a51-6a3e2f1b7c11".into(),
             nonce: Assertion::nonce(),
             issued,
+            caller_not_after: Some(issued + 86_400 * 90),
             purpose: Some("TRADE-FINANCE".into()),
             reason: Some("Letter of credit 2026-118, Ndèye".into()),
             user_id: None,
@@ -290,6 +304,14 @@ mod tests {
         let sealed = assertion(NOW).seal(&key);
         let opened = Assertion::open(sealed.as_bytes(), &key.verifier()).unwrap();
         assert_eq!(opened, assertion(NOW).with_nonce(&opened.nonce));
+        assert_eq!(opened.caller_not_after, Some(NOW + 86_400 * 90));
+        // An older gateway's assertion says nothing of the certificate.
+        let older = Assertion {
+            caller_not_after: None,
+            ..assertion(NOW)
+        };
+        let opened_older = Assertion::open(older.seal(&key).as_bytes(), &key.verifier()).unwrap();
+        assert_eq!(opened_older.caller_not_after, None);
         let gateway = member("SN/GOV/GOVBRIDGE/gateway");
         let method = "/govbridge.business.v1.BusinessRegistry/GetCompany";
         opened

@@ -76,6 +76,25 @@ impl Call<'_> {
         }
     }
 
+    /// When the caller's certificate expires: the connection's, or on a
+    /// partner gateway's call, the one its assertion says the caller
+    /// presented at home (the partner gateway's own when it does not say).
+    pub(super) fn caller_not_after(&self, admitted: &Admitted) -> Option<i64> {
+        admitted
+            .assertion
+            .as_ref()
+            .and_then(|assertion| assertion.caller_not_after)
+            .or(self.conn.peer.certificate_not_after)
+    }
+
+    /// Whole days left on the caller's certificate at `now`, as policies
+    /// see them (`certificate_days_left`); 0 when unknown.
+    pub(super) fn caller_days_left(&self, admitted: &Admitted, now: i64) -> i64 {
+        self.caller_not_after(admitted).map_or(0, |not_after| {
+            crate::identity::tls::days_left(not_after, now)
+        })
+    }
+
     /// A partner's member other than its gateway: refused, disconnected.
     fn foreign_member(&self, partner: &Partner, member: MemberId) -> GatewayError {
         self.conn.peer.control.close();

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::Call;
+use super::admit::Admitted;
 use crate::consent::artefact::ConsentClaims;
 use crate::consent::{self, ConsentRefusal};
 use crate::identity::MemberId;
@@ -19,11 +20,13 @@ impl Call<'_> {
     /// yet to be bound to the request's.
     pub(super) fn authorize(
         &mut self,
-        caller: &MemberId,
+        admitted: &Admitted,
         headers: &CallHeaders,
         provider: &MemberId,
     ) -> Result<Option<Arc<ConsentClaims>>, GatewayError> {
+        let caller = &admitted.caller;
         let now = crate::unix_time::now();
+        let certificate_days_left = self.caller_days_left(admitted, now);
         let policy = &self.state.policy;
         let _policy = tracing::debug_span!("policy").entered();
         let scope = CallScope {
@@ -38,7 +41,7 @@ impl Call<'_> {
             has_user_id: headers.user_id.is_some(),
             consent_verified,
             hour: u8::try_from(now.rem_euclid(86_400) / 3600).unwrap_or(0),
-            certificate_days_left: self.conn.peer.certificate_days_left(now),
+            certificate_days_left,
         };
         let mut decision = policy.authorize(&facts(false));
         let mut consent = None;

@@ -184,6 +184,7 @@ impl Call<'_> {
             request_id: self.request_id.to_str().unwrap_or_default().to_owned(),
             nonce: crate::federation::Assertion::nonce(),
             issued: crate::unix_time::now(),
+            caller_not_after: self.caller_not_after(&exchange.admitted),
             purpose: declared.purpose_code().map(str::to_owned),
             reason: declared.reason.clone(),
             user_id: declared

@@ -122,7 +122,7 @@ impl Call<'_> {
         }
         let routed = self.route(&headers, admitted.assertion.as_ref())?;
         let deciding = Instant::now();
-        let consent = self.authorize(&admitted.caller, &headers, routed.provider.provider())?;
+        let consent = self.authorize(&admitted, &headers, routed.provider.provider())?;
         let mut exchange = Exchange {
             admitted,
             headers,
@@ -160,13 +160,11 @@ impl Call<'_> {
         request: Request<CallerBody>,
         admitted: Admitted,
     ) -> Response<ResponseBody> {
+        let certificate_days_left = self.caller_days_left(&admitted, crate::unix_time::now());
         let context = crate::directory::LocalContext {
             caller: admitted.caller,
             state: self.state.clone(),
-            certificate_days_left: self
-                .conn
-                .peer
-                .certificate_days_left(crate::unix_time::now()),
+            certificate_days_left,
             log: self.conn.log.clone(),
         };
         // Boxed: inline, this rarer path's future would make every call's
