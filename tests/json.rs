@@ -949,6 +949,36 @@ async fn a_busy_json_connection_is_not_taken_for_a_flood() {
     }
 }
 
+/// `/openapi.json` is served within the member's limits, as its calls
+/// are, and the same document each time.
+#[tokio::test]
+async fn openapi_counts_against_the_members_rate() {
+    let bed = Bed::builder()
+        .dev_policies()
+        .limits("[limits.members.\"SN/COM/CBAO/kyc\"]\nrequests_per_second = 1\nburst = 2\n")
+        .start()
+        .await;
+    let mut client = json_client(&bed, "cbao-kyc", HttpVersion::Http2).await;
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        answers.push(
+            client
+                .call(Method::GET, "/openapi.json", &[], "")
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(answers[0].status, 200);
+    assert_eq!(answers[1].status, 200);
+    assert_eq!(answers[0].json(), answers[1].json());
+    let refused = &answers[2];
+    assert_eq!(refused.status, 429, "{:?}", refused.json());
+    assert_eq!(refused.header("bridge-error"), Some("rate-limited"));
+    assert_eq!(refused.json()["status"], "RESOURCE_EXHAUSTED");
+    let wait: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&wait), "{wait}");
+}
+
 #[tokio::test]
 async fn an_http1_client_trickling_its_headers_is_dropped() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -178,24 +178,35 @@ fn openapi(
                 .and_then(|host| host.to_str().ok())
                 .map(str::to_owned)
         });
+    // Within the member's limits, as its calls are.
+    let _permit = match state.limits.permit(member) {
+        Ok(permit) => permit,
+        Err(refused) => {
+            service.metrics.limit_refusal(member, refused.kind());
+            return Failure::refusal(&refused).respond(request_id);
+        }
+    };
     let server = authority.map(|authority| format!("https://{authority}"));
     let days_left = service.peer.certificate_days_left(crate::unix_time::now());
-    let local = crate::directory::LocalContext {
-        caller: member.clone(),
-        state: state.clone(),
-        certificate_days_left: days_left,
-        log: service.log.clone(),
-    }
-    .json_local_services();
-    let document = crate::directory::openapi(
-        state.policy(),
-        &state.catalog,
-        member,
-        days_left,
-        (None, &local),
-        server.as_deref(),
-    );
-    let body = serde_json::to_vec_pretty(&document).unwrap_or_default();
+    let key = (member.clone(), days_left, server.clone());
+    let body = state.openapi.get_or_build(key, || {
+        let local = crate::directory::LocalContext {
+            caller: member.clone(),
+            state: state.clone(),
+            certificate_days_left: days_left,
+            log: service.log.clone(),
+        }
+        .json_local_services();
+        let document = crate::directory::openapi(
+            state.policy(),
+            &state.catalog,
+            member,
+            days_left,
+            (None, &local),
+            server.as_deref(),
+        );
+        serde_json::to_vec_pretty(&document).unwrap_or_default()
+    });
     whole(StatusCode::OK, APPLICATION_JSON, body, request_id)
 }
 
@@ -335,6 +346,19 @@ impl Failure {
         }
     }
 
+    /// A refusal of the gateway's, as a gRPC call would end with it.
+    fn refusal(error: &GatewayError) -> Self {
+        let mut failure = Self::new(error.code(), error.to_string()).kind(error.kind());
+        if let Some(wait) = error.retry_after() {
+            let seconds = wait.as_millis().div_ceil(1000).max(1);
+            failure.headers.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(u64::try_from(seconds).unwrap_or(u64::MAX)),
+            );
+        }
+        failure
+    }
+
     fn bad_request(error: BadRequest) -> Self {
         let mut failure = Self::new(Code::InvalidArgument, error.message);
         failure.field = error.field;
@@ -427,11 +451,11 @@ impl Failure {
 fn whole(
     status: StatusCode,
     content_type: HeaderValue,
-    body: Vec<u8>,
+    body: impl Into<Bytes>,
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::local(tonic::body::Body::new(Full::new(
-        Bytes::from(body),
+        body.into(),
     ))));
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, content_type);

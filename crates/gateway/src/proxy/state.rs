@@ -63,6 +63,53 @@ pub struct GatewayState {
     pub(super) directory: Option<crate::config::DirectoryConfig>,
     /// Partner instances and this gateway's side of federation.
     pub(super) federation: Federation,
+    /// `/openapi.json` documents built from this configuration.
+    pub(super) openapi: OpenApiCache,
+}
+
+/// The `/openapi.json` documents of one configuration, by member,
+/// certificate days left (which policies may see) and server URL: built
+/// once each, as a member's tooling may fetch its document at every run.
+/// Bounded: the server URL comes from the request's `Host`.
+#[derive(Debug, Default)]
+pub(super) struct OpenApiCache(
+    std::sync::Mutex<std::collections::HashMap<OpenApiKey, bytes::Bytes>>,
+);
+
+/// Whose document: the member, its certificate's days left, the server URL.
+pub(super) type OpenApiKey = (MemberId, i64, Option<String>);
+
+impl OpenApiCache {
+    /// Documents kept, at most; past it the cache starts again.
+    const MAX: usize = 1024;
+
+    /// The document of `key`, built by `build` unless kept.
+    pub(super) fn get_or_build(
+        &self,
+        key: OpenApiKey,
+        build: impl FnOnce() -> Vec<u8>,
+    ) -> bytes::Bytes {
+        let kept = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            .cloned();
+        if let Some(document) = kept {
+            return document;
+        }
+        // Built outside the lock: two first requests may both build it.
+        let document = bytes::Bytes::from(build());
+        let mut documents = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if documents.len() >= Self::MAX {
+            documents.clear();
+        }
+        documents.insert(key, document.clone());
+        document
+    }
 }
 
 /// What a gateway needs to call partner instances and to be called by
@@ -271,6 +318,7 @@ impl GatewayState {
                     Arc::clone(&previous.federation.replays)
                 }),
             },
+            openapi: OpenApiCache::default(),
         })
     }
 
