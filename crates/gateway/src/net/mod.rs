@@ -551,7 +551,45 @@ enum Served<S: ConnectionService> {
     Http1(std::pin::Pin<Box<hyper::server::conn::http1::Connection<TlsIo, streams::Tracked<S>>>>),
 }
 
+/// How long an HTTP/1.1 connection that ended in error is kept to read
+/// what its client still sends ([`Served::linger`]), and how much of it.
+const LINGER_FOR: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 * 1024;
+
 impl<S: ConnectionService> Served<S> {
+    /// Once hyper is done with an HTTP/1.1 connection (the client closed
+    /// it, an answer said `connection: close`, or hyper answered a
+    /// malformed request with 400 or 431 and stopped), closes it as
+    /// HTTP/1.1 servers do: TLS `close_notify` and a FIN first, then what
+    /// the client still sends is read and thrown away for a moment. Closed
+    /// at once with a request's rest unread, the socket would be reset by
+    /// the kernel, and the reset can destroy the last answer before the
+    /// client reads it: the client sees its connection cut instead.
+    async fn linger(self) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Served::Http1(connection) = self else {
+            return;
+        };
+        let mut io = std::pin::Pin::into_inner(connection)
+            .into_parts()
+            .io
+            .into_inner();
+        let _ = tokio::time::timeout(LINGER_FOR, async {
+            if io.shutdown().await.is_err() {
+                return;
+            }
+            let mut sink = [0_u8; 4096];
+            let mut left = LINGER_BYTES;
+            while left > 0 {
+                match io.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => left = left.saturating_sub(read),
+                }
+            }
+        })
+        .await;
+    }
+
     /// HTTP/2: GOAWAY, the open streams may finish. HTTP/1.1: the request
     /// in progress may finish, then the connection closes.
     fn graceful_shutdown(&mut self) {
@@ -674,22 +712,29 @@ impl Connection {
         let _connection_over = connection_over;
         let mut stop = self.stop.clone();
         let closing = tokio::select! {
-            result = &mut connection => return self.ended(remote_addr, result),
-            _ = stop.wait_for(|stop| *stop) => Closing::Shutdown,
-            () = control.close.notified() => Closing::ServiceAsked,
+            result = &mut connection => Err(result),
+            _ = stop.wait_for(|stop| *stop) => Ok(Closing::Shutdown),
+            () = control.close.notified() => Ok(Closing::ServiceAsked),
             () = control.abort.notified() => {
                 tracing::info!(%remote_addr, "dropping the connection at the service's request");
                 return;
             }
-            () = tokio::time::sleep(jittered(settings.max_connection_age)) => Closing::MaxAge,
-            error = &mut invalidated => Closing::Certificate(error),
-            () = activity.idle_for(settings.idle_timeout) => Closing::Idle,
+            () = tokio::time::sleep(jittered(settings.max_connection_age)) => Ok(Closing::MaxAge),
+            error = &mut invalidated => Ok(Closing::Certificate(error)),
+            () = activity.idle_for(settings.idle_timeout) => Ok(Closing::Idle),
             () = activity.flooding(), if settings.drop_rapid_resets => {
                 // No GOAWAY and no grace: a client this busy resetting its
                 // own streams would use them to open more.
                 self.stats.close("flood");
                 tracing::warn!(%remote_addr, "connection dropped: most of its streams were reset right after they were opened (rapid reset)");
                 return;
+            }
+        };
+        let closing = match closing {
+            Ok(closing) => closing,
+            Err(result) => {
+                connection.linger().await;
+                return self.ended(remote_addr, result);
             }
         };
         match closing {
