@@ -114,8 +114,16 @@ pub(super) async fn serve(
         query: parts.uri.query().map(str::to_owned),
         content_type: parts.headers.get(CONTENT_TYPE).cloned(),
         refused: Arc::default(),
+        drained: Arc::default(),
     };
     let refused = Arc::clone(&json.refused);
+    let drained = Arc::clone(&json.drained);
+    // An HTTP/1.1 request whose body is left unread (refused before it was
+    // read, or too large) ends its connection: the next request's start
+    // is somewhere in what was not read. Said in the answer, so that the
+    // client does not send its next request on it (a keep-alive race it
+    // would see as a connection closed under it).
+    let unread = parts.version < Version::HTTP_2 && !body.is_end_stream();
     let grpc_path = format!(
         "/{}/{}",
         matched.method.parent_service().full_name(),
@@ -134,14 +142,19 @@ pub(super) async fn serve(
     };
     grpc.extensions_mut().insert(json);
     let response = service.handle(grpc, true).await;
-    if let Some(bad) = refused.get() {
-        return Failure::bad_request(bad.clone()).respond(&request_id);
-    }
-    if streams {
+    let mut answer = if let Some(bad) = refused.get() {
+        Failure::bad_request(bad.clone()).respond(&request_id)
+    } else if streams {
         stream_answer(response, output, response_body, &request_id).await
     } else {
         unary_answer(response, &output, response_body.as_ref(), &request_id).await
+    };
+    if unread && !drained.load(std::sync::atomic::Ordering::Acquire) {
+        answer
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
+    answer
 }
 
 /// `GET /openapi.json`: the operations the caller's policies may permit.
@@ -222,6 +235,8 @@ pub(super) struct JsonCall {
     content_type: Option<HeaderValue>,
     /// Why the body was refused, for the answer's `field`.
     refused: Arc<OnceLock<BadRequest>>,
+    /// Set once the body was read to its end.
+    drained: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl JsonCall {
@@ -239,6 +254,10 @@ impl JsonCall {
         let collected = Limited::new(body, MAX_BODY)
             .collect()
             .await
+            .inspect(|_| {
+                self.drained
+                    .store(true, std::sync::atomic::Ordering::Release)
+            })
             .map_err(|error| {
                 let message = if error.is::<http_body_util::LengthLimitError>() {
                     format!("the request body is larger than {MAX_BODY} bytes")
