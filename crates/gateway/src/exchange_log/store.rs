@@ -67,7 +67,8 @@ pub const KEY_FILE: &str = "log-key.pem";
 /// The log's public key, as a signed-note verifier key.
 pub const VERIFIER_FILE: &str = "log-key.pub";
 
-const SCHEMA_VERSION: &str = "2";
+/// 3: records carry their leaf, and the tree is stored from level 8 up.
+const SCHEMA_VERSION: &str = "3";
 
 /// The lowest level of the tree whose nodes are stored: a node covering
 /// 256 records or more. Below, a node is hashed again from the records it
@@ -465,6 +466,22 @@ impl Store {
         &self.path
     }
 
+    /// Leaf `index`'s hash among the tree's level-0 nodes, where logs
+    /// written before records carried their leaf kept it.
+    pub fn stored_leaf_node(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.connection
+            .prepare_cached("SELECT hash FROM tree_nodes WHERE pos = ?1 AND level = 0 AND idx = ?2")
+            .and_then(|mut statement| {
+                statement
+                    .query_row(
+                        params![to_i64(node_position(0, index)), to_i64(index)],
+                        |row| row.get(0),
+                    )
+                    .optional()
+            })
+            .at(&self.path)
+    }
+
     /// Whether records carry their leaf hash (a log written before does
     /// not until a gateway opens it).
     fn has_leaves(&self) -> Result<bool, StoreError> {
@@ -519,6 +536,16 @@ impl Store {
                     "DROP INDEX IF EXISTS records_by_request; \
                      DROP INDEX IF EXISTS records_by_subject; \
                      UPDATE meta SET value = '2' WHERE key = 'schema_version';",
+                )
+                .at(&self.path)?;
+        }
+        if meta("schema_version")?.as_deref() == Some("2") {
+            // The `leaf` column was added as the log opened; older records
+            // have their leaf among the tree's level-0 nodes.
+            self.connection
+                .execute(
+                    "UPDATE meta SET value = '3' WHERE key = 'schema_version'",
+                    [],
                 )
                 .at(&self.path)?;
         }
@@ -1208,7 +1235,52 @@ impl Store {
                 ),
             ));
         }
-        Frontier::load(self, size)
+        let frontier = Frontier::load(self, size)?;
+        self.check_latest_checkpoint(size)?;
+        Ok(frontier)
+    }
+
+    /// The latest signed checkpoint must cover records the log still holds,
+    /// and be the tree they give: a writer that went on from a log cut
+    /// short or edited would reuse indexes and sign another history.
+    fn check_latest_checkpoint(&self, size: u64) -> Result<(), StoreError> {
+        let Some(latest) = self.latest_checkpoint()? else {
+            return Ok(());
+        };
+        if latest.size > size {
+            return Err(StoreError::invalid(
+                &self.path,
+                format!(
+                    "the log holds {size} records but its latest checkpoint covers {}: records \
+                     were deleted; run `govbridge audit verify`",
+                    latest.size
+                ),
+            ));
+        }
+        let text = latest
+            .note
+            .split_once("\n\n")
+            .map_or(latest.note.as_str(), |(text, _)| text);
+        let signed = super::note::Checkpoint::parse(&format!("{text}\n")).map_err(|error| {
+            StoreError::invalid(
+                &self.path,
+                format!(
+                    "the checkpoint of size {} is malformed: {error}",
+                    latest.size
+                ),
+            )
+        })?;
+        if merkle::root(self, latest.size)? != signed.root {
+            return Err(StoreError::invalid(
+                &self.path,
+                format!(
+                    "the records before {} are not those its latest checkpoint signed: the log \
+                     was edited; run `govbridge audit verify`",
+                    latest.size
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Calls `each` with every record in order: its index, its queryable

@@ -331,7 +331,20 @@ impl Walk<'_> {
         // ([`check_tree`]) and the signed checkpoints.
         let leaf = merkle::leaf_hash(bytes);
         self.tree.push(leaf);
-        if stored_leaf.is_some_and(|stored| stored != leaf.as_slice()) {
+        // A record written before leaves were kept beside it has its leaf
+        // among the tree's level-0 nodes; one with neither lost its leaf.
+        let stored = match stored_leaf {
+            Some(stored) => Some(stored.to_vec()),
+            None => self.store.stored_leaf_node(expected)?,
+        };
+        let Some(stored) = stored else {
+            return Ok(Err(Problem {
+                kind: ProblemKind::RecordAltered,
+                index: expected,
+                message: format!("record {expected} has no leaf hash: the database was edited"),
+            }));
+        };
+        if stored != leaf.as_slice() {
             return Ok(Err(Problem {
                 kind: ProblemKind::RecordAltered,
                 index: expected,
@@ -1317,18 +1330,48 @@ mod tests {
         assert!(problem.message.contains("record 7"), "{problem}");
     }
 
-    /// A log written before records carried their leaf (and every node was
-    /// stored) verifies as it is; the gateway that opens it adds the
-    /// column, and the records it appends then carry their leaf.
+    /// A log written before records carried their leaf (schema 2: every
+    /// node stored, leaves among them) verifies as it is, and a record of
+    /// it altered is named by its level-0 node; the gateway that opens it
+    /// adds the column, and the records it appends then carry their leaf.
     #[test]
     fn a_log_written_without_leaves_verifies_and_gets_them() {
         let mut log = TestLog::with_calls(4, 2);
         log.tamper("ALTER TABLE records DROP COLUMN leaf", []);
+        log.tamper(
+            "UPDATE meta SET value = '2' WHERE key = 'schema_version'",
+            [],
+        );
+        for index in 0..8 {
+            log.tamper(
+                "INSERT INTO tree_nodes (pos, level, idx, hash) VALUES (?1, 0, ?2, ?3)",
+                params![
+                    i64::try_from(store::node_position(0, index)).unwrap(),
+                    i64::try_from(index).unwrap(),
+                    merkle::leaf_hash(&log.bytes(index)).as_slice()
+                ],
+            );
+        }
         assert_eq!(log.verify().problem, None);
+        let old = log.bytes(6);
+        let mut altered = ExchangeRecord::decode(old.as_slice()).unwrap();
+        altered.node_id = "gw-elsewhere".into();
+        log.tamper(
+            "UPDATE records SET record = ?1 WHERE idx = 6",
+            params![altered.encode_to_vec()],
+        );
+        let problem = log.problem();
+        assert_eq!(
+            (problem.kind, problem.index),
+            (ProblemKind::RecordAltered, 6)
+        );
+        log.tamper("UPDATE records SET record = ?1 WHERE idx = 6", params![old]);
+
         log.store = Store::open(log.dir.path(), ORIGIN).unwrap();
         log.calls(4..8, 2);
         assert_eq!(log.verify().problem, None);
-        let mut bytes = log.bytes(13);
+        let original = log.bytes(13);
+        let mut bytes = original.clone();
         bytes[3] ^= 1;
         log.tamper(
             "UPDATE records SET record = ?1 WHERE idx = 13",
@@ -1339,6 +1382,51 @@ mod tests {
             (problem.kind, problem.index),
             (ProblemKind::RecordAltered, 13)
         );
+        // A new record's leaf taken away is named too.
+        log.tamper(
+            "UPDATE records SET record = ?1 WHERE idx = 13",
+            params![original],
+        );
+        log.tamper("UPDATE records SET leaf = NULL WHERE idx = 12", []);
+        let problem = log.problem();
+        assert_eq!(
+            (problem.kind, problem.index),
+            (ProblemKind::RecordAltered, 12)
+        );
+        assert!(problem.message.contains("no leaf hash"), "{problem}");
+    }
+
+    /// A writer does not go on from a log cut short below its latest
+    /// checkpoint, or edited under it: it would reuse indexes and sign
+    /// another history.
+    #[test]
+    fn a_writer_does_not_go_on_from_a_log_cut_short_or_edited() {
+        let log = TestLog::with_calls(6, 2);
+        let reopened = || Store::open(log.dir.path(), ORIGIN).unwrap().frontier();
+        assert_eq!(reopened().unwrap().size(), 12);
+
+        let original = log.bytes(5);
+        let mut altered = ExchangeRecord::decode(original.as_slice()).unwrap();
+        altered.node_id = "gw-elsewhere".into();
+        let bytes = altered.encode_to_vec();
+        log.tamper(
+            "UPDATE records SET record = ?1, leaf = ?2 WHERE idx = 5",
+            params![bytes, merkle::leaf_hash(&bytes).as_slice()],
+        );
+        let edited = reopened().unwrap_err().to_string();
+        assert!(
+            edited.contains("not those its latest checkpoint signed"),
+            "{edited}"
+        );
+        log.tamper(
+            "UPDATE records SET record = ?1, leaf = ?2 WHERE idx = 5",
+            params![original, merkle::leaf_hash(&original).as_slice()],
+        );
+        assert!(reopened().is_ok());
+
+        log.tamper("DELETE FROM records WHERE idx >= 10", []);
+        let cut = reopened().unwrap_err().to_string();
+        assert!(cut.contains("latest checkpoint covers 12"), "{cut}");
     }
 
     /// A record altered with its leaf: the checkpoint over it names the

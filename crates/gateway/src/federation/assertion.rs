@@ -145,7 +145,7 @@ impl Assertion {
                 return Err(AssertionError::Malformed(format!("{name} twice")));
             }
         }
-        let mut take = |name: &str| fields.remove(name);
+        let take = |name: &str| fields.get(name).copied();
         fn required<'t>(value: Option<&'t str>, name: &str) -> Result<&'t str, AssertionError> {
             value.ok_or_else(|| AssertionError::Malformed(format!("no {name}")))
         }
@@ -173,9 +173,8 @@ impl Assertion {
             reason: take("reason").map(str::to_owned),
             user_id: take("user-id").map(str::to_owned),
         };
-        if let Some(name) = fields.keys().next() {
-            return Err(AssertionError::Malformed(format!("unknown line {name}")));
-        }
+        // Lines a later version adds are signed like the rest, and left
+        // alone here: a gateway does not act on what it does not know.
         if assertion.nonce.len() != 32 || !assertion.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(malformed("nonce: not 32 hex digits"));
         }
@@ -382,7 +381,12 @@ mod tests {
         assert!(parse("something else\n").contains("not a govbridge"));
         let text = assertion(NOW).text();
         assert!(parse(&text.replace("nonce ", "nonce 12")).contains("nonce"));
-        assert!(parse(&format!("{text}extra line\n")).contains("unknown line extra"));
+        // A line a later version adds is left alone.
+        assert_eq!(
+            Assertion::parse(&format!("{text}later-field value\n")).unwrap(),
+            Assertion::parse(&text).unwrap()
+        );
+        assert!(parse(&format!("{text}no-value\n")).contains("without a value"));
         assert!(parse(&format!("{text}purpose X\n")).contains("purpose twice"));
         assert!(parse(&text.replace("caller SN/COM/CBAO/kyc\n", "")).contains("no caller"));
     }

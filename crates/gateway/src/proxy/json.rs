@@ -201,8 +201,8 @@ fn openapi(
     };
     let server = authority.map(|authority| format!("https://{authority}"));
     let days_left = service.peer.certificate_days_left(crate::unix_time::now());
-    let key = (member.clone(), days_left, server.clone());
-    let body = state.openapi.get_or_build(key, || {
+    let key = (member.clone(), days_left);
+    let body = state.openapi.get_or_build(key, server.as_deref(), || {
         let local = crate::directory::LocalContext {
             caller: member.clone(),
             state: state.clone(),

@@ -67,26 +67,30 @@ pub struct GatewayState {
     pub(super) openapi: OpenApiCache,
 }
 
-/// The `/openapi.json` documents of one configuration, by member,
-/// certificate days left (which policies may see) and server URL: built
-/// once each, as a member's tooling may fetch its document at every run.
-/// Bounded: the server URL comes from the request's `Host`.
+/// The `/openapi.json` documents of one configuration, by member and
+/// certificate days left (which policies may see), each with the server
+/// URL it names: built once, as a member's tooling may fetch its document
+/// at every run. One document per member and day: a request naming
+/// another server (its `Host`) replaces it rather than adding one.
 #[derive(Debug, Default)]
 pub(super) struct OpenApiCache(
-    std::sync::Mutex<std::collections::HashMap<OpenApiKey, bytes::Bytes>>,
+    std::sync::Mutex<std::collections::HashMap<OpenApiKey, OpenApiDocument>>,
 );
 
-/// Whose document: the member, its certificate's days left, the server URL.
-pub(super) type OpenApiKey = (MemberId, i64, Option<String>);
+/// Whose document: the member, and its certificate's days left.
+pub(super) type OpenApiKey = (MemberId, i64);
+/// The server URL a document names, and the document.
+type OpenApiDocument = (Option<String>, bytes::Bytes);
 
 impl OpenApiCache {
     /// Documents kept, at most; past it the cache starts again.
-    const MAX: usize = 1024;
+    const MAX: usize = 4096;
 
-    /// The document of `key`, built by `build` unless kept.
+    /// The document of `key` naming `server`, built by `build` unless kept.
     pub(super) fn get_or_build(
         &self,
         key: OpenApiKey,
+        server: Option<&str>,
         build: impl FnOnce() -> Vec<u8>,
     ) -> bytes::Bytes {
         let kept = self
@@ -94,7 +98,8 @@ impl OpenApiCache {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&key)
-            .cloned();
+            .filter(|(named, _)| named.as_deref() == server)
+            .map(|(_, document)| document.clone());
         if let Some(document) = kept {
             return document;
         }
@@ -107,7 +112,7 @@ impl OpenApiCache {
         if documents.len() >= Self::MAX {
             documents.clear();
         }
-        documents.insert(key, document.clone());
+        documents.insert(key, (server.map(str::to_owned), document.clone()));
         document
     }
 }
