@@ -492,23 +492,17 @@ impl FleetReader {
             "SELECT idx, record FROM log_records WHERE idx >= $1 AND idx < $2 ORDER BY idx",
             &[&to_i64(first), &to_i64(first + count)],
         )?;
-        let mut tree = merkle::MemoryTree::default();
-        for row in &rows {
-            if to_u64(row.get(0)) != first + tree.size() {
-                break;
-            }
-            tree.push(merkle::leaf_hash(row.get::<_, &[u8]>(1)));
-        }
-        if tree.size() != count {
-            return Err(invalid(
+        let records = rows
+            .iter()
+            .map(|row| (to_u64(row.get(0)), row.get::<_, &[u8]>(1)));
+        merkle::subtree_of_records(first, count, records).map_err(|missing| {
+            invalid(
                 &self.database,
                 format!(
-                    "tree node ({level}, {index}) cannot be hashed: record {} is missing",
-                    first + tree.size()
+                    "tree node ({level}, {index}) cannot be hashed: record {missing} is missing"
                 ),
-            ));
-        }
-        Ok(tree.root())
+            )
+        })
     }
 }
 

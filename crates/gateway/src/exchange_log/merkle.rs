@@ -369,6 +369,29 @@ pub fn verify_consistency(
     Ok(())
 }
 
+/// The hash of the complete subtree over leaves `first..first + count`,
+/// from its records' `(index, bytes)` in index order: what a store that
+/// keeps no node below some level gives for one. `Err(index)`: record
+/// `index` is missing.
+pub fn subtree_of_records<B: AsRef<[u8]>>(
+    first: u64,
+    count: u64,
+    records: impl IntoIterator<Item = (u64, B)>,
+) -> Result<Hash, u64> {
+    let mut subtree = Frontier::default();
+    for (index, bytes) in records {
+        if index != first + subtree.size() || subtree.size() == count {
+            break;
+        }
+        subtree.append(leaf_hash(bytes.as_ref()));
+    }
+    if subtree.size() == count {
+        Ok(subtree.root())
+    } else {
+        Err(first + subtree.size())
+    }
+}
+
 /// Complete subtrees held in memory: for tests and for `audit verify`,
 /// which rebuilds the tree from the records.
 #[derive(Debug, Clone, Default)]

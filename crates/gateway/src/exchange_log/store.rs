@@ -56,7 +56,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::lookup::{self, Kind, Recent, SEGMENT, Sealing};
-use super::merkle::{self, Frontier, Hash, MemoryTree, Nodes};
+use super::merkle::{self, Frontier, Hash, Nodes};
 use super::note::{Checkpoint, SigningKey};
 use crate::proto::audit::v1::{ExchangeRecord, Phase};
 
@@ -1394,28 +1394,23 @@ impl Store {
                 "SELECT idx, record FROM records WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
             )
             .at(&self.path)?;
-        let mut rows = statement
-            .query(params![to_i64(first), to_i64(first + count)])
+        let records = statement
+            .query_map(params![to_i64(first), to_i64(first + count)], |row| {
+                Ok((
+                    u64::try_from(row.get::<_, i64>(0)?).unwrap_or(u64::MAX),
+                    row.get::<_, Vec<u8>>(1)?,
+                ))
+            })
+            .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
             .at(&self.path)?;
-        let mut tree = MemoryTree::default();
-        while let Some(row) = rows.next().at(&self.path)? {
-            let at: i64 = row.get(0).at(&self.path)?;
-            let bytes: Vec<u8> = row.get(1).at(&self.path)?;
-            if u64::try_from(at).ok() != Some(first + tree.size()) {
-                break;
-            }
-            tree.push(merkle::leaf_hash(&bytes));
-        }
-        if tree.size() != count {
-            return Err(StoreError::invalid(
+        merkle::subtree_of_records(first, count, records).map_err(|missing| {
+            StoreError::invalid(
                 &self.path,
                 format!(
-                    "tree node ({level}, {index}) cannot be hashed: record {} is missing",
-                    first + tree.size()
+                    "tree node ({level}, {index}) cannot be hashed: record {missing} is missing"
                 ),
-            ));
-        }
-        Ok(tree.root())
+            )
+        })
     }
 }
 

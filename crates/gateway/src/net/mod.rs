@@ -733,7 +733,9 @@ impl Connection {
         let closing = match closing {
             Ok(closing) => closing,
             Err(result) => {
-                connection.linger().await;
+                // Boxed: inline, its read buffer would grow every
+                // connection task's future by as much.
+                Box::pin(connection.linger()).await;
                 return self.ended(remote_addr, result);
             }
         };

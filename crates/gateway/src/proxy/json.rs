@@ -113,11 +113,9 @@ pub(super) async fn serve(
         bound: matched.bound.clone(),
         query: parts.uri.query().map(str::to_owned),
         content_type: parts.headers.get(CONTENT_TYPE).cloned(),
-        refused: Arc::default(),
-        drained: Arc::default(),
+        read: Arc::default(),
     };
-    let refused = Arc::clone(&json.refused);
-    let drained = Arc::clone(&json.drained);
+    let read = Arc::clone(&json.read);
     // An HTTP/1.1 request whose body is left unread (refused before it was
     // read, or too large) ends its connection: the next request's start
     // is somewhere in what was not read. Said in the answer, so that the
@@ -142,14 +140,14 @@ pub(super) async fn serve(
     };
     grpc.extensions_mut().insert(json);
     let response = service.handle(grpc, true).await;
-    let mut answer = if let Some(bad) = refused.get() {
+    let mut answer = if let Some(bad) = read.refused.get() {
         Failure::bad_request(bad.clone()).respond(&request_id)
     } else if streams {
         stream_answer(response, output, response_body, &request_id).await
     } else {
         unary_answer(response, &output, response_body.as_ref(), &request_id).await
     };
-    if unread && !drained.load(std::sync::atomic::Ordering::Acquire) {
+    if unread && !read.drained.load(std::sync::atomic::Ordering::Acquire) {
         answer
             .headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
@@ -233,10 +231,17 @@ pub(super) struct JsonCall {
     bound: Vec<(String, String)>,
     query: Option<String>,
     content_type: Option<HeaderValue>,
+    /// What reading the body came to, for the answer.
+    read: Arc<BodyRead>,
+}
+
+/// What reading a JSON call's body came to.
+#[derive(Debug, Default)]
+struct BodyRead {
     /// Why the body was refused, for the answer's `field`.
-    refused: Arc<OnceLock<BadRequest>>,
+    refused: OnceLock<BadRequest>,
     /// Set once the body was read to its end.
-    drained: Arc<std::sync::atomic::AtomicBool>,
+    drained: std::sync::atomic::AtomicBool,
 }
 
 impl JsonCall {
@@ -245,7 +250,7 @@ impl JsonCall {
     pub(super) async fn read(&self, body: CallerBody) -> Result<Bytes, GatewayError> {
         self.messages(body).await.map_err(|bad| {
             let message = bad.message.clone();
-            let _ = self.refused.set(bad);
+            let _ = self.read.refused.set(bad);
             GatewayError::BadJson(message)
         })
     }
@@ -255,7 +260,8 @@ impl JsonCall {
             .collect()
             .await
             .inspect(|_| {
-                self.drained
+                self.read
+                    .drained
                     .store(true, std::sync::atomic::Ordering::Release)
             })
             .map_err(|error| {
