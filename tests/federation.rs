@@ -139,6 +139,7 @@ async fn federated_with(
             endpoint: bed.gateway,
             key: sn_key,
             log_key: Some(bed.exchange_log().dir().join("log-key.pub")),
+            witnessed: false,
         })
         .unwrap();
     let partner = Partner {

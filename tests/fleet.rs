@@ -988,3 +988,380 @@ async fn the_fleet_fails_closed_while_the_database_is_down() {
     drop(nodes);
     bed.stop().await;
 }
+
+/// A partner's log (`govbridge/az`) of `n` records, as leaves.
+fn partner_leaves(n: u64, salt: &str) -> Vec<govbridge::exchange_log::merkle::Hash> {
+    use govbridge::exchange_log::merkle::leaf_hash;
+    (0..n)
+        .map(|leaf| leaf_hash(format!("{salt}{leaf}").as_bytes()))
+        .collect()
+}
+
+/// The nodes of a tree of `leaves`, for proofs.
+struct Tree(Vec<govbridge::exchange_log::merkle::Hash>);
+
+impl Tree {
+    fn root(&self, size: u64) -> govbridge::exchange_log::merkle::Hash {
+        let mut frontier = govbridge::exchange_log::merkle::Frontier::default();
+        for leaf in &self.0[..size as usize] {
+            frontier.append(*leaf);
+        }
+        frontier.root()
+    }
+}
+
+impl govbridge::exchange_log::merkle::Nodes for Tree {
+    type Error = std::convert::Infallible;
+
+    fn node(&self, level: u32, index: u64) -> Result<[u8; 32], Self::Error> {
+        let width = 1u64 << level;
+        let mut frontier = govbridge::exchange_log::merkle::Frontier::default();
+        for leaf in &self.0[(index * width) as usize..((index + 1) * width) as usize] {
+            frontier.append(*leaf);
+        }
+        Ok(frontier.root())
+    }
+}
+
+/// Two nodes of a fleet each sent, at the same moment, one of two forks
+/// of a partner's log: the fleet cosigns one and refuses the other as
+/// inconsistent (each node alone would have cosigned its own), and a third
+/// node, which was never sent anything, goes on from what the first
+/// cosigned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_cosigns_one_history_of_a_partners_log_whichever_node_is_sent_it() {
+    use govbridge::exchange_log::merkle;
+    use govbridge::exchange_log::witness::{Added, Book, Witness, WitnessError, Witnessed};
+    use govbridge::note::Checkpoint;
+    use std::sync::Arc;
+
+    const ORIGIN: &str = "govbridge/az";
+    let cluster = Cluster::start_temporary().unwrap();
+    let store = govbridge::config::StoreConfig::parse(&cluster.url()).unwrap();
+    let log = SigningKey::generate(ORIGIN).unwrap();
+    let key = Arc::new(SigningKey::generate("SN-federation").unwrap());
+    let logs = std::collections::HashMap::from([(
+        "AZ".to_owned(),
+        Witnessed {
+            gateway: govbridge::identity::MemberId::parse("AZ/GOV/BRIDGE/gateway").unwrap(),
+            log_key: log.verifier(),
+        },
+    )]);
+    // Each node its own machine: its connection, book and data directory
+    // (where a single node's witness keeps its state).
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for dir in &dirs {
+        let database = govbridge::database::Database::connect(&store)
+            .await
+            .unwrap();
+        let book = Arc::new(Book::default());
+        book.share(database, tokio::runtime::Handle::current());
+        nodes.push(Arc::new(Witness::new(
+            dir.path(),
+            Arc::clone(&key),
+            logs.clone(),
+            book,
+        )));
+    }
+    let note = |size: u64, root: merkle::Hash| {
+        Checkpoint {
+            origin: ORIGIN.to_owned(),
+            size,
+            root,
+        }
+        .sign(&log)
+    };
+    let add = |node: &Arc<Witness>, old: u64, proof: Vec<merkle::Hash>, note: String| {
+        let node = Arc::clone(node);
+        tokio::task::spawn_blocking(move || node.add("AZ", old, &proof, &note, 1_000))
+    };
+    let real = Tree(partner_leaves(12, "real"));
+    let fork = Tree(partner_leaves(12, "fork"));
+
+    // Alone, either node would cosign either fork: it is their shared
+    // state that makes them refuse the second.
+    let (first, second) = tokio::join!(
+        add(&nodes[0], 0, vec![], note(5, real.root(5))),
+        add(&nodes[1], 0, vec![], note(5, fork.root(5)))
+    );
+    let outcomes = [first.unwrap(), second.unwrap()];
+    let cosigned: Vec<usize> = (0..2)
+        .filter(|node| matches!(outcomes[*node], Ok(Added::Cosigned(_))))
+        .collect();
+    assert_eq!(cosigned.len(), 1, "{outcomes:?}");
+    let (kept, other) = if cosigned[0] == 0 {
+        (&real, &fork)
+    } else {
+        (&fork, &real)
+    };
+    // The other node tells its sender what the fleet holds, as a witness
+    // does; sent again from there, the fork is refused and alarmed.
+    let loser = 1 - cosigned[0];
+    assert_eq!(
+        outcomes[loser].as_ref().unwrap(),
+        &Added::Conflict { known: 5 }
+    );
+    let refused = add(&nodes[loser], 5, vec![], note(5, other.root(5)))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&refused, Err(error @ WitnessError::Inconsistent { .. }) if error.is_alarm()),
+        "{refused:?}"
+    );
+
+    // The third node knows what was cosigned: it asks for a proof from
+    // there, cosigns what extends it, and refuses what extends the other.
+    let answer = add(&nodes[2], 0, vec![], note(12, kept.root(12)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer, Added::Conflict { known: 5 });
+    let proof = |tree: &Tree| merkle::consistency_proof(tree, 5, 12).unwrap().unwrap();
+    let refused = add(&nodes[2], 5, proof(other), note(12, other.root(12)))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&refused, Err(error) if error.is_alarm()),
+        "{refused:?}"
+    );
+    let cosigned = add(&nodes[2], 5, proof(kept), note(12, kept.root(12)))
+        .await
+        .unwrap();
+    assert!(matches!(cosigned, Ok(Added::Cosigned(_))), "{cosigned:?}");
+    // Kept in the database: every node sees it (the first, read again).
+    let last = tokio::task::spawn_blocking({
+        let node = Arc::clone(&nodes[0]);
+        move || node.last("AZ")
+    })
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
+    assert_eq!((last.size, last.root), (12, kept.root(12)));
+}
+
+/// `audit verify --witness` of the auditor's copy of the fleet's log,
+/// pulled again first; whether it passed, and what it said.
+fn verify_witnessed(
+    bed: &Bed,
+    copy: &std::path::Path,
+    witness: &std::path::Path,
+) -> (bool, String) {
+    let config = bed.dir().join("node-0.toml");
+    let key = bed.dir().join("fleet-log-key.pub");
+    let (config, key, copy) = (
+        config.to_str().unwrap(),
+        key.to_str().unwrap(),
+        copy.to_str().unwrap(),
+    );
+    let pulled = support::govbridge(&[
+        "audit", "pull", "--config", config, "--data", copy, "--key", key,
+    ]);
+    if !pulled.status.success() {
+        return (false, support::text(&pulled));
+    }
+    let verified = support::govbridge(&[
+        "audit",
+        "verify",
+        "--data",
+        copy,
+        "--key",
+        key,
+        "--witness",
+        witness.to_str().unwrap(),
+    ]);
+    (verified.status.success(), support::text(&verified))
+}
+
+/// Waits until the auditor's copy holds every record of the fleet's log
+/// and `audit verify --witness` passes on it.
+async fn until_witnessed(
+    bed: &Bed,
+    cluster: &Cluster,
+    copy: &std::path::Path,
+    witness: &std::path::Path,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let records = logged(cluster).len();
+        let (ok, said) = verify_witnessed(bed, copy, witness);
+        if ok && said.contains(&format!("  {records} records")) {
+            return said;
+        }
+        assert!(Instant::now() < deadline, "never witnessed: {said}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A fleet federated with a partner instance, witnessing each other's
+/// logs: the partner cosigns the fleet's checkpoints, sent by one node at
+/// a time and by another once that one dies; the fleet cosigns the
+/// partner's, and every node refuses a fork of what one node cosigned.
+#[tokio::test]
+async fn a_fleet_and_its_partner_witness_each_other() {
+    use govbridge::identity::MemberId;
+    use govbridge::identity::tls::ClientTls;
+    use govbridge::launch::Shutdown;
+    use govbridge::note::{Checkpoint, Verifier};
+    use govbridge::partner::{self as federation, PartnerInstance};
+    use govbridge::proto::witness::v1::AddCheckpointRequest;
+    use govbridge::proto::witness::v1::witness_client::WitnessClient;
+
+    let cluster = Cluster::start_temporary().unwrap();
+    let bed = dev_bed().await;
+    let partner_dir = tempfile::tempdir().unwrap();
+    let (_stop_partner, shutdown) = Shutdown::new();
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let partner = PartnerInstance::start(
+        partner_dir.path(),
+        loopback,
+        loopback,
+        support::SEED,
+        &shutdown,
+    )
+    .await
+    .unwrap();
+    let partner_log = partner.exchange_log().unwrap().clone();
+    let sn_key = bed.dir().join("SN-federation.key");
+    federation::write_federation_key(&sn_key, "SN").unwrap();
+    let quoted = |path: std::path::PathBuf| format!("{:?}", path.display().to_string());
+    let federation = format!(
+        "{EVERY_SECOND}\n\n[federation.AZ]\nca = {}\ncrls = [{}]\ngateway = \"{}\"\n\
+         endpoints = [\"https://{}\"]\nkey = {}\nwitness = true\nlog_key = {}\n",
+        quoted(partner.path("pki/ca.pem")),
+        quoted(partner.path("pki/crl.pem")),
+        federation::GATEWAY,
+        partner.address(),
+        quoted(partner.path("pki/federation.pub")),
+        quoted(partner_log.dir().join("log-key.pub")),
+    );
+    let key_line = format!("federation_key = {}", quoted(sn_key.clone()));
+    let mut nodes: Vec<_> = (0..2)
+        .map(|index| {
+            let name = format!("node-{index}");
+            let id = format!("node_id = \"{name}\"");
+            let config = node_config(&bed, &cluster, &name, &[&id, &key_line], &federation);
+            GatewayProcess::spawn_config(&bed, &name, &config)
+        })
+        .collect();
+    // Azerbaijan trusts the fleet's gateway, witnesses the fleet's log
+    // and has its own witnessed by it, through node 0.
+    partner
+        .federate(&federation::Home {
+            ca: bed.ca_certificate(),
+            gateway: MemberId::parse("SN/GOV/GOVBRIDGE/gateway").unwrap(),
+            endpoint: nodes[0].address,
+            key: sn_key.clone(),
+            log_key: Some(bed.dir().join("fleet-log-key.pub")),
+            witnessed: true,
+        })
+        .unwrap();
+
+    // The fleet's log, written through both nodes, ends cosigned by
+    // Azerbaijan: whichever node sends, the cosignature is the fleet's.
+    for node in &nodes {
+        for _ in 0..3 {
+            verify_identity(&bed, node.address).await.unwrap();
+        }
+    }
+    let copy = bed.dir().join("auditor-copy");
+    let az_witness = partner.path("pki/federation.pub");
+    let said = until_witnessed(&bed, &cluster, &copy, &az_witness).await;
+    assert!(
+        said.contains("the latest checkpoint is cosigned by AZ-federation"),
+        "{said}"
+    );
+
+    // Azerbaijan's log, cosigned by the fleet (sent to node 0).
+    let record = govbridge::exchange_log::ExchangeRecord {
+        version: 1,
+        request_id: "a-call-in-azerbaijan".to_owned(),
+        ..Default::default()
+    };
+    partner_log.append(record).await.unwrap();
+    partner_log.checkpoint().await.unwrap();
+    let sn_witness = Verifier::read(&sn_key.with_extension("pub")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let cosigned = loop {
+        let latest = partner_log.latest_checkpoint().unwrap();
+        if sn_witness.cosigned(&latest.note).is_ok() {
+            break latest;
+        }
+        assert!(Instant::now() < deadline, "the fleet never cosigned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let held = cluster
+        .psql(
+            govbridge::postgres::ROLE,
+            "SELECT size FROM witness_checkpoints WHERE instance = 'AZ'",
+        )
+        .unwrap();
+    assert_eq!(held.trim(), cosigned.size.to_string());
+
+    // Node 1 was never sent Azerbaijan's checkpoints, yet refuses a fork
+    // of the one node 0 cosigned: the fleet's nodes witness as one.
+    let az_log_key = SigningKey::read(&partner_log.dir().join("log-key.pem")).unwrap();
+    let forged = Checkpoint {
+        origin: az_log_key.name().to_owned(),
+        size: cosigned.size,
+        root: [7; 32],
+    }
+    .sign(&az_log_key);
+    let gateway = MemberId::parse(federation::GATEWAY).unwrap();
+    let (certificate, key) = partner.issue_member(&gateway, "gateway-test").unwrap();
+    let tls = ClientTls::new(bed.ca_certificate(), certificate, key)
+        .client_config()
+        .unwrap();
+    let channel = govbridge::net::client::Channel::connect(nodes[1].address, "localhost", tls)
+        .await
+        .unwrap();
+    let refused = WitnessClient::new(channel)
+        .add_checkpoint(AddCheckpointRequest {
+            old_size: cosigned.size,
+            consistency: vec![],
+            checkpoint: forged,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("not consistent"), "{refused:?}");
+
+    // The node sending the fleet's checkpoints dies: the other takes the
+    // sending over, and the records after the death end cosigned too.
+    let sender = cluster
+        .psql(
+            govbridge::postgres::ROLE,
+            "SELECT node FROM log_witness_sender",
+        )
+        .unwrap();
+    let (dead, survivor) = if sender.trim() == "node-0" {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    nodes[dead].kill();
+    for _ in 0..3 {
+        verify_identity(&bed, nodes[survivor].address)
+            .await
+            .unwrap();
+    }
+    let said = until_witnessed(&bed, &cluster, &copy, &az_witness).await;
+    assert!(
+        said.contains("the latest checkpoint is cosigned by AZ-federation"),
+        "{said}"
+    );
+    let sender = cluster
+        .psql(
+            govbridge::postgres::ROLE,
+            "SELECT node FROM log_witness_sender",
+        )
+        .unwrap();
+    assert_eq!(sender.trim(), format!("node-{survivor}"));
+    drop(nodes);
+    bed.stop().await;
+}

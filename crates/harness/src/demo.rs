@@ -220,6 +220,7 @@ impl Running {
                             .data_dir
                             .join(gateway::exchange_log::store::VERIFIER_FILE),
                     ),
+                    witnessed: false,
                 })?;
             }
             gateway_tasks.push(tokio::spawn(gateway.serve(gateway_stopping.clone().wait())));

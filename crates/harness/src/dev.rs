@@ -488,6 +488,7 @@ pub async fn run(dir: &Path, faults: bool, nodes: usize, federation: bool) -> an
                         .data_dir
                         .join(exchange_log::store::VERIFIER_FILE),
                 ),
+                witnessed: false,
             })?;
         }
         listening.push((

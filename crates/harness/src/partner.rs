@@ -94,6 +94,9 @@ pub struct Home {
     /// Its exchange log's verifier key: the partner then witnesses the
     /// home instance's log.
     pub log_key: Option<PathBuf>,
+    /// Whether the home instance witnesses the partner's log: the partner
+    /// then sends it its checkpoints.
+    pub witnessed: bool,
 }
 
 /// A running partner instance.
@@ -288,9 +291,14 @@ impl PartnerInstance {
             .as_ref()
             .map(|key| format!("log_key = {}\n", quote(key)))
             .unwrap_or_default();
+        let witness = if home.witnessed {
+            "witness = true\n"
+        } else {
+            ""
+        };
         text.push_str(&format!(
             "\n[federation.{}]\nca = {}\n{crls}gateway = \"{}\"\nendpoints = [\"https://{}\"]\n\
-             key = {}\n{log_key}",
+             key = {}\n{log_key}{witness}",
             home.gateway.instance(),
             quote(&home.ca),
             home.gateway,

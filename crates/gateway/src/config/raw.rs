@@ -963,14 +963,7 @@ fn validate(
         );
     }
 
-    let federation = validate_federation(
-        source,
-        shared,
-        &global.federation,
-        gateway,
-        raw.store.is_some(),
-        publication,
-    )?;
+    let federation = validate_federation(source, shared, &global.federation, gateway, publication)?;
     if let Some(instance) = &global.instance {
         validate_instance(shared, instance.get_ref())?;
     }
@@ -1263,13 +1256,12 @@ fn validate_instance(shared: &Source<'_>, instance: &RawInstance) -> Result<(), 
 }
 
 /// `[federation."XX"]` (shared) and `gateway.federation_key` (this
-/// gateway's own), for a node of a fleet when `fleet` (`[store]`).
+/// gateway's own).
 fn validate_federation(
     source: &Source<'_>,
     shared: &Source<'_>,
     raw: &BTreeMap<Spanned<String>, RawPartner>,
     gateway: &RawGateway,
-    fleet: bool,
     publication: bool,
 ) -> Result<super::FederationConfig, ConfigError> {
     let own = source.member("gateway.identity", &gateway.identity)?;
@@ -1303,29 +1295,6 @@ fn validate_federation(
             ));
         }
         let endpoints = endpoints_of(shared, &path, &partner.endpoints, partner.tls_name.as_ref())?;
-        // A witness's state is a file of its node: two nodes of a fleet
-        // could each cosign one of two forks of the partner's log. And a
-        // fleet's checkpoints are signed by whichever node sequences, with
-        // no single node to send them.
-        if fleet {
-            if let Some(log_key) = &partner.log_key {
-                return Err(shared.error(
-                    format!("{path}.log_key"),
-                    log_key,
-                    "a fleet ([store]) cannot witness a partner's log yet: each node would \
-                     keep its own witness state, so two nodes could cosign two forks of the \
-                     same log; witness from a single-node gateway",
-                ));
-            }
-            if let Some(witness) = partner.witness.as_ref().filter(|value| *value.get_ref()) {
-                return Err(shared.error(
-                    format!("{path}.witness"),
-                    witness,
-                    "a fleet's log ([store]) is not sent to witnesses yet: remove \
-                     `witness = true`, or witness a single-node gateway's log",
-                ));
-            }
-        }
         let key_path = shared.path(&partner.key);
         let verifier = crate::note::Verifier::read(&key_path)
             .map_err(|message| shared.error(format!("{path}.key"), &partner.key, message))?;

@@ -23,6 +23,7 @@ use crate::config::StoreConfig;
 pub mod bundles;
 pub mod nodes;
 mod tls;
+pub mod witness;
 
 /// How long a dial may take, unless the URL says (`connect_timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -288,6 +289,25 @@ const MIGRATIONS: &[(i32, &str)] = &[
              UPDATE log_head h SET size = log_append.size, frontier = log_append.frontier;
          END
          $$;",
+    ),
+    (
+        6,
+        // Witnessing as one gateway (see witness.rs): the last checkpoint
+        // of each partner's log the fleet cosigned, and which node sends
+        // the fleet's own checkpoints to its witnesses.
+        "CREATE TABLE witness_checkpoints (
+             instance text PRIMARY KEY,
+             size bigint NOT NULL,
+             -- the checkpoint as the partner's log signed it
+             note text NOT NULL,
+             cosigned_at timestamptz NOT NULL DEFAULT now()
+         );
+         CREATE TABLE log_witness_sender (
+             one boolean PRIMARY KEY DEFAULT true CHECK (one),
+             node text NOT NULL,
+             -- the database's clock: nodes' clocks never matter
+             until timestamptz NOT NULL
+         );",
     ),
 ];
 

@@ -481,6 +481,33 @@ impl FleetReader {
     pub fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
         latest_checkpoint(&self.database, &self.runtime)
     }
+
+    /// Appends a witness's cosignature `line` to the note of the fleet's
+    /// checkpoint at `size`, unless the note carries one by that witness
+    /// already (two nodes may have had the same checkpoint cosigned).
+    pub fn add_cosignature(&self, size: u64, line: &str) -> Result<(), StoreError> {
+        // `— NAME SIGNATURE`: one line per witness name.
+        let witness = line
+            .split(' ')
+            .take(2)
+            .fold(String::from("\n"), |prefix, part| prefix + part + " ");
+        self.rows_changed(
+            "UPDATE log_checkpoints SET note = note || $2 WHERE size = $1 AND strpos(note, $3) = 0",
+            &[&to_i64(size), &line, &witness],
+        )?;
+        Ok(())
+    }
+
+    fn rows_changed(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        Ok(self.runtime.block_on(
+            self.database
+                .run(|client| async move { client.execute(sql, params).await }),
+        )?)
+    }
 }
 
 impl FleetReader {
@@ -568,6 +595,7 @@ pub fn pull(reader: &FleetReader, dir: &Path, verifier: &Verifier) -> Result<Pul
     // The checkpoints first: every record they cover is committed.
     let checkpoints = reader.checkpoints()?;
     let start = frontier.size();
+    cosignatures_since(&copy, dir, &checkpoints, start, verifier)?;
     for stored in checkpoints.iter().filter(|stored| stored.size > start) {
         let checkpoint = match Checkpoint::open(&stored.note, verifier) {
             Ok(checkpoint) if checkpoint.size == stored.size => checkpoint,
@@ -633,6 +661,42 @@ pub fn pull(reader: &FleetReader, dir: &Path, verifier: &Verifier) -> Result<Pul
     }
     pulled.size = frontier.size();
     Ok(pulled)
+}
+
+/// Copies the cosignatures that witnesses gave the checkpoints already in
+/// the copy (`start` records) since they were copied: a checkpoint is
+/// cosigned a moment after it is signed. Only lines added after the note
+/// as copied, and only if the note still opens as that checkpoint: what
+/// the cosignatures are worth is for `audit verify --witness` to say.
+fn cosignatures_since(
+    copy: &Store,
+    dir: &Path,
+    checkpoints: &[StoredCheckpoint],
+    start: u64,
+    verifier: &Verifier,
+) -> Result<(), StoreError> {
+    let copied: std::collections::HashMap<u64, String> = copy
+        .checkpoints()?
+        .into_iter()
+        .map(|checkpoint| (checkpoint.size, checkpoint.note))
+        .collect();
+    for stored in checkpoints.iter().filter(|stored| stored.size <= start) {
+        let Some(added) = copied
+            .get(&stored.size)
+            .and_then(|note| stored.note.strip_prefix(note.as_str()))
+            .filter(|added| !added.is_empty())
+        else {
+            continue;
+        };
+        let same = Checkpoint::open(&stored.note, verifier).is_ok_and(|opened| {
+            Checkpoint::open(&copied[&stored.size], verifier)
+                .is_ok_and(|before| before.size == opened.size && before.root == opened.root)
+        });
+        if same {
+            store::add_cosignature(dir, stored.size, added)?;
+        }
+    }
+    Ok(())
 }
 
 /// Reads records `from..from + count` and checks them against the fleet's

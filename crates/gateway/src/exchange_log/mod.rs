@@ -302,6 +302,15 @@ impl Reader {
         }
     }
 
+    /// The latest signed checkpoint, as stored (with the cosignatures
+    /// kept since).
+    pub fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
+        match self {
+            Self::Local(store) => store.latest_checkpoint(),
+            Self::Fleet(fleet) => fleet.latest_checkpoint(),
+        }
+    }
+
     /// Records before this index are archived (a fleet's log keeps all).
     pub fn archived_end(&self) -> Result<u64, StoreError> {
         match self {
@@ -585,7 +594,10 @@ impl ExchangeLog {
     /// in the store, and in the checkpoint this log serves if that is
     /// still its latest. Blocking: call it on the blocking pool.
     pub fn add_cosignature(&self, size: u64, line: &str) -> Result<(), StoreError> {
-        store::add_cosignature(&self.dir, size, line)?;
+        match &self.fleet {
+            Some(fleet) => fleet.add_cosignature(size, line)?,
+            None => store::add_cosignature(&self.dir, size, line)?,
+        }
         self.shared.checkpoint.rcu(|latest| match latest {
             Some(checkpoint) if checkpoint.size == size && !checkpoint.note.contains(line) => {
                 Some(Arc::new(StoredCheckpoint {

@@ -9,16 +9,19 @@
 //! checkpoint to carry one, so a rewrite made after cosigning, which no
 //! honest witness would cosign, fails.
 //!
-//! Each partner's last cosigned checkpoint is a file,
-//! `DIR/witness/INSTANCE.checkpoint` (the checkpoint's text and the log's
-//! signature), written atomically and durably before the cosignature is
-//! returned.
+//! Each partner's last cosigned checkpoint (the checkpoint's text and the
+//! log's signature) is kept durably before the cosignature is returned: a
+//! file, `DIR/witness/INSTANCE.checkpoint`, written atomically, on a
+//! single node; a row of the fleet's database on a fleet's nodes, moved
+//! forward only from the checkpoint the node read, so that the fleet
+//! cosigns one history of each log whichever node is sent it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::merkle::{self, Hash};
+use crate::database::Database;
 use crate::identity::MemberId;
 use crate::note::{Checkpoint, NoteError, SigningKey, Verifier};
 
@@ -33,6 +36,11 @@ pub const MAX_NOTE: usize = 4096;
 /// The longest consistency proof a witness checks: two hashes per level of
 /// a tree of 2^64 leaves is more than any proof needs.
 pub const MAX_PROOF: usize = 128;
+
+/// How many times a fleet's node looks again at what is held when other
+/// nodes keep moving it: a partner sends one checkpoint at a time, so
+/// more than one move means a partner sending to several nodes at once.
+const MAX_MOVES: usize = 4;
 
 /// A partner log this gateway witnesses: whose gateway may send its
 /// checkpoints, and the key they are signed with.
@@ -78,8 +86,8 @@ pub enum WitnessError {
     },
     #[error("the {what} is larger than a witness reads ({limit})")]
     TooLarge { what: &'static str, limit: usize },
-    #[error("the witness cannot keep its state in {path}: {reason}")]
-    State { path: PathBuf, reason: String },
+    #[error("the witness cannot keep its state in {place}: {reason}")]
+    State { place: String, reason: String },
 }
 
 impl WitnessError {
@@ -115,6 +123,24 @@ pub struct Book {
     /// Checkpoints sent, by partner and result (`cosigned`, `conflict`, or
     /// an error's kind), since the gateway started.
     outcomes: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// The size of each partner's log this node saw cosigned last.
+    sizes: Mutex<HashMap<String, u64>>,
+    /// A fleet's database, where its nodes keep what they cosigned.
+    fleet: OnceLock<(Arc<Database>, tokio::runtime::Handle)>,
+}
+
+impl Book {
+    /// Keeps the witness's state in `database`, the fleet's, from now on
+    /// (reached from the blocking pool through `runtime`).
+    pub fn share(&self, database: Arc<Database>, runtime: tokio::runtime::Handle) {
+        let _ = self.fleet.set((database, runtime));
+    }
+
+    fn saw(&self, instance: &str, size: u64) {
+        if let Ok(mut sizes) = self.sizes.lock() {
+            sizes.insert(instance.to_owned(), size);
+        }
+    }
 }
 
 /// This gateway's witness of its partners' logs.
@@ -181,29 +207,103 @@ impl Witness {
         self.dir.join(format!("{instance}.checkpoint"))
     }
 
+    /// The note of the last checkpoint of `instance`'s log this witness
+    /// cosigned, as kept. Blocking.
+    fn held(&self, instance: &str) -> Result<Option<String>, WitnessError> {
+        if let Some((database, runtime)) = self.book.fleet.get() {
+            return runtime
+                .block_on(database.witnessed(instance))
+                .map_err(|error| WitnessError::State {
+                    place: database.url(),
+                    reason: error.to_string(),
+                });
+        }
+        let path = self.state_file(instance);
+        match std::fs::read_to_string(&path) {
+            Ok(note) => Ok(Some(note)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(WitnessError::State {
+                place: path.display().to_string(),
+                reason: error.to_string(),
+            }),
+        }
+    }
+
+    /// Keeps `note`, of `size` records, as the last checkpoint of
+    /// `instance`'s log cosigned, in place of `held`; false if another
+    /// node of the fleet moved it first. Blocking.
+    fn keep(
+        &self,
+        instance: &str,
+        held: Option<&str>,
+        size: u64,
+        note: &str,
+    ) -> Result<bool, WitnessError> {
+        if let Some((database, runtime)) = self.book.fleet.get() {
+            return runtime
+                .block_on(database.witness_moved(instance, held, size, note))
+                .map_err(|error| WitnessError::State {
+                    place: database.url(),
+                    reason: error.to_string(),
+                });
+        }
+        // One at a time in this process ([`Book::lock`]): nothing else
+        // moves the file.
+        let path = self.state_file(instance);
+        crate::keys::write_file(&path, note.as_bytes(), 0o600).map_err(|error| {
+            WitnessError::State {
+                place: path.display().to_string(),
+                reason: error.to_string(),
+            }
+        })?;
+        Ok(true)
+    }
+
     /// The last checkpoint of `instance`'s log this witness cosigned.
+    /// Blocking.
     pub fn last(&self, instance: &str) -> Result<Option<Checkpoint>, WitnessError> {
         let witnessed = self
             .logs
             .get(instance)
             .ok_or_else(|| WitnessError::NotWitnessed(instance.to_owned()))?;
-        let path = self.state_file(instance);
-        let note = match std::fs::read_to_string(&path) {
-            Ok(note) => note,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => {
-                return Err(WitnessError::State {
-                    path,
-                    reason: error.to_string(),
-                });
-            }
+        let Some(note) = self.held(instance)? else {
+            return Ok(None);
         };
-        Checkpoint::open(&note, &witnessed.log_key)
-            .map(Some)
-            .map_err(|error| WitnessError::State {
-                path,
-                reason: error.to_string(),
-            })
+        self.open_held(instance, witnessed, &note).map(Some)
+    }
+
+    fn open_held(
+        &self,
+        instance: &str,
+        witnessed: &Witnessed,
+        note: &str,
+    ) -> Result<Checkpoint, WitnessError> {
+        Checkpoint::open(note, &witnessed.log_key).map_err(|error| WitnessError::State {
+            place: match self.book.fleet.get() {
+                Some((database, _)) => format!("{} (witness_checkpoints)", database.url()),
+                None => self.state_file(instance).display().to_string(),
+            },
+            reason: error.to_string(),
+        })
+    }
+
+    /// The size of `instance`'s log as of the checkpoint this witness
+    /// cosigned last, as this node knows it: without blocking, for
+    /// metrics.
+    pub fn cosigned_size(&self, instance: &str) -> Option<u64> {
+        let seen = self
+            .book
+            .sizes
+            .lock()
+            .ok()
+            .and_then(|sizes| sizes.get(instance).copied());
+        if seen.is_some() || self.book.fleet.get().is_some() {
+            return seen;
+        }
+        // A small file: read it, so that the gauge is there from the start.
+        let size = self.last(instance).ok().flatten()?.size;
+        self.book.saw(instance, size);
+        Some(size)
     }
 
     /// Takes `note`, a checkpoint of `instance`'s log, sent with a
@@ -265,52 +365,60 @@ impl Witness {
             .lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let last = self.last(instance)?;
-        let known = last.as_ref().map_or(0, |last| last.size);
-        if old_size != known {
-            return Ok(Added::Conflict { known });
-        }
-        if new.size < known {
-            return Err(WitnessError::Older {
-                instance: instance.to_owned(),
-                size: new.size,
-                known,
-            });
-        }
-        if let Some(last) = &last {
-            let inconsistent = |reason: String| WitnessError::Inconsistent {
-                instance: instance.to_owned(),
-                old: last.size,
-                new: new.size,
-                reason,
-            };
-            if new.size == last.size {
-                if new.root != last.root {
-                    return Err(inconsistent("two roots for one size".to_owned()));
+        // On a fleet, another node may move what is held between the look
+        // and the keep: look again, and judge the checkpoint against that.
+        for _ in 0..MAX_MOVES {
+            let held = self.held(instance)?;
+            let last = held
+                .as_deref()
+                .map(|note| self.open_held(instance, witnessed, note))
+                .transpose()?;
+            let known = last.as_ref().map_or(0, |last| last.size);
+            if old_size != known {
+                return Ok(Added::Conflict { known });
+            }
+            if new.size < known {
+                return Err(WitnessError::Older {
+                    instance: instance.to_owned(),
+                    size: new.size,
+                    known,
+                });
+            }
+            if let Some(last) = &last {
+                let inconsistent = |reason: String| WitnessError::Inconsistent {
+                    instance: instance.to_owned(),
+                    old: last.size,
+                    new: new.size,
+                    reason,
+                };
+                if new.size == last.size {
+                    if new.root != last.root {
+                        return Err(inconsistent("two roots for one size".to_owned()));
+                    }
+                } else {
+                    merkle::verify_consistency(last.size, &last.root, new.size, &new.root, proof)
+                        .map_err(|error| inconsistent(error.to_string()))?;
                 }
-            } else {
-                merkle::verify_consistency(last.size, &last.root, new.size, &new.root, proof)
-                    .map_err(|error| inconsistent(error.to_string()))?;
+            }
+            // Kept without the note's other signatures: what the witness
+            // holds is the log's word, bounded. The same checkpoint again
+            // is cosigned again, not kept again.
+            let same = last
+                .as_ref()
+                .is_some_and(|last| last.size == new.size && last.root == new.root);
+            if same || self.keep(instance, held.as_deref(), new.size, &signed.note())? {
+                self.book.saw(instance, new.size);
+                // The text as it came, extension lines and all: the
+                // cosignature verifies on the sender's note.
+                return Ok(Added::Cosigned(self.key.cosign(signed.text, now)));
             }
         }
-        // Kept without the note's other signatures: what the witness
-        // holds is the log's word, bounded. The same checkpoint again is
-        // cosigned again, not written again.
-        let held = last
-            .as_ref()
-            .is_some_and(|last| last.size == new.size && last.root == new.root);
-        if !held {
-            let path = self.state_file(instance);
-            crate::keys::write_file(&path, signed.note().as_bytes(), 0o600).map_err(|error| {
-                WitnessError::State {
-                    path,
-                    reason: error.to_string(),
-                }
-            })?;
-        }
-        // The text as it came, extension lines and all: the cosignature
-        // verifies on the sender's note.
-        Ok(Added::Cosigned(self.key.cosign(signed.text, now)))
+        Err(WitnessError::State {
+            place: "the fleet's database".to_owned(),
+            reason: format!(
+                "other nodes moved {instance}'s witnessed checkpoint {MAX_MOVES} times while this                  one looked"
+            ),
+        })
     }
 }
 

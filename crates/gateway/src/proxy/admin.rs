@@ -462,11 +462,10 @@ fn render_witness(out: &mut String, state: &crate::proxy::GatewayState) {
          this gateway cosigned last.\n# TYPE govbridge_witness_cosigned_size gauge\n"
     );
     for partner in witness.instances() {
-        if let Ok(Some(last)) = witness.last(partner) {
+        if let Some(size) = witness.cosigned_size(partner) {
             let _ = writeln!(
                 out,
-                "govbridge_witness_cosigned_size{{partner=\"{partner}\"}} {}",
-                last.size
+                "govbridge_witness_cosigned_size{{partner=\"{partner}\"}} {size}"
             );
         }
     }

@@ -200,6 +200,14 @@ impl Gateway {
             Some(store) => Some(crate::database::Database::connect(store).await?),
             None => None,
         };
+        // A fleet's nodes witness partners' logs as one.
+        if let Some(database) = &database {
+            state
+                .load()
+                .federation
+                .witness_book
+                .share(Arc::clone(database), tokio::runtime::Handle::current());
+        }
         let log = if config.exchange_log.enabled {
             let settings = config.exchange_log.clone();
             let fleet = match (&config.store, &database) {
@@ -383,13 +391,19 @@ impl Gateway {
             let beating = tokio::spawn(Arc::clone(fleet).beat(state.clone()));
             background.0.push(beating.abort_handle());
         }
-        // This instance's checkpoints, to the partners that witness them
-        // (a single node's log: a fleet's is witnessed from its store).
-        let witnessed = log.clone().filter(|log| !log.is_shared());
-        if let Some(log) = &witnessed {
-            let following = tokio::spawn(super::witness::follow(state.clone(), log.clone()));
+        // This instance's checkpoints, to the partners that witness them:
+        // by a single node, or by one node of a fleet at a time.
+        if let Some(log) = &log {
+            let fleet = self.fleet.as_ref().map(|fleet| super::witness::Fleet {
+                database: Arc::clone(&fleet.database),
+                node: fleet.node.id.clone(),
+            });
+            let following = tokio::spawn(super::witness::follow(state.clone(), log.clone(), fleet));
             background.0.push(following.abort_handle());
         }
+        // Stopping, a single node sends its final checkpoint; a fleet's
+        // log goes on without this node.
+        let witnessed = log.clone().filter(|log| !log.is_shared());
         let witnessing = state.clone();
         let ledger = match self.consent {
             Some((ledger, source)) => {
@@ -416,6 +430,14 @@ impl Gateway {
         drop(stop_admin);
         drop(background);
         if let Some(fleet) = &self.fleet {
+            // Another node takes the sending of checkpoints at once.
+            let handing_over = fleet.database.stop_sending_checkpoints(&fleet.node.id);
+            if tokio::time::timeout(Duration::from_secs(2), handing_over)
+                .await
+                .is_err()
+            {
+                tracing::debug!("cannot hand the sending of checkpoints over: no answer");
+            }
             let leaving = fleet.database.deregister(&fleet.node.id);
             match tokio::time::timeout(Duration::from_secs(2), leaving).await {
                 Ok(Ok(())) => {}

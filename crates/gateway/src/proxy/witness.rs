@@ -9,6 +9,12 @@
 //! pause that doubles up to [`MAX_PAUSE`]. When the gateway stops, its
 //! final checkpoint is sent once more ([`flush`]), so a log closed cleanly
 //! ends witnessed.
+//!
+//! A fleet's log is sent by one node at a time, whichever holds the lease
+//! in the fleet's database ([`crate::database::witness`]): it reads the
+//! fleet's latest checkpoint there, cosignatures kept by other nodes
+//! included, and keeps the ones it gets there. A node that dies hands the
+//! sending over within the lease.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,9 +25,10 @@ use tokio::time::Instant;
 
 use super::SharedState;
 use crate::config::Partner;
-use crate::exchange_log::ExchangeLog;
+use crate::database::Database;
 use crate::exchange_log::merkle;
-use crate::exchange_log::store::{Store, StoredCheckpoint};
+use crate::exchange_log::store::{StoreError, StoredCheckpoint};
+use crate::exchange_log::{ExchangeLog, Reader};
 use crate::net::client::Channel;
 use crate::proto::witness::v1::AddCheckpointRequest;
 use crate::proto::witness::v1::witness_client::WitnessClient;
@@ -92,15 +99,61 @@ impl From<String> for Unsent {
     }
 }
 
+/// A fleet node's share in sending the fleet's checkpoints.
+pub(super) struct Fleet {
+    pub database: Arc<Database>,
+    pub node: String,
+}
+
 /// Sends each new checkpoint of `log` to the partners that witness it,
-/// for as long as the gateway runs.
-pub(super) async fn follow(state: SharedState, log: ExchangeLog) {
+/// for as long as the gateway runs; on a fleet's node (`fleet`), while it
+/// holds the sending.
+pub(super) async fn follow(state: SharedState, log: ExchangeLog, fleet: Option<Fleet>) {
     let mut followers = HashMap::new();
     let mut ticks = tokio::time::interval(EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sending = fleet.is_none();
     loop {
         ticks.tick().await;
-        if let Some(latest) = log.latest_checkpoint() {
+        if !state.load().federation.partners.values().any(|p| p.witness) {
+            continue;
+        }
+        let latest = match &fleet {
+            None => log.latest_checkpoint(),
+            Some(fleet) => {
+                let holds = fleet.database.send_checkpoints(&fleet.node).await;
+                let holds = holds.unwrap_or_else(|error| {
+                    tracing::debug!(%error, "cannot take the sending of checkpoints");
+                    false
+                });
+                if holds != sending {
+                    sending = holds;
+                    tracing::info!(
+                        node = fleet.node,
+                        sending,
+                        "{} the fleet's checkpoints to its witnesses",
+                        if sending {
+                            "this node now sends"
+                        } else {
+                            "this node no longer sends"
+                        }
+                    );
+                }
+                if !holds {
+                    followers.clear();
+                    continue;
+                }
+                // The fleet's, with the cosignatures any node kept.
+                let stored = read(&log, |reader| reader.latest_checkpoint()).await;
+                stored
+                    .unwrap_or_else(|error| {
+                        tracing::debug!(%error, "cannot read the fleet's latest checkpoint");
+                        None
+                    })
+                    .map(Arc::new)
+            }
+        };
+        if let Some(latest) = latest {
             send_round(&state, &log, &latest, &mut followers, ATTEMPT, false).await;
         }
     }
@@ -310,14 +363,22 @@ async fn proof(log: &ExchangeLog, old: u64, new: u64) -> Result<Vec<Vec<u8>>, St
     if old == 0 || old >= new {
         return Ok(Vec::new());
     }
-    let dir = log.dir().to_owned();
-    tokio::task::spawn_blocking(move || {
-        let store = Store::open_read_only(&dir).map_err(|error| error.to_string())?;
-        let proof = merkle::consistency_proof(&store, old, new)
-            .map_err(|error| error.to_string())?
-            .map_err(|error| error.to_string())?;
-        Ok(proof.into_iter().map(|hash| hash.to_vec()).collect())
+    let proof = read(log, move |reader| {
+        merkle::consistency_proof(reader, old, new)
     })
-    .await
-    .map_err(|error| error.to_string())?
+    .await?;
+    let proof = proof.map_err(|error| error.to_string())?;
+    Ok(proof.into_iter().map(|hash| hash.to_vec()).collect())
+}
+
+/// What `read` reads from `log`, on the blocking pool.
+async fn read<T: Send + 'static>(
+    log: &ExchangeLog,
+    read: impl FnOnce(&Reader) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, String> {
+    let log = log.clone();
+    tokio::task::spawn_blocking(move || read(&log.reader()?))
+        .await
+        .map_err(|error| error.to_string())?
+        .map_err(|error| error.to_string())
 }
