@@ -1194,41 +1194,36 @@ async fn until_witnessed(
     }
 }
 
-/// A fleet federated with a partner instance, witnessing each other's
-/// logs: the partner cosigns the fleet's checkpoints, sent by one node at
-/// a time and by another once that one dies; the fleet cosigns the
-/// partner's, and every node refuses a fork of what one node cosigned.
-#[tokio::test]
-async fn a_fleet_and_its_partner_witness_each_other() {
-    use govbridge::identity::MemberId;
-    use govbridge::identity::tls::ClientTls;
-    use govbridge::launch::Shutdown;
-    use govbridge::note::{Checkpoint, Verifier};
-    use govbridge::partner::{self as federation, PartnerInstance};
-    use govbridge::proto::witness::v1::AddCheckpointRequest;
-    use govbridge::proto::witness::v1::witness_client::WitnessClient;
+/// Azerbaijan's instance beside a fleet of two nodes federated with it
+/// (`witness = true` both ways, the nodes on `cluster`'s database).
+struct FederatedFleet {
+    partner: govbridge::partner::PartnerInstance,
+    nodes: Vec<GatewayProcess>,
+    /// The fleet's federation key.
+    sn_key: std::path::PathBuf,
+    _stop: govbridge::launch::ShutdownTrigger,
+    _dir: tempfile::TempDir,
+}
 
-    let cluster = Cluster::start_temporary().unwrap();
-    let bed = dev_bed().await;
-    let partner_dir = tempfile::tempdir().unwrap();
-    let (_stop_partner, shutdown) = Shutdown::new();
+async fn federated_fleet(bed: &Bed, cluster: &Cluster) -> FederatedFleet {
+    use govbridge::identity::MemberId;
+    use govbridge::launch::Shutdown;
+    use govbridge::partner::{self as federation, PartnerInstance};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (stop, shutdown) = Shutdown::new();
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let partner = PartnerInstance::start(
-        partner_dir.path(),
-        loopback,
-        loopback,
-        support::SEED,
-        &shutdown,
-    )
-    .await
-    .unwrap();
+    let partner = PartnerInstance::start(dir.path(), loopback, loopback, support::SEED, &shutdown)
+        .await
+        .unwrap();
     let partner_log = partner.exchange_log().unwrap().clone();
     let sn_key = bed.dir().join("SN-federation.key");
     federation::write_federation_key(&sn_key, "SN").unwrap();
     let quoted = |path: std::path::PathBuf| format!("{:?}", path.display().to_string());
     let federation = format!(
         "{EVERY_SECOND}\n\n[federation.AZ]\nca = {}\ncrls = [{}]\ngateway = \"{}\"\n\
-         endpoints = [\"https://{}\"]\nkey = {}\nwitness = true\nlog_key = {}\n",
+         endpoints = [\"https://{}\"]\nkey = {}\nwitness = true\nlog_key = {}\n\n\
+         [members.\"{AZ_BANK}\"]\nname = \"Kapital Bank\"\n",
         quoted(partner.path("pki/ca.pem")),
         quoted(partner.path("pki/crl.pem")),
         federation::GATEWAY,
@@ -1237,12 +1232,12 @@ async fn a_fleet_and_its_partner_witness_each_other() {
         quoted(partner_log.dir().join("log-key.pub")),
     );
     let key_line = format!("federation_key = {}", quoted(sn_key.clone()));
-    let mut nodes: Vec<_> = (0..2)
+    let nodes: Vec<_> = (0..2)
         .map(|index| {
             let name = format!("node-{index}");
             let id = format!("node_id = \"{name}\"");
-            let config = node_config(&bed, &cluster, &name, &[&id, &key_line], &federation);
-            GatewayProcess::spawn_config(&bed, &name, &config)
+            let config = node_config(bed, cluster, &name, &[&id, &key_line], &federation);
+            GatewayProcess::spawn_config(bed, &name, &config)
         })
         .collect();
     // Azerbaijan trusts the fleet's gateway, witnesses the fleet's log
@@ -1257,6 +1252,52 @@ async fn a_fleet_and_its_partner_witness_each_other() {
             witnessed: true,
         })
         .unwrap();
+    FederatedFleet {
+        partner,
+        nodes,
+        sn_key,
+        _stop: stop,
+        _dir: dir,
+    }
+}
+
+/// An Azerbaijani bank, registered in the fleet's instance.
+const AZ_BANK: &str = "AZ/COM/KAPITAL/kyc";
+
+/// Client TLS of Azerbaijan's gateway, to call the fleet's nodes as it.
+fn as_partner_gateway(
+    bed: &Bed,
+    partner: &govbridge::partner::PartnerInstance,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    let gateway = govbridge::identity::MemberId::parse(govbridge::partner::GATEWAY).unwrap();
+    let (certificate, key) = partner.issue_member(&gateway, "gateway-test").unwrap();
+    govbridge::identity::tls::ClientTls::new(bed.ca_certificate(), certificate, key)
+        .client_config()
+        .unwrap()
+}
+
+/// A fleet federated with a partner instance, witnessing each other's
+/// logs: the partner cosigns the fleet's checkpoints, sent by one node at
+/// a time and by another once that one dies; the fleet cosigns the
+/// partner's, and every node refuses a fork of what one node cosigned.
+#[tokio::test]
+async fn a_fleet_and_its_partner_witness_each_other() {
+    use govbridge::note::{Checkpoint, Verifier};
+    use govbridge::proto::witness::v1::AddCheckpointRequest;
+    use govbridge::proto::witness::v1::witness_client::WitnessClient;
+
+    let cluster = Cluster::start_temporary().unwrap();
+    let bed = dev_bed().await;
+    // Every part bound, for as long as the test runs (the partner's
+    // directory and shutdown trigger too).
+    let FederatedFleet {
+        partner,
+        mut nodes,
+        sn_key,
+        _stop,
+        _dir,
+    } = federated_fleet(&bed, &cluster).await;
+    let partner_log = partner.exchange_log().unwrap().clone();
 
     // The fleet's log, written through both nodes, ends cosigned by
     // Azerbaijan: whichever node sends, the cosignature is the fleet's.
@@ -1308,11 +1349,7 @@ async fn a_fleet_and_its_partner_witness_each_other() {
         root: [7; 32],
     }
     .sign(&az_log_key);
-    let gateway = MemberId::parse(federation::GATEWAY).unwrap();
-    let (certificate, key) = partner.issue_member(&gateway, "gateway-test").unwrap();
-    let tls = ClientTls::new(bed.ca_certificate(), certificate, key)
-        .client_config()
-        .unwrap();
+    let tls = as_partner_gateway(&bed, &partner);
     let channel = govbridge::net::client::Channel::connect(nodes[1].address, "localhost", tls)
         .await
         .unwrap();
@@ -1363,5 +1400,88 @@ async fn a_fleet_and_its_partner_witness_each_other() {
         .unwrap();
     assert_eq!(sender.trim(), format!("node-{survivor}"));
     drop(nodes);
+    bed.stop().await;
+}
+
+/// A partner's assertion is used once across the fleet: replayed to the
+/// other node, it is refused as a replay there too.
+#[tokio::test]
+async fn a_partners_assertion_is_used_once_across_the_fleet() {
+    use govbridge::federation::Assertion;
+    use govbridge::identity::MemberId;
+
+    let mut cluster = Cluster::start_temporary().unwrap();
+    let bed = dev_bed().await;
+    let fleet = federated_fleet(&bed, &cluster).await;
+    let key = SigningKey::read(&fleet.partner.path("pki/federation.key")).unwrap();
+    let verify = "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity";
+    let request_id = "0b5e4c1e-3f0a-4d7e-9d0c-2a6f1c9e8b11";
+    let seal = || {
+        Assertion {
+            from: "AZ".into(),
+            to: "SN".into(),
+            gateway: MemberId::parse(govbridge::partner::GATEWAY).unwrap(),
+            caller: MemberId::parse(AZ_BANK).unwrap(),
+            method: verify.into(),
+            provider: MemberId::parse("SN/GOV/ANEC/civil-registry").unwrap(),
+            request_id: request_id.into(),
+            nonce: Assertion::nonce(),
+            issued: govbridge::unix_time::now(),
+            caller_not_after: None,
+            purpose: Some("KYC".into()),
+            reason: None,
+            user_id: None,
+        }
+        .seal(&key)
+    };
+    let sealed = seal();
+    let tls = as_partner_gateway(&bed, &fleet.partner);
+    let call = |node: SocketAddr, sealed: String| {
+        let tls = tls.clone();
+        async move {
+            let mut client = H2Client::connect(node, tls).await.unwrap();
+            let request = http::Request::post(verify)
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .header("bridge-assertion", sealed)
+                .header("bridge-purpose", "KYC")
+                .header("bridge-request-id", request_id)
+                .body(tonic::body::Body::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(&[0, 0, 0, 0, 0]),
+                )))
+                .unwrap();
+            use tower::{Service, ServiceExt};
+            let response = client.ready().await.unwrap().call(request).await.unwrap();
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .map(|value| value.to_str().unwrap().to_owned())
+            };
+            (header("bridge-error"), header("grpc-message"))
+        }
+    };
+    // Taken by node 0 (whatever its policies then say of the call)...
+    let (error, message) = call(fleet.nodes[0].address, sealed.clone()).await;
+    assert_ne!(error.as_deref(), Some("bad-assertion"), "{message:?}");
+    // ...and refused as used by node 1, and by node 0 again.
+    for node in [1, 0] {
+        let (error, message) = call(fleet.nodes[node].address, sealed.clone()).await;
+        assert_eq!(error.as_deref(), Some("bad-assertion"), "{message:?}");
+        assert!(message.unwrap().contains("already used"));
+    }
+    // Without the database, no node can tell: a fresh assertion is
+    // refused, not taken on trust (by the log, once it knows the
+    // database is gone, or by the check of the nonce).
+    cluster.stop().unwrap();
+    let (error, message) = call(fleet.nodes[1].address, seal()).await;
+    assert!(
+        matches!(
+            error.as_deref(),
+            Some("replay-check-unavailable" | "exchange-log-unavailable")
+        ),
+        "{error:?} {message:?}"
+    );
+    drop(fleet);
     bed.stop().await;
 }

@@ -22,6 +22,7 @@ use crate::config::StoreConfig;
 
 pub mod bundles;
 pub mod nodes;
+pub mod nonces;
 mod tls;
 pub mod witness;
 
@@ -292,9 +293,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
     ),
     (
         6,
-        // Witnessing as one gateway (see witness.rs): the last checkpoint
-        // of each partner's log the fleet cosigned, and which node sends
-        // the fleet's own checkpoints to its witnesses.
+        // Federation as one gateway (see witness.rs and nonces.rs): the
+        // last checkpoint of each partner's log the fleet cosigned, which
+        // node sends the fleet's own checkpoints to its witnesses, and the
+        // partners' assertions used, so that none is used twice.
         "CREATE TABLE witness_checkpoints (
              instance text PRIMARY KEY,
              size bigint NOT NULL,
@@ -307,6 +309,14 @@ const MIGRATIONS: &[(i32, &str)] = &[
              node text NOT NULL,
              -- the database's clock: nodes' clocks never matter
              until timestamptz NOT NULL
+         );
+         CREATE TABLE assertion_nonces (
+             instance text NOT NULL,
+             nonce text NOT NULL,
+             -- seconds since the epoch: past it the assertion is refused
+             -- as stale anyway, and the row may go
+             until bigint NOT NULL,
+             PRIMARY KEY (instance, nonce)
          );",
     ),
 ];

@@ -226,7 +226,8 @@ impl Assertion {
 }
 
 /// The nonces of the assertions accepted in the last [`MAX_AGE`] (and
-/// issued up to as much ahead): one seen again is a replay.
+/// issued up to as much ahead): one seen again is a replay. A fleet's
+/// nodes also take each nonce in their database (`proxy::call::admit`).
 #[derive(Debug, Default)]
 pub struct ReplayGuard {
     seen: Mutex<Seen>,
@@ -241,6 +242,15 @@ struct Seen {
     sweep_at: usize,
 }
 
+impl Assertion {
+    /// Until when (Unix seconds) its nonce must be remembered: issued at
+    /// most [`MAX_AGE`] ahead, accepted at most `MAX_AGE` after, it can no
+    /// longer be accepted then.
+    pub fn remembered_until(&self) -> i64 {
+        self.issued.saturating_add(MAX_AGE_SECONDS + 1)
+    }
+}
+
 impl ReplayGuard {
     /// Accepts `assertion` once.
     pub fn admit(&self, assertion: &Assertion, now: i64) -> Result<(), AssertionError> {
@@ -248,9 +258,7 @@ impl ReplayGuard {
             .seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Issued at most MAX_AGE ahead, accepted at most MAX_AGE after:
-        // remembered until it could no longer be accepted.
-        let until = assertion.issued.saturating_add(MAX_AGE_SECONDS + 1);
+        let until = assertion.remembered_until();
         if seen.nonces.len() >= seen.sweep_at {
             seen.nonces.retain(|_, until| *until >= now);
             // Swept again once it has doubled: amortized, whatever arrives.

@@ -60,6 +60,12 @@ pub enum GatewayError {
     /// A partner gateway's call whose assertion does not hold.
     #[error("{0}")]
     BadAssertion(#[from] crate::federation::AssertionError),
+    /// The fleet's database cannot say whether another node took a
+    /// partner's assertion already, so the call is not taken.
+    #[error(
+        "this gateway cannot check across its fleet that the partner's assertion was not used          before, so it refuses the call; retry later"
+    )]
+    ReplayUnchecked(String),
     #[error("{caller} may not call {method} at {provider} {}: {}",
         purpose.as_ref().map_or_else(|| "without a purpose (bridge-purpose)".to_owned(), |p| format!("for purpose {p}")),
         if forbidden_by.is_empty() { "no policy permits it".to_owned() } else { format!("forbidden by {}", forbidden_by.join(", ")) })]
@@ -218,7 +224,8 @@ impl GatewayError {
             | Self::UpstreamFailed { .. }
             | Self::ExchangeLogUnavailable(_)
             | Self::GlobalConfigurationExpired { .. }
-            | Self::ConsentUseUnrecorded(_) => Code::Unavailable,
+            | Self::ConsentUseUnrecorded(_)
+            | Self::ReplayUnchecked(_) => Code::Unavailable,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::Cancelled(_) => Code::Cancelled,
             Self::OutcomeUnrecorded(_) => Code::Internal,
@@ -240,6 +247,7 @@ impl GatewayError {
             Self::NoPermits(_) => "no-permits",
             Self::ForeignMember { .. } => "foreign-member",
             Self::BadAssertion(_) => "bad-assertion",
+            Self::ReplayUnchecked(_) => "replay-check-unavailable",
             Self::Denied { .. } => "policy-denied",
             Self::Consent(refusal) => refusal.kind(),
             Self::BadPath(_) => "bad-path",
@@ -290,6 +298,7 @@ impl GatewayError {
             Self::ExchangeLogUnavailable(_)
             | Self::GlobalConfigurationExpired { .. }
             | Self::ConsentUseUnrecorded(_)
+            | Self::ReplayUnchecked(_)
             | Self::OutcomeUnrecorded(_) => Blame::Gateway,
             Self::RateLimited { .. } | Self::TooManyCalls { .. } | Self::MessageTooLarge { .. } => {
                 Blame::Caller
@@ -368,6 +377,7 @@ impl GatewayError {
             | Self::UpstreamFailed { detail, .. }
             | Self::ExchangeLogUnavailable(detail)
             | Self::ConsentUseUnrecorded(detail)
+            | Self::ReplayUnchecked(detail)
             | Self::OutcomeUnrecorded(detail)
             | Self::Cancelled(detail) => Some(detail),
             _ => None,

@@ -148,8 +148,14 @@ impl FleetLink {
     async fn beat(self: Arc<Self>, state: SharedState) {
         let mut ticks = tokio::time::interval(crate::database::nodes::HEARTBEAT);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        for beat in 0u64.. {
             ticks.tick().await;
+            // Now and then, the partners' nonces that no longer matter.
+            if beat % 60 == 59
+                && let Err(error) = self.database.forget_nonces(crate::unix_time::now()).await
+            {
+                tracing::debug!(%error, "cannot forget the partners' old nonces");
+            }
             let info = self.info(&state.load());
             let started = std::time::Instant::now();
             // Bounded by the database's query timeout.
@@ -200,13 +206,14 @@ impl Gateway {
             Some(store) => Some(crate::database::Database::connect(store).await?),
             None => None,
         };
-        // A fleet's nodes witness partners' logs as one.
+        // A fleet's nodes witness partners' logs, and take their
+        // assertions, as one.
         if let Some(database) = &database {
-            state
-                .load()
-                .federation
+            let federation = &state.load().federation;
+            federation
                 .witness_book
                 .share(Arc::clone(database), tokio::runtime::Handle::current());
+            let _ = federation.fleet.set(Arc::clone(database));
         }
         let log = if config.exchange_log.enabled {
             let settings = config.exchange_log.clone();

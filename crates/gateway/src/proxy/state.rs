@@ -132,6 +132,9 @@ pub(super) struct Federation {
     pub(super) partners: std::collections::HashMap<String, crate::config::Partner>,
     /// Assertions already accepted: kept across reloads.
     pub(super) replays: Arc<crate::federation::ReplayGuard>,
+    /// A fleet's database, where its nodes take partners' nonces too (set
+    /// once connected; kept across reloads).
+    pub(super) fleet: Arc<std::sync::OnceLock<Arc<crate::database::Database>>>,
     /// The witness of partners' logs (`federation."XX".log_key`).
     pub(super) witness: Option<Arc<crate::exchange_log::witness::Witness>>,
     /// What that witness keeps across reloads.
@@ -321,6 +324,9 @@ impl GatewayState {
                     .collect(),
                 replays: previous.map_or_else(Arc::default, |previous| {
                     Arc::clone(&previous.federation.replays)
+                }),
+                fleet: previous.map_or_else(Arc::default, |previous| {
+                    Arc::clone(&previous.federation.fleet)
                 }),
             },
             openapi: OpenApiCache::default(),

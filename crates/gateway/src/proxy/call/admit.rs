@@ -33,7 +33,7 @@ impl Call<'_> {
     /// limits (its entry in the registry, if it has one), taken before its
     /// assertion is even read: a partner's flood is shed as any member's;
     /// then against the asserted caller's own.
-    pub(super) fn admit(&mut self, headers: &HeaderMap) -> Result<Admitted, GatewayError> {
+    pub(super) async fn admit(&mut self, headers: &HeaderMap) -> Result<Admitted, GatewayError> {
         let limited = |call: &Self, member: &MemberId| {
             call.state.limits.permit(member).inspect_err(|refused| {
                 call.conn.metrics.limit_refusal(member, refused.kind());
@@ -45,7 +45,7 @@ impl Call<'_> {
                     return Err(self.foreign_member(&partner, gateway));
                 }
                 let permit = limited(self, &gateway)?;
-                let (caller, assertion) = self.asserted(&partner, &gateway, headers)?;
+                let (caller, assertion) = self.asserted(&partner, &gateway, headers).await?;
                 // The member behind it counts on its own, once asserted
                 // (the gateway's own business counts once).
                 let permit = if caller == gateway {
@@ -145,7 +145,7 @@ impl Call<'_> {
     /// (itself: its health checks, its log's checkpoints, the records of
     /// the calls it vouched for): a partner forwards calls to published
     /// services only.
-    fn asserted(
+    async fn asserted(
         &mut self,
         partner: &Partner,
         peer: &MemberId,
@@ -182,6 +182,9 @@ impl Call<'_> {
         let assertion = Assertion::open(value.as_bytes(), &partner.key)?;
         assertion.check(&partner.instance, &federation.instance, peer, path, now)?;
         federation.replays.admit(&assertion, now)?;
+        if let Some(database) = federation.fleet.get() {
+            first_in_fleet(database, &assertion, now).await?;
+        }
         let caller = assertion.caller.clone();
         if let Some(record) = self.record.as_mut() {
             record.asserted(&assertion, value);
@@ -234,5 +237,30 @@ impl Call<'_> {
             .into()),
             None => Ok(()),
         }
+    }
+}
+
+/// Takes `assertion`'s nonce in the fleet's database: a replay to another
+/// node of the fleet is refused too. Without an answer the call is
+/// refused: an assertion is never taken on trust.
+async fn first_in_fleet(
+    database: &crate::database::Database,
+    assertion: &Assertion,
+    now: i64,
+) -> Result<(), GatewayError> {
+    // Boxed: only partners' calls on a fleet's node wait on it, and inline
+    // it would make every call's future larger.
+    let first = Box::pin(database.first_use_of_nonce(
+        &assertion.from,
+        &assertion.nonce,
+        assertion.remembered_until(),
+        now,
+    ))
+    .await
+    .map_err(|error| GatewayError::ReplayUnchecked(error.to_string()))?;
+    if first {
+        Ok(())
+    } else {
+        Err(AssertionError::Replayed(assertion.nonce.clone()).into())
     }
 }

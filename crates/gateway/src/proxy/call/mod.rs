@@ -108,7 +108,7 @@ impl Call<'_> {
         &mut self,
         request: Request<CallerBody>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
-        let admitted = self.admit(request.headers())?;
+        let admitted = self.admit(request.headers()).await?;
         let headers = self.read_headers(&request, admitted.assertion.as_ref())?;
         let request = self.transcode(request, &headers).await?;
         if crate::catalog::is_local(self.uri.path()) {
