@@ -981,4 +981,12 @@ fn federation_mistakes_are_named() {
     let config = Config::parse(path(), &text).unwrap();
     let az = &config.federation.partners["AZ"];
     assert!(az.witness && az.log_key.is_some());
+
+    // Receipts are checked under the partner's log key: none, no receipts.
+    let text = with_key(&partner("AZ/GOV/BRIDGE/gateway"))
+        .replace("key = \"az.pub\"\n", "key = \"az.pub\"\nreceipts = true\n");
+    let error = error_of(&text);
+    assert_eq!(error.key, "federation.AZ.receipts", "{error}");
+    assert!(error.message.contains("log_key"), "{error}");
+    assert_eq!(error.line, Some(line_of(&text, "receipts = true")));
 }

@@ -92,13 +92,15 @@ impl Partner {
 /// policies allow everything but KYC abroad. The third value holds
 /// Senegal's federation key (`SN-federation.key`).
 async fn federated() -> (Partner, Bed, tempfile::TempDir) {
-    federated_with(|bed, _| bed).await
+    federated_with(|bed, _| bed, false).await
 }
 
 /// [`federated`], the bed's builder changed by `tweak` (given a directory
-/// that outlives the bed).
+/// that outlives the bed); with `receipts`, Senegal's gateway fetches and
+/// keeps Azerbaijan's receipts (and so holds its log key).
 async fn federated_with(
     tweak: impl FnOnce(support::BedBuilder, &Path) -> support::BedBuilder,
+    receipts: bool,
 ) -> (Partner, Bed, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let (stop, shutdown) = Shutdown::new();
@@ -123,13 +125,25 @@ async fn federated_with(
     .unwrap();
     let bed = Bed::builder().policies(&policies);
     let bed = tweak(bed, keys.path())
-        .config(instance.home_fragment(
-            &sn_key,
-            &[
-                ("SN/GOV/APIX/business-registry", BUSINESS),
-                ("SN/GOV/DGID/tax", TAX),
-            ],
-        ))
+        .config({
+            let fragment = instance.home_fragment(
+                &sn_key,
+                &[
+                    ("SN/GOV/APIX/business-registry", BUSINESS),
+                    ("SN/GOV/DGID/tax", TAX),
+                ],
+            );
+            if receipts {
+                let log_key = instance.exchange_log().unwrap().dir().join("log-key.pub");
+                fragment.replacen(
+                    "witness = true\n",
+                    &format!("witness = true\nlog_key = {log_key:?}\nreceipts = true\n"),
+                    1,
+                )
+            } else {
+                fragment
+            }
+        })
         .start()
         .await;
     instance
@@ -464,7 +478,7 @@ async fn an_azerbaijani_member_calls_senegal_through_both_gateways() {
         bed.config(format!(
             "[members.\"{KAPITAL}\"]\nname = \"Kapital Bank\"\ngroups = [\"az-banks\"]\n"
         ))
-    })
+    }, false)
     .await;
     // Azerbaijan lets its bank call Senegal's civil registry, for KYC.
     partner
@@ -1133,6 +1147,94 @@ async fn the_caller_side_can_show_the_partners_signed_record_of_the_exchange() {
     bed.stop().await;
 }
 
+/// With `receipts = true`, Senegal's gateway fetches Azerbaijan's signed
+/// record of each call it forwarded there, checks it and keeps it: the
+/// auditor checks the cross receipt from Senegal's data alone.
+#[tokio::test]
+async fn the_calling_gateway_keeps_the_partners_receipt_of_each_call() {
+    use govbridge::exchange_log::receipts::Receipts;
+
+    let (partner, bed, keys) = federated_with(|bed, _| bed, true).await;
+    let voen = partner.company();
+    let mut registry = CompanyRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
+    let mut request_ids = Vec::new();
+    for _ in 0..3 {
+        let answer = registry
+            .get_company(get_company(&voen, "TRADE-FINANCE"))
+            .await
+            .unwrap();
+        let id = answer.metadata().get("bridge-request-id").unwrap();
+        request_ids.push(id.to_str().unwrap().to_owned());
+    }
+    // Kept once Azerbaijan's checkpoint covers them (one a second).
+    let sn_data = bed.exchange_log().dir().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for request_id in &request_ids {
+        loop {
+            let kept = Receipts::of_request(&sn_data, request_id).unwrap();
+            if let [receipt] = kept.as_slice() {
+                assert_eq!(receipt.instance, "AZ");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never kept");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let admin = bed.sandbox.admin_addr();
+    let kept = "govbridge_receipts_total{partner=\"AZ\",result=\"kept\"}";
+    assert_eq!(support::metric(admin, kept).await, 3.0);
+
+    // The cross receipt checks from Senegal's data alone: Azerbaijan's
+    // gateway is gone.
+    partner.stop.trigger();
+    bed.exchange_log().checkpoint().await.unwrap();
+    let receipt = |request_id: &str| {
+        run(&[
+            "audit",
+            "receipt",
+            "--data",
+            sn_data.to_str().unwrap(),
+            "--request-id",
+            request_id,
+            "--partner-key",
+            partner.path("data/log-key.pub").to_str().unwrap(),
+            "--key",
+            sn_data.join("log-key.pub").to_str().unwrap(),
+            "--federation-key",
+            keys.path().join("SN-federation.pub").to_str().unwrap(),
+        ])
+    };
+    let (ok, text) = receipt(&request_ids[1]);
+    assert!(ok, "{text}");
+    assert!(text.contains("of AZ's log"), "{text}");
+    // A call never forwarded to a partner has no receipt, and says so.
+    let home = BusinessRegistryClient::new(bed.channel_as(CBAO).await.unwrap())
+        .get_company(home_company(&bed, "KYC"))
+        .await
+        .unwrap();
+    let home = home.metadata().get("bridge-request-id").unwrap();
+    bed.exchange_log().checkpoint().await.unwrap();
+    let (ok, text) = receipt(home.to_str().unwrap());
+    assert!(!ok, "{text}");
+    assert!(text.contains("no receipt of request"), "{text}");
+    // A backup keeps them.
+    let backup = keys.path().join("backup");
+    let (ok, text) = run(&[
+        "backup",
+        "--config",
+        bed.config_path().to_str().unwrap(),
+        "--out",
+        backup.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    let manifest = std::fs::read_to_string(backup.join("MANIFEST")).unwrap();
+    assert!(
+        manifest.contains(" exchange-log receipts.sqlite\n"),
+        "{manifest}"
+    );
+    bed.stop().await;
+}
+
 #[tokio::test]
 async fn a_refusal_mid_stream_says_which_instance_made_it() {
     use govbridge::proto::bench::v1::Payload;
@@ -1176,13 +1278,16 @@ async fn a_partner_witnesses_this_instances_log() {
     use govbridge::proto::witness::v1::witness_client::WitnessClient;
 
     // The log outlives the bed, to be tampered with at the end.
-    let (partner, bed, keys) = federated_with(|bed, kept| {
-        let data = kept.join("log");
-        bed.setting(
-            "exchange_log",
-            &format!("data_dir = {:?}", data.display().to_string()),
-        )
-    })
+    let (partner, bed, keys) = federated_with(
+        |bed, kept| {
+            let data = kept.join("log");
+            bed.setting(
+                "exchange_log",
+                &format!("data_dir = {:?}", data.display().to_string()),
+            )
+        },
+        false,
+    )
     .await;
     let _keys = keys;
     let mut registry = CompanyRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
@@ -1325,13 +1430,16 @@ async fn a_partner_witnesses_this_instances_log() {
 #[tokio::test]
 async fn a_clean_stop_leaves_the_log_witnessed() {
     // The log outlives the bed.
-    let (partner, bed, keys) = federated_with(|bed, kept| {
-        let data = kept.join("log");
-        bed.setting(
-            "exchange_log",
-            &format!("data_dir = {:?}", data.display().to_string()),
-        )
-    })
+    let (partner, bed, keys) = federated_with(
+        |bed, kept| {
+            let data = kept.join("log");
+            bed.setting(
+                "exchange_log",
+                &format!("data_dir = {:?}", data.display().to_string()),
+            )
+        },
+        false,
+    )
     .await;
     let sn_data = keys.path().join("log");
     assert_eq!(bed.exchange_log().dir(), sn_data);

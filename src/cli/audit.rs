@@ -135,9 +135,10 @@ pub enum AuditCommand {
     /// Check a cross receipt: this instance's records of a call forwarded
     /// to a partner instance, and the partner's proof of its own record of
     /// the same call: a file (`audit prove --index N` on its side, N being
-    /// the receipt index this log holds), or fetched from the partner's
-    /// gateway with `--fetch`.
-    #[command(group(ArgGroup::new("partner_proof").required(true).args(["proof", "fetch"])))]
+    /// the receipt index this log holds), fetched from the partner's
+    /// gateway with `--fetch`, or by default the receipt the gateway
+    /// fetched and kept (`federation."XX".receipts = true`).
+    #[command(group(ArgGroup::new("partner_proof").args(["proof", "fetch"])))]
     Receipt {
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
@@ -312,7 +313,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             match (&proof, &fetch) {
                 (Some(file), _) => PartnerProof::File(file),
                 (None, Some(config)) => PartnerProof::Fetch(config),
-                (None, None) => bail!("give the partner's proof: --proof FILE or --fetch CONFIG"),
+                (None, None) => PartnerProof::Kept,
             },
             [&partner_key, &federation_key],
             key.as_deref(),
@@ -697,6 +698,8 @@ enum PartnerProof<'a> {
     File(&'a Path),
     /// Its gateway, reached as this instance's gateway (configuration).
     Fetch(&'a Path),
+    /// What the gateway fetched and kept (`receipts.sqlite`).
+    Kept,
 }
 
 fn receipt(
@@ -719,6 +722,19 @@ fn receipt(
             ProofBundle::parse_all(&text).with_context(|| proof.display().to_string())?
         }
         PartnerProof::Fetch(config) => fetch_partner_proof(config, &home, &home_key)?,
+        PartnerProof::Kept => {
+            use govbridge::exchange_log::receipts::{RECEIPTS_FILE, Receipts};
+            let kept = Receipts::of_request(data, request_id)?;
+            if kept.is_empty() {
+                bail!(
+                    "{}: no receipt of request {request_id} is kept (the gateway keeps them with \
+                     federation.\"XX\".receipts = true, a few seconds after the call): give the \
+                     partner's proof with --proof FILE or --fetch CONFIG",
+                    data.join(RECEIPTS_FILE).display()
+                );
+            }
+            kept.into_iter().map(|receipt| receipt.bundle).collect()
+        }
     };
     let receipt = verify::check_receipt(
         &home,

@@ -4,8 +4,8 @@
 //! A backup holds the gateway's file, the exchange log's signing key, a
 //! consistent copy of its SQLite store (`VACUUM INTO`, taken while the
 //! gateway runs) and its archives, the consent ledger, and the global
-//! configuration it runs (the bundle in its cache), and what its witness
-//! of partners' logs cosigned last. `MANIFEST` names every
+//! configuration it runs (the bundle in its cache), what its witness of
+//! partners' logs cosigned last, and the partners' receipts it kept. `MANIFEST` names every
 //! file with its SHA-256 and where it came from, as a C2SP signed note
 //! signed with the log's key: whoever holds the log's public key can tell
 //! a backup of this log from any other, and any change to it.
@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 
 use govbridge::config::Config;
+use govbridge::exchange_log::receipts::RECEIPTS_FILE;
 use govbridge::exchange_log::store::{DATABASE_FILE, KEY_FILE, VERIFIER_FILE};
 use govbridge::exchange_log::witness::STATE_DIR;
 use govbridge::note::{SigningKey, Verifier};
@@ -135,6 +136,12 @@ fn write_backup(
     let store = log.data_dir.join(DATABASE_FILE);
     if config.store.is_none() && store.exists() {
         staging.snapshot(Part::Log, &store, DATABASE_FILE)?;
+    }
+    // The partners' receipts this node kept (a fleet's nodes each keep
+    // their own).
+    let receipts = log.data_dir.join(RECEIPTS_FILE);
+    if receipts.exists() {
+        staging.snapshot(Part::Log, &receipts, RECEIPTS_FILE)?;
     }
     if let Ok(entries) = std::fs::read_dir(&log.archive_dir) {
         for entry in entries.flatten().filter(|entry| entry.path().is_file()) {
@@ -433,7 +440,7 @@ impl Part {
         let plain = |name: &str| govbridge::global::is_bundle_path(name) && !name.contains('/');
         match self {
             Self::Config | Self::Archives => plain(name),
-            Self::Log => [KEY_FILE, VERIFIER_FILE, DATABASE_FILE].contains(&name),
+            Self::Log => [KEY_FILE, VERIFIER_FILE, DATABASE_FILE, RECEIPTS_FILE].contains(&name),
             Self::Ledger => name == LEDGER_FILE,
             // `INSTANCE.checkpoint`, and not a temporary file.
             Self::Witness => plain(name) && name.ends_with(".checkpoint"),

@@ -430,6 +430,9 @@ pub struct Partner {
     /// Whether the partner witnesses this instance's log: this gateway
     /// sends it each new checkpoint and keeps its cosignatures.
     pub witness: bool,
+    /// Whether this gateway fetches and keeps the partner's receipt of
+    /// each call it forwards there (needs `log_key`).
+    pub receipts: bool,
 }
 
 /// One backend address of a provider.

@@ -109,6 +109,7 @@ struct RawPartner {
     key: Spanned<String>,
     log_key: Option<Spanned<String>>,
     witness: Option<Spanned<bool>>,
+    receipts: Option<Spanned<bool>>,
 }
 
 /// `[directory]`: where the shared sections come from.
@@ -1295,6 +1296,17 @@ fn validate_federation(
             ));
         }
         let endpoints = endpoints_of(shared, &path, &partner.endpoints, partner.tls_name.as_ref())?;
+        // A receipt is checked under the partner's log key.
+        if let Some(receipts) = partner.receipts.as_ref().filter(|value| *value.get_ref())
+            && partner.log_key.is_none()
+        {
+            return Err(shared.error(
+                format!("{path}.receipts"),
+                receipts,
+                "receipts are checked under the partner's log key: give its file in \
+                 `log_key`",
+            ));
+        }
         let key_path = shared.path(&partner.key);
         let verifier = crate::note::Verifier::read(&key_path)
             .map_err(|message| shared.error(format!("{path}.key"), &partner.key, message))?;
@@ -1322,6 +1334,10 @@ fn validate_federation(
                     .transpose()?,
                 witness: partner
                     .witness
+                    .as_ref()
+                    .is_some_and(|value| *value.get_ref()),
+                receipts: partner
+                    .receipts
                     .as_ref()
                     .is_some_and(|value| *value.get_ref()),
             },

@@ -26,6 +26,7 @@ pub mod archive;
 pub mod fleet;
 pub mod lookup;
 pub mod merkle;
+pub mod receipts;
 /// Signed notes: the log's checkpoints (kept here, where they began).
 pub use crate::note;
 pub mod store;

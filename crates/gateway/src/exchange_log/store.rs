@@ -152,7 +152,7 @@ impl StoreError {
 }
 
 /// A SQLite error, tagged with the database path.
-trait AtPath<T> {
+pub(super) trait AtPath<T> {
     fn at(self, path: &Path) -> Result<T, StoreError>;
 }
 

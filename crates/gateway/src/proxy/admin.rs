@@ -209,6 +209,7 @@ impl Admin {
                 render_endpoints(&mut rendered, &state);
                 render_global(&mut rendered, &state);
                 render_witness(&mut rendered, &state);
+                render_receipts(&mut rendered, &state);
                 if let Some(fleet) = &self.fleet {
                     render_fleet(&mut rendered, &state, fleet);
                 }
@@ -469,6 +470,38 @@ fn render_witness(out: &mut String, state: &crate::proxy::GatewayState) {
             );
         }
     }
+}
+
+/// Partners' receipts of the calls forwarded to them: fetched and kept,
+/// refused (the partner's answer does not hold: alert on any) or dropped.
+fn render_receipts(out: &mut String, state: &crate::proxy::GatewayState) {
+    use std::fmt::Write as _;
+    if !state
+        .federation
+        .partners
+        .values()
+        .any(|partner| partner.receipts)
+    {
+        return;
+    }
+    let queue = &state.federation.receipts;
+    let _ = write!(
+        out,
+        "# HELP govbridge_receipts_total Partners' receipts of forwarded calls, by result \
+         (refused: the partner's answer did not hold).\n# TYPE govbridge_receipts_total counter\n"
+    );
+    for ((partner, result), count) in queue.outcomes() {
+        let _ = writeln!(
+            out,
+            "govbridge_receipts_total{{partner=\"{partner}\",result=\"{result}\"}} {count}"
+        );
+    }
+    let _ = write!(
+        out,
+        "# HELP govbridge_receipts_pending Partners' receipts waiting to be fetched.\n\
+         # TYPE govbridge_receipts_pending gauge\ngovbridge_receipts_pending {}\n",
+        queue.pending()
+    );
 }
 
 /// The gauges and counters of each backend endpoint, read from the pools

@@ -408,6 +408,12 @@ impl Gateway {
             let following = tokio::spawn(super::witness::follow(state.clone(), log.clone(), fleet));
             background.0.push(following.abort_handle());
         }
+        // Partners' receipts of the calls forwarded to them.
+        if let Some(log) = &log {
+            let queue = Arc::clone(&state.load().federation.receipts);
+            let fetching = tokio::spawn(super::receipts::follow(state.clone(), log.clone(), queue));
+            background.0.push(fetching.abort_handle());
+        }
         // Stopping, a single node sends its final checkpoint; a fleet's
         // log goes on without this node.
         let witnessed = log.clone().filter(|log| !log.is_shared());

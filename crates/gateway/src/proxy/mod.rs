@@ -32,6 +32,7 @@ mod gateway;
 pub mod global;
 mod json;
 pub mod limits;
+mod receipts;
 mod record;
 mod reload;
 mod service;

@@ -142,6 +142,9 @@ pub(super) struct Federation {
     /// TLS towards each partner's gateways (its CAs, this gateway's
     /// certificate).
     pub(super) partner_tls: std::collections::HashMap<String, Arc<rustls::ClientConfig>>,
+    /// Partners' receipts of forwarded calls, to fetch: kept across
+    /// reloads.
+    pub(super) receipts: Arc<super::receipts::ReceiptQueue>,
 }
 
 impl crate::directory::GatewayView for GatewayState {
@@ -327,6 +330,9 @@ impl GatewayState {
                 }),
                 fleet: previous.map_or_else(Arc::default, |previous| {
                     Arc::clone(&previous.federation.fleet)
+                }),
+                receipts: previous.map_or_else(Arc::default, |previous| {
+                    Arc::clone(&previous.federation.receipts)
                 }),
             },
             openapi: OpenApiCache::default(),

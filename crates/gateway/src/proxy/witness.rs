@@ -337,7 +337,7 @@ async fn send(
 
 /// A connection to `partner`'s gateway at `endpoint`, which must prove it
 /// is that gateway.
-async fn connect(
+pub(super) async fn connect(
     partner: &Partner,
     endpoint: &crate::config::Endpoint,
     tls: &Arc<rustls::ClientConfig>,

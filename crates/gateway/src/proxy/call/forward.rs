@@ -143,6 +143,15 @@ impl Call<'_> {
                     headers::audit_index(response.headers()),
                 ) {
                     record.receipt(partner, index);
+                    let federation = &self.state.federation;
+                    if federation
+                        .partners
+                        .get(partner)
+                        .is_some_and(|partner| partner.receipts)
+                        && let Ok(request_id) = self.request_id.to_str()
+                    {
+                        federation.receipts.push(partner, index, request_id);
+                    }
                 }
                 // A partner's refusal passes, named as the partner's.
                 headers::keep_partner_refusal(response.headers_mut(), partner);

@@ -1,0 +1,175 @@
+//! Receipts kept: for each call this gateway forwarded to a partner
+//! instance, the partner's own record of it, proved under a checkpoint the
+//! partner's log signed (a [`ProofBundle`], as `audit prove` writes).
+//! Fetched from the partner's gateway shortly after the call
+//! (`federation."XX".receipts`), checked, and kept in `receipts.sqlite`
+//! beside the exchange log, so that this instance can show the partner's
+//! signed evidence of an exchange without the partner's help later.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::store::{AtPath, StoreError};
+use super::verify::ProofBundle;
+
+/// The receipts' database, in the exchange log's data directory.
+pub const RECEIPTS_FILE: &str = "receipts.sqlite";
+
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS receipts (
+        -- the partner instance, and its index of the call's record
+        instance TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        request_id TEXT NOT NULL,
+        -- Unix seconds
+        fetched_at INTEGER NOT NULL,
+        -- the proof bundle, as JSON (audit prove's format)
+        bundle TEXT NOT NULL,
+        PRIMARY KEY (instance, idx)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS receipts_request ON receipts (request_id);";
+
+/// A receipt: the partner's proof of its record of a call.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    pub instance: String,
+    pub request_id: String,
+    pub bundle: ProofBundle,
+}
+
+/// The receipts kept by a gateway.
+#[derive(Debug)]
+pub struct Receipts {
+    path: PathBuf,
+    connection: Connection,
+}
+
+impl Receipts {
+    /// Opens (creating it on first use) the receipts' database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(RECEIPTS_FILE);
+        let connection = Connection::open(&path).at(&path)?;
+        connection.busy_timeout(Duration::from_secs(5)).at(&path)?;
+        connection
+            .execute_batch(&format!(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; {SCHEMA}"
+            ))
+            .at(&path)?;
+        Ok(Self { path, connection })
+    }
+
+    /// Keeps `receipts`, in one transaction; one kept already stays.
+    pub fn keep(&mut self, receipts: &[Receipt], now: i64) -> Result<(), StoreError> {
+        let path = &self.path;
+        let transaction = self.connection.transaction().at(path)?;
+        {
+            let mut insert = transaction
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO receipts (instance, idx, request_id, fetched_at, bundle)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .at(path)?;
+            for receipt in receipts {
+                insert
+                    .execute(params![
+                        receipt.instance,
+                        i64::try_from(receipt.bundle.index).unwrap_or(i64::MAX),
+                        receipt.request_id,
+                        now,
+                        super::verify::bundles_to_json(std::slice::from_ref(&receipt.bundle)),
+                    ])
+                    .at(path)?;
+            }
+        }
+        transaction.commit().at(path)
+    }
+
+    /// The receipts kept for call `request_id`, if the database exists.
+    pub fn of_request(dir: &Path, request_id: &str) -> Result<Vec<Receipt>, StoreError> {
+        let path = dir.join(RECEIPTS_FILE);
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        let connection =
+            Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .at(&path)?;
+        connection.busy_timeout(Duration::from_secs(5)).at(&path)?;
+        let mut query = connection
+            .prepare("SELECT instance, bundle FROM receipts WHERE request_id = ?1 ORDER BY idx")
+            .at(&path)?;
+        let rows = query
+            .query_map([request_id], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })
+            .at(&path)?;
+        let mut receipts = Vec::new();
+        for row in rows {
+            let (instance, json) = row.at(&path)?;
+            let bundle = ProofBundle::parse_all(&json)
+                .ok()
+                .and_then(|mut bundles| bundles.pop())
+                .ok_or_else(|| StoreError::Invalid {
+                    path: path.clone(),
+                    message: format!("the receipt of request {request_id} is malformed"),
+                })?;
+            receipts.push(Receipt {
+                instance,
+                request_id: request_id.to_owned(),
+                bundle,
+            });
+        }
+        Ok(receipts)
+    }
+
+    /// Whether the receipt of `instance`'s record `index` is kept.
+    pub fn holds(&self, instance: &str, index: u64) -> Result<bool, StoreError> {
+        self.connection
+            .query_row(
+                "SELECT 1 FROM receipts WHERE instance = ?1 AND idx = ?2",
+                params![instance, i64::try_from(index).unwrap_or(i64::MAX)],
+                |_| Ok(()),
+            )
+            .optional()
+            .at(&self.path)
+            .map(|found| found.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receipts_are_kept_once_and_found_by_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut receipts = Receipts::open(dir.path()).unwrap();
+        let receipt = |index: u64, request_id: &str| Receipt {
+            instance: "AZ".to_owned(),
+            request_id: request_id.to_owned(),
+            bundle: ProofBundle {
+                index,
+                record: vec![1, 2, 3],
+                tree_size: index + 1,
+                inclusion_proof: vec![[7; 32]],
+                checkpoint: "note\n".to_owned(),
+            },
+        };
+        receipts
+            .keep(&[receipt(4, "a"), receipt(9, "b")], 1_000)
+            .unwrap();
+        receipts.keep(&[receipt(4, "a")], 2_000).unwrap();
+        assert!(receipts.holds("AZ", 4).unwrap());
+        assert!(!receipts.holds("AZ", 5).unwrap());
+        let found = Receipts::of_request(dir.path(), "a").unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].bundle.index, 4);
+        assert_eq!(found[0].bundle.inclusion_proof, vec![[7; 32]]);
+        assert!(
+            Receipts::of_request(tempfile::tempdir().unwrap().path(), "a")
+                .unwrap()
+                .is_empty()
+        );
+    }
+}

@@ -1,0 +1,427 @@
+//! Receipts of the calls forwarded to partner instances, fetched and kept
+//! (`federation."XX".receipts = true`): shortly after each call, the
+//! partner's record of it, with an inclusion proof under the partner's
+//! signed checkpoint, is asked of the partner's gateway (`ExchangeLog/
+//! GetRecord` by the index its answer carried), checked under the
+//! partner's log key, and kept in [`crate::exchange_log::receipts`].
+//!
+//! Calls queue their receipts ([`ReceiptQueue`]); one task fetches them,
+//! a few at a time per partner, once the partner's checkpoint covers them
+//! (a record not under a checkpoint yet is asked again a second later). A
+//! partner that fails is asked again after a pause that doubles up to a
+//! minute; a receipt still not fetched after [`GIVE_UP`] is dropped, and
+//! counted: `audit receipt --fetch` can still fetch it by hand.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::SharedState;
+use crate::exchange_log::ExchangeLog;
+use crate::exchange_log::receipts::{Receipt, Receipts};
+use crate::exchange_log::verify::{self, ProofBundle};
+use crate::net::client::Channel;
+use crate::proto::audit::v1::GetRecordRequest;
+use crate::proto::audit::v1::exchange_log_client::ExchangeLogClient;
+use crate::proto::audit::v1::get_record_request::Key;
+
+/// Receipts waiting, at most: past it a call's receipt is dropped (and
+/// counted) rather than hold memory for a partner that never answers.
+const MAX_PENDING: usize = 100_000;
+
+/// How often the queue is looked at when nothing wakes the fetcher.
+const EVERY: Duration = Duration::from_secs(1);
+
+/// Receipts asked of one partner at once.
+const IN_FLIGHT: usize = 16;
+
+/// How long one fetch may take, connecting included.
+const ATTEMPT: Duration = Duration::from_secs(5);
+
+/// The longest pause after a partner's failures.
+const MAX_PAUSE: Duration = Duration::from_secs(60);
+
+/// How long a receipt is tried for.
+const GIVE_UP: Duration = Duration::from_secs(3600);
+
+/// A receipt to fetch.
+#[derive(Debug, Clone)]
+struct Pending {
+    instance: String,
+    index: u64,
+    request_id: String,
+    queued: Instant,
+    due: Instant,
+}
+
+/// The receipts calls left to fetch, and what became of them; kept across
+/// reloads.
+#[derive(Debug, Default)]
+pub struct ReceiptQueue {
+    pending: Mutex<VecDeque<Pending>>,
+    /// Receipts by partner and result (`kept`, `refused`, `dropped`).
+    outcomes: Mutex<BTreeMap<(String, &'static str), u64>>,
+}
+
+impl ReceiptQueue {
+    /// Queues the receipt of call `request_id`: record `index` of
+    /// `instance`'s log.
+    pub fn push(&self, instance: &str, index: u64, request_id: &str) {
+        let now = Instant::now();
+        let queued = self.pending.lock().is_ok_and(|mut pending| {
+            if pending.len() >= MAX_PENDING {
+                return false;
+            }
+            pending.push_back(Pending {
+                instance: instance.to_owned(),
+                index,
+                request_id: request_id.to_owned(),
+                queued: now,
+                // The partner signs a checkpoint over it within its
+                // interval: no use asking at once.
+                due: now + EVERY,
+            });
+            true
+        });
+        if !queued {
+            self.count(instance, "dropped", 1);
+        }
+    }
+
+    /// Receipts waiting to be fetched.
+    pub fn pending(&self) -> usize {
+        self.pending.lock().map_or(0, |pending| pending.len())
+    }
+
+    /// Receipts by (partner, result) since the gateway started.
+    pub fn outcomes(&self) -> Vec<((String, &'static str), u64)> {
+        self.outcomes.lock().map_or_else(
+            |_| Vec::new(),
+            |outcomes| outcomes.iter().map(|(key, n)| (key.clone(), *n)).collect(),
+        )
+    }
+
+    fn count(&self, instance: &str, result: &'static str, n: u64) {
+        if let Ok(mut outcomes) = self.outcomes.lock() {
+            *outcomes.entry((instance.to_owned(), result)).or_default() += n;
+        }
+    }
+
+    /// The receipts due at `now`, taken out of the queue.
+    fn due(&self, now: Instant) -> Vec<Pending> {
+        let Ok(mut pending) = self.pending.lock() else {
+            return Vec::new();
+        };
+        let (due, later): (VecDeque<_>, VecDeque<_>) =
+            pending.drain(..).partition(|item| item.due <= now);
+        *pending = later;
+        due.into()
+    }
+
+    fn requeue(&self, items: impl IntoIterator<Item = Pending>) {
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.extend(items);
+        }
+    }
+}
+
+/// What the fetcher knows of one partner.
+#[derive(Default)]
+struct Partner {
+    channel: Option<(Arc<rustls::ClientConfig>, Channel)>,
+    failures: u32,
+    pause_until: Option<Instant>,
+}
+
+/// Why a receipt was not fetched this time.
+enum Unfetched {
+    /// The partner's checkpoint does not cover the record yet.
+    NotYet,
+    /// The partner's answer does not hold: kept nowhere, alarmed.
+    Refused(String),
+    Failed(String),
+}
+
+/// Fetches and keeps the receipts calls queue in `queue`, into the
+/// receipts' database beside `log`, for as long as the gateway runs.
+pub(super) async fn follow(state: SharedState, log: ExchangeLog, queue: Arc<ReceiptQueue>) {
+    let dir = log.dir().to_owned();
+    let opened = tokio::task::spawn_blocking(move || Receipts::open(&dir)).await;
+    let receipts = match opened {
+        Ok(Ok(receipts)) => Arc::new(Mutex::new(receipts)),
+        Ok(Err(error)) => {
+            tracing::error!(%error, "receipts of partners cannot be kept");
+            return;
+        }
+        Err(_) => return,
+    };
+    let mut partners: HashMap<String, Partner> = HashMap::new();
+    // A receipt is due a second after its call: looking once a second
+    // is soon enough, and costs nothing per call.
+    let mut ticks = tokio::time::interval(EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let now = Instant::now();
+        let mut by_partner: HashMap<String, Vec<Pending>> = HashMap::new();
+        for item in queue.due(now) {
+            by_partner
+                .entry(item.instance.clone())
+                .or_default()
+                .push(item);
+        }
+        let mut fetching = tokio::task::JoinSet::new();
+        for (instance, items) in by_partner {
+            let partner = partners.entry(instance.clone()).or_default();
+            if partner.pause_until.is_some_and(|until| now < until) {
+                queue.requeue(items);
+                continue;
+            }
+            let partner = std::mem::take(partner);
+            let state = state.load_full();
+            fetching.spawn(async move {
+                let outcome = fetch_all(&state, &instance, partner, items).await;
+                (instance, outcome)
+            });
+        }
+        let mut kept = Vec::new();
+        while let Some(done) = fetching.join_next().await {
+            let Ok((instance, (mut partner, outcome))) = done else {
+                continue;
+            };
+            let mut retry = Vec::new();
+            let mut failed = None;
+            for (mut item, result) in outcome {
+                match result {
+                    Ok(receipt) => kept.push(receipt),
+                    Err(Unfetched::Refused(reason)) => {
+                        tracing::error!(
+                            partner = instance,
+                            index = item.index,
+                            request_id = item.request_id,
+                            reason,
+                            "a partner's receipt does not hold: not kept"
+                        );
+                        queue.count(&instance, "refused", 1);
+                    }
+                    Err(unfetched) => {
+                        if let Unfetched::Failed(reason) = unfetched {
+                            failed = Some(reason);
+                        }
+                        if item.queued.elapsed() > GIVE_UP {
+                            queue.count(&instance, "dropped", 1);
+                            continue;
+                        }
+                        item.due = Instant::now() + EVERY;
+                        retry.push(item);
+                    }
+                }
+            }
+            match failed {
+                None => {
+                    partner.failures = 0;
+                    partner.pause_until = None;
+                }
+                Some(reason) => {
+                    partner.channel = None;
+                    partner.failures = partner.failures.saturating_add(1);
+                    let pause = EVERY
+                        .saturating_mul(1 << partner.failures.min(6))
+                        .min(MAX_PAUSE);
+                    partner.pause_until = Some(Instant::now() + pause);
+                    tracing::warn!(
+                        partner = instance,
+                        reason,
+                        retry_in_s = pause.as_secs(),
+                        waiting = retry.len(),
+                        "receipts not fetched from the partner"
+                    );
+                }
+            }
+            queue.requeue(retry);
+            partners.insert(instance, partner);
+        }
+        if kept.is_empty() {
+            continue;
+        }
+        let counts: Vec<String> = kept
+            .iter()
+            .map(|receipt| receipt.instance.clone())
+            .collect();
+        let receipts = Arc::clone(&receipts);
+        let now = crate::unix_time::now();
+        let stored = tokio::task::spawn_blocking(move || {
+            let mut receipts = receipts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            receipts.keep(&kept, now).map(|()| kept)
+        })
+        .await;
+        match stored {
+            Ok(Ok(_)) => {
+                for instance in counts {
+                    queue.count(&instance, "kept", 1);
+                }
+            }
+            Ok(Err(error)) => {
+                // Fetched again later, from the queue's copy lost here:
+                // `audit receipt --fetch` remains.
+                tracing::error!(%error, "receipts fetched but not kept");
+                for instance in counts {
+                    queue.count(&instance, "dropped", 1);
+                }
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Fetches `items` from `instance`'s gateway, [`IN_FLIGHT`] at a time;
+/// gives back the partner's state and each item's result.
+async fn fetch_all(
+    state: &super::GatewayState,
+    instance: &str,
+    mut partner: Partner,
+    items: Vec<Pending>,
+) -> (Partner, Vec<(Pending, Result<Receipt, Unfetched>)>) {
+    let fail = |items: Vec<Pending>, reason: String| {
+        items
+            .into_iter()
+            .map(|item| (item, Err(Unfetched::Failed(reason.clone()))))
+            .collect()
+    };
+    let (Some(config), Some(tls), Some(key)) = (
+        state.federation.partners.get(instance),
+        state.federation.partner_tls.get(instance),
+        state.federation.key.as_ref(),
+    ) else {
+        return (
+            partner,
+            fail(items, format!("{instance} is no longer a partner")),
+        );
+    };
+    let Some((log_key, _)) = config.log_key.as_ref().filter(|_| config.receipts) else {
+        return (
+            partner,
+            fail(items, format!("receipts of {instance} are no longer kept")),
+        );
+    };
+    // The connection of the last round, unless it closed or a reload
+    // changed how to connect.
+    let kept = partner
+        .channel
+        .take()
+        .filter(|(made_with, channel)| Arc::ptr_eq(made_with, tls) && !channel.is_closed());
+    let channel = match kept {
+        Some((_, channel)) => channel,
+        None => {
+            let Some(endpoint) = config.endpoints.first() else {
+                return (
+                    partner,
+                    fail(items, "the partner has no endpoint".to_owned()),
+                );
+            };
+            match tokio::time::timeout(ATTEMPT, super::witness::connect(config, endpoint, tls))
+                .await
+            {
+                Ok(Ok(channel)) => channel,
+                Ok(Err(reason)) => return (partner, fail(items, reason)),
+                Err(_) => return (partner, fail(items, format!("{endpoint}: no answer"))),
+            }
+        }
+    };
+    partner.channel = Some((Arc::clone(tls), channel.clone()));
+    let federation = key.verifier();
+    let gateway = state.federation.gateway.to_string();
+    let mut results = Vec::with_capacity(items.len());
+    let mut items = items.into_iter();
+    loop {
+        let batch: Vec<Pending> = items.by_ref().take(IN_FLIGHT).collect();
+        if batch.is_empty() {
+            break;
+        }
+        let mut asking = tokio::task::JoinSet::new();
+        for item in batch {
+            let mut client = ExchangeLogClient::new(channel.clone());
+            asking.spawn(async move {
+                let request = GetRecordRequest {
+                    key: Some(Key::Index(item.index)),
+                };
+                let answer = tokio::time::timeout(ATTEMPT, client.get_record(request)).await;
+                (item, answer)
+            });
+        }
+        while let Some(Ok((item, answer))) = asking.join_next().await {
+            let result = match answer {
+                Err(_) => Err(Unfetched::Failed(format!("no answer within {ATTEMPT:?}"))),
+                Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
+                    Err(Unfetched::NotYet)
+                }
+                Ok(Err(status)) => Err(Unfetched::Failed(format!(
+                    "{:?}: {}",
+                    status.code(),
+                    status.message()
+                ))),
+                Ok(Ok(answer)) => check(answer.into_inner(), &item, log_key, &federation, &gateway),
+            };
+            results.push((item, result));
+        }
+    }
+    (partner, results)
+}
+
+/// The partner's answer for `item`, checked: signed by its log, the
+/// record asked for, of this call, vouched for by this gateway with an
+/// assertion of its own key.
+fn check(
+    answer: crate::proto::audit::v1::RecordProof,
+    item: &Pending,
+    log_key: &crate::note::Verifier,
+    federation: &crate::note::Verifier,
+    gateway: &str,
+) -> Result<Receipt, Unfetched> {
+    let refused = |reason: String| Err(Unfetched::Refused(reason));
+    let Some(checkpoint) = answer.checkpoint else {
+        return refused("the answer holds no checkpoint".to_owned());
+    };
+    let Ok(inclusion_proof) = answer
+        .inclusion_proof
+        .iter()
+        .map(|hash| <[u8; 32]>::try_from(hash.as_slice()))
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        return refused("the inclusion proof holds a malformed hash".to_owned());
+    };
+    let bundle = ProofBundle {
+        index: answer.index,
+        record: answer.record,
+        tree_size: checkpoint.tree_size,
+        inclusion_proof,
+        checkpoint: checkpoint.note,
+    };
+    if bundle.index != item.index {
+        return refused(format!("record {} came for {}", bundle.index, item.index));
+    }
+    let record = match verify::check_bundle(&bundle, log_key) {
+        Ok(record) => record,
+        Err(error) => return refused(error.to_string()),
+    };
+    if record.request_id != item.request_id || record.via_gateway != gateway {
+        return refused(format!(
+            "record {} is call {} vouched for by {}, not call {} by {gateway}",
+            item.index, record.request_id, record.via_gateway, item.request_id
+        ));
+    }
+    match crate::federation::Assertion::open(record.assertion.as_bytes(), federation) {
+        Ok(assertion) if assertion.request_id == item.request_id => {}
+        Ok(_) => return refused("its assertion is of another call".to_owned()),
+        Err(error) => return refused(format!("its assertion is not this gateway's: {error}")),
+    }
+    Ok(Receipt {
+        instance: item.instance.clone(),
+        request_id: item.request_id.clone(),
+        bundle,
+    })
+}
