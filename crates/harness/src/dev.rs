@@ -313,6 +313,20 @@ pub(crate) fn write_federated_config(
         .collect();
     let fragment: toml::Table = partner.home_fragment(key, &home).parse()?;
     merge(&mut table, fragment);
+    // The partner's receipt of each call forwarded there, fetched and kept
+    // (checked under its log key).
+    if let Some(log) = partner.exchange_log() {
+        let receipts: toml::Table = format!(
+            "[federation.{}]\nlog_key = {:?}\nreceipts = true\n",
+            crate::partner::INSTANCE,
+            log.dir()
+                .join(gateway::exchange_log::store::VERIFIER_FILE)
+                .display()
+                .to_string()
+        )
+        .parse()?;
+        merge(&mut table, receipts);
+    }
     let dir = config_path.parent().unwrap_or(Path::new("."));
     let policies = dir.join("policies-federation");
     write_policies(&policies)?;
