@@ -203,8 +203,13 @@ fn init_logging(
 ) -> anyhow::Result<()> {
     use tracing_subscriber::prelude::*;
 
-    // The demo tells its own story on stdout: only warnings by default.
-    let default = if instance == "demo" { "warn" } else { "info" };
+    // The demo tells its own story on stdout, and benchmarks print their
+    // figures: only warnings by default (RUST_LOG says otherwise).
+    let default = if matches!(instance, "demo" | "bench") {
+        "warn"
+    } else {
+        "info"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Colour only for a person at a terminal: in a file or a pipe the

@@ -184,7 +184,7 @@ pub(super) fn run(command: HarnessCommand, log_format: LogFormat) -> anyhow::Res
             consent::run(args)
         }
         HarnessCommand::Bench { command } => {
-            init_logging(log_format, None, "")?;
+            init_logging(log_format, None, "bench")?;
             bench::run(command)
         }
     }
