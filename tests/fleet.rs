@@ -1216,27 +1216,19 @@ async fn federated_fleet(bed: &Bed, cluster: &Cluster) -> FederatedFleet {
     let partner = PartnerInstance::start(dir.path(), loopback, loopback, support::SEED, &shutdown)
         .await
         .unwrap();
-    let partner_log = partner.exchange_log().unwrap().clone();
     let sn_key = bed.dir().join("SN-federation.key");
     federation::write_federation_key(&sn_key, "SN").unwrap();
-    let quoted = |path: std::path::PathBuf| format!("{:?}", path.display().to_string());
-    let federation = format!(
-        "{EVERY_SECOND}\n\n[federation.AZ]\nca = {}\ncrls = [{}]\ngateway = \"{}\"\n\
-         endpoints = [\"https://{}\"]\nkey = {}\nwitness = true\nlog_key = {}\n\n\
-         [members.\"{AZ_BANK}\"]\nname = \"Kapital Bank\"\n",
-        quoted(partner.path("pki/ca.pem")),
-        quoted(partner.path("pki/crl.pem")),
-        federation::GATEWAY,
-        partner.address(),
-        quoted(partner.path("pki/federation.pub")),
-        quoted(partner_log.dir().join("log-key.pub")),
-    );
-    let key_line = format!("federation_key = {}", quoted(sn_key.clone()));
+    // Each node's file federated as `dev --federation` federates the dev
+    // configuration: Azerbaijan's providers, witnessing both ways, its
+    // receipts kept, licensed banks calling it for trade finance.
+    let lines = format!("{EVERY_SECOND}\n\n[members.\"{AZ_BANK}\"]\nname = \"Kapital Bank\"\n");
     let nodes: Vec<_> = (0..2)
         .map(|index| {
             let name = format!("node-{index}");
             let id = format!("node_id = \"{name}\"");
-            let config = node_config(bed, cluster, &name, &[&id, &key_line], &federation);
+            let config = node_config(bed, cluster, &name, &[&id], &lines);
+            let loaded = govbridge::config::Config::load(&config).unwrap();
+            govbridge::dev::federate_config(&config, &loaded, &partner, &sn_key, &config).unwrap();
             GatewayProcess::spawn_config(bed, &name, &config)
         })
         .collect();
@@ -1482,6 +1474,89 @@ async fn a_partners_assertion_is_used_once_across_the_fleet() {
         ),
         "{error:?} {message:?}"
     );
+    drop(fleet);
+    bed.stop().await;
+}
+
+/// Calls across the border through both nodes of a fleet: each node
+/// keeps the partner's receipt of its calls in the fleet's database, and
+/// the auditor's pulled copy checks every cross receipt in one place.
+#[tokio::test]
+async fn a_fleet_keeps_its_partners_receipts_in_one_place() {
+    use govbridge::exchange_log::receipts::Receipts;
+    use govbridge::proto::azbusiness::v1::GetCompanyRequest;
+    use govbridge::proto::azbusiness::v1::company_registry_client::CompanyRegistryClient;
+
+    let cluster = Cluster::start_temporary().unwrap();
+    let bed = dev_bed().await;
+    let fleet = federated_fleet(&bed, &cluster).await;
+    let voen = fleet.partner.companies().companies()[0].voen.to_string();
+    let mut request_ids = Vec::new();
+    for node in &fleet.nodes {
+        let client = H2Client::connect(node.address, bed.member_tls("cbao-kyc"))
+            .await
+            .unwrap();
+        let request = declared(GetCompanyRequest { voen: voen.clone() }, "TRADE-FINANCE");
+        let answer = CompanyRegistryClient::new(client)
+            .get_company(request)
+            .await
+            .unwrap();
+        let id = answer.metadata().get("bridge-request-id").unwrap();
+        request_ids.push(id.to_str().unwrap().to_owned());
+    }
+    let copy = bed.dir().join("auditor-copy");
+    let config = bed.dir().join("node-0.toml");
+    let fleet_key = bed.dir().join("fleet-log-key.pub");
+    let partner_key = fleet
+        .partner
+        .exchange_log()
+        .unwrap()
+        .dir()
+        .join("log-key.pub");
+    let federation_key = fleet.sn_key.with_extension("pub");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for request_id in &request_ids {
+        loop {
+            let pulled = support::govbridge(&[
+                "audit",
+                "pull",
+                "--config",
+                config.to_str().unwrap(),
+                "--data",
+                copy.to_str().unwrap(),
+                "--key",
+                fleet_key.to_str().unwrap(),
+            ]);
+            assert!(pulled.status.success(), "{}", support::text(&pulled));
+            let checked = support::govbridge(&[
+                "audit",
+                "receipt",
+                "--data",
+                copy.to_str().unwrap(),
+                "--request-id",
+                request_id,
+                "--partner-key",
+                partner_key.to_str().unwrap(),
+                "--key",
+                fleet_key.to_str().unwrap(),
+                "--federation-key",
+                federation_key.to_str().unwrap(),
+            ]);
+            if checked.status.success() {
+                assert!(support::text(&checked).contains("of AZ's log"));
+                break;
+            }
+            // Until the receipt is fetched, and the call's records are
+            // under a checkpoint the copy holds.
+            assert!(Instant::now() < deadline, "{}", support::text(&checked));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // Both in the copy, whichever node kept them.
+    for request_id in &request_ids {
+        assert_eq!(Receipts::of_request(&copy, request_id).unwrap().len(), 1);
+    }
+    assert!(!copy.join("../node-0-data/receipts.sqlite").exists());
     drop(fleet);
     bed.stop().await;
 }

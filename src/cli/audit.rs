@@ -509,9 +509,10 @@ fn pull(config: &Path, data: &Path, key: Option<&Path>) -> anyhow::Result<()> {
     let pulled = copy.pull()?;
     let store = &copy.store;
     println!(
-        "pulled {} records and {} checkpoints from {}",
+        "pulled {} records, {} checkpoints and {} partners' receipts from {}",
         pulled.records,
         pulled.checkpoints,
+        pulled.receipts,
         store.redacted()
     );
     println!(

@@ -296,6 +296,25 @@ pub(crate) fn write_federated_config(
     partner: &crate::partner::PartnerInstance,
     key: &Path,
 ) -> anyhow::Result<PathBuf> {
+    let path = config_path.with_file_name("federation.toml");
+    federate_config(config_path, config, partner, key, &path)?;
+    Ok(path)
+}
+
+/// The gateway file `config_path` (`config`) federated with `partner` as
+/// `dev --federation` federates the dev configuration, written to `out`
+/// (which may be `config_path`): `[federation.AZ]` (witnessing both ways,
+/// the partner's receipts kept), its providers and services, and the dev
+/// policies plus licensed banks calling the partner for trade finance
+/// (`policies-federation/` beside it). `key` is this gateway's federation
+/// key.
+pub fn federate_config(
+    config_path: &Path,
+    config: &Config,
+    partner: &crate::partner::PartnerInstance,
+    key: &Path,
+    out: &Path,
+) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(config_path)
         .with_context(|| format!("cannot read {}", config_path.display()))?;
     let mut table: toml::Table = text
@@ -346,13 +365,12 @@ pub(crate) fn write_federated_config(
     if let Some(policy) = table.get_mut("policy").and_then(toml::Value::as_table_mut) {
         policy.insert("policies".into(), "policies-federation".into());
     }
-    let path = dir.join("federation.toml");
     let text = format!(
         "# The dev configuration federated with a partner instance, written by \
          `govbridge dev --federation` at each start: edits here last until the next start.\n{table}"
     );
-    pki::write_file(&path, text.as_bytes(), 0o644)?;
-    Ok(path)
+    pki::write_file(out, text.as_bytes(), 0o644)?;
+    Ok(())
 }
 
 /// `from` merged into `into`: tables merge, other values replace.

@@ -23,6 +23,7 @@ use crate::config::StoreConfig;
 pub mod bundles;
 pub mod nodes;
 pub mod nonces;
+pub mod receipts;
 mod tls;
 pub mod witness;
 
@@ -293,10 +294,11 @@ const MIGRATIONS: &[(i32, &str)] = &[
     ),
     (
         6,
-        // Federation as one gateway (see witness.rs and nonces.rs): the
-        // last checkpoint of each partner's log the fleet cosigned, which
-        // node sends the fleet's own checkpoints to its witnesses, and the
-        // partners' assertions used, so that none is used twice.
+        // Federation as one gateway (see witness.rs, nonces.rs and
+        // receipts.rs): the last checkpoint of each partner's log the
+        // fleet cosigned, which node sends the fleet's own checkpoints to
+        // its witnesses, the partners' assertions used, so that none is
+        // used twice, and the partners' receipts the nodes kept.
         "CREATE TABLE witness_checkpoints (
              instance text PRIMARY KEY,
              size bigint NOT NULL,
@@ -317,6 +319,17 @@ const MIGRATIONS: &[(i32, &str)] = &[
              -- as stale anyway, and the row may go
              until bigint NOT NULL,
              PRIMARY KEY (instance, nonce)
+         );
+         -- Partners' receipts of the calls the nodes forwarded (see
+         -- exchange_log::receipts): `seq` orders them for `audit pull`.
+         CREATE TABLE log_receipts (
+             seq bigserial PRIMARY KEY,
+             instance text NOT NULL,
+             idx bigint NOT NULL,
+             request_id text NOT NULL,
+             fetched_at bigint NOT NULL,
+             bundle text NOT NULL,
+             UNIQUE (instance, idx)
          );",
     ),
 ];

@@ -565,6 +565,8 @@ pub struct Pulled {
     pub size: u64,
     /// Checkpoints checked and kept by this pull.
     pub checkpoints: usize,
+    /// Partners' receipts copied.
+    pub receipts: u64,
     /// The first damage found in the fleet's log; the copy holds what came
     /// before it.
     pub problem: Option<Problem>,
@@ -585,6 +587,7 @@ pub fn pull(reader: &FleetReader, dir: &Path, verifier: &Verifier) -> Result<Pul
         records: 0,
         size: frontier.size(),
         checkpoints: 0,
+        receipts: 0,
         problem: None,
     };
     let problem = |kind, index, message: String| Problem {
@@ -660,7 +663,28 @@ pub fn pull(reader: &FleetReader, dir: &Path, verifier: &Verifier) -> Result<Pul
         pulled.checkpoints += 1;
     }
     pulled.size = frontier.size();
+    pulled.receipts = pull_receipts(reader, dir)?;
     Ok(pulled)
+}
+
+/// Copies the partners' receipts the fleet's nodes kept since the last
+/// pull into the copy's `receipts.sqlite`; returns how many. Copied as
+/// stored: `audit receipt` checks each under the partner's key.
+fn pull_receipts(reader: &FleetReader, dir: &Path) -> Result<u64, StoreError> {
+    let mut receipts = super::receipts::Receipts::open(dir)?;
+    let mut seq = receipts.pulled()?;
+    let mut copied = 0;
+    loop {
+        let page = reader
+            .runtime
+            .block_on(reader.database.receipts_after(seq, PULL_PAGE))?;
+        let Some(last) = page.last() else {
+            return Ok(copied);
+        };
+        seq = last.seq;
+        receipts.keep_pulled(&page, crate::unix_time::now())?;
+        copied += page.len() as u64;
+    }
 }
 
 /// Copies the cosignatures that witnesses gave the checkpoints already in

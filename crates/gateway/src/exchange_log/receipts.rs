@@ -29,7 +29,17 @@ const SCHEMA: &str = "
         bundle TEXT NOT NULL,
         PRIMARY KEY (instance, idx)
     ) WITHOUT ROWID;
-    CREATE INDEX IF NOT EXISTS receipts_request ON receipts (request_id);";
+    CREATE INDEX IF NOT EXISTS receipts_request ON receipts (request_id);
+    -- In an auditor's copy of a fleet's log: how far `audit pull` copied
+    -- the fleet's receipts.
+    CREATE TABLE IF NOT EXISTS pulled (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        seq INTEGER NOT NULL
+    );";
+
+const INSERT: &str =
+    "INSERT OR IGNORE INTO receipts (instance, idx, request_id, fetched_at, bundle)
+     VALUES (?1, ?2, ?3, ?4, ?5)";
 
 /// A receipt: the partner's proof of its record of a call.
 #[derive(Debug, Clone)]
@@ -65,12 +75,7 @@ impl Receipts {
         let path = &self.path;
         let transaction = self.connection.transaction().at(path)?;
         {
-            let mut insert = transaction
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO receipts (instance, idx, request_id, fetched_at, bundle)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .at(path)?;
+            let mut insert = transaction.prepare_cached(INSERT).at(path)?;
             for receipt in receipts {
                 insert
                     .execute(params![
@@ -82,6 +87,52 @@ impl Receipts {
                     ])
                     .at(path)?;
             }
+        }
+        transaction.commit().at(path)
+    }
+
+    /// How far `audit pull` copied a fleet's receipts into this copy (the
+    /// last one's `seq`), 0 before the first.
+    pub fn pulled(&self) -> Result<i64, StoreError> {
+        self.connection
+            .query_row("SELECT seq FROM pulled", [], |row| row.get(0))
+            .optional()
+            .at(&self.path)
+            .map(Option::unwrap_or_default)
+    }
+
+    /// Keeps receipts copied from a fleet's database, as stored there, and
+    /// how far the copy went, in one transaction.
+    pub fn keep_pulled(
+        &mut self,
+        receipts: &[crate::database::receipts::StoredReceipt],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let Some(last) = receipts.last() else {
+            return Ok(());
+        };
+        let path = &self.path;
+        let transaction = self.connection.transaction().at(path)?;
+        {
+            let mut insert = transaction.prepare_cached(INSERT).at(path)?;
+            for receipt in receipts {
+                insert
+                    .execute(params![
+                        receipt.instance,
+                        i64::try_from(receipt.index).unwrap_or(i64::MAX),
+                        receipt.request_id,
+                        now,
+                        receipt.bundle,
+                    ])
+                    .at(path)?;
+            }
+            transaction
+                .execute(
+                    "INSERT INTO pulled (one, seq) VALUES (1, ?1)
+                     ON CONFLICT (one) DO UPDATE SET seq = excluded.seq",
+                    [last.seq],
+                )
+                .at(path)?;
         }
         transaction.commit().at(path)
     }

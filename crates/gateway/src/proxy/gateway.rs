@@ -411,7 +411,13 @@ impl Gateway {
         // Partners' receipts of the calls forwarded to them.
         if let Some(log) = &log {
             let queue = Arc::clone(&state.load().federation.receipts);
-            let fetching = tokio::spawn(super::receipts::follow(state.clone(), log.clone(), queue));
+            let fleet = self.fleet.as_ref().map(|fleet| Arc::clone(&fleet.database));
+            let fetching = tokio::spawn(super::receipts::follow(
+                state.clone(),
+                log.clone(),
+                queue,
+                fleet,
+            ));
             background.0.push(fetching.abort_handle());
         }
         // Stopping, a single node sends its final checkpoint; a fleet's

@@ -13,12 +13,13 @@
 //! counted: `audit receipt --fetch` can still fetch it by hand.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::SharedState;
+use crate::database::Database;
 use crate::exchange_log::ExchangeLog;
 use crate::exchange_log::receipts::{Receipt, Receipts};
 use crate::exchange_log::verify::{self, ProofBundle};
@@ -144,18 +145,70 @@ enum Unfetched {
     Failed(String),
 }
 
-/// Fetches and keeps the receipts calls queue in `queue`, into the
-/// receipts' database beside `log`, for as long as the gateway runs.
-pub(super) async fn follow(state: SharedState, log: ExchangeLog, queue: Arc<ReceiptQueue>) {
-    let dir = log.dir().to_owned();
-    let opened = tokio::task::spawn_blocking(move || Receipts::open(&dir)).await;
-    let receipts = match opened {
-        Ok(Ok(receipts)) => Arc::new(Mutex::new(receipts)),
-        Ok(Err(error)) => {
-            tracing::error!(%error, "receipts of partners cannot be kept");
-            return;
+/// Where receipts are kept: beside a single node's log, or in the fleet's
+/// database, where `audit pull` finds every node's.
+enum Sink {
+    Local(Arc<Mutex<Receipts>>),
+    Fleet(Arc<Database>),
+}
+
+impl Sink {
+    async fn keep(&self, receipts: Vec<Receipt>, now: i64) -> Result<(), String> {
+        match self {
+            Self::Local(local) => {
+                let local = Arc::clone(local);
+                tokio::task::spawn_blocking(move || {
+                    let mut local = local.lock().unwrap_or_else(PoisonError::into_inner);
+                    local.keep(&receipts, now)
+                })
+                .await
+                .map_err(|error| error.to_string())?
+                .map_err(|error| error.to_string())
+            }
+            Self::Fleet(database) => {
+                let rows: Vec<_> = receipts
+                    .into_iter()
+                    .map(|receipt| {
+                        let json = verify::bundles_to_json(std::slice::from_ref(&receipt.bundle));
+                        (
+                            receipt.instance,
+                            receipt.bundle.index,
+                            receipt.request_id,
+                            json,
+                        )
+                    })
+                    .collect();
+                database
+                    .keep_receipts(&rows, now)
+                    .await
+                    .map_err(|error| error.to_string())
+            }
         }
-        Err(_) => return,
+    }
+}
+
+/// Fetches and keeps the receipts calls queue in `queue`: beside `log`,
+/// or in `fleet`'s database on a fleet's node; for as long as the gateway
+/// runs.
+pub(super) async fn follow(
+    state: SharedState,
+    log: ExchangeLog,
+    queue: Arc<ReceiptQueue>,
+    fleet: Option<Arc<Database>>,
+) {
+    let sink = match fleet {
+        Some(database) => Sink::Fleet(database),
+        None => {
+            let dir = log.dir().to_owned();
+            match tokio::task::spawn_blocking(move || Receipts::open(&dir)).await {
+                Ok(Ok(receipts)) => Sink::Local(Arc::new(Mutex::new(receipts))),
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "receipts of partners cannot be kept");
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
     };
     let mut partners: HashMap<String, Partner> = HashMap::new();
     // A receipt is due a second after its call: looking once a second
@@ -250,30 +303,16 @@ pub(super) async fn follow(state: SharedState, log: ExchangeLog, queue: Arc<Rece
             .iter()
             .map(|receipt| receipt.instance.clone())
             .collect();
-        let receipts = Arc::clone(&receipts);
-        let now = crate::unix_time::now();
-        let stored = tokio::task::spawn_blocking(move || {
-            let mut receipts = receipts
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            receipts.keep(&kept, now).map(|()| kept)
-        })
-        .await;
-        match stored {
-            Ok(Ok(_)) => {
-                for instance in counts {
-                    queue.count(&instance, "kept", 1);
-                }
-            }
-            Ok(Err(error)) => {
-                // Fetched again later, from the queue's copy lost here:
+        let result = match sink.keep(kept, crate::unix_time::now()).await {
+            Ok(()) => "kept",
+            Err(error) => {
                 // `audit receipt --fetch` remains.
                 tracing::error!(%error, "receipts fetched but not kept");
-                for instance in counts {
-                    queue.count(&instance, "dropped", 1);
-                }
+                "dropped"
             }
-            Err(_) => {}
+        };
+        for instance in counts {
+            queue.count(&instance, result, 1);
         }
     }
 }
