@@ -1182,7 +1182,7 @@ async fn until_witnessed(
     copy: &std::path::Path,
     witness: &std::path::Path,
 ) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(45);
     loop {
         let records = logged(cluster).len();
         let (ok, said) = verify_witnessed(bed, copy, witness);
@@ -1559,4 +1559,69 @@ async fn a_fleet_keeps_its_partners_receipts_in_one_place() {
     assert!(!copy.join("../node-0-data/receipts.sqlite").exists());
     drop(fleet);
     bed.stop().await;
+}
+
+/// A gateway that witnessed a partner alone and joins a fleet brings what
+/// it cosigned into the fleet's database; it is refused if the fleet is
+/// behind it or holds another root, where the fleet could cosign a fork
+/// of what the node cosigned.
+#[tokio::test]
+async fn a_node_joining_a_fleet_brings_what_its_witness_cosigned() {
+    use govbridge::exchange_log::witness::join_fleet;
+    use govbridge::note::Checkpoint;
+
+    let cluster = Cluster::start_temporary().unwrap();
+    let store = govbridge::config::StoreConfig::parse(&cluster.url()).unwrap();
+    let database = govbridge::database::Database::connect(&store)
+        .await
+        .unwrap();
+    let log = SigningKey::generate("govbridge/az").unwrap();
+    let logs = std::collections::HashMap::from([("AZ".to_owned(), log.verifier())]);
+    let real = Tree(partner_leaves(12, "real"));
+    let fork = Tree(partner_leaves(12, "fork"));
+    // A node's witness directory holding AZ's checkpoint at `size`.
+    let node = |tree: &Tree, size: u64| {
+        let dir = tempfile::tempdir().unwrap();
+        let note = Checkpoint {
+            origin: "govbridge/az".to_owned(),
+            size,
+            root: tree.root(size),
+        }
+        .sign(&log);
+        std::fs::write(dir.path().join("AZ.checkpoint"), note).unwrap();
+        dir
+    };
+    let held = || {
+        cluster
+            .psql(
+                govbridge::postgres::ROLE,
+                "SELECT size FROM witness_checkpoints WHERE instance = 'AZ'",
+            )
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+
+    // The first brings its checkpoint; one behind the fleet joins as is.
+    join_fleet(node(&real, 5).path(), &logs, &database)
+        .await
+        .unwrap();
+    assert_eq!(held(), "5");
+    join_fleet(node(&real, 3).path(), &logs, &database)
+        .await
+        .unwrap();
+    assert_eq!(held(), "5");
+    // Ahead of the fleet, or at its size with another root: refused.
+    for (tree, size) in [(&real, 12), (&fork, 5)] {
+        let error = join_fleet(node(tree, size).path(), &logs, &database)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("could cosign a fork"), "{error}");
+    }
+    assert_eq!(held(), "5");
+    // No file: nothing to bring.
+    join_fleet(tempfile::tempdir().unwrap().path(), &logs, &database)
+        .await
+        .unwrap();
 }

@@ -335,15 +335,14 @@ pub fn federate_config(
     // The partner's receipt of each call forwarded there, fetched and kept
     // (checked under its log key).
     if let Some(log) = partner.exchange_log() {
-        let receipts: toml::Table = format!(
-            "[federation.{}]\nlog_key = {:?}\nreceipts = true\n",
-            crate::partner::INSTANCE,
-            log.dir()
-                .join(gateway::exchange_log::store::VERIFIER_FILE)
-                .display()
-                .to_string()
-        )
-        .parse()?;
+        let log_key = log.dir().join(gateway::exchange_log::store::VERIFIER_FILE);
+        let mut partner_table = toml::Table::new();
+        partner_table.insert("log_key".into(), log_key.display().to_string().into());
+        partner_table.insert("receipts".into(), true.into());
+        let mut federation = toml::Table::new();
+        federation.insert(crate::partner::INSTANCE.into(), partner_table.into());
+        let mut receipts = toml::Table::new();
+        receipts.insert("federation".into(), federation.into());
         merge(&mut table, receipts);
     }
     let dir = config_path.parent().unwrap_or(Path::new("."));

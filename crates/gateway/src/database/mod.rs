@@ -320,6 +320,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
              until bigint NOT NULL,
              PRIMARY KEY (instance, nonce)
          );
+         CREATE INDEX assertion_nonces_until ON assertion_nonces (until);
          -- Partners' receipts of the calls the nodes forwarded (see
          -- exchange_log::receipts): `seq` orders them for `audit pull`.
          CREATE TABLE log_receipts (

@@ -31,11 +31,14 @@ impl Database {
         Ok(taken == 1)
     }
 
-    /// Forgets the nonces no assertion can be accepted with any more.
-    pub async fn forget_nonces(&self, now: i64) -> Result<u64, DatabaseError> {
+    /// Forgets the nonces no assertion can be accepted with any more, by
+    /// any node: those past `until` by `margin` seconds more than this
+    /// node's clock says (another node's clock may be behind).
+    pub async fn forget_nonces(&self, now: i64, margin: i64) -> Result<u64, DatabaseError> {
+        let before = now.saturating_sub(margin);
         self.run(|client| async move {
             client
-                .execute("DELETE FROM assertion_nonces WHERE until < $1", &[&now])
+                .execute("DELETE FROM assertion_nonces WHERE until < $1", &[&before])
                 .await
         })
         .await

@@ -14,8 +14,10 @@ use std::time::Duration;
 use super::{Database, DatabaseError};
 
 /// How long a node holds the sending of checkpoints without renewing it:
-/// a node that dies hands it over within this.
-pub const SENDER_LEASE: Duration = Duration::from_secs(5);
+/// a node that dies hands it over within this. Renewed before each round
+/// of sending, which may take 5 s: three times that, so that a slow
+/// partner does not let the lease lapse under a live node.
+pub const SENDER_LEASE: Duration = Duration::from_secs(15);
 
 impl Database {
     /// The last checkpoint of `instance`'s log the fleet cosigned, as kept

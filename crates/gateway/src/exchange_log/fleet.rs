@@ -52,6 +52,10 @@ const SESSION: &str = "SET synchronous_commit = on; SET lock_timeout = '1500ms'"
 const APPEND: &str = "SELECT first, size, frontier FROM log_append($1, $2, $3, $4, $5, $6, \
      $7, $8, $9, $10, $11, $12, $13, $14, $15)";
 
+/// How many of the copy's latest checkpoints [`pull`] looks at for
+/// cosignatures given since they were copied.
+const RECENT_CHECKPOINTS: usize = 64;
+
 /// Records read at a time by [`pull`].
 const PULL_PAGE: i64 = 4096;
 
@@ -487,10 +491,8 @@ impl FleetReader {
     /// already (two nodes may have had the same checkpoint cosigned).
     pub fn add_cosignature(&self, size: u64, line: &str) -> Result<(), StoreError> {
         // `— NAME SIGNATURE`: one line per witness name.
-        let witness = line
-            .split(' ')
-            .take(2)
-            .fold(String::from("\n"), |prefix, part| prefix + part + " ");
+        let name = line.split(' ').nth(1).unwrap_or_default();
+        let witness = format!("\n\u{2014} {name} ");
         self.rows_changed(
             "UPDATE log_checkpoints SET note = note || $2 WHERE size = $1 AND strpos(note, $3) = 0",
             &[&to_i64(size), &line, &witness],
@@ -699,9 +701,12 @@ fn cosignatures_since(
     start: u64,
     verifier: &Verifier,
 ) -> Result<(), StoreError> {
-    let copied: std::collections::HashMap<u64, String> = copy
-        .checkpoints()?
-        .into_iter()
+    // Cosignatures come within seconds of a checkpoint: the last ones
+    // copied are those that may lack them.
+    let mut copied = copy.checkpoints()?;
+    let recent = copied.len().saturating_sub(RECENT_CHECKPOINTS);
+    let copied: std::collections::HashMap<u64, String> = copied
+        .drain(recent..)
         .map(|checkpoint| (checkpoint.size, checkpoint.note))
         .collect();
     for stored in checkpoints.iter().filter(|stored| stored.size <= start) {

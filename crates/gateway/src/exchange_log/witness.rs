@@ -360,11 +360,15 @@ impl Witness {
             }
         })?;
         let new = &signed.checkpoint;
-        let _one_at_a_time = self
-            .book
-            .lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Files are moved one at a time; a fleet's row is moved by compare
+        // and swap, without holding every partner's checkpoints up while
+        // the database answers.
+        let _one_at_a_time = self.book.fleet.get().is_none().then(|| {
+            self.book
+                .lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        });
         // On a fleet, another node may move what is held between the look
         // and the keep: look again, and judge the checkpoint against that.
         for _ in 0..MAX_MOVES {
@@ -416,10 +420,79 @@ impl Witness {
         Err(WitnessError::State {
             place: "the fleet's database".to_owned(),
             reason: format!(
-                "other nodes moved {instance}'s witnessed checkpoint {MAX_MOVES} times while this                  one looked"
+                "other nodes moved {instance}'s witnessed checkpoint {MAX_MOVES} times while \
+                 this one looked"
             ),
         })
     }
+}
+
+/// Brings what a gateway's witness cosigned alone into the fleet it now
+/// joins (`[store]` added): each `DIR/witness/INSTANCE.checkpoint` of a
+/// partner in `logs` goes into the fleet's database unless the fleet holds
+/// a checkpoint of that log already, which must then be at least as far
+/// along. Otherwise the start is refused: the fleet, knowing nothing of
+/// what this node cosigned, could cosign a fork of it. The files stay, no
+/// longer read.
+pub async fn join_fleet(
+    dir: &Path,
+    logs: &HashMap<String, Verifier>,
+    database: &Database,
+) -> Result<(), WitnessError> {
+    let state = |path: &Path, reason: String| WitnessError::State {
+        place: path.display().to_string(),
+        reason,
+    };
+    for (instance, log_key) in logs {
+        let path = dir.join(format!("{instance}.checkpoint"));
+        let note = match std::fs::read_to_string(&path) {
+            Ok(note) => note,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(state(&path, error.to_string())),
+        };
+        let mine =
+            Checkpoint::open(&note, log_key).map_err(|error| state(&path, error.to_string()))?;
+        let in_database = |error: crate::database::DatabaseError| WitnessError::State {
+            place: database.url(),
+            reason: error.to_string(),
+        };
+        if database
+            .witness_moved(instance, None, mine.size, &note)
+            .await
+            .map_err(in_database)?
+        {
+            tracing::info!(
+                partner = instance,
+                size = mine.size,
+                "what this node's witness cosigned is now the fleet's"
+            );
+            continue;
+        }
+        let Some(held) = database.witnessed(instance).await.map_err(in_database)? else {
+            continue;
+        };
+        let fleets = Checkpoint::open(&held, log_key)
+            .map_err(|error| state(Path::new("witness_checkpoints"), error.to_string()))?;
+        if fleets.size < mine.size || (fleets.size == mine.size && fleets.root != mine.root) {
+            return Err(state(
+                &path,
+                format!(
+                    "this node cosigned {instance}'s log at {} records, the fleet at {}{}: \
+                     the fleet could cosign a fork of what this node cosigned. Find out which \
+                     is right; then move this file aside, or put its checkpoint in the fleet's \
+                     witness_checkpoints row",
+                    mine.size,
+                    fleets.size,
+                    if fleets.size == mine.size {
+                        " with another root"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

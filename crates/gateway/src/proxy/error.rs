@@ -63,7 +63,8 @@ pub enum GatewayError {
     /// The fleet's database cannot say whether another node took a
     /// partner's assertion already, so the call is not taken.
     #[error(
-        "this gateway cannot check across its fleet that the partner's assertion was not used          before, so it refuses the call; retry later"
+        "this gateway cannot check across its fleet that the partner's assertion was not \
+         used before, so it refuses the call; retry later"
     )]
     ReplayUnchecked(String),
     #[error("{caller} may not call {method} at {provider} {}: {}",

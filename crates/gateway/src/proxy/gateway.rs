@@ -50,6 +50,8 @@ pub enum StartError {
     Database(#[from] crate::database::DatabaseError),
     #[error("gateway.federation_key: {0}")]
     FederationKey(String),
+    #[error("witness: {0}")]
+    Witness(#[from] crate::exchange_log::witness::WitnessError),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: SocketAddr,
@@ -152,7 +154,14 @@ impl FleetLink {
             ticks.tick().await;
             // Now and then, the partners' nonces that no longer matter.
             if beat % 60 == 59
-                && let Err(error) = self.database.forget_nonces(crate::unix_time::now()).await
+                && let Err(error) = self
+                    .database
+                    .forget_nonces(
+                        crate::unix_time::now(),
+                        // Nodes' clocks a minute apart still agree.
+                        i64::try_from(crate::federation::MAX_AGE.as_secs()).unwrap_or(60),
+                    )
+                    .await
             {
                 tracing::debug!(%error, "cannot forget the partners' old nonces");
             }
@@ -213,6 +222,20 @@ impl Gateway {
             federation
                 .witness_book
                 .share(Arc::clone(database), tokio::runtime::Handle::current());
+            let logs = config
+                .federation
+                .partners
+                .values()
+                .filter_map(|partner| {
+                    let (log_key, _) = partner.log_key.as_ref()?;
+                    Some((partner.instance.clone(), log_key.clone()))
+                })
+                .collect();
+            let dir = config
+                .exchange_log
+                .data_dir
+                .join(crate::exchange_log::witness::STATE_DIR);
+            crate::exchange_log::witness::join_fleet(&dir, &logs, database).await?;
             let _ = federation.fleet.set(Arc::clone(database));
         }
         let log = if config.exchange_log.enabled {
@@ -451,11 +474,12 @@ impl Gateway {
         if let Some(fleet) = &self.fleet {
             // Another node takes the sending of checkpoints at once.
             let handing_over = fleet.database.stop_sending_checkpoints(&fleet.node.id);
-            if tokio::time::timeout(Duration::from_secs(2), handing_over)
-                .await
-                .is_err()
-            {
-                tracing::debug!("cannot hand the sending of checkpoints over: no answer");
+            match tokio::time::timeout(Duration::from_secs(2), handing_over).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "cannot hand the sending of checkpoints over");
+                }
+                Err(_) => tracing::debug!("cannot hand the sending of checkpoints over: no answer"),
             }
             let leaving = fleet.database.deregister(&fleet.node.id);
             match tokio::time::timeout(Duration::from_secs(2), leaving).await {

@@ -3,14 +3,19 @@
 //! partner's record of it, with an inclusion proof under the partner's
 //! signed checkpoint, is asked of the partner's gateway (`ExchangeLog/
 //! GetRecord` by the index its answer carried), checked under the
-//! partner's log key, and kept in [`crate::exchange_log::receipts`].
+//! partner's log key, and kept in [`crate::exchange_log::receipts`] (or,
+//! on a fleet's node, in the fleet's database).
 //!
-//! Calls queue their receipts ([`ReceiptQueue`]); one task fetches them,
-//! a few at a time per partner, once the partner's checkpoint covers them
-//! (a record not under a checkpoint yet is asked again a second later). A
-//! partner that fails is asked again after a pause that doubles up to a
-//! minute; a receipt still not fetched after [`GIVE_UP`] is dropped, and
-//! counted: `audit receipt --fetch` can still fetch it by hand.
+//! Calls queue their receipts ([`ReceiptQueue`]). Once a second, each
+//! partner not busy with a round gets one: the partner's latest
+//! checkpoint first, then the receipts it covers, [`IN_FLIGHT`] at a time
+//! over one connection; those it does not cover yet wait for the next
+//! round. Partners' rounds run side by side: one that hangs delays no
+//! other. A partner that fails is asked again after a pause that doubles
+//! up to a minute; a receipt still not fetched after [`GIVE_UP`], or one
+//! the partner archived, is dropped and counted (`audit receipt --fetch`
+//! can still fetch it by hand). The queue is in memory: receipts waiting
+//! when the gateway stops are not fetched after it starts again.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,21 +29,24 @@ use crate::exchange_log::ExchangeLog;
 use crate::exchange_log::receipts::{Receipt, Receipts};
 use crate::exchange_log::verify::{self, ProofBundle};
 use crate::net::client::Channel;
-use crate::proto::audit::v1::GetRecordRequest;
 use crate::proto::audit::v1::exchange_log_client::ExchangeLogClient;
 use crate::proto::audit::v1::get_record_request::Key;
+use crate::proto::audit::v1::{GetCheckpointRequest, GetRecordRequest};
 
 /// Receipts waiting, at most: past it a call's receipt is dropped (and
 /// counted) rather than hold memory for a partner that never answers.
 const MAX_PENDING: usize = 100_000;
 
-/// How often the queue is looked at when nothing wakes the fetcher.
+/// How often partners are given a round.
 const EVERY: Duration = Duration::from_secs(1);
+
+/// The most receipts one partner's round takes.
+const PER_ROUND: usize = 4096;
 
 /// Receipts asked of one partner at once.
 const IN_FLIGHT: usize = 16;
 
-/// How long one fetch may take, connecting included.
+/// How long one request may take, connecting included.
 const ATTEMPT: Duration = Duration::from_secs(5);
 
 /// The longest pause after a partner's failures.
@@ -57,8 +65,8 @@ struct Pending {
     due: Instant,
 }
 
-/// The receipts calls left to fetch, and what became of them; kept across
-/// reloads.
+/// The receipts calls left to fetch, in the order they are due, and what
+/// became of them; kept across reloads.
 #[derive(Debug, Default)]
 pub struct ReceiptQueue {
     pending: Mutex<VecDeque<Pending>>,
@@ -110,25 +118,30 @@ impl ReceiptQueue {
         }
     }
 
-    /// The receipts due at `now`, taken out of the queue.
-    fn due(&self, now: Instant) -> Vec<Pending> {
+    /// Up to `most` receipts due at `now`, taken from the front: receipts
+    /// are queued (and queued again) in the order they fall due, so the
+    /// look stops at the first that is not.
+    fn due(&self, now: Instant, most: usize) -> Vec<Pending> {
         let Ok(mut pending) = self.pending.lock() else {
             return Vec::new();
         };
-        let (due, later): (VecDeque<_>, VecDeque<_>) =
-            pending.drain(..).partition(|item| item.due <= now);
-        *pending = later;
-        due.into()
+        let mut due = Vec::new();
+        while due.len() < most && pending.front().is_some_and(|item| item.due <= now) {
+            due.extend(pending.pop_front());
+        }
+        due
     }
 
-    fn requeue(&self, items: impl IntoIterator<Item = Pending>) {
+    /// Queues `items` again, a second from now.
+    fn again(&self, items: impl IntoIterator<Item = Pending>) {
+        let due = Instant::now() + EVERY;
         if let Ok(mut pending) = self.pending.lock() {
-            pending.extend(items);
+            pending.extend(items.into_iter().map(|item| Pending { due, ..item }));
         }
     }
 }
 
-/// What the fetcher knows of one partner.
+/// What the fetcher knows of one partner between its rounds.
 #[derive(Default)]
 struct Partner {
     channel: Option<(Arc<rustls::ClientConfig>, Channel)>,
@@ -138,11 +151,21 @@ struct Partner {
 
 /// Why a receipt was not fetched this time.
 enum Unfetched {
-    /// The partner's checkpoint does not cover the record yet.
+    /// The partner's checkpoint does not cover the record yet, or the
+    /// round stopped before asking.
     NotYet,
     /// The partner's answer does not hold: kept nowhere, alarmed.
     Refused(String),
+    /// The partner no longer serves it (archived): dropped.
+    Gone(String),
     Failed(String),
+}
+
+/// One partner's round: its state back, and each receipt's result.
+struct Round {
+    instance: String,
+    partner: Partner,
+    results: Vec<(Pending, Result<Receipt, Unfetched>)>,
 }
 
 /// Where receipts are kept: beside a single node's log, or in the fleet's
@@ -210,116 +233,151 @@ pub(super) async fn follow(
             }
         }
     };
+    // Partners between rounds; those in a round are in `rounds`.
     let mut partners: HashMap<String, Partner> = HashMap::new();
-    // A receipt is due a second after its call: looking once a second
-    // is soon enough, and costs nothing per call.
+    // The partner of each round in flight, by task.
+    let mut busy: HashMap<tokio::task::Id, String> = HashMap::new();
+    let mut rounds = tokio::task::JoinSet::new();
     let mut ticks = tokio::time::interval(EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticks.tick().await;
-        let now = Instant::now();
-        let mut by_partner: HashMap<String, Vec<Pending>> = HashMap::new();
-        for item in queue.due(now) {
-            by_partner
-                .entry(item.instance.clone())
-                .or_default()
-                .push(item);
-        }
-        let mut fetching = tokio::task::JoinSet::new();
-        for (instance, items) in by_partner {
-            let partner = partners.entry(instance.clone()).or_default();
-            if partner.pause_until.is_some_and(|until| now < until) {
-                queue.requeue(items);
-                continue;
-            }
-            let partner = std::mem::take(partner);
-            let state = state.load_full();
-            fetching.spawn(async move {
-                let outcome = fetch_all(&state, &instance, partner, items).await;
-                (instance, outcome)
-            });
-        }
-        let mut kept = Vec::new();
-        while let Some(done) = fetching.join_next().await {
-            let Ok((instance, (mut partner, outcome))) = done else {
-                continue;
-            };
-            let mut retry = Vec::new();
-            let mut failed = None;
-            for (mut item, result) in outcome {
-                match result {
-                    Ok(receipt) => kept.push(receipt),
-                    Err(Unfetched::Refused(reason)) => {
-                        tracing::error!(
-                            partner = instance,
-                            index = item.index,
-                            request_id = item.request_id,
-                            reason,
-                            "a partner's receipt does not hold: not kept"
-                        );
-                        queue.count(&instance, "refused", 1);
+        tokio::select! {
+            _ = ticks.tick() => {
+                let now = Instant::now();
+                let mut by_partner: HashMap<String, Vec<Pending>> = HashMap::new();
+                let mut waiting = Vec::new();
+                for item in queue.due(now, PER_ROUND * 4) {
+                    let pausing = partners
+                        .get(&item.instance)
+                        .and_then(|partner| partner.pause_until)
+                        .is_some_and(|until| now < until);
+                    let taken = by_partner.get(&item.instance).map_or(0, Vec::len);
+                    let in_round = busy.values().any(|instance| *instance == item.instance);
+                    if in_round || pausing || taken >= PER_ROUND {
+                        waiting.push(item);
+                    } else {
+                        by_partner.entry(item.instance.clone()).or_default().push(item);
                     }
-                    Err(unfetched) => {
-                        if let Unfetched::Failed(reason) = unfetched {
-                            failed = Some(reason);
-                        }
-                        if item.queued.elapsed() > GIVE_UP {
-                            queue.count(&instance, "dropped", 1);
-                            continue;
-                        }
-                        item.due = Instant::now() + EVERY;
-                        retry.push(item);
+                }
+                queue.again(waiting);
+                let current = state.load_full();
+                for (instance, items) in by_partner {
+                    let partner = partners.remove(&instance).unwrap_or_default();
+                    let current = Arc::clone(&current);
+                    let name = instance.clone();
+                    let task = rounds.spawn(async move {
+                        let (partner, results) = round(&current, &instance, partner, items).await;
+                        Round { instance, partner, results }
+                    });
+                    busy.insert(task.id(), name);
+                }
+            }
+            Some(done) = rounds.join_next_with_id(), if !rounds.is_empty() => {
+                match done {
+                    Ok((task, round)) => {
+                        busy.remove(&task);
+                        let partner = settle(&queue, &sink, &round.instance, round.partner, round.results).await;
+                        partners.insert(round.instance, partner);
+                    }
+                    // Its receipts are lost with it: said, not hidden.
+                    Err(error) => {
+                        let instance = busy.remove(&error.id()).unwrap_or_default();
+                        tracing::error!(partner = instance, %error, "a round of fetching a partner's receipts failed");
                     }
                 }
             }
-            match failed {
-                None => {
-                    partner.failures = 0;
-                    partner.pause_until = None;
-                }
-                Some(reason) => {
-                    partner.channel = None;
-                    partner.failures = partner.failures.saturating_add(1);
-                    let pause = EVERY
-                        .saturating_mul(1 << partner.failures.min(6))
-                        .min(MAX_PAUSE);
-                    partner.pause_until = Some(Instant::now() + pause);
-                    tracing::warn!(
-                        partner = instance,
-                        reason,
-                        retry_in_s = pause.as_secs(),
-                        waiting = retry.len(),
-                        "receipts not fetched from the partner"
-                    );
-                }
-            }
-            queue.requeue(retry);
-            partners.insert(instance, partner);
-        }
-        if kept.is_empty() {
-            continue;
-        }
-        let counts: Vec<String> = kept
-            .iter()
-            .map(|receipt| receipt.instance.clone())
-            .collect();
-        let result = match sink.keep(kept, crate::unix_time::now()).await {
-            Ok(()) => "kept",
-            Err(error) => {
-                // `audit receipt --fetch` remains.
-                tracing::error!(%error, "receipts fetched but not kept");
-                "dropped"
-            }
-        };
-        for instance in counts {
-            queue.count(&instance, result, 1);
         }
     }
 }
 
-/// Fetches `items` from `instance`'s gateway, [`IN_FLIGHT`] at a time;
-/// gives back the partner's state and each item's result.
-async fn fetch_all(
+/// What a round brought: receipts kept (or queued again if they cannot
+/// be), refused, dropped or queued again; the partner paused if it
+/// failed.
+async fn settle(
+    queue: &ReceiptQueue,
+    sink: &Sink,
+    instance: &str,
+    mut partner: Partner,
+    results: Vec<(Pending, Result<Receipt, Unfetched>)>,
+) -> Partner {
+    let mut retry = Vec::new();
+    let mut fetched = Vec::new();
+    let mut failed = None;
+    for (item, result) in results {
+        match result {
+            Ok(receipt) => fetched.push((item, receipt)),
+            Err(Unfetched::Refused(reason)) => {
+                tracing::error!(
+                    partner = instance,
+                    index = item.index,
+                    request_id = item.request_id,
+                    reason,
+                    "a partner's receipt does not hold: not kept"
+                );
+                queue.count(instance, "refused", 1);
+            }
+            Err(Unfetched::Gone(reason)) => {
+                tracing::warn!(
+                    partner = instance,
+                    index = item.index,
+                    request_id = item.request_id,
+                    reason,
+                    "a partner's receipt can no longer be fetched"
+                );
+                queue.count(instance, "dropped", 1);
+            }
+            Err(unfetched) => {
+                if let Unfetched::Failed(reason) = unfetched {
+                    failed = Some(reason);
+                }
+                if item.queued.elapsed() > GIVE_UP {
+                    queue.count(instance, "dropped", 1);
+                } else {
+                    retry.push(item);
+                }
+            }
+        }
+    }
+    if !fetched.is_empty() {
+        let (items, receipts): (Vec<Pending>, Vec<Receipt>) = fetched.into_iter().unzip();
+        let count = u64::try_from(receipts.len()).unwrap_or(u64::MAX);
+        match sink.keep(receipts, crate::unix_time::now()).await {
+            Ok(()) => queue.count(instance, "kept", count),
+            Err(error) => {
+                // Fetched again at the next round.
+                tracing::error!(%error, "receipts fetched but not kept: asked again");
+                retry.extend(items);
+            }
+        }
+    }
+    queue.again(retry);
+    match failed {
+        None => {
+            partner.failures = 0;
+            partner.pause_until = None;
+        }
+        Some(reason) => {
+            partner.channel = None;
+            partner.failures = partner.failures.saturating_add(1);
+            let pause = EVERY
+                .saturating_mul(1 << partner.failures.min(6))
+                .min(MAX_PAUSE);
+            partner.pause_until = Some(Instant::now() + pause);
+            tracing::warn!(
+                partner = instance,
+                reason,
+                retry_in_s = pause.as_secs(),
+                waiting = queue.pending(),
+                "receipts not fetched from the partner"
+            );
+        }
+    }
+    partner
+}
+
+/// One partner's round: its latest checkpoint, then the receipts in
+/// `items` it covers, [`IN_FLIGHT`] at a time; stops at the first failure.
+async fn round(
     state: &super::GatewayState,
     instance: &str,
     mut partner: Partner,
@@ -372,17 +430,38 @@ async fn fetch_all(
         }
     };
     partner.channel = Some((Arc::clone(tls), channel.clone()));
+    // What the partner's checkpoint covers: the rest waits.
+    let mut client = ExchangeLogClient::new(channel.clone());
+    let covered =
+        match tokio::time::timeout(ATTEMPT, client.get_checkpoint(GetCheckpointRequest {})).await {
+            Ok(Ok(checkpoint)) => checkpoint.into_inner().tree_size,
+            Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => 0,
+            Ok(Err(status)) => {
+                let reason = format!("{:?}: {}", status.code(), status.message());
+                return (partner, fail(items, reason));
+            }
+            Err(_) => {
+                return (
+                    partner,
+                    fail(items, format!("no answer within {ATTEMPT:?}")),
+                );
+            }
+        };
     let federation = key.verifier();
     let gateway = state.federation.gateway.to_string();
-    let mut results = Vec::with_capacity(items.len());
-    let mut items = items.into_iter();
+    let (ready, later): (Vec<Pending>, Vec<Pending>) =
+        items.into_iter().partition(|item| item.index < covered);
+    let mut results: Vec<_> = later
+        .into_iter()
+        .map(|item| (item, Err(Unfetched::NotYet)))
+        .collect();
+    let mut ready = ready.into_iter();
+    let mut asking = tokio::task::JoinSet::new();
+    let mut failed = false;
     loop {
-        let batch: Vec<Pending> = items.by_ref().take(IN_FLIGHT).collect();
-        if batch.is_empty() {
-            break;
-        }
-        let mut asking = tokio::task::JoinSet::new();
-        for item in batch {
+        // A window of requests in flight, refilled as each ends.
+        while !failed && asking.len() < IN_FLIGHT {
+            let Some(item) = ready.next() else { break };
             let mut client = ExchangeLogClient::new(channel.clone());
             asking.spawn(async move {
                 let request = GetRecordRequest {
@@ -392,23 +471,41 @@ async fn fetch_all(
                 (item, answer)
             });
         }
-        while let Some(Ok((item, answer))) = asking.join_next().await {
-            let result = match answer {
-                Err(_) => Err(Unfetched::Failed(format!("no answer within {ATTEMPT:?}"))),
-                Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
-                    Err(Unfetched::NotYet)
-                }
-                Ok(Err(status)) => Err(Unfetched::Failed(format!(
-                    "{:?}: {}",
-                    status.code(),
-                    status.message()
-                ))),
-                Ok(Ok(answer)) => check(answer.into_inner(), &item, log_key, &federation, &gateway),
-            };
-            results.push((item, result));
-        }
+        let Some(done) = asking.join_next().await else {
+            break;
+        };
+        let Ok((item, answer)) = done else {
+            continue;
+        };
+        let result = match answer {
+            Err(_) => Err(Unfetched::Failed(format!("no answer within {ATTEMPT:?}"))),
+            Ok(Err(status)) if bridge_error(&status) == Some("record-archived") => {
+                Err(Unfetched::Gone(status.message().to_owned()))
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
+                Err(Unfetched::NotYet)
+            }
+            Ok(Err(status)) => Err(Unfetched::Failed(format!(
+                "{:?}: {}",
+                status.code(),
+                status.message()
+            ))),
+            Ok(Ok(answer)) => check(answer.into_inner(), &item, log_key, &federation, &gateway),
+        };
+        failed |= matches!(result, Err(Unfetched::Failed(_)));
+        results.push((item, result));
     }
+    // Not asked, the round having failed: next time.
+    results.extend(ready.map(|item| (item, Err(Unfetched::NotYet))));
     (partner, results)
+}
+
+/// The `bridge-error` a partner's refusal carries.
+fn bridge_error(status: &tonic::Status) -> Option<&str> {
+    status
+        .metadata()
+        .get(crate::wire::headers::BRIDGE_ERROR)
+        .and_then(|value| value.to_str().ok())
 }
 
 /// The partner's answer for `item`, checked: signed by its log, the

@@ -181,10 +181,12 @@ impl Call<'_> {
         let now = crate::unix_time::now();
         let assertion = Assertion::open(value.as_bytes(), &partner.key)?;
         assertion.check(&partner.instance, &federation.instance, peer, path, now)?;
-        federation.replays.admit(&assertion, now)?;
+        // Across the fleet first: a call refused for want of an answer
+        // leaves the nonce untaken here too.
         if let Some(database) = federation.fleet.get() {
             first_in_fleet(database, &assertion, now).await?;
         }
+        federation.replays.admit(&assertion, now)?;
         let caller = assertion.caller.clone();
         if let Some(record) = self.record.as_mut() {
             record.asserted(&assertion, value);
