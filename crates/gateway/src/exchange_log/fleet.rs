@@ -514,17 +514,26 @@ impl FleetReader {
 
 impl FleetReader {
     /// Node `(level, index)` below [`store::STORED_LEVEL`], hashed from
-    /// the records it covers, as the SQLite store does.
+    /// the leaves of the records it covers, as the SQLite store does (each
+    /// record's own, hashed again, where a row written before leaves were
+    /// kept has none).
     fn hash_records(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
         let (first, count) = (index << level, 1_u64 << level);
         let rows = self.rows(
-            "SELECT idx, record FROM log_records WHERE idx >= $1 AND idx < $2 ORDER BY idx",
+            "SELECT idx, leaf, CASE WHEN leaf IS NULL THEN record END FROM log_records \
+             WHERE idx >= $1 AND idx < $2 ORDER BY idx",
             &[&to_i64(first), &to_i64(first + count)],
         )?;
-        let records = rows
-            .iter()
-            .map(|row| (to_u64(row.get(0)), row.get::<_, &[u8]>(1)));
-        merkle::subtree_of_records(first, count, records).map_err(|missing| {
+        let leaves = rows.iter().map(|row| {
+            let stored = row
+                .get::<_, Option<&[u8]>>(1)
+                .and_then(|leaf| Hash::try_from(leaf).ok());
+            let leaf = stored.unwrap_or_else(|| {
+                merkle::leaf_hash(row.get::<_, Option<&[u8]>>(2).unwrap_or_default())
+            });
+            (to_u64(row.get(0)), leaf)
+        });
+        merkle::subtree_of_leaves(first, count, leaves).map_err(|missing| {
             invalid(
                 &self.database,
                 format!(

@@ -378,12 +378,29 @@ pub fn subtree_of_records<B: AsRef<[u8]>>(
     count: u64,
     records: impl IntoIterator<Item = (u64, B)>,
 ) -> Result<Hash, u64> {
+    subtree_of_leaves(
+        first,
+        count,
+        records
+            .into_iter()
+            .map(|(index, bytes)| (index, leaf_hash(bytes.as_ref()))),
+    )
+}
+
+/// The same from the records' leaf hashes, as stored beside them: a
+/// proof made of them is checked against the signed root by whoever
+/// receives it, so a leaf stored wrong fails the proof, never passes one.
+pub fn subtree_of_leaves(
+    first: u64,
+    count: u64,
+    leaves: impl IntoIterator<Item = (u64, Hash)>,
+) -> Result<Hash, u64> {
     let mut subtree = Frontier::default();
-    for (index, bytes) in records {
+    for (index, leaf) in leaves {
         if index != first + subtree.size() || subtree.size() == count {
             break;
         }
-        subtree.append(leaf_hash(bytes.as_ref()));
+        subtree.append(leaf);
     }
     if subtree.size() == count {
         Ok(subtree.root())

@@ -268,6 +268,8 @@ pub struct Store {
     sealing: Option<Sealing>,
     /// The writer's first record not sealed.
     sealed_end: u64,
+    /// Whether records carry their leaf hash, once looked at.
+    leaves: std::cell::OnceCell<bool>,
 }
 
 impl Store {
@@ -281,6 +283,7 @@ impl Store {
             recent: Some(Arc::default()),
             sealing: None,
             sealed_end: 0,
+            leaves: std::cell::OnceCell::new(),
         };
         store.configure_writer()?;
         store.connection.execute_batch(SCHEMA).at(&store.path)?;
@@ -458,6 +461,7 @@ impl Store {
             recent: None,
             sealing: None,
             sealed_end: 0,
+            leaves: std::cell::OnceCell::new(),
         })
     }
 
@@ -485,14 +489,24 @@ impl Store {
     /// Whether records carry their leaf hash (a log written before does
     /// not until a gateway opens it).
     fn has_leaves(&self) -> Result<bool, StoreError> {
-        self.connection
+        if let Some(leaves) = self.leaves.get() {
+            return Ok(*leaves);
+        }
+        let leaves = self
+            .connection
             .query_row(
                 "SELECT COUNT(*) FROM pragma_table_info('records') WHERE name = 'leaf'",
                 [],
                 |row| row.get::<_, i64>(0),
             )
             .map(|count| count > 0)
-            .at(&self.path)
+            .at(&self.path)?;
+        // A read-only store may see the column added later by a gateway:
+        // only its presence is kept.
+        if leaves {
+            let _ = self.leaves.set(true);
+        }
+        Ok(leaves)
     }
 
     fn configure_writer(&mut self) -> Result<(), StoreError> {
@@ -1074,6 +1088,7 @@ impl Store {
             recent: None,
             sealing: None,
             sealed_end: 0,
+            leaves: std::cell::OnceCell::new(),
         })
     }
 
@@ -1385,25 +1400,33 @@ fn checkpoint_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredCheckpoint>
 
 impl Store {
     /// Node `(level, index)` below [`STORED_LEVEL`], hashed from the
-    /// records it covers.
+    /// leaves of the records it covers (each record's own, hashed again,
+    /// where a log written before leaves were kept has none).
     fn hash_records(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
         let (first, count) = (index << level, 1_u64 << level);
-        let mut statement = self
-            .connection
-            .prepare_cached(
-                "SELECT idx, record FROM records WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
-            )
-            .at(&self.path)?;
-        let records = statement
+        let leaves = if self.has_leaves()? { "leaf" } else { "NULL" };
+        let sql = format!(
+            "SELECT idx, {leaves}, CASE WHEN {leaves} IS NULL THEN record END FROM records \
+             WHERE idx >= ?1 AND idx < ?2 ORDER BY idx"
+        );
+        let mut statement = self.connection.prepare_cached(&sql).at(&self.path)?;
+        let leaves = statement
             .query_map(params![to_i64(first), to_i64(first + count)], |row| {
-                Ok((
-                    u64::try_from(row.get::<_, i64>(0)?).unwrap_or(u64::MAX),
-                    row.get::<_, Vec<u8>>(1)?,
-                ))
+                let index = u64::try_from(row.get::<_, i64>(0)?).unwrap_or(u64::MAX);
+                let stored = row
+                    .get::<_, Option<Vec<u8>>>(1)?
+                    .and_then(|leaf| Hash::try_from(leaf.as_slice()).ok());
+                let leaf = match stored {
+                    Some(leaf) => leaf,
+                    None => {
+                        merkle::leaf_hash(&row.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default())
+                    }
+                };
+                Ok((index, leaf))
             })
             .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
             .at(&self.path)?;
-        merkle::subtree_of_records(first, count, records).map_err(|missing| {
+        merkle::subtree_of_leaves(first, count, leaves).map_err(|missing| {
             StoreError::invalid(
                 &self.path,
                 format!(
