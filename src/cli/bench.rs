@@ -275,6 +275,10 @@ pub struct FederationArgs {
     /// Measured, each path.
     #[arg(long, default_value = "20s", value_parser = duration)]
     duration: Duration,
+    /// Senegal's gateway fetches and keeps Azerbaijan's receipt of each
+    /// call meanwhile (`dev --federation --receipts`).
+    #[arg(long)]
+    receipts: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -349,6 +353,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
                 warmup: args.warmup,
                 duration: args.duration,
                 progress: !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                receipts: args.receipts,
             };
             let report = govbridge::bench::federation::federation(&options).await?;
             if args.json {

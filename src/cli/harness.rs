@@ -94,6 +94,12 @@ pub(super) enum HarnessCommand {
         /// with this one.
         #[arg(long)]
         federation: bool,
+        /// With --federation: Senegal's gateway fetches and keeps
+        /// Azerbaijan's receipt of each call forwarded there
+        /// (`federation.AZ.receipts`), one more call to Azerbaijan's
+        /// gateway each.
+        #[arg(long, requires = "federation")]
+        receipts: bool,
     },
 }
 
@@ -162,13 +168,14 @@ pub(super) fn run(command: HarnessCommand, log_format: LogFormat) -> anyhow::Res
             faults,
             nodes,
             federation,
+            receipts,
         } => {
             init_logging(log_format, otlp_of(None)?.as_ref(), "dev")?;
             runtime()?.block_on(govbridge::dev::run(
                 &dir,
                 faults,
                 usize::from(nodes),
-                federation,
+                federation.then_some(govbridge::dev::Federation { receipts }),
             ))
         }
         HarnessCommand::Agency { name, config } => {

@@ -89,7 +89,13 @@ pub async fn run(dir: Option<&Path>, once: bool, nodes: usize) -> anyhow::Result
         .map_err(|error| anyhow!("starting Azerbaijan's instance: {error:#}"))?;
         let key = dir.join("pki").join("federation.key");
         crate::partner::write_federation_key(&key, config.gateway.identity.instance())?;
-        let federated = crate::dev::write_federated_config(&config_path, &config, &instance, &key)?;
+        let federated = crate::dev::write_federated_config(
+            &config_path,
+            &config,
+            &instance,
+            &key,
+            crate::dev::Federation::default(),
+        )?;
         config = Config::load(&federated)?;
         Some(Partner { instance, key })
     };

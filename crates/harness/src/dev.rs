@@ -295,16 +295,18 @@ pub(crate) fn write_federated_config(
     config: &Config,
     partner: &crate::partner::PartnerInstance,
     key: &Path,
+    federation: Federation,
 ) -> anyhow::Result<PathBuf> {
     let path = config_path.with_file_name("federation.toml");
-    federate_config(config_path, config, partner, key, &path)?;
+    federate_config(config_path, config, partner, key, federation, &path)?;
     Ok(path)
 }
 
 /// The gateway file `config_path` (`config`) federated with `partner` as
 /// `dev --federation` federates the dev configuration, written to `out`
-/// (which may be `config_path`): `[federation.AZ]` (witnessing both ways,
-/// the partner's receipts kept), its providers and services, and the dev
+/// (which may be `config_path`): `[federation.AZ]` (the partner
+/// witnessing this log; with `federation.receipts`, its receipts kept and
+/// its log witnessed here), its providers and services, and the dev
 /// policies plus licensed banks calling the partner for trade finance
 /// (`policies-federation/` beside it). `key` is this gateway's federation
 /// key.
@@ -313,6 +315,7 @@ pub fn federate_config(
     config: &Config,
     partner: &crate::partner::PartnerInstance,
     key: &Path,
+    federation: Federation,
     out: &Path,
 ) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(config_path)
@@ -334,7 +337,7 @@ pub fn federate_config(
     merge(&mut table, fragment);
     // The partner's receipt of each call forwarded there, fetched and kept
     // (checked under its log key).
-    if let Some(log) = partner.exchange_log() {
+    if let Some(log) = partner.exchange_log().filter(|_| federation.receipts) {
         let log_key = log.dir().join(gateway::exchange_log::store::VERIFIER_FILE);
         let mut partner_table = toml::Table::new();
         partner_table.insert("log_key".into(), log_key.display().to_string().into());
@@ -418,8 +421,20 @@ pub const PARTNER_ADMIN: ([u8; 4], u16) = ([127, 0, 0, 1], 9465);
 /// throwaway PostgreSQL cluster in `dir/postgres`. With `federation`, a
 /// partner instance (Azerbaijan, [`crate::partner`]) runs in `dir/az`,
 /// federated with this one.
-pub async fn run(dir: &Path, faults: bool, nodes: usize, federation: bool) -> anyhow::Result<()> {
-    if federation && nodes > 1 {
+/// How `dev` runs a partner instance beside this one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Federation {
+    /// Whether this instance's gateway keeps the partner's receipts.
+    pub receipts: bool,
+}
+
+pub async fn run(
+    dir: &Path,
+    faults: bool,
+    nodes: usize,
+    federation: Option<Federation>,
+) -> anyhow::Result<()> {
+    if federation.is_some() && nodes > 1 {
         anyhow::bail!("--federation runs one node of each instance: leave out --nodes");
     }
     let config_path = prepare(dir)?;
@@ -461,7 +476,7 @@ pub async fn run(dir: &Path, faults: bool, nodes: usize, federation: bool) -> an
     } else {
         (None, vec![config_path.clone()])
     };
-    let partner = if federation {
+    let partner = if let Some(federation) = federation {
         let partner = crate::partner::PartnerInstance::start(
             &dir.join("az"),
             SocketAddr::from(PARTNER_LISTEN),
@@ -473,13 +488,19 @@ pub async fn run(dir: &Path, faults: bool, nodes: usize, federation: bool) -> an
         .context("starting the partner instance")?;
         let key = dir.join("pki").join("federation.key");
         crate::partner::write_federation_key(&key, config.gateway.identity.instance())?;
-        Some((partner, key))
+        Some((partner, key, federation))
     } else {
         None
     };
     let node_configs = match &partner {
-        Some((partner, key)) => {
-            vec![write_federated_config(&config_path, &config, partner, key)?]
+        Some((partner, key, federation)) => {
+            vec![write_federated_config(
+                &config_path,
+                &config,
+                partner,
+                key,
+                *federation,
+            )?]
         }
         None => node_configs,
     };
@@ -505,7 +526,7 @@ pub async fn run(dir: &Path, faults: bool, nodes: usize, federation: bool) -> an
             Some(key) => share_key(key, &config.exchange_log.data_dir)?,
         }
         let gateway = Gateway::bind(&config).await?;
-        if let Some((partner, key)) = &partner {
+        if let Some((partner, key, _)) = &partner {
             // Trusted by the partner before this gateway starts calling it
             // (its health checks first); its log, just opened, witnessed.
             partner.federate(&crate::partner::Home {
@@ -568,7 +589,7 @@ pub async fn run(dir: &Path, faults: bool, nodes: usize, federation: bool) -> an
         agencies.seed,
         data.citizens.len()
     );
-    if let Some((partner, _)) = &partner {
+    if let Some((partner, _, _)) = &partner {
         let (_, home, _) = listening.first().context("no gateway started")?;
         let admin = partner
             .admin_addr()

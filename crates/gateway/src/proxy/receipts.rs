@@ -6,8 +6,8 @@
 //! partner's log key, and kept in [`crate::exchange_log::receipts`] (or,
 //! on a fleet's node, in the fleet's database).
 //!
-//! Calls queue their receipts ([`ReceiptQueue`]). Once a second, each
-//! partner not busy with a round gets one: the partner's latest
+//! Calls queue their receipts ([`ReceiptQueue`]), due a second later.
+//! Every [`TICK`], each partner not busy with a round gets one: the partner's latest
 //! checkpoint first, then the receipts it covers, [`IN_FLIGHT`] at a time
 //! over one connection; those it does not cover yet wait for the next
 //! round. Partners' rounds run side by side: one that hangs delays no
@@ -37,11 +37,17 @@ use crate::proto::audit::v1::{GetCheckpointRequest, GetRecordRequest};
 /// counted) rather than hold memory for a partner that never answers.
 const MAX_PENDING: usize = 100_000;
 
-/// How often partners are given a round.
+/// How long after its call a receipt is first asked for, and again after
+/// each try that finds it not under the partner's checkpoint yet.
 const EVERY: Duration = Duration::from_secs(1);
 
+/// How often partners are given a round: often, so that each takes a
+/// few receipts rather than a second's worth at once (a burst of them
+/// every second stalled the partner's calls).
+const TICK: Duration = Duration::from_millis(100);
+
 /// The most receipts one partner's round takes.
-const PER_ROUND: usize = 4096;
+const PER_ROUND: usize = 1024;
 
 /// Receipts asked of one partner at once.
 const IN_FLIGHT: usize = 16;
@@ -238,7 +244,7 @@ pub(super) async fn follow(
     // The partner of each round in flight, by task.
     let mut busy: HashMap<tokio::task::Id, String> = HashMap::new();
     let mut rounds = tokio::task::JoinSet::new();
-    let mut ticks = tokio::time::interval(EVERY);
+    let mut ticks = tokio::time::interval(TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -45,6 +45,8 @@ pub struct FederationOptions {
     pub warmup: Duration,
     pub duration: Duration,
     pub progress: bool,
+    /// Senegal's gateway fetches and keeps Azerbaijan's receipts meanwhile.
+    pub receipts: bool,
 }
 
 /// One path's figures.
@@ -66,6 +68,8 @@ pub struct PathFigures {
 pub struct FederationReport {
     pub rate: u64,
     pub duration_s: f64,
+    /// Whether Senegal's gateway fetched Azerbaijan's receipts meanwhile.
+    pub receipts: bool,
     pub home: PathFigures,
     pub across: PathFigures,
 }
@@ -105,6 +109,9 @@ pub async fn federation(options: &FederationOptions) -> anyhow::Result<Federatio
         .args(["dev", "--federation", "--dir"])
         .arg(&dir)
         .env("RUST_LOG", "error");
+    if options.receipts {
+        command.arg("--receipts");
+    }
     // It writes the dev directory before it listens.
     let dev = ChildProcess::spawn("govbridge dev --federation", command, GATEWAY_READY)?;
     let seed = AgenciesConfig::load(&dir.join("govbridge.toml"))?
@@ -141,6 +148,7 @@ pub async fn federation(options: &FederationOptions) -> anyhow::Result<Federatio
     let across = measure(&channels, &Arc::new(across), options).await?;
     drop(dev);
     Ok(FederationReport {
+        receipts: options.receipts,
         rate: options.rate,
         duration_s: options.duration.as_secs_f64(),
         home,
@@ -305,8 +313,14 @@ async fn open_loop(
 pub fn render(report: &FederationReport) -> String {
     let mut text = format!(
         "govbridge bench federation: open loop, {} calls/s per path, {:.0} s each, \
-         everything on (policies, both exchange logs)\n\n",
-        report.rate, report.duration_s
+         everything on (policies, both exchange logs){}\n\n",
+        report.rate,
+        report.duration_s,
+        if report.receipts {
+            ", Azerbaijan's receipts fetched and kept"
+        } else {
+            ""
+        }
     );
     text.push_str(&format!(
         "{:<30} {:>7} {:>7} {:>8} {:>8} {:>8} {:>9} {:>5}\n",
