@@ -72,19 +72,43 @@ impl Receipts {
 
     /// Keeps `receipts`, in one transaction; one kept already stays.
     pub fn keep(&mut self, receipts: &[Receipt], now: i64) -> Result<(), StoreError> {
+        let rows = receipts.iter().map(|receipt| {
+            let json = super::verify::bundles_to_json(std::slice::from_ref(&receipt.bundle));
+            (
+                &receipt.instance,
+                receipt.bundle.index,
+                &receipt.request_id,
+                json,
+            )
+        });
+        self.insert(rows, now, None)
+    }
+
+    /// Inserts `rows` (partner, index, call, bundle as JSON) and, for a
+    /// pulled copy, how far the copy went, in one transaction.
+    fn insert<'a>(
+        &mut self,
+        rows: impl Iterator<Item = (&'a String, u64, &'a String, String)>,
+        now: i64,
+        pulled: Option<i64>,
+    ) -> Result<(), StoreError> {
         let path = &self.path;
         let transaction = self.connection.transaction().at(path)?;
         {
             let mut insert = transaction.prepare_cached(INSERT).at(path)?;
-            for receipt in receipts {
+            for (instance, index, request_id, bundle) in rows {
+                let index = i64::try_from(index).unwrap_or(i64::MAX);
                 insert
-                    .execute(params![
-                        receipt.instance,
-                        i64::try_from(receipt.bundle.index).unwrap_or(i64::MAX),
-                        receipt.request_id,
-                        now,
-                        super::verify::bundles_to_json(std::slice::from_ref(&receipt.bundle)),
-                    ])
+                    .execute(params![instance, index, request_id, now, bundle])
+                    .at(path)?;
+            }
+            if let Some(seq) = pulled {
+                transaction
+                    .execute(
+                        "INSERT INTO pulled (one, seq) VALUES (1, ?1)
+                         ON CONFLICT (one) DO UPDATE SET seq = excluded.seq",
+                        [seq],
+                    )
                     .at(path)?;
             }
         }
@@ -111,30 +135,15 @@ impl Receipts {
         let Some(last) = receipts.last() else {
             return Ok(());
         };
-        let path = &self.path;
-        let transaction = self.connection.transaction().at(path)?;
-        {
-            let mut insert = transaction.prepare_cached(INSERT).at(path)?;
-            for receipt in receipts {
-                insert
-                    .execute(params![
-                        receipt.instance,
-                        i64::try_from(receipt.index).unwrap_or(i64::MAX),
-                        receipt.request_id,
-                        now,
-                        receipt.bundle,
-                    ])
-                    .at(path)?;
-            }
-            transaction
-                .execute(
-                    "INSERT INTO pulled (one, seq) VALUES (1, ?1)
-                     ON CONFLICT (one) DO UPDATE SET seq = excluded.seq",
-                    [last.seq],
-                )
-                .at(path)?;
-        }
-        transaction.commit().at(path)
+        let rows = receipts.iter().map(|receipt| {
+            (
+                &receipt.instance,
+                receipt.index,
+                &receipt.request_id,
+                receipt.bundle.clone(),
+            )
+        });
+        self.insert(rows, now, Some(last.seq))
     }
 
     /// The receipts kept for call `request_id`, if the database exists.

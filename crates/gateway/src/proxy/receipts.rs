@@ -12,7 +12,7 @@
 //! over one connection; those it does not cover yet wait for the next
 //! round. Partners' rounds run side by side: one that hangs delays no
 //! other. A partner that fails is asked again after a pause that doubles
-//! up to a minute; a receipt still not fetched after [`GIVE_UP`], or one
+//! up to a minute (the witness sender's [`super::witness::Backoff`]); a receipt still not fetched after [`GIVE_UP`], or one
 //! the partner archived, is dropped and counted (`audit receipt --fetch`
 //! can still fetch it by hand). The queue is in memory: receipts waiting
 //! when the gateway stops are not fetched after it starts again.
@@ -54,9 +54,6 @@ const IN_FLIGHT: usize = 16;
 
 /// How long one request may take, connecting included.
 const ATTEMPT: Duration = Duration::from_secs(5);
-
-/// The longest pause after a partner's failures.
-const MAX_PAUSE: Duration = Duration::from_secs(60);
 
 /// How long a receipt is tried for.
 const GIVE_UP: Duration = Duration::from_secs(3600);
@@ -151,8 +148,7 @@ impl ReceiptQueue {
 #[derive(Default)]
 struct Partner {
     channel: Option<(Arc<rustls::ClientConfig>, Channel)>,
-    failures: u32,
-    pause_until: Option<Instant>,
+    backoff: super::witness::Backoff,
 }
 
 /// Why a receipt was not fetched this time.
@@ -255,8 +251,7 @@ pub(super) async fn follow(
                 for item in queue.due(now, PER_ROUND * 4) {
                     let pausing = partners
                         .get(&item.instance)
-                        .and_then(|partner| partner.pause_until)
-                        .is_some_and(|until| now < until);
+                        .is_some_and(|partner| partner.backoff.pausing(now));
                     let taken = by_partner.get(&item.instance).map_or(0, Vec::len);
                     let in_round = busy.values().any(|instance| *instance == item.instance);
                     if in_round || pausing || taken >= PER_ROUND {
@@ -358,17 +353,10 @@ async fn settle(
     }
     queue.again(retry);
     match failed {
-        None => {
-            partner.failures = 0;
-            partner.pause_until = None;
-        }
+        None => partner.backoff.succeeded(),
         Some(reason) => {
             partner.channel = None;
-            partner.failures = partner.failures.saturating_add(1);
-            let pause = EVERY
-                .saturating_mul(1 << partner.failures.min(6))
-                .min(MAX_PAUSE);
-            partner.pause_until = Some(Instant::now() + pause);
+            let pause = partner.backoff.failed();
             tracing::warn!(
                 partner = instance,
                 reason,

@@ -45,6 +45,36 @@ const ATTEMPT: Duration = Duration::from_secs(5);
 /// The longest pause after failures.
 const MAX_PAUSE: Duration = Duration::from_secs(60);
 
+/// A partner's failures in a row, and when to try it again: a pause from
+/// two seconds, doubling up to [`MAX_PAUSE`]. Shared by the tasks that
+/// call partners in the background (witnesses, receipts).
+#[derive(Debug, Default)]
+pub(super) struct Backoff {
+    failures: u32,
+    until: Option<Instant>,
+}
+
+impl Backoff {
+    /// Whether the partner is not to be tried at `now`.
+    pub(super) fn pausing(&self, now: Instant) -> bool {
+        self.until.is_some_and(|until| now < until)
+    }
+
+    pub(super) fn succeeded(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Counts a failure; the pause until the next try.
+    pub(super) fn failed(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let pause = EVERY
+            .saturating_mul(1 << self.failures.min(6))
+            .min(MAX_PAUSE);
+        self.until = Some(Instant::now() + pause);
+        pause
+    }
+}
+
 /// How long a stopping gateway waits for its final checkpoint's
 /// cosignatures.
 const FLUSH: Duration = Duration::from_secs(3);
@@ -56,9 +86,7 @@ struct Follower {
     cosigned: u64,
     /// The connection to its gateway, kept while it works.
     connection: Option<Connection>,
-    /// Failures in a row, and when to try again.
-    failures: u32,
-    pause_until: Option<Instant>,
+    backoff: Backoff,
 }
 
 /// A connection to a partner's gateway, and what it was made with.
@@ -191,7 +219,7 @@ async fn send_round(
         if follower.cosigned < latest.size && partner.key.cosigned(&latest.note).is_ok() {
             follower.cosigned = latest.size;
         }
-        let pausing = follower.pause_until.is_some_and(|until| started < until);
+        let pausing = follower.backoff.pausing(started);
         if follower.cosigned >= latest.size || (pausing && !now) {
             continue;
         }
@@ -219,17 +247,10 @@ async fn send_round(
             continue;
         };
         match sent {
-            Ok(()) => {
-                follower.failures = 0;
-                follower.pause_until = None;
-            }
+            Ok(()) => follower.backoff.succeeded(),
             Err(error) => {
                 follower.connection = None;
-                follower.failures = follower.failures.saturating_add(1);
-                let pause = EVERY
-                    .saturating_mul(1 << follower.failures.min(6))
-                    .min(MAX_PAUSE);
-                follower.pause_until = Some(Instant::now() + pause);
+                let pause = follower.backoff.failed();
                 if matches!(error, Unsent::Ahead { .. }) {
                     tracing::error!(
                         partner = instance,
