@@ -289,6 +289,7 @@ fn run(command: Command, log_format: LogFormat) -> anyhow::Result<()> {
                 if let Some(directory) = &config.directory {
                     gateway.reloader().follow_directory(directory.clone());
                 }
+                gateway.reloader().follow_partners();
                 gateway
                     .reloader()
                     .reload_on_file_change(std::time::Duration::from_secs(2));

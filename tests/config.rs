@@ -989,4 +989,49 @@ fn federation_mistakes_are_named() {
     assert_eq!(error.key, "federation.AZ.receipts", "{error}");
     assert!(error.message.contains("log_key"), "{error}");
     assert_eq!(error.line, Some(line_of(&text, "receipts = true")));
+
+    // Followed from its directory: only where, under which key, is
+    // written here; the rest is what the partner publishes.
+    let directory_key = govbridge::note::SigningKey::generate("AZ-directory").unwrap();
+    std::fs::write(
+        dir.join("az-directory.pub"),
+        format!("{}\n", directory_key.verifier()),
+    )
+    .unwrap();
+    let followed = |lines: &str| {
+        with_key(&format!(
+            "\n[federation.AZ]\ndirectory = \"https://directory.az.example/bundle.json\"\n\
+             directory_ca = \"az-ca.pem\"\ndirectory_key = \"az-directory.pub\"\n{lines}\
+             \n[members.\"AZ/GOV/ASAN/registry\"]\nname = \"ASAN\"\n\
+             \n[providers.\"AZ/GOV/ASAN/registry\"]\n"
+        ))
+    };
+    // Not fetched yet: a start fetches it first (tests/federation.rs).
+    let error = error_of(&followed(""));
+    assert_eq!(error.key, "federation.AZ.directory", "{error}");
+    assert!(
+        error.message.contains("has not been fetched yet"),
+        "{error}"
+    );
+    assert!(
+        error
+            .message
+            .contains("https://directory.az.example/bundle.json"),
+        "{error}"
+    );
+    let text = followed("gateway = \"AZ/GOV/BRIDGE/gateway\"\n");
+    let error = error_of(&text);
+    assert_eq!(error.key, "federation.AZ.gateway", "{error}");
+    assert!(error.message.contains("publishes"), "{error}");
+    assert_eq!(
+        error.line,
+        Some(line_of(&text, "gateway = \"AZ/GOV/BRIDGE"))
+    );
+    let error = error_of(&followed("").replace("https://directory.az", "http://directory.az"));
+    assert_eq!(error.key, "federation.AZ.directory", "{error}");
+    assert!(error.message.contains("https://"), "{error}");
+    let error = error_of(&followed("").replace("directory_key = \"az-directory.pub\"\n", ""));
+    assert_eq!(error.key, "federation.AZ.directory_key", "{error}");
+    let error = error_of(&followed("interval = \"1ms\"\n"));
+    assert_eq!(error.key, "federation.AZ.interval", "{error}");
 }

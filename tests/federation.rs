@@ -742,7 +742,247 @@ async fn a_partner_is_learned_from_its_signed_global_configuration() {
     assert!(publication.join("federation/AZ/v2/ca.pem").exists());
     assert!(!publication.join("federation/AZ/v1").exists());
     govbridge::config::Config::load_publication(&global).unwrap();
+
+    // Or each gateway follows Azerbaijan's directory itself: the
+    // publication names where, and under which key, only.
+    let federation = publication.join("federation");
+    std::fs::copy(&az_key, federation.join("AZ-directory.pub")).unwrap();
+    std::fs::copy(
+        partner.path("pki/ca.pem"),
+        federation.join("AZ-directory-ca.pem"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&global).unwrap();
+    let start = text.find("# >>> learned from AZ").unwrap();
+    let end_marker = "# <<< end of what was learned from AZ's global configuration\n";
+    let end = text.find(end_marker).unwrap() + end_marker.len();
+    let followed = "[federation.AZ]\ndirectory = \"https://directory.az.example/bundle.json\"\n\
+                    directory_ca = \"federation/AZ-directory-ca.pem\"\n\
+                    directory_key = \"federation/AZ-directory.pub\"\n";
+    std::fs::write(
+        &global,
+        format!("{}{followed}{}", &text[..start], &text[end..]),
+    )
+    .unwrap();
+    let checked = govbridge::config::Config::load_publication(&global).unwrap();
+    assert!(checked.federation.partners.is_empty());
+    let az = &checked.federation.followed["AZ"];
+    assert_eq!(
+        az.url.to_string(),
+        "https://directory.az.example/bundle.json"
+    );
     let _ = before;
+    bed.stop().await;
+}
+
+/// Senegal's gateway configured with Azerbaijan's directory (its address,
+/// the CA of its HTTPS certificate, its verifier key) and nothing else of
+/// Azerbaijan's; the gateway, a `govbridge serve` process, learns the rest.
+fn following(bed: &Bed, url: &str, az_key: &Path) -> PathBuf {
+    let config = support::process::GatewayProcess::config(bed, "sn", &[], "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let start = text.find("[federation.AZ]\n").unwrap();
+    let section = "witness = true\n";
+    let end = start + text[start..].find(section).unwrap() + section.len();
+    let followed = format!(
+        "[federation.AZ]\ndirectory = \"{url}\"\ndirectory_ca = {:?}\ndirectory_key = {:?}\n\
+         interval = \"200ms\"\n",
+        bed.pki.join("ca.pem"),
+        az_key
+    );
+    std::fs::write(
+        &config,
+        format!("{}{followed}{}", &text[..start], &text[end..]),
+    )
+    .unwrap();
+    config
+}
+
+/// Azerbaijan's company registry read through `gateway` by the CBAO bank.
+async fn company_through(bed: &Bed, gateway: SocketAddr, voen: &str) -> Result<(), tonic::Status> {
+    let client = H2Client::connect(gateway, bed.member_tls("cbao-kyc"))
+        .await
+        .unwrap();
+    CompanyRegistryClient::new(client)
+        .get_company(get_company(voen, "TRADE-FINANCE"))
+        .await
+        .map(drop)
+}
+
+/// Polls until `check` holds, for up to 20 s.
+async fn until<F: std::future::Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < Duration::from_secs(20), "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_follows_its_partners_own_directory() {
+    let (partner, bed, keys) = federated().await;
+    let voen = partner.company();
+    let az = keys.path().join("az-directory");
+    let week = Duration::from_secs(7 * 86_400);
+    // Azerbaijan's first publication names an address where no gateway
+    // listens.
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (bundle, az_key) = partner
+        .instance
+        .publish_configuration_with(&az, 1, nowhere, week)
+        .unwrap();
+    let server = govbridge::global::http::Server::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &bed.pki.join("gateway.pem"),
+        &bed.pki.join("gateway.key"),
+        &bundle,
+    )
+    .await
+    .unwrap();
+    let url = format!(
+        "https://{}{}",
+        server.local_addr().unwrap(),
+        govbridge::global::http::BUNDLE_PATH
+    );
+    let serving = tokio::spawn(server.serve());
+    let config = following(&bed, &url, &az_key);
+    let check = support::govbridge(&["check-config", config.to_str().unwrap()]);
+    assert!(!check.status.success());
+    assert!(
+        support::text(&check).contains("has not been fetched yet"),
+        "{}",
+        support::text(&check)
+    );
+
+    // Learned at start: calls go where version 1 says, and fail there.
+    let gateway = support::process::GatewayProcess::spawn_config(&bed, "sn", &config);
+    let version = "govbridge_global_configuration_version{instance=\"AZ\"}";
+    assert_eq!(support::metric(gateway.admin, version).await, 1.0);
+    let refused = company_through(&bed, gateway.address, &voen)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+
+    // Azerbaijan's gateway "moves": version 2 names where it listens, and
+    // Senegal's gateway follows without anyone touching its files.
+    partner
+        .instance
+        .publish_configuration_with(&az, 2, partner.instance.address(), week)
+        .unwrap();
+    until(
+        "Senegal's gateway reaches Azerbaijan's where version 2 says",
+        || {
+            let bed = &bed;
+            let voen = &voen;
+            let address = gateway.address;
+            async move { company_through(bed, address, voen).await.is_ok() }
+        },
+    )
+    .await;
+    assert_eq!(support::metric(gateway.admin, version).await, 2.0);
+
+    // A bundle signed by another key is refused; version 2 keeps serving.
+    let forged = keys.path().join("forged");
+    std::fs::create_dir_all(&forged).unwrap();
+    let stranger = SigningKey::generate("AZ-directory").unwrap();
+    std::fs::write(forged.join("directory.key"), stranger.to_pem()).unwrap();
+    std::fs::write(
+        forged.join("directory.pub"),
+        format!("{}\n", stranger.verifier()),
+    )
+    .unwrap();
+    let (forgery, _) = partner
+        .instance
+        .publish_configuration_with(&forged, 3, nowhere, week)
+        .unwrap();
+    std::fs::copy(&forgery, &bundle).unwrap();
+    let unsigned = "govbridge_partner_configuration_fetches_total{instance=\"AZ\",\
+                    result=\"refused\",reason=\"unsigned\"}";
+    until("the forged bundle is refused", || async {
+        support::metric(gateway.admin, unsigned).await >= 1.0
+    })
+    .await;
+    company_through(&bed, gateway.address, &voen).await.unwrap();
+    assert_eq!(support::metric(gateway.admin, version).await, 2.0);
+
+    // Restarted with Azerbaijan's directory gone, the gateway runs the
+    // version in its cache.
+    drop(gateway);
+    serving.abort();
+    let gateway = support::process::GatewayProcess::spawn_config(&bed, "sn", &config);
+    assert_eq!(support::metric(gateway.admin, version).await, 2.0);
+    company_through(&bed, gateway.address, &voen).await.unwrap();
+    let unreachable = "govbridge_partner_configuration_fetches_total{instance=\"AZ\",\
+                       result=\"unreachable\"}";
+    until("Azerbaijan's directory is missed", || async {
+        support::metric(gateway.admin, unreachable).await >= 1.0
+    })
+    .await;
+    // Before the bed, whose agencies it holds connections to.
+    drop(gateway);
+    bed.stop().await;
+}
+
+/// A partner's configuration that expires with no newer one from its
+/// directory: no call goes to the partner, the instance's own go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partners_expired_configuration_stops_calls_to_it_only() {
+    let (partner, bed, keys) = federated().await;
+    let voen = partner.company();
+    let az = keys.path().join("az-directory");
+    let (bundle, az_key) = partner
+        .instance
+        .publish_configuration_with(&az, 1, partner.instance.address(), Duration::from_secs(6))
+        .unwrap();
+    let server = govbridge::global::http::Server::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &bed.pki.join("gateway.pem"),
+        &bed.pki.join("gateway.key"),
+        &bundle,
+    )
+    .await
+    .unwrap();
+    let url = format!(
+        "https://{}{}",
+        server.local_addr().unwrap(),
+        govbridge::global::http::BUNDLE_PATH
+    );
+    tokio::spawn(server.serve());
+    let gateway =
+        support::process::GatewayProcess::spawn_config(&bed, "sn", &following(&bed, &url, &az_key));
+    company_through(&bed, gateway.address, &voen).await.unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        match company_through(&bed, gateway.address, &voen).await {
+            Err(status)
+                if bridge_error(&status).as_deref() == Some("partner-configuration-expired") =>
+            {
+                break status;
+            }
+            answer => assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "never refused as expired: {answer:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(
+        status.message().contains("AZ's global configuration"),
+        "{status:?}"
+    );
+    // Senegal's own registry still answers through the same gateway.
+    let client = H2Client::connect(gateway.address, bed.member_tls("cbao-kyc"))
+        .await
+        .unwrap();
+    BusinessRegistryClient::new(client)
+        .get_company(home_company(&bed, "KYC"))
+        .await
+        .unwrap();
+    drop(gateway);
     bed.stop().await;
 }
 

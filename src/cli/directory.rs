@@ -346,7 +346,20 @@ fn learn(learning: &Learning<'_>) -> anyhow::Result<()> {
     bundle
         .accept(partner, None, govbridge::unix_time::now())
         .with_context(|| format!("{}: {partner}'s global configuration", learning.from))?;
-    let learned = Learned::of(&bundle, partner)?;
+    let learned = govbridge::global::partner::Published::of(
+        partner,
+        bundle.manifest.version,
+        std::str::from_utf8(
+            bundle
+                .files
+                .get(govbridge::global::GLOBAL_FILE)
+                .map_or(&[][..], Vec::as_slice),
+        )
+        .unwrap_or_default(),
+        |path| bundle.files.get(path).cloned(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let bytes_of = |path: &str| bundle.files.get(path).map_or(&[][..], Vec::as_slice);
 
     // Its files, then its section. Each version's files in a directory of
     // their own: the section in place keeps naming whole, unchanged files
@@ -362,16 +375,16 @@ fn learn(learning: &Learning<'_>) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
         anyhow::Ok(files.join(name).display().to_string())
     };
-    let ca = write("ca.pem", &learned.ca)?;
+    let ca = write("ca.pem", bytes_of(&learned.ca))?;
     let crls = learned
         .crls
         .iter()
         .enumerate()
-        .map(|(index, crl)| write(&format!("crl-{index}.pem"), crl))
+        .map(|(index, crl)| write(&format!("crl-{index}.pem"), bytes_of(crl)))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let key = write("federation.pub", &learned.federation_key)?;
+    let key = write("federation.pub", bytes_of(&learned.federation_key))?;
     let log_key = match (&learned.log_key, learning.witness) {
-        (Some(log_key), true) => Some(write("log-key.pub", log_key)?),
+        (Some(log_key), true) => Some(write("log-key.pub", bytes_of(log_key))?),
         (None, true) => {
             bail!("--witness: {partner}'s configuration publishes no log key ([instance] log_key)")
         }
@@ -394,7 +407,7 @@ fn learn(learning: &Learning<'_>) -> anyhow::Result<()> {
         quote(partner),
         quote(&ca),
         list(&crls),
-        quote(&learned.gateway),
+        quote(learned.gateway.as_str()),
         list(&learned.endpoints),
     );
     if let Some(tls_name) = &learned.tls_name {
@@ -463,113 +476,6 @@ fn learn(learning: &Learning<'_>) -> anyhow::Result<()> {
         dir.join(&files).display()
     );
     Ok(())
-}
-
-/// What a partner's global configuration says of how to reach and trust
-/// it.
-struct Learned {
-    ca: Vec<u8>,
-    crls: Vec<Vec<u8>>,
-    gateway: String,
-    endpoints: Vec<String>,
-    tls_name: Option<String>,
-    federation_key: Vec<u8>,
-    log_key: Option<Vec<u8>>,
-}
-
-impl Learned {
-    /// From `bundle`'s `[instance]` and `[trust]` (the CA its members'
-    /// and gateways' certificates chain to, and its CRLs).
-    fn of(bundle: &Bundle, partner: &str) -> anyhow::Result<Self> {
-        let version = bundle.manifest.version;
-        let context = || format!("{partner}'s global configuration (version {version})");
-        let text = bundle
-            .files
-            .get(govbridge::global::GLOBAL_FILE)
-            .and_then(|bytes| std::str::from_utf8(bytes).ok())
-            .with_context(|| format!("{}: no readable global.toml", context()))?;
-        let table: toml::Table = text
-            .parse()
-            .with_context(|| format!("{}: global.toml", context()))?;
-        let section = |name: &str| {
-            table
-                .get(name)
-                .and_then(toml::Value::as_table)
-                .with_context(|| format!("{}: no [{name}] section", context()))
-        };
-        let instance = section("instance")?;
-        let trust = section("trust")?;
-        let text_of = |table: &toml::Table, key: &str| {
-            table
-                .get(key)
-                .and_then(toml::Value::as_str)
-                .map(str::to_owned)
-                .with_context(|| format!("{}: no `{key}`", context()))
-        };
-        let file =
-            |path: &str| {
-                bundle.files.get(path).cloned().with_context(|| {
-                    format!("{}: names {path}, which it does not carry", context())
-                })
-            };
-        let gateway = text_of(instance, "gateway")?;
-        let member = govbridge::identity::MemberId::parse(&gateway)
-            .map_err(|error| anyhow::anyhow!("{}: instance.gateway: {error}", context()))?;
-        if member.instance() != partner {
-            bail!(
-                "{}: its gateway {member} is not of instance {partner}",
-                context()
-            );
-        }
-        let endpoints: Vec<String> = instance
-            .get("endpoints")
-            .and_then(toml::Value::as_array)
-            .map(|endpoints| {
-                endpoints
-                    .iter()
-                    .filter_map(toml::Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
-        if endpoints.is_empty() {
-            bail!("{}: [instance] names no endpoint", context());
-        }
-        let federation_key = file(&text_of(instance, "federation_key")?)?;
-        let log_key = instance
-            .get("log_key")
-            .and_then(toml::Value::as_str)
-            .map(file)
-            .transpose()?;
-        for key in std::iter::once(&federation_key).chain(log_key.as_ref()) {
-            let text = std::str::from_utf8(key).unwrap_or_default();
-            Verifier::parse(text)
-                .map_err(|error| anyhow::anyhow!("{}: a key of [instance]: {error}", context()))?;
-        }
-        let crls = trust
-            .get("client_crls")
-            .and_then(toml::Value::as_array)
-            .map(|crls| {
-                crls.iter()
-                    .filter_map(toml::Value::as_str)
-                    .map(file)
-                    .collect::<anyhow::Result<Vec<_>>>()
-            })
-            .transpose()?
-            .unwrap_or_default();
-        Ok(Self {
-            ca: file(&text_of(trust, "client_ca")?)?,
-            crls,
-            gateway,
-            endpoints,
-            tls_name: instance
-                .get("tls_name")
-                .and_then(toml::Value::as_str)
-                .map(str::to_owned),
-            federation_key,
-            log_key,
-        })
-    }
 }
 
 /// The lines around what `learn` writes of `partner`.

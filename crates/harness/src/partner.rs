@@ -342,6 +342,18 @@ impl PartnerInstance {
         dir: &Path,
         version: u64,
     ) -> anyhow::Result<(PathBuf, PathBuf)> {
+        self.publish_configuration_with(dir, version, self.address, Duration::from_secs(7 * 86_400))
+    }
+
+    /// [`PartnerInstance::publish_configuration`], naming `gateway` as
+    /// its gateway's address, valid for `valid_for`.
+    pub fn publish_configuration_with(
+        &self,
+        dir: &Path,
+        version: u64,
+        gateway: SocketAddr,
+        valid_for: Duration,
+    ) -> anyhow::Result<(PathBuf, PathBuf)> {
         use gateway::global::split::{self, DirectorySettings};
         let settings = DirectorySettings {
             url: "https://directory.az.invalid/bundle.json",
@@ -368,7 +380,7 @@ impl PartnerInstance {
             "\n[instance]\ngateway = \"{GATEWAY}\"\nendpoints = [\"https://{}\"]\n\
              tls_name = \"localhost\"\nfederation_key = \"instance-federation.pub\"\n\
              log_key = \"instance-log-key.pub\"\n",
-            self.address
+            gateway
         ));
         pki::write_file(&global, text.as_bytes(), 0o644)?;
         Config::load_publication(&global)?;
@@ -381,13 +393,8 @@ impl PartnerInstance {
             pki::write_file(&verifier, format!("{}\n", key.verifier()).as_bytes(), 0o644)?;
             key
         };
-        let bundle = gateway::global::Bundle::build(
-            &publication,
-            INSTANCE,
-            version,
-            Duration::from_secs(7 * 86_400),
-            &key,
-        )?;
+        let bundle =
+            gateway::global::Bundle::build(&publication, INSTANCE, version, valid_for, &key)?;
         let path = dir.join("bundle.json");
         pki::write_file(&path, &bundle.to_json(), 0o644)?;
         Ok((path, verifier))

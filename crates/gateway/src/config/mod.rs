@@ -405,6 +405,31 @@ pub struct FederationConfig {
     pub key: Option<PathBuf>,
     /// Partner instances, by instance code.
     pub partners: BTreeMap<String, Partner>,
+    /// Those whose section this gateway learns from their own directory
+    /// (`[federation."XX"] directory`), and keeps following.
+    pub followed: BTreeMap<String, FollowedPartner>,
+}
+
+/// A partner instance learned from its own signed global configuration,
+/// fetched by the gateway from the partner's directory: its CA, CRLs,
+/// gateways and keys are whatever the version in the gateway's cache of
+/// the partner's bundles publishes, and a newer version replaces them
+/// without an operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowedPartner {
+    /// Its instance code (`AZ`).
+    pub instance: String,
+    /// Where its directory serves its bundle, and the CAs that directory's
+    /// HTTPS certificate chains to.
+    pub url: http::Uri,
+    pub ca: PathBuf,
+    /// Its directory's verifier key, obtained out of band: the only thing
+    /// of the partner's this gateway is given.
+    pub verifier: crate::note::Verifier,
+    /// How often its directory is asked for a newer version.
+    pub interval: Duration,
+    /// The gateway's cache of its bundles (`DATA/partners/XX`).
+    pub cache: PathBuf,
 }
 
 /// A partner instance: how its gateways are recognized and reached.
@@ -433,6 +458,9 @@ pub struct Partner {
     /// Whether this gateway fetches and keeps the partner's receipt of
     /// each call it forwards there (needs `log_key`).
     pub receipts: bool,
+    /// For a partner followed from its directory: the version of its
+    /// global configuration this comes from.
+    pub published: Option<GlobalVersion>,
 }
 
 /// One backend address of a provider.
@@ -608,7 +636,14 @@ impl Config {
         text: &str,
         staged: Option<&crate::global::cache::Installed>,
     ) -> Result<Self, ConfigError> {
-        raw::parse(path, text, staged)
+        raw::parse(
+            path,
+            text,
+            Staged {
+                global: staged,
+                partner: None,
+            },
+        )
     }
 
     /// Reads and validates a configuration file.
@@ -619,7 +654,7 @@ impl Config {
 
     /// Validates configuration text as if read from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        raw::parse(path, text, None)
+        raw::parse(path, text, Staged::default())
     }
 
     /// Reads and validates the `global.toml` of a publication directory as
@@ -637,8 +672,51 @@ impl Config {
         path: &Path,
         staged: &crate::global::cache::Installed,
     ) -> Result<Self, ConfigError> {
+        Self::load_with(path, Staged::global(staged))
+    }
+
+    /// Reads and validates a gateway file as if the bundles `staged` (in
+    /// their caches, not yet in use) were the ones in use.
+    pub fn load_with(path: &Path, staged: Staged<'_>) -> Result<Self, ConfigError> {
         let text = read(path)?;
-        raw::parse(path, &text, Some(staged))
+        raw::parse(path, &text, staged)
+    }
+
+    /// The partners the gateway file at `path` follows from their own
+    /// directories (with `[directory]`, as the global configuration in
+    /// use, or `staged`, says), read without the rest, which needs their
+    /// bundles.
+    pub fn followed_of_file(
+        path: &Path,
+        staged: Option<&crate::global::cache::Installed>,
+    ) -> Result<Vec<FollowedPartner>, ConfigError> {
+        let text = read(path)?;
+        raw::followed_of(path, &text, staged)
+    }
+}
+
+/// Bundles fetched, checked and written into their cache but not yet in
+/// use, which a load takes in place of the ones in use: the instance's
+/// global configuration, or a followed partner's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Staged<'a> {
+    pub global: Option<&'a crate::global::cache::Installed>,
+    pub partner: Option<&'a crate::global::cache::Installed>,
+}
+
+impl<'a> Staged<'a> {
+    pub fn global(installed: &'a crate::global::cache::Installed) -> Self {
+        Self {
+            global: Some(installed),
+            partner: None,
+        }
+    }
+
+    pub fn partner(installed: &'a crate::global::cache::Installed) -> Self {
+        Self {
+            global: None,
+            partner: Some(installed),
+        }
     }
 }
 

@@ -96,18 +96,24 @@ struct RawInstance {
     log_key: Option<Spanned<String>>,
 }
 
-/// `[federation."XX"]`: a partner instance.
+/// `[federation."XX"]`: a partner instance, written out (`ca`, `gateway`,
+/// `endpoints`, `key`...), or followed from its own directory
+/// (`directory`, `directory_ca`, `directory_key`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPartner {
-    ca: Spanned<String>,
+    ca: Option<Spanned<String>>,
     #[serde(default)]
     crls: Vec<Spanned<String>>,
-    gateway: Spanned<String>,
-    endpoints: Spanned<Vec<Spanned<String>>>,
+    gateway: Option<Spanned<String>>,
+    endpoints: Option<Spanned<Vec<Spanned<String>>>>,
     tls_name: Option<Spanned<String>>,
-    key: Spanned<String>,
+    key: Option<Spanned<String>>,
     log_key: Option<Spanned<String>>,
+    directory: Option<Spanned<String>>,
+    directory_ca: Option<Spanned<String>>,
+    directory_key: Option<Spanned<String>>,
+    interval: Option<Spanned<String>>,
     witness: Option<Spanned<bool>>,
     receipts: Option<Spanned<bool>>,
 }
@@ -448,10 +454,15 @@ pub fn quoted(key: &str) -> String {
 pub(super) fn parse(
     path: &Path,
     text: &str,
-    staged: Option<&crate::global::cache::Installed>,
+    staged: super::Staged<'_>,
 ) -> Result<Config, ConfigError> {
     let source = Source::new(path, text);
     let mut raw: RawConfig = source.deserialize()?;
+    let data_dir = data_dir_of(&source, &raw);
+    let partners = Partners {
+        data_dir: &data_dir,
+        staged: staged.partner,
+    };
     let Some(directory) = raw.directory.take() else {
         if let Some(trust) = &raw.trust {
             return Err(source.error(
@@ -463,7 +474,7 @@ pub(super) fn parse(
             ));
         }
         let global = raw.take_global();
-        return validate(&source, &source, raw, global, None, false);
+        return validate(&source, &source, raw, global, None, Some(partners));
     };
     raw.refuse_global(&source)?;
     let directory = validate_directory(&source, &directory, &raw)?;
@@ -475,6 +486,7 @@ pub(super) fn parse(
         message,
     };
     let installed = match staged
+        .global
         .map(|staged| Ok(Some(staged.clone())))
         .unwrap_or_else(|| cache.current(&directory.verifier))
     {
@@ -541,8 +553,75 @@ pub(super) fn parse(
         raw,
         global,
         Some((directory, version)),
-        false,
+        Some(partners),
     )
+}
+
+/// Where a gateway keeps what it writes: `exchange_log.data_dir`, or
+/// `data` beside its file.
+fn data_dir_of(source: &Source<'_>, config: &RawConfig) -> PathBuf {
+    config
+        .exchange_log
+        .as_ref()
+        .and_then(|log| log.data_dir.as_ref())
+        .map_or_else(|| source.dir.join("data"), |dir| source.path(dir))
+}
+
+/// Where a gateway finds the partners it follows: their bundles' caches
+/// under its data directory, one of which may be staged.
+#[derive(Debug, Clone, Copy)]
+struct Partners<'a> {
+    data_dir: &'a Path,
+    staged: Option<&'a crate::global::cache::Installed>,
+}
+
+/// The `[federation."XX"]` sections of the gateway file `text` (or of the
+/// global configuration `staged`, or the one in use, with `[directory]`)
+/// that follow a partner's directory.
+pub(super) fn followed_of(
+    path: &Path,
+    text: &str,
+    staged: Option<&crate::global::cache::Installed>,
+) -> Result<Vec<super::FollowedPartner>, ConfigError> {
+    let source = Source::new(path, text);
+    let mut raw: RawConfig = source.deserialize()?;
+    let data_dir = data_dir_of(&source, &raw);
+    let followed_in = |shared: &Source<'_>, federation: &BTreeMap<Spanned<String>, RawPartner>| {
+        federation
+            .iter()
+            .filter(|(_, partner)| partner.directory.is_some())
+            .map(|(key, partner)| followed_partner(shared, key, partner, &data_dir))
+            .collect()
+    };
+    let Some(directory) = raw.directory.take() else {
+        return followed_in(&source, &raw.federation);
+    };
+    let directory = validate_directory(&source, &directory, &raw)?;
+    let installed = match staged {
+        Some(staged) => Some(staged.clone()),
+        None => crate::global::cache::Cache::new(&directory.cache)
+            .current(&directory.verifier)
+            .map_err(|error| ConfigError {
+                file: path.to_owned(),
+                line: None,
+                key: "directory".to_owned(),
+                message: format!("the global configuration in use: {error}"),
+            })?,
+    };
+    // Without a global configuration yet, the start says so.
+    let Some(installed) = installed else {
+        return Ok(Vec::new());
+    };
+    let global_path = installed.dir.join(crate::global::GLOBAL_FILE);
+    let global_text = std::fs::read_to_string(&global_path).map_err(|error| ConfigError {
+        file: global_path.clone(),
+        line: None,
+        key: String::new(),
+        message: format!("cannot read: {error}"),
+    })?;
+    let shared = Source::new(&global_path, &global_text);
+    let global: RawGlobal = shared.deserialize()?;
+    followed_in(&shared, &global.federation)
 }
 
 /// The gateway settings a publication is checked with: none of it is
@@ -570,7 +649,7 @@ pub(super) fn parse_publication(path: &Path, text: &str) -> Result<Config, Confi
     let stub_path = path.with_file_name("(placeholder gateway settings)");
     let local = Source::new(&stub_path, &stub);
     let raw: RawConfig = local.deserialize()?;
-    validate(&local, &shared, raw, global, None, true)
+    validate(&local, &shared, raw, global, None, None)
 }
 
 /// Every path a global configuration names must be a file of its bundle:
@@ -610,6 +689,24 @@ fn confine(shared: &Source<'_>, global: &RawGlobal) -> Result<(), ConfigError> {
         }
         for (index, crl) in trust.server_crls.iter().enumerate() {
             paths.push((format!("trust.server_crls[{index}]"), crl));
+        }
+    }
+    for (instance, partner) in &global.federation {
+        let at = format!("federation.{}", quoted(instance.get_ref()));
+        let files = [
+            ("ca", partner.ca.as_ref()),
+            ("key", partner.key.as_ref()),
+            ("log_key", partner.log_key.as_ref()),
+            ("directory_ca", partner.directory_ca.as_ref()),
+            ("directory_key", partner.directory_key.as_ref()),
+        ];
+        for (name, file) in files {
+            if let Some(file) = file {
+                paths.push((format!("{at}.{name}"), file));
+            }
+        }
+        for (index, crl) in partner.crls.iter().enumerate() {
+            paths.push((format!("{at}.crls[{index}]"), crl));
         }
     }
     for (name, service) in &global.services {
@@ -772,12 +869,7 @@ fn validate_directory(
     )?;
     let cache = match &raw.cache {
         Some(cache) => source.path(cache),
-        None => config
-            .exchange_log
-            .as_ref()
-            .and_then(|log| log.data_dir.as_ref())
-            .map_or_else(|| source.dir.join("data"), |dir| source.path(dir))
-            .join("directory"),
+        None => data_dir_of(source, config).join("directory"),
     };
     let instance = source
         .member("gateway.identity", &config.gateway.identity)?
@@ -879,8 +971,10 @@ fn validate(
     raw: RawConfig,
     global: RawGlobal,
     directory: Option<(DirectoryConfig, GlobalVersion)>,
-    publication: bool,
+    // None for a publication, which no gateway runs yet.
+    partners: Option<Partners<'_>>,
 ) -> Result<Config, ConfigError> {
+    let publication = partners.is_none();
     let trust = Trust::of(source, shared, &raw, global.trust.as_ref())?;
     let gateway = &raw.gateway;
     let listener = listener_settings(source, gateway)?;
@@ -964,7 +1058,7 @@ fn validate(
         );
     }
 
-    let federation = validate_federation(source, shared, &global.federation, gateway, publication)?;
+    let federation = validate_federation(source, shared, &global.federation, gateway, partners)?;
     if let Some(instance) = &global.instance {
         validate_instance(shared, instance.get_ref())?;
     }
@@ -988,16 +1082,29 @@ fn validate(
                 format!("provider {id} is not a registered member (add it under [members])"),
             ));
         }
-        if let Some(partner) = federation.partners.get(id.instance()) {
-            // Reached through the partner's gateways, which it names.
+        // A partner's provider is reached through the partner's gateways,
+        // which its section names. One followed from its directory has
+        // none to name in a publication: each gateway fetches them.
+        let through = match federation.partners.get(id.instance()) {
+            Some(partner) => Some((
+                partner.endpoints.clone(),
+                partner.gateway.clone(),
+                partner.instance.clone(),
+            )),
+            None if publication && federation.followed.contains_key(id.instance()) => {
+                Some((Vec::new(), id.clone(), id.instance().to_owned()))
+            }
+            None => None,
+        };
+        if let Some((endpoints, presents, instance)) = through {
             if let Some(endpoints) = &provider.endpoints {
                 return Err(shared.error(
                     format!("{path}.endpoints"),
                     endpoints,
                     format!(
-                        "{id} is a member of partner instance {}: calls reach it through \
-                         federation.{}.endpoints, its gateways; remove its own endpoints",
-                        partner.instance, partner.instance
+                        "{id} is a member of partner instance {instance}: calls reach it \
+                         through federation.{instance}.endpoints, its gateways (or those its \
+                         directory publishes); remove its own endpoints"
                     ),
                 ));
             }
@@ -1008,9 +1115,9 @@ fn validate(
                 id.clone(),
                 Provider {
                     id,
-                    endpoints: partner.endpoints.clone(),
-                    presents: partner.gateway.clone(),
-                    partner: Some(partner.instance.clone()),
+                    endpoints,
+                    presents,
+                    partner: Some(instance),
                 },
             );
             continue;
@@ -1257,20 +1364,21 @@ fn validate_instance(shared: &Source<'_>, instance: &RawInstance) -> Result<(), 
 }
 
 /// `[federation."XX"]` (shared) and `gateway.federation_key` (this
-/// gateway's own).
+/// gateway's own). A partner followed from its directory is read from the
+/// gateway's cache of its bundles (`partners`; a publication has none).
 fn validate_federation(
     source: &Source<'_>,
     shared: &Source<'_>,
     raw: &BTreeMap<Spanned<String>, RawPartner>,
     gateway: &RawGateway,
-    publication: bool,
+    caches: Option<Partners<'_>>,
 ) -> Result<super::FederationConfig, ConfigError> {
     let own = source.member("gateway.identity", &gateway.identity)?;
     let mut partners = BTreeMap::new();
+    let mut followed = BTreeMap::new();
     for (key, partner) in raw {
         let instance = key.get_ref();
         let path = format!("federation.{}", quoted(instance));
-        let path_key = &path;
         if instance == own.instance() {
             return Err(shared.error(
                 &path,
@@ -1280,58 +1388,46 @@ fn validate_federation(
                 ),
             ));
         }
-        let gateway_id = shared.member(&format!("{path}.gateway"), &partner.gateway)?;
-        if gateway_id.instance() != instance {
-            return Err(shared.error(
-                format!("{path}.gateway"),
-                &partner.gateway,
-                format!("{gateway_id} is not of instance {instance}"),
-            ));
-        }
-        if partner.endpoints.get_ref().is_empty() {
-            return Err(shared.error(
-                format!("{path}.endpoints"),
-                &partner.endpoints,
-                "a partner needs at least one gateway endpoint",
-            ));
-        }
-        let endpoints = endpoints_of(shared, &path, &partner.endpoints, partner.tls_name.as_ref())?;
+        let written = if partner.directory.is_some() {
+            let follow = followed_partner(
+                shared,
+                key,
+                partner,
+                caches.map_or(Path::new(""), |caches| caches.data_dir),
+            )?;
+            let learned = caches
+                .map(|caches| learned_partner(shared, key, partner, &follow, caches))
+                .transpose()?;
+            followed.insert(instance.clone(), follow);
+            let Some(learned) = learned else {
+                continue;
+            };
+            learned
+        } else {
+            written_partner(shared, key, partner)?
+        };
         // A receipt is checked under the partner's log key.
         if let Some(receipts) = partner.receipts.as_ref().filter(|value| *value.get_ref())
-            && partner.log_key.is_none()
+            && written.log_key.is_none()
         {
             return Err(shared.error(
                 format!("{path}.receipts"),
                 receipts,
-                "receipts are checked under the partner's log key: give its file in \
-                 `log_key`",
+                if partner.directory.is_some() {
+                    format!(
+                        "receipts are checked under the partner's log key, and {instance}'s \
+                         configuration publishes none ([instance] log_key)"
+                    )
+                } else {
+                    "receipts are checked under the partner's log key: give its file in \
+                     `log_key`"
+                        .to_owned()
+                },
             ));
         }
-        let key_path = shared.path(&partner.key);
-        let verifier = crate::note::Verifier::read(&key_path)
-            .map_err(|message| shared.error(format!("{path}.key"), &partner.key, message))?;
         partners.insert(
             instance.clone(),
             super::Partner {
-                instance: instance.clone(),
-                ca: shared.path(&partner.ca),
-                crls: partner.crls.iter().map(|crl| shared.path(crl)).collect(),
-                gateway: gateway_id,
-                endpoints,
-                key: verifier,
-                key_file: key_path,
-                log_key: partner
-                    .log_key
-                    .as_ref()
-                    .map(|file| {
-                        let path = shared.path(file);
-                        crate::note::Verifier::read(&path)
-                            .map(|verifier| (verifier, path))
-                            .map_err(|message| {
-                                shared.error(format!("{path_key}.log_key"), file, message)
-                            })
-                    })
-                    .transpose()?,
                 witness: partner
                     .witness
                     .as_ref()
@@ -1340,10 +1436,14 @@ fn validate_federation(
                     .receipts
                     .as_ref()
                     .is_some_and(|value| *value.get_ref()),
+                ..written
             },
         );
     }
-    let key = match (&gateway.federation_key, partners.is_empty()) {
+    let key = match (
+        &gateway.federation_key,
+        partners.is_empty() && followed.is_empty(),
+    ) {
         (Some(file), _) => {
             let path = source.path(file);
             crate::note::SigningKey::read(&path)
@@ -1352,7 +1452,7 @@ fn validate_federation(
         }
         (None, true) => None,
         // Each gateway's own key: a publication names none.
-        (None, false) if publication => None,
+        (None, false) if caches.is_none() => None,
         (None, false) => {
             return Err(source.error(
                 "gateway.federation_key",
@@ -1363,7 +1463,263 @@ fn validate_federation(
             ));
         }
     };
-    Ok(super::FederationConfig { key, partners })
+    Ok(super::FederationConfig {
+        key,
+        partners,
+        followed,
+    })
+}
+
+/// A `[federation."XX"]` written out: its CA, CRLs, gateways and keys.
+fn written_partner(
+    shared: &Source<'_>,
+    key: &Spanned<String>,
+    partner: &RawPartner,
+) -> Result<super::Partner, ConfigError> {
+    let instance = key.get_ref();
+    let path = format!("federation.{}", quoted(instance));
+    let required = |name: &str, value: Option<&Spanned<String>>| {
+        value.cloned().ok_or_else(|| {
+            shared.error(
+                format!("{path}.{name}"),
+                key,
+                "missing key (or `directory`, `directory_ca` and `directory_key`, to learn the \
+                 partner from its own directory)",
+            )
+        })
+    };
+    let (ca, gateway, key_file) = (
+        required("ca", partner.ca.as_ref())?,
+        required("gateway", partner.gateway.as_ref())?,
+        required("key", partner.key.as_ref())?,
+    );
+    let Some(endpoints) = &partner.endpoints else {
+        return Err(shared.error(format!("{path}.endpoints"), key, "missing key"));
+    };
+    let gateway_id = shared.member(&format!("{path}.gateway"), &gateway)?;
+    if gateway_id.instance() != instance {
+        return Err(shared.error(
+            format!("{path}.gateway"),
+            &gateway,
+            format!("{gateway_id} is not of instance {instance}"),
+        ));
+    }
+    if endpoints.get_ref().is_empty() {
+        return Err(shared.error(
+            format!("{path}.endpoints"),
+            endpoints,
+            "a partner needs at least one gateway endpoint",
+        ));
+    }
+    let endpoints = endpoints_of(shared, &path, endpoints, partner.tls_name.as_ref())?;
+    let key_path = shared.path(&key_file);
+    let verifier = crate::note::Verifier::read(&key_path)
+        .map_err(|message| shared.error(format!("{path}.key"), &key_file, message))?;
+    let log_key = partner
+        .log_key
+        .as_ref()
+        .map(|file| {
+            let log_key = shared.path(file);
+            crate::note::Verifier::read(&log_key)
+                .map(|verifier| (verifier, log_key))
+                .map_err(|message| shared.error(format!("{path}.log_key"), file, message))
+        })
+        .transpose()?;
+    Ok(super::Partner {
+        instance: instance.clone(),
+        ca: shared.path(&ca),
+        crls: partner.crls.iter().map(|crl| shared.path(crl)).collect(),
+        gateway: gateway_id,
+        endpoints,
+        key: verifier,
+        key_file: key_path,
+        log_key,
+        witness: false,
+        receipts: false,
+        published: None,
+    })
+}
+
+/// A `[federation."XX"]` that follows the partner's directory: where, and
+/// under which key.
+fn followed_partner(
+    shared: &Source<'_>,
+    key: &Spanned<String>,
+    partner: &RawPartner,
+    data_dir: &Path,
+) -> Result<super::FollowedPartner, ConfigError> {
+    let instance = key.get_ref();
+    let path = format!("federation.{}", quoted(instance));
+    // What the partner's configuration says, not this file.
+    let written = [
+        ("ca", partner.ca.as_ref().map(Spanned::span)),
+        ("crls", partner.crls.first().map(Spanned::span)),
+        ("gateway", partner.gateway.as_ref().map(Spanned::span)),
+        ("endpoints", partner.endpoints.as_ref().map(Spanned::span)),
+        ("tls_name", partner.tls_name.as_ref().map(Spanned::span)),
+        ("key", partner.key.as_ref().map(Spanned::span)),
+        ("log_key", partner.log_key.as_ref().map(Spanned::span)),
+    ];
+    if let Some((name, span)) = written
+        .into_iter()
+        .find_map(|(name, span)| Some((name, span?)))
+    {
+        return Err(shared.error(
+            format!("{path}.{name}"),
+            &Spanned::new(span, ()),
+            format!(
+                "with `directory`, `{name}` is what {instance}'s own configuration publishes \
+                 (its [instance] and [trust]): remove it here"
+            ),
+        ));
+    }
+    let Some(directory) = &partner.directory else {
+        return Err(shared.error(format!("{path}.directory"), key, "missing key"));
+    };
+    let url: http::Uri = directory
+        .get_ref()
+        .parse()
+        .ok()
+        .filter(|url: &http::Uri| url.scheme_str() == Some("https") && url.host().is_some())
+        .ok_or_else(|| {
+            shared.error(
+                format!("{path}.directory"),
+                directory,
+                format!(
+                    "`{}` is not an https:// URL such as https://directory.gov.az/bundle.json",
+                    directory.get_ref()
+                ),
+            )
+        })?;
+    let Some(ca) = &partner.directory_ca else {
+        return Err(shared.error(
+            format!("{path}.directory_ca"),
+            directory,
+            "missing key: the CA certificates the partner's directory's HTTPS certificate \
+             chains to",
+        ));
+    };
+    let Some(verifier_file) = &partner.directory_key else {
+        return Err(shared.error(
+            format!("{path}.directory_key"),
+            directory,
+            "missing key: the partner's directory's verifier key, obtained from it out of band \
+             and checked by fingerprint",
+        ));
+    };
+    let verifier = crate::note::Verifier::read(&shared.path(verifier_file))
+        .map_err(|message| shared.error(format!("{path}.directory_key"), verifier_file, message))?;
+    let interval = shared.duration(
+        &format!("{path}.interval"),
+        partner.interval.as_ref(),
+        Duration::from_secs(60),
+        Duration::from_millis(100)..=Duration::from_secs(24 * 3600),
+    )?;
+    Ok(super::FollowedPartner {
+        instance: instance.clone(),
+        url,
+        ca: shared.path(ca),
+        verifier,
+        interval,
+        cache: data_dir.join("partners").join(instance),
+    })
+}
+
+/// A followed partner, as the version of its configuration in the
+/// gateway's cache (or the one staged) publishes it.
+fn learned_partner(
+    shared: &Source<'_>,
+    key: &Spanned<String>,
+    partner: &RawPartner,
+    follow: &super::FollowedPartner,
+    caches: Partners<'_>,
+) -> Result<super::Partner, ConfigError> {
+    let instance = key.get_ref();
+    let at = format!("federation.{}.directory", quoted(instance));
+    let directory = partner.directory.as_ref().unwrap_or(key);
+    let error = |message: String| shared.error(&at, directory, message);
+    let staged = caches
+        .staged
+        .filter(|staged| staged.dir.starts_with(&follow.cache));
+    let installed = match staged {
+        Some(staged) => staged.clone(),
+        None => crate::global::cache::Cache::new(&follow.cache)
+            .current(&follow.verifier)
+            .map_err(|cache| error(format!("{instance}'s configuration in the cache: {cache}")))?
+            .ok_or_else(|| {
+                error(format!(
+                    "{instance}'s global configuration has not been fetched yet into {}: \
+                     `govbridge serve` fetches it from {} before it starts",
+                    follow.cache.display(),
+                    follow.url
+                ))
+            })?,
+    };
+    let manifest = &installed.manifest;
+    if manifest.instance != *instance {
+        return Err(error(format!(
+            "the configuration in {} is instance {}'s, not {instance}'s",
+            installed.dir.display(),
+            manifest.instance
+        )));
+    }
+    let version = manifest.version;
+    let read = |name: &str| {
+        manifest
+            .files
+            .contains_key(name)
+            .then(|| std::fs::read(installed.dir.join(name)).ok())
+            .flatten()
+    };
+    let global = read(crate::global::GLOBAL_FILE)
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .unwrap_or_default();
+    let published = crate::global::partner::Published::of(instance, version, &global, read)
+        .map_err(|message| error(format!("fetched from {}: {message}", follow.url)))?;
+    let endpoints = published
+        .endpoints
+        .iter()
+        .map(|endpoint| crate::config::parse_endpoint(endpoint, published.tls_name.as_deref()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|message| {
+            error(format!(
+                "{instance}'s configuration (version {version}), [instance] endpoints: {message}"
+            ))
+        })?;
+    let key_file = installed.dir.join(&published.federation_key);
+    let key = crate::note::Verifier::read(&key_file).map_err(error)?;
+    let log_key = published
+        .log_key
+        .as_ref()
+        .map(|file| {
+            let path = installed.dir.join(file);
+            crate::note::Verifier::read(&path).map(|verifier| (verifier, path))
+        })
+        .transpose()
+        .map_err(error)?;
+    Ok(super::Partner {
+        instance: instance.clone(),
+        ca: installed.dir.join(&published.ca),
+        crls: published
+            .crls
+            .iter()
+            .map(|crl| installed.dir.join(crl))
+            .collect(),
+        gateway: published.gateway,
+        endpoints,
+        key,
+        key_file,
+        log_key,
+        witness: false,
+        receipts: false,
+        published: Some(GlobalVersion {
+            instance: manifest.instance.clone(),
+            version,
+            issued: manifest.issued,
+            expires: manifest.expires,
+            dir: installed.dir.clone(),
+        }),
+    })
 }
 
 /// What the gateway knows of services: the compiled-in protos, and the

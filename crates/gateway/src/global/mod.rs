@@ -35,12 +35,15 @@
 //! - [`Bundle`]: building, signing, reading and verifying a bundle.
 //! - [`cache`]: the last good bundles a gateway keeps on disk.
 //! - [`http`]: a directory serving a bundle over HTTPS, and fetching it.
+//! - [`partner`]: what a partner instance publishes of how to reach and
+//!   trust it.
 //! - [`diff`]: what a publication changes.
 //! - [`split`]: a gateway file split into its own part and a publication.
 
 pub mod cache;
 pub mod diff;
 pub mod http;
+pub mod partner;
 pub mod split;
 
 use std::collections::BTreeMap;

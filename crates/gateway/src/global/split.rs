@@ -127,7 +127,7 @@ pub fn split(path: &Path, directory: &DirectorySettings<'_>) -> Result<Split, St
                 continue;
             };
             let into = format!("federation/{instance}");
-            for key in ["ca", "key"] {
+            for key in ["ca", "key", "log_key", "directory_ca", "directory_key"] {
                 if let Some(value) = partner.get(key) {
                     let moved = copy(value, &into)?;
                     partner.insert(key.to_owned(), moved);

@@ -417,24 +417,47 @@ fn render_fleet(
     );
 }
 
-/// The global configuration in use: its version and when it expires.
+/// The global configuration in use, and that of each partner followed
+/// from its own directory: its version and when it expires.
 fn render_global(out: &mut String, state: &crate::proxy::GatewayState) {
     use std::fmt::Write as _;
-    let Some(global) = state.global() else {
+    let mut partners: Vec<&crate::config::GlobalVersion> = state
+        .federation
+        .partners
+        .values()
+        .filter_map(|partner| partner.published.as_ref())
+        .collect();
+    partners.sort_by(|a, b| a.instance.cmp(&b.instance));
+    let versions: Vec<&crate::config::GlobalVersion> =
+        state.global().into_iter().chain(partners).collect();
+    if versions.is_empty() {
         return;
-    };
-    let _ = write!(
-        out,
-        "# HELP govbridge_global_configuration_version The version of the global configuration in use.\n\
-         # TYPE govbridge_global_configuration_version gauge\n\
-         govbridge_global_configuration_version{{instance=\"{instance}\"}} {version}\n\
-         # HELP govbridge_global_configuration_expiry_timestamp_seconds When the global configuration in use expires: past it, every call is refused.\n\
-         # TYPE govbridge_global_configuration_expiry_timestamp_seconds gauge\n\
-         govbridge_global_configuration_expiry_timestamp_seconds{{instance=\"{instance}\"}} {expires}\n",
-        instance = global.instance,
-        version = global.version,
-        expires = global.expires,
+    }
+    out.push_str(
+        "# HELP govbridge_global_configuration_version The version of the global configuration \
+         in use (of this instance, and of each partner followed from its directory).\n\
+         # TYPE govbridge_global_configuration_version gauge\n",
     );
+    for global in &versions {
+        let _ = writeln!(
+            out,
+            "govbridge_global_configuration_version{{instance=\"{}\"}} {}",
+            global.instance, global.version
+        );
+    }
+    out.push_str(
+        "# HELP govbridge_global_configuration_expiry_timestamp_seconds When the global \
+         configuration in use expires: past it, every call is refused (every call to or from \
+         the partner, for a partner's).\n\
+         # TYPE govbridge_global_configuration_expiry_timestamp_seconds gauge\n",
+    );
+    for global in &versions {
+        let _ = writeln!(
+            out,
+            "govbridge_global_configuration_expiry_timestamp_seconds{{instance=\"{}\"}} {}",
+            global.instance, global.expires
+        );
+    }
 }
 
 /// The witness of partners' logs: checkpoints by partner and result (an

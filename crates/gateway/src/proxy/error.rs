@@ -118,6 +118,20 @@ pub enum GatewayError {
         crate::unix_time::rfc3339(*expired)
     )]
     GlobalConfigurationExpired { version: u64, expired: i64 },
+    /// The global configuration of the partner instance the call goes to
+    /// or comes from, followed from its directory, has expired: its CAs,
+    /// gateways and keys cannot be trusted to be current.
+    #[error(
+        "{instance}'s global configuration (version {version}) expired at {}, and its \
+         directory has not given this gateway a newer one: no call goes to or comes from \
+         {instance} until it has",
+        crate::unix_time::rfc3339(*expired)
+    )]
+    PartnerConfigurationExpired {
+        instance: String,
+        version: u64,
+        expired: i64,
+    },
     /// The consent's use cannot be made durable, so the call, which would
     /// spend it, is not forwarded.
     #[error(
@@ -225,6 +239,7 @@ impl GatewayError {
             | Self::UpstreamFailed { .. }
             | Self::ExchangeLogUnavailable(_)
             | Self::GlobalConfigurationExpired { .. }
+            | Self::PartnerConfigurationExpired { .. }
             | Self::ConsentUseUnrecorded(_)
             | Self::ReplayUnchecked(_) => Code::Unavailable,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
@@ -263,6 +278,7 @@ impl GatewayError {
             Self::Cancelled(_) => "cancelled",
             Self::ExchangeLogUnavailable(_) => "exchange-log-unavailable",
             Self::GlobalConfigurationExpired { .. } => "global-configuration-expired",
+            Self::PartnerConfigurationExpired { .. } => "partner-configuration-expired",
             Self::ConsentUseUnrecorded(_) => "consent-ledger-unavailable",
             Self::OutcomeUnrecorded(_) => "exchange-log-outcome-unrecorded",
             Self::RateLimited { .. } => "rate-limited",
@@ -298,6 +314,7 @@ impl GatewayError {
             | Self::UpstreamFailed { .. } => Blame::Upstream,
             Self::ExchangeLogUnavailable(_)
             | Self::GlobalConfigurationExpired { .. }
+            | Self::PartnerConfigurationExpired { .. }
             | Self::ConsentUseUnrecorded(_)
             | Self::ReplayUnchecked(_)
             | Self::OutcomeUnrecorded(_) => Blame::Gateway,
@@ -316,6 +333,7 @@ impl GatewayError {
             Self::UpstreamUnavailable { .. }
                 | Self::ExchangeLogUnavailable(_)
                 | Self::GlobalConfigurationExpired { .. }
+                | Self::PartnerConfigurationExpired { .. }
                 | Self::ConsentUseUnrecorded(_)
                 | Self::Consent(crate::consent::ConsentRefusal::StatusUnknown)
         ) || self.is_limit_refusal()

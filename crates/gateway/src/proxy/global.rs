@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::reload::Reloader;
-use crate::config::{Config, DirectoryConfig, DirectorySource};
+use crate::config::{Config, DirectoryConfig, DirectorySource, FollowedPartner, Staged};
 use crate::global::cache::Cache;
 use crate::global::{Bundle, BundleError};
 
@@ -141,18 +141,36 @@ async fn fetch_newer(
     source: &mut Source,
 ) -> Result<Option<crate::global::cache::Installed>, Failed> {
     let bytes = source.fetch().await.map_err(Failed::Unreachable)?;
-    let directory = source.directory.clone();
+    let directory = &source.directory;
+    stage_newer(
+        bytes,
+        &directory.verifier,
+        &directory.cache,
+        &directory.instance,
+    )
+    .await
+}
+
+/// `bytes`, if they are a bundle of `instance` signed by `verifier`, newer
+/// than the one in the cache at `cache` and not expired, written there
+/// (staged, not in use yet).
+async fn stage_newer(
+    bytes: Vec<u8>,
+    verifier: &crate::note::Verifier,
+    cache: &Path,
+    instance: &str,
+) -> Result<Option<crate::global::cache::Installed>, Failed> {
+    let (verifier, cache, instance) = (verifier.clone(), Cache::new(cache), instance.to_owned());
     let checked = tokio::task::spawn_blocking(move || {
-        let bundle = Bundle::open(&bytes, &directory.verifier).map_err(Failed::Refused)?;
-        let cache = Cache::new(&directory.cache);
+        let bundle = Bundle::open(&bytes, &verifier).map_err(Failed::Refused)?;
         // A cache that cannot be read says nothing of the version in use:
         // taking any signed bundle then would let an older one in.
         let current = cache
-            .current(&directory.verifier)
+            .current(&verifier)
             .map_err(|error| Failed::Cache(error.to_string()))?;
         let newer = bundle
             .accept(
-                &directory.instance,
+                &instance,
                 current.as_ref().map(|current| &current.manifest),
                 crate::unix_time::now(),
             )
@@ -167,6 +185,84 @@ async fn fetch_newer(
     })
     .await;
     checked.unwrap_or_else(|error| Err(Failed::Cache(error.to_string())))
+}
+
+/// Fetches `partner`'s bundle from its directory and stages it if it is
+/// newer than the one in its cache and passes every check.
+async fn fetch_partner(
+    partner: &FollowedPartner,
+) -> Result<Option<crate::global::cache::Installed>, Failed> {
+    let bytes = crate::global::http::fetch(&partner.url, &partner.ca, FETCH_TIMEOUT)
+        .await
+        .map_err(Failed::Unreachable)?;
+    stage_newer(bytes, &partner.verifier, &partner.cache, &partner.instance).await
+}
+
+/// Brings the cache of each partner the gateway file at `path` follows
+/// up to date (with `[directory]`, as the global configuration `global`,
+/// or the one in use, says), before a start or before a new global
+/// configuration is applied: what the load that follows needs.
+///
+/// A partner with nothing cached yet must answer; its bundle, once
+/// checked, becomes the one in its cache at once (nothing runs it until
+/// that load, which checks it). With `refresh`, a partner with a version
+/// cached is asked for a newer one, taken only if the configuration loads
+/// and builds with it; out of reach, it keeps its cached version.
+async fn learn_partners(
+    path: &Path,
+    global: Option<&crate::global::cache::Installed>,
+    refresh: bool,
+) -> Result<Vec<(String, Prepared)>, String> {
+    let followed = Config::followed_of_file(path, global).map_err(|error| error.to_string())?;
+    let mut learned = Vec::new();
+    for partner in followed {
+        let cache = Cache::new(&partner.cache);
+        let cached = matches!(cache.current(&partner.verifier), Ok(Some(_)));
+        if cached && !refresh {
+            continue;
+        }
+        let prepared = match fetch_partner(&partner).await {
+            Ok(None) => Prepared::Current,
+            Ok(Some(staged)) if !cached => {
+                let version = staged.manifest.version;
+                cache
+                    .commit(&staged)
+                    .map_err(|error| format!("{}: {error}", partner.instance))?;
+                Prepared::Fetched { version }
+            }
+            Ok(Some(staged)) => {
+                let (path, version) = (path.to_owned(), staged.manifest.version);
+                let checked = tokio::task::spawn_blocking(move || {
+                    let config = Config::load_with(&path, Staged::partner(&staged))
+                        .map_err(|error| error.to_string())?;
+                    super::Gateway::check(&config).map_err(|error| error.to_string())?;
+                    cache.commit(&staged).map_err(|error| error.to_string())
+                })
+                .await
+                .map_err(|error| error.to_string())
+                .and_then(|checked| checked);
+                match checked {
+                    Ok(()) => Prepared::Fetched { version },
+                    Err(error) => Prepared::FromCache {
+                        why: format!("version {version} cannot run: {error}"),
+                    },
+                }
+            }
+            Err(failed) if cached => Prepared::FromCache {
+                why: failed.to_string(),
+            },
+            Err(failed) => {
+                return Err(format!(
+                    "{}'s global configuration: none in {} yet, and its directory {}: {failed}",
+                    partner.instance,
+                    partner.cache.display(),
+                    partner.url
+                ));
+            }
+        };
+        learned.push((partner.instance, prepared));
+    }
+    Ok(learned)
 }
 
 /// What [`prepare`] did, for the start to log once logging is set up
@@ -185,16 +281,43 @@ pub enum Prepared {
 }
 
 impl Prepared {
-    /// Logs what happened.
-    pub fn log(&self) {
+    /// Logs what happened to `instance`'s global configuration.
+    fn log(&self, instance: &str) {
         match self {
             Self::NoDirectory | Self::Current => {}
             Self::Fetched { version } => {
-                tracing::info!(version, "global configuration fetched from the directory");
+                tracing::info!(
+                    instance,
+                    version,
+                    "global configuration fetched from the directory"
+                );
             }
             Self::FromCache { why } => {
-                tracing::warn!(error = %why, "starting from the global configuration in the cache");
+                tracing::warn!(
+                    instance,
+                    error = %why,
+                    "starting from the global configuration in the cache"
+                );
             }
+        }
+    }
+}
+
+/// What [`prepare`] did of the instance's global configuration and of
+/// each partner's it follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preparation {
+    pub global: Prepared,
+    /// By partner instance.
+    pub partners: Vec<(String, Prepared)>,
+}
+
+impl Preparation {
+    /// Logs what happened.
+    pub fn log(&self) {
+        self.global.log("");
+        for (instance, prepared) in &self.partners {
+            prepared.log(instance);
         }
     }
 }
@@ -205,7 +328,16 @@ impl Prepared {
 /// the gateway cannot start, so the directory must then answer; with one,
 /// a directory out of reach only delays the newer version (the gateway
 /// starts from its cache, and keeps asking).
-pub async fn prepare(path: &Path) -> Result<Prepared, String> {
+///
+/// Then the same for each partner it follows from the partner's own
+/// directory (see [`learn_partners`]).
+pub async fn prepare(path: &Path) -> Result<Preparation, String> {
+    let global = prepare_global(path).await?;
+    let partners = learn_partners(path, None, true).await?;
+    Ok(Preparation { global, partners })
+}
+
+async fn prepare_global(path: &Path) -> Result<Prepared, String> {
     let Some(directory) = Config::directory_of_file(path).map_err(|error| error.to_string())?
     else {
         return Ok(Prepared::NoDirectory);
@@ -214,6 +346,14 @@ pub async fn prepare(path: &Path) -> Result<Prepared, String> {
     let has_one = matches!(cache.current(&directory.verifier), Ok(Some(_)));
     let fetched = match fetch_newer(&mut Source::new(&directory)).await {
         Ok(Some(staged)) => {
+            // The partners it follows first: the load needs them.
+            if let Err(error) = learn_partners(path, Some(&staged), false).await {
+                return if has_one {
+                    Ok(Prepared::FromCache { why: error })
+                } else {
+                    Err(error)
+                };
+            }
             let path = path.to_owned();
             let version = staged.manifest.version;
             // Checked as a start would use it (policies, CAs, routes)
@@ -268,6 +408,12 @@ impl Reloader {
             Ok(Some(staged)) => {
                 let (reloader, cache) = (self.clone(), Cache::new(&directory.cache));
                 let version = staged.manifest.version;
+                // A partner it follows that this gateway has not learned
+                // yet: its configuration first (the load below says why
+                // if it cannot be had).
+                if let Err(error) = learn_partners(&self.source, Some(&staged), false).await {
+                    tracing::warn!(%error, "a partner's global configuration cannot be had");
+                }
                 tokio::task::spawn_blocking(move || reloader.apply_global(&cache, &staged))
                     .await
                     .map_err(|error| error.to_string())
@@ -300,3 +446,97 @@ impl Reloader {
         polled
     }
 }
+
+impl Reloader {
+    /// Asks the directory of each partner the configuration in use follows
+    /// for a newer version of its global configuration, every partner's
+    /// `interval`, until the process ends; a newer one that passes its
+    /// checks, and with which the whole configuration loads, replaces the
+    /// partner's CA, CRLs, gateways and keys.
+    pub fn follow_partners(self) {
+        tokio::spawn(async move {
+            let mut due: std::collections::HashMap<String, tokio::time::Instant> =
+                std::collections::HashMap::new();
+            loop {
+                let followed = self.state.load().federation.followed.clone();
+                due.retain(|instance, _| followed.iter().any(|p| p.instance == *instance));
+                let now = tokio::time::Instant::now();
+                for partner in followed.iter() {
+                    // Fetched at start, or before the configuration that
+                    // names it was applied.
+                    let when = *due
+                        .entry(partner.instance.clone())
+                        .or_insert(now + partner.interval);
+                    if when <= now {
+                        self.poll_partner(partner).await;
+                        due.insert(
+                            partner.instance.clone(),
+                            tokio::time::Instant::now() + partner.interval,
+                        );
+                    }
+                }
+                // A partner a reload adds is seen within a second.
+                let next = due
+                    .values()
+                    .copied()
+                    .min()
+                    .map_or(now + PARTNERS_LOOK, |next| next.min(now + PARTNERS_LOOK));
+                tokio::time::sleep_until(next).await;
+            }
+        });
+    }
+
+    /// One poll of `partner`'s directory.
+    async fn poll_partner(&self, partner: &FollowedPartner) -> Polled {
+        let polled = match fetch_partner(partner).await {
+            Ok(None) => Polled::Unchanged,
+            Ok(Some(staged)) => {
+                let (reloader, cache) = (self.clone(), Cache::new(&partner.cache));
+                let (instance, version) = (partner.instance.clone(), staged.manifest.version);
+                tokio::task::spawn_blocking(move || {
+                    reloader.apply_partner(&instance, &cache, &staged)
+                })
+                .await
+                .map_err(|error| error.to_string())
+                .and_then(|applied| applied.map_err(|error| error.to_string()))
+                .map_or_else(
+                    |detail| Polled::Refused {
+                        reason: "invalid",
+                        detail,
+                    },
+                    |()| Polled::Applied { version },
+                )
+            }
+            Err(failed) => failed.into(),
+        };
+        let (result, reason) = polled.labels();
+        self.metrics
+            .partner_configuration_fetch(&partner.instance, result, reason);
+        match &polled {
+            Polled::Refused { detail, .. } => tracing::error!(
+                instance = %partner.instance,
+                directory = %partner.url,
+                error = %detail,
+                "partner's global configuration refused; the one in use keeps serving"
+            ),
+            Polled::Unreachable(error) => tracing::warn!(
+                instance = %partner.instance,
+                directory = %partner.url,
+                %error,
+                "a partner's directory cannot be reached; its global configuration in use keeps \
+                 serving"
+            ),
+            Polled::Applied { version } => tracing::info!(
+                instance = %partner.instance,
+                version,
+                "partner's global configuration applied"
+            ),
+            Polled::Unchanged => {}
+        }
+        polled
+    }
+}
+
+/// How often the partners the configuration follows are looked at again,
+/// whatever their intervals: a reload may add one.
+const PARTNERS_LOOK: Duration = Duration::from_secs(1);

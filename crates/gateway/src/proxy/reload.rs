@@ -94,6 +94,45 @@ impl Reloader {
         Ok(())
     }
 
+    /// Runs version `staged` of followed partner `instance`'s global
+    /// configuration, in its cache, if the whole configuration is valid
+    /// with it: it becomes the one in use there only then.
+    pub fn apply_partner(
+        &self,
+        instance: &str,
+        cache: &crate::global::cache::Cache,
+        staged: &crate::global::cache::Installed,
+    ) -> Result<(), ReloadError> {
+        let commit = || {
+            // Under the reload lock: none older ever goes in.
+            let running = self
+                .state
+                .load()
+                .federation
+                .partners
+                .get(instance)
+                .and_then(|partner| partner.published.as_ref())
+                .map(|published| published.version);
+            if let Some(running) = running.filter(|running| *running >= staged.manifest.version) {
+                return Err(ReloadError::Cache {
+                    file: self.source.clone(),
+                    error: format!(
+                        "{instance}'s version {} is not newer than version {running}, which runs",
+                        staged.manifest.version
+                    ),
+                });
+            }
+            cache.commit(staged).map_err(|error| ReloadError::Cache {
+                file: self.source.clone(),
+                error: error.to_string(),
+            })
+        };
+        self.apply(
+            || Config::load_with(&self.source, crate::config::Staged::partner(staged)),
+            commit,
+        )
+    }
+
     /// Loads, builds everything the configuration needs, then `commit`s
     /// and swaps it in, one reload at a time; on any error the
     /// configuration in use keeps serving.

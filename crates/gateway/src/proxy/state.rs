@@ -130,6 +130,9 @@ pub(super) struct Federation {
     pub(super) key: Option<Arc<crate::note::SigningKey>>,
     /// Partner instances, by instance code.
     pub(super) partners: std::collections::HashMap<String, crate::config::Partner>,
+    /// Those learned from their own directories, which the gateway
+    /// follows.
+    pub(super) followed: Vec<crate::config::FollowedPartner>,
     /// Assertions already accepted: kept across reloads.
     pub(super) replays: Arc<crate::federation::ReplayGuard>,
     /// A fleet's database, where its nodes take partners' nonces too (set
@@ -325,6 +328,7 @@ impl GatewayState {
                     .iter()
                     .map(|(instance, partner)| (instance.clone(), partner.clone()))
                     .collect(),
+                followed: config.federation.followed.values().cloned().collect(),
                 replays: previous.map_or_else(Arc::default, |previous| {
                     Arc::clone(&previous.federation.replays)
                 }),
@@ -348,6 +352,22 @@ impl GatewayState {
     /// (seconds since the epoch): no call may be forwarded under it.
     pub fn expired_global(&self, now: i64) -> Option<&crate::config::GlobalVersion> {
         self.global.as_ref().filter(|global| now >= global.expires)
+    }
+
+    /// The global configuration of partner `instance` (followed from its
+    /// directory), if it has expired at `now`: no call goes to or comes
+    /// from the partner under it.
+    pub fn expired_partner(
+        &self,
+        instance: &str,
+        now: i64,
+    ) -> Option<&crate::config::GlobalVersion> {
+        self.federation
+            .partners
+            .get(instance)?
+            .published
+            .as_ref()
+            .filter(|published| now >= published.expires)
     }
 
     /// This gateway's node id.

@@ -138,6 +138,8 @@ pub struct Metrics {
     /// Polls of the directory for the global configuration, by result
     /// and, for refusals, reason.
     global_fetches: Family<(&'static str, &'static str), AtomicU64>,
+    /// By partner instance (from the configuration), result and reason.
+    partner_fetches: Family<(String, &'static str, &'static str), AtomicU64>,
     /// How long the last global configuration applied took to load and
     /// swap in, in microseconds.
     global_apply_us: AtomicU64,
@@ -176,6 +178,7 @@ impl Default for Metrics {
             refusals: Family::default(),
             reloads: Family::default(),
             global_fetches: Family::default(),
+            partner_fetches: Family::default(),
             global_apply_us: AtomicU64::new(0),
             last_reload: Family::default(),
             in_flight: Arc::default(),
@@ -249,6 +252,19 @@ impl Metrics {
     pub fn global_fetch(&self, result: &'static str, reason: &'static str) {
         self.global_fetches
             .get(&(result, reason))
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A poll of followed partner `instance`'s directory, as
+    /// [`Metrics::global_fetch`] counts the instance's own.
+    pub fn partner_configuration_fetch(
+        &self,
+        instance: &str,
+        result: &'static str,
+        reason: &'static str,
+    ) {
+        self.partner_fetches
+            .get(&(instance.to_owned(), result, reason))
             .fetch_add(1, Ordering::Relaxed);
     }
 
@@ -399,6 +415,30 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "govbridge_global_configuration_fetches_total{{result=\"{result}\"{reason}}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
+
+        let partners = self.partner_fetches.snapshot();
+        if !partners.is_empty() {
+            header(
+                &mut out,
+                "govbridge_partner_configuration_fetches_total",
+                "counter",
+                "Polls of followed partners' directories for their global configurations, as \
+                 govbridge_global_configuration_fetches_total counts the instance's own.",
+            );
+        }
+        for ((instance, result, reason), count) in partners {
+            let reason = if reason.is_empty() {
+                String::new()
+            } else {
+                format!(",reason=\"{reason}\"")
+            };
+            let _ = writeln!(
+                out,
+                "govbridge_partner_configuration_fetches_total{{instance=\"{instance}\",\
+                 result=\"{result}\"{reason}}} {}",
                 count.load(Ordering::Relaxed)
             );
         }

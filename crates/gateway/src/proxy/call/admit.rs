@@ -44,6 +44,7 @@ impl Call<'_> {
                 if gateway != partner.gateway {
                     return Err(self.foreign_member(&partner, gateway));
                 }
+                self.partner_current(&partner.instance)?;
                 let permit = limited(self, &gateway)?;
                 let (caller, assertion) = self.asserted(&partner, &gateway, headers).await?;
                 // The member behind it counts on its own, once asserted
@@ -120,6 +121,22 @@ impl Call<'_> {
         };
         peer.control.close();
         Err(refused)
+    }
+
+    /// Refuses a call to or from partner `instance` once the global
+    /// configuration it was learned from has expired.
+    pub(super) fn partner_current(&self, instance: &str) -> Result<(), GatewayError> {
+        match self
+            .state
+            .expired_partner(instance, crate::unix_time::now())
+        {
+            Some(expired) => Err(GatewayError::PartnerConfigurationExpired {
+                instance: instance.to_owned(),
+                version: expired.version,
+                expired: expired.expires,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Whether the peer is a partner instance's gateway, whose calls are

@@ -121,6 +121,9 @@ impl Call<'_> {
             });
         }
         let routed = self.route(&headers, admitted.assertion.as_ref())?;
+        if let Some(instance) = routed.provider.partner() {
+            self.partner_current(instance)?;
+        }
         let deciding = Instant::now();
         let consent = self.authorize(&admitted, &headers, routed.provider.provider())?;
         let mut exchange = Exchange {
