@@ -24,7 +24,8 @@ fn the_demo_plays_every_step_as_told() {
         "bridge-error consent-revoked",
         "is in the signed tree",
         "[10/11] CBAO's trade-finance desk verifies an Azerbaijani company",
-        "Azerbaijan's log: 2 records, every hash and checkpoint verified",
+        "tax service: in good standing, VAT payer since",
+        "Azerbaijan's log: 4 records, every hash and checkpoint verified",
         "Azerbaijan holds Senegal's signed assertion for it",
         "The story went as told",
     ] {

@@ -26,6 +26,8 @@ use govbridge::proto::audit::v1::GetCheckpointRequest;
 use govbridge::proto::audit::v1::exchange_log_client::ExchangeLogClient;
 use govbridge::proto::azbusiness::v1::GetCompanyRequest as AzGetCompanyRequest;
 use govbridge::proto::azbusiness::v1::company_registry_client::CompanyRegistryClient;
+use govbridge::proto::aztax::v1::tax_service_client::TaxServiceClient;
+use govbridge::proto::aztax::v1::{GetTaxpayerStatusRequest, Standing};
 use govbridge::proto::business::v1::GetCompanyRequest;
 use govbridge::proto::business::v1::business_registry_client::BusinessRegistryClient;
 use support::{Bed, H2Client, bridge_error, raw_call};
@@ -38,7 +40,6 @@ const AZ_REGISTRY: &str = "AZ/GOV/ASAN/business-registry";
 const SN_GATEWAY: &str = "SN/GOV/GOVBRIDGE/gateway";
 const CBAO: &str = "SN/COM/CBAO/kyc";
 const TAX: &str = "govbridge.tax.v1.TaxAuthority";
-const AZ_TAX: &str = "AZ/GOV/VERGI/tax-authority";
 
 fn member(id: &str) -> MemberId {
     MemberId::parse(id).unwrap()
@@ -219,6 +220,22 @@ async fn a_call_crosses_the_border_and_both_instances_log_it() {
         .unwrap();
     assert_eq!(answer.get_ref().voen, voen);
     assert!(!answer.get_ref().address.as_ref().unwrap().city.is_empty());
+    // Azerbaijan's tax service answers from the same register: the
+    // company, its standing, its tax office.
+    let standing = TaxServiceClient::new(bed.channel_as(CBAO).await.unwrap())
+        .get_taxpayer_status(support::declared(
+            GetTaxpayerStatusRequest { voen: voen.clone() },
+            "TRADE-FINANCE",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(standing.get_ref().name, answer.get_ref().name);
+    assert_eq!(standing.get_ref().standing(), Standing::InGoodStanding);
+    assert!(standing.get_ref().vat_payer);
+    assert!(
+        standing.get_ref().tax_office.contains("Vergilər"),
+        "{standing:?}"
+    );
     let request_id = answer
         .metadata()
         .get("bridge-request-id")
@@ -1082,10 +1099,9 @@ async fn assertions_are_checked_and_used_once() {
 
 #[tokio::test]
 async fn streams_of_every_kind_cross_the_border() {
+    use govbridge::proto::aztax::v1::ElectronicInvoice;
     use govbridge::proto::bench::v1::echo_client::EchoClient;
     use govbridge::proto::bench::v1::{Payload, StreamRequest};
-    use govbridge::proto::tax::v1::WithholdingLine;
-    use govbridge::proto::tax::v1::tax_authority_client::TaxAuthorityClient;
 
     let (partner, bed, _keys) = federated().await;
     let channel = bed.channel_as(CBAO).await.unwrap();
@@ -1127,25 +1143,27 @@ async fn streams_of_every_kind_cross_the_border() {
     }
     assert_eq!(echoed.message().await.unwrap(), None);
 
-    let lines: Vec<WithholdingLine> = (0..3)
-        .map(|index| WithholdingLine {
-            line_id: format!("line-{index}"),
-            payer_ninea: bed.data.companies[0].ninea.to_string(),
-            subject_nin: bed.data.citizens[index].nin.to_string(),
-            period: "2026-11".to_owned(),
-            gross_amount_xof: 500_000,
-            tax_withheld_xof: 50_000,
+    // Client streaming: a seller's e-invoices to Azerbaijan's tax
+    // service, the third with the wrong VAT.
+    let companies = partner.instance.companies().companies();
+    let invoices: Vec<ElectronicInvoice> = (0..3)
+        .map(|index| ElectronicInvoice {
+            invoice_id: format!("EQ-{index}"),
+            seller_voen: companies[0].voen.to_string(),
+            buyer_voen: companies[1].voen.to_string(),
+            issued_on: "2026-11-30".to_owned(),
+            amount_azn: 10_000,
+            vat_azn: if index == 2 { 1_000 } else { 1_800 },
         })
         .collect();
-    let mut request = declared(tokio_stream::iter(lines));
-    request
-        .metadata_mut()
-        .insert("bridge-target", AZ_TAX.parse().unwrap());
-    let receipt = TaxAuthorityClient::new(channel)
-        .submit_withholdings(request)
+    let receipt = TaxServiceClient::new(channel.clone())
+        .submit_invoices(declared(tokio_stream::iter(invoices)))
         .await
         .unwrap();
-    assert_eq!(receipt.get_ref().lines_received, 3);
+    assert_eq!(receipt.get_ref().invoices_received, 3);
+    assert_eq!(receipt.get_ref().invoices_accepted, 2);
+    assert_eq!(receipt.get_ref().total_vat_azn, 3_600);
+    assert_eq!(receipt.get_ref().rejected[0].invoice_id, "EQ-2");
     // Both sides logged the stream, request bytes included.
     let request_id = receipt
         .metadata()

@@ -45,8 +45,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// The directories under `proto/govbridge/` of the mock agencies' protos
 /// (the benchmark's echo service with them): `src/proto.rs` names each
 /// set.
-const AGENCIES: [&str; 7] = [
+const AGENCIES: [&str; 8] = [
     "azbusiness",
+    "aztax",
     "bank",
     "bench",
     "business",

@@ -17,10 +17,14 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// --descriptor_set_out` writes. The gateway knows none of these services
 /// until a configuration registers them with `[services."X"] descriptor`,
 /// as the development configuration does (`descriptors/NAME.binpb`).
-pub const AGENCY_DESCRIPTOR_SETS: [(&str, &[u8]); 7] = [
+pub const AGENCY_DESCRIPTOR_SETS: [(&str, &[u8]); 8] = [
     (
         "azbusiness",
         include_bytes!(concat!(env!("OUT_DIR"), "/azbusiness.binpb")),
+    ),
+    (
+        "aztax",
+        include_bytes!(concat!(env!("OUT_DIR"), "/aztax.binpb")),
     ),
     (
         "bank",
@@ -71,6 +75,14 @@ pub mod business {
 pub mod azbusiness {
     pub mod v1 {
         tonic::include_proto!("govbridge.azbusiness.v1");
+    }
+}
+
+/// Azerbaijan's tax service, served by the partner instance of `govbridge
+/// dev --federation`.
+pub mod aztax {
+    pub mod v1 {
+        tonic::include_proto!("govbridge.aztax.v1");
     }
 }
 

@@ -748,6 +748,8 @@ impl Demo {
         use gateway::exchange_log::note::Verifier;
         use gateway::proto::azbusiness::v1::GetCompanyRequest;
         use gateway::proto::azbusiness::v1::company_registry_client::CompanyRegistryClient;
+        use gateway::proto::aztax::v1::GetTaxpayerStatusRequest;
+        use gateway::proto::aztax::v1::tax_service_client::TaxServiceClient;
 
         let Some((instance, federation_key)) = self
             .partner
@@ -759,7 +761,7 @@ impl Demo {
         let company = instance.companies().companies()[0].clone();
         self.step(&format!(
             "CBAO's trade-finance desk verifies an Azerbaijani company (VÖEN {}) at \
-             Azerbaijan's registry, through Senegal's gateway and Azerbaijan's",
+             Azerbaijan's registry and tax service, through Senegal's gateway and Azerbaijan's",
             company.voen
         ));
         let mut registry = CompanyRegistryClient::new(self.channel("cbao-kyc").await?);
@@ -789,6 +791,36 @@ impl Demo {
             },
             found.registration_date,
             found.head
+        );
+        // Its tax standing, from Azerbaijan's tax service, before the
+        // letter of credit goes out.
+        let standing = TaxServiceClient::new(self.channel("cbao-kyc").await?)
+            .get_taxpayer_status(declared(
+                GetTaxpayerStatusRequest {
+                    voen: company.voen.to_string(),
+                },
+                crate::partner::PURPOSE,
+                "officer-17",
+                "letter of credit 2026-118",
+            ))
+            .await;
+        Outcome::of(&standing).expect(Code::Ok, None)?;
+        let standing = standing?.into_inner();
+        use gateway::proto::aztax::v1::Standing;
+        println!(
+            "      tax service: {}{}, {}",
+            match standing.standing() {
+                Standing::InGoodStanding => "in good standing".to_owned(),
+                Standing::InArrears => format!("{} AZN in arrears", standing.arrears_azn),
+                Standing::Suspended => "activity suspended".to_owned(),
+                Standing::Deregistered | Standing::Unspecified => "deregistered".to_owned(),
+            },
+            if standing.vat_payer {
+                format!(", VAT payer since {}", standing.vat_registered_on)
+            } else {
+                String::new()
+            },
+            standing.tax_office
         );
 
         self.step(

@@ -42,8 +42,8 @@ pub const PROVIDERS: [(&str, &str, &str); 3] = [
     ),
     (
         "AZ/GOV/VERGI/tax-authority",
-        "govbridge.tax.v1.TaxAuthority",
-        "tax",
+        "govbridge.aztax.v1.TaxService",
+        "aztax",
     ),
     ("AZ/GOV/BRIDGE/echo", "govbridge.bench.v1.Echo", "bench"),
 ];
@@ -171,7 +171,7 @@ impl PartnerInstance {
                     let agency = if index == 0 {
                         Agency::AzCompanyRegistry
                     } else {
-                        Agency::Tax
+                        Agency::AzTaxService
                     };
                     let bound = BoundAgency::bind(
                         agency,

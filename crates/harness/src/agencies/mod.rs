@@ -18,6 +18,7 @@
 //! personal data (no NIN, name or amount in any log line).
 
 pub mod azerbaijan;
+pub mod aztax;
 pub mod bank;
 pub mod business;
 pub mod calendar;
@@ -70,6 +71,8 @@ pub enum Agency {
     /// `govbridge dev --federation`, not by the Senegalese dev instance
     /// (not in [`Agency::ALL`]).
     AzCompanyRegistry,
+    /// Azerbaijan's tax service, likewise.
+    AzTaxService,
 }
 
 /// A demo bank offering account verification.
@@ -121,6 +124,7 @@ impl Agency {
             Agency::Bank(Bank::Ecobank) => "bank-ecobank",
             Agency::MyGov => "mygov",
             Agency::AzCompanyRegistry => "az-company-registry",
+            Agency::AzTaxService => "az-tax-service",
         }
     }
 
@@ -134,6 +138,7 @@ impl Agency {
             Agency::Bank(Bank::Ecobank) => "SN/COM/ECOBANK/accounts",
             Agency::MyGov => "SN/GOV/MYGOV/consent",
             Agency::AzCompanyRegistry => "AZ/GOV/ASAN/business-registry",
+            Agency::AzTaxService => "AZ/GOV/VERGI/tax-authority",
         };
         match MemberId::parse(text) {
             Ok(member) => member,
@@ -151,6 +156,7 @@ impl Agency {
             Agency::Bank(_) => "govbridge.bank.v1.AccountVerification",
             Agency::MyGov => "govbridge.consent.v1.Consent",
             Agency::AzCompanyRegistry => "govbridge.azbusiness.v1.CompanyRegistry",
+            Agency::AzTaxService => "govbridge.aztax.v1.TaxService",
         }
     }
 }
@@ -240,6 +246,13 @@ pub fn service(
             .into_server()
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE),
+            guard,
+        ),
+        Agency::AzTaxService => assemble(
+            aztax::TaxServiceAgency::new(Arc::new(azerbaijan::Registry::generate(data.seed)))
+                .into_server()
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
             guard,
         ),
         Agency::Bank(which) => assemble(
