@@ -330,7 +330,7 @@ impl Preparation {
 /// starts from its cache, and keeps asking).
 ///
 /// Then the same for each partner it follows from the partner's own
-/// directory (see [`learn_partners`]).
+/// directory.
 pub async fn prepare(path: &Path) -> Result<Preparation, String> {
     let global = prepare_global(path).await?;
     let partners = learn_partners(path, None, true).await?;
