@@ -1182,6 +1182,63 @@ async fn streams_of_every_kind_cross_the_border() {
 }
 
 #[tokio::test]
+async fn a_call_abandoned_mid_stream_is_closed_as_cancelled_on_both_sides() {
+    use govbridge::proto::bench::v1::Payload;
+    use govbridge::proto::bench::v1::echo_client::EchoClient;
+
+    let (partner, bed, _keys) = federated().await;
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    sender
+        .send(Payload {
+            body: b"salam".to_vec(),
+        })
+        .await
+        .unwrap();
+    let mut echo = EchoClient::new(bed.channel_as(CBAO).await.unwrap());
+    let response = echo
+        .bidi(support::declared(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+            "TRADE-FINANCE",
+        ))
+        .await
+        .unwrap();
+    let request_id = response
+        .metadata()
+        .get("bridge-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut answers = response.into_inner();
+    assert_eq!(answers.message().await.unwrap().unwrap().body, b"salam");
+    // Mid-conversation, the bank's client goes: its stream is reset, and
+    // Senegal's gateway resets the one it opened to Azerbaijan's.
+    drop(answers);
+    drop(sender);
+
+    let started = std::time::Instant::now();
+    let (home, abroad) = loop {
+        let home = bed.sandbox.exchange_log().of_request(&request_id).unwrap();
+        let abroad = partner.records(&request_id);
+        if home.len() == 2 && abroad.len() == 2 {
+            break (home, abroad);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the abandoned call is not closed on both sides: {home:?} {abroad:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let outcome = &home[1].record;
+    assert_eq!(outcome.grpc_status, tonic::Code::Cancelled as i32);
+    assert_eq!(outcome.error_kind, "cancelled");
+    assert_eq!(abroad[1].grpc_status, tonic::Code::Cancelled as i32);
+    assert_eq!(abroad[1].error_kind, "cancelled");
+    assert!(abroad[1].request_bytes > 0 && abroad[1].response_bytes > 0);
+    bed.stop().await;
+}
+
+#[tokio::test]
 async fn a_partner_down_is_unavailable_at_once_and_home_goes_on() {
     let (partner, bed, _keys) = federated().await;
     let voen = partner.company();
