@@ -1034,4 +1034,13 @@ fn federation_mistakes_are_named() {
     assert_eq!(error.key, "federation.AZ.directory_key", "{error}");
     let error = error_of(&followed("interval = \"1ms\"\n"));
     assert_eq!(error.key, "federation.AZ.interval", "{error}");
+    // What only a followed partner takes, in a section written out.
+    let text = with_key(&partner("AZ/GOV/BRIDGE/gateway")).replace(
+        "key = \"az.pub\"\n",
+        "key = \"az.pub\"\nwitness_log = true\n",
+    );
+    let error = error_of(&text);
+    assert_eq!(error.key, "federation.AZ.witness_log", "{error}");
+    assert!(error.message.contains("no `directory`"), "{error}");
+    assert_eq!(error.line, Some(line_of(&text, "witness_log = true")));
 }

@@ -882,6 +882,10 @@ async fn a_gateway_follows_its_partners_own_directory() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        bridge_error(&refused).as_deref(),
+        Some("upstream-unavailable")
+    );
 
     // Azerbaijan's gateway "moves": version 2 names where it listens, and
     // Senegal's gateway follows without anyone touching its files.
@@ -925,12 +929,28 @@ async fn a_gateway_follows_its_partners_own_directory() {
     company_through(&bed, gateway.address, &voen).await.unwrap();
     assert_eq!(support::metric(gateway.admin, version).await, 2.0);
 
+    // Azerbaijan rotates its directory's key: version 4 is signed by the
+    // new one, and Senegal's operator, told out of band, replaces the key
+    // file. The gateway reloads, fetches version 4 under the new key (its
+    // own cache) and runs it.
+    let (rotated, new_key) = partner
+        .instance
+        .publish_configuration_with(&forged, 4, partner.instance.address(), week)
+        .unwrap();
+    std::fs::copy(&rotated, &bundle).unwrap();
+    std::fs::copy(&new_key, &az_key).unwrap();
+    until("version 4 runs, under the new key", || async {
+        support::metric(gateway.admin, version).await >= 4.0
+    })
+    .await;
+    company_through(&bed, gateway.address, &voen).await.unwrap();
+
     // Restarted with Azerbaijan's directory gone, the gateway runs the
     // version in its cache.
     drop(gateway);
     serving.abort();
     let gateway = support::process::GatewayProcess::spawn_config(&bed, "sn", &config);
-    assert_eq!(support::metric(gateway.admin, version).await, 2.0);
+    assert_eq!(support::metric(gateway.admin, version).await, 4.0);
     company_through(&bed, gateway.address, &voen).await.unwrap();
     let unreachable = "govbridge_partner_configuration_fetches_total{instance=\"AZ\",\
                        result=\"unreachable\"}";
@@ -952,7 +972,12 @@ async fn a_partners_expired_configuration_stops_calls_to_it_only() {
     let az = keys.path().join("az-directory");
     let (bundle, az_key) = partner
         .instance
-        .publish_configuration_with(&az, 1, partner.instance.address(), Duration::from_secs(6))
+        .publish_configuration_with(
+            &az,
+            1,
+            partner.instance.address(),
+            Duration::from_secs(86_400),
+        )
         .unwrap();
     let server = govbridge::global::http::Server::bind(
         "127.0.0.1:0".parse().unwrap(),
@@ -971,6 +996,16 @@ async fn a_partners_expired_configuration_stops_calls_to_it_only() {
     let gateway =
         support::process::GatewayProcess::spawn_config(&bed, "sn", &following(&bed, &url, &az_key));
     company_through(&bed, gateway.address, &voen).await.unwrap();
+    // Version 2 is valid for a few seconds only, and no version 3 comes.
+    partner
+        .instance
+        .publish_configuration_with(&az, 2, partner.instance.address(), Duration::from_secs(3))
+        .unwrap();
+    let version = "govbridge_global_configuration_version{instance=\"AZ\"}";
+    until("version 2 is followed", || async {
+        support::metric(gateway.admin, version).await >= 2.0
+    })
+    .await;
     let started = std::time::Instant::now();
     let status = loop {
         match company_through(&bed, gateway.address, &voen).await {
@@ -1151,7 +1186,8 @@ async fn streams_of_every_kind_cross_the_border() {
             invoice_id: format!("EQ-{index}"),
             seller_voen: companies[0].voen.to_string(),
             buyer_voen: companies[1].voen.to_string(),
-            issued_on: "2026-11-30".to_owned(),
+            // Any day before the test runs.
+            issued_on: "2025-06-30".to_owned(),
             amount_azn: 10_000,
             vat_azn: if index == 2 { 1_000 } else { 1_800 },
         })

@@ -220,6 +220,12 @@ impl Verifier {
         &self.name
     }
 
+    /// The key's id, as its text form carries it: 8 hex digits of a hash
+    /// of its name and key.
+    pub fn id_hex(&self) -> String {
+        format!("{:08x}", u32::from_be_bytes(self.id))
+    }
+
     /// Parses `<name>+<key id hex>+<base64(ALG || key)>`, ALG being 0x01
     /// (Ed25519 notes) or 0x04 (a witness's cosignatures, C2SP
     /// tlog-cosignature/v1).

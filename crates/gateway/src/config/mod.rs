@@ -424,12 +424,17 @@ pub struct FollowedPartner {
     pub url: http::Uri,
     pub ca: PathBuf,
     /// Its directory's verifier key, obtained out of band: the only thing
-    /// of the partner's this gateway is given.
+    /// of the partner's this gateway is given; and its file.
     pub verifier: crate::note::Verifier,
+    pub key_file: PathBuf,
     /// How often its directory is asked for a newer version.
     pub interval: Duration,
-    /// The gateway's cache of its bundles (`DATA/partners/XX`).
+    /// The gateway's cache of its bundles signed by `verifier`
+    /// (`DATA/partners/XX/KEY`).
     pub cache: PathBuf,
+    /// Whether this gateway witnesses the partner's log, with the log key
+    /// the partner publishes (`witness_log`; `receipts` takes it too).
+    pub witness_log: bool,
 }
 
 /// A partner instance: how its gateways are recognized and reached.

@@ -114,6 +114,7 @@ struct RawPartner {
     directory_ca: Option<Spanned<String>>,
     directory_key: Option<Spanned<String>>,
     interval: Option<Spanned<String>>,
+    witness_log: Option<Spanned<bool>>,
     witness: Option<Spanned<bool>>,
     receipts: Option<Spanned<bool>>,
 }
@@ -621,6 +622,18 @@ pub(super) fn followed_of(
     })?;
     let shared = Source::new(&global_path, &global_text);
     let global: RawGlobal = shared.deserialize()?;
+    // Its keys and CAs are files of the bundle, as the load will insist.
+    confine(&shared, &global)?;
+    if installed.manifest.instance != directory.instance {
+        return Err(shared.error(
+            "directory",
+            &Spanned::new(0..0, ()),
+            format!(
+                "the global configuration is instance {}'s, and this gateway is of {}",
+                installed.manifest.instance, directory.instance
+            ),
+        ));
+    }
     followed_in(&shared, &global.federation)
 }
 
@@ -1478,6 +1491,34 @@ fn written_partner(
 ) -> Result<super::Partner, ConfigError> {
     let instance = key.get_ref();
     let path = format!("federation.{}", quoted(instance));
+    let followed_only = [
+        (
+            "directory_ca",
+            partner.directory_ca.as_ref().map(Spanned::span),
+        ),
+        (
+            "directory_key",
+            partner.directory_key.as_ref().map(Spanned::span),
+        ),
+        ("interval", partner.interval.as_ref().map(Spanned::span)),
+        (
+            "witness_log",
+            partner.witness_log.as_ref().map(Spanned::span),
+        ),
+    ];
+    if let Some((name, span)) = followed_only
+        .into_iter()
+        .find_map(|(name, span)| Some((name, span?)))
+    {
+        return Err(shared.error(
+            format!("{path}.{name}"),
+            &Spanned::new(span, ()),
+            format!(
+                "`{name}` is for a partner followed from its directory, and this section has \
+                 no `directory`"
+            ),
+        ));
+    }
     let required = |name: &str, value: Option<&Spanned<String>>| {
         value.cloned().ok_or_else(|| {
             shared.error(
@@ -1607,7 +1648,8 @@ fn followed_partner(
              and checked by fingerprint",
         ));
     };
-    let verifier = crate::note::Verifier::read(&shared.path(verifier_file))
+    let key_file = shared.path(verifier_file);
+    let verifier = crate::note::Verifier::read(&key_file)
         .map_err(|message| shared.error(format!("{path}.directory_key"), verifier_file, message))?;
     let interval = shared.duration(
         &format!("{path}.interval"),
@@ -1615,13 +1657,25 @@ fn followed_partner(
         Duration::from_secs(60),
         Duration::from_millis(100)..=Duration::from_secs(24 * 3600),
     )?;
+    // One cache per key: bundles signed by a key the section no longer
+    // names stay out of the way (and are never read).
+    let cache = data_dir.join("partners").join(instance).join(format!(
+        "{}+{}",
+        verifier.name(),
+        verifier.id_hex()
+    ));
     Ok(super::FollowedPartner {
         instance: instance.clone(),
         url,
         ca: shared.path(ca),
         verifier,
+        key_file,
         interval,
-        cache: data_dir.join("partners").join(instance),
+        cache,
+        witness_log: partner
+            .witness_log
+            .as_ref()
+            .is_some_and(|value| *value.get_ref()),
     })
 }
 
@@ -1638,11 +1692,22 @@ fn learned_partner(
     let at = format!("federation.{}.directory", quoted(instance));
     let directory = partner.directory.as_ref().unwrap_or(key);
     let error = |message: String| shared.error(&at, directory, message);
+    // A bundle staged for this partner under this key (its cache is the
+    // key's): checked again, as the one in the cache is.
     let staged = caches
         .staged
-        .filter(|staged| staged.dir.starts_with(&follow.cache));
+        .filter(|staged| staged.dir.starts_with(&follow.cache))
+        .map(|staged| {
+            crate::global::cache::Cache::read_dir(
+                &staged.dir,
+                Some(staged.manifest.version),
+                &follow.verifier,
+            )
+            .map_err(|cache| error(format!("{instance}'s staged configuration: {cache}")))
+        })
+        .transpose()?;
     let installed = match staged {
-        Some(staged) => staged.clone(),
+        Some(staged) => staged,
         None => crate::global::cache::Cache::new(&follow.cache)
             .current(&follow.verifier)
             .map_err(|cache| error(format!("{instance}'s configuration in the cache: {cache}")))?
@@ -1673,7 +1738,13 @@ fn learned_partner(
     };
     let global = read(crate::global::GLOBAL_FILE)
         .and_then(|bytes| String::from_utf8(bytes).ok())
-        .unwrap_or_default();
+        .ok_or_else(|| {
+            error(format!(
+                "{instance}'s configuration (version {version}) in {} has no readable {}",
+                installed.dir.display(),
+                crate::global::GLOBAL_FILE
+            ))
+        })?;
     let published = crate::global::partner::Published::of(instance, version, &global, read)
         .map_err(|message| error(format!("fetched from {}: {message}", follow.url)))?;
     let endpoints = published
@@ -1688,9 +1759,17 @@ fn learned_partner(
         })?;
     let key_file = installed.dir.join(&published.federation_key);
     let key = crate::note::Verifier::read(&key_file).map_err(error)?;
+    // Its log is witnessed here only if the section says so (receipts
+    // are checked under its key, and so ask for it too).
+    let wanted = follow.witness_log
+        || partner
+            .receipts
+            .as_ref()
+            .is_some_and(|value| *value.get_ref());
     let log_key = published
         .log_key
         .as_ref()
+        .filter(|_| wanted)
         .map(|file| {
             let path = installed.dir.join(file);
             crate::note::Verifier::read(&path).map(|verifier| (verifier, path))

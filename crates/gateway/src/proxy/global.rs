@@ -208,7 +208,7 @@ async fn fetch_partner(
 /// that load, which checks it). With `refresh`, a partner with a version
 /// cached is asked for a newer one, taken only if the configuration loads
 /// and builds with it; out of reach, it keeps its cached version.
-async fn learn_partners(
+pub(super) async fn learn_partners(
     path: &Path,
     global: Option<&crate::global::cache::Installed>,
     refresh: bool,
@@ -217,7 +217,10 @@ async fn learn_partners(
     let mut learned = Vec::new();
     for partner in followed {
         let cache = Cache::new(&partner.cache);
-        let cached = matches!(cache.current(&partner.verifier), Ok(Some(_)));
+        let cached = cache
+            .current(&partner.verifier)
+            .map_err(|error| format!("{}'s configuration in the cache: {error}", partner.instance))?
+            .is_some();
         if cached && !refresh {
             continue;
         }
@@ -462,11 +465,10 @@ impl Reloader {
                 due.retain(|instance, _| followed.iter().any(|p| p.instance == *instance));
                 let now = tokio::time::Instant::now();
                 for partner in followed.iter() {
-                    // Fetched at start, or before the configuration that
-                    // names it was applied.
-                    let when = *due
-                        .entry(partner.instance.clone())
-                        .or_insert(now + partner.interval);
+                    // A partner seen for the first time is asked at once:
+                    // its cache may hold an old version (it answers
+                    // `unchanged` when not).
+                    let when = *due.entry(partner.instance.clone()).or_insert(now);
                     if when <= now {
                         self.poll_partner(partner).await;
                         due.insert(

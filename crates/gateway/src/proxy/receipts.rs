@@ -393,6 +393,18 @@ async fn round(
             fail(items, format!("{instance} is no longer a partner")),
         );
     };
+    if let Some(expired) = state.expired_partner(instance, crate::unix_time::now()) {
+        return (
+            partner,
+            fail(
+                items,
+                format!(
+                    "{instance}'s global configuration (version {}) has expired",
+                    expired.version
+                ),
+            ),
+        );
+    }
     let Some((log_key, _)) = config.log_key.as_ref().filter(|_| config.receipts) else {
         return (
             partner,

@@ -217,6 +217,7 @@ impl Reloader {
                 // loads is seen at the next tick, not taken as loaded.
                 let next = self.watched_files();
                 let before = fingerprint(&next);
+                self.learn_partners().await;
                 let reloader = self.clone();
                 match tokio::task::spawn_blocking(move || reloader.reload()).await {
                     Ok(Ok(())) => {
@@ -230,6 +231,15 @@ impl Reloader {
                 }
             }
         });
+    }
+
+    /// Before a reload: fetches the configuration of each partner the
+    /// file follows that this gateway has not learned yet (a section just
+    /// added), which the load needs.
+    async fn learn_partners(&self) {
+        if let Err(error) = super::global::learn_partners(&self.source, None, false).await {
+            tracing::warn!(%error, "a partner's global configuration cannot be had");
+        }
     }
 
     /// The configuration file and every file it names.
@@ -268,6 +278,12 @@ impl Reloader {
             files.push(partner.key_file.clone());
             files.extend(partner.crls.iter().cloned());
         }
+        // A partner's directory's key replaced (it rotated it): its
+        // bundles signed by the new key are fetched, and run.
+        for followed in federation.followed.values() {
+            files.push(followed.ca.clone());
+            files.push(followed.key_file.clone());
+        }
         files.extend(
             config
                 .services
@@ -296,6 +312,7 @@ impl Reloader {
             };
         tokio::spawn(async move {
             while hangups.recv().await.is_some() {
+                self.learn_partners().await;
                 // Reading files and compiling policies blocks: keep it off
                 // the threads that serve calls.
                 let reloader = self.clone();

@@ -212,7 +212,12 @@ async fn send_round(
     followers.retain(|instance, _| partners.get(instance).is_some_and(|p| p.witness));
     let started = Instant::now();
     let mut sending = tokio::task::JoinSet::new();
-    for partner in partners.values().filter(|partner| partner.witness) {
+    let now_s = crate::unix_time::now();
+    // None to a partner whose configuration has expired: nothing of it is
+    // trusted to be current, its address included.
+    for partner in partners.values().filter(|partner| {
+        partner.witness && state.expired_partner(&partner.instance, now_s).is_none()
+    }) {
         let follower = followers.entry(partner.instance.clone()).or_default();
         // Cosigned already (before a restart, or a round that timed out
         // while its cosignature was being kept): not sent again.

@@ -83,12 +83,13 @@ impl TaxServiceAgency {
             pb::Standing::InArrears => 50 * (10 + rng.below(5_000)) as i64,
             _ => 0,
         };
-        let vat_payer = first
-            || match company.legal_form {
-                LegalForm::Asc | LegalForm::Qsc => true,
-                LegalForm::Mmc => company.charter_capital_azn >= 20_000 || rng.below(2) == 0,
-                _ => rng.below(3) == 0,
-            };
+        let vat_payer = standing != pb::Standing::Deregistered
+            && (first
+                || match company.legal_form {
+                    LegalForm::Asc | LegalForm::Qsc => true,
+                    LegalForm::Mmc => company.charter_capital_azn >= 20_000 || rng.below(2) == 0,
+                    _ => rng.below(3) == 0,
+                });
         let vat_registered_on = vat_payer.then(|| {
             let after = i32::try_from(rng.below(730)).unwrap_or(0);
             let day = company.registration_date.add_days(after);
@@ -171,7 +172,7 @@ impl TaxServiceAgency {
 
 /// VAT on `amount`, rounded to the manat.
 pub fn vat_of(amount: i64) -> i64 {
-    (amount.saturating_mul(VAT_PERCENT) + 50) / 100
+    amount.saturating_mul(VAT_PERCENT).saturating_add(50) / 100
 }
 
 /// The office that holds `company`'s file: by district in Bakı, by city
@@ -263,6 +264,9 @@ mod tests {
                 status.arrears_azn > 0,
                 status.standing() == pb::Standing::InArrears
             );
+            if status.standing() == pb::Standing::Deregistered {
+                assert!(!status.vat_payer && status.last_return_period.is_empty());
+            }
             assert!(status.tax_office.ends_with("Ərazi Vergilər İdarəsi"));
             seen.insert(status.standing());
         }
@@ -286,6 +290,7 @@ mod tests {
         };
         assert_eq!(agency.check(&invoice, today), Ok(1_800));
         assert_eq!(vat_of(1_003), 181);
+        assert!(vat_of(i64::MAX) > 0, "no overflow");
         let wrong_vat = pb::ElectronicInvoice {
             vat_azn: 1_700,
             ..invoice.clone()
