@@ -63,6 +63,15 @@ pub struct PathFigures {
     pub late_sends: u64,
 }
 
+/// One exchange log's durable commits while a path was measured: what
+/// each call waits for twice (its decision before forwarding, its
+/// outcome before answering).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Commits {
+    pub commits: u64,
+    pub mean_us: u64,
+}
+
 /// The run's figures.
 #[derive(Debug, serde::Serialize)]
 pub struct FederationReport {
@@ -72,6 +81,11 @@ pub struct FederationReport {
     pub receipts: bool,
     pub home: PathFigures,
     pub across: PathFigures,
+    /// Senegal's log's commits during the one-instance run, then Senegal's
+    /// and Azerbaijan's during the two-instance run.
+    pub home_commits: Commits,
+    pub across_home_commits: Commits,
+    pub across_partner_commits: Commits,
 }
 
 impl FederationReport {
@@ -144,8 +158,20 @@ pub async fn federation(options: &FederationOptions) -> anyhow::Result<Federatio
         purpose: crate::partner::PURPOSE,
         company: Company::Voen(partner_company),
     };
-    let home = measure(&channels, &Arc::new(home), options).await?;
-    let across = measure(&channels, &Arc::new(across), options).await?;
+    // Both gateways' admin endpoints, from the files dev wrote.
+    let admin_of = |file: PathBuf| -> anyhow::Result<std::net::SocketAddr> {
+        gateway::config::Config::load(&file)?
+            .gateway
+            .admin
+            .with_context(|| format!("{} has no admin endpoint", file.display()))
+    };
+    let admins = [
+        admin_of(dir.join("federation.toml"))?,
+        admin_of(dir.join("az").join("govbridge.toml"))?,
+    ];
+    let (home, [home_commits, _]) = measure(&channels, &Arc::new(home), options, admins).await?;
+    let (across, [across_home_commits, across_partner_commits]) =
+        measure(&channels, &Arc::new(across), options, admins).await?;
     drop(dev);
     Ok(FederationReport {
         receipts: options.receipts,
@@ -153,7 +179,21 @@ pub async fn federation(options: &FederationOptions) -> anyhow::Result<Federatio
         duration_s: options.duration.as_secs_f64(),
         home,
         across,
+        home_commits,
+        across_home_commits,
+        across_partner_commits,
     })
+}
+
+/// The commit count and total time of the exchange log of the gateway
+/// whose admin endpoint is `admin`.
+async fn commit_totals(admin: std::net::SocketAddr) -> anyhow::Result<(f64, f64)> {
+    let text = crate::bench::process::metrics_text(admin).await?;
+    let sample = |name| crate::bench::process::sample(&text, name);
+    Ok((
+        sample("govbridge_exchange_log_commit_seconds_count"),
+        sample("govbridge_exchange_log_commit_seconds_sum"),
+    ))
 }
 
 /// The CBAO bank's client TLS in the dev PKI.
@@ -228,7 +268,8 @@ async fn measure(
     channels: &[gateway::net::client::Channel],
     path: &Arc<Path>,
     options: &FederationOptions,
-) -> anyhow::Result<PathFigures> {
+    admins: [std::net::SocketAddr; 2],
+) -> anyhow::Result<(PathFigures, [Commits; 2])> {
     if options.progress {
         eprintln!(
             "{}: {} calls/s, {:?} warm-up then {:?}",
@@ -236,8 +277,25 @@ async fn measure(
         );
     }
     let _ = open_loop(channels, path, options.rate, options.warmup).await?;
+    let before = [
+        commit_totals(admins[0]).await?,
+        commit_totals(admins[1]).await?,
+    ];
     let (latency, statuses, late) =
         open_loop(channels, path, options.rate, options.duration).await?;
+    let mut commits = [Commits::default(); 2];
+    for (index, admin) in admins.into_iter().enumerate() {
+        let (count, seconds) = commit_totals(admin).await?;
+        let (count, seconds) = (count - before[index].0, seconds - before[index].1);
+        commits[index] = Commits {
+            commits: count as u64,
+            mean_us: if count > 0.0 {
+                (seconds / count * 1e6) as u64
+            } else {
+                0
+            },
+        };
+    }
     let quantile = |q: f64| latency.value_at_quantile(q);
     let calls = statuses.values().sum();
     let errors = statuses
@@ -245,16 +303,19 @@ async fn measure(
         .filter(|(code, _)| *code != "OK")
         .map(|(code, count)| (code.to_owned(), count))
         .collect();
-    Ok(PathFigures {
-        path: path.name,
-        calls,
-        errors,
-        p50_us: quantile(0.5),
-        p90_us: quantile(0.9),
-        p99_us: quantile(0.99),
-        p999_us: quantile(0.999),
-        late_sends: late,
-    })
+    Ok((
+        PathFigures {
+            path: path.name,
+            calls,
+            errors,
+            p50_us: quantile(0.5),
+            p90_us: quantile(0.9),
+            p99_us: quantile(0.99),
+            p999_us: quantile(0.999),
+            late_sends: late,
+        },
+        commits,
+    ))
 }
 
 type Outcome = (Histogram<u64>, BTreeMap<&'static str, u64>, u64);
@@ -339,6 +400,26 @@ pub fn render(report: &FederationReport) -> String {
             figures.late_sends
         ));
     }
+    text.push_str(&format!(
+        "\ndurable commits (each call waits for two in each log it crosses: its decision \
+         before forwarding, its outcome before answering):\n\
+         {:<30} {:>7} commits, mean {:>5} us\n\
+         {:<30} {:>7} commits, mean {:>5} us\n\
+         {:<30} {:>7} commits, mean {:>5} us\n",
+        "one instance: SN's log",
+        report.home_commits.commits,
+        report.home_commits.mean_us,
+        "two instances: SN's log",
+        report.across_home_commits.commits,
+        report.across_home_commits.mean_us,
+        "two instances: AZ's log",
+        report.across_partner_commits.commits,
+        report.across_partner_commits.mean_us,
+    ));
+    text.push_str(&format!(
+        "AZ's two commits per call alone: {} us of the second hop (the p50 target is 300 us)\n",
+        2 * report.across_partner_commits.mean_us
+    ));
     let (p50, p99) = report.added();
     text.push_str(&format!(
         "\nadded by the second hop: p50 {p50:+} us (target < 300), p99 {p99:+} us (target < 2000): {}\n",
