@@ -815,6 +815,26 @@ fn following(bed: &Bed, url: &str, az_key: &Path) -> PathBuf {
     config
 }
 
+/// Azerbaijan's directory: `bundle`, served over HTTPS (with a
+/// certificate of Senegal's dev CA: whose CA it is does not matter here);
+/// its URL, and the server's task.
+async fn serve_bundle(bed: &Bed, bundle: &Path) -> (String, tokio::task::JoinHandle<()>) {
+    let server = govbridge::global::http::Server::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &bed.pki.join("gateway.pem"),
+        &bed.pki.join("gateway.key"),
+        bundle,
+    )
+    .await
+    .unwrap();
+    let url = format!(
+        "https://{}{}",
+        server.local_addr().unwrap(),
+        govbridge::global::http::BUNDLE_PATH
+    );
+    (url, tokio::spawn(server.serve()))
+}
+
 /// Azerbaijan's company registry read through `gateway` by the CBAO bank.
 async fn company_through(bed: &Bed, gateway: SocketAddr, voen: &str) -> Result<(), tonic::Status> {
     let client = H2Client::connect(gateway, bed.member_tls("cbao-kyc"))
@@ -851,20 +871,7 @@ async fn a_gateway_follows_its_partners_own_directory() {
         .instance
         .publish_configuration_with(&az, 1, nowhere, week)
         .unwrap();
-    let server = govbridge::global::http::Server::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        &bed.pki.join("gateway.pem"),
-        &bed.pki.join("gateway.key"),
-        &bundle,
-    )
-    .await
-    .unwrap();
-    let url = format!(
-        "https://{}{}",
-        server.local_addr().unwrap(),
-        govbridge::global::http::BUNDLE_PATH
-    );
-    let serving = tokio::spawn(server.serve());
+    let (url, serving) = serve_bundle(&bed, &bundle).await;
     let config = following(&bed, &url, &az_key);
     let check = support::govbridge(&["check-config", config.to_str().unwrap()]);
     assert!(!check.status.success());
@@ -979,20 +986,7 @@ async fn a_partners_expired_configuration_stops_calls_to_it_only() {
             Duration::from_secs(86_400),
         )
         .unwrap();
-    let server = govbridge::global::http::Server::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        &bed.pki.join("gateway.pem"),
-        &bed.pki.join("gateway.key"),
-        &bundle,
-    )
-    .await
-    .unwrap();
-    let url = format!(
-        "https://{}{}",
-        server.local_addr().unwrap(),
-        govbridge::global::http::BUNDLE_PATH
-    );
-    tokio::spawn(server.serve());
+    let (url, _serving) = serve_bundle(&bed, &bundle).await;
     let gateway =
         support::process::GatewayProcess::spawn_config(&bed, "sn", &following(&bed, &url, &az_key));
     company_through(&bed, gateway.address, &voen).await.unwrap();

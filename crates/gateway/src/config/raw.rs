@@ -506,13 +506,7 @@ pub(super) fn parse(
             )));
         }
     };
-    let global_path = installed.dir.join(crate::global::GLOBAL_FILE);
-    let global_text = std::fs::read_to_string(&global_path).map_err(|error| ConfigError {
-        file: global_path.clone(),
-        line: None,
-        key: String::new(),
-        message: format!("cannot read: {error}"),
-    })?;
+    let (global_path, global_text) = global_file(&installed)?;
     let shared = Source::new(&global_path, &global_text);
     let global: RawGlobal = shared.deserialize()?;
     confine(&shared, &global)?;
@@ -556,6 +550,21 @@ pub(super) fn parse(
         Some((directory, version)),
         Some(partners),
     )
+}
+
+/// The `global.toml` of a bundle extracted in `installed`: its path and
+/// text.
+fn global_file(
+    installed: &crate::global::cache::Installed,
+) -> Result<(PathBuf, String), ConfigError> {
+    let path = installed.dir.join(crate::global::GLOBAL_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|error| ConfigError {
+        file: path.clone(),
+        line: None,
+        key: String::new(),
+        message: format!("cannot read: {error}"),
+    })?;
+    Ok((path, text))
 }
 
 /// Where a gateway keeps what it writes: `exchange_log.data_dir`, or
@@ -613,13 +622,7 @@ pub(super) fn followed_of(
     let Some(installed) = installed else {
         return Ok(Vec::new());
     };
-    let global_path = installed.dir.join(crate::global::GLOBAL_FILE);
-    let global_text = std::fs::read_to_string(&global_path).map_err(|error| ConfigError {
-        file: global_path.clone(),
-        line: None,
-        key: String::new(),
-        message: format!("cannot read: {error}"),
-    })?;
+    let (global_path, global_text) = global_file(&installed)?;
     let shared = Source::new(&global_path, &global_text);
     let global: RawGlobal = shared.deserialize()?;
     // Its keys and CAs are files of the bundle, as the load will insist.

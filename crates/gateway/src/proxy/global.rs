@@ -417,17 +417,7 @@ impl Reloader {
                 if let Err(error) = learn_partners(&self.source, Some(&staged), false).await {
                     tracing::warn!(%error, "a partner's global configuration cannot be had");
                 }
-                tokio::task::spawn_blocking(move || reloader.apply_global(&cache, &staged))
-                    .await
-                    .map_err(|error| error.to_string())
-                    .and_then(|applied| applied.map_err(|error| error.to_string()))
-                    .map_or_else(
-                        |detail| Polled::Refused {
-                            reason: "invalid",
-                            detail,
-                        },
-                        |()| Polled::Applied { version },
-                    )
+                applied(version, move || reloader.apply_global(&cache, &staged)).await
             }
             Err(failed) => failed.into(),
         };
@@ -495,19 +485,10 @@ impl Reloader {
             Ok(Some(staged)) => {
                 let (reloader, cache) = (self.clone(), Cache::new(&partner.cache));
                 let (instance, version) = (partner.instance.clone(), staged.manifest.version);
-                tokio::task::spawn_blocking(move || {
+                applied(version, move || {
                     reloader.apply_partner(&instance, &cache, &staged)
                 })
                 .await
-                .map_err(|error| error.to_string())
-                .and_then(|applied| applied.map_err(|error| error.to_string()))
-                .map_or_else(
-                    |detail| Polled::Refused {
-                        reason: "invalid",
-                        detail,
-                    },
-                    |()| Polled::Applied { version },
-                )
             }
             Err(failed) => failed.into(),
         };
@@ -537,6 +518,25 @@ impl Reloader {
         }
         polled
     }
+}
+
+/// What applying `version` (`apply`, which loads files and compiles
+/// policies: off the threads that serve calls) came to.
+async fn applied(
+    version: u64,
+    apply: impl FnOnce() -> Result<(), super::reload::ReloadError> + Send + 'static,
+) -> Polled {
+    tokio::task::spawn_blocking(apply)
+        .await
+        .map_err(|error| error.to_string())
+        .and_then(|applied| applied.map_err(|error| error.to_string()))
+        .map_or_else(
+            |detail| Polled::Refused {
+                reason: "invalid",
+                detail,
+            },
+            |()| Polled::Applied { version },
+        )
 }
 
 /// How often the partners the configuration follows are looked at again,

@@ -406,12 +406,16 @@ impl Metrics {
             "Polls of the directory for the global configuration: applied, unchanged, refused \
              (with the reason: unsigned, altered, replayed, expired, invalid...) or unreachable.",
         );
-        for ((result, reason), count) in self.global_fetches.snapshot() {
-            let reason = if reason.is_empty() {
+        // The reason label, when there is one.
+        let reason_label = |reason: &str| {
+            if reason.is_empty() {
                 String::new()
             } else {
                 format!(",reason=\"{reason}\"")
-            };
+            }
+        };
+        for ((result, reason), count) in self.global_fetches.snapshot() {
+            let reason = reason_label(reason);
             let _ = writeln!(
                 out,
                 "govbridge_global_configuration_fetches_total{{result=\"{result}\"{reason}}} {}",
@@ -430,11 +434,7 @@ impl Metrics {
             );
         }
         for ((instance, result, reason), count) in partners {
-            let reason = if reason.is_empty() {
-                String::new()
-            } else {
-                format!(",reason=\"{reason}\"")
-            };
+            let reason = reason_label(reason);
             let _ = writeln!(
                 out,
                 "govbridge_partner_configuration_fetches_total{{instance=\"{instance}\",\
