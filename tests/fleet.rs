@@ -1228,7 +1228,10 @@ async fn federated_fleet(bed: &Bed, cluster: &Cluster) -> FederatedFleet {
             let id = format!("node_id = \"{name}\"");
             let config = node_config(bed, cluster, &name, &[&id], &lines);
             let loaded = govbridge::config::Config::load(&config).unwrap();
-            let federation = govbridge::dev::Federation { receipts: true };
+            let federation = govbridge::dev::Federation {
+                receipts: true,
+                directory: None,
+            };
             govbridge::dev::federate_config(
                 &config, &loaded, &partner, &sn_key, federation, &config,
             )

@@ -175,7 +175,10 @@ pub(super) fn run(command: HarnessCommand, log_format: LogFormat) -> anyhow::Res
                 &dir,
                 faults,
                 usize::from(nodes),
-                federation.then_some(govbridge::dev::Federation { receipts }),
+                federation.then_some(govbridge::dev::Federation {
+                    receipts,
+                    directory: None,
+                }),
             ))
         }
         HarnessCommand::Agency { name, config } => {

@@ -89,13 +89,29 @@ pub async fn run(dir: Option<&Path>, once: bool, nodes: usize) -> anyhow::Result
         .map_err(|error| anyhow!("starting Azerbaijan's instance: {error:#}"))?;
         let key = dir.join("pki").join("federation.key");
         crate::partner::write_federation_key(&key, config.gateway.identity.instance())?;
+        // Senegal's gateway learns Azerbaijan from its directory.
+        let directory = instance
+            .serve_directory(&dir.join("az").join("directory"), &partner_stopping)
+            .await
+            .map_err(|error| anyhow!("serving Azerbaijan's directory: {error:#}"))?;
         let federated = crate::dev::write_federated_config(
             &config_path,
             &config,
             &instance,
             &key,
-            crate::dev::Federation::default(),
+            crate::dev::Federation {
+                receipts: false,
+                directory: Some(directory.clone()),
+            },
         )?;
+        gateway::proxy::global::prepare(&federated)
+            .await
+            .map_err(|error| anyhow!("{}: {error}", federated.display()))?;
+        println!(
+            "Senegal's gateway learned Azerbaijan's instance from its signed global \
+             configuration, at {}",
+            directory.url
+        );
         config = Config::load(&federated)?;
         Some(Partner { instance, key })
     };

@@ -348,6 +348,35 @@ pub fn federate_config(
         receipts.insert("federation".into(), federation.into());
         merge(&mut table, receipts);
     }
+    // Or all of that learned from the partner's directory: where it is,
+    // and under which CA and key, is all the section says.
+    if let Some(directory) = &federation.directory
+        && let Some(section) = table
+            .get_mut("federation")
+            .and_then(|federation| federation.get_mut(crate::partner::INSTANCE))
+            .and_then(toml::Value::as_table_mut)
+    {
+        for written in [
+            "ca",
+            "crls",
+            "gateway",
+            "endpoints",
+            "tls_name",
+            "key",
+            "log_key",
+        ] {
+            section.remove(written);
+        }
+        section.insert("directory".into(), directory.url.clone().into());
+        section.insert(
+            "directory_ca".into(),
+            directory.ca.display().to_string().into(),
+        );
+        section.insert(
+            "directory_key".into(),
+            directory.key.display().to_string().into(),
+        );
+    }
     let dir = config_path.parent().unwrap_or(Path::new("."));
     let policies = dir.join("policies-federation");
     write_policies(&policies)?;
@@ -422,10 +451,14 @@ pub const PARTNER_ADMIN: ([u8; 4], u16) = ([127, 0, 0, 1], 9465);
 /// partner instance (Azerbaijan, [`crate::partner`]) runs in `dir/az`,
 /// federated with this one.
 /// How `dev` runs a partner instance beside this one.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Federation {
     /// Whether this instance's gateway keeps the partner's receipts.
     pub receipts: bool,
+    /// The partner's directory, which this instance's gateway follows to
+    /// learn how to reach and trust it; without one, that is written out
+    /// in `[federation.XX]`.
+    pub directory: Option<crate::partner::PartnerDirectory>,
 }
 
 pub async fn run(
@@ -476,7 +509,7 @@ pub async fn run(
     } else {
         (None, vec![config_path.clone()])
     };
-    let partner = if let Some(federation) = federation {
+    let partner = if let Some(mut federation) = federation {
         let partner = crate::partner::PartnerInstance::start(
             &dir.join("az"),
             SocketAddr::from(PARTNER_LISTEN),
@@ -488,19 +521,27 @@ pub async fn run(
         .context("starting the partner instance")?;
         let key = dir.join("pki").join("federation.key");
         crate::partner::write_federation_key(&key, config.gateway.identity.instance())?;
+        // Its directory, which this instance's gateway learns it from.
+        federation.directory = Some(
+            partner
+                .serve_directory(&dir.join("az").join("directory"), &shutdown)
+                .await
+                .context("serving the partner's directory")?,
+        );
         Some((partner, key, federation))
     } else {
         None
     };
     let node_configs = match &partner {
         Some((partner, key, federation)) => {
-            vec![write_federated_config(
-                &config_path,
-                &config,
-                partner,
-                key,
-                *federation,
-            )?]
+            let path =
+                write_federated_config(&config_path, &config, partner, key, federation.clone())?;
+            // What the partner publishes, fetched before the gateway
+            // loads it, as `govbridge serve` does.
+            gateway::proxy::global::prepare(&path)
+                .await
+                .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+            vec![path]
         }
         None => node_configs,
     };
@@ -552,6 +593,7 @@ pub async fn run(
         gateway
             .reloader()
             .reload_on_file_change(std::time::Duration::from_secs(2));
+        gateway.reloader().follow_partners();
         gateways.push(tokio::spawn(gateway.serve(gateway_stopping.clone().wait())));
     }
 
@@ -589,7 +631,7 @@ pub async fn run(
         agencies.seed,
         data.citizens.len()
     );
-    if let Some((partner, _, _)) = &partner {
+    if let Some((partner, _, federation)) = &partner {
         let (_, home, _) = listening.first().context("no gateway started")?;
         let admin = partner
             .admin_addr()
@@ -601,6 +643,14 @@ pub async fn run(
             partner.address(),
             partner.path("").display()
         );
+        if let Some(directory) = &federation.directory {
+            say!(
+                "  its directory       {} (signed by {}; this instance's gateway learns it \
+                 from there)",
+                directory.url,
+                directory.key.display()
+            );
+        }
         let company = &partner.companies().companies()[0].voen;
         say!(
             "  across the border   grpcurl -cacert {ca} -cert {cert} -key {key} \\\n    \

@@ -400,6 +400,44 @@ impl PartnerInstance {
         Ok((path, verifier))
     }
 
+    /// Publishes the partner's global configuration (version 1, valid for
+    /// a week, as [`Self::publish_configuration`]) under `dir` and serves
+    /// it over HTTPS on loopback, until `shutdown`, as its directory
+    /// would: where, and under which CA and key, a home instance's gateway
+    /// follows it.
+    pub async fn serve_directory(
+        &self,
+        dir: &Path,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<PartnerDirectory> {
+        let (bundle, key) = self.publish_configuration(dir, 1)?;
+        let server = gateway::global::http::Server::bind(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            &self.dir.join("pki/gateway.pem"),
+            &self.dir.join("pki/gateway.key"),
+            &bundle,
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+        let url = format!(
+            "https://{}{}",
+            server.local_addr()?,
+            gateway::global::http::BUNDLE_PATH
+        );
+        let stopping = shutdown.clone().wait();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = server.serve() => {}
+                () = stopping => {}
+            }
+        });
+        Ok(PartnerDirectory {
+            url,
+            ca: self.dir.join("pki").join(pki::CA_CERT),
+            key,
+        })
+    }
+
     /// A client certificate and key of the partner's CA for `member`, in
     /// its PKI directory as `NAME.pem` and `NAME.key`.
     pub fn issue_member(
@@ -502,6 +540,15 @@ impl std::fmt::Debug for PartnerInstance {
             .field("agencies", &self.agencies)
             .finish_non_exhaustive()
     }
+}
+
+/// Where a partner's directory serves its global configuration, and what
+/// checks it: its HTTPS certificate's CA, its verifier key.
+#[derive(Debug, Clone)]
+pub struct PartnerDirectory {
+    pub url: String,
+    pub ca: PathBuf,
+    pub key: PathBuf,
 }
 
 /// The partner's policy: the home instance's licensed banks read its
