@@ -1302,12 +1302,15 @@ async fn a_partner_down_is_unavailable_at_once_and_home_goes_on() {
         "upstream-unavailable"
     );
 
-    // Senegal's own registry still answers.
+    // Senegal's own registry still answers, and Senegal's gateway stays
+    // ready: a balancer must not take it out for Azerbaijan's sake.
     let home = home_company(&bed, "TRADE-FINANCE");
     BusinessRegistryClient::new(channel)
         .get_company(home)
         .await
         .unwrap();
+    let (ready, body) = support::admin_request(bed.admin, "GET", "/readyz").await;
+    assert_eq!(ready, 200, "{body}");
     bed.stop().await;
 }
 

@@ -321,14 +321,19 @@ impl Admin {
             let Some(pools) = state.service_pools(service) else {
                 continue;
             };
-            let mut reachable = false;
-            for pool in pools {
-                if pool.reachable().await {
-                    reachable = true;
+            // A partner instance's providers are its gateways' to serve:
+            // when they cannot be reached, calls to them are refused one by
+            // one (`upstream-unavailable`), and this gateway stays ready
+            // for everything else (a balancer must not take it out).
+            let home = pools.iter().filter(|pool| pool.partner().is_none());
+            let mut reachable = None;
+            for pool in home {
+                reachable = Some(pool.reachable().await);
+                if reachable == Some(true) {
                     break;
                 }
             }
-            if !reachable {
+            if reachable == Some(false) {
                 problems.push(format!("no provider of {service} is reachable"));
             }
         }
