@@ -1006,19 +1006,23 @@ fn federation_mistakes_are_named() {
              \n[providers.\"AZ/GOV/ASAN/registry\"]\n"
         ))
     };
-    // Not fetched yet: a start fetches it first (tests/federation.rs).
-    let error = error_of(&followed(""));
-    assert_eq!(error.key, "federation.AZ.directory", "{error}");
-    assert!(
-        error.message.contains("has not been fetched yet"),
-        "{error}"
+    // Nothing fetched yet: valid, the partner not learned (its calls are
+    // refused until it is; tests/federation.rs).
+    let config = Config::parse(path(), &followed("")).unwrap();
+    assert!(config.federation.partners.is_empty());
+    let az = &config.federation.followed["AZ"];
+    assert_eq!(
+        az.url.to_string(),
+        "https://directory.az.example/bundle.json"
     );
     assert!(
-        error
-            .message
-            .contains("https://directory.az.example/bundle.json"),
-        "{error}"
+        az.cache
+            .starts_with(dir.join("data").join("partners").join("AZ"))
     );
+    let provider =
+        &config.providers[&govbridge::identity::MemberId::parse("AZ/GOV/ASAN/registry").unwrap()];
+    assert_eq!(provider.partner.as_deref(), Some("AZ"));
+    assert!(provider.endpoints.is_empty());
     let text = followed("gateway = \"AZ/GOV/BRIDGE/gateway\"\n");
     let error = error_of(&text);
     assert_eq!(error.key, "federation.AZ.gateway", "{error}");

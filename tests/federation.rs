@@ -867,24 +867,49 @@ async fn a_gateway_follows_its_partners_own_directory() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let (bundle, az_key) = partner
+    // Its directory serves nothing yet: Senegal's gateway starts without
+    // it, refusing calls to Azerbaijan only.
+    let bundle = az.join("bundle.json");
+    let az_key = az.join("directory.pub");
+    let (url, serving) = serve_bundle(&bed, &bundle).await;
+    let key = SigningKey::generate("AZ-directory").unwrap();
+    std::fs::create_dir_all(&az).unwrap();
+    std::fs::write(az.join("directory.key"), key.to_pem()).unwrap();
+    std::fs::write(&az_key, format!("{}\n", key.verifier())).unwrap();
+    let config = following(&bed, &url, &az_key);
+    let check = support::govbridge(&["check-config", config.to_str().unwrap()]);
+    assert!(check.status.success(), "{}", support::text(&check));
+    let gateway = support::process::GatewayProcess::spawn_config(&bed, "sn", &config);
+    let refused = company_through(&bed, gateway.address, &voen)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        bridge_error(&refused).as_deref(),
+        Some("partner-configuration-missing")
+    );
+    assert!(refused.message().contains(&url), "{refused:?}");
+    let client = H2Client::connect(gateway.address, bed.member_tls("cbao-kyc"))
+        .await
+        .unwrap();
+    BusinessRegistryClient::new(client)
+        .get_company(home_company(&bed, "KYC"))
+        .await
+        .unwrap();
+    let (ready, body) = support::admin_request(gateway.admin, "GET", "/readyz").await;
+    assert_eq!(ready, 200, "{body}");
+
+    // Learned once it publishes: calls go where version 1 says, and fail
+    // there.
+    partner
         .instance
         .publish_configuration_with(&az, 1, nowhere, week)
         .unwrap();
-    let (url, serving) = serve_bundle(&bed, &bundle).await;
-    let config = following(&bed, &url, &az_key);
-    let check = support::govbridge(&["check-config", config.to_str().unwrap()]);
-    assert!(!check.status.success());
-    assert!(
-        support::text(&check).contains("has not been fetched yet"),
-        "{}",
-        support::text(&check)
-    );
-
-    // Learned at start: calls go where version 1 says, and fail there.
-    let gateway = support::process::GatewayProcess::spawn_config(&bed, "sn", &config);
     let version = "govbridge_global_configuration_version{instance=\"AZ\"}";
-    assert_eq!(support::metric(gateway.admin, version).await, 1.0);
+    until("version 1 is learned", || async {
+        support::metric(gateway.admin, version).await >= 1.0
+    })
+    .await;
     let refused = company_through(&bed, gateway.address, &voen)
         .await
         .unwrap_err();

@@ -687,6 +687,17 @@ impl Config {
         raw::parse(path, &text, staged)
     }
 
+    /// Whether version `installed` of followed partner `follow`'s global
+    /// configuration says how to reach and trust it (its `[instance]` and
+    /// `[trust]`, its keys), whatever this gateway's configuration: what
+    /// a bundle must pass before it goes into the partner's cache.
+    pub fn check_partner_bundle(
+        follow: &FollowedPartner,
+        installed: &crate::global::cache::Installed,
+    ) -> Result<(), String> {
+        raw::partner_of_bundle(follow, installed, follow.witness_log).map(drop)
+    }
+
     /// The partners the gateway file at `path` follows from their own
     /// directories (with `[directory]`, as the global configuration in
     /// use, or `staged`, says), read without the rest, which needs their

@@ -990,7 +990,6 @@ fn validate(
     // None for a publication, which no gateway runs yet.
     partners: Option<Partners<'_>>,
 ) -> Result<Config, ConfigError> {
-    let publication = partners.is_none();
     let trust = Trust::of(source, shared, &raw, global.trust.as_ref())?;
     let gateway = &raw.gateway;
     let listener = listener_settings(source, gateway)?;
@@ -1107,7 +1106,9 @@ fn validate(
                 partner.gateway.clone(),
                 partner.instance.clone(),
             )),
-            None if publication && federation.followed.contains_key(id.instance()) => {
+            // Not learned yet (or a publication): no gateway to reach; its
+            // calls are refused until the partner's configuration is.
+            None if federation.followed.contains_key(id.instance()) => {
                 Some((Vec::new(), id.clone(), id.instance().to_owned()))
             }
             None => None,
@@ -1411,9 +1412,12 @@ fn validate_federation(
                 partner,
                 caches.map_or(Path::new(""), |caches| caches.data_dir),
             )?;
+            // Nothing learned (a publication, or nothing fetched yet): the
+            // partner's calls are refused until it is.
             let learned = caches
                 .map(|caches| learned_partner(shared, key, partner, &follow, caches))
-                .transpose()?;
+                .transpose()?
+                .flatten();
             followed.insert(instance.clone(), follow);
             let Some(learned) = learned else {
                 continue;
@@ -1683,14 +1687,15 @@ fn followed_partner(
 }
 
 /// A followed partner, as the version of its configuration in the
-/// gateway's cache (or the one staged) publishes it.
+/// gateway's cache (or the one staged) publishes it; none while nothing
+/// has been fetched.
 fn learned_partner(
     shared: &Source<'_>,
     key: &Spanned<String>,
     partner: &RawPartner,
     follow: &super::FollowedPartner,
     caches: Partners<'_>,
-) -> Result<super::Partner, ConfigError> {
+) -> Result<Option<super::Partner>, ConfigError> {
     let instance = key.get_ref();
     let at = format!("federation.{}.directory", quoted(instance));
     let directory = partner.directory.as_ref().unwrap_or(key);
@@ -1711,25 +1716,40 @@ fn learned_partner(
         .transpose()?;
     let installed = match staged {
         Some(staged) => staged,
-        None => crate::global::cache::Cache::new(&follow.cache)
+        None => match crate::global::cache::Cache::new(&follow.cache)
             .current(&follow.verifier)
             .map_err(|cache| error(format!("{instance}'s configuration in the cache: {cache}")))?
-            .ok_or_else(|| {
-                error(format!(
-                    "{instance}'s global configuration has not been fetched yet into {}: \
-                     `govbridge serve` fetches it from {} before it starts",
-                    follow.cache.display(),
-                    follow.url
-                ))
-            })?,
+        {
+            Some(installed) => installed,
+            None => return Ok(None),
+        },
     };
+    // Receipts are checked under its log key, and so ask for it too.
+    let receipts = partner
+        .receipts
+        .as_ref()
+        .is_some_and(|value| *value.get_ref());
+    partner_of_bundle(follow, &installed, follow.witness_log || receipts)
+        .map(Some)
+        .map_err(error)
+}
+
+/// What version `installed` of followed partner `follow`'s configuration
+/// says of how to reach and trust it, with its log key when `log_key`:
+/// nothing of this gateway's own configuration counts.
+pub(super) fn partner_of_bundle(
+    follow: &super::FollowedPartner,
+    installed: &crate::global::cache::Installed,
+    log_key: bool,
+) -> Result<super::Partner, String> {
+    let instance = &follow.instance;
     let manifest = &installed.manifest;
     if manifest.instance != *instance {
-        return Err(error(format!(
+        return Err(format!(
             "the configuration in {} is instance {}'s, not {instance}'s",
             installed.dir.display(),
             manifest.instance
-        )));
+        ));
     }
     let version = manifest.version;
     let read = |name: &str| {
@@ -1742,43 +1762,37 @@ fn learned_partner(
     let global = read(crate::global::GLOBAL_FILE)
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .ok_or_else(|| {
-            error(format!(
+            format!(
                 "{instance}'s configuration (version {version}) in {} has no readable {}",
                 installed.dir.display(),
                 crate::global::GLOBAL_FILE
-            ))
+            )
         })?;
     let published = crate::global::partner::Published::of(instance, version, &global, read)
-        .map_err(|message| error(format!("fetched from {}: {message}", follow.url)))?;
+        .map_err(|message| format!("fetched from {}: {message}", follow.url))?;
     let endpoints = published
         .endpoints
         .iter()
         .map(|endpoint| crate::config::parse_endpoint(endpoint, published.tls_name.as_deref()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|message| {
-            error(format!(
+            format!(
                 "{instance}'s configuration (version {version}), [instance] endpoints: {message}"
-            ))
+            )
         })?;
     let key_file = installed.dir.join(&published.federation_key);
-    let key = crate::note::Verifier::read(&key_file).map_err(error)?;
-    // Its log is witnessed here only if the section says so (receipts
-    // are checked under its key, and so ask for it too).
-    let wanted = follow.witness_log
-        || partner
-            .receipts
-            .as_ref()
-            .is_some_and(|value| *value.get_ref());
+    let key = crate::note::Verifier::read(&key_file)?;
     let log_key = published
         .log_key
         .as_ref()
-        .filter(|_| wanted)
+        .filter(|_| log_key)
         .map(|file| {
             let path = installed.dir.join(file);
             crate::note::Verifier::read(&path).map(|verifier| (verifier, path))
         })
-        .transpose()
-        .map_err(error)?;
+        .transpose()?;
+    // Its CA and CRLs are checked where they are used (the listener and
+    // the connector to its gateways), as a written-out section's are.
     Ok(super::Partner {
         instance: instance.clone(),
         ca: installed.dir.join(&published.ca),

@@ -132,6 +132,13 @@ pub enum GatewayError {
         version: u64,
         expired: i64,
     },
+    /// The partner instance the call goes to is followed from its
+    /// directory, and no version of its configuration has been had yet.
+    #[error(
+        "{instance}'s global configuration has not been had yet from its directory {url}: no \
+         call goes to {instance} until it has"
+    )]
+    PartnerConfigurationMissing { instance: String, url: String },
     /// The consent's use cannot be made durable, so the call, which would
     /// spend it, is not forwarded.
     #[error(
@@ -240,6 +247,7 @@ impl GatewayError {
             | Self::ExchangeLogUnavailable(_)
             | Self::GlobalConfigurationExpired { .. }
             | Self::PartnerConfigurationExpired { .. }
+            | Self::PartnerConfigurationMissing { .. }
             | Self::ConsentUseUnrecorded(_)
             | Self::ReplayUnchecked(_) => Code::Unavailable,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
@@ -279,6 +287,7 @@ impl GatewayError {
             Self::ExchangeLogUnavailable(_) => "exchange-log-unavailable",
             Self::GlobalConfigurationExpired { .. } => "global-configuration-expired",
             Self::PartnerConfigurationExpired { .. } => "partner-configuration-expired",
+            Self::PartnerConfigurationMissing { .. } => "partner-configuration-missing",
             Self::ConsentUseUnrecorded(_) => "consent-ledger-unavailable",
             Self::OutcomeUnrecorded(_) => "exchange-log-outcome-unrecorded",
             Self::RateLimited { .. } => "rate-limited",
@@ -315,6 +324,7 @@ impl GatewayError {
             Self::ExchangeLogUnavailable(_)
             | Self::GlobalConfigurationExpired { .. }
             | Self::PartnerConfigurationExpired { .. }
+            | Self::PartnerConfigurationMissing { .. }
             | Self::ConsentUseUnrecorded(_)
             | Self::ReplayUnchecked(_)
             | Self::OutcomeUnrecorded(_) => Blame::Gateway,
@@ -334,6 +344,7 @@ impl GatewayError {
                 | Self::ExchangeLogUnavailable(_)
                 | Self::GlobalConfigurationExpired { .. }
                 | Self::PartnerConfigurationExpired { .. }
+                | Self::PartnerConfigurationMissing { .. }
                 | Self::ConsentUseUnrecorded(_)
                 | Self::Consent(crate::consent::ConsentRefusal::StatusUnknown)
         ) || self.is_limit_refusal()

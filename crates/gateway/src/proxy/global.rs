@@ -224,21 +224,28 @@ pub(super) async fn learn_partners(
         if cached && !refresh {
             continue;
         }
+        let not_had = |why: String| {
+            if cached {
+                Prepared::FromCache { why }
+            } else {
+                Prepared::NotLearned { why }
+            }
+        };
         let prepared = match fetch_partner(&partner).await {
             Ok(None) => Prepared::Current,
-            Ok(Some(staged)) if !cached => {
-                let version = staged.manifest.version;
-                cache
-                    .commit(&staged)
-                    .map_err(|error| format!("{}: {error}", partner.instance))?;
-                Prepared::Fetched { version }
-            }
             Ok(Some(staged)) => {
                 let (path, version) = (path.to_owned(), staged.manifest.version);
+                let follow = partner.clone();
                 let checked = tokio::task::spawn_blocking(move || {
-                    let config = Config::load_with(&path, Staged::partner(&staged))
-                        .map_err(|error| error.to_string())?;
-                    super::Gateway::check(&config).map_err(|error| error.to_string())?;
+                    // What it says of the partner, whatever this gateway's
+                    // configuration; then, with one cached already (which
+                    // runs), the whole configuration with it.
+                    Config::check_partner_bundle(&follow, &staged)?;
+                    if cached {
+                        let config = Config::load_with(&path, Staged::partner(&staged))
+                            .map_err(|error| error.to_string())?;
+                        super::Gateway::check(&config).map_err(|error| error.to_string())?;
+                    }
                     cache.commit(&staged).map_err(|error| error.to_string())
                 })
                 .await
@@ -246,22 +253,10 @@ pub(super) async fn learn_partners(
                 .and_then(|checked| checked);
                 match checked {
                     Ok(()) => Prepared::Fetched { version },
-                    Err(error) => Prepared::FromCache {
-                        why: format!("version {version} cannot run: {error}"),
-                    },
+                    Err(error) => not_had(format!("version {version} cannot run: {error}")),
                 }
             }
-            Err(failed) if cached => Prepared::FromCache {
-                why: failed.to_string(),
-            },
-            Err(failed) => {
-                return Err(format!(
-                    "{}'s global configuration: none in {} yet, and its directory {}: {failed}",
-                    partner.instance,
-                    partner.cache.display(),
-                    partner.url
-                ));
-            }
+            Err(failed) => not_had(format!("its directory {}: {failed}", partner.url)),
         };
         learned.push((partner.instance, prepared));
     }
@@ -281,6 +276,10 @@ pub enum Prepared {
     /// The directory could not give a version that runs: the gateway
     /// starts from its cache, and keeps asking.
     FromCache { why: String },
+    /// A followed partner's directory could not give a version that runs,
+    /// and none is cached: calls to and from the partner are refused
+    /// until one is had; the gateway keeps asking.
+    NotLearned { why: String },
 }
 
 impl Prepared {
@@ -300,6 +299,14 @@ impl Prepared {
                     instance,
                     error = %why,
                     "starting from the global configuration in the cache"
+                );
+            }
+            Self::NotLearned { why } => {
+                tracing::warn!(
+                    instance,
+                    error = %why,
+                    "starting without the partner's global configuration: calls to and from it \
+                     are refused until its directory gives one"
                 );
             }
         }
@@ -412,8 +419,8 @@ impl Reloader {
                 let (reloader, cache) = (self.clone(), Cache::new(&directory.cache));
                 let version = staged.manifest.version;
                 // A partner it follows that this gateway has not learned
-                // yet: its configuration first (the load below says why
-                // if it cannot be had).
+                // yet: its configuration first (without it, its calls are
+                // refused until the partner's poll has it).
                 if let Err(error) = learn_partners(&self.source, Some(&staged), false).await {
                     tracing::warn!(%error, "a partner's global configuration cannot be had");
                 }

@@ -96,10 +96,17 @@ impl RouteTable {
             .providers
             .values()
             .filter_map(|provider| {
-                let Some(connector) = connectors.of(provider.partner.as_deref()) else {
-                    // Validation makes one per partner: never reached.
-                    tracing::error!(provider = %provider.id, "no connector to its partner instance");
-                    return None;
+                let connector = match connectors.of(provider.partner.as_deref()) {
+                    Some(connector) => connector,
+                    // A partner followed from its directory and not learned
+                    // yet: no endpoint, so its pool dials nothing (calls to
+                    // it are refused before they are routed there).
+                    None if provider.endpoints.is_empty() => connectors.own.clone(),
+                    None => {
+                        // Validation makes one per partner: never reached.
+                        tracing::error!(provider = %provider.id, "no connector to its partner instance");
+                        return None;
+                    }
                 };
                 let before = previous.and_then(|table| table.pools.get(&provider.id));
                 let pool = ProviderPool::new(

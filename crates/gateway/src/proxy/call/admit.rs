@@ -123,9 +123,22 @@ impl Call<'_> {
         Err(refused)
     }
 
-    /// Refuses a call to or from partner `instance` once the global
+    /// Refuses a call to or from partner `instance` while it is followed
+    /// from its directory and not learned yet, or once the global
     /// configuration it was learned from has expired.
     pub(super) fn partner_current(&self, instance: &str) -> Result<(), GatewayError> {
+        let federation = &self.state.federation;
+        if !federation.partners.contains_key(instance)
+            && let Some(followed) = federation
+                .followed
+                .iter()
+                .find(|followed| followed.instance == instance)
+        {
+            return Err(GatewayError::PartnerConfigurationMissing {
+                instance: instance.to_owned(),
+                url: followed.url.to_string(),
+            });
+        }
         match self
             .state
             .expired_partner(instance, crate::unix_time::now())
