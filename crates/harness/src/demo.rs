@@ -104,9 +104,16 @@ pub async fn run(dir: Option<&Path>, once: bool, nodes: usize) -> anyhow::Result
                 directory: Some(directory.clone()),
             },
         )?;
-        gateway::proxy::global::prepare(&federated)
+        let prepared = gateway::proxy::global::prepare(&federated)
             .await
             .map_err(|error| anyhow!("{}: {error}", federated.display()))?;
+        use gateway::proxy::global::Prepared;
+        match prepared.partners.first() {
+            Some((_, Prepared::Fetched { .. } | Prepared::Current)) => {}
+            other => {
+                bail!("Azerbaijan's configuration was not learned from its directory: {other:?}")
+            }
+        }
         println!(
             "Senegal's gateway learned Azerbaijan's instance from its signed global \
              configuration, at {}",

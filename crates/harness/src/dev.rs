@@ -540,7 +540,8 @@ pub async fn run(
             // loads it, as `govbridge serve` does.
             gateway::proxy::global::prepare(&path)
                 .await
-                .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+                .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?
+                .log();
             vec![path]
         }
         None => node_configs,

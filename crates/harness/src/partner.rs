@@ -400,8 +400,9 @@ impl PartnerInstance {
         Ok((path, verifier))
     }
 
-    /// Publishes the partner's global configuration (version 1, valid for
-    /// a week, as [`Self::publish_configuration`]) under `dir` and serves
+    /// Publishes the partner's global configuration (its version the time
+    /// in seconds, valid for a week, as [`Self::publish_configuration`])
+    /// under `dir` and serves
     /// it over HTTPS on loopback, until `shutdown`, as its directory
     /// would: where, and under which CA and key, a home instance's gateway
     /// follows it.
@@ -410,7 +411,10 @@ impl PartnerInstance {
         dir: &Path,
         shutdown: &Shutdown,
     ) -> anyhow::Result<PartnerDirectory> {
-        let (bundle, key) = self.publish_configuration(dir, 1)?;
+        // A new version at each start, as a directory would publish one:
+        // a gateway that has an earlier one cached takes it.
+        let version = u64::try_from(gateway::unix_time::now()).unwrap_or(1);
+        let (bundle, key) = self.publish_configuration(dir, version)?;
         let server = gateway::global::http::Server::bind(
             SocketAddr::from(([127, 0, 0, 1], 0)),
             &self.dir.join("pki/gateway.pem"),

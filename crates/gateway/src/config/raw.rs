@@ -1666,11 +1666,12 @@ fn followed_partner(
     )?;
     // One cache per key: bundles signed by a key the section no longer
     // names stay out of the way (and are never read).
-    let cache = data_dir.join("partners").join(instance).join(format!(
-        "{}+{}",
-        verifier.name(),
-        verifier.id_hex()
-    ));
+    // Named by the key's id: its name is the partner's to choose, and no
+    // path of this gateway's is.
+    let cache = data_dir
+        .join("partners")
+        .join(instance)
+        .join(verifier.id_hex());
     Ok(super::FollowedPartner {
         instance: instance.clone(),
         url,

@@ -135,8 +135,8 @@ pub enum GatewayError {
     /// The partner instance the call goes to is followed from its
     /// directory, and no version of its configuration has been had yet.
     #[error(
-        "{instance}'s global configuration has not been had yet from its directory {url}: no \
-         call goes to {instance} until it has"
+        "{instance}'s global configuration could not be fetched yet from its directory {url}: \
+         no call goes to {instance} until it is"
     )]
     PartnerConfigurationMissing { instance: String, url: String },
     /// The consent's use cannot be made durable, so the call, which would

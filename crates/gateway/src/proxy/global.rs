@@ -203,11 +203,12 @@ async fn fetch_partner(
 /// or the one in use, says), before a start or before a new global
 /// configuration is applied: what the load that follows needs.
 ///
-/// A partner with nothing cached yet must answer; its bundle, once
-/// checked, becomes the one in its cache at once (nothing runs it until
-/// that load, which checks it). With `refresh`, a partner with a version
-/// cached is asked for a newer one, taken only if the configuration loads
-/// and builds with it; out of reach, it keeps its cached version.
+/// A partner with nothing cached yet is asked for its configuration;
+/// with `refresh`, one with a version cached is asked for a newer one.
+/// What it gives goes into its cache only if the whole configuration
+/// loads and builds with it. Out of reach, or giving a version that
+/// cannot run, a partner keeps its cached version, or stays not learned
+/// ([`Prepared::NotLearned`]): its calls are refused, nothing else is.
 pub(super) async fn learn_partners(
     path: &Path,
     global: Option<&crate::global::cache::Installed>,
@@ -235,18 +236,20 @@ pub(super) async fn learn_partners(
             Ok(None) => Prepared::Current,
             Ok(Some(staged)) => {
                 let (path, version) = (path.to_owned(), staged.manifest.version);
-                let follow = partner.clone();
+                let global = global.cloned();
                 let checked = tokio::task::spawn_blocking(move || {
-                    // What it says of the partner, whatever this gateway's
-                    // configuration; then, with one cached already (which
-                    // runs), the whole configuration with it.
-                    Config::check_partner_bundle(&follow, &staged)?;
-                    if cached {
-                        let config = Config::load_with(&path, Staged::partner(&staged))
-                            .map_err(|error| error.to_string())?;
-                        super::Gateway::check(&config).map_err(|error| error.to_string())?;
-                    }
-                    cache.commit(&staged).map_err(|error| error.to_string())
+                    // The whole configuration, with it (and with the
+                    // global configuration about to be applied, if any):
+                    // a version that would not load or build never goes
+                    // into the cache, where a start would find it.
+                    let staging = Staged {
+                        global: global.as_ref(),
+                        partner: Some(&staged),
+                    };
+                    let config =
+                        Config::load_with(&path, staging).map_err(|error| error.to_string())?;
+                    super::Gateway::check(&config).map_err(|error| error.to_string())?;
+                    commit_partner(&cache, &staged)
                 })
                 .await
                 .map_err(|error| error.to_string())
@@ -261,6 +264,30 @@ pub(super) async fn learn_partners(
         learned.push((partner.instance, prepared));
     }
     Ok(learned)
+}
+
+/// One writer of partners' caches at a time in this process: a poll, a
+/// reload and a start may each fetch the same partner.
+static PARTNER_CACHES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Makes `staged` the version in use in `cache`, unless one as new is
+/// there already.
+pub(super) fn commit_partner(
+    cache: &Cache,
+    staged: &crate::global::cache::Installed,
+) -> Result<(), String> {
+    let _one_writer = PARTNER_CACHES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Only the pointer is read here; the load that follows checks the
+    // version it points to.
+    if cache
+        .pointed()
+        .is_some_and(|version| version >= staged.manifest.version)
+    {
+        return Ok(());
+    }
+    cache.commit(staged).map_err(|error| error.to_string())
 }
 
 /// What [`prepare`] did, for the start to log once logging is set up

@@ -122,15 +122,37 @@ impl Reloader {
                     ),
                 });
             }
-            cache.commit(staged).map_err(|error| ReloadError::Cache {
+            super::global::commit_partner(cache, staged).map_err(|error| ReloadError::Cache {
                 file: self.source.clone(),
-                error: error.to_string(),
+                error,
             })
         };
-        self.apply(
-            || Config::load_with(&self.source, crate::config::Staged::partner(staged)),
-            commit,
-        )
+        let load = || {
+            let config = Config::load_with(&self.source, crate::config::Staged::partner(staged))?;
+            // The section may have changed since the bundle was fetched
+            // (its key replaced, or removed): then the load did not take
+            // it, and nothing is applied in its name.
+            let took = config
+                .federation
+                .partners
+                .get(instance)
+                .and_then(|partner| partner.published.as_ref())
+                .is_some_and(|published| published.dir == staged.dir);
+            if took {
+                Ok(config)
+            } else {
+                Err(crate::config::ConfigError {
+                    file: self.source.clone(),
+                    line: None,
+                    key: format!("federation.{instance}"),
+                    message: format!(
+                        "changed since {instance}'s version {} was fetched: not applied",
+                        staged.manifest.version
+                    ),
+                })
+            }
+        };
+        self.apply(load, commit)
     }
 
     /// Loads, builds everything the configuration needs, then `commit`s
@@ -210,14 +232,19 @@ impl Reloader {
                 if now == last {
                     continue;
                 }
-                last = now;
+                let previous = std::mem::replace(&mut last, now);
                 tracing::info!("configuration files changed; reloading");
                 // The files the configuration about to be loaded names,
                 // fingerprinted before it is: a file that changes while it
                 // loads is seen at the next tick, not taken as loaded.
                 let next = self.watched_files();
                 let before = fingerprint(&next);
-                self.learn_partners().await;
+                if let Err(deferred) = self.learn_partners().await {
+                    // Tried again at the next tick, as if still unseen.
+                    tracing::warn!(reason = %deferred, "reload deferred");
+                    last = previous;
+                    continue;
+                }
                 let reloader = self.clone();
                 match tokio::task::spawn_blocking(move || reloader.reload()).await {
                     Ok(Ok(())) => {
@@ -234,12 +261,40 @@ impl Reloader {
     }
 
     /// Before a reload: fetches the configuration of each partner the
-    /// file follows that this gateway has not learned yet (a section just
-    /// added), which the load needs.
-    async fn learn_partners(&self) {
-        if let Err(error) = super::global::learn_partners(&self.source, None, false).await {
-            tracing::warn!(%error, "a partner's global configuration cannot be had");
+    /// file follows that is not in its cache yet (a section just added,
+    /// or its directory's key replaced). A partner that runs now and whose
+    /// configuration, as the file now names it, cannot be had defers the
+    /// reload (`Err`): the version in use keeps serving rather than the
+    /// partner's calls being refused.
+    pub(super) async fn learn_partners(&self) -> Result<(), String> {
+        let learned = match super::global::learn_partners(&self.source, None, false).await {
+            Ok(learned) => learned,
+            Err(error) => {
+                // The load says it again, in its place.
+                tracing::warn!(%error, "partners' global configurations cannot be read");
+                return Ok(());
+            }
+        };
+        let running = self.state.load();
+        for (instance, prepared) in learned {
+            let super::global::Prepared::NotLearned { why } = prepared else {
+                continue;
+            };
+            if running.federation.partners.contains_key(&instance) {
+                self.metrics.reload_deferred();
+                return Err(format!(
+                    "{instance}'s global configuration, as the file now names its directory and \
+                     key, cannot be had yet ({why}): the version in use keeps serving"
+                ));
+            }
+            tracing::warn!(
+                %instance,
+                error = %why,
+                "a partner's global configuration cannot be had yet: calls to it are refused \
+                 until it is"
+            );
         }
+        Ok(())
     }
 
     /// The configuration file and every file it names.
@@ -312,7 +367,10 @@ impl Reloader {
             };
         tokio::spawn(async move {
             while hangups.recv().await.is_some() {
-                self.learn_partners().await;
+                if let Err(deferred) = self.learn_partners().await {
+                    tracing::error!(error = %deferred, "reload rejected; the previous configuration keeps serving");
+                    continue;
+                }
                 // Reading files and compiling policies blocks: keep it off
                 // the threads that serve calls.
                 let reloader = self.clone();

@@ -240,7 +240,16 @@ impl Metrics {
 
     /// A reload was applied (`ok`) or rejected (`failed`).
     pub fn reload(&self, ok: bool) {
-        let result = if ok { "ok" } else { "failed" };
+        self.reload_ended(if ok { "ok" } else { "failed" });
+    }
+
+    /// A reload put off: a partner the running configuration trusts
+    /// could not be learned as the changed files name it.
+    pub fn reload_deferred(&self) {
+        self.reload_ended("deferred");
+    }
+
+    fn reload_ended(&self, result: &'static str) {
         self.reloads.get(&result).fetch_add(1, Ordering::Relaxed);
         let now = u64::try_from(crate::unix_time::now()).unwrap_or(0);
         self.last_reload.get(&result).store(now, Ordering::Relaxed);
@@ -462,7 +471,8 @@ impl Metrics {
             &mut out,
             "govbridge_reloads_total",
             "counter",
-            "Configuration reloads, applied (ok) or rejected (failed).",
+            "Configuration reloads, applied (ok), rejected (failed) or put off until a partner's \
+             configuration can be had (deferred).",
         );
         for (result, count) in self.reloads.snapshot() {
             let _ = writeln!(
