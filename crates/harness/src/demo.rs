@@ -110,6 +110,10 @@ pub async fn run(dir: Option<&Path>, once: bool, nodes: usize) -> anyhow::Result
         use gateway::proxy::global::Prepared;
         match prepared.partners.first() {
             Some((_, Prepared::Fetched { .. } | Prepared::Current)) => {}
+            // A demo run again in the same directory: it runs.
+            Some((_, Prepared::FromCache { why })) => {
+                println!("Azerbaijan's configuration from the cache: {why}");
+            }
             other => {
                 bail!("Azerbaijan's configuration was not learned from its directory: {other:?}")
             }

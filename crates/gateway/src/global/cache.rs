@@ -84,8 +84,8 @@ impl Cache {
         self.read(version, verifier).map(Some)
     }
 
-    /// The version the pointer names, if it names one (unchecked).
-    pub fn pointed(&self) -> Option<u64> {
+    /// The version the pointer names, if it names one.
+    fn pointed(&self) -> Option<u64> {
         std::fs::read_to_string(self.dir.join(CURRENT))
             .ok()
             .and_then(|text| text.trim().parse::<u64>().ok())

@@ -252,12 +252,7 @@ impl Admin {
                 if !is_operator(state.admin_token(), request.headers()) {
                     return refused(state.admin_token().is_some());
                 }
-                if let Err(deferred) = self.reloader.learn_partners().await {
-                    return text(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        format!("reload rejected, the running configuration stays: {deferred}\n"),
-                    );
-                }
+                self.reloader.learn_partners().await;
                 let reloader = self.reloader.clone();
                 match tokio::task::spawn_blocking(move || reloader.reload()).await {
                     Ok(Ok(())) => text(StatusCode::OK, "reloaded\n".to_owned()),

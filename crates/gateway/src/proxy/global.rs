@@ -217,6 +217,8 @@ pub(super) async fn learn_partners(
     let followed = Config::followed_of_file(path, global).map_err(|error| error.to_string())?;
     let mut learned = Vec::new();
     for partner in followed {
+        // From the fetch to the commit: nothing else writes its cache.
+        let _writing = PARTNER_CACHES.lock().await;
         let cache = Cache::new(&partner.cache);
         let cached = cache
             .current(&partner.verifier)
@@ -249,7 +251,7 @@ pub(super) async fn learn_partners(
                     let config =
                         Config::load_with(&path, staging).map_err(|error| error.to_string())?;
                     super::Gateway::check(&config).map_err(|error| error.to_string())?;
-                    commit_partner(&cache, &staged)
+                    cache.commit(&staged).map_err(|error| error.to_string())
                 })
                 .await
                 .map_err(|error| error.to_string())
@@ -266,29 +268,11 @@ pub(super) async fn learn_partners(
     Ok(learned)
 }
 
-/// One writer of partners' caches at a time in this process: a poll, a
-/// reload and a start may each fetch the same partner.
-static PARTNER_CACHES: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Makes `staged` the version in use in `cache`, unless one as new is
-/// there already.
-pub(super) fn commit_partner(
-    cache: &Cache,
-    staged: &crate::global::cache::Installed,
-) -> Result<(), String> {
-    let _one_writer = PARTNER_CACHES
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    // Only the pointer is read here; the load that follows checks the
-    // version it points to.
-    if cache
-        .pointed()
-        .is_some_and(|version| version >= staged.manifest.version)
-    {
-        return Ok(());
-    }
-    cache.commit(staged).map_err(|error| error.to_string())
-}
+/// One writer of partners' caches at a time in this process, from the
+/// fetch to the commit: a start, a reload and a poll may each fetch the
+/// same partner, and a version staged is never swept away by another's
+/// commit, nor the pointer moved back.
+static PARTNER_CACHES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// What [`prepare`] did, for the start to log once logging is set up
 /// (it needs the configuration `prepare` may have just fetched).
@@ -514,6 +498,7 @@ impl Reloader {
 
     /// One poll of `partner`'s directory.
     async fn poll_partner(&self, partner: &FollowedPartner) -> Polled {
+        let writing = PARTNER_CACHES.lock().await;
         let polled = match fetch_partner(partner).await {
             Ok(None) => Polled::Unchanged,
             Ok(Some(staged)) => {
@@ -526,6 +511,7 @@ impl Reloader {
             }
             Err(failed) => failed.into(),
         };
+        drop(writing);
         let (result, reason) = polled.labels();
         self.metrics
             .partner_configuration_fetch(&partner.instance, result, reason);

@@ -122,9 +122,9 @@ impl Reloader {
                     ),
                 });
             }
-            super::global::commit_partner(cache, staged).map_err(|error| ReloadError::Cache {
+            cache.commit(staged).map_err(|error| ReloadError::Cache {
                 file: self.source.clone(),
-                error,
+                error: error.to_string(),
             })
         };
         let load = || {
@@ -232,19 +232,14 @@ impl Reloader {
                 if now == last {
                     continue;
                 }
-                let previous = std::mem::replace(&mut last, now);
+                last = now;
                 tracing::info!("configuration files changed; reloading");
                 // The files the configuration about to be loaded names,
                 // fingerprinted before it is: a file that changes while it
                 // loads is seen at the next tick, not taken as loaded.
                 let next = self.watched_files();
                 let before = fingerprint(&next);
-                if let Err(deferred) = self.learn_partners().await {
-                    // Tried again at the next tick, as if still unseen.
-                    tracing::warn!(reason = %deferred, "reload deferred");
-                    last = previous;
-                    continue;
-                }
+                self.learn_partners().await;
                 let reloader = self.clone();
                 match tokio::task::spawn_blocking(move || reloader.reload()).await {
                     Ok(Ok(())) => {
@@ -262,39 +257,26 @@ impl Reloader {
 
     /// Before a reload: fetches the configuration of each partner the
     /// file follows that is not in its cache yet (a section just added,
-    /// or its directory's key replaced). A partner that runs now and whose
-    /// configuration, as the file now names it, cannot be had defers the
-    /// reload (`Err`): the version in use keeps serving rather than the
-    /// partner's calls being refused.
-    pub(super) async fn learn_partners(&self) -> Result<(), String> {
-        let learned = match super::global::learn_partners(&self.source, None, false).await {
-            Ok(learned) => learned,
-            Err(error) => {
-                // The load says it again, in its place.
-                tracing::warn!(%error, "partners' global configurations cannot be read");
-                return Ok(());
+    /// or its directory's key replaced), which the load then runs. One
+    /// that cannot be had is loaded as not learned: its calls are refused
+    /// until its poll has it, and nothing else waits for it.
+    pub(super) async fn learn_partners(&self) {
+        match super::global::learn_partners(&self.source, None, false).await {
+            Ok(learned) => {
+                for (instance, prepared) in learned {
+                    if let super::global::Prepared::NotLearned { why } = prepared {
+                        tracing::warn!(
+                            %instance,
+                            error = %why,
+                            "a partner's global configuration cannot be had yet: calls to it \
+                             are refused until it is"
+                        );
+                    }
+                }
             }
-        };
-        let running = self.state.load();
-        for (instance, prepared) in learned {
-            let super::global::Prepared::NotLearned { why } = prepared else {
-                continue;
-            };
-            if running.federation.partners.contains_key(&instance) {
-                self.metrics.reload_deferred();
-                return Err(format!(
-                    "{instance}'s global configuration, as the file now names its directory and \
-                     key, cannot be had yet ({why}): the version in use keeps serving"
-                ));
-            }
-            tracing::warn!(
-                %instance,
-                error = %why,
-                "a partner's global configuration cannot be had yet: calls to it are refused \
-                 until it is"
-            );
+            // The load says it again, in its place.
+            Err(error) => tracing::warn!(%error, "partners' global configurations cannot be read"),
         }
-        Ok(())
     }
 
     /// The configuration file and every file it names.
@@ -367,10 +349,7 @@ impl Reloader {
             };
         tokio::spawn(async move {
             while hangups.recv().await.is_some() {
-                if let Err(deferred) = self.learn_partners().await {
-                    tracing::error!(error = %deferred, "reload rejected; the previous configuration keeps serving");
-                    continue;
-                }
+                self.learn_partners().await;
                 // Reading files and compiling policies blocks: keep it off
                 // the threads that serve calls.
                 let reloader = self.clone();

@@ -240,16 +240,7 @@ impl Metrics {
 
     /// A reload was applied (`ok`) or rejected (`failed`).
     pub fn reload(&self, ok: bool) {
-        self.reload_ended(if ok { "ok" } else { "failed" });
-    }
-
-    /// A reload put off: a partner the running configuration trusts
-    /// could not be learned as the changed files name it.
-    pub fn reload_deferred(&self) {
-        self.reload_ended("deferred");
-    }
-
-    fn reload_ended(&self, result: &'static str) {
+        let result = if ok { "ok" } else { "failed" };
         self.reloads.get(&result).fetch_add(1, Ordering::Relaxed);
         let now = u64::try_from(crate::unix_time::now()).unwrap_or(0);
         self.last_reload.get(&result).store(now, Ordering::Relaxed);
@@ -471,8 +462,7 @@ impl Metrics {
             &mut out,
             "govbridge_reloads_total",
             "counter",
-            "Configuration reloads, applied (ok), rejected (failed) or put off until a partner's \
-             configuration can be had (deferred).",
+            "Configuration reloads, applied (ok) or rejected (failed).",
         );
         for (result, count) in self.reloads.snapshot() {
             let _ = writeln!(
