@@ -506,23 +506,9 @@ pub(super) fn parse(
             )));
         }
     };
-    let (global_path, global_text) = global_file(&installed)?;
+    let (global_path, global_text, global) =
+        global_of(&installed, &directory, raw.gateway.identity.get_ref())?;
     let shared = Source::new(&global_path, &global_text);
-    let global: RawGlobal = shared.deserialize()?;
-    confine(&shared, &global)?;
-    if installed.manifest.instance != directory.instance {
-        return Err(shared.error(
-            "directory",
-            &Spanned::new(0..0, ()),
-            format!(
-                "the global configuration in use is instance {}'s, and this gateway ({}) is \
-                 of {}",
-                installed.manifest.instance,
-                raw.gateway.identity.get_ref(),
-                directory.instance
-            ),
-        ));
-    }
     if let Some(ledger) = global
         .consent
         .as_ref()
@@ -552,11 +538,15 @@ pub(super) fn parse(
     )
 }
 
-/// The `global.toml` of a bundle extracted in `installed`: its path and
-/// text.
-fn global_file(
+/// The shared sections of the global configuration extracted in
+/// `installed`, for a gateway (`identity`) of `directory`'s instance:
+/// its `global.toml`'s path and text, and the sections, every file they
+/// name confined to the bundle.
+fn global_of(
     installed: &crate::global::cache::Installed,
-) -> Result<(PathBuf, String), ConfigError> {
+    directory: &DirectoryConfig,
+    identity: &str,
+) -> Result<(PathBuf, String, RawGlobal), ConfigError> {
     let path = installed.dir.join(crate::global::GLOBAL_FILE);
     let text = std::fs::read_to_string(&path).map_err(|error| ConfigError {
         file: path.clone(),
@@ -564,7 +554,21 @@ fn global_file(
         key: String::new(),
         message: format!("cannot read: {error}"),
     })?;
-    Ok((path, text))
+    let shared = Source::new(&path, &text);
+    let global: RawGlobal = shared.deserialize()?;
+    confine(&shared, &global)?;
+    if installed.manifest.instance != directory.instance {
+        return Err(shared.error(
+            "directory",
+            &Spanned::new(0..0, ()),
+            format!(
+                "the global configuration in use is instance {}'s, and this gateway ({identity}) \
+                 is of {}",
+                installed.manifest.instance, directory.instance
+            ),
+        ));
+    }
+    Ok((path, text, global))
 }
 
 /// Where a gateway keeps what it writes: `exchange_log.data_dir`, or
@@ -622,21 +626,9 @@ pub(super) fn followed_of(
     let Some(installed) = installed else {
         return Ok(Vec::new());
     };
-    let (global_path, global_text) = global_file(&installed)?;
+    let (global_path, global_text, global) =
+        global_of(&installed, &directory, raw.gateway.identity.get_ref())?;
     let shared = Source::new(&global_path, &global_text);
-    let global: RawGlobal = shared.deserialize()?;
-    // Its keys and CAs are files of the bundle, as the load will insist.
-    confine(&shared, &global)?;
-    if installed.manifest.instance != directory.instance {
-        return Err(shared.error(
-            "directory",
-            &Spanned::new(0..0, ()),
-            format!(
-                "the global configuration is instance {}'s, and this gateway is of {}",
-                installed.manifest.instance, directory.instance
-            ),
-        ));
-    }
     followed_in(&shared, &global.federation)
 }
 
