@@ -129,7 +129,7 @@ pub(super) struct Federation {
     /// The key its assertions are signed with.
     pub(super) key: Option<Arc<crate::note::SigningKey>>,
     /// Partner instances, by instance code.
-    pub(super) partners: std::collections::HashMap<String, crate::config::Partner>,
+    pub(super) partners: std::collections::HashMap<String, Arc<crate::config::Partner>>,
     /// Those learned from their own directories, which the gateway
     /// follows.
     pub(super) followed: Vec<crate::config::FollowedPartner>,
@@ -326,7 +326,7 @@ impl GatewayState {
                     .federation
                     .partners
                     .iter()
-                    .map(|(instance, partner)| (instance.clone(), partner.clone()))
+                    .map(|(instance, partner)| (instance.clone(), Arc::new(partner.clone())))
                     .collect(),
                 followed: config.federation.followed.values().cloned().collect(),
                 replays: previous.map_or_else(Arc::default, |previous| {

@@ -244,7 +244,7 @@ async fn send_round(
                             attempt.as_secs()
                         )))
                     });
-            (partner.instance, latest.size, follower, sent)
+            (partner.instance.clone(), latest.size, follower, sent)
         });
     }
     while let Some(sent) = sending.join_next().await {

@@ -162,7 +162,7 @@ impl Call<'_> {
     /// The partner instance the peer belongs to, and the peer, when it is
     /// one; a partner's member other than its gateway is refused (and its
     /// connection closed): it calls through its own instance's gateway.
-    fn partner_of_peer(&self) -> Option<(Partner, MemberId)> {
+    fn partner_of_peer(&self) -> Option<(std::sync::Arc<Partner>, MemberId)> {
         let member = self.conn.peer.member.as_ref().ok()?;
         let partner = self.state.federation.partners.get(member.instance())?;
         Some((partner.clone(), member.clone()))
