@@ -128,11 +128,6 @@ pub async fn federation(options: &FederationOptions) -> anyhow::Result<Federatio
     }
     // It writes the dev directory before it listens.
     let dev = ChildProcess::spawn("govbridge dev --federation", command, GATEWAY_READY)?;
-    // What setting up wrote (PKI, configurations, descriptor sets, the
-    // partner's directory), flushed now: left to the kernel, it is written
-    // back 30 s later (vm.dirty_expire_centisecs), in the middle of the
-    // second run, and holds the logs' fsyncs for a tenth of a second.
-    let _ = Command::new("sync").status();
     let seed = AgenciesConfig::load(&dir.join("govbridge.toml"))?
         .map(|agencies| agencies.seed)
         .context("the dev configuration has no [agencies]")?;

@@ -65,6 +65,7 @@ impl ChildProcess {
                 .with_context(|| format!("{name} never said where it listens"))?;
             if let Some(address) = address_after(&line, marker) {
                 process.address = address;
+                flush_setup();
                 return Ok(process);
             }
         }
@@ -92,6 +93,7 @@ impl ChildProcess {
         let deadline = std::time::Instant::now() + READY_TIMEOUT;
         loop {
             if std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
+                flush_setup();
                 return Ok(process);
             }
             if let Some(status) = process.child.try_wait()? {
@@ -197,6 +199,15 @@ fn one_process(pid: u32) -> anyhow::Result<ProcessUsage> {
         rss_kib: kib("VmRSS:"),
         peak_rss_kib: kib("VmHWM:"),
     })
+}
+
+/// Writes out what setting a target up wrote (PKI, configurations,
+/// descriptor sets, fresh databases) before it is measured: left to the
+/// kernel, it is written back 30 s later (`vm.dirty_expire_centisecs`),
+/// in the middle of a measurement, and holds the exchange logs' fsyncs for
+/// a tenth of a second (docs/benchmarks.md, the second hop).
+fn flush_setup() {
+    let _ = std::process::Command::new("sync").status();
 }
 
 fn children_of(pid: u32) -> Vec<u32> {
