@@ -201,6 +201,16 @@ fn run(args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// The `bridge-request-id` the gateway answered with.
+fn request_id_of(metadata: &tonic::metadata::MetadataMap) -> String {
+    metadata
+        .get("bridge-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
 fn instance(status: &tonic::Status) -> Option<String> {
     status
         .metadata()
@@ -236,13 +246,7 @@ async fn a_call_crosses_the_border_and_both_instances_log_it() {
         standing.get_ref().tax_office.contains("Vergilər"),
         "{standing:?}"
     );
-    let request_id = answer
-        .metadata()
-        .get("bridge-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let request_id = request_id_of(answer.metadata());
 
     // Senegal logged its member calling the Azerbaijani provider...
     let home = bed.sandbox.exchange_log().of_request(&request_id).unwrap();
@@ -564,13 +568,7 @@ async fn an_azerbaijani_member_calls_senegal_through_both_gateways() {
         .metadata_mut()
         .insert("bridge-consent", consent.artefact.parse().unwrap());
     let answer = registry.verify_identity(with_consent).await.unwrap();
-    let request_id = answer
-        .metadata()
-        .get("bridge-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let request_id = request_id_of(answer.metadata());
 
     // Azerbaijan logged its bank calling Senegal's registry, with
     // Senegal's receipt; Senegal logged the same call, vouched for by
@@ -1233,12 +1231,7 @@ async fn streams_of_every_kind_cross_the_border() {
     assert_eq!(receipt.get_ref().total_vat_azn, 3_600);
     assert_eq!(receipt.get_ref().rejected[0].invoice_id, "EQ-2");
     // Both sides logged the stream, request bytes included.
-    let request_id = receipt
-        .metadata()
-        .get("bridge-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap();
+    let request_id = &request_id_of(receipt.metadata());
     let home = bed.sandbox.exchange_log().of_request(request_id).unwrap();
     let abroad = partner.records(request_id);
     assert_eq!(abroad[0].caller, CBAO);
@@ -1270,13 +1263,7 @@ async fn a_call_abandoned_mid_stream_is_closed_as_cancelled_on_both_sides() {
         ))
         .await
         .unwrap();
-    let request_id = response
-        .metadata()
-        .get("bridge-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let request_id = request_id_of(response.metadata());
     let mut answers = response.into_inner();
     assert_eq!(answers.message().await.unwrap().unwrap().body, b"salam");
     // Mid-conversation, the bank's client goes: its stream is reset, and
@@ -1407,13 +1394,7 @@ async fn the_caller_side_can_show_the_partners_signed_record_of_the_exchange() {
         .get_company(get_company(&voen, "TRADE-FINANCE"))
         .await
         .unwrap();
-    let request_id = answer
-        .metadata()
-        .get("bridge-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let request_id = request_id_of(answer.metadata());
     // Senegal's outcome record holds Azerbaijan's index of the call.
     let home = bed.sandbox.exchange_log().of_request(&request_id).unwrap();
     let outcome = &home.last().unwrap().record;
