@@ -1068,6 +1068,102 @@ async fn a_partners_expired_configuration_stops_calls_to_it_only() {
     bed.stop().await;
 }
 
+/// Azerbaijan's CRL, empty, its next update an hour ago, written to
+/// `dir`.
+fn stale_partner_crl(partner: &Partner, dir: &Path) -> PathBuf {
+    let ca = govbridge::pki::CertificateAuthority::load(&partner.path("pki")).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let pem = ca
+        .crl_between(
+            9,
+            &[],
+            now - time::Duration::days(7),
+            now - time::Duration::hours(1),
+        )
+        .unwrap();
+    let path = dir.join("az-stale-crl.pem");
+    govbridge::pki::write_file(&path, pem.as_bytes(), 0o644).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_partners_stale_crl_stops_calls_to_it_only() {
+    let (partner, bed, keys) = federated().await;
+    let voen = partner.company();
+    let stale = stale_partner_crl(&partner, keys.path());
+    // Senegal's gateway, started with Azerbaijan's CRL out of date: it
+    // starts, where the whole configuration used to be refused.
+    let config = support::process::GatewayProcess::config(&bed, "sn", &[], "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let fresh = toml::Value::String(partner.path("pki/crl.pem").display().to_string()).to_string();
+    assert!(text.contains(&fresh), "no CRL of Azerbaijan's in {text}");
+    let quoted = toml::Value::String(stale.display().to_string()).to_string();
+    std::fs::write(&config, text.replacen(&fresh, &quoted, 1)).unwrap();
+    let gateway = support::process::GatewayProcess::spawn_config(&bed, "sn", &config);
+
+    let status = company_through(&bed, gateway.address, &voen)
+        .await
+        .expect_err("a call went to a partner whose CRL is out of date");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(
+        bridge_error(&status).as_deref(),
+        Some("partner-crl-stale"),
+        "{status:?}"
+    );
+    assert!(
+        status.message().contains("az-stale-crl.pem") && status.message().contains("AZ's"),
+        "the refusal names neither the partner nor its CRL: {status:?}"
+    );
+    // Senegal's own registry answers through the same gateway.
+    let client = H2Client::connect(gateway.address, bed.member_tls("cbao-kyc"))
+        .await
+        .unwrap();
+    BusinessRegistryClient::new(client)
+        .get_company(home_company(&bed, "KYC"))
+        .await
+        .unwrap();
+    let refused = "govbridge_stale_crls_total{outcome=\"refused\"}";
+    assert_eq!(support::metric(gateway.admin, refused).await, 1.0);
+    drop(gateway);
+
+    // Inbound, the listener refuses Azerbaijan's certificates only.
+    let az_member = member("AZ/COM/KAPITAL/trade");
+    let (az_certificate, az_key) = partner
+        .instance
+        .issue_member(&az_member, "stale-crl-test")
+        .unwrap();
+    let listener = |crl: &Path| {
+        govbridge::identity::tls::ServerTls {
+            certificate: az_certificate.clone(),
+            private_key: az_key.clone(),
+            client_ca: bed.pki.join("ca.pem"),
+            crls: Vec::new(),
+            crl_grace: Duration::ZERO,
+            partners: vec![govbridge::identity::tls::PartnerTrust {
+                instance: "AZ".to_owned(),
+                ca: partner.path("pki/ca.pem"),
+                crls: vec![crl.to_owned()],
+            }],
+        }
+        .listener_tls()
+        .unwrap()
+    };
+    let chain = |path: &Path| govbridge::identity::tls::load_certificates(path).unwrap();
+    let az = chain(&az_certificate);
+    let sn = chain(&bed.pki.join("member-cbao-kyc.pem"));
+    let fresh = listener(&partner.path("pki/crl.pem"));
+    fresh.check_client(&az).unwrap();
+    let stale = listener(&stale);
+    assert_eq!(
+        stale.check_client(&az),
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::ExpiredRevocationList
+        ))
+    );
+    stale.check_client(&sn).unwrap();
+    bed.stop().await;
+}
+
 #[tokio::test]
 async fn assertions_are_checked_and_used_once() {
     let (partner, bed, keys) = federated().await;

@@ -315,14 +315,28 @@ impl ServerTls {
                     }
                 }
             }
+            // A partner's late CRL publisher refuses its own members, not
+            // the listener: its certificates are refused as the CRL
+            // vouching for them is, and everyone else's are checked.
             let partners = self
                 .partners
                 .iter()
                 .map(|partner| {
-                    Ok((
-                        partner.instance.clone(),
-                        client_verifier(&partner.ca, &partner.crls)?,
-                    ))
+                    let verifier = match client_verifier(&partner.ca, &partner.crls) {
+                        Err(stale) if stale.is_stale_crl() => {
+                            tracing::warn!(
+                                instance = partner.instance,
+                                error = %stale,
+                                "a partner's CRL is out of date: its certificates are refused \
+                                 until it publishes a fresh one"
+                            );
+                            Err(rustls::Error::InvalidCertificate(
+                                rustls::CertificateError::ExpiredRevocationList,
+                            ))
+                        }
+                        built => Ok(built?),
+                    };
+                    Ok((partner.instance.clone(), verifier))
                 })
                 .collect::<Result<Vec<_>, TlsError>>()?;
             Arc::new(InstanceVerifier::new(own, partners))
@@ -385,17 +399,21 @@ fn shared_authority(a: &[CertificateDer<'_>], b: &[CertificateDer<'_>]) -> Optio
 #[derive(Debug)]
 pub struct InstanceVerifier {
     own: Arc<dyn ClientCertVerifier>,
-    partners: Vec<(String, Arc<dyn ClientCertVerifier>)>,
+    /// Each partner's verifier, or why its certificates are all refused.
+    partners: Vec<(String, PartnerVerifier)>,
     hints: Vec<rustls::DistinguishedName>,
 }
 
+type PartnerVerifier = Result<Arc<dyn ClientCertVerifier>, rustls::Error>;
+
 impl InstanceVerifier {
-    fn new(
-        own: Arc<dyn ClientCertVerifier>,
-        partners: Vec<(String, Arc<dyn ClientCertVerifier>)>,
-    ) -> Self {
+    fn new(own: Arc<dyn ClientCertVerifier>, partners: Vec<(String, PartnerVerifier)>) -> Self {
         let hints = std::iter::once(&own)
-            .chain(partners.iter().map(|(_, verifier)| verifier))
+            .chain(
+                partners
+                    .iter()
+                    .filter_map(|(_, verifier)| verifier.as_ref().ok()),
+            )
             .flat_map(|verifier| verifier.root_hint_subjects().iter().cloned())
             .collect();
         Self {
@@ -405,16 +423,21 @@ impl InstanceVerifier {
         }
     }
 
-    /// The verifier for a certificate naming `end_entity`'s member.
-    fn for_certificate(&self, end_entity: &CertificateDer<'_>) -> &Arc<dyn ClientCertVerifier> {
-        member_of_certificate(end_entity)
-            .ok()
-            .and_then(|member| {
-                self.partners
-                    .iter()
-                    .find(|(instance, _)| instance == member.instance())
-            })
-            .map_or(&self.own, |(_, verifier)| verifier)
+    /// The verifier for a certificate naming `end_entity`'s member, or
+    /// why its instance's certificates are all refused.
+    fn for_certificate(
+        &self,
+        end_entity: &CertificateDer<'_>,
+    ) -> Result<&Arc<dyn ClientCertVerifier>, rustls::Error> {
+        let partner = member_of_certificate(end_entity).ok().and_then(|member| {
+            self.partners
+                .iter()
+                .find(|(instance, _)| instance == member.instance())
+        });
+        match partner {
+            None => Ok(&self.own),
+            Some((_, verifier)) => verifier.as_ref().map_err(Clone::clone),
+        }
     }
 }
 
@@ -429,7 +452,7 @@ impl ClientCertVerifier for InstanceVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
-        self.for_certificate(end_entity)
+        self.for_certificate(end_entity)?
             .verify_client_cert(end_entity, intermediates, now)
     }
 

@@ -139,6 +139,14 @@ pub enum GatewayError {
          no call goes to {instance} until it is"
     )]
     PartnerConfigurationMissing { instance: String, url: String },
+    /// A CRL of the partner instance the call goes to or comes from is
+    /// past its next update (beyond `crl_grace`): revocations it has made
+    /// since are not seen, so none of its certificates can be trusted.
+    #[error(
+        "{instance}'s certificate revocation list is out of date ({reason}): no call goes to \
+         or comes from {instance} until it publishes a fresh one"
+    )]
+    PartnerCrlStale { instance: String, reason: String },
     /// The consent's use cannot be made durable, so the call, which would
     /// spend it, is not forwarded.
     #[error(
@@ -248,6 +256,7 @@ impl GatewayError {
             | Self::GlobalConfigurationExpired { .. }
             | Self::PartnerConfigurationExpired { .. }
             | Self::PartnerConfigurationMissing { .. }
+            | Self::PartnerCrlStale { .. }
             | Self::ConsentUseUnrecorded(_)
             | Self::ReplayUnchecked(_) => Code::Unavailable,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
@@ -288,6 +297,7 @@ impl GatewayError {
             Self::GlobalConfigurationExpired { .. } => "global-configuration-expired",
             Self::PartnerConfigurationExpired { .. } => "partner-configuration-expired",
             Self::PartnerConfigurationMissing { .. } => "partner-configuration-missing",
+            Self::PartnerCrlStale { .. } => "partner-crl-stale",
             Self::ConsentUseUnrecorded(_) => "consent-ledger-unavailable",
             Self::OutcomeUnrecorded(_) => "exchange-log-outcome-unrecorded",
             Self::RateLimited { .. } => "rate-limited",
@@ -325,6 +335,7 @@ impl GatewayError {
             | Self::GlobalConfigurationExpired { .. }
             | Self::PartnerConfigurationExpired { .. }
             | Self::PartnerConfigurationMissing { .. }
+            | Self::PartnerCrlStale { .. }
             | Self::ConsentUseUnrecorded(_)
             | Self::ReplayUnchecked(_)
             | Self::OutcomeUnrecorded(_) => Blame::Gateway,
@@ -345,6 +356,7 @@ impl GatewayError {
                 | Self::GlobalConfigurationExpired { .. }
                 | Self::PartnerConfigurationExpired { .. }
                 | Self::PartnerConfigurationMissing { .. }
+                | Self::PartnerCrlStale { .. }
                 | Self::ConsentUseUnrecorded(_)
                 | Self::Consent(crate::consent::ConsentRefusal::StatusUnknown)
         ) || self.is_limit_refusal()

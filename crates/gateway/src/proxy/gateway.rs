@@ -334,6 +334,9 @@ impl Gateway {
         for _ in state.load().overdue_crls() {
             metrics.stale_crl(false);
         }
+        for _ in 0..state.load().partners_with_stale_crls() {
+            metrics.stale_crl(true);
+        }
         Ok(Self {
             listener: TlsListener::new(tcp, tls, config.gateway.listener.clone()),
             state,

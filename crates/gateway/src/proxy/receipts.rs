@@ -393,6 +393,9 @@ async fn round(
             fail(items, format!("{instance} is no longer a partner")),
         );
     };
+    if let Some(stale) = state.stale_partner_crl(instance) {
+        return (partner, fail(items, stale.to_owned()));
+    }
     if let Some(expired) = state.expired_partner(instance, crate::unix_time::now()) {
         return (
             partner,

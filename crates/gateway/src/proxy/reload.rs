@@ -208,6 +208,9 @@ impl Reloader {
         for _ in state.overdue_crls() {
             self.metrics.stale_crl(false);
         }
+        for _ in 0..state.partners_with_stale_crls() {
+            self.metrics.stale_crl(true);
+        }
         self.listener_tls.store(tls);
         self.state.store(Arc::new(state));
         Ok(())

@@ -133,6 +133,10 @@ pub(super) struct Federation {
     /// Those learned from their own directories, which the gateway
     /// follows.
     pub(super) followed: Vec<crate::config::FollowedPartner>,
+    /// Partners with a CRL past its next update (beyond `crl_grace`), and
+    /// why: no call goes to or comes from them, and everything else goes
+    /// on (a partner's late CRL publisher must not stop this gateway).
+    pub(super) stale_crls: std::collections::HashMap<String, String>,
     /// Assertions already accepted: kept across reloads.
     pub(super) replays: Arc<crate::federation::ReplayGuard>,
     /// A fleet's database, where its nodes take partners' nonces too (set
@@ -234,14 +238,31 @@ impl GatewayState {
             |tls| Arc::new(UpstreamConnector::new(tls, config.upstream.connect_timeout));
         let mut partners = std::collections::HashMap::new();
         let mut partner_tls = std::collections::HashMap::new();
+        let mut stale_crls = std::collections::HashMap::new();
         for partner in config.federation.partners.values() {
             // To a partner's gateways: its CAs, this gateway's certificate.
-            let tls = crate::identity::tls::ClientTls {
+            let mut tls = crate::identity::tls::ClientTls {
                 server_ca: partner.ca.clone(),
                 crls: partner.crls.clone(),
                 ..config.upstream.tls.clone()
             };
-            let tls = tls.client_config().map_err(StartError::UpstreamTls)?;
+            let tls = match tls.client_config() {
+                Err(stale) if stale.is_stale_crl() => {
+                    tracing::warn!(
+                        instance = partner.instance,
+                        error = %stale,
+                        "a partner's CRL is out of date: no call goes to or comes from it until \
+                         it publishes a fresh one"
+                    );
+                    stale_crls.insert(partner.instance.clone(), stale.to_string());
+                    // Its calls are refused before they are sent: a
+                    // connector is kept only so that the rest holds.
+                    tls.crl_grace = std::time::Duration::MAX;
+                    tls.client_config()
+                }
+                built => built,
+            }
+            .map_err(StartError::UpstreamTls)?;
             partner_tls.insert(partner.instance.clone(), Arc::clone(&tls));
             partners.insert(partner.instance.clone(), connector(tls));
         }
@@ -329,6 +350,7 @@ impl GatewayState {
                     .map(|(instance, partner)| (instance.clone(), Arc::new(partner.clone())))
                     .collect(),
                 followed: config.federation.followed.values().cloned().collect(),
+                stale_crls,
                 replays: previous.map_or_else(Arc::default, |previous| {
                     Arc::clone(&previous.federation.replays)
                 }),
@@ -368,6 +390,12 @@ impl GatewayState {
             .published
             .as_ref()
             .filter(|published| now >= published.expires)
+    }
+
+    /// Why partner `instance`'s certificates cannot be trusted now: one
+    /// of its CRLs is out of date.
+    pub fn stale_partner_crl(&self, instance: &str) -> Option<&str> {
+        self.federation.stale_crls.get(instance).map(String::as_str)
     }
 
     /// This gateway's node id.
@@ -426,14 +454,27 @@ impl GatewayState {
         &self.crls
     }
 
-    /// The CRLs in use that are past their next update (accepted within
-    /// their grace).
+    /// The CRLs in use that are past their next update, accepted within
+    /// their grace (a partner's beyond it stops that partner instead:
+    /// [`Self::stale_partner_crl`]).
     pub(super) fn overdue_crls(&self) -> impl Iterator<Item = &str> {
         let now = crate::unix_time::now();
         self.crls
             .iter()
             .filter(move |(_, next_update)| *next_update < now)
             .map(|(name, _)| name.as_str())
+            .filter(|name| {
+                !self
+                    .federation
+                    .stale_crls
+                    .keys()
+                    .any(|instance| name.starts_with(&format!("federation.{instance}.crls")))
+            })
+    }
+
+    /// Partners stopped for a CRL past its next update and grace.
+    pub(super) fn partners_with_stale_crls(&self) -> usize {
+        self.federation.stale_crls.len()
     }
 
     /// The effective configuration as JSON: every setting and path, never

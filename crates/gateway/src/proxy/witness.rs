@@ -213,10 +213,13 @@ async fn send_round(
     let started = Instant::now();
     let mut sending = tokio::task::JoinSet::new();
     let now_s = crate::unix_time::now();
-    // None to a partner whose configuration has expired: nothing of it is
-    // trusted to be current, its address included.
+    // None to a partner whose configuration has expired, or whose CRL is
+    // out of date: nothing of it is trusted to be current, its address
+    // and its certificates included.
     for partner in partners.values().filter(|partner| {
-        partner.witness && state.expired_partner(&partner.instance, now_s).is_none()
+        partner.witness
+            && state.expired_partner(&partner.instance, now_s).is_none()
+            && state.stale_partner_crl(&partner.instance).is_none()
     }) {
         let follower = followers.entry(partner.instance.clone()).or_default();
         // Cosigned already (before a restart, or a round that timed out

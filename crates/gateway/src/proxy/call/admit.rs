@@ -123,11 +123,18 @@ impl Call<'_> {
         Err(refused)
     }
 
-    /// Refuses a call to or from partner `instance` while it is followed
-    /// from its directory and not learned yet, or once the global
-    /// configuration it was learned from has expired.
+    /// Refuses a call to or from partner `instance` while one of its CRLs
+    /// is out of date, while it is followed from its directory and not
+    /// learned yet, or once the global configuration it was learned from
+    /// has expired.
     pub(super) fn partner_current(&self, instance: &str) -> Result<(), GatewayError> {
         let federation = &self.state.federation;
+        if let Some(reason) = federation.stale_crls.get(instance) {
+            return Err(GatewayError::PartnerCrlStale {
+                instance: instance.to_owned(),
+                reason: reason.clone(),
+            });
+        }
         if !federation.partners.contains_key(instance)
             && let Some(followed) = federation
                 .followed
