@@ -833,6 +833,17 @@ async fn serve_bundle(bed: &Bed, bundle: &Path) -> (String, tokio::task::JoinHan
     (url, tokio::spawn(server.serve()))
 }
 
+/// Senegal's own registry answers a CBAO call through `gateway`.
+async fn home_answers_through(bed: &Bed, gateway: SocketAddr) {
+    let client = H2Client::connect(gateway, bed.member_tls("cbao-kyc"))
+        .await
+        .unwrap();
+    BusinessRegistryClient::new(client)
+        .get_company(home_company(bed, "KYC"))
+        .await
+        .unwrap();
+}
+
 /// Azerbaijan's company registry read through `gateway` by the CBAO bank.
 async fn company_through(bed: &Bed, gateway: SocketAddr, voen: &str) -> Result<(), tonic::Status> {
     let client = H2Client::connect(gateway, bed.member_tls("cbao-kyc"))
@@ -887,13 +898,7 @@ async fn a_gateway_follows_its_partners_own_directory() {
         Some("partner-configuration-missing")
     );
     assert!(refused.message().contains(&url), "{refused:?}");
-    let client = H2Client::connect(gateway.address, bed.member_tls("cbao-kyc"))
-        .await
-        .unwrap();
-    BusinessRegistryClient::new(client)
-        .get_company(home_company(&bed, "KYC"))
-        .await
-        .unwrap();
+    home_answers_through(&bed, gateway.address).await;
     let (ready, body) = support::admin_request(gateway.admin, "GET", "/readyz").await;
     assert_eq!(ready, 200, "{body}");
 
@@ -1057,13 +1062,7 @@ async fn a_partners_expired_configuration_stops_calls_to_it_only() {
         "{status:?}"
     );
     // Senegal's own registry still answers through the same gateway.
-    let client = H2Client::connect(gateway.address, bed.member_tls("cbao-kyc"))
-        .await
-        .unwrap();
-    BusinessRegistryClient::new(client)
-        .get_company(home_company(&bed, "KYC"))
-        .await
-        .unwrap();
+    home_answers_through(&bed, gateway.address).await;
     drop(gateway);
     bed.stop().await;
 }
@@ -1115,13 +1114,7 @@ async fn a_partners_stale_crl_stops_calls_to_it_only() {
         "the refusal names neither the partner nor its CRL: {status:?}"
     );
     // Senegal's own registry answers through the same gateway.
-    let client = H2Client::connect(gateway.address, bed.member_tls("cbao-kyc"))
-        .await
-        .unwrap();
-    BusinessRegistryClient::new(client)
-        .get_company(home_company(&bed, "KYC"))
-        .await
-        .unwrap();
+    home_answers_through(&bed, gateway.address).await;
     let refused = "govbridge_stale_crls_total{outcome=\"refused\"}";
     assert_eq!(support::metric(gateway.admin, refused).await, 1.0);
     drop(gateway);
