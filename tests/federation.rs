@@ -833,6 +833,22 @@ async fn serve_bundle(bed: &Bed, bundle: &Path) -> (String, tokio::task::JoinHan
     (url, tokio::spawn(server.serve()))
 }
 
+/// [`company_through`], refused with `UNAVAILABLE` and `bridge-error`
+/// `kind`.
+async fn company_refused_through(
+    bed: &Bed,
+    gateway: SocketAddr,
+    voen: &str,
+    kind: &str,
+) -> tonic::Status {
+    let refused = company_through(bed, gateway, voen)
+        .await
+        .expect_err("the call to Azerbaijan went through");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert_eq!(bridge_error(&refused).as_deref(), Some(kind), "{refused:?}");
+    refused
+}
+
 /// Senegal's own registry answers a CBAO call through `gateway`.
 async fn home_answers_through(bed: &Bed, gateway: SocketAddr) {
     let client = H2Client::connect(gateway, bed.member_tls("cbao-kyc"))
@@ -889,14 +905,13 @@ async fn a_gateway_follows_its_partners_own_directory() {
     let check = support::govbridge(&["check-config", config.to_str().unwrap()]);
     assert!(check.status.success(), "{}", support::text(&check));
     let gateway = support::process::GatewayProcess::spawn_config(&bed, "sn", &config);
-    let refused = company_through(&bed, gateway.address, &voen)
-        .await
-        .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
-    assert_eq!(
-        bridge_error(&refused).as_deref(),
-        Some("partner-configuration-missing")
-    );
+    let refused = company_refused_through(
+        &bed,
+        gateway.address,
+        &voen,
+        "partner-configuration-missing",
+    )
+    .await;
     assert!(refused.message().contains(&url), "{refused:?}");
     home_answers_through(&bed, gateway.address).await;
     let (ready, body) = support::admin_request(gateway.admin, "GET", "/readyz").await;
@@ -913,14 +928,7 @@ async fn a_gateway_follows_its_partners_own_directory() {
         support::metric(gateway.admin, version).await >= 1.0
     })
     .await;
-    let refused = company_through(&bed, gateway.address, &voen)
-        .await
-        .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
-    assert_eq!(
-        bridge_error(&refused).as_deref(),
-        Some("upstream-unavailable")
-    );
+    company_refused_through(&bed, gateway.address, &voen, "upstream-unavailable").await;
 
     // Azerbaijan's gateway "moves": version 2 names where it listens, and
     // Senegal's gateway follows without anyone touching its files.
@@ -1100,15 +1108,7 @@ async fn a_partners_stale_crl_stops_calls_to_it_only() {
     std::fs::write(&config, text.replacen(&fresh, &quoted, 1)).unwrap();
     let gateway = support::process::GatewayProcess::spawn_config(&bed, "sn", &config);
 
-    let status = company_through(&bed, gateway.address, &voen)
-        .await
-        .expect_err("a call went to a partner whose CRL is out of date");
-    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-    assert_eq!(
-        bridge_error(&status).as_deref(),
-        Some("partner-crl-stale"),
-        "{status:?}"
-    );
+    let status = company_refused_through(&bed, gateway.address, &voen, "partner-crl-stale").await;
     assert!(
         status.message().contains("az-stale-crl.pem") && status.message().contains("AZ's"),
         "the refusal names neither the partner nor its CRL: {status:?}"

@@ -129,10 +129,10 @@ impl Call<'_> {
     /// has expired.
     pub(super) fn partner_current(&self, instance: &str) -> Result<(), GatewayError> {
         let federation = &self.state.federation;
-        if let Some(reason) = federation.stale_crls.get(instance) {
+        if let Some(reason) = self.state.stale_partner_crl(instance) {
             return Err(GatewayError::PartnerCrlStale {
                 instance: instance.to_owned(),
-                reason: reason.clone(),
+                reason: reason.to_owned(),
             });
         }
         if !federation.partners.contains_key(instance)
