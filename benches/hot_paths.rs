@@ -85,7 +85,11 @@ fn routing(c: &mut Criterion, config: &Config) {
         .client_config()
         .expect("the dev upstream TLS material");
     let connectors = Connectors {
-        own: Arc::new(UpstreamConnector::new(tls, config.upstream.connect_timeout)),
+        own: Arc::new(UpstreamConnector::new(
+            tls,
+            None,
+            config.upstream.connect_timeout,
+        )),
         partners: Default::default(),
     };
     let table = RouteTable::new(config, &connectors, None);

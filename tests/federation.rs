@@ -1078,19 +1078,34 @@ async fn a_partners_expired_configuration_stops_calls_to_it_only() {
 /// Azerbaijan's CRL, empty, its next update an hour ago, written to
 /// `dir`.
 fn stale_partner_crl(partner: &Partner, dir: &Path) -> PathBuf {
-    let ca = govbridge::pki::CertificateAuthority::load(&partner.path("pki")).unwrap();
     let now = time::OffsetDateTime::now_utc();
-    let pem = ca
-        .crl_between(
-            9,
-            &[],
-            now - time::Duration::days(7),
-            now - time::Duration::hours(1),
-        )
-        .unwrap();
-    let path = dir.join("az-stale-crl.pem");
-    govbridge::pki::write_file(&path, pem.as_bytes(), 0o644).unwrap();
-    path
+    partner_crl(
+        partner,
+        &dir.join("az-stale-crl.pem"),
+        now - time::Duration::hours(1),
+    )
+}
+
+/// Azerbaijan's CRL, empty, its next update at `next_update`, written to
+/// `path`.
+fn partner_crl(partner: &Partner, path: &Path, next_update: time::OffsetDateTime) -> PathBuf {
+    let ca = govbridge::pki::CertificateAuthority::load(&partner.path("pki")).unwrap();
+    let this_update = time::OffsetDateTime::now_utc() - time::Duration::days(7);
+    let pem = ca.crl_between(9, &[], this_update, next_update).unwrap();
+    govbridge::pki::write_file(path, pem.as_bytes(), 0o644).unwrap();
+    path.to_owned()
+}
+
+/// Senegal's gateway configuration for `govbridge serve`, with `crl` in
+/// place of Azerbaijan's CRL.
+fn config_with_partner_crl(bed: &Bed, partner: &Partner, crl: &Path) -> PathBuf {
+    let config = support::process::GatewayProcess::config(bed, "sn", &[], "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let fresh = toml::Value::String(partner.path("pki/crl.pem").display().to_string()).to_string();
+    assert!(text.contains(&fresh), "no CRL of Azerbaijan's in {text}");
+    let quoted = toml::Value::String(crl.display().to_string()).to_string();
+    std::fs::write(&config, text.replacen(&fresh, &quoted, 1)).unwrap();
+    config
 }
 
 #[tokio::test]
@@ -1100,12 +1115,7 @@ async fn a_partners_stale_crl_stops_calls_to_it_only() {
     let stale = stale_partner_crl(&partner, keys.path());
     // Senegal's gateway, started with Azerbaijan's CRL out of date: it
     // starts, where the whole configuration used to be refused.
-    let config = support::process::GatewayProcess::config(&bed, "sn", &[], "");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let fresh = toml::Value::String(partner.path("pki/crl.pem").display().to_string()).to_string();
-    assert!(text.contains(&fresh), "no CRL of Azerbaijan's in {text}");
-    let quoted = toml::Value::String(stale.display().to_string()).to_string();
-    std::fs::write(&config, text.replacen(&fresh, &quoted, 1)).unwrap();
+    let config = config_with_partner_crl(&bed, &partner, &stale);
     let gateway = support::process::GatewayProcess::spawn_config(&bed, "sn", &config);
 
     let status = company_refused_through(&bed, gateway.address, &voen, "partner-crl-stale").await;
@@ -1117,6 +1127,9 @@ async fn a_partners_stale_crl_stops_calls_to_it_only() {
     home_answers_through(&bed, gateway.address).await;
     let refused = "govbridge_stale_crls_total{outcome=\"refused\"}";
     assert_eq!(support::metric(gateway.admin, refused).await, 1.0);
+    // Nor is the gateway taken out of its balancer for it.
+    let (_, ready) = support::admin_request(gateway.admin, "GET", "/readyz").await;
+    assert!(!ready.contains("az-stale-crl"), "/readyz: {ready}");
     drop(gateway);
 
     // Inbound, the listener refuses Azerbaijan's certificates only.
@@ -1147,11 +1160,14 @@ async fn a_partners_stale_crl_stops_calls_to_it_only() {
     let fresh = listener(&partner.path("pki/crl.pem"));
     fresh.check_client(&az).unwrap();
     let stale = listener(&stale);
-    assert_eq!(
-        stale.check_client(&az),
-        Err(rustls::Error::InvalidCertificate(
-            rustls::CertificateError::ExpiredRevocationList
-        ))
+    assert!(
+        matches!(
+            stale.check_client(&az),
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ExpiredRevocationListContext { .. }
+            ))
+        ),
+        "an Azerbaijani certificate passes under its stale CRL"
     );
     stale.check_client(&sn).unwrap();
     bed.stop().await;
@@ -1963,5 +1979,55 @@ async fn a_slow_partner_runs_out_of_the_callers_deadline_quickly() {
         .get_company(home)
         .await
         .unwrap();
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn a_partners_crl_stops_it_from_the_second_it_goes_out_of_date() {
+    let (partner, bed, keys) = federated().await;
+    let next_update = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let crl = partner_crl(&partner, &keys.path().join("az-crl.pem"), next_update);
+    let config = config_with_partner_crl(&bed, &partner, &crl);
+    let config = govbridge::config::Config::load(&config).unwrap();
+    let next_update = next_update.unix_timestamp();
+
+    // Calls to and from Azerbaijan: until its CRL's next update (no
+    // grace), refused from the second after.
+    let state = govbridge::proxy::GatewayState::new(&config).unwrap();
+    assert_eq!(state.stale_partner_crl_at("AZ", next_update), None);
+    let stale = state
+        .stale_partner_crl_at("AZ", next_update + 1)
+        .expect("Azerbaijan is still called past its CRL's next update");
+    assert!(stale.contains("az-crl.pem"), "{stale}");
+
+    // Its gateways' certificates: the same, and Senegal's are not.
+    let tls = config.gateway.tls.listener_tls().unwrap();
+    let az_member = member("AZ/COM/KAPITAL/trade");
+    let (az_certificate, _) = partner
+        .instance
+        .issue_member(&az_member, "crl-freshness-test")
+        .unwrap();
+    let chain = |path: &Path| govbridge::identity::tls::load_certificates(path).unwrap();
+    let (az, sn) = (
+        chain(&az_certificate),
+        chain(&bed.pki.join("member-cbao-kyc.pem")),
+    );
+    let at = |seconds: i64| {
+        rustls_pki_types::UnixTime::since_unix_epoch(Duration::from_secs(
+            u64::try_from(seconds).unwrap(),
+        ))
+    };
+    assert_eq!(tls.crls_stale_after(&az), Some(next_update));
+    tls.check_client_at(&az, at(next_update)).unwrap();
+    assert!(
+        matches!(
+            tls.check_client_at(&az, at(next_update + 1)),
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ExpiredRevocationListContext { .. }
+            ))
+        ),
+        "an Azerbaijani certificate passes past its CRL's next update"
+    );
+    tls.check_client_at(&sn, at(next_update + 1)).unwrap();
     bed.stop().await;
 }

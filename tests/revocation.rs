@@ -247,15 +247,21 @@ async fn an_expired_certificate_cannot_resume_its_session() {
     bed.stop().await;
 }
 
-#[tokio::test]
-async fn a_revoked_backend_certificate_is_not_used() {
-    let probe = Probe::default();
-    let bed = Bed::builder()
+/// A bed whose only backend is `probe`, and whose backends' certificates
+/// are checked against the bed's CRL.
+async fn bed_checking_backends(probe: &Probe) -> Bed {
+    Bed::builder()
         .without_agencies()
         .probe(support::probe::SERVICE, probe.server())
         .upstream("crls", "[\"pki/crl.pem\"]")
         .start()
-        .await;
+        .await
+}
+
+#[tokio::test]
+async fn a_revoked_backend_certificate_is_not_used() {
+    let probe = Probe::default();
+    let bed = bed_checking_backends(&probe).await;
     let client = bed.client("cbao-kyc").await;
     call_on(&client).await.unwrap();
 
@@ -375,5 +381,174 @@ async fn a_stale_crl_is_refused_unless_within_its_grace() {
     let refused = bed.reloader.reload().unwrap_err().to_string();
     assert!(refused.contains("crl.pem"), "{refused}");
     assert!(refused.contains("grace"), "{refused}");
+    bed.stop().await;
+}
+
+/// Writes a CRL of the bed's CA, empty, due to be replaced `in_` from now,
+/// as `file` of the bed's PKI.
+fn write_crl_due_in(bed: &Bed, file: &str, in_: Duration) -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    let next_update = now + in_;
+    let pem = bed
+        .ca()
+        .crl_between(8, &[], now - Duration::days(1), next_update)
+        .unwrap();
+    govbridge::pki::write_file(&bed.pki.join(file), pem.as_bytes(), 0o644).unwrap();
+    next_update
+}
+
+/// The listener's TLS of the bed's configuration file, as a start or
+/// reload builds it.
+fn listener_tls(bed: &Bed) -> govbridge::identity::tls::ListenerTls {
+    let config = govbridge::config::Config::load(bed.config_path()).unwrap();
+    config.gateway.tls.listener_tls().unwrap()
+}
+
+#[tokio::test]
+async fn a_crl_is_refused_at_each_handshake_once_past_its_grace() {
+    let (bed, _probe) = probe_bed().await;
+    let next_update = write_crl_due_in(&bed, "crl.pem", Duration::hours(1)).unix_timestamp();
+    let chain =
+        govbridge::identity::tls::load_certificates(&bed.pki.join("member-cbao-kyc.pem")).unwrap();
+    let at = |seconds: i64| {
+        rustls_pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            u64::try_from(seconds).unwrap(),
+        ))
+    };
+    let stale = |at_seconds: i64| {
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::ExpiredRevocationListContext {
+                time: at(at_seconds),
+                next_update: at(next_update),
+            },
+        ))
+    };
+
+    // Without a grace: up to its next update, and not a second after.
+    let tls = listener_tls(&bed);
+    assert_eq!(tls.crls_stale_after(&chain), Some(next_update));
+    tls.check_client_at(&chain, at(next_update)).unwrap();
+    assert_eq!(
+        tls.check_client_at(&chain, at(next_update + 1)),
+        stale(next_update + 1)
+    );
+
+    // With a grace of 30 minutes: until it is over.
+    set_crl_grace(&bed, "30m");
+    let tls = listener_tls(&bed);
+    assert_eq!(tls.crls_stale_after(&chain), Some(next_update + 1800));
+    tls.check_client_at(&chain, at(next_update + 1800)).unwrap();
+    assert_eq!(
+        tls.check_client_at(&chain, at(next_update + 1801)),
+        stale(next_update + 1801)
+    );
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn a_crl_that_goes_stale_while_serving_closes_and_refuses_its_connections() {
+    let (bed, _probe) = probe_bed().await;
+    // Due in a few seconds: taken by the reload, then out of date while
+    // the gateway serves.
+    write_crl_due_in(&bed, "crl.pem", Duration::seconds(4));
+    bed.reloader.reload().unwrap();
+    let client = bed.client("cbao-kyc").await;
+    call_on(&client).await.unwrap();
+
+    // Once past its next update (no grace): the open connection is closed,
+    // new handshakes are refused, and the gateway says it is not ready.
+    assert!(
+        client
+            .closed_within(std::time::Duration::from_secs(15))
+            .await,
+        "a connection stayed open past its CRL's next update"
+    );
+    wait_for_metric(
+        bed.admin,
+        "govbridge_connections_closed_total{reason=\"crl-stale\"}",
+        |closed| closed == 1.0,
+    )
+    .await;
+    assert!(
+        support::handshake_refused(bed.gateway, bed.member_tls("cbao-kyc")).await,
+        "a handshake was accepted against an out-of-date CRL"
+    );
+    wait_for_metric(
+        bed.admin,
+        "govbridge_tls_handshake_failures_total{reason=\"crl-stale\"}",
+        |refused| refused >= 1.0,
+    )
+    .await;
+    let (status, body) = support::admin_request(bed.admin, "GET", "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("gateway.tls.crls") && body.contains("crl.pem"),
+        "/readyz names neither the setting nor the file: {body}"
+    );
+
+    // A fresh CRL dropped in place and loaded: served again.
+    write_crl_due_in(&bed, "crl.pem", Duration::days(30));
+    bed.reloader.reload().unwrap();
+    call_on(&bed.client("cbao-kyc").await)
+        .await
+        .expect("a call once a fresh CRL is loaded");
+    let (status, body) = support::admin_request(bed.admin, "GET", "/readyz").await;
+    assert!(
+        !body.contains("crl"),
+        "/readyz still names a CRL: {status} {body}"
+    );
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn a_backend_is_not_called_once_the_upstream_crl_goes_stale() {
+    let probe = Probe::default();
+    let bed = bed_checking_backends(&probe).await;
+    // The backends' CRL in a file of its own, due in a few seconds; the
+    // listener's stays fresh.
+    let path = bed.config_path();
+    let text = std::fs::read_to_string(path).unwrap();
+    let line = "crls = [\"pki/crl.pem\"]";
+    let at = text
+        .rfind(line)
+        .expect("no upstream CRL in the configuration");
+    let text = format!(
+        "{}crls = [\"pki/upstream-crl.pem\"]{}",
+        &text[..at],
+        &text[at + line.len()..]
+    );
+    std::fs::write(path, text).unwrap();
+    let next_update = write_crl_due_in(&bed, "upstream-crl.pem", Duration::seconds(4));
+    bed.reloader.reload().unwrap();
+    let client = bed.client("cbao-kyc").await;
+    call_on(&client).await.unwrap();
+
+    // Once past its next update: the pooled connection takes no new call
+    // and a new one is refused at its handshake. Polls the clock, bounded.
+    let refused = loop {
+        match call_on(&client).await {
+            Err(refused) => break refused,
+            Ok(()) => assert!(
+                OffsetDateTime::now_utc() < next_update + Duration::seconds(15),
+                "a backend was still called well past the upstream CRL's next update"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(
+        OffsetDateTime::now_utc() > next_update,
+        "refused before the CRL's next update: {refused:?}"
+    );
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        support::bridge_error(&refused).as_deref(),
+        Some("upstream-unavailable")
+    );
+    let calls = probe.seen().len();
+    assert!(call_on(&client).await.is_err());
+    assert_eq!(probe.seen().len(), calls, "the backend was called again");
+    let (status, body) = support::admin_request(bed.admin, "GET", "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("upstream.crls"), "{body}");
     bed.stop().await;
 }

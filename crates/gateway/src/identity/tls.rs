@@ -12,16 +12,19 @@
 //! partner's: the instance a certificate names picks the CAs it must chain
 //! to ([`InstanceVerifier`]).
 //!
-//! A CRL past its next update is refused when loaded, unless it is within
-//! the grace the configuration allows. Sessions are never resumed: a
-//! resumed session would skip the certificate checks (revocation, expiry)
-//! that a full handshake makes.
+//! A CRL past its next update and the grace the configuration allows is
+//! refused when loaded, and every handshake checked against it is refused
+//! from the second it gets there while the gateway runs
+//! ([`CrlFreshness`]): revocations published since would not be seen.
+//! Sessions are never resumed: a resumed session would skip the
+//! certificate checks (revocation, expiry) that a full handshake makes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::ServerCertVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
@@ -175,15 +178,64 @@ fn unix_now() -> i64 {
     i64::try_from(UnixTime::now().as_secs()).unwrap_or(i64::MAX)
 }
 
-/// Reads the CRLs of every file of `paths`. A file without a CRL is an
-/// error, and so is a CRL more than `grace` past its next update; one
-/// within the grace is accepted with a warning.
-fn load_crl_files(
-    paths: &[PathBuf],
+/// When the CRLs checking one set of certificates go out of date: the one
+/// due first, and the grace allowed past its next update. Past both, every
+/// certificate they check is refused, as at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlFreshness {
+    path: PathBuf,
+    next_update: i64,
     grace: Duration,
-) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+}
+
+impl CrlFreshness {
+    /// The last second the CRLs are accepted in (seconds since the epoch).
+    pub fn stale_after(&self) -> i64 {
+        let grace = i64::try_from(self.grace.as_secs()).unwrap_or(i64::MAX);
+        self.next_update.saturating_add(grace)
+    }
+
+    /// Why the CRLs are refused at `now` (seconds since the epoch), if
+    /// they are.
+    pub fn stale_at(&self, now: i64) -> Option<TlsError> {
+        (now > self.stale_after()).then(|| TlsError::StaleCrl {
+            path: self.path.clone(),
+            overdue: u64::try_from(now.saturating_sub(self.next_update)).unwrap_or(0),
+            grace: self.grace,
+        })
+    }
+
+    /// A handshake's refusal at `now`, once the CRLs are out of date.
+    fn check(&self, now: UnixTime) -> Result<(), rustls::Error> {
+        let seconds = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        if seconds <= self.stale_after() {
+            return Ok(());
+        }
+        let next_update = u64::try_from(self.next_update).unwrap_or(0);
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::ExpiredRevocationListContext {
+                time: now,
+                next_update: UnixTime::since_unix_epoch(Duration::from_secs(next_update)),
+            },
+        ))
+    }
+}
+
+/// CRLs read from their files, and when they go out of date (`None`: none
+/// says when it is due).
+struct LoadedCrls {
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    freshness: Option<CrlFreshness>,
+}
+
+/// Reads the CRLs of every file of `paths`. A file without a CRL is an
+/// error; a CRL past its next update but within `grace` is accepted with
+/// a warning. One beyond its grace is read too: whoever uses the lists
+/// decides ([`CrlFreshness::stale_at`]), and their handshakes refuse it.
+fn load_crl_files(paths: &[PathBuf], grace: Duration) -> Result<LoadedCrls, TlsError> {
     let now = unix_now();
     let mut crls = Vec::new();
+    let mut freshness: Option<CrlFreshness> = None;
     for path in paths {
         let loaded = load_crls(path)?;
         // A configured CRL file without a CRL (truncated, or something
@@ -194,33 +246,109 @@ fn load_crl_files(
                 what: "CRL",
             });
         }
-        for crl in &loaded {
-            let Some(next_update) = crl_next_update(crl) else {
-                continue;
-            };
+        freshness = earliest(freshness, path, &loaded, grace);
+        for next_update in loaded.iter().filter_map(crl_next_update) {
             let overdue = u64::try_from(now.saturating_sub(next_update)).unwrap_or(0);
-            if overdue == 0 {
-                continue;
+            // Revocations published since are not seen: the operator chose
+            // to ride out a late CRL publisher for `grace`.
+            if overdue > 0 && Duration::from_secs(overdue) <= grace {
+                tracing::warn!(
+                    crl = %path.display(),
+                    overdue_seconds = overdue,
+                    grace_seconds = grace.as_secs(),
+                    "CRL past its next update, accepted within its grace: publish a fresh one"
+                );
             }
-            // Revocations published since are not seen: refuse, unless the
-            // operator chose to ride out a late CRL publisher.
-            if Duration::from_secs(overdue) > grace {
-                return Err(TlsError::StaleCrl {
-                    path: path.clone(),
-                    overdue,
-                    grace,
-                });
-            }
-            tracing::warn!(
-                crl = %path.display(),
-                overdue_seconds = overdue,
-                grace_seconds = grace.as_secs(),
-                "CRL past its next update, accepted within its grace: publish a fresh one"
-            );
         }
         crls.extend(loaded);
     }
-    Ok(crls)
+    Ok(LoadedCrls { crls, freshness })
+}
+
+/// When the CRLs of `paths` go out of date, read again from their files
+/// (`None`: none says when it is due).
+pub fn crl_freshness(paths: &[PathBuf], grace: Duration) -> Result<Option<CrlFreshness>, TlsError> {
+    let mut freshness = None;
+    for path in paths {
+        freshness = earliest(freshness, path, &load_crls(path)?, grace);
+    }
+    Ok(freshness)
+}
+
+/// `so_far`, or the CRL of `crls` (read from `path`) due before it.
+fn earliest(
+    so_far: Option<CrlFreshness>,
+    path: &Path,
+    crls: &[CertificateRevocationListDer<'_>],
+    grace: Duration,
+) -> Option<CrlFreshness> {
+    crls.iter()
+        .filter_map(crl_next_update)
+        .fold(so_far, |so_far, next_update| match so_far {
+            Some(first) if first.next_update <= next_update => Some(first),
+            _ => Some(CrlFreshness {
+                path: path.to_owned(),
+                next_update,
+                grace,
+            }),
+        })
+}
+
+/// A certificate verifier whose CRLs go out of date: from then on it
+/// refuses every certificate, whatever the CRLs say of it.
+#[derive(Debug)]
+struct Fresh<V: ?Sized> {
+    inner: Arc<V>,
+    freshness: Option<CrlFreshness>,
+}
+
+impl<V: ?Sized> Fresh<V> {
+    fn check(&self, now: UnixTime) -> Result<(), rustls::Error> {
+        self.freshness
+            .as_ref()
+            .map_or(Ok(()), |freshness| freshness.check(now))
+    }
+
+    fn stale_after(&self) -> Option<i64> {
+        self.freshness.as_ref().map(CrlFreshness::stale_after)
+    }
+}
+
+impl ServerCertVerifier for Fresh<WebPkiServerVerifier> {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.check(now)?;
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// A certificate chain and its private key.
@@ -288,59 +416,55 @@ impl ServerTls {
         let provider = crypto_provider();
         let client_verifier = |ca: &Path, crls: &[PathBuf]| -> Result<_, TlsError> {
             let roots = root_store(ca)?;
-            let crls = load_crl_files(crls, self.crl_grace)?;
-            Ok(
-                WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-                    .with_crls(crls)
-                    .build()?,
-            )
+            let LoadedCrls { crls, freshness } = load_crl_files(crls, self.crl_grace)?;
+            let inner = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+                .with_crls(crls)
+                .build()?;
+            Ok(Fresh { inner, freshness })
         };
         let own = client_verifier(&self.client_ca, &self.crls)?;
-        let verifier = if self.partners.is_empty() {
-            own
-        } else {
-            let mut authorities =
-                vec![(self.client_ca.clone(), load_certificates(&self.client_ca)?)];
-            for partner in &self.partners {
-                authorities.push((partner.ca.clone(), load_certificates(&partner.ca)?));
-            }
-            for (at, (first, mine)) in authorities.iter().enumerate() {
-                for (second, theirs) in &authorities[at + 1..] {
-                    if let Some(subject) = shared_authority(mine, theirs) {
-                        return Err(TlsError::SharedAuthority {
-                            first: first.clone(),
-                            second: second.clone(),
-                            subject,
-                        });
-                    }
+        if let Some(stale) = own.freshness.as_ref().and_then(|f| f.stale_at(unix_now())) {
+            return Err(stale);
+        }
+        let mut authorities = vec![(self.client_ca.clone(), load_certificates(&self.client_ca)?)];
+        for partner in &self.partners {
+            authorities.push((partner.ca.clone(), load_certificates(&partner.ca)?));
+        }
+        for (at, (first, mine)) in authorities.iter().enumerate() {
+            for (second, theirs) in &authorities[at + 1..] {
+                if let Some(subject) = shared_authority(mine, theirs) {
+                    return Err(TlsError::SharedAuthority {
+                        first: first.clone(),
+                        second: second.clone(),
+                        subject,
+                    });
                 }
             }
-            // A partner's late CRL publisher refuses its own members, not
-            // the listener: its certificates are refused as the CRL
-            // vouching for them is, and everyone else's are checked.
-            let partners = self
-                .partners
-                .iter()
-                .map(|partner| {
-                    let verifier = match client_verifier(&partner.ca, &partner.crls) {
-                        Err(stale) if stale.is_stale_crl() => {
-                            tracing::warn!(
-                                instance = partner.instance,
-                                error = %stale,
-                                "a partner's CRL is out of date: its certificates are refused \
-                                 until it publishes a fresh one"
-                            );
-                            Err(rustls::Error::InvalidCertificate(
-                                rustls::CertificateError::ExpiredRevocationList,
-                            ))
-                        }
-                        built => Ok(built?),
-                    };
-                    Ok((partner.instance.clone(), verifier))
-                })
-                .collect::<Result<Vec<_>, TlsError>>()?;
-            Arc::new(InstanceVerifier::new(own, partners))
-        };
+        }
+        // A partner's late CRL publisher refuses its own members, not the
+        // listener: its certificates are refused as the CRL vouching for
+        // them is, and everyone else's are checked.
+        let partners = self
+            .partners
+            .iter()
+            .map(|partner| {
+                let verifier = client_verifier(&partner.ca, &partner.crls)?;
+                if let Some(stale) = verifier
+                    .freshness
+                    .as_ref()
+                    .and_then(|f| f.stale_at(unix_now()))
+                {
+                    tracing::warn!(
+                        instance = partner.instance,
+                        error = %stale,
+                        "a partner's CRL is out of date: its certificates are refused until it \
+                         publishes a fresh one"
+                    );
+                }
+                Ok((partner.instance.clone(), verifier))
+            })
+            .collect::<Result<Vec<_>, TlsError>>()?;
+        let verifier = Arc::new(InstanceVerifier::new(own, partners));
         let (chain, key) = load_identity(&self.certificate, &self.private_key)?;
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -395,26 +519,23 @@ fn shared_authority(a: &[CertificateDer<'_>], b: &[CertificateDer<'_>]) -> Optio
 }
 
 /// Client certificates checked against the CAs of the instance they name:
-/// a partner's for its members, the listener's own for everyone else.
+/// a partner's for its members, the listener's own for everyone else. Each
+/// set of CAs has its CRLs, refused once out of date.
 #[derive(Debug)]
 pub struct InstanceVerifier {
-    own: Arc<dyn ClientCertVerifier>,
-    /// Each partner's verifier, or why its certificates are all refused.
-    partners: Vec<(String, PartnerVerifier)>,
+    own: ClientVerifier,
+    /// Each partner's verifier, by instance code.
+    partners: Vec<(String, ClientVerifier)>,
     hints: Vec<rustls::DistinguishedName>,
 }
 
-type PartnerVerifier = Result<Arc<dyn ClientCertVerifier>, rustls::Error>;
+type ClientVerifier = Fresh<dyn ClientCertVerifier>;
 
 impl InstanceVerifier {
-    fn new(own: Arc<dyn ClientCertVerifier>, partners: Vec<(String, PartnerVerifier)>) -> Self {
+    fn new(own: ClientVerifier, partners: Vec<(String, ClientVerifier)>) -> Self {
         let hints = std::iter::once(&own)
-            .chain(
-                partners
-                    .iter()
-                    .filter_map(|(_, verifier)| verifier.as_ref().ok()),
-            )
-            .flat_map(|verifier| verifier.root_hint_subjects().iter().cloned())
+            .chain(partners.iter().map(|(_, verifier)| verifier))
+            .flat_map(|verifier| verifier.inner.root_hint_subjects().iter().cloned())
             .collect();
         Self {
             own,
@@ -423,21 +544,20 @@ impl InstanceVerifier {
         }
     }
 
-    /// The verifier for a certificate naming `end_entity`'s member, or
-    /// why its instance's certificates are all refused.
-    fn for_certificate(
-        &self,
-        end_entity: &CertificateDer<'_>,
-    ) -> Result<&Arc<dyn ClientCertVerifier>, rustls::Error> {
-        let partner = member_of_certificate(end_entity).ok().and_then(|member| {
-            self.partners
-                .iter()
-                .find(|(instance, _)| instance == member.instance())
-        });
-        match partner {
-            None => Ok(&self.own),
-            Some((_, verifier)) => verifier.as_ref().map_err(Clone::clone),
+    /// The verifier for a certificate naming `end_entity`'s member.
+    fn for_certificate(&self, end_entity: &CertificateDer<'_>) -> &ClientVerifier {
+        // Without partners, no certificate is parsed twice.
+        if self.partners.is_empty() {
+            return &self.own;
         }
+        member_of_certificate(end_entity)
+            .ok()
+            .and_then(|member| {
+                self.partners
+                    .iter()
+                    .find(|(instance, _)| instance == member.instance())
+            })
+            .map_or(&self.own, |(_, verifier)| verifier)
     }
 }
 
@@ -452,7 +572,10 @@ impl ClientCertVerifier for InstanceVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
-        self.for_certificate(end_entity)?
+        let verifier = self.for_certificate(end_entity);
+        verifier.check(now)?;
+        verifier
+            .inner
             .verify_client_cert(end_entity, intermediates, now)
     }
 
@@ -462,7 +585,7 @@ impl ClientCertVerifier for InstanceVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.own.verify_tls12_signature(message, cert, dss)
+        self.own.inner.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -471,11 +594,11 @@ impl ClientCertVerifier for InstanceVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.own.verify_tls13_signature(message, cert, dss)
+        self.own.inner.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.own.supported_verify_schemes()
+        self.own.inner.supported_verify_schemes()
     }
 }
 
@@ -485,19 +608,36 @@ impl ClientCertVerifier for InstanceVerifier {
 #[derive(Debug, Clone)]
 pub struct ListenerTls {
     pub config: Arc<ServerConfig>,
-    client_verifier: Arc<dyn ClientCertVerifier>,
+    client_verifier: Arc<InstanceVerifier>,
 }
 
 impl ListenerTls {
     /// Checks a client chain (leaf first) as a handshake would now: the
     /// current CAs and CRLs, and the current time.
     pub fn check_client(&self, chain: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
+        self.check_client_at(chain, UnixTime::now())
+    }
+
+    /// Checks a client chain (leaf first) as a handshake would at `now`.
+    pub fn check_client_at(
+        &self,
+        chain: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
         let (leaf, intermediates) = chain
             .split_first()
             .ok_or(rustls::Error::NoCertificatesPresented)?;
         self.client_verifier
-            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .verify_client_cert(leaf, intermediates, now)
             .map(drop)
+    }
+
+    /// The last second (since the epoch) the CRLs that check a client
+    /// chain (leaf first) are accepted in: after it, the chain is refused.
+    /// `None` when no CRL says when it is due.
+    pub fn crls_stale_after(&self, chain: &[CertificateDer<'_>]) -> Option<i64> {
+        let leaf = chain.first()?;
+        self.client_verifier.for_certificate(leaf).stale_after()
     }
 }
 
@@ -528,20 +668,38 @@ impl ClientTls {
     }
 
     /// A rustls client config presenting our certificate and speaking only
-    /// HTTP/2.
+    /// HTTP/2; refused while one of its CRLs is out of date.
     pub fn client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
+        let (config, freshness) = self.client_config_with_freshness()?;
+        match freshness.and_then(|freshness| freshness.stale_at(unix_now())) {
+            Some(stale) => Err(stale),
+            None => Ok(config),
+        }
+    }
+
+    /// The client config also when a CRL is out of date already, and when
+    /// its CRLs go out of date. Its handshakes refuse every server
+    /// certificate from then on: a partner's, whose calls are refused
+    /// meanwhile rather than this gateway's start.
+    pub fn client_config_with_freshness(
+        &self,
+    ) -> Result<(Arc<ClientConfig>, Option<CrlFreshness>), TlsError> {
         let provider = crypto_provider();
         let roots = root_store(&self.server_ca)?;
-        let crls = load_crl_files(&self.crls, self.crl_grace)?;
-        let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-            .with_crls(crls)
-            .build()?;
+        let LoadedCrls { crls, freshness } = load_crl_files(&self.crls, self.crl_grace)?;
+        let verifier = Fresh {
+            inner: WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .with_crls(crls)
+                .build()?,
+            freshness: freshness.clone(),
+        };
         let (chain, key) = load_identity(&self.certificate, &self.private_key)?;
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .and_then(|builder| {
                 builder
-                    .with_webpki_verifier(verifier)
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(verifier))
                     .with_client_auth_cert(chain, key)
             })
             .map_err(identity_error(&self.certificate))?;
@@ -550,7 +708,7 @@ impl ClientTls {
         // certificate of its first handshake unchecked, so a backend whose
         // certificate expired (or was revoked) could be resumed into.
         config.resumption = rustls::client::Resumption::disabled();
-        Ok(Arc::new(config))
+        Ok((Arc::new(config), freshness))
     }
 }
 

@@ -218,7 +218,7 @@ impl ListenerStats {
     /// `max-age`, `address-limit`, `keepalive-timeout`, `flood`,
     /// `protocol-error`, `drain-timeout`, and for a peer certificate that
     /// stopped passing while open, `certificate-revoked`,
-    /// `certificate-expired`, `certificate-untrusted`.
+    /// `certificate-expired`, `crl-stale`, `certificate-untrusted`.
     pub fn closed(&self) -> Vec<(&'static str, u64)> {
         self.closed
             .lock()
@@ -278,6 +278,10 @@ fn refusal_reason(error: &std::io::Error) -> &'static str {
             CertificateError::Expired | CertificateError::ExpiredContext { .. },
         ) => "certificate-expired",
         Error::InvalidCertificate(CertificateError::Revoked) => "certificate-revoked",
+        Error::InvalidCertificate(
+            CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. },
+        ) => "crl-stale",
         Error::InvalidCertificate(CertificateError::UnknownIssuer) => "unknown-issuer",
         Error::InvalidCertificate(_) => "bad-certificate",
         Error::NoApplicationProtocol | Error::PeerIncompatible(_) => "incompatible",
@@ -294,6 +298,10 @@ fn invalidation_reason(error: &rustls::Error) -> &'static str {
             CertificateError::Expired | CertificateError::ExpiredContext { .. },
         ) => "certificate-expired",
         Error::InvalidCertificate(CertificateError::Revoked) => "certificate-revoked",
+        Error::InvalidCertificate(
+            CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. },
+        ) => "crl-stale",
         _ => "certificate-untrusted",
     }
 }
@@ -494,8 +502,8 @@ enum Closing {
 }
 
 /// Resolves once the peer's certificate no longer passes: when it expires,
-/// or when a new listener TLS (CRLs, CAs) refuses it. Never, for a
-/// connection without one.
+/// when the CRLs that check it go out of date, or when a new listener TLS
+/// (CRLs, CAs) refuses it. Never, for a connection without one.
 async fn certificate_invalidated(
     mut tls: watch::Receiver<Arc<ListenerTls>>,
     chain: Vec<CertificateDer<'static>>,
@@ -504,18 +512,24 @@ async fn certificate_invalidated(
     if chain.is_empty() {
         return std::future::pending().await;
     }
-    let expiry = async {
-        match not_after {
-            Some(not_after) => tokio::time::sleep(until_expired(not_after)).await,
-            None => std::future::pending().await,
-        }
-    };
+    let expiry = until(not_after);
     tokio::pin!(expiry);
+    // Not marked seen: a TLS swapped in since the handshake is checked below.
+    let stale = until(tls.borrow().crls_stale_after(&chain));
+    tokio::pin!(stale);
     let mut listening = true;
     loop {
         tokio::select! {
             () = &mut expiry => {
                 return rustls::Error::InvalidCertificate(rustls::CertificateError::Expired);
+            }
+            () = &mut stale => {
+                let current = tls.borrow().clone();
+                if let Err(error) = current.check_client(&chain) {
+                    return error;
+                }
+                // Woken a little early (the wall clock moved): again.
+                stale.set(until(current.crls_stale_after(&chain)));
             }
             changed = tls.changed(), if listening => {
                 if changed.is_err() {
@@ -527,8 +541,18 @@ async fn certificate_invalidated(
                 if let Err(error) = current.check_client(&chain) {
                     return error;
                 }
+                stale.set(until(current.crls_stale_after(&chain)));
             }
         }
+    }
+}
+
+/// Resolves once the second `last` (since the epoch) is over; never for
+/// `None`.
+async fn until(last: Option<i64>) {
+    match last {
+        Some(last) => tokio::time::sleep(until_expired(last)).await,
+        None => std::future::pending().await,
     }
 }
 

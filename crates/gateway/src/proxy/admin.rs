@@ -203,9 +203,11 @@ impl Admin {
                     commits: log.commit_durations(),
                 });
                 let state = self.state.load();
+                // A CRL's expiry is its next update.
+                let expiries = [state.certificates(), state.crls()].concat();
                 let mut rendered =
                     self.metrics
-                        .render(log, state.certificates(), state.crls(), &self.listener);
+                        .render(log, &expiries, state.crls(), &self.listener);
                 render_endpoints(&mut rendered, &state);
                 render_global(&mut rendered, &state);
                 render_witness(&mut rendered, &state);
@@ -317,6 +319,16 @@ impl Admin {
             if *not_after <= now {
                 problems.push(format!("{name} has expired"));
             }
+        }
+        // Within its grace a CRL serves on; a partner's out of date stops
+        // that partner's calls only (`partner-crl-stale`).
+        for (setting, stale) in state.stale_own_crls_at(now) {
+            let refused = if setting == "upstream.crls" {
+                "every backend's certificate is refused"
+            } else {
+                "every client certificate it checks is refused"
+            };
+            problems.push(format!("{setting}: {stale}: {refused}"));
         }
         for service in state.services().keys() {
             let Some(pools) = state.service_pools(service) else {

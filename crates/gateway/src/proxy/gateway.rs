@@ -1,6 +1,6 @@
 //! Starting and serving a gateway: bind, serve, drain.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -334,7 +334,10 @@ impl Gateway {
         for _ in state.load().overdue_crls() {
             metrics.stale_crl(false);
         }
-        for _ in 0..state.load().partners_with_stale_crls() {
+        for _ in state
+            .load()
+            .partners_with_stale_crls_at(crate::unix_time::now())
+        {
             metrics.stale_crl(true);
         }
         Ok(Self {
@@ -540,23 +543,59 @@ async fn check_health(state: SharedState) {
 }
 
 /// Logs each CRL in use once it passes its next update while the gateway
-/// runs (the next reload refuses it beyond its grace), checking every
-/// minute, until aborted. `govbridge_crl_overdue_seconds` shows the same.
+/// runs, and again once past its grace too (its handshakes are refused
+/// from that second: `crate::identity::tls::CrlFreshness`), checking
+/// every minute, until aborted. `govbridge_crl_overdue_seconds` shows the
+/// same. What a start or reload found out of date it has logged itself.
 async fn watch_crls(state: SharedState) {
     let mut reported = HashSet::new();
+    let mut loaded = state.load_full();
+    let mut stale = stale_crls(&loaded);
     let mut ticks = tokio::time::interval(Duration::from_secs(60));
     loop {
         ticks.tick().await;
-        let current = state.load();
+        let current = state.load_full();
         for crl in current.overdue_crls() {
             if reported.insert(crl.to_owned()) {
                 // A warning, not an error: it may be within its grace.
                 tracing::warn!(
                     crl,
-                    "CRL past its next update: publish a fresh one; the next reload refuses \
-                     it unless within its crl_grace"
+                    "CRL past its next update: publish a fresh one; its handshakes are refused \
+                     once past its crl_grace"
                 );
             }
         }
+        let now = stale_crls(&current);
+        if Arc::ptr_eq(&current, &loaded) {
+            for (list, why) in now
+                .iter()
+                .filter(|(list, _)| !stale.contains_key(list.as_str()))
+            {
+                tracing::error!(
+                    crls = list,
+                    error = why,
+                    "CRL out of date beyond its grace: every certificate it checks is refused \
+                     until a fresh one is dropped in place"
+                );
+            }
+        }
+        (loaded, stale) = (current, now);
     }
+}
+
+/// The CRL lists of `state` out of date now (the gateway's own by setting,
+/// a partner's as `federation.XX.crls`), with why.
+fn stale_crls(state: &GatewayState) -> HashMap<String, String> {
+    let now = crate::unix_time::now();
+    let own = state
+        .stale_own_crls_at(now)
+        .map(|(setting, why)| (setting.to_owned(), why.to_string()));
+    let partners = state
+        .partners_with_stale_crls_at(now)
+        .into_iter()
+        .filter_map(|instance| {
+            let why = state.stale_partner_crl_at(instance, now)?;
+            Some((format!("federation.{instance}.crls"), why))
+        });
+    own.chain(partners).collect()
 }

@@ -394,7 +394,7 @@ async fn round(
         );
     };
     if let Some(stale) = state.stale_partner_crl(instance) {
-        return (partner, fail(items, stale.to_owned()));
+        return (partner, fail(items, stale));
     }
     if let Some(expired) = state.expired_partner(instance, crate::unix_time::now()) {
         return (

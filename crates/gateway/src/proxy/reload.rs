@@ -208,7 +208,7 @@ impl Reloader {
         for _ in state.overdue_crls() {
             self.metrics.stale_crl(false);
         }
-        for _ in 0..state.partners_with_stale_crls() {
+        for _ in state.partners_with_stale_crls_at(crate::unix_time::now()) {
             self.metrics.stale_crl(true);
         }
         self.listener_tls.store(tls);

@@ -31,6 +31,10 @@ pub struct GatewayState {
     /// The CRLs it checks certificates against: (name, next update in
     /// seconds since the epoch).
     pub(super) crls: Vec<(String, i64)>,
+    /// When the gateway's own CRLs (`gateway.tls.crls`, `upstream.crls`)
+    /// go out of date, by setting: past it, handshakes checked against
+    /// them are refused, and the gateway is not ready.
+    pub(super) own_crls: Vec<(&'static str, crate::identity::tls::CrlFreshness)>,
     /// The effective configuration as JSON, for the admin endpoint's
     /// operators; others see [`Self::described_public`].
     pub(super) described: String,
@@ -133,10 +137,11 @@ pub(super) struct Federation {
     /// Those learned from their own directories, which the gateway
     /// follows.
     pub(super) followed: Vec<crate::config::FollowedPartner>,
-    /// Partners with a CRL past its next update (beyond `crl_grace`), and
-    /// why: no call goes to or comes from them, and everything else goes
-    /// on (a partner's late CRL publisher must not stop this gateway).
-    pub(super) stale_crls: std::collections::HashMap<String, String>,
+    /// When each partner's CRLs go out of date (past their next update
+    /// and `crl_grace`): from then on no call goes to or comes from it,
+    /// and everything else goes on (a partner's late CRL publisher must
+    /// not stop this gateway).
+    pub(super) crls: std::collections::HashMap<String, crate::identity::tls::CrlFreshness>,
     /// Assertions already accepted: kept across reloads.
     pub(super) replays: Arc<crate::federation::ReplayGuard>,
     /// A fleet's database, where its nodes take partners' nonces too (set
@@ -199,11 +204,17 @@ impl GatewayState {
     /// backend endpoints both reach keep their connections, calls in flight
     /// and health, unless the upstream TLS material changed.
     pub fn after(config: &Config, previous: Option<&GatewayState>) -> Result<Self, StartError> {
-        let upstream_tls = config
+        let (upstream_tls, upstream_crls) = config
             .upstream
             .tls
-            .client_config()
+            .client_config_with_freshness()
             .map_err(StartError::UpstreamTls)?;
+        if let Some(stale) = upstream_crls
+            .as_ref()
+            .and_then(|crls| crls.stale_at(crate::unix_time::now()))
+        {
+            return Err(StartError::UpstreamTls(stale));
+        }
         // Backends accept only `gateway.identity`: a certificate naming
         // anyone else would have every call refused, so refuse to start.
         let certificate = &config.upstream.tls.certificate;
@@ -234,40 +245,49 @@ impl GatewayState {
             .map(|consent| IssuerKeys::load(&consent.issuer_keys).map(ConsentVerifier::new))
             .transpose()
             .map_err(StartError::Consent)?;
-        let connector =
-            |tls| Arc::new(UpstreamConnector::new(tls, config.upstream.connect_timeout));
+        let connector = |tls, crls: Option<&crate::identity::tls::CrlFreshness>| {
+            let stale_after = crls.map(crate::identity::tls::CrlFreshness::stale_after);
+            Arc::new(UpstreamConnector::new(
+                tls,
+                stale_after,
+                config.upstream.connect_timeout,
+            ))
+        };
         let mut partners = std::collections::HashMap::new();
         let mut partner_tls = std::collections::HashMap::new();
-        let mut stale_crls = std::collections::HashMap::new();
+        let mut partner_crls = std::collections::HashMap::new();
         for partner in config.federation.partners.values() {
             // To a partner's gateways: its CAs, this gateway's certificate.
-            let mut tls = crate::identity::tls::ClientTls {
+            let tls = crate::identity::tls::ClientTls {
                 server_ca: partner.ca.clone(),
                 crls: partner.crls.clone(),
                 ..config.upstream.tls.clone()
             };
-            let tls = match tls.client_config() {
-                Err(stale) if stale.is_stale_crl() => {
-                    tracing::warn!(
-                        instance = partner.instance,
-                        error = %stale,
-                        "a partner's CRL is out of date: no call goes to or comes from it until \
-                         it publishes a fresh one"
-                    );
-                    stale_crls.insert(partner.instance.clone(), stale.to_string());
-                    // Its calls are refused before they are sent: a
-                    // connector is kept only so that the rest holds.
-                    tls.crl_grace = std::time::Duration::MAX;
-                    tls.client_config()
-                }
-                built => built,
+            // Built even when a CRL of the partner's is out of date: its
+            // calls are refused before they are sent (and its handshakes
+            // refuse its certificates), while everything else holds.
+            let (tls, freshness) = tls
+                .client_config_with_freshness()
+                .map_err(StartError::UpstreamTls)?;
+            if let Some(stale) = freshness
+                .as_ref()
+                .and_then(|crls| crls.stale_at(crate::unix_time::now()))
+            {
+                tracing::warn!(
+                    instance = partner.instance,
+                    error = %stale,
+                    "a partner's CRL is out of date: no call goes to or comes from it until it \
+                     publishes a fresh one"
+                );
             }
-            .map_err(StartError::UpstreamTls)?;
             partner_tls.insert(partner.instance.clone(), Arc::clone(&tls));
-            partners.insert(partner.instance.clone(), connector(tls));
+            partners.insert(partner.instance.clone(), connector(tls, freshness.as_ref()));
+            if let Some(freshness) = freshness {
+                partner_crls.insert(partner.instance.clone(), freshness);
+            }
         }
         let connectors = Connectors {
-            own: connector(upstream_tls),
+            own: connector(upstream_tls, upstream_crls.as_ref()),
             partners,
         };
         let upstream_tls_files = {
@@ -321,6 +341,7 @@ impl GatewayState {
             max_deadline: config.upstream.max_deadline,
             certificates: certificates(config),
             crls: crls(config),
+            own_crls: own_crls(config),
             described: config.describe(true),
             described_public: config.describe(false),
             admin_token,
@@ -350,7 +371,7 @@ impl GatewayState {
                     .map(|(instance, partner)| (instance.clone(), Arc::new(partner.clone())))
                     .collect(),
                 followed: config.federation.followed.values().cloned().collect(),
-                stale_crls,
+                crls: partner_crls,
                 replays: previous.map_or_else(Arc::default, |previous| {
                     Arc::clone(&previous.federation.replays)
                 }),
@@ -394,8 +415,15 @@ impl GatewayState {
 
     /// Why partner `instance`'s certificates cannot be trusted now: one
     /// of its CRLs is out of date.
-    pub fn stale_partner_crl(&self, instance: &str) -> Option<&str> {
-        self.federation.stale_crls.get(instance).map(String::as_str)
+    pub fn stale_partner_crl(&self, instance: &str) -> Option<String> {
+        self.stale_partner_crl_at(instance, crate::unix_time::now())
+    }
+
+    /// Why partner `instance`'s certificates cannot be trusted at `now`
+    /// (seconds since the epoch).
+    pub fn stale_partner_crl_at(&self, instance: &str, now: i64) -> Option<String> {
+        let stale = self.federation.crls.get(instance)?.stale_at(now)?;
+        Some(stale.to_string())
     }
 
     /// This gateway's node id.
@@ -454,8 +482,8 @@ impl GatewayState {
         &self.crls
     }
 
-    /// The CRLs in use that are past their next update, accepted within
-    /// their grace (a partner's beyond it stops that partner instead:
+    /// The CRLs in use that are past their next update, within their grace
+    /// when loaded (a partner's beyond it stops that partner instead:
     /// [`Self::stale_partner_crl`]).
     pub(super) fn overdue_crls(&self) -> impl Iterator<Item = &str> {
         let now = crate::unix_time::now();
@@ -463,18 +491,34 @@ impl GatewayState {
             .iter()
             .filter(move |(_, next_update)| *next_update < now)
             .map(|(name, _)| name.as_str())
-            .filter(|name| {
-                !self
-                    .federation
-                    .stale_crls
-                    .keys()
-                    .any(|instance| name.starts_with(&format!("federation.{instance}.crls")))
+            .filter(move |name| {
+                !self.federation.crls.iter().any(|(instance, freshness)| {
+                    freshness.stale_at(now).is_some()
+                        && name.starts_with(&format!("federation.{instance}.crls"))
+                })
             })
     }
 
-    /// Partners stopped for a CRL past its next update and grace.
-    pub(super) fn partners_with_stale_crls(&self) -> usize {
-        self.federation.stale_crls.len()
+    /// Partners stopped for a CRL past its next update and grace at `now`.
+    pub(super) fn partners_with_stale_crls_at(&self, now: i64) -> Vec<&str> {
+        self.federation
+            .crls
+            .iter()
+            .filter(|(_, freshness)| freshness.stale_at(now).is_some())
+            .map(|(instance, _)| instance.as_str())
+            .collect()
+    }
+
+    /// The gateway's own CRLs out of date at `now` (past their next update
+    /// and grace), each with its setting and why: the handshakes they
+    /// check are all refused.
+    pub fn stale_own_crls_at(
+        &self,
+        now: i64,
+    ) -> impl Iterator<Item = (&'static str, crate::identity::tls::TlsError)> + '_ {
+        self.own_crls
+            .iter()
+            .filter_map(move |(setting, freshness)| Some((*setting, freshness.stale_at(now)?)))
     }
 
     /// The effective configuration as JSON: every setting and path, never
@@ -513,11 +557,11 @@ pub(super) fn fingerprint(
         .collect()
 }
 
-/// The leaf certificates and CRLs a configuration uses, with when they
-/// expire (a CRL: its next update).
+/// The leaf certificates a configuration serves with, with when they
+/// expire.
 fn certificates(config: &Config) -> Vec<(String, i64)> {
     use crate::identity::tls;
-    let mut expiries: Vec<(String, i64)> = [
+    [
         ("gateway.tls.certificate", &config.gateway.tls.certificate),
         ("upstream.certificate", &config.upstream.tls.certificate),
     ]
@@ -527,9 +571,31 @@ fn certificates(config: &Config) -> Vec<(String, i64)> {
         let not_after = tls::certificate_not_after(chain.first()?)?;
         Some((format!("{name} ({})", path.display()), not_after))
     })
-    .collect();
-    expiries.extend(crls(config));
-    expiries
+    .collect()
+}
+
+/// When the gateway's own CRLs go out of date, by setting.
+fn own_crls(config: &Config) -> Vec<(&'static str, crate::identity::tls::CrlFreshness)> {
+    let lists = [
+        (
+            "gateway.tls.crls",
+            &config.gateway.tls.crls,
+            config.gateway.tls.crl_grace,
+        ),
+        (
+            "upstream.crls",
+            &config.upstream.tls.crls,
+            config.upstream.tls.crl_grace,
+        ),
+    ];
+    lists
+        .into_iter()
+        .filter_map(|(setting, paths, grace)| {
+            // Unreadable lists have failed the start or reload already.
+            let freshness = crate::identity::tls::crl_freshness(paths, grace).ok()??;
+            Some((setting, freshness))
+        })
+        .collect()
 }
 
 /// The CRLs a configuration checks certificates against, with their next

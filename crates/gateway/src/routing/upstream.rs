@@ -6,8 +6,9 @@
 //! Connections use mutual TLS with the gateway's own client certificate, and
 //! the backend must prove that it is the provider: its certificate must name
 //! the provider's member id, and a connection takes no new call once that
-//! certificate expires (the next dial checks the backend again). This
-//! module never reads or changes message bytes.
+//! certificate expires or the CRLs that checked it go out of date (the
+//! next dial checks the backend again). This module never reads or
+//! changes message bytes.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -66,6 +67,9 @@ pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 /// How to open a connection to any backend: shared by all pools.
 pub struct UpstreamConnector {
     tls: TlsConnector,
+    /// The last second its CRLs are accepted in (seconds since the epoch):
+    /// its handshakes are refused after it.
+    crls_stale_after: Option<i64>,
     connect_timeout: Duration,
 }
 
@@ -78,9 +82,16 @@ impl std::fmt::Debug for UpstreamConnector {
 }
 
 impl UpstreamConnector {
-    pub fn new(tls: Arc<ClientConfig>, connect_timeout: Duration) -> Self {
+    /// Connecting with `tls`, whose CRLs are accepted until
+    /// `crls_stale_after` (seconds since the epoch).
+    pub fn new(
+        tls: Arc<ClientConfig>,
+        crls_stale_after: Option<i64>,
+        connect_timeout: Duration,
+    ) -> Self {
         Self {
             tls: TlsConnector::from(tls),
+            crls_stale_after,
             connect_timeout,
         }
     }
@@ -115,7 +126,12 @@ impl UpstreamConnector {
             })??;
 
         let presented = peer_of_chain(tls.get_ref().1.peer_certificates());
-        let not_after = presented.not_after;
+        // Its certificate is checked again once it expires or its CRLs go
+        // out of date, whichever comes first.
+        let not_after = match (presented.not_after, self.crls_stale_after) {
+            (Some(expires), Some(stale)) => Some(expires.min(stale)),
+            (expires, stale) => expires.or(stale),
+        };
         if presented.member.as_ref() != Ok(presents) {
             return Err(UpstreamError::Identity {
                 provider: provider.clone(),
@@ -150,8 +166,7 @@ impl UpstreamConnector {
         Ok(Connection {
             sender,
             streams: AtomicUsize::new(0),
-            certificate_expires: not_after
-                .map(|not_after| Instant::now() + until_expired(not_after)),
+            usable_until: not_after.map(|not_after| Instant::now() + until_expired(not_after)),
         })
     }
 }
@@ -213,17 +228,17 @@ struct Connection {
     sender: SendRequest<UpstreamBody>,
     /// Calls open on it.
     streams: AtomicUsize,
-    /// When the backend's certificate expires: from then on the pool
-    /// picks the connection for no new call (the next dial checks the
-    /// backend again), and once the calls on it end and the pool has let
-    /// it go, it closes.
-    certificate_expires: Option<Instant>,
+    /// When the backend's certificate expires, or the CRLs that checked
+    /// it go out of date: from then on the pool picks the connection for
+    /// no new call (the next dial checks the backend again), and once the
+    /// calls on it end and the pool has let it go, it closes.
+    usable_until: Option<Instant>,
 }
 
 impl Connection {
     /// Whether a new call may use it.
     fn is_usable(&self, now: Instant) -> bool {
-        !self.sender.is_closed() && self.certificate_expires.is_none_or(|at| now < at)
+        !self.sender.is_closed() && self.usable_until.is_none_or(|at| now < at)
     }
 }
 

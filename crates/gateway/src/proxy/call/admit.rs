@@ -132,7 +132,7 @@ impl Call<'_> {
         if let Some(reason) = self.state.stale_partner_crl(instance) {
             return Err(GatewayError::PartnerCrlStale {
                 instance: instance.to_owned(),
-                reason: reason.to_owned(),
+                reason,
             });
         }
         if !federation.partners.contains_key(instance)
