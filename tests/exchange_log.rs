@@ -22,7 +22,7 @@ use govbridge::proto::audit::v1::exchange_log_client::ExchangeLogClient;
 use govbridge::proto::audit::v1::get_record_request::Key;
 use govbridge::proto::audit::v1::{
     Access, Checkpoint, GetCheckpointRequest, GetConsistencyProofRequest, GetInclusionProofRequest,
-    GetRecordRequest, ListAccessesRequest, RecordProof,
+    GetRecordRequest, GetRecordsRequest, ListAccessesRequest, RecordProof,
 };
 use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
 use govbridge::proto::civilregistry::v1::{
@@ -339,6 +339,103 @@ async fn a_record_newer_than_the_checkpoint_waits_for_the_next_one() {
     );
     signed_checkpoint(&bed, &mut log).await;
     log.get_record(by_request(request_id)).await.unwrap();
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn records_are_proven_many_at_a_time_and_each_one_missing_says_why() {
+    let bed = dev_bed().await;
+    let mut client = bed.client("cbao-kyc").await;
+    let mut indexes = Vec::new();
+    for n in 0..2 {
+        let call = raw_unary(
+            &mut client,
+            VERIFY_IDENTITY,
+            &verify_identity_of(&bed, n),
+            "KYC",
+        )
+        .await;
+        indexes.extend([audit_index(&call.headers), audit_index(&call.trailers)]);
+    }
+    // Another member's call: its records are not CBAO's to read.
+    let mut treasury = bed.client("treasury").await;
+    let theirs = raw_unary(
+        &mut treasury,
+        VERIFY_IDENTITY,
+        &verify_identity_of(&bed, 2),
+        "KYC",
+    )
+    .await;
+    let theirs = theirs
+        .headers
+        .get("bridge-audit-index")
+        .or_else(|| theirs.trailers.get("bridge-audit-index"))
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    let mut log = ExchangeLogClient::new(client.clone());
+    let checkpoint = signed_checkpoint(&bed, &mut log).await;
+    // After the checkpoint: not covered yet.
+    let call = raw_unary(
+        &mut client,
+        VERIFY_IDENTITY,
+        &verify_identity_of(&bed, 3),
+        "KYC",
+    )
+    .await;
+    let later = audit_index(&call.headers);
+
+    let asked = [
+        indexes[1],
+        indexes[2],
+        theirs,
+        later,
+        later + 1000,
+        indexes[0],
+    ];
+    let answer = log
+        .get_records(GetRecordsRequest {
+            indexes: asked.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.checkpoint.as_ref(), Some(&checkpoint));
+    let answered: Vec<u64> = answer.records.iter().map(|record| record.index).collect();
+    assert_eq!(answered, [indexes[1], indexes[2], indexes[0]]);
+    for mut record in answer.records {
+        // Each proven in the one checkpoint given with them.
+        assert_eq!(record.checkpoint, None);
+        record.checkpoint = Some(checkpoint.clone());
+        assert_eq!(proven(&record).caller, CBAO_KYC);
+    }
+    let missing: Vec<(u64, &str)> = answer
+        .missing
+        .iter()
+        .map(|missing| (missing.index, missing.kind.as_str()))
+        .collect();
+    assert_eq!(
+        missing,
+        [
+            (theirs, "record-not-found"),
+            (later, "not-checkpointed"),
+            (later + 1000, "record-not-found"),
+        ]
+    );
+    // As GetRecord says it, one by one.
+    let one = log.get_record(by_index(theirs)).await.unwrap_err();
+    assert_eq!(answer.missing[0].message, one.message());
+
+    let too_many = log
+        .get_records(GetRecordsRequest {
+            indexes: vec![indexes[0]; 257],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(too_many.code(), Code::InvalidArgument, "{too_many:?}");
+    assert!(too_many.message().contains("at most 256"), "{too_many:?}");
     bed.stop().await;
 }
 

@@ -31,8 +31,9 @@ use crate::identity::national::{InvalidNin, parse_nin};
 use crate::proto::audit::v1::get_record_request::Key;
 use crate::proto::audit::v1::{
     Access, Checkpoint, ConsistencyProof, GetCheckpointRequest, GetConsistencyProofRequest,
-    GetInclusionProofRequest, GetRecordRequest, InclusionProof, ListAccessesRequest,
-    ListAccessesResponse, RecordProof, data_tracker_server, exchange_log_server,
+    GetInclusionProofRequest, GetRecordRequest, GetRecordsRequest, InclusionProof,
+    ListAccessesRequest, ListAccessesResponse, MissingRecord, RecordProof, RecordProofs,
+    data_tracker_server, exchange_log_server,
 };
 use crate::wire::headers::BRIDGE_ERROR;
 
@@ -40,6 +41,8 @@ use crate::wire::headers::BRIDGE_ERROR;
 pub const DEFAULT_ACCESSES: u32 = 100;
 /// Accesses listed at most, whatever the request asks.
 pub const MAX_ACCESSES: u32 = 1000;
+/// Records asked for at most in one `GetRecords`.
+pub const MAX_RECORDS: usize = 256;
 
 /// When checkpoints are signed, for messages that ask the caller to wait
 /// for the next one.
@@ -285,28 +288,7 @@ impl ExchangeLogService {
                 }
                 RecordKey::RequestId(id) => store.last_record_of_request_for(id, &member)?,
             };
-            // A partner's gateway is party to the calls it vouched for.
-            let party = |stored: &StoredRecord| {
-                decode(stored).map(|record| {
-                    record.caller == member
-                        || record.provider == member
-                        || record.via_gateway == member
-                })
-            };
-            let record = match found {
-                Some(stored) if party(&stored)? => stored,
-                _ => return Err(ReadError::NotFound(key)),
-            };
-            if record.index >= size {
-                return Err(ReadError::NotCheckpointed {
-                    index: record.index,
-                    size,
-                    cadence,
-                });
-            }
-            let proof = merkle::inclusion_proof(store, record.index, size)?
-                .map_err(|error| unprovable(&error))?;
-            Ok((record, proof))
+            proven(store, found, key, &member, size, cadence)
         })
         .await?;
         Ok(RecordProof {
@@ -315,6 +297,72 @@ impl ExchangeLogService {
             checkpoint: Some(checkpoint),
             inclusion_proof: hashes(proof),
         })
+    }
+
+    /// The records at `indexes`, each proven in the latest checkpoint, in
+    /// one read of the log; those that cannot be given, with why.
+    async fn records(context: &LocalContext, indexes: Vec<u64>) -> Result<RecordProofs, ReadError> {
+        if indexes.len() > MAX_RECORDS {
+            return Err(ReadError::BadRequest(format!(
+                "at most {MAX_RECORDS} indexes at a time, not {}",
+                indexes.len()
+            )));
+        }
+        let log = log_of(context)?;
+        let cadence = Cadence::of(context);
+        let checkpoint = latest_checkpoint(log, cadence)?;
+        let size = checkpoint.tree_size;
+        let member = context.caller.to_string();
+        let answers = read(log, move |store| {
+            let one = |index| {
+                archived(store, index)?;
+                let found = store.record(index)?;
+                proven(
+                    store,
+                    found,
+                    RecordKey::Index(index),
+                    &member,
+                    size,
+                    cadence,
+                )
+            };
+            indexes
+                .into_iter()
+                .map(|index| match one(index) {
+                    Ok(proven) => Ok(Ok(proven)),
+                    // What this record's own GetRecord would have said.
+                    Err(
+                        why @ (ReadError::NotFound(_)
+                        | ReadError::NotCheckpointed { .. }
+                        | ReadError::Archived { .. }),
+                    ) => Ok(Err(MissingRecord {
+                        index,
+                        kind: why.kind().to_owned(),
+                        message: why.to_string(),
+                    })),
+                    // The log itself: nothing is answered.
+                    Err(error) => Err(error),
+                })
+                .collect::<Result<Vec<_>, ReadError>>()
+        })
+        .await?;
+        let mut proofs = RecordProofs {
+            checkpoint: Some(checkpoint),
+            records: Vec::new(),
+            missing: Vec::new(),
+        };
+        for answer in answers {
+            match answer {
+                Ok((record, proof)) => proofs.records.push(RecordProof {
+                    index: record.index,
+                    record: record.bytes,
+                    checkpoint: None,
+                    inclusion_proof: hashes(proof),
+                }),
+                Err(missing) => proofs.missing.push(missing),
+            }
+        }
+        Ok(proofs)
     }
 
     async fn inclusion(
@@ -384,6 +432,39 @@ fn archived(store: &Reader, index: u64) -> Result<(), ReadError> {
     Ok(())
 }
 
+/// `found`, the record asked for as `key`, with its inclusion proof in
+/// the tree of `size`: if `member` is party to its call (else it is not
+/// found, as one that is not there) and `size` covers it.
+fn proven(
+    store: &Reader,
+    found: Option<StoredRecord>,
+    key: RecordKey,
+    member: &str,
+    size: u64,
+    cadence: Cadence,
+) -> Result<(StoredRecord, Vec<Hash>), ReadError> {
+    // A partner's gateway is party to the calls it vouched for.
+    let party = |stored: &StoredRecord| {
+        decode(stored).map(|record| {
+            record.caller == member || record.provider == member || record.via_gateway == member
+        })
+    };
+    let record = match found {
+        Some(stored) if party(&stored)? => stored,
+        _ => return Err(ReadError::NotFound(key)),
+    };
+    if record.index >= size {
+        return Err(ReadError::NotCheckpointed {
+            index: record.index,
+            size,
+            cadence,
+        });
+    }
+    let proof =
+        merkle::inclusion_proof(store, record.index, size)?.map_err(|error| unprovable(&error))?;
+    Ok((record, proof))
+}
+
 fn answer<T>(result: Result<T, ReadError>) -> Result<Response<T>, Status> {
     result.map(Response::new).map_err(ReadError::into_status)
 }
@@ -404,6 +485,15 @@ impl exchange_log_server::ExchangeLog for ExchangeLogService {
     ) -> Result<Response<RecordProof>, Status> {
         let context = LocalContext::from_request(&request)?;
         answer(Self::record(context, request.get_ref().key.clone()).await)
+    }
+
+    async fn get_records(
+        &self,
+        request: Request<GetRecordsRequest>,
+    ) -> Result<Response<RecordProofs>, Status> {
+        let context = LocalContext::from_request(&request)?;
+        let indexes = request.get_ref().indexes.clone();
+        answer(Self::records(context, indexes).await)
     }
 
     async fn get_inclusion_proof(

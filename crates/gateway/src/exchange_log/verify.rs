@@ -885,6 +885,16 @@ pub fn check_bundle(
 ) -> Result<ExchangeRecord, BundleError> {
     let checkpoint =
         Checkpoint::open(&bundle.checkpoint, verifier).map_err(BundleError::Checkpoint)?;
+    check_bundle_under(bundle, &checkpoint)
+}
+
+/// [`check_bundle`] for a bundle whose checkpoint is `checkpoint`, opened
+/// (its signature checked) already: many bundles under one checkpoint
+/// check it once.
+pub fn check_bundle_under(
+    bundle: &ProofBundle,
+    checkpoint: &Checkpoint,
+) -> Result<ExchangeRecord, BundleError> {
     if checkpoint.size != bundle.tree_size {
         return Err(BundleError::SizeMismatch {
             bundle: bundle.tree_size,

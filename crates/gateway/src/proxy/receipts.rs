@@ -2,20 +2,26 @@
 //! (`federation."XX".receipts = true`): shortly after each call, the
 //! partner's record of it, with an inclusion proof under the partner's
 //! signed checkpoint, is asked of the partner's gateway (`ExchangeLog/
-//! GetRecord` by the index its answer carried), checked under the
-//! partner's log key, and kept in [`crate::exchange_log::receipts`] (or,
-//! on a fleet's node, in the fleet's database).
+//! GetRecords`, by the index its answer carried, many at a time), checked
+//! under the partner's log key, and kept in
+//! [`crate::exchange_log::receipts`] (or, on a fleet's node, in the
+//! fleet's database).
 //!
 //! Calls queue their receipts ([`ReceiptQueue`]), due a second later.
-//! Every [`TICK`], each partner not busy with a round gets one: the partner's latest
-//! checkpoint first, then the receipts it covers, [`IN_FLIGHT`] at a time
-//! over one connection; those it does not cover yet wait for the next
-//! round. Partners' rounds run side by side: one that hangs delays no
-//! other. A partner that fails is asked again after a pause that doubles
-//! up to a minute (the witness sender's [`super::witness::Backoff`]); a receipt still not fetched after [`GIVE_UP`], or one
-//! the partner archived, is dropped and counted (`audit receipt --fetch`
-//! can still fetch it by hand). The queue is in memory: receipts waiting
-//! when the gateway stops are not fetched after it starts again.
+//! Every [`TICK`], each partner not busy with a round gets one: the
+//! partner's latest checkpoint first, then the receipts it covers,
+//! [`BATCH`] to a request and [`IN_FLIGHT`] requests at a time over one
+//! connection; those it does not cover yet wait for the next round. One
+//! request for many receipts reads the partner's log once and checks its
+//! checkpoint once: one request per receipt took the cores both gateways'
+//! calls needed (docs/benchmarks.md). Partners' rounds run side by side:
+//! one that hangs delays no other. A partner that fails is asked again
+//! after a pause that doubles up to a minute (the witness sender's
+//! [`super::witness::Backoff`]); a receipt still not fetched after
+//! [`GIVE_UP`], or one the partner archived, is dropped and counted
+//! (`audit receipt --fetch` can still fetch it by hand). The queue is in
+//! memory: receipts waiting when the gateway stops are not fetched after
+//! it starts again.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -30,8 +36,9 @@ use crate::exchange_log::receipts::{Receipt, Receipts};
 use crate::exchange_log::verify::{self, ProofBundle};
 use crate::net::client::Channel;
 use crate::proto::audit::v1::exchange_log_client::ExchangeLogClient;
-use crate::proto::audit::v1::get_record_request::Key;
-use crate::proto::audit::v1::{GetCheckpointRequest, GetRecordRequest};
+use crate::proto::audit::v1::{
+    GetCheckpointRequest, GetRecordsRequest, MissingRecord, RecordProof, RecordProofs,
+};
 
 /// Receipts waiting, at most: past it a call's receipt is dropped (and
 /// counted) rather than hold memory for a partner that never answers.
@@ -49,8 +56,11 @@ const TICK: Duration = Duration::from_millis(100);
 /// The most receipts one partner's round takes.
 const PER_ROUND: usize = 1024;
 
-/// Receipts asked of one partner at once.
-const IN_FLIGHT: usize = 16;
+/// Receipts asked of one partner in one request (`GetRecords`).
+const BATCH: usize = 64;
+
+/// Requests to one partner at once.
+const IN_FLIGHT: usize = 2;
 
 /// How long one request may take, connecting included.
 const ATTEMPT: Duration = Duration::from_secs(5);
@@ -152,6 +162,7 @@ struct Partner {
 }
 
 /// Why a receipt was not fetched this time.
+#[derive(Clone)]
 enum Unfetched {
     /// The partner's checkpoint does not cover the record yet, or the
     /// round stopped before asking.
@@ -160,6 +171,7 @@ enum Unfetched {
     Refused(String),
     /// The partner no longer serves it (archived): dropped.
     Gone(String),
+    /// The partner or the way to it failed: asked again after a pause.
     Failed(String),
 }
 
@@ -464,73 +476,141 @@ async fn round(
         .into_iter()
         .map(|item| (item, Err(Unfetched::NotYet)))
         .collect();
-    let mut ready = ready.into_iter();
+    let mut batches = batched(ready).into_iter();
     let mut asking = tokio::task::JoinSet::new();
     let mut failed = false;
     loop {
         // A window of requests in flight, refilled as each ends.
         while !failed && asking.len() < IN_FLIGHT {
-            let Some(item) = ready.next() else { break };
+            let Some(batch) = batches.next() else { break };
             let mut client = ExchangeLogClient::new(channel.clone());
             asking.spawn(async move {
-                let request = GetRecordRequest {
-                    key: Some(Key::Index(item.index)),
+                let request = GetRecordsRequest {
+                    indexes: batch.iter().map(|item| item.index).collect(),
                 };
-                let answer = tokio::time::timeout(ATTEMPT, client.get_record(request)).await;
-                (item, answer)
+                let answer = tokio::time::timeout(ATTEMPT, client.get_records(request)).await;
+                (batch, answer)
             });
         }
         let Some(done) = asking.join_next().await else {
             break;
         };
-        let Ok((item, answer)) = done else {
+        let Ok((batch, answer)) = done else {
             continue;
         };
-        let result = match answer {
-            Err(_) => Err(Unfetched::Failed(format!("no answer within {ATTEMPT:?}"))),
-            Ok(Err(status)) if bridge_error(&status) == Some("record-archived") => {
-                Err(Unfetched::Gone(status.message().to_owned()))
-            }
-            Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
-                Err(Unfetched::NotYet)
-            }
-            Ok(Err(status)) => Err(Unfetched::Failed(format!(
-                "{:?}: {}",
-                status.code(),
-                status.message()
-            ))),
-            Ok(Ok(answer)) => check(answer.into_inner(), &item, log_key, &federation, &gateway),
+        let each = |batch: Vec<Pending>, unfetched: Unfetched| {
+            batch
+                .into_iter()
+                .map(|item| (item, Err(unfetched.clone())))
+                .collect::<Vec<_>>()
         };
-        failed |= matches!(result, Err(Unfetched::Failed(_)));
-        results.push((item, result));
+        let answered = match answer {
+            Err(_) => each(
+                batch,
+                Unfetched::Failed(format!("no answer within {ATTEMPT:?}")),
+            ),
+            Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
+                each(batch, Unfetched::NotYet)
+            }
+            Ok(Err(status)) => each(
+                batch,
+                Unfetched::Failed(format!("{:?}: {}", status.code(), status.message())),
+            ),
+            Ok(Ok(answer)) => check_all(answer.into_inner(), batch, log_key, &federation, &gateway),
+        };
+        failed |= answered
+            .iter()
+            .any(|(_, result)| matches!(result, Err(Unfetched::Failed(_))));
+        results.extend(answered);
     }
     // Not asked, the round having failed: next time.
-    results.extend(ready.map(|item| (item, Err(Unfetched::NotYet))));
+    results.extend(batches.flatten().map(|item| (item, Err(Unfetched::NotYet))));
     (partner, results)
 }
 
-/// The `bridge-error` a partner's refusal carries.
-fn bridge_error(status: &tonic::Status) -> Option<&str> {
-    status
-        .metadata()
-        .get(crate::wire::headers::BRIDGE_ERROR)
-        .and_then(|value| value.to_str().ok())
+/// `items` in requests of at most [`BATCH`].
+fn batched(items: Vec<Pending>) -> Vec<Vec<Pending>> {
+    let mut batches = Vec::new();
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        batches.push(items.by_ref().take(BATCH).collect());
+    }
+    batches
 }
 
-/// The partner's answer for `item`, checked: signed by its log, the
-/// record asked for, of this call, vouched for by this gateway with an
-/// assertion of its own key.
-fn check(
-    answer: crate::proto::audit::v1::RecordProof,
-    item: &Pending,
+/// The partner's answer for `batch`, each receipt checked (its checkpoint
+/// once, for all): what [`check`] says of those it holds, and of those it
+/// leaves out, why.
+fn check_all(
+    answer: RecordProofs,
+    batch: Vec<Pending>,
     log_key: &crate::note::Verifier,
+    federation: &crate::note::Verifier,
+    gateway: &str,
+) -> Vec<(Pending, Result<Receipt, Unfetched>)> {
+    let refuse_all = |batch: Vec<Pending>, reason: String| {
+        batch
+            .into_iter()
+            .map(|item| (item, Err(Unfetched::Refused(reason.clone()))))
+            .collect()
+    };
+    let Some(checkpoint) = answer.checkpoint else {
+        return refuse_all(batch, "the answer holds no checkpoint".to_owned());
+    };
+    let opened = match crate::note::Checkpoint::open(&checkpoint.note, log_key) {
+        Ok(opened) => opened,
+        Err(error) => return refuse_all(batch, format!("its checkpoint: {error}")),
+    };
+    let mut records: HashMap<u64, RecordProof> = answer
+        .records
+        .into_iter()
+        .map(|record| (record.index, record))
+        .collect();
+    let mut missing: HashMap<u64, MissingRecord> = answer
+        .missing
+        .into_iter()
+        .map(|missing| (missing.index, missing))
+        .collect();
+    batch
+        .into_iter()
+        .map(|item| {
+            let result = match (records.remove(&item.index), missing.remove(&item.index)) {
+                (Some(record), _) => check(
+                    record,
+                    &checkpoint.note,
+                    &opened,
+                    &item,
+                    federation,
+                    gateway,
+                ),
+                (None, Some(missing)) => Err(match missing.kind.as_str() {
+                    "record-archived" => Unfetched::Gone(missing.message),
+                    "not-checkpointed" => Unfetched::NotYet,
+                    kind => Unfetched::Failed(format!("{kind}: {}", missing.message)),
+                }),
+                (None, None) => Err(Unfetched::Refused(format!(
+                    "the partner's answer leaves record {} out",
+                    item.index
+                ))),
+            };
+            (item, result)
+        })
+        .collect()
+}
+
+/// The partner's record for `item`, under `checkpoint` (its note, and the
+/// note opened with the partner's log key), checked: the record asked
+/// for, included in that checkpoint, of this call, vouched for by this
+/// gateway with an assertion of its own key.
+fn check(
+    answer: RecordProof,
+    note: &str,
+    checkpoint: &crate::note::Checkpoint,
+    item: &Pending,
     federation: &crate::note::Verifier,
     gateway: &str,
 ) -> Result<Receipt, Unfetched> {
     let refused = |reason: String| Err(Unfetched::Refused(reason));
-    let Some(checkpoint) = answer.checkpoint else {
-        return refused("the answer holds no checkpoint".to_owned());
-    };
     let Ok(inclusion_proof) = answer
         .inclusion_proof
         .iter()
@@ -542,14 +622,14 @@ fn check(
     let bundle = ProofBundle {
         index: answer.index,
         record: answer.record,
-        tree_size: checkpoint.tree_size,
+        tree_size: checkpoint.size,
         inclusion_proof,
-        checkpoint: checkpoint.note,
+        checkpoint: note.to_owned(),
     };
     if bundle.index != item.index {
         return refused(format!("record {} came for {}", bundle.index, item.index));
     }
-    let record = match verify::check_bundle(&bundle, log_key) {
+    let record = match verify::check_bundle_under(&bundle, checkpoint) {
         Ok(record) => record,
         Err(error) => return refused(error.to_string()),
     };

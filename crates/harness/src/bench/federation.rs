@@ -86,6 +86,44 @@ pub struct FederationReport {
     pub home_commits: Commits,
     pub across_home_commits: Commits,
     pub across_partner_commits: Commits,
+    /// With receipts: what became of them by the end of the run.
+    pub receipts_seen: Option<ReceiptsSeen>,
+}
+
+/// Senegal's gateway's receipts of its calls to Azerbaijan, counted at the
+/// end of the run (each is asked for a second after its call).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct ReceiptsSeen {
+    pub kept: u64,
+    pub refused: u64,
+    pub dropped: u64,
+    pub waiting: u64,
+}
+
+impl ReceiptsSeen {
+    async fn of(admin: std::net::SocketAddr) -> anyhow::Result<Self> {
+        let text = crate::bench::process::metrics_text(admin).await?;
+        let count = |series: &str| {
+            // A counter or gauge of whole receipts.
+            let value = crate::bench::process::sample(&text, series);
+            if value.is_finite() && value >= 0.0 {
+                value as u64
+            } else {
+                0
+            }
+        };
+        let of = |result: &str| {
+            count(&format!(
+                "govbridge_receipts_total{{partner=\"AZ\",result=\"{result}\"}}"
+            ))
+        };
+        Ok(Self {
+            kept: of("kept"),
+            refused: of("refused"),
+            dropped: of("dropped"),
+            waiting: count("govbridge_receipts_pending"),
+        })
+    }
 }
 
 impl FederationReport {
@@ -172,6 +210,11 @@ pub async fn federation(options: &FederationOptions) -> anyhow::Result<Federatio
     let (home, [home_commits, _]) = measure(&channels, &Arc::new(home), options, admins).await?;
     let (across, [across_home_commits, across_partner_commits]) =
         measure(&channels, &Arc::new(across), options, admins).await?;
+    let receipts_seen = if options.receipts {
+        Some(ReceiptsSeen::of(admins[0]).await?)
+    } else {
+        None
+    };
     drop(dev);
     Ok(FederationReport {
         receipts: options.receipts,
@@ -182,6 +225,7 @@ pub async fn federation(options: &FederationOptions) -> anyhow::Result<Federatio
         home_commits,
         across_home_commits,
         across_partner_commits,
+        receipts_seen,
     })
 }
 
@@ -416,6 +460,13 @@ pub fn render(report: &FederationReport) -> String {
         report.across_partner_commits.commits,
         report.across_partner_commits.mean_us,
     ));
+    if let Some(seen) = report.receipts_seen {
+        text.push_str(&format!(
+            "Azerbaijan's receipts at the end: {} kept, {} refused, {} dropped, {} waiting \
+             (each asked for a second after its call)\n",
+            seen.kept, seen.refused, seen.dropped, seen.waiting
+        ));
+    }
     text.push_str(&format!(
         "AZ's two commits per call alone: {} us of the second hop (the p50 target is 300 us)\n",
         2 * report.across_partner_commits.mean_us
