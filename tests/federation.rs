@@ -1075,6 +1075,67 @@ async fn a_partners_expired_configuration_stops_calls_to_it_only() {
     bed.stop().await;
 }
 
+/// A followed partner's configuration altered in the gateway's cache: the
+/// gateway starts, and only that partner's calls are refused until the
+/// operator removes the cache.
+// Two workers: the directory's task serves while the gateway starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partners_altered_cache_stops_calls_to_it_only() {
+    let (partner, bed, keys) = federated().await;
+    let voen = partner.company();
+    let (bundle, az_key) = partner
+        .instance
+        .publish_configuration_with(
+            &keys.path().join("az-directory"),
+            1,
+            partner.instance.address(),
+            Duration::from_secs(86_400),
+        )
+        .unwrap();
+    let (url, _serving) = serve_bundle(&bed, &bundle).await;
+    let config = following(&bed, &url, &az_key);
+    let gateway = support::process::GatewayProcess::spawn_config(&bed, "sn", &config);
+    company_through(&bed, gateway.address, &voen).await.unwrap();
+    drop(gateway);
+
+    // A file of the version in the cache changed behind the gateway.
+    let cache = govbridge::config::Config::load(&config)
+        .unwrap()
+        .federation
+        .followed["AZ"]
+        .cache
+        .clone();
+    std::fs::write(cache.join("v1").join("global.toml"), "[purposes]\n").unwrap();
+
+    // The gateway starts; Azerbaijan's calls alone are refused, saying why
+    // and what to do. The directory's version does not replace it.
+    let gateway = support::process::GatewayProcess::spawn_config(&bed, "sn", &config);
+    let status = company_refused_through(
+        &bed,
+        gateway.address,
+        &voen,
+        "partner-configuration-missing",
+    )
+    .await;
+    let message = status.message();
+    assert!(
+        message.contains("cannot be used")
+            && message.contains("altered")
+            && message.contains(&format!("remove {}", cache.display())),
+        "{status:?}"
+    );
+    home_answers_through(&bed, gateway.address).await;
+
+    // Removed: fetched again from the directory, and used.
+    std::fs::remove_dir_all(&cache).unwrap();
+    until("Azerbaijan's configuration is fetched again", || async {
+        company_through(&bed, gateway.address, &voen).await.is_ok()
+    })
+    .await;
+    drop(gateway);
+    bed.stop().await;
+}
+
 /// Azerbaijan's CRL, empty, its next update an hour ago, written to
 /// `dir`.
 fn stale_partner_crl(partner: &Partner, dir: &Path) -> PathBuf {

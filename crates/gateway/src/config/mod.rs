@@ -435,6 +435,10 @@ pub struct FollowedPartner {
     /// Whether this gateway witnesses the partner's log, with the log key
     /// the partner publishes (`witness_log`; `receipts` takes it too).
     pub witness_log: bool,
+    /// Why the version in its cache cannot be used (altered, unreadable),
+    /// if it cannot: the partner is then not learned, its calls are
+    /// refused, and everything else goes on.
+    pub unusable_cache: Option<String>,
 }
 
 /// A partner instance: how its gateways are recognized and reached.

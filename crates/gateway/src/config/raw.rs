@@ -1404,12 +1404,24 @@ fn validate_federation(
                 partner,
                 caches.map_or(Path::new(""), |caches| caches.data_dir),
             )?;
-            // Nothing learned (a publication, or nothing fetched yet): the
-            // partner's calls are refused until it is.
-            let learned = caches
-                .map(|caches| learned_partner(shared, key, partner, &follow, caches))
-                .transpose()?
-                .flatten();
+            // Nothing learned (a publication, nothing fetched yet, or a
+            // cache that cannot be used): the partner's calls are refused
+            // until it is.
+            let learned = match caches {
+                Some(caches) => learned_partner(shared, key, partner, &follow, caches)?,
+                None => Learned::Nothing,
+            };
+            let (follow, learned) = match learned {
+                Learned::Partner(learned) => (follow, Some(*learned)),
+                Learned::Nothing => (follow, None),
+                Learned::Unusable(why) => {
+                    let follow = super::FollowedPartner {
+                        unusable_cache: Some(why),
+                        ..follow
+                    };
+                    (follow, None)
+                }
+            };
             followed.insert(instance.clone(), follow);
             let Some(learned) = learned else {
                 continue;
@@ -1676,19 +1688,32 @@ fn followed_partner(
             .witness_log
             .as_ref()
             .is_some_and(|value| *value.get_ref()),
+        unusable_cache: None,
     })
 }
 
+/// What is known of a followed partner from the gateway's cache.
+enum Learned {
+    /// What the version in the cache (or the one staged) publishes.
+    Partner(Box<super::Partner>),
+    /// Nothing fetched yet.
+    Nothing,
+    /// A version is cached but cannot be used (altered, unreadable): why.
+    /// Nothing the directory serves replaces it, since nothing vouches any
+    /// longer for which version was in use (an older one could come in):
+    /// the operator removes it.
+    Unusable(String),
+}
+
 /// A followed partner, as the version of its configuration in the
-/// gateway's cache (or the one staged) publishes it; none while nothing
-/// has been fetched.
+/// gateway's cache (or the one staged) publishes it.
 fn learned_partner(
     shared: &Source<'_>,
     key: &Spanned<String>,
     partner: &RawPartner,
     follow: &super::FollowedPartner,
     caches: Partners<'_>,
-) -> Result<Option<super::Partner>, ConfigError> {
+) -> Result<Learned, ConfigError> {
     let instance = key.get_ref();
     let at = format!("federation.{}.directory", quoted(instance));
     let directory = partner.directory.as_ref().unwrap_or(key);
@@ -1707,14 +1732,18 @@ fn learned_partner(
             .map_err(|cache| error(format!("{instance}'s staged configuration: {cache}")))
         })
         .transpose()?;
-    let installed = match staged {
-        Some(staged) => staged,
-        None => match crate::global::cache::Cache::new(&follow.cache)
-            .current(&follow.verifier)
-            .map_err(|cache| error(format!("{instance}'s configuration in the cache: {cache}")))?
-        {
-            Some(installed) => installed,
-            None => return Ok(None),
+    let unusable = |why: String| {
+        Learned::Unusable(format!(
+            "{why}; remove {} to fetch {instance}'s configuration again from its directory",
+            follow.cache.display()
+        ))
+    };
+    let (installed, cached) = match staged {
+        Some(staged) => (staged, false),
+        None => match crate::global::cache::Cache::new(&follow.cache).current(&follow.verifier) {
+            Ok(Some(installed)) => (installed, true),
+            Ok(None) => return Ok(Learned::Nothing),
+            Err(cache) => return Ok(unusable(cache.to_string())),
         },
     };
     // Receipts are checked under its log key, and so ask for it too.
@@ -1722,9 +1751,13 @@ fn learned_partner(
         .receipts
         .as_ref()
         .is_some_and(|value| *value.get_ref());
-    partner_of_bundle(follow, &installed, follow.witness_log || receipts)
-        .map(Some)
-        .map_err(error)
+    match partner_of_bundle(follow, &installed, follow.witness_log || receipts) {
+        Ok(learned) => Ok(Learned::Partner(Box::new(learned))),
+        // A version is cached only once the whole configuration loaded
+        // with it: what no longer loads was changed behind the gateway.
+        Err(why) if cached => Ok(unusable(why)),
+        Err(why) => Err(error(why)),
+    }
 }
 
 /// What version `installed` of followed partner `follow`'s configuration

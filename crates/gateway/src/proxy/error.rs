@@ -133,12 +133,14 @@ pub enum GatewayError {
         expired: i64,
     },
     /// The partner instance the call goes to is followed from its
-    /// directory, and no version of its configuration has been had yet.
-    #[error(
-        "{instance}'s global configuration could not be fetched yet from its directory {url}: \
-         no call goes to {instance} until it is"
-    )]
-    PartnerConfigurationMissing { instance: String, url: String },
+    /// directory, and no version of its configuration has been had yet,
+    /// or the one in the cache cannot be used (why).
+    #[error("{}", missing_configuration(instance, url, unusable.as_deref()))]
+    PartnerConfigurationMissing {
+        instance: String,
+        url: String,
+        unusable: Option<String>,
+    },
     /// A CRL of the partner instance the call goes to or comes from is
     /// past its next update (beyond `crl_grace`): revocations it has made
     /// since are not seen, so none of its certificates can be trusted.
@@ -226,6 +228,21 @@ impl From<WireError> for GatewayError {
             WireError::NotGrpc(reason) => Self::NotGrpc(reason),
             WireError::BadHeader { header, reason } => Self::BadHeader { header, reason },
         }
+    }
+}
+
+/// Why a followed partner's calls are refused for want of its
+/// configuration.
+fn missing_configuration(instance: &str, url: &str, unusable: Option<&str>) -> String {
+    match unusable {
+        None => format!(
+            "{instance}'s global configuration could not be fetched yet from its directory \
+             {url}: no call goes to {instance} until it is"
+        ),
+        Some(why) => format!(
+            "{instance}'s global configuration in this gateway's cache cannot be used ({why}): \
+             no call goes to or comes from {instance} until it is fetched again"
+        ),
     }
 }
 

@@ -220,10 +220,21 @@ pub(super) async fn learn_partners(
         // From the fetch to the commit: nothing else writes its cache.
         let _writing = PARTNER_CACHES.lock().await;
         let cache = Cache::new(&partner.cache);
-        let cached = cache
-            .current(&partner.verifier)
-            .map_err(|error| format!("{}'s configuration in the cache: {error}", partner.instance))?
-            .is_some();
+        let cached = match cache.current(&partner.verifier) {
+            Ok(cached) => cached.is_some(),
+            // Not replaced by whatever the directory serves: nothing
+            // vouches any longer for the version that was in use, and an
+            // older one could come in. The load says why its calls are
+            // refused; the operator removes the cache.
+            Err(error) => {
+                let why = format!(
+                    "its cache cannot be used ({error}); remove {} to fetch it again",
+                    partner.cache.display()
+                );
+                learned.push((partner.instance, Prepared::NotLearned { why }));
+                continue;
+            }
+        };
         if cached && !refresh {
             continue;
         }

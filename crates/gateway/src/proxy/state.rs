@@ -256,6 +256,16 @@ impl GatewayState {
         let mut partners = std::collections::HashMap::new();
         let mut partner_tls = std::collections::HashMap::new();
         let mut partner_crls = std::collections::HashMap::new();
+        for followed in config.federation.followed.values() {
+            if let Some(why) = &followed.unusable_cache {
+                tracing::error!(
+                    instance = followed.instance,
+                    error = %why,
+                    "a partner's configuration in the cache cannot be used: no call goes to or \
+                     comes from it"
+                );
+            }
+        }
         for partner in config.federation.partners.values() {
             // To a partner's gateways: its CAs, this gateway's certificate.
             let tls = crate::identity::tls::ClientTls {

@@ -144,6 +144,7 @@ impl Call<'_> {
             return Err(GatewayError::PartnerConfigurationMissing {
                 instance: instance.to_owned(),
                 url: followed.url.to_string(),
+                unusable: followed.unusable_cache.clone(),
             });
         }
         match self
