@@ -512,24 +512,28 @@ async fn certificate_invalidated(
     if chain.is_empty() {
         return std::future::pending().await;
     }
-    let expiry = until(not_after);
-    tokio::pin!(expiry);
+    // One timer for both (the task of every open connection holds it):
+    // the certificate's expiry, or its CRLs going out of date.
+    let deadline = |tls: &ListenerTls| match (not_after, tls.crls_stale_after(&chain)) {
+        (Some(expires), Some(stale)) => Some(expires.min(stale)),
+        (expires, stale) => expires.or(stale),
+    };
     // Not marked seen: a TLS swapped in since the handshake is checked below.
-    let stale = until(tls.borrow().crls_stale_after(&chain));
-    tokio::pin!(stale);
+    let timer = until(deadline(&tls.borrow()));
+    tokio::pin!(timer);
     let mut listening = true;
     loop {
         tokio::select! {
-            () = &mut expiry => {
-                return rustls::Error::InvalidCertificate(rustls::CertificateError::Expired);
-            }
-            () = &mut stale => {
+            () = &mut timer => {
+                if not_after.is_some_and(|not_after| until_expired(not_after).is_zero()) {
+                    return rustls::Error::InvalidCertificate(rustls::CertificateError::Expired);
+                }
                 let current = tls.borrow().clone();
                 if let Err(error) = current.check_client(&chain) {
                     return error;
                 }
                 // Woken a little early (the wall clock moved): again.
-                stale.set(until(current.crls_stale_after(&chain)));
+                timer.set(until(deadline(&current)));
             }
             changed = tls.changed(), if listening => {
                 if changed.is_err() {
@@ -541,7 +545,7 @@ async fn certificate_invalidated(
                 if let Err(error) = current.check_client(&chain) {
                     return error;
                 }
-                stale.set(until(current.crls_stale_after(&chain)));
+                timer.set(until(deadline(&current)));
             }
         }
     }
