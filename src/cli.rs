@@ -543,7 +543,7 @@ fn openapi(
 
 fn check_config(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    Gateway::check(&config).with_context(|| path.display().to_string())?;
+    let state = Gateway::check(&config).with_context(|| path.display().to_string())?;
     #[cfg(feature = "harness")]
     if let Some(agencies) = &govbridge::agencies::config::AgenciesConfig::load(path)? {
         for agency in agencies.agencies.values() {
@@ -580,5 +580,42 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
             govbridge::unix_time::rfc3339(global.expires)
         );
     }
+    for line in partner_lines(&config, &state, govbridge::unix_time::now()) {
+        println!("  {line}");
+    }
     Ok(())
+}
+
+/// What `check-config` says of each partner instance: where its
+/// configuration comes from and, when no call would go to or come from it
+/// now, why (the error its calls would get).
+fn partner_lines(config: &Config, state: &govbridge::proxy::GatewayState, now: i64) -> Vec<String> {
+    let federation = &config.federation;
+    let mut lines = Vec::new();
+    for instance in state.partner_instances() {
+        let published = federation
+            .partners
+            .get(instance)
+            .and_then(|partner| partner.published.as_ref());
+        let source = match (federation.followed.get(instance), published) {
+            (Some(followed), Some(version)) => format!(
+                "followed from {}: version {} in {}, expires {}",
+                followed.url,
+                version.version,
+                version.dir.display(),
+                govbridge::unix_time::rfc3339(version.expires)
+            ),
+            (Some(followed), None) => format!(
+                "followed from {}: no usable version in {}",
+                followed.url,
+                followed.cache.display()
+            ),
+            (None, _) => "configured in this file".to_owned(),
+        };
+        lines.push(format!("partner {instance}: {source}"));
+        if let Some(refused) = state.partner_refused_at(instance, now) {
+            lines.push(format!("  REFUSED ({}): {refused}", refused.kind()));
+        }
+    }
+    lines
 }

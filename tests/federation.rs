@@ -903,7 +903,14 @@ async fn a_gateway_follows_its_partners_own_directory() {
     std::fs::write(&az_key, format!("{}\n", key.verifier())).unwrap();
     let config = following(&bed, &url, &az_key);
     let check = support::govbridge(&["check-config", config.to_str().unwrap()]);
-    assert!(check.status.success(), "{}", support::text(&check));
+    let said = support::text(&check);
+    assert!(check.status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "partner AZ: followed from {url}: no usable version"
+        )) && said.contains("REFUSED (partner-configuration-missing)"),
+        "{said}"
+    );
     let gateway = support::process::GatewayProcess::spawn_config(&bed, "sn", &config);
     let refused = company_refused_through(
         &bed,
@@ -947,6 +954,13 @@ async fn a_gateway_follows_its_partners_own_directory() {
     )
     .await;
     assert_eq!(support::metric(gateway.admin, version).await, 2.0);
+    let check = support::govbridge(&["check-config", config.to_str().unwrap()]);
+    let said = support::text(&check);
+    assert!(
+        said.contains(&format!("partner AZ: followed from {url}: version 2 in"))
+            && !said.contains("REFUSED"),
+        "{said}"
+    );
 
     // A bundle signed by another key is refused; version 2 keeps serving.
     let forged = keys.path().join("forged");
@@ -1106,6 +1120,17 @@ async fn a_partners_altered_cache_stops_calls_to_it_only() {
         .cache
         .clone();
     std::fs::write(cache.join("v1").join("global.toml"), "[purposes]\n").unwrap();
+    // `check-config` passes it, naming the cache and what to do.
+    let check = support::govbridge(&["check-config", config.to_str().unwrap()]);
+    let said = support::text(&check);
+    assert!(check.status.success(), "{said}");
+    assert!(
+        said.contains("no usable version")
+            && said.contains("REFUSED (partner-configuration-missing)")
+            && said.contains("altered")
+            && said.contains(&format!("remove {}", cache.display())),
+        "{said}"
+    );
 
     // The gateway starts; Azerbaijan's calls alone are refused, saying why
     // and what to do. The directory's version does not replace it.
@@ -1177,6 +1202,16 @@ async fn a_partners_stale_crl_stops_calls_to_it_only() {
     // Senegal's gateway, started with Azerbaijan's CRL out of date: it
     // starts, where the whole configuration used to be refused.
     let config = config_with_partner_crl(&bed, &partner, &stale);
+    // `check-config` passes it, and says which partner is stopped and why.
+    let check = support::govbridge(&["check-config", config.to_str().unwrap()]);
+    let said = support::text(&check);
+    assert!(check.status.success(), "{said}");
+    assert!(
+        said.contains("partner AZ: configured in this file")
+            && said.contains("REFUSED (partner-crl-stale)")
+            && said.contains("az-stale-crl.pem"),
+        "{said}"
+    );
     let gateway = support::process::GatewayProcess::spawn_config(&bed, "sn", &config);
 
     let status = company_refused_through(&bed, gateway.address, &voen, "partner-crl-stale").await;

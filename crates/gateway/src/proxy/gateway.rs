@@ -192,15 +192,16 @@ impl FleetLink {
 
 impl Gateway {
     /// Validates what a start needs (TLS material on both hops, policies,
-    /// routes) without binding anything: what `check-config` runs.
-    pub fn check(config: &Config) -> Result<(), StartError> {
+    /// routes) without binding anything: what `check-config` runs. The
+    /// state it would start with says what else holds calls back (a
+    /// partner's, for one: [`GatewayState::partner_refused_at`]).
+    pub fn check(config: &Config) -> Result<GatewayState, StartError> {
         config
             .gateway
             .tls
             .server_config()
             .map_err(StartError::ServerTls)?;
-        GatewayState::new(config)?;
-        Ok(())
+        GatewayState::new(config)
     }
 
     /// Builds the gateway for `config` and binds its listener.

@@ -405,20 +405,8 @@ async fn round(
             fail(items, format!("{instance} is no longer a partner")),
         );
     };
-    if let Some(stale) = state.stale_partner_crl(instance) {
-        return (partner, fail(items, stale));
-    }
-    if let Some(expired) = state.expired_partner(instance, crate::unix_time::now()) {
-        return (
-            partner,
-            fail(
-                items,
-                format!(
-                    "{instance}'s global configuration (version {}) has expired",
-                    expired.version
-                ),
-            ),
-        );
+    if let Some(refused) = state.partner_refused_at(instance, crate::unix_time::now()) {
+        return (partner, fail(items, refused.to_string()));
     }
     let Some((log_key, _)) = config.log_key.as_ref().filter(|_| config.receipts) else {
         return (

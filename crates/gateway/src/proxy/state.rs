@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::StartError;
 use super::admin::AdminToken;
 use super::limits::Limits;
+use super::{GatewayError, StartError};
 use crate::config::Config;
 use crate::consent::ConsentVerifier;
 use crate::consent::artefact::IssuerKeys;
@@ -407,26 +407,58 @@ impl GatewayState {
         self.global.as_ref().filter(|global| now >= global.expires)
     }
 
-    /// The global configuration of partner `instance` (followed from its
-    /// directory), if it has expired at `now`: no call goes to or comes
-    /// from the partner under it.
-    pub fn expired_partner(
-        &self,
-        instance: &str,
-        now: i64,
-    ) -> Option<&crate::config::GlobalVersion> {
-        self.federation
-            .partners
-            .get(instance)?
+    /// Why nothing goes to or comes from partner `instance` at `now`
+    /// (seconds since the epoch), if nothing does: one of its CRLs is out
+    /// of date, it is followed from its directory and not learned (or its
+    /// cached configuration cannot be used), or the global configuration
+    /// it was learned from has expired. Calls, receipts and the witness's
+    /// checkpoints all stop for the same reasons, and `check-config` says
+    /// which.
+    pub fn partner_refused_at(&self, instance: &str, now: i64) -> Option<GatewayError> {
+        let federation = &self.federation;
+        if let Some(reason) = self.stale_partner_crl_at(instance, now) {
+            return Some(GatewayError::PartnerCrlStale {
+                instance: instance.to_owned(),
+                reason,
+            });
+        }
+        let Some(partner) = federation.partners.get(instance) else {
+            let followed = federation
+                .followed
+                .iter()
+                .find(|followed| followed.instance == instance)?;
+            return Some(GatewayError::PartnerConfigurationMissing {
+                instance: instance.to_owned(),
+                url: followed.url.to_string(),
+                unusable: followed.unusable_cache.clone(),
+            });
+        };
+        let expired = partner
             .published
             .as_ref()
-            .filter(|published| now >= published.expires)
+            .filter(|published| now >= published.expires)?;
+        Some(GatewayError::PartnerConfigurationExpired {
+            instance: instance.to_owned(),
+            version: expired.version,
+            expired: expired.expires,
+        })
     }
 
-    /// Why partner `instance`'s certificates cannot be trusted now: one
-    /// of its CRLs is out of date.
-    pub fn stale_partner_crl(&self, instance: &str) -> Option<String> {
-        self.stale_partner_crl_at(instance, crate::unix_time::now())
+    /// The partner instances this configuration names, configured or
+    /// followed from their directories, in order.
+    pub fn partner_instances(&self) -> std::collections::BTreeSet<&str> {
+        let federation = &self.federation;
+        federation
+            .partners
+            .keys()
+            .map(String::as_str)
+            .chain(
+                federation
+                    .followed
+                    .iter()
+                    .map(|followed| followed.instance.as_str()),
+            )
+            .collect()
     }
 
     /// Why partner `instance`'s certificates cannot be trusted at `now`
@@ -494,7 +526,7 @@ impl GatewayState {
 
     /// The CRLs in use that are past their next update, within their grace
     /// when loaded (a partner's beyond it stops that partner instead:
-    /// [`Self::stale_partner_crl`]).
+    /// [`Self::partner_refused_at`]).
     pub(super) fn overdue_crls(&self) -> impl Iterator<Item = &str> {
         let now = crate::unix_time::now();
         self.crls

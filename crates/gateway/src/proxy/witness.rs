@@ -217,9 +217,7 @@ async fn send_round(
     // out of date: nothing of it is trusted to be current, its address
     // and its certificates included.
     for partner in partners.values().filter(|partner| {
-        partner.witness
-            && state.expired_partner(&partner.instance, now_s).is_none()
-            && state.stale_partner_crl(&partner.instance).is_none()
+        partner.witness && state.partner_refused_at(&partner.instance, now_s).is_none()
     }) {
         let follower = followers.entry(partner.instance.clone()).or_default();
         // Cosigned already (before a restart, or a round that timed out

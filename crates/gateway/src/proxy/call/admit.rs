@@ -128,36 +128,9 @@ impl Call<'_> {
     /// learned yet, or once the global configuration it was learned from
     /// has expired.
     pub(super) fn partner_current(&self, instance: &str) -> Result<(), GatewayError> {
-        let federation = &self.state.federation;
-        if let Some(reason) = self.state.stale_partner_crl(instance) {
-            return Err(GatewayError::PartnerCrlStale {
-                instance: instance.to_owned(),
-                reason,
-            });
-        }
-        if !federation.partners.contains_key(instance)
-            && let Some(followed) = federation
-                .followed
-                .iter()
-                .find(|followed| followed.instance == instance)
-        {
-            return Err(GatewayError::PartnerConfigurationMissing {
-                instance: instance.to_owned(),
-                url: followed.url.to_string(),
-                unusable: followed.unusable_cache.clone(),
-            });
-        }
-        match self
-            .state
-            .expired_partner(instance, crate::unix_time::now())
-        {
-            Some(expired) => Err(GatewayError::PartnerConfigurationExpired {
-                instance: instance.to_owned(),
-                version: expired.version,
-                expired: expired.expires,
-            }),
-            None => Ok(()),
-        }
+        self.state
+            .partner_refused_at(instance, crate::unix_time::now())
+            .map_or(Ok(()), Err)
     }
 
     /// Whether the peer is a partner instance's gateway, whose calls are
