@@ -99,3 +99,27 @@ fn the_demo_plays_across_a_fleet() {
         assert!(stdout.contains(expected), "no `{expected}` in\n{stdout}");
     }
 }
+
+#[test]
+fn a_demo_in_a_directory_of_its_own_stops_everything_before_removing_it() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_govbridge"))
+        .args(["demo", "--once"])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let dir = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("govbridge demo: the dev setup in "))
+        .unwrap_or_else(|| panic!("the demo does not say where it runs:\n{stdout}"));
+    assert!(!std::path::Path::new(dir).exists(), "{dir} is left behind");
+    // Azerbaijan's gateway used to go on watching its files while they
+    // were removed, and reload without them.
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains(" ERROR ") || line.contains(" WARN "))
+        .collect();
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}

@@ -168,6 +168,9 @@ pub async fn run(dir: Option<&Path>, once: bool, nodes: usize) -> anyhow::Result
     // witness as it stops.
     running.stop().await;
     stop_partner.trigger();
+    if let Some(partner) = demo.partner.take() {
+        partner.instance.stopped().await;
+    }
     drop(cluster);
     if temporary {
         let _ = std::fs::remove_dir_all(&dir);

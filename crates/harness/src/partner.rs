@@ -102,6 +102,8 @@ pub struct Home {
 /// A running partner instance.
 #[derive(Clone)]
 pub struct PartnerInstance {
+    /// Its gateway's tasks, until [`Self::stopped`] takes them.
+    tasks: Arc<std::sync::Mutex<Option<Tasks>>>,
     dir: PathBuf,
     address: SocketAddr,
     admin: Option<SocketAddr>,
@@ -113,6 +115,14 @@ pub struct PartnerInstance {
     faults: Vec<crate::agencies::fault::FaultSwitch>,
     data: Arc<Dataset>,
     companies: Arc<crate::agencies::azerbaijan::Registry>,
+}
+
+/// A partner instance's gateway, serving until the shutdown given at its
+/// start, and what reloads it as its files change.
+#[derive(Debug)]
+struct Tasks {
+    serving: tokio::task::JoinHandle<()>,
+    watcher: tokio::task::JoinHandle<()>,
 }
 
 impl PartnerInstance {
@@ -256,12 +266,13 @@ impl PartnerInstance {
         let reloader = bound.reloader();
         // As an operator's gateway would: a CRL or key dropped in place
         // takes effect.
-        reloader
+        let watcher = reloader
             .clone()
             .reload_on_file_change(Duration::from_millis(100));
         let log = bound.exchange_log().cloned();
-        tokio::spawn(bound.serve(shutdown.clone().wait()));
+        let serving = tokio::spawn(bound.serve(shutdown.clone().wait()));
         Ok(Self {
+            tasks: Arc::new(std::sync::Mutex::new(Some(Tasks { serving, watcher }))),
             dir: dir.to_owned(),
             address,
             admin,
@@ -273,6 +284,23 @@ impl PartnerInstance {
             companies: Arc::new(crate::agencies::azerbaijan::Registry::generate(data.seed)),
             data,
         })
+    }
+
+    /// Once the shutdown given at its start is triggered: its gateway
+    /// stopped, and its files no longer watched, so that they can be
+    /// removed without a reload complaining of them.
+    pub async fn stopped(&self) {
+        let tasks = self
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(Tasks { serving, watcher }) = tasks else {
+            return;
+        };
+        watcher.abort();
+        let _ = watcher.await;
+        let _ = serving.await;
     }
 
     /// Trusts `home`, by a reload, as an operator would: its CA (and the

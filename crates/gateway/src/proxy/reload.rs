@@ -218,9 +218,10 @@ impl Reloader {
 
     /// Reloads whenever the configuration file or a file it names changes
     /// (size or modification time), checking every `interval`, until the
-    /// process ends. A change that fails to load is logged once and not
-    /// retried until the files change again.
-    pub fn reload_on_file_change(self, interval: Duration) {
+    /// process ends or the task returned is aborted. A change that fails
+    /// to load is logged once and not retried until the files change
+    /// again.
+    pub fn reload_on_file_change(self, interval: Duration) -> tokio::task::JoinHandle<()> {
         // Taken before this returns, so that a change made after it is seen
         // (were it taken in the task, a change made before the task first
         // ran would be its starting point, never reloaded).
@@ -255,7 +256,7 @@ impl Reloader {
                     Err(error) => tracing::error!(%error, "reload failed to run"),
                 }
             }
-        });
+        })
     }
 
     /// Before a reload: fetches the configuration of each partner the
