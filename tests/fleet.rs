@@ -1632,3 +1632,28 @@ async fn a_node_joining_a_fleet_brings_what_its_witness_cosigned() {
         .await
         .unwrap();
 }
+
+/// A node that stops closes its connection to the database itself: the
+/// server sees it go, where it used to stay open (held by what outlives
+/// the node, a reload's file watcher for one) until the server went away
+/// and the node reported it lost; and what still asks gets an error.
+#[tokio::test]
+async fn a_stopped_nodes_database_connection_is_closed_by_the_node() {
+    let cluster = Cluster::start_temporary().unwrap();
+    let store = govbridge::config::StoreConfig::parse(&cluster.url()).unwrap();
+    let database = govbridge::database::Database::connect(&store)
+        .await
+        .unwrap();
+    let others = "SELECT count(*) FROM pg_stat_activity \
+                  WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()";
+    let connections = || cluster.psql("govbridge", others).unwrap();
+    assert_eq!(connections(), "1");
+    database.close();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connections() != "0" {
+        assert!(Instant::now() < deadline, "the connection stays open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = database.nodes().await.unwrap_err().to_string();
+    assert!(refused.contains("this node has stopped"), "{refused}");
+}

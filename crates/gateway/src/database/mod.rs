@@ -367,6 +367,8 @@ pub struct Database {
     /// Held while dialling, so that a dead connection is replaced once;
     /// holds the last failed dial, for [`DIAL_BACKOFF`].
     dialling: tokio::sync::Mutex<Option<(std::time::Instant, DatabaseError)>>,
+    /// Set once the node stops: no connection is dialled again.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Database {
@@ -419,7 +421,17 @@ impl Database {
             config: config.clone(),
             client: ArcSwapOption::empty(),
             dialling: tokio::sync::Mutex::new(None),
+            closed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Closes the connection once the node stops, so that it ends as a
+    /// client's (not as the database's going away, which would be
+    /// reported), and dials no other: what still asks gets an error.
+    pub fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.client.store(None);
     }
 
     /// The URL, without its password.
@@ -456,6 +468,12 @@ impl Database {
 
     /// The open connection, dialled again if it closed.
     async fn client(&self) -> Result<Arc<Client>, DatabaseError> {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(DatabaseError::Failed {
+                url: self.url(),
+                detail: "closed: this node has stopped".to_owned(),
+            });
+        }
         if let Some(client) = self.client.load_full()
             && !client.is_closed()
         {

@@ -505,6 +505,9 @@ impl Gateway {
         if let Some(log) = witnessed {
             super::witness::flush(&witnessing, &log).await;
         }
+        if let Some(fleet) = &self.fleet {
+            fleet.database.close();
+        }
     }
 }
 
