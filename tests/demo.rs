@@ -6,16 +6,9 @@
 #[test]
 fn the_demo_plays_every_step_as_told() {
     let dir = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_govbridge"))
-        .args(["demo", "--once", "--dir"])
-        .arg(dir.path())
-        // Its logs on, to check they are plain text when not on a terminal.
-        .env("RUST_LOG", "info")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let path = dir.path().to_str().unwrap();
+    // Its logs on, to check they are plain text when not on a terminal.
+    let (stdout, stderr) = demo(&["--dir", path], "info");
     for expected in [
         "[1/11]",
         "bridge-error policy-denied",
@@ -66,15 +59,8 @@ fn the_demo_plays_every_step_as_told() {
 #[test]
 fn the_demo_plays_across_a_fleet() {
     let dir = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_govbridge"))
-        .args(["demo", "--once", "--nodes", "3", "--dir"])
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let path = dir.path().to_str().unwrap();
+    let (stdout, stderr) = demo(&["--nodes", "3", "--dir", path], "warn");
     let steps: Vec<&str> = stdout.split("\n[").collect();
     let through = |step: usize, node: &str| {
         let text = steps
@@ -104,6 +90,21 @@ fn the_demo_plays_across_a_fleet() {
     assert!(warned.is_empty(), "{}", warned.join("\n"));
 }
 
+/// `govbridge demo --once ARGS` with `RUST_LOG=log`, which must succeed:
+/// what it printed, and what it logged.
+fn demo(args: &[&str], log: &str) -> (String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_govbridge"))
+        .args(["demo", "--once"])
+        .args(args)
+        .env("RUST_LOG", log)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
 /// The lines of a log that warn or report an error.
 fn warnings(log: &str) -> Vec<&str> {
     log.lines()
@@ -113,14 +114,7 @@ fn warnings(log: &str) -> Vec<&str> {
 
 #[test]
 fn a_demo_in_a_directory_of_its_own_stops_everything_before_removing_it() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_govbridge"))
-        .args(["demo", "--once"])
-        .env("RUST_LOG", "info")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let (stdout, stderr) = demo(&[], "info");
     let dir = stdout
         .lines()
         .find_map(|line| line.strip_prefix("govbridge demo: the dev setup in "))

@@ -902,9 +902,7 @@ async fn a_gateway_follows_its_partners_own_directory() {
     std::fs::write(az.join("directory.key"), key.to_pem()).unwrap();
     std::fs::write(&az_key, format!("{}\n", key.verifier())).unwrap();
     let config = following(&bed, &url, &az_key);
-    let check = support::govbridge(&["check-config", config.to_str().unwrap()]);
-    let said = support::text(&check);
-    assert!(check.status.success(), "{said}");
+    let said = checked(&config);
     assert!(
         said.contains(&format!(
             "partner AZ: followed from {url}: no usable version"
@@ -954,8 +952,7 @@ async fn a_gateway_follows_its_partners_own_directory() {
     )
     .await;
     assert_eq!(support::metric(gateway.admin, version).await, 2.0);
-    let check = support::govbridge(&["check-config", config.to_str().unwrap()]);
-    let said = support::text(&check);
+    let said = checked(&config);
     assert!(
         said.contains(&format!("partner AZ: followed from {url}: version 2 in"))
             && !said.contains("REFUSED"),
@@ -1121,9 +1118,7 @@ async fn a_partners_altered_cache_stops_calls_to_it_only() {
         .clone();
     std::fs::write(cache.join("v1").join("global.toml"), "[purposes]\n").unwrap();
     // `check-config` passes it, naming the cache and what to do.
-    let check = support::govbridge(&["check-config", config.to_str().unwrap()]);
-    let said = support::text(&check);
-    assert!(check.status.success(), "{said}");
+    let said = checked(&config);
     assert!(
         said.contains("no usable version")
             && said.contains("REFUSED (partner-configuration-missing)")
@@ -1159,6 +1154,14 @@ async fn a_partners_altered_cache_stops_calls_to_it_only() {
     .await;
     drop(gateway);
     bed.stop().await;
+}
+
+/// What `govbridge check-config config` says, which must pass.
+fn checked(config: &Path) -> String {
+    let check = support::govbridge(&["check-config", config.to_str().unwrap()]);
+    let said = support::text(&check);
+    assert!(check.status.success(), "{said}");
+    said
 }
 
 /// Azerbaijan's CRL, empty, its next update an hour ago, written to
@@ -1203,9 +1206,7 @@ async fn a_partners_stale_crl_stops_calls_to_it_only() {
     // starts, where the whole configuration used to be refused.
     let config = config_with_partner_crl(&bed, &partner, &stale);
     // `check-config` passes it, and says which partner is stopped and why.
-    let check = support::govbridge(&["check-config", config.to_str().unwrap()]);
-    let said = support::text(&check);
-    assert!(check.status.success(), "{said}");
+    let said = checked(&config);
     assert!(
         said.contains("partner AZ: configured in this file")
             && said.contains("REFUSED (partner-crl-stale)")
