@@ -552,3 +552,28 @@ async fn a_backend_is_not_called_once_the_upstream_crl_goes_stale() {
     assert!(body.contains("upstream.crls"), "{body}");
     bed.stop().await;
 }
+
+/// The log says a CRL went out of date in the second after it did, as
+/// its refusals start: it used to look once a minute, so an operator saw
+/// refused handshakes for up to a minute before the reason.
+#[tokio::test]
+async fn the_log_says_when_a_crl_goes_out_of_date() {
+    let bed = Bed::start().await;
+    let next_update = write_crl_due_in(&bed, "crl.pem", Duration::seconds(3));
+    let config = support::process::GatewayProcess::config(&bed, "crl-log", &[], "");
+    let gateway =
+        support::process::GatewayProcess::spawn_config_logging(&bed, "crl-log", &config, "warn");
+    let line = gateway
+        .logged(
+            "CRL out of date beyond its grace",
+            std::time::Duration::from_secs(10),
+        )
+        .expect("the log never said the CRL went out of date");
+    assert!(line.contains("gateway.tls.crls"), "{line}");
+    assert!(
+        OffsetDateTime::now_utc() > next_update,
+        "said early: {line}"
+    );
+    drop(gateway);
+    bed.stop().await;
+}

@@ -16,6 +16,8 @@ pub struct GatewayProcess {
     pub admin: SocketAddr,
     /// Its exchange log's directory.
     pub data: PathBuf,
+    /// Its log's lines, when started with [`Self::spawn_config_logging`].
+    log: Option<std::sync::mpsc::Receiver<String>>,
 }
 
 impl Drop for GatewayProcess {
@@ -71,25 +73,51 @@ impl GatewayProcess {
     pub fn spawn_config(bed: &Bed, name: &str, config: &std::path::Path) -> Self {
         // GOVBRIDGE_CHILD_LOG=<filter> shows the process's log, to debug.
         let log = std::env::var("GOVBRIDGE_CHILD_LOG").ok();
+        let stderr = if log.is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
+        Self::start(bed, name, config, log.as_deref().unwrap_or("warn"), stderr)
+    }
+
+    /// [`Self::spawn_config`], its log (`RUST_LOG=filter`) kept for
+    /// [`Self::logged`].
+    pub fn spawn_config_logging(
+        bed: &Bed,
+        name: &str,
+        config: &std::path::Path,
+        filter: &str,
+    ) -> Self {
+        let mut process = Self::start(bed, name, config, filter, Stdio::piped());
+        process.log = Some(lines_of(process.child.stderr.take().unwrap()));
+        process
+    }
+
+    /// The first line of its log from now on that contains `needle`, if
+    /// one comes within `within`.
+    pub fn logged(&self, needle: &str, within: Duration) -> Option<String> {
+        let log = self.log.as_ref().expect("started without keeping its log");
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let line = log.recv_timeout(left).ok()?;
+            if line.contains(needle) {
+                return Some(line);
+            }
+        }
+    }
+
+    fn start(bed: &Bed, name: &str, config: &std::path::Path, filter: &str, stderr: Stdio) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_govbridge"))
             .args(["serve", "--config"])
             .arg(config)
-            .env("RUST_LOG", log.as_deref().unwrap_or("warn"))
+            .env("RUST_LOG", filter)
             .stdout(Stdio::piped())
-            .stderr(if log.is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .stderr(stderr)
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (lines, received) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = lines.send(line);
-            }
-        });
+        let received = lines_of(child.stdout.take().unwrap());
         let address_after = |line: &str, prefix: &str| -> Option<SocketAddr> {
             let (_, rest) = line.split_once(prefix)?;
             let address: String = rest
@@ -111,6 +139,7 @@ impl GatewayProcess {
             address: address.unwrap(),
             admin: admin.unwrap(),
             data: bed.dir().join(format!("{name}-data")),
+            log: None,
         }
     }
 
@@ -150,4 +179,15 @@ impl GatewayProcess {
             .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap()
     }
+}
+
+/// The lines `from` writes, as they come.
+fn lines_of(from: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    received
 }

@@ -548,14 +548,16 @@ async fn check_health(state: SharedState) {
 
 /// Logs each CRL in use once it passes its next update while the gateway
 /// runs, and again once past its grace too (its handshakes are refused
-/// from that second: `crate::identity::tls::CrlFreshness`), checking
-/// every minute, until aborted. `govbridge_crl_overdue_seconds` shows the
-/// same. What a start or reload found out of date it has logged itself.
+/// from that second: `crate::identity::tls::CrlFreshness`), looking every
+/// second, until aborted. `govbridge_crl_overdue_seconds` shows the same.
+/// What a start or reload found out of date it has logged itself.
 async fn watch_crls(state: SharedState) {
     let mut reported = HashSet::new();
     let mut loaded = state.load_full();
     let mut stale = stale_crls(&loaded);
-    let mut ticks = tokio::time::interval(Duration::from_secs(60));
+    // A few comparisons a second: the log says so in the second the
+    // refusals start, not up to a minute later.
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
     loop {
         ticks.tick().await;
         let current = state.load_full();
