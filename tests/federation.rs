@@ -1145,6 +1145,11 @@ async fn a_partners_altered_cache_stops_calls_to_it_only() {
         "{status:?}"
     );
     home_answers_through(&bed, gateway.address).await;
+    let (_, metrics) = support::admin_request(gateway.admin, "GET", "/metrics").await;
+    assert!(
+        metrics.contains("\ngovbridge_partner_usable{partner=\"AZ\"} 0\n"),
+        "{metrics}"
+    );
 
     // Removed: fetched again from the directory, and used.
     std::fs::remove_dir_all(&cache).unwrap();
@@ -1152,6 +1157,8 @@ async fn a_partners_altered_cache_stops_calls_to_it_only() {
         company_through(&bed, gateway.address, &voen).await.is_ok()
     })
     .await;
+    let usable = "govbridge_partner_usable{partner=\"AZ\"}";
+    assert_eq!(support::metric(gateway.admin, usable).await, 1.0);
     drop(gateway);
     bed.stop().await;
 }
@@ -1224,6 +1231,12 @@ async fn a_partners_stale_crl_stops_calls_to_it_only() {
     home_answers_through(&bed, gateway.address).await;
     let refused = "govbridge_stale_crls_total{outcome=\"refused\"}";
     assert_eq!(support::metric(gateway.admin, refused).await, 1.0);
+    // Its metric says so.
+    let (_, metrics) = support::admin_request(gateway.admin, "GET", "/metrics").await;
+    assert!(
+        metrics.contains("\ngovbridge_partner_usable{partner=\"AZ\"} 0\n"),
+        "{metrics}"
+    );
     // Nor is the gateway taken out of its balancer for it.
     let (_, ready) = support::admin_request(gateway.admin, "GET", "/readyz").await;
     assert!(!ready.contains("az-stale-crl"), "/readyz: {ready}");

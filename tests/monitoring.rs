@@ -56,7 +56,8 @@ fn alerts_and_dashboard_name_only_documented_metrics() {
 
 /// A gateway with consent, the exchange log and a call behind it exports
 /// every metric the rules and the dashboard use, but the fleet's (which
-/// need `[store]`: tests/fleet.rs reads those).
+/// need `[store]`: tests/fleet.rs reads those) and the partners' (which
+/// need `[federation."XX"]`: tests/federation.rs reads those).
 #[tokio::test]
 async fn a_gateway_exports_what_the_alerts_and_dashboard_use() {
     let bed = support::dev_bed().await;
@@ -80,7 +81,11 @@ async fn a_gateway_exports_what_the_alerts_and_dashboard_use() {
         .collect();
     let missing: Vec<_> = monitoring()
         .into_iter()
-        .filter(|name| !name.starts_with("govbridge_fleet_") && !exported.contains(name))
+        .filter(|name| {
+            !name.starts_with("govbridge_fleet_")
+                && !name.starts_with("govbridge_partner_")
+                && !exported.contains(name)
+        })
         .collect();
     assert!(missing.is_empty(), "not exported: {missing:?}\n{text}");
     bed.stop().await;

@@ -210,6 +210,7 @@ impl Admin {
                         .render(log, &expiries, state.crls(), &self.listener);
                 render_endpoints(&mut rendered, &state);
                 render_global(&mut rendered, &state);
+                render_partners(&mut rendered, &state);
                 render_witness(&mut rendered, &state);
                 render_receipts(&mut rendered, &state);
                 if let Some(fleet) = &self.fleet {
@@ -437,6 +438,33 @@ fn render_fleet(
 
 /// The global configuration in use, and that of each partner followed
 /// from its own directory: its version and when it expires.
+/// Whether calls go to and come from each partner instance now: 0 while
+/// they are refused (`GatewayState::partner_refused_at`: a CRL out of
+/// date, its configuration not learned, unusable or expired; the calls'
+/// `bridge-error` kind, and `check-config`, say which).
+fn render_partners(out: &mut String, state: &crate::proxy::GatewayState) {
+    use std::fmt::Write as _;
+    let instances = state.partner_instances();
+    if instances.is_empty() {
+        return;
+    }
+    out.push_str(
+        "# HELP govbridge_partner_usable 1 while calls go to and come from the partner \
+         instance; 0 while they are refused (a stale CRL, its configuration not learned, \
+         unusable or expired).\n\
+         # TYPE govbridge_partner_usable gauge\n",
+    );
+    let now = crate::unix_time::now();
+    for instance in instances {
+        let usable = state.partner_refused_at(instance, now).is_none();
+        let _ = writeln!(
+            out,
+            "govbridge_partner_usable{{partner=\"{instance}\"}} {}",
+            u8::from(usable)
+        );
+    }
+}
+
 fn render_global(out: &mut String, state: &crate::proxy::GatewayState) {
     use std::fmt::Write as _;
     let mut partners: Vec<&crate::config::GlobalVersion> = state
