@@ -1237,6 +1237,9 @@ async fn a_partners_stale_crl_stops_calls_to_it_only() {
         metrics.contains("\ngovbridge_partner_usable{partner=\"AZ\"} 0\n"),
         "{metrics}"
     );
+    let status = support::govbridge(&["status", "--admin", &gateway.admin.to_string()]);
+    let said = support::text(&status);
+    assert!(said.contains("partner         AZ: REFUSED"), "{said}");
     // Nor is the gateway taken out of its balancer for it.
     let (_, ready) = support::admin_request(gateway.admin, "GET", "/readyz").await;
     assert!(!ready.contains("az-stale-crl"), "/readyz: {ready}");

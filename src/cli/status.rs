@@ -144,6 +144,19 @@ pub fn run(admin: SocketAddr) -> anyhow::Result<()> {
             );
         }
     }
+    for (series, usable) in &samples {
+        if series.starts_with("govbridge_partner_usable{") {
+            let partner = Escaped(label(series, "partner").unwrap_or(series));
+            if *usable > 0.0 {
+                println!("  partner         {partner}: usable");
+            } else {
+                println!(
+                    "  partner         {partner}: REFUSED, every call to or from it \
+                     (`govbridge check-config` on this gateway's file says why)"
+                );
+            }
+        }
+    }
     for (series, not_after) in &samples {
         if series.starts_with("govbridge_certificate_expiry_timestamp_seconds{") {
             // The metric is whole seconds, exported as a float.
