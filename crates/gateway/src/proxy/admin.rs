@@ -436,8 +436,6 @@ fn render_fleet(
     );
 }
 
-/// The global configuration in use, and that of each partner followed
-/// from its own directory: its version and when it expires.
 /// Whether calls go to and come from each partner instance now: 0 while
 /// they are refused (`GatewayState::partner_refused_at`: a CRL out of
 /// date, its configuration not learned, unusable or expired; the calls'
@@ -465,6 +463,8 @@ fn render_partners(out: &mut String, state: &crate::proxy::GatewayState) {
     }
 }
 
+/// The global configuration in use, and that of each partner followed
+/// from its own directory: its version and when it expires.
 fn render_global(out: &mut String, state: &crate::proxy::GatewayState) {
     use std::fmt::Write as _;
     let mut partners: Vec<&crate::config::GlobalVersion> = state
