@@ -559,14 +559,16 @@ async fn a_backend_is_not_called_once_the_upstream_crl_goes_stale() {
 #[tokio::test]
 async fn the_log_says_when_a_crl_goes_out_of_date() {
     let bed = Bed::start().await;
-    let next_update = write_crl_due_in(&bed, "crl.pem", Duration::seconds(3));
+    // Far enough for the process to start with it fresh, on a busy
+    // machine too.
+    let next_update = write_crl_due_in(&bed, "crl.pem", Duration::seconds(5));
     let config = support::process::GatewayProcess::config(&bed, "crl-log", &[], "");
     let gateway =
         support::process::GatewayProcess::spawn_config_logging(&bed, "crl-log", &config, "warn");
     let line = gateway
         .logged(
             "CRL out of date beyond its grace",
-            std::time::Duration::from_secs(10),
+            std::time::Duration::from_secs(15),
         )
         .expect("the log never said the CRL went out of date");
     assert!(line.contains("gateway.tls.crls"), "{line}");
