@@ -579,3 +579,29 @@ async fn the_log_says_when_a_crl_goes_out_of_date() {
     drop(gateway);
     bed.stop().await;
 }
+
+/// What the watcher logs: the lists that went out of date since it last
+/// looked, or since the state was built when a reload just swapped it in
+/// (the build said then which were already out of date), so that a CRL
+/// going out of date in the second after a reload is said too.
+#[tokio::test]
+async fn a_state_says_which_crls_went_out_of_date_since_a_time() {
+    let bed = Bed::start().await;
+    set_crl_grace(&bed, "0s");
+    let due = write_crl_due_in(&bed, "crl.pem", Duration::hours(1)).unix_timestamp();
+    let config = govbridge::config::Config::load(bed.config_path()).unwrap();
+    let state = govbridge::proxy::GatewayState::new(&config).unwrap();
+    let built = state.built_at();
+    assert!(built < due, "built at {built}, due at {due}");
+
+    assert_eq!(state.crls_gone_stale(built, due), vec![]);
+    let gone = state.crls_gone_stale(built, due + 1);
+    let (list, why) = gone
+        .iter()
+        .find(|(list, _)| list == "gateway.tls.crls")
+        .unwrap_or_else(|| panic!("the listener's CRL is not said: {gone:?}"));
+    assert!(why.contains("crl.pem"), "{list}: {why}");
+    // Said once: a look after it has nothing new.
+    assert_eq!(state.crls_gone_stale(due + 1, due + 2), vec![]);
+    bed.stop().await;
+}

@@ -1,6 +1,6 @@
 //! Starting and serving a gateway: bind, serve, drain.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -554,7 +554,7 @@ async fn check_health(state: SharedState) {
 async fn watch_crls(state: SharedState) {
     let mut reported = HashSet::new();
     let mut loaded = state.load_full();
-    let mut stale = stale_crls(&loaded);
+    let mut looked = loaded.built_at();
     // A few comparisons a second: the log says so in the second the
     // refusals start, not up to a minute later.
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
@@ -571,37 +571,23 @@ async fn watch_crls(state: SharedState) {
                 );
             }
         }
-        let now = stale_crls(&current);
-        if Arc::ptr_eq(&current, &loaded) {
-            for (list, why) in now
-                .iter()
-                .filter(|(list, _)| !stale.contains_key(list.as_str()))
-            {
-                tracing::error!(
-                    crls = list,
-                    error = why,
-                    "CRL out of date beyond its grace: every certificate it checks is refused \
-                     until a fresh one is dropped in place"
-                );
-            }
+        let now = crate::unix_time::now();
+        // A state just swapped in checked its CRLs when it was built, and
+        // said then which were out of date: what went since is news, even
+        // in the second between its build and this look.
+        let since = if Arc::ptr_eq(&current, &loaded) {
+            looked
+        } else {
+            current.built_at()
+        };
+        for (list, why) in current.crls_gone_stale(since, now) {
+            tracing::error!(
+                crls = list,
+                error = why,
+                "CRL out of date beyond its grace: every certificate it checks is refused \
+                 until a fresh one is dropped in place"
+            );
         }
-        (loaded, stale) = (current, now);
+        (loaded, looked) = (current, now);
     }
-}
-
-/// The CRL lists of `state` out of date now (the gateway's own by setting,
-/// a partner's as `federation.XX.crls`), with why.
-fn stale_crls(state: &GatewayState) -> HashMap<String, String> {
-    let now = crate::unix_time::now();
-    let own = state
-        .stale_own_crls_at(now)
-        .map(|(setting, why)| (setting.to_owned(), why.to_string()));
-    let partners = state
-        .partners_with_stale_crls_at(now)
-        .into_iter()
-        .filter_map(|instance| {
-            let why = state.stale_partner_crl_at(instance, now)?;
-            Some((format!("federation.{instance}.crls"), why))
-        });
-    own.chain(partners).collect()
 }

@@ -57,6 +57,9 @@ pub struct GatewayState {
     /// What a fleet's nodes compare: this configuration's shared part
     /// and its policies, hashed.
     pub(super) fingerprints: (String, String),
+    /// When it was built (seconds since the epoch): the CRLs it took were
+    /// checked then, and those out of date already said so.
+    pub(super) built_at: i64,
     /// The global configuration this state was built from, when a
     /// directory publishes it: past its expiry, calls are refused.
     pub(super) global: Option<crate::config::GlobalVersion>,
@@ -204,6 +207,7 @@ impl GatewayState {
     /// backend endpoints both reach keep their connections, calls in flight
     /// and health, unless the upstream TLS material changed.
     pub fn after(config: &Config, previous: Option<&GatewayState>) -> Result<Self, StartError> {
+        let built_at = crate::unix_time::now();
         let (upstream_tls, upstream_crls) = config
             .upstream
             .tls
@@ -211,7 +215,7 @@ impl GatewayState {
             .map_err(StartError::UpstreamTls)?;
         if let Some(stale) = upstream_crls
             .as_ref()
-            .and_then(|crls| crls.stale_at(crate::unix_time::now()))
+            .and_then(|crls| crls.stale_at(built_at))
         {
             return Err(StartError::UpstreamTls(stale));
         }
@@ -279,10 +283,7 @@ impl GatewayState {
             let (tls, freshness) = tls
                 .client_config_with_freshness()
                 .map_err(StartError::UpstreamTls)?;
-            if let Some(stale) = freshness
-                .as_ref()
-                .and_then(|crls| crls.stale_at(crate::unix_time::now()))
-            {
+            if let Some(stale) = freshness.as_ref().and_then(|crls| crls.stale_at(built_at)) {
                 tracing::warn!(
                     instance = partner.instance,
                     error = %stale,
@@ -361,6 +362,7 @@ impl GatewayState {
             // level.
             limits: Limits::after(&config.limits, previous.map(|previous| &previous.limits)),
             fingerprints,
+            built_at,
             global: config.global.clone(),
             catalog: Arc::clone(&config.catalog),
             directory: config.directory.clone(),
@@ -466,6 +468,35 @@ impl GatewayState {
     pub fn stale_partner_crl_at(&self, instance: &str, now: i64) -> Option<String> {
         let stale = self.federation.crls.get(instance)?.stale_at(now)?;
         Some(stale.to_string())
+    }
+
+    /// When this state was built, and its CRLs checked (seconds since the
+    /// epoch).
+    pub fn built_at(&self) -> i64 {
+        self.built_at
+    }
+
+    /// The CRL lists out of date at `now` that were not at `since`, each
+    /// named by its setting (the gateway's own, or a partner's as
+    /// `federation.XX.crls`), with why.
+    pub fn crls_gone_stale(&self, since: i64, now: i64) -> Vec<(String, String)> {
+        let own = self
+            .own_crls
+            .iter()
+            .filter(|(_, freshness)| freshness.stale_at(since).is_none())
+            .filter_map(|(setting, freshness)| {
+                Some(((*setting).to_owned(), freshness.stale_at(now)?.to_string()))
+            });
+        let partners = self
+            .federation
+            .crls
+            .iter()
+            .filter(|(_, freshness)| freshness.stale_at(since).is_none())
+            .filter_map(|(instance, freshness)| {
+                let why = freshness.stale_at(now)?;
+                Some((format!("federation.{instance}.crls"), why.to_string()))
+            });
+        own.chain(partners).collect()
     }
 
     /// This gateway's node id.
