@@ -605,3 +605,43 @@ async fn a_state_says_which_crls_went_out_of_date_since_a_time() {
     assert_eq!(state.crls_gone_stale(due + 1, due + 2), vec![]);
     bed.stop().await;
 }
+
+/// A CRL replaced by a fresh one that goes overdue in turn is warned of
+/// again, not only the first time that setting's CRL went overdue.
+#[tokio::test]
+async fn each_crl_that_goes_overdue_is_warned_of() {
+    const OVERDUE: &str = "CRL past its next update: publish a fresh one";
+    let bed = Bed::start().await;
+    set_crl_grace(&bed, "1h");
+    // Far enough for the process to start with it fresh, on a busy
+    // machine too.
+    write_crl_due_in(&bed, "crl.pem", Duration::seconds(5));
+    let config = support::process::GatewayProcess::config(&bed, "crl-again", &[], "");
+    let gateway =
+        support::process::GatewayProcess::spawn_config_logging(&bed, "crl-again", &config, "info");
+    let first = gateway
+        .logged(OVERDUE, std::time::Duration::from_secs(15))
+        .expect("the first CRL going overdue is not said");
+    assert!(first.contains("crl.pem"), "{first}");
+
+    // Dropped in place, a fresh CRL is taken at the next look at the
+    // files (every 2 s), well before it is due in turn.
+    let next_update = write_crl_due_in(&bed, "crl.pem", Duration::seconds(6));
+    gateway
+        .logged("configuration reloaded", std::time::Duration::from_secs(10))
+        .expect("the fresh CRL is not taken");
+    assert!(
+        OffsetDateTime::now_utc() < next_update,
+        "reloaded too late for this test"
+    );
+    let again = gateway
+        .logged(OVERDUE, std::time::Duration::from_secs(15))
+        .expect("the fresh CRL going overdue in turn is not said");
+    assert!(again.contains("crl.pem"), "{again}");
+    assert!(
+        OffsetDateTime::now_utc() > next_update,
+        "said early: {again}"
+    );
+    drop(gateway);
+    bed.stop().await;
+}

@@ -332,14 +332,14 @@ impl Gateway {
             link.count_nodes(&state.load()).await;
         }
         let metrics = Arc::new(Metrics::default());
-        for _ in state.load().overdue_crls() {
-            metrics.stale_crl(false);
-        }
-        for _ in state
-            .load()
-            .partners_with_stale_crls_at(crate::unix_time::now())
         {
-            metrics.stale_crl(true);
+            let built = state.load();
+            for _ in built.overdue_crls_at(built.built_at()) {
+                metrics.stale_crl(false);
+            }
+            for _ in built.partners_with_stale_crls_at(built.built_at()) {
+                metrics.stale_crl(true);
+            }
         }
         Ok(Self {
             listener: TlsListener::new(tcp, tls, config.gateway.listener.clone()),
@@ -552,16 +552,34 @@ async fn check_health(state: SharedState) {
 /// second, until aborted. `govbridge_crl_overdue_seconds` shows the same.
 /// What a start or reload found out of date it has logged itself.
 async fn watch_crls(state: SharedState) {
-    let mut reported = HashSet::new();
     let mut loaded = state.load_full();
     let mut looked = loaded.built_at();
+    let overdue_when_built = |state: &GatewayState| -> HashSet<String> {
+        state
+            .overdue_crls_at(state.built_at())
+            .map(ToOwned::to_owned)
+            .collect()
+    };
+    // Those its build warned of already.
+    let mut reported = overdue_when_built(&loaded);
     // A few comparisons a second: the log says so in the second the
     // refusals start, not up to a minute later.
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     loop {
         ticks.tick().await;
         let current = state.load_full();
-        for crl in current.overdue_crls() {
+        let now = crate::unix_time::now();
+        // A state just swapped in checked its CRLs when it was built, and
+        // said then which were out of date: what went since is news, even
+        // in the second between its build and this look. A CRL replaced by
+        // a fresh one is warned of again once that one is overdue in turn.
+        let since = if Arc::ptr_eq(&current, &loaded) {
+            looked
+        } else {
+            reported = overdue_when_built(&current);
+            current.built_at()
+        };
+        for crl in current.overdue_crls_at(now) {
             if reported.insert(crl.to_owned()) {
                 // A warning, not an error: it may be within its grace.
                 tracing::warn!(
@@ -571,15 +589,6 @@ async fn watch_crls(state: SharedState) {
                 );
             }
         }
-        let now = crate::unix_time::now();
-        // A state just swapped in checked its CRLs when it was built, and
-        // said then which were out of date: what went since is news, even
-        // in the second between its build and this look.
-        let since = if Arc::ptr_eq(&current, &loaded) {
-            looked
-        } else {
-            current.built_at()
-        };
         for (list, why) in current.crls_gone_stale(since, now) {
             tracing::error!(
                 crls = list,

@@ -205,10 +205,10 @@ impl Reloader {
             self.metrics.stale_crl(true);
         }
         let (tls, state) = built?;
-        for _ in state.overdue_crls() {
+        for _ in state.overdue_crls_at(state.built_at()) {
             self.metrics.stale_crl(false);
         }
-        for _ in state.partners_with_stale_crls_at(crate::unix_time::now()) {
+        for _ in state.partners_with_stale_crls_at(state.built_at()) {
             self.metrics.stale_crl(true);
         }
         self.listener_tls.store(tls);

@@ -555,11 +555,10 @@ impl GatewayState {
         &self.crls
     }
 
-    /// The CRLs in use that are past their next update, within their grace
-    /// when loaded (a partner's beyond it stops that partner instead:
-    /// [`Self::partner_refused_at`]).
-    pub(super) fn overdue_crls(&self) -> impl Iterator<Item = &str> {
-        let now = crate::unix_time::now();
+    /// The CRLs in use that are past their next update at `now`, within
+    /// their grace when loaded (a partner's beyond it stops that partner
+    /// instead: [`Self::partner_refused_at`]).
+    pub(super) fn overdue_crls_at(&self, now: i64) -> impl Iterator<Item = &str> {
         self.crls
             .iter()
             .filter(move |(_, next_update)| *next_update < now)
