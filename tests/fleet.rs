@@ -1657,3 +1657,125 @@ async fn a_stopped_nodes_database_connection_is_closed_by_the_node() {
     let refused = database.nodes().await.unwrap_err().to_string();
     assert!(refused.contains("this node has stopped"), "{refused}");
 }
+
+/// A node that stops while it is dialling the database again keeps no
+/// connection from that dial: the query that dialled fails as stopped,
+/// and the connection closes.
+#[tokio::test]
+async fn a_connection_dialled_while_the_node_stops_is_not_kept() {
+    let cluster = Cluster::start_temporary().unwrap();
+    let relay = Relay::start(cluster.port()).await;
+    let url = cluster.url().replace(
+        &format!(":{}/", cluster.port()),
+        &format!(":{}/", relay.port),
+    );
+    let store = govbridge::config::StoreConfig::parse(&url).unwrap();
+    let database = govbridge::database::Database::connect(&store)
+        .await
+        .unwrap();
+    database.nodes().await.unwrap();
+
+    // The connection lost: the next query dials again, and that dial
+    // waits at the relay.
+    relay.hold();
+    relay.cut();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while database.nodes().await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the cut connection still answers"
+        );
+    }
+    relay.forget_accepted().await;
+    let dialling = tokio::spawn({
+        let database = database.clone();
+        async move { database.nodes().await }
+    });
+    relay.accepted().await;
+    database.close();
+    relay.release();
+
+    let refused = dialling.await.unwrap().unwrap_err().to_string();
+    assert!(refused.contains("this node has stopped"), "{refused}");
+    let others = "SELECT count(*) FROM pg_stat_activity \
+                  WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.psql("govbridge", others).unwrap() != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "the connection dialled stays open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A TCP relay to the database that can hold new connections, and cut
+/// those it carries.
+struct Relay {
+    port: u16,
+    gate: tokio::sync::watch::Sender<bool>,
+    cut: tokio::sync::watch::Sender<u64>,
+    accepted: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<()>>,
+}
+
+impl Relay {
+    async fn start(to: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (gate, open) = tokio::sync::watch::channel(true);
+        let (cut, cuts) = tokio::sync::watch::channel(0);
+        let (accepted, accepts) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let _ = accepted.send(());
+                let (mut open, mut cuts) = (open.clone(), cuts.clone());
+                cuts.mark_unchanged();
+                tokio::spawn(async move {
+                    if open.wait_for(|open| *open).await.is_err() {
+                        return;
+                    }
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            gate,
+            cut,
+            accepted: tokio::sync::Mutex::new(accepts),
+        }
+    }
+
+    /// New connections wait.
+    fn hold(&self) {
+        self.gate.send_replace(false);
+    }
+
+    /// They go on.
+    fn release(&self) {
+        self.gate.send_replace(true);
+    }
+
+    /// The connections carried now are dropped.
+    fn cut(&self) {
+        self.cut.send_modify(|cuts| *cuts += 1);
+    }
+
+    /// Until one more connection is accepted.
+    async fn accepted(&self) {
+        self.accepted.lock().await.recv().await.unwrap();
+    }
+
+    /// The connections accepted so far are not waited for.
+    async fn forget_accepted(&self) {
+        let mut accepts = self.accepted.lock().await;
+        while accepts.try_recv().is_ok() {}
+    }
+}

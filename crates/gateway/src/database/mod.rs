@@ -13,6 +13,7 @@
 //! newer than it knows.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -429,9 +430,21 @@ impl Database {
     /// client's (not as the database's going away, which would be
     /// reported), and dials no other: what still asks gets an error.
     pub fn close(&self) {
-        self.closed
-            .store(true, std::sync::atomic::Ordering::Release);
+        // SeqCst, with the dial's store-then-look: either the dial sees the
+        // flag, or this clears what the dial stored.
+        self.closed.store(true, Ordering::SeqCst);
         self.client.store(None);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    fn closed_error(&self) -> DatabaseError {
+        DatabaseError::Failed {
+            url: self.url(),
+            detail: "closed: this node has stopped".to_owned(),
+        }
     }
 
     /// The URL, without its password.
@@ -468,11 +481,8 @@ impl Database {
 
     /// The open connection, dialled again if it closed.
     async fn client(&self) -> Result<Arc<Client>, DatabaseError> {
-        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(DatabaseError::Failed {
-                url: self.url(),
-                detail: "closed: this node has stopped".to_owned(),
-            });
+        if self.is_closed() {
+            return Err(self.closed_error());
         }
         if let Some(client) = self.client.load_full()
             && !client.is_closed()
@@ -480,6 +490,9 @@ impl Database {
             return Ok(client);
         }
         let mut dialling = self.dialling.lock().await;
+        if self.is_closed() {
+            return Err(self.closed_error());
+        }
         if let Some(client) = self.client.load_full()
             && !client.is_closed()
         {
@@ -494,6 +507,12 @@ impl Database {
             Ok(client) => {
                 let client = Arc::new(client);
                 self.client.store(Some(Arc::clone(&client)));
+                // The node stopped while this dialled: the connection is
+                // not kept (dropped here, it closes as a client's).
+                if self.is_closed() {
+                    self.client.store(None);
+                    return Err(self.closed_error());
+                }
                 *dialling = None;
                 tracing::info!(database = %self.url(), "connected to the database");
                 Ok(client)
