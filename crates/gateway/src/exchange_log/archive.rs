@@ -24,13 +24,13 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use flate2::Compression;
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -67,6 +67,42 @@ pub struct Manifest {
     pub checkpoint: String,
     /// The subtree's inclusion proof in that tree (base64, bottom up).
     pub proof: Vec<String>,
+}
+
+/// The longest line an archive holds: a record is a few kilobytes, the
+/// manifest a checkpoint, its cosignatures and a proof. A longer one is
+/// damage, refused before it is held whole (gzip shrinks a run of one
+/// byte a thousandfold).
+const MAX_LINE: u64 = 1 << 20;
+
+/// Opens the archive at `path` for reading its lines: every gzip member
+/// of the file, so that one appended after the archive's is read (and
+/// refused) rather than passed over.
+fn open_lines(path: &Path) -> Result<BufReader<MultiGzDecoder<BufReader<File>>>, ArchiveError> {
+    let file = File::open(path).map_err(|e| error(path, format!("cannot open: {e}")))?;
+    Ok(BufReader::new(MultiGzDecoder::new(BufReader::new(file))))
+}
+
+/// The next line of the archive at `path` into `line`, newline included;
+/// 0 at its end.
+fn read_line(
+    reader: &mut impl BufRead,
+    line: &mut Vec<u8>,
+    path: &Path,
+) -> Result<usize, ArchiveError> {
+    line.clear();
+    let read = reader
+        .by_ref()
+        .take(MAX_LINE)
+        .read_until(b'\n', line)
+        .map_err(|e| error(path, format!("not a readable archive: {e}")))?;
+    if read as u64 == MAX_LINE && line.last() != Some(&b'\n') {
+        return Err(error(
+            path,
+            format!("holds a line longer than {MAX_LINE} bytes: not an archive of this log"),
+        ));
+    }
+    Ok(read)
 }
 
 /// One record line.
@@ -215,11 +251,9 @@ pub struct Checked {
 /// records against the manifest's hash and subtree root, the subtree
 /// against the signed checkpoint. The first damage is named.
 pub fn check(path: &Path, verifier: &Verifier) -> Result<Checked, ArchiveError> {
-    let file = File::open(path).map_err(|e| error(path, format!("cannot open: {e}")))?;
-    let mut reader = BufReader::new(GzDecoder::new(BufReader::new(file)));
+    let mut reader = open_lines(path)?;
     let mut line = Vec::new();
-    let corrupt = |e: std::io::Error| error(path, format!("not a readable archive: {e}"));
-    reader.read_until(b'\n', &mut line).map_err(corrupt)?;
+    read_line(&mut reader, &mut line, path)?;
     let manifest: Manifest = serde_json::from_slice(&line)
         .map_err(|e| error(path, format!("the manifest (line 1) is not valid: {e}")))?;
     if manifest.format != FORMAT {
@@ -272,9 +306,9 @@ pub fn check(path: &Path, verifier: &Verifier) -> Result<Checked, ArchiveError> 
     let mut leaves = Vec::with_capacity(SEGMENT as usize);
     let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let mut tree = MemoryTree::default();
+    let (mut first_at_us, mut last_at_us) = (i64::MAX, i64::MIN);
     loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line).map_err(corrupt)? == 0 {
+        if read_line(&mut reader, &mut line, path)? == 0 {
             break;
         }
         digest.update(&line);
@@ -308,12 +342,14 @@ pub fn check(path: &Path, verifier: &Verifier) -> Result<Checked, ArchiveError> 
         let bytes = BASE64
             .decode(parsed.record.as_bytes())
             .map_err(|e| error(path, format!("record {expected} is not base64: {e}")))?;
-        if ExchangeRecord::decode(bytes.as_slice()).is_err() {
+        let Ok(record) = ExchangeRecord::decode(bytes.as_slice()) else {
             return Err(error(
                 path,
                 format!("record {expected} is not an ExchangeRecord"),
             ));
-        }
+        };
+        first_at_us = first_at_us.min(at_us(&record));
+        last_at_us = last_at_us.max(at_us(&record));
         let leaf = merkle::leaf_hash(&bytes);
         tree.push(leaf);
         leaves.push(leaf);
@@ -334,6 +370,18 @@ pub fn check(path: &Path, verifier: &Verifier) -> Result<Checked, ArchiveError> 
         return Err(error(
             path,
             "its records are not those the manifest's hash covers: the archive was edited",
+        ));
+    }
+    // Not covered by the hash or the checkpoint, and what the hot store
+    // takes as archived time: recomputed.
+    if (first_at_us, last_at_us) != (manifest.first_at_us, manifest.last_at_us) {
+        return Err(error(
+            path,
+            format!(
+                "the manifest's times ({} to {} us) are not those of its records ({first_at_us} \
+                 to {last_at_us} us): the archive was edited",
+                manifest.first_at_us, manifest.last_at_us
+            ),
         ));
     }
     let root = tree.root();
@@ -399,13 +447,23 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
 
 /// The records of the archive at `path`, read again (after [`check`]).
 pub fn records(path: &Path) -> Result<Vec<StoredRecord>, ArchiveError> {
-    let file = File::open(path).map_err(|e| error(path, format!("cannot open: {e}")))?;
-    let reader = BufReader::new(GzDecoder::new(BufReader::new(file)));
+    let mut reader = open_lines(path)?;
+    let mut line = Vec::new();
+    // The manifest.
+    read_line(&mut reader, &mut line, path)?;
     let mut records = Vec::new();
-    for (number, line) in reader.lines().enumerate().skip(1) {
-        let line = line.map_err(|e| error(path, format!("not a readable archive: {e}")))?;
-        let parsed: Line = serde_json::from_str(&line)
-            .map_err(|e| error(path, format!("line {} is not valid: {e}", number + 1)))?;
+    for number in 2.. {
+        if read_line(&mut reader, &mut line, path)? == 0 {
+            break;
+        }
+        if records.len() as u64 == SEGMENT {
+            return Err(error(
+                path,
+                format!("holds more than the {SEGMENT} records of a segment"),
+            ));
+        }
+        let parsed: Line = serde_json::from_slice(&line)
+            .map_err(|e| error(path, format!("line {number} is not valid: {e}")))?;
         let bytes = BASE64
             .decode(parsed.record.as_bytes())
             .map_err(|e| error(path, format!("record {} is not base64: {e}", parsed.idx)))?;
@@ -482,6 +540,8 @@ pub fn run_until(
         let checked = match check(&path, verifier) {
             // Written by a run that stopped before removing the records.
             Ok(checked) if checked.manifest.first == first && checked.manifest.end == end => {
+                // Its writer may have stopped before syncing its name.
+                sync(&path, out)?;
                 checked
             }
             _ => {
@@ -516,6 +576,17 @@ pub fn run_until(
         }
     }
     Ok(archived)
+}
+
+/// Syncs the archive at `path` and its directory `dir`: both on disk
+/// before its records leave the hot store.
+fn sync(path: &Path, dir: &Path) -> Result<(), ArchiveError> {
+    File::open(path)
+        .and_then(|file| file.sync_all())
+        .map_err(|e| error(path, format!("cannot sync: {e}")))?;
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| error(dir, format!("cannot sync the directory: {e}")))
 }
 
 /// How often a gateway with a retention looks for segments to archive.
@@ -959,8 +1030,11 @@ mod tests {
 
     fn rewrite(path: &Path, edit: impl FnOnce(&mut Vec<String>)) {
         let mut text = String::new();
-        std::io::Read::read_to_string(&mut GzDecoder::new(File::open(path).unwrap()), &mut text)
-            .unwrap();
+        std::io::Read::read_to_string(
+            &mut MultiGzDecoder::new(File::open(path).unwrap()),
+            &mut text,
+        )
+        .unwrap();
         let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
         edit(&mut lines);
         let mut gzip = GzEncoder::new(File::create(path).unwrap(), Compression::fast());
@@ -1014,6 +1088,53 @@ mod tests {
             log.problem(),
             ProblemKind::ArchiveDamaged,
             "records were added",
+        );
+
+        // Records added after the archive's gzip member, in a member of
+        // their own: `zcat` shows them.
+        let member = |text: &[u8]| {
+            let mut gzip = GzEncoder::new(Vec::new(), Compression::fast());
+            gzip.write_all(text).unwrap();
+            gzip.finish().unwrap()
+        };
+        let mut appended = original.clone();
+        let forged = Line {
+            idx: SEGMENT,
+            record: BASE64.encode(record(8).encode_to_vec()),
+        };
+        appended.extend(member(
+            format!("{}\n", serde_json::to_string(&forged).unwrap()).as_bytes(),
+        ));
+        std::fs::write(&file, &appended).unwrap();
+        named(
+            log.problem(),
+            ProblemKind::ArchiveDamaged,
+            "records were added",
+        );
+        assert!(
+            records(&file)
+                .unwrap_err()
+                .to_string()
+                .contains("more than")
+        );
+
+        // A line with no end, refused before it is held whole.
+        let mut endless = original.clone();
+        endless.extend(member(&vec![b'a'; MAX_LINE as usize + 1]));
+        std::fs::write(&file, &endless).unwrap();
+        named(log.problem(), ProblemKind::ArchiveDamaged, "longer than");
+
+        // The manifest's times, which no hash covers, moved.
+        std::fs::write(&file, &original).unwrap();
+        rewrite(&file, |lines| {
+            let mut manifest: Manifest = serde_json::from_str(&lines[0]).unwrap();
+            manifest.last_at_us -= 1;
+            lines[0] = serde_json::to_string(&manifest).unwrap();
+        });
+        named(
+            log.problem(),
+            ProblemKind::ArchiveDamaged,
+            "manifest's times",
         );
 
         // A record altered, its line still well-formed.
