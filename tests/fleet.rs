@@ -1779,3 +1779,119 @@ impl Relay {
         while accepts.try_recv().is_ok() {}
     }
 }
+
+/// The fleet's log as a node's writer appends to it, on `cluster`, a
+/// checkpoint signed at every append.
+async fn fleet_log(
+    cluster: &Cluster,
+    dir: &std::path::Path,
+) -> govbridge::exchange_log::ExchangeLog {
+    let store = govbridge::config::StoreConfig::parse(&cluster.url()).unwrap();
+    let database = || async {
+        govbridge::database::Database::connect(&store)
+            .await
+            .unwrap()
+    };
+    let fleet = govbridge::exchange_log::FleetStore {
+        writer: database().await,
+        reader: database().await,
+        node: "node-1".to_owned(),
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let mut config = govbridge::config::ExchangeLogConfig::defaults(dir, "node-1");
+    config.checkpoint_records = 1;
+    tokio::task::spawn_blocking(move || {
+        govbridge::exchange_log::ExchangeLog::open_fleet(&config, fleet)
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+/// Makes each statement of `table`'s inserts take `seconds` more.
+fn slow_inserts(cluster: &Cluster, table: &str, seconds: f64) {
+    cluster
+        .psql(
+            "govbridge",
+            &format!(
+                "CREATE OR REPLACE FUNCTION slow_{table}() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $$; \
+                 CREATE OR REPLACE TRIGGER slow AFTER INSERT ON {table} \
+                 FOR EACH STATEMENT EXECUTE FUNCTION slow_{table}();"
+            ),
+        )
+        .unwrap();
+}
+
+fn records_of(cluster: &Cluster, request_id: &str) -> String {
+    let count = format!("SELECT count(*) FROM log_records WHERE request_id = '{request_id}'");
+    cluster.psql("govbridge", &count).unwrap()
+}
+
+/// An append the node stops waiting for is not committed afterwards, and
+/// a slow checkpoint does not make committed records look lost: a call is
+/// refused only when its record is not in the log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_append_is_refused_only_when_it_is_not_committed() {
+    let cluster = Cluster::start_temporary().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = fleet_log(&cluster, dir.path()).await;
+    let record = |request_id: &str| govbridge::exchange_log::ExchangeRecord {
+        request_id: request_id.to_owned(),
+        caller: "SN/COM/CBAO/kyc".to_owned(),
+        ..Default::default()
+    };
+    log.append(record("before")).await.unwrap();
+
+    // Longer than the node waits (2 s): refused, and never committed.
+    slow_inserts(&cluster, "log_records", 3.0);
+    log.append(record("too-slow")).await.unwrap_err();
+    let running = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE query LIKE '%log_append%' AND state = 'active' \
+                   AND pid <> pg_backend_pid()";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.psql("govbridge", running).unwrap() != "0" {
+        assert!(Instant::now() < deadline, "the append still runs");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(records_of(&cluster, "too-slow"), "0");
+
+    // Each step within the wait, both together beyond it: the records are
+    // committed, and their call goes on.
+    slow_inserts(&cluster, "log_records", 1.2);
+    slow_inserts(&cluster, "log_checkpoints", 1.2);
+    log.append(record("slow-checkpoint"))
+        .await
+        .expect("a committed record refused for its checkpoint");
+    assert_eq!(records_of(&cluster, "slow-checkpoint"), "1");
+    tokio::task::spawn_blocking(move || log.close())
+        .await
+        .unwrap();
+}
+
+/// The node's connections run read committed, which its queries are
+/// written for, whatever the role's default.
+#[tokio::test]
+async fn the_fleet_runs_read_committed_whatever_the_roles_default() {
+    let cluster = Cluster::start_temporary().unwrap();
+    cluster
+        .psql(
+            "govbridge",
+            "ALTER ROLE govbridge SET default_transaction_isolation = 'serializable'",
+        )
+        .unwrap();
+    let store = govbridge::config::StoreConfig::parse(&cluster.url()).unwrap();
+    let database = govbridge::database::Database::connect(&store)
+        .await
+        .unwrap();
+    let isolation = database
+        .run(|client| async move {
+            let row = client
+                .query_one("SHOW default_transaction_isolation", &[])
+                .await?;
+            Ok(row.get::<_, String>(0))
+        })
+        .await
+        .unwrap();
+    assert_eq!(isolation, "read committed");
+}

@@ -597,6 +597,13 @@ impl Database {
                 client
             }
         };
+        // What every query here is written for, whatever the server's or
+        // role's default: under a stricter isolation, two nodes taking the
+        // log's head or a consent's uses at once would fail each other.
+        dialled
+            .batch_execute("SET default_transaction_isolation = 'read committed'")
+            .await
+            .map_err(|error| self.failed(&error))?;
         Ok(dialled)
     }
 

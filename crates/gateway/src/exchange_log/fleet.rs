@@ -41,12 +41,18 @@ use super::verify::{Problem, ProblemKind};
 use super::{ExchangeRecord, StoreFault};
 use crate::database::{Database, DatabaseError};
 
-/// The writer's session: every commit flushed before it returns, whatever
-/// the server's or role's default (a call is answered only once its
-/// record is on disk), and a wait for other nodes' appends that gives up
-/// before the query's own timeout does (so that a call refused for a slow
-/// log has no record committed behind its back).
-const SESSION: &str = "SET synchronous_commit = on; SET lock_timeout = '1500ms'";
+/// The writer's session, whatever the server's or role's defaults:
+///
+/// - every commit flushed before it returns: a call is answered only once
+///   its record is on disk;
+/// - a wait for other nodes' appends, and the append itself, that the
+///   server gives up before the query's own timeout
+///   ([`crate::database::QUERY_TIMEOUT`]) does: an append the node stops
+///   waiting for must not commit afterwards, behind the back of the calls
+///   it refused. Only its commit's flush, which no timeout covers, is
+///   left to that margin.
+const SESSION: &str =
+    "SET synchronous_commit = on; SET lock_timeout = '1500ms'; SET statement_timeout = '1800ms'";
 
 /// The append, in the database (`log_append`, in the schema).
 const APPEND: &str = "SELECT first, size, frontier FROM log_append($1, $2, $3, $4, $5, $6, \
@@ -253,9 +259,23 @@ impl SharedStore {
         let database = &self.database;
         let cache = &mut self.prepared;
         let appended = self.runtime.block_on(database.run(|client| async move {
-            append_batch(database, &client, cache, &batch, node, checkpoint).await
+            append_batch(database, &client, cache, &batch, node).await
         }))??;
         let first = appended.size() - records.len() as u64;
+        // On its own time: the records are committed, and a slow
+        // checkpoint must not make their calls' wait run out.
+        if let Some((origin, key)) = checkpoint
+            && appended.size() > 0
+        {
+            let head = &appended;
+            let stored = self.runtime.block_on(database.run(|client| async move {
+                store_checkpoint(&client, head, node, origin, key).await
+            }));
+            // Their calls go on; the next checkpoint covers them.
+            if let Err(error) = stored {
+                tracing::warn!(%error, size = appended.size(), "cannot store a checkpoint of the fleet's log");
+            }
+        }
         *frontier = appended;
         Ok(first)
     }
@@ -285,11 +305,10 @@ fn simulated(database: &Database, fault: StoreFault) -> StoreError {
 
 /// Appends `batch` (in one statement, [`APPEND`]: the tree is grown in the
 /// database, under the head's lock, and the lock is held for no round
-/// trip), then signs a checkpoint of the result if asked. Returns the log
-/// after it. The outer error is the database's; the inner one, an answer
-/// that makes no sense.
+/// trip). Returns the log after it. The outer error is the database's; the
+/// inner one, an answer that makes no sense.
 ///
-/// Both commit synchronously: the append's lock is held through its
+/// It commits synchronously: the append's lock is held through its
 /// flush. An asynchronous commit with a separate flush outside the lock
 /// (one synchronous write for every append waiting) was tried: it cost
 /// each append a second round trip and served fewer calls, with one node
@@ -300,7 +319,6 @@ async fn append_batch(
     cache: &mut Option<(Arc<Client>, Statement)>,
     batch: &Batch,
     node: &str,
-    checkpoint: Option<(&str, &SigningKey)>,
 ) -> Result<Result<Frontier, StoreError>, tokio_postgres::Error> {
     let statement = prepared(client, cache).await?;
     let next = if batch.leaves.is_empty() {
@@ -327,34 +345,37 @@ async fn append_batch(
             }
         }
     };
-    if let Some((origin, key)) = checkpoint
-        && next.size() > 0
-    {
-        let note = Checkpoint {
-            origin: origin.to_owned(),
-            size: next.size(),
-            root: next.root(),
-        }
-        .sign(key);
-        let inserted = client
-            .query_typed(
-                "INSERT INTO log_checkpoints (size, signed_at, node, note) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (size) DO NOTHING",
-                &[
-                    (&to_i64(next.size()), Type::INT8),
-                    (&crate::unix_time::now(), Type::INT8),
-                    (&node, Type::TEXT),
-                    (&note, Type::TEXT),
-                ],
-            )
-            .await;
-        // The records are committed: their calls go on. The next
-        // checkpoint covers them.
-        if let Err(error) = inserted {
-            tracing::warn!(%error, size = next.size(), "cannot store a checkpoint of the fleet's log");
-        }
-    }
     Ok(Ok(next))
+}
+
+/// Signs a checkpoint of the log at `head` and stores it, unless another
+/// node stored one of that size first.
+async fn store_checkpoint(
+    client: &Client,
+    head: &Frontier,
+    node: &str,
+    origin: &str,
+    key: &SigningKey,
+) -> Result<(), tokio_postgres::Error> {
+    let note = Checkpoint {
+        origin: origin.to_owned(),
+        size: head.size(),
+        root: head.root(),
+    }
+    .sign(key);
+    client
+        .query_typed(
+            "INSERT INTO log_checkpoints (size, signed_at, node, note) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (size) DO NOTHING",
+            &[
+                (&to_i64(head.size()), Type::INT8),
+                (&crate::unix_time::now(), Type::INT8),
+                (&node, Type::TEXT),
+                (&note, Type::TEXT),
+            ],
+        )
+        .await
+        .map(|_| ())
 }
 
 /// [`APPEND`] prepared on `client`'s connection (parsed and planned once
