@@ -1895,3 +1895,48 @@ async fn the_fleet_runs_read_committed_whatever_the_roles_default() {
         .unwrap();
     assert_eq!(isolation, "read committed");
 }
+
+/// `audit pull` reads the fleet's checkpoints a page at a time, and
+/// copies every one of a log with more than a page of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_copies_a_log_of_many_checkpoints() {
+    const APPENDS: u64 = 1_100;
+    let cluster = Cluster::start_temporary().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = fleet_log(&cluster, dir.path()).await;
+    for n in 0..APPENDS {
+        let record = govbridge::exchange_log::ExchangeRecord {
+            request_id: format!("req-{n}"),
+            ..Default::default()
+        };
+        log.append(record).await.unwrap();
+    }
+    let verifier = log.verifier().clone();
+    let store = govbridge::config::StoreConfig::parse(&cluster.url()).unwrap();
+    let reader = govbridge::exchange_log::fleet::FleetReader::new(
+        govbridge::database::Database::connect(&store)
+            .await
+            .unwrap(),
+        tokio::runtime::Handle::current(),
+    );
+    let copy = tempfile::tempdir().unwrap();
+    let copy_dir = copy.path().to_owned();
+    let pulled = tokio::task::spawn_blocking(move || {
+        govbridge::exchange_log::fleet::pull(&reader, &copy_dir, &verifier)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(pulled.problem, None);
+    assert_eq!(pulled.records, APPENDS);
+    // One checkpoint a record (`checkpoint_records = 1`).
+    assert_eq!(pulled.checkpoints as u64, APPENDS);
+    let copied = govbridge::exchange_log::Store::open_read_only(copy.path())
+        .unwrap()
+        .checkpoints()
+        .unwrap();
+    assert_eq!(copied.len() as u64, APPENDS);
+    tokio::task::spawn_blocking(move || log.close())
+        .await
+        .unwrap();
+}

@@ -65,6 +65,9 @@ const RECENT_CHECKPOINTS: usize = 64;
 /// Records read at a time by [`pull`].
 const PULL_PAGE: i64 = 4096;
 
+/// Checkpoints read at a time by [`pull`].
+const CHECKPOINT_PAGE: usize = 1024;
+
 /// The fleet's log as one node's writer appends to it.
 #[derive(Debug)]
 pub struct SharedStore {
@@ -493,13 +496,34 @@ impl FleetReader {
         Ok(records_of(&rows))
     }
 
-    /// Every checkpoint, oldest first.
-    pub fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
+    /// The first `limit` checkpoints of more than `size` records, oldest
+    /// first.
+    pub fn checkpoints_after(
+        &self,
+        size: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredCheckpoint>, StoreError> {
         let rows = self.rows(
-            "SELECT size, signed_at, note FROM log_checkpoints ORDER BY size",
-            &[],
+            "SELECT size, signed_at, note FROM log_checkpoints WHERE size > $1 \
+             ORDER BY size LIMIT $2",
+            &[&to_i64(size), &to_i64(limit as u64)],
         )?;
         Ok(rows.iter().map(checkpoint_of).collect())
+    }
+
+    /// The last `limit` checkpoints of `size` records or fewer, oldest
+    /// first.
+    pub fn checkpoints_up_to(
+        &self,
+        size: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        let rows = self.rows(
+            "SELECT size, signed_at, note FROM log_checkpoints WHERE size <= $1 \
+             ORDER BY size DESC LIMIT $2",
+            &[&to_i64(size), &to_i64(limit as u64)],
+        )?;
+        Ok(rows.iter().rev().map(checkpoint_of).collect())
     }
 
     /// The latest signed checkpoint.
@@ -627,11 +651,23 @@ pub fn pull(reader: &FleetReader, dir: &Path, verifier: &Verifier) -> Result<Pul
         index,
         message,
     };
-    // The checkpoints first: every record they cover is committed.
-    let checkpoints = reader.checkpoints()?;
     let start = frontier.size();
-    cosignatures_since(&copy, dir, &checkpoints, start, verifier)?;
-    for stored in checkpoints.iter().filter(|stored| stored.size > start) {
+    let copied = reader.checkpoints_up_to(start, RECENT_CHECKPOINTS)?;
+    cosignatures_since(&copy, dir, &copied, start, verifier)?;
+    // The checkpoints first, a page at a time (a fleet signs thousands a
+    // day): every record they cover is committed.
+    let mut checkpoints = Vec::new();
+    let mut next = 0;
+    loop {
+        if next == checkpoints.len() {
+            checkpoints = reader.checkpoints_after(frontier.size(), CHECKPOINT_PAGE)?;
+            next = 0;
+            if checkpoints.is_empty() {
+                break;
+            }
+        }
+        let stored = &checkpoints[next];
+        next += 1;
         let checkpoint = match Checkpoint::open(&stored.note, verifier) {
             Ok(checkpoint) if checkpoint.size == stored.size => checkpoint,
             Ok(checkpoint) => {
