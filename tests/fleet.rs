@@ -1940,3 +1940,52 @@ async fn a_pull_copies_a_log_of_many_checkpoints() {
         .await
         .unwrap();
 }
+
+/// A pull waits for the receipts being kept as it reads, so that its
+/// cursor never passes over one that commits after one of a higher order.
+#[tokio::test]
+async fn a_pull_passes_over_no_receipt_committed_late() {
+    let cluster = Cluster::start_temporary().unwrap();
+    let store = govbridge::config::StoreConfig::parse(&cluster.url()).unwrap();
+    let node = govbridge::database::Database::connect(&store)
+        .await
+        .unwrap();
+    let auditor = govbridge::database::Database::connect(&store)
+        .await
+        .unwrap();
+    // A node's receipt, in a transaction not yet committed: it took its
+    // order first.
+    let (mut other, connection) = tokio_postgres::connect(&cluster.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let late = other.transaction().await.unwrap();
+    late.execute(
+        "INSERT INTO log_receipts (instance, idx, request_id, fetched_at, bundle) \
+         VALUES ('AZ', 1, 'late', 0, '{}')",
+        &[],
+    )
+    .await
+    .unwrap();
+    // Another node's, after it, committed.
+    let receipt = ("AZ".to_owned(), 2, "early".to_owned(), "{}".to_owned());
+    node.keep_receipts(&[receipt], 0).await.unwrap();
+
+    let pulling = tokio::spawn(async move { auditor.receipts_after(0, 100).await });
+    let waiting = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE wait_event_type = 'Lock' AND query LIKE '%log_receipts_after%'";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.psql("govbridge", waiting).unwrap() != "1" {
+        assert!(Instant::now() < deadline, "the pull reads without waiting");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    late.commit().await.unwrap();
+    let pulled: Vec<String> = pulling
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|receipt| receipt.request_id)
+        .collect();
+    assert_eq!(pulled, ["late", "early"]);
+}

@@ -334,6 +334,24 @@ const MIGRATIONS: &[(i32, &str)] = &[
              UNIQUE (instance, idx)
          );",
     ),
+    (
+        7,
+        "-- What `audit pull` reads of the receipts, after its cursor: once
+         -- every insert under way has ended (SHARE waits for them and holds
+         -- new ones for the read), so that no receipt can commit later with
+         -- an order below the cursor and be passed over for good. Inserts
+         -- take `seq` when they run, not when they commit.
+         CREATE FUNCTION log_receipts_after(cursor_seq bigint, page bigint)
+         RETURNS TABLE (seq bigint, instance text, idx bigint, request_id text, bundle text)
+         LANGUAGE plpgsql AS $$
+         BEGIN
+             LOCK TABLE log_receipts IN SHARE MODE;
+             RETURN QUERY
+                 SELECT r.seq, r.instance, r.idx, r.request_id, r.bundle
+                 FROM log_receipts r WHERE r.seq > cursor_seq ORDER BY r.seq LIMIT page;
+         END
+         $$;",
+    ),
 ];
 
 /// Why the database cannot be used.

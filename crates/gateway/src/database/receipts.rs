@@ -50,7 +50,9 @@ impl Database {
         Ok(())
     }
 
-    /// Up to `limit` receipts kept after `seq`, in order.
+    /// Up to `limit` receipts kept after `seq`, in order, once the
+    /// receipts being kept meanwhile are committed (or not): none of a
+    /// lower `seq` commits after this read.
     pub async fn receipts_after(
         &self,
         seq: i64,
@@ -60,8 +62,8 @@ impl Database {
             .run(|client| async move {
                 client
                     .query(
-                        "SELECT seq, instance, idx, request_id, bundle FROM log_receipts
-                         WHERE seq > $1 ORDER BY seq LIMIT $2",
+                        "SELECT seq, instance, idx, request_id, bundle \
+                         FROM log_receipts_after($1, $2)",
                         &[&seq, &limit],
                     )
                     .await
