@@ -409,21 +409,36 @@ pub fn subtree_of_leaves(
     }
 }
 
-/// Complete subtrees held in memory: for tests and for `audit verify`,
-/// which rebuilds the tree from the records.
+/// Complete subtrees held in memory: for tests, archives and `audit
+/// verify`, which rebuilds the tree from the records.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryTree {
-    /// `levels[l][i]` is the node `(l, i)`.
+    /// `levels[l][i]` is the node `(l, i)`; empty below `lowest`.
     levels: Vec<Vec<Hash>>,
+    /// The lowest level kept.
+    lowest: u32,
     frontier: Frontier,
 }
 
 impl MemoryTree {
+    /// A tree that keeps only its nodes of `lowest` and above: for a whole
+    /// log, whose every node would take 64 bytes a record (64 GB for a
+    /// billion). Its nodes below are not [`Nodes::node`]s; its root is.
+    pub fn from_level(lowest: u32) -> Self {
+        Self {
+            lowest,
+            ..Self::default()
+        }
+    }
+
     /// Appends a leaf hash.
     pub fn push(&mut self, leaf: Hash) {
         for (level, index, hash) in self.frontier.append(leaf) {
+            if level < self.lowest {
+                continue;
+            }
             let level = level as usize;
-            if self.levels.len() <= level {
+            while self.levels.len() <= level {
                 self.levels.push(Vec::new());
             }
             debug_assert_eq!(self.levels[level].len() as u64, index);
@@ -470,6 +485,26 @@ impl Nodes for MemoryTree {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tree kept from a level holds only the nodes there and above, the
+    /// same as a whole tree's, and the same root.
+    #[test]
+    fn a_tree_kept_from_a_level_holds_its_upper_nodes_only() {
+        let (mut whole, mut upper) = (MemoryTree::default(), MemoryTree::from_level(8));
+        for n in 0..1_000u32 {
+            let leaf = leaf_hash(&n.to_be_bytes());
+            whole.push(leaf);
+            upper.push(leaf);
+            assert_eq!(upper.root(), whole.root());
+        }
+        for level in 0..8 {
+            assert!(upper.level(level).is_empty(), "level {level} kept");
+        }
+        assert_eq!(upper.level(8).len(), 3);
+        for level in 8..10 {
+            assert_eq!(upper.level(level), whole.level(level), "level {level}");
+        }
+    }
 
     /// A frontier kept as its peaks' bytes appends as the original does,
     /// and bytes of the wrong length for the size are refused.

@@ -153,9 +153,18 @@ pub fn verify_with_archives(
     // Likewise, the segments sealed now were sealed with their records.
     let sealed = store.sealed_segments()?;
     let archived_end = store.archived_end()?;
+    let mut sizes: Vec<u64> = checkpoints
+        .iter()
+        .map(|checkpoint| checkpoint.size)
+        .collect();
+    sizes.sort_unstable();
     let mut walk = Walk {
         store: &store,
-        tree: MemoryTree::default(),
+        // The levels the store keeps, compared below; the roots of the
+        // checkpoints' sizes taken as the walk passes them.
+        tree: MemoryTree::from_level(store::STORED_LEVEL),
+        roots: std::collections::HashMap::from([(0, merkle::Frontier::default().root())]),
+        sizes: sizes.into_iter().peekable(),
         rows: 0,
         problem: None,
         sealed,
@@ -175,6 +184,7 @@ pub fn verify_with_archives(
     }
     let Walk {
         tree,
+        roots,
         rows,
         mut problem,
         ..
@@ -189,7 +199,7 @@ pub fn verify_with_archives(
         problem,
     };
     if report.problem.is_none() {
-        check_checkpoints(&checkpoints, &tree, verifier, &mut report);
+        check_checkpoints(&checkpoints, &roots, tree.size(), verifier, &mut report);
     }
     Ok(report)
 }
@@ -197,8 +207,12 @@ pub fn verify_with_archives(
 /// The record-by-record part of [`verify_log`].
 struct Walk<'a> {
     store: &'a Store,
-    /// The tree the records give.
+    /// The tree the records give, from the level the store keeps.
     tree: MemoryTree,
+    /// Its roots at the checkpoints' sizes, once reached...
+    roots: std::collections::HashMap<u64, Hash>,
+    /// ... and the sizes to come.
+    sizes: std::iter::Peekable<std::vec::IntoIter<u64>>,
     rows: u64,
     problem: Option<Problem>,
     /// Segments whose lookups are sealed.
@@ -215,6 +229,18 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
+    /// Grows the tree by `leaf`, keeping its root if a checkpoint is of
+    /// that size.
+    fn push(&mut self, leaf: Hash) {
+        self.tree.push(leaf);
+        let size = self.tree.size();
+        while let Some(wanted) = self.sizes.next_if(|wanted| *wanted <= size) {
+            if wanted == size {
+                self.roots.insert(size, self.tree.root());
+            }
+        }
+    }
+
     fn row(
         &mut self,
         index: i64,
@@ -281,7 +307,7 @@ impl Walk<'_> {
                 ));
             }
             for leaf in &checked.leaves {
-                self.tree.push(*leaf);
+                self.push(*leaf);
             }
             self.rows += checked.leaves.len() as u64;
             self.last_archive = manifest.first..manifest.end;
@@ -330,7 +356,7 @@ impl Walk<'_> {
         // altered with its leaf is caught by the stored nodes over it
         // ([`check_tree`]) and the signed checkpoints.
         let leaf = merkle::leaf_hash(bytes);
-        self.tree.push(leaf);
+        self.push(leaf);
         // A record written before leaves were kept beside it has its leaf
         // among the tree's level-0 nodes; one with neither lost its leaf.
         let stored = match stored_leaf {
@@ -568,13 +594,15 @@ fn check_tree(
     Ok(None)
 }
 
+/// Checks each checkpoint against `roots`, the roots the records give at
+/// the checkpoints' sizes, of a log of `size` records.
 fn check_checkpoints(
     checkpoints: &[super::StoredCheckpoint],
-    tree: &MemoryTree,
+    roots: &std::collections::HashMap<u64, Hash>,
+    size: u64,
     verifier: &Verifier,
     report: &mut VerifyReport,
 ) {
-    let size = tree.size();
     let mut good = 0;
     report.checkpoints = Some(0);
     for stored in checkpoints {
@@ -616,7 +644,7 @@ fn check_checkpoints(
             ));
             return;
         }
-        if merkle::root(tree, checkpoint.size).ok() != Some(checkpoint.root) {
+        if roots.get(&checkpoint.size) != Some(&checkpoint.root) {
             report.problem = Some(problem(
                 ProblemKind::CheckpointRoot,
                 good,
