@@ -208,6 +208,38 @@ fn temporary_name(first: u64, end: u64) -> String {
     format!(".{}.{}.tmp", file_name(first, end), std::process::id())
 }
 
+/// Removes the temporary files that runs killed while writing left in
+/// `dir` (a segment's worth of records each): those of processes gone.
+/// A live run's, the gateway's or a command's, stays.
+fn remove_abandoned(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for path in entries.filter_map(|entry| entry.ok().map(|entry| entry.path())) {
+        let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix(".records-")
+            .and_then(|rest| rest.strip_suffix(".tmp"))
+            .and_then(|rest| rest.rsplit_once('.'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(file = %path.display(), "removed what an archive run cut short left")
+                }
+                Err(error) => {
+                    tracing::warn!(file = %path.display(), %error, "cannot remove what an archive run cut short left")
+                }
+            }
+        }
+    }
+}
+
 /// Record `stored`'s line, newline included, into `line`.
 fn line_of(stored: &StoredRecord, line: &mut Vec<u8>) {
     line.clear();
@@ -522,6 +554,7 @@ pub fn run_until(
     let mut store = Store::open_for_archiving(data)?;
     // What a run cut short left between its file and its removal.
     store.remove_archived_rows()?;
+    remove_abandoned(out);
     let origin = store.origin()?;
     let mut archived = Archived::default();
     while let Some((segment, latest_us)) = store.next_to_archive()? {
@@ -1216,5 +1249,23 @@ mod tests {
         assert!(!temporary.exists(), "a half-written file was left");
         assert_eq!(log.archive().unwrap().records, SEGMENT);
         assert_eq!(log.verify().unwrap().problem, None);
+    }
+
+    /// What a run killed while writing left is removed by the next run;
+    /// a live run's file stays.
+    #[test]
+    fn a_killed_runs_temporary_file_is_removed_by_the_next() {
+        let log = Log::new(SEGMENT + 10);
+        let name = file_name(0, SEGMENT);
+        // No process has this id (above the kernel's pid_max).
+        let killed = log.out.path().join(format!(".{name}.4294967295.tmp"));
+        let live = log.out.path().join(temporary_name(SEGMENT, 2 * SEGMENT));
+        for file in [&killed, &live] {
+            std::fs::write(file, b"half a segment").unwrap();
+        }
+        log.archive().unwrap();
+        assert!(!killed.exists(), "a killed run's file stays");
+        assert!(live.exists(), "a live run's file was removed");
+        assert_eq!(log.files().len(), 1);
     }
 }
