@@ -340,10 +340,16 @@ impl ConsentLedger {
         ledger.heard = Some(Instant::now());
     }
 
-    /// The feed reported change `sequence`: `consent` is now `state`.
+    /// The feed reported change `sequence`: `consent` is now `state`. A
+    /// revocation is final, as at the portal: no change read after it
+    /// undoes it (an older one read again after a rewind, say, from a
+    /// replica behind the portal that revoked it).
     pub fn apply(&self, sequence: u64, consent: &str, state: ConsentState) {
         let mut ledger = self.lock();
-        ledger.states.insert(consent.to_owned(), state);
+        let revoked = ledger.states.get(consent) == Some(&ConsentState::Revoked);
+        if !revoked {
+            ledger.states.insert(consent.to_owned(), state);
+        }
         ledger.sequence = ledger.sequence.max(sequence);
         ledger.heard = Some(Instant::now());
     }
@@ -738,5 +744,31 @@ mod tests {
         assert!(!ledger.is_fresh());
         ledger.heartbeat(0);
         assert!(ledger.is_fresh());
+    }
+
+    /// A revocation is final: a feed that rewinds (to a replica behind the
+    /// portal that took it, say) and reads the consent's earlier changes
+    /// again does not bring the consent back.
+    #[tokio::test]
+    async fn a_rewound_feed_does_not_undo_a_revocation() {
+        let ledger = ConsentLedger::new(Duration::from_secs(5));
+        ledger.apply(60, "c1", ConsentState::Active);
+        ledger.apply(98, "c1", ConsentState::Revoked);
+        ledger.heartbeat(98);
+        assert_eq!(
+            ledger.admit(&uses("c1", 9)).unwrap_err(),
+            ConsentRefusal::Revoked
+        );
+        ledger.rewind();
+        ledger.apply(60, "c1", ConsentState::Active);
+        ledger.apply(61, "c1", ConsentState::Paused);
+        ledger.apply(62, "c1", ConsentState::Active);
+        // Caught up with the replica, behind the portal.
+        ledger.heartbeat(62);
+        assert!(ledger.is_fresh());
+        assert_eq!(
+            ledger.admit(&uses("c1", 9)).unwrap_err(),
+            ConsentRefusal::Revoked
+        );
     }
 }
