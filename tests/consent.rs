@@ -805,3 +805,73 @@ async fn a_spent_use_stays_spent_across_a_restart() {
         Err(denied("consent-exhausted"))
     );
 }
+
+/// A stream goes on only while its consent holds: once the citizen
+/// revokes, the stream's next message is refused before it reaches the
+/// backend, as a new call would be.
+#[tokio::test]
+async fn a_stream_ends_at_its_first_message_after_a_revocation() {
+    let bed = dev_bed().await;
+    let a = citizen(&bed, 0);
+    let consent = grant(&bed, &Grant::streamed(&a)).await;
+    let year = |fiscal_year| GetDeclaredIncomeRequest {
+        nin: a.clone(),
+        fiscal_year,
+    };
+    let stream = |first: GetDeclaredIncomeRequest| {
+        let bed = &bed;
+        let artefact = consent.artefact.clone();
+        async move {
+            let (asking, requests) = tokio::sync::mpsc::channel(4);
+            asking.send(first).await.unwrap();
+            let request = with_header(
+                declared(support::feed::Feed(requests), "CREDIT-SCORING"),
+                "bridge-consent",
+                &artefact,
+            );
+            let answers = TaxAuthorityClient::new(bed.client("cbao-credit").await)
+                .stream_declared_income(request)
+                .await
+                .map(tonic::Response::into_inner);
+            (asking, answers)
+        }
+    };
+    let (asking, answers) = stream(year(2023)).await;
+    let mut answers = answers.unwrap();
+    assert_eq!(answers.message().await.unwrap().unwrap().nin, a);
+
+    let reference = declared(
+        ConsentRef {
+            nin: a.clone(),
+            consent_id: consent.consent_id.clone(),
+        },
+        "CITIZEN-SELF-SERVICE",
+    );
+    portal(&bed).await.revoke(reference).await.unwrap();
+    // Once a new stream is refused, the gateway knows.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_asking, probe) = stream(year(2021)).await;
+        let refused = match probe {
+            Err(status) => Some(status),
+            Ok(mut probe) => probe.message().await.err(),
+        };
+        if refused.is_some_and(|status| bridge_error(&status).as_deref() == Some("consent-revoked"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revocation never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    asking.send(year(2022)).await.unwrap();
+    let status = answers.message().await.unwrap_err();
+    assert_eq!(
+        (status.code(), bridge_error(&status).unwrap_or_default()),
+        denied("consent-revoked"),
+        "{status:?}"
+    );
+}

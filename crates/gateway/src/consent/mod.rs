@@ -373,6 +373,25 @@ impl ConsentLedger {
         self.lock().is_fresh(self.freshness)
     }
 
+    /// Whether a call admitted under consent `consent` (its artefact valid
+    /// until `expires`) may go on: for each later message of a stream, as
+    /// at its start, the consent must be neither revoked nor paused, the
+    /// feed fresh and the artefact unexpired.
+    pub fn still_holds(&self, consent: &str, expires: i64) -> Result<(), ConsentRefusal> {
+        let ledger = self.lock();
+        if !ledger.is_fresh(self.freshness) {
+            return Err(ConsentRefusal::StatusUnknown);
+        }
+        match ledger.states.get(consent) {
+            Some(ConsentState::Revoked) => Err(ConsentRefusal::Revoked),
+            Some(ConsentState::Paused) => Err(ConsentRefusal::Paused),
+            Some(ConsentState::Active) | None if crate::unix_time::now() >= expires => {
+                Err(ConsentRefusal::Expired(expires))
+            }
+            Some(ConsentState::Active) | None => Ok(()),
+        }
+    }
+
     /// Checks the consent's state, then reserves one of its `max_uses`.
     /// The reservation is spent once an answer reaches the caller, and
     /// given back if none does; in between it counts, so that concurrent

@@ -243,18 +243,24 @@ impl RequestBody {
     }
 }
 
-/// Holds a consent-bound request to the person its consent is about.
+/// Holds a consent-bound request to the person its consent is about, and
+/// to the consent as it stands.
 ///
-/// Each message is relayed only once it is whole and its data subject
-/// field names that person: a stream whose later message names someone
-/// else is refused before any byte of that message reaches the backend.
-/// Messages the gateway cannot read (compressed, over
+/// Each message is relayed only once it is whole, its data subject field
+/// names that person, and the consent still holds (neither revoked nor
+/// paused, its feed fresh, its artefact unexpired): a stream whose later
+/// message names someone else, or goes on after the citizen revoked, is
+/// refused before any byte of that message reaches the backend. Messages
+/// the gateway cannot read (compressed, over
 /// [`MAX_MESSAGE`](crate::catalog::subject::MAX_MESSAGE)) are refused too,
 /// since their subject cannot be checked. At most one message is held.
 #[derive(Debug)]
 pub struct SubjectGuard {
     subject: Box<str>,
     field: SubjectField,
+    /// The consent the call was admitted under, and the ledger that says
+    /// whether it still holds.
+    consent: Option<(Arc<crate::consent::ConsentLedger>, Box<str>, i64)>,
     /// Bytes read before forwarding (the first message), relayed first.
     read: Option<Bytes>,
     /// The start of a message not yet whole.
@@ -269,9 +275,22 @@ impl SubjectGuard {
         Self {
             subject: subject.into(),
             field,
+            consent: None,
             read: Some(read),
             held: BytesMut::new(),
         }
+    }
+
+    /// Relays each message only while consent `consent` (valid until
+    /// `expires`) still holds in `ledger`.
+    pub fn holding(
+        mut self,
+        ledger: Arc<crate::consent::ConsentLedger>,
+        consent: &str,
+        expires: i64,
+    ) -> Self {
+        self.consent = Some((ledger, consent.into(), expires));
+        self
     }
 
     /// The whole, checked messages `data` completes; the rest is held.
@@ -297,6 +316,9 @@ impl SubjectGuard {
                 break;
             };
             bind_subject(message, &self.field, &self.subject)?;
+            if let Some((ledger, consent, expires)) = &self.consent {
+                ledger.still_holds(consent, *expires)?;
+            }
             whole += 5 + length;
         }
         Ok(whole)

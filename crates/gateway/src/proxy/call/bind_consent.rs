@@ -1,6 +1,9 @@
 //! Bind consent: a consent is about one person, the one the request names
 //! in its first message before anything is forwarded, then in every other;
-//! and each use of it is counted before the call goes on.
+//! each use of it is counted before the call goes on; and a stream goes on
+//! only while the consent holds.
+
+use std::sync::Arc;
 
 use super::{Call, Exchange, within};
 use crate::consent::artefact::ConsentClaims;
@@ -29,6 +32,7 @@ impl Call<'_> {
             .consent
             .as_ref()
             .ok_or(ConsentRefusal::StatusUnknown)?;
+        let ledger = Arc::clone(ledger);
         let mut reservation = ledger.admit(claims)?;
         within(deadline, reservation.durable())
             .await?
@@ -42,6 +46,12 @@ impl Call<'_> {
         if let Some(record) = self.record.as_mut() {
             record.consented(&claims.consent_id);
         }
-        Ok(SubjectGuard::new(&claims.subject, field.clone(), read))
+        Ok(
+            SubjectGuard::new(&claims.subject, field.clone(), read).holding(
+                ledger,
+                &claims.consent_id,
+                claims.expires,
+            ),
+        )
     }
 }
