@@ -875,3 +875,50 @@ async fn a_stream_ends_at_its_first_message_after_a_revocation() {
         "{status:?}"
     );
 }
+
+/// The backend's own answer spends the use even without data: a
+/// `NOT_FOUND` tells the caller the citizen filed nothing that year, so
+/// trying year after year is not free.
+#[tokio::test]
+async fn an_answer_without_data_spends_the_use() {
+    const INCOME: &str = "/govbridge.tax.v1.TaxAuthority/GetDeclaredIncome";
+    let bed = dev_bed().await;
+    let a = citizen(&bed, 0);
+    let consent = grant(
+        &bed,
+        &Grant {
+            methods: &[INCOME],
+            max_uses: 1,
+            ..Grant::credit(&a)
+        },
+    )
+    .await;
+    let ask = |fiscal_year| {
+        let (bed, a, artefact) = (&bed, a.clone(), consent.artefact.clone());
+        async move {
+            let request = with_header(
+                declared(
+                    GetDeclaredIncomeRequest {
+                        nin: a,
+                        fiscal_year,
+                    },
+                    "CREDIT-SCORING",
+                ),
+                "bridge-consent",
+                &artefact,
+            );
+            TaxAuthorityClient::new(bed.client("cbao-credit").await)
+                .get_declared_income(request)
+                .await
+        }
+    };
+    let status = ask(1990).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert_eq!(bridge_error(&status), None, "{status:?}");
+    let status = ask(2023).await.unwrap_err();
+    assert_eq!(
+        (status.code(), bridge_error(&status).unwrap_or_default()),
+        denied("consent-exhausted"),
+        "{status:?}"
+    );
+}

@@ -595,7 +595,7 @@ impl CallSummary {
     /// The call ended so.
     pub fn finish(mut self, ending: Ending<'_>) {
         let (code, bridge_error) = ending.status();
-        if code == 0
+        if answered(&ending, code, bridge_error)
             && let Some(consent_use) = self.consent_use.take()
         {
             consent_use.spend();
@@ -633,6 +633,20 @@ impl CallSummary {
         };
         self.metrics.call(&labels, total);
     }
+}
+
+/// Whether a call that ended so was answered by its backend, and so
+/// spends its consent's use even with no data relayed: any status of the
+/// backend's own tells the caller something about the citizen (a
+/// `NOT_FOUND` says they filed nothing that year), but one by which it
+/// declined to serve (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`). The gateway's
+/// own refusals (a `bridge-error`), a stream cut without a status and a
+/// caller gone before the end give the use back.
+fn answered(ending: &Ending<'_>, code: i32, bridge_error: &str) -> bool {
+    let declined = [tonic::Code::Unavailable, tonic::Code::ResourceExhausted]
+        .map(|declined| declined as i32)
+        .contains(&code);
+    code == 0 || (matches!(ending, Ending::Trailers(_)) && bridge_error.is_empty() && !declined)
 }
 
 fn micros(duration: std::time::Duration) -> u64 {
