@@ -788,3 +788,60 @@ async fn a_stranger_opening_many_streams_leaves_one_record() {
     still_serves(&bed).await;
     bed.stop().await;
 }
+
+/// Before anyone is authenticated, the handshakes under way at once are
+/// capped whatever the addresses they come from: connections that say
+/// nothing hold every place, the next is closed at once, and once one
+/// goes a member connects again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_cannot_hold_more_handshakes_than_the_cap() {
+    let probe = Probe::default();
+    let bed = Bed::builder()
+        .without_agencies()
+        .probe(probe::SERVICE, probe.server())
+        .handshake_timeout("120s")
+        .gateway("max_handshakes", "4")
+        .start()
+        .await;
+
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(TcpStream::connect(bed.gateway).await.unwrap());
+    }
+    let refused = async {
+        loop {
+            if H2Client::connect(bed.gateway, bed.member_tls("treasury"))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, refused)
+        .await
+        .expect("a fifth handshake was let in");
+    assert!(
+        metric(
+            bed.admin,
+            "govbridge_connections_closed_total{reason=\"handshake-limit\"}"
+        )
+        .await
+            >= 1.0
+    );
+
+    drop(silent.pop());
+    let admitted = async {
+        loop {
+            if let Ok(client) = H2Client::connect(bed.gateway, bed.member_tls("treasury")).await {
+                return client;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let client = tokio::time::timeout(PATIENCE, admitted)
+        .await
+        .expect("no place came free");
+    drop((client, silent));
+    bed.stop().await;
+}

@@ -41,6 +41,7 @@ impl Config {
                 "max_connection_age_ms": config.gateway.listener.max_connection_age.as_millis(),
                 "drain_timeout_ms": config.gateway.listener.drain_timeout.as_millis(),
                 "max_connections_per_address": config.gateway.listener.max_connections_per_address,
+                "max_handshakes": config.gateway.listener.max_handshakes,
             },
             "upstream": {
                 "certificate": path(&config.upstream.tls.certificate),

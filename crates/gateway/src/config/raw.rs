@@ -198,6 +198,7 @@ struct RawGateway {
     max_connection_age: Option<Spanned<String>>,
     drain_timeout: Option<Spanned<String>>,
     max_connections_per_address: Option<Spanned<u32>>,
+    max_handshakes: Option<Spanned<u32>>,
     admin: Option<Spanned<String>>,
     admin_token_file: Option<Spanned<String>>,
     federation_key: Option<Spanned<String>>,
@@ -2504,6 +2505,12 @@ fn listener_settings(
             defaults.max_connections_per_address,
             1..=1_000_000,
         )?,
+        max_handshakes: count(
+            "max_handshakes",
+            gateway.max_handshakes.as_ref(),
+            u32::try_from(defaults.max_handshakes).unwrap_or(u32::MAX),
+            1..=1_000_000,
+        )? as usize,
         ..defaults
     })
 }

@@ -48,7 +48,7 @@ impl AddressSlots {
 
     /// A slot for a connection from `address`, held until dropped.
     pub(super) fn take(self: &Arc<Self>, address: IpAddr) -> Result<AddressSlot, Refusal> {
-        let address = address.to_canonical();
+        let address = counted_as(address);
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = held.entry(address).or_default();
         if entry.count >= self.limit {
@@ -67,6 +67,19 @@ impl AddressSlots {
             slots: self.clone(),
             address,
         })
+    }
+}
+
+/// The address a connection from `address` counts against: an IPv4
+/// address (mapped into IPv6 or not) itself, an IPv6 address's /64, which
+/// one host is commonly given whole and could otherwise spread a flood
+/// over, one address per connection.
+fn counted_as(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+            v6.to_bits() & !u128::from(u64::MAX),
+        )),
+        v4 => v4,
     }
 }
 
@@ -196,6 +209,21 @@ mod tests {
             slots.held.lock().unwrap().get(&address).is_none(),
             "an address with no connection is forgotten"
         );
+    }
+
+    /// An IPv6 host cannot spread its connections over the addresses of
+    /// its /64; the next /64 is another's.
+    #[test]
+    fn an_ipv6_slash_64_gets_one_cap() {
+        let slots = AddressSlots::new(2);
+        let host = |address: &str| slots.take(address.parse().unwrap());
+        let held = [host("2001:db8:1:2::1"), host("2001:db8:1:2:ffff::9")];
+        assert!(held.iter().all(Result::is_ok));
+        assert_eq!(
+            host("2001:db8:1:2:aaaa:bbbb:cccc:dddd").err(),
+            Some(Refusal::AtLimit)
+        );
+        assert!(host("2001:db8:1:3::1").is_ok());
     }
 
     #[test]

@@ -104,8 +104,13 @@ pub struct ListenerSettings {
     /// How long open calls may run after a GOAWAY (shutdown, maximum age,
     /// idle) before their connection is closed.
     pub drain_timeout: Duration,
-    /// Open connections (handshakes included) from one IP address.
+    /// Open connections (handshakes included) from one IP address (an
+    /// IPv6 /64, which one host may hold whole).
     pub max_connections_per_address: u32,
+    /// TLS handshakes under way at once, from every address: the cap that
+    /// holds before anyone is authenticated, whatever the addresses a
+    /// flood comes from. A connection beyond it is closed at once.
+    pub max_handshakes: usize,
     /// Drop a connection whose streams are mostly cancelled by the client
     /// right after they start (the slow form of a rapid reset, which h2's
     /// pending-accept cap does not see). Right for partners; not for a
@@ -143,6 +148,7 @@ impl Default for ListenerSettings {
             max_connection_age: Duration::from_secs(3600),
             drain_timeout: Duration::from_secs(15),
             max_connections_per_address: 256,
+            max_handshakes: 1024,
             drop_rapid_resets: true,
         }
     }
@@ -383,6 +389,10 @@ impl TlsListener {
         let (open_tx, mut open_rx) = mpsc::channel::<Infallible>(1);
         let settings = Arc::new(self.settings);
         let slots = admission::AddressSlots::new(settings.max_connections_per_address);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(settings.max_handshakes));
+        // One warning per episode of a full handshake cap, not one per
+        // connection of a flood.
+        let mut handshakes_full = false;
         let make_service = Arc::new(make_service);
         tokio::pin!(shutdown);
         loop {
@@ -414,6 +424,19 @@ impl TlsListener {
                     continue;
                 }
             };
+            let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+                self.stats.close("handshake-limit");
+                if !std::mem::replace(&mut handshakes_full, true) {
+                    tracing::warn!(
+                        %remote_addr,
+                        limit = settings.max_handshakes,
+                        "refusing connections: the most TLS handshakes that may be under way \
+                         at once are (logged again once one is admitted)"
+                    );
+                }
+                continue;
+            };
+            handshakes_full = false;
             // Subscribed before reading, so that a reload from here on
             // reaches the connection's certificate check.
             let mut tls = self.tls.0.subscribe();
@@ -425,6 +448,7 @@ impl TlsListener {
                 settings: settings.clone(),
                 stop: stop_rx.clone(),
                 open: open_tx.clone(),
+                handshake: Some(handshake),
                 _slot: slot,
             };
             let make_service = make_service.clone();
@@ -651,17 +675,22 @@ struct Connection {
     stats: Arc<ListenerStats>,
     stop: watch::Receiver<bool>,
     open: mpsc::Sender<Infallible>,
+    /// Its place among the handshakes under way, given up once done.
+    handshake: Option<tokio::sync::OwnedSemaphorePermit>,
     _slot: admission::AddressSlot,
 }
 
 impl Connection {
     async fn run<S: ConnectionService>(
-        self,
+        mut self,
         tcp: TcpStream,
         remote_addr: SocketAddr,
         make_service: impl FnOnce(PeerInfo) -> S + Send,
     ) {
-        let Some(tls) = self.handshake(tcp, remote_addr).await else {
+        let handshake = self.handshake.take();
+        let tls = self.handshake(tcp, remote_addr).await;
+        drop(handshake);
+        let Some(tls) = tls else {
             return;
         };
         let _open = OpenConnection::new(self.stats.clone());
