@@ -420,47 +420,9 @@ async fn one_address_cannot_hold_more_connections_than_its_cap() {
         .await;
     let baseline = Baseline::take(bed.admin).await;
 
-    // Four connections that say nothing hold every slot of 127.0.0.1...
-    let mut silent = Vec::new();
-    for _ in 0..4 {
-        silent.push(TcpStream::connect(bed.gateway).await.unwrap());
-    }
-    // ...(the gateway has accepted them once it refuses the next)...
-    let refused = async {
-        loop {
-            if H2Client::connect(bed.gateway, bed.member_tls("treasury"))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(PATIENCE, refused)
-        .await
-        .expect("a fifth connection was accepted");
-    assert!(
-        metric(
-            bed.admin,
-            "govbridge_connections_closed_total{reason=\"address-limit\"}"
-        )
-        .await
-            >= 1.0
-    );
-
-    // ...until one of them goes away.
-    drop(silent.pop());
-    let admitted = async {
-        loop {
-            if let Ok(client) = H2Client::connect(bed.gateway, bed.member_tls("treasury")).await {
-                return client;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    let client = tokio::time::timeout(PATIENCE, admitted)
-        .await
-        .expect("the slot of a closed connection was not given back");
+    // Four connections that say nothing hold every slot of 127.0.0.1,
+    // until one of them goes away.
+    let (silent, client) = held_by_silent_connections(&bed, 4, "address-limit").await;
     let status = CivilRegistryClient::new(client.clone())
         .verify_identity(verify_identity_of(&bed, 0))
         .await
@@ -804,10 +766,25 @@ async fn silent_connections_cannot_hold_more_handshakes_than_the_cap() {
         .start()
         .await;
 
+    let (silent, client) = held_by_silent_connections(&bed, 4, "handshake-limit").await;
+    drop((client, silent));
+    bed.stop().await;
+}
+
+/// Opens `count` connections that say nothing, which take every place a
+/// cap allows: a member's next connection is refused (and counted as
+/// closed for `reason`) until one of them goes; then it is admitted.
+/// Returns the silent connections left and the member's client.
+async fn held_by_silent_connections(
+    bed: &Bed,
+    count: usize,
+    reason: &str,
+) -> (Vec<TcpStream>, H2Client) {
     let mut silent = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..count {
         silent.push(TcpStream::connect(bed.gateway).await.unwrap());
     }
+    // The gateway has taken them in once it refuses the next.
     let refused = async {
         loop {
             if H2Client::connect(bed.gateway, bed.member_tls("treasury"))
@@ -820,15 +797,9 @@ async fn silent_connections_cannot_hold_more_handshakes_than_the_cap() {
     };
     tokio::time::timeout(PATIENCE, refused)
         .await
-        .expect("a fifth handshake was let in");
-    assert!(
-        metric(
-            bed.admin,
-            "govbridge_connections_closed_total{reason=\"handshake-limit\"}"
-        )
-        .await
-            >= 1.0
-    );
+        .unwrap_or_else(|_| panic!("connection {} was let in", count + 1));
+    let closed = format!("govbridge_connections_closed_total{{reason=\"{reason}\"}}");
+    assert!(metric(bed.admin, &closed).await >= 1.0, "{closed}");
 
     drop(silent.pop());
     let admitted = async {
@@ -841,7 +812,6 @@ async fn silent_connections_cannot_hold_more_handshakes_than_the_cap() {
     };
     let client = tokio::time::timeout(PATIENCE, admitted)
         .await
-        .expect("no place came free");
-    drop((client, silent));
-    bed.stop().await;
+        .expect("the place of a closed connection was not given back");
+    (silent, client)
 }
