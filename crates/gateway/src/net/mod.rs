@@ -430,8 +430,8 @@ impl TlsListener {
                     tracing::warn!(
                         %remote_addr,
                         limit = settings.max_handshakes,
-                        "refusing connections: the most TLS handshakes that may be under way \
-                         at once are (logged again once one is admitted)"
+                        "refusing connections: max_handshakes TLS handshakes are under way \
+                         (logged again once a connection is admitted)"
                     );
                 }
                 continue;
