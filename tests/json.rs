@@ -856,6 +856,9 @@ async fn openapi_describes_what_the_caller_may_call() {
         assert_eq!(answer.status, 200);
         let document = answer.json();
         assert_eq!(document["openapi"], "3.1.0");
+        // Where to call: the address the request named.
+        let server = document["servers"][0]["url"].as_str().unwrap_or_default();
+        assert!(server.starts_with("https://"), "{server}");
         let mut ids: Vec<String> = document["paths"]
             .as_object()
             .unwrap()

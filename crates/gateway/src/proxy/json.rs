@@ -200,7 +200,7 @@ fn openapi(
     let server = authority.map(|authority| format!("https://{authority}"));
     let days_left = service.peer.certificate_days_left(crate::unix_time::now());
     let key = (member.clone(), days_left);
-    let body = state.openapi.get_or_build(key, server.as_deref(), || {
+    let kept = state.openapi.get_or_build(key, || {
         let local = crate::directory::LocalContext {
             caller: member.clone(),
             state: state.clone(),
@@ -208,17 +208,29 @@ fn openapi(
             log: service.log.clone(),
         }
         .json_local_services();
-        let document = crate::directory::openapi(
+        crate::directory::openapi(
             state.policy(),
             &state.catalog,
             member,
             days_left,
             (None, &local),
-            server.as_deref(),
-        );
-        serde_json::to_vec_pretty(&document).unwrap_or_default()
+            None,
+        )
     });
-    whole(StatusCode::OK, APPLICATION_JSON, body, request_id)
+    let body = match server {
+        Some(server) => {
+            let mut document = (*kept).clone();
+            crate::catalog::json::openapi::name_server(&mut document, &server);
+            serde_json::to_vec_pretty(&document)
+        }
+        None => serde_json::to_vec_pretty(&*kept),
+    };
+    whole(
+        StatusCode::OK,
+        APPLICATION_JSON,
+        bytes::Bytes::from(body.unwrap_or_default()),
+        request_id,
+    )
 }
 
 /// What the call path needs to turn a JSON call's body into its request

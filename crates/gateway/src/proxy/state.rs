@@ -75,43 +75,39 @@ pub struct GatewayState {
 }
 
 /// The `/openapi.json` documents of one configuration, by member and
-/// certificate days left (which policies may see), each with the server
-/// URL it names: built once, as a member's tooling may fetch its document
-/// at every run. One document per member and day: a request naming
-/// another server (its `Host`) replaces it rather than adding one.
+/// certificate days left (which policies may see): built once, as a
+/// member's tooling may fetch its document at every run. Kept without the
+/// server URL, which each request names (its `Host`) and gets added: a
+/// member that changes it at every request gets no rebuild out of it.
 #[derive(Debug, Default)]
 pub(super) struct OpenApiCache(
-    std::sync::Mutex<std::collections::HashMap<OpenApiKey, OpenApiDocument>>,
+    std::sync::Mutex<std::collections::HashMap<OpenApiKey, Arc<serde_json::Value>>>,
 );
 
 /// Whose document: the member, and its certificate's days left.
 pub(super) type OpenApiKey = (MemberId, i64);
-/// The server URL a document names, and the document.
-type OpenApiDocument = (Option<String>, bytes::Bytes);
 
 impl OpenApiCache {
     /// Documents kept, at most; past it the cache starts again.
     const MAX: usize = 4096;
 
-    /// The document of `key` naming `server`, built by `build` unless kept.
+    /// The document of `key`, built by `build` unless kept.
     pub(super) fn get_or_build(
         &self,
         key: OpenApiKey,
-        server: Option<&str>,
-        build: impl FnOnce() -> Vec<u8>,
-    ) -> bytes::Bytes {
+        build: impl FnOnce() -> serde_json::Value,
+    ) -> Arc<serde_json::Value> {
         let kept = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&key)
-            .filter(|(named, _)| named.as_deref() == server)
-            .map(|(_, document)| document.clone());
+            .cloned();
         if let Some(document) = kept {
             return document;
         }
         // Built outside the lock: two first requests may both build it.
-        let document = bytes::Bytes::from(build());
+        let document = Arc::new(build());
         let mut documents = self
             .0
             .lock()
@@ -119,7 +115,7 @@ impl OpenApiCache {
         if documents.len() >= Self::MAX {
             documents.clear();
         }
-        documents.insert(key, (server.map(str::to_owned), document.clone()));
+        documents.insert(key, Arc::clone(&document));
         document
     }
 }
@@ -733,4 +729,29 @@ fn witness(
         logs,
         Arc::clone(book),
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A member's document is built once, whatever the server each
+    /// request names (that is added to a copy when answering).
+    #[test]
+    fn a_members_openapi_document_is_built_once() {
+        let cache = OpenApiCache::default();
+        let member = MemberId::parse("SN/COM/CBAO/kyc").unwrap();
+        let builds = std::cell::Cell::new(0);
+        let build = || {
+            builds.set(builds.get() + 1);
+            serde_json::json!({ "openapi": "3.1.0" })
+        };
+        let first = cache.get_or_build((member.clone(), 30), build);
+        let again = cache.get_or_build((member.clone(), 30), build);
+        assert_eq!(builds.get(), 1);
+        assert!(Arc::ptr_eq(&first, &again));
+        // Another day, another document (policies may read the days left).
+        cache.get_or_build((member, 29), build);
+        assert_eq!(builds.get(), 2);
+    }
 }

@@ -84,9 +84,15 @@ pub fn document(
         "components": { "schemas": components },
     });
     if let Some(server) = server {
-        document["servers"] = json!([{ "url": server }]);
+        name_server(&mut document, server);
     }
     document
+}
+
+/// Names `server` (`https://host[:port]`) as where `document`'s operations
+/// are called.
+pub fn name_server(document: &mut Value, server: &str) {
+    document["servers"] = json!([{ "url": server }]);
 }
 
 fn operation(
