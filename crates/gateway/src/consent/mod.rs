@@ -259,6 +259,19 @@ impl Ledger {
             .is_some_and(|latest| self.sequence >= latest);
         recent && caught_up
     }
+
+    /// Whether calls may use `consent` now: the feed fresh, the consent
+    /// neither revoked nor paused.
+    fn standing(&self, consent: &str, freshness: Duration) -> Result<(), ConsentRefusal> {
+        if !self.is_fresh(freshness) {
+            return Err(ConsentRefusal::StatusUnknown);
+        }
+        match self.states.get(consent) {
+            Some(ConsentState::Revoked) => Err(ConsentRefusal::Revoked),
+            Some(ConsentState::Paused) => Err(ConsentRefusal::Paused),
+            Some(ConsentState::Active) | None => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -378,18 +391,11 @@ impl ConsentLedger {
     /// at its start, the consent must be neither revoked nor paused, the
     /// feed fresh and the artefact unexpired.
     pub fn still_holds(&self, consent: &str, expires: i64) -> Result<(), ConsentRefusal> {
-        let ledger = self.lock();
-        if !ledger.is_fresh(self.freshness) {
-            return Err(ConsentRefusal::StatusUnknown);
+        self.lock().standing(consent, self.freshness)?;
+        if crate::unix_time::now() >= expires {
+            return Err(ConsentRefusal::Expired(expires));
         }
-        match ledger.states.get(consent) {
-            Some(ConsentState::Revoked) => Err(ConsentRefusal::Revoked),
-            Some(ConsentState::Paused) => Err(ConsentRefusal::Paused),
-            Some(ConsentState::Active) | None if crate::unix_time::now() >= expires => {
-                Err(ConsentRefusal::Expired(expires))
-            }
-            Some(ConsentState::Active) | None => Ok(()),
-        }
+        Ok(())
     }
 
     /// Checks the consent's state, then reserves one of its `max_uses`.
@@ -403,14 +409,7 @@ impl ConsentLedger {
     ) -> Result<UseReservation, ConsentRefusal> {
         let (consent, max_uses) = (claims.consent_id.as_str(), claims.max_uses);
         let mut ledger = self.lock();
-        if !ledger.is_fresh(self.freshness) {
-            return Err(ConsentRefusal::StatusUnknown);
-        }
-        match ledger.states.get(consent) {
-            Some(ConsentState::Revoked) => return Err(ConsentRefusal::Revoked),
-            Some(ConsentState::Paused) => return Err(ConsentRefusal::Paused),
-            Some(ConsentState::Active) | None => {}
-        }
+        ledger.standing(consent, self.freshness)?;
         if let Some(shared) = &self.shared {
             // The count is the fleet's: taken when the call waits for it.
             return Ok(UseReservation {
