@@ -1578,10 +1578,7 @@ async fn a_node_joining_a_fleet_brings_what_its_witness_cosigned() {
     use govbridge::note::Checkpoint;
 
     let cluster = Cluster::start_temporary().unwrap();
-    let store = govbridge::config::StoreConfig::parse(&cluster.url()).unwrap();
-    let database = govbridge::database::Database::connect(&store)
-        .await
-        .unwrap();
+    let database = connect(&cluster).await;
     let log = SigningKey::generate("govbridge/az").unwrap();
     let logs = std::collections::HashMap::from([("AZ".to_owned(), log.verifier())]);
     let real = Tree(partner_leaves(12, "real"));
@@ -1640,10 +1637,7 @@ async fn a_node_joining_a_fleet_brings_what_its_witness_cosigned() {
 #[tokio::test]
 async fn a_stopped_nodes_database_connection_is_closed_by_the_node() {
     let cluster = Cluster::start_temporary().unwrap();
-    let store = govbridge::config::StoreConfig::parse(&cluster.url()).unwrap();
-    let database = govbridge::database::Database::connect(&store)
-        .await
-        .unwrap();
+    let database = connect(&cluster).await;
     let others = "SELECT count(*) FROM pg_stat_activity \
                   WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()";
     let connections = || cluster.psql("govbridge", others).unwrap();
@@ -1780,21 +1774,23 @@ impl Relay {
     }
 }
 
+/// A connection to `cluster`'s database, its schema brought up to date.
+async fn connect(cluster: &Cluster) -> std::sync::Arc<govbridge::database::Database> {
+    let store = govbridge::config::StoreConfig::parse(&cluster.url()).unwrap();
+    govbridge::database::Database::connect(&store)
+        .await
+        .unwrap()
+}
+
 /// The fleet's log as a node's writer appends to it, on `cluster`, a
 /// checkpoint signed at every append.
 async fn fleet_log(
     cluster: &Cluster,
     dir: &std::path::Path,
 ) -> govbridge::exchange_log::ExchangeLog {
-    let store = govbridge::config::StoreConfig::parse(&cluster.url()).unwrap();
-    let database = || async {
-        govbridge::database::Database::connect(&store)
-            .await
-            .unwrap()
-    };
     let fleet = govbridge::exchange_log::FleetStore {
-        writer: database().await,
-        reader: database().await,
+        writer: connect(cluster).await,
+        reader: connect(cluster).await,
         node: "node-1".to_owned(),
         runtime: tokio::runtime::Handle::current(),
     };
@@ -1880,10 +1876,7 @@ async fn the_fleet_runs_read_committed_whatever_the_roles_default() {
             "ALTER ROLE govbridge SET default_transaction_isolation = 'serializable'",
         )
         .unwrap();
-    let store = govbridge::config::StoreConfig::parse(&cluster.url()).unwrap();
-    let database = govbridge::database::Database::connect(&store)
-        .await
-        .unwrap();
+    let database = connect(&cluster).await;
     let isolation = database
         .run(|client| async move {
             let row = client
@@ -1912,11 +1905,8 @@ async fn a_pull_copies_a_log_of_many_checkpoints() {
         log.append(record).await.unwrap();
     }
     let verifier = log.verifier().clone();
-    let store = govbridge::config::StoreConfig::parse(&cluster.url()).unwrap();
     let reader = govbridge::exchange_log::fleet::FleetReader::new(
-        govbridge::database::Database::connect(&store)
-            .await
-            .unwrap(),
+        connect(&cluster).await,
         tokio::runtime::Handle::current(),
     );
     let copy = tempfile::tempdir().unwrap();
@@ -1946,13 +1936,8 @@ async fn a_pull_copies_a_log_of_many_checkpoints() {
 #[tokio::test]
 async fn a_pull_passes_over_no_receipt_committed_late() {
     let cluster = Cluster::start_temporary().unwrap();
-    let store = govbridge::config::StoreConfig::parse(&cluster.url()).unwrap();
-    let node = govbridge::database::Database::connect(&store)
-        .await
-        .unwrap();
-    let auditor = govbridge::database::Database::connect(&store)
-        .await
-        .unwrap();
+    let node = connect(&cluster).await;
+    let auditor = connect(&cluster).await;
     // A node's receipt, in a transaction not yet committed: it took its
     // order first.
     let (mut other, connection) = tokio_postgres::connect(&cluster.url(), tokio_postgres::NoTls)
