@@ -30,6 +30,8 @@ use govbridge::proto::civilregistry::v1::{
 };
 use govbridge::proto::directory::v1::GetServiceDescriptorRequest;
 use govbridge::proto::directory::v1::directory_client::DirectoryClient;
+use govbridge::proto::tax::v1::GetDeclaredIncomeRequest;
+use govbridge::proto::tax::v1::tax_authority_client::TaxAuthorityClient;
 use http::HeaderMap;
 use http_body_util::{BodyExt, Full};
 use prost::Message;
@@ -769,4 +771,128 @@ async fn a_reused_request_id_is_bounded_and_hides_nothing() {
     let record = proven(&proof);
     assert_eq!(record.caller, CBAO_KYC);
     assert_eq!(record.phase(), Phase::Outcome);
+}
+
+const STREAM_DECLARED_INCOME: &str = "/govbridge.tax.v1.TaxAuthority/StreamDeclaredIncome";
+
+/// Streams a declared-income question about each of `nins` as CBAO's
+/// credit desk (the bed's default policy needs no consent for it), and
+/// returns the call's request id and how it ended.
+async fn ask_incomes(bed: &Bed, nins: &[String]) -> (String, Result<usize, tonic::Status>) {
+    let requests: Vec<GetDeclaredIncomeRequest> = nins
+        .iter()
+        .map(|nin| GetDeclaredIncomeRequest {
+            nin: nin.clone(),
+            fiscal_year: 2023,
+        })
+        .collect();
+    let request_id = |metadata: &tonic::metadata::MetadataMap| {
+        metadata
+            .get("bridge-request-id")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    // Refused before any answer, the call ends trailers-only.
+    let response = match TaxAuthorityClient::new(bed.client("cbao-credit").await)
+        .stream_declared_income(declared(tokio_stream::iter(requests), "CREDIT-SCORING"))
+        .await
+    {
+        Ok(response) => response,
+        Err(status) => return (request_id(status.metadata()), Err(status)),
+    };
+    let request_id = request_id(response.metadata());
+    let mut answers = response.into_inner();
+    let mut answered = 0;
+    loop {
+        match answers.message().await {
+            Ok(Some(_)) => answered += 1,
+            Ok(None) => return (request_id, Ok(answered)),
+            Err(status) => return (request_id, Err(status)),
+        }
+    }
+}
+
+/// A stream without consent may ask about several citizens, one per
+/// message: the record keeps every one, and each one's Data Tracker shows
+/// the call, not only the first one's.
+#[tokio::test]
+async fn every_citizen_a_stream_asks_about_sees_it_in_their_data_tracker() {
+    let bed = Bed::builder().start().await;
+    bed.allow_data_tracker(&[MYGOV]);
+    let nin = |n: usize| bed.data.citizens[n].nin.to_string();
+    let asked = [nin(0), nin(1), nin(0), nin(2), nin(1)];
+    let (request_id, ended) = ask_incomes(&bed, &asked).await;
+    assert_eq!(ended.unwrap(), asked.len());
+
+    let mut log = ExchangeLogClient::new(bed.client("cbao-credit").await);
+    signed_checkpoint(&bed, &mut log).await;
+    let record = proven(
+        &log.get_record(by_request(&request_id))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(record.phase(), Phase::Outcome);
+    assert_eq!(record.subject, nin(0));
+    let mut others = vec![nin(1), nin(2)];
+    others.sort();
+    assert_eq!(record.more_subjects, others);
+    assert!(!record.subject_unreadable);
+
+    let mut tracker = DataTrackerClient::new(bed.client("mygov").await);
+    for citizen in [0, 1, 2] {
+        let seen = accesses(&mut tracker, &nin(citizen), 0).await;
+        let methods: Vec<&str> = seen.iter().map(|a| a.method.as_str()).collect();
+        assert_eq!(methods, [STREAM_DECLARED_INCOME], "citizen {citizen}");
+        assert_eq!(seen[0].caller, "SN/COM/CBAO/credit");
+    }
+    assert!(accesses(&mut tracker, &nin(3), 0).await.is_empty());
+    bed.stop().await;
+}
+
+/// A record keeps at most so many subjects: the stream ends, unrelayed,
+/// at the message naming one more, and every subject that was relayed is
+/// in the record.
+#[tokio::test]
+async fn a_stream_ends_at_the_message_naming_one_subject_too_many() {
+    use govbridge::catalog::subject::MAX_SUBJECTS;
+    let bed = Bed::builder().start().await;
+    bed.allow_data_tracker(&[MYGOV]);
+    let nins: Vec<String> = bed.data.citizens[..=MAX_SUBJECTS]
+        .iter()
+        .map(|citizen| citizen.nin.to_string())
+        .collect();
+    let (request_id, ended) = ask_incomes(&bed, &nins).await;
+    let status = ended.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(bridge_error(&status).as_deref(), Some("too-many-subjects"));
+    assert!(status.message().contains("split the stream"), "{status:?}");
+
+    let mut log = ExchangeLogClient::new(bed.client("cbao-credit").await);
+    signed_checkpoint(&bed, &mut log).await;
+    let record = proven(
+        &log.get_record(by_request(&request_id))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(record.error_kind, "too-many-subjects");
+    assert_eq!(record.subject, nins[0]);
+    assert_eq!(record.more_subjects.len(), MAX_SUBJECTS - 1);
+    let mut tracker = DataTrackerClient::new(bed.client("mygov").await);
+    assert_eq!(
+        accesses(&mut tracker, &nins[MAX_SUBJECTS - 1], 0)
+            .await
+            .len(),
+        1
+    );
+    // The message about this one was never relayed.
+    assert!(
+        accesses(&mut tracker, &nins[MAX_SUBJECTS], 0)
+            .await
+            .is_empty()
+    );
+    bed.stop().await;
 }

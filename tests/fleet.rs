@@ -1974,3 +1974,96 @@ async fn a_pull_passes_over_no_receipt_committed_late() {
         .collect();
     assert_eq!(pulled, ["late", "early"]);
 }
+
+/// A stream asking about several citizens through one node: each one's
+/// Data Tracker on another node shows it, an auditor's copy verifies and
+/// finds it by each, and a subject's row taken out of the database is
+/// named by the next pull.
+#[tokio::test]
+async fn every_citizen_a_stream_names_is_found_across_the_fleet() {
+    use govbridge::proto::tax::v1::GetDeclaredIncomeRequest;
+    let cluster = Cluster::start_temporary().unwrap();
+    let bed = Bed::builder().start().await;
+    let lines = format!("{EVERY_SECOND}\ndata_tracker_clients = [\"SN/GOV/MYGOV/app\"]");
+    let nodes: Vec<_> = (0..2)
+        .map(|index| node(&bed, &cluster, index, &lines))
+        .collect();
+    let nins: Vec<String> = (0..3)
+        .map(|n| bed.data.citizens[n].nin.to_string())
+        .collect();
+    let requests: Vec<_> = [0, 1, 2, 1]
+        .map(|n| GetDeclaredIncomeRequest {
+            nin: nins[n].clone(),
+            fiscal_year: 2023,
+        })
+        .into();
+    let credit = H2Client::connect(nodes[0].address, bed.member_tls("cbao-credit"))
+        .await
+        .unwrap();
+    let mut answers = TaxAuthorityClient::new(credit)
+        .stream_declared_income(declared(tokio_stream::iter(requests), "CREDIT-SCORING"))
+        .await
+        .unwrap()
+        .into_inner();
+    while answers.message().await.unwrap().is_some() {}
+
+    let tracker = H2Client::connect(nodes[1].address, bed.member_tls("mygov"))
+        .await
+        .unwrap();
+    let mut tracker = DataTrackerClient::new(tracker);
+    for nin in &nins {
+        let accesses = tracker
+            .list_accesses(ListAccessesRequest {
+                subject: nin.clone(),
+                since_unix: 0,
+                limit: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .accesses;
+        let methods: Vec<&str> = accesses.iter().map(|a| a.method.as_str()).collect();
+        assert_eq!(
+            methods,
+            ["/govbridge.tax.v1.TaxAuthority/StreamDeclaredIncome"],
+            "{nin}"
+        );
+    }
+
+    let copy = bed.dir().join("auditor-copy");
+    pull_until(&bed, &copy, 2).await;
+    let copy = copy.to_str().unwrap();
+    let key = bed.dir().join("fleet-log-key.pub");
+    let verified = audit(&["verify", "--data", copy, "--key", key.to_str().unwrap()]);
+    assert!(verified.contains("2 records"), "{verified}");
+    for nin in &nins[1..] {
+        let found = audit(&["query", "--data", copy, "--subject", nin, "--json"]);
+        assert_eq!(found.lines().count(), 1, "{found}");
+        assert!(found.contains("StreamDeclaredIncome"), "{found}");
+    }
+
+    cluster
+        .psql(
+            govbridge::postgres::ROLE,
+            &format!("DELETE FROM log_subjects WHERE subject = '{}'", nins[2]),
+        )
+        .unwrap();
+    let edited = support::govbridge(&[
+        "audit",
+        "pull",
+        "--config",
+        bed.dir().join("node-0.toml").to_str().unwrap(),
+        "--data",
+        bed.dir().join("after-subject-edit").to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(!edited.status.success());
+    assert!(
+        support::text(&edited).contains("lookup-edited"),
+        "{}",
+        support::text(&edited)
+    );
+    drop(nodes);
+    bed.stop().await;
+}

@@ -958,42 +958,52 @@ struct QueryFilter {
 impl QueryFilter {
     /// The SQL and its parameters. Values only ever travel as parameters;
     /// `candidates`, the records the subject's lookups found, are indexes.
-    fn sql(&self, limit: u64, candidates: Option<&[u64]>) -> (String, Vec<Value>) {
+    /// `more_subjects` is that column, or NULL in a log written before it.
+    fn sql(
+        &self,
+        limit: u64,
+        candidates: Option<&[u64]>,
+        more_subjects: &str,
+    ) -> (String, Vec<Value>) {
         let mut conditions: Vec<String> = Vec::new();
         let mut values: Vec<Value> = Vec::new();
+        // Each `?` of a condition is its value's parameter.
         let mut add = |condition: &str, value: Value| {
             values.push(value);
-            conditions.push(format!("{condition} ?{}", values.len()));
+            conditions.push(condition.replace('?', &format!("?{}", values.len())));
         };
         let text = |text: &String| Value::Text(text.clone());
         if let Some(since) = self.since {
-            add("at_us >=", Value::Integer(since));
+            add("at_us >= ?", Value::Integer(since));
         }
         if let Some(until) = self.until {
-            add("at_us <", Value::Integer(until));
+            add("at_us < ?", Value::Integer(until));
         }
         if let Some(caller) = &self.caller {
-            add("caller =", text(caller));
+            add("caller = ?", text(caller));
         }
         if let Some(provider) = &self.provider {
-            add("provider =", text(provider));
+            add("provider = ?", text(provider));
         }
         if let Some(method) = &self.method {
-            add("method =", text(method));
+            add("method = ?", text(method));
         }
         if let Some(subject) = &self.subject {
-            add("subject =", text(subject));
+            // The first subject, or one a stream named after it.
+            let condition =
+                format!("(subject = ? OR ? IN (SELECT value FROM json_each({more_subjects})))");
+            add(&condition, text(subject));
         }
         if let Some(decision) = self.decision {
             let allowed = matches!(decision, DecisionFilter::Allow);
-            add("allowed =", Value::Integer(i64::from(allowed)));
+            add("allowed = ?", Value::Integer(i64::from(allowed)));
         }
         if let Some(status) = self.status {
-            add("grpc_status =", Value::Integer(i64::from(status)));
+            add("grpc_status = ?", Value::Integer(i64::from(status)));
         }
         if let Some(after) = self.after {
             add(
-                "idx >",
+                "idx > ?",
                 Value::Integer(i64::try_from(after).unwrap_or(i64::MAX)),
             );
         }
@@ -1032,7 +1042,7 @@ fn query(data: &Path, filter: &QueryFilter, limit: u64, json: bool) -> anyhow::R
         .as_deref()
         .map(|subject| store.find(Kind::Subject, subject))
         .transpose()?;
-    let (sql, values) = filter.sql(limit, candidates.as_deref());
+    let (sql, values) = filter.sql(limit, candidates.as_deref(), store.more_subjects_column()?);
     let mut rows = store.select(&sql, rusqlite::params_from_iter(values))?;
     let more = rows.len() as u64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
@@ -1234,6 +1244,8 @@ fn record_json(index: u64, record: &ExchangeRecord) -> serde_json::Value {
         "user_id": record.user_id,
         "consent_id": record.consent_id,
         "subject": record.subject,
+        "more_subjects": record.more_subjects,
+        "subject_unreadable": record.subject_unreadable,
         "allowed": record.allowed,
         "policies": record.policies,
         "concealed_until_unix": record.concealed_until_unix,
@@ -1278,6 +1290,10 @@ fn describe(index: u64, record: &ExchangeRecord) -> String {
     field("user", record.user_id.clone());
     field("consent", record.consent_id.clone());
     field("subject", record.subject.clone());
+    field("more subjects", record.more_subjects.join(", "));
+    if record.subject_unreadable {
+        field("subject", "a message's could not be read".to_owned());
+    }
     field(
         "decision",
         format!(
@@ -1352,7 +1368,7 @@ mod tests {
             after: Some(7),
             ..QueryFilter::default()
         };
-        let (sql, values) = filter.sql(50, Some(&[3, 9]));
+        let (sql, values) = filter.sql(50, Some(&[3, 9]), "more_subjects");
         assert_eq!(
             sql,
             "SELECT idx, record FROM records WHERE caller = ?1 AND allowed = ?2 AND idx > ?3 \
@@ -1367,6 +1383,18 @@ mod tests {
                 Value::Integer(51)
             ]
         );
+        // A subject is the first, or one a stream named after it.
+        let filter = QueryFilter {
+            subject: Some("2002196400009".into()),
+            ..QueryFilter::default()
+        };
+        let (sql, values) = filter.sql(50, Some(&[3]), "NULL");
+        assert_eq!(
+            sql,
+            "SELECT idx, record FROM records WHERE (subject = ?1 OR ?1 IN (SELECT value FROM \
+             json_each(NULL))) AND idx IN (3) ORDER BY idx LIMIT ?2"
+        );
+        assert_eq!(values.len(), 2);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! start-up, with the other members of its `oneof`; on the request path
 //! [`read_subject`] only walks the top level of a request message in the
 //! protobuf wire format, and [`SubjectReader`] does so for the first message
-//! of a stream as the bytes pass by.
+//! and every later message of a stream as the bytes pass by.
 //!
 //! The subject is the one the backend will see: what a protobuf decoder
 //! keeps, where the last occurrence of a field wins and a later member of
@@ -16,10 +16,11 @@
 //! whose readers could disagree.
 //!
 //! This module must never decode requests with reflection on the request
-//! path, hold more than the first message (and at most [`MAX_MESSAGE`] of
-//! it), or fail a call: a subject it cannot read is simply `None`.
+//! path, or hold more than one message at a time (and at most
+//! [`MAX_MESSAGE`] of it). A subject it cannot read is simply `None`; the
+//! one way it fails a call is a stream naming more than [`MAX_SUBJECTS`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
@@ -214,22 +215,31 @@ fn check_subject_kind(field: &FieldDescriptor) -> Result<(), SubjectError> {
     })
 }
 
-/// Reads the subject out of the first gRPC message of a request stream as
-/// data frames pass by.
+/// Reads the subject of every gRPC message of a request stream as data
+/// frames pass by: the first message's, and those the later messages of a
+/// stream name besides it.
 #[derive(Debug)]
 pub struct SubjectReader {
     field: SubjectField,
     progress: Progress,
+    /// The first message's subject, once that message is read or given up
+    /// on (`Some(None)`: it names none the gateway can read).
+    first: Option<Option<Subject>>,
+    /// The subjects later messages named besides the first's, each once.
+    more: BTreeSet<Box<str>>,
+    /// A message whose subject could not be read.
+    unreadable: bool,
 }
 
 #[derive(Debug)]
 enum Progress {
-    /// Collecting the message prefix, which frames may split.
+    /// Collecting a message prefix, which frames may split.
     Prefix { bytes: [u8; PREFIX], filled: usize },
     /// Collecting a message split across frames.
     Message { buffer: Vec<u8>, length: usize },
-    /// Finished, with or without a subject; later bytes are ignored.
-    Done(Option<Subject>),
+    /// Passing over a message whose subject cannot be read (compressed,
+    /// or over [`MAX_MESSAGE`]).
+    Skipping { left: usize },
 }
 
 /// A subject kept inline, so that the message buffer can be dropped.
@@ -256,6 +266,19 @@ impl Subject {
     }
 }
 
+/// The most data subjects one call may name. The exchange log keeps each
+/// in the call's record, so that every citizen's Data Tracker shows the
+/// call: a stream naming more is ended rather than partly recorded.
+pub const MAX_SUBJECTS: usize = 1024;
+
+/// A request stream named more than [`MAX_SUBJECTS`] data subjects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "this call names more than {MAX_SUBJECTS} data subjects; the gateway records every \
+     subject a call concerns: split the stream"
+)]
+pub struct TooManySubjects;
+
 impl SubjectReader {
     /// A reader for the subject in `field`.
     pub fn new(field: SubjectField) -> Self {
@@ -265,17 +288,28 @@ impl SubjectReader {
                 bytes: [0; PREFIX],
                 filled: 0,
             },
+            first: None,
+            more: BTreeSet::new(),
+            unreadable: false,
         }
     }
 
     /// Feeds the next DATA frame's bytes. Frames may split the gRPC framing
     /// (a compressed flag, a 4-byte big-endian length, the message)
-    /// anywhere. Gives up, with no subject, on a compressed or an oversized
-    /// first message.
-    pub fn feed(&mut self, mut data: &[u8]) {
+    /// anywhere. A compressed or oversized message is passed over, its
+    /// subject unreadable. Fails at the message that names one subject
+    /// more than [`MAX_SUBJECTS`]; nothing should be fed after that.
+    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), TooManySubjects> {
         while !data.is_empty() {
             match &mut self.progress {
-                Progress::Done(_) => return,
+                Progress::Skipping { left } => {
+                    let take = (*left).min(data.len());
+                    *left -= take;
+                    data = data.get(take..).unwrap_or_default();
+                    if *left == 0 {
+                        self.next_message();
+                    }
+                }
                 Progress::Prefix { bytes, filled } => {
                     let take = (PREFIX - *filled).min(data.len());
                     let (head, rest) = data.split_at(take);
@@ -285,17 +319,23 @@ impl SubjectReader {
                     *filled += take;
                     data = rest;
                     if *filled < PREFIX {
-                        return;
+                        return Ok(());
                     }
                     let [compressed, length @ ..] = *bytes;
                     let length = u32::from_be_bytes(length) as usize;
                     if compressed != 0 || length > MAX_MESSAGE {
-                        self.finish(None);
+                        self.named(None)?;
+                        self.progress = Progress::Skipping { left: length };
+                        if length == 0 {
+                            self.next_message();
+                        }
                     } else if let Some(message) = data.get(..length) {
                         // The whole message is in this frame: no copy.
-                        let subject = read_subject(message, &self.field).decoded();
-                        let subject = subject.and_then(Subject::new);
-                        self.finish(subject);
+                        data = data.get(length..).unwrap_or_default();
+                        let field = &self.field;
+                        let subject = read_subject(message, field).decoded();
+                        self.named(subject)?;
+                        self.next_message();
                     } else {
                         self.progress = Progress::Message {
                             buffer: Vec::with_capacity(length),
@@ -309,31 +349,67 @@ impl SubjectReader {
                     buffer.extend_from_slice(head);
                     data = rest;
                     if buffer.len() == *length {
-                        let subject = read_subject(buffer, &self.field).decoded();
-                        let subject = subject.and_then(Subject::new);
-                        self.finish(subject);
+                        let buffer = std::mem::take(buffer);
+                        let subject = read_subject(&buffer, &self.field).decoded();
+                        self.named(subject)?;
+                        self.next_message();
                     }
                 }
             }
         }
+        Ok(())
     }
 
-    fn finish(&mut self, subject: Option<Subject>) {
-        self.progress = Progress::Done(subject);
+    fn next_message(&mut self) {
+        self.progress = Progress::Prefix {
+            bytes: [0; PREFIX],
+            filled: 0,
+        };
     }
 
-    /// The subject the backend decodes, once the first message is complete
-    /// and names one.
-    pub fn subject(&self) -> Option<&str> {
-        match &self.progress {
-            Progress::Done(Some(subject)) => subject.as_str(),
-            _ => None,
+    /// Takes the subject a message named, if any could be read.
+    fn named(&mut self, subject: Option<&str>) -> Result<(), TooManySubjects> {
+        let Some(first) = &self.first else {
+            let first = subject.and_then(Subject::new);
+            self.unreadable |= first.is_none();
+            self.first = Some(first);
+            return Ok(());
+        };
+        let Some(subject) = subject.filter(|subject| subject.len() <= MAX_SUBJECT) else {
+            self.unreadable = true;
+            return Ok(());
+        };
+        if first.as_ref().and_then(Subject::as_str) == Some(subject) || self.more.contains(subject)
+        {
+            return Ok(());
         }
+        if self.more.len() + usize::from(first.is_some()) >= MAX_SUBJECTS {
+            return Err(TooManySubjects);
+        }
+        self.more.insert(subject.into());
+        Ok(())
+    }
+
+    /// The subject the backend decodes from the first message, once that
+    /// message is complete and names one.
+    pub fn subject(&self) -> Option<&str> {
+        self.first.as_ref()?.as_ref()?.as_str()
+    }
+
+    /// The subjects later messages named besides the first's, each once,
+    /// in byte order.
+    pub fn more_subjects(&self) -> impl Iterator<Item = &str> {
+        self.more.iter().map(AsRef::as_ref)
+    }
+
+    /// Whether a message so far named no subject the gateway could read.
+    pub fn is_unreadable(&self) -> bool {
+        self.unreadable
     }
 
     /// Whether the first message has been read or given up on.
     pub fn is_done(&self) -> bool {
-        matches!(self.progress, Progress::Done(_))
+        self.first.is_some()
     }
 }
 

@@ -352,6 +352,45 @@ const MIGRATIONS: &[(i32, &str)] = &[
          END
          $$;",
     ),
+    (
+        8,
+        // The subjects a stream named besides its first: a copy in each
+        // record's row (a JSON array, NULL when none) and one row each in
+        // `log_subjects`, where the Data Tracker finds them. The append
+        // of migration 5 stays for nodes of the version before, during a
+        // rolling restart: their records name no more subjects.
+        "ALTER TABLE log_records ADD COLUMN more_subjects text;
+         CREATE TABLE log_subjects (
+             subject text NOT NULL,
+             idx bigint NOT NULL,
+             PRIMARY KEY (subject, idx)
+         );
+         CREATE FUNCTION log_append(
+             committer text, leaves bytea[], records bytea[],
+             phases text[], request_ids text[], at_us bigint[], callers text[],
+             providers text[], methods text[], purposes text[], subjects text[],
+             allowed bigint[], statuses bigint[], error_kinds text[],
+             concealed bigint[], subject_lists text[],
+             OUT first bigint, OUT size bigint, OUT frontier bytea)
+         LANGUAGE plpgsql AS $$
+         BEGIN
+             SELECT a.first, a.size, a.frontier INTO first, size, frontier
+             FROM log_append(committer, leaves, records, phases, request_ids, at_us, callers,
+                 providers, methods, purposes, subjects, allowed, statuses, error_kinds,
+                 concealed) a;
+             IF cardinality(array_remove(subject_lists, NULL)) > 0 THEN
+                 UPDATE log_records r SET more_subjects = l.list
+                 FROM unnest(subject_lists) WITH ORDINALITY AS l(list, ord)
+                 WHERE l.list IS NOT NULL AND r.idx = first + l.ord - 1;
+                 INSERT INTO log_subjects (subject, idx)
+                 SELECT s.subject, first + l.ord - 1
+                 FROM unnest(subject_lists) WITH ORDINALITY AS l(list, ord),
+                     json_array_elements_text(l.list::json) AS s(subject)
+                 WHERE l.list IS NOT NULL;
+             END IF;
+         END
+         $$;",
+    ),
 ];
 
 /// Why the database cannot be used.

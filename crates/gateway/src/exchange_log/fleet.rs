@@ -56,7 +56,7 @@ const SESSION: &str =
 
 /// The append, in the database (`log_append`, in the schema).
 const APPEND: &str = "SELECT first, size, frontier FROM log_append($1, $2, $3, $4, $5, $6, \
-     $7, $8, $9, $10, $11, $12, $13, $14, $15)";
+     $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
 
 /// How many of the copy's latest checkpoints [`pull`] looks at for
 /// cosignatures given since they were copied.
@@ -84,8 +84,8 @@ pub struct SharedStore {
 /// order, and the records' bytes.
 #[derive(Debug, Default)]
 struct Batch {
-    texts: [Vec<Option<String>>; 12],
-    integers: [Vec<Option<i64>>; 12],
+    texts: [Vec<Option<String>>; 13],
+    integers: [Vec<Option<i64>>; 13],
     bytes: Vec<Vec<u8>>,
     leaves: Vec<Hash>,
 }
@@ -126,8 +126,8 @@ impl Batch {
 }
 
 /// The column types of the records' query columns, text or integer.
-const TEXT_COLUMNS: [bool; 12] = [
-    true, true, false, true, true, true, true, true, false, false, true, false,
+const TEXT_COLUMNS: [bool; 13] = [
+    true, true, false, true, true, true, true, true, false, false, true, false, true,
 ];
 
 fn to_i64(value: u64) -> i64 {
@@ -487,9 +487,17 @@ impl FleetReader {
         limit: usize,
     ) -> Result<Vec<StoredRecord>, StoreError> {
         let limit = to_i64(limit as u64);
+        // A record is found by its first subject or by one of the others,
+        // never both: each branch walks its index from the newest.
         let rows = self.rows(
-            "SELECT idx, record FROM log_records WHERE subject = $1 AND at_us >= $2 \
-             AND concealed_until <= $3 AND (phase = 'outcome' OR error_kind IS NOT NULL) \
+            "(SELECT idx, record FROM log_records WHERE subject = $1 AND at_us >= $2 \
+              AND concealed_until <= $3 AND (phase = 'outcome' OR error_kind IS NOT NULL) \
+              ORDER BY idx DESC LIMIT $4) \
+             UNION ALL \
+             (SELECT r.idx, r.record FROM log_subjects s JOIN log_records r ON r.idx = s.idx \
+              WHERE s.subject = $1 AND r.at_us >= $2 AND r.concealed_until <= $3 \
+              AND (r.phase = 'outcome' OR r.error_kind IS NOT NULL) \
+              ORDER BY s.idx DESC LIMIT $4) \
              ORDER BY idx DESC LIMIT $4",
             &[&subject, &since_us, &now, &limit],
         )?;
@@ -810,7 +818,7 @@ fn check_page(
     let rows = reader.rows(
         "SELECT r.idx, r.phase, r.request_id, r.at_us, r.caller, r.provider, r.method, \
          r.purpose, r.subject, r.allowed, r.grpc_status, r.error_kind, r.concealed_until, \
-         r.record, coalesce(r.leaf, n.hash) \
+         r.more_subjects, r.record, coalesce(r.leaf, n.hash) \
          FROM log_records r LEFT JOIN log_nodes n ON r.leaf IS NULL AND n.level = 0 \
          AND n.idx = r.idx WHERE r.idx >= $1 AND r.idx < $2 ORDER BY r.idx",
         &[&to_i64(from), &end],
@@ -829,8 +837,8 @@ fn check_page(
                 ),
             }));
         }
-        let bytes: Vec<u8> = row.get(13);
-        let stored_leaf: Option<&[u8]> = row.get(14);
+        let bytes: Vec<u8> = row.get(14);
+        let stored_leaf: Option<&[u8]> = row.get(15);
         if stored_leaf != Some(merkle::leaf_hash(&bytes).as_slice()) {
             return Ok(Err(Problem {
                 kind: ProblemKind::RecordAltered,
@@ -890,6 +898,9 @@ fn check_page(
             ),
         }));
     }
+    if let Err(problem) = check_subjects(reader, from, &records)? {
+        return Ok(Err(problem));
+    }
     // The fleet's stored nodes over these records must be the ones they
     // give: the Data Tracker's proofs are made of them.
     let mut inner = Vec::new();
@@ -928,4 +939,44 @@ fn check_page(
         }
     }
     Ok(Ok(records))
+}
+
+/// The rows of `log_subjects` for `records` (from index `from`) must be
+/// the subjects each names besides its first: the Data Tracker finds them
+/// there.
+fn check_subjects(
+    reader: &FleetReader,
+    from: u64,
+    records: &[ExchangeRecord],
+) -> Result<Result<(), Problem>, StoreError> {
+    let end = from + records.len() as u64;
+    let stored: Vec<(i64, String)> = reader
+        .rows(
+            "SELECT idx, subject FROM log_subjects WHERE idx >= $1 AND idx < $2 \
+             ORDER BY idx, subject COLLATE \"C\"",
+            &[&to_i64(from), &to_i64(end)],
+        )?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let mut stored = stored.iter().peekable();
+    for (index, record) in (from..).zip(records) {
+        let mut found = Vec::new();
+        while let Some((_, subject)) = stored.next_if(|(at, _)| to_u64(*at) <= index) {
+            found.push(subject.as_str());
+        }
+        // Byte order, as the record keeps them and "C" sorts them.
+        if found != record.more_subjects {
+            return Ok(Err(Problem {
+                kind: ProblemKind::LookupEdited,
+                index,
+                message: format!(
+                    "record {index}: its subjects in `log_subjects` are not those the record \
+                     names: the database was edited, and the Data Tracker may miss or invent \
+                     accesses"
+                ),
+            }));
+        }
+    }
+    Ok(Ok(()))
 }

@@ -17,7 +17,9 @@
 //!
 //! A key is the first 8 bytes of SHA-256 over a kind byte and the value:
 //! collisions only cost a record read, since every hit is checked against
-//! the record's own column.
+//! the record's own columns. A record is found by each subject it names:
+//! its first (`subject`) and those a stream named after it
+//! (`more_subjects`).
 
 use std::collections::BTreeSet;
 use std::sync::{PoisonError, RwLock};
@@ -44,14 +46,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The record column holding the value.
-    pub fn column(self) -> &'static str {
-        match self {
-            Self::Request => "request_id",
-            Self::Subject => "subject",
-        }
-    }
-
     fn tag(self) -> u8 {
         match self {
             Self::Request => b'r',
@@ -72,11 +66,14 @@ pub fn key(kind: Kind, value: &str) -> i64 {
 }
 
 /// The lookups of `record`, the record at `index`: by request id always,
-/// by subject when it names one.
+/// by each subject it names.
 pub fn entries(record: &ExchangeRecord, index: u64) -> impl Iterator<Item = (i64, u64)> {
-    let subject =
-        (!record.subject.is_empty()).then(|| (key(Kind::Subject, &record.subject), index));
-    std::iter::once((key(Kind::Request, &record.request_id), index)).chain(subject)
+    let subject = (!record.subject.is_empty()).then_some(record.subject.as_str());
+    let subjects = subject
+        .into_iter()
+        .chain(record.more_subjects.iter().map(String::as_str));
+    std::iter::once((key(Kind::Request, &record.request_id), index))
+        .chain(subjects.map(move |subject| (key(Kind::Subject, subject), index)))
 }
 
 /// The segment holding record `index`.
@@ -183,12 +180,14 @@ mod tests {
         let record = ExchangeRecord {
             request_id: "r-1".to_owned(),
             subject: "1234567890123".to_owned(),
+            more_subjects: vec!["2002196400009".to_owned()],
             ..ExchangeRecord::default()
         };
         let recent = Recent::default();
         recent.add(entries(&record, 7));
         assert_eq!(recent.find(key(Kind::Request, "r-1")), [7]);
         assert_eq!(recent.find(key(Kind::Subject, "1234567890123")), [7]);
+        assert_eq!(recent.find(key(Kind::Subject, "2002196400009")), [7]);
         let anonymous = ExchangeRecord {
             request_id: "r-2".to_owned(),
             ..ExchangeRecord::default()

@@ -18,7 +18,9 @@
 //!   error_kind TEXT,                  -- bridge-error, if any
 //!   concealed_until INTEGER NOT NULL, -- hidden from the Data Tracker until (unix s)
 //!   record BLOB NOT NULL,
-//!   leaf BLOB                         -- the record's leaf hash; NULL in logs written before
+//!   leaf BLOB,                        -- the record's leaf hash; NULL in logs written before
+//!   more_subjects TEXT                -- the other subjects a stream named, as a JSON
+//!                                     -- array; NULL when none
 //! );
 //! -- The complete subtrees of the Merkle tree of 256 leaves or more
 //! -- (level 8 and up; (0, i) would be leaf i's hash). Those below are
@@ -68,7 +70,7 @@ pub const KEY_FILE: &str = "log-key.pem";
 pub const VERIFIER_FILE: &str = "log-key.pub";
 
 /// 3: records carry their leaf, and the tree is stored from level 8 up.
-const SCHEMA_VERSION: &str = "3";
+const SCHEMA_VERSION: &str = "4";
 
 /// The lowest level of the tree whose nodes are stored: a node covering
 /// 256 records or more. Below, a node is hashed again from the records it
@@ -106,7 +108,8 @@ CREATE TABLE IF NOT EXISTS records (
   error_kind TEXT,
   concealed_until INTEGER NOT NULL,
   record BLOB NOT NULL,
-  leaf BLOB
+  leaf BLOB,
+  more_subjects TEXT
 );
 CREATE TABLE IF NOT EXISTS lookups (
   segment INTEGER NOT NULL,
@@ -198,7 +201,7 @@ pub struct StoredCheckpoint {
 }
 
 /// The columns that copy a record's fields for queries, in table order.
-pub const COLUMNS: [&str; 12] = [
+pub const COLUMNS: [&str; 13] = [
     "phase",
     "request_id",
     "at_us",
@@ -211,11 +214,12 @@ pub const COLUMNS: [&str; 12] = [
     "grpc_status",
     "error_kind",
     "concealed_until",
+    "more_subjects",
 ];
 
 /// The values of [`COLUMNS`] for `record`: what `append` writes and what
 /// `audit verify` expects.
-pub fn columns(record: &ExchangeRecord) -> [Value; 12] {
+pub fn columns(record: &ExchangeRecord) -> [Value; 13] {
     let outcome = record.phase() == Phase::Outcome;
     // A decision carries a status only when it is also the call's end.
     let finished = outcome || !record.error_kind.is_empty();
@@ -248,7 +252,25 @@ pub fn columns(record: &ExchangeRecord) -> [Value; 12] {
         },
         optional(&record.error_kind),
         Value::Integer(record.concealed_until_unix),
+        more_subjects(&record.more_subjects),
     ]
+}
+
+/// The `more_subjects` column of a record naming `subjects` besides its
+/// first: a JSON array, or NULL when there are none.
+fn more_subjects(subjects: &[String]) -> Value {
+    if subjects.is_empty() {
+        return Value::Null;
+    }
+    // Strings always serialize.
+    Value::Text(serde_json::to_string(subjects).unwrap_or_default())
+}
+
+/// The subjects a `more_subjects` column holds, as [`columns`] wrote them.
+fn parse_more_subjects(column: Option<&str>) -> Vec<String> {
+    column
+        .and_then(|column| serde_json::from_str(column).ok())
+        .unwrap_or_default()
 }
 
 fn to_i64(value: u64) -> i64 {
@@ -270,6 +292,8 @@ pub struct Store {
     sealed_end: u64,
     /// Whether records carry their leaf hash, once looked at.
     leaves: std::cell::OnceCell<bool>,
+    /// Whether records have their `more_subjects` column, once looked at.
+    more_subjects: std::cell::OnceCell<bool>,
 }
 
 impl Store {
@@ -284,6 +308,7 @@ impl Store {
             sealing: None,
             sealed_end: 0,
             leaves: std::cell::OnceCell::new(),
+            more_subjects: std::cell::OnceCell::new(),
         };
         store.configure_writer()?;
         store.connection.execute_batch(SCHEMA).at(&store.path)?;
@@ -291,6 +316,12 @@ impl Store {
             store
                 .connection
                 .execute_batch("ALTER TABLE records ADD COLUMN leaf BLOB")
+                .at(&store.path)?;
+        }
+        if !store.has_more_subjects()? {
+            store
+                .connection
+                .execute_batch("ALTER TABLE records ADD COLUMN more_subjects TEXT")
                 .at(&store.path)?;
         }
         store.check_meta(origin)?;
@@ -348,9 +379,12 @@ impl Store {
 
     /// The lookups of records `[from, to)`, read from the records, sorted.
     fn scan_lookups(&self, from: u64, to: u64) -> Result<Vec<(i64, u64)>, StoreError> {
+        let more = self.more_subjects_column()?;
         let mut statement = self
             .connection
-            .prepare("SELECT idx, request_id, subject FROM records WHERE idx >= ?1 AND idx < ?2")
+            .prepare(&format!(
+                "SELECT idx, request_id, subject, {more} FROM records WHERE idx >= ?1 AND idx < ?2"
+            ))
             .at(&self.path)?;
         let mut rows = statement.query([to_i64(from), to_i64(to)]).at(&self.path)?;
         let mut entries = Vec::new();
@@ -359,6 +393,10 @@ impl Store {
             let request: String = row.get(1).at(&self.path)?;
             entries.push((lookup::key(Kind::Request, &request), index));
             if let Some(subject) = row.get::<_, Option<String>>(2).at(&self.path)? {
+                entries.push((lookup::key(Kind::Subject, &subject), index));
+            }
+            let more: Option<String> = row.get(3).at(&self.path)?;
+            for subject in parse_more_subjects(more.as_deref()) {
                 entries.push((lookup::key(Kind::Subject, &subject), index));
             }
         }
@@ -462,6 +500,7 @@ impl Store {
             sealing: None,
             sealed_end: 0,
             leaves: std::cell::OnceCell::new(),
+            more_subjects: std::cell::OnceCell::new(),
         })
     }
 
@@ -489,24 +528,48 @@ impl Store {
     /// Whether records carry their leaf hash (a log written before does
     /// not until a gateway opens it).
     fn has_leaves(&self) -> Result<bool, StoreError> {
-        if let Some(leaves) = self.leaves.get() {
-            return Ok(*leaves);
+        self.has_column(&self.leaves, "leaf")
+    }
+
+    /// Whether records have the column of the subjects a stream named
+    /// besides its first (a log written before has not until a gateway
+    /// opens it).
+    fn has_more_subjects(&self) -> Result<bool, StoreError> {
+        self.has_column(&self.more_subjects, "more_subjects")
+    }
+
+    /// The `more_subjects` column in a query: NULL in a log without it.
+    pub fn more_subjects_column(&self) -> Result<&'static str, StoreError> {
+        Ok(if self.has_more_subjects()? {
+            "more_subjects"
+        } else {
+            "NULL"
+        })
+    }
+
+    fn has_column(
+        &self,
+        known: &std::cell::OnceCell<bool>,
+        name: &str,
+    ) -> Result<bool, StoreError> {
+        if let Some(present) = known.get() {
+            return Ok(*present);
         }
-        let leaves = self
+        let present = self
             .connection
             .query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('records') WHERE name = 'leaf'",
-                [],
+                "SELECT COUNT(*) FROM pragma_table_info('records') WHERE name = ?1",
+                [name],
                 |row| row.get::<_, i64>(0),
             )
             .map(|count| count > 0)
             .at(&self.path)?;
         // A read-only store may see the column added later by a gateway:
         // only its presence is kept.
-        if leaves {
-            let _ = self.leaves.set(true);
+        if present {
+            let _ = known.set(true);
         }
-        Ok(leaves)
+        Ok(present)
     }
 
     fn configure_writer(&mut self) -> Result<(), StoreError> {
@@ -559,6 +622,17 @@ impl Store {
             self.connection
                 .execute(
                     "UPDATE meta SET value = '3' WHERE key = 'schema_version'",
+                    [],
+                )
+                .at(&self.path)?;
+        }
+        if meta("schema_version")?.as_deref() == Some("3") {
+            // The `more_subjects` column was added as the log opened; the
+            // records before have none. A gateway of schema 3 would seal
+            // lookups without them: it must not open this log again.
+            self.connection
+                .execute(
+                    "UPDATE meta SET value = '4' WHERE key = 'schema_version'",
                     [],
                 )
                 .at(&self.path)?;
@@ -692,12 +766,15 @@ impl Store {
         now: i64,
         limit: usize,
     ) -> Result<Vec<StoredRecord>, StoreError> {
+        let more = self.more_subjects_column()?;
         let mut statement = self
             .connection
-            .prepare_cached(
-                "SELECT record FROM records WHERE idx = ?1 AND subject = ?2 AND at_us >= ?3 \
-                 AND concealed_until <= ?4 AND (phase = 'outcome' OR error_kind IS NOT NULL)",
-            )
+            .prepare_cached(&format!(
+                "SELECT record FROM records WHERE idx = ?1 \
+                 AND (subject = ?2 OR ?2 IN (SELECT value FROM json_each({more}))) \
+                 AND at_us >= ?3 AND concealed_until <= ?4 \
+                 AND (phase = 'outcome' OR error_kind IS NOT NULL)",
+            ))
             .at(&self.path)?;
         let mut found = Vec::new();
         if limit == 0 {
@@ -762,11 +839,17 @@ impl Store {
         let mut unsealed = match recent {
             Some(recent) => recent,
             None => {
+                let matches = match kind {
+                    Kind::Request => "request_id = ?2".to_owned(),
+                    Kind::Subject => format!(
+                        "(subject = ?2 OR ?2 IN (SELECT value FROM json_each({})))",
+                        self.more_subjects_column()?
+                    ),
+                };
                 let mut scan = self
                     .connection
                     .prepare_cached(&format!(
-                        "SELECT idx FROM records WHERE idx >= ?1 AND {} = ?2",
-                        kind.column()
+                        "SELECT idx FROM records WHERE idx >= ?1 AND {matches}"
                     ))
                     .at(&self.path)?;
                 let rows = scan
@@ -966,9 +1049,9 @@ impl Store {
             let mut insert_record = transaction
                 .prepare_cached(
                     "INSERT INTO records (idx, phase, request_id, at_us, caller, provider, method, \
-                     purpose, subject, allowed, grpc_status, error_kind, concealed_until, record, \
-                     leaf) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                     purpose, subject, allowed, grpc_status, error_kind, concealed_until, \
+                     more_subjects, record, leaf) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                 )
                 .at(&self.path)?;
             let mut insert_node = transaction
@@ -1089,6 +1172,7 @@ impl Store {
             sealing: None,
             sealed_end: 0,
             leaves: std::cell::OnceCell::new(),
+            more_subjects: std::cell::OnceCell::new(),
         })
     }
 
@@ -1314,12 +1398,13 @@ impl Store {
         ) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let leaf = if self.has_leaves()? { "leaf" } else { "NULL" };
+        let more = self.more_subjects_column()?;
         let mut statement = self
             .connection
             .prepare(&format!(
                 "SELECT idx, phase, request_id, at_us, caller, provider, method, purpose, \
-                 subject, allowed, grpc_status, error_kind, concealed_until, record, {leaf} \
-                 FROM records WHERE idx >= ?1 ORDER BY idx",
+                 subject, allowed, grpc_status, error_kind, concealed_until, {more}, record, \
+                 {leaf} FROM records WHERE idx >= ?1 ORDER BY idx",
             ))
             .at(&self.path)?;
         let mut rows = statement.query([to_i64(from)]).at(&self.path)?;
@@ -1618,9 +1703,15 @@ mod tests {
     }
 
     /// Record `n`: request `req-{n / 2}`, and every third names subject
-    /// `s{n % 7}`.
+    /// `s{n % 7}`; of those, every fifth names `m{n % 11}` and `z` too.
     fn numbered(n: u64) -> ExchangeRecord {
+        let more = n.is_multiple_of(15);
         ExchangeRecord {
+            more_subjects: if more {
+                vec![format!("m{}", n % 11), "z".to_owned()]
+            } else {
+                Vec::new()
+            },
             request_id: format!("req-{}", n / 2),
             caller: "SN/COM/CBAO/kyc".to_owned(),
             subject: if n.is_multiple_of(3) {
@@ -1695,6 +1786,14 @@ mod tests {
                 indexes(reader.accesses_to("s3", 0, i64::MAX, 2).unwrap()),
                 expected[..2]
             );
+            // Found by a subject named besides the first, too.
+            let accesses = indexes(reader.accesses_to("m4", 0, i64::MAX, usize::MAX).unwrap());
+            let expected: Vec<u64> = (0..size)
+                .rev()
+                .filter(|n| n % 2 == 1 && n % 15 == 0 && n % 11 == 4)
+                .collect();
+            assert!(!expected.is_empty());
+            assert_eq!(accesses, expected);
         };
         check(&store);
         let scanning = Store::open_read_only(dir.path()).unwrap();

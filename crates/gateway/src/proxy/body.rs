@@ -383,11 +383,13 @@ impl Body for RequestBody {
         if let Some(Ok(frame)) = &frame
             && let Some(data) = frame.data_ref()
         {
+            if let Some(tally) = &self.tally
+                && let Err(error) = record::count(tally, data)
+            {
+                return self.refuse(error.into());
+            }
             self.bytes_in
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
-            if let Some(tally) = &self.tally {
-                record::count(tally, data);
-            }
         }
         Poll::Ready(frame.map(|frame| frame.map(without_bridge_trailers)))
     }
@@ -898,7 +900,7 @@ impl Body for ResponseBody {
                             counted.relayed(data.len());
                         }
                         if let Some(audit) = relay.audit.as_mut() {
-                            audit.response.add(data);
+                            audit.response.count(data);
                         }
                     }
                     return Poll::Ready(Some(Ok(frame)));

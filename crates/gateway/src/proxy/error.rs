@@ -191,6 +191,10 @@ pub enum GatewayError {
     /// send; none of that message was relayed.
     #[error("a request message of {announced} bytes is over this member's limit of {limit} bytes")]
     MessageTooLarge { limit: u32, announced: u32 },
+    /// A request stream named more data subjects than one call's record
+    /// keeps; the message naming one more was not relayed.
+    #[error("{0}")]
+    TooManySubjects(#[from] crate::catalog::subject::TooManySubjects),
 }
 
 impl From<RouteError> for GatewayError {
@@ -282,7 +286,8 @@ impl GatewayError {
             Self::RateLimited { .. }
             | Self::TooManyCalls { .. }
             | Self::Overloaded { .. }
-            | Self::MessageTooLarge { .. } => Code::ResourceExhausted,
+            | Self::MessageTooLarge { .. }
+            | Self::TooManySubjects(_) => Code::ResourceExhausted,
         }
     }
 
@@ -321,6 +326,7 @@ impl GatewayError {
             Self::TooManyCalls { .. } => "too-many-calls",
             Self::Overloaded { .. } => "gateway-overloaded",
             Self::MessageTooLarge { .. } => "message-too-large",
+            Self::TooManySubjects(_) => "too-many-subjects",
         }
     }
 
@@ -356,9 +362,10 @@ impl GatewayError {
             | Self::ConsentUseUnrecorded(_)
             | Self::ReplayUnchecked(_)
             | Self::OutcomeUnrecorded(_) => Blame::Gateway,
-            Self::RateLimited { .. } | Self::TooManyCalls { .. } | Self::MessageTooLarge { .. } => {
-                Blame::Caller
-            }
+            Self::RateLimited { .. }
+            | Self::TooManyCalls { .. }
+            | Self::MessageTooLarge { .. }
+            | Self::TooManySubjects(_) => Blame::Caller,
             Self::Overloaded { .. } => Blame::Gateway,
         }
     }

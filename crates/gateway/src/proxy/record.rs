@@ -14,7 +14,7 @@ use aws_lc_rs::digest::{Context, SHA256};
 use http::{HeaderMap, HeaderValue};
 
 use super::error::GatewayError;
-use crate::catalog::subject::{SubjectField, SubjectReader};
+use crate::catalog::subject::{SubjectField, SubjectReader, TooManySubjects};
 use crate::exchange_log::{Appending, ExchangeLog, ExchangeRecord, Phase, RECORD_VERSION};
 use crate::identity::MemberId;
 use crate::policy::Decision;
@@ -30,7 +30,7 @@ pub fn audit_index(index: u64) -> (http::header::HeaderName, HeaderValue) {
 }
 
 /// Bytes of one direction of a call as they pass: count, SHA-256 and,
-/// for requests, the data subject of the first message.
+/// for requests, the data subjects their messages name.
 pub struct Tally {
     bytes: u64,
     digest: Context,
@@ -55,13 +55,21 @@ impl Tally {
         }
     }
 
-    /// Counts a DATA frame.
-    pub fn add(&mut self, data: &[u8]) {
+    /// Counts a DATA frame of a request, unless a message it completes
+    /// names one data subject more than a call may: that frame is then not
+    /// to be relayed.
+    pub fn add(&mut self, data: &[u8]) -> Result<(), TooManySubjects> {
+        if let Some(subject) = self.subject.as_mut() {
+            subject.feed(data)?;
+        }
+        self.count(data);
+        Ok(())
+    }
+
+    /// Counts a DATA frame, reading no subject: a response's.
+    pub fn count(&mut self, data: &[u8]) {
         self.bytes += data.len() as u64;
         self.digest.update(data);
-        if let Some(subject) = self.subject.as_mut() {
-            subject.feed(data);
-        }
     }
 
     fn write_into(&self, bytes: &mut u64, digest: &mut Vec<u8>) {
@@ -73,13 +81,15 @@ impl Tally {
     fn write_request(&self, record: &mut ExchangeRecord) {
         self.write_into(&mut record.request_bytes, &mut record.request_sha256);
         if let Some(reader) = &self.subject {
-            match reader.subject() {
-                Some(subject) => subject.clone_into(&mut record.subject),
-                // The method names a subject but this request's could not
-                // be read (compressed, too large, malformed, absent):
-                // auditors must be able to find such calls.
-                None => record.subject_unreadable = true,
+            if let Some(subject) = reader.subject() {
+                subject.clone_into(&mut record.subject);
             }
+            record.more_subjects = reader.more_subjects().map(str::to_owned).collect();
+            // The method names a subject but a message's could not be read
+            // (compressed, too large, malformed, absent), or the request
+            // ended before its first message: auditors must be able to
+            // find such calls.
+            record.subject_unreadable = reader.is_unreadable() || reader.subject().is_none();
         }
     }
 }
@@ -356,6 +366,6 @@ impl Drop for CallRecord {
 }
 
 /// Locks a shared tally to count request bytes.
-pub fn count(tally: &SharedTally, data: &[u8]) {
-    lock(tally).add(data);
+pub fn count(tally: &SharedTally, data: &[u8]) -> Result<(), TooManySubjects> {
+    lock(tally).add(data)
 }

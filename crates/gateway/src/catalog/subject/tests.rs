@@ -22,6 +22,13 @@ fn framed(message: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// A framed message naming `nin` in field 1, and nothing else.
+fn naming(nin: &str) -> Vec<u8> {
+    let mut message = vec![0x0a, u8::try_from(nin.len()).unwrap()];
+    message.extend_from_slice(nin.as_bytes());
+    framed(&message)
+}
+
 fn verify_identity() -> Vec<u8> {
     VerifyIdentityRequest {
         nin: NIN.to_owned(),
@@ -35,7 +42,7 @@ fn verify_identity() -> Vec<u8> {
 fn read(frames: &[&[u8]]) -> SubjectReader {
     let mut reader = SubjectReader::new(SubjectField::new(1));
     for frame in frames {
-        reader.feed(frame);
+        reader.feed(frame).unwrap();
     }
     reader
 }
@@ -115,7 +122,7 @@ fn reads_a_message_in_one_byte_frames() {
     for byte in frame.chunks(1) {
         assert!(!reader.is_done());
         assert_eq!(reader.subject(), None);
-        reader.feed(byte);
+        reader.feed(byte).unwrap();
     }
     assert!(reader.is_done());
     assert_eq!(reader.subject(), Some(NIN));
@@ -201,7 +208,7 @@ fn a_later_member_of_the_oneof_replaces_the_subject() {
     assert!(reading.is_ambiguous());
     // The exchange log's reader agrees with the backend.
     let mut reader = SubjectReader::new(field.clone());
-    reader.feed(&framed(&smuggled));
+    reader.feed(&framed(&smuggled)).unwrap();
     assert!(reader.is_done());
     assert_eq!(reader.subject(), None);
 
@@ -461,12 +468,60 @@ fn gives_up_on_malformed_messages() {
 }
 
 #[test]
-fn feeding_after_done_is_a_no_op() {
+fn later_messages_add_the_subjects_they_name_once_each() {
     let frame = framed(&verify_identity());
     let mut reader = read(&[&frame]);
-    reader.feed(&framed(&[0x0a, 1, b'9']));
-    reader.feed(&[0xff; 64]);
+    let stream: Vec<u8> = ["9", NIN, "2", "9"].into_iter().flat_map(naming).collect();
+    // The same, however the frames cut it.
+    for size in [1, 2, 3, 7, stream.len()] {
+        let mut again = read(&[&frame]);
+        for chunk in stream.chunks(size) {
+            again.feed(chunk).unwrap();
+        }
+        assert_eq!(again.subject(), Some(NIN));
+        assert_eq!(
+            again.more_subjects().collect::<Vec<_>>(),
+            ["2", "9"],
+            "{size}"
+        );
+        assert!(!again.is_unreadable());
+    }
+    reader.feed(&naming("9")).unwrap();
+    assert_eq!(reader.more_subjects().collect::<Vec<_>>(), ["9"]);
+}
+
+#[test]
+fn an_unreadable_later_message_is_passed_over_and_flagged() {
+    let mut reader = read(&[&framed(&verify_identity())]);
+    assert!(!reader.is_unreadable());
+    let mut compressed = framed(&[0x0a, 1, b'7']);
+    compressed[0] = 1;
+    let oversized = VerifyIdentityRequest {
+        nin: "8".to_owned(),
+        first_names: "x".repeat(MAX_MESSAGE),
+        ..Default::default()
+    };
+    for frame in [compressed, framed(&oversized.encode_to_vec()), framed(&[])] {
+        reader.feed(&frame).unwrap();
+    }
+    reader.feed(&naming("9")).unwrap();
+    assert!(reader.is_unreadable());
     assert_eq!(reader.subject(), Some(NIN));
+    // What followed the messages passed over was read.
+    assert_eq!(reader.more_subjects().collect::<Vec<_>>(), ["9"]);
+}
+
+#[test]
+fn a_stream_may_name_so_many_subjects_and_no_more() {
+    let mut reader = SubjectReader::new(SubjectField::new(1));
+    let message = |n: usize| naming(&format!("{n:013}"));
+    for n in 0..MAX_SUBJECTS {
+        reader.feed(&message(n)).unwrap();
+        // A subject named again is not one more.
+        reader.feed(&message(n / 2)).unwrap();
+    }
+    assert_eq!(reader.more_subjects().count(), MAX_SUBJECTS - 1);
+    assert_eq!(reader.feed(&message(MAX_SUBJECTS)), Err(TooManySubjects));
 }
 
 /// The civil registry's set, edited as a dynamic message so that extension

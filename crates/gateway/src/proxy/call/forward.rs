@@ -84,7 +84,7 @@ impl Call<'_> {
                 // Checked and counted once, here: every attempt sends these.
                 limit.check(bytes)?;
                 if let Some(tally) = &tally {
-                    record::count(tally, bytes);
+                    record::count(tally, bytes)?;
                 }
                 bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 (replay_body(bytes), CallEnd::detached())
