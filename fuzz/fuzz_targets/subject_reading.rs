@@ -25,7 +25,11 @@ const VERIFY: &str = "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity";
 
 /// The gateway's bounds on a subject it keeps.
 fn bounded(subject: Option<String>) -> Option<String> {
-    subject.filter(|subject| !subject.is_empty() && subject.len() <= MAX_SUBJECT)
+    subject.filter(|subject| {
+        !subject.is_empty()
+            && subject.len() <= MAX_SUBJECT
+            && !subject.chars().any(char::is_control)
+    })
 }
 
 /// The gateway may read no subject where prost reads one only when it

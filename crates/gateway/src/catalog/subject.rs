@@ -227,6 +227,9 @@ pub struct SubjectReader {
     first: Option<Option<Subject>>,
     /// The subjects later messages named besides the first's, each once.
     more: BTreeSet<Box<str>>,
+    /// Those of `more` the frame being fed added: taken back if a later
+    /// message of that frame is refused, for the frame is not relayed.
+    fed: Vec<Box<str>>,
     /// A message whose subject could not be read.
     unreadable: bool,
 }
@@ -269,7 +272,7 @@ impl Subject {
 /// The most data subjects one call may name. The exchange log keeps each
 /// in the call's record, so that every citizen's Data Tracker shows the
 /// call: a stream naming more is ended rather than partly recorded.
-pub const MAX_SUBJECTS: usize = 1024;
+pub const MAX_SUBJECTS: usize = 256;
 
 /// A request stream named more than [`MAX_SUBJECTS`] data subjects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -290,6 +293,7 @@ impl SubjectReader {
             },
             first: None,
             more: BTreeSet::new(),
+            fed: Vec::new(),
             unreadable: false,
         }
     }
@@ -298,8 +302,21 @@ impl SubjectReader {
     /// (a compressed flag, a 4-byte big-endian length, the message)
     /// anywhere. A compressed or oversized message is passed over, its
     /// subject unreadable. Fails at the message that names one subject
-    /// more than [`MAX_SUBJECTS`]; nothing should be fed after that.
-    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), TooManySubjects> {
+    /// more than [`MAX_SUBJECTS`], keeping none of the subjects of that
+    /// frame (which is not to be relayed); nothing should be fed after
+    /// that.
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), TooManySubjects> {
+        self.fed.clear();
+        let fed = self.feed_frame(data);
+        if fed.is_err() {
+            for subject in std::mem::take(&mut self.fed) {
+                self.more.remove(&subject);
+            }
+        }
+        fed
+    }
+
+    fn feed_frame(&mut self, mut data: &[u8]) -> Result<(), TooManySubjects> {
         while !data.is_empty() {
             match &mut self.progress {
                 Progress::Skipping { left } => {
@@ -324,7 +341,7 @@ impl SubjectReader {
                     let [compressed, length @ ..] = *bytes;
                     let length = u32::from_be_bytes(length) as usize;
                     if compressed != 0 || length > MAX_MESSAGE {
-                        self.named(None)?;
+                        self.named(Reading::MALFORMED)?;
                         self.progress = Progress::Skipping { left: length };
                         if length == 0 {
                             self.next_message();
@@ -332,9 +349,7 @@ impl SubjectReader {
                     } else if let Some(message) = data.get(..length) {
                         // The whole message is in this frame: no copy.
                         data = data.get(length..).unwrap_or_default();
-                        let field = &self.field;
-                        let subject = read_subject(message, field).decoded();
-                        self.named(subject)?;
+                        self.named(read_subject(message, &self.field))?;
                         self.next_message();
                     } else {
                         self.progress = Progress::Message {
@@ -350,8 +365,7 @@ impl SubjectReader {
                     data = rest;
                     if buffer.len() == *length {
                         let buffer = std::mem::take(buffer);
-                        let subject = read_subject(&buffer, &self.field).decoded();
-                        self.named(subject)?;
+                        self.named(read_subject(&buffer, &self.field))?;
                         self.next_message();
                     }
                 }
@@ -367,16 +381,18 @@ impl SubjectReader {
         };
     }
 
-    /// Takes the subject a message named, if any could be read.
-    fn named(&mut self, subject: Option<&str>) -> Result<(), TooManySubjects> {
+    /// Takes what a message says of its subject. The first message must
+    /// name one; a later one may name no one (a stream's other messages),
+    /// but not one the gateway cannot read.
+    fn named(&mut self, reading: Reading<'_>) -> Result<(), TooManySubjects> {
         let Some(first) = &self.first else {
-            let first = subject.and_then(Subject::new);
+            let first = reading.decoded().and_then(Subject::new);
             self.unreadable |= first.is_none();
             self.first = Some(first);
             return Ok(());
         };
-        let Some(subject) = subject.filter(|subject| subject.len() <= MAX_SUBJECT) else {
-            self.unreadable = true;
+        let Some(subject) = reading.decoded() else {
+            self.unreadable |= !reading.is_absent();
             return Ok(());
         };
         if first.as_ref().and_then(Subject::as_str) == Some(subject) || self.more.contains(subject)
@@ -387,6 +403,7 @@ impl SubjectReader {
             return Err(TooManySubjects);
         }
         self.more.insert(subject.into());
+        self.fed.push(subject.into());
         Ok(())
     }
 
@@ -422,6 +439,9 @@ pub struct Reading<'a> {
     mentions: u32,
     /// The message is not valid protobuf as far as the gateway reads it.
     malformed: bool,
+    /// The message leaves the subject field unset or empty: it names no
+    /// one.
+    absent: bool,
 }
 
 impl<'a> Reading<'a> {
@@ -430,12 +450,13 @@ impl<'a> Reading<'a> {
         decoded: None,
         mentions: 0,
         malformed: true,
+        absent: false,
     };
 
     /// The subject a protobuf decoder (the backend's) reads: the last
     /// occurrence of the field, unless a later member of its `oneof`
-    /// replaced it; if it is non-empty, valid UTF-8 and at most
-    /// [`MAX_SUBJECT`] bytes. For the exchange log.
+    /// replaced it; if it is non-empty, valid UTF-8 without control
+    /// characters and at most [`MAX_SUBJECT`] bytes. For the exchange log.
     pub fn decoded(&self) -> Option<&'a str> {
         self.decoded
     }
@@ -452,6 +473,12 @@ impl<'a> Reading<'a> {
     /// `oneof`, more than once.
     pub fn is_ambiguous(&self) -> bool {
         self.mentions > 1
+    }
+
+    /// Whether the message names no one: valid, and its subject field
+    /// unset, empty, or replaced by another member of its `oneof`.
+    pub fn is_absent(&self) -> bool {
+        self.absent
     }
 
     /// Whether the message is malformed as far as the gateway reads it:
@@ -501,11 +528,15 @@ fn walk<'a>(message: &'a [u8], field: &SubjectField) -> Option<Reading<'a>> {
     }
     let decoded = found
         .filter(|value| !value.is_empty() && value.len() <= MAX_SUBJECT)
-        .and_then(|value| std::str::from_utf8(value).ok());
+        .and_then(|value| std::str::from_utf8(value).ok())
+        // No store keeps a NUL in text, and no identifier holds a control
+        // character: such a subject is one the gateway cannot read.
+        .filter(|value| !value.chars().any(char::is_control));
     Some(Reading {
         decoded,
         mentions,
         malformed: false,
+        absent: found.is_none_or(<[u8]>::is_empty),
     })
 }
 

@@ -365,6 +365,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
              idx bigint NOT NULL,
              PRIMARY KEY (subject, idx)
          );
+         -- what `audit pull` checks a page of records against
+         CREATE INDEX log_subjects_idx ON log_subjects (idx);
          CREATE FUNCTION log_append(
              committer text, leaves bytea[], records bytea[],
              phases text[], request_ids text[], at_us bigint[], callers text[],

@@ -400,7 +400,9 @@ impl Store {
                 entries.push((lookup::key(Kind::Subject, &subject), index));
             }
         }
+        // Two values of a record can share a key (a hash): one lookup.
         entries.sort_unstable();
+        entries.dedup();
         Ok(entries)
     }
 

@@ -412,6 +412,7 @@ impl Walk<'_> {
         }
         let mut given = std::mem::take(&mut self.lookups);
         given.sort_unstable();
+        given.dedup();
         let stored = self.store.lookup_run(segment)?;
         if stored == given {
             return Ok(Ok(()));

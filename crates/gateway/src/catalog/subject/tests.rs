@@ -232,7 +232,11 @@ fn a_subject_named_twice_is_decoded_but_not_sole() {
 /// What prost, the backends' decoder, keeps as the subject, under the
 /// gateway's bounds.
 fn prost_subject(subject: Option<String>) -> Option<String> {
-    subject.filter(|subject| !subject.is_empty() && subject.len() <= MAX_SUBJECT)
+    subject.filter(|subject| {
+        !subject.is_empty()
+            && subject.len() <= MAX_SUBJECT
+            && !subject.chars().any(char::is_control)
+    })
 }
 
 /// A message of random top-level fields: the subject's number, its
@@ -667,4 +671,50 @@ fn rejects_an_invalid_set() {
         SubjectFields::from_descriptors(&[0xff]),
         Err(SubjectError::Descriptors(_))
     ));
+}
+
+#[test]
+fn a_later_message_may_name_no_one() {
+    let mut reader = read(&[&framed(&verify_identity())]);
+    let unnamed = VerifyIdentityRequest {
+        last_name: "Ndiaye".to_owned(),
+        ..Default::default()
+    };
+    reader.feed(&framed(&unnamed.encode_to_vec())).unwrap();
+    reader.feed(&framed(&[])).unwrap();
+    reader.feed(&naming("")).unwrap();
+    assert!(!reader.is_unreadable());
+    // A first message must name someone.
+    assert!(read(&[&framed(&[])]).is_unreadable());
+}
+
+#[test]
+fn a_subject_with_a_control_character_is_unreadable() {
+    for subject in ["1001\u{0}199012345", "1001\n199012345", "\u{7f}"] {
+        assert_eq!(
+            subject_of(naming(subject).get(PREFIX..).unwrap(), &NIN_FIELD),
+            None
+        );
+        let reader = read(&[&naming(subject)]);
+        assert_eq!(reader.subject(), None, "{subject:?}");
+        assert!(reader.is_unreadable());
+        let mut reader = read(&[&framed(&verify_identity())]);
+        reader.feed(&naming(subject)).unwrap();
+        assert!(reader.is_unreadable(), "{subject:?}");
+        assert_eq!(reader.more_subjects().count(), 0);
+    }
+}
+
+#[test]
+fn a_refused_frame_leaves_none_of_its_subjects() {
+    let mut reader = SubjectReader::new(SubjectField::new(1));
+    for n in 0..MAX_SUBJECTS - 1 {
+        reader.feed(&naming(&format!("{n:013}"))).unwrap();
+    }
+    // One frame: the last subject a call may name, then one more.
+    let mut frame = naming("last");
+    frame.extend(naming("one-too-many"));
+    assert_eq!(reader.feed(&frame), Err(TooManySubjects));
+    assert_eq!(reader.more_subjects().count(), MAX_SUBJECTS - 2);
+    assert!(reader.more_subjects().all(|subject| subject != "last"));
 }

@@ -56,7 +56,7 @@ impl Call<'_> {
     /// An idempotent call that ends within [`REPLAY_LIMIT`] is read whole
     /// first, so that it can be replayed on another endpoint.
     pub(super) async fn request_body(
-        &self,
+        &mut self,
         mut body: CallerBody,
         guard: Option<SubjectGuard>,
         exchange: &Exchange,
@@ -83,8 +83,14 @@ impl Call<'_> {
             Some(bytes) => {
                 // Checked and counted once, here: every attempt sends these.
                 limit.check(bytes)?;
-                if let Some(tally) = &tally {
-                    record::count(tally, bytes)?;
+                if let Some(tally) = &tally
+                    && let Err(error) = record::count(tally, bytes)
+                {
+                    // The refusal's outcome names the subjects read.
+                    if let Some(record) = self.record.as_mut() {
+                        record.reading(Arc::clone(tally));
+                    }
+                    return Err(error.into());
                 }
                 bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 (replay_body(bytes), CallEnd::detached())
