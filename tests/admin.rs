@@ -235,10 +235,14 @@ async fn reload_refuses_a_cross_site_request_and_accepts_an_operator() {
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("x-govbridge-admin"), "{body}");
     // A page that rebound its own name to 127.0.0.1 may send the header,
-    // but not a loopback Host.
+    // but not a loopback Host: it is answered nothing, not even what
+    // anyone on the machine may read.
     let rebound = [("host", "attacker.example"), ("x-govbridge-admin", "1")];
-    let (code, body) = admin_request_with(bed.admin, "POST", "/reload", &rebound).await;
-    assert_eq!(code, 403, "{body}");
+    for (method, path) in [("POST", "/reload"), ("GET", "/config"), ("GET", "/metrics")] {
+        let (code, body) = admin_request_with(bed.admin, method, path, &rebound).await;
+        assert_eq!(code, 421, "{path}: {body}");
+        assert!(body.contains("localhost"), "{body}");
+    }
 
     let (_, text) = admin_request(bed.admin, "GET", "/metrics").await;
     assert!(!text.contains("govbridge_reloads_total{"), "{text}");
@@ -412,5 +416,55 @@ async fn connections_and_refused_handshakes_are_counted() {
     }
     assert_eq!(left, 0.0);
     drop(registry);
+    bed.stop().await;
+}
+
+/// A leaked token is revoked by rewriting its file: the file watcher
+/// reloads it, and only the new token is an operator's.
+#[tokio::test]
+async fn a_rewritten_token_file_revokes_the_old_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("admin.token");
+    let write = |token: &str| {
+        std::fs::write(&token_file, format!("{token}\n")).unwrap();
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    let (old, new) = (
+        "7f3c1a9e5b2d48f0a6c4e1b3d5f7092a",
+        "0b9e8d7c6a5f4e3d2c1b0a9f8e7d6c5b",
+    );
+    write(old);
+    let bed = Bed::builder()
+        .gateway("admin_token_file", &format!("\"{}\"", token_file.display()))
+        .start()
+        .await;
+    bed.reloader
+        .clone()
+        .reload_on_file_change(std::time::Duration::from_millis(20));
+    // Whether `token` is an operator's: the member registry is theirs to
+    // read (a reload would read the file again itself).
+    let operator = |token: &str| {
+        let bearer = format!("Bearer {token}");
+        async move {
+            let (_, body) =
+                admin_request_with(bed.admin, "GET", "/config", &[("authorization", &bearer)])
+                    .await;
+            body.contains("SN/COM/CBAO/kyc")
+        }
+    };
+    assert!(operator(old).await);
+    assert!(!operator(new).await);
+    write(new);
+    let mut revoked = false;
+    for _ in 0..250 {
+        if !operator(old).await {
+            revoked = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(revoked, "the old token still works");
+    assert!(operator(new).await);
     bed.stop().await;
 }

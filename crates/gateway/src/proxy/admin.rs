@@ -10,13 +10,19 @@
 //! | `POST /reload` | operators only: reloads the configuration; 200, or 422 with the error |
 //!
 //! Who is an operator: with `gateway.admin_token_file`, a request with
-//! `Authorization: Bearer <token>`. Without it (then the endpoint is bound
-//! to loopback; the configuration refuses anything else), a request with
-//! the `x-govbridge-admin` header and a loopback `Host`. A cross-site form
-//! or `fetch` cannot send either header without a preflight this endpoint
-//! never grants, and a page that rebinds its own host name to 127.0.0.1
-//! still sends that name as `Host`. The probes (`/healthz`, `/readyz`,
-//! `/metrics`) stay open to scrapers.
+//! `Authorization: Bearer <token>`. Without it, and only while the
+//! endpoint is bound to loopback (the configuration refuses anything else
+//! at start, and a reload cannot move the socket), a request with the
+//! `x-govbridge-admin` header and a loopback `Host`. A cross-site form or
+//! `fetch` cannot send either header without a preflight this endpoint
+//! never grants. Bound to loopback, it answers only requests whose `Host`
+//! is a loopback name: a page that rebinds its own host name to 127.0.0.1
+//! still sends that name, and reads nothing. The probes (`/healthz`,
+//! `/readyz`, `/metrics`) stay open to scrapers.
+//!
+//! At most [`MAX_CONNECTIONS`] connections at once, each closed after
+//! [`MAX_CONNECTION_AGE`]: the endpoint shares the process's file
+//! descriptors with the partners' listener.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -39,6 +45,13 @@ pub use crate::wire::headers::OPERATOR_HEADER;
 
 /// The shortest token accepted, in characters.
 pub const MIN_TOKEN_LEN: usize = 32;
+
+/// Connections the admin endpoint holds at once; one more is closed at
+/// once.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long an admin connection may stay open (a scraper reconnects).
+pub const MAX_CONNECTION_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The bearer token of `gateway.admin_token_file`. Never printed.
 pub struct AdminToken(Vec<u8>);
@@ -101,11 +114,12 @@ impl AdminToken {
     }
 }
 
-/// Whether a request comes from an operator (see the module docs).
-fn is_operator(token: Option<&AdminToken>, headers: &HeaderMap) -> bool {
+/// Whether a request comes from an operator (see the module docs), to an
+/// endpoint bound to a loopback address or not.
+fn is_operator(token: Option<&AdminToken>, headers: &HeaderMap, loopback: bool) -> bool {
     match token {
         Some(token) => token.presented_in(headers),
-        None => headers.contains_key(OPERATOR_HEADER) && names_loopback(headers),
+        None => loopback && headers.contains_key(OPERATOR_HEADER) && names_loopback(headers),
     }
 }
 
@@ -147,6 +161,11 @@ pub struct Admin {
 impl Admin {
     /// Serves `listener` until `shutdown` resolves.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        // Decided by the socket, which no reload moves.
+        let loopback = listener
+            .local_addr()
+            .is_ok_and(|address| address.ip().is_loopback());
+        let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let accept = async {
             loop {
                 let tcp = match listener.accept().await {
@@ -158,20 +177,36 @@ impl Admin {
                         continue;
                     }
                 };
+                let Ok(held) = Arc::clone(&connections).try_acquire_owned() else {
+                    tracing::debug!("admin connection closed: {MAX_CONNECTIONS} are open");
+                    continue;
+                };
                 let admin = self.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
                         let admin = admin.clone();
-                        async move { Ok::<_, Infallible>(admin.answer(request).await) }
+                        async move { Ok::<_, Infallible>(admin.answer(request, loopback).await) }
                     });
                     // A client that never finishes its request is dropped.
                     let connection = hyper::server::conn::http1::Builder::new()
                         .timer(hyper_util::rt::TokioTimer::new())
                         .header_read_timeout(std::time::Duration::from_secs(10))
                         .serve_connection(TokioIo::new(tcp), service);
-                    if let Err(error) = connection.await {
+                    tokio::pin!(connection);
+                    let ended = tokio::select! {
+                        ended = connection.as_mut() => ended,
+                        () = tokio::time::sleep(MAX_CONNECTION_AGE) => {
+                            // The answer under way is finished, then it closes.
+                            connection.as_mut().graceful_shutdown();
+                            tokio::time::timeout(std::time::Duration::from_secs(10), connection)
+                                .await
+                                .unwrap_or(Ok(()))
+                        }
+                    };
+                    if let Err(error) = ended {
                         tracing::debug!(%error, "admin connection ended");
                     }
+                    drop(held);
                 });
             }
         };
@@ -181,7 +216,13 @@ impl Admin {
         }
     }
 
-    async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn answer(&self, request: Request<Incoming>, loopback: bool) -> Response<Full<Bytes>> {
+        if loopback && !names_loopback(request.headers()) {
+            return text(
+                StatusCode::MISDIRECTED_REQUEST,
+                "this endpoint answers requests for localhost, 127.0.0.1 or ::1 only\n".to_owned(),
+            );
+        }
         match (request.method(), request.uri().path()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".to_owned()),
             (&Method::GET, "/readyz") => {
@@ -242,7 +283,7 @@ impl Admin {
             }
             (&Method::GET, "/config") => {
                 let state = self.state.load();
-                let operator = is_operator(state.admin_token(), request.headers());
+                let operator = is_operator(state.admin_token(), request.headers(), loopback);
                 let mut response = text(StatusCode::OK, state.describe(operator));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -252,7 +293,7 @@ impl Admin {
             }
             (&Method::POST, "/reload") => {
                 let state = self.state.load();
-                if !is_operator(state.admin_token(), request.headers()) {
+                if !is_operator(state.admin_token(), request.headers(), loopback) {
                     return refused(state.admin_token().is_some());
                 }
                 self.reloader.learn_partners().await;
@@ -633,5 +674,22 @@ fn render_endpoints(out: &mut String, state: &crate::proxy::GatewayState) {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without a token, the header and a loopback `Host` make an operator
+    /// only on an endpoint bound to loopback: a reload that drops the
+    /// token cannot open a socket bound elsewhere.
+    #[test]
+    fn without_a_token_only_a_loopback_socket_has_operators() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "127.0.0.1:9464".parse().unwrap());
+        headers.insert(OPERATOR_HEADER, "1".parse().unwrap());
+        assert!(is_operator(None, &headers, true));
+        assert!(!is_operator(None, &headers, false));
     }
 }

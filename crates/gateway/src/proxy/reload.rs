@@ -232,11 +232,9 @@ impl Reloader {
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
-                let now = fingerprint(&watched);
-                if now == last {
+                if fingerprint(&watched) == last {
                     continue;
                 }
-                last = now;
                 tracing::info!("configuration files changed; reloading");
                 // The files the configuration about to be loaded names,
                 // fingerprinted before it is: a file that changes while it
@@ -245,16 +243,19 @@ impl Reloader {
                 let before = fingerprint(&next);
                 self.learn_partners().await;
                 let reloader = self.clone();
-                match tokio::task::spawn_blocking(move || reloader.reload()).await {
-                    Ok(Ok(())) => {
-                        watched = next;
-                        last = before;
-                    }
+                let reloaded = tokio::task::spawn_blocking(move || reloader.reload()).await;
+                match reloaded {
+                    Ok(Ok(())) => {}
                     Ok(Err(error)) => {
                         tracing::error!(%error, "reload rejected; the previous configuration keeps serving");
                     }
                     Err(error) => tracing::error!(%error, "reload failed to run"),
                 }
+                // Rejected or not, the files the new configuration names
+                // are the ones to watch: a file it needs, put in place
+                // after the configuration, reloads it then.
+                watched = next;
+                last = before;
             }
         })
     }
@@ -304,6 +305,15 @@ impl Reloader {
         ]);
         files.extend(gateway.crls.iter().cloned());
         files.extend(upstream.crls.iter().cloned());
+        // A leaked admin token revoked, a consent issuer's key withdrawn:
+        // in effect as soon as the file changes.
+        files.extend(config.gateway.admin_token_file.iter().cloned());
+        files.extend(
+            config
+                .consent
+                .iter()
+                .map(|consent| consent.issuer_keys.clone()),
+        );
         // A partner's CAs, CRLs and key, and this gateway's own federation
         // key: a revocation a partner publishes takes effect when its CRL
         // is dropped in place.
