@@ -815,3 +815,58 @@ async fn held_by_silent_connections(
         .expect("the place of a closed connection was not given back");
     (silent, client)
 }
+
+/// A caller that stops reading an answer (its window closed) keeps no
+/// place under the limits past its call's deadline: hyper polls the
+/// answer's body no more, so the place must not live in that body alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_gives_its_place_back_at_the_deadline() {
+    let probe = Probe::new(Duration::ZERO, 16 << 10);
+    let bed = Bed::builder()
+        .without_agencies()
+        .probe(probe::SERVICE, probe.server())
+        .upstream("max_deadline", "\"500ms\"")
+        .limits("[limits.members.\"SN/GOV/DGCPT/treasury\"]\nconcurrent_calls = 1\n")
+        .start()
+        .await;
+    // Stream windows of 0: the gateway can send the answer's headers,
+    // never a byte of its events.
+    let mut tls = raw_h2::connect(bed.gateway, bed.member_tls("treasury")).await;
+    let mut bytes = raw_h2::preface(&[(raw_h2::SETTINGS_INITIAL_WINDOW_SIZE, 0)]);
+    bytes.extend(raw_h2::grpc_headers(1, WATCH, false));
+    bytes.extend(raw_h2::grpc_data(
+        1,
+        &WatchLifeEventsRequest {
+            after_sequence: 0,
+            max_events: 0,
+        },
+        true,
+    ));
+    tls.write_all(&bytes).await.unwrap();
+    tokio::time::timeout(PATIENCE, probe.state.arrived.notified())
+        .await
+        .expect("the stream never reached the backend");
+
+    // The member's one place is taken until the stalled call's deadline.
+    let started = Instant::now();
+    loop {
+        let client = H2Client::connect(bed.gateway, bed.member_tls("treasury"))
+            .await
+            .unwrap();
+        let answer = CivilRegistryClient::new(client)
+            .verify_identity(verify_identity_of(&bed, 0))
+            .await;
+        let status = answer.unwrap_err();
+        if bridge_error(&status).as_deref() != Some("too-many-calls") {
+            assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+            break;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the stalled call still holds its place"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(tls);
+    bed.stop().await;
+}

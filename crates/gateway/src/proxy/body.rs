@@ -753,6 +753,12 @@ struct Upstream {
     expired: bool,
     /// The task to wake when the watchdog fires.
     waker: Option<Waker>,
+    /// The call's place in flight and under the limits: given back when
+    /// the body ends, or at the deadline, whichever comes first. A caller
+    /// that stops reading keeps the body (hyper polls it no more while
+    /// the caller's window is closed), not these.
+    in_flight: Option<InFlight>,
+    permit: Option<CallPermit>,
 }
 
 fn lock(upstream: &Mutex<Upstream>) -> MutexGuard<'_, Upstream> {
@@ -761,15 +767,22 @@ fn lock(upstream: &Mutex<Upstream>) -> MutexGuard<'_, Upstream> {
 }
 
 impl ResponseBody {
-    /// Keeps the call counted as in flight for as long as this body lives.
+    /// Keeps the call counted as in flight for as long as this body lives,
+    /// or a relayed call's deadline lasts.
     pub fn hold(&mut self, in_flight: InFlight) {
-        self.in_flight = Some(in_flight);
+        match &self.relay {
+            Some(relay) => lock(&relay.upstream).in_flight = Some(in_flight),
+            None => self.in_flight = Some(in_flight),
+        }
     }
 
     /// Keeps the call counted under the limits for as long as this body
-    /// lives.
+    /// lives, or a relayed call's deadline lasts.
     pub fn holds(&mut self, permit: CallPermit) {
-        self.permit = Some(permit);
+        match &self.relay {
+            Some(relay) => lock(&relay.upstream).permit = Some(permit),
+            None => self.permit = Some(permit),
+        }
     }
 
     /// A body with no frames.
@@ -811,6 +824,7 @@ impl ResponseBody {
         let watchdog = tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
             let mut upstream = lock(&expiring);
+            let held = (upstream.in_flight.take(), upstream.permit.take());
             if let Some(stream) = upstream.stream.take() {
                 upstream.expired = true;
                 let waker = upstream.waker.take();
@@ -820,6 +834,7 @@ impl ResponseBody {
                     waker.wake();
                 }
             }
+            drop(held);
         })
         .abort_handle();
         Self {
