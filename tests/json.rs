@@ -717,6 +717,9 @@ async fn json_mistakes_are_400s_naming_the_field_and_the_gateway_keeps_serving()
         assert!(error["message"].as_str().unwrap().contains(says), "{error}");
         assert_eq!(error["bridge_error"], "bad-json");
         assert_eq!(error["status"], "INVALID_ARGUMENT");
+        // Refused and recorded, as any call: where the log holds it.
+        assert!(answer.headers.contains_key("bridge-audit-index"), "{body}");
+        assert_eq!(answer.headers["bridge-instance"], "SN");
     }
     let path = bank
         .call(

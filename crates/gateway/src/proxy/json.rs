@@ -35,6 +35,50 @@ use crate::wire::headers::{self, names};
 /// its protobuf, and the call's message size limit applies after.
 const MAX_BODY: usize = 4 * 1024 * 1024;
 
+/// What the JSON requests being transcoded at once may hold in memory,
+/// by estimate ([`room_for`]): parsed, a body of small values takes tens
+/// of times its size (`[[],[],...]`), where the gRPC path holds at most
+/// a message prefix. A request needing more runs alone.
+const TRANSCODING_BUDGET: usize = 256 * 1024 * 1024;
+
+/// The most one JSON value takes once parsed, with its key and the
+/// message field it becomes.
+const BYTES_PER_VALUE: usize = 160;
+
+static TRANSCODING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(TRANSCODING_BUDGET);
+
+/// The room transcoding `body` may take, at most: a share of
+/// [`TRANSCODING_BUDGET`].
+fn room_for(body: &[u8]) -> usize {
+    json_values(body)
+        .saturating_mul(BYTES_PER_VALUE)
+        .saturating_add(body.len().saturating_mul(2))
+        .min(TRANSCODING_BUDGET)
+}
+
+/// How many values and keys `body` holds at most, read as JSON: one more
+/// than its separators and openings outside strings.
+fn json_values(body: &[u8]) -> usize {
+    let (mut values, mut in_string, mut escaped) = (1_usize, false, false);
+    for &byte in body {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match byte {
+                b'"' => in_string = true,
+                b'[' | b'{' | b',' | b':' | b'\n' => values += 1,
+                _ => {}
+            }
+        }
+    }
+    values
+}
+
 /// The largest answer message transcoded: the gRPC path relays bytes
 /// without holding them, this one holds a message whole, then its JSON.
 const MAX_ANSWER_MESSAGE: usize = 16 * 1024 * 1024;
@@ -141,7 +185,14 @@ pub(super) async fn serve(
     grpc.extensions_mut().insert(json);
     let response = service.handle(grpc, true).await;
     let mut answer = if let Some(bad) = read.refused.get() {
-        Failure::bad_request(bad.clone()).respond(&request_id)
+        let mut answer = Failure::bad_request(bad.clone()).respond(&request_id);
+        // The refusal is in the log: where, and whose log, as for any.
+        for name in [names::BRIDGE_AUDIT_INDEX, names::BRIDGE_INSTANCE] {
+            if let Some(value) = response.headers().get(&name) {
+                answer.headers_mut().insert(name, value.clone());
+            }
+        }
+        answer
     } else if streams {
         stream_answer(response, output, response_body, &request_id).await
     } else {
@@ -314,6 +365,10 @@ impl JsonCall {
             response_body: None,
             bound: self.bound.clone(),
         };
+        // Held while the body is parsed and converted. The semaphore is
+        // never closed.
+        let room = u32::try_from(room_for(&collected)).unwrap_or(u32::MAX);
+        let _room = TRANSCODING.acquire_many(room).await.ok();
         convert::request_messages(&matched, self.query.as_deref(), &collected)
     }
 }
@@ -783,5 +838,28 @@ pub fn http_status(code: Code) -> StatusCode {
         Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
         Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_of_small_values_asks_for_room_by_its_values() {
+        // Separators inside strings are not values.
+        assert_eq!(json_values(br#"{"a":"x,y:[{","b":[1,2]}"#), 7);
+        assert_eq!(json_values(br#"{"a":"\"]"}"#), 3);
+        let nested = b"[[],[],[],[]]";
+        assert_eq!(json_values(nested), 9);
+        // A body of empty arrays takes far more room than its bytes.
+        let flood: Vec<u8> = std::iter::once(b'[')
+            .chain(std::iter::repeat_n(*b"[],", 100_000).flatten())
+            .chain(*b"[]]")
+            .collect();
+        assert!(room_for(&flood) > 40 * flood.len());
+        // No request asks for more than the whole budget.
+        let huge = vec![b','; TRANSCODING_BUDGET];
+        assert_eq!(room_for(&huge), TRANSCODING_BUDGET);
     }
 }
