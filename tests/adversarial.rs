@@ -870,3 +870,81 @@ async fn a_stalled_reader_gives_its_place_back_at_the_deadline() {
     drop(tls);
     bed.stop().await;
 }
+
+/// The gateway's own streaming services end at the call's deadline too:
+/// a health watch holds no place under the limits for longer than its
+/// deadline, read or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_watch_ends_at_its_deadline_and_gives_its_place_back() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let probe = Probe::new(Duration::ZERO, 0);
+    let bed = Bed::builder()
+        .without_agencies()
+        .probe(probe::SERVICE, probe.server())
+        .upstream("max_deadline", "\"500ms\"")
+        .limits("[limits.members.\"SN/GOV/DGCPT/treasury\"]\nconcurrent_calls = 1\n")
+        .start()
+        .await;
+    let client = H2Client::connect(bed.gateway, bed.member_tls("treasury"))
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(HealthCheckRequest::default());
+    request.set_timeout(Duration::from_millis(300));
+    let mut watch = HealthClient::new(client)
+        .watch(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => {}
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the watch outlived its deadline");
+    let status = ended.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+
+    // A watch whose reader never reads: its place is back at the
+    // deadline (the service maximum here).
+    let mut tls = raw_h2::connect(bed.gateway, bed.member_tls("treasury")).await;
+    let mut bytes = raw_h2::preface(&[(raw_h2::SETTINGS_INITIAL_WINDOW_SIZE, 0)]);
+    bytes.extend(raw_h2::grpc_headers(
+        1,
+        "/grpc.health.v1.Health/Watch",
+        false,
+    ));
+    bytes.extend(raw_h2::grpc_data(1, &HealthCheckRequest::default(), true));
+    tls.write_all(&bytes).await.unwrap();
+    wait_for_metric(bed.admin, "govbridge_calls_in_flight", |n| n == 1.0).await;
+    let started = Instant::now();
+    let mut refused = 0;
+    loop {
+        let client = H2Client::connect(bed.gateway, bed.member_tls("treasury"))
+            .await
+            .unwrap();
+        let status = CivilRegistryClient::new(client)
+            .verify_identity(verify_identity_of(&bed, 0))
+            .await
+            .unwrap_err();
+        if bridge_error(&status).as_deref() != Some("too-many-calls") {
+            assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+            break;
+        }
+        refused += 1;
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the stalled watch still holds its place"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // It did hold it until then, and is counted in flight no longer.
+    assert!(refused > 0);
+    wait_for_metric(bed.admin, "govbridge_calls_in_flight", |n| n == 0.0).await;
+    drop(tls);
+    bed.stop().await;
+}

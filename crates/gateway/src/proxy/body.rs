@@ -497,10 +497,45 @@ pub struct ResponseBody {
     /// and the body is moved into the task hyper spawns for each stream.
     relay: Option<Box<Relay>>,
     local: Option<tonic::body::Body>,
+    /// A local call's deadline (boxed: most answers are relayed): its
+    /// answer ends there, and its permit is given back then, read or not.
+    expiry: Option<Box<Expiry>>,
     /// Counts the call as in flight until the body ends or is dropped.
     in_flight: Option<InFlight>,
     /// Holds the call's place under the limits until the body is dropped.
     permit: Option<CallPermit>,
+}
+
+/// When a local call's answer ends, whatever it streams.
+#[derive(Debug)]
+struct Expiry {
+    timer: Pin<Box<tokio::time::Sleep>>,
+    budget: std::time::Duration,
+    /// Hold the call's permit and in-flight count until the deadline;
+    /// aborted, dropping them, with the body.
+    holding: Vec<AbortHandle>,
+}
+
+impl Expiry {
+    /// Keeps `held` until the deadline or the body's end, whichever comes
+    /// first: hyper polls no body whose reader stopped reading, so the
+    /// timer, not the body, gives it back.
+    fn hold(&mut self, held: impl Send + 'static) {
+        let at = self.timer.deadline();
+        let holding = tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            drop(held);
+        });
+        self.holding.push(holding.abort_handle());
+    }
+}
+
+impl Drop for Expiry {
+    fn drop(&mut self) {
+        for holding in &self.holding {
+            holding.abort();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -770,18 +805,20 @@ impl ResponseBody {
     /// Keeps the call counted as in flight for as long as this body lives,
     /// or a relayed call's deadline lasts.
     pub fn hold(&mut self, in_flight: InFlight) {
-        match &self.relay {
-            Some(relay) => lock(&relay.upstream).in_flight = Some(in_flight),
-            None => self.in_flight = Some(in_flight),
+        match (&self.relay, self.expiry.as_mut()) {
+            (Some(relay), _) => lock(&relay.upstream).in_flight = Some(in_flight),
+            (None, Some(expiry)) => expiry.hold(in_flight),
+            (None, None) => self.in_flight = Some(in_flight),
         }
     }
 
     /// Keeps the call counted under the limits for as long as this body
     /// lives, or a relayed call's deadline lasts.
     pub fn holds(&mut self, permit: CallPermit) {
-        match &self.relay {
-            Some(relay) => lock(&relay.upstream).permit = Some(permit),
-            None => self.permit = Some(permit),
+        match (&self.relay, self.expiry.as_mut()) {
+            (Some(relay), _) => lock(&relay.upstream).permit = Some(permit),
+            (None, Some(expiry)) => expiry.hold(permit),
+            (None, None) => self.permit = Some(permit),
         }
     }
 
@@ -790,18 +827,35 @@ impl ResponseBody {
         Self {
             relay: None,
             local: None,
+            expiry: None,
             in_flight: None,
             permit: None,
         }
     }
 
-    /// The body of a gateway service's answer.
+    /// The body of an answer made here (a JSON answer, or a gateway
+    /// service's without a deadline).
     pub fn local(body: tonic::body::Body) -> Self {
         Self {
             relay: None,
             local: Some(body),
+            expiry: None,
             in_flight: None,
             permit: None,
+        }
+    }
+
+    /// The body of a gateway service's answer, ended at `deadline` with
+    /// `DEADLINE_EXCEEDED` if it streams that long (a health watch, a
+    /// reflection stream).
+    pub fn local_until(body: tonic::body::Body, deadline: &Deadline) -> Self {
+        Self {
+            expiry: Some(Box::new(Expiry {
+                timer: Box::pin(tokio::time::sleep_until(deadline.at())),
+                budget: deadline.budget(),
+                holding: Vec::new(),
+            })),
+            ..Self::local(body)
         }
     }
 
@@ -848,6 +902,7 @@ impl ResponseBody {
                 counted,
             })),
             local: None,
+            expiry: None,
             in_flight: None,
             permit: None,
         }
@@ -862,7 +917,16 @@ impl Body for ResponseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if let Some(local) = self.local.as_mut() {
+        let this = &mut *self;
+        if let Some(expiry) = this.expiry.as_mut()
+            && this.local.is_some()
+            && expiry.timer.as_mut().poll(cx).is_ready()
+        {
+            this.local = None;
+            let error = GatewayError::DeadlineExceeded(expiry.budget);
+            return Poll::Ready(Some(Ok(Frame::trailers(error.into_trailers()))));
+        }
+        if let Some(local) = this.local.as_mut() {
             // tonic reports a failing local stream as a status error; the
             // gateway's services never fail mid-stream, so end the body.
             return Pin::new(local)

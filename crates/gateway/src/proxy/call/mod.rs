@@ -112,7 +112,8 @@ impl Call<'_> {
         let headers = self.read_headers(&request, admitted.assertion.as_ref())?;
         let request = self.transcode(request, &headers).await?;
         if crate::catalog::is_local(self.uri.path()) {
-            return Ok(self.serve_locally(request, admitted).await);
+            let deadline = Deadline::new(self.received, headers.timeout, self.state.max_deadline);
+            return Ok(self.serve_locally(request, admitted, &deadline).await);
         }
         if let Some(global) = self.state.expired_global(crate::unix_time::now()) {
             return Err(GatewayError::GlobalConfigurationExpired {
@@ -162,6 +163,7 @@ impl Call<'_> {
         &self,
         request: Request<CallerBody>,
         admitted: Admitted,
+        deadline: &Deadline,
     ) -> Response<ResponseBody> {
         let certificate_days_left = self.caller_days_left(&admitted, crate::unix_time::now());
         let context = crate::directory::LocalContext {
@@ -173,7 +175,7 @@ impl Call<'_> {
         // Boxed: inline, this rarer path's future would make every call's
         // larger.
         let response = Box::pin(crate::directory::call(request, context)).await;
-        let mut response = response.map(ResponseBody::local);
+        let mut response = response.map(|body| ResponseBody::local_until(body, deadline));
         response.body_mut().holds(admitted.permit);
         response
     }
