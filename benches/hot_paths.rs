@@ -92,7 +92,7 @@ fn routing(c: &mut Criterion, config: &Config) {
         )),
         partners: Default::default(),
     };
-    let table = RouteTable::new(config, &connectors, None);
+    let table = RouteTable::new(config, &connectors, None, false);
     let ecobank = MemberId::parse("SN/COM/ECOBANK/accounts").expect("a valid member id");
     assert!(table.route(VERIFY_IDENTITY, None).is_ok());
     assert!(table.route(VERIFY_ACCOUNT, Some(&ecobank)).is_ok());

@@ -455,3 +455,46 @@ async fn turning_health_checks_off_puts_endpoints_back_in_rotation() {
     );
     verify(&bed, &[]).await.unwrap();
 }
+
+/// New upstream TLS files (a CA or a CRL replaced) open new connections,
+/// but the backend behind an address is the same: its ejection stands.
+#[tokio::test]
+async fn a_reload_with_new_upstream_tls_files_keeps_ejections() {
+    let bed = Bed::builder()
+        .replicas(REGISTRY, 3)
+        .cuttable(REGISTRY)
+        .upstream("health_check_interval", "\"0s\"")
+        .upstream("ejection_failures", "1")
+        .upstream("ejection_time", "\"60s\"")
+        .start()
+        .await;
+    bed.cut_replica(REGISTRY, 1);
+    eventually("replica 1 is ejected", || async {
+        let _ = verify(&bed, &[]).await;
+        endpoints(&bed, "govbridge_upstream_endpoint_in_rotation").await == [1, 0, 1]
+    })
+    .await;
+
+    // The operator drops in a new copy of the backends' CA.
+    let config = std::fs::read_to_string(bed.dir().join("govbridge.toml")).unwrap();
+    let server_ca = config
+        .lines()
+        .find_map(|line| line.strip_prefix("server_ca = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    // Relative to the configuration's directory.
+    let server_ca = bed.dir().join(server_ca);
+    let mut ca = std::fs::read(&server_ca).unwrap();
+    ca.push(b'\n');
+    std::fs::write(&server_ca, ca).unwrap();
+    bed.reloader.reload().unwrap();
+
+    assert_eq!(
+        endpoints(&bed, "govbridge_upstream_endpoint_in_rotation").await,
+        [1, 0, 1]
+    );
+    for _ in 0..10 {
+        verify(&bed, &[]).await.unwrap();
+    }
+}

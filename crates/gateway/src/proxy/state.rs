@@ -339,9 +339,8 @@ impl GatewayState {
             routes: RouteTable::new(
                 config,
                 &connectors,
-                previous
-                    .filter(|previous| previous.upstream_tls == upstream_tls_files)
-                    .map(|previous| &previous.routes),
+                previous.map(|previous| &previous.routes),
+                previous.is_some_and(|previous| previous.upstream_tls == upstream_tls_files),
             ),
             upstream_tls: upstream_tls_files,
             health_check_interval: config.upstream.pool.health_check_interval,

@@ -90,7 +90,14 @@ pub struct RouteTable {
 impl RouteTable {
     /// Builds the table, with one connection pool per provider. Endpoints
     /// that `previous` reached too keep their connections and health.
-    pub fn new(config: &Config, connectors: &Connectors, previous: Option<&RouteTable>) -> Self {
+    /// With `reuse_connections` false (the upstream TLS settings changed),
+    /// endpoints keep their health but not their connections.
+    pub fn new(
+        config: &Config,
+        connectors: &Connectors,
+        previous: Option<&RouteTable>,
+        reuse_connections: bool,
+    ) -> Self {
         let known = config.catalog.service_methods();
         let pools: HashMap<MemberId, Arc<ProviderPool>> = config
             .providers
@@ -114,6 +121,7 @@ impl RouteTable {
                     connector,
                     &config.upstream.pool,
                     before.map(AsRef::as_ref),
+                    reuse_connections,
                 );
                 Some((provider.id.clone(), Arc::new(pool)))
             })

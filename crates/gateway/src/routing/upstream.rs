@@ -261,7 +261,7 @@ struct EndpointSlot {
 }
 
 /// What the gateway knows of an endpoint's health.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Health {
     /// Failed calls in a row.
     failures: u32,
@@ -288,14 +288,27 @@ impl EndpointSlot {
         }
     }
 
+    /// A slot for `endpoint` with no connection, knowing what `before`
+    /// knew of its health: new TLS settings make new connections, not a
+    /// new backend.
+    fn inheriting(endpoint: &Endpoint, before: &Self) -> Self {
+        let slot = Self::new(endpoint);
+        *slot.health() = before.health().clone();
+        slot.ejections
+            .store(before.ejections.load(Ordering::Relaxed), Ordering::Relaxed);
+        slot
+    }
+
     fn health(&self) -> MutexGuard<'_, Health> {
         // Counters and instants: a panic half-way leaves them usable.
         self.health.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether calls may go here now. An ejection that has run its time
-    /// ends here: the endpoint is back, on probation.
-    fn in_rotation(&self, provider: &MemberId, now: Instant) -> bool {
+    /// Whether calls may go here now, with health checks on (`checks`) or
+    /// not (then what earlier checks found is not held against it). An
+    /// ejection that has run its time ends here: the endpoint is back, on
+    /// probation.
+    fn in_rotation(&self, provider: &MemberId, now: Instant, checks: bool) -> bool {
         let mut health = self.health();
         if let Some(until) = health.ejected_until
             && now >= until
@@ -303,7 +316,7 @@ impl EndpointSlot {
             health.ejected_until = None;
             tracing::info!(%provider, endpoint = %self.endpoint, "upstream endpoint re-admitted after ejection");
         }
-        !health.failing_checks && health.ejected_until.is_none()
+        !(checks && health.failing_checks) && health.ejected_until.is_none()
     }
 
     /// A call or dial failed here in a way that says the endpoint is not
@@ -461,41 +474,38 @@ impl RetryBudget {
 
 impl ProviderPool {
     /// A pool for `provider`. Endpoints `previous` also had keep their
-    /// connections, calls and health: a reload drops no call and forgets
-    /// no ejection.
+    /// health, and, with `reuse_connections` (the upstream TLS settings
+    /// unchanged), their connections and calls: a reload drops no call
+    /// and forgets no ejection. Nothing of `previous`, which may go on
+    /// serving if the reload fails, is changed.
     pub fn new(
         provider: &Provider,
         connector: Arc<UpstreamConnector>,
         settings: &PoolSettings,
         previous: Option<&ProviderPool>,
+        reuse_connections: bool,
     ) -> Self {
         // Connections were authenticated as whom the previous pool's
         // endpoints had to be: kept only if that has not changed.
-        let previous = previous.filter(|pool| pool.presents == provider.presents);
+        let reuse =
+            reuse_connections && previous.is_some_and(|pool| pool.presents == provider.presents);
         let endpoints = provider
             .endpoints
             .iter()
             .map(|endpoint| {
-                previous
-                    .and_then(|pool| {
-                        pool.endpoints.iter().find(|slot| {
-                            slot.endpoint.address == endpoint.address
-                                && slot.endpoint.server_name == endpoint.server_name
-                        })
+                let before = previous.and_then(|pool| {
+                    pool.endpoints.iter().find(|slot| {
+                        slot.endpoint.address == endpoint.address
+                            && slot.endpoint.server_name == endpoint.server_name
                     })
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(EndpointSlot::new(endpoint)))
+                });
+                match before {
+                    Some(slot) if reuse => Arc::clone(slot),
+                    Some(slot) => Arc::new(EndpointSlot::inheriting(endpoint, slot)),
+                    None => Arc::new(EndpointSlot::new(endpoint)),
+                }
             })
             .collect::<Vec<_>>();
-        if settings.health_check_interval.is_none() {
-            // No check will ever clear what earlier checks found.
-            for slot in &endpoints {
-                let mut health = slot.health();
-                health.failing_checks = false;
-                health.checks_failed = 0;
-                health.checks_passed = 0;
-            }
-        }
         Self {
             provider: provider.id.clone(),
             presents: provider.presents.clone(),
@@ -510,6 +520,12 @@ impl ProviderPool {
         }
     }
 
+    /// Whether health checks run for this pool: if not, what checks found
+    /// under an earlier configuration is not held against an endpoint.
+    fn checks(&self) -> bool {
+        self.settings.health_check_interval.is_some()
+    }
+
     /// The partner instance whose gateways the provider is reached
     /// through, if it is a partner's member.
     pub fn partner(&self) -> Option<&str> {
@@ -521,7 +537,7 @@ impl ProviderPool {
         let now = Instant::now();
         self.endpoints
             .iter()
-            .any(|slot| slot.in_rotation(&self.provider, now))
+            .any(|slot| slot.in_rotation(&self.provider, now, self.checks()))
     }
 
     /// Counts a call towards the retry budget.
@@ -650,7 +666,7 @@ impl ProviderPool {
         for slot in &self.endpoints {
             let health = slot.health();
             ejected += usize::from(health.ejected_until.is_some());
-            failing += usize::from(health.failing_checks);
+            failing += usize::from(self.checks() && health.failing_checks);
         }
         format!(
             "no healthy endpoint: of {}, {ejected} ejected after failed calls, {failing} \
@@ -666,7 +682,8 @@ impl ProviderPool {
         let now = Instant::now();
         let mut candidates: Vec<usize> = (0..self.endpoints.len())
             .filter(|&index| {
-                !unreachable[index] && self.endpoints[index].in_rotation(&self.provider, now)
+                !unreachable[index]
+                    && self.endpoints[index].in_rotation(&self.provider, now, self.checks())
             })
             .collect();
         if candidates.len() > 1 {
@@ -700,7 +717,9 @@ impl ProviderPool {
     pub async fn reachable(&self) -> bool {
         let now = Instant::now();
         for slot in &self.endpoints {
-            if slot.in_rotation(&self.provider, now) && self.connection(slot).await.is_ok() {
+            if slot.in_rotation(&self.provider, now, self.checks())
+                && self.connection(slot).await.is_ok()
+            {
                 return true;
             }
         }
@@ -715,11 +734,12 @@ impl ProviderPool {
             .map(|slot| {
                 let health = slot.health();
                 let ejected = health.ejected_until.is_some_and(|until| now < until);
+                let failing_checks = self.checks() && health.failing_checks;
                 EndpointState {
                     address: slot.served_by.0.clone(),
-                    in_rotation: !ejected && !health.failing_checks,
+                    in_rotation: !ejected && !failing_checks,
                     ejected,
-                    failing_checks: health.failing_checks,
+                    failing_checks,
                     outstanding: slot.outstanding.load(Ordering::Relaxed),
                     connections: slot.open_connections().len(),
                     ejections: slot.ejections.load(Ordering::Relaxed),
