@@ -454,6 +454,21 @@ async fn turning_health_checks_off_puts_endpoints_back_in_rotation() {
         [1]
     );
     verify(&bed, &[]).await.unwrap();
+
+    // Turned on again, checks start from nothing: the verdict of those
+    // before does not take the endpoint out.
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "health_check_interval = \"0s\"",
+        "health_check_interval = \"10s\"",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    bed.reloader.reload().unwrap();
+    assert_eq!(
+        endpoints(&bed, "govbridge_upstream_endpoint_in_rotation").await,
+        [1]
+    );
+    verify(&bed, &[]).await.unwrap();
 }
 
 /// New upstream TLS files (a CA or a CRL replaced) open new connections,

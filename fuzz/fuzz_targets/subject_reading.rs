@@ -26,9 +26,7 @@ const VERIFY: &str = "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity";
 /// The gateway's bounds on a subject it keeps.
 fn bounded(subject: Option<String>) -> Option<String> {
     subject.filter(|subject| {
-        !subject.is_empty()
-            && subject.len() <= MAX_SUBJECT
-            && !subject.chars().any(char::is_control)
+        !subject.is_empty() && subject.len() <= MAX_SUBJECT && !subject.contains('\0')
     })
 }
 

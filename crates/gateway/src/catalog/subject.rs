@@ -307,11 +307,13 @@ impl SubjectReader {
     /// that.
     pub fn feed(&mut self, data: &[u8]) -> Result<(), TooManySubjects> {
         self.fed.clear();
+        let (first, unreadable) = (self.first, self.unreadable);
         let fed = self.feed_frame(data);
         if fed.is_err() {
             for subject in std::mem::take(&mut self.fed) {
                 self.more.remove(&subject);
             }
+            (self.first, self.unreadable) = (first, unreadable);
         }
         fed
     }
@@ -455,8 +457,8 @@ impl<'a> Reading<'a> {
 
     /// The subject a protobuf decoder (the backend's) reads: the last
     /// occurrence of the field, unless a later member of its `oneof`
-    /// replaced it; if it is non-empty, valid UTF-8 without control
-    /// characters and at most [`MAX_SUBJECT`] bytes. For the exchange log.
+    /// replaced it; if it is non-empty, valid UTF-8 without NUL and at
+    /// most [`MAX_SUBJECT`] bytes. For the exchange log.
     pub fn decoded(&self) -> Option<&'a str> {
         self.decoded
     }
@@ -529,9 +531,10 @@ fn walk<'a>(message: &'a [u8], field: &SubjectField) -> Option<Reading<'a>> {
     let decoded = found
         .filter(|value| !value.is_empty() && value.len() <= MAX_SUBJECT)
         .and_then(|value| std::str::from_utf8(value).ok())
-        // No store keeps a NUL in text, and no identifier holds a control
-        // character: such a subject is one the gateway cannot read.
-        .filter(|value| !value.chars().any(char::is_control));
+        // PostgreSQL keeps no NUL in text: a fleet's append would fail
+        // for every record of its batch. Other characters are kept as
+        // received, and escaped where shown.
+        .filter(|value| !value.contains('\0'));
     Some(Reading {
         decoded,
         mentions,

@@ -20,7 +20,8 @@
 //! still sends that name, and reads nothing. The probes (`/healthz`,
 //! `/readyz`, `/metrics`) stay open to scrapers.
 //!
-//! At most [`MAX_CONNECTIONS`] connections at once, each closed after
+//! At most [`MAX_CONNECTIONS`] connections at once,
+//! [`MAX_CONNECTIONS_PER_ADDRESS`] from one address, each closed after
 //! [`MAX_CONNECTION_AGE`]: the endpoint shares the process's file
 //! descriptors with the partners' listener.
 
@@ -50,8 +51,57 @@ pub const MIN_TOKEN_LEN: usize = 32;
 /// once.
 pub const MAX_CONNECTIONS: usize = 64;
 
+/// Connections one address may hold at once: no one peer takes the
+/// probes' and scrapers' room.
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 8;
+
 /// How long an admin connection may stay open (a scraper reconnects).
 pub const MAX_CONNECTION_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The admin connections open per peer address.
+#[derive(Debug, Default)]
+struct Peers(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One peer's connection, counted until dropped.
+struct PeerSlot {
+    peers: Arc<Peers>,
+    address: std::net::IpAddr,
+}
+
+impl Peers {
+    /// A slot for one more connection from `address`, if it has room.
+    fn take(self: &Arc<Self>, address: std::net::IpAddr) -> Option<PeerSlot> {
+        let mut open = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(address).or_default();
+        if *count >= MAX_CONNECTIONS_PER_ADDRESS {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            peers: Arc::clone(self),
+            address,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .peers
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.address);
+            }
+        }
+    }
+}
 
 /// The bearer token of `gateway.admin_token_file`. Never printed.
 pub struct AdminToken(Vec<u8>);
@@ -166,16 +216,21 @@ impl Admin {
             .local_addr()
             .is_ok_and(|address| address.ip().is_loopback());
         let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let peers = Arc::new(Peers::default());
         let accept = async {
             loop {
-                let tcp = match listener.accept().await {
-                    Ok((tcp, _)) => tcp,
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
                     Err(error) => {
                         // Out of file descriptors and the like: back off.
                         tracing::warn!(%error, "admin accept failed");
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         continue;
                     }
+                };
+                let Some(peer_slot) = peers.take(peer.ip()) else {
+                    tracing::debug!(%peer, "admin connection closed: {MAX_CONNECTIONS_PER_ADDRESS} from this address are open");
+                    continue;
                 };
                 let Ok(held) = Arc::clone(&connections).try_acquire_owned() else {
                     tracing::debug!("admin connection closed: {MAX_CONNECTIONS} are open");
@@ -206,7 +261,7 @@ impl Admin {
                     if let Err(error) = ended {
                         tracing::debug!(%error, "admin connection ended");
                     }
-                    drop(held);
+                    drop((held, peer_slot));
                 });
             }
         };
@@ -691,5 +746,20 @@ mod tests {
         headers.insert(OPERATOR_HEADER, "1".parse().unwrap());
         assert!(is_operator(None, &headers, true));
         assert!(!is_operator(None, &headers, false));
+    }
+
+    #[test]
+    fn one_address_holds_so_many_connections_and_no_more() {
+        let peers = Arc::new(Peers::default());
+        let (one, other) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let mut held: Vec<PeerSlot> = (0..MAX_CONNECTIONS_PER_ADDRESS)
+            .map(|_| peers.take(one).unwrap())
+            .collect();
+        assert!(peers.take(one).is_none());
+        assert!(peers.take(other).is_some());
+        held.pop();
+        assert!(peers.take(one).is_some());
+        drop(held);
+        assert!(peers.0.lock().unwrap().is_empty());
     }
 }

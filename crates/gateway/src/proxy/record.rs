@@ -260,14 +260,8 @@ impl CallRecord {
 
     /// The request's bytes, tallied as they go upstream.
     pub fn forwarding(&mut self, request: SharedTally, at: SystemTime) {
-        self.reading(request);
-        self.record.forwarded_us = crate::unix_time::micros(at);
-    }
-
-    /// The request's bytes are tallied in `request`, whose sizes, digest
-    /// and subjects the outcome records.
-    pub fn reading(&mut self, request: SharedTally) {
         self.request = Some(request);
+        self.record.forwarded_us = crate::unix_time::micros(at);
     }
 
     /// The response headers arrived.

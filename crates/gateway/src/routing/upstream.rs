@@ -273,6 +273,17 @@ struct Health {
     failing_checks: bool,
     checks_failed: u32,
     checks_passed: u32,
+    /// The checks epoch (see [`ProviderPool::new`]) of the verdict and the
+    /// counts above: those of another are not held against the endpoint.
+    epoch: u64,
+}
+
+impl Health {
+    /// Whether health checks of the `checks` epoch (`None`: checks are
+    /// off) have it out of rotation.
+    fn failing(&self, checks: Option<u64>) -> bool {
+        self.failing_checks && checks == Some(self.epoch)
+    }
 }
 
 impl EndpointSlot {
@@ -304,11 +315,10 @@ impl EndpointSlot {
         self.health.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether calls may go here now, with health checks on (`checks`) or
-    /// not (then what earlier checks found is not held against it). An
-    /// ejection that has run its time ends here: the endpoint is back, on
-    /// probation.
-    fn in_rotation(&self, provider: &MemberId, now: Instant, checks: bool) -> bool {
+    /// Whether calls may go here now, with health checks of the `checks`
+    /// epoch (`None`: off). An ejection that has run its time ends here:
+    /// the endpoint is back, on probation.
+    fn in_rotation(&self, provider: &MemberId, now: Instant, checks: Option<u64>) -> bool {
         let mut health = self.health();
         if let Some(until) = health.ejected_until
             && now >= until
@@ -316,7 +326,7 @@ impl EndpointSlot {
             health.ejected_until = None;
             tracing::info!(%provider, endpoint = %self.endpoint, "upstream endpoint re-admitted after ejection");
         }
-        !(checks && health.failing_checks) && health.ejected_until.is_none()
+        !health.failing(checks) && health.ejected_until.is_none()
     }
 
     /// A call or dial failed here in a way that says the endpoint is not
@@ -355,9 +365,25 @@ impl EndpointSlot {
         }
     }
 
-    /// The outcome of an active health check.
-    fn checked(&self, provider: &MemberId, settings: &PoolSettings, passed: Result<(), String>) {
+    /// The outcome of an active health check of the `epoch` checks.
+    fn checked(
+        &self,
+        provider: &MemberId,
+        settings: &PoolSettings,
+        epoch: u64,
+        passed: Result<(), String>,
+    ) {
         let mut health = self.health();
+        if health.epoch != epoch {
+            // Checks turned on again start from nothing, whatever those
+            // of before found.
+            (
+                health.failing_checks,
+                health.checks_failed,
+                health.checks_passed,
+            ) = (false, 0, 0);
+            health.epoch = epoch;
+        }
         match passed {
             Ok(()) => {
                 health.checks_failed = 0;
@@ -424,6 +450,8 @@ pub struct ProviderPool {
     connector: Arc<UpstreamConnector>,
     settings: PoolSettings,
     /// Shared with the pools of later configurations.
+    /// Bumped each time health checks are turned on or off.
+    checks_epoch: u64,
     retries: Arc<RetryBudget>,
 }
 
@@ -489,6 +517,13 @@ impl ProviderPool {
         // endpoints had to be: kept only if that has not changed.
         let reuse =
             reuse_connections && previous.is_some_and(|pool| pool.presents == provider.presents);
+        // Health checks turned off, then on again, are a new epoch: their
+        // verdicts of before no longer count, and nothing of the running
+        // pool is written to say so.
+        let checks_on = settings.health_check_interval.is_some();
+        let checks_epoch = previous.map_or(0, |pool| {
+            pool.checks_epoch + u64::from(pool.checks().is_some() != checks_on)
+        });
         let endpoints = provider
             .endpoints
             .iter()
@@ -513,6 +548,7 @@ impl ProviderPool {
             endpoints,
             connector,
             settings: settings.clone(),
+            checks_epoch,
             retries: previous.map_or_else(
                 || Arc::new(RetryBudget::new()),
                 |pool| Arc::clone(&pool.retries),
@@ -520,10 +556,14 @@ impl ProviderPool {
         }
     }
 
-    /// Whether health checks run for this pool: if not, what checks found
-    /// under an earlier configuration is not held against an endpoint.
-    fn checks(&self) -> bool {
-        self.settings.health_check_interval.is_some()
+    /// The epoch of the health checks that run for this pool, `None` if
+    /// none do: then what checks found before is not held against an
+    /// endpoint.
+    fn checks(&self) -> Option<u64> {
+        self.settings
+            .health_check_interval
+            .is_some()
+            .then_some(self.checks_epoch)
     }
 
     /// The partner instance whose gateways the provider is reached
@@ -666,7 +706,7 @@ impl ProviderPool {
         for slot in &self.endpoints {
             let health = slot.health();
             ejected += usize::from(health.ejected_until.is_some());
-            failing += usize::from(self.checks() && health.failing_checks);
+            failing += usize::from(health.failing(self.checks()));
         }
         format!(
             "no healthy endpoint: of {}, {ejected} ejected after failed calls, {failing} \
@@ -734,7 +774,7 @@ impl ProviderPool {
             .map(|slot| {
                 let health = slot.health();
                 let ejected = health.ejected_until.is_some_and(|until| now < until);
-                let failing_checks = self.checks() && health.failing_checks;
+                let failing_checks = health.failing(self.checks());
                 EndpointState {
                     address: slot.served_by.0.clone(),
                     in_rotation: !ejected && !failing_checks,
@@ -760,7 +800,7 @@ impl ProviderPool {
                 let passed = tokio::time::timeout(timeout, pool.probe(slot))
                     .await
                     .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
-                slot.checked(&pool.provider, &pool.settings, passed);
+                slot.checked(&pool.provider, &pool.settings, pool.checks_epoch, passed);
             });
         }
         while checks.join_next().await.is_some() {}

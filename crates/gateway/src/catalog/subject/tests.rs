@@ -233,9 +233,7 @@ fn a_subject_named_twice_is_decoded_but_not_sole() {
 /// gateway's bounds.
 fn prost_subject(subject: Option<String>) -> Option<String> {
     subject.filter(|subject| {
-        !subject.is_empty()
-            && subject.len() <= MAX_SUBJECT
-            && !subject.chars().any(char::is_control)
+        !subject.is_empty() && subject.len() <= MAX_SUBJECT && !subject.contains('\0')
     })
 }
 
@@ -689,8 +687,8 @@ fn a_later_message_may_name_no_one() {
 }
 
 #[test]
-fn a_subject_with_a_control_character_is_unreadable() {
-    for subject in ["1001\u{0}199012345", "1001\n199012345", "\u{7f}"] {
+fn a_subject_with_a_nul_is_unreadable() {
+    for subject in ["1001\u{0}199012345", "\u{0}"] {
         assert_eq!(
             subject_of(naming(subject).get(PREFIX..).unwrap(), &NIN_FIELD),
             None

@@ -56,7 +56,7 @@ impl Call<'_> {
     /// An idempotent call that ends within [`REPLAY_LIMIT`] is read whole
     /// first, so that it can be replayed on another endpoint.
     pub(super) async fn request_body(
-        &mut self,
+        &self,
         mut body: CallerBody,
         guard: Option<SubjectGuard>,
         exchange: &Exchange,
@@ -83,14 +83,10 @@ impl Call<'_> {
             Some(bytes) => {
                 // Checked and counted once, here: every attempt sends these.
                 limit.check(bytes)?;
-                if let Some(tally) = &tally
-                    && let Err(error) = record::count(tally, bytes)
-                {
-                    // The refusal's outcome names the subjects read.
-                    if let Some(record) = self.record.as_mut() {
-                        record.reading(Arc::clone(tally));
-                    }
-                    return Err(error.into());
+                // Refused, nothing of it is relayed: its outcome names no
+                // subject, as one over the size limit.
+                if let Some(tally) = &tally {
+                    record::count(tally, bytes)?;
                 }
                 bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 (replay_body(bytes), CallEnd::detached())
