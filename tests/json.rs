@@ -810,6 +810,19 @@ async fn json_mistakes_are_400s_naming_the_field_and_the_gateway_keeps_serving()
         .await
         .unwrap();
     assert_eq!(verb.status, 405);
+    assert_eq!(verb.headers["allow"], "GET");
+    // The default route of every method takes POST only.
+    let default = bank
+        .call(
+            Method::GET,
+            "/govbridge.business.v1.BusinessRegistry/GetCompany",
+            &headers,
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(default.status, 405);
+    assert_eq!(default.headers["allow"], "POST");
 
     // HTTP/1.1's connection headers stay on the caller's hop.
     let mut http1 = json_client(&bed, "cbao-kyc", HttpVersion::Http1).await;

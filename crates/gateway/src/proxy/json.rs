@@ -138,14 +138,20 @@ pub(super) async fn serve(
             .kind("no-json-route")
             .respond(&request_id);
         }
-        Err(NoRoute::Verb) => {
-            return Failure::new(
+        Err(NoRoute::Verb(allowed)) => {
+            let mut answer = Failure::new(
                 Code::Unimplemented,
                 format!("{path} is not a route for {}", request.method()),
             )
             .status(StatusCode::METHOD_NOT_ALLOWED)
             .kind("no-json-route")
             .respond(&request_id);
+            // RFC 9110: a 405 says which methods the resource takes.
+            let allowed: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+            if let Ok(allow) = HeaderValue::from_str(&allowed.join(", ")) {
+                answer.headers_mut().insert(http::header::ALLOW, allow);
+            }
+            return answer;
         }
     };
     let (parts, body) = request.into_parts();

@@ -168,19 +168,24 @@ impl Routes {
         {
             return Ok(route.matched(Vec::new()));
         }
-        let mut other_verb = false;
+        let mut allowed = Vec::new();
+        if self.default.contains_key(path) {
+            allowed.push(Method::POST);
+        }
         for route in &self.annotated {
             if let Some(bound) = route.template.matches(path) {
                 if route.verb == *verb {
                     return Ok(route.matched(bound));
                 }
-                other_verb = true;
+                if !allowed.contains(&route.verb) {
+                    allowed.push(route.verb.clone());
+                }
             }
         }
-        if other_verb || self.default.contains_key(path) {
-            Err(NoRoute::Verb)
-        } else {
+        if allowed.is_empty() {
             Err(NoRoute::Path)
+        } else {
+            Err(NoRoute::Verb(allowed))
         }
     }
 
@@ -199,10 +204,12 @@ impl Routes {
 }
 
 /// Why no route matched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NoRoute {
+    /// No route has this path.
     Path,
-    Verb,
+    /// Routes have it, for these verbs (an `Allow` header).
+    Verb(Vec<Method>),
 }
 
 impl Route {
