@@ -153,3 +153,37 @@ async fn a_changed_file_is_reloaded_and_a_broken_one_refused() {
     assert_eq!(sample(&bed, ok).await, 1.0);
     bed.stop().await;
 }
+
+/// What a reload cannot apply is told apart from what it can: the
+/// listener's address is a restart's, the Data Tracker's clients a
+/// reload's.
+#[tokio::test]
+async fn restart_only_settings_are_told_apart() {
+    use govbridge::config::Config;
+    let bed = Bed::start().await;
+    let path = bed.dir().join("govbridge.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let before = Config::load(&path).unwrap().restart_only();
+
+    std::fs::write(
+        &path,
+        format!("{text}\n[exchange_log]\ndata_tracker_clients = [\"SN/GOV/MYGOV/app\"]\n"),
+    )
+    .unwrap();
+    assert_eq!(Config::load(&path).unwrap().restart_only(), before);
+
+    std::fs::write(
+        &path,
+        text.replacen("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"", 1),
+    )
+    .unwrap();
+    let after = Config::load(&path).unwrap().restart_only();
+    let changed: Vec<&str> = before
+        .iter()
+        .zip(&after)
+        .filter(|(was, is)| was != is)
+        .map(|((setting, _), _)| *setting)
+        .collect();
+    assert_eq!(changed, ["gateway.listen"]);
+    bed.stop().await;
+}

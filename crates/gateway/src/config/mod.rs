@@ -624,6 +624,53 @@ pub struct GlobalVersion {
 }
 
 impl Config {
+    /// The settings a reload does not apply, each with its value as
+    /// written: the listener's socket and connection settings, the admin
+    /// endpoint, the exchange log, the trace exporter, the consent feed
+    /// and the fleet's database.
+    pub fn restart_only(&self) -> Vec<(&'static str, String)> {
+        let consent = self.consent.as_ref();
+        let log = &self.exchange_log;
+        vec![
+            ("gateway.listen", self.gateway.listen.to_string()),
+            ("gateway.admin", format!("{:?}", self.gateway.admin)),
+            (
+                "gateway (connection settings)",
+                format!("{:?}", self.gateway.listener),
+            ),
+            (
+                "exchange_log.enabled, data_dir, origin, checkpoint_interval, checkpoint_records",
+                format!(
+                    "{:?}",
+                    (
+                        log.enabled,
+                        &log.data_dir,
+                        &log.origin,
+                        log.checkpoint_interval,
+                        log.checkpoint_records
+                    )
+                ),
+            ),
+            ("[telemetry]", format!("{:?}", self.telemetry)),
+            (
+                "consent.feed_provider, freshness, ledger",
+                format!(
+                    "{:?}",
+                    consent.map(|c| (&c.feed_provider, c.freshness, &c.ledger))
+                ),
+            ),
+            (
+                "[store]",
+                format!(
+                    "{:?}",
+                    self.store
+                        .as_ref()
+                        .map(|store| (store.redacted(), &store.ca))
+                ),
+            ),
+        ]
+    }
+
     /// Reads the `[directory]` of the gateway file at `path`, if any,
     /// without the rest (which may need a bundle not fetched yet).
     pub fn directory_of_file(path: &Path) -> Result<Option<DirectoryConfig>, ConfigError> {

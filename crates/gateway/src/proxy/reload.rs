@@ -195,6 +195,18 @@ impl Reloader {
                     .map_err(|error| start_error(StartError::ServerTls(error)))?;
                 let state =
                     GatewayState::after(&config, Some(&self.state.load())).map_err(start_error)?;
+                for ((setting, running), (_, written)) in
+                    state.started_with.iter().zip(config.restart_only())
+                {
+                    if *running != written {
+                        tracing::warn!(
+                            file = %self.source.display(),
+                            setting,
+                            "a setting changed in the file takes effect at restart: the running \
+                             value stays until then"
+                        );
+                    }
+                }
                 Ok((tls, state))
             })
             .and_then(|built| commit().map(|()| built));

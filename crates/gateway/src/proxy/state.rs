@@ -68,6 +68,9 @@ pub struct GatewayState {
     /// Where the global configuration comes from: fixed at start (the
     /// directory's poller runs with it).
     pub(super) directory: Option<crate::config::DirectoryConfig>,
+    /// The settings no reload applies, as the process started with them
+    /// ([`Config::restart_only`]).
+    pub(super) started_with: Arc<Vec<(&'static str, String)>>,
     /// Partner instances and this gateway's side of federation.
     pub(super) federation: Federation,
     /// `/openapi.json` documents built from this configuration.
@@ -361,6 +364,10 @@ impl GatewayState {
             global: config.global.clone(),
             catalog: Arc::clone(&config.catalog),
             directory: config.directory.clone(),
+            started_with: previous.map_or_else(
+                || Arc::new(config.restart_only()),
+                |previous| Arc::clone(&previous.started_with),
+            ),
             federation: Federation {
                 instance: config.gateway.identity.instance().to_owned(),
                 // A member id's instance is a header value.
