@@ -283,8 +283,15 @@ fn options() -> SerializeOptions {
     SerializeOptions::new().skip_default_fields(false)
 }
 
+/// The largest JSON answer written for one message. Every field is
+/// written, defaults included, so a small message of many empty entries
+/// can print far larger than it is: past this, the answer is refused
+/// rather than held.
+pub const MAX_ANSWER_JSON: usize = 64 * 1024 * 1024;
+
 /// A response message (without its gRPC prefix) as JSON: the whole
-/// message, or the route's `response_body` field.
+/// message, or the route's `response_body` field; at most
+/// [`MAX_ANSWER_JSON`] bytes of it.
 pub fn response_json(
     output: &MessageDescriptor,
     message: &[u8],
@@ -296,32 +303,50 @@ pub fn response_json(
             output.full_name()
         )
     })?;
-    let mut serializer = serde_json::Serializer::new(Vec::new());
-    let written = match response_body {
+    let too_large =
+        || format!("the provider's answer is larger than {MAX_ANSWER_JSON} bytes as JSON");
+    let mut serializer = serde_json::Serializer::new(Capped(Vec::new()));
+    match response_body {
         None => decoded.serialize_with_options(&mut serializer, &options()),
         Some(field) => {
-            let value = decoded.get_field(field);
-            // A field is written through a message holding it alone.
+            // A field is written through a message holding it alone, whose
+            // JSON (bounded) is then read for that field.
             let mut alone = DynamicMessage::new(output.clone());
-            alone.set_field(field, value.into_owned());
-            let whole =
-                serde_json::to_value(SerializeWith(&alone)).map_err(|error| error.to_string())?;
-            return serde_json::to_vec(
-                &whole.get(field.json_name()).cloned().unwrap_or(Value::Null),
-            )
-            .map_err(|error| error.to_string());
+            alone.set_field(field, decoded.get_field(field).into_owned());
+            alone.serialize_with_options(&mut serializer, &options())
         }
+    }
+    .map_err(|error| {
+        if error.is_io() {
+            too_large()
+        } else {
+            error.to_string()
+        }
+    })?;
+    let written = serializer.into_inner().0;
+    let Some(field) = response_body else {
+        return Ok(written);
     };
-    written.map_err(|error| error.to_string())?;
-    Ok(serializer.into_inner())
+    let mut whole: serde_json::Map<String, Value> =
+        serde_json::from_slice(&written).map_err(|error| error.to_string())?;
+    serde_json::to_vec(&whole.remove(field.json_name()).unwrap_or(Value::Null))
+        .map_err(|error| error.to_string())
 }
 
-/// A message serialized with [`options`].
-struct SerializeWith<'a>(&'a DynamicMessage);
+/// A buffer that refuses to grow past [`MAX_ANSWER_JSON`].
+struct Capped(Vec<u8>);
 
-impl serde::Serialize for SerializeWith<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize_with_options(serializer, &options())
+impl std::io::Write for Capped {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + bytes.len() > MAX_ANSWER_JSON {
+            return Err(std::io::Error::other("over the JSON answer limit"));
+        }
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -421,5 +446,29 @@ mod tests {
         let json = response_json(&verify.method.output(), b"", None).expect("JSON");
         let value: Value = serde_json::from_slice(&json).expect("JSON");
         assert!(value.as_object().is_some_and(|o| !o.is_empty()), "{value}");
+    }
+
+    /// Two bytes of protobuf per empty director, some hundred of JSON
+    /// each: an answer a few megabytes long would print past the limit.
+    #[test]
+    fn an_answer_too_large_as_json_is_refused() {
+        let routes = routes();
+        let directors = routes
+            .find(
+                &Method::POST,
+                "/govbridge.business.v1.BusinessRegistry/ListDirectors",
+            )
+            .expect("the default route");
+        let output = directors.method.output();
+        let field = output.get_field_by_name("directors").expect("directors");
+        let empty = [0x12, 0x00];
+        let few = empty.repeat(10);
+        assert!(response_json(&output, &few, None).is_ok());
+        assert!(response_json(&output, &few, Some(&field)).is_ok());
+        let many = empty.repeat(MAX_ANSWER_JSON / 40);
+        for response_body in [None, Some(&field)] {
+            let refused = response_json(&output, &many, response_body).expect_err("too large");
+            assert!(refused.contains("larger than"), "{refused}");
+        }
     }
 }
