@@ -327,10 +327,12 @@ pub fn response_json(
     let Some(field) = response_body else {
         return Ok(written);
     };
-    let mut whole: serde_json::Map<String, Value> =
+    // Read as raw text: no tree of the field's values is built.
+    let whole: std::collections::HashMap<&str, &serde_json::value::RawValue> =
         serde_json::from_slice(&written).map_err(|error| error.to_string())?;
-    serde_json::to_vec(&whole.remove(field.json_name()).unwrap_or(Value::Null))
-        .map_err(|error| error.to_string())
+    Ok(whole
+        .get(field.json_name())
+        .map_or_else(|| b"null".to_vec(), |value| value.get().as_bytes().to_vec()))
 }
 
 /// A buffer that refuses to grow past [`MAX_ANSWER_JSON`].
