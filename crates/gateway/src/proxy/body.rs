@@ -806,7 +806,13 @@ impl ResponseBody {
     /// or a relayed call's deadline lasts.
     pub fn hold(&mut self, in_flight: InFlight) {
         match (&self.relay, self.expiry.as_mut()) {
-            (Some(relay), _) => lock(&relay.upstream).in_flight = Some(in_flight),
+            (Some(relay), _) => {
+                let mut upstream = lock(&relay.upstream);
+                // Past its deadline already: nothing to hold.
+                if upstream.stream.is_some() {
+                    upstream.in_flight = Some(in_flight);
+                }
+            }
             (None, Some(expiry)) => expiry.hold(in_flight),
             (None, None) => self.in_flight = Some(in_flight),
         }
@@ -816,7 +822,12 @@ impl ResponseBody {
     /// lives, or a relayed call's deadline lasts.
     pub fn holds(&mut self, permit: CallPermit) {
         match (&self.relay, self.expiry.as_mut()) {
-            (Some(relay), _) => lock(&relay.upstream).permit = Some(permit),
+            (Some(relay), _) => {
+                let mut upstream = lock(&relay.upstream);
+                if upstream.stream.is_some() {
+                    upstream.permit = Some(permit);
+                }
+            }
             (None, Some(expiry)) => expiry.hold(permit),
             (None, None) => self.permit = Some(permit),
         }
