@@ -823,6 +823,12 @@ async fn json_mistakes_are_400s_naming_the_field_and_the_gateway_keeps_serving()
         .unwrap();
     assert_eq!(default.status, 405);
     assert_eq!(default.headers["allow"], "POST");
+    let openapi = bank
+        .call(Method::POST, "/openapi.json", &headers, "{}")
+        .await
+        .unwrap();
+    assert_eq!(openapi.status, 405);
+    assert_eq!(openapi.headers["allow"], "GET");
 
     // HTTP/1.1's connection headers stay on the caller's hop.
     let mut http1 = json_client(&bed, "cbao-kyc", HttpVersion::Http1).await;

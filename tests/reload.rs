@@ -185,5 +185,27 @@ async fn restart_only_settings_are_told_apart() {
         .map(|((setting, _), _)| *setting)
         .collect();
     assert_eq!(changed, ["gateway.listen"]);
+
+    // A fleet's database: its whole URL counts, password and options too.
+    let with_store = |url: &str| {
+        let store =
+            format!("\n[exchange_log]\norigin = \"govbridge/fleet\"\n[store]\nurl = \"{url}\"\n");
+        std::fs::write(&path, format!("{text}{store}")).unwrap();
+        Config::load(&path).unwrap().restart_only()
+    };
+    let one = with_store("postgres://node:s3cr3t@127.0.0.1:5432/fleet");
+    for other in [
+        "postgres://node:other@127.0.0.1:5432/fleet",
+        "postgres://node:s3cr3t@127.0.0.1:5432/fleet?sslmode=disable",
+    ] {
+        let changed: Vec<&str> = one
+            .iter()
+            .zip(&with_store(other))
+            .filter(|(was, is)| was != is)
+            .map(|((setting, _), _)| *setting)
+            .collect();
+        assert_eq!(changed, ["[store]"], "{other}");
+    }
+    assert!(one.iter().all(|(_, value)| !value.contains("s3cr3t")));
     bed.stop().await;
 }

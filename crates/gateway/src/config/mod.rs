@@ -661,11 +661,17 @@ impl Config {
             ),
             (
                 "[store]",
+                // The whole URL (password and options too), as a digest:
+                // this list is kept, and never holds a secret.
                 format!(
                     "{:?}",
-                    self.store
-                        .as_ref()
-                        .map(|store| (store.redacted(), &store.ca))
+                    self.store.as_ref().map(|store| {
+                        let url = aws_lc_rs::digest::digest(
+                            &aws_lc_rs::digest::SHA256,
+                            store.url.as_bytes(),
+                        );
+                        (url.as_ref().to_vec(), &store.ca)
+                    })
                 ),
             ),
         ]

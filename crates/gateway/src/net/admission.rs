@@ -74,7 +74,7 @@ impl AddressSlots {
 /// address (mapped into IPv6 or not) itself, an IPv6 address's /64, which
 /// one host is commonly given whole and could otherwise spread a flood
 /// over, one address per connection.
-fn counted_as(address: IpAddr) -> IpAddr {
+pub(crate) fn counted_as(address: IpAddr) -> IpAddr {
     match address.to_canonical() {
         IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from_bits(
             v6.to_bits() & !u128::from(u64::MAX),

@@ -9,6 +9,8 @@
 //! connection does.
 
 mod admission;
+
+pub(crate) use admission::counted_as;
 pub mod client;
 mod streams;
 

@@ -228,7 +228,9 @@ impl Admin {
                         continue;
                     }
                 };
-                let Some(peer_slot) = peers.take(peer.ip()) else {
+                // Counted as the partners' listener counts: an IPv6 /64
+                // is one address.
+                let Some(peer_slot) = peers.take(crate::net::counted_as(peer.ip())) else {
                     tracing::debug!(%peer, "admin connection closed: {MAX_CONNECTIONS_PER_ADDRESS} from this address are open");
                     continue;
                 };

@@ -118,8 +118,21 @@ pub(super) async fn serve(
         }
     };
     let state = service.state.load_full();
-    if request.method() == Method::GET && request.uri().path() == "/openapi.json" {
-        return openapi(&service, &state, &request, &request_id);
+    if request.uri().path() == "/openapi.json" {
+        if request.method() == Method::GET {
+            return openapi(&service, &state, &request, &request_id);
+        }
+        let mut answer = Failure::new(
+            Code::Unimplemented,
+            format!("/openapi.json is not a route for {}", request.method()),
+        )
+        .status(StatusCode::METHOD_NOT_ALLOWED)
+        .kind("no-json-route")
+        .respond(&request_id);
+        answer
+            .headers_mut()
+            .insert(http::header::ALLOW, HeaderValue::from_static("GET"));
+        return answer;
     }
     let routes = state.catalog.json_routes();
     let path = request.uri().path().to_owned();

@@ -195,19 +195,14 @@ impl Reloader {
                     .map_err(|error| start_error(StartError::ServerTls(error)))?;
                 let state =
                     GatewayState::after(&config, Some(&self.state.load())).map_err(start_error)?;
-                for ((setting, running), (_, written)) in
-                    state.started_with.iter().zip(config.restart_only())
-                {
-                    if *running != written {
-                        tracing::warn!(
-                            file = %self.source.display(),
-                            setting,
-                            "a setting changed in the file takes effect at restart: the running \
-                             value stays until then"
-                        );
-                    }
-                }
-                Ok((tls, state))
+                let unapplied: Vec<&'static str> = state
+                    .started_with
+                    .iter()
+                    .zip(config.restart_only())
+                    .filter(|((_, running), (_, written))| *running != *written)
+                    .map(|((setting, _), _)| *setting)
+                    .collect();
+                Ok((tls, state, unapplied))
             })
             .and_then(|built| commit().map(|()| built));
         self.metrics.reload(built.is_ok());
@@ -216,7 +211,15 @@ impl Reloader {
         {
             self.metrics.stale_crl(true);
         }
-        let (tls, state) = built?;
+        let (tls, state, unapplied) = built?;
+        for setting in unapplied {
+            tracing::warn!(
+                file = %self.source.display(),
+                setting,
+                "a setting changed in the file takes effect at restart: the running value \
+                 stays until then"
+            );
+        }
         for _ in state.overdue_crls_at(state.built_at()) {
             self.metrics.stale_crl(false);
         }

@@ -328,7 +328,8 @@ pub fn response_json(
         return Ok(written);
     };
     // Read as raw text: no tree of the field's values is built.
-    let whole: std::collections::HashMap<&str, &serde_json::value::RawValue> =
+    // Keys owned: a `json_name` may hold a character JSON escapes.
+    let whole: std::collections::HashMap<String, &serde_json::value::RawValue> =
         serde_json::from_slice(&written).map_err(|error| error.to_string())?;
     Ok(whole
         .get(field.json_name())
