@@ -816,58 +816,80 @@ async fn held_by_silent_connections(
     (silent, client)
 }
 
+/// A bed whose treasury may have one call in flight, all calls ending
+/// within half a second: `probe` serves the civil registry.
+async fn one_call_bed(probe: &Probe) -> Bed {
+    Bed::builder()
+        .without_agencies()
+        .probe(probe::SERVICE, probe.server())
+        .upstream("max_deadline", "\"500ms\"")
+        .limits("[limits.members.\"SN/GOV/DGCPT/treasury\"]\nconcurrent_calls = 1\n")
+        .start()
+        .await
+}
+
+/// Opens a call to `path` as the treasury with stream windows of 0, so
+/// that the gateway can send the answer's headers and never a byte of
+/// its messages; the connection stays open while it is held.
+async fn never_read(
+    bed: &Bed,
+    path: &str,
+    request: &impl prost::Message,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut tls = raw_h2::connect(bed.gateway, bed.member_tls("treasury")).await;
+    let mut bytes = raw_h2::preface(&[(raw_h2::SETTINGS_INITIAL_WINDOW_SIZE, 0)]);
+    bytes.extend(raw_h2::grpc_headers(1, path, false));
+    bytes.extend(raw_h2::grpc_data(1, request, true));
+    tls.write_all(&bytes).await.unwrap();
+    tls
+}
+
+/// Calls as the treasury until a call is not refused for its one place
+/// (`stalled` still holding it fails the test after [`PATIENCE`]);
+/// returns how many were.
+async fn refused_until_admitted(bed: &Bed, stalled: &str) -> usize {
+    let started = Instant::now();
+    let mut refused = 0;
+    loop {
+        let client = H2Client::connect(bed.gateway, bed.member_tls("treasury"))
+            .await
+            .unwrap();
+        let status = CivilRegistryClient::new(client)
+            .verify_identity(verify_identity_of(bed, 0))
+            .await
+            .unwrap_err();
+        if bridge_error(&status).as_deref() != Some("too-many-calls") {
+            assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+            return refused;
+        }
+        refused += 1;
+        assert!(
+            started.elapsed() < PATIENCE,
+            "{stalled} still holds its place"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A caller that stops reading an answer (its window closed) keeps no
 /// place under the limits past its call's deadline: hyper polls the
 /// answer's body no more, so the place must not live in that body alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_reader_gives_its_place_back_at_the_deadline() {
     let probe = Probe::new(Duration::ZERO, 16 << 10);
-    let bed = Bed::builder()
-        .without_agencies()
-        .probe(probe::SERVICE, probe.server())
-        .upstream("max_deadline", "\"500ms\"")
-        .limits("[limits.members.\"SN/GOV/DGCPT/treasury\"]\nconcurrent_calls = 1\n")
-        .start()
-        .await;
-    // Stream windows of 0: the gateway can send the answer's headers,
-    // never a byte of its events.
-    let mut tls = raw_h2::connect(bed.gateway, bed.member_tls("treasury")).await;
-    let mut bytes = raw_h2::preface(&[(raw_h2::SETTINGS_INITIAL_WINDOW_SIZE, 0)]);
-    bytes.extend(raw_h2::grpc_headers(1, WATCH, false));
-    bytes.extend(raw_h2::grpc_data(
-        1,
-        &WatchLifeEventsRequest {
-            after_sequence: 0,
-            max_events: 0,
-        },
-        true,
-    ));
-    tls.write_all(&bytes).await.unwrap();
+    let bed = one_call_bed(&probe).await;
+    let watching = WatchLifeEventsRequest {
+        after_sequence: 0,
+        max_events: 0,
+    };
+    let stalled = never_read(&bed, WATCH, &watching).await;
     tokio::time::timeout(PATIENCE, probe.state.arrived.notified())
         .await
         .expect("the stream never reached the backend");
 
     // The member's one place is taken until the stalled call's deadline.
-    let started = Instant::now();
-    loop {
-        let client = H2Client::connect(bed.gateway, bed.member_tls("treasury"))
-            .await
-            .unwrap();
-        let answer = CivilRegistryClient::new(client)
-            .verify_identity(verify_identity_of(&bed, 0))
-            .await;
-        let status = answer.unwrap_err();
-        if bridge_error(&status).as_deref() != Some("too-many-calls") {
-            assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-            break;
-        }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "the stalled call still holds its place"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    drop(tls);
+    refused_until_admitted(&bed, "the stalled call").await;
+    drop(stalled);
     bed.stop().await;
 }
 
@@ -879,13 +901,7 @@ async fn a_health_watch_ends_at_its_deadline_and_gives_its_place_back() {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
     let probe = Probe::new(Duration::ZERO, 0);
-    let bed = Bed::builder()
-        .without_agencies()
-        .probe(probe::SERVICE, probe.server())
-        .upstream("max_deadline", "\"500ms\"")
-        .limits("[limits.members.\"SN/GOV/DGCPT/treasury\"]\nconcurrent_calls = 1\n")
-        .start()
-        .await;
+    let bed = one_call_bed(&probe).await;
     let client = H2Client::connect(bed.gateway, bed.member_tls("treasury"))
         .await
         .unwrap();
@@ -910,41 +926,13 @@ async fn a_health_watch_ends_at_its_deadline_and_gives_its_place_back() {
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
 
     // A watch whose reader never reads: its place is back at the
-    // deadline (the service maximum here).
-    let mut tls = raw_h2::connect(bed.gateway, bed.member_tls("treasury")).await;
-    let mut bytes = raw_h2::preface(&[(raw_h2::SETTINGS_INITIAL_WINDOW_SIZE, 0)]);
-    bytes.extend(raw_h2::grpc_headers(
-        1,
-        "/grpc.health.v1.Health/Watch",
-        false,
-    ));
-    bytes.extend(raw_h2::grpc_data(1, &HealthCheckRequest::default(), true));
-    tls.write_all(&bytes).await.unwrap();
+    // deadline (the service maximum here), and it is counted in flight
+    // no longer.
+    let health = "/grpc.health.v1.Health/Watch";
+    let stalled = never_read(&bed, health, &HealthCheckRequest::default()).await;
     wait_for_metric(bed.admin, "govbridge_calls_in_flight", |n| n == 1.0).await;
-    let started = Instant::now();
-    let mut refused = 0;
-    loop {
-        let client = H2Client::connect(bed.gateway, bed.member_tls("treasury"))
-            .await
-            .unwrap();
-        let status = CivilRegistryClient::new(client)
-            .verify_identity(verify_identity_of(&bed, 0))
-            .await
-            .unwrap_err();
-        if bridge_error(&status).as_deref() != Some("too-many-calls") {
-            assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-            break;
-        }
-        refused += 1;
-        assert!(
-            started.elapsed() < PATIENCE,
-            "the stalled watch still holds its place"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // It did hold it until then, and is counted in flight no longer.
-    assert!(refused > 0);
+    assert!(refused_until_admitted(&bed, "the stalled watch").await > 0);
     wait_for_metric(bed.admin, "govbridge_calls_in_flight", |n| n == 0.0).await;
-    drop(tls);
+    drop(stalled);
     bed.stop().await;
 }

@@ -152,6 +152,12 @@ fn proven(proof: &RecordProof) -> ExchangeRecord {
     ExchangeRecord::decode(proof.record.as_slice()).unwrap()
 }
 
+/// The record of request `id` as its caller fetches it, its proof
+/// checked.
+async fn proven_by_request(log: &mut ExchangeLogClient<H2Client>, id: &str) -> ExchangeRecord {
+    proven(&log.get_record(by_request(id)).await.unwrap().into_inner())
+}
+
 fn by_request(id: &str) -> GetRecordRequest {
     GetRecordRequest {
         key: Some(Key::RequestId(id.to_owned())),
@@ -602,12 +608,7 @@ async fn the_data_tracker_shows_a_citizen_who_read_their_data() {
     // The concealed access is in the log all the same, with its date.
     let mut log = ExchangeLogClient::new(bed.client("dgid-tax").await);
     signed_checkpoint(&bed, &mut log).await;
-    let record = proven(
-        &log.get_record(by_request(&concealed_id))
-            .await
-            .unwrap()
-            .into_inner(),
-    );
+    let record = proven_by_request(&mut log, &concealed_id).await;
     assert_eq!(record.subject, first);
     assert_eq!(
         record.policies,
@@ -828,12 +829,7 @@ async fn every_citizen_a_stream_asks_about_sees_it_in_their_data_tracker() {
 
     let mut log = ExchangeLogClient::new(bed.client("cbao-credit").await);
     signed_checkpoint(&bed, &mut log).await;
-    let record = proven(
-        &log.get_record(by_request(&request_id))
-            .await
-            .unwrap()
-            .into_inner(),
-    );
+    let record = proven_by_request(&mut log, &request_id).await;
     assert_eq!(record.phase(), Phase::Outcome);
     assert_eq!(record.subject, nin(0));
     let mut others = vec![nin(1), nin(2)];
@@ -872,12 +868,7 @@ async fn a_stream_ends_at_the_message_naming_one_subject_too_many() {
 
     let mut log = ExchangeLogClient::new(bed.client("cbao-credit").await);
     signed_checkpoint(&bed, &mut log).await;
-    let record = proven(
-        &log.get_record(by_request(&request_id))
-            .await
-            .unwrap()
-            .into_inner(),
-    );
+    let record = proven_by_request(&mut log, &request_id).await;
     assert_eq!(record.error_kind, "too-many-subjects");
     assert_eq!(record.subject, nins[0]);
     assert_eq!(record.more_subjects.len(), MAX_SUBJECTS - 1);
