@@ -331,13 +331,7 @@ async fn a_stream_is_refused_at_the_first_message_naming_someone_else() {
         .stream_declared_income(request)
         .await
         .unwrap();
-    let request_id = response
-        .metadata()
-        .get("bridge-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let request_id = support::request_id_of(response.metadata());
     let mut answers = response.into_inner();
     assert_eq!(answers.message().await.unwrap().unwrap().nin, a);
     asking.send(year(&a, 2022)).await.unwrap();

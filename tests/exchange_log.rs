@@ -553,13 +553,7 @@ async fn the_data_tracker_shows_a_citizen_who_read_their_data() {
         .get_person(at_anec("TAX-FRAUD-INVESTIGATION"))
         .await
         .unwrap();
-    let concealed_id = investigation
-        .metadata()
-        .get("bridge-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let concealed_id = support::request_id_of(investigation.metadata());
 
     let mut tracker = DataTrackerClient::new(bed.client("mygov").await);
     let seen = accesses(&mut tracker, &first, 0).await;
@@ -787,23 +781,15 @@ async fn ask_incomes(bed: &Bed, nins: &[String]) -> (String, Result<usize, tonic
             fiscal_year: 2023,
         })
         .collect();
-    let request_id = |metadata: &tonic::metadata::MetadataMap| {
-        metadata
-            .get("bridge-request-id")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_owned()
-    };
     // Refused before any answer, the call ends trailers-only.
     let response = match TaxAuthorityClient::new(bed.client("cbao-credit").await)
         .stream_declared_income(declared(tokio_stream::iter(requests), "CREDIT-SCORING"))
         .await
     {
         Ok(response) => response,
-        Err(status) => return (request_id(status.metadata()), Err(status)),
+        Err(status) => return (support::request_id_of(status.metadata()), Err(status)),
     };
-    let request_id = request_id(response.metadata());
+    let request_id = support::request_id_of(response.metadata());
     let mut answers = response.into_inner();
     let mut answered = 0;
     loop {

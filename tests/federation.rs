@@ -30,7 +30,7 @@ use govbridge::proto::aztax::v1::tax_service_client::TaxServiceClient;
 use govbridge::proto::aztax::v1::{GetTaxpayerStatusRequest, Standing};
 use govbridge::proto::business::v1::GetCompanyRequest;
 use govbridge::proto::business::v1::business_registry_client::BusinessRegistryClient;
-use support::{Bed, H2Client, bridge_error, raw_call};
+use support::{Bed, H2Client, bridge_error, raw_call, request_id_of};
 
 const BUSINESS: &str = "govbridge.business.v1.BusinessRegistry";
 /// Azerbaijan's company registry: no Senegalese provider publishes it, so
@@ -199,16 +199,6 @@ fn run(args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&output.stderr)
     );
     (output.status.success(), text)
-}
-
-/// The `bridge-request-id` the gateway answered with.
-fn request_id_of(metadata: &tonic::metadata::MetadataMap) -> String {
-    metadata
-        .get("bridge-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned()
 }
 
 fn instance(status: &tonic::Status) -> Option<String> {

@@ -558,13 +558,7 @@ async fn verify_identity(bed: &Bed, node: SocketAddr) -> Result<String, tonic::S
     let response = CivilRegistryClient::new(client)
         .verify_identity(request)
         .await?;
-    Ok(response
-        .metadata()
-        .get("bridge-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned())
+    Ok(support::request_id_of(response.metadata()))
 }
 
 /// `govbridge audit <args>`, which must succeed; returns its output.
@@ -838,15 +832,9 @@ async fn load(
                         .verify_identity(declared(request.clone(), "KYC"))
                         .await
                     {
-                        Ok(response) => answered.push(
-                            response
-                                .metadata()
-                                .get("bridge-request-id")
-                                .unwrap()
-                                .to_str()
-                                .unwrap()
-                                .to_owned(),
-                        ),
+                        Ok(response) => {
+                            answered.push(support::request_id_of(response.metadata()));
+                        }
                         Err(status) => refused.push(status),
                     }
                 }

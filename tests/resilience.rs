@@ -440,15 +440,17 @@ async fn turning_health_checks_off_puts_endpoints_back_in_rotation() {
 
     // An operator silences a flapping check: nothing would ever clear the
     // verdict of the checks before, so the reload does.
-    let config = bed.dir().join("govbridge.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let text = text.replacen(
-        "health_check_interval = \"50ms\"",
-        "health_check_interval = \"0s\"",
-        1,
-    );
-    std::fs::write(&config, text).unwrap();
-    bed.reloader.reload().unwrap();
+    let reload_with = |from: &str, to: &str| {
+        let config = bed.dir().join("govbridge.toml");
+        let text = std::fs::read_to_string(&config).unwrap().replacen(
+            &format!("health_check_interval = \"{from}\""),
+            &format!("health_check_interval = \"{to}\""),
+            1,
+        );
+        std::fs::write(&config, text).unwrap();
+        bed.reloader.reload().unwrap();
+    };
+    reload_with("50ms", "0s");
     assert_eq!(
         endpoints(&bed, "govbridge_upstream_endpoint_in_rotation").await,
         [1]
@@ -457,13 +459,7 @@ async fn turning_health_checks_off_puts_endpoints_back_in_rotation() {
 
     // Turned on again, checks start from nothing: the verdict of those
     // before does not take the endpoint out.
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "health_check_interval = \"0s\"",
-        "health_check_interval = \"10s\"",
-        1,
-    );
-    std::fs::write(&config, text).unwrap();
-    bed.reloader.reload().unwrap();
+    reload_with("0s", "10s");
     assert_eq!(
         endpoints(&bed, "govbridge_upstream_endpoint_in_rotation").await,
         [1]

@@ -434,6 +434,16 @@ pub fn with_header<T>(
 }
 
 /// The `bridge-error` of a failed call, if the gateway made it.
+/// The `bridge-request-id` the gateway answered with.
+pub fn request_id_of(metadata: &tonic::metadata::MetadataMap) -> String {
+    metadata
+        .get("bridge-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
 pub fn bridge_error(status: &tonic::Status) -> Option<String> {
     status
         .metadata()

@@ -805,31 +805,42 @@ impl ResponseBody {
     /// Keeps the call counted as in flight for as long as this body lives,
     /// or a relayed call's deadline lasts.
     pub fn hold(&mut self, in_flight: InFlight) {
-        match (&self.relay, self.expiry.as_mut()) {
-            (Some(relay), _) => {
-                let mut upstream = lock(&relay.upstream);
-                // Past its deadline already: nothing to hold.
-                if upstream.stream.is_some() {
-                    upstream.in_flight = Some(in_flight);
-                }
-            }
-            (None, Some(expiry)) => expiry.hold(in_flight),
-            (None, None) => self.in_flight = Some(in_flight),
-        }
+        self.keep(
+            in_flight,
+            |upstream| &mut upstream.in_flight,
+            |body| &mut body.in_flight,
+        );
     }
 
     /// Keeps the call counted under the limits for as long as this body
     /// lives, or a relayed call's deadline lasts.
     pub fn holds(&mut self, permit: CallPermit) {
-        match (&self.relay, self.expiry.as_mut()) {
-            (Some(relay), _) => {
-                let mut upstream = lock(&relay.upstream);
-                if upstream.stream.is_some() {
-                    upstream.permit = Some(permit);
-                }
+        self.keep(
+            permit,
+            |upstream| &mut upstream.permit,
+            |body| &mut body.permit,
+        );
+    }
+
+    /// Keeps `value` until the call ends: with a relay's upstream side,
+    /// which its watchdog drops at the deadline; with a local answer's
+    /// expiry; else in the body itself.
+    fn keep<T: Send + 'static>(
+        &mut self,
+        value: T,
+        upstream_slot: fn(&mut Upstream) -> &mut Option<T>,
+        body_slot: fn(&mut Self) -> &mut Option<T>,
+    ) {
+        if let Some(relay) = &self.relay {
+            let mut upstream = lock(&relay.upstream);
+            // Past its deadline already: nothing to hold.
+            if upstream.stream.is_some() {
+                *upstream_slot(&mut upstream) = Some(value);
             }
-            (None, Some(expiry)) => expiry.hold(permit),
-            (None, None) => self.permit = Some(permit),
+        } else if let Some(expiry) = self.expiry.as_mut() {
+            expiry.hold(value);
+        } else {
+            *body_slot(self) = Some(value);
         }
     }
 
