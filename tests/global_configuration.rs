@@ -780,6 +780,20 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Every file under `dir`.
+fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walkdir(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_taken_while_serving_is_checked_and_restored_elsewhere() {
     let bed = dev_bed().await;
@@ -795,9 +809,23 @@ async fn a_backup_taken_while_serving_is_checked_and_restored_elsewhere() {
     std::fs::create_dir_all(&witnessed).unwrap();
     std::fs::write(witnessed.join("AZ.checkpoint"), "AZ's checkpoint\n").unwrap();
     std::fs::write(witnessed.join(".AZ.checkpoint.1.tmp"), "half").unwrap();
+    // What an archive run killed part-way leaves in the archives.
+    let archives = gateway.data.join("archives");
+    std::fs::create_dir_all(&archives).unwrap();
+    let half_archive = ".records-000000000000-000000065536.jsonl.gz.1.tmp";
+    std::fs::write(archives.join(half_archive), "half").unwrap();
     let backup = bed.dir().join("backup");
     let said = run(&["backup", "--config", path(&config), "--out", path(&backup)]);
     assert!(said.contains("signed by"), "{said}");
+    // Private, as the data directory is.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode();
+        assert_eq!(mode(&backup) & 0o077, 0, "{}", backup.display());
+        for entry in walkdir(&backup) {
+            assert_eq!(mode(&entry) & 0o077, 0, "{}", entry.display());
+        }
+    }
     let log_key = gateway.data.join("log-key.pub");
 
     // Another machine: its own certificates and the directory's key, and
@@ -829,6 +857,22 @@ async fn a_backup_taken_while_serving_is_checked_and_restored_elsewhere() {
     assert!(!refused.status.success());
     assert!(!restored.exists());
 
+    // A journal left beside where the log's store goes counts as a store:
+    // SQLite would replay it into the copy.
+    let data = machine.join("gw-data");
+    std::fs::create_dir_all(&data).unwrap();
+    let stale = data.join("exchange-log.sqlite-wal");
+    std::fs::write(&stale, "an old log's frames").unwrap();
+    let refused = restore(&backup, &restored, &log_key);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("sqlite-wal: exists"),
+        "{}",
+        text(&refused)
+    );
+    assert!(!restored.exists());
+    std::fs::remove_file(&stale).unwrap();
+
     // The backup restores, its log verifies, and a second restore
     // overwrites nothing.
     let said = {
@@ -837,7 +881,6 @@ async fn a_backup_taken_while_serving_is_checked_and_restored_elsewhere() {
         text(&output)
     };
     assert!(said.contains("exchange log verified"), "{said}");
-    let data = machine.join("gw-data");
     let verified = run(&[
         "audit",
         "verify",

@@ -92,8 +92,15 @@ pub fn backup(config_path: &Path, out: &Path) -> anyhow::Result<()> {
         dir: PathBuf::from(format!("{}.partial-{}", out.display(), unique())),
         files: Vec::new(),
     };
-    std::fs::create_dir_all(&staging.dir)
-        .with_context(|| format!("creating {}", staging.dir.display()))?;
+    // Private, as the data directory is: the copies hold who asked what
+    // about whom.
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&staging.dir)
+            .with_context(|| format!("creating {}", staging.dir.display()))?;
+    }
     let written = write_backup(config_path, &config, &key, &mut staging);
     if written.is_err() {
         let _ = std::fs::remove_dir_all(&staging.dir);
@@ -143,10 +150,16 @@ fn write_backup(
     if receipts.exists() {
         staging.snapshot(Part::Log, &receipts, RECEIPTS_FILE)?;
     }
-    if let Ok(entries) = std::fs::read_dir(&log.archive_dir) {
-        for entry in entries.flatten().filter(|entry| entry.path().is_file()) {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            staging.copy(Part::Archives, &entry.path(), &name)?;
+    // The archives only: not a run's temporary file, nor anything else an
+    // operator keeps there. A directory that cannot be read fails the
+    // backup, which would otherwise miss records the store no longer has.
+    if log.archive_dir.exists() {
+        for from in govbridge::exchange_log::archive::list(&log.archive_dir)? {
+            let name = from
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            staging.copy(Part::Archives, &from, &name)?;
         }
     }
     if let Ok(entries) = std::fs::read_dir(log.data_dir.join(STATE_DIR)) {
@@ -173,6 +186,20 @@ fn write_backup(
             format!("{}\n", global.version).as_bytes(),
         )?;
     }
+    // Checked as a restore will check it, so that a backup said to be
+    // taken can be restored.
+    let log_copy = staging.dir.join(Part::Log.name());
+    if log_copy.join(DATABASE_FILE).exists() {
+        let archives = staging.dir.join(Part::Archives.name());
+        let report = govbridge::exchange_log::verify::verify_with_archives(
+            &log_copy,
+            archives.is_dir().then_some(archives.as_path()),
+            &key.verifier(),
+        )?;
+        if let Some(problem) = report.problem {
+            bail!("the exchange log's copy does not verify: {problem}");
+        }
+    }
     let mut text = format!(
         "{HEADER}\nnode {}\ntaken {}\n",
         config.gateway.node_id,
@@ -185,7 +212,7 @@ fn write_backup(
         text.push_str(&format!("file {hash} {} {name}\n", part.name()));
     }
     let manifest = staging.dir.join(MANIFEST);
-    govbridge::keys::write_file(&manifest, key.sign(&text).as_bytes(), 0o644)
+    govbridge::keys::write_file(&manifest, key.sign(&text).as_bytes(), 0o600)
         .with_context(|| format!("writing {}", manifest.display()))
 }
 
@@ -221,6 +248,8 @@ impl Staging {
             std::fs::create_dir_all(parent)?;
         }
         snapshot(from, &to)?;
+        std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .with_context(|| format!("{}: making it private", to.display()))?;
         self.files.push((part, name.to_owned()));
         Ok(())
     }
@@ -375,7 +404,18 @@ pub fn restore(from: &Path, config_path: &Path, key: &Path) -> anyhow::Result<()
         };
         moves.push((entry, target));
     }
-    if let Some((_, taken)) = moves.iter().find(|(_, target)| target.exists()) {
+    // A database's journal left beside its target counts as the database:
+    // SQLite would replay an old log's frames into the restored copy.
+    let taken = moves.iter().find_map(|(_, target)| {
+        std::iter::once(target.clone())
+            .chain(["-wal", "-shm", "-journal"].map(|suffix| {
+                let mut path = target.clone().into_os_string();
+                path.push(suffix);
+                PathBuf::from(path)
+            }))
+            .find(|path| path.exists())
+    });
+    if let Some(taken) = taken {
         bail!(
             "{}: exists; a restore never overwrites (move it aside first): nothing was written",
             taken.display()
