@@ -306,10 +306,11 @@ impl MyGovAgency {
     ) {
         let mut latest = self.portal.latest.subscribe();
         loop {
-            let pending: Vec<pb::StatusChange> = {
+            let (pending, newest): (Vec<pb::StatusChange>, u64) = {
                 let book = self.book();
                 let start = usize::try_from(after).unwrap_or(usize::MAX);
-                book.changes.get(start..).unwrap_or_default().to_vec()
+                let pending = book.changes.get(start..).unwrap_or_default().to_vec();
+                (pending, book.changes.len() as u64)
             };
             let event = |event| pb::StatusEvent { event: Some(event) };
             for change in pending {
@@ -322,8 +323,11 @@ impl MyGovAgency {
                     return;
                 }
             }
+            // The portal's newest change, not the subscriber's: behind the
+            // subscriber's own, it tells a gateway that the history started
+            // again (this mock forgets everything when it restarts).
             let heartbeat = event(pb::status_event::Event::Heartbeat(pb::Heartbeat {
-                latest_sequence: after,
+                latest_sequence: newest,
             }));
             if sender.send(Ok(heartbeat)).await.is_err() {
                 return;
@@ -334,5 +338,34 @@ impl MyGovAgency {
                 () = sender.closed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A gateway that followed the portal before it restarted asks for the
+    /// changes after its own cursor: the heartbeat must give the portal's
+    /// newest change (none), so that the gateway reads the new history
+    /// from the start instead of waiting past changes it will never see.
+    #[tokio::test]
+    async fn a_restarted_portal_tells_a_subscriber_ahead_of_it() {
+        let signer = Arc::new(ConsentSigner::generate("mygov-test").expect("a signing key"));
+        let gateway = MemberId::parse("SN/GOV/BRIDGE/gateway").expect("a member id");
+        let portal = MyGovAgency::new(signer, portal_issuer(), gateway);
+        let (sender, mut events) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(portal.feed(5, sender));
+        let first = events
+            .recv()
+            .await
+            .expect("an event")
+            .expect("not an error");
+        assert_eq!(
+            first.event,
+            Some(pb::status_event::Event::Heartbeat(pb::Heartbeat {
+                latest_sequence: 0
+            }))
+        );
     }
 }
