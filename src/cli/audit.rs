@@ -959,9 +959,12 @@ impl QueryFilter {
     /// The SQL and its parameters. Values only ever travel as parameters;
     /// `candidates`, the records the subject's lookups found, are indexes.
     /// `more_subjects` is that column, or NULL in a log written before it.
+    /// Records before `from` are archived (rows of them an archive run has
+    /// yet to remove are not read: they are checked from their archive).
     fn sql(
         &self,
         limit: u64,
+        from: u64,
         candidates: Option<&[u64]>,
         more_subjects: &str,
     ) -> (String, Vec<Value>) {
@@ -973,6 +976,10 @@ impl QueryFilter {
             conditions.push(condition.replace('?', &format!("?{}", values.len())));
         };
         let text = |text: &String| Value::Text(text.clone());
+        add(
+            "idx >= ?",
+            Value::Integer(i64::try_from(from).unwrap_or(i64::MAX)),
+        );
         if let Some(since) = self.since {
             add("at_us >= ?", Value::Integer(since));
         }
@@ -1042,7 +1049,12 @@ fn query(data: &Path, filter: &QueryFilter, limit: u64, json: bool) -> anyhow::R
         .as_deref()
         .map(|subject| store.find(Kind::Subject, subject))
         .transpose()?;
-    let (sql, values) = filter.sql(limit, candidates.as_deref(), store.more_subjects_column()?);
+    let (sql, values) = filter.sql(
+        limit,
+        store.archived_end()?,
+        candidates.as_deref(),
+        store.more_subjects_column()?,
+    );
     let mut rows = store.select(&sql, rusqlite::params_from_iter(values))?;
     let more = rows.len() as u64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
@@ -1368,15 +1380,16 @@ mod tests {
             after: Some(7),
             ..QueryFilter::default()
         };
-        let (sql, values) = filter.sql(50, Some(&[3, 9]), "more_subjects");
+        let (sql, values) = filter.sql(50, 0, Some(&[3, 9]), "more_subjects");
         assert_eq!(
             sql,
-            "SELECT idx, record FROM records WHERE caller = ?1 AND allowed = ?2 AND idx > ?3 \
-             AND idx IN (3,9) ORDER BY idx LIMIT ?4"
+            "SELECT idx, record FROM records WHERE idx >= ?1 AND caller = ?2 AND allowed = ?3 \
+             AND idx > ?4 AND idx IN (3,9) ORDER BY idx LIMIT ?5"
         );
         assert_eq!(
             values,
             vec![
+                Value::Integer(0),
                 Value::Text("x' OR 1=1 --".into()),
                 Value::Integer(0),
                 Value::Integer(7),
@@ -1388,13 +1401,15 @@ mod tests {
             subject: Some("2002196400009".into()),
             ..QueryFilter::default()
         };
-        let (sql, values) = filter.sql(50, Some(&[3]), "NULL");
+        // Archived records are not read from the hot store.
+        let (sql, values) = filter.sql(50, 65_536, Some(&[3]), "NULL");
         assert_eq!(
             sql,
-            "SELECT idx, record FROM records WHERE (subject = ?1 OR ?1 IN (SELECT value FROM \
-             json_each(NULL))) AND idx IN (3) ORDER BY idx LIMIT ?2"
+            "SELECT idx, record FROM records WHERE idx >= ?1 AND (subject = ?2 OR ?2 IN (SELECT \
+             value FROM json_each(NULL))) AND idx IN (3) ORDER BY idx LIMIT ?3"
         );
-        assert_eq!(values.len(), 2);
+        assert_eq!(values.len(), 3);
+        assert_eq!(values[0], Value::Integer(65_536));
     }
 
     #[test]

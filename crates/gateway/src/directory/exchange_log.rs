@@ -403,21 +403,25 @@ impl ExchangeLogService {
                 "old_size {old} is larger than new_size {new}: a log only grows"
             )));
         }
-        let proof = read(log, move |store| {
-            // A tree that ends inside an archived segment is made of nodes
-            // that left with it; one that ends at a segment's end is not.
-            if !old.is_multiple_of(SEGMENT) {
-                archived(store, old)?;
-            }
-            merkle::consistency_proof(store, old, new)?.map_err(|error| unprovable(&error))
-        })
-        .await?;
+        let proof = read(log, move |store| consistency(store, old, new)).await?;
         Ok(ConsistencyProof {
             old_size: old,
             new_size: new,
             hashes: hashes(proof),
         })
     }
+}
+
+/// The consistency proof from tree size `old` to `new`.
+fn consistency(store: &Reader, old: u64, new: u64) -> Result<Vec<Hash>, ReadError> {
+    // A tree that ends inside an archived segment is made of nodes that
+    // left with it; one that ends at a segment's end is not.
+    for size in [old, new] {
+        if !size.is_multiple_of(SEGMENT) {
+            archived(store, size)?;
+        }
+    }
+    merkle::consistency_proof(store, old, new)?.map_err(|error| unprovable(&error))
 }
 
 /// Fails when record `index` has left the store for an archive.
@@ -655,6 +659,17 @@ mod tests {
             status.message().contains("audit prove --archives"),
             "{status:?}"
         );
+        // A consistency proof between two sizes inside archived segments
+        // needs their nodes: archived, not unreadable.
+        rusqlite::Connection::open(dir.path().join(crate::exchange_log::store::DATABASE_FILE))
+            .unwrap()
+            .execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'archived_end'",
+                [(2 * SEGMENT).to_string()],
+            )
+            .unwrap();
+        let error = consistency(&store, SEGMENT, SEGMENT + 1).unwrap_err();
+        assert!(matches!(error, ReadError::Archived { .. }), "{error:?}");
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! (`more_subjects`).
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
 
 use aws_lc_rs::digest::{Context, SHA256};
@@ -93,6 +94,10 @@ pub fn segment_of(index: u64) -> u64 {
 #[derive(Debug, Default)]
 pub struct Recent {
     entries: RwLock<BTreeSet<(i64, u64)>>,
+    /// The records before it are sealed, as the writer knows (whatever
+    /// `meta` says: a reader must not trust an edited `sealed_end` below
+    /// it). Written under `entries`' write lock.
+    start: AtomicU64,
 }
 
 impl Recent {
@@ -102,12 +107,15 @@ impl Recent {
         held.extend(entries);
     }
 
-    /// The records `key` finds here, in order.
-    pub fn find(&self, key: i64) -> Vec<u64> {
+    /// The records `key` finds here, in order, and the first record this
+    /// holds lookups for: those before it are sealed.
+    pub fn find(&self, key: i64) -> (Vec<u64>, u64) {
         let held = self.entries.read().unwrap_or_else(PoisonError::into_inner);
-        held.range((key, 0)..=(key, u64::MAX))
+        let found = held
+            .range((key, 0)..=(key, u64::MAX))
             .map(|(_, index)| *index)
-            .collect()
+            .collect();
+        (found, self.start.load(Ordering::Relaxed))
     }
 
     /// The lookups of records in `[from, to)`, sorted by key: a seal.
@@ -123,6 +131,7 @@ impl Recent {
     pub fn forget_before(&self, end: u64) {
         let mut held = self.entries.write().unwrap_or_else(PoisonError::into_inner);
         held.retain(|(_, index)| *index >= end);
+        self.start.fetch_max(end, Ordering::Relaxed);
     }
 
     /// Lookups held.
@@ -185,9 +194,9 @@ mod tests {
         };
         let recent = Recent::default();
         recent.add(entries(&record, 7));
-        assert_eq!(recent.find(key(Kind::Request, "r-1")), [7]);
-        assert_eq!(recent.find(key(Kind::Subject, "1234567890123")), [7]);
-        assert_eq!(recent.find(key(Kind::Subject, "2002196400009")), [7]);
+        assert_eq!(recent.find(key(Kind::Request, "r-1")).0, [7]);
+        assert_eq!(recent.find(key(Kind::Subject, "1234567890123")).0, [7]);
+        assert_eq!(recent.find(key(Kind::Subject, "2002196400009")).0, [7]);
         let anonymous = ExchangeRecord {
             request_id: "r-2".to_owned(),
             ..ExchangeRecord::default()

@@ -373,6 +373,7 @@ impl Store {
         let tail = self.scan_lookups(self.sealed_end, size)?;
         if let Some(recent) = &self.recent {
             recent.add(tail);
+            recent.forget_before(self.sealed_end);
         }
         Ok(())
     }
@@ -408,7 +409,7 @@ impl Store {
 
     /// The first record whose lookups are not sealed (0 in a log of
     /// schema 1, which has none).
-    fn sealed_end(&self) -> Result<u64, StoreError> {
+    pub(super) fn sealed_end(&self) -> Result<u64, StoreError> {
         self.meta_number("sealed_end")
     }
 
@@ -445,6 +446,21 @@ impl Store {
         self.connection
             .unchecked_transaction()
             .map(Some)
+            .at(&self.path)
+    }
+
+    /// Whether this log seals its lookups (schema 2 and later; a log of
+    /// schema 1 is sealed when a gateway first opens it).
+    pub fn seals_lookups(&self) -> Result<bool, StoreError> {
+        Ok(self.meta_number("schema_version")? >= 2)
+    }
+
+    /// The lowest index of a row below 0, which no append writes.
+    pub fn first_foreign_row(&self) -> Result<Option<i64>, StoreError> {
+        self.connection
+            .query_row("SELECT MIN(idx) FROM records WHERE idx < 0", [], |row| {
+                row.get(0)
+            })
             .at(&self.path)
     }
 
@@ -801,6 +817,9 @@ impl Store {
 
     /// Records from index `from`, at most `limit`, in order.
     pub fn records_from(&self, from: u64, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
+        // Not rows an archive run has yet to remove: they are read, and
+        // checked, from their archive.
+        let from = from.max(self.archived_end()?);
         self.select(
             "SELECT idx, record FROM records WHERE idx >= ?1 ORDER BY idx LIMIT ?2",
             [to_i64(from), to_i64(limit as u64)],
@@ -835,11 +854,16 @@ impl Store {
         // `Recent`), and what it has, in its runs.
         let recent = self.recent.as_ref().map(|recent| recent.find(key));
         let _snapshot = self.snapshot()?;
-        // Bounded by the records, whatever `meta` says.
-        let sealed_end = self.sealed_end()?.min(self.size()?);
+        // Bounded by the records, whatever `meta` says, and never below
+        // what the writer knows it sealed: a `sealed_end` edited down would
+        // otherwise skip the runs between (`audit verify` names the edit).
+        let sealed_end = self
+            .sealed_end()?
+            .min(self.size()?)
+            .max(recent.as_ref().map_or(0, |(_, start)| *start));
         let archived = lookup::segment_of(self.archived_end()?);
         let mut unsealed = match recent {
-            Some(recent) => recent,
+            Some((recent, _)) => recent,
             None => {
                 let matches = match kind {
                     Kind::Request => "request_id = ?2".to_owned(),
@@ -968,12 +992,25 @@ impl Store {
     pub fn level(&self, level: u32) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
         let mut statement = self
             .connection
-            .prepare("SELECT idx, hash FROM tree_nodes WHERE level = ?1 ORDER BY idx")
+            .prepare("SELECT idx, hash, pos FROM tree_nodes WHERE level = ?1 ORDER BY idx")
             .at(&self.path)?;
         let rows = statement
-            .query_map([level], |row| Ok((row.get(0)?, row.get(1)?)))
+            .query_map([level], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get(1)?, row.get::<_, i64>(2)?))
+            })
             .at(&self.path)?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().at(&self.path)
+        // A node is read where it was written (by its position, as proofs
+        // read it): one moved elsewhere is not there.
+        let mut nodes = Vec::new();
+        for row in rows {
+            let (index, hash, position) = row.at(&self.path)?;
+            let placed = u64::try_from(index)
+                .is_ok_and(|index| to_i64(node_position(level, index)) == position);
+            if placed {
+                nodes.push((index, hash));
+            }
+        }
+        Ok(nodes)
     }
 
     /// Simulates (or stops simulating) a store failure.

@@ -59,6 +59,9 @@ pub enum ProblemKind {
     ArchiveDamaged,
     /// Archived records are in no archive file.
     ArchiveMissing,
+    /// A row outside the log's numbering (an index below 0), which no
+    /// append writes.
+    ForeignRecord,
 }
 
 impl ProblemKind {
@@ -77,6 +80,7 @@ impl ProblemKind {
             Self::LookupEdited => "lookup-edited",
             Self::ArchiveDamaged => "archive-damaged",
             Self::ArchiveMissing => "archive-missing",
+            Self::ForeignRecord => "foreign-record",
         }
     }
 }
@@ -151,7 +155,8 @@ pub fn verify_with_archives(
     // appends.
     let checkpoints = store.checkpoints()?;
     // Likewise, the segments sealed now were sealed with their records.
-    let sealed = store.sealed_segments()?;
+    let sealed_end = store.sealed_end()?;
+    let sealed = lookup::segment_of(sealed_end);
     let archived_end = store.archived_end()?;
     let mut sizes: Vec<u64> = checkpoints
         .iter()
@@ -191,6 +196,19 @@ pub fn verify_with_archives(
     } = walk;
     if problem.is_none() {
         problem = check_tree(&store, &tree, archived_end)?;
+    }
+    if problem.is_none() && store.seals_lookups()? {
+        problem = check_sealed_end(sealed_end, archived_end, tree.size());
+    }
+    if problem.is_none() {
+        problem = store.first_foreign_row()?.map(|index| Problem {
+            kind: ProblemKind::ForeignRecord,
+            index: 0,
+            message: format!(
+                "a row at index {index} is outside the log's numbering (from 0): the database \
+                 was edited, and `audit query` would have shown a record no append wrote"
+            ),
+        });
     }
     let mut report = VerifyReport {
         records: rows,
@@ -531,6 +549,31 @@ fn show(value: &Value) -> String {
 /// they cover is gone: nodes and records are committed together. Nodes
 /// below [`store::STORED_LEVEL`] are not stored (logs written before
 /// stored them; they are not read).
+/// `meta.sealed_end` as the writer keeps it: whole segments, from the
+/// archives' end to the records' end, with at most the last complete
+/// segment still being sealed. Edited down, the gateway's readers would
+/// skip the lookups of the segments between, and the check of each sealed
+/// segment's lookups with them.
+fn check_sealed_end(sealed_end: u64, archived_end: u64, size: u64) -> Option<Problem> {
+    let segment = lookup::SEGMENT;
+    let complete = size / segment * segment;
+    let fits = sealed_end.is_multiple_of(segment)
+        && archived_end <= sealed_end
+        && sealed_end <= size
+        && sealed_end + segment >= complete;
+    (!fits).then(|| Problem {
+        kind: ProblemKind::LookupEdited,
+        index: sealed_end.min(size),
+        message: format!(
+            "meta says the lookups of the records before {sealed_end} are sealed; in a log of \
+             {size} records ({archived_end} archived) that is whole segments of {segment}, from \
+             {} on: the database was edited, and the Data Tracker would miss the records of \
+             the segments between",
+            complete.saturating_sub(segment).max(archived_end)
+        ),
+    })
+}
+
 fn check_tree(
     store: &Store,
     tree: &MemoryTree,
@@ -1331,6 +1374,63 @@ mod tests {
     }
 
     #[test]
+    fn a_sealed_end_edited_down_is_named_and_not_trusted() {
+        let mut log = TestLog::new();
+        log.many_calls(0..lookup::SEGMENT + 10, 512);
+        log.store = Store::open(log.dir.path(), ORIGIN).unwrap();
+        assert_eq!(log.store.sealed_segments().unwrap(), 2);
+        assert_eq!(log.verify().problem, None);
+        let subject = record(5, Phase::Outcome, 0).subject;
+
+        // Said to be sealed up to 0: the runs of segments 0 and 1 would
+        // never be read, nor checked.
+        log.tamper("UPDATE meta SET value = '0' WHERE key = 'sealed_end'", []);
+        let problem = log.problem();
+        assert_eq!(
+            (problem.kind, problem.index),
+            (ProblemKind::LookupEdited, 0)
+        );
+        assert!(problem.message.contains("Data Tracker"), "{problem}");
+        // The gateway's reader still finds the record, in its run.
+        assert!(
+            log.store
+                .find(lookup::Kind::Subject, &subject)
+                .unwrap()
+                .contains(&11)
+        );
+
+        // Nor is a sealed end inside a segment.
+        let inside = (lookup::SEGMENT + 1).to_string();
+        log.tamper(
+            "UPDATE meta SET value = ?1 WHERE key = 'sealed_end'",
+            [inside],
+        );
+        assert_eq!(log.problem().kind, ProblemKind::LookupEdited);
+        // One segment behind the records is what a writer stopped while
+        // sealing leaves.
+        let behind = lookup::SEGMENT.to_string();
+        log.tamper(
+            "UPDATE meta SET value = ?1 WHERE key = 'sealed_end'",
+            [behind],
+        );
+        assert_eq!(log.verify().problem, None);
+    }
+
+    #[test]
+    fn a_row_below_zero_is_named() {
+        let log = TestLog::with_calls(6, 2);
+        log.tamper(
+            "INSERT INTO records SELECT -1, phase, request_id, at_us, caller, provider, method, \
+             purpose, subject, allowed, grpc_status, error_kind, concealed_until, record, leaf, \
+             more_subjects FROM records WHERE idx = 0",
+            [],
+        );
+        let problem = log.problem();
+        assert_eq!(problem.kind, ProblemKind::ForeignRecord);
+        assert!(problem.message.contains("index -1"), "{problem}");
+    }
+
+    #[test]
     fn an_intact_log_verifies() {
         let log = TestLog::with_calls(13, 4);
         let report = log.verify();
@@ -1588,6 +1688,19 @@ mod tests {
         );
         let problem = log.problem();
         assert_eq!((problem.kind, problem.index), (ProblemKind::TreeNode, 256));
+    }
+
+    /// Proofs read a node by its position: one moved is missing.
+    #[test]
+    fn a_tree_node_moved_is_named() {
+        let mut log = TestLog::new();
+        log.many_calls(0..512, 64);
+        log.tamper(
+            "UPDATE tree_nodes SET pos = pos + 1000000000 WHERE level = 8 AND idx = 0",
+            [],
+        );
+        let problem = log.problem();
+        assert_eq!((problem.kind, problem.index), (ProblemKind::TreeNode, 0));
     }
 
     /// Below level 8 nothing is stored: a node there is hashed from its
