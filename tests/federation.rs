@@ -733,6 +733,8 @@ async fn a_partner_is_learned_from_its_signed_global_configuration() {
 
     // Azerbaijan publishes version 2: learned again, its files under v2,
     // version 1's gone, the section still one.
+    let first = keys.path().join("az-version-1.json");
+    std::fs::copy(&bundle, &first).unwrap();
     let (bundle, _) = partner
         .instance
         .publish_configuration(&keys.path().join("az-directory"), 2)
@@ -747,6 +749,13 @@ async fn a_partner_is_learned_from_its_signed_global_configuration() {
     assert!(publication.join("federation/AZ/v2/ca.pem").exists());
     assert!(!publication.join("federation/AZ/v1").exists());
     govbridge::config::Config::load_publication(&global).unwrap();
+    // Version 1 again, still signed and unexpired, is not learned: it
+    // would undo what Azerbaijan changed since.
+    let (ok, text) = learn(&first, &az_key, "AZ");
+    assert!(!ok, "{text}");
+    assert!(text.contains("older than version 2"), "{text}");
+    assert_eq!(std::fs::read_to_string(&global).unwrap(), after);
+    assert!(publication.join("federation/AZ/v2/ca.pem").exists());
 
     // Or each gateway follows Azerbaijan's directory itself: the
     // publication names where, and under which key, only.

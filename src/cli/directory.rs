@@ -191,7 +191,13 @@ pub fn run(command: DirectoryCommand) -> anyhow::Result<()> {
             store_ca,
         } => {
             let valid = govbridge::config::parse_retention(&valid)
-                .map_err(|error| anyhow::anyhow!("--valid {valid}: {error}"))?;
+                .map_err(|error| anyhow::anyhow!("--valid {valid}: {error}"))
+                .and_then(|duration| {
+                    if duration.as_secs() == 0 {
+                        bail!("--valid {valid}: under a second, the bundle would be expired when published");
+                    }
+                    Ok(duration)
+                })?;
             let store = to_store
                 .map(|url| {
                     let store = govbridge::config::StoreConfig::parse(&url)
@@ -303,6 +309,23 @@ fn keygen(name: &str, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The version of a partner's configuration learned into `dir` before
+/// (its `v<N>` directory), if any.
+fn learned_version(dir: &Path) -> anyhow::Result<Option<u64>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error).with_context(|| format!("reading {}", dir.display())),
+    };
+    Ok(entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            name.to_str()?.strip_prefix('v')?.parse::<u64>().ok()
+        })
+        .max())
+}
+
 /// What `learn` learns, from where, and into which file.
 struct Learning<'a> {
     partner: &'a str,
@@ -346,6 +369,23 @@ fn learn(learning: &Learning<'_>) -> anyhow::Result<()> {
     bundle
         .accept(partner, None, govbridge::unix_time::now())
         .with_context(|| format!("{}: {partner}'s global configuration", learning.from))?;
+    let dir = learning.config.parent().unwrap_or(Path::new("."));
+    let learned_dir = dir.join("federation").join(partner);
+    // Never back: an older version would trust again what the partner
+    // revoked since (its CRLs, its keys).
+    if let Some(before) = learned_version(&learned_dir)?
+        && bundle.manifest.version < before
+    {
+        bail!(
+            "{}: version {} of {partner}'s global configuration is older than version {before}, \
+             learned before ({}): learning it would undo what {partner} changed since, revoked \
+             certificates included; nothing was written (remove {} to learn it anyway)",
+            learning.from,
+            bundle.manifest.version,
+            learned_dir.join(format!("v{before}")).display(),
+            learned_dir.display()
+        );
+    }
     let learned = govbridge::global::partner::Published::of(
         partner,
         bundle.manifest.version,
@@ -364,8 +404,6 @@ fn learn(learning: &Learning<'_>) -> anyhow::Result<()> {
     // Its files, then its section. Each version's files in a directory of
     // their own: the section in place keeps naming whole, unchanged files
     // until the new one replaces it.
-    let dir = learning.config.parent().unwrap_or(Path::new("."));
-    let learned_dir = dir.join("federation").join(partner);
     let version_dir = format!("v{}", bundle.manifest.version);
     let files = Path::new("federation").join(partner).join(&version_dir);
     let fresh = !dir.join(&files).exists();

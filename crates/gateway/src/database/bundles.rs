@@ -55,7 +55,10 @@ impl Database {
         bundle: &[u8],
     ) -> Result<bool, DatabaseError> {
         let (instance, bundle) = (instance.to_owned(), bundle.to_vec());
-        let version = i64::try_from(version).unwrap_or(i64::MAX);
+        let Ok(version) = i64::try_from(version) else {
+            // A version no manifest carries (`Bundle::build` refuses it).
+            return Ok(false);
+        };
         let inserted = self
             .run(|client| async move {
                 client

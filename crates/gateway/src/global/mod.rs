@@ -225,6 +225,14 @@ impl Bundle {
                 "`{instance}` is not an instance name: 1 to 16 of A-Z, 0-9 and '-'"
             )));
         }
+        // What a manifest's reader takes: a version past it would be
+        // published, and refused by every gateway.
+        if i64::try_from(version).is_err() {
+            return Err(BundleError::Build(format!(
+                "version {version} is past the largest a gateway reads ({})",
+                i64::MAX
+            )));
+        }
         let mut files = BTreeMap::new();
         collect(dir, dir, &mut files)?;
         if !files.contains_key(GLOBAL_FILE) {

@@ -44,6 +44,24 @@ fn a_bundle_round_trips_and_names_every_file() {
     );
 }
 
+/// A gateway reads versions up to `i64::MAX`: one past it is not built,
+/// since every gateway would refuse it and the next publication after it.
+#[test]
+fn a_version_no_gateway_reads_is_not_built() {
+    let (dir, key) = (instance_dir(), key());
+    let highest = u64::try_from(i64::MAX).unwrap();
+    let bundle = published(dir.path(), highest, &key);
+    assert_eq!(
+        Bundle::open(&bundle.to_json(), &key.verifier())
+            .unwrap()
+            .manifest
+            .version,
+        highest
+    );
+    let error = Bundle::build(dir.path(), "SN", highest + 1, DAY, &key).unwrap_err();
+    assert!(error.to_string().contains("past the largest"), "{error}");
+}
+
 #[test]
 fn an_altered_or_foreign_bundle_is_refused() {
     let (dir, key) = (instance_dir(), key());
