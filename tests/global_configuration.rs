@@ -18,6 +18,9 @@ use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryCli
 use govbridge::sandbox::ConsentGrant;
 use support::process::GatewayProcess;
 use support::{Bed, H2Client, bridge_error, declared, dev_bed, govbridge, metric, reflect, text};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
@@ -213,6 +216,21 @@ async fn verify_identity(bed: &Bed, gateway: SocketAddr) -> Result<(), tonic::St
         .map(drop)
 }
 
+/// What `grpc.health.v1.Health/Check` says of `service`, asked as a bank.
+async fn health(bed: &Bed, gateway: SocketAddr, service: &str) -> ServingStatus {
+    let client = H2Client::connect(gateway, bed.member_tls("cbao-kyc"))
+        .await
+        .unwrap();
+    HealthClient::new(client)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_runs_what_its_directory_publishes_and_refuses_the_rest() {
     let bed = dev_bed().await;
@@ -333,12 +351,28 @@ async fn a_gateway_runs_what_its_directory_publishes_and_refuses_the_rest() {
         body.contains("global configuration (version 4) expired"),
         "{body}"
     );
+    // gRPC health says what /readyz says.
+    const REGISTRY: &str = "govbridge.civilregistry.v1.CivilRegistry";
+    for service in ["", REGISTRY] {
+        assert_eq!(
+            health(&bed, gateway.address, service).await,
+            ServingStatus::NotServing,
+            "{service:?}"
+        );
+    }
 
     directory.publish(&[]);
     until_metric(gateway.admin, VERSION, 5.0).await;
     verify_identity(&bed, gateway.address).await.unwrap();
     let (status, body) = support::admin_request(gateway.admin, "GET", "/readyz").await;
     assert_eq!(status, 200, "{body}");
+    for service in ["", REGISTRY] {
+        assert_eq!(
+            health(&bed, gateway.address, service).await,
+            ServingStatus::Serving,
+            "{service:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,12 +28,15 @@ async fn status(context: &LocalContext, service: &str) -> Result<ServingStatus, 
             ServingStatus::NotServing
         }
     };
-    // While the exchange log cannot write, every call to a published
-    // service is refused: the gateway does not serve.
+    // While the exchange log cannot write, or the global configuration
+    // has expired, every call to a published service is refused: the
+    // gateway does not serve.
+    let now = crate::unix_time::now();
     let log = context.log.as_ref();
-    let logging = log.is_none_or(crate::exchange_log::ExchangeLog::is_healthy);
+    let calls_served = log.is_none_or(crate::exchange_log::ExchangeLog::is_healthy)
+        && !context.state.refuses_every_call_at(now);
     if service.is_empty() {
-        return Ok(serving(logging));
+        return Ok(serving(calls_served));
     }
     // Every member may ask for proofs, when there is a log to prove.
     if service == crate::catalog::EXCHANGE_LOG {
@@ -50,12 +53,17 @@ async fn status(context: &LocalContext, service: &str) -> Result<ServingStatus, 
     if crate::catalog::LOCAL_SERVICES.contains(&service) {
         return Ok(ServingStatus::Serving);
     }
-    if !logging {
+    if !calls_served {
         return Ok(ServingStatus::NotServing);
     }
     let pools = context.state.service_pools(service).ok_or_else(not_found)?;
     for pool in pools {
-        if pool.reachable().await {
+        // A partner whose calls are refused (its configuration out of
+        // date, not learned) serves nothing, reachable or not.
+        let refused = pool
+            .partner()
+            .is_some_and(|instance| context.state.refuses_partner_at(instance, now));
+        if !refused && pool.reachable().await {
             return Ok(ServingStatus::Serving);
         }
     }
@@ -85,7 +93,7 @@ impl Health for HealthService {
         &self,
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let context = LocalContext::from_request(&request)?.clone();
+        let mut context = LocalContext::from_request(&request)?.clone();
         let service = request.into_inner().service;
         let first = status(&context, &service).await?;
         let (sender, receiver) = tokio::sync::mpsc::channel(1);
@@ -99,6 +107,10 @@ impl Health for HealthService {
                     () = sender.closed() => return,
                     () = tokio::time::sleep(WATCH_INTERVAL) => {}
                 }
+                // Under the configuration in force now: its pools are the
+                // ones checked, and its policies say whether the caller may
+                // still see the service (else the watch ends).
+                context.state = context.current.load();
                 let Ok(now) = status(&context, &service).await else {
                     return;
                 };

@@ -52,6 +52,17 @@ pub trait GatewayView: Send + Sync + std::fmt::Debug {
     fn catalog(&self) -> &Arc<crate::catalog::Catalog>;
     /// The witness of partner instances' logs, when this gateway is one.
     fn witness(&self) -> Option<&Arc<crate::exchange_log::witness::Witness>>;
+    /// Whether every forwarded call is refused at `now` (seconds since the
+    /// epoch): the global configuration has expired.
+    fn refuses_every_call_at(&self, now: i64) -> bool;
+    /// Whether calls to partner `instance` are refused at `now`.
+    fn refuses_partner_at(&self, instance: &str, now: i64) -> bool;
+}
+
+/// The configuration in force now, for a local service that outlives the
+/// one its call started under (health's `Watch`).
+pub trait CurrentView: Send + Sync + std::fmt::Debug {
+    fn load(&self) -> Arc<dyn GatewayView>;
 }
 
 /// Who is asking, under which configuration. Put in the extensions of
@@ -63,6 +74,8 @@ pub struct LocalContext {
     pub certificate_days_left: i64,
     /// The exchange log, for its proof and Data Tracker services.
     pub log: Option<crate::exchange_log::ExchangeLog>,
+    /// The configuration in force now, after reloads.
+    pub current: Arc<dyn CurrentView>,
 }
 
 impl LocalContext {

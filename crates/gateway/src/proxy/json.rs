@@ -276,6 +276,7 @@ fn openapi(
             state: state.clone(),
             certificate_days_left: days_left,
             log: service.log.clone(),
+            current: service.state.clone(),
         }
         .json_local_services();
         crate::directory::openapi(

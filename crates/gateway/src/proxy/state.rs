@@ -161,6 +161,12 @@ pub(super) struct Federation {
     pub(super) receipts: Arc<super::receipts::ReceiptQueue>,
 }
 
+impl crate::directory::CurrentView for arc_swap::ArcSwap<GatewayState> {
+    fn load(&self) -> Arc<dyn crate::directory::GatewayView> {
+        self.load_full()
+    }
+}
+
 impl crate::directory::GatewayView for GatewayState {
     fn witness(&self) -> Option<&Arc<crate::exchange_log::witness::Witness>> {
         self.federation.witness.as_ref()
@@ -192,6 +198,14 @@ impl crate::directory::GatewayView for GatewayState {
 
     fn exchange_log_config(&self) -> &crate::config::ExchangeLogConfig {
         &self.exchange_log
+    }
+
+    fn refuses_every_call_at(&self, now: i64) -> bool {
+        self.expired_global(now).is_some()
+    }
+
+    fn refuses_partner_at(&self, instance: &str, now: i64) -> bool {
+        self.partner_refused_at(instance, now).is_some()
     }
 }
 

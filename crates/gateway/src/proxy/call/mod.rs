@@ -171,6 +171,7 @@ impl Call<'_> {
             state: self.state.clone(),
             certificate_days_left,
             log: self.conn.log.clone(),
+            current: self.conn.state.clone(),
         };
         // Boxed: inline, this rarer path's future would make every call's
         // larger.
