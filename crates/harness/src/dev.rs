@@ -204,6 +204,13 @@ pub fn prepare(dir: &Path) -> anyhow::Result<PathBuf> {
         init_pki(&pki_dir)
             .with_context(|| format!("creating the dev PKI in {}", pki_dir.display()))?;
         say!("created the dev PKI in {}", pki_dir.display());
+    } else if pki::refresh_crl(&pki_dir)
+        .with_context(|| format!("renewing the dev CRL in {}", pki_dir.display()))?
+    {
+        say!(
+            "renewed the dev CRL in {} (30 days more)",
+            pki_dir.display()
+        );
     }
     if !config.exists() {
         pki::write_file(&config, CONFIG_TEMPLATE.as_bytes(), 0o644)?;

@@ -140,6 +140,7 @@ impl PartnerInstance {
         let pki = dir.join("pki");
         let gateway = member(GATEWAY)?;
         let ca = if pki.join(pki::CA_CERT).exists() {
+            pki::refresh_crl(&pki)?;
             CertificateAuthority::load(&pki)?
         } else {
             let ca = CertificateAuthority::generate("Azerbaijan dev CA")?;

@@ -313,6 +313,26 @@ pub fn revoke(dir: &Path, certificate: &Path) -> Result<(), PkiError> {
     write_file(&crl_path, pem.as_bytes(), 0o644)
 }
 
+/// Signs the CRL of the PKI in `dir` again, with the same serials and the
+/// next number, when less than half of its 30 days are left (or none): a
+/// dev directory reused a month later would otherwise refuse every
+/// handshake. Returns whether it did.
+pub fn refresh_crl(dir: &Path) -> Result<bool, PkiError> {
+    let crl_path = dir.join(CRL);
+    if !crl_path.exists() {
+        return Ok(false);
+    }
+    let crl = read_crl_whole(&crl_path)?;
+    let half_life = OffsetDateTime::now_utc() + Duration::days(15);
+    if crl.next_update.is_some_and(|next| next > half_life) {
+        return Ok(false);
+    }
+    let ca = CertificateAuthority::load(dir)?;
+    let pem = ca.crl(crl.number + 1, &crl.revoked, 30)?;
+    write_file(&crl_path, pem.as_bytes(), 0o644)?;
+    Ok(true)
+}
+
 /// Writes an empty CRL, number 1, into `dir`.
 pub fn write_empty_crl(ca: &CertificateAuthority, dir: &Path) -> Result<(), PkiError> {
     write_file(&dir.join(CRL), ca.crl(1, &[], 30)?.as_bytes(), 0o644)
@@ -331,6 +351,19 @@ fn serial_of_certificate(path: &Path) -> Result<Vec<u8>, PkiError> {
 }
 
 fn read_crl(path: &Path) -> Result<(u64, Vec<Vec<u8>>), PkiError> {
+    let crl = read_crl_whole(path)?;
+    Ok((crl.number, crl.revoked))
+}
+
+/// What a CRL says.
+struct CrlContents {
+    number: u64,
+    /// The serials it revokes.
+    revoked: Vec<Vec<u8>>,
+    next_update: Option<OffsetDateTime>,
+}
+
+fn read_crl_whole(path: &Path) -> Result<CrlContents, PkiError> {
     let der = first_pem_block(path, "X509 CRL")?;
     let parse_error = |message: String| PkiError::Parse {
         path: path.to_owned(),
@@ -346,7 +379,12 @@ fn read_crl(path: &Path) -> Result<(u64, Vec<Vec<u8>>), PkiError> {
         .iter_revoked_certificates()
         .map(|entry| entry.raw_serial().to_vec())
         .collect();
-    Ok((number, revoked))
+    let next_update = crl.next_update().map(|time| time.to_datetime());
+    Ok(CrlContents {
+        number,
+        revoked,
+        next_update,
+    })
 }
 
 fn first_pem_block(path: &Path, label: &str) -> Result<Vec<u8>, PkiError> {
@@ -391,4 +429,35 @@ fn random_serial() -> SerialNumber {
 /// [`gateway::keys::write_file`]).
 pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
     gateway::keys::write_file(path, contents, mode).map_err(io_error(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crl_past_half_its_life_is_signed_again_with_its_serials() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::generate("test CA").unwrap();
+        ca.write(dir.path()).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let serial = vec![0x01, 0x02, 0x03];
+        let stale = ca
+            .crl_between(
+                4,
+                std::slice::from_ref(&serial),
+                now - Duration::days(40),
+                now - Duration::days(10),
+            )
+            .unwrap();
+        write_file(&dir.path().join(CRL), stale.as_bytes(), 0o644).unwrap();
+
+        assert!(refresh_crl(dir.path()).unwrap());
+        let crl = read_crl_whole(&dir.path().join(CRL)).unwrap();
+        assert_eq!(crl.number, 5);
+        assert_eq!(crl.revoked, [serial]);
+        assert!(crl.next_update.unwrap() > now + Duration::days(29));
+        // Fresh, it is left as it is.
+        assert!(!refresh_crl(dir.path()).unwrap());
+    }
 }
