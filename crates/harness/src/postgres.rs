@@ -108,6 +108,13 @@ impl Cluster {
         };
         if !cluster.data.join("PG_VERSION").exists() {
             cluster.initdb()?;
+        } else if cluster.data.join("postmaster.pid").exists() && cluster.stop_left_over() {
+            // A run killed before it could stop its server (SIGKILL, or
+            // Ctrl-C while starting: the server is in a session of its own).
+            eprintln!(
+                "stopped the PostgreSQL server an earlier run left in {}",
+                cluster.data.display()
+            );
         }
         // A free port can be taken between looking and binding: try again.
         let mut last = None;
@@ -119,10 +126,23 @@ impl Cluster {
                     cluster.create_database()?;
                     return Ok(cluster);
                 }
-                Err(error) => last = Some(error),
+                Err(error) => {
+                    // One still starting when `pg_ctl -w` gave up must not
+                    // outlive this.
+                    cluster.stop_left_over();
+                    last = Some(error);
+                }
             }
         }
         Err(last.unwrap_or_else(|| anyhow::anyhow!("PostgreSQL did not start")))
+    }
+
+    /// Stops a server running on this data directory that this value did
+    /// not start; whether there was one.
+    fn stop_left_over(&self) -> bool {
+        let data = self.data.display().to_string();
+        self.run("pg_ctl", &["stop", "-D", &data, "-m", "fast", "-w"])
+            .is_ok()
     }
 
     /// The URL the gateway's `[store] url` takes.
@@ -387,5 +407,25 @@ mod tests {
         cluster.restart().unwrap();
         assert_eq!(psql(&cluster, "SELECT n FROM kept"), "42");
         assert!(cluster.url().starts_with("postgres://govbridge@127.0.0.1:"));
+    }
+
+    /// A run killed without stopping its server (its `Drop` never ran)
+    /// does not keep the next run in the same directory from starting.
+    #[test]
+    fn a_server_left_running_is_stopped_by_the_next_start() {
+        let dir = tempfile::Builder::new()
+            .prefix("govbridge-pg-")
+            .tempdir_in(std::env::temp_dir())
+            .unwrap();
+        let killed = Cluster::start(dir.path()).unwrap();
+        killed
+            .psql(
+                ROLE,
+                "CREATE TABLE kept (n int); INSERT INTO kept VALUES (7)",
+            )
+            .unwrap();
+        std::mem::forget(killed);
+        let cluster = Cluster::start(dir.path()).unwrap();
+        assert_eq!(cluster.psql(ROLE, "SELECT n FROM kept").unwrap(), "7");
     }
 }
