@@ -1155,7 +1155,8 @@ impl ConsentGrant {
         self
     }
 
-    /// The consent may be used this many times (0: without limit).
+    /// The consent may be used this many times (0 counts as 1, as the
+    /// portal reads it: a consent is never without a limit).
     pub fn max_uses(mut self, uses: u32) -> Self {
         self.max_uses = uses;
         self
