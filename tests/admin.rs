@@ -129,19 +129,47 @@ async fn metrics_count_a_known_sequence_of_calls_exactly() {
     // batch, at most one per record.
     let commits = samples["govbridge_exchange_log_commit_seconds_count"];
     assert!((1.0..=9.0).contains(&commits), "{text}");
-    // Each certificate and CRL in use, with when it expires.
-    for name in [
-        "gateway.tls.certificate",
-        "upstream.certificate",
-        "gateway.tls.crls",
+    // Each certificate in use, with when it expires, and each CRL with
+    // when it is due: apart, since a CRL is due within days by design.
+    for (metric, label, name) in [
+        (
+            "govbridge_certificate_expiry_timestamp_seconds",
+            "certificate",
+            "gateway.tls.certificate",
+        ),
+        (
+            "govbridge_certificate_expiry_timestamp_seconds",
+            "certificate",
+            "upstream.certificate",
+        ),
+        (
+            "govbridge_crl_next_update_timestamp_seconds",
+            "crl",
+            "gateway.tls.crls",
+        ),
     ] {
-        let prefix =
-            format!("govbridge_certificate_expiry_timestamp_seconds{{certificate=\"{name} (");
+        let prefix = format!("{metric}{{{label}=\"{name} (");
         assert!(
             samples
                 .iter()
                 .any(|(series, at)| series.starts_with(&prefix) && *at > 1.7e9),
             "{name}: {text}"
+        );
+    }
+    assert!(
+        !samples.keys().any(|series| series.starts_with(
+            "govbridge_certificate_expiry_timestamp_seconds{certificate=\"gateway.tls.crls"
+        )),
+        "{text}"
+    );
+    // No label a scrape renames: Prometheus adds `instance` and `job`.
+    for series in samples.keys() {
+        assert!(
+            !series.contains("{instance=")
+                && !series.contains(",instance=")
+                && !series.contains("{job=")
+                && !series.contains(",job="),
+            "{series}"
         );
     }
     bed.stop().await;

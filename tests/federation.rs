@@ -927,7 +927,7 @@ async fn a_gateway_follows_its_partners_own_directory() {
         .instance
         .publish_configuration_with(&az, 1, nowhere, week)
         .unwrap();
-    let version = "govbridge_global_configuration_version{instance=\"AZ\"}";
+    let version = "govbridge_global_configuration_version{config_instance=\"AZ\"}";
     until("version 1 is learned", || async {
         support::metric(gateway.admin, version).await >= 1.0
     })
@@ -973,7 +973,7 @@ async fn a_gateway_follows_its_partners_own_directory() {
         .publish_configuration_with(&forged, 3, nowhere, week)
         .unwrap();
     std::fs::copy(&forgery, &bundle).unwrap();
-    let unsigned = "govbridge_partner_configuration_fetches_total{instance=\"AZ\",\
+    let unsigned = "govbridge_partner_configuration_fetches_total{config_instance=\"AZ\",\
                     result=\"refused\",reason=\"unsigned\"}";
     until("the forged bundle is refused", || async {
         support::metric(gateway.admin, unsigned).await >= 1.0
@@ -1018,7 +1018,7 @@ async fn a_gateway_follows_its_partners_own_directory() {
     let gateway = support::process::GatewayProcess::spawn_config(&bed, "sn", &config);
     assert_eq!(support::metric(gateway.admin, version).await, 4.0);
     company_through(&bed, gateway.address, &voen).await.unwrap();
-    let unreachable = "govbridge_partner_configuration_fetches_total{instance=\"AZ\",\
+    let unreachable = "govbridge_partner_configuration_fetches_total{config_instance=\"AZ\",\
                        result=\"unreachable\"}";
     until("Azerbaijan's directory is missed", || async {
         support::metric(gateway.admin, unreachable).await >= 1.0
@@ -1054,7 +1054,7 @@ async fn a_partners_expired_configuration_stops_calls_to_it_only() {
         .instance
         .publish_configuration_with(&az, 2, partner.instance.address(), Duration::from_secs(3))
         .unwrap();
-    let version = "govbridge_global_configuration_version{instance=\"AZ\"}";
+    let version = "govbridge_global_configuration_version{config_instance=\"AZ\"}";
     until("version 2 is followed", || async {
         support::metric(gateway.admin, version).await >= 2.0
     })

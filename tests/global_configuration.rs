@@ -24,7 +24,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-const VERSION: &str = "govbridge_global_configuration_version{instance=\"SN\"}";
+const VERSION: &str = "govbridge_global_configuration_version{config_instance=\"SN\"}";
 
 /// Polls refused for `reason`.
 fn refused(reason: &str) -> String {

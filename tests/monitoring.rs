@@ -56,8 +56,9 @@ fn alerts_and_dashboard_name_only_documented_metrics() {
 
 /// A gateway with consent, the exchange log and a call behind it exports
 /// every metric the rules and the dashboard use, but the fleet's (which
-/// need `[store]`: tests/fleet.rs reads those) and the partners' (which
-/// need `[federation."XX"]`: tests/federation.rs reads those).
+/// need `[store]`: tests/fleet.rs reads those), the partners' (which
+/// need `[federation."XX"]`: tests/federation.rs reads those) and the
+/// global configuration's (`[directory]`: tests/global_configuration.rs).
 #[tokio::test]
 async fn a_gateway_exports_what_the_alerts_and_dashboard_use() {
     let bed = support::dev_bed().await;
@@ -84,6 +85,7 @@ async fn a_gateway_exports_what_the_alerts_and_dashboard_use() {
         .filter(|name| {
             !name.starts_with("govbridge_fleet_")
                 && !name.starts_with("govbridge_partner_")
+                && !name.starts_with("govbridge_global_")
                 && !exported.contains(name)
         })
         .collect();

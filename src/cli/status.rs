@@ -127,9 +127,9 @@ pub fn run(admin: SocketAddr) -> anyhow::Result<()> {
     }
     for (series, version) in &samples {
         if series.starts_with("govbridge_global_configuration_version{") {
-            let instance = label(series, "instance").unwrap_or_default();
+            let instance = label(series, "config_instance").unwrap_or_default();
             let expiry = format!(
-                "govbridge_global_configuration_expiry_timestamp_seconds{{instance=\"{instance}\"}}"
+                "govbridge_global_configuration_expiry_timestamp_seconds{{config_instance=\"{instance}\"}}"
             );
             let expires = samples.get(expiry.as_str()).copied().unwrap_or_default();
             let left = expires - now;

@@ -301,11 +301,9 @@ impl Admin {
                     commits: log.commit_durations(),
                 });
                 let state = self.state.load();
-                // A CRL's expiry is its next update.
-                let expiries = [state.certificates(), state.crls()].concat();
                 let mut rendered =
                     self.metrics
-                        .render(log, &expiries, state.crls(), &self.listener);
+                        .render(log, state.certificates(), state.crls(), &self.listener);
                 render_endpoints(&mut rendered, &state);
                 render_global(&mut rendered, &state);
                 render_partners(&mut rendered, &state);
@@ -585,7 +583,7 @@ fn render_global(out: &mut String, state: &crate::proxy::GatewayState) {
     for global in &versions {
         let _ = writeln!(
             out,
-            "govbridge_global_configuration_version{{instance=\"{}\"}} {}",
+            "govbridge_global_configuration_version{{config_instance=\"{}\"}} {}",
             global.instance, global.version
         );
     }
@@ -598,7 +596,7 @@ fn render_global(out: &mut String, state: &crate::proxy::GatewayState) {
     for global in &versions {
         let _ = writeln!(
             out,
-            "govbridge_global_configuration_expiry_timestamp_seconds{{instance=\"{}\"}} {}",
+            "govbridge_global_configuration_expiry_timestamp_seconds{{config_instance=\"{}\"}} {}",
             global.instance, global.expires
         );
     }

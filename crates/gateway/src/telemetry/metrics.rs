@@ -437,7 +437,7 @@ impl Metrics {
             let reason = reason_label(reason);
             let _ = writeln!(
                 out,
-                "govbridge_partner_configuration_fetches_total{{instance=\"{instance}\",\
+                "govbridge_partner_configuration_fetches_total{{config_instance=\"{instance}\",\
                  result=\"{result}\"{reason}}} {}",
                 count.load(Ordering::Relaxed)
             );
@@ -556,6 +556,22 @@ impl Metrics {
                 "govbridge_crl_overdue_seconds{{crl=\"{}\"}} {}",
                 escape(crl),
                 now.saturating_sub(*next_update).max(0)
+            );
+        }
+        // Apart from the certificates: a CRL is due again within days by
+        // design, and an alert on certificates expiring within weeks would
+        // never clear.
+        header(
+            &mut out,
+            "govbridge_crl_next_update_timestamp_seconds",
+            "gauge",
+            "When each CRL in use is due to be replaced.",
+        );
+        for (crl, next_update) in crls {
+            let _ = writeln!(
+                out,
+                "govbridge_crl_next_update_timestamp_seconds{{crl=\"{}\"}} {next_update}",
+                escape(crl)
             );
         }
         header(

@@ -330,7 +330,8 @@ fn start_gateway(
 
 /// Waits until the gateway at `admin` runs `version`; when it first did.
 async fn until_version(admin: SocketAddr, version: u64) -> anyhow::Result<Instant> {
-    let series = format!("govbridge_global_configuration_version{{instance=\"{INSTANCE}\"}}");
+    let series =
+        format!("govbridge_global_configuration_version{{config_instance=\"{INSTANCE}\"}}");
     let give_up = Instant::now() + Duration::from_secs(60);
     loop {
         let running = sample(&metrics_text(admin).await?, &series);
