@@ -219,7 +219,7 @@ async fn mistakes_are_named_and_exit_nonzero() {
             })
             .collect()
     };
-    let cases: [(Vec<String>, &str); 7] = [
+    let cases: [(Vec<String>, &str); 9] = [
         (
             with_nin(grant("SN/COM/NOBODY/kyc", CLEARANCE, "CREDIT-SCORING")),
             "--consumer SN/COM/NOBODY/kyc: not a member registered in",
@@ -235,6 +235,22 @@ async fn mistakes_are_named_and_exit_nonzero() {
         (
             with_nin(grant(CBAO_CREDIT, "/acme.v1.Acme/Get", "CREDIT-SCORING")),
             "the service acme.v1.Acme is not published",
+        ),
+        (
+            with_nin(grant(
+                CBAO_CREDIT,
+                "/govbridge.tax.v1.TaxAuthority/GetTaxClearence",
+                "CREDIT-SCORING",
+            )),
+            "govbridge.tax.v1.TaxAuthority has no method GetTaxClearence",
+        ),
+        (
+            with_nin(grant(
+                CBAO_CREDIT,
+                "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity",
+                "CREDIT-SCORING",
+            )),
+            "does not serve govbridge.civilregistry.v1.CivilRegistry",
         ),
         (
             with_nin(grant(CBAO_CREDIT, CLEARANCE, "FUN")),

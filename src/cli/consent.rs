@@ -472,11 +472,34 @@ fn grant_request(config: &Config, grant: GrantArgs) -> anyhow::Result<pb::GrantR
         }
     }
     for method in &grant.methods {
-        let Some((service, _)) = govbridge::catalog::split_path(method) else {
+        let Some((service, name)) = govbridge::catalog::split_path(method) else {
             bail!("--method {method}: expected a gRPC path, /package.Service/Method");
         };
-        if !config.services.contains_key(service) {
+        let Some(serving) = config.services.get(service) else {
             bail!("--method {method}: the service {service} is not published in {file}");
+        };
+        // A service the gateway has a description of: the method is one of
+        // its methods (a misspelt one would make a consent never used).
+        if let Some(methods) = config.catalog.service_methods().get(service)
+            && !methods.contains(name)
+        {
+            let mut known: Vec<&String> = methods.iter().collect();
+            known.sort();
+            bail!(
+                "--method {method}: {service} has no method {name} (methods: {})",
+                known
+                    .iter()
+                    .map(|known| known.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        // Each provider named serves it.
+        for provider in &grant.providers {
+            let serves = MemberId::parse(provider).is_ok_and(|id| serving.providers.contains(&id));
+            if !serves {
+                bail!("--provider {provider}: does not serve {service} in {file}");
+            }
         }
     }
     if !config.purposes.contains_key(&grant.purpose) {
