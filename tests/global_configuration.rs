@@ -375,6 +375,52 @@ async fn a_gateway_runs_what_its_directory_publishes_and_refuses_the_rest() {
     }
 }
 
+/// The configuration key is replaced without an outage: versions signed
+/// by both keys while gateways learn the new one (a reload of the file
+/// with the new key keeps following, a restart takes it), then by the new
+/// key alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configuration_key_is_replaced_without_an_outage() {
+    let bed = dev_bed().await;
+    let directory = Directory::start(&bed).await;
+    let config = directory.gateway_config(&bed, "gw");
+    let mut gateway = GatewayProcess::spawn_config(&bed, "gw", &config);
+    assert_eq!(metric(gateway.admin, VERSION).await, 1.0);
+
+    // Version 2, signed by the old key and the new.
+    let new_key = bed.dir().join("directory-key-2.pem");
+    keygen(&new_key);
+    directory.publish(&["--key", path(&new_key)]);
+    until_metric(gateway.admin, VERSION, 2.0).await;
+
+    // The gateway's file names the new key: reloaded, it keeps following
+    // (the new [directory] waits for the restart), and takes version 3.
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("directory-key.pub"), "{text}");
+    std::fs::write(
+        &config,
+        text.replace("directory-key.pub", "directory-key-2.pub"),
+    )
+    .unwrap();
+    until_metric(gateway.admin, "govbridge_reloads_total{result=\"ok\"}", 1.0).await;
+    directory.publish(&["--key", path(&new_key)]);
+    until_metric(gateway.admin, VERSION, 3.0).await;
+
+    // Restarted with the new key: version 3 from its cache, then
+    // version 4, signed by the new key alone.
+    gateway.kill();
+    let gateway = GatewayProcess::spawn_config(&bed, "gw", &config);
+    assert_eq!(metric(gateway.admin, VERSION).await, 3.0);
+    let rotated = Directory {
+        publication: directory.publication.clone(),
+        key: new_key,
+        bundle: directory.bundle.clone(),
+    };
+    rotated.publish(&[]);
+    until_metric(gateway.admin, VERSION, 4.0).await;
+    verify_identity(&bed, gateway.address).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_polling_one_directory_converge_on_its_version() {
     let bed = dev_bed().await;

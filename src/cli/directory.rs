@@ -57,9 +57,11 @@ pub enum DirectoryCommand {
         /// The directory operators edit.
         #[arg(long, value_name = "DIR")]
         from: PathBuf,
-        /// The instance's configuration key (its `.pub` beside it).
-        #[arg(long, value_name = "KEY.pem")]
-        key: PathBuf,
+        /// The instance's configuration key (its `.pub` beside it). Given
+        /// twice, the bundle carries both signatures: while the key is
+        /// replaced, gateways that know either take it.
+        #[arg(long, value_name = "KEY.pem", required = true)]
+        key: Vec<PathBuf>,
         /// The instance, the first part of its members' ids.
         #[arg(long)]
         instance: String,
@@ -574,7 +576,7 @@ struct Publication<'a> {
 
 fn publish(
     publication: &Publication<'_>,
-    key: &Path,
+    keys: &[PathBuf],
     version: Option<u64>,
     valid: Duration,
 ) -> anyhow::Result<()> {
@@ -584,12 +586,25 @@ fn publish(
         out,
         store,
     } = *publication;
-    let key = SigningKey::read(key).map_err(anyhow::Error::msg)?;
+    let keys = keys
+        .iter()
+        .map(|key| SigningKey::read(key).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let signers: Vec<&SigningKey> = keys.iter().collect();
     let previous = match std::fs::read(out) {
-        Ok(bytes) => Some(
-            Bundle::open(&bytes, &key.verifier())
-                .with_context(|| format!("{}: the bundle published before", out.display()))?,
-        ),
+        // Signed by one of the keys (the one being replaced, say).
+        Ok(bytes) => {
+            let opened = keys
+                .iter()
+                .find_map(|key| Bundle::open(&bytes, &key.verifier()).ok());
+            Some(match (opened, keys.first()) {
+                (Some(bundle), _) => bundle,
+                // Signed by none: the first key's refusal says why.
+                (None, Some(key)) => Bundle::open(&bytes, &key.verifier())
+                    .with_context(|| format!("{}: the bundle published before", out.display()))?,
+                (None, None) => bail!("no --key to sign with"),
+            })
+        }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
         Err(error) => return Err(error).with_context(|| format!("reading {}", out.display())),
     };
@@ -622,7 +637,7 @@ fn publish(
         );
     }
     check_publication(from)?;
-    let bundle = Bundle::build(from, instance, version, valid, &key)?;
+    let bundle = Bundle::build_signed_by(from, instance, version, valid, &signers)?;
     let json = bundle.to_json();
     if let Some(database) = &database
         && !runtime.block_on(database.publish_bundle(instance, version, &json))?

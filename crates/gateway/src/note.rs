@@ -192,15 +192,27 @@ impl SigningKey {
 
     /// Signs `text` (which must end in a newline) into a signed note.
     pub fn sign(&self, text: &str) -> String {
+        format!("{text}\n{}", self.signature_line(text))
+    }
+
+    /// Signs `text` into one note carrying each key's signature, in
+    /// order: a verifier of any of them opens it (a key being replaced,
+    /// and its successor, sign alike meanwhile).
+    pub fn sign_by_all(keys: &[&Self], text: &str) -> String {
+        let mut note = format!("{text}\n");
+        for key in keys {
+            note.push_str(&key.signature_line(text));
+        }
+        note
+    }
+
+    /// This key's signature line of `text`, with its newline.
+    fn signature_line(&self, text: &str) -> String {
         let verifier = self.verifier();
         let signature = self.pair.sign(text.as_bytes());
         let mut blob = verifier.id.to_vec();
         blob.extend_from_slice(signature.as_ref());
-        format!(
-            "{text}\n{SIGNATURE_PREFIX}{} {}\n",
-            self.name,
-            BASE64.encode(blob)
-        )
+        format!("{SIGNATURE_PREFIX}{} {}\n", self.name, BASE64.encode(blob))
     }
 }
 

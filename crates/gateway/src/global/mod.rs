@@ -220,6 +220,23 @@ impl Bundle {
         valid_for: Duration,
         key: &SigningKey,
     ) -> Result<Self, BundleError> {
+        Self::build_signed_by(dir, instance, version, valid_for, &[key])
+    }
+
+    /// [`Self::build`], signed by each of `keys`: while the configuration
+    /// key is replaced, gateways that know either take the bundle.
+    pub fn build_signed_by(
+        dir: &Path,
+        instance: &str,
+        version: u64,
+        valid_for: Duration,
+        keys: &[&SigningKey],
+    ) -> Result<Self, BundleError> {
+        if keys.is_empty() {
+            return Err(BundleError::Build(
+                "no key to sign the bundle with".to_owned(),
+            ));
+        }
         if !is_instance(instance) {
             return Err(BundleError::Build(format!(
                 "`{instance}` is not an instance name: 1 to 16 of A-Z, 0-9 and '-'"
@@ -254,7 +271,7 @@ impl Bundle {
                 .collect(),
         };
         Ok(Self {
-            note: key.sign(&manifest.text()),
+            note: SigningKey::sign_by_all(keys, &manifest.text()),
             manifest,
             files,
         })

@@ -173,21 +173,18 @@ impl Reloader {
         };
         let running = self.state.load();
         let built = load()
-            .and_then(|config| {
-                // The poller follows the directory the gateway started with.
-                if config.directory == running.directory {
-                    Ok(config)
-                } else {
-                    Err(crate::config::ConfigError {
-                        file: self.source.clone(),
-                        line: None,
-                        key: "directory".to_owned(),
-                        message: "[directory] changed: it takes effect at restart".to_owned(),
-                    })
+            .map(|mut config| {
+                // The poller follows the directory the gateway started
+                // with: a [directory] changed in the file (a new key, say)
+                // takes effect at restart, and the rest of the file now.
+                let directory_changed = config.directory != running.directory;
+                if directory_changed {
+                    config.directory.clone_from(&running.directory);
                 }
+                (config, directory_changed)
             })
             .map_err(ReloadError::from)
-            .and_then(|config| {
+            .and_then(|(config, directory_changed)| {
                 let tls = config
                     .gateway
                     .tls
@@ -201,6 +198,7 @@ impl Reloader {
                     .zip(config.restart_only())
                     .filter(|((_, running), (_, written))| *running != *written)
                     .map(|((setting, _), _)| *setting)
+                    .chain(directory_changed.then_some("[directory]"))
                     .collect();
                 Ok((tls, state, unapplied))
             })
