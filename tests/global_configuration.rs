@@ -375,6 +375,60 @@ async fn a_gateway_runs_what_its_directory_publishes_and_refuses_the_rest() {
     }
 }
 
+/// A directory serves so many connections at once and closes the rest as
+/// they come: clients that never read cannot pile up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_serves_so_many_connections_and_no_more() {
+    use tokio::io::AsyncReadExt as _;
+
+    let bed = dev_bed().await;
+    let bundle = bed.dir().join("bundle.json");
+    std::fs::write(&bundle, "{}\n").unwrap();
+    let server = govbridge::global::http::Server::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &bed.pki.join("gateway.pem"),
+        &bed.pki.join("gateway.key"),
+        &bundle,
+    )
+    .await
+    .unwrap()
+    .with_max_connections(2);
+    let address = server.local_addr().unwrap();
+    tokio::spawn(server.serve());
+    let url: http::Uri = format!("https://{address}{}", govbridge::global::http::BUNDLE_PATH)
+        .parse()
+        .unwrap();
+    let ca = bed.pki.join("ca.pem");
+    let fetch = || govbridge::global::http::fetch(&url, &ca, Duration::from_secs(5));
+
+    // Two connections that never speak hold both places; a third is
+    // closed at once.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(tokio::net::TcpStream::connect(address).await.unwrap());
+    }
+    let mut third = tokio::net::TcpStream::connect(address).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), third.read(&mut [0; 1]))
+        .await
+        .expect("the third connection is closed, not held");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+
+    // Once they go, the bundle is served again.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let served = loop {
+        match fetch().await {
+            Ok(bundle) => break bundle,
+            Err(error) => assert!(
+                Instant::now() < deadline,
+                "the places were never given back: {error}"
+            ),
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(served, b"{}\n");
+}
+
 /// The configuration key is replaced without an outage: versions signed
 /// by both keys while gateways learn the new one (a reload of the file
 /// with the new key keeps following, a restart takes it), then by the new

@@ -24,6 +24,12 @@ use crate::identity::tls::{self, TlsError};
 
 /// How long a directory waits for a client's handshake or request.
 const IDLE: Duration = Duration::from_secs(10);
+/// The longest a directory keeps a connection, read or not: a gateway
+/// gives up on a fetch after 10 s.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// Connections a directory serves at once; those beyond are closed as
+/// they come.
+pub const MAX_CONNECTIONS: usize = 512;
 
 /// The path a directory serves its bundle under.
 pub const BUNDLE_PATH: &str = "/bundle.json";
@@ -87,6 +93,7 @@ pub struct Server {
     listener: TcpListener,
     tls: tokio_rustls::TlsAcceptor,
     bundle: PathBuf,
+    max_connections: usize,
 }
 
 impl std::fmt::Debug for Server {
@@ -114,7 +121,15 @@ impl Server {
             listener,
             tls: tokio_rustls::TlsAcceptor::from(config),
             bundle: bundle.to_owned(),
+            max_connections: MAX_CONNECTIONS,
         })
+    }
+
+    /// Serves at most `connections` at once instead of
+    /// [`MAX_CONNECTIONS`].
+    pub fn with_max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = connections;
+        self
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -122,8 +137,14 @@ impl Server {
     }
 
     /// Serves until the process ends.
+    ///
+    /// A client that never reads its answer keeps its connection at most
+    /// [`CONNECTION_LIFETIME`], and one copy of the bundle is shared by
+    /// every answer: connections, not clients, bound what the directory
+    /// holds.
     pub async fn serve(self) {
-        let bundle = Arc::new(self.bundle);
+        let bundle = Arc::new(Published::new(self.bundle));
+        let places = Arc::new(tokio::sync::Semaphore::new(self.max_connections));
         loop {
             let (tcp, peer) = match self.listener.accept().await {
                 Ok(accepted) => accepted,
@@ -134,8 +155,13 @@ impl Server {
                     continue;
                 }
             };
+            let Ok(place) = Arc::clone(&places).try_acquire_owned() else {
+                tracing::debug!(%peer, "directory at its connection limit: closed");
+                continue;
+            };
             let (tls, bundle) = (self.tls.clone(), Arc::clone(&bundle));
             tokio::spawn(async move {
+                let _place = place;
                 // A client that stalls its handshake or its request is
                 // dropped, not kept.
                 let Ok(Ok(stream)) = tokio::time::timeout(IDLE, tls.accept(tcp)).await else {
@@ -145,22 +171,62 @@ impl Server {
                     let bundle = Arc::clone(&bundle);
                     async move { Ok::<_, std::convert::Infallible>(answer(&request, &bundle).await) }
                 });
-                if let Err(error) = hyper::server::conn::http1::Builder::new()
+                let serving = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(IDLE)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!(%peer, %error, "directory connection ended");
+                    .serve_connection(TokioIo::new(stream), service);
+                match tokio::time::timeout(CONNECTION_LIFETIME, serving).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => tracing::debug!(%peer, %error, "directory connection ended"),
+                    Err(_) => tracing::debug!(%peer, "directory connection closed at its lifetime"),
                 }
             });
         }
     }
 }
 
-async fn answer<B>(request: &Request<B>, bundle: &Path) -> Response<Full<Bytes>> {
-    let respond = |status: StatusCode, body: Vec<u8>, kind: &str| {
-        let mut response = Response::new(Full::new(Bytes::from(body)));
+/// The bundle file a directory serves, read again when it changes (its
+/// inode, size or modification time) and shared by every answer meanwhile.
+#[derive(Debug)]
+struct Published {
+    path: PathBuf,
+    read: std::sync::Mutex<Option<(FileVersion, Bytes)>>,
+}
+
+/// What tells one version of a file from the next.
+type FileVersion = (u64, u64, Option<std::time::SystemTime>);
+
+impl Published {
+    fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            read: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The file as it is now.
+    fn bytes(&self) -> std::io::Result<Bytes> {
+        use std::os::unix::fs::MetadataExt as _;
+        let metadata = std::fs::metadata(&self.path)?;
+        let version = (metadata.ino(), metadata.len(), metadata.modified().ok());
+        let mut read = self
+            .read
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((seen, bytes)) = read.as_ref()
+            && *seen == version
+        {
+            return Ok(bytes.clone());
+        }
+        let bytes = Bytes::from(std::fs::read(&self.path)?);
+        *read = Some((version, bytes.clone()));
+        Ok(bytes)
+    }
+}
+
+async fn answer<B>(request: &Request<B>, bundle: &Arc<Published>) -> Response<Full<Bytes>> {
+    let respond = |status: StatusCode, body: Bytes, kind: &str| {
+        let mut response = Response::new(Full::new(body));
         *response.status_mut() = status;
         if let Ok(kind) = http::HeaderValue::from_str(kind) {
             response
@@ -171,26 +237,26 @@ async fn answer<B>(request: &Request<B>, bundle: &Path) -> Response<Full<Bytes>>
     };
     if request.uri().path() != BUNDLE_PATH {
         let text = format!("not found: the bundle is at {BUNDLE_PATH}\n");
-        return respond(StatusCode::NOT_FOUND, text.into_bytes(), "text/plain");
+        return respond(StatusCode::NOT_FOUND, text.into(), "text/plain");
     }
     if request.method() != http::Method::GET {
         return respond(
             StatusCode::METHOD_NOT_ALLOWED,
-            b"GET only\n".to_vec(),
+            Bytes::from_static(b"GET only\n"),
             "text/plain",
         );
     }
-    let path = bundle.to_owned();
-    let read = tokio::task::spawn_blocking(move || std::fs::read(path))
+    let published = Arc::clone(bundle);
+    let read = tokio::task::spawn_blocking(move || published.bytes())
         .await
         .unwrap_or_else(|error| Err(std::io::Error::other(error)));
     match read {
         Ok(bytes) => respond(StatusCode::OK, bytes, "application/json"),
         Err(error) => {
-            tracing::error!(bundle = %bundle.display(), %error, "cannot read the bundle to serve");
+            tracing::error!(bundle = %bundle.path.display(), %error, "cannot read the bundle to serve");
             respond(
                 StatusCode::SERVICE_UNAVAILABLE,
-                b"no bundle published\n".to_vec(),
+                Bytes::from_static(b"no bundle published\n"),
                 "text/plain",
             )
         }
