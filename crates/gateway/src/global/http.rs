@@ -26,7 +26,7 @@ use crate::identity::tls::{self, TlsError};
 const IDLE: Duration = Duration::from_secs(10);
 /// The longest a directory keeps a connection, read or not: a gateway
 /// gives up on a fetch after 10 s.
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// Connections a directory serves at once; those beyond are closed as
 /// they come.
 pub const MAX_CONNECTIONS: usize = 512;
