@@ -118,6 +118,13 @@ fn validate(source: &Source<'_>, raw: &RawAgencies) -> Result<AgenciesConfig, Co
             .parse()
             .map_err(|error| source.error(&path, key, format!("{error}")))?;
         let signing_key = match (&server.signing_key, &server.signing_key_id) {
+            (None, None) if agency == Agency::MyGov => {
+                return Err(source.error(
+                    &path,
+                    key,
+                    "needs `signing_key`: the key that signs consent artefacts",
+                ));
+            }
             (None, None) => None,
             (Some(file), id) if agency == Agency::MyGov => Some(SigningKeyConfig {
                 key_id: id
@@ -157,4 +164,23 @@ fn validate(source: &Source<'_>, raw: &RawAgencies) -> Result<AgenciesConfig, Co
         crls: raw.crls.iter().map(|crl| source.path(crl)).collect(),
         agencies,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The portal cannot start without the key it signs consents with:
+    /// the file says so, at its line, not the agency at bind time.
+    #[test]
+    fn the_portal_without_its_signing_key_is_named_at_its_line() {
+        let text = "[agencies]\nseed = 1\nclient_ca = \"ca.pem\"\n\n\
+                    [agencies.servers.mygov]\nlisten = \"127.0.0.1:0\"\n\
+                    certificate = \"a.pem\"\nprivate_key = \"a.key\"\n";
+        let error = AgenciesConfig::parse(Path::new("dev/govbridge.toml"), text).unwrap_err();
+        let said = error.to_string();
+        assert!(said.contains("agencies.servers.mygov"), "{said}");
+        assert!(said.contains("signing_key"), "{said}");
+        assert_eq!(error.line, Some(5), "{said}");
+    }
 }
