@@ -511,7 +511,7 @@ impl Reloader {
     async fn poll_partner(&self, partner: &FollowedPartner) -> Polled {
         let writing = PARTNER_CACHES.lock().await;
         let polled = match fetch_partner(partner).await {
-            Ok(None) => Polled::Unchanged,
+            Ok(None) => self.run_cached_partner(partner).await,
             Ok(Some(staged)) => {
                 let (reloader, cache) = (self.clone(), Cache::new(&partner.cache));
                 let (instance, version) = (partner.instance.clone(), staged.manifest.version);
@@ -548,6 +548,35 @@ impl Reloader {
             Polled::Unchanged => {}
         }
         polled
+    }
+}
+
+impl Reloader {
+    /// The directory serves the version in `partner`'s cache: runs it if
+    /// the configuration in use does not (a start or global version that
+    /// learned it and then failed to apply leaves it committed and unused,
+    /// and nothing else would load it before the next reload).
+    async fn run_cached_partner(&self, partner: &FollowedPartner) -> Polled {
+        let running = self
+            .state
+            .load()
+            .federation
+            .partners
+            .get(&partner.instance)
+            .and_then(|running| running.published.as_ref())
+            .map(|published| published.version);
+        let (cache, verifier) = (Cache::new(&partner.cache), partner.verifier.clone());
+        let cached = tokio::task::spawn_blocking(move || cache.current(&verifier))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+            .map(|installed| installed.manifest.version);
+        let Some(version) = cached.filter(|cached| Some(*cached) != running) else {
+            return Polled::Unchanged;
+        };
+        let reloader = self.clone();
+        applied(version, move || reloader.reload()).await
     }
 }
 
