@@ -913,6 +913,14 @@ fn tail(
         Some(from) => from,
         None => store.size()?.saturating_sub(TAIL_DEFAULT),
     };
+    let archived_end = store.archived_end()?;
+    if next < archived_end {
+        eprintln!(
+            "note: records before {archived_end} are archived: they are in the archive files \
+             (`audit verify --archives`, `audit prove --archives`); the log here starts at \
+             {archived_end}"
+        );
+    }
     let mut out = BufWriter::new(std::io::stdout().lock());
     loop {
         let page = store.records_from(next, PAGE)?;

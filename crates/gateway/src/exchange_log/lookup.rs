@@ -159,15 +159,26 @@ pub struct Sealing {
 }
 
 impl Sealing {
-    /// The lookups the next commit writes.
-    pub fn next_chunk(&self) -> &[(i64, u64)] {
-        let end = (self.written + SEAL_CHUNK).min(self.entries.len());
+    /// The lookups the next commit writes, a commit appending `records`.
+    pub fn next_chunk(&self, records: usize) -> &[(i64, u64)] {
+        let end = (self.written + self.chunk_len(records)).min(self.entries.len());
         &self.entries[self.written..end]
     }
 
-    /// Whether the next chunk is the last.
-    pub fn ends_with_next_chunk(&self) -> bool {
-        self.written + SEAL_CHUNK >= self.entries.len()
+    /// Whether the next chunk, a commit appending `records`, is the last.
+    pub fn ends_with_next_chunk(&self, records: usize) -> bool {
+        self.written + self.chunk_len(records) >= self.entries.len()
+    }
+
+    /// At least [`SEAL_CHUNK`], and twice the segment's lookups per record
+    /// for each record the commit appends: a seal is done before half a
+    /// segment more is appended, however large the batches, so the seal
+    /// never falls more than one segment behind the records (which
+    /// `audit verify` holds the log to).
+    fn chunk_len(&self, records: usize) -> usize {
+        let segment = usize::try_from(SEGMENT).unwrap_or(usize::MAX);
+        let per_record = self.entries.len().div_ceil(segment);
+        SEAL_CHUNK.max(records.saturating_mul(per_record).saturating_mul(2))
     }
 }
 

@@ -58,7 +58,7 @@ pub const RECORD_VERSION: u32 = 1;
 /// rather than queued without bound.
 const QUEUE_CAPACITY: usize = 32 * 1024;
 /// Records committed in one transaction, at most.
-const MAX_BATCH: usize = 4096;
+pub(crate) const MAX_BATCH: usize = 4096;
 /// How often a store that failed is tried again while no call does it.
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// How often an idle node of a fleet reads how far the others took the

@@ -455,6 +455,15 @@ impl Store {
         Ok(self.meta_number("schema_version")? >= 2)
     }
 
+    /// The highest segment with lookups stored, if any.
+    pub fn last_lookup_segment(&self) -> Result<Option<u64>, StoreError> {
+        let segment: Option<i64> = self
+            .connection
+            .query_row("SELECT MAX(segment) FROM lookups", [], |row| row.get(0))
+            .at(&self.path)?;
+        Ok(segment.map(|segment| u64::try_from(segment).unwrap_or(u64::MAX)))
+    }
+
     /// The lowest index of a row below 0, which no append writes.
     pub fn first_foreign_row(&self) -> Result<Option<i64>, StoreError> {
         self.connection
@@ -1146,9 +1155,9 @@ impl Store {
         }
         let chunk = match &self.sealing {
             Some(sealing) => {
-                let chunk = sealing.next_chunk();
+                let chunk = sealing.next_chunk(records.len());
                 write_lookups(&transaction, sealing.segment, chunk).at(&self.path)?;
-                if sealing.ends_with_next_chunk() {
+                if sealing.ends_with_next_chunk(records.len()) {
                     let end = (sealing.segment + 1) * SEGMENT;
                     set_sealed_end(&transaction, end).at(&self.path)?;
                 }
@@ -1772,6 +1781,28 @@ mod tests {
         for batch in records.chunks(1024) {
             let batch: Vec<&ExchangeRecord> = batch.iter().collect();
             store.append(frontier, &batch, None).unwrap();
+        }
+    }
+
+    /// However large the batches, the seal of a segment is done before
+    /// the records are a segment further: `audit verify` holds a log to
+    /// that, and would otherwise call a busy gateway's log edited.
+    #[test]
+    fn the_seal_keeps_up_with_the_largest_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), "test.example/log").unwrap();
+        let mut frontier = store.frontier().unwrap();
+        let records: Vec<ExchangeRecord> = (0..3 * SEGMENT + 8192).map(numbered).collect();
+        for batch in records.chunks(super::super::MAX_BATCH) {
+            let batch: Vec<&ExchangeRecord> = batch.iter().collect();
+            store.append(&mut frontier, &batch, None).unwrap();
+            let complete = frontier.size() / SEGMENT * SEGMENT;
+            let sealed_end = store.sealed_end().unwrap();
+            assert!(
+                sealed_end + SEGMENT >= complete,
+                "sealed up to {sealed_end} of {} records",
+                frontier.size()
+            );
         }
     }
 

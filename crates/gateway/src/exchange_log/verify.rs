@@ -198,7 +198,12 @@ pub fn verify_with_archives(
         problem = check_tree(&store, &tree, archived_end)?;
     }
     if problem.is_none() && store.seals_lookups()? {
-        problem = check_sealed_end(sealed_end, archived_end, tree.size());
+        problem = check_sealed_end(
+            sealed_end,
+            archived_end,
+            tree.size(),
+            store.last_lookup_segment()?,
+        );
     }
     if problem.is_none() {
         problem = store.first_foreign_row()?.map(|index| Problem {
@@ -551,16 +556,24 @@ fn show(value: &Value) -> String {
 /// stored them; they are not read).
 /// `meta.sealed_end` as the writer keeps it: whole segments, from the
 /// archives' end to the records' end, with at most the last complete
-/// segment still being sealed. Edited down, the gateway's readers would
-/// skip the lookups of the segments between, and the check of each sealed
-/// segment's lookups with them.
-fn check_sealed_end(sealed_end: u64, archived_end: u64, size: u64) -> Option<Problem> {
+/// segment still being sealed (a seal is done before half a segment more
+/// is appended), and no lookups stored past the segment being sealed.
+/// Edited down, the gateway's readers would skip the lookups of the
+/// segments between, and the check of each sealed segment's lookups with
+/// them.
+fn check_sealed_end(
+    sealed_end: u64,
+    archived_end: u64,
+    size: u64,
+    last_lookup_segment: Option<u64>,
+) -> Option<Problem> {
     let segment = lookup::SEGMENT;
     let complete = size / segment * segment;
     let fits = sealed_end.is_multiple_of(segment)
         && archived_end <= sealed_end
         && sealed_end <= size
-        && sealed_end + segment >= complete;
+        && sealed_end + segment >= complete
+        && last_lookup_segment.is_none_or(|last| last <= lookup::segment_of(sealed_end));
     (!fits).then(|| Problem {
         kind: ProblemKind::LookupEdited,
         index: sealed_end.min(size),
