@@ -99,6 +99,31 @@ async fn grant_list_and_revoke_a_consent_through_the_gateway() {
         ],
     )
     .await;
+    // One consent may cover several services, each at its own provider
+    // (another citizen's: the list below is the first citizen's).
+    let other = bed.data.citizens[1].nin.to_string();
+    let both = ok(
+        &bed,
+        &[
+            "grant",
+            "--nin",
+            &other,
+            "--consumer",
+            CBAO_CREDIT,
+            "--provider",
+            TAX,
+            "--provider",
+            "SN/GOV/ANEC/civil-registry",
+            "--method",
+            CLEARANCE,
+            "--method",
+            "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity",
+            "--purpose",
+            "CREDIT-SCORING",
+        ],
+    )
+    .await;
+    assert!(both.starts_with("granted consent "), "{both}");
     let id = granted
         .lines()
         .next()
@@ -250,7 +275,7 @@ async fn mistakes_are_named_and_exit_nonzero() {
                 "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity",
                 "CREDIT-SCORING",
             )),
-            "does not serve govbridge.civilregistry.v1.CivilRegistry",
+            "no --provider given serves govbridge.civilregistry.v1.CivilRegistry",
         ),
         (
             with_nin(grant(CBAO_CREDIT, CLEARANCE, "FUN")),

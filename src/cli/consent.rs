@@ -475,7 +475,7 @@ fn grant_request(config: &Config, grant: GrantArgs) -> anyhow::Result<pb::GrantR
         let Some((service, name)) = govbridge::catalog::split_path(method) else {
             bail!("--method {method}: expected a gRPC path, /package.Service/Method");
         };
-        let Some(serving) = config.services.get(service) else {
+        let Some(published) = config.services.get(service) else {
             bail!("--method {method}: the service {service} is not published in {file}");
         };
         // A service the gateway has a description of: the method is one of
@@ -494,12 +494,31 @@ fn grant_request(config: &Config, grant: GrantArgs) -> anyhow::Result<pb::GrantR
                     .join(", ")
             );
         }
-        // Each provider named serves it.
-        for provider in &grant.providers {
-            let serves = MemberId::parse(provider).is_ok_and(|id| serving.providers.contains(&id));
-            if !serves {
-                bail!("--provider {provider}: does not serve {service} in {file}");
-            }
+        // A provider named serves it (a consent covers any of its methods
+        // at any of its providers).
+        let served = grant.providers.is_empty()
+            || grant.providers.iter().any(|provider| {
+                MemberId::parse(provider).is_ok_and(|id| published.providers.contains(&id))
+            });
+        if !served {
+            bail!(
+                "--method {method}: no --provider given serves {service} in {file} (its \
+                 providers: {})",
+                known(published.providers.iter())
+            );
+        }
+    }
+    // And each provider named serves one of the methods' services.
+    for provider in &grant.providers {
+        let serves = MemberId::parse(provider).is_ok_and(|id| {
+            grant.methods.iter().any(|method| {
+                govbridge::catalog::split_path(method)
+                    .and_then(|(service, _)| config.services.get(service))
+                    .is_some_and(|published| published.providers.contains(&id))
+            })
+        });
+        if !grant.methods.is_empty() && !serves {
+            bail!("--provider {provider}: serves none of the --method services in {file}");
         }
     }
     if !config.purposes.contains_key(&grant.purpose) {
