@@ -427,6 +427,29 @@ async fn a_directory_serves_so_many_connections_and_no_more() {
         tokio::task::yield_now().await;
     };
     assert_eq!(served, b"{}\n");
+
+    // Without a cap of its own, one address holds so many places and no
+    // more: the others' stay free.
+    let server = govbridge::global::http::Server::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &bed.pki.join("gateway.pem"),
+        &bed.pki.join("gateway.key"),
+        &bundle,
+    )
+    .await
+    .unwrap();
+    let address = server.local_addr().unwrap();
+    tokio::spawn(server.serve());
+    let per_address = govbridge::global::http::MAX_CONNECTIONS_PER_ADDRESS;
+    let mut held = Vec::new();
+    for _ in 0..per_address {
+        held.push(tokio::net::TcpStream::connect(address).await.unwrap());
+    }
+    let mut one_more = tokio::net::TcpStream::connect(address).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), one_more.read(&mut [0; 1]))
+        .await
+        .expect("a connection past the address's share is closed, not held");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
 }
 
 /// The configuration key is replaced without an outage: versions signed

@@ -30,6 +30,9 @@ pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// Connections a directory serves at once; those beyond are closed as
 /// they come.
 pub const MAX_CONNECTIONS: usize = 512;
+/// Connections one address (an IPv6 /64) holds at once: a gateway polls
+/// with one, so that one client cannot take every place.
+pub const MAX_CONNECTIONS_PER_ADDRESS: u32 = 8;
 
 /// The path a directory serves its bundle under.
 pub const BUNDLE_PATH: &str = "/bundle.json";
@@ -139,12 +142,14 @@ impl Server {
     /// Serves until the process ends.
     ///
     /// A client that never reads its answer keeps its connection at most
-    /// [`CONNECTION_LIFETIME`], and one copy of the bundle is shared by
-    /// every answer: connections, not clients, bound what the directory
-    /// holds.
+    /// [`CONNECTION_LIFETIME`], one address holds at most
+    /// [`MAX_CONNECTIONS_PER_ADDRESS`], and one copy of the bundle is
+    /// shared by every answer: connections, not clients, bound what the
+    /// directory holds.
     pub async fn serve(self) {
         let bundle = Arc::new(Published::new(self.bundle));
         let places = Arc::new(tokio::sync::Semaphore::new(self.max_connections));
+        let addresses = crate::net::AddressSlots::new(MAX_CONNECTIONS_PER_ADDRESS);
         loop {
             let (tcp, peer) = match self.listener.accept().await {
                 Ok(accepted) => accepted,
@@ -155,13 +160,17 @@ impl Server {
                     continue;
                 }
             };
+            let Ok(address) = addresses.take(peer.ip()) else {
+                tracing::debug!(%peer, "the address is at its connection limit: closed");
+                continue;
+            };
             let Ok(place) = Arc::clone(&places).try_acquire_owned() else {
                 tracing::debug!(%peer, "directory at its connection limit: closed");
                 continue;
             };
             let (tls, bundle) = (self.tls.clone(), Arc::clone(&bundle));
             tokio::spawn(async move {
-                let _place = place;
+                let _places = (place, address);
                 // A client that stalls its handshake or its request is
                 // dropped, not kept.
                 let Ok(Ok(stream)) = tokio::time::timeout(IDLE, tls.accept(tcp)).await else {

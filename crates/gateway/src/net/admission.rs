@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 
 /// Open connections per source address, capped.
 #[derive(Debug)]
-pub(super) struct AddressSlots {
+pub(crate) struct AddressSlots {
     limit: u32,
     held: Mutex<HashMap<IpAddr, Held>>,
 }
@@ -31,7 +31,7 @@ struct Held {
 
 /// Why a connection was not admitted.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Refusal {
+pub(crate) enum Refusal {
     /// The address is at its cap; first refusal since it got there.
     AtLimit,
     /// The address is at its cap, and that was logged already.
@@ -39,7 +39,7 @@ pub(super) enum Refusal {
 }
 
 impl AddressSlots {
-    pub(super) fn new(limit: u32) -> Arc<Self> {
+    pub(crate) fn new(limit: u32) -> Arc<Self> {
         Arc::new(Self {
             limit,
             held: Mutex::default(),
@@ -47,7 +47,7 @@ impl AddressSlots {
     }
 
     /// A slot for a connection from `address`, held until dropped.
-    pub(super) fn take(self: &Arc<Self>, address: IpAddr) -> Result<AddressSlot, Refusal> {
+    pub(crate) fn take(self: &Arc<Self>, address: IpAddr) -> Result<AddressSlot, Refusal> {
         let address = counted_as(address);
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = held.entry(address).or_default();
@@ -85,7 +85,7 @@ pub(crate) fn counted_as(address: IpAddr) -> IpAddr {
 
 /// One connection's place in its address's count.
 #[derive(Debug)]
-pub(super) struct AddressSlot {
+pub(crate) struct AddressSlot {
     slots: Arc<AddressSlots>,
     address: IpAddr,
 }

@@ -10,7 +10,7 @@
 
 mod admission;
 
-pub(crate) use admission::counted_as;
+pub(crate) use admission::{AddressSlots, counted_as};
 pub mod client;
 mod streams;
 
