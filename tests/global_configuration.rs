@@ -474,12 +474,14 @@ async fn the_configuration_key_is_replaced_without_an_outage() {
     // (the new [directory] waits for the restart), and takes version 3.
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(text.contains("directory-key.pub"), "{text}");
+    const RELOADED: &str = "govbridge_reloads_total{result=\"ok\"}";
+    let reloads = metric(gateway.admin, RELOADED).await;
     std::fs::write(
         &config,
         text.replace("directory-key.pub", "directory-key-2.pub"),
     )
     .unwrap();
-    until_metric(gateway.admin, "govbridge_reloads_total{result=\"ok\"}", 1.0).await;
+    until_metric(gateway.admin, RELOADED, reloads + 1.0).await;
     directory.publish(&["--key", path(&new_key)]);
     until_metric(gateway.admin, VERSION, 3.0).await;
 
@@ -496,6 +498,21 @@ async fn the_configuration_key_is_replaced_without_an_outage() {
     rotated.publish(&[]);
     until_metric(gateway.admin, VERSION, 4.0).await;
     verify_identity(&bed, gateway.address).await.unwrap();
+
+    // Another directory (its url) is refused at a reload: the running
+    // configuration would come from one, the polls from the other.
+    const FAILED: &str = "govbridge_reloads_total{result=\"failed\"}";
+    let failed = metric(gateway.admin, FAILED).await;
+    let text = std::fs::read_to_string(&config).unwrap();
+    let (before, after) = text.split_once("url = \"").unwrap();
+    let rest = after.split_once('"').unwrap().1;
+    std::fs::write(
+        &config,
+        format!("{before}url = \"https://127.0.0.1:9/bundle.json\"{rest}"),
+    )
+    .unwrap();
+    until_metric(gateway.admin, FAILED, failed + 1.0).await;
+    assert_eq!(metric(gateway.admin, VERSION).await, 4.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -173,15 +173,37 @@ impl Reloader {
         };
         let running = self.state.load();
         let built = load()
-            .map(|mut config| {
+            .and_then(|mut config| {
                 // The poller follows the directory the gateway started
-                // with: a [directory] changed in the file (a new key, say)
-                // takes effect at restart, and the rest of the file now.
+                // with. A new key or interval in the file takes effect at
+                // restart, and the rest of the file now (the bundle in use
+                // came from the same cache, opened with the new key). Any
+                // other change would have loaded another directory's
+                // bundle, or none: refused.
                 let directory_changed = config.directory != running.directory;
+                let same_directory = match (&config.directory, &running.directory) {
+                    (Some(written), Some(running)) => {
+                        written.source == running.source
+                            && written.cache == running.cache
+                            && written.instance == running.instance
+                    }
+                    (written, running) => written.is_none() && running.is_none(),
+                };
+                if !same_directory {
+                    return Err(crate::config::ConfigError {
+                        file: self.source.clone(),
+                        line: None,
+                        key: "directory".to_owned(),
+                        message: "[directory] added, removed or pointed elsewhere (url, cache): \
+                                  that takes effect at restart; its key and interval may \
+                                  change at a reload"
+                            .to_owned(),
+                    });
+                }
                 if directory_changed {
                     config.directory.clone_from(&running.directory);
                 }
-                (config, directory_changed)
+                Ok((config, directory_changed))
             })
             .map_err(ReloadError::from)
             .and_then(|(config, directory_changed)| {
