@@ -106,8 +106,16 @@ impl Cluster {
             running: false,
             _temporary: None,
         };
+        let owner = dir.join(OWNER_FILE);
         if !cluster.data.join("PG_VERSION").exists() {
             cluster.initdb()?;
+        } else if let Some(pid) = live_owner(&owner) {
+            bail!(
+                "{}: a PostgreSQL server started by process {pid}, still running, uses it: stop \
+                 that run first (or remove {} if it is not a govbridge run)",
+                cluster.data.display(),
+                owner.display()
+            );
         } else if cluster.data.join("postmaster.pid").exists() && cluster.stop_left_over() {
             // A run killed before it could stop its server (SIGKILL, or
             // Ctrl-C while starting: the server is in a session of its own).
@@ -123,6 +131,13 @@ impl Cluster {
             match cluster.pg_ctl_start() {
                 Ok(()) => {
                     cluster.running = true;
+                    // Which run this server is: the next start in this
+                    // directory stops it only once this process is gone.
+                    crate::pki::write_file(
+                        &owner,
+                        format!("{}\n", std::process::id()).as_bytes(),
+                        0o644,
+                    )?;
                     cluster.create_database()?;
                     return Ok(cluster);
                 }
@@ -312,6 +327,15 @@ impl Drop for Cluster {
     }
 }
 
+/// Beside the data directory: the process whose run started the server.
+const OWNER_FILE: &str = "owner.pid";
+
+/// The process named in `file`, if it is another one and still runs.
+fn live_owner(file: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
+    (pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
+}
+
 /// Where `initdb`, `pg_ctl` and `postgres` are: `GOVBRIDGE_PG_BIN`, else
 /// the newest `/usr/lib/postgresql/N/bin` (Debian), else the `PATH`.
 fn server_binaries() -> anyhow::Result<PathBuf> {
@@ -425,6 +449,17 @@ mod tests {
             )
             .unwrap();
         std::mem::forget(killed);
+        // Started by a run still going (process 1 stands for one): left
+        // alone, and said so.
+        let owner = dir.path().join(OWNER_FILE);
+        let ours = std::fs::read_to_string(&owner).unwrap();
+        std::fs::write(&owner, "1\n").unwrap();
+        let Err(refused) = Cluster::start(dir.path()) else {
+            panic!("a live run's server is taken over");
+        };
+        assert!(format!("{refused:#}").contains("process 1"), "{refused:#}");
+        // Its run gone, the next start stops it and takes the data over.
+        std::fs::write(&owner, ours).unwrap();
         let cluster = Cluster::start(dir.path()).unwrap();
         assert_eq!(cluster.psql(ROLE, "SELECT n FROM kept").unwrap(), "7");
     }
