@@ -97,6 +97,7 @@ pub fn backup(config_path: &Path, out: &Path) -> anyhow::Result<()> {
     {
         use std::os::unix::fs::DirBuilderExt as _;
         std::fs::DirBuilder::new()
+            .recursive(true)
             .mode(0o700)
             .create(&staging.dir)
             .with_context(|| format!("creating {}", staging.dir.display()))?;

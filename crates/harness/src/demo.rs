@@ -66,8 +66,12 @@ pub async fn run(dir: Option<&Path>, once: bool, nodes: usize) -> anyhow::Result
     let (dir, temporary) = match dir {
         Some(dir) => (dir.to_owned(), None),
         None => {
+            // Readable by others (0755, as a directory made by hand): a
+            // fleet's PostgreSQL runs as an unprivileged user when the
+            // demo runs as root, and must reach its data inside.
             let temporary = tempfile::Builder::new()
                 .prefix("govbridge-demo-")
+                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
                 .tempdir()
                 .context("cannot create a directory for the demo")?;
             (temporary.path().to_owned(), Some(temporary))
