@@ -69,6 +69,7 @@
 
 #![forbid(unsafe_code)]
 
+pub(crate) mod addresses;
 pub mod catalog;
 pub mod config;
 pub mod consent;

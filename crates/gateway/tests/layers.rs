@@ -21,7 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["telemetry", "database"],
     &["config"],
     &["net", "global", "federation"],
-    &["wire", "catalog", "note"],
+    &["wire", "catalog", "note", "addresses"],
     &["identity", "keys", "unix_time", "proto"],
 ];
 

@@ -149,7 +149,7 @@ impl Server {
     pub async fn serve(self) {
         let bundle = Arc::new(Published::new(self.bundle));
         let places = Arc::new(tokio::sync::Semaphore::new(self.max_connections));
-        let addresses = crate::net::AddressSlots::new(MAX_CONNECTIONS_PER_ADDRESS);
+        let addresses = crate::addresses::AddressSlots::new(MAX_CONNECTIONS_PER_ADDRESS);
         loop {
             let (tcp, peer) = match self.listener.accept().await {
                 Ok(accepted) => accepted,

@@ -10,7 +10,7 @@
 
 mod admission;
 
-pub(crate) use admission::{AddressSlots, counted_as};
+pub(crate) use crate::addresses::counted_as;
 pub mod client;
 mod streams;
 
@@ -390,7 +390,7 @@ impl TlsListener {
         // `open_rx.recv()` returns `None` and draining is done.
         let (open_tx, mut open_rx) = mpsc::channel::<Infallible>(1);
         let settings = Arc::new(self.settings);
-        let slots = admission::AddressSlots::new(settings.max_connections_per_address);
+        let slots = crate::addresses::AddressSlots::new(settings.max_connections_per_address);
         let handshakes = Arc::new(tokio::sync::Semaphore::new(settings.max_handshakes));
         // One warning per episode of a full handshake cap, not one per
         // connection of a flood.
@@ -415,7 +415,7 @@ impl TlsListener {
                 Ok(slot) => slot,
                 Err(refusal) => {
                     self.stats.close("address-limit");
-                    if refusal == admission::Refusal::AtLimit {
+                    if refusal == crate::addresses::Refusal::AtLimit {
                         tracing::warn!(
                             %remote_addr,
                             limit = settings.max_connections_per_address,
@@ -679,7 +679,7 @@ struct Connection {
     open: mpsc::Sender<Infallible>,
     /// Its place among the handshakes under way, given up once done.
     handshake: Option<tokio::sync::OwnedSemaphorePermit>,
-    _slot: admission::AddressSlot,
+    _slot: crate::addresses::AddressSlot,
 }
 
 impl Connection {
