@@ -513,6 +513,10 @@ async fn the_configuration_key_is_replaced_without_an_outage() {
     .unwrap();
     until_metric(gateway.admin, FAILED, failed + 1.0).await;
     assert_eq!(metric(gateway.admin, VERSION).await, 4.0);
+    // Meanwhile the directory it follows is followed still: version 5 is
+    // taken, the file's other url waiting for the restart.
+    rotated.publish(&[]);
+    until_metric(gateway.admin, VERSION, 5.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,11 +44,75 @@ pub enum ReloadError {
     },
 }
 
+/// How the file's `[directory]` moved from the one the gateway started
+/// with, if it points elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DirectoryMoved {
+    Added,
+    Removed,
+    Cache,
+    Url,
+    Instance,
+}
+
+impl DirectoryMoved {
+    /// Whether a load with the file's `[directory]` reads the global
+    /// configuration from somewhere else than the running one does, even
+    /// with a bundle just fetched in hand (partners' loads read it from
+    /// the cache).
+    fn reads_elsewhere(self) -> bool {
+        !matches!(self, Self::Url)
+    }
+}
+
+impl std::fmt::Display for DirectoryMoved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Added => "[directory] added",
+            Self::Removed => "[directory] removed",
+            Self::Cache => "[directory] cache changed",
+            Self::Url => "[directory] url changed (another directory)",
+            Self::Instance => "the instance (the identity's first part) changed",
+        })
+    }
+}
+
+fn directory_moved(
+    written: Option<&crate::config::DirectoryConfig>,
+    running: Option<&crate::config::DirectoryConfig>,
+) -> Option<DirectoryMoved> {
+    use crate::config::DirectorySource;
+    match (written, running) {
+        (None, None) => None,
+        (Some(_), None) => Some(DirectoryMoved::Added),
+        (None, Some(_)) => Some(DirectoryMoved::Removed),
+        (Some(written), Some(running)) => {
+            let same_endpoint = match (&written.source, &running.source) {
+                (DirectorySource::Https { url: a, .. }, DirectorySource::Https { url: b, .. }) => {
+                    a == b
+                }
+                // The fleet's database, whatever its credentials.
+                (DirectorySource::Store(_), DirectorySource::Store(_)) => true,
+                _ => false,
+            };
+            if written.cache != running.cache {
+                Some(DirectoryMoved::Cache)
+            } else if written.instance != running.instance {
+                Some(DirectoryMoved::Instance)
+            } else if !same_endpoint {
+                Some(DirectoryMoved::Url)
+            } else {
+                None
+            }
+        }
+    }
+}
+
 impl Reloader {
     /// Re-reads the configuration file and everything it names, and swaps
     /// it in if it is valid.
     pub fn reload(&self) -> Result<(), ReloadError> {
-        self.apply(|| Config::load(&self.source), || Ok(()))?;
+        self.apply(|| Config::load(&self.source), || Ok(()), true)?;
         tracing::info!(config = %self.source.display(), "configuration reloaded");
         Ok(())
     }
@@ -84,7 +148,7 @@ impl Reloader {
             self.metrics.global_applied(started.elapsed());
             Ok(())
         };
-        self.apply(|| Config::load_staged(&self.source, staged), commit)?;
+        self.apply(|| Config::load_staged(&self.source, staged), commit, false)?;
         tracing::info!(
             version = staged.manifest.version,
             expires = %crate::unix_time::rfc3339(staged.manifest.expires),
@@ -152,16 +216,20 @@ impl Reloader {
                 })
             }
         };
-        self.apply(load, commit)
+        self.apply(load, commit, false)
     }
 
     /// Loads, builds everything the configuration needs, then `commit`s
     /// and swaps it in, one reload at a time; on any error the
     /// configuration in use keeps serving.
+    ///
+    /// `file_reload`: the load reads the file and the bundle its
+    /// `[directory]` names (a reload), not a bundle just fetched.
     fn apply(
         &self,
         load: impl FnOnce() -> Result<Config, crate::config::ConfigError>,
         commit: impl FnOnce() -> Result<(), ReloadError>,
+        file_reload: bool,
     ) -> Result<(), ReloadError> {
         let _one_at_a_time = self
             .reloading
@@ -175,31 +243,26 @@ impl Reloader {
         let built = load()
             .and_then(|mut config| {
                 // The poller follows the directory the gateway started
-                // with. A new key or interval in the file takes effect at
-                // restart, and the rest of the file now (the bundle in use
-                // came from the same cache, opened with the new key). Any
-                // other change would have loaded another directory's
-                // bundle, or none: refused.
-                let directory_changed = config.directory != running.directory;
-                let same_directory = match (&config.directory, &running.directory) {
-                    (Some(written), Some(running)) => {
-                        written.source == running.source
-                            && written.cache == running.cache
-                            && written.instance == running.instance
-                    }
-                    (written, running) => written.is_none() && running.is_none(),
-                };
-                if !same_directory {
+                // with. A [directory] changed in the file takes effect at
+                // restart, and the rest of the file now, unless the change
+                // moves where this load read the global configuration
+                // from: refused then (and a reload of the file, which
+                // reads the bundle in use through the file's [directory],
+                // is also refused for another url).
+                let moved = directory_moved(config.directory.as_ref(), running.directory.as_ref());
+                if let Some(moved) = moved.filter(|moved| file_reload || moved.reads_elsewhere()) {
                     return Err(crate::config::ConfigError {
                         file: self.source.clone(),
                         line: None,
                         key: "directory".to_owned(),
-                        message: "[directory] added, removed or pointed elsewhere (url, cache): \
-                                  that takes effect at restart; its key and interval may \
-                                  change at a reload"
-                            .to_owned(),
+                        message: format!(
+                            "{moved}: that takes effect at restart (a new key, interval or CA \
+                             is taken at a reload; the directory followed stays the one the \
+                             gateway started with)"
+                        ),
                     });
                 }
+                let directory_changed = config.directory != running.directory;
                 if directory_changed {
                     config.directory.clone_from(&running.directory);
                 }
