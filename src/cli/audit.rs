@@ -564,6 +564,9 @@ fn verify_log(
     if let Some(problem) = report.problem {
         bail!("{}: {problem}", database.display());
     }
+    for note in &report.notes {
+        println!("  note: {note}");
+    }
     let uncovered = report.records - report.latest.map_or(0, |latest| latest.size);
     if uncovered > 0 {
         println!(

@@ -32,9 +32,10 @@ use crate::proto::audit::v1::ExchangeRecord;
 /// Records per segment.
 pub const SEGMENT: u64 = 1 << 16;
 
-/// Lookups of a sealing segment written with each commit, at most: the
-/// seal of a segment spreads over some forty commits, none of which
-/// grows by more than a hundred kilobytes.
+/// Lookups of a sealing segment written with each commit, at least: the
+/// seal of a segment spreads over some forty commits when they are small,
+/// each growing by about a hundred kilobytes. A commit of many records
+/// writes more (twice the segment's lookups per record it appends).
 pub const SEAL_CHUNK: usize = 4096;
 
 /// What a key finds.
@@ -172,9 +173,9 @@ impl Sealing {
 
     /// At least [`SEAL_CHUNK`], and twice the segment's lookups per record
     /// for each record the commit appends: a seal is done before half a
-    /// segment more is appended, however large the batches, so the seal
-    /// never falls more than one segment behind the records (which
-    /// `audit verify` holds the log to).
+    /// segment more is appended, so with batches well under half a
+    /// segment (the writer's are at most 4,096 records) the seal never
+    /// falls more than one segment behind the records.
     fn chunk_len(&self, records: usize) -> usize {
         let segment = usize::try_from(SEGMENT).unwrap_or(usize::MAX);
         let per_record = self.entries.len().div_ceil(segment);

@@ -111,6 +111,8 @@ pub struct VerifyReport {
     /// The latest valid checkpoint.
     pub latest: Option<Checkpoint>,
     pub problem: Option<Problem>,
+    /// What is not damage but worth saying (lookups not sealed yet).
+    pub notes: Vec<String>,
 }
 
 impl VerifyReport {
@@ -197,13 +199,17 @@ pub fn verify_with_archives(
     if problem.is_none() {
         problem = check_tree(&store, &tree, archived_end)?;
     }
+    let mut notes = Vec::new();
     if problem.is_none() && store.seals_lookups()? {
-        problem = check_sealed_end(
+        match check_sealed_end(
             sealed_end,
             archived_end,
             tree.size(),
             store.last_lookup_segment()?,
-        );
+        ) {
+            Ok(note) => notes.extend(note),
+            Err(edited) => problem = Some(edited),
+        }
     }
     if problem.is_none() {
         problem = store.first_foreign_row()?.map(|index| Problem {
@@ -220,6 +226,7 @@ pub fn verify_with_archives(
         checkpoints: None,
         latest: None,
         problem,
+        notes,
     };
     if report.problem.is_none() {
         check_checkpoints(&checkpoints, &roots, tree.size(), verifier, &mut report);
@@ -554,37 +561,53 @@ fn show(value: &Value) -> String {
 /// they cover is gone: nodes and records are committed together. Nodes
 /// below [`store::STORED_LEVEL`] are not stored (logs written before
 /// stored them; they are not read).
-/// `meta.sealed_end` as the writer keeps it: whole segments, from the
-/// archives' end to the records' end, with at most the last complete
-/// segment still being sealed (a seal is done before half a segment more
-/// is appended), and no lookups stored past the segment being sealed.
-/// Edited down, the gateway's readers would skip the lookups of the
-/// segments between, and the check of each sealed segment's lookups with
-/// them.
+/// `meta.sealed_end` as a writer keeps it: whole segments, from the
+/// archives' end to the records' end, and no lookups stored past the
+/// segment being sealed. Edited down, the gateway's readers would skip
+/// the lookups of the segments between, and the check of each sealed
+/// segment's lookups with them: a problem.
+///
+/// A writer of this version seals each segment before the records are a
+/// segment further; further behind (a log written by an earlier version,
+/// or a start stopped while it sealed) is said in a note: the gateway
+/// seals the rest when it opens the log.
 fn check_sealed_end(
     sealed_end: u64,
     archived_end: u64,
     size: u64,
     last_lookup_segment: Option<u64>,
-) -> Option<Problem> {
+) -> Result<Option<String>, Problem> {
     let segment = lookup::SEGMENT;
     let complete = size / segment * segment;
-    let fits = sealed_end.is_multiple_of(segment)
-        && archived_end <= sealed_end
-        && sealed_end <= size
-        && sealed_end + segment >= complete
-        && last_lookup_segment.is_none_or(|last| last <= lookup::segment_of(sealed_end));
-    (!fits).then(|| Problem {
+    let edited = |what: String| Problem {
         kind: ProblemKind::LookupEdited,
         index: sealed_end.min(size),
         message: format!(
-            "meta says the lookups of the records before {sealed_end} are sealed; in a log of \
-             {size} records ({archived_end} archived) that is whole segments of {segment}, from \
-             {} on: the database was edited, and the Data Tracker would miss the records of \
-             the segments between",
-            complete.saturating_sub(segment).max(archived_end)
+            "{what}: the database was edited, and the Data Tracker would miss the records of \
+             the segments between"
         ),
-    })
+    };
+    if !sealed_end.is_multiple_of(segment) || archived_end > sealed_end || sealed_end > size {
+        return Err(edited(format!(
+            "meta says the lookups of the records before {sealed_end} are sealed, which is not \
+             whole segments of {segment} between the archives' end ({archived_end}) and the \
+             records' ({size})"
+        )));
+    }
+    if let Some(last) = last_lookup_segment.filter(|last| *last > lookup::segment_of(sealed_end)) {
+        return Err(edited(format!(
+            "meta says the lookups of the records before {sealed_end} are sealed, and lookups \
+             of segment {last} are stored, past the one being sealed"
+        )));
+    }
+    Ok((sealed_end + segment < complete).then(|| {
+        format!(
+            "the lookups of records {sealed_end} to {complete} are not sealed yet (the log was \
+             written by an earlier version, or a start stopped while sealing): the gateway \
+             seals them when it opens the log; until then a gateway's readers find those \
+             records by scanning them"
+        )
+    }))
 }
 
 fn check_tree(
@@ -1427,6 +1450,18 @@ mod tests {
             [behind],
         );
         assert_eq!(log.verify().problem, None);
+
+        // Further behind with nothing stored past (a log an earlier
+        // version wrote, not reopened since): said, not damage.
+        log.tamper("DELETE FROM lookups", []);
+        log.tamper("UPDATE meta SET value = '0' WHERE key = 'sealed_end'", []);
+        let report = log.verify();
+        assert_eq!(report.problem, None);
+        assert!(
+            report.notes[0].contains("not sealed yet"),
+            "{:?}",
+            report.notes
+        );
     }
 
     #[test]
