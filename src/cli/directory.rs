@@ -93,6 +93,11 @@ pub enum DirectoryCommand {
         certificate: PathBuf,
         #[arg(long, value_name = "PEM")]
         private_key: PathBuf,
+        /// Connections one address (an IPv6 /64) may hold at once; 0: no
+        /// cap of its own (behind a proxy or NAT that shows every gateway
+        /// from one address).
+        #[arg(long, value_name = "N", default_value_t = govbridge::global::http::MAX_CONNECTIONS_PER_ADDRESS)]
+        max_connections_per_address: u32,
     },
     /// Learn a partner instance from its own signed global configuration:
     /// check its bundle with its directory's key (obtained out of band),
@@ -223,6 +228,7 @@ pub fn run(command: DirectoryCommand) -> anyhow::Result<()> {
             listen,
             certificate,
             private_key,
+            max_connections_per_address,
         } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -235,7 +241,8 @@ pub fn run(command: DirectoryCommand) -> anyhow::Result<()> {
                     &bundle,
                 )
                 .await
-                .map_err(anyhow::Error::msg)?;
+                .map_err(anyhow::Error::msg)?
+                .with_max_connections_per_address(max_connections_per_address);
                 println!(
                     "directory serving {} at https://{}{}",
                     bundle.display(),

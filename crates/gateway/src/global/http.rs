@@ -97,6 +97,7 @@ pub struct Server {
     tls: tokio_rustls::TlsAcceptor,
     bundle: PathBuf,
     max_connections: usize,
+    max_connections_per_address: u32,
 }
 
 impl std::fmt::Debug for Server {
@@ -125,7 +126,16 @@ impl Server {
             tls: tokio_rustls::TlsAcceptor::from(config),
             bundle: bundle.to_owned(),
             max_connections: MAX_CONNECTIONS,
+            max_connections_per_address: MAX_CONNECTIONS_PER_ADDRESS,
         })
+    }
+
+    /// Lets one address hold `connections` at once instead of
+    /// [`MAX_CONNECTIONS_PER_ADDRESS`]; 0: no cap of its own (every
+    /// client seen from one address, behind a proxy).
+    pub fn with_max_connections_per_address(mut self, connections: u32) -> Self {
+        self.max_connections_per_address = connections;
+        self
     }
 
     /// Serves at most `connections` at once instead of
@@ -149,7 +159,11 @@ impl Server {
     pub async fn serve(self) {
         let bundle = Arc::new(Published::new(self.bundle));
         let places = Arc::new(tokio::sync::Semaphore::new(self.max_connections));
-        let addresses = crate::addresses::AddressSlots::new(MAX_CONNECTIONS_PER_ADDRESS);
+        let per_address = match self.max_connections_per_address {
+            0 => u32::MAX,
+            limit => limit,
+        };
+        let addresses = crate::addresses::AddressSlots::new(per_address);
         loop {
             let (tcp, peer) = match self.listener.accept().await {
                 Ok(accepted) => accepted,
@@ -160,9 +174,20 @@ impl Server {
                     continue;
                 }
             };
-            let Ok(address) = addresses.take(peer.ip()) else {
-                tracing::debug!(%peer, "the address is at its connection limit: closed");
-                continue;
+            let address = match addresses.take(peer.ip()) {
+                Ok(address) => address,
+                Err(refusal) => {
+                    // Once per episode, not once per connection of a flood.
+                    if refusal == crate::addresses::Refusal::AtLimit {
+                        tracing::warn!(
+                            %peer,
+                            limit = per_address,
+                            "an address holds as many directory connections as it may; more \
+                             are closed (behind a proxy, raise --max-connections-per-address)"
+                        );
+                    }
+                    continue;
+                }
             };
             let Ok(place) = Arc::clone(&places).try_acquire_owned() else {
                 tracing::debug!(%peer, "directory at its connection limit: closed");
