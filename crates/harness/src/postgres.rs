@@ -31,6 +31,9 @@ pub struct Cluster {
     /// The server's certificate and key files, when it speaks TLS.
     tls: Option<(PathBuf, PathBuf)>,
     running: bool,
+    /// A lock on `dir/cluster.lock` while this run uses the cluster: the
+    /// kernel lets it go when the process ends, however it ends.
+    _lock: Option<std::fs::File>,
     _temporary: Option<tempfile::TempDir>,
 }
 
@@ -104,18 +107,11 @@ impl Cluster {
             user,
             tls,
             running: false,
+            _lock: Some(lock_cluster(dir)?),
             _temporary: None,
         };
-        let owner = dir.join(OWNER_FILE);
         if !cluster.data.join("PG_VERSION").exists() {
             cluster.initdb()?;
-        } else if let Some(pid) = live_owner(&owner) {
-            bail!(
-                "{}: a PostgreSQL server started by process {pid}, still running, uses it: stop \
-                 that run first (or remove {} if it is not a govbridge run)",
-                cluster.data.display(),
-                owner.display()
-            );
         } else if cluster.data.join("postmaster.pid").exists() && cluster.stop_left_over() {
             // A run killed before it could stop its server (SIGKILL, or
             // Ctrl-C while starting: the server is in a session of its own).
@@ -131,13 +127,6 @@ impl Cluster {
             match cluster.pg_ctl_start() {
                 Ok(()) => {
                     cluster.running = true;
-                    // Which run this server is: the next start in this
-                    // directory stops it only once this process is gone.
-                    crate::pki::write_file(
-                        &owner,
-                        format!("{}\n", std::process::id()).as_bytes(),
-                        0o644,
-                    )?;
                     cluster.create_database()?;
                     return Ok(cluster);
                 }
@@ -327,13 +316,28 @@ impl Drop for Cluster {
     }
 }
 
-/// Beside the data directory: the process whose run started the server.
-const OWNER_FILE: &str = "owner.pid";
-
-/// The process named in `file`, if it is another one and still runs.
-fn live_owner(file: &Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
-    (pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
+/// Takes the lock of the cluster in `dir` for this run, or says which
+/// directory another run (alive: the kernel drops a dead one's lock) uses.
+/// Without it, the start would stop that run's server as one left over.
+fn lock_cluster(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("cluster.lock");
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{}: another run uses the PostgreSQL cluster there (it holds {}): stop it first",
+            dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(error).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
 }
 
 /// Where `initdb`, `pg_ctl` and `postgres` are: `GOVBRIDGE_PG_BIN`, else
@@ -448,18 +452,20 @@ mod tests {
                 "CREATE TABLE kept (n int); INSERT INTO kept VALUES (7)",
             )
             .unwrap();
-        std::mem::forget(killed);
-        // Started by a run still going (process 1 stands for one): left
-        // alone, and said so.
-        let owner = dir.path().join(OWNER_FILE);
-        let ours = std::fs::read_to_string(&owner).unwrap();
-        std::fs::write(&owner, "1\n").unwrap();
+        // A run still going holds the lock: its server is left alone, and
+        // the start says so.
         let Err(refused) = Cluster::start(dir.path()) else {
             panic!("a live run's server is taken over");
         };
-        assert!(format!("{refused:#}").contains("process 1"), "{refused:#}");
-        // Its run gone, the next start stops it and takes the data over.
-        std::fs::write(&owner, ours).unwrap();
+        assert!(
+            format!("{refused:#}").contains("another run"),
+            "{refused:#}"
+        );
+        // Killed (its lock gone with it, its server not stopped), the next
+        // start stops that server and takes the data over.
+        let mut killed = killed;
+        drop(killed._lock.take());
+        std::mem::forget(killed);
         let cluster = Cluster::start(dir.path()).unwrap();
         assert_eq!(cluster.psql(ROLE, "SELECT n FROM kept").unwrap(), "7");
     }
