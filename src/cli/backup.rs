@@ -96,8 +96,16 @@ pub fn backup(config_path: &Path, out: &Path) -> anyhow::Result<()> {
     // about whom.
     {
         use std::os::unix::fs::DirBuilderExt as _;
+        if let Some(parent) = staging
+            .dir
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        // Made here, not found: nobody else chose its mode or owner.
         std::fs::DirBuilder::new()
-            .recursive(true)
             .mode(0o700)
             .create(&staging.dir)
             .with_context(|| format!("creating {}", staging.dir.display()))?;
