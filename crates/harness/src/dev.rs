@@ -477,6 +477,12 @@ pub async fn run(
     if federation.is_some() && nodes > 1 {
         anyhow::bail!("--federation runs one node of each instance: leave out --nodes");
     }
+    // `dev` belongs to its terminal: when it closes (SIGHUP), everything
+    // stops as on Ctrl-C, the fleet's database included. (It reloads by
+    // itself when its files change.) Listened for from the start, so that
+    // a hangup while starting does not kill it before it can clean up.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
     let config_path = prepare(dir)?;
     let config = Config::load(&config_path)?;
     let agencies = AgenciesConfig::load(&config_path)?;
@@ -597,7 +603,6 @@ pub async fn run(
             gateway.local_addr()?,
             gateway.admin_addr(),
         ));
-        gateway.reloader().reload_on_sighup();
         gateway
             .reloader()
             .reload_on_file_change(std::time::Duration::from_secs(2));
@@ -673,7 +678,10 @@ pub async fn run(
     }
     say!("Stop with Ctrl-C.");
 
-    termination_signal().await;
+    tokio::select! {
+        () = termination_signal() => {}
+        _ = hangup.recv() => {}
+    }
     say!("stopping: draining open calls");
     stop_gateway.trigger();
     for gateway in gateways {
