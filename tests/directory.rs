@@ -13,11 +13,9 @@ use govbridge::proto::directory::v1::{
     AllowedMethodsRequest, GetServiceDescriptorRequest, ListMembersRequest, ListServicesRequest,
 };
 use prost::Message;
-use support::{Bed, H2Client, reflect};
+use support::{Bed, H2Client, health, reflect};
 use tonic::Code;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
@@ -253,15 +251,6 @@ async fn v1alpha_reflection_answers_too() {
         other => panic!("{other:?}"),
     }
     bed.stop().await;
-}
-
-async fn health(client: H2Client, service: &str) -> Result<ServingStatus, tonic::Status> {
-    HealthClient::new(client)
-        .check(HealthCheckRequest {
-            service: service.to_owned(),
-        })
-        .await
-        .map(|response| response.into_inner().status())
 }
 
 /// Like reflection, the directory and health answer each caller only about

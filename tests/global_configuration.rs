@@ -18,9 +18,7 @@ use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryCli
 use govbridge::sandbox::ConsentGrant;
 use support::process::GatewayProcess;
 use support::{Bed, H2Client, bridge_error, declared, dev_bed, govbridge, metric, reflect, text};
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
@@ -45,14 +43,7 @@ impl Directory {
     /// Splits the bed's gateway file, publishes version 1, and serves it.
     async fn start(bed: &Bed) -> Self {
         let bundle = bed.dir().join("bundle.json");
-        let server = govbridge::global::http::Server::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            &bed.pki.join("gateway.pem"),
-            &bed.pki.join("gateway.key"),
-            &bundle,
-        )
-        .await
-        .unwrap();
+        let server = directory_server(bed, &bundle).await;
         let url = format!(
             "https://{}{}",
             server.local_addr().unwrap(),
@@ -221,14 +212,19 @@ async fn health(bed: &Bed, gateway: SocketAddr, service: &str) -> ServingStatus 
     let client = H2Client::connect(gateway, bed.member_tls("cbao-kyc"))
         .await
         .unwrap();
-    HealthClient::new(client)
-        .check(HealthCheckRequest {
-            service: service.to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status()
+    support::health(client, service).await.unwrap()
+}
+
+/// A directory's server for `bundle`, with the bed's gateway certificate.
+async fn directory_server(bed: &Bed, bundle: &Path) -> govbridge::global::http::Server {
+    govbridge::global::http::Server::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &bed.pki.join("gateway.pem"),
+        &bed.pki.join("gateway.key"),
+        bundle,
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,15 +380,9 @@ async fn a_directory_serves_so_many_connections_and_no_more() {
     let bed = dev_bed().await;
     let bundle = bed.dir().join("bundle.json");
     std::fs::write(&bundle, "{}\n").unwrap();
-    let server = govbridge::global::http::Server::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        &bed.pki.join("gateway.pem"),
-        &bed.pki.join("gateway.key"),
-        &bundle,
-    )
-    .await
-    .unwrap()
-    .with_max_connections(2);
+    let server = directory_server(&bed, &bundle)
+        .await
+        .with_max_connections(2);
     let address = server.local_addr().unwrap();
     tokio::spawn(server.serve());
     let url: http::Uri = format!("https://{address}{}", govbridge::global::http::BUNDLE_PATH)
@@ -430,14 +420,7 @@ async fn a_directory_serves_so_many_connections_and_no_more() {
 
     // Without a cap of its own, one address holds so many places and no
     // more: the others' stay free.
-    let server = govbridge::global::http::Server::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        &bed.pki.join("gateway.pem"),
-        &bed.pki.join("gateway.key"),
-        &bundle,
-    )
-    .await
-    .unwrap();
+    let server = directory_server(&bed, &bundle).await;
     let address = server.local_addr().unwrap();
     tokio::spawn(server.serve());
     let per_address = govbridge::global::http::MAX_CONNECTIONS_PER_ADDRESS;

@@ -698,6 +698,20 @@ pub async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) 
 // ---------------------------------------------------------------------------
 // Server reflection, through the gateway.
 
+/// What `grpc.health.v1.Health/Check` says of `service` to the caller
+/// of `client`.
+pub async fn health(
+    client: H2Client,
+    service: &str,
+) -> Result<tonic_health::pb::health_check_response::ServingStatus, tonic::Status> {
+    tonic_health::pb::health_client::HealthClient::new(client)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .map(|response| response.into_inner().status())
+}
+
 /// Runs reflection requests over one stream and returns the answers, one
 /// per request.
 pub async fn reflect(
