@@ -315,6 +315,18 @@ impl Metrics {
             "govbridge_uptime_seconds {}",
             self.started.elapsed().as_secs_f64()
         );
+        header(
+            &mut out,
+            "govbridge_otlp_spans_dropped_total",
+            "counter",
+            "Spans not exported to the OTLP collector: its queue was full or the collector did \
+             not take their batch (0 without [telemetry] otlp_endpoint).",
+        );
+        let _ = writeln!(
+            out,
+            "govbridge_otlp_spans_dropped_total {}",
+            super::otlp::spans_dropped()
+        );
 
         header(
             &mut out,

@@ -10,14 +10,14 @@
 //!
 //! Finished spans go through a bounded queue to an exporter thread that
 //! sends them in batches; when the queue is full (the collector is slow or
-//! down), spans are dropped and counted, and calls never wait. Without an
+//! down), or a batch cannot be sent, spans are dropped and counted
+//! ([`spans_dropped`]), and calls never wait. Without an
 //! endpoint the layer is not installed and costs nothing.
 //!
 //! Written against the OTLP protobufs directly (`proto/opentelemetry/`)
 //! rather than with the OpenTelemetry SDK: the gateway needs one exporter
 //! and its own span ids, not the SDK's context machinery.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -43,6 +43,17 @@ use crate::wire::trace_context::{random, unhex};
 
 /// Finished spans waiting for the exporter; beyond this, spans are dropped.
 const QUEUE: usize = 8192;
+
+/// Spans not exported since the process started: the queue was full, or
+/// their batch could not be sent. One exporter per process, as one
+/// subscriber.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Spans not exported since the process started
+/// (`govbridge_otlp_spans_dropped_total`).
+pub fn spans_dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
 /// Spans per export request.
 const BATCH: usize = 512;
 /// How long a span may wait for its batch to fill.
@@ -60,7 +71,6 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     let (sender, receiver) = mpsc::channel(QUEUE);
-    let dropped = Arc::new(AtomicU64::new(0));
     let exporter = Exporter {
         endpoint: config.endpoint.clone(),
         resource: Resource {
@@ -71,7 +81,6 @@ where
             ],
             dropped_attributes_count: 0,
         },
-        dropped: dropped.clone(),
     };
     std::thread::Builder::new()
         .name("otlp-export".to_owned())
@@ -85,18 +94,13 @@ where
             }
         })?;
     let filter: FilterFn = FilterFn::new(is_gateway_span);
-    Ok(SpanExporter {
-        spans: sender,
-        dropped,
-    }
-    .with_filter(filter))
+    Ok(SpanExporter { spans: sender }.with_filter(filter))
 }
 
 /// Turns finished spans under a `call` into OTLP spans.
 #[derive(Debug)]
 pub struct SpanExporter {
     spans: mpsc::Sender<Span>,
-    dropped: Arc<AtomicU64>,
 }
 
 /// An exported span while it is open, kept in the span's extensions.
@@ -159,7 +163,7 @@ where
         };
         finished.end_time_unix_nano = crate::unix_time::nanos(SystemTime::now());
         if self.spans.try_send(finished).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            DROPPED.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -238,7 +242,6 @@ impl Visit for Fields<'_> {
 struct Exporter {
     endpoint: http::uri::Authority,
     resource: Resource,
-    dropped: Arc<AtomicU64>,
 }
 
 impl Exporter {
@@ -263,6 +266,7 @@ impl Exporter {
                 }
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
+                    DROPPED.fetch_add(count as u64, Ordering::Relaxed);
                     client = None;
                     if !failing {
                         failing = true;
@@ -271,6 +275,7 @@ impl Exporter {
                     }
                 }
                 Err(_) => {
+                    DROPPED.fetch_add(count as u64, Ordering::Relaxed);
                     client = None;
                     if !failing {
                         failing = true;
@@ -279,14 +284,14 @@ impl Exporter {
                     }
                 }
             }
-            let dropped = self.dropped.load(Ordering::Relaxed);
-            if dropped > reported_drops {
+            let dropped = DROPPED.load(Ordering::Relaxed);
+            if dropped > reported_drops && !failing {
                 tracing::warn!(
                     dropped = dropped - reported_drops,
                     "OTLP export queue full: spans dropped"
                 );
-                reported_drops = dropped;
             }
+            reported_drops = dropped;
         }
     }
 
@@ -331,5 +336,32 @@ fn attribute(key: &str, value: &str) -> KeyValue {
         value: Some(AnyValue {
             value: Some(any_value::Value::StringValue(value.to_owned())),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch the collector does not take is counted as dropped, for
+    /// operators to see (`govbridge_otlp_spans_dropped_total`).
+    #[tokio::test]
+    async fn spans_a_collector_does_not_take_are_counted() {
+        // A port nothing listens on: the connection is refused at once.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = closed.local_addr().unwrap().to_string().parse().unwrap();
+        drop(closed);
+        let exporter = Exporter {
+            endpoint,
+            resource: Resource::default(),
+        };
+        let (sender, receiver) = mpsc::channel(4);
+        for _ in 0..3 {
+            sender.send(Span::default()).await.unwrap();
+        }
+        drop(sender);
+        let before = spans_dropped();
+        exporter.run(receiver).await;
+        assert_eq!(spans_dropped() - before, 3);
     }
 }
