@@ -541,51 +541,45 @@ impl Metrics {
             );
         }
 
-        header(
+        // One gauge per certificate or CRL, each family whole under its
+        // header (Prometheus' text format).
+        let per_file = |out: &mut String,
+                        name: &str,
+                        help: &str,
+                        label: &str,
+                        values: &mut dyn Iterator<Item = (&String, i64)>| {
+            header(out, name, "gauge", help);
+            for (file, value) in values {
+                let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {value}", escape(file));
+            }
+        };
+        per_file(
             &mut out,
             "govbridge_certificate_expiry_timestamp_seconds",
-            "gauge",
             "When each certificate in use expires.",
-        );
-        for (certificate, not_after) in certificates {
-            let _ = writeln!(
-                out,
-                "govbridge_certificate_expiry_timestamp_seconds{{certificate=\"{}\"}} {not_after}",
-                escape(certificate)
-            );
-        }
-
-        header(
-            &mut out,
-            "govbridge_crl_overdue_seconds",
-            "gauge",
-            "Seconds each CRL in use is past its next update; 0 while fresh.",
+            "certificate",
+            &mut certificates.iter().map(|(name, at)| (name, *at)),
         );
         let now = crate::unix_time::now();
-        for (crl, next_update) in crls {
-            let _ = writeln!(
-                out,
-                "govbridge_crl_overdue_seconds{{crl=\"{}\"}} {}",
-                escape(crl),
-                now.saturating_sub(*next_update).max(0)
-            );
-        }
+        per_file(
+            &mut out,
+            "govbridge_crl_overdue_seconds",
+            "Seconds each CRL in use is past its next update; 0 while fresh.",
+            "crl",
+            &mut crls
+                .iter()
+                .map(|(crl, next)| (crl, now.saturating_sub(*next).max(0))),
+        );
         // Apart from the certificates: a CRL is due again within days by
         // design, and an alert on certificates expiring within weeks would
         // never clear.
-        header(
+        per_file(
             &mut out,
             "govbridge_crl_next_update_timestamp_seconds",
-            "gauge",
             "When each CRL in use is due to be replaced.",
+            "crl",
+            &mut crls.iter().map(|(crl, next)| (crl, *next)),
         );
-        for (crl, next_update) in crls {
-            let _ = writeln!(
-                out,
-                "govbridge_crl_next_update_timestamp_seconds{{crl=\"{}\"}} {next_update}",
-                escape(crl)
-            );
-        }
         header(
             &mut out,
             "govbridge_stale_crls_total",
