@@ -1776,10 +1776,19 @@ async fn fleet_log(
     cluster: &Cluster,
     dir: &std::path::Path,
 ) -> govbridge::exchange_log::ExchangeLog {
+    fleet_log_of(cluster, dir, "node-1").await
+}
+
+/// The same, for node `node` (`dir` holding the fleet's key).
+async fn fleet_log_of(
+    cluster: &Cluster,
+    dir: &std::path::Path,
+    node: &str,
+) -> govbridge::exchange_log::ExchangeLog {
     let fleet = govbridge::exchange_log::FleetStore {
         writer: connect(cluster).await,
         reader: connect(cluster).await,
-        node: "node-1".to_owned(),
+        node: node.to_owned(),
         runtime: tokio::runtime::Handle::current(),
     };
     let mut config = govbridge::config::ExchangeLogConfig::defaults(dir, "node-1");
@@ -1875,6 +1884,91 @@ async fn the_fleet_runs_read_committed_whatever_the_roles_default() {
         .await
         .unwrap();
     assert_eq!(isolation, "read committed");
+}
+
+/// Records queued together on `log`, each naming a citizen, every third a
+/// second one; waits until all are committed.
+async fn append_many(log: &govbridge::exchange_log::ExchangeLog, node: &str, count: usize) {
+    let appending: Vec<_> = (0..count)
+        .map(|n| {
+            log.append(govbridge::exchange_log::ExchangeRecord {
+                request_id: format!("{node}-{n}"),
+                subject: format!("nin-{}", n % 7),
+                more_subjects: if n % 3 == 0 {
+                    vec![format!("nin-{}", n % 5 + 10)]
+                } else {
+                    Vec::new()
+                },
+                ..Default::default()
+            })
+        })
+        .collect();
+    for append in appending {
+        append.await.unwrap();
+    }
+}
+
+/// A node appending alone sends the tree it grew and the database takes it
+/// (its own growth, out of reach here, is not needed); two nodes appending
+/// at once each find, now and then, that the other moved the head, and
+/// the database grows their batches itself. Either way the auditor's copy
+/// finds the stored nodes to be those the records give.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tree_a_node_grew_is_taken_only_from_the_head_it_grew_from() {
+    const DATABASE_GROWS: &str = "log_append(text, bytea[], bytea[], text[], text[], \
+         bigint[], text[], text[], text[], text[], text[], bigint[], bigint[], text[], bigint[], \
+         text[])";
+    let cluster = Cluster::start_temporary().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let one = fleet_log_of(&cluster, dir.path(), "node-1").await;
+    cluster
+        .psql(
+            "govbridge",
+            &format!("ALTER FUNCTION {DATABASE_GROWS} RENAME TO away"),
+        )
+        .unwrap();
+    append_many(&one, "alone", 700).await;
+    cluster
+        .psql("govbridge", "ALTER FUNCTION away RENAME TO log_append")
+        .unwrap();
+
+    // In turns: each node's batch then grows from a head it did not leave.
+    let two = fleet_log_of(&cluster, dir.path(), "node-2").await;
+    for turn in 0..10 {
+        append_many(&one, &format!("one-{turn}"), 50).await;
+        append_many(&two, &format!("two-{turn}"), 50).await;
+    }
+    // At once, contending for the head.
+    let (first, second) = (one.clone(), two.clone());
+    let running = [
+        tokio::spawn(async move { append_many(&first, "one", 1_000).await }),
+        tokio::spawn(async move { append_many(&second, "two", 1_000).await }),
+    ];
+    for node in running {
+        node.await.unwrap();
+    }
+
+    let verifier = one.verifier().clone();
+    let reader = govbridge::exchange_log::fleet::FleetReader::new(
+        connect(&cluster).await,
+        tokio::runtime::Handle::current(),
+    );
+    let copy = tempfile::tempdir().unwrap();
+    let copy_dir = copy.path().to_owned();
+    let pulled = tokio::task::spawn_blocking(move || {
+        govbridge::exchange_log::fleet::pull(&reader, &copy_dir, &verifier)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(pulled.problem, None);
+    assert_eq!(pulled.records, 3_700);
+    tokio::task::spawn_blocking(move || {
+        one.close();
+        two.close();
+    })
+    .await
+    .unwrap();
 }
 
 /// `audit pull` reads the fleet's checkpoints a page at a time, and

@@ -393,6 +393,70 @@ const MIGRATIONS: &[(i32, &str)] = &[
          END
          $$;",
     ),
+    (
+        9,
+        // The tree grown by the node, not in the database. The node
+        // appending knows the head it left after its last append; while no
+        // other node appended since, it sends the nodes its batch completes
+        // and the new right edge, and the database checks that the head is
+        // still the one they grow from. Growing the tree in PL/pgSQL, a
+        // leaf at a time, was about a third of an append's time in the
+        // database (docs/benchmarks.md). When another node did append, the
+        // database grows the tree itself, as before (migration 8).
+        "CREATE FUNCTION log_append_grown(
+             committer text, expected_size bigint, expected_frontier bytea,
+             grown_frontier bytea, node_levels smallint[], node_indexes bigint[],
+             node_hashes bytea[], leaves bytea[], records bytea[],
+             phases text[], request_ids text[], at_us bigint[], callers text[],
+             providers text[], methods text[], purposes text[], subjects text[],
+             allowed bigint[], statuses bigint[], error_kinds text[],
+             concealed bigint[], subject_lists text[],
+             OUT first bigint, OUT size bigint, OUT frontier bytea)
+         LANGUAGE plpgsql AS $$
+         DECLARE
+             edge bytea;
+         BEGIN
+             SELECT h.size, h.frontier INTO first, edge FROM log_head h FOR UPDATE;
+             IF first IS NULL THEN
+                 RAISE EXCEPTION 'the exchange log has no head row';
+             END IF;
+             IF first <> expected_size OR edge <> expected_frontier THEN
+                 SELECT a.first, a.size, a.frontier INTO first, size, frontier
+                 FROM log_append(committer, leaves, records, phases, request_ids, at_us,
+                     callers, providers, methods, purposes, subjects, allowed, statuses,
+                     error_kinds, concealed, subject_lists) a;
+                 RETURN;
+             END IF;
+             INSERT INTO log_records (idx, phase, request_id, at_us, caller, provider, method,
+                 purpose, subject, allowed, grpc_status, error_kind, concealed_until, record, node,
+                 leaf, more_subjects)
+             SELECT first + t.ord - 1, t.phase, t.request_id, t.at_us, t.caller, t.provider,
+                 t.method, t.purpose, t.subject, t.allowed, t.status, t.error_kind,
+                 t.concealed, t.record, committer, t.leaf, t.list
+             FROM unnest(phases, request_ids, at_us, callers, providers, methods, purposes,
+                 subjects, allowed, statuses, error_kinds, concealed, records, leaves,
+                 subject_lists)
+                 WITH ORDINALITY AS t(phase, request_id, at_us, caller, provider, method,
+                 purpose, subject, allowed, status, error_kind, concealed, record, leaf, list,
+                 ord);
+             IF cardinality(node_levels) > 0 THEN
+                 INSERT INTO log_nodes (level, idx, hash)
+                 SELECT * FROM unnest(node_levels, node_indexes, node_hashes);
+             END IF;
+             IF cardinality(array_remove(subject_lists, NULL)) > 0 THEN
+                 INSERT INTO log_subjects (subject, idx)
+                 SELECT s.subject, first + l.ord - 1
+                 FROM unnest(subject_lists) WITH ORDINALITY AS l(list, ord),
+                     json_array_elements_text(l.list::json) AS s(subject)
+                 WHERE l.list IS NOT NULL;
+             END IF;
+             size := first + coalesce(cardinality(leaves), 0);
+             frontier := grown_frontier;
+             UPDATE log_head h SET size = log_append_grown.size,
+                 frontier = log_append_grown.frontier;
+         END
+         $$;",
+    ),
 ];
 
 /// Why the database cannot be used.

@@ -3,10 +3,13 @@
 //!
 //! Every node appends, one at a time, and the database sequences them. A
 //! node's writer gathers its batch as the single node's does, hashes the
-//! records' leaves, and calls `log_append` (a function of the schema) in
-//! one statement: under the head row's lock, it gives the records the next
-//! indexes, grows the tree's right edge with SHA-256 as RFC 9162 does,
-//! stores every subtree completed, moves the head and returns it. The lock
+//! records' leaves, grows the tree from the head its last append left, and
+//! calls `log_append_grown` (a function of the schema) in one statement:
+//! under the head row's lock, it gives the records the next indexes and,
+//! if the head is still the one the node grew from, stores the subtrees
+//! the node completed and moves the head to the node's. If another node
+//! appended since, it grows the tree's right edge itself, with SHA-256 as
+//! RFC 9162 does, from the leaves. Either way it returns the head. The lock
 //! is held while that runs and its commit is flushed, never across a round
 //! trip to a node. The calls are answered once it is committed: a record
 //! is durable in PostgreSQL before anything reaches the backend, as on one
@@ -54,9 +57,9 @@ use crate::database::{Database, DatabaseError};
 const SESSION: &str =
     "SET synchronous_commit = on; SET lock_timeout = '1500ms'; SET statement_timeout = '1800ms'";
 
-/// The append, in the database (`log_append`, in the schema).
-const APPEND: &str = "SELECT first, size, frontier FROM log_append($1, $2, $3, $4, $5, $6, \
-     $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+/// The append, in the database (`log_append_grown`, in the schema).
+const APPEND: &str = "SELECT first, size, frontier FROM log_append_grown($1, $2, $3, $4, $5, \
+     $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)";
 
 /// How many of the copy's latest checkpoints [`pull`] looks at for
 /// cosignatures given since they were copied.
@@ -81,18 +84,30 @@ pub struct SharedStore {
 }
 
 /// The columns of a batch, one array per column, in [`store::COLUMNS`]
-/// order, and the records' bytes.
+/// order, and the records' bytes; the tree as the batch grows it from the
+/// head the node last saw.
 #[derive(Debug, Default)]
 struct Batch {
     texts: [Vec<Option<String>>; 13],
     integers: [Vec<Option<i64>>; 13],
     bytes: Vec<Vec<u8>>,
     leaves: Vec<Hash>,
+    /// The head the tree below grows from.
+    from: Frontier,
+    /// The head after the batch, if no other node appends first.
+    grown: Frontier,
+    /// The stored nodes (from [`store::STORED_LEVEL`] up) the batch
+    /// completes, as `(level, index, hash)`.
+    nodes: Vec<(i16, i64, Hash)>,
 }
 
 impl Batch {
-    fn of(records: &[&ExchangeRecord]) -> Self {
-        let mut batch = Self::default();
+    fn of(records: &[&ExchangeRecord], from: &Frontier) -> Self {
+        let mut batch = Self {
+            from: from.clone(),
+            grown: from.clone(),
+            ..Self::default()
+        };
         for record in records {
             for (column, value) in store::columns(record).into_iter().enumerate() {
                 let (text, integer) = match value {
@@ -104,24 +119,74 @@ impl Batch {
                 batch.integers[column].push(integer);
             }
             let bytes = record.encode_to_vec();
-            batch.leaves.push(merkle::leaf_hash(&bytes));
+            let leaf = merkle::leaf_hash(&bytes);
+            batch.nodes.extend(
+                batch
+                    .grown
+                    .append(leaf)
+                    .into_iter()
+                    .filter(|(level, _, _)| *level >= store::STORED_LEVEL)
+                    .map(|(level, index, hash)| (level as i16, to_i64(index), hash)),
+            );
+            batch.leaves.push(leaf);
             batch.bytes.push(bytes);
         }
         batch
     }
 
-    /// The arguments of [`APPEND`] after the node's id.
-    fn arguments(&self) -> (Vec<&[u8]>, Vec<&(dyn ToSql + Sync)>) {
-        let leaves = self.leaves.iter().map(<[u8; 32]>::as_slice).collect();
-        let mut columns: Vec<&(dyn ToSql + Sync)> = vec![&self.bytes];
-        for (column, text) in TEXT_COLUMNS.iter().enumerate() {
-            columns.push(if *text {
-                &self.texts[column]
+    /// The tree's arguments of [`APPEND`], after the node's id.
+    fn tree(&self) -> Tree<'_> {
+        Tree {
+            expected_size: to_i64(self.from.size()),
+            expected_frontier: self.from.peak_bytes(),
+            grown_frontier: self.grown.peak_bytes(),
+            levels: self.nodes.iter().map(|(level, _, _)| *level).collect(),
+            indexes: self.nodes.iter().map(|(_, index, _)| *index).collect(),
+            hashes: self
+                .nodes
+                .iter()
+                .map(|(_, _, hash)| hash.as_slice())
+                .collect(),
+            leaves: self.leaves.iter().map(<[u8; 32]>::as_slice).collect(),
+        }
+    }
+
+    /// The records' arguments of [`APPEND`], after the tree's.
+    fn columns(&self) -> impl Iterator<Item = &(dyn ToSql + Sync)> {
+        let columns = TEXT_COLUMNS.iter().enumerate().map(|(column, text)| {
+            if *text {
+                &self.texts[column] as &(dyn ToSql + Sync)
             } else {
                 &self.integers[column]
-            });
-        }
-        (leaves, columns)
+            }
+        });
+        std::iter::once(&self.bytes as &(dyn ToSql + Sync)).chain(columns)
+    }
+}
+
+/// What [`APPEND`] is told of the tree: the head the batch grows from,
+/// the head and the stored nodes it grows, and its leaves.
+struct Tree<'a> {
+    expected_size: i64,
+    expected_frontier: Vec<u8>,
+    grown_frontier: Vec<u8>,
+    levels: Vec<i16>,
+    indexes: Vec<i64>,
+    hashes: Vec<&'a [u8]>,
+    leaves: Vec<&'a [u8]>,
+}
+
+impl Tree<'_> {
+    fn arguments(&self) -> [&(dyn ToSql + Sync); 7] {
+        [
+            &self.expected_size,
+            &self.expected_frontier,
+            &self.grown_frontier,
+            &self.levels,
+            &self.indexes,
+            &self.hashes,
+            &self.leaves,
+        ]
     }
 }
 
@@ -257,7 +322,7 @@ impl SharedStore {
             return Err(simulated(&self.database, fault));
         }
         // Everything but the tree is done here, before the lock.
-        let batch = Batch::of(records);
+        let batch = Batch::of(records, frontier);
         let node = self.node.as_str();
         let database = &self.database;
         let cache = &mut self.prepared;
@@ -306,9 +371,10 @@ fn simulated(database: &Database, fault: StoreFault) -> StoreError {
     invalid(database, format!("a simulated {fault:?} fault"))
 }
 
-/// Appends `batch` (in one statement, [`APPEND`]: the tree is grown in the
-/// database, under the head's lock, and the lock is held for no round
-/// trip). Returns the log after it. The outer error is the database's; the
+/// Appends `batch` (in one statement, [`APPEND`]: the tree the node grew is
+/// taken if no other node appended since, and grown in the database
+/// otherwise, under the head's lock, held for no round trip). Returns the
+/// log after it. The outer error is the database's; the
 /// inner one, an answer that makes no sense.
 ///
 /// It commits synchronously: the append's lock is held through its
@@ -333,9 +399,10 @@ async fn append_batch(
             Err(error) => return Ok(Err(error)),
         }
     } else {
-        let (leaves, columns) = batch.arguments();
-        let mut arguments: Vec<&(dyn ToSql + Sync)> = vec![&node, &leaves];
-        arguments.extend(columns);
+        let tree = batch.tree();
+        let mut arguments: Vec<&(dyn ToSql + Sync)> = vec![&node];
+        arguments.extend(tree.arguments());
+        arguments.extend(batch.columns());
         let row = client.query_one(&statement, &arguments).await?;
         let (size, edge): (i64, Vec<u8>) = (row.get(1), row.get(2));
         match Frontier::from_peak_bytes(to_u64(size), &edge) {
