@@ -400,7 +400,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         // other node appended since, it sends the nodes its batch completes
         // and the new right edge, and the database checks that the head is
         // still the one they grow from. Growing the tree in PL/pgSQL, a
-        // leaf at a time, was about a third of an append's time in the
+        // leaf at a time, was about a fifth of an append's time in the
         // database (docs/benchmarks.md). When another node did append, the
         // database grows the tree itself, as before (migration 8).
         "CREATE FUNCTION log_append_grown(

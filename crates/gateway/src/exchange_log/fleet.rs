@@ -410,7 +410,7 @@ async fn append_batch(
             None => {
                 return Ok(Err(invalid(
                     database,
-                    format!("log_append returned a malformed head (size {size})"),
+                    format!("log_append_grown returned a malformed head (size {size})"),
                 )));
             }
         }

@@ -2,7 +2,8 @@
 //! without an index that every commit updates at random places.
 //!
 //! An ordinary index on `request_id` costs each record a page of its own:
-//! request ids are random, so every insert lands on a different leaf, and a
+//! request ids may be random (callers choose theirs; only the gateway's
+//! are ordered by time), so every insert lands on a different leaf, and a
 //! commit writes each leaf it touched whole, into the WAL and again into
 //! the database. That was four fifths of the bytes the log wrote (10 KB a
 //! record of 600 bytes) and a fifth of its throughput.
