@@ -1886,6 +1886,27 @@ async fn the_fleet_runs_read_committed_whatever_the_roles_default() {
     assert_eq!(isolation, "read committed");
 }
 
+/// An auditor's pull of `cluster`'s log, signed as `log` signs, into
+/// `copy`.
+async fn pull(
+    cluster: &Cluster,
+    log: &govbridge::exchange_log::ExchangeLog,
+    copy: &std::path::Path,
+) -> govbridge::exchange_log::fleet::Pulled {
+    let verifier = log.verifier().clone();
+    let reader = govbridge::exchange_log::fleet::FleetReader::new(
+        connect(cluster).await,
+        tokio::runtime::Handle::current(),
+    );
+    let copy = copy.to_owned();
+    tokio::task::spawn_blocking(move || {
+        govbridge::exchange_log::fleet::pull(&reader, &copy, &verifier)
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
+
 /// Records queued together on `log`, each naming a citizen, every third a
 /// second one; waits until all are committed.
 async fn append_many(log: &govbridge::exchange_log::ExchangeLog, node: &str, count: usize) {
@@ -1948,19 +1969,8 @@ async fn the_tree_a_node_grew_is_taken_only_from_the_head_it_grew_from() {
         node.await.unwrap();
     }
 
-    let verifier = one.verifier().clone();
-    let reader = govbridge::exchange_log::fleet::FleetReader::new(
-        connect(&cluster).await,
-        tokio::runtime::Handle::current(),
-    );
     let copy = tempfile::tempdir().unwrap();
-    let copy_dir = copy.path().to_owned();
-    let pulled = tokio::task::spawn_blocking(move || {
-        govbridge::exchange_log::fleet::pull(&reader, &copy_dir, &verifier)
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let pulled = pull(&cluster, &one, copy.path()).await;
     assert_eq!(pulled.problem, None);
     assert_eq!(pulled.records, 3_700);
     tokio::task::spawn_blocking(move || {
@@ -1986,19 +1996,8 @@ async fn a_pull_copies_a_log_of_many_checkpoints() {
         };
         log.append(record).await.unwrap();
     }
-    let verifier = log.verifier().clone();
-    let reader = govbridge::exchange_log::fleet::FleetReader::new(
-        connect(&cluster).await,
-        tokio::runtime::Handle::current(),
-    );
     let copy = tempfile::tempdir().unwrap();
-    let copy_dir = copy.path().to_owned();
-    let pulled = tokio::task::spawn_blocking(move || {
-        govbridge::exchange_log::fleet::pull(&reader, &copy_dir, &verifier)
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let pulled = pull(&cluster, &log, copy.path()).await;
     assert_eq!(pulled.problem, None);
     assert_eq!(pulled.records, APPENDS);
     // One checkpoint a record (`checkpoint_records = 1`).
