@@ -463,8 +463,13 @@ mod tests {
         );
         // Killed (its lock gone with it, its server not stopped), the next
         // start stops that server and takes the data over.
+        // Unlocked, not only closed: a process another test forks at that
+        // moment holds a copy of the descriptor until it execs, and the
+        // lock with it.
         let mut killed = killed;
-        drop(killed._lock.take());
+        if let Some(lock) = killed._lock.take() {
+            lock.unlock().unwrap();
+        }
         std::mem::forget(killed);
         let cluster = Cluster::start(dir.path()).unwrap();
         assert_eq!(cluster.psql(ROLE, "SELECT n FROM kept").unwrap(), "7");
