@@ -2148,3 +2148,119 @@ async fn every_citizen_a_stream_names_is_found_across_the_fleet() {
     drop(nodes);
     bed.stop().await;
 }
+
+/// Outcome records queued together on `log`, request ids `{prefix}-{n}`,
+/// each naming citizen `nin-{n % 7}`; waits until all are committed.
+async fn append_outcomes(log: &govbridge::exchange_log::ExchangeLog, prefix: &str, count: usize) {
+    use govbridge::proto::audit::v1::Phase;
+    let appending: Vec<_> = (0..count)
+        .map(|n| {
+            log.append(govbridge::exchange_log::ExchangeRecord {
+                request_id: format!("{prefix}-{n}"),
+                phase: Phase::Outcome as i32,
+                caller: "SN/COM/CBAO/kyc".to_owned(),
+                provider: "SN/GOV/ANEC/civil-registry".to_owned(),
+                subject: format!("nin-{}", n % 7),
+                completed_us: 1_000 + n as i64,
+                ..Default::default()
+            })
+        })
+        .collect();
+    for append in appending {
+        append.await.unwrap();
+    }
+}
+
+/// What the fleet's reader finds of citizen `nin-3` (all, and the newest
+/// 50) and of two calls, one of each batch.
+async fn found(
+    log: &govbridge::exchange_log::ExchangeLog,
+) -> (Vec<u64>, Vec<u64>, [Option<u64>; 2]) {
+    let reader = log.reader().unwrap();
+    tokio::task::spawn_blocking(move || {
+        let indexes = |limit| -> Vec<u64> {
+            let accesses = reader.accesses_to("nin-3", 0, i64::MAX, limit).unwrap();
+            accesses.iter().map(|record| record.index).collect()
+        };
+        let call = |id: &str| {
+            reader
+                .last_record_of_request_for(id, "SN/COM/CBAO/kyc")
+                .unwrap()
+                .map(|record| record.index)
+        };
+        (
+            indexes(usize::MAX),
+            indexes(50),
+            [call("early-10"), call("late-10")],
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// The Data Tracker and lookups by request id find a record of the fleet's
+/// log whether it is sealed (found through `log_lookups`) or not yet (read
+/// directly), newest first across the two; `audit pull` finds every sealed
+/// record's lookups, and names a record whose lookup was deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_are_found_sealed_or_not_and_a_lost_lookup_is_named() {
+    let cluster = Cluster::start_temporary().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = fleet_log(&cluster, dir.path()).await;
+    let sql = |query: &str| cluster.psql("govbridge", query).unwrap();
+    append_outcomes(&log, "early", 300).await;
+    // The first batch sealed, whatever the node's sealer did so far; the
+    // second left unsealed: the seal is held, and the sealer passes by.
+    sql("SELECT log_seal(1000000)");
+    let holder = connect(&cluster).await;
+    holder
+        .run(|client| async move {
+            client
+                .batch_execute("BEGIN; SELECT 1 FROM log_sealed FOR UPDATE")
+                .await
+        })
+        .await
+        .unwrap();
+    append_outcomes(&log, "late", 300).await;
+    assert_eq!(sql("SELECT sealed FROM log_sealed"), "300");
+
+    // The truth, from the records themselves.
+    let all: Vec<u64> =
+        sql("SELECT idx FROM log_records WHERE subject = 'nin-3' ORDER BY idx DESC")
+            .lines()
+            .map(|line| line.parse().unwrap())
+            .collect();
+    assert_eq!(all.len(), 86);
+    let call = |id: &str| {
+        sql(&format!(
+            "SELECT idx FROM log_records WHERE request_id = '{id}'"
+        ))
+    };
+    let calls = [call("early-10"), call("late-10")].map(|idx| Some(idx.parse().unwrap()));
+
+    let half_sealed = found(&log).await;
+    assert_eq!(half_sealed, (all.clone(), all[..50].to_vec(), calls));
+    holder
+        .run(|client| async move { client.batch_execute("ROLLBACK").await })
+        .await
+        .unwrap();
+    sql("SELECT log_seal(1000000)");
+    assert_eq!(sql("SELECT sealed FROM log_sealed"), "600");
+    assert_eq!(found(&log).await, half_sealed);
+
+    let copy = tempfile::tempdir().unwrap();
+    let pulled = pull(&cluster, &log, copy.path()).await;
+    assert_eq!(pulled.problem, None);
+    assert_eq!(pulled.records, 600);
+    sql("DELETE FROM log_lookups WHERE value = 'rlate-10'");
+    let copy = tempfile::tempdir().unwrap();
+    let problem = pull(&cluster, &log, copy.path()).await.problem.unwrap();
+    assert_eq!(
+        problem.kind,
+        govbridge::exchange_log::verify::ProblemKind::LookupEdited
+    );
+    assert_eq!(Some(problem.index), calls[1]);
+    tokio::task::spawn_blocking(move || log.close())
+        .await
+        .unwrap();
+}

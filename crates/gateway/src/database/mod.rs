@@ -457,6 +457,69 @@ const MIGRATIONS: &[(i32, &str)] = &[
          END
          $$;",
     ),
+    (
+        10,
+        // Lookups by request id and by subject written after the fact, in
+        // sorted runs, instead of two indexes of `log_records` that every
+        // append updated at random places under the head's lock (a third
+        // of an append's time in the database, docs/benchmarks.md). A
+        // node's sealer (exchange_log::fleet::seal) copies what the fleet
+        // appended into `log_lookups`, outside the head's lock; records
+        // past `log_sealed.sealed` are read directly (their range of the
+        // primary key). A lookup's value is a kind letter (`r` a request
+        // id, `s` a subject) and the value, compared byte by byte.
+        "CREATE TABLE log_lookups (
+             value text COLLATE \"C\" NOT NULL,
+             idx bigint NOT NULL
+         );
+         CREATE INDEX log_lookups_value ON log_lookups (value, idx);
+         CREATE TABLE log_sealed (
+             one boolean PRIMARY KEY DEFAULT true CHECK (one),
+             -- records below this index have their lookups in log_lookups
+             sealed bigint NOT NULL
+         );
+         -- Seals at most `most` records after those sealed, if no other
+         -- node is sealing (then `sealed` is NULL); `behind` is how many
+         -- committed records are left unsealed.
+         CREATE FUNCTION log_seal(most bigint, OUT sealed bigint, OUT behind bigint)
+         LANGUAGE plpgsql AS $$
+         DECLARE
+             head bigint;
+             upto bigint;
+         BEGIN
+             SELECT h.size INTO head FROM log_head h;
+             head := coalesce(head, 0);
+             SELECT s.sealed INTO log_seal.sealed FROM log_sealed s;
+             IF log_seal.sealed >= head THEN
+                 behind := 0;
+                 RETURN;
+             END IF;
+             SELECT s.sealed INTO log_seal.sealed FROM log_sealed s FOR UPDATE SKIP LOCKED;
+             IF NOT FOUND THEN
+                 RETURN;
+             END IF;
+             upto := least(head, log_seal.sealed + most);
+             IF upto > log_seal.sealed THEN
+                 INSERT INTO log_lookups (value, idx)
+                 SELECT t.value, t.idx FROM (
+                     SELECT 'r' || r.request_id, r.idx FROM log_records r
+                     WHERE r.idx >= log_seal.sealed AND r.idx < upto
+                     UNION ALL
+                     SELECT 's' || r.subject, r.idx FROM log_records r
+                     WHERE r.idx >= log_seal.sealed AND r.idx < upto AND r.subject IS NOT NULL
+                 ) AS t (value, idx)
+                 ORDER BY t.value, t.idx;
+                 UPDATE log_sealed s SET sealed = upto;
+                 log_seal.sealed := upto;
+             END IF;
+             behind := head - log_seal.sealed;
+         END
+         $$;
+         INSERT INTO log_sealed (sealed) VALUES (0);
+         SELECT log_seal(9223372036854775807);
+         DROP INDEX log_records_request;
+         DROP INDEX log_records_subject;",
+    ),
 ];
 
 /// Why the database cannot be used.
@@ -538,6 +601,13 @@ impl Database {
         }
         database.client.store(Some(Arc::new(client)));
         Ok(Arc::new(database))
+    }
+
+    /// Another connection to the same database, dialled when first used:
+    /// for work that must neither wait behind this connection's queries
+    /// nor hold them up.
+    pub fn sibling(&self) -> Arc<Self> {
+        Arc::new(Self::new(&self.config))
     }
 
     fn new(config: &StoreConfig) -> Self {

@@ -23,7 +23,11 @@
 //!
 //! Readers (the Data Tracker, proofs) query the tables directly: the log
 //! only grows, and what they read is bounded by a signed checkpoint's
-//! size, so no snapshot is needed. An auditor copies the log into a local
+//! size, so no snapshot is needed. A record is found by request id or
+//! subject through `log_lookups`, which each node's sealer (`seal`)
+//! fills a few times a second, in sorted runs, outside the head's lock;
+//! records not yet sealed are read directly, in the same statement. No
+//! index of `log_records` but its primary key is updated by an append. An auditor copies the log into a local
 //! one with [`pull`], which rebuilds the tree from the records rather than
 //! trusting the stored one, and then checks it with the same tools as a
 //! single node's.
@@ -60,6 +64,22 @@ const SESSION: &str =
 /// The append, in the database (`log_append_grown`, in the schema).
 const APPEND: &str = "SELECT first, size, frontier FROM log_append_grown($1, $2, $3, $4, $5, \
      $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)";
+
+/// How often a node's sealer looks for records to seal ([`seal`]).
+const SEAL_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Records sealed in one transaction, at most: some 100 ms of work, well
+/// within the session's statement timeout however far behind the seal is.
+const SEAL_MOST: i64 = 16_384;
+
+/// The sealer's session: its transactions write only what can be written
+/// again from the records (`log_lookups`, and how far they go, rolled back
+/// together), so a commit need not wait for its flush.
+///
+/// Its sort (some 30,000 lookups at the default interval under load)
+/// stays in memory.
+const SEAL_SESSION: &str =
+    "SET synchronous_commit = off; SET statement_timeout = '1800ms'; SET work_mem = '64MB'";
 
 /// How many of the copy's latest checkpoints [`pull`] looks at for
 /// cosignatures given since they were copied.
@@ -497,6 +517,57 @@ fn records_of(rows: &[tokio_postgres::Row]) -> Vec<StoredRecord> {
         .collect()
 }
 
+/// A node's sealer: every [`SEAL_EVERY`], moves the lookups of the records
+/// the fleet appended since into `log_lookups`, in sorted runs, on its own
+/// connection `database` (a seal must not hold up the node's other
+/// queries, nor wait behind them), until `running` is dropped. One node
+/// seals at a time: the others find the seal locked and leave it.
+pub(super) async fn seal(database: Arc<Database>, running: std::sync::mpsc::Receiver<()>) {
+    let mut every = tokio::time::interval(SEAL_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut session = None;
+    loop {
+        every.tick().await;
+        if matches!(
+            running.try_recv(),
+            Err(std::sync::mpsc::TryRecvError::Disconnected)
+        ) {
+            break;
+        }
+        loop {
+            let set_up = session.as_ref();
+            let sealed = database
+                .run(|client| async move {
+                    if !set_up.is_some_and(|of| Arc::ptr_eq(of, &client)) {
+                        client.batch_execute(SEAL_SESSION).await?;
+                    }
+                    let row = client
+                        .query_one("SELECT sealed, behind FROM log_seal($1)", &[&SEAL_MOST])
+                        .await?;
+                    Ok((client, row.get::<_, Option<i64>>(1)))
+                })
+                .await;
+            match sealed {
+                Ok((client, behind)) => {
+                    session = Some(client);
+                    // Sealed all there was, or another node seals.
+                    if behind.is_none_or(|behind| behind == 0) {
+                        break;
+                    }
+                }
+                // The writer finds out too, and refuses calls: lookups
+                // are only late meanwhile (records past the seal are read
+                // directly).
+                Err(error) => {
+                    tracing::debug!(%error, "cannot seal the fleet's log lookups");
+                    break;
+                }
+            }
+        }
+    }
+    database.close();
+}
+
 /// Reads of the fleet's log, for the Data Tracker and proofs. Blocking,
 /// as a SQLite store's are: run them on the blocking pool.
 #[derive(Debug, Clone)]
@@ -536,9 +607,18 @@ impl FleetReader {
         request_id: &str,
         member: &str,
     ) -> Result<Option<StoredRecord>, StoreError> {
+        // The records not yet sealed, then the sealed ones' lookups: one
+        // statement, one snapshot, so that each record is in one or the
+        // other.
         let rows = self.rows(
-            "SELECT idx, record FROM log_records WHERE request_id = $1 \
-             AND (caller = $2 OR provider = $2) ORDER BY idx DESC LIMIT 1",
+            "(SELECT idx, record FROM log_records \
+              WHERE idx >= (SELECT sealed FROM log_sealed) AND request_id = $1 \
+              AND (caller = $2 OR provider = $2) ORDER BY idx DESC LIMIT 1) \
+             UNION ALL \
+             (SELECT r.idx, r.record FROM log_lookups l JOIN log_records r ON r.idx = l.idx \
+              WHERE l.value = 'r' || $1 AND r.request_id = $1 \
+              AND (r.caller = $2 OR r.provider = $2) ORDER BY l.idx DESC LIMIT 1) \
+             ORDER BY idx DESC LIMIT 1",
             &[&request_id, &member],
         )?;
         Ok(records_of(&rows).pop())
@@ -554,12 +634,20 @@ impl FleetReader {
         limit: usize,
     ) -> Result<Vec<StoredRecord>, StoreError> {
         let limit = to_i64(limit as u64);
-        // A record is found by its first subject or by one of the others,
-        // never both: each branch walks its index from the newest.
+        // A record is found by its first subject (among the records not
+        // yet sealed, or by its sealed lookup: one statement, one
+        // snapshot, so in one of the two) or by one of the others, never
+        // both: each branch walks from the newest.
         let rows = self.rows(
-            "(SELECT idx, record FROM log_records WHERE subject = $1 AND at_us >= $2 \
+            "(SELECT idx, record FROM log_records WHERE idx >= (SELECT sealed FROM log_sealed) \
+              AND subject = $1 AND at_us >= $2 \
               AND concealed_until <= $3 AND (phase = 'outcome' OR error_kind IS NOT NULL) \
               ORDER BY idx DESC LIMIT $4) \
+             UNION ALL \
+             (SELECT r.idx, r.record FROM log_lookups l JOIN log_records r ON r.idx = l.idx \
+              WHERE l.value = 's' || $1 AND r.subject = $1 AND r.at_us >= $2 \
+              AND r.concealed_until <= $3 AND (r.phase = 'outcome' OR r.error_kind IS NOT NULL) \
+              ORDER BY l.idx DESC LIMIT $4) \
              UNION ALL \
              (SELECT r.idx, r.record FROM log_subjects s JOIN log_records r ON r.idx = s.idx \
               WHERE s.subject = $1 AND r.at_us >= $2 AND r.concealed_until <= $3 \
@@ -968,6 +1056,9 @@ fn check_page(
     if let Err(problem) = check_subjects(reader, from, &records)? {
         return Ok(Err(problem));
     }
+    if let Err(problem) = check_lookups(reader, from, &records)? {
+        return Ok(Err(problem));
+    }
     // The fleet's stored nodes over these records must be the ones they
     // give: the Data Tracker's proofs are made of them.
     let mut inner = Vec::new();
@@ -1006,6 +1097,45 @@ fn check_page(
         }
     }
     Ok(Ok(records))
+}
+
+/// Each of `records` (from index `from`) that is sealed must have its
+/// lookups, by request id and by first subject: the Data Tracker and
+/// `directory` queries find sealed records only through them. (A lookup
+/// too many invents nothing: every hit is checked against the record.)
+fn check_lookups(
+    reader: &FleetReader,
+    from: u64,
+    records: &[ExchangeRecord],
+) -> Result<Result<(), Problem>, StoreError> {
+    let (mut values, mut indexes) = (Vec::new(), Vec::new());
+    for (index, record) in (from..).zip(records) {
+        let first = (!record.subject.is_empty()).then_some(record.subject.as_str());
+        values.push(format!("r{}", record.request_id));
+        values.extend(first.map(|subject| format!("s{subject}")));
+        indexes.resize(values.len(), to_i64(index));
+    }
+    let missing = reader.rows(
+        "SELECT e.i FROM unnest($1::text[], $2::bigint[]) AS e (v, i) \
+         WHERE e.i < (SELECT sealed FROM log_sealed) AND NOT EXISTS \
+         (SELECT 1 FROM log_lookups l WHERE l.value = e.v AND l.idx = e.i) ORDER BY e.i LIMIT 1",
+        &[&values, &indexes],
+    )?;
+    Ok(match missing.first() {
+        Some(row) => {
+            let index = to_u64(row.get(0));
+            Err(Problem {
+                kind: ProblemKind::LookupEdited,
+                index,
+                message: format!(
+                    "record {index}: a lookup of its request id or subject is missing from \
+                     `log_lookups`: the database was edited, and the Data Tracker may miss \
+                     accesses"
+                ),
+            })
+        }
+        None => Ok(()),
+    })
 }
 
 /// The rows of `log_subjects` for `records` (from index `from`) must be

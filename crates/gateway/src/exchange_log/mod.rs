@@ -502,7 +502,11 @@ impl ExchangeLog {
         let shared = Shared::new(None);
         let (store, frontier) = fleet::SharedStore::open(&fleet, &config.origin, &verifier)?;
         shared.published(frontier.size(), store.latest_checkpoint()?);
-        let (jobs, thread) = spawn_writer(config, store, frontier, key, &shared, Vec::new())?;
+        let (running, stopped) = std::sync::mpsc::channel();
+        let (jobs, thread) = spawn_writer(config, store, frontier, key, &shared, vec![running])?;
+        fleet
+            .runtime
+            .spawn(fleet::seal(fleet.reader.sibling(), stopped));
         let reader = fleet::FleetReader::new(fleet.reader, fleet.runtime);
         tracing::info!(
             origin = config.origin,
