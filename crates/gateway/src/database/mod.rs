@@ -472,7 +472,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
              value text COLLATE \"C\" NOT NULL,
              idx bigint NOT NULL
          );
-         CREATE INDEX log_lookups_value ON log_lookups (value, idx);
+         CREATE UNIQUE INDEX log_lookups_value ON log_lookups (value, idx);
          CREATE TABLE log_sealed (
              one boolean PRIMARY KEY DEFAULT true CHECK (one),
              -- records below this index have their lookups in log_lookups
@@ -498,7 +498,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
              IF NOT FOUND THEN
                  RETURN;
              END IF;
-             upto := least(head, log_seal.sealed + most);
+             upto := log_seal.sealed + greatest(least(most, head - log_seal.sealed), 0);
              IF upto > log_seal.sealed THEN
                  INSERT INTO log_lookups (value, idx)
                  SELECT t.value, t.idx FROM (
@@ -512,10 +512,13 @@ const MIGRATIONS: &[(i32, &str)] = &[
                  UPDATE log_sealed s SET sealed = upto;
                  log_seal.sealed := upto;
              END IF;
-             behind := head - log_seal.sealed;
+             behind := greatest(head - log_seal.sealed, 0);
          END
          $$;
          INSERT INTO log_sealed (sealed) VALUES (0);
+         -- What was appended before, sealed now, whatever the role's limits.
+         SET LOCAL statement_timeout = 0;
+         SET LOCAL work_mem = '256MB';
          SELECT log_seal(9223372036854775807);
          DROP INDEX log_records_request;
          DROP INDEX log_records_subject;",

@@ -72,6 +72,9 @@ const SEAL_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 /// within the session's statement timeout however far behind the seal is.
 const SEAL_MOST: i64 = 16_384;
 
+/// ... and at least, after seals that failed.
+const SEAL_LEAST: i64 = 1_024;
+
 /// The sealer's session: its transactions write only what can be written
 /// again from the records (`log_lookups`, and how far they go, rolled back
 /// together), so a commit need not wait for its flush.
@@ -521,11 +524,16 @@ fn records_of(rows: &[tokio_postgres::Row]) -> Vec<StoredRecord> {
 /// the fleet appended since into `log_lookups`, in sorted runs, on its own
 /// connection `database` (a seal must not hold up the node's other
 /// queries, nor wait behind them), until `running` is dropped. One node
-/// seals at a time: the others find the seal locked and leave it.
+/// seals at a time: the others find the seal locked and leave it. A seal
+/// that fails is tried again at the next look, half as large (records
+/// past the seal are read directly meanwhile: lookups are only slower).
 pub(super) async fn seal(database: Arc<Database>, running: std::sync::mpsc::Receiver<()>) {
     let mut every = tokio::time::interval(SEAL_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut session = None;
+    // The connection whose session is set up: not kept open by this.
+    let mut session = std::sync::Weak::new();
+    let mut most = SEAL_MOST;
+    let mut failing = false;
     loop {
         every.tick().await;
         if matches!(
@@ -535,37 +543,40 @@ pub(super) async fn seal(database: Arc<Database>, running: std::sync::mpsc::Rece
             break;
         }
         loop {
-            let set_up = session.as_ref();
+            let set_up = &session;
             let sealed = database
                 .run(|client| async move {
-                    if !set_up.is_some_and(|of| Arc::ptr_eq(of, &client)) {
+                    if !std::ptr::eq(set_up.as_ptr(), Arc::as_ptr(&client)) {
                         client.batch_execute(SEAL_SESSION).await?;
                     }
                     let row = client
-                        .query_one("SELECT sealed, behind FROM log_seal($1)", &[&SEAL_MOST])
+                        .query_one("SELECT behind FROM log_seal($1)", &[&most])
                         .await?;
-                    Ok((client, row.get::<_, Option<i64>>(1)))
+                    Ok((Arc::downgrade(&client), row.get::<_, Option<i64>>(0)))
                 })
                 .await;
             match sealed {
                 Ok((client, behind)) => {
-                    session = Some(client);
+                    session = client;
+                    most = SEAL_MOST;
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("the fleet's log lookups are sealed again");
+                    }
                     // Sealed all there was, or another node seals.
                     if behind.is_none_or(|behind| behind == 0) {
                         break;
                     }
                 }
-                // The writer finds out too, and refuses calls: lookups
-                // are only late meanwhile (records past the seal are read
-                // directly).
                 Err(error) => {
-                    tracing::debug!(%error, "cannot seal the fleet's log lookups");
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!(%error, "cannot seal the fleet's log lookups; trying again");
+                    }
+                    most = (most / 2).max(SEAL_LEAST);
                     break;
                 }
             }
         }
     }
-    database.close();
 }
 
 /// Reads of the fleet's log, for the Data Tracker and proofs. Blocking,
@@ -1102,7 +1113,8 @@ fn check_page(
 /// Each of `records` (from index `from`) that is sealed must have its
 /// lookups, by request id and by first subject: the Data Tracker and
 /// `directory` queries find sealed records only through them. (A lookup
-/// too many invents nothing: every hit is checked against the record.)
+/// too many invents nothing: every hit is checked against the record,
+/// and a lookup is unique.)
 fn check_lookups(
     reader: &FleetReader,
     from: u64,
