@@ -649,6 +649,13 @@ async fn the_fleet_keeps_one_log_and_one_data_tracker() {
         });
     let answered = support::join_all(calls).await;
     every_call_recorded(&cluster, &answered);
+    // Each node's sealer covers every node's records, and says so.
+    for node in &nodes {
+        support::wait_for_metric(node.admin, "govbridge_fleet_log_unsealed_records", |n| {
+            n == 0.0
+        })
+        .await;
+    }
     let committers: std::collections::BTreeSet<String> = logged(&cluster)
         .into_iter()
         .map(|(_, _, node)| node)
@@ -2232,6 +2239,15 @@ async fn records_are_found_sealed_or_not_and_a_lost_lookup_is_named() {
         .unwrap();
     append_outcomes(&log, "late", 300).await;
     assert_eq!(sql("SELECT sealed FROM log_sealed"), "300");
+    // The node's sealer, passing by, still says how far behind the seal is.
+    let unsealed = |count: u64| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while log.unsealed() != Some(count) {
+            assert!(Instant::now() < deadline, "{:?} unsealed", log.unsealed());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    unsealed(300);
 
     // The truth, from the records themselves.
     let all: Vec<u64> =
@@ -2254,6 +2270,7 @@ async fn records_are_found_sealed_or_not_and_a_lost_lookup_is_named() {
         .await
         .unwrap();
     sealed_to("600");
+    unsealed(0);
     assert_eq!(sql("SELECT count(*) FROM log_lookups"), "1200");
     assert_eq!(found(&log).await, half_sealed);
 

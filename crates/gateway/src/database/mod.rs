@@ -480,7 +480,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
          );
          -- Seals at most `most` records after those sealed, if no other
          -- node is sealing (then `sealed` is NULL); `behind` is how many
-         -- committed records are left unsealed.
+         -- committed records are left unsealed (before another node's
+         -- seal, when one is under way).
          CREATE FUNCTION log_seal(most bigint, OUT sealed bigint, OUT behind bigint)
          LANGUAGE plpgsql AS $$
          DECLARE
@@ -490,8 +491,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
              SELECT h.size INTO head FROM log_head h;
              head := coalesce(head, 0);
              SELECT s.sealed INTO log_seal.sealed FROM log_sealed s;
-             IF log_seal.sealed >= head THEN
-                 behind := 0;
+             behind := greatest(head - log_seal.sealed, 0);
+             IF behind = 0 THEN
                  RETURN;
              END IF;
              SELECT s.sealed INTO log_seal.sealed FROM log_sealed s FOR UPDATE SKIP LOCKED;

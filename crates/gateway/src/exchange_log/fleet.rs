@@ -527,7 +527,11 @@ fn records_of(rows: &[tokio_postgres::Row]) -> Vec<StoredRecord> {
 /// seals at a time: the others find the seal locked and leave it. A seal
 /// that fails is tried again at the next look, half as large (records
 /// past the seal are read directly meanwhile: lookups are only slower).
-pub(super) async fn seal(database: Arc<Database>, running: std::sync::mpsc::Receiver<()>) {
+pub(super) async fn seal(
+    database: Arc<Database>,
+    shared: Arc<super::Shared>,
+    running: std::sync::mpsc::Receiver<()>,
+) {
     let mut every = tokio::time::interval(SEAL_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The connection whose session is set up: not kept open by this.
@@ -550,20 +554,24 @@ pub(super) async fn seal(database: Arc<Database>, running: std::sync::mpsc::Rece
                         client.batch_execute(SEAL_SESSION).await?;
                     }
                     let row = client
-                        .query_one("SELECT behind FROM log_seal($1)", &[&most])
+                        .query_one("SELECT sealed, behind FROM log_seal($1)", &[&most])
                         .await?;
-                    Ok((Arc::downgrade(&client), row.get::<_, Option<i64>>(0)))
+                    let sealed = row.get::<_, Option<i64>>(0);
+                    Ok((Arc::downgrade(&client), sealed, row.get::<_, i64>(1)))
                 })
                 .await;
             match sealed {
-                Ok((client, behind)) => {
+                Ok((client, sealed, behind)) => {
                     session = client;
                     most = SEAL_MOST;
+                    shared
+                        .unsealed
+                        .store(to_u64(behind), std::sync::atomic::Ordering::Relaxed);
                     if std::mem::take(&mut failing) {
                         tracing::info!("the fleet's log lookups are sealed again");
                     }
                     // Sealed all there was, or another node seals.
-                    if behind.is_none_or(|behind| behind == 0) {
+                    if sealed.is_none() || behind == 0 {
                         break;
                     }
                 }

@@ -380,6 +380,9 @@ struct Shared {
     commits: crate::telemetry::metrics::Histogram,
     /// The writer's lookups of records not sealed yet, for readers.
     recent: Option<Arc<lookup::Recent>>,
+    /// A fleet's log: the records past its lookups' seal, as this node's
+    /// sealer last found them.
+    unsealed: AtomicU64,
 }
 
 impl Shared {
@@ -508,9 +511,11 @@ impl ExchangeLog {
         let (running, stopped) = std::sync::mpsc::channel();
         let (jobs, thread) = spawn_writer(config, store, frontier, key, &shared, vec![running])?;
         let sealer = fleet.reader.sibling();
-        fleet
-            .runtime
-            .spawn(fleet::seal(Arc::clone(&sealer), stopped));
+        fleet.runtime.spawn(fleet::seal(
+            Arc::clone(&sealer),
+            Arc::clone(&shared),
+            stopped,
+        ));
         let reader = fleet::FleetReader::new(fleet.reader, fleet.runtime);
         tracing::info!(
             origin = config.origin,
@@ -592,6 +597,14 @@ impl ExchangeLog {
     /// Records waiting to be committed.
     pub fn queued(&self) -> u64 {
         self.shared.queued.load(Ordering::Relaxed)
+    }
+
+    /// A fleet's log: the records its lookups do not cover yet (read
+    /// directly by the Data Tracker's queries until they are sealed).
+    pub fn unsealed(&self) -> Option<u64> {
+        self.fleet
+            .as_ref()
+            .map(|_| self.shared.unsealed.load(Ordering::Relaxed))
     }
 
     /// How long each group commit took.

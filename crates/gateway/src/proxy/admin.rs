@@ -297,6 +297,7 @@ impl Admin {
                 let log = self.log.as_ref().map(|log| LogGauges {
                     records: log.size(),
                     queued: log.queued(),
+                    unsealed: log.unsealed(),
                     writable: log.is_healthy(),
                     commits: log.commit_durations(),
                 });

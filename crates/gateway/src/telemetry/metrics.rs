@@ -194,6 +194,8 @@ impl Default for Metrics {
 pub struct LogGauges<'a> {
     pub records: u64,
     pub queued: u64,
+    /// A fleet's log: records past its lookups' seal.
+    pub unsealed: Option<u64>,
     pub writable: bool,
     /// How long each group commit took.
     pub commits: &'a Histogram,
@@ -609,6 +611,16 @@ impl Metrics {
                 "Records waiting for the exchange log's writer.",
             );
             let _ = writeln!(out, "govbridge_exchange_log_queue_depth {}", log.queued);
+            if let Some(unsealed) = log.unsealed {
+                header(
+                    &mut out,
+                    "govbridge_fleet_log_unsealed_records",
+                    "gauge",
+                    "Records of the fleet's log past its lookups' seal, read directly by lookups \
+                     by request id and subject until sealed.",
+                );
+                let _ = writeln!(out, "govbridge_fleet_log_unsealed_records {unsealed}");
+            }
             header(
                 &mut out,
                 "govbridge_exchange_log_writable",
