@@ -26,11 +26,11 @@
 //! size, so no snapshot is needed. A record is found by request id or
 //! subject through `log_lookups`, which each node's sealer (`seal`)
 //! fills a few times a second, in sorted runs, outside the head's lock;
-//! records not yet sealed are read directly, in the same statement. No
-//! index of `log_records` but its primary key is updated by an append. An auditor copies the log into a local
-//! one with [`pull`], which rebuilds the tree from the records rather than
-//! trusting the stored one, and then checks it with the same tools as a
-//! single node's.
+//! records not yet sealed are read directly, in the same statement. An
+//! append updates no index of `log_records` but its primary key. An
+//! auditor copies the log into a local one with [`pull`], which rebuilds
+//! the tree from the records rather than trusting the stored one, and
+//! then checks it with the same tools as a single node's.
 
 use std::path::Path;
 use std::sync::Arc;
