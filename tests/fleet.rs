@@ -1914,26 +1914,31 @@ async fn pull(
     .unwrap()
 }
 
-/// Records queued together on `log`, each naming a citizen, every third a
-/// second one; waits until all are committed.
-async fn append_many(log: &govbridge::exchange_log::ExchangeLog, node: &str, count: usize) {
-    let appending: Vec<_> = (0..count)
-        .map(|n| {
-            log.append(govbridge::exchange_log::ExchangeRecord {
-                request_id: format!("{node}-{n}"),
-                subject: format!("nin-{}", n % 7),
-                more_subjects: if n % 3 == 0 {
-                    vec![format!("nin-{}", n % 5 + 10)]
-                } else {
-                    Vec::new()
-                },
-                ..Default::default()
-            })
-        })
-        .collect();
+/// `records` queued together on `log`; waits until all are committed.
+async fn append_all(
+    log: &govbridge::exchange_log::ExchangeLog,
+    records: impl Iterator<Item = govbridge::exchange_log::ExchangeRecord>,
+) {
+    let appending: Vec<_> = records.map(|record| log.append(record)).collect();
     for append in appending {
         append.await.unwrap();
     }
+}
+
+/// Records queued together on `log`, each naming a citizen, every third a
+/// second one; waits until all are committed.
+async fn append_many(log: &govbridge::exchange_log::ExchangeLog, node: &str, count: usize) {
+    let records = (0..count).map(|n| govbridge::exchange_log::ExchangeRecord {
+        request_id: format!("{node}-{n}"),
+        subject: format!("nin-{}", n % 7),
+        more_subjects: if n % 3 == 0 {
+            vec![format!("nin-{}", n % 5 + 10)]
+        } else {
+            Vec::new()
+        },
+        ..Default::default()
+    });
+    append_all(log, records).await;
 }
 
 /// A node appending alone sends the tree it grew and the database takes it
@@ -2160,22 +2165,16 @@ async fn every_citizen_a_stream_names_is_found_across_the_fleet() {
 /// each naming citizen `nin-{n % 7}`; waits until all are committed.
 async fn append_outcomes(log: &govbridge::exchange_log::ExchangeLog, prefix: &str, count: usize) {
     use govbridge::proto::audit::v1::Phase;
-    let appending: Vec<_> = (0..count)
-        .map(|n| {
-            log.append(govbridge::exchange_log::ExchangeRecord {
-                request_id: format!("{prefix}-{n}"),
-                phase: Phase::Outcome as i32,
-                caller: "SN/COM/CBAO/kyc".to_owned(),
-                provider: "SN/GOV/ANEC/civil-registry".to_owned(),
-                subject: format!("nin-{}", n % 7),
-                completed_us: 1_000 + n as i64,
-                ..Default::default()
-            })
-        })
-        .collect();
-    for append in appending {
-        append.await.unwrap();
-    }
+    let records = (0..count).map(|n| govbridge::exchange_log::ExchangeRecord {
+        request_id: format!("{prefix}-{n}"),
+        phase: Phase::Outcome as i32,
+        caller: "SN/COM/CBAO/kyc".to_owned(),
+        provider: "SN/GOV/ANEC/civil-registry".to_owned(),
+        subject: format!("nin-{}", n % 7),
+        completed_us: 1_000 + n as i64,
+        ..Default::default()
+    });
+    append_all(log, records).await;
 }
 
 /// What the fleet's reader finds of citizen `nin-3` (all, and the newest

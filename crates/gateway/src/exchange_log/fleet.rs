@@ -538,12 +538,17 @@ pub(super) async fn seal(
     let mut session = std::sync::Weak::new();
     let mut most = SEAL_MOST;
     let mut failing = false;
-    loop {
-        every.tick().await;
-        if matches!(
+    // A function, not a closure: a borrow of `running` (not `Sync`) kept
+    // across the awaits would make this task not `Send`.
+    fn stopped(running: &std::sync::mpsc::Receiver<()>) -> bool {
+        matches!(
             running.try_recv(),
             Err(std::sync::mpsc::TryRecvError::Disconnected)
-        ) {
+        )
+    }
+    loop {
+        every.tick().await;
+        if stopped(&running) {
             break;
         }
         loop {
@@ -575,6 +580,9 @@ pub(super) async fn seal(
                         break;
                     }
                 }
+                // The log closed (and the connection with it) while this
+                // sealed: nothing to report.
+                Err(_) if stopped(&running) => return,
                 Err(error) => {
                     if !std::mem::replace(&mut failing, true) {
                         tracing::warn!(%error, "cannot seal the fleet's log lookups; trying again");
