@@ -10,10 +10,11 @@
 //!
 //! Measured one after the other: each store alone (64 appenders in this
 //! process, each waiting for its record to be durable, as calls do, with
-//! no gateway around), then through the gateway: each store's records per
-//! second at saturation (two per call: decision and outcome, each durable
-//! before the call goes on), a two-node fleet's calls per second against
-//! the SQLite node's, and each store's latency at a fixed open-loop rate.
+//! no gateway around; the two stores in turns), then through the gateway:
+//! each store's records per second at saturation (two per call: decision
+//! and outcome, each durable before the call goes on), a two-node fleet's
+//! calls per second against the SQLite node's, and each store's latency at
+//! a fixed open-loop rate.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -65,13 +66,14 @@ pub struct StoreRate {
 
 /// Appends by `appenders` concurrent callers to `log` for `duration`,
 /// each waiting for its record to be durable before the next, as a call
-/// does; returns the records committed.
+/// does; returns the records committed. Each caller writes what calls
+/// do: a decision, then the same request's outcome.
 async fn drive_store(
     log: &gateway::exchange_log::ExchangeLog,
     appenders: usize,
     duration: Duration,
 ) -> anyhow::Result<u64> {
-    use gateway::exchange_log::ExchangeRecord;
+    use gateway::exchange_log::{ExchangeRecord, Phase};
     let until = tokio::time::Instant::now() + duration;
     let mut callers = tokio::task::JoinSet::new();
     for caller in 0..appenders {
@@ -79,16 +81,26 @@ async fn drive_store(
         callers.spawn(async move {
             let mut committed = 0u64;
             while tokio::time::Instant::now() < until {
+                let call = committed / 2;
+                let now = gateway::unix_time::micros(std::time::SystemTime::now());
+                let outcome = committed % 2 == 1;
                 let record = ExchangeRecord {
                     version: 1,
-                    request_id: format!("{caller:04}-{committed:012}"),
+                    phase: if outcome {
+                        Phase::Outcome
+                    } else {
+                        Phase::Decision
+                    }
+                    .into(),
+                    request_id: format!("{caller:04}-{call:012}"),
                     caller: "SN/COM/CBAO/kyc".to_owned(),
                     provider: "SN/GOV/ANEC/civil-registry".to_owned(),
                     method: "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity".to_owned(),
                     purpose: "KYC".to_owned(),
-                    subject: format!("1{:012}", caller * 1_000 + (committed as usize % 1_000)),
+                    subject: format!("1{:012}", caller * 1_000 + (call as usize % 1_000)),
                     allowed: true,
-                    received_us: gateway::unix_time::micros(std::time::SystemTime::now()),
+                    received_us: now,
+                    completed_us: if outcome { now } else { 0 },
                     ..ExchangeRecord::default()
                 };
                 log.append(record)
@@ -106,8 +118,15 @@ async fn drive_store(
     Ok(committed)
 }
 
-/// Each store alone, one after the other: a SQLite log in `dir`, then a
-/// fleet's log in a database of its own in `cluster`.
+/// Turns each store takes in [`store_rates`].
+const STORE_TURNS: u32 = 4;
+
+/// Each store alone: a SQLite log in `dir` and a fleet's log in a
+/// database of its own in `cluster`, both open, driven in turns
+/// ([`STORE_TURNS`] each, `duration` in all for each store), so that
+/// whatever else the shared machine does in that time weighs on both
+/// alike. Taken one after the other, in one stretch each, their ratio
+/// moved by a fifth from one run to the next.
 async fn store_rates(
     dir: &Path,
     cluster: &crate::postgres::Cluster,
@@ -116,20 +135,8 @@ async fn store_rates(
 ) -> anyhow::Result<Vec<StoreRate>> {
     use gateway::config::{ExchangeLogConfig, StoreConfig};
     use gateway::exchange_log::{ExchangeLog, FleetStore};
-    let rate = |store, records: u64| StoreRate {
-        store,
-        appenders,
-        records,
-        records_per_s: records as f64 / duration.as_secs_f64(),
-    };
-    let mut rates = Vec::new();
     let config = ExchangeLogConfig::defaults(&dir.join("store-sqlite"), "bench-store");
-    let opening = config.clone();
-    let log = tokio::task::spawn_blocking(move || ExchangeLog::open(&opening)).await??;
-    let records = drive_store(&log, appenders, duration).await;
-    let closing = log.clone();
-    tokio::task::spawn_blocking(move || closing.close()).await?;
-    rates.push(rate("SQLite", records?));
+    let sqlite = tokio::task::spawn_blocking(move || ExchangeLog::open(&config)).await??;
 
     let database = "govbridge_store_bench";
     cluster.psql(
@@ -150,13 +157,37 @@ async fn store_rates(
         runtime: tokio::runtime::Handle::current(),
     };
     let config = ExchangeLogConfig::defaults(&dir.join("store-postgres"), "bench-store");
-    let log =
+    let postgres =
         tokio::task::spawn_blocking(move || ExchangeLog::open_fleet(&config, fleet)).await??;
-    let records = drive_store(&log, appenders, duration).await;
-    let closing = log.clone();
-    tokio::task::spawn_blocking(move || closing.close()).await?;
-    rates.push(rate("PostgreSQL", records?));
-    Ok(rates)
+
+    let turn = duration / STORE_TURNS;
+    let mut records = [0u64; 2];
+    let mut driven = Ok(());
+    'turns: for _ in 0..STORE_TURNS {
+        for (log, records) in [&sqlite, &postgres].into_iter().zip(&mut records) {
+            match drive_store(log, appenders, turn).await {
+                Ok(committed) => *records += committed,
+                Err(error) => {
+                    driven = Err(error);
+                    break 'turns;
+                }
+            }
+        }
+    }
+    for log in [sqlite, postgres] {
+        tokio::task::spawn_blocking(move || log.close()).await?;
+    }
+    driven?;
+    let rate = |store, records: u64| StoreRate {
+        store,
+        appenders,
+        records,
+        records_per_s: records as f64 / (turn * STORE_TURNS).as_secs_f64(),
+    };
+    Ok(vec![
+        rate("SQLite", records[0]),
+        rate("PostgreSQL", records[1]),
+    ])
 }
 
 /// Starts a fleet node: the everything-on configuration with its log in
