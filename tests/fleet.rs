@@ -2161,18 +2161,34 @@ async fn every_citizen_a_stream_names_is_found_across_the_fleet() {
     bed.stop().await;
 }
 
-/// Outcome records queued together on `log`, request ids `{prefix}-{n}`,
-/// each naming citizen `nin-{n % 7}`; waits until all are committed.
-async fn append_outcomes(log: &govbridge::exchange_log::ExchangeLog, prefix: &str, count: usize) {
+/// Records queued together on `log`, as calls leave them: by threes, a
+/// call's decision and outcome (request id `{prefix}-{n}`) and another
+/// call's refusal (`{prefix}-refused-{n}`), all about citizen `nin-{n % 7}`;
+/// waits until all are committed.
+async fn append_calls(log: &govbridge::exchange_log::ExchangeLog, prefix: &str, count: usize) {
     use govbridge::proto::audit::v1::Phase;
-    let records = (0..count).map(|n| govbridge::exchange_log::ExchangeRecord {
-        request_id: format!("{prefix}-{n}"),
-        phase: Phase::Outcome as i32,
-        caller: "SN/COM/CBAO/kyc".to_owned(),
-        provider: "SN/GOV/ANEC/civil-registry".to_owned(),
-        subject: format!("nin-{}", n % 7),
-        completed_us: 1_000 + n as i64,
-        ..Default::default()
+    let records = (0..count).map(|at| {
+        let n = at / 3;
+        let (request_id, phase, error_kind) = match at % 3 {
+            0 => (format!("{prefix}-{n}"), Phase::Decision, ""),
+            1 => (format!("{prefix}-{n}"), Phase::Outcome, ""),
+            _ => (
+                format!("{prefix}-refused-{n}"),
+                Phase::Decision,
+                "policy-denied",
+            ),
+        };
+        govbridge::exchange_log::ExchangeRecord {
+            request_id,
+            phase: phase as i32,
+            error_kind: error_kind.to_owned(),
+            allowed: error_kind.is_empty(),
+            caller: "SN/COM/CBAO/kyc".to_owned(),
+            provider: "SN/GOV/ANEC/civil-registry".to_owned(),
+            subject: format!("nin-{}", n % 7),
+            completed_us: 1_000 + at as i64,
+            ..Default::default()
+        }
     });
     append_all(log, records).await;
 }
@@ -2223,7 +2239,7 @@ async fn records_are_found_sealed_or_not_and_a_lost_lookup_is_named() {
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    append_outcomes(&log, "early", 300).await;
+    append_calls(&log, "early", 300).await;
     // The first batch sealed; the second left unsealed: the seal is held,
     // and the sealer passes by.
     sealed_to("300");
@@ -2236,7 +2252,7 @@ async fn records_are_found_sealed_or_not_and_a_lost_lookup_is_named() {
         })
         .await
         .unwrap();
-    append_outcomes(&log, "late", 300).await;
+    append_calls(&log, "late", 300).await;
     assert_eq!(sql("SELECT sealed FROM log_sealed"), "300");
     // The node's sealer, passing by, still says how far behind the seal is.
     let unsealed = |count: u64| {
@@ -2249,15 +2265,16 @@ async fn records_are_found_sealed_or_not_and_a_lost_lookup_is_named() {
     unsealed(300);
 
     // The truth, from the records themselves.
-    let all: Vec<u64> =
-        sql("SELECT idx FROM log_records WHERE subject = 'nin-3' ORDER BY idx DESC")
-            .lines()
-            .map(|line| line.parse().unwrap())
-            .collect();
-    assert_eq!(all.len(), 86);
+    // What the Data Tracker shows: outcomes and refusals.
+    let all: Vec<u64> = sql("SELECT idx FROM log_records WHERE subject = 'nin-3' \
+         AND (phase = 'outcome' OR error_kind IS NOT NULL) ORDER BY idx DESC")
+    .lines()
+    .map(|line| line.parse().unwrap())
+    .collect();
+    assert_eq!(all.len(), 56);
     let call = |id: &str| {
         sql(&format!(
-            "SELECT idx FROM log_records WHERE request_id = '{id}'"
+            "SELECT max(idx) FROM log_records WHERE request_id = '{id}'"
         ))
     };
     let calls = [call("early-10"), call("late-10")].map(|idx| Some(idx.parse().unwrap()));
@@ -2270,14 +2287,18 @@ async fn records_are_found_sealed_or_not_and_a_lost_lookup_is_named() {
         .unwrap();
     sealed_to("600");
     unsealed(0);
-    assert_eq!(sql("SELECT count(*) FROM log_lookups"), "1200");
+    // A request id for each record, a subject for each that is shown.
+    assert_eq!(sql("SELECT count(*) FROM log_lookups"), "1000");
     assert_eq!(found(&log).await, half_sealed);
 
     let copy = tempfile::tempdir().unwrap();
     let pulled = pull(&cluster, &log, copy.path()).await;
     assert_eq!(pulled.problem, None);
     assert_eq!(pulled.records, 600);
-    sql("DELETE FROM log_lookups WHERE value = 'rlate-10'");
+    sql(&format!(
+        "DELETE FROM log_lookups WHERE key = log_lookup_key('r', 'late-10') AND idx = {}",
+        calls[1].unwrap()
+    ));
     let copy = tempfile::tempdir().unwrap();
     let problem = pull(&cluster, &log, copy.path()).await.problem.unwrap();
     assert_eq!(
@@ -2285,6 +2306,83 @@ async fn records_are_found_sealed_or_not_and_a_lost_lookup_is_named() {
         govbridge::exchange_log::verify::ProblemKind::LookupEdited
     );
     assert_eq!(Some(problem.index), calls[1]);
+    tokio::task::spawn_blocking(move || log.close())
+        .await
+        .unwrap();
+}
+
+/// A log sealed by nodes of schema 10 (lookups keyed by the values, a
+/// subject for every record) is found whole once a node of schema 11 has
+/// migrated the database: the migration seals every record again, under
+/// the new keys, before any node reads it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_sealed_under_schema_10_is_sealed_again_by_the_migration() {
+    use govbridge::database::Database;
+    let cluster = Cluster::start_temporary().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sql = |query: &str| cluster.psql("govbridge", query).unwrap();
+    let store = govbridge::config::StoreConfig::parse(&cluster.url()).unwrap();
+    let at_10 = || async { Database::connect_at_schema(&store, 10).await.unwrap() };
+    let fleet = govbridge::exchange_log::FleetStore {
+        writer: at_10().await,
+        reader: at_10().await,
+        node: "node-1".to_owned(),
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let config = govbridge::config::ExchangeLogConfig::defaults(dir.path(), "node-1");
+    let opening = config.clone();
+    let log = tokio::task::spawn_blocking(move || {
+        govbridge::exchange_log::ExchangeLog::open_fleet(&opening, fleet)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    append_calls(&log, "early", 300).await;
+    append_calls(&log, "late", 300).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sql("SELECT sealed FROM log_sealed") != "600" {
+        assert!(Instant::now() < deadline, "never sealed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tokio::task::spawn_blocking(move || log.close())
+        .await
+        .unwrap();
+    // Schema 10's lookups: a request id and a subject for every record.
+    assert_eq!(
+        sql("SELECT count(*) FROM log_lookups WHERE value LIKE 's%'"),
+        "600"
+    );
+
+    let log = fleet_log(&cluster, dir.path()).await;
+    assert_eq!(sql("SELECT max(version) FROM govbridge_schema"), "11");
+    assert_eq!(sql("SELECT sealed FROM log_sealed"), "600");
+    assert_eq!(sql("SELECT count(*) FROM log_lookups"), "1000");
+    let all: Vec<u64> = sql("SELECT idx FROM log_records WHERE subject = 'nin-3' \
+         AND (phase = 'outcome' OR error_kind IS NOT NULL) ORDER BY idx DESC")
+    .lines()
+    .map(|line| line.parse().unwrap())
+    .collect();
+    let call = |id: &str| {
+        Some(
+            sql(&format!(
+                "SELECT max(idx) FROM log_records WHERE request_id = '{id}'"
+            ))
+            .parse()
+            .unwrap(),
+        )
+    };
+    assert_eq!(
+        found(&log).await,
+        (
+            all.clone(),
+            all[..50].to_vec(),
+            [call("early-10"), call("late-10")]
+        )
+    );
+    let copy = tempfile::tempdir().unwrap();
+    let pulled = pull(&cluster, &log, copy.path()).await;
+    assert_eq!(pulled.problem, None);
+    assert_eq!(pulled.records, 600);
     tokio::task::spawn_blocking(move || log.close())
         .await
         .unwrap();

@@ -643,7 +643,7 @@ impl FleetReader {
               AND (caller = $2 OR provider = $2) ORDER BY idx DESC LIMIT 1) \
              UNION ALL \
              (SELECT r.idx, r.record FROM log_lookups l JOIN log_records r ON r.idx = l.idx \
-              WHERE l.value = 'r' || $1 AND r.request_id = $1 \
+              WHERE l.key = log_lookup_key('r', $1) AND r.request_id = $1 \
               AND (r.caller = $2 OR r.provider = $2) ORDER BY l.idx DESC LIMIT 1) \
              ORDER BY idx DESC LIMIT 1",
             &[&request_id, &member],
@@ -672,7 +672,7 @@ impl FleetReader {
               ORDER BY idx DESC LIMIT $4) \
              UNION ALL \
              (SELECT r.idx, r.record FROM log_lookups l JOIN log_records r ON r.idx = l.idx \
-              WHERE l.value = 's' || $1 AND r.subject = $1 AND r.at_us >= $2 \
+              WHERE l.key = log_lookup_key('s', $1) AND r.subject = $1 AND r.at_us >= $2 \
               AND r.concealed_until <= $3 AND (r.phase = 'outcome' OR r.error_kind IS NOT NULL) \
               ORDER BY l.idx DESC LIMIT $4) \
              UNION ALL \
@@ -1127,27 +1127,33 @@ fn check_page(
 }
 
 /// Each of `records` (from index `from`) that is sealed must have its
-/// lookups, by request id and by first subject: the Data Tracker and
-/// `directory` queries find sealed records only through them. (A lookup
-/// too many invents nothing: every hit is checked against the record,
-/// and a lookup is unique.)
+/// lookups: by request id, and by first subject if the Data Tracker shows
+/// the record (an outcome, or a refusal). The Data Tracker and `directory`
+/// queries find sealed records only through them. (A lookup too many
+/// invents nothing: every hit is checked against the record.)
 fn check_lookups(
     reader: &FleetReader,
     from: u64,
     records: &[ExchangeRecord],
 ) -> Result<Result<(), Problem>, StoreError> {
-    let (mut values, mut indexes) = (Vec::new(), Vec::new());
+    let (mut kinds, mut values, mut indexes) = (Vec::new(), Vec::new(), Vec::new());
     for (index, record) in (from..).zip(records) {
-        let first = (!record.subject.is_empty()).then_some(record.subject.as_str());
-        values.push(format!("r{}", record.request_id));
-        values.extend(first.map(|subject| format!("s{subject}")));
+        let shown = record.phase() == super::Phase::Outcome || !record.error_kind.is_empty();
+        let subject = (shown && !record.subject.is_empty()).then_some(record.subject.as_str());
+        kinds.push("r");
+        values.push(record.request_id.as_str());
+        if let Some(subject) = subject {
+            kinds.push("s");
+            values.push(subject);
+        }
         indexes.resize(values.len(), to_i64(index));
     }
     let missing = reader.rows(
-        "SELECT e.i FROM unnest($1::text[], $2::bigint[]) AS e (v, i) \
+        "SELECT e.i FROM unnest($1::text[], $2::text[], $3::bigint[]) AS e (k, v, i) \
          WHERE e.i < (SELECT sealed FROM log_sealed) AND NOT EXISTS \
-         (SELECT 1 FROM log_lookups l WHERE l.value = e.v AND l.idx = e.i) ORDER BY e.i LIMIT 1",
-        &[&values, &indexes],
+         (SELECT 1 FROM log_lookups l WHERE l.key = log_lookup_key(e.k, e.v) AND l.idx = e.i) \
+         ORDER BY e.i LIMIT 1",
+        &[&kinds, &values, &indexes],
     )?;
     Ok(match missing.first() {
         Some(row) => {
