@@ -2386,4 +2386,10 @@ async fn a_log_sealed_under_schema_10_is_sealed_again_by_the_migration() {
     tokio::task::spawn_blocking(move || log.close())
         .await
         .unwrap();
+    // The segments of 2^18 records a lookup descends into: those holding
+    // a sealed record, whatever the seal's place in the last.
+    for (sealed, segments) in [(0, "{}"), (262_144, "{0}"), (262_145, "{0,1}")] {
+        sql(&format!("UPDATE log_sealed SET sealed = {sealed}"));
+        assert_eq!(sql("SELECT log_lookup_segments()"), segments);
+    }
 }

@@ -643,7 +643,8 @@ impl FleetReader {
               AND (caller = $2 OR provider = $2) ORDER BY idx DESC LIMIT 1) \
              UNION ALL \
              (SELECT r.idx, r.record FROM log_lookups l JOIN log_records r ON r.idx = l.idx \
-              WHERE l.key = log_lookup_key('r', $1) AND r.request_id = $1 \
+              WHERE (l.idx >> 18) = ANY(log_lookup_segments()) AND l.key = log_lookup_key('r', $1) \
+              AND r.request_id = $1 \
               AND (r.caller = $2 OR r.provider = $2) ORDER BY l.idx DESC LIMIT 1) \
              ORDER BY idx DESC LIMIT 1",
             &[&request_id, &member],
@@ -672,7 +673,8 @@ impl FleetReader {
               ORDER BY idx DESC LIMIT $4) \
              UNION ALL \
              (SELECT r.idx, r.record FROM log_lookups l JOIN log_records r ON r.idx = l.idx \
-              WHERE l.key = log_lookup_key('s', $1) AND r.subject = $1 AND r.at_us >= $2 \
+              WHERE (l.idx >> 18) = ANY(log_lookup_segments()) AND l.key = log_lookup_key('s', $1) \
+              AND r.subject = $1 AND r.at_us >= $2 \
               AND r.concealed_until <= $3 AND (r.phase = 'outcome' OR r.error_kind IS NOT NULL) \
               ORDER BY l.idx DESC LIMIT $4) \
              UNION ALL \
@@ -1151,7 +1153,8 @@ fn check_lookups(
     let missing = reader.rows(
         "SELECT e.i FROM unnest($1::text[], $2::text[], $3::bigint[]) AS e (k, v, i) \
          WHERE e.i < (SELECT sealed FROM log_sealed) AND NOT EXISTS \
-         (SELECT 1 FROM log_lookups l WHERE l.key = log_lookup_key(e.k, e.v) AND l.idx = e.i) \
+         (SELECT 1 FROM log_lookups l WHERE (l.idx >> 18) = (e.i >> 18) \
+         AND l.key = log_lookup_key(e.k, e.v) AND l.idx = e.i) \
          ORDER BY e.i LIMIT 1",
         &[&kinds, &values, &indexes],
     )?;
