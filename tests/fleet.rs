@@ -2193,11 +2193,15 @@ async fn append_calls(log: &govbridge::exchange_log::ExchangeLog, prefix: &str, 
     append_all(log, records).await;
 }
 
+/// The calls [`found`] looks up by request id: one of each batch, and a
+/// refusal (a decision the Data Tracker shows, with no outcome after it).
+const CALLS: [&str; 3] = ["early-10", "late-10", "early-refused-10"];
+
 /// What the fleet's reader finds of citizen `nin-3` (all, and the newest
-/// 50) and of two calls, one of each batch.
+/// 50) and of [`CALLS`].
 async fn found(
     log: &govbridge::exchange_log::ExchangeLog,
-) -> (Vec<u64>, Vec<u64>, [Option<u64>; 2]) {
+) -> (Vec<u64>, Vec<u64>, [Option<u64>; 3]) {
     let reader = log.reader().unwrap();
     tokio::task::spawn_blocking(move || {
         let indexes = |limit| -> Vec<u64> {
@@ -2210,11 +2214,7 @@ async fn found(
                 .unwrap()
                 .map(|record| record.index)
         };
-        (
-            indexes(usize::MAX),
-            indexes(50),
-            [call("early-10"), call("late-10")],
-        )
+        (indexes(usize::MAX), indexes(50), CALLS.map(call))
     })
     .await
     .unwrap()
@@ -2277,7 +2277,7 @@ async fn records_are_found_sealed_or_not_and_a_lost_lookup_is_named() {
             "SELECT max(idx) FROM log_records WHERE request_id = '{id}'"
         ))
     };
-    let calls = [call("early-10"), call("late-10")].map(|idx| Some(idx.parse().unwrap()));
+    let calls = CALLS.map(|id| Some(call(id).parse().unwrap()));
 
     let half_sealed = found(&log).await;
     assert_eq!(half_sealed, (all.clone(), all[..50].to_vec(), calls));
@@ -2306,6 +2306,22 @@ async fn records_are_found_sealed_or_not_and_a_lost_lookup_is_named() {
         govbridge::exchange_log::verify::ProblemKind::LookupEdited
     );
     assert_eq!(Some(problem.index), calls[1]);
+    // A lost subject lookup (of the newest access to `nin-3`) is named too.
+    sql(&format!(
+        "INSERT INTO log_lookups VALUES (log_lookup_key('r', 'late-10'), {})",
+        calls[1].unwrap()
+    ));
+    sql(&format!(
+        "DELETE FROM log_lookups WHERE key = log_lookup_key('s', 'nin-3') AND idx = {}",
+        all[0]
+    ));
+    let copy = tempfile::tempdir().unwrap();
+    let problem = pull(&cluster, &log, copy.path()).await.problem.unwrap();
+    assert_eq!(
+        problem.kind,
+        govbridge::exchange_log::verify::ProblemKind::LookupEdited
+    );
+    assert_eq!(problem.index, all[0]);
     tokio::task::spawn_blocking(move || log.close())
         .await
         .unwrap();
@@ -2373,11 +2389,7 @@ async fn a_log_sealed_under_schema_10_is_sealed_again_by_the_migration() {
     };
     assert_eq!(
         found(&log).await,
-        (
-            all.clone(),
-            all[..50].to_vec(),
-            [call("early-10"), call("late-10")]
-        )
+        (all.clone(), all[..50].to_vec(), CALLS.map(call))
     );
     let copy = tempfile::tempdir().unwrap();
     let pulled = pull(&cluster, &log, copy.path()).await;
@@ -2386,6 +2398,40 @@ async fn a_log_sealed_under_schema_10_is_sealed_again_by_the_migration() {
     tokio::task::spawn_blocking(move || log.close())
         .await
         .unwrap();
+
+    // A record past the first segment (a copy of `late-10`'s outcome at
+    // index 262,150, the head moved past it), sealed by the sealer's own
+    // function: found through the second segment's lookups, by request id
+    // and as the citizen's newest access.
+    let late = call("late-10").unwrap();
+    sql(&format!(
+        "INSERT INTO log_records (idx, phase, request_id, at_us, caller, provider, method, \
+         purpose, subject, allowed, grpc_status, error_kind, concealed_until, node, record, leaf, \
+         more_subjects) SELECT 262150, phase, 'far-1', at_us, caller, provider, method, purpose, \
+         subject, allowed, grpc_status, error_kind, concealed_until, node, record, leaf, \
+         more_subjects FROM log_records WHERE idx = {late}"
+    ));
+    sql("UPDATE log_head SET size = 262151");
+    assert_eq!(sql("SELECT sealed FROM log_seal(1000000)"), "262151");
+    let subject = sql(&format!(
+        "SELECT subject FROM log_records WHERE idx = {late}"
+    ));
+    let reader = govbridge::exchange_log::fleet::FleetReader::new(
+        connect(&cluster).await,
+        tokio::runtime::Handle::current(),
+    );
+    let (far, newest) = tokio::task::spawn_blocking(move || {
+        let far = reader
+            .last_record_of_request_for("far-1", "SN/COM/CBAO/kyc")
+            .unwrap()
+            .map(|record| record.index);
+        let newest = reader.accesses_to(&subject, 0, i64::MAX, 1).unwrap();
+        (far, newest.first().map(|record| record.index))
+    })
+    .await
+    .unwrap();
+    assert_eq!((far, newest), (Some(262_150), Some(262_150)));
+
     // The segments of 2^18 records a lookup descends into: those holding
     // a sealed record, whatever the seal's place in the last.
     for (sealed, segments) in [(0, "{}"), (262_144, "{0}"), (262_145, "{0,1}")] {

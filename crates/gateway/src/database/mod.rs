@@ -517,10 +517,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
          END
          $$;
          INSERT INTO log_sealed (sealed) VALUES (0);
-         -- What was appended before, sealed now, whatever the role's limits.
-         SET LOCAL statement_timeout = 0;
-         SET LOCAL work_mem = '256MB';
-         SELECT log_seal(9223372036854775807);
+         -- What was appended before is sealed by migration 11, which seals
+         -- the whole log again (this one sealed it too, until 11 came).
          DROP INDEX log_records_request;
          DROP INDEX log_records_subject;",
     ),
@@ -535,9 +533,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         // log: 16,384 records' lookups took 63 to 150 ms and 150 bytes to
         // 2.8 KB of WAL a record with a million records sealed, 274 to
         // 776 ms and 5.5 to 10 KB with 20 million (docs/benchmarks.md).
-        // Within segments, a seal writes into the last one's few
-        // megabytes whatever the log's length (63 to 113 ms, 229 bytes to
-        // 1.6 KB, at 20 million); a lookup descends once per segment.
+        // Within segments, a seal writes into the last one (two across a
+        // boundary: 15 to 20 MB of index each, full) whatever the log's
+        // length (63 to 113 ms, 229 bytes to 1.6 KB, at 20 million); a
+        // lookup descends once per segment, walking back from the newest.
         // A hit is checked against the record's columns, so a collision
         // only costs a record read. A subject is looked up only for the
         // records the Data Tracker shows (a call's outcome, or a refusal):
@@ -547,7 +546,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
              key bigint NOT NULL,
              idx bigint NOT NULL
          );
-         CREATE INDEX log_lookups_key ON log_lookups ((idx >> 18), key, idx);
+         CREATE UNIQUE INDEX log_lookups_key ON log_lookups ((idx >> 18), key, idx);
          CREATE FUNCTION log_lookup_key(kind text, value text) RETURNS bigint
          LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
          RETURN hashtextextended(kind || value, 0);

@@ -636,7 +636,9 @@ impl FleetReader {
     ) -> Result<Option<StoredRecord>, StoreError> {
         // The records not yet sealed, then the sealed ones' lookups: one
         // statement, one snapshot, so that each record is in one or the
-        // other.
+        // other. The lookups' order names the segment first, as their
+        // index does, so that their scan walks back from the newest and
+        // stops at the limit rather than reading every match.
         let rows = self.rows(
             "(SELECT idx, record FROM log_records \
               WHERE idx >= (SELECT sealed FROM log_sealed) AND request_id = $1 \
@@ -645,7 +647,8 @@ impl FleetReader {
              (SELECT r.idx, r.record FROM log_lookups l JOIN log_records r ON r.idx = l.idx \
               WHERE (l.idx >> 18) = ANY(log_lookup_segments()) AND l.key = log_lookup_key('r', $1) \
               AND r.request_id = $1 \
-              AND (r.caller = $2 OR r.provider = $2) ORDER BY l.idx DESC LIMIT 1) \
+              AND (r.caller = $2 OR r.provider = $2) \
+              ORDER BY (l.idx >> 18) DESC, l.idx DESC LIMIT 1) \
              ORDER BY idx DESC LIMIT 1",
             &[&request_id, &member],
         )?;
@@ -676,7 +679,7 @@ impl FleetReader {
               WHERE (l.idx >> 18) = ANY(log_lookup_segments()) AND l.key = log_lookup_key('s', $1) \
               AND r.subject = $1 AND r.at_us >= $2 \
               AND r.concealed_until <= $3 AND (r.phase = 'outcome' OR r.error_kind IS NOT NULL) \
-              ORDER BY l.idx DESC LIMIT $4) \
+              ORDER BY (l.idx >> 18) DESC, l.idx DESC LIMIT $4) \
              UNION ALL \
              (SELECT r.idx, r.record FROM log_subjects s JOIN log_records r ON r.idx = s.idx \
               WHERE s.subject = $1 AND r.at_us >= $2 AND r.concealed_until <= $3 \

@@ -124,9 +124,8 @@ pub fn request_id(headers: &HeaderMap) -> Result<HeaderValue, WireError> {
 }
 
 /// A new request id: a UUIDv7, the time in its first 48 bits and 74
-/// random ones after. Ordered by time, the ids of calls made close
-/// together land together in the exchange log's lookups by request (a
-/// fleet's `log_lookups`), not at random places in them.
+/// random ones after: ordered by time, as the log's records are, and
+/// unique without coordination between nodes.
 pub fn fresh_request_id() -> HeaderValue {
     let since_epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
