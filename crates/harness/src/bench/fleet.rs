@@ -68,10 +68,10 @@ pub struct StoreRate {
 /// each waiting for its record to be durable before the next, as a call
 /// does; returns the records committed. Each caller writes what calls
 /// do: a decision, then the same request's outcome, under request ids
-/// of this `turn`.
+/// of this `round`.
 async fn drive_store(
     log: &gateway::exchange_log::ExchangeLog,
-    turn: u32,
+    round: u32,
     appenders: usize,
     duration: Duration,
 ) -> anyhow::Result<u64> {
@@ -94,7 +94,7 @@ async fn drive_store(
                         Phase::Decision
                     }
                     .into(),
-                    request_id: format!("{turn}-{caller:04}-{call:012}"),
+                    request_id: format!("{round}-{caller:04}-{call:012}"),
                     caller: "SN/COM/CBAO/kyc".to_owned(),
                     provider: "SN/GOV/ANEC/civil-registry".to_owned(),
                     method: "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity".to_owned(),
@@ -156,18 +156,18 @@ async fn store_rates(
     let mut records = [0u64; 2];
     let mut taken = [Duration::ZERO; 2];
     let mut driven = Ok(());
-    'turns: for number in 0..STORE_TURNS {
+    'turns: for round in 0..STORE_TURNS {
         let mut stores = [(&sqlite, 0), (&postgres, 1)];
-        if number % 2 == 1 {
+        if round % 2 == 1 {
             stores.reverse();
         }
         for (log, store) in stores {
             let started = std::time::Instant::now();
-            let mut committed = drive_store(log, number, appenders, turn).await;
+            let mut committed = drive_store(log, round, appenders, turn).await;
             if store == 1
                 && let Ok(count) = committed
             {
-                committed = sealed(&database).await.map(|()| count);
+                committed = seal_what_is_left(&database).await.map(|()| count);
             }
             taken[store] += started.elapsed();
             match committed {
@@ -199,7 +199,7 @@ async fn store_rates(
 /// Seals what the fleet's log in `database` has left unsealed, as the
 /// node's sealer does (the same function, in the same chunks, taking
 /// turns with it), rather than waiting for its next look.
-async fn sealed(database: &gateway::database::Database) -> anyhow::Result<()> {
+async fn seal_what_is_left(database: &gateway::database::Database) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let (sealed, behind): (Option<i64>, i64) = database
