@@ -2220,6 +2220,39 @@ async fn found(
     .unwrap()
 }
 
+/// What [`found`] must give, from a scan of the records themselves: the
+/// records of `nin-3` the Data Tracker shows (outcomes and refusals),
+/// newest first, the newest 50, and the last record of each of [`CALLS`].
+fn truth(cluster: &Cluster) -> (Vec<u64>, Vec<u64>, [Option<u64>; 3]) {
+    let sql = |query: &str| cluster.psql("govbridge", query).unwrap();
+    let all: Vec<u64> = sql("SELECT idx FROM log_records WHERE subject = 'nin-3' \
+         AND (phase = 'outcome' OR error_kind IS NOT NULL) ORDER BY idx DESC")
+    .lines()
+    .map(|line| line.parse().unwrap())
+    .collect();
+    let last = |id: &str| {
+        let idx = sql(&format!(
+            "SELECT max(idx) FROM log_records WHERE request_id = '{id}'"
+        ));
+        Some(idx.parse().unwrap())
+    };
+    let newest = all[..all.len().min(50)].to_vec();
+    (all, newest, CALLS.map(last))
+}
+
+/// Waits for the node's sealer to seal the log up to `end`.
+fn sealed_to(cluster: &Cluster, end: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster
+        .psql("govbridge", "SELECT sealed FROM log_sealed")
+        .unwrap()
+        != end
+    {
+        assert!(Instant::now() < deadline, "never sealed to {end}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The Data Tracker and lookups by request id find a record of the fleet's
 /// log whether it is sealed (found through `log_lookups`) or not yet (read
 /// directly), newest first across the two; `audit pull` finds every sealed
@@ -2230,19 +2263,10 @@ async fn records_are_found_sealed_or_not_and_a_lost_lookup_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let log = fleet_log(&cluster, dir.path()).await;
     let sql = |query: &str| cluster.psql("govbridge", query).unwrap();
-    // The node's sealer at work: what the log's records end at, sealed
-    // within a few of its looks.
-    let sealed_to = |end: &str| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while sql("SELECT sealed FROM log_sealed") != end {
-            assert!(Instant::now() < deadline, "never sealed to {end}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
     append_calls(&log, "early", 300).await;
-    // The first batch sealed; the second left unsealed: the seal is held,
-    // and the sealer passes by.
-    sealed_to("300");
+    // The first batch sealed by the node's sealer; the second left
+    // unsealed: the seal is held, and the sealer passes by.
+    sealed_to(&cluster, "300");
     let holder = connect(&cluster).await;
     holder
         .run(|client| async move {
@@ -2264,28 +2288,17 @@ async fn records_are_found_sealed_or_not_and_a_lost_lookup_is_named() {
     };
     unsealed(300);
 
-    // The truth, from the records themselves.
-    // What the Data Tracker shows: outcomes and refusals.
-    let all: Vec<u64> = sql("SELECT idx FROM log_records WHERE subject = 'nin-3' \
-         AND (phase = 'outcome' OR error_kind IS NOT NULL) ORDER BY idx DESC")
-    .lines()
-    .map(|line| line.parse().unwrap())
-    .collect();
+    let truth = truth(&cluster);
+    let (all, calls) = (truth.0.clone(), truth.2);
     assert_eq!(all.len(), 56);
-    let call = |id: &str| {
-        sql(&format!(
-            "SELECT max(idx) FROM log_records WHERE request_id = '{id}'"
-        ))
-    };
-    let calls = CALLS.map(|id| Some(call(id).parse().unwrap()));
 
     let half_sealed = found(&log).await;
-    assert_eq!(half_sealed, (all.clone(), all[..50].to_vec(), calls));
+    assert_eq!(half_sealed, truth);
     holder
         .run(|client| async move { client.batch_execute("ROLLBACK").await })
         .await
         .unwrap();
-    sealed_to("600");
+    sealed_to(&cluster, "600");
     unsealed(0);
     // A request id for each record, a subject for each that is shown.
     assert_eq!(sql("SELECT count(*) FROM log_lookups"), "1000");
@@ -2355,11 +2368,7 @@ async fn a_log_sealed_under_schema_10_is_sealed_again_by_the_migration() {
     .unwrap();
     append_calls(&log, "early", 300).await;
     append_calls(&log, "late", 300).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while sql("SELECT sealed FROM log_sealed") != "600" {
-        assert!(Instant::now() < deadline, "never sealed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    sealed_to(&cluster, "600");
     tokio::task::spawn_blocking(move || log.close())
         .await
         .unwrap();
@@ -2373,24 +2382,8 @@ async fn a_log_sealed_under_schema_10_is_sealed_again_by_the_migration() {
     assert_eq!(sql("SELECT max(version) FROM govbridge_schema"), "11");
     assert_eq!(sql("SELECT sealed FROM log_sealed"), "600");
     assert_eq!(sql("SELECT count(*) FROM log_lookups"), "1000");
-    let all: Vec<u64> = sql("SELECT idx FROM log_records WHERE subject = 'nin-3' \
-         AND (phase = 'outcome' OR error_kind IS NOT NULL) ORDER BY idx DESC")
-    .lines()
-    .map(|line| line.parse().unwrap())
-    .collect();
-    let call = |id: &str| {
-        Some(
-            sql(&format!(
-                "SELECT max(idx) FROM log_records WHERE request_id = '{id}'"
-            ))
-            .parse()
-            .unwrap(),
-        )
-    };
-    assert_eq!(
-        found(&log).await,
-        (all.clone(), all[..50].to_vec(), CALLS.map(call))
-    );
+    let truth = truth(&cluster);
+    assert_eq!(found(&log).await, truth);
     let copy = tempfile::tempdir().unwrap();
     let pulled = pull(&cluster, &log, copy.path()).await;
     assert_eq!(pulled.problem, None);
@@ -2403,7 +2396,7 @@ async fn a_log_sealed_under_schema_10_is_sealed_again_by_the_migration() {
     // index 262,150, the head moved past it), sealed by the sealer's own
     // function: found through the second segment's lookups, by request id
     // and as the citizen's newest access.
-    let late = call("late-10").unwrap();
+    let late = truth.2[1].unwrap();
     sql(&format!(
         "INSERT INTO log_records (idx, phase, request_id, at_us, caller, provider, method, \
          purpose, subject, allowed, grpc_status, error_kind, concealed_until, node, record, leaf, \

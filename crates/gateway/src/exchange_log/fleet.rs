@@ -1143,8 +1143,8 @@ fn check_lookups(
 ) -> Result<Result<(), Problem>, StoreError> {
     let (mut kinds, mut values, mut indexes) = (Vec::new(), Vec::new(), Vec::new());
     for (index, record) in (from..).zip(records) {
-        let shown = record.phase() == super::Phase::Outcome || !record.error_kind.is_empty();
-        let subject = (shown && !record.subject.is_empty()).then_some(record.subject.as_str());
+        let shown = store::ends_call(record) && !record.subject.is_empty();
+        let subject = shown.then_some(record.subject.as_str());
         kinds.push("r");
         values.push(record.request_id.as_str());
         if let Some(subject) = subject {

@@ -1078,33 +1078,34 @@ mod tests {
         assert_eq!(gather.last, 21);
     }
 
+    /// A queue holding `count` jobs, and its sender, kept open.
+    fn queued(count: usize) -> (SyncSender<Job>, Receiver<Job>) {
+        let (jobs, queue) = std::sync::mpsc::sync_channel(count.max(1));
+        for _ in 0..count {
+            jobs.send(Job::Close).unwrap();
+        }
+        (jobs, queue)
+    }
+
     /// Under load, a batch as large as the previous one goes at once: the
     /// calls it answered are back, and none may follow.
     #[test]
     fn a_batch_as_large_as_the_last_goes_without_a_pause() {
-        let (jobs, queue) = std::sync::mpsc::sync_channel(64);
-        for _ in 0..31 {
-            jobs.send(Job::Close).unwrap();
-        }
+        let (_jobs, queue) = queued(31);
         let mut batch = vec![Job::Close];
         let mut gather = gather(32, |_| panic!("it waited"));
         gather.fill(&queue, &mut batch);
         assert_eq!(batch.len(), 32);
-        drop(jobs);
     }
 
     /// Without load, a batch is what is queued: nothing waits for more.
     #[test]
     fn without_load_a_batch_is_what_is_queued() {
-        let (jobs, queue) = std::sync::mpsc::sync_channel(8);
-        for _ in 0..3 {
-            jobs.send(Job::Close).unwrap();
-        }
+        let (_jobs, queue) = queued(3);
         let mut batch = vec![Job::Close];
         let mut gather = gather(GATHER_ABOVE - 1, |_| panic!("it waited"));
         gather.fill(&queue, &mut batch);
         assert_eq!(batch.len(), 4);
-        drop(jobs);
     }
 
     /// Under load, the wait ends with the window even if records keep

@@ -217,12 +217,19 @@ pub const COLUMNS: [&str; 13] = [
     "more_subjects",
 ];
 
+/// Whether `record` ends its call: an outcome, or a decision that refused
+/// it. Such a record carries the call's status, and is what the Data
+/// Tracker shows of the call.
+pub fn ends_call(record: &ExchangeRecord) -> bool {
+    record.phase() == Phase::Outcome || !record.error_kind.is_empty()
+}
+
 /// The values of [`COLUMNS`] for `record`: what `append` writes and what
 /// `audit verify` expects.
 pub fn columns(record: &ExchangeRecord) -> [Value; 13] {
     let outcome = record.phase() == Phase::Outcome;
     // A decision carries a status only when it is also the call's end.
-    let finished = outcome || !record.error_kind.is_empty();
+    let finished = ends_call(record);
     let text = |text: &str| Value::Text(text.to_owned());
     let optional = |value: &str| {
         if value.is_empty() {
