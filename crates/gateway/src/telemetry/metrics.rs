@@ -41,6 +41,15 @@ impl Histogram {
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
+    /// How many durations it counted, and their sum.
+    pub fn total(&self) -> (u64, Duration) {
+        let nanos = self.sum_nanos.load(Ordering::Relaxed);
+        (
+            self.count.load(Ordering::Relaxed),
+            Duration::from_nanos(nanos),
+        )
+    }
+
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let separator = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0;

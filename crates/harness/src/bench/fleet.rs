@@ -62,6 +62,11 @@ pub struct StoreRate {
     pub appenders: usize,
     pub records: u64,
     pub records_per_s: f64,
+    /// The writer's appends (commits) in its turns ...
+    pub commits: u64,
+    /// ... and the share of its turns it spent in them, waiting on the
+    /// store: what is left is the time the records took to come to it.
+    pub busy: f64,
 }
 
 /// Appends by `appenders` concurrent callers to `log` for `duration`,
@@ -155,6 +160,7 @@ async fn store_rates(
     let turn = duration / STORE_TURNS;
     let mut records = [0u64; 2];
     let mut taken = [Duration::ZERO; 2];
+    let mut commits = [(0, Duration::ZERO); 2];
     let mut driven = Ok(());
     'turns: for round in 0..STORE_TURNS {
         let mut stores = [(&sqlite, 0), (&postgres, 1)];
@@ -163,7 +169,11 @@ async fn store_rates(
         }
         for (log, store) in stores {
             let started = std::time::Instant::now();
+            let before = log.commit_durations().total();
             let mut committed = drive_store(log, round, appenders, turn).await;
+            let after = log.commit_durations().total();
+            commits[store].0 += after.0 - before.0;
+            commits[store].1 += after.1 - before.1;
             if store == 1
                 && let Ok(count) = committed
             {
@@ -184,16 +194,15 @@ async fn store_rates(
         tokio::task::spawn_blocking(move || log.close()).await?;
     }
     driven?;
-    let rate = |store, records: u64, taken: Duration| StoreRate {
+    let rate = |store, index: usize| StoreRate {
         store,
         appenders,
-        records,
-        records_per_s: records as f64 / taken.as_secs_f64(),
+        records: records[index],
+        records_per_s: records[index] as f64 / taken[index].as_secs_f64(),
+        commits: commits[index].0,
+        busy: commits[index].1.as_secs_f64() / taken[index].as_secs_f64(),
     };
-    Ok(vec![
-        rate("SQLite", records[0], taken[0]),
-        rate("PostgreSQL", records[1], taken[1]),
-    ])
+    Ok(vec![rate("SQLite", 0), rate("PostgreSQL", 1)])
 }
 
 /// Seals what the fleet's log in `database` has left unsealed, as the
@@ -490,11 +499,19 @@ fn checks(
 pub fn render(report: &FleetReport) -> String {
     let mut out = String::new();
     out.push_str("each store alone, appenders waiting for their records to be durable\n");
-    out.push_str("store        appenders    records  records/s\n");
+    out.push_str(
+        "store        appenders    records  records/s    commits  per commit  in commits\n",
+    );
     for rate in &report.stores {
         out.push_str(&format!(
-            "{:<12} {:>9} {:>10} {:>10.0}\n",
-            rate.store, rate.appenders, rate.records, rate.records_per_s
+            "{:<12} {:>9} {:>10} {:>10.0} {:>10} {:>11.1} {:>10.0}%\n",
+            rate.store,
+            rate.appenders,
+            rate.records,
+            rate.records_per_s,
+            rate.commits,
+            rate.records as f64 / rate.commits.max(1) as f64,
+            rate.busy * 100.0,
         ));
     }
     out.push('\n');
