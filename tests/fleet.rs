@@ -1869,6 +1869,53 @@ async fn a_fleet_append_is_refused_only_when_it_is_not_committed() {
         .unwrap();
 }
 
+/// A record is on disk before its append resolves: PostgreSQL stopped at
+/// once right after each append, losing what its WAL buffers held as a
+/// crash would, keeps every record. The WAL writer is slowed and no
+/// checkpoint is signed, so that only the append's own commit can have
+/// flushed them. (It fails with a commit that leaves its flush to a
+/// statement that writes nothing to the WAL, docs/benchmarks.md.)
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answered_append_survives_an_immediate_stop() {
+    let mut cluster = Cluster::start_temporary().unwrap();
+    cluster
+        .psql("govbridge", "ALTER SYSTEM SET wal_writer_delay = '10s'")
+        .unwrap();
+    cluster.restart().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..3 {
+        // No checkpoint, whose own synchronous commit would flush them.
+        let fleet = govbridge::exchange_log::FleetStore {
+            writer: connect(&cluster).await,
+            reader: connect(&cluster).await,
+            node: "node-1".to_owned(),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let mut config = govbridge::config::ExchangeLogConfig::defaults(dir.path(), "node-1");
+        config.checkpoint_interval = Duration::from_secs(3600);
+        config.checkpoint_records = u64::MAX;
+        let log = tokio::task::spawn_blocking(move || {
+            govbridge::exchange_log::ExchangeLog::open_fleet(&config, fleet)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let request_id = format!("answered-{round}");
+        let record = govbridge::exchange_log::ExchangeRecord {
+            request_id: request_id.clone(),
+            caller: "SN/COM/CBAO/kyc".to_owned(),
+            ..Default::default()
+        };
+        log.append(record).await.unwrap();
+        cluster.stop().unwrap();
+        cluster.restart().unwrap();
+        assert_eq!(records_of(&cluster, &request_id), "1", "round {round}");
+        tokio::task::spawn_blocking(move || log.close())
+            .await
+            .unwrap();
+    }
+}
+
 /// The node's connections run read committed, which its queries are
 /// written for, whatever the role's default.
 #[tokio::test]
