@@ -1792,14 +1792,24 @@ async fn fleet_log_of(
     dir: &std::path::Path,
     node: &str,
 ) -> govbridge::exchange_log::ExchangeLog {
+    let mut config = govbridge::config::ExchangeLogConfig::defaults(dir, "node-1");
+    config.checkpoint_records = 1;
+    fleet_log_with(cluster, config, node).await
+}
+
+/// The fleet's log as node `node`'s writer appends to it, configured by
+/// `config`.
+async fn fleet_log_with(
+    cluster: &Cluster,
+    config: govbridge::config::ExchangeLogConfig,
+    node: &str,
+) -> govbridge::exchange_log::ExchangeLog {
     let fleet = govbridge::exchange_log::FleetStore {
         writer: connect(cluster).await,
         reader: connect(cluster).await,
         node: node.to_owned(),
         runtime: tokio::runtime::Handle::current(),
     };
-    let mut config = govbridge::config::ExchangeLogConfig::defaults(dir, "node-1");
-    config.checkpoint_records = 1;
     tokio::task::spawn_blocking(move || {
         govbridge::exchange_log::ExchangeLog::open_fleet(&config, fleet)
     })
@@ -1885,21 +1895,10 @@ async fn an_answered_append_survives_an_immediate_stop() {
     let dir = tempfile::tempdir().unwrap();
     for round in 0..3 {
         // No checkpoint, whose own synchronous commit would flush them.
-        let fleet = govbridge::exchange_log::FleetStore {
-            writer: connect(&cluster).await,
-            reader: connect(&cluster).await,
-            node: "node-1".to_owned(),
-            runtime: tokio::runtime::Handle::current(),
-        };
         let mut config = govbridge::config::ExchangeLogConfig::defaults(dir.path(), "node-1");
         config.checkpoint_interval = Duration::from_secs(3600);
         config.checkpoint_records = u64::MAX;
-        let log = tokio::task::spawn_blocking(move || {
-            govbridge::exchange_log::ExchangeLog::open_fleet(&config, fleet)
-        })
-        .await
-        .unwrap()
-        .unwrap();
+        let log = fleet_log_with(&cluster, config, "node-1").await;
         let request_id = format!("answered-{round}");
         let record = govbridge::exchange_log::ExchangeRecord {
             request_id: request_id.clone(),
