@@ -22,8 +22,16 @@ impl Drop for BenchProcess {
 
 /// Runs `govbridge bench run ARGS`; returns (success, stdout, stderr).
 fn bench_run(args: &[&str]) -> (bool, String, String) {
+    bench(&["run"], args)
+}
+
+/// Runs `govbridge bench COMMAND --quiet ARGS`; returns (success, stdout,
+/// stderr).
+fn bench(command: &[&str], args: &[&str]) -> (bool, String, String) {
     let child = Command::new(env!("CARGO_BIN_EXE_govbridge"))
-        .args(["bench", "run", "--quiet"])
+        .arg("bench")
+        .args(command)
+        .arg("--quiet")
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -48,7 +56,10 @@ fn bench_run(args: &[&str]) -> (bool, String, String) {
         if let Some(status) = process.0.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "bench run did not finish");
+        assert!(
+            Instant::now() < deadline,
+            "bench {command:?} did not finish"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     (status.success(), out.join().unwrap(), err.join().unwrap())
@@ -123,5 +134,50 @@ fn an_open_loop_with_everything_on_counts_every_status_as_ok() {
     assert!(
         run["process"]["peak_rss_kib"].as_u64().unwrap() > 1024,
         "{run}"
+    );
+}
+
+/// Real PostgreSQL (the bench starts its own cluster, as `bench fleet`
+/// does in full): both stores take records, the fleet's is sealed, and no
+/// gateway is started.
+#[test]
+fn the_fleet_bench_can_measure_the_stores_alone() {
+    let (ok, stdout, stderr) = bench(
+        &["fleet"],
+        &[
+            "--stores-only",
+            "--duration",
+            "1s",
+            "--callers",
+            "8",
+            "--json",
+        ],
+    );
+    assert!(ok, "bench fleet failed:\n{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let stores = report["stores"].as_array().unwrap();
+    let names: Vec<&str> = stores
+        .iter()
+        .map(|s| s["store"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["SQLite", "PostgreSQL"], "{report}");
+    for store in stores {
+        assert_eq!(store["appenders"], 8, "{report}");
+        let (records, commits) = (
+            store["records"].as_u64().unwrap(),
+            store["commits"].as_u64().unwrap(),
+        );
+        assert!(records > 0 && commits > 0 && commits <= records, "{report}");
+        assert!(store["records_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    }
+    assert_eq!(report["runs"].as_array().map(Vec::len), Some(0), "{report}");
+    let targets = report["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 1, "{report}");
+    assert!(
+        targets[0]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("records committed per second, each store alone"),
+        "{report}"
     );
 }

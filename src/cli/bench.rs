@@ -215,6 +215,9 @@ pub struct FleetArgs {
     /// Unmeasured time before it.
     #[arg(long, default_value = "2s", value_parser = duration)]
     warmup: Duration,
+    /// Measure each store alone and stop there: no gateway is started.
+    #[arg(long)]
+    stores_only: bool,
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
@@ -331,6 +334,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
                 callers: args.callers,
                 connections: args.connections,
                 rate: args.rate,
+                stores_only: args.stores_only,
                 progress: !args.quiet,
             };
             let report = fleet::fleet(&options).await?;

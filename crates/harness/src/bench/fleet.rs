@@ -43,6 +43,8 @@ pub struct FleetOptions {
     pub callers: usize,
     pub connections: usize,
     pub rate: u64,
+    /// Each store alone, and nothing after.
+    pub stores_only: bool,
     pub progress: bool,
 }
 
@@ -354,6 +356,14 @@ pub async fn fleet(options: &FleetOptions) -> anyhow::Result<FleetReport> {
         );
     }
     let stores = store_rates(&bed.dir.dir, &cluster, options.callers, options.duration).await?;
+    if options.stores_only {
+        let targets = store_check(&stores);
+        return Ok(FleetReport {
+            stores,
+            runs: Vec::new(),
+            targets,
+        });
+    }
     let (_sqlite, sqlite) = bed.gateway(GatewayProfile::EverythingOn, members)?;
     let (_first, first, key) = start_node(&bed, members, &url, 1, None)?;
     let (_second, second, _) = start_node(&bed, members, &url, 2, Some(&key))?;
@@ -515,9 +525,11 @@ pub fn render(report: &FleetReport) -> String {
         ));
     }
     out.push('\n');
-    let runs: Vec<&RunSummary> = report.runs.iter().collect();
-    out.push_str(&report::table("everything on, one run", &runs));
-    out.push('\n');
+    if !report.runs.is_empty() {
+        let runs: Vec<&RunSummary> = report.runs.iter().collect();
+        out.push_str(&report::table("everything on, one run", &runs));
+        out.push('\n');
+    }
     out.push_str(&report::verdicts(&report.targets));
     out
 }
