@@ -1,6 +1,7 @@
 //! CI's smoke run of `govbridge bench run`: the real binary starts the echo
 //! backend and a gateway as its children, drives them for a moment, and
-//! must report calls, no errors, and the gateway's CPU and memory.
+//! must report calls, no errors, and the gateway's CPU and memory; and of
+//! `govbridge bench fleet --stores-only`, against a cluster of its own.
 
 // A failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -138,8 +139,8 @@ fn an_open_loop_with_everything_on_counts_every_status_as_ok() {
 }
 
 /// Real PostgreSQL (the bench starts its own cluster, as `bench fleet`
-/// does in full): both stores take records, the fleet's is sealed, and no
-/// gateway is started.
+/// does in full): both stores take records and report their commits, and
+/// the bench stops after them.
 #[test]
 fn the_fleet_bench_can_measure_the_stores_alone() {
     let (ok, stdout, stderr) = bench(
