@@ -204,6 +204,8 @@ pub async fn run_watched(
     progress: bool,
     windows: Option<Windows>,
 ) -> anyhow::Result<LoadOutcome> {
+    // Each run from a disk with nothing left to write (see `write_out`).
+    tokio::task::spawn_blocking(crate::bench::process::write_out).await?;
     let channels = connect(target, tls, plan.connections.max(1)).await?;
     let tally = Arc::new(Tally {
         windows,

@@ -65,7 +65,7 @@ impl ChildProcess {
                 .with_context(|| format!("{name} never said where it listens"))?;
             if let Some(address) = address_after(&line, marker) {
                 process.address = address;
-                flush_setup();
+                write_out();
                 return Ok(process);
             }
         }
@@ -93,7 +93,7 @@ impl ChildProcess {
         let deadline = std::time::Instant::now() + READY_TIMEOUT;
         loop {
             if std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
-                flush_setup();
+                write_out();
                 return Ok(process);
             }
             if let Some(status) = process.child.try_wait()? {
@@ -201,12 +201,15 @@ fn one_process(pid: u32) -> anyhow::Result<ProcessUsage> {
     })
 }
 
-/// Writes out what setting a target up wrote (PKI, configurations,
-/// descriptor sets, fresh databases) before it is measured: left to the
-/// kernel, it is written back 30 s later (`vm.dirty_expire_centisecs`),
-/// in the middle of a measurement, and holds the exchange logs' fsyncs for
-/// a tenth of a second (docs/benchmarks.md, the second hop).
-fn flush_setup() {
+/// Writes out what the machine has written but not yet put on disk: what
+/// setting a target up wrote (PKI, configurations, descriptor sets, fresh
+/// databases), and what the runs before wrote (a store's tables, which
+/// PostgreSQL leaves to the kernel). Left to the kernel, it is written back
+/// 30 s later (`vm.dirty_expire_centisecs`), in the middle of another
+/// measurement, and the exchange logs' flushes queue behind it on the disk:
+/// a tenth of a second in the federation bench, some 50 ms for the fleet's
+/// node at 500 calls/s (docs/benchmarks.md).
+pub fn write_out() {
     let _ = std::process::Command::new("sync").status();
 }
 
