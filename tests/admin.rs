@@ -19,6 +19,7 @@ use tonic::Code;
 
 const VERIFY_IDENTITY: &str = "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity";
 const GET_PERSON: &str = "/govbridge.civilregistry.v1.CivilRegistry/GetPerson";
+const WATCH_LIFE_EVENTS: &str = "/govbridge.civilregistry.v1.CivilRegistry/WatchLifeEvents";
 
 /// Sample name (without labels) -> value, for the lines with `labels`.
 fn samples(text: &str) -> BTreeMap<String, f64> {
@@ -86,6 +87,20 @@ async fn metrics_count_a_known_sequence_of_calls_exactly() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
+    // A stream, read to its end: its duration is a stream's.
+    let mut events = registry
+        .watch_life_events(WatchLifeEventsRequest {
+            after_sequence: 0,
+            max_events: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut received = 0;
+    while events.message().await.unwrap().is_some() {
+        received += 1;
+    }
+    assert_eq!(received, 2);
     // Refused by the gateway itself: a method the service does not have.
     let mut client = bed.client("cbao-kyc").await;
     let response = support::raw_call(
@@ -109,26 +124,32 @@ async fn metrics_count_a_known_sequence_of_calls_exactly() {
     assert_eq!(calls(VERIFY_IDENTITY, "OK"), 3.0, "{text}");
     assert_eq!(calls(GET_PERSON, "INVALID_ARGUMENT"), 1.0, "{text}");
     assert_eq!(calls(GET_PERSON, "OK"), 0.0);
-    assert_eq!(
-        samples[&format!("govbridge_call_duration_seconds_count{{method=\"{VERIFY_IDENTITY}\"}}")],
-        3.0
-    );
+    assert_eq!(calls(WATCH_LIFE_EVENTS, "OK"), 1.0, "{text}");
+    // Unary calls' latency and streams' durations, apart.
+    let durations = |method: &str, kind: &str| {
+        let series =
+            format!("govbridge_call_duration_seconds_count{{method=\"{method}\",kind=\"{kind}\"}}");
+        samples.get(&series).copied().unwrap_or_default()
+    };
+    assert_eq!(durations(VERIFY_IDENTITY, "unary"), 3.0, "{text}");
+    assert_eq!(durations(WATCH_LIFE_EVENTS, "stream"), 1.0, "{text}");
+    assert_eq!(durations(WATCH_LIFE_EVENTS, "unary"), 0.0, "{text}");
     assert_eq!(
         samples["govbridge_refusals_total{kind=\"unknown-method\"}"],
         1.0
     );
     assert_eq!(
         samples["govbridge_upstream_response_seconds_count{provider=\"SN/GOV/ANEC/civil-registry\"}"],
-        4.0
+        5.0
     );
     // The log holds the forwarded calls (decision and outcome each) and
     // the refusal.
-    assert_eq!(samples["govbridge_exchange_log_records"], 9.0);
+    assert_eq!(samples["govbridge_exchange_log_records"], 11.0);
     assert_eq!(samples["govbridge_exchange_log_writable"], 1.0);
     // Every commit is timed: at least one per forwarded call's record
     // batch, at most one per record.
     let commits = samples["govbridge_exchange_log_commit_seconds_count"];
-    assert!((1.0..=9.0).contains(&commits), "{text}");
+    assert!((1.0..=11.0).contains(&commits), "{text}");
     // Each certificate in use, with when it expires, and each CRL with
     // when it is due: apart, since a CRL is due within days by design.
     for (metric, label, name) in [

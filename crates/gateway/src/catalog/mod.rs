@@ -75,6 +75,8 @@ pub struct Catalog {
     methods: HashMap<String, HashSet<String>>,
     /// `/package.Service/Method` of every method whose client streams.
     client_streaming: HashSet<String>,
+    /// ... and of every method that streams either way.
+    streaming: HashSet<String>,
     subjects: subject::SubjectFields,
     descriptors: descriptors::DescriptorIndex,
     /// Every file, linked: what JSON calls are read and written with.
@@ -120,6 +122,7 @@ impl Catalog {
         Self {
             methods: HashMap::new(),
             client_streaming: HashSet::new(),
+            streaming: HashSet::new(),
             subjects: subject::SubjectFields::default(),
             descriptors: descriptors::DescriptorIndex::default(),
             pool: prost_reflect::DescriptorPool::new(),
@@ -170,18 +173,24 @@ impl Catalog {
     ) -> Result<Self, CatalogError> {
         let mut methods: HashMap<String, HashSet<String>> = HashMap::new();
         let mut client_streaming = HashSet::new();
+        let mut streaming = HashSet::new();
         for service in pool.services() {
             let known = methods.entry(service.full_name().to_owned()).or_default();
             for method in service.methods() {
                 known.insert(method.name().to_owned());
+                let path = format!("/{}/{}", service.full_name(), method.name());
                 if method.is_client_streaming() {
-                    client_streaming.insert(format!("/{}/{}", service.full_name(), method.name()));
+                    client_streaming.insert(path.clone());
+                }
+                if method.is_client_streaming() || method.is_server_streaming() {
+                    streaming.insert(path);
                 }
             }
         }
         Ok(Self {
             methods,
             client_streaming,
+            streaming,
             subjects: subject::SubjectFields::of_pool(pool)?,
             descriptors: descriptors::DescriptorIndex::of(files),
             json: {
@@ -209,6 +218,13 @@ impl Catalog {
     /// requests.
     pub fn client_streaming_methods(&self) -> &HashSet<String> {
         &self.client_streaming
+    }
+
+    /// Whether the method at `/package.Service/Method` streams its
+    /// requests, its responses or both: a call that lasts as long as its
+    /// parties want, not a request's latency.
+    pub fn streams(&self, path: &str) -> bool {
+        self.streaming.contains(path)
     }
 
     /// Where each method's request names its data subject.
@@ -309,6 +325,18 @@ mod tests {
         assert!(known[civil].contains("GetPerson"));
         assert!(known[civil].contains("WatchLifeEvents"));
         assert!(known.contains_key(DIRECTORY));
+    }
+
+    #[test]
+    fn knows_which_methods_stream() {
+        let agencies = testing::agencies();
+        let civil = "/govbridge.civilregistry.v1.CivilRegistry";
+        assert!(!agencies.streams(&format!("{civil}/GetPerson")));
+        // responses streamed, requests streamed, both
+        assert!(agencies.streams(&format!("{civil}/WatchLifeEvents")));
+        assert!(agencies.streams("/govbridge.tax.v1.TaxAuthority/SubmitWithholdings"));
+        assert!(agencies.streams("/govbridge.tax.v1.TaxAuthority/StreamDeclaredIncome"));
+        assert!(!agencies.streams(&format!("{civil}/NoSuchMethod")));
     }
 }
 

@@ -599,6 +599,8 @@ pub struct CallSummary {
     pub caller: String,
     pub provider: String,
     pub method: String,
+    /// Unary or streamed, as the method's descriptor says.
+    pub kind: crate::telemetry::metrics::CallKind,
     pub purpose: String,
     /// The backend endpoint that answered.
     pub endpoint: Option<Arc<str>>,
@@ -668,7 +670,7 @@ impl CallSummary {
             method: self.method,
             code: code_name,
         };
-        self.metrics.call(&labels, total);
+        self.metrics.call(&labels, self.kind, total);
     }
 }
 

@@ -132,13 +132,27 @@ pub struct CallLabels {
     pub code: &'static str,
 }
 
+/// A call's shape, as its method's descriptor says: the
+/// `kind` label of `govbridge_call_duration_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// One request, one response.
+    Unary,
+    /// Requests, responses or both streamed.
+    Stream,
+}
+
 /// Everything the gateway counts.
 #[derive(Debug)]
 pub struct Metrics {
     started: Instant,
     calls: Family<CallLabels, AtomicU64>,
-    /// Total duration of forwarded calls, by method.
+    /// Total duration of forwarded unary calls, by method ...
     durations: Family<String, Histogram>,
+    /// ... and of streams, apart: a stream lasts as long as its parties
+    /// want, and would drown the unary calls' latency (a watch of an hour
+    /// is no slow call).
+    stream_durations: Family<String, Histogram>,
     /// Time to the backend's response headers, by provider.
     upstream: Family<crate::identity::MemberId, Histogram>,
     /// Calls the gateway refused or failed, by `bridge-error` kind.
@@ -183,6 +197,7 @@ impl Default for Metrics {
             started: Instant::now(),
             calls: Family::default(),
             durations: Family::default(),
+            stream_durations: Family::default(),
             upstream: Family::default(),
             refusals: Family::default(),
             reloads: Family::default(),
@@ -218,9 +233,13 @@ impl Metrics {
     }
 
     /// A forwarded call ended.
-    pub fn call(&self, labels: &CallLabels, total: Duration) {
+    pub fn call(&self, labels: &CallLabels, kind: CallKind, total: Duration) {
         self.calls.get(labels).fetch_add(1, Ordering::Relaxed);
-        self.durations.get(&labels.method).observe(total);
+        let durations = match kind {
+            CallKind::Unary => &self.durations,
+            CallKind::Stream => &self.stream_durations,
+        };
+        durations.get(&labels.method).observe(total);
     }
 
     /// A backend's response headers arrived after `elapsed`.
@@ -361,11 +380,17 @@ impl Metrics {
             &mut out,
             "govbridge_call_duration_seconds",
             "histogram",
-            "Duration of forwarded calls, from request to final status, by method.",
+            "Duration of forwarded calls, from request to final status, by method and kind \
+             (unary or stream).",
         );
-        for (method, histogram) in self.durations.snapshot() {
-            let labels = format!("method=\"{}\"", escape(&method));
-            histogram.render(&mut out, "govbridge_call_duration_seconds", &labels);
+        for (kind, durations) in [
+            ("unary", &self.durations),
+            ("stream", &self.stream_durations),
+        ] {
+            for (method, histogram) in durations.snapshot() {
+                let labels = format!("method=\"{}\",kind=\"{kind}\"", escape(&method));
+                histogram.render(&mut out, "govbridge_call_duration_seconds", &labels);
+            }
         }
 
         header(
@@ -699,8 +724,13 @@ mod tests {
             method: "/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity".into(),
             code: "OK",
         };
-        metrics.call(&labels, Duration::from_micros(700));
-        metrics.call(&labels, Duration::from_millis(30));
+        metrics.call(&labels, CallKind::Unary, Duration::from_micros(700));
+        metrics.call(&labels, CallKind::Unary, Duration::from_millis(30));
+        let watch = CallLabels {
+            method: "/govbridge.civilregistry.v1.CivilRegistry/WatchLifeEvents".into(),
+            ..labels.clone()
+        };
+        metrics.call(&watch, CallKind::Stream, Duration::from_secs(3600));
         metrics.refusal("policy-denied");
         let listener = crate::net::ListenerStats::default();
         let text = metrics.render(
@@ -710,7 +740,8 @@ mod tests {
             &listener,
         );
         assert!(text.contains("govbridge_calls_total{caller=\"SN/COM/CBAO/kyc\",provider=\"SN/GOV/ANEC/civil-registry\",method=\"/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity\",code=\"OK\"} 2"), "{text}");
-        let method = "method=\"/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity\"";
+        let method =
+            "method=\"/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity\",kind=\"unary\"";
         assert!(text.contains(&format!(
             "govbridge_call_duration_seconds_bucket{{{method},le=\"0.0005\"}} 0"
         )));
@@ -726,6 +757,12 @@ mod tests {
         assert!(text.contains(&format!(
             "govbridge_call_duration_seconds_count{{{method}}} 2"
         )));
+        // The hour's watch is a stream's, not the method's latency.
+        let watch = "method=\"/govbridge.civilregistry.v1.CivilRegistry/WatchLifeEvents\"";
+        assert!(text.contains(&format!(
+            "govbridge_call_duration_seconds_bucket{{{watch},kind=\"stream\",le=\"+Inf\"}} 1"
+        )));
+        assert!(!text.contains(&format!("{watch},kind=\"unary\"")), "{text}");
         assert!(text.contains("govbridge_refusals_total{kind=\"policy-denied\"} 1"));
         assert!(text.contains(
             "govbridge_certificate_expiry_timestamp_seconds{certificate=\"gateway\"} 1900000000"

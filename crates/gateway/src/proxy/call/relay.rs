@@ -9,6 +9,7 @@ use crate::proxy::GatewayError;
 use crate::proxy::body::{Audit, CallEnd, CallSummary, ResponseBody};
 use crate::proxy::record::{self, Ending, Tally};
 use crate::routing::upstream::ServedBy;
+use crate::telemetry::metrics::CallKind;
 
 impl Call<'_> {
     /// Answers the caller with the backend's response.
@@ -39,6 +40,11 @@ impl Call<'_> {
             caller: admitted.caller.to_string(),
             provider: provider.to_string(),
             method: self.uri.path().to_owned(),
+            kind: if self.state.catalog.streams(self.uri.path()) {
+                CallKind::Stream
+            } else {
+                CallKind::Unary
+            },
             purpose: headers.purpose_code().unwrap_or_default().to_owned(),
             endpoint: response
                 .extensions()
