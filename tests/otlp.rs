@@ -1,5 +1,7 @@
 //! Span export over OTLP/gRPC: the gateway's spans reach a collector in the
-//! caller's trace, and the backend's parent is the gateway's call span.
+//! caller's trace, with its flags, and the backend's parent is the
+//! gateway's call span; a trace the caller does not sample is not
+//! exported.
 
 // A failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -31,6 +33,9 @@ use tracing_subscriber::prelude::*;
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
+/// A trace its caller does not sample (flags `00`).
+const UNSAMPLED: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+const UNSAMPLED_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 
 /// An OTLP collector that hands over what it receives.
 struct Collector(mpsc::UnboundedSender<ExportTraceServiceRequest>);
@@ -130,6 +135,21 @@ async fn spans_reach_the_collector_in_the_callers_trace() {
     let probe = Probe::default();
     let bed = Bed::with_probe(&probe).await;
     let mut registry = CivilRegistryClient::new(bed.client("cbao-kyc").await);
+    // First, a trace its caller does not sample: none of its spans is
+    // exported, and the spans of the calls after it come after them in
+    // the one queue, so their arrival means these were never sent.
+    let unsampled = with_header(
+        with_header(
+            tonic::Request::new(GetPersonRequest {
+                nin: "1001199012345".to_owned(),
+            }),
+            "traceparent",
+            UNSAMPLED,
+        ),
+        "bridge-purpose",
+        "KYC",
+    );
+    registry.get_person(unsampled).await.unwrap();
     let request = with_header(
         with_header(
             tonic::Request::new(GetPersonRequest {
@@ -155,10 +175,16 @@ async fn spans_reach_the_collector_in_the_callers_trace() {
 
     let calls = |spans: &[Span]| spans.iter().filter(|span| span.name == "call").count();
     let spans = spans_until(&mut received, |spans| {
-        calls(spans) == 2 && spans.iter().any(|span| span.name == "upstream")
+        calls(spans) >= 2 && spans.iter().any(|span| span.name == "upstream")
     })
     .await;
 
+    assert!(
+        spans
+            .iter()
+            .all(|span| hex(&span.trace_id) != UNSAMPLED_TRACE_ID),
+        "an unsampled trace was exported: {spans:#?}"
+    );
     let traced: Vec<&Span> = spans
         .iter()
         .filter(|span| hex(&span.trace_id) == TRACE_ID)
@@ -169,6 +195,8 @@ async fn spans_reach_the_collector_in_the_callers_trace() {
         .expect("no call span in the caller's trace");
     assert_eq!(hex(&call.parent_span_id), CALLER_SPAN);
     assert_eq!(call.kind, i32::from(span::SpanKind::Server));
+    // Sampled, as the caller said; its parent is remote (the caller's).
+    assert_eq!(call.flags, 0x301);
     assert!(call.end_time_unix_nano >= call.start_time_unix_nano);
     assert_eq!(
         string_attribute(call, "method"),
@@ -183,8 +211,21 @@ async fn spans_reach_the_collector_in_the_callers_trace() {
         Some(i32::from(status::StatusCode::Unset))
     );
 
-    // The backend's parent is the gateway's call span.
-    let upstream = probe.seen()[0]
+    // The backend's parent is the gateway's call span, with the caller's
+    // flags: an unsampled trace stays unsampled.
+    let unsampled_upstream = probe.seen()[0]
+        .metadata
+        .get("traceparent")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        unsampled_upstream.starts_with(&format!("00-{UNSAMPLED_TRACE_ID}-"))
+            && unsampled_upstream.ends_with("-00"),
+        "{unsampled_upstream}"
+    );
+    let upstream = probe.seen()[1]
         .metadata
         .get("traceparent")
         .unwrap()
@@ -200,6 +241,8 @@ async fn spans_reach_the_collector_in_the_callers_trace() {
             .find(|span| span.name == name)
             .unwrap_or_else(|| panic!("no {name} span in {traced:#?}"));
         assert_eq!(step.parent_span_id, call.span_id, "{name}");
+        // Sampled, its parent in this process.
+        assert_eq!(step.flags, 0x101, "{name}");
         assert_ne!(step.span_id, call.span_id, "{name}");
         assert!(
             step.start_time_unix_nano >= call.start_time_unix_nano,
@@ -215,6 +258,7 @@ async fn spans_reach_the_collector_in_the_callers_trace() {
         refused.parent_span_id.is_empty(),
         "a trace started here is a root"
     );
+    assert_eq!(refused.flags, 0x101, "a trace started here is sampled");
     let status = refused.status.as_ref().unwrap();
     assert_eq!(status.code, i32::from(status::StatusCode::Error));
     assert_eq!(status.message, "bad-header");

@@ -108,6 +108,7 @@ impl GatewayService {
             trace_id = trace.trace_id_hex(),
             span_id = trace.span_id_hex(),
             parent_id = tracing::field::Empty,
+            trace_flags = trace.flags,
             grpc_status = tracing::field::Empty,
             bridge_error = tracing::field::Empty,
         );

@@ -8,6 +8,11 @@
 //! is the parent the backend sees in `traceparent`, so a collector joins
 //! caller, gateway and backend into one trace.
 //!
+//! The caller's trace flags go with its spans: a call whose
+//! `traceparent` says its trace is not sampled is not exported (the
+//! parent-based sampling OpenTelemetry's SDKs default to), though its
+//! backend still gets the trace with its flags.
+//!
 //! Finished spans go through a bounded queue to an exporter thread that
 //! sends them in batches; when the queue is full (the collector is slow or
 //! down), or a batch cannot be sent, spans are dropped and counted
@@ -54,6 +59,16 @@ static DROPPED: AtomicU64 = AtomicU64::new(0);
 pub fn spans_dropped() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
+
+/// `Span.flags`: the W3C trace flags in bits 0 to 7 ...
+const TRACE_FLAGS: u32 = 0xff;
+/// ... bit 0 of which says the trace is sampled ...
+const SAMPLED: u32 = 0x01;
+/// ... and whether the span's parent is in another process: known ...
+const HAS_IS_REMOTE: u32 = 0x100;
+/// ... and so.
+const IS_REMOTE: u32 = 0x200;
+
 /// Spans per export request.
 const BATCH: usize = 512;
 /// How long a span may wait for its batch to fill.
@@ -135,12 +150,20 @@ where
             let Some(Open(parent)) = extensions.as_ref().and_then(|ext| ext.get::<Open>()) else {
                 return;
             };
+            // Nor in a trace its caller does not sample.
+            if parent.flags & SAMPLED == 0 {
+                return;
+            }
             open.trace_id.clone_from(&parent.trace_id);
             open.parent_span_id.clone_from(&parent.span_id);
-            open.flags = parent.flags;
+            open.flags = (parent.flags & TRACE_FLAGS) | HAS_IS_REMOTE;
             open.span_id = random::<8>().to_vec();
         }
         attributes.record(&mut Fields(&mut open));
+        if name == "call" {
+            // A root until its `parent_id`, the caller's span, is recorded.
+            open.flags |= HAS_IS_REMOTE;
+        }
         if open.trace_id.len() == 16 && open.span_id.len() == 8 {
             current.extensions_mut().insert(Open(open));
         }
@@ -161,6 +184,9 @@ where
         let Some(Open(mut finished)) = current.extensions_mut().remove::<Open>() else {
             return;
         };
+        if finished.flags & SAMPLED == 0 {
+            return;
+        }
         finished.end_time_unix_nano = crate::unix_time::nanos(SystemTime::now());
         if self.spans.try_send(finished).is_err() {
             DROPPED.fetch_add(1, Ordering::Relaxed);
@@ -193,6 +219,9 @@ impl Visit for Fields<'_> {
             "span_id" => self.0.span_id = unhex::<8>(value).map(Vec::from).unwrap_or_default(),
             "parent_id" => {
                 self.0.parent_span_id = unhex::<8>(value).map(Vec::from).unwrap_or_default();
+                if !self.0.parent_span_id.is_empty() {
+                    self.0.flags |= HAS_IS_REMOTE | IS_REMOTE;
+                }
             }
             "bridge_error" => {
                 self.set(
@@ -206,7 +235,10 @@ impl Visit for Fields<'_> {
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        if field.name() == "grpc_status" {
+        if field.name() == "trace_flags" {
+            let flags = u32::try_from(value).unwrap_or_default() & TRACE_FLAGS;
+            self.0.flags = (self.0.flags & !TRACE_FLAGS) | flags;
+        } else if field.name() == "grpc_status" {
             self.set("rpc.grpc.status_code", any_value::Value::IntValue(value));
             let code = if value == 0 {
                 status::StatusCode::Unset
