@@ -96,11 +96,7 @@ async fn metrics_count_a_known_sequence_of_calls_exactly() {
         .await
         .unwrap()
         .into_inner();
-    let mut received = 0;
-    while events.message().await.unwrap().is_some() {
-        received += 1;
-    }
-    assert_eq!(received, 2);
+    assert_eq!(support::count_to_end(&mut events).await, 2);
     // Refused by the gateway itself: a method the service does not have.
     let mut client = bed.client("cbao-kyc").await;
     let response = support::raw_call(

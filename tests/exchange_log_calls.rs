@@ -95,11 +95,7 @@ async fn streaming_calls_are_recorded_with_their_sizes_and_status() {
         .await
         .unwrap()
         .into_inner();
-    let mut received = 0;
-    while events.message().await.unwrap().is_some() {
-        received += 1;
-    }
-    assert_eq!(received, 200);
+    assert_eq!(support::count_to_end(&mut events).await, 200);
     let outcome = forwarded(
         &bed,
         &id,
@@ -164,11 +160,7 @@ async fn streaming_calls_are_recorded_with_their_sizes_and_status() {
         .await
         .unwrap()
         .into_inner();
-    let mut received = 0;
-    while answers.message().await.unwrap().is_some() {
-        received += 1;
-    }
-    assert_eq!(received, 20);
+    assert_eq!(support::count_to_end(&mut answers).await, 20);
     let outcome = forwarded(
         &bed,
         &id,

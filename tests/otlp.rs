@@ -138,39 +138,24 @@ async fn spans_reach_the_collector_in_the_callers_trace() {
     // First, a trace its caller does not sample: none of its spans is
     // exported, and the spans of the calls after it come after them in
     // the one queue, so their arrival means these were never sent.
-    let unsampled = with_header(
+    let person = |purpose: &str| {
         with_header(
             tonic::Request::new(GetPersonRequest {
                 nin: "1001199012345".to_owned(),
             }),
-            "traceparent",
-            UNSAMPLED,
-        ),
-        "bridge-purpose",
-        "KYC",
-    );
+            "bridge-purpose",
+            purpose,
+        )
+    };
+    let unsampled = with_header(person("KYC"), "traceparent", UNSAMPLED);
     registry.get_person(unsampled).await.unwrap();
-    let request = with_header(
-        with_header(
-            tonic::Request::new(GetPersonRequest {
-                nin: "1001199012345".to_owned(),
-            }),
-            "traceparent",
-            TRACEPARENT,
-        ),
-        "bridge-purpose",
-        "KYC",
-    );
-    registry.get_person(request).await.unwrap();
+    let traced = with_header(person("KYC"), "traceparent", TRACEPARENT);
+    registry.get_person(traced).await.unwrap();
     // A refused call: its span ends in error, in a trace of its own.
-    let refused = with_header(
-        tonic::Request::new(GetPersonRequest {
-            nin: "1001199012345".to_owned(),
-        }),
-        "bridge-purpose",
-        "NOT-A-PURPOSE",
-    );
-    let status = registry.get_person(refused).await.unwrap_err();
+    let status = registry
+        .get_person(person("NOT-A-PURPOSE"))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
 
     let calls = |spans: &[Span]| spans.iter().filter(|span| span.name == "call").count();
@@ -213,25 +198,22 @@ async fn spans_reach_the_collector_in_the_callers_trace() {
 
     // The backend's parent is the gateway's call span, with the caller's
     // flags: an unsampled trace stays unsampled.
-    let unsampled_upstream = probe.seen()[0]
-        .metadata
-        .get("traceparent")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let traceparent = |call: usize| {
+        probe.seen()[call]
+            .metadata
+            .get("traceparent")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let unsampled_upstream = traceparent(0);
     assert!(
         unsampled_upstream.starts_with(&format!("00-{UNSAMPLED_TRACE_ID}-"))
             && unsampled_upstream.ends_with("-00"),
         "{unsampled_upstream}"
     );
-    let upstream = probe.seen()[1]
-        .metadata
-        .get("traceparent")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let upstream = traceparent(1);
     assert_eq!(upstream, format!("00-{TRACE_ID}-{}-01", hex(&call.span_id)));
 
     // The steps are children of the call span.

@@ -343,10 +343,6 @@ permit (
     assert_eq!(person.person.unwrap().nin, citizen.nin.to_string());
 
     // The stream opened before the reloads runs to its end.
-    let mut count = 1;
-    while events.message().await.unwrap().is_some() {
-        count += 1;
-    }
-    assert_eq!(count, 3_000);
+    assert_eq!(1 + support::count_to_end(&mut events).await, 3_000);
     bed.stop().await;
 }

@@ -423,6 +423,16 @@ pub async fn handshake_refused(address: SocketAddr, tls: Arc<ClientConfig>) -> b
     }
 }
 
+/// Reads a stream of answers to its end, which must be `OK`: how many
+/// messages it had.
+pub async fn count_to_end<T>(stream: &mut tonic::Streaming<T>) -> usize {
+    let mut count = 0;
+    while stream.message().await.unwrap().is_some() {
+        count += 1;
+    }
+    count
+}
+
 /// Adds a metadata entry to a request.
 pub fn with_header<T>(
     mut request: tonic::Request<T>,
