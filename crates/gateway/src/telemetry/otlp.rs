@@ -144,16 +144,13 @@ where
         if name == "call" {
             open.attributes.push(attribute("rpc.system", "grpc"));
         } else {
-            // Only spans inside a call are exported, in the call's trace.
+            // Only spans inside an exported call are exported, in the
+            // call's trace.
             let parent = current.parent();
             let extensions = parent.as_ref().map(|parent| parent.extensions());
             let Some(Open(parent)) = extensions.as_ref().and_then(|ext| ext.get::<Open>()) else {
                 return;
             };
-            // Nor in a trace its caller does not sample.
-            if parent.flags & SAMPLED == 0 {
-                return;
-            }
             open.trace_id.clone_from(&parent.trace_id);
             open.parent_span_id.clone_from(&parent.span_id);
             open.flags = (parent.flags & TRACE_FLAGS) | HAS_IS_REMOTE;
@@ -161,6 +158,10 @@ where
         }
         attributes.record(&mut Fields(&mut open));
         if name == "call" {
+            // Not in a trace its caller does not sample.
+            if open.flags & SAMPLED == 0 {
+                return;
+            }
             // A root until its `parent_id`, the caller's span, is recorded.
             open.flags |= HAS_IS_REMOTE;
         }
@@ -184,9 +185,6 @@ where
         let Some(Open(mut finished)) = current.extensions_mut().remove::<Open>() else {
             return;
         };
-        if finished.flags & SAMPLED == 0 {
-            return;
-        }
         finished.end_time_unix_nano = crate::unix_time::nanos(SystemTime::now());
         if self.spans.try_send(finished).is_err() {
             DROPPED.fetch_add(1, Ordering::Relaxed);
