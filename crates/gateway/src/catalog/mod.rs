@@ -73,10 +73,9 @@ pub fn split_path(path: &str) -> Option<(&str, &str)> {
 pub struct Catalog {
     /// Methods of every service, by full service name.
     methods: HashMap<String, HashSet<String>>,
-    /// `/package.Service/Method` of every method whose client streams.
-    client_streaming: HashSet<String>,
-    /// ... and of every method that streams either way.
-    streaming: HashSet<String>,
+    /// `/package.Service/Method` of every method that streams, and
+    /// whether its requests do (else its responses alone).
+    streaming: HashMap<String, bool>,
     subjects: subject::SubjectFields,
     descriptors: descriptors::DescriptorIndex,
     /// Every file, linked: what JSON calls are read and written with.
@@ -121,8 +120,7 @@ impl Catalog {
     fn empty() -> Self {
         Self {
             methods: HashMap::new(),
-            client_streaming: HashSet::new(),
-            streaming: HashSet::new(),
+            streaming: HashMap::new(),
             subjects: subject::SubjectFields::default(),
             descriptors: descriptors::DescriptorIndex::default(),
             pool: prost_reflect::DescriptorPool::new(),
@@ -172,24 +170,19 @@ impl Catalog {
         files: Vec<DescribedFile>,
     ) -> Result<Self, CatalogError> {
         let mut methods: HashMap<String, HashSet<String>> = HashMap::new();
-        let mut client_streaming = HashSet::new();
-        let mut streaming = HashSet::new();
+        let mut streaming = HashMap::new();
         for service in pool.services() {
             let known = methods.entry(service.full_name().to_owned()).or_default();
             for method in service.methods() {
                 known.insert(method.name().to_owned());
-                let path = format!("/{}/{}", service.full_name(), method.name());
-                if method.is_client_streaming() {
-                    client_streaming.insert(path.clone());
-                }
                 if method.is_client_streaming() || method.is_server_streaming() {
-                    streaming.insert(path);
+                    let path = format!("/{}/{}", service.full_name(), method.name());
+                    streaming.insert(path, method.is_client_streaming());
                 }
             }
         }
         Ok(Self {
             methods,
-            client_streaming,
             streaming,
             subjects: subject::SubjectFields::of_pool(pool)?,
             descriptors: descriptors::DescriptorIndex::of(files),
@@ -214,17 +207,17 @@ impl Catalog {
         self.methods.contains_key(service)
     }
 
-    /// `/package.Service/Method` of every method whose client streams its
-    /// requests.
-    pub fn client_streaming_methods(&self) -> &HashSet<String> {
-        &self.client_streaming
+    /// Whether the method at `/package.Service/Method` streams its
+    /// requests (a retry would replay them).
+    pub fn streams_requests(&self, path: &str) -> bool {
+        self.streaming.get(path).copied().unwrap_or(false)
     }
 
     /// Whether the method at `/package.Service/Method` streams its
     /// requests, its responses or both: a call that lasts as long as its
     /// parties want, not a request's latency.
     pub fn streams(&self, path: &str) -> bool {
-        self.streaming.contains(path)
+        self.streaming.contains_key(path)
     }
 
     /// Where each method's request names its data subject.
@@ -337,6 +330,10 @@ mod tests {
         assert!(agencies.streams("/govbridge.tax.v1.TaxAuthority/SubmitWithholdings"));
         assert!(agencies.streams("/govbridge.tax.v1.TaxAuthority/StreamDeclaredIncome"));
         assert!(!agencies.streams(&format!("{civil}/NoSuchMethod")));
+        // Only the ones whose requests stream cannot be replayed.
+        assert!(!agencies.streams_requests(&format!("{civil}/WatchLifeEvents")));
+        assert!(agencies.streams_requests("/govbridge.tax.v1.TaxAuthority/SubmitWithholdings"));
+        assert!(!agencies.streams_requests(&format!("{civil}/GetPerson")));
     }
 }
 

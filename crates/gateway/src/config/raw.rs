@@ -2526,7 +2526,6 @@ fn idempotent_methods(
     raw: &[Spanned<String>],
 ) -> Result<std::collections::BTreeSet<String>, ConfigError> {
     let known = catalog.service_methods();
-    let streaming = catalog.client_streaming_methods();
     let mut methods = std::collections::BTreeSet::new();
     for (index, method) in raw.iter().enumerate() {
         let key = format!("{path}.idempotent[{index}]");
@@ -2558,7 +2557,7 @@ fn idempotent_methods(
                 ),
             ));
         }
-        if streaming.contains(&full) {
+        if catalog.streams_requests(&full) {
             return Err(source.error(
                 &key,
                 method,
