@@ -565,6 +565,84 @@ async fn consent_bound_json_calls_are_refused_as_over_grpc() {
 }
 
 #[tokio::test]
+async fn an_answer_the_gateway_cannot_give_as_json_is_the_calls_outcome_and_spends_no_consent() {
+    let bed = dev_bed().await;
+    let declaration = &bed.data.declarations[0];
+    let (nin, year) = (declaration.nin.to_string(), declaration.fiscal_year);
+    let method = "/govbridge.tax.v1.TaxAuthority/GetDeclaredIncome";
+    let consent = bed
+        .grant_consent(
+            &ConsentGrant::new(&nin, "SN/COM/CBAO/credit", method, "CREDIT-SCORING").max_uses(1),
+        )
+        .await
+        .unwrap();
+    let mut bank = json_client(&bed, "cbao-credit", HttpVersion::Http2).await;
+    let mut income = async |fault: Option<&str>| {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let mut headers = vec![
+            ("bridge-purpose", "CREDIT-SCORING"),
+            ("bridge-consent", consent.artefact.as_str()),
+            ("bridge-request-id", request_id.as_str()),
+            REASON,
+            AGENT,
+        ];
+        headers.extend(fault.map(|fault| ("govbridge-fault", fault)));
+        let answer = bank
+            .call(
+                Method::GET,
+                &format!("/v1/persons/{nin}/declared-income/{year}"),
+                &headers,
+                "",
+            )
+            .await
+            .unwrap();
+        (answer, request_id)
+    };
+    // The tax authority answers OK with a message that is not a
+    // DeclaredIncome: the caller gets the gateway's 502, and nothing else.
+    let (garbled, garbled_id) = income(Some("garble")).await;
+    assert_eq!(refusal(&garbled), (502, json!("bad-answer")));
+    assert!(
+        garbled.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be given as JSON"),
+        "{:?}",
+        garbled.json()
+    );
+    // Its outcome says so, where the backend said OK.
+    let records = bed.sandbox.exchange_log().of_request(&garbled_id).unwrap();
+    let outcome = &records.last().unwrap().record;
+    assert_eq!(records.len(), 2, "a decision and an outcome");
+    assert_eq!(
+        (
+            outcome.grpc_status,
+            outcome.error_kind.as_str(),
+            outcome.json
+        ),
+        (13, "bad-answer", true)
+    );
+    assert!(
+        outcome.response_bytes > 0,
+        "the backend's bytes are counted"
+    );
+    let indexes: Vec<String> = garbled
+        .headers
+        .get_all("bridge-audit-index")
+        .iter()
+        .map(|index| index.to_str().unwrap().to_owned())
+        .collect();
+    let logged: Vec<String> = records.iter().map(|r| r.index.to_string()).collect();
+    assert_eq!(indexes, logged, "the answer names both records");
+    // The one use the consent allows was not spent on it.
+    let (answered, _) = income(None).await;
+    assert_eq!(answered.status, 200, "{:?}", answered.json());
+    assert_eq!(answered.json()["nin"], json!(nin));
+    let (after, _) = income(None).await;
+    assert_eq!(refusal(&after), (403, json!("consent-exhausted")));
+}
+
+#[tokio::test]
 async fn streams_are_ndjson_both_ways() {
     let bed = dev_bed().await;
     let headers = [("bridge-purpose", "BENEFIT-PAYMENT"), REASON, AGENT];

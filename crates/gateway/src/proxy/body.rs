@@ -32,6 +32,7 @@ use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
 use super::error::GatewayError;
+use super::json::JsonAnswer;
 use super::limits::{CallPermit, MessageSizeLimit};
 use super::record::{self, CallRecord, Ending, SharedTally, Tally};
 use crate::catalog::subject::{SubjectField, read_subject};
@@ -504,6 +505,73 @@ pub struct ResponseBody {
     in_flight: Option<InFlight>,
     /// Holds the call's place under the limits until the body is dropped.
     permit: Option<CallPermit>,
+    /// A JSON call's unary answer, converted here (boxed: most calls are
+    /// gRPC).
+    json: Option<Box<Transcoding>>,
+}
+
+/// A JSON call's unary answer, converted where the call ends (see
+/// [`JsonAnswer`]): the message is held until the status, and `OK` then
+/// gives the caller its JSON, or when there is none to give, the gateway's
+/// `bad-answer` in the status's place.
+#[derive(Debug)]
+struct Transcoding {
+    answer: JsonAnswer,
+    held: BytesMut,
+    /// The trailers that follow the JSON given, when the exchange log
+    /// does not hold them back.
+    ending: Option<http::HeaderMap>,
+}
+
+impl Transcoding {
+    fn new(answer: JsonAnswer) -> Self {
+        Self {
+            answer,
+            held: BytesMut::new(),
+            ending: None,
+        }
+    }
+}
+
+impl Transcoding {
+    /// Holds `data`, more of the answer: refused past what is converted.
+    fn hold(&mut self, data: &[u8]) -> Result<(), GatewayError> {
+        if self.held.len() + data.len() > JsonAnswer::MOST {
+            return Err(GatewayError::BadAnswer(JsonAnswer::too_large()));
+        }
+        self.held.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// The answer's end with `status` (trailers, or a trailers-only
+    /// answer's headers): for `OK`, the JSON to give first; any other
+    /// status passes (`None`).
+    fn end(&mut self, status: &http::HeaderMap) -> Result<Option<Bytes>, GatewayError> {
+        let held = std::mem::take(&mut self.held);
+        if status.get("grpc-status").is_none_or(|code| code != "0") {
+            return Ok(None);
+        }
+        self.convert(held).map(Some)
+    }
+
+    fn convert(&self, held: BytesMut) -> Result<Bytes, GatewayError> {
+        self.answer.convert(held).map_err(GatewayError::BadAnswer)
+    }
+}
+
+/// A trailers-only answer to a JSON call: `OK` with no message is none the
+/// caller can be given, so `status` becomes the gateway's `bad-answer`
+/// (named as `origin`'s), before the outcome is written from it.
+pub(super) fn without_message(status: &mut http::HeaderMap, answer: JsonAnswer, origin: &Origin) {
+    if let Err(error) = Transcoding::new(answer).end(status) {
+        instead(status, origin.own(error.into_trailers()));
+    }
+}
+
+/// `status` says what `ending` does, in its place.
+fn instead(status: &mut http::HeaderMap, ending: http::HeaderMap) {
+    status.remove("grpc-message");
+    status.extend(ending);
 }
 
 /// When a local call's answer ends, whatever it streams.
@@ -734,6 +802,17 @@ impl Audit {
     fn is_over(&self) -> bool {
         self.record.is_none() && self.pending.is_none()
     }
+
+    /// Writes the outcome, the call having ended with `trailers` (none:
+    /// the backend sent no status), and holds them back until it is
+    /// durable.
+    fn write(&mut self, trailers: Option<http::HeaderMap>) {
+        if let Some(record) = self.record.take() {
+            let ending = trailers.as_ref().map_or(Ending::NoStatus, Ending::Trailers);
+            let appending = record.write_outcome(ending, Some(&self.response));
+            self.pending = Some((appending, trailers));
+        }
+    }
 }
 
 type Polled = Poll<Option<Result<Frame<Bytes>, Infallible>>>;
@@ -749,11 +828,7 @@ fn end(
     let Some(audit) = audit.as_mut() else {
         return Poll::Ready(trailers.map(|trailers| Ok(Frame::trailers(trailers))));
     };
-    if let Some(record) = audit.record.take() {
-        let ending = trailers.as_ref().map_or(Ending::NoStatus, Ending::Trailers);
-        let appending = record.write_outcome(ending, Some(&audit.response));
-        audit.pending = Some((appending, trailers));
-    }
+    audit.write(trailers);
     release(audit, cx)
 }
 
@@ -804,6 +879,18 @@ fn lock(upstream: &Mutex<Upstream>) -> MutexGuard<'_, Upstream> {
 }
 
 impl ResponseBody {
+    /// Gives the answer as JSON, `answer`'s way: the body's data is then
+    /// the JSON of its one message, or its status the gateway's
+    /// `bad-answer`, which its outcome, metrics and consent then see.
+    pub(super) fn transcode(&mut self, answer: JsonAnswer) {
+        self.json = Some(Box::new(Transcoding::new(answer)));
+    }
+
+    /// Whether the body gives its answer as JSON.
+    pub fn is_transcoded(&self) -> bool {
+        self.json.is_some()
+    }
+
     /// Keeps the call counted as in flight for as long as this body lives,
     /// or a relayed call's deadline lasts.
     pub fn hold(&mut self, in_flight: InFlight) {
@@ -854,6 +941,7 @@ impl ResponseBody {
             expiry: None,
             in_flight: None,
             permit: None,
+            json: None,
         }
     }
 
@@ -866,6 +954,7 @@ impl ResponseBody {
             expiry: None,
             in_flight: None,
             permit: None,
+            json: None,
         }
     }
 
@@ -929,6 +1018,7 @@ impl ResponseBody {
             expiry: None,
             in_flight: None,
             permit: None,
+            json: None,
         }
     }
 }
@@ -950,14 +1040,42 @@ impl Body for ResponseBody {
             let error = GatewayError::DeadlineExceeded(expiry.budget);
             return Poll::Ready(Some(Ok(Frame::trailers(error.into_trailers()))));
         }
-        if let Some(local) = this.local.as_mut() {
-            // tonic reports a failing local stream as a status error; the
-            // gateway's services never fail mid-stream, so end the body.
-            return Pin::new(local)
-                .poll_frame(cx)
-                .map(|frame| frame.and_then(Result::ok).map(Ok));
+        if let Some(trailers) = this.json.as_mut().and_then(|json| json.ending.take()) {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
         }
-        let Some(relay) = self.relay.as_mut() else {
+        if let Some(local) = this.local.as_mut() {
+            loop {
+                // tonic reports a failing local stream as a status error;
+                // the gateway's services never fail mid-stream, so end the
+                // body.
+                let frame = ready!(Pin::new(&mut *local).poll_frame(cx)).and_then(Result::ok);
+                let (Some(json), Some(frame)) = (this.json.as_mut(), frame.as_ref()) else {
+                    return Poll::Ready(frame.map(Ok));
+                };
+                if let Some(data) = frame.data_ref() {
+                    if let Err(error) = json.hold(data) {
+                        this.local = None;
+                        return Poll::Ready(Some(Ok(Frame::trailers(error.into_trailers()))));
+                    }
+                    continue;
+                }
+                let Some(mut status) = frame.trailers_ref().cloned() else {
+                    continue;
+                };
+                return Poll::Ready(Some(Ok(match json.end(&status) {
+                    Ok(None) => Frame::trailers(status),
+                    Ok(Some(given)) => {
+                        json.ending = Some(status);
+                        Frame::data(given)
+                    }
+                    Err(error) => {
+                        instead(&mut status, error.into_trailers());
+                        Frame::trailers(status)
+                    }
+                })));
+            }
+        }
+        let Some(relay) = this.relay.as_mut() else {
             return Poll::Ready(None);
         };
         if let Some(audit) = relay.audit.as_mut()
@@ -975,62 +1093,98 @@ impl Body for ResponseBody {
             }
             return end(&mut relay.audit, Some(trailers), cx);
         }
-        let Some((stream, call_end)) = upstream.stream.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let frame = match Pin::new(stream).poll_frame(cx) {
-            Poll::Ready(frame) => frame,
-            Poll::Pending => {
-                if !upstream
-                    .waker
-                    .as_ref()
-                    .is_some_and(|waker| waker.will_wake(cx.waker()))
-                {
-                    upstream.waker = Some(cx.waker().clone());
-                }
-                return Poll::Pending;
-            }
-        };
-        let trailers = match frame {
-            Some(Ok(frame)) => match frame.into_trailers() {
-                Ok(mut trailers) => {
-                    relay.origin.relayed(&mut trailers);
-                    Some(trailers)
-                }
-                Err(frame) => {
-                    if let Some(data) = frame.data_ref() {
-                        if let Some(counted) = relay.counted.as_mut() {
-                            counted.relayed(data.len());
-                        }
-                        if let Some(audit) = relay.audit.as_mut() {
-                            audit.response.count(data);
-                        }
+        let mut trailers = loop {
+            let Some((stream, call_end)) = upstream.stream.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let frame = match Pin::new(stream).poll_frame(cx) {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    if !upstream
+                        .waker
+                        .as_ref()
+                        .is_some_and(|waker| waker.will_wake(cx.waker()))
+                    {
+                        upstream.waker = Some(cx.waker().clone());
                     }
-                    return Poll::Ready(Some(Ok(frame)));
+                    return Poll::Pending;
                 }
-            },
-            None => None,
-            // The request side may have failed on purpose first.
-            Some(Err(error)) => {
-                let error = call_end
-                    .refusal()
-                    .unwrap_or_else(|| GatewayError::UpstreamFailed {
-                        provider: relay.provider.clone(),
-                        detail: error.to_string(),
-                    });
-                Some(relay.origin.own(error.into_trailers()))
-            }
+            };
+            break match frame {
+                Some(Ok(frame)) => match frame.into_trailers() {
+                    Ok(mut trailers) => {
+                        relay.origin.relayed(&mut trailers);
+                        Some(trailers)
+                    }
+                    Err(frame) => {
+                        if let Some(data) = frame.data_ref() {
+                            if let Some(audit) = relay.audit.as_mut() {
+                                audit.response.count(data);
+                            }
+                            // Held for JSON until the status: nothing is
+                            // given, nor the consent's use spent, before.
+                            if let Some(json) = this.json.as_mut() {
+                                match json.hold(data) {
+                                    Ok(()) => continue,
+                                    Err(error) => {
+                                        break Some(relay.origin.own(error.into_trailers()));
+                                    }
+                                }
+                            }
+                            if let Some(counted) = relay.counted.as_mut() {
+                                counted.relayed(data.len());
+                            }
+                        }
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                },
+                None => None,
+                // The request side may have failed on purpose first.
+                Some(Err(error)) => {
+                    let error =
+                        call_end
+                            .refusal()
+                            .unwrap_or_else(|| GatewayError::UpstreamFailed {
+                                provider: relay.provider.clone(),
+                                detail: error.to_string(),
+                            });
+                    Some(relay.origin.own(error.into_trailers()))
+                }
+            };
         };
         upstream.stream = None;
         drop(upstream);
         relay.watchdog.abort();
-        if let Some(counted) = relay.counted.take() {
+        // A JSON answer is given once its status says it is whole, or its
+        // status becomes the gateway's `bad-answer`: the outcome, metrics
+        // and consent see what the caller does.
+        let mut given = None;
+        if let (Some(json), Some(status)) = (this.json.as_mut(), trailers.as_mut()) {
+            match json.end(status) {
+                Ok(json) => given = json,
+                Err(error) => instead(status, relay.origin.own(error.into_trailers())),
+            }
+        }
+        if let Some(mut counted) = relay.counted.take() {
+            counted.relayed(given.as_ref().map_or(0, Bytes::len));
             counted.finish(trailers.as_ref().map_or(Ending::NoStatus, Ending::Trailers));
         }
-        end(&mut relay.audit, trailers, cx)
+        let Some(given) = given else {
+            return end(&mut relay.audit, trailers, cx);
+        };
+        // The trailers follow, once the outcome is durable.
+        if let Some(audit) = relay.audit.as_mut() {
+            audit.write(trailers);
+        } else if let Some(json) = this.json.as_mut() {
+            json.ending = trailers;
+        }
+        Poll::Ready(Some(Ok(Frame::data(given))))
     }
 
     fn is_end_stream(&self) -> bool {
+        if self.json.as_ref().is_some_and(|json| json.ending.is_some()) {
+            return false;
+        }
         match &self.local {
             Some(local) => local.is_end_stream(),
             None => self.relay.as_ref().is_none_or(|relay| {
@@ -1043,6 +1197,10 @@ impl Body for ResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.json.is_some() {
+            // Its JSON, whatever the message's size.
+            return SizeHint::default();
+        }
         if let Some(local) = &self.local {
             return local.size_hint();
         }

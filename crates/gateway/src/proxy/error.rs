@@ -100,6 +100,11 @@ pub enum GatewayError {
     /// The backend failed after the request may have reached it.
     #[error("the backend of provider {provider} failed the call")]
     UpstreamFailed { provider: MemberId, detail: String },
+    /// A JSON call's backend answered `OK` with what the gateway cannot
+    /// give as JSON (not one message of the method's response): the
+    /// caller learns nothing, and the call is logged as this.
+    #[error("the provider's answer cannot be given as JSON: {0}")]
+    BadAnswer(String),
     #[error("deadline exceeded after {0:?}")]
     DeadlineExceeded(std::time::Duration),
     /// The caller's request stream failed (reset, or its connection gone)
@@ -282,7 +287,7 @@ impl GatewayError {
             | Self::ReplayUnchecked(_) => Code::Unavailable,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::Cancelled(_) => Code::Cancelled,
-            Self::OutcomeUnrecorded(_) => Code::Internal,
+            Self::OutcomeUnrecorded(_) | Self::BadAnswer(_) => Code::Internal,
             Self::RateLimited { .. }
             | Self::TooManyCalls { .. }
             | Self::Overloaded { .. }
@@ -313,6 +318,7 @@ impl GatewayError {
             Self::UpstreamUnavailable { .. } => "upstream-unavailable",
             Self::UpstreamIdentity { .. } => "upstream-identity",
             Self::UpstreamFailed { .. } => "upstream-failed",
+            Self::BadAnswer(_) => "bad-answer",
             Self::DeadlineExceeded(_) => "deadline-exceeded",
             Self::Cancelled(_) => "cancelled",
             Self::ExchangeLogUnavailable(_) => "exchange-log-unavailable",
@@ -353,7 +359,8 @@ impl GatewayError {
             Self::Consent(_) => Blame::Caller,
             Self::UpstreamUnavailable { .. }
             | Self::UpstreamIdentity { .. }
-            | Self::UpstreamFailed { .. } => Blame::Upstream,
+            | Self::UpstreamFailed { .. }
+            | Self::BadAnswer(_) => Blame::Upstream,
             Self::ExchangeLogUnavailable(_)
             | Self::GlobalConfigurationExpired { .. }
             | Self::PartnerConfigurationExpired { .. }

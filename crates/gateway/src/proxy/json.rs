@@ -83,6 +83,10 @@ fn json_values(body: &[u8]) -> usize {
 /// without holding them, this one holds a message whole, then its JSON.
 const MAX_ANSWER_MESSAGE: usize = 16 * 1024 * 1024;
 
+/// The `bridge-error` of an answer the gateway cannot give as JSON: a
+/// `502`, the provider's fault.
+const BAD_ANSWER: &str = "bad-answer";
+
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 const NDJSON: HeaderValue = HeaderValue::from_static("application/x-ndjson");
 
@@ -168,6 +172,15 @@ pub(super) async fn serve(
         }
     };
     let (parts, body) = request.into_parts();
+    let output = matched.method.output();
+    let streams = matched.method.is_server_streaming();
+    let response_body = matched.response_body.cloned();
+    // A unary answer is converted where the call ends, so that one the
+    // gateway cannot give is the call's outcome (`ResponseBody::transcode`).
+    let answer = (!streams).then(|| JsonAnswer {
+        output: output.clone(),
+        response_body: response_body.clone(),
+    });
     // The body is read and converted in the call path, once the caller is
     // admitted and within its limits (`Call::transcode`).
     let json = JsonCall {
@@ -177,6 +190,7 @@ pub(super) async fn serve(
         query: parts.uri.query().map(str::to_owned),
         content_type: parts.headers.get(CONTENT_TYPE).cloned(),
         read: Arc::default(),
+        answer,
     };
     let read = Arc::clone(&json.read);
     // An HTTP/1.1 request whose body is left unread (refused before it was
@@ -190,9 +204,6 @@ pub(super) async fn serve(
         matched.method.parent_service().full_name(),
         matched.method.name()
     );
-    let output = matched.method.output();
-    let streams = matched.method.is_server_streaming();
-    let response_body = matched.response_body.cloned();
     let grpc = grpc_request(&grpc_path, &parts.headers, &request_id, body);
     let Ok(mut grpc) = grpc else {
         return Failure::new(
@@ -215,7 +226,7 @@ pub(super) async fn serve(
     } else if streams {
         stream_answer(response, output, response_body, &request_id).await
     } else {
-        unary_answer(response, &output, response_body.as_ref(), &request_id).await
+        unary_answer(response, &request_id).await
     };
     if unread && !read.drained.load(std::sync::atomic::Ordering::Acquire) {
         answer
@@ -316,6 +327,49 @@ pub(super) struct JsonCall {
     content_type: Option<HeaderValue>,
     /// What reading the body came to, for the answer.
     read: Arc<BodyRead>,
+    /// How a unary method's answer becomes JSON; `None` for a stream.
+    answer: Option<JsonAnswer>,
+}
+
+/// How a unary method's answer becomes JSON. It is converted in the
+/// response body, where the call ends (`ResponseBody::transcode`): an
+/// answer the gateway cannot give is then the call's outcome, logged as
+/// the gateway's `bad-answer` and not spending the consent's use (the
+/// caller learns nothing), instead of the backend's `OK`.
+#[derive(Debug, Clone)]
+pub(super) struct JsonAnswer {
+    output: MessageDescriptor,
+    response_body: Option<FieldDescriptor>,
+}
+
+impl JsonAnswer {
+    /// The most of an answer held: one message and its prefix.
+    pub(super) const MOST: usize = 5 + MAX_ANSWER_MESSAGE;
+
+    /// Why an answer over [`Self::MOST`] is not given.
+    pub(super) fn too_large() -> String {
+        format!(
+            "the provider's answer is larger than the {MAX_ANSWER_MESSAGE} bytes the gateway \
+             transcodes"
+        )
+    }
+
+    /// `framed`, the whole of a gRPC answer's messages, as JSON; why not,
+    /// unless it is one message of the method's response.
+    pub(super) fn convert(&self, framed: BytesMut) -> Result<Bytes, String> {
+        if framed.len() > Self::MOST {
+            return Err(Self::too_large());
+        }
+        let mut messages = Messages { buffer: framed };
+        match messages.next() {
+            Some(Ok(message)) if messages.buffer.is_empty() => {
+                convert::response_json(&self.output, &message, self.response_body.as_ref())
+                    .map(Bytes::from)
+            }
+            Some(Err(error)) => Err(error),
+            _ => Err("the provider's answer is not one message".to_owned()),
+        }
+    }
 }
 
 /// What reading a JSON call's body came to.
@@ -330,6 +384,11 @@ struct BodyRead {
 impl JsonCall {
     /// Reads the JSON body (up to [`MAX_BODY`]) and makes the request
     /// messages; a mistake is kept for the answer and refuses the call.
+    /// How the answer becomes JSON, for a unary method.
+    pub(super) fn into_answer(self) -> Option<JsonAnswer> {
+        self.answer
+    }
+
     pub(super) async fn read(&self, body: CallerBody) -> Result<Bytes, GatewayError> {
         self.messages(body).await.map_err(|bad| {
             let message = bad.message.clone();
@@ -498,6 +557,9 @@ impl Failure {
             .get(headers::BRIDGE_ERROR)
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
+        if failure.bridge_error.as_deref() == Some(BAD_ANSWER) {
+            failure.http = StatusCode::BAD_GATEWAY;
+        }
         for name in [names::BRIDGE_INSTANCE, names::BRIDGE_AUDIT_INDEX] {
             if let Some(value) = status.get(&name) {
                 failure.headers.insert(name, value.clone());
@@ -530,7 +592,7 @@ impl Failure {
     fn bad_answer(message: String) -> Self {
         Self::new(Code::Internal, message)
             .status(StatusCode::BAD_GATEWAY)
-            .kind("bad-answer")
+            .kind(BAD_ANSWER)
     }
 
     fn json(&self, request_id: &HeaderValue) -> Vec<u8> {
@@ -578,11 +640,10 @@ fn whole(
 }
 
 /// A unary answer: read whole (its outcome is then in the exchange log),
-/// then the message as JSON or the status as an error.
+/// then the JSON the response body converted its message to, or the
+/// status as an error.
 async fn unary_answer(
     response: Response<ResponseBody>,
-    output: &MessageDescriptor,
-    response_body: Option<&FieldDescriptor>,
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
     let (parts, mut body) = response.into_parts();
@@ -591,21 +652,18 @@ async fn unary_answer(
     {
         return failure.respond(request_id);
     }
-    let mut data = BytesMut::new();
+    if !body.is_transcoded() {
+        // Every path that answers a JSON call converts; fail closed should
+        // one not.
+        return Failure::new(Code::Internal, "the answer was not converted".to_owned())
+            .respond(request_id);
+    }
+    let mut json = BytesMut::new();
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame;
         match frame.into_data() {
-            Ok(chunk) => {
-                data.extend_from_slice(&chunk);
-                if data.len() > 5 + MAX_ANSWER_MESSAGE {
-                    return Failure::bad_answer(format!(
-                        "the provider's answer is larger than the {MAX_ANSWER_MESSAGE} bytes \
-                         the gateway transcodes"
-                    ))
-                    .respond(request_id);
-                }
-            }
+            Ok(chunk) => json.extend_from_slice(&chunk),
             Err(frame) => trailers = frame.into_trailers().ok(),
         }
     }
@@ -622,25 +680,11 @@ async fn unary_answer(
         ended.headers = with_decision(&parts.headers, ended.headers);
         return ended.respond(request_id);
     }
-    let mut messages = Messages { buffer: data };
-    let message = match messages.next() {
-        Some(Ok(message)) if messages.buffer.is_empty() => message,
-        Some(Err(error)) => return Failure::bad_answer(error).respond(request_id),
-        _ => {
-            return Failure::bad_answer("the provider's answer is not one message".to_owned())
-                .respond(request_id);
-        }
-    };
-    match convert::response_json(output, &message, response_body) {
-        Ok(json) => {
-            let mut response = whole(StatusCode::OK, APPLICATION_JSON, json, request_id);
-            response
-                .headers_mut()
-                .extend(with_decision(&parts.headers, ended.headers));
-            response
-        }
-        Err(error) => Failure::bad_answer(error).respond(request_id),
-    }
+    let mut response = whole(StatusCode::OK, APPLICATION_JSON, json.freeze(), request_id);
+    response
+        .headers_mut()
+        .extend(with_decision(&parts.headers, ended.headers));
+    response
 }
 
 /// The headers of a forwarded call's end: `bridge-audit-index` gives the

@@ -124,6 +124,7 @@ impl GatewayService {
             bad_request_id,
             trace,
             record,
+            answer: None,
         };
         async move {
             match call.run(request).await {

@@ -11,7 +11,7 @@
 //! - per call, the [`FAULT_HEADER`] request header, which the gateway
 //!   passes upstream like any metadata: `delay=250ms`, `status=UNAVAILABLE`
 //!   (or `status=14`, optionally `message=...` after it), `reset`, `drop`,
-//!   joined by `,` (`delay=100ms,status=UNAVAILABLE`);
+//!   `garble`, joined by `,` (`delay=100ms,status=UNAVAILABLE`);
 //! - per agency, a [`FaultSwitch`] held by the test, applied to every call
 //!   that carries no header ([`FaultSwitch::set_for_calls`] spares the
 //!   gateway's own health checks and consent feed).
@@ -19,8 +19,9 @@
 //! The failures: `status` answers with that status without calling the
 //! handler; `reset` sends response headers then resets the stream
 //! (`RST_STREAM`); `drop` closes the TCP connection at once, without
-//! GOAWAY, as a crashed server would. `delay` comes first and may stand
-//! alone.
+//! GOAWAY, as a crashed server would; `garble` answers `OK` with a message
+//! that is not the method's response (as a backend built from another
+//! version of its proto might). `delay` comes first and may stand alone.
 
 use std::pin::Pin;
 use std::str::FromStr;
@@ -62,6 +63,9 @@ pub enum Failure {
     Reset,
     /// Drops the whole connection at once.
     Drop,
+    /// Answers `OK` with a message no decoder reads: a field whose length
+    /// runs past the message's end.
+    Garble,
 }
 
 impl Fault {
@@ -105,9 +109,11 @@ impl FromStr for Fault {
                 ("message", value) => message = Some(value.to_owned()),
                 ("reset", "") => fault.failure = Some(Failure::Reset),
                 ("drop", "") => fault.failure = Some(Failure::Drop),
+                ("garble", "") => fault.failure = Some(Failure::Garble),
                 _ => {
                     return Err(format!(
-                        "`{part}` is not one of delay=DURATION, status=CODE, message=TEXT, reset, drop"
+                        "`{part}` is not one of delay=DURATION, status=CODE, message=TEXT, reset, \
+                         drop, garble"
                     ));
                 }
             }
@@ -233,6 +239,14 @@ pub fn with_faults(service: AgencyService, switch: FaultSwitch) -> AgencyService
                     // The connection, and this call with it, is dropped.
                     std::future::pending().await
                 }
+                Some(Failure::Garble) => {
+                    let mut response = http::Response::new(tonic::body::Body::new(Garbled(0)));
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/grpc"),
+                    );
+                    Ok(response)
+                }
             }
         }
     });
@@ -251,6 +265,32 @@ impl Body for Resetting {
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
         Poll::Ready(Some(Err(Status::internal("fault injected: reset"))))
+    }
+}
+
+/// An `OK` answer whose one message says its first field is 5 bytes
+/// long, and ends after 1; counts the frames it sent.
+struct Garbled(u8);
+
+impl Body for Garbled {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        let frame = match self.0 {
+            0 => Frame::data(Bytes::from_static(&[0, 0, 0, 0, 3, 0x0a, 5, b'a'])),
+            1 => {
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                Frame::trailers(trailers)
+            }
+            _ => return Poll::Ready(None),
+        };
+        self.0 += 1;
+        Poll::Ready(Some(Ok(frame)))
     }
 }
 
@@ -286,6 +326,10 @@ mod tests {
             Fault::fail(Failure::Reset)
         );
         assert_eq!("drop".parse::<Fault>().unwrap(), Fault::fail(Failure::Drop));
+        assert_eq!(
+            "garble".parse::<Fault>().unwrap(),
+            Fault::fail(Failure::Garble)
+        );
     }
 
     #[test]

@@ -81,7 +81,7 @@ pub struct FaultInfo {
     /// The request header that makes the called agency fail.
     pub header: &'static str,
     /// What it takes, joined by `,`.
-    pub values: [&'static str; 5],
+    pub values: [&'static str; 6],
 }
 
 impl Manifest {
@@ -128,6 +128,7 @@ impl Manifest {
                     "message=TEXT (after status=)",
                     "reset",
                     "drop",
+                    "garble",
                 ],
             },
             dir: sandbox.dir().to_owned(),

@@ -41,6 +41,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::body::{CallerBody, ResponseBody};
+use super::json::JsonAnswer;
 use super::record::CallRecord;
 use super::service::GatewayService;
 use super::state::GatewayState;
@@ -69,6 +70,9 @@ pub(super) struct Call<'a> {
     /// The call's exchange-log record; `None` when the log is off or the
     /// method is one of the gateway's own.
     pub(super) record: Option<CallRecord>,
+    /// How the answer becomes JSON, for a JSON call to a unary method
+    /// (set by `transcode`).
+    pub(super) answer: Option<JsonAnswer>,
 }
 
 /// Runs `step` unless the call's deadline passes first.
@@ -112,8 +116,7 @@ impl Call<'_> {
         let headers = self.read_headers(&request, admitted.assertion.as_ref())?;
         let request = self.transcode(request, &headers).await?;
         if crate::catalog::is_local(self.uri.path()) {
-            let deadline = Deadline::new(self.received, headers.timeout, self.state.max_deadline);
-            return Ok(self.serve_locally(request, admitted, &deadline).await);
+            return Ok(self.serve_locally(request, admitted, &headers).await);
         }
         if let Some(global) = self.state.expired_global(crate::unix_time::now()) {
             return Err(GatewayError::GlobalConfigurationExpired {
@@ -158,13 +161,14 @@ impl Call<'_> {
 
     /// The gateway's own services (directory, health, reflection, the
     /// exchange log's proofs) answer here, for members admitted like any
-    /// caller.
+    /// caller (in JSON, for a JSON call).
     async fn serve_locally(
-        &self,
+        &mut self,
         request: Request<CallerBody>,
         admitted: Admitted,
-        deadline: &Deadline,
+        headers: &CallHeaders,
     ) -> Response<ResponseBody> {
+        let deadline = &Deadline::new(self.received, headers.timeout, self.state.max_deadline);
         let certificate_days_left = self.caller_days_left(&admitted, crate::unix_time::now());
         let context = crate::directory::LocalContext {
             caller: admitted.caller,
@@ -178,6 +182,9 @@ impl Call<'_> {
         let response = Box::pin(crate::directory::call(request, context)).await;
         let mut response = response.map(|body| ResponseBody::local_until(body, deadline));
         response.body_mut().holds(admitted.permit);
+        if let Some(answer) = self.answer.take() {
+            response.body_mut().transcode(answer);
+        }
         response
     }
 }

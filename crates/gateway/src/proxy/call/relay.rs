@@ -6,7 +6,7 @@ use http::Response;
 use super::forward::Forwarded;
 use super::{Call, Exchange};
 use crate::proxy::GatewayError;
-use crate::proxy::body::{Audit, CallEnd, CallSummary, ResponseBody};
+use crate::proxy::body::{Audit, CallEnd, CallSummary, Origin, ResponseBody, without_message};
 use crate::proxy::record::{self, Ending, Tally};
 use crate::routing::upstream::ServedBy;
 use crate::telemetry::metrics::CallKind;
@@ -65,16 +65,19 @@ impl Call<'_> {
             let (name, value) = record::audit_index(index);
             response.headers_mut().insert(name, value);
         }
+        let origin = Origin {
+            instance: self.state.federation.instance_header.clone(),
+            partner: routed.provider.partner().map(str::to_owned),
+        };
         let mut response = if http_body::Body::is_end_stream(response.body()) {
+            if let Some(answer) = self.answer.take() {
+                without_message(response.headers_mut(), answer, &origin);
+            }
             self.trailers_only(response, call_end, summary).await?
         } else {
             let audit = self.record.take().map(Audit::new);
-            let origin = crate::proxy::body::Origin {
-                instance: self.state.federation.instance_header.clone(),
-                partner: routed.provider.partner().map(str::to_owned),
-            };
             let provider = provider.clone();
-            response.map(|body| {
+            let mut response = response.map(|body| {
                 ResponseBody::relay(
                     body,
                     call_end,
@@ -83,7 +86,11 @@ impl Call<'_> {
                     audit,
                     Some(summary),
                 )
-            })
+            });
+            if let Some(answer) = self.answer.take() {
+                response.body_mut().transcode(answer);
+            }
+            response
         };
         response.body_mut().holds(admitted.permit);
         Ok(response)

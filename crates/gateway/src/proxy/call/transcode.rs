@@ -12,7 +12,8 @@ use crate::wire::headers::CallHeaders;
 
 impl Call<'_> {
     /// Reads and converts a JSON call's body; a mistake in it refuses the
-    /// call (`bad-json`, recorded like any refusal).
+    /// call (`bad-json`, recorded like any refusal). Keeps how a unary
+    /// method's answer becomes JSON, for its response body.
     pub(super) async fn transcode(
         &mut self,
         mut request: Request<CallerBody>,
@@ -24,6 +25,7 @@ impl Call<'_> {
         let (parts, body) = request.into_parts();
         let deadline = Deadline::new(self.received, headers.timeout, self.state.max_deadline);
         let messages = within(&deadline, json.read(body)).await??;
+        self.answer = json.into_answer();
         Ok(Request::from_parts(
             parts,
             CallerBody::Transcoded(Some(messages)),
