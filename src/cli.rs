@@ -255,6 +255,16 @@ fn otlp_of(config: Option<&Config>) -> anyhow::Result<Option<OtlpConfig>> {
     }))
 }
 
+/// `seconds` for a reader: `42 s`, `5 min`, `3 h 20 min`, `12 days`.
+fn span(seconds: u64) -> String {
+    match seconds {
+        0..60 => format!("{seconds} s"),
+        60..3600 => format!("{} min", seconds / 60),
+        3600..86_400 => format!("{} h {} min", seconds / 3600, seconds % 3600 / 60),
+        _ => format!("{} days", seconds / 86_400),
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

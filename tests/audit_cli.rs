@@ -280,6 +280,63 @@ async fn a_real_log_verifies_and_its_records_prove_offline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_witness_cosignature_older_than_the_auditor_allows_fails_verify() {
+    use govbridge::exchange_log::store;
+    use govbridge::note::{Checkpoint, SigningKey, Verifier};
+
+    let bed = bed().await;
+    allowed_call(&bed).await;
+    checkpoint(&bed).await;
+    let data = data_dir(&bed);
+    let latest = store::Store::open_read_only(&data)
+        .unwrap()
+        .latest_checkpoint()
+        .unwrap()
+        .unwrap();
+    let log_key = Verifier::read(&data.join("log-key.pub")).unwrap();
+    let text = Checkpoint::open(&latest.note, &log_key).unwrap().text();
+    // The partner's witness cosigned the latest checkpoint two hours ago
+    // and nothing since: what a log cut back to that checkpoint shows.
+    let witness = SigningKey::generate("AZ-federation").unwrap();
+    let two_hours_ago = u64::try_from(govbridge::unix_time::now()).unwrap() - 7_200;
+    let cosignature = witness.cosign(&text, two_hours_ago);
+    store::add_cosignature(&data, latest.size, &cosignature).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let key = scratch.path().join("AZ-federation.pub");
+    std::fs::write(&key, witness.verifier().to_string()).unwrap();
+    let (data_arg, key_arg) = (path(&data), path(&key));
+    let verify = |age: Option<&'static str>| {
+        let mut args = vec!["audit", "verify", "--data", data_arg, "--witness", key_arg];
+        args.extend(["--max-unwitnessed", "1000000"]);
+        args.extend(age.into_iter().flat_map(|age| ["--max-witness-age", age]));
+        args
+    };
+    let unbounded = ok(&verify(None));
+    assert!(
+        unbounded.contains("cosigned by AZ-federation"),
+        "{unbounded}"
+    );
+    let stale = fails(&verify(Some("1h")));
+    assert!(
+        stale.contains("the newest cosignature by AZ-federation is from")
+            && stale.contains("2 h 0 min ago, older than --max-witness-age 1 h 0 min"),
+        "{stale}"
+    );
+    ok(&verify(Some("3h")));
+    ok(&verify(Some("1d")));
+    // An age with no witness to apply it to is a mistake, said as one.
+    let alone = fails(&[
+        "audit",
+        "verify",
+        "--data",
+        path(&data),
+        "--max-witness-age",
+        "1h",
+    ]);
+    assert!(alone.contains("--witness"), "{alone}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampering_with_the_database_is_named() {
     let bed = bed().await;
     let data = data_dir(&bed);

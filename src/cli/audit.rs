@@ -67,6 +67,13 @@ pub enum AuditCommand {
             requires = "witness"
         )]
         max_unwitnessed: u64,
+        /// With --witness: how old the newest cosignature of each witness
+        /// may be (`30m`, `2h`, `7d`). A witness cosigns every checkpoint
+        /// a live gateway sends it, so only a log cut back to a checkpoint
+        /// cosigned long ago, or a gateway long stopped or cut off from
+        /// its partner, carries none newer.
+        #[arg(long, value_name = "DURATION", requires = "witness", value_parser = age)]
+        max_witness_age: Option<Duration>,
     },
     /// Copy a fleet's exchange log (the configuration's `[store]`) into a
     /// local log directory, up to its latest checkpoint, checking every
@@ -268,6 +275,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             key,
             witness,
             max_unwitnessed,
+            max_witness_age,
         } => verify_log(
             &data,
             archives.as_deref(),
@@ -275,6 +283,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             &Witnesses {
                 keys: witness,
                 max_unwitnessed,
+                max_age: max_witness_age,
             },
         ),
         AuditCommand::Archive {
@@ -537,6 +546,13 @@ fn humantime(duration: Duration) -> String {
 struct Witnesses {
     keys: Vec<PathBuf>,
     max_unwitnessed: u64,
+    /// How old the newest cosignature of each may be.
+    max_age: Option<Duration>,
+}
+
+/// `--max-witness-age`: a duration, or days (`7d`).
+fn age(text: &str) -> Result<Duration, String> {
+    govbridge::config::parse_retention(text)
 }
 
 fn verify_log(
@@ -622,7 +638,24 @@ fn check_witnessed(
                 database.display()
             );
         };
+        let age = u64::try_from(govbridge::unix_time::now())
+            .unwrap_or(0)
+            .saturating_sub(time);
         let time = govbridge::unix_time::rfc3339(i64::try_from(time).unwrap_or(i64::MAX));
+        if let Some(most) = witnesses.max_age
+            && age > most.as_secs()
+        {
+            bail!(
+                "{}: the newest cosignature by {name} is from {time}, {} ago, older than \
+                 --max-witness-age {}. Either the gateway has not sent {name} its checkpoints \
+                 since (it was stopped, or its partner unreachable), or the log was cut back to \
+                 a checkpoint {name} cosigned then: ask the partner for the checkpoint of this \
+                 log it cosigned last",
+                database.display(),
+                super::span(age),
+                super::span(most.as_secs())
+            );
+        }
         let unwitnessed = records.saturating_sub(cosigned.size);
         if unwitnessed > witnesses.max_unwitnessed {
             bail!(

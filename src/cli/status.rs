@@ -54,13 +54,7 @@ fn label<'a>(series: &'a str, name: &str) -> Option<&'a str> {
 }
 
 fn ago(seconds: f64) -> String {
-    let seconds = seconds.max(0.0) as u64;
-    match seconds {
-        0..60 => format!("{seconds} s"),
-        60..3600 => format!("{} min", seconds / 60),
-        3600..86_400 => format!("{} h {} min", seconds / 3600, seconds % 3600 / 60),
-        _ => format!("{} days", seconds / 86_400),
-    }
+    super::span(seconds.max(0.0) as u64)
 }
 
 /// Prints the summary; fails when the endpoint cannot be read.
