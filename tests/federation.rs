@@ -1285,17 +1285,10 @@ async fn a_partners_stale_crl_stops_calls_to_it_only() {
     bed.stop().await;
 }
 
-#[tokio::test]
-async fn assertions_are_checked_and_used_once() {
-    let (partner, bed, keys) = federated().await;
-    let sn_key = keys.path().join("SN-federation.key");
-    let tls = partner.tls_for(
-        &bed.pki.join("gateway-upstream.pem"),
-        &bed.pki.join("gateway-upstream.key"),
-    );
-    let key = SigningKey::read(&sn_key).unwrap();
-    let request_id = "5b0c0a0e-8d44-4f4e-9a51-6a3e2f1b7c11";
-    let assertion = Assertion {
+/// An assertion of Senegal's gateway for CBAO's `GetCompany` call at
+/// Azerbaijan's registry, issued now.
+fn assertion(request_id: &str) -> Assertion {
+    Assertion {
         from: "SN".into(),
         to: "AZ".into(),
         gateway: member(SN_GATEWAY),
@@ -1310,36 +1303,54 @@ async fn assertions_are_checked_and_used_once() {
         purpose: Some("TRADE-FINANCE".into()),
         reason: None,
         user_id: None,
+    }
+}
+
+/// Calls Azerbaijan's gateway at `address` as Senegal's gateway would
+/// (`tls`), with `sealed` as its assertion: the call's `grpc-status` and
+/// `bridge-error`.
+async fn asserted_call(
+    address: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    sealed: String,
+    request_id: &str,
+) -> (Option<String>, Option<String>) {
+    use tower::{Service, ServiceExt};
+    let mut client = H2Client::connect(address, tls).await.unwrap();
+    let request = http::Request::post(GET_COMPANY)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("bridge-assertion", sealed)
+        .header("bridge-purpose", "TRADE-FINANCE")
+        .header("bridge-request-id", request_id)
+        .header("bridge-target", AZ_REGISTRY)
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from_static(&[0, 0, 0, 0, 0]),
+        )))
+        .unwrap();
+    let response = client.ready().await.unwrap().call(request).await.unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|value| value.to_str().unwrap().to_owned())
     };
+    (header("grpc-status"), header("bridge-error"))
+}
+
+#[tokio::test]
+async fn assertions_are_checked_and_used_once() {
+    let (partner, bed, keys) = federated().await;
+    let sn_key = keys.path().join("SN-federation.key");
+    let tls = partner.tls_for(
+        &bed.pki.join("gateway-upstream.pem"),
+        &bed.pki.join("gateway-upstream.key"),
+    );
+    let key = SigningKey::read(&sn_key).unwrap();
+    let request_id = "5b0c0a0e-8d44-4f4e-9a51-6a3e2f1b7c11";
+    let assertion = assertion(request_id);
     let address = partner.instance.address();
-    let call = |sealed: String| {
-        let tls = tls.clone();
-        async move {
-            let mut client = H2Client::connect(address, tls).await.unwrap();
-            let request = http::Request::post(GET_COMPANY)
-                .header("content-type", "application/grpc")
-                .header("te", "trailers")
-                .header("bridge-assertion", sealed)
-                .header("bridge-purpose", "TRADE-FINANCE")
-                .header("bridge-request-id", request_id)
-                .header("bridge-target", AZ_REGISTRY)
-                .body(tonic::body::Body::new(http_body_util::Full::new(
-                    bytes::Bytes::from_static(&[0, 0, 0, 0, 0]),
-                )))
-                .unwrap();
-            use tower::{Service, ServiceExt};
-            let response = client.ready().await.unwrap().call(request).await.unwrap();
-            let headers = response.headers().clone();
-            (
-                headers
-                    .get("grpc-status")
-                    .map(|value| value.to_str().unwrap().to_owned()),
-                headers
-                    .get("bridge-error")
-                    .map(|value| value.to_str().unwrap().to_owned()),
-            )
-        }
-    };
+    let call = |sealed: String| asserted_call(address, tls.clone(), sealed, request_id);
     let sealed = assertion.seal(&key);
     // Accepted once (the registry answers: an empty NINEA is not found)...
     let (status, error) = call(sealed.clone()).await;
@@ -1376,6 +1387,63 @@ async fn assertions_are_checked_and_used_once() {
         assert_eq!(status.as_deref(), Some("16"));
         assert_eq!(error.as_deref(), Some("bad-assertion"));
     }
+    bed.stop().await;
+}
+
+#[tokio::test]
+async fn an_assertion_taken_before_a_restart_is_not_taken_again() {
+    let (partner, bed, keys) = federated().await;
+    let sn_key = keys.path().join("SN-federation.key");
+    let key = SigningKey::read(&sn_key).unwrap();
+    let tls = partner.tls_for(
+        &bed.pki.join("gateway-upstream.pem"),
+        &bed.pki.join("gateway-upstream.key"),
+    );
+    let request_id = "0e9c1d1e-3f7a-4b5e-8a61-2d4c6b8f9a01";
+    let sealed = assertion(request_id).seal(&key);
+    let taken = asserted_call(
+        partner.instance.address(),
+        tls.clone(),
+        sealed.clone(),
+        request_id,
+    );
+    assert_eq!(taken.await.1, None, "taken the first time");
+
+    // Azerbaijan's gateway restarts on its files, within the minute the
+    // assertion is valid: its log is what it remembers it by.
+    let Partner {
+        instance,
+        stop,
+        _dir: dir,
+    } = partner;
+    stop.trigger();
+    instance.stopped().await;
+    drop(instance);
+    let (_stop, shutdown) = Shutdown::new();
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let restarted =
+        PartnerInstance::start(dir.path(), loopback, loopback, support::SEED, &shutdown)
+            .await
+            .unwrap();
+    restarted
+        .federate(&federation::Home {
+            ca: bed.ca_certificate(),
+            gateway: member(SN_GATEWAY),
+            endpoint: bed.gateway,
+            key: sn_key,
+            log_key: Some(bed.exchange_log().dir().join("log-key.pub")),
+            witnessed: false,
+        })
+        .unwrap();
+    let address = restarted.address();
+    let replayed = asserted_call(address, tls.clone(), sealed, request_id).await;
+    assert_eq!(
+        replayed,
+        (Some("16".to_owned()), Some("bad-assertion".to_owned()))
+    );
+    // A fresh one is taken: the restart refuses only what it took before.
+    let fresh = assertion(request_id).seal(&key);
+    assert_eq!(asserted_call(address, tls, fresh, request_id).await.1, None);
     bed.stop().await;
 }
 

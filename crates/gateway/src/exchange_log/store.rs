@@ -720,6 +720,50 @@ impl Store {
         Ok(next.max(self.archived_end()?))
     }
 
+    /// The `bridge-assertion`s carried by the decisions logged since
+    /// `since_us` (by the records' own clock): those of the partners'
+    /// gateways' calls this gateway took, newest first. Read back from the
+    /// newest record, so that a long log costs only the window; the
+    /// records of callers of instance `own` are not decoded.
+    pub fn assertions_since(&self, since_us: i64, own: &str) -> Result<Vec<String>, StoreError> {
+        let own = format!("{own}/");
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT idx, at_us, CASE WHEN phase = 'decision' \
+                     AND substr(caller, 1, length(?2)) <> ?2 THEN record END \
+                 FROM records WHERE idx < ?1 ORDER BY idx DESC LIMIT 4096",
+            )
+            .at(&self.path)?;
+        let mut before = to_i64(self.size()?);
+        let mut assertions = Vec::new();
+        loop {
+            let rows = statement
+                .query_map(params![before, own], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get(2)?))
+                })
+                .at(&self.path)?
+                .collect::<rusqlite::Result<Vec<(i64, i64, Option<Vec<u8>>)>>>()
+                .at(&self.path)?;
+            let Some(&(last, _, _)) = rows.last() else {
+                return Ok(assertions);
+            };
+            for (index, at_us, record) in rows {
+                if at_us < since_us {
+                    return Ok(assertions);
+                }
+                let Some(bytes) = record else { continue };
+                let record = ExchangeRecord::decode(bytes.as_slice()).map_err(|error| {
+                    StoreError::invalid(&self.path, format!("record {index}: {error}"))
+                })?;
+                if !record.assertion.is_empty() {
+                    assertions.push(record.assertion);
+                }
+            }
+            before = last;
+        }
+    }
+
     /// The record at `index`.
     pub fn record(&self, index: u64) -> Result<Option<StoredRecord>, StoreError> {
         self.connection

@@ -130,6 +130,22 @@ impl Assertion {
         Self::parse(text)
     }
 
+    /// The assertion in `value`, a sealed one this gateway took (and
+    /// logged) after checking its signature: read, not checked again (the
+    /// partner's key may have changed since).
+    pub fn read_logged(value: &str) -> Result<Self, AssertionError> {
+        let note = BASE64URL
+            .decode(value)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .ok_or(AssertionError::Encoding)?;
+        // The text, then a blank line and its signatures.
+        let text = note
+            .split_once("\n\n")
+            .map_or(note.as_str(), |(text, _)| text);
+        Self::parse(text)
+    }
+
     fn parse(text: &str) -> Result<Self, AssertionError> {
         let malformed = |what: &str| AssertionError::Malformed(what.to_owned());
         let mut lines = text.lines();
@@ -254,26 +270,41 @@ impl Assertion {
 impl ReplayGuard {
     /// Accepts `assertion` once.
     pub fn admit(&self, assertion: &Assertion, now: i64) -> Result<(), AssertionError> {
-        let mut seen = self
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let until = assertion.remembered_until();
-        if seen.nonces.len() >= seen.sweep_at {
-            seen.nonces.retain(|_, until| *until >= now);
-            // Swept again once it has doubled: amortized, whatever arrives.
-            seen.sweep_at = (seen.nonces.len() * 2).max(4096);
-        }
+        let mut seen = self.seen(now);
         let key = (assertion.from.clone(), assertion.nonce.clone());
         match seen.nonces.get(&key) {
             Some(remembered) if *remembered >= now => {
                 Err(AssertionError::Replayed(assertion.nonce.clone()))
             }
             _ => {
-                seen.nonces.insert(key, until);
+                seen.nonces.insert(key, assertion.remembered_until());
                 Ok(())
             }
         }
+    }
+
+    /// Remembers `assertion`, taken before (by this gateway before it
+    /// restarted), until it can no longer be accepted.
+    pub fn remember(&self, assertion: &Assertion, now: i64) {
+        let until = assertion.remembered_until();
+        if until >= now {
+            let key = (assertion.from.clone(), assertion.nonce.clone());
+            self.seen(now).nonces.insert(key, until);
+        }
+    }
+
+    /// What is remembered, swept of what has expired once it has grown.
+    fn seen(&self, now: i64) -> std::sync::MutexGuard<'_, Seen> {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.nonces.len() >= seen.sweep_at {
+            seen.nonces.retain(|_, until| *until >= now);
+            // Swept again once it has doubled: amortized, whatever arrives.
+            seen.sweep_at = (seen.nonces.len() * 2).max(4096);
+        }
+        seen
     }
 }
 
@@ -304,6 +335,26 @@ mod tests {
     }
 
     const NOW: i64 = 1_764_880_000;
+
+    #[test]
+    fn an_assertion_read_back_from_the_log_is_refused_until_it_expires() {
+        let key = SigningKey::generate("SN-federation").unwrap();
+        let sealed = assertion(NOW).seal(&key);
+        let opened = Assertion::open(sealed.as_bytes(), &key.verifier()).unwrap();
+        assert_eq!(Assertion::read_logged(&sealed).unwrap(), opened);
+        assert!(Assertion::read_logged("not base64!").is_err());
+        // Taken before a restart, remembered after it.
+        let guard = ReplayGuard::default();
+        guard.remember(&opened, NOW + 1);
+        assert!(matches!(
+            guard.admit(&opened, NOW + 30),
+            Err(AssertionError::Replayed(_))
+        ));
+        // Past the time it could be taken, it is not kept.
+        let old = assertion(NOW - 200);
+        guard.remember(&old, NOW);
+        assert!(guard.admit(&old, NOW).is_ok());
+    }
 
     #[test]
     fn a_sealed_assertion_opens_with_the_partners_key_only() {

@@ -190,6 +190,59 @@ impl FleetLink {
     }
 }
 
+/// Remembers the partners' assertions a gateway alone took in the last
+/// minutes before it started, from its log (each decision holds its call's
+/// assertion, durable before the call went on): else one replayed within
+/// a minute of a restart would be taken again. A fleet's nodes take each
+/// nonce in their database instead.
+async fn remember_assertions(state: &GatewayState, log: &ExchangeLog) -> Result<(), StartError> {
+    use crate::federation::{Assertion, MAX_AGE};
+    // A gateway set up to federate: with partners, or a federation key
+    // to which a reload may add them. Another has no partner's records.
+    let federation = &state.federation;
+    if federation.partners.is_empty() && federation.key.is_none() {
+        return Ok(());
+    }
+    // Taken at most MAX_AGE after it was issued, an assertion is accepted
+    // until MAX_AGE after that: a decision logged earlier holds none that
+    // is still accepted (a few seconds more, for the clock read between).
+    let window = 2 * MAX_AGE + std::time::Duration::from_secs(5);
+    let now = crate::unix_time::now();
+    let since_us = now
+        .saturating_sub(i64::try_from(window.as_secs()).unwrap_or(i64::MAX))
+        .saturating_mul(1_000_000);
+    let reader = log
+        .reader()
+        .map_err(crate::exchange_log::OpenError::Store)?;
+    let own = federation.instance.clone();
+    let dir = log.dir().to_owned();
+    let sealed = tokio::task::spawn_blocking(move || match reader {
+        crate::exchange_log::Reader::Local(store) => store.assertions_since(since_us, &own),
+        crate::exchange_log::Reader::Fleet(_) => Ok(Vec::new()),
+    })
+    .await
+    .map_err(|error| crate::exchange_log::OpenError::File {
+        path: dir,
+        message: error.to_string(),
+    })?
+    .map_err(crate::exchange_log::OpenError::Store)?;
+    let mut remembered = 0_usize;
+    for value in &sealed {
+        if let Ok(assertion) = Assertion::read_logged(value) {
+            federation.replays.remember(&assertion, now);
+            remembered += 1;
+        }
+    }
+    if remembered > 0 {
+        tracing::info!(
+            assertions = remembered,
+            "partners' assertions taken before the start remembered from the exchange log: \
+             none is taken twice"
+        );
+    }
+    Ok(())
+}
+
 impl Gateway {
     /// Validates what a start needs (TLS material on both hops, policies,
     /// routes) without binding anything: what `check-config` runs. The
@@ -268,6 +321,9 @@ impl Gateway {
             tracing::warn!("the exchange log is off: calls are recorded nowhere");
             None
         };
+        if let (Some(log), None) = (&log, &database) {
+            remember_assertions(&state.load(), log).await?;
+        }
         let address = config.gateway.listen;
         let tcp = TcpListener::bind(address)
             .await
