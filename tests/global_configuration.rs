@@ -1132,3 +1132,49 @@ async fn a_fleet_reads_its_global_configuration_from_its_database() {
         assert_eq!(metric(gateway.admin, VERSION).await, 2.0);
     }
 }
+
+#[tokio::test]
+async fn directory_init_keeps_nothing_a_gateway_could_not_load() {
+    let bed = dev_bed().await;
+    let dir = bed.dir();
+    let whole = GatewayProcess::config(&bed, "whole", &[], "");
+    let publication = dir.join("publication");
+    let split = dir.join("split.toml");
+    let init = |key: &str, source: &[&str]| {
+        let mut args = vec!["directory", "init", "--config", path(&whole)];
+        args.extend(["--publication", path(&publication), "--out", path(&split)]);
+        args.extend(["--key", key]);
+        args.extend(source);
+        govbridge(&args)
+    };
+    let refused = |output: std::process::Output, naming: &str| {
+        let said = text(&output);
+        assert!(!output.status.success(), "{said}");
+        assert!(
+            said.contains("split into files a gateway cannot load, so none were kept")
+                && said.contains(naming),
+            "{said}"
+        );
+        assert!(!publication.exists() && !split.exists(), "{said}");
+    };
+    keygen(&dir.join("directory-key.pem"));
+    let https = [
+        "--url",
+        "https://127.0.0.1:1/bundle.json",
+        "--ca",
+        "pki/ca.pem",
+    ];
+    // A fleet's database named as the source, in a file without [store].
+    refused(
+        init("directory-key.pub", &["--url", "store"]),
+        "split.toml:4: directory.url",
+    );
+    // A verifier key, or a directory's CA, that is not there.
+    refused(init("nowhere.pub", &https), "nowhere.pub");
+    let no_ca = ["--url", https[1], "--ca", "nowhere-ca.pem"];
+    refused(init("directory-key.pub", &no_ca), "nowhere-ca.pem");
+    // A split a gateway can load is kept.
+    let kept = init("directory-key.pub", &https);
+    assert!(kept.status.success(), "{}", text(&kept));
+    assert!(publication.join("global.toml").exists() && split.exists());
+}

@@ -169,10 +169,22 @@ pub fn run(command: DirectoryCommand) -> anyhow::Result<()> {
             };
             let split =
                 govbridge::global::split::split(&config, &settings).map_err(anyhow::Error::msg)?;
-            govbridge::global::split::write_publication(&split, &publication)
-                .map_err(anyhow::Error::msg)?;
-            govbridge::keys::write_file(&out, split.local.as_bytes(), 0o644)
-                .with_context(|| format!("writing {}", out.display()))?;
+            let written = (|| {
+                govbridge::global::split::write_publication(&split, &publication)
+                    .map_err(anyhow::Error::msg)?;
+                govbridge::keys::write_file(&out, split.local.as_bytes(), 0o644)
+                    .with_context(|| format!("writing {}", out.display()))?;
+                check_split(&publication, &out, &split.local)
+            })();
+            if let Err(error) = written {
+                // Both were new: nothing an operator had is lost.
+                let _ = std::fs::remove_dir_all(&publication);
+                let _ = std::fs::remove_file(&out);
+                return Err(error.context(format!(
+                    "{} split into files a gateway cannot load, so none were kept",
+                    config.display()
+                )));
+            }
             println!(
                 "{}: the instance's global configuration ({} files): publish it with \
                  `govbridge directory publish --from {}`",
@@ -677,6 +689,33 @@ fn publish(
 /// declare) before anything is signed; an error names the file and line.
 /// What needs a gateway's own files (its certificates) is each gateway's
 /// to check.
+/// What `directory init` wrote loads as it will be run: the publication
+/// as `publish` checks it, and the gateway file with that publication as
+/// its global configuration (signed by a throwaway key for the gateway's
+/// instance, staged in a scratch cache).
+fn check_split(publication: &Path, gateway: &Path, local: &str) -> anyhow::Result<()> {
+    check_publication(publication)?;
+    let instance = local
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|table| {
+            let identity = table.get("gateway")?.get("identity")?.as_str()?;
+            Some(
+                govbridge::identity::MemberId::parse(identity)
+                    .ok()?
+                    .instance()
+                    .to_owned(),
+            )
+        })
+        .unwrap_or_else(|| "PREVIEW".to_owned());
+    let key = SigningKey::generate("preview")?;
+    let bundle = Bundle::build(publication, &instance, 1, Duration::from_secs(3600), &key)?;
+    let scratch = tempfile::tempdir().context("a scratch directory")?;
+    let staged = govbridge::global::cache::Cache::new(scratch.path()).stage(&bundle)?;
+    govbridge::config::Config::load_staged(gateway, &staged)?;
+    Ok(())
+}
+
 fn check_publication(dir: &Path) -> anyhow::Result<()> {
     let config =
         govbridge::config::Config::load_publication(&dir.join(govbridge::global::GLOBAL_FILE))?;

@@ -862,10 +862,12 @@ fn validate_directory(
                 "missing key: the CA certificates the directory's HTTPS certificate chains to",
             ));
         };
-        DirectorySource::Https {
-            url,
-            ca: source.path(ca),
-        }
+        // Read now, as the key below is: a gateway that could not trust
+        // its directory would find out only at its first fetch.
+        let ca_path = source.path(ca);
+        crate::identity::tls::root_store(&ca_path)
+            .map_err(|error| source.error("directory.ca", ca, error.to_string()))?;
+        DirectorySource::Https { url, ca: ca_path }
     };
     let key_path = source.path(&raw.key);
     let verifier = crate::note::Verifier::read(&key_path)

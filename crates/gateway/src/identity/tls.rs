@@ -368,7 +368,8 @@ fn identity_error(certificate: &Path) -> impl FnOnce(rustls::Error) -> TlsError 
     }
 }
 
-fn root_store(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+/// The CA certificates in `path`, as a trust store.
+pub(crate) fn root_store(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
     for certificate in load_certificates(path)? {
         roots.add(certificate).map_err(|source| TlsError::BadCa {
