@@ -71,6 +71,14 @@ enum Command {
         /// The admin endpoint, `gateway.admin` in its configuration.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
         admin: std::net::SocketAddr,
+        /// Reach it over HTTPS (`gateway.admin_tls`), trusting the CA
+        /// certificates in PEM for the gateway's certificate.
+        #[arg(long, value_name = "PEM")]
+        admin_ca: Option<PathBuf>,
+        /// The name the gateway's certificate must carry, with
+        /// --admin-ca (default: ADDR's IP address).
+        #[arg(long, value_name = "NAME", requires = "admin_ca")]
+        admin_name: Option<String>,
     },
     /// A fleet of nodes sharing a PostgreSQL database (`[store]`).
     Fleet {
@@ -368,9 +376,15 @@ fn run(command: Command, log_format: LogFormat) -> anyhow::Result<()> {
             init_logging(log_format, None, "")?;
             directory::run(command)
         }
-        Command::Status { admin } => {
+        Command::Status {
+            admin,
+            admin_ca,
+            admin_name,
+        } => {
             init_logging(log_format, None, "")?;
-            status::run(admin)
+            let endpoint =
+                status::AdminEndpoint::new(admin, admin_ca.as_deref(), admin_name.as_deref())?;
+            status::run(&endpoint)
         }
     }
 }

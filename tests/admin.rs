@@ -334,6 +334,72 @@ async fn a_token_guards_reload_and_the_member_registry() {
 }
 
 #[tokio::test]
+async fn an_admin_endpoint_over_tls_takes_the_token_encrypted_only() {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("admin.token");
+    let token = "3b9d0f7a1c5e48b2a6d4f0c8e2b6a9d1";
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let bed = Bed::builder()
+        .gateway("admin_token_file", &format!("\"{}\"", token_file.display()))
+        .gateway("admin_tls", "true")
+        .start()
+        .await;
+    let ca = bed.ca_certificate();
+
+    // Over HTTPS, with the gateway's own certificate: the probes answer,
+    // and the token is taken.
+    let bearer = format!("Bearer {token}");
+    let tls =
+        |method, path, headers| support::admin_request_tls(bed.admin, &ca, method, path, headers);
+    let (code, metrics) = tls("GET", "/metrics", &[]).await;
+    assert_eq!(code, 200);
+    assert!(metrics.contains("govbridge_uptime_seconds"), "{metrics}");
+    assert_eq!(tls("POST", "/reload", &[]).await.0, 401);
+    let operator = [("authorization", bearer.as_str())];
+    let (code, body) = tls("POST", "/reload", &operator).await;
+    assert_eq!(code, 200, "{body}");
+
+    // In plain HTTP the request, token and all, is never answered: the
+    // endpoint reads a TLS handshake, and closes.
+    let mut tcp = tokio::net::TcpStream::connect(bed.admin).await.unwrap();
+    let request = format!(
+        "POST /reload HTTP/1.1\r\nhost: {}\r\nauthorization: {bearer}\r\ncontent-length: 0\r\n\r\n",
+        bed.admin
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer).await;
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("HTTP/1.1"),
+        "{answer:?}"
+    );
+    let (_, metrics) = tls("GET", "/metrics", &[]).await;
+    assert!(
+        metrics.contains("govbridge_reloads_total{result=\"ok\"} 1"),
+        "the plain request reloaded nothing: {metrics}"
+    );
+
+    // `govbridge status` reaches it with the CA.
+    let admin = bed.admin.to_string();
+    let ca_arg = ca.display().to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        support::govbridge(&["status", "--admin", &admin, "--admin-ca", &ca_arg])
+    })
+    .await
+    .unwrap();
+    let text = support::text(&output);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("govbridge at https://{}: ready", bed.admin)),
+        "{text}"
+    );
+    bed.stop().await;
+}
+
+#[tokio::test]
 async fn reload_applies_a_good_configuration_and_refuses_a_broken_one() {
     let bed = Bed::start().await;
     let (code, body) = operator_request(bed.admin, "POST", "/reload").await;

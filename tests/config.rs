@@ -657,6 +657,14 @@ fn an_admin_endpoint_off_loopback_needs_a_token() {
         "admin_token_file = \"secrets/admin.token\"",
     );
     assert_eq!(error_of(&text).key, "gateway.admin_token_file");
+    // So is TLS for no endpoint; for one, it is read.
+    let text = edited("admin = \"127.0.0.1:9464\"", "admin_tls = true");
+    assert_eq!(error_of(&text).key, "gateway.admin_tls");
+    let text = edited(
+        "admin = \"127.0.0.1:9464\"",
+        "admin = \"127.0.0.1:9464\"\nadmin_tls = true",
+    );
+    assert!(Config::parse(path(), &text).unwrap().gateway.admin_tls);
 }
 
 #[test]

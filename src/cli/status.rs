@@ -5,25 +5,69 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 
 use govbridge::identity::tls::days_left;
 use govbridge::wire::escape::Escaped;
+use rustls::pki_types::ServerName;
+
+/// The admin endpoint, and how to reach it: plain HTTP, or HTTPS
+/// (`gateway.admin_tls`) trusting a CA for a server name.
+pub struct AdminEndpoint {
+    pub address: SocketAddr,
+    pub tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+}
+
+impl AdminEndpoint {
+    /// `address`, over HTTPS when `ca` is given: the gateway's certificate
+    /// must chain to it and name `name` (default: the address's IP).
+    pub fn new(address: SocketAddr, ca: Option<&Path>, name: Option<&str>) -> anyhow::Result<Self> {
+        let tls = match ca {
+            None => None,
+            Some(ca) => {
+                let config = govbridge::identity::tls::verifying_client_config(ca)?;
+                let name = match name {
+                    Some(name) => ServerName::try_from(name.to_owned())
+                        .with_context(|| format!("--admin-name {name}: not a server name"))?,
+                    None => ServerName::IpAddress(address.ip().into()),
+                };
+                Some((config, name))
+            }
+        };
+        Ok(Self { address, tls })
+    }
+
+    fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.address)
+    }
+}
 
 /// One GET to the admin endpoint: (status code, body).
-fn get(admin: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+fn get(endpoint: &AdminEndpoint, path: &str) -> anyhow::Result<(u16, String)> {
+    let admin = endpoint.address;
     let mut tcp = TcpStream::connect_timeout(&admin, Duration::from_secs(3))
         .with_context(|| format!("cannot reach the admin endpoint at {admin}"))?;
     tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        tcp,
-        "GET {path} HTTP/1.1\r\nhost: {admin}\r\nconnection: close\r\n\r\n"
-    )?;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {admin}\r\nconnection: close\r\n\r\n");
     let mut response = String::new();
-    tcp.read_to_string(&mut response)
-        .with_context(|| format!("reading {path} from {admin}"))?;
+    let reading = || format!("reading {path} from {}", endpoint.url());
+    match &endpoint.tls {
+        None => {
+            tcp.write_all(request.as_bytes())?;
+            tcp.read_to_string(&mut response).with_context(reading)?;
+        }
+        Some((config, name)) => {
+            let connection = rustls::ClientConnection::new(Arc::clone(config), name.clone())?;
+            let mut tls = rustls::StreamOwned::new(connection, tcp);
+            tls.write_all(request.as_bytes()).with_context(reading)?;
+            tls.read_to_string(&mut response).with_context(reading)?;
+        }
+    }
     let Some((head, body)) = response.split_once("\r\n\r\n") else {
         bail!("{admin}{path}: not an HTTP response");
     };
@@ -58,9 +102,10 @@ fn ago(seconds: f64) -> String {
 }
 
 /// Prints the summary; fails when the endpoint cannot be read.
-pub fn run(admin: SocketAddr) -> anyhow::Result<()> {
-    let (ready, reasons) = get(admin, "/readyz")?;
-    let (_, metrics) = get(admin, "/metrics")?;
+pub fn run(endpoint: &AdminEndpoint) -> anyhow::Result<()> {
+    let admin = endpoint.url();
+    let (ready, reasons) = get(endpoint, "/readyz")?;
+    let (_, metrics) = get(endpoint, "/metrics")?;
     let samples = samples(&metrics);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

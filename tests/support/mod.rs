@@ -566,8 +566,38 @@ pub async fn admin_request_with(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, String) {
+    let tcp = TcpStream::connect(address).await.unwrap();
+    admin_exchange(tcp, address, method, path, headers).await
+}
+
+/// [`admin_request_with`] over HTTPS (`gateway.admin_tls`), trusting the
+/// CA certificates in `ca` for `localhost`.
+pub async fn admin_request_tls(
+    address: SocketAddr,
+    ca: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let config = govbridge::identity::tls::verifying_client_config(ca).unwrap();
+    let tcp = TcpStream::connect(address).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    admin_exchange(tls, address, method, path, headers).await
+}
+
+/// Sends one request on `stream` and reads its answer to the end.
+async fn admin_exchange(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = TcpStream::connect(address).await.unwrap();
     let mut head = String::new();
     if !headers
         .iter()
@@ -580,9 +610,9 @@ pub async fn admin_request_with(
     }
     let request =
         format!("{method} {path} HTTP/1.1\r\n{head}content-length: 0\r\nconnection: close\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
-    tcp.read_to_string(&mut response).await.unwrap();
+    stream.read_to_string(&mut response).await.unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     (status, body.to_owned())

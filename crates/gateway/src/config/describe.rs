@@ -22,6 +22,7 @@ impl Config {
                 "listen": config.gateway.listen.to_string(),
                 "admin": config.gateway.admin.map(|admin| admin.to_string()),
                 "admin_token_file": config.gateway.admin_token_file.as_deref().map(path),
+                "admin_tls": config.gateway.admin_tls,
                 "identity": config.gateway.identity.to_string(),
                 "tls": {
                     "certificate": path(&config.gateway.tls.certificate),

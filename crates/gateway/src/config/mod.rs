@@ -296,14 +296,18 @@ pub struct GatewayConfig {
     /// This gateway's name in logs and the exchange log.
     pub node_id: String,
     pub listen: SocketAddr,
-    /// The admin endpoint (metrics, health, config, reload), plain HTTP:
-    /// keep it on loopback or a management network. Off when absent. Off
-    /// loopback only with `admin_token_file`.
+    /// The admin endpoint (metrics, health, config, reload), plain HTTP
+    /// unless `admin_tls`: keep it on loopback or a management network.
+    /// Off when absent. Off loopback only with `admin_token_file`.
     pub admin: Option<SocketAddr>,
     /// A file holding the bearer token that `POST /reload` and the full
     /// `GET /config` require. Without it, they require the
     /// `x-govbridge-admin` header and a loopback `Host` instead.
     pub admin_token_file: Option<PathBuf>,
+    /// The admin endpoint speaks HTTPS, with the gateway's own certificate
+    /// (`tls.certificate`), and asks for no client certificate: the
+    /// token then does not travel in clear.
+    pub admin_tls: bool,
     /// The member id in the gateway's upstream client certificate; backends
     /// accept calls only from it.
     pub identity: MemberId,
@@ -633,7 +637,10 @@ impl Config {
         let log = &self.exchange_log;
         vec![
             ("gateway.listen", self.gateway.listen.to_string()),
-            ("gateway.admin", format!("{:?}", self.gateway.admin)),
+            (
+                "gateway.admin, admin_tls",
+                format!("{:?}", (self.gateway.admin, self.gateway.admin_tls)),
+            ),
             (
                 "gateway (connection settings)",
                 format!("{:?}", self.gateway.listener),

@@ -201,6 +201,7 @@ struct RawGateway {
     max_handshakes: Option<Spanned<u32>>,
     admin: Option<Spanned<String>>,
     admin_token_file: Option<Spanned<String>>,
+    admin_tls: Option<Spanned<bool>>,
     federation_key: Option<Spanned<String>>,
     tls: RawServerTls,
 }
@@ -952,6 +953,13 @@ fn admin_endpoint(
                 "set without gateway.admin: there is no admin endpoint to protect",
             ));
         }
+        if let Some(tls) = gateway.admin_tls.as_ref().filter(|tls| *tls.get_ref()) {
+            return Err(source.error(
+                "gateway.admin_tls",
+                tls,
+                "set without gateway.admin: there is no admin endpoint to serve over TLS",
+            ));
+        }
         return Ok(None);
     };
     let address = source.socket_addr("gateway.admin", admin)?;
@@ -999,6 +1007,7 @@ fn validate(
             .admin_token_file
             .as_ref()
             .map(|file| source.path(file)),
+        admin_tls: gateway.admin_tls.as_ref().is_some_and(|tls| *tls.get_ref()),
         identity: source.member("gateway.identity", &gateway.identity)?,
         tls: ServerTls {
             certificate: source.path(&gateway.tls.certificate),

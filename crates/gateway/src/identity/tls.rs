@@ -467,6 +467,18 @@ impl ServerTls {
             .collect::<Result<Vec<_>, TlsError>>()?;
         let verifier = Arc::new(InstanceVerifier::new(own, partners));
         let (chain, key) = load_identity(&self.certificate, &self.private_key)?;
+        // The admin endpoint's, when it speaks HTTPS: the same identity,
+        // HTTP/1.1, and no client certificate (Prometheus and curl send
+        // none; operators send the admin token).
+        let mut admin = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .and_then(|builder| {
+                builder
+                    .with_no_client_auth()
+                    .with_single_cert(chain.clone(), key.clone_key())
+            })
+            .map_err(identity_error(&self.certificate))?;
+        admin.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .and_then(|builder| {
@@ -488,6 +500,7 @@ impl ServerTls {
         Ok(ListenerTls {
             config: Arc::new(config),
             client_verifier: verifier,
+            admin: Arc::new(admin),
         })
     }
 }
@@ -610,6 +623,8 @@ impl ClientCertVerifier for InstanceVerifier {
 pub struct ListenerTls {
     pub config: Arc<ServerConfig>,
     client_verifier: Arc<InstanceVerifier>,
+    /// The admin endpoint's, with `gateway.admin_tls`.
+    pub admin: Arc<ServerConfig>,
 }
 
 impl ListenerTls {

@@ -329,6 +329,11 @@ impl SharedListenerTls {
     pub fn store(&self, tls: ListenerTls) {
         self.0.send_replace(Arc::new(tls));
     }
+
+    /// The admin endpoint's TLS, of the same identity, as of now.
+    pub fn admin(&self) -> Arc<rustls::ServerConfig> {
+        Arc::clone(&self.0.borrow().admin)
+    }
 }
 
 /// A TLS listener, bound and ready to serve.

@@ -1,5 +1,8 @@
-//! The admin endpoint: plain HTTP/1.1 on a separate address (loopback in
-//! the dev configuration), for operators and their tools.
+//! The admin endpoint: HTTP/1.1 on a separate address (loopback in the
+//! dev configuration), for operators and their tools; plain, or with
+//! `gateway.admin_tls` HTTPS with the gateway's own certificate (and, as
+//! the listener's, reloaded with it), so that a token sent off loopback
+//! does not travel in clear.
 //!
 //! | route | answer |
 //! | --- | --- |
@@ -57,6 +60,10 @@ pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 8;
 
 /// How long an admin connection may stay open (a scraper reconnects).
 pub const MAX_CONNECTION_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How long a client has for its TLS handshake, then its request's
+/// headers.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The admin connections open per peer address.
 #[derive(Debug, Default)]
@@ -206,6 +213,9 @@ pub struct Admin {
     pub fleet: Option<Arc<super::gateway::FleetLink>>,
     /// Consent states, with `[consent]`.
     pub consent: Option<Arc<crate::consent::ConsentLedger>>,
+    /// The listener's TLS, whose admin configuration HTTPS connections
+    /// take, with `gateway.admin_tls`.
+    pub tls: Option<crate::net::SharedListenerTls>,
 }
 
 impl Admin {
@@ -240,28 +250,19 @@ impl Admin {
                 };
                 let admin = self.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let admin = admin.clone();
-                        async move { Ok::<_, Infallible>(admin.answer(request, loopback).await) }
-                    });
-                    // A client that never finishes its request is dropped.
-                    let connection = hyper::server::conn::http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(std::time::Duration::from_secs(10))
-                        .serve_connection(TokioIo::new(tcp), service);
-                    tokio::pin!(connection);
-                    let ended = tokio::select! {
-                        ended = connection.as_mut() => ended,
-                        () = tokio::time::sleep(MAX_CONNECTION_AGE) => {
-                            // The answer under way is finished, then it closes.
-                            connection.as_mut().graceful_shutdown();
-                            tokio::time::timeout(std::time::Duration::from_secs(10), connection)
-                                .await
-                                .unwrap_or(Ok(()))
+                    match admin.tls.as_ref().map(crate::net::SharedListenerTls::admin) {
+                        None => admin.connection(tcp, loopback).await,
+                        Some(tls) => {
+                            let accepting = tokio_rustls::TlsAcceptor::from(tls).accept(tcp);
+                            // A client that never finishes its handshake is dropped.
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, accepting).await {
+                                Ok(Ok(stream)) => admin.connection(stream, loopback).await,
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%peer, %error, "admin TLS handshake failed");
+                                }
+                                Err(_) => tracing::debug!(%peer, "admin TLS handshake timed out"),
+                            }
                         }
-                    };
-                    if let Err(error) = ended {
-                        tracing::debug!(%error, "admin connection ended");
                     }
                     drop((held, peer_slot));
                 });
@@ -270,6 +271,38 @@ impl Admin {
         tokio::select! {
             () = accept => {}
             () = shutdown => {}
+        }
+    }
+
+    /// Serves one connection, plain or TLS, until it ends or has lived
+    /// [`MAX_CONNECTION_AGE`].
+    async fn connection<I>(self, io: I, loopback: bool)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let admin = self;
+        let service = hyper::service::service_fn(move |request| {
+            let admin = admin.clone();
+            async move { Ok::<_, Infallible>(admin.answer(request, loopback).await) }
+        });
+        // A client that never finishes its request is dropped.
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HANDSHAKE_TIMEOUT)
+            .serve_connection(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let ended = tokio::select! {
+            ended = connection.as_mut() => ended,
+            () = tokio::time::sleep(MAX_CONNECTION_AGE) => {
+                // The answer under way is finished, then it closes.
+                connection.as_mut().graceful_shutdown();
+                tokio::time::timeout(std::time::Duration::from_secs(10), connection)
+                    .await
+                    .unwrap_or(Ok(()))
+            }
+        };
+        if let Err(error) = ended {
+            tracing::debug!(%error, "admin connection ended");
         }
     }
 

@@ -78,8 +78,9 @@ pub struct Gateway {
     /// `None` only when the configuration turns the log off.
     log: Option<ExchangeLog>,
     metrics: Arc<Metrics>,
-    /// The admin endpoint's listener, when configured.
-    admin: Option<TcpListener>,
+    /// The admin endpoint's listener, when configured, and whether it
+    /// speaks HTTPS.
+    admin: Option<(TcpListener, bool)>,
     /// Consent states and uses, and the feed that keeps them, when consent
     /// is configured. Both outlive reloads.
     consent: Option<(Arc<ConsentLedger>, crate::consent::feed::FeedSource)>,
@@ -329,11 +330,19 @@ impl Gateway {
             .await
             .map_err(|source| StartError::Bind { address, source })?;
         let admin = match config.gateway.admin {
-            Some(address) => Some(
-                TcpListener::bind(address)
+            Some(address) => {
+                if !address.ip().is_loopback() && !config.gateway.admin_tls {
+                    tracing::warn!(
+                        %address,
+                        "the admin endpoint is off loopback in plain HTTP: its token travels in \
+                         clear; set gateway.admin_tls = true"
+                    );
+                }
+                let tcp = TcpListener::bind(address)
                     .await
-                    .map_err(|source| StartError::Bind { address, source })?,
-            ),
+                    .map_err(|source| StartError::Bind { address, source })?;
+                Some((tcp, config.gateway.admin_tls))
+            }
             None => None,
         };
         let fleet = match &database {
@@ -414,7 +423,7 @@ impl Gateway {
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin
             .as_ref()
-            .and_then(|admin| admin.local_addr().ok())
+            .and_then(|(admin, _)| admin.local_addr().ok())
     }
 
     /// The gateway's metrics.
@@ -453,7 +462,7 @@ impl Gateway {
         let metrics = self.metrics;
         tracing::info!(node = state.load().node_id(), "gateway serving");
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-        if let Some(listener) = self.admin {
+        if let Some((listener, tls)) = self.admin {
             let admin = admin::Admin {
                 metrics: metrics.clone(),
                 log: log.clone(),
@@ -462,9 +471,11 @@ impl Gateway {
                 listener: self.listener.stats(),
                 fleet: self.fleet.clone(),
                 consent: self.consent.as_ref().map(|(ledger, _)| Arc::clone(ledger)),
+                tls: tls.then(|| self.listener.tls()),
             };
             if let Ok(address) = listener.local_addr() {
-                tracing::info!("admin endpoint on http://{address}");
+                let scheme = if tls { "https" } else { "http" };
+                tracing::info!("admin endpoint on {scheme}://{address}");
             }
             tokio::spawn(admin.serve(listener, async move {
                 let _ = admin_stopped.await;
