@@ -640,6 +640,47 @@ async fn an_answer_the_gateway_cannot_give_as_json_is_the_calls_outcome_and_spen
     assert_eq!(answered.json()["nin"], json!(nin));
     let (after, _) = income(None).await;
     assert_eq!(refusal(&after), (403, json!("consent-exhausted")));
+
+    // The same of a stream: its first message, that the gateway cannot
+    // give, ends the call before any line; nothing was given.
+    let stream = "/govbridge.tax.v1.TaxAuthority/StreamDeclaredIncome";
+    let consent = bed
+        .grant_consent(
+            &ConsentGrant::new(&nin, "SN/COM/CBAO/credit", stream, "CREDIT-SCORING").max_uses(1),
+        )
+        .await
+        .unwrap();
+    let request = format!("{}\n", json!({ "nin": nin, "fiscalYear": year }));
+    let mut streamed = async |fault: Option<&str>| {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let mut headers = vec![
+            ("bridge-purpose", "CREDIT-SCORING"),
+            ("bridge-consent", consent.artefact.as_str()),
+            ("bridge-request-id", request_id.as_str()),
+            REASON,
+            AGENT,
+        ];
+        headers.extend(fault.map(|fault| ("govbridge-fault", fault)));
+        let answer = bank
+            .call(Method::POST, stream, &headers, &request)
+            .await
+            .unwrap();
+        (answer, request_id)
+    };
+    let (garbled, garbled_id) = streamed(Some("garble")).await;
+    assert_eq!(refusal(&garbled), (502, json!("bad-answer")));
+    let records = bed.sandbox.exchange_log().of_request(&garbled_id).unwrap();
+    let outcome = &records.last().unwrap().record;
+    assert_eq!(
+        (outcome.grpc_status, outcome.error_kind.as_str()),
+        (13, "bad-answer")
+    );
+    let (answered, _) = streamed(None).await;
+    assert_eq!(answered.status, 200, "{:?}", answered.body);
+    assert_eq!(answered.lines().len(), 1, "{:?}", answered.body);
+    assert_eq!(answered.lines()[0]["nin"], json!(nin));
+    let (after, _) = streamed(None).await;
+    assert_eq!(refusal(&after), (403, json!("consent-exhausted")));
 }
 
 #[tokio::test]

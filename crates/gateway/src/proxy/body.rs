@@ -510,10 +510,11 @@ pub struct ResponseBody {
     json: Option<Box<Transcoding>>,
 }
 
-/// A JSON call's unary answer, converted where the call ends (see
-/// [`JsonAnswer`]): the message is held until the status, and `OK` then
-/// gives the caller its JSON, or when there is none to give, the gateway's
-/// `bad-answer` in the status's place.
+/// A JSON call's answer, converted where the call ends (see
+/// [`JsonAnswer`]): a unary message is held until the status, and `OK`
+/// then gives the caller its JSON; a stream's messages are given as lines
+/// as they come. A message the gateway cannot give (or none, for a unary
+/// `OK`) puts the gateway's `bad-answer` in the status's place.
 #[derive(Debug)]
 struct Transcoding {
     answer: JsonAnswer,
@@ -534,34 +535,49 @@ impl Transcoding {
 }
 
 impl Transcoding {
-    /// Holds `data`, more of the answer: refused past what is converted.
-    fn hold(&mut self, data: &[u8]) -> Result<(), GatewayError> {
+    /// Takes `data`, more of the answer: what to give now (a stream's
+    /// lines of the messages it completes; nothing of a unary answer,
+    /// held until its status). Refused past what is converted.
+    fn take(&mut self, data: &[u8]) -> Result<Bytes, GatewayError> {
         if self.held.len() + data.len() > JsonAnswer::MOST {
             return Err(GatewayError::BadAnswer(JsonAnswer::too_large()));
         }
         self.held.extend_from_slice(data);
-        Ok(())
+        if !self.answer.streams() {
+            return Ok(Bytes::new());
+        }
+        self.answer
+            .lines(&mut self.held)
+            .map_err(GatewayError::BadAnswer)
     }
 
     /// The answer's end with `status` (trailers, or a trailers-only
-    /// answer's headers): for `OK`, the JSON to give first; any other
-    /// status passes (`None`).
+    /// answer's headers): for a unary `OK`, the JSON to give first; any
+    /// other status passes (`None`).
     fn end(&mut self, status: &http::HeaderMap) -> Result<Option<Bytes>, GatewayError> {
         let held = std::mem::take(&mut self.held);
         if status.get("grpc-status").is_none_or(|code| code != "0") {
             return Ok(None);
         }
-        self.convert(held).map(Some)
-    }
-
-    fn convert(&self, held: BytesMut) -> Result<Bytes, GatewayError> {
-        self.answer.convert(held).map_err(GatewayError::BadAnswer)
+        if self.answer.streams() {
+            if held.is_empty() {
+                return Ok(None);
+            }
+            return Err(GatewayError::BadAnswer(
+                "the provider's answer ended inside a message".to_owned(),
+            ));
+        }
+        self.answer
+            .convert(held)
+            .map(Some)
+            .map_err(GatewayError::BadAnswer)
     }
 }
 
-/// A trailers-only answer to a JSON call: `OK` with no message is none the
-/// caller can be given, so `status` becomes the gateway's `bad-answer`
-/// (named as `origin`'s), before the outcome is written from it.
+/// A trailers-only answer to a JSON call: a unary `OK` with no message is
+/// none the caller can be given, so `status` becomes the gateway's
+/// `bad-answer` (named as `origin`'s), before the outcome is written from
+/// it. A stream may end with no message.
 pub(super) fn without_message(status: &mut http::HeaderMap, answer: JsonAnswer, origin: &Origin) {
     if let Err(error) = Transcoding::new(answer).end(status) {
         instead(status, origin.own(error.into_trailers()));
@@ -1053,11 +1069,15 @@ impl Body for ResponseBody {
                     return Poll::Ready(frame.map(Ok));
                 };
                 if let Some(data) = frame.data_ref() {
-                    if let Err(error) = json.hold(data) {
-                        this.local = None;
-                        return Poll::Ready(Some(Ok(Frame::trailers(error.into_trailers()))));
+                    match json.take(data) {
+                        Ok(lines) if lines.is_empty() => continue,
+                        Ok(lines) => return Poll::Ready(Some(Ok(Frame::data(lines)))),
+                        Err(error) => {
+                            this.local = None;
+                            let trailers = error.into_trailers();
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        }
                     }
-                    continue;
                 }
                 let Some(mut status) = frame.trailers_ref().cloned() else {
                     continue;
@@ -1121,11 +1141,17 @@ impl Body for ResponseBody {
                             if let Some(audit) = relay.audit.as_mut() {
                                 audit.response.count(data);
                             }
-                            // Held for JSON until the status: nothing is
-                            // given, nor the consent's use spent, before.
+                            // Given as JSON once converted: nothing is given,
+                            // nor the consent's use spent, before.
                             if let Some(json) = this.json.as_mut() {
-                                match json.hold(data) {
-                                    Ok(()) => continue,
+                                match json.take(data) {
+                                    Ok(lines) if lines.is_empty() => continue,
+                                    Ok(lines) => {
+                                        if let Some(counted) = relay.counted.as_mut() {
+                                            counted.relayed(lines.len());
+                                        }
+                                        return Poll::Ready(Some(Ok(Frame::data(lines))));
+                                    }
                                     Err(error) => {
                                         break Some(relay.origin.own(error.into_trailers()));
                                     }

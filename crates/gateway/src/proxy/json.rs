@@ -172,15 +172,14 @@ pub(super) async fn serve(
         }
     };
     let (parts, body) = request.into_parts();
-    let output = matched.method.output();
     let streams = matched.method.is_server_streaming();
-    let response_body = matched.response_body.cloned();
-    // A unary answer is converted where the call ends, so that one the
-    // gateway cannot give is the call's outcome (`ResponseBody::transcode`).
-    let answer = (!streams).then(|| JsonAnswer {
-        output: output.clone(),
-        response_body: response_body.clone(),
-    });
+    // The answer is converted where the call ends, so that one the gateway
+    // cannot give is the call's outcome (`ResponseBody::transcode`).
+    let answer = JsonAnswer {
+        output: matched.method.output(),
+        response_body: matched.response_body.cloned(),
+        streams,
+    };
     // The body is read and converted in the call path, once the caller is
     // admitted and within its limits (`Call::transcode`).
     let json = JsonCall {
@@ -224,7 +223,7 @@ pub(super) async fn serve(
         }
         answer
     } else if streams {
-        stream_answer(response, output, response_body, &request_id).await
+        stream_answer(response, &request_id).await
     } else {
         unary_answer(response, &request_id).await
     };
@@ -327,19 +326,22 @@ pub(super) struct JsonCall {
     content_type: Option<HeaderValue>,
     /// What reading the body came to, for the answer.
     read: Arc<BodyRead>,
-    /// How a unary method's answer becomes JSON; `None` for a stream.
-    answer: Option<JsonAnswer>,
+    /// How the answer becomes JSON.
+    answer: JsonAnswer,
 }
 
-/// How a unary method's answer becomes JSON. It is converted in the
-/// response body, where the call ends (`ResponseBody::transcode`): an
-/// answer the gateway cannot give is then the call's outcome, logged as
-/// the gateway's `bad-answer` and not spending the consent's use (the
-/// caller learns nothing), instead of the backend's `OK`.
+/// How a method's answer becomes JSON: one object, or a line (NDJSON) per
+/// message of a stream. It is converted in the response body, where the
+/// call ends (`ResponseBody::transcode`): a message the gateway cannot give
+/// then ends the call, logged as the gateway's `bad-answer` instead of the
+/// backend's `OK`, and spends the consent's use only if lines went out
+/// before it.
 #[derive(Debug, Clone)]
 pub(super) struct JsonAnswer {
     output: MessageDescriptor,
     response_body: Option<FieldDescriptor>,
+    /// Server streaming: each message a line, given as it comes.
+    streams: bool,
 }
 
 impl JsonAnswer {
@@ -352,6 +354,29 @@ impl JsonAnswer {
             "the provider's answer is larger than the {MAX_ANSWER_MESSAGE} bytes the gateway \
              transcodes"
         )
+    }
+
+    /// Whether each message is a line, given as it comes.
+    pub(super) fn streams(&self) -> bool {
+        self.streams
+    }
+
+    /// The NDJSON lines of the whole messages at the start of `framed`,
+    /// which keeps the rest; why not, at the first that is not a message
+    /// of the method's response.
+    pub(super) fn lines(&self, framed: &mut BytesMut) -> Result<Bytes, String> {
+        let mut messages = Messages {
+            buffer: std::mem::take(framed),
+        };
+        let mut lines = Vec::new();
+        for message in messages.by_ref() {
+            let line =
+                convert::response_json(&self.output, &message?, self.response_body.as_ref())?;
+            lines.extend_from_slice(&line);
+            lines.push(b'\n');
+        }
+        *framed = messages.buffer;
+        Ok(Bytes::from(lines))
     }
 
     /// `framed`, the whole of a gRPC answer's messages, as JSON; why not,
@@ -384,8 +409,8 @@ struct BodyRead {
 impl JsonCall {
     /// Reads the JSON body (up to [`MAX_BODY`]) and makes the request
     /// messages; a mistake is kept for the answer and refuses the call.
-    /// How the answer becomes JSON, for a unary method.
-    pub(super) fn into_answer(self) -> Option<JsonAnswer> {
+    /// How the answer becomes JSON.
+    pub(super) fn into_answer(self) -> JsonAnswer {
         self.answer
     }
 
@@ -706,8 +731,6 @@ fn with_decision(grpc_headers: &HeaderMap, ended: HeaderMap) -> HeaderMap {
 /// and a failure ends it with a last line `{"error": {...}}`.
 async fn stream_answer(
     response: Response<ResponseBody>,
-    output: MessageDescriptor,
-    response_body: Option<FieldDescriptor>,
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
     let (parts, mut body) = response.into_parts();
@@ -721,6 +744,10 @@ async fn stream_answer(
         response.headers_mut().extend(failure.headers);
         return response;
     }
+    if !body.is_transcoded() {
+        return Failure::new(Code::Internal, "the answer was not converted".to_owned())
+            .respond(request_id);
+    }
     // Wait for the first frame: a status that comes before any message is
     // the answer's HTTP status.
     let first = body.frame().await.map(|Ok(frame)| frame);
@@ -733,9 +760,6 @@ async fn stream_answer(
     let lines = NdJson {
         first,
         body,
-        output,
-        response_body,
-        messages: Messages::default(),
         request_id: request_id.clone(),
         done: false,
     };
@@ -787,41 +811,22 @@ impl Iterator for Messages {
     }
 }
 
-/// The NDJSON body of a server-streaming answer.
+/// The NDJSON body of a server-streaming answer: the lines the response
+/// body converted, then an error line if the stream failed.
 struct NdJson {
     /// The frame read before answering, passed on first.
     first: Option<Frame<Bytes>>,
     body: ResponseBody,
-    output: MessageDescriptor,
-    response_body: Option<FieldDescriptor>,
-    messages: Messages,
     request_id: HeaderValue,
     done: bool,
 }
 
 impl NdJson {
-    /// The lines a frame completes; `done` after a status.
+    /// What a frame gives the caller: its lines, or after a status that
+    /// is not `OK`, an error line; `done` after a status.
     fn lines(&mut self, frame: Frame<Bytes>) -> Bytes {
-        let mut out = Vec::new();
         match frame.into_data() {
-            Ok(data) => {
-                self.messages.buffer.extend_from_slice(&data);
-                while let Some(message) = self.messages.next() {
-                    let line = message.and_then(|message| {
-                        convert::response_json(&self.output, &message, self.response_body.as_ref())
-                    });
-                    match line {
-                        Ok(json) => {
-                            out.extend_from_slice(&json);
-                            out.push(b'\n');
-                        }
-                        Err(error) => {
-                            self.failed(&Failure::bad_answer(error), &mut out);
-                            break;
-                        }
-                    }
-                }
-            }
+            Ok(lines) => lines,
             Err(frame) => {
                 let ended = frame
                     .trailers_ref()
@@ -831,18 +836,14 @@ impl NdJson {
                             "the provider's answer ended without a status".to_owned(),
                         )
                     });
+                let mut out = Vec::new();
                 if ended.code != Code::Ok {
                     self.failed(&ended, &mut out);
-                } else if !self.messages.buffer.is_empty() {
-                    let cut = Failure::bad_answer(
-                        "the provider's answer ended inside a message".to_owned(),
-                    );
-                    self.failed(&cut, &mut out);
                 }
                 self.done = true;
+                Bytes::from(out)
             }
         }
-        Bytes::from(out)
     }
 
     fn failed(&mut self, failure: &Failure, out: &mut Vec<u8>) {

@@ -25,7 +25,7 @@ impl Call<'_> {
         let (parts, body) = request.into_parts();
         let deadline = Deadline::new(self.received, headers.timeout, self.state.max_deadline);
         let messages = within(&deadline, json.read(body)).await??;
-        self.answer = json.into_answer();
+        self.answer = Some(json.into_answer());
         Ok(Request::from_parts(
             parts,
             CallerBody::Transcoded(Some(messages)),
