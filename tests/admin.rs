@@ -297,16 +297,22 @@ async fn reload_refuses_a_cross_site_request_and_accepts_an_operator() {
     bed.stop().await;
 }
 
+/// Writes `token` into `file` as an operator would (mode 0600); the
+/// setting that names it.
+fn token_file(file: &std::path::Path, token: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(file, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    format!("\"{}\"", file.display())
+}
+
 #[tokio::test]
 async fn a_token_guards_reload_and_the_member_registry() {
-    use std::os::unix::fs::PermissionsExt;
     let secrets = tempfile::tempdir().unwrap();
-    let token_file = secrets.path().join("admin.token");
     let token = "7f3c1a9e5b2d48f0a6c4e1b3d5f7092a";
-    std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let file = token_file(&secrets.path().join("admin.token"), token);
     let bed = Bed::builder()
-        .gateway("admin_token_file", &format!("\"{}\"", token_file.display()))
+        .gateway("admin_token_file", &file)
         .start()
         .await;
 
@@ -335,15 +341,12 @@ async fn a_token_guards_reload_and_the_member_registry() {
 
 #[tokio::test]
 async fn an_admin_endpoint_over_tls_takes_the_token_encrypted_only() {
-    use std::os::unix::fs::PermissionsExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let secrets = tempfile::tempdir().unwrap();
-    let token_file = secrets.path().join("admin.token");
     let token = "3b9d0f7a1c5e48b2a6d4f0c8e2b6a9d1";
-    std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let file = token_file(&secrets.path().join("admin.token"), token);
     let bed = Bed::builder()
-        .gateway("admin_token_file", &format!("\"{}\"", token_file.display()))
+        .gateway("admin_token_file", &file)
         .gateway("admin_tls", "true")
         .start()
         .await;
@@ -534,20 +537,16 @@ async fn connections_and_refused_handshakes_are_counted() {
 /// reloads it, and only the new token is an operator's.
 #[tokio::test]
 async fn a_rewritten_token_file_revokes_the_old_token() {
-    use std::os::unix::fs::PermissionsExt;
     let secrets = tempfile::tempdir().unwrap();
-    let token_file = secrets.path().join("admin.token");
-    let write = |token: &str| {
-        std::fs::write(&token_file, format!("{token}\n")).unwrap();
-        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    };
+    let path = secrets.path().join("admin.token");
+    let write = |token: &str| token_file(&path, token);
     let (old, new) = (
         "7f3c1a9e5b2d48f0a6c4e1b3d5f7092a",
         "0b9e8d7c6a5f4e3d2c1b0a9f8e7d6c5b",
     );
-    write(old);
+    let file = write(old);
     let bed = Bed::builder()
-        .gateway("admin_token_file", &format!("\"{}\"", token_file.display()))
+        .gateway("admin_token_file", &file)
         .start()
         .await;
     bed.reloader

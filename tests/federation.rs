@@ -147,22 +147,26 @@ async fn federated_with(
         })
         .start()
         .await;
-    instance
-        .federate(&federation::Home {
-            ca: bed.ca_certificate(),
-            gateway: member(SN_GATEWAY),
-            endpoint: bed.gateway,
-            key: sn_key,
-            log_key: Some(bed.exchange_log().dir().join("log-key.pub")),
-            witnessed: false,
-        })
-        .unwrap();
+    instance.federate(&home(&bed, sn_key)).unwrap();
     let partner = Partner {
         instance,
         stop,
         _dir: dir,
     };
     (partner, bed, keys)
+}
+
+/// Senegal, as Azerbaijan's gateway is told of it: the bed's CA, gateway
+/// and log, and its federation key at `key`.
+fn home(bed: &Bed, key: PathBuf) -> federation::Home {
+    federation::Home {
+        ca: bed.ca_certificate(),
+        gateway: member(SN_GATEWAY),
+        endpoint: bed.gateway,
+        key,
+        log_key: Some(bed.exchange_log().dir().join("log-key.pub")),
+        witnessed: false,
+    }
 }
 
 /// A company read from Azerbaijan's registry, by its VÖEN.
@@ -1306,36 +1310,25 @@ fn assertion(request_id: &str) -> Assertion {
     }
 }
 
-/// Calls Azerbaijan's gateway at `address` as Senegal's gateway would
-/// (`tls`), with `sealed` as its assertion: the call's `grpc-status` and
-/// `bridge-error`.
+/// Calls Azerbaijan's registry at its gateway at `address` as Senegal's
+/// gateway would (`tls`), with `sealed` as its assertion: the call's
+/// `grpc-status` and `bridge-error`.
 async fn asserted_call(
     address: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
     sealed: String,
     request_id: &str,
 ) -> (Option<String>, Option<String>) {
-    use tower::{Service, ServiceExt};
-    let mut client = H2Client::connect(address, tls).await.unwrap();
-    let request = http::Request::post(GET_COMPANY)
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header("bridge-assertion", sealed)
-        .header("bridge-purpose", "TRADE-FINANCE")
-        .header("bridge-request-id", request_id)
-        .header("bridge-target", AZ_REGISTRY)
-        .body(tonic::body::Body::new(http_body_util::Full::new(
-            bytes::Bytes::from_static(&[0, 0, 0, 0, 0]),
-        )))
-        .unwrap();
-    let response = client.ready().await.unwrap().call(request).await.unwrap();
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .map(|value| value.to_str().unwrap().to_owned())
-    };
-    (header("grpc-status"), header("bridge-error"))
+    let headers = [
+        ("bridge-purpose", "TRADE-FINANCE"),
+        ("bridge-target", AZ_REGISTRY),
+    ];
+    let answer =
+        support::asserted_call(address, tls, GET_COMPANY, (sealed, request_id), &headers).await;
+    (
+        support::header(&answer, "grpc-status"),
+        support::header(&answer, "bridge-error"),
+    )
 }
 
 #[tokio::test]
@@ -1425,16 +1418,7 @@ async fn an_assertion_taken_before_a_restart_is_not_taken_again() {
         PartnerInstance::start(dir.path(), loopback, loopback, support::SEED, &shutdown)
             .await
             .unwrap();
-    restarted
-        .federate(&federation::Home {
-            ca: bed.ca_certificate(),
-            gateway: member(SN_GATEWAY),
-            endpoint: bed.gateway,
-            key: sn_key,
-            log_key: Some(bed.exchange_log().dir().join("log-key.pub")),
-            witnessed: false,
-        })
-        .unwrap();
+    restarted.federate(&home(&bed, sn_key)).unwrap();
     let address = restarted.address();
     let replayed = asserted_call(address, tls.clone(), sealed, request_id).await;
     assert_eq!(

@@ -1433,26 +1433,13 @@ async fn a_partners_assertion_is_used_once_across_the_fleet() {
     let call = |node: SocketAddr, sealed: String| {
         let tls = tls.clone();
         async move {
-            let mut client = H2Client::connect(node, tls).await.unwrap();
-            let request = http::Request::post(verify)
-                .header("content-type", "application/grpc")
-                .header("te", "trailers")
-                .header("bridge-assertion", sealed)
-                .header("bridge-purpose", "KYC")
-                .header("bridge-request-id", request_id)
-                .body(tonic::body::Body::new(http_body_util::Full::new(
-                    bytes::Bytes::from_static(&[0, 0, 0, 0, 0]),
-                )))
-                .unwrap();
-            use tower::{Service, ServiceExt};
-            let response = client.ready().await.unwrap().call(request).await.unwrap();
-            let header = |name: &str| {
-                response
-                    .headers()
-                    .get(name)
-                    .map(|value| value.to_str().unwrap().to_owned())
-            };
-            (header("bridge-error"), header("grpc-message"))
+            let kyc = [("bridge-purpose", "KYC")];
+            let answer =
+                support::asserted_call(node, tls, verify, (sealed, request_id), &kyc).await;
+            (
+                support::header(&answer, "bridge-error"),
+                support::header(&answer, "grpc-message"),
+            )
         }
     };
     // Taken by node 0 (whatever its policies then say of the call)...

@@ -16,7 +16,7 @@ use govbridge::catalog::json::convert;
 use govbridge::json_client::{HttpVersion, JsonAnswer, JsonClient};
 use govbridge::proto::directory::v1::GetServiceDescriptorRequest;
 use govbridge::proto::directory::v1::directory_client::DirectoryClient;
-use govbridge::sandbox::ConsentGrant;
+use govbridge::sandbox::{Consent, ConsentGrant};
 use http::Method;
 use http_body_util::BodyExt;
 use prost::Message;
@@ -473,12 +473,7 @@ async fn consent_bound_json_calls_are_refused_as_over_grpc() {
         .nin
         .to_string();
     let method = "/govbridge.tax.v1.TaxAuthority/GetDeclaredIncome";
-    let consent = bed
-        .grant_consent(
-            &ConsentGrant::new(&nin, "SN/COM/CBAO/credit", method, "CREDIT-SCORING").max_uses(1),
-        )
-        .await
-        .unwrap();
+    let consent = one_use_consent(&bed, &nin, method).await;
     let mut bank = json_client(&bed, "cbao-credit", HttpVersion::Http1).await;
     let mut income = async |about: &str| {
         let answer = bank
@@ -564,40 +559,47 @@ async fn consent_bound_json_calls_are_refused_as_over_grpc() {
     assert!(lines.iter().all(|line| line["json"] == true), "{lines:?}");
 }
 
+/// A consent of citizen `nin` for CBAO's credit desk to call `method`
+/// for credit scoring, once.
+async fn one_use_consent(bed: &Bed, nin: &str, method: &str) -> Consent {
+    let grant = ConsentGrant::new(nin, "SN/COM/CBAO/credit", method, "CREDIT-SCORING");
+    bed.grant_consent(&grant.max_uses(1)).await.unwrap()
+}
+
+/// A JSON call (verb, path, body) as CBAO's credit desk, for credit
+/// scoring under `consent`, asking the agency for `fault` if any: the
+/// answer, and the call's request id.
+async fn credit_call(
+    bank: &mut JsonClient,
+    consent: &str,
+    (verb, path, body): (Method, &str, &str),
+    fault: Option<&str>,
+) -> (JsonAnswer, String) {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let mut headers = vec![
+        ("bridge-purpose", "CREDIT-SCORING"),
+        ("bridge-consent", consent),
+        ("bridge-request-id", request_id.as_str()),
+        REASON,
+        AGENT,
+    ];
+    headers.extend(fault.map(|fault| ("govbridge-fault", fault)));
+    let answer = bank.call(verb, path, &headers, body).await.unwrap();
+    (answer, request_id)
+}
+
 #[tokio::test]
 async fn an_answer_the_gateway_cannot_give_as_json_is_the_calls_outcome_and_spends_no_consent() {
     let bed = dev_bed().await;
     let declaration = &bed.data.declarations[0];
     let (nin, year) = (declaration.nin.to_string(), declaration.fiscal_year);
     let method = "/govbridge.tax.v1.TaxAuthority/GetDeclaredIncome";
-    let consent = bed
-        .grant_consent(
-            &ConsentGrant::new(&nin, "SN/COM/CBAO/credit", method, "CREDIT-SCORING").max_uses(1),
-        )
-        .await
-        .unwrap();
+    let consent = one_use_consent(&bed, &nin, method).await;
     let mut bank = json_client(&bed, "cbao-credit", HttpVersion::Http2).await;
-    let mut income = async |fault: Option<&str>| {
-        let request_id = uuid::Uuid::new_v4().to_string();
-        let mut headers = vec![
-            ("bridge-purpose", "CREDIT-SCORING"),
-            ("bridge-consent", consent.artefact.as_str()),
-            ("bridge-request-id", request_id.as_str()),
-            REASON,
-            AGENT,
-        ];
-        headers.extend(fault.map(|fault| ("govbridge-fault", fault)));
-        let answer = bank
-            .call(
-                Method::GET,
-                &format!("/v1/persons/{nin}/declared-income/{year}"),
-                &headers,
-                "",
-            )
-            .await
-            .unwrap();
-        (answer, request_id)
-    };
+    let path = format!("/v1/persons/{nin}/declared-income/{year}");
+    let unary = (Method::GET, path.as_str(), "");
+    let mut income =
+        async |fault| credit_call(&mut bank, &consent.artefact, unary.clone(), fault).await;
     // The tax authority answers OK with a message that is not a
     // DeclaredIncome: the caller gets the gateway's 502, and nothing else.
     let (garbled, garbled_id) = income(Some("garble")).await;
@@ -644,29 +646,11 @@ async fn an_answer_the_gateway_cannot_give_as_json_is_the_calls_outcome_and_spen
     // The same of a stream: its first message, that the gateway cannot
     // give, ends the call before any line; nothing was given.
     let stream = "/govbridge.tax.v1.TaxAuthority/StreamDeclaredIncome";
-    let consent = bed
-        .grant_consent(
-            &ConsentGrant::new(&nin, "SN/COM/CBAO/credit", stream, "CREDIT-SCORING").max_uses(1),
-        )
-        .await
-        .unwrap();
+    let consent = one_use_consent(&bed, &nin, stream).await;
     let request = format!("{}\n", json!({ "nin": nin, "fiscalYear": year }));
-    let mut streamed = async |fault: Option<&str>| {
-        let request_id = uuid::Uuid::new_v4().to_string();
-        let mut headers = vec![
-            ("bridge-purpose", "CREDIT-SCORING"),
-            ("bridge-consent", consent.artefact.as_str()),
-            ("bridge-request-id", request_id.as_str()),
-            REASON,
-            AGENT,
-        ];
-        headers.extend(fault.map(|fault| ("govbridge-fault", fault)));
-        let answer = bank
-            .call(Method::POST, stream, &headers, &request)
-            .await
-            .unwrap();
-        (answer, request_id)
-    };
+    let lines = (Method::POST, stream, request.as_str());
+    let mut streamed =
+        async |fault| credit_call(&mut bank, &consent.artefact, lines.clone(), fault).await;
     let (garbled, garbled_id) = streamed(Some("garble")).await;
     assert_eq!(refusal(&garbled), (502, json!("bad-answer")));
     let records = bed.sandbox.exchange_log().of_request(&garbled_id).unwrap();

@@ -484,6 +484,43 @@ pub async fn raw_call(
     client.ready().await.unwrap().call(request).await.unwrap()
 }
 
+/// Calls `path` at the gateway at `address` as a partner instance's
+/// gateway does (`tls`, its upstream certificate), with `sealed` as its
+/// assertion, `request_id` and the other `headers`, and an empty message:
+/// the answer's headers (a refusal is trailers-only).
+pub async fn asserted_call(
+    address: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    path: &str,
+    (sealed, request_id): (String, &str),
+    headers: &[(&str, &str)],
+) -> http::HeaderMap {
+    use tower::{Service, ServiceExt};
+    let mut client = H2Client::connect(address, tls).await.unwrap();
+    let mut request = Request::post(path)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("bridge-assertion", sealed)
+        .header("bridge-request-id", request_id);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from_static(&[0, 0, 0, 0, 0]),
+        )))
+        .unwrap();
+    let response = client.ready().await.unwrap().call(request).await.unwrap();
+    response.headers().clone()
+}
+
+/// Header `name` of `headers`, as text.
+pub fn header(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .map(|value| value.to_str().unwrap().to_owned())
+}
+
 // ---------------------------------------------------------------------------
 // The exchange log (tests/exchange_log.rs).
 
