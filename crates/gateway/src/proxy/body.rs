@@ -1,8 +1,9 @@
 //! The bodies of a relayed call, in both directions.
 //!
-//! Bytes pass through frame by frame, never decoded, polled only as fast as
-//! the receiving side's HTTP/2 window allows, so a slow reader slows the
-//! sender instead of growing a buffer here. Around that, the bodies:
+//! A gRPC call's bytes pass through frame by frame, never decoded, polled
+//! only as fast as the receiving side's HTTP/2 window allows, so a slow
+//! reader slows the sender instead of growing a buffer here. Around that,
+//! the bodies:
 //!
 //! - keep `bridge-*` names out of trailers in both directions: only the
 //!   gateway speaks in that namespace;
@@ -17,7 +18,10 @@
 //! - hold a consent-bound request to the person its consent is about: each
 //!   message is relayed only once it is whole and names that person, and
 //!   one that names anyone else ends the call with `PERMISSION_DENIED`
-//!   before a byte of it reaches the backend (see [`SubjectGuard`]).
+//!   before a byte of it reaches the backend (see [`SubjectGuard`]);
+//! - give a JSON call's answer as JSON, converted message by message
+//!   before its outcome is written (see [`Transcoding`]): the one place a
+//!   response is decoded.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -505,8 +509,7 @@ pub struct ResponseBody {
     in_flight: Option<InFlight>,
     /// Holds the call's place under the limits until the body is dropped.
     permit: Option<CallPermit>,
-    /// A JSON call's unary answer, converted here (boxed: most calls are
-    /// gRPC).
+    /// A JSON call's answer, converted here (boxed: most calls are gRPC).
     json: Option<Box<Transcoding>>,
 }
 
@@ -532,9 +535,7 @@ impl Transcoding {
             ending: None,
         }
     }
-}
 
-impl Transcoding {
     /// Takes `data`, more of the answer: what to give now (a stream's
     /// lines of the messages it completes; nothing of a unary answer,
     /// held until its status). Refused past what is converted.
@@ -896,8 +897,9 @@ fn lock(upstream: &Mutex<Upstream>) -> MutexGuard<'_, Upstream> {
 
 impl ResponseBody {
     /// Gives the answer as JSON, `answer`'s way: the body's data is then
-    /// the JSON of its one message, or its status the gateway's
-    /// `bad-answer`, which its outcome, metrics and consent then see.
+    /// the JSON of its message (its lines, for a stream), or its status
+    /// the gateway's `bad-answer`, which its outcome, metrics and consent
+    /// then see.
     pub(super) fn transcode(&mut self, answer: JsonAnswer) {
         self.json = Some(Box::new(Transcoding::new(answer)));
     }
