@@ -407,13 +407,13 @@ struct BodyRead {
 }
 
 impl JsonCall {
-    /// Reads the JSON body (up to [`MAX_BODY`]) and makes the request
-    /// messages; a mistake is kept for the answer and refuses the call.
     /// How the answer becomes JSON.
     pub(super) fn into_answer(self) -> JsonAnswer {
         self.answer
     }
 
+    /// Reads the JSON body (up to [`MAX_BODY`]) and makes the request
+    /// messages; a mistake is kept for the answer and refuses the call.
     pub(super) async fn read(&self, body: CallerBody) -> Result<Bytes, GatewayError> {
         self.messages(body).await.map_err(|bad| {
             let message = bad.message.clone();
