@@ -284,13 +284,16 @@ impl ReplayGuard {
     }
 
     /// Remembers `assertion`, taken before (by this gateway before it
-    /// restarted), until it can no longer be accepted.
-    pub fn remember(&self, assertion: &Assertion, now: i64) {
+    /// restarted), until it can no longer be accepted; false if it can no
+    /// longer be already.
+    pub fn remember(&self, assertion: &Assertion, now: i64) -> bool {
         let until = assertion.remembered_until();
-        if until >= now {
-            let key = (assertion.from.clone(), assertion.nonce.clone());
-            self.seen(now).nonces.insert(key, until);
+        if until < now {
+            return false;
         }
+        let key = (assertion.from.clone(), assertion.nonce.clone());
+        self.seen(now).nonces.insert(key, until);
+        true
     }
 
     /// What is remembered, swept of what has expired once it has grown.
@@ -345,14 +348,14 @@ mod tests {
         assert!(Assertion::read_logged("not base64!").is_err());
         // Taken before a restart, remembered after it.
         let guard = ReplayGuard::default();
-        guard.remember(&opened, NOW + 1);
+        assert!(guard.remember(&opened, NOW + 1));
         assert!(matches!(
             guard.admit(&opened, NOW + 30),
             Err(AssertionError::Replayed(_))
         ));
         // Past the time it could be taken, it is not kept.
         let old = assertion(NOW - 200);
-        guard.remember(&old, NOW);
+        assert!(!guard.remember(&old, NOW));
         assert!(guard.admit(&old, NOW).is_ok());
     }
 

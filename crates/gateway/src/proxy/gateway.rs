@@ -227,13 +227,11 @@ async fn remember_assertions(state: &GatewayState, log: &ExchangeLog) -> Result<
         message: error.to_string(),
     })?
     .map_err(crate::exchange_log::OpenError::Store)?;
-    let mut remembered = 0_usize;
-    for value in &sealed {
-        if let Ok(assertion) = Assertion::read_logged(value) {
-            federation.replays.remember(&assertion, now);
-            remembered += 1;
-        }
-    }
+    let remembered = sealed
+        .iter()
+        .filter_map(|value| Assertion::read_logged(value).ok())
+        .filter(|assertion| federation.replays.remember(assertion, now))
+        .count();
     if remembered > 0 {
         tracing::info!(
             assertions = remembered,
