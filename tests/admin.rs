@@ -399,6 +399,15 @@ async fn an_admin_endpoint_over_tls_takes_the_token_encrypted_only() {
         text.contains(&format!("govbridge at https://{}: ready", bed.admin)),
         "{text}"
     );
+    // Without the CA, it says what to try.
+    let admin = bed.admin.to_string();
+    let output =
+        tokio::task::spawn_blocking(move || support::govbridge(&["status", "--admin", &admin]))
+            .await
+            .unwrap();
+    let text = support::text(&output);
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains("give --admin-ca"), "{text}");
     bed.stop().await;
 }
 

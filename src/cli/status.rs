@@ -18,8 +18,8 @@ use rustls::pki_types::ServerName;
 /// The admin endpoint, and how to reach it: plain HTTP, or HTTPS
 /// (`gateway.admin_tls`) trusting a CA for a server name.
 pub struct AdminEndpoint {
-    pub address: SocketAddr,
-    pub tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    address: SocketAddr,
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
 }
 
 impl AdminEndpoint {
@@ -45,6 +45,15 @@ impl AdminEndpoint {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         format!("{scheme}://{}", self.address)
     }
+
+    /// What to try when the endpoint does not answer in this scheme.
+    fn other_scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "if the endpoint is plain HTTP, leave out --admin-ca"
+        } else {
+            "if the endpoint is HTTPS (gateway.admin_tls), give --admin-ca with its CA"
+        }
+    }
 }
 
 /// One GET to the admin endpoint: (status code, body).
@@ -55,7 +64,13 @@ fn get(endpoint: &AdminEndpoint, path: &str) -> anyhow::Result<(u16, String)> {
     tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
     let request = format!("GET {path} HTTP/1.1\r\nhost: {admin}\r\nconnection: close\r\n\r\n");
     let mut response = String::new();
-    let reading = || format!("reading {path} from {}", endpoint.url());
+    let reading = || {
+        format!(
+            "reading {path} from {} ({})",
+            endpoint.url(),
+            endpoint.other_scheme()
+        )
+    };
     match &endpoint.tls {
         None => {
             tcp.write_all(request.as_bytes())?;
@@ -69,7 +84,11 @@ fn get(endpoint: &AdminEndpoint, path: &str) -> anyhow::Result<(u16, String)> {
         }
     }
     let Some((head, body)) = response.split_once("\r\n\r\n") else {
-        bail!("{admin}{path}: not an HTTP response");
+        bail!(
+            "{}{path}: not an HTTP response ({})",
+            endpoint.url(),
+            endpoint.other_scheme()
+        );
     };
     let status = head
         .split(' ')
