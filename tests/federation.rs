@@ -1568,7 +1568,10 @@ async fn a_partner_down_is_unavailable_at_once_and_home_goes_on() {
     let voen = partner.company();
     let channel = bed.channel_as(CBAO).await.unwrap();
     let mut registry = CompanyRegistryClient::new(channel.clone());
+    // Down, not going down: a call that reaches it while it drains is
+    // another test's (upstream-failed, when it may have been served).
     partner.stop.trigger();
+    partner.instance.stopped().await;
 
     let started = std::time::Instant::now();
     let refused = registry
