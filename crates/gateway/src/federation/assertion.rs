@@ -119,11 +119,7 @@ impl Assertion {
         if value.len() > MAX_ENCODED {
             return Err(AssertionError::Encoding);
         }
-        let note = BASE64URL
-            .decode(value)
-            .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .ok_or(AssertionError::Encoding)?;
+        let note = note_of(value)?;
         let text = key
             .open(&note)
             .map_err(|_| AssertionError::Signature(key.name().to_owned()))?;
@@ -134,11 +130,7 @@ impl Assertion {
     /// logged) after checking its signature: read, not checked again (the
     /// partner's key may have changed since).
     pub fn read_logged(value: &str) -> Result<Self, AssertionError> {
-        let note = BASE64URL
-            .decode(value)
-            .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .ok_or(AssertionError::Encoding)?;
+        let note = note_of(value.as_bytes())?;
         // The text, then a blank line and its signatures.
         let text = note
             .split_once("\n\n")
@@ -239,6 +231,15 @@ impl Assertion {
         }
         Ok(())
     }
+}
+
+/// The signed note a `bridge-assertion` value encodes.
+fn note_of(value: &[u8]) -> Result<String, AssertionError> {
+    BASE64URL
+        .decode(value)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or(AssertionError::Encoding)
 }
 
 /// The nonces of the assertions accepted in the last [`MAX_AGE`] (and
