@@ -683,12 +683,6 @@ fn publish(
     Ok(())
 }
 
-/// Checks the publication in `dir` as a gateway will load it (members,
-/// providers, services and their descriptors, purposes, consent, limits,
-/// and the policies against the schema and the methods the descriptors
-/// declare) before anything is signed; an error names the file and line.
-/// What needs a gateway's own files (its certificates) is each gateway's
-/// to check.
 /// What `directory init` wrote loads as it will be run: the publication
 /// as `publish` checks it, and the gateway file with that publication as
 /// its global configuration (signed by a throwaway key for the gateway's
@@ -716,6 +710,12 @@ fn check_split(publication: &Path, gateway: &Path, local: &str) -> anyhow::Resul
     Ok(())
 }
 
+/// Checks the publication in `dir` as a gateway will load it (members,
+/// providers, services and their descriptors, purposes, consent, limits,
+/// and the policies against the schema and the methods the descriptors
+/// declare) before anything is signed; an error names the file and line.
+/// What needs a gateway's own files (its certificates) is each gateway's
+/// to check.
 fn check_publication(dir: &Path) -> anyhow::Result<()> {
     let config =
         govbridge::config::Config::load_publication(&dir.join(govbridge::global::GLOBAL_FILE))?;
