@@ -280,9 +280,8 @@ impl Admin {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let admin = self;
         let service = hyper::service::service_fn(move |request| {
-            let admin = admin.clone();
+            let admin = self.clone();
             async move { Ok::<_, Infallible>(admin.answer(request, loopback).await) }
         });
         // A client that never finishes its request is dropped.

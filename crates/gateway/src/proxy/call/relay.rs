@@ -65,13 +65,16 @@ impl Call<'_> {
             let (name, value) = record::audit_index(index);
             response.headers_mut().insert(name, value);
         }
-        let origin = Origin {
-            instance: self.state.federation.instance_header.clone(),
+        // Made only where it is needed: most trailers-only answers relay
+        // the backend's own status.
+        let instance = self.state.federation.instance_header.clone();
+        let origin = || Origin {
+            instance,
             partner: routed.provider.partner().map(str::to_owned),
         };
         let mut response = if http_body::Body::is_end_stream(response.body()) {
             if let Some(answer) = self.answer.take() {
-                without_message(response.headers_mut(), answer, &origin);
+                without_message(response.headers_mut(), answer, &origin());
             }
             self.trailers_only(response, call_end, summary).await?
         } else {
@@ -82,7 +85,7 @@ impl Call<'_> {
                     body,
                     call_end,
                     routed.deadline,
-                    (provider, origin),
+                    (provider, origin()),
                     audit,
                     Some(summary),
                 )
