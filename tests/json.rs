@@ -667,6 +667,75 @@ async fn an_answer_the_gateway_cannot_give_as_json_is_the_calls_outcome_and_spen
     assert_eq!(refusal(&after), (403, json!("consent-exhausted")));
 }
 
+/// A stream's messages that the gateway can give are given, even when a
+/// bad one follows them in the same DATA frame; the call then ends with
+/// the gateway's `bad-answer` as its last line and its outcome, and the
+/// lines given spend the consent's use. An answer with no gRPC status at
+/// all (a proxy's 503 before the backend) is the gateway's `bad-answer`
+/// too, and spends nothing.
+#[tokio::test]
+async fn good_lines_before_a_bad_message_are_given_and_an_answer_without_status_is_bad() {
+    let bed = dev_bed().await;
+    let declaration = &bed.data.declarations[0];
+    let (nin, year) = (declaration.nin.to_string(), declaration.fiscal_year);
+    let mut bank = json_client(&bed, "cbao-credit", HttpVersion::Http2).await;
+
+    let stream = "/govbridge.tax.v1.TaxAuthority/StreamDeclaredIncome";
+    let consent = one_use_consent(&bed, &nin, stream).await;
+    let request = format!("{}\n", json!({ "nin": nin, "fiscalYear": year }));
+    let lines = (Method::POST, stream, request.as_str());
+    let (answer, request_id) = credit_call(
+        &mut bank,
+        &consent.artefact,
+        lines.clone(),
+        Some("garble=second"),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let given = answer.lines();
+    assert_eq!(given.len(), 2, "{:?}", answer.body);
+    assert_eq!(given[0]["nin"], json!(nin));
+    assert_eq!(given[1]["error"]["bridge_error"], json!("bad-answer"));
+    let records = bed.sandbox.exchange_log().of_request(&request_id).unwrap();
+    let outcome = &records.last().unwrap().record;
+    assert_eq!(
+        (outcome.grpc_status, outcome.error_kind.as_str()),
+        (13, "bad-answer")
+    );
+    // A line went out: the use is spent.
+    let (after, _) = credit_call(&mut bank, &consent.artefact, lines, None).await;
+    assert_eq!(refusal(&after), (403, json!("consent-exhausted")));
+
+    let method = "/govbridge.tax.v1.TaxAuthority/GetDeclaredIncome";
+    let consent = one_use_consent(&bed, &nin, method).await;
+    let path = format!("/v1/persons/{nin}/declared-income/{year}");
+    let unary = (Method::GET, path.as_str(), "");
+    let (answer, request_id) = credit_call(
+        &mut bank,
+        &consent.artefact,
+        unary.clone(),
+        Some("nostatus"),
+    )
+    .await;
+    assert_eq!(refusal(&answer), (502, json!("bad-answer")));
+    assert!(
+        answer.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("without a gRPC status"),
+        "{:?}",
+        answer.json()
+    );
+    let records = bed.sandbox.exchange_log().of_request(&request_id).unwrap();
+    let outcome = &records.last().unwrap().record;
+    assert_eq!(
+        (outcome.grpc_status, outcome.error_kind.as_str()),
+        (13, "bad-answer")
+    );
+    let (answered, _) = credit_call(&mut bank, &consent.artefact, unary, None).await;
+    assert_eq!(answered.status, 200, "{:?}", answered.json());
+}
+
 #[tokio::test]
 async fn streams_are_ndjson_both_ways() {
     let bed = dev_bed().await;

@@ -525,6 +525,9 @@ struct Transcoding {
     /// The trailers that follow the JSON given, when the exchange log
     /// does not hold them back.
     ending: Option<http::HeaderMap>,
+    /// Why a stream stops after the lines just given: the call ends with
+    /// it next, before anything more is read.
+    failed: Option<GatewayError>,
 }
 
 impl Transcoding {
@@ -533,32 +536,54 @@ impl Transcoding {
             answer,
             held: BytesMut::new(),
             ending: None,
+            failed: None,
         }
     }
 
     /// Takes `data`, more of the answer: what to give now (a stream's
     /// lines of the messages it completes; nothing of a unary answer,
-    /// held until its status). Refused past what is converted.
+    /// held until its status). Refused past what is converted: a stream
+    /// whose bad message followed good ones in `data` gives their lines
+    /// first, and the refusal ([`Self::failed`]) after.
     fn take(&mut self, data: &[u8]) -> Result<Bytes, GatewayError> {
-        if self.held.len() + data.len() > JsonAnswer::MOST {
-            return Err(GatewayError::BadAnswer(JsonAnswer::too_large()));
-        }
-        self.held.extend_from_slice(data);
         if !self.answer.streams() {
+            if self.held.len() + data.len() > JsonAnswer::MOST {
+                return Err(GatewayError::BadAnswer(JsonAnswer::too_large()));
+            }
+            self.held.extend_from_slice(data);
             return Ok(Bytes::new());
         }
-        self.answer
-            .lines(&mut self.held)
-            .map_err(GatewayError::BadAnswer)
+        // Each message is bounded as its prefix is read (`Messages`): what
+        // is held is at most one message and what followed it in `data`.
+        self.held.extend_from_slice(data);
+        match self.answer.lines(&mut self.held) {
+            (lines, None) => Ok(lines),
+            (lines, Some(error)) if lines.is_empty() => Err(GatewayError::BadAnswer(error)),
+            (lines, Some(error)) => {
+                self.failed = Some(GatewayError::BadAnswer(error));
+                Ok(lines)
+            }
+        }
     }
 
     /// The answer's end with `status` (trailers, or a trailers-only
     /// answer's headers): for a unary `OK`, the JSON to give first; any
-    /// other status passes (`None`).
+    /// other status passes (`None`). An end without a gRPC status (a
+    /// proxy's `503` before the backend, say) tells the caller nothing it
+    /// can read: the gateway's `bad-answer`.
     fn end(&mut self, status: &http::HeaderMap) -> Result<Option<Bytes>, GatewayError> {
         let held = std::mem::take(&mut self.held);
-        if status.get("grpc-status").is_none_or(|code| code != "0") {
-            return Ok(None);
+        let code = status
+            .get("grpc-status")
+            .and_then(|code| code.to_str().ok()?.parse::<i32>().ok());
+        match code {
+            None => {
+                return Err(GatewayError::BadAnswer(
+                    "the provider's answer ended without a gRPC status".to_owned(),
+                ));
+            }
+            Some(0) => {}
+            Some(_) => return Ok(None),
         }
         if self.answer.streams() {
             if held.is_empty() {
@@ -575,10 +600,11 @@ impl Transcoding {
     }
 }
 
-/// A trailers-only answer to a JSON call: a unary `OK` with no message is
-/// none the caller can be given, so `status` becomes the gateway's
-/// `bad-answer` (named as `origin`'s), before the outcome is written from
-/// it. A stream may end with no message.
+/// A trailers-only answer to a JSON call: a unary `OK` with no message,
+/// or an answer with no gRPC status, is none the caller can be given, so
+/// `status` becomes the gateway's `bad-answer` (named as `origin`'s),
+/// before the outcome is written from it. A stream may end with no
+/// message.
 pub(super) fn without_message(status: &mut http::HeaderMap, answer: JsonAnswer, origin: &Origin) {
     if let Err(error) = Transcoding::new(answer).end(status) {
         instead(status, origin.own(error.into_trailers()));
@@ -1063,6 +1089,10 @@ impl Body for ResponseBody {
         }
         if let Some(local) = this.local.as_mut() {
             loop {
+                if let Some(error) = this.json.as_mut().and_then(|json| json.failed.take()) {
+                    this.local = None;
+                    return Poll::Ready(Some(Ok(Frame::trailers(error.into_trailers()))));
+                }
                 // tonic reports a failing local stream as a status error;
                 // the gateway's services never fail mid-stream, so end the
                 // body.
@@ -1119,6 +1149,9 @@ impl Body for ResponseBody {
             let Some((stream, call_end)) = upstream.stream.as_mut() else {
                 return Poll::Ready(None);
             };
+            if let Some(error) = this.json.as_mut().and_then(|json| json.failed.take()) {
+                break Some(relay.origin.own(error.into_trailers()));
+            }
             let frame = match Pin::new(stream).poll_frame(cx) {
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {

@@ -362,21 +362,32 @@ impl JsonAnswer {
     }
 
     /// The NDJSON lines of the whole messages at the start of `framed`,
-    /// which keeps the rest; why not, at the first that is not a message
-    /// of the method's response.
-    pub(super) fn lines(&self, framed: &mut BytesMut) -> Result<Bytes, String> {
+    /// which keeps the rest, and why the answer stops there, at the first
+    /// that is not a message of the method's response: the lines before it
+    /// are still the caller's.
+    pub(super) fn lines(&self, framed: &mut BytesMut) -> (Bytes, Option<String>) {
         let mut messages = Messages {
             buffer: std::mem::take(framed),
         };
         let mut lines = Vec::new();
+        let mut failed = None;
         for message in messages.by_ref() {
-            let line =
-                convert::response_json(&self.output, &message?, self.response_body.as_ref())?;
-            lines.extend_from_slice(&line);
-            lines.push(b'\n');
+            let line = message.and_then(|message| {
+                convert::response_json(&self.output, &message, self.response_body.as_ref())
+            });
+            match line {
+                Ok(line) => {
+                    lines.extend_from_slice(&line);
+                    lines.push(b'\n');
+                }
+                Err(error) => {
+                    failed = Some(error);
+                    break;
+                }
+            }
         }
         *framed = messages.buffer;
-        Ok(Bytes::from(lines))
+        (Bytes::from(lines), failed)
     }
 
     /// `framed`, the whole of a gRPC answer's messages, as JSON; why not,

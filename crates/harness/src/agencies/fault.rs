@@ -11,7 +11,8 @@
 //! - per call, the [`FAULT_HEADER`] request header, which the gateway
 //!   passes upstream like any metadata: `delay=250ms`, `status=UNAVAILABLE`
 //!   (or `status=14`, optionally `message=...` after it), `reset`, `drop`,
-//!   `garble`, joined by `,` (`delay=100ms,status=UNAVAILABLE`);
+//!   `garble`, `garble=second`, `nostatus`, joined by `,`
+//!   (`delay=100ms,status=UNAVAILABLE`);
 //! - per agency, a [`FaultSwitch`] held by the test, applied to every call
 //!   that carries no header ([`FaultSwitch::set_for_calls`] spares the
 //!   gateway's own health checks and consent feed).
@@ -21,7 +22,10 @@
 //! (`RST_STREAM`); `drop` closes the TCP connection at once, without
 //! GOAWAY, as a crashed server would; `garble` answers `OK` with a message
 //! that is not the method's response (as a backend built from another
-//! version of its proto might). `delay` comes first and may stand alone.
+//! version of its proto might), `garble=second` sends one such after the
+//! answer's first message, in the same DATA frame; `nostatus` answers
+//! HTTP 503 with no gRPC status and no body, as a proxy before the backend
+//! might. `delay` comes first and may stand alone.
 
 use std::pin::Pin;
 use std::str::FromStr;
@@ -66,6 +70,11 @@ pub enum Failure {
     /// Answers `OK` with a message no decoder reads: a field whose length
     /// runs past the message's end.
     Garble,
+    /// Answers normally, but with such a message after the first, in the
+    /// same DATA frame.
+    GarbleSecond,
+    /// Answers HTTP 503 with neither a gRPC status nor a body.
+    NoStatus,
 }
 
 impl Fault {
@@ -110,10 +119,12 @@ impl FromStr for Fault {
                 ("reset", "") => fault.failure = Some(Failure::Reset),
                 ("drop", "") => fault.failure = Some(Failure::Drop),
                 ("garble", "") => fault.failure = Some(Failure::Garble),
+                ("garble", "second") => fault.failure = Some(Failure::GarbleSecond),
+                ("nostatus", "") => fault.failure = Some(Failure::NoStatus),
                 _ => {
                     return Err(format!(
                         "`{part}` is not one of delay=DURATION, status=CODE, message=TEXT, reset, \
-                         drop, garble"
+                         drop, garble, garble=second, nostatus"
                     ));
                 }
             }
@@ -247,6 +258,20 @@ pub fn with_faults(service: AgencyService, switch: FaultSwitch) -> AgencyService
                     );
                     Ok(response)
                 }
+                Some(Failure::GarbleSecond) => {
+                    let response = service.oneshot(request).await?;
+                    Ok(response.map(|body| {
+                        tonic::body::Body::new(GarbledSecond {
+                            body,
+                            garbled: false,
+                        })
+                    }))
+                }
+                Some(Failure::NoStatus) => {
+                    let mut response = http::Response::new(tonic::body::Body::empty());
+                    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                    Ok(response)
+                }
             }
         }
     });
@@ -294,6 +319,38 @@ impl Body for Garbled {
     }
 }
 
+/// An answer whose first data frame ends with a garbled message (as
+/// [`Garbled`] sends) after what it held; the rest as it comes.
+struct GarbledSecond {
+    body: tonic::body::Body,
+    garbled: bool,
+}
+
+impl Body for GarbledSecond {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
+        let Some(Ok(frame)) = frame else {
+            return Poll::Ready(frame);
+        };
+        match frame.into_data() {
+            Ok(data) if !self.garbled => {
+                self.garbled = true;
+                let mut both = data.to_vec();
+                both.extend_from_slice(&[0, 0, 0, 0, 3, 0x0a, 5, b'a']);
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from(both)))))
+            }
+            Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            Err(frame) => Poll::Ready(Some(Ok(frame))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,6 +386,14 @@ mod tests {
         assert_eq!(
             "garble".parse::<Fault>().unwrap(),
             Fault::fail(Failure::Garble)
+        );
+        assert_eq!(
+            "garble=second".parse::<Fault>().unwrap(),
+            Fault::fail(Failure::GarbleSecond)
+        );
+        assert_eq!(
+            "nostatus".parse::<Fault>().unwrap(),
+            Fault::fail(Failure::NoStatus)
         );
     }
 
