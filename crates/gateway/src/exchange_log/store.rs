@@ -69,6 +69,11 @@ pub const KEY_FILE: &str = "log-key.pem";
 /// The log's public key, as a signed-note verifier key.
 pub const VERIFIER_FILE: &str = "log-key.pub";
 
+/// How long after its call ended an outcome is written, at most
+/// ([`Store::assertions_since`]): the queue and a commit, milliseconds; a
+/// store stalled for longer holds every call with it.
+pub const OUTCOME_LAG_US: i64 = 30_000_000;
+
 /// 3: records carry their leaf, and the tree is stored from level 8 up.
 const SCHEMA_VERSION: &str = "4";
 
@@ -725,12 +730,25 @@ impl Store {
     /// gateways' calls this gateway took, newest first. Read back from the
     /// newest record, so that a long log costs only the window; the
     /// records of callers of instance `own` are not decoded.
-    pub fn assertions_since(&self, since_us: i64, own: &str) -> Result<Vec<String>, StoreError> {
+    ///
+    /// A decision is timed when its call came, but written once its first
+    /// message (or JSON body) is read, up to `late` after: one older than
+    /// the window may follow one inside it. The read ends at the first
+    /// record older than that allows, or at an outcome (timed when its
+    /// call ended, and written then) [`OUTCOME_LAG_US`] older than the
+    /// window: every record before it was written before the window.
+    pub fn assertions_since(
+        &self,
+        since_us: i64,
+        own: &str,
+        late: Duration,
+    ) -> Result<Vec<String>, StoreError> {
         let own = format!("{own}/");
+        let late_us = i64::try_from(late.as_micros()).unwrap_or(i64::MAX);
         let mut statement = self
             .connection
             .prepare_cached(
-                "SELECT idx, at_us, CASE WHEN phase = 'decision' \
+                "SELECT idx, at_us, phase = 'outcome', CASE WHEN phase = 'decision' \
                      AND substr(caller, 1, length(?2)) <> ?2 THEN record END \
                  FROM records WHERE idx < ?1 ORDER BY idx DESC LIMIT 4096",
             )
@@ -740,19 +758,22 @@ impl Store {
         loop {
             let rows = statement
                 .query_map(params![before, own], |row| {
-                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get(2)?))
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
                 })
                 .at(&self.path)?
-                .collect::<rusqlite::Result<Vec<(i64, i64, Option<Vec<u8>>)>>>()
+                .collect::<rusqlite::Result<Vec<(i64, i64, bool, Option<Vec<u8>>)>>>()
                 .at(&self.path)?;
-            let Some(&(last, _, _)) = rows.last() else {
+            let Some(&(last, ..)) = rows.last() else {
                 return Ok(assertions);
             };
-            for (index, at_us, record) in rows {
-                if at_us < since_us {
+            for (index, at_us, outcome, record) in rows {
+                let written_before = if outcome { OUTCOME_LAG_US } else { late_us };
+                if at_us < since_us.saturating_sub(written_before) {
                     return Ok(assertions);
                 }
-                let Some(bytes) = record else { continue };
+                let Some(bytes) = record.filter(|_| at_us >= since_us) else {
+                    continue;
+                };
                 let record = ExchangeRecord::decode(bytes.as_slice()).map_err(|error| {
                     StoreError::invalid(&self.path, format!("record {index}: {error}"))
                 })?;
@@ -1750,6 +1771,48 @@ mod tests {
 
     /// Positions follow the order `Frontier::append` completes nodes, with
     /// no gaps and no repeats.
+    /// A decision is timed when its call came and written once its first
+    /// message was read: one written late, older than the window, does
+    /// not end the read-back of the assertions before it; an outcome
+    /// older than the window (and its lag) does.
+    #[test]
+    fn assertions_are_read_back_past_a_decision_written_late() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), "test.example/log").unwrap();
+        let mut frontier = store.frontier().unwrap();
+        let since = 1_700_000_000_000_000_i64;
+        let second = 1_000_000;
+        let decision = |at_us: i64, caller: &str, assertion: &str| ExchangeRecord {
+            phase: Phase::Decision.into(),
+            received_us: at_us,
+            caller: caller.to_owned(),
+            assertion: assertion.to_owned(),
+            ..ExchangeRecord::default()
+        };
+        let partner = "AZ/COM/KAPITAL/kyc";
+        let records = [
+            // Never read: the outcome after it ends the read-back.
+            decision(since + 5 * second, partner, "hidden"),
+            ExchangeRecord {
+                phase: Phase::Outcome.into(),
+                completed_us: since - OUTCOME_LAG_US - second,
+                ..ExchangeRecord::default()
+            },
+            decision(since + 10 * second, partner, "first"),
+            decision(since + 20 * second, "SN/COM/CBAO/kyc", "own"),
+            // A slow call's, written 50 s after it came.
+            decision(since - 50 * second, partner, "late"),
+            decision(since + 30 * second, partner, "second"),
+        ];
+        let batch: Vec<&ExchangeRecord> = records.iter().collect();
+        store.append(&mut frontier, &batch, None).unwrap();
+        let read = |late| store.assertions_since(since, "SN", late).unwrap();
+        assert_eq!(read(Duration::from_secs(60)), ["second", "first"]);
+        // Had no call a deadline of more than 10 s, the late one could not
+        // have been: it ends the read-back.
+        assert_eq!(read(Duration::from_secs(10)), ["second"]);
+    }
+
     #[test]
     fn node_positions_are_the_completion_order() {
         let mut frontier = Frontier::default();

@@ -217,8 +217,11 @@ async fn remember_assertions(state: &GatewayState, log: &ExchangeLog) -> Result<
         .map_err(crate::exchange_log::OpenError::Store)?;
     let own = federation.instance.clone();
     let dir = log.dir().to_owned();
+    // A decision is written once its call's first message is read, within
+    // the call's deadline.
+    let late = state.max_deadline;
     let sealed = tokio::task::spawn_blocking(move || match reader {
-        crate::exchange_log::Reader::Local(store) => store.assertions_since(since_us, &own),
+        crate::exchange_log::Reader::Local(store) => store.assertions_since(since_us, &own, late),
         crate::exchange_log::Reader::Fleet(_) => Ok(Vec::new()),
     })
     .await
