@@ -408,6 +408,30 @@ async fn an_admin_endpoint_over_tls_takes_the_token_encrypted_only() {
     let text = support::text(&output);
     assert!(!output.status.success(), "{text}");
     assert!(text.contains("give --admin-ca"), "{text}");
+    // With the CA and a name the certificate does not carry, it says so,
+    // not that the endpoint may be plain HTTP.
+    let admin = bed.admin.to_string();
+    let ca_arg = ca.display().to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        support::govbridge(&[
+            "status",
+            "--admin",
+            &admin,
+            "--admin-ca",
+            &ca_arg,
+            "--admin-name",
+            "elsewhere.example",
+        ])
+    })
+    .await
+    .unwrap();
+    let text = support::text(&output);
+    assert!(!output.status.success(), "{text}");
+    assert!(
+        text.contains("not one --admin-ca trusts for elsewhere.example"),
+        "{text}"
+    );
+    assert!(!text.contains("plain HTTP"), "{text}");
     bed.stop().await;
 }
 

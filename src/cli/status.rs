@@ -79,8 +79,28 @@ fn get(endpoint: &AdminEndpoint, path: &str) -> anyhow::Result<(u16, String)> {
         Some((config, name)) => {
             let connection = rustls::ClientConnection::new(Arc::clone(config), name.clone())?;
             let mut tls = rustls::StreamOwned::new(connection, tcp);
-            tls.write_all(request.as_bytes()).with_context(reading)?;
-            tls.read_to_string(&mut response).with_context(reading)?;
+            // A certificate refused is the endpoint speaking TLS: the
+            // scheme is right, the CA or the name is not.
+            let refused = |error: std::io::Error| {
+                let certificate = error
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                    .is_some_and(|inner| matches!(inner, rustls::Error::InvalidCertificate(_)));
+                let hint = if certificate {
+                    format!(
+                        "reading {path} from {}: its certificate is not one --admin-ca trusts \
+                         for {}; give the CA that issued it, and --admin-name with the name \
+                         it carries",
+                        endpoint.url(),
+                        name.to_str()
+                    )
+                } else {
+                    reading()
+                };
+                anyhow::Error::new(error).context(hint)
+            };
+            tls.write_all(request.as_bytes()).map_err(refused)?;
+            tls.read_to_string(&mut response).map_err(refused)?;
         }
     }
     let Some((head, body)) = response.split_once("\r\n\r\n") else {
