@@ -1769,8 +1769,6 @@ impl WalCheckpointer {
 mod tests {
     use super::*;
 
-    /// Positions follow the order `Frontier::append` completes nodes, with
-    /// no gaps and no repeats.
     /// A decision is timed when its call came and written once its first
     /// message was read: one written late, older than the window, does
     /// not end the read-back of the assertions before it; an outcome
@@ -1813,6 +1811,8 @@ mod tests {
         assert_eq!(read(Duration::from_secs(10)), ["second"]);
     }
 
+    /// Positions follow the order `Frontier::append` completes nodes, with
+    /// no gaps and no repeats.
     #[test]
     fn node_positions_are_the_completion_order() {
         let mut frontier = Frontier::default();
