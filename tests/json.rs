@@ -588,6 +588,14 @@ async fn credit_call(
     (answer, request_id)
 }
 
+/// The gRPC status and `bridge-error` kind of call `request_id`'s
+/// outcome, as logged.
+fn outcome_of(bed: &Bed, request_id: &str) -> (i32, String) {
+    let records = bed.sandbox.exchange_log().of_request(request_id).unwrap();
+    let outcome = &records.last().unwrap().record;
+    (outcome.grpc_status, outcome.error_kind.clone())
+}
+
 #[tokio::test]
 async fn an_answer_the_gateway_cannot_give_as_json_is_the_calls_outcome_and_spends_no_consent() {
     let bed = dev_bed().await;
@@ -653,12 +661,7 @@ async fn an_answer_the_gateway_cannot_give_as_json_is_the_calls_outcome_and_spen
         async |fault| credit_call(&mut bank, &consent.artefact, lines.clone(), fault).await;
     let (garbled, garbled_id) = streamed(Some("garble")).await;
     assert_eq!(refusal(&garbled), (502, json!("bad-answer")));
-    let records = bed.sandbox.exchange_log().of_request(&garbled_id).unwrap();
-    let outcome = &records.last().unwrap().record;
-    assert_eq!(
-        (outcome.grpc_status, outcome.error_kind.as_str()),
-        (13, "bad-answer")
-    );
+    assert_eq!(outcome_of(&bed, &garbled_id), (13, "bad-answer".to_owned()));
     let (answered, _) = streamed(None).await;
     assert_eq!(answered.status, 200, "{:?}", answered.body);
     assert_eq!(answered.lines().len(), 1, "{:?}", answered.body);
@@ -696,12 +699,7 @@ async fn good_lines_before_a_bad_message_are_given_and_an_answer_without_status_
     assert_eq!(given.len(), 2, "{:?}", answer.body);
     assert_eq!(given[0]["nin"], json!(nin));
     assert_eq!(given[1]["error"]["bridge_error"], json!("bad-answer"));
-    let records = bed.sandbox.exchange_log().of_request(&request_id).unwrap();
-    let outcome = &records.last().unwrap().record;
-    assert_eq!(
-        (outcome.grpc_status, outcome.error_kind.as_str()),
-        (13, "bad-answer")
-    );
+    assert_eq!(outcome_of(&bed, &request_id), (13, "bad-answer".to_owned()));
     // A line went out: the use is spent.
     let (after, _) = credit_call(&mut bank, &consent.artefact, lines, None).await;
     assert_eq!(refusal(&after), (403, json!("consent-exhausted")));
@@ -726,12 +724,7 @@ async fn good_lines_before_a_bad_message_are_given_and_an_answer_without_status_
         "{:?}",
         answer.json()
     );
-    let records = bed.sandbox.exchange_log().of_request(&request_id).unwrap();
-    let outcome = &records.last().unwrap().record;
-    assert_eq!(
-        (outcome.grpc_status, outcome.error_kind.as_str()),
-        (13, "bad-answer")
-    );
+    assert_eq!(outcome_of(&bed, &request_id), (13, "bad-answer".to_owned()));
     let (answered, _) = credit_call(&mut bank, &consent.artefact, unary, None).await;
     assert_eq!(answered.status, 200, "{:?}", answered.json());
 }
