@@ -2066,6 +2066,82 @@ async fn a_partner_witnesses_this_instances_log() {
     );
 }
 
+/// A log without new records signs no new checkpoint: the gateway sends
+/// the latest to its witness again once its cosignature is
+/// `exchange_log.witness_refresh` old, and keeps the fresher cosignature
+/// in the place of the older, so that an auditor's `--max-witness-age`
+/// holds for a gateway merely idle.
+#[tokio::test]
+async fn an_idle_log_has_its_latest_checkpoint_cosigned_again() {
+    use govbridge::note::Verifier;
+
+    let (partner, bed, _keys) = federated_with(
+        |bed, _| bed.setting("exchange_log", "witness_refresh = \"1s\""),
+        false,
+    )
+    .await;
+    let mut registry = CompanyRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
+    registry
+        .get_company(get_company(&partner.company(), "TRADE-FINANCE"))
+        .await
+        .unwrap();
+    bed.exchange_log().checkpoint().await.unwrap();
+    let witness_key = Verifier::read(&partner.path("pki/federation.pub")).unwrap();
+    let mut proofs = ExchangeLogClient::new(bed.channel_as(CBAO).await.unwrap());
+    let mut cosigned = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let served = loop {
+        let served = proofs
+            .get_checkpoint(GetCheckpointRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if let Ok(time) = witness_key.cosigned(&served.note)
+            && cosigned.last() != Some(&time)
+        {
+            cosigned.push(time);
+            if cosigned.len() == 3 {
+                break served;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cosigned at {cosigned:?} only"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // One checkpoint, cosigned three times, later each time: one line of
+    // the witness's is kept, the newest, in the store too.
+    assert!(cosigned.is_sorted(), "{cosigned:?}");
+    let line = format!("\u{2014} {} ", witness_key.name());
+    assert_eq!(served.note.matches(&line).count(), 1, "{}", served.note);
+    let data = bed.exchange_log().dir().to_owned();
+    let stored = Store::open_read_only(&data)
+        .unwrap()
+        .latest_checkpoint()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        witness_key.cosigned(&stored.note).ok(),
+        cosigned.last().copied()
+    );
+    assert_eq!(stored.note.matches(&line).count(), 1, "{}", stored.note);
+    let (ok, text) = run(&[
+        "audit",
+        "verify",
+        "--data",
+        data.to_str().unwrap(),
+        "--key",
+        data.join("log-key.pub").to_str().unwrap(),
+        "--witness",
+        partner.path("pki/federation.pub").to_str().unwrap(),
+        "--max-witness-age",
+        "1m",
+    ]);
+    assert!(ok, "{text}");
+    bed.stop().await;
+}
+
 #[tokio::test]
 async fn a_clean_stop_leaves_the_log_witnessed() {
     // The log outlives the bed.

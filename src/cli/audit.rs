@@ -69,10 +69,11 @@ pub enum AuditCommand {
         max_unwitnessed: u64,
         /// With --witness: how old the newest cosignature of each witness
         /// may be (`30m`, `2h`, `7d`). A witness cosigns every checkpoint
-        /// a live gateway sends it, and a gateway signs one whenever it
-        /// has logged something new: only a log cut back to a checkpoint
-        /// cosigned long ago, a gateway long stopped or cut off from its
-        /// partner, or one without calls for that long carries none newer.
+        /// a live gateway sends it, a new one as records arrive and the
+        /// latest again while none do (`exchange_log.witness_refresh`, 15
+        /// min): only a log cut back to a checkpoint cosigned long ago, or
+        /// a gateway long stopped or cut off from its partner, carries
+        /// none newer.
         #[arg(long, value_name = "DURATION", requires = "witness", value_parser = age)]
         max_witness_age: Option<Duration>,
     },
@@ -649,10 +650,10 @@ fn check_witnessed(
             bail!(
                 "{}: the newest cosignature by {name} is from {time}, {} ago, older than \
                  --max-witness-age {}. Either the gateway has not sent {name} a checkpoint \
-                 since (it was stopped, its partner unreachable, or it logged no call, as a \
-                 gateway idle overnight does), or the log was cut back to a checkpoint {name} \
-                 cosigned then: ask the partner for the checkpoint of this log it cosigned \
-                 last",
+                 since (it was stopped or its partner unreachable; idle, it sends its latest \
+                 again every exchange_log.witness_refresh), or the log was cut back to a \
+                 checkpoint {name} cosigned then: ask the partner for the checkpoint of this \
+                 log it cosigned last",
                 database.display(),
                 super::span(age),
                 super::span(most.as_secs())

@@ -392,6 +392,29 @@ pub struct Checkpoint {
     pub root: Hash,
 }
 
+/// `note` with the cosignature `line` (one signature line) in the place of
+/// the one its signer gave before, if any: a witness's newest cosignature
+/// of a checkpoint says all its older ones do, and later. The note's first
+/// signature (the log's own) is always kept.
+pub fn with_cosignature(note: &str, line: &str) -> String {
+    let signer = |line: &str| {
+        line.strip_prefix(SIGNATURE_PREFIX)
+            .and_then(|rest| rest.split(' ').next())
+            .map(str::to_owned)
+    };
+    let by = signer(line);
+    let signatures = note.rfind("\n\n").map_or(note.len(), |blank| blank + 2);
+    let (text, lines) = note.split_at(signatures);
+    let mut kept = String::from(text);
+    for (position, signature) in lines.split_inclusive('\n').enumerate() {
+        if position == 0 || by.is_none() || signer(signature) != by {
+            kept.push_str(signature);
+        }
+    }
+    kept.push_str(line);
+    kept
+}
+
 /// A checkpoint opened from its note: the signed text as it came (a
 /// witness cosigns exactly that text) and the log's signature line.
 #[derive(Debug)]
@@ -528,6 +551,34 @@ mod tests {
         assert_eq!(again.verifier(), key.verifier());
         assert!(SigningKey::from_pem("log", "garbage").is_err());
         assert!(SigningKey::generate("a b").is_err());
+    }
+
+    /// A witness's newer cosignature takes the place of its older one;
+    /// the log's signature and other witnesses' stay.
+    #[test]
+    fn a_newer_cosignature_replaces_the_older_of_its_witness() {
+        let log = SigningKey::generate("log").unwrap();
+        let (az, ke) = (
+            SigningKey::generate("AZ-federation").unwrap(),
+            SigningKey::generate("KE-federation").unwrap(),
+        );
+        let checkpoint = Checkpoint {
+            origin: "log".into(),
+            size: 3,
+            root: [1; 32],
+        };
+        let text = checkpoint.text();
+        let note = with_cosignature(&checkpoint.sign(&log), &az.cosign(&text, 7));
+        let note = with_cosignature(&note, &ke.cosign(&text, 8));
+        assert_eq!(az.verifier().cosigned(&note), Ok(7));
+        let note = with_cosignature(&note, &az.cosign(&text, 90));
+        assert_eq!(note.matches("\u{2014} AZ-federation ").count(), 1, "{note}");
+        assert_eq!(az.verifier().cosigned(&note), Ok(90));
+        assert_eq!(ke.verifier().cosigned(&note), Ok(8));
+        assert_eq!(
+            Checkpoint::open(&note, &log.verifier()).unwrap(),
+            checkpoint
+        );
     }
 
     #[test]

@@ -77,6 +77,7 @@ impl Config {
                 "origin": config.exchange_log.origin,
                 "checkpoint_interval_ms": config.exchange_log.checkpoint_interval.as_millis(),
                 "checkpoint_records": config.exchange_log.checkpoint_records,
+                "witness_refresh_s": config.exchange_log.witness_refresh.as_secs(),
                 "retain_s": config.exchange_log.retain.map(|retain| retain.as_secs()),
                 "archive_dir": path(&config.exchange_log.archive_dir),
                 "data_tracker_clients": config.exchange_log.data_tracker_clients.iter().map(ToString::to_string).collect::<Vec<_>>(),

@@ -266,6 +266,11 @@ pub struct ExchangeLogConfig {
     pub checkpoint_interval: Duration,
     /// ...and whenever this many records arrived since the last one.
     pub checkpoint_records: u64,
+    /// How old a witness's cosignature of the latest checkpoint may grow
+    /// before the gateway sends it that checkpoint again: an idle log
+    /// signs none newer, and auditors judge a log by how recently its
+    /// witnesses saw it (`audit verify --max-witness-age`).
+    pub witness_refresh: Duration,
     /// Who may call `DataTracker` (the citizens' portal).
     pub data_tracker_clients: Vec<MemberId>,
     /// How long records stay in the store before the gateway moves them
@@ -284,6 +289,7 @@ impl ExchangeLogConfig {
             origin: format!("govbridge/{node_id}"),
             checkpoint_interval: Duration::from_secs(10),
             checkpoint_records: 10_000,
+            witness_refresh: Duration::from_secs(15 * 60),
             data_tracker_clients: Vec::new(),
             retain: None,
             archive_dir: dir.join("data").join("archives"),

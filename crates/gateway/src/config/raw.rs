@@ -174,6 +174,7 @@ struct RawExchangeLog {
     origin: Option<Spanned<String>>,
     checkpoint_interval: Option<Spanned<String>>,
     checkpoint_records: Option<Spanned<u64>>,
+    witness_refresh: Option<Spanned<String>>,
     #[serde(default)]
     data_tracker_clients: Vec<Spanned<String>>,
     retain: Option<Spanned<String>>,
@@ -2159,6 +2160,12 @@ fn validate_exchange_log(
             MILLISECOND * 10..=Duration::from_secs(3600),
         )?,
         checkpoint_records,
+        witness_refresh: source.duration(
+            "exchange_log.witness_refresh",
+            raw.witness_refresh.as_ref(),
+            defaults.witness_refresh,
+            Duration::from_secs(1)..=Duration::from_secs(24 * 3600),
+        )?,
         data_tracker_clients,
     })
 }

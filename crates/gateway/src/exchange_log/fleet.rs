@@ -88,6 +88,10 @@ const SEAL_SESSION: &str =
 /// cosignatures given since they were copied.
 const RECENT_CHECKPOINTS: usize = 64;
 
+/// Tries at keeping a cosignature in a checkpoint's note that other nodes
+/// keep others in at the same time ([`FleetReader::add_cosignature`]).
+const MAX_NOTE_MOVES: usize = 8;
+
 /// Records read at a time by [`pull`].
 const PULL_PAGE: i64 = 4096;
 
@@ -730,14 +734,35 @@ impl FleetReader {
     /// checkpoint at `size`, unless the note carries one by that witness
     /// already (two nodes may have had the same checkpoint cosigned).
     pub fn add_cosignature(&self, size: u64, line: &str) -> Result<(), StoreError> {
-        // `— NAME SIGNATURE`: one line per witness name.
-        let name = line.split(' ').nth(1).unwrap_or_default();
-        let witness = format!("\n\u{2014} {name} ");
-        self.rows_changed(
-            "UPDATE log_checkpoints SET note = note || $2 WHERE size = $1 AND strpos(note, $3) = 0",
-            &[&to_i64(size), &line, &witness],
-        )?;
-        Ok(())
+        // In the place of the line the witness gave before, compared and
+        // swapped: another node may keep another witness's meanwhile.
+        for _ in 0..MAX_NOTE_MOVES {
+            let rows = self.rows(
+                "SELECT note FROM log_checkpoints WHERE size = $1",
+                &[&to_i64(size)],
+            )?;
+            let Some(note) = rows.first().map(|row| row.get::<_, String>(0)) else {
+                return Ok(());
+            };
+            if note.contains(line) {
+                return Ok(());
+            }
+            let kept = crate::note::with_cosignature(&note, line);
+            let moved = self.rows_changed(
+                "UPDATE log_checkpoints SET note = $3 WHERE size = $1 AND note = $2",
+                &[&to_i64(size), &note, &kept],
+            )?;
+            if moved == 1 {
+                return Ok(());
+            }
+        }
+        Err(invalid(
+            &self.database,
+            format!(
+                "other nodes changed the cosignatures of checkpoint {size} {MAX_NOTE_MOVES} times \
+                 while this one kept a witness's"
+            ),
+        ))
     }
 
     fn rows_changed(
@@ -952,8 +977,9 @@ fn pull_receipts(reader: &FleetReader, dir: &Path) -> Result<u64, StoreError> {
 
 /// Copies the cosignatures that witnesses gave the checkpoints already in
 /// the copy (`start` records) since they were copied: a checkpoint is
-/// cosigned a moment after it is signed. Only lines added after the note
-/// as copied, and only if the note still opens as that checkpoint: what
+/// cosigned a moment after it is signed, and again while the log is idle.
+/// Only signature lines the copy lacks, each in the place of its signer's
+/// older one, and only if the note still opens as that checkpoint: what
 /// the cosignatures are worth is for `audit verify --witness` to say.
 fn cosignatures_since(
     copy: &Store,
@@ -971,19 +997,27 @@ fn cosignatures_since(
         .map(|checkpoint| (checkpoint.size, checkpoint.note))
         .collect();
     for stored in checkpoints.iter().filter(|stored| stored.size <= start) {
-        let Some(added) = copied
+        let Some(before) = copied
             .get(&stored.size)
-            .and_then(|note| stored.note.strip_prefix(note.as_str()))
-            .filter(|added| !added.is_empty())
+            .filter(|note| **note != stored.note)
         else {
             continue;
         };
         let same = Checkpoint::open(&stored.note, verifier).is_ok_and(|opened| {
-            Checkpoint::open(&copied[&stored.size], verifier)
+            Checkpoint::open(before, verifier)
                 .is_ok_and(|before| before.size == opened.size && before.root == opened.root)
         });
-        if same {
-            store::add_cosignature(dir, stored.size, added)?;
+        if !same {
+            continue;
+        }
+        let signatures = stored
+            .note
+            .rfind("\n\n")
+            .map_or("", |blank| &stored.note[blank + 2..]);
+        for line in signatures.split_inclusive('\n').skip(1) {
+            if !before.contains(line) {
+                store::add_cosignature(dir, stored.size, line)?;
+            }
         }
     }
     Ok(())

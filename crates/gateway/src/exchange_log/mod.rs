@@ -638,7 +638,7 @@ impl ExchangeLog {
         self.shared.checkpoint.rcu(|latest| match latest {
             Some(checkpoint) if checkpoint.size == size && !checkpoint.note.contains(line) => {
                 Some(Arc::new(StoredCheckpoint {
-                    note: format!("{}{line}", checkpoint.note),
+                    note: crate::note::with_cosignature(&checkpoint.note, line),
                     ..(**checkpoint).clone()
                 }))
             }

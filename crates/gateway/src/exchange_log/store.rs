@@ -1673,19 +1673,34 @@ impl Nodes for Store {
     }
 }
 
-/// Appends a witness's cosignature `line` to the note of the checkpoint
-/// at `size` in the store in `dir`, unless the note has it already.
+/// Keeps a witness's cosignature `line` in the note of the checkpoint at
+/// `size` in the store in `dir`, in the place of the one it gave before
+/// ([`crate::note::with_cosignature`]).
 pub fn add_cosignature(dir: &Path, size: u64, line: &str) -> Result<(), StoreError> {
     let path = dir.join(DATABASE_FILE);
-    let connection = Connection::open(&path).at(&path)?;
+    let mut connection = Connection::open(&path).at(&path)?;
     connection.busy_timeout(Duration::from_secs(5)).at(&path)?;
-    connection
-        .execute(
-            "UPDATE checkpoints SET note = note || ?2 WHERE tree_size = ?1 AND instr(note, ?2) = 0",
-            params![to_i64(size), line],
-        )
+    // Witnesses answer side by side: one note moves at a time.
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
         .at(&path)?;
-    Ok(())
+    let note: Option<String> = transaction
+        .query_row(
+            "SELECT note FROM checkpoints WHERE tree_size = ?1",
+            [to_i64(size)],
+            |row| row.get(0),
+        )
+        .optional()
+        .at(&path)?;
+    if let Some(note) = note.filter(|note| !note.contains(line)) {
+        transaction
+            .execute(
+                "UPDATE checkpoints SET note = ?2 WHERE tree_size = ?1",
+                params![to_i64(size), crate::note::with_cosignature(&note, line)],
+            )
+            .at(&path)?;
+    }
+    transaction.commit().at(&path)
 }
 
 /// Copies the write-ahead log into the database in the background, on its

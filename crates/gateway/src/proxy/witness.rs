@@ -84,6 +84,10 @@ const FLUSH: Duration = Duration::from_secs(3);
 struct Follower {
     /// The size it cosigned last, as far as this node knows.
     cosigned: u64,
+    /// When this node last sent it a checkpoint it had cosigned, for a
+    /// fresher cosignature: once per `exchange_log.witness_refresh`,
+    /// whatever the witness's clock says.
+    refreshed: Option<Instant>,
     /// The connection to its gateway, kept while it works.
     connection: Option<Connection>,
     backoff: Backoff,
@@ -213,6 +217,7 @@ async fn send_round(
     let started = Instant::now();
     let mut sending = tokio::task::JoinSet::new();
     let now_s = crate::unix_time::now();
+    let refresh = state.exchange_log.witness_refresh;
     // None to a partner whose configuration has expired, or whose CRL is
     // out of date: nothing of it is trusted to be current, its address
     // and its certificates included.
@@ -221,13 +226,24 @@ async fn send_round(
     }) {
         let follower = followers.entry(partner.instance.clone()).or_default();
         // Cosigned already (before a restart, or a round that timed out
-        // while its cosignature was being kept): not sent again.
-        if follower.cosigned < latest.size && partner.key.cosigned(&latest.note).is_ok() {
+        // while its cosignature was being kept): not sent again...
+        let cosigned_at = partner.key.cosigned(&latest.note).ok();
+        if follower.cosigned < latest.size && cosigned_at.is_some() {
             follower.cosigned = latest.size;
         }
+        // ...until its cosignature is `refresh` old: an idle log signs no
+        // newer checkpoint, and the witness cosigns the same one again.
+        let age = cosigned_at.map(|time| u64::try_from(now_s).unwrap_or(0).saturating_sub(time));
+        let stale = age.is_some_and(|age| age >= refresh.as_secs())
+            && follower
+                .refreshed
+                .is_none_or(|refreshed| started.duration_since(refreshed) >= refresh);
         let pausing = follower.backoff.pausing(started);
-        if follower.cosigned >= latest.size || (pausing && !now) {
+        if (follower.cosigned >= latest.size && !stale) || (pausing && !now) {
             continue;
+        }
+        if follower.cosigned >= latest.size {
+            follower.refreshed = Some(started);
         }
         let Some(tls) = state.federation.partner_tls.get(&partner.instance) else {
             continue;
