@@ -1201,6 +1201,12 @@ struct FederatedFleet {
 }
 
 async fn federated_fleet(bed: &Bed, cluster: &Cluster) -> FederatedFleet {
+    federated_fleet_with(bed, cluster, "").await
+}
+
+/// [`federated_fleet`], with `exchange_log` more settings of the nodes'
+/// `[exchange_log]`.
+async fn federated_fleet_with(bed: &Bed, cluster: &Cluster, exchange_log: &str) -> FederatedFleet {
     use govbridge::identity::MemberId;
     use govbridge::launch::Shutdown;
     use govbridge::partner::{self as federation, PartnerInstance};
@@ -1216,7 +1222,9 @@ async fn federated_fleet(bed: &Bed, cluster: &Cluster) -> FederatedFleet {
     // Each node's file federated as `dev --federation` federates the dev
     // configuration: Azerbaijan's providers, witnessing both ways, its
     // receipts kept, licensed banks calling it for trade finance.
-    let lines = format!("{EVERY_SECOND}\n\n[members.\"{AZ_BANK}\"]\nname = \"Kapital Bank\"\n");
+    let lines = format!(
+        "{EVERY_SECOND}\n{exchange_log}\n\n[members.\"{AZ_BANK}\"]\nname = \"Kapital Bank\"\n"
+    );
     let nodes: Vec<_> = (0..2)
         .map(|index| {
             let name = format!("node-{index}");
@@ -1394,6 +1402,54 @@ async fn a_fleet_and_its_partner_witness_each_other() {
         .unwrap();
     assert_eq!(sender.trim(), format!("node-{survivor}"));
     drop(nodes);
+    bed.stop().await;
+}
+
+/// An idle fleet's latest checkpoint is cosigned again as it ages: the
+/// node that sends it to the witness keeps the fresher cosignature in the
+/// database, in the place of the older, and every node serves it.
+#[tokio::test]
+async fn an_idle_fleet_has_its_latest_checkpoint_cosigned_again() {
+    use govbridge::note::Verifier;
+    use govbridge::proto::audit::v1::GetCheckpointRequest;
+    use govbridge::proto::audit::v1::exchange_log_client::ExchangeLogClient;
+
+    let cluster = Cluster::start_temporary().unwrap();
+    let bed = dev_bed().await;
+    let fleet = federated_fleet_with(&bed, &cluster, "witness_refresh = \"1s\"").await;
+    verify_identity(&bed, fleet.nodes[0].address).await.unwrap();
+    let witness = Verifier::read(&fleet.partner.path("pki/federation.pub")).unwrap();
+    let line = format!("\u{2014} {} ", witness.name());
+    for node in &fleet.nodes {
+        let client = H2Client::connect(node.address, bed.member_tls("cbao-kyc"))
+            .await
+            .unwrap();
+        let mut log = ExchangeLogClient::new(client);
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while seen.len() < 3 {
+            // None until the first checkpoint is signed (`not-checkpointed`).
+            let note = match log.get_checkpoint(GetCheckpointRequest {}).await {
+                Ok(answer) => answer.into_inner().note,
+                Err(status) if status.code() == tonic::Code::FailedPrecondition => String::new(),
+                Err(status) => panic!("{status:?}"),
+            };
+            assert!(note.matches(&line).count() <= 1, "{note}");
+            if let Ok(time) = witness.cosigned(&note)
+                && seen.last() != Some(&time)
+            {
+                seen.push(time);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} served cosignatures of {seen:?} only",
+                node.address
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(seen.is_sorted(), "{seen:?}");
+    }
+    drop(fleet);
     bed.stop().await;
 }
 

@@ -393,26 +393,54 @@ pub struct Checkpoint {
 }
 
 /// `note` with the cosignature `line` (one signature line) in the place of
-/// the one its signer gave before, if any: a witness's newest cosignature
-/// of a checkpoint says all its older ones do, and later. The note's first
+/// the one its signer (key name and id) gave before, if any: a witness's
+/// newest cosignature of a checkpoint says all its older ones do, and
+/// later. An older one than that kept stays out; the note's first
 /// signature (the log's own) is always kept.
 pub fn with_cosignature(note: &str, line: &str) -> String {
-    let signer = |line: &str| {
-        line.strip_prefix(SIGNATURE_PREFIX)
-            .and_then(|rest| rest.split(' ').next())
-            .map(str::to_owned)
-    };
-    let by = signer(line);
     let signatures = note.rfind("\n\n").map_or(note.len(), |blank| blank + 2);
     let (text, lines) = note.split_at(signatures);
+    let new = Cosignature::of(line);
     let mut kept = String::from(text);
+    let mut newer_kept = false;
     for (position, signature) in lines.split_inclusive('\n').enumerate() {
-        if position == 0 || by.is_none() || signer(signature) != by {
-            kept.push_str(signature);
+        match (&new, Cosignature::of(signature)) {
+            (Some(new), Some(old)) if position > 0 && old.signer == new.signer => {
+                if old.time > new.time {
+                    newer_kept = true;
+                    kept.push_str(signature);
+                }
+            }
+            _ => kept.push_str(signature),
         }
     }
-    kept.push_str(line);
+    if !newer_kept {
+        kept.push_str(line);
+    }
     kept
+}
+
+/// What a cosignature line (`— NAME BASE64(key id, time, signature)`)
+/// says of itself, unverified: whose key, and when.
+struct Cosignature<'a> {
+    signer: (&'a str, [u8; 4]),
+    time: u64,
+}
+
+impl<'a> Cosignature<'a> {
+    fn of(line: &'a str) -> Option<Self> {
+        let (name, blob) = line
+            .strip_prefix(SIGNATURE_PREFIX)?
+            .trim_end_matches('\n')
+            .split_once(' ')?;
+        let blob = BASE64.decode(blob).ok()?;
+        let id = blob.get(..4)?.try_into().ok()?;
+        let time = u64::from_be_bytes(blob.get(4..12)?.try_into().ok()?);
+        Some(Self {
+            signer: (name, id),
+            time,
+        })
+    }
 }
 
 /// A checkpoint opened from its note: the signed text as it came (a
@@ -579,6 +607,13 @@ mod tests {
             Checkpoint::open(&note, &log.verifier()).unwrap(),
             checkpoint
         );
+        // An older one, late, does not take the newer's place.
+        assert_eq!(with_cosignature(&note, &az.cosign(&text, 50)), note);
+        // Another key of the same name is another witness.
+        let namesake = SigningKey::generate("AZ-federation").unwrap();
+        let note = with_cosignature(&note, &namesake.cosign(&text, 91));
+        assert_eq!(az.verifier().cosigned(&note), Ok(90));
+        assert_eq!(namesake.verifier().cosigned(&note), Ok(91));
     }
 
     #[test]

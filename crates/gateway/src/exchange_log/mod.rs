@@ -949,10 +949,18 @@ impl<B: Backend> Writer<B> {
                         .size
                         .store(self.frontier.size(), Ordering::Release);
                 }
-                if let Some(checkpoint) = checkpoint
-                    && checkpoint.size > self.checkpointed
-                {
-                    self.checkpointed = checkpoint.size;
+                // A newer checkpoint, or the same cosigned again (the
+                // node that sends them to the witnesses keeps the
+                // fresher cosignatures in the database).
+                let served = self.shared.checkpoint.load();
+                let moved = |checkpoint: &StoredCheckpoint| {
+                    checkpoint.size > self.checkpointed
+                        || served.as_deref().is_some_and(|served| {
+                            served.size == checkpoint.size && served.note != checkpoint.note
+                        })
+                };
+                if let Some(checkpoint) = checkpoint.filter(|checkpoint| moved(checkpoint)) {
+                    self.checkpointed = self.checkpointed.max(checkpoint.size);
                     self.shared.checkpoint.store(Some(Arc::new(checkpoint)));
                 }
             }

@@ -272,6 +272,9 @@ async fn send_round(
             Ok(()) => follower.backoff.succeeded(),
             Err(error) => {
                 follower.connection = None;
+                // A refresh that failed is tried again as the backoff
+                // allows, not an interval later.
+                follower.refreshed = None;
                 let pause = follower.backoff.failed();
                 if matches!(error, Unsent::Ahead { .. }) {
                     tracing::error!(
