@@ -24,7 +24,7 @@ pub mod artefact;
 pub mod feed;
 pub mod uses;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -246,6 +246,12 @@ struct Ledger {
     /// When the feed was last heard from.
     heard: Option<Instant>,
     uses: HashMap<String, Uses>,
+    /// The last change applied before the feed was last rewound...
+    rewound_from: u64,
+    /// ...and the consents paused then: until the feed is past that
+    /// change again, none of them is resumed by a change read again (a
+    /// replica behind the portal knows nothing of the pause yet).
+    paused_before: HashSet<String>,
 }
 
 impl Ledger {
@@ -356,14 +362,20 @@ impl ConsentLedger {
     /// The feed reported change `sequence`: `consent` is now `state`. A
     /// revocation is final, as at the portal: no change read after it
     /// undoes it (an older one read again after a rewind, say, from a
-    /// replica behind the portal that revoked it).
+    /// replica behind the portal that revoked it). A pause holds against
+    /// a change read again after a rewind until the feed is past where it
+    /// was before it.
     pub fn apply(&self, sequence: u64, consent: &str, state: ConsentState) {
         let mut ledger = self.lock();
         let revoked = ledger.states.get(consent) == Some(&ConsentState::Revoked);
-        if !revoked {
+        let held_paused = state == ConsentState::Active && ledger.paused_before.contains(consent);
+        if !revoked && !held_paused {
             ledger.states.insert(consent.to_owned(), state);
         }
         ledger.sequence = ledger.sequence.max(sequence);
+        if ledger.sequence >= ledger.rewound_from {
+            ledger.paused_before.clear();
+        }
         ledger.heard = Some(Instant::now());
     }
 
@@ -371,6 +383,15 @@ impl ConsentLedger {
     /// fresh until it has caught up again.
     pub fn rewind(&self) {
         let mut ledger = self.lock();
+        if ledger.sequence > ledger.rewound_from {
+            ledger.rewound_from = ledger.sequence;
+            ledger.paused_before = ledger
+                .states
+                .iter()
+                .filter(|(_, state)| **state == ConsentState::Paused)
+                .map(|(consent, _)| consent.clone())
+                .collect();
+        }
         ledger.sequence = 0;
         ledger.portal_latest = None;
     }
@@ -788,5 +809,40 @@ mod tests {
             ledger.admit(&uses("c1", 9)).unwrap_err(),
             ConsentRefusal::Revoked
         );
+    }
+
+    /// The feed moved to a replica behind the portal: a consent paused at
+    /// the portal stays paused while the replica has not reached the
+    /// pause; what is read past where the feed was applies as always.
+    #[tokio::test]
+    async fn a_rewound_feed_does_not_resume_a_paused_consent() {
+        let ledger = ConsentLedger::new(Duration::from_secs(5));
+        ledger.apply(60, "c1", ConsentState::Active);
+        ledger.apply(98, "c1", ConsentState::Paused);
+        ledger.apply(99, "c2", ConsentState::Active);
+        ledger.heartbeat(99);
+        ledger.rewind();
+        ledger.apply(60, "c1", ConsentState::Active);
+        ledger.heartbeat(60);
+        assert!(ledger.is_fresh());
+        assert_eq!(
+            ledger.admit(&uses("c1", 9)).unwrap_err(),
+            ConsentRefusal::Paused
+        );
+        assert!(ledger.admit(&uses("c2", 9)).is_ok(), "c2 was never paused");
+        // A second rewind before catching up keeps what the first knew.
+        ledger.rewind();
+        ledger.apply(60, "c1", ConsentState::Active);
+        ledger.heartbeat(60);
+        assert_eq!(
+            ledger.admit(&uses("c1", 9)).unwrap_err(),
+            ConsentRefusal::Paused
+        );
+        // Past the pause, the citizen's resumption is read as ever.
+        ledger.apply(98, "c1", ConsentState::Paused);
+        ledger.apply(99, "c2", ConsentState::Active);
+        ledger.apply(100, "c1", ConsentState::Active);
+        ledger.heartbeat(100);
+        assert!(ledger.admit(&uses("c1", 9)).is_ok());
     }
 }
