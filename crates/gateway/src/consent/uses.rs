@@ -50,6 +50,12 @@ struct Count {
     durable: Option<oneshot::Sender<Result<(), UseBookError>>>,
 }
 
+/// How long a consent's count is kept past its expiry, in seconds: a
+/// clock ahead when the count is looked at, then put right (or a node's
+/// behind the database's), must not forget a count still needed, which
+/// would hand the consent's uses back.
+pub const FORGET_AFTER: i64 = 86_400;
+
 /// The durable side of the consent ledger: a writer thread and its file.
 #[derive(Debug)]
 pub struct UseBook {
@@ -61,7 +67,7 @@ pub type Durable = oneshot::Receiver<Result<(), UseBookError>>;
 
 impl UseBook {
     /// Opens (or creates) the book at `path`, forgets consents expired
-    /// before `now`, and returns the counts of the others.
+    /// [`FORGET_AFTER`] before `now`, and returns the counts of the others.
     pub fn open(path: &Path, now: i64) -> Result<(Self, HashMap<String, u32>), UseBookError> {
         let error = |message: String| UseBookError::Open {
             path: path.to_owned(),
@@ -120,17 +126,16 @@ pub struct SharedUses {
 }
 
 impl SharedUses {
-    /// Uses counts in `database`, forgetting consents that expired over
-    /// an hour ago by the database's clock (a node's clock ahead must not
-    /// forget a count still needed: that would hand uses back).
+    /// Uses counts in `database`, forgetting consents that expired
+    /// [`FORGET_AFTER`] ago by the database's clock.
     pub async fn open(database: Arc<Database>) -> Result<Self, UseBookError> {
         database
             .run(|client| async move {
                 client
                     .execute(
                         "DELETE FROM consent_uses
-                         WHERE expires < extract(epoch FROM now())::bigint - 3600",
-                        &[],
+                         WHERE expires < extract(epoch FROM now())::bigint - $1",
+                        &[&FORGET_AFTER],
                     )
                     .await
             })
@@ -217,7 +222,10 @@ fn prepare(connection: &Connection, now: i64) -> rusqlite::Result<HashMap<String
              expires INTEGER NOT NULL
          ) WITHOUT ROWID;",
     )?;
-    connection.execute("DELETE FROM consent_uses WHERE expires <= ?1", [now])?;
+    connection.execute(
+        "DELETE FROM consent_uses WHERE expires <= ?1",
+        [now.saturating_sub(FORGET_AFTER)],
+    )?;
     let mut statement = connection.prepare("SELECT consent_id, counted FROM consent_uses")?;
     let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
     rows.collect()
@@ -277,8 +285,12 @@ mod tests {
         }
         let (_, counted) = UseBook::open(&path, 100).unwrap();
         assert_eq!(counted, HashMap::from([("c1".into(), 1), ("c2".into(), 3)]));
-        // Past its expiry, a consent's count is dropped.
-        let (_, counted) = UseBook::open(&path, 160).unwrap();
+        // A clock hours ahead at a start forgets no count: put right, it
+        // finds its consents valid again, and their uses spent.
+        let (_, counted) = UseBook::open(&path, 160 + 7_200).unwrap();
+        assert_eq!(counted, HashMap::from([("c1".into(), 1), ("c2".into(), 3)]));
+        // A day past its expiry, a consent's count is dropped.
+        let (_, counted) = UseBook::open(&path, 160 + FORGET_AFTER).unwrap();
         assert_eq!(counted, HashMap::from([("c1".into(), 1)]));
     }
 
