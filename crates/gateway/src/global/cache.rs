@@ -150,6 +150,12 @@ impl Cache {
                 error: BundleError::Republished { version },
             });
         }
+        // Versions staged before and never put in use (refused when
+        // applied: they are newer than the one in use) go first: a
+        // directory that keeps serving versions that cannot run must not
+        // fill the disk the exchange log is on.
+        let pointed = self.pointed();
+        self.remove_versions(|number| pointed.is_none_or(|current| number > current));
         let dir = self.version_dir(version);
         let staging = self.dir.join(format!(
             ".v{}.{}.tmp",
@@ -197,19 +203,26 @@ impl Cache {
         // The rename itself survives a crash only once the directory is.
         sync_dir(&self.dir).map_err(failed)?;
         let keep = [Some(version), previous];
-        if let Ok(entries) = std::fs::read_dir(&self.dir) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let old = name
-                    .strip_prefix('v')
-                    .and_then(|number| number.parse::<u64>().ok())
-                    .is_some_and(|number| !keep.contains(&Some(number)));
-                if old || (name.starts_with(".v") && name.ends_with(".tmp")) {
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
+        self.remove_versions(|number| !keep.contains(&Some(number)));
+        Ok(())
+    }
+
+    /// Removes the versions `gone` says, and what a staging cut short
+    /// left.
+    fn remove_versions(&self, gone: impl Fn(u64) -> bool) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let version = name
+                .strip_prefix('v')
+                .and_then(|number| number.parse::<u64>().ok())
+                .is_some_and(&gone);
+            if version || (name.starts_with(".v") && name.ends_with(".tmp")) {
+                let _ = std::fs::remove_dir_all(entry.path());
             }
         }
-        Ok(())
     }
 }
 

@@ -205,6 +205,32 @@ fn the_cache_keeps_the_bundle_in_use_and_the_one_before() {
     );
 }
 
+/// A directory that keeps serving newer versions that cannot run (each
+/// staged, then refused when applied) fills no disk: staging one removes
+/// those staged before and never put in use.
+#[test]
+fn versions_staged_and_never_used_do_not_pile_up() {
+    let (dir, key) = (instance_dir(), key());
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = Cache::new(cache_dir.path());
+    let verifier = key.verifier();
+    let first = cache.stage(&published(dir.path(), 1, &key)).unwrap();
+    cache.commit(&first).unwrap();
+    for version in 2..=5 {
+        cache.stage(&published(dir.path(), version, &key)).unwrap();
+    }
+    let mut kept: Vec<String> = std::fs::read_dir(cache_dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["current", "v1", "v5"]);
+    assert_eq!(
+        cache.current(&verifier).unwrap().unwrap().manifest.version,
+        1
+    );
+}
+
 #[test]
 fn a_diff_names_what_a_publication_changes() {
     let (dir, key) = (instance_dir(), key());
