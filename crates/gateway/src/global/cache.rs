@@ -132,6 +132,16 @@ impl Cache {
                 return Err(bundle_error(&path, BundleError::Altered(name.clone())));
             }
         }
+        // A file added beside them would be loaded too (every policy of a
+        // directory named by the configuration is): none is taken.
+        if let Some(extra) = unlisted(&dir, &dir, &manifest)? {
+            let name = extra
+                .strip_prefix(&dir)
+                .unwrap_or(&extra)
+                .display()
+                .to_string();
+            return Err(bundle_error(&extra, BundleError::Unlisted(name)));
+        }
         Ok(Installed { dir, manifest })
     }
 
@@ -224,6 +234,32 @@ impl Cache {
             }
         }
     }
+}
+
+/// The first file under `dir` (the bundle's extraction at `root`) that is
+/// neither `manifest`'s nor the manifest itself.
+fn unlisted(root: &Path, dir: &Path, manifest: &Manifest) -> Result<Option<PathBuf>, CacheError> {
+    let io = |error| CacheError::Io {
+        path: dir.to_owned(),
+        error,
+    };
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        if path.is_dir() {
+            if let Some(extra) = unlisted(root, &path, manifest)? {
+                return Ok(Some(extra));
+            }
+            continue;
+        }
+        let name = path.strip_prefix(root).unwrap_or(&path);
+        let listed = name
+            .to_str()
+            .is_some_and(|name| name == MANIFEST || manifest.files.contains_key(name));
+        if !listed {
+            return Ok(Some(path));
+        }
+    }
+    Ok(None)
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {

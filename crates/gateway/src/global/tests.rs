@@ -196,6 +196,16 @@ fn the_cache_keeps_the_bundle_in_use_and_the_one_before() {
     kept.sort();
     assert_eq!(kept, ["current", "v2", "v3"]);
 
+    // A file added beside the bundle's in use is found: the policies
+    // directory's every file would be loaded.
+    let extra = cache_dir.path().join("v3/policies/zz.cedar");
+    std::fs::write(&extra, "permit (principal, action, resource);\n").unwrap();
+    let error = cache.current(&verifier).unwrap_err().to_string();
+    assert!(
+        error.contains("policies/zz.cedar") && error.contains("does not name"),
+        "{error}"
+    );
+    std::fs::remove_file(&extra).unwrap();
     // A file of the bundle in use changed on disk is found.
     std::fs::write(cache_dir.path().join("v3/global.toml"), "[purposes]\n").unwrap();
     let error = cache.current(&verifier).unwrap_err().to_string();
