@@ -73,9 +73,18 @@ const GIVE_UP: Duration = Duration::from_secs(3600);
 struct Pending {
     instance: String,
     index: u64,
-    request_id: String,
+    call: Forwarded,
     queued: Instant,
     due: Instant,
+}
+
+/// A call forwarded to a partner instance, as its receipt must name it.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    pub request_id: String,
+    pub caller: String,
+    pub method: String,
+    pub provider: String,
 }
 
 /// The receipts calls left to fetch, in the order they are due, and what
@@ -88,9 +97,8 @@ pub struct ReceiptQueue {
 }
 
 impl ReceiptQueue {
-    /// Queues the receipt of call `request_id`: record `index` of
-    /// `instance`'s log.
-    pub fn push(&self, instance: &str, index: u64, request_id: &str) {
+    /// Queues the receipt of `call`: record `index` of `instance`'s log.
+    pub fn push(&self, instance: &str, index: u64, call: Forwarded) {
         let now = Instant::now();
         let queued = self.pending.lock().is_ok_and(|mut pending| {
             if pending.len() >= MAX_PENDING {
@@ -99,7 +107,7 @@ impl ReceiptQueue {
             pending.push_back(Pending {
                 instance: instance.to_owned(),
                 index,
-                request_id: request_id.to_owned(),
+                call,
                 queued: now,
                 // The partner signs a checkpoint over it within its
                 // interval: no use asking at once.
@@ -323,7 +331,7 @@ async fn settle(
                 tracing::error!(
                     partner = instance,
                     index = item.index,
-                    request_id = item.request_id,
+                    request_id = item.call.request_id,
                     reason,
                     "a partner's receipt does not hold: not kept"
                 );
@@ -333,7 +341,7 @@ async fn settle(
                 tracing::warn!(
                     partner = instance,
                     index = item.index,
-                    request_id = item.request_id,
+                    request_id = item.call.request_id,
                     reason,
                     "a partner's receipt can no longer be fetched"
                 );
@@ -621,20 +629,165 @@ fn check(
         Ok(record) => record,
         Err(error) => return refused(error.to_string()),
     };
-    if record.request_id != item.request_id || record.via_gateway != gateway {
+    let call = &item.call;
+    if record.via_gateway != gateway {
         return refused(format!(
-            "record {} is call {} vouched for by {}, not call {} by {gateway}",
-            item.index, record.request_id, record.via_gateway, item.request_id
+            "record {} is vouched for by {}, not {gateway}",
+            item.index, record.via_gateway
         ));
     }
-    match crate::federation::Assertion::open(record.assertion.as_bytes(), federation) {
-        Ok(assertion) if assertion.request_id == item.request_id => {}
-        Ok(_) => return refused("its assertion is of another call".to_owned()),
-        Err(error) => return refused(format!("its assertion is not this gateway's: {error}")),
+    let assertion =
+        match crate::federation::Assertion::open(record.assertion.as_bytes(), federation) {
+            Ok(assertion) => assertion,
+            Err(error) => return refused(format!("its assertion is not this gateway's: {error}")),
+        };
+    // The call itself, as the partner logged it and as this gateway
+    // asserted it: a caller's request id alone may name several calls
+    // (`audit receipt` compares the same).
+    for (field, ours, logged, asserted) in [
+        (
+            "request id",
+            &call.request_id,
+            &record.request_id,
+            assertion.request_id.clone(),
+        ),
+        (
+            "caller",
+            &call.caller,
+            &record.caller,
+            assertion.caller.to_string(),
+        ),
+        (
+            "method",
+            &call.method,
+            &record.method,
+            assertion.method.clone(),
+        ),
+        (
+            "provider",
+            &call.provider,
+            &record.provider,
+            assertion.provider.to_string(),
+        ),
+    ] {
+        if logged != ours || asserted != *ours {
+            return refused(format!(
+                "record {} is of another call: its {field} is {logged} (asserted {asserted}), \
+                 this call's {ours}",
+                item.index
+            ));
+        }
     }
     Ok(Receipt {
         instance: item.instance.clone(),
-        request_id: item.request_id.clone(),
+        request_id: call.request_id.clone(),
         bundle,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+    use crate::exchange_log::{ExchangeRecord, merkle};
+    use crate::federation::Assertion;
+    use crate::identity::MemberId;
+    use crate::note::{Checkpoint, SigningKey};
+
+    const GATEWAY: &str = "SN/GOV/GOVBRIDGE/gateway";
+
+    fn call(method: &str) -> Forwarded {
+        Forwarded {
+            request_id: "chosen-by-the-caller".to_owned(),
+            caller: "SN/COM/CBAO/trade".to_owned(),
+            method: method.to_owned(),
+            provider: "AZ/GOV/ASAN/business-registry".to_owned(),
+        }
+    }
+
+    /// The partner's record of `logged`, vouched for by this gateway's
+    /// assertion of it, alone in a log of one record.
+    fn proof(logged: &Forwarded, key: &SigningKey) -> (RecordProof, Checkpoint) {
+        let member = |id: &str| MemberId::parse(id).unwrap();
+        let assertion = Assertion {
+            from: "SN".into(),
+            to: "AZ".into(),
+            gateway: member(GATEWAY),
+            caller: member(&logged.caller),
+            method: logged.method.clone(),
+            provider: member(&logged.provider),
+            request_id: logged.request_id.clone(),
+            nonce: Assertion::nonce(),
+            issued: crate::unix_time::now(),
+            caller_not_after: None,
+            purpose: None,
+            reason: None,
+            user_id: None,
+        }
+        .seal(key);
+        let record = ExchangeRecord {
+            request_id: logged.request_id.clone(),
+            caller: logged.caller.clone(),
+            method: logged.method.clone(),
+            provider: logged.provider.clone(),
+            via_gateway: GATEWAY.to_owned(),
+            assertion,
+            ..ExchangeRecord::default()
+        }
+        .encode_to_vec();
+        let checkpoint = Checkpoint {
+            origin: "govbridge/az-1".to_owned(),
+            size: 1,
+            root: merkle::leaf_hash(&record),
+        };
+        let answer = RecordProof {
+            index: 0,
+            record,
+            checkpoint: None,
+            inclusion_proof: Vec::new(),
+        };
+        (answer, checkpoint)
+    }
+
+    /// A caller's request id may name several calls: the partner's record
+    /// at the index asked for is this call's only if its caller, method
+    /// and provider are too, as logged and as asserted.
+    #[test]
+    fn a_record_of_another_call_under_the_same_request_id_is_no_receipt() {
+        let key = SigningKey::generate("SN-federation").unwrap();
+        let pending = |call| Pending {
+            instance: "AZ".to_owned(),
+            index: 0,
+            call,
+            queued: Instant::now(),
+            due: Instant::now(),
+        };
+        let company = "/govbridge.az.business.v1.CompanyRegistry/GetCompany";
+        let taxes = "/govbridge.az.tax.v1.TaxService/GetTaxpayerStatus";
+        let (answer, checkpoint) = proof(&call(company), &key);
+        let ours = pending(call(company));
+        let kept = check(
+            answer.clone(),
+            "note",
+            &checkpoint,
+            &ours,
+            &key.verifier(),
+            GATEWAY,
+        );
+        assert!(kept.is_ok());
+        let other = pending(call(taxes));
+        let refused = check(
+            answer,
+            "note",
+            &checkpoint,
+            &other,
+            &key.verifier(),
+            GATEWAY,
+        );
+        let Err(Unfetched::Refused(reason)) = refused else {
+            panic!("taken as the receipt of another call");
+        };
+        assert!(reason.contains("its method is"), "{reason}");
+    }
 }

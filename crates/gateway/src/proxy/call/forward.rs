@@ -152,7 +152,13 @@ impl Call<'_> {
                         .is_some_and(|partner| partner.receipts)
                         && let Ok(request_id) = self.request_id.to_str()
                     {
-                        federation.receipts.push(partner, index, request_id);
+                        let call = super::super::receipts::Forwarded {
+                            request_id: request_id.to_owned(),
+                            caller: exchange.admitted.caller.to_string(),
+                            method: self.uri.path().to_owned(),
+                            provider: provider.provider().to_string(),
+                        };
+                        federation.receipts.push(partner, index, call);
                     }
                 }
                 // A partner's refusal passes, named as the partner's.
