@@ -1037,7 +1037,8 @@ mod tests {
         rusqlite::Connection::open(before.path().join(super::super::store::DATABASE_FILE))
             .unwrap()
             .execute(
-                "INSERT INTO meta (key, value) VALUES ('archived_end', ?1)",
+                "INSERT INTO meta (key, value) \
+                 VALUES ('archived_end', ?1), ('archived_until_us', '2000')",
                 [SEGMENT.to_string()],
             )
             .unwrap();
@@ -1088,6 +1089,48 @@ mod tests {
             writeln!(gzip, "{line}").unwrap();
         }
         gzip.finish().unwrap();
+    }
+
+    /// Each archive carries the checkpoint that was latest when it was
+    /// written: a store cut back below it (records, tree and checkpoints
+    /// deleted, so that what is left agrees with itself) fails verify, and
+    /// so does the time the archives reach, which the Data Tracker says,
+    /// moved.
+    #[test]
+    fn a_store_cut_back_below_what_its_archives_signed_fails_verify() {
+        let log = Log::new(2 * SEGMENT + 10);
+        log.archive().unwrap();
+        assert_eq!(log.verify().unwrap().problem, None);
+        let database = log.dir.path().join(super::super::store::DATABASE_FILE);
+        let edit = |sql: &str| {
+            rusqlite::Connection::open(&database)
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap();
+        };
+        edit(&format!(
+            "DELETE FROM records WHERE idx >= {end}; DELETE FROM checkpoints WHERE tree_size > {end};",
+            end = 2 * SEGMENT + 5
+        ));
+        let problem = log.problem();
+        assert_eq!(problem.kind, ProblemKind::CheckpointBeyondLog, "{problem}");
+        let first = log.files().remove(0);
+        assert!(
+            problem.message.contains(&first.display().to_string())
+                && problem.message.contains("records were deleted"),
+            "{problem}"
+        );
+
+        let log = Log::new(SEGMENT + 10);
+        log.archive().unwrap();
+        let database = log.dir.path().join(super::super::store::DATABASE_FILE);
+        rusqlite::Connection::open(&database)
+            .unwrap()
+            .execute_batch("UPDATE meta SET value = '0' WHERE key = 'archived_until_us'")
+            .unwrap();
+        let problem = log.problem();
+        assert_eq!(problem.kind, ProblemKind::LookupEdited, "{problem}");
+        assert!(problem.message.contains("archived time"), "{problem}");
     }
 
     /// Whatever is done to an archive file, `check` and `audit verify`

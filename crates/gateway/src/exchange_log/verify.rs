@@ -14,7 +14,7 @@
 //! reported as good has been checked against signed checkpoints.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -160,18 +160,17 @@ pub fn verify_with_archives(
     let sealed_end = store.sealed_end()?;
     let sealed = lookup::segment_of(sealed_end);
     let archived_end = store.archived_end()?;
-    let mut sizes: Vec<u64> = checkpoints
+    let sizes = checkpoints
         .iter()
         .map(|checkpoint| checkpoint.size)
         .collect();
-    sizes.sort_unstable();
     let mut walk = Walk {
         store: &store,
         // The levels the store keeps, compared below; the roots of the
         // checkpoints' sizes taken as the walk passes them.
         tree: MemoryTree::from_level(store::STORED_LEVEL),
         roots: std::collections::HashMap::from([(0, merkle::Frontier::default().root())]),
-        sizes: sizes.into_iter().peekable(),
+        sizes,
         rows: 0,
         problem: None,
         sealed,
@@ -179,6 +178,8 @@ pub fn verify_with_archives(
         archived_decisions: std::collections::HashMap::new(),
         archived_end,
         last_archive: 0..0,
+        archive_checkpoints: Vec::new(),
+        archived_until_us: 0,
     };
     if archived_end > 0 {
         let archives = archives.ok_or(VerifyError::ArchivesNeeded(archived_end))?;
@@ -194,10 +195,31 @@ pub fn verify_with_archives(
         roots,
         rows,
         mut problem,
+        archive_checkpoints,
+        archived_until_us,
         ..
     } = walk;
     if problem.is_none() {
         problem = check_tree(&store, &tree, archived_end)?;
+    }
+    if problem.is_none() {
+        problem = check_archive_checkpoints(&archive_checkpoints, &roots, tree.size());
+    }
+    if problem.is_none() && archived_end > 0 {
+        let said = store.archived_until_us()?;
+        if said != archived_until_us {
+            problem = Some(Problem {
+                kind: ProblemKind::LookupEdited,
+                index: archived_end,
+                message: format!(
+                    "meta says the archives reach {said} us since the epoch ({}), and their \
+                     records reach {archived_until_us} ({}): the Data Tracker and audit query \
+                     would not say rightly where an answer reaches into archived time",
+                    crate::unix_time::rfc3339(said / 1_000_000),
+                    crate::unix_time::rfc3339(archived_until_us / 1_000_000)
+                ),
+            });
+        }
     }
     let mut notes = Vec::new();
     if problem.is_none() && store.seals_lookups()? {
@@ -241,8 +263,9 @@ struct Walk<'a> {
     tree: MemoryTree,
     /// Its roots at the checkpoints' sizes, once reached...
     roots: std::collections::HashMap<u64, Hash>,
-    /// ... and the sizes to come.
-    sizes: std::iter::Peekable<std::vec::IntoIter<u64>>,
+    /// ... and the sizes to come (the store's checkpoints', and those the
+    /// archives carry, added as they are read).
+    sizes: std::collections::BTreeSet<u64>,
     rows: u64,
     problem: Option<Problem>,
     /// Segments whose lookups are sealed.
@@ -256,6 +279,12 @@ struct Walk<'a> {
     archived_end: u64,
     /// The records of the last archive read.
     last_archive: std::ops::Range<u64>,
+    /// The checkpoint each archive file carries, every file of the
+    /// directory's: checked against the records like the store's, so
+    /// that a store cut back below what the archives signed is found.
+    archive_checkpoints: Vec<(PathBuf, Checkpoint)>,
+    /// When the latest record of the archives read happened.
+    archived_until_us: i64,
 }
 
 impl Walk<'_> {
@@ -264,7 +293,8 @@ impl Walk<'_> {
     fn push(&mut self, leaf: Hash) {
         self.tree.push(leaf);
         let size = self.tree.size();
-        while let Some(wanted) = self.sizes.next_if(|wanted| *wanted <= size) {
+        while let Some(wanted) = self.sizes.first().copied().filter(|wanted| *wanted <= size) {
+            self.sizes.pop_first();
             if wanted == size {
                 self.roots.insert(size, self.tree.root());
             }
@@ -297,8 +327,20 @@ impl Walk<'_> {
         for path in archive::list(dir)? {
             let expected = self.tree.size();
             if expected >= archived_end {
-                // A run cut short archived a segment still in the store.
-                break;
+                // A run cut short archived a segment still in the store:
+                // its records are read there, its checkpoint checked with
+                // the others. More files than that are a store cut back.
+                match archive::check(&path, verifier) {
+                    Ok(checked) => self.carried(path, checked.checkpoint),
+                    Err(error) => {
+                        return Ok(Some(Problem {
+                            kind: ProblemKind::ArchiveDamaged,
+                            index: expected,
+                            message: error.to_string(),
+                        }));
+                    }
+                }
+                continue;
             }
             let problem = |kind, message: String| {
                 Some(Problem {
@@ -336,6 +378,8 @@ impl Walk<'_> {
                     ),
                 ));
             }
+            self.archived_until_us = self.archived_until_us.max(manifest.last_at_us);
+            self.carried(path.clone(), checked.checkpoint.clone());
             for leaf in &checked.leaves {
                 self.push(*leaf);
             }
@@ -362,6 +406,15 @@ impl Walk<'_> {
             }));
         }
         Ok(None)
+    }
+
+    /// Keeps the checkpoint the archive at `path` carries, to check its
+    /// root when the walk reaches its size.
+    fn carried(&mut self, path: PathBuf, checkpoint: Checkpoint) {
+        if checkpoint.size > self.tree.size() {
+            self.sizes.insert(checkpoint.size);
+        }
+        self.archive_checkpoints.push((path, checkpoint));
     }
 
     /// The outer error is a failure to read; the inner one, damage.
@@ -676,6 +729,40 @@ fn check_tree(
 
 /// Checks each checkpoint against `roots`, the roots the records give at
 /// the checkpoints' sizes, of a log of `size` records.
+/// The checkpoints the archives carry, against the records: one past the
+/// log's end says records were deleted since the archive was written,
+/// one whose root differs that they were rewritten.
+fn check_archive_checkpoints(
+    carried: &[(PathBuf, Checkpoint)],
+    roots: &std::collections::HashMap<u64, Hash>,
+    size: u64,
+) -> Option<Problem> {
+    carried.iter().find_map(|(path, checkpoint)| {
+        if checkpoint.size > size {
+            return Some(Problem {
+                kind: ProblemKind::CheckpointBeyondLog,
+                index: size,
+                message: format!(
+                    "{} carries a checkpoint of size {}, and the log holds only {size} records: \
+                     records were deleted",
+                    path.display(),
+                    checkpoint.size
+                ),
+            });
+        }
+        (roots.get(&checkpoint.size) != Some(&checkpoint.root)).then(|| Problem {
+            kind: ProblemKind::CheckpointRoot,
+            index: checkpoint.size,
+            message: format!(
+                "{} carries a checkpoint of size {} whose root is not the root of the records: \
+                 records and tree were rewritten",
+                path.display(),
+                checkpoint.size
+            ),
+        })
+    })
+}
+
 fn check_checkpoints(
     checkpoints: &[super::StoredCheckpoint],
     roots: &std::collections::HashMap<u64, Hash>,
