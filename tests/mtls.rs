@@ -60,6 +60,36 @@ async fn a_member_certificate_gets_through() {
     bed.stop().await;
 }
 
+/// A member of another instance calls through its own instance's gateway:
+/// one that connects straight here is refused, even with a certificate
+/// this instance's CA issued (as a partner not yet learned from its
+/// directory has no CA here to check it against) and registered here, as
+/// partners' members are for policies.
+#[tokio::test]
+async fn another_instances_member_is_refused_whatever_ca_vouched_for_it() {
+    let foreign = "AZ/COM/KAPITAL/kyc";
+    let bed = Bed::builder()
+        .config(format!(
+            "[members.\"{foreign}\"]\nname = \"Kapital Bank\"\n"
+        ))
+        .start()
+        .await;
+    let member = MemberId::parse(foreign).unwrap();
+    let tls = bed.issue_client("kapital", &LeafRequest::member(&member));
+    let client = H2Client::connect(bed.gateway, tls).await.unwrap();
+    let refused = CivilRegistryClient::new(client)
+        .get_person(GetPersonRequest { nin: "1".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert_eq!(bridge_error(&refused).as_deref(), Some("foreign-member"));
+    assert!(
+        refused.message().contains("through AZ's gateway"),
+        "{refused:?}"
+    );
+    bed.stop().await;
+}
+
 #[tokio::test]
 async fn no_client_certificate_is_refused() {
     let (bed, probe) = probe_bed().await;

@@ -50,11 +50,11 @@ pub enum GatewayError {
     UnknownPurpose(String),
     #[error("member {0} has no permission at this gateway")]
     NoPermits(MemberId),
-    /// A member of a partner instance connected itself: its calls come
+    /// A member of another instance connected itself: its calls come
     /// through its instance's gateway, which vouches for them.
     #[error(
-        "{member} is a member of partner instance {instance}: its calls come through \
-         {instance}'s gateway, not straight here"
+        "{member} is a member of instance {instance}: its calls come through {instance}'s \
+         gateway, not straight here"
     )]
     ForeignMember { member: MemberId, instance: String },
     /// A partner gateway's call whose assertion does not hold.

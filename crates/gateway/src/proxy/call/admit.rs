@@ -111,6 +111,15 @@ impl Call<'_> {
         let peer = &self.conn.peer;
         let refused = match &peer.member {
             Err(reason) => GatewayError::NoMemberIdentity(reason.clone()),
+            // Another instance's member calls through its own instance's
+            // gateway, whatever CA vouched for its certificate (this
+            // instance's, for a partner whose own is not known yet).
+            Ok(member) if member.instance() != self.state.federation.instance => {
+                GatewayError::ForeignMember {
+                    member: member.clone(),
+                    instance: member.instance().to_owned(),
+                }
+            }
             Ok(member) if !self.state.registry.contains_key(member) => {
                 GatewayError::UnknownMember(member.clone())
             }
