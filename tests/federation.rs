@@ -205,6 +205,17 @@ fn run(args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// `govbridge audit verify` of the log in `data` (with its own key
+/// beside it) and the cosignatures of `witness`, with `more` arguments.
+fn verify_witnessed(data: &Path, witness: &Path, more: &[&str]) -> (bool, String) {
+    let key = data.join("log-key.pub");
+    let mut args = vec!["audit", "verify", "--data", data.to_str().unwrap()];
+    args.extend(["--key", key.to_str().unwrap()]);
+    args.extend(["--witness", witness.to_str().unwrap()]);
+    args.extend(more);
+    run(&args)
+}
+
 fn instance(status: &tonic::Status) -> Option<String> {
     status
         .metadata()
@@ -1963,16 +1974,12 @@ async fn a_partner_witnesses_this_instances_log() {
         .unwrap();
     assert_eq!(latest.note, served.note);
     let verify = |tolerated: Option<u64>| {
-        let data = sn_data.to_str().unwrap();
-        let key = sn_data.join("log-key.pub");
         let tolerated = tolerated.map(|records| records.to_string());
-        let mut args = vec!["audit", "verify", "--data", data];
-        args.extend(["--key", key.to_str().unwrap()]);
-        args.extend(["--witness", az_witness.to_str().unwrap()]);
-        if let Some(records) = &tolerated {
-            args.extend(["--max-unwitnessed", records]);
-        }
-        run(&args)
+        let more: Vec<&str> = tolerated
+            .iter()
+            .flat_map(|records| ["--max-unwitnessed", records.as_str()])
+            .collect();
+        verify_witnessed(&sn_data, &az_witness, &more)
     };
     let (ok, text) = verify(None);
     assert!(ok, "{text}");
@@ -2126,18 +2133,8 @@ async fn an_idle_log_has_its_latest_checkpoint_cosigned_again() {
         cosigned.last().copied()
     );
     assert_eq!(stored.note.matches(&line).count(), 1, "{}", stored.note);
-    let (ok, text) = run(&[
-        "audit",
-        "verify",
-        "--data",
-        data.to_str().unwrap(),
-        "--key",
-        data.join("log-key.pub").to_str().unwrap(),
-        "--witness",
-        partner.path("pki/federation.pub").to_str().unwrap(),
-        "--max-witness-age",
-        "1m",
-    ]);
+    let witness = partner.path("pki/federation.pub");
+    let (ok, text) = verify_witnessed(&data, &witness, &["--max-witness-age", "1m"]);
     assert!(ok, "{text}");
     bed.stop().await;
 }
@@ -2167,17 +2164,9 @@ async fn a_clean_stop_leaves_the_log_witnessed() {
     // records of this call: it is sent to the witness before the gateway
     // is gone.
     bed.stop().await;
-    let (ok, text) = run(&[
-        "audit",
-        "verify",
-        "--data",
-        sn_data.to_str().unwrap(),
-        "--key",
-        sn_data.join("log-key.pub").to_str().unwrap(),
-        "--witness",
-        // The witness's key in the form tlog tools take (type 0x04).
-        partner.path("pki/federation.witness.pub").to_str().unwrap(),
-    ]);
+    // The witness's key in the form tlog tools take (type 0x04).
+    let witness = partner.path("pki/federation.witness.pub");
+    let (ok, text) = verify_witnessed(&sn_data, &witness, &[]);
     assert!(ok, "{text}");
     assert!(
         text.contains("the latest checkpoint is cosigned by AZ-federation"),
