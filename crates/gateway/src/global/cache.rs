@@ -244,8 +244,10 @@ fn unlisted(root: &Path, dir: &Path, manifest: &Manifest) -> Result<Option<PathB
         error,
     };
     for entry in std::fs::read_dir(dir).map_err(io)? {
-        let path = entry.map_err(io)?.path();
-        if path.is_dir() {
+        let entry = entry.map_err(io)?;
+        let path = entry.path();
+        // Not followed: a link is no file of the bundle's.
+        if entry.file_type().map_err(io)?.is_dir() {
             if let Some(extra) = unlisted(root, &path, manifest)? {
                 return Ok(Some(extra));
             }
