@@ -398,8 +398,7 @@ pub struct Checkpoint {
 /// later. An older one than that kept stays out; the note's first
 /// signature (the log's own) is always kept.
 pub fn with_cosignature(note: &str, line: &str) -> String {
-    let signatures = note.rfind("\n\n").map_or(note.len(), |blank| blank + 2);
-    let (text, lines) = note.split_at(signatures);
+    let (text, lines) = split_signatures(note);
     let new = Cosignature::of(line);
     let mut kept = String::from(text);
     let mut newer_kept = false;
@@ -418,6 +417,18 @@ pub fn with_cosignature(note: &str, line: &str) -> String {
         kept.push_str(line);
     }
     kept
+}
+
+/// The signature lines of `note` after its first (the log's own): its
+/// witnesses' cosignatures, each with its line end.
+pub fn cosignature_lines(note: &str) -> impl Iterator<Item = &str> {
+    split_signatures(note).1.split_inclusive('\n').skip(1)
+}
+
+/// `note`'s signed text (with the blank line after it), and its signature
+/// lines; all text when it has no blank line.
+fn split_signatures(note: &str) -> (&str, &str) {
+    note.split_at(note.rfind("\n\n").map_or(note.len(), |blank| blank + 2))
 }
 
 /// What a cosignature line (`— NAME BASE64(key id, time, signature)`)

@@ -730,9 +730,10 @@ impl FleetReader {
         latest_checkpoint(&self.database, &self.runtime)
     }
 
-    /// Appends a witness's cosignature `line` to the note of the fleet's
-    /// checkpoint at `size`, unless the note carries one by that witness
-    /// already (two nodes may have had the same checkpoint cosigned).
+    /// Keeps a witness's cosignature `line` in the note of the fleet's
+    /// checkpoint at `size`, in the place of the one it gave before
+    /// ([`crate::note::with_cosignature`]); a line the note has already
+    /// (two nodes had the same checkpoint cosigned) changes nothing.
     pub fn add_cosignature(&self, size: u64, line: &str) -> Result<(), StoreError> {
         // In the place of the line the witness gave before, compared and
         // swapped: another node may keep another witness's meanwhile.
@@ -1010,11 +1011,7 @@ fn cosignatures_since(
         if !same {
             continue;
         }
-        let signatures = stored
-            .note
-            .rfind("\n\n")
-            .map_or("", |blank| &stored.note[blank + 2..]);
-        for line in signatures.split_inclusive('\n').skip(1) {
+        for line in crate::note::cosignature_lines(&stored.note) {
             if !before.contains(line) {
                 store::add_cosignature(dir, stored.size, line)?;
             }
