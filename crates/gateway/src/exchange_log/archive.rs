@@ -525,6 +525,34 @@ pub enum RunError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+    /// Another run (the gateway's archiver, or `govbridge audit archive`)
+    /// holds the log's archive lock: it does the work.
+    #[error("{}: another archive run of this log is going on (it holds the lock); this one stops", .0.display())]
+    Busy(PathBuf),
+}
+
+/// The file whose lock one archive run of a log holds at a time, in the
+/// log's directory: two runs at once would take the same segment, and one
+/// could remove the other's file in the making.
+pub const LOCK_FILE: &str = "exchange-log.archive.lock";
+
+/// Takes the archive lock of the log in `data`, or says who holds it. The
+/// kernel drops the lock of a run that dies.
+fn lock(data: &Path) -> Result<File, RunError> {
+    let path = data.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| error(&path, format!("cannot open the archive lock: {e}")))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(RunError::Busy(path)),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(error(&path, format!("cannot take the archive lock: {e}")).into())
+        }
+    }
 }
 
 /// Moves every segment of the log in `data` whose records all happened
@@ -552,6 +580,7 @@ pub fn run_until(
     stop: impl Fn() -> bool,
 ) -> Result<Archived, RunError> {
     let mut store = Store::open_for_archiving(data)?;
+    let _lock = lock(data)?;
     // What a run cut short left between its file and its removal.
     store.remove_archived_rows()?;
     remove_abandoned(out);
@@ -676,6 +705,9 @@ impl Archiver {
                 ..
             }) => tracing::info!(waiting, "exchange log archive run stopped"),
             Ok(_) => {}
+            Err(busy @ RunError::Busy(_)) => {
+                tracing::info!(%busy, "exchange log archive pass skipped; the next one tries again");
+            }
             Err(error) => {
                 tracing::error!(%error, "exchange log archive run failed; the next one resumes");
             }
@@ -934,6 +966,32 @@ mod tests {
         );
         // Nothing left to archive: a second run changes nothing.
         assert_eq!(log.archive().unwrap().records, 0);
+    }
+
+    /// While one run holds the log's archive lock, another touches
+    /// nothing and says so; once the first is done, the next run works.
+    #[test]
+    fn a_second_archive_run_at_once_stops_and_touches_nothing() {
+        let log = Log::new(SEGMENT + 10);
+        let held = lock(log.dir.path()).unwrap();
+        let busy = log.archive();
+        assert!(
+            matches!(&busy, Err(RunError::Busy(path)) if path.ends_with(LOCK_FILE)),
+            "{busy:?}"
+        );
+        assert!(
+            busy.unwrap_err()
+                .to_string()
+                .contains("another archive run")
+        );
+        assert!(log.files().is_empty());
+        let store = Store::open_read_only(log.dir.path()).unwrap();
+        assert_eq!(store.archived_end().unwrap(), 0);
+        drop(store);
+
+        drop(held);
+        assert_eq!(log.archive().unwrap().records, SEGMENT);
+        assert_eq!(log.files().len(), 1);
     }
 
     /// A record of the first archive is proven against the latest
