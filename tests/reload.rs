@@ -150,6 +150,35 @@ async fn a_changed_file_is_reloaded_and_a_broken_one_refused() {
     bed.stop().await;
 }
 
+/// A reload refused for a file the configuration names but that is not
+/// there yet goes through once the file is put in place.
+#[tokio::test]
+async fn a_missing_file_put_in_place_after_its_reload_failed_reloads() {
+    let bed = Bed::start().await;
+    bed.reloader
+        .clone()
+        .reload_on_file_change(std::time::Duration::from_millis(20));
+    let ok = "govbridge_reloads_total{result=\"ok\"}";
+    let failed = "govbridge_reloads_total{result=\"failed\"}";
+
+    let path = bed.dir().join("govbridge.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("tax.binpb"), "{text}");
+    std::fs::write(&path, text.replacen("tax.binpb", "tax-copy.binpb", 1)).unwrap();
+    await_sample(&bed, failed, 1.0).await;
+    assert_eq!(sample(&bed, ok).await, 0.0);
+
+    let descriptors = bed.dir().join("descriptors");
+    std::fs::copy(
+        descriptors.join("tax.binpb"),
+        descriptors.join("tax-copy.binpb"),
+    )
+    .unwrap();
+    await_sample(&bed, ok, 1.0).await;
+    assert_eq!(sample(&bed, failed).await, 1.0);
+    bed.stop().await;
+}
+
 /// What a reload cannot apply is told apart from what it can: the
 /// listener's address is a restart's, the Data Tracker's clients a
 /// reload's.
@@ -181,6 +210,56 @@ async fn restart_only_settings_are_told_apart() {
         .map(|((setting, _), _)| *setting)
         .collect();
     assert_eq!(changed, ["gateway.listen"]);
+
+    let changed_by = |written: String| -> Vec<&'static str> {
+        std::fs::write(&path, written).unwrap();
+        let after = Config::load(&path).unwrap().restart_only();
+        before
+            .iter()
+            .zip(&after)
+            .filter(|(was, is)| was != is)
+            .map(|((setting, _), _)| *setting)
+            .collect()
+    };
+    // The archiver starts with the log: a retention or an archive
+    // directory is a restart's.
+    for archiving in ["retain = \"30d\"", "archive_dir = \"elsewhere\""] {
+        assert_eq!(
+            changed_by(format!("{text}\n[exchange_log]\n{archiving}\n")),
+            [
+                "exchange_log.enabled, data_dir, origin, checkpoint_interval, checkpoint_records, \
+                 retain, archive_dir"
+            ],
+            "{archiving}"
+        );
+    }
+    // So is the node's id, which a fleet node registers under.
+    let node_id = text
+        .lines()
+        .find(|line| line.starts_with("node_id = "))
+        .unwrap();
+    let changed = changed_by(text.replacen(node_id, "node_id = \"another-node\"", 1));
+    assert!(changed.contains(&"gateway.node_id"), "{changed:?}");
+    // Reloaded, the gateway goes on under the id it started with: its
+    // records do not take the new one.
+    bed.reloader.reload().unwrap();
+    let mut registry = CivilRegistryClient::new(bed.client("cbao-kyc").await);
+    registry
+        .verify_identity(verify_identity_of(&bed, 0))
+        .await
+        .unwrap();
+    let log = bed.exchange_log();
+    let outcome = log
+        .reader()
+        .unwrap()
+        .record(log.size() - 1)
+        .unwrap()
+        .unwrap();
+    let outcome = <govbridge::exchange_log::ExchangeRecord as prost::Message>::decode(
+        outcome.bytes.as_slice(),
+    )
+    .unwrap();
+    assert_eq!(outcome.node_id, "sandbox");
 
     // A fleet's database: its whole URL counts, password and options too.
     let with_store = |url: &str| {

@@ -635,14 +635,16 @@ pub struct GlobalVersion {
 
 impl Config {
     /// The settings a reload does not apply, each with its value as
-    /// written: the listener's socket and connection settings, the admin
-    /// endpoint, the exchange log, the trace exporter, the consent feed
-    /// and the fleet's database.
+    /// written: the listener's socket and connection settings, the node's
+    /// id, the admin endpoint, the exchange log (its archiver too), the
+    /// trace exporter, the consent feed and the fleet's database.
     pub fn restart_only(&self) -> Vec<(&'static str, String)> {
         let consent = self.consent.as_ref();
         let log = &self.exchange_log;
         vec![
             ("gateway.listen", self.gateway.listen.to_string()),
+            // What the node registers in a fleet and signs its records as.
+            ("gateway.node_id", self.gateway.node_id.clone()),
             (
                 "gateway.admin, admin_tls",
                 format!("{:?}", (self.gateway.admin, self.gateway.admin_tls)),
@@ -652,7 +654,8 @@ impl Config {
                 format!("{:?}", self.gateway.listener),
             ),
             (
-                "exchange_log.enabled, data_dir, origin, checkpoint_interval, checkpoint_records",
+                "exchange_log.enabled, data_dir, origin, checkpoint_interval, checkpoint_records, \
+                 retain, archive_dir",
                 format!(
                     "{:?}",
                     (
@@ -660,7 +663,9 @@ impl Config {
                         &log.data_dir,
                         &log.origin,
                         log.checkpoint_interval,
-                        log.checkpoint_records
+                        log.checkpoint_records,
+                        log.retain,
+                        &log.archive_dir,
                     )
                 ),
             ),

@@ -323,7 +323,9 @@ impl Reloader {
         // Taken before this returns, so that a change made after it is seen
         // (were it taken in the task, a change made before the task first
         // ran would be its starting point, never reloaded).
-        let mut watched = self.watched_files();
+        let mut watched = self
+            .watched_files()
+            .unwrap_or_else(|| self.after_failed_load(&[]));
         let mut last = fingerprint(&watched);
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(interval);
@@ -337,7 +339,9 @@ impl Reloader {
                 // The files the configuration about to be loaded names,
                 // fingerprinted before it is: a file that changes while it
                 // loads is seen at the next tick, not taken as loaded.
-                let next = self.watched_files();
+                let next = self
+                    .watched_files()
+                    .unwrap_or_else(|| self.after_failed_load(&watched));
                 let before = fingerprint(&next);
                 self.learn_partners().await;
                 let reloader = self.clone();
@@ -351,7 +355,8 @@ impl Reloader {
                 }
                 // Rejected or not, the files the new configuration names
                 // are the ones to watch: a file it needs, put in place
-                // after the configuration, reloads it then.
+                // after the configuration, reloads it then. (One it could
+                // not read at all is watched through its directory.)
                 watched = next;
                 last = before;
             }
@@ -382,12 +387,29 @@ impl Reloader {
         }
     }
 
-    /// The configuration file and every file it names.
-    fn watched_files(&self) -> Vec<std::path::PathBuf> {
+    /// What to watch once the configuration does not load (a file it
+    /// names is missing, say): the file, what was watched before, and the
+    /// directories of both, so that a file put in one (the missing
+    /// descriptor, certificate or key) reloads it.
+    fn after_failed_load(&self, watched: &[std::path::PathBuf]) -> Vec<std::path::PathBuf> {
+        let mut files: Vec<std::path::PathBuf> = std::iter::once(self.source.clone())
+            .chain(watched.iter().cloned())
+            .collect();
+        let directories: Vec<std::path::PathBuf> = files
+            .iter()
+            .filter_map(|file| file.parent().map(std::path::Path::to_path_buf))
+            .collect();
+        files.extend(directories);
+        files.sort();
+        files.dedup();
+        files
+    }
+
+    /// The configuration file and every file it names, or `None` when it
+    /// does not load.
+    fn watched_files(&self) -> Option<Vec<std::path::PathBuf>> {
         let mut files = vec![self.source.clone()];
-        let Ok(config) = Config::load(&self.source) else {
-            return files;
-        };
+        let config = Config::load(&self.source).ok()?;
         let gateway = &config.gateway.tls;
         let upstream = &config.upstream.tls;
         files.extend([
@@ -442,7 +464,7 @@ impl Reloader {
         if let Ok(entries) = std::fs::read_dir(&config.policy.policies) {
             files.extend(entries.filter_map(|entry| Some(entry.ok()?.path())));
         }
-        files
+        Some(files)
     }
 
     /// Reloads on every SIGHUP until the process ends, logging the outcome.

@@ -343,7 +343,12 @@ impl GatewayState {
             Arc::clone(&previous.federation.witness_book)
         });
         Ok(Self {
-            node_id: config.gateway.node_id.clone(),
+            // Restart-only: the fleet's registry and log writer keep the
+            // id the node started with, and so do its records.
+            node_id: previous.map_or_else(
+                || config.gateway.node_id.clone(),
+                |previous| previous.node_id.clone(),
+            ),
             registry: config.members.clone(),
             providers: config.providers.keys().cloned().collect(),
             services: config
