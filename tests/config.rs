@@ -667,6 +667,28 @@ fn an_admin_endpoint_off_loopback_needs_a_token() {
     assert!(Config::parse(path(), &text).unwrap().gateway.admin_tls);
 }
 
+/// The admin endpoint on the listener's own port is named at once, not
+/// found by `serve` as an address in use once the log is open.
+#[test]
+fn an_admin_endpoint_on_the_listeners_port_is_refused() {
+    for admin in ["127.0.0.1:8443", "0.0.0.0:8443"] {
+        let text = edited(
+            "admin = \"127.0.0.1:9464\"",
+            &format!("admin = \"{admin}\"\nadmin_token_file = \"secrets/admin.token\""),
+        );
+        let error = error_of(&text);
+        assert_eq!(error.key, "gateway.admin", "{admin}: {error}");
+        assert_eq!(
+            error.line,
+            Some(line_of(&text, &format!("admin = \"{admin}")))
+        );
+        assert!(error.message.contains("gateway.listen"), "{error}");
+    }
+    // Another address on the same port, or port 0 twice, is fine.
+    let text = edited("admin = \"127.0.0.1:9464\"", "admin = \"127.0.0.2:8443\"");
+    Config::parse(path(), &text).unwrap();
+}
+
 #[test]
 fn a_retention_is_read_and_named() {
     let config = Config::parse(path(), govbridge::dev::CONFIG_TEMPLATE).unwrap();
@@ -957,6 +979,38 @@ fn federation_mistakes_are_named() {
 
     let error = error_of(&(edited("", "") + &partner("AZ/GOV/BRIDGE/gateway")));
     assert_eq!(error.key, "gateway.federation_key", "{error}");
+
+    // A section's key is an instance's name, as its members' ids start.
+    for (written, key) in [
+        ("az", "federation.az"),
+        ("\"../AZ\"", "federation.\"../AZ\""),
+    ] {
+        let text = with_key(&partner("AZ/GOV/BRIDGE/gateway")).replacen(
+            "[federation.AZ]",
+            &format!("[federation.{written}]"),
+            1,
+        );
+        let error = error_of(&text);
+        assert_eq!(error.key, key, "{error}");
+        assert!(error.message.contains("not an instance name"), "{error}");
+        assert_eq!(
+            error.line,
+            Some(line_of(&text, &format!("[federation.{written}]")))
+        );
+    }
+
+    // The consent feed is a provider of this instance: a partner's
+    // provider would be dialled through its gateways, which present
+    // another identity, and the feed never connects.
+    let text = with_key(&partner("AZ/GOV/BRIDGE/gateway")).replacen(
+        "feed_provider = \"SN/GOV/MYGOV/consent\"",
+        "feed_provider = \"AZ/GOV/ASAN/registry\"",
+        1,
+    );
+    let error = error_of(&text);
+    assert_eq!(error.key, "consent.feed_provider", "{error}");
+    assert!(error.message.contains("of instance AZ"), "{error}");
+    assert_eq!(error.line, Some(line_of(&text, "feed_provider = \"AZ/GOV")));
 
     let text = with_key(&partner("AZ/GOV/BRIDGE/gateway")).replace("az.pub", "missing.pub");
     let error = error_of(&text);

@@ -976,6 +976,22 @@ fn admin_endpoint(
             ),
         ));
     }
+    let listen = source.socket_addr("gateway.listen", &gateway.listen)?;
+    if address.port() != 0
+        && address.port() == listen.port()
+        && (address.ip() == listen.ip()
+            || address.ip().is_unspecified()
+            || listen.ip().is_unspecified())
+    {
+        return Err(source.error(
+            "gateway.admin",
+            admin,
+            format!(
+                "`{address}` is where gateway.listen (`{listen}`) takes partners' calls: give \
+                 the admin endpoint a port of its own"
+            ),
+        ));
+    }
     Ok(Some(address))
 }
 
@@ -1401,6 +1417,18 @@ fn validate_federation(
     for (key, partner) in raw {
         let instance = key.get_ref();
         let path = format!("federation.{}", quoted(instance));
+        // Member ids are upper case, and the name is a directory's under
+        // the data directory.
+        if !crate::global::is_instance(instance) {
+            return Err(shared.error(
+                &path,
+                key,
+                format!(
+                    "{instance:?} is not an instance name: 1 to 16 of A-Z, 0-9 and '-' (as the \
+                     first part of its members' ids)"
+                ),
+            ));
+        }
         if instance == own.instance() {
             return Err(shared.error(
                 &path,
@@ -2029,6 +2057,16 @@ fn validate_consent(
             "consent.feed_provider",
             &raw.feed_provider,
             format!("{feed_provider} is not a configured provider"),
+        ));
+    }
+    if let Some(instance) = &providers[&feed_provider].partner {
+        return Err(source.error(
+            "consent.feed_provider",
+            &raw.feed_provider,
+            format!(
+                "{feed_provider} is a provider of instance {instance}: the consent feed must come \
+                 from a provider of this instance, reached directly"
+            ),
         ));
     }
     Ok(ConsentConfig {
