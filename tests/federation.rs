@@ -771,6 +771,32 @@ async fn a_partner_is_learned_from_its_signed_global_configuration() {
     assert!(text.contains("older than version 2"), "{text}");
     assert_eq!(std::fs::read_to_string(&global).unwrap(), after);
     assert!(publication.join("federation/AZ/v2/ca.pem").exists());
+    // Version 3 names as its members' CA a file that is no certificate:
+    // signed and newer, but what the gateway would refuse to load is not
+    // learned, and version 2's files stay.
+    let az_publication = keys.path().join("az-directory/publication");
+    let trust: toml::Table =
+        toml::from_str(&std::fs::read_to_string(az_publication.join("global.toml")).unwrap())
+            .unwrap();
+    let members_ca = trust["trust"]["client_ca"].as_str().unwrap();
+    std::fs::write(az_publication.join(members_ca), "not a certificate\n").unwrap();
+    let directory_key = SigningKey::read(&keys.path().join("az-directory/directory.key")).unwrap();
+    let third = govbridge::global::Bundle::build(
+        &az_publication,
+        "AZ",
+        3,
+        std::time::Duration::from_secs(86_400),
+        &directory_key,
+    )
+    .unwrap();
+    let third_path = keys.path().join("az-version-3.json");
+    std::fs::write(&third_path, third.to_json()).unwrap();
+    let (ok, text) = learn(&third_path, &az_key, "AZ");
+    assert!(!ok, "{text}");
+    assert!(text.contains("would not load"), "{text}");
+    assert_eq!(std::fs::read_to_string(&global).unwrap(), after);
+    assert!(publication.join("federation/AZ/v2/ca.pem").exists());
+    assert!(!publication.join("federation/AZ/v3").exists());
 
     // Or each gateway follows Azerbaijan's directory itself: the
     // publication names where, and under which key, only.

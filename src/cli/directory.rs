@@ -489,11 +489,18 @@ fn learn(learning: &Learning<'_>) -> anyhow::Result<()> {
         with_block(&before, partner, &block).with_context(|| format!("{}", config.display()))?;
     govbridge::keys::write_file(config, after.as_bytes(), 0o644)
         .with_context(|| format!("writing {}", config.display()))?;
-    let checked =
+    // Checked as the gateway will load it, the partner's CA read (not
+    // only named): a file the gateway would refuse must not replace the
+    // versions it runs from.
+    let checked: anyhow::Result<()> =
         if config.file_name() == Some(std::ffi::OsStr::new(govbridge::global::GLOBAL_FILE)) {
-            govbridge::config::Config::load_publication(config).map(drop)
+            govbridge::config::Config::load_publication(config)
+                .map_err(anyhow::Error::new)
+                .and_then(|loaded| Ok(loaded.gateway.tls.check_trust()?))
         } else {
-            govbridge::config::Config::load(config).map(drop)
+            govbridge::config::Config::load(config)
+                .map_err(anyhow::Error::new)
+                .and_then(|loaded| Ok(govbridge::proxy::Gateway::check(&loaded).map(drop)?))
         };
     if let Err(error) = checked {
         govbridge::keys::write_file(config, before.as_bytes(), 0o644)
@@ -501,7 +508,7 @@ fn learn(learning: &Learning<'_>) -> anyhow::Result<()> {
         if fresh {
             let _ = std::fs::remove_dir_all(dir.join(&files));
         }
-        return Err(anyhow::Error::new(error).context(format!(
+        return Err(error.context(format!(
             "{} would not load with what {partner} publishes: left as it was",
             config.display()
         )));

@@ -410,10 +410,16 @@ impl ServerTls {
         Ok(self.listener_tls()?.config)
     }
 
-    /// The server config and the client certificate verifier inside it,
-    /// with which a listener re-checks the certificates of its open
-    /// connections.
-    pub fn listener_tls(&self) -> Result<ListenerTls, TlsError> {
+    /// Checks the trust the listener would be built with (this instance's
+    /// CA and CRLs, each partner's, no CA shared between two), without its
+    /// own certificate: what a publication, which has none, can be
+    /// checked for.
+    pub fn check_trust(&self) -> Result<(), TlsError> {
+        self.client_verifier().map(drop)
+    }
+
+    /// The verifier of partners' client certificates, by instance.
+    fn client_verifier(&self) -> Result<Arc<InstanceVerifier>, TlsError> {
         let provider = crypto_provider();
         let client_verifier = |ca: &Path, crls: &[PathBuf]| -> Result<_, TlsError> {
             let roots = root_store(ca)?;
@@ -465,7 +471,15 @@ impl ServerTls {
                 Ok((partner.instance.clone(), verifier))
             })
             .collect::<Result<Vec<_>, TlsError>>()?;
-        let verifier = Arc::new(InstanceVerifier::new(own, partners));
+        Ok(Arc::new(InstanceVerifier::new(own, partners)))
+    }
+
+    /// The server config and the client certificate verifier inside it,
+    /// with which a listener re-checks the certificates of its open
+    /// connections.
+    pub fn listener_tls(&self) -> Result<ListenerTls, TlsError> {
+        let provider = crypto_provider();
+        let verifier = self.client_verifier()?;
         let (chain, key) = load_identity(&self.certificate, &self.private_key)?;
         // The admin endpoint's, when it speaks HTTPS: the same identity,
         // HTTP/1.1, and no client certificate (Prometheus and curl send
