@@ -365,8 +365,9 @@ async fn consent_bound_calls_fail_closed_while_the_database_is_down() {
 }
 
 /// A member limited to R calls per second, its calls spread over three
-/// nodes, gets R in all (within 10 %), not R per node; once two nodes
-/// leave, the one left admits R by itself.
+/// nodes, gets R in all (within 10 %), not R per node; its calls all
+/// through one of the three, it gets R there; once two nodes leave, the
+/// one left admits R by itself.
 #[tokio::test]
 async fn a_members_rate_holds_for_the_fleet_and_a_leaving_node_gives_its_share_back() {
     const RATE: u32 = 30;
@@ -388,6 +389,18 @@ async fn a_members_rate_holds_for_the_fleet_and_a_leaving_node_gives_its_share_b
     assert!(
         (expected * 0.9..=expected * 1.1 + 3.0).contains(&(admitted as f64)),
         "{admitted} calls admitted in {window:?}, for {expected} at {RATE}/s"
+    );
+
+    // All of the member's calls through one node, as one client keeps one
+    // connection: that node takes nearly the whole rate once the fleet
+    // has heard of the demand: the others' last reports, a heartbeat
+    // old, still hold calls, and a share grows a heartbeat late.
+    admitted_within(&bed, &nodes[..1], Duration::from_secs(4)).await;
+    let admitted = admitted_within(&bed, &nodes[..1], window).await;
+    eprintln!("three nodes, one called: {admitted} calls admitted in {window:?} at {RATE}/s");
+    assert!(
+        (expected * 0.9..=expected * 1.1 + 3.0).contains(&(admitted as f64)),
+        "{admitted} calls admitted in {window:?} through one node of three, for {expected}"
     );
 
     // Two nodes stop: the last one takes the member's whole rate.

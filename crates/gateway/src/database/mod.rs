@@ -596,6 +596,13 @@ const MIGRATIONS: &[(i32, &str)] = &[
          SET LOCAL work_mem = '256MB';
          SELECT log_seal(9223372036854775807);",
     ),
+    (
+        12,
+        // The calls a second each rate-limited member attempted through
+        // the node over its last heartbeat, as a JSON object by member id:
+        // what each node's share of a member's rate follows.
+        "ALTER TABLE nodes ADD COLUMN rate_demand text NOT NULL DEFAULT '{}';",
+    ),
 ];
 
 /// Why the database cannot be used.

@@ -548,7 +548,7 @@ fn render_fleet(
     let _ = writeln!(
         out,
         "# HELP govbridge_fleet_nodes_up Nodes of the fleet up, this one included, as of the last \
-         heartbeat: each takes that share of a member's rate.\n\
+         heartbeat: a member's rate is shared among them by demand.\n\
          # TYPE govbridge_fleet_nodes_up gauge\n\
          govbridge_fleet_nodes_up {}\n\
          # HELP govbridge_fleet_database_reachable 1 while this node's heartbeat reaches the \

@@ -129,18 +129,23 @@ impl FleetLink {
     }
 
     /// Shares each member's rate among the nodes up now (this one
-    /// included); an answer that does not come keeps the last count.
-    async fn count_nodes(&self, state: &GatewayState) {
+    /// included), by the demand each reported; an answer that does not
+    /// come keeps the last shares.
+    async fn share_limits(&self, state: &GatewayState) {
         use crate::database::nodes::NodeState;
         match self.database.nodes().await {
             Ok(nodes) => {
-                let up = nodes
+                let up: Vec<&crate::database::nodes::Node> = nodes
                     .iter()
                     .filter(|node| node.state() == NodeState::Up)
-                    .count();
-                state
-                    .limits
-                    .set_fleet_nodes(u32::try_from(up).unwrap_or(u32::MAX));
+                    .collect();
+                // It just beat: up, unless the database's clock jumped.
+                let Some(me) = up.iter().position(|node| node.info.id == self.node.id) else {
+                    return;
+                };
+                let demands: Vec<&std::collections::HashMap<String, f64>> =
+                    up.iter().map(|node| &node.demand).collect();
+                state.limits.share_out(&demands, me);
             }
             Err(error) => tracing::debug!(%error, "cannot count the fleet's nodes"),
         }
@@ -151,6 +156,7 @@ impl FleetLink {
     async fn beat(self: Arc<Self>, state: SharedState) {
         let mut ticks = tokio::time::interval(crate::database::nodes::HEARTBEAT);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut counted_since = std::time::Instant::now();
         for beat in 0u64.. {
             ticks.tick().await;
             // Now and then, the partners' nonces that no longer matter.
@@ -168,14 +174,19 @@ impl FleetLink {
             }
             let info = self.info(&state.load());
             let started = std::time::Instant::now();
+            let demand = state
+                .load()
+                .limits
+                .take_demand(started.duration_since(counted_since));
+            counted_since = started;
             // Bounded by the database's query timeout.
-            let beat = self.database.heartbeat(&info).await;
+            let beat = self.database.heartbeat(&info, &demand).await;
             match beat {
                 Ok(()) => {
                     let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                     self.round_trip_us
                         .store(took, std::sync::atomic::Ordering::Relaxed);
-                    self.count_nodes(&state.load()).await;
+                    self.share_limits(&state.load()).await;
                     if self.problem.swap(None).is_some() {
                         tracing::info!(database = %self.database.url(), "the fleet's database answers again");
                     }
@@ -395,7 +406,7 @@ impl Gateway {
         // row that would look up and block the next start under this id.
         if let Some(link) = &fleet {
             link.database.register(&link.info(&state.load())).await?;
-            link.count_nodes(&state.load()).await;
+            link.share_limits(&state.load()).await;
         }
         let metrics = Arc::new(Metrics::default());
         {

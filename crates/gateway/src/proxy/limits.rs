@@ -3,7 +3,7 @@
 //!
 //! Every call first passes [`Limits::permit`]: a gateway-wide cap on calls
 //! in flight (beyond it, calls are shed at once rather than queued), then
-//! the caller's token bucket (requests per second, `governor`), then the
+//! the caller's token bucket (requests per second), then the
 //! caller's cap on calls in flight. A permitted call holds its
 //! [`CallPermit`] until its response ends. Its request body then passes a
 //! [`MessageSizeLimit`], which reads each gRPC message's 5-byte prefix as
@@ -22,15 +22,20 @@
 //! (calls permitted under the old snapshot still count), and a member's
 //! token bucket when its rate and burst did not change; a member whose rate
 //! changed starts with a full bucket.
+//!
+//! In a fleet, each node admits its share of a member's rate. Shares follow
+//! demand: every heartbeat a node tells the fleet's database how many calls
+//! a second each rate-limited member attempted through it, and takes as its
+//! share what [`share`] gives it from every node's figures, so that a
+//! member whose calls all come through one node (one HTTP/2 connection, as
+//! gRPC clients keep) gets its whole rate there.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
-
-use governor::clock::Clock;
-use governor::{DefaultDirectRateLimiter, Quota};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use super::error::GatewayError;
 use crate::config::{LimitsConfig, MemberLimits, RateLimit};
@@ -44,8 +49,7 @@ pub struct Limits {
     /// Calls in flight through the whole gateway; shared across reloads.
     gateway: Arc<CallCount>,
     /// The nodes of the fleet that are up, this one included (1 without a
-    /// fleet): each takes that share of a member's rate. Shared across
-    /// reloads; the fleet's heartbeat sets it.
+    /// fleet). Shared across reloads; the fleet's heartbeat sets it.
     fleet_nodes: Arc<AtomicU32>,
     members: HashMap<MemberId, MemberLimiter>,
 }
@@ -53,66 +57,169 @@ pub struct Limits {
 #[derive(Debug)]
 struct MemberLimiter {
     limits: MemberLimits,
-    /// `None` when the member's rate is unlimited; else the bucket for the
-    /// fleet size it was made for.
-    bucket: Option<arc_swap::ArcSwap<ShareBucket>>,
+    /// `None` when the member's rate is unlimited. Shared across reloads
+    /// that keep the rate.
+    bucket: Option<Arc<Bucket>>,
     /// The member's calls in flight, counted even without a cap so that a
     /// cap set by a reload starts from the true count.
     in_flight: Arc<CallCount>,
+    /// Calls the member attempted through this node since the fleet last
+    /// took the count: its demand here.
+    attempts: Arc<AtomicU64>,
 }
 
 impl MemberLimiter {
-    fn new(limits: MemberLimits, nodes: u32) -> Self {
+    fn new(limits: MemberLimits) -> Self {
         Self {
             limits,
-            bucket: limits
-                .rate
-                .map(|rate| arc_swap::ArcSwap::from_pointee(ShareBucket::new(rate, nodes))),
+            bucket: limits.rate.map(|rate| Arc::new(Bucket::new(rate))),
             in_flight: Arc::default(),
+            attempts: Arc::default(),
         }
-    }
-
-    /// The bucket for a fleet of `nodes`, made anew (full) when the fleet
-    /// changed size.
-    fn bucket(&self, rate: RateLimit, nodes: u32) -> Option<arc_swap::Guard<Arc<ShareBucket>>> {
-        let bucket = self.bucket.as_ref()?;
-        let current = bucket.load();
-        if current.nodes == nodes {
-            return Some(current);
-        }
-        // One new bucket per change, whoever sees it first: callers racing
-        // here must not each get a full one.
-        let _ = bucket.compare_and_swap(&*current, Arc::new(ShareBucket::new(rate, nodes)));
-        Some(bucket.load())
     }
 }
 
-/// One node's share of a member's token bucket: `1/nodes` of its rate and
-/// of its burst (at least one call), so that the fleet together admits
-/// the member's rate when its calls are spread over the nodes.
+/// A member's token bucket on this node: its share of the member's rate,
+/// and of its burst (at least one call, so that each node can admit one).
+/// A new share changes the refill, not the level: a node whose share grows
+/// gets no fresh burst.
 #[derive(Debug)]
-struct ShareBucket {
-    nodes: u32,
-    limiter: DefaultDirectRateLimiter,
+struct Bucket {
+    rate: RateLimit,
+    level: Mutex<Level>,
 }
 
-impl ShareBucket {
-    fn new(rate: RateLimit, nodes: u32) -> Self {
-        let nodes = nodes.max(1);
-        let quota = if nodes == 1 {
-            Quota::per_second(rate.per_second)
-        } else {
-            // One token every `nodes / per_second` seconds.
-            let period =
-                Duration::from_secs_f64(f64::from(nodes) / f64::from(rate.per_second.get()));
-            Quota::with_period(period).unwrap_or_else(|| Quota::per_second(rate.per_second))
-        };
-        let burst = NonZeroU32::new(rate.burst.get().div_ceil(nodes)).unwrap_or(NonZeroU32::MIN);
+#[derive(Debug)]
+struct Level {
+    /// This node's share of the rate, in (0, 1].
+    share: f64,
+    /// The share the fleet's figures gave at the last heartbeat.
+    computed: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: RateLimit) -> Self {
         Self {
-            nodes,
-            limiter: DefaultDirectRateLimiter::direct(quota.allow_burst(burst)),
+            rate,
+            level: Mutex::new(Level {
+                share: 1.0,
+                computed: 1.0,
+                tokens: f64::from(rate.burst.get()),
+                at: Instant::now(),
+            }),
         }
     }
+
+    /// Calls a second and the burst at `share`.
+    fn at_share(&self, share: f64) -> (f64, f64) {
+        (
+            f64::from(self.rate.per_second.get()) * share,
+            (f64::from(self.rate.burst.get()) * share).max(1.0),
+        )
+    }
+
+    fn level(&self) -> std::sync::MutexGuard<'_, Level> {
+        // A level is two numbers: a panic between them leaves one usable.
+        self.level.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The level refilled up to `now`.
+    fn refill(&self, level: &mut Level, now: Instant) {
+        let (per_second, burst) = self.at_share(level.share);
+        let elapsed = now.saturating_duration_since(level.at).as_secs_f64();
+        level.tokens = (level.tokens + elapsed * per_second).min(burst);
+        level.at = now;
+    }
+
+    /// Takes a token, or says how long until there is one.
+    fn take(&self, now: Instant) -> Result<(), Duration> {
+        let mut level = self.level();
+        self.refill(&mut level, now);
+        if level.tokens >= 1.0 {
+            level.tokens -= 1.0;
+            return Ok(());
+        }
+        let (per_second, _) = self.at_share(level.share);
+        Err(Duration::from_secs_f64(
+            ((1.0 - level.tokens) / per_second).min(3600.0),
+        ))
+    }
+
+    /// The fleet's figures give this node `computed` of the rate: it takes
+    /// the smaller of that and what they gave at the last heartbeat. A
+    /// share shrinks at once and grows a heartbeat late, once the other
+    /// nodes have seen the same figures and shrunk theirs: each node
+    /// reads the others' demand at its own time, and shares computed
+    /// from reads a heartbeat apart could sum to more than the rate.
+    fn set_share(&self, computed: f64, now: Instant) {
+        let computed = computed.clamp(f64::MIN_POSITIVE, 1.0);
+        let mut level = self.level();
+        self.refill(&mut level, now);
+        level.share = computed.min(level.computed);
+        level.computed = computed;
+        let (_, burst) = self.at_share(level.share);
+        level.tokens = level.tokens.min(burst);
+    }
+
+    /// This bucket, for a new rate, takes the share of `old`.
+    fn inherit_share(&self, old: &Bucket) {
+        let (share, computed) = {
+            let old = old.level();
+            (old.share, old.computed)
+        };
+        let mut level = self.level();
+        level.share = share;
+        level.computed = computed;
+        let (_, burst) = self.at_share(share);
+        level.tokens = level.tokens.min(burst);
+    }
+}
+
+/// What part of the fleet's reserve for a member goes to nodes it does
+/// not call through (see [`share`]).
+const RESERVE: f64 = 0.05;
+
+/// Node `me`'s share of a member's `rate` (calls a second), given the
+/// calls a second the member attempted through each node up (`demands`,
+/// one per node, `me`'s included) over the last heartbeat.
+///
+/// A twentieth of the rate is kept in reserve, in equal parts, so that a
+/// node the member starts calling through admits some calls before its
+/// demand is known; the rest goes by demand, max-min fair: a node asking
+/// less than an equal part of what is left gets what it asks, the others
+/// share the remainder. What no node asks for is shared equally. With no
+/// demand anywhere, equal shares. The shares of all nodes sum to 1.
+pub fn share(rate: f64, demands: &[f64], me: usize) -> f64 {
+    let nodes = demands.len();
+    if nodes <= 1 || me >= nodes || rate <= 0.0 {
+        return 1.0;
+    }
+    let clean = |demand: f64| {
+        if demand.is_finite() {
+            demand.max(0.0)
+        } else {
+            0.0
+        }
+    };
+    let equal = 1.0 / nodes as f64;
+    if demands.iter().all(|demand| clean(*demand) == 0.0) {
+        return equal;
+    }
+    let mut order: Vec<usize> = (0..nodes).collect();
+    order.sort_by(|a, b| clean(demands[*a]).total_cmp(&clean(demands[*b])));
+    let mut left = rate * (1.0 - RESERVE);
+    let mut mine = 0.0;
+    for (place, node) in order.iter().enumerate() {
+        let part = left / (nodes - place) as f64;
+        let given = clean(demands[*node]).min(part);
+        left -= given;
+        if *node == me {
+            mine = given;
+        }
+    }
+    (rate * RESERVE * equal + mine + left * equal) / rate
 }
 
 /// A count of calls in flight with a cap checked on entry.
@@ -178,7 +285,7 @@ impl Limits {
             members: config
                 .members
                 .iter()
-                .map(|(member, limits)| (member.clone(), MemberLimiter::new(*limits, 1)))
+                .map(|(member, limits)| (member.clone(), MemberLimiter::new(*limits)))
                 .collect(),
         }
     }
@@ -202,10 +309,12 @@ impl Limits {
                 continue;
             };
             limiter.in_flight = Arc::clone(&old.in_flight);
-            if old.limits.rate == limiter.limits.rate
-                && let (Some(new), Some(old)) = (&limiter.bucket, &old.bucket)
-            {
-                new.store(old.load_full());
+            limiter.attempts = Arc::clone(&old.attempts);
+            match (&mut limiter.bucket, &old.bucket) {
+                (Some(new), Some(old)) if old.rate == new.rate => *new = Arc::clone(old),
+                // A new rate starts full, at the node's share of the old.
+                (Some(new), Some(old)) => new.inherit_share(old),
+                _ => {}
             }
         }
     }
@@ -256,18 +365,16 @@ impl Limits {
             // one not have its entry.
             return Ok((None, MemberLimits::default().max_message_bytes));
         };
-        let nodes = self.fleet_nodes.load(Ordering::Relaxed);
-        if let Some(rate) = limiter.limits.rate
-            && let Some(bucket) = limiter.bucket(rate, nodes)
-            && let Err(not_until) = bucket.limiter.check()
-        {
-            let wait = not_until.wait_time_from(bucket.limiter.clock().now());
-            return Err(GatewayError::RateLimited {
-                member: member.clone(),
-                per_second: rate.per_second.get(),
-                burst: rate.burst.get(),
-                retry_after: wait.max(Duration::from_millis(1)),
-            });
+        if let (Some(rate), Some(bucket)) = (limiter.limits.rate, &limiter.bucket) {
+            limiter.attempts.fetch_add(1, Ordering::Relaxed);
+            if let Err(wait) = bucket.take(Instant::now()) {
+                return Err(GatewayError::RateLimited {
+                    member: member.clone(),
+                    per_second: rate.per_second.get(),
+                    burst: rate.burst.get(),
+                    retry_after: wait.max(Duration::from_millis(1)),
+                });
+            }
         }
         let cap = limiter
             .limits
@@ -283,10 +390,41 @@ impl Limits {
         Ok((Some(slot), limiter.limits.max_message_bytes))
     }
 
-    /// The fleet now has `nodes` nodes up (this one included): each
-    /// member's rate is shared among them from the next call on.
-    pub fn set_fleet_nodes(&self, nodes: u32) {
-        self.fleet_nodes.store(nodes.max(1), Ordering::Relaxed);
+    /// Each rate-limited member's calls a second through this node since
+    /// the last time this was asked, `over` ago: what the node reports to
+    /// the fleet. Members without a call are left out.
+    pub fn take_demand(&self, over: Duration) -> Vec<(MemberId, f64)> {
+        let seconds = over.as_secs_f64().max(1e-3);
+        self.members
+            .iter()
+            .filter(|(_, limiter)| limiter.bucket.is_some())
+            .filter_map(|(member, limiter)| {
+                let attempts = limiter.attempts.swap(0, Ordering::Relaxed);
+                (attempts > 0).then(|| (member.clone(), attempts as f64 / seconds))
+            })
+            .collect()
+    }
+
+    /// The fleet now has a node for each of `demands` up, this one
+    /// `demands[me]`, each with the calls a second every member attempted
+    /// through it: each member's rate is shared by [`share`] from the next
+    /// call on.
+    pub fn share_out(&self, demands: &[&HashMap<String, f64>], me: usize) {
+        let nodes = u32::try_from(demands.len()).unwrap_or(u32::MAX).max(1);
+        self.fleet_nodes.store(nodes, Ordering::Relaxed);
+        let now = Instant::now();
+        for (member, limiter) in &self.members {
+            let (Some(rate), Some(bucket)) = (limiter.limits.rate, &limiter.bucket) else {
+                continue;
+            };
+            let asked: Vec<f64> = demands
+                .iter()
+                .map(|node| node.get(member.as_str()).copied().unwrap_or(0.0))
+                .collect();
+            let share = share(f64::from(rate.per_second.get()), &asked, me);
+            tracing::debug!(%member, computed = share, ?asked, me, "a member's rate shared");
+            bucket.set_share(share, now);
+        }
     }
 
     /// The nodes a member's rate is shared among.
@@ -488,6 +626,20 @@ mod tests {
         drop((second, third));
     }
 
+    /// Demands of a member at each node, as the fleet's table holds them.
+    fn demands(member: &str, per_node: &[f64]) -> Vec<HashMap<String, f64>> {
+        per_node
+            .iter()
+            .map(|demand| HashMap::from([(member.to_owned(), *demand)]))
+            .collect()
+    }
+
+    fn share_out(limits: &Limits, per_node: &[f64], me: usize) {
+        let demands = demands(A, per_node);
+        let refs: Vec<&HashMap<String, f64>> = demands.iter().collect();
+        limits.share_out(&refs, me);
+    }
+
     #[test]
     fn in_a_fleet_each_node_takes_its_share_of_the_burst_and_gives_it_back() {
         let limits = Limits::new(&config(&[(A, rated(1, 9))], 100));
@@ -497,18 +649,96 @@ mod tests {
                 .take_while(|_| kind(limits.permit(&a)) == "permitted")
                 .count()
         };
-        // Three nodes up: a third of the burst here.
-        limits.set_fleet_nodes(3);
+        // Three nodes up, no demand known: a third of the burst here.
+        share_out(&limits, &[0.0, 0.0, 0.0], 0);
+        assert_eq!(limits.fleet_nodes(), 3);
         assert_eq!(burst(&limits), 3);
-        // The others left: the whole of it again (a bucket made anew).
-        limits.set_fleet_nodes(1);
-        assert_eq!(burst(&limits), 9);
-        // Four nodes: a quarter, rounded up so that each node admits one.
-        limits.set_fleet_nodes(4);
-        assert_eq!(burst(&limits), 3);
-        // A reload keeps the fleet's size.
+        // The others left: the whole rate, but no fresh burst.
+        share_out(&limits, &[0.0], 0);
+        assert_eq!(kind(limits.permit(&a)), "rate-limited");
+        // A reload keeps the fleet's size and the bucket's level.
         let reloaded = Limits::after(&config(&[(A, rated(1, 9))], 100), Some(&limits));
-        assert_eq!(reloaded.fleet_nodes(), 4);
+        assert_eq!(reloaded.fleet_nodes(), 1);
+        assert_eq!(kind(reloaded.permit(&a)), "rate-limited");
+        // Each reported the calls attempted since last asked, once.
+        let demand = reloaded.take_demand(Duration::from_secs(1));
+        assert_eq!(demand, [(a.clone(), 6.0)]);
+        assert!(reloaded.take_demand(Duration::from_secs(1)).is_empty());
+    }
+
+    /// One share per node, by demand: a member calling through one node
+    /// gets nearly its whole rate there; the shares sum to the rate.
+    #[test]
+    fn shares_follow_demand_and_sum_to_the_rate() {
+        let sum = |rate: f64, demands: &[f64]| -> f64 {
+            (0..demands.len()).map(|me| share(rate, demands, me)).sum()
+        };
+        // Nothing asked: equal parts.
+        assert_eq!(share(30.0, &[0.0, 0.0, 0.0], 1), 1.0 / 3.0);
+        // All of it through one node: all but the others' reserve.
+        let one = share(30.0, &[120.0, 0.0, 0.0], 0);
+        assert!((one - (0.95 + 0.05 / 3.0)).abs() < 1e-9, "{one}");
+        assert!(share(30.0, &[120.0, 0.0, 0.0], 1) < 0.02);
+        // Max-min fair: the node asking 10 calls a second gets them (and
+        // its reserve); the other the rest.
+        let small = share(30.0, &[10.0, 100.0], 0) * 30.0;
+        assert!((small - 10.75).abs() < 1e-9, "{small}");
+        // Less asked than the rate: what is left is shared equally.
+        let light = share(30.0, &[4.0, 2.0], 0) * 30.0;
+        assert!((light - (0.75 + 4.0 + 11.25)).abs() < 1e-9, "{light}");
+        for demands in [
+            &[0.0, 0.0][..],
+            &[1.0, 0.0, 7.0],
+            &[50.0, 50.0, 50.0, 1.0],
+            &[f64::NAN, -3.0, 10.0],
+            &[1e12, 1e-12, 0.0],
+        ] {
+            let total = sum(30.0, demands);
+            assert!((total - 1.0).abs() < 1e-9, "{demands:?}: {total}");
+        }
+        assert_eq!(share(30.0, &[5.0], 0), 1.0);
+    }
+
+    /// A share shrinks at once and grows a heartbeat late: the other
+    /// nodes have shrunk theirs by then.
+    #[test]
+    fn a_share_shrinks_at_once_and_grows_a_heartbeat_late() {
+        let limits = Limits::new(&config(&[(A, rated(10, 10))], 100));
+        let a = MemberId::parse(A).unwrap();
+        let now = || limits.members[&a].bucket.as_ref().unwrap().level().share;
+        share_out(&limits, &[0.0, 0.0], 0);
+        assert_eq!(now(), 0.5);
+        share_out(&limits, &[100.0, 0.0], 0);
+        assert_eq!(now(), 0.5);
+        share_out(&limits, &[100.0, 0.0], 0);
+        assert!((now() - 0.975).abs() < 1e-9, "{}", now());
+        share_out(&limits, &[0.0, 100.0], 0);
+        assert!((now() - 0.025).abs() < 1e-9, "{}", now());
+    }
+
+    /// A new share changes the refill, not the level: a node whose share
+    /// grows gets no fresh burst, and one whose share shrinks keeps at
+    /// most its new burst.
+    #[test]
+    fn a_new_share_keeps_the_level() {
+        let limits = Limits::new(&config(&[(A, rated(1, 10))], 100));
+        let a = MemberId::parse(A).unwrap();
+        share_out(&limits, &[0.0, 0.0, 0.0, 0.0, 0.0], 0);
+        // A fifth of the burst: 2.
+        assert_eq!(kind(limits.permit(&a)), "permitted");
+        assert_eq!(kind(limits.permit(&a)), "permitted");
+        assert_eq!(kind(limits.permit(&a)), "rate-limited");
+        // The fleet changes size twice: still nothing until it refills.
+        share_out(&limits, &[0.0, 0.0], 0);
+        share_out(&limits, &[0.0, 0.0, 0.0], 0);
+        let refused = limits.permit(&a).unwrap_err();
+        assert_eq!(refused.kind(), "rate-limited");
+        // A third of one call a second: one token in about three seconds.
+        let wait = refused.retry_after().unwrap();
+        assert!(
+            wait > Duration::from_secs(2) && wait <= Duration::from_secs(3),
+            "{wait:?}"
+        );
     }
 
     #[test]
