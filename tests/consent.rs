@@ -638,6 +638,62 @@ async fn a_oneof_cannot_smuggle_another_subject_past_the_consent() {
     assert_eq!(answers.len(), 1);
 }
 
+/// A consent-bound message over the caller's size limit is refused as
+/// too large (`RESOURCE_EXHAUSTED`), first message or later, before any
+/// of it is read or a use spent; one under the limit but too large for
+/// its subject to be checked is refused as unchecked.
+#[tokio::test]
+async fn a_consent_bound_message_over_the_size_limit_is_too_large() {
+    let bed = Bed::builder()
+        .dev_policies()
+        .limits("[limits.members.\"SN/COM/CBAO/credit\"]\nmax_message_bytes = 100000\n")
+        .start()
+        .await;
+    let a = citizen(&bed, 0);
+    let consent = grant(
+        &bed,
+        &Grant {
+            max_uses: 1,
+            ..Grant::streamed(&a)
+        },
+    )
+    .await;
+    let too_large = || Raw(vec![0; 200_000]);
+    let year = || {
+        Raw::of(&GetDeclaredIncomeRequest {
+            nin: a.clone(),
+            fiscal_year: 2023,
+        })
+    };
+    type Income = govbridge::proto::tax::v1::DeclaredIncome;
+    for (case, messages) in [
+        ("first", vec![too_large()]),
+        ("second", vec![year(), too_large()]),
+    ] {
+        let status = call_raw::<Income>(&bed, STREAM_INCOME, &consent.artefact, messages)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status_kind(&status),
+            (Code::ResourceExhausted, "message-too-large".to_owned()),
+            "{case}: {status:?}"
+        );
+    }
+    let status = call_raw::<Income>(
+        &bed,
+        STREAM_INCOME,
+        &consent.artefact,
+        vec![Raw(vec![0; 80_000])],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        status_kind(&status),
+        denied("consent-subject-mismatch"),
+        "{status:?}"
+    );
+}
+
 /// On a stream, a later message that names its subject twice is refused
 /// before it reaches the backend, like one naming someone else.
 #[tokio::test]

@@ -226,6 +226,15 @@ impl RequestBody {
                     None => None,
                 },
             };
+            // Sizes first, as the caller sent them: a message too large is
+            // that, whether or not a consent would have it checked.
+            if let Some(Ok(frame)) = &frame
+                && let Some(data) = frame.data_ref()
+                && let Some(sizes) = self.sizes.as_mut()
+                && let Err(error) = sizes.check(data)
+            {
+                return self.refuse(error);
+            }
             let Some(guard) = self.guard.as_mut() else {
                 return Poll::Ready(frame);
             };
@@ -380,13 +389,6 @@ impl Body for RequestBody {
         let frame = ready!(self.poll_checked(cx));
         if let Some(Ok(frame)) = &frame
             && let Some(data) = frame.data_ref()
-            && let Some(sizes) = self.sizes.as_mut()
-            && let Err(error) = sizes.check(data)
-        {
-            return self.refuse(error);
-        }
-        if let Some(Ok(frame)) = &frame
-            && let Some(data) = frame.data_ref()
         {
             if let Some(tally) = &self.tally
                 && let Err(error) = record::count(tally, data)
@@ -414,15 +416,24 @@ impl Body for RequestBody {
 /// Reads the caller's body until its first gRPC message is complete, for
 /// a consent-bound call whose subject must be checked before anything is
 /// forwarded. Returns every byte read, to be relayed first: the message
-/// ([`first_of`]), and maybe more, since a frame can carry several.
-pub async fn first_message(body: &mut CallerBody) -> Result<Bytes, ConsentRefusal> {
+/// ([`first_of`]), and maybe more, since a frame can carry several. A
+/// message announced larger than `sizes` allows is refused as that.
+pub async fn first_message(
+    body: &mut CallerBody,
+    mut sizes: MessageSizeLimit,
+) -> Result<Bytes, GatewayError> {
     use http_body_util::BodyExt as _;
     let mut read = bytes::BytesMut::new();
+    let mut sized = false;
     loop {
-        if let Some(prefix) = read.get(..5)
-            && read.len() >= 5 + message_length(prefix)?
-        {
-            return Ok(read.freeze());
+        if let Some(prefix) = read.get(..5) {
+            if !sized {
+                sizes.check(prefix)?;
+                sized = true;
+            }
+            if read.len() >= 5 + message_length(prefix)? {
+                return Ok(read.freeze());
+            }
         }
         match body.frame().await {
             Some(Ok(frame)) => {
@@ -433,7 +444,8 @@ pub async fn first_message(body: &mut CallerBody) -> Result<Bytes, ConsentRefusa
             Some(Err(_)) | None => {
                 return Err(ConsentRefusal::SubjectMismatch(
                     "the request ended before its first message",
-                ));
+                )
+                .into());
             }
         }
     }

@@ -25,7 +25,11 @@ impl Call<'_> {
         let field = self.state.catalog.subjects().field(self.uri.path()).ok_or(
             ConsentRefusal::SubjectMismatch("this method's requests name no data subject"),
         )?;
-        let read = within(deadline, body::first_message(body)).await??;
+        let admitted = &exchange.admitted;
+        let sizes = admitted
+            .permit
+            .message_limit(&self.conn.metrics, &admitted.caller);
+        let read = within(deadline, body::first_message(body, sizes)).await??;
         body::bind_subject(body::first_of(&read), field, &claims.subject)?;
         let ledger = self
             .conn
