@@ -1032,6 +1032,8 @@ async fn a_gateway_follows_its_partners_own_directory() {
         .instance
         .publish_configuration_with(&forged, 4, partner.instance.address(), week)
         .unwrap();
+    let fourth = keys.path().join("az-version-4.json");
+    std::fs::copy(&rotated, &fourth).unwrap();
     partner
         .instance
         .publish_configuration_with(&az, 2, partner.instance.address(), week)
@@ -1045,7 +1047,28 @@ async fn a_gateway_follows_its_partners_own_directory() {
             })
     })
     .await;
-    std::fs::copy(&rotated, &bundle).unwrap();
+    // Signed by the new key, a version older than the one the old key's
+    // ran is refused all the same: a rotation does not start the
+    // partner's versions again.
+    let (older, _) = partner
+        .instance
+        .publish_configuration_with(&forged, 1, partner.instance.address(), week)
+        .unwrap();
+    std::fs::copy(&older, &bundle).unwrap();
+    let replayed = "govbridge_partner_configuration_fetches_total{config_instance=\"AZ\",\
+                    result=\"refused\",reason=\"replayed\"}";
+    until("the new key's older version is refused", || async {
+        support::metric(gateway.admin, replayed).await >= 1.0
+    })
+    .await;
+    let refused = company_through(&bed, gateway.address, &voen)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        bridge_error(&refused).as_deref(),
+        Some("partner-configuration-missing")
+    );
+    std::fs::copy(&fourth, &bundle).unwrap();
     until("version 4 runs, under the new key", || async {
         support::metric(gateway.admin, version).await >= 4.0
     })

@@ -84,6 +84,23 @@ impl Cache {
         self.read(version, verifier).map(Some)
     }
 
+    /// The highest version in use in the caches beside this one (a
+    /// partner's caches, one per directory key it signed with): the floor
+    /// of a version this one takes, so that a key's rotation does not
+    /// start the partner's versions again from nothing. Those caches'
+    /// pointers are the gateway's own files, written once their bundles
+    /// were checked; they are read, not checked again.
+    pub fn floor_beside(&self) -> Option<u64> {
+        let parent = self.dir.parent()?;
+        std::fs::read_dir(parent)
+            .ok()?
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| *path != self.dir && path.is_dir())
+            .filter_map(|path| Cache::new(&path).pointed())
+            .max()
+    }
+
     /// The version the pointer names, if it names one.
     fn pointed(&self) -> Option<u64> {
         std::fs::read_to_string(self.dir.join(CURRENT))

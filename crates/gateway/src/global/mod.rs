@@ -344,11 +344,29 @@ impl Bundle {
         current: Option<&Manifest>,
         now: i64,
     ) -> Result<bool, BundleError> {
+        self.accept_above(instance, current, None, now)
+    }
+
+    /// [`Bundle::accept`], refusing too a version below `floor` (one run
+    /// under the instance's previous key).
+    pub fn accept_above(
+        &self,
+        instance: &str,
+        current: Option<&Manifest>,
+        floor: Option<u64>,
+        now: i64,
+    ) -> Result<bool, BundleError> {
         let manifest = &self.manifest;
         if manifest.instance != instance {
             return Err(BundleError::WrongInstance {
                 expected: instance.to_owned(),
                 found: manifest.instance.clone(),
+            });
+        }
+        if let Some(floor) = floor.filter(|floor| manifest.version < *floor) {
+            return Err(BundleError::Replayed {
+                offered: manifest.version,
+                current: floor,
             });
         }
         if let Some(current) = current {

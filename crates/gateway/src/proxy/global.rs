@@ -147,6 +147,7 @@ async fn fetch_newer(
         &directory.verifier,
         &directory.cache,
         &directory.instance,
+        false,
     )
     .await
 }
@@ -154,11 +155,14 @@ async fn fetch_newer(
 /// `bytes`, if they are a bundle of `instance` signed by `verifier`, newer
 /// than the one in the cache at `cache` and not expired, written there
 /// (staged, not in use yet).
+/// With `beside`, not older than what the caches beside it are at either
+/// (a partner's, under the keys it signed with before).
 async fn stage_newer(
     bytes: Vec<u8>,
     verifier: &crate::note::Verifier,
     cache: &Path,
     instance: &str,
+    beside: bool,
 ) -> Result<Option<crate::global::cache::Installed>, Failed> {
     let (verifier, cache, instance) = (verifier.clone(), Cache::new(cache), instance.to_owned());
     let checked = tokio::task::spawn_blocking(move || {
@@ -168,10 +172,12 @@ async fn stage_newer(
         let current = cache
             .current(&verifier)
             .map_err(|error| Failed::Cache(error.to_string()))?;
+        let floor = beside.then(|| cache.floor_beside()).flatten();
         let newer = bundle
-            .accept(
+            .accept_above(
                 &instance,
                 current.as_ref().map(|current| &current.manifest),
+                floor,
                 crate::unix_time::now(),
             )
             .map_err(Failed::Refused)?;
@@ -195,7 +201,14 @@ async fn fetch_partner(
     let bytes = crate::global::http::fetch(&partner.url, &partner.ca, FETCH_TIMEOUT)
         .await
         .map_err(Failed::Unreachable)?;
-    stage_newer(bytes, &partner.verifier, &partner.cache, &partner.instance).await
+    stage_newer(
+        bytes,
+        &partner.verifier,
+        &partner.cache,
+        &partner.instance,
+        true,
+    )
+    .await
 }
 
 /// Brings the cache of each partner the gateway file at `path` follows
