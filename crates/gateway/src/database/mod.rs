@@ -24,6 +24,7 @@ use crate::config::StoreConfig;
 pub mod bundles;
 pub mod nodes;
 pub mod nonces;
+pub mod rates;
 pub mod receipts;
 mod tls;
 pub mod witness;
@@ -598,10 +599,16 @@ const MIGRATIONS: &[(i32, &str)] = &[
     ),
     (
         12,
-        // The calls a second each rate-limited member attempted through
-        // the node over its last heartbeat, as a JSON object by member id:
-        // what each node's share of a member's rate follows.
-        "ALTER TABLE nodes ADD COLUMN rate_demand text NOT NULL DEFAULT '{}';",
+        // What each node's share of a member's rate follows: the calls a
+        // second each rate-limited member attempted through a node, as a
+        // JSON object by member id, reported at each heartbeat under the
+        // second of the database's clock it was written in.
+        "CREATE TABLE rate_demand (
+             epoch bigint NOT NULL,
+             node text NOT NULL,
+             demand text NOT NULL,
+             PRIMARY KEY (epoch, node)
+         );",
     ),
 ];
 

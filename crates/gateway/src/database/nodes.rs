@@ -42,9 +42,6 @@ pub struct Node {
     pub silent_for: f64,
     /// It said it stopped.
     pub stopped: bool,
-    /// The calls a second each rate-limited member attempted through it
-    /// over its last heartbeat, by member id.
-    pub demand: HashMap<String, f64>,
 }
 
 /// Where a node stands.
@@ -74,7 +71,7 @@ impl Database {
     /// is replaced once it stopped or went silent; while it is up, two
     /// nodes share an id and the registration is refused.
     pub async fn register(&self, node: &NodeInfo) -> Result<(), DatabaseError> {
-        if self.upsert(node, true, &[]).await? {
+        if self.upsert(node, true).await? {
             return Ok(());
         }
         Err(DatabaseError::Failed {
@@ -88,50 +85,25 @@ impl Database {
         })
     }
 
-    /// `node` is alive, with these fingerprints, and this demand (calls a
-    /// second by rate-limited member, since its last heartbeat).
-    pub async fn heartbeat(
-        &self,
-        node: &NodeInfo,
-        demand: &[(crate::identity::MemberId, f64)],
-    ) -> Result<(), DatabaseError> {
-        self.upsert(node, false, demand).await.map(drop)
+    /// `node` is alive, with these fingerprints.
+    pub async fn heartbeat(&self, node: &NodeInfo) -> Result<(), DatabaseError> {
+        self.upsert(node, false).await.map(drop)
     }
 
     /// Whether the row was written: a start does not take over a live id.
-    async fn upsert(
-        &self,
-        node: &NodeInfo,
-        start: bool,
-        demand: &[(crate::identity::MemberId, f64)],
-    ) -> Result<bool, DatabaseError> {
+    async fn upsert(&self, node: &NodeInfo, start: bool) -> Result<bool, DatabaseError> {
         let stale = STALE_AFTER.as_secs_f64();
-        let demand = serde_json::Value::Object(
-            demand
-                .iter()
-                .filter_map(|(member, rate)| {
-                    Some((
-                        member.as_str().to_owned(),
-                        serde_json::Number::from_f64(*rate)?.into(),
-                    ))
-                })
-                .collect(),
-        )
-        .to_string();
-        let demand = &demand;
         self.run(|client| async move {
             client
                 .execute(
                     "INSERT INTO nodes AS n (id, address, version, config_fingerprint,
-                                             policy_fingerprint, started_at, heartbeat_at,
-                                             rate_demand)
-                     VALUES ($1, $2, $3, $4, $5, now(), now(), $8)
+                                             policy_fingerprint, started_at, heartbeat_at)
+                     VALUES ($1, $2, $3, $4, $5, now(), now())
                      ON CONFLICT (id) DO UPDATE SET
                          address = excluded.address,
                          version = excluded.version,
                          config_fingerprint = excluded.config_fingerprint,
                          policy_fingerprint = excluded.policy_fingerprint,
-                         rate_demand = excluded.rate_demand,
                          started_at = CASE WHEN $6 THEN now() ELSE n.started_at END,
                          heartbeat_at = now(),
                          stopped_at = NULL
@@ -145,7 +117,6 @@ impl Database {
                         &node.policy_fingerprint,
                         &start,
                         &stale,
-                        demand,
                     ],
                 )
                 .await
@@ -174,7 +145,7 @@ impl Database {
                         "SELECT id, address, version, config_fingerprint, policy_fingerprint,
                                 extract(epoch FROM now() - started_at)::float8,
                                 extract(epoch FROM now() - heartbeat_at)::float8,
-                                stopped_at IS NOT NULL, rate_demand
+                                stopped_at IS NOT NULL
                          FROM nodes ORDER BY id",
                         &[],
                     )
@@ -194,12 +165,6 @@ impl Database {
                 up_for: row.get(5),
                 silent_for: row.get(6),
                 stopped: row.get(7),
-                // Another node's figures, read as far as they make sense.
-                demand: serde_json::from_str::<HashMap<String, serde_json::Value>>(row.get(8))
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|(member, rate)| Some((member, rate.as_f64()?)))
-                    .collect(),
             })
             .collect())
     }
@@ -253,7 +218,6 @@ mod tests {
             up_for: 60.0,
             silent_for,
             stopped,
-            demand: HashMap::new(),
         }
     }
 

@@ -547,8 +547,9 @@ fn render_fleet(
     use std::fmt::Write as _;
     let _ = writeln!(
         out,
-        "# HELP govbridge_fleet_nodes_up Nodes of the fleet up, this one included, as of the last \
-         heartbeat: a member's rate is shared among them by demand.\n\
+        "# HELP govbridge_fleet_nodes_up Nodes of the fleet up, this one included, as the fleet's \
+         rate figures (its last closed epochs) have them: a member's rate is shared among them \
+         by demand.\n\
          # TYPE govbridge_fleet_nodes_up gauge\n\
          govbridge_fleet_nodes_up {}\n\
          # HELP govbridge_fleet_database_reachable 1 while this node's heartbeat reaches the \

@@ -128,26 +128,31 @@ impl FleetLink {
         }
     }
 
-    /// Shares each member's rate among the nodes up now (this one
-    /// included), by the demand each reported; an answer that does not
-    /// come keeps the last shares.
-    async fn share_limits(&self, state: &GatewayState) {
+    /// Reports the demand through this node since `counted_since` and
+    /// shares each member's rate by the fleet's figures (see
+    /// [`crate::database::rates`]); an answer that does not come keeps the
+    /// last shares.
+    async fn share_limits(
+        &self,
+        state: &GatewayState,
+        demand: &[(crate::identity::MemberId, f64)],
+    ) {
         use crate::database::nodes::NodeState;
-        match self.database.nodes().await {
-            Ok(nodes) => {
-                let up: Vec<&crate::database::nodes::Node> = nodes
-                    .iter()
-                    .filter(|node| node.state() == NodeState::Up)
-                    .collect();
-                // It just beat: up, unless the database's clock jumped.
-                let Some(me) = up.iter().position(|node| node.info.id == self.node.id) else {
-                    return;
-                };
-                let demands: Vec<&std::collections::HashMap<String, f64>> =
-                    up.iter().map(|node| &node.demand).collect();
-                state.limits.share_out(&demands, me);
-            }
-            Err(error) => tracing::debug!(%error, "cannot count the fleet's nodes"),
+        let shared = async {
+            self.database.report_demand(&self.node.id, demand).await?;
+            let epochs = self.database.demand_snapshots().await?;
+            let up = self
+                .database
+                .nodes()
+                .await?
+                .iter()
+                .filter(|node| node.state() == NodeState::Up)
+                .count();
+            Ok::<_, crate::database::DatabaseError>((epochs, up))
+        };
+        match shared.await {
+            Ok((epochs, up)) => state.limits.share_out(&epochs, &self.node.id, up),
+            Err(error) => tracing::debug!(%error, "cannot share the members' rates"),
         }
     }
 
@@ -172,21 +177,26 @@ impl FleetLink {
             {
                 tracing::debug!(%error, "cannot forget the partners' old nonces");
             }
+            if beat % 10 == 9
+                && let Err(error) = self.database.forget_demand().await
+            {
+                tracing::debug!(%error, "cannot forget the nodes' old demand reports");
+            }
             let info = self.info(&state.load());
             let started = std::time::Instant::now();
-            let demand = state
-                .load()
-                .limits
-                .take_demand(started.duration_since(counted_since));
-            counted_since = started;
             // Bounded by the database's query timeout.
-            let beat = self.database.heartbeat(&info, &demand).await;
+            let beat = self.database.heartbeat(&info).await;
             match beat {
                 Ok(()) => {
                     let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                     self.round_trip_us
                         .store(took, std::sync::atomic::Ordering::Relaxed);
-                    self.share_limits(&state.load()).await;
+                    let demand = state
+                        .load()
+                        .limits
+                        .take_demand(started.duration_since(counted_since));
+                    counted_since = started;
+                    self.share_limits(&state.load(), &demand).await;
                     if self.problem.swap(None).is_some() {
                         tracing::info!(database = %self.database.url(), "the fleet's database answers again");
                     }
@@ -406,7 +416,7 @@ impl Gateway {
         // row that would look up and block the next start under this id.
         if let Some(link) = &fleet {
             link.database.register(&link.info(&state.load())).await?;
-            link.share_limits(&state.load()).await;
+            link.share_limits(&state.load(), &[]).await;
         }
         let metrics = Arc::new(Metrics::default());
         {

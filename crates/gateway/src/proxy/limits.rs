@@ -26,9 +26,10 @@
 //! In a fleet, each node admits its share of a member's rate. Shares follow
 //! demand: every heartbeat a node tells the fleet's database how many calls
 //! a second each rate-limited member attempted through it, and takes as its
-//! share what [`share`] gives it from every node's figures, so that a
-//! member whose calls all come through one node (one HTTP/2 connection, as
-//! gRPC clients keep) gets its whole rate there.
+//! share what [`share`] gives it from every node's figures (see
+//! [`crate::database::rates`]), so that a member whose calls all come
+//! through one node (one HTTP/2 connection, as gRPC clients keep) gets its
+//! whole rate there.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -39,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use super::error::GatewayError;
 use crate::config::{LimitsConfig, MemberLimits, RateLimit};
+use crate::database::rates::{Snapshot, Snapshots};
 use crate::identity::MemberId;
 use crate::telemetry::metrics::Metrics;
 
@@ -93,8 +95,6 @@ struct Bucket {
 struct Level {
     /// This node's share of the rate, in (0, 1].
     share: f64,
-    /// The share the fleet's figures gave at the last heartbeat.
-    computed: f64,
     tokens: f64,
     at: Instant,
 }
@@ -105,7 +105,6 @@ impl Bucket {
             rate,
             level: Mutex::new(Level {
                 share: 1.0,
-                computed: 1.0,
                 tokens: f64::from(rate.burst.get()),
                 at: Instant::now(),
             }),
@@ -130,7 +129,8 @@ impl Bucket {
         let (per_second, burst) = self.at_share(level.share);
         let elapsed = now.saturating_duration_since(level.at).as_secs_f64();
         level.tokens = (level.tokens + elapsed * per_second).min(burst);
-        level.at = now;
+        // A call may have refilled it after `now` was read.
+        level.at = level.at.max(now);
     }
 
     /// Takes a token, or says how long until there is one.
@@ -147,33 +147,19 @@ impl Bucket {
         ))
     }
 
-    /// The fleet's figures give this node `computed` of the rate: it takes
-    /// the smaller of that and what they gave at the last heartbeat. A
-    /// share shrinks at once and grows a heartbeat late, once the other
-    /// nodes have seen the same figures and shrunk theirs: each node
-    /// reads the others' demand at its own time, and shares computed
-    /// from reads a heartbeat apart could sum to more than the rate.
-    fn set_share(&self, computed: f64, now: Instant) {
-        let computed = computed.clamp(f64::MIN_POSITIVE, 1.0);
+    /// From now on this node admits `share` of the rate. The level stays
+    /// (at most the new burst): a node whose share grows gets no fresh
+    /// burst.
+    fn set_share(&self, share: f64, now: Instant) {
         let mut level = self.level();
         self.refill(&mut level, now);
-        level.share = computed.min(level.computed);
-        level.computed = computed;
+        level.share = share.clamp(f64::MIN_POSITIVE, 1.0);
         let (_, burst) = self.at_share(level.share);
         level.tokens = level.tokens.min(burst);
     }
 
-    /// This bucket, for a new rate, takes the share of `old`.
-    fn inherit_share(&self, old: &Bucket) {
-        let (share, computed) = {
-            let old = old.level();
-            (old.share, old.computed)
-        };
-        let mut level = self.level();
-        level.share = share;
-        level.computed = computed;
-        let (_, burst) = self.at_share(share);
-        level.tokens = level.tokens.min(burst);
+    fn share(&self) -> f64 {
+        self.level().share
     }
 }
 
@@ -270,6 +256,9 @@ impl CallPermit {
 /// How long a caller refused for calls in flight should wait: a call
 /// typically ends within this.
 const CONCURRENCY_PUSHBACK: Duration = Duration::from_millis(100);
+/// The longest a fleet's node tells a rate-limited caller to wait: about
+/// when its share of the member's rate may have grown.
+const FLEET_PUSHBACK: Duration = Duration::from_secs(3);
 /// How long a caller shed by an overloaded gateway should wait: longer,
 /// so that retries do not keep the overload going.
 const OVERLOAD_PUSHBACK: Duration = Duration::from_secs(1);
@@ -304,17 +293,21 @@ impl Limits {
     fn inherit(&mut self, previous: &Limits) {
         self.gateway = Arc::clone(&previous.gateway);
         self.fleet_nodes = Arc::clone(&previous.fleet_nodes);
+        let equal = 1.0 / f64::from(self.fleet_nodes.load(Ordering::Relaxed).max(1));
         for (member, limiter) in &mut self.members {
-            let Some(old) = previous.members.get(member) else {
-                continue;
-            };
-            limiter.in_flight = Arc::clone(&old.in_flight);
-            limiter.attempts = Arc::clone(&old.attempts);
-            match (&mut limiter.bucket, &old.bucket) {
+            let old = previous.members.get(member);
+            if let Some(old) = old {
+                limiter.in_flight = Arc::clone(&old.in_flight);
+                limiter.attempts = Arc::clone(&old.attempts);
+            }
+            match (&mut limiter.bucket, old.and_then(|old| old.bucket.as_ref())) {
                 (Some(new), Some(old)) if old.rate == new.rate => *new = Arc::clone(old),
                 // A new rate starts full, at the node's share of the old.
-                (Some(new), Some(old)) => new.inherit_share(old),
-                _ => {}
+                (Some(new), Some(old)) => new.set_share(old.share(), Instant::now()),
+                // A member limited anew takes an equal part until the
+                // fleet's figures say more.
+                (Some(new), None) => new.set_share(equal, Instant::now()),
+                (None, _) => {}
             }
         }
     }
@@ -367,7 +360,13 @@ impl Limits {
         };
         if let (Some(rate), Some(bucket)) = (limiter.limits.rate, &limiter.bucket) {
             limiter.attempts.fetch_add(1, Ordering::Relaxed);
-            if let Err(wait) = bucket.take(Instant::now()) {
+            if let Err(mut wait) = bucket.take(Instant::now()) {
+                // A node's share may grow within seconds (the member's
+                // calls came to it): told more, a client would wait for a
+                // share it no longer has.
+                if self.fleet_nodes.load(Ordering::Relaxed) > 1 {
+                    wait = wait.min(FLEET_PUSHBACK);
+                }
                 return Err(GatewayError::RateLimited {
                     member: member.clone(),
                     per_second: rate.per_second.get(),
@@ -405,25 +404,43 @@ impl Limits {
             .collect()
     }
 
-    /// The fleet now has a node for each of `demands` up, this one
-    /// `demands[me]`, each with the calls a second every member attempted
-    /// through it: each member's rate is shared by [`share`] from the next
-    /// call on.
-    pub fn share_out(&self, demands: &[&HashMap<String, f64>], me: usize) {
-        let nodes = u32::try_from(demands.len()).unwrap_or(u32::MAX).max(1);
-        self.fleet_nodes.store(nodes, Ordering::Relaxed);
+    /// Shares each member's rate by the fleet's figures: this node, `me`,
+    /// takes the smaller of its shares in the two latest closed epochs
+    /// (see [`crate::database::rates`]). In an epoch it did not report in
+    /// (it has just started, or its reports failed), it takes an equal
+    /// part of `up` nodes until it is in the figures.
+    pub fn share_out(&self, epochs: &Snapshots, me: &str, up: usize) {
+        let counted = [&epochs.latest, &epochs.before]
+            .iter()
+            .map(|epoch| epoch.nodes.len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        self.fleet_nodes.store(
+            u32::try_from(counted).unwrap_or(u32::MAX).max(1),
+            Ordering::Relaxed,
+        );
+        let equal = 1.0 / up.max(1) as f64;
         let now = Instant::now();
         for (member, limiter) in &self.members {
             let (Some(rate), Some(bucket)) = (limiter.limits.rate, &limiter.bucket) else {
                 continue;
             };
-            let asked: Vec<f64> = demands
-                .iter()
-                .map(|node| node.get(member.as_str()).copied().unwrap_or(0.0))
-                .collect();
-            let share = share(f64::from(rate.per_second.get()), &asked, me);
-            tracing::debug!(%member, computed = share, ?asked, me, "a member's rate shared");
-            bucket.set_share(share, now);
+            let rate = f64::from(rate.per_second.get());
+            let in_epoch = |epoch: &Snapshot| {
+                let Some(me) = epoch.position(me) else {
+                    return equal;
+                };
+                let asked: Vec<f64> = epoch
+                    .nodes
+                    .iter()
+                    .map(|(_, demand)| demand.get(member.as_str()).copied().unwrap_or(0.0))
+                    .collect();
+                share(rate, &asked, me)
+            };
+            let (latest, before) = (in_epoch(&epochs.latest), in_epoch(&epochs.before));
+            tracing::debug!(%member, latest, before, "a member's rate shared");
+            bucket.set_share(latest.min(before), now);
         }
     }
 
@@ -626,18 +643,25 @@ mod tests {
         drop((second, third));
     }
 
-    /// Demands of a member at each node, as the fleet's table holds them.
-    fn demands(member: &str, per_node: &[f64]) -> Vec<HashMap<String, f64>> {
-        per_node
-            .iter()
-            .map(|demand| HashMap::from([(member.to_owned(), *demand)]))
-            .collect()
+    /// An epoch in which node `n<i>` reported `per_node[i]` calls a second
+    /// of member A.
+    fn epoch(per_node: &[f64]) -> Snapshot {
+        Snapshot {
+            nodes: per_node
+                .iter()
+                .enumerate()
+                .map(|(n, demand)| (format!("n{n}"), HashMap::from([(A.to_owned(), *demand)])))
+                .collect(),
+        }
     }
 
+    /// Node `n<me>` shares by two epochs of the same figures.
     fn share_out(limits: &Limits, per_node: &[f64], me: usize) {
-        let demands = demands(A, per_node);
-        let refs: Vec<&HashMap<String, f64>> = demands.iter().collect();
-        limits.share_out(&refs, me);
+        let epochs = Snapshots {
+            latest: epoch(per_node),
+            before: epoch(per_node),
+        };
+        limits.share_out(&epochs, &format!("n{me}"), per_node.len());
     }
 
     #[test]
@@ -655,6 +679,7 @@ mod tests {
         assert_eq!(burst(&limits), 3);
         // The others left: the whole rate, but no fresh burst.
         share_out(&limits, &[0.0], 0);
+        assert_eq!(limits.members[&a].bucket.as_ref().unwrap().share(), 1.0);
         assert_eq!(kind(limits.permit(&a)), "rate-limited");
         // A reload keeps the fleet's size and the bucket's level.
         let reloaded = Limits::after(&config(&[(A, rated(1, 9))], 100), Some(&limits));
@@ -699,21 +724,60 @@ mod tests {
         assert_eq!(share(30.0, &[5.0], 0), 1.0);
     }
 
-    /// A share shrinks at once and grows a heartbeat late: the other
-    /// nodes have shrunk theirs by then.
+    /// A node takes the smaller of its shares in the two latest epochs:
+    /// whichever of them its peers have read, the shares in force sum to
+    /// no more than the rate. In an epoch it is not in, an equal part.
     #[test]
-    fn a_share_shrinks_at_once_and_grows_a_heartbeat_late() {
+    fn a_share_is_the_smaller_of_two_epochs() {
         let limits = Limits::new(&config(&[(A, rated(10, 10))], 100));
         let a = MemberId::parse(A).unwrap();
-        let now = || limits.members[&a].bucket.as_ref().unwrap().level().share;
-        share_out(&limits, &[0.0, 0.0], 0);
-        assert_eq!(now(), 0.5);
-        share_out(&limits, &[100.0, 0.0], 0);
-        assert_eq!(now(), 0.5);
-        share_out(&limits, &[100.0, 0.0], 0);
-        assert!((now() - 0.975).abs() < 1e-9, "{}", now());
-        share_out(&limits, &[0.0, 100.0], 0);
-        assert!((now() - 0.025).abs() < 1e-9, "{}", now());
+        let now = || limits.members[&a].bucket.as_ref().unwrap().share();
+        let shared = |latest: &[f64], before: &[f64]| {
+            let epochs = Snapshots {
+                latest: epoch(latest),
+                before: epoch(before),
+            };
+            limits.share_out(&epochs, "n0", 2);
+            now()
+        };
+        assert_eq!(shared(&[0.0, 0.0], &[0.0, 0.0]), 0.5);
+        // The member's calls came here: the share grows an epoch late.
+        assert_eq!(shared(&[100.0, 0.0], &[0.0, 0.0]), 0.5);
+        assert!((shared(&[100.0, 0.0], &[100.0, 0.0]) - 0.975).abs() < 1e-9);
+        // They left: it shrinks at once.
+        assert!((shared(&[0.0, 100.0], &[100.0, 0.0]) - 0.025).abs() < 1e-9);
+        // Not in the figures yet (just started): an equal part of the
+        // nodes up.
+        limits.share_out(&Snapshots::default(), "n0", 4);
+        assert_eq!(now(), 0.25);
+        assert_eq!(limits.fleet_nodes(), 1);
+        limits.share_out(&Snapshots::default(), "n0", 1);
+        assert_eq!(now(), 1.0);
+    }
+
+    /// In a fleet, a refused caller is told to retry within seconds, when
+    /// its node's share may have grown; a member limited anew by a reload
+    /// takes an equal part of the fleet's rate, not all of it on each node.
+    #[test]
+    fn in_a_fleet_pushback_is_short_and_a_new_limit_starts_shared() {
+        let limits = Limits::new(&config(&[(A, rated(1, 1))], 100));
+        let a = MemberId::parse(A).unwrap();
+        share_out(&limits, &[0.0, 100.0, 100.0, 100.0, 100.0, 100.0], 0);
+        assert_eq!(kind(limits.permit(&a)), "permitted");
+        let wait = limits.permit(&a).unwrap_err().retry_after().unwrap();
+        assert!(
+            wait > Duration::from_secs(2) && wait <= FLEET_PUSHBACK,
+            "{wait:?}"
+        );
+        let b = MemberId::parse(B).unwrap();
+        let reloaded = Limits::after(
+            &config(&[(A, rated(1, 1)), (B, rated(60, 60))], 100),
+            Some(&limits),
+        );
+        let burst = (0..100)
+            .take_while(|_| kind(reloaded.permit(&b)) == "permitted")
+            .count();
+        assert_eq!(burst, 10);
     }
 
     /// A new share changes the refill, not the level: a node whose share
