@@ -1189,6 +1189,27 @@ mod tests {
         let problem = log.problem();
         assert_eq!(problem.kind, ProblemKind::LookupEdited, "{problem}");
         assert!(problem.message.contains("archived time"), "{problem}");
+
+        // A copy of the store from before anything was archived, checked
+        // beside the archives written since: behind what they signed.
+        let log = Log::new(100);
+        let before = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(log.dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, before.path().join(path.file_name().unwrap())).unwrap();
+        }
+        log.append(100..SEGMENT + 10);
+        log.archive().unwrap();
+        let verifier = log.key.verifier();
+        let report =
+            verify::verify_with_archives(before.path(), Some(log.out.path()), &verifier).unwrap();
+        let problem = report
+            .problem
+            .expect("a store behind its archives verifies");
+        assert_eq!(problem.kind, ProblemKind::CheckpointBeyondLog, "{problem}");
+        // Without the archives, the copy is a log of its own that verifies.
+        let alone = verify::verify_log(before.path(), &verifier).unwrap();
+        assert_eq!(alone.problem, None);
     }
 
     /// Whatever is done to an archive file, `check` and `audit verify`

@@ -184,6 +184,11 @@ pub fn verify_with_archives(
     if archived_end > 0 {
         let archives = archives.ok_or(VerifyError::ArchivesNeeded(archived_end))?;
         walk.problem = walk.archives(archives, archived_end, verifier)?;
+    } else if let Some(archives) = archives {
+        // Nothing archived here, yet archives given: each is checked, and
+        // the checkpoint it carries with the store's (a store from before
+        // the archives were written, restored beside them, is behind them).
+        walk.problem = walk.archives(archives, 0, verifier)?;
     }
     if walk.problem.is_none() {
         store.for_each_row(archived_end, |index, columns, bytes, leaf| {
