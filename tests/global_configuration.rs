@@ -976,7 +976,18 @@ async fn a_backup_taken_while_serving_is_checked_and_restored_elsewhere() {
     let half_archive = ".records-000000000000-000000065536.jsonl.gz.1.tmp";
     std::fs::write(archives.join(half_archive), "half").unwrap();
     let backup = bed.dir().join("backup");
-    let said = run(&["backup", "--config", path(&config), "--out", path(&backup)]);
+    // A gateway file whose name a backup cannot hold as it is (a space),
+    // and the backup's directory given with a trailing slash.
+    let spaced = config.with_file_name("gw prod.toml");
+    std::fs::copy(&config, &spaced).unwrap();
+    let said = run(&[
+        "backup",
+        "--config",
+        path(&spaced),
+        "--out",
+        &format!("{}/", path(&backup)),
+    ]);
+    assert!(backup.join("MANIFEST").is_file(), "{said}");
     assert!(said.contains("signed by"), "{said}");
     // Private, as the data directory is.
     {

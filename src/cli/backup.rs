@@ -77,6 +77,8 @@ impl Part {
 
 /// `govbridge backup --config FILE --out DIR`.
 pub fn backup(config_path: &Path, out: &Path) -> anyhow::Result<()> {
+    // `DIR/` is `DIR`: the staging directory goes beside it, not in it.
+    let out: &Path = &out.components().collect::<PathBuf>();
     if out.exists() {
         bail!(
             "{}: exists; a backup goes into a new directory",
@@ -110,13 +112,16 @@ pub fn backup(config_path: &Path, out: &Path) -> anyhow::Result<()> {
             .create(&staging.dir)
             .with_context(|| format!("creating {}", staging.dir.display()))?;
     }
-    let written = write_backup(config_path, &config, &key, &mut staging);
+    let written = write_backup(config_path, &config, &key, &mut staging).and_then(|()| {
+        std::fs::rename(&staging.dir, out)
+            .with_context(|| format!("renaming into {}", out.display()))
+    });
+    // Nothing of a failed backup is left: it holds who asked what about
+    // whom.
     if written.is_err() {
         let _ = std::fs::remove_dir_all(&staging.dir);
     }
     written?;
-    std::fs::rename(&staging.dir, out)
-        .with_context(|| format!("renaming into {}", out.display()))?;
     println!(
         "{}: backup of {} ({} files), signed by {}",
         out.display(),
@@ -142,10 +147,15 @@ fn write_backup(
     staging: &mut Staging,
 ) -> anyhow::Result<()> {
     let log = &config.exchange_log;
-    let file_name = config_path.file_name().map_or_else(
-        || "govbridge.toml".to_owned(),
-        |name| name.to_string_lossy().into_owned(),
-    );
+    // Its name is only a label (a restore writes the file where its
+    // --config says): one a backup cannot hold (a space, a leading dot,
+    // not ASCII) is replaced.
+    let file_name = config_path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .filter(|name| Part::Config.may_hold(name))
+        .unwrap_or("govbridge.toml")
+        .to_owned();
     staging.copy(Part::Config, config_path, &file_name)?;
     staging.copy(Part::Log, &log.data_dir.join(KEY_FILE), KEY_FILE)?;
     staging.copy(Part::Log, &log.data_dir.join(VERIFIER_FILE), VERIFIER_FILE)?;
@@ -171,12 +181,22 @@ fn write_backup(
             staging.copy(Part::Archives, &from, &name)?;
         }
     }
-    if let Ok(entries) = std::fs::read_dir(log.data_dir.join(STATE_DIR)) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if Part::Witness.may_hold(&name) {
-                staging.copy(Part::Witness, &entry.path(), &name)?;
-            }
+    // What the witness cosigned last of each partner: without it, a
+    // restored witness could cosign a fork. Unreadable, it fails the
+    // backup.
+    let witness = log.data_dir.join(STATE_DIR);
+    let entries = match std::fs::read_dir(&witness) {
+        Ok(entries) => Some(entries),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => {
+            return Err(error).with_context(|| format!("reading {}", witness.display()));
+        }
+    };
+    for entry in entries.into_iter().flatten() {
+        let entry = entry.with_context(|| format!("reading {}", witness.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if Part::Witness.may_hold(&name) {
+            staging.copy(Part::Witness, &entry.path(), &name)?;
         }
     }
     if let Some(consent) = config.consent.as_ref().filter(|_| config.store.is_none())
@@ -391,13 +411,21 @@ pub fn restore(from: &Path, config_path: &Path, key: &Path) -> anyhow::Result<()
     };
     let config = Config::parse_with(config_path, &config_text, staged.as_ref())?;
     let mut moves: Vec<(&Entry, PathBuf)> = Vec::new();
+    // What the backup holds and the gateway file has no place for.
+    let mut left: std::collections::BTreeMap<&str, (usize, &str)> = Default::default();
+    let mut leave = |entry: &Entry, why: &'static str| {
+        left.entry(entry.part.name()).or_insert((0, why)).0 += 1;
+    };
     for entry in &entries {
         let target = match entry.part {
             Part::Config if config_path.exists() => continue,
             Part::Config => config_path.to_owned(),
             Part::Directory => match &directory {
                 Some(directory) => directory.cache.join(&entry.name),
-                None => continue,
+                None => {
+                    leave(entry, "the gateway file has no [directory]");
+                    continue;
+                }
             },
             Part::Log => config.exchange_log.data_dir.join(&entry.name),
             Part::Archives => config.exchange_log.archive_dir.join(&entry.name),
@@ -408,7 +436,13 @@ pub fn restore(from: &Path, config_path: &Path, key: &Path) -> anyhow::Result<()
                 .join(&entry.name),
             Part::Ledger => match &config.consent {
                 Some(consent) => consent.ledger.clone(),
-                None => continue,
+                None => {
+                    leave(
+                        entry,
+                        "the gateway file has no [consent]: the uses it counted are lost",
+                    );
+                    continue;
+                }
             },
         };
         moves.push((entry, target));
@@ -451,6 +485,9 @@ pub fn restore(from: &Path, config_path: &Path, key: &Path) -> anyhow::Result<()
         placed.len(),
         config_path.display()
     );
+    for (part, (files, why)) in left {
+        eprintln!("warning: not restored: the backup's {part} ({files} files): {why}");
+    }
     Ok(())
 }
 
