@@ -267,6 +267,31 @@ async fn a_gateway_runs_what_its_directory_publishes_and_refuses_the_rest() {
     // Signed by a key that is not the instance's: refused.
     let stranger = bed.dir().join("stranger.pem");
     keygen(&stranger);
+    // Neither half of a key is ever overwritten: not through another name
+    // for the private half, nor by naming the key as its public half.
+    let public = std::fs::read(bed.dir().join("stranger.pub")).unwrap();
+    for (out, named) in [
+        ("stranger.pem", "stranger.pem: exists"),
+        ("stranger.key", "stranger.pub: exists"),
+        ("other.pub", "other.pub: the key's public half"),
+    ] {
+        let refused = govbridge(&[
+            "directory",
+            "keygen",
+            "--name",
+            "SN-directory",
+            "--out",
+            path(&bed.dir().join(out)),
+        ]);
+        assert!(!refused.status.success(), "{out}: {}", text(&refused));
+        assert!(text(&refused).contains(named), "{}", text(&refused));
+    }
+    assert_eq!(
+        std::fs::read(bed.dir().join("stranger.pub")).unwrap(),
+        public
+    );
+    assert!(!bed.dir().join("stranger.key").exists());
+    assert!(!bed.dir().join("other.pub").exists());
     std::fs::remove_file(&directory.bundle).unwrap();
     run(&[
         "directory",

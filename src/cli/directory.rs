@@ -310,16 +310,25 @@ pub fn run(command: DirectoryCommand) -> anyhow::Result<()> {
 }
 
 fn keygen(name: &str, out: &Path) -> anyhow::Result<()> {
-    if out.exists() {
+    let public = out.with_extension("pub");
+    if public == out {
         bail!(
-            "{}: exists; a configuration key is never overwritten",
+            "{}: the key's public half is written beside it as KEY.pub: name the key otherwise \
+             (directory.key)",
             out.display()
         );
+    }
+    for path in [out, &public] {
+        if path.exists() {
+            bail!(
+                "{}: exists; a configuration key is never overwritten",
+                path.display()
+            );
+        }
     }
     let key = SigningKey::generate(name)?;
     govbridge::keys::write_file(out, key.to_pem().as_bytes(), 0o600)
         .with_context(|| format!("writing {}", out.display()))?;
-    let public = out.with_extension("pub");
     govbridge::keys::write_file(&public, format!("{}\n", key.verifier()).as_bytes(), 0o644)
         .with_context(|| format!("writing {}", public.display()))?;
     println!("{}: the configuration key; keep it offline", out.display());
