@@ -422,7 +422,8 @@ fn retention(text: &str) -> Result<Duration, String> {
 
 fn archive(data: &Path, out: &Path, retain: Duration, key: Option<&Path>) -> anyhow::Result<()> {
     let verifier = load_verifier(data, key)?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    govbridge::exchange_log::archive::create_private_dir(out)
+        .with_context(|| format!("creating {}", out.display()))?;
     let retain_us = i64::try_from(retain.as_micros()).unwrap_or(i64::MAX);
     let cutoff_us =
         govbridge::unix_time::micros(std::time::SystemTime::now()).saturating_sub(retain_us);

@@ -252,7 +252,14 @@ fn line_of(stored: &StoredRecord, line: &mut Vec<u8>) {
 
 /// The manifest's line and the record lines, compressed, synced.
 fn write_file(path: &Path, manifest: &Manifest, records: &[StoredRecord]) -> std::io::Result<()> {
-    let file = File::create(path)?;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // Private, as the store is: records name who asked what about whom.
+    let file = File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     let mut gzip = GzEncoder::new(BufWriter::new(file), Compression::default());
     serde_json::to_writer(&mut gzip, manifest)?;
     gzip.write_all(b"\n")?;
@@ -715,7 +722,9 @@ impl Archiver {
     }
 }
 
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+/// Makes the archive directory `dir` (and what leads to it), private:
+/// what `govbridge audit archive` and the gateway's archiver write into.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -909,6 +918,10 @@ mod tests {
         assert_eq!(log.files().len(), 2);
         for file in log.files() {
             check(&file, &log.key.verifier()).unwrap();
+            // Private, as the store is.
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{}: {mode:o}", file.display());
         }
 
         let store = Store::open_read_only(log.dir.path()).unwrap();
