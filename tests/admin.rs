@@ -499,6 +499,32 @@ async fn status_summarizes_a_running_gateway() {
             .unwrap();
     assert!(!output.status.success());
     assert!(support::text(&output).contains("cannot reach the admin endpoint at 127.0.0.1:9"));
+
+    // Nor is another HTTP server taken for a gateway.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = other.local_addr().unwrap().to_string();
+    let answering = std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        for stream in other.incoming().take(2) {
+            let mut stream = stream.unwrap();
+            let mut request = [0; 1024];
+            let _ = stream.read(&mut request).unwrap();
+            stream
+                .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                .unwrap();
+        }
+    });
+    let output =
+        tokio::task::spawn_blocking(move || support::govbridge(&["status", "--admin", &address]))
+            .await
+            .unwrap();
+    answering.join().unwrap();
+    assert!(!output.status.success(), "{}", support::text(&output));
+    assert!(
+        support::text(&output).contains("without a gateway's metrics"),
+        "{}",
+        support::text(&output)
+    );
     bed.stop().await;
 }
 

@@ -340,6 +340,18 @@ async fn consent_bound_calls_fail_closed_while_the_database_is_down() {
         support::metric(node.admin, "govbridge_fleet_database_reachable").await,
         0.0
     );
+    // `govbridge status` says why, and fails, for a script to tell.
+    let admin = node.admin.to_string();
+    let status =
+        tokio::task::spawn_blocking(move || support::govbridge(&["status", "--admin", &admin]))
+            .await
+            .unwrap();
+    let said = support::text(&status);
+    assert!(!status.status.success(), "{said}");
+    assert!(
+        said.contains("NOT READY") && said.contains("is not ready"),
+        "{said}"
+    );
     let refused = clearance(&bed, node.address, &artefact).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     assert_eq!(

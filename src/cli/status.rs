@@ -140,12 +140,20 @@ fn ago(seconds: f64) -> String {
     super::span(seconds.max(0.0) as u64)
 }
 
-/// Prints the summary; fails when the endpoint cannot be read.
+/// Prints the summary; fails when the endpoint cannot be read, is not a
+/// gateway's, or the gateway is not ready (after saying why), so that a
+/// script can tell.
 pub fn run(endpoint: &AdminEndpoint) -> anyhow::Result<()> {
     let admin = endpoint.url();
     let (ready, reasons) = get(endpoint, "/readyz")?;
-    let (_, metrics) = get(endpoint, "/metrics")?;
+    let (answered, metrics) = get(endpoint, "/metrics")?;
     let samples = samples(&metrics);
+    if answered != 200 || !samples.contains_key("govbridge_uptime_seconds") {
+        anyhow::bail!(
+            "{admin}/metrics answered {answered} without a gateway's metrics: is this a \
+             govbridge admin endpoint (gateway.admin)?"
+        );
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |since| since.as_secs_f64());
@@ -257,5 +265,8 @@ pub fn run(endpoint: &AdminEndpoint) -> anyhow::Result<()> {
         last("ok"),
         last("failed")
     );
+    if ready != 200 {
+        anyhow::bail!("govbridge at {admin} is not ready");
+    }
     Ok(())
 }
