@@ -830,6 +830,66 @@ async fn a_partner_is_learned_from_its_signed_global_configuration() {
     bed.stop().await;
 }
 
+/// A gateway following two partners' directories asks both at once when
+/// it starts: directories out of reach cost a start one timeout, not one
+/// each. (Here both sit at an address that holds each connection until
+/// two are open at once: asked in turn, the first would wait out its
+/// timeout alone.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partners_directories_are_asked_at_once_at_start() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (_partner, bed, keys) = federated().await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let most = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&most);
+    std::thread::spawn(move || {
+        use std::io::Read as _;
+        // Whether the client still holds `stream` open (what it sent
+        // read away).
+        let alive = |stream: &mut std::net::TcpStream| {
+            stream.set_nonblocking(true).unwrap();
+            let mut sent = [0; 4096];
+            loop {
+                match stream.read(&mut sent) {
+                    Ok(0) => return false,
+                    Ok(_) => {}
+                    Err(error) => return error.kind() == std::io::ErrorKind::WouldBlock,
+                }
+            }
+        };
+        let mut open: Vec<std::net::TcpStream> = Vec::new();
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            open.retain_mut(|stream| alive(stream));
+            open.push(stream);
+            seen.fetch_max(open.len(), Ordering::SeqCst);
+            if open.len() == 2 {
+                open.clear();
+            }
+        }
+    });
+    let key_of = |instance: &str| {
+        let key = SigningKey::generate(&format!("{instance}-directory")).unwrap();
+        let path = keys.path().join(format!("{instance}-directory.pub"));
+        std::fs::write(&path, format!("{}\n", key.verifier())).unwrap();
+        path
+    };
+    let config = following(&bed, &format!("https://{address}/az.json"), &key_of("AZ"));
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[federation.KE]\ndirectory = \"https://{address}/ke.json\"\ndirectory_ca = {:?}\n\
+         directory_key = {:?}\n",
+        bed.pki.join("ca.pem"),
+        key_of("KE")
+    ));
+    std::fs::write(&config, text).unwrap();
+    let gateway = support::process::GatewayProcess::spawn_config(&bed, "sn", &config);
+    assert_eq!(most.load(Ordering::SeqCst), 2);
+    drop(gateway);
+    bed.stop().await;
+}
+
 /// Senegal's gateway configured with Azerbaijan's directory (its address,
 /// the CA of its HTTPS certificate, its verifier key) and nothing else of
 /// Azerbaijan's; the gateway, a `govbridge serve` process, learns the rest.

@@ -193,14 +193,22 @@ async fn stage_newer(
     checked.unwrap_or_else(|error| Err(Failed::Cache(error.to_string())))
 }
 
-/// Fetches `partner`'s bundle from its directory and stages it if it is
-/// newer than the one in its cache and passes every check.
-async fn fetch_partner(
+/// Fetches `partner`'s bundle from its directory. Asked outside
+/// [`PARTNER_CACHES`]: a directory out of reach holds up no other
+/// partner's cache for its timeout.
+async fn fetch_partner(partner: &FollowedPartner) -> Result<Vec<u8>, Failed> {
+    crate::global::http::fetch(&partner.url, &partner.ca, FETCH_TIMEOUT)
+        .await
+        .map_err(Failed::Unreachable)
+}
+
+/// Stages `fetched`, `partner`'s bundle, if it is newer than the one in
+/// its cache and passes every check. Under [`PARTNER_CACHES`].
+async fn stage_partner(
+    fetched: Result<Vec<u8>, Failed>,
     partner: &FollowedPartner,
 ) -> Result<Option<crate::global::cache::Installed>, Failed> {
-    let bytes = crate::global::http::fetch(&partner.url, &partner.ca, FETCH_TIMEOUT)
-        .await
-        .map_err(Failed::Unreachable)?;
+    let bytes = fetched?;
     stage_newer(
         bytes,
         &partner.verifier,
@@ -229,11 +237,15 @@ pub(super) async fn learn_partners(
 ) -> Result<Vec<(String, Prepared)>, String> {
     let followed = Config::followed_of_file(path, global).map_err(|error| error.to_string())?;
     let mut learned = Vec::new();
+    // The partners to ask, each with whether it has a version cached.
+    let mut asking = Vec::new();
     for partner in followed {
-        // From the fetch to the commit: nothing else writes its cache.
-        let _writing = PARTNER_CACHES.lock().await;
         let cache = Cache::new(&partner.cache);
-        let cached = match cache.current(&partner.verifier) {
+        let cached = {
+            let _reading = PARTNER_CACHES.lock().await;
+            cache.current(&partner.verifier)
+        };
+        let cached = match cached {
             Ok(cached) => cached.is_some(),
             // Not replaced by whatever the directory serves: nothing
             // vouches any longer for the version that was in use, and an
@@ -251,6 +263,26 @@ pub(super) async fn learn_partners(
         if cached && !refresh {
             continue;
         }
+        asking.push((partner, cached));
+    }
+    // Every directory at once: partners out of reach cost a start one
+    // timeout, not one each.
+    let mut fetching = tokio::task::JoinSet::new();
+    for (index, (partner, _)) in asking.iter().enumerate() {
+        let partner = partner.clone();
+        fetching.spawn(async move { (index, fetch_partner(&partner).await) });
+    }
+    let mut fetched: Vec<Option<Result<Vec<u8>, Failed>>> =
+        std::iter::repeat_with(|| None).take(asking.len()).collect();
+    while let Some(done) = fetching.join_next().await {
+        let (index, bytes) = done.map_err(|error| error.to_string())?;
+        fetched[index] = Some(bytes);
+    }
+    for ((partner, cached), bytes) in asking.into_iter().zip(fetched) {
+        let bytes = bytes.unwrap_or_else(|| Err(Failed::Unreachable("not asked".to_owned())));
+        // From the staging to the commit: nothing else writes its cache.
+        let _writing = PARTNER_CACHES.lock().await;
+        let cache = Cache::new(&partner.cache);
         let not_had = |why: String| {
             if cached {
                 Prepared::FromCache { why }
@@ -258,7 +290,7 @@ pub(super) async fn learn_partners(
                 Prepared::NotLearned { why }
             }
         };
-        let prepared = match fetch_partner(&partner).await {
+        let prepared = match stage_partner(bytes, &partner).await {
             Ok(None) => Prepared::Current,
             Ok(Some(staged)) => {
                 let (path, version) = (path.to_owned(), staged.manifest.version);
@@ -293,7 +325,7 @@ pub(super) async fn learn_partners(
 }
 
 /// One writer of partners' caches at a time in this process, from the
-/// fetch to the commit: a start, a reload and a poll may each fetch the
+/// staging of what a directory gave to the commit: a start, a reload and a poll may each fetch the
 /// same partner, and a version staged is never swept away by another's
 /// commit, nor the pointer moved back.
 static PARTNER_CACHES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -522,8 +554,9 @@ impl Reloader {
 
     /// One poll of `partner`'s directory.
     async fn poll_partner(&self, partner: &FollowedPartner) -> Polled {
+        let fetched = fetch_partner(partner).await;
         let writing = PARTNER_CACHES.lock().await;
-        let polled = match fetch_partner(partner).await {
+        let polled = match stage_partner(fetched, partner).await {
             Ok(None) => self.run_cached_partner(partner).await,
             Ok(Some(staged)) => {
                 let (reloader, cache) = (self.clone(), Cache::new(&partner.cache));
