@@ -561,6 +561,48 @@ async fn consent_bound_json_calls_are_refused_as_over_grpc() {
 
 /// A consent of citizen `nin` for CBAO's credit desk to call `method`
 /// for credit scoring, once.
+/// A JSON answer is given whole with its status: one whose outcome cannot
+/// be logged is not given (500, `exchange-log-outcome-unrecorded`), and
+/// spends no use of the consent it was called under, since the caller had
+/// nothing.
+#[tokio::test]
+async fn a_json_answer_whose_outcome_is_not_logged_spends_no_use() {
+    let bed = dev_bed().await;
+    let declaration = &bed.data.declarations[0];
+    let (nin, year) = (declaration.nin.to_string(), declaration.fiscal_year);
+    let method = "/govbridge.tax.v1.TaxAuthority/GetDeclaredIncome";
+    let consent = one_use_consent(&bed, &nin, method).await;
+    let mut bank = json_client(&bed, "cbao-credit", HttpVersion::Http1).await;
+    let path = format!("/v1/persons/{nin}/declared-income/{year}");
+    let call = (Method::GET, path.as_str(), "");
+    let log = bed.exchange_log();
+    let before = log.size();
+    // The tax authority answers after a second; meanwhile, once the
+    // call's decision is durable, the log's disk fills.
+    let (answer, _) = tokio::join!(
+        credit_call(&mut bank, &consent.artefact, call.clone(), Some("delay=1s")),
+        async {
+            while log.size() == before {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            log.simulate_fault(Some(govbridge::exchange_log::StoreFault::DiskFull));
+        }
+    )
+    .0;
+    assert_eq!(
+        refusal(&answer),
+        (500, json!("exchange-log-outcome-unrecorded")),
+        "{:?}",
+        answer.json()
+    );
+    log.simulate_fault(None);
+    // The use is still there.
+    let (answer, _) = credit_call(&mut bank, &consent.artefact, call.clone(), None).await;
+    assert_eq!(answer.status.as_u16(), 200, "{:?}", answer.json());
+    let (answer, _) = credit_call(&mut bank, &consent.artefact, call, None).await;
+    assert_eq!(refusal(&answer), (403, json!("consent-exhausted")));
+}
+
 async fn one_use_consent(bed: &Bed, nin: &str, method: &str) -> Consent {
     let grant = ConsentGrant::new(nin, "SN/COM/CBAO/credit", method, "CREDIT-SCORING");
     bed.grant_consent(&grant.max_uses(1)).await.unwrap()

@@ -818,7 +818,13 @@ fn micros(duration: std::time::Duration) -> u64 {
 impl Drop for Relay {
     fn drop(&mut self) {
         self.watchdog.abort();
-        if let Some(counted) = self.counted.take() {
+        if let Some(counted) = self.counted.take().or_else(|| {
+            self.audit
+                .as_mut()?
+                .settle
+                .take()
+                .map(|(counted, _)| counted)
+        }) {
             counted.finish(Ending::Cancelled);
         }
         // A caller that leaves before the end still leaves a record: the
@@ -843,6 +849,10 @@ pub struct Audit {
     /// The outcome being written, and the trailers held back until it is
     /// durable: the caller learns the status only once it is logged.
     pending: Option<(Appending, Option<http::HeaderMap>)>,
+    /// A JSON answer given whole is the caller's only with its status (an
+    /// HTTP/1.1 answer's status line comes first): its summary, with the
+    /// bytes given, waits for the outcome, which may still fail it.
+    settle: Option<(CallSummary, usize)>,
 }
 
 impl Audit {
@@ -851,6 +861,7 @@ impl Audit {
             record: Some(record),
             response: Tally::new(None),
             pending: None,
+            settle: None,
         }
     }
 
@@ -894,18 +905,31 @@ fn release(audit: &mut Audit, cx: &mut Context<'_>) -> Polled {
     };
     let written = ready!(Pin::new(appending).poll(cx));
     let trailers = audit.pending.take().and_then(|(_, trailers)| trailers);
+    let settle = audit.settle.take();
     Poll::Ready(match written {
-        Ok(index) => trailers.map(|mut trailers| {
-            let (name, value) = record::audit_index(index);
-            trailers.insert(name, value);
-            Ok(Frame::trailers(trailers))
-        }),
+        Ok(index) => {
+            if let Some((mut counted, given)) = settle {
+                counted.relayed(given);
+                counted.finish(trailers.as_ref().map_or(Ending::NoStatus, Ending::Trailers));
+            }
+            trailers.map(|mut trailers| {
+                let (name, value) = record::audit_index(index);
+                trailers.insert(name, value);
+                Ok(Frame::trailers(trailers))
+            })
+        }
         Err(error) => {
             // The backend answered, but nothing unlogged may look like a
             // success to the caller.
             let error = GatewayError::OutcomeUnrecorded(error.to_string());
             tracing::error!(%error, detail = error.detail().unwrap_or_default(), "call outcome not logged");
-            Some(Ok(Frame::trailers(error.into_trailers())))
+            let trailers = error.into_trailers();
+            // A JSON answer given whole goes with it: the caller had
+            // nothing, and the consent's use is given back.
+            if let Some((counted, _)) = settle {
+                counted.finish(Ending::Trailers(&trailers));
+            }
+            Some(Ok(Frame::trailers(trailers)))
         }
     })
 }
@@ -1238,18 +1262,25 @@ impl Body for ResponseBody {
                 Err(error) => instead(status, relay.origin.own(error.into_trailers())),
             }
         }
-        if let Some(mut counted) = relay.counted.take() {
-            counted.relayed(given.as_ref().map_or(0, Bytes::len));
-            counted.finish(trailers.as_ref().map_or(Ending::NoStatus, Ending::Trailers));
-        }
         let Some(given) = given else {
+            if let Some(counted) = relay.counted.take() {
+                counted.finish(trailers.as_ref().map_or(Ending::NoStatus, Ending::Trailers));
+            }
             return end(&mut relay.audit, trailers, cx);
         };
-        // The trailers follow, once the outcome is durable.
+        // The trailers follow, once the outcome is durable; the caller has
+        // the answer only with them.
         if let Some(audit) = relay.audit.as_mut() {
+            audit.settle = relay.counted.take().map(|counted| (counted, given.len()));
             audit.write(trailers);
-        } else if let Some(json) = this.json.as_mut() {
-            json.ending = trailers;
+        } else {
+            if let Some(mut counted) = relay.counted.take() {
+                counted.relayed(given.len());
+                counted.finish(trailers.as_ref().map_or(Ending::NoStatus, Ending::Trailers));
+            }
+            if let Some(json) = this.json.as_mut() {
+                json.ending = trailers;
+            }
         }
         Poll::Ready(Some(Ok(Frame::data(given))))
     }
