@@ -159,10 +159,6 @@ impl StoreError {
     }
 }
 
-/// The most records under one request id a lookup by request id reads:
-/// ids come from callers, and any number of calls may reuse one.
-pub const MAX_REQUEST_VISITS: u64 = 4096;
-
 /// A SQLite error, tagged with the database path.
 pub(super) trait AtPath<T> {
     fn at(self, path: &Path) -> Result<T, StoreError>;
@@ -828,10 +824,8 @@ impl Store {
         Ok(found)
     }
 
-    /// The last record of call `request_id` that `member` made or served,
-    /// among the newest [`MAX_REQUEST_VISITS`] records under that id:
-    /// another member's reuse of the same request id cannot pass another
-    /// call's record for it, and makes the lookup no longer than that.
+    /// The last record of call `request_id` that `member` made or served:
+    /// what another member's reuse of the same request id cannot hide.
     pub fn last_record_of_request_for(
         &self,
         request_id: &str,
@@ -845,17 +839,13 @@ impl Store {
             )
             .at(&self.path)?;
         let mut found = None;
-        let mut visited = 0;
         self.visit_newest_first(Kind::Request, request_id, |index| {
             let bytes: Option<Vec<u8>> = statement
                 .query_row(params![to_i64(index), request_id, member], |row| row.get(0))
                 .optional()
                 .at(&self.path)?;
             found = bytes.map(|bytes| StoredRecord { index, bytes });
-            visited += 1;
-            // Request ids come from callers: one who reuses another's
-            // makes its lookups longer, up to this.
-            Ok(if found.is_some() || visited >= MAX_REQUEST_VISITS {
+            Ok(if found.is_some() {
                 ControlFlow::Break(())
             } else {
                 ControlFlow::Continue(())
@@ -1943,45 +1933,6 @@ mod tests {
                 frontier.size()
             );
         }
-    }
-
-    /// A member reusing another's request id hides nothing but makes the
-    /// lookup no longer than [`MAX_REQUEST_VISITS`] records: past it, the
-    /// other's record is not found by request id (by index it is).
-    #[test]
-    fn a_lookup_by_request_id_reads_at_most_so_many_records() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path(), "test.example/log").unwrap();
-        let mut frontier = store.frontier().unwrap();
-        let of = |caller: &str| ExchangeRecord {
-            request_id: "shared".to_owned(),
-            caller: caller.to_owned(),
-            ..ExchangeRecord::default()
-        };
-        let (victim, reuser) = ("SN/COM/CBAO/kyc", "SN/COM/OTHER/app");
-        let victims = of(victim);
-        store.append(&mut frontier, &[&victims], None).unwrap();
-        let reusing = |store: &mut Store, frontier: &mut Frontier, count: u64| {
-            let reuses: Vec<ExchangeRecord> = (0..count).map(|_| of(reuser)).collect();
-            let reuses: Vec<&ExchangeRecord> = reuses.iter().collect();
-            store.append(frontier, &reuses, None).unwrap();
-        };
-        reusing(&mut store, &mut frontier, MAX_REQUEST_VISITS - 1);
-        let found = store.last_record_of_request_for("shared", victim).unwrap();
-        assert_eq!(found.map(|record| record.index), Some(0));
-        let found = store.last_record_of_request_for("shared", reuser).unwrap();
-        assert_eq!(
-            found.map(|record| record.index),
-            Some(MAX_REQUEST_VISITS - 1)
-        );
-        reusing(&mut store, &mut frontier, 1);
-        assert!(
-            store
-                .last_record_of_request_for("shared", victim)
-                .unwrap()
-                .is_none()
-        );
-        assert!(store.record(0).unwrap().is_some());
     }
 
     fn indexes(records: Vec<StoredRecord>) -> Vec<u64> {
