@@ -323,9 +323,15 @@ impl Reloader {
         // Taken before this returns, so that a change made after it is seen
         // (were it taken in the task, a change made before the task first
         // ran would be its starting point, never reloaded).
-        let mut watched = self
-            .watched_files()
-            .unwrap_or_else(|| self.after_failed_load(&[]));
+        // What the last configuration that loaded named: what a failed
+        // load watches the directories of (never those of directories
+        // added so, which would climb the tree a level per failure).
+        let mut loaded = self.watched_files().unwrap_or_default();
+        let mut watched = if loaded.is_empty() {
+            self.after_failed_load(&loaded)
+        } else {
+            loaded.clone()
+        };
         let mut last = fingerprint(&watched);
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(interval);
@@ -339,9 +345,13 @@ impl Reloader {
                 // The files the configuration about to be loaded names,
                 // fingerprinted before it is: a file that changes while it
                 // loads is seen at the next tick, not taken as loaded.
-                let next = self
-                    .watched_files()
-                    .unwrap_or_else(|| self.after_failed_load(&watched));
+                let next = match self.watched_files() {
+                    Some(files) => {
+                        loaded.clone_from(&files);
+                        files
+                    }
+                    None => self.after_failed_load(&loaded),
+                };
                 let before = fingerprint(&next);
                 self.learn_partners().await;
                 let reloader = self.clone();
@@ -355,8 +365,12 @@ impl Reloader {
                 }
                 // Rejected or not, the files the new configuration names
                 // are the ones to watch: a file it needs, put in place
-                // after the configuration, reloads it then. (One it could
-                // not read at all is watched through its directory.)
+                // after the configuration, reloads it then. When it does
+                // not load at all, the files the last one that did named,
+                // and their directories: a file put in one of those (a
+                // missing descriptor, certificate or key beside the
+                // others) reloads it; one put elsewhere waits for the
+                // configuration file to change again.
                 watched = next;
                 last = before;
             }
@@ -388,9 +402,10 @@ impl Reloader {
     }
 
     /// What to watch once the configuration does not load (a file it
-    /// names is missing, say): the file, what was watched before, and the
-    /// directories of both, so that a file put in one (the missing
-    /// descriptor, certificate or key) reloads it.
+    /// names is missing, say): the file, what the last configuration that
+    /// loaded named (`watched`), and the directories of both, so that a
+    /// file put in one (the missing descriptor, certificate or key)
+    /// reloads it.
     fn after_failed_load(&self, watched: &[std::path::PathBuf]) -> Vec<std::path::PathBuf> {
         let mut files: Vec<std::path::PathBuf> = std::iter::once(self.source.clone())
             .chain(watched.iter().cloned())
