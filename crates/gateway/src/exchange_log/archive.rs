@@ -1220,9 +1220,13 @@ mod tests {
             .problem
             .expect("a store behind its archives verifies");
         assert_eq!(problem.kind, ProblemKind::CheckpointBeyondLog, "{problem}");
-        // Without the archives, the copy is a log of its own that verifies.
+        // Without the archives, the copy is a log of its own that verifies;
+        // so it does with an archive directory not made yet.
         let alone = verify::verify_log(before.path(), &verifier).unwrap();
         assert_eq!(alone.problem, None);
+        let nowhere = before.path().join("archives");
+        let report = verify::verify_with_archives(before.path(), Some(&nowhere), &verifier);
+        assert_eq!(report.unwrap().problem, None);
     }
 
     /// Whatever is done to an archive file, `check` and `audit verify`

@@ -184,10 +184,11 @@ pub fn verify_with_archives(
     if archived_end > 0 {
         let archives = archives.ok_or(VerifyError::ArchivesNeeded(archived_end))?;
         walk.problem = walk.archives(archives, archived_end, verifier)?;
-    } else if let Some(archives) = archives {
+    } else if let Some(archives) = archives.filter(|dir| dir.exists()) {
         // Nothing archived here, yet archives given: each is checked, and
         // the checkpoint it carries with the store's (a store from before
         // the archives were written, restored beside them, is behind them).
+        // A directory not made yet holds none.
         walk.problem = walk.archives(archives, 0, verifier)?;
     }
     if walk.problem.is_none() {
