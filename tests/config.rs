@@ -684,9 +684,15 @@ fn an_admin_endpoint_on_the_listeners_port_is_refused() {
         );
         assert!(error.message.contains("gateway.listen"), "{error}");
     }
-    // Another address on the same port, or port 0 twice, is fine.
-    let text = edited("admin = \"127.0.0.1:9464\"", "admin = \"127.0.0.2:8443\"");
-    Config::parse(path(), &text).unwrap();
+    // Another address on the same port is fine, as is IPv6 loopback
+    // beside IPv4's.
+    for admin in ["127.0.0.2:8443", "[::1]:8443"] {
+        let text = edited(
+            "admin = \"127.0.0.1:9464\"",
+            &format!("admin = \"{admin}\""),
+        );
+        Config::parse(path(), &text).unwrap();
+    }
 }
 
 #[test]

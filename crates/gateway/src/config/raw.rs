@@ -977,11 +977,16 @@ fn admin_endpoint(
         ));
     }
     let listen = source.socket_addr("gateway.listen", &gateway.listen)?;
+    // An unspecified address takes the port on every address of its
+    // family, and `[::]` (dual-stack, as Linux binds it) on IPv4's too.
+    let covers = |wide: std::net::IpAddr, other: std::net::IpAddr| {
+        wide.is_unspecified() && (wide.is_ipv6() || other.is_ipv4())
+    };
     if address.port() != 0
         && address.port() == listen.port()
         && (address.ip() == listen.ip()
-            || address.ip().is_unspecified()
-            || listen.ip().is_unspecified())
+            || covers(address.ip(), listen.ip())
+            || covers(listen.ip(), address.ip()))
     {
         return Err(source.error(
             "gateway.admin",
@@ -1710,7 +1715,8 @@ fn followed_partner(
         Duration::from_millis(100)..=Duration::from_secs(24 * 3600),
     )?;
     // One cache per key: bundles signed by a key the section no longer
-    // names stay out of the way (and are never read).
+    // names stay out of the way (never run; the version they reached is
+    // the floor of the new key's, see `Cache::floor_beside`).
     // Named by the key's id: its name is the partner's to choose, and no
     // path of this gateway's is.
     let cache = data_dir
