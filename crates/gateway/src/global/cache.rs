@@ -84,21 +84,28 @@ impl Cache {
         self.read(version, verifier).map(Some)
     }
 
-    /// The highest version in use in the caches beside this one (a
+    /// The highest version in use in the caches beside this one, with the
+    /// cache (a
     /// partner's caches, one per directory key it signed with): the floor
     /// of a version this one takes, so that a key's rotation does not
     /// start the partner's versions again from nothing. Those caches'
     /// pointers are the gateway's own files, written once their bundles
     /// were checked; they are read, not checked again.
-    pub fn floor_beside(&self) -> Option<u64> {
+    pub fn floor_beside(&self) -> Option<(u64, PathBuf)> {
         let parent = self.dir.parent()?;
         std::fs::read_dir(parent)
             .ok()?
             .flatten()
             .map(|entry| entry.path())
             .filter(|path| *path != self.dir && path.is_dir())
-            .filter_map(|path| Cache::new(&path).pointed())
+            .filter_map(|path| Some((Cache::new(&path).pointed()?, path)))
             .max()
+    }
+
+    /// The version in use, as the cache's pointer says (not checked
+    /// again: see [`Cache::current`]).
+    pub fn version_in_use(&self) -> Option<u64> {
+        self.pointed()
     }
 
     /// The version the pointer names, if it names one.

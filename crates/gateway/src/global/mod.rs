@@ -87,6 +87,17 @@ pub enum BundleError {
     )]
     Replayed { offered: u64, current: u64 },
     #[error(
+        "the bundle's version {offered} is older than version {floor}, which this gateway ran \
+         under the instance's previous key (cache {}): versions go on across a key's rotation. \
+         If that version is not to be trusted (the old key leaked), remove that cache",
+        cache.display()
+    )]
+    Behind {
+        offered: u64,
+        floor: u64,
+        cache: std::path::PathBuf,
+    },
+    #[error(
         "version {version} was published before with other content: a publication takes a new version"
     )]
     Republished { version: u64 },
@@ -103,7 +114,7 @@ impl BundleError {
             Self::Altered(_) | Self::Missing(_) | Self::Unlisted(_) => "altered",
             Self::WrongInstance { .. } => "wrong-instance",
             Self::Expired { .. } => "expired",
-            Self::Replayed { .. } => "replayed",
+            Self::Replayed { .. } | Self::Behind { .. } => "replayed",
             Self::Republished { .. } => "republished",
         }
     }
@@ -348,12 +359,12 @@ impl Bundle {
     }
 
     /// [`Bundle::accept`], refusing too a version below `floor` (one run
-    /// under the instance's previous key).
+    /// under the instance's previous key, from the cache named).
     pub fn accept_above(
         &self,
         instance: &str,
         current: Option<&Manifest>,
-        floor: Option<u64>,
+        floor: Option<(u64, std::path::PathBuf)>,
         now: i64,
     ) -> Result<bool, BundleError> {
         let manifest = &self.manifest;
@@ -363,10 +374,11 @@ impl Bundle {
                 found: manifest.instance.clone(),
             });
         }
-        if let Some(floor) = floor.filter(|floor| manifest.version < *floor) {
-            return Err(BundleError::Replayed {
+        if let Some((floor, cache)) = floor.filter(|(floor, _)| manifest.version < *floor) {
+            return Err(BundleError::Behind {
                 offered: manifest.version,
-                current: floor,
+                floor,
+                cache,
             });
         }
         if let Some(current) = current {

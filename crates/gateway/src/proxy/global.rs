@@ -275,11 +275,15 @@ pub(super) async fn learn_partners(
     let mut fetched: Vec<Option<Result<Vec<u8>, Failed>>> =
         std::iter::repeat_with(|| None).take(asking.len()).collect();
     while let Some(done) = fetching.join_next().await {
-        let (index, bytes) = done.map_err(|error| error.to_string())?;
-        fetched[index] = Some(bytes);
+        // A fetch that panicked leaves its partner's slot empty: that
+        // partner is not had, the others are.
+        if let Ok((index, bytes)) = done {
+            fetched[index] = Some(bytes);
+        }
     }
     for ((partner, cached), bytes) in asking.into_iter().zip(fetched) {
-        let bytes = bytes.unwrap_or_else(|| Err(Failed::Unreachable("not asked".to_owned())));
+        let bytes =
+            bytes.unwrap_or_else(|| Err(Failed::Unreachable("the fetch failed".to_owned())));
         // From the staging to the commit: nothing else writes its cache.
         let _writing = PARTNER_CACHES.lock().await;
         let cache = Cache::new(&partner.cache);
@@ -554,9 +558,21 @@ impl Reloader {
 
     /// One poll of `partner`'s directory.
     async fn poll_partner(&self, partner: &FollowedPartner) -> Polled {
+        let cache = Cache::new(&partner.cache);
+        let before = cache.version_in_use();
         let fetched = fetch_partner(partner).await;
         let writing = PARTNER_CACHES.lock().await;
-        let polled = match stage_partner(fetched, partner).await {
+        let staged = match stage_partner(fetched, partner).await {
+            // A start or reload took a newer version while this was
+            // fetched: what came is old news, not a replay.
+            Err(Failed::Refused(BundleError::Replayed { .. }))
+                if cache.version_in_use() != before =>
+            {
+                Ok(None)
+            }
+            staged => staged,
+        };
+        let polled = match staged {
             Ok(None) => self.run_cached_partner(partner).await,
             Ok(Some(staged)) => {
                 let (reloader, cache) = (self.clone(), Cache::new(&partner.cache));
