@@ -496,29 +496,46 @@ fn learn(learning: &Learning<'_>) -> anyhow::Result<()> {
         std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
     let after =
         with_block(&before, partner, &block).with_context(|| format!("{}", config.display()))?;
-    govbridge::keys::write_file(config, after.as_bytes(), 0o644)
-        .with_context(|| format!("writing {}", config.display()))?;
-    // Checked as the gateway will load it, the partner's CA read (not
-    // only named): a file the gateway would refuse must not replace the
-    // versions it runs from.
-    let checked: anyhow::Result<()> =
-        if config.file_name() == Some(std::ffi::OsStr::new(govbridge::global::GLOBAL_FILE)) {
-            govbridge::config::Config::load_publication(config)
-                .map_err(anyhow::Error::new)
-                .and_then(|loaded| Ok(loaded.gateway.tls.check_trust()?))
-        } else {
-            govbridge::config::Config::load(config)
-                .map_err(anyhow::Error::new)
-                .and_then(|loaded| Ok(govbridge::proxy::Gateway::check(&loaded).map(drop)?))
-        };
+    // Checked beside the file (its relative paths resolve the same), as
+    // the gateway will load it, the partner's CA read (not only named),
+    // then renamed over it: a gateway watching the file never sees a
+    // version that would not run, and the versions it runs from stay.
+    let name = config
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let trial = config.with_file_name(format!(".{name}.learning-{}", std::process::id()));
+    let checked: anyhow::Result<()> = govbridge::keys::write_file(&trial, after.as_bytes(), 0o644)
+        .with_context(|| format!("writing {}", trial.display()))
+        .and_then(|()| {
+            if name == govbridge::global::GLOBAL_FILE {
+                let loaded = govbridge::config::Config::load_publication(&trial)?;
+                Ok(loaded.gateway.tls.check_trust()?)
+            } else {
+                let loaded = govbridge::config::Config::load(&trial)?;
+                Ok(govbridge::proxy::Gateway::check(&loaded).map(drop)?)
+            }
+        })
+        .and_then(|()| {
+            std::fs::rename(&trial, config)
+                .with_context(|| format!("renaming {} to {}", trial.display(), config.display()))
+        });
+    // What went wrong, said of the file the operator named.
+    let checked = checked.map_err(|error| {
+        anyhow::anyhow!(
+            "{}",
+            format!("{error:#}")
+                .replace(&trial.display().to_string(), &config.display().to_string())
+        )
+    });
     if let Err(error) = checked {
-        govbridge::keys::write_file(config, before.as_bytes(), 0o644)
-            .with_context(|| format!("restoring {}", config.display()))?;
+        let _ = std::fs::remove_file(&trial);
         if fresh {
             let _ = std::fs::remove_dir_all(dir.join(&files));
         }
         return Err(error.context(format!(
-            "{} would not load with what {partner} publishes: left as it was",
+            "{} would not load with what {partner} publishes (checked as check-config does): \
+             left as it was",
             config.display()
         )));
     }
