@@ -125,3 +125,48 @@ fn a_demo_in_a_directory_of_its_own_stops_everything_before_removing_it() {
     let warned = warnings(&stderr);
     assert!(warned.is_empty(), "{}", warned.join("\n"));
 }
+
+/// A demo stopped with Ctrl-C while it starts its fleet or plays leaves
+/// nothing behind: its directory removed, its PostgreSQL stopped.
+#[test]
+fn a_demo_stopped_with_ctrl_c_leaves_nothing_behind() {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_govbridge"))
+        .args(["demo", "--once", "--nodes", "2"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut dir = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(found) = line.strip_prefix("govbridge demo: the dev setup in ") {
+            dir = Some(found.to_owned());
+        }
+        if line.starts_with("PostgreSQL for the fleet") {
+            break;
+        }
+    }
+    let dir = dir.expect("the demo says where it runs");
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    // What is left to read, so that printing never blocks it.
+    let said: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}: {said:?}");
+    assert!(!std::path::Path::new(&dir).exists(), "{dir} is left behind");
+    // No process (the fleet's postgres) still runs from it.
+    let running: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(&dir))
+        .collect();
+    assert!(running.is_empty(), "still running: {running:?}");
+}

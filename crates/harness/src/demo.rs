@@ -16,6 +16,15 @@
 //! company through both gateways, and both operators check their logs and
 //! the cross receipt.
 
+/// Prints a line to standard output, if anyone still reads it: `govbridge
+/// demo | head` must not panic, nor stop serving.
+macro_rules! say {
+    ($($line:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($line)*);
+    }};
+}
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,7 +54,6 @@ use gateway::proto::tax::v1::GetTaxClearanceRequest;
 use gateway::proto::tax::v1::get_tax_clearance_request::Taxpayer;
 use gateway::proto::tax::v1::tax_authority_client::TaxAuthorityClient;
 use gateway::proxy::Gateway;
-use gateway::proxy::signals::termination_signal;
 use gateway::wire::headers;
 
 /// The story's steps on a fleet; one node adds the cross-border ones.
@@ -60,6 +68,10 @@ const BATCH: usize = 1_000;
 /// Runs the demo in `dir` (a fresh temporary directory when `None`),
 /// through a fleet of `nodes` gateway nodes when above one.
 pub async fn run(dir: Option<&Path>, once: bool, nodes: usize) -> anyhow::Result<()> {
+    // Listened for before anything is made: a Ctrl-C while the demo starts
+    // or plays stops it here, its database and directory with it, rather
+    // than kill it and leave them behind.
+    let mut stop = crate::sandbox::manifest::Stop::listen(false)?;
     // A directory made for this run (never one found there, with another
     // run's CA), removed when the run ends, however it ends; declared
     // first, it is dropped after everything that uses it.
@@ -77,13 +89,78 @@ pub async fn run(dir: Option<&Path>, once: bool, nodes: usize) -> anyhow::Result
             (temporary.path().to_owned(), Some(temporary))
         }
     };
-    let config_path = crate::dev::prepare(&dir)?;
+    let (stop_partner, partner_stopping) = Shutdown::new();
+    let started = tokio::select! {
+        started = start(&dir, nodes, &partner_stopping) => started,
+        reason = stop.next() => {
+            say!("stopped while starting ({reason})");
+            stop_partner.trigger();
+            return Ok(());
+        }
+    };
+    let Started {
+        config,
+        running,
+        partner,
+        cluster,
+    } = started?;
+    let mut demo = Demo {
+        gateways: running.gateways.clone(),
+        via: 0,
+        pki: dir.join("pki"),
+        log: running.log.clone(),
+        store: config.store.clone(),
+        copy: dir.join("audit-copy"),
+        data: running.data.clone(),
+        step: 0,
+        steps: STEPS + partner.as_ref().map_or(0, |_| CROSS_BORDER_STEPS),
+        partner,
+    };
+    let played = tokio::select! {
+        played = demo.play() => Some(played),
+        reason = stop.next() => {
+            say!("\nstopping ({reason})");
+            None
+        }
+    };
+    if let Some(Err(error)) = &played {
+        eprintln!("\nthe demo went off script: {error:#}");
+    } else if played.is_some() && !once {
+        demo.how_to_call();
+        say!("\nServing until Ctrl-C.");
+        let reason = stop.next().await;
+        say!("stopping ({reason})");
+    }
+    // Senegal's gateway first: its last checkpoint goes to Azerbaijan's
+    // witness as it stops.
+    running.stop().await;
+    stop_partner.trigger();
+    if let Some(partner) = demo.partner.take() {
+        partner.instance.stopped().await;
+    }
+    drop(cluster);
+    drop(temporary);
+    played.unwrap_or(Ok(()))
+}
+
+/// What [`start`] started.
+struct Started {
+    config: Config,
+    running: Running,
+    partner: Option<Partner>,
+    cluster: Option<crate::postgres::Cluster>,
+}
+
+/// Prepares the dev setup in `dir`, then starts Azerbaijan's instance
+/// (one node) or the fleet's database (more), the agencies and the nodes.
+/// Dropped before its end, what it started stops.
+async fn start(dir: &Path, nodes: usize, partner_stopping: &Shutdown) -> anyhow::Result<Started> {
+    let config_path = crate::dev::prepare(dir)?;
     let mut config = Config::load(&config_path)?;
     let agencies = AgenciesConfig::load(&config_path)?
         .ok_or_else(|| anyhow!("the dev configuration has no [agencies] section"))?;
     // One node: Azerbaijan's instance beside it, and Senegal's gateway
     // running the dev configuration federated with it.
-    let (stop_partner, partner_stopping) = Shutdown::new();
     let partner = if nodes > 1 {
         None
     } else {
@@ -93,7 +170,7 @@ pub async fn run(dir: Option<&Path>, once: bool, nodes: usize) -> anyhow::Result
             loopback,
             loopback,
             agencies.seed,
-            &partner_stopping,
+            partner_stopping,
         )
         .await
         .map_err(|error| anyhow!("starting Azerbaijan's instance: {error:#}"))?;
@@ -101,7 +178,7 @@ pub async fn run(dir: Option<&Path>, once: bool, nodes: usize) -> anyhow::Result
         crate::partner::write_federation_key(&key, config.gateway.identity.instance())?;
         // Senegal's gateway learns Azerbaijan from its directory.
         let directory = instance
-            .serve_directory(&dir.join("az").join("directory"), &partner_stopping)
+            .serve_directory(&dir.join("az").join("directory"), partner_stopping)
             .await
             .map_err(|error| anyhow!("serving Azerbaijan's directory: {error:#}"))?;
         let federated = crate::dev::write_federated_config(
@@ -122,13 +199,13 @@ pub async fn run(dir: Option<&Path>, once: bool, nodes: usize) -> anyhow::Result
             Some((_, Prepared::Fetched { .. } | Prepared::Current)) => {}
             // A demo run again in the same directory: it runs.
             Some((_, Prepared::FromCache { why })) => {
-                println!("Azerbaijan's configuration from the cache: {why}");
+                say!("Azerbaijan's configuration from the cache: {why}");
             }
             other => {
                 bail!("Azerbaijan's configuration was not learned from its directory: {other:?}")
             }
         }
-        println!(
+        say!(
             "Senegal's gateway learned Azerbaijan's instance from its signed global \
              configuration, at {}",
             directory.url
@@ -138,7 +215,7 @@ pub async fn run(dir: Option<&Path>, once: bool, nodes: usize) -> anyhow::Result
     };
     // Proofs need a signed checkpoint: the demo does not wait ten seconds.
     config.exchange_log.checkpoint_interval = Duration::from_secs(1);
-    println!("govbridge demo: the dev setup in {}", dir.display());
+    say!("govbridge demo: the dev setup in {}", dir.display());
     let cluster = if nodes > 1 {
         let postgres = dir.join("postgres");
         let cluster =
@@ -147,43 +224,19 @@ pub async fn run(dir: Option<&Path>, once: bool, nodes: usize) -> anyhow::Result
                 .map_err(|error| anyhow!("starting the fleet's PostgreSQL: {error:#}"))?;
         config.store =
             Some(gateway::config::StoreConfig::parse(&cluster.url()).map_err(anyhow::Error::msg)?);
-        println!("PostgreSQL for the fleet: {}", cluster.url());
+        say!("PostgreSQL for the fleet: {}", cluster.url());
         Some(cluster)
     } else {
         None
     };
     let running =
-        Running::start(&mut config, &agencies, nodes.max(1), &dir, partner.as_ref()).await?;
-    let mut demo = Demo {
-        gateways: running.gateways.clone(),
-        via: 0,
-        pki: dir.join("pki"),
-        log: running.log.clone(),
-        store: config.store.clone(),
-        copy: dir.join("audit-copy"),
-        data: running.data.clone(),
-        step: 0,
-        steps: STEPS + partner.as_ref().map_or(0, |_| CROSS_BORDER_STEPS),
+        Running::start(&mut config, &agencies, nodes.max(1), dir, partner.as_ref()).await?;
+    Ok(Started {
+        config,
+        running,
         partner,
-    };
-    let played = demo.play().await;
-    if let Err(error) = &played {
-        eprintln!("\nthe demo went off script: {error:#}");
-    } else if !once {
-        demo.how_to_call();
-        println!("\nServing until Ctrl-C.");
-        termination_signal().await;
-    }
-    // Senegal's gateway first: its last checkpoint goes to Azerbaijan's
-    // witness as it stops.
-    running.stop().await;
-    stop_partner.trigger();
-    if let Some(partner) = demo.partner.take() {
-        partner.instance.stopped().await;
-    }
-    drop(cluster);
-    drop(temporary);
-    played
+        cluster,
+    })
 }
 
 /// The mock agencies and the gateway's nodes, serving.
@@ -268,10 +321,10 @@ impl Running {
                 })?;
             }
             gateway_tasks.push(tokio::spawn(gateway.serve(gateway_stopping.clone().wait())));
-            println!("gateway {} on https://{address}", node.gateway.node_id);
+            say!("gateway {} on https://{address}", node.gateway.node_id);
             gateways.push(address);
         }
-        println!("six mock agencies behind it");
+        say!("six mock agencies behind it");
         let log = if nodes > 1 {
             config.exchange_log.data_dir.clone()
         } else {
@@ -379,9 +432,9 @@ impl Outcome {
         if let Some(index) = &self.index {
             line += &format!(", exchange log #{index}");
         }
-        println!("{line}");
+        say!("{line}");
         if !self.message.is_empty() {
-            println!("      \"{}\"", self.message);
+            say!("      \"{}\"", self.message);
         }
         if self.code != expected || self.bridge_error.as_deref() != kind {
             bail!(
@@ -443,7 +496,7 @@ impl Demo {
 
     fn step(&mut self, title: &str) {
         self.step += 1;
-        println!("\n[{}/{}] {title}", self.step, self.steps);
+        say!("\n[{}/{}] {title}", self.step, self.steps);
     }
 
     /// Sends the next channels through node `index` (of a fleet) and says
@@ -451,7 +504,7 @@ impl Demo {
     fn through(&mut self, index: usize) {
         self.via = index;
         if self.gateways.len() > 1 {
-            println!(
+            say!(
                 "      (through node {} of {}, https://{})",
                 index % self.gateways.len() + 1,
                 self.gateways.len(),
@@ -492,7 +545,7 @@ impl Demo {
             .await;
         Outcome::of(&granted).expect(Code::Ok, None)?;
         let consent = granted?.into_inner();
-        println!(
+        say!(
             "      consent {}, signed by MyGov: {}...",
             consent.consent_id,
             consent.artefact.get(..40).unwrap_or_default()
@@ -516,7 +569,7 @@ impl Demo {
             .await;
         Outcome::of(&verified).expect(Code::Ok, None)?;
         if let Ok(answer) = &verified {
-            println!("      civil registry: {:?}", answer.get_ref().result());
+            say!("      civil registry: {:?}", answer.get_ref().result());
         }
 
         self.step("CBAO's KYC desk tries to read the citizen's full civil record");
@@ -556,7 +609,7 @@ impl Demo {
             .ok_or_else(|| anyhow!("the answer carries no bridge-request-id"))?;
         if let Ok(answer) = &read {
             let certificate = answer.get_ref();
-            println!(
+            say!(
                 "      tax authority: {} {:?}",
                 certificate.certificate_number,
                 certificate.status()
@@ -616,7 +669,7 @@ impl Demo {
             *results.entry(format!("{:?}", answer.result())).or_default() += 1;
         }
         let counted: usize = results.values().sum();
-        println!(
+        say!(
             "      {counted} answers in {} ms: {results:?}",
             started.elapsed().as_millis()
         );
@@ -653,7 +706,7 @@ impl Demo {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        println!(
+        say!(
             "      refused {} ms after the revocation",
             since.elapsed().as_millis()
         );
@@ -676,7 +729,7 @@ impl Demo {
             .await;
         Outcome::of(&accesses).expect(Code::Ok, None)?;
         for access in &accesses?.get_ref().accesses {
-            println!(
+            say!(
                 "      #{:<4} {:<28} {:<48} {:<15} {}",
                 access.index,
                 access.caller_name,
@@ -691,7 +744,7 @@ impl Demo {
         if self.partner.is_some() {
             self.across_the_border().await?;
         }
-        println!("\nThe story went as told: every step answered as expected.");
+        say!("\nThe story went as told: every step answered as expected.");
         Ok(())
     }
 
@@ -713,7 +766,7 @@ impl Demo {
         if let Some(problem) = report.problem {
             bail!("the exchange log does not verify: {problem}");
         }
-        println!(
+        say!(
             "      {} records, every hash and checkpoint verified",
             report.records
         );
@@ -732,7 +785,7 @@ impl Demo {
         };
         for bundle in &bundles {
             let record = verify::check_bundle(bundle, &verifier)?;
-            println!(
+            say!(
                 "      record #{} ({:?}, {} -> {}) is in the signed tree of {} records",
                 bundle.index,
                 record.phase(),
@@ -773,7 +826,7 @@ impl Demo {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 _ => {
-                    println!(
+                    say!(
                         "      the fleet's log copied into {} (govbridge audit pull): {} records",
                         self.copy.display(),
                         pulled.size
@@ -824,7 +877,7 @@ impl Demo {
             .ok_or_else(|| anyhow!("the answer carries no bridge-request-id"))?;
         let found = answer.into_inner();
         let address = found.address.unwrap_or_default();
-        println!(
+        say!(
             "      {}, {}, registered {}, head {}",
             found.name,
             if address.district.is_empty() {
@@ -850,7 +903,7 @@ impl Demo {
         Outcome::of(&standing).expect(Code::Ok, None)?;
         let standing = standing?.into_inner();
         use gateway::proto::aztax::v1::Standing;
-        println!(
+        say!(
             "      tax service: {}{}, {}",
             match standing.standing() {
                 Standing::InGoodStanding => "in good standing".to_owned(),
@@ -902,7 +955,7 @@ impl Demo {
             if let Some(problem) = report.problem {
                 bail!("{name}'s exchange log does not verify: {problem}");
             }
-            println!(
+            say!(
                 "      {name}'s log: {} records, every hash and checkpoint verified",
                 report.records
             );
@@ -910,11 +963,11 @@ impl Demo {
         let abroad = verify::prove(&az_log, &key)?;
         let receipt = verify::check_receipt(&home, &sn_key, &abroad, &az_key, &federation_key)?;
         let ((home_index, record), (partner_index, theirs)) = (&receipt.home, &receipt.partner);
-        println!(
+        say!(
             "      request {request_id}: record #{home_index} of Senegal's log, #{partner_index} \
              of Azerbaijan's, each under a checkpoint its own key signed"
         );
-        println!(
+        say!(
             "      {} called {}; Azerbaijan holds Senegal's signed assertion for it, names {} \
              as the gateway that vouched, and {} the call",
             record.caller,
@@ -927,7 +980,7 @@ impl Demo {
 
     fn how_to_call(&self) {
         let pki = self.pki.display();
-        println!(
+        say!(
             "\nCall the gateway yourself, as CBAO's KYC desk:\n\
              \n  grpcurl -cacert {pki}/ca.pem -cert {pki}/member-cbao-kyc.pem \\\n    \
              -key {pki}/member-cbao-kyc.key -servername localhost \\\n    \
@@ -936,7 +989,8 @@ impl Demo {
              \nor from Python (grpcio): grpc.ssl_channel_credentials(root_certificates=ca, \
              private_key=key, certificate_chain=cert), target {}, \
              options=[('grpc.ssl_target_name_override', 'localhost')].",
-            self.gateways[0], self.gateways[0]
+            self.gateways[0],
+            self.gateways[0]
         );
     }
 }

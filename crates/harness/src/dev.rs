@@ -30,7 +30,6 @@ use gateway::consent::artefact::{ConsentSigner, IssuerKeys};
 use gateway::exchange_log;
 use gateway::identity::MemberId;
 use gateway::proxy::Gateway;
-use gateway::proxy::signals::termination_signal;
 
 /// The development configuration, also shipped as `config/govbridge.toml`.
 pub const CONFIG_TEMPLATE: &str = include_str!("../../../config/govbridge.toml");
@@ -480,9 +479,9 @@ pub async fn run(
     // `dev` belongs to its terminal: when it closes (SIGHUP), everything
     // stops as on Ctrl-C, the fleet's database included. (It reloads by
     // itself when its files change.) Listened for from the start, so that
-    // a hangup while starting does not kill it before it can clean up.
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("cannot listen for SIGHUP")?;
+    // a signal while starting does not kill it before it can clean up: it
+    // finishes starting, then stops.
+    let mut stop = crate::sandbox::manifest::Stop::listen(false)?;
     let config_path = prepare(dir)?;
     let config = Config::load(&config_path)?;
     let agencies = AgenciesConfig::load(&config_path)?;
@@ -678,17 +677,20 @@ pub async fn run(
     }
     say!("Stop with Ctrl-C.");
 
-    tokio::select! {
-        () = termination_signal() => {}
-        _ = hangup.recv() => {}
-    }
-    say!("stopping: draining open calls");
+    let reason = stop.next().await;
+    say!("stopping ({reason}): draining open calls; stop again to end at once");
     stop_gateway.trigger();
-    for gateway in gateways {
-        let _ = gateway.await;
+    let drained = async {
+        for gateway in gateways {
+            let _ = gateway.await;
+        }
+        trigger.trigger();
+        while tasks.join_next().await.is_some() {}
+    };
+    tokio::select! {
+        () = drained => {}
+        reason = stop.next() => say!("stopped at once ({reason})"),
     }
-    trigger.trigger();
-    while tasks.join_next().await.is_some() {}
     // The database last: the nodes said they stopped.
     drop(cluster);
     Ok(())

@@ -187,9 +187,12 @@ impl Manifest {
     }
 }
 
-/// What stops `govbridge sandbox`: SIGTERM, Ctrl-C, SIGHUP (its terminal
-/// closed) and, with `--stop-with-parent`, the end of standard input.
-struct Stop {
+/// What stops `govbridge sandbox`, `dev` and `demo`: SIGTERM, Ctrl-C,
+/// SIGHUP (its terminal closed) and, with `--stop-with-parent`, the end
+/// of standard input. Listened for from the start: a signal while they
+/// start is taken, not the default action that would leave their keys and
+/// database behind.
+pub(crate) struct Stop {
     terminate: Signal,
     interrupt: Signal,
     hangup: Signal,
@@ -199,7 +202,7 @@ struct Stop {
 }
 
 impl Stop {
-    fn listen(stop_with_parent: bool) -> anyhow::Result<Self> {
+    pub(crate) fn listen(stop_with_parent: bool) -> anyhow::Result<Self> {
         let listen = |kind: SignalKind, name: &str| {
             signal(kind).with_context(|| format!("listening for {name}"))
         };
@@ -212,7 +215,7 @@ impl Stop {
     }
 
     /// Waits for the next reason to stop, and names it.
-    async fn next(&mut self) -> &'static str {
+    pub(crate) async fn next(&mut self) -> &'static str {
         let stdin = async {
             match self.stdin.as_mut() {
                 Some(closed) => {
