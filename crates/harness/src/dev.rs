@@ -157,27 +157,37 @@ pub fn init_pki(dir: &Path) -> Result<(), PkiError> {
     let ca = CertificateAuthority::generate("govbridge dev root CA")?;
     ca.write(dir)?;
     pki::write_empty_crl(&ca, dir)?;
+    for (stem, request) in leaves()? {
+        ca.issue(&request)?.write(dir, &stem)?;
+    }
+    write_consent_keys(dir)
+}
 
+/// The dev PKI's leaves, by file stem: the gateway's (its listener's, and
+/// its client certificate towards the agencies), each agency's, each demo
+/// member's.
+fn leaves() -> Result<Vec<(String, LeafRequest)>, PkiError> {
     let gateway = member(GATEWAY_IDENTITY)?;
     let mut server = LeafRequest::loopback_server("govbridge gateway");
     server.member = Some(gateway.clone());
-    ca.issue(&server)?.write(dir, "gateway")?;
-    ca.issue(&LeafRequest::member(&gateway))?
-        .write(dir, "gateway-upstream")?;
-
+    let mut leaves = vec![
+        ("gateway".to_owned(), server),
+        ("gateway-upstream".to_owned(), LeafRequest::member(&gateway)),
+    ];
     for agency in Agency::ALL {
         let mut request = LeafRequest::loopback_server(agency.name());
         request.member = Some(agency.member_id());
         request.usage = Usage::ServerAndClient;
-        ca.issue(&request)?
-            .write(dir, &format!("agency-{}", agency.name()))?;
+        leaves.push((format!("agency-{}", agency.name()), request));
     }
     for (stem, id) in DEMO_MEMBERS {
-        ca.issue(&LeafRequest::member(&member(id)?))?
-            .write(dir, &format!("member-{stem}"))?;
+        leaves.push((format!("member-{stem}"), LeafRequest::member(&member(id)?)));
     }
+    Ok(leaves)
+}
 
-    // MyGov's consent signing key, and the key set the gateway trusts.
+/// MyGov's consent signing key, and the key set the gateway trusts.
+fn write_consent_keys(dir: &Path) -> Result<(), PkiError> {
     let signer = ConsentSigner::generate(CONSENT_KEY_ID)
         .map_err(|error| PkiError::Name(error.to_string()))?;
     let key = dir.join(CONSENT_KEY);
@@ -188,8 +198,41 @@ pub fn init_pki(dir: &Path) -> Result<(), PkiError> {
         &dir.join(CONSENT_KEYS),
         IssuerKeys::jwks(&[&signer]).as_bytes(),
         0o644,
-    )?;
-    Ok(())
+    )
+}
+
+/// How long a dev leaf may have left before a start issues it again.
+const RENEW_WITHIN: time::Duration = time::Duration::days(30);
+
+/// Issues again, from the dev CA in `dir`, each leaf that is missing or
+/// has less than [`RENEW_WITHIN`] left (leaves last a year: a dev
+/// directory used again later would otherwise refuse every handshake),
+/// and the consent keys if either is missing. Returns the stems issued.
+pub fn renew_pki(dir: &Path) -> Result<Vec<String>, PkiError> {
+    let due = (time::OffsetDateTime::now_utc() + RENEW_WITHIN).unix_timestamp();
+    let mut renewed = Vec::new();
+    let mut ca = None;
+    for (stem, request) in leaves()? {
+        let pem = dir.join(format!("{stem}.pem"));
+        let expires = gateway::identity::tls::load_certificates(&pem)
+            .ok()
+            .and_then(|chain| gateway::identity::tls::certificate_not_after(chain.first()?));
+        let key_there = dir.join(format!("{stem}.key")).exists();
+        if key_there && expires.is_some_and(|expires| expires > due) {
+            continue;
+        }
+        let ca = match &ca {
+            Some(ca) => ca,
+            None => ca.insert(CertificateAuthority::load(dir)?),
+        };
+        ca.issue(&request)?.write(dir, &stem)?;
+        renewed.push(stem);
+    }
+    if !dir.join(CONSENT_KEY).exists() || !dir.join(CONSENT_KEYS).exists() {
+        write_consent_keys(dir)?;
+        renewed.push("consent keys".to_owned());
+    }
+    Ok(renewed)
 }
 
 /// Makes `dir/govbridge.toml`, `dir/pki/` and `dir/policies/` if they are
@@ -203,13 +246,24 @@ pub fn prepare(dir: &Path) -> anyhow::Result<PathBuf> {
         init_pki(&pki_dir)
             .with_context(|| format!("creating the dev PKI in {}", pki_dir.display()))?;
         say!("created the dev PKI in {}", pki_dir.display());
-    } else if pki::refresh_crl(&pki_dir)
-        .with_context(|| format!("renewing the dev CRL in {}", pki_dir.display()))?
-    {
-        say!(
-            "renewed the dev CRL in {} (30 days more)",
-            pki_dir.display()
-        );
+    } else {
+        if pki::refresh_crl(&pki_dir)
+            .with_context(|| format!("renewing the dev CRL in {}", pki_dir.display()))?
+        {
+            say!(
+                "renewed the dev CRL in {} (30 days more)",
+                pki_dir.display()
+            );
+        }
+        let renewed = renew_pki(&pki_dir)
+            .with_context(|| format!("renewing the dev PKI in {}", pki_dir.display()))?;
+        if !renewed.is_empty() {
+            say!(
+                "issued again in {} (missing, or expiring within 30 days): {}",
+                pki_dir.display(),
+                renewed.join(", ")
+            );
+        }
     }
     if !config.exists() {
         pki::write_file(&config, CONFIG_TEMPLATE.as_bytes(), 0o644)?;
@@ -721,5 +775,49 @@ mod tests {
         assert_eq!(third.exchange_log.data_dir, dir.path().join("node-3-data"));
         assert_eq!(third.store.as_ref().unwrap().url, url);
         assert_eq!(first.fleet_fingerprint(), third.fleet_fingerprint());
+    }
+
+    /// A dev directory used again after its leaves expired (or lost one)
+    /// has them issued again from its CA at the next start; the CA and the
+    /// leaves still good stay as they were.
+    #[test]
+    fn expired_or_missing_leaves_are_issued_again() {
+        let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path()).unwrap();
+        let pki = dir.path().join("pki");
+        let read = |name: &str| std::fs::read(pki.join(name)).unwrap();
+        let (ca, kept) = (read(pki::CA_CERT), read("member-treasury.pem"));
+        let authority = CertificateAuthority::load(&pki).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        for stem in ["gateway", "agency-tax", "member-cbao-kyc"] {
+            let mut old = LeafRequest::member(&member("SN/COM/CBAO/kyc").unwrap());
+            (old.not_before, old.not_after) = (
+                now - time::Duration::days(400),
+                now - time::Duration::days(35),
+            );
+            authority.issue(&old).unwrap().write(&pki, stem).unwrap();
+        }
+        std::fs::remove_file(pki.join("member-dgid-tax.pem")).unwrap();
+        std::fs::remove_file(pki.join(CONSENT_KEYS)).unwrap();
+
+        prepare(dir.path()).unwrap();
+        let due = (now + RENEW_WITHIN).unix_timestamp();
+        for stem in [
+            "gateway",
+            "agency-tax",
+            "member-cbao-kyc",
+            "member-dgid-tax",
+        ] {
+            let chain = gateway::identity::tls::load_certificates(&pki.join(format!("{stem}.pem")))
+                .unwrap();
+            let expires = gateway::identity::tls::certificate_not_after(&chain[0]).unwrap();
+            assert!(expires > due, "{stem}");
+        }
+        assert!(pki.join(CONSENT_KEYS).exists());
+        assert_eq!(read(pki::CA_CERT), ca);
+        assert_eq!(read("member-treasury.pem"), kept);
+        // The configuration loads, and every handshake would: the leaves
+        // are the CA's.
+        Config::load(&dir.path().join("govbridge.toml")).unwrap();
     }
 }
