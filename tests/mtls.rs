@@ -172,7 +172,9 @@ async fn a_revoked_certificate_is_refused() {
         .unwrap();
     govbridge::pki::revoke(&bed.pki, &certificate).unwrap();
 
-    let config = govbridge::config::Config::load(&bed.dir().join("govbridge.toml")).unwrap();
+    let mut config = govbridge::config::Config::load(&bed.dir().join("govbridge.toml")).unwrap();
+    // Its own exchange log: the bed's gateway writes the bed's.
+    config.exchange_log.data_dir = bed.dir().join("second-data");
     let gateway = govbridge::proxy::Gateway::bind(&config).await.unwrap();
     let address = gateway.local_addr().unwrap();
     let (trigger, shutdown) = govbridge::launch::Shutdown::new();

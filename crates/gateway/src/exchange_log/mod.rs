@@ -425,6 +425,7 @@ impl ExchangeLog {
     pub fn open(config: &ExchangeLogConfig) -> Result<Self, OpenError> {
         let dir = &config.data_dir;
         create_private_dir(dir)?;
+        let lock = lock_writer(dir)?;
         let key = load_or_create_key(dir, &config.origin)?;
         let store = Store::open(dir, &config.origin)?;
         let frontier = store.frontier()?;
@@ -441,7 +442,10 @@ impl ExchangeLog {
             frontier,
             key,
             &shared,
-            vec![running, archiving],
+            Running {
+                _threads: vec![running, archiving],
+                _lock: Some(lock),
+            },
         )?;
         let mut archiver_thread = None;
         if let Some(retain) = config.retain {
@@ -509,7 +513,11 @@ impl ExchangeLog {
         let (store, frontier) = fleet::SharedStore::open(&fleet, &config.origin, &verifier)?;
         shared.published(frontier.size(), store.latest_checkpoint()?);
         let (running, stopped) = std::sync::mpsc::channel();
-        let (jobs, thread) = spawn_writer(config, store, frontier, key, &shared, vec![running])?;
+        let running = Running {
+            _threads: vec![running],
+            _lock: None,
+        };
+        let (jobs, thread) = spawn_writer(config, store, frontier, key, &shared, running)?;
         let sealer = fleet.reader.sibling();
         fleet.runtime.spawn(fleet::seal(
             Arc::clone(&sealer),
@@ -736,7 +744,7 @@ fn spawn_writer<B: Backend>(
     frontier: Frontier,
     key: SigningKey,
     shared: &Arc<Shared>,
-    running: Vec<std::sync::mpsc::Sender<()>>,
+    running: Running,
 ) -> Result<(SyncSender<Job>, std::thread::JoinHandle<()>), OpenError> {
     let (jobs, queue) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
     let checkpointed = shared
@@ -778,9 +786,49 @@ struct Writer<B: Backend> {
     checkpointed: u64,
     last_checkpoint: Instant,
     shared: Arc<Shared>,
+    _running: Running,
+}
+
+/// What the writer holds for as long as it runs (never read: dropping it
+/// is what counts).
+struct Running {
     /// Dropped when the writer stops, which stops the WAL checkpointer
     /// and the archiver.
-    _running: Vec<std::sync::mpsc::Sender<()>>,
+    _threads: Vec<std::sync::mpsc::Sender<()>>,
+    /// A single node's: its log is written by this writer only.
+    _lock: Option<std::fs::File>,
+}
+
+/// The file whose lock a single node's writer holds in its log's
+/// directory: two gateways given the same `data_dir` would each append
+/// under the same indexes, the second failing every call.
+pub const WRITER_LOCK: &str = "exchange-log.lock";
+
+/// Takes the writer's lock of the log in `dir`, or says who holds it. The
+/// kernel drops the lock of a process that dies.
+fn lock_writer(dir: &std::path::Path) -> Result<std::fs::File, OpenError> {
+    let path = dir.join(WRITER_LOCK);
+    let failed = |message: String| OpenError::File {
+        path: path.clone(),
+        message,
+    };
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|error| failed(format!("cannot open the log's lock: {error}")))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(failed(
+            "another gateway writes this exchange log (it holds this lock): give each gateway \
+             its own exchange_log.data_dir, or stop the other first"
+                .to_owned(),
+        )),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(failed(format!("cannot take the log's lock: {error}")))
+        }
+    }
 }
 
 impl<B: Backend> Writer<B> {
@@ -1180,6 +1228,23 @@ mod tests {
         .unwrap();
         assert_eq!(report.problem, None);
         assert_eq!(report.records, lookup::SEGMENT + 10);
+    }
+
+    /// One writer per log: a second gateway given the same directory is
+    /// refused at start, naming the lock, until the first has closed.
+    #[test]
+    fn a_second_writer_of_one_log_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::ExchangeLogConfig::defaults(dir.path(), "lock-test");
+        let log = ExchangeLog::open(&config).unwrap();
+        let refused = ExchangeLog::open(&config).expect_err("a second writer opened");
+        let said = refused.to_string();
+        assert!(
+            said.contains(WRITER_LOCK) && said.contains("another gateway"),
+            "{said}"
+        );
+        log.close();
+        ExchangeLog::open(&config).unwrap().close();
     }
 
     /// Calls that never let the writer rest: the journal stays within its
