@@ -202,7 +202,7 @@ fn write_consent_keys(dir: &Path) -> Result<(), PkiError> {
 }
 
 /// How long a dev leaf may have left before a start issues it again.
-const RENEW_WITHIN: time::Duration = time::Duration::days(30);
+pub const RENEW_WITHIN: time::Duration = time::Duration::days(30);
 
 /// Issues again, from the dev CA in `dir`, each leaf that is missing or
 /// has less than [`RENEW_WITHIN`] left (leaves last a year: a dev
@@ -438,8 +438,33 @@ pub fn federate_config(
         );
     }
     let dir = config_path.parent().unwrap_or(Path::new("."));
+    // The dev policies as they are now (a member's policy added to them
+    // included), and the partner's on top: made anew at each start.
     let policies = dir.join("policies-federation");
-    write_policies(&policies)?;
+    let source = table
+        .get("policy")
+        .and_then(|policy| policy.get("policies"))
+        .and_then(toml::Value::as_str)
+        .map_or_else(|| dir.join("policies"), |path| dir.join(path));
+    if policies.exists() {
+        std::fs::remove_dir_all(&policies)
+            .with_context(|| format!("removing {}", policies.display()))?;
+    }
+    match std::fs::read_dir(&source) {
+        Ok(entries) => {
+            std::fs::create_dir_all(&policies)
+                .with_context(|| format!("creating {}", policies.display()))?;
+            for path in entries.flatten().map(|entry| entry.path()) {
+                if path.is_file() && path.extension().is_some_and(|ext| ext == "cedar") {
+                    let to = policies.join(path.file_name().unwrap_or_default());
+                    std::fs::copy(&path, &to).with_context(|| {
+                        format!("copying {} to {}", path.display(), to.display())
+                    })?;
+                }
+            }
+        }
+        Err(_) => write_policies(&policies)?,
+    }
     let providers: Vec<String> = crate::partner::PROVIDERS
         .iter()
         .map(|(id, _, _)| format!("resource == Provider::\"{id}\""))
@@ -775,6 +800,45 @@ mod tests {
         assert_eq!(third.exchange_log.data_dir, dir.path().join("node-3-data"));
         assert_eq!(third.store.as_ref().unwrap().url, url);
         assert_eq!(first.fleet_fingerprint(), third.fleet_fingerprint());
+    }
+
+    /// `--federation` runs the dev policies as they are, a member's policy
+    /// added to them included, with the partner's on top.
+    #[tokio::test]
+    async fn the_federated_configuration_runs_the_dev_policies_as_edited() {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = prepare(dir.path()).unwrap();
+        let added = "@id(\"a-new-member\")\npermit (principal, action, resource) when { false };\n";
+        std::fs::write(dir.path().join("policies/new-member.cedar"), added).unwrap();
+        let config = Config::load(&config_path).unwrap();
+        let (stop, shutdown) = crate::launch::Shutdown::new();
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let partner = crate::partner::PartnerInstance::start(
+            &dir.path().join("az"),
+            loopback,
+            loopback,
+            221,
+            &shutdown,
+        )
+        .await
+        .unwrap();
+        let key = dir.path().join("pki/federation.key");
+        crate::partner::write_federation_key(&key, "SN").unwrap();
+        let federation = Federation {
+            receipts: false,
+            directory: None,
+        };
+        let federated =
+            write_federated_config(&config_path, &config, &partner, &key, federation).unwrap();
+        let loaded = Config::load(&federated).unwrap();
+        let policies = &loaded.policy.policies;
+        assert_eq!(
+            std::fs::read_to_string(policies.join("new-member.cedar")).unwrap(),
+            added
+        );
+        assert!(policies.join("abroad.cedar").is_file());
+        drop(stop);
+        partner.stopped().await;
     }
 
     /// A dev directory used again after its leaves expired (or lost one)
