@@ -141,6 +141,25 @@ fn check_config_names_the_key_of_a_bad_file() {
     );
 }
 
+/// A dev configuration left by an older version, which this one cannot
+/// load (its services declare no descriptor set, as before they had to):
+/// `dev` names the file and says how to get a fresh one, starting nothing.
+#[test]
+fn dev_on_a_configuration_from_an_older_version_says_how_to_renew_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let older: String = govbridge::dev::CONFIG_TEMPLATE
+        .lines()
+        .filter(|line| !line.starts_with("descriptor = "))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(dir.path().join("govbridge.toml"), older).unwrap();
+    let output = govbridge(&["dev", "--dir", dir.path().to_str().unwrap()]);
+    assert!(!output.status.success());
+    let message = text(&output);
+    assert!(message.contains("govbridge.toml"), "{message}");
+    assert!(message.contains("move it aside and run again"), "{message}");
+}
+
 /// A dev setup in a temporary directory: PKI, the dev config and policies.
 fn dev_setup() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

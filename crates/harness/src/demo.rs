@@ -156,7 +156,8 @@ struct Started {
 /// Dropped before its end, what it started stops.
 async fn start(dir: &Path, nodes: usize, partner_stopping: &Shutdown) -> anyhow::Result<Started> {
     let config_path = crate::dev::prepare(dir)?;
-    let mut config = Config::load(&config_path)?;
+    let mut config =
+        Config::load(&config_path).map_err(|error| crate::dev::stale_hint(&config_path, error))?;
     let agencies = AgenciesConfig::load(&config_path)?
         .ok_or_else(|| anyhow!("the dev configuration has no [agencies] section"))?;
     // One node: Azerbaijan's instance beside it, and Senegal's gateway

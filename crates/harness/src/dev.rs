@@ -283,6 +283,17 @@ pub fn prepare(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(config)
 }
 
+/// A dev configuration that no longer loads: written by an older
+/// govbridge, it may lack what this one needs (a service's descriptor,
+/// say), so the error says how to get a fresh one.
+pub fn stale_hint(config: &Path, error: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{error}\n(`govbridge dev` wrote {} if it was missing, maybe with an older version: move \
+         it aside and run again for a fresh one, then carry your edits over)",
+        config.display()
+    )
+}
+
 /// Writes `dir/node-N.toml` for node `index` (0-based) of a fleet: the dev
 /// configuration with its own node id (`<node_id>-N`), ports (the dev
 /// ports plus `index`), exchange log (`node-N-data/`) and the fleet's
@@ -562,7 +573,7 @@ pub async fn run(
     // finishes starting, then stops.
     let mut stop = crate::sandbox::manifest::Stop::listen(false)?;
     let config_path = prepare(dir)?;
-    let config = Config::load(&config_path)?;
+    let config = Config::load(&config_path).map_err(|error| stale_hint(&config_path, error))?;
     let agencies = AgenciesConfig::load(&config_path)?;
     let agencies = agencies
         .as_ref()
