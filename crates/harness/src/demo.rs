@@ -90,12 +90,16 @@ pub async fn run(dir: Option<&Path>, once: bool, nodes: usize) -> anyhow::Result
         }
     };
     let (stop_partner, partner_stopping) = Shutdown::new();
-    let started = tokio::select! {
-        started = start(&dir, nodes, &partner_stopping) => started,
+    // A stop while starting waits for the start to end (a database half
+    // made, a partner half up, must not lose their directory under them),
+    // then stops what it started, the story left unplayed.
+    let starting = start(&dir, nodes, &partner_stopping);
+    tokio::pin!(starting);
+    let (started, stopped) = tokio::select! {
+        started = &mut starting => (started, None),
         reason = stop.next() => {
-            say!("stopped while starting ({reason})");
-            stop_partner.trigger();
-            return Ok(());
+            say!("stopping once started ({reason})");
+            (starting.await, Some(reason))
         }
     };
     let Started {
@@ -116,12 +120,15 @@ pub async fn run(dir: Option<&Path>, once: bool, nodes: usize) -> anyhow::Result
         steps: STEPS + partner.as_ref().map_or(0, |_| CROSS_BORDER_STEPS),
         partner,
     };
-    let played = tokio::select! {
-        played = demo.play() => Some(played),
-        reason = stop.next() => {
-            say!("\nstopping ({reason})");
-            None
-        }
+    let played = match stopped {
+        Some(_) => None,
+        None => tokio::select! {
+            played = demo.play() => Some(played),
+            reason = stop.next() => {
+                say!("\nstopping ({reason})");
+                None
+            }
+        },
     };
     if let Some(Err(error)) = &played {
         eprintln!("\nthe demo went off script: {error:#}");
