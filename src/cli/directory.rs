@@ -508,26 +508,28 @@ fn learn(learning: &Learning<'_>) -> anyhow::Result<()> {
     let checked: anyhow::Result<()> = govbridge::keys::write_file(&trial, after.as_bytes(), 0o644)
         .with_context(|| format!("writing {}", trial.display()))
         .and_then(|()| {
-            if name == govbridge::global::GLOBAL_FILE {
-                let loaded = govbridge::config::Config::load_publication(&trial)?;
-                Ok(loaded.gateway.tls.check_trust()?)
+            let loaded: anyhow::Result<()> = if name == govbridge::global::GLOBAL_FILE {
+                govbridge::config::Config::load_publication(&trial)
+                    .map_err(anyhow::Error::new)
+                    .and_then(|loaded| Ok(loaded.gateway.tls.check_trust()?))
             } else {
-                let loaded = govbridge::config::Config::load(&trial)?;
-                Ok(govbridge::proxy::Gateway::check(&loaded).map(drop)?)
-            }
+                govbridge::config::Config::load(&trial)
+                    .map_err(anyhow::Error::new)
+                    .and_then(|loaded| Ok(govbridge::proxy::Gateway::check(&loaded).map(drop)?))
+            };
+            // What went wrong, said of the file the operator named.
+            loaded.map_err(|error| {
+                anyhow::anyhow!(
+                    "{}",
+                    format!("{error:#}")
+                        .replace(&trial.display().to_string(), &config.display().to_string())
+                )
+            })
         })
         .and_then(|()| {
             std::fs::rename(&trial, config)
                 .with_context(|| format!("renaming {} to {}", trial.display(), config.display()))
         });
-    // What went wrong, said of the file the operator named.
-    let checked = checked.map_err(|error| {
-        anyhow::anyhow!(
-            "{}",
-            format!("{error:#}")
-                .replace(&trial.display().to_string(), &config.display().to_string())
-        )
-    });
     if let Err(error) = checked {
         let _ = std::fs::remove_file(&trial);
         if fresh {
