@@ -1503,6 +1503,49 @@ async fn assertions_are_checked_and_used_once() {
     bed.stop().await;
 }
 
+/// An assertion whose call the caller's limits refuse is not taken (such
+/// a refusal is not logged, and what is taken must be, for a restart to
+/// remember it): sent again once the limit allows, it is served, once.
+#[tokio::test]
+async fn an_assertion_refused_by_the_callers_limits_is_not_taken() {
+    let (partner, bed, keys) = federated().await;
+    partner
+        .instance
+        .extend(
+            &format!("[limits.members.\"{CBAO}\"]\nrequests_per_second = 1\nburst = 1\n"),
+            None,
+        )
+        .unwrap();
+    let key = SigningKey::read(&keys.path().join("SN-federation.key")).unwrap();
+    let tls = partner.tls_for(
+        &bed.pki.join("gateway-upstream.pem"),
+        &bed.pki.join("gateway-upstream.key"),
+    );
+    let request_id = "7d3f5a2c-1b4e-4c6d-9e8f-0a1b2c3d4e5f";
+    let address = partner.instance.address();
+    let call = |sealed: String| asserted_call(address, tls.clone(), sealed, request_id);
+    // The burst spent, a second call is refused by CBAO's rate.
+    assert_eq!(call(assertion(request_id).seal(&key)).await.1, None);
+    let sealed = assertion(request_id).seal(&key);
+    assert_eq!(
+        call(sealed.clone()).await.1.as_deref(),
+        Some("rate-limited")
+    );
+    // Once the rate allows, the same assertion is served...
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match call(sealed.clone()).await.1.as_deref() {
+            None => break,
+            Some("rate-limited") => assert!(std::time::Instant::now() < deadline),
+            Some(other) => panic!("refused as {other}, not served"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...and only once.
+    assert_eq!(call(sealed).await.1.as_deref(), Some("bad-assertion"));
+    bed.stop().await;
+}
+
 #[tokio::test]
 async fn an_assertion_taken_before_a_restart_is_not_taken_again() {
     let (partner, bed, keys) = federated().await;

@@ -269,6 +269,19 @@ impl Assertion {
 }
 
 impl ReplayGuard {
+    /// Refuses `assertion` if it was accepted before and is still
+    /// remembered, without taking it.
+    pub fn not_seen(&self, assertion: &Assertion, now: i64) -> Result<(), AssertionError> {
+        let seen = self.seen(now);
+        let key = (assertion.from.clone(), assertion.nonce.clone());
+        match seen.nonces.get(&key) {
+            Some(remembered) if *remembered >= now => {
+                Err(AssertionError::Replayed(assertion.nonce.clone()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Accepts `assertion` once.
     pub fn admit(&self, assertion: &Assertion, now: i64) -> Result<(), AssertionError> {
         let mut seen = self.seen(now);

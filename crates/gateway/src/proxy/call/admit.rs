@@ -46,7 +46,7 @@ impl Call<'_> {
                 }
                 self.partner_current(&partner.instance)?;
                 let permit = limited(self, &gateway)?;
-                let (caller, assertion) = self.asserted(&partner, &gateway, headers).await?;
+                let (caller, assertion) = self.asserted(&partner, &gateway, headers)?;
                 // The member behind it counts on its own, once asserted
                 // (the gateway's own business counts once).
                 let permit = if caller == gateway {
@@ -59,6 +59,22 @@ impl Call<'_> {
                             self.conn.metrics.limit_refusal(&caller, refused.kind());
                         })?
                 };
+                // Its nonce taken last: every call that takes one goes on
+                // to its decision, which the log keeps (and a restart
+                // reads back). A call the limits refuse is not logged, and
+                // so takes none: its assertion could be sent again, and be
+                // refused or served once.
+                if let Some(assertion) = &assertion {
+                    self.take_nonce(assertion).await?;
+                    // Refused for this call only (and logged, its nonce
+                    // taken): the connection is the partner's.
+                    if !self.state.registry.contains_key(&caller) {
+                        return Err(GatewayError::UnknownMember(caller));
+                    }
+                    if !self.state.policy.may_be_permitted(&caller) {
+                        return Err(GatewayError::NoPermits(caller));
+                    }
+                }
                 Ok(Admitted {
                     caller,
                     permit,
@@ -160,12 +176,13 @@ impl Call<'_> {
 
     /// The caller a partner's gateway asserts, once the assertion holds:
     /// signed by the partner, from this gateway's peer, for this call,
-    /// fresh and not seen before. Of the gateway's own services, only
+    /// fresh and not seen before (its nonce is taken once the limits
+    /// admit the call: [`Self::take_nonce`]). Of the gateway's own services, only
     /// health, the witness and the exchange log answer a partner's gateway
     /// (itself: its health checks, its log's checkpoints, the records of
     /// the calls it vouched for): a partner forwards calls to published
     /// services only.
-    async fn asserted(
+    fn asserted(
         &mut self,
         partner: &Partner,
         peer: &MemberId,
@@ -201,24 +218,26 @@ impl Call<'_> {
         let now = crate::unix_time::now();
         let assertion = Assertion::open(value.as_bytes(), &partner.key)?;
         assertion.check(&partner.instance, &federation.instance, peer, path, now)?;
-        // Across the fleet first: a call refused for want of an answer
-        // leaves the nonce untaken here too.
-        if let Some(database) = federation.fleet.get() {
-            first_in_fleet(database, &assertion, now).await?;
-        }
-        federation.replays.admit(&assertion, now)?;
+        // Seen before, it goes no further (its nonce is taken once the
+        // limits admit the call: `take_nonce`).
+        federation.replays.not_seen(&assertion, now)?;
         let caller = assertion.caller.clone();
         if let Some(record) = self.record.as_mut() {
             record.asserted(&assertion, value);
         }
-        // Refused for this call only: the connection is the partner's.
-        if !self.state.registry.contains_key(&caller) {
-            return Err(GatewayError::UnknownMember(caller));
-        }
-        if !self.state.policy.may_be_permitted(&caller) {
-            return Err(GatewayError::NoPermits(caller));
-        }
         Ok((caller, Some(assertion)))
+    }
+
+    /// Takes `assertion`'s nonce: across the fleet first (a call refused
+    /// for want of an answer leaves it untaken here too), then here.
+    async fn take_nonce(&self, assertion: &Assertion) -> Result<(), GatewayError> {
+        let federation = &self.state.federation;
+        let now = crate::unix_time::now();
+        if let Some(database) = federation.fleet.get() {
+            first_in_fleet(database, assertion, now).await?;
+        }
+        federation.replays.admit(assertion, now)?;
+        Ok(())
     }
 
     /// A partner gateway's call declares what its assertion says: purpose,
