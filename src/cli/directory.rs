@@ -524,6 +524,11 @@ fn learn(learning: &Learning<'_>) -> anyhow::Result<()> {
                     format!("{error:#}")
                         .replace(&trial.display().to_string(), &config.display().to_string())
                 )
+                .context(format!(
+                    "{} would not load with what {partner} publishes (checked as check-config \
+                     does)",
+                    config.display()
+                ))
             })
         })
         .and_then(|()| {
@@ -535,11 +540,7 @@ fn learn(learning: &Learning<'_>) -> anyhow::Result<()> {
         if fresh {
             let _ = std::fs::remove_dir_all(dir.join(&files));
         }
-        return Err(error.context(format!(
-            "{} would not load with what {partner} publishes (checked as check-config does): \
-             left as it was",
-            config.display()
-        )));
+        return Err(error.context(format!("{}: left as it was", config.display())));
     }
     // The versions learned before are no longer named.
     for entry in std::fs::read_dir(&learned_dir)

@@ -98,8 +98,15 @@ pub async fn run(dir: Option<&Path>, once: bool, nodes: usize) -> anyhow::Result
     let (started, stopped) = tokio::select! {
         started = &mut starting => (started, None),
         reason = stop.next() => {
-            say!("stopping once started ({reason})");
-            (starting.await, Some(reason))
+            say!("stopping once started ({reason}); stop again to end at once");
+            tokio::select! {
+                started = &mut starting => (started, Some(reason)),
+                again = stop.next() => {
+                    say!("stopped at once ({again})");
+                    stop_partner.trigger();
+                    return Ok(());
+                }
+            }
         }
     };
     let Started {

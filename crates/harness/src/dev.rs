@@ -285,11 +285,15 @@ pub fn prepare(dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// A dev configuration that no longer loads: written by an older
 /// govbridge, it may lack what this one needs (a service's descriptor,
-/// say), so the error says how to get a fresh one.
-pub fn stale_hint(config: &Path, error: impl std::fmt::Display) -> anyhow::Error {
+/// say), so an error in the file itself also says how to get a fresh one.
+pub fn stale_hint(config: &Path, error: gateway::config::ConfigError) -> anyhow::Error {
+    if error.file != config {
+        return error.into();
+    }
     anyhow::anyhow!(
-        "{error}\n(`govbridge dev` wrote {} if it was missing, maybe with an older version: move \
-         it aside and run again for a fresh one, then carry your edits over)",
+        "{error}\n(`govbridge dev` wrote {} if it was missing, maybe with an older version: if \
+         it is not your own mistake, move it aside and run again for a fresh one, then carry \
+         your edits over)",
         config.display()
     )
 }

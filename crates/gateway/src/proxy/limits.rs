@@ -354,8 +354,9 @@ impl Limits {
     /// entry: the defaults), and its largest message.
     fn member_slot(&self, member: &MemberId) -> Result<(Option<Slot>, NonZeroU32), GatewayError> {
         let Some(limiter) = self.members.get(member) else {
-            // Only registered members get this far; the defaults, should
-            // one not have its entry.
+            // The defaults: a member without an entry, or a partner's
+            // asserted caller not registered here (refused as such once
+            // its assertion's nonce is taken).
             return Ok((None, MemberLimits::default().max_message_bytes));
         };
         if let (Some(rate), Some(bucket)) = (limiter.limits.rate, &limiter.bucket) {

@@ -59,11 +59,12 @@ impl Call<'_> {
                             self.conn.metrics.limit_refusal(&caller, refused.kind());
                         })?
                 };
-                // Its nonce taken last: every call that takes one goes on
-                // to its decision, which the log keeps (and a restart
-                // reads back). A call the limits refuse is not logged, and
-                // so takes none: its assertion could be sent again, and be
-                // refused or served once.
+                // Its nonce taken last: a call that takes one goes on to
+                // its decision, which the log keeps (and a restart reads
+                // back), unless the partner cuts it first. A call the
+                // limits refuse is not logged, and so takes none: its
+                // assertion could be sent again, and be refused or served
+                // once.
                 if let Some(assertion) = &assertion {
                     self.take_nonce(assertion).await?;
                     // Refused for this call only (and logged, its nonce
