@@ -1074,10 +1074,15 @@ async fn a_gateway_follows_its_partners_own_directory() {
         .publish_configuration_with(&forged, 3, nowhere, week)
         .unwrap();
     std::fs::copy(&forgery, &bundle).unwrap();
-    let unsigned = "govbridge_partner_configuration_fetches_total{config_instance=\"AZ\",\
-                    result=\"refused\",reason=\"unsigned\"}";
+    // Refusals of Azerbaijan's bundles, by reason.
+    let refused_as = |reason: &str| {
+        format!(
+            "govbridge_partner_configuration_fetches_total{{config_instance=\"AZ\",\
+             result=\"refused\",reason=\"{reason}\"}}"
+        )
+    };
     until("the forged bundle is refused", || async {
-        support::metric(gateway.admin, unsigned).await >= 1.0
+        support::metric(gateway.admin, &refused_as("unsigned")).await >= 1.0
     })
     .await;
     company_through(&bed, gateway.address, &voen).await.unwrap();
@@ -1115,10 +1120,8 @@ async fn a_gateway_follows_its_partners_own_directory() {
         .publish_configuration_with(&forged, 1, partner.instance.address(), week)
         .unwrap();
     std::fs::copy(&older, &bundle).unwrap();
-    let replayed = "govbridge_partner_configuration_fetches_total{config_instance=\"AZ\",\
-                    result=\"refused\",reason=\"replayed\"}";
     until("the new key's older version is refused", || async {
-        support::metric(gateway.admin, replayed).await >= 1.0
+        support::metric(gateway.admin, &refused_as("replayed")).await >= 1.0
     })
     .await;
     let refused = company_through(&bed, gateway.address, &voen)

@@ -100,6 +100,20 @@ async fn a_certificate_and_ca_rotation_reaches_new_connections_only() {
     bed.stop().await;
 }
 
+/// A bed whose gateway reloads when its files change, with the series
+/// of its successful and failed reloads.
+async fn watched() -> (Bed, &'static str, &'static str) {
+    let bed = Bed::start().await;
+    bed.reloader
+        .clone()
+        .reload_on_file_change(std::time::Duration::from_millis(20));
+    (
+        bed,
+        "govbridge_reloads_total{result=\"ok\"}",
+        "govbridge_reloads_total{result=\"failed\"}",
+    )
+}
+
 /// The value of a sample on the admin endpoint's /metrics, 0 if absent.
 async fn sample(bed: &Bed, series: &str) -> f64 {
     let (_, text) = admin_request(bed.admin, "GET", "/metrics").await;
@@ -122,12 +136,7 @@ async fn await_sample(bed: &Bed, series: &str, value: f64) {
 
 #[tokio::test]
 async fn a_changed_file_is_reloaded_and_a_broken_one_refused() {
-    let bed = Bed::start().await;
-    bed.reloader
-        .clone()
-        .reload_on_file_change(std::time::Duration::from_millis(20));
-    let ok = "govbridge_reloads_total{result=\"ok\"}";
-    let failed = "govbridge_reloads_total{result=\"failed\"}";
+    let (bed, ok, failed) = watched().await;
     assert_eq!(sample(&bed, ok).await, 0.0);
 
     let policies = bed.dir().join("policies");
@@ -154,12 +163,7 @@ async fn a_changed_file_is_reloaded_and_a_broken_one_refused() {
 /// there yet goes through once the file is put in place.
 #[tokio::test]
 async fn a_missing_file_put_in_place_after_its_reload_failed_reloads() {
-    let bed = Bed::start().await;
-    bed.reloader
-        .clone()
-        .reload_on_file_change(std::time::Duration::from_millis(20));
-    let ok = "govbridge_reloads_total{result=\"ok\"}";
-    let failed = "govbridge_reloads_total{result=\"failed\"}";
+    let (bed, ok, failed) = watched().await;
 
     let path = bed.dir().join("govbridge.toml");
     let text = std::fs::read_to_string(&path).unwrap();
