@@ -604,11 +604,9 @@ async fn an_azerbaijani_member_calls_senegal_through_both_gateways() {
     bed.stop().await;
 }
 
-/// A partner's members are limited each on its own, behind the gateway
-/// they all come through: one bank's flood leaves the others their share.
-#[tokio::test]
-async fn a_partners_members_each_keep_to_their_own_limits() {
-    let (partner, bed, _keys) = federated().await;
+/// Azerbaijan limits CBAO's KYC desk, calling through Senegal's gateway,
+/// to one call a second.
+fn one_call_a_second_for_cbao(partner: &Partner) {
     partner
         .instance
         .extend(
@@ -616,6 +614,14 @@ async fn a_partners_members_each_keep_to_their_own_limits() {
             None,
         )
         .unwrap();
+}
+
+/// A partner's members are limited each on its own, behind the gateway
+/// they all come through: one bank's flood leaves the others their share.
+#[tokio::test]
+async fn a_partners_members_each_keep_to_their_own_limits() {
+    let (partner, bed, _keys) = federated().await;
+    one_call_a_second_for_cbao(&partner);
     let voen = partner.company();
     let mut cbao = CompanyRegistryClient::new(bed.channel_as(CBAO).await.unwrap());
     let mut refused = None;
@@ -1512,13 +1518,7 @@ async fn assertions_are_checked_and_used_once() {
 #[tokio::test]
 async fn an_assertion_refused_by_the_callers_limits_is_not_taken() {
     let (partner, bed, keys) = federated().await;
-    partner
-        .instance
-        .extend(
-            &format!("[limits.members.\"{CBAO}\"]\nrequests_per_second = 1\nburst = 1\n"),
-            None,
-        )
-        .unwrap();
+    one_call_a_second_for_cbao(&partner);
     let key = SigningKey::read(&keys.path().join("SN-federation.key")).unwrap();
     let tls = partner.tls_for(
         &bed.pki.join("gateway-upstream.pem"),

@@ -163,13 +163,14 @@ impl Bucket {
     }
 }
 
-/// What part of the fleet's reserve for a member goes to nodes it does
-/// not call through (see [`share`]).
+/// The part of a member's rate kept in reserve, split equally between the
+/// nodes up whatever their demand (see [`share`]).
 const RESERVE: f64 = 0.05;
 
 /// Node `me`'s share of a member's `rate` (calls a second), given the
 /// calls a second the member attempted through each node up (`demands`,
-/// one per node, `me`'s included) over the last heartbeat.
+/// one per node, `me`'s included), as one epoch of the fleet's figures
+/// has them.
 ///
 /// A twentieth of the rate is kept in reserve, in equal parts, so that a
 /// node the member starts calling through admits some calls before its
