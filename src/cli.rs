@@ -15,6 +15,7 @@ mod directory;
 mod fleet;
 #[cfg(feature = "harness")]
 mod harness;
+mod progress;
 mod status;
 
 use std::path::{Path, PathBuf};

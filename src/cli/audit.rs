@@ -501,8 +501,14 @@ impl FleetCopy {
     /// checkpoint; fails at the first damage, the copy holding what came
     /// before it.
     fn pull(&self) -> anyhow::Result<govbridge::exchange_log::fleet::Pulled> {
-        let pulled =
-            govbridge::exchange_log::fleet::pull(&self.reader, &self.data, &self.verifier)?;
+        let mut progress = super::progress::Progress::on_stderr("pulled");
+        let pulled = govbridge::exchange_log::fleet::pull_watched(
+            &self.reader,
+            &self.data,
+            &self.verifier,
+            &mut |records| progress.records(records, None),
+        )?;
+        drop(progress);
         if let Some(problem) = &pulled.problem {
             bail!(
                 "{}: {problem}; the copy in {} holds the {} records of the last checkpoint it \
@@ -566,7 +572,7 @@ fn verify_log(
 ) -> anyhow::Result<()> {
     let verifier = load_verifier(data, key)?;
     let database = data.join(DATABASE_FILE);
-    let report = verify::verify_with_archives(data, archives, &verifier)?;
+    let report = verify_showing(data, archives, &verifier)?;
     println!("exchange log {}", database.display());
     println!("  {} records", report.records);
     match (&report.latest, report.checkpoints) {
@@ -598,6 +604,19 @@ fn verify_log(
     }
     println!("ok");
     Ok(())
+}
+
+/// Verifies the log in `data` after its `archives`, showing how far it has
+/// gone on a terminal (a log of a busy year takes minutes).
+pub(super) fn verify_showing(
+    data: &Path,
+    archives: Option<&Path>,
+    verifier: &Verifier,
+) -> Result<verify::VerifyReport, verify::VerifyError> {
+    let mut progress = super::progress::Progress::on_stderr("checked");
+    verify::verify_watched(data, archives, verifier, &mut |checked| {
+        progress.records(checked.records, Some(checked.of));
+    })
 }
 
 /// Every witness cosigned a checkpoint of the log in `data`, whose

@@ -220,7 +220,7 @@ fn write_backup(
     let log_copy = staging.dir.join(Part::Log.name());
     if log_copy.join(DATABASE_FILE).exists() {
         let archives = staging.dir.join(Part::Archives.name());
-        let report = govbridge::exchange_log::verify::verify_with_archives(
+        let report = super::audit::verify_showing(
             &log_copy,
             archives.is_dir().then_some(archives.as_path()),
             &key.verifier(),
@@ -361,7 +361,7 @@ pub fn restore(from: &Path, config_path: &Path, key: &Path) -> anyhow::Result<()
     let log_copy = from.join(Part::Log.name());
     if log_copy.join(DATABASE_FILE).exists() {
         let archives = from.join(Part::Archives.name());
-        let report = govbridge::exchange_log::verify::verify_with_archives(
+        let report = super::audit::verify_showing(
             &log_copy,
             archives.is_dir().then_some(archives.as_path()),
             &verifier,

@@ -967,9 +967,19 @@ mod tests {
 
         // The writer reopens it and appends; everything verifies.
         log.append(2 * SEGMENT + 10..2 * SEGMENT + 20);
-        let report = log.verify().unwrap();
+        let mut told = Vec::new();
+        let report = verify::verify_watched(
+            log.dir.path(),
+            Some(log.out.path()),
+            &log.key.verifier(),
+            &mut |checked| told.push((checked.records, checked.of)),
+        )
+        .unwrap();
         assert_eq!(report.problem, None);
         assert_eq!(report.records, 2 * SEGMENT + 20);
+        // A report after each archive file, and at the end.
+        let all = 2 * SEGMENT + 20;
+        assert_eq!(told, [(SEGMENT, all), (2 * SEGMENT, all), (all, all)]);
         assert_eq!(report.latest.unwrap().size, 2 * SEGMENT + 20);
         // Without the archives, verify says what it needs.
         let without = verify::verify_log(log.dir.path(), &log.key.verifier());

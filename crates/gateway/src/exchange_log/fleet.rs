@@ -858,6 +858,18 @@ pub struct Pulled {
 /// give (proofs and the Data Tracker are served from them). The first
 /// damage stops the copy and is reported.
 pub fn pull(reader: &FleetReader, dir: &Path, verifier: &Verifier) -> Result<Pulled, StoreError> {
+    pull_watched(reader, dir, verifier, &mut |_| {})
+}
+
+/// [`pull`], telling `progress` how many records it has checked so far
+/// (copied, or to be copied with the checkpoint that covers them), after
+/// each page read from the fleet.
+pub fn pull_watched(
+    reader: &FleetReader,
+    dir: &Path,
+    verifier: &Verifier,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Pulled, StoreError> {
     let mut copy = Store::open(dir, verifier.name())?;
     let mut frontier = copy.frontier()?;
     let mut pulled = Pulled {
@@ -920,7 +932,10 @@ pub fn pull(reader: &FleetReader, dir: &Path, verifier: &Verifier) -> Result<Pul
             let from = checked.size();
             let count = (checkpoint.size - from).min(PULL_PAGE as u64);
             match check_page(reader, &mut checked, from, count)? {
-                Ok(records) => range.extend(records),
+                Ok(records) => {
+                    range.extend(records);
+                    progress(pulled.records + range.len() as u64);
+                }
                 Err(damage) => {
                     pulled.problem = Some(damage);
                     break;

@@ -149,6 +149,31 @@ pub fn verify_with_archives(
     archives: Option<&Path>,
     verifier: &Verifier,
 ) -> Result<VerifyReport, VerifyError> {
+    verify_watched(dir, archives, verifier, &mut |_| {})
+}
+
+/// How far a verification has gone, as [`verify_watched`] tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    /// Records checked so far (archived ones included)...
+    pub records: u64,
+    /// ... of the log's records when the verification began.
+    pub of: u64,
+}
+
+/// How many records [`verify_watched`] checks between two reports.
+const REPORT_EVERY: u64 = 1 << 16;
+
+/// [`verify_with_archives`], telling `progress` how far it has gone: after
+/// each archive file, every 65,536 records of the hot store, and
+/// once when every record is read (then before the tree and the
+/// checkpoints, which take a fraction of the time).
+pub fn verify_watched(
+    dir: &Path,
+    archives: Option<&Path>,
+    verifier: &Verifier,
+    progress: &mut dyn FnMut(Checked),
+) -> Result<VerifyReport, VerifyError> {
     let store = Store::open_read_only(dir)?;
     // One state of the log, whatever an archive run beside does meanwhile.
     let _snapshot = store.snapshot()?;
@@ -160,6 +185,7 @@ pub fn verify_with_archives(
     let sealed_end = store.sealed_end()?;
     let sealed = lookup::segment_of(sealed_end);
     let archived_end = store.archived_end()?;
+    let of = store.size()?;
     let sizes = checkpoints
         .iter()
         .map(|checkpoint| checkpoint.size)
@@ -180,6 +206,8 @@ pub fn verify_with_archives(
         last_archive: 0..0,
         archive_checkpoints: Vec::new(),
         archived_until_us: 0,
+        progress,
+        of,
     };
     if archived_end > 0 {
         let archives = archives.ok_or(VerifyError::ArchivesNeeded(archived_end))?;
@@ -195,6 +223,7 @@ pub fn verify_with_archives(
         store.for_each_row(archived_end, |index, columns, bytes, leaf| {
             walk.row(index, columns, &bytes, leaf.as_deref())
         })?;
+        walk.report();
     }
     let Walk {
         tree,
@@ -291,6 +320,10 @@ struct Walk<'a> {
     archive_checkpoints: Vec<(PathBuf, Checkpoint)>,
     /// When the latest record of the archives read happened.
     archived_until_us: i64,
+    /// Told how far the walk has gone...
+    progress: &'a mut dyn FnMut(Checked),
+    /// ... in records of these.
+    of: u64,
 }
 
 impl Walk<'_> {
@@ -318,7 +351,18 @@ impl Walk<'_> {
         if self.problem.is_none() {
             self.problem = self.check(index, columns, bytes, leaf)?.err();
         }
+        if self.rows.is_multiple_of(REPORT_EVERY) {
+            self.report();
+        }
         Ok(())
+    }
+
+    fn report(&mut self) {
+        (self.progress)(Checked {
+            records: self.rows,
+            // A log edited to hold more rows than its numbering says.
+            of: self.of.max(self.rows),
+        });
     }
 
     /// Reads the archives in `dir`, which must hold records 0 to
@@ -390,6 +434,7 @@ impl Walk<'_> {
                 self.push(*leaf);
             }
             self.rows += checked.leaves.len() as u64;
+            self.report();
             self.last_archive = manifest.first..manifest.end;
             self.archived_decisions = archive::records(&path)?
                 .iter()
@@ -1581,6 +1626,33 @@ mod tests {
         let latest = report.latest.unwrap();
         assert_eq!(latest.size, 24);
         assert_eq!(latest.root, merkle::root(&log.store, 24).unwrap());
+    }
+
+    #[test]
+    fn a_verification_tells_how_far_it_has_gone() {
+        let mut log = TestLog::new();
+        log.many_calls(0..REPORT_EVERY / 2 + 10, 512);
+        let all = REPORT_EVERY + 20;
+        let mut told = Vec::new();
+        let report = verify_watched(log.dir.path(), None, &log.key.verifier(), &mut |checked| {
+            told.push(checked)
+        })
+        .unwrap();
+        assert_eq!(report.problem, None);
+        assert_eq!(report.records, all);
+        assert_eq!(
+            told,
+            [
+                Checked {
+                    records: REPORT_EVERY,
+                    of: all
+                },
+                Checked {
+                    records: all,
+                    of: all
+                },
+            ]
+        );
     }
 
     #[test]
