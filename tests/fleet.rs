@@ -149,6 +149,15 @@ async fn nodes_register_and_fleet_status_flags_the_odd_one() {
         row("node-1", "stopped", false)
     );
 
+    // Killed and started again at once, as a supervisor does: its
+    // heartbeat is still fresh, so the start waits for it to go stale (it
+    // does not move: no other node beats under this id), then takes its
+    // id back.
+    first.kill();
+    let config = bed.dir().join("node-0.toml");
+    let mut first = GatewayProcess::spawn_config(&bed, "node-0", &config);
+    assert_eq!(states(&fleet_status(&bed))[0], row("node-0", "up", false));
+
     // Killed: silent, then reported down after five seconds.
     first.kill();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1984,27 +1993,35 @@ async fn an_answered_append_survives_an_immediate_stop() {
 }
 
 /// The node's connections run read committed, which its queries are
-/// written for, whatever the role's default.
+/// written for, and commit durably (a consent's use taken stays taken
+/// across a crash of the database), whatever the role's defaults.
 #[tokio::test]
-async fn the_fleet_runs_read_committed_whatever_the_roles_default() {
+async fn the_fleet_runs_read_committed_and_durable_whatever_the_roles_defaults() {
     let cluster = Cluster::start_temporary().unwrap();
-    cluster
-        .psql(
-            "govbridge",
-            "ALTER ROLE govbridge SET default_transaction_isolation = 'serializable'",
-        )
-        .unwrap();
+    for default in [
+        "default_transaction_isolation = 'serializable'",
+        "synchronous_commit = off",
+    ] {
+        cluster
+            .psql("govbridge", &format!("ALTER ROLE govbridge SET {default}"))
+            .unwrap();
+    }
     let database = connect(&cluster).await;
-    let isolation = database
+    let (isolation, synchronous) = database
         .run(|client| async move {
             let row = client
-                .query_one("SHOW default_transaction_isolation", &[])
+                .query_one(
+                    "SELECT current_setting('default_transaction_isolation'), \
+                            current_setting('synchronous_commit')",
+                    &[],
+                )
                 .await?;
-            Ok(row.get::<_, String>(0))
+            Ok((row.get::<_, String>(0), row.get::<_, String>(1)))
         })
         .await
         .unwrap();
     assert_eq!(isolation, "read committed");
+    assert_eq!(synchronous, "on");
 }
 
 /// An auditor's pull of `cluster`'s log, signed as `log` signs, into

@@ -893,9 +893,15 @@ impl Database {
         };
         // What every query here is written for, whatever the server's or
         // role's default: under a stricter isolation, two nodes taking the
-        // log's head or a consent's uses at once would fail each other.
+        // log's head or a consent's uses at once would fail each other; and
+        // what a statement wrote is on disk once it returns (a consent's
+        // use taken, a partner's nonce spent), even where the server is
+        // tuned for `synchronous_commit = off`.
         dialled
-            .batch_execute("SET default_transaction_isolation = 'read committed'")
+            .batch_execute(
+                "SET default_transaction_isolation = 'read committed'; \
+                 SET synchronous_commit = on",
+            )
             .await
             .map_err(|error| self.failed(&error))?;
         Ok(dialled)

@@ -70,19 +70,65 @@ impl Database {
     /// Registers `node` as started now. An earlier run under the same id
     /// is replaced once it stopped or went silent; while it is up, two
     /// nodes share an id and the registration is refused.
+    ///
+    /// A run killed a moment ago (SIGKILL, out of memory: a supervisor
+    /// restarts it at once) left a heartbeat that is still fresh: the start
+    /// waits for it to go stale, at most [`STALE_AFTER`], and is refused
+    /// at once if it moves (another node beats under this id).
     pub async fn register(&self, node: &NodeInfo) -> Result<(), DatabaseError> {
-        if self.upsert(node, true).await? {
-            return Ok(());
+        // However the database's clock moves meanwhile.
+        let give_up = tokio::time::Instant::now() + STALE_AFTER + 2 * HEARTBEAT;
+        let mut seen = None;
+        loop {
+            if self.upsert(node, true).await? {
+                return Ok(());
+            }
+            let Some((beat, silent_for)) = self.last_beat(&node.id).await? else {
+                continue;
+            };
+            let taken = || DatabaseError::Failed {
+                url: self.url(),
+                detail: format!(
+                    "a node with id `{}` is up in the fleet (it beats every {} s): give each \
+                     node its own gateway.node_id, or stop the other first",
+                    node.id,
+                    HEARTBEAT.as_secs()
+                ),
+            };
+            match seen {
+                Some(before) if before != beat => return Err(taken()),
+                Some(_) => {}
+                None => tracing::warn!(
+                    node_id = node.id,
+                    silent_for_s = format!("{silent_for:.1}"),
+                    "a node under this id beat a moment ago: waiting to see whether it is still \
+                     up (a run killed just now) or not (another node with this id)"
+                ),
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(taken());
+            }
+            seen = Some(beat);
+            tokio::time::sleep(HEARTBEAT / 4).await;
         }
-        Err(DatabaseError::Failed {
-            url: self.url(),
-            detail: format!(
-                "a node with id `{}` is up in the fleet (it beat within the last {} s): give each \
-                 node its own gateway.node_id, or wait for the old one to stop",
-                node.id,
-                STALE_AFTER.as_secs()
-            ),
+    }
+
+    /// When node `id` last beat (the database's clock, as a number to
+    /// compare), and how many seconds ago; `None` if it has no row.
+    async fn last_beat(&self, id: &str) -> Result<Option<(f64, f64)>, DatabaseError> {
+        let id = id.to_owned();
+        self.run(|client| async move {
+            let row = client
+                .query_opt(
+                    "SELECT extract(epoch FROM heartbeat_at)::float8,
+                            extract(epoch FROM now() - heartbeat_at)::float8
+                     FROM nodes WHERE id = $1",
+                    &[&id],
+                )
+                .await?;
+            Ok(row.map(|row| (row.get(0), row.get(1))))
         })
+        .await
     }
 
     /// `node` is alive, with these fingerprints.
