@@ -323,6 +323,53 @@ async fn a_use_that_relays_no_answer_is_given_back_once() {
     bed.stop().await;
 }
 
+/// A node that needs its database for no call (log off, no consent)
+/// serves on while the database is down, and its `/readyz` says what it
+/// cannot reach.
+#[tokio::test]
+async fn a_node_serving_without_its_database_says_it_cannot_reach_it() {
+    let mut cluster = Cluster::start_temporary().unwrap();
+    let bed = dev_bed().await;
+    let config = node_config(
+        &bed,
+        &cluster,
+        "node-0",
+        &["node_id = \"node-0\""],
+        "enabled = false",
+    );
+    let text = format!("\n{}", std::fs::read_to_string(&config).unwrap());
+    let start = text
+        .find("\n[consent]\n")
+        .expect("the bed configures consent");
+    let end = text[start + 1..]
+        .find("\n[")
+        .map_or(text.len(), |end| start + 1 + end);
+    std::fs::write(&config, format!("{}{}", &text[..start], &text[end..])).unwrap();
+    let node = GatewayProcess::spawn_config(&bed, "node-0", &config);
+    until_ready(node.admin, true).await;
+    assert_eq!(
+        support::admin_request(node.admin, "GET", "/readyz").await,
+        (200, "ready\n".to_owned())
+    );
+
+    cluster.stop().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = support::admin_request(node.admin, "GET", "/readyz").await;
+        assert_eq!(status, 200, "{body}");
+        if body.contains("the fleet's database is unreachable") {
+            assert!(body.starts_with("ready\n"), "{body}");
+            assert!(body.contains("calls are served"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz never said so: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    verify_identity(&bed, node.address).await.unwrap();
+    drop(node);
+    bed.stop().await;
+}
+
 /// The database stopped: a consent-bound call is refused with
 /// `UNAVAILABLE` and `consent-ledger-unavailable` (never forwarded on a
 /// count nobody can check), and served again once the database is back,

@@ -317,7 +317,11 @@ impl Admin {
             (&Method::GET, "/readyz") => {
                 let problems = self.readiness().await;
                 if problems.is_empty() {
-                    text(StatusCode::OK, "ready\n".to_owned())
+                    let mut answer = "ready\n".to_owned();
+                    if let Some(note) = self.unready_database() {
+                        answer.push_str(&format!("- {note}\n"));
+                    }
+                    text(StatusCode::OK, answer)
                 } else {
                     text(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -407,6 +411,18 @@ impl Admin {
                 "routes: GET /healthz /readyz /metrics /config, POST /reload\n".to_owned(),
             ),
         }
+    }
+
+    /// What a node that needs its database for no call (its log its own
+    /// or off, no consent) says of it while unreachable: it serves on,
+    /// but its rate shares and its row in the fleet's registry stand
+    /// still.
+    fn unready_database(&self) -> Option<String> {
+        let problem = self.fleet.as_ref()?.problem()?;
+        Some(format!(
+            "the fleet's database is unreachable ({problem}): calls are served, but this \
+             node's rate shares and its heartbeat are not kept up to date"
+        ))
     }
 
     /// Why calls cannot be served now; empty when they can.
