@@ -16,10 +16,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use govbridge::exchange_log::{ExchangeRecord, Phase, Store};
+use govbridge::proto::audit::v1::ListAccessesRequest;
+use govbridge::proto::audit::v1::data_tracker_client::DataTrackerClient;
 use govbridge::proto::civilregistry::v1::VerifyIdentityRequest;
 use govbridge::proto::civilregistry::v1::civil_registry_client::CivilRegistryClient;
 use support::{Bed, H2Client};
 use tokio::sync::Notify;
+
+/// The citizens' portal: the Data Tracker's client.
+const MYGOV: &str = "SN/GOV/MYGOV/app";
 
 /// A gateway process, killed if the test fails half-way.
 struct Process(Child);
@@ -243,7 +248,49 @@ async fn an_archive_run_under_load_then_sigkill_loses_nothing() {
 
     let (mut child, gateway) = spawn_gateway(&config);
     acknowledged.push(caller_once(&bed, gateway).await);
+    // The Data Tracker says when an answer reaches into archived time
+    // (the old calls ended 2 s after the epoch), and only then.
+    let mut tracker = DataTrackerClient::new(
+        H2Client::connect(gateway, bed.member_tls("mygov"))
+            .await
+            .unwrap(),
+    );
+    for (since_unix, archived_until_unix) in [(0, 2), (2, 2), (3, 0)] {
+        let answer = tracker
+            .list_accesses(ListAccessesRequest {
+                subject: bed.data.citizens[0].nin.to_string(),
+                since_unix,
+                limit: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            answer.archived_until_unix, archived_until_unix,
+            "since {since_unix}"
+        );
+        assert!(!answer.accesses.is_empty(), "since {since_unix}");
+    }
     assert!(kill(&mut child, "TERM").success());
+    // So does `audit query`.
+    for (since, noted) in [(None, true), (Some("1970-01-01T00:00:03Z"), false)] {
+        let mut args = vec!["audit", "query", "--limit", "1", "--data"];
+        args.push(data.to_str().unwrap());
+        args.extend(since.iter().flat_map(|since| ["--since", since]));
+        let output = Command::new(env!("CARGO_BIN_EXE_govbridge"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            said.contains(&format!(
+                "note: records up to 1970-01-01T00:00:02Z are archived (records before {SEGMENT})"
+            )),
+            noted,
+            "since {since:?}: {said}"
+        );
+    }
 
     let key = govbridge::exchange_log::note::Verifier::read(&data.join("log-key.pub")).unwrap();
     let report =
@@ -273,7 +320,8 @@ fn crash_config(bed: &Bed) -> (std::path::PathBuf, std::path::PathBuf) {
     std::fs::write(
         &config,
         format!(
-            "{text}\n[exchange_log]\ndata_dir = \"crash-data\"\ncheckpoint_interval = \"50ms\"\n"
+            "{text}\n[exchange_log]\ndata_dir = \"crash-data\"\ncheckpoint_interval = \"50ms\"\n\
+             data_tracker_clients = [\"{MYGOV}\"]\n"
         ),
     )
     .unwrap();
