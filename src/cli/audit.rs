@@ -154,6 +154,10 @@ pub enum AuditCommand {
         /// The call (bridge-request-id).
         #[arg(long, value_name = "ID")]
         request_id: String,
+        /// The archives of the log's older records (`audit archive --out`),
+        /// for a call that is archived.
+        #[arg(long, value_name = "DIR")]
+        archives: Option<PathBuf>,
         /// The partner's proof bundle.
         #[arg(long, value_name = "FILE")]
         proof: Option<PathBuf>,
@@ -313,6 +317,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
         AuditCommand::Receipt {
             data,
             request_id,
+            archives,
             proof,
             fetch,
             partner_key,
@@ -320,6 +325,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             key,
         } => receipt(
             &data,
+            archives.as_deref(),
             &request_id,
             match (&proof, &fetch) {
                 (Some(file), _) => PartnerProof::File(file),
@@ -764,6 +770,7 @@ enum PartnerProof<'a> {
 
 fn receipt(
     data: &Path,
+    archives: Option<&Path>,
     request_id: &str,
     proof: PartnerProof<'_>,
     [partner_key, federation_key]: [&Path; 2],
@@ -773,7 +780,7 @@ fn receipt(
     let partner_verifier = Verifier::read(partner_key).map_err(anyhow::Error::msg)?;
     let federation_verifier = Verifier::read(federation_key).map_err(anyhow::Error::msg)?;
     let home =
-        verify::prove_with_archives(data, None, &RecordKey::RequestId(request_id.to_owned()))
+        verify::prove_with_archives(data, archives, &RecordKey::RequestId(request_id.to_owned()))
             .with_context(|| data.join(DATABASE_FILE).display().to_string())?;
     let partner = match proof {
         PartnerProof::File(proof) => {

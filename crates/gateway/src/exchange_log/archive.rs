@@ -1043,6 +1043,68 @@ mod tests {
         );
     }
 
+    /// A call is proven by its request id from the archives too, which
+    /// have no lookups; without them, a call wholly or partly archived is
+    /// said to be so, never said not to exist nor proven by half.
+    #[test]
+    fn archived_calls_are_proven_by_request_id() {
+        let log = Log::new(SEGMENT + 10);
+        log.archive().unwrap();
+        // A call decided before the archive run and ended after it (a
+        // stream longer than the retention): its outcome is in the store.
+        {
+            let mut store = Store::open(log.dir.path(), ORIGIN).unwrap();
+            let mut frontier = store.frontier().unwrap();
+            let late = ExchangeRecord {
+                decision_index: 10,
+                ..record(11)
+            };
+            store
+                .append(&mut frontier, &[&late], Some((ORIGIN, &log.key)))
+                .unwrap();
+        }
+        let prove = |id: &str, archives: bool| {
+            verify::prove_with_archives(
+                log.dir.path(),
+                archives.then_some(log.out.path()),
+                &verify::RecordKey::RequestId(id.to_owned()),
+            )
+        };
+        for (id, indexes) in [
+            ("req-7", vec![14, 15]),
+            ("req-5", vec![10, 11, SEGMENT + 10]),
+            (
+                &*format!("req-{}", SEGMENT / 2 + 2),
+                vec![SEGMENT + 4, SEGMENT + 5],
+            ),
+        ] {
+            let bundles = prove(id, true).unwrap();
+            let proven: Vec<u64> = bundles.iter().map(|bundle| bundle.index).collect();
+            assert_eq!(proven, indexes, "{id}");
+            for bundle in &bundles {
+                verify::check_bundle(bundle, &log.key.verifier()).unwrap();
+            }
+        }
+        assert!(matches!(
+            prove("req-nobody", true),
+            Err(verify::ProveError::NoSuchRequest(_))
+        ));
+        // Without the archives.
+        for id in ["req-7", "req-5"] {
+            let refused = prove(id, false);
+            assert!(
+                matches!(
+                    refused,
+                    Err(verify::ProveError::ArchivedRequest { archived_end, .. })
+                        if archived_end == SEGMENT
+                ),
+                "{id}: {refused:?}"
+            );
+        }
+        let hot = format!("req-{}", SEGMENT / 2 + 2);
+        assert_eq!(prove(&hot, false).unwrap().len(), 2);
+    }
+
     /// A partner's checkpoint from before the archive run, ending inside
     /// what is now archived, is still proven a prefix of the log.
     #[test]

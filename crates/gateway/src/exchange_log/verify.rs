@@ -1016,8 +1016,33 @@ pub enum ProveError {
          name an archived record by its index"
     )]
     Archived { archived_end: u64 },
+    #[error(
+        "records before {archived_end} are archived, and call `{id}` is not wholly in the log \
+         here: give the directory of the archives to look for it there too"
+    )]
+    ArchivedRequest { id: String, archived_end: u64 },
     #[error(transparent)]
     Archive(#[from] archive::RunError),
+}
+
+/// The records of call `id` in the archives in `dir` (only those of
+/// records before `archived_end`: a run cut short left a copy of one
+/// segment in the store too), oldest first. Every archive is read: they
+/// keep no lookups.
+fn archived_records_of_request(
+    dir: &Path,
+    archived_end: u64,
+    id: &str,
+) -> Result<Vec<store::StoredRecord>, ProveError> {
+    let mut found = Vec::new();
+    for path in archive::list(dir).map_err(archive::RunError::from)? {
+        let records = archive::records(&path).map_err(archive::RunError::from)?;
+        found.extend(records.into_iter().filter(|stored| {
+            stored.index < archived_end
+                && stored.decode().is_ok_and(|record| record.request_id == id)
+        }));
+    }
+    Ok(found)
 }
 
 /// Proof bundles for the record(s) `key` names in the log in `dir`, against
@@ -1062,7 +1087,28 @@ pub fn prove_with_archives(
             }
         },
         RecordKey::RequestId(id) => {
-            let records = store.records_of_request(id)?;
+            // The archives have no lookups: a call is looked for in each.
+            let mut records = match archives.filter(|_| archived_end > 0) {
+                Some(archives) => archived_records_of_request(archives, archived_end, id)?,
+                None => Vec::new(),
+            };
+            records.extend(store.records_of_request(id)?);
+            records.truncate(store::MAX_RECORDS_OF_REQUEST);
+            if archives.is_none() && archived_end > 0 {
+                // A call whose decision left for an archive would be
+                // proven by half.
+                let decided_before = records.iter().any(|record| {
+                    record.decode().is_ok_and(|record| {
+                        record.phase() == Phase::Outcome && record.decision_index < archived_end
+                    })
+                });
+                if records.is_empty() || decided_before {
+                    return Err(ProveError::ArchivedRequest {
+                        id: id.clone(),
+                        archived_end,
+                    });
+                }
+            }
             if records.is_empty() {
                 return Err(ProveError::NoSuchRequest(id.clone()));
             }
