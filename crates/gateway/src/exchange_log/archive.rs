@@ -577,6 +577,17 @@ pub fn run(
     run_until(data, out, cutoff_us, verifier, each, || false)
 }
 
+/// With no gateway writing the log in `data`, no checkpointer copies the
+/// WAL into the database: the run does, after each segment, or the WAL
+/// would keep every page its removals touched (some 30 MB a segment of
+/// a gateway's records) until it ends. Beside a gateway, the gateway's
+/// checkpointer does it without holding its calls.
+fn restart_wal_alone(store: &mut Store, data: &Path) {
+    if !super::writer_running(data) {
+        store.restart_wal_above(0);
+    }
+}
+
 /// [`run`], stopping between two segments once `stop` says so.
 pub fn run_until(
     data: &Path,
@@ -590,6 +601,7 @@ pub fn run_until(
     let _lock = lock(data)?;
     // What a run cut short left between its file and its removal.
     store.remove_archived_rows()?;
+    restart_wal_alone(&mut store, data);
     remove_abandoned(out);
     let origin = store.origin()?;
     let mut archived = Archived::default();
@@ -637,6 +649,7 @@ pub fn run_until(
             .into());
         }
         store.remove_archived(segment, checked.manifest.last_at_us)?;
+        restart_wal_alone(&mut store, data);
         archived.records += SEGMENT;
         each(&path, SEGMENT);
         archived.files.push(path);
@@ -1103,6 +1116,35 @@ mod tests {
         }
         let hot = format!("req-{}", SEGMENT / 2 + 2);
         assert_eq!(prove(&hot, false).unwrap().len(), 2);
+    }
+
+    /// Run alone, the archiver keeps the WAL to about what one segment's
+    /// removal writes; beside a gateway (which holds the writer's lock),
+    /// it leaves the WAL to the gateway's checkpointer.
+    #[test]
+    fn alone_a_run_keeps_the_wal_to_a_segment() {
+        // The largest the WAL is after a segment.
+        let wal_peak = |beside_a_gateway: bool| {
+            let log = Log::new(3 * SEGMENT + 10);
+            let _gateway = beside_a_gateway.then(|| super::super::lock_writer(log.dir.path()));
+            let wal = log
+                .dir
+                .path()
+                .join(format!("{}-wal", super::super::store::DATABASE_FILE));
+            let mut peak = 0;
+            let archived = run(
+                log.dir.path(),
+                log.out.path(),
+                i64::MAX,
+                &log.key.verifier(),
+                |_, _| peak = peak.max(std::fs::metadata(&wal).unwrap().len()),
+            )
+            .unwrap();
+            assert_eq!(archived.records, 3 * SEGMENT);
+            peak
+        };
+        let (alone, beside) = (wal_peak(false), wal_peak(true));
+        assert!(2 * alone < beside, "WAL alone {alone} B, beside {beside} B");
     }
 
     /// A partner's checkpoint from before the archive run, ending inside

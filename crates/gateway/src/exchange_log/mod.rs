@@ -831,6 +831,12 @@ fn lock_writer(dir: &std::path::Path) -> Result<std::fs::File, OpenError> {
     }
 }
 
+/// Whether a gateway's writer holds the log in `dir` (or its lock cannot
+/// be told): its checkpointer then keeps the WAL bounded.
+fn writer_running(dir: &std::path::Path) -> bool {
+    lock_writer(dir).is_err()
+}
+
 impl<B: Backend> Writer<B> {
     fn run(mut self, queue: &Receiver<Job>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
