@@ -534,7 +534,7 @@ pub enum RunError {
     Archive(#[from] ArchiveError),
     /// Another run (the gateway's archiver, or `govbridge audit archive`)
     /// holds the log's archive lock: it does the work.
-    #[error("{}: another archive run of this log is going on (it holds the lock); this one stops", .0.display())]
+    #[error("{}: another archive run of this log, or an `audit verify`, holds the lock; this run stops", .0.display())]
     Busy(PathBuf),
 }
 
@@ -545,7 +545,7 @@ pub const LOCK_FILE: &str = "exchange-log.archive.lock";
 
 /// Takes the archive lock of the log in `data`, or says who holds it. The
 /// kernel drops the lock of a run that dies.
-fn lock(data: &Path) -> Result<File, RunError> {
+pub(super) fn lock(data: &Path) -> Result<File, RunError> {
     let path = data.join(LOCK_FILE);
     let file = File::options()
         .create(true)

@@ -1502,14 +1502,17 @@ impl Store {
         Ok(())
     }
 
-    /// Calls `each` with every record in order: its index, its queryable
-    /// columns as stored (named, as SQLite values, whatever their type),
-    /// its bytes and its leaf hash as stored (`None` if the log was written
-    /// without). For `audit verify`, which checks every column against the
-    /// record: the columns are only a copy, and a copy can be edited.
+    /// Calls `each` with every record from index `from` to `end`, in
+    /// order: its index, its queryable columns as stored (named, as SQLite
+    /// values, whatever their type), its bytes and its leaf hash as stored
+    /// (`None` if the log was written without). For `audit verify`, which
+    /// checks every column against the record: the columns are only a
+    /// copy, and a copy can be edited. One statement: outside a
+    /// transaction, one snapshot.
     pub fn for_each_row(
         &self,
         from: u64,
+        end: u64,
         mut each: impl FnMut(
             i64,
             &[(&'static str, rusqlite::types::Value)],
@@ -1524,10 +1527,12 @@ impl Store {
             .prepare(&format!(
                 "SELECT idx, phase, request_id, at_us, caller, provider, method, purpose, \
                  subject, allowed, grpc_status, error_kind, concealed_until, {more}, record, \
-                 {leaf} FROM records WHERE idx >= ?1 ORDER BY idx",
+                 {leaf} FROM records WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
             ))
             .at(&self.path)?;
-        let mut rows = statement.query([to_i64(from)]).at(&self.path)?;
+        let mut rows = statement
+            .query([to_i64(from), to_i64(end)])
+            .at(&self.path)?;
         let mut columns = Vec::with_capacity(COLUMNS.len());
         while let Some(row) = rows.next().at(&self.path)? {
             columns.clear();

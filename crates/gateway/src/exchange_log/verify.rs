@@ -161,13 +161,18 @@ pub struct Checked {
     pub of: u64,
 }
 
-/// How many records [`verify_watched`] checks between two reports.
-const REPORT_EVERY: u64 = 1 << 16;
+/// How many records of the hot store [`verify_watched`] reads in one
+/// snapshot, and then reports.
+const CHUNK: u64 = 1 << 16;
+
+/// The pause between two chunks read beside a gateway.
+const BETWEEN_CHUNKS: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// [`verify_with_archives`], telling `progress` how far it has gone: after
-/// each archive file, every 65,536 records of the hot store, and
-/// once when every record is read (then before the tree and the
-/// checkpoints, which take a fraction of the time).
+/// each archive file, and after each 65,536 records of the hot store (then
+/// with no snapshot held, unless an archive run beside keeps it); the last
+/// report comes before the tree and the checkpoints are checked, which
+/// take a fraction of the time.
 pub fn verify_watched(
     dir: &Path,
     archives: Option<&Path>,
@@ -175,17 +180,32 @@ pub fn verify_watched(
     progress: &mut dyn FnMut(Checked),
 ) -> Result<VerifyReport, VerifyError> {
     let store = Store::open_read_only(dir)?;
-    // One state of the log, whatever an archive run beside does meanwhile.
-    let _snapshot = store.snapshot()?;
+    // Only an archive run removes what was written. While this holds the
+    // archive lock none runs, and the records are read a chunk at a time,
+    // each in a snapshot of its own, so that a gateway writing beside can
+    // restart its WAL between two (a snapshot held for the minutes a large
+    // log takes would keep every frame written meanwhile). Without the
+    // lock (a run is going on, or the directory is read-only), one
+    // snapshot for everything.
+    let archive_lock = archive::lock(dir).ok();
+    let snapshot = store.snapshot()?;
     // Checkpoints first: each was committed with the records it covers, so
     // the records read next include them all even while the gateway
     // appends.
     let checkpoints = store.checkpoints()?;
     // Likewise, the segments sealed now were sealed with their records.
     let sealed_end = store.sealed_end()?;
+    let last_lookup_segment = store.last_lookup_segment()?;
     let sealed = lookup::segment_of(sealed_end);
     let archived_end = store.archived_end()?;
+    // Records appended from now on are left for the next verification.
     let of = store.size()?;
+    let whole = if archive_lock.is_some() {
+        drop(snapshot);
+        None
+    } else {
+        snapshot
+    };
     let sizes = checkpoints
         .iter()
         .map(|checkpoint| checkpoint.size)
@@ -219,11 +239,18 @@ pub fn verify_watched(
         // A directory not made yet holds none.
         walk.problem = walk.archives(archives, 0, verifier)?;
     }
-    if walk.problem.is_none() {
-        store.for_each_row(archived_end, |index, columns, bytes, leaf| {
+    let mut from = archived_end;
+    while walk.problem.is_none() && from < of {
+        if from > archived_end && whole.is_none() {
+            // The moment a gateway's writer needs to restart its WAL.
+            std::thread::sleep(BETWEEN_CHUNKS);
+        }
+        let end = of.min((from / CHUNK + 1) * CHUNK);
+        store.for_each_row(from, end, |index, columns, bytes, leaf| {
             walk.row(index, columns, &bytes, leaf.as_deref())
         })?;
         walk.report();
+        from = end;
     }
     let Walk {
         tree,
@@ -258,12 +285,7 @@ pub fn verify_watched(
     }
     let mut notes = Vec::new();
     if problem.is_none() && store.seals_lookups()? {
-        match check_sealed_end(
-            sealed_end,
-            archived_end,
-            tree.size(),
-            store.last_lookup_segment()?,
-        ) {
+        match check_sealed_end(sealed_end, archived_end, tree.size(), last_lookup_segment) {
             Ok(note) => notes.extend(note),
             Err(edited) => problem = Some(edited),
         }
@@ -350,9 +372,6 @@ impl Walk<'_> {
         self.rows += 1;
         if self.problem.is_none() {
             self.problem = self.check(index, columns, bytes, leaf)?.err();
-        }
-        if self.rows.is_multiple_of(REPORT_EVERY) {
-            self.report();
         }
         Ok(())
     }
@@ -1677,8 +1696,8 @@ mod tests {
     #[test]
     fn a_verification_tells_how_far_it_has_gone() {
         let mut log = TestLog::new();
-        log.many_calls(0..REPORT_EVERY / 2 + 10, 512);
-        let all = REPORT_EVERY + 20;
+        log.many_calls(0..CHUNK / 2 + 10, 512);
+        let all = CHUNK + 20;
         let mut told = Vec::new();
         let report = verify_watched(log.dir.path(), None, &log.key.verifier(), &mut |checked| {
             told.push(checked)
@@ -1690,7 +1709,7 @@ mod tests {
             told,
             [
                 Checked {
-                    records: REPORT_EVERY,
+                    records: CHUNK,
                     of: all
                 },
                 Checked {
@@ -1698,6 +1717,45 @@ mod tests {
                     of: all
                 },
             ]
+        );
+    }
+
+    /// Beside a gateway, the records are read a chunk at a time: between
+    /// two, the writer restarts its WAL. Beside an archive run (which
+    /// holds the archive lock), one snapshot for all, and it cannot.
+    #[test]
+    fn a_writer_beside_a_verification_restarts_its_wal_between_chunks() {
+        let mut log = TestLog::new();
+        log.many_calls(0..CHUNK + 10, 512);
+        let wal = log.dir.path().join(format!("{}-wal", store::DATABASE_FILE));
+        let TestLog {
+            dir,
+            key,
+            store,
+            frontier,
+        } = &mut log;
+        let late = record(1 << 20, Phase::Decision, 0);
+        let mut verify = || {
+            let mut sizes = Vec::new();
+            let report = verify_watched(dir.path(), None, &key.verifier(), &mut |_| {
+                store.append(frontier, &[&late], None).unwrap();
+                store.restart_wal_above(0);
+                sizes.push(std::fs::metadata(&wal).unwrap().len());
+            })
+            .unwrap();
+            assert_eq!(report.problem, None);
+            sizes
+        };
+        let beside_a_gateway = verify();
+        assert!(
+            beside_a_gateway.len() == 3 && beside_a_gateway.iter().all(|size| *size == 0),
+            "{beside_a_gateway:?}"
+        );
+        let _run = archive::lock(dir.path()).unwrap();
+        let beside_a_run = verify();
+        assert!(
+            beside_a_run.len() == 3 && beside_a_run.iter().all(|size| *size > 0),
+            "{beside_a_run:?}"
         );
     }
 
