@@ -323,6 +323,129 @@ async fn a_use_that_relays_no_answer_is_given_back_once() {
     bed.stop().await;
 }
 
+/// Consent `id` for `max_uses` calls, valid for an hour.
+fn consent_claims(id: &str, max_uses: u32) -> govbridge::consent::artefact::ConsentClaims {
+    govbridge::consent::artefact::ConsentClaims {
+        consent_id: id.to_owned(),
+        subject: "1001199012345".to_owned(),
+        consumer: "SN/COM/CBAO/credit".to_owned(),
+        providers: vec!["SN/GOV/DGID/tax".to_owned()],
+        methods: vec![CLEARANCE.to_owned()],
+        purpose: "CREDIT-SCORING".to_owned(),
+        not_before: 0,
+        expires: govbridge::unix_time::now() + 3600,
+        max_uses,
+        issuer: "SN/GOV/MYGOV/app".to_owned(),
+        issued_at: 0,
+    }
+}
+
+/// The uses of `consent` counted in the fleet's database, when it can be
+/// reached.
+async fn counted(database: &govbridge::database::Database, consent: &str) -> Option<i32> {
+    let consent = consent.to_owned();
+    database
+        .run(|client| async move {
+            let row = client
+                .query_one(
+                    "SELECT counted FROM consent_uses WHERE consent = $1",
+                    &[&consent],
+                )
+                .await?;
+            Ok(row.get(0))
+        })
+        .await
+        .ok()
+}
+
+/// A call refused after its use was taken, while the database is down,
+/// gives the use back once the database is back: none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_use_given_back_while_the_database_is_down_is_given_back_once_it_is_up() {
+    let mut cluster = Cluster::start_temporary().unwrap();
+    let database = connect(&cluster).await;
+    let ledger = govbridge::consent::ConsentLedger::open_shared(
+        Duration::from_secs(3600),
+        std::sync::Arc::clone(&database),
+    )
+    .await
+    .unwrap();
+    ledger.heartbeat(0);
+    let claims = consent_claims("down-then-up", 1);
+    let mut reservation = ledger.admit(&claims).unwrap();
+    reservation.durable().await.unwrap();
+    cluster.stop().unwrap();
+    // The node has seen its connection go.
+    let gone = database
+        .run(|client| async move { client.simple_query("SELECT 1").await })
+        .await;
+    assert!(gone.is_err(), "{gone:?}");
+    drop(reservation);
+    // Its give-back, on another worker, meets the database down (it is
+    // tried again a second later).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    cluster.restart().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counted(&database, "down-then-up").await != Some(0) {
+        assert!(Instant::now() < deadline, "the use never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The one use is there to take again.
+    let mut again = ledger.admit(&claims).unwrap();
+    again.durable().await.unwrap();
+}
+
+/// A call that stops waiting while its use is being taken (its deadline,
+/// here a lock held on the count) gives the use back once the take lands.
+#[tokio::test]
+async fn a_use_taken_after_its_call_stopped_waiting_is_given_back() {
+    let cluster = Cluster::start_temporary().unwrap();
+    let database = connect(&cluster).await;
+    let ledger = govbridge::consent::ConsentLedger::open_shared(
+        Duration::from_secs(3600),
+        std::sync::Arc::clone(&database),
+    )
+    .await
+    .unwrap();
+    ledger.heartbeat(0);
+    let claims = consent_claims("slow-take", 2);
+    let mut first = ledger.admit(&claims).unwrap();
+    first.durable().await.unwrap();
+    first.spend();
+    assert_eq!(counted(&database, "slow-take").await, Some(1));
+
+    // Another session holds the count's row.
+    let holder = connect(&cluster).await;
+    holder
+        .run(|client| async move {
+            client
+                .batch_execute(
+                    "BEGIN; SELECT counted FROM consent_uses WHERE consent = 'slow-take' \
+                     FOR UPDATE",
+                )
+                .await
+        })
+        .await
+        .unwrap();
+    let mut second = ledger.admit(&claims).unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(300), second.durable()).await;
+    assert!(waited.is_err(), "the take did not wait for the lock");
+    drop(second);
+    holder
+        .run(|client| async move { client.batch_execute("COMMIT").await })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counted(&database, "slow-take").await != Some(1) {
+        assert!(
+            Instant::now() < deadline,
+            "the use taken late never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A node that needs its database for no call (log off, no consent)
 /// serves on while the database is down, and its `/readyz` says what it
 /// cannot reach.

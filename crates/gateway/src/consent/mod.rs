@@ -501,13 +501,18 @@ enum Recording {
     Done,
     /// On its way to the use book.
     Book(Durable),
-    /// Still to be taken from the fleet's counts, which decide; dropped
-    /// in this state (also half-way through taking it, when whether the
-    /// count moved is unknown) nothing is given back: a consent may lose a
-    /// use, never gain one.
+    /// Still to be taken from the fleet's counts, which decide.
     Shared {
         uses: Arc<SharedUses>,
         max_uses: u32,
+    },
+    /// Being taken, on a task of its own: dropped in this state (the
+    /// call's deadline passed), the task finishes and a use it took is
+    /// given back.
+    Taking {
+        uses: Arc<SharedUses>,
+        max_uses: u32,
+        task: tokio::task::JoinHandle<Result<bool, UseBookError>>,
     },
     /// Taken from the fleet's counts: given back if no answer is relayed.
     Taken(Arc<SharedUses>),
@@ -547,8 +552,28 @@ impl UseReservation {
             }
             Recording::Shared { uses, max_uses } => {
                 let (uses, max_uses) = (Arc::clone(uses), *max_uses);
-                // Cancelled here (the deadline), the state stays `Shared`.
-                let taken = uses.take(&self.consent, max_uses, self.expires).await;
+                let task = tokio::spawn({
+                    let (uses, consent, expires) =
+                        (Arc::clone(&uses), self.consent.clone(), self.expires);
+                    async move { uses.take(&consent, max_uses, expires).await }
+                });
+                self.durable = Recording::Taking {
+                    uses,
+                    max_uses,
+                    task,
+                };
+                Box::pin(self.durable()).await
+            }
+            Recording::Taking {
+                uses,
+                max_uses,
+                task,
+            } => {
+                let (uses, max_uses) = (Arc::clone(uses), *max_uses);
+                // Cancelled here (the deadline), the state stays `Taking`.
+                let taken = task
+                    .await
+                    .unwrap_or_else(|failed| Err(UseBookError::Write(failed.to_string())));
                 self.durable = match taken {
                     Ok(true) => Recording::Taken(uses),
                     // Refused, or failed without saying whether the count
@@ -579,11 +604,22 @@ impl Drop for UseReservation {
         if self.settled {
             return;
         }
-        match &self.durable {
+        match std::mem::replace(&mut self.durable, Recording::Done) {
             Recording::Done | Recording::Book(_) => {
                 self.ledger.settle(&self.consent, self.expires, false);
             }
-            Recording::Taken(uses) => uses.give_back(&self.consent),
+            Recording::Taken(uses) => uses.give_back(&self.consent, self.expires),
+            Recording::Taking { uses, task, .. } => {
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    return;
+                };
+                let (consent, expires) = (std::mem::take(&mut self.consent), self.expires);
+                runtime.spawn(async move {
+                    if let Ok(Ok(true)) = task.await {
+                        uses.give_back(&consent, expires);
+                    }
+                });
+            }
             Recording::Shared { .. } | Recording::Refused(_) => {}
         }
     }

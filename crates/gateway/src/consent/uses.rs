@@ -175,34 +175,56 @@ impl SharedUses {
         Ok(taken.is_some())
     }
 
-    /// Gives back a use taken by a call that relayed no answer. Not waited
-    /// for: a give-back that is lost only costs the consent a use.
-    pub fn give_back(self: &Arc<Self>, consent: &str) {
+    /// Gives back a use taken by a call that relayed no answer (refused
+    /// after the use was taken, its caller gone). Not waited for. While
+    /// the database cannot be reached it is tried again, until the
+    /// consent `expires` or the node stops; a give-back whose statement
+    /// was sent and not answered is not (it may have counted, and a
+    /// consent may lose a use, never gain one).
+    pub fn give_back(self: &Arc<Self>, consent: &str, expires: i64) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // Dropped outside the runtime (at exit): the use stays spent.
             return;
         };
         let (uses, consent) = (Arc::clone(self), consent.to_owned());
         runtime.spawn(async move {
-            let owned = consent.clone();
-            let given = uses
-                .database
-                .run(|client| async move {
-                    client
-                        .execute(
-                            "UPDATE consent_uses SET counted = counted - 1
-                             WHERE consent = $1 AND counted > 0",
-                            &[&owned.as_str()],
-                        )
-                        .await
-                })
-                .await;
-            if let Err(error) = given {
+            let mut wait = GIVE_BACK_RETRY;
+            loop {
+                let owned = consent.clone();
+                let given = uses
+                    .database
+                    .run_once(|client| async move {
+                        client
+                            .execute(
+                                "UPDATE consent_uses SET counted = counted - 1
+                                 WHERE consent = $1 AND counted > 0",
+                                &[&owned.as_str()],
+                            )
+                            .await
+                    })
+                    .await;
+                let error = match given {
+                    Ok(Ok(_)) => return,
+                    Ok(Err(error)) => error,
+                    Err(unsent) if !unsent.stopped && crate::unix_time::now() < expires => {
+                        tracing::debug!(error = %unsent.error, consent, "a consent use waits to be given back");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(GIVE_BACK_RETRY_MOST);
+                        continue;
+                    }
+                    Err(unsent) => unsent.error,
+                };
                 tracing::warn!(%error, consent, "a consent use could not be given back");
+                return;
             }
         });
     }
 }
+
+/// The first wait before a give-back is tried again, doubled each time up
+/// to [`GIVE_BACK_RETRY_MOST`].
+const GIVE_BACK_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+const GIVE_BACK_RETRY_MOST: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn open_error(error: DatabaseError) -> UseBookError {
     UseBookError::OpenShared(error.to_string())

@@ -626,6 +626,14 @@ pub enum DatabaseError {
     Failed { url: String, detail: String },
 }
 
+/// A statement [`Database::run_once`] did not send.
+#[derive(Debug)]
+pub struct Unsent {
+    /// The node stopped: none will be sent again.
+    pub stopped: bool,
+    pub error: DatabaseError,
+}
+
 /// Drives a connection until it closes, and says why it did.
 async fn watch<F>(connection: F, url: String)
 where
@@ -754,6 +762,35 @@ impl Database {
         F: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
     {
         let client = self.client().await?;
+        self.run_on(client, query).await
+    }
+
+    /// [`Self::run`], for a statement that must run at most once and may
+    /// be tried again: `Err(Unsent)` when it certainly was not sent (no
+    /// connection could be had, or the node stopped), `Ok(Err(_))` when
+    /// it failed or whether it ran is unknown.
+    pub async fn run_once<T, F>(
+        &self,
+        query: impl FnOnce(Arc<Client>) -> F,
+    ) -> Result<Result<T, DatabaseError>, Unsent>
+    where
+        F: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        let client = self.client().await.map_err(|error| Unsent {
+            stopped: self.is_closed(),
+            error,
+        })?;
+        Ok(self.run_on(client, query).await)
+    }
+
+    async fn run_on<T, F>(
+        &self,
+        client: Arc<Client>,
+        query: impl FnOnce(Arc<Client>) -> F,
+    ) -> Result<T, DatabaseError>
+    where
+        F: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    {
         match tokio::time::timeout(QUERY_TIMEOUT, query(Arc::clone(&client))).await {
             Ok(answer) => answer.map_err(|error| self.failed(&error)),
             Err(_) => {
