@@ -171,6 +171,18 @@ impl Database {
         .map(|written| written == 1)
     }
 
+    /// The database's size on disk, in bytes (`pg_database_size`: its
+    /// tables and indexes, not the server's WAL).
+    pub async fn size(&self) -> Result<u64, DatabaseError> {
+        self.run(|client| async move {
+            let row = client
+                .query_one("SELECT pg_database_size(current_database())", &[])
+                .await?;
+            Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+        })
+        .await
+    }
+
     /// Node `id` stopped cleanly.
     pub async fn deregister(&self, id: &str) -> Result<(), DatabaseError> {
         self.run(|client| async move {

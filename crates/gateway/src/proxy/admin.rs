@@ -580,6 +580,15 @@ fn render_fleet(
         u8::from(fleet.problem().is_none()),
         fleet.round_trip().as_secs_f64()
     );
+    if let Some(bytes) = fleet.database_bytes() {
+        let _ = writeln!(
+            out,
+            "# HELP govbridge_fleet_database_bytes The fleet's database's size on disk (its \
+             log's tables among the rest), read every minute.\n\
+             # TYPE govbridge_fleet_database_bytes gauge\n\
+             govbridge_fleet_database_bytes {bytes}"
+        );
+    }
 }
 
 /// Whether calls go to and come from each partner instance now: 0 while

@@ -102,6 +102,9 @@ pub struct FleetLink {
     /// How long the last heartbeat that was answered took, in
     /// microseconds: the database's latency as a node sees it.
     round_trip_us: std::sync::atomic::AtomicU64,
+    /// The database's size on disk, in bytes, as last read (every minute);
+    /// 0 until read.
+    database_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl FleetLink {
@@ -116,6 +119,17 @@ impl FleetLink {
             self.round_trip_us
                 .load(std::sync::atomic::Ordering::Relaxed),
         )
+    }
+
+    /// The database's size on disk as last read, if it was.
+    pub fn database_bytes(&self) -> Option<u64> {
+        match self
+            .database_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => None,
+            bytes => Some(bytes),
+        }
     }
 
     /// This node as it registers, with the fingerprints of `state`.
@@ -181,6 +195,16 @@ impl FleetLink {
                 && let Err(error) = self.database.forget_demand().await
             {
                 tracing::debug!(%error, "cannot forget the nodes' old demand reports");
+            }
+            // The log's tables grow in the database: its size, for the
+            // alert that sees a disk fill a week ahead.
+            if beat % 60 == 0 {
+                match self.database.size().await {
+                    Ok(bytes) => self
+                        .database_bytes
+                        .store(bytes, std::sync::atomic::Ordering::Relaxed),
+                    Err(error) => tracing::debug!(%error, "cannot read the database's size"),
+                }
             }
             let info = self.info(&state.load());
             let started = std::time::Instant::now();
@@ -382,6 +406,7 @@ impl Gateway {
                     },
                     problem: arc_swap::ArcSwapOption::empty(),
                     round_trip_us: std::sync::atomic::AtomicU64::new(0),
+                    database_bytes: std::sync::atomic::AtomicU64::new(0),
                 };
                 Some(Arc::new(link))
             }
