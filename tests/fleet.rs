@@ -323,6 +323,219 @@ async fn a_use_that_relays_no_answer_is_given_back_once() {
     bed.stop().await;
 }
 
+/// `govbridge dev --nodes 3` starts a throwaway PostgreSQL cluster, the
+/// agencies and three nodes sharing it: each node serves a call, `fleet
+/// status` lists the three up, and SIGTERM stops everything cleanly.
+#[tokio::test]
+async fn dev_runs_a_fleet_of_three_nodes() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_govbridge"))
+        .args(["dev", "--nodes", "3", "--dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let said = tokio::task::spawn_blocking(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut said = Vec::new();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            let done = line.starts_with("Stop with Ctrl-C.");
+            said.push(line);
+            if done {
+                break;
+            }
+        }
+        // Drained from now on, so that the process never blocks on it.
+        std::thread::spawn(move || lines.for_each(drop));
+        said
+    })
+    .await
+    .unwrap();
+    let addresses: Vec<SocketAddr> = said
+        .iter()
+        .filter_map(|line| line.split_once(" listening on https://"))
+        .map(|(_, rest)| rest.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(addresses.len(), 3, "{said:#?}");
+
+    let pki = dir.path().join("pki");
+    let tls = govbridge::identity::tls::ClientTls::new(
+        pki.join("ca.pem"),
+        pki.join("member-cbao-kyc.pem"),
+        pki.join("member-cbao-kyc.key"),
+    )
+    .client_config()
+    .unwrap();
+    for address in &addresses {
+        let client = H2Client::connect(*address, tls.clone()).await.unwrap();
+        let answer = CivilRegistryClient::new(client)
+            .verify_identity(declared(
+                govbridge::proto::civilregistry::v1::VerifyIdentityRequest {
+                    nin: "1001199012345".to_owned(),
+                    first_names: "Awa".to_owned(),
+                    last_name: "Diop".to_owned(),
+                    date_of_birth: "1990-01-01".to_owned(),
+                },
+                "KYC",
+            ))
+            .await;
+        // The registry's answer, whatever it is, came through the node.
+        if let Err(status) = &answer {
+            assert_eq!(bridge_error(status), None, "{address}: {status:?}");
+        }
+    }
+    let node = dir.path().join("node-1.toml");
+    let status = support::govbridge(&[
+        "fleet",
+        "status",
+        "--json",
+        "--config",
+        node.to_str().unwrap(),
+    ]);
+    assert!(status.status.success(), "{}", support::text(&status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let up = states(&status)
+        .iter()
+        .filter(|(_, state, differs)| state == "up" && !differs)
+        .count();
+    assert_eq!(up, 3, "{status}");
+
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "dev did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+}
+
+/// A node whose database it cannot use does not start, and says why:
+/// nothing answers at the address, the database does not exist, or its
+/// schema is newer than the node knows.
+#[tokio::test]
+async fn a_node_that_cannot_use_its_database_says_why_it_does_not_start() {
+    let cluster = Cluster::start_temporary().unwrap();
+    let bed = dev_bed().await;
+    let config = |name: &str, url: &str| {
+        let id = format!("node_id = \"{name}\"");
+        let path = node_config(&bed, &cluster, name, &[&id], "");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace(&cluster.url(), url);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nobody = format!("postgres://govbridge@127.0.0.1:{port}/govbridge");
+    let said = fails_to_start(&config("nobody", &nobody)).await;
+    assert!(
+        said.contains(&format!("the database {nobody} is unreachable")),
+        "{said}"
+    );
+
+    let (server, _) = cluster
+        .url()
+        .rsplit_once('/')
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .unwrap();
+    let missing = format!("{server}/nosuchdb");
+    let said = fails_to_start(&config("missing", &missing)).await;
+    assert!(
+        said.contains(&missing) && said.contains("\"nosuchdb\" does not exist"),
+        "{said}"
+    );
+
+    cluster
+        .psql(
+            "govbridge",
+            "CREATE TABLE govbridge_schema (version integer PRIMARY KEY, \
+             applied_at timestamptz NOT NULL DEFAULT now()); \
+             INSERT INTO govbridge_schema (version) VALUES (999)",
+        )
+        .unwrap();
+    let said = fails_to_start(&config("behind", &cluster.url())).await;
+    assert!(
+        said.contains("has schema version 999, newer than this gateway's")
+            && said.contains("upgrade the gateway"),
+        "{said}"
+    );
+    bed.stop().await;
+}
+
+/// A consent revoked at MyGov is refused by every node within a second
+/// (each follows the portal's feed).
+#[tokio::test]
+async fn a_revocation_reaches_every_node_within_a_second() {
+    let cluster = Cluster::start_temporary().unwrap();
+    let bed = dev_bed().await;
+    let nodes = nodes(&bed, &cluster, 3);
+    let nin = bed.data.citizens[0].nin.to_string();
+    let granted = ConsentClient::new(bed.client("mygov").await)
+        .grant(declared(
+            GrantRequest {
+                nin: nin.clone(),
+                consumer: "SN/COM/CBAO/credit".to_owned(),
+                providers: vec!["SN/GOV/DGID/tax".to_owned()],
+                methods: vec![CLEARANCE.to_owned()],
+                purpose: "CREDIT-SCORING".to_owned(),
+                not_before: 0,
+                expires: 0,
+                max_uses: 100,
+            },
+            "CITIZEN-SELF-SERVICE",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    for node in &nodes {
+        until_the_feed_is_fresh(&bed, node.address, &granted.artefact).await;
+    }
+    ConsentClient::new(bed.client("mygov").await)
+        .revoke(declared(
+            govbridge::proto::consent::v1::ConsentRef {
+                nin,
+                consent_id: granted.consent_id.clone(),
+            },
+            "CITIZEN-SELF-SERVICE",
+        ))
+        .await
+        .unwrap();
+    let revoked = Instant::now();
+    for node in &nodes {
+        loop {
+            match clearance(&bed, node.address, &granted.artefact).await {
+                Err(status) if bridge_error(&status).as_deref() == Some("consent-revoked") => break,
+                other => {
+                    assert!(
+                        revoked.elapsed() < Duration::from_secs(1),
+                        "{}: still {other:?} a second after the revocation",
+                        node.address
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+    drop(nodes);
+    bed.stop().await;
+}
+
 /// Consent `id` for `max_uses` calls, valid for an hour.
 fn consent_claims(id: &str, max_uses: u32) -> govbridge::consent::artefact::ConsentClaims {
     govbridge::consent::artefact::ConsentClaims {
@@ -1190,6 +1403,18 @@ async fn the_fleet_fails_closed_while_the_database_is_down() {
         }
     }
     every_call_recorded(&cluster, &answered);
+    // Nothing reached the backend unlogged: every call the registry
+    // received, answered or not, has its decision in the log.
+    let decided: std::collections::HashSet<String> = logged(&cluster)
+        .into_iter()
+        .filter(|(_, phase, _)| phase == "decision")
+        .map(|(request, _, _)| request)
+        .collect();
+    let received = bed.fault("civil-registry", 0).received();
+    assert!(received.len() >= answered.len(), "{}", received.len());
+    for id in &received {
+        assert!(decided.contains(id), "{id} reached the backend unlogged");
+    }
     drop(nodes);
     bed.stop().await;
 }

@@ -155,9 +155,17 @@ fn code(value: &str) -> Result<Code, String> {
 }
 
 /// The fault an agency applies to calls that ask for none; shared between
-/// the agency and whoever holds a clone.
+/// the agency and whoever holds a clone. It also keeps the request ids of
+/// the last calls that reached the agency, for a test to tell what was
+/// forwarded.
 #[derive(Debug, Clone, Default)]
-pub struct FaultSwitch(Arc<ArcSwapOption<Switched>>);
+pub struct FaultSwitch {
+    switched: Arc<ArcSwapOption<Switched>>,
+    received: Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+}
+
+/// Request ids a switch keeps, at most: the oldest go first.
+const RECEIVED_KEPT: usize = 1 << 16;
 
 /// A fault set on a switch, and which calls it reaches.
 #[derive(Debug)]
@@ -189,7 +197,7 @@ impl FaultSwitch {
     }
 
     fn store(&self, fault: Fault, gateway_calls: bool) {
-        self.0.store(Some(Arc::new(Switched {
+        self.switched.store(Some(Arc::new(Switched {
             fault,
             gateway_calls,
         })));
@@ -197,12 +205,42 @@ impl FaultSwitch {
 
     /// Calls are answered normally again.
     pub fn clear(&self) {
-        self.0.store(None);
+        self.switched.store(None);
+    }
+
+    /// The `bridge-request-id`s of the calls that reached the agency
+    /// (of the last 65,536), oldest first; the gateway's own calls
+    /// (health checks, the consent feed) are not among them.
+    pub fn received(&self) -> Vec<String> {
+        let received = self
+            .received
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        received.iter().cloned().collect()
+    }
+
+    fn receive(&self, request: &http::Request<Incoming>) {
+        if is_gateway_call(request.uri().path()) {
+            return;
+        }
+        let id = request
+            .headers()
+            .get(gateway::wire::headers::BRIDGE_REQUEST_ID)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        let mut received = self
+            .received
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if received.len() == RECEIVED_KEPT {
+            received.pop_front();
+        }
+        received.push_back(id.to_owned());
     }
 
     /// The fault for a call to `path`, if any.
     fn current(&self, path: &str) -> Option<Fault> {
-        let switched = self.0.load();
+        let switched = self.switched.load();
         let switched = switched.as_deref()?;
         (switched.gateway_calls || !is_gateway_call(path)).then(|| switched.fault.clone())
     }
@@ -212,6 +250,7 @@ impl FaultSwitch {
 pub fn with_faults(service: AgencyService, switch: FaultSwitch) -> AgencyService {
     let faulty = tower::service_fn(move |request: http::Request<Incoming>| {
         let service = service.clone();
+        switch.receive(&request);
         let fault = match request.headers().get(FAULT_HEADER) {
             Some(value) => value
                 .to_str()
