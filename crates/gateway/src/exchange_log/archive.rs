@@ -1517,6 +1517,54 @@ mod tests {
         assert_eq!(log.verify().unwrap().problem, None);
     }
 
+    /// A full disk while the archived records are removed (the file
+    /// written and checked, the segment claimed) fails the run with the
+    /// disk's error; the log still verifies with its archives, and the
+    /// next run finishes the removal.
+    #[test]
+    fn a_full_disk_while_removing_is_finished_by_the_next_run() {
+        let log = Log::new(SEGMENT + 10);
+        let database = log.dir.path().join(super::super::store::DATABASE_FILE);
+        // Every removal fails as on a full disk (SQLITE_FULL).
+        rusqlite::Connection::open(&database)
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER simulated_full BEFORE DELETE ON records \
+                 BEGIN SELECT RAISE(ABORT, 'database or disk is full (simulated)'); END;",
+            )
+            .unwrap();
+        let failed = log.archive().unwrap_err();
+        assert!(failed.to_string().contains("disk is full"), "{failed}");
+        assert_eq!(log.files().len(), 1);
+        let store = Store::open_read_only(log.dir.path()).unwrap();
+        assert_eq!(store.archived_end().unwrap(), SEGMENT);
+        assert_eq!(
+            store
+                .select("SELECT idx, record FROM records", [])
+                .unwrap()
+                .len() as u64,
+            SEGMENT + 10
+        );
+        drop(store);
+        assert_eq!(log.verify().unwrap().problem, None);
+
+        rusqlite::Connection::open(&database)
+            .unwrap()
+            .execute_batch("DROP TRIGGER simulated_full")
+            .unwrap();
+        // Nothing left to archive; the removal is finished.
+        assert_eq!(log.archive().unwrap().records, 0);
+        let store = Store::open_read_only(log.dir.path()).unwrap();
+        assert_eq!(
+            store
+                .select("SELECT idx, record FROM records", [])
+                .unwrap()
+                .len(),
+            10
+        );
+        assert_eq!(log.verify().unwrap().problem, None);
+    }
+
     /// What a run killed while writing left is removed by the next run;
     /// a live run's file stays.
     #[test]
