@@ -297,6 +297,47 @@ async fn an_archive_run_under_load_then_sigkill_loses_nothing() {
         govbridge::exchange_log::verify::verify_with_archives(&data, Some(&archives), &key)
             .unwrap();
     assert!(report.is_ok(), "{report:?}");
+    // As an auditor does it: archives and hot store verified together,
+    // then an archived call proven by its request id and checked offline.
+    let public = data.join("log-key.pub");
+    let audit = |args: &[&std::ffi::OsStr]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_govbridge"))
+            .arg("audit")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let verified = audit(&[
+        "verify".as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--archives".as_ref(),
+        archives.as_os_str(),
+        "--key".as_ref(),
+        public.as_os_str(),
+    ]);
+    assert!(verified.ends_with("ok\n"), "{verified}");
+    let proof = bed.dir().join("old-5.json");
+    audit(&[
+        "prove".as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--archives".as_ref(),
+        archives.as_os_str(),
+        "--request-id".as_ref(),
+        "old-5".as_ref(),
+        "--out".as_ref(),
+        proof.as_os_str(),
+    ]);
+    let checked = audit(&[
+        "check-proof".as_ref(),
+        proof.as_os_str(),
+        "--key".as_ref(),
+        public.as_os_str(),
+    ]);
+    assert!(checked.contains("old-5"), "{checked}");
     let store = Store::open_read_only(&data).unwrap();
     assert_eq!(store.archived_end().unwrap(), SEGMENT);
     for id in &acknowledged {
