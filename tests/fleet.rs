@@ -1958,6 +1958,26 @@ async fn a_partners_assertion_is_used_once_across_the_fleet() {
     bed.stop().await;
 }
 
+/// A fleet node whose log is off still needs its database for its
+/// partners' assertions (their nonces): with the database down, `/readyz`
+/// says their calls are refused.
+#[tokio::test]
+async fn readyz_names_partners_calls_refused_without_the_database() {
+    let mut cluster = Cluster::start_temporary().unwrap();
+    let bed = dev_bed().await;
+    let fleet = federated_fleet_with(&bed, &cluster, "enabled = false").await;
+    until_ready(fleet.nodes[0].admin, true).await;
+    cluster.stop().unwrap();
+    until_ready(fleet.nodes[0].admin, false).await;
+    let (_, body) = support::admin_request(fleet.nodes[0].admin, "GET", "/readyz").await;
+    assert!(
+        body.contains("calls from partner instances are refused"),
+        "{body}"
+    );
+    drop(fleet);
+    bed.stop().await;
+}
+
 /// Calls across the border through both nodes of a fleet: each node
 /// keeps the partner's receipt of its calls in the fleet's database, and
 /// the auditor's pulled copy checks every cross receipt in one place.

@@ -547,11 +547,7 @@ pub const LOCK_FILE: &str = "exchange-log.archive.lock";
 /// kernel drops the lock of a run that dies.
 pub(super) fn lock(data: &Path) -> Result<File, RunError> {
     let path = data.join(LOCK_FILE);
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
+    let file = create_lock_file(&path)
         .map_err(|e| error(&path, format!("cannot open the archive lock: {e}")))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
@@ -560,6 +556,27 @@ pub(super) fn lock(data: &Path) -> Result<File, RunError> {
             Err(error(&path, format!("cannot take the archive lock: {e}")).into())
         }
     }
+}
+
+/// Opens the lock file at `path`, made private if it is new.
+pub(super) fn create_lock_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// The archive lock of the log in `data`, if its file is there (a gateway
+/// makes it when it opens the log) and no run holds it; never creates
+/// anything, for readers of a log that may not be theirs to write in.
+pub(super) fn lock_if_there(data: &Path) -> Option<File> {
+    // A lock is taken on a file open for reading as well.
+    let file = File::open(data.join(LOCK_FILE)).ok()?;
+    file.try_lock().ok()?;
+    Some(file)
 }
 
 /// Moves every segment of the log in `data` whose records all happened

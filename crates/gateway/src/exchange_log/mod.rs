@@ -426,6 +426,13 @@ impl ExchangeLog {
         let dir = &config.data_dir;
         create_private_dir(dir)?;
         let lock = lock_writer(dir)?;
+        // Made here, private, by the log's owner: `audit verify` takes it
+        // (to read the hot store a chunk at a time) but never makes it.
+        let archive_lock = dir.join(archive::LOCK_FILE);
+        archive::create_lock_file(&archive_lock).map_err(|error| OpenError::File {
+            path: archive_lock.clone(),
+            message: format!("cannot make the log's archive lock: {error}"),
+        })?;
         let key = load_or_create_key(dir, &config.origin)?;
         let store = Store::open(dir, &config.origin)?;
         let frontier = store.frontier()?;
@@ -812,29 +819,38 @@ fn lock_writer(dir: &std::path::Path) -> Result<std::fs::File, OpenError> {
         path: path.clone(),
         message,
     };
-    let file = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
+    let file = archive::create_lock_file(&path)
         .map_err(|error| failed(format!("cannot open the log's lock: {error}")))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(failed(
-            "another gateway writes this exchange log (it holds this lock): give each gateway \
-             its own exchange_log.data_dir, or stop the other first"
-                .to_owned(),
-        )),
-        Err(std::fs::TryLockError::Error(error)) => {
-            Err(failed(format!("cannot take the log's lock: {error}")))
+    // An archive run tells whether a gateway writes by taking the lock for
+    // a moment (`writer_running`): a start at that moment tries again.
+    let mut tries = 50;
+    loop {
+        tries -= 1;
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if tries > 0 => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(failed(
+                    "another gateway writes this exchange log (it holds this lock): give each \
+                     gateway its own exchange_log.data_dir, or stop the other first"
+                        .to_owned(),
+                ));
+            }
+            Err(std::fs::TryLockError::Error(error)) => {
+                return Err(failed(format!("cannot take the log's lock: {error}")));
+            }
         }
     }
 }
 
 /// Whether a gateway's writer holds the log in `dir` (or its lock cannot
-/// be told): its checkpointer then keeps the WAL bounded.
+/// be told): its checkpointer then keeps the WAL bounded. Looked at by
+/// taking the lock for a moment, never making its file.
 fn writer_running(dir: &std::path::Path) -> bool {
-    lock_writer(dir).is_err()
+    // No file: no gateway ever wrote here.
+    std::fs::File::open(dir.join(WRITER_LOCK)).is_ok_and(|file| file.try_lock().is_err())
 }
 
 impl<B: Backend> Writer<B> {

@@ -185,9 +185,9 @@ pub fn verify_watched(
     // each in a snapshot of its own, so that a gateway writing beside can
     // restart its WAL between two (a snapshot held for the minutes a large
     // log takes would keep every frame written meanwhile). Without the
-    // lock (a run is going on, or the directory is read-only), one
-    // snapshot for everything.
-    let archive_lock = archive::lock(dir).ok();
+    // lock (a run is going on, or no gateway ever made its file: a copy),
+    // one snapshot for everything.
+    let archive_lock = archive::lock_if_there(dir);
     let snapshot = store.snapshot()?;
     // Checkpoints first: each was committed with the records it covers, so
     // the records read next include them all even while the gateway
@@ -1684,7 +1684,11 @@ mod tests {
     #[test]
     fn an_intact_log_verifies() {
         let log = TestLog::with_calls(13, 4);
+        let before = std::fs::read_dir(log.dir.path()).unwrap().count();
         let report = log.verify();
+        // Nothing is made where it reads (a backup, a copy, someone
+        // else's directory).
+        assert_eq!(std::fs::read_dir(log.dir.path()).unwrap().count(), before);
         assert_eq!(report.problem, None);
         assert_eq!(report.records, 26);
         assert_eq!(report.checkpoints, Some(3));
@@ -1734,6 +1738,8 @@ mod tests {
             store,
             frontier,
         } = &mut log;
+        // As a gateway does when it opens the log.
+        archive::create_lock_file(&dir.path().join(archive::LOCK_FILE)).unwrap();
         let late = record(1 << 20, Phase::Decision, 0);
         let mut verify = || {
             let mut sizes = Vec::new();

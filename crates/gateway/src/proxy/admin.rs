@@ -315,10 +315,10 @@ impl Admin {
         match (request.method(), request.uri().path()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".to_owned()),
             (&Method::GET, "/readyz") => {
-                let problems = self.readiness().await;
+                let (problems, note) = self.readiness().await;
                 if problems.is_empty() {
                     let mut answer = "ready\n".to_owned();
-                    if let Some(note) = self.unready_database() {
+                    if let Some(note) = note {
                         answer.push_str(&format!("- {note}\n"));
                     }
                     text(StatusCode::OK, answer)
@@ -413,20 +413,10 @@ impl Admin {
         }
     }
 
-    /// What a node that needs its database for no call (its log its own
-    /// or off, no consent) says of it while unreachable: it serves on,
-    /// but its rate shares and its row in the fleet's registry stand
-    /// still.
-    fn unready_database(&self) -> Option<String> {
-        let problem = self.fleet.as_ref()?.problem()?;
-        Some(format!(
-            "the fleet's database is unreachable ({problem}): calls are served, but this \
-             node's rate shares and its heartbeat are not kept up to date"
-        ))
-    }
-
-    /// Why calls cannot be served now; empty when they can.
-    async fn readiness(&self) -> Vec<String> {
+    /// Why calls cannot be served now (empty when they can), and what a
+    /// ready node says beside: its database out of reach while no call
+    /// needs it.
+    async fn readiness(&self) -> (Vec<String>, Option<String>) {
         let mut problems = Vec::new();
         if self.listener.draining() {
             problems.push("shutting down: open calls are finishing, no new ones".to_owned());
@@ -436,22 +426,35 @@ impl Admin {
         {
             problems.push("the exchange log cannot write: every call is refused".to_owned());
         }
-        // Calls need the database for the fleet's log, and for consent:
-        // with neither, the node serves on (the alerts say it is down).
-        let shared_log = self.log.as_ref().is_some_and(ExchangeLog::is_shared);
-        if (shared_log || self.consent.is_some())
-            && let Some(problem) = self.fleet.as_ref().and_then(|fleet| fleet.problem())
-        {
-            let refused = if shared_log {
-                "every call is refused"
-            } else {
-                "consent-bound calls are refused"
-            };
-            problems.push(format!(
-                "the fleet's database is unreachable ({problem}): {refused}"
-            ));
-        }
         let state = self.state.load_full();
+        // Calls need the database for the fleet's log, for consent, and
+        // for partners' assertions (their nonces): with none of these, the
+        // node serves on (the alerts say the database is down).
+        let mut note = None;
+        if let Some(problem) = self.fleet.as_ref().and_then(|fleet| fleet.problem()) {
+            let shared_log = self.log.as_ref().is_some_and(ExchangeLog::is_shared);
+            let mut refused = Vec::new();
+            if self.consent.is_some() {
+                refused.push("consent-bound calls");
+            }
+            if !state.partner_instances().is_empty() {
+                refused.push("calls from partner instances");
+            }
+            let unreachable = format!("the fleet's database is unreachable ({problem})");
+            if shared_log {
+                problems.push(format!("{unreachable}: every call is refused"));
+            } else if !refused.is_empty() {
+                problems.push(format!(
+                    "{unreachable}: {} are refused",
+                    refused.join(" and ")
+                ));
+            } else {
+                note = Some(format!(
+                    "{unreachable}: calls are served, but this node's rate shares and its \
+                     heartbeat are not kept up to date"
+                ));
+            }
+        }
         let now = crate::unix_time::now();
         if let Some(global) = state.expired_global(now) {
             problems.push(format!(
@@ -496,7 +499,7 @@ impl Admin {
                 problems.push(format!("no provider of {service} is reachable"));
             }
         }
-        problems
+        (problems, note)
     }
 }
 
