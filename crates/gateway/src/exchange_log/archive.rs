@@ -547,7 +547,7 @@ pub const LOCK_FILE: &str = "exchange-log.archive.lock";
 /// kernel drops the lock of a run that dies.
 pub(super) fn lock(data: &Path) -> Result<File, RunError> {
     let path = data.join(LOCK_FILE);
-    let file = create_lock_file(&path)
+    let file = create_lock_file(&path, 0o640)
         .map_err(|e| error(&path, format!("cannot open the archive lock: {e}")))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
@@ -558,25 +558,59 @@ pub(super) fn lock(data: &Path) -> Result<File, RunError> {
     }
 }
 
-/// Opens the lock file at `path`, made private if it is new.
-pub(super) fn create_lock_file(path: &Path) -> std::io::Result<File> {
+/// Opens the lock file at `path`, made with `mode` if it is new. One made
+/// by another user (an earlier run as root) is opened for reading: a lock
+/// is taken on it all the same (on a local disk).
+pub(super) fn create_lock_file(path: &Path, mode: u32) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt as _;
     File::options()
         .create(true)
         .truncate(false)
         .write(true)
-        .mode(0o600)
+        .mode(mode)
         .open(path)
+        .or_else(|error| match error.kind() {
+            std::io::ErrorKind::PermissionDenied => File::open(path),
+            _ => Err(error),
+        })
+}
+
+/// The lock file at `path`, if it is there; never made.
+pub(super) fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    File::options()
+        .write(true)
+        .open(path)
+        .or_else(|_| File::open(path))
+}
+
+/// Why [`lock_if_there`] took no lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NotLocked {
+    /// No gateway opened this log since it makes the file (a copy, or a
+    /// gateway of an earlier version).
+    NoFile,
+    /// An archive run holds it.
+    Busy,
+    /// The file cannot be opened or locked by this user.
+    Unusable,
 }
 
 /// The archive lock of the log in `data`, if its file is there (a gateway
 /// makes it when it opens the log) and no run holds it; never creates
 /// anything, for readers of a log that may not be theirs to write in.
-pub(super) fn lock_if_there(data: &Path) -> Option<File> {
-    // A lock is taken on a file open for reading as well.
-    let file = File::open(data.join(LOCK_FILE)).ok()?;
-    file.try_lock().ok()?;
-    Some(file)
+pub(super) fn lock_if_there(data: &Path) -> Result<File, NotLocked> {
+    let file = open_lock_file(&data.join(LOCK_FILE)).map_err(|error| {
+        if error.kind() == std::io::ErrorKind::NotFound {
+            NotLocked::NoFile
+        } else {
+            NotLocked::Unusable
+        }
+    })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(NotLocked::Busy),
+        Err(std::fs::TryLockError::Error(_)) => Err(NotLocked::Unusable),
+    }
 }
 
 /// Moves every segment of the log in `data` whose records all happened

@@ -426,13 +426,18 @@ impl ExchangeLog {
         let dir = &config.data_dir;
         create_private_dir(dir)?;
         let lock = lock_writer(dir)?;
-        // Made here, private, by the log's owner: `audit verify` takes it
-        // (to read the hot store a chunk at a time) but never makes it.
+        // Made here by the log's owner: `audit verify` takes it (to read
+        // the hot store a chunk at a time) but never makes it. Without it
+        // verify reads in one snapshot, which is no reason not to serve.
         let archive_lock = dir.join(archive::LOCK_FILE);
-        archive::create_lock_file(&archive_lock).map_err(|error| OpenError::File {
-            path: archive_lock.clone(),
-            message: format!("cannot make the log's archive lock: {error}"),
-        })?;
+        if let Err(error) = archive::create_lock_file(&archive_lock, 0o640) {
+            tracing::warn!(
+                file = %archive_lock.display(),
+                %error,
+                "cannot make the log's archive lock: audit verify will hold one snapshot of \
+                 the log, and its WAL, for as long as it reads"
+            );
+        }
         let key = load_or_create_key(dir, &config.origin)?;
         let store = Store::open(dir, &config.origin)?;
         let frontier = store.frontier()?;
@@ -819,7 +824,7 @@ fn lock_writer(dir: &std::path::Path) -> Result<std::fs::File, OpenError> {
         path: path.clone(),
         message,
     };
-    let file = archive::create_lock_file(&path)
+    let file = archive::create_lock_file(&path, 0o600)
         .map_err(|error| failed(format!("cannot open the log's lock: {error}")))?;
     // An archive run tells whether a gateway writes by taking the lock for
     // a moment (`writer_running`): a start at that moment tries again.
@@ -845,12 +850,15 @@ fn lock_writer(dir: &std::path::Path) -> Result<std::fs::File, OpenError> {
     }
 }
 
-/// Whether a gateway's writer holds the log in `dir` (or its lock cannot
-/// be told): its checkpointer then keeps the WAL bounded. Looked at by
-/// taking the lock for a moment, never making its file.
+/// Whether a gateway's writer holds the log in `dir` (or it cannot be
+/// told): its checkpointer then keeps the WAL bounded. Looked at by taking
+/// the lock for a moment, never making its file.
 fn writer_running(dir: &std::path::Path) -> bool {
-    // No file: no gateway ever wrote here.
-    std::fs::File::open(dir.join(WRITER_LOCK)).is_ok_and(|file| file.try_lock().is_err())
+    match archive::open_lock_file(&dir.join(WRITER_LOCK)) {
+        Ok(file) => file.try_lock().is_err(),
+        // No gateway ever wrote here.
+        Err(error) => error.kind() != std::io::ErrorKind::NotFound,
+    }
 }
 
 impl<B: Backend> Writer<B> {

@@ -200,7 +200,7 @@ pub fn verify_watched(
     let archived_end = store.archived_end()?;
     // Records appended from now on are left for the next verification.
     let of = store.size()?;
-    let whole = if archive_lock.is_some() {
+    let whole = if archive_lock.is_ok() {
         drop(snapshot);
         None
     } else {
@@ -284,6 +284,22 @@ pub fn verify_watched(
         }
     }
     let mut notes = Vec::new();
+    if let Err(why) = &archive_lock
+        && super::writer_running(dir)
+    {
+        let why = match why {
+            archive::NotLocked::NoFile => {
+                "the log has no archive lock file (its gateway is of \
+                 an earlier version: it makes one when it opens the log)"
+            }
+            archive::NotLocked::Busy => "an archive run held the archive lock",
+            archive::NotLocked::Unusable => "the archive lock cannot be taken by this user",
+        };
+        notes.push(format!(
+            "read in one snapshot, since {why}: the gateway writing beside could not restart \
+             its journal (WAL) meanwhile"
+        ));
+    }
     if problem.is_none() && store.seals_lookups()? {
         match check_sealed_end(sealed_end, archived_end, tree.size(), last_lookup_segment) {
             Ok(note) => notes.extend(note),
@@ -1738,8 +1754,10 @@ mod tests {
             store,
             frontier,
         } = &mut log;
-        // As a gateway does when it opens the log.
-        archive::create_lock_file(&dir.path().join(archive::LOCK_FILE)).unwrap();
+        // As a gateway does when it opens the log: it holds the writer's
+        // lock, and makes the archive lock's file.
+        let _gateway = super::super::lock_writer(dir.path()).unwrap();
+        archive::create_lock_file(&dir.path().join(archive::LOCK_FILE), 0o640).unwrap();
         let late = record(1 << 20, Phase::Decision, 0);
         let mut verify = || {
             let mut sizes = Vec::new();
@@ -1750,18 +1768,26 @@ mod tests {
             })
             .unwrap();
             assert_eq!(report.problem, None);
-            sizes
+            (sizes, report.notes)
         };
-        let beside_a_gateway = verify();
+        let (beside_a_gateway, notes) = verify();
         assert!(
             beside_a_gateway.len() == 3 && beside_a_gateway.iter().all(|size| *size == 0),
             "{beside_a_gateway:?}"
         );
+        assert!(notes.is_empty(), "{notes:?}");
         let _run = archive::lock(dir.path()).unwrap();
-        let beside_a_run = verify();
+        let (beside_a_run, notes) = verify();
         assert!(
             beside_a_run.len() == 3 && beside_a_run.iter().all(|size| *size > 0),
             "{beside_a_run:?}"
+        );
+        // And says so.
+        assert!(
+            notes
+                .iter()
+                .any(|note| note.contains("read in one snapshot, since an archive run")),
+            "{notes:?}"
         );
     }
 
