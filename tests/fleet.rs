@@ -78,7 +78,12 @@ fn node_config(
 
 /// `govbridge fleet status --json`, run with node 0's configuration.
 fn fleet_status(bed: &Bed) -> serde_json::Value {
-    let config = bed.dir().join("node-0.toml");
+    fleet_status_of(&bed.dir().join("node-0.toml"))
+}
+
+/// `govbridge fleet status --json`, run with the node configuration
+/// `config`.
+fn fleet_status_of(config: &std::path::Path) -> serde_json::Value {
     let output = support::govbridge(&[
         "fleet",
         "status",
@@ -172,6 +177,11 @@ async fn nodes_register_and_fleet_status_flags_the_odd_one() {
 /// MyGov grants CBAO's credit subsystem `max_uses` tax clearances of the
 /// bed's first citizen; returns the artefact.
 async fn grant(bed: &Bed, max_uses: u32) -> String {
+    granted(bed, max_uses).await.artefact
+}
+
+/// [`grant`], the consent's whole record.
+async fn granted(bed: &Bed, max_uses: u32) -> govbridge::proto::consent::v1::ConsentRecord {
     let nin = bed.data.citizens[0].nin.to_string();
     ConsentClient::new(bed.client("mygov").await)
         .grant(declared(
@@ -190,7 +200,6 @@ async fn grant(bed: &Bed, max_uses: u32) -> String {
         .await
         .unwrap()
         .into_inner()
-        .artefact
 }
 
 /// The clearance under `artefact`, through the node at `node`.
@@ -389,16 +398,7 @@ async fn dev_runs_a_fleet_of_three_nodes() {
             assert_eq!(bridge_error(status), None, "{address}: {status:?}");
         }
     }
-    let node = dir.path().join("node-1.toml");
-    let status = support::govbridge(&[
-        "fleet",
-        "status",
-        "--json",
-        "--config",
-        node.to_str().unwrap(),
-    ]);
-    assert!(status.status.success(), "{}", support::text(&status));
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let status = fleet_status_of(&dir.path().join("node-1.toml"));
     let up = states(&status)
         .iter()
         .filter(|(_, state, differs)| state == "up" && !differs)
@@ -486,23 +486,7 @@ async fn a_revocation_reaches_every_node_within_a_second() {
     let bed = dev_bed().await;
     let nodes = nodes(&bed, &cluster, 3);
     let nin = bed.data.citizens[0].nin.to_string();
-    let granted = ConsentClient::new(bed.client("mygov").await)
-        .grant(declared(
-            GrantRequest {
-                nin: nin.clone(),
-                consumer: "SN/COM/CBAO/credit".to_owned(),
-                providers: vec!["SN/GOV/DGID/tax".to_owned()],
-                methods: vec![CLEARANCE.to_owned()],
-                purpose: "CREDIT-SCORING".to_owned(),
-                not_before: 0,
-                expires: 0,
-                max_uses: 100,
-            },
-            "CITIZEN-SELF-SERVICE",
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let granted = granted(&bed, 100).await;
     for node in &nodes {
         until_the_feed_is_fresh(&bed, node.address, &granted.artefact).await;
     }
@@ -571,12 +555,15 @@ async fn counted(database: &govbridge::database::Database, consent: &str) -> Opt
         .ok()
 }
 
-/// A call refused after its use was taken, while the database is down,
-/// gives the use back once the database is back: none is lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_use_given_back_while_the_database_is_down_is_given_back_once_it_is_up() {
-    let mut cluster = Cluster::start_temporary().unwrap();
-    let database = connect(&cluster).await;
+/// A node's consent ledger on `cluster`'s database, its feed fresh, and
+/// that database.
+async fn shared_ledger(
+    cluster: &Cluster,
+) -> (
+    std::sync::Arc<govbridge::database::Database>,
+    std::sync::Arc<govbridge::consent::ConsentLedger>,
+) {
+    let database = connect(cluster).await;
     let ledger = govbridge::consent::ConsentLedger::open_shared(
         Duration::from_secs(3600),
         std::sync::Arc::clone(&database),
@@ -584,6 +571,27 @@ async fn a_use_given_back_while_the_database_is_down_is_given_back_once_it_is_up
     .await
     .unwrap();
     ledger.heartbeat(0);
+    (database, ledger)
+}
+
+/// Waits until the fleet counts `uses` of `consent`.
+async fn until_counted(database: &govbridge::database::Database, consent: &str, uses: i32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counted(database, consent).await != Some(uses) {
+        assert!(
+            Instant::now() < deadline,
+            "{consent}: never {uses} uses counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A call refused after its use was taken, while the database is down,
+/// gives the use back once the database is back: none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_use_given_back_while_the_database_is_down_is_given_back_once_it_is_up() {
+    let mut cluster = Cluster::start_temporary().unwrap();
+    let (database, ledger) = shared_ledger(&cluster).await;
     let claims = consent_claims("down-then-up", 1);
     let mut reservation = ledger.admit(&claims).unwrap();
     reservation.durable().await.unwrap();
@@ -599,11 +607,7 @@ async fn a_use_given_back_while_the_database_is_down_is_given_back_once_it_is_up
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     cluster.restart().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while counted(&database, "down-then-up").await != Some(0) {
-        assert!(Instant::now() < deadline, "the use never came back");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_counted(&database, "down-then-up", 0).await;
     // The one use is there to take again.
     let mut again = ledger.admit(&claims).unwrap();
     again.durable().await.unwrap();
@@ -614,14 +618,7 @@ async fn a_use_given_back_while_the_database_is_down_is_given_back_once_it_is_up
 #[tokio::test]
 async fn a_use_taken_after_its_call_stopped_waiting_is_given_back() {
     let cluster = Cluster::start_temporary().unwrap();
-    let database = connect(&cluster).await;
-    let ledger = govbridge::consent::ConsentLedger::open_shared(
-        Duration::from_secs(3600),
-        std::sync::Arc::clone(&database),
-    )
-    .await
-    .unwrap();
-    ledger.heartbeat(0);
+    let (database, ledger) = shared_ledger(&cluster).await;
     let claims = consent_claims("slow-take", 2);
     let mut first = ledger.admit(&claims).unwrap();
     first.durable().await.unwrap();
@@ -649,14 +646,7 @@ async fn a_use_taken_after_its_call_stopped_waiting_is_given_back() {
         .run(|client| async move { client.batch_execute("COMMIT").await })
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while counted(&database, "slow-take").await != Some(1) {
-        assert!(
-            Instant::now() < deadline,
-            "the use taken late never came back"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_counted(&database, "slow-take", 1).await;
 }
 
 /// A node that needs its database for no call (log off, no consent)
