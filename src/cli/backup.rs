@@ -2,8 +2,8 @@
 //! one signed directory, and back.
 //!
 //! A backup holds the gateway's file, the exchange log's signing key, a
-//! consistent copy of its SQLite store (`VACUUM INTO`, taken while the
-//! gateway runs) and its archives, the consent ledger, and the global
+//! consistent copy of its SQLite store (taken while the gateway runs, a
+//! chunk at a time: `govbridge::exchange_log::copy`) and its archives, the consent ledger, and the global
 //! configuration it runs (the bundle in its cache), what its witness of
 //! partners' logs cosigned last, and the partners' receipts it kept. `MANIFEST` names every
 //! file with its SHA-256 and where it came from, as a C2SP signed note
@@ -161,7 +161,7 @@ fn write_backup(
     staging.copy(Part::Log, &log.data_dir.join(VERIFIER_FILE), VERIFIER_FILE)?;
     let store = log.data_dir.join(DATABASE_FILE);
     if config.store.is_none() && store.exists() {
-        staging.snapshot(Part::Log, &store, DATABASE_FILE)?;
+        staging.copy_log(&log.data_dir)?;
     }
     // The partners' receipts this node kept (a fleet's nodes each keep
     // their own).
@@ -272,11 +272,32 @@ impl Staging {
 
     /// A consistent copy of the SQLite database at `from`.
     fn snapshot(&mut self, part: Part, from: &Path, name: &str) -> anyhow::Result<()> {
+        self.database(part, name, |to| snapshot(from, to))
+    }
+
+    /// A consistent copy of the exchange log's database in `data`, taken
+    /// a chunk at a time beside its gateway (see
+    /// `govbridge::exchange_log::copy`).
+    fn copy_log(&mut self, data: &Path) -> anyhow::Result<()> {
+        self.database(Part::Log, DATABASE_FILE, |to| {
+            govbridge::exchange_log::copy::copy_log(data, to)
+                .with_context(|| format!("copying {} into {}", data.display(), to.display()))
+                .map(drop)
+        })
+    }
+
+    /// The database `name` of `part`, made by `make` and made private.
+    fn database(
+        &mut self,
+        part: Part,
+        name: &str,
+        make: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         let to = self.path(part, name);
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        snapshot(from, &to)?;
+        make(&to)?;
         std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .with_context(|| format!("{}: making it private", to.display()))?;
         self.files.push((part, name.to_owned()));

@@ -23,6 +23,7 @@
 //! service resumes by itself when the store does.
 
 pub mod archive;
+pub mod copy;
 pub mod fleet;
 pub mod lookup;
 pub mod merkle;
