@@ -5,12 +5,13 @@
 //! cannot restart a WAL that a reader uses: for the minutes a large log
 //! takes to copy, the gateway's journal would grow by everything it
 //! writes. Only an archive run removes what was written, so under the
-//! archive lock the copy is made a table and a chunk at a time, each
-//! chunk read in a snapshot of its own, bounded by what the log held when
-//! the copy began: its records, the tree nodes over them, the lookups of
-//! the segments sealed then, its checkpoints and its meta, read together
-//! first. What is appended meanwhile is the next copy's; a seal under way
-//! is left out, and done again by the gateway that opens the copy.
+//! archive lock the copy is made a table and 65,536 rows at a time (paged
+//! by key), each page read in a snapshot of its own, bounded by what the
+//! log held when the copy began, read first with its meta: its records,
+//! the tree nodes and checkpoints over them (each committed with the
+//! last record it covers), the lookups of the segments sealed then. What
+//! is appended meanwhile is the next copy's; a seal under way is left
+//! out, and done again by the gateway that opens the copy.
 //! Without the lock (an archive run going on, a log no gateway of this
 //! version opened), one snapshot: `VACUUM INTO`.
 
@@ -32,7 +33,7 @@ const BETWEEN_CHUNKS: Duration = Duration::from_millis(10);
 
 /// The tables copied a chunk at a time; every other one is copied whole
 /// with the meta.
-const CHUNKED: [&str; 3] = ["records", "tree_nodes", "lookups"];
+const CHUNKED: [&str; 4] = ["records", "tree_nodes", "checkpoints", "lookups"];
 
 /// How a copy was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,14 +72,16 @@ pub fn copy_log(dir: &Path, to: &Path) -> Result<Copied, StoreError> {
     };
     {
         let copy = Connection::open(to).at(to)?;
-        copy.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF")
-            .at(to)?;
         for sql in &schema {
             copy.execute_batch(sql).at(to)?;
         }
     }
     connection
         .execute("ATTACH DATABASE ?1 AS copy", [to.display().to_string()])
+        .at(&source)?;
+    // The file is synced once whole: no journal, no sync per chunk.
+    connection
+        .execute_batch("PRAGMA copy.journal_mode = OFF; PRAGMA copy.synchronous = OFF")
         .at(&source)?;
     let bounds = {
         let snapshot = connection.unchecked_transaction().at(&source)?;
@@ -106,42 +109,42 @@ pub fn copy_log(dir: &Path, to: &Path) -> Result<Copied, StoreError> {
         snapshot.commit().at(&source)?;
         bounds
     };
-    // `sql` for each chunk `?1..?2` of `from..end`, `?3` bound to
-    // `records`.
-    let chunks = |sql: &str, from: i64, end: i64| -> Result<(), StoreError> {
-        let mut statement = connection.prepare(sql).at(&source)?;
-        let mut start = from;
-        while start < end {
-            let stop = end.min(start.saturating_add(CHUNK));
-            statement
-                .execute([start, stop, bounds.records])
+    // Each table a page of rows at a time, by its key: `?1` the last key
+    // copied (none yet: NULL), `?2` the log's size when the copy began.
+    let pages = |table: &str, key: &str, within: &str| -> Result<(), StoreError> {
+        let mut copy = connection
+            .prepare(&format!(
+                "INSERT INTO copy.{table} SELECT * FROM main.{table} \
+                 WHERE (?1 IS NULL OR {key} > ?1) AND {within} ORDER BY {key} LIMIT {CHUNK}"
+            ))
+            .at(&source)?;
+        let mut last = connection
+            .prepare(&format!("SELECT MAX({key}) FROM copy.{table}"))
+            .at(&source)?;
+        let mut after: Option<i64> = None;
+        loop {
+            let copied = copy
+                .execute(rusqlite::params![after, bounds.records])
                 .at(&source)?;
-            start = stop;
-            if start < end {
-                std::thread::sleep(BETWEEN_CHUNKS);
+            if copied < CHUNK as usize {
+                return Ok(());
             }
+            after = last.query_row([], |row| row.get(0)).at(&source)?;
+            std::thread::sleep(BETWEEN_CHUNKS);
         }
-        Ok(())
     };
-    chunks(
-        "INSERT INTO copy.records SELECT * FROM main.records \
-         WHERE idx >= ?1 AND idx < ?2 AND idx < ?3",
-        bounds.first_record,
-        bounds.records,
-    )?;
-    // A node is written with the last record under it: those over records
-    // appended since are left out.
-    chunks(
-        "INSERT INTO copy.tree_nodes SELECT * FROM main.tree_nodes \
-         WHERE pos >= ?1 AND pos < ?2 AND (idx + 1) * (1 << level) <= ?3",
-        bounds.first_node,
-        bounds.nodes_end,
-    )?;
-    // A segment's run at a time (some 100,000 rows).
+    pages("records", "idx", "idx < ?2")?;
+    // A node is written with the last record under it, a checkpoint with
+    // the records it covers: those over records appended since are left
+    // out. (A checkpoint cosigned meanwhile comes with its cosignature.)
+    pages("tree_nodes", "pos", "(idx + 1) * (1 << level) <= ?2")?;
+    pages("checkpoints", "tree_size", "tree_size <= ?2")?;
+    // A sealed segment's run at a time (some 100,000 rows); those of
+    // archived segments left with them.
     let mut statement = connection
         .prepare("INSERT INTO copy.lookups SELECT * FROM main.lookups WHERE segment = ?1")
         .at(&source)?;
-    for segment in 0..bounds.sealed_segments {
+    for segment in bounds.archived_segments..bounds.sealed_segments {
         statement.execute([segment]).at(&source)?;
         std::thread::sleep(BETWEEN_CHUNKS);
     }
@@ -174,51 +177,41 @@ fn open(source: &Path) -> Result<Connection, StoreError> {
 
 /// What the log held when the copy began.
 struct Bounds {
-    /// The lowest index of a record row (below 0 only if edited: copied
-    /// as it is, for `audit verify` to name).
-    first_record: i64,
-    /// Records before this index are copied.
+    /// Its size: records (and tree nodes, and checkpoints) of indexes
+    /// from this on were appended since.
     records: i64,
-    /// The tree nodes' positions, from and before.
-    first_node: i64,
-    nodes_end: i64,
-    /// Segments whose lookups were sealed.
+    /// Segments archived, whose lookups left with them...
+    archived_segments: i64,
+    /// ... and those whose lookups were sealed.
     sealed_segments: i64,
 }
 
 impl Bounds {
     fn read(connection: &Connection, source: &Path) -> Result<Self, StoreError> {
-        let (first_record, records): (Option<i64>, Option<i64>) = connection
-            .query_row(
-                "SELECT MIN(idx), MAX(idx) + 1 FROM main.records",
-                [],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
+        let next: Option<i64> = connection
+            .query_row("SELECT MAX(idx) + 1 FROM main.records", [], |row| {
+                row.get(0)
+            })
             .at(source)?;
-        let (first_node, nodes_end): (Option<i64>, Option<i64>) = connection
-            .query_row(
-                "SELECT MIN(pos), MAX(pos) + 1 FROM main.tree_nodes",
-                [],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .at(source)?;
-        let sealed_end: Option<String> = connection
-            .query_row(
-                "SELECT value FROM main.meta WHERE key = 'sealed_end'",
-                [],
-                |row| row.get(0),
-            )
-            .optional()
-            .at(source)?;
-        let sealed_end = sealed_end
-            .and_then(|end| end.parse::<u64>().ok())
-            .unwrap_or(0);
+        let meta = |key: &str| -> Result<u64, StoreError> {
+            let value: Option<String> = connection
+                .query_row("SELECT value FROM main.meta WHERE key = ?1", [key], |row| {
+                    row.get(0)
+                })
+                .optional()
+                .at(source)?;
+            Ok(value.and_then(|value| value.parse().ok()).unwrap_or(0))
+        };
+        let archived_end = meta("archived_end")?;
+        let segments = |end: u64| i64::try_from(lookup::segment_of(end)).unwrap_or(i64::MAX);
         Ok(Self {
-            first_record: first_record.unwrap_or(0),
-            records: records.unwrap_or(0),
-            first_node: first_node.unwrap_or(0),
-            nodes_end: nodes_end.unwrap_or(0),
-            sealed_segments: i64::try_from(lookup::segment_of(sealed_end)).unwrap_or(0),
+            // Every record may be archived (the tree's nodes over them
+            // stay).
+            records: next
+                .unwrap_or(0)
+                .max(i64::try_from(archived_end).unwrap_or(i64::MAX)),
+            archived_segments: segments(archived_end),
+            sealed_segments: segments(meta("sealed_end")?),
         })
     }
 }
@@ -254,6 +247,45 @@ mod tests {
                 .append(&mut frontier, &chunk, Some((ORIGIN, key)))
                 .unwrap();
         }
+    }
+
+    /// A log whose every record is archived is copied with the tree's
+    /// nodes over the archives, which proofs of its archived records climb
+    /// through.
+    #[test]
+    fn a_log_archived_whole_is_copied_with_its_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::generate(ORIGIN).unwrap();
+        append(
+            &mut Store::open(dir.path(), ORIGIN).unwrap(),
+            &key,
+            0..SEGMENT,
+        );
+        drop(Store::open(dir.path(), ORIGIN).unwrap());
+        let archives = tempfile::tempdir().unwrap();
+        let archived = archive::run(
+            dir.path(),
+            archives.path(),
+            i64::MAX,
+            &key.verifier(),
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(archived.records, 2 * SEGMENT);
+        archive::create_lock_file(&dir.path().join(archive::LOCK_FILE), 0o640).unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        let copied = copy_log(dir.path(), &copy.path().join(DATABASE_FILE)).unwrap();
+        assert_eq!(
+            copied,
+            Copied::InChunks {
+                records: 2 * SEGMENT
+            }
+        );
+        let report =
+            verify::verify_with_archives(copy.path(), Some(archives.path()), &key.verifier())
+                .unwrap();
+        assert_eq!(report.problem, None);
+        assert_eq!(report.records, 2 * SEGMENT);
     }
 
     /// A copy made a chunk at a time while a writer appends verifies, and
