@@ -280,9 +280,12 @@ impl Staging {
     /// `govbridge::exchange_log::copy`).
     fn copy_log(&mut self, data: &Path) -> anyhow::Result<()> {
         self.database(Part::Log, DATABASE_FILE, |to| {
-            govbridge::exchange_log::copy::copy_log(data, to)
-                .with_context(|| format!("copying {} into {}", data.display(), to.display()))
-                .map(drop)
+            let mut progress = super::progress::Progress::on_stderr("copied");
+            govbridge::exchange_log::copy::copy_log_watched(data, to, &mut |copied, of| {
+                progress.records(copied, Some(of));
+            })
+            .with_context(|| format!("copying {} into {}", data.display(), to.display()))
+            .map(drop)
         })
     }
 

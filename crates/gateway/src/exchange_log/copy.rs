@@ -48,6 +48,17 @@ pub enum Copied {
 /// Copies the database of the log in `dir` into `to`, a file that must
 /// not exist yet.
 pub fn copy_log(dir: &Path, to: &Path) -> Result<Copied, StoreError> {
+    copy_log_watched(dir, to, &mut |_, _| {})
+}
+
+/// [`copy_log`], telling `progress` after each page of records how many
+/// it has copied, of how many the hot store held when it began (not
+/// called for a copy made whole).
+pub fn copy_log_watched(
+    dir: &Path,
+    to: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Copied, StoreError> {
     let source = dir.join(DATABASE_FILE);
     // Held until the copy is made.
     let Ok(_archive_lock) = archive::lock_if_there(dir) else {
@@ -110,8 +121,13 @@ pub fn copy_log(dir: &Path, to: &Path) -> Result<Copied, StoreError> {
         bounds
     };
     // Each table a page of rows at a time, by its key: `?1` the last key
-    // copied (none yet: NULL), `?2` the log's size when the copy began.
-    let pages = |table: &str, key: &str, within: &str| -> Result<(), StoreError> {
+    // copied (none yet: NULL), `?2` the log's size when the copy began;
+    // `each` told the rows copied so far.
+    let pages = |table: &str,
+                 key: &str,
+                 within: &str,
+                 each: &mut dyn FnMut(u64)|
+     -> Result<(), StoreError> {
         let mut copy = connection
             .prepare(&format!(
                 "INSERT INTO copy.{table} SELECT * FROM main.{table} \
@@ -122,10 +138,13 @@ pub fn copy_log(dir: &Path, to: &Path) -> Result<Copied, StoreError> {
             .prepare(&format!("SELECT MAX({key}) FROM copy.{table}"))
             .at(&source)?;
         let mut after: Option<i64> = None;
+        let mut so_far = 0;
         loop {
             let copied = copy
                 .execute(rusqlite::params![after, bounds.records])
                 .at(&source)?;
+            so_far += copied as u64;
+            each(so_far);
             if copied < CHUNK as usize {
                 return Ok(());
             }
@@ -133,12 +152,20 @@ pub fn copy_log(dir: &Path, to: &Path) -> Result<Copied, StoreError> {
             std::thread::sleep(BETWEEN_CHUNKS);
         }
     };
-    pages("records", "idx", "idx < ?2")?;
+    let hot = u64::try_from(bounds.records.saturating_sub(bounds.archived_end)).unwrap_or(0);
+    pages("records", "idx", "idx < ?2", &mut |copied| {
+        progress(copied, hot)
+    })?;
     // A node is written with the last record under it, a checkpoint with
     // the records it covers: those over records appended since are left
     // out. (A checkpoint cosigned meanwhile comes with its cosignature.)
-    pages("tree_nodes", "pos", "(idx + 1) * (1 << level) <= ?2")?;
-    pages("checkpoints", "tree_size", "tree_size <= ?2")?;
+    pages(
+        "tree_nodes",
+        "pos",
+        "(idx + 1) * (1 << level) <= ?2",
+        &mut |_| {},
+    )?;
+    pages("checkpoints", "tree_size", "tree_size <= ?2", &mut |_| {})?;
     // A sealed segment's run at a time (some 100,000 rows); those of
     // archived segments left with them.
     let mut statement = connection
@@ -180,7 +207,9 @@ struct Bounds {
     /// Its size: records (and tree nodes, and checkpoints) of indexes
     /// from this on were appended since.
     records: i64,
-    /// Segments archived, whose lookups left with them...
+    /// Records archived...
+    archived_end: i64,
+    /// ... and segments, whose lookups left with them...
     archived_segments: i64,
     /// ... and those whose lookups were sealed.
     sealed_segments: i64,
@@ -210,6 +239,7 @@ impl Bounds {
             records: next
                 .unwrap_or(0)
                 .max(i64::try_from(archived_end).unwrap_or(i64::MAX)),
+            archived_end: i64::try_from(archived_end).unwrap_or(i64::MAX),
             archived_segments: segments(archived_end),
             sealed_segments: segments(meta("sealed_end")?),
         })
@@ -308,8 +338,12 @@ mod tests {
         // As a gateway makes it when it opens the log.
         archive::create_lock_file(&dir.path().join(archive::LOCK_FILE), 0o640).unwrap();
         let to = copies.path().join("copy.sqlite");
+        let mut told = Vec::new();
         let copied = std::thread::scope(|scope| {
-            let copying = scope.spawn(|| copy_log(dir.path(), &to).unwrap());
+            let copying = scope.spawn(|| {
+                copy_log_watched(dir.path(), &to, &mut |copied, of| told.push((copied, of)))
+                    .unwrap()
+            });
             let mut next = SEGMENT / 2 + 1000;
             while !copying.is_finished() {
                 append(&mut store, &key, next..next + 64);
@@ -321,6 +355,8 @@ mod tests {
             panic!("{copied:?}");
         };
         assert!(records >= before, "{records} of {before}");
+        // A report after each page of records: 65,536, then the rest.
+        assert_eq!(told, [(CHUNK as u64, records), (records, records)]);
 
         for file in [&whole, &to] {
             let log = tempfile::tempdir().unwrap();
