@@ -541,6 +541,19 @@ impl UseReservation {
     /// the call go on, so that no restart can hand the use back. In a
     /// fleet this is where the use is taken, and may be refused.
     pub async fn durable(&mut self) -> Result<(), UseError> {
+        if let Recording::Shared { uses, max_uses } = &self.durable {
+            let (uses, max_uses) = (Arc::clone(uses), *max_uses);
+            let task = tokio::spawn({
+                let (uses, consent, expires) =
+                    (Arc::clone(&uses), self.consent.clone(), self.expires);
+                async move { uses.take(&consent, max_uses, expires).await }
+            });
+            self.durable = Recording::Taking {
+                uses,
+                max_uses,
+                task,
+            };
+        }
         match &mut self.durable {
             Recording::Done | Recording::Taken(_) => Ok(()),
             Recording::Book(durable) => {
@@ -550,20 +563,7 @@ impl UseReservation {
                     Err(UseBookError::Write("the writer stopped".to_owned()))
                 })?)
             }
-            Recording::Shared { uses, max_uses } => {
-                let (uses, max_uses) = (Arc::clone(uses), *max_uses);
-                let task = tokio::spawn({
-                    let (uses, consent, expires) =
-                        (Arc::clone(&uses), self.consent.clone(), self.expires);
-                    async move { uses.take(&consent, max_uses, expires).await }
-                });
-                self.durable = Recording::Taking {
-                    uses,
-                    max_uses,
-                    task,
-                };
-                Box::pin(self.durable()).await
-            }
+            Recording::Shared { .. } => unreachable!("taken above"),
             Recording::Taking {
                 uses,
                 max_uses,

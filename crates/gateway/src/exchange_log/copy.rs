@@ -25,11 +25,7 @@ use super::lookup;
 use super::store::{AtPath, DATABASE_FILE, StoreError};
 
 /// Rows read in one snapshot.
-const CHUNK: i64 = 1 << 16;
-
-/// The pause between two chunks, in which a gateway's writer may restart
-/// its WAL.
-const BETWEEN_CHUNKS: Duration = Duration::from_millis(10);
+const CHUNK: i64 = super::READ_CHUNK as i64;
 
 /// The tables copied a chunk at a time; every other one is copied whole
 /// with the meta.
@@ -149,7 +145,7 @@ pub fn copy_log_watched(
                 return Ok(());
             }
             after = last.query_row([], |row| row.get(0)).at(&source)?;
-            std::thread::sleep(BETWEEN_CHUNKS);
+            std::thread::sleep(super::BETWEEN_READS);
         }
     };
     let hot = u64::try_from(bounds.records.saturating_sub(bounds.archived_end)).unwrap_or(0);
@@ -173,7 +169,7 @@ pub fn copy_log_watched(
         .at(&source)?;
     for segment in bounds.archived_segments..bounds.sealed_segments {
         statement.execute([segment]).at(&source)?;
-        std::thread::sleep(BETWEEN_CHUNKS);
+        std::thread::sleep(super::BETWEEN_READS);
     }
     drop(statement);
     connection.execute("DETACH DATABASE copy", []).at(&source)?;

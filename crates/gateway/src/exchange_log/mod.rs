@@ -851,6 +851,15 @@ fn lock_writer(dir: &std::path::Path) -> Result<std::fs::File, OpenError> {
     }
 }
 
+/// Rows that a long reader beside the writer (`audit verify`, `backup`'s
+/// copy) reads in one snapshot: between two, the writer may restart its
+/// WAL, which no reader may be using then.
+const READ_CHUNK: u64 = 1 << 16;
+
+/// The pause such a reader makes between two chunks, for the writer's
+/// restart (tried after each of its batches).
+const BETWEEN_READS: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Whether a gateway's writer holds the log in `dir` (or it cannot be
 /// told): its checkpointer then keeps the WAL bounded. Looked at by taking
 /// the lock for a moment, never making its file.

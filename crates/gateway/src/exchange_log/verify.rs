@@ -163,10 +163,7 @@ pub struct Checked {
 
 /// How many records of the hot store [`verify_watched`] reads in one
 /// snapshot, and then reports.
-const CHUNK: u64 = 1 << 16;
-
-/// The pause between two chunks read beside a gateway.
-const BETWEEN_CHUNKS: std::time::Duration = std::time::Duration::from_millis(10);
+const CHUNK: u64 = super::READ_CHUNK;
 
 /// [`verify_with_archives`], telling `progress` how far it has gone: after
 /// each archive file, and after each 65,536 records of the hot store (then
@@ -243,7 +240,7 @@ pub fn verify_watched(
     while walk.problem.is_none() && from < of {
         if from > archived_end && whole.is_none() {
             // The moment a gateway's writer needs to restart its WAL.
-            std::thread::sleep(BETWEEN_CHUNKS);
+            std::thread::sleep(super::BETWEEN_READS);
         }
         let end = of.min((from / CHUNK + 1) * CHUNK);
         store.for_each_row(from, end, |index, columns, bytes, leaf| {
