@@ -649,6 +649,58 @@ async fn a_use_taken_after_its_call_stopped_waiting_is_given_back() {
     until_counted(&database, "slow-take", 1).await;
 }
 
+/// A take with no answer in time (a lock held on the count past the
+/// query timeout) is refused and cancelled on the server: it does not
+/// spend the use once the lock goes, with no call left to give it back.
+#[tokio::test]
+async fn a_take_refused_for_want_of_an_answer_spends_no_use() {
+    let cluster = Cluster::start_temporary().unwrap();
+    let (_, ledger) = shared_ledger(&cluster).await;
+    let claims = consent_claims("stuck-take", 2);
+    let mut first = ledger.admit(&claims).unwrap();
+    first.durable().await.unwrap();
+    first.spend();
+
+    let holder = connect(&cluster).await;
+    holder
+        .run(|client| async move {
+            client
+                .batch_execute(
+                    "BEGIN; SELECT counted FROM consent_uses WHERE consent = 'stuck-take' \
+                     FOR UPDATE",
+                )
+                .await
+        })
+        .await
+        .unwrap();
+    let mut second = ledger.admit(&claims).unwrap();
+    let refused = second.durable().await.unwrap_err();
+    assert!(
+        refused.to_string().contains("cancelled"),
+        "{refused}: not the take's cancellation"
+    );
+    drop(second);
+    holder
+        .run(|client| async move {
+            client.batch_execute("COMMIT").await?;
+            // Queued behind the take's statement, had it still been
+            // waiting for the row: this reads the count after it.
+            let row = client
+                .query_one(
+                    "SELECT counted FROM consent_uses WHERE consent = 'stuck-take' FOR UPDATE",
+                    &[],
+                )
+                .await?;
+            assert_eq!(row.get::<_, i32>(0), 1, "the refused call spent a use");
+            Ok(())
+        })
+        .await
+        .unwrap();
+    // The use is there to take.
+    let mut again = ledger.admit(&claims).unwrap();
+    again.durable().await.unwrap();
+}
+
 /// A node that needs its database for no call (log off, no consent)
 /// serves on while the database is down, and its `/readyz` says what it
 /// cannot reach.

@@ -156,9 +156,12 @@ impl SharedUses {
         if max_uses == 0 {
             return Ok(false);
         }
+        // Run at most once: a take that waits too long on the count's row
+        // is cancelled, rather than left to spend a use after its call was
+        // refused.
         let taken = self
             .database
-            .run(|client| async move {
+            .run_once(|client| async move {
                 client
                     .query_opt(
                         "INSERT INTO consent_uses AS uses (consent, counted, expires)
@@ -171,16 +174,18 @@ impl SharedUses {
                     .await
             })
             .await
+            .unwrap_or_else(|not_run| Err(not_run.error))
             .map_err(write_error)?;
         Ok(taken.is_some())
     }
 
     /// Gives back a use taken by a call that relayed no answer (refused
     /// after the use was taken, its caller gone). Not waited for. While
-    /// the database cannot be reached it is tried again, until the
-    /// consent `expires` or the node stops; a give-back whose statement
-    /// was sent and not answered is not (it may have counted, and a
-    /// consent may lose a use, never gain one).
+    /// the database cannot be reached, or the statement was cancelled for
+    /// want of an answer, it is tried again until the consent `expires` or
+    /// the node stops; one whose statement was sent and never answered is
+    /// not (it may have counted, and a consent may lose a use, never gain
+    /// one).
     pub fn give_back(self: &Arc<Self>, consent: &str, expires: i64) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // Dropped outside the runtime (at exit): the use stays spent.
@@ -206,13 +211,13 @@ impl SharedUses {
                 let error = match given {
                     Ok(Ok(_)) => return,
                     Ok(Err(error)) => error,
-                    Err(unsent) if !unsent.stopped && crate::unix_time::now() < expires => {
-                        tracing::debug!(error = %unsent.error, consent, "a consent use waits to be given back");
+                    Err(not_run) if !not_run.stopped && crate::unix_time::now() < expires => {
+                        tracing::debug!(error = %not_run.error, consent, "a consent use waits to be given back");
                         tokio::time::sleep(wait).await;
                         wait = (wait * 2).min(GIVE_BACK_RETRY_MOST);
                         continue;
                     }
-                    Err(unsent) => unsent.error,
+                    Err(not_run) => not_run.error,
                 };
                 tracing::warn!(%error, consent, "a consent use could not be given back");
                 return;

@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
 use crate::config::StoreConfig;
@@ -36,6 +37,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// (a network path can die without closing the socket) and the next query
 /// dials again.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a statement cancelled past [`QUERY_TIMEOUT`] is waited for again
+/// (see [`Database::run_once`]).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// After a failed dial, queries fail at once for this long instead of
 /// queueing to dial again one after the other.
@@ -626,9 +631,10 @@ pub enum DatabaseError {
     Failed { url: String, detail: String },
 }
 
-/// A statement [`Database::run_once`] did not send.
+/// A statement [`Database::run_once`] certainly did not run: it was never
+/// sent, or it was cancelled before it could.
 #[derive(Debug)]
-pub struct Unsent {
+pub struct NotRun {
     /// The node stopped: none will be sent again.
     pub stopped: bool,
     pub error: DatabaseError,
@@ -691,11 +697,7 @@ impl Database {
                 .and_then(|row| row.get::<_, Option<i32>>(0))
                 .unwrap_or(0),
             // No table yet: no node ever ran against this database.
-            Err(error)
-                if error.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
-            {
-                0
-            }
+            Err(error) if error.code() == Some(&SqlState::UNDEFINED_TABLE) => 0,
             Err(error) => return Err(database.failed(&error)),
         };
         database.not_newer(found)?;
@@ -766,21 +768,72 @@ impl Database {
     }
 
     /// [`Self::run`], for a statement that must run at most once and may
-    /// be tried again: `Err(Unsent)` when it certainly was not sent (no
-    /// connection could be had, or the node stopped), `Ok(Err(_))` when
-    /// it failed or whether it ran is unknown.
+    /// be tried again: `Err(NotRun)` when it certainly did not run, `Ok(Err(_))`
+    /// when it failed or whether it ran is unknown. `query` is one
+    /// statement, or one transaction sent as one message.
+    ///
+    /// A statement with no answer within [`QUERY_TIMEOUT`] (held up by a
+    /// row lock, say) would otherwise run whenever the server gets to it,
+    /// with no one left to learn that it did. It is cancelled instead, and
+    /// its answer waited for [`SETTLE_TIMEOUT`] more: the cancellation
+    /// (it did not run), or what it did before the cancel reached it.
     pub async fn run_once<T, F>(
         &self,
         query: impl FnOnce(Arc<Client>) -> F,
-    ) -> Result<Result<T, DatabaseError>, Unsent>
+    ) -> Result<Result<T, DatabaseError>, NotRun>
     where
         F: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
     {
-        let client = self.client().await.map_err(|error| Unsent {
+        let client = self.client().await.map_err(|error| NotRun {
             stopped: self.is_closed(),
             error,
         })?;
-        Ok(self.run_on(client, query).await)
+        let mut answer = std::pin::pin!(query(Arc::clone(&client)));
+        if let Ok(answer) = tokio::time::timeout(QUERY_TIMEOUT, answer.as_mut()).await {
+            return Ok(answer.map_err(|error| self.failed(&error)));
+        }
+        self.forget(&client);
+        self.cancel(&client).await;
+        match tokio::time::timeout(SETTLE_TIMEOUT, answer).await {
+            Ok(Err(error)) if error.code() == Some(&SqlState::QUERY_CANCELED) => Err(NotRun {
+                stopped: self.is_closed(),
+                error: DatabaseError::Unreachable {
+                    url: self.url(),
+                    detail: format!("no answer within {QUERY_TIMEOUT:?}: cancelled"),
+                },
+            }),
+            Ok(answer) => Ok(answer.map_err(|error| self.failed(&error))),
+            Err(_) => Ok(Err(self.no_answer())),
+        }
+    }
+
+    /// Asks the server to cancel what `client`'s connection is running.
+    /// Where the request cannot be made, the statement may still finish
+    /// by itself.
+    async fn cancel(&self, client: &Client) {
+        let token = client.cancel_token();
+        let cancelling = async {
+            match &self.config.ca {
+                None => token
+                    .cancel_query(NoTls)
+                    .await
+                    .map_err(|error| error.to_string()),
+                Some(ca) => {
+                    let tls = crate::identity::tls::verifying_client_config(ca)
+                        .map_err(|error| format!("store.ca: {error}"))?;
+                    token
+                        .cancel_query(tls::RustlsConnect(tls))
+                        .await
+                        .map_err(|error| error.to_string())
+                }
+            }
+        };
+        let error = match tokio::time::timeout(CONNECT_TIMEOUT, cancelling).await {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => error,
+            Err(_) => format!("no answer within {CONNECT_TIMEOUT:?}"),
+        };
+        tracing::warn!(database = %self.url(), %error, "a statement with no answer could not be cancelled");
     }
 
     async fn run_on<T, F>(
@@ -794,19 +847,28 @@ impl Database {
         match tokio::time::timeout(QUERY_TIMEOUT, query(Arc::clone(&client))).await {
             Ok(answer) => answer.map_err(|error| self.failed(&error)),
             Err(_) => {
-                // Another query may have replaced it already.
-                let current = self.client.load();
-                if current
-                    .as_ref()
-                    .is_some_and(|open| Arc::ptr_eq(open, &client))
-                {
-                    self.client.store(None);
-                }
-                Err(DatabaseError::Unreachable {
-                    url: self.url(),
-                    detail: format!("no answer within {QUERY_TIMEOUT:?}"),
-                })
+                self.forget(&client);
+                Err(self.no_answer())
             }
+        }
+    }
+
+    /// Takes `client` for dead, unless another query replaced it already:
+    /// the next query dials again.
+    fn forget(&self, client: &Arc<Client>) {
+        let current = self.client.load();
+        if current
+            .as_ref()
+            .is_some_and(|open| Arc::ptr_eq(open, client))
+        {
+            self.client.store(None);
+        }
+    }
+
+    fn no_answer(&self) -> DatabaseError {
+        DatabaseError::Unreachable {
+            url: self.url(),
+            detail: format!("no answer within {QUERY_TIMEOUT:?}"),
         }
     }
 
