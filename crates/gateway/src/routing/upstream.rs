@@ -953,13 +953,16 @@ pub fn is_unavailable(response: &Response<Incoming>) -> bool {
         .is_some_and(|status| status.as_bytes() == b"14")
 }
 
-/// Whether the backend refused the stream (`REFUSED_STREAM`): it did
-/// nothing with it.
+/// Whether the backend certainly did nothing with the stream: it refused
+/// it (`REFUSED_STREAM`), or said GOAWAY with a last stream id below it
+/// (a backend shutting down; h2 fails only those streams, and the ones
+/// opened after it, with the GOAWAY's own error).
 fn is_refused(error: &hyper::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
     while let Some(cause) = source {
         if let Some(h2) = cause.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote());
         }
         source = cause.source();
     }
@@ -1037,5 +1040,77 @@ mod tests {
         assert!(budget.withdraw());
         assert!(!budget.withdraw());
         assert_eq!(budget.spent.load(Ordering::Relaxed), 11);
+    }
+
+    /// The error of a request on a connection to a backend that reads its
+    /// HEADERS, then answers with `frames` and closes.
+    async fn answered_with(frames: Vec<Vec<u8>>) -> hyper::Error {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (ours, mut backend) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            let mut preface = [0; 24];
+            backend.read_exact(&mut preface).await?;
+            backend.write_all(&frame(0x4, 0, 0, &[])).await?;
+            loop {
+                let mut header = [0; 9];
+                backend.read_exact(&mut header).await?;
+                let length = u32::from_be_bytes([0, header[0], header[1], header[2]]);
+                let mut payload = vec![0; length as usize];
+                backend.read_exact(&mut payload).await?;
+                if header[3] == 0x1 {
+                    break;
+                }
+            }
+            for frame in frames {
+                backend.write_all(&frame).await?;
+            }
+            backend.shutdown().await
+        });
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(ours),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        let request = Request::post("http://backend/svc.v1.Svc/Method")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        sender.send_request(request).await.unwrap_err()
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let length = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut out = vec![length[1], length[2], length[3], kind, flags];
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// GOAWAY naming `last` as the last stream processed, `NO_ERROR`.
+    fn go_away(last: u32) -> Vec<u8> {
+        let mut payload = last.to_be_bytes().to_vec();
+        payload.extend_from_slice(&0_u32.to_be_bytes());
+        frame(0x7, 0, 0, &payload)
+    }
+
+    #[tokio::test]
+    async fn a_stream_the_backend_did_not_process_counts_as_refused() {
+        let above = answered_with(vec![go_away(0)]).await;
+        assert!(is_refused(&above), "GOAWAY below the stream: {above:?}");
+        let refused = answered_with(vec![frame(0x3, 0, 1, &7_u32.to_be_bytes())]).await;
+        assert!(is_refused(&refused), "REFUSED_STREAM: {refused:?}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_the_backend_may_have_processed_does_not() {
+        // Its GOAWAY covers the stream, then the connection closes.
+        let covered = answered_with(vec![go_away(1)]).await;
+        assert!(
+            !is_refused(&covered),
+            "GOAWAY above the stream: {covered:?}"
+        );
+        let reset = answered_with(vec![frame(0x3, 0, 1, &2_u32.to_be_bytes())]).await;
+        assert!(!is_refused(&reset), "INTERNAL_ERROR: {reset:?}");
     }
 }
