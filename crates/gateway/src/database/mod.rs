@@ -775,7 +775,7 @@ impl Database {
     /// A statement with no answer within [`QUERY_TIMEOUT`] (held up by a
     /// row lock, say) would otherwise run whenever the server gets to it,
     /// with no one left to learn that it did. It is cancelled instead, and
-    /// its answer waited for [`SETTLE_TIMEOUT`] more: the cancellation
+    /// its answer waited for 2 s more (`SETTLE_TIMEOUT`): the cancellation
     /// (it did not run), or what it did before the cancel reached it.
     pub async fn run_once<T, F>(
         &self,
