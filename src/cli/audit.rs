@@ -1030,15 +1030,14 @@ struct QueryFilter {
 }
 
 impl QueryFilter {
-    /// The SQL and its parameters. Values only ever travel as parameters;
-    /// `candidates`, the records the subject's lookups found, are indexes.
-    /// `more_subjects` is that column, or NULL in a log written before it.
-    /// Records before `from` are archived (rows of them an archive run has
-    /// yet to remove are not read: they are checked from their archive).
+    /// The SQL for `rows` matching records of `window`, and its
+    /// parameters. Values only ever travel as parameters; `candidates`, the
+    /// records the subject's lookups found, are indexes. `more_subjects`
+    /// is that column, or NULL in a log written before it.
     fn sql(
         &self,
-        limit: u64,
-        from: u64,
+        rows: usize,
+        window: std::ops::Range<u64>,
         candidates: Option<&[u64]>,
         more_subjects: &str,
     ) -> (String, Vec<Value>) {
@@ -1050,10 +1049,11 @@ impl QueryFilter {
             conditions.push(condition.replace('?', &format!("?{}", values.len())));
         };
         let text = |text: &String| Value::Text(text.clone());
-        add(
-            "idx >= ?",
-            Value::Integer(i64::try_from(from).unwrap_or(i64::MAX)),
-        );
+        let index = |index: u64| Value::Integer(i64::try_from(index).unwrap_or(i64::MAX));
+        add("idx >= ?", index(window.start));
+        if window.end < u64::MAX {
+            add("idx < ?", index(window.end));
+        }
         if let Some(since) = self.since {
             add("at_us >= ?", Value::Integer(since));
         }
@@ -1083,10 +1083,7 @@ impl QueryFilter {
             add("grpc_status = ?", Value::Integer(i64::from(status)));
         }
         if let Some(after) = self.after {
-            add(
-                "idx > ?",
-                Value::Integer(i64::try_from(after).unwrap_or(i64::MAX)),
-            );
+            add("idx > ?", index(after));
         }
         if let Some(candidates) = candidates {
             let list: Vec<String> = candidates.iter().map(u64::to_string).collect();
@@ -1097,10 +1094,7 @@ impl QueryFilter {
             sql.push_str(" WHERE ");
             sql.push_str(&conditions.join(" AND "));
         }
-        // One more than a page, to know whether another follows.
-        values.push(Value::Integer(
-            i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX),
-        ));
+        values.push(Value::Integer(i64::try_from(rows).unwrap_or(i64::MAX)));
         sql.push_str(&format!(" ORDER BY idx LIMIT ?{}", values.len()));
         (sql, values)
     }
@@ -1123,13 +1117,26 @@ fn query(data: &Path, filter: &QueryFilter, limit: u64, json: bool) -> anyhow::R
         .as_deref()
         .map(|subject| store.find(Kind::Subject, subject))
         .transpose()?;
-    let (sql, values) = filter.sql(
-        limit,
-        store.archived_end()?,
-        candidates.as_deref(),
-        store.more_subjects_column()?,
-    );
-    let mut rows = store.select(&sql, rusqlite::params_from_iter(values))?;
+    // Records before the hot store's start are archived (rows of them an
+    // archive run has yet to remove are not read: they are checked from
+    // their archive).
+    let from = store.archived_end()?;
+    let more_subjects = store.more_subjects_column()?;
+    // One more than a page, to know whether another follows.
+    let wanted = usize::try_from(limit)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1);
+    let mut rows = match &candidates {
+        Some(candidates) => {
+            let (sql, values) = filter.sql(wanted, from..u64::MAX, Some(candidates), more_subjects);
+            store.select(&sql, rusqlite::params_from_iter(values))?
+        }
+        // Every record is looked at, a window at a time, as the log is
+        // when the query begins.
+        None => store.select_windows(from..store.size()?, wanted, |window, rows| {
+            filter.sql(rows, window, None, more_subjects)
+        })?,
+    };
     let more = rows.len() as u64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     let mut out = BufWriter::new(std::io::stdout().lock());
@@ -1454,7 +1461,7 @@ mod tests {
             after: Some(7),
             ..QueryFilter::default()
         };
-        let (sql, values) = filter.sql(50, 0, Some(&[3, 9]), "more_subjects");
+        let (sql, values) = filter.sql(51, 0..u64::MAX, Some(&[3, 9]), "more_subjects");
         assert_eq!(
             sql,
             "SELECT idx, record FROM records WHERE idx >= ?1 AND caller = ?2 AND allowed = ?3 \
@@ -1476,7 +1483,7 @@ mod tests {
             ..QueryFilter::default()
         };
         // Archived records are not read from the hot store.
-        let (sql, values) = filter.sql(50, 65_536, Some(&[3]), "NULL");
+        let (sql, values) = filter.sql(51, 65_536..u64::MAX, Some(&[3]), "NULL");
         assert_eq!(
             sql,
             "SELECT idx, record FROM records WHERE idx >= ?1 AND (subject = ?2 OR ?2 IN (SELECT \
@@ -1484,6 +1491,19 @@ mod tests {
         );
         assert_eq!(values.len(), 3);
         assert_eq!(values[0], Value::Integer(65_536));
+        // Without candidates every record is read, a window at a time.
+        let filter = QueryFilter {
+            caller: Some("SN/COM/CBAO/kyc".into()),
+            ..QueryFilter::default()
+        };
+        let (sql, values) = filter.sql(11, 65_536..131_072, None, "NULL");
+        assert_eq!(
+            sql,
+            "SELECT idx, record FROM records WHERE idx >= ?1 AND idx < ?2 AND caller = ?3 ORDER \
+             BY idx LIMIT ?4"
+        );
+        assert_eq!(values[1], Value::Integer(131_072));
+        assert_eq!(values[3], Value::Integer(11));
     }
 
     #[test]

@@ -1015,20 +1015,45 @@ impl Store {
         rows.collect::<rusqlite::Result<Vec<_>>>().at(&self.path)
     }
 
-    /// Calls `each` with every record in order, without holding them all.
-    pub fn for_each_record(
+    /// [`Self::select`] over the records of `range`, a window of
+    /// 65,536 records (`READ_CHUNK`) at a time, until `wanted`
+    /// rows came: `sql_for(window, still_wanted)` is the statement for one
+    /// window. Each window is read in a snapshot of its own, so that a
+    /// gateway writing beside can restart its WAL between two: one
+    /// statement over a large log would keep it growing for as long as it
+    /// ran (`audit query --caller`, say, reads every record).
+    pub fn select_windows(
         &self,
-        mut each: impl FnMut(i64, Vec<u8>) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        let mut statement = self
-            .connection
-            .prepare("SELECT idx, record FROM records ORDER BY idx")
-            .at(&self.path)?;
-        let mut rows = statement.query([]).at(&self.path)?;
-        while let Some(row) = rows.next().at(&self.path)? {
-            each(row.get(0).at(&self.path)?, row.get(1).at(&self.path)?)?;
+        range: std::ops::Range<u64>,
+        wanted: usize,
+        sql_for: impl FnMut(std::ops::Range<u64>, usize) -> (String, Vec<Value>),
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        self.select_windows_pausing(range, wanted, sql_for, || {
+            std::thread::sleep(super::BETWEEN_READS);
+        })
+    }
+
+    fn select_windows_pausing(
+        &self,
+        range: std::ops::Range<u64>,
+        wanted: usize,
+        mut sql_for: impl FnMut(std::ops::Range<u64>, usize) -> (String, Vec<Value>),
+        mut between: impl FnMut(),
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let mut rows = Vec::new();
+        let mut from = range.start;
+        while from < range.end && rows.len() < wanted {
+            if from > range.start {
+                between();
+            }
+            let end = range
+                .end
+                .min((from / super::READ_CHUNK + 1) * super::READ_CHUNK);
+            let (sql, values) = sql_for(from..end, wanted - rows.len());
+            rows.extend(self.select(&sql, rusqlite::params_from_iter(values))?);
+            from = end;
         }
-        Ok(())
+        Ok(rows)
     }
 
     /// The latest checkpoint.
@@ -1788,6 +1813,69 @@ impl WalCheckpointer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A select over every record reads a window at a time, each in a
+    /// snapshot of its own: a writer beside restarts its WAL between two.
+    #[test]
+    fn a_writer_beside_a_windowed_select_restarts_its_wal_between_windows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = Store::open(dir.path(), "test.example/log").unwrap();
+        let mut frontier = writer.frontier().unwrap();
+        let decision = |call: u64| ExchangeRecord {
+            phase: Phase::Decision.into(),
+            request_id: format!("req-{call}"),
+            caller: "SN/COM/CBAO/kyc".to_owned(),
+            ..ExchangeRecord::default()
+        };
+        let records: Vec<ExchangeRecord> =
+            (0..super::super::READ_CHUNK + 10).map(decision).collect();
+        for batch in records.chunks(8192) {
+            let batch: Vec<&ExchangeRecord> = batch.iter().collect();
+            writer.append(&mut frontier, &batch, None).unwrap();
+        }
+        let reader = Store::open_read_only(dir.path()).unwrap();
+        let size = reader.size().unwrap();
+        let wal = dir.path().join(format!("{DATABASE_FILE}-wal"));
+        let late = decision(size);
+        let mut sizes = Vec::new();
+        let select = |condition: &'static str| {
+            move |window: std::ops::Range<u64>, rows: usize| {
+                let sql = format!(
+                    "SELECT idx, record FROM records WHERE idx >= ?1 AND idx < ?2 AND {condition} \
+                     ORDER BY idx LIMIT ?3"
+                );
+                let bound = |index: u64| Value::Integer(to_i64(index));
+                (
+                    sql,
+                    vec![bound(window.start), bound(window.end), bound(rows as u64)],
+                )
+            }
+        };
+        let indexes =
+            |rows: Vec<StoredRecord>| rows.iter().map(|row| row.index).collect::<Vec<_>>();
+        // The last records only: both windows read, the writer between.
+        let last = reader
+            .select_windows_pausing(0..size, 5, select("idx >= 65540 AND idx < 65543"), || {
+                writer.append(&mut frontier, &[&late], None).unwrap();
+                writer.restart_wal_above(0);
+                sizes.push(std::fs::metadata(&wal).unwrap().len());
+            })
+            .unwrap();
+        assert_eq!(indexes(last), [65_540, 65_541, 65_542]);
+        assert_eq!(sizes, [0], "the WAL did not restart between the windows");
+        // As many as wanted, from the first window alone; the record the
+        // writer appended meanwhile is past the select's range.
+        let first = reader
+            .select_windows_pausing(0..size, 2, select("caller != ''"), || {
+                panic!("read past its rows")
+            })
+            .unwrap();
+        assert_eq!(indexes(first), [0, 1]);
+        let none = reader
+            .select_windows_pausing(0..size, 2, select("idx >= 65546"), || {})
+            .unwrap();
+        assert!(none.is_empty());
+    }
 
     /// A decision is timed when its call came and written once its first
     /// message was read: one written late, older than the window, does
