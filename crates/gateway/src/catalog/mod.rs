@@ -26,7 +26,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock};
 
 use descriptors::DescribedFile;
-use prost_types::FileDescriptorProto;
 
 pub const DIRECTORY: &str = "govbridge.directory.v1.Directory";
 pub const HEALTH: &str = "grpc.health.v1.Health";
@@ -131,7 +130,10 @@ impl Catalog {
     /// The compiled-in protos and `sets`, each an encoded
     /// `FileDescriptorSet` with its imports. A file of a set that the
     /// gateway has already is taken once if it says the same (source
-    /// comments aside), refused otherwise.
+    /// comments aside, options included), refused otherwise; but a set's
+    /// copy of a well-known type (`google/protobuf/...`, which every
+    /// protobuf release extends and none changes on the wire) gives way
+    /// to the gateway's, whichever `protoc` or `buf` built it.
     pub fn with_sets(sets: &[&[u8]]) -> Result<Self, CatalogError> {
         let compiled = Compiled::get()?;
         let mut files = compiled.files.clone();
@@ -145,7 +147,9 @@ impl Catalog {
                 .map_err(|error| CatalogError::Decode(error.to_string()))?;
             for file in set {
                 if let Some(&at) = known.get(file.name()) {
-                    if !same_content(&files[at].proto, &file.proto) {
+                    if !file.name().starts_with(WELL_KNOWN)
+                        && !same_content(&compiled.pool, &files[at].encoded, &file.encoded)
+                    {
                         return Err(CatalogError::Conflict(file.name().to_owned()));
                     }
                     continue;
@@ -277,13 +281,26 @@ impl Compiled {
     }
 }
 
-/// Whether two files say the same, source comments and positions aside.
-fn same_content(a: &FileDescriptorProto, b: &FileDescriptorProto) -> bool {
-    let strip = |file: &FileDescriptorProto| FileDescriptorProto {
-        source_code_info: None,
-        ..file.clone()
+/// Where the well-known types' files are.
+const WELL_KNOWN: &str = "google/protobuf/";
+
+/// Whether two encoded files say the same, source comments and positions
+/// aside: options included, the custom ones too (a field's
+/// `data_subject`, a method's `google.api.http`), which `prost_types`
+/// would drop.
+fn same_content(pool: &prost_reflect::DescriptorPool, a: &[u8], b: &[u8]) -> bool {
+    let Some(file) = pool.get_message_by_name("google.protobuf.FileDescriptorProto") else {
+        return a == b;
     };
-    strip(a) == strip(b)
+    let strip = |bytes: &[u8]| {
+        let mut decoded = prost_reflect::DynamicMessage::decode(file.clone(), bytes).ok()?;
+        decoded.clear_field_by_name("source_code_info");
+        Some(decoded)
+    };
+    match (strip(a), strip(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -318,6 +335,72 @@ mod tests {
         assert!(known[civil].contains("GetPerson"));
         assert!(known[civil].contains("WatchLifeEvents"));
         assert!(known.contains_key(DIRECTORY));
+    }
+
+    /// The files of an encoded set, each as its bytes, and a set of them.
+    fn files_of(set: &[u8]) -> Vec<DescribedFile> {
+        DescribedFile::of_set(set).unwrap()
+    }
+
+    /// An encoded `FileDescriptorSet` of files as they are encoded.
+    fn raw_set(files: Vec<Vec<u8>>) -> Vec<u8> {
+        let mut set = Vec::new();
+        for file in &files {
+            prost::encoding::bytes::encode(1, file, &mut set);
+        }
+        set
+    }
+
+    fn agency_set(name: &str) -> &'static [u8] {
+        crate::proto::AGENCY_DESCRIPTOR_SETS
+            .iter()
+            .find(|(agency, _)| *agency == name)
+            .unwrap()
+            .1
+    }
+
+    /// A set built by another protobuf release than the gateway's: its
+    /// `descriptor.proto` lacks what came since (here, its last message).
+    #[test]
+    fn a_set_with_another_releases_well_known_types_is_taken() {
+        let mut older = Vec::new();
+        for file in files_of(agency_set("civilregistry")) {
+            if file.name() == "google/protobuf/descriptor.proto" {
+                let mut proto = file.proto.clone();
+                proto.message_type.pop();
+                older.push(prost::Message::encode_to_vec(&proto));
+            } else {
+                older.push(file.encoded);
+            }
+        }
+        let catalog = Catalog::with_sets(&[&raw_set(older)]).unwrap();
+        // Its data subject markings are read as before.
+        assert!(
+            catalog
+                .subjects()
+                .field("/govbridge.civilregistry.v1.CivilRegistry/GetPerson")
+                .is_some()
+        );
+    }
+
+    /// Two sets whose shared file differs only in its custom options (a
+    /// field's `data_subject` dropped): which copy wins must not depend
+    /// on the order, so the second is refused.
+    #[test]
+    fn a_shared_file_with_other_options_is_refused() {
+        let set = agency_set("civilregistry");
+        let stripped: Vec<Vec<u8>> = files_of(set)
+            .into_iter()
+            .map(|file| {
+                // prost_types keeps no extension: every custom option goes.
+                prost::Message::encode_to_vec(&file.proto)
+            })
+            .collect();
+        let error = Catalog::with_sets(&[set, &raw_set(stripped)]).unwrap_err();
+        assert!(
+            matches!(&error, CatalogError::Conflict(file) if file.contains("civil_registry")),
+            "{error}"
+        );
     }
 
     #[test]
