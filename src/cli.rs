@@ -608,6 +608,11 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
     for line in partner_lines(&config, &state, govbridge::unix_time::now()) {
         println!("  {line}");
     }
+    for refused in config.catalog.json_routes().refused() {
+        println!(
+            "  warning: a google.api.http route is not used (its method keeps its default JSON route): {refused}"
+        );
+    }
     Ok(())
 }
 

@@ -135,29 +135,48 @@ impl Routes {
     }
 
     /// Drops every annotated route that matches the same requests as
-    /// another (`GET /v1/persons/{id}` and `GET /v1/persons/{nin}`):
+    /// another method's (`GET /v1/persons/{id}` and `GET
+    /// /v1/persons/{nin}`), or some of the requests another service's
+    /// route matches (`GET /v1/{ninea=**}` takes `GET /v1/persons/1`):
     /// which method a partner reaches must not depend on which service
     /// sorts first, nor may a service published later take over another's
-    /// route. Each keeps its default route.
+    /// requests. Each keeps its default route. Within one service, routes
+    /// that overlap (`/v1/persons/{nin}` and `/v1/persons/{nin}:verify`)
+    /// are its author's, and the first that matches a request takes it.
     fn drop_clashes(&mut self) {
-        let key = |route: &Route| (route.verb.clone(), route.template.shape());
-        let mut seen: HashMap<(Method, String), usize> = HashMap::new();
-        for route in &self.annotated {
-            *seen.entry(key(route)).or_default() += 1;
+        let mut clashes: Vec<Option<String>> = vec![None; self.annotated.len()];
+        for (at, route) in self.annotated.iter().enumerate() {
+            for (other_at, other) in self.annotated.iter().enumerate() {
+                if at == other_at || route.verb != other.verb {
+                    continue;
+                }
+                let same = route.template.shape() == other.template.shape();
+                let foreign = route.method.parent_service() != other.method.parent_service();
+                if same || (foreign && route.template.overlaps(&other.template)) {
+                    let which = if same { "the same" } else { "some of the same" };
+                    clashes[at].get_or_insert_with(|| {
+                        format!(
+                            "{} {} and {}'s {} {} match {which} requests: neither is used",
+                            route.verb,
+                            route.template,
+                            other.method.full_name(),
+                            other.verb,
+                            other.template,
+                        )
+                    });
+                }
+            }
         }
-        let (kept, clashing): (Vec<Route>, Vec<Route>) = std::mem::take(&mut self.annotated)
-            .into_iter()
-            .partition(|route| seen[&key(route)] == 1);
-        for route in clashing {
-            self.refused.push(RuleError {
-                method: route.method.full_name().to_owned(),
-                reason: format!(
-                    "{} {} matches the same requests as another method's route: neither is used",
-                    route.verb, route.template
-                ),
-            });
+        let routes = std::mem::take(&mut self.annotated);
+        for (route, clash) in routes.into_iter().zip(clashes) {
+            match clash {
+                None => self.annotated.push(route),
+                Some(reason) => self.refused.push(RuleError {
+                    method: route.method.full_name().to_owned(),
+                    reason,
+                }),
+            }
         }
-        self.annotated = kept;
     }
 
     /// The method `verb path` calls; `Err` says whether the path is known
@@ -340,5 +359,63 @@ mod tests {
                 .find(&known.verb, &known.template.openapi_path())
                 .is_err()
         );
+    }
+
+    /// Another service's route that would take some of a route's requests
+    /// (`GET /v1/{ninea=**}` against CivilRegistry's `GET
+    /// /v1/persons/{nin}`): both are dropped, whichever sorts first.
+    #[test]
+    fn another_services_overlapping_route_takes_nothing() {
+        let pool = crate::catalog::testing::agencies().pool();
+        let routes = Routes::of(pool);
+        let get_person = routes
+            .annotated
+            .iter()
+            .find(|route| route.method.name() == "GetPerson")
+            .unwrap()
+            .clone();
+        let list_directors = routes
+            .annotated
+            .iter()
+            .find(|route| route.method.name() == "ListDirectors")
+            .unwrap()
+            .clone();
+        let mut overlapping = Routes::of(pool);
+        let mut wide = list_directors;
+        wide.template = Template::parse("/v1/{ninea=**}").unwrap();
+        // First, as a service sorting before CivilRegistry would be.
+        overlapping.annotated.insert(0, wide);
+        overlapping.drop_clashes();
+        let refused: Vec<&str> = overlapping
+            .refused()
+            .iter()
+            .map(|refused| refused.method.as_str())
+            .collect();
+        // The wide route, and every other service's GET under /v1/.
+        assert_eq!(
+            refused[..2],
+            [
+                "govbridge.business.v1.BusinessRegistry.ListDirectors",
+                "govbridge.civilregistry.v1.CivilRegistry.GetPerson"
+            ],
+            "{refused:?}"
+        );
+        assert!(
+            refused[1..]
+                .iter()
+                .all(|method| !method.starts_with("govbridge.business.")),
+            "{refused:?}"
+        );
+        assert_eq!(
+            overlapping.refused()[1].reason,
+            "GET /v1/persons/{nin} and govbridge.business.v1.BusinessRegistry.ListDirectors's \
+             GET /v1/{ninea=**} match some of the same requests: neither is used"
+        );
+        let path = "/v1/persons/2002196400009";
+        assert!(get_person.template.matches(path).is_some());
+        // Neither annotated route answers; the default routes remain.
+        assert!(overlapping.find(&Method::GET, path).is_err());
+        // Routes of one service that overlap stay.
+        assert!(routes.refused().is_empty(), "{:?}", routes.refused());
     }
 }

@@ -132,6 +132,19 @@ impl Template {
         shape
     }
 
+    /// Whether some request path matches both templates.
+    pub fn overlaps(&self, other: &Template) -> bool {
+        match (&self.verb, &other.verb) {
+            (Some(verb), Some(other_verb)) => {
+                verb == other_verb && unify(&self.segments, &other.segments, None)
+            }
+            (None, None) => unify(&self.segments, &other.segments, None),
+            // A template without a verb takes it as part of its last segment.
+            (Some(verb), None) => unify(&self.segments, &other.segments, Some(verb)),
+            (None, Some(verb)) => unify(&other.segments, &self.segments, Some(verb)),
+        }
+    }
+
     /// The fields the template binds, in order.
     pub fn variables(&self) -> impl Iterator<Item = &str> {
         self.segments.iter().filter_map(|segment| match segment {
@@ -222,6 +235,48 @@ impl fmt::Display for Template {
     }
 }
 
+impl Segment {
+    /// `**` or `{field=**}`: one segment or more, to the path's end.
+    fn is_rest(&self) -> bool {
+        matches!(self, Self::Rest | Self::Variable { rest: true, .. })
+    }
+}
+
+/// Whether some path's segments match both `a` and `b`, as
+/// [`Template::matches`] matches them. With `verb`, the path's last
+/// segment is what `a`'s last matches followed by `:verb`, which `b`
+/// (without a verb) matches as part of that segment.
+fn unify(a: &[Segment], b: &[Segment], verb: Option<&str>) -> bool {
+    // Whether `b`'s last segment can be one that ends with the verb.
+    let takes_verb = |last: &Segment| match (last, verb) {
+        (Segment::Literal(literal), Some(verb)) => literal
+            .strip_suffix(verb)
+            .and_then(|rest| rest.strip_suffix(':'))
+            .is_some_and(|rest| !rest.is_empty()),
+        _ => true,
+    };
+    match (a.split_first(), b.split_first()) {
+        (None, None) => true,
+        (None, Some(_)) | (Some(_), None) => false,
+        // `a`'s rest takes all of `b`'s segments, the verb after them.
+        (Some((first, _)), Some(_)) if first.is_rest() => b.last().is_some_and(takes_verb),
+        // `b`'s rest takes what `a`'s segments match, the verb included.
+        (Some(_), Some((first, _))) if first.is_rest() => true,
+        (Some((x, a_after)), Some((y, b_after))) => {
+            let last = a_after.is_empty();
+            let meet = match (x, y) {
+                (Segment::Literal(x), Segment::Literal(y)) => match verb {
+                    Some(verb) if last => *y == format!("{x}:{verb}"),
+                    _ => x == y,
+                },
+                (_, Segment::Literal(_)) if last => takes_verb(y),
+                _ => true,
+            };
+            meet && unify(a_after, b_after, verb)
+        }
+    }
+}
+
 /// Percent-decodes one path segment; `None` when it is not UTF-8.
 fn decode(segment: &str) -> Option<String> {
     percent_encoding::percent_decode_str(segment)
@@ -286,5 +341,55 @@ mod tests {
         assert_eq!(shape("/v1/persons/{id}"), shape("/v1/persons/{nin}"));
         assert_eq!(shape("/v1/persons/{id}"), shape("/v1/persons/*"));
         assert_ne!(shape("/v1/persons/{id}"), shape("/v1/persons/{id}:x"));
+    }
+
+    /// `overlaps` says what matching says, over every path of a few
+    /// segments and a verb.
+    #[test]
+    fn templates_overlap_exactly_where_a_path_matches_both() {
+        let templates = [
+            "/v1/persons/{nin}",
+            "/v1/persons/{nin}:verify",
+            "/v1/persons/{nin}/consents",
+            "/v1/{ninea=**}",
+            "/v1/{ninea=**}:verify",
+            "/v1/*/consents",
+            "/v1/persons",
+            "/v1/persons:verify",
+            "/v1/a:verify",
+            "/v1/**",
+            "/v2/persons/{nin}",
+        ];
+        let parts = [
+            "v1",
+            "v2",
+            "persons",
+            "consents",
+            "a",
+            "persons:verify",
+            "a:verify",
+        ];
+        let mut paths = vec![String::new()];
+        let mut all = Vec::new();
+        for _ in 0..4 {
+            paths = paths
+                .iter()
+                .flat_map(|path| parts.iter().map(move |part| format!("{path}/{part}")))
+                .collect();
+            all.extend(paths.iter().cloned());
+        }
+        for a in templates {
+            for b in templates {
+                let (ta, tb) = (Template::parse(a).unwrap(), Template::parse(b).unwrap());
+                let witness = all
+                    .iter()
+                    .find(|path| ta.matches(path).is_some() && tb.matches(path).is_some());
+                assert_eq!(
+                    ta.overlaps(&tb),
+                    witness.is_some(),
+                    "{a} and {b}: a path matching both is {witness:?}"
+                );
+            }
+        }
     }
 }
