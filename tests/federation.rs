@@ -407,7 +407,7 @@ async fn a_foreign_member_cannot_call_straight_in() {
         &bed.pki.join("member-cbao-kyc.pem"),
         &bed.pki.join("member-cbao-kyc.key"),
     );
-    let mut client = H2Client::connect(partner.instance.address(), tls)
+    let mut client = H2Client::connect(partner.instance.address(), Arc::clone(&tls))
         .await
         .unwrap();
     let response = raw_call(
@@ -421,6 +421,18 @@ async fn a_foreign_member_cannot_call_straight_in() {
     assert_eq!(response.headers()["grpc-status"], "7", "{response:?}");
     assert_eq!(response.headers()["bridge-error"], "foreign-member");
     assert_eq!(response.headers()["bridge-instance"], "AZ");
+
+    // Nor may it read which of this instance's operations it could call.
+    let mut client = H2Client::connect(partner.instance.address(), tls)
+        .await
+        .unwrap();
+    let request = http::Request::get("/openapi.json")
+        .body(tonic::body::Body::empty())
+        .unwrap();
+    let ready = tower::ServiceExt::ready(&mut client).await.unwrap();
+    let response = tower::Service::call(ready, request).await.unwrap();
+    assert_eq!(response.status(), 403, "{response:?}");
+    assert_eq!(response.headers()["bridge-error"], "foreign-member");
     bed.stop().await;
 }
 

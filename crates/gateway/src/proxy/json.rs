@@ -242,20 +242,27 @@ fn openapi(
     request: &Request<CallerBody>,
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
+    // Read as a call is admitted: by a registered member of this instance
+    // (another instance's members, its gateway included, call through
+    // their own instance's gateway); refused, the connection closes.
     let member = match &service.peer.member {
-        Ok(member) if state.registry().contains_key(member) => member,
-        Ok(member) => {
-            return Failure::new(
-                Code::Unauthenticated,
-                format!("{member} is not a registered member"),
-            )
-            .kind("unknown-member")
-            .respond(request_id);
+        Ok(member) if member.instance() != state.federation.instance => {
+            Err(GatewayError::ForeignMember {
+                member: member.clone(),
+                instance: member.instance().to_owned(),
+            })
         }
-        Err(error) => {
-            return Failure::new(Code::Unauthenticated, error.to_string())
-                .kind("no-member-identity")
-                .respond(request_id);
+        Ok(member) if !state.registry().contains_key(member) => {
+            Err(GatewayError::UnknownMember(member.clone()))
+        }
+        Ok(member) => Ok(member),
+        Err(reason) => Err(GatewayError::NoMemberIdentity(reason.clone())),
+    };
+    let member = match member {
+        Ok(member) => member,
+        Err(refused) => {
+            service.peer.control.close();
+            return Failure::refusal(&refused).respond(request_id);
         }
     };
     let authority = request
