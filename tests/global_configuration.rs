@@ -463,7 +463,7 @@ async fn a_directory_serves_so_many_connections_and_no_more() {
 /// The configuration key is replaced without an outage: versions signed
 /// by both keys while gateways learn the new one (a reload of the file
 /// with the new key keeps following, a restart takes it), then by the new
-/// key alone.
+/// key alone; a gateway stopped all along starts on the new key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_configuration_key_is_replaced_without_an_outage() {
     let bed = dev_bed().await;
@@ -471,6 +471,12 @@ async fn the_configuration_key_is_replaced_without_an_outage() {
     let config = directory.gateway_config(&bed, "gw");
     let mut gateway = GatewayProcess::spawn_config(&bed, "gw", &config);
     assert_eq!(metric(gateway.admin, VERSION).await, 1.0);
+    // Away through the rotation: its cache holds version 1, signed by the
+    // old key alone.
+    let away_config = directory.gateway_config(&bed, "gw-away");
+    let mut away = GatewayProcess::spawn_config(&bed, "gw-away", &away_config);
+    assert_eq!(metric(away.admin, VERSION).await, 1.0);
+    away.kill();
 
     // Version 2, signed by the old key and the new.
     let new_key = bed.dir().join("directory-key-2.pem");
@@ -525,6 +531,17 @@ async fn the_configuration_key_is_replaced_without_an_outage() {
     // taken, the file's other url waiting for the restart.
     rotated.publish(&[]);
     until_metric(gateway.admin, VERSION, 5.0).await;
+
+    // Back with the new key: its cache's version cannot be checked any
+    // more, but it names the floor; the directory's version 5 is taken.
+    let text = std::fs::read_to_string(&away_config).unwrap();
+    std::fs::write(
+        &away_config,
+        text.replace("directory-key.pub", "directory-key-2.pub"),
+    )
+    .unwrap();
+    let away = GatewayProcess::spawn_config(&bed, "gw-away", &away_config);
+    assert_eq!(metric(away.admin, VERSION).await, 5.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use super::reload::Reloader;
 use crate::config::{Config, DirectoryConfig, DirectorySource, FollowedPartner, Staged};
-use crate::global::cache::Cache;
+use crate::global::cache::{Cache, CacheError};
 use crate::global::{Bundle, BundleError};
 
 /// How long a poll waits for the directory.
@@ -169,10 +169,24 @@ async fn stage_newer(
         let bundle = Bundle::open(&bytes, &verifier).map_err(Failed::Refused)?;
         // A cache that cannot be read says nothing of the version in use:
         // taking any signed bundle then would let an older one in.
-        let current = cache
-            .current(&verifier)
-            .map_err(|error| Failed::Cache(error.to_string()))?;
-        let floor = beside.then(|| cache.floor_beside()).flatten();
+        let (current, unchecked) = match cache.current(&verifier) {
+            Ok(current) => (current, None),
+            // Signed by a key no longer trusted (it rotated while this
+            // gateway was stopped): the version its pointer names, the
+            // gateway's own file, is the floor, as for a partner's caches
+            // beside; that version itself is not taken again.
+            Err(CacheError::Bundle {
+                error: BundleError::Unsigned(_),
+                ..
+            }) => (None, cache.version_in_use()),
+            Err(error) => return Err(Failed::Cache(error.to_string())),
+        };
+        let floor = beside
+            .then(|| cache.floor_beside())
+            .flatten()
+            .into_iter()
+            .chain(unchecked.map(|version| (version, cache.dir().to_owned())))
+            .max();
         let newer = bundle
             .accept_above(
                 &instance,
@@ -424,7 +438,8 @@ async fn prepare_global(path: &Path) -> Result<Prepared, String> {
         return Ok(Prepared::NoDirectory);
     };
     let cache = Cache::new(&directory.cache);
-    let has_one = matches!(cache.current(&directory.verifier), Ok(Some(_)));
+    let cached = cache.current(&directory.verifier);
+    let has_one = matches!(cached, Ok(Some(_)));
     let fetched = match fetch_newer(&mut Source::new(&directory)).await {
         Ok(Some(staged)) => {
             // The partners it follows first: the load needs them.
@@ -456,10 +471,15 @@ async fn prepare_global(path: &Path) -> Result<Prepared, String> {
     match fetched {
         Ok(prepared) => Ok(prepared),
         Err(why) if has_one => Ok(Prepared::FromCache { why }),
-        Err(error) => Err(format!(
-            "no global configuration: the cache {} has none, and the directory's: {error}",
-            directory.cache.display()
-        )),
+        Err(error) => {
+            let cache = match cached {
+                Err(unusable) => format!("the cache's cannot be used ({unusable})"),
+                Ok(_) => format!("the cache {} has none", directory.cache.display()),
+            };
+            Err(format!(
+                "no global configuration: {cache}, and the directory's: {error}"
+            ))
+        }
     }
 }
 
