@@ -1319,3 +1319,26 @@ async fn a_stranger_is_refused_before_its_json_is_read() {
     assert_eq!(answer.status, 401, "{:?}", answer.json());
     assert_eq!(answer.json()["bridge_error"], "unknown-member");
 }
+
+/// The README's curl examples send their bodies as JSON: curl's `-d`
+/// alone says `application/x-www-form-urlencoded`, which is refused.
+#[test]
+fn the_readmes_curl_examples_say_their_bodies_are_json() {
+    let readme = include_str!("../README.md");
+    let helper = readme
+        .split("bankj() {")
+        .nth(1)
+        .and_then(|rest| rest.split("\n}\n").next())
+        .expect("the README defines bankj");
+    assert!(
+        helper.contains("content-type: application/json"),
+        "{helper}"
+    );
+    for line in readme.lines() {
+        let curl = line.trim_start().starts_with("curl ");
+        assert!(
+            !(curl && line.contains(" -d ")) || line.contains("content-type"),
+            "{line}"
+        );
+    }
+}

@@ -194,6 +194,7 @@ pub fn openapi(
         purpose: headers::BRIDGE_PURPOSE,
         consent: headers::BRIDGE_CONSENT,
         request_id: headers::BRIDGE_REQUEST_ID,
+        deadline: headers::GRPC_TIMEOUT,
         others: &[
             (
                 headers::BRIDGE_REASON,

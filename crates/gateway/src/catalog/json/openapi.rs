@@ -240,6 +240,8 @@ pub struct Declared<'a> {
     pub consent: &'a str,
     /// The request id, sent and answered.
     pub request_id: &'a str,
+    /// The call's deadline (gRPC's `grpc-timeout`).
+    pub deadline: &'a str,
     /// The others: name, what it says, longest value.
     pub others: &'a [(&'a str, &'a str, Option<usize>)],
 }
@@ -276,6 +278,12 @@ fn headers(declared: &Declared<'_>, permits: &Permitted) -> Vec<Value> {
             declared.request_id,
             "A UUID naming the call; the gateway makes one when absent.",
             json!({ "type": "string", "format": "uuid" }),
+        ),
+        header(
+            declared.deadline,
+            "The call's deadline, as gRPC writes it: at most 8 digits and a unit (H, M, S, m, \
+             u or n), `5S` for five seconds. Without it, the gateway's longest.",
+            json!({ "type": "string", "pattern": "^[0-9]{1,8}[HMSmun]$" }),
         ),
     ];
     for (name, description, longest) in declared.others {
@@ -531,6 +539,7 @@ mod tests {
             purpose: "x-purpose",
             consent: "x-consent",
             request_id: "x-request-id",
+            deadline: "grpc-timeout",
             others: &[("x-reason", "why", Some(256))],
         };
         let document = document(
@@ -560,6 +569,11 @@ mod tests {
             .and_then(|p| p.iter().find(|p| p["name"] == "x-purpose"))
             .expect("a purpose header");
         assert_eq!(purpose["schema"]["enum"], json!(["KYC"]));
+        let deadline = operation["parameters"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == "grpc-timeout"))
+            .expect("a deadline header");
+        assert_eq!(deadline["schema"]["pattern"], "^[0-9]{1,8}[HMSmun]$");
         // Examples from the protos' `example` options, for the path and
         // for the body without what the path binds.
         let nin = operation["parameters"]
