@@ -390,6 +390,23 @@ impl IssuerKeys {
     }
 }
 
+/// The issuer an artefact names (`iss`), read without checking anything:
+/// where it is to be checked, never whether to trust it. `None` when it
+/// is not an artefact with an issuer.
+pub fn claimed_issuer(token: &str) -> Option<String> {
+    let parts = Parts::split(token).ok()?;
+    if !is_json_object(&parts.payload) {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct Issuer {
+        iss: String,
+    }
+    serde_json::from_slice::<Issuer>(&parts.payload)
+        .ok()
+        .map(|claims| claims.iss)
+}
+
 /// A compact JWS split and decoded, not yet checked.
 struct Parts<'a> {
     header_b64: &'a str,

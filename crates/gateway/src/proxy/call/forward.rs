@@ -292,23 +292,18 @@ impl UpstreamHead {
             && let Some(key) = &call.state.federation.key
         {
             let assertion = call.assertion(partner, provider, exchange);
-            // A consent this gateway's issuers signed is its own
-            // citizens': it stays here, used or not. Another is the
-            // partner's to check.
-            let ours = exchange.consent_use.is_some()
-                || exchange.headers.consent.as_ref().is_some_and(|consent| {
-                    call.state.consent_keys.as_ref().is_some_and(|keys| {
-                        consent
-                            .to_str()
-                            .is_ok_and(|token| keys.verify(token).is_ok())
-                    })
-                });
+            let theirs = exchange.consent_use.is_none()
+                && exchange
+                    .headers
+                    .consent
+                    .as_ref()
+                    .is_some_and(|consent| issued_in(consent, partner));
             headers::federated_headers(
                 &mut headers,
                 &exchange.headers,
                 provider,
                 &assertion.seal(key),
-                !ours,
+                theirs,
             );
         }
         // A citizen's consent stays in its instance.
@@ -344,6 +339,19 @@ impl UpstreamHead {
     }
 }
 
+/// Whether `consent` is an artefact of `instance`'s issuers, as it says
+/// (`iss`): only such a consent goes to that partner, whose to check it
+/// is. Any other stays here, used or not: this instance's citizens' above
+/// all, whichever key signed it (a retired one included), and anything
+/// that does not read as an artefact.
+fn issued_in(consent: &HeaderValue, instance: &str) -> bool {
+    consent
+        .to_str()
+        .ok()
+        .and_then(crate::consent::artefact::claimed_issuer)
+        .is_some_and(|issuer| issuer.split('/').next() == Some(instance))
+}
+
 /// How long to wait before retry `retries + 1`: 25 ms, doubled at each
 /// retry, less a random part of up to half, so that callers failed together
 /// do not come back together.
@@ -357,4 +365,43 @@ fn replay_body(bytes: &Bytes) -> UpstreamBody {
     http_body_util::Full::new(bytes.clone())
         .map_err(|never| match never {})
         .boxed_unsync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consent::artefact::{ConsentClaims, ConsentSigner};
+
+    fn artefact(issuer: &str) -> HeaderValue {
+        let claims = ConsentClaims {
+            consent_id: "c-1".to_owned(),
+            subject: "1001199012345".to_owned(),
+            consumer: "AZ/COM/KAPITAL/kyc".to_owned(),
+            providers: vec!["SN/GOV/ANEC/civil-registry".to_owned()],
+            methods: vec!["/govbridge.civilregistry.v1.CivilRegistry/VerifyIdentity".to_owned()],
+            purpose: "KYC".to_owned(),
+            not_before: 0,
+            expires: i64::MAX,
+            max_uses: 1,
+            issuer: issuer.to_owned(),
+            issued_at: 0,
+        };
+        // Any key: a retired one of this instance's issuers, say.
+        let signer = ConsentSigner::generate("retired-2025").unwrap();
+        HeaderValue::from_str(&signer.sign(&claims)).unwrap()
+    }
+
+    /// A consent goes to the partner whose issuer it names, whatever key
+    /// signed it; this instance's, or anything else, stays here.
+    #[test]
+    fn a_consent_goes_only_to_the_instance_that_issued_it() {
+        assert!(issued_in(&artefact("AZ/GOV/MYGOV/app"), "AZ"));
+        assert!(!issued_in(&artefact("SN/GOV/MYGOV/app"), "AZ"));
+        assert!(!issued_in(&artefact("AZX/GOV/MYGOV/app"), "AZ"));
+        assert!(!issued_in(
+            &HeaderValue::from_static("not.an.artefact"),
+            "AZ"
+        ));
+        assert!(!issued_in(&HeaderValue::from_static("AZ"), "AZ"));
+    }
 }
