@@ -1007,6 +1007,16 @@ async fn json_mistakes_are_400s_naming_the_field_and_the_gateway_keeps_serving()
         .await
         .unwrap();
     assert_eq!(refusal(&bad_id), (400, json!("bad-header")));
+    // Refused once the bank was admitted, as over gRPC: recorded, under
+    // the id the answer names.
+    let answered_id = bad_id.header("bridge-request-id").unwrap().to_owned();
+    let records = bed.sandbox.exchange_log().of_request(&answered_id).unwrap();
+    assert!(
+        records
+            .iter()
+            .any(|r| r.record.json && r.record.error_kind == "bad-header"),
+        "{records:?}"
+    );
     let nowhere = bank
         .call(Method::GET, "/v1/nowhere", &headers, "")
         .await

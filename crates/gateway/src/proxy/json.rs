@@ -112,14 +112,12 @@ pub(super) async fn serve(
     service: GatewayService,
     request: Request<CallerBody>,
 ) -> Response<ResponseBody> {
-    let request_id = match headers::request_id(request.headers()) {
-        Ok(id) => id,
-        // Refused as the gRPC call would be, before anything is read.
-        Err(error) => {
-            return Failure::new(Code::InvalidArgument, error.to_string())
-                .kind("bad-header")
-                .respond(&headers::fresh_request_id());
-        }
+    // A malformed id is refused as the gRPC call's would be: once the
+    // caller is admitted (before, it would let anyone write to the
+    // exchange log), under an id of the gateway's.
+    let (request_id, bad_request_id) = match headers::request_id(request.headers()) {
+        Ok(id) => (id, None),
+        Err(error) => (headers::fresh_request_id(), Some(BadRequestId(error))),
     };
     let state = service.state.load_full();
     if request.uri().path() == "/openapi.json" {
@@ -212,6 +210,9 @@ pub(super) async fn serve(
         .respond(&request_id);
     };
     grpc.extensions_mut().insert(json);
+    if let Some(bad) = bad_request_id {
+        grpc.extensions_mut().insert(bad);
+    }
     let response = service.handle(grpc, true).await;
     let mut answer = if let Some(bad) = read.refused.get() {
         let mut answer = Failure::bad_request(bad.clone()).respond(&request_id);
@@ -534,6 +535,11 @@ fn grpc_request(
     headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
     Ok(request)
 }
+
+/// A JSON request's malformed `bridge-request-id`, for the call that
+/// refuses it once its caller is admitted.
+#[derive(Debug, Clone)]
+pub(super) struct BadRequestId(pub(super) crate::wire::WireError);
 
 /// A gRPC status as the end of a JSON call.
 #[derive(Debug)]

@@ -61,7 +61,7 @@ impl GatewayService {
     /// (`json`: recorded as such).
     pub(super) async fn handle(
         self,
-        request: Request<CallerBody>,
+        mut request: Request<CallerBody>,
         json: bool,
     ) -> Response<ResponseBody> {
         let received = Instant::now();
@@ -72,7 +72,14 @@ impl GatewayService {
         // Cloning a `Uri` shares its bytes: the route and the log borrow it.
         let uri = request.uri().clone();
         let (request_id, bad_request_id) = match headers::request_id(request.headers()) {
-            Ok(id) => (id, None),
+            // A JSON call's id was read already: the one it was given to
+            // answer under, and the error its own was.
+            Ok(id) => {
+                let bad = request
+                    .extensions_mut()
+                    .remove::<super::json::BadRequestId>();
+                (id, bad.map(|bad| GatewayError::from(bad.0)))
+            }
             Err(error) => (headers::fresh_request_id(), Some(GatewayError::from(error))),
         };
         let trace = TraceContext::read(request.headers());
