@@ -129,14 +129,16 @@ fn message_of(
     };
     if matches!(matched.body, BodyRule::Whole) {
         // Every field is in the body: a query would be silently lost.
-        if let Some((name, _)) = query_pairs(query.unwrap_or_default()).next() {
+        if let Some(pair) = query_pairs(query.unwrap_or_default()).next() {
+            let (name, _) = pair?;
             return Err(BadRequest::at(
                 &name,
                 format!("query parameter `{name}`: this route takes every field in its body"),
             ));
         }
     } else {
-        for (name, value) in query_pairs(query.unwrap_or_default()) {
+        for pair in query_pairs(query.unwrap_or_default()) {
+            let (name, value) = pair?;
             let field = field_at(input, &name)
                 .map_err(|_| BadRequest::at(&name, format!("unknown query parameter `{name}`")))?;
             set(&mut object, input, &name, &field, value, true)?;
@@ -259,21 +261,32 @@ fn set(
 }
 
 /// The `name=value` pairs of a query, percent-decoded (`+` is a space).
-fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+/// A name or value that is not UTF-8 once decoded (`%E9`, Latin-1) is
+/// refused, as in a path: replaced, it would reach the backend altered.
+fn query_pairs(query: &str) -> impl Iterator<Item = Result<(String, String), BadRequest>> + '_ {
     query
         .split('&')
         .filter(|pair| !pair.is_empty())
         .map(|pair| {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (form_decode(name), form_decode(value))
+            let not_utf8 = || {
+                BadRequest::at(
+                    name,
+                    format!("query parameter `{name}`: not UTF-8 once percent-decoded"),
+                )
+            };
+            let decoded_name = form_decode(name).ok_or_else(not_utf8)?;
+            let value = form_decode(value).ok_or_else(not_utf8)?;
+            Ok((decoded_name, value))
         })
 }
 
-fn form_decode(text: &str) -> String {
+fn form_decode(text: &str) -> Option<String> {
     let spaced = text.replace('+', " ");
     percent_encoding::percent_decode_str(&spaced)
-        .decode_utf8_lossy()
-        .into_owned()
+        .decode_utf8()
+        .ok()
+        .map(|decoded| decoded.into_owned())
 }
 
 /// How answers are written: every field, defaults too (a `false` match is
@@ -407,6 +420,15 @@ mod tests {
                 .and_then(|v| v.as_u64()),
             Some(7)
         );
+        // Bytes that are not UTF-8 once decoded are refused, never
+        // replaced on their way to the backend.
+        for query in ["afterSequence=%E9", "after%E9=1"] {
+            let refused = request_messages(&matched, Some(query), b"").unwrap_err();
+            assert!(
+                refused.message.contains("not UTF-8"),
+                "{query}: {refused:?}"
+            );
+        }
     }
 
     #[test]
