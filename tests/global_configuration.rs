@@ -606,6 +606,39 @@ async fn a_gateway_with_a_directory_takes_the_shared_sections_from_it_only() {
     );
     std::fs::write(&global, &original).unwrap();
 
+    // Another instance's name over the bundle this url serves, and a
+    // bundle written inside what it bundles: refused, saying why.
+    let key = path(&directory.key);
+    let publish = |instance: &str, out: &Path| {
+        govbridge(&[
+            "directory",
+            "publish",
+            "--from",
+            path(&directory.publication),
+            "--key",
+            key,
+            "--instance",
+            instance,
+            "--out",
+            path(out),
+        ])
+    };
+    let refused = publish("SM", &directory.bundle);
+    let said = text(&refused);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("holds instance `SN`'s configuration"),
+        "{said}"
+    );
+    let inside = directory.publication.join("bundles").join("bundle.json");
+    std::fs::create_dir_all(inside.parent().unwrap()).unwrap();
+    let refused = publish("SN", &inside);
+    let said = text(&refused);
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("is inside --from"), "{said}");
+    assert!(!inside.exists());
+    std::fs::remove_dir(inside.parent().unwrap()).unwrap();
+
     let mut own = std::fs::read_to_string(&config).unwrap();
     own.push_str("\n[purposes]\nKYC = \"here\"\n");
     std::fs::write(&config, &own).unwrap();

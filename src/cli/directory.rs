@@ -646,6 +646,23 @@ fn publish(
         .map(|key| SigningKey::read(key).map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let signers: Vec<&SigningKey> = keys.iter().collect();
+    // Within what it bundles, each publication would carry the one before
+    // (and grow by a third each time, until gateways refuse it).
+    if let (Ok(out_dir), Ok(from)) = (
+        out.parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .canonicalize(),
+        from.canonicalize(),
+    ) && out_dir.starts_with(&from)
+    {
+        bail!(
+            "--out {} is inside --from {}: each publication would carry the one before; write \
+             the bundle elsewhere",
+            out.display(),
+            from.display()
+        );
+    }
     let previous = match std::fs::read(out) {
         // Signed by one of the keys (the one being replaced, say).
         Ok(bytes) => {
@@ -674,6 +691,18 @@ fn publish(
         .map(|database| runtime.block_on(database.latest_bundle_version(instance)))
         .transpose()?
         .flatten();
+    if let Some(previous) = previous
+        .as_ref()
+        .filter(|previous| previous.manifest.instance != instance)
+    {
+        bail!(
+            "{} holds instance `{}`'s configuration, not `{instance}`'s: gateways following it \
+             would refuse this one (wrong-instance); check --instance, or publish to another \
+             --out",
+            out.display(),
+            previous.manifest.instance
+        );
+    }
     let last = previous
         .as_ref()
         .map(|bundle| bundle.manifest.version)
@@ -694,6 +723,14 @@ fn publish(
     check_publication(from)?;
     let bundle = Bundle::build_signed_by(from, instance, version, valid, &signers)?;
     let json = bundle.to_json();
+    if json.len() > govbridge::global::MAX_BUNDLE_BYTES {
+        bail!(
+            "the bundle is {} bytes, more than the {} gateways take: every gateway would refuse \
+             it (malformed)",
+            json.len(),
+            govbridge::global::MAX_BUNDLE_BYTES
+        );
+    }
     if let Some(database) = &database
         && !runtime.block_on(database.publish_bundle(instance, version, &json))?
     {
