@@ -40,8 +40,10 @@ use crate::proto::audit::v1::{
     GetCheckpointRequest, GetRecordsRequest, MissingRecord, RecordProof, RecordProofs,
 };
 
-/// Receipts waiting, at most: past it a call's receipt is dropped (and
-/// counted) rather than hold memory for a partner that never answers.
+/// Receipts waiting for one partner, at most: past it a call's receipt is
+/// dropped (and counted) rather than hold memory for a partner that never
+/// answers. Each partner has its own room: one partner down for an hour
+/// must not cost the others their receipts.
 const MAX_PENDING: usize = 100_000;
 
 /// How long after its call a receipt is first asked for, and again after
@@ -91,9 +93,38 @@ pub struct Forwarded {
 /// became of them; kept across reloads.
 #[derive(Debug, Default)]
 pub struct ReceiptQueue {
-    pending: Mutex<VecDeque<Pending>>,
+    pending: Mutex<Queue>,
     /// Receipts by partner and result (`kept`, `refused`, `dropped`).
     outcomes: Mutex<BTreeMap<(String, &'static str), u64>>,
+}
+
+/// Receipts in the order they fall due, and how many are each partner's.
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Pending>,
+    by_partner: HashMap<String, usize>,
+}
+
+impl Queue {
+    fn push_back(&mut self, item: Pending) {
+        *self.by_partner.entry(item.instance.clone()).or_default() += 1;
+        self.items.push_back(item);
+    }
+
+    fn pop_front(&mut self) -> Option<Pending> {
+        let item = self.items.pop_front()?;
+        if let Some(count) = self.by_partner.get_mut(&item.instance) {
+            *count -= 1;
+            if *count == 0 {
+                self.by_partner.remove(&item.instance);
+            }
+        }
+        Some(item)
+    }
+
+    fn of(&self, instance: &str) -> usize {
+        self.by_partner.get(instance).copied().unwrap_or(0)
+    }
 }
 
 impl ReceiptQueue {
@@ -101,7 +132,7 @@ impl ReceiptQueue {
     pub fn push(&self, instance: &str, index: u64, call: Forwarded) {
         let now = Instant::now();
         let queued = self.pending.lock().is_ok_and(|mut pending| {
-            if pending.len() >= MAX_PENDING {
+            if pending.of(instance) >= MAX_PENDING {
                 return false;
             }
             pending.push_back(Pending {
@@ -122,7 +153,7 @@ impl ReceiptQueue {
 
     /// Receipts waiting to be fetched.
     pub fn pending(&self) -> usize {
-        self.pending.lock().map_or(0, |pending| pending.len())
+        self.pending.lock().map_or(0, |pending| pending.items.len())
     }
 
     /// Receipts by (partner, result) since the gateway started.
@@ -147,7 +178,7 @@ impl ReceiptQueue {
             return Vec::new();
         };
         let mut due = Vec::new();
-        while due.len() < most && pending.front().is_some_and(|item| item.due <= now) {
+        while due.len() < most && pending.items.front().is_some_and(|item| item.due <= now) {
             due.extend(pending.pop_front());
         }
         due
@@ -157,7 +188,9 @@ impl ReceiptQueue {
     fn again(&self, items: impl IntoIterator<Item = Pending>) {
         let due = Instant::now() + EVERY;
         if let Ok(mut pending) = self.pending.lock() {
-            pending.extend(items.into_iter().map(|item| Pending { due, ..item }));
+            for item in items {
+                pending.push_back(Pending { due, ..item });
+            }
         }
     }
 }
@@ -748,6 +781,29 @@ mod tests {
             inclusion_proof: Vec::new(),
         };
         (answer, checkpoint)
+    }
+
+    /// One partner that never answers fills its own room only: another's
+    /// receipts are still queued.
+    #[test]
+    fn a_partner_that_never_answers_keeps_no_other_from_its_receipts() {
+        let queue = ReceiptQueue::default();
+        let company = "/govbridge.az.business.v1.CompanyRegistry/GetCompany";
+        for index in 0..=MAX_PENDING as u64 {
+            queue.push("AZ", index, call(company));
+        }
+        assert_eq!(queue.pending(), MAX_PENDING);
+        queue.push("KE", 0, call(company));
+        assert_eq!(queue.pending(), MAX_PENDING + 1);
+        let outcomes = queue.outcomes();
+        assert_eq!(outcomes, [(("AZ".to_owned(), "dropped"), 1)]);
+        // Taken and queued again, a receipt keeps its partner's count.
+        let later = Instant::now() + 2 * EVERY;
+        let due = queue.due(later, 10);
+        assert_eq!(due.len(), 10);
+        queue.again(due);
+        queue.push("AZ", 0, call(company));
+        assert_eq!(queue.outcomes(), [(("AZ".to_owned(), "dropped"), 2)]);
     }
 
     /// A caller's request id may name several calls: the partner's record
