@@ -1263,4 +1263,30 @@ async fn directory_init_keeps_nothing_a_gateway_could_not_load() {
     let kept = init("directory-key.pub", &https);
     assert!(kept.status.success(), "{}", text(&kept));
     assert!(publication.join("global.toml").exists() && split.exists());
+
+    // [instance], what partners learn of this one, is the instance's: it
+    // moves to the publication, its key with it.
+    let with_instance = GatewayProcess::config(
+        &bed,
+        "with-instance",
+        &[],
+        "\n[instance]\ngateway = \"SN/GOV/GOVBRIDGE/gateway\"\nendpoints = \
+         [\"https://127.0.0.1:8443\"]\nfederation_key = \"directory-key.pub\"\n",
+    );
+    let (publication, split) = (dir.join("publication-2"), dir.join("split-2.toml"));
+    let mut args = vec!["directory", "init", "--config", path(&with_instance)];
+    args.extend(["--publication", path(&publication), "--out", path(&split)]);
+    args.extend(["--key", "directory-key.pub"]);
+    args.extend(https);
+    let kept = govbridge(&args);
+    assert!(kept.status.success(), "{}", text(&kept));
+    let global = std::fs::read_to_string(publication.join("global.toml")).unwrap();
+    assert!(
+        global.contains("[instance]")
+            && global.contains("federation_key = \"instance/directory-key.pub\""),
+        "{global}"
+    );
+    assert!(publication.join("instance/directory-key.pub").is_file());
+    let own = std::fs::read_to_string(&split).unwrap();
+    assert!(!own.contains("[instance]"), "{own}");
 }

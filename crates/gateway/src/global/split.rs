@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use toml::{Table, Value};
 
 /// The sections that move whole.
-const SHARED: [&str; 7] = [
+const SHARED: [&str; 8] = [
     "members",
     "providers",
     "services",
@@ -20,6 +20,7 @@ const SHARED: [&str; 7] = [
     "policy",
     "limits",
     "federation",
+    "instance",
 ];
 
 /// A gateway file, split.
@@ -139,6 +140,15 @@ pub fn split(path: &Path, directory: &DirectorySettings<'_>) -> Result<Split, St
                     .map(|crl| copy(crl, &into))
                     .collect::<Result<Vec<_>, _>>()?;
                 partner.insert("crls".to_owned(), Value::Array(moved));
+            }
+        }
+    }
+    // What partners learn of this instance, with the keys they learn.
+    if let Some(Value::Table(instance)) = global.get_mut("instance") {
+        for key in ["federation_key", "log_key"] {
+            if let Some(value) = instance.get(key) {
+                let moved = copy(value, "instance")?;
+                instance.insert(key.to_owned(), moved);
             }
         }
     }
