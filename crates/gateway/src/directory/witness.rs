@@ -76,8 +76,12 @@ impl Witness for WitnessService {
                 Err(Status::failed_precondition(error.to_string()))
             }
             Err(error @ WitnessError::State { .. }) => {
+                // Its file or database, and why, are for this side's log:
+                // the partner is told to come back.
                 tracing::error!(%error, "the witness cannot keep its state");
-                Err(Status::unavailable(error.to_string()))
+                Err(Status::unavailable(
+                    "this witness cannot keep its state now; offer the checkpoint again later",
+                ))
             }
             Err(error @ WitnessError::TooLarge { .. }) => {
                 Err(Status::invalid_argument(error.to_string()))
