@@ -131,9 +131,11 @@ impl Catalog {
     /// `FileDescriptorSet` with its imports. A file of a set that the
     /// gateway has already is taken once if it says the same (source
     /// comments aside, options included), refused otherwise; but a set's
-    /// copy of a well-known type (`google/protobuf/...`, which every
-    /// protobuf release extends and none changes on the wire) gives way
-    /// to the gateway's, whichever `protoc` or `buf` built it.
+    /// copy of a well-known type the gateway compiles in
+    /// (`google/protobuf/descriptor.proto`, which every protobuf release
+    /// extends and none changes on the wire) gives way to the gateway's,
+    /// whichever `protoc` or `buf` built it. Two sets' copies of another
+    /// (`timestamp.proto`) must say the same.
     pub fn with_sets(sets: &[&[u8]]) -> Result<Self, CatalogError> {
         let compiled = Compiled::get()?;
         let mut files = compiled.files.clone();
@@ -147,7 +149,9 @@ impl Catalog {
                 .map_err(|error| CatalogError::Decode(error.to_string()))?;
             for file in set {
                 if let Some(&at) = known.get(file.name()) {
-                    if !file.name().starts_with(WELL_KNOWN)
+                    let gateways_well_known =
+                        at < compiled.files.len() && file.name().starts_with(WELL_KNOWN);
+                    if !gateways_well_known
                         && !same_content(&compiled.pool, &files[at].encoded, &file.encoded)
                     {
                         return Err(CatalogError::Conflict(file.name().to_owned()));
@@ -380,6 +384,43 @@ mod tests {
                 .subjects()
                 .field("/govbridge.civilregistry.v1.CivilRegistry/GetPerson")
                 .is_some()
+        );
+    }
+
+    /// A well-known type the gateway does not compile in is compared like
+    /// any shared file: two sets' copies must say the same.
+    #[test]
+    fn two_sets_copies_of_another_well_known_type_must_agree() {
+        use prost_types::field_descriptor_proto::{Label, Type};
+        use prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorProto};
+        let timestamp = |fields: i32| {
+            let file = FileDescriptorProto {
+                name: Some("google/protobuf/timestamp.proto".to_owned()),
+                package: Some("google.protobuf".to_owned()),
+                syntax: Some("proto3".to_owned()),
+                message_type: vec![DescriptorProto {
+                    name: Some("Timestamp".to_owned()),
+                    field: (1..=fields)
+                        .map(|number| FieldDescriptorProto {
+                            name: Some(format!("f{number}")),
+                            number: Some(number),
+                            r#type: Some(Type::Int64.into()),
+                            label: Some(Label::Optional.into()),
+                            ..FieldDescriptorProto::default()
+                        })
+                        .collect(),
+                    ..DescriptorProto::default()
+                }],
+                ..FileDescriptorProto::default()
+            };
+            raw_set(vec![prost::Message::encode_to_vec(&file)])
+        };
+        let (two, three) = (timestamp(2), timestamp(3));
+        Catalog::with_sets(&[&two, &two]).unwrap();
+        let error = Catalog::with_sets(&[&two, &three]).unwrap_err();
+        assert!(
+            matches!(&error, CatalogError::Conflict(file) if file == "google/protobuf/timestamp.proto"),
+            "{error}"
         );
     }
 
