@@ -21,7 +21,7 @@ use std::sync::{Arc, mpsc};
 use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
 
-use crate::database::{Database, DatabaseError};
+use crate::database::{Database, DatabaseError, ONCE_LOCK_TIMEOUT};
 
 /// Counts written in one transaction at most.
 const MAX_BATCH: usize = 1024;
@@ -156,8 +156,8 @@ impl SharedUses {
         if max_uses == 0 {
             return Ok(false);
         }
-        // Run at most once: a take that waits too long on the count's row
-        // is cancelled, rather than left to spend a use after its call was
+        // Run at most once: a take that waits too long for the count's row
+        // fails on the server, rather than spend a use after its call was
         // refused.
         let taken = self
             .database
@@ -165,11 +165,12 @@ impl SharedUses {
                 client
                     .query_opt(
                         "INSERT INTO consent_uses AS uses (consent, counted, expires)
-                         VALUES ($1, 1, $3)
+                         SELECT $1::text, 1, $3::bigint
+                         FROM (SELECT set_config('lock_timeout', $4, true)) AS bounded
                          ON CONFLICT (consent) DO UPDATE SET counted = uses.counted + 1
                          WHERE uses.counted < $2
                          RETURNING counted",
-                        &[&consent, &max_uses, &expires],
+                        &[&consent, &max_uses, &expires, &ONCE_LOCK_TIMEOUT],
                     )
                     .await
             })
@@ -181,11 +182,11 @@ impl SharedUses {
 
     /// Gives back a use taken by a call that relayed no answer (refused
     /// after the use was taken, its caller gone). Not waited for. While
-    /// the database cannot be reached, or the statement was cancelled for
-    /// want of an answer, it is tried again until the consent `expires` or
-    /// the node stops; one whose statement was sent and never answered is
-    /// not (it may have counted, and a consent may lose a use, never gain
-    /// one).
+    /// the database cannot be reached, or the statement waited too long
+    /// for the count's row, it is tried again until the consent `expires`
+    /// or the node stops; one whose statement was sent and never answered
+    /// is not (it may have counted, and a consent may lose a use, never
+    /// gain one).
     pub fn give_back(self: &Arc<Self>, consent: &str, expires: i64) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // Dropped outside the runtime (at exit): the use stays spent.
@@ -202,8 +203,9 @@ impl SharedUses {
                         client
                             .execute(
                                 "UPDATE consent_uses SET counted = counted - 1
+                                 FROM (SELECT set_config('lock_timeout', $2, true)) AS bounded
                                  WHERE consent = $1 AND counted > 0",
-                                &[&owned.as_str()],
+                                &[&owned.as_str(), &ONCE_LOCK_TIMEOUT],
                             )
                             .await
                     })

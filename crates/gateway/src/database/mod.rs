@@ -38,9 +38,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// dials again.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long a statement cancelled past [`QUERY_TIMEOUT`] is waited for again
-/// (see [`Database::run_once`]).
+/// How long a statement [`Database::run_once`] sent is waited for past
+/// [`QUERY_TIMEOUT`].
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The `lock_timeout` of a statement run with [`Database::run_once`]:
+/// well within [`QUERY_TIMEOUT`], so that one held up by a lock fails on
+/// the server while its caller still waits for the answer.
+pub const ONCE_LOCK_TIMEOUT: &str = "1500ms";
 
 /// After a failed dial, queries fail at once for this long instead of
 /// queueing to dial again one after the other.
@@ -768,15 +773,18 @@ impl Database {
     }
 
     /// [`Self::run`], for a statement that must run at most once and may
-    /// be tried again: `Err(NotRun)` when it certainly did not run, `Ok(Err(_))`
-    /// when it failed or whether it ran is unknown. `query` is one
-    /// statement, or one transaction sent as one message.
+    /// be tried again: `Err(NotRun)` when it certainly did not run (never
+    /// sent, or refused by the server for a lock it waited for too long,
+    /// or cancelled), `Ok(Err(_))` when it failed otherwise or whether it
+    /// ran is unknown. `query` is one statement.
     ///
-    /// A statement with no answer within [`QUERY_TIMEOUT`] (held up by a
-    /// row lock, say) would otherwise run whenever the server gets to it,
-    /// with no one left to learn that it did. It is cancelled instead, and
-    /// its answer waited for 2 s more (`SETTLE_TIMEOUT`): the cancellation
-    /// (it did not run), or what it did before the cancel reached it.
+    /// Such a statement bounds its own waits for locks on the server
+    /// ([`ONCE_LOCK_TIMEOUT`], below [`QUERY_TIMEOUT`], with
+    /// `set_config('lock_timeout', ...)` in the statement): held up by a
+    /// row lock, it fails there, rather than run once no one waits for it
+    /// any more. An answer slower than [`QUERY_TIMEOUT`] (a stalled
+    /// server) is waited for 2 s more (`SETTLE_TIMEOUT`), the next queries
+    /// going to a new connection meanwhile.
     pub async fn run_once<T, F>(
         &self,
         query: impl FnOnce(Arc<Client>) -> F,
@@ -789,51 +797,29 @@ impl Database {
             error,
         })?;
         let mut answer = std::pin::pin!(query(Arc::clone(&client)));
-        if let Ok(answer) = tokio::time::timeout(QUERY_TIMEOUT, answer.as_mut()).await {
-            return Ok(answer.map_err(|error| self.failed(&error)));
-        }
-        self.forget(&client);
-        self.cancel(&client).await;
-        match tokio::time::timeout(SETTLE_TIMEOUT, answer).await {
-            Ok(Err(error)) if error.code() == Some(&SqlState::QUERY_CANCELED) => Err(NotRun {
-                stopped: self.is_closed(),
-                error: DatabaseError::Unreachable {
-                    url: self.url(),
-                    detail: format!("no answer within {QUERY_TIMEOUT:?}: cancelled"),
-                },
-            }),
-            Ok(answer) => Ok(answer.map_err(|error| self.failed(&error))),
-            Err(_) => Ok(Err(self.no_answer())),
-        }
-    }
-
-    /// Asks the server to cancel what `client`'s connection is running.
-    /// Where the request cannot be made, the statement may still finish
-    /// by itself.
-    async fn cancel(&self, client: &Client) {
-        let token = client.cancel_token();
-        let cancelling = async {
-            match &self.config.ca {
-                None => token
-                    .cancel_query(NoTls)
-                    .await
-                    .map_err(|error| error.to_string()),
-                Some(ca) => {
-                    let tls = crate::identity::tls::verifying_client_config(ca)
-                        .map_err(|error| format!("store.ca: {error}"))?;
-                    token
-                        .cancel_query(tls::RustlsConnect(tls))
-                        .await
-                        .map_err(|error| error.to_string())
+        let answer = match tokio::time::timeout(QUERY_TIMEOUT, answer.as_mut()).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                self.forget(&client);
+                match tokio::time::timeout(SETTLE_TIMEOUT, answer).await {
+                    Ok(answer) => answer,
+                    Err(_) => return Ok(Err(self.no_answer())),
                 }
             }
         };
-        let error = match tokio::time::timeout(CONNECT_TIMEOUT, cancelling).await {
-            Ok(Ok(())) => return,
-            Ok(Err(error)) => error,
-            Err(_) => format!("no answer within {CONNECT_TIMEOUT:?}"),
-        };
-        tracing::warn!(database = %self.url(), %error, "a statement with no answer could not be cancelled");
+        match answer {
+            Err(error)
+                if [SqlState::LOCK_NOT_AVAILABLE, SqlState::QUERY_CANCELED]
+                    .iter()
+                    .any(|refused| error.code() == Some(refused)) =>
+            {
+                Err(NotRun {
+                    stopped: self.is_closed(),
+                    error: self.failed(&error),
+                })
+            }
+            answer => Ok(answer.map_err(|error| self.failed(&error))),
+        }
     }
 
     async fn run_on<T, F>(
