@@ -292,12 +292,20 @@ impl UpstreamHead {
             && let Some(key) = &call.state.federation.key
         {
             let assertion = call.assertion(partner, provider, exchange);
+            // Never one this instance's issuers signed, whatever it claims.
+            let ours = |consent: &HeaderValue| {
+                call.state.consent_keys.as_ref().is_some_and(|keys| {
+                    consent
+                        .to_str()
+                        .is_ok_and(|token| keys.verify(token).is_ok())
+                })
+            };
             let theirs = exchange.consent_use.is_none()
                 && exchange
                     .headers
                     .consent
                     .as_ref()
-                    .is_some_and(|consent| issued_in(consent, partner));
+                    .is_some_and(|consent| issued_in(consent, partner) && !ours(consent));
             headers::federated_headers(
                 &mut headers,
                 &exchange.headers,
