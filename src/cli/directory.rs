@@ -618,6 +618,21 @@ fn with_block(text: &str, partner: &str, block: &str) -> anyhow::Result<String> 
     Ok(format!("{text}{separator}{block}"))
 }
 
+/// `path` made absolute, its links resolved as far as it exists: where a
+/// file not written yet will be.
+fn resolved(path: &Path) -> Option<PathBuf> {
+    let absolute = std::path::absolute(path).ok()?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        rest.push(existing.file_name()?.to_owned());
+        existing = existing.parent()?;
+    }
+    let mut resolved = existing.canonicalize().ok()?;
+    resolved.extend(rest.iter().rev());
+    Some(resolved)
+}
+
 /// What to publish, and where.
 struct Publication<'a> {
     /// The directory operators edit.
@@ -648,13 +663,8 @@ fn publish(
     let signers: Vec<&SigningKey> = keys.iter().collect();
     // Within what it bundles, each publication would carry the one before
     // (and grow by a third each time, until gateways refuse it).
-    if let (Ok(out_dir), Ok(from)) = (
-        out.parent()
-            .filter(|dir| !dir.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .canonicalize(),
-        from.canonicalize(),
-    ) && out_dir.starts_with(&from)
+    if let (Some(out_at), Ok(from)) = (resolved(out), from.canonicalize())
+        && out_at.starts_with(&from)
     {
         bail!(
             "--out {} is inside --from {}: each publication would carry the one before; write \
