@@ -273,6 +273,17 @@ async fn a_member_without_any_permit_is_refused_and_disconnected() {
         client.closed_by_server().await,
         "the connection stayed open"
     );
+    // Its /openapi.json is refused as its calls are.
+    let mut client = H2Client::connect(bed.gateway, bed.issue_client("cbao-accounts-2", &request))
+        .await
+        .unwrap();
+    let ready = tower::ServiceExt::ready(&mut client).await.unwrap();
+    let openapi = http::Request::get("/openapi.json")
+        .body(tonic::body::Body::empty())
+        .unwrap();
+    let response = tower::Service::call(ready, openapi).await.unwrap();
+    assert_eq!(response.status(), 403, "{response:?}");
+    assert_eq!(response.headers()["bridge-error"], "no-permits");
     bed.stop().await;
 }
 

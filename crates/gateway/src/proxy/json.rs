@@ -245,7 +245,8 @@ fn openapi(
 ) -> Response<ResponseBody> {
     // Read as a call is admitted: by a registered member of this instance
     // (another instance's members, its gateway included, call through
-    // their own instance's gateway); refused, the connection closes.
+    // their own instance's gateway) whom some policy may permit; refused,
+    // the connection closes.
     let member = match &service.peer.member {
         Ok(member) if member.instance() != state.federation.instance => {
             Err(GatewayError::ForeignMember {
@@ -255,6 +256,9 @@ fn openapi(
         }
         Ok(member) if !state.registry().contains_key(member) => {
             Err(GatewayError::UnknownMember(member.clone()))
+        }
+        Ok(member) if !state.policy.may_be_permitted(member) => {
+            Err(GatewayError::NoPermits(member.clone()))
         }
         Ok(member) => Ok(member),
         Err(reason) => Err(GatewayError::NoMemberIdentity(reason.clone())),
