@@ -1133,9 +1133,15 @@ fn query(data: &Path, filter: &QueryFilter, limit: u64, json: bool) -> anyhow::R
         }
         // Every record is looked at, a window at a time, as the log is
         // when the query begins.
-        None => store.select_windows(from..store.size()?, wanted, |window, rows| {
-            filter.sql(rows, window, None, more_subjects)
-        })?,
+        None => {
+            // A page after the first starts at its cursor.
+            let start = filter
+                .after
+                .map_or(from, |after| from.max(after.saturating_add(1)));
+            store.select_windows(start..store.size()?, wanted, |window, rows| {
+                filter.sql(rows, window, None, more_subjects)
+            })?
+        }
     };
     let more = rows.len() as u64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
