@@ -928,6 +928,39 @@ fn services_are_known_from_their_descriptors() {
     let config = parse(&with_descriptor("land.binpb")).unwrap();
     let methods = &config.catalog.service_methods()["govbridge.land.v1.LandRegistry"];
     assert!(methods.contains("GetParcels"));
+
+    // One whose JSON route would take the registries' requests (`GET
+    // /v1/persons/{nin}` among them): refused, naming both.
+    std::fs::write(
+        dir.path().join("land.proto"),
+        "syntax = \"proto3\";\npackage govbridge.land.v1;\n\
+         import \"google/api/annotations.proto\";\n\
+         message Request { string path = 1; }\n\
+         service LandRegistry {\n  rpc GetParcels(Request) returns (Request) {\n    \
+         option (google.api.http) = { get: \"/v1/{path=**}\" };\n  }\n}\n",
+    )
+    .unwrap();
+    let protos = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
+    let mut compiler = protox::Compiler::new([dir.path(), protos.as_path()]).unwrap();
+    compiler.include_imports(true);
+    compiler.open_file("land.proto").unwrap();
+    std::fs::write(
+        dir.path().join("wide.binpb"),
+        compiler.encode_file_descriptor_set(),
+    )
+    .unwrap();
+    let text = with_descriptor("wide.binpb");
+    let error = parse(&text).unwrap_err();
+    assert_eq!(
+        error.key,
+        "services.\"govbridge.land.v1.LandRegistry\".descriptor"
+    );
+    assert!(
+        error.message.contains("GET /v1/{path=**}")
+            && error.message.contains("may not take another's requests"),
+        "{}",
+        error.message
+    );
 }
 
 /// `[federation."XX"]` and what it changes: a partner's members are

@@ -100,6 +100,11 @@ pub enum CatalogError {
     Link(String),
     #[error(transparent)]
     Subject(#[from] subject::SubjectError),
+    #[error(
+        "{0}: one service's JSON route may not take another's requests; change one of the two \
+         google.api.http rules"
+    )]
+    RouteOverlap(String),
 }
 
 impl Catalog {
@@ -196,6 +201,9 @@ impl Catalog {
             descriptors: descriptors::DescriptorIndex::of(files),
             json: {
                 let routes = crate::catalog::json::Routes::of(pool);
+                if let Some(overlap) = routes.overlapping().first() {
+                    return Err(CatalogError::RouteOverlap(overlap.to_string()));
+                }
                 for refused in routes.refused() {
                     tracing::warn!(method = %refused.method, reason = %refused.reason, "a google.api.http route is not used; the method keeps its default JSON route");
                 }

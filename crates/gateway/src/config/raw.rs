@@ -1924,10 +1924,16 @@ fn catalog_of(
         .map(std::sync::Arc::new)
         .map_err(|error| {
             // Name the set at fault: the first that fails alone, else the
-            // last (which fails with the others).
+            // first that fails with those before it.
+            let fails = |sets: &[&[u8]]| crate::catalog::Catalog::with_sets(sets).is_err();
             let (key, descriptor, _) = sets
                 .iter()
-                .find(|(_, _, bytes)| crate::catalog::Catalog::with_sets(&[bytes]).is_err())
+                .find(|(_, _, bytes)| fails(&[bytes]))
+                .or_else(|| {
+                    (1..=all.len())
+                        .find(|&upto| fails(&all[..upto]))
+                        .map(|upto| &sets[upto - 1])
+                })
                 .unwrap_or(last);
             let path = source.path(descriptor);
             source.error(key, *descriptor, format!("{}: {error}", path.display()))

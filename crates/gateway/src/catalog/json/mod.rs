@@ -77,6 +77,9 @@ pub struct Routes {
     default: HashMap<String, Route>,
     /// Rules that could not be used, for `check-config` and the log.
     refused: Vec<RuleError>,
+    /// Routes of two services that match some of the same requests: a
+    /// configuration with any is refused.
+    overlapping: Vec<RuleError>,
 }
 
 impl Routes {
@@ -135,16 +138,19 @@ impl Routes {
     }
 
     /// Drops every annotated route that matches the same requests as
-    /// another method's (`GET /v1/persons/{id}` and `GET
-    /// /v1/persons/{nin}`), or some of the requests another service's
-    /// route matches (`GET /v1/{ninea=**}` takes `GET /v1/persons/1`):
-    /// which method a partner reaches must not depend on which service
-    /// sorts first, nor may a service published later take over another's
-    /// requests. Each keeps its default route. Within one service, routes
-    /// that overlap (`/v1/persons/{nin}` and `/v1/persons/{nin}:verify`)
-    /// are its author's, and the first that matches a request takes it.
+    /// another method's of its service (`GET /v1/persons/{id}` and `GET
+    /// /v1/persons/{nin}`): which method a partner reaches must not depend
+    /// on the order of the rules; each keeps its default route. Routes of
+    /// one service that overlap (`/v1/persons/{nin}` and
+    /// `/v1/persons/{nin}:verify`) are its author's, and the first that
+    /// matches a request takes it.
+    ///
+    /// Routes of two services that match some of the same requests (`GET
+    /// /v1/{ninea=**}` takes `GET /v1/persons/1`) are [`Self::overlapping`]:
+    /// no service published later may take another's requests, nor
+    /// silently drop its routes.
     fn drop_clashes(&mut self) {
-        let mut clashes: Vec<Option<String>> = vec![None; self.annotated.len()];
+        let mut clashes: Vec<Option<(bool, String)>> = vec![None; self.annotated.len()];
         for (at, route) in self.annotated.iter().enumerate() {
             for (other_at, other) in self.annotated.iter().enumerate() {
                 if at == other_at || route.verb != other.verb {
@@ -152,28 +158,31 @@ impl Routes {
                 }
                 let same = route.template.shape() == other.template.shape();
                 let foreign = route.method.parent_service() != other.method.parent_service();
-                if same || (foreign && route.template.overlaps(&other.template)) {
+                if (same && !foreign) || (foreign && route.template.overlaps(&other.template)) {
                     let which = if same { "the same" } else { "some of the same" };
                     clashes[at].get_or_insert_with(|| {
-                        format!(
-                            "{} {} and {}'s {} {} match {which} requests: neither is used",
+                        let reason = format!(
+                            "{} {} and {}'s {} {} match {which} requests",
                             route.verb,
                             route.template,
                             other.method.full_name(),
                             other.verb,
                             other.template,
-                        )
+                        );
+                        (foreign, reason)
                     });
                 }
             }
         }
         let routes = std::mem::take(&mut self.annotated);
         for (route, clash) in routes.into_iter().zip(clashes) {
+            let method = route.method.full_name().to_owned();
             match clash {
                 None => self.annotated.push(route),
-                Some(reason) => self.refused.push(RuleError {
-                    method: route.method.full_name().to_owned(),
-                    reason,
+                Some((true, reason)) => self.overlapping.push(RuleError { method, reason }),
+                Some((false, reason)) => self.refused.push(RuleError {
+                    method,
+                    reason: format!("{reason}: neither is used"),
                 }),
             }
         }
@@ -214,6 +223,11 @@ impl Routes {
         let mut defaults: Vec<&Route> = self.default.values().collect();
         defaults.sort_by_key(|route| route.template.to_string());
         self.annotated.iter().chain(defaults)
+    }
+
+    /// Routes of two services that match some of the same requests.
+    pub fn overlapping(&self) -> &[RuleError] {
+        &self.overlapping
     }
 
     /// The `google.api.http` rules that could not be used.
@@ -345,15 +359,28 @@ mod tests {
         let pool = crate::catalog::testing::agencies().pool();
         let routes = Routes::of(pool);
         assert!(routes.refused().is_empty(), "{:?}", routes.refused());
-        let known = routes.annotated[0].clone();
+        let of = |name: &str| {
+            routes
+                .annotated
+                .iter()
+                .find(|route| route.method.full_name() == name)
+                .unwrap()
+                .clone()
+        };
+        let known = of("govbridge.business.v1.BusinessRegistry.GetCompany");
         let mut clashing = Routes::of(pool);
-        // Another method's route of the same shape (`Template::shape`
-        // erases variable names: its unit test).
+        // Another method of its service, with a route of the same shape
+        // (`Template::shape` erases variable names: its unit test).
         let mut twin = known.clone();
-        twin.method = routes.annotated[1].method.clone();
+        twin.method = of("govbridge.business.v1.BusinessRegistry.ListDirectors").method;
         clashing.annotated.push(twin);
         clashing.drop_clashes();
         assert_eq!(clashing.refused().len(), 2, "{:?}", clashing.refused());
+        assert!(
+            clashing.overlapping().is_empty(),
+            "{:?}",
+            clashing.overlapping()
+        );
         assert!(
             clashing
                 .find(&known.verb, &known.template.openapi_path())
@@ -363,7 +390,8 @@ mod tests {
 
     /// Another service's route that would take some of a route's requests
     /// (`GET /v1/{ninea=**}` against CivilRegistry's `GET
-    /// /v1/persons/{nin}`): both are dropped, whichever sorts first.
+    /// /v1/persons/{nin}`): both are said, for the configuration to be
+    /// refused, whichever sorts first.
     #[test]
     fn another_services_overlapping_route_takes_nothing() {
         let pool = crate::catalog::testing::agencies().pool();
@@ -387,7 +415,7 @@ mod tests {
         overlapping.annotated.insert(0, wide);
         overlapping.drop_clashes();
         let refused: Vec<&str> = overlapping
-            .refused()
+            .overlapping()
             .iter()
             .map(|refused| refused.method.as_str())
             .collect();
@@ -407,9 +435,14 @@ mod tests {
             "{refused:?}"
         );
         assert_eq!(
-            overlapping.refused()[1].reason,
+            overlapping.overlapping()[1].reason,
             "GET /v1/persons/{nin} and govbridge.business.v1.BusinessRegistry.ListDirectors's \
-             GET /v1/{ninea=**} match some of the same requests: neither is used"
+             GET /v1/{ninea=**} match some of the same requests"
+        );
+        assert!(
+            overlapping.refused().is_empty(),
+            "{:?}",
+            overlapping.refused()
         );
         let path = "/v1/persons/2002196400009";
         assert!(get_person.template.matches(path).is_some());
