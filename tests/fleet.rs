@@ -649,9 +649,9 @@ async fn a_use_taken_after_its_call_stopped_waiting_is_given_back() {
     until_counted(&database, "slow-take", 1).await;
 }
 
-/// A take held up by a lock on the count (past the query timeout) fails
-/// on the server, its call refused: it does not spend the use once the
-/// lock goes, with no call left to give it back.
+/// A take held up by a lock on the count (held for longer than the
+/// query timeout) fails on the server, its call refused: it does not
+/// spend the use once the lock goes, with no call left to give it back.
 #[tokio::test]
 async fn a_take_held_up_by_a_lock_spends_no_use() {
     let cluster = Cluster::start_temporary().unwrap();

@@ -42,10 +42,12 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// [`QUERY_TIMEOUT`].
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The `lock_timeout` of a statement run with [`Database::run_once`]:
-/// well within [`QUERY_TIMEOUT`], so that one held up by a lock fails on
-/// the server while its caller still waits for the answer.
-pub const ONCE_LOCK_TIMEOUT: &str = "1500ms";
+/// The `lock_timeout` of a statement run with [`Database::run_once`], for
+/// each lock it waits for (a take may wait for another node's take, then
+/// for what that one waited for): a few such waits fit in
+/// [`QUERY_TIMEOUT`] and `SETTLE_TIMEOUT`, so that one held up by locks
+/// fails on the server while its caller still waits for the answer.
+pub const ONCE_LOCK_TIMEOUT: &str = "1s";
 
 /// After a failed dial, queries fail at once for this long instead of
 /// queueing to dial again one after the other.
@@ -637,7 +639,8 @@ pub enum DatabaseError {
 }
 
 /// A statement [`Database::run_once`] certainly did not run: it was never
-/// sent, or it was cancelled before it could.
+/// sent, or the server refused it (a lock waited for too long, a
+/// cancellation).
 #[derive(Debug)]
 pub struct NotRun {
     /// The node stopped: none will be sent again.
@@ -778,11 +781,10 @@ impl Database {
     /// or cancelled), `Ok(Err(_))` when it failed otherwise or whether it
     /// ran is unknown. `query` is one statement.
     ///
-    /// Such a statement bounds its own waits for locks on the server
-    /// ([`ONCE_LOCK_TIMEOUT`], below [`QUERY_TIMEOUT`], with
-    /// `set_config('lock_timeout', ...)` in the statement): held up by a
-    /// row lock, it fails there, rather than run once no one waits for it
-    /// any more. An answer slower than [`QUERY_TIMEOUT`] (a stalled
+    /// Such a statement bounds each of its waits for a lock on the server
+    /// ([`ONCE_LOCK_TIMEOUT`], with `set_config('lock_timeout', ...)` in
+    /// the statement): held up by row locks, it fails there, rather than
+    /// run once no one waits for it any more. An answer slower than [`QUERY_TIMEOUT`] (a stalled
     /// server) is waited for 2 s more (`SETTLE_TIMEOUT`), the next queries
     /// going to a new connection meanwhile.
     pub async fn run_once<T, F>(
