@@ -1923,18 +1923,16 @@ fn catalog_of(
     crate::catalog::Catalog::with_sets(&all)
         .map(std::sync::Arc::new)
         .map_err(|error| {
-            // Name the set at fault: the first that fails alone, else the
-            // first that fails with those before it.
-            let fails = |sets: &[&[u8]]| crate::catalog::Catalog::with_sets(sets).is_err();
-            let (key, descriptor, _) = sets
+            // Name the set at fault, with its own error: the first that
+            // fails alone, else the first that fails with those before it.
+            let failing = |sets: &[&[u8]]| crate::catalog::Catalog::with_sets(sets).err();
+            let ((key, descriptor, _), error) = sets
                 .iter()
-                .find(|(_, _, bytes)| fails(&[bytes]))
+                .find_map(|set| Some((set, failing(&[&set.2])?)))
                 .or_else(|| {
-                    (1..=all.len())
-                        .find(|&upto| fails(&all[..upto]))
-                        .map(|upto| &sets[upto - 1])
+                    (1..=all.len()).find_map(|upto| Some((&sets[upto - 1], failing(&all[..upto])?)))
                 })
-                .unwrap_or(last);
+                .unwrap_or((last, error));
             let path = source.path(descriptor);
             source.error(key, *descriptor, format!("{}: {error}", path.display()))
         })
