@@ -357,7 +357,8 @@ fn issued_in(consent: &HeaderValue, instance: &str) -> bool {
         .to_str()
         .ok()
         .and_then(crate::consent::artefact::claimed_issuer)
-        .is_some_and(|issuer| issuer.split('/').next() == Some(instance))
+        .and_then(|issuer| crate::identity::MemberId::parse(&issuer).ok())
+        .is_some_and(|issuer| issuer.instance() == instance)
 }
 
 /// How long to wait before retry `retries + 1`: 25 ms, doubled at each
@@ -411,5 +412,7 @@ mod tests {
             "AZ"
         ));
         assert!(!issued_in(&HeaderValue::from_static("AZ"), "AZ"));
+        // An issuer not named as a member id is no instance's.
+        assert!(!issued_in(&artefact("AZ"), "AZ"));
     }
 }
