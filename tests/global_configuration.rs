@@ -637,6 +637,12 @@ async fn a_gateway_with_a_directory_takes_the_shared_sections_from_it_only() {
     assert!(!refused.status.success(), "{said}");
     assert!(said.contains("is inside --from"), "{said}");
     assert!(!inside.parent().unwrap().exists());
+    // (through a directory not made yet and back out of it)
+    let back = directory.publication.join("new").join("..").join("b.json");
+    let refused = publish("SN", &back);
+    let said = text(&refused);
+    assert!(said.contains("is inside --from"), "{said}");
+    assert!(!directory.publication.join("b.json").exists());
 
     let mut own = std::fs::read_to_string(&config).unwrap();
     own.push_str("\n[purposes]\nKYC = \"here\"\n");

@@ -621,7 +621,16 @@ fn with_block(text: &str, partner: &str, block: &str) -> anyhow::Result<String> 
 /// `path` made absolute, its links resolved as far as it exists: where a
 /// file not written yet will be.
 fn resolved(path: &Path) -> Option<PathBuf> {
-    let absolute = std::path::absolute(path).ok()?;
+    let mut absolute = PathBuf::new();
+    for part in std::path::absolute(path).ok()?.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                absolute.pop();
+            }
+            std::path::Component::CurDir => {}
+            part => absolute.push(part),
+        }
+    }
     let mut existing = absolute.as_path();
     let mut rest = Vec::new();
     while !existing.exists() {
@@ -663,7 +672,10 @@ fn publish(
     let signers: Vec<&SigningKey> = keys.iter().collect();
     // Within what it bundles, each publication would carry the one before
     // (and grow by a third each time, until gateways refuse it).
-    if let (Some(out_at), Ok(from)) = (resolved(out), from.canonicalize())
+    let Some(out_at) = resolved(out) else {
+        bail!("--out {}: cannot tell where it is", out.display());
+    };
+    if let Ok(from) = from.canonicalize()
         && out_at.starts_with(&from)
     {
         bail!(
