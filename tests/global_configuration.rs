@@ -606,6 +606,17 @@ async fn a_gateway_with_a_directory_takes_the_shared_sections_from_it_only() {
     );
     std::fs::write(&global, &original).unwrap();
 
+    // A hidden policy file: the check reads it, the bundle would not
+    // carry it (a forbid checked, never enforced).
+    let hidden = directory.publication.join("policy/policies/.deny.cedar");
+    std::fs::create_dir_all(hidden.parent().unwrap()).unwrap();
+    std::fs::write(&hidden, "forbid (principal, action, resource);\n").unwrap();
+    let refused = directory.try_publish(&[]);
+    let said = text(&refused);
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains(".deny.cedar: a hidden policy file"), "{said}");
+    std::fs::remove_file(&hidden).unwrap();
+
     // Another instance's name over the bundle this url serves, and a
     // bundle written inside what it bundles: refused, saying why.
     let key = path(&directory.key);

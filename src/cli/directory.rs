@@ -744,6 +744,7 @@ fn publish(
     }
     check_publication(from)?;
     let bundle = Bundle::build_signed_by(from, instance, version, valid, &signers)?;
+    check_bundled(from, &bundle)?;
     let json = bundle.to_json();
     if json.len() > govbridge::global::MAX_BUNDLE_BYTES {
         bail!(
@@ -816,6 +817,38 @@ fn check_publication(dir: &Path) -> anyhow::Result<()> {
         govbridge::config::Config::load_publication(&dir.join(govbridge::global::GLOBAL_FILE))?;
     govbridge::policy::PolicyEngine::load(&config)?;
     Ok(())
+}
+
+/// Checks `bundle`, built from `from`, as gateways will have it: what was
+/// checked in `from` is what they get. A policy file the bundle leaves
+/// out (hidden, `.deny.cedar`: the check read it) is refused, and the
+/// bundle's own files, staged as a gateway stages them, are checked again
+/// (a file edited between the check and the build).
+fn check_bundled(from: &Path, bundle: &Bundle) -> anyhow::Result<()> {
+    let config =
+        govbridge::config::Config::load_publication(&from.join(govbridge::global::GLOBAL_FILE))?;
+    let policies = &config.policy.policies;
+    let entries =
+        std::fs::read_dir(policies).with_context(|| format!("reading {}", policies.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.ends_with(".cedar") {
+            bail!(
+                "{}: a hidden policy file is read by the policies' check but not published: \
+                 rename it, or remove it",
+                entry.path().display()
+            );
+        }
+    }
+    let scratch = tempfile::tempdir().context("a scratch directory")?;
+    let staged = govbridge::global::cache::Cache::new(scratch.path()).stage(bundle)?;
+    check_publication(&staged.dir).map_err(|error| {
+        let said = format!("{error:#}").replace(
+            &staged.dir.display().to_string(),
+            &from.display().to_string(),
+        );
+        anyhow::anyhow!("the bundle as built, not as checked (a file changed meanwhile?): {said}")
+    })
 }
 
 /// A bundle file, checked against `verifier` if given, or a directory
