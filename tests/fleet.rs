@@ -613,6 +613,29 @@ async fn a_use_given_back_while_the_database_is_down_is_given_back_once_it_is_up
     again.durable().await.unwrap();
 }
 
+/// Another session of `cluster`'s database, in a transaction holding the
+/// row of `consent`'s count (`COMMIT` lets it go).
+async fn holding_the_count(
+    cluster: &Cluster,
+    consent: &str,
+) -> std::sync::Arc<govbridge::database::Database> {
+    let holder = connect(cluster).await;
+    let consent = consent.to_owned();
+    holder
+        .run(|client| async move {
+            client.execute("BEGIN", &[]).await?;
+            client
+                .execute(
+                    "SELECT counted FROM consent_uses WHERE consent = $1 FOR UPDATE",
+                    &[&consent],
+                )
+                .await
+        })
+        .await
+        .unwrap();
+    holder
+}
+
 /// A call that stops waiting while its use is being taken (its deadline,
 /// here a lock held on the count) gives the use back once the take lands.
 #[tokio::test]
@@ -625,19 +648,7 @@ async fn a_use_taken_after_its_call_stopped_waiting_is_given_back() {
     first.spend();
     assert_eq!(counted(&database, "slow-take").await, Some(1));
 
-    // Another session holds the count's row.
-    let holder = connect(&cluster).await;
-    holder
-        .run(|client| async move {
-            client
-                .batch_execute(
-                    "BEGIN; SELECT counted FROM consent_uses WHERE consent = 'slow-take' \
-                     FOR UPDATE",
-                )
-                .await
-        })
-        .await
-        .unwrap();
+    let holder = holding_the_count(&cluster, "slow-take").await;
     let mut second = ledger.admit(&claims).unwrap();
     let waited = tokio::time::timeout(Duration::from_millis(300), second.durable()).await;
     assert!(waited.is_err(), "the take did not wait for the lock");
@@ -661,18 +672,7 @@ async fn a_take_held_up_by_a_lock_spends_no_use() {
     first.durable().await.unwrap();
     first.spend();
 
-    let holder = connect(&cluster).await;
-    holder
-        .run(|client| async move {
-            client
-                .batch_execute(
-                    "BEGIN; SELECT counted FROM consent_uses WHERE consent = 'stuck-take' \
-                     FOR UPDATE",
-                )
-                .await
-        })
-        .await
-        .unwrap();
+    let holder = holding_the_count(&cluster, "stuck-take").await;
     let mut second = ledger.admit(&claims).unwrap();
     let refused = second.durable().await.unwrap_err();
     assert!(

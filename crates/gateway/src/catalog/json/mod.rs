@@ -354,25 +354,31 @@ pub fn field_at(message: &MessageDescriptor, path: &str) -> Result<FieldDescript
 mod tests {
     use super::*;
 
+    /// The first annotated route of `method` (its full name).
+    fn route_of(routes: &Routes, method: &str) -> Route {
+        routes
+            .annotated
+            .iter()
+            .find(|route| route.method.full_name() == method)
+            .unwrap()
+            .clone()
+    }
+
     #[test]
     fn clashing_routes_are_both_dropped_and_said() {
         let pool = crate::catalog::testing::agencies().pool();
         let routes = Routes::of(pool);
         assert!(routes.refused().is_empty(), "{:?}", routes.refused());
-        let of = |name: &str| {
-            routes
-                .annotated
-                .iter()
-                .find(|route| route.method.full_name() == name)
-                .unwrap()
-                .clone()
-        };
-        let known = of("govbridge.business.v1.BusinessRegistry.GetCompany");
+        let known = route_of(&routes, "govbridge.business.v1.BusinessRegistry.GetCompany");
         let mut clashing = Routes::of(pool);
         // Another method of its service, with a route of the same shape
         // (`Template::shape` erases variable names: its unit test).
         let mut twin = known.clone();
-        twin.method = of("govbridge.business.v1.BusinessRegistry.ListDirectors").method;
+        twin.method = route_of(
+            &routes,
+            "govbridge.business.v1.BusinessRegistry.ListDirectors",
+        )
+        .method;
         clashing.annotated.push(twin);
         clashing.drop_clashes();
         assert_eq!(clashing.refused().len(), 2, "{:?}", clashing.refused());
@@ -396,18 +402,14 @@ mod tests {
     fn another_services_overlapping_route_takes_nothing() {
         let pool = crate::catalog::testing::agencies().pool();
         let routes = Routes::of(pool);
-        let get_person = routes
-            .annotated
-            .iter()
-            .find(|route| route.method.name() == "GetPerson")
-            .unwrap()
-            .clone();
-        let list_directors = routes
-            .annotated
-            .iter()
-            .find(|route| route.method.name() == "ListDirectors")
-            .unwrap()
-            .clone();
+        let get_person = route_of(
+            &routes,
+            "govbridge.civilregistry.v1.CivilRegistry.GetPerson",
+        );
+        let list_directors = route_of(
+            &routes,
+            "govbridge.business.v1.BusinessRegistry.ListDirectors",
+        );
         let mut overlapping = Routes::of(pool);
         let mut wide = list_directors;
         wide.template = Template::parse("/v1/{ninea=**}").unwrap();
