@@ -29,6 +29,7 @@ use super::service::GatewayService;
 use super::state::GatewayState;
 use crate::catalog::json::convert::{self, BadRequest};
 use crate::catalog::json::{BodyRule, Matched, NoRoute};
+use crate::identity::MemberId;
 use crate::wire::headers::{self, names};
 
 /// The largest JSON request body read: JSON is some two to three times
@@ -38,14 +39,84 @@ const MAX_BODY: usize = 4 * 1024 * 1024;
 /// What the JSON requests being transcoded at once may hold in memory,
 /// by estimate ([`room_for`]): parsed, a body of small values takes tens
 /// of times its size (`[[],[],...]`), where the gRPC path holds at most
-/// a message prefix. A request needing more runs alone.
+/// a message prefix.
 const TRANSCODING_BUDGET: usize = 256 * 1024 * 1024;
+
+/// What one member's JSON requests may hold of [`TRANSCODING_BUDGET`] at
+/// once: its calls wait behind each other, never the other members'
+/// (the budget is taken first come, first served). A body needing more
+/// is refused.
+const MEMBER_ROOM: usize = TRANSCODING_BUDGET / 4;
 
 /// The most one JSON value takes once parsed, with its key and the
 /// message field it becomes.
 const BYTES_PER_VALUE: usize = 160;
 
 static TRANSCODING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(TRANSCODING_BUDGET);
+
+/// Each member's [`MEMBER_ROOM`], while any of its calls holds some.
+static MEMBER_ROOMS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<MemberId, Arc<tokio::sync::Semaphore>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Room to transcode a body in: some of its member's share, and as much
+/// of the whole budget.
+struct Room {
+    member: MemberId,
+    share: Arc<tokio::sync::Semaphore>,
+    held: Option<(
+        tokio::sync::OwnedSemaphorePermit,
+        tokio::sync::SemaphorePermit<'static>,
+    )>,
+}
+
+impl Room {
+    /// `room` bytes for a body of `member`'s: from its share first, then
+    /// from the whole budget; more than a share is refused.
+    async fn take(member: &MemberId, room: usize) -> Result<Self, BadRequest> {
+        if room > MEMBER_ROOM {
+            return Err(BadRequest {
+                field: None,
+                message: format!(
+                    "the request body holds too many JSON values to convert at once (about \
+                     {room} bytes once parsed, at most {MEMBER_ROOM}): send it in smaller calls"
+                ),
+            });
+        }
+        let share = {
+            let mut rooms = MEMBER_ROOMS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(
+                rooms
+                    .entry(member.clone())
+                    .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MEMBER_ROOM))),
+            )
+        };
+        let permits = u32::try_from(room).unwrap_or(u32::MAX);
+        // Neither semaphore is ever closed.
+        let own = Arc::clone(&share).acquire_many_owned(permits).await;
+        let all = TRANSCODING.acquire_many(permits).await;
+        Ok(Self {
+            member: member.clone(),
+            share,
+            held: own.ok().zip(all.ok()),
+        })
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        self.held = None;
+        // A share no call holds is forgotten: members come and go.
+        let mut rooms = MEMBER_ROOMS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if Arc::strong_count(&self.share) == 2 && self.share.available_permits() == MEMBER_ROOM {
+            rooms.remove(&self.member);
+        }
+    }
+}
 
 /// The room transcoding `body` may take, at most: a share of
 /// [`TRANSCODING_BUDGET`].
@@ -437,15 +508,19 @@ impl JsonCall {
 
     /// Reads the JSON body (up to [`MAX_BODY`]) and makes the request
     /// messages; a mistake is kept for the answer and refuses the call.
-    pub(super) async fn read(&self, body: CallerBody) -> Result<Bytes, GatewayError> {
-        self.messages(body).await.map_err(|bad| {
+    pub(super) async fn read(
+        &self,
+        body: CallerBody,
+        caller: &MemberId,
+    ) -> Result<Bytes, GatewayError> {
+        self.messages(body, caller).await.map_err(|bad| {
             let message = bad.message.clone();
             let _ = self.read.refused.set(bad);
             GatewayError::BadJson(message)
         })
     }
 
-    async fn messages(&self, body: CallerBody) -> Result<Bytes, BadRequest> {
+    async fn messages(&self, body: CallerBody, caller: &MemberId) -> Result<Bytes, BadRequest> {
         let collected = Limited::new(body, MAX_BODY)
             .collect()
             .await
@@ -492,10 +567,8 @@ impl JsonCall {
             response_body: None,
             bound: self.bound.clone(),
         };
-        // Held while the body is parsed and converted. The semaphore is
-        // never closed.
-        let room = u32::try_from(room_for(&collected)).unwrap_or(u32::MAX);
-        let _room = TRANSCODING.acquire_many(room).await.ok();
+        // Held while the body is parsed and converted.
+        let _room = Room::take(caller, room_for(&collected)).await?;
         convert::request_messages(&matched, self.query.as_deref(), &collected)
     }
 }
@@ -954,5 +1027,35 @@ mod tests {
         // No request asks for more than the whole budget.
         let huge = vec![b','; TRANSCODING_BUDGET];
         assert_eq!(room_for(&huge), TRANSCODING_BUDGET);
+    }
+
+    /// A member holding its whole share makes its own next body wait,
+    /// not another member's; more than a share is refused, and a share
+    /// no call holds is forgotten.
+    #[tokio::test]
+    async fn a_member_waits_for_its_own_room_only() {
+        let greedy = MemberId::parse("SN/COM/GREEDY/json").unwrap();
+        let other = MemberId::parse("SN/COM/OTHER/json").unwrap();
+        let held = Room::take(&greedy, MEMBER_ROOM).await.unwrap();
+        let soon = std::time::Duration::from_millis(50);
+        assert!(
+            tokio::time::timeout(soon, Room::take(&greedy, 1))
+                .await
+                .is_err(),
+            "its share is taken"
+        );
+        let theirs = tokio::time::timeout(soon, Room::take(&other, MEMBER_ROOM / 2))
+            .await
+            .expect("another member waited for the first's share");
+        assert!(theirs.is_ok());
+        let refused = Room::take(&other, MEMBER_ROOM + 1).await.err().unwrap();
+        assert!(
+            refused.message.contains("too many JSON values"),
+            "{}",
+            refused.message
+        );
+        drop((held, theirs));
+        let rooms = MEMBER_ROOMS.lock().unwrap();
+        assert!(!rooms.contains_key(&greedy) && !rooms.contains_key(&other));
     }
 }

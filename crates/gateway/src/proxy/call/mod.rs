@@ -114,7 +114,7 @@ impl Call<'_> {
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let admitted = self.admit(request.headers()).await?;
         let headers = self.read_headers(&request, admitted.assertion.as_ref())?;
-        let request = self.transcode(request, &headers).await?;
+        let request = self.transcode(request, &headers, &admitted.caller).await?;
         if crate::catalog::is_local(self.uri.path()) {
             return Ok(self.serve_locally(request, admitted, &headers).await);
         }

@@ -5,6 +5,7 @@
 use http::Request;
 
 use super::{Call, within};
+use crate::identity::MemberId;
 use crate::proxy::body::CallerBody;
 use crate::proxy::json::JsonCall;
 use crate::proxy::{Deadline, GatewayError};
@@ -18,13 +19,14 @@ impl Call<'_> {
         &mut self,
         mut request: Request<CallerBody>,
         headers: &CallHeaders,
+        caller: &MemberId,
     ) -> Result<Request<CallerBody>, GatewayError> {
         let Some(json) = request.extensions_mut().remove::<JsonCall>() else {
             return Ok(request);
         };
         let (parts, body) = request.into_parts();
         let deadline = Deadline::new(self.received, headers.timeout, self.state.max_deadline);
-        let messages = within(&deadline, json.read(body)).await??;
+        let messages = within(&deadline, json.read(body, caller)).await??;
         self.answer = Some(json.into_answer());
         Ok(Request::from_parts(
             parts,
