@@ -421,6 +421,15 @@ async fn a_foreign_member_cannot_call_straight_in() {
     assert_eq!(response.headers()["grpc-status"], "7", "{response:?}");
     assert_eq!(response.headers()["bridge-error"], "foreign-member");
     assert_eq!(response.headers()["bridge-instance"], "AZ");
+    // Logged where it was refused.
+    let request_id = response.headers()["bridge-request-id"].to_str().unwrap();
+    let records = partner.records(request_id);
+    assert!(
+        records
+            .iter()
+            .any(|record| record.error_kind == "foreign-member"),
+        "{records:?}"
+    );
 
     // Nor may it read which of this instance's operations it could call.
     let mut client = H2Client::connect(partner.instance.address(), tls)
@@ -1521,6 +1530,14 @@ async fn assertions_are_checked_and_used_once() {
         assert_eq!(status.as_deref(), Some("16"));
         assert_eq!(error.as_deref(), Some("bad-assertion"));
     }
+    // Each refusal is logged where it was refused, as Azerbaijan's.
+    let records = partner.records(request_id);
+    let refused: Vec<&str> = records
+        .iter()
+        .filter(|record| !record.error_kind.is_empty())
+        .map(|record| record.error_kind.as_str())
+        .collect();
+    assert_eq!(refused, ["bad-assertion"; 5], "{records:?}");
     bed.stop().await;
 }
 
