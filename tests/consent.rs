@@ -421,6 +421,56 @@ async fn consent_bound_calls_fail_closed_while_the_consent_feed_is_down() {
     assert!(supplier.is_ok(), "{supplier:?}");
 }
 
+/// The consent feed dials the portal with the upstream TLS in use, not
+/// the one the gateway started with: once a reload revokes the portal's
+/// certificate, the feed open under the old CRL is dropped, the portal is
+/// not trusted again, and consent-bound calls are refused (a portal whose
+/// key leaked cannot keep the revocations to itself).
+#[tokio::test]
+async fn the_consent_feed_follows_a_reload_of_the_upstream_crls() {
+    // Three of the portal's heartbeats (one a second) in the window: the
+    // feed stays up until something drops it.
+    let bed = Bed::builder()
+        .dev_policies()
+        .consent_freshness("3s")
+        .upstream("crls", "[\"pki/crl.pem\"]")
+        .start()
+        .await;
+    let a = citizen(&bed, 0);
+    let consent = grant(
+        &bed,
+        &Grant {
+            max_uses: 1_000,
+            ..Grant::credit(&a)
+        },
+    )
+    .await;
+    clearance(&bed, &a, Some(&consent.artefact)).await.unwrap();
+
+    govbridge::pki::revoke(&bed.pki, &bed.pki.join("agency-mygov.pem")).unwrap();
+    bed.reloader.reload().unwrap();
+    // Polls the calls, bounded: the feed looks every second, then its
+    // freshness window runs out.
+    let revoked = std::time::Instant::now();
+    let status = loop {
+        match clearance(&bed, &a, Some(&consent.artefact)).await {
+            Err(status) => break status,
+            Ok(_) => {
+                assert!(
+                    revoked.elapsed() < std::time::Duration::from_secs(15),
+                    "consent-bound calls still served on the feed of a revoked portal"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        bridge_error(&status).as_deref(),
+        Some("consent-status-unknown")
+    );
+}
+
 #[tokio::test]
 async fn pausing_and_revoking_take_effect_at_once() {
     let bed = dev_bed().await;

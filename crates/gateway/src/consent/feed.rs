@@ -22,28 +22,64 @@ use crate::proto::consent::v1 as pb;
 use pb::consent_client::ConsentClient;
 
 /// Where the feed comes from.
-#[derive(Debug, Clone)]
 pub struct FeedSource {
-    /// The portal's backends, tried in turn.
-    pub endpoints: Vec<Endpoint>,
-    pub tls: Arc<ClientConfig>,
     /// The gateway's own member id, sent in `bridge-client`.
     pub gateway: MemberId,
     /// The portal's member id: its backends must prove it, or a backend of
     /// anyone else at that address could tell the gateway what is revoked.
     pub provider: MemberId,
+    /// How to reach the portal under the configuration in use, asked
+    /// again at each dial: a reload's certificate, CRLs or endpoints are
+    /// the feed's too.
+    pub route: Box<dyn Fn() -> Option<Arc<FeedRoute>> + Send + Sync>,
+}
+
+impl std::fmt::Debug for FeedSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeedSource")
+            .field("gateway", &self.gateway)
+            .field("provider", &self.provider)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How to reach the portal under one configuration.
+#[derive(Debug)]
+pub struct FeedRoute {
+    /// The portal's backends, tried in turn.
+    pub endpoints: Vec<Endpoint>,
+    /// This instance's upstream TLS: the gateway's certificate, the
+    /// backends' CAs and CRLs.
+    pub tls: Arc<ClientConfig>,
+    /// The last second (since the epoch) the upstream CRLs are accepted
+    /// in: a stream still open then is dropped, as any connection to a
+    /// backend is, and dialled again once fresh CRLs are loaded.
+    pub crls_stale_after: Option<i64>,
 }
 
 /// Longest wait between two attempts to reach the feed.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// How often an open feed looks whether the configuration it was dialled
+/// under still holds (a reload, CRLs going out of date).
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
 /// Follows the feed until the task is dropped.
 pub async fn follow(ledger: Arc<ConsentLedger>, source: FeedSource) {
     let mut backoff = Duration::from_millis(50);
     let mut down = false;
+    let mut last_route = None;
     loop {
-        for endpoint in &source.endpoints {
-            match follow_endpoint(&ledger, &source, endpoint).await {
+        // A configuration without consent (a reload that took it out,
+        // which applies at restart) keeps the route the feed had.
+        if let Some(route) = (source.route)() {
+            last_route = Some(route);
+        }
+        let Some(route) = last_route.clone() else {
+            return;
+        };
+        for endpoint in &route.endpoints {
+            match follow_endpoint(&ledger, &source, &route, endpoint).await {
                 Ok(()) => {}
                 Err(error) if !down => {
                     down = true;
@@ -75,6 +111,7 @@ pub async fn follow(ledger: Arc<ConsentLedger>, source: FeedSource) {
 async fn follow_endpoint(
     ledger: &ConsentLedger,
     source: &FeedSource,
+    route: &Arc<FeedRoute>,
     endpoint: &Endpoint,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let address = tokio::net::lookup_host(endpoint.address.as_str())
@@ -84,7 +121,7 @@ async fn follow_endpoint(
     let channel = Channel::connect_to_member(
         address,
         &endpoint.server_name.to_str(),
-        source.tls.clone(),
+        Arc::clone(&route.tls),
         &source.provider,
     )
     .await?;
@@ -101,13 +138,26 @@ async fn follow_endpoint(
         .into_inner();
     tracing::info!(endpoint = endpoint.address, "following the consent feed");
     let quiet = ledger.freshness;
+    let mut heard = tokio::time::Instant::now();
+    let mut look_at = heard + LOOK_EVERY;
     loop {
-        let Some(event) = tokio::time::timeout(quiet, events.message())
-            .await
-            .map_err(|_| "the feed went quiet")??
-        else {
+        let event = tokio::select! {
+            event = events.message() => event?,
+            () = tokio::time::sleep_until(look_at.min(heard + quiet)) => {
+                if heard.elapsed() >= quiet {
+                    return Err("the feed went quiet".into());
+                }
+                if let Some(why) = outdated(source, route) {
+                    return Err(why.into());
+                }
+                look_at = tokio::time::Instant::now() + LOOK_EVERY;
+                continue;
+            }
+        };
+        let Some(event) = event else {
             return Err("the feed ended".into());
         };
+        heard = tokio::time::Instant::now();
         match event.event {
             Some(pb::status_event::Event::Change(change)) => {
                 let state = match change.state() {
@@ -138,4 +188,18 @@ async fn follow_endpoint(
             None => ledger.heard(),
         }
     }
+}
+
+/// Why a feed dialled under `route` must be dialled again: the upstream
+/// TLS was reloaded (a revoked portal certificate, a renewed gateway
+/// one), or its CRLs went out of date.
+fn outdated(source: &FeedSource, route: &Arc<FeedRoute>) -> Option<&'static str> {
+    if (source.route)().is_some_and(|current| !Arc::ptr_eq(&current.tls, &route.tls)) {
+        return Some("the upstream TLS was reloaded: dialling the feed again");
+    }
+    let now = crate::unix_time::now();
+    route
+        .crls_stale_after
+        .is_some_and(|after| now > after)
+        .then_some("the upstream CRLs are out of date")
 }

@@ -421,18 +421,12 @@ impl Gateway {
                     None => ConsentLedger::open(consent.freshness, &consent.ledger)?,
                 },
                 crate::consent::feed::FeedSource {
-                    endpoints: config
-                        .providers
-                        .get(&consent.feed_provider)
-                        .map(|provider| provider.endpoints.clone())
-                        .unwrap_or_default(),
-                    tls: config
-                        .upstream
-                        .tls
-                        .client_config()
-                        .map_err(StartError::UpstreamTls)?,
                     gateway: config.gateway.identity.clone(),
                     provider: consent.feed_provider.clone(),
+                    route: {
+                        let state = Arc::clone(&state);
+                        Box::new(move || state.load().consent_feed.clone())
+                    },
                 },
             )),
             None => None,

@@ -47,6 +47,8 @@ pub struct GatewayState {
     pub(super) exchange_log: crate::config::ExchangeLogConfig,
     /// The consent issuer keys trusted, when consent is configured.
     pub(super) consent_keys: Option<ConsentVerifier>,
+    /// How the consent feed reaches the portal under this configuration.
+    pub(super) consent_feed: Option<Arc<crate::consent::feed::FeedRoute>>,
     /// The upstream TLS files and their size and modification time: while
     /// they stay the same, a reload keeps the backend connections.
     pub(super) upstream_tls: UpstreamTlsFiles,
@@ -310,6 +312,7 @@ impl GatewayState {
                 partner_crls.insert(partner.instance.clone(), freshness);
             }
         }
+        let feed_tls = Arc::clone(&upstream_tls);
         let connectors = Connectors {
             own: connector(upstream_tls, upstream_crls.as_ref()),
             partners,
@@ -331,6 +334,25 @@ impl GatewayState {
             let fingerprint = fingerprint(&files);
             (files, fingerprint)
         };
+        // The consent feed dials the portal as any backend is reached: a
+        // feed open under TLS files since changed is dialled again.
+        let consent_feed = config.consent.as_ref().map(|consent| {
+            let tls = previous
+                .filter(|previous| previous.upstream_tls == upstream_tls_files)
+                .and_then(|previous| previous.consent_feed.as_ref())
+                .map_or(feed_tls, |previous| Arc::clone(&previous.tls));
+            Arc::new(crate::consent::feed::FeedRoute {
+                endpoints: config
+                    .providers
+                    .get(&consent.feed_provider)
+                    .map(|provider| provider.endpoints.clone())
+                    .unwrap_or_default(),
+                tls,
+                crls_stale_after: upstream_crls
+                    .as_ref()
+                    .map(crate::identity::tls::CrlFreshness::stale_after),
+            })
+        });
         let federation_key = config
             .federation
             .key
@@ -375,6 +397,7 @@ impl GatewayState {
             admin_token,
             exchange_log: config.exchange_log.clone(),
             consent_keys,
+            consent_feed,
             // Calls in flight keep counting; unchanged buckets keep their
             // level.
             limits: Limits::after(&config.limits, previous.map(|previous| &previous.limits)),
