@@ -471,6 +471,74 @@ async fn the_consent_feed_follows_a_reload_of_the_upstream_crls() {
     );
 }
 
+/// A backend's status is the caller's only once its outcome is durable:
+/// refused for want of it, the caller learnt nothing, and the consent's
+/// use is given back (as it is for a JSON answer, tests/json.rs).
+#[tokio::test]
+async fn a_status_whose_outcome_is_not_logged_spends_no_use() {
+    let bed = dev_bed().await;
+    let a = citizen(&bed, 0);
+    let consent = grant(
+        &bed,
+        &Grant {
+            methods: &[INCOME],
+            max_uses: 1,
+            ..Grant::credit(&a)
+        },
+    )
+    .await;
+    // No declaration for 1990: the tax authority answers `NOT_FOUND`.
+    let income = |fault: Option<&'static str>| {
+        let mut request = with_header(
+            declared(
+                GetDeclaredIncomeRequest {
+                    nin: a.clone(),
+                    fiscal_year: 1990,
+                },
+                "CREDIT-SCORING",
+            ),
+            "bridge-consent",
+            &consent.artefact,
+        );
+        if let Some(fault) = fault {
+            request = with_header(request, "govbridge-fault", fault);
+        }
+        let bed = &bed;
+        async move {
+            TaxAuthorityClient::new(bed.client("cbao-credit").await)
+                .get_declared_income(request)
+                .await
+        }
+    };
+    let log = bed.exchange_log();
+    let before = log.size();
+    // It answers after a second; meanwhile, once the call's decision is
+    // durable, the log's disk fills.
+    let (answer, ()) = tokio::join!(income(Some("delay=1s")), async {
+        while log.size() == before {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        log.simulate_fault(Some(govbridge::exchange_log::StoreFault::DiskFull));
+    });
+    let status = answer.unwrap_err();
+    assert_eq!(
+        bridge_error(&status).as_deref(),
+        Some("exchange-log-outcome-unrecorded"),
+        "{status:?}"
+    );
+    log.simulate_fault(None);
+    // The use is still there: the tax authority's answer spends it.
+    let status = income(None).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert_eq!(bridge_error(&status), None);
+    let status = income(None).await.unwrap_err();
+    assert_eq!(
+        bridge_error(&status).as_deref(),
+        Some("consent-exhausted"),
+        "{status:?}"
+    );
+}
+
 #[tokio::test]
 async fn pausing_and_revoking_take_effect_at_once() {
     let bed = dev_bed().await;

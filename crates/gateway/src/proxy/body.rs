@@ -849,9 +849,11 @@ pub struct Audit {
     /// The outcome being written, and the trailers held back until it is
     /// durable: the caller learns the status only once it is logged.
     pending: Option<(Appending, Option<http::HeaderMap>)>,
-    /// A JSON answer given whole is the caller's only with its status (an
-    /// HTTP/1.1 answer's status line comes first): its summary, with the
-    /// bytes given, waits for the outcome, which may still fail it.
+    /// The call's summary, with the bytes of a JSON answer given whole,
+    /// waiting for the outcome, which may still fail the call: a JSON
+    /// answer is the caller's only with its status (an HTTP/1.1 answer's
+    /// status line comes first), and a status is the caller's only once
+    /// the outcome is durable.
     settle: Option<(CallSummary, usize)>,
 }
 
@@ -1263,8 +1265,17 @@ impl Body for ResponseBody {
             }
         }
         let Some(given) = given else {
-            if let Some(counted) = relay.counted.take() {
-                counted.finish(trailers.as_ref().map_or(Ending::NoStatus, Ending::Trailers));
+            match relay.audit.as_mut() {
+                // Counted once the outcome is durable: refused for want of
+                // it, a caller given no message learnt nothing, and its
+                // consent's use is given back.
+                Some(audit) => audit.settle = relay.counted.take().map(|counted| (counted, 0)),
+                None => {
+                    if let Some(counted) = relay.counted.take() {
+                        counted
+                            .finish(trailers.as_ref().map_or(Ending::NoStatus, Ending::Trailers));
+                    }
+                }
             }
             return end(&mut relay.audit, trailers, cx);
         };

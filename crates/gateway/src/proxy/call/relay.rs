@@ -103,25 +103,35 @@ impl Call<'_> {
     /// for most errors) must stay trailers-only: relayed as headers and an
     /// empty DATA frame, strict clients such as gRPC C-core report
     /// `UNKNOWN` instead of the backend's status. Its headers carry the
-    /// status, so they wait for the outcome to be written.
+    /// status, so they wait for the outcome to be written; so does the
+    /// call's end: a caller refused for want of the outcome learnt
+    /// nothing, and its consent's use is given back.
     async fn trailers_only<B>(
         &mut self,
         mut response: Response<B>,
         call_end: CallEnd,
         summary: CallSummary,
     ) -> Result<Response<ResponseBody>, GatewayError> {
-        summary.finish(Ending::Trailers(response.headers()));
         if let Some(record) = self.record.take() {
-            let index = record
+            let written = record
                 .write_outcome(
                     Ending::Trailers(response.headers()),
                     Some(&Tally::new(None)),
                 )
-                .await
-                .map_err(|error| GatewayError::OutcomeUnrecorded(error.to_string()))?;
-            let (name, value) = record::audit_index(index);
-            response.headers_mut().insert(name, value);
+                .await;
+            match written {
+                Ok(index) => {
+                    let (name, value) = record::audit_index(index);
+                    response.headers_mut().insert(name, value);
+                }
+                Err(error) => {
+                    let error = GatewayError::OutcomeUnrecorded(error.to_string());
+                    summary.finish(Ending::Trailers(&error.clone().into_trailers()));
+                    return Err(error);
+                }
+            }
         }
+        summary.finish(Ending::Trailers(response.headers()));
         drop(call_end);
         Ok(response.map(|_| ResponseBody::empty()))
     }
