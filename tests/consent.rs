@@ -9,6 +9,8 @@ mod support;
 
 use govbridge::consent::artefact::{ConsentClaims, ConsentSigner};
 use govbridge::exchange_log::Store;
+use govbridge::proto::audit::v1::data_tracker_client::DataTrackerClient;
+use govbridge::proto::audit::v1::{Access, ListAccessesRequest};
 use govbridge::proto::consent::v1::consent_client::ConsentClient;
 use govbridge::proto::consent::v1::{ConsentRecord, ConsentRef, GrantRequest};
 use govbridge::proto::tax::v1::get_tax_clearance_request::Taxpayer;
@@ -537,6 +539,68 @@ async fn a_status_whose_outcome_is_not_logged_spends_no_use() {
         Some("consent-exhausted"),
         "{status:?}"
     );
+}
+
+/// An attempt refused under a consent is the business of the person the
+/// request names: it is in their Data Tracker, refused, whether the
+/// consent was revoked or is someone else's.
+#[tokio::test]
+async fn the_data_tracker_lists_attempts_refused_under_a_consent() {
+    let bed = dev_bed().await;
+    bed.allow_data_tracker(&["SN/GOV/MYGOV/app"]);
+    let (a, b) = (citizen(&bed, 0), citizen(&bed, 1));
+    let consent = grant(&bed, &Grant::credit(&a)).await;
+    // B named under A's consent.
+    assert_eq!(
+        refused(&bed, &b, Some(&consent.artefact)).await,
+        denied("consent-subject-mismatch")
+    );
+    // A revokes; the bank tries again.
+    portal(&bed)
+        .await
+        .revoke(declared(
+            ConsentRef {
+                nin: a.clone(),
+                consent_id: consent.consent_id.clone(),
+            },
+            "CITIZEN-SELF-SERVICE",
+        ))
+        .await
+        .unwrap();
+    let revoked = std::time::Instant::now();
+    while refused(&bed, &a, Some(&consent.artefact)).await != denied("consent-revoked") {
+        assert!(revoked.elapsed() < std::time::Duration::from_secs(2));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    let tracker = DataTrackerClient::new(bed.client("mygov").await);
+    let accesses = |nin: &str| {
+        let request = ListAccessesRequest {
+            subject: nin.to_owned(),
+            since_unix: 0,
+            limit: 0,
+        };
+        let mut tracker = tracker.clone();
+        async move {
+            tracker
+                .list_accesses(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .accesses
+        }
+    };
+    let refusal = |access: &Access| {
+        !access.allowed
+            && access.grpc_status == Code::PermissionDenied as i32
+            && access.caller == CBAO_CREDIT
+            && access.method == CLEARANCE
+    };
+    let of_b = accesses(&b).await;
+    assert_eq!(of_b.len(), 1, "{of_b:?}");
+    assert!(refusal(&of_b[0]), "{of_b:?}");
+    let of_a = accesses(&a).await;
+    assert!(refusal(&of_a[0]), "the newest is the refusal: {of_a:?}");
 }
 
 #[tokio::test]

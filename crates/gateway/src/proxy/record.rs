@@ -226,6 +226,12 @@ impl CallRecord {
         consent_id.clone_into(&mut self.record.consent_id);
     }
 
+    /// The data subject the request names, read before the decision
+    /// (a consent is bound to it): the decision, and a refusal, name it.
+    pub fn about(&mut self, subject: &str) {
+        subject.clone_into(&mut self.record.subject);
+    }
+
     /// The provider the call is routed to.
     pub fn routed(&mut self, provider: &MemberId) {
         self.record.provider = provider.to_string();

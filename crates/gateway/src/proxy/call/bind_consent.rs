@@ -30,7 +30,16 @@ impl Call<'_> {
             .permit
             .message_limit(&self.conn.metrics, &admitted.caller);
         let read = within(deadline, body::first_message(body, sizes)).await??;
-        body::bind_subject(body::first_of(&read), field, &claims.subject)?;
+        let first = body::first_of(&read);
+        // The person the request names, the consent's or not: their Data
+        // Tracker lists the attempt, refused here or later.
+        if let (Some(record), Some(named)) = (
+            self.record.as_mut(),
+            crate::catalog::subject::read_subject(first, field).sole(),
+        ) {
+            record.about(named);
+        }
+        body::bind_subject(first, field, &claims.subject)?;
         let ledger = self
             .conn
             .consent
