@@ -350,6 +350,17 @@ async fn each_instance_refuses_by_its_own_policies_and_says_so() {
         records.last().unwrap().record.grpc_status,
         tonic::Code::PermissionDenied as i32
     );
+    // Azerbaijan logged its own refusal, against the original caller and
+    // under the same request id.
+    let request_id = request_id_of(refused.metadata());
+    let abroad = partner.records(&request_id);
+    let denial = abroad
+        .iter()
+        .find(|record| !record.allowed)
+        .unwrap_or_else(|| panic!("no refusal in Azerbaijan's log: {abroad:?}"));
+    assert_eq!(denial.error_kind, "policy-denied", "{abroad:?}");
+    assert_eq!(denial.caller, CBAO);
+    assert_eq!(denial.purpose, "CREDIT-SCORING");
     bed.stop().await;
 }
 
