@@ -669,20 +669,45 @@ pub fn run_until(
             break;
         };
         let path = out.join(file_name(first, end));
-        let checked = match check(&path, verifier) {
+        let found = check(&path, verifier);
+        let checked = match found {
             // Written by a run that stopped before removing the records.
             Ok(checked) if checked.manifest.first == first && checked.manifest.end == end => {
                 // Its writer may have stopped before syncing its name.
                 sync(&path, out)?;
                 checked
             }
-            _ => {
+            // None there yet: written.
+            Err(_) if path.symlink_metadata().is_err() => {
                 let records = store.records_from(first, SEGMENT as usize)?;
                 let proof = merkle::inclusion_proof(&store, first, checkpoint.size)?
                     .map_err(|e| error(&path, format!("cannot prove the segment: {e}")))?;
                 let proof = &proof[SEGMENT_LEVEL as usize..];
                 let written = write(out, &origin, &records, &checkpoint, proof)?;
                 check(&written, verifier)?
+            }
+            // Another log's archive (a directory two gateways share), a
+            // file renamed or damaged: never replaced, as it may be the
+            // only copy of someone's records. These ones stay in the hot
+            // store.
+            found => {
+                let why = match found {
+                    Ok(checked) => format!(
+                        "it holds records {} to {}",
+                        checked.manifest.first,
+                        checked.manifest.end.saturating_sub(1)
+                    ),
+                    Err(why) => why.to_string(),
+                };
+                return Err(error(
+                    &path,
+                    format!(
+                        "is in the way of this log's archive of records {first} to {}, and is not \
+                         it ({why}): move it elsewhere, then run again; nothing left the hot store",
+                        end - 1
+                    ),
+                )
+                .into());
             }
         };
         // The store's own node for the segment: what proofs of the hot
@@ -970,6 +995,31 @@ mod tests {
         fn files(&self) -> Vec<PathBuf> {
             list(self.out.path()).unwrap()
         }
+    }
+
+    /// A file of another log where this one's archive goes (two gateways
+    /// archiving into one directory) is never replaced: the run stops,
+    /// naming it, and the records stay in the hot store.
+    #[test]
+    fn another_logs_archive_is_never_replaced() {
+        let (one, other) = (Log::new(SEGMENT + 10), Log::new(SEGMENT + 10));
+        one.archive().unwrap();
+        let file = one.files().pop().unwrap();
+        let error = run(
+            other.dir.path(),
+            one.out.path(),
+            i64::MAX,
+            &other.key.verifier(),
+            |_, _| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains(&file.display().to_string()), "{error}");
+        assert!(error.contains("nothing left the hot store"), "{error}");
+        check(&file, &one.key.verifier()).unwrap();
+        let store = Store::open_read_only(other.dir.path()).unwrap();
+        assert_eq!(store.archived_end().unwrap(), 0);
+        assert!(store.record(5).unwrap().is_some());
     }
 
     /// Old segments leave the hot store for files that prove themselves;
