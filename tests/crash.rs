@@ -338,6 +338,27 @@ async fn an_archive_run_under_load_then_sigkill_loses_nothing() {
         public.as_os_str(),
     ]);
     assert!(checked.contains("old-5"), "{checked}");
+    // A call proven from the hot store alone: the archives may hold
+    // another call under its request id (the callers choose them).
+    let output = Command::new(env!("CARGO_BIN_EXE_govbridge"))
+        .args([
+            "audit",
+            "prove",
+            "--request-id",
+            acknowledged[0].as_str(),
+            "--data",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains(&format!(
+            "note: records before {SEGMENT} are archived and were not searched"
+        )),
+        "{said}"
+    );
     let store = Store::open_read_only(&data).unwrap();
     assert_eq!(store.archived_end().unwrap(), SEGMENT);
     for id in &acknowledged {

@@ -720,6 +720,18 @@ fn prove(
 ) -> anyhow::Result<()> {
     let bundles = verify::prove_with_archives(data, archives, key)
         .with_context(|| data.join(DATABASE_FILE).display().to_string())?;
+    if let (RecordKey::RequestId(id), None) = (key, archives) {
+        // Request ids are the callers': another call may have used this
+        // one, in archived time.
+        let archived_end = Store::open_read_only(data)?.archived_end()?;
+        if archived_end > 0 {
+            eprintln!(
+                "note: records before {archived_end} are archived and were not searched: a call \
+                 there with request id {id} too is not proven here; give --archives to look \
+                 there as well"
+            );
+        }
+    }
     let text = verify::bundles_to_json(&bundles);
     match out {
         Some(out) => {
@@ -1111,16 +1123,16 @@ fn query(data: &Path, filter: &QueryFilter, limit: u64, json: bool) -> anyhow::R
             store.archived_end()?
         );
     }
+    // Records before the hot store's start are archived (rows of them an
+    // archive run has yet to remove are not read: they are checked from
+    // their archive).
+    let from = store.archived_end()?;
     // A subject is found through its lookups, not by reading every record.
     let candidates = filter
         .subject
         .as_deref()
         .map(|subject| store.find(Kind::Subject, subject))
         .transpose()?;
-    // Records before the hot store's start are archived (rows of them an
-    // archive run has yet to remove are not read: they are checked from
-    // their archive).
-    let from = store.archived_end()?;
     let more_subjects = store.more_subjects_column()?;
     // One more than a page, to know whether another follows.
     let wanted = usize::try_from(limit)
@@ -1129,7 +1141,14 @@ fn query(data: &Path, filter: &QueryFilter, limit: u64, json: bool) -> anyhow::R
     let mut rows = match &candidates {
         Some(candidates) => {
             let (sql, values) = filter.sql(wanted, from..u64::MAX, Some(candidates), more_subjects);
-            store.select(&sql, rusqlite::params_from_iter(values))?
+            let rows = store.select(&sql, rusqlite::params_from_iter(values))?;
+            // The lookups and the records are read apart: an archive run
+            // between the two takes rows of the candidates.
+            let archived = store.archived_end()?;
+            if archived > from {
+                archived_meanwhile(archived);
+            }
+            rows
         }
         // Every record is looked at, a window at a time, as the log is
         // when the query begins.
@@ -1138,9 +1157,13 @@ fn query(data: &Path, filter: &QueryFilter, limit: u64, json: bool) -> anyhow::R
             let start = filter
                 .after
                 .map_or(from, |after| from.max(after.saturating_add(1)));
-            store.select_windows(start..store.size()?, wanted, |window, rows| {
+            let windows = store.select_windows(start..store.size()?, wanted, |window, rows| {
                 filter.sql(rows, window, None, more_subjects)
-            })?
+            })?;
+            if let Some(archived) = windows.archived_meanwhile {
+                archived_meanwhile(archived);
+            }
+            windows.rows
         }
     };
     let more = rows.len() as u64 > limit;
@@ -1161,6 +1184,16 @@ fn query(data: &Path, filter: &QueryFilter, limit: u64, json: bool) -> anyhow::R
     }
     flushed(&mut out)?;
     Ok(())
+}
+
+/// Says that an archive run moved records before `archived` out of the
+/// hot store while a query read it.
+fn archived_meanwhile(archived: u64) {
+    eprintln!(
+        "note: an archive run moved the records before {archived} into archive files while this \
+         query read them: some of them may be missing here; run it again, or search the archive \
+         files"
+    );
 }
 
 /// Prints one record as a line, readable or JSON; false once standard

@@ -182,6 +182,16 @@ pub enum StoreFault {
     DiskFull,
 }
 
+/// What [`Store::select_windows`] read.
+#[derive(Debug)]
+pub struct Windows {
+    pub rows: Vec<StoredRecord>,
+    /// The archived end, when an archive run moved it past the range's
+    /// start while the windows were read: rows before it may be missing
+    /// (they are in the archive files).
+    pub archived_meanwhile: Option<u64>,
+}
+
 /// A record's columns, as stored.
 #[derive(Debug, Clone)]
 pub struct StoredRecord {
@@ -360,6 +370,28 @@ impl Store {
                      of {size} records (multiples of {SEGMENT}, archived_end <= sealed_end <= \
                      records): the database was edited; run `govbridge audit verify`",
                     self.sealed_end
+                ),
+            ));
+        }
+        // A row numbered past the others (or one deleted) would have the
+        // segments up to it sealed, every empty one of them: refused
+        // before anything is written.
+        let unsealed: i64 = self
+            .connection
+            .query_row(
+                "SELECT COUNT(*) FROM records WHERE idx >= ?1",
+                [to_i64(self.sealed_end)],
+                |row| row.get(0),
+            )
+            .at(&self.path)?;
+        if u64::try_from(unsealed).ok() != Some(size - self.sealed_end) {
+            return Err(StoreError::invalid(
+                &self.path,
+                format!(
+                    "{unsealed} records from {} on, but the last index is {}: records are \
+                     missing; run `govbridge audit verify`",
+                    self.sealed_end,
+                    size.saturating_sub(1)
                 ),
             ));
         }
@@ -716,13 +748,27 @@ impl Store {
 
     /// Number of records.
     pub fn size(&self) -> Result<u64, StoreError> {
-        let next: Option<i64> = self
+        // `MAX(idx) + 1` would turn into a float past `i64::MAX`.
+        let last: Option<i64> = self
             .connection
-            .query_row("SELECT MAX(idx) + 1 FROM records", [], |row| row.get(0))
+            .query_row("SELECT MAX(idx) FROM records", [], |row| row.get(0))
             .at(&self.path)?;
-        let next = next.map_or(0, |next| u64::try_from(next).unwrap_or(0));
+        let next = last.map_or(0, |last| u64::try_from(last).map_or(0, |last| last + 1));
         // Every record may be archived.
         Ok(next.max(self.archived_end()?))
+    }
+
+    /// The index of the first record at or after `from`, if any.
+    pub fn first_index_from(&self, from: u64) -> Result<Option<u64>, StoreError> {
+        let first: Option<i64> = self
+            .connection
+            .query_row(
+                "SELECT MIN(idx) FROM records WHERE idx >= ?1",
+                [to_i64(from)],
+                |row| row.get(0),
+            )
+            .at(&self.path)?;
+        Ok(first.and_then(|first| u64::try_from(first).ok()))
     }
 
     /// The `bridge-assertion`s carried by the decisions logged since
@@ -1022,12 +1068,15 @@ impl Store {
     /// gateway writing beside can restart its WAL between two: one
     /// statement over a large log would keep it growing for as long as it
     /// ran (`audit query --caller`, say, reads every record).
+    ///
+    /// An archive run beside may then remove rows of a window not read
+    /// yet: [`Windows::archived_meanwhile`] says so.
     pub fn select_windows(
         &self,
         range: std::ops::Range<u64>,
         wanted: usize,
         sql_for: impl FnMut(std::ops::Range<u64>, usize) -> (String, Vec<Value>),
-    ) -> Result<Vec<StoredRecord>, StoreError> {
+    ) -> Result<Windows, StoreError> {
         self.select_windows_pausing(range, wanted, sql_for, || {
             std::thread::sleep(super::BETWEEN_READS);
         })
@@ -1039,7 +1088,8 @@ impl Store {
         wanted: usize,
         mut sql_for: impl FnMut(std::ops::Range<u64>, usize) -> (String, Vec<Value>),
         mut between: impl FnMut(),
-    ) -> Result<Vec<StoredRecord>, StoreError> {
+    ) -> Result<Windows, StoreError> {
+        let archived_before = self.archived_end()?;
         let mut rows = Vec::new();
         let mut from = range.start;
         while from < range.end && rows.len() < wanted {
@@ -1051,9 +1101,22 @@ impl Store {
                 .min((from / super::READ_CHUNK + 1) * super::READ_CHUNK);
             let (sql, values) = sql_for(from..end, wanted - rows.len());
             rows.extend(self.select(&sql, rusqlite::params_from_iter(values))?);
-            from = end;
+            // On at the next record: windows with none (a row numbered far
+            // past the others, in an edited log) are not read one by one.
+            from = match self.first_index_from(end)? {
+                Some(next) if next >= end => next,
+                _ => break,
+            };
         }
-        Ok(rows)
+        // A run moves `archived_end` before it removes rows, and only
+        // forward: if it did not pass the range's start, nothing went.
+        let archived = self.archived_end()?;
+        let archived_meanwhile =
+            (archived > archived_before && archived > range.start).then_some(archived);
+        Ok(Windows {
+            rows,
+            archived_meanwhile,
+        })
     }
 
     /// The latest checkpoint.
@@ -1861,7 +1924,8 @@ mod tests {
                 sizes.push(std::fs::metadata(&wal).unwrap().len());
             })
             .unwrap();
-        assert_eq!(indexes(last), [65_540, 65_541, 65_542]);
+        assert_eq!(indexes(last.rows), [65_540, 65_541, 65_542]);
+        assert_eq!(last.archived_meanwhile, None);
         assert_eq!(sizes, [0], "the WAL did not restart between the windows");
         // As many as wanted, from the first window alone; the record the
         // writer appended meanwhile is past the select's range.
@@ -1870,11 +1934,35 @@ mod tests {
                 panic!("read past its rows")
             })
             .unwrap();
-        assert_eq!(indexes(first), [0, 1]);
+        assert_eq!(indexes(first.rows), [0, 1]);
         let none = reader
             .select_windows_pausing(0..size, 2, select("idx >= 65546"), || {})
             .unwrap();
-        assert!(none.is_empty());
+        assert!(none.rows.is_empty());
+
+        // An archive run between two windows (its claim, then its
+        // removals) is told; rows it removed are not in the answer.
+        let archiving = rusqlite::Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+        let archived = reader
+            .select_windows_pausing(10..size, 8, select("idx % 8192 = 0"), || {
+                archiving
+                    .execute_batch(
+                        "INSERT INTO meta (key, value) VALUES ('archived_end', '65544');
+                         DELETE FROM records WHERE idx < 65544;",
+                    )
+                    .unwrap();
+            })
+            .unwrap();
+        assert_eq!(
+            indexes(archived.rows),
+            (1..8).map(|n| n * 8192).collect::<Vec<_>>()
+        );
+        assert_eq!(archived.archived_meanwhile, Some(65_544));
+        // Past the run's end, nothing is missing.
+        let after = reader
+            .select_windows_pausing(65_544..size, 8, select("1"), || {})
+            .unwrap();
+        assert_eq!(after.archived_meanwhile, None);
     }
 
     /// A decision is timed when its call came and written once its first

@@ -248,6 +248,16 @@ pub fn verify_watched(
         })?;
         walk.report();
         from = end;
+        // Records end before the chunk did: the gap is named with the row
+        // after it, not after walking every empty chunk up to a row
+        // numbered far past the others.
+        let expected = walk.tree.size();
+        if walk.problem.is_none() && expected < from {
+            let Some(next) = store.first_index_from(from)? else {
+                break;
+            };
+            walk.problem = Some(missing_record(expected, next));
+        }
     }
     let Walk {
         tree,
@@ -510,13 +520,7 @@ impl Walk<'_> {
     ) -> Result<Result<(), Problem>, StoreError> {
         let expected = self.tree.size();
         if u64::try_from(index).ok() != Some(expected) {
-            return Ok(Err(Problem {
-                kind: ProblemKind::MissingRecord,
-                index: expected,
-                message: format!(
-                    "record {expected} is missing (the next record is {index}): it was deleted"
-                ),
-            }));
+            return Ok(Err(missing_record(expected, index)));
         }
         // The leaf stored beside the record names an altered record; one
         // altered with its leaf is caught by the stored nodes over it
@@ -1472,6 +1476,17 @@ pub fn consistency_with_archives(
     })
 }
 
+/// Record `expected` is not where the next, `next`, is.
+fn missing_record(expected: u64, next: impl std::fmt::Display) -> Problem {
+    Problem {
+        kind: ProblemKind::MissingRecord,
+        index: expected,
+        message: format!(
+            "record {expected} is missing (the next record is {next}): it was deleted"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1692,6 +1707,53 @@ mod tests {
         let problem = log.problem();
         assert_eq!(problem.kind, ProblemKind::ForeignRecord);
         assert!(problem.message.contains("index -1"), "{problem}");
+    }
+
+    /// A row copied far past the others is named at the gap it leaves,
+    /// at once: not after walking every empty chunk before it (hours at
+    /// 2^40, never at 2^50), nor as a column "of type Real" at `i64::MAX`.
+    /// The writer refuses to open the log before it seals anything.
+    #[test]
+    fn a_row_far_past_the_end_is_named_at_once() {
+        use rusqlite::OptionalExtension as _;
+        for far in [1_i64 << 50, i64::MAX] {
+            let log = TestLog::with_calls(6, 2);
+            log.tamper(
+                "INSERT INTO records SELECT ?1, phase, request_id, at_us, caller, provider, \
+                 method, purpose, subject, allowed, grpc_status, error_kind, concealed_until, \
+                 record, leaf, more_subjects FROM records WHERE idx = 0",
+                [far],
+            );
+            let (dir, verifier) = (log.dir.path().to_owned(), log.key.verifier());
+            let (done, report) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = done.send(verify_log(&dir, &verifier));
+            });
+            let problem = report
+                .recv_timeout(std::time::Duration::from_secs(120))
+                .unwrap_or_else(|_| panic!("verify still walking towards {far}"))
+                .unwrap()
+                .problem
+                .expect("damage goes unnoticed");
+            assert_eq!(problem.kind, ProblemKind::MissingRecord, "{problem}");
+            assert_eq!(problem.index, 12, "{problem}");
+
+            let sealed = || -> Option<String> {
+                Connection::open(log.dir.path().join(DATABASE_FILE))
+                    .unwrap()
+                    .query_row(
+                        "SELECT value FROM meta WHERE key = 'sealed_end'",
+                        [],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                    .unwrap()
+            };
+            let before = sealed();
+            let error = Store::open(log.dir.path(), ORIGIN).unwrap_err().to_string();
+            assert!(error.contains("records are missing"), "{error}");
+            assert_eq!(sealed(), before);
+        }
     }
 
     #[test]
