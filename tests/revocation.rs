@@ -397,6 +397,52 @@ fn write_crl_due_in(bed: &Bed, file: &str, in_: Duration) -> OffsetDateTime {
     next_update
 }
 
+/// Two CRLs of one CA in the file (a fetch that appended instead of
+/// replacing): the newer is used wherever it stands. A handshake reads
+/// only the first of an issuer's lists, and the lists' freshness was the
+/// earliest of all of them: an older list first hid a revocation, an
+/// older one out of date after refused everyone.
+#[tokio::test]
+async fn of_two_crls_of_one_ca_the_newer_is_used() {
+    let (bed, _probe) = probe_bed().await;
+    let now = OffsetDateTime::now_utc();
+    let path = bed.pki.join("crl.pem");
+    let chain =
+        govbridge::identity::tls::load_certificates(&bed.pki.join("member-cbao-kyc.pem")).unwrap();
+    let ca = bed.ca();
+
+    // An older list, still current, before the one revoking CBAO.
+    let older = ca
+        .crl_between(0, &[], now - Duration::days(1), now + Duration::days(1))
+        .unwrap();
+    govbridge::pki::revoke(&bed.pki, &bed.pki.join("member-cbao-kyc.pem")).unwrap();
+    let revoking = std::fs::read_to_string(&path).unwrap();
+    govbridge::pki::write_file(&path, format!("{older}{revoking}").as_bytes(), 0o644).unwrap();
+    assert_eq!(
+        listener_tls(&bed).check_client(&chain),
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Revoked
+        ))
+    );
+
+    // A current list, then an older one out of date: the current decides.
+    let next_update = now + Duration::days(1);
+    let current = ca
+        .crl_between(50, &[], now - Duration::minutes(5), next_update)
+        .unwrap();
+    let stale = ca
+        .crl_between(49, &[], now - Duration::days(2), now - Duration::days(1))
+        .unwrap();
+    govbridge::pki::write_file(&path, format!("{current}{stale}").as_bytes(), 0o644).unwrap();
+    let tls = listener_tls(&bed);
+    tls.check_client(&chain).unwrap();
+    assert_eq!(
+        tls.crls_stale_after(&chain),
+        Some(next_update.unix_timestamp())
+    );
+    bed.stop().await;
+}
+
 /// The listener's TLS of the bed's configuration file, as a start or
 /// reload builds it.
 fn listener_tls(bed: &Bed) -> govbridge::identity::tls::ListenerTls {

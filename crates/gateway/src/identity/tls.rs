@@ -234,8 +234,51 @@ struct LoadedCrls {
 /// decides ([`CrlFreshness::stale_at`]), and their handshakes refuse it.
 fn load_crl_files(paths: &[PathBuf], grace: Duration) -> Result<LoadedCrls, TlsError> {
     let now = unix_now();
-    let mut crls = Vec::new();
-    let mut freshness: Option<CrlFreshness> = None;
+    let newest = newest_of_each_issuer(paths)?;
+    for (path, next_update) in newest
+        .iter()
+        .filter_map(|(path, crl)| Some((path, crl_next_update(crl)?)))
+    {
+        let overdue = u64::try_from(now.saturating_sub(next_update)).unwrap_or(0);
+        // Revocations published since are not seen: the operator chose to
+        // ride out a late CRL publisher for `grace`.
+        if overdue > 0 && Duration::from_secs(overdue) <= grace {
+            tracing::warn!(
+                crl = %path.display(),
+                overdue_seconds = overdue,
+                grace_seconds = grace.as_secs(),
+                "CRL past its next update, accepted within its grace: publish a fresh one"
+            );
+        }
+    }
+    Ok(LoadedCrls {
+        freshness: earliest(&newest, grace),
+        crls: newest.into_iter().map(|(_, crl)| crl).collect(),
+    })
+}
+
+/// When the CRLs of `paths` go out of date, read again from their files
+/// (`None`: none says when it is due).
+pub fn crl_freshness(paths: &[PathBuf], grace: Duration) -> Result<Option<CrlFreshness>, TlsError> {
+    Ok(earliest(&newest_of_each_issuer(paths)?, grace))
+}
+
+/// The CRLs of `paths`, each with its file, keeping of the lists one
+/// issuer publishes for one scope only the newest (highest CRL number,
+/// then latest `thisUpdate`). A handshake checks a certificate against
+/// the first list of its issuer alone: an older one left beside (a fetch
+/// that appended instead of replacing) would hide the revocations
+/// published since, or, out of date, refuse everyone.
+fn newest_of_each_issuer(
+    paths: &[PathBuf],
+) -> Result<Vec<(PathBuf, CertificateRevocationListDer<'static>)>, TlsError> {
+    // Each with its scope, `None` when not readable here (webpki then
+    // says what is wrong with it).
+    let mut kept: Vec<(
+        PathBuf,
+        CertificateRevocationListDer<'static>,
+        Option<CrlScope>,
+    )> = Vec::new();
     for path in paths {
         let loaded = load_crls(path)?;
         // A configured CRL file without a CRL (truncated, or something
@@ -246,51 +289,91 @@ fn load_crl_files(paths: &[PathBuf], grace: Duration) -> Result<LoadedCrls, TlsE
                 what: "CRL",
             });
         }
-        freshness = earliest(freshness, path, &loaded, grace);
-        for next_update in loaded.iter().filter_map(crl_next_update) {
-            let overdue = u64::try_from(now.saturating_sub(next_update)).unwrap_or(0);
-            // Revocations published since are not seen: the operator chose
-            // to ride out a late CRL publisher for `grace`.
-            if overdue > 0 && Duration::from_secs(overdue) <= grace {
-                tracing::warn!(
-                    crl = %path.display(),
-                    overdue_seconds = overdue,
-                    grace_seconds = grace.as_secs(),
-                    "CRL past its next update, accepted within its grace: publish a fresh one"
-                );
-            }
+        for crl in loaded {
+            let scope = CrlScope::of(&crl);
+            let same = scope.as_ref().and_then(|scope| {
+                kept.iter()
+                    .position(|(_, _, other)| other.as_ref().is_some_and(|other| other.same(scope)))
+            });
+            let Some(at) = same else {
+                kept.push((path.clone(), crl, scope));
+                continue;
+            };
+            let newer = (path.clone(), crl, scope);
+            let (dropped, used) = if kept[at].2.as_ref() < newer.2.as_ref() {
+                let dropped = std::mem::replace(&mut kept[at], newer);
+                (dropped.0, kept[at].0.clone())
+            } else {
+                (newer.0, kept[at].0.clone())
+            };
+            tracing::warn!(
+                dropped = %dropped.display(),
+                used = %used.display(),
+                "two CRLs of one issuer: the older is not used; remove it"
+            );
         }
-        crls.extend(loaded);
     }
-    Ok(LoadedCrls { crls, freshness })
+    Ok(kept.into_iter().map(|(path, crl, _)| (path, crl)).collect())
 }
 
-/// When the CRLs of `paths` go out of date, read again from their files
-/// (`None`: none says when it is due).
-pub fn crl_freshness(paths: &[PathBuf], grace: Duration) -> Result<Option<CrlFreshness>, TlsError> {
-    let mut freshness = None;
-    for path in paths {
-        freshness = earliest(freshness, path, &load_crls(path)?, grace);
-    }
-    Ok(freshness)
+/// What tells two CRLs of one issuer apart, read from one; ordered by
+/// publication (CRL number, then `thisUpdate`) among those of one scope.
+#[derive(PartialEq, Eq)]
+struct CrlScope {
+    issuer: Vec<u8>,
+    /// The issuing distribution point: partitions of one issuer's
+    /// revocations are lists of their own.
+    partition: Option<Vec<u8>>,
+    /// The CRL number's length and big-endian bytes (no leading zeros:
+    /// longer is larger).
+    number: Option<(usize, Vec<u8>)>,
+    this_update: i64,
 }
 
-/// `so_far`, or the CRL of `crls` (read from `path`) due before it.
+impl CrlScope {
+    fn of(crl: &CertificateRevocationListDer<'_>) -> Option<Self> {
+        let (_, parsed) =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(crl).ok()?;
+        let partition = parsed
+            .extensions()
+            .iter()
+            .find(|extension| extension.oid.to_id_string() == "2.5.29.28")
+            .map(|extension| extension.value.to_vec());
+        Some(Self {
+            issuer: parsed.issuer().as_raw().to_vec(),
+            partition,
+            number: parsed.crl_number().map(|number| {
+                let bytes = number.to_bytes_be();
+                (bytes.len(), bytes)
+            }),
+            this_update: parsed.last_update().timestamp(),
+        })
+    }
+
+    fn same(&self, other: &CrlScope) -> bool {
+        self.issuer == other.issuer && self.partition == other.partition
+    }
+}
+
+impl PartialOrd for CrlScope {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        self.same(other)
+            .then(|| (&self.number, self.this_update).cmp(&(&other.number, other.this_update)))
+    }
+}
+
+/// The CRL of `crls` due first.
 fn earliest(
-    so_far: Option<CrlFreshness>,
-    path: &Path,
-    crls: &[CertificateRevocationListDer<'_>],
+    crls: &[(PathBuf, CertificateRevocationListDer<'_>)],
     grace: Duration,
 ) -> Option<CrlFreshness> {
     crls.iter()
-        .filter_map(crl_next_update)
-        .fold(so_far, |so_far, next_update| match so_far {
-            Some(first) if first.next_update <= next_update => Some(first),
-            _ => Some(CrlFreshness {
-                path: path.to_owned(),
-                next_update,
-                grace,
-            }),
+        .filter_map(|(path, crl)| Some((path, crl_next_update(crl)?)))
+        .min_by_key(|(_, next_update)| *next_update)
+        .map(|(path, next_update)| CrlFreshness {
+            path: path.clone(),
+            next_update,
+            grace,
         })
 }
 
