@@ -440,6 +440,16 @@ async fn of_two_crls_of_one_ca_the_newer_is_used() {
         tls.crls_stale_after(&chain),
         Some(next_update.unix_timestamp())
     );
+    // Nor do the metrics and the watcher see the list left out.
+    let config = govbridge::config::Config::load(bed.config_path()).unwrap();
+    let state = govbridge::proxy::GatewayState::new(&config).unwrap();
+    let listed: Vec<i64> = state
+        .crls()
+        .iter()
+        .filter(|(list, _)| list.starts_with("gateway.tls.crls"))
+        .map(|(_, next_update)| *next_update)
+        .collect();
+    assert_eq!(listed, [next_update.unix_timestamp()]);
     bed.stop().await;
 }
 

@@ -234,7 +234,16 @@ struct LoadedCrls {
 /// decides ([`CrlFreshness::stale_at`]), and their handshakes refuse it.
 fn load_crl_files(paths: &[PathBuf], grace: Duration) -> Result<LoadedCrls, TlsError> {
     let now = unix_now();
-    let newest = newest_of_each_issuer(paths)?;
+    let (newest, dropped) = newest_crls(paths)?;
+    // Said where the lists are loaded for handshakes, once a start or
+    // reload.
+    for (dropped, used) in dropped {
+        tracing::warn!(
+            dropped = %dropped.display(),
+            used = %used.display(),
+            "two CRLs of one issuer: the older is not used; remove it"
+        );
+    }
     for (path, next_update) in newest
         .iter()
         .filter_map(|(path, crl)| Some((path, crl_next_update(crl)?)))
@@ -269,9 +278,18 @@ pub fn crl_freshness(paths: &[PathBuf], grace: Duration) -> Result<Option<CrlFre
 /// the first list of its issuer alone: an older one left beside (a fetch
 /// that appended instead of replacing) would hide the revocations
 /// published since, or, out of date, refuse everyone.
-fn newest_of_each_issuer(
+pub fn newest_of_each_issuer(
     paths: &[PathBuf],
 ) -> Result<Vec<(PathBuf, CertificateRevocationListDer<'static>)>, TlsError> {
+    newest_crls(paths).map(|(kept, _)| kept)
+}
+
+/// CRLs, each with the file it was read from.
+type CrlsOfFiles = Vec<(PathBuf, CertificateRevocationListDer<'static>)>;
+
+/// [`newest_of_each_issuer`], and the file of each list left out with the
+/// file of the list used instead.
+fn newest_crls(paths: &[PathBuf]) -> Result<(CrlsOfFiles, Vec<(PathBuf, PathBuf)>), TlsError> {
     // Each with its scope, `None` when not readable here (webpki then
     // says what is wrong with it).
     let mut kept: Vec<(
@@ -279,6 +297,7 @@ fn newest_of_each_issuer(
         CertificateRevocationListDer<'static>,
         Option<CrlScope>,
     )> = Vec::new();
+    let mut dropped = Vec::new();
     for path in paths {
         let loaded = load_crls(path)?;
         // A configured CRL file without a CRL (truncated, or something
@@ -300,20 +319,16 @@ fn newest_of_each_issuer(
                 continue;
             };
             let newer = (path.clone(), crl, scope);
-            let (dropped, used) = if kept[at].2.as_ref() < newer.2.as_ref() {
-                let dropped = std::mem::replace(&mut kept[at], newer);
-                (dropped.0, kept[at].0.clone())
+            let left_out = if kept[at].2.as_ref() < newer.2.as_ref() {
+                std::mem::replace(&mut kept[at], newer).0
             } else {
-                (newer.0, kept[at].0.clone())
+                newer.0
             };
-            tracing::warn!(
-                dropped = %dropped.display(),
-                used = %used.display(),
-                "two CRLs of one issuer: the older is not used; remove it"
-            );
+            dropped.push((left_out, kept[at].0.clone()));
         }
     }
-    Ok(kept.into_iter().map(|(path, crl, _)| (path, crl)).collect())
+    let kept = kept.into_iter().map(|(path, crl, _)| (path, crl)).collect();
+    Ok((kept, dropped))
 }
 
 /// What tells two CRLs of one issuer apart, read from one; ordered by
@@ -324,6 +339,9 @@ struct CrlScope {
     /// The issuing distribution point: partitions of one issuer's
     /// revocations are lists of their own.
     partition: Option<Vec<u8>>,
+    /// The authority key identifier: two CAs of one name (a rollover)
+    /// publish lists of their own.
+    authority_key: Option<Vec<u8>>,
     /// The CRL number's length and big-endian bytes (no leading zeros:
     /// longer is larger).
     number: Option<(usize, Vec<u8>)>,
@@ -334,14 +352,17 @@ impl CrlScope {
     fn of(crl: &CertificateRevocationListDer<'_>) -> Option<Self> {
         let (_, parsed) =
             x509_parser::revocation_list::CertificateRevocationList::from_der(crl).ok()?;
-        let partition = parsed
-            .extensions()
-            .iter()
-            .find(|extension| extension.oid.to_id_string() == "2.5.29.28")
-            .map(|extension| extension.value.to_vec());
+        let extension = |oid: &str| {
+            parsed
+                .extensions()
+                .iter()
+                .find(|extension| extension.oid.to_id_string() == oid)
+                .map(|extension| extension.value.to_vec())
+        };
         Some(Self {
             issuer: parsed.issuer().as_raw().to_vec(),
-            partition,
+            partition: extension("2.5.29.28"),
+            authority_key: extension("2.5.29.35"),
             number: parsed.crl_number().map(|number| {
                 let bytes = number.to_bytes_be();
                 (bytes.len(), bytes)
@@ -351,7 +372,9 @@ impl CrlScope {
     }
 
     fn same(&self, other: &CrlScope) -> bool {
-        self.issuer == other.issuer && self.partition == other.partition
+        self.issuer == other.issuer
+            && self.partition == other.partition
+            && self.authority_key == other.authority_key
     }
 }
 

@@ -730,11 +730,13 @@ fn crls(config: &Config) -> Vec<(String, i64)> {
     }
     let mut crls = Vec::new();
     for (key, paths) in lists {
-        for path in paths {
-            let loaded = tls::load_crls(path).unwrap_or_default();
-            for next_update in loaded.iter().filter_map(tls::crl_next_update) {
-                crls.push((format!("{key} ({})", path.display()), next_update));
-            }
+        // The lists handshakes use: not an older one of an issuer beside.
+        let used = tls::newest_of_each_issuer(paths).unwrap_or_default();
+        for (path, next_update) in used
+            .iter()
+            .filter_map(|(path, crl)| Some((path, tls::crl_next_update(crl)?)))
+        {
+            crls.push((format!("{key} ({})", path.display()), next_update));
         }
     }
     crls
