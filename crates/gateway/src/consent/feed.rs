@@ -25,9 +25,6 @@ use pb::consent_client::ConsentClient;
 pub struct FeedSource {
     /// The gateway's own member id, sent in `bridge-client`.
     pub gateway: MemberId,
-    /// The portal's member id: its backends must prove it, or a backend of
-    /// anyone else at that address could tell the gateway what is revoked.
-    pub provider: MemberId,
     /// How to reach the portal under the configuration in use, asked
     /// again at each dial: a reload's certificate, CRLs or endpoints are
     /// the feed's too.
@@ -38,7 +35,6 @@ impl std::fmt::Debug for FeedSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FeedSource")
             .field("gateway", &self.gateway)
-            .field("provider", &self.provider)
             .finish_non_exhaustive()
     }
 }
@@ -46,6 +42,11 @@ impl std::fmt::Debug for FeedSource {
 /// How to reach the portal under one configuration.
 #[derive(Debug)]
 pub struct FeedRoute {
+    /// The portal's member id: its backends must prove it, or a backend of
+    /// anyone else at that address could tell the gateway what is revoked.
+    /// The one the gateway started with (`consent.feed_provider` takes
+    /// effect at restart, as the ledger it feeds).
+    pub provider: MemberId,
     /// The portal's backends, tried in turn.
     pub endpoints: Vec<Endpoint>,
     /// This instance's upstream TLS: the gateway's certificate, the
@@ -68,14 +69,8 @@ const LOOK_EVERY: Duration = Duration::from_secs(1);
 pub async fn follow(ledger: Arc<ConsentLedger>, source: FeedSource) {
     let mut backoff = Duration::from_millis(50);
     let mut down = false;
-    let mut last_route = None;
-    loop {
-        // A configuration without consent (a reload that took it out,
-        // which applies at restart) keeps the route the feed had.
-        if let Some(route) = (source.route)() {
-            last_route = Some(route);
-        }
-        let Some(route) = last_route.clone() else {
+    'routes: loop {
+        let Some(route) = (source.route)() else {
             return;
         };
         for endpoint in &route.endpoints {
@@ -98,6 +93,11 @@ pub async fn follow(ledger: Arc<ConsentLedger>, source: FeedSource) {
                 // It was up: try again at once.
                 backoff = Duration::from_millis(50);
             }
+            // A reload's TLS and endpoints are taken at once: the next
+            // endpoint is not dialled with the TLS it replaced.
+            if reloaded(&source, &route) {
+                continue 'routes;
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -105,6 +105,12 @@ pub async fn follow(ledger: Arc<ConsentLedger>, source: FeedSource) {
             down = false;
         }
     }
+}
+
+/// Whether the configuration in use reaches the portal otherwise than
+/// `route` does.
+fn reloaded(source: &FeedSource, route: &Arc<FeedRoute>) -> bool {
+    (source.route)().is_some_and(|current| !Arc::ptr_eq(&current, route))
 }
 
 /// Follows one endpoint's feed until it fails or goes quiet.
@@ -122,7 +128,7 @@ async fn follow_endpoint(
         address,
         &endpoint.server_name.to_str(),
         Arc::clone(&route.tls),
-        &source.provider,
+        &route.provider,
     )
     .await?;
     let mut request = tonic::Request::new(pb::WatchStatusRequest {
@@ -147,8 +153,18 @@ async fn follow_endpoint(
                 if heard.elapsed() >= quiet {
                     return Err("the feed went quiet".into());
                 }
-                if let Some(why) = outdated(source, route) {
-                    return Err(why.into());
+                if (source.route)().is_some_and(|current| !Arc::ptr_eq(&current.tls, &route.tls)) {
+                    tracing::info!(
+                        endpoint = endpoint.address,
+                        "the upstream TLS was reloaded: dialling the consent feed again"
+                    );
+                    return Ok(());
+                }
+                if route
+                    .crls_stale_after
+                    .is_some_and(|after| crate::unix_time::now() > after)
+                {
+                    return Err("the upstream CRLs are out of date".into());
                 }
                 look_at = tokio::time::Instant::now() + LOOK_EVERY;
                 continue;
@@ -188,18 +204,4 @@ async fn follow_endpoint(
             None => ledger.heard(),
         }
     }
-}
-
-/// Why a feed dialled under `route` must be dialled again: the upstream
-/// TLS was reloaded (a revoked portal certificate, a renewed gateway
-/// one), or its CRLs went out of date.
-fn outdated(source: &FeedSource, route: &Arc<FeedRoute>) -> Option<&'static str> {
-    if (source.route)().is_some_and(|current| !Arc::ptr_eq(&current.tls, &route.tls)) {
-        return Some("the upstream TLS was reloaded: dialling the feed again");
-    }
-    let now = crate::unix_time::now();
-    route
-        .crls_stale_after
-        .is_some_and(|after| now > after)
-        .then_some("the upstream CRLs are out of date")
 }

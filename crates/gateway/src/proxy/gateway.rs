@@ -422,7 +422,6 @@ impl Gateway {
                 },
                 crate::consent::feed::FeedSource {
                     gateway: config.gateway.identity.clone(),
-                    provider: consent.feed_provider.clone(),
                     route: {
                         let state = Arc::clone(&state);
                         Box::new(move || state.load().consent_feed.clone())

@@ -334,19 +334,33 @@ impl GatewayState {
             let fingerprint = fingerprint(&files);
             (files, fingerprint)
         };
-        // The consent feed dials the portal as any backend is reached: a
-        // feed open under TLS files since changed is dialled again.
-        let consent_feed = config.consent.as_ref().map(|consent| {
-            let tls = previous
-                .filter(|previous| previous.upstream_tls == upstream_tls_files)
-                .and_then(|previous| previous.consent_feed.as_ref())
+        // The consent feed dials the portal the gateway started with
+        // (restart-only, as the ledger it feeds, even once `[consent]` is
+        // taken out of the file) as any backend is reached: a feed open
+        // under TLS files since changed is dialled again.
+        let previous_feed = previous.and_then(|previous| previous.consent_feed.as_ref());
+        let feed_provider = match previous {
+            Some(_) => previous_feed.map(|feed| feed.provider.clone()),
+            None => config
+                .consent
+                .as_ref()
+                .map(|consent| consent.feed_provider.clone()),
+        };
+        let consent_feed = feed_provider.map(|provider| {
+            let tls = previous_feed
+                .filter(|_| {
+                    previous.is_some_and(|previous| previous.upstream_tls == upstream_tls_files)
+                })
                 .map_or(feed_tls, |previous| Arc::clone(&previous.tls));
+            let endpoints = config
+                .providers
+                .get(&provider)
+                .map(|provider| provider.endpoints.clone())
+                .or_else(|| previous_feed.map(|feed| feed.endpoints.clone()))
+                .unwrap_or_default();
             Arc::new(crate::consent::feed::FeedRoute {
-                endpoints: config
-                    .providers
-                    .get(&consent.feed_provider)
-                    .map(|provider| provider.endpoints.clone())
-                    .unwrap_or_default(),
+                provider,
+                endpoints,
                 tls,
                 crls_stale_after: upstream_crls
                     .as_ref()
