@@ -154,6 +154,8 @@ pub struct CallRecord {
     request: Option<SharedTally>,
     /// True once the call's last record is queued.
     closed: bool,
+    /// The data subject read before the decision, for a refusal.
+    named: Option<String>,
 }
 
 impl CallRecord {
@@ -184,6 +186,7 @@ impl CallRecord {
             decision: None,
             request: None,
             closed: false,
+            named: None,
         }
     }
 
@@ -226,10 +229,12 @@ impl CallRecord {
         consent_id.clone_into(&mut self.record.consent_id);
     }
 
-    /// The data subject the request names, read before the decision
-    /// (a consent is bound to it): the decision, and a refusal, name it.
+    /// The data subject the request names, read before the decision (a
+    /// consent is bound to it): a refusal names it, so that the person's
+    /// Data Tracker lists the attempt. Decisions name none, as those of
+    /// calls whose first message the gateway does not read before.
     pub fn about(&mut self, subject: &str) {
-        subject.clone_into(&mut self.record.subject);
+        self.named = Some(subject.to_owned());
     }
 
     /// The provider the call is routed to.
@@ -297,6 +302,11 @@ impl CallRecord {
                     lock(request).write_request(&mut record);
                 }
             }
+        }
+        if record.subject.is_empty()
+            && let Some(named) = self.named.take()
+        {
+            record.subject = named;
         }
         self.log
             .append(record)
