@@ -112,6 +112,7 @@ impl Call<'_> {
         call_end: CallEnd,
         summary: CallSummary,
     ) -> Result<Response<ResponseBody>, GatewayError> {
+        let summary = Unfinished(Some(summary));
         if let Some(record) = self.record.take() {
             let written = record
                 .write_outcome(
@@ -134,5 +135,26 @@ impl Call<'_> {
         summary.finish(Ending::Trailers(response.headers()));
         drop(call_end);
         Ok(response.map(|_| ResponseBody::empty()))
+    }
+}
+
+/// A call's summary until its end is known: a caller that leaves while
+/// the outcome is written (this future dropped) ends it cancelled, and
+/// its consent's use is given back.
+struct Unfinished(Option<CallSummary>);
+
+impl Unfinished {
+    fn finish(mut self, ending: Ending<'_>) {
+        if let Some(summary) = self.0.take() {
+            summary.finish(ending);
+        }
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(summary) = self.0.take() {
+            summary.finish(Ending::Cancelled);
+        }
     }
 }
