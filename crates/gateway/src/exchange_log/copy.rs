@@ -213,11 +213,11 @@ struct Bounds {
 
 impl Bounds {
     fn read(connection: &Connection, source: &Path) -> Result<Self, StoreError> {
-        let next: Option<i64> = connection
-            .query_row("SELECT MAX(idx) + 1 FROM main.records", [], |row| {
-                row.get(0)
-            })
+        // `MAX(idx) + 1` would turn into a float past `i64::MAX`.
+        let last: Option<i64> = connection
+            .query_row("SELECT MAX(idx) FROM main.records", [], |row| row.get(0))
             .at(source)?;
+        let next = last.map(|last| last.saturating_add(1));
         let meta = |key: &str| -> Result<u64, StoreError> {
             let value: Option<String> = connection
                 .query_row("SELECT value FROM main.meta WHERE key = ?1", [key], |row| {

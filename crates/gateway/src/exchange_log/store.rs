@@ -186,9 +186,10 @@ pub enum StoreFault {
 #[derive(Debug)]
 pub struct Windows {
     pub rows: Vec<StoredRecord>,
-    /// The archived end, when an archive run moved it past the range's
-    /// start while the windows were read: rows before it may be missing
-    /// (they are in the archive files).
+    /// The archived end, when it is past the range's start once the
+    /// windows are read (an archive run moved it meanwhile, for a range
+    /// that starts in the hot store): rows before it may be missing (they
+    /// are in the archive files).
     pub archived_meanwhile: Option<u64>,
 }
 
@@ -1089,7 +1090,6 @@ impl Store {
         mut sql_for: impl FnMut(std::ops::Range<u64>, usize) -> (String, Vec<Value>),
         mut between: impl FnMut(),
     ) -> Result<Windows, StoreError> {
-        let archived_before = self.archived_end()?;
         let mut rows = Vec::new();
         let mut from = range.start;
         while from < range.end && rows.len() < wanted {
@@ -1109,10 +1109,10 @@ impl Store {
             };
         }
         // A run moves `archived_end` before it removes rows, and only
-        // forward: if it did not pass the range's start, nothing went.
+        // forward: if it did not pass the range's start (at or past the
+        // hot store's start when the caller chose it), nothing went.
         let archived = self.archived_end()?;
-        let archived_meanwhile =
-            (archived > archived_before && archived > range.start).then_some(archived);
+        let archived_meanwhile = (archived > range.start).then_some(archived);
         Ok(Windows {
             rows,
             archived_meanwhile,
