@@ -1446,6 +1446,40 @@ mod tests {
 
     /// Whatever is done to an archive file, `check` and `audit verify`
     /// find it and name the file.
+    /// An archive under another name than its records' (a copy a sync
+    /// tool left beside, a file renamed) is named: proofs, backups and
+    /// archive runs find a segment's file by its name.
+    #[test]
+    fn an_archive_under_another_name_is_named() {
+        let log = Log::new(SEGMENT + 10);
+        log.archive().unwrap();
+        let file = log.files().remove(0);
+        let name = file.file_name().unwrap().to_str().unwrap().to_owned();
+        let named = |path: &Path| {
+            let problem = log.problem();
+            assert_eq!(problem.kind, ProblemKind::ArchiveDamaged, "{problem}");
+            assert!(
+                problem.message.contains(&path.display().to_string()),
+                "{problem}"
+            );
+            assert!(problem.message.contains("is not named"), "{problem}");
+        };
+
+        // A copy beside it, which sorts before it: the copy is named, not
+        // the file proofs need.
+        let copy = file.with_file_name(name.replace(".jsonl.gz", " (1).jsonl.gz"));
+        std::fs::copy(&file, &copy).unwrap();
+        named(&copy);
+        std::fs::remove_file(&copy).unwrap();
+
+        // Renamed.
+        let renamed = file.with_file_name("records-segment-0.jsonl.gz");
+        std::fs::rename(&file, &renamed).unwrap();
+        named(&renamed);
+        std::fs::rename(&renamed, &file).unwrap();
+        assert_eq!(log.verify().unwrap().problem, None);
+    }
+
     #[test]
     fn tampered_archives_are_named() {
         let log = Log::new(SEGMENT + 10);

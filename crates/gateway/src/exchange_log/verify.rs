@@ -423,7 +423,12 @@ impl Walk<'_> {
                 // its records are read there, its checkpoint checked with
                 // the others. More files than that are a store cut back.
                 match archive::check(&path, verifier) {
-                    Ok(checked) => self.carried(path, checked.checkpoint),
+                    Ok(checked) => {
+                        if let Some(problem) = misnamed(&path, &checked.manifest, expected) {
+                            return Ok(Some(problem));
+                        }
+                        self.carried(path, checked.checkpoint);
+                    }
                     Err(error) => {
                         return Ok(Some(Problem {
                             kind: ProblemKind::ArchiveDamaged,
@@ -446,6 +451,9 @@ impl Walk<'_> {
                 Err(error) => return Ok(problem(ProblemKind::ArchiveDamaged, error.to_string())),
             };
             let manifest = &checked.manifest;
+            if let Some(problem) = misnamed(&path, manifest, expected) {
+                return Ok(Some(problem));
+            }
             if manifest.first < expected {
                 return Ok(problem(
                     ProblemKind::ArchiveDamaged,
@@ -1473,6 +1481,24 @@ pub fn consistency_with_archives(
         new,
         new_note: latest.note,
         proof,
+    })
+}
+
+/// An archive not under the name of the records it holds: proofs, backups
+/// and archive runs look for a segment's file by its name, and would miss
+/// it (or, for a copy beside, take the wrong one for damaged).
+fn misnamed(path: &Path, manifest: &archive::Manifest, expected: u64) -> Option<Problem> {
+    let name = archive::file_name(manifest.first, manifest.end);
+    (path.file_name() != Some(std::ffi::OsStr::new(&name))).then(|| Problem {
+        kind: ProblemKind::ArchiveDamaged,
+        index: expected,
+        message: format!(
+            "{} holds records {} to {} but is not named {name}, where proofs, backups and archive \
+             runs look for them: rename it, or remove it if it is a copy",
+            path.display(),
+            manifest.first,
+            manifest.end.saturating_sub(1)
+        ),
     })
 }
 
