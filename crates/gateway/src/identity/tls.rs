@@ -337,11 +337,11 @@ fn newest_crls(paths: &[PathBuf]) -> Result<(CrlsOfFiles, Vec<(PathBuf, PathBuf)
 struct CrlScope {
     issuer: Vec<u8>,
     /// The issuing distribution point: partitions of one issuer's
-    /// revocations are lists of their own.
+    /// revocations are lists of their own. (Not the authority key: a
+    /// handshake takes the first list of the issuer's name and scope,
+    /// whichever key signed it, so two CAs of one name cannot both be
+    /// checked.)
     partition: Option<Vec<u8>>,
-    /// The authority key identifier: two CAs of one name (a rollover)
-    /// publish lists of their own.
-    authority_key: Option<Vec<u8>>,
     /// The CRL number's length and big-endian bytes (no leading zeros:
     /// longer is larger).
     number: Option<(usize, Vec<u8>)>,
@@ -362,7 +362,6 @@ impl CrlScope {
         Some(Self {
             issuer: parsed.issuer().as_raw().to_vec(),
             partition: extension("2.5.29.28"),
-            authority_key: extension("2.5.29.35"),
             number: parsed.crl_number().map(|number| {
                 let bytes = number.to_bytes_be();
                 (bytes.len(), bytes)
@@ -372,9 +371,7 @@ impl CrlScope {
     }
 
     fn same(&self, other: &CrlScope) -> bool {
-        self.issuer == other.issuer
-            && self.partition == other.partition
-            && self.authority_key == other.authority_key
+        self.issuer == other.issuer && self.partition == other.partition
     }
 }
 
