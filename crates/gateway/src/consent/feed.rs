@@ -108,9 +108,12 @@ pub async fn follow(ledger: Arc<ConsentLedger>, source: FeedSource) {
 }
 
 /// Whether the configuration in use reaches the portal otherwise than
-/// `route` does.
-fn reloaded(source: &FeedSource, route: &Arc<FeedRoute>) -> bool {
-    (source.route)().is_some_and(|current| !Arc::ptr_eq(&current, route))
+/// `route` does: other TLS or other endpoints (a reload of anything else
+/// builds a route of its own too).
+fn reloaded(source: &FeedSource, route: &FeedRoute) -> bool {
+    (source.route)().is_some_and(|current| {
+        !Arc::ptr_eq(&current.tls, &route.tls) || current.endpoints != route.endpoints
+    })
 }
 
 /// Follows one endpoint's feed until it fails or goes quiet.

@@ -1444,8 +1444,6 @@ mod tests {
         assert_eq!(report.unwrap().problem, None);
     }
 
-    /// Whatever is done to an archive file, `check` and `audit verify`
-    /// find it and name the file.
     /// An archive under another name than its records' (a copy a sync
     /// tool left beside, a file renamed) is named: proofs, backups and
     /// archive runs find a segment's file by its name.
@@ -1480,6 +1478,8 @@ mod tests {
         assert_eq!(log.verify().unwrap().problem, None);
     }
 
+    /// Whatever is done to an archive file, `check` and `audit verify`
+    /// find it and name the file.
     #[test]
     fn tampered_archives_are_named() {
         let log = Log::new(SEGMENT + 10);

@@ -154,7 +154,8 @@ pub struct CallRecord {
     request: Option<SharedTally>,
     /// True once the call's last record is queued.
     closed: bool,
-    /// The data subject read before the decision, for a refusal.
+    /// The data subject read before the decision, for a refusal or an
+    /// outcome without a request tally.
     named: Option<String>,
 }
 
@@ -230,9 +231,10 @@ impl CallRecord {
     }
 
     /// The data subject the request names, read before the decision (a
-    /// consent is bound to it): a refusal names it, so that the person's
-    /// Data Tracker lists the attempt. Decisions name none, as those of
-    /// calls whose first message the gateway does not read before.
+    /// consent is bound to it): a refusal, or an outcome before anything
+    /// was forwarded, names it, so that the person's Data Tracker lists
+    /// the attempt. Decisions name none, as those of calls whose first
+    /// message the gateway does not read before.
     pub fn about(&mut self, subject: &str) {
         self.named = Some(subject.to_owned());
     }
@@ -332,6 +334,13 @@ impl CallRecord {
         kind.clone_into(&mut record.error_kind);
         if let Some(request) = &self.request {
             lock(request).write_request(&mut record);
+        }
+        // Ended before it was forwarded (its caller left): the subject
+        // read to bind its consent.
+        if record.subject.is_empty()
+            && let Some(named) = self.named.take()
+        {
+            record.subject = named;
         }
         if let Some(response) = response {
             response.write_into(&mut record.response_bytes, &mut record.response_sha256);
