@@ -115,6 +115,31 @@ async fn clearance(
         .await
 }
 
+/// The first refusal of CBAO's clearance calls for `nin` under
+/// `artefact`, asking every 20 ms: calls may pass until then, for at most
+/// `seconds` (`still` says what passing after that means).
+async fn first_refusal(
+    bed: &Bed,
+    nin: &str,
+    artefact: &str,
+    seconds: u64,
+    still: &str,
+) -> tonic::Status {
+    let started = std::time::Instant::now();
+    loop {
+        match clearance(bed, nin, Some(artefact)).await {
+            Err(status) => return status,
+            Ok(_) => {
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(seconds),
+                    "{still}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
 /// The refusal's code and `bridge-error`.
 async fn refused(bed: &Bed, nin: &str, artefact: Option<&str>) -> (Code, String) {
     let status = clearance(bed, nin, artefact).await.unwrap_err();
@@ -393,19 +418,7 @@ async fn consent_bound_calls_fail_closed_while_the_consent_feed_is_down() {
 
     bed.cut("mygov");
     // Within the freshness window calls may still pass; past it, none does.
-    let cut = std::time::Instant::now();
-    let status = loop {
-        match clearance(&bed, &a, Some(&consent.artefact)).await {
-            Err(status) => break status,
-            Ok(_) => {
-                assert!(
-                    cut.elapsed() < std::time::Duration::from_secs(3),
-                    "still served"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        }
-    };
+    let status = first_refusal(&bed, &a, &consent.artefact, 3, "still served").await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(
         bridge_error(&status).as_deref(),
@@ -451,21 +464,15 @@ async fn the_consent_feed_follows_a_reload_of_the_upstream_crls() {
 
     govbridge::pki::revoke(&bed.pki, &bed.pki.join("agency-mygov.pem")).unwrap();
     bed.reloader.reload().unwrap();
-    // Polls the calls, bounded: the feed looks every second, then its
-    // freshness window runs out.
-    let revoked = std::time::Instant::now();
-    let status = loop {
-        match clearance(&bed, &a, Some(&consent.artefact)).await {
-            Err(status) => break status,
-            Ok(_) => {
-                assert!(
-                    revoked.elapsed() < std::time::Duration::from_secs(15),
-                    "consent-bound calls still served on the feed of a revoked portal"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    };
+    // The feed looks every second, then its freshness window runs out.
+    let status = first_refusal(
+        &bed,
+        &a,
+        &consent.artefact,
+        15,
+        "consent-bound calls still served on the feed of a revoked portal",
+    )
+    .await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(
         bridge_error(&status).as_deref(),
