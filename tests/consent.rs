@@ -51,6 +51,15 @@ impl<'a> Grant<'a> {
         }
     }
 
+    /// As `credit`, for one declared-income answer.
+    fn one_income_year(nin: &'a str) -> Self {
+        Self {
+            methods: &[INCOME],
+            max_uses: 1,
+            ..Self::credit(nin)
+        }
+    }
+
     /// As `credit`, for the declared-income stream.
     fn streamed(nin: &'a str) -> Self {
         Self {
@@ -487,15 +496,7 @@ async fn the_consent_feed_follows_a_reload_of_the_upstream_crls() {
 async fn a_status_whose_outcome_is_not_logged_spends_no_use() {
     let bed = dev_bed().await;
     let a = citizen(&bed, 0);
-    let consent = grant(
-        &bed,
-        &Grant {
-            methods: &[INCOME],
-            max_uses: 1,
-            ..Grant::credit(&a)
-        },
-    )
-    .await;
+    let consent = grant(&bed, &Grant::one_income_year(&a)).await;
     // No declaration for 1990: the tax authority answers `NOT_FOUND`.
     let income = |fault: Option<&'static str>| {
         let mut request = with_header(
@@ -1120,18 +1121,9 @@ async fn a_stream_ends_at_its_first_message_after_a_revocation() {
 /// trying year after year is not free.
 #[tokio::test]
 async fn an_answer_without_data_spends_the_use() {
-    const INCOME: &str = "/govbridge.tax.v1.TaxAuthority/GetDeclaredIncome";
     let bed = dev_bed().await;
     let a = citizen(&bed, 0);
-    let consent = grant(
-        &bed,
-        &Grant {
-            methods: &[INCOME],
-            max_uses: 1,
-            ..Grant::credit(&a)
-        },
-    )
-    .await;
+    let consent = grant(&bed, &Grant::one_income_year(&a)).await;
     let ask = |fiscal_year| {
         let (bed, a, artefact) = (&bed, a.clone(), consent.artefact.clone());
         async move {
