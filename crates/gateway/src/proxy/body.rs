@@ -39,7 +39,7 @@ use super::error::GatewayError;
 use super::json::JsonAnswer;
 use super::limits::{CallPermit, MessageSizeLimit};
 use super::record::{self, CallRecord, Ending, SharedTally, Tally};
-use crate::catalog::subject::{SubjectField, read_subject};
+use crate::catalog::subject::{Reading, SubjectField, read_subject};
 use crate::consent::{ConsentRefusal, UseReservation};
 use crate::exchange_log::Appending;
 use crate::identity::MemberId;
@@ -329,7 +329,7 @@ impl SubjectGuard {
             let Some(message) = bytes.get(whole + 5..whole + 5 + length) else {
                 break;
             };
-            bind_subject(message, &self.field, &self.subject)?;
+            bind_subject(&read_subject(message, &self.field), &self.subject)?;
             if let Some((ledger, consent, expires)) = &self.consent {
                 ledger.still_holds(consent, *expires)?;
             }
@@ -339,14 +339,10 @@ impl SubjectGuard {
     }
 }
 
-/// Checks that request `message` is about `subject`, and only about them:
-/// the consent's person must be the one every decoder reads.
-pub fn bind_subject(
-    message: &[u8],
-    field: &SubjectField,
-    subject: &str,
-) -> Result<(), ConsentRefusal> {
-    let reading = read_subject(message, field);
+/// Checks that a request message, as `reading` read it, is about
+/// `subject`, and only about them: the consent's person must be the one
+/// every decoder reads.
+pub fn bind_subject(reading: &Reading<'_>, subject: &str) -> Result<(), ConsentRefusal> {
     if reading.is_ambiguous() {
         return Err(ConsentRefusal::SubjectAmbiguous);
     }

@@ -30,16 +30,13 @@ impl Call<'_> {
             .permit
             .message_limit(&self.conn.metrics, &admitted.caller);
         let read = within(deadline, body::first_message(body, sizes)).await??;
-        let first = body::first_of(&read);
+        let reading = crate::catalog::subject::read_subject(body::first_of(&read), field);
         // The person the request names, the consent's or not: their Data
         // Tracker lists the attempt, refused here or later.
-        if let (Some(record), Some(named)) = (
-            self.record.as_mut(),
-            crate::catalog::subject::read_subject(first, field).sole(),
-        ) {
+        if let (Some(record), Some(named)) = (self.record.as_mut(), reading.sole()) {
             record.about(named);
         }
-        body::bind_subject(first, field, &claims.subject)?;
+        body::bind_subject(&reading, &claims.subject)?;
         let ledger = self
             .conn
             .consent
