@@ -55,9 +55,14 @@ impl<'a> Grant<'a> {
     fn one_income_year(nin: &'a str) -> Self {
         Self {
             methods: &[INCOME],
-            max_uses: 1,
             ..Self::credit(nin)
         }
+        .uses(1)
+    }
+
+    /// This grant, usable `max_uses` times.
+    fn uses(self, max_uses: u32) -> Self {
+        Self { max_uses, ..self }
     }
 
     /// As `credit`, for the declared-income stream.
@@ -415,14 +420,7 @@ async fn consent_bound_calls_fail_closed_while_the_consent_feed_is_down() {
         .start()
         .await;
     let a = citizen(&bed, 0);
-    let consent = grant(
-        &bed,
-        &Grant {
-            max_uses: 1_000,
-            ..Grant::credit(&a)
-        },
-    )
-    .await;
+    let consent = grant(&bed, &Grant::credit(&a).uses(1_000)).await;
     clearance(&bed, &a, Some(&consent.artefact)).await.unwrap();
 
     bed.cut("mygov");
@@ -461,14 +459,7 @@ async fn the_consent_feed_follows_a_reload_of_the_upstream_crls() {
         .start()
         .await;
     let a = citizen(&bed, 0);
-    let consent = grant(
-        &bed,
-        &Grant {
-            max_uses: 1_000,
-            ..Grant::credit(&a)
-        },
-    )
-    .await;
+    let consent = grant(&bed, &Grant::credit(&a).uses(1_000)).await;
     clearance(&bed, &a, Some(&consent.artefact)).await.unwrap();
 
     govbridge::pki::revoke(&bed.pki, &bed.pki.join("agency-mygov.pem")).unwrap();
@@ -662,14 +653,7 @@ async fn pausing_and_revoking_take_effect_at_once() {
 async fn exactly_max_uses_calls_succeed_out_of_fifty_concurrent() {
     let bed = dev_bed().await;
     let a = citizen(&bed, 0);
-    let consent = grant(
-        &bed,
-        &Grant {
-            max_uses: 5,
-            ..Grant::credit(&a)
-        },
-    )
-    .await;
+    let consent = grant(&bed, &Grant::credit(&a).uses(5)).await;
     let attempts = (0..50).map(|_| clearance(&bed, &a, Some(&consent.artefact)));
     let outcomes = support::join_all(attempts).await;
     let succeeded = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
@@ -840,14 +824,7 @@ async fn a_consent_bound_message_over_the_size_limit_is_too_large() {
         .start()
         .await;
     let a = citizen(&bed, 0);
-    let consent = grant(
-        &bed,
-        &Grant {
-            max_uses: 1,
-            ..Grant::streamed(&a)
-        },
-    )
-    .await;
+    let consent = grant(&bed, &Grant::streamed(&a).uses(1)).await;
     let too_large = || Raw(vec![0; 200_000]);
     let year = || {
         Raw::of(&GetDeclaredIncomeRequest {
@@ -930,14 +907,7 @@ async fn a_stream_message_naming_its_subject_twice_is_refused() {
 async fn cancelling_after_an_answer_still_spends_the_use() {
     let bed = dev_bed().await;
     let a = citizen(&bed, 0);
-    let consent = grant(
-        &bed,
-        &Grant {
-            max_uses: 1,
-            ..Grant::streamed(&a)
-        },
-    )
-    .await;
+    let consent = grant(&bed, &Grant::streamed(&a).uses(1)).await;
     let year = |fiscal_year| GetDeclaredIncomeRequest {
         nin: a.clone(),
         fiscal_year,
@@ -1025,14 +995,7 @@ async fn clearance_at(
 async fn a_spent_use_stays_spent_across_a_restart() {
     let bed = dev_bed().await;
     let a = citizen(&bed, 0);
-    let consent = grant(
-        &bed,
-        &Grant {
-            max_uses: 1,
-            ..Grant::credit(&a)
-        },
-    )
-    .await;
+    let consent = grant(&bed, &Grant::credit(&a).uses(1)).await;
     let gateway = support::process::GatewayProcess::spawn(&bed, "restarted", &[]);
     clearance_at(&bed, gateway.address, &a, &consent.artefact)
         .await
