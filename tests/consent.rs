@@ -15,10 +15,13 @@ use govbridge::proto::consent::v1::consent_client::ConsentClient;
 use govbridge::proto::consent::v1::{ConsentRecord, ConsentRef, GrantRequest};
 use govbridge::proto::tax::v1::get_tax_clearance_request::Taxpayer;
 use govbridge::proto::tax::v1::tax_authority_client::TaxAuthorityClient;
+use govbridge::proto::tax::v1::tax_authority_server::{TaxAuthority, TaxAuthorityServer};
 use govbridge::proto::tax::v1::{
-    GetDeclaredIncomeRequest, GetTaxClearanceRequest, TaxClearanceCertificate,
+    DeclaredIncome, GetDeclaredIncomeRequest, GetTaxClearanceRequest, TaxClearanceCertificate,
+    WithholdingLine, WithholdingReceipt,
 };
 use support::{Bed, bridge_error, declared, dev_bed, with_header};
+use tokio_stream::StreamExt;
 use tonic::Code;
 
 const CLEARANCE: &str = "/govbridge.tax.v1.TaxAuthority/GetTaxClearance";
@@ -31,6 +34,7 @@ const CBAO_CREDIT: &str = "SN/COM/CBAO/credit";
 struct Grant<'a> {
     nin: &'a str,
     consumer: &'a str,
+    provider: &'a str,
     methods: &'a [&'a str],
     purpose: &'a str,
     max_uses: u32,
@@ -43,6 +47,7 @@ impl<'a> Grant<'a> {
         Self {
             nin,
             consumer: CBAO_CREDIT,
+            provider: TAX,
             methods: &[CLEARANCE],
             purpose: "CREDIT-SCORING",
             max_uses: 5,
@@ -72,6 +77,11 @@ impl<'a> Grant<'a> {
             ..Self::credit(nin)
         }
     }
+
+    /// This grant, for `provider`'s answers instead of the tax authority's.
+    fn from(self, provider: &'a str) -> Self {
+        Self { provider, ..self }
+    }
 }
 
 fn now() -> i64 {
@@ -95,7 +105,7 @@ async fn grant(bed: &Bed, grant: &Grant<'_>) -> ConsentRecord {
             GrantRequest {
                 nin: grant.nin.to_owned(),
                 consumer: grant.consumer.to_owned(),
-                providers: vec![TAX.to_owned()],
+                providers: vec![grant.provider.to_owned()],
                 methods: grant.methods.iter().map(|m| (*m).to_owned()).collect(),
                 purpose: grant.purpose.to_owned(),
                 not_before: grant.not_before,
@@ -1076,6 +1086,171 @@ async fn a_stream_ends_at_its_first_message_after_a_revocation() {
         (status.code(), bridge_error(&status).unwrap_or_default()),
         denied("consent-revoked"),
         "{status:?}"
+    );
+}
+
+/// A tax authority under the test's control: a clearance for anyone, and
+/// on the first declared-income stream, whatever the caller asks, the
+/// answers the test sends when it sends them.
+struct PacedTax {
+    answers: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<DeclaredIncome>>>,
+}
+
+#[tonic::async_trait]
+impl TaxAuthority for PacedTax {
+    async fn get_tax_clearance(
+        &self,
+        _: tonic::Request<GetTaxClearanceRequest>,
+    ) -> Result<tonic::Response<TaxClearanceCertificate>, tonic::Status> {
+        Ok(tonic::Response::new(TaxClearanceCertificate::default()))
+    }
+
+    async fn get_declared_income(
+        &self,
+        _: tonic::Request<GetDeclaredIncomeRequest>,
+    ) -> Result<tonic::Response<DeclaredIncome>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+
+    type StreamDeclaredIncomeStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<DeclaredIncome, tonic::Status>> + Send>,
+    >;
+
+    async fn stream_declared_income(
+        &self,
+        request: tonic::Request<tonic::Streaming<GetDeclaredIncomeRequest>>,
+    ) -> Result<tonic::Response<Self::StreamDeclaredIncomeStream>, tonic::Status> {
+        let answers = self.answers.lock().unwrap().take().ok_or_else(|| {
+            tonic::Status::failed_precondition("this test answers one stream only")
+        })?;
+        // The caller's side stays open, read or not.
+        let mut asked = request.into_inner();
+        tokio::spawn(async move { while let Ok(Some(_)) = asked.message().await {} });
+        let answers = support::feed::Feed(answers).map(Ok);
+        Ok(tonic::Response::new(Box::pin(answers)))
+    }
+
+    async fn submit_withholdings(
+        &self,
+        _: tonic::Request<tonic::Streaming<WithholdingLine>>,
+    ) -> Result<tonic::Response<WithholdingReceipt>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+}
+
+/// An answer goes on only while its consent holds: once the citizen
+/// revokes, the backend's next message of a stream is not relayed, though
+/// the caller asked for nothing more, and the call ends with the
+/// gateway's refusal, logged so.
+#[tokio::test]
+async fn a_streamed_answer_ends_at_its_first_message_after_a_revocation() {
+    let policies = tempfile::tempdir().unwrap();
+    let dev = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/policies");
+    for file in std::fs::read_dir(dev).unwrap() {
+        let file = file.unwrap().path();
+        std::fs::copy(&file, policies.path().join(file.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        policies.path().join("paced-tax.cedar"),
+        format!(
+            "@id(\"banks-read-the-paced-tax-authority\")\n\
+             permit (\n  principal in Group::\"bank-credit\",\n  \
+             action in [Action::\"{CLEARANCE}\", Action::\"{STREAM_INCOME}\"],\n  \
+             resource == Provider::\"{}\"\n)\n\
+             when {{ context.purpose == \"CREDIT-SCORING\" && context.consent.verified }};\n",
+            support::PROBE
+        ),
+    )
+    .unwrap();
+    let (answer, answers) = tokio::sync::mpsc::channel(4);
+    let tax = PacedTax {
+        answers: std::sync::Mutex::new(Some(answers)),
+    };
+    let bed = Bed::builder()
+        .policies(policies.path())
+        .probe(
+            "govbridge.tax.v1.TaxAuthority",
+            govbridge::agencies::AgencyService::new(TaxAuthorityServer::new(tax)),
+        )
+        .start()
+        .await;
+    let a = citizen(&bed, 0);
+    let methods = [CLEARANCE, STREAM_INCOME];
+    let consent = grant(
+        &bed,
+        &Grant {
+            methods: &methods,
+            ..Grant::credit(&a).from(support::PROBE).uses(100)
+        },
+    )
+    .await;
+    let income = |fiscal_year| DeclaredIncome {
+        nin: a.clone(),
+        fiscal_year,
+        ..DeclaredIncome::default()
+    };
+    let (asking, requests) = tokio::sync::mpsc::channel(4);
+    asking
+        .send(GetDeclaredIncomeRequest {
+            nin: a.clone(),
+            fiscal_year: 2023,
+        })
+        .await
+        .unwrap();
+    let request = with_header(
+        declared(support::feed::Feed(requests), "CREDIT-SCORING"),
+        "bridge-consent",
+        &consent.artefact,
+    );
+    answer.send(income(2023)).await.unwrap();
+    let response = TaxAuthorityClient::new(bed.client("cbao-credit").await)
+        .stream_declared_income(request)
+        .await
+        .unwrap();
+    let request_id = support::request_id_of(response.metadata());
+    let mut answers = response.into_inner();
+    assert_eq!(answers.message().await.unwrap().unwrap().fiscal_year, 2023);
+
+    let reference = declared(
+        ConsentRef {
+            nin: a.clone(),
+            consent_id: consent.consent_id.clone(),
+        },
+        "CITIZEN-SELF-SERVICE",
+    );
+    portal(&bed).await.revoke(reference).await.unwrap();
+    let known = first_refusal(
+        &bed,
+        &a,
+        &consent.artefact,
+        5,
+        "the revocation never arrived",
+    );
+    assert_eq!(
+        bridge_error(&known.await).as_deref(),
+        Some("consent-revoked")
+    );
+
+    // The backend answers on, unasked: its answer stops at the gateway.
+    answer.send(income(2022)).await.unwrap();
+    let status = answers.message().await.unwrap_err();
+    assert_eq!(
+        (status.code(), bridge_error(&status).unwrap_or_default()),
+        denied("consent-revoked"),
+        "{status:?}"
+    );
+    drop(asking);
+    let outcome = Store::open_read_only(bed.exchange_log().dir())
+        .unwrap()
+        .records_of_request(&request_id)
+        .unwrap()
+        .pop()
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(
+        (outcome.grpc_status, outcome.error_kind.as_str()),
+        (Code::PermissionDenied as i32, "consent-revoked")
     );
 }
 

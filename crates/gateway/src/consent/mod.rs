@@ -411,7 +411,7 @@ impl ConsentLedger {
     /// until `expires`) may go on: for each later message of a stream, as
     /// at its start, the consent must be neither revoked nor paused, the
     /// feed fresh and the artefact unexpired.
-    pub fn still_holds(&self, consent: &str, expires: i64) -> Result<(), ConsentRefusal> {
+    fn still_holds(&self, consent: &str, expires: i64) -> Result<(), ConsentRefusal> {
         self.lock().standing(consent, self.freshness)?;
         if crate::unix_time::now() >= expires {
             return Err(ConsentRefusal::Expired(expires));
@@ -482,6 +482,24 @@ impl ConsentLedger {
     }
 }
 
+/// A call's consent as it stands, checked again before each message of
+/// the call after its first, in either direction: once the citizen
+/// revokes or pauses it, its feed goes quiet or its artefact expires, the
+/// call goes no further.
+#[derive(Debug, Clone)]
+pub struct ConsentHold {
+    ledger: Arc<ConsentLedger>,
+    consent: String,
+    expires: i64,
+}
+
+impl ConsentHold {
+    /// Whether the call may go on.
+    pub fn check(&self) -> Result<(), ConsentRefusal> {
+        self.ledger.still_holds(&self.consent, self.expires)
+    }
+}
+
 /// One use of a consent, held while the call runs. Dropped without
 /// [`UseReservation::spend`], the use is given back.
 #[derive(Debug)]
@@ -535,6 +553,16 @@ impl UseReservation {
     /// The consent this use belongs to.
     pub fn consent_id(&self) -> &str {
         &self.consent
+    }
+
+    /// What the rest of the call, in either direction, checks its consent
+    /// against.
+    pub fn hold(&self) -> ConsentHold {
+        ConsentHold {
+            ledger: Arc::clone(&self.ledger),
+            consent: self.consent.clone(),
+            expires: self.expires,
+        }
     }
 
     /// Resolves once the reservation is on disk, as spent: only then may

@@ -18,7 +18,8 @@
 //! - hold a consent-bound request to the person its consent is about: each
 //!   message is relayed only once it is whole and names that person, and
 //!   one that names anyone else ends the call with `PERMISSION_DENIED`
-//!   before a byte of it reaches the backend (see [`SubjectGuard`]);
+//!   before a byte of it reaches the backend (see [`SubjectGuard`]); and
+//!   relay its answer only while the consent holds (see [`AnswerHold`]);
 //! - give a JSON call's answer as JSON, converted message by message
 //!   before its outcome is written (see [`Transcoding`]): the one place a
 //!   response is decoded.
@@ -40,7 +41,7 @@ use super::json::JsonAnswer;
 use super::limits::{CallPermit, MessageSizeLimit};
 use super::record::{self, CallRecord, Ending, SharedTally, Tally};
 use crate::catalog::subject::{Reading, SubjectField, read_subject};
-use crate::consent::{ConsentRefusal, UseReservation};
+use crate::consent::{ConsentHold, ConsentRefusal, UseReservation};
 use crate::exchange_log::Appending;
 use crate::identity::MemberId;
 use crate::routing::upstream::BoxError;
@@ -272,9 +273,8 @@ impl RequestBody {
 pub struct SubjectGuard {
     subject: Box<str>,
     field: SubjectField,
-    /// The consent the call was admitted under, and the ledger that says
-    /// whether it still holds.
-    consent: Option<(Arc<crate::consent::ConsentLedger>, Box<str>, i64)>,
+    /// The consent the call was admitted under, as it stands.
+    consent: Option<ConsentHold>,
     /// Bytes read before forwarding (the first message), relayed first.
     read: Option<Bytes>,
     /// The start of a message not yet whole.
@@ -295,15 +295,9 @@ impl SubjectGuard {
         }
     }
 
-    /// Relays each message only while consent `consent` (valid until
-    /// `expires`) still holds in `ledger`.
-    pub fn holding(
-        mut self,
-        ledger: Arc<crate::consent::ConsentLedger>,
-        consent: &str,
-        expires: i64,
-    ) -> Self {
-        self.consent = Some((ledger, consent.into(), expires));
+    /// Relays each message only while `consent` holds.
+    pub fn holding(mut self, consent: ConsentHold) -> Self {
+        self.consent = Some(consent);
         self
     }
 
@@ -330,8 +324,8 @@ impl SubjectGuard {
                 break;
             };
             bind_subject(&read_subject(message, &self.field), &self.subject)?;
-            if let Some((ledger, consent, expires)) = &self.consent {
-                ledger.still_holds(consent, *expires)?;
+            if let Some(consent) = &self.consent {
+                consent.check()?;
             }
             whole += 5 + length;
         }
@@ -673,6 +667,77 @@ struct Relay {
     audit: Option<Audit>,
     /// Counts and logs the call when it ends; `None` once done.
     counted: Option<CallSummary>,
+    /// A consent-bound call's consent, checked before each message of the
+    /// answer.
+    consent: Option<AnswerHold>,
+}
+
+/// Holds a consent-bound call's answer to the consent as it stands: each
+/// message the backend answers with is relayed only if, when it starts,
+/// the consent still holds (as [`SubjectGuard`] holds the request). A
+/// stream whose citizen revokes, or whose consent lapses, ends there with
+/// the gateway's refusal, after the message in progress, so that the
+/// caller has whole messages, then a status.
+#[derive(Debug)]
+struct AnswerHold {
+    consent: ConsentHold,
+    framing: Framing,
+    /// The refusal the answer ends with, once what came before it is
+    /// relayed.
+    refused: Option<GatewayError>,
+}
+
+impl AnswerHold {
+    /// Where in `data` the answer must end, the consent no longer holding
+    /// at a message that starts there; the refusal is then kept for the
+    /// answer's end.
+    fn end_in(&mut self, data: &[u8]) -> Option<usize> {
+        let start = self.framing.first_start(data)?;
+        let refusal = self.consent.check().err()?;
+        self.refused = Some(refusal.into());
+        Some(start)
+    }
+}
+
+/// Where a stream of gRPC messages stands, read as its bytes pass.
+#[derive(Debug, Default)]
+struct Framing {
+    /// The prefix of the next message, as much of it as has passed.
+    prefix: [u8; 5],
+    prefix_read: usize,
+    /// Bytes of the current message still to pass.
+    left: usize,
+}
+
+impl Framing {
+    /// Reads `data`, the stream's next bytes; returns where in it the
+    /// first message to start in it starts, if one does.
+    fn first_start(&mut self, data: &[u8]) -> Option<usize> {
+        let mut first = None;
+        let mut at = 0;
+        while at < data.len() {
+            if self.left > 0 {
+                let passing = self.left.min(data.len() - at);
+                self.left -= passing;
+                at += passing;
+                continue;
+            }
+            if self.prefix_read == 0 {
+                first.get_or_insert(at);
+            }
+            let passing = (5 - self.prefix_read).min(data.len() - at);
+            self.prefix[self.prefix_read..self.prefix_read + passing]
+                .copy_from_slice(&data[at..at + passing]);
+            self.prefix_read += passing;
+            at += passing;
+            if self.prefix_read == 5 {
+                let [_, length @ ..] = self.prefix;
+                self.left = u32::from_be_bytes(length) as usize;
+                self.prefix_read = 0;
+            }
+        }
+        first
+    }
 }
 
 /// Who answers a relayed call's refusals: this gateway's instance for
@@ -964,6 +1029,17 @@ impl ResponseBody {
         self.json = Some(Box::new(Transcoding::new(answer)));
     }
 
+    /// Relays the answer only while `consent` holds (see [`AnswerHold`]).
+    pub(super) fn hold_to(&mut self, consent: ConsentHold) {
+        if let Some(relay) = self.relay.as_mut() {
+            relay.consent = Some(AnswerHold {
+                consent,
+                framing: Framing::default(),
+                refused: None,
+            });
+        }
+    }
+
     /// Whether the body gives its answer as JSON.
     pub fn is_transcoded(&self) -> bool {
         self.json.is_some()
@@ -1091,6 +1167,7 @@ impl ResponseBody {
                 origin,
                 audit,
                 counted,
+                consent: None,
             })),
             local: None,
             expiry: None,
@@ -1186,6 +1263,9 @@ impl Body for ResponseBody {
             if let Some(error) = this.json.as_mut().and_then(|json| json.failed.take()) {
                 break Some(relay.origin.own(error.into_trailers()));
             }
+            if let Some(error) = relay.consent.as_mut().and_then(|hold| hold.refused.take()) {
+                break Some(relay.origin.own(error.into_trailers()));
+            }
             let frame = match Pin::new(stream).poll_frame(cx) {
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {
@@ -1205,7 +1285,16 @@ impl Body for ResponseBody {
                         relay.origin.relayed(&mut trailers);
                         Some(trailers)
                     }
-                    Err(frame) => {
+                    Err(mut frame) => {
+                        if let Some(hold) = relay.consent.as_mut()
+                            && let Some(data) = frame.data_ref()
+                            && let Some(end) = hold.end_in(data)
+                        {
+                            if end == 0 {
+                                continue;
+                            }
+                            frame = Frame::data(data.slice(..end));
+                        }
                         if let Some(data) = frame.data_ref() {
                             if let Some(audit) = relay.audit.as_mut() {
                                 audit.response.count(data);
@@ -1375,6 +1464,30 @@ mod tests {
         let mut guard = self::guard();
         let nobody = [0, 0, 0, 0, 0];
         assert!(guard.pass(Bytes::copy_from_slice(&nobody)).is_err());
+    }
+
+    #[test]
+    fn framing_finds_where_each_answer_message_starts_however_it_is_split() {
+        let a = message("1234567890123");
+        let empty = [0, 0, 0, 0, 0];
+        let three: Vec<u8> = [a.clone(), empty.to_vec(), a.clone()].concat();
+        let mut framing = Framing::default();
+        assert_eq!(framing.first_start(&three), Some(0));
+        // Inside the first message, then from its last byte on.
+        assert_eq!(framing.first_start(&a[..9]), Some(0));
+        assert_eq!(framing.first_start(&a[9..a.len() - 1]), None);
+        // An empty message whose prefix is split: the next message starts
+        // right after its last byte.
+        assert_eq!(framing.first_start(&[a[a.len() - 1], 0, 0]), Some(1));
+        assert_eq!(framing.first_start(&[0, 0, 0]), None);
+        assert_eq!(framing.first_start(&a[..2]), Some(0));
+        assert_eq!(framing.first_start(&a[2..]), None);
+        // Byte by byte: one start a message.
+        let starts = three
+            .iter()
+            .filter(|byte| framing.first_start(&[**byte]).is_some())
+            .count();
+        assert_eq!(starts, 3);
     }
 
     #[test]

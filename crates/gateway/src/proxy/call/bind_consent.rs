@@ -3,8 +3,6 @@
 //! each use of it is counted before the call goes on; and a stream goes on
 //! only while the consent holds.
 
-use std::sync::Arc;
-
 use super::{Call, Exchange, within};
 use crate::consent::artefact::ConsentClaims;
 use crate::consent::{ConsentRefusal, UseError};
@@ -42,7 +40,6 @@ impl Call<'_> {
             .consent
             .as_ref()
             .ok_or(ConsentRefusal::StatusUnknown)?;
-        let ledger = Arc::clone(ledger);
         let mut reservation = ledger.admit(claims)?;
         within(deadline, reservation.durable())
             .await?
@@ -52,16 +49,11 @@ impl Call<'_> {
                     GatewayError::ConsentUseUnrecorded(error.to_string())
                 }
             })?;
+        let hold = reservation.hold();
         exchange.consent_use = Some(reservation);
         if let Some(record) = self.record.as_mut() {
             record.consented(&claims.consent_id);
         }
-        Ok(
-            SubjectGuard::new(&claims.subject, field.clone(), read).holding(
-                ledger,
-                &claims.consent_id,
-                claims.expires,
-            ),
-        )
+        Ok(SubjectGuard::new(&claims.subject, field.clone(), read).holding(hold))
     }
 }

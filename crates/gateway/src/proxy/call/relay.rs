@@ -5,6 +5,7 @@ use http::Response;
 
 use super::forward::Forwarded;
 use super::{Call, Exchange};
+use crate::consent::UseReservation;
 use crate::proxy::GatewayError;
 use crate::proxy::body::{Audit, CallEnd, CallSummary, Origin, ResponseBody, without_message};
 use crate::proxy::record::{self, Ending, Tally};
@@ -32,6 +33,7 @@ impl Call<'_> {
             consent_use,
         } = exchange;
         let provider = routed.provider.provider();
+        let consent = consent_use.as_ref().map(UseReservation::hold);
         let summary = CallSummary {
             metrics: self.conn.metrics.clone(),
             request_id: self.request_id.to_str().unwrap_or_default().to_owned(),
@@ -92,6 +94,9 @@ impl Call<'_> {
             });
             if let Some(answer) = self.answer.take() {
                 response.body_mut().transcode(answer);
+            }
+            if let Some(consent) = consent {
+                response.body_mut().hold_to(consent);
             }
             response
         };
