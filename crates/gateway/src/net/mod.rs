@@ -38,15 +38,17 @@ use crate::identity::{MemberId, PeerIdentityError};
 pub struct PeerInfo {
     pub remote_addr: SocketAddr,
     pub member: Result<MemberId, PeerIdentityError>,
-    /// When the peer's certificate expires, in seconds since the epoch.
+    /// When the peer's certificate chain expires (its leaf, or an
+    /// intermediate it sent that expires first), in seconds since the
+    /// epoch.
     pub certificate_not_after: Option<i64>,
     pub key_exchange: Option<NamedGroup>,
     pub control: ConnectionControl,
 }
 
 impl PeerInfo {
-    /// Whole days until the peer's certificate expires, at `now` (seconds
-    /// since the epoch); 0 when unknown.
+    /// Whole days until the peer's certificate chain expires, at `now`
+    /// (seconds since the epoch); 0 when unknown.
     pub fn certificate_days_left(&self, now: i64) -> i64 {
         self.certificate_not_after.map_or(0, |not_after| {
             crate::identity::tls::days_left(not_after, now)
