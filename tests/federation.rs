@@ -2201,11 +2201,11 @@ async fn a_partner_witnesses_this_instances_log() {
         govbridge::net::client::Channel::connect(partner.instance.address(), "localhost", tls)
             .await
             .unwrap();
-    let refused = WitnessClient::new(channel)
+    let refused = WitnessClient::new(channel.clone())
         .add_checkpoint(AddCheckpointRequest {
             old_size: latest.size,
             consistency: vec![vec![0; 32]],
-            checkpoint: forged,
+            checkpoint: forged.clone(),
         })
         .await
         .unwrap_err();
@@ -2215,11 +2215,33 @@ async fn a_partner_witnesses_this_instances_log() {
         "{refused:?}"
     );
     assert!(refused.message().contains("not consistent"), "{refused:?}");
+    // A data directory moved in Azerbaijan's file takes effect at its
+    // restart: until then its witness remembers what it cosigned.
+    let az_config = partner.instance.path("govbridge.toml");
+    let text = std::fs::read_to_string(&az_config).unwrap();
+    assert!(text.contains("data_dir = \"data\""), "{text}");
+    let moved = text.replace("data_dir = \"data\"", "data_dir = \"moved\"");
+    std::fs::write(&az_config, moved).unwrap();
+    partner.instance.reloader().reload().unwrap();
+    let forged_again = AddCheckpointRequest {
+        old_size: latest.size,
+        consistency: vec![vec![0; 32]],
+        checkpoint: forged.clone(),
+    };
+    let refused = WitnessClient::new(channel.clone())
+        .add_checkpoint(forged_again)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
     // The witness's operators see it in its metrics.
     let admin = partner.instance.admin_addr().unwrap();
     let inconsistent =
         "govbridge_witness_checkpoints_total{partner=\"SN\",result=\"inconsistent\"}";
-    assert_eq!(support::metric(admin, inconsistent).await, 1.0);
+    assert_eq!(support::metric(admin, inconsistent).await, 2.0);
     let size = "govbridge_witness_cosigned_size{partner=\"SN\"}";
     assert_eq!(support::metric(admin, size).await, latest.size as f64);
 

@@ -155,6 +155,10 @@ pub(super) struct Federation {
     pub(super) witness: Option<Arc<crate::exchange_log::witness::Witness>>,
     /// What that witness keeps across reloads.
     pub(super) witness_book: Arc<crate::exchange_log::witness::Book>,
+    /// Where it keeps the checkpoints it cosigned: in the data directory
+    /// the gateway started with (`data_dir` takes effect at restart), so
+    /// that no reload makes it forget them.
+    pub(super) witness_dir: std::path::PathBuf,
     /// TLS towards each partner's gateways (its CAs, this gateway's
     /// certificate).
     pub(super) partner_tls: std::collections::HashMap<String, Arc<rustls::ClientConfig>>,
@@ -378,6 +382,15 @@ impl GatewayState {
         let witness_book = previous.map_or_else(Arc::default, |previous| {
             Arc::clone(&previous.federation.witness_book)
         });
+        let witness_dir = previous.map_or_else(
+            || {
+                config
+                    .exchange_log
+                    .data_dir
+                    .join(crate::exchange_log::witness::STATE_DIR)
+            },
+            |previous| previous.federation.witness_dir.clone(),
+        );
         Ok(Self {
             // Restart-only: the fleet's registry and log writer keep the
             // id the node started with, and so do its records.
@@ -431,8 +444,9 @@ impl GatewayState {
                     .unwrap_or_else(|_| http::HeaderValue::from_static("")),
                 gateway: config.gateway.identity.clone(),
                 key: federation_key.clone(),
-                witness: witness(config, federation_key.as_ref(), &witness_book),
+                witness: witness(config, federation_key.as_ref(), &witness_book, &witness_dir),
                 witness_book,
+                witness_dir,
                 partner_tls,
                 partners: config
                     .federation
@@ -757,12 +771,13 @@ fn crls(config: &Config) -> Vec<(String, i64)> {
 }
 
 /// The witness of the partners' logs `config` names (`log_key`), cosigning
-/// with `key`; its state beside the exchange log, its `book` the one of
-/// the configuration before.
+/// with `key`; its state in `dir`, its `book` the one of the
+/// configuration before.
 fn witness(
     config: &Config,
     key: Option<&Arc<crate::note::SigningKey>>,
     book: &Arc<crate::exchange_log::witness::Book>,
+    dir: &std::path::Path,
 ) -> Option<Arc<crate::exchange_log::witness::Witness>> {
     use crate::exchange_log::witness::{Witness, Witnessed};
     let logs: std::collections::HashMap<String, Witnessed> = config
@@ -783,12 +798,8 @@ fn witness(
     if logs.is_empty() {
         return None;
     }
-    let dir = config
-        .exchange_log
-        .data_dir
-        .join(crate::exchange_log::witness::STATE_DIR);
     Some(Arc::new(Witness::new(
-        &dir,
+        dir,
         Arc::clone(key?),
         logs,
         Arc::clone(book),
