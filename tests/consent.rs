@@ -1094,6 +1094,55 @@ async fn a_stream_ends_at_its_first_message_after_a_revocation() {
 /// answers the test sends when it sends them.
 struct PacedTax {
     answers: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<DeclaredIncome>>>,
+    /// A declared-income question has arrived.
+    asked: std::sync::Arc<tokio::sync::Notify>,
+    /// Once it fires, the question is answered `NOT_FOUND`.
+    release: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+}
+
+impl PacedTax {
+    /// The paced tax authority, its answers sent on `answers`.
+    fn new(answers: tokio::sync::mpsc::Receiver<DeclaredIncome>) -> Self {
+        Self {
+            answers: std::sync::Mutex::new(Some(answers)),
+            asked: std::sync::Arc::default(),
+            release: std::sync::Mutex::default(),
+        }
+    }
+
+    /// A bed whose tax authority is `self`, the dev policies letting
+    /// banks' credit desks ask it what they ask the real one; its policies
+    /// live as long as the directory returned.
+    async fn bed(self) -> (Bed, tempfile::TempDir) {
+        let policies = tempfile::tempdir().unwrap();
+        let dev = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/policies");
+        for file in std::fs::read_dir(dev).unwrap() {
+            let file = file.unwrap().path();
+            std::fs::copy(&file, policies.path().join(file.file_name().unwrap())).unwrap();
+        }
+        std::fs::write(
+            policies.path().join("paced-tax.cedar"),
+            format!(
+                "@id(\"banks-read-the-paced-tax-authority\")\n\
+                 permit (\n  principal in Group::\"bank-credit\",\n  \
+                 action in [Action::\"{CLEARANCE}\", Action::\"{INCOME}\", \
+                 Action::\"{STREAM_INCOME}\"],\n  \
+                 resource == Provider::\"{}\"\n)\n\
+                 when {{ context.purpose == \"CREDIT-SCORING\" && context.consent.verified }};\n",
+                support::PROBE
+            ),
+        )
+        .unwrap();
+        let bed = Bed::builder()
+            .policies(policies.path())
+            .probe(
+                "govbridge.tax.v1.TaxAuthority",
+                govbridge::agencies::AgencyService::new(TaxAuthorityServer::new(self)),
+            )
+            .start()
+            .await;
+        (bed, policies)
+    }
 }
 
 #[tonic::async_trait]
@@ -1109,7 +1158,12 @@ impl TaxAuthority for PacedTax {
         &self,
         _: tonic::Request<GetDeclaredIncomeRequest>,
     ) -> Result<tonic::Response<DeclaredIncome>, tonic::Status> {
-        Err(tonic::Status::unimplemented("not in this test"))
+        let release = self.release.lock().unwrap().take();
+        self.asked.notify_one();
+        if let Some(release) = release {
+            let _ = release.await;
+        }
+        Err(tonic::Status::not_found("nothing filed that year"))
     }
 
     type StreamDeclaredIncomeStream = std::pin::Pin<
@@ -1144,36 +1198,8 @@ impl TaxAuthority for PacedTax {
 /// gateway's refusal, logged so.
 #[tokio::test]
 async fn a_streamed_answer_ends_at_its_first_message_after_a_revocation() {
-    let policies = tempfile::tempdir().unwrap();
-    let dev = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/policies");
-    for file in std::fs::read_dir(dev).unwrap() {
-        let file = file.unwrap().path();
-        std::fs::copy(&file, policies.path().join(file.file_name().unwrap())).unwrap();
-    }
-    std::fs::write(
-        policies.path().join("paced-tax.cedar"),
-        format!(
-            "@id(\"banks-read-the-paced-tax-authority\")\n\
-             permit (\n  principal in Group::\"bank-credit\",\n  \
-             action in [Action::\"{CLEARANCE}\", Action::\"{STREAM_INCOME}\"],\n  \
-             resource == Provider::\"{}\"\n)\n\
-             when {{ context.purpose == \"CREDIT-SCORING\" && context.consent.verified }};\n",
-            support::PROBE
-        ),
-    )
-    .unwrap();
     let (answer, answers) = tokio::sync::mpsc::channel(4);
-    let tax = PacedTax {
-        answers: std::sync::Mutex::new(Some(answers)),
-    };
-    let bed = Bed::builder()
-        .policies(policies.path())
-        .probe(
-            "govbridge.tax.v1.TaxAuthority",
-            govbridge::agencies::AgencyService::new(TaxAuthorityServer::new(tax)),
-        )
-        .start()
-        .await;
+    let (bed, _policies) = PacedTax::new(answers).bed().await;
     let a = citizen(&bed, 0);
     let methods = [CLEARANCE, STREAM_INCOME];
     let consent = grant(
@@ -1254,6 +1280,71 @@ async fn a_streamed_answer_ends_at_its_first_message_after_a_revocation() {
     );
 }
 
+/// A status is an answer too: a backend's `NOT_FOUND` that comes after
+/// the citizen revoked goes no further than the gateway, which refuses
+/// the call instead, and gives the use back.
+#[tokio::test]
+async fn a_status_after_a_revocation_is_refused() {
+    let (_, answers) = tokio::sync::mpsc::channel(1);
+    let tax = PacedTax::new(answers);
+    let (release, released) = tokio::sync::oneshot::channel();
+    *tax.release.lock().unwrap() = Some(released);
+    let asked = std::sync::Arc::clone(&tax.asked);
+    let (bed, _policies) = tax.bed().await;
+    let a = citizen(&bed, 0);
+    let methods = [CLEARANCE, INCOME];
+    let consent = grant(
+        &bed,
+        &Grant {
+            methods: &methods,
+            ..Grant::credit(&a).from(support::PROBE).uses(100)
+        },
+    )
+    .await;
+    let request = with_header(
+        declared(
+            GetDeclaredIncomeRequest {
+                nin: a.clone(),
+                fiscal_year: 1990,
+            },
+            "CREDIT-SCORING",
+        ),
+        "bridge-consent",
+        &consent.artefact,
+    );
+    let mut client = TaxAuthorityClient::new(bed.client("cbao-credit").await);
+    let call = tokio::spawn(async move { client.get_declared_income(request).await });
+    asked.notified().await;
+
+    let reference = declared(
+        ConsentRef {
+            nin: a.clone(),
+            consent_id: consent.consent_id.clone(),
+        },
+        "CITIZEN-SELF-SERVICE",
+    );
+    portal(&bed).await.revoke(reference).await.unwrap();
+    let known = first_refusal(
+        &bed,
+        &a,
+        &consent.artefact,
+        5,
+        "the revocation never arrived",
+    );
+    assert_eq!(
+        bridge_error(&known.await).as_deref(),
+        Some("consent-revoked")
+    );
+
+    release.send(()).unwrap();
+    let status = call.await.unwrap().unwrap_err();
+    assert_eq!(
+        (status.code(), bridge_error(&status).unwrap_or_default()),
+        denied("consent-revoked"),
+        "{status:?}"
+    );
+}
+
 /// The backend's own answer spends the use even without data: a
 /// `NOT_FOUND` tells the caller the citizen filed nothing that year, so
 /// trying year after year is not free.
@@ -1262,10 +1353,10 @@ async fn an_answer_without_data_spends_the_use() {
     let bed = dev_bed().await;
     let a = citizen(&bed, 0);
     let consent = grant(&bed, &Grant::one_income_year(&a)).await;
-    let ask = |fiscal_year| {
+    let ask_with = |fiscal_year, fault: Option<&'static str>| {
         let (bed, a, artefact) = (&bed, a.clone(), consent.artefact.clone());
         async move {
-            let request = with_header(
+            let mut request = with_header(
                 declared(
                     GetDeclaredIncomeRequest {
                         nin: a,
@@ -1276,11 +1367,23 @@ async fn an_answer_without_data_spends_the_use() {
                 "bridge-consent",
                 &artefact,
             );
+            if let Some(fault) = fault {
+                request = with_header(request, "govbridge-fault", fault);
+            }
             TaxAuthorityClient::new(bed.client("cbao-credit").await)
                 .get_declared_income(request)
                 .await
         }
     };
+    let ask = |fiscal_year| ask_with(fiscal_year, None);
+    // A proxy's 503 in front of the backend, no gRPC status: the
+    // gateway's failure, which tells nothing of the citizen.
+    let status = ask_with(2023, Some("nostatus")).await.unwrap_err();
+    assert_eq!(
+        (status.code(), bridge_error(&status).as_deref()),
+        (Code::Unavailable, Some("upstream-failed")),
+        "{status:?}"
+    );
     let status = ask(1990).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     assert_eq!(bridge_error(&status), None, "{status:?}");

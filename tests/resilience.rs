@@ -169,6 +169,14 @@ async fn the_agencies_fail_on_request() {
     assert_eq!((status.code(), status.message()), (Code::NotFound, "gone"));
     assert_eq!(bridge_error(&status), None);
 
+    // An answer that is not gRPC (a proxy's 503 in front of the backend)
+    // is the gateway's to name.
+    let status = verify(&bed, &[("govbridge-fault", "nostatus")])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(bridge_error(&status).as_deref(), Some("upstream-failed"));
+
     let status = verify(&bed, &[("govbridge-fault", "reset")])
         .await
         .unwrap_err();
@@ -197,6 +205,44 @@ async fn the_agencies_fail_on_request() {
 
     // After all that, the gateway and the agency still serve.
     verify(&bed, &[]).await.unwrap();
+}
+
+/// An answer whose stream ends without a gRPC status (no trailers) is
+/// not whole: the caller gets the gateway's `upstream-failed`, logged as
+/// the call's outcome, not a success.
+#[tokio::test]
+async fn an_answer_ending_without_a_status_is_not_taken_for_a_success() {
+    use http_body_util::Full;
+
+    let backend = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async {
+        // One empty message, and the stream ends there.
+        let body = Full::new(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]));
+        let mut response = http::Response::new(tonic::body::Body::new(body));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        Ok::<_, std::convert::Infallible>(response)
+    });
+    let bed = Bed::builder()
+        .probe(
+            support::probe::SERVICE,
+            tower::util::BoxCloneSyncService::new(backend),
+        )
+        .start()
+        .await;
+    let response = CivilRegistryClient::new(bed.client("treasury").await)
+        .verify_identity(declared(verify_identity_of(&bed, 0), "BENEFIT-PAYMENT"))
+        .await;
+    let status = response.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(bridge_error(&status).as_deref(), Some("upstream-failed"));
+    let records = bed.sandbox.exchange_log().records().unwrap();
+    let outcome = &records.last().unwrap().record;
+    assert_eq!(
+        (outcome.grpc_status, outcome.error_kind.as_str()),
+        (Code::Unavailable as i32, "upstream-failed")
+    );
 }
 
 #[tokio::test]

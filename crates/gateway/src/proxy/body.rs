@@ -672,6 +672,23 @@ struct Relay {
     consent: Option<AnswerHold>,
 }
 
+impl Relay {
+    /// Counts the call as ended with `trailers`: with the exchange log on,
+    /// once its outcome is durable (refused for want of it, a caller given
+    /// no message learnt nothing, and its consent's use is given back);
+    /// else now.
+    fn count_end(&mut self, trailers: &http::HeaderMap) {
+        match self.audit.as_mut() {
+            Some(audit) => audit.settle = self.counted.take().map(|counted| (counted, 0)),
+            None => {
+                if let Some(counted) = self.counted.take() {
+                    counted.finish(Ending::Trailers(trailers));
+                }
+            }
+        }
+    }
+}
+
 /// Holds a consent-bound call's answer to the consent as it stands: each
 /// message the backend answers with is relayed only if, when it starts,
 /// the consent still holds (as [`SubjectGuard`] holds the request). A
@@ -909,7 +926,7 @@ pub struct Audit {
     response: Tally,
     /// The outcome being written, and the trailers held back until it is
     /// durable: the caller learns the status only once it is logged.
-    pending: Option<(Appending, Option<http::HeaderMap>)>,
+    pending: Option<(Appending, http::HeaderMap)>,
     /// The call's summary, with the bytes of a JSON answer given whole,
     /// waiting for the outcome, which may still fail the call: a JSON
     /// answer is the caller's only with its status (an HTTP/1.1 answer's
@@ -932,13 +949,11 @@ impl Audit {
         self.record.is_none() && self.pending.is_none()
     }
 
-    /// Writes the outcome, the call having ended with `trailers` (none:
-    /// the backend sent no status), and holds them back until it is
-    /// durable.
-    fn write(&mut self, trailers: Option<http::HeaderMap>) {
+    /// Writes the outcome, the call having ended with `trailers`, and
+    /// holds them back until it is durable.
+    fn write(&mut self, trailers: http::HeaderMap) {
         if let Some(record) = self.record.take() {
-            let ending = trailers.as_ref().map_or(Ending::NoStatus, Ending::Trailers);
-            let appending = record.write_outcome(ending, Some(&self.response));
+            let appending = record.write_outcome(Ending::Trailers(&trailers), Some(&self.response));
             self.pending = Some((appending, trailers));
         }
     }
@@ -946,16 +961,11 @@ impl Audit {
 
 type Polled = Poll<Option<Result<Frame<Bytes>, Infallible>>>;
 
-/// Ends a relayed response with `trailers` (none: the backend sent no
-/// status): at once without an exchange log, else once the outcome record
-/// is durable.
-fn end(
-    audit: &mut Option<Audit>,
-    trailers: Option<http::HeaderMap>,
-    cx: &mut Context<'_>,
-) -> Polled {
+/// Ends a relayed response with `trailers`: at once without an exchange
+/// log, else once the outcome record is durable.
+fn end(audit: &mut Option<Audit>, trailers: http::HeaderMap, cx: &mut Context<'_>) -> Polled {
     let Some(audit) = audit.as_mut() else {
-        return Poll::Ready(trailers.map(|trailers| Ok(Frame::trailers(trailers))));
+        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
     };
     audit.write(trailers);
     release(audit, cx)
@@ -967,19 +977,19 @@ fn release(audit: &mut Audit, cx: &mut Context<'_>) -> Polled {
         return Poll::Ready(None);
     };
     let written = ready!(Pin::new(appending).poll(cx));
-    let trailers = audit.pending.take().and_then(|(_, trailers)| trailers);
+    let Some((_, mut trailers)) = audit.pending.take() else {
+        return Poll::Ready(None);
+    };
     let settle = audit.settle.take();
     Poll::Ready(match written {
         Ok(index) => {
             if let Some((mut counted, given)) = settle {
                 counted.relayed(given);
-                counted.finish(trailers.as_ref().map_or(Ending::NoStatus, Ending::Trailers));
+                counted.finish(Ending::Trailers(&trailers));
             }
-            trailers.map(|mut trailers| {
-                let (name, value) = record::audit_index(index);
-                trailers.insert(name, value);
-                Ok(Frame::trailers(trailers))
-            })
+            let (name, value) = record::audit_index(index);
+            trailers.insert(name, value);
+            Some(Ok(Frame::trailers(trailers)))
         }
         Err(error) => {
             // The backend answered, but nothing unlogged may look like a
@@ -1251,20 +1261,18 @@ impl Body for ResponseBody {
             drop(upstream);
             let error = GatewayError::DeadlineExceeded(relay.budget);
             let trailers = relay.origin.own(error.into_trailers());
-            if let Some(counted) = relay.counted.take() {
-                counted.finish(Ending::Trailers(&trailers));
-            }
-            return end(&mut relay.audit, Some(trailers), cx);
+            relay.count_end(&trailers);
+            return end(&mut relay.audit, trailers, cx);
         }
         let mut trailers = loop {
             let Some((stream, call_end)) = upstream.stream.as_mut() else {
                 return Poll::Ready(None);
             };
             if let Some(error) = this.json.as_mut().and_then(|json| json.failed.take()) {
-                break Some(relay.origin.own(error.into_trailers()));
+                break relay.origin.own(error.into_trailers());
             }
             if let Some(error) = relay.consent.as_mut().and_then(|hold| hold.refused.take()) {
-                break Some(relay.origin.own(error.into_trailers()));
+                break relay.origin.own(error.into_trailers());
             }
             let frame = match Pin::new(stream).poll_frame(cx) {
                 Poll::Ready(frame) => frame,
@@ -1283,7 +1291,14 @@ impl Body for ResponseBody {
                 Some(Ok(frame)) => match frame.into_trailers() {
                     Ok(mut trailers) => {
                         relay.origin.relayed(&mut trailers);
-                        Some(trailers)
+                        // The status is part of the answer: it too goes
+                        // to the caller only while the consent holds.
+                        match relay.consent.as_ref().map(|hold| hold.consent.check()) {
+                            Some(Err(refusal)) => relay
+                                .origin
+                                .own(GatewayError::from(refusal).into_trailers()),
+                            _ => trailers,
+                        }
                     }
                     Err(mut frame) => {
                         if let Some(hold) = relay.consent.as_mut()
@@ -1311,7 +1326,7 @@ impl Body for ResponseBody {
                                         return Poll::Ready(Some(Ok(Frame::data(lines))));
                                     }
                                     Err(error) => {
-                                        break Some(relay.origin.own(error.into_trailers()));
+                                        break relay.origin.own(error.into_trailers());
                                     }
                                 }
                             }
@@ -1322,7 +1337,15 @@ impl Body for ResponseBody {
                         return Poll::Ready(Some(Ok(frame)));
                     }
                 },
-                None => None,
+                // Without a status, the caller must not take the answer
+                // for a whole one.
+                None => relay.origin.own(
+                    GatewayError::UpstreamFailed {
+                        provider: relay.provider.clone(),
+                        detail: "the answer ended without a gRPC status".to_owned(),
+                    }
+                    .into_trailers(),
+                ),
                 // The request side may have failed on purpose first.
                 Some(Err(error)) => {
                     let error =
@@ -1332,7 +1355,7 @@ impl Body for ResponseBody {
                                 provider: relay.provider.clone(),
                                 detail: error.to_string(),
                             });
-                    Some(relay.origin.own(error.into_trailers()))
+                    relay.origin.own(error.into_trailers())
                 }
             };
         };
@@ -1343,25 +1366,14 @@ impl Body for ResponseBody {
         // status becomes the gateway's `bad-answer`: the outcome, metrics
         // and consent see what the caller does.
         let mut given = None;
-        if let (Some(json), Some(status)) = (this.json.as_mut(), trailers.as_mut()) {
-            match json.end(status) {
+        if let Some(json) = this.json.as_mut() {
+            match json.end(&trailers) {
                 Ok(json) => given = json,
-                Err(error) => instead(status, relay.origin.own(error.into_trailers())),
+                Err(error) => instead(&mut trailers, relay.origin.own(error.into_trailers())),
             }
         }
         let Some(given) = given else {
-            match relay.audit.as_mut() {
-                // Counted once the outcome is durable: refused for want of
-                // it, a caller given no message learnt nothing, and its
-                // consent's use is given back.
-                Some(audit) => audit.settle = relay.counted.take().map(|counted| (counted, 0)),
-                None => {
-                    if let Some(counted) = relay.counted.take() {
-                        counted
-                            .finish(trailers.as_ref().map_or(Ending::NoStatus, Ending::Trailers));
-                    }
-                }
-            }
+            relay.count_end(&trailers);
             return end(&mut relay.audit, trailers, cx);
         };
         // The trailers follow, once the outcome is durable; the caller has
@@ -1372,10 +1384,10 @@ impl Body for ResponseBody {
         } else {
             if let Some(mut counted) = relay.counted.take() {
                 counted.relayed(given.len());
-                counted.finish(trailers.as_ref().map_or(Ending::NoStatus, Ending::Trailers));
+                counted.finish(Ending::Trailers(&trailers));
             }
             if let Some(json) = this.json.as_mut() {
-                json.ending = trailers;
+                json.ending = Some(trailers);
             }
         }
         Poll::Ready(Some(Ok(Frame::data(given))))

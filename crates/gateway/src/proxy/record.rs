@@ -108,8 +108,6 @@ fn lock(tally: &SharedTally) -> std::sync::MutexGuard<'_, Tally> {
 pub enum Ending<'a> {
     /// With these trailers (the backend's, or the gateway's own error).
     Trailers(&'a HeaderMap),
-    /// The backend's stream ended without a status.
-    NoStatus,
     /// The caller went away before the end.
     Cancelled,
 }
@@ -130,7 +128,6 @@ impl Ending<'_> {
                     .and_then(|value| value.to_str().ok())
                     .unwrap_or_default(),
             ),
-            Ending::NoStatus => (tonic::Code::Unknown as i32, "upstream-no-status"),
             Ending::Cancelled => (tonic::Code::Cancelled as i32, "cancelled"),
         }
     }

@@ -944,13 +944,15 @@ fn unreachable_error(provider: &MemberId) -> UpstreamError {
     }
 }
 
-/// Whether a response is a trailers-only `UNAVAILABLE`: the backend
-/// refusing work (overloaded, shutting down), which counts against it.
+/// Whether a response is a trailers-only `UNAVAILABLE`, or an HTTP 502,
+/// 503 or 504 without a gRPC status (a proxy in front of the backend that
+/// cannot reach it): the backend refusing work (overloaded, shutting down,
+/// gone), which counts against it.
 pub fn is_unavailable(response: &Response<Incoming>) -> bool {
-    response
-        .headers()
-        .get("grpc-status")
-        .is_some_and(|status| status.as_bytes() == b"14")
+    match response.headers().get("grpc-status") {
+        Some(status) => status.as_bytes() == b"14",
+        None => matches!(response.status().as_u16(), 502..=504),
+    }
 }
 
 /// Whether the backend certainly did nothing with the stream: it refused

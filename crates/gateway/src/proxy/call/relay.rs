@@ -5,7 +5,7 @@ use http::Response;
 
 use super::forward::Forwarded;
 use super::{Call, Exchange};
-use crate::consent::UseReservation;
+use crate::consent::{ConsentHold, UseReservation};
 use crate::proxy::GatewayError;
 use crate::proxy::body::{Audit, CallEnd, CallSummary, Origin, ResponseBody, without_message};
 use crate::proxy::record::{self, Ending, Tally};
@@ -33,6 +33,17 @@ impl Call<'_> {
             consent_use,
         } = exchange;
         let provider = routed.provider.provider();
+        // A gRPC caller takes an answer without a status for its HTTP
+        // status's (a proxy's 503), or for a success: the gateway says
+        // what it is. (A JSON call's is its `bad-answer`.)
+        if self.answer.is_none()
+            && let Some(detail) = not_grpc(&response)
+        {
+            return Err(GatewayError::UpstreamFailed {
+                provider: provider.clone(),
+                detail,
+            });
+        }
         let consent = consent_use.as_ref().map(UseReservation::hold);
         let summary = CallSummary {
             metrics: self.conn.metrics.clone(),
@@ -77,6 +88,11 @@ impl Call<'_> {
         let mut response = if http_body::Body::is_end_stream(response.body()) {
             if let Some(answer) = self.answer.take() {
                 without_message(response.headers_mut(), answer, &origin());
+            }
+            // A status alone is an answer too: it goes to the caller only
+            // while the consent holds.
+            if let Some(Err(refusal)) = consent.as_ref().map(ConsentHold::check) {
+                return Err(refusal.into());
             }
             self.trailers_only(response, call_end, summary).await?
         } else {
@@ -161,5 +177,36 @@ impl Drop for Unfinished {
         if let Some(summary) = self.0.take() {
             summary.finish(Ending::Cancelled);
         }
+    }
+}
+
+/// Why a backend's response is not a gRPC answer, if it is not: it has no
+/// `grpc-status` in its headers and is not HTTP 200 `application/grpc`
+/// with a body (where the status follows in the trailers).
+fn not_grpc(response: &Response<hyper::body::Incoming>) -> Option<String> {
+    if response.headers().contains_key("grpc-status") {
+        return None;
+    }
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let grpc = status == http::StatusCode::OK && content_type.starts_with("application/grpc");
+    if !grpc {
+        Some(format!(
+            "answered HTTP {} ({}) without a gRPC status",
+            status.as_u16(),
+            crate::wire::escape::Escaped(if content_type.is_empty() {
+                "no content-type"
+            } else {
+                content_type
+            })
+        ))
+    } else if http_body::Body::is_end_stream(response.body()) {
+        Some("answered without a gRPC status".to_owned())
+    } else {
+        None
     }
 }
