@@ -220,9 +220,10 @@ impl From<RouteError> for GatewayError {
 impl From<UpstreamError> for GatewayError {
     fn from(error: UpstreamError) -> Self {
         match error {
-            UpstreamError::Unavailable { provider, detail } => {
-                Self::UpstreamUnavailable { provider, detail }
-            }
+            UpstreamError::Unavailable { provider, detail }
+            | UpstreamError::Refused {
+                provider, detail, ..
+            } => Self::UpstreamUnavailable { provider, detail },
             UpstreamError::Identity { provider, detail } => {
                 Self::UpstreamIdentity { provider, detail }
             }

@@ -39,6 +39,14 @@ pub enum UpstreamError {
     /// No backend could be reached; the request was never sent.
     #[error("no backend of provider {provider} is reachable")]
     Unavailable { provider: MemberId, detail: String },
+    /// The backend at `endpoint` refused the stream: the request was
+    /// certainly not processed, and may be sent to another.
+    #[error("no backend of provider {provider} is reachable")]
+    Refused {
+        provider: MemberId,
+        detail: String,
+        endpoint: ServedBy,
+    },
     /// A backend is not the provider it should be; never sent.
     #[error("the backend of provider {provider} did not prove its identity")]
     Identity { provider: MemberId, detail: String },
@@ -52,6 +60,7 @@ impl UpstreamError {
     pub fn detail(&self) -> &str {
         match self {
             Self::Unavailable { detail, .. }
+            | Self::Refused { detail, .. }
             | Self::Identity { detail, .. }
             | Self::Failed { detail, .. } => detail,
         }
@@ -176,7 +185,7 @@ impl UpstreamConnector {
 const FAILURE_MEMORY: Duration = Duration::from_millis(500);
 
 /// The endpoint that answered a call: an extension of its response.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServedBy(pub Arc<str>);
 
 /// A call's hold on the endpoint and connection it went to, counted as
@@ -674,9 +683,10 @@ impl ProviderPool {
                         // A refused stream was certainly not processed: it
                         // may be replayed (see the proxy's retries).
                         if is_refused(error.error()) {
-                            return Err(UpstreamError::Unavailable {
+                            return Err(UpstreamError::Refused {
                                 provider: self.provider.clone(),
                                 detail,
+                                endpoint: slot.served_by.clone(),
                             });
                         }
                         return Err(UpstreamError::Failed {

@@ -239,6 +239,9 @@ async fn retry(
                 response.extensions().get::<ServedBy>().cloned()
             }
             // Unless no endpoint is left to try.
+            Err(UpstreamError::Refused { endpoint, .. }) if provider.has_endpoint_in_rotation() => {
+                Some(endpoint.clone())
+            }
             Err(UpstreamError::Unavailable { .. }) if provider.has_endpoint_in_rotation() => None,
             _ => return Ok(sent),
         };
