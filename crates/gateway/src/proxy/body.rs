@@ -431,7 +431,10 @@ pub async fn first_message(
                     read.extend_from_slice(data);
                 }
             }
-            Some(Err(_)) | None => {
+            // The caller gave up (a reset, its connection gone): its
+            // cancellation, not a refusal of its consent.
+            Some(Err(error)) => return Err(GatewayError::Cancelled(error.to_string())),
+            None => {
                 return Err(ConsentRefusal::SubjectMismatch(
                     "the request ended before its first message",
                 )
