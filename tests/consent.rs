@@ -164,6 +164,30 @@ async fn first_refusal(
     }
 }
 
+/// `nin` revokes `consent` at MyGov; returns once the gateway refuses
+/// CBAO's clearance calls under it for that.
+async fn revoke(bed: &Bed, nin: &str, consent: &ConsentRecord) {
+    let reference = declared(
+        ConsentRef {
+            nin: nin.to_owned(),
+            consent_id: consent.consent_id.clone(),
+        },
+        "CITIZEN-SELF-SERVICE",
+    );
+    portal(bed).await.revoke(reference).await.unwrap();
+    let known = first_refusal(
+        bed,
+        nin,
+        &consent.artefact,
+        5,
+        "the revocation never arrived",
+    );
+    assert_eq!(
+        bridge_error(&known.await).as_deref(),
+        Some("consent-revoked")
+    );
+}
+
 /// The refusal's code and `bridge-error`.
 async fn refused(bed: &Bed, nin: &str, artefact: Option<&str>) -> (Code, String) {
     let status = clearance(bed, nin, artefact).await.unwrap_err();
@@ -1237,25 +1261,7 @@ async fn a_streamed_answer_ends_at_its_first_message_after_a_revocation() {
     let mut answers = response.into_inner();
     assert_eq!(answers.message().await.unwrap().unwrap().fiscal_year, 2023);
 
-    let reference = declared(
-        ConsentRef {
-            nin: a.clone(),
-            consent_id: consent.consent_id.clone(),
-        },
-        "CITIZEN-SELF-SERVICE",
-    );
-    portal(&bed).await.revoke(reference).await.unwrap();
-    let known = first_refusal(
-        &bed,
-        &a,
-        &consent.artefact,
-        5,
-        "the revocation never arrived",
-    );
-    assert_eq!(
-        bridge_error(&known.await).as_deref(),
-        Some("consent-revoked")
-    );
+    revoke(&bed, &a, &consent).await;
 
     // The backend answers on, unasked: its answer stops at the gateway.
     answer.send(income(2022)).await.unwrap();
@@ -1316,25 +1322,7 @@ async fn a_status_after_a_revocation_is_refused() {
     let call = tokio::spawn(async move { client.get_declared_income(request).await });
     asked.notified().await;
 
-    let reference = declared(
-        ConsentRef {
-            nin: a.clone(),
-            consent_id: consent.consent_id.clone(),
-        },
-        "CITIZEN-SELF-SERVICE",
-    );
-    portal(&bed).await.revoke(reference).await.unwrap();
-    let known = first_refusal(
-        &bed,
-        &a,
-        &consent.artefact,
-        5,
-        "the revocation never arrived",
-    );
-    assert_eq!(
-        bridge_error(&known.await).as_deref(),
-        Some("consent-revoked")
-    );
+    revoke(&bed, &a, &consent).await;
 
     release.send(()).unwrap();
     let status = call.await.unwrap().unwrap_err();
