@@ -915,18 +915,15 @@ pub fn member_of_chain(
 #[derive(Debug, Clone)]
 pub struct PeerCertificate {
     pub member: Result<MemberId, PeerIdentityError>,
-    /// When the chain stops being valid, in seconds since the epoch: the
-    /// earliest expiry of the leaf and the intermediates the peer sent (an
-    /// intermediate CA that expires first takes the leaf with it).
+    /// When the leaf certificate expires, in seconds since the epoch.
     pub not_after: Option<i64>,
 }
 
-/// The member of a chain's leaf certificate, from one parse (a parse costs
-/// about as much as both reads together), and the chain's expiry: what a
-/// listener learns of each connection. Call only on chains rustls has
-/// verified.
+/// The member and the expiry of a chain's leaf certificate, from one parse
+/// (a parse costs about as much as both reads together): what a listener
+/// learns of each connection. Call only on chains rustls has verified.
 pub fn peer_of_chain(chain: Option<&[CertificateDer<'_>]>) -> PeerCertificate {
-    let Some((leaf, intermediates)) = chain.and_then(<[_]>::split_first) else {
+    let Some(leaf) = chain.and_then(<[_]>::first) else {
         return PeerCertificate {
             member: Err(PeerIdentityError::NoCertificate),
             not_after: None,
@@ -935,11 +932,7 @@ pub fn peer_of_chain(chain: Option<&[CertificateDer<'_>]>) -> PeerCertificate {
     match X509Certificate::from_der(leaf) {
         Ok((_, parsed)) => PeerCertificate {
             member: member_of_parsed(&parsed),
-            not_after: intermediates
-                .iter()
-                .filter_map(certificate_not_after)
-                .chain([parsed.validity().not_after.timestamp()])
-                .min(),
+            not_after: Some(parsed.validity().not_after.timestamp()),
         },
         Err(_) => PeerCertificate {
             member: Err(PeerIdentityError::Unparseable),
@@ -1007,38 +1000,6 @@ mod tests {
         assert_eq!(
             peer_of_chain(Some(&garbage)).member,
             Err(PeerIdentityError::Unparseable)
-        );
-    }
-
-    /// A chain whose intermediate CA expires before its leaf is over when
-    /// the intermediate is.
-    #[test]
-    fn a_chain_expires_with_its_first_certificate_to_expire() {
-        let (root, root_key) = authority("Root CA", None);
-        let root = rcgen::Issuer::from_ca_cert_der(&root, root_key).unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.not_after = rcgen::date_time_ymd(2030, 1, 1);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let intermediate = params.signed_by(&key, &root).unwrap().der().clone();
-        let issuer = rcgen::Issuer::from_ca_cert_der(&intermediate, key).unwrap();
-        let member = MemberId::parse("SN/COM/CBAO/kyc").unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.subject_alt_names = vec![rcgen::SanType::URI(
-            member.to_spiffe_uri().try_into().unwrap(),
-        )];
-        params.not_after = rcgen::date_time_ymd(2031, 1, 1);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let leaf = params.signed_by(&key, &issuer).unwrap().der().clone();
-
-        let peer = peer_of_chain(Some(&[leaf.clone(), intermediate.clone()]));
-        assert_eq!(peer.member, Ok(member));
-        assert_eq!(peer.not_after, certificate_not_after(&intermediate));
-        assert!(peer.not_after < certificate_not_after(&leaf));
-        // Sent alone (the listener holding the intermediate), the leaf's.
-        assert_eq!(
-            peer_of_chain(Some(std::slice::from_ref(&leaf))).not_after,
-            certificate_not_after(&leaf)
         );
     }
 

@@ -38,17 +38,15 @@ use crate::identity::{MemberId, PeerIdentityError};
 pub struct PeerInfo {
     pub remote_addr: SocketAddr,
     pub member: Result<MemberId, PeerIdentityError>,
-    /// When the peer's certificate chain expires (its leaf, or an
-    /// intermediate it sent that expires first), in seconds since the
-    /// epoch.
+    /// When the peer's certificate expires, in seconds since the epoch.
     pub certificate_not_after: Option<i64>,
     pub key_exchange: Option<NamedGroup>,
     pub control: ConnectionControl,
 }
 
 impl PeerInfo {
-    /// Whole days until the peer's certificate chain expires, at `now`
-    /// (seconds since the epoch); 0 when unknown.
+    /// Whole days until the peer's certificate expires, at `now` (seconds
+    /// since the epoch); 0 when unknown.
     pub fn certificate_days_left(&self, now: i64) -> i64 {
         self.certificate_not_after.map_or(0, |not_after| {
             crate::identity::tls::days_left(not_after, now)
@@ -535,8 +533,9 @@ enum Closing {
 }
 
 /// Resolves once the peer's certificate no longer passes: when it expires,
-/// when the CRLs that check it go out of date, or when a new listener TLS
-/// (CRLs, CAs) refuses it. Never, for a connection without one.
+/// when an intermediate CA certificate it was verified with expires, when
+/// the CRLs that check it go out of date, or when a new listener TLS (CRLs,
+/// CAs) refuses it. Never, for a connection without one.
 async fn certificate_invalidated(
     mut tls: watch::Receiver<Arc<ListenerTls>>,
     chain: Vec<CertificateDer<'static>>,
@@ -545,11 +544,26 @@ async fn certificate_invalidated(
     if chain.is_empty() {
         return std::future::pending().await;
     }
-    // One timer for both (the task of every open connection holds it):
-    // the certificate's expiry, or its CRLs going out of date.
-    let deadline = |tls: &ListenerTls| match (not_after, tls.crls_stale_after(&chain)) {
-        (Some(expires), Some(stale)) => Some(expires.min(stale)),
-        (expires, stale) => expires.or(stale),
+    // The expiries of the other certificates the peer sent: at each one
+    // still to come, its chain is checked again. Which of them the
+    // verification used is not known here (a peer may send more than its
+    // path: an old cross-signed CA, its root), so an expiry is a moment to
+    // look, not a verdict.
+    let mut others: Vec<i64> = chain[1..]
+        .iter()
+        .filter_map(crate::identity::tls::certificate_not_after)
+        .collect();
+    others.sort_unstable();
+    // One timer for all (the task of every open connection holds it): the
+    // certificate's expiry, the next of the others', or its CRLs going out
+    // of date.
+    let deadline = |tls: &ListenerTls| {
+        next_look(
+            not_after,
+            &others,
+            tls.crls_stale_after(&chain),
+            crate::unix_time::now(),
+        )
     };
     // Not marked seen: a TLS swapped in since the handshake is checked below.
     let timer = until(deadline(&tls.borrow()));
@@ -582,6 +596,23 @@ async fn certificate_invalidated(
             }
         }
     }
+}
+
+/// When, at `now`, a connection's certificate is to be looked at again:
+/// the last second of the first of its certificate's expiry
+/// (`not_after`), the next expiry still to come of the other certificates
+/// its peer sent (`others`, sorted), and its CRLs' going out of date.
+fn next_look(
+    not_after: Option<i64>,
+    others: &[i64],
+    crls_stale_after: Option<i64>,
+    now: i64,
+) -> Option<i64> {
+    let other = others.iter().copied().find(|expires| *expires >= now);
+    [not_after, other, crls_stale_after]
+        .into_iter()
+        .flatten()
+        .min()
 }
 
 /// Resolves once the second `last` (since the epoch) is over; never for
@@ -929,4 +960,25 @@ where
         request.extensions_mut().insert(peer.clone());
         tower::util::ServiceExt::oneshot(service.clone(), request)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An intermediate that expires before the leaf has the connection
+    /// looked at then; one that expired before the handshake (sent, not
+    /// used: the handshake passed) is not waited for.
+    #[test]
+    fn a_connection_is_looked_at_when_each_certificate_of_its_chain_expires() {
+        let leaf = Some(5_000);
+        let others = [100, 1_000, 9_000];
+        assert_eq!(next_look(leaf, &others, None, 500), Some(1_000));
+        // The timer fires once that second is over: the next one, then
+        // the leaf's.
+        assert_eq!(next_look(leaf, &others, None, 1_001), Some(5_000));
+        assert_eq!(next_look(None, &others, None, 1_001), Some(9_000));
+        assert_eq!(next_look(leaf, &others, Some(700), 500), Some(700));
+        assert_eq!(next_look(None, &[], None, 500), None);
+    }
 }
