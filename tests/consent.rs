@@ -1288,7 +1288,7 @@ async fn a_streamed_answer_ends_at_its_first_message_after_a_revocation() {
 
 /// A status is an answer too: a backend's `NOT_FOUND` that comes after
 /// the citizen revoked goes no further than the gateway, which refuses
-/// the call instead, and gives the use back.
+/// the call instead, logged so.
 #[tokio::test]
 async fn a_status_after_a_revocation_is_refused() {
     let (_, answers) = tokio::sync::mpsc::channel(1);
@@ -1330,6 +1330,17 @@ async fn a_status_after_a_revocation_is_refused() {
         (status.code(), bridge_error(&status).unwrap_or_default()),
         denied("consent-revoked"),
         "{status:?}"
+    );
+    let records = bed.sandbox.exchange_log().records().unwrap();
+    let outcome = records
+        .iter()
+        .rev()
+        .map(|logged| &logged.record)
+        .find(|record| record.method == INCOME)
+        .unwrap();
+    assert_eq!(
+        (outcome.grpc_status, outcome.error_kind.as_str()),
+        (Code::PermissionDenied as i32, "consent-revoked")
     );
 }
 

@@ -207,22 +207,37 @@ async fn the_agencies_fail_on_request() {
     verify(&bed, &[]).await.unwrap();
 }
 
-/// An answer whose stream ends without a gRPC status (no trailers) is
-/// not whole: the caller gets the gateway's `upstream-failed`, logged as
-/// the call's outcome, not a success.
+/// An answer without a gRPC status is not whole, however it lacks one: a
+/// stream that ends without trailers, trailers without `grpc-status`, or
+/// HTTP 200 with nothing at all. The caller gets the gateway's
+/// `upstream-failed`, logged as the call's outcome, never a success.
 #[tokio::test]
 async fn an_answer_ending_without_a_status_is_not_taken_for_a_success() {
-    use http_body_util::Full;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
 
-    let backend = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async {
-        // One empty message, and the stream ends there.
-        let body = Full::new(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]));
-        let mut response = http::Response::new(tonic::body::Body::new(body));
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/grpc"),
-        );
-        Ok::<_, std::convert::Infallible>(response)
+    // The backend answers as the call's `answer` metadata says.
+    let backend = tower::service_fn(|request: http::Request<hyper::body::Incoming>| {
+        let answer = support::header(request.headers(), "answer").unwrap_or_default();
+        async move {
+            // One empty message.
+            let message = Frame::data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]));
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-message", http::HeaderValue::from_static("no status"));
+            let frames: Vec<Result<Frame<bytes::Bytes>, std::convert::Infallible>> =
+                match answer.as_str() {
+                    "no-trailers" => vec![Ok(message)],
+                    "trailers-without-status" => vec![Ok(message), Ok(Frame::trailers(trailers))],
+                    _ => Vec::new(),
+                };
+            let body = StreamBody::new(tokio_stream::iter(frames));
+            let mut response = http::Response::new(tonic::body::Body::new(body));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/grpc"),
+            );
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let bed = Bed::builder()
         .probe(
@@ -231,18 +246,26 @@ async fn an_answer_ending_without_a_status_is_not_taken_for_a_success() {
         )
         .start()
         .await;
-    let response = CivilRegistryClient::new(bed.client("treasury").await)
-        .verify_identity(declared(verify_identity_of(&bed, 0), "BENEFIT-PAYMENT"))
-        .await;
-    let status = response.unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert_eq!(bridge_error(&status).as_deref(), Some("upstream-failed"));
-    let records = bed.sandbox.exchange_log().records().unwrap();
-    let outcome = &records.last().unwrap().record;
-    assert_eq!(
-        (outcome.grpc_status, outcome.error_kind.as_str()),
-        (Code::Unavailable as i32, "upstream-failed")
-    );
+    for answer in ["no-trailers", "trailers-without-status", "nothing"] {
+        let request = declared(verify_identity_of(&bed, 0), "BENEFIT-PAYMENT");
+        let response = CivilRegistryClient::new(bed.client("treasury").await)
+            .verify_identity(with_header(request, "answer", answer))
+            .await;
+        let status = response.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{answer}: {status:?}");
+        assert_eq!(
+            bridge_error(&status).as_deref(),
+            Some("upstream-failed"),
+            "{answer}"
+        );
+        let records = bed.sandbox.exchange_log().records().unwrap();
+        let outcome = &records.last().unwrap().record;
+        assert_eq!(
+            (outcome.grpc_status, outcome.error_kind.as_str()),
+            (Code::Unavailable as i32, "upstream-failed"),
+            "{answer}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -675,6 +675,17 @@ struct Relay {
     consent: Option<AnswerHold>,
 }
 
+/// The gateway's status for an answer that ended without one (no
+/// trailers, or none with a `grpc-status`): the caller must not take it
+/// for a whole one (a client reads HTTP 200 without a status as `OK`).
+fn no_status(provider: &MemberId) -> http::HeaderMap {
+    GatewayError::UpstreamFailed {
+        provider: provider.clone(),
+        detail: "the answer ended without a gRPC status".to_owned(),
+    }
+    .into_trailers()
+}
+
 impl Relay {
     /// Counts the call as ended with `trailers`: with the exchange log on,
     /// once its outcome is durable (refused for want of it, a caller given
@@ -880,11 +891,12 @@ impl CallSummary {
 
 /// Whether a call that ended so was answered by its backend, and so
 /// spends its consent's use even with no data relayed: any status of the
-/// backend's own tells the caller something about the citizen (a
-/// `NOT_FOUND` says they filed nothing that year), but one by which it
-/// declined to serve (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`). The gateway's
-/// own refusals (a `bridge-error`), a stream cut without a status and a
-/// caller gone before the end give the use back.
+/// backend's own that reaches the caller tells it something about the
+/// citizen (a `NOT_FOUND` says they filed nothing that year), but one by
+/// which it declined to serve (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`). The
+/// gateway's own refusals (a `bridge-error`: among them an answer without
+/// a gRPC status, and a status held back because the consent no longer
+/// holds) and a caller gone before the end give the use back.
 fn answered(ending: &Ending<'_>, code: i32, bridge_error: &str) -> bool {
     let declined = [tonic::Code::Unavailable, tonic::Code::ResourceExhausted]
         .map(|declined| declined as i32)
@@ -1296,11 +1308,15 @@ impl Body for ResponseBody {
                         relay.origin.relayed(&mut trailers);
                         // The status is part of the answer: it too goes
                         // to the caller only while the consent holds.
-                        match relay.consent.as_ref().map(|hold| hold.consent.check()) {
-                            Some(Err(refusal)) => relay
+                        let consent = relay.consent.as_ref().map(|hold| hold.consent.check());
+                        if let Some(Err(refusal)) = consent {
+                            relay
                                 .origin
-                                .own(GatewayError::from(refusal).into_trailers()),
-                            _ => trailers,
+                                .own(GatewayError::from(refusal).into_trailers())
+                        } else if !trailers.contains_key("grpc-status") {
+                            relay.origin.own(no_status(&relay.provider))
+                        } else {
+                            trailers
                         }
                     }
                     Err(mut frame) => {
@@ -1340,15 +1356,7 @@ impl Body for ResponseBody {
                         return Poll::Ready(Some(Ok(frame)));
                     }
                 },
-                // Without a status, the caller must not take the answer
-                // for a whole one.
-                None => relay.origin.own(
-                    GatewayError::UpstreamFailed {
-                        provider: relay.provider.clone(),
-                        detail: "the answer ended without a gRPC status".to_owned(),
-                    }
-                    .into_trailers(),
-                ),
+                None => relay.origin.own(no_status(&relay.provider)),
                 // The request side may have failed on purpose first.
                 Some(Err(error)) => {
                     let error =

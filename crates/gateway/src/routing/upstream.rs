@@ -662,7 +662,7 @@ impl ProviderPool {
                 .insert(GRPC_TIMEOUT, encode_grpc_timeout(deadline.remaining()));
             match connection.sender.clone().try_send_request(request).await {
                 Ok(mut response) => {
-                    if is_unavailable(&response) {
+                    if fails_endpoint(&response) {
                         slot.failed(&self.provider, &self.settings);
                     } else {
                         slot.succeeded();
@@ -954,15 +954,28 @@ fn unreachable_error(provider: &MemberId) -> UpstreamError {
     }
 }
 
-/// Whether a response is a trailers-only `UNAVAILABLE`, or an HTTP 502,
-/// 503 or 504 without a gRPC status (a proxy in front of the backend that
-/// cannot reach it): the backend refusing work (overloaded, shutting down,
-/// gone), which counts against it.
+/// Whether a response is a trailers-only `UNAVAILABLE`, or an HTTP 503
+/// without a gRPC status (a proxy in front of the backend that has none
+/// to give it): the backend refusing work (overloaded, shutting down,
+/// gone), which counts against it, and which an idempotent call may try
+/// elsewhere.
 pub fn is_unavailable(response: &Response<Incoming>) -> bool {
     match response.headers().get("grpc-status") {
         Some(status) => status.as_bytes() == b"14",
-        None => matches!(response.status().as_u16(), 502..=504),
+        None => response.status() == http::StatusCode::SERVICE_UNAVAILABLE,
     }
+}
+
+/// Whether a response counts against its endpoint: [`is_unavailable`], or
+/// a proxy's 502 or 504 without a gRPC status (the backend behind it
+/// failed or is too slow; it may have acted, so the call is not retried).
+fn fails_endpoint(response: &Response<Incoming>) -> bool {
+    is_unavailable(response)
+        || (!response.headers().contains_key("grpc-status")
+            && matches!(
+                response.status(),
+                http::StatusCode::BAD_GATEWAY | http::StatusCode::GATEWAY_TIMEOUT
+            ))
 }
 
 /// Whether the backend certainly did nothing with the stream: it refused

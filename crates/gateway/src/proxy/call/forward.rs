@@ -215,7 +215,8 @@ impl Call<'_> {
 
 /// Sends the request once, or, when it may be replayed, retries it:
 /// only a call that certainly did nothing is retried, when the endpoint
-/// answered `UNAVAILABLE` at once or none could be reached, at most
+/// answered `UNAVAILABLE` at once (or a proxy's 503), refused the stream,
+/// or none could be reached, at most
 /// [`MAX_RETRIES`] times, within the deadline and the provider's retry
 /// budget, never on the endpoint that failed.
 async fn retry(

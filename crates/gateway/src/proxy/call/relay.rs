@@ -45,6 +45,11 @@ impl Call<'_> {
             });
         }
         let consent = consent_use.as_ref().map(UseReservation::hold);
+        // Its headers (and, trailers-only, its status) are the answer's
+        // start: they go to the caller only while the consent holds.
+        if let Some(Err(refusal)) = consent.as_ref().map(ConsentHold::check) {
+            return Err(refusal.into());
+        }
         let summary = CallSummary {
             metrics: self.conn.metrics.clone(),
             request_id: self.request_id.to_str().unwrap_or_default().to_owned(),
@@ -88,11 +93,6 @@ impl Call<'_> {
         let mut response = if http_body::Body::is_end_stream(response.body()) {
             if let Some(answer) = self.answer.take() {
                 without_message(response.headers_mut(), answer, &origin());
-            }
-            // A status alone is an answer too: it goes to the caller only
-            // while the consent holds.
-            if let Some(Err(refusal)) = consent.as_ref().map(ConsentHold::check) {
-                return Err(refusal.into());
             }
             self.trailers_only(response, call_end, summary).await?
         } else {
