@@ -442,6 +442,59 @@ async fn a_reload_keeps_backend_connections_and_their_calls() {
     call.await.unwrap().unwrap();
 }
 
+/// The backends' CA moved to another file, the same certificates in it
+/// (as a directory's new version puts it in a cache directory of its
+/// own): the backend connections, and the calls on them, are kept.
+#[tokio::test]
+async fn a_reload_with_the_same_upstream_ca_elsewhere_keeps_backend_connections() {
+    let bed = Bed::builder()
+        .upstream("health_check_interval", "\"0s\"")
+        .start()
+        .await;
+    let mut client = CivilRegistryClient::new(bed.client("treasury").await);
+    let request = with_header(
+        declared(verify_identity_of(&bed, 0), "BENEFIT-PAYMENT"),
+        "govbridge-fault",
+        "delay=1s",
+    );
+    let call = tokio::spawn(async move { client.verify_identity(request).await });
+    eventually("the call is in flight", || async {
+        endpoints(&bed, "govbridge_upstream_endpoint_outstanding").await == [1]
+    })
+    .await;
+
+    let config_file = bed.dir().join("govbridge.toml");
+    let config = std::fs::read_to_string(&config_file).unwrap();
+    let line = config
+        .lines()
+        .find(|line| line.starts_with("server_ca = "))
+        .unwrap();
+    let server_ca = bed
+        .dir()
+        .join(line.trim_start_matches("server_ca = ").trim_matches('"'));
+    let copy = bed.dir().join("backends-ca-copy.pem");
+    std::fs::copy(&server_ca, &copy).unwrap();
+    let moved = config.replacen(
+        line,
+        &format!("server_ca = {:?}", copy.display().to_string()),
+        1,
+    );
+    std::fs::write(&config_file, moved).unwrap();
+    bed.reloader.reload().unwrap();
+
+    // The new configuration's pool is the same endpoint, call included.
+    assert_eq!(
+        endpoints(&bed, "govbridge_upstream_endpoint_outstanding").await,
+        [1]
+    );
+    verify(&bed, &[]).await.unwrap();
+    assert_eq!(
+        endpoints(&bed, "govbridge_upstream_endpoint_connections").await,
+        [1]
+    );
+    call.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn a_backend_killed_mid_stream_ends_the_call_and_others_are_served() {
     use govbridge::proto::tax::v1::GetDeclaredIncomeRequest;

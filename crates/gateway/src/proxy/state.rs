@@ -49,8 +49,8 @@ pub struct GatewayState {
     pub(super) consent_keys: Option<ConsentVerifier>,
     /// How the consent feed reaches the portal under this configuration.
     pub(super) consent_feed: Option<Arc<crate::consent::feed::FeedRoute>>,
-    /// The upstream TLS files and their size and modification time: while
-    /// they stay the same, a reload keeps the backend connections.
+    /// What the upstream TLS files hold ([`upstream_tls_contents`]):
+    /// while it stays the same, a reload keeps the backend connections.
     pub(super) upstream_tls: UpstreamTlsFiles,
     /// Between active health checks of backend endpoints; `None`: off.
     pub(super) health_check_interval: Option<Duration>,
@@ -227,6 +227,10 @@ impl GatewayState {
     /// and health, unless the upstream TLS material changed.
     pub fn after(config: &Config, previous: Option<&GatewayState>) -> Result<Self, StartError> {
         let built_at = crate::unix_time::now();
+        // Read before the TLS is: a file replaced in between makes the
+        // next reload open new connections, never keep ones made under
+        // what it replaced.
+        let upstream_tls_files = upstream_tls_contents(config);
         let (upstream_tls, upstream_crls) = config
             .upstream
             .tls
@@ -320,23 +324,6 @@ impl GatewayState {
         let connectors = Connectors {
             own: connector(upstream_tls, upstream_crls.as_ref()),
             partners,
-        };
-        let upstream_tls_files = {
-            let tls = &config.upstream.tls;
-            // A changed CRL, too, opens new connections: each handshake
-            // checks the backend's certificate against the new one.
-            let mut files = vec![
-                tls.server_ca.clone(),
-                tls.certificate.clone(),
-                tls.private_key.clone(),
-            ];
-            files.extend(tls.crls.iter().cloned());
-            for partner in config.federation.partners.values() {
-                files.push(partner.ca.clone());
-                files.extend(partner.crls.iter().cloned());
-            }
-            let fingerprint = fingerprint(&files);
-            (files, fingerprint)
         };
         // The consent feed dials the portal the gateway started with
         // (restart-only, as the ledger it feeds, even once `[consent]` is
@@ -683,10 +670,28 @@ impl GatewayState {
 }
 
 /// Files, with their size and modification time.
-type UpstreamTlsFiles = (
-    Vec<std::path::PathBuf>,
-    Vec<Option<(u64, std::time::SystemTime)>>,
-);
+type UpstreamTlsFiles = Vec<Option<String>>;
+
+/// The SHA-256 of each file the upstream TLS is built from (the backends'
+/// CA, this gateway's certificate and key, the CRLs, each partner's CA and
+/// CRLs), `None` when it cannot be read. A changed CRL, too, opens new
+/// connections: each handshake checks the backend's certificate against
+/// the new one. The same contents elsewhere (a directory's new version
+/// puts its CA in a cache directory of its own) keep them.
+fn upstream_tls_contents(config: &Config) -> UpstreamTlsFiles {
+    let tls = &config.upstream.tls;
+    let partners = config
+        .federation
+        .partners
+        .values()
+        .flat_map(|partner| std::iter::once(&partner.ca).chain(&partner.crls));
+    [&tls.server_ca, &tls.certificate, &tls.private_key]
+        .into_iter()
+        .chain(&tls.crls)
+        .chain(partners)
+        .map(|file| crate::keys::sha256_file_hex(file).ok())
+        .collect()
+}
 
 /// Size and modification time of each file, `None` when it cannot be read.
 pub(super) fn fingerprint(
