@@ -184,6 +184,41 @@ fn typos_in_keys_and_values_are_errors() {
     assert_eq!(error.key, "agencies.servers.taxes");
 }
 
+/// An endpoint listed twice, with a user, a query or port 0, and a
+/// `tls_name` that is not one, are each named at their own key and line.
+#[test]
+fn endpoints_and_their_tls_name_are_checked_and_named() {
+    let text = edited(
+        "endpoints = [\"https://127.0.0.1:7102\"]",
+        "endpoints = [\"https://127.0.0.1:7102\", \"https://127.0.0.1:7102/\"]",
+    );
+    let error = error_of(&text);
+    assert_eq!(error.key, "providers.\"SN/GOV/DGID/tax\".endpoints[1]");
+    assert!(error.message.contains("listed twice"), "{error}");
+    assert_eq!(
+        error.line,
+        Some(line_of(&text, "https://127.0.0.1:7102\", "))
+    );
+    for bad in [
+        "https://user:pw@127.0.0.1:7102",
+        "https://127.0.0.1:7102?x=1",
+        "https://127.0.0.1:0",
+    ] {
+        let error = error_of(&edited("https://127.0.0.1:7102", bad));
+        assert_eq!(
+            error.key, "providers.\"SN/GOV/DGID/tax\".endpoints[0]",
+            "{bad}"
+        );
+    }
+    let text = edited(
+        "endpoints = [\"https://127.0.0.1:7102\"]",
+        "endpoints = [\"https://127.0.0.1:7102\"]\ntls_name = \"not a name\"",
+    );
+    let error = error_of(&text);
+    assert_eq!(error.key, "providers.\"SN/GOV/DGID/tax\".tls_name");
+    assert_eq!(error.line, Some(line_of(&text, "tls_name")));
+}
+
 #[test]
 fn a_syntax_error_names_the_line() {
     let text = edited("[upstream]", "[upstream");

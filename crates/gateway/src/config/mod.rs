@@ -864,13 +864,24 @@ pub fn parse_endpoint(text: &str, tls_name: Option<&str>) -> Result<Endpoint, St
     if uri.path() != "/" && !uri.path().is_empty() {
         return Err(format!("`{text}`: an endpoint has no path"));
     }
+    if uri.query().is_some() {
+        return Err(format!("`{text}`: an endpoint has no query"));
+    }
     let authority = uri
         .authority()
         .ok_or_else(|| format!("`{text}` has no host"))?
         .clone();
+    // It goes upstream as `:authority`, which carries no credentials.
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "`{text}`: an endpoint has no user or password (the gateway proves who it is \
+             with its certificate)"
+        ));
+    }
     let port = authority
         .port_u16()
-        .ok_or_else(|| format!("`{text}` has no port"))?;
+        .filter(|port| *port != 0)
+        .ok_or_else(|| format!("`{text}` has no port (1 to 65535)"))?;
     let host = authority
         .host()
         .trim_start_matches('[')
@@ -938,6 +949,9 @@ mod tests {
         assert!(parse_endpoint("http://127.0.0.1:7101", None).is_err());
         assert!(parse_endpoint("https://127.0.0.1", None).is_err());
         assert!(parse_endpoint("https://127.0.0.1:1/x", None).is_err());
+        assert!(parse_endpoint("https://127.0.0.1:1?x=1", None).is_err());
+        assert!(parse_endpoint("https://user:secret@127.0.0.1:1", None).is_err());
+        assert!(parse_endpoint("https://127.0.0.1:0", None).is_err());
     }
 
     #[test]

@@ -1140,6 +1140,16 @@ fn validate(
             None => None,
         };
         if let Some((endpoints, presents, instance)) = through {
+            if let Some(tls_name) = &provider.tls_name {
+                return Err(shared.error(
+                    format!("{path}.tls_name"),
+                    tls_name,
+                    format!(
+                        "{id} is a member of partner instance {instance}: calls reach it \
+                         through its gateways, under their names; remove its tls_name"
+                    ),
+                ));
+            }
             if let Some(endpoints) = &provider.endpoints {
                 return Err(shared.error(
                     format!("{path}.endpoints"),
@@ -1364,17 +1374,39 @@ fn endpoints_of(
     endpoints: &Spanned<Vec<Spanned<String>>>,
     tls_name: Option<&Spanned<String>>,
 ) -> Result<Vec<super::Endpoint>, ConfigError> {
+    if let Some(name) = tls_name {
+        rustls::pki_types::ServerName::try_from(name.get_ref().as_str()).map_err(|_| {
+            shared.error(
+                format!("{path}.tls_name"),
+                name,
+                format!("`{}` is not a valid TLS server name", name.get_ref()),
+            )
+        })?;
+    }
     let tls_name = tls_name.map(|name| name.get_ref().as_str());
-    endpoints
-        .get_ref()
-        .iter()
-        .enumerate()
-        .map(|(index, endpoint)| {
-            parse_endpoint(endpoint.get_ref(), tls_name).map_err(|message| {
-                shared.error(format!("{path}.endpoints[{index}]"), endpoint, message)
-            })
-        })
-        .collect()
+    let mut parsed: Vec<super::Endpoint> = Vec::new();
+    for (index, endpoint) in endpoints.get_ref().iter().enumerate() {
+        let key = || format!("{path}.endpoints[{index}]");
+        let next = parse_endpoint(endpoint.get_ref(), tls_name)
+            .map_err(|message| shared.error(key(), endpoint, message))?;
+        // Two slots for one backend would split its health and load, and
+        // a retry "on another endpoint" could land on it again.
+        if let Some(first) = parsed
+            .iter()
+            .position(|seen| seen.address == next.address && seen.server_name == next.server_name)
+        {
+            return Err(shared.error(
+                key(),
+                endpoint,
+                format!(
+                    "`{}` is listed twice (endpoints[{first}] is the same backend)",
+                    endpoint.get_ref()
+                ),
+            ));
+        }
+        parsed.push(next);
+    }
+    Ok(parsed)
 }
 
 /// `[instance]`: a member id for the gateways, their endpoints, readable
