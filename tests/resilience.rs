@@ -139,6 +139,37 @@ async fn one_endpoint_failing_checks() -> Bed {
     bed
 }
 
+/// An interval shortened by a reload applies then, not once the longer
+/// one before it is over.
+#[tokio::test]
+async fn a_shorter_health_check_interval_applies_at_the_reload() {
+    let bed = one_endpoint_failing_checks().await;
+    let reload_with = |from: &str, to: &str| {
+        let config = bed.dir().join("govbridge.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let edited = text.replacen(
+            &format!("health_check_interval = \"{from}\""),
+            &format!("health_check_interval = \"{to}\""),
+            1,
+        );
+        assert_ne!(text, edited);
+        std::fs::write(&config, edited).unwrap();
+        bed.reloader.reload().unwrap();
+    };
+    // Checked hourly once the check due within 50 ms has run (given
+    // 200 ms, a margin, not a wait for readiness), the endpoint stays out
+    // of rotation though it recovers...
+    reload_with("50ms", "1h");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    bed.fault(REGISTRY, 0).clear();
+    // ...until the operator shortens the interval again.
+    reload_with("1h", "50ms");
+    eventually("the endpoint is back in rotation", || async {
+        endpoints(&bed, "govbridge_upstream_endpoint_in_rotation").await == [1]
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn with_no_endpoint_in_rotation_calls_fail_at_once() {
     let bed = one_endpoint_failing_checks().await;

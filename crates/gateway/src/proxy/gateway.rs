@@ -631,25 +631,41 @@ impl Drop for Background {
 }
 
 /// Checks the health of every backend endpoint of the current
-/// configuration, every `upstream.health_check_interval` (re-read each
-/// time: reloads apply), until aborted.
+/// configuration, every `upstream.health_check_interval`, until aborted.
+/// A reload applies within a second: a shorter interval does not wait
+/// out the longer one before it.
 async fn check_health(state: SharedState) {
+    const LOOK_EVERY: Duration = Duration::from_secs(1);
     loop {
-        let current = state.load_full();
-        let Some(interval) = current.health_check_interval else {
+        let checked = state.load_full();
+        let Some(interval) = checked.health_check_interval else {
             // Checks are off in this configuration; look again later.
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(LOOK_EVERY).await;
             continue;
         };
-        let pools: Vec<_> = current.routes.all_pools().cloned().collect();
-        drop(current);
+        let pools: Vec<_> = checked.routes.all_pools().cloned().collect();
+        let started = tokio::time::Instant::now();
         let mut checks = tokio::task::JoinSet::new();
         for pool in pools {
             checks.spawn(async move { pool.check_health().await });
         }
-        let next = tokio::time::Instant::now() + interval;
         while checks.join_next().await.is_some() {}
-        tokio::time::sleep_until(next).await;
+        let mut next = started + interval;
+        loop {
+            tokio::time::sleep_until(next.min(tokio::time::Instant::now() + LOOK_EVERY)).await;
+            let current = state.load();
+            if !Arc::ptr_eq(&current, &checked) {
+                // Reloaded: the next checks are the new configuration's,
+                // as soon as its interval since the last ones allows.
+                match current.health_check_interval {
+                    Some(interval) => next = next.min(started + interval),
+                    None => break,
+                }
+            }
+            if tokio::time::Instant::now() >= next {
+                break;
+            }
+        }
     }
 }
 
