@@ -235,6 +235,16 @@ async fn config_shows_settings_but_no_key_material() {
     assert_eq!(config["upstream"]["private_key"], "(redacted)");
     assert!(!body.contains("PRIVATE KEY"));
     assert!(!body.contains(".key"), "{body}");
+    // The routing settings a reload changes are there, to see it did.
+    assert_eq!(config["upstream"]["ejection_failures"], 5);
+    assert!(config["upstream"]["connections_per_endpoint"].is_number());
+    let registry = config["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|service| service["name"] == "govbridge.civilregistry.v1.CivilRegistry")
+        .unwrap();
+    assert!(registry["idempotent"].is_array(), "{registry}");
     assert_eq!(admin_request(bed.admin, "GET", "/nowhere").await.0, 404);
     assert_eq!(admin_request(bed.admin, "DELETE", "/metrics").await.0, 405);
     bed.stop().await;

@@ -52,6 +52,15 @@ impl Config {
                 "crl_grace_ms": config.upstream.tls.crl_grace.as_millis(),
                 "connect_timeout_ms": config.upstream.connect_timeout.as_millis(),
                 "max_deadline_ms": config.upstream.max_deadline.as_millis(),
+                "health_check_interval_ms": config.upstream.pool.health_check_interval.map(|interval| interval.as_millis()),
+                "health_check_timeout_ms": config.upstream.pool.health_check_timeout.as_millis(),
+                "unhealthy_threshold": config.upstream.pool.unhealthy_threshold,
+                "healthy_threshold": config.upstream.pool.healthy_threshold,
+                "ejection_failures": config.upstream.pool.ejection_failures,
+                "ejection_time_ms": config.upstream.pool.ejection_time.as_millis(),
+                "max_ejection_time_ms": config.upstream.pool.max_ejection_time.as_millis(),
+                "connections_per_endpoint": config.upstream.pool.connections_per_endpoint,
+                "streams_per_connection": config.upstream.pool.streams_per_connection,
             },
             "members": config.members.values().map(|member| serde_json::json!({
                 "id": member.id.to_string(),
@@ -61,10 +70,13 @@ impl Config {
             "providers": config.providers.values().map(|provider| serde_json::json!({
                 "id": provider.id.to_string(),
                 "endpoints": provider.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "tls_names": provider.endpoints.iter().map(|endpoint| endpoint.server_name.to_str().into_owned()).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "services": config.services.values().map(|service| serde_json::json!({
                 "name": service.name,
                 "providers": service.providers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "max_deadline_ms": service.max_deadline.map(|deadline| deadline.as_millis()),
+                "idempotent": service.idempotent,
             })).collect::<Vec<_>>(),
             "purposes": config.purposes.keys().collect::<Vec<_>>(),
             "policy": {
@@ -111,7 +123,8 @@ impl Config {
     }
 
     /// What must be the same on every node of a fleet, hashed (SHA-256,
-    /// hex): members and groups, providers, services, purposes, limits,
+    /// hex): members and groups, providers, services (their providers,
+    /// deadline and idempotent methods), purposes, limits,
     /// and the exchange log's Data Tracker clients. Node-local settings
     /// (node id, addresses, files, timeouts, and the log's origin while each
     /// node keeps a log of its own) are left out, as are the policies
