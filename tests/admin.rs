@@ -192,6 +192,26 @@ async fn metrics_count_a_known_sequence_of_calls_exactly() {
     bed.stop().await;
 }
 
+/// One service's providers out of reach do not make the node unready: a
+/// balancer would take every node out, and every other service with
+/// them. Its calls are refused; readiness says so beside `ready`.
+#[tokio::test]
+async fn a_service_out_of_reach_leaves_the_node_ready_for_the_others() {
+    let bed = Bed::builder().cuttable("tax").start().await;
+    bed.cut("tax");
+    let (code, body) = admin_request(bed.admin, "GET", "/readyz").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("no provider of govbridge.tax.v1.TaxAuthority is reachable"),
+        "{body}"
+    );
+    CivilRegistryClient::new(bed.client("cbao-kyc").await)
+        .verify_identity(verify_identity_of(&bed, 0))
+        .await
+        .unwrap();
+    bed.stop().await;
+}
+
 #[tokio::test]
 async fn readiness_follows_the_exchange_log() {
     let bed = Bed::start().await;

@@ -315,10 +315,10 @@ impl Admin {
         match (request.method(), request.uri().path()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".to_owned()),
             (&Method::GET, "/readyz") => {
-                let (problems, note) = self.readiness().await;
+                let (problems, notes) = self.readiness().await;
                 if problems.is_empty() {
                     let mut answer = "ready\n".to_owned();
-                    if let Some(note) = note {
+                    for note in notes {
                         answer.push_str(&format!("- {note}\n"));
                     }
                     text(StatusCode::OK, answer)
@@ -415,8 +415,8 @@ impl Admin {
 
     /// Why calls cannot be served now (empty when they can), and what a
     /// ready node says beside: its database out of reach while no call
-    /// needs it.
-    async fn readiness(&self) -> (Vec<String>, Option<String>) {
+    /// needs it, a service none of whose providers can be reached.
+    async fn readiness(&self) -> (Vec<String>, Vec<String>) {
         let mut problems = Vec::new();
         if self.listener.draining() {
             problems.push("shutting down: open calls are finishing, no new ones".to_owned());
@@ -430,7 +430,7 @@ impl Admin {
         // Calls need the database for the fleet's log, for consent, and
         // for partners' assertions (their nonces): with none of these, the
         // node serves on (the alerts say the database is down).
-        let mut note = None;
+        let mut notes = Vec::new();
         if let Some(problem) = self.fleet.as_ref().and_then(|fleet| fleet.problem()) {
             let shared_log = self.log.as_ref().is_some_and(ExchangeLog::is_shared);
             let mut refused = Vec::new();
@@ -449,7 +449,7 @@ impl Admin {
                     refused.join(" and ")
                 ));
             } else {
-                note = Some(format!(
+                notes.push(format!(
                     "{unreachable}: calls are served, but this node's rate shares and its \
                      heartbeat are not kept up to date"
                 ));
@@ -495,11 +495,18 @@ impl Admin {
                     break;
                 }
             }
+            // Nor is this node's readiness one service's: a balancer that
+            // took every node out for the tax authority's outage would
+            // stop the civil registry's calls too. Those calls are refused
+            // one by one (`upstream-unavailable`); readiness notes it.
             if reachable == Some(false) {
-                problems.push(format!("no provider of {service} is reachable"));
+                notes.push(format!(
+                    "no provider of {service} is reachable: its calls are refused \
+                     (upstream-unavailable)"
+                ));
             }
         }
-        (problems, note)
+        (problems, notes)
     }
 }
 
