@@ -181,6 +181,35 @@ async fn a_real_log_verifies_and_its_records_prove_offline() {
         "--out",
         path(&bundle),
     ]);
+    // Never over a file that is there: the log's own database least of
+    // all.
+    let database = data.join("exchange-log.sqlite");
+    for existing in [&bundle, &database] {
+        let refused = fails(&[
+            "audit",
+            "prove",
+            "--data",
+            path(&data),
+            "--request-id",
+            &allowed,
+            "--out",
+            path(existing),
+        ]);
+        assert!(refused.contains("already exists"), "{refused}");
+    }
+    let header = std::fs::read(&database).unwrap();
+    assert!(
+        header.starts_with(b"SQLite format 3\0"),
+        "the database was written over"
+    );
+    ok(&[
+        "audit",
+        "verify",
+        "--data",
+        path(&data),
+        "--key",
+        path(&key),
+    ]);
     let checked = ok(&["audit", "check-proof", path(&bundle), "--key", path(&key)]);
     assert!(checked.contains("OK: record 0 "), "{checked}");
     assert!(checked.contains("OK: record 1 "), "{checked}");

@@ -735,7 +735,16 @@ fn prove(
     let text = verify::bundles_to_json(&bundles);
     match out {
         Some(out) => {
-            std::fs::write(out, text)
+            // Never over a file that is there (the log's own database, an
+            // earlier proof): a proof goes to a new file, whole or not at
+            // all.
+            if std::fs::symlink_metadata(out).is_ok() {
+                bail!(
+                    "{}: already exists; proofs are written to a new file",
+                    out.display()
+                );
+            }
+            govbridge::keys::write_file(out, text.as_bytes(), 0o644)
                 .with_context(|| format!("{}: cannot write", out.display()))?;
             eprintln!(
                 "wrote {} proof bundle{} to {}",
