@@ -282,6 +282,25 @@ struct Credentials {
     private_key: std::path::PathBuf,
 }
 
+/// `--manifest` names a file the sandbox replaces and then removes: one
+/// that is there and is not a sandbox's manifest is refused, untouched.
+#[test]
+fn the_sandbox_command_never_takes_an_operators_file_for_its_manifest() {
+    let scratch = tempfile::tempdir().unwrap();
+    let notes = scratch.path().join("notes.md");
+    std::fs::write(&notes, "# keep me\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_govbridge"))
+        .args(["sandbox", "--stop-with-parent", "--manifest"])
+        .arg(&notes)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not a sandbox's manifest"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "# keep me\n");
+}
+
 #[tokio::test]
 async fn the_sandbox_command_writes_a_manifest_and_serves_until_its_input_closes() {
     let scratch = tempfile::tempdir().unwrap();

@@ -142,6 +142,15 @@ impl Manifest {
 /// sandbox has stopped. A stop asked for while it starts ends it there; a
 /// second one while it drains ends it at once.
 pub async fn run(manifest: &Path, seed: u64, stop_with_parent: bool) -> anyhow::Result<()> {
+    // The manifest is replaced, then removed: never an operator's file
+    // (`--manifest README.md`), only one a sandbox left behind.
+    if let Some(theirs) = not_a_manifest(manifest) {
+        anyhow::bail!(
+            "{}: {theirs}; the manifest is written there and removed at the end: name a \
+             new file",
+            manifest.display()
+        );
+    }
     // Listening before anything is made: a signal during the start must
     // not leave the sandbox's keys behind.
     let mut stop = Stop::listen(stop_with_parent)?;
@@ -172,6 +181,21 @@ pub async fn run(manifest: &Path, seed: u64, stop_with_parent: bool) -> anyhow::
     }
     let _ = std::fs::remove_file(manifest);
     Ok(())
+}
+
+/// Why the file at `path` is not one a sandbox may replace and remove:
+/// it exists and is not a sandbox's manifest (JSON of this format).
+fn not_a_manifest(path: &Path) -> Option<String> {
+    let text = match std::fs::read(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(error) => return Some(format!("cannot be read ({error})")),
+    };
+    let manifest = serde_json::from_slice::<serde_json::Value>(&text).ok();
+    let is_manifest = manifest.is_some_and(|value| {
+        value["version"] == 1 && value["gateway"].is_object() && value["dir"].is_string()
+    });
+    (!is_manifest).then(|| "exists and is not a sandbox's manifest".to_owned())
 }
 
 impl Manifest {
