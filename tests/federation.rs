@@ -754,12 +754,17 @@ async fn a_partner_is_learned_from_its_signed_global_configuration() {
     assert!(text.contains("altered"), "{text}");
     assert_eq!(std::fs::read_to_string(&global).unwrap(), before);
 
-    // Learned: the section and its files, twice over as once.
+    // Learned: the section and its files, twice over as once; the file
+    // as private as it was.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&global, std::fs::Permissions::from_mode(0o600)).unwrap();
     for _ in 0..2 {
         let (ok, text) = learn(&bundle, &az_key, "AZ");
         assert!(ok, "{text}");
         assert!(text.contains("learned AZ from version 1"), "{text}");
     }
+    let mode = std::fs::metadata(&global).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
     let after = std::fs::read_to_string(&global).unwrap();
     assert_eq!(after.matches("[federation.\"AZ\"]").count(), 1, "{after}");
     assert!(after.contains(&format!("\"https://{}\"", partner.instance.address())));

@@ -1275,10 +1275,15 @@ async fn directory_init_keeps_nothing_a_gateway_could_not_load() {
     refused(init("nowhere.pub", &https), "nowhere.pub");
     let no_ca = ["--url", https[1], "--ca", "nowhere-ca.pem"];
     refused(init("directory-key.pub", &no_ca), "nowhere-ca.pem");
-    // A split a gateway can load is kept.
+    // A split a gateway can load is kept, as private as its source (which
+    // may hold the fleet database's password).
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&whole, std::fs::Permissions::from_mode(0o600)).unwrap();
     let kept = init("directory-key.pub", &https);
     assert!(kept.status.success(), "{}", text(&kept));
     assert!(publication.join("global.toml").exists() && split.exists());
+    let mode = std::fs::metadata(&split).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
 
     // [instance], what partners learn of this one, is the instance's: it
     // moves to the publication, its key with it.

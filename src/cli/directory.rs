@@ -172,7 +172,8 @@ pub fn run(command: DirectoryCommand) -> anyhow::Result<()> {
             let written = (|| {
                 govbridge::global::split::write_publication(&split, &publication)
                     .map_err(anyhow::Error::msg)?;
-                govbridge::keys::write_file(&out, split.local.as_bytes(), 0o644)
+                // As private as the file it was split from.
+                govbridge::keys::write_file(&out, split.local.as_bytes(), file_mode(&config)?)
                     .with_context(|| format!("writing {}", out.display()))?;
                 check_split(&publication, &out, &split.local)
             })();
@@ -505,7 +506,10 @@ fn learn(learning: &Learning<'_>) -> anyhow::Result<()> {
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
     let trial = config.with_file_name(format!(".{name}.learning-{}", std::process::id()));
-    let checked: anyhow::Result<()> = govbridge::keys::write_file(&trial, after.as_bytes(), 0o644)
+    // The file keeps its mode: a gateway's may hold the fleet database's
+    // password (`[store] url`), readable by its owner only.
+    let mode = file_mode(config)?;
+    let checked: anyhow::Result<()> = govbridge::keys::write_file(&trial, after.as_bytes(), mode)
         .with_context(|| format!("writing {}", trial.display()))
         .and_then(|()| {
             let loaded: anyhow::Result<()> = if name == govbridge::global::GLOBAL_FILE {
@@ -867,4 +871,15 @@ fn read(path: &Path, verifier: Option<&Verifier>) -> anyhow::Result<Bundle> {
     };
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     Bundle::open(&bytes, verifier).with_context(|| format!("{}", path.display()))
+}
+
+/// The permission bits of `path`, for a file written in its place or from
+/// it.
+fn file_mode(path: &std::path::Path) -> anyhow::Result<u32> {
+    use std::os::unix::fs::PermissionsExt as _;
+    Ok(std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .permissions()
+        .mode()
+        & 0o777)
 }
