@@ -665,5 +665,18 @@ async fn a_rewritten_token_file_revokes_the_old_token() {
     }
     assert!(revoked, "the old token still works");
     assert!(operator(new).await);
+
+    // The file removed: the reload that follows is rejected (the file is
+    // named, and not there), and the token stops all the same.
+    std::fs::remove_file(&path).unwrap();
+    let mut revoked = false;
+    for _ in 0..250 {
+        if !operator(new).await {
+            revoked = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(revoked, "a token whose file is gone still works");
     bed.stop().await;
 }

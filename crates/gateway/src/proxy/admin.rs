@@ -111,7 +111,15 @@ impl Drop for PeerSlot {
 }
 
 /// The bearer token of `gateway.admin_token_file`. Never printed.
-pub struct AdminToken(Vec<u8>);
+pub struct AdminToken {
+    token: Vec<u8>,
+    /// Where it was read from.
+    path: PathBuf,
+    /// Set once its file no longer holds it while a reload that would
+    /// have replaced it was rejected: a token an operator revoked stops
+    /// working then, whatever else the reload found wrong.
+    revoked: std::sync::atomic::AtomicBool,
+}
 
 impl fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -152,7 +160,29 @@ impl AdminToken {
                 path: path.to_owned(),
             });
         }
-        Ok(Self(token.to_vec()))
+        Ok(Self {
+            token: token.to_vec(),
+            path: path.to_owned(),
+            revoked: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// After a rejected reload: stops this token if its file no longer
+    /// holds it (removed, rewritten, unreadable, too open), and says so.
+    pub fn revoke_unless_still_in_its_file(&self) {
+        let held = Self::load(&self.path).is_ok_and(|read| read.token == self.token);
+        if !held
+            && !self
+                .revoked
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                file = %self.path.display(),
+                "the admin token file no longer holds the token in use, and the reload that \
+                 would replace it was rejected: the old token is refused from now on; \
+                 operator access is off until a reload succeeds"
+            );
+        }
     }
 
     /// Whether `headers` carry `Authorization: Bearer <this token>`,
@@ -165,8 +195,9 @@ impl AdminToken {
         let Some((scheme, token)) = value.split_at_checked(7) else {
             return false;
         };
-        scheme.eq_ignore_ascii_case(b"bearer ")
-            && aws_lc_rs::constant_time::verify_slices_are_equal(token.trim_ascii(), &self.0)
+        !self.revoked.load(std::sync::atomic::Ordering::Relaxed)
+            && scheme.eq_ignore_ascii_case(b"bearer ")
+            && aws_lc_rs::constant_time::verify_slices_are_equal(token.trim_ascii(), &self.token)
                 .is_ok()
     }
 }

@@ -289,6 +289,13 @@ impl Reloader {
             })
             .and_then(|built| commit().map(|()| built));
         self.metrics.reload(built.is_ok());
+        // Whatever else was wrong, a revoked admin token stops now.
+        if built.is_err()
+            && file_reload
+            && let Some(token) = running.admin_token()
+        {
+            token.revoke_unless_still_in_its_file();
+        }
         if let Err(ReloadError::Start { error, .. }) = &built
             && error.is_stale_crl()
         {
