@@ -181,10 +181,10 @@ async fn a_real_log_verifies_and_its_records_prove_offline() {
         "--out",
         path(&bundle),
     ]);
-    // Never over a file that is there: the log's own database least of
-    // all.
+    // Never over a file that is not a proof: the log's own database least
+    // of all.
     let database = data.join("exchange-log.sqlite");
-    for existing in [&bundle, &database] {
+    for existing in [&database, &data.join("log-key.pub")] {
         let refused = fails(&[
             "audit",
             "prove",
@@ -195,7 +195,7 @@ async fn a_real_log_verifies_and_its_records_prove_offline() {
             "--out",
             path(existing),
         ]);
-        assert!(refused.contains("already exists"), "{refused}");
+        assert!(refused.contains("is not a proof bundle"), "{refused}");
     }
     let header = std::fs::read(&database).unwrap();
     assert!(

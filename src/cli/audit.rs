@@ -735,14 +735,19 @@ fn prove(
     let text = verify::bundles_to_json(&bundles);
     match out {
         Some(out) => {
-            // Never over a file that is there (the log's own database, an
-            // earlier proof): a proof goes to a new file, whole or not at
+            // Never over a file that is anything but an earlier proof (the
+            // log's own database, a link): a proof goes in whole or not at
             // all.
-            if std::fs::symlink_metadata(out).is_ok() {
-                bail!(
-                    "{}: already exists; proofs are written to a new file",
-                    out.display()
-                );
+            if let Ok(there) = std::fs::symlink_metadata(out) {
+                let earlier_proof = there.is_file()
+                    && std::fs::read_to_string(out)
+                        .is_ok_and(|text| ProofBundle::parse_all(&text).is_ok());
+                if !earlier_proof {
+                    bail!(
+                        "{}: already exists and is not a proof bundle; name a new file",
+                        out.display()
+                    );
+                }
             }
             govbridge::keys::write_file(out, text.as_bytes(), 0o644)
                 .with_context(|| format!("{}: cannot write", out.display()))?;
