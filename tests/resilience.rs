@@ -297,6 +297,9 @@ async fn an_answer_ending_without_a_status_is_not_taken_for_a_success() {
             "{answer}"
         );
     }
+    // Each is the gateway's failure, counted for the alerts that watch it.
+    let failed = "govbridge_refusals_total{kind=\"upstream-failed\"}";
+    assert_eq!(support::metric(bed.admin, failed).await, 3.0);
 }
 
 #[tokio::test]

@@ -675,18 +675,31 @@ struct Relay {
     consent: Option<AnswerHold>,
 }
 
-/// The gateway's status for an answer that ended without one (no
+/// The gateway's failure for an answer that ended without a status (no
 /// trailers, or none with a `grpc-status`): the caller must not take it
 /// for a whole one (a client reads HTTP 200 without a status as `OK`).
-fn no_status(provider: &MemberId) -> http::HeaderMap {
+fn no_status(provider: &MemberId) -> GatewayError {
     GatewayError::UpstreamFailed {
         provider: provider.clone(),
         detail: "the answer ended without a gRPC status".to_owned(),
     }
-    .into_trailers()
 }
 
 impl Relay {
+    /// The trailers of the gateway's own `error`, ending the answer: counted
+    /// in `govbridge_refusals_total` as a refusal before the answer is
+    /// (`call/refuse.rs`).
+    fn own(&self, error: GatewayError) -> http::HeaderMap {
+        let summary = self
+            .counted
+            .as_ref()
+            .or_else(|| Some(&self.audit.as_ref()?.settle.as_ref()?.0));
+        if let Some(summary) = summary {
+            summary.metrics.refusal(error.kind());
+        }
+        self.origin.own(error.into_trailers())
+    }
+
     /// Counts the call as ended with `trailers`: with the exchange log on,
     /// once its outcome is durable (refused for want of it, a caller given
     /// no message learnt nothing, and its consent's use is given back);
@@ -1011,10 +1024,12 @@ fn release(audit: &mut Audit, cx: &mut Context<'_>) -> Polled {
             // success to the caller.
             let error = GatewayError::OutcomeUnrecorded(error.to_string());
             tracing::error!(%error, detail = error.detail().unwrap_or_default(), "call outcome not logged");
+            let kind = error.kind();
             let trailers = error.into_trailers();
             // A JSON answer given whole goes with it: the caller had
             // nothing, and the consent's use is given back.
             if let Some((counted, _)) = settle {
+                counted.metrics.refusal(kind);
                 counted.finish(Ending::Trailers(&trailers));
             }
             Some(Ok(Frame::trailers(trailers)))
@@ -1275,7 +1290,7 @@ impl Body for ResponseBody {
         if std::mem::take(&mut upstream.expired) {
             drop(upstream);
             let error = GatewayError::DeadlineExceeded(relay.budget);
-            let trailers = relay.origin.own(error.into_trailers());
+            let trailers = relay.own(error);
             relay.count_end(&trailers);
             return end(&mut relay.audit, trailers, cx);
         }
@@ -1284,10 +1299,10 @@ impl Body for ResponseBody {
                 return Poll::Ready(None);
             };
             if let Some(error) = this.json.as_mut().and_then(|json| json.failed.take()) {
-                break relay.origin.own(error.into_trailers());
+                break relay.own(error);
             }
             if let Some(error) = relay.consent.as_mut().and_then(|hold| hold.refused.take()) {
-                break relay.origin.own(error.into_trailers());
+                break relay.own(error);
             }
             let frame = match Pin::new(stream).poll_frame(cx) {
                 Poll::Ready(frame) => frame,
@@ -1314,7 +1329,7 @@ impl Body for ResponseBody {
                                 .origin
                                 .own(GatewayError::from(refusal).into_trailers())
                         } else if !trailers.contains_key("grpc-status") {
-                            relay.origin.own(no_status(&relay.provider))
+                            relay.own(no_status(&relay.provider))
                         } else {
                             trailers
                         }
@@ -1345,7 +1360,7 @@ impl Body for ResponseBody {
                                         return Poll::Ready(Some(Ok(Frame::data(lines))));
                                     }
                                     Err(error) => {
-                                        break relay.origin.own(error.into_trailers());
+                                        break relay.own(error);
                                     }
                                 }
                             }
@@ -1356,7 +1371,7 @@ impl Body for ResponseBody {
                         return Poll::Ready(Some(Ok(frame)));
                     }
                 },
-                None => relay.origin.own(no_status(&relay.provider)),
+                None => relay.own(no_status(&relay.provider)),
                 // The request side may have failed on purpose first.
                 Some(Err(error)) => {
                     let error =
@@ -1366,7 +1381,7 @@ impl Body for ResponseBody {
                                 provider: relay.provider.clone(),
                                 detail: error.to_string(),
                             });
-                    relay.origin.own(error.into_trailers())
+                    relay.own(error)
                 }
             };
         };
@@ -1380,7 +1395,7 @@ impl Body for ResponseBody {
         if let Some(json) = this.json.as_mut() {
             match json.end(&trailers) {
                 Ok(json) => given = json,
-                Err(error) => instead(&mut trailers, relay.origin.own(error.into_trailers())),
+                Err(error) => instead(&mut trailers, relay.own(error)),
             }
         }
         let Some(given) = given else {
