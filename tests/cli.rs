@@ -264,6 +264,27 @@ fn policy_check_explain_and_test() {
         text(&output)
     );
 
+    // A table that tests nothing fails; a case's mistake is named at its
+    // line.
+    let table = |name: &str, cases: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, cases).unwrap();
+        let output = govbridge(&["policy", "test", "--config", config, file.to_str().unwrap()]);
+        assert!(!output.status.success(), "{}", text(&output));
+        text(&output)
+    };
+    let said = table("empty.toml", "case = []\n");
+    assert!(said.contains("empty.toml: no cases"), "{said}");
+    let said = table(
+        "late.toml",
+        "# A case at a time no day has.\n[[case]]\nname = \"late\"\nclient = \"SN/COM/CBAO/kyc\"\n\
+         method = \"/govbridge.civilregistry.v1.CivilRegistry/GetPerson\"\nhour = 200\nexpect = \"deny\"\n",
+    );
+    assert!(
+        said.contains("late.toml:2: case \"late\": hour 200"),
+        "{said}"
+    );
+
     // A broken policy stops everything with Cedar's message and position.
     let policy = dir.path().join("policies/tax.cedar");
     let source = std::fs::read_to_string(&policy).unwrap();

@@ -27,7 +27,7 @@ use crate::identity::MemberId;
 #[serde(deny_unknown_fields)]
 struct CaseFile {
     #[serde(rename = "case")]
-    cases: Vec<Case>,
+    cases: Vec<toml::Spanned<Case>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -91,16 +91,36 @@ pub fn run(engine: &PolicyEngine, path: &Path, text: &str) -> Result<Vec<CaseOut
             None => format!("{}: {}", path.display(), e.message().trim()),
         }
     })?;
+    // A table that tests nothing must not pass a check that relies on it.
+    if file.cases.is_empty() {
+        return Err(format!(
+            "{}: no cases: a decision table has at least one [[case]]",
+            path.display()
+        ));
+    }
     file.cases
         .iter()
-        .map(|case| {
-            run_case(engine, case)
-                .map_err(|message| format!("{}: case \"{}\": {message}", path.display(), case.name))
+        .map(|spanned| {
+            let case = spanned.get_ref();
+            let line = text[..spanned.span().start.min(text.len())]
+                .matches('\n')
+                .count()
+                + 1;
+            run_case(engine, case).map_err(|message| {
+                format!(
+                    "{}:{line}: case \"{}\": {message}",
+                    path.display(),
+                    case.name
+                )
+            })
         })
         .collect()
 }
 
 fn run_case(engine: &PolicyEngine, case: &Case) -> Result<CaseOutcome, String> {
+    if case.hour > 23 {
+        return Err(format!("hour {}: an hour of the day, 0 to 23", case.hour));
+    }
     let client = MemberId::parse(&case.client).map_err(|e| format!("client: {e}"))?;
     let providers = engine
         .methods()
