@@ -444,36 +444,48 @@ async fn busy_connections_make_room_for_more() {
     );
 }
 
+/// A call to the civil registry that takes a second, once it is in
+/// flight.
+async fn call_in_flight(bed: &Bed) -> tokio::task::JoinHandle<Result<(), tonic::Status>> {
+    let mut client = CivilRegistryClient::new(bed.client("treasury").await);
+    let request = with_header(
+        declared(verify_identity_of(bed, 0), "BENEFIT-PAYMENT"),
+        "govbridge-fault",
+        "delay=1s",
+    );
+    let call = tokio::spawn(async move { client.verify_identity(request).await.map(drop) });
+    eventually("the call is in flight", || async {
+        endpoints(bed, "govbridge_upstream_endpoint_outstanding").await == [1]
+    })
+    .await;
+    call
+}
+
+/// After a reload: the new configuration's pool is the same endpoint,
+/// its one connection and `call` included, and the call succeeds.
+async fn kept_with_its_call(bed: &Bed, call: tokio::task::JoinHandle<Result<(), tonic::Status>>) {
+    assert_eq!(
+        endpoints(bed, "govbridge_upstream_endpoint_outstanding").await,
+        [1]
+    );
+    verify(bed, &[]).await.unwrap();
+    assert_eq!(
+        endpoints(bed, "govbridge_upstream_endpoint_connections").await,
+        [1]
+    );
+    call.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn a_reload_keeps_backend_connections_and_their_calls() {
     let bed = Bed::builder()
         .upstream("health_check_interval", "\"0s\"")
         .start()
         .await;
-    let mut client = CivilRegistryClient::new(bed.client("treasury").await);
-    let request = with_header(
-        declared(verify_identity_of(&bed, 0), "BENEFIT-PAYMENT"),
-        "govbridge-fault",
-        "delay=1s",
-    );
-    let call = tokio::spawn(async move { client.verify_identity(request).await });
-    eventually("the call is in flight", || async {
-        endpoints(&bed, "govbridge_upstream_endpoint_outstanding").await == [1]
-    })
-    .await;
+    let call = call_in_flight(&bed).await;
 
     bed.reloader.reload().unwrap();
-    // The new configuration's pool is the same endpoint, call included.
-    assert_eq!(
-        endpoints(&bed, "govbridge_upstream_endpoint_outstanding").await,
-        [1]
-    );
-    verify(&bed, &[]).await.unwrap();
-    assert_eq!(
-        endpoints(&bed, "govbridge_upstream_endpoint_connections").await,
-        [1]
-    );
-    call.await.unwrap().unwrap();
+    kept_with_its_call(&bed, call).await;
 }
 
 /// The backends' CA moved to another file, the same certificates in it
@@ -485,17 +497,7 @@ async fn a_reload_with_the_same_upstream_ca_elsewhere_keeps_backend_connections(
         .upstream("health_check_interval", "\"0s\"")
         .start()
         .await;
-    let mut client = CivilRegistryClient::new(bed.client("treasury").await);
-    let request = with_header(
-        declared(verify_identity_of(&bed, 0), "BENEFIT-PAYMENT"),
-        "govbridge-fault",
-        "delay=1s",
-    );
-    let call = tokio::spawn(async move { client.verify_identity(request).await });
-    eventually("the call is in flight", || async {
-        endpoints(&bed, "govbridge_upstream_endpoint_outstanding").await == [1]
-    })
-    .await;
+    let call = call_in_flight(&bed).await;
 
     let config_file = bed.dir().join("govbridge.toml");
     let config = std::fs::read_to_string(&config_file).unwrap();
@@ -516,17 +518,7 @@ async fn a_reload_with_the_same_upstream_ca_elsewhere_keeps_backend_connections(
     std::fs::write(&config_file, moved).unwrap();
     bed.reloader.reload().unwrap();
 
-    // The new configuration's pool is the same endpoint, call included.
-    assert_eq!(
-        endpoints(&bed, "govbridge_upstream_endpoint_outstanding").await,
-        [1]
-    );
-    verify(&bed, &[]).await.unwrap();
-    assert_eq!(
-        endpoints(&bed, "govbridge_upstream_endpoint_connections").await,
-        [1]
-    );
-    call.await.unwrap().unwrap();
+    kept_with_its_call(&bed, call).await;
 }
 
 #[tokio::test]
