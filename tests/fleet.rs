@@ -1150,6 +1150,32 @@ async fn the_fleet_keeps_one_log_and_one_data_tracker() {
     // An auditor's copy: verified, and a proof checks with the key alone.
     let copy = bed.dir().join("auditor-copy");
     pull_until(&bed, &copy, 2 * answered.len()).await;
+    // Not into another log's copy, whose key stays as it was.
+    let other = bed.dir().join("another-log");
+    std::fs::create_dir_all(&other).unwrap();
+    let other_key = other.join("log-key.pub");
+    let stranger = govbridge::exchange_log::note::SigningKey::generate("elsewhere/log").unwrap();
+    std::fs::write(&other_key, format!("{}\n", stranger.verifier())).unwrap();
+    let refused = support::govbridge(&[
+        "audit",
+        "pull",
+        "--config",
+        bed.dir().join("node-0.toml").to_str().unwrap(),
+        "--data",
+        other.to_str().unwrap(),
+        "--key",
+        bed.dir().join("fleet-log-key.pub").to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        support::text(&refused).contains("holds the copy of another log"),
+        "{}",
+        support::text(&refused)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&other_key).unwrap(),
+        format!("{}\n", stranger.verifier())
+    );
     let key = bed.dir().join("fleet-log-key.pub");
     let (copy_dir, key) = (copy.to_str().unwrap(), key.to_str().unwrap());
     let verified = audit(&["verify", "--data", copy_dir, "--key", key]);

@@ -474,6 +474,18 @@ impl FleetCopy {
             );
         };
         let verifier = load_verifier(&loaded.exchange_log.data_dir, key)?;
+        // A directory holding another log's copy (its key is not this
+        // fleet's) is not written over, its key least of all.
+        let key_file = data.join(VERIFIER_FILE);
+        if let Ok(held) = std::fs::read_to_string(&key_file)
+            && held.trim() != verifier.to_string()
+        {
+            bail!(
+                "{}: this directory holds the copy of another log (its key is not the \
+                 fleet's); pull into a new directory or that log's copy",
+                key_file.display()
+            );
+        }
         {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
@@ -489,11 +501,8 @@ impl FleetCopy {
         let database = runtime.block_on(govbridge::database::Database::open(&store))?;
         let reader =
             govbridge::exchange_log::fleet::FleetReader::new(database, runtime.handle().clone());
-        govbridge::keys::write_file(
-            &data.join(VERIFIER_FILE),
-            format!("{verifier}\n").as_bytes(),
-            0o644,
-        )?;
+        govbridge::keys::write_file(&key_file, format!("{verifier}\n").as_bytes(), 0o644)
+            .with_context(|| format!("writing {}", key_file.display()))?;
         Ok(Self {
             _runtime: runtime,
             reader,
