@@ -191,6 +191,7 @@ enum PolicyCommand {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    quiet_on_a_closed_pipe();
     let cli = Cli::parse();
     match run(cli.command, cli.log_format) {
         Ok(()) => ExitCode::SUCCESS,
@@ -199,6 +200,26 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A command whose output is piped into a reader that stops early
+/// (`govbridge policy check | head -1`) ends there, quietly, as a Unix
+/// tool killed by SIGPIPE would (status 141), instead of reporting its
+/// `println!` failing as a panic. Any other panic is reported as before.
+fn quiet_on_a_closed_pipe() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        report(info);
+    }));
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`), and exports

@@ -482,3 +482,27 @@ fn a_world_readable_private_key_is_refused_at_load() {
     let output = check();
     assert!(output.status.success(), "{}", text(&output));
 }
+
+/// Output piped into a reader that stops early (`| head -1`) ends the
+/// command quietly, as SIGPIPE ends a Unix tool, not with a panic.
+#[test]
+fn a_reader_that_stops_early_ends_a_command_quietly() {
+    let dir = dev_setup();
+    let config = dir.path().join("govbridge.toml");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_govbridge"))
+        .args(["policy", "check", "--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader is gone before the command writes a line.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        matches!(output.status.code(), Some(0 | 141)),
+        "{:?}: {stderr}",
+        output.status
+    );
+}
