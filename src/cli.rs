@@ -193,19 +193,30 @@ enum PolicyCommand {
 pub fn main() -> ExitCode {
     quiet_on_a_closed_pipe();
     let cli = Cli::parse();
-    match run(cli.command, cli.log_format) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run(cli.command, cli.log_format)
+    }));
+    match ran {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(error)) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+        // Unwound, what the command started stopped on the way (a
+        // benchmark's processes): ended as SIGPIPE ends a Unix tool.
+        Err(_) if CLOSED_PIPE.load(std::sync::atomic::Ordering::Relaxed) => ExitCode::from(141),
+        Err(panic) => std::panic::resume_unwind(panic),
     }
 }
 
+/// Set once printing to standard output failed for want of a reader.
+static CLOSED_PIPE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// A command whose output is piped into a reader that stops early
 /// (`govbridge policy check | head -1`) ends there, quietly, as a Unix
-/// tool killed by SIGPIPE would (status 141), instead of reporting its
-/// `println!` failing as a panic. Any other panic is reported as before.
+/// tool killed by SIGPIPE would (status 141, once unwound: see [`main`]),
+/// instead of reporting its `println!` failing as a panic. Any other
+/// panic is reported as before.
 fn quiet_on_a_closed_pipe() {
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -216,7 +227,8 @@ fn quiet_on_a_closed_pipe() {
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or_default();
         if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
-            std::process::exit(141);
+            CLOSED_PIPE.store(true, std::sync::atomic::Ordering::Relaxed);
+            return;
         }
         report(info);
     }));
