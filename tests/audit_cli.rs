@@ -171,30 +171,28 @@ async fn a_real_log_verifies_and_its_records_prove_offline() {
     // alone.
     let scratch = tempfile::tempdir().unwrap();
     let bundle = scratch.path().join("proof.json");
-    ok(&[
-        "audit",
-        "prove",
-        "--data",
-        path(&data),
-        "--request-id",
-        &allowed,
-        "--out",
-        path(&bundle),
-    ]);
+    // What the proof of the allowed call goes into `out` says, once it
+    // succeeded (or failed, as `written` says).
+    let prove_into = |out: &Path, written: bool| {
+        let (data, out) = (path(&data), path(out));
+        let args = [
+            "audit",
+            "prove",
+            "--data",
+            data,
+            "--request-id",
+            &allowed,
+            "--out",
+            out,
+        ];
+        if written { ok(&args) } else { fails(&args) }
+    };
+    prove_into(&bundle, true);
     // Never over a file that is not a proof: the log's own database least
     // of all.
     let database = data.join("exchange-log.sqlite");
     for existing in [&database, &data.join("log-key.pub")] {
-        let refused = fails(&[
-            "audit",
-            "prove",
-            "--data",
-            path(&data),
-            "--request-id",
-            &allowed,
-            "--out",
-            path(existing),
-        ]);
+        let refused = prove_into(existing, false);
         assert!(refused.contains("is not a proof bundle"), "{refused}");
     }
     let header = std::fs::read(&database).unwrap();

@@ -188,6 +188,19 @@ async fn revoke(bed: &Bed, nin: &str, consent: &ConsentRecord) {
     );
 }
 
+/// The last record the exchange log holds of call `request_id`: its
+/// outcome.
+fn outcome_of(bed: &Bed, request_id: &str) -> govbridge::proto::audit::v1::ExchangeRecord {
+    Store::open_read_only(bed.exchange_log().dir())
+        .unwrap()
+        .records_of_request(request_id)
+        .unwrap()
+        .pop()
+        .unwrap()
+        .decode()
+        .unwrap()
+}
+
 /// The refusal's code and `bridge-error`.
 async fn refused(bed: &Bed, nin: &str, artefact: Option<&str>) -> (Code, String) {
     let status = clearance(bed, nin, artefact).await.unwrap_err();
@@ -421,14 +434,7 @@ async fn a_stream_is_refused_at_the_first_message_naming_someone_else() {
         denied("consent-subject-mismatch"),
         "{status:?}"
     );
-    let outcome = Store::open_read_only(bed.exchange_log().dir())
-        .unwrap()
-        .records_of_request(&request_id)
-        .unwrap()
-        .pop()
-        .unwrap()
-        .decode()
-        .unwrap();
+    let outcome = outcome_of(&bed, &request_id);
     assert_eq!(outcome.grpc_status, Code::PermissionDenied as i32);
     assert_eq!(outcome.error_kind, "consent-subject-mismatch");
     assert_eq!(outcome.subject, a);
@@ -1272,14 +1278,7 @@ async fn a_streamed_answer_ends_at_its_first_message_after_a_revocation() {
         "{status:?}"
     );
     drop(asking);
-    let outcome = Store::open_read_only(bed.exchange_log().dir())
-        .unwrap()
-        .records_of_request(&request_id)
-        .unwrap()
-        .pop()
-        .unwrap()
-        .decode()
-        .unwrap();
+    let outcome = outcome_of(&bed, &request_id);
     assert_eq!(
         (outcome.grpc_status, outcome.error_kind.as_str()),
         (Code::PermissionDenied as i32, "consent-revoked")
@@ -1331,13 +1330,7 @@ async fn a_status_after_a_revocation_is_refused() {
         denied("consent-revoked"),
         "{status:?}"
     );
-    let records = bed.sandbox.exchange_log().records().unwrap();
-    let outcome = records
-        .iter()
-        .rev()
-        .map(|logged| &logged.record)
-        .find(|record| record.method == INCOME)
-        .unwrap();
+    let outcome = outcome_of(&bed, &support::request_id_of(status.metadata()));
     assert_eq!(
         (outcome.grpc_status, outcome.error_kind.as_str()),
         (Code::PermissionDenied as i32, "consent-revoked")

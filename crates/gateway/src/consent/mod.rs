@@ -482,10 +482,10 @@ impl ConsentLedger {
     }
 }
 
-/// A call's consent as it stands, checked again before each message of
-/// the call after its first, in either direction: once the citizen
-/// revokes or pauses it, its feed goes quiet or its artefact expires, the
-/// call goes no further.
+/// A call's consent as it stands, checked again before each later message
+/// of its request, and before its answer's headers, each message and its
+/// status: once the citizen revokes or pauses it, its feed goes quiet or
+/// its artefact expires, the call goes no further.
 #[derive(Debug, Clone)]
 pub struct ConsentHold {
     ledger: Arc<ConsentLedger>,
