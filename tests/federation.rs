@@ -840,6 +840,43 @@ async fn a_partner_is_learned_from_its_signed_global_configuration() {
     assert_eq!(std::fs::read_to_string(&global).unwrap(), after);
     assert!(publication.join("federation/AZ/v2/ca.pem").exists());
     assert!(!publication.join("federation/AZ/v3").exists());
+    // Version 4 publishes no log key: learning it to witness Azerbaijan's
+    // log is refused, and no version 4 is left behind to count as learned.
+    let global_toml = az_publication.join("global.toml");
+    let unkeyed: String = std::fs::read_to_string(&global_toml)
+        .unwrap()
+        .lines()
+        .filter(|line| !line.starts_with("log_key"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(&global_toml, unkeyed).unwrap();
+    let fourth = govbridge::global::Bundle::build(
+        &az_publication,
+        "AZ",
+        4,
+        std::time::Duration::from_secs(86_400),
+        &directory_key,
+    )
+    .unwrap();
+    let fourth_path = keys.path().join("az-version-4.json");
+    std::fs::write(&fourth_path, fourth.to_json()).unwrap();
+    let (ok, text) = run(&[
+        "directory",
+        "learn",
+        "--partner",
+        "AZ",
+        "--from",
+        fourth_path.to_str().unwrap(),
+        "--key",
+        az_key.to_str().unwrap(),
+        "--config",
+        global.to_str().unwrap(),
+        "--witness",
+    ]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("publishes no log key"), "{text}");
+    assert_eq!(std::fs::read_to_string(&global).unwrap(), after);
+    assert!(!publication.join("federation/AZ/v4").exists());
 
     // Or each gateway follows Azerbaijan's directory itself: the
     // publication names where, and under which key, only.

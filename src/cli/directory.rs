@@ -432,33 +432,47 @@ fn learn(learning: &Learning<'_>) -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)?;
     let bytes_of = |path: &str| bundle.files.get(path).map_or(&[][..], Vec::as_slice);
 
+    if learning.witness && learned.log_key.is_none() {
+        bail!("--witness: {partner}'s configuration publishes no log key ([instance] log_key)");
+    }
+
     // Its files, then its section. Each version's files in a directory of
     // their own: the section in place keeps naming whole, unchanged files
     // until the new one replaces it.
     let version_dir = format!("v{}", bundle.manifest.version);
     let files = Path::new("federation").join(partner).join(&version_dir);
     let fresh = !dir.join(&files).exists();
+    // A version directory this run made goes with it whatever fails:
+    // left, it would count as learned (`learned_version`), a floor no
+    // configuration names.
+    let unwritten = |error: anyhow::Error| {
+        if fresh {
+            let _ = std::fs::remove_dir_all(dir.join(&files));
+        }
+        error
+    };
     let write = |name: &str, bytes: &[u8]| {
         let path = dir.join(&files).join(name);
         govbridge::keys::write_file(&path, bytes, 0o644)
             .with_context(|| format!("writing {}", path.display()))?;
         anyhow::Ok(files.join(name).display().to_string())
     };
-    let ca = write("ca.pem", bytes_of(&learned.ca))?;
-    let crls = learned
-        .crls
-        .iter()
-        .enumerate()
-        .map(|(index, crl)| write(&format!("crl-{index}.pem"), bytes_of(crl)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let key = write("federation.pub", bytes_of(&learned.federation_key))?;
-    let log_key = match (&learned.log_key, learning.witness) {
-        (Some(log_key), true) => Some(write("log-key.pub", bytes_of(log_key))?),
-        (None, true) => {
-            bail!("--witness: {partner}'s configuration publishes no log key ([instance] log_key)")
-        }
-        (_, false) => None,
-    };
+    let written = (|| {
+        let ca = write("ca.pem", bytes_of(&learned.ca))?;
+        let crls = learned
+            .crls
+            .iter()
+            .enumerate()
+            .map(|(index, crl)| write(&format!("crl-{index}.pem"), bytes_of(crl)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let key = write("federation.pub", bytes_of(&learned.federation_key))?;
+        let log_key = match &learned.log_key {
+            Some(log_key) if learning.witness => Some(write("log-key.pub", bytes_of(log_key))?),
+            _ => None,
+        };
+        anyhow::Ok((ca, crls, key, log_key))
+    })();
+    let (ca, crls, key, log_key) = written.map_err(unwritten)?;
     let quote = |text: &str| toml::Value::String(text.to_owned()).to_string();
     let list = |items: &[String]| {
         let quoted: Vec<String> = items.iter().map(|item| quote(item)).collect();
@@ -493,10 +507,12 @@ fn learn(learning: &Learning<'_>) -> anyhow::Result<()> {
     block.push('\n');
 
     let config = learning.config;
-    let before =
-        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
-    let after =
-        with_block(&before, partner, &block).with_context(|| format!("{}", config.display()))?;
+    let after = std::fs::read_to_string(config)
+        .with_context(|| format!("reading {}", config.display()))
+        .and_then(|before| {
+            with_block(&before, partner, &block).with_context(|| format!("{}", config.display()))
+        })
+        .map_err(unwritten)?;
     // Checked beside the file (its relative paths resolve the same), as
     // the gateway will load it, the partner's CA read (not only named),
     // then renamed over it: a gateway watching the file never sees a
@@ -508,7 +524,7 @@ fn learn(learning: &Learning<'_>) -> anyhow::Result<()> {
     let trial = config.with_file_name(format!(".{name}.learning-{}", std::process::id()));
     // The file keeps its mode: a gateway's may hold the fleet database's
     // password (`[store] url`), readable by its owner only.
-    let mode = file_mode(config)?;
+    let mode = file_mode(config).map_err(unwritten)?;
     let checked: anyhow::Result<()> = govbridge::keys::write_file(&trial, after.as_bytes(), mode)
         .with_context(|| format!("writing {}", trial.display()))
         .and_then(|()| {
@@ -541,10 +557,7 @@ fn learn(learning: &Learning<'_>) -> anyhow::Result<()> {
         });
     if let Err(error) = checked {
         let _ = std::fs::remove_file(&trial);
-        if fresh {
-            let _ = std::fs::remove_dir_all(dir.join(&files));
-        }
-        return Err(error.context(format!("{}: left as it was", config.display())));
+        return Err(unwritten(error).context(format!("{}: left as it was", config.display())));
     }
     // The versions learned before are no longer named.
     for entry in std::fs::read_dir(&learned_dir)
