@@ -1218,6 +1218,26 @@ async fn a_gateway_follows_its_partners_own_directory() {
     .await;
     company_through(&bed, gateway.address, &voen).await.unwrap();
 
+    // The operator moves the data directory in the file (that takes
+    // effect at restart) while Azerbaijan's directory serves version 1
+    // again: a reload keeps Azerbaijan's cache where the gateway started,
+    // and with it the floor that refuses version 1.
+    std::fs::copy(&older, &bundle).unwrap();
+    let replayed = support::metric(gateway.admin, &refused_as("replayed")).await;
+    let written = std::fs::read_to_string(&config).unwrap();
+    let moved = written.replace("data_dir = \"sn-data\"", "data_dir = \"sn-data-moved\"");
+    assert_ne!(moved, written);
+    std::fs::write(&config, moved).unwrap();
+    let (code, body) = support::operator_request(gateway.admin, "POST", "/reload").await;
+    assert_eq!(code, 200, "{body}");
+    until("version 1 is refused again", || async {
+        support::metric(gateway.admin, &refused_as("replayed")).await > replayed
+    })
+    .await;
+    assert_eq!(support::metric(gateway.admin, version).await, 4.0);
+    company_through(&bed, gateway.address, &voen).await.unwrap();
+    std::fs::write(&config, written).unwrap();
+
     // Restarted with Azerbaijan's directory gone, the gateway runs the
     // version in its cache.
     drop(gateway);

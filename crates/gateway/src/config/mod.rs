@@ -721,7 +721,7 @@ impl Config {
             text,
             Staged {
                 global: staged,
-                partner: None,
+                ..Staged::default()
             },
         )
     }
@@ -779,34 +779,49 @@ impl Config {
     /// bundles.
     pub fn followed_of_file(
         path: &Path,
-        staged: Option<&crate::global::cache::Installed>,
+        staged: Staged<'_>,
     ) -> Result<Vec<FollowedPartner>, ConfigError> {
         let text = read(path)?;
         raw::followed_of(path, &text, staged)
     }
 }
 
-/// Bundles fetched, checked and written into their cache but not yet in
-/// use, which a load takes in place of the ones in use: the instance's
-/// global configuration, or a followed partner's.
+/// What a load takes in place of what the file and the caches say:
+/// bundles fetched, checked and written into their cache but not yet in
+/// use (the instance's global configuration, or a followed partner's),
+/// and the data directory of a gateway that runs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Staged<'a> {
     pub global: Option<&'a crate::global::cache::Installed>,
     pub partner: Option<&'a crate::global::cache::Installed>,
+    /// The data directory the running gateway started with, where its
+    /// followed partners' caches stay: `data_dir` changed in the file
+    /// takes effect at restart, and a reload that read the caches from
+    /// the new one would find none, and no floor against an older
+    /// version.
+    pub data_dir: Option<&'a Path>,
 }
 
 impl<'a> Staged<'a> {
     pub fn global(installed: &'a crate::global::cache::Installed) -> Self {
         Self {
             global: Some(installed),
-            partner: None,
+            ..Self::default()
         }
     }
 
     pub fn partner(installed: &'a crate::global::cache::Installed) -> Self {
         Self {
-            global: None,
             partner: Some(installed),
+            ..Self::default()
+        }
+    }
+
+    /// The same, in a gateway that started with `data_dir`.
+    pub fn running_in(self, data_dir: &'a Path) -> Self {
+        Self {
+            data_dir: Some(data_dir),
+            ..self
         }
     }
 }

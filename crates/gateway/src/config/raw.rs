@@ -462,7 +462,9 @@ pub(super) fn parse(
 ) -> Result<Config, ConfigError> {
     let source = Source::new(path, text);
     let mut raw: RawConfig = source.deserialize()?;
-    let data_dir = data_dir_of(&source, &raw);
+    let data_dir = staged
+        .data_dir
+        .map_or_else(|| data_dir_of(&source, &raw), Path::to_owned);
     let partners = Partners {
         data_dir: &data_dir,
         staged: staged.partner,
@@ -593,16 +595,18 @@ struct Partners<'a> {
 }
 
 /// The `[federation."XX"]` sections of the gateway file `text` (or of the
-/// global configuration `staged`, or the one in use, with `[directory]`)
-/// that follow a partner's directory.
+/// global configuration `staged.global`, or the one in use, with
+/// `[directory]`) that follow a partner's directory.
 pub(super) fn followed_of(
     path: &Path,
     text: &str,
-    staged: Option<&crate::global::cache::Installed>,
+    staged: super::Staged<'_>,
 ) -> Result<Vec<super::FollowedPartner>, ConfigError> {
     let source = Source::new(path, text);
     let mut raw: RawConfig = source.deserialize()?;
-    let data_dir = data_dir_of(&source, &raw);
+    let data_dir = staged
+        .data_dir
+        .map_or_else(|| data_dir_of(&source, &raw), Path::to_owned);
     let followed_in = |shared: &Source<'_>, federation: &BTreeMap<Spanned<String>, RawPartner>| {
         federation
             .iter()
@@ -614,7 +618,7 @@ pub(super) fn followed_of(
         return followed_in(&source, &raw.federation);
     };
     let directory = validate_directory(&source, &directory, &raw)?;
-    let installed = match staged {
+    let installed = match staged.global {
         Some(staged) => Some(staged.clone()),
         None => crate::global::cache::Cache::new(&directory.cache)
             .current(&directory.verifier)

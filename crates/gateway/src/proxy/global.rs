@@ -244,12 +244,15 @@ async fn stage_partner(
 /// loads and builds with it. Out of reach, or giving a version that
 /// cannot run, a partner keeps its cached version, or stays not learned
 /// ([`Prepared::NotLearned`]): its calls are refused, nothing else is.
+///
+/// `staging`: the global configuration about to be applied, if any, and
+/// the data directory of a gateway that runs (its partners' caches).
 pub(super) async fn learn_partners(
     path: &Path,
-    global: Option<&crate::global::cache::Installed>,
+    staging: Staged<'_>,
     refresh: bool,
 ) -> Result<Vec<(String, Prepared)>, String> {
-    let followed = Config::followed_of_file(path, global).map_err(|error| error.to_string())?;
+    let followed = Config::followed_of_file(path, staging).map_err(|error| error.to_string())?;
     let mut learned = Vec::new();
     // The partners to ask, each with whether it has a version cached.
     let mut asking = Vec::new();
@@ -312,7 +315,8 @@ pub(super) async fn learn_partners(
             Ok(None) => Prepared::Current,
             Ok(Some(staged)) => {
                 let (path, version) = (path.to_owned(), staged.manifest.version);
-                let global = global.cloned();
+                let global = staging.global.cloned();
+                let data_dir = staging.data_dir.map(Path::to_owned);
                 let checked = tokio::task::spawn_blocking(move || {
                     // The whole configuration, with it (and with the
                     // global configuration about to be applied, if any):
@@ -321,6 +325,7 @@ pub(super) async fn learn_partners(
                     let staging = Staged {
                         global: global.as_ref(),
                         partner: Some(&staged),
+                        data_dir: data_dir.as_deref(),
                     };
                     let config =
                         Config::load_with(&path, staging).map_err(|error| error.to_string())?;
@@ -428,7 +433,7 @@ impl Preparation {
 /// directory.
 pub async fn prepare(path: &Path) -> Result<Preparation, String> {
     let global = prepare_global(path).await?;
-    let partners = learn_partners(path, None, true).await?;
+    let partners = learn_partners(path, Staged::default(), true).await?;
     Ok(Preparation { global, partners })
 }
 
@@ -443,7 +448,7 @@ async fn prepare_global(path: &Path) -> Result<Prepared, String> {
     let fetched = match fetch_newer(&mut Source::new(&directory)).await {
         Ok(Some(staged)) => {
             // The partners it follows first: the load needs them.
-            if let Err(error) = learn_partners(path, Some(&staged), false).await {
+            if let Err(error) = learn_partners(path, Staged::global(&staged), false).await {
                 return if has_one {
                     Ok(Prepared::FromCache { why: error })
                 } else {
@@ -512,7 +517,9 @@ impl Reloader {
                 // A partner it follows that this gateway has not learned
                 // yet: its configuration first (without it, its calls are
                 // refused until the partner's poll has it).
-                if let Err(error) = learn_partners(&self.source, Some(&staged), false).await {
+                let data_dir = self.data_dir();
+                let staging = Staged::global(&staged).running_in(&data_dir);
+                if let Err(error) = learn_partners(&self.source, staging, false).await {
                     tracing::warn!(%error, "a partner's global configuration cannot be had");
                 }
                 applied(version, move || reloader.apply_global(&cache, &staged)).await

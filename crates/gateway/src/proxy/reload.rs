@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::state::{GatewayState, fingerprint};
 use super::{SharedState, StartError};
-use crate::config::Config;
+use crate::config::{Config, Staged};
 use crate::telemetry::metrics::Metrics;
 
 /// Reloads a gateway's configuration: members, purposes, policies, routes,
@@ -109,10 +109,18 @@ fn directory_moved(
 }
 
 impl Reloader {
+    /// The data directory the gateway started with, which its reloads
+    /// keep (`data_dir` takes effect at restart).
+    pub(super) fn data_dir(&self) -> std::path::PathBuf {
+        self.state.load().federation.data_dir.clone()
+    }
+
     /// Re-reads the configuration file and everything it names, and swaps
     /// it in if it is valid.
     pub fn reload(&self) -> Result<(), ReloadError> {
-        self.apply(|| Config::load(&self.source), || Ok(()), true)?;
+        let data_dir = self.data_dir();
+        let load = || Config::load_with(&self.source, Staged::default().running_in(&data_dir));
+        self.apply(load, || Ok(()), true)?;
         tracing::info!(config = %self.source.display(), "configuration reloaded");
         Ok(())
     }
@@ -148,7 +156,9 @@ impl Reloader {
             self.metrics.global_applied(started.elapsed());
             Ok(())
         };
-        self.apply(|| Config::load_staged(&self.source, staged), commit, false)?;
+        let data_dir = self.data_dir();
+        let load = || Config::load_with(&self.source, Staged::global(staged).running_in(&data_dir));
+        self.apply(load, commit, false)?;
         tracing::info!(
             version = staged.manifest.version,
             expires = %crate::unix_time::rfc3339(staged.manifest.expires),
@@ -191,8 +201,10 @@ impl Reloader {
                 error: error.to_string(),
             })
         };
+        let data_dir = self.data_dir();
         let load = || {
-            let config = Config::load_with(&self.source, crate::config::Staged::partner(staged))?;
+            let staging = Staged::partner(staged).running_in(&data_dir);
+            let config = Config::load_with(&self.source, staging)?;
             // The section may have changed since the bundle was fetched
             // (its key replaced, or removed): then the load did not take
             // it, and nothing is applied in its name.
@@ -390,7 +402,9 @@ impl Reloader {
     /// that cannot be had is loaded as not learned: its calls are refused
     /// until its poll has it, and nothing else waits for it.
     pub(super) async fn learn_partners(&self) {
-        match super::global::learn_partners(&self.source, None, false).await {
+        let data_dir = self.data_dir();
+        let staging = Staged::default().running_in(&data_dir);
+        match super::global::learn_partners(&self.source, staging, false).await {
             Ok(learned) => {
                 for (instance, prepared) in learned {
                     if let super::global::Prepared::NotLearned { why } = prepared {
@@ -431,7 +445,9 @@ impl Reloader {
     /// does not load.
     fn watched_files(&self) -> Option<Vec<std::path::PathBuf>> {
         let mut files = vec![self.source.clone()];
-        let config = Config::load(&self.source).ok()?;
+        let data_dir = self.data_dir();
+        let config =
+            Config::load_with(&self.source, Staged::default().running_in(&data_dir)).ok()?;
         let gateway = &config.gateway.tls;
         let upstream = &config.upstream.tls;
         files.extend([

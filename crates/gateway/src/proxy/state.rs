@@ -155,10 +155,11 @@ pub(super) struct Federation {
     pub(super) witness: Option<Arc<crate::exchange_log::witness::Witness>>,
     /// What that witness keeps across reloads.
     pub(super) witness_book: Arc<crate::exchange_log::witness::Book>,
-    /// Where it keeps the checkpoints it cosigned: in the data directory
-    /// the gateway started with (`data_dir` takes effect at restart), so
-    /// that no reload makes it forget them.
-    pub(super) witness_dir: std::path::PathBuf,
+    /// The data directory the gateway started with (`data_dir` takes
+    /// effect at restart): the checkpoints the witness cosigned and the
+    /// followed partners' caches stay there, so that no reload makes the
+    /// gateway forget them (and the floors they set).
+    pub(super) data_dir: std::path::PathBuf,
     /// TLS towards each partner's gateways (its CAs, this gateway's
     /// certificate).
     pub(super) partner_tls: std::collections::HashMap<String, Arc<rustls::ClientConfig>>,
@@ -369,15 +370,11 @@ impl GatewayState {
         let witness_book = previous.map_or_else(Arc::default, |previous| {
             Arc::clone(&previous.federation.witness_book)
         });
-        let witness_dir = previous.map_or_else(
-            || {
-                config
-                    .exchange_log
-                    .data_dir
-                    .join(crate::exchange_log::witness::STATE_DIR)
-            },
-            |previous| previous.federation.witness_dir.clone(),
+        let data_dir = previous.map_or_else(
+            || config.exchange_log.data_dir.clone(),
+            |previous| previous.federation.data_dir.clone(),
         );
+        let witness_dir = data_dir.join(crate::exchange_log::witness::STATE_DIR);
         Ok(Self {
             // Restart-only: the fleet's registry and log writer keep the
             // id the node started with, and so do its records.
@@ -433,7 +430,7 @@ impl GatewayState {
                 key: federation_key.clone(),
                 witness: witness(config, federation_key.as_ref(), &witness_book, &witness_dir),
                 witness_book,
-                witness_dir,
+                data_dir,
                 partner_tls,
                 partners: config
                     .federation
