@@ -677,8 +677,25 @@ async fn caller_text_is_shown_escaped_and_stored_as_received() {
 fn errors_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nowhere");
-    let refused = fails(&["audit", "verify", "--data", path(&missing)]);
-    assert!(refused.contains("nowhere/log-key.pub"), "{refused}");
+    // No log: said of the log (not of the key beside it), once.
+    let database = missing.join("exchange-log.sqlite");
+    for command in [
+        &["verify"][..],
+        &["prove", "--index", "1"],
+        &["consistency", "--old", "1"],
+    ] {
+        let args: Vec<&str> = ["audit"]
+            .into_iter()
+            .chain(command.iter().copied())
+            .chain(["--data", path(&missing)])
+            .collect();
+        let refused = fails(&args);
+        assert_eq!(
+            refused.trim(),
+            format!("error: {}: no exchange log here", database.display()),
+            "{command:?}"
+        );
+    }
 
     let key = dir.path().join("key.pub");
     std::fs::write(&key, "not a key\n").unwrap();

@@ -409,6 +409,11 @@ fn load_verifier(data: &Path, key: Option<&Path>) -> anyhow::Result<Verifier> {
     let path = match key {
         Some(key) => key.to_owned(),
         None => {
+            // No log, no key beside it: said of the log, not of its key.
+            let database = data.join(DATABASE_FILE);
+            if !database.exists() {
+                bail!("{}: no exchange log here", database.display());
+            }
             let path = data.join(VERIFIER_FILE);
             eprintln!(
                 "warning: using {}, the key in the log's own directory: whoever controls that \
@@ -727,8 +732,14 @@ fn prove(
     key: &RecordKey,
     out: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let bundles = verify::prove_with_archives(data, archives, key)
-        .with_context(|| data.join(DATABASE_FILE).display().to_string())?;
+    let bundles =
+        verify::prove_with_archives(data, archives, key).map_err(|error| match error {
+            // These name their file.
+            verify::ProveError::Store(_) | verify::ProveError::Archive(_) => {
+                anyhow::Error::new(error)
+            }
+            _ => anyhow::Error::new(error).context(data.join(DATABASE_FILE).display().to_string()),
+        })?;
     if let (RecordKey::RequestId(id), None) = (key, archives) {
         // Request ids are the callers': another call may have used this
         // one, in archived time.
