@@ -23,8 +23,10 @@ pub struct Histogram {
     /// Non-cumulative counts per bucket, the last one for +Inf.
     buckets: [AtomicU64; BUCKETS.len() + 1],
     count: AtomicU64,
-    /// The sum, in nanoseconds.
-    sum_nanos: AtomicU64,
+    /// The sum, in microseconds: some 584,000 years of durations, where
+    /// nanoseconds would wrap within weeks of a gateway holding ten
+    /// thousand long streams open.
+    sum_micros: AtomicU64,
 }
 
 impl Histogram {
@@ -37,16 +39,17 @@ impl Histogram {
             .unwrap_or(BUCKETS.len());
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        // Rounded: no bias for calls of a few hundred microseconds.
+        let micros = u64::try_from((duration.as_nanos() + 500) / 1_000).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
     /// How many durations it counted, and their sum.
     pub fn total(&self) -> (u64, Duration) {
-        let nanos = self.sum_nanos.load(Ordering::Relaxed);
+        let micros = self.sum_micros.load(Ordering::Relaxed);
         (
             self.count.load(Ordering::Relaxed),
-            Duration::from_nanos(nanos),
+            Duration::from_micros(micros),
         )
     }
 
@@ -65,7 +68,7 @@ impl Histogram {
             out,
             "{name}_bucket{{{labels}{separator}le=\"+Inf\"}} {cumulative}"
         );
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let braced = if labels.is_empty() {
             String::new()
         } else {
@@ -714,6 +717,24 @@ pub fn code_name(code: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_histograms_sum_holds_centuries_of_durations() {
+        let histogram = Histogram::default();
+        // Twice ten thousand streams open for a year each: 6.3 * 10^11 s,
+        // past what a sum in nanoseconds holds (1.8 * 10^10 s).
+        let year = Duration::from_secs(365 * 86_400);
+        for _ in 0..2 {
+            histogram.observe(year * 10_000);
+        }
+        assert_eq!(histogram.total(), (2, year * 20_000));
+        // Rounded to the nearest microsecond, not truncated.
+        let short = Histogram::default();
+        for _ in 0..4 {
+            short.observe(Duration::from_nanos(700));
+        }
+        assert_eq!(short.total(), (4, Duration::from_micros(4)));
+    }
 
     #[test]
     fn renders_counters_and_cumulative_histograms() {
