@@ -1080,6 +1080,34 @@ async fn a_backup_taken_while_serving_is_checked_and_restored_elsewhere() {
     ]);
     assert!(backup.join("MANIFEST").is_file(), "{said}");
     assert!(said.contains("signed by"), "{said}");
+    // A backup's directory whose name is not UTF-8 is made as named, and
+    // nothing else beside it.
+    {
+        use std::os::unix::ffi::OsStrExt as _;
+        let odd = std::ffi::OsStr::from_bytes(b"caf\xe9");
+        let out = bed.dir().join(odd).join("backup");
+        let backed_up = std::process::Command::new(env!("CARGO_BIN_EXE_govbridge"))
+            .args(["backup", "--config"])
+            .arg(&spaced)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(backed_up.status.success(), "{backed_up:?}");
+        assert!(out.join("MANIFEST").is_file());
+        let made: Vec<std::ffi::OsString> = std::fs::read_dir(bed.dir())
+            .unwrap()
+            .flatten()
+            .map(|entry| entry.file_name())
+            .filter(|name| name.as_bytes().starts_with(b"caf"))
+            .collect();
+        assert_eq!(made, [odd]);
+        let within: Vec<_> = std::fs::read_dir(bed.dir().join(odd))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert_eq!(within.len(), 1, "{within:?}");
+    }
     // Private, as the data directory is.
     {
         use std::os::unix::fs::PermissionsExt as _;

@@ -91,7 +91,13 @@ pub fn backup(config_path: &Path, out: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("{}: the log's signing key", log.data_dir.display()))?;
     let key = SigningKey::from_pem(&log.origin, &key_pem)?;
     let mut staging = Staging {
-        dir: PathBuf::from(format!("{}.partial-{}", out.display(), unique())),
+        // Beside it, whatever bytes its name holds (its display would
+        // put U+FFFD in a name that is not UTF-8, and make a stray parent).
+        dir: {
+            let mut dir = out.as_os_str().to_owned();
+            dir.push(format!(".partial-{}", unique()));
+            PathBuf::from(dir)
+        },
         files: Vec::new(),
     };
     // Private, as the data directory is: the copies hold who asked what
@@ -318,7 +324,12 @@ fn snapshot(from: &Path, to: &Path) -> anyhow::Result<()> {
     .with_context(|| format!("opening {}", from.display()))?;
     connection
         .busy_timeout(std::time::Duration::from_secs(10))
-        .and_then(|()| connection.execute("VACUUM INTO ?1", [to.display().to_string()]))
+        .and_then(|()| {
+            connection.execute(
+                "VACUUM INTO CAST(?1 AS TEXT)",
+                [govbridge::exchange_log::copy::sql_name(to)],
+            )
+        })
         .with_context(|| format!("copying {} into {}", from.display(), to.display()))?;
     Ok(())
 }

@@ -41,6 +41,14 @@ pub enum Copied {
     Whole,
 }
 
+/// `path` as SQL names a file: its bytes as they are, bound as a blob and
+/// read with `CAST(? AS TEXT)` (a name that is not UTF-8, shown with
+/// U+FFFD in its place, would name another file).
+pub fn sql_name(path: &Path) -> &[u8] {
+    use std::os::unix::ffi::OsStrExt as _;
+    path.as_os_str().as_bytes()
+}
+
 /// Copies the database of the log in `dir` into `to`, a file that must
 /// not exist yet.
 pub fn copy_log(dir: &Path, to: &Path) -> Result<Copied, StoreError> {
@@ -60,7 +68,7 @@ pub fn copy_log_watched(
     let Ok(_archive_lock) = archive::lock_if_there(dir) else {
         let connection = open(&source)?;
         connection
-            .execute("VACUUM INTO ?1", [to.display().to_string()])
+            .execute("VACUUM INTO CAST(?1 AS TEXT)", [sql_name(to)])
             .at(&source)?;
         return Ok(Copied::Whole);
     };
@@ -84,7 +92,7 @@ pub fn copy_log_watched(
         }
     }
     connection
-        .execute("ATTACH DATABASE ?1 AS copy", [to.display().to_string()])
+        .execute("ATTACH DATABASE CAST(?1 AS TEXT) AS copy", [sql_name(to)])
         .at(&source)?;
     // The file is synced once whole: no journal, no sync per chunk.
     connection
