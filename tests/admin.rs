@@ -212,6 +212,42 @@ async fn a_service_out_of_reach_leaves_the_node_ready_for_the_others() {
     bed.stop().await;
 }
 
+/// A commit that does not end (a disk or database that stalls; here
+/// another writer holding the log's lock) makes the node unready before
+/// any write fails, and ready again once it ends; the call waiting for it
+/// goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_exchange_log_commit_makes_the_node_unready() {
+    let bed = Bed::start().await;
+    let database = bed.exchange_log().dir().join("exchange-log.sqlite");
+    let holder = rusqlite::Connection::open(&database).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut registry = CivilRegistryClient::new(bed.client("cbao-kyc").await);
+    let request = verify_identity_of(&bed, 0);
+    let call = tokio::spawn(async move { registry.verify_identity(request).await });
+    let gauge = "govbridge_exchange_log_commit_in_progress_seconds";
+    loop {
+        let (code, body) = admin_request(bed.admin, "GET", "/readyz").await;
+        assert!(
+            !body.contains("cannot write"),
+            "the store gave up first: {body}"
+        );
+        if code == 503 {
+            assert!(body.contains("commit in progress has taken"), "{body}");
+            break;
+        }
+        assert_eq!(code, 200, "{body}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(support::metric(bed.admin, gauge).await >= 2.0);
+    holder.execute_batch("ROLLBACK").unwrap();
+    call.await.unwrap().unwrap();
+    let (code, body) = admin_request(bed.admin, "GET", "/readyz").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(support::metric(bed.admin, gauge).await, 0.0);
+    bed.stop().await;
+}
+
 #[tokio::test]
 async fn readiness_follows_the_exchange_log() {
     let bed = Bed::start().await;

@@ -379,6 +379,9 @@ struct Shared {
     queued: AtomicU64,
     /// How long each commit took.
     commits: crate::telemetry::metrics::Histogram,
+    /// When the commit in progress began ([`monotonic_micros`], plus one);
+    /// 0 between commits.
+    committing_since: AtomicU64,
     /// The writer's lookups of records not sealed yet, for readers.
     recent: Option<Arc<lookup::Recent>>,
     /// A fleet's log: the records past its lookups' seal, as this node's
@@ -631,6 +634,14 @@ impl ExchangeLog {
     /// How long each group commit took.
     pub fn commit_durations(&self) -> &crate::telemetry::metrics::Histogram {
         &self.shared.commits
+    }
+
+    /// How long the commit in progress has taken so far, if one is: a
+    /// disk or database that stalls shows here long before the queue
+    /// fills or a write fails.
+    pub fn committing_for(&self) -> Option<Duration> {
+        let since = self.shared.committing_since.load(Ordering::Acquire);
+        (since != 0).then(|| Duration::from_micros(monotonic_micros().saturating_sub(since - 1)))
     }
 
     /// The latest signed checkpoint.
@@ -995,7 +1006,11 @@ impl<B: Backend> Writer<B> {
     ) -> Result<u64, LogUnavailable> {
         let signing = checkpoint.then_some((self.origin.as_str(), &self.key));
         let started = Instant::now();
+        self.shared
+            .committing_since
+            .store(monotonic_micros() + 1, Ordering::Release);
         let appended = self.store.append(&mut self.frontier, records, signing);
+        self.shared.committing_since.store(0, Ordering::Release);
         self.shared.commits.observe(started.elapsed());
         match appended {
             Ok(first) => {
@@ -1085,6 +1100,13 @@ impl<B: Backend> Drop for Writer<B> {
     fn drop(&mut self) {
         self.shared.healthy.store(false, Ordering::Release);
     }
+}
+
+/// Microseconds since the first call in this process, on the monotonic
+/// clock.
+fn monotonic_micros() -> u64 {
+    static BASE: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    u64::try_from(BASE.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), OpenError> {

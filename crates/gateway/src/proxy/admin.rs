@@ -65,6 +65,11 @@ pub const MAX_CONNECTION_AGE: std::time::Duration = std::time::Duration::from_se
 /// headers.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long an exchange log's commit may take before `/readyz` says the
+/// node is not ready: some hundred times this disk's slowest commits, and
+/// well before a store that waits for a lock gives up (5 s).
+const COMMIT_STALLED: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The admin connections open per peer address.
 #[derive(Debug, Default)]
 struct Peers(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
@@ -367,6 +372,7 @@ impl Admin {
                     unsealed: log.unsealed(),
                     writable: log.is_healthy(),
                     commits: log.commit_durations(),
+                    committing: log.committing_for().unwrap_or_default(),
                 });
                 let state = self.state.load();
                 let mut rendered =
@@ -452,10 +458,17 @@ impl Admin {
         if self.listener.draining() {
             problems.push("shutting down: open calls are finishing, no new ones".to_owned());
         }
-        if let Some(log) = &self.log
-            && !log.is_healthy()
-        {
-            problems.push("the exchange log cannot write: every call is refused".to_owned());
+        if let Some(log) = &self.log {
+            if !log.is_healthy() {
+                problems.push("the exchange log cannot write: every call is refused".to_owned());
+            }
+            if let Some(stalled) = log.committing_for().filter(|took| *took >= COMMIT_STALLED) {
+                problems.push(format!(
+                    "the exchange log's commit in progress has taken {:.1} s so far (its disk \
+                     or database stalls): calls wait for it, and are refused once it fails",
+                    stalled.as_secs_f64()
+                ));
+            }
         }
         let state = self.state.load_full();
         // Calls need the database for the fleet's log, for consent, and

@@ -226,6 +226,9 @@ pub struct LogGauges<'a> {
     pub writable: bool,
     /// How long each group commit took.
     pub commits: &'a Histogram,
+    /// How long the commit in progress has taken so far (zero between
+    /// commits).
+    pub committing: Duration,
 }
 
 impl Metrics {
@@ -677,6 +680,18 @@ impl Metrics {
             );
             log.commits
                 .render(&mut out, "govbridge_exchange_log_commit_seconds", "");
+            header(
+                &mut out,
+                "govbridge_exchange_log_commit_in_progress_seconds",
+                "gauge",
+                "How long the exchange log's commit in progress has taken so far (0 between \
+                 commits): calls wait for it, and /readyz says not ready past 2 s.",
+            );
+            let _ = writeln!(
+                out,
+                "govbridge_exchange_log_commit_in_progress_seconds {}",
+                log.committing.as_secs_f64()
+            );
         }
         out
     }
