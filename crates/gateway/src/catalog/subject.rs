@@ -521,7 +521,7 @@ fn walk<'a>(message: &'a [u8], field: &SubjectField) -> Option<Reading<'a>> {
             mentions = mentions.saturating_add(1);
             continue;
         }
-        rest = skip_field(after, number, wire_type, 0)?;
+        rest = skip_field(after, number, wire_type)?;
         if field.rivals.contains(&number) {
             // A decoder now holds the rival in the oneof, not the subject.
             found = None;
@@ -548,13 +548,26 @@ pub fn subject_of<'a>(message: &'a [u8], field: &SubjectField) -> Option<&'a str
     read_subject(message, field).decoded()
 }
 
-/// Groups nested deeper are malformed as far as the gateway is concerned.
-const MAX_GROUP_DEPTH: u32 = 16;
+/// Groups nested deeper are malformed as far as the gateway is concerned:
+/// as deep as the most lenient common decoder reads them (Go's default
+/// recursion limit; prost, C++ and Java stop at 100). Any shallower, and a
+/// message padded with unknown groups between the two would reach a
+/// backend that reads its subject while the gateway read none (and the
+/// citizen's Data Tracker would miss the access).
+const MAX_GROUP_DEPTH: usize = 10_000;
 
 /// What follows the value of field `number`, whose tag (of `wire_type`)
 /// was just read. A group is skipped to its matching end; a stray group end
 /// and the wire types 6 and 7 are malformed.
-fn skip_field(rest: &[u8], number: u32, wire_type: u64, depth: u32) -> Option<&[u8]> {
+fn skip_field(rest: &[u8], number: u32, wire_type: u64) -> Option<&[u8]> {
+    match wire_type {
+        3 => skip_group(rest, number),
+        wire_type => skip_value(rest, wire_type),
+    }
+}
+
+/// What follows a value of `wire_type` other than a group's.
+fn skip_value(rest: &[u8], wire_type: u64) -> Option<&[u8]> {
     match wire_type {
         0 => Some(read_varint(rest)?.1),
         1 => rest.get(8..),
@@ -563,23 +576,33 @@ fn skip_field(rest: &[u8], number: u32, wire_type: u64, depth: u32) -> Option<&[
             let (length, after) = read_varint(rest)?;
             after.get(usize::try_from(length).ok()?..)
         }
-        3 => skip_group(rest, number, depth),
         _ => None,
     }
 }
 
 /// What follows the end of group `number`, whose start tag was just read.
-fn skip_group(mut rest: &[u8], number: u32, depth: u32) -> Option<&[u8]> {
-    if depth >= MAX_GROUP_DEPTH {
-        return None;
-    }
-    loop {
+/// Nested groups are followed on a stack of their numbers, not by
+/// recursion: a deep nesting costs memory (at most [`MAX_GROUP_DEPTH`]
+/// numbers), never the thread's stack.
+fn skip_group(mut rest: &[u8], number: u32) -> Option<&[u8]> {
+    let mut open = vec![number];
+    while let Some(&innermost) = open.last() {
         let (inner, wire_type, after) = read_tag(rest)?;
         rest = match wire_type {
-            4 if inner == number => return Some(after),
-            wire_type => skip_field(after, inner, wire_type, depth + 1)?,
+            4 if inner == innermost => {
+                open.pop();
+                after
+            }
+            3 if open.len() < MAX_GROUP_DEPTH => {
+                open.push(inner);
+                after
+            }
+            // A stray or mismatched end, or a group too deep.
+            3 | 4 => return None,
+            wire_type => skip_value(after, wire_type)?,
         };
     }
+    Some(rest)
 }
 
 /// A field's key: its number, its wire type and what follows. As prost

@@ -370,6 +370,29 @@ fn unknown_groups_are_skipped() {
     assert_eq!(subject_of(&deep, &NIN_FIELD), None);
 }
 
+/// Unknown groups nested as deep as decoders read them (prost reads 99
+/// levels, Go 10,000) cannot hide the subject that follows them; deeper
+/// still, the message is malformed, read without a stack of its depth.
+#[test]
+fn deeply_nested_unknown_groups_do_not_hide_the_subject() {
+    let nested = |depth: usize| -> Vec<u8> {
+        let mut message: Vec<u8> = std::iter::repeat_n([0xa3, 0x06], depth).flatten().collect();
+        message.extend(std::iter::repeat_n([0xa4, 0x06], depth).flatten());
+        message.extend_from_slice(&verify_identity());
+        message
+    };
+    for depth in [17, 99, 10_000] {
+        assert_eq!(subject_of(&nested(depth), &NIN_FIELD), Some(NIN), "{depth}");
+    }
+    assert_eq!(
+        read_subject(&nested(10_001), &NIN_FIELD),
+        Reading::MALFORMED
+    );
+    // What prost, the mock agencies' decoder, reads at 99 levels.
+    let decoded = VerifyIdentityRequest::decode(&nested(99)[..]).unwrap();
+    assert_eq!(decoded.nin, NIN);
+}
+
 #[test]
 fn an_absent_or_empty_subject_is_none() {
     let empty = framed(&[]);
