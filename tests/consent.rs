@@ -852,6 +852,39 @@ async fn a_oneof_cannot_smuggle_another_subject_past_the_consent() {
     assert_eq!(answers.len(), 1);
 }
 
+/// A first message naming A, then B, is refused; the attempt is in the
+/// Data Tracker of B, whom a decoder keeping the last value reads.
+#[tokio::test]
+async fn a_first_message_naming_two_people_is_listed_for_the_one_decoders_read() {
+    let bed = dev_bed().await;
+    bed.allow_data_tracker(&["SN/GOV/MYGOV/app"]);
+    let (a, b) = (citizen(&bed, 0), citizen(&bed, 1));
+    let consent = grant(&bed, &Grant::credit(&a)).await;
+    let twice = Raw::default().string(1, &a).string(1, &b);
+    let status =
+        call_raw::<TaxClearanceCertificate>(&bed, CLEARANCE, &consent.artefact, vec![twice])
+            .await
+            .unwrap_err();
+    assert_eq!(
+        status_kind(&status),
+        denied("consent-subject-ambiguous"),
+        "{status:?}"
+    );
+    let accesses = DataTrackerClient::new(bed.client("mygov").await)
+        .list_accesses(ListAccessesRequest {
+            subject: b.clone(),
+            since_unix: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .accesses;
+    assert_eq!(accesses.len(), 1, "{accesses:?}");
+    assert!(!accesses[0].allowed, "{accesses:?}");
+    assert_eq!(accesses[0].method, CLEARANCE);
+}
+
 /// A consent-bound message over the caller's size limit is refused as
 /// too large (`RESOURCE_EXHAUSTED`), first message or later, before any
 /// of it is read or a use spent; one under the limit but too large for

@@ -30,8 +30,9 @@ impl Call<'_> {
         let read = within(deadline, body::first_message(body, sizes)).await??;
         let reading = crate::catalog::subject::read_subject(body::first_of(&read), field);
         // The person the request names, the consent's or not: their Data
-        // Tracker lists the attempt, refused here or later.
-        if let (Some(record), Some(named)) = (self.record.as_mut(), reading.sole()) {
+        // Tracker lists the attempt, refused here or later. Named twice,
+        // the one a decoder keeping the last value would read.
+        if let (Some(record), Some(named)) = (self.record.as_mut(), reading.decoded()) {
             record.about(named);
         }
         body::bind_subject(&reading, &claims.subject)?;
