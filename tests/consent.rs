@@ -483,6 +483,51 @@ async fn consent_bound_calls_fail_closed_while_the_consent_feed_is_down() {
     assert!(supplier.is_ok(), "{supplier:?}");
 }
 
+/// A portal endpoint that takes the connection and never answers (a hung
+/// process) is left for the next one before the feed goes stale:
+/// consent-bound calls go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_endpoint_that_never_answers_is_left_for_the_next() {
+    let bed = Bed::builder()
+        .dev_policies()
+        .consent_freshness("1s")
+        .start()
+        .await;
+    let a = citizen(&bed, 0);
+    let consent = grant(&bed, &Grant::credit(&a).uses(1_000)).await;
+    clearance(&bed, &a, Some(&consent.artefact)).await.unwrap();
+
+    // Connections to it are taken by the kernel, and never answered.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config_file = bed.dir().join("govbridge.toml");
+    let mut config: toml::Table =
+        toml::from_str(&std::fs::read_to_string(&config_file).unwrap()).unwrap();
+    let endpoints = config["providers"]["SN/GOV/MYGOV/consent"]["endpoints"]
+        .as_array_mut()
+        .map(std::mem::take)
+        .unwrap();
+    let hung_first: Vec<toml::Value> =
+        std::iter::once(format!("https://{}", hung.local_addr().unwrap()).into())
+            .chain(endpoints)
+            .collect();
+    config["providers"]["SN/GOV/MYGOV/consent"]["endpoints"] = hung_first.into();
+    std::fs::write(&config_file, toml::to_string(&config).unwrap()).unwrap();
+    // The feed dials again, the hung endpoint first.
+    bed.reloader.reload().unwrap();
+    // Past three freshness windows, a feed stuck on it would have gone
+    // stale for good.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while let Err(status) = clearance(&bed, &a, Some(&consent.artefact)).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the feed never left the hung endpoint: {status:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(hung);
+}
+
 /// The consent feed dials the portal with the upstream TLS in use, not
 /// the one the gateway started with: once a reload revokes the portal's
 /// certificate, the feed open under the old CRL is dropped, the portal is
