@@ -60,6 +60,43 @@ fn revoke_and_reload(bed: &Bed, certificate: &std::path::Path) {
     bed.reloader.reload().unwrap();
 }
 
+/// The CRL from before a revocation, put back while still within its next
+/// update (an old copy served to the job that fetches CRLs), is refused at
+/// the reload: the revoked certificate stays refused.
+#[tokio::test]
+async fn an_older_crl_put_back_does_not_undo_a_revocation() {
+    let (bed, _probe) = probe_bed().await;
+    let (certificate, tls) = member_certificate(&bed, "to-revoke", None);
+    let crl = bed.pki.join("crl.pem");
+    let before = std::fs::read(&crl).unwrap();
+    // TLS 1.3: the client's side of the handshake ends before the
+    // gateway has checked its certificate; the first call fails.
+    let is_refused = |tls: Arc<ClientConfig>| async {
+        match H2Client::connect(bed.gateway, tls).await {
+            Ok(client) => call_on(&client).await.is_err(),
+            Err(_) => true,
+        }
+    };
+    assert!(!is_refused(tls.clone()).await);
+    revoke_and_reload(&bed, &certificate);
+    assert!(is_refused(tls.clone()).await);
+
+    std::fs::write(&crl, &before).unwrap();
+    let refused = bed.reloader.reload().unwrap_err().to_string();
+    assert!(
+        refused.contains("crl.pem") && refused.contains("older than the list"),
+        "{refused}"
+    );
+    assert!(
+        is_refused(tls).await,
+        "the revoked certificate was taken again"
+    );
+    // A newer list is taken as before.
+    let (other, _) = member_certificate(&bed, "revoked-next", None);
+    revoke_and_reload(&bed, &other);
+    bed.stop().await;
+}
+
 #[tokio::test]
 async fn a_revoked_certificate_loses_its_open_connection() {
     let (bed, _probe) = probe_bed().await;

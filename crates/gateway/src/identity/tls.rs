@@ -287,6 +287,57 @@ pub fn newest_of_each_issuer(
 /// CRLs, each with the file it was read from.
 type CrlsOfFiles = Vec<(PathBuf, CertificateRevocationListDer<'static>)>;
 
+/// Which list of which issuer a CRL is, and how recent: what a reload
+/// compares with the list the gateway used before, so that an older CRL
+/// put back (one from before a revocation, still within its next update)
+/// does not undo the revocation.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CrlVersion(CrlScope);
+
+impl std::fmt::Debug for CrlVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrlVersion")
+            .field("number", &self.0.number)
+            .field("this_update", &self.0.this_update)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CrlVersion {
+    /// Whether `other` is a list of the same issuer and scope.
+    pub fn same_list(&self, other: &Self) -> bool {
+        self.0.same(&other.0)
+    }
+
+    /// Whether this list was published before `other`, of the same list.
+    pub fn older_than(&self, other: &Self) -> bool {
+        self.0 < other.0
+    }
+
+    /// Its CRL number, in hexadecimal, or its `thisUpdate` (RFC 3339).
+    pub fn describe(&self) -> String {
+        match &self.0.number {
+            Some((_, bytes)) => format!(
+                "CRL number 0x{}",
+                bytes
+                    .iter()
+                    .map(|byte| format!("{byte:02x}"))
+                    .collect::<String>()
+            ),
+            None => format!("issued {}", crate::unix_time::rfc3339(self.0.this_update)),
+        }
+    }
+}
+
+/// The version of each list [`newest_of_each_issuer`] keeps of `paths`,
+/// with its file (lists not readable here have none).
+pub fn crl_versions(paths: &[PathBuf]) -> Result<Vec<(PathBuf, CrlVersion)>, TlsError> {
+    Ok(newest_of_each_issuer(paths)?
+        .into_iter()
+        .filter_map(|(path, crl)| Some((path, CrlVersion(CrlScope::of(&crl)?))))
+        .collect())
+}
+
 /// [`newest_of_each_issuer`], and the file of each list left out with the
 /// file of the list used instead.
 fn newest_crls(paths: &[PathBuf]) -> Result<(CrlsOfFiles, Vec<(PathBuf, PathBuf)>), TlsError> {
@@ -333,7 +384,7 @@ fn newest_crls(paths: &[PathBuf]) -> Result<(CrlsOfFiles, Vec<(PathBuf, PathBuf)
 
 /// What tells two CRLs of one issuer apart, read from one; ordered by
 /// publication (CRL number, then `thisUpdate`) among those of one scope.
-#[derive(PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 struct CrlScope {
     issuer: Vec<u8>,
     /// The issuing distribution point: partitions of one issuer's

@@ -52,6 +52,16 @@ pub enum StartError {
     FederationKey(String),
     #[error("witness: {0}")]
     Witness(#[from] crate::exchange_log::witness::WitnessError),
+    #[error(
+        "{file}: {found} is older than the list this gateway used before ({used}): it would \
+         take back the revocations published since; put the newer CRL back (a CA that began \
+         its CRL numbers again is taken at a restart)"
+    )]
+    CrlRolledBack {
+        file: String,
+        found: String,
+        used: String,
+    },
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: SocketAddr,

@@ -31,6 +31,9 @@ pub struct GatewayState {
     /// The CRLs it checks certificates against: (name, next update in
     /// seconds since the epoch).
     pub(super) crls: Vec<(String, i64)>,
+    /// The newest version of each CRL this gateway has used since it
+    /// started, with where it was read: a reload never goes back below.
+    pub(super) crl_floor: Arc<Vec<(String, crate::identity::tls::CrlVersion)>>,
     /// When the gateway's own CRLs (`gateway.tls.crls`, `upstream.crls`)
     /// go out of date, by setting: past it, handshakes checked against
     /// them are refused, and the gateway is not ready.
@@ -228,6 +231,7 @@ impl GatewayState {
     /// and health, unless the upstream TLS material changed.
     pub fn after(config: &Config, previous: Option<&GatewayState>) -> Result<Self, StartError> {
         let built_at = crate::unix_time::now();
+        let crl_floor = crl_floor(config, previous.map(|previous| &previous.crl_floor[..]))?;
         // Read before the TLS is: a file replaced in between makes the
         // next reload open new connections, never keep ones made under
         // what it replaced.
@@ -402,6 +406,7 @@ impl GatewayState {
             max_deadline: config.upstream.max_deadline,
             certificates: certificates(config),
             crls: crls(config),
+            crl_floor,
             own_crls: own_crls(config),
             described: config.describe(true),
             described_public: config.describe(false),
@@ -746,20 +751,55 @@ fn own_crls(config: &Config) -> Vec<(&'static str, crate::identity::tls::CrlFres
 
 /// The CRLs a configuration checks certificates against, with their next
 /// update.
-fn crls(config: &Config) -> Vec<(String, i64)> {
-    use crate::identity::tls;
+/// Each setting of `config` that names CRL files, with them.
+fn crl_lists(config: &Config) -> Vec<(String, &[std::path::PathBuf])> {
     let mut lists = vec![
-        ("gateway.tls.crls".to_owned(), &config.gateway.tls.crls),
-        ("upstream.crls".to_owned(), &config.upstream.tls.crls),
+        ("gateway.tls.crls".to_owned(), &config.gateway.tls.crls[..]),
+        ("upstream.crls".to_owned(), &config.upstream.tls.crls[..]),
     ];
     for partner in config.federation.partners.values() {
         lists.push((
             format!("federation.{}.crls", partner.instance),
-            &partner.crls,
+            &partner.crls[..],
         ));
     }
+    lists
+}
+
+/// The newest version of each CRL, of `config`'s and of those `previous`
+/// kept; refused if one of `config`'s is older than the one of its list
+/// used before (an older CRL put back, from before a revocation and still
+/// within its next update, would un-revoke).
+fn crl_floor(
+    config: &Config,
+    previous: Option<&[(String, crate::identity::tls::CrlVersion)]>,
+) -> Result<Arc<Vec<(String, crate::identity::tls::CrlVersion)>>, StartError> {
+    let mut floor = previous.unwrap_or_default().to_vec();
+    for (key, paths) in crl_lists(config) {
+        // Unreadable files are the TLS build's to name.
+        let versions = crate::identity::tls::crl_versions(paths).unwrap_or_default();
+        for (path, version) in versions {
+            let file = format!("{key} ({})", path.display());
+            match floor.iter_mut().find(|(_, used)| used.same_list(&version)) {
+                Some((_, used)) if version.older_than(used) => {
+                    return Err(StartError::CrlRolledBack {
+                        file,
+                        found: version.describe(),
+                        used: used.describe(),
+                    });
+                }
+                Some(kept) => *kept = (file, version),
+                None => floor.push((file, version)),
+            }
+        }
+    }
+    Ok(Arc::new(floor))
+}
+
+fn crls(config: &Config) -> Vec<(String, i64)> {
+    use crate::identity::tls;
     let mut crls = Vec::new();
-    for (key, paths) in lists {
+    for (key, paths) in crl_lists(config) {
         // The lists handshakes use: not an older one of an issuer beside.
         let used = tls::newest_of_each_issuer(paths).unwrap_or_default();
         for (path, next_update) in used
