@@ -314,18 +314,17 @@ impl CrlVersion {
         self.0 < other.0
     }
 
-    /// Its CRL number, in hexadecimal, or its `thisUpdate` (RFC 3339).
-    pub fn describe(&self) -> String {
-        match &self.0.number {
-            Some((_, bytes)) => format!(
-                "CRL number 0x{}",
-                bytes
-                    .iter()
-                    .map(|byte| format!("{byte:02x}"))
-                    .collect::<String>()
-            ),
-            None => format!("issued {}", crate::unix_time::rfc3339(self.0.this_update)),
-        }
+    /// Its CRL number, in hexadecimal, if it has one.
+    pub fn number(&self) -> Option<String> {
+        self.0
+            .number
+            .as_ref()
+            .map(|(_, bytes)| bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+    }
+
+    /// Its `thisUpdate`, in seconds since the epoch.
+    pub fn this_update(&self) -> i64 {
+        self.0.this_update
     }
 }
 

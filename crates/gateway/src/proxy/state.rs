@@ -784,8 +784,8 @@ fn crl_floor(
                 Some((_, used)) if version.older_than(used) => {
                     return Err(StartError::CrlRolledBack {
                         file,
-                        found: version.describe(),
-                        used: used.describe(),
+                        found: describe_crl(&version),
+                        used: describe_crl(used),
                     });
                 }
                 Some(kept) => *kept = (file, version),
@@ -794,6 +794,17 @@ fn crl_floor(
         }
     }
     Ok(Arc::new(floor))
+}
+
+/// A CRL's number, or when it was issued.
+fn describe_crl(version: &crate::identity::tls::CrlVersion) -> String {
+    match version.number() {
+        Some(number) => format!("CRL number 0x{number}"),
+        None => format!(
+            "issued {}",
+            crate::unix_time::rfc3339(version.this_update())
+        ),
+    }
 }
 
 fn crls(config: &Config) -> Vec<(String, i64)> {
