@@ -446,6 +446,21 @@ impl ExchangeLog {
         let store = Store::open(dir, &config.origin)?;
         let frontier = store.frontier()?;
         let checkpoint = store.latest_checkpoint()?;
+        // Another key in the file (a replaced or restored one) would go on
+        // signing this log under an identity no one checks it with.
+        if let Some(latest) = &checkpoint
+            && let Err(error) = note::Checkpoint::open(&latest.note, &key.verifier())
+        {
+            return Err(OpenError::File {
+                path: dir.join(store::KEY_FILE),
+                message: format!(
+                    "does not sign this log: its latest checkpoint (of {} records) does not \
+                     verify with it ({error}); put back the key the log was signed with",
+                    latest.size
+                ),
+            });
+        }
+        publish_verifier(dir, &key)?;
         let shared = Shared::new(store.recent());
         shared.published(frontier.size(), checkpoint.clone());
         let (running, stopped) = std::sync::mpsc::channel::<()>();
@@ -527,6 +542,7 @@ impl ExchangeLog {
         let verifier = Arc::new(key.verifier());
         let shared = Shared::new(None);
         let (store, frontier) = fleet::SharedStore::open(&fleet, &config.origin, &verifier)?;
+        publish_verifier(dir, &key)?;
         shared.published(frontier.size(), store.latest_checkpoint()?);
         let (running, stopped) = std::sync::mpsc::channel();
         let running = Running {
@@ -1136,6 +1152,19 @@ fn load_or_create_key(dir: &Path, origin: &str) -> Result<SigningKey, OpenError>
             SigningKey::from_pem(origin, &pem).map_err(|error| file_error(error.to_string()))?
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            // A signed log without its key is not given a new one: its
+            // checkpoints would go on under another identity, and its
+            // public key file, which auditors check it with, would be
+            // written over.
+            let database = dir.join(store::DATABASE_FILE);
+            if database.exists() && Store::open_read_only(dir)?.latest_checkpoint()?.is_some() {
+                return Err(file_error(format!(
+                    "missing, and the exchange log beside it ({}) holds checkpoints signed with \
+                     it: put it back (from a backup: `govbridge backup` keeps it). A new key \
+                     would go on with the log under another identity",
+                    database.display()
+                )));
+            }
             let key =
                 SigningKey::generate(origin).map_err(|error| file_error(error.to_string()))?;
             crate::keys::write_file(&path, key.to_pem().as_bytes(), 0o600)
@@ -1145,6 +1174,12 @@ fn load_or_create_key(dir: &Path, origin: &str) -> Result<SigningKey, OpenError>
         }
         Err(error) => return Err(file_error(format!("cannot read: {error}"))),
     };
+    Ok(key)
+}
+
+/// Writes `key`'s verifier beside the log (`log-key.pub`), once the log
+/// is known to be signed with it.
+fn publish_verifier(dir: &Path, key: &SigningKey) -> Result<(), OpenError> {
     let public = dir.join(store::VERIFIER_FILE);
     let verifier = format!("{}\n", key.verifier());
     if std::fs::read_to_string(&public).ok().as_deref() != Some(verifier.as_str()) {
@@ -1155,7 +1190,7 @@ fn load_or_create_key(dir: &Path, origin: &str) -> Result<SigningKey, OpenError>
             }
         })?;
     }
-    Ok(key)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1294,6 +1329,50 @@ mod tests {
 
     /// One writer per log: a second gateway given the same directory is
     /// refused at start, naming the lock, until the first has closed.
+    /// A log whose signing key is gone, or replaced, is not opened: it
+    /// would go on under another identity, and the public key auditors
+    /// check it with be written over.
+    #[test]
+    fn a_log_is_not_opened_without_the_key_that_signs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::ExchangeLogConfig::defaults(dir.path(), "key-test");
+        create_private_dir(&config.data_dir).unwrap();
+        let key = load_or_create_key(&config.data_dir, &config.origin).unwrap();
+        publish_verifier(&config.data_dir, &key).unwrap();
+        {
+            let mut store = Store::open(&config.data_dir, &config.origin).unwrap();
+            let mut frontier = store.frontier().unwrap();
+            let record = ExchangeRecord::default();
+            let signing = Some((config.origin.as_str(), &key));
+            store.append(&mut frontier, &[&record], signing).unwrap();
+        }
+        let (private, public) = (
+            config.data_dir.join(store::KEY_FILE),
+            config.data_dir.join(store::VERIFIER_FILE),
+        );
+        let published = std::fs::read(&public).unwrap();
+
+        std::fs::remove_file(&private).unwrap();
+        let refused = ExchangeLog::open(&config).expect_err("opened without its key");
+        let said = refused.to_string();
+        assert!(
+            said.contains("log-key.pem") && said.contains("put it back"),
+            "{said}"
+        );
+        assert!(!private.exists());
+        assert_eq!(std::fs::read(&public).unwrap(), published);
+
+        let other = SigningKey::generate(&config.origin).unwrap();
+        crate::keys::write_file(&private, other.to_pem().as_bytes(), 0o600).unwrap();
+        let refused = ExchangeLog::open(&config).expect_err("opened with another key");
+        let said = refused.to_string();
+        assert!(said.contains("does not sign this log"), "{said}");
+        assert_eq!(std::fs::read(&public).unwrap(), published);
+
+        crate::keys::write_file(&private, key.to_pem().as_bytes(), 0o600).unwrap();
+        ExchangeLog::open(&config).unwrap().close();
+    }
+
     #[test]
     fn a_second_writer_of_one_log_is_refused() {
         let dir = tempfile::tempdir().unwrap();
