@@ -588,11 +588,15 @@ impl ExchangeLog {
             record: Box::new(record),
             reply,
         };
-        let state = match self.jobs.try_send(job) {
-            Ok(()) => {
-                self.shared.queued.fetch_add(1, Ordering::Relaxed);
-                Ok(receiver)
-            }
+        // Counted before it is sent: the writer may take it (and count it
+        // out) before `try_send` returns, and the gauge must never wrap.
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        let sent = self.jobs.try_send(job);
+        if sent.is_err() {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        let state = match sent {
+            Ok(()) => Ok(receiver),
             Err(TrySendError::Full(_)) => Err(LogUnavailable(
                 "the exchange log's queue is full: the store cannot keep up".into(),
             )),
