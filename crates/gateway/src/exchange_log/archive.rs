@@ -479,6 +479,17 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
                 .is_some_and(|name| name.starts_with("records-") && name.ends_with(".jsonl.gz"))
         })
         .collect();
+    // Read, a FIFO would hang verify, backup and archive runs for good.
+    if let Some(odd) = paths
+        .iter()
+        .find(|path| !std::fs::metadata(path).is_ok_and(|metadata| metadata.is_file()))
+    {
+        return Err(error(
+            odd,
+            "is not a regular file (a FIFO, a device, a directory, or a link to nothing): \
+             an archive is a file; move it out of the archives' directory",
+        ));
+    }
     // Zero-padded indexes: names sort as the records do.
     paths.sort();
     Ok(paths)
@@ -913,6 +924,24 @@ mod tests {
     use crate::exchange_log::verify::{self, ProblemKind, VerifyError};
 
     const ORIGIN: &str = "govbridge.test/archive";
+
+    /// A FIFO named as an archive is named as what it is, not opened (a
+    /// read of it would wait for a writer forever).
+    #[test]
+    fn a_fifo_among_the_archives_is_named_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir
+            .path()
+            .join("records-000000000000-000000065536.jsonl.gz");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let refused = list(dir.path()).unwrap_err();
+        assert_eq!(refused.path, fifo);
+        assert!(refused.message.contains("not a regular file"), "{refused}");
+    }
 
     /// A log of `size` records (calls of a decision and an outcome) with a
     /// checkpoint over all of them, every complete segment sealed.
