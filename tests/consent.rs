@@ -625,6 +625,21 @@ async fn a_status_whose_outcome_is_not_logged_spends_no_use() {
     );
 }
 
+/// Every access to `nin`'s data, newest first, as MyGov's Data Tracker
+/// lists them (the bed lets MyGov's app ask).
+async fn accesses_of(bed: &Bed, nin: &str) -> Vec<Access> {
+    DataTrackerClient::new(bed.client("mygov").await)
+        .list_accesses(ListAccessesRequest {
+            subject: nin.to_owned(),
+            since_unix: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .accesses
+}
+
 /// An attempt refused under a consent is the business of the person the
 /// request names: it is in their Data Tracker, refused, whether the
 /// consent was revoked or is someone else's.
@@ -657,33 +672,16 @@ async fn the_data_tracker_lists_attempts_refused_under_a_consent() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 
-    let tracker = DataTrackerClient::new(bed.client("mygov").await);
-    let accesses = |nin: &str| {
-        let request = ListAccessesRequest {
-            subject: nin.to_owned(),
-            since_unix: 0,
-            limit: 0,
-        };
-        let mut tracker = tracker.clone();
-        async move {
-            tracker
-                .list_accesses(request)
-                .await
-                .unwrap()
-                .into_inner()
-                .accesses
-        }
-    };
     let refusal = |access: &Access| {
         !access.allowed
             && access.grpc_status == Code::PermissionDenied as i32
             && access.caller == CBAO_CREDIT
             && access.method == CLEARANCE
     };
-    let of_b = accesses(&b).await;
+    let of_b = accesses_of(&bed, &b).await;
     assert_eq!(of_b.len(), 1, "{of_b:?}");
     assert!(refusal(&of_b[0]), "{of_b:?}");
-    let of_a = accesses(&a).await;
+    let of_a = accesses_of(&bed, &a).await;
     assert!(refusal(&of_a[0]), "the newest is the refusal: {of_a:?}");
 }
 
@@ -915,16 +913,7 @@ async fn a_first_message_naming_two_people_is_listed_for_the_one_decoders_read()
         denied("consent-subject-ambiguous"),
         "{status:?}"
     );
-    let accesses = DataTrackerClient::new(bed.client("mygov").await)
-        .list_accesses(ListAccessesRequest {
-            subject: b.clone(),
-            since_unix: 0,
-            limit: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .accesses;
+    let accesses = accesses_of(&bed, &b).await;
     assert_eq!(accesses.len(), 1, "{accesses:?}");
     assert!(!accesses[0].allowed, "{accesses:?}");
     assert_eq!(accesses[0].method, CLEARANCE);
