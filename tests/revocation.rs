@@ -80,6 +80,7 @@ async fn an_older_crl_put_back_does_not_undo_a_revocation() {
     assert!(!is_refused(tls.clone()).await);
     revoke_and_reload(&bed, &certificate);
     assert!(is_refused(tls.clone()).await);
+    let revoked = std::fs::read(&crl).unwrap();
 
     std::fs::write(&crl, &before).unwrap();
     let refused = bed.reloader.reload().unwrap_err().to_string();
@@ -88,12 +89,30 @@ async fn an_older_crl_put_back_does_not_undo_a_revocation() {
         "{refused}"
     );
     assert!(
-        is_refused(tls).await,
+        is_refused(tls.clone()).await,
         "the revoked certificate was taken again"
     );
-    // A newer list is taken as before.
+
+    // The list that revoked it back, then a newer one: taken as before.
+    std::fs::write(&crl, &revoked).unwrap();
     let (other, _) = member_certificate(&bed, "revoked-next", None);
     revoke_and_reload(&bed, &other);
+    assert!(is_refused(tls.clone()).await);
+
+    // Another setting may hold its own, older copy of the same CA's list
+    // (refreshed by another job): each setting keeps its own floor.
+    let copy = bed.pki.join("crl-upstream-copy.pem");
+    std::fs::write(&copy, &before).unwrap();
+    let config_file = bed.dir().join("govbridge.toml");
+    let mut config: toml::Table =
+        toml::from_str(&std::fs::read_to_string(&config_file).unwrap()).unwrap();
+    config["upstream"]
+        .as_table_mut()
+        .unwrap()
+        .insert("crls".to_owned(), vec![copy.display().to_string()].into());
+    std::fs::write(&config_file, toml::to_string(&config).unwrap()).unwrap();
+    bed.reloader.reload().unwrap();
+    assert!(is_refused(tls).await);
     bed.stop().await;
 }
 

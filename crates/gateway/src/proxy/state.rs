@@ -31,8 +31,9 @@ pub struct GatewayState {
     /// The CRLs it checks certificates against: (name, next update in
     /// seconds since the epoch).
     pub(super) crls: Vec<(String, i64)>,
-    /// The newest version of each CRL this gateway has used since it
-    /// started, with where it was read: a reload never goes back below.
+    /// The newest version of each CA's CRL this gateway has used since it
+    /// started, by the setting that names it: a reload never goes back
+    /// below.
     pub(super) crl_floor: Arc<Vec<(String, crate::identity::tls::CrlVersion)>>,
     /// When the gateway's own CRLs (`gateway.tls.crls`, `upstream.crls`)
     /// go out of date, by setting: past it, handshakes checked against
@@ -766,10 +767,11 @@ fn crl_lists(config: &Config) -> Vec<(String, &[std::path::PathBuf])> {
     lists
 }
 
-/// The newest version of each CRL, of `config`'s and of those `previous`
-/// kept; refused if one of `config`'s is older than the one of its list
-/// used before (an older CRL put back, from before a revocation and still
-/// within its next update, would un-revoke).
+/// The newest version of each CA's CRL in each setting, of `config`'s and
+/// of those `previous` kept; refused if one of `config`'s is older than
+/// the one its setting used before for the same CA (an older CRL put
+/// back, from before a revocation and still within its next update, would
+/// un-revoke).
 fn crl_floor(
     config: &Config,
     previous: Option<&[(String, crate::identity::tls::CrlVersion)]>,
@@ -779,17 +781,21 @@ fn crl_floor(
         // Unreadable files are the TLS build's to name.
         let versions = crate::identity::tls::crl_versions(paths).unwrap_or_default();
         for (path, version) in versions {
-            let file = format!("{key} ({})", path.display());
-            match floor.iter_mut().find(|(_, used)| used.same_list(&version)) {
+            // Per setting: two settings may each hold their own copy of
+            // one CA's list, refreshed apart, as handshakes use them.
+            let kept = floor
+                .iter_mut()
+                .find(|(setting, used)| *setting == key && used.same_list(&version));
+            match kept {
                 Some((_, used)) if version.older_than(used) => {
                     return Err(StartError::CrlRolledBack {
-                        file,
+                        file: format!("{key} ({})", path.display()),
                         found: describe_crl(&version),
                         used: describe_crl(used),
                     });
                 }
-                Some(kept) => *kept = (file, version),
-                None => floor.push((file, version)),
+                Some((_, used)) => *used = version,
+                None => floor.push((key.clone(), version)),
             }
         }
     }
