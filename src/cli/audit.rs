@@ -409,12 +409,13 @@ fn load_verifier(data: &Path, key: Option<&Path>) -> anyhow::Result<Verifier> {
     let path = match key {
         Some(key) => key.to_owned(),
         None => {
-            // No log, no key beside it: said of the log, not of its key.
-            let database = data.join(DATABASE_FILE);
-            if !database.exists() {
+            // Neither a log nor a key: said of the log, not of its key. (A
+            // fleet node's directory holds the key of the log its
+            // database keeps.)
+            let (database, path) = (data.join(DATABASE_FILE), data.join(VERIFIER_FILE));
+            if !database.exists() && !path.exists() {
                 bail!("{}: no exchange log here", database.display());
             }
-            let path = data.join(VERIFIER_FILE);
             eprintln!(
                 "warning: using {}, the key in the log's own directory: whoever controls that \
                  directory can replace key and log together. Pass --key with a copy of the key \
