@@ -126,35 +126,36 @@ async fn follow_endpoint(
     let quiet = ledger.freshness;
     // An endpoint that takes the connection and never answers (a hung
     // process, a balancer with a dead backend) is left for the next one
-    // while the ledger is still fresh, not waited for forever.
-    let reach = async {
+    // while the ledger is still fresh, not waited for forever: the dial
+    // within half the freshness window, the feed's first answer within
+    // the window an open feed gets between two.
+    let dial = async {
         let address = tokio::net::lookup_host(endpoint.address.as_str())
             .await?
             .next()
             .ok_or("the address resolves to nothing")?;
-        let channel = Channel::connect_to_member(
+        Channel::connect_to_member(
             address,
             &endpoint.server_name.to_str(),
             Arc::clone(&route.tls),
             &route.provider,
         )
-        .await?;
-        let mut request = tonic::Request::new(pb::WatchStatusRequest {
-            after_sequence: ledger.sequence(),
-        });
-        request.metadata_mut().insert(
-            crate::wire::headers::BRIDGE_CLIENT,
-            source.gateway.as_str().parse()?,
-        );
-        let events = ConsentClient::new(channel)
-            .watch_status(request)
-            .await?
-            .into_inner();
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(events)
-    };
-    let mut events = tokio::time::timeout(quiet / 2, reach)
         .await
-        .map_err(|_| format!("no feed within {:?}", quiet / 2))??;
+    };
+    let channel = tokio::time::timeout(quiet / 2, dial)
+        .await
+        .map_err(|_| format!("no connection within {:?}", quiet / 2))??;
+    let mut request = tonic::Request::new(pb::WatchStatusRequest {
+        after_sequence: ledger.sequence(),
+    });
+    request.metadata_mut().insert(
+        crate::wire::headers::BRIDGE_CLIENT,
+        source.gateway.as_str().parse()?,
+    );
+    let mut events = tokio::time::timeout(quiet, ConsentClient::new(channel).watch_status(request))
+        .await
+        .map_err(|_| format!("the feed did not answer within {quiet:?}"))??
+        .into_inner();
     tracing::info!(endpoint = endpoint.address, "following the consent feed");
     let mut heard = tokio::time::Instant::now();
     let mut look_at = heard + LOOK_EVERY;
