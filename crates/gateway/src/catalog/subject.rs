@@ -495,7 +495,8 @@ impl<'a> Reading<'a> {
 /// Reads the subject `field` names at the top level of an encoded protobuf
 /// message.
 ///
-/// Only the top level is walked, without allocating. Unknown groups are
+/// Only the top level is walked, allocating only for the stack of nested
+/// unknown groups, should the message have one. Unknown groups are
 /// skipped as protobuf decoders skip them (so that padding a request with
 /// one cannot hide its subject); the subject's number with a wire type a
 /// string never has, and malformed input, read as no subject.

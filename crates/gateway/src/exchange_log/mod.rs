@@ -1331,8 +1331,6 @@ mod tests {
         assert_eq!(report.records, lookup::SEGMENT + 10);
     }
 
-    /// One writer per log: a second gateway given the same directory is
-    /// refused at start, naming the lock, until the first has closed.
     /// A log whose signing key is gone, or replaced, is not opened: it
     /// would go on under another identity, and the public key auditors
     /// check it with be written over.
@@ -1377,6 +1375,8 @@ mod tests {
         ExchangeLog::open(&config).unwrap().close();
     }
 
+    /// One writer per log: a second gateway given the same directory is
+    /// refused at start, naming the lock, until the first has closed.
     #[test]
     fn a_second_writer_of_one_log_is_refused() {
         let dir = tempfile::tempdir().unwrap();

@@ -363,7 +363,7 @@ fn unknown_groups_are_skipped() {
     message.extend_from_slice(&verify_identity());
     message.extend_from_slice(&[0xa3, 0x06, 0xa4, 0x06]);
     assert_eq!(subject_of(&message, &NIN_FIELD), Some(NIN));
-    // Unbalanced, mismatched or too deeply nested groups are malformed.
+    // Unbalanced or mismatched groups are malformed (depth: below).
     assert_eq!(subject_of(&[0xa3, 0x06, 0x08, 0x01], &NIN_FIELD), None);
     assert_eq!(subject_of(&[0xa3, 0x06, 0xac, 0x06], &NIN_FIELD), None);
     let deep: Vec<u8> = std::iter::repeat_n([0xa3, 0x06], 40).flatten().collect();
