@@ -98,6 +98,20 @@ async fn portal(bed: &Bed) -> ConsentClient<support::H2Client> {
     ConsentClient::new(bed.client("mygov").await)
 }
 
+/// A consent of `a`'s to CBAO's credit desk for `methods`, served by the
+/// tax authority a test paces ([`PacedTax`], the probe), good for 100 uses.
+async fn paced_consent(bed: &Bed, a: &str, methods: &[&str]) -> ConsentRecord {
+    let grant_of_a = Grant::credit(a).from(support::PROBE).uses(100);
+    grant(
+        bed,
+        &Grant {
+            methods,
+            ..grant_of_a
+        },
+    )
+    .await
+}
+
 async fn grant(bed: &Bed, grant: &Grant<'_>) -> ConsentRecord {
     portal(bed)
         .await
@@ -1298,15 +1312,7 @@ async fn a_streamed_answer_ends_at_its_first_message_after_a_revocation() {
     let (answer, answers) = tokio::sync::mpsc::channel(4);
     let (bed, _policies) = PacedTax::new(answers).bed().await;
     let a = citizen(&bed, 0);
-    let methods = [CLEARANCE, STREAM_INCOME];
-    let consent = grant(
-        &bed,
-        &Grant {
-            methods: &methods,
-            ..Grant::credit(&a).from(support::PROBE).uses(100)
-        },
-    )
-    .await;
+    let consent = paced_consent(&bed, &a, &[CLEARANCE, STREAM_INCOME]).await;
     let income = |fiscal_year| DeclaredIncome {
         nin: a.clone(),
         fiscal_year,
@@ -1364,15 +1370,7 @@ async fn a_status_after_a_revocation_is_refused() {
     let asked = std::sync::Arc::clone(&tax.asked);
     let (bed, _policies) = tax.bed().await;
     let a = citizen(&bed, 0);
-    let methods = [CLEARANCE, INCOME];
-    let consent = grant(
-        &bed,
-        &Grant {
-            methods: &methods,
-            ..Grant::credit(&a).from(support::PROBE).uses(100)
-        },
-    )
-    .await;
+    let consent = paced_consent(&bed, &a, &[CLEARANCE, INCOME]).await;
     let request = with_header(
         declared(
             GetDeclaredIncomeRequest {
