@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 
 use govbridge::config::Config;
+use govbridge::exchange_log::archive;
 use govbridge::exchange_log::receipts::RECEIPTS_FILE;
 use govbridge::exchange_log::store::{DATABASE_FILE, KEY_FILE, VERIFIER_FILE};
 use govbridge::exchange_log::witness::STATE_DIR;
@@ -165,9 +166,21 @@ fn write_backup(
     staging.copy(Part::Config, config_path, &file_name)?;
     staging.copy(Part::Log, &log.data_dir.join(KEY_FILE), KEY_FILE)?;
     staging.copy(Part::Log, &log.data_dir.join(VERIFIER_FILE), VERIFIER_FILE)?;
+    // The archives there before the store's copy: an archive run beside
+    // may write more meanwhile (`archive::list_with`).
+    let archives_before = if log.archive_dir.exists() {
+        archive::list(&log.archive_dir)?
+    } else {
+        Vec::new()
+    };
     let store = log.data_dir.join(DATABASE_FILE);
+    let mut archived_end = 0;
     if config.store.is_none() && store.exists() {
         staging.copy_log(&log.data_dir)?;
+        let copy = staging.dir.join(Part::Log.name());
+        archived_end = govbridge::exchange_log::Store::open_read_only(&copy)
+            .and_then(|copy| copy.archived_end())
+            .with_context(|| format!("reading the copy of {}", store.display()))?;
     }
     // The partners' receipts this node kept (a fleet's nodes each keep
     // their own).
@@ -179,7 +192,9 @@ fn write_backup(
     // operator keeps there. A directory that cannot be read fails the
     // backup, which would otherwise miss records the store no longer has.
     if log.archive_dir.exists() {
-        for from in govbridge::exchange_log::archive::list(&log.archive_dir)? {
+        let (archives, _later) =
+            archive::list_with(&log.archive_dir, &archives_before, archived_end)?;
+        for from in archives {
             let name = from
                 .file_name()
                 .map(|name| name.to_string_lossy().into_owned())

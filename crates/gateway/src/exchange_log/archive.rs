@@ -24,13 +24,13 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek as _, Write};
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use flate2::Compression;
-use flate2::read::MultiGzDecoder;
+use flate2::bufread::GzDecoder;
 use flate2::write::GzEncoder;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -47,8 +47,11 @@ pub const FORMAT: &str = "govbridge-exchange-log-archive/1";
 /// The height of a segment's subtree.
 pub const SEGMENT_LEVEL: u32 = SEGMENT.trailing_zeros();
 
-/// The first line of an archive.
+/// The first line of an archive. A field this version does not know is
+/// refused: no check covers it, and a reader of the file would take it
+/// for the log's word.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub format: String,
     /// The log's origin.
@@ -69,18 +72,63 @@ pub struct Manifest {
     pub proof: Vec<String>,
 }
 
+/// What a manifest of any version says first.
+#[derive(Deserialize)]
+struct Format {
+    format: String,
+}
+
 /// The longest line an archive holds: a record is a few kilobytes, the
 /// manifest a checkpoint, its cosignatures and a proof. A longer one is
 /// damage, refused before it is held whole (gzip shrinks a run of one
 /// byte a thousandfold).
 const MAX_LINE: u64 = 1 << 20;
 
-/// Opens the archive at `path` for reading its lines: every gzip member
-/// of the file, so that one appended after the archive's is read (and
-/// refused) rather than passed over.
-fn open_lines(path: &Path) -> Result<BufReader<MultiGzDecoder<BufReader<File>>>, ArchiveError> {
-    let file = File::open(path).map_err(|e| error(path, format!("cannot open: {e}")))?;
-    Ok(BufReader::new(MultiGzDecoder::new(BufReader::new(file))))
+/// The header of every archive's gzip stream, as [`write_file`] makes it:
+/// no name, no time, no extra field, the system unknown. Nothing of it is
+/// in the records' hash: a byte of it changed is found by comparison.
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+
+/// An archive's lines, as they are read.
+type Lines = BufReader<GzDecoder<BufReader<File>>>;
+
+/// Opens the archive at `path` for reading its lines, once its gzip
+/// header is found to be [`GZIP_HEADER`]. The lines end with the gzip
+/// stream; [`ended`] then says whether anything follows it.
+fn open_lines(path: &Path) -> Result<Lines, ArchiveError> {
+    let mut file = File::open(path).map_err(|e| error(path, format!("cannot open: {e}")))?;
+    let mut header = [0; GZIP_HEADER.len()];
+    let read = file
+        .read_exact(&mut header)
+        .and_then(|()| file.rewind())
+        .map_err(|e| error(path, format!("not a readable archive: {e}")));
+    if read.is_ok() && header != GZIP_HEADER {
+        return Err(error(
+            path,
+            "its gzip header is not the one archives are written with: the file was edited or \
+             compressed again",
+        ));
+    }
+    read?;
+    Ok(BufReader::new(GzDecoder::new(BufReader::new(file))))
+}
+
+/// Checks that nothing follows the gzip stream of the archive at `path`,
+/// whose lines `lines` has read to their end: another member (records
+/// `zcat` would show, or none) is something appended.
+fn ended(lines: Lines, path: &Path) -> Result<(), ArchiveError> {
+    let mut rest = lines.into_inner().into_inner();
+    let after = rest
+        .fill_buf()
+        .map_err(|e| error(path, format!("not a readable archive: {e}")))?;
+    if !after.is_empty() {
+        return Err(error(
+            path,
+            "holds bytes after the end of its compressed records: something was appended to the \
+             archive",
+        ));
+    }
+    Ok(())
 }
 
 /// The next line of the archive at `path` into `line`, newline included;
@@ -293,17 +341,18 @@ pub fn check(path: &Path, verifier: &Verifier) -> Result<Checked, ArchiveError> 
     let mut reader = open_lines(path)?;
     let mut line = Vec::new();
     read_line(&mut reader, &mut line, path)?;
-    let manifest: Manifest = serde_json::from_slice(&line)
-        .map_err(|e| error(path, format!("the manifest (line 1) is not valid: {e}")))?;
-    if manifest.format != FORMAT {
+    // The format first: another version's manifest may have other fields.
+    let format = serde_json::from_slice::<Format>(&line)
+        .map_err(|e| error(path, format!("the manifest (line 1) is not valid: {e}")))?
+        .format;
+    if format != FORMAT {
         return Err(error(
             path,
-            format!(
-                "format `{}`, this version reads `{FORMAT}`",
-                manifest.format
-            ),
+            format!("format `{format}`, this version reads `{FORMAT}`"),
         ));
     }
+    let manifest: Manifest = serde_json::from_slice(&line)
+        .map_err(|e| error(path, format!("the manifest (line 1) is not valid: {e}")))?;
     let checkpoint = Checkpoint::open(&manifest.checkpoint, verifier).map_err(|e| {
         error(
             path,
@@ -393,6 +442,7 @@ pub fn check(path: &Path, verifier: &Verifier) -> Result<Checked, ArchiveError> 
         tree.push(leaf);
         leaves.push(leaf);
     }
+    ended(reader, path)?;
     if leaves.len() as u64 != count {
         return Err(error(
             path,
@@ -495,6 +545,32 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
     Ok(paths)
 }
 
+/// The archives in `dir` ([`list`]) that go with a snapshot of the store
+/// taken after `before` was listed, in which records before
+/// `archived_end` are archived: every one the snapshot needs, and of the
+/// others those listed before it. Any other was written after the
+/// snapshot, by an archive run beside: its records are in the snapshot,
+/// the checkpoint it carries perhaps not (the store's latest when it was
+/// written), so it is left for the next verification or backup. Returns
+/// the archives and how many were left.
+pub fn list_with(
+    dir: &Path,
+    before: &[PathBuf],
+    archived_end: u64,
+) -> Result<(Vec<PathBuf>, usize), ArchiveError> {
+    let (taken, left): (Vec<PathBuf>, Vec<PathBuf>) = list(dir)?.into_iter().partition(|path| {
+        before.contains(path) || first_of(path).is_none_or(|first| first < archived_end)
+    });
+    Ok((taken, left.len()))
+}
+
+/// The first record of the archive at `path`, as its name says.
+fn first_of(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    let (first, _) = name.strip_prefix("records-")?.split_once('-')?;
+    first.parse().ok()
+}
+
 /// The records of the archive at `path`, read again (after [`check`]).
 pub fn records(path: &Path) -> Result<Vec<StoredRecord>, ArchiveError> {
     let mut reader = open_lines(path)?;
@@ -522,6 +598,7 @@ pub fn records(path: &Path) -> Result<Vec<StoredRecord>, ArchiveError> {
             bytes,
         });
     }
+    ended(reader, path)?;
     Ok(records)
 }
 
@@ -826,10 +903,25 @@ impl Archiver {
 /// what `govbridge audit archive` and the gateway's archiver write into.
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
+    // Each directory made here has its name synced in its parent: records
+    // leave the hot store once their archive and its directory are synced,
+    // and a crash must not then lose the directory's own name.
+    let made: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|dir| !dir.as_os_str().is_empty() && !dir.exists())
+        .collect();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(dir)
+        .create(dir)?;
+    for made in made.into_iter().rev() {
+        let parent = made
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// The tree of a log whose older segments are archived: the nodes inside
@@ -1393,13 +1485,14 @@ mod tests {
     fn rewrite(path: &Path, edit: impl FnOnce(&mut Vec<String>)) {
         let mut text = String::new();
         std::io::Read::read_to_string(
-            &mut MultiGzDecoder::new(File::open(path).unwrap()),
+            &mut flate2::read::GzDecoder::new(File::open(path).unwrap()),
             &mut text,
         )
         .unwrap();
         let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
         edit(&mut lines);
-        let mut gzip = GzEncoder::new(File::create(path).unwrap(), Compression::fast());
+        // Compressed as archives are, with their gzip header.
+        let mut gzip = GzEncoder::new(File::create(path).unwrap(), Compression::default());
         for line in lines {
             writeln!(gzip, "{line}").unwrap();
         }
@@ -1471,6 +1564,68 @@ mod tests {
         let nowhere = before.path().join("archives");
         let report = verify::verify_with_archives(before.path(), Some(&nowhere), &verifier);
         assert_eq!(report.unwrap().problem, None);
+    }
+
+    /// Of the archives a snapshot of the store does not need, only those
+    /// there before it was taken go with it (a backup's copy).
+    #[test]
+    fn a_snapshot_takes_the_archives_it_needs_and_those_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let make = |first: u64| {
+            let path = dir.path().join(file_name(first, first + SEGMENT));
+            std::fs::write(&path, b"").unwrap();
+            path
+        };
+        let (zero, one) = (make(0), make(SEGMENT));
+        let before = list(dir.path()).unwrap();
+        // Written by a run beside: the third before the snapshot took its
+        // records out (it is needed), the fourth after.
+        let (two, three) = (make(2 * SEGMENT), make(3 * SEGMENT));
+        let (taken, left) = list_with(dir.path(), &before, 3 * SEGMENT).unwrap();
+        assert_eq!((taken, left), (vec![zero.clone(), one.clone(), two], 1));
+        assert!(three.exists());
+        let (taken, left) = list_with(dir.path(), &before, 0).unwrap();
+        assert_eq!((taken, left), (vec![zero, one], 2));
+    }
+
+    /// An archive run beside a verification (the gateway's archiver)
+    /// writes the archive of records the verification's snapshot still
+    /// holds, with the store's latest checkpoint, which the snapshot does
+    /// not: left for the next verification, not taken for a store cut
+    /// back below what its archives signed.
+    #[test]
+    fn an_archive_written_beside_a_verification_is_left_for_the_next() {
+        let log = Log::new(SEGMENT + 10);
+        let verifier = log.key.verifier();
+        let report = verify::verify_beside(
+            log.dir.path(),
+            Some(log.out.path()),
+            &verifier,
+            &mut |_| {},
+            &mut || {
+                log.append(SEGMENT + 10..SEGMENT + 20);
+                assert_eq!(log.archive().unwrap().records, SEGMENT);
+            },
+        )
+        .unwrap();
+        assert_eq!(report.problem, None);
+        assert_eq!(report.records, SEGMENT + 10);
+        assert!(
+            report
+                .notes
+                .iter()
+                .any(|note| note.starts_with("1 archive file(s) written beside")),
+            "{:?}",
+            report.notes
+        );
+        let next = log.verify().unwrap();
+        assert_eq!(next.problem, None);
+        assert_eq!(next.records, SEGMENT + 20);
+        assert!(
+            next.notes.iter().all(|note| !note.contains("beside")),
+            "{:?}",
+            next.notes
+        );
     }
 
     /// An archive under another name than its records' (a copy a sync
@@ -1554,38 +1709,48 @@ mod tests {
         );
 
         // Records added after the archive's gzip member, in a member of
-        // their own: `zcat` shows them.
+        // their own (`zcat` shows them), or an empty member.
         let member = |text: &[u8]| {
-            let mut gzip = GzEncoder::new(Vec::new(), Compression::fast());
+            let mut gzip = GzEncoder::new(Vec::new(), Compression::default());
             gzip.write_all(text).unwrap();
             gzip.finish().unwrap()
         };
-        let mut appended = original.clone();
         let forged = Line {
             idx: SEGMENT,
             record: BASE64.encode(record(8).encode_to_vec()),
         };
-        appended.extend(member(
-            format!("{}\n", serde_json::to_string(&forged).unwrap()).as_bytes(),
-        ));
-        std::fs::write(&file, &appended).unwrap();
+        let forged = format!("{}\n", serde_json::to_string(&forged).unwrap());
+        for extra in [member(forged.as_bytes()), member(b""), vec![0]] {
+            let mut appended = original.clone();
+            appended.extend(extra);
+            std::fs::write(&file, &appended).unwrap();
+            named(log.problem(), ProblemKind::ArchiveDamaged, "was appended");
+            let refused = records(&file).unwrap_err().to_string();
+            assert!(refused.contains("was appended"), "{refused}");
+        }
+
+        // A byte of the gzip header (its time) changed, which decodes
+        // the same.
+        let mut dated = original.clone();
+        dated[4] ^= 0x01;
+        std::fs::write(&file, &dated).unwrap();
+        named(log.problem(), ProblemKind::ArchiveDamaged, "gzip header");
+
+        // A line with no end, refused before it is held whole.
+        std::fs::write(&file, &original).unwrap();
+        rewrite(&file, |lines| lines.push("a".repeat(MAX_LINE as usize + 1)));
+        named(log.problem(), ProblemKind::ArchiveDamaged, "longer than");
+
+        // A field no check covers added to the manifest.
+        std::fs::write(&file, &original).unwrap();
+        rewrite(&file, |lines| {
+            lines[0] = lines[0].replacen('{', "{\"approved_by\":\"the auditor\",", 1);
+        });
         named(
             log.problem(),
             ProblemKind::ArchiveDamaged,
-            "records were added",
+            "unknown field `approved_by`",
         );
-        assert!(
-            records(&file)
-                .unwrap_err()
-                .to_string()
-                .contains("more than")
-        );
-
-        // A line with no end, refused before it is held whole.
-        let mut endless = original.clone();
-        endless.extend(member(&vec![b'a'; MAX_LINE as usize + 1]));
-        std::fs::write(&file, &endless).unwrap();
-        named(log.problem(), ProblemKind::ArchiveDamaged, "longer than");
 
         // The manifest's times, which no hash covers, moved.
         std::fs::write(&file, &original).unwrap();

@@ -176,6 +176,18 @@ pub fn verify_watched(
     verifier: &Verifier,
     progress: &mut dyn FnMut(Checked),
 ) -> Result<VerifyReport, VerifyError> {
+    verify_beside(dir, archives, verifier, progress, &mut || {})
+}
+
+/// [`verify_watched`], with `meanwhile` run once the store's snapshot is
+/// read from, as an archive run beside may (for tests).
+pub(super) fn verify_beside(
+    dir: &Path,
+    archives: Option<&Path>,
+    verifier: &Verifier,
+    progress: &mut dyn FnMut(Checked),
+    meanwhile: &mut dyn FnMut(),
+) -> Result<VerifyReport, VerifyError> {
     let store = Store::open_read_only(dir)?;
     // Only an archive run removes what was written. While this holds the
     // archive lock none runs, and the records are read a chunk at a time,
@@ -185,6 +197,12 @@ pub fn verify_watched(
     // lock (a run is going on, or no gateway ever made its file: a copy),
     // one snapshot for everything.
     let archive_lock = archive::lock_if_there(dir);
+    // The archives there before the snapshot: a run beside may write more
+    // while this reads (`archive::list_with`).
+    let before = match archives.filter(|dir| dir.exists()) {
+        Some(dir) => archive::list(dir)?,
+        None => Vec::new(),
+    };
     let snapshot = store.snapshot()?;
     // Checkpoints first: each was committed with the records it covers, so
     // the records read next include them all even while the gateway
@@ -197,6 +215,7 @@ pub fn verify_watched(
     let archived_end = store.archived_end()?;
     // Records appended from now on are left for the next verification.
     let of = store.size()?;
+    meanwhile();
     let whole = if archive_lock.is_ok() {
         drop(snapshot);
         None
@@ -223,18 +242,19 @@ pub fn verify_watched(
         last_archive: 0..0,
         archive_checkpoints: Vec::new(),
         archived_until_us: 0,
+        archives_left: 0,
         progress,
         of,
     };
     if archived_end > 0 {
         let archives = archives.ok_or(VerifyError::ArchivesNeeded(archived_end))?;
-        walk.problem = walk.archives(archives, archived_end, verifier)?;
+        walk.problem = walk.archives(archives, &before, verifier)?;
     } else if let Some(archives) = archives.filter(|dir| dir.exists()) {
         // Nothing archived here, yet archives given: each is checked, and
         // the checkpoint it carries with the store's (a store from before
         // the archives were written, restored beside them, is behind them).
         // A directory not made yet holds none.
-        walk.problem = walk.archives(archives, 0, verifier)?;
+        walk.problem = walk.archives(archives, &before, verifier)?;
     }
     let mut from = archived_end;
     while walk.problem.is_none() && from < of {
@@ -266,6 +286,7 @@ pub fn verify_watched(
         mut problem,
         archive_checkpoints,
         archived_until_us,
+        archives_left,
         ..
     } = walk;
     if problem.is_none() {
@@ -305,6 +326,11 @@ pub fn verify_watched(
         notes.push(format!(
             "read in one snapshot, since {why}: the gateway writing beside could not restart \
              its journal (WAL) meanwhile"
+        ));
+    }
+    if archives_left > 0 {
+        notes.push(format!(
+            "{archives_left} archive file(s) written beside while this ran are left for the              next verification: their records were checked in the hot store"
         ));
     }
     if problem.is_none() && store.seals_lookups()? {
@@ -365,6 +391,8 @@ struct Walk<'a> {
     archive_checkpoints: Vec<(PathBuf, Checkpoint)>,
     /// When the latest record of the archives read happened.
     archived_until_us: i64,
+    /// Archive files written beside, after the snapshot: not read.
+    archives_left: usize,
     /// Told how far the walk has gone...
     progress: &'a mut dyn FnMut(Checked),
     /// ... in records of these.
@@ -409,14 +437,19 @@ impl Walk<'_> {
 
     /// Reads the archives in `dir`, which must hold records 0 to
     /// `archived_end` in order, each intact and proven by its own signed
-    /// checkpoint, into the tree; the first damage names the file.
+    /// checkpoint, into the tree; the first damage names the file. Of the
+    /// files after those, only the ones in `before` (listed before the
+    /// store's snapshot) are read.
     fn archives(
         &mut self,
         dir: &Path,
-        archived_end: u64,
+        before: &[PathBuf],
         verifier: &Verifier,
     ) -> Result<Option<Problem>, VerifyError> {
-        for path in archive::list(dir)? {
+        let archived_end = self.archived_end;
+        let (paths, left) = archive::list_with(dir, before, archived_end)?;
+        self.archives_left = left;
+        for path in paths {
             let expected = self.tree.size();
             if expected >= archived_end {
                 // A run cut short archived a segment still in the store:
