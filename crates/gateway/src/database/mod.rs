@@ -844,13 +844,8 @@ impl Database {
     /// Takes `client` for dead, unless another query replaced it already:
     /// the next query dials again.
     fn forget(&self, client: &Arc<Client>) {
-        let current = self.client.load();
-        if current
-            .as_ref()
-            .is_some_and(|open| Arc::ptr_eq(open, client))
-        {
-            self.client.store(None);
-        }
+        // In one step: a connection dialled meanwhile stays.
+        let _ = self.client.compare_and_swap(client, None);
     }
 
     fn no_answer(&self) -> DatabaseError {
@@ -984,12 +979,21 @@ impl Database {
         // what a statement wrote is on disk once it returns (a consent's
         // use taken, a partner's nonce spent), even where the server is
         // tuned for `synchronous_commit = off`.
-        dialled
-            .batch_execute(
-                "SET default_transaction_isolation = 'read committed'; \
-                 SET synchronous_commit = on",
-            )
+        // Bounded as the connection was: behind a pooler that logs in by
+        // itself (PgBouncer), or facing a server frozen with its socket
+        // open, no answer may come, and every query of the node waits for
+        // this dial.
+        let settings = dialled.batch_execute(
+            "SET default_transaction_isolation = 'read committed'; \
+             SET synchronous_commit = on",
+        );
+        tokio::time::timeout(timeout, settings)
             .await
+            .map_err(|_| {
+                unreachable(format!(
+                    "no answer to the session's settings within {timeout:?}"
+                ))
+            })?
             .map_err(|error| self.failed(&error))?;
         Ok(dialled)
     }
