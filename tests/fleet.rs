@@ -2493,6 +2493,98 @@ async fn an_answered_append_survives_an_immediate_stop() {
     }
 }
 
+/// A checkpoint the database did not take is due again: the records it
+/// was to cover get one at the next interval, with no new call to bring
+/// it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkpoint_the_database_refused_is_signed_again() {
+    let cluster = Cluster::start_temporary().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = govbridge::config::ExchangeLogConfig::defaults(dir.path(), "node-1");
+    config.checkpoint_interval = Duration::from_millis(300);
+    config.checkpoint_records = 1;
+    let log = fleet_log_with(&cluster, config, "node-1").await;
+    cluster
+        .psql(
+            "govbridge",
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'refused for the test'; END $$; \
+             CREATE TRIGGER refuse BEFORE INSERT ON log_checkpoints \
+             FOR EACH ROW EXECUTE FUNCTION refuse();",
+        )
+        .unwrap();
+    let record = govbridge::exchange_log::ExchangeRecord {
+        request_id: "uncovered".to_owned(),
+        caller: "SN/COM/CBAO/kyc".to_owned(),
+        ..Default::default()
+    };
+    // The record is committed, and its call goes on.
+    assert_eq!(log.append(record).await.unwrap(), 0);
+    let covered = "SELECT count(*) FROM log_checkpoints WHERE size >= 1";
+    assert_eq!(cluster.psql("govbridge", covered).unwrap(), "0");
+    cluster
+        .psql("govbridge", "DROP TRIGGER refuse ON log_checkpoints")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.psql("govbridge", covered).unwrap() == "0" {
+        assert!(Instant::now() < deadline, "no checkpoint covers the record");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::task::spawn_blocking(move || log.close())
+        .await
+        .unwrap();
+}
+
+/// A database that lost commits (put back to an earlier time: a restore,
+/// a failover to a standby behind) holds a smaller log than the node saw:
+/// the node refuses its calls, saying why, rather than give the lost
+/// records' indexes to new ones and sign a fork; a probe does not make it
+/// writable again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_that_lost_commits_is_refused_not_forked() {
+    let cluster = Cluster::start_temporary().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = govbridge::config::ExchangeLogConfig::defaults(dir.path(), "node-1");
+    config.checkpoint_interval = Duration::from_secs(3600);
+    config.checkpoint_records = u64::MAX;
+    let log = fleet_log_with(&cluster, config, "node-1").await;
+    let record = |id: &str| govbridge::exchange_log::ExchangeRecord {
+        request_id: id.to_owned(),
+        caller: "SN/COM/CBAO/kyc".to_owned(),
+        ..Default::default()
+    };
+    assert_eq!(log.append(record("kept")).await.unwrap(), 0);
+    cluster
+        .psql(
+            "govbridge",
+            "CREATE TABLE head_then AS SELECT * FROM log_head",
+        )
+        .unwrap();
+    assert_eq!(log.append(record("lost-1")).await.unwrap(), 1);
+    assert_eq!(log.append(record("lost-2")).await.unwrap(), 2);
+    // The database as it was after the first record.
+    cluster
+        .psql(
+            "govbridge",
+            "DELETE FROM log_records WHERE idx >= 1; \
+             UPDATE log_head SET size = earlier.size, frontier = earlier.frontier \
+             FROM head_then AS earlier",
+        )
+        .unwrap();
+    for _ in 0..2 {
+        let refused = log.append(record("after")).await.unwrap_err().to_string();
+        assert!(
+            refused.contains("holds 1 records, and this node saw it hold 3")
+                && refused.contains("lost commits"),
+            "{refused}"
+        );
+    }
+    assert!(!log.is_healthy());
+    tokio::task::spawn_blocking(move || log.close())
+        .await
+        .unwrap();
+}
+
 /// The node's connections run read committed, which its queries are
 /// written for, and commit durably (a consent's use taken stays taken
 /// across a crash of the database), whatever the role's defaults.

@@ -108,6 +108,11 @@ pub struct SharedStore {
     fault: Option<StoreFault>,
     /// [`APPEND`] prepared on the writer's connection.
     prepared: Option<(Arc<Client>, Statement)>,
+    /// The largest size of the log this node has seen...
+    seen: u64,
+    /// ... and, once the database held a smaller one, why it stays
+    /// refused ([`Self::not_behind`]).
+    behind: Option<String>,
 }
 
 /// The columns of a batch, one array per column, in [`store::COLUMNS`]
@@ -318,13 +323,45 @@ impl SharedStore {
             node: fleet.node.clone(),
             fault: None,
             prepared: None,
+            seen: 0,
+            behind: None,
         };
+        let mut store = store;
         let frontier = store.head()?;
         Ok((store, frontier))
     }
 
+    /// Checks that the fleet's log, of `size` records now, holds all this
+    /// node has seen it hold. Records are never removed from it: a smaller
+    /// log is a database that lost commits (a failover to a standby that
+    /// had not received them, a restore to an earlier time). Appending
+    /// there would give the lost records' indexes, which callers hold in
+    /// their receipts, to other records, and the next checkpoint would
+    /// sign a tree that does not extend the one partners and witnesses
+    /// hold. The node refuses every call from then on, until an operator
+    /// has looked (and restarts it).
+    fn not_behind(&mut self, size: u64) -> Result<(), StoreError> {
+        if self.behind.is_none() && size < self.seen {
+            let message = format!(
+                "the fleet's exchange log holds {size} records, and this node saw it hold {}: \
+                 the database lost commits (a failover to a standby that had not received \
+                 them, or a restore to an earlier time). Calls are refused: records would \
+                 take the indexes of the lost ones, and checkpoints would fork the log. \
+                 Restore the lost commits, or have an operator decide, then restart the node",
+                self.seen
+            );
+            tracing::error!(size, seen = self.seen, "{message}");
+            self.behind = Some(message);
+        }
+        if let Some(behind) = &self.behind {
+            return Err(invalid(&self.database, behind.clone()));
+        }
+        self.seen = size;
+        Ok(())
+    }
+
     /// The log as it is now, without a lock.
-    pub fn head(&self) -> Result<Frontier, StoreError> {
+    pub fn head(&mut self) -> Result<Frontier, StoreError> {
         let rows = self
             .runtime
             .block_on(self.database.run(|client| async move {
@@ -332,7 +369,9 @@ impl SharedStore {
                     .simple_query("SELECT size, encode(frontier, 'hex') FROM log_head")
                     .await
             }))?;
-        head_of(&self.database, &rows)
+        let head = head_of(&self.database, &rows)?;
+        self.not_behind(head.size())?;
+        Ok(head)
     }
 
     /// Appends `records` after whatever the fleet's nodes appended, with
@@ -348,6 +387,7 @@ impl SharedStore {
         if let Some(fault) = self.fault {
             return Err(simulated(&self.database, fault));
         }
+        self.not_behind(frontier.size())?;
         // Everything but the tree is done here, before the lock.
         let batch = Batch::of(records, frontier);
         let node = self.node.as_str();
@@ -357,12 +397,14 @@ impl SharedStore {
             append_batch(database, &client, cache, &batch, node).await
         }))??;
         let first = appended.size() - records.len() as u64;
+        // Committed, but not to be answered if the log went back.
+        self.not_behind(first)?;
         // On its own time: the records are committed, and a slow
         // checkpoint must not make their calls' wait run out.
         if let Some((origin, key)) = checkpoint
             && appended.size() > 0
         {
-            let head = &appended;
+            let (database, node, head) = (&self.database, self.node.as_str(), &appended);
             let stored = self.runtime.block_on(database.run(|client| async move {
                 store_checkpoint(&client, head, node, origin, key).await
             }));
@@ -385,7 +427,7 @@ impl SharedStore {
         if let Some(fault) = self.fault {
             return Err(simulated(&self.database, fault));
         }
-        self.head().map(|_| ())
+        self.head().map(drop)
     }
 
     /// Simulates (or stops simulating) a failure of the store.

@@ -1037,10 +1037,16 @@ impl<B: Backend> Writer<B> {
                 let size = self.frontier.size();
                 self.shared.size.store(size, Ordering::Release);
                 if checkpoint {
-                    self.checkpointed = size;
                     self.last_checkpoint = Instant::now();
+                    // As stored: a fleet's records are committed even when
+                    // their checkpoint is not, and it is then due again at
+                    // the next interval (or when the log closes).
                     match self.store.latest_checkpoint() {
-                        Ok(latest) => self.shared.checkpoint.store(latest.map(Arc::new)),
+                        Ok(latest) => {
+                            let stored = latest.as_ref().map_or(0, |latest| latest.size);
+                            self.checkpointed = self.checkpointed.max(stored);
+                            self.shared.checkpoint.store(latest.map(Arc::new));
+                        }
                         Err(error) => tracing::warn!(%error, "cannot read back the checkpoint"),
                     }
                 }
