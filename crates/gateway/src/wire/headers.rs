@@ -162,6 +162,18 @@ pub fn check_grpc<B>(request: &Request<B>) -> Result<(), WireError> {
     if !is_grpc(request.headers()) {
         return Err(WireError::NotGrpc("content-type must be application/grpc"));
     }
+    // Another codec (`+json`, `+cbor`) is refused: the gateway reads each
+    // message as protobuf (the data subject a consent is bound to), and a
+    // backend that chose its codec by this name would read other bytes.
+    let content_type = request.headers().get(CONTENT_TYPE);
+    if !content_type
+        .is_some_and(|value| value == "application/grpc" || value == "application/grpc+proto")
+    {
+        return Err(WireError::NotGrpc(
+            "content-type must be application/grpc or application/grpc+proto: messages \
+             through the gateway are protobuf",
+        ));
+    }
     if request.version() != http::Version::HTTP_2 {
         return Err(WireError::NotGrpc("gRPC calls are made over HTTP/2"));
     }
@@ -290,6 +302,7 @@ pub fn upstream_headers(
     for (name, value) in client {
         let name_str = name.as_str();
         if is_bridge_name(name_str)
+            || is_proxy_instruction(name_str)
             || name == HOST
             || name_str == GRPC_TIMEOUT
             || name_str == TRACEPARENT
@@ -317,6 +330,19 @@ pub fn upstream_headers(
 pub fn is_bridge_name(name: &str) -> bool {
     name.strip_prefix("bridge")
         .is_some_and(|rest| rest.starts_with('-') || rest.starts_with('_'))
+}
+
+/// Whether a header is one the proxies in front of a backend act on or
+/// vouch with: who the client is (`forwarded`, `x-forwarded-*`,
+/// `x-real-ip`, `x-client-cert`) and how to retry or time out a call
+/// (`x-envoy-*`, which Envoy takes from peers on private addresses, as
+/// the gateway is). A member's would be taken for the gateway's word: a
+/// retry of a call the gateway never retries, an address or certificate
+/// not the member's. The gateway vouches for the caller in `bridge-client`.
+pub fn is_proxy_instruction(name: &str) -> bool {
+    matches!(name, "forwarded" | "x-real-ip" | "x-client-cert")
+        || name.starts_with("x-forwarded-")
+        || name.starts_with("x-envoy-")
 }
 
 /// Removes every `bridge-*` header: only the gateway speaks in that
@@ -382,6 +408,33 @@ pub fn keep_partner_refusal(headers: &mut HeaderMap, partner: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// gRPC with protobuf messages only: another codec's bytes would be
+    /// read one way by the gateway and another by the backend.
+    #[test]
+    fn only_protobuf_grpc_is_taken() {
+        let request = |content_type: &str| {
+            Request::post("/svc/M")
+                .version(http::Version::HTTP_2)
+                .header(CONTENT_TYPE, content_type)
+                .body(())
+                .unwrap()
+        };
+        for taken in ["application/grpc", "application/grpc+proto"] {
+            assert!(check_grpc(&request(taken)).is_ok(), "{taken}");
+        }
+        for refused in [
+            "application/grpc+json",
+            "application/grpc+cbor",
+            "application/grpcx",
+            "application/grpc; charset=utf-8",
+        ] {
+            let Err(WireError::NotGrpc(why)) = check_grpc(&request(refused)) else {
+                panic!("{refused} taken");
+            };
+            assert!(why.contains("application/grpc+proto"), "{why}");
+        }
+    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -465,6 +518,12 @@ mod tests {
             ("bridge-anything", "x"),
             ("bridge_client", "SN/GOV/DGID/tax"),
             ("x-custom", "kept"),
+            ("x-envoy-retry-on", "5xx,reset"),
+            ("x-envoy-max-retries", "5"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-client-cert", "Hash=forged"),
+            ("forwarded", "for=10.0.0.1"),
+            ("x-real-ip", "10.0.0.1"),
             (
                 TRACEPARENT,
                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
@@ -480,6 +539,16 @@ mod tests {
         assert!(upstream.get("bridge-anything").is_none());
         assert!(upstream.get("bridge_client").is_none());
         assert_eq!(upstream["x-custom"], "kept");
+        for dropped in [
+            "x-envoy-retry-on",
+            "x-envoy-max-retries",
+            "x-forwarded-for",
+            "x-forwarded-client-cert",
+            "forwarded",
+            "x-real-ip",
+        ] {
+            assert!(upstream.get(dropped).is_none(), "{dropped} forwarded");
+        }
         // The same trace, under the gateway's own span.
         let forwarded = upstream[TRACEPARENT].to_str().unwrap();
         assert!(forwarded.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
