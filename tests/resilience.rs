@@ -120,6 +120,50 @@ async fn health_checks_take_a_failing_endpoint_out_and_put_it_back() {
     .await;
 }
 
+/// An endpoint ejected through an outage its health checks saw is back
+/// as soon as they pass again, not once its ejection (here a minute)
+/// runs out: a provider's only endpoint, recovered, takes calls at once.
+#[tokio::test]
+async fn an_endpoint_back_from_an_outage_is_readmitted_by_its_checks() {
+    let bed = Bed::builder()
+        .cuttable(REGISTRY)
+        .upstream("health_check_interval", "\"50ms\"")
+        .upstream("unhealthy_threshold", "1")
+        .upstream("healthy_threshold", "1")
+        .upstream("ejection_failures", "1")
+        .upstream("ejection_time", "\"60s\"")
+        .upstream("max_ejection_time", "\"60s\"")
+        .start()
+        .await;
+    verify(&bed, &[]).await.unwrap();
+    bed.cut_replica(REGISTRY, 0);
+    eventually("the endpoint is ejected", || async {
+        let _ = verify(&bed, &[]).await;
+        endpoints(&bed, "govbridge_upstream_endpoint_ejections_total").await[0] >= 1
+    })
+    .await;
+    bed.restore_replica(REGISTRY, 0);
+    eventually("the endpoint takes calls again", || async {
+        verify(&bed, &[]).await.is_ok()
+    })
+    .await;
+}
+
+/// A check refused for the caller's limits (a partner's gateway full of
+/// this gateway's own calls) says the endpoint is up: it answered.
+#[tokio::test]
+async fn a_check_refused_for_limits_keeps_the_endpoint_in_rotation() {
+    let bed = one_endpoint_failing_checks().await;
+    bed.fault(REGISTRY, 0).set(Fault::fail(Failure::Status(
+        Code::ResourceExhausted,
+        "too many calls".to_owned(),
+    )));
+    eventually("the endpoint is back in rotation", || async {
+        endpoints(&bed, "govbridge_upstream_endpoint_in_rotation").await == [1]
+    })
+    .await;
+}
+
 /// A bed whose only civil registry endpoint fails its health checks (every
 /// 50 ms) and has been taken out of rotation.
 async fn one_endpoint_failing_checks() -> Bed {

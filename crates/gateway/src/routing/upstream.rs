@@ -399,6 +399,12 @@ impl EndpointSlot {
                 health.checks_passed = health.checks_passed.saturating_add(1);
                 if health.failing_checks && health.checks_passed >= settings.healthy_threshold {
                     health.failing_checks = false;
+                    // Back from an outage the checks saw: an ejection of
+                    // then (up to `max_ejection_time`) ends with it. One
+                    // that answers its checks all along, yet fails calls,
+                    // stays out for the ejection's time.
+                    health.ejected_until = None;
+                    health.failures = 0;
                     tracing::info!(%provider, endpoint = %self.endpoint, "upstream endpoint passes health checks again");
                 }
             }
@@ -845,8 +851,11 @@ impl ProviderPool {
             .unwrap_or("none");
         match status {
             "0" => {}
-            // A backend without the health service answers, so it is up.
-            "12" => return Ok(()),
+            // A backend without the health service answers, so it is up;
+            // so does one that refuses the check for its limits (a
+            // partner's gateway, whose limits this gateway's own calls
+            // fill): a full partner is not a partner down for everyone.
+            "12" | "8" => return Ok(()),
             other => return Err(format!("health check answered grpc-status {other}")),
         }
         let bytes = body.to_bytes();
