@@ -790,7 +790,12 @@ async fn a_partner_is_learned_from_its_signed_global_configuration() {
     assert!(az.witness);
 
     // Azerbaijan publishes version 2: learned again, its files under v2,
-    // version 1's gone, the section still one.
+    // version 1's gone, the section still one; what the operator keeps
+    // beside the versions stays.
+    let kept = publication.join("federation/AZ/keys");
+    std::fs::create_dir_all(&kept).unwrap();
+    std::fs::copy(&az_key, kept.join("AZ-directory.pub")).unwrap();
+    std::fs::create_dir_all(publication.join("federation/AZ/v1-notes")).unwrap();
     let first = keys.path().join("az-version-1.json");
     std::fs::copy(&bundle, &first).unwrap();
     let (bundle, _) = partner
@@ -806,6 +811,8 @@ async fn a_partner_is_learned_from_its_signed_global_configuration() {
     assert!(!after.contains("federation/AZ/v1/"), "{after}");
     assert!(publication.join("federation/AZ/v2/ca.pem").exists());
     assert!(!publication.join("federation/AZ/v1").exists());
+    assert!(kept.join("AZ-directory.pub").exists());
+    assert!(publication.join("federation/AZ/v1-notes").exists());
     govbridge::config::Config::load_publication(&global).unwrap();
     // Version 1 again, still signed and unexpired, is not learned: it
     // would undo what Azerbaijan changed since.

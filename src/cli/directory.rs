@@ -559,12 +559,22 @@ fn learn(learning: &Learning<'_>) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&trial);
         return Err(unwritten(error).context(format!("{}: left as it was", config.display())));
     }
-    // The versions learned before are no longer named.
+    // The versions learned before are no longer named. Only those: an
+    // operator may keep what else there (the partner's key, notes), and a
+    // link is never followed.
     for entry in std::fs::read_dir(&learned_dir)
         .with_context(|| format!("reading {}", learned_dir.display()))?
         .flatten()
     {
-        if entry.file_name() != version_dir.as_str() {
+        let name = entry.file_name();
+        let earlier = name.to_str().is_some_and(|name| {
+            name != version_dir
+                && name
+                    .strip_prefix('v')
+                    .is_some_and(|n| n.parse::<u64>().is_ok())
+        });
+        let directory = entry.file_type().is_ok_and(|kind| kind.is_dir());
+        if earlier && directory {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
