@@ -152,6 +152,9 @@ fn typos_in_keys_and_values_are_errors() {
         "max_deadline = \"99999999999999999h\"",
     ));
     assert_eq!(error.key, "upstream.max_deadline");
+    assert!(error.message.contains("longer than a century"), "{error}");
+    let error = error_of(&edited("max_deadline = \"60s\"", "max_deadline = \"999h\""));
+    assert_eq!(error.key, "upstream.max_deadline");
     assert!(error.message.contains("between"), "{error}");
     let error = error_of(&edited(
         "connect_timeout = \"1s\"",
@@ -749,13 +752,36 @@ fn a_retention_is_read_and_named() {
     );
     assert_eq!(config.exchange_log.archive_dir, beside("archives"));
 
-    for (value, message) in [("\"30m\"", "at least 1h"), ("\"90\"", "no unit")] {
+    for (value, message) in [
+        ("\"30m\"", "at least 1h"),
+        ("\"90\"", "no unit"),
+        ("\"99999999999999999d\"", "longer than a century"),
+    ] {
         let text = edited("# retain = \"90d\"", &format!("retain = {value}"));
         let error = error_of(&text);
         assert_eq!(error.key, "exchange_log.retain", "{error}");
         assert_eq!(error.line, Some(line_of(&text, "retain = ")), "{error}");
         assert!(error.message.contains(message), "{value}: {error}");
     }
+}
+
+/// A node id names the node in its log's origin (a key name), its
+/// records and its backups' manifests: one that cannot is refused where
+/// it is written, not when the gateway starts.
+#[test]
+fn a_node_id_that_cannot_name_a_log_is_named() {
+    for bad in ["gw dakar 1", "gw+1", "gw\\nfile", "", "ü"] {
+        let text = edited("node_id = \"gw-dakar-1\"", &format!("node_id = \"{bad}\""));
+        let error = error_of(&text);
+        assert_eq!(error.key, "gateway.node_id", "{bad}: {error}");
+        assert_eq!(error.line, Some(line_of(&text, "node_id = ")), "{error}");
+        assert!(error.message.contains("letters, digits"), "{error}");
+    }
+    let text = edited("node_id = \"gw-dakar-1\"", "node_id = \"gw_dakar.1-a\"");
+    assert_eq!(
+        Config::parse(path(), &text).unwrap().gateway.node_id,
+        "gw_dakar.1-a"
+    );
 }
 
 /// `[store] url`: a PostgreSQL URL, named with its line when it is not one;

@@ -835,12 +835,25 @@ fn read(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
+/// The longest duration a setting takes: a century. A longer one is a
+/// typo, and taken as written it would wrap, or saturate into "never" (a
+/// directory bundle that never expires, say).
+pub const LONGEST: Duration = Duration::from_secs(100 * 36_525 * 86_400 / 100);
+
 /// Parses a retention: `90d`, or a duration as [`parse_duration`] does.
 pub fn parse_retention(text: &str) -> Result<Duration, String> {
     match text.strip_suffix('d').map(str::parse::<u64>) {
-        Some(Ok(days)) => Ok(Duration::from_secs(days.saturating_mul(86_400))),
+        Some(Ok(days)) => within_a_century(text, days.checked_mul(86_400).map(Duration::from_secs)),
         _ => parse_duration(text).map_err(|message| format!("{message}, or days: `90d`")),
     }
+}
+
+/// `duration` (`None`: past what a number of seconds holds), if no longer
+/// than [`LONGEST`].
+fn within_a_century(text: &str, duration: Option<Duration>) -> Result<Duration, String> {
+    duration
+        .filter(|duration| *duration <= LONGEST)
+        .ok_or_else(|| format!("`{text}` is longer than a century"))
 }
 
 /// Parses `500ms`, `10s`, `2m` or `1h`.
@@ -853,17 +866,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("`{text}` does not start with a number"))?;
     let duration = match unit {
-        "ms" => Duration::from_millis(number),
-        "s" => Duration::from_secs(number),
-        "m" => Duration::from_secs(number.saturating_mul(60)),
-        "h" => Duration::from_secs(number.saturating_mul(3600)),
+        "ms" => Some(Duration::from_millis(number)),
+        "s" => Some(Duration::from_secs(number)),
+        "m" => number.checked_mul(60).map(Duration::from_secs),
+        "h" => number.checked_mul(3600).map(Duration::from_secs),
         _ => {
             return Err(format!(
                 "`{text}` has unknown unit `{unit}`; use ms, s, m or h"
             ));
         }
     };
-    Ok(duration)
+    within_a_century(text, duration)
 }
 
 /// Parses `https://host:port` into an [`Endpoint`].
@@ -950,6 +963,24 @@ mod tests {
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("10").is_err());
+        // Past a century: a typo, never "forever".
+        assert_eq!(
+            parse_retention("36524d"),
+            Ok(Duration::from_secs(36_524 * 86_400))
+        );
+        for long in [
+            "99999999999999999d",
+            "36525000h",
+            "5124095576030431h",
+            "4000000000000s",
+        ] {
+            let refused = parse_retention(long).unwrap_err();
+            assert!(
+                refused.contains("longer than a century"),
+                "{long}: {refused}"
+            );
+        }
+        assert!(parse_duration("99999999999999999h").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("3d").is_err());
     }

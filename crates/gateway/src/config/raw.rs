@@ -1022,8 +1022,20 @@ fn validate(
     let trust = Trust::of(source, shared, &raw, global.trust.as_ref())?;
     let gateway = &raw.gateway;
     let listener = listener_settings(source, gateway)?;
-    if gateway.node_id.get_ref().is_empty() || gateway.node_id.get_ref().len() > 64 {
-        return Err(source.error("gateway.node_id", &gateway.node_id, "must be 1 to 64 bytes"));
+    // It names the node in its log's origin (`govbridge/<node_id>`, a key
+    // name), its records, the fleet's tables and its backups' manifests.
+    let node_id = gateway.node_id.get_ref();
+    if node_id.is_empty()
+        || node_id.len() > 64
+        || !node_id
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"._-".contains(&byte))
+    {
+        return Err(source.error(
+            "gateway.node_id",
+            &gateway.node_id,
+            "must be 1 to 64 letters, digits, `.`, `_` or `-`, e.g. `gw-dakar-1`",
+        ));
     }
     let mut gateway_config = GatewayConfig {
         node_id: gateway.node_id.get_ref().clone(),
