@@ -765,6 +765,27 @@ fn a_retention_is_read_and_named() {
     }
 }
 
+/// A Data Tracker client no member is (a typo) is named: its portal's
+/// calls would all be refused.
+#[test]
+fn a_data_tracker_client_must_be_a_member() {
+    let text = edited(
+        "data_tracker_clients = [\"SN/GOV/MYGOV/app\"]",
+        "data_tracker_clients = [\"SN/GOV/MYGOV/app\", \"SN/GOV/MYGOV/ap\"]",
+    );
+    let error = error_of(&text);
+    assert_eq!(error.key, "exchange_log.data_tracker_clients[1]", "{error}");
+    assert_eq!(
+        error.line,
+        Some(line_of(&text, "data_tracker_clients")),
+        "{error}"
+    );
+    assert!(
+        error.message.contains("SN/GOV/MYGOV/ap is not a member"),
+        "{error}"
+    );
+}
+
 /// A node id names the node in its log's origin (a key name), its
 /// records and its backups' manifests: one that cannot is refused where
 /// it is written, not when the gateway starts.

@@ -1332,6 +1332,21 @@ fn validate(
     };
 
     let exchange_log = validate_exchange_log(source, raw.exchange_log.as_ref(), &gateway_config)?;
+    // A portal no member is would never be recognised: its Data Tracker
+    // calls all refused, with nothing to say why at start.
+    let clients = raw
+        .exchange_log
+        .iter()
+        .flat_map(|log| &log.data_tracker_clients);
+    for (index, (client, id)) in clients.zip(&exchange_log.data_tracker_clients).enumerate() {
+        if !members.contains_key(id) {
+            return Err(source.error(
+                format!("exchange_log.data_tracker_clients[{index}]"),
+                client,
+                format!("{id} is not a member (no [members.\"{id}\"])"),
+            ));
+        }
+    }
     let telemetry = validate_telemetry(source, raw.telemetry.as_ref())?;
     let consent = global
         .consent
