@@ -178,6 +178,42 @@ fn run(args: &[&str]) -> String {
     text(&output)
 }
 
+/// `directory init --out` elsewhere than the file it splits is refused,
+/// nothing written: the relative paths it keeps (a `data_dir`) would name
+/// other files there, and the gateway start a new exchange log.
+#[tokio::test]
+async fn a_split_gateway_file_is_written_beside_its_original() {
+    let bed = Bed::builder().start().await;
+    let dir = bed.dir();
+    let whole = GatewayProcess::config(&bed, "whole", &[], "");
+    keygen(&dir.join("directory-key.pem"));
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let publication = dir.join("publication");
+    let output = govbridge(&[
+        "directory",
+        "init",
+        "--config",
+        path(&whole),
+        "--publication",
+        path(&publication),
+        "--out",
+        path(&elsewhere.join("split.toml")),
+        "--url",
+        "https://127.0.0.1:8450/bundle.json",
+        "--ca",
+        path(&dir.join("pki/ca.pem")),
+        "--key",
+        path(&dir.join("directory-key.pub")),
+    ]);
+    let said = text(&output);
+    assert!(!output.status.success(), "{said}");
+    assert!(said.contains("write it beside"), "{said}");
+    assert!(!publication.exists());
+    assert!(!elsewhere.join("split.toml").exists());
+    bed.stop().await;
+}
+
 /// Waits until `series` of the gateway at `admin` reaches `at_least`.
 async fn until_metric(admin: SocketAddr, series: &str, at_least: f64) -> Duration {
     let started = Instant::now();

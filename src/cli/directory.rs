@@ -161,6 +161,7 @@ pub fn run(command: DirectoryCommand) -> anyhow::Result<()> {
                     bail!("{}: exists; init writes new files only", path.display());
                 }
             }
+            beside(&out, &config)?;
             let settings = govbridge::global::split::DirectorySettings {
                 url: &url,
                 ca: ca.as_deref(),
@@ -355,6 +356,33 @@ fn learned_version(dir: &Path) -> anyhow::Result<Option<u64>> {
             name.to_str()?.strip_prefix('v')?.parse::<u64>().ok()
         })
         .max())
+}
+
+/// Refuses a gateway file `out` written elsewhere than `config`, the file
+/// it is split from: the relative paths it keeps (`data_dir`, certificates,
+/// keys) are read from its own directory, and elsewhere they would name
+/// other files: a gateway starting a new exchange log, under a new key.
+fn beside(out: &Path, config: &Path) -> anyhow::Result<()> {
+    let dir_of = |file: &Path| {
+        let dir = file
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::canonicalize(dir).with_context(|| format!("{}: cannot be read", dir.display()))
+    };
+    let (from, to) = (dir_of(config)?, dir_of(out)?);
+    if from != to {
+        bail!(
+            "--out {}: write it beside {} (in {}): the paths it keeps from that file \
+             (exchange_log.data_dir, certificates, keys) are read from its own directory, and in \
+             {} they would name other files (a new exchange log, under a new key)",
+            out.display(),
+            config.display(),
+            from.display(),
+            to.display()
+        );
+    }
+    Ok(())
 }
 
 /// What `learn` learns, from where, and into which file.
