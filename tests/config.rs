@@ -765,6 +765,45 @@ fn a_retention_is_read_and_named() {
     }
 }
 
+/// A key inside a table named by a quoted id (a member, a provider, a
+/// service) is named with that id, not a `?`.
+#[test]
+fn keys_under_quoted_ids_are_named_in_full() {
+    for (from, to, key, line_of_key) in [
+        (
+            "groups = [\"licensed-banks\"]\n",
+            "groups = [\"licensed-banks\"]\nname2 = 1\n",
+            "members.\"SN/COM/CBAO/kyc\".name2",
+            "name2",
+        ),
+        (
+            "idempotent = [\"GetPerson\", \"VerifyIdentity\"]",
+            "idempotent = [\"GetPerson\", \"VerifyIdentity\"]\ntimeout = 1",
+            "services.\"govbridge.civilregistry.v1.CivilRegistry\".timeout",
+            "timeout = 1",
+        ),
+        (
+            "endpoints = [\"https://127.0.0.1:7102\"]",
+            "endpoints = \"https://127.0.0.1:7102\"",
+            "providers.\"SN/GOV/DGID/tax\".endpoints",
+            "endpoints = \"https://127.0.0.1:7102\"",
+        ),
+    ] {
+        let text = edited(from, to);
+        let error = error_of(&text);
+        assert_eq!(error.key, key, "{error}");
+        assert_eq!(error.line, Some(line_of(&text, line_of_key)), "{error}");
+    }
+    // A key missing: named in its table.
+    let text = edited(
+        "name = \"CBAO Groupe Attijariwafa bank, customer due diligence\"\n",
+        "",
+    );
+    let error = error_of(&text);
+    assert_eq!(error.key, "members.\"SN/COM/CBAO/kyc\".name", "{error}");
+    assert_eq!(error.message, "missing key");
+}
+
 /// A Data Tracker client no member is (a typo) is named: its portal's
 /// calls would all be refused.
 #[test]

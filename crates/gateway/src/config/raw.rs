@@ -915,12 +915,8 @@ impl Source<'_> {
         };
         let deserializer = toml::de::Deserializer::parse(source.text).map_err(syntax_error)?;
         serde_path_to_error::deserialize(deserializer).map_err(|error| {
-            // A wrong type inside `Spanned` names serde_spanned's private
-            // field; the key is its parent.
-            let path = error
-                .path()
-                .to_string()
-                .replace(".$__serde_spanned_private_value", "");
+            let offset = error.inner().span().map(|span| span.start);
+            let path = key_path(error.path(), source.text, offset);
             let inner = error.into_inner();
             let message = inner.message().trim().to_owned();
             let line = inner.span().map(|span| source.line_of(span.start));
@@ -941,6 +937,77 @@ impl Source<'_> {
                 message,
             }
         })
+    }
+}
+
+/// The key `path` names, as the file writes it (`members."SN/COM/CBAO/kyc".name`).
+///
+/// A wrong type inside `Spanned` names serde_spanned's private field: the
+/// key is its parent. A key serde could not name (`?`: the keys of the
+/// tables of members, providers, services and limits are `Spanned`, which
+/// serde_path_to_error does not see) is found in the file: the key of its
+/// table that comes last before the end of the error's line (at `offset`).
+fn key_path(path: &serde_path_to_error::Path, text: &str, offset: Option<usize>) -> String {
+    use serde_path_to_error::Segment;
+    use toml::de::{DeArray, DeTable, DeValue};
+    let document = DeTable::parse(text).ok();
+    // The end of the error's line: a table's error may be at its header,
+    // before its key.
+    let before = offset.map(|at| {
+        text.get(at..)
+            .and_then(|rest| rest.find('\n'))
+            .map_or(text.len(), |end| at + end)
+    });
+    let mut table = document.as_ref().map(|document| document.get_ref());
+    let mut array = None;
+    let mut named = String::new();
+    for segment in path.iter() {
+        let key = match segment {
+            Segment::Map { key } if key.starts_with("$__serde_spanned") => continue,
+            Segment::Seq { index } => {
+                named.push_str(&format!("[{index}]"));
+                let item = array.and_then(|array: &DeArray<'_>| array.get(*index));
+                (table, array) = descend(item.map(toml::Spanned::get_ref));
+                continue;
+            }
+            Segment::Map { key } => {
+                table.and_then(|table| table.iter().find(|(name, _)| name.get_ref() == key))
+            }
+            Segment::Enum { .. } | Segment::Unknown => table.and_then(|table| {
+                table
+                    .iter()
+                    .filter(|(name, _)| before.is_some_and(|end| name.span().start <= end))
+                    .max_by_key(|(name, _)| name.span().start)
+            }),
+        };
+        if !named.is_empty() {
+            named.push('.');
+        }
+        match key {
+            Some((name, value)) => {
+                named.push_str(&quoted(name.get_ref()));
+                (table, array) = descend(Some(value.get_ref()));
+            }
+            None => {
+                named.push_str(&segment.to_string());
+                (table, array) = (None, None);
+            }
+        }
+    }
+    /// The table or array `value` is, to look into.
+    fn descend<'a, 'i>(
+        value: Option<&'a DeValue<'i>>,
+    ) -> (Option<&'a DeTable<'i>>, Option<&'a DeArray<'i>>) {
+        match value {
+            Some(DeValue::Table(table)) => (Some(table), None),
+            Some(DeValue::Array(array)) => (None, Some(array)),
+            _ => (None, None),
+        }
+    }
+    if named.is_empty() {
+        ".".to_owned()
+    } else {
+        named
     }
 }
 
