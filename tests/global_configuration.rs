@@ -1097,6 +1097,14 @@ async fn a_backup_taken_while_serving_is_checked_and_restored_elsewhere() {
     std::fs::create_dir_all(&witnessed).unwrap();
     std::fs::write(witnessed.join("AZ.checkpoint"), "AZ's checkpoint\n").unwrap();
     std::fs::write(witnessed.join(".AZ.checkpoint.1.tmp"), "half").unwrap();
+    // The cache of a partner's directory the gateway follows (any bytes
+    // do here): the version it runs is the floor of the next it takes.
+    let followed = gateway.data.join("partners/AZ/0123abcd");
+    std::fs::create_dir_all(followed.join("v3/policies")).unwrap();
+    std::fs::write(followed.join("current"), "3\n").unwrap();
+    std::fs::write(followed.join("v3/manifest.note"), "AZ's manifest\n").unwrap();
+    std::fs::write(followed.join("v3/policies/az.cedar"), "// AZ\n").unwrap();
+    std::fs::write(followed.join(".v4.1.tmp"), "half").unwrap();
     // What an archive run killed part-way leaves in the archives.
     let archives = gateway.data.join("archives");
     std::fs::create_dir_all(&archives).unwrap();
@@ -1226,6 +1234,17 @@ async fn a_backup_taken_while_serving_is_checked_and_restored_elsewhere() {
         "AZ's checkpoint\n"
     );
     assert!(!data.join("witness/.AZ.checkpoint.1.tmp").exists());
+    let followed = data.join("partners/AZ/0123abcd");
+    assert_eq!(
+        std::fs::read_to_string(followed.join("current")).unwrap(),
+        "3\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(followed.join("v3/policies/az.cedar")).unwrap(),
+        "// AZ\n"
+    );
+    assert!(followed.join("v3/manifest.note").is_file());
+    assert!(!followed.join(".v4.1.tmp").exists());
     let checked = run(&["check-config", path(&restored)]);
     assert!(
         checked.contains("global configuration: version 1"),

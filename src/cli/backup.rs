@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 
-use govbridge::config::Config;
+use govbridge::config::{Config, PARTNERS_DIR};
 use govbridge::exchange_log::archive;
 use govbridge::exchange_log::receipts::RECEIPTS_FILE;
 use govbridge::exchange_log::store::{DATABASE_FILE, KEY_FILE, VERIFIER_FILE};
@@ -48,16 +48,22 @@ enum Part {
     /// The checkpoints of partners' logs this gateway cosigned last: a
     /// witness that lost them would cosign a fork.
     Witness,
+    /// The caches of the partners' directories this gateway follows: the
+    /// version each runs is the floor of the next it takes, and without it
+    /// a restored gateway would take an older one back (a rollback of what
+    /// the partner revoked since).
+    Partners,
 }
 
 impl Part {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::Config,
         Self::Log,
         Self::Archives,
         Self::Ledger,
         Self::Directory,
         Self::Witness,
+        Self::Partners,
     ];
 
     fn name(self) -> &'static str {
@@ -68,6 +74,7 @@ impl Part {
             Self::Ledger => "consent",
             Self::Directory => "directory",
             Self::Witness => "witness",
+            Self::Partners => "partners",
         }
     }
 
@@ -218,6 +225,14 @@ fn write_backup(
         let name = entry.file_name().to_string_lossy().into_owned();
         if Part::Witness.may_hold(&name) {
             staging.copy(Part::Witness, &entry.path(), &name)?;
+        }
+    }
+    let partners = log.data_dir.join(PARTNERS_DIR);
+    if partners.is_dir() {
+        for (name, from) in walk(&partners)? {
+            if Part::Partners.may_hold(&name) {
+                staging.copy(Part::Partners, &from, &name)?;
+            }
         }
     }
     if let Some(consent) = config.consent.as_ref().filter(|_| config.store.is_none())
@@ -484,6 +499,11 @@ pub fn restore(from: &Path, config_path: &Path, key: &Path) -> anyhow::Result<()
                 .data_dir
                 .join(STATE_DIR)
                 .join(&entry.name),
+            Part::Partners => config
+                .exchange_log
+                .data_dir
+                .join(PARTNERS_DIR)
+                .join(&entry.name),
             Part::Ledger => match &config.consent {
                 Some(consent) => consent.ledger.clone(),
                 None => {
@@ -587,6 +607,19 @@ impl Part {
                             !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit())
                         }) && govbridge::global::is_bundle_path(rest)
                     })
+            }
+            // `INSTANCE/KEY-ID/` and what a directory's cache holds.
+            Self::Partners => {
+                let mut parts = name.splitn(3, '/');
+                let (Some(instance), Some(key), Some(rest)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    return false;
+                };
+                govbridge::global::is_instance(instance)
+                    && !key.is_empty()
+                    && key.bytes().all(|b| b.is_ascii_hexdigit())
+                    && Self::Directory.may_hold(rest)
             }
         }
     }

@@ -835,6 +835,10 @@ fn read(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
+/// Where, in `exchange_log.data_dir`, the caches of the partners'
+/// directories a gateway follows are: `partners/<INSTANCE>/<key id>/`.
+pub const PARTNERS_DIR: &str = "partners";
+
 /// The longest duration a setting takes: a century. A longer one is a
 /// typo, and taken as written it would wrap, or saturate into "never" (a
 /// directory bundle that never expires, say).

@@ -1850,7 +1850,7 @@ fn followed_partner(
     // Named by the key's id: its name is the partner's to choose, and no
     // path of this gateway's is.
     let cache = data_dir
-        .join("partners")
+        .join(super::PARTNERS_DIR)
         .join(instance)
         .join(verifier.id_hex());
     Ok(super::FollowedPartner {
