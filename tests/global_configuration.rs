@@ -496,6 +496,26 @@ async fn a_directory_serves_so_many_connections_and_no_more() {
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
 }
 
+/// A new exchange_log.data_dir takes effect at restart, and the reload
+/// takes the rest of the file: the directory's cache, in the data
+/// directory unless set, stays the running one's too, and is no reason to
+/// refuse the reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_moved_in_the_file_does_not_stop_reloads() {
+    let bed = dev_bed().await;
+    let directory = Directory::start(&bed).await;
+    let config = directory.gateway_config(&bed, "gw");
+    let gateway = GatewayProcess::spawn_config(&bed, "gw", &config);
+    const RELOADED: &str = "govbridge_reloads_total{result=\"ok\"}";
+    let reloads = metric(gateway.admin, RELOADED).await;
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("gw-data"), "{text}");
+    std::fs::write(&config, text.replace("gw-data", "gw-data-moved")).unwrap();
+    until_metric(gateway.admin, RELOADED, reloads + 1.0).await;
+    assert_eq!(metric(gateway.admin, VERSION).await, 1.0);
+    verify_identity(&bed, gateway.address).await.unwrap();
+}
+
 /// The configuration key is replaced without an outage: versions signed
 /// by both keys while gateways learn the new one (a reload of the file
 /// with the new key keeps following, a restart takes it), then by the new

@@ -483,7 +483,7 @@ pub(super) fn parse(
         return validate(&source, &source, raw, global, None, Some(partners));
     };
     raw.refuse_global(&source)?;
-    let directory = validate_directory(&source, &directory, &raw)?;
+    let directory = validate_directory(&source, &directory, &raw, &data_dir)?;
     let cache = crate::global::cache::Cache::new(&directory.cache);
     let cache_error = |message: String| ConfigError {
         file: path.to_owned(),
@@ -617,7 +617,7 @@ pub(super) fn followed_of(
     let Some(directory) = raw.directory.take() else {
         return followed_in(&source, &raw.federation);
     };
-    let directory = validate_directory(&source, &directory, &raw)?;
+    let directory = validate_directory(&source, &directory, &raw, &data_dir)?;
     let installed = match staged.global {
         Some(staged) => Some(staged.clone()),
         None => crate::global::cache::Cache::new(&directory.cache)
@@ -761,7 +761,7 @@ pub(super) fn directory_of(
     let raw: RawConfig = source.deserialize()?;
     raw.directory
         .as_ref()
-        .map(|directory| validate_directory(&source, directory, &raw))
+        .map(|directory| validate_directory(&source, directory, &raw, &data_dir_of(&source, &raw)))
         .transpose()
 }
 
@@ -819,10 +819,13 @@ impl RawConfig {
 const STORE_SOURCE: &str = "store";
 
 /// `[directory]`, checked.
+/// `[directory]`; its cache, unless set, in `data_dir` (the running
+/// gateway's: the file's own takes effect at restart).
 fn validate_directory(
     source: &Source<'_>,
     raw: &RawDirectory,
     config: &RawConfig,
+    data_dir: &Path,
 ) -> Result<DirectoryConfig, ConfigError> {
     let source_of = if raw.url.get_ref() == STORE_SOURCE {
         if let Some(ca) = &raw.ca {
@@ -886,7 +889,7 @@ fn validate_directory(
     )?;
     let cache = match &raw.cache {
         Some(cache) => source.path(cache),
-        None => data_dir_of(source, config).join("directory"),
+        None => data_dir.join("directory"),
     };
     let instance = source
         .member("gateway.identity", &config.gateway.identity)?
