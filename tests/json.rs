@@ -898,6 +898,60 @@ async fn streams_are_ndjson_both_ways() {
     );
 }
 
+/// A request over the member's message size is 413, not 429: a client
+/// retries a 429 by itself, and the same body would be refused again.
+#[tokio::test]
+async fn a_json_request_too_large_is_413() {
+    let bed = Bed::builder()
+        .dev_policies()
+        .limits("[limits.members.\"SN/COM/CBAO/kyc\"]\nmax_message_bytes = 64\n")
+        .start()
+        .await;
+    let mut bank = json_client(&bed, "cbao-kyc", HttpVersion::Http2).await;
+    let headers = [("bridge-purpose", "KYC"), REASON, AGENT];
+    let body = format!(r#"{{"firstNames": "{}"}}"#, "Awa ".repeat(40));
+    let answer = bank
+        .call(
+            Method::POST,
+            "/v1/persons/1234567890123:verify-identity",
+            &headers,
+            &body,
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 413, "{:?}", answer.json());
+    assert_eq!(answer.header("bridge-error"), Some("message-too-large"));
+    assert!(answer.header("retry-after").is_none());
+}
+
+/// A body refused whose refusal the log could not take is answered as
+/// the log's failure (503), as any call's is: not as a 400 that says the
+/// refusal was logged.
+#[tokio::test]
+async fn bad_json_the_log_cannot_record_is_503() {
+    let bed = dev_bed().await;
+    let mut bank = json_client(&bed, "cbao-kyc", HttpVersion::Http2).await;
+    let headers = [("bridge-purpose", "KYC"), REASON, AGENT];
+    bed.exchange_log()
+        .simulate_fault(Some(govbridge::exchange_log::StoreFault::DiskFull));
+    let answer = bank
+        .call(
+            Method::POST,
+            "/v1/persons/1234567890123:verify-identity",
+            &headers,
+            r#"{"firstNames": 7}"#,
+        )
+        .await
+        .unwrap();
+    bed.exchange_log().simulate_fault(None);
+    assert_eq!(answer.status, 503, "{:?}", answer.json());
+    assert_eq!(
+        answer.header("bridge-error"),
+        Some("exchange-log-unavailable")
+    );
+    assert!(answer.header("bridge-audit-index").is_none());
+}
+
 #[tokio::test]
 async fn json_mistakes_are_400s_naming_the_field_and_the_gateway_keeps_serving() {
     let bed = dev_bed().await;

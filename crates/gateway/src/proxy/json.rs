@@ -285,7 +285,11 @@ pub(super) async fn serve(
         grpc.extensions_mut().insert(bad);
     }
     let response = service.handle(grpc, true).await;
-    let mut answer = if let Some(bad) = read.refused.get() {
+    let refused_as_bad = response
+        .headers()
+        .get(headers::BRIDGE_ERROR)
+        .is_some_and(|kind| kind == "bad-json");
+    let mut answer = if let Some(bad) = read.refused.get().filter(|_| refused_as_bad) {
         let mut answer = Failure::bad_request(bad.clone()).respond(&request_id);
         // The refusal is in the log: where, and whose log, as for any.
         for name in [names::BRIDGE_AUDIT_INDEX, names::BRIDGE_INSTANCE] {
@@ -686,6 +690,7 @@ impl Failure {
         if failure.bridge_error.as_deref() == Some(BAD_ANSWER) {
             failure.http = StatusCode::BAD_GATEWAY;
         }
+        failure.http = too_large(failure.bridge_error.as_deref()).unwrap_or(failure.http);
         for name in [names::BRIDGE_INSTANCE, names::BRIDGE_AUDIT_INDEX] {
             if let Some(value) = status.get(&name) {
                 failure.headers.insert(name, value.clone());
@@ -710,6 +715,7 @@ impl Failure {
     }
 
     fn kind(mut self, kind: &str) -> Self {
+        self.http = too_large(Some(kind)).unwrap_or(self.http);
         self.bridge_error = Some(kind.to_owned());
         self
     }
@@ -984,6 +990,14 @@ impl Body for NdJson {
             }
         }
     }
+}
+
+/// 413 for a refusal of what the request holds: `RESOURCE_EXHAUSTED` is
+/// 429 otherwise, which HTTP clients retry by themselves, and the same
+/// request would be refused again.
+fn too_large(kind: Option<&str>) -> Option<StatusCode> {
+    matches!(kind, Some("message-too-large" | "too-many-subjects"))
+        .then_some(StatusCode::PAYLOAD_TOO_LARGE)
 }
 
 /// The HTTP status of a gRPC status, as Google's API conventions map them
