@@ -65,6 +65,13 @@ const HEADER: &str = "govbridge global configuration v1";
 /// The largest bundle a gateway takes.
 pub const MAX_BUNDLE_BYTES: usize = 64 * 1024 * 1024;
 
+/// The most files a bundle holds: an instance's policies, descriptors,
+/// CAs and CRLs are tens. Each is written and synced into the cache before
+/// the bundle is applied: a partner's bundle of hundreds of thousands of
+/// tiny files (64 MB holds some 700,000) would fill the data volume's
+/// inodes and hold every reload for as long as it took.
+pub const MAX_BUNDLE_FILES: usize = 4096;
+
 /// Why a bundle is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BundleError {
@@ -186,6 +193,11 @@ impl Manifest {
             if files.insert(path.to_owned(), hash).is_some() {
                 return Err(malformed(&format!("names {path} twice")));
             }
+            if files.len() > MAX_BUNDLE_FILES {
+                return Err(malformed(&format!(
+                    "names more than {MAX_BUNDLE_FILES} files"
+                )));
+            }
         }
         if !files.contains_key(GLOBAL_FILE) {
             return Err(BundleError::Missing(GLOBAL_FILE.to_owned()));
@@ -263,6 +275,13 @@ impl Bundle {
         }
         let mut files = BTreeMap::new();
         collect(dir, dir, &mut files)?;
+        if files.len() > MAX_BUNDLE_FILES {
+            return Err(BundleError::Malformed(format!(
+                "{} holds {} files: a bundle holds at most {MAX_BUNDLE_FILES}",
+                dir.display(),
+                files.len()
+            )));
+        }
         if !files.contains_key(GLOBAL_FILE) {
             return Err(BundleError::Build(format!(
                 "{}: no {GLOBAL_FILE}: a bundle is built from the directory that holds it",

@@ -167,6 +167,29 @@ fn paths_that_could_leave_the_cache_are_refused() {
     }
 }
 
+/// A bundle of more files than an instance publishes is refused before
+/// any is written: built, and read from a manifest (a partner's, signed).
+#[test]
+fn a_bundle_of_too_many_files_is_refused() {
+    let (dir, key) = (instance_dir(), key());
+    let bundle = published(dir.path(), 1, &key);
+    let mut text = bundle.manifest.text();
+    let hash = "00".repeat(32);
+    for n in 0..MAX_BUNDLE_FILES {
+        text.push_str(&format!("file {hash} policies/p{n}.cedar\n"));
+    }
+    let refused = Manifest::parse(&text).unwrap_err().to_string();
+    assert!(refused.contains("more than 4096 files"), "{refused}");
+
+    for n in 0..MAX_BUNDLE_FILES {
+        std::fs::write(dir.path().join(format!("policies/p{n}.cedar")), "").unwrap();
+    }
+    let refused = Bundle::build(dir.path(), "SN", 2, DAY, &key)
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("at most 4096"), "{refused}");
+}
+
 #[test]
 fn the_cache_keeps_the_bundle_in_use_and_the_one_before() {
     let (dir, key) = (instance_dir(), key());
