@@ -234,6 +234,21 @@ fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyError> {
     for entry in entries {
         let path = entry.map_err(|e| error(dir, None, e.to_string()))?.path();
         if path.extension().is_some_and(|ext| ext == "cedar") {
+            // A directory's bundle leaves hidden files out: one enforced
+            // here would be dropped from the instance's publication, its
+            // rules with it.
+            if path
+                .file_name()
+                .is_some_and(|name| name.as_encoded_bytes().starts_with(b"."))
+            {
+                return Err(error(
+                    &path,
+                    None,
+                    "a hidden policy file: rename it without its leading `.` (bundles leave \
+                     hidden files out, and the instance's gateways would run without it), or \
+                     move it out of the policy directory",
+                ));
+            }
             files.push(path);
         }
     }

@@ -683,6 +683,24 @@ mod tests {
         );
     }
 
+    /// A hidden policy file fails the load, named: a directory's bundle
+    /// leaves hidden files out, and the instance's gateways would run
+    /// without its rules.
+    #[test]
+    fn a_hidden_policy_file_fails_the_load() {
+        let (dir, config_path) = setup(true);
+        let policies = dir.path().join("policies");
+        std::fs::write(
+            policies.join(".deny-kyc.cedar"),
+            "@id(\"deny-kyc\")\nforbid (principal, action, resource);\n",
+        )
+        .unwrap();
+        let config = Config::load(&config_path).unwrap();
+        let error = PolicyEngine::load(&config).unwrap_err();
+        assert!(error.file.ends_with(".deny-kyc.cedar"), "{error}");
+        assert!(error.message.contains("hidden policy file"), "{error}");
+    }
+
     /// Consent is bound to the person a request names: a policy asking for
     /// it on a method whose request names nobody fails the load.
     #[test]
