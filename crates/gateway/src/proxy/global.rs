@@ -113,8 +113,20 @@ impl Source {
         let database = match &self.database {
             Some(database) => std::sync::Arc::clone(database),
             None => {
-                let database = crate::database::Database::connect(store)
+                // Bounded as an HTTPS fetch is: connecting waits for the
+                // schema's migration lock, which a node upgrading beside
+                // may hold for long, and the poll would say nothing while
+                // the bundle in use ran out.
+                let connecting = crate::database::Database::connect(store);
+                let database = tokio::time::timeout(FETCH_TIMEOUT, connecting)
                     .await
+                    .map_err(|_| {
+                        format!(
+                            "{}: no connection within {FETCH_TIMEOUT:?} (a migration of the \
+                             schema under way elsewhere, or the database not answering)",
+                            self.directory.source
+                        )
+                    })?
                     .map_err(|error| error.to_string())?;
                 self.database = Some(std::sync::Arc::clone(&database));
                 database
