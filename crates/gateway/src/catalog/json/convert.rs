@@ -302,14 +302,121 @@ fn options() -> SerializeOptions {
 /// rather than held.
 pub const MAX_ANSWER_JSON: usize = 64 * 1024 * 1024;
 
+/// The most memory one answer may take decoded ([`decoded_size`]), on its
+/// way to JSON: the gRPC path relays answers without decoding them, and a
+/// few bytes of wire can take a kilobyte decoded (an empty message in a
+/// repeated field): a provider's 16 MiB answer could take gigabytes.
+pub const MAX_ANSWER_DECODED: usize = 128 * 1024 * 1024;
+
+/// About how much memory `message` takes decoded as an `output`
+/// ([`DynamicMessage`]), at most: its bytes, a value for each field and
+/// each element of a packed list, a map's node for each message. Read
+/// from the wire, without decoding; where the wire makes no sense the
+/// estimate stops, and decoding refuses it.
+pub fn decoded_size(output: &MessageDescriptor, message: &[u8]) -> usize {
+    /// A field's value, with its share of the map that holds it.
+    const VALUE: usize = 64;
+    /// A message: the map of its fields.
+    const MESSAGE: usize = 768;
+    let mut size = MESSAGE.saturating_add(message.len());
+    // The messages being read, innermost last: the fields they may hold
+    // (`None`: unknown), and where each ends (`None`: a group).
+    let mut open: Vec<(Option<MessageDescriptor>, Option<usize>)> =
+        vec![(Some(output.clone()), Some(message.len()))];
+    let mut at = 0;
+    while let Some((fields, end)) = open.last().cloned() {
+        if end.is_some_and(|end| at >= end) {
+            open.pop();
+            continue;
+        }
+        let Some(key) = varint(message, &mut at) else {
+            break;
+        };
+        let field = fields
+            .as_ref()
+            .and_then(|fields| fields.get_field(u32::try_from(key >> 3).ok()?));
+        let kind = field.as_ref().map(FieldDescriptor::kind);
+        size = size.saturating_add(VALUE);
+        match key & 7 {
+            0 if varint(message, &mut at).is_some() => {}
+            1 => at = at.saturating_add(8),
+            5 => at = at.saturating_add(4),
+            2 => {
+                let Some(length) =
+                    varint(message, &mut at).and_then(|length| usize::try_from(length).ok())
+                else {
+                    break;
+                };
+                let inner_end = at.saturating_add(length).min(message.len());
+                match kind {
+                    Some(Kind::Message(inner)) => {
+                        size = size.saturating_add(MESSAGE);
+                        open.push((Some(inner), Some(inner_end)));
+                        continue;
+                    }
+                    Some(kind) if field.as_ref().is_some_and(FieldDescriptor::is_list) => {
+                        let packed = &message[at.min(inner_end)..inner_end];
+                        let elements = match kind {
+                            Kind::Double | Kind::Fixed64 | Kind::Sfixed64 => packed.len() / 8,
+                            Kind::Float | Kind::Fixed32 | Kind::Sfixed32 => packed.len() / 4,
+                            Kind::String | Kind::Bytes => 0,
+                            _ => packed.iter().filter(|byte| **byte < 0x80).count(),
+                        };
+                        size = size.saturating_add(elements.saturating_mul(VALUE));
+                    }
+                    // Strings, bytes and unknown fields: their bytes.
+                    _ => {}
+                }
+                at = inner_end;
+            }
+            3 => {
+                size = size.saturating_add(MESSAGE);
+                let inner = match kind {
+                    Some(Kind::Message(inner)) => Some(inner),
+                    _ => None,
+                };
+                open.push((inner, None));
+            }
+            4 => {
+                open.pop();
+            }
+            _ => break,
+        }
+    }
+    size
+}
+
+/// The varint at `at` in `bytes`, `at` moved past it.
+fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let mut value = 0_u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *bytes.get(*at)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Some(value);
+        }
+    }
+    None
+}
+
 /// A response message (without its gRPC prefix) as JSON: the whole
 /// message, or the route's `response_body` field; at most
-/// [`MAX_ANSWER_JSON`] bytes of it.
+/// [`MAX_ANSWER_JSON`] bytes of it, and [`MAX_ANSWER_DECODED`] decoded.
 pub fn response_json(
     output: &MessageDescriptor,
     message: &[u8],
     response_body: Option<&FieldDescriptor>,
 ) -> Result<Vec<u8>, String> {
+    let decoded_size = decoded_size(output, message);
+    if decoded_size > MAX_ANSWER_DECODED {
+        return Err(format!(
+            "the provider's answer of {} bytes would take about {decoded_size} bytes decoded, \
+             more than the {MAX_ANSWER_DECODED} the gateway converts to JSON: call the method \
+             over gRPC",
+            message.len()
+        ));
+    }
     let decoded = DynamicMessage::decode(output.clone(), message).map_err(|error| {
         format!(
             "the provider's answer is not a {}: {error}",
@@ -381,6 +488,44 @@ mod tests {
         let length = u32::from_be_bytes([framed[1], framed[2], framed[3], framed[4]]) as usize;
         assert_eq!(framed.len(), 5 + length);
         DynamicMessage::decode(descriptor.clone(), &framed[5..]).expect("a message")
+    }
+
+    /// An answer whose wire takes hundreds of times its size decoded (an
+    /// empty director in two bytes, millions of times) is refused before
+    /// it is decoded; one of real directors is estimated above what it
+    /// takes, and converted.
+    #[test]
+    fn an_answer_too_large_decoded_is_refused_before_decoding() {
+        let pool = crate::catalog::testing::agencies().pool();
+        let output = pool
+            .get_message_by_name("govbridge.business.v1.ListDirectorsResponse")
+            .unwrap();
+        let empty_directors = [0x12_u8, 0x00].repeat(8 * 1024 * 1024);
+        let estimate = decoded_size(&output, &empty_directors);
+        assert!(estimate > 6_000_000_000, "{estimate}");
+        let refused = response_json(&output, &empty_directors, None).unwrap_err();
+        assert!(refused.contains("over gRPC"), "{refused}");
+
+        let mut directors = DynamicMessage::new(output.clone());
+        let director = output.get_field_by_name("directors").unwrap();
+        let Kind::Message(one) = director.kind() else {
+            panic!("directors are messages");
+        };
+        let mut list = Vec::new();
+        for n in 0..1000 {
+            let mut entry = DynamicMessage::new(one.clone());
+            entry.set_field_by_name("nin", prost_reflect::Value::String(format!("{n:013}")));
+            entry.set_field_by_name("last_name", prost_reflect::Value::String("Diop".into()));
+            list.push(prost_reflect::Value::Message(entry));
+        }
+        directors.set_field(&director, prost_reflect::Value::List(list));
+        let wire = directors.encode_to_vec();
+        let estimate = decoded_size(&output, &wire);
+        assert!(
+            estimate > 1000 * 768 && estimate < 4 * 1024 * 1024,
+            "{estimate}"
+        );
+        response_json(&output, &wire, None).unwrap();
     }
 
     #[test]
@@ -490,9 +635,23 @@ mod tests {
         let few = empty.repeat(10);
         assert!(response_json(&output, &few, None).is_ok());
         assert!(response_json(&output, &few, Some(&field)).is_ok());
+        // Millions of empty directors: too large decoded, refused first.
         let many = empty.repeat(MAX_ANSWER_JSON / 40);
         for response_body in [None, Some(&field)] {
             let refused = response_json(&output, &many, response_body).expect_err("too large");
+            assert!(refused.contains("decoded"), "{refused}");
+        }
+        // One director whose 12 MiB name is control characters, each
+        // written as a six-byte escape: small decoded, too large as JSON.
+        let name = vec![0x01_u8; 12 * 1024 * 1024];
+        let mut director = vec![0x0a];
+        prost::encoding::encode_varint(name.len() as u64, &mut director);
+        director.extend_from_slice(&name);
+        let mut escaped = vec![0x12];
+        prost::encoding::encode_varint(director.len() as u64, &mut escaped);
+        escaped.extend_from_slice(&director);
+        for response_body in [None, Some(&field)] {
+            let refused = response_json(&output, &escaped, response_body).expect_err("too large");
             assert!(refused.contains("larger than"), "{refused}");
         }
     }
