@@ -647,6 +647,7 @@ async fn accesses_of(bed: &Bed, nin: &str) -> Vec<Access> {
             subject: nin.to_owned(),
             since_unix: 0,
             limit: 0,
+            before_index: 0,
         })
         .await
         .unwrap()

@@ -261,6 +261,7 @@ async fn an_archive_run_under_load_then_sigkill_loses_nothing() {
                 subject: bed.data.citizens[0].nin.to_string(),
                 since_unix,
                 limit: 0,
+                before_index: 0,
             })
             .await
             .unwrap()

@@ -519,6 +519,7 @@ async fn accesses(tracker: &mut DataTrackerClient<H2Client>, nin: &str, limit: u
             subject: nin.to_owned(),
             since_unix: 0,
             limit,
+            before_index: 0,
         })
         .await
         .unwrap()
@@ -585,6 +586,34 @@ async fn the_data_tracker_shows_a_citizen_who_read_their_data() {
     }
     assert!(seen[0].index > seen[1].index);
     assert_eq!(accesses(&mut tracker, &first, 1).await, seen[..1]);
+    // Page by page: a full page says where the next begins, the last
+    // says there is none.
+    let page = |before_index| ListAccessesRequest {
+        subject: first.clone(),
+        since_unix: 0,
+        limit: 1,
+        before_index,
+    };
+    let one = tracker.list_accesses(page(0)).await.unwrap().into_inner();
+    assert_eq!(one.accesses, seen[..1]);
+    assert_ne!(one.next_before_index, 0);
+    let two = tracker
+        .list_accesses(page(one.next_before_index))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(two.accesses, seen[1..]);
+    let three = tracker
+        .list_accesses(page(two.next_before_index))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        three.accesses.is_empty(),
+        "{seen:?} then {:?}",
+        three.accesses
+    );
+    assert_eq!(three.next_before_index, 0);
     let other = accesses(&mut tracker, &second, 0).await;
     assert_eq!(other.len(), 1);
     assert_eq!(other[0].caller, CBAO_KYC);
@@ -593,6 +622,7 @@ async fn the_data_tracker_shows_a_citizen_who_read_their_data() {
             subject: first.clone(),
             since_unix: i64::MAX / 2,
             limit: 0,
+            before_index: 0,
         })
         .await
         .unwrap()
@@ -623,6 +653,7 @@ async fn the_data_tracker_shows_a_citizen_who_read_their_data() {
             subject: "12345".to_owned(),
             since_unix: 0,
             limit: 0,
+            before_index: 0,
         })
         .await
         .unwrap_err();
@@ -636,6 +667,7 @@ async fn the_data_tracker_shows_a_citizen_who_read_their_data() {
                 subject: first.clone(),
                 since_unix: 0,
                 limit: 0,
+                before_index: 0,
             })
             .await
             .unwrap_err();

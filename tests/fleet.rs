@@ -1143,6 +1143,7 @@ async fn the_fleet_keeps_one_log_and_one_data_tracker() {
             subject: nin,
             since_unix: 0,
             limit: 0,
+            before_index: 0,
         })
         .await
         .unwrap()
@@ -2834,6 +2835,7 @@ async fn every_citizen_a_stream_names_is_found_across_the_fleet() {
                 subject: nin.clone(),
                 since_unix: 0,
                 limit: 0,
+                before_index: 0,
             })
             .await
             .unwrap()
@@ -2928,10 +2930,25 @@ async fn found(
 ) -> (Vec<u64>, Vec<u64>, [Option<u64>; 3]) {
     let reader = log.reader().unwrap();
     tokio::task::spawn_blocking(move || {
-        let indexes = |limit| -> Vec<u64> {
-            let accesses = reader.accesses_to("nin-3", 0, i64::MAX, limit).unwrap();
+        let page = |before, limit| -> Vec<u64> {
+            let accesses = reader
+                .accesses_to("nin-3", 0, before, i64::MAX, limit)
+                .unwrap();
             accesses.iter().map(|record| record.index).collect()
         };
+        let indexes = |limit| page(u64::MAX, limit);
+        // Pages of 7, each below the oldest of the one before: the same.
+        let mut paged: Vec<u64> = Vec::new();
+        let mut before = u64::MAX;
+        for _ in 0..1000 {
+            let next = page(before, 7);
+            paged.extend(&next);
+            match next.last() {
+                Some(oldest) if next.len() == 7 => before = *oldest,
+                _ => break,
+            }
+        }
+        assert_eq!(paged, indexes(usize::MAX));
         let call = |id: &str| {
             reader
                 .last_record_of_request_for(id, "SN/COM/CBAO/kyc")
@@ -3142,7 +3159,9 @@ async fn a_log_sealed_under_schema_10_is_sealed_again_by_the_migration() {
             .last_record_of_request_for("far-1", "SN/COM/CBAO/kyc")
             .unwrap()
             .map(|record| record.index);
-        let newest = reader.accesses_to(&subject, 0, i64::MAX, 1).unwrap();
+        let newest = reader
+            .accesses_to(&subject, 0, u64::MAX, i64::MAX, 1)
+            .unwrap();
         (far, newest.first().map(|record| record.index))
     })
     .await

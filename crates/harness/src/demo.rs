@@ -736,6 +736,7 @@ impl Demo {
                     subject: nin_a.clone(),
                     since_unix: 0,
                     limit: 20,
+                    before_index: 0,
                 },
                 "CITIZEN-SELF-SERVICE",
                 &nin_a,

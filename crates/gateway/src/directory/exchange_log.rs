@@ -570,14 +570,16 @@ impl DataTrackerService {
             limit => limit.min(MAX_ACCESSES),
         };
         let since_us = request.since_unix.max(0).saturating_mul(1_000_000);
+        let before = match request.before_index {
+            0 => u64::MAX,
+            index => index,
+        };
         let now = crate::unix_time::now();
-        let (mut accesses, archived_until_us) = read(log, move |store| {
-            let accesses = store
-                .accesses_to(&subject, since_us, now, limit as usize)?
-                .iter()
-                .map(access)
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((accesses, store.archived_until_us()?))
+        let (mut accesses, oldest, archived_until_us) = read(log, move |store| {
+            let records = store.accesses_to(&subject, since_us, before, now, limit as usize)?;
+            let accesses = records.iter().map(access).collect::<Result<Vec<_>, _>>()?;
+            let oldest = records.last().map(|record| record.index);
+            Ok((accesses, oldest, store.archived_until_us()?))
         })
         .await?;
         let registry = context.state.registry();
@@ -595,9 +597,16 @@ impl DataTrackerService {
         } else {
             0
         };
+        // A full page: older ones may follow, below its oldest record (an
+        // outcome's index: an access names its call's decision).
+        let next_before_index = match oldest {
+            Some(oldest) if accesses.len() == limit as usize => oldest,
+            _ => 0,
+        };
         Ok(ListAccessesResponse {
             accesses,
             archived_until_unix,
+            next_before_index,
         })
     }
 }

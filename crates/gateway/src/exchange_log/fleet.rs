@@ -707,32 +707,34 @@ impl FleetReader {
         &self,
         subject: &str,
         since_us: i64,
+        before: u64,
         now: i64,
         limit: usize,
     ) -> Result<Vec<StoredRecord>, StoreError> {
         let limit = to_i64(limit as u64);
+        let before = to_i64(before);
         // A record is found by its first subject (among the records not
         // yet sealed, or by its sealed lookup: one statement, one
         // snapshot, so in one of the two) or by one of the others, never
         // both: each branch walks from the newest.
         let rows = self.rows(
             "(SELECT idx, record FROM log_records WHERE idx >= (SELECT sealed FROM log_sealed) \
-              AND subject = $1 AND at_us >= $2 \
+              AND subject = $1 AND at_us >= $2 AND idx < $5 \
               AND concealed_until <= $3 AND (phase = 'outcome' OR error_kind IS NOT NULL) \
               ORDER BY idx DESC LIMIT $4) \
              UNION ALL \
              (SELECT r.idx, r.record FROM log_lookups l JOIN log_records r ON r.idx = l.idx \
               WHERE (l.idx >> 18) = ANY(log_lookup_segments()) AND l.key = log_lookup_key('s', $1) \
-              AND r.subject = $1 AND r.at_us >= $2 \
+              AND r.subject = $1 AND r.at_us >= $2 AND l.idx < $5 \
               AND r.concealed_until <= $3 AND (r.phase = 'outcome' OR r.error_kind IS NOT NULL) \
               ORDER BY (l.idx >> 18) DESC, l.idx DESC LIMIT $4) \
              UNION ALL \
              (SELECT r.idx, r.record FROM log_subjects s JOIN log_records r ON r.idx = s.idx \
-              WHERE s.subject = $1 AND r.at_us >= $2 AND r.concealed_until <= $3 \
+              WHERE s.subject = $1 AND r.at_us >= $2 AND s.idx < $5 AND r.concealed_until <= $3 \
               AND (r.phase = 'outcome' OR r.error_kind IS NOT NULL) \
               ORDER BY s.idx DESC LIMIT $4) \
              ORDER BY idx DESC LIMIT $4",
-            &[&subject, &since_us, &now, &limit],
+            &[&subject, &since_us, &now, &limit, &before],
         )?;
         Ok(records_of(&rows))
     }

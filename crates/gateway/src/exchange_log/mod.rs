@@ -309,12 +309,13 @@ impl Reader {
         &self,
         subject: &str,
         since_us: i64,
+        before: u64,
         now: i64,
         limit: usize,
     ) -> Result<Vec<store::StoredRecord>, StoreError> {
         match self {
-            Self::Local(store) => store.accesses_to(subject, since_us, now, limit),
-            Self::Fleet(fleet) => fleet.accesses_to(subject, since_us, now, limit),
+            Self::Local(store) => store.accesses_to(subject, since_us, before, now, limit),
+            Self::Fleet(fleet) => fleet.accesses_to(subject, since_us, before, now, limit),
         }
     }
 

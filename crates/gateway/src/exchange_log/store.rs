@@ -903,12 +903,13 @@ impl Store {
 
     /// What the Data Tracker shows of `subject`: the records that end a
     /// call naming it (outcomes, and decisions that were the call's end),
-    /// at or after `since_us`, no longer concealed at `now` (unix
-    /// seconds), the newest `limit` in log order.
+    /// at or after `since_us`, before index `before`, no longer concealed
+    /// at `now` (unix seconds), the newest `limit` in log order.
     pub fn accesses_to(
         &self,
         subject: &str,
         since_us: i64,
+        before: u64,
         now: i64,
         limit: usize,
     ) -> Result<Vec<StoredRecord>, StoreError> {
@@ -927,6 +928,9 @@ impl Store {
             return Ok(found);
         }
         self.visit_newest_first(Kind::Subject, subject, |index| {
+            if index >= before {
+                return Ok(ControlFlow::Continue(()));
+            }
             let bytes: Option<Vec<u8>> = statement
                 .query_row(params![to_i64(index), subject, since_us, now], |row| {
                     row.get(0)
@@ -2156,18 +2160,38 @@ mod tests {
             }
             assert!(reader.records_of_request("req-none").unwrap().is_empty());
             // Subject s3 (odd n only, n % 3 == 0, n % 7 == 3): outcomes.
-            let accesses = indexes(reader.accesses_to("s3", 0, i64::MAX, usize::MAX).unwrap());
+            let accesses = indexes(
+                reader
+                    .accesses_to("s3", 0, u64::MAX, i64::MAX, usize::MAX)
+                    .unwrap(),
+            );
             let expected: Vec<u64> = (0..size)
                 .rev()
                 .filter(|n| n % 2 == 1 && n % 3 == 0 && n % 7 == 3)
                 .collect();
             assert_eq!(accesses, expected);
             assert_eq!(
-                indexes(reader.accesses_to("s3", 0, i64::MAX, 2).unwrap()),
+                indexes(reader.accesses_to("s3", 0, u64::MAX, i64::MAX, 2).unwrap()),
                 expected[..2]
             );
+            // Page after page, from the oldest of each: all of them, once.
+            let mut paged: Vec<u64> = Vec::new();
+            let mut before = u64::MAX;
+            for _ in 0..expected.len() + 1 {
+                let page = indexes(reader.accesses_to("s3", 0, before, i64::MAX, 3).unwrap());
+                paged.extend(&page);
+                match page.last() {
+                    Some(oldest) if page.len() == 3 => before = *oldest,
+                    _ => break,
+                }
+            }
+            assert_eq!(paged, expected);
             // Found by a subject named besides the first, too.
-            let accesses = indexes(reader.accesses_to("m4", 0, i64::MAX, usize::MAX).unwrap());
+            let accesses = indexes(
+                reader
+                    .accesses_to("m4", 0, u64::MAX, i64::MAX, usize::MAX)
+                    .unwrap(),
+            );
             let expected: Vec<u64> = (0..size)
                 .rev()
                 .filter(|n| n % 2 == 1 && n % 15 == 0 && n % 11 == 4)
