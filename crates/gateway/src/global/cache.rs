@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{Bundle, BundleError, Manifest};
-use crate::note::Verifier;
+use crate::note::{NoteError, Verifier};
 
 /// The file that names the version in use.
 const CURRENT: &str = "current";
@@ -137,9 +137,16 @@ impl Cache {
             path: path.to_owned(),
             error,
         };
-        let text = verifier
-            .open(&note)
-            .map_err(|error| bundle_error(&note_path, BundleError::Unsigned(error)))?;
+        // Unsigned by this key is what a rotation looks like, and is read
+        // so (the pointer as a floor); a manifest damaged (empty, cut,
+        // not text) is damage, and the cache cannot be used.
+        let text = verifier.open(&note).map_err(|error| {
+            let error = match error {
+                NoteError::Unsigned(_) => BundleError::Unsigned(error),
+                damaged => BundleError::Malformed(format!("its manifest: {damaged}")),
+            };
+            bundle_error(&note_path, error)
+        })?;
         let manifest = Manifest::parse(text).map_err(|error| bundle_error(&note_path, error))?;
         if let Some(version) = version.filter(|version| *version != manifest.version) {
             return Err(bundle_error(

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use super::cache::Cache;
+use super::cache::{self, Cache};
 use super::*;
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -188,6 +188,30 @@ fn a_bundle_of_too_many_files_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(refused.contains("at most 4096"), "{refused}");
+}
+
+/// A cached manifest signed by another key reads as a key's rotation
+/// (its pointer is then a floor); one damaged (cut, emptied) is damage,
+/// not a rotation.
+#[test]
+fn a_damaged_cached_manifest_is_no_rotation() {
+    let (dir, key) = (instance_dir(), key());
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = Cache::new(cache_dir.path());
+    let staged = cache.stage(&published(dir.path(), 1, &key)).unwrap();
+    cache.commit(&staged).unwrap();
+    let other = SigningKey::generate("SN-directory").unwrap();
+    let error = |verifier: &Verifier| match cache.current(verifier) {
+        Err(cache::CacheError::Bundle { error, .. }) => error,
+        other => panic!("{other:?}"),
+    };
+    assert!(matches!(error(&other.verifier()), BundleError::Unsigned(_)));
+    let manifest = cache_dir.path().join("v1").join(cache::MANIFEST);
+    for damaged in ["", "govbridge global configuration v1\n"] {
+        std::fs::write(&manifest, damaged).unwrap();
+        let error = error(&key.verifier());
+        assert!(matches!(error, BundleError::Malformed(_)), "{error:?}");
+    }
 }
 
 #[test]
