@@ -87,6 +87,10 @@ pub struct Forwarded {
     pub caller: String,
     pub method: String,
     pub provider: String,
+    /// The nonce of the assertion this gateway sealed for the call: one
+    /// request id may name several calls (a caller's retry), and only the
+    /// partner's record of this one is its receipt.
+    pub nonce: String,
 }
 
 /// The receipts calls left to fetch, in the order they are due, and what
@@ -677,6 +681,13 @@ fn check(
     // The call itself, as the partner logged it and as this gateway
     // asserted it: a caller's request id alone may name several calls
     // (`audit receipt` compares the same).
+    if assertion.nonce != call.nonce {
+        return refused(format!(
+            "record {} is of another call: its assertion is not the one this gateway sealed for \
+             this call (nonce {}, this call's {})",
+            item.index, assertion.nonce, call.nonce
+        ));
+    }
     for (field, ours, logged, asserted) in [
         (
             "request id",
@@ -736,6 +747,7 @@ mod tests {
             caller: "SN/COM/CBAO/trade".to_owned(),
             method: method.to_owned(),
             provider: "AZ/GOV/ASAN/business-registry".to_owned(),
+            nonce: "0123456789abcdef0123456789abcdef".to_owned(),
         }
     }
 
@@ -751,7 +763,7 @@ mod tests {
             method: logged.method.clone(),
             provider: member(&logged.provider),
             request_id: logged.request_id.clone(),
-            nonce: Assertion::nonce(),
+            nonce: logged.nonce.clone(),
             issued: crate::unix_time::now(),
             caller_not_after: None,
             purpose: None,
@@ -845,5 +857,24 @@ mod tests {
             panic!("taken as the receipt of another call");
         };
         assert!(reason.contains("its method is"), "{reason}");
+
+        // The same call's request id again (a caller's retry), which the
+        // partner logged once: that record is the first call's receipt,
+        // not the second's.
+        let mut again = call(company);
+        again.nonce = "fedcba9876543210fedcba9876543210".to_owned();
+        let (answer, checkpoint) = proof(&call(company), &key);
+        let refused = check(
+            answer,
+            "note",
+            &checkpoint,
+            &pending(again),
+            &key.verifier(),
+            GATEWAY,
+        );
+        let Err(Unfetched::Refused(reason)) = refused else {
+            panic!("taken as the receipt of another call under the same request id");
+        };
+        assert!(reason.contains("nonce"), "{reason}");
     }
 }

@@ -130,6 +130,7 @@ impl Call<'_> {
             record.forwarding(tally, SystemTime::now());
         }
         let forwarded = Instant::now();
+        let nonce = upstream.nonce.clone();
         let provider = &exchange.routed.provider;
         provider.count_call();
         let sent = retry(upstream, body, replay.as_ref(), exchange).await?;
@@ -151,12 +152,14 @@ impl Call<'_> {
                         .get(partner)
                         .is_some_and(|partner| partner.receipts)
                         && let Ok(request_id) = self.request_id.to_str()
+                        && let Some(nonce) = nonce
                     {
                         let call = super::super::receipts::Forwarded {
                             request_id: request_id.to_owned(),
                             caller: exchange.admitted.caller.to_string(),
                             method: self.uri.path().to_owned(),
                             provider: provider.provider().to_string(),
+                            nonce,
                         };
                         federation.receipts.push(partner, index, call);
                     }
@@ -280,6 +283,8 @@ struct UpstreamHead {
     method: http::Method,
     uri: http::Uri,
     headers: HeaderMap,
+    /// To a partner: the nonce of the assertion it carries.
+    nonce: Option<String>,
 }
 
 impl UpstreamHead {
@@ -292,10 +297,12 @@ impl UpstreamHead {
             &call.request_id,
         );
         let provider = exchange.routed.provider.provider();
+        let mut nonce = None;
         if let Some(partner) = exchange.routed.provider.partner()
             && let Some(key) = &call.state.federation.key
         {
             let assertion = call.assertion(partner, provider, exchange);
+            nonce = Some(assertion.nonce.clone());
             // Never one this instance's issuers signed, whatever it claims.
             let ours = |consent: &HeaderValue| {
                 call.state.consent_keys.as_ref().is_some_and(|keys| {
@@ -329,6 +336,7 @@ impl UpstreamHead {
             method: head.method.clone(),
             uri: head.uri.clone(),
             headers,
+            nonce,
         }
     }
 
