@@ -2539,8 +2539,7 @@ async fn a_checkpoint_the_database_refused_is_signed_again() {
 /// A database that lost commits (put back to an earlier time: a restore,
 /// a failover to a standby behind) holds a smaller log than the node saw:
 /// the node refuses its calls, saying why, rather than give the lost
-/// records' indexes to new ones and sign a fork; a probe does not make it
-/// writable again.
+/// records' indexes to new ones and sign a fork, and goes on refusing.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_database_that_lost_commits_is_refused_not_forked() {
     let cluster = Cluster::start_temporary().unwrap();
@@ -2584,6 +2583,51 @@ async fn a_database_that_lost_commits_is_refused_not_forked() {
     tokio::task::spawn_blocking(move || log.close())
         .await
         .unwrap();
+}
+
+/// Another node's appends are no lost commits: a node whose own view of
+/// the log lags (it was failing while the other appended, and its probe
+/// read the log since) appends after them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_behind_the_others_appends_after_them() {
+    let cluster = Cluster::start_temporary().unwrap();
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = |dir: &std::path::Path, node: &str| {
+        let mut config = govbridge::config::ExchangeLogConfig::defaults(dir, node);
+        config.origin = "govbridge/fleet".to_owned();
+        config
+    };
+    let first = fleet_log_with(&cluster, config(one.path(), "node-1"), "node-1").await;
+    std::fs::create_dir_all(two.path().join("data")).unwrap();
+    std::fs::copy(
+        one.path().join("data/log-key.pem"),
+        two.path().join("data/log-key.pem"),
+    )
+    .unwrap();
+    let second = fleet_log_with(&cluster, config(two.path(), "node-2"), "node-2").await;
+    let record = |id: &str| govbridge::exchange_log::ExchangeRecord {
+        request_id: id.to_owned(),
+        caller: "SN/COM/CBAO/kyc".to_owned(),
+        ..Default::default()
+    };
+    assert_eq!(first.append(record("one")).await.unwrap(), 0);
+    first.simulate_fault(Some(govbridge::exchange_log::StoreFault::ReadOnly));
+    first.append(record("refused")).await.unwrap_err();
+    for n in 1..=3 {
+        assert_eq!(second.append(record("two")).await.unwrap(), n);
+    }
+    first.simulate_fault(None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !first.is_healthy() {
+        assert!(Instant::now() < deadline, "never writable again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(first.append(record("after")).await.unwrap(), 4);
+    for log in [first, second] {
+        tokio::task::spawn_blocking(move || log.close())
+            .await
+            .unwrap();
+    }
 }
 
 /// The node's connections run read committed, which its queries are

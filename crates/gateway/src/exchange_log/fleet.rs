@@ -387,7 +387,9 @@ impl SharedStore {
         if let Some(fault) = self.fault {
             return Err(simulated(&self.database, fault));
         }
-        self.not_behind(frontier.size())?;
+        if let Some(behind) = &self.behind {
+            return Err(invalid(&self.database, behind.clone()));
+        }
         // Everything but the tree is done here, before the lock.
         let batch = Batch::of(records, frontier);
         let node = self.node.as_str();
@@ -397,8 +399,11 @@ impl SharedStore {
             append_batch(database, &client, cache, &batch, node).await
         }))??;
         let first = appended.size() - records.len() as u64;
-        // Committed, but not to be answered if the log went back.
+        // Committed, but not to be answered if the log went back. (This
+        // node's frontier may lag the log, other nodes appending: the log
+        // as the database gives it is what is compared.)
         self.not_behind(first)?;
+        self.seen = appended.size();
         // On its own time: the records are committed, and a slow
         // checkpoint must not make their calls' wait run out.
         if let Some((origin, key)) = checkpoint
