@@ -165,9 +165,19 @@ pub fn check_grpc<B>(request: &Request<B>) -> Result<(), WireError> {
     // Another codec (`+json`, `+cbor`) is refused: the gateway reads each
     // message as protobuf (the data subject a consent is bound to), and a
     // backend that chose its codec by this name would read other bytes.
-    let content_type = request.headers().get(CONTENT_TYPE);
-    if !content_type
-        .is_some_and(|value| value == "application/grpc" || value == "application/grpc+proto")
+    // One value only (a backend may read the last), whose parameters
+    // (`; charset=...`) say nothing of the codec; the backend is sent
+    // `application/grpc` (`upstream_headers`).
+    let mut values = request.headers().get_all(CONTENT_TYPE).iter();
+    let media = match (values.next(), values.next()) {
+        (Some(value), None) => value
+            .to_str()
+            .ok()
+            .and_then(|value| value.split(';').next())
+            .map(str::trim),
+        _ => None,
+    };
+    if !media.is_some_and(|media| media == "application/grpc" || media == "application/grpc+proto")
     {
         return Err(WireError::NotGrpc(
             "content-type must be application/grpc or application/grpc+proto: messages \
@@ -304,6 +314,7 @@ pub fn upstream_headers(
         if is_bridge_name(name_str)
             || is_proxy_instruction(name_str)
             || name == HOST
+            || name == CONTENT_TYPE
             || name_str == GRPC_TIMEOUT
             || name_str == TRACEPARENT
         {
@@ -311,6 +322,8 @@ pub fn upstream_headers(
         }
         headers.append(name.clone(), value.clone());
     }
+    // Protobuf, whatever the caller's spelling of it (`check_grpc`).
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     if let Ok(value) = HeaderValue::from_str(caller.as_str()) {
         headers.insert(names::BRIDGE_CLIENT, value);
     }
@@ -420,20 +433,32 @@ mod tests {
                 .body(())
                 .unwrap()
         };
-        for taken in ["application/grpc", "application/grpc+proto"] {
+        for taken in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc; charset=utf-8",
+            "application/grpc+proto ; charset=utf-8",
+        ] {
             assert!(check_grpc(&request(taken)).is_ok(), "{taken}");
         }
         for refused in [
             "application/grpc+json",
             "application/grpc+cbor",
             "application/grpcx",
-            "application/grpc; charset=utf-8",
+            "application/grpc+json; charset=utf-8",
         ] {
             let Err(WireError::NotGrpc(why)) = check_grpc(&request(refused)) else {
                 panic!("{refused} taken");
             };
             assert!(why.contains("application/grpc+proto"), "{why}");
         }
+        // Two values, the second another codec's: refused.
+        let mut twice = request("application/grpc");
+        twice.headers_mut().append(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+json"),
+        );
+        assert!(check_grpc(&twice).is_err());
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -524,6 +549,7 @@ mod tests {
             ("x-forwarded-client-cert", "Hash=forged"),
             ("forwarded", "for=10.0.0.1"),
             ("x-real-ip", "10.0.0.1"),
+            ("content-type", "application/grpc+proto; charset=utf-8"),
             (
                 TRACEPARENT,
                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
@@ -539,6 +565,7 @@ mod tests {
         assert!(upstream.get("bridge-anything").is_none());
         assert!(upstream.get("bridge_client").is_none());
         assert_eq!(upstream["x-custom"], "kept");
+        assert_eq!(upstream[CONTENT_TYPE], "application/grpc");
         for dropped in [
             "x-envoy-retry-on",
             "x-envoy-max-retries",
