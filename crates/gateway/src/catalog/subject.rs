@@ -610,7 +610,7 @@ fn skip_group(mut rest: &[u8], number: u32) -> Option<&[u8]> {
 /// has it, a key must fit in 32 bits and name a field number of at least
 /// 1, at any depth: a message breaking that is malformed for the backend
 /// too, and no subject is read from it.
-fn read_tag(bytes: &[u8]) -> Option<(u32, u64, &[u8])> {
+pub(crate) fn read_tag(bytes: &[u8]) -> Option<(u32, u64, &[u8])> {
     let (key, after) = read_varint(bytes)?;
     let key = u32::try_from(key).ok()?;
     let number = key >> 3;
@@ -618,7 +618,7 @@ fn read_tag(bytes: &[u8]) -> Option<(u32, u64, &[u8])> {
 }
 
 /// A base-128 varint and what follows it.
-fn read_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+pub(crate) fn read_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
     let mut value = 0;
     for (index, &byte) in bytes.iter().enumerate().take(10) {
         // The tenth byte carries the 64th bit only.

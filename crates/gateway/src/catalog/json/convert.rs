@@ -311,63 +311,72 @@ pub const MAX_ANSWER_DECODED: usize = 128 * 1024 * 1024;
 /// About how much memory `message` takes decoded as an `output`
 /// ([`DynamicMessage`]), at most: its bytes, a value for each field and
 /// each element of a packed list, a map's node for each message. Read
-/// from the wire, without decoding; where the wire makes no sense the
-/// estimate stops, and decoding refuses it.
-pub fn decoded_size(output: &MessageDescriptor, message: &[u8]) -> usize {
+/// from the wire, without decoding, and no further than past `limit`
+/// (then more than it). Where the wire makes no sense, or nests deeper
+/// than decoding goes (prost's 100 levels), the estimate stops, and
+/// decoding refuses the message.
+pub fn decoded_size(output: &MessageDescriptor, message: &[u8], limit: usize) -> usize {
     /// A field's value, with its share of the map that holds it.
     const VALUE: usize = 64;
     /// A message: the map of its fields.
     const MESSAGE: usize = 768;
+    /// Deeper, decoding fails anyway.
+    const NESTING: usize = 100;
     let mut size = MESSAGE.saturating_add(message.len());
     // The messages being read, innermost last: the fields they may hold
     // (`None`: unknown), and where each ends (`None`: a group).
     let mut open: Vec<(Option<MessageDescriptor>, Option<usize>)> =
         vec![(Some(output.clone()), Some(message.len()))];
-    let mut at = 0;
-    while let Some((fields, end)) = open.last().cloned() {
+    let mut rest = message;
+    while size <= limit && open.len() <= NESTING {
+        let at = message.len() - rest.len();
+        let Some((fields, end)) = open.last().cloned() else {
+            break;
+        };
         if end.is_some_and(|end| at >= end) {
             open.pop();
             continue;
         }
-        let Some(key) = varint(message, &mut at) else {
+        let Some((number, wire, after)) = crate::catalog::subject::read_tag(rest) else {
             break;
         };
-        let field = fields
-            .as_ref()
-            .and_then(|fields| fields.get_field(u32::try_from(key >> 3).ok()?));
+        let field = fields.as_ref().and_then(|fields| fields.get_field(number));
         let kind = field.as_ref().map(FieldDescriptor::kind);
         size = size.saturating_add(VALUE);
-        match key & 7 {
-            0 if varint(message, &mut at).is_some() => {}
-            1 => at = at.saturating_add(8),
-            5 => at = at.saturating_add(4),
+        rest = match wire {
+            0 => match crate::catalog::subject::read_varint(after) {
+                Some((_, after)) => after,
+                None => break,
+            },
+            1 => after.get(8..).unwrap_or_default(),
+            5 => after.get(4..).unwrap_or_default(),
             2 => {
-                let Some(length) =
-                    varint(message, &mut at).and_then(|length| usize::try_from(length).ok())
-                else {
+                let Some((length, after)) = crate::catalog::subject::read_varint(after) else {
                     break;
                 };
-                let inner_end = at.saturating_add(length).min(message.len());
+                let length = usize::try_from(length).map_or(after.len(), |n| n.min(after.len()));
+                let (inner, after) = after.split_at(length);
                 match kind {
-                    Some(Kind::Message(inner)) => {
+                    Some(Kind::Message(inner_fields)) => {
                         size = size.saturating_add(MESSAGE);
-                        open.push((Some(inner), Some(inner_end)));
-                        continue;
+                        let inner_end = message.len() - after.len();
+                        open.push((Some(inner_fields), Some(inner_end)));
+                        // Its fields are read next, in place.
+                        message.get(inner_end - inner.len()..).unwrap_or_default()
                     }
                     Some(kind) if field.as_ref().is_some_and(FieldDescriptor::is_list) => {
-                        let packed = &message[at.min(inner_end)..inner_end];
                         let elements = match kind {
-                            Kind::Double | Kind::Fixed64 | Kind::Sfixed64 => packed.len() / 8,
-                            Kind::Float | Kind::Fixed32 | Kind::Sfixed32 => packed.len() / 4,
+                            Kind::Double | Kind::Fixed64 | Kind::Sfixed64 => inner.len() / 8,
+                            Kind::Float | Kind::Fixed32 | Kind::Sfixed32 => inner.len() / 4,
                             Kind::String | Kind::Bytes => 0,
-                            _ => packed.iter().filter(|byte| **byte < 0x80).count(),
+                            _ => inner.iter().filter(|byte| **byte < 0x80).count(),
                         };
                         size = size.saturating_add(elements.saturating_mul(VALUE));
+                        after
                     }
                     // Strings, bytes and unknown fields: their bytes.
-                    _ => {}
+                    _ => after,
                 }
-                at = inner_end;
             }
             3 => {
                 size = size.saturating_add(MESSAGE);
@@ -376,28 +385,16 @@ pub fn decoded_size(output: &MessageDescriptor, message: &[u8]) -> usize {
                     _ => None,
                 };
                 open.push((inner, None));
+                after
             }
             4 => {
                 open.pop();
+                after
             }
             _ => break,
-        }
+        };
     }
     size
-}
-
-/// The varint at `at` in `bytes`, `at` moved past it.
-fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
-    let mut value = 0_u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *bytes.get(*at)?;
-        *at += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte < 0x80 {
-            return Some(value);
-        }
-    }
-    None
 }
 
 /// A response message (without its gRPC prefix) as JSON: the whole
@@ -408,7 +405,7 @@ pub fn response_json(
     message: &[u8],
     response_body: Option<&FieldDescriptor>,
 ) -> Result<Vec<u8>, String> {
-    let decoded_size = decoded_size(output, message);
+    let decoded_size = decoded_size(output, message, MAX_ANSWER_DECODED);
     if decoded_size > MAX_ANSWER_DECODED {
         return Err(format!(
             "the provider's answer of {} bytes would take about {decoded_size} bytes decoded, \
@@ -501,8 +498,19 @@ mod tests {
             .get_message_by_name("govbridge.business.v1.ListDirectorsResponse")
             .unwrap();
         let empty_directors = [0x12_u8, 0x00].repeat(8 * 1024 * 1024);
-        let estimate = decoded_size(&output, &empty_directors);
+        let estimate = decoded_size(&output, &empty_directors, usize::MAX);
         assert!(estimate > 6_000_000_000, "{estimate}");
+        // It stops past its limit.
+        let stopped = decoded_size(&output, &empty_directors, 20 << 20);
+        assert!(
+            stopped > 20 << 20 && stopped < (20 << 20) + 1000,
+            "{stopped}"
+        );
+        // Groups opened without end, deeper than decoding goes: the
+        // estimate stops, and decoding refuses them.
+        let deep = vec![0x0b_u8; 16 * 1024 * 1024];
+        assert!(decoded_size(&output, &deep, usize::MAX) < deep.len() + 200_000);
+        assert!(response_json(&output, &deep, None).is_err());
         let refused = response_json(&output, &empty_directors, None).unwrap_err();
         assert!(refused.contains("over gRPC"), "{refused}");
 
@@ -520,7 +528,7 @@ mod tests {
         }
         directors.set_field(&director, prost_reflect::Value::List(list));
         let wire = directors.encode_to_vec();
-        let estimate = decoded_size(&output, &wire);
+        let estimate = decoded_size(&output, &wire, usize::MAX);
         assert!(
             estimate > 1000 * 768 && estimate < 4 * 1024 * 1024,
             "{estimate}"
