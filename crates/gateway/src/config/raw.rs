@@ -1093,18 +1093,18 @@ fn validate(
     let gateway = &raw.gateway;
     let listener = listener_settings(source, gateway)?;
     // It names the node in its log's origin (`govbridge/<node_id>`, a key
-    // name), its records, the fleet's tables and its backups' manifests.
+    // name: no whitespace or `+`), its records, the fleet's tables and its
+    // backups' manifests (one line each).
     let node_id = gateway.node_id.get_ref();
     if node_id.is_empty()
         || node_id.len() > 64
-        || !node_id
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || b"._-".contains(&byte))
+        || node_id.contains(|c: char| c.is_whitespace() || c.is_control() || c == '+')
     {
         return Err(source.error(
             "gateway.node_id",
             &gateway.node_id,
-            "must be 1 to 64 letters, digits, `.`, `_` or `-`, e.g. `gw-dakar-1`",
+            "must be 1 to 64 bytes without whitespace, control characters or `+`, e.g. \
+             `gw-dakar-1` (it names the exchange log, `govbridge/<node_id>`)",
         ));
     }
     let mut gateway_config = GatewayConfig {
@@ -1403,15 +1403,24 @@ fn validate(
 
     let exchange_log = validate_exchange_log(source, raw.exchange_log.as_ref(), &gateway_config)?;
     // A portal no member is would never be recognised: its Data Tracker
-    // calls all refused, with nothing to say why at start.
+    // calls all refused, with nothing to say why at start. Refused where
+    // the members are this file's; with a directory, whose bundle may
+    // revoke the portal, said only: a bundle is not refused for it (its
+    // CRLs and revocations would wait).
     let clients = raw
         .exchange_log
         .iter()
         .flat_map(|log| &log.data_tracker_clients);
     for (index, (client, id)) in clients.zip(&exchange_log.data_tracker_clients).enumerate() {
-        if !members.contains_key(id) {
+        if members.contains_key(id) {
+            continue;
+        }
+        let key = format!("exchange_log.data_tracker_clients[{index}]");
+        if directory.is_some() {
+            tracing::warn!(key, client = %id, "a Data Tracker client is not a member of the global configuration: its calls are refused");
+        } else {
             return Err(source.error(
-                format!("exchange_log.data_tracker_clients[{index}]"),
+                key,
                 client,
                 format!("{id} is not a member (no [members.\"{id}\"])"),
             ));
