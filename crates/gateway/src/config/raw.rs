@@ -818,8 +818,7 @@ impl RawConfig {
 /// server.
 const STORE_SOURCE: &str = "store";
 
-/// `[directory]`, checked.
-/// `[directory]`; its cache, unless set, in `data_dir` (the running
+/// `[directory]`, checked; its cache, unless set, in `data_dir` (the running
 /// gateway's: the file's own takes effect at restart).
 fn validate_directory(
     source: &Source<'_>,

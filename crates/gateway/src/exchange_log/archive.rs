@@ -353,6 +353,18 @@ pub fn check(path: &Path, verifier: &Verifier) -> Result<Checked, ArchiveError> 
     }
     let manifest: Manifest = serde_json::from_slice(&line)
         .map_err(|e| error(path, format!("the manifest (line 1) is not valid: {e}")))?;
+    // As written (`write_file`): no hash covers the line, so none of its
+    // bytes may differ from what its fields give.
+    let written = serde_json::to_vec(&manifest).map(|mut written| {
+        written.push(b'\n');
+        written
+    });
+    if written.ok().as_deref() != Some(line.as_slice()) {
+        return Err(error(
+            path,
+            "the manifest (line 1) is not as archives write it: the archive was edited",
+        ));
+    }
     let checkpoint = Checkpoint::open(&manifest.checkpoint, verifier).map_err(|e| {
         error(
             path,
@@ -1750,6 +1762,15 @@ mod tests {
             log.problem(),
             ProblemKind::ArchiveDamaged,
             "unknown field `approved_by`",
+        );
+
+        // The manifest's fields as they were, spaced otherwise.
+        std::fs::write(&file, &original).unwrap();
+        rewrite(&file, |lines| lines[0] = lines[0].replacen(',', ", ", 1));
+        named(
+            log.problem(),
+            ProblemKind::ArchiveDamaged,
+            "not as archives write it",
         );
 
         // The manifest's times, which no hash covers, moved.

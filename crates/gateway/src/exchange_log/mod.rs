@@ -806,6 +806,7 @@ fn spawn_writer<B: Backend>(
         every: config.checkpoint_records,
         checkpointed,
         last_checkpoint: Instant::now(),
+        checkpoint_failed: false,
         shared: shared.clone(),
         _running: running,
     };
@@ -830,6 +831,9 @@ struct Writer<B: Backend> {
     /// Tree size of the latest checkpoint.
     checkpointed: u64,
     last_checkpoint: Instant,
+    /// The last checkpoint asked for was not stored (a fleet's database
+    /// refused it): the next is due at the interval, not at every batch.
+    checkpoint_failed: bool,
     shared: Arc<Shared>,
     _running: Running,
 }
@@ -997,7 +1001,7 @@ impl<B: Backend> Writer<B> {
         let size = self.frontier.size() + records.len() as u64;
         let due = size > self.checkpointed
             && (force
-                || size - self.checkpointed >= self.every
+                || (!self.checkpoint_failed && size - self.checkpointed >= self.every)
                 || self.last_checkpoint.elapsed() >= self.interval);
         // A store that failed is retried by calls and probes, not by
         // checkpoints alone (which would spin, and could succeed where
@@ -1046,9 +1050,13 @@ impl<B: Backend> Writer<B> {
                         Ok(latest) => {
                             let stored = latest.as_ref().map_or(0, |latest| latest.size);
                             self.checkpointed = self.checkpointed.max(stored);
+                            self.checkpoint_failed = self.checkpointed < size;
                             self.shared.checkpoint.store(latest.map(Arc::new));
                         }
-                        Err(error) => tracing::warn!(%error, "cannot read back the checkpoint"),
+                        Err(error) => {
+                            self.checkpoint_failed = true;
+                            tracing::warn!(%error, "cannot read back the checkpoint");
+                        }
                     }
                 }
                 if !records.is_empty() {

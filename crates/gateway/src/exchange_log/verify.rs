@@ -330,7 +330,8 @@ pub(super) fn verify_beside(
     }
     if archives_left > 0 {
         notes.push(format!(
-            "{archives_left} archive file(s) written beside while this ran are left for the              next verification: their records were checked in the hot store"
+            "{archives_left} archive file(s) written beside while this ran are left for the \
+             next verification: their records were checked in the hot store"
         ));
     }
     if problem.is_none() && store.seals_lookups()? {
