@@ -276,10 +276,14 @@ struct Health {
     failures: u32,
     /// Ejections in a row, without a successful call between them.
     ejections: u32,
-    /// Out of rotation until then, after failed calls.
+    /// Out of rotation until then, after failed calls...
     ejected_until: Option<Instant>,
-    /// Out of rotation until checks pass again.
+    /// ... since then.
+    ejected_at: Option<Instant>,
+    /// Out of rotation until checks pass again...
     failing_checks: bool,
+    /// ... since then.
+    failing_since: Option<Instant>,
     checks_failed: u32,
     checks_passed: u32,
     /// The checks epoch (see [`ProviderPool::new`]) of the verdict and the
@@ -353,7 +357,9 @@ impl EndpointSlot {
             .ejection_time
             .saturating_mul(1 << doublings)
             .min(settings.max_ejection_time);
-        health.ejected_until = Some(Instant::now() + length);
+        let now = Instant::now();
+        health.ejected_until = Some(now + length);
+        health.ejected_at = Some(now);
         self.ejections.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             %provider,
@@ -399,12 +405,25 @@ impl EndpointSlot {
                 health.checks_passed = health.checks_passed.saturating_add(1);
                 if health.failing_checks && health.checks_passed >= settings.healthy_threshold {
                     health.failing_checks = false;
-                    // Back from an outage the checks saw: an ejection of
-                    // then (up to `max_ejection_time`) ends with it. One
-                    // that answers its checks all along, yet fails calls,
-                    // stays out for the ejection's time.
-                    health.ejected_until = None;
-                    health.failures = 0;
+                    // Back from an outage the checks saw: an ejection made
+                    // during it (up to `max_ejection_time`) ends with it;
+                    // the checks took their failures in a row to see it,
+                    // which calls may have seen first. One made before, of
+                    // an endpoint that failed calls while answering its
+                    // checks, runs its time.
+                    let seeing = settings
+                        .health_check_interval
+                        .unwrap_or_default()
+                        .saturating_mul(settings.unhealthy_threshold.saturating_add(1));
+                    let during = health
+                        .ejected_at
+                        .zip(health.failing_since)
+                        .is_some_and(|(ejected, failing)| ejected + seeing >= failing);
+                    if during {
+                        health.ejected_until = None;
+                        health.failures = 0;
+                    }
+                    health.failing_since = None;
                     tracing::info!(%provider, endpoint = %self.endpoint, "upstream endpoint passes health checks again");
                 }
             }
@@ -413,6 +432,7 @@ impl EndpointSlot {
                 health.checks_failed = health.checks_failed.saturating_add(1);
                 if !health.failing_checks && health.checks_failed >= settings.unhealthy_threshold {
                     health.failing_checks = true;
+                    health.failing_since = Some(Instant::now());
                     tracing::warn!(%provider, endpoint = %self.endpoint, reason = %why, "upstream endpoint fails health checks: out of rotation");
                 }
             }
