@@ -975,11 +975,17 @@ fn key_path(path: &serde_path_to_error::Path, text: &str, offset: Option<usize>)
             Segment::Map { key } => {
                 table.and_then(|table| table.iter().find(|(name, _)| name.get_ref() == key))
             }
+            // The entry whose value holds the error (an inline table),
+            // else the last before its line (a table's header).
             Segment::Enum { .. } | Segment::Unknown => table.and_then(|table| {
-                table
-                    .iter()
-                    .filter(|(name, _)| before.is_some_and(|end| name.span().start <= end))
-                    .max_by_key(|(name, _)| name.span().start)
+                let holding = offset
+                    .and_then(|at| table.iter().find(|(_, value)| value.span().contains(&at)));
+                holding.or_else(|| {
+                    table
+                        .iter()
+                        .filter(|(name, _)| before.is_some_and(|end| name.span().start <= end))
+                        .max_by_key(|(name, _)| name.span().start)
+                })
             }),
         };
         if !named.is_empty() {
@@ -2777,4 +2783,52 @@ fn idempotent_methods(
         methods.insert(name.clone());
     }
     Ok(methods)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+    use toml::Spanned;
+
+    use super::Source;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Members {
+        #[expect(dead_code, reason = "read for its errors only")]
+        members: BTreeMap<Spanned<String>, Member>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Member {
+        #[expect(dead_code, reason = "read for its errors only")]
+        name: String,
+    }
+
+    /// The key an error is in is named after the table holding it, in
+    /// whatever form the file writes it.
+    #[test]
+    fn an_error_names_the_table_it_is_in() {
+        for (text, key) in [
+            (
+                "[members.\"SN/A\"]\nname = \"a\"\nnam2 = 1\n[members.\"SN/B\"]\nname = \"b\"\n",
+                "members.\"SN/A\".nam2",
+            ),
+            (
+                "members = { \"SN/A\" = { name = \"a\", nam2 = 1 }, \"SN/B\" = { name = \"b\" } }\n",
+                "members.\"SN/A\".nam2",
+            ),
+            (
+                "[members.\"SN/A\"]\nname = \"a\"\n[members.\"SN/B\"]\nnam2 = 1\nname = \"b\"\n",
+                "members.\"SN/B\".nam2",
+            ),
+        ] {
+            let source = Source::new(std::path::Path::new("t.toml"), text);
+            let error = source.deserialize::<Members>().unwrap_err();
+            assert_eq!(error.key, key, "{text}: {error}");
+        }
+    }
 }
