@@ -2412,6 +2412,15 @@ fn slow_inserts(cluster: &Cluster, table: &str, seconds: f64) {
         .unwrap();
 }
 
+/// A record of call `request_id` of CBAO's KYC desk.
+fn record(request_id: &str) -> govbridge::exchange_log::ExchangeRecord {
+    govbridge::exchange_log::ExchangeRecord {
+        request_id: request_id.to_owned(),
+        caller: "SN/COM/CBAO/kyc".to_owned(),
+        ..Default::default()
+    }
+}
+
 fn records_of(cluster: &Cluster, request_id: &str) -> String {
     let count = format!("SELECT count(*) FROM log_records WHERE request_id = '{request_id}'");
     cluster.psql("govbridge", &count).unwrap()
@@ -2425,11 +2434,6 @@ async fn a_fleet_append_is_refused_only_when_it_is_not_committed() {
     let cluster = Cluster::start_temporary().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let log = fleet_log(&cluster, dir.path()).await;
-    let record = |request_id: &str| govbridge::exchange_log::ExchangeRecord {
-        request_id: request_id.to_owned(),
-        caller: "SN/COM/CBAO/kyc".to_owned(),
-        ..Default::default()
-    };
     log.append(record("before")).await.unwrap();
 
     // Longer than the node waits (2 s): refused, and never committed.
@@ -2479,12 +2483,7 @@ async fn an_answered_append_survives_an_immediate_stop() {
         config.checkpoint_records = u64::MAX;
         let log = fleet_log_with(&cluster, config, "node-1").await;
         let request_id = format!("answered-{round}");
-        let record = govbridge::exchange_log::ExchangeRecord {
-            request_id: request_id.clone(),
-            caller: "SN/COM/CBAO/kyc".to_owned(),
-            ..Default::default()
-        };
-        log.append(record).await.unwrap();
+        log.append(record(&request_id)).await.unwrap();
         cluster.stop().unwrap();
         cluster.restart().unwrap();
         assert_eq!(records_of(&cluster, &request_id), "1", "round {round}");
@@ -2514,13 +2513,8 @@ async fn a_checkpoint_the_database_refused_is_signed_again() {
              FOR EACH ROW EXECUTE FUNCTION refuse();",
         )
         .unwrap();
-    let record = govbridge::exchange_log::ExchangeRecord {
-        request_id: "uncovered".to_owned(),
-        caller: "SN/COM/CBAO/kyc".to_owned(),
-        ..Default::default()
-    };
     // The record is committed, and its call goes on.
-    assert_eq!(log.append(record).await.unwrap(), 0);
+    assert_eq!(log.append(record("uncovered")).await.unwrap(), 0);
     let covered = "SELECT count(*) FROM log_checkpoints WHERE size >= 1";
     assert_eq!(cluster.psql("govbridge", covered).unwrap(), "0");
     cluster
@@ -2548,11 +2542,6 @@ async fn a_database_that_lost_commits_is_refused_not_forked() {
     config.checkpoint_interval = Duration::from_secs(3600);
     config.checkpoint_records = u64::MAX;
     let log = fleet_log_with(&cluster, config, "node-1").await;
-    let record = |id: &str| govbridge::exchange_log::ExchangeRecord {
-        request_id: id.to_owned(),
-        caller: "SN/COM/CBAO/kyc".to_owned(),
-        ..Default::default()
-    };
     assert_eq!(log.append(record("kept")).await.unwrap(), 0);
     cluster
         .psql(
@@ -2605,11 +2594,6 @@ async fn a_node_behind_the_others_appends_after_them() {
     )
     .unwrap();
     let second = fleet_log_with(&cluster, config(two.path(), "node-2"), "node-2").await;
-    let record = |id: &str| govbridge::exchange_log::ExchangeRecord {
-        request_id: id.to_owned(),
-        caller: "SN/COM/CBAO/kyc".to_owned(),
-        ..Default::default()
-    };
     assert_eq!(first.append(record("one")).await.unwrap(), 0);
     first.simulate_fault(Some(govbridge::exchange_log::StoreFault::ReadOnly));
     first.append(record("refused")).await.unwrap_err();
