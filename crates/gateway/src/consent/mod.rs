@@ -246,6 +246,9 @@ struct Ledger {
     /// When the feed was last heard from.
     heard: Option<Instant>,
     uses: HashMap<String, Uses>,
+    /// How many counts `uses` may hold before those of consents long
+    /// expired are forgotten ([`Ledger::forget_expired`]).
+    forget_at: usize,
     /// The last change applied before the feed was last rewound...
     rewound_from: u64,
     /// ...and the consents paused then: until the feed is past that
@@ -280,6 +283,29 @@ impl Ledger {
     }
 }
 
+/// Counts a ledger holds before it first looks for expired ones.
+const FORGET_FROM: usize = 4_096;
+
+impl Ledger {
+    /// Once `uses` has doubled since the last time, forgets the counts of
+    /// consents that expired [`uses::FORGET_AFTER`] before `now` (none in
+    /// flight), in memory and in `book`: a gateway that runs for months
+    /// would otherwise keep every consent ever used. Amortized, a look
+    /// costs a constant per count added.
+    fn forget_expired(&mut self, now: i64, book: Option<&UseBook>) {
+        if self.uses.len() < self.forget_at.max(FORGET_FROM) {
+            return;
+        }
+        let before = now.saturating_sub(uses::FORGET_AFTER);
+        self.uses
+            .retain(|_, uses| uses.reserved > 0 || uses.expires > before);
+        self.forget_at = self.uses.len().saturating_mul(2);
+        if let Some(book) = book {
+            book.forget(before);
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 struct Uses {
     /// Calls whose answer reached the caller under the consent (after a
@@ -287,6 +313,9 @@ struct Uses {
     spent: u32,
     /// Calls in flight that have not relayed an answer yet.
     reserved: u32,
+    /// When the consent expires (seconds since the epoch), as far as its
+    /// artefacts said: its count is needed until a day after.
+    expires: i64,
 }
 
 impl Uses {
@@ -310,17 +339,14 @@ impl ConsentLedger {
 
     /// A ledger whose use counts are a fleet's, in its database: every
     /// node takes uses from the same counts.
-    pub async fn open_shared(
-        freshness: Duration,
-        database: Arc<crate::database::Database>,
-    ) -> Result<Arc<Self>, UseBookError> {
-        let shared = SharedUses::open(database).await?;
-        Ok(Arc::new(Self {
+    /// Within a Tokio runtime: it forgets expired counts on it.
+    pub fn open_shared(freshness: Duration, database: Arc<crate::database::Database>) -> Arc<Self> {
+        Arc::new(Self {
             freshness,
             inner: Mutex::new(Ledger::default()),
             book: None,
-            shared: Some(Arc::new(shared)),
-        }))
+            shared: Some(Arc::new(SharedUses::open(database))),
+        })
     }
 
     /// A ledger whose use counts are kept in the SQLite file at `path`,
@@ -329,7 +355,14 @@ impl ConsentLedger {
         let (book, counted) = UseBook::open(path, crate::unix_time::now())?;
         let uses = counted
             .into_iter()
-            .map(|(consent, spent)| (consent, Uses { spent, reserved: 0 }))
+            .map(|(consent, (spent, expires))| {
+                let uses = Uses {
+                    spent,
+                    reserved: 0,
+                    expires,
+                };
+                (consent, uses)
+            })
             .collect();
         Ok(Arc::new(Self {
             freshness,
@@ -444,11 +477,15 @@ impl ConsentLedger {
                 settled: false,
             });
         }
+        if !ledger.uses.contains_key(consent) {
+            ledger.forget_expired(crate::unix_time::now(), self.book.as_ref());
+        }
         let uses = ledger.uses.entry(consent.to_owned()).or_default();
         if uses.spent.saturating_add(uses.reserved) >= max_uses {
             return Err(ConsentRefusal::Exhausted(max_uses));
         }
         uses.reserved += 1;
+        uses.expires = uses.expires.max(claims.expires);
         let counted = uses.counted();
         // Sent under the lock, so that the book sees each consent's counts
         // in the order they were made.
@@ -783,6 +820,55 @@ mod tests {
             ledger.admit(&uses("c1", 3)).unwrap_err(),
             ConsentRefusal::Exhausted(3)
         );
+    }
+
+    /// A gateway that runs for months forgets the counts of consents
+    /// expired a day ago, in memory and in its book, once it holds twice
+    /// as many as after it last looked; it keeps those still needed
+    /// (unexpired, expired within the day; in memory, also one with a call
+    /// in flight).
+    #[tokio::test]
+    async fn counts_of_long_expired_consents_are_forgotten_while_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("consent-ledger.sqlite");
+        let ledger = ConsentLedger::open(Duration::from_secs(5), &path).unwrap();
+        ledger.heartbeat(0);
+        let now = crate::unix_time::now();
+        let long_ago = now - 2 * uses::FORGET_AFTER;
+        let spend = async |id: &str, expires: i64| {
+            let mut reservation = ledger.admit(&claims(id, expires)).unwrap();
+            reservation.durable().await.unwrap();
+            reservation.spend();
+        };
+        spend("valid", i64::MAX).await;
+        spend("within-the-day", now - 3_600).await;
+        let mut in_flight = ledger.admit(&claims("in-flight", long_ago)).unwrap();
+        in_flight.durable().await.unwrap();
+        for n in 3..FORGET_FROM {
+            spend(&format!("old-{n}"), long_ago).await;
+        }
+        assert_eq!(ledger.lock().uses.len(), FORGET_FROM);
+
+        spend("new", i64::MAX).await;
+        let mut kept: Vec<_> = ledger.lock().uses.keys().cloned().collect();
+        kept.sort();
+        assert_eq!(kept, ["in-flight", "new", "valid", "within-the-day"]);
+        // Sent after the book was told to forget: written once it has.
+        spend("after", i64::MAX).await;
+        let book = rusqlite::Connection::open(&path).unwrap();
+        let mut statement = book
+            .prepare("SELECT consent_id FROM consent_uses ORDER BY consent_id")
+            .unwrap();
+        let stored: Vec<String> = statement
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // The book forgets as a start would: the count of a call in flight
+        // under a consent a day past its expiry is needed by no start.
+        assert_eq!(stored, ["after", "new", "valid", "within-the-day"]);
+        // The next look waits for twice as many counts.
+        assert_eq!(ledger.lock().forget_at, 6);
     }
 
     #[tokio::test]

@@ -33,8 +33,15 @@ pub enum UseBookError {
     Open { path: PathBuf, message: String },
     #[error("the consent ledger cannot record a use: {0}")]
     Write(String),
-    #[error("the fleet's consent ledger cannot be opened: {0}")]
-    OpenShared(String),
+}
+
+/// What the book's writer is sent.
+#[derive(Debug)]
+enum Entry {
+    Count(Count),
+    /// Forget the counts of consents that expired before this (seconds
+    /// since the epoch).
+    Forget(i64),
 }
 
 /// One consent's count, on its way to the file.
@@ -59,16 +66,21 @@ pub const FORGET_AFTER: i64 = 86_400;
 /// The durable side of the consent ledger: a writer thread and its file.
 #[derive(Debug)]
 pub struct UseBook {
-    counts: mpsc::Sender<Count>,
+    counts: mpsc::Sender<Entry>,
 }
+
+/// Each consent's uses counted, and when it expires (seconds since the
+/// epoch), by consent id.
+pub type Counted = HashMap<String, (u32, i64)>;
 
 /// A count on its way to the file: resolves once it is durable.
 pub type Durable = oneshot::Receiver<Result<(), UseBookError>>;
 
 impl UseBook {
     /// Opens (or creates) the book at `path`, forgets consents expired
-    /// [`FORGET_AFTER`] before `now`, and returns the counts of the others.
-    pub fn open(path: &Path, now: i64) -> Result<(Self, HashMap<String, u32>), UseBookError> {
+    /// [`FORGET_AFTER`] before `now`, and returns the counts of the
+    /// others, with their expiry.
+    pub fn open(path: &Path, now: i64) -> Result<(Self, Counted), UseBookError> {
         let error = |message: String| UseBookError::Open {
             path: path.to_owned(),
             message,
@@ -104,7 +116,7 @@ impl UseBook {
             expires,
             durable,
         };
-        if let Err(mpsc::SendError(count)) = self.counts.send(count) {
+        if let Err(mpsc::SendError(Entry::Count(count))) = self.counts.send(Entry::Count(count)) {
             // The writer is gone (it only stops when the book is dropped):
             // the waiting call hears of it and is refused.
             if let Some(durable) = count.durable {
@@ -112,6 +124,12 @@ impl UseBook {
             }
         }
         answer
+    }
+
+    /// Forgets, on the writer's time, the counts of consents that expired
+    /// before `before` (seconds since the epoch).
+    pub fn forget(&self, before: i64) {
+        let _ = self.counts.send(Entry::Forget(before));
     }
 }
 
@@ -126,22 +144,65 @@ pub struct SharedUses {
 }
 
 impl SharedUses {
-    /// Uses counts in `database`, forgetting consents that expired
-    /// [`FORGET_AFTER`] ago by the database's clock.
-    pub async fn open(database: Arc<Database>) -> Result<Self, UseBookError> {
-        database
-            .run(|client| async move {
-                client
-                    .execute(
-                        "DELETE FROM consent_uses
-                         WHERE expires < extract(epoch FROM now())::bigint - $1",
-                        &[&FORGET_AFTER],
-                    )
-                    .await
-            })
-            .await
-            .map_err(open_error)?;
-        Ok(Self { database })
+    /// Uses counts in `database`. From now on, and every [`FORGET_EVERY`]
+    /// while the node runs, counts of consents that expired
+    /// [`FORGET_AFTER`] ago by the database's clock are forgotten, a batch
+    /// at a time ([`Self::forget_expired`]): by nodes that run for months
+    /// the table would otherwise only grow, and a start that first had to
+    /// clear it all in one statement could fail on a large one.
+    pub fn open(database: Arc<Database>) -> Self {
+        let weak = Arc::downgrade(&database);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(FORGET_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                // Not kept alive by this task: it stops with its node.
+                let Some(database) = weak.upgrade().filter(|database| !database.is_closed()) else {
+                    return;
+                };
+                match Self::forget_expired(&database).await {
+                    Ok(0) => {}
+                    Ok(forgotten) => {
+                        tracing::info!(forgotten, "expired consent use counts forgotten");
+                    }
+                    // Tried again at the next turn; nothing else waits for it.
+                    Err(error) => {
+                        tracing::warn!(%error, "expired consent use counts not forgotten");
+                    }
+                }
+            }
+        });
+        Self { database }
+    }
+
+    /// Forgets the counts of consents that expired [`FORGET_AFTER`] ago
+    /// by the database's clock, [`FORGET_BATCH`] in a statement, each
+    /// within the query timeout; counts another session holds are left
+    /// for the next time. Returns how many were forgotten.
+    pub async fn forget_expired(database: &Database) -> Result<u64, DatabaseError> {
+        let mut forgotten = 0;
+        loop {
+            let deleted = database
+                .run(|client| async move {
+                    client
+                        .execute(
+                            "DELETE FROM consent_uses WHERE consent IN (
+                                 SELECT consent FROM consent_uses
+                                 WHERE expires < extract(epoch FROM now())::bigint - $1
+                                 ORDER BY expires LIMIT $2
+                                 FOR UPDATE SKIP LOCKED
+                             )",
+                            &[&FORGET_AFTER, &FORGET_BATCH],
+                        )
+                        .await
+                })
+                .await?;
+            forgotten += deleted;
+            if deleted < FORGET_BATCH.unsigned_abs() {
+                return Ok(forgotten);
+            }
+        }
     }
 
     /// Takes one of `consent`'s `max_uses` if one is left: `Ok(false)`
@@ -228,51 +289,101 @@ impl SharedUses {
     }
 }
 
+/// How often a fleet's node forgets the counts of consents long expired.
+pub const FORGET_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Expired counts a fleet forgets in one statement, at most: some tens of
+/// milliseconds of work, found through their expiry's index.
+const FORGET_BATCH: i64 = 10_000;
+
 /// The first wait before a give-back is tried again, doubled each time up
 /// to [`GIVE_BACK_RETRY_MOST`].
 const GIVE_BACK_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 const GIVE_BACK_RETRY_MOST: std::time::Duration = std::time::Duration::from_secs(30);
 
-fn open_error(error: DatabaseError) -> UseBookError {
-    UseBookError::OpenShared(error.to_string())
-}
-
 fn write_error(error: DatabaseError) -> UseBookError {
     UseBookError::Write(error.to_string())
 }
 
-fn prepare(connection: &Connection, now: i64) -> rusqlite::Result<HashMap<String, u32>> {
+fn prepare(connection: &Connection, now: i64) -> rusqlite::Result<Counted> {
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "FULL")?;
+    // The index finds what to forget while the gateway runs.
     connection.execute_batch(
         "CREATE TABLE IF NOT EXISTS consent_uses (
              consent_id TEXT PRIMARY KEY,
              counted INTEGER NOT NULL,
              expires INTEGER NOT NULL
-         ) WITHOUT ROWID;",
+         ) WITHOUT ROWID;
+         CREATE INDEX IF NOT EXISTS consent_uses_by_expiry ON consent_uses (expires);",
     )?;
-    connection.execute(
-        "DELETE FROM consent_uses WHERE expires <= ?1",
-        [now.saturating_sub(FORGET_AFTER)],
-    )?;
-    let mut statement = connection.prepare("SELECT consent_id, counted FROM consent_uses")?;
-    let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    forget_before(connection, now.saturating_sub(FORGET_AFTER))?;
+    let mut statement =
+        connection.prepare("SELECT consent_id, counted, expires FROM consent_uses")?;
+    let rows = statement.query_map([], |row| Ok((row.get(0)?, (row.get(1)?, row.get(2)?))))?;
     rows.collect()
 }
 
-/// The writer thread: each batch of waiting counts in one transaction.
-fn write_counts(connection: &Connection, received: &mpsc::Receiver<Count>) {
+/// Forgets the counts of consents that expired before `before`, a batch
+/// at a time (each its own commit, short enough not to hold up the calls
+/// waiting for theirs).
+fn forget_before(connection: &Connection, before: i64) -> rusqlite::Result<usize> {
+    let mut forgotten = 0;
+    loop {
+        let deleted = connection.execute(
+            "DELETE FROM consent_uses WHERE consent_id IN (
+                 SELECT consent_id FROM consent_uses WHERE expires <= ?1 LIMIT ?2
+             )",
+            params![before, MAX_FORGET],
+        )?;
+        forgotten += deleted;
+        if deleted < usize::from(MAX_FORGET) {
+            return Ok(forgotten);
+        }
+    }
+}
+
+/// Expired counts forgotten in one transaction at most.
+const MAX_FORGET: u16 = 10_000;
+
+/// The writer thread: each batch of waiting counts in one transaction,
+/// then, if asked, the expired ones forgotten; what was sent after that
+/// ask waits for it, each entry handled in the order sent.
+fn write_counts(connection: &Connection, received: &mpsc::Receiver<Entry>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = received.recv() {
-        let mut batch = vec![first];
-        batch.extend(received.try_iter().take(MAX_BATCH - 1));
-        let written = write_batch(connection, &batch).map_err(|sql| {
-            let error = UseBookError::Write(sql.to_string());
-            tracing::error!(%error, counts = batch.len(), "consent use counts not written");
-            error
-        });
-        for count in batch {
-            if let Some(durable) = count.durable {
-                let _ = durable.send(written.clone());
+        let mut forget = None;
+        let mut next = Some(first);
+        while let Some(entry) = next.take() {
+            match entry {
+                Entry::Count(count) => batch.push(count),
+                Entry::Forget(before) => {
+                    forget = Some(before);
+                    break;
+                }
+            }
+            if batch.len() < MAX_BATCH {
+                next = received.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            let written = write_batch(connection, &batch).map_err(|sql| {
+                let error = UseBookError::Write(sql.to_string());
+                tracing::error!(%error, counts = batch.len(), "consent use counts not written");
+                error
+            });
+            for count in batch.drain(..) {
+                if let Some(durable) = count.durable {
+                    let _ = durable.send(written.clone());
+                }
+            }
+        }
+        if let Some(before) = forget {
+            match forget_before(connection, before) {
+                Ok(0) => {}
+                Ok(forgotten) => tracing::info!(forgotten, "expired consent use counts forgotten"),
+                // Tried again the next time the ledger forgets.
+                Err(error) => tracing::warn!(%error, "expired consent use counts not forgotten"),
             }
         }
     }
@@ -313,14 +424,20 @@ mod tests {
                 .unwrap();
         }
         let (_, counted) = UseBook::open(&path, 100).unwrap();
-        assert_eq!(counted, HashMap::from([("c1".into(), 1), ("c2".into(), 3)]));
+        assert_eq!(
+            counted,
+            HashMap::from([("c1".into(), (1, 200)), ("c2".into(), (3, 150))])
+        );
         // A clock hours ahead at a start forgets no count: put right, it
         // finds its consents valid again, and their uses spent.
         let (_, counted) = UseBook::open(&path, 160 + 7_200).unwrap();
-        assert_eq!(counted, HashMap::from([("c1".into(), 1), ("c2".into(), 3)]));
+        assert_eq!(
+            counted,
+            HashMap::from([("c1".into(), (1, 200)), ("c2".into(), (3, 150))])
+        );
         // A day past its expiry, a consent's count is dropped.
         let (_, counted) = UseBook::open(&path, 160 + FORGET_AFTER).unwrap();
-        assert_eq!(counted, HashMap::from([("c1".into(), 1)]));
+        assert_eq!(counted, HashMap::from([("c1".into(), (1, 200))]));
     }
 
     #[test]

@@ -622,6 +622,12 @@ const MIGRATIONS: &[(i32, &str)] = &[
              PRIMARY KEY (epoch, node)
          );",
     ),
+    (
+        13,
+        // How nodes find the counts of consents long expired, to forget
+        // them a batch at a time while they serve (`SharedUses`).
+        "CREATE INDEX consent_uses_by_expiry ON consent_uses (expires);",
+    ),
 ];
 
 /// Why the database cannot be used.
@@ -748,7 +754,8 @@ impl Database {
         self.client.store(None);
     }
 
-    fn is_closed(&self) -> bool {
+    /// Whether the node stopped: nothing is sent any more.
+    pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
     }
 

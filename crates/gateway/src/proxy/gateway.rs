@@ -426,7 +426,7 @@ impl Gateway {
             Some(consent) => Some((
                 match &database {
                     Some(database) => {
-                        ConsentLedger::open_shared(consent.freshness, Arc::clone(database)).await?
+                        ConsentLedger::open_shared(consent.freshness, Arc::clone(database))
                     }
                     None => ConsentLedger::open(consent.freshness, &consent.ledger)?,
                 },
