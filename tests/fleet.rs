@@ -649,6 +649,29 @@ async fn a_node_forgets_long_expired_counts_in_batches_without_waiting_for_locks
     assert_eq!(left(), "expired-within-the-day,valid");
 }
 
+/// A consent issued again with a later expiry keeps its fleet count
+/// until then, whether its uses were spent under the first artefact (the
+/// second then refused) or under both: forgetting it a day after the
+/// first expired would hand its uses back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_count_is_kept_until_the_latest_expiry_of_its_consents_artefacts() {
+    use govbridge::consent::uses::{FORGET_AFTER, SharedUses};
+    let cluster = Cluster::start_temporary().unwrap();
+    let database = connect(&cluster).await;
+    let uses = SharedUses::open(std::sync::Arc::clone(&database));
+    let now = govbridge::unix_time::now();
+    let long_ago = now - 2 * FORGET_AFTER;
+    assert!(uses.take("exhausted", 1, long_ago).await.unwrap());
+    assert!(!uses.take("exhausted", 1, now + 3_600).await.unwrap());
+    assert!(uses.take("used-under-both", 2, long_ago).await.unwrap());
+    assert!(uses.take("used-under-both", 2, now + 3_600).await.unwrap());
+
+    SharedUses::forget_expired(&database).await.unwrap();
+    assert_eq!(counted(&database, "exhausted").await, Some(1));
+    assert_eq!(counted(&database, "used-under-both").await, Some(2));
+    assert!(!uses.take("exhausted", 1, now + 3_600).await.unwrap());
+}
+
 /// A call refused after its use was taken, while the database is down,
 /// gives the use back once the database is back: none is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -247,7 +247,7 @@ struct Ledger {
     heard: Option<Instant>,
     uses: HashMap<String, Uses>,
     /// How many counts `uses` may hold before those of consents long
-    /// expired are forgotten ([`Ledger::forget_expired`]).
+    /// expired are forgotten ([`Ledger::forget_if_due`]).
     forget_at: usize,
     /// The last change applied before the feed was last rewound...
     rewound_from: u64,
@@ -287,15 +287,20 @@ impl Ledger {
 const FORGET_FROM: usize = 4_096;
 
 impl Ledger {
-    /// Once `uses` has doubled since the last time, forgets the counts of
-    /// consents that expired [`uses::FORGET_AFTER`] before `now` (none in
-    /// flight), in memory and in `book`: a gateway that runs for months
-    /// would otherwise keep every consent ever used. Amortized, a look
-    /// costs a constant per count added.
-    fn forget_expired(&mut self, now: i64, book: Option<&UseBook>) {
-        if self.uses.len() < self.forget_at.max(FORGET_FROM) {
-            return;
+    /// Once `uses` holds [`FORGET_FROM`] counts and twice as many as the
+    /// last time, forgets those of consents long expired ([`Self::forget`]):
+    /// a gateway that runs for months would otherwise keep every consent
+    /// ever used. Amortized, a look costs a constant per count added.
+    fn forget_if_due(&mut self, now: i64, book: Option<&UseBook>) {
+        if self.uses.len() >= self.forget_at.max(FORGET_FROM) {
+            self.forget(now, book);
         }
+    }
+
+    /// Forgets the counts of consents that expired [`uses::FORGET_AFTER`]
+    /// before `now` (by the latest expiry of their artefacts; those with a
+    /// call in flight stay), in memory and in `book`.
+    fn forget(&mut self, now: i64, book: Option<&UseBook>) {
         let before = now.saturating_sub(uses::FORGET_AFTER);
         self.uses
             .retain(|_, uses| uses.reserved > 0 || uses.expires > before);
@@ -377,6 +382,14 @@ impl ConsentLedger {
 
     fn lock(&self) -> MutexGuard<'_, Ledger> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The node stops: a fleet's ledger stops forgetting expired counts
+    /// and closes the connection it forgot them on.
+    pub fn close(&self) {
+        if let Some(shared) = &self.shared {
+            shared.close();
+        }
     }
 
     /// The feed is alive, and has said nothing new.
@@ -478,21 +491,27 @@ impl ConsentLedger {
             });
         }
         if !ledger.uses.contains_key(consent) {
-            ledger.forget_expired(crate::unix_time::now(), self.book.as_ref());
+            ledger.forget_if_due(crate::unix_time::now(), self.book.as_ref());
         }
         let uses = ledger.uses.entry(consent.to_owned()).or_default();
+        // The count is needed for as long as any of the consent's
+        // artefacts may be presented (the same consent issued again).
+        let extended = claims.expires > uses.expires;
+        uses.expires = uses.expires.max(claims.expires);
         if uses.spent.saturating_add(uses.reserved) >= max_uses {
+            if extended && let Some(book) = &self.book {
+                book.write(consent, uses.counted(), uses.expires, false);
+            }
             return Err(ConsentRefusal::Exhausted(max_uses));
         }
         uses.reserved += 1;
-        uses.expires = uses.expires.max(claims.expires);
-        let counted = uses.counted();
+        let (counted, expires) = (uses.counted(), uses.expires);
         // Sent under the lock, so that the book sees each consent's counts
         // in the order they were made.
         let durable = self
             .book
             .as_ref()
-            .and_then(|book| book.write(consent, counted, claims.expires, true));
+            .and_then(|book| book.write(consent, counted, expires, true));
         Ok(UseReservation {
             ledger: self.clone(),
             consent: consent.to_owned(),
@@ -513,7 +532,7 @@ impl ConsentLedger {
             } else if let Some(book) = &self.book {
                 // Not waited for: a give-back that is lost only costs the
                 // consent a use.
-                book.write(consent, uses.counted(), expires, false);
+                book.write(consent, uses.counted(), uses.expires.max(expires), false);
             }
         }
     }
@@ -869,6 +888,58 @@ mod tests {
         assert_eq!(stored, ["after", "new", "valid", "within-the-day"]);
         // The next look waits for twice as many counts.
         assert_eq!(ledger.lock().forget_at, 6);
+    }
+
+    /// A consent issued again with a later expiry keeps its count until
+    /// then, in memory and in the book, whether its uses were spent under
+    /// the first artefact (the second then refused) or under both.
+    #[tokio::test]
+    async fn a_count_is_kept_until_the_latest_expiry_of_its_consents_artefacts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("consent-ledger.sqlite");
+        let ledger = ConsentLedger::open(Duration::from_secs(5), &path).unwrap();
+        ledger.heartbeat(0);
+        let now = crate::unix_time::now();
+        let long_ago = now - 2 * uses::FORGET_AFTER;
+        let artefact = |id: &str, max_uses: u32, expires: i64| ConsentClaims {
+            max_uses,
+            ..claims(id, expires)
+        };
+        let spend = async |claims: ConsentClaims| {
+            let mut reservation = ledger.admit(&claims).unwrap();
+            reservation.durable().await.unwrap();
+            reservation.spend();
+        };
+        spend(artefact("exhausted", 1, long_ago)).await;
+        let again = artefact("exhausted", 1, i64::MAX);
+        assert_eq!(
+            ledger.admit(&again).unwrap_err(),
+            ConsentRefusal::Exhausted(1)
+        );
+        spend(artefact("used-under-both", 2, long_ago)).await;
+        spend(artefact("used-under-both", 2, i64::MAX)).await;
+
+        ledger.lock().forget(now, ledger.book.as_ref());
+        let counted = |ledger: &ConsentLedger, id: &str| {
+            ledger.lock().uses.get(id).map(|uses| uses.counted())
+        };
+        assert_eq!(counted(&ledger, "exhausted"), Some(1));
+        assert_eq!(counted(&ledger, "used-under-both"), Some(2));
+        // Written after the book forgot: a restart finds what it kept.
+        spend(artefact("after", 1, i64::MAX)).await;
+        drop(ledger);
+        let ledger = ConsentLedger::open(Duration::from_secs(5), &path).unwrap();
+        ledger.heartbeat(0);
+        assert_eq!(
+            ledger.admit(&again).unwrap_err(),
+            ConsentRefusal::Exhausted(1)
+        );
+        assert_eq!(
+            ledger
+                .admit(&artefact("used-under-both", 2, i64::MAX))
+                .unwrap_err(),
+            ConsentRefusal::Exhausted(2)
+        );
     }
 
     #[tokio::test]

@@ -141,6 +141,15 @@ impl UseBook {
 #[derive(Debug)]
 pub struct SharedUses {
     database: Arc<Database>,
+    /// The connection expired counts are forgotten on (so that no take
+    /// waits behind a batch), and the task forgetting them.
+    forgetting: (Arc<Database>, tokio::task::AbortHandle),
+}
+
+impl Drop for SharedUses {
+    fn drop(&mut self) {
+        self.close();
+    }
 }
 
 impl SharedUses {
@@ -150,22 +159,22 @@ impl SharedUses {
     /// at a time ([`Self::forget_expired`]): by nodes that run for months
     /// the table would otherwise only grow, and a start that first had to
     /// clear it all in one statement could fail on a large one.
+    ///
+    /// Within a Tokio runtime: the forgetting runs on it.
     pub fn open(database: Arc<Database>) -> Self {
-        let weak = Arc::downgrade(&database);
-        tokio::spawn(async move {
+        let sibling = database.sibling();
+        let forgetter = Arc::clone(&sibling);
+        let forgetting = tokio::spawn(async move {
             let mut every = tokio::time::interval(FORGET_EVERY);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
-                // Not kept alive by this task: it stops with its node.
-                let Some(database) = weak.upgrade().filter(|database| !database.is_closed()) else {
-                    return;
-                };
-                match Self::forget_expired(&database).await {
+                match Self::forget_expired(&forgetter).await {
                     Ok(0) => {}
                     Ok(forgotten) => {
                         tracing::info!(forgotten, "expired consent use counts forgotten");
                     }
+                    Err(_) if forgetter.is_closed() => return,
                     // Tried again at the next turn; nothing else waits for it.
                     Err(error) => {
                         tracing::warn!(%error, "expired consent use counts not forgotten");
@@ -173,7 +182,18 @@ impl SharedUses {
                 }
             }
         });
-        Self { database }
+        Self {
+            database,
+            forgetting: (sibling, forgetting.abort_handle()),
+        }
+    }
+
+    /// Stops forgetting, and closes the connection that did: the node
+    /// stops.
+    pub fn close(&self) {
+        let (connection, task) = &self.forgetting;
+        task.abort();
+        connection.close();
     }
 
     /// Forgets the counts of consents that expired [`FORGET_AFTER`] ago
@@ -228,7 +248,9 @@ impl SharedUses {
                         "INSERT INTO consent_uses AS uses (consent, counted, expires)
                          SELECT $1::text, 1, $3::bigint
                          FROM (SELECT set_config('lock_timeout', $4, true)) AS bounded
-                         ON CONFLICT (consent) DO UPDATE SET counted = uses.counted + 1
+                         ON CONFLICT (consent) DO UPDATE
+                         SET counted = uses.counted + 1,
+                             expires = greatest(uses.expires, EXCLUDED.expires)
                          WHERE uses.counted < $2
                          RETURNING counted",
                         &[&consent, &max_uses, &expires, &ONCE_LOCK_TIMEOUT],
@@ -238,6 +260,27 @@ impl SharedUses {
             .await
             .unwrap_or_else(|not_run| Err(not_run.error))
             .map_err(write_error)?;
+        if taken.is_none() {
+            // All spent, under an artefact that may expire later than
+            // those before (the same consent issued again): its count is
+            // kept until then, or forgetting it would hand its uses back.
+            let extended = self
+                .database
+                .run(|client| async move {
+                    client
+                        .execute(
+                            "UPDATE consent_uses SET expires = $2
+                             FROM (SELECT set_config('lock_timeout', $3, true)) AS bounded
+                             WHERE consent = $1 AND expires < $2",
+                            &[&consent, &expires, &ONCE_LOCK_TIMEOUT],
+                        )
+                        .await
+                })
+                .await;
+            if let Err(error) = extended {
+                tracing::warn!(%error, consent, "a consent's later expiry not kept with its count");
+            }
+        }
         Ok(taken.is_some())
     }
 
@@ -324,46 +367,74 @@ fn prepare(connection: &Connection, now: i64) -> rusqlite::Result<Counted> {
     rows.collect()
 }
 
-/// Forgets the counts of consents that expired before `before`, a batch
-/// at a time (each its own commit, short enough not to hold up the calls
-/// waiting for theirs).
-fn forget_before(connection: &Connection, before: i64) -> rusqlite::Result<usize> {
-    let mut forgotten = 0;
-    loop {
-        let deleted = connection.execute(
-            "DELETE FROM consent_uses WHERE consent_id IN (
-                 SELECT consent_id FROM consent_uses WHERE expires <= ?1 LIMIT ?2
-             )",
-            params![before, MAX_FORGET],
-        )?;
-        forgotten += deleted;
-        if deleted < usize::from(MAX_FORGET) {
-            return Ok(forgotten);
-        }
-    }
+/// Forgets the counts of consents that expired before `before`.
+fn forget_before(connection: &Connection, before: i64) -> rusqlite::Result<()> {
+    while forget_batch(connection, before)? == usize::from(MAX_FORGET) {}
+    Ok(())
+}
+
+/// Forgets up to [`MAX_FORGET`] counts of consents that expired before
+/// `before`, in one commit; returns how many.
+fn forget_batch(connection: &Connection, before: i64) -> rusqlite::Result<usize> {
+    connection.execute(
+        "DELETE FROM consent_uses WHERE consent_id IN (
+             SELECT consent_id FROM consent_uses WHERE expires <= ?1 LIMIT ?2
+         )",
+        params![before, MAX_FORGET],
+    )
 }
 
 /// Expired counts forgotten in one transaction at most.
 const MAX_FORGET: u16 = 10_000;
 
-/// The writer thread: each batch of waiting counts in one transaction,
-/// then, if asked, the expired ones forgotten; what was sent after that
-/// ask waits for it, each entry handled in the order sent.
+/// The writer thread: each batch of waiting counts in one transaction.
+/// Asked to forget, it forgets a batch of expired counts before each
+/// batch of counts until none is left: a count waits for one such batch
+/// at most, and one sent after the ask is written once the counts it
+/// covers are forgotten, if they fit in one batch.
 fn write_counts(connection: &Connection, received: &mpsc::Receiver<Entry>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Ok(first) = received.recv() {
-        let mut forget = None;
-        let mut next = Some(first);
+    // Counts that expired before this are still to be forgotten.
+    let mut forgetting: Option<i64> = None;
+    let mut forgotten = 0;
+    loop {
+        let first = if forgetting.is_some() {
+            match received.try_recv() {
+                Ok(entry) => Some(entry),
+                Err(mpsc::TryRecvError::Empty) => None,
+                Err(mpsc::TryRecvError::Disconnected) => return,
+            }
+        } else {
+            match received.recv() {
+                Ok(entry) => Some(entry),
+                Err(mpsc::RecvError) => return,
+            }
+        };
+        let mut next = first;
         while let Some(entry) = next.take() {
             match entry {
                 Entry::Count(count) => batch.push(count),
-                Entry::Forget(before) => {
-                    forget = Some(before);
-                    break;
-                }
+                Entry::Forget(before) => forgetting = forgetting.max(Some(before)),
             }
             if batch.len() < MAX_BATCH {
                 next = received.try_recv().ok();
+            }
+        }
+        if let Some(before) = forgetting {
+            match forget_batch(connection, before) {
+                Ok(deleted) if deleted == usize::from(MAX_FORGET) => forgotten += deleted,
+                Ok(deleted) => {
+                    forgotten += deleted;
+                    if forgotten > 0 {
+                        tracing::info!(forgotten, "expired consent use counts forgotten");
+                    }
+                    (forgetting, forgotten) = (None, 0);
+                }
+                // Tried again the next time the ledger forgets.
+                Err(error) => {
+                    tracing::warn!(%error, "expired consent use counts not forgotten");
+                    (forgetting, forgotten) = (None, 0);
+                }
             }
         }
         if !batch.is_empty() {
@@ -378,14 +449,6 @@ fn write_counts(connection: &Connection, received: &mpsc::Receiver<Entry>) {
                 }
             }
         }
-        if let Some(before) = forget {
-            match forget_before(connection, before) {
-                Ok(0) => {}
-                Ok(forgotten) => tracing::info!(forgotten, "expired consent use counts forgotten"),
-                // Tried again the next time the ledger forgets.
-                Err(error) => tracing::warn!(%error, "expired consent use counts not forgotten"),
-            }
-        }
     }
 }
 
@@ -394,7 +457,8 @@ fn write_batch(connection: &Connection, batch: &[Count]) -> rusqlite::Result<()>
     {
         let mut upsert = transaction.prepare_cached(
             "INSERT INTO consent_uses (consent_id, counted, expires) VALUES (?1, ?2, ?3)
-             ON CONFLICT (consent_id) DO UPDATE SET counted = excluded.counted",
+             ON CONFLICT (consent_id) DO UPDATE
+             SET counted = excluded.counted, expires = max(expires, excluded.expires)",
         )?;
         for count in batch {
             upsert.execute(params![count.consent, count.counted, count.expires])?;

@@ -626,7 +626,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         13,
         // How nodes find the counts of consents long expired, to forget
         // them a batch at a time while they serve (`SharedUses`).
-        "CREATE INDEX consent_uses_by_expiry ON consent_uses (expires);",
+        "CREATE INDEX IF NOT EXISTS consent_uses_by_expiry ON consent_uses (expires);",
     ),
 ];
 

@@ -579,6 +579,7 @@ impl Gateway {
             }
             None => None,
         };
+        let closing = ledger.clone();
         self.listener
             .serve(
                 move |peer| {
@@ -624,6 +625,9 @@ impl Gateway {
         }
         if let Some(fleet) = &self.fleet {
             fleet.database.close();
+        }
+        if let Some(ledger) = closing {
+            ledger.close();
         }
     }
 }
