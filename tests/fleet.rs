@@ -672,6 +672,49 @@ async fn a_fleet_count_is_kept_until_the_latest_expiry_of_its_consents_artefacts
     assert!(!uses.take("exhausted", 1, now + 3_600).await.unwrap());
 }
 
+/// A node whose migration waits for a lock another session holds gives
+/// up within seconds and says why, changing nothing (the nodes running
+/// go on), rather than hold every node's statements on the table queued
+/// behind it; started again once the lock is gone, it migrates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_held_up_by_a_lock_fails_the_start_and_changes_nothing() {
+    use govbridge::database::Database;
+    let cluster = Cluster::start_temporary().unwrap();
+    let store = govbridge::config::StoreConfig::parse(&cluster.url()).unwrap();
+    let holder = Database::connect_at_schema(&store, 12).await.unwrap();
+    holder
+        .run(|client| async move {
+            client
+                .batch_execute("BEGIN; LOCK TABLE consent_uses IN ROW EXCLUSIVE MODE")
+                .await
+        })
+        .await
+        .unwrap();
+
+    let refused = tokio::time::timeout(Duration::from_secs(30), Database::connect(&store))
+        .await
+        .expect("the migration waited for the lock")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("to version 13 waited over 2s for a lock"),
+        "{refused}"
+    );
+    let version = || {
+        cluster
+            .psql("govbridge", "SELECT max(version) FROM govbridge_schema")
+            .unwrap()
+    };
+    assert_eq!(version(), "12");
+
+    holder
+        .run(|client| async move { client.batch_execute("COMMIT").await })
+        .await
+        .unwrap();
+    drop(Database::connect(&store).await.unwrap());
+    assert_eq!(version(), "13");
+}
+
 /// A call refused after its use was taken, while the database is down,
 /// gives the use back once the database is back: none is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

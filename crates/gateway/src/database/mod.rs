@@ -53,6 +53,13 @@ pub const ONCE_LOCK_TIMEOUT: &str = "1s";
 /// queueing to dial again one after the other.
 const DIAL_BACKOFF: Duration = Duration::from_secs(1);
 
+/// How long a migration's statement waits for each lock on a table: past
+/// it, the node's start fails and says why. A migration waiting for a lock
+/// that another session holds (a long transaction, a stuck one) would
+/// otherwise hold up, queued behind it, every node's statements on that
+/// table: the whole fleet would stop serving for as long.
+const MIGRATION_LOCK_TIMEOUT: &str = "2s";
+
 /// The advisory lock key migrations hold ("govbridg" in ASCII).
 const MIGRATION_LOCK: i64 = 0x676f_7662_7269_6467;
 
@@ -1022,8 +1029,17 @@ impl Database {
     async fn migrate(&self, client: &mut Client, upto: i32) -> Result<(), DatabaseError> {
         let failed = |error: tokio_postgres::Error| self.failed(&error);
         let transaction = client.transaction().await.map_err(failed)?;
+        // Waited for as long as another node migrates; the tables' locks
+        // only for a bound.
         transaction
             .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(failed)?;
+        transaction
+            .execute(
+                "SELECT set_config('lock_timeout', $1, true)",
+                &[&MIGRATION_LOCK_TIMEOUT],
+            )
             .await
             .map_err(failed)?;
         transaction
@@ -1048,7 +1064,22 @@ impl Database {
             .iter()
             .filter(|(version, _)| *version > found && *version <= upto);
         for (version, sql) in due {
-            transaction.batch_execute(sql).await.map_err(failed)?;
+            transaction.batch_execute(sql).await.map_err(|error| {
+                if error.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
+                    DatabaseError::Failed {
+                        url: self.url(),
+                        detail: format!(
+                            "migrating its schema to version {version} waited over \
+                             {MIGRATION_LOCK_TIMEOUT} for a lock on a table that another session \
+                             holds (a long or stuck transaction: `pg_locks` and \
+                             `pg_stat_activity` name it). Nothing was changed, and nodes already \
+                             running keep serving: start this one again once that session ends"
+                        ),
+                    }
+                } else {
+                    failed(error)
+                }
+            })?;
             transaction
                 .execute(
                     "INSERT INTO govbridge_schema (version) VALUES ($1)",
