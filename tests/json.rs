@@ -995,6 +995,26 @@ async fn json_mistakes_are_400s_naming_the_field_and_the_gateway_keeps_serving()
         (path.status.as_u16(), path.json()["field"].clone()),
         (400, json!("colour"))
     );
+    // A path variable that is not UTF-8 once decoded (Latin-1's é): the
+    // route is found, and the call refused as a bad one, not as a 404.
+    let latin1 = bank
+        .call(Method::GET, "/v1/companies/%E9/directors", &headers, "")
+        .await
+        .unwrap();
+    assert_eq!(
+        (latin1.status.as_u16(), latin1.json()["field"].clone()),
+        (400, json!("ninea")),
+        "{:?}",
+        latin1.json()
+    );
+    assert!(
+        latin1.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("not UTF-8"),
+        "{:?}",
+        latin1.json()
+    );
     let huge = format!("{{\"firstNames\": \"{}\"}}", "a".repeat(5 * 1024 * 1024));
     let answer = bank
         .call(Method::POST, verify, &headers, &huge)
@@ -1050,7 +1070,7 @@ async fn json_mistakes_are_400s_naming_the_field_and_the_gateway_keeps_serving()
         .iter()
         .filter(|r| r.record.json && r.record.error_kind == "bad-json")
         .count();
-    assert!(bad_json >= 6, "{bad_json} bad-json records");
+    assert!(bad_json >= 7, "{bad_json} bad-json records");
     let bad_id = bank
         .call(
             Method::POST,

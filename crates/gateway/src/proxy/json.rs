@@ -408,7 +408,7 @@ fn openapi(
 pub(super) struct JsonCall {
     method: MethodDescriptor,
     body: BodyRule,
-    bound: Vec<(String, String)>,
+    bound: Result<Vec<(String, String)>, String>,
     query: Option<String>,
     content_type: Option<HeaderValue>,
     /// What reading the body came to, for the answer.

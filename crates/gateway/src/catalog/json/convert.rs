@@ -144,7 +144,13 @@ fn message_of(
             set(&mut object, input, &name, &field, value, true)?;
         }
     }
-    for (name, value) in &matched.bound {
+    let bound = matched.bound.as_ref().map_err(|field| {
+        BadRequest::at(
+            field,
+            format!("path variable `{field}`: not UTF-8 once percent-decoded"),
+        )
+    })?;
+    for (name, value) in bound {
         let field = field_at(input, name).map_err(|reason| BadRequest::at(name, reason))?;
         set(&mut object, input, name, &field, value.clone(), false)?;
     }

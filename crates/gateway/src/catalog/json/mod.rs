@@ -55,8 +55,10 @@ pub struct Matched<'a> {
     pub method: &'a MethodDescriptor,
     pub body: &'a BodyRule,
     pub response_body: Option<&'a FieldDescriptor>,
-    /// Fields bound by the path, with their (decoded) values.
-    pub bound: Vec<(String, String)>,
+    /// Fields bound by the path, with their (decoded) values; `Err(field)`
+    /// when `field`'s value is not UTF-8 once decoded (the call is refused
+    /// as a bad request once admitted, as a bad query is).
+    pub bound: Result<Vec<(String, String)>, String>,
 }
 
 /// A `google.api.http` rule that cannot be used: its method keeps its
@@ -194,7 +196,7 @@ impl Routes {
         if *verb == Method::POST
             && let Some(route) = self.default.get(path)
         {
-            return Ok(route.matched(Vec::new()));
+            return Ok(route.matched(Ok(Vec::new())));
         }
         let mut allowed = Vec::new();
         if self.default.contains_key(path) {
@@ -246,7 +248,7 @@ pub enum NoRoute {
 }
 
 impl Route {
-    fn matched(&self, bound: Vec<(String, String)>) -> Matched<'_> {
+    fn matched(&self, bound: Result<Vec<(String, String)>, String>) -> Matched<'_> {
         Matched {
             method: &self.method,
             body: &self.body,
@@ -447,7 +449,12 @@ mod tests {
             overlapping.refused()
         );
         let path = "/v1/persons/2002196400009";
-        assert!(get_person.template.matches(path).is_some());
+        assert!(
+            get_person
+                .template
+                .matches(path)
+                .is_some_and(|bound| bound.is_ok())
+        );
         // Neither annotated route answers; the default routes remain.
         assert!(overlapping.find(&Method::GET, path).is_err());
         // Routes of one service that overlap stay.

@@ -155,8 +155,10 @@ impl Template {
 
     /// Matches a request path (without its query), returning each bound
     /// field and its percent-decoded value; `None` if the path does not
-    /// match.
-    pub fn matches(&self, path: &str) -> Option<Vec<(String, String)>> {
+    /// match, `Some(Err(field))` if it does but `field`'s value is not
+    /// UTF-8 once percent-decoded (replaced, it would reach the backend
+    /// altered).
+    pub fn matches(&self, path: &str) -> Option<Result<Vec<(String, String)>, String>> {
         let path = path.strip_prefix('/')?;
         let path = match &self.verb {
             Some(verb) => path
@@ -165,7 +167,8 @@ impl Template {
             None => path,
         };
         let parts: Vec<&str> = path.split('/').collect();
-        let mut bound = Vec::new();
+        // Decoded once the whole path matches.
+        let mut bound: Vec<(&String, Vec<&str>)> = Vec::new();
         let mut at = 0;
         for segment in &self.segments {
             match segment {
@@ -175,8 +178,7 @@ impl Template {
                         return None;
                     }
                     if let Segment::Variable { field, .. } = segment {
-                        let value = rest.iter().map(|p| decode(p)).collect::<Option<Vec<_>>>()?;
-                        bound.push((field.clone(), value.join("/")));
+                        bound.push((field, rest.to_vec()));
                     }
                     at = parts.len();
                 }
@@ -197,12 +199,21 @@ impl Template {
                     if part.is_empty() {
                         return None;
                     }
-                    bound.push((field.clone(), decode(part)?));
+                    bound.push((field, vec![part]));
                     at += 1;
                 }
             }
         }
-        (at == parts.len()).then_some(bound)
+        if at != parts.len() {
+            return None;
+        }
+        let decoded = bound.into_iter().map(|(field, parts)| {
+            let value = parts.into_iter().map(decode).collect::<Option<Vec<_>>>();
+            value
+                .map(|value| (field.clone(), value.join("/")))
+                .ok_or_else(|| field.clone())
+        });
+        Some(decoded.collect())
     }
 
     /// The template in OpenAPI's form: `/v1/persons/{nin}`, with the verb.
@@ -293,6 +304,28 @@ mod tests {
         Template::parse(template)
             .expect("a valid template")
             .matches(path)
+            .map(|bound| bound.expect("UTF-8 values"))
+    }
+
+    /// A path that matches, but with a value that is not UTF-8 once
+    /// decoded, says which field: the call is refused as a bad request,
+    /// not as a path no route has.
+    #[test]
+    fn names_the_variable_that_is_not_utf8() {
+        let matched = |template: &str, path: &str| {
+            Template::parse(template)
+                .expect("a valid template")
+                .matches(path)
+        };
+        assert_eq!(
+            matched("/v1/persons/{nin}", "/v1/persons/%E9"),
+            Some(Err("nin".to_owned()))
+        );
+        assert_eq!(
+            matched("/v1/files/{name=**}", "/v1/files/a/%FF/c"),
+            Some(Err("name".to_owned()))
+        );
+        assert_eq!(matched("/v1/persons/{nin}", "/v1/people/%E9"), None);
     }
 
     #[test]
