@@ -672,6 +672,49 @@ async fn a_fleet_count_is_kept_until_the_latest_expiry_of_its_consents_artefacts
     assert!(!uses.take("exhausted", 1, now + 3_600).await.unwrap());
 }
 
+/// A statement the node has given up on (no answer within the query's
+/// timeout) does not run on in the server, holding what it locked: the
+/// server cancels it within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_the_node_gave_up_on_is_cancelled_by_the_server() {
+    let cluster = Cluster::start_temporary().unwrap();
+    let database = connect(&cluster).await;
+    let holder = connect(&cluster).await;
+    holder
+        .run(|client| async move {
+            client
+                .batch_execute("BEGIN; LOCK TABLE nodes IN ACCESS EXCLUSIVE MODE")
+                .await
+        })
+        .await
+        .unwrap();
+    let given_up = database
+        .run(|client| async move { client.simple_query("SELECT count(*) FROM nodes").await })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(given_up.contains("no answer within"), "{given_up}");
+
+    let running = || {
+        cluster
+            .psql(
+                "govbridge",
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE query = 'SELECT count(*) FROM nodes' AND state = 'active'",
+            )
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while running() != "0" {
+        assert!(Instant::now() < deadline, "the statement runs on");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    holder
+        .run(|client| async move { client.batch_execute("COMMIT").await })
+        .await
+        .unwrap();
+}
+
 /// A node whose migration waits for a lock another session holds gives
 /// up within seconds and says why, changing nothing (the nodes running
 /// go on), rather than hold every node's statements on the table queued

@@ -42,6 +42,12 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// [`QUERY_TIMEOUT`].
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The `statement_timeout` of every session, past [`QUERY_TIMEOUT`] and
+/// `SETTLE_TIMEOUT`: the server cancels a statement the node has given
+/// up on, which would otherwise run on (waiting for a lock, say) holding
+/// what it has locked, however long. Migrations lift it.
+const STATEMENT_TIMEOUT: &str = "5s";
+
 /// The `lock_timeout` of a statement run with [`Database::run_once`], for
 /// each lock it waits for (a take may wait for another node's take, then
 /// for what that one waited for): a few such waits fit in
@@ -992,15 +998,17 @@ impl Database {
         // log's head or a consent's uses at once would fail each other; and
         // what a statement wrote is on disk once it returns (a consent's
         // use taken, a partner's nonce spent), even where the server is
-        // tuned for `synchronous_commit = off`.
+        // tuned for `synchronous_commit = off`; and no statement the node
+        // stopped waiting for runs on in the server ([`STATEMENT_TIMEOUT`]).
         // Bounded as the connection was: behind a pooler that logs in by
         // itself (PgBouncer), or facing a server frozen with its socket
         // open, no answer may come, and every query of the node waits for
         // this dial.
-        let settings = dialled.batch_execute(
+        let session = format!(
             "SET default_transaction_isolation = 'read committed'; \
-             SET synchronous_commit = on",
+             SET synchronous_commit = on; SET statement_timeout = '{STATEMENT_TIMEOUT}'"
         );
+        let settings = dialled.batch_execute(&session);
         tokio::time::timeout(timeout, settings)
             .await
             .map_err(|_| {
@@ -1035,9 +1043,12 @@ impl Database {
             .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(failed)?;
+        // Building an index or sealing again takes as long as the tables
+        // are large.
         transaction
             .execute(
-                "SELECT set_config('lock_timeout', $1, true)",
+                "SELECT set_config('lock_timeout', $1, true), \
+                 set_config('statement_timeout', '0', true)",
                 &[&MIGRATION_LOCK_TIMEOUT],
             )
             .await
