@@ -197,7 +197,7 @@ impl SharedUses {
     }
 
     /// Forgets the counts of consents that expired [`FORGET_AFTER`] ago
-    /// by the database's clock, [`FORGET_BATCH`] in a statement, each
+    /// by the database's clock, 10,000 in a statement, each
     /// within the query timeout; counts another session holds are left
     /// for the next time. Returns how many were forgotten.
     pub async fn forget_expired(database: &Database) -> Result<u64, DatabaseError> {
