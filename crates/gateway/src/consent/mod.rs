@@ -738,6 +738,20 @@ mod tests {
         }
     }
 
+    /// The ledger kept at `path`, its feed fresh.
+    fn opened(path: &std::path::Path) -> Arc<ConsentLedger> {
+        let ledger = ConsentLedger::open(Duration::from_secs(5), path).unwrap();
+        ledger.heartbeat(0);
+        ledger
+    }
+
+    /// Spends one use of `claims`, once it is durable.
+    async fn spend(ledger: &Arc<ConsentLedger>, claims: &ConsentClaims) {
+        let mut reservation = ledger.admit(claims).unwrap();
+        reservation.durable().await.unwrap();
+        reservation.spend();
+    }
+
     fn verifier(signer: &ConsentSigner) -> ConsentVerifier {
         ConsentVerifier::new(IssuerKeys::from_jwks(&IssuerKeys::jwks(&[signer])).unwrap())
     }
@@ -816,8 +830,7 @@ mod tests {
     async fn use_counts_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("consent-ledger.sqlite");
-        let ledger = ConsentLedger::open(Duration::from_secs(5), &path).unwrap();
-        ledger.heartbeat(0);
+        let ledger = opened(&path);
         let mut spent = ledger.admit(&uses("c1", 3)).unwrap();
         spent.durable().await.unwrap();
         spent.spend();
@@ -830,8 +843,7 @@ mod tests {
         std::mem::forget(in_flight);
         drop(ledger);
 
-        let ledger = ConsentLedger::open(Duration::from_secs(5), &path).unwrap();
-        ledger.heartbeat(0);
+        let ledger = opened(&path);
         let mut last = ledger.admit(&uses("c1", 3)).unwrap();
         last.durable().await.unwrap();
         last.spend();
@@ -850,15 +862,10 @@ mod tests {
     async fn counts_of_long_expired_consents_are_forgotten_while_running() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("consent-ledger.sqlite");
-        let ledger = ConsentLedger::open(Duration::from_secs(5), &path).unwrap();
-        ledger.heartbeat(0);
+        let ledger = opened(&path);
         let now = crate::unix_time::now();
         let long_ago = now - 2 * uses::FORGET_AFTER;
-        let spend = async |id: &str, expires: i64| {
-            let mut reservation = ledger.admit(&claims(id, expires)).unwrap();
-            reservation.durable().await.unwrap();
-            reservation.spend();
-        };
+        let spend = async |id: &str, expires: i64| spend(&ledger, &claims(id, expires)).await;
         spend("valid", i64::MAX).await;
         spend("within-the-day", now - 3_600).await;
         let mut in_flight = ledger.admit(&claims("in-flight", long_ago)).unwrap();
@@ -897,19 +904,14 @@ mod tests {
     async fn a_count_is_kept_until_the_latest_expiry_of_its_consents_artefacts() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("consent-ledger.sqlite");
-        let ledger = ConsentLedger::open(Duration::from_secs(5), &path).unwrap();
-        ledger.heartbeat(0);
+        let ledger = opened(&path);
         let now = crate::unix_time::now();
         let long_ago = now - 2 * uses::FORGET_AFTER;
         let artefact = |id: &str, max_uses: u32, expires: i64| ConsentClaims {
             max_uses,
             ..claims(id, expires)
         };
-        let spend = async |claims: ConsentClaims| {
-            let mut reservation = ledger.admit(&claims).unwrap();
-            reservation.durable().await.unwrap();
-            reservation.spend();
-        };
+        let spend = async |claims: ConsentClaims| spend(&ledger, &claims).await;
         spend(artefact("exhausted", 1, long_ago)).await;
         let again = artefact("exhausted", 1, i64::MAX);
         assert_eq!(
@@ -928,8 +930,7 @@ mod tests {
         // Written after the book forgot: a restart finds what it kept.
         spend(artefact("after", 1, i64::MAX)).await;
         drop(ledger);
-        let ledger = ConsentLedger::open(Duration::from_secs(5), &path).unwrap();
-        ledger.heartbeat(0);
+        let ledger = opened(&path);
         assert_eq!(
             ledger.admit(&again).unwrap_err(),
             ConsentRefusal::Exhausted(1)
