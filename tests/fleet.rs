@@ -658,7 +658,24 @@ async fn a_fleet_count_is_kept_until_the_latest_expiry_of_its_consents_artefacts
     use govbridge::consent::uses::{FORGET_AFTER, SharedUses};
     let cluster = Cluster::start_temporary().unwrap();
     let database = connect(&cluster).await;
+    // The node forgets once as it opens: after that, nothing else does
+    // behind the takes below for an hour.
+    cluster
+        .psql(
+            "govbridge",
+            "INSERT INTO consent_uses VALUES ('sentinel', 1, 0)",
+        )
+        .unwrap();
     let uses = SharedUses::open(std::sync::Arc::clone(&database));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster
+        .psql("govbridge", "SELECT count(*) FROM consent_uses")
+        .unwrap()
+        != "0"
+    {
+        assert!(Instant::now() < deadline, "the sentinel is never forgotten");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let now = govbridge::unix_time::now();
     let long_ago = now - 2 * FORGET_AFTER;
     assert!(uses.take("exhausted", 1, long_ago).await.unwrap());
@@ -713,6 +730,52 @@ async fn a_statement_the_node_gave_up_on_is_cancelled_by_the_server() {
         .run(|client| async move { client.batch_execute("COMMIT").await })
         .await
         .unwrap();
+}
+
+/// A node starting while another migrates waits for that migration
+/// however long it takes: its session's statement timeout does not cut
+/// the wait short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_waits_for_another_nodes_migration_however_long_it_takes() {
+    use govbridge::database::Database;
+    const MIGRATION_LOCK: i64 = 0x676f_7662_7269_6467;
+    let cluster = Cluster::start_temporary().unwrap();
+    let store = govbridge::config::StoreConfig::parse(&cluster.url()).unwrap();
+    let migrating = Database::connect(&store).await.unwrap();
+    migrating
+        .run(|client| async move {
+            client
+                .batch_execute(&format!(
+                    "BEGIN; SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"
+                ))
+                .await
+        })
+        .await
+        .unwrap();
+
+    let starting = tokio::spawn(async move { Database::connect(&store).await.map(drop) });
+    let waiting = || {
+        cluster
+            .psql(
+                "govbridge",
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'",
+            )
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while waiting() != "1" {
+        assert!(Instant::now() < deadline, "the start never waited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Past the sessions' 5 s statement timeout.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(waiting(), "1", "{:?}", starting.is_finished());
+    migrating
+        .run(|client| async move { client.batch_execute("COMMIT").await })
+        .await
+        .unwrap();
+    starting.await.unwrap().unwrap();
 }
 
 /// A node whose migration waits for a lock another session holds gives

@@ -264,15 +264,20 @@ impl SharedUses {
             // All spent, under an artefact that may expire later than
             // those before (the same consent issued again): its count is
             // kept until then, or forgetting it would hand its uses back.
+            // Forgotten since the take (another node's forgetting), it is
+            // written back all spent.
             let extended = self
                 .database
                 .run(|client| async move {
                     client
                         .execute(
-                            "UPDATE consent_uses SET expires = $2
-                             FROM (SELECT set_config('lock_timeout', $3, true)) AS bounded
-                             WHERE consent = $1 AND expires < $2",
-                            &[&consent, &expires, &ONCE_LOCK_TIMEOUT],
+                            "INSERT INTO consent_uses AS uses (consent, counted, expires)
+                             SELECT $1::text, $2, $3::bigint
+                             FROM (SELECT set_config('lock_timeout', $4, true)) AS bounded
+                             ON CONFLICT (consent) DO UPDATE
+                             SET expires = EXCLUDED.expires
+                             WHERE uses.expires < EXCLUDED.expires",
+                            &[&consent, &max_uses, &expires, &ONCE_LOCK_TIMEOUT],
                         )
                         .await
                 })

@@ -1037,18 +1037,24 @@ impl Database {
     async fn migrate(&self, client: &mut Client, upto: i32) -> Result<(), DatabaseError> {
         let failed = |error: tokio_postgres::Error| self.failed(&error);
         let transaction = client.transaction().await.map_err(failed)?;
-        // Waited for as long as another node migrates; the tables' locks
-        // only for a bound.
+        // Building an index or sealing again takes as long as the tables
+        // are large, and another node's migration is waited for as long as
+        // it takes (whatever the session's or role's timeouts); the
+        // tables' locks only for a bound.
+        transaction
+            .batch_execute(
+                "SELECT set_config('statement_timeout', '0', true), \
+                 set_config('lock_timeout', '0', true)",
+            )
+            .await
+            .map_err(failed)?;
         transaction
             .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(failed)?;
-        // Building an index or sealing again takes as long as the tables
-        // are large.
         transaction
             .execute(
-                "SELECT set_config('lock_timeout', $1, true), \
-                 set_config('statement_timeout', '0', true)",
+                "SELECT set_config('lock_timeout', $1, true)",
                 &[&MIGRATION_LOCK_TIMEOUT],
             )
             .await

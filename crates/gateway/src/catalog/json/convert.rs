@@ -49,6 +49,12 @@ pub fn request_messages(
     body: &[u8],
 ) -> Result<Bytes, BadRequest> {
     let input = matched.method.input();
+    let bound = matched.bound.as_ref().map_err(|field| {
+        BadRequest::at(
+            field,
+            format!("path variable `{field}`: not UTF-8 once percent-decoded"),
+        )
+    })?;
     let mut framed = BytesMut::new();
     if matched.method.is_client_streaming() {
         // Each non-empty line a message; the path binds every one (the
@@ -58,7 +64,7 @@ pub fn request_messages(
                 continue;
             }
             let message = parse_body(line)
-                .and_then(|value| message_of(&input, matched, query, Some(value)))
+                .and_then(|value| message_of(&input, matched, bound, query, Some(value)))
                 .map_err(|mut error| {
                     error.message = format!("line {}: {}", at + 1, error.message);
                     error
@@ -78,7 +84,7 @@ pub fn request_messages(
             }
             BodyRule::Whole | BodyRule::Field(_) => Some(parse_body(body)?),
         };
-        let message = message_of(&input, matched, query, value)?;
+        let message = message_of(&input, matched, bound, query, value)?;
         frame(&message, &mut framed);
     }
     Ok(framed.freeze())
@@ -105,10 +111,11 @@ fn parse_body(body: &[u8]) -> Result<Value, BadRequest> {
 }
 
 /// The request message: `body` (as the route places it), the query's
-/// fields, then the path's.
+/// fields, then the path's (`bound`).
 fn message_of(
     input: &MessageDescriptor,
     matched: &Matched<'_>,
+    bound: &[(String, String)],
     query: Option<&str>,
     body: Option<Value>,
 ) -> Result<DynamicMessage, BadRequest> {
@@ -144,12 +151,6 @@ fn message_of(
             set(&mut object, input, &name, &field, value, true)?;
         }
     }
-    let bound = matched.bound.as_ref().map_err(|field| {
-        BadRequest::at(
-            field,
-            format!("path variable `{field}`: not UTF-8 once percent-decoded"),
-        )
-    })?;
     for (name, value) in bound {
         let field = field_at(input, name).map_err(|reason| BadRequest::at(name, reason))?;
         set(&mut object, input, name, &field, value.clone(), false)?;
