@@ -247,7 +247,7 @@ struct Ledger {
     heard: Option<Instant>,
     uses: HashMap<String, Uses>,
     /// How many counts `uses` may hold before those of consents long
-    /// expired are forgotten ([`Ledger::forget_if_due`]).
+    /// expired are forgotten ([`Ledger::forget_is_due`]).
     forget_at: usize,
     /// The last change applied before the feed was last rewound...
     rewound_from: u64,
@@ -287,14 +287,13 @@ impl Ledger {
 const FORGET_FROM: usize = 4_096;
 
 impl Ledger {
-    /// Once `uses` holds [`FORGET_FROM`] counts and twice as many as the
-    /// last time, forgets those of consents long expired ([`Self::forget`]):
-    /// a gateway that runs for months would otherwise keep every consent
-    /// ever used. Amortized, a look costs a constant per count added.
-    fn forget_if_due(&mut self, now: i64, book: Option<&UseBook>) {
-        if self.uses.len() >= self.forget_at.max(FORGET_FROM) {
-            self.forget(now, book);
-        }
+    /// Whether `uses` holds [`FORGET_FROM`] counts and twice as many as
+    /// after the last [`Self::forget`]: a gateway that runs for months
+    /// would otherwise keep every consent ever used. Amortized, a look
+    /// costs a constant per count added (one look holds the ledger for a
+    /// pass over its counts: some tens of milliseconds for a million).
+    fn forget_is_due(&self) -> bool {
+        self.uses.len() >= self.forget_at.max(FORGET_FROM)
     }
 
     /// Forgets the counts of consents that expired [`uses::FORGET_AFTER`]
@@ -490,8 +489,9 @@ impl ConsentLedger {
                 settled: false,
             });
         }
-        if !ledger.uses.contains_key(consent) {
-            ledger.forget_if_due(crate::unix_time::now(), self.book.as_ref());
+        // Only before a new consent's count: never the one admitted.
+        if ledger.forget_is_due() && !ledger.uses.contains_key(consent) {
+            ledger.forget(crate::unix_time::now(), self.book.as_ref());
         }
         let uses = ledger.uses.entry(consent.to_owned()).or_default();
         // The count is needed for as long as any of the consent's
@@ -522,7 +522,7 @@ impl ConsentLedger {
     }
 
     /// A use of this node's counts ends: spent, or given back.
-    fn settle(&self, consent: &str, expires: i64, spent: bool) {
+    fn settle(&self, consent: &str, spent: bool) {
         let mut ledger = self.lock();
         if let Some(uses) = ledger.uses.get_mut(consent) {
             uses.reserved = uses.reserved.saturating_sub(1);
@@ -532,7 +532,7 @@ impl ConsentLedger {
             } else if let Some(book) = &self.book {
                 // Not waited for: a give-back that is lost only costs the
                 // consent a use.
-                book.write(consent, uses.counted(), uses.expires.max(expires), false);
+                book.write(consent, uses.counted(), uses.expires, false);
             }
         }
     }
@@ -678,7 +678,7 @@ impl UseReservation {
     pub fn spend(mut self) {
         self.settled = true;
         if matches!(self.durable, Recording::Done | Recording::Book(_)) {
-            self.ledger.settle(&self.consent, self.expires, true);
+            self.ledger.settle(&self.consent, true);
         }
     }
 }
@@ -690,7 +690,7 @@ impl Drop for UseReservation {
         }
         match std::mem::replace(&mut self.durable, Recording::Done) {
             Recording::Done | Recording::Book(_) => {
-                self.ledger.settle(&self.consent, self.expires, false);
+                self.ledger.settle(&self.consent, false);
             }
             Recording::Taken(uses) => uses.give_back(&self.consent, self.expires),
             Recording::Taking { uses, task, .. } => {

@@ -174,7 +174,6 @@ impl SharedUses {
                     Ok(forgotten) => {
                         tracing::info!(forgotten, "expired consent use counts forgotten");
                     }
-                    Err(_) if forgetter.is_closed() => return,
                     // Tried again at the next turn; nothing else waits for it.
                     Err(error) => {
                         tracing::warn!(%error, "expired consent use counts not forgotten");
@@ -261,13 +260,21 @@ impl SharedUses {
             .unwrap_or_else(|not_run| Err(not_run.error))
             .map_err(write_error)?;
         if taken.is_none() {
-            // All spent, under an artefact that may expire later than
-            // those before (the same consent issued again): its count is
-            // kept until then, or forgetting it would hand its uses back.
-            // Forgotten since the take (another node's forgetting), it is
-            // written back all spent.
-            let extended = self
-                .database
+            self.keep_until(consent, max_uses, expires);
+        }
+        Ok(taken.is_some())
+    }
+
+    /// Keeps the count of `consent`, all `max_uses` spent, until `expires`
+    /// at least: the same consent issued again may expire later than its
+    /// count says, and forgetting the count then would hand its uses
+    /// back. Forgotten meanwhile (by another node), it is written back all
+    /// spent. Not waited for: the refused call's answer does not depend
+    /// on it, and the next refusal tries again.
+    fn keep_until(&self, consent: &str, max_uses: i32, expires: i64) {
+        let (database, consent) = (Arc::clone(&self.database), consent.to_owned());
+        tokio::spawn(async move {
+            let kept = database
                 .run(|client| async move {
                     client
                         .execute(
@@ -282,11 +289,10 @@ impl SharedUses {
                         .await
                 })
                 .await;
-            if let Err(error) = extended {
-                tracing::warn!(%error, consent, "a consent's later expiry not kept with its count");
+            if let Err(error) = kept {
+                tracing::warn!(%error, "a consent's later expiry not kept with its count");
             }
-        }
-        Ok(taken.is_some())
+        });
     }
 
     /// Gives back a use taken by a call that relayed no answer (refused
@@ -338,7 +344,7 @@ impl SharedUses {
 }
 
 /// How often a fleet's node forgets the counts of consents long expired.
-pub const FORGET_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+const FORGET_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Expired counts a fleet forgets in one statement, at most: some tens of
 /// milliseconds of work, found through their expiry's index.

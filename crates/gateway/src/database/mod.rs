@@ -767,8 +767,7 @@ impl Database {
         self.client.store(None);
     }
 
-    /// Whether the node stopped: nothing is sent any more.
-    pub fn is_closed(&self) -> bool {
+    fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
     }
 
@@ -1059,6 +1058,22 @@ impl Database {
             )
             .await
             .map_err(failed)?;
+        // From here on, a lock waited for too long says so.
+        let held_up = |doing: &str, error: tokio_postgres::Error| {
+            if error.code() != Some(&SqlState::LOCK_NOT_AVAILABLE) {
+                return failed(error);
+            }
+            DatabaseError::Failed {
+                url: self.url(),
+                detail: format!(
+                    "{doing} waited over {MIGRATION_LOCK_TIMEOUT} for a lock on a table that \
+                     another session holds (a long or stuck transaction: `pg_locks` and \
+                     `pg_stat_activity` name it). Nothing was changed, and nodes already running \
+                     keep serving: start this one again once that session ends"
+                ),
+            }
+        };
+        let reading = |error| held_up("reading its schema's version", error);
         transaction
             .batch_execute(
                 "CREATE TABLE IF NOT EXISTS govbridge_schema (
@@ -1067,43 +1082,30 @@ impl Database {
                  )",
             )
             .await
-            .map_err(failed)?;
+            .map_err(reading)?;
         let found: i32 = transaction
             .query_one(
                 "SELECT coalesce(max(version), 0) FROM govbridge_schema",
                 &[],
             )
             .await
-            .map_err(failed)?
+            .map_err(reading)?
             .get(0);
         self.not_newer(found)?;
         let due = MIGRATIONS
             .iter()
             .filter(|(version, _)| *version > found && *version <= upto);
         for (version, sql) in due {
-            transaction.batch_execute(sql).await.map_err(|error| {
-                if error.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
-                    DatabaseError::Failed {
-                        url: self.url(),
-                        detail: format!(
-                            "migrating its schema to version {version} waited over \
-                             {MIGRATION_LOCK_TIMEOUT} for a lock on a table that another session \
-                             holds (a long or stuck transaction: `pg_locks` and \
-                             `pg_stat_activity` name it). Nothing was changed, and nodes already \
-                             running keep serving: start this one again once that session ends"
-                        ),
-                    }
-                } else {
-                    failed(error)
-                }
-            })?;
+            let migrating =
+                |error| held_up(&format!("migrating its schema to version {version}"), error);
+            transaction.batch_execute(sql).await.map_err(migrating)?;
             transaction
                 .execute(
                     "INSERT INTO govbridge_schema (version) VALUES ($1)",
                     &[version],
                 )
                 .await
-                .map_err(failed)?;
+                .map_err(migrating)?;
             tracing::info!(database = %self.url(), version, "database schema migrated");
         }
         transaction.commit().await.map_err(failed)

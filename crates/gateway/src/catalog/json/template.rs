@@ -168,7 +168,7 @@ impl Template {
         };
         let parts: Vec<&str> = path.split('/').collect();
         // Decoded once the whole path matches.
-        let mut bound: Vec<(&String, Vec<&str>)> = Vec::new();
+        let mut bound: Vec<(&String, &[&str])> = Vec::new();
         let mut at = 0;
         for segment in &self.segments {
             match segment {
@@ -178,7 +178,7 @@ impl Template {
                         return None;
                     }
                     if let Segment::Variable { field, .. } = segment {
-                        bound.push((field, rest.to_vec()));
+                        bound.push((field, rest));
                     }
                     at = parts.len();
                 }
@@ -199,7 +199,7 @@ impl Template {
                     if part.is_empty() {
                         return None;
                     }
-                    bound.push((field, vec![part]));
+                    bound.push((field, std::slice::from_ref(part)));
                     at += 1;
                 }
             }
@@ -208,7 +208,10 @@ impl Template {
             return None;
         }
         let decoded = bound.into_iter().map(|(field, parts)| {
-            let value = parts.into_iter().map(decode).collect::<Option<Vec<_>>>();
+            let value = parts
+                .iter()
+                .map(|part| decode(part))
+                .collect::<Option<Vec<_>>>();
             value
                 .map(|value| (field.clone(), value.join("/")))
                 .ok_or_else(|| field.clone())
