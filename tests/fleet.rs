@@ -626,15 +626,7 @@ async fn a_node_forgets_long_expired_counts_in_batches_without_waiting_for_locks
             )
             .unwrap()
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while cluster
-        .psql("govbridge", "SELECT count(*) FROM consent_uses")
-        .unwrap()
-        != "3"
-    {
-        assert!(Instant::now() < deadline, "never forgotten: {}", left());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_answered(&cluster, "SELECT count(*) FROM consent_uses", "3").await;
     assert_eq!(left(), "expired-within-the-day,held,valid");
 
     // Once let go, the held count goes the next time; nothing else does.
@@ -667,31 +659,18 @@ async fn a_fleet_count_is_kept_until_the_latest_expiry_of_its_consents_artefacts
         )
         .unwrap();
     let uses = SharedUses::open(std::sync::Arc::clone(&database));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while cluster
-        .psql("govbridge", "SELECT count(*) FROM consent_uses")
-        .unwrap()
-        != "0"
-    {
-        assert!(Instant::now() < deadline, "the sentinel is never forgotten");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_answered(&cluster, "SELECT count(*) FROM consent_uses", "0").await;
     let now = govbridge::unix_time::now();
     let long_ago = now - 2 * FORGET_AFTER;
     assert!(uses.take("exhausted", 1, long_ago).await.unwrap());
     assert!(!uses.take("exhausted", 1, now + 3_600).await.unwrap());
     // Its later expiry kept, on the node's own time.
-    while cluster
-        .psql(
-            "govbridge",
-            "SELECT expires FROM consent_uses WHERE consent = 'exhausted'",
-        )
-        .unwrap()
-        != (now + 3_600).to_string()
-    {
-        assert!(Instant::now() < deadline, "the later expiry is never kept");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_answered(
+        &cluster,
+        "SELECT expires FROM consent_uses WHERE consent = 'exhausted'",
+        &(now + 3_600).to_string(),
+    )
+    .await;
     assert!(uses.take("used-under-both", 2, long_ago).await.unwrap());
     assert!(uses.take("used-under-both", 2, now + 3_600).await.unwrap());
 
@@ -724,20 +703,13 @@ async fn a_statement_the_node_gave_up_on_is_cancelled_by_the_server() {
         .to_string();
     assert!(given_up.contains("no answer within"), "{given_up}");
 
-    let running = || {
-        cluster
-            .psql(
-                "govbridge",
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE query = 'SELECT count(*) FROM nodes' AND state = 'active'",
-            )
-            .unwrap()
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while running() != "0" {
-        assert!(Instant::now() < deadline, "the statement runs on");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_answered(
+        &cluster,
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE query = 'SELECT count(*) FROM nodes' AND state = 'active'",
+        "0",
+    )
+    .await;
     holder
         .run(|client| async move { client.batch_execute("COMMIT").await })
         .await
@@ -766,23 +738,17 @@ async fn a_node_waits_for_another_nodes_migration_however_long_it_takes() {
         .unwrap();
 
     let starting = tokio::spawn(async move { Database::connect(&store).await.map(drop) });
-    let waiting = || {
-        cluster
-            .psql(
-                "govbridge",
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'",
-            )
-            .unwrap()
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while waiting() != "1" {
-        assert!(Instant::now() < deadline, "the start never waited");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let waiting = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'";
+    until_answered(&cluster, waiting, "1").await;
     // Past the sessions' 5 s statement timeout.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    assert_eq!(waiting(), "1", "{:?}", starting.is_finished());
+    assert_eq!(
+        cluster.psql("govbridge", waiting).unwrap(),
+        "1",
+        "{:?}",
+        starting.is_finished()
+    );
     migrating
         .run(|client| async move { client.batch_execute("COMMIT").await })
         .await
@@ -831,6 +797,22 @@ async fn a_migration_held_up_by_a_lock_fails_the_start_and_changes_nothing() {
         .unwrap();
     drop(Database::connect(&store).await.unwrap());
     assert_eq!(version(), "13");
+}
+
+/// Waits until `sql` on `cluster`'s database answers `expected`.
+async fn until_answered(cluster: &Cluster, sql: &str, expected: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = cluster.psql("govbridge", sql).unwrap();
+        if answer == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sql}: {answer}, never {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A call refused after its use was taken, while the database is down,

@@ -153,7 +153,7 @@ impl Drop for SharedUses {
 }
 
 impl SharedUses {
-    /// Uses counts in `database`. From now on, and every [`FORGET_EVERY`]
+    /// Uses counts in `database`. From now on, and every hour
     /// while the node runs, counts of consents that expired
     /// [`FORGET_AFTER`] ago by the database's clock are forgotten, a batch
     /// at a time ([`Self::forget_expired`]): by nodes that run for months
